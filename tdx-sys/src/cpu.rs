@@ -1,0 +1,249 @@
+//! The real SEAMCALL instruction (`66 0F 01 CF`).
+//!
+//! Three entry shapes, one per [`RegShape`], each a single `asm!` block:
+//!
+//! | shape | inputs | outputs | declared clobbers |
+//! |---|---|---|---|
+//! | `NoOutputs` | RAX, RCX, RDX, R8-R11 | RAX | the C ABI's caller-saved registers and flags |
+//! | `Ret` | RAX, RCX, RDX, R8-R11 | RAX, RCX, RDX, R8-R11 | the same |
+//! | `SavedRet` | RAX and all 13 registers of [`SeamcallArgs`] | the same | every GPR but RSP (RBX and RBP are saved and restored inside the block) |
+//!
+//! The clobbers are those of a C function call, which is exactly what Linux
+//! relies on when it calls its assembly stubs: the module preserves the
+//! callee-saved registers, and may use vector state (TDH.VP.ENTER switches
+//! to the TD's extended state). RBP is pushed and popped around the
+//! instruction in every shape, so a module without `NO_RBP_MOD` cannot
+//! corrupt the frame pointer even before the host has read that feature bit.
+//!
+//! VMfailInvalid (CF = 1 after SEAMCALL: no module loaded, or P-SEAMLDR busy)
+//! is turned into [`TdxStatus::SEAMCALL_VMFAILINVALID`] inside the block,
+//! right after the instruction, as Linux does. The outputs are then whatever
+//! the registers held, which for VMfailInvalid is the inputs.
+//!
+//! The `SavedRet` shape ends by zeroing RCX, RDX, R8-R15, RSI and RDI, as
+//! Linux does after TDH.VP.ENTER, so guest register values do not linger in
+//! registers after the call.
+
+// UNSAFETY: this module emits the SEAMCALL instruction with inline
+// assembly. It is the only place in tdx-rs that does.
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+use tdx_types::TdxStatus;
+
+use crate::args::{RegShape, Seamcall, SeamcallArgs};
+
+const VMFAILINVALID: u64 = TdxStatus::SEAMCALL_VMFAILINVALID.raw();
+
+/// The CPU's SEAMCALL instruction as a [`Seamcall`] backend.
+///
+/// Zero-sized; every call is one inline `asm!` block, so the raw leaf
+/// functions compile to the register moves and the instruction.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    _private: (),
+}
+
+impl Cpu {
+    /// The CPU backend.
+    ///
+    /// # Safety
+    ///
+    /// Every SEAMCALL issued through the returned value runs where the
+    /// instruction is defined, or where its faults are handled:
+    ///
+    /// 1. at CPL 0, in VMX root operation, on a CPU of a TDX host (the
+    ///    instruction then either reaches the module or fails with
+    ///    VMfailInvalid, which this backend reports), **or**
+    /// 2. under a handler for the #UD and #GP the instruction raises
+    ///    elsewhere (a kernel exception fixup, or a trap-and-emulate signal
+    ///    handler) that resumes execution 4 bytes after the faulting
+    ///    instruction with RAX set to the status to return (Linux returns
+    ///    `TDX_SEAMCALL_UD` / `TDX_SEAMCALL_GP`) and CF clear, after
+    ///    writing the output registers of the call's shape.
+    pub const unsafe fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+// SAFETY: each shape executes SEAMCALL with RAX = `rax` and the input
+// registers its `RegShape` names, taken from `args`; it writes back exactly
+// the output registers of that shape (none, RCX/RDX/R8-R11, or all 13) and
+// returns RAX, or TDX_SEAMCALL_VMFAILINVALID when CF was set. Whatever the
+// status, it is what the hardware or module produced (contract points 1-3
+// of `Seamcall`); a faulting instruction is handled as `Cpu::new` requires.
+unsafe impl Seamcall for Cpu {
+    #[inline(always)]
+    unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        // SAFETY (all three arms): the caller of `Seamcall::seamcall` keeps
+        // the crate-level contract for this leaf and its operands, and the
+        // creator of `self` established where the instruction may run
+        // (`Cpu::new`). The asm blocks themselves only touch the registers
+        // they declare and, for `SavedRet`, the `args` memory they are given.
+        let raw = match shape {
+            RegShape::NoOutputs => unsafe { seamcall_no_outputs(rax, args) },
+            RegShape::Ret => unsafe { seamcall_ret(rax, args) },
+            RegShape::SavedRet => unsafe { seamcall_saved_ret(rax, args) },
+        };
+        TdxStatus::from_raw(raw)
+    }
+}
+
+/// SEAMCALL with inputs in RCX, RDX, R8-R11 and no outputs but RAX.
+///
+/// # Safety
+///
+/// As [`Seamcall::seamcall`] for a `Cpu` created under [`Cpu::new`]'s terms.
+#[inline(always)]
+unsafe fn seamcall_no_outputs(rax: u64, a: &SeamcallArgs) -> u64 {
+    let status: u64;
+    // SAFETY: the instruction's effects on memory are the caller's contract
+    // (crate docs). Registers: RAX, RCX, RDX, R8-R11 are declared inputs;
+    // the module may change any caller-saved register of the C ABI, all of
+    // which `clobber_abi("C")` declares, plus flags (no `preserves_flags`).
+    // RBP is saved on the stack around the instruction (no `nostack`), so
+    // it is unchanged when the block ends. CF is consumed right after the
+    // instruction: POP does not change flags.
+    unsafe {
+        asm!(
+            "push rbp",
+            ".byte 0x66, 0x0f, 0x01, 0xcf",
+            "pop rbp",
+            "jnc 2f",
+            "mov rax, {vmfail}",
+            "2:",
+            vmfail = const VMFAILINVALID,
+            inout("rax") rax => status,
+            in("rcx") a.rcx,
+            in("rdx") a.rdx,
+            in("r8") a.r8,
+            in("r9") a.r9,
+            in("r10") a.r10,
+            in("r11") a.r11,
+            clobber_abi("C"),
+        );
+    }
+    status
+}
+
+/// SEAMCALL with inputs and outputs in RCX, RDX, R8-R11.
+///
+/// # Safety
+///
+/// As [`Seamcall::seamcall`] for a `Cpu` created under [`Cpu::new`]'s terms.
+#[inline(always)]
+unsafe fn seamcall_ret(rax: u64, a: &mut SeamcallArgs) -> u64 {
+    let status: u64;
+    // SAFETY: as in `seamcall_no_outputs`; RCX, RDX and R8-R11 are now
+    // input-output operands written back into `a`, which the caller lent
+    // mutably for that purpose.
+    unsafe {
+        asm!(
+            "push rbp",
+            ".byte 0x66, 0x0f, 0x01, 0xcf",
+            "pop rbp",
+            "jnc 2f",
+            "mov rax, {vmfail}",
+            "2:",
+            vmfail = const VMFAILINVALID,
+            inout("rax") rax => status,
+            inout("rcx") a.rcx,
+            inout("rdx") a.rdx,
+            inout("r8") a.r8,
+            inout("r9") a.r9,
+            inout("r10") a.r10,
+            inout("r11") a.r11,
+            clobber_abi("C"),
+        );
+    }
+    status
+}
+
+/// SEAMCALL with all 13 registers of `SeamcallArgs` as inputs and outputs.
+///
+/// RBX and RBP cannot be `asm!` operands, so the block takes a pointer to
+/// `a` in RDI, saves RBX, RBP and the pointer on the stack, loads every
+/// register from memory (RDI last), and stores them back after the
+/// instruction.
+///
+/// # Safety
+///
+/// As [`Seamcall::seamcall`] for a `Cpu` created under [`Cpu::new`]'s terms.
+#[inline(always)]
+unsafe fn seamcall_saved_ret(rax: u64, a: &mut SeamcallArgs) -> u64 {
+    let status: u64;
+    let ptr: *mut SeamcallArgs = a;
+    // SAFETY: `ptr` comes from a live `&mut SeamcallArgs`, so the 104 bytes
+    // read and written at offsets 0..=96 (the `#[repr(C)]` layout asserted
+    // in `args.rs`) are valid and not aliased during the block. RBX and RBP
+    // are pushed first and popped last; the pointer's stack slot is popped
+    // before them, so RSP is balanced. Every other GPR is declared: RAX and
+    // RDI as operands, R12-R15 as outputs, the rest by `clobber_abi("C")`,
+    // which also covers flags and vector state. CF is tested right after
+    // the instruction, before anything that writes flags.
+    unsafe {
+        asm!(
+            "push rbp",
+            "push rbx",
+            "push rdi",
+            "mov rcx, [rdi]",
+            "mov rdx, [rdi + 8]",
+            "mov r8, [rdi + 16]",
+            "mov r9, [rdi + 24]",
+            "mov r10, [rdi + 32]",
+            "mov r11, [rdi + 40]",
+            "mov r12, [rdi + 48]",
+            "mov r13, [rdi + 56]",
+            "mov r14, [rdi + 64]",
+            "mov r15, [rdi + 72]",
+            "mov rbx, [rdi + 80]",
+            "mov rsi, [rdi + 96]",
+            "mov rdi, [rdi + 88]",
+            ".byte 0x66, 0x0f, 0x01, 0xcf",
+            "jnc 2f",
+            "mov rax, {vmfail}",
+            "2:",
+            "push rdi",
+            "mov rdi, [rsp + 8]",
+            "mov [rdi], rcx",
+            "mov [rdi + 8], rdx",
+            "mov [rdi + 16], r8",
+            "mov [rdi + 24], r9",
+            "mov [rdi + 32], r10",
+            "mov [rdi + 40], r11",
+            "mov [rdi + 48], r12",
+            "mov [rdi + 56], r13",
+            "mov [rdi + 64], r14",
+            "mov [rdi + 72], r15",
+            "mov [rdi + 80], rbx",
+            "mov [rdi + 96], rsi",
+            "pop rsi",
+            "mov [rdi + 88], rsi",
+            "pop rdi",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
+            "xor r10d, r10d",
+            "xor r11d, r11d",
+            "xor r12d, r12d",
+            "xor r13d, r13d",
+            "xor r14d, r14d",
+            "xor r15d, r15d",
+            "xor esi, esi",
+            "xor edi, edi",
+            "pop rbx",
+            "pop rbp",
+            vmfail = const VMFAILINVALID,
+            inout("rax") rax => status,
+            inout("rdi") ptr => _,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+    }
+    status
+}

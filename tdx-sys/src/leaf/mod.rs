@@ -1,0 +1,1 @@
+//! Raw leaf functions (being written).

@@ -1,0 +1,41 @@
+//! Intel TDX host ABI types.
+//!
+//! This crate owns the vocabulary every other tdx-rs crate speaks: physical and
+//! guest-physical addresses, page sizes, address-space markers and the inert
+//! [`FirmwarePage`] handle, SEAMCALL leaf identifiers, status codes and the
+//! [`TdxError`] built from them, the packed register values of the host ABI,
+//! the in-memory ABI structures, and the metadata field IDs.
+//!
+//! Design principles:
+//!
+//! - **No unsafe code.** Nothing here touches memory or executes an
+//!   instruction; everything is a number with rules. The rules are checked
+//!   by constructors, so a value of one of these types is always well formed.
+//! - **`no_std`, no allocation.** Kernels use this crate as is.
+//! - **Numbers carry over, nothing else does.** Every constant comes from the
+//!   host ABI (see `reference/tdx-abi.md` and `reference/tdx-module-model.md`
+//!   beside the project); where Linux and Intel's TDX module disagree, the
+//!   module wins and the item says so.
+//! - **Open enums for what the firmware may extend.** Status codes, leaves,
+//!   operand IDs and field IDs are newtypes over their raw integer with named
+//!   constants, never closed `enum`s: a module newer than this crate returns
+//!   values we have no name for, and they must survive a round trip.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod addr;
+pub mod leaf;
+pub mod metadata;
+pub mod page;
+pub mod regs;
+pub mod space;
+pub mod status;
+
+pub use addr::{AddrError, Gpa, Hpa, Pfn};
+pub use leaf::{Leaf, LeafVersion};
+pub use page::{PageSize, PfnRange, Size1G, Size2M, Size4K, TdxLevel};
+pub use space::{AddressSpace, Firmware, FirmwarePage, Frame, Guest, Host};
+pub use status::{ErrorKind, OperandId, StatusDetail, TdxError, TdxStatus};

@@ -1,0 +1,1745 @@
+//! Metadata field identifiers, the values read through them, and the
+//! platform numbers that go with module bring-up.
+//!
+//! This module owns:
+//!
+//! - [`MdFieldId`], the 64-bit metadata field identifier passed in RDX to
+//!   `TDH.SYS.RD` (global scope) and to `TDH.MNG.RD`/`TDH.VP.RD` (TD and vCPU
+//!   scope), with its CPUID sub-layout [`CpuidFieldCode`];
+//! - [`field`], a named constant for every field ID the host side is known to
+//!   use, and the table [`ALL_FIELDS`] that lists them for tools and the
+//!   simulator, with [`field_name`] and [`lookup`] to go back from an ID to
+//!   its name;
+//! - [`TdxFeatures0`], the bits of the `TDX_FEATURES0` field;
+//! - [`KeyIdPartition`], the KeyID split reported by MSR
+//!   `IA32_MKTME_KEYID_PARTITIONING` (0x87), and its validation;
+//! - [`PamtPageType`], the page-type code kept in every PAMT entry;
+//! - documented TDX module 1.5 defaults ([`PAMT_ENTRY_SIZE_1_5`],
+//!   [`MAX_TDMRS_1_5`], [`MAX_RESERVED_PER_TDMR_1_5`]).
+//!
+//! It leaves to the caller: issuing the reads (that is `tdx-sys`/`tdx-api`),
+//! deciding which features are required (policy), and truncating a value to
+//! the width its field ID declares (see [`ElementSize::mask`]).
+//!
+//! All numbers come from `reference/tdx-abi.md` §4.3, §4.9, §5 and §6.1 and
+//! `reference/tdx-module-model.md` §1.4, §3.1 and §4.6. Bracketed tags such
+//! as `[S-GMD-c-1260]` are the source keys of `tdx-abi.md`.
+//!
+//! Every type here is an open wrapper over its raw integer: an identifier or
+//! feature word read back from a newer module survives
+//! `from_raw`/`into_raw` (or `from_bits`/`into_bits`) unchanged, reserved and
+//! unknown bits included.
+
+use core::fmt;
+use core::ops::Range;
+
+use bitfield_struct::bitfield;
+
+// ---------------------------------------------------------------------------
+// Element size
+// ---------------------------------------------------------------------------
+
+/// Width of one element of a metadata field (`ELEMENT_SIZE_CODE`, bits 33:32
+/// of [`MdFieldId`]).
+///
+/// The two-bit code has exactly four values, so this enum is total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ElementSize {
+    /// Code 0: 8-bit element.
+    Bits8 = 0,
+    /// Code 1: 16-bit element.
+    Bits16 = 1,
+    /// Code 2: 32-bit element.
+    Bits32 = 2,
+    /// Code 3: 64-bit element.
+    Bits64 = 3,
+}
+
+impl ElementSize {
+    /// Decodes a two-bit `ELEMENT_SIZE_CODE`; bits above bit 1 are ignored.
+    #[must_use]
+    pub const fn from_code(code: u8) -> Self {
+        match code & 0b11 {
+            0 => Self::Bits8,
+            1 => Self::Bits16,
+            2 => Self::Bits32,
+            _ => Self::Bits64,
+        }
+    }
+
+    /// The two-bit code as it appears in bits 33:32 of a field ID.
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Element width in bytes (1, 2, 4 or 8).
+    #[must_use]
+    pub const fn bytes(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Element width in bits (8, 16, 32 or 64).
+    #[must_use]
+    pub const fn bits(self) -> u32 {
+        8 << (self as u32)
+    }
+
+    /// Mask of the low [`bits`](Self::bits) bits; the module zero-extends a
+    /// value of this width into the 64-bit output register.
+    #[must_use]
+    pub const fn mask(self) -> u64 {
+        u64::MAX >> (64 - self.bits())
+    }
+}
+
+impl fmt::Display for ElementSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-bit", self.bits())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MdFieldId
+// ---------------------------------------------------------------------------
+
+/// A metadata field identifier (`MD_FIELD_ID`), tdx-abi.md §5.1.
+///
+/// | bits  | field                  |
+/// |-------|------------------------|
+/// | 23:0  | `FIELD_CODE`           |
+/// | 31:24 | reserved               |
+/// | 33:32 | `ELEMENT_SIZE_CODE`    |
+/// | 37:34 | `LAST_ELEMENT_IN_FIELD`|
+/// | 46:38 | `LAST_FIELD_IN_SEQUENCE`|
+/// | 49:47 | reserved               |
+/// | 50    | `INC_SIZE`             |
+/// | 51    | `WRITE_MASK_VALID`     |
+/// | 54:52 | `CONTEXT_CODE`         |
+/// | 55    | reserved               |
+/// | 61:56 | `CLASS_CODE`           |
+/// | 62    | reserved               |
+/// | 63    | `NON_ARCH`             |
+///
+/// The value is kept whole: [`from_raw`](Self::from_raw) stores every bit,
+/// reserved ones included, so an ID the module hands back (for example the
+/// next-field ID `TDH.SYS.RD` returns in RDX) round-trips exactly. Equality,
+/// ordering and hashing compare all 64 bits.
+///
+/// An array field is read element by element: element `i` of a field whose
+/// base ID is `b` is `b + i`, i.e. `i` added to `FIELD_CODE`
+/// ([`element`](Self::element)).
+///
+/// `Display` prints the field's name when it is one of [`ALL_FIELDS`]
+/// (array elements as `CMR_BASE[3]`), otherwise `0x` and 16 hex digits.
+/// `Debug` prints the raw value and every decoded part.
+///
+/// ```
+/// use tdx_types::metadata::{field, ElementSize, MdFieldId};
+///
+/// let id = MdFieldId::from_raw(0x9100_0001_0000_0008);
+/// assert_eq!(id, field::MAX_TDMRS);
+/// assert_eq!(id.class_code(), 0x11);
+/// assert_eq!(id.element_size(), ElementSize::Bits16);
+/// assert_eq!(id.field_code(), 8);
+/// ```
+#[bitfield(u64, debug = false)]
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MdFieldId {
+    /// `FIELD_CODE`: the field within its class (array elements are
+    /// consecutive codes). TD-scope CPUID fields use the
+    /// [`CpuidFieldCode`] sub-layout here.
+    #[bits(24)]
+    pub field_code: u32,
+    // Reserved, bits 31:24.
+    #[bits(8)]
+    __reserved_31_24: u8,
+    /// `ELEMENT_SIZE_CODE`: 0 = 8, 1 = 16, 2 = 32, 3 = 64 bits
+    /// (see [`ElementSize`]).
+    #[bits(2)]
+    pub element_size_code: u8,
+    /// `LAST_ELEMENT_IN_FIELD` (meaningful in sequence headers).
+    #[bits(4)]
+    pub last_element_in_field: u8,
+    /// `LAST_FIELD_IN_SEQUENCE` (meaningful in sequence headers).
+    #[bits(9)]
+    pub last_field_in_sequence: u16,
+    // Reserved, bits 49:47.
+    #[bits(3)]
+    __reserved_49_47: u8,
+    /// `INC_SIZE`.
+    pub inc_size: bool,
+    /// `WRITE_MASK_VALID`.
+    pub write_mask_valid: bool,
+    /// `CONTEXT_CODE`.
+    #[bits(3)]
+    pub context_code: u8,
+    // Reserved, bit 55.
+    #[bits(1)]
+    __reserved_55: u8,
+    /// `CLASS_CODE`.
+    #[bits(6)]
+    pub class_code: u8,
+    // Reserved, bit 62.
+    #[bits(1)]
+    __reserved_62: u8,
+    /// `NON_ARCH`: the field is not architectural (may change between module
+    /// versions).
+    pub non_arch: bool,
+}
+
+impl MdFieldId {
+    /// Mask of `FIELD_CODE` (bits 23:0).
+    pub const FIELD_CODE_MASK: u64 = 0x00FF_FFFF;
+
+    /// Mask of the reserved bits: 31:24, 49:47, 55 and 62.
+    pub const RESERVED_MASK: u64 = (0xFF << 24) | (0b111 << 47) | (1 << 55) | (1 << 62);
+
+    /// Wraps a raw 64-bit field ID, keeping every bit (same as `from_bits`).
+    #[must_use]
+    pub const fn from_raw(raw: u64) -> Self {
+        Self::from_bits(raw)
+    }
+
+    /// The raw 64-bit field ID, as passed in RDX (same as `into_bits`).
+    #[must_use]
+    pub const fn into_raw(self) -> u64 {
+        self.into_bits()
+    }
+
+    /// The decoded `ELEMENT_SIZE_CODE`.
+    #[must_use]
+    pub const fn element_size(self) -> ElementSize {
+        ElementSize::from_code(self.element_size_code())
+    }
+
+    /// Width of one element in bytes: 1, 2, 4 or 8.
+    #[must_use]
+    pub const fn element_size_bytes(self) -> u8 {
+        self.element_size().bytes()
+    }
+
+    /// The bits of this ID that are reserved by §5.1 (0 for every ID this
+    /// crate names).
+    #[must_use]
+    pub const fn reserved_bits(self) -> u64 {
+        self.into_raw() & Self::RESERVED_MASK
+    }
+
+    /// The ID of element `index` of the array field whose base ID is `self`:
+    /// `index` is added to `FIELD_CODE`, the other bits are kept.
+    ///
+    /// Returns `None` if the sum does not fit the 24-bit `FIELD_CODE`. The
+    /// array's own length is not known here; the per-field helpers in
+    /// [`field`] (e.g. [`field::cmr_base`]) check it.
+    #[must_use]
+    pub const fn element(self, index: u32) -> Option<MdFieldId> {
+        let code = self.field_code() as u64 + index as u64;
+        if code > Self::FIELD_CODE_MASK {
+            None
+        } else {
+            Some(self.with_field_code(code as u32))
+        }
+    }
+
+    /// The name of this ID if it is exactly one of [`ALL_FIELDS`]
+    /// (see [`field_name`]).
+    #[must_use]
+    pub fn name(self) -> Option<&'static str> {
+        field_name(self)
+    }
+}
+
+impl fmt::Debug for MdFieldId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("MdFieldId");
+        s.field("raw", &format_args!("{:#018x}", self.into_raw()));
+        if let Some(r) = lookup(*self) {
+            s.field("name", &format_args!("{r}"));
+        }
+        s.field("class_code", &format_args!("{:#x}", self.class_code()))
+            .field("context_code", &self.context_code())
+            .field("element_size", &self.element_size())
+            .field("field_code", &format_args!("{:#x}", self.field_code()))
+            .field("last_element_in_field", &self.last_element_in_field())
+            .field("last_field_in_sequence", &self.last_field_in_sequence())
+            .field("inc_size", &self.inc_size())
+            .field("write_mask_valid", &self.write_mask_valid())
+            .field("non_arch", &self.non_arch());
+        if self.reserved_bits() != 0 {
+            s.field(
+                "reserved_bits",
+                &format_args!("{:#x}", self.reserved_bits()),
+            );
+        }
+        s.finish()
+    }
+}
+
+impl fmt::Display for MdFieldId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match lookup(*self) {
+            Some(r) => fmt::Display::fmt(&r, f),
+            None => write!(f, "{:#018x}", self.into_raw()),
+        }
+    }
+}
+
+/// Builds a TD- or vCPU-scope field ID the way KVM does:
+/// `(non_arch << 63) | (class << 56) | (field & 0xFFFF_FFFF)`
+/// (tdx-abi.md §5.2, [S-KVM-ARCH]).
+///
+/// The result has `ELEMENT_SIZE_CODE` = 0 and `CONTEXT_CODE` = 0; KVM passes
+/// IDs of this form to `TDH.MNG.RD`/`TDH.VP.RD` as they are. Bits 31:24 of
+/// `field` land in the reserved bits 31:24, as in KVM's builder.
+///
+/// # Panics
+///
+/// If `class` does not fit the 6-bit `CLASS_CODE` (`class > 63`). In a
+/// `const` item this is a compile-time error.
+#[must_use]
+pub const fn td_field_id(non_arch: bool, class: u8, field: u32) -> MdFieldId {
+    assert!(class < 64, "CLASS_CODE is 6 bits wide");
+    MdFieldId::from_raw(((non_arch as u64) << 63) | ((class as u64) << 56) | field as u64)
+}
+
+// ---------------------------------------------------------------------------
+// CPUID field-code sub-layout
+// ---------------------------------------------------------------------------
+
+/// The `FIELD_CODE` sub-layout of TD-scope CPUID fields (base
+/// [`field::TD_CPUID_VALUES`], `0x9410000300000000`), tdx-abi.md §5.1/§5.2.
+///
+/// | bits  | field                                             |
+/// |-------|---------------------------------------------------|
+/// | 0     | element: 0 = EBX:EAX, 1 = EDX:ECX                 |
+/// | 7:1   | sub-leaf bits 6:0 (all ones when not applicable)  |
+/// | 8     | sub-leaf not applicable                           |
+/// | 15:9  | leaf bits 6:0                                     |
+/// | 16    | leaf bit 31                                       |
+/// | 23:17 | reserved, 0                                       |
+///
+/// Only leaves whose bits 30:7 are 0 and sub-leaves whose bits 31:7 are 0
+/// can be expressed ([S-KVM-ARCH]; the "all ones when not applicable" rule is
+/// KVM's encoding). The upper bits of the `u32` (31:24) are outside the
+/// 24-bit field code and stay 0 in every encoded value.
+///
+/// ```
+/// use tdx_types::metadata::{field, CpuidFieldCode};
+///
+/// let code = CpuidFieldCode::encode(0x8000_0008, None, 0).unwrap();
+/// assert_eq!(code.into_bits(), 0x1_11FE);
+/// assert_eq!(code.leaf(), 0x8000_0008);
+/// assert_eq!(code.subleaf(), None);
+/// let id = field::td_cpuid_value(7, Some(0), 1).unwrap();
+/// assert_eq!(id.into_raw(), 0x9410_0003_0000_0E01);
+/// ```
+#[bitfield(u32)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct CpuidFieldCode {
+    /// Element index: 0 reads EBX:EAX, 1 reads EDX:ECX.
+    #[bits(1)]
+    pub element: u8,
+    /// Sub-leaf bits 6:0; all ones when [`subleaf_na`](Self::subleaf_na).
+    #[bits(7)]
+    pub subleaf_lo: u8,
+    /// The leaf takes no sub-leaf.
+    pub subleaf_na: bool,
+    /// Leaf bits 6:0.
+    #[bits(7)]
+    pub leaf_lo: u8,
+    /// Leaf bit 31 (extended leaves `0x8000_00xx`).
+    pub leaf_31: bool,
+    // Bits 23:17 are reserved in the field code; 31:24 lie outside it.
+    #[bits(15)]
+    __reserved: u16,
+}
+
+impl CpuidFieldCode {
+    /// Leaf bits that cannot be expressed (30:7).
+    pub const UNREADABLE_LEAF_MASK: u32 = 0x7FFF_FF80;
+    /// Sub-leaf bits that cannot be expressed (31:7).
+    pub const UNREADABLE_SUBLEAF_MASK: u32 = 0xFFFF_FF80;
+
+    /// Encodes `leaf`/`subleaf`/`element` (`None` sub-leaf = not applicable).
+    ///
+    /// Returns `None` if the leaf has any of bits 30:7 set, the sub-leaf any
+    /// of bits 31:7, or `element > 1`.
+    #[must_use]
+    pub const fn encode(leaf: u32, subleaf: Option<u32>, element: u8) -> Option<Self> {
+        if leaf & Self::UNREADABLE_LEAF_MASK != 0 || element > 1 {
+            return None;
+        }
+        let base = Self::new()
+            .with_element(element)
+            .with_leaf_lo((leaf & 0x7F) as u8)
+            .with_leaf_31(leaf & 0x8000_0000 != 0);
+        match subleaf {
+            None => Some(base.with_subleaf_na(true).with_subleaf_lo(0x7F)),
+            Some(s) if s & Self::UNREADABLE_SUBLEAF_MASK != 0 => None,
+            Some(s) => Some(base.with_subleaf_lo(s as u8)),
+        }
+    }
+
+    /// Decodes a `FIELD_CODE` value.
+    ///
+    /// Returns `None` unless the code is canonical: bits 31:17 clear and, if
+    /// the sub-leaf is marked not applicable, sub-leaf bits all ones. Every
+    /// value this returns re-encodes to `code`.
+    #[must_use]
+    pub const fn from_field_code(code: u32) -> Option<Self> {
+        let c = Self::from_bits(code);
+        if code >> 17 != 0 || (c.subleaf_na() && c.subleaf_lo() != 0x7F) {
+            None
+        } else {
+            Some(c)
+        }
+    }
+
+    /// The `FIELD_CODE` value (same as `into_bits`).
+    #[must_use]
+    pub const fn field_code(self) -> u32 {
+        self.into_bits()
+    }
+
+    /// The CPUID leaf (EAX input).
+    #[must_use]
+    pub const fn leaf(self) -> u32 {
+        ((self.leaf_31() as u32) << 31) | self.leaf_lo() as u32
+    }
+
+    /// The CPUID sub-leaf (ECX input), or `None` if not applicable.
+    #[must_use]
+    pub const fn subleaf(self) -> Option<u32> {
+        if self.subleaf_na() {
+            None
+        } else {
+            Some(self.subleaf_lo() as u32)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field table
+// ---------------------------------------------------------------------------
+
+/// Which `*.RD` leaf serves a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldScope {
+    /// Global (platform) metadata, read with `TDH.SYS.RD`.
+    Global,
+    /// TD-scope metadata (TDR/TDCS), read with `TDH.MNG.RD`.
+    Td,
+    /// vCPU-scope metadata (TDVPS), read with `TDH.VP.RD`.
+    Vcpu,
+}
+
+/// How the elements of a named field are addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldShape {
+    /// A single element at exactly the named ID.
+    Scalar,
+    /// `len` elements: element `i` is `base + i`.
+    Array {
+        /// Number of elements.
+        len: u32,
+    },
+    /// `len` entries of two elements each: `values[i][j]` is
+    /// `base + 2i + j`, `j` in `0..2`.
+    Pairs {
+        /// Number of two-element entries.
+        len: u32,
+    },
+    /// TD-scope CPUID values: `FIELD_CODE` is a [`CpuidFieldCode`].
+    Cpuid,
+}
+
+/// Where an ID falls inside a named field (see [`lookup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldIndex {
+    /// The field is a [`FieldShape::Scalar`].
+    Scalar,
+    /// Element `i` of a [`FieldShape::Array`].
+    Element(u32),
+    /// `values[index][half]` of a [`FieldShape::Pairs`].
+    Pair {
+        /// Entry index `i`.
+        index: u32,
+        /// Element within the entry, 0 or 1.
+        half: u32,
+    },
+    /// A [`FieldShape::Cpuid`] element.
+    Cpuid(CpuidFieldCode),
+}
+
+/// One named field ID with what the references say about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FieldInfo {
+    /// The field ID (the base ID for arrays).
+    pub id: MdFieldId,
+    /// The constant's name in [`field`], e.g. `"MAX_TDMRS"`.
+    pub name: &'static str,
+    /// The Linux `struct.member` (or KVM identifier) that holds the value.
+    pub linux: &'static str,
+    /// The value type the reference states for the Linux member, or `None`
+    /// if it states none. Compare with [`MdFieldId::element_size`]; the
+    /// two disagree only where the constant's doc says so.
+    pub declared_width: Option<ElementSize>,
+    /// Which leaf serves it.
+    pub scope: FieldScope,
+    /// How its elements are addressed.
+    pub shape: FieldShape,
+    /// Source tag(s) from tdx-abi.md.
+    pub source: &'static str,
+}
+
+impl FieldInfo {
+    /// Where `id` falls inside this field, if it does.
+    #[must_use]
+    pub fn index_of(&self, id: MdFieldId) -> Option<FieldIndex> {
+        let raw = id.into_raw();
+        let base = self.id.into_raw();
+        let upper = !MdFieldId::FIELD_CODE_MASK;
+        if matches!(self.shape, FieldShape::Scalar) {
+            return (raw == base).then_some(FieldIndex::Scalar);
+        }
+        if raw & upper != base & upper {
+            return None;
+        }
+        let code = id.field_code();
+        let off = code.checked_sub(self.id.field_code());
+        match (self.shape, off) {
+            (FieldShape::Array { len }, Some(off)) if off < len => Some(FieldIndex::Element(off)),
+            (FieldShape::Pairs { len }, Some(off)) if off / 2 < len => Some(FieldIndex::Pair {
+                index: off / 2,
+                half: off % 2,
+            }),
+            (FieldShape::Cpuid, _) => CpuidFieldCode::from_field_code(code).map(FieldIndex::Cpuid),
+            _ => None,
+        }
+    }
+}
+
+/// A field ID resolved against [`ALL_FIELDS`]: the named field and the
+/// element within it. `Display` prints `NAME`, `NAME[i]`, `NAME[i][j]` or
+/// `NAME[leaf 0x7, subleaf 0x0][1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldRef {
+    /// The named field.
+    pub info: &'static FieldInfo,
+    /// The element within it.
+    pub index: FieldIndex,
+}
+
+impl fmt::Display for FieldRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.info.name)?;
+        match self.index {
+            FieldIndex::Scalar => Ok(()),
+            FieldIndex::Element(i) => write!(f, "[{i}]"),
+            FieldIndex::Pair { index, half } => write!(f, "[{index}][{half}]"),
+            FieldIndex::Cpuid(c) => {
+                write!(f, "[leaf {:#x}", c.leaf())?;
+                if let Some(s) = c.subleaf() {
+                    write!(f, ", subleaf {s:#x}")?;
+                }
+                write!(f, "][{}]", c.element())
+            }
+        }
+    }
+}
+
+/// The name of `id` if it is exactly (all 64 bits) one of [`ALL_FIELDS`];
+/// array elements other than the base ID give `None` (use [`lookup`]).
+#[must_use]
+pub fn field_name(id: MdFieldId) -> Option<&'static str> {
+    ALL_FIELDS
+        .iter()
+        .find(|info| info.id == id)
+        .map(|info| info.name)
+}
+
+/// Resolves `id` to a named field and the element within it, including
+/// array elements (`CMR_BASE[3]`, `CPUID_CONFIG_VALUES[2][1]`) and TD-scope
+/// CPUID values. Needs no allocation.
+#[must_use]
+pub fn lookup(id: MdFieldId) -> Option<FieldRef> {
+    ALL_FIELDS
+        .iter()
+        .find_map(|info| info.index_of(id).map(|index| FieldRef { info, index }))
+}
+
+pub use field::ALL_FIELDS;
+
+/// Number of named field IDs in [`field`] (the length of [`ALL_FIELDS`]).
+pub const NAMED_FIELD_COUNT: usize = 41;
+
+const _: () = assert!(ALL_FIELDS.len() == NAMED_FIELD_COUNT);
+
+/// Number of `CMR_BASE`/`CMR_SIZE` elements (module `MAX_CMR`; `NUM_CMRS`
+/// reads back this array size, not the populated count). tdx-abi.md §4.3,
+/// model §4.6.
+pub const MAX_CMRS: u32 = 32;
+
+/// Upper bound on `NUM_CPUID_CONFIG` that Linux enforces; also the length of
+/// the `CPUID_CONFIG_LEAVES`/`CPUID_CONFIG_VALUES` arrays. tdx-abi.md §5.2.
+pub const MAX_CPUID_CONFIG: u32 = 128;
+
+/// Declares the named field IDs and builds [`ALL_FIELDS`] from the same list,
+/// so the two cannot drift apart.
+macro_rules! md_fields {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident = $id:expr => ($linux:literal, $width:expr, $scope:ident, $shape:expr, $source:literal);
+    )*) => {
+        $(
+            $(#[$attr])*
+            pub const $name: MdFieldId = $id;
+        )*
+
+        /// Every named field ID of this module, in declaration order, with
+        /// its name, Linux member, declared width, scope, shape and source.
+        pub const ALL_FIELDS: &[FieldInfo] = &[
+            $(
+                FieldInfo {
+                    id: $name,
+                    name: stringify!($name),
+                    linux: $linux,
+                    declared_width: $width,
+                    scope: FieldScope::$scope,
+                    shape: $shape,
+                    source: $source,
+                },
+            )*
+        ];
+    };
+}
+
+/// Named metadata field IDs (tdx-abi.md §4.3, §5.2), as [`MdFieldId`]
+/// constants, plus the class codes and element helpers that go with them.
+///
+/// Array constants (`CPUID_CONFIG_LEAVES`, `CPUID_CONFIG_VALUES`,
+/// `CMR_BASE`, `CMR_SIZE`) are base IDs: element `i` is `base + i`, and for
+/// `CPUID_CONFIG_VALUES` entry `values[i][j]` is `base + 2i + j`. Use the
+/// helper functions here, which also check the array length.
+///
+/// Not given IDs here because no reference states them:
+/// `TDCS_SIZE_PER_L2_VM` and `TDVPS_SIZE_PER_L2_VM` (model §4.6 gives only
+/// their values, 4096 and 3 × 4096).
+pub mod field {
+    use super::{
+        CpuidFieldCode, ElementSize, FieldInfo, FieldScope, FieldShape, MAX_CMRS, MAX_CPUID_CONFIG,
+        MdFieldId, td_field_id,
+    };
+
+    const U8: Option<ElementSize> = Some(ElementSize::Bits8);
+    const U16: Option<ElementSize> = Some(ElementSize::Bits16);
+    const U32: Option<ElementSize> = Some(ElementSize::Bits32);
+    const U64: Option<ElementSize> = Some(ElementSize::Bits64);
+    const UNSTATED: Option<ElementSize> = None;
+    const SCALAR: FieldShape = FieldShape::Scalar;
+
+    // --- Class codes (TD and vCPU scope), [S-KVM-ARCH] -------------------
+
+    /// TDCS class "execution controls" (17); holds `TSC_OFFSET`,
+    /// `TSC_MULTIPLIER`. [S-KVM-ARCH]
+    pub const TD_CLASS_EXECUTION_CONTROLS: u8 = 17;
+    /// TDVPS class "VMCS" (0): field = the VMCS field encoding. [S-KVM-ARCH]
+    pub const TDVPS_CLASS_VMCS: u8 = 0;
+    /// TDVPS class "guest GPR state" (16). [S-KVM-ARCH]
+    pub const TDVPS_CLASS_GUEST_GPR: u8 = 16;
+    /// TDVPS class "other guest state" (17); holds `VCPU_STATE_DETAILS`.
+    /// [S-KVM-ARCH]
+    pub const TDVPS_CLASS_OTHER_GUEST: u8 = 17;
+    /// TDVPS class "management" (32); holds `PEND_NMI`. [S-KVM-ARCH]
+    pub const TDVPS_CLASS_MANAGEMENT: u8 = 32;
+
+    md_fields! {
+        // --- Mainline Linux global metadata (tdx-abi.md §5.2, first table) ---
+
+        /// `features.tdx_features0` (u64): feature bits, see
+        /// [`TdxFeatures0`](super::TdxFeatures0). [S-GMD-c-1260]
+        TDX_FEATURES0 = MdFieldId::from_raw(0x0A00_0003_0000_0008)
+            => ("features.tdx_features0", U64, Global, SCALAR, "S-GMD-c-1260");
+        /// `tdmr.max_tdmrs` (u16): most TDMRs TDH.SYS.CONFIG accepts. [S-GMD-c-1260]
+        MAX_TDMRS = MdFieldId::from_raw(0x9100_0001_0000_0008)
+            => ("tdmr.max_tdmrs", U16, Global, SCALAR, "S-GMD-c-1260");
+        /// `tdmr.max_reserved_per_tdmr` (u16): reserved areas per TDMR. [S-GMD-c-1260]
+        MAX_RESERVED_PER_TDMR = MdFieldId::from_raw(0x9100_0001_0000_0009)
+            => ("tdmr.max_reserved_per_tdmr", U16, Global, SCALAR, "S-GMD-c-1260");
+        /// `tdmr.pamt_4k_entry_size` (u16): bytes per 4K PAMT entry. [S-GMD-c-1260]
+        PAMT_4K_ENTRY_SIZE = MdFieldId::from_raw(0x9100_0001_0000_0010)
+            => ("tdmr.pamt_4k_entry_size", U16, Global, SCALAR, "S-GMD-c-1260");
+        /// `tdmr.pamt_2m_entry_size` (u16): bytes per 2M PAMT entry. [S-GMD-c-1260]
+        PAMT_2M_ENTRY_SIZE = MdFieldId::from_raw(0x9100_0001_0000_0011)
+            => ("tdmr.pamt_2m_entry_size", U16, Global, SCALAR, "S-GMD-c-1260");
+        /// `tdmr.pamt_1g_entry_size` (u16): bytes per 1G PAMT entry. [S-GMD-c-1260]
+        PAMT_1G_ENTRY_SIZE = MdFieldId::from_raw(0x9100_0001_0000_0012)
+            => ("tdmr.pamt_1g_entry_size", U16, Global, SCALAR, "S-GMD-c-1260");
+        /// `td_ctrl.tdr_base_size` (u16): TDR size in bytes. [S-GMD-LIST]
+        TDR_BASE_SIZE = MdFieldId::from_raw(0x9800_0001_0000_0000)
+            => ("td_ctrl.tdr_base_size", U16, Global, SCALAR, "S-GMD-LIST");
+        /// `td_ctrl.tdcs_base_size` (u16): TDCS size in bytes. [S-GMD-LIST]
+        TDCS_BASE_SIZE = MdFieldId::from_raw(0x9800_0001_0000_0100)
+            => ("td_ctrl.tdcs_base_size", U16, Global, SCALAR, "S-GMD-LIST");
+        /// `td_ctrl.tdvps_base_size` (u16): TDVPS size in bytes. [S-GMD-LIST]
+        TDVPS_BASE_SIZE = MdFieldId::from_raw(0x9800_0001_0000_0200)
+            => ("td_ctrl.tdvps_base_size", U16, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.attributes_fixed0` (u64): TD attribute bits that must be 0 where this is 0. [S-GMD-LIST]
+        ATTRIBUTES_FIXED0 = MdFieldId::from_raw(0x1900_0003_0000_0000)
+            => ("td_conf.attributes_fixed0", U64, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.attributes_fixed1` (u64): TD attribute bits that must be 1. [S-GMD-LIST]
+        ATTRIBUTES_FIXED1 = MdFieldId::from_raw(0x1900_0003_0000_0001)
+            => ("td_conf.attributes_fixed1", U64, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.xfam_fixed0` (u64): XFAM bits that must be 0 where this is 0. [S-GMD-LIST]
+        XFAM_FIXED0 = MdFieldId::from_raw(0x1900_0003_0000_0002)
+            => ("td_conf.xfam_fixed0", U64, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.xfam_fixed1` (u64): XFAM bits that must be 1. [S-GMD-LIST]
+        XFAM_FIXED1 = MdFieldId::from_raw(0x1900_0003_0000_0003)
+            => ("td_conf.xfam_fixed1", U64, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.num_cpuid_config` (u16, Linux requires ≤ [`MAX_CPUID_CONFIG`]). [S-GMD-LIST]
+        NUM_CPUID_CONFIG = MdFieldId::from_raw(0x9900_0001_0000_0004)
+            => ("td_conf.num_cpuid_config", U16, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.max_vcpus_per_td` (u16). [S-GMD-LIST]
+        MAX_VCPUS_PER_TD = MdFieldId::from_raw(0x9900_0001_0000_0008)
+            => ("td_conf.max_vcpus_per_td", U16, Global, SCALAR, "S-GMD-LIST");
+        /// `td_conf.cpuid_config_leaves[i]` (u64: leaf in bits 31:0, sub-leaf in 63:32, sub-leaf `!0` = none); array base, element `i` = base + i ([`cpuid_config_leaf`]). [S-GMD-LIST]
+        CPUID_CONFIG_LEAVES = MdFieldId::from_raw(0x9900_0003_0000_0400)
+            => ("td_conf.cpuid_config_leaves", U64, Global,
+                FieldShape::Array { len: MAX_CPUID_CONFIG }, "S-GMD-LIST");
+        /// `td_conf.cpuid_config_values[i][j]` (u64 × 2: EBX:EAX, EDX:ECX); array base, `values[i][j]` = base + 2i + j ([`cpuid_config_value`]). [S-GMD-LIST]
+        CPUID_CONFIG_VALUES = MdFieldId::from_raw(0x9900_0003_0000_0500)
+            => ("td_conf.cpuid_config_values", U64, Global,
+                FieldShape::Pairs { len: MAX_CPUID_CONFIG }, "S-GMD-LIST");
+
+        // --- 2025–2026 additions (tdx-abi.md §5.2, second table) -------------
+
+        /// `version.minor_version` (u16): module minor version. [S-VERSION]
+        MINOR_VERSION = MdFieldId::from_raw(0x0800_0001_0000_0003)
+            => ("version.minor_version", U16, Global, SCALAR, "S-VERSION");
+        /// `version.major_version` (u16): module major version. [S-VERSION]
+        MAJOR_VERSION = MdFieldId::from_raw(0x0800_0001_0000_0004)
+            => ("version.major_version", U16, Global, SCALAR, "S-VERSION");
+        /// `version.update_version` (u16): module update version. [S-VERSION]
+        UPDATE_VERSION = MdFieldId::from_raw(0x0800_0001_0000_0005)
+            => ("version.update_version", U16, Global, SCALAR, "S-VERSION");
+        /// `handoff.module_hv` (u16): handoff version; read only if `TD_PRESERVING` is set. [S-UPDATE-v8; S-OLD-PROTO]
+        MODULE_HV = MdFieldId::from_raw(0x8900_0001_0000_0000)
+            => ("handoff.module_hv", U16, Global, SCALAR, "S-UPDATE-v8; S-OLD-PROTO");
+        /// `min_update_hv` (type not stated; the ID encodes 16 bits): prototype only. [S-OLD-PROTO]
+        MIN_UPDATE_HV = MdFieldId::from_raw(0x8900_0001_0000_0001)
+            => ("min_update_hv", UNSTATED, Global, SCALAR, "S-OLD-PROTO");
+        /// `no_downgrade` (u8): prototype only. [S-OLD-PROTO]
+        NO_DOWNGRADE = MdFieldId::from_raw(0x8900_0000_0000_0002)
+            => ("no_downgrade", U8, Global, SCALAR, "S-OLD-PROTO");
+        /// `tdmr.pamt_page_bitmap_entry_bits` (u8, Dynamic PAMT only): bits per 4K page in the PAMT bitmap. [S-DPAMT-v6]
+        ///
+        /// **Width disagreement:** the reference gives the Linux member as
+        /// `u8`, but this ID's `ELEMENT_SIZE_CODE` is 1 (16 bits). The ID is
+        /// kept exactly as the reference gives it; the module zero-extends
+        /// the 16-bit value, and a reader storing it in a `u8` must check it
+        /// fits.
+        PAMT_PAGE_BITMAP_ENTRY_BITS = MdFieldId::from_raw(0x9100_0001_0000_0013)
+            => ("tdmr.pamt_page_bitmap_entry_bits", U8, Global, SCALAR, "S-DPAMT-v6");
+        /// `ext.memory_pool_required_pages` (u32), **Jun 2026** ID: pages the module extensions need. [S-QUOTE-v2 04]
+        EXT_MEMORY_POOL_REQUIRED_PAGES = MdFieldId::from_raw(0x3100_0002_0000_0000)
+            => ("ext.memory_pool_required_pages", U32, Global, SCALAR, "S-QUOTE-v2 04");
+        /// `ext.memory_pool_required_pages` (u16), **Mar 2026** ID, superseded by [`EXT_MEMORY_POOL_REQUIRED_PAGES`]. [S-CONNECT-v2 06]
+        EXT_MEMORY_POOL_REQUIRED_PAGES_MAR2026 = MdFieldId::from_raw(0x3100_0001_0000_0000)
+            => ("ext.memory_pool_required_pages", U16, Global, SCALAR, "S-CONNECT-v2 06");
+        /// `ext.ext_required` (u8, boolean), **Jun 2026** ID; valid only after TDH.SYS.CONFIG. [S-QUOTE-v2 04]
+        EXT_REQUIRED = MdFieldId::from_raw(0x3100_0000_0000_0001)
+            => ("ext.ext_required", U8, Global, SCALAR, "S-QUOTE-v2 04");
+        /// `ext.ext_required` (type not stated; the ID encodes 16 bits), **Mar 2026** ID, superseded by [`EXT_REQUIRED`]. [S-CONNECT-v2 06]
+        EXT_REQUIRED_MAR2026 = MdFieldId::from_raw(0x3100_0001_0000_0001)
+            => ("ext.ext_required", UNSTATED, Global, SCALAR, "S-CONNECT-v2 06");
+        /// `quote.max_quote_size` (u32): valid only after TDH.QUOTE.INIT. [S-QUOTE-v2 08]
+        MAX_QUOTE_SIZE = MdFieldId::from_raw(0x2300_0002_0000_0002)
+            => ("quote.max_quote_size", U32, Global, SCALAR, "S-QUOTE-v2 08");
+        /// `connect.ide_mt_page_count` (u16): TDX Connect IDE metadata pages. [S-CONNECT-v2 06]
+        IDE_MT_PAGE_COUNT = MdFieldId::from_raw(0x3000_0001_0000_0001)
+            => ("connect.ide_mt_page_count", U16, Global, SCALAR, "S-CONNECT-v2 06");
+        /// `connect.spdm_mt_page_count` (u16): TDX Connect SPDM metadata pages. [S-CONNECT-v2 06]
+        SPDM_MT_PAGE_COUNT = MdFieldId::from_raw(0x3000_0001_0000_0002)
+            => ("connect.spdm_mt_page_count", U16, Global, SCALAR, "S-CONNECT-v2 06");
+        /// `connect.iommu_mt_page_count` (u16): TDX Connect IOMMU metadata pages. [S-CONNECT-v2 06]
+        IOMMU_MT_PAGE_COUNT = MdFieldId::from_raw(0x3000_0001_0000_0003)
+            => ("connect.iommu_mt_page_count", U16, Global, SCALAR, "S-CONNECT-v2 06");
+        /// `connect.spdm_max_dev_info_pages` (u16): TDX Connect SPDM device-info pages. [S-CONNECT-v2 06]
+        SPDM_MAX_DEV_INFO_PAGES = MdFieldId::from_raw(0x3000_0001_0000_0007)
+            => ("connect.spdm_max_dev_info_pages", U16, Global, SCALAR, "S-CONNECT-v2 06");
+
+        // --- CMRs (tdx-abi.md §4.3; proposed, not read by mainline Linux) ----
+
+        /// `NUM_CMRS` (u16, proposed series, not mainline): the module serves [`MAX_CMRS`] (= 32, the array size). [S-CMR-v4]
+        NUM_CMRS = MdFieldId::from_raw(0x9000_0001_0000_0000)
+            => ("NUM_CMRS (proposed)", U16, Global, SCALAR, "S-CMR-v4");
+        /// `CMR_BASE[i]` (u64, proposed series): array base, element `i` = base + i, `i` < 32 ([`cmr_base`]); empty CMRs have size 0. [S-CMR-v4]
+        CMR_BASE = MdFieldId::from_raw(0x9000_0003_0000_0080)
+            => ("CMR_BASE (proposed)", U64, Global,
+                FieldShape::Array { len: MAX_CMRS }, "S-CMR-v4");
+        /// `CMR_SIZE[i]` (u64, proposed series): array base, element `i` = base + i, `i` < 32 ([`cmr_size`]). [S-CMR-v4]
+        CMR_SIZE = MdFieldId::from_raw(0x9000_0003_0000_0100)
+            => ("CMR_SIZE (proposed)", U64, Global,
+                FieldShape::Array { len: MAX_CMRS }, "S-CMR-v4");
+
+        // --- TD / vCPU scope, as KVM uses them (tdx-abi.md §5.2 last paragraph) ---
+
+        /// KVM `TD_MD_FIELD_ID_CPUID_VALUES` (u64 × 2 per leaf: EBX:EAX, EDX:ECX), TDH.MNG.RD; base of the CPUID values, `FIELD_CODE` is a [`CpuidFieldCode`] ([`td_cpuid_value`]). [S-KVM-ARCH]
+        ///
+        /// `CONTEXT_CODE` is 1 and `ELEMENT_SIZE_CODE` 3 in this ID; it is a
+        /// literal in KVM, not built with [`td_field_id`].
+        TD_CPUID_VALUES = MdFieldId::from_raw(0x9410_0003_0000_0000)
+            => ("TD_MD_FIELD_ID_CPUID_VALUES (KVM)", U64, Td, FieldShape::Cpuid, "S-KVM-ARCH");
+        /// KVM `TD_TDCS_EXEC_TSC_OFFSET` (width not stated), TDH.MNG.RD: TDCS execution controls (class 17), field 10. [S-KVM-ARCH]
+        ///
+        /// Built with KVM's rule ([`td_field_id`]), so `ELEMENT_SIZE_CODE`
+        /// is 0 here, as in KVM's form; it does not describe the value width.
+        TSC_OFFSET = td_field_id(false, TD_CLASS_EXECUTION_CONTROLS, 10)
+            => ("TD_TDCS_EXEC_TSC_OFFSET (KVM)", UNSTATED, Td, SCALAR, "S-KVM-ARCH");
+        /// KVM `TD_TDCS_EXEC_TSC_MULTIPLIER` (width not stated), TDH.MNG.RD: TDCS execution controls (class 17), field 11. [S-KVM-ARCH]
+        ///
+        /// Built with KVM's rule ([`td_field_id`]); `ELEMENT_SIZE_CODE` is 0
+        /// in KVM's form.
+        TSC_MULTIPLIER = td_field_id(false, TD_CLASS_EXECUTION_CONTROLS, 11)
+            => ("TD_TDCS_EXEC_TSC_MULTIPLIER (KVM)", UNSTATED, Td, SCALAR, "S-KVM-ARCH");
+        /// KVM `TD_VCPU_PEND_NMI` (width not stated), TDH.VP.RD/WR: TDVPS management class (32), field 11. [S-KVM-ARCH]
+        ///
+        /// Built with KVM's rule ([`td_field_id`]); `ELEMENT_SIZE_CODE` is 0
+        /// in KVM's form.
+        PEND_NMI = td_field_id(false, TDVPS_CLASS_MANAGEMENT, 11)
+            => ("TD_VCPU_PEND_NMI (KVM)", UNSTATED, Vcpu, SCALAR, "S-KVM-ARCH");
+        /// KVM `TD_VCPU_STATE_DETAILS_NON_ARCH` (width not stated; KVM reads it as 64 bits, bit 0 = interrupt pending), TDH.VP.RD: non-arch field 0x100. [S-KVM-ARCH]
+        ///
+        /// Built with KVM's rule ([`td_field_id`]) with `NON_ARCH` set, in
+        /// the TDVPS "other guest state" class (17) where KVM reads it;
+        /// `ELEMENT_SIZE_CODE` is 0 in KVM's form. The class is KVM's
+        /// (`tdx_arch.h`), tdx-abi.md §5.2 gives only "non-arch 0x100".
+        VCPU_STATE_DETAILS = td_field_id(true, TDVPS_CLASS_OTHER_GUEST, 0x100)
+            => ("TD_VCPU_STATE_DETAILS_NON_ARCH (KVM)", UNSTATED, Vcpu, SCALAR, "S-KVM-ARCH");
+    }
+
+    /// `CPUID_CONFIG_LEAVES[i]`, or `None` if `i >= MAX_CPUID_CONFIG` (128).
+    #[must_use]
+    pub const fn cpuid_config_leaf(i: u32) -> Option<MdFieldId> {
+        if i >= MAX_CPUID_CONFIG {
+            return None;
+        }
+        CPUID_CONFIG_LEAVES.element(i)
+    }
+
+    /// `CPUID_CONFIG_VALUES[i][j]` = base + 2i + j (`j` = 0: EBX:EAX,
+    /// 1: EDX:ECX), or `None` if `i >= 128` or `j > 1`.
+    #[must_use]
+    pub const fn cpuid_config_value(i: u32, j: u32) -> Option<MdFieldId> {
+        if i >= MAX_CPUID_CONFIG || j > 1 {
+            return None;
+        }
+        CPUID_CONFIG_VALUES.element(2 * i + j)
+    }
+
+    /// `CMR_BASE[i]`, or `None` if `i >= MAX_CMRS` (32).
+    #[must_use]
+    pub const fn cmr_base(i: u32) -> Option<MdFieldId> {
+        if i >= MAX_CMRS {
+            return None;
+        }
+        CMR_BASE.element(i)
+    }
+
+    /// `CMR_SIZE[i]`, or `None` if `i >= MAX_CMRS` (32).
+    #[must_use]
+    pub const fn cmr_size(i: u32) -> Option<MdFieldId> {
+        if i >= MAX_CMRS {
+            return None;
+        }
+        CMR_SIZE.element(i)
+    }
+
+    /// The TD-scope CPUID value ID for `leaf`/`subleaf` (`None` = sub-leaf
+    /// not applicable), `element` 0 = EBX:EAX, 1 = EDX:ECX; `None` if the
+    /// leaf or sub-leaf cannot be expressed (see [`CpuidFieldCode::encode`]).
+    #[must_use]
+    pub const fn td_cpuid_value(leaf: u32, subleaf: Option<u32>, element: u8) -> Option<MdFieldId> {
+        match CpuidFieldCode::encode(leaf, subleaf, element) {
+            Some(code) => Some(TD_CPUID_VALUES.with_field_code(code.field_code())),
+            None => None,
+        }
+    }
+
+    /// A TDVPS VMCS-class field ID for VMCS field `encoding`, built with
+    /// KVM's rule (`ELEMENT_SIZE_CODE` 0). [S-KVM-ARCH]
+    #[must_use]
+    pub const fn tdvps_vmcs(encoding: u32) -> MdFieldId {
+        td_field_id(false, TDVPS_CLASS_VMCS, encoding)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TDX_FEATURES0
+// ---------------------------------------------------------------------------
+
+/// The `TDX_FEATURES0` metadata value ([`field::TDX_FEATURES0`]),
+/// tdx-abi.md §5.3.
+///
+/// Only the bits Linux refers to are named; every other bit is kept as read
+/// (`from_bits(x).into_bits() == x`) and reported by
+/// [`unknown_bits`](Self::unknown_bits). Which bits are required is the
+/// caller's policy (Linux requires `NO_RBP_MOD`; KVM requires
+/// `TOPOLOGY_ENUM`).
+#[bitfield(u64, debug = false)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct TdxFeatures0 {
+    #[bits(1)]
+    __bit_0: u8,
+    /// Bit 1, `TD_PRESERVING`: runtime module update supported.
+    /// [S-UPDATE-v8; S-OLD-PROTO]
+    pub td_preserving: bool,
+    #[bits(4)]
+    __bits_5_2: u8,
+    /// Bit 6, `TDXCONNECT`. [S-CONNECT-v2 06]
+    pub tdxconnect: bool,
+    #[bits(11)]
+    __bits_17_7: u16,
+    /// Bit 18, `NO_RBP_MOD` (Linux requires it). [S-TDXH-43db]
+    pub no_rbp_mod: bool,
+    #[bits(1)]
+    __bit_19: u8,
+    /// Bit 20, `TOPOLOGY_ENUM` (KVM requires it). [S-KVM-ARCH]
+    pub topology_enum: bool,
+    #[bits(2)]
+    __bits_22_21: u8,
+    /// Bit 23, `CLFLUSH_BEFORE_ALLOC` (proposed use). [S-FEAT-HITS]
+    pub clflush_before_alloc: bool,
+    #[bits(12)]
+    __bits_35_24: u16,
+    /// Bit 36, `DYNAMIC_PAMT`. [S-FEAT-HITS; S-NEWEST-TDXC]
+    pub dynamic_pamt: bool,
+    #[bits(2)]
+    __bits_38_37: u8,
+    /// Bit 39, `EXT`: module extensions. [S-CONNECT-v2 06; S-QUOTE-v2 03]
+    pub ext: bool,
+    #[bits(7)]
+    __bits_46_40: u8,
+    /// Bit 47, `UPDATE_COMPATIBILITY`. [S-UPDATE-COMPAT]
+    pub update_compatibility: bool,
+    #[bits(2)]
+    __bits_49_48: u8,
+    /// Bit 50, `QUOTE`: DICE quoting extension. [S-QUOTE-v2 07]
+    pub quote: bool,
+    #[bits(13)]
+    __bits_63_51: u16,
+}
+
+impl TdxFeatures0 {
+    /// The named bits, `(bit number, name)`, in bit order.
+    pub const NAMED_BITS: &'static [(u32, &'static str)] = &[
+        (1, "TD_PRESERVING"),
+        (6, "TDXCONNECT"),
+        (18, "NO_RBP_MOD"),
+        (20, "TOPOLOGY_ENUM"),
+        (23, "CLFLUSH_BEFORE_ALLOC"),
+        (36, "DYNAMIC_PAMT"),
+        (39, "EXT"),
+        (47, "UPDATE_COMPATIBILITY"),
+        (50, "QUOTE"),
+    ];
+
+    /// Mask of all named bits.
+    pub const KNOWN_MASK: u64 = {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < Self::NAMED_BITS.len() {
+            mask |= 1 << Self::NAMED_BITS[i].0;
+            i += 1;
+        }
+        mask
+    };
+
+    /// `TD_PRESERVING` alone.
+    pub const TD_PRESERVING: Self = Self::new().with_td_preserving(true);
+    /// `TDXCONNECT` alone.
+    pub const TDXCONNECT: Self = Self::new().with_tdxconnect(true);
+    /// `NO_RBP_MOD` alone.
+    pub const NO_RBP_MOD: Self = Self::new().with_no_rbp_mod(true);
+    /// `TOPOLOGY_ENUM` alone.
+    pub const TOPOLOGY_ENUM: Self = Self::new().with_topology_enum(true);
+    /// `CLFLUSH_BEFORE_ALLOC` alone.
+    pub const CLFLUSH_BEFORE_ALLOC: Self = Self::new().with_clflush_before_alloc(true);
+    /// `DYNAMIC_PAMT` alone.
+    pub const DYNAMIC_PAMT: Self = Self::new().with_dynamic_pamt(true);
+    /// `EXT` alone.
+    pub const EXT: Self = Self::new().with_ext(true);
+    /// `UPDATE_COMPATIBILITY` alone.
+    pub const UPDATE_COMPATIBILITY: Self = Self::new().with_update_compatibility(true);
+    /// `QUOTE` alone.
+    pub const QUOTE: Self = Self::new().with_quote(true);
+
+    /// Whether every bit set in `required` is also set in `self`.
+    #[must_use]
+    pub const fn contains(self, required: Self) -> bool {
+        self.into_bits() & required.into_bits() == required.into_bits()
+    }
+
+    /// The bits of `required` that `self` lacks.
+    #[must_use]
+    pub const fn missing(self, required: Self) -> Self {
+        Self::from_bits(required.into_bits() & !self.into_bits())
+    }
+
+    /// Set bits this crate has no name for (kept, never dropped).
+    #[must_use]
+    pub const fn unknown_bits(self) -> u64 {
+        self.into_bits() & !Self::KNOWN_MASK
+    }
+}
+
+/// Lists the names of the named bits set in a feature word.
+struct FeatureNames(u64);
+
+/// A name that `Debug` prints without quotes.
+struct Bare(&'static str);
+
+impl fmt::Debug for Bare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Debug for FeatureNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                TdxFeatures0::NAMED_BITS
+                    .iter()
+                    .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+                    .map(|&(_, name)| Bare(name)),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Debug for TdxFeatures0 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("TdxFeatures0");
+        s.field("raw", &format_args!("{:#018x}", self.into_bits()))
+            .field("set", &FeatureNames(self.into_bits()));
+        if self.unknown_bits() != 0 {
+            s.field("unknown", &format_args!("{:#x}", self.unknown_bits()));
+        }
+        s.finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// KeyID partitioning
+// ---------------------------------------------------------------------------
+
+/// MSR number of `IA32_MKTME_KEYID_PARTITIONING`. tdx-abi.md §6.1.
+pub const MSR_IA32_MKTME_KEYID_PARTITIONING: u32 = 0x87;
+
+/// The module's limit on HKIDs: the private (TDX) KeyID range must stay
+/// below this (`MAX_HKIDS`). Model §1.4.
+pub const MAX_HKIDS: u32 = 2048;
+
+/// MSR `IA32_MKTME_KEYID_PARTITIONING` (0x87): how the hardware KeyIDs are
+/// split between MKTME (shared) and TDX (private). tdx-abi.md §6.1.
+///
+/// KeyID 0 is the no-key default; KeyIDs `1..=nr_mktme_keyids` are MKTME
+/// KeyIDs; the next `nr_tdx_keyids` are TDX private KeyIDs. The host uses the
+/// first private KeyID as the global KeyID (for PAMT and module data) and
+/// hands out the rest to TDs.
+///
+/// The accessors below compute with saturating arithmetic and are meaningful
+/// only for a value that passes [`check`](Self::check).
+///
+/// ```
+/// use tdx_types::metadata::KeyIdPartition;
+///
+/// let p = KeyIdPartition::from_bits((16 << 32) | 31);
+/// assert_eq!(p.check(), Ok(()));
+/// assert_eq!(p.global_keyid(), 32);
+/// assert_eq!(p.guest_keyids(), 33..48);
+/// ```
+#[doc(alias = "IA32_MKTME_KEYID_PARTITIONING")]
+#[bitfield(u64)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct KeyIdPartition {
+    /// Bits 31:0: number of MKTME KeyIDs.
+    pub nr_mktme_keyids: u32,
+    /// Bits 63:32: number of TDX private KeyIDs.
+    pub nr_tdx_keyids: u32,
+}
+
+/// Why a [`KeyIdPartition`] cannot be used for TDX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyIdPartitionError {
+    /// No TDX private KeyIDs (bits 63:32 are 0): TDX is not enabled.
+    #[error("no TDX private KeyIDs are partitioned (MSR 0x87 bits 63:32 are 0)")]
+    NoTdxKeyIds,
+    /// Only one TDX KeyID: Linux needs one global KeyID and at least one
+    /// for guests.
+    #[error("only {nr_tdx} TDX private KeyID; at least 2 are needed (1 global + guests)")]
+    TooFewTdxKeyIds {
+        /// The number of TDX KeyIDs found.
+        nr_tdx: u32,
+    },
+    /// The last private KeyID is not below [`MAX_HKIDS`]; the module
+    /// rejects this partition.
+    #[error("last TDX private KeyID {last} is not below MAX_HKIDS ({max})")]
+    AboveMaxHkids {
+        /// The last private KeyID, `nr_mktme + nr_tdx`.
+        last: u64,
+        /// [`MAX_HKIDS`].
+        max: u32,
+    },
+}
+
+impl KeyIdPartition {
+    /// The MSR this value is read from.
+    pub const MSR: u32 = MSR_IA32_MKTME_KEYID_PARTITIONING;
+
+    /// First TDX private KeyID: `nr_mktme_keyids + 1`.
+    #[must_use]
+    pub const fn tdx_keyid_start(self) -> u32 {
+        self.nr_mktme_keyids().saturating_add(1)
+    }
+
+    /// The global KeyID Linux uses (for PAMTs and TDH.SYS.CONFIG's R8): the
+    /// first private KeyID.
+    #[must_use]
+    pub const fn global_keyid(self) -> u32 {
+        self.tdx_keyid_start()
+    }
+
+    /// All TDX private KeyIDs: `[start, start + nr_tdx)`.
+    #[must_use]
+    pub const fn private_keyids(self) -> Range<u32> {
+        let start = self.tdx_keyid_start();
+        start..start.saturating_add(self.nr_tdx_keyids())
+    }
+
+    /// The KeyIDs available to TDs: `[start + 1, start + nr_tdx)`, i.e.
+    /// `nr_tdx - 1` KeyIDs (empty if `nr_tdx` < 2).
+    #[must_use]
+    pub const fn guest_keyids(self) -> Range<u32> {
+        let start = self.tdx_keyid_start();
+        let first = start.saturating_add(1);
+        let end = start.saturating_add(self.nr_tdx_keyids());
+        first..if end > first { end } else { first }
+    }
+
+    /// Checks the partition as Linux and the module do, in this order: at
+    /// least one TDX KeyID; at least two (tdx-abi.md §6.1); the last
+    /// private KeyID below [`MAX_HKIDS`] (model §1.4).
+    ///
+    /// # Errors
+    ///
+    /// The first rule that fails, as a [`KeyIdPartitionError`].
+    pub const fn check(self) -> Result<(), KeyIdPartitionError> {
+        let nr_tdx = self.nr_tdx_keyids();
+        if nr_tdx == 0 {
+            return Err(KeyIdPartitionError::NoTdxKeyIds);
+        }
+        if nr_tdx < 2 {
+            return Err(KeyIdPartitionError::TooFewTdxKeyIds { nr_tdx });
+        }
+        let last = self.nr_mktme_keyids() as u64 + nr_tdx as u64;
+        if last >= MAX_HKIDS as u64 {
+            return Err(KeyIdPartitionError::AboveMaxHkids {
+                last,
+                max: MAX_HKIDS,
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PAMT page types and module 1.5 defaults
+// ---------------------------------------------------------------------------
+
+/// The page type kept in a PAMT entry (`pt`). tdx-abi.md §4.9, model §3.1.
+///
+/// An open newtype: module 2.0 adds values (TDX Connect types 9–13) that
+/// have no name here. The field is 8 bits in module 1.5 and 5 bits in 2.0.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    zerocopy::IntoBytes,
+    zerocopy::FromBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+#[repr(transparent)]
+pub struct PamtPageType(pub u8);
+
+impl PamtPageType {
+    /// `PT_NDA` (0): not assigned, i.e. free.
+    pub const NDA: Self = Self(0);
+    /// `PT_RSVD` (1): reserved area; PAMT pages themselves also read back
+    /// as this.
+    pub const RSVD: Self = Self(1);
+    /// `PT_REG` (3): a TD private page (the only type that can be a 2M/1G
+    /// leaf).
+    pub const REG: Self = Self(3);
+    /// `PT_TDR` (4): a TD root page.
+    pub const TDR: Self = Self(4);
+    /// `PT_TDCX` (5): a TDCS page or an extra TDVPS page.
+    pub const TDCX: Self = Self(5);
+    /// `PT_TDVPR` (6): a TDVPS root page.
+    pub const TDVPR: Self = Self(6);
+    /// `PT_EPT` (8): a Secure-EPT page.
+    pub const EPT: Self = Self(8);
+    /// `PT_PAMT` (15): **module 2.0 tree only** (not 1.5.01): a 2M node with
+    /// Dynamic PAMT backing. Model §3.1 \[R2\].
+    pub const PAMT: Self = Self(15);
+
+    /// The module's name for this type (`"PT_TDR"`), or `None`.
+    #[must_use]
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "PT_NDA",
+            1 => "PT_RSVD",
+            3 => "PT_REG",
+            4 => "PT_TDR",
+            5 => "PT_TDCX",
+            6 => "PT_TDVPR",
+            8 => "PT_EPT",
+            15 => "PT_PAMT",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for PamtPageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "PamtPageType({name})"),
+            None => write!(f, "PamtPageType({})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for PamtPageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "PT_UNKNOWN({})", self.0),
+        }
+    }
+}
+
+/// PAMT entry size in bytes at every level in module 1.5.01
+/// (`PAMT_ENTRY_SIZE_IN_BYTES`); also what its `PAMT_*_ENTRY_SIZE` fields
+/// read. A default only: read the real sizes from metadata. tdx-abi.md §4.9.
+pub const PAMT_ENTRY_SIZE_1_5: u16 = 16;
+
+/// `MAX_TDMRS` in module 1.5.01 (what [`field::MAX_TDMRS`] reads).
+/// tdx-abi.md §4.1, model §4.6.
+pub const MAX_TDMRS_1_5: u16 = 64;
+
+/// `MAX_RESERVED_PER_TDMR` in module 1.5.01 (what
+/// [`field::MAX_RESERVED_PER_TDMR`] reads). tdx-abi.md §4.1, model §4.6.
+pub const MAX_RESERVED_PER_TDMR_1_5: u16 = 16;
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::field::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    extern crate std;
+    use std::format;
+    use std::string::ToString;
+    use std::vec::Vec;
+
+    // The known disagreements between the reference's stated Linux type and
+    // the element size encoded in the ID. Kept as the reference gives them.
+    const WIDTH_DISAGREEMENTS: &[MdFieldId] = &[PAMT_PAGE_BITMAP_ENTRY_BITS];
+
+    #[test]
+    fn decode_max_tdmrs() {
+        let id = MdFieldId::from_raw(0x9100_0001_0000_0008);
+        assert_eq!(id.class_code(), 0x11);
+        assert_eq!(id.context_code(), 0);
+        assert_eq!(id.element_size_code(), 1);
+        assert_eq!(id.element_size_bytes(), 2);
+        assert_eq!(id.field_code(), 8);
+        assert!(id.non_arch());
+        assert!(!id.inc_size());
+        assert!(!id.write_mask_valid());
+        assert_eq!(id.last_element_in_field(), 0);
+        assert_eq!(id.last_field_in_sequence(), 0);
+        assert_eq!(id.reserved_bits(), 0);
+        assert_eq!(id, MAX_TDMRS);
+    }
+
+    #[test]
+    fn decode_cpuid_config_leaves() {
+        let id = MdFieldId::from_raw(0x9900_0003_0000_0400);
+        assert_eq!(id.class_code(), 0x19);
+        assert_eq!(id.context_code(), 0);
+        assert_eq!(id.element_size(), ElementSize::Bits64);
+        assert_eq!(id.element_size_bytes(), 8);
+        assert_eq!(id.field_code(), 0x400);
+        assert!(id.non_arch());
+        assert_eq!(id, CPUID_CONFIG_LEAVES);
+    }
+
+    #[test]
+    fn decode_other_vectors() {
+        assert_eq!(TDX_FEATURES0.class_code(), 0x0A);
+        assert!(!TDX_FEATURES0.non_arch());
+        assert_eq!(TD_CPUID_VALUES.class_code(), 0x14);
+        assert_eq!(TD_CPUID_VALUES.context_code(), 1);
+        assert_eq!(TD_CPUID_VALUES.element_size(), ElementSize::Bits64);
+        assert_eq!(EXT_REQUIRED.element_size(), ElementSize::Bits8);
+        assert_eq!(
+            EXT_MEMORY_POOL_REQUIRED_PAGES.element_size(),
+            ElementSize::Bits32
+        );
+    }
+
+    #[test]
+    fn builder_matches_kvm_rule() {
+        assert_eq!(TSC_OFFSET.into_raw(), 0x1100_0000_0000_000A);
+        assert_eq!(TSC_MULTIPLIER.into_raw(), 0x1100_0000_0000_000B);
+        assert_eq!(PEND_NMI.into_raw(), 0x2000_0000_0000_000B);
+        assert_eq!(VCPU_STATE_DETAILS.into_raw(), 0x9100_0000_0000_0100);
+        for id in [TSC_OFFSET, TSC_MULTIPLIER, PEND_NMI, VCPU_STATE_DETAILS] {
+            assert_eq!(id.element_size_code(), 0, "KVM form has size code 0");
+        }
+        assert_eq!(tdvps_vmcs(0x2010).into_raw(), 0x2010);
+        assert_eq!(
+            td_field_id(true, 63, u32::MAX).into_raw(),
+            0xBF00_0000_FFFF_FFFF
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "CLASS_CODE")]
+    fn builder_rejects_wide_class() {
+        let _ = td_field_id(false, 64, 0);
+    }
+
+    #[test]
+    fn element_addressing() {
+        assert_eq!(
+            CMR_BASE.element(3).unwrap().into_raw(),
+            0x9000_0003_0000_0083
+        );
+        assert_eq!(cmr_size(31).unwrap().into_raw(), 0x9000_0003_0000_011F);
+        assert_eq!(cmr_base(32), None);
+        assert_eq!(
+            cpuid_config_leaf(127).unwrap().into_raw(),
+            0x9900_0003_0000_047F
+        );
+        assert_eq!(cpuid_config_leaf(128), None);
+        assert_eq!(
+            cpuid_config_value(3, 1).unwrap().into_raw(),
+            0x9900_0003_0000_0507
+        );
+        assert_eq!(cpuid_config_value(0, 2), None);
+        assert_eq!(cpuid_config_value(128, 0), None);
+        let top = MdFieldId::from_raw(0x00FF_FFFF);
+        assert_eq!(top.element(0), Some(top));
+        assert_eq!(top.element(1), None);
+        assert_eq!(MdFieldId::new().element(u32::MAX), None);
+    }
+
+    #[test]
+    fn cpuid_field_code_vectors() {
+        let c = CpuidFieldCode::encode(0x8000_0008, None, 0).unwrap();
+        assert_eq!(c.field_code(), 0x1_11FE);
+        assert_eq!(c.leaf(), 0x8000_0008);
+        assert_eq!(c.subleaf(), None);
+        let c = CpuidFieldCode::encode(7, Some(0), 1).unwrap();
+        assert_eq!(c.field_code(), 0xE01);
+        assert_eq!(CpuidFieldCode::from_field_code(0xE01), Some(c));
+        assert_eq!(
+            td_cpuid_value(7, Some(0), 1).unwrap().into_raw(),
+            0x9410_0003_0000_0E01
+        );
+        assert_eq!(td_cpuid_value(0, Some(0), 0), Some(TD_CPUID_VALUES));
+        // Not expressible.
+        assert_eq!(CpuidFieldCode::encode(0x80, None, 0), None);
+        assert_eq!(CpuidFieldCode::encode(0x4000_0000, None, 0), None);
+        assert_eq!(CpuidFieldCode::encode(0xD, Some(0x80), 0), None);
+        assert_eq!(CpuidFieldCode::encode(0xD, Some(1), 2), None);
+        // Not canonical.
+        assert_eq!(CpuidFieldCode::from_field_code(1 << 17), None);
+        assert_eq!(CpuidFieldCode::from_field_code(0x100), None);
+    }
+
+    #[test]
+    fn named_field_count() {
+        assert_eq!(ALL_FIELDS.len(), 41);
+        assert_eq!(NAMED_FIELD_COUNT, 41);
+        let global = ALL_FIELDS
+            .iter()
+            .filter(|f| f.scope == FieldScope::Global)
+            .count();
+        assert_eq!(global, 36);
+    }
+
+    #[test]
+    fn ids_and_names_are_unique_and_clean() {
+        for (i, a) in ALL_FIELDS.iter().enumerate() {
+            assert_eq!(a.id.reserved_bits(), 0, "{}", a.name);
+            for b in &ALL_FIELDS[i + 1..] {
+                assert_ne!(a.id, b.id, "{} / {}", a.name, b.name);
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+
+    /// The element size encoded in each ID must match the Linux type the
+    /// reference states, except for the listed, documented disagreements.
+    #[test]
+    fn element_size_matches_declared_width() {
+        for f in ALL_FIELDS {
+            let Some(declared) = f.declared_width else {
+                continue;
+            };
+            if WIDTH_DISAGREEMENTS.contains(&f.id) {
+                assert_ne!(f.id.element_size(), declared, "{} now agrees", f.name);
+            } else {
+                assert_eq!(f.id.element_size(), declared, "{}", f.name);
+            }
+        }
+        // Every global field with a stated type is checked.
+        let checked = ALL_FIELDS
+            .iter()
+            .filter(|f| f.scope == FieldScope::Global && f.declared_width.is_some())
+            .count();
+        assert_eq!(checked, 34);
+        assert_eq!(
+            PAMT_PAGE_BITMAP_ENTRY_BITS.element_size(),
+            ElementSize::Bits16
+        );
+    }
+
+    #[test]
+    fn name_lookup() {
+        for f in ALL_FIELDS {
+            assert_eq!(field_name(f.id), Some(f.name));
+            assert_eq!(f.id.name(), Some(f.name));
+            let r = lookup(f.id).unwrap();
+            assert_eq!(r.info.name, f.name);
+        }
+        assert_eq!(field_name(MAX_TDMRS), Some("MAX_TDMRS"));
+        assert_eq!(field_name(CMR_BASE.element(1).unwrap()), None);
+        assert_eq!(field_name(MdFieldId::from_raw(0xDEAD)), None);
+        assert_eq!(MAX_TDMRS.to_string(), "MAX_TDMRS");
+        assert_eq!(cmr_base(3).unwrap().to_string(), "CMR_BASE[3]");
+        assert_eq!(CMR_BASE.to_string(), "CMR_BASE[0]");
+        assert_eq!(
+            cpuid_config_value(2, 1).unwrap().to_string(),
+            "CPUID_CONFIG_VALUES[2][1]"
+        );
+        assert_eq!(
+            td_cpuid_value(7, Some(0), 1).unwrap().to_string(),
+            "TD_CPUID_VALUES[leaf 0x7, subleaf 0x0][1]"
+        );
+        assert_eq!(
+            td_cpuid_value(0x8000_0008, None, 0).unwrap().to_string(),
+            "TD_CPUID_VALUES[leaf 0x80000008][0]"
+        );
+        assert_eq!(
+            MdFieldId::from_raw(0xDEAD).to_string(),
+            "0x000000000000dead"
+        );
+        // Past the end of an array is not a name.
+        assert!(lookup(CMR_BASE.element(MAX_CMRS).unwrap()).is_none());
+        assert!(lookup(CPUID_CONFIG_VALUES.element(2 * MAX_CPUID_CONFIG).unwrap()).is_none());
+        let dbg = format!("{MAX_TDMRS:?}");
+        assert!(dbg.contains("0x9100000100000008"), "{dbg}");
+        assert!(dbg.contains("MAX_TDMRS"), "{dbg}");
+        assert!(dbg.contains("class_code: 0x11"), "{dbg}");
+    }
+
+    #[test]
+    fn every_array_element_resolves_to_its_field() {
+        let mut seen = Vec::new();
+        for i in 0..MAX_CMRS {
+            for (base, f) in [(CMR_BASE, cmr_base(i)), (CMR_SIZE, cmr_size(i))] {
+                let r = lookup(f.unwrap()).unwrap();
+                assert_eq!(r.info.id, base);
+                assert_eq!(r.index, FieldIndex::Element(i));
+                seen.push(f.unwrap());
+            }
+        }
+        for i in 0..MAX_CPUID_CONFIG {
+            let r = lookup(cpuid_config_leaf(i).unwrap()).unwrap();
+            assert_eq!(r.index, FieldIndex::Element(i));
+            seen.push(cpuid_config_leaf(i).unwrap());
+            for j in 0..2 {
+                let id = cpuid_config_value(i, j).unwrap();
+                let r = lookup(id).unwrap();
+                assert_eq!(r.info.id, CPUID_CONFIG_VALUES);
+                assert_eq!(r.index, FieldIndex::Pair { index: i, half: j });
+                seen.push(id);
+            }
+        }
+        // No array element collides with another named field.
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), (2 * MAX_CMRS + 3 * MAX_CPUID_CONFIG) as usize);
+        for f in ALL_FIELDS.iter().filter(|f| f.shape == FieldShape::Scalar) {
+            assert!(seen.binary_search(&f.id).is_err(), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn keyid_partition_examples() {
+        let p = KeyIdPartition::from_bits((16 << 32) | 31);
+        assert_eq!(p.nr_mktme_keyids(), 31);
+        assert_eq!(p.nr_tdx_keyids(), 16);
+        assert_eq!(p.tdx_keyid_start(), 32);
+        assert_eq!(p.global_keyid(), 32);
+        assert_eq!(p.guest_keyids(), 33..48);
+        assert_eq!(p.guest_keyids().len(), 15);
+        assert_eq!(p.private_keyids(), 32..48);
+        assert_eq!(p.check(), Ok(()));
+        assert_eq!(KeyIdPartition::MSR, 0x87);
+
+        let none = KeyIdPartition::new().with_nr_mktme_keyids(63);
+        assert_eq!(none.check(), Err(KeyIdPartitionError::NoTdxKeyIds));
+        assert!(none.guest_keyids().is_empty());
+        let one = none.with_nr_tdx_keyids(1);
+        assert_eq!(
+            one.check(),
+            Err(KeyIdPartitionError::TooFewTdxKeyIds { nr_tdx: 1 })
+        );
+        assert!(one.guest_keyids().is_empty());
+        // Last private KeyID 2047 is fine, 2048 is not.
+        let edge = KeyIdPartition::new()
+            .with_nr_mktme_keyids(2047 - 64)
+            .with_nr_tdx_keyids(64);
+        assert_eq!(edge.check(), Ok(()));
+        let over = edge.with_nr_mktme_keyids(2048 - 64);
+        assert_eq!(
+            over.check(),
+            Err(KeyIdPartitionError::AboveMaxHkids {
+                last: 2048,
+                max: 2048
+            })
+        );
+        let huge = KeyIdPartition::from_bits(u64::MAX);
+        assert!(huge.check().is_err());
+        assert_eq!(huge.tdx_keyid_start(), u32::MAX);
+    }
+
+    #[test]
+    fn feature_bits() {
+        let f = TdxFeatures0::from_bits((1 << 1) | (1 << 18) | (1 << 20) | (1 << 36) | (1 << 63));
+        assert!(f.td_preserving());
+        assert!(f.no_rbp_mod());
+        assert!(f.topology_enum());
+        assert!(f.dynamic_pamt());
+        assert!(!f.tdxconnect());
+        assert!(!f.ext());
+        assert!(!f.quote());
+        assert_eq!(f.unknown_bits(), 1 << 63);
+        assert!(f.contains(TdxFeatures0::NO_RBP_MOD));
+        assert!(!f.contains(TdxFeatures0::QUOTE));
+        assert_eq!(
+            f.missing(TdxFeatures0::from_bits(
+                TdxFeatures0::NO_RBP_MOD.into_bits() | TdxFeatures0::EXT.into_bits()
+            )),
+            TdxFeatures0::EXT
+        );
+        let bits = [
+            (TdxFeatures0::TD_PRESERVING, 1),
+            (TdxFeatures0::TDXCONNECT, 6),
+            (TdxFeatures0::NO_RBP_MOD, 18),
+            (TdxFeatures0::TOPOLOGY_ENUM, 20),
+            (TdxFeatures0::CLFLUSH_BEFORE_ALLOC, 23),
+            (TdxFeatures0::DYNAMIC_PAMT, 36),
+            (TdxFeatures0::EXT, 39),
+            (TdxFeatures0::UPDATE_COMPATIBILITY, 47),
+            (TdxFeatures0::QUOTE, 50),
+        ];
+        let mut mask = 0;
+        for (i, (v, bit)) in bits.iter().enumerate() {
+            assert_eq!(v.into_bits(), 1 << bit);
+            assert_eq!(TdxFeatures0::NAMED_BITS[i].0, *bit);
+            mask |= 1 << bit;
+        }
+        assert_eq!(TdxFeatures0::KNOWN_MASK, mask);
+        let dbg = format!("{f:?}");
+        assert!(
+            dbg.contains("TD_PRESERVING") && dbg.contains("unknown"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn pamt_page_types() {
+        assert_eq!(PamtPageType::TDR.to_string(), "PT_TDR");
+        assert_eq!(format!("{:?}", PamtPageType::EPT), "PamtPageType(PT_EPT)");
+        assert_eq!(PamtPageType(9).name(), None);
+        assert_eq!(PamtPageType(9).to_string(), "PT_UNKNOWN(9)");
+        let named = [
+            (PamtPageType::NDA, 0),
+            (PamtPageType::RSVD, 1),
+            (PamtPageType::REG, 3),
+            (PamtPageType::TDR, 4),
+            (PamtPageType::TDCX, 5),
+            (PamtPageType::TDVPR, 6),
+            (PamtPageType::EPT, 8),
+            (PamtPageType::PAMT, 15),
+        ];
+        for (t, v) in named {
+            assert_eq!(t.0, v);
+            assert!(t.name().unwrap().starts_with("PT_"));
+        }
+        assert_eq!(PamtPageType::default(), PamtPageType::NDA);
+    }
+
+    #[test]
+    fn module_1_5_defaults() {
+        assert_eq!(PAMT_ENTRY_SIZE_1_5, 16);
+        assert_eq!(MAX_TDMRS_1_5, 64);
+        assert_eq!(MAX_RESERVED_PER_TDMR_1_5, 16);
+        assert_eq!(MAX_CMRS, 32);
+    }
+
+    #[test]
+    fn element_size_helpers() {
+        for (code, bytes, mask) in [
+            (0u8, 1u8, 0xFFu64),
+            (1, 2, 0xFFFF),
+            (2, 4, 0xFFFF_FFFF),
+            (3, 8, u64::MAX),
+        ] {
+            let s = ElementSize::from_code(code);
+            assert_eq!(s.code(), code);
+            assert_eq!(s.bytes(), bytes);
+            assert_eq!(s.bits(), u32::from(bytes) * 8);
+            assert_eq!(s.mask(), mask);
+        }
+    }
+
+    proptest! {
+        /// Any ID (reserved bits included) read back from the module
+        /// round-trips unchanged.
+        #[test]
+        fn md_field_id_round_trip(raw in any::<u64>()) {
+            let id = MdFieldId::from_raw(raw);
+            prop_assert_eq!(id.into_raw(), raw);
+            prop_assert_eq!(MdFieldId::from_bits(raw).into_bits(), raw);
+            prop_assert_eq!(u64::from(MdFieldId::from(raw)), raw);
+            // Re-assembling from the decoded parts plus the reserved bits
+            // gives the same value.
+            let rebuilt = MdFieldId::new()
+                .with_field_code(id.field_code())
+                .with_element_size_code(id.element_size_code())
+                .with_last_element_in_field(id.last_element_in_field())
+                .with_last_field_in_sequence(id.last_field_in_sequence())
+                .with_inc_size(id.inc_size())
+                .with_write_mask_valid(id.write_mask_valid())
+                .with_context_code(id.context_code())
+                .with_class_code(id.class_code())
+                .with_non_arch(id.non_arch());
+            prop_assert_eq!(rebuilt.into_raw() | id.reserved_bits(), raw);
+            // Setters leave reserved bits alone.
+            prop_assert_eq!(id.with_class_code(0).reserved_bits(), id.reserved_bits());
+            // Formatting never fails.
+            let _ = format!("{id} {id:?}");
+        }
+
+        #[test]
+        fn md_field_id_element(raw in any::<u64>(), index in any::<u32>()) {
+            let base = MdFieldId::from_raw(raw);
+            let fits = u64::from(base.field_code()) + u64::from(index) <= MdFieldId::FIELD_CODE_MASK;
+            match base.element(index) {
+                Some(e) => {
+                    prop_assert!(fits);
+                    prop_assert_eq!(e.into_raw(), raw + u64::from(index));
+                }
+                None => prop_assert!(!fits),
+            }
+        }
+
+        #[test]
+        fn keyid_partition_round_trip(raw in any::<u64>()) {
+            let p = KeyIdPartition::from_bits(raw);
+            prop_assert_eq!(p.into_bits(), raw);
+            prop_assert_eq!(u64::from(p.nr_tdx_keyids()) << 32 | u64::from(p.nr_mktme_keyids()), raw);
+        }
+
+        #[test]
+        fn keyid_partition_valid(mktme in 0u32..2048, tdx in 0u32..2048) {
+            let p = KeyIdPartition::new().with_nr_mktme_keyids(mktme).with_nr_tdx_keyids(tdx);
+            let ok = tdx >= 2 && mktme + tdx < MAX_HKIDS;
+            prop_assert_eq!(p.check().is_ok(), ok);
+            if ok {
+                let g = p.guest_keyids();
+                prop_assert_eq!(g.len() as u32, tdx - 1);
+                prop_assert_eq!(p.global_keyid(), mktme + 1);
+                prop_assert!(!g.contains(&p.global_keyid()));
+                prop_assert!(g.start > mktme);
+                prop_assert!(g.end <= MAX_HKIDS);
+                prop_assert_eq!(p.private_keyids().end, g.end);
+            }
+        }
+
+        /// Unknown feature bits are kept.
+        #[test]
+        fn tdx_features0_round_trip(raw in any::<u64>()) {
+            let f = TdxFeatures0::from_bits(raw);
+            prop_assert_eq!(f.into_bits(), raw);
+            let named = TdxFeatures0::new()
+                .with_td_preserving(f.td_preserving())
+                .with_tdxconnect(f.tdxconnect())
+                .with_no_rbp_mod(f.no_rbp_mod())
+                .with_topology_enum(f.topology_enum())
+                .with_clflush_before_alloc(f.clflush_before_alloc())
+                .with_dynamic_pamt(f.dynamic_pamt())
+                .with_ext(f.ext())
+                .with_update_compatibility(f.update_compatibility())
+                .with_quote(f.quote());
+            prop_assert_eq!(named.into_bits(), raw & TdxFeatures0::KNOWN_MASK);
+            prop_assert_eq!(named.into_bits() | f.unknown_bits(), raw);
+            prop_assert!(f.contains(named));
+        }
+
+        #[test]
+        fn cpuid_field_code_encode_decode(
+            leaf_lo in 0u32..128,
+            leaf_31 in any::<bool>(),
+            subleaf in proptest::option::of(0u32..128),
+            element in 0u8..2,
+        ) {
+            let leaf = leaf_lo | if leaf_31 { 0x8000_0000 } else { 0 };
+            let c = CpuidFieldCode::encode(leaf, subleaf, element).unwrap();
+            prop_assert_eq!(c.leaf(), leaf);
+            prop_assert_eq!(c.subleaf(), subleaf);
+            prop_assert_eq!(c.element(), element);
+            prop_assert!(c.field_code() <= 0x1_FFFF);
+            prop_assert_eq!(CpuidFieldCode::from_field_code(c.field_code()), Some(c));
+        }
+
+        #[test]
+        fn cpuid_field_code_decode_is_canonical(code in any::<u32>()) {
+            if let Some(c) = CpuidFieldCode::from_field_code(code) {
+                prop_assert_eq!(CpuidFieldCode::encode(c.leaf(), c.subleaf(), c.element()), Some(c));
+                prop_assert_eq!(c.field_code(), code);
+            }
+        }
+    }
+}
