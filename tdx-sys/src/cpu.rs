@@ -76,14 +76,16 @@ impl Cpu {
 unsafe impl Seamcall for Cpu {
     #[inline(always)]
     unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
-        // SAFETY (all three arms): the caller of `Seamcall::seamcall` keeps
-        // the crate-level contract for this leaf and its operands, and the
+        // In every arm: the caller of `Seamcall::seamcall` keeps the
+        // crate-level contract for this leaf and its operands, and the
         // creator of `self` established where the instruction may run
-        // (`Cpu::new`). The asm blocks themselves only touch the registers
-        // they declare and, for `SavedRet`, the `args` memory they are given.
+        // (`Cpu::new`); that is the whole contract of the three entries.
         let raw = match shape {
+            // SAFETY: see above.
             RegShape::NoOutputs => unsafe { seamcall_no_outputs(rax, args) },
+            // SAFETY: see above.
             RegShape::Ret => unsafe { seamcall_ret(rax, args) },
+            // SAFETY: see above.
             RegShape::SavedRet => unsafe { seamcall_saved_ret(rax, args) },
         };
         TdxStatus::from_raw(raw)

@@ -1,0 +1,189 @@
+//! Physical-memory leaves: TDH.PHYMEM.*.
+
+// UNSAFETY: raw leaf functions (see the parent module).
+#![allow(unsafe_code)]
+
+use tdx_types::{
+    Leaf, Pfn, TdxStatus,
+    metadata::PamtPageType,
+    regs::{HpaLevel, KeyedPa},
+};
+
+use super::{Completion, call_no_outputs, call_ret};
+use crate::args::{Seamcall, SeamcallArgs};
+
+/// What the module says about a page's PAMT entry (TDH.PHYMEM.PAGE.RECLAIM,
+/// TDH.PHYMEM.PAGE.RDMD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PageMetadata {
+    /// RCX: the page type (PT_NDA, PT_RSVD, PT_REG, PT_TDR, ...). Bits above
+    /// 7 are kept in [`PageMetadata::raw_type`].
+    pub page_type: PamtPageType,
+    /// RCX as returned.
+    pub raw_type: u64,
+    /// RDX: the owner (the TDR's physical address; 0 for a TDR).
+    pub owner: u64,
+    /// R8: the page size (TDX level encoding; 0 = 4K, 1 = 2M, 2 = 1G).
+    pub level: u64,
+}
+
+impl PageMetadata {
+    fn from_regs(a: &SeamcallArgs) -> Self {
+        Self {
+            page_type: PamtPageType(a.rcx as u8),
+            raw_type: a.rcx,
+            owner: a.rdx,
+            level: a.r8,
+        }
+    }
+}
+
+/// TDH.PHYMEM.PAGE.RDMD (24): read a page's PAMT metadata.
+///
+/// RCX = page; out RCX = page type (RDX/R8 are decoded as for RECLAIM; the
+/// references confirm only RCX for this leaf).
+///
+/// # Safety
+///
+/// Crate-level contract. The leaf touches no host memory.
+#[doc(alias = "TDH.PHYMEM.PAGE.RDMD")]
+#[inline]
+pub unsafe fn tdh_phymem_page_rdmd<B: Seamcall + ?Sized>(
+    b: &B,
+    page: Pfn,
+) -> Completion<PageMetadata> {
+    let args = SeamcallArgs {
+        rcx: page.hpa().as_u64(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    let (status, o) = unsafe { call_ret(b, Leaf::PHYMEM_PAGE_RDMD.v0(), args) };
+    Completion {
+        status,
+        out: PageMetadata::from_regs(&o),
+    }
+}
+
+/// TDH.PHYMEM.PAGE.RECLAIM (28): take a page back from a TD in teardown.
+///
+/// RCX = page; out RCX = page type, RDX = owner, R8 = size. The outputs are
+/// filled as soon as the module read the PAMT entry, so they also describe
+/// the page on most errors.
+///
+/// # Safety
+///
+/// Crate-level contract; the page comes back to the host only after the
+/// flushes the ABI prescribes (the TDR: TDH.PHYMEM.PAGE.WBINVD with the
+/// global KeyID).
+#[doc(alias = "TDH.PHYMEM.PAGE.RECLAIM")]
+#[inline]
+pub unsafe fn tdh_phymem_page_reclaim<B: Seamcall + ?Sized>(
+    b: &B,
+    page: Pfn,
+) -> Completion<PageMetadata> {
+    let args = SeamcallArgs {
+        rcx: page.hpa().as_u64(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    let (status, o) = unsafe { call_ret(b, Leaf::PHYMEM_PAGE_RECLAIM.v0(), args) };
+    Completion {
+        status,
+        out: PageMetadata::from_regs(&o),
+    }
+}
+
+/// TDH.PHYMEM.CACHE.WB (40): write back and invalidate the cache lines of
+/// every flushed HKID on this package.
+///
+/// RCX = 0 to start, 1 to resume after `TDX_INTERRUPTED_RESUMABLE`.
+/// `TDX_NO_HKID_READY_TO_WBCACHE` (not an error) if nothing was waiting.
+///
+/// # Safety
+///
+/// Crate-level contract; a resume runs on the same package as the start.
+#[doc(alias = "TDH.PHYMEM.CACHE.WB")]
+#[inline]
+pub unsafe fn tdh_phymem_cache_wb<B: Seamcall + ?Sized>(b: &B, resume: bool) -> TdxStatus {
+    let args = SeamcallArgs {
+        rcx: resume.into(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    unsafe { call_no_outputs(b, Leaf::PHYMEM_CACHE_WB.v0(), args) }
+}
+
+/// TDH.PHYMEM.PAGE.WBINVD (41): write back and invalidate one page's cache
+/// lines for one KeyID.
+///
+/// RCX = page | KeyID << KeyID shift. The page must already be free in the
+/// PAMT (removed or reclaimed).
+///
+/// # Safety
+///
+/// Crate-level contract.
+#[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
+#[inline]
+pub unsafe fn tdh_phymem_page_wbinvd<B: Seamcall + ?Sized>(b: &B, page: KeyedPa) -> TdxStatus {
+    let args = SeamcallArgs {
+        rcx: page.into_bits(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    unsafe { call_no_outputs(b, Leaf::PHYMEM_PAGE_WBINVD.v0(), args) }
+}
+
+/// TDH.PHYMEM.PAMT.ADD (58, Dynamic PAMT): give the module the two pages
+/// that hold the 4K PAMT entries of one 2 MiB range.
+///
+/// RCX = 2 MiB HPA | level 1, RDX = PAMT page 0, R8 = PAMT page 1.
+///
+/// # Safety
+///
+/// Crate-level contract; both pages are handed to the module.
+#[doc(alias = "TDH.PHYMEM.PAMT.ADD")]
+#[inline]
+pub unsafe fn tdh_phymem_pamt_add<B: Seamcall + ?Sized>(
+    b: &B,
+    range: HpaLevel,
+    pamt0: Pfn,
+    pamt1: Pfn,
+) -> TdxStatus {
+    let args = SeamcallArgs::regs6(
+        range.into_bits(),
+        pamt0.hpa().as_u64(),
+        pamt1.hpa().as_u64(),
+        0,
+        0,
+        0,
+    );
+    // SAFETY: caller's contract.
+    unsafe { call_no_outputs(b, Leaf::PHYMEM_PAMT_ADD.v0(), args) }
+}
+
+/// TDH.PHYMEM.PAMT.REMOVE (59, Dynamic PAMT): take back the two PAMT pages
+/// of a 2 MiB range whose 4K entries are all free.
+///
+/// RCX = 2 MiB HPA | level 1; out RDX, R8 = the two pages.
+///
+/// # Safety
+///
+/// Crate-level contract; the returned pages come back to the host only
+/// after the flushes the ABI prescribes.
+#[doc(alias = "TDH.PHYMEM.PAMT.REMOVE")]
+#[inline]
+pub unsafe fn tdh_phymem_pamt_remove<B: Seamcall + ?Sized>(
+    b: &B,
+    range: HpaLevel,
+) -> Completion<[u64; 2]> {
+    let args = SeamcallArgs {
+        rcx: range.into_bits(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    let (status, o) = unsafe { call_ret(b, Leaf::PHYMEM_PAMT_REMOVE.v0(), args) };
+    Completion {
+        status,
+        out: [o.rdx, o.r8],
+    }
+}
