@@ -13,6 +13,10 @@ use core::{fmt, hash::Hash, marker::PhantomData};
 use crate::addr::{AddrError, Hpa, MAX_PFN, PAGE_SHIFT, Pfn};
 
 mod sealed {
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a TDX page size",
+        note = "the TDX ABI maps pages of three sizes only: `Size4K`, `Size2M` and `Size1G`"
+    )]
     pub trait Sealed {}
 }
 

@@ -35,6 +35,10 @@ use crate::{
 };
 
 mod sealed {
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a TDX address space",
+        note = "a page is in one of three hands: `Host`, `Firmware` or `Guest`"
+    )]
     pub trait Sealed {}
 }
 
