@@ -3,8 +3,8 @@
 //! This facade re-exports the workspace's public API:
 //!
 //! - [`types`] (`tdx-types`): addresses, page sizes, address spaces and
-//!   [`FirmwarePage`](types::FirmwarePage), status codes and
-//!   [`TdxError`](types::TdxError), leaf identifiers, packed register
+//!   [`FirmwarePage`], status codes and
+//!   [`TdxError`], leaf identifiers, packed register
 //!   values, ABI structures, metadata field IDs. `no_std`, no unsafe code.
 //! - [`sys`] (`tdx-sys`): the SEAMCALL instruction behind the
 //!   [`Seamcall`](sys::Seamcall) backend trait, and one raw `unsafe fn` per
