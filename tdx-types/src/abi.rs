@@ -34,7 +34,7 @@
 //!
 //! Sources: `reference/tdx-abi.md` §4 and `reference/tdx-module-model.md` §2
 //! and §5.6 beside the project; where noted, Intel's `intel/tdx-module`
-//! `include/tdx_api_defs.h` (MIT licensed).
+//! `include/tdx_api_defs.h` (facts only: offsets and field names).
 
 use core::fmt;
 use core::mem::{align_of, offset_of, size_of};
