@@ -316,6 +316,99 @@ impl From<Pfn> for PfnRange<Size4K> {
     }
 }
 
+/// A run of physically contiguous 4 KiB frames of any length: what a page
+/// allocator hands out and takes back. Not to be confused with
+/// [`PfnRange`], which is exactly one page of a TDX page size.
+///
+/// # Invariants
+///
+/// `count >= 1` and `first + count <= 2^40`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PfnRun {
+    first: Pfn,
+    count: u64,
+}
+
+impl PfnRun {
+    /// The run of `count` frames from `first`, or an error if it is empty or
+    /// leaves the 40-bit frame space.
+    pub const fn try_new(first: Pfn, count: u64) -> Result<Self, AddrError> {
+        if count == 0 {
+            return Err(AddrError::Overflow { kind: "PFN", value: first.as_u64(), offset: 0 });
+        }
+        match first.as_u64().checked_add(count) {
+            // INVARIANT: non-empty (checked above) and ends within 2^40.
+            Some(end) if end <= MAX_PFN => Ok(Self { first, count }),
+            _ => Err(AddrError::Overflow { kind: "PFN", value: first.as_u64(), offset: count }),
+        }
+    }
+
+    /// The frames `[start, end)`.
+    pub const fn from_bounds(start: Pfn, end: Pfn) -> Result<Self, AddrError> {
+        Self::try_new(start, end.as_u64().saturating_sub(start.as_u64()))
+    }
+
+    /// The first frame.
+    #[inline]
+    pub const fn first(self) -> Pfn {
+        self.first
+    }
+
+    /// Number of frames (at least 1).
+    #[inline]
+    pub const fn count(self) -> u64 {
+        self.count
+    }
+
+    /// The frame number just past the run.
+    #[inline]
+    pub const fn end(self) -> u64 {
+        self.first.as_u64() + self.count
+    }
+
+    /// Size in bytes.
+    #[inline]
+    pub const fn bytes(self) -> u64 {
+        self.count << PAGE_SHIFT
+    }
+
+    /// Physical address of the first byte.
+    #[inline]
+    pub const fn hpa(self) -> Hpa {
+        self.first.hpa()
+    }
+
+    /// True if `pfn` is in the run.
+    #[inline]
+    pub const fn contains(self, pfn: Pfn) -> bool {
+        pfn.as_u64() >= self.first.as_u64() && pfn.as_u64() < self.end()
+    }
+
+    /// True if the two runs share a frame.
+    #[inline]
+    pub const fn overlaps(self, other: PfnRun) -> bool {
+        self.first.as_u64() < other.end() && other.first.as_u64() < self.end()
+    }
+
+    /// Every frame, in order.
+    pub fn iter(self) -> impl DoubleEndedIterator<Item = Pfn> + Clone {
+        // In range by the type invariant.
+        (self.first.as_u64()..self.end()).map(Pfn::new)
+    }
+}
+
+impl<S: PageSize> From<PfnRange<S>> for PfnRun {
+    fn from(r: PfnRange<S>) -> Self {
+        Self { first: r.first(), count: S::FRAMES }
+    }
+}
+
+impl fmt::Debug for PfnRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PfnRun({:#x}..{:#x})", self.first.as_u64(), self.end())
+    }
+}
+
 /// Why a run of frames is not one page of the requested size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PfnRunError {
@@ -386,6 +479,18 @@ mod tests {
         assert_eq!(r.end(), MAX_PFN);
         assert_eq!(r.iter().count() as u64, Size1G::FRAMES);
         assert_eq!(r.iter().next_back(), Some(Pfn::new(MAX_PFN - 1)));
+    }
+
+    #[test]
+    fn runs() {
+        let r = PfnRun::try_new(Pfn::new(10), 5).unwrap();
+        assert_eq!((r.end(), r.bytes()), (15, 5 * 4096));
+        assert!(r.contains(Pfn::new(14)) && !r.contains(Pfn::new(15)));
+        assert!(r.overlaps(PfnRun::try_new(Pfn::new(14), 1).unwrap()));
+        assert!(!r.overlaps(PfnRun::try_new(Pfn::new(15), 1).unwrap()));
+        assert!(PfnRun::try_new(Pfn::new(1), 0).is_err());
+        assert!(PfnRun::try_new(Pfn::new(MAX_PFN - 1), 2).is_err());
+        assert_eq!(PfnRun::from(PfnRange::<Size2M>::new(Pfn::new(512))).count(), 512);
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! `Platform`: the host services tdx-rs needs from the kernel or hypervisor
+//! it runs in.
+//!
+//! A TDX host library cannot allocate memory, switch CPUs or flush caches by
+//! itself; the host does that, in its own way. This trait is the whole of
+//! what tdx-rs asks for, in terms a kernel can provide without adapting its
+//! memory management: frame numbers and runs of frames ([`PfnRun`]), never
+//! page structures, folios or "allocations".
+//!
+//! The simulator (`tdx-sim`) implements it too, and checks every rule of the
+//! ABI that a host could break through it (touching module-owned memory,
+//! freeing a page that may hold private dirty cache lines, ...).
+//!
+//! What the trait leaves to the implementor: how frames are found and
+//! reserved, how a closure reaches another CPU, how the direct map is set
+//! up, and logging.
+
+// UNSAFETY: `Platform` is an `unsafe trait` (tdx-api relies on its promises
+// to hand memory to the TDX module), and the direct-map accessors and the
+// frame release are `unsafe fn`s with contracts.
+#![allow(unsafe_code)]
+
+use core::fmt;
+
+use tdx_types::{Hpa, Pfn, PfnRun, metadata::KeyIdPartition};
+
+/// A logical CPU, numbered densely from 0 by the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuId(pub u32);
+
+/// A CPU package (socket): the scope of per-package key programming and
+/// cache write-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PackageId(pub u32);
+
+/// A NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for CpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CPU {}", self.0)
+    }
+}
+
+impl fmt::Display for PackageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "package {}", self.0)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+/// Where an allocation should come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Anywhere.
+    Anywhere,
+    /// Preferably on this node; elsewhere if the node has no room.
+    Node(NodeId),
+    /// Exactly these frames (the planner placed a PAMT here).
+    Exact(Pfn),
+}
+
+/// Why the platform could not provide something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// No run of `count` frames with the requested alignment and placement.
+    #[error("no run of {count} contiguous frames (alignment {align} frames) at {placement:?}")]
+    OutOfMemory {
+        /// Frames asked for.
+        count: u64,
+        /// Alignment asked for, in frames.
+        align: u64,
+        /// Where they were asked for.
+        placement: Placement,
+    },
+}
+
+/// CPU errata that change what the host must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Errata {
+    /// `X86_BUG_TDX_PW_MCE` (Sapphire Rapids-X, Emerald Rapids-X): a partial
+    /// write to private memory poisons it, so pages leaving the module are
+    /// cleared with MOVDIR64B before the host uses them.
+    pub tdx_pw_mce: bool,
+    /// `X86_BUG_SEAMRET_INVD_VMCS`: SEAMRET invalidates the current VMCS.
+    pub seamret_invd_vmcs: bool,
+}
+
+/// Host services for tdx-rs.
+///
+/// # Safety
+///
+/// Implementors promise, and tdx-api relies on it to hand memory to the TDX
+/// module without corrupting the host:
+///
+/// 1. [`alloc_pages`](Platform::alloc_pages) returns frames of ordinary RAM
+///    that nobody else uses, and nobody will, until they are passed to
+///    [`free_pages`](Platform::free_pages); with [`Placement::Exact`] it
+///    returns exactly the frames asked for or an error.
+/// 2. [`on_cpu`](Platform::on_cpu) runs the closure to completion on the
+///    given CPU, with migration disabled, before it returns; [`cpus`],
+///    [`package_of`] describe the machine truthfully and do not change while
+///    tdx-api runs.
+/// 3. [`wbinvd_all`](Platform::wbinvd_all) has written back and invalidated
+///    the caches of every CPU when it returns; [`clflush_page`] has done so
+///    for every line of the page; [`movdir64b_clear`] has written zeros over
+///    the whole run with MOVDIR64B (or an equivalent direct store that
+///    leaves no partial line) followed by a fence.
+/// 4. [`keyid_partition`](Platform::keyid_partition) and
+///    [`errata`](Platform::errata) report the hardware as it is.
+///
+/// [`cpus`]: Platform::cpus
+/// [`package_of`]: Platform::package_of
+/// [`clflush_page`]: Platform::clflush_page
+/// [`movdir64b_clear`]: Platform::movdir64b_clear
+pub unsafe trait Platform {
+    /// Allocates `count` physically contiguous frames whose first frame is a
+    /// multiple of `align` frames (a power of two).
+    fn alloc_pages(&self, count: u64, align: u64, placement: Placement)
+    -> Result<PfnRun, PlatformError>;
+
+    /// Returns frames to the host allocator.
+    ///
+    /// # Safety
+    ///
+    /// The run came from [`alloc_pages`](Platform::alloc_pages) (or is part
+    /// of such a run), the TDX module does not own any of its frames, and
+    /// every cache flush the ABI requires before host reuse has been done.
+    unsafe fn free_pages(&self, run: PfnRun);
+
+    /// Records that frames are given up for good: the module may still own
+    /// them, or their state is unknown. They are never freed. The platform
+    /// may log or count them; `reason` says why.
+    fn leak_pages(&self, run: PfnRun, reason: &'static str);
+
+    /// Reads host memory through the direct map.
+    ///
+    /// # Safety
+    ///
+    /// `[pa, pa + buf.len())` is RAM the caller owns (allocated through this
+    /// platform) and the TDX module does not own.
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]);
+
+    /// Writes host memory through the direct map.
+    ///
+    /// # Safety
+    ///
+    /// As [`read_phys`](Platform::read_phys), and nobody else reads or writes
+    /// those bytes concurrently.
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]);
+
+    /// Number of logical CPUs (numbered `0..cpus()`).
+    fn cpus(&self) -> u32;
+
+    /// The package of a CPU.
+    fn package_of(&self, cpu: CpuId) -> PackageId;
+
+    /// The NUMA node of a frame, if the platform knows it.
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId>;
+
+    /// Runs `f` on `cpu` and waits for it to finish.
+    fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send));
+
+    /// Writes back and invalidates the caches of every CPU.
+    fn wbinvd_all(&self);
+
+    /// Flushes every cache line of one page (CLFLUSH over 4 KiB).
+    fn clflush_page(&self, pfn: Pfn);
+
+    /// Clears a run with MOVDIR64B stores and a fence (the partial-write
+    /// erratum's way to turn private memory back into host memory).
+    ///
+    /// # Safety
+    ///
+    /// The module does not own the run any more, and the caller owns it.
+    unsafe fn movdir64b_clear(&self, run: PfnRun);
+
+    /// Gives other work a chance between calls of a resumable leaf.
+    fn yield_now(&self);
+
+    /// MSR IA32_MKTME_KEYID_PARTITIONING (0x87).
+    fn keyid_partition(&self) -> KeyIdPartition;
+
+    /// CPU errata that apply.
+    fn errata(&self) -> Errata;
+
+    /// Runs `f` once on each CPU, one CPU after the other.
+    fn on_each_cpu(&self, f: &mut (dyn FnMut(CpuId) + Send)) {
+        for c in 0..self.cpus() {
+            let cpu = CpuId(c);
+            self.on_cpu(cpu, &mut || f(cpu));
+        }
+    }
+
+    /// Runs `f` on the first CPU of each package, one package after the
+    /// other (the way TDH.SYS.KEY.CONFIG and TDH.PHYMEM.CACHE.WB must run).
+    fn on_each_package(&self, f: &mut (dyn FnMut(PackageId, CpuId) + Send)) {
+        // Packages are visited in the order their first CPU appears. The
+        // quadratic scan needs no allocation and is nothing next to a
+        // SEAMCALL per package.
+        for c in 0..self.cpus() {
+            let cpu = CpuId(c);
+            let pkg = self.package_of(cpu);
+            if (0..c).all(|earlier| self.package_of(CpuId(earlier)) != pkg) {
+                self.on_cpu(cpu, &mut || f(pkg, cpu));
+            }
+        }
+    }
+}
