@@ -122,8 +122,12 @@ pub struct Errata {
 pub unsafe trait Platform {
     /// Allocates `count` physically contiguous frames whose first frame is a
     /// multiple of `align` frames (a power of two).
-    fn alloc_pages(&self, count: u64, align: u64, placement: Placement)
-    -> Result<PfnRun, PlatformError>;
+    fn alloc_pages(
+        &self,
+        count: u64,
+        align: u64,
+        placement: Placement,
+    ) -> Result<PfnRun, PlatformError>;
 
     /// Returns frames to the host allocator.
     ///

@@ -334,12 +334,20 @@ impl PfnRun {
     /// leaves the 40-bit frame space.
     pub const fn try_new(first: Pfn, count: u64) -> Result<Self, AddrError> {
         if count == 0 {
-            return Err(AddrError::Overflow { kind: "PFN", value: first.as_u64(), offset: 0 });
+            return Err(AddrError::Overflow {
+                kind: "PFN",
+                value: first.as_u64(),
+                offset: 0,
+            });
         }
         match first.as_u64().checked_add(count) {
             // INVARIANT: non-empty (checked above) and ends within 2^40.
             Some(end) if end <= MAX_PFN => Ok(Self { first, count }),
-            _ => Err(AddrError::Overflow { kind: "PFN", value: first.as_u64(), offset: count }),
+            _ => Err(AddrError::Overflow {
+                kind: "PFN",
+                value: first.as_u64(),
+                offset: count,
+            }),
         }
     }
 
@@ -399,7 +407,10 @@ impl PfnRun {
 
 impl<S: PageSize> From<PfnRange<S>> for PfnRun {
     fn from(r: PfnRange<S>) -> Self {
-        Self { first: r.first(), count: S::FRAMES }
+        Self {
+            first: r.first(),
+            count: S::FRAMES,
+        }
     }
 }
 
@@ -490,7 +501,10 @@ mod tests {
         assert!(!r.overlaps(PfnRun::try_new(Pfn::new(15), 1).unwrap()));
         assert!(PfnRun::try_new(Pfn::new(1), 0).is_err());
         assert!(PfnRun::try_new(Pfn::new(MAX_PFN - 1), 2).is_err());
-        assert_eq!(PfnRun::from(PfnRange::<Size2M>::new(Pfn::new(512))).count(), 512);
+        assert_eq!(
+            PfnRun::from(PfnRange::<Size2M>::new(Pfn::new(512))).count(),
+            512
+        );
     }
 
     #[test]

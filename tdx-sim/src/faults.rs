@@ -1,0 +1,154 @@
+//! Fault injection: scripted faults ("on the Nth call of leaf L, return S")
+//! and seeded random faults limited to what the real module can return for
+//! that leaf.
+//!
+//! An injected status replaces the call: the leaf does not run, nothing
+//! changes in the module, and the output registers are left as they were
+//! (callers must not trust outputs after an error anyway). The exception is
+//! [`FaultAction::StopEarly`], which lets a resumable leaf make some progress
+//! and then report `TDX_INTERRUPTED_RESUMABLE`, as an interrupt would.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tdx_types::{Leaf, OperandId, TdxStatus};
+
+/// What a fault does to the call it hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Return this status without running the leaf.
+    Status(TdxStatus),
+    /// Run a resumable leaf (TDH.EXT.MEM.ADD, TDH.EXT.INIT) for at most
+    /// `after` units of work (list entries, init steps), then return
+    /// `TDX_INTERRUPTED_RESUMABLE` with its resume state saved.
+    StopEarly {
+        /// Units of work done before the interruption.
+        after: u32,
+    },
+}
+
+/// A scripted fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The leaf it hits.
+    pub leaf: Leaf,
+    /// Which call of that leaf (1 = the first call the simulator sees).
+    pub nth: u64,
+    /// What happens.
+    pub action: FaultAction,
+}
+
+impl Fault {
+    /// On the `nth` call of `leaf`, return `status`.
+    pub fn status(leaf: Leaf, nth: u64, status: TdxStatus) -> Self {
+        Self {
+            leaf,
+            nth,
+            action: FaultAction::Status(status),
+        }
+    }
+
+    /// On the `nth` call of `leaf`, stop after `after` units of work.
+    pub fn stop_early(leaf: Leaf, nth: u64, after: u32) -> Self {
+        Self {
+            leaf,
+            nth,
+            action: FaultAction::StopEarly { after },
+        }
+    }
+}
+
+/// The statuses the module 1.5 source can return from `leaf` that a host
+/// must be ready for without being wrong (busy, interrupted, entropy), and
+/// whether the leaf is resumable. Random faults pick only from these.
+pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
+    const SYS_BUSY: &[TdxStatus] = &[TdxStatus::SYS_BUSY];
+    const KEY_CONFIG: &[TdxStatus] = &[
+        TdxStatus::SYS_BUSY,
+        TdxStatus::KEY_GENERATION_FAILED,
+        TdxStatus::OPERAND_BUSY.with_operand(OperandId::KET),
+    ];
+    const BUSY_RCX: &[TdxStatus] = &[TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)];
+    match leaf {
+        Leaf::SYS_INIT | Leaf::SYS_LP_INIT | Leaf::SYS_CONFIG | Leaf::SYS_SHUTDOWN => {
+            (SYS_BUSY, false)
+        }
+        Leaf::SYS_KEY_CONFIG => (KEY_CONFIG, false),
+        Leaf::SYS_TDMR_INIT | Leaf::PHYMEM_PAGE_RDMD => (BUSY_RCX, false),
+        Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => (&[], true),
+        _ => (&[], false),
+    }
+}
+
+/// The fault plan of a simulator.
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    scripted: Vec<Fault>,
+    random: Option<RandomFaults>,
+    /// Calls seen per leaf number.
+    calls: std::collections::HashMap<u16, u64>,
+    /// Faults that fired, in order.
+    fired: Vec<(Leaf, u64, FaultAction)>,
+}
+
+#[derive(Debug, Clone)]
+struct RandomFaults {
+    rng: ChaCha8Rng,
+    per_million: u32,
+}
+
+impl FaultPlan {
+    /// Adds a scripted fault.
+    pub fn push(&mut self, f: Fault) {
+        self.scripted.push(f);
+    }
+
+    /// Random faults: each call of a leaf that has transient statuses fails
+    /// with probability `per_million` / 1 000 000, reproducibly for `seed`.
+    pub fn random(&mut self, seed: u64, per_million: u32) {
+        self.random = Some(RandomFaults {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            per_million,
+        });
+    }
+
+    /// Counts a call of `leaf` and returns the fault it hits, if any.
+    pub(crate) fn on_call(&mut self, leaf: Leaf) -> Option<FaultAction> {
+        let n = self.calls.entry(leaf.0).or_insert(0);
+        *n += 1;
+        let nth = *n;
+        let mut hit = self
+            .scripted
+            .iter()
+            .find(|f| f.leaf == leaf && f.nth == nth)
+            .map(|f| f.action);
+        if hit.is_none()
+            && let Some(r) = &mut self.random
+        {
+            let (statuses, resumable) = transient_statuses(leaf);
+            let n_choices = statuses.len() + usize::from(resumable);
+            if n_choices > 0 && r.rng.next_u32() % 1_000_000 < r.per_million {
+                let pick = r.rng.next_u32() as usize % n_choices;
+                hit = Some(match statuses.get(pick) {
+                    Some(&s) => FaultAction::Status(s),
+                    None => FaultAction::StopEarly {
+                        after: r.rng.next_u32() % 4,
+                    },
+                });
+            }
+        }
+        if let Some(a) = hit {
+            self.fired.push((leaf, nth, a));
+        }
+        hit
+    }
+
+    /// The faults that fired so far: leaf, call number, action.
+    pub fn fired(&self) -> &[(Leaf, u64, FaultAction)] {
+        &self.fired
+    }
+
+    /// Calls of `leaf` seen so far.
+    pub fn calls(&self, leaf: Leaf) -> u64 {
+        self.calls.get(&leaf.0).copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,269 @@
+//! The description of a simulated host: memory, CMRs, NUMA nodes, CPUs and
+//! packages, the KeyID partition, and the TDX module profile.
+
+use serde::Deserialize;
+use tdx_api::Errata;
+use tdx_types::metadata::KeyIdPartition;
+
+use crate::profile::Profile;
+
+/// Byte ranges `[start, end)`.
+pub(crate) type Ranges = Vec<(u64, u64)>;
+
+/// Most CMRs a module reports (`MAX_CMRS`).
+pub const MAX_CMRS: usize = 32;
+
+/// A simulated host, before it is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineDesc {
+    /// Usable RAM as `[start, end)` byte ranges (rounded inward to 4 KiB).
+    pub memory: Vec<(u64, u64)>,
+    /// Convertible memory ranges; `None` means "the same as `memory`".
+    pub cmrs: Option<Vec<(u64, u64)>>,
+    /// NUMA nodes as `[start, end)` byte ranges with their node ID. Memory
+    /// outside every range is on node 0.
+    pub numa: Vec<(u64, u64, u32)>,
+    /// Number of packages.
+    pub packages: u32,
+    /// Logical processors per package; LP `n` is on package
+    /// `n / lps_per_package`.
+    pub lps_per_package: u32,
+    /// MKTME KeyIDs (MSR 0x87 bits 31:0).
+    pub mktme_keyids: u32,
+    /// TDX private KeyIDs (MSR 0x87 bits 63:32).
+    pub tdx_keyids: u32,
+    /// Physical address width the KeyID bits sit below (the model's
+    /// reference uses 52; a real Sapphire Rapids has 46).
+    pub phys_addr_bits: u32,
+    /// The SEAM range register `[base, end)`, if any; shared buffers must
+    /// not overlap it.
+    pub seamrr: Option<(u64, u64)>,
+    /// CPU errata.
+    pub errata: Errata,
+    /// The TDX module.
+    pub profile: Profile,
+}
+
+/// Why a machine description cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// No usable memory.
+    #[error("the machine has no usable memory")]
+    NoMemory,
+    /// Memory ranges overlap or are out of order.
+    #[error("memory range {index} [{start:#x}, {end:#x}) overlaps or precedes the one before")]
+    MemoryNotSorted {
+        /// Index of the range.
+        index: usize,
+        /// Its start.
+        start: u64,
+        /// Its end.
+        end: u64,
+    },
+    /// More CMRs than the module reports.
+    #[error("{0} CMRs, the module reports at most 32 (give `cmrs` explicitly)")]
+    TooManyCmrs(usize),
+    /// A CMR is not 4 KiB aligned or empty.
+    #[error("CMR {index} [{start:#x}, {end:#x}) is empty or not 4 KiB aligned")]
+    BadCmr {
+        /// Index of the CMR.
+        index: usize,
+        /// Its start.
+        start: u64,
+        /// Its end.
+        end: u64,
+    },
+    /// The CPU topology is empty.
+    #[error("the machine needs at least one package and one logical processor per package")]
+    NoCpus,
+    /// The KeyID partition is unusable for TDX.
+    #[error("KeyID partition: {0}")]
+    KeyIds(#[from] tdx_types::metadata::KeyIdPartitionError),
+    /// The KeyIDs do not fit below the physical address width.
+    #[error("{keyid_bits} KeyID bits do not fit below a {phys_addr_bits}-bit physical address")]
+    KeyIdBits {
+        /// Bits needed for the KeyIDs.
+        keyid_bits: u32,
+        /// The physical address width.
+        phys_addr_bits: u32,
+    },
+    /// Memory beyond the physical address width (below the KeyID bits).
+    #[error("memory reaches {end:#x}, past the {bits}-bit address space below the KeyID bits")]
+    MemoryTooHigh {
+        /// End of the highest range.
+        end: u64,
+        /// Bits of address below the KeyID bits.
+        bits: u32,
+    },
+    /// The JSON could not be read.
+    #[error("memory map JSON: {0}")]
+    Json(String),
+    /// The NUMA description is inconsistent.
+    #[error("numa_nodes has {ranges} ranges but numa_node_ids has {ids} IDs")]
+    NumaMismatch {
+        /// Node ranges.
+        ranges: usize,
+        /// Node IDs.
+        ids: usize,
+    },
+    /// Unknown module profile name.
+    #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5-ext)")]
+    UnknownProfile(String),
+}
+
+/// The JSON shape of `memmaps/*.json` (other keys are ignored).
+#[derive(Debug, Deserialize)]
+struct MemmapJson {
+    usable: Vec<[u64; 2]>,
+    #[serde(default)]
+    cmrs: Option<Vec<[u64; 2]>>,
+    #[serde(default)]
+    numa_nodes: Option<Vec<[u64; 2]>>,
+    #[serde(default)]
+    numa_node_ids: Option<Vec<u32>>,
+}
+
+impl MachineDesc {
+    /// A machine with `memory` and defaults for everything else: one
+    /// package with one logical processor, 31 MKTME and 32 TDX KeyIDs,
+    /// 52-bit addresses, CMRs equal to the memory, module 1.5.
+    pub fn new(memory: Vec<(u64, u64)>) -> Self {
+        Self {
+            memory,
+            cmrs: None,
+            numa: Vec::new(),
+            packages: 1,
+            lps_per_package: 1,
+            mktme_keyids: 31,
+            tdx_keyids: 32,
+            phys_addr_bits: 52,
+            seamrr: None,
+            errata: Errata::default(),
+            profile: Profile::default(),
+        }
+    }
+
+    /// A machine from the JSON shape of the shared memory maps (`usable`,
+    /// optional `cmrs`, optional `numa_nodes` + `numa_node_ids`).
+    pub fn from_memmap_json(text: &str) -> Result<Self, MachineError> {
+        let j: MemmapJson =
+            serde_json::from_str(text).map_err(|e| MachineError::Json(e.to_string()))?;
+        let mut m = Self::new(j.usable.iter().map(|r| (r[0], r[1])).collect());
+        m.cmrs = j.cmrs.map(|c| c.iter().map(|r| (r[0], r[1])).collect());
+        if let Some(nodes) = j.numa_nodes {
+            let ids = j
+                .numa_node_ids
+                .unwrap_or_else(|| (0..nodes.len() as u32).collect());
+            if ids.len() != nodes.len() {
+                return Err(MachineError::NumaMismatch {
+                    ranges: nodes.len(),
+                    ids: ids.len(),
+                });
+            }
+            m.numa = nodes
+                .iter()
+                .zip(ids)
+                .map(|(r, id)| (r[0], r[1], id))
+                .collect();
+        }
+        Ok(m)
+    }
+
+    /// `packages` packages of `lps_per_package` logical processors.
+    pub fn with_cpus(mut self, packages: u32, lps_per_package: u32) -> Self {
+        self.packages = packages;
+        self.lps_per_package = lps_per_package;
+        self
+    }
+
+    /// The module profile.
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The KeyID partition.
+    pub fn with_keyids(mut self, mktme: u32, tdx: u32) -> Self {
+        self.mktme_keyids = mktme;
+        self.tdx_keyids = tdx;
+        self
+    }
+
+    /// Number of logical processors.
+    pub fn lps(&self) -> u32 {
+        self.packages * self.lps_per_package
+    }
+
+    /// MSR 0x87 as the host reads it.
+    pub fn keyid_partition(&self) -> KeyIdPartition {
+        KeyIdPartition::new()
+            .with_nr_mktme_keyids(self.mktme_keyids)
+            .with_nr_tdx_keyids(self.tdx_keyids)
+    }
+
+    /// Bits the KeyIDs take: enough for every KeyID including 0.
+    pub fn keyid_bits(&self) -> u32 {
+        let total = u64::from(self.mktme_keyids) + u64::from(self.tdx_keyids) + 1;
+        64 - (total - 1).leading_zeros()
+    }
+
+    /// First address bit of the KeyID field.
+    pub fn hkid_start_bit(&self) -> u32 {
+        self.phys_addr_bits.saturating_sub(self.keyid_bits())
+    }
+
+    /// Checks the description and returns the normalized memory (4 KiB
+    /// aligned, inward) and CMR lists.
+    pub(crate) fn validate(&self) -> Result<(Ranges, Ranges), MachineError> {
+        if self.packages == 0 || self.lps_per_package == 0 {
+            return Err(MachineError::NoCpus);
+        }
+        self.keyid_partition().check()?;
+        if self.keyid_bits() >= self.phys_addr_bits || self.phys_addr_bits > 52 {
+            return Err(MachineError::KeyIdBits {
+                keyid_bits: self.keyid_bits(),
+                phys_addr_bits: self.phys_addr_bits,
+            });
+        }
+        let mut memory = Vec::new();
+        let mut prev_end = 0;
+        for (index, &(start, end)) in self.memory.iter().enumerate() {
+            let (s, e) = (start.next_multiple_of(4096), end & !4095);
+            if start < prev_end || end < start {
+                return Err(MachineError::MemoryNotSorted { index, start, end });
+            }
+            prev_end = end;
+            if s < e {
+                memory.push((s, e));
+            }
+        }
+        let top = memory.last().ok_or(MachineError::NoMemory)?.1;
+        if top > 1 << self.hkid_start_bit() {
+            return Err(MachineError::MemoryTooHigh {
+                end: top,
+                bits: self.hkid_start_bit(),
+            });
+        }
+        let cmrs = match &self.cmrs {
+            Some(c) => c.clone(),
+            None => memory.clone(),
+        };
+        if cmrs.len() > MAX_CMRS {
+            return Err(MachineError::TooManyCmrs(cmrs.len()));
+        }
+        for (index, &(start, end)) in cmrs.iter().enumerate() {
+            if start >= end || start % 4096 != 0 || end % 4096 != 0 {
+                return Err(MachineError::BadCmr { index, start, end });
+            }
+        }
+        Ok((memory, cmrs))
+    }
+
+    /// The NUMA node of a byte address.
+    pub(crate) fn node_of(&self, pa: u64) -> u32 {
+        self.numa
+            .iter()
+            .find(|&&(s, e, _)| pa >= s && pa < e)
+            .map_or(0, |&(_, _, n)| n)
+    }
+}

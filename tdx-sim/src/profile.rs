@@ -1,0 +1,262 @@
+//! Module profiles: the global metadata a TDX module reports, and the
+//! per-version behaviour the simulator follows.
+//!
+//! [`Profile::tdx_1_5`] is the default: TDX module 1.5 as the references
+//! describe it (`reference/tdx-module-model.md`, source tag TDX_1.5.01).
+//! [`Profile::tdx_1_5_ext`] is a newer module with the Extensions feature: a
+//! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
+//! (TDH.EXT.INIT).
+//!
+//! Values the references state are marked as such; the rest (attribute and
+//! XFAM fixed bits, the CPUID configuration list, the version numbers) are
+//! plausible model values, not read from a real module, and say so.
+
+use tdx_types::{
+    Leaf,
+    metadata::{TdxFeatures0, field},
+};
+
+/// One CPUID leaf the module lets the host configure, with the bits the
+/// host may set (TD_PARAMS.cpuid_values is checked against them later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidConfig {
+    /// CPUID leaf.
+    pub leaf: u32,
+    /// Sub-leaf, or `None` when the leaf has none.
+    pub subleaf: Option<u32>,
+    /// Configurable bits of EAX, EBX, ECX, EDX.
+    pub mask: [u32; 4],
+}
+
+/// Global metadata and per-version behaviour of one TDX module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Short name used in traces (`"tdx-1.5"`).
+    pub name: &'static str,
+    /// Major, minor and update version.
+    pub version: (u16, u16, u16),
+    /// TDX_FEATURES0.
+    pub features0: TdxFeatures0,
+    /// MAX_TDMRS (1.5: 64).
+    pub max_tdmrs: u16,
+    /// MAX_RESERVED_PER_TDMR (1.5: 16).
+    pub max_reserved_per_tdmr: u16,
+    /// PAMT entry size in bytes for the 4K, 2M and 1G levels (1.5: 16 each).
+    pub pamt_entry_size: [u16; 3],
+    /// TDR_BASE_SIZE (1.5: 4096).
+    pub tdr_base_size: u16,
+    /// TDCS_BASE_SIZE (1.5: 6 pages).
+    pub tdcs_base_size: u16,
+    /// TDVPS_BASE_SIZE (1.5: 6 pages).
+    pub tdvps_base_size: u16,
+    /// ATTRIBUTES_FIXED0 (bits that may be 1).
+    pub attributes_fixed0: u64,
+    /// ATTRIBUTES_FIXED1 (bits that must be 1).
+    pub attributes_fixed1: u64,
+    /// XFAM_FIXED0.
+    pub xfam_fixed0: u64,
+    /// XFAM_FIXED1.
+    pub xfam_fixed1: u64,
+    /// MAX_VCPUS_PER_TD.
+    pub max_vcpus_per_td: u16,
+    /// The configurable CPUID leaves, in metadata order.
+    pub cpuid_config: Vec<CpuidConfig>,
+    /// MODULE_HV: the handoff version TDH.SYS.SHUTDOWN accepts.
+    pub module_hv: u16,
+    /// MEMORY_POOL_REQUIRED_PAGES (Extensions): 0 when there is no pool.
+    pub memory_pool_required_pages: u32,
+    /// EXT_REQUIRED (Extensions): TDH.EXT.INIT must run.
+    pub ext_required: bool,
+    /// Bytes of TDMR whose PAMT entries one TDH.SYS.TDMR.INIT initializes
+    /// (1.5.01: 1024 4K entries = 4 MiB).
+    pub tdmr_init_chunk: u64,
+    /// Leaves the dispatcher accepts with a version above 0, and the
+    /// highest version each accepts.
+    pub leaf_versions: Vec<(Leaf, u8)>,
+    /// Features TDH.SYS.CONFIG v1 accepts in R9.
+    pub configurable_features: TdxFeatures0,
+}
+
+/// The leaves module 1.5.01's dispatcher accepts with version 1
+/// (`reference/tdx-module-model.md` §1.2).
+const LEAF_VERSIONS_1_5_01: [(Leaf, u8); 5] = [
+    (Leaf::MEM_PAGE_PROMOTE, 1),
+    (Leaf::MEM_SEPT_ADD, 1),
+    (Leaf::MEM_SEPT_REMOVE, 1),
+    (Leaf::MNG_RD, 1),
+    (Leaf::VP_RD, 1),
+];
+
+impl Profile {
+    /// TDX module 1.5 (the default).
+    ///
+    /// Stated by the references: MAX_TDMRS 64, MAX_RESERVED_PER_TDMR 16,
+    /// PAMT entries of 16 bytes, TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB
+    /// per TDH.SYS.TDMR.INIT, the version-1 leaves of the 1.5.01
+    /// dispatcher plus TDH.VP.INIT v1 (which Linux requires and later 1.5
+    /// updates accept; the 1.5.01 source does not). Model values: the
+    /// version number, the fixed attribute/XFAM bits, the CPUID list, and
+    /// MAX_VCPUS_PER_TD.
+    pub fn tdx_1_5() -> Self {
+        let mut versions = LEAF_VERSIONS_1_5_01.to_vec();
+        versions.push((Leaf::VP_INIT, 1));
+        Self {
+            name: "tdx-1.5",
+            version: (1, 5, 6),
+            features0: TdxFeatures0::new()
+                .with_no_rbp_mod(true)
+                .with_topology_enum(true),
+            max_tdmrs: 64,
+            max_reserved_per_tdmr: 16,
+            pamt_entry_size: [16; 3],
+            tdr_base_size: 4096,
+            tdcs_base_size: 6 * 4096,
+            tdvps_base_size: 6 * 4096,
+            // DEBUG (0), SEPT_VE_DISABLE (28), PKS (30), PERFMON (63) may be set.
+            attributes_fixed0: (1 << 0) | (1 << 28) | (1 << 30) | (1 << 63),
+            attributes_fixed1: 0,
+            // x87, SSE, AVX, AVX-512 (5-7), PT (8), PKRU (9), CET (11-12), AMX (17-18).
+            xfam_fixed0: 0x0006_1BE7,
+            xfam_fixed1: 0x0000_0003,
+            max_vcpus_per_td: 576,
+            cpuid_config: vec![
+                CpuidConfig {
+                    leaf: 0x1,
+                    subleaf: None,
+                    mask: [0, 0x00FF_0000, 0, 0],
+                },
+                CpuidConfig {
+                    leaf: 0x7,
+                    subleaf: Some(0),
+                    mask: [0, 0x0000_0008, 0, 0],
+                },
+                CpuidConfig {
+                    leaf: 0xD,
+                    subleaf: Some(1),
+                    mask: [0x0000_000F, 0, 0, 0],
+                },
+                CpuidConfig {
+                    leaf: 0x8000_0008,
+                    subleaf: None,
+                    mask: [0x00FF_FFFF, 0, 0, 0],
+                },
+            ],
+            module_hv: 0,
+            memory_pool_required_pages: 0,
+            ext_required: false,
+            tdmr_init_chunk: 4 << 20,
+            leaf_versions: versions,
+            configurable_features: TdxFeatures0::new(),
+        }
+    }
+
+    /// A module with Extensions: TDX_FEATURES0.EXT, a memory pool of 1000
+    /// pages (more than one 512-entry TDH.EXT.MEM.ADD window), EXT_REQUIRED,
+    /// and the 2026 version-1 leaves (TDH.SYS.CONFIG v1, TDH.SYS.UPDATE v1).
+    pub fn tdx_1_5_ext() -> Self {
+        let mut p = Self::tdx_1_5();
+        p.name = "tdx-1.5-ext";
+        p.features0 = p.features0.with_ext(true);
+        p.configurable_features = TdxFeatures0::new().with_ext(true);
+        p.memory_pool_required_pages = 1000;
+        p.ext_required = true;
+        p.leaf_versions.push((Leaf::SYS_CONFIG, 1));
+        p.leaf_versions.push((Leaf::SYS_UPDATE, 1));
+        p
+    }
+
+    /// The profile named `name` (`"tdx-1.5"`, `"tdx-1.5-ext"`).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "tdx-1.5" => Some(Self::tdx_1_5()),
+            "tdx-1.5-ext" => Some(Self::tdx_1_5_ext()),
+            _ => None,
+        }
+    }
+
+    /// True if the module has Extensions (TDX_FEATURES0 bit 39).
+    pub fn has_ext(&self) -> bool {
+        self.features0.ext()
+    }
+
+    /// The highest version the dispatcher accepts for `leaf`.
+    pub fn max_version(&self, leaf: Leaf) -> u8 {
+        self.leaf_versions
+            .iter()
+            .find(|(l, _)| *l == leaf)
+            .map_or(0, |&(_, v)| v)
+    }
+
+    /// The global metadata fields this module serves through TDH.SYS.RD, in
+    /// the order "next field ID" walks them, without the CMR fields (those
+    /// depend on the machine).
+    pub(crate) fn global_fields(&self) -> Vec<(tdx_types::metadata::MdFieldId, u64)> {
+        let mut f = vec![
+            (field::MINOR_VERSION, u64::from(self.version.1)),
+            (field::MAJOR_VERSION, u64::from(self.version.0)),
+            (field::UPDATE_VERSION, u64::from(self.version.2)),
+            (field::TDX_FEATURES0, self.features0.into_bits()),
+            (field::MODULE_HV, u64::from(self.module_hv)),
+            (field::MAX_TDMRS, u64::from(self.max_tdmrs)),
+            (
+                field::MAX_RESERVED_PER_TDMR,
+                u64::from(self.max_reserved_per_tdmr),
+            ),
+            (
+                field::PAMT_4K_ENTRY_SIZE,
+                u64::from(self.pamt_entry_size[0]),
+            ),
+            (
+                field::PAMT_2M_ENTRY_SIZE,
+                u64::from(self.pamt_entry_size[1]),
+            ),
+            (
+                field::PAMT_1G_ENTRY_SIZE,
+                u64::from(self.pamt_entry_size[2]),
+            ),
+            (field::TDR_BASE_SIZE, u64::from(self.tdr_base_size)),
+            (field::TDCS_BASE_SIZE, u64::from(self.tdcs_base_size)),
+            (field::TDVPS_BASE_SIZE, u64::from(self.tdvps_base_size)),
+            (field::ATTRIBUTES_FIXED0, self.attributes_fixed0),
+            (field::ATTRIBUTES_FIXED1, self.attributes_fixed1),
+            (field::XFAM_FIXED0, self.xfam_fixed0),
+            (field::XFAM_FIXED1, self.xfam_fixed1),
+            (field::NUM_CPUID_CONFIG, self.cpuid_config.len() as u64),
+            (field::MAX_VCPUS_PER_TD, u64::from(self.max_vcpus_per_td)),
+        ];
+        for (i, c) in self.cpuid_config.iter().enumerate() {
+            let i = i as u32;
+            let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
+            f.push((
+                field::cpuid_config_leaf(i).expect("CPUID list fits the metadata array"),
+                leaf,
+            ));
+        }
+        for (i, c) in self.cpuid_config.iter().enumerate() {
+            let i = i as u32;
+            let [eax, ebx, ecx, edx] = c.mask.map(u64::from);
+            f.push((
+                field::cpuid_config_value(i, 0).expect("fits"),
+                ebx << 32 | eax,
+            ));
+            f.push((
+                field::cpuid_config_value(i, 1).expect("fits"),
+                edx << 32 | ecx,
+            ));
+        }
+        if self.has_ext() {
+            f.push((
+                field::EXT_MEMORY_POOL_REQUIRED_PAGES,
+                u64::from(self.memory_pool_required_pages),
+            ));
+            f.push((field::EXT_REQUIRED, u64::from(self.ext_required)));
+        }
+        f
+    }
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self::tdx_1_5()
+    }
+}

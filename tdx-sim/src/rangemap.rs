@@ -1,0 +1,175 @@
+//! A map from disjoint half-open ranges of `u64` to values, with adjacent
+//! ranges of equal value merged. The simulator keeps page ownership and
+//! cache state in these, so a 4 TiB host costs a handful of entries, not
+//! a billion.
+
+use std::collections::BTreeMap;
+
+/// Disjoint `[start, end)` ranges with a value each; adjacent ranges with
+/// equal values are merged, so the map is canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RangeMap<V> {
+    /// start -> (end, value)
+    map: BTreeMap<u64, (u64, V)>,
+}
+
+impl<V: Copy + Eq> RangeMap<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// The value at `key`.
+    pub(crate) fn get(&self, key: u64) -> Option<V> {
+        let (_, &(end, v)) = self.map.range(..=key).next_back()?;
+        (key < end).then_some(v)
+    }
+
+    /// Removes `[start, end)` from the map (splitting ranges at the edges).
+    pub(crate) fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // A range starting before `start` that reaches into it.
+        if let Some((&s, &(e, v))) = self.map.range(..start).next_back()
+            && e > start
+        {
+            self.map.insert(s, (start, v));
+            if e > end {
+                self.map.insert(end, (e, v));
+                return;
+            }
+        }
+        // Ranges starting inside [start, end).
+        let inside: Vec<u64> = self.map.range(start..end).map(|(&s, _)| s).collect();
+        for s in inside {
+            let (e, v) = self.map.remove(&s).expect("key just listed");
+            if e > end {
+                self.map.insert(end, (e, v));
+            }
+        }
+    }
+
+    /// Sets `[start, end)` to `v`, replacing whatever was there.
+    pub(crate) fn insert(&mut self, start: u64, end: u64, v: V) {
+        if start >= end {
+            return;
+        }
+        self.remove(start, end);
+        let (mut s, mut e) = (start, end);
+        // Merge with an equal neighbour on the left.
+        if let Some((&ls, &(le, lv))) = self.map.range(..s).next_back()
+            && le == s
+            && lv == v
+        {
+            self.map.remove(&ls);
+            s = ls;
+        }
+        // And on the right.
+        if let Some(&(re, rv)) = self.map.get(&e)
+            && rv == v
+        {
+            self.map.remove(&e);
+            e = re;
+        }
+        self.map.insert(s, (e, v));
+    }
+
+    /// Every range that intersects `[start, end)`, clipped to it.
+    pub(crate) fn overlapping(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64, V)> + '_ {
+        let first = self
+            .map
+            .range(..start)
+            .next_back()
+            .filter(|(_, (e, _))| *e > start)
+            .map(|(&s, &(e, v))| (s, e, v));
+        first
+            .into_iter()
+            .chain(self.map.range(start..end).map(|(&s, &(e, v))| (s, e, v)))
+            .filter(move |_| start < end)
+            .map(move |(s, e, v)| (s.max(start), e.min(end), v))
+    }
+
+    /// True if every key of `[start, end)` is in the map with a value for
+    /// which `pred` holds.
+    pub(crate) fn all_in(&self, start: u64, end: u64, pred: impl Fn(V) -> bool) -> bool {
+        let mut next = start;
+        for (s, e, v) in self.overlapping(start, end) {
+            if s != next || !pred(v) {
+                return false;
+            }
+            next = e;
+        }
+        next >= end
+    }
+
+    /// Every range, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, V)> + '_ {
+        self.map.iter().map(|(&s, &(e, v))| (s, e, v))
+    }
+
+    /// Number of ranges.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn merge_and_split() {
+        let mut m = RangeMap::new();
+        m.insert(0, 10, 'a');
+        m.insert(10, 20, 'a');
+        assert_eq!(m.len(), 1);
+        m.insert(5, 7, 'b');
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [(0, 5, 'a'), (5, 7, 'b'), (7, 20, 'a')]
+        );
+        m.insert(5, 7, 'a');
+        assert_eq!(m.len(), 1);
+        m.remove(3, 4);
+        assert_eq!(m.get(3), None);
+        assert_eq!(m.get(4), Some('a'));
+        assert!(m.all_in(4, 20, |v| v == 'a'));
+        assert!(!m.all_in(2, 20, |v| v == 'a'));
+        assert_eq!(
+            m.overlapping(2, 6).collect::<Vec<_>>(),
+            [(2, 3, 'a'), (4, 6, 'a')]
+        );
+    }
+
+    proptest! {
+        /// The map agrees with a plain array under random inserts/removes.
+        #[test]
+        fn matches_a_model(ops in proptest::collection::vec((0u64..64, 0u64..64, 0u8..4, any::<bool>()), 1..60)) {
+            let mut m = RangeMap::new();
+            let mut model = [None::<u8>; 64];
+            for (a, b, v, ins) in ops {
+                let (s, e) = (a.min(b), a.max(b));
+                if ins { m.insert(s, e, v) } else { m.remove(s, e) }
+                for k in s..e { model[k as usize] = if ins { Some(v) } else { None }; }
+                for k in 0..64 { prop_assert_eq!(m.get(k), model[k as usize]); }
+                // Canonical: no two adjacent ranges with the same value.
+                let r: Vec<_> = m.iter().collect();
+                for w in r.windows(2) {
+                    prop_assert!(w[0].1 <= w[1].0);
+                    prop_assert!(!(w[0].1 == w[1].0 && w[0].2 == w[1].2));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Rule breaks the simulator records instead of letting them pass: things a
+//! real host could do that real hardware would punish later (corruption,
+//! poison, a machine check), or that break page accounting.
+
+use std::fmt;
+
+use crate::memory::PageState;
+
+/// One recorded rule break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// The host read or wrote a page the TDX module owns.
+    HostTouchedModulePage {
+        /// Physical address of the access.
+        pa: u64,
+        /// Bytes.
+        len: usize,
+        /// A write (else a read).
+        write: bool,
+    },
+    /// The host read or wrote memory that is not RAM.
+    HostTouchedNonRam {
+        /// Physical address of the access.
+        pa: u64,
+        /// Bytes.
+        len: usize,
+        /// A write (else a read).
+        write: bool,
+    },
+    /// The host freed a page it had not allocated (or freed it twice), or a
+    /// page the module owns.
+    FreedPageNotAllocated {
+        /// The frame.
+        pfn: u64,
+        /// Its state at the time.
+        state: PageState,
+    },
+    /// A page was freed, or handed out by the allocator, while it may still
+    /// hold dirty cache lines written under a private KeyID: a later
+    /// write-back would corrupt the new owner's data.
+    PrivateLinesReachedHost {
+        /// The frame.
+        pfn: u64,
+        /// The KeyID of the lines.
+        keyid: u16,
+        /// "freed" or "allocated".
+        how: &'static str,
+    },
+    /// TDH.SYS.KEY.CONFIG ran while a PAMT page may still hold host dirty
+    /// lines (KeyID 0): their write-back would corrupt PAMT entries the module
+    /// writes under the global KeyID. The host must WBINVD on every CPU first.
+    KeyConfigWithDirtyPamt {
+        /// A PAMT frame that may be dirty.
+        pfn: u64,
+    },
+    /// The module was told to read memory that is not RAM.
+    ModuleReadNonRam {
+        /// Physical address.
+        pa: u64,
+        /// The leaf.
+        leaf: &'static str,
+    },
+    /// The host leaked a page it did not own.
+    LeakedPageNotOwned {
+        /// The frame.
+        pfn: u64,
+        /// Its state at the time.
+        state: PageState,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HostTouchedModulePage { pa, len, write } => write!(
+                f,
+                "host {} {len} bytes at {pa:#x}, a page the TDX module owns",
+                if *write { "wrote" } else { "read" }
+            ),
+            Self::HostTouchedNonRam { pa, len, write } => write!(
+                f,
+                "host {} {len} bytes at {pa:#x}, which is not RAM",
+                if *write { "wrote" } else { "read" }
+            ),
+            Self::FreedPageNotAllocated { pfn, state } => {
+                write!(
+                    f,
+                    "host freed frame {pfn:#x}, which was {state:?}, not host-allocated"
+                )
+            }
+            Self::PrivateLinesReachedHost { pfn, keyid, how } => write!(
+                f,
+                "frame {pfn:#x} was {how} while it may hold dirty lines of private KeyID {keyid} \
+                 (no WBINVD / TDH.PHYMEM.PAGE.WBINVD since the module wrote it)"
+            ),
+            Self::KeyConfigWithDirtyPamt { pfn } => write!(
+                f,
+                "TDH.SYS.KEY.CONFIG while PAMT frame {pfn:#x} may hold host dirty lines \
+                 (WBINVD on every CPU must come first)"
+            ),
+            Self::ModuleReadNonRam { pa, leaf } => {
+                write!(f, "{leaf} made the module read {pa:#x}, which is not RAM")
+            }
+            Self::LeakedPageNotOwned { pfn, state } => {
+                write!(f, "host leaked frame {pfn:#x}, which was {state:?}")
+            }
+        }
+    }
+}
