@@ -118,10 +118,9 @@ pub fn write_tdmr_infos(sim: &Simulator, tdmrs: &[TdmrInfo]) -> u64 {
     for (i, t) in tdmrs.iter().enumerate() {
         let pa = infos + 512 * i as u64;
         // SAFETY: the run was just allocated from the simulator for us.
-        unsafe {
-            sim.write_phys(Hpa::new(pa), t.as_bytes());
-            sim.write_phys(Hpa::new(array + 8 * i as u64), &pa.to_le_bytes());
-        }
+        unsafe { sim.write_phys(Hpa::new(pa), t.as_bytes()) };
+        // SAFETY: as above.
+        unsafe { sim.write_phys(Hpa::new(array + 8 * i as u64), &pa.to_le_bytes()) };
     }
     array
 }
@@ -140,6 +139,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
     ok("TDH.SYS.INIT", unsafe { leaf::tdh_sys_init(sim) });
     for lp in 0..sim.cpus() {
         sim.on_cpu(CpuId(lp), &mut || {
+            // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
             ok("TDH.SYS.LP.INIT", unsafe { leaf::tdh_sys_lp_init(sim) })
         });
     }
@@ -153,6 +153,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
     }
     report.tdmr_array = write_tdmr_infos(sim, tdmrs);
     let keyid = sim.keyid_partition().global_keyid() as u16;
+    // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
     ok("TDH.SYS.CONFIG", unsafe {
         leaf::tdh_sys_config(
             sim,
@@ -168,6 +169,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
         sim.wbinvd_all();
     }
     sim.on_each_package(&mut |_, _| {
+        // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
         ok("TDH.SYS.KEY.CONFIG", unsafe {
             leaf::tdh_sys_key_config(sim)
         });
@@ -175,6 +177,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
     if opts.init_tdmrs {
         for t in tdmrs {
             loop {
+                // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
                 let c = unsafe { leaf::tdh_sys_tdmr_init(sim, Hpa::new(t.base())) };
                 report.tdmr_init_calls += 1;
                 if c.status == TdxStatus::TDMR_ALREADY_INITIALIZED {
