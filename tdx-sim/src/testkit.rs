@@ -134,7 +134,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
         tdmrs: tdmrs.to_vec(),
         ..Default::default()
     };
-    // SAFETY (every leaf call below): the simulator's memory is simulated;
+    // SAFETY: the simulator's memory is simulated (this holds for every leaf call below);
     // the pages handed to it were allocated from it for this purpose.
     ok("TDH.SYS.INIT", unsafe { leaf::tdh_sys_init(sim) });
     for lp in 0..sim.cpus() {
