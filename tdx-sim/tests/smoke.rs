@@ -31,6 +31,7 @@ fn bring_up_default_profile() {
     let c = unsafe { leaf::tdh_phymem_page_rdmd(&sim, pamt) };
     assert_eq!(c.status, TdxStatus::SUCCESS);
     assert_eq!(c.out.page_type, PamtPageType::RSVD);
+    // SAFETY: as above.
     let c = unsafe { leaf::tdh_phymem_page_rdmd(&sim, Pfn::new(5 * GIB / 4096)) };
     assert_eq!(
         (c.status, c.out.page_type),
