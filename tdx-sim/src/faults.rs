@@ -31,7 +31,8 @@ pub enum FaultAction {
 pub struct Fault {
     /// The leaf it hits.
     pub leaf: Leaf,
-    /// Which call of that leaf (1 = the first call the simulator sees).
+    /// Which call of that leaf: 1 = the first call counted. Calls are counted
+    /// from the moment the plan holds its first fault (scripted or random).
     pub nth: u64,
     /// What happens.
     pub action: FaultAction,
@@ -85,7 +86,7 @@ pub struct FaultPlan {
     scripted: Vec<Fault>,
     random: Option<RandomFaults>,
     /// Calls seen per leaf number.
-    calls: std::collections::HashMap<u16, u64>,
+    calls: std::collections::BTreeMap<u16, u64>,
     /// Faults that fired, in order.
     fired: Vec<(Leaf, u64, FaultAction)>,
 }
@@ -113,6 +114,9 @@ impl FaultPlan {
 
     /// Counts a call of `leaf` and returns the fault it hits, if any.
     pub(crate) fn on_call(&mut self, leaf: Leaf) -> Option<FaultAction> {
+        if self.scripted.is_empty() && self.random.is_none() {
+            return None;
+        }
         let n = self.calls.entry(leaf.0).or_insert(0);
         *n += 1;
         let nth = *n;
@@ -147,7 +151,8 @@ impl FaultPlan {
         &self.fired
     }
 
-    /// Calls of `leaf` seen so far.
+    /// Calls of `leaf` seen since the first fault was planned (calls made
+    /// while no fault was planned are not counted).
     pub fn calls(&self, leaf: Leaf) -> u64 {
         self.calls.get(&leaf.0).copied().unwrap_or(0)
     }

@@ -65,6 +65,9 @@ pub(crate) struct PhysMem {
     state: RangeMap<PageState>,
     contents: HashMap<u64, Box<[u8; PAGE as usize]>>,
     cache: RangeMap<CacheLines>,
+    /// Bumped by every flush, so callers can remember "I marked this range
+    /// dirty" and skip re-marking it until the next flush.
+    cache_generation: u64,
 }
 
 impl PhysMem {
@@ -85,6 +88,7 @@ impl PhysMem {
             state,
             contents: HashMap::new(),
             cache,
+            cache_generation: 0,
         }
     }
 
@@ -205,10 +209,17 @@ impl PhysMem {
 
     pub(crate) fn flush_all(&mut self) {
         self.cache.clear();
+        self.cache_generation += 1;
     }
 
     pub(crate) fn flush_range(&mut self, start: u64, end: u64) {
         self.cache.remove(start, end);
+        self.cache_generation += 1;
+    }
+
+    /// Changes whenever lines may have been flushed.
+    pub(crate) fn cache_generation(&self) -> u64 {
+        self.cache_generation
     }
 
     /// The first page of `[start, end)` that may hold private dirty lines,

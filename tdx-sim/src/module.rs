@@ -98,6 +98,9 @@ pub(crate) struct Tdmr {
     pub(crate) pamt: [(u64, u64); 3],
     /// Next address whose PAMT entry is not initialized.
     pub(crate) last_init: u64,
+    /// Per PAMT level: the frame up to which this TDMR's PAMT was marked
+    /// private-dirty, and the cache generation of that marking.
+    pub(crate) dirty_mark: [(u64, u64); 3],
 }
 
 impl Tdmr {
@@ -146,6 +149,8 @@ pub(crate) struct Module {
     pkg_configured: Vec<bool>,
     num_init_pkgs: u32,
     pub(crate) tdmrs: Vec<Tdmr>,
+    /// The TDMR the last TDH.SYS.TDMR.INIT named.
+    last_tdmr: usize,
     pub(crate) global_hkid: Option<u16>,
     pub(crate) kot: HashMap<u16, KotState>,
     pub(crate) features: TdxFeatures0,
@@ -183,6 +188,7 @@ impl Module {
             pkg_configured: vec![false; m.desc.packages as usize],
             num_init_pkgs: 0,
             tdmrs: Vec::new(),
+            last_tdmr: 0,
             global_hkid: None,
             kot: HashMap::new(),
             features: TdxFeatures0::new(),
@@ -530,6 +536,7 @@ impl State {
             reserved,
             pamt,
             last_init: base,
+            dirty_mark: [(0, u64::MAX); 3],
         };
         let range = |(b, s): (u64, u64)| (b, b + s);
         // 9: PAMT vs PAMT.
@@ -645,9 +652,16 @@ impl State {
         if !base.is_multiple_of(GIB) || base >= MAX_PA || self.machine.has_hkid_bits(base) {
             return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
         }
-        let Some(i) = self.module.tdmrs.iter().position(|t| t.base == base) else {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+        // Hosts call this leaf in long runs on one TDMR: try the last one first.
+        let hint = self.module.last_tdmr;
+        let i = match self.module.tdmrs.get(hint) {
+            Some(t) if t.base == base => hint,
+            _ => match self.module.tdmrs.binary_search_by_key(&base, |t| t.base) {
+                Ok(i) => i,
+                Err(_) => return op(TdxStatus::OPERAND_INVALID, OperandId::RCX),
+            },
         };
+        self.module.last_tdmr = i;
         let chunk = self.machine.desc.profile.tdmr_init_chunk;
         let hkid = self.module.global_hkid.unwrap_or(0);
         let t = &mut self.module.tdmrs[i];
@@ -658,20 +672,29 @@ impl State {
         let to = (from + chunk).min(t.end());
         t.last_init = to;
         a.rdx = to & !(GIB - 1);
-        // The module wrote these PAMT entries under the global KeyID.
+        // The module wrote these PAMT entries under the global KeyID. Each
+        // level's dirty range only grows during initialization, so a level
+        // is re-marked only past what this TDMR already marked since the
+        // last flush (this keeps the call cheap: 2^20 of them for 4 TiB).
         let (off_a, off_b) = (from - t.base, to - t.base);
         let esz = self.machine.desc.profile.pamt_entry_size;
-        let mut dirty = Vec::with_capacity(3);
-        for (l, (&(pb, _), &entry)) in t.pamt.iter().zip(&esz).enumerate() {
+        let generation = self.mem.cache_generation();
+        for (l, &entry) in esz.iter().enumerate() {
+            let (pb, _) = t.pamt[l];
             let shift = 12 + 9 * l as u32;
-            let first = pb + (off_a >> shift) * u64::from(entry);
-            let last = pb + (off_b.div_ceil(1 << shift)) * u64::from(entry);
-            if last > first {
-                dirty.push((first / PAGE, last.div_ceil(PAGE)));
+            let first = (pb + (off_a >> shift) * u64::from(entry)) / PAGE;
+            let last = (pb + off_b.div_ceil(1 << shift) * u64::from(entry)).div_ceil(PAGE);
+            let (marked_to, marked_gen) = t.dirty_mark[l];
+            let from_page = if marked_gen == generation {
+                first.max(marked_to)
+            } else {
+                first
+            };
+            if from_page < last {
+                self.mem
+                    .mark_cache(from_page, last, CacheLines::Private(hkid));
+                t.dirty_mark[l] = (last, generation);
             }
-        }
-        for (s, e) in dirty {
-            self.mem.mark_cache(s, e, CacheLines::Private(hkid));
         }
         TdxStatus::SUCCESS
     }

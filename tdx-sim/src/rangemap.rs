@@ -42,9 +42,8 @@ impl<V: Copy + Eq> RangeMap<V> {
             }
         }
         // Ranges starting inside [start, end).
-        let inside: Vec<u64> = self.map.range(start..end).map(|(&s, _)| s).collect();
-        for s in inside {
-            let (e, v) = self.map.remove(&s).expect("key just listed");
+        while let Some((&s, &(e, v))) = self.map.range(start..end).next() {
+            self.map.remove(&s);
             if e > end {
                 self.map.insert(end, (e, v));
             }
@@ -56,24 +55,48 @@ impl<V: Copy + Eq> RangeMap<V> {
         if start >= end {
             return;
         }
-        self.remove(start, end);
-        let (mut s, mut e) = (start, end);
-        // Merge with an equal neighbour on the left.
-        if let Some((&ls, &(le, lv))) = self.map.range(..s).next_back()
-            && le == s
-            && lv == v
-        {
-            self.map.remove(&ls);
-            s = ls;
+        // One lookup decides the common cases: the last range starting
+        // before `end` either already covers [start, end) with `v`, or ends
+        // at or before `start` (nothing to remove; maybe extend it).
+        if let Some((&ps, &(pe, pv))) = self.map.range(..end).next_back() {
+            if ps <= start && pe >= end && pv == v {
+                return;
+            }
+            if pe <= start {
+                let right = self.map.get(&end).copied().filter(|&(_, rv)| rv == v);
+                let new_end = match right {
+                    Some((re, _)) => {
+                        self.map.remove(&end);
+                        re
+                    }
+                    None => end,
+                };
+                if pe == start && pv == v {
+                    self.map.get_mut(&ps).expect("just found").0 = new_end;
+                } else {
+                    self.map.insert(start, (new_end, v));
+                }
+                return;
+            }
         }
-        // And on the right.
-        if let Some(&(re, rv)) = self.map.get(&e)
+        self.remove(start, end);
+        let mut e = end;
+        // Merge with an equal neighbour on the right.
+        if let Some(&(re, rv)) = self.map.get(&end)
             && rv == v
         {
-            self.map.remove(&e);
+            self.map.remove(&end);
             e = re;
         }
-        self.map.insert(s, (e, v));
+        // And on the left, in place (the common case: a range that grows).
+        if let Some((_, (le, lv))) = self.map.range_mut(..start).next_back()
+            && *le == start
+            && *lv == v
+        {
+            *le = e;
+            return;
+        }
+        self.map.insert(start, (e, v));
     }
 
     /// Every range that intersects `[start, end)`, clipped to it.
