@@ -90,7 +90,8 @@ impl Default for BringUpOptions {
 /// What [`bring_up`] did.
 #[derive(Debug, Clone, Default)]
 pub struct BringUpReport {
-    /// Physical address of the TDMR_INFO array page.
+    /// Physical address the TDMR_INFO array page had (freed again after
+    /// TDH.SYS.CONFIG).
     pub tdmr_array: u64,
     /// The TDMRs configured.
     pub tdmrs: Vec<TdmrInfo>,
@@ -162,6 +163,12 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
             SysConfigKeyId::new().with_hkid(keyid),
         )
     });
+    // The module keeps nothing of the TDMR_INFO pages: they go back.
+    let info_pages = (tdmrs.len() as u64 * 512).div_ceil(PAGE) + 1;
+    let info_run = PfnRun::try_new(Pfn::new(report.tdmr_array / PAGE), info_pages).expect("valid");
+    // SAFETY: the pages were allocated by `write_tdmr_infos` and the module
+    // only read them during TDH.SYS.CONFIG.
+    unsafe { sim.free_pages(info_run) };
     if opts.stop_after_config {
         return report;
     }
