@@ -27,7 +27,9 @@ fn main() {
         _ => Profile::tdx_1_5(),
     };
     let memory = vec![(4 * GIB, (4 + gib) * GIB)];
-    let desc = MachineDesc::new(memory.clone()).with_cpus(packages, 4).with_profile(profile);
+    let desc = MachineDesc::new(memory.clone())
+        .with_cpus(packages, 4)
+        .with_profile(profile);
     let profile_name = desc.profile.name;
     let sim = match Simulator::new(desc) {
         Ok(s) => s,
@@ -41,10 +43,15 @@ fn main() {
     let report = testkit::bring_up(&sim, &tdmrs, Default::default());
     let elapsed = t.elapsed();
 
-    println!("host: {gib} GiB at 4 GiB, {packages} packages x 4 LPs, module profile {profile_name}");
+    println!(
+        "host: {gib} GiB at 4 GiB, {packages} packages x 4 LPs, module profile {profile_name}"
+    );
     println!("TDMRs: {}", tdmrs.len());
     for (i, t) in tdmrs.iter().enumerate().take(4) {
-        let pamt: u64 = [t.pamt_4k(), t.pamt_2m(), t.pamt_1g()].iter().map(|p| p.1).sum();
+        let pamt: u64 = [t.pamt_4k(), t.pamt_2m(), t.pamt_1g()]
+            .iter()
+            .map(|p| p.1)
+            .sum();
         println!(
             "  TDMR {i}: [{:#x}, {:#x}) PAMT {} KiB at {:#x}, {} reserved area(s)",
             t.base(),
@@ -60,7 +67,7 @@ fn main() {
     let pamt_pages: u64 = report.pamt_runs.iter().map(|r| r.count()).sum();
     println!(
         "PAMT: {} MiB ({:.3}% of memory)",
-        pamt_pages * 4096 >> 20,
+        (pamt_pages * 4096) >> 20,
         (pamt_pages * 4096) as f64 * 100.0 / (gib * GIB) as f64
     );
     if let Some(pool) = report.pool {
@@ -78,7 +85,11 @@ fn main() {
         "pages: {} free, {} host, {} module, {} leaked (of {})",
         a.free, a.host, a.module, a.leaked, a.total
     );
-    println!("module state: {:?}, time {:.1} ms", sim.module_state(), elapsed.as_secs_f64() * 1e3);
+    println!(
+        "module state: {:?}, time {:.1} ms",
+        sim.module_state(),
+        elapsed.as_secs_f64() * 1e3
+    );
     match sim.check_invariants() {
         Ok(()) => println!("invariants: ok"),
         Err(e) => {

@@ -1,0 +1,384 @@
+//! The best-effort planner: a plan whenever one exists within the limits.
+//!
+//! Terms: *memory* is usable RAM from 1 MiB up; a *hole* is a maximal gap
+//! between memory; a byte is *forced* if it must be reserved: it is outside
+//! every CMR, or it holds a PAMT. A TDMR needs one reserved area per hole
+//! (clipped to the TDMR) that contains a forced byte: the whole hole can be
+//! reserved as one area, since nobody uses its bytes, and a hole that lies
+//! inside a CMR needs no area at all (CMR-aware).
+//!
+//! 1. **Runs.** The 1 GiB blocks that hold memory form runs of consecutive
+//!    blocks. Each run is cut into TDMRs greedily: every TDMR is as long as
+//!    it can be while its holes fit the reserved-area limit. The count of
+//!    areas in `[a, b)` only grows with `b`, so the greedy cut gives the
+//!    fewest TDMRs, and a 1 GiB block that alone needs too many areas is
+//!    reported as such ("block X needs N areas").
+//! 2. **Too many TDMRs.** Runs are joined across their gaps, smallest gap
+//!    first (the gap becomes reserved, and costs PAMT for its size), as long
+//!    as that lowers the count, until the count fits.
+//! 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) is
+//!    carved from memory next to a hole that already needs an area, so the
+//!    two merge and no area is added; ties go to the TDMR's own NUMA node.
+//!    Only when no such place has room does a PAMT take a new area, in a
+//!    TDMR that has one to spare. If none has, step 1 runs again with one
+//!    area fewer per TDMR, leaving room.
+//!
+//! Runs are only split where the area limit forces it and only joined where
+//! the TDMR limit forces it, so on a map where Linux's construction also
+//! succeeds this plan has no more TDMR bytes and no more TDMRs than Linux's,
+//! hence no more PAMT.
+
+use alloc::vec::Vec;
+
+use super::{
+    GIB, MAX_PA, Normalized, PamtPlacement, Plan, PlanError, PlannedTdmr, ReservedArea, Strategy,
+    intervals,
+};
+
+/// Holes and forced bytes, with a prefix count for fast area counting.
+struct Holes {
+    /// Complement of memory within `[0, MAX_PA)`, sorted.
+    holes: Vec<(u64, u64)>,
+    /// `forced_before[k]`: holes among `holes[..k]` that contain a forced byte.
+    forced_before: Vec<u32>,
+    /// Bytes that must be reserved (outside every CMR), normalized.
+    forced: Vec<(u64, u64)>,
+}
+
+impl Holes {
+    fn new(mem: &[(u64, u64)], forced: Vec<(u64, u64)>) -> Self {
+        let holes = intervals::subtract(&[(0, MAX_PA)], mem);
+        let mut forced_before = Vec::with_capacity(holes.len() + 1);
+        let mut n = 0u32;
+        forced_before.push(0);
+        for &(s, e) in &holes {
+            n += u32::from(intervals::intersects(&forced, s, e));
+            forced_before.push(n);
+        }
+        Self {
+            holes,
+            forced_before,
+            forced,
+        }
+    }
+
+    /// Reserved areas `[a, b)` needs: holes clipped to it with a forced byte.
+    fn areas(&self, a: u64, b: u64) -> usize {
+        let h = &self.holes;
+        let i0 = h.partition_point(|&(_, e)| e <= a);
+        let i1 = h.partition_point(|&(s, _)| s < b);
+        if i0 >= i1 {
+            return 0;
+        }
+        let clipped = |i: usize| {
+            let (s, e) = h[i];
+            usize::from(intervals::intersects(&self.forced, s.max(a), e.min(b)))
+        };
+        let mut n = clipped(i0);
+        if i1 - 1 > i0 {
+            n += clipped(i1 - 1);
+        }
+        if i1 - i0 > 2 {
+            n += (self.forced_before[i1 - 1] - self.forced_before[i0 + 1]) as usize;
+        }
+        n
+    }
+}
+
+struct Ctx<'a> {
+    n: &'a Normalized,
+    /// Memory, merged across nodes.
+    mem: Vec<(u64, u64)>,
+    holes: Holes,
+}
+
+impl Ctx<'_> {
+    /// First memory byte at or above `pa`, if below `end`.
+    fn first_mem(&self, pa: u64, end: u64) -> Option<u64> {
+        let i = self.mem.partition_point(|&(_, e)| e <= pa);
+        self.mem
+            .get(i)
+            .map(|&(s, _)| s.max(pa))
+            .filter(|&s| s < end)
+    }
+
+    /// One past the last memory byte below `pa`, if above `start`.
+    fn last_mem_end(&self, start: u64, pa: u64) -> Option<u64> {
+        let i = self.mem.partition_point(|&(s, _)| s < pa);
+        i.checked_sub(1)
+            .map(|i| self.mem[i].1.min(pa))
+            .filter(|&e| e > start)
+    }
+
+    /// Cuts `[rs, re)` into the fewest TDMRs whose areas fit `budget`,
+    /// trimmed to the blocks that hold memory.
+    fn split_run(&self, rs: u64, re: u64, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+        let mut out = Vec::new();
+        let mut a = rs;
+        while a < re {
+            // Skip leading blocks without memory (only in joined runs).
+            let Some(m) = self.first_mem(a, re) else {
+                break;
+            };
+            a = m & !(GIB - 1);
+            let one = self.holes.areas(a, a + GIB);
+            if one > budget {
+                return Err(PlanError::TooManyReservedAreas {
+                    block: a,
+                    needed: one,
+                    max: self.n.limits.max_reserved_per_tdmr,
+                });
+            }
+            // Largest k with areas(a, a + k GiB) <= budget.
+            let (mut lo, mut hi) = (1u64, (re - a) / GIB);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if self.holes.areas(a, a + mid * GIB) <= budget {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            let mut b = a + lo * GIB;
+            // Trim trailing blocks without memory.
+            if let Some(last) = self.last_mem_end(a, b) {
+                b = last.next_multiple_of(GIB);
+            }
+            out.push((a, b));
+            a = b;
+        }
+        Ok(out)
+    }
+
+    /// TDMRs for every run, joining runs across gaps while there are too
+    /// many.
+    fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+        let mut runs: Vec<(u64, u64)> = self
+            .mem
+            .iter()
+            .map(|&(s, e)| (s & !(GIB - 1), e.next_multiple_of(GIB)))
+            .collect();
+        intervals::normalize(&mut runs);
+        let mut pieces: Vec<Vec<(u64, u64)>> = runs
+            .iter()
+            .map(|&(s, e)| self.split_run(s, e, budget))
+            .collect::<Result<_, _>>()?;
+        let max = self.n.limits.max_tdmrs;
+        let mut total: usize = pieces.iter().map(Vec::len).sum();
+        if total > max {
+            // Join across gaps, smallest first, while it helps. Runs are
+            // kept in a linked list so a join is O(1) besides the re-split.
+            let mut next: Vec<usize> = (1..=runs.len()).collect();
+            let mut prev: Vec<usize> = (0..runs.len()).map(|i| i.wrapping_sub(1)).collect();
+            let mut alive = alloc::vec![true; runs.len()];
+            for _pass in 0..2 {
+                let mut gaps: Vec<(u64, usize)> = (0..runs.len())
+                    .filter(|&i| alive[i] && next[i] < runs.len())
+                    .map(|i| (runs[next[i]].0 - runs[i].1, i))
+                    .collect();
+                gaps.sort_unstable();
+                for (_, i) in gaps {
+                    if total <= max {
+                        break;
+                    }
+                    if !alive[i] || next[i] >= runs.len() {
+                        continue;
+                    }
+                    let j = next[i];
+                    let joined = self.split_run(runs[i].0, runs[j].1, budget)?;
+                    let before = pieces[i].len() + pieces[j].len();
+                    if joined.len() < before {
+                        total = total - before + joined.len();
+                        runs[i].1 = runs[j].1;
+                        pieces[i] = joined;
+                        pieces[j].clear();
+                        alive[j] = false;
+                        next[i] = next[j];
+                        if next[j] < runs.len() {
+                            prev[next[j]] = i;
+                        }
+                    }
+                }
+                if total <= max {
+                    break;
+                }
+            }
+            if total > max {
+                return Err(PlanError::TooManyTdmrs { needed: total, max });
+            }
+        }
+        Ok(pieces.into_iter().flatten().collect())
+    }
+}
+
+/// A stretch of memory inside one TDMR that PAMTs can be carved from, with
+/// a free window `[lo, hi)` and whether each end touches a hole that already
+/// needs an area.
+#[derive(Debug, Clone)]
+struct Slot {
+    tdmr: usize,
+    node: u32,
+    lo: u64,
+    hi: u64,
+    lo_anchor: bool,
+    hi_anchor: bool,
+}
+
+pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
+    let mut mem: Vec<(u64, u64)> = n.mem.iter().map(|r| (r.start, r.end)).collect();
+    intervals::normalize(&mut mem);
+    let mut conv = n.cmr_chains.clone();
+    intervals::normalize(&mut conv);
+    let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
+    let ctx = Ctx {
+        n,
+        holes: Holes::new(&mem, forced),
+        mem,
+    };
+
+    let max_r = n.limits.max_reserved_per_tdmr;
+    let mut last_err = None;
+    for budget in (1..=max_r).rev() {
+        let tdmrs = match ctx.partition(budget) {
+            Ok(t) => t,
+            // With the full budget, the limit itself is the answer; with a
+            // lowered one, the reason is the PAMT that did not fit before.
+            Err(e) => return Err(last_err.unwrap_or(e)),
+        };
+        match place(&ctx, &tdmrs) {
+            Ok(plan) => return Ok(plan),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or(PlanError::TooManyReservedAreas {
+        block: ctx.mem.first().map_or(0, |m| m.0 & !(GIB - 1)),
+        needed: 1,
+        max: max_r,
+    }))
+}
+
+/// Places the PAMTs of `tdmrs` and builds the plan.
+fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, PlanError> {
+    let n = ctx.n;
+    let max_r = n.limits.max_reserved_per_tdmr;
+    let forced = &ctx.holes.forced;
+    // Slots: memory clipped to each TDMR, minus the ranges to avoid.
+    let mut slots: Vec<Slot> = Vec::new();
+    for (t, &(a, b)) in tdmrs.iter().enumerate() {
+        let i0 = n.mem.partition_point(|r| r.end <= a);
+        for r in n.mem[i0..].iter().take_while(|r| r.start < b) {
+            let clipped = [(r.start.max(a), r.end.min(b))];
+            for (lo, hi) in intervals::subtract(&clipped, &n.avoid) {
+                let below_is_hole = lo > a && !intervals::intersects(&ctx.mem, lo - 1, lo);
+                let above_is_hole = hi < b && !intervals::intersects(&ctx.mem, hi, hi + 1);
+                let lo_anchor = below_is_hole && {
+                    let hs = ctx.last_mem_end(a, lo).unwrap_or(a);
+                    intervals::intersects(forced, hs, lo)
+                };
+                let hi_anchor = above_is_hole && {
+                    let he = ctx.first_mem(hi, b).unwrap_or(b);
+                    intervals::intersects(forced, hi, he)
+                };
+                slots.push(Slot {
+                    tdmr: t,
+                    node: r.node,
+                    lo,
+                    hi,
+                    lo_anchor,
+                    hi_anchor,
+                });
+            }
+        }
+    }
+    let mut used: Vec<usize> = tdmrs.iter().map(|&(a, b)| ctx.holes.areas(a, b)).collect();
+    let sizes: Vec<[u64; 3]> = tdmrs
+        .iter()
+        .map(|&(a, b)| n.limits.pamt_sizes(b - a))
+        .collect();
+    let nodes: Vec<u32> = tdmrs.iter().map(|&(a, _)| n.node_at(a)).collect();
+    let mut order: Vec<usize> = (0..tdmrs.len()).collect();
+    order.sort_by_key(|&t| (core::cmp::Reverse(sizes[t].iter().sum::<u64>()), t));
+    let mut pamt = alloc::vec![PamtPlacement::default(); tdmrs.len()];
+    for t in order {
+        let need: u64 = sizes[t].iter().sum();
+        let pick = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.hi - s.lo >= need)
+            .filter_map(|(i, s)| {
+                let cost = usize::from(!(s.lo_anchor || s.hi_anchor));
+                (used[s.tdmr] + cost <= max_r)
+                    .then_some(((cost, s.node != nodes[t], s.tdmr != t, i), i))
+            })
+            .min()
+            .map(|(_, i)| i);
+        let Some(i) = pick else {
+            let (a, b) = tdmrs[t];
+            return Err(PlanError::NoPamtSpace {
+                base: a,
+                end: b,
+                bytes: need,
+            });
+        };
+        let s = &mut slots[i];
+        let at = if s.hi_anchor || !s.lo_anchor {
+            if !(s.hi_anchor || s.lo_anchor) {
+                used[s.tdmr] += 1;
+            }
+            s.hi -= need;
+            s.hi_anchor = true;
+            s.hi
+        } else {
+            let at = s.lo;
+            s.lo += need;
+            at
+        };
+        pamt[t] = PamtPlacement::contiguous(at, sizes[t]);
+    }
+
+    // Reserved areas from the final picture: holes (memory minus PAMTs)
+    // clipped to each TDMR, where they hold a forced byte or a PAMT.
+    let mut pamt_set: Vec<(u64, u64)> = pamt
+        .iter()
+        .map(|p| (p.l4k.0, p.l4k.0 + p.bytes()))
+        .collect();
+    intervals::normalize(&mut pamt_set);
+    let mem_left = intervals::subtract(&ctx.mem, &pamt_set);
+    let mut must: Vec<(u64, u64)> = forced
+        .iter()
+        .copied()
+        .chain(pamt_set.iter().copied())
+        .collect();
+    intervals::normalize(&mut must);
+    let mut out = Vec::with_capacity(tdmrs.len());
+    for (t, &(a, b)) in tdmrs.iter().enumerate() {
+        let holes = intervals::subtract(&[(a, b)], &mem_left);
+        let reserved: Vec<ReservedArea> = holes
+            .iter()
+            .filter(|&&(s, e)| intervals::intersects(&must, s, e))
+            .map(|&(s, e)| ReservedArea {
+                offset: s - a,
+                size: e - s,
+            })
+            .collect();
+        if reserved.len() > max_r {
+            return Err(PlanError::ReservedAreasExhausted {
+                base: a,
+                end: b,
+                max: max_r,
+            });
+        }
+        out.push(PlannedTdmr {
+            base: a,
+            size: b - a,
+            node: nodes[t],
+            reserved,
+            pamt: pamt[t],
+        });
+    }
+    Ok(Plan {
+        tdmrs: out,
+        strategy: Strategy::Best,
+        usable_bytes: n.usable_bytes,
+    })
+}

@@ -1,0 +1,118 @@
+//! Half-open `[start, end)` interval sets: sorted, disjoint, non-touching
+//! vectors of `(u64, u64)`.
+
+use alloc::vec::Vec;
+
+/// Sorts and merges overlapping or touching intervals; drops empty ones.
+pub(crate) fn normalize(v: &mut Vec<(u64, u64)>) {
+    v.retain(|&(s, e)| s < e);
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for &(s, e) in v.iter() {
+        match out.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    *v = out;
+}
+
+/// `a` minus `b` (both normalized); the result is normalized.
+pub(crate) fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut j = 0;
+    for &(mut s, e) in a {
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].0 < e {
+            if b[k].0 > s {
+                out.push((s, b[k].0));
+            }
+            s = s.max(b[k].1);
+            k += 1;
+        }
+        if s < e {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
+/// True if the normalized set `set` intersects `[s, e)`.
+pub(crate) fn intersects(set: &[(u64, u64)], s: u64, e: u64) -> bool {
+    if s >= e {
+        return false;
+    }
+    // First interval ending after s.
+    let i = set.partition_point(|&(_, ie)| ie <= s);
+    set.get(i).is_some_and(|&(is, _)| is < e)
+}
+
+/// True if `[s, e)` lies inside one interval of the normalized set.
+pub(crate) fn contains(set: &[(u64, u64)], s: u64, e: u64) -> bool {
+    let i = set.partition_point(|&(_, ie)| ie <= s);
+    set.get(i).is_some_and(|&(is, ie)| is <= s && e <= ie)
+}
+
+/// The module's merged CMRs (`is_area_in_cmr`): walking the CMR array in
+/// order and skipping empty slots, a CMR that starts exactly where the
+/// previous non-empty one ended extends the same chain. Returns the chains
+/// as `[first start, last end)`, sorted by start.
+pub(crate) fn cmr_chains(cmrs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut chains: Vec<(u64, u64)> = Vec::new();
+    let mut prev_end: Option<u64> = None;
+    for &(s, e) in cmrs {
+        if s >= e {
+            continue;
+        }
+        match (chains.last_mut(), prev_end) {
+            (Some(c), Some(pe)) if pe == s => c.1 = c.1.max(e),
+            _ => chains.push((s, e)),
+        }
+        prev_end = Some(e);
+    }
+    chains.sort_unstable();
+    chains
+}
+
+/// True if `[s, e)` lies inside one chain (chains may overlap, so scan).
+pub(crate) fn within_one(chains: &[(u64, u64)], s: u64, e: u64) -> bool {
+    chains.iter().any(|&(cs, ce)| cs <= s && e <= ce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn set_operations() {
+        let mut v = vec![(5, 10), (0, 3), (3, 4), (9, 12), (20, 20)];
+        normalize(&mut v);
+        assert_eq!(v, [(0, 4), (5, 12)]);
+        assert_eq!(subtract(&v, &[(2, 6), (8, 9)]), [(0, 2), (6, 8), (9, 12)]);
+        assert_eq!(subtract(&v, &[]), v);
+        assert!(intersects(&v, 3, 5));
+        assert!(!intersects(&v, 4, 5));
+        assert!(contains(&v, 6, 12));
+        assert!(!contains(&v, 3, 6));
+    }
+
+    #[test]
+    fn cmr_chaining_follows_array_order() {
+        // Back to back in array order: one chain.
+        assert_eq!(
+            cmr_chains(&[(0, 10), (10, 20), (0, 0), (20, 30)]),
+            [(0, 30)]
+        );
+        // Back to back in address but not in array order: two chains.
+        assert_eq!(
+            cmr_chains(&[(10, 20), (40, 50), (0, 10)]),
+            [(0, 10), (10, 20), (40, 50)]
+        );
+        assert!(within_one(&cmr_chains(&[(0, 10), (10, 20)]), 5, 15));
+        assert!(!within_one(&cmr_chains(&[(10, 20), (0, 10)]), 5, 15));
+    }
+}

@@ -1,0 +1,183 @@
+//! Linux's TDMR construction (`tdx-abi.md` §7), reproduced step by step so
+//! an operator can see what a TDX kernel would do on a map, including how
+//! it fails.
+//!
+//! 1. The memory list: every usable range with its node, the first 1 MiB
+//!    cut off (`build_tdx_memlist`).
+//! 2. `fill_out_tdmrs`: one TDMR per 1 GiB-aligned cover of consecutive
+//!    blocks; a block that starts in the previous TDMR's last GiB starts a
+//!    new TDMR at its end ("TDMRs exhausted" past MAX_TDMRS).
+//! 3. PAMTs: one contiguous allocation per TDMR (4K, 2M, 1G levels back to
+//!    back) on the node of the first block that ends above the TDMR base.
+//!    Linux takes it from `alloc_contig_pages`, whose result depends on the
+//!    running kernel; the model here takes the lowest free run of the node
+//!    at or above 4 GiB (ZONE_NORMAL), then below, then other nodes in
+//!    order. Failure is -ENOMEM.
+//! 4. Reserved areas, per TDMR: one per hole (with Linux's loop exactly,
+//!    including its `end < base` test), then one per PAMT that overlaps the
+//!    TDMR, clipped; no merging; sorted; "reserved areas exhausted" past
+//!    MAX_RESERVED_PER_TDMR.
+//!
+//! Linux does not read CMRs, so its plan may still be refused by
+//! TDH.SYS.CONFIG; [`check`](super::check) tells.
+
+use alloc::vec::Vec;
+
+use super::{
+    GIB, Normalized, PAGE, PamtPlacement, Plan, PlanError, PlannedTdmr, ReservedArea, Strategy,
+    intervals,
+};
+
+/// The lowest address of ZONE_NORMAL on x86_64.
+const ZONE_NORMAL_START: u64 = 4 * GIB;
+
+pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
+    let max_tdmrs = n.limits.max_tdmrs;
+    // fill_out_tdmrs
+    let mut tdmrs: Vec<(u64, u64)> = Vec::new();
+    for b in &n.mem {
+        let mut start = b.start & !(GIB - 1);
+        let end = b.end.next_multiple_of(GIB);
+        if let Some(&(_, last_end)) = tdmrs.last() {
+            if end <= last_end {
+                continue;
+            }
+            if start < last_end {
+                start = last_end;
+            }
+            if tdmrs.len() >= max_tdmrs {
+                return Err(PlanError::TooManyTdmrs {
+                    needed: tdmrs.len() + 1,
+                    max: max_tdmrs,
+                });
+            }
+        }
+        tdmrs.push((start, end));
+    }
+    if tdmrs.is_empty() || max_tdmrs == 0 {
+        return Err(PlanError::TooManyTdmrs {
+            needed: tdmrs.len().max(1),
+            max: max_tdmrs,
+        });
+    }
+
+    // PAMT allocation, TDMR by TDMR, from free usable memory tagged with
+    // its node.
+    let mut free: Vec<(u64, u64, u32)> = Vec::with_capacity(n.mem.len());
+    for r in &n.mem {
+        for (s, e) in intervals::subtract(&[(r.start, r.end)], &n.avoid) {
+            free.push((s, e, r.node));
+        }
+    }
+    let mut pamts: Vec<PamtPlacement> = Vec::with_capacity(tdmrs.len());
+    let mut nodes = Vec::with_capacity(tdmrs.len());
+    for &(base, end) in &tdmrs {
+        let node = n.node_at(base);
+        nodes.push(node);
+        let sizes = n.limits.pamt_sizes(end - base);
+        let total: u64 = sizes.iter().sum();
+        let Some((idx, at)) = alloc_contig(&free, total, node) else {
+            return Err(PlanError::NoPamtSpace {
+                base,
+                end,
+                bytes: total,
+            });
+        };
+        // Carve [at, at + total) out of free range `idx`.
+        let (s, e, nd) = free[idx];
+        free.remove(idx);
+        if at + total < e {
+            free.insert(idx, (at + total, e, nd));
+        }
+        if s < at {
+            free.insert(idx, (s, at, nd));
+        }
+        pamts.push(PamtPlacement::contiguous(at, sizes));
+    }
+
+    // Reserved areas.
+    let max_rsvd = n.limits.max_reserved_per_tdmr;
+    let mut out = Vec::with_capacity(tdmrs.len());
+    for (i, &(base, end)) in tdmrs.iter().enumerate() {
+        let mut areas: Vec<ReservedArea> = Vec::new();
+        let mut add = |s: u64, e: u64| -> Result<(), PlanError> {
+            if areas.len() >= max_rsvd {
+                return Err(PlanError::ReservedAreasExhausted {
+                    base,
+                    end,
+                    max: max_rsvd,
+                });
+            }
+            areas.push(ReservedArea {
+                offset: s - base,
+                size: e - s,
+            });
+            Ok(())
+        };
+        let mut prev_end = base;
+        for b in &n.mem {
+            if b.start >= end {
+                break;
+            }
+            if b.end < base {
+                continue;
+            }
+            if b.start <= prev_end {
+                prev_end = b.end;
+                continue;
+            }
+            add(prev_end, b.start)?;
+            prev_end = b.end;
+        }
+        if prev_end < end {
+            add(prev_end, end)?;
+        }
+        for p in &pamts {
+            let (pb, pe) = (p.l4k.0, p.l4k.0 + p.bytes());
+            if pe <= base || pb >= end {
+                continue;
+            }
+            add(pb.max(base), pe.min(end))?;
+        }
+        areas.sort_by_key(|a| a.offset);
+        out.push(PlannedTdmr {
+            base,
+            size: end - base,
+            node: nodes[i],
+            reserved: areas,
+            pamt: pamts[i],
+        });
+    }
+    Ok(Plan {
+        tdmrs: out,
+        strategy: Strategy::Linux,
+        usable_bytes: n.usable_bytes,
+    })
+}
+
+/// The model of `alloc_contig_pages(nr, GFP_KERNEL, nid, ...)`: the lowest
+/// free run of `bytes` on `node` in ZONE_NORMAL, then below 4 GiB, then on
+/// the other nodes (in node order) the same way. Returns the index of the
+/// free range and the address.
+fn alloc_contig(free: &[(u64, u64, u32)], bytes: u64, node: u32) -> Option<(usize, u64)> {
+    let mut nodes: Vec<u32> = free.iter().map(|r| r.2).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes.retain(|&x| x != node);
+    nodes.insert(0, node);
+    for nd in nodes {
+        for (zlo, zhi) in [(ZONE_NORMAL_START, u64::MAX), (0, ZONE_NORMAL_START)] {
+            for (i, &(s, e, rn)) in free.iter().enumerate() {
+                if rn != nd {
+                    continue;
+                }
+                let lo = s.max(zlo).next_multiple_of(PAGE);
+                let hi = e.min(zhi);
+                if lo < hi && hi - lo >= bytes {
+                    return Some((i, lo));
+                }
+            }
+        }
+    }
+    None
+}

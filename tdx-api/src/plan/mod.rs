@@ -1,0 +1,479 @@
+//! The TDMR/PAMT planner: from a machine's memory map and the module's
+//! limits to TDMRs, reserved areas, and PAMT sizes and placement.
+//!
+//! The planner is a pure function ([`plan`]): no allocation of physical
+//! memory, no SEAMCALL. Bring-up asks the `Platform` for exactly the PAMT
+//! ranges of the plan; when it cannot get one, it adds that range to
+//! [`PlanInput::avoid`] and plans again.
+//!
+//! Two strategies share the output type:
+//!
+//! - [`Strategy::Best`] finds a plan whenever one exists within the limits
+//!   (see [`best`] for how), never uses more PAMT memory than Linux's
+//!   construction on a map where both succeed, and keeps PAMTs on their
+//!   TDMR's NUMA node where that costs nothing.
+//! - [`Strategy::Linux`] reproduces Linux's construction (`tdx-abi.md` §7),
+//!   including its failures, so an operator can see what a TDX kernel
+//!   would do on the same map.
+//!
+//! [`check`] verifies a plan byte by byte against every rule of
+//! TDH.SYS.CONFIG (`tdx-module-model.md` §2) and against the coverage goal;
+//! the planner runs it on its own output before returning it.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use tdx_types::abi::TdmrInfo;
+
+pub mod best;
+mod check;
+mod intervals;
+pub mod linux;
+
+pub use check::{CheckError, check};
+
+/// 1 GiB: TDMR granularity.
+pub const GIB: u64 = 1 << 30;
+/// 4 KiB: page granularity.
+pub const PAGE: u64 = 4096;
+/// Usable memory below this is never TDX memory (Linux skips the first MiB).
+pub const LOW_MEMORY_END: u64 = 1 << 20;
+/// One past the highest physical address the module accepts.
+pub const MAX_PA: u64 = 1 << 52;
+
+/// A range of usable RAM on a NUMA node: `[start, end)` in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// NUMA node.
+    pub node: u32,
+}
+
+/// The module's limits, from its global metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// MAX_TDMRS.
+    pub max_tdmrs: usize,
+    /// MAX_RESERVED_PER_TDMR.
+    pub max_reserved_per_tdmr: usize,
+    /// PAMT entry sizes in bytes for the 4K, 2M and 1G levels.
+    pub pamt_entry_size: [u16; 3],
+    /// With Dynamic PAMT: bits per 4 KiB page of the bitmap that replaces
+    /// the 4K level (PAMT_PAGE_BITMAP_ENTRY_BITS).
+    pub dpamt_bitmap_bits: Option<u8>,
+}
+
+impl Limits {
+    /// TDX module 1.5: 64 TDMRs, 16 reserved areas each, 16-byte entries.
+    pub const TDX_1_5: Self = Self {
+        max_tdmrs: 64,
+        max_reserved_per_tdmr: 16,
+        pamt_entry_size: [16, 16, 16],
+        dpamt_bitmap_bits: None,
+    };
+
+    /// PAMT bytes per level (4K, 2M, 1G) for a TDMR of `size` bytes, each
+    /// rounded up to 4 KiB (what the module requires, then page aligned).
+    pub fn pamt_sizes(&self, size: u64) -> [u64; 3] {
+        let level =
+            |shift: u32, esz: u16| ((size >> shift) * u64::from(esz)).next_multiple_of(PAGE);
+        let l4k = match self.dpamt_bitmap_bits {
+            Some(bits) => ((size >> 12) * u64::from(bits))
+                .div_ceil(8)
+                .next_multiple_of(PAGE),
+            None => level(12, self.pamt_entry_size[0]),
+        };
+        [
+            l4k,
+            level(21, self.pamt_entry_size[1]),
+            level(30, self.pamt_entry_size[2]),
+        ]
+    }
+
+    /// The PAMT bytes the module requires (before rounding) per level.
+    pub(crate) fn pamt_required(&self, size: u64) -> [u64; 3] {
+        let l4k = match self.dpamt_bitmap_bits {
+            Some(bits) => ((size >> 12) * u64::from(bits)).div_ceil(8),
+            None => (size >> 12) * u64::from(self.pamt_entry_size[0]),
+        };
+        [
+            l4k,
+            (size >> 21) * u64::from(self.pamt_entry_size[1]),
+            (size >> 30) * u64::from(self.pamt_entry_size[2]),
+        ]
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::TDX_1_5
+    }
+}
+
+/// What the planner plans for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanInput {
+    /// Usable RAM with NUMA nodes, in any order (normalized by the planner:
+    /// sorted, rounded inward to 4 KiB, overlaps merged).
+    pub usable: Vec<MemRange>,
+    /// Convertible memory ranges in the order the module reports them
+    /// (order matters: back-to-back CMRs merge only when adjacent in the
+    /// array). `None`: assume exactly the usable ranges are convertible, as
+    /// Linux does.
+    pub cmrs: Option<Vec<(u64, u64)>>,
+    /// The module's limits.
+    pub limits: Limits,
+    /// Ranges the PAMTs must not be placed in (the platform could not give
+    /// them last time).
+    pub avoid: Vec<(u64, u64)>,
+}
+
+impl PlanInput {
+    /// Input with the usable ranges and default limits.
+    pub fn new(usable: Vec<MemRange>) -> Self {
+        Self {
+            usable,
+            cmrs: None,
+            limits: Limits::default(),
+            avoid: Vec::new(),
+        }
+    }
+}
+
+/// Which construction to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Find a plan whenever one exists; fewest reserved areas, node-local
+    /// PAMTs, never more PAMT than Linux.
+    Best,
+    /// Linux's construction, exactly.
+    Linux,
+}
+
+/// A reserved area of a TDMR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReservedArea {
+    /// Offset from the TDMR base.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where one TDMR's PAMT lives: `(base, size)` per level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PamtPlacement {
+    /// The 4K level (or the Dynamic PAMT bitmap).
+    pub l4k: (u64, u64),
+    /// The 2M level.
+    pub l2m: (u64, u64),
+    /// The 1G level.
+    pub l1g: (u64, u64),
+}
+
+impl PamtPlacement {
+    /// The three levels laid out back to back from `base` (4K, 2M, 1G, as
+    /// Linux lays them out).
+    pub fn contiguous(base: u64, sizes: [u64; 3]) -> Self {
+        Self {
+            l4k: (base, sizes[0]),
+            l2m: (base + sizes[0], sizes[1]),
+            l1g: (base + sizes[0] + sizes[1], sizes[2]),
+        }
+    }
+
+    /// Levels as `(base, size)`: 4K, 2M, 1G.
+    pub fn levels(&self) -> [(u64, u64); 3] {
+        [self.l4k, self.l2m, self.l1g]
+    }
+
+    /// Total bytes.
+    pub fn bytes(&self) -> u64 {
+        self.l4k.1 + self.l2m.1 + self.l1g.1
+    }
+}
+
+/// One planned TDMR.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PlannedTdmr {
+    /// Base (1 GiB aligned).
+    pub base: u64,
+    /// Size (a multiple of 1 GiB).
+    pub size: u64,
+    /// NUMA node of its first usable byte.
+    pub node: u32,
+    /// Reserved areas, sorted by offset.
+    pub reserved: Vec<ReservedArea>,
+    /// Its PAMT.
+    pub pamt: PamtPlacement,
+}
+
+impl PlannedTdmr {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    /// The TDMR_INFO the module reads.
+    pub fn tdmr_info(&self) -> TdmrInfo {
+        let mut t = TdmrInfo::with_range(self.base, self.size);
+        t.set_pamt_4k(self.pamt.l4k.0, self.pamt.l4k.1);
+        t.set_pamt_2m(self.pamt.l2m.0, self.pamt.l2m.1);
+        t.set_pamt_1g(self.pamt.l1g.0, self.pamt.l1g.1);
+        for (i, r) in self.reserved.iter().enumerate() {
+            // The planner never makes more areas than the TDMR_INFO holds;
+            // `check` verifies the count against the module's limit.
+            let _ = t.set_reserved_area(i, r.offset, r.size);
+        }
+        t
+    }
+}
+
+/// A plan: TDMRs with their reserved areas and PAMTs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Plan {
+    /// TDMRs, sorted by base.
+    pub tdmrs: Vec<PlannedTdmr>,
+    /// How it was made.
+    pub strategy: Strategy,
+    /// Usable bytes from 1 MiB up (after 4 KiB rounding).
+    pub usable_bytes: u64,
+}
+
+impl Plan {
+    /// Total PAMT bytes.
+    pub fn pamt_bytes(&self) -> u64 {
+        self.tdmrs.iter().map(|t| t.pamt.bytes()).sum()
+    }
+
+    /// The largest number of reserved areas in one TDMR.
+    pub fn max_reserved(&self) -> usize {
+        self.tdmrs
+            .iter()
+            .map(|t| t.reserved.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The TDMR_INFOs, in order.
+    pub fn tdmr_infos(&self) -> Vec<TdmrInfo> {
+        self.tdmrs.iter().map(PlannedTdmr::tdmr_info).collect()
+    }
+
+    /// Every PAMT range, `(base, size)`, per TDMR and level.
+    pub fn pamt_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.tdmrs.iter().flat_map(|t| t.pamt.levels())
+    }
+}
+
+/// Why there is no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// No usable memory from 1 MiB up.
+    #[error("no usable memory above 1 MiB")]
+    NoMemory,
+    /// Usable memory outside every convertible memory range.
+    #[error("usable memory [{start:#x}, {end:#x}) is not inside one convertible memory range")]
+    NotConvertible {
+        /// Start of the offending memory.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// Memory above what a TDMR can describe.
+    #[error("usable memory reaches {end:#x}, above the 52-bit physical address limit")]
+    TooHigh {
+        /// End of the highest range.
+        end: u64,
+    },
+    /// A single 1 GiB block needs more reserved areas than a TDMR may have.
+    #[error("1 GiB block {block:#x} needs {needed} reserved areas, the module allows {max}")]
+    TooManyReservedAreas {
+        /// Base of the block.
+        block: u64,
+        /// Areas it needs.
+        needed: usize,
+        /// MAX_RESERVED_PER_TDMR.
+        max: usize,
+    },
+    /// More TDMRs needed than the module allows.
+    #[error("the map needs {needed} TDMRs, the module allows {max}")]
+    TooManyTdmrs {
+        /// TDMRs needed.
+        needed: usize,
+        /// MAX_TDMRS.
+        max: usize,
+    },
+    /// Linux's construction ran out of reserved areas in a TDMR.
+    #[error("TDMR [{base:#x}, {end:#x}): reserved areas exhausted (needs more than {max})")]
+    ReservedAreasExhausted {
+        /// TDMR base.
+        base: u64,
+        /// TDMR end.
+        end: u64,
+        /// MAX_RESERVED_PER_TDMR.
+        max: usize,
+    },
+    /// No room for a PAMT.
+    #[error("no room for the {bytes}-byte PAMT of TDMR [{base:#x}, {end:#x})")]
+    NoPamtSpace {
+        /// TDMR base.
+        base: u64,
+        /// TDMR end.
+        end: u64,
+        /// PAMT bytes.
+        bytes: u64,
+    },
+    /// The plan failed the planner's own check (a planner bug; the plan is
+    /// not returned).
+    #[error("internal error: the plan breaks a rule: {0}")]
+    Internal(CheckError),
+}
+
+impl PlanError {
+    /// A short machine-readable kind (`"too_many_reserved_areas"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoMemory => "no_memory",
+            Self::NotConvertible { .. } => "not_convertible",
+            Self::TooHigh { .. } => "too_high",
+            Self::TooManyReservedAreas { .. } | Self::ReservedAreasExhausted { .. } => {
+                "too_many_reserved_areas"
+            }
+            Self::TooManyTdmrs { .. } => "too_many_tdmrs",
+            Self::NoPamtSpace { .. } => "no_pamt_space",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Plans TDMRs and PAMTs for `input` with `strategy`.
+pub fn plan(input: &PlanInput, strategy: Strategy) -> Result<Plan, PlanError> {
+    let norm = Normalized::new(input)?;
+    let plan = match strategy {
+        Strategy::Best => best::plan(&norm)?,
+        Strategy::Linux => linux::plan(&norm)?,
+    };
+    if strategy == Strategy::Best {
+        check(&plan, input).map_err(PlanError::Internal)?;
+    }
+    Ok(plan)
+}
+
+/// The input after normalization, shared by both strategies.
+#[derive(Debug, Clone)]
+pub(crate) struct Normalized {
+    /// Usable RAM from 1 MiB up, 4 KiB aligned, sorted, disjoint; adjacent
+    /// ranges on the same node merged.
+    pub(crate) mem: Vec<MemRange>,
+    /// Convertible memory as the module sees it: the merged CMR chains,
+    /// sorted (`[start, end)`).
+    pub(crate) cmr_chains: Vec<(u64, u64)>,
+    pub(crate) limits: Limits,
+    pub(crate) avoid: Vec<(u64, u64)>,
+    pub(crate) usable_bytes: u64,
+}
+
+impl Normalized {
+    pub(crate) fn new(input: &PlanInput) -> Result<Self, PlanError> {
+        let mut raw: Vec<MemRange> = input
+            .usable
+            .iter()
+            .map(|r| MemRange {
+                start: r.start.next_multiple_of(PAGE),
+                end: r.end & !(PAGE - 1),
+                node: r.node,
+            })
+            .filter(|r| r.start < r.end)
+            .collect();
+        raw.sort();
+        // Overlaps: keep the first claimant of each byte.
+        let mut all: Vec<MemRange> = Vec::with_capacity(raw.len());
+        for r in raw {
+            match all.last_mut() {
+                Some(l) if r.start < l.end => {
+                    if r.end > l.end {
+                        let rest = MemRange {
+                            start: l.end,
+                            end: r.end,
+                            node: r.node,
+                        };
+                        all.push(rest);
+                    }
+                }
+                Some(l) if r.start == l.end && r.node == l.node => l.end = r.end,
+                _ => all.push(r),
+            }
+        }
+        if let Some(top) = all.last()
+            && top.end > MAX_PA
+        {
+            return Err(PlanError::TooHigh { end: top.end });
+        }
+        let mem: Vec<MemRange> = all
+            .iter()
+            .filter(|r| r.end > LOW_MEMORY_END)
+            .map(|r| MemRange {
+                start: r.start.max(LOW_MEMORY_END),
+                ..*r
+            })
+            .collect();
+        if mem.is_empty() {
+            return Err(PlanError::NoMemory);
+        }
+        let cmrs: Vec<(u64, u64)> = match &input.cmrs {
+            Some(c) => c.clone(),
+            None => all.iter().map(|r| (r.start, r.end)).collect(),
+        };
+        let cmr_chains = intervals::cmr_chains(&cmrs);
+        for r in &mem {
+            if !intervals::within_one(&cmr_chains, r.start, r.end) {
+                return Err(PlanError::NotConvertible {
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
+        let mut avoid: Vec<(u64, u64)> = input
+            .avoid
+            .iter()
+            .map(|&(s, e)| (s & !(PAGE - 1), e.next_multiple_of(PAGE)))
+            .collect();
+        avoid.sort();
+        let usable_bytes = mem.iter().map(|r| r.end - r.start).sum();
+        Ok(Self {
+            mem,
+            cmr_chains,
+            limits: input.limits,
+            avoid,
+            usable_bytes,
+        })
+    }
+
+    /// The node of the first usable byte at or above `pa` (Linux: the first
+    /// block whose end is above `pa`), or 0.
+    pub(crate) fn node_at(&self, pa: u64) -> u32 {
+        let i = self.mem.partition_point(|r| r.end <= pa);
+        self.mem.get(i).map_or(0, |r| r.node)
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.tdmrs.iter().enumerate() {
+            writeln!(
+                f,
+                "TDMR {i}: [{:#x}, {:#x}) node {} reserved {} PAMT {} KiB at {:#x}",
+                t.base,
+                t.end(),
+                t.node,
+                t.reserved.len(),
+                t.pamt.bytes() >> 10,
+                t.pamt.l4k.0
+            )?;
+        }
+        write!(f, "PAMT total {} KiB", self.pamt_bytes() >> 10)
+    }
+}
