@@ -477,3 +477,6 @@ impl fmt::Display for Plan {
         write!(f, "PAMT total {} KiB", self.pamt_bytes() >> 10)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! Planner tests: synthetic maps built to break naive planners, and
+//! property tests over arbitrary maps and limits. Every plan is verified by
+//! `check` (each byte-level rule), never assumed. The simulator replays
+//! plans in the workspace's integration tests.
+
+extern crate std;
+
+use alloc::{string::ToString, vec, vec::Vec};
+use proptest::prelude::{ProptestConfig, any, prop_assert, proptest};
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn r(start: u64, end: u64) -> MemRange {
+    MemRange {
+        start,
+        end,
+        node: 0,
+    }
+}
+
+fn both(input: &PlanInput) -> (Result<Plan, PlanError>, Result<Plan, PlanError>) {
+    let best = plan(input, Strategy::Best);
+    if let Ok(p) = &best {
+        check(p, input).expect("best plan passes the check");
+    }
+    (best, plan(input, Strategy::Linux))
+}
+
+/// Fine e820 holes below 4 GiB: 40 holes in the first GiB.
+fn fine_holes() -> Vec<MemRange> {
+    let mut v = vec![r(0, 0x9f000)];
+    let mut a = MIB;
+    for _ in 0..40 {
+        v.push(r(a, a + 20 * MIB));
+        a += 24 * MIB;
+    }
+    v.push(r(4 * GIB, 8 * GIB));
+    v
+}
+
+#[test]
+fn fine_holes_without_cmrs_name_the_block() {
+    let input = PlanInput::new(fine_holes());
+    let (best, linux) = both(&input);
+    // Each of the 40 holes (plus the tail up to the 1 GiB line) needs an
+    // area when only usable memory is convertible.
+    assert_eq!(
+        best,
+        Err(PlanError::TooManyReservedAreas {
+            block: 0,
+            needed: 41,
+            max: 16
+        })
+    );
+    assert!(
+        matches!(
+            linux,
+            Err(PlanError::ReservedAreasExhausted { base: 0, .. })
+        ),
+        "{linux:?}"
+    );
+    assert_eq!(
+        best.unwrap_err().to_string(),
+        "1 GiB block 0x0 needs 41 reserved areas, the module allows 16"
+    );
+}
+
+#[test]
+fn coarse_cmrs_over_fine_holes_need_no_areas() {
+    // The CMRs cover the first 2 GiB whole: the e820 holes inside need no
+    // reserved area. Linux does not read CMRs and still fails.
+    let mut input = PlanInput::new(fine_holes());
+    input.cmrs = Some(vec![(0, 2 * GIB), (4 * GIB, 8 * GIB)]);
+    let (best, linux) = both(&input);
+    let best = best.unwrap();
+    assert!(best.max_reserved() <= 2, "{best}");
+    assert!(linux.is_err());
+}
+
+#[test]
+fn many_islands_are_joined_smallest_gap_first() {
+    // 80 islands of 1 GiB, each followed by a gap: 70 gaps of 1 GiB and 10 of
+    // 4 GiB. With 64 TDMRs allowed, 16 joins are needed; only 1 GiB gaps
+    // should be bridged.
+    let mut v = Vec::new();
+    let mut a = 4 * GIB;
+    for i in 0..80 {
+        v.push(r(a, a + GIB));
+        a += GIB + if i % 8 == 7 { 4 * GIB } else { GIB };
+    }
+    let input = PlanInput::new(v);
+    let (best, linux) = both(&input);
+    let best = best.unwrap();
+    assert!(best.tdmrs.len() <= 64);
+    assert_eq!(
+        linux,
+        Err(PlanError::TooManyTdmrs {
+            needed: 65,
+            max: 64
+        })
+    );
+    // Bridged bytes: the TDMRs cover 80 GiB of islands plus 1 GiB gaps only.
+    let covered: u64 = best.tdmrs.iter().map(|t| t.size).sum();
+    assert_eq!(covered % GIB, 0);
+    assert!(covered <= 80 * GIB + 16 * GIB, "covered {}", covered / GIB);
+}
+
+#[test]
+fn no_plan_when_even_joining_cannot_help() {
+    // 70 islands separated by big gaps, one reserved area allowed per TDMR:
+    // each island's tail (with its PAMT next to it) takes that area, and a
+    // join would need two (the tail-plus-gap hole, and the next tail).
+    let mut v = Vec::new();
+    for i in 0..70u64 {
+        let base = (4 + 8 * i) * GIB;
+        v.push(r(base, base + GIB - 4 * MIB));
+    }
+    let mut input = PlanInput::new(v);
+    input.limits.max_reserved_per_tdmr = 1;
+    let (best, _) = both(&input);
+    assert_eq!(
+        best,
+        Err(PlanError::TooManyTdmrs {
+            needed: 70,
+            max: 64
+        })
+    );
+    // With two areas per TDMR, joining across the gaps works: the gap and
+    // the tail before it form one hole.
+    input.limits.max_reserved_per_tdmr = 2;
+    let (best, _) = both(&input);
+    assert!(best.unwrap().tdmrs.len() <= 64);
+}
+
+#[test]
+fn pamt_sits_next_to_a_hole_and_on_its_node() {
+    // Two nodes with an unaligned boundary, memory ending below a 1 GiB line.
+    let input = PlanInput::new(vec![
+        MemRange {
+            start: MIB,
+            end: 0x7ff0_0000,
+            node: 0,
+        },
+        MemRange {
+            start: 4 * GIB,
+            end: 6 * GIB + 300 * MIB,
+            node: 0,
+        },
+        MemRange {
+            start: 6 * GIB + 300 * MIB,
+            end: 12 * GIB - 64 * MIB,
+            node: 1,
+        },
+    ]);
+    let (best, linux) = both(&input);
+    let best = best.unwrap();
+    let linux = linux.unwrap();
+    assert!(best.pamt_bytes() <= linux.pamt_bytes());
+    for t in &best.tdmrs {
+        // Every PAMT block touches a reserved area it is part of: no TDMR
+        // has more areas than it has holes needing one.
+        assert!(t.reserved.len() <= 3, "{best}");
+    }
+}
+
+#[test]
+fn avoided_ranges_are_not_used() {
+    let input = PlanInput::new(vec![r(4 * GIB, 8 * GIB - 2 * MIB)]);
+    let first = plan(&input, Strategy::Best).unwrap();
+    let (b, s) = (first.tdmrs[0].pamt.l4k.0, first.tdmrs[0].pamt.bytes());
+    let mut again = input.clone();
+    again.avoid.push((b, b + s));
+    let second = plan(&again, Strategy::Best).unwrap();
+    check(&second, &again).unwrap();
+    let (b2, s2) = (second.tdmrs[0].pamt.l4k.0, second.tdmrs[0].pamt.bytes());
+    assert!(b2 + s2 <= b || b2 >= b + s, "re-plan must move the PAMT");
+    let linux = plan(&again, Strategy::Linux).unwrap();
+    check(&linux, &again).unwrap();
+}
+
+#[test]
+fn dynamic_pamt_shrinks_the_4k_level() {
+    let mut input = PlanInput::new(vec![r(4 * GIB, 68 * GIB)]);
+    let full = plan(&input, Strategy::Best).unwrap().pamt_bytes();
+    input.limits.dpamt_bitmap_bits = Some(1);
+    let dynamic = plan(&input, Strategy::Best).unwrap();
+    check(&dynamic, &input).unwrap();
+    // 64 GiB: 256 MiB of 4K entries become a 2 MiB bitmap.
+    assert!(dynamic.pamt_bytes() * 50 < full);
+}
+
+#[test]
+fn usable_memory_outside_cmrs_is_refused() {
+    let mut input = PlanInput::new(vec![r(4 * GIB, 8 * GIB)]);
+    input.cmrs = Some(vec![(4 * GIB, 6 * GIB)]);
+    assert_eq!(
+        plan(&input, Strategy::Best),
+        Err(PlanError::NotConvertible {
+            start: 4 * GIB,
+            end: 8 * GIB
+        })
+    );
+}
+
+#[test]
+fn linux_reproduces_fill_out_tdmrs() {
+    // Block B starts inside A's last GiB: Linux starts a new TDMR at A's end.
+    let input = PlanInput::new(vec![r(MIB, GIB + 512 * MIB), r(GIB + 768 * MIB, 3 * GIB)]);
+    let linux = plan(&input, Strategy::Linux).unwrap();
+    let bounds: Vec<(u64, u64)> = linux.tdmrs.iter().map(|t| (t.base, t.end())).collect();
+    assert_eq!(bounds, [(0, 2 * GIB), (2 * GIB, 3 * GIB)]);
+    // Holes: [0, 1M), [1.5G, 1.75G) in TDMR 0, plus its PAMT; none in TDMR 1
+    // but possibly the other PAMT.
+    assert_eq!(
+        linux.tdmrs[0].reserved[0],
+        ReservedArea {
+            offset: 0,
+            size: MIB
+        }
+    );
+    check(&linux, &input).unwrap();
+    let best = plan(&input, Strategy::Best).unwrap();
+    assert_eq!(best.tdmrs.len(), 1, "best joins adjacent covers: {best}");
+    assert!(best.pamt_bytes() < linux.pamt_bytes());
+}
+
+fn arb_map()
+-> impl proptest::strategy::Strategy<Value = (Vec<MemRange>, Limits, Option<Vec<(u64, u64)>>)> {
+    let ranges = proptest::collection::vec((0u64..200, 1u64..40, 0u32..3), 1..40);
+    let limits = (1usize..70, 0usize..20, proptest::option::of(1u8..4));
+    let coarse = any::<bool>();
+    proptest::strategy::Strategy::prop_map(
+        (ranges, limits, coarse),
+        |(rs, (mt, mr, dp), coarse)| {
+            // Ranges in units of 64 MiB, with holes; some unaligned to 4 KiB.
+            let mut a = 0u64;
+            let mut v = Vec::new();
+            for (gap, len, node) in rs {
+                let start = a + gap * 64 * MIB + (gap % 3) * 1234;
+                let end = start + len * 64 * MIB - (len % 2) * 4321;
+                v.push(MemRange { start, end, node });
+                a = end;
+            }
+            let limits = Limits {
+                max_tdmrs: mt,
+                max_reserved_per_tdmr: mr,
+                pamt_entry_size: [16, 16, 16],
+                dpamt_bitmap_bits: dp,
+            };
+            let cmrs = coarse.then(|| {
+                let top = v.last().map_or(0, |m| m.end).next_multiple_of(GIB);
+                vec![(0, top)]
+            });
+            (v, limits, cmrs)
+        },
+    )
+}
+
+proptest! {
+    // 400 cases by default; PROPTEST_CASES=N for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400),
+        ..ProptestConfig::default()
+    })]
+
+    /// Any map and limits: a plan that passes every check, or a typed
+    /// error; never a panic. Best never uses more PAMT than Linux when both
+    /// succeed, and succeeds whenever Linux does.
+    #[test]
+    fn plans_are_valid_or_typed_errors((usable, limits, cmrs) in arb_map()) {
+        let input = PlanInput { usable, cmrs, limits, avoid: Vec::new() };
+        let best = plan(&input, Strategy::Best);
+        let linux = plan(&input, Strategy::Linux);
+        if let Ok(p) = &best {
+            prop_assert!(check(p, &input).is_ok(), "{:?}", check(p, &input));
+        }
+        if let (Ok(b), Ok(l)) = (&best, &linux) {
+            prop_assert!(b.pamt_bytes() <= l.pamt_bytes(), "best {} > linux {}", b.pamt_bytes(), l.pamt_bytes());
+        }
+        if let (Err(e), Ok(l)) = (&best, &linux) {
+            // Linux may "succeed" with a plan the module would refuse (it
+            // ignores CMRs); a valid Linux plan means best must succeed.
+            prop_assert!(check(l, &input).is_err(), "linux found a valid plan, best failed: {e}");
+        }
+    }
+}
