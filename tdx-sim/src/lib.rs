@@ -30,6 +30,7 @@ mod profile;
 mod rangemap;
 mod sim;
 pub mod testkit;
+pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
@@ -38,4 +39,5 @@ pub use memory::{Accounting, PageState};
 pub use module::{KotState, PamtEntry, SysState};
 pub use profile::{CpuidConfig, Profile};
 pub use sim::{InvariantError, Simulator, Stats, seamcalls_by_name};
+pub use trace::{Recorder, ReplaySummary, Trace, TraceError, TraceMachine, replay};
 pub use violation::Violation;

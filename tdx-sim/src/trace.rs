@@ -1,0 +1,1664 @@
+//! Traces: a line-oriented JSON record of what a host did to a TDX module,
+//! a [`Recorder`] that writes one from any backend, and replay on the
+//! simulator.
+//!
+//! This module owns the format (parsing, validation, writing), the
+//! recording wrapper, and replay. It leaves to the caller where a trace
+//! comes from and goes to (any [`BufRead`] / [`Write`]), and, when
+//! recording on real hardware, describing the machine truthfully
+//! ([`TraceMachine`]): the recorder cannot discover memory or CMRs itself.
+//!
+//! # Format
+//!
+//! One JSON object per line, told apart by `op`. Blank lines are skipped.
+//!
+//! ```text
+//! {"op":"machine","memory":[[start,end],...],"cmrs":[[s,e],...],"packages":2,"lps_per_package":4,"keyids":{"mktme":31,"tdx":32},"profile":"tdx-1.5"}
+//! {"op":"write","pa":"0x10000","hex":"00112233"}
+//! {"op":"cpu","lp":3}
+//! {"op":"wbinvd"}
+//! {"op":"clflush","pa":"0x20000"}
+//! {"op":"seamcall","leaf":"TDH.SYS.CONFIG","in":{"rcx":"0x10000","rdx":"0x1","r8":"0x20"},"out":{"rax":"0x0"}}
+//! ```
+//!
+//! - Numbers are JSON integers (0 to 2^64 - 1) or `"0x..."` strings of hex
+//!   digits. Nothing else is a number (no decimal strings, no signs).
+//! - The machine line comes first, exactly once. Only `memory` is required;
+//!   `cmrs` defaults to `memory`, `packages` and `lps_per_package` to 1, the
+//!   KeyIDs and the profile to the [`MachineDesc::new`] defaults (31 MKTME,
+//!   32 TDX, `"tdx-1.5"`; names as [`Profile::by_name`] knows them).
+//!   Logical processor `n` is on package `n / lps_per_package`.
+//! - `write` stores `hex` (two digits a byte, an even count) at `pa` the way
+//!   the host wrote it through its direct map.
+//! - `cpu` selects the logical processor the following SEAMCALLs run on;
+//!   calls run on LP 0 until a `cpu` line says otherwise.
+//! - `wbinvd` writes back and invalidates every CPU's caches; `clflush`
+//!   flushes the 4 KiB page at `pa` (4 KiB aligned, below 2^52).
+//! - `seamcall`: `leaf` is a name as the references spell it
+//!   (`"TDH.SYS.CONFIG"`, or the C spelling `"TDH_SYS_CONFIG"`; version 0)
+//!   or a number, which is the whole RAX value, version included
+//!   (`"0x10016"` is TDH.VP.INIT version 1). A number is taken as it is,
+//!   even with reserved or P-SEAMLDR bits set, so that a recording of such a
+//!   call replays (the model answers it as the module or CPU would). `in`
+//!   names input registers (`rcx`, `rdx`, `r8`-`r15`, `rbx`, `rdi`, `rsi`);
+//!   absent ones are 0. `out` is optional: expected values for any subset of
+//!   `rax` and those registers.
+//! - Unknown fields are an error, as is anything else this list does not
+//!   allow: a malformed trace is a [`TraceError`] naming the line, never a
+//!   panic.
+//!
+//! # Register shape on replay
+//!
+//! A trace does not say which entry shape ([`RegShape`]) the host used.
+//! Replay uses the smallest shape that carries every register the line
+//! names: [`RegShape::SavedRet`] for TDH.VP.ENTER (the only leaf the
+//! references call with it) and for any call whose `in` or `out` names
+//! R12-R15, RBX, RDI or RSI; [`RegShape::Ret`] for everything else. `Ret`
+//! rather than `NoOutputs` so that the output registers are always
+//! reported: a leaf without outputs leaves them as they were, which costs
+//! nothing. Each output line reports RCX, RDX and R8-R11 for `Ret` and all
+//! thirteen registers for `SavedRet`.
+//!
+//! # Recording
+//!
+//! [`Recorder`] wraps a [`Seamcall`] backend and a [`Platform`] and
+//! implements both, forwarding every call unchanged. It writes the machine
+//! line when it is built, then every `write_phys`, `wbinvd_all`,
+//! `clflush_page` and SEAMCALL, and a `cpu` line before a SEAMCALL whenever
+//! the logical processor selected with [`Platform::on_cpu`] differs from
+//! the last one written. Reads, allocations, frees and leaks are not part
+//! of the format and are not written. [`Platform::movdir64b_clear`] is
+//! written as what it leaves behind: a `write` of zeros and a `clflush`
+//! for each page.
+//!
+//! # Replay
+//!
+//! [`replay`] parses a whole trace first (so a malformed trace runs
+//! nothing), builds a [`Simulator`] from the machine line, runs every line,
+//! and writes one JSON line per SEAMCALL:
+//!
+//! ```text
+//! {"line":7,"leaf":"TDH.SYS.CONFIG","rax":"0x0","status":"TDX_SUCCESS","out":{"rcx":"0x..",...},"match":true}
+//! ```
+//!
+//! `match` is there only when the trace line had `out`; when it is false,
+//! `expected` lists the registers that differed, with the values the trace
+//! expected. After the run the simulator's invariants are checked
+//! ([`Simulator::check_invariants`]): a trace that breaks a rule of the ABI
+//! fails even when every expectation held ([`ReplaySummary::passed`]).
+
+// UNSAFETY: the recorder implements the `unsafe trait`s `Seamcall` and
+// `Platform` by forwarding to the wrapped implementations, and replay issues
+// SEAMCALLs (an `unsafe fn`) against the simulator, whose memory is
+// simulated.
+#![allow(unsafe_code)]
+
+use std::{
+    fmt::{self, Write as _},
+    io::{self, BufRead, Write},
+    sync::{Mutex, MutexGuard},
+};
+
+use serde_json::{Map, Value};
+use tdx_api::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
+use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
+
+use crate::{
+    machine::{MachineDesc, MachineError},
+    module::SysState,
+    profile::Profile,
+    sim::{InvariantError, Simulator},
+    violation::Violation,
+};
+
+const PAGE: u64 = 4096;
+
+/// Physical addresses are below 2^52 (the widest physical address width).
+const MAX_PA: u64 = 1 << 52;
+
+/// The most logical processors a trace's machine may have. The simulator
+/// keeps per-LP state, so an absurd count from a malformed trace must be
+/// refused before it is built; real machines have a few thousand at most.
+pub const MAX_TRACE_LPS: u32 = 1 << 16;
+
+// ---------------------------------------------------------------------------
+// Registers
+// ---------------------------------------------------------------------------
+
+/// A register of [`SeamcallArgs`], as a trace names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reg {
+    /// RCX.
+    Rcx,
+    /// RDX.
+    Rdx,
+    /// R8.
+    R8,
+    /// R9.
+    R9,
+    /// R10.
+    R10,
+    /// R11.
+    R11,
+    /// R12.
+    R12,
+    /// R13.
+    R13,
+    /// R14.
+    R14,
+    /// R15.
+    R15,
+    /// RBX.
+    Rbx,
+    /// RDI.
+    Rdi,
+    /// RSI.
+    Rsi,
+}
+
+impl Reg {
+    /// Every register, in [`SeamcallArgs`] order (the order traces use).
+    pub const ALL: [Self; 13] = [
+        Self::Rcx,
+        Self::Rdx,
+        Self::R8,
+        Self::R9,
+        Self::R10,
+        Self::R11,
+        Self::R12,
+        Self::R13,
+        Self::R14,
+        Self::R15,
+        Self::Rbx,
+        Self::Rdi,
+        Self::Rsi,
+    ];
+
+    /// RCX, RDX, R8-R11: the registers every shape passes, and the outputs
+    /// of [`RegShape::Ret`].
+    pub const SIX: [Self; 6] = [
+        Self::Rcx,
+        Self::Rdx,
+        Self::R8,
+        Self::R9,
+        Self::R10,
+        Self::R11,
+    ];
+
+    /// The lower-case name a trace uses (`"r8"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Rcx => "rcx",
+            Self::Rdx => "rdx",
+            Self::R8 => "r8",
+            Self::R9 => "r9",
+            Self::R10 => "r10",
+            Self::R11 => "r11",
+            Self::R12 => "r12",
+            Self::R13 => "r13",
+            Self::R14 => "r14",
+            Self::R15 => "r15",
+            Self::Rbx => "rbx",
+            Self::Rdi => "rdi",
+            Self::Rsi => "rsi",
+        }
+    }
+
+    /// The register named `name` (lower case, as [`Reg::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// True for the registers only [`RegShape::SavedRet`] carries (R12-R15,
+    /// RBX, RDI, RSI).
+    pub const fn saved_ret_only(self) -> bool {
+        !matches!(
+            self,
+            Self::Rcx | Self::Rdx | Self::R8 | Self::R9 | Self::R10 | Self::R11
+        )
+    }
+
+    /// The register's value in `args`.
+    pub const fn get(self, args: &SeamcallArgs) -> u64 {
+        match self {
+            Self::Rcx => args.rcx,
+            Self::Rdx => args.rdx,
+            Self::R8 => args.r8,
+            Self::R9 => args.r9,
+            Self::R10 => args.r10,
+            Self::R11 => args.r11,
+            Self::R12 => args.r12,
+            Self::R13 => args.r13,
+            Self::R14 => args.r14,
+            Self::R15 => args.r15,
+            Self::Rbx => args.rbx,
+            Self::Rdi => args.rdi,
+            Self::Rsi => args.rsi,
+        }
+    }
+
+    /// Sets the register in `args`.
+    pub fn set(self, args: &mut SeamcallArgs, value: u64) {
+        let slot = match self {
+            Self::Rcx => &mut args.rcx,
+            Self::Rdx => &mut args.rdx,
+            Self::R8 => &mut args.r8,
+            Self::R9 => &mut args.r9,
+            Self::R10 => &mut args.r10,
+            Self::R11 => &mut args.r11,
+            Self::R12 => &mut args.r12,
+            Self::R13 => &mut args.r13,
+            Self::R14 => &mut args.r14,
+            Self::R15 => &mut args.r15,
+            Self::Rbx => &mut args.rbx,
+            Self::Rdi => &mut args.rdi,
+            Self::Rsi => &mut args.rsi,
+        };
+        *slot = value;
+    }
+
+    /// The input registers of `shape`.
+    pub const fn inputs(shape: RegShape) -> &'static [Self] {
+        match shape {
+            RegShape::NoOutputs | RegShape::Ret => &Self::SIX,
+            RegShape::SavedRet => &Self::ALL,
+        }
+    }
+
+    /// The output registers of `shape` (besides RAX).
+    pub const fn outputs(shape: RegShape) -> &'static [Self] {
+        match shape {
+            RegShape::NoOutputs => &[],
+            RegShape::Ret => &Self::SIX,
+            RegShape::SavedRet => &Self::ALL,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lines
+// ---------------------------------------------------------------------------
+
+/// The machine line: what a trace says about the host it was recorded on.
+///
+/// On real hardware the caller fills it in from what the host knows (its
+/// memory map, the CMRs the module reports, the CPU topology, MSR 0x87, the
+/// module version). Only what the format carries is here: NUMA nodes, the
+/// SEAM range, the address width and errata take the [`MachineDesc::new`]
+/// defaults on replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceMachine {
+    /// Usable RAM as `[start, end)` byte ranges.
+    pub memory: Vec<(u64, u64)>,
+    /// Convertible memory ranges; `None` means "the same as `memory`".
+    pub cmrs: Option<Vec<(u64, u64)>>,
+    /// Number of packages.
+    pub packages: u32,
+    /// Logical processors per package.
+    pub lps_per_package: u32,
+    /// MKTME KeyIDs (MSR 0x87 bits 31:0).
+    pub mktme_keyids: u32,
+    /// TDX private KeyIDs (MSR 0x87 bits 63:32).
+    pub tdx_keyids: u32,
+    /// The module profile's name ([`Profile::by_name`]).
+    pub profile: String,
+}
+
+impl TraceMachine {
+    /// A machine with `memory` and the defaults of [`MachineDesc::new`].
+    pub fn new(memory: Vec<(u64, u64)>) -> Self {
+        Self::from_desc(&MachineDesc::new(memory))
+    }
+
+    /// The parts of `desc` a trace carries.
+    pub fn from_desc(desc: &MachineDesc) -> Self {
+        Self {
+            memory: desc.memory.clone(),
+            cmrs: desc.cmrs.clone(),
+            packages: desc.packages,
+            lps_per_package: desc.lps_per_package,
+            mktme_keyids: desc.mktme_keyids,
+            tdx_keyids: desc.tdx_keyids,
+            profile: desc.profile.name.to_owned(),
+        }
+    }
+
+    /// The machine description replay builds the simulator from. Fails only
+    /// for an unknown profile name; the rest is checked when the simulator
+    /// is built.
+    pub fn to_desc(&self) -> Result<MachineDesc, MachineError> {
+        let profile = Profile::by_name(&self.profile)
+            .ok_or_else(|| MachineError::UnknownProfile(self.profile.clone()))?;
+        let mut desc = MachineDesc::new(self.memory.clone())
+            .with_cpus(self.packages, self.lps_per_package)
+            .with_keyids(self.mktme_keyids, self.tdx_keyids)
+            .with_profile(profile);
+        desc.cmrs = self.cmrs.clone();
+        Ok(desc)
+    }
+}
+
+/// Expected outputs of a SEAMCALL (a `seamcall` line's `out`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpectedOut {
+    /// RAX (the status), if expected.
+    pub rax: Option<u64>,
+    /// Expected register values, in [`Reg::ALL`] order, each at most once.
+    pub regs: Vec<(Reg, u64)>,
+}
+
+/// A `seamcall` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceCall {
+    /// RAX: the leaf and its version (or any value the host put there).
+    pub rax: u64,
+    /// The input registers (absent ones are 0).
+    pub input: SeamcallArgs,
+    /// What the outputs should be, if the trace says.
+    pub expected: Option<ExpectedOut>,
+}
+
+impl TraceCall {
+    /// The register shape replay uses for this call (see the
+    /// [module documentation](self#register-shape-on-replay)).
+    pub fn replay_shape(&self) -> RegShape {
+        let is_vp_enter = LeafVersion::from_rax(self.rax).is_ok_and(|l| l.leaf() == Leaf::VP_ENTER);
+        let names_saved = Reg::ALL
+            .iter()
+            .any(|r| r.saved_ret_only() && r.get(&self.input) != 0)
+            || self
+                .expected
+                .as_ref()
+                .is_some_and(|e| e.regs.iter().any(|(r, _)| r.saved_ret_only()));
+        if is_vp_enter || names_saved {
+            RegShape::SavedRet
+        } else {
+            RegShape::Ret
+        }
+    }
+}
+
+/// One line of a trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceOp {
+    /// `machine`: the host the trace was recorded on.
+    Machine(TraceMachine),
+    /// `write`: the host wrote `data` at `pa`.
+    Write {
+        /// Physical address.
+        pa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// `cpu`: later SEAMCALLs run on this logical processor.
+    Cpu {
+        /// The logical processor.
+        lp: u32,
+    },
+    /// `wbinvd`: WBINVD on every CPU.
+    Wbinvd,
+    /// `clflush`: CLFLUSH over the 4 KiB page at `pa`.
+    Clflush {
+        /// Physical address of the page (4 KiB aligned).
+        pa: u64,
+    },
+    /// `seamcall`.
+    Seamcall(TraceCall),
+}
+
+impl TraceOp {
+    /// The `op` name of the line.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Machine(_) => "machine",
+            Self::Write { .. } => "write",
+            Self::Cpu { .. } => "cpu",
+            Self::Wbinvd => "wbinvd",
+            Self::Clflush { .. } => "clflush",
+            Self::Seamcall(_) => "seamcall",
+        }
+    }
+
+    /// Parses one line (`line` is its 1-based number, for errors). Checks
+    /// what a line can check alone; [`Trace::parse`] checks the rest (the
+    /// machine line's place, LP numbers against the machine).
+    pub fn parse(text: &str, line: usize) -> Result<Self, TraceError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|source| TraceError::Json { line, source })?;
+        let Value::Object(obj) = value else {
+            return Err(TraceError::NotAnObject { line });
+        };
+        let p = LineParser { line, obj: &obj };
+        let op = match obj.get("op") {
+            None => return Err(TraceError::MissingField { line, field: "op" }),
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => return Err(p.wrong_type("op", "a string", other)),
+        };
+        match op {
+            "machine" => p.machine(),
+            "write" => {
+                p.only("write", &["pa", "hex"])?;
+                let pa = p.number("pa")?;
+                let data = p.hex("hex")?;
+                if pa.checked_add(data.len() as u64).is_none() {
+                    return Err(TraceError::AddressOverflow {
+                        line,
+                        pa,
+                        len: data.len(),
+                    });
+                }
+                Ok(Self::Write { pa, data })
+            }
+            "cpu" => {
+                p.only("cpu", &["lp"])?;
+                let lp = p.number("lp")?;
+                let lp = u32::try_from(lp).map_err(|_| TraceError::LpOutOfRange {
+                    line,
+                    lp,
+                    lps: None,
+                })?;
+                Ok(Self::Cpu { lp })
+            }
+            "wbinvd" => {
+                p.only("wbinvd", &[])?;
+                Ok(Self::Wbinvd)
+            }
+            "clflush" => {
+                p.only("clflush", &["pa"])?;
+                let pa = p.number("pa")?;
+                if !pa.is_multiple_of(PAGE) || pa >= MAX_PA {
+                    return Err(TraceError::BadPageAddress { line, pa });
+                }
+                Ok(Self::Clflush { pa })
+            }
+            "seamcall" => p.seamcall(),
+            other => Err(TraceError::UnknownOp {
+                line,
+                op: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The text of a leaf in a trace: its name for a named leaf at version 0,
+/// else the RAX value in hex.
+pub fn leaf_text(rax: u64) -> String {
+    match LeafVersion::from_rax(rax) {
+        Ok(lv) if lv.version() == 0 => match lv.leaf().name() {
+            Some(name) => name.to_owned(),
+            None => format!("{rax:#x}"),
+        },
+        _ => format!("{rax:#x}"),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    // Serializing a string cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
+}
+
+fn write_ranges(f: &mut fmt::Formatter<'_>, ranges: &[(u64, u64)]) -> fmt::Result {
+    f.write_char('[')?;
+    for (i, (s, e)) in ranges.iter().enumerate() {
+        if i > 0 {
+            f.write_char(',')?;
+        }
+        write!(f, "[\"{s:#x}\",\"{e:#x}\"]")?;
+    }
+    f.write_char(']')
+}
+
+/// `{"rcx":"0x1",...}` for `regs` of `args`.
+fn write_regs(
+    f: &mut impl fmt::Write,
+    rax: Option<u64>,
+    regs: impl IntoIterator<Item = (Reg, u64)>,
+) -> fmt::Result {
+    f.write_char('{')?;
+    let mut first = true;
+    if let Some(rax) = rax {
+        write!(f, "\"rax\":\"{rax:#x}\"")?;
+        first = false;
+    }
+    for (r, v) in regs {
+        if !first {
+            f.write_char(',')?;
+        }
+        first = false;
+        write!(f, "\"{}\":\"{v:#x}\"", r.name())?;
+    }
+    f.write_char('}')
+}
+
+fn write_hex(f: &mut impl fmt::Write, data: &[u8]) -> fmt::Result {
+    for b in data {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// The line as the recorder writes it: one JSON object, without the
+/// newline. Addresses are hex strings, counts integers, and only the
+/// non-zero input registers are written.
+impl fmt::Display for TraceOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{\"op\":\"{}\"", self.name())?;
+        match self {
+            Self::Machine(m) => {
+                f.write_str(",\"memory\":")?;
+                write_ranges(f, &m.memory)?;
+                if let Some(cmrs) = &m.cmrs {
+                    f.write_str(",\"cmrs\":")?;
+                    write_ranges(f, cmrs)?;
+                }
+                write!(
+                    f,
+                    ",\"packages\":{},\"lps_per_package\":{},\"keyids\":{{\"mktme\":{},\"tdx\":{}}},\"profile\":{}",
+                    m.packages,
+                    m.lps_per_package,
+                    m.mktme_keyids,
+                    m.tdx_keyids,
+                    json_str(&m.profile)
+                )?;
+            }
+            Self::Write { pa, data } => {
+                write!(f, ",\"pa\":\"{pa:#x}\",\"hex\":\"")?;
+                write_hex(f, data)?;
+                f.write_char('"')?;
+            }
+            Self::Cpu { lp } => write!(f, ",\"lp\":{lp}")?,
+            Self::Wbinvd => {}
+            Self::Clflush { pa } => write!(f, ",\"pa\":\"{pa:#x}\"")?,
+            Self::Seamcall(c) => {
+                write!(f, ",\"leaf\":{}", json_str(&leaf_text(c.rax)))?;
+                let inputs = Reg::ALL
+                    .into_iter()
+                    .map(|r| (r, r.get(&c.input)))
+                    .filter(|&(_, v)| v != 0);
+                if inputs.clone().next().is_some() {
+                    f.write_str(",\"in\":")?;
+                    write_regs(f, None, inputs)?;
+                }
+                if let Some(e) = &c.expected {
+                    f.write_str(",\"out\":")?;
+                    write_regs(f, e.rax, e.regs.iter().copied())?;
+                }
+            }
+        }
+        f.write_char('}')
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why a trace cannot be read or replayed. Every variant that belongs to a
+/// line says which (1-based).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    /// Reading the trace failed.
+    #[error("line {line}: cannot read the trace: {source}")]
+    Io {
+        /// The line being read.
+        line: usize,
+        /// The reader's error.
+        source: io::Error,
+    },
+    /// Writing the replay output failed.
+    #[error("line {line}: cannot write the replay output: {source}")]
+    Output {
+        /// The line being replayed.
+        line: usize,
+        /// The writer's error.
+        source: io::Error,
+    },
+    /// The line is not UTF-8.
+    #[error("line {line}: not UTF-8 text")]
+    NotUtf8 {
+        /// The line.
+        line: usize,
+    },
+    /// The line is not JSON.
+    #[error("line {line}: not valid JSON: {source}")]
+    Json {
+        /// The line.
+        line: usize,
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
+    /// The line is JSON but not an object.
+    #[error("line {line}: not a JSON object (each line is one object with an \"op\")")]
+    NotAnObject {
+        /// The line.
+        line: usize,
+    },
+    /// `op` names no operation of the format.
+    #[error(
+        "line {line}: unknown op {op:?} (known: machine, write, cpu, wbinvd, clflush, seamcall)"
+    )]
+    UnknownOp {
+        /// The line.
+        line: usize,
+        /// The `op` found.
+        op: String,
+    },
+    /// A required field is absent.
+    #[error("line {line}: missing field `{field}`")]
+    MissingField {
+        /// The line.
+        line: usize,
+        /// The field.
+        field: &'static str,
+    },
+    /// A field the operation does not have.
+    #[error("line {line}: a `{op}` line has no field {field:?}")]
+    UnknownField {
+        /// The line.
+        line: usize,
+        /// The operation.
+        op: &'static str,
+        /// The field found (a path such as `keyids.foo` inside objects).
+        field: String,
+    },
+    /// A field has the wrong JSON type.
+    #[error("line {line}: `{field}` is {found}, expected {expected}")]
+    WrongType {
+        /// The line.
+        line: usize,
+        /// The field (a path such as `memory[1][0]`).
+        field: String,
+        /// What it should be.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// A number that is not one, or too large for its field.
+    #[error("line {line}: `{field}` is {value}: {reason}")]
+    BadNumber {
+        /// The line.
+        line: usize,
+        /// The field.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `leaf` is a string that is neither a known name nor a `0x` number.
+    #[error(
+        "line {line}: unknown leaf {name:?} (give a name such as \"TDH.SYS.CONFIG\" or the RAX value, e.g. \"0x10016\")"
+    )]
+    UnknownLeaf {
+        /// The line.
+        line: usize,
+        /// The name found.
+        name: String,
+    },
+    /// `in` or `out` names something that is not a register it may name.
+    #[error(
+        "line {line}: `{field}` names {name:?}, not one of rcx, rdx, r8-r15, rbx, rdi, rsi{}",
+        if *field == "out" { ", rax" } else { " (RAX is the leaf)" }
+    )]
+    UnknownRegister {
+        /// The line.
+        line: usize,
+        /// `in` or `out`.
+        field: &'static str,
+        /// The key found.
+        name: String,
+    },
+    /// The trace has no lines.
+    #[error("the trace is empty: it needs a machine line first")]
+    Empty,
+    /// The first line is not the machine line.
+    #[error("line {line}: the first line must be the machine line, not `{op}`")]
+    MachineNotFirst {
+        /// The line.
+        line: usize,
+        /// The op found.
+        op: &'static str,
+    },
+    /// A second machine line.
+    #[error("line {line}: a second machine line (the first is line {first})")]
+    DuplicateMachine {
+        /// The line.
+        line: usize,
+        /// The line of the first machine line.
+        first: usize,
+    },
+    /// The machine line describes a machine the simulator cannot build.
+    #[error("line {line}: bad machine description: {source}")]
+    Machine {
+        /// The machine line.
+        line: usize,
+        /// Why.
+        source: MachineError,
+    },
+    /// More logical processors than [`MAX_TRACE_LPS`].
+    #[error(
+        "line {line}: {packages} packages of {lps_per_package} LPs is more than the {MAX_TRACE_LPS} logical processors a trace may describe"
+    )]
+    TooManyLps {
+        /// The machine line.
+        line: usize,
+        /// Packages.
+        packages: u32,
+        /// LPs per package.
+        lps_per_package: u32,
+    },
+    /// A `cpu` line names a logical processor the machine does not have.
+    #[error("line {line}: LP {lp} does not exist{}", match lps {
+        Some(n) => format!(" (the machine has {n}: 0..{n})"),
+        None => String::new(),
+    })]
+    LpOutOfRange {
+        /// The line.
+        line: usize,
+        /// The LP named.
+        lp: u64,
+        /// LPs the machine has, when known.
+        lps: Option<u32>,
+    },
+    /// `hex` has an odd number of digits.
+    #[error("line {line}: `hex` has {len} digits, an odd number (two make a byte)")]
+    OddHex {
+        /// The line.
+        line: usize,
+        /// Digits.
+        len: usize,
+    },
+    /// `hex` has a character that is not a hex digit.
+    #[error("line {line}: `hex` has {ch:?} at offset {offset}, not a hex digit")]
+    BadHex {
+        /// The line.
+        line: usize,
+        /// Character offset in the string.
+        offset: usize,
+        /// The character.
+        ch: char,
+    },
+    /// A write runs past the top of the 64-bit address space.
+    #[error("line {line}: {len} bytes at {pa:#x} run past the top of the address space")]
+    AddressOverflow {
+        /// The line.
+        line: usize,
+        /// The address.
+        pa: u64,
+        /// Bytes.
+        len: usize,
+    },
+    /// A `clflush` address is not a page.
+    #[error("line {line}: clflush address {pa:#x} is not 4 KiB aligned below 2^52")]
+    BadPageAddress {
+        /// The line.
+        line: usize,
+        /// The address.
+        pa: u64,
+    },
+}
+
+impl TraceError {
+    /// The line the error is about, if it is about one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Empty => None,
+            Self::Io { line, .. }
+            | Self::Output { line, .. }
+            | Self::NotUtf8 { line }
+            | Self::Json { line, .. }
+            | Self::NotAnObject { line }
+            | Self::UnknownOp { line, .. }
+            | Self::MissingField { line, .. }
+            | Self::UnknownField { line, .. }
+            | Self::WrongType { line, .. }
+            | Self::BadNumber { line, .. }
+            | Self::UnknownLeaf { line, .. }
+            | Self::UnknownRegister { line, .. }
+            | Self::MachineNotFirst { line, .. }
+            | Self::DuplicateMachine { line, .. }
+            | Self::Machine { line, .. }
+            | Self::TooManyLps { line, .. }
+            | Self::LpOutOfRange { line, .. }
+            | Self::OddHex { line, .. }
+            | Self::BadHex { line, .. }
+            | Self::AddressOverflow { line, .. }
+            | Self::BadPageAddress { line, .. } => Some(*line),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Field access for one line, with its number for errors.
+struct LineParser<'a> {
+    line: usize,
+    obj: &'a Map<String, Value>,
+}
+
+impl LineParser<'_> {
+    fn wrong_type(
+        &self,
+        field: impl Into<String>,
+        expected: &'static str,
+        v: &Value,
+    ) -> TraceError {
+        TraceError::WrongType {
+            line: self.line,
+            field: field.into(),
+            expected,
+            found: type_name(v),
+        }
+    }
+
+    /// Refuses fields other than `op` and `allowed`.
+    fn only(&self, op: &'static str, allowed: &[&str]) -> Result<(), TraceError> {
+        match self
+            .obj
+            .keys()
+            .find(|k| *k != "op" && !allowed.contains(&k.as_str()))
+        {
+            Some(k) => Err(TraceError::UnknownField {
+                line: self.line,
+                op,
+                field: k.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn required(&self, field: &'static str) -> Result<&Value, TraceError> {
+        self.obj.get(field).ok_or(TraceError::MissingField {
+            line: self.line,
+            field,
+        })
+    }
+
+    fn number(&self, field: &'static str) -> Result<u64, TraceError> {
+        parse_number(self.line, field, self.required(field)?)
+    }
+
+    fn hex(&self, field: &'static str) -> Result<Vec<u8>, TraceError> {
+        let v = self.required(field)?;
+        let Value::String(s) = v else {
+            return Err(self.wrong_type(field, "a string of hex digits", v));
+        };
+        if let Some((offset, ch)) = s.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+            return Err(TraceError::BadHex {
+                line: self.line,
+                offset,
+                ch,
+            });
+        }
+        if s.len() % 2 != 0 {
+            return Err(TraceError::OddHex {
+                line: self.line,
+                len: s.len(),
+            });
+        }
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        Ok(s.as_bytes()
+            .chunks_exact(2)
+            .map(|p| digit(p[0]) << 4 | digit(p[1]))
+            .collect())
+    }
+
+    fn ranges(&self, field: &'static str) -> Result<Vec<(u64, u64)>, TraceError> {
+        let v = self.required(field)?;
+        let Value::Array(items) = v else {
+            return Err(self.wrong_type(field, "an array of [start, end] pairs", v));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Array(pair) if pair.len() == 2 => Ok((
+                    parse_number(self.line, &format!("{field}[{i}][0]"), &pair[0])?,
+                    parse_number(self.line, &format!("{field}[{i}][1]"), &pair[1])?,
+                )),
+                other => {
+                    Err(self.wrong_type(format!("{field}[{i}]"), "a [start, end] pair", other))
+                }
+            })
+            .collect()
+    }
+
+    fn u32_or(&self, field: &str, v: Option<&Value>, default: u32) -> Result<u32, TraceError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = parse_number(self.line, field, v)?;
+        u32::try_from(n).map_err(|_| TraceError::BadNumber {
+            line: self.line,
+            field: field.to_owned(),
+            value: v.to_string(),
+            reason: "does not fit in 32 bits",
+        })
+    }
+
+    fn machine(&self) -> Result<TraceOp, TraceError> {
+        let line = self.line;
+        self.only(
+            "machine",
+            &[
+                "memory",
+                "cmrs",
+                "packages",
+                "lps_per_package",
+                "keyids",
+                "profile",
+            ],
+        )?;
+        let defaults = MachineDesc::new(Vec::new());
+        let memory = self.ranges("memory")?;
+        let cmrs = match self.obj.get("cmrs") {
+            Some(_) => Some(self.ranges("cmrs")?),
+            None => None,
+        };
+        let packages = self.u32_or("packages", self.obj.get("packages"), defaults.packages)?;
+        let lps_per_package = self.u32_or(
+            "lps_per_package",
+            self.obj.get("lps_per_package"),
+            defaults.lps_per_package,
+        )?;
+        if u64::from(packages) * u64::from(lps_per_package) > u64::from(MAX_TRACE_LPS) {
+            return Err(TraceError::TooManyLps {
+                line,
+                packages,
+                lps_per_package,
+            });
+        }
+        let (mut mktme_keyids, mut tdx_keyids) = (defaults.mktme_keyids, defaults.tdx_keyids);
+        if let Some(k) = self.obj.get("keyids") {
+            let Value::Object(k) = k else {
+                return Err(self.wrong_type("keyids", "an object {\"mktme\":n,\"tdx\":n}", k));
+            };
+            if let Some(key) = k.keys().find(|key| *key != "mktme" && *key != "tdx") {
+                return Err(TraceError::UnknownField {
+                    line,
+                    op: "machine",
+                    field: format!("keyids.{key}"),
+                });
+            }
+            mktme_keyids = self.u32_or("keyids.mktme", k.get("mktme"), mktme_keyids)?;
+            tdx_keyids = self.u32_or("keyids.tdx", k.get("tdx"), tdx_keyids)?;
+        }
+        let profile = match self.obj.get("profile") {
+            None => defaults.profile.name.to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(self.wrong_type("profile", "a string", other)),
+        };
+        let m = TraceMachine {
+            memory,
+            cmrs,
+            packages,
+            lps_per_package,
+            mktme_keyids,
+            tdx_keyids,
+            profile,
+        };
+        // Everything the simulator would refuse, refused here, with the line.
+        m.to_desc()
+            .and_then(|d| d.validate().map(drop))
+            .map_err(|source| TraceError::Machine { line, source })?;
+        Ok(TraceOp::Machine(m))
+    }
+
+    fn seamcall(&self) -> Result<TraceOp, TraceError> {
+        let line = self.line;
+        self.only("seamcall", &["leaf", "in", "out"])?;
+        let rax = match self.required("leaf")? {
+            Value::String(s) if s.starts_with("0x") || s.starts_with("0X") => {
+                parse_number(line, "leaf", &Value::String(s.clone()))?
+            }
+            Value::String(s) => match Leaf::from_name(s) {
+                Some(l) => l.v0().rax(),
+                None => {
+                    return Err(TraceError::UnknownLeaf {
+                        line,
+                        name: s.clone(),
+                    });
+                }
+            },
+            v @ Value::Number(_) => parse_number(line, "leaf", v)?,
+            other => return Err(self.wrong_type("leaf", "a name or a number", other)),
+        };
+        let mut input = SeamcallArgs::ZERO;
+        if let Some(v) = self.obj.get("in") {
+            let Value::Object(regs) = v else {
+                return Err(self.wrong_type("in", "an object of registers", v));
+            };
+            for (k, v) in regs {
+                let reg = Reg::from_name(k).ok_or_else(|| TraceError::UnknownRegister {
+                    line,
+                    field: "in",
+                    name: k.clone(),
+                })?;
+                reg.set(&mut input, parse_number(line, &format!("in.{k}"), v)?);
+            }
+        }
+        let expected = match self.obj.get("out") {
+            None => None,
+            Some(Value::Object(regs)) => {
+                let mut e = ExpectedOut::default();
+                for (k, v) in regs {
+                    let value = parse_number(line, &format!("out.{k}"), v)?;
+                    if k == "rax" {
+                        e.rax = Some(value);
+                        continue;
+                    }
+                    let reg = Reg::from_name(k).ok_or_else(|| TraceError::UnknownRegister {
+                        line,
+                        field: "out",
+                        name: k.clone(),
+                    })?;
+                    e.regs.push((reg, value));
+                }
+                e.regs.sort_by_key(|&(r, _)| r);
+                Some(e)
+            }
+            Some(other) => return Err(self.wrong_type("out", "an object of registers", other)),
+        };
+        Ok(TraceOp::Seamcall(TraceCall {
+            rax,
+            input,
+            expected,
+        }))
+    }
+}
+
+/// A JSON integer in `0..2^64` or a `"0x..."` string.
+fn parse_number(line: usize, field: &str, v: &Value) -> Result<u64, TraceError> {
+    let bad = |reason| TraceError::BadNumber {
+        line,
+        field: field.to_owned(),
+        value: v.to_string(),
+        reason,
+    };
+    match v {
+        Value::Number(n) => n.as_u64().ok_or_else(|| bad("not an integer in 0..2^64")),
+        Value::String(s) => {
+            let digits = s
+                .strip_prefix("0x")
+                .or_else(|| s.strip_prefix("0X"))
+                .ok_or_else(|| bad("a number in a string must start with 0x"))?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("not a hex number"));
+            }
+            u64::from_str_radix(digits, 16).map_err(|_| bad("does not fit in 64 bits"))
+        }
+        _ => Err(TraceError::WrongType {
+            line,
+            field: field.to_owned(),
+            expected: "a number (integer or \"0x...\")",
+            found: type_name(v),
+        }),
+    }
+}
+
+/// One line of a parsed trace, with its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLine {
+    /// 1-based line number in the trace text.
+    pub line: usize,
+    /// What the line says.
+    pub op: TraceOp,
+}
+
+/// A parsed and checked trace: the machine line, then the rest in order.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    machine: TraceMachine,
+    machine_line: usize,
+    desc: MachineDesc,
+    ops: Vec<TraceLine>,
+}
+
+impl Trace {
+    /// Reads a whole trace and checks it: every line parses, the machine
+    /// line comes first and once, describes a machine the simulator can
+    /// build, and every `cpu` line names one of its LPs.
+    pub fn parse<R: BufRead>(mut reader: R) -> Result<Self, TraceError> {
+        let mut machine: Option<(usize, TraceMachine, MachineDesc)> = None;
+        let mut ops = Vec::new();
+        let mut buf = Vec::new();
+        let mut line = 0;
+        loop {
+            line += 1;
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|source| TraceError::Io { line, source })?;
+            if n == 0 {
+                break;
+            }
+            let text = std::str::from_utf8(&buf).map_err(|_| TraceError::NotUtf8 { line })?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let op = TraceOp::parse(text, line)?;
+            match (&machine, op) {
+                (None, TraceOp::Machine(m)) => {
+                    let desc = m
+                        .to_desc()
+                        .map_err(|source| TraceError::Machine { line, source })?;
+                    machine = Some((line, m, desc));
+                }
+                (None, op) => {
+                    return Err(TraceError::MachineNotFirst {
+                        line,
+                        op: op.name(),
+                    });
+                }
+                (Some((first, ..)), TraceOp::Machine(_)) => {
+                    return Err(TraceError::DuplicateMachine {
+                        line,
+                        first: *first,
+                    });
+                }
+                (Some((_, _, desc)), op) => {
+                    if let TraceOp::Cpu { lp } = op
+                        && lp >= desc.lps()
+                    {
+                        return Err(TraceError::LpOutOfRange {
+                            line,
+                            lp: u64::from(lp),
+                            lps: Some(desc.lps()),
+                        });
+                    }
+                    ops.push(TraceLine { line, op });
+                }
+            }
+        }
+        let (machine_line, machine, desc) = machine.ok_or(TraceError::Empty)?;
+        Ok(Self {
+            machine,
+            machine_line,
+            desc,
+            ops,
+        })
+    }
+
+    /// The machine line.
+    pub fn machine(&self) -> &TraceMachine {
+        &self.machine
+    }
+
+    /// The machine description replay builds the simulator from.
+    pub fn machine_desc(&self) -> &MachineDesc {
+        &self.desc
+    }
+
+    /// The lines after the machine line (blank lines left out).
+    pub fn ops(&self) -> &[TraceLine] {
+        &self.ops
+    }
+
+    /// A fresh simulator of the trace's machine.
+    pub fn simulator(&self) -> Result<Simulator, TraceError> {
+        Simulator::new(self.desc.clone()).map_err(|source| TraceError::Machine {
+            line: self.machine_line,
+            source,
+        })
+    }
+
+    /// Runs the trace on `sim` (normally [`Trace::simulator`]), writing one
+    /// JSON line per SEAMCALL to `out`, then checks the simulator's
+    /// invariants.
+    ///
+    /// Fails only if `out` fails, or if a `cpu` line names an LP `sim` does
+    /// not have (possible only when `sim` is not the trace's machine).
+    pub fn run<W: Write + ?Sized>(
+        &self,
+        sim: &Simulator,
+        out: &mut W,
+    ) -> Result<ReplaySummary, TraceError> {
+        let mut summary = ReplaySummary::default();
+        for TraceLine { line, op } in &self.ops {
+            let line = *line;
+            match op {
+                TraceOp::Machine(_) => {} // Trace::parse keeps it out of `ops`.
+                TraceOp::Write { pa, data } => {
+                    if !data.is_empty() {
+                        sim.poke(*pa, data);
+                    }
+                }
+                TraceOp::Cpu { lp } => {
+                    let lps = sim.cpus();
+                    if *lp >= lps {
+                        return Err(TraceError::LpOutOfRange {
+                            line,
+                            lp: u64::from(*lp),
+                            lps: Some(lps),
+                        });
+                    }
+                    sim.set_lp(*lp);
+                }
+                TraceOp::Wbinvd => sim.wbinvd_all(),
+                TraceOp::Clflush { pa } => sim.clflush_page(Pfn::new(pa / PAGE)),
+                TraceOp::Seamcall(call) => {
+                    let text = replay_call(sim, line, call, &mut summary);
+                    writeln!(out, "{text}")
+                        .map_err(|source| TraceError::Output { line, source })?;
+                }
+            }
+        }
+        let last = self.ops.last().map_or(self.machine_line, |l| l.line);
+        out.flush()
+            .map_err(|source| TraceError::Output { line: last, source })?;
+        summary.module_state = Some(sim.module_state());
+        summary.violations = sim.violations();
+        summary.invariants = sim.check_invariants().err();
+        Ok(summary)
+    }
+}
+
+/// Issues one SEAMCALL and returns its output line.
+fn replay_call(
+    sim: &Simulator,
+    line: usize,
+    call: &TraceCall,
+    summary: &mut ReplaySummary,
+) -> String {
+    let shape = call.replay_shape();
+    let mut args = call.input;
+    // SAFETY: the simulator's memory is simulated: whatever the registers
+    // name, no real memory is read, written or handed over, so any RAX and
+    // registers keep the `Seamcall` contract.
+    let status = unsafe { sim.seamcall(call.rax, &mut args, shape) };
+    let rax = status.raw();
+    summary.seamcalls += 1;
+
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = write!(
+        s,
+        "{{\"line\":{line},\"leaf\":{},\"rax\":\"{rax:#x}\",\"status\":{},\"out\":",
+        json_str(&leaf_text(call.rax)),
+        status.name().map_or_else(|| "null".to_owned(), json_str),
+    );
+    let _ = write_regs(
+        &mut s,
+        None,
+        Reg::outputs(shape).iter().map(|&r| (r, r.get(&args))),
+    );
+    if let Some(e) = &call.expected {
+        summary.checked += 1;
+        let wrong_rax = e.rax.filter(|&v| v != rax);
+        let wrong: Vec<(Reg, u64)> = e
+            .regs
+            .iter()
+            .copied()
+            .filter(|&(r, v)| r.get(&args) != v)
+            .collect();
+        let matched = wrong_rax.is_none() && wrong.is_empty();
+        let _ = write!(s, ",\"match\":{matched}");
+        if !matched {
+            summary.mismatches.push(line);
+            s.push_str(",\"expected\":");
+            let _ = write_regs(&mut s, wrong_rax, wrong);
+        }
+    }
+    s.push('}');
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------
+
+/// What a replay found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// SEAMCALLs issued.
+    pub seamcalls: u64,
+    /// SEAMCALLs with expected outputs.
+    pub checked: u64,
+    /// Lines whose expected outputs did not match, in order.
+    pub mismatches: Vec<usize>,
+    /// The module-wide state at the end (`None` only before a run).
+    pub module_state: Option<SysState>,
+    /// Rule breaks the simulator recorded.
+    pub violations: Vec<Violation>,
+    /// Why the simulator's invariants failed at the end, if they did.
+    pub invariants: Option<InvariantError>,
+}
+
+impl ReplaySummary {
+    /// True if every expectation held and the simulator's invariants hold
+    /// (no rule was broken).
+    pub fn passed(&self) -> bool {
+        self.mismatches.is_empty() && self.invariants.is_none()
+    }
+}
+
+/// The summary line the command-line program prints.
+impl fmt::Display for ReplaySummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} seamcalls, {} with expected outputs: ",
+            self.seamcalls, self.checked
+        )?;
+        match self.mismatches.first() {
+            None => f.write_str("all matched")?,
+            Some(first) => write!(
+                f,
+                "{} mismatched (first at line {first})",
+                self.mismatches.len()
+            )?,
+        }
+        if let Some(state) = self.module_state {
+            write!(f, "; module {state:?}")?;
+        }
+        match &self.invariants {
+            None => f.write_str("; invariants hold"),
+            Some(e) => write!(f, "; invariants FAILED: {e}"),
+        }
+    }
+}
+
+/// Parses a trace from `reader`, replays it on a fresh simulator of its
+/// machine, and writes one JSON line per SEAMCALL to `out`.
+///
+/// A malformed trace is an error before anything runs; expectations that
+/// fail and broken rules are in the summary ([`ReplaySummary::passed`]).
+pub fn replay<R: BufRead, W: Write + ?Sized>(
+    reader: R,
+    out: &mut W,
+) -> Result<ReplaySummary, TraceError> {
+    let trace = Trace::parse(reader)?;
+    let sim = trace.simulator()?;
+    trace.run(&sim, out)
+}
+
+// ---------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------
+
+/// A recording wrapper: a [`Seamcall`] backend and a [`Platform`] that
+/// forward every call to `B` and `P` unchanged and write a trace of it to
+/// `W` (see the [module documentation](self#recording)).
+///
+/// The recorder keeps its writer behind a mutex and holds it across each
+/// recorded call, so the trace's order is the order the calls ran in, and
+/// SEAMCALLs through one recorder run one at a time. The logical processor
+/// a SEAMCALL is written against is the one the innermost
+/// [`Platform::on_cpu`] through this recorder selected (LP 0 outside any),
+/// so a host must issue SEAMCALLs from within `on_cpu` (or on LP 0) for the
+/// trace to say where they ran, and must not run `on_cpu` closures of one
+/// recorder concurrently. [`Platform::on_each_cpu`] and
+/// [`Platform::on_each_package`] go through the recorder's `on_cpu`, one
+/// CPU after the other.
+///
+/// Writing is best-effort inside the traits (they cannot return I/O
+/// errors): the first error stops the recording and [`Recorder::finish`]
+/// returns it. Give a [`std::io::BufWriter`] for files.
+pub struct Recorder<'a, B: ?Sized, P: ?Sized, W: Write> {
+    backend: &'a B,
+    platform: &'a P,
+    state: Mutex<RecorderState<W>>,
+}
+
+struct RecorderState<W> {
+    out: W,
+    /// The LP `on_cpu` selected.
+    lp: u32,
+    /// The LP the trace last said calls run on.
+    written_lp: u32,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> RecorderState<W> {
+    fn emit(&mut self, op: &TraceOp) {
+        if self.error.is_none()
+            && let Err(e) = writeln!(self.out, "{op}")
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl<B: ?Sized, P: ?Sized, W: Write> fmt::Debug for Recorder<'_, B, P, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.lock();
+        f.debug_struct("Recorder")
+            .field("lp", &s.lp)
+            .field("written_lp", &s.written_lp)
+            .field("error", &s.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, B: ?Sized, P: ?Sized, W: Write> Recorder<'a, B, P, W> {
+    /// A recorder over `backend` and `platform` that writes to `out`,
+    /// starting with the machine line for `machine`.
+    pub fn new(
+        backend: &'a B,
+        platform: &'a P,
+        machine: &TraceMachine,
+        mut out: W,
+    ) -> io::Result<Self> {
+        writeln!(out, "{}", TraceOp::Machine(machine.clone()))?;
+        Ok(Self {
+            backend,
+            platform,
+            state: Mutex::new(RecorderState {
+                out,
+                lp: 0,
+                written_lp: 0,
+                error: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RecorderState<W>> {
+        // A panic in a closure run by `on_cpu` must not hide the trace.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wrapped backend.
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
+    /// The wrapped platform.
+    pub fn platform(&self) -> &'a P {
+        self.platform
+    }
+
+    /// Flushes the trace and returns the writer, or the first write error.
+    pub fn finish(self) -> io::Result<W> {
+        let mut s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = s.error {
+            return Err(e);
+        }
+        s.out.flush()?;
+        Ok(s.out)
+    }
+}
+
+impl<'a, W: Write> Recorder<'a, Simulator, Simulator, W> {
+    /// A recorder of `sim`, as both backend and platform, with the machine
+    /// line taken from its description ([`TraceMachine::from_desc`]).
+    pub fn for_simulator(sim: &'a Simulator, out: W) -> io::Result<Self> {
+        let r = Self::new(sim, sim, &TraceMachine::from_desc(&sim.machine()), out)?;
+        r.lock().lp = sim.current_lp();
+        Ok(r)
+    }
+}
+
+/// Puts the recorder's LP back when an `on_cpu` closure ends (or unwinds).
+struct RestoreLp<'r, W: Write> {
+    state: &'r Mutex<RecorderState<W>>,
+    prev: u32,
+}
+
+impl<W: Write> Drop for RestoreLp<'_, W> {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).lp = self.prev;
+    }
+}
+
+// SAFETY: every call goes to `B` with the same `rax`, `args` and `shape`,
+// and its status comes back unchanged; the recorder only copies `args`
+// before and reads it after. So each point of the `Seamcall` contract (the
+// inputs the shape names, the outputs it names and nothing else changed,
+// the status as the module left it) holds because it holds for `B`.
+unsafe impl<B: Seamcall + ?Sized, P: ?Sized, W: Write> Seamcall for Recorder<'_, B, P, W> {
+    unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        let mut s = self.lock();
+        let before = *args;
+        // SAFETY: the caller keeps the contract for this call, and `B` gets
+        // exactly the same arguments.
+        let status = unsafe { self.backend.seamcall(rax, args, shape) };
+        if s.lp != s.written_lp {
+            let lp = s.lp;
+            s.emit(&TraceOp::Cpu { lp });
+            s.written_lp = lp;
+        }
+        let mut input = SeamcallArgs::ZERO;
+        for &r in Reg::inputs(shape) {
+            r.set(&mut input, r.get(&before));
+        }
+        let expected = ExpectedOut {
+            rax: Some(status.raw()),
+            regs: Reg::outputs(shape)
+                .iter()
+                .map(|&r| (r, r.get(args)))
+                .collect(),
+        };
+        s.emit(&TraceOp::Seamcall(TraceCall {
+            rax,
+            input,
+            expected: Some(expected),
+        }));
+        status
+    }
+}
+
+// SAFETY: every method forwards to `P` with the same arguments and returns
+// what `P` returned, so each promise of the `Platform` contract holds
+// because it holds for `P`. `on_cpu` runs the closure through `P::on_cpu`
+// (to completion, on that CPU); `on_each_cpu` and `on_each_package` keep
+// their default bodies, which go through that `on_cpu` and the forwarded
+// `cpus` and `package_of`. Recording only reads the arguments.
+unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_, B, P, W> {
+    fn alloc_pages(
+        &self,
+        count: u64,
+        align: u64,
+        placement: Placement,
+    ) -> Result<PfnRun, PlatformError> {
+        self.platform.alloc_pages(count, align, placement)
+    }
+
+    unsafe fn free_pages(&self, run: PfnRun) {
+        // SAFETY: the caller keeps `free_pages`' contract for `run`; `P`
+        // gets the same run.
+        unsafe { self.platform.free_pages(run) }
+    }
+
+    fn leak_pages(&self, run: PfnRun, reason: &'static str) {
+        self.platform.leak_pages(run, reason);
+    }
+
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: the caller keeps `read_phys`' contract for the range; `P`
+        // gets the same range.
+        unsafe { self.platform.read_phys(pa, buf) }
+    }
+
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        let mut s = self.lock();
+        // SAFETY: the caller keeps `write_phys`' contract for the range; `P`
+        // gets the same range and bytes.
+        unsafe { self.platform.write_phys(pa, data) };
+        s.emit(&TraceOp::Write {
+            pa: pa.as_u64(),
+            data: data.to_vec(),
+        });
+    }
+
+    fn cpus(&self) -> u32 {
+        self.platform.cpus()
+    }
+
+    fn package_of(&self, cpu: CpuId) -> PackageId {
+        self.platform.package_of(cpu)
+    }
+
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.platform.node_of(pfn)
+    }
+
+    fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+        let prev = std::mem::replace(&mut self.lock().lp, cpu.0);
+        let _restore = RestoreLp {
+            state: &self.state,
+            prev,
+        };
+        self.platform.on_cpu(cpu, f);
+    }
+
+    fn wbinvd_all(&self) {
+        let mut s = self.lock();
+        self.platform.wbinvd_all();
+        s.emit(&TraceOp::Wbinvd);
+    }
+
+    fn clflush_page(&self, pfn: Pfn) {
+        let mut s = self.lock();
+        self.platform.clflush_page(pfn);
+        s.emit(&TraceOp::Clflush {
+            pa: pfn.hpa().as_u64(),
+        });
+    }
+
+    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+        let mut s = self.lock();
+        // SAFETY: the caller keeps `movdir64b_clear`'s contract for `run`;
+        // `P` gets the same run.
+        unsafe { self.platform.movdir64b_clear(run) };
+        // The format has no MOVDIR64B: write what it leaves, zeros with no
+        // dirty line, page by page.
+        let zeros = vec![0; PAGE as usize];
+        for pfn in run.iter() {
+            let pa = pfn.hpa().as_u64();
+            s.emit(&TraceOp::Write {
+                pa,
+                data: zeros.clone(),
+            });
+            s.emit(&TraceOp::Clflush { pa });
+        }
+    }
+
+    fn yield_now(&self) {
+        self.platform.yield_now();
+    }
+
+    fn keyid_partition(&self) -> KeyIdPartition {
+        self.platform.keyid_partition()
+    }
+
+    fn errata(&self) -> Errata {
+        self.platform.errata()
+    }
+}
