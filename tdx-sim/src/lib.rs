@@ -34,7 +34,7 @@ pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
-pub use machine::{MAX_CMRS, MachineDesc, MachineError};
+pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError};
 pub use memory::{Accounting, PageState};
 pub use module::{KotState, PamtEntry, SysState};
 pub use profile::{CpuidConfig, Profile};

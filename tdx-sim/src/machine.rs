@@ -10,6 +10,9 @@ use crate::profile::Profile;
 /// Byte ranges `[start, end)`.
 pub(crate) type Ranges = Vec<(u64, u64)>;
 
+/// Most logical processors a simulated machine may have.
+pub const MAX_LPS: u32 = 1 << 16;
+
 /// Most CMRs a module reports (`MAX_CMRS`).
 pub const MAX_CMRS: usize = 32;
 
@@ -72,6 +75,16 @@ pub enum MachineError {
         start: u64,
         /// Its end.
         end: u64,
+    },
+    /// More logical processors than the simulator models.
+    #[error(
+        "{packages} packages x {lps_per_package} LPs is more than {MAX_LPS} logical processors"
+    )]
+    TooManyCpus {
+        /// Packages asked for.
+        packages: u32,
+        /// LPs per package asked for.
+        lps_per_package: u32,
     },
     /// The CPU topology is empty.
     #[error("the machine needs at least one package and one logical processor per package")]
@@ -189,9 +202,9 @@ impl MachineDesc {
         self
     }
 
-    /// Number of logical processors.
+    /// Number of logical processors (saturating; `validate` caps it).
     pub fn lps(&self) -> u32 {
-        self.packages * self.lps_per_package
+        self.packages.saturating_mul(self.lps_per_package)
     }
 
     /// MSR 0x87 as the host reads it.
@@ -217,6 +230,12 @@ impl MachineDesc {
     pub(crate) fn validate(&self) -> Result<(Ranges, Ranges), MachineError> {
         if self.packages == 0 || self.lps_per_package == 0 {
             return Err(MachineError::NoCpus);
+        }
+        if u64::from(self.packages) * u64::from(self.lps_per_package) > u64::from(MAX_LPS) {
+            return Err(MachineError::TooManyCpus {
+                packages: self.packages,
+                lps_per_package: self.lps_per_package,
+            });
         }
         self.keyid_partition().check()?;
         if self.keyid_bits() >= self.phys_addr_bits || self.phys_addr_bits > 52 {

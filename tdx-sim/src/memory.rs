@@ -148,7 +148,7 @@ impl PhysMem {
     pub(crate) fn read(&self, pa: u64, buf: &mut [u8]) {
         let mut done = 0;
         while done < buf.len() {
-            let addr = pa + done as u64;
+            let addr = pa.wrapping_add(done as u64);
             let (pfn, off) = (addr / PAGE, (addr % PAGE) as usize);
             let n = (PAGE as usize - off).min(buf.len() - done);
             let dst = &mut buf[done..done + n];
@@ -166,7 +166,7 @@ impl PhysMem {
     pub(crate) fn write(&mut self, pa: u64, data: &[u8]) {
         let mut done = 0;
         while done < data.len() {
-            let addr = pa + done as u64;
+            let addr = pa.wrapping_add(done as u64);
             let (pfn, off) = (addr / PAGE, (addr % PAGE) as usize);
             let n = (PAGE as usize - off).min(data.len() - done);
             if self.state.get(pfn).is_some() {

@@ -303,7 +303,12 @@ impl State {
     /// Reads guest-visible memory for the module, recording a violation if
     /// it is not RAM.
     fn module_read(&mut self, pa: u64, buf: &mut [u8], leaf: &'static str) {
-        let (a, b) = (pa / PAGE, (pa + buf.len() as u64).div_ceil(PAGE));
+        // A shared address may carry an MKTME KeyID: same memory, other key.
+        let pa = pa & !self.machine.hkid_mask;
+        let (a, b) = (
+            pa / PAGE,
+            pa.saturating_add(buf.len() as u64).div_ceil(PAGE),
+        );
         if !self.mem.is_ram(a, b) {
             self.violations
                 .push(Violation::ModuleReadNonRam { pa, leaf });

@@ -70,8 +70,9 @@ pub struct Profile {
     /// Bytes of TDMR whose PAMT entries one TDH.SYS.TDMR.INIT initializes
     /// (1.5.01: 1024 4K entries = 4 MiB).
     pub tdmr_init_chunk: u64,
-    /// Leaves the dispatcher accepts with a version above 0, and the
-    /// highest version each accepts.
+    /// Leaves the dispatcher lets through with a version above 0 (any
+    /// version, model §1.2 check 2), and the highest version the leaf itself
+    /// then accepts (higher: `TDX_OPERAND_INVALID|RAX` from the leaf).
     pub leaf_versions: Vec<(Leaf, u8)>,
     /// Features TDH.SYS.CONFIG v1 accepts in R9.
     pub configurable_features: TdxFeatures0,
@@ -179,7 +180,12 @@ impl Profile {
         self.features0.ext()
     }
 
-    /// The highest version the dispatcher accepts for `leaf`.
+    /// True if the dispatcher lets `leaf` through with a version above 0.
+    pub fn versioned(&self, leaf: Leaf) -> bool {
+        self.leaf_versions.iter().any(|(l, _)| *l == leaf)
+    }
+
+    /// The highest version `leaf` itself accepts.
     pub fn max_version(&self, leaf: Leaf) -> u8 {
         self.leaf_versions
             .iter()

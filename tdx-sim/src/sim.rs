@@ -265,6 +265,7 @@ impl Simulator {
         let mut s = self.lock();
         if s.host_access(pa, data.len(), true) {
             s.mem.write(pa, data);
+            // host_access checked that the range does not overflow.
             let (a, b) = (pa / PAGE, (pa + data.len() as u64).div_ceil(PAGE));
             s.mem.mark_cache(a, b, CacheLines::HostDirty);
         }
@@ -352,7 +353,12 @@ impl State {
     /// Records a violation for a host access to `[pa, pa+len)` if it touches
     /// module-owned memory or non-RAM. Returns true if the access is allowed.
     pub(crate) fn host_access(&mut self, pa: u64, len: usize, write: bool) -> bool {
-        let (a, b) = (pa / PAGE, (pa + len as u64).div_ceil(PAGE));
+        let Some(end) = pa.checked_add(len as u64) else {
+            self.violations
+                .push(Violation::HostTouchedNonRam { pa, len, write });
+            return false;
+        };
+        let (a, b) = (pa / PAGE, end.div_ceil(PAGE));
         if !self.mem.is_ram(a, b) {
             self.violations
                 .push(Violation::HostTouchedNonRam { pa, len, write });
@@ -377,7 +383,14 @@ impl State {
         if rax >> 63 != 0 {
             return TdxStatus::SEAMCALL_VMFAILINVALID;
         }
-        let mut out = *args;
+        // The entry points of the Ret and NoOutputs shapes load only RCX,
+        // RDX and R8-R11; the module sees nothing meaningful elsewhere.
+        let mut out = match shape {
+            RegShape::SavedRet => *args,
+            RegShape::Ret | RegShape::NoOutputs => {
+                SeamcallArgs::regs6(args.rcx, args.rdx, args.r8, args.r9, args.r10, args.r11)
+            }
+        };
         let status = self.dispatch(rax, &mut out);
         match shape {
             RegShape::NoOutputs => {}
@@ -405,7 +418,7 @@ impl State {
             None => *self.stats.seamcalls.entry(leaf.0).or_insert(0) += 1,
         }
         // §1.2 gate, in order.
-        if lv.version() > self.machine.desc.profile.max_version(leaf) {
+        if lv.version() > 0 && !self.machine.desc.profile.versioned(leaf) {
             return TdxStatus::OPERAND_INVALID;
         }
         if self.module.state == SysState::Shutdown && leaf != Leaf::SYS_LP_SHUTDOWN {
@@ -426,6 +439,11 @@ impl State {
             return TdxStatus::SYS_NOT_READY;
         }
         if !self.implements(leaf) {
+            return TdxStatus::OPERAND_INVALID;
+        }
+        // Versioned leaves check their own highest version (SEPT.ADD and
+        // SEPT.REMOVE do so in the module; the model does it for all).
+        if lv.version() > self.machine.desc.profile.max_version(leaf) {
             return TdxStatus::OPERAND_INVALID;
         }
         let fault = self.faults.on_call(leaf);
@@ -559,6 +577,7 @@ unsafe impl Platform for Simulator {
         let pa = pa.as_u64();
         if s.host_access(pa, data.len(), true) {
             s.mem.write(pa, data);
+            // host_access checked that the range does not overflow.
             let (a, b) = (pa / PAGE, (pa + data.len() as u64).div_ceil(PAGE));
             s.mem.mark_cache(a, b, CacheLines::HostDirty);
         }

@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 use tdx_api::{CpuId, Placement, Platform};
+use tdx_sys::Seamcall;
 use tdx_sys::leaf;
 use tdx_types::{
     Hpa, Pfn, PfnRun, TdxStatus,
@@ -20,7 +21,7 @@ use tdx_types::{
 };
 use zerocopy::IntoBytes;
 
-use crate::Simulator;
+use crate::{Profile, Simulator};
 
 const GIB: u64 = 1 << 30;
 const PAGE: u64 = 4096;
@@ -109,7 +110,7 @@ fn ok(what: &str, s: TdxStatus) {
 
 /// Writes `tdmrs` into freshly allocated host pages and returns the PA of
 /// the array of their addresses.
-pub fn write_tdmr_infos(sim: &Simulator, tdmrs: &[TdmrInfo]) -> u64 {
+pub fn write_tdmr_infos<P: Platform + ?Sized>(sim: &P, tdmrs: &[TdmrInfo]) -> u64 {
     let pages = (tdmrs.len() as u64 * 512).div_ceil(PAGE) + 1;
     let run = sim
         .alloc_pages(pages, 1, Placement::Anywhere)
@@ -131,6 +132,20 @@ pub fn write_tdmr_infos(sim: &Simulator, tdmrs: &[TdmrInfo]) -> u64 {
 /// the TDMR_INFOs put them), WBINVD, KEY.CONFIG per package, TDMR.INIT until
 /// done, and the Extensions steps. Panics with the status on any error.
 pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> BringUpReport {
+    bring_up_on(sim, &sim.profile(), tdmrs, opts)
+}
+
+/// [`bring_up`] on any backend and platform (for example a trace recorder
+/// wrapping the simulator), for a module with `profile`.
+pub fn bring_up_on<H>(
+    sim: &H,
+    profile: &Profile,
+    tdmrs: &[TdmrInfo],
+    opts: BringUpOptions,
+) -> BringUpReport
+where
+    H: Seamcall + Platform + Sync + ?Sized,
+{
     let mut report = BringUpReport {
         tdmrs: tdmrs.to_vec(),
         ..Default::default()
@@ -198,7 +213,7 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
         }
     }
     if opts.init_ext && opts.init_tdmrs {
-        report.pool = init_ext(sim);
+        report.pool = init_ext_on(sim, profile);
     }
     report
 }
@@ -206,7 +221,14 @@ pub fn bring_up(sim: &Simulator, tdmrs: &[TdmrInfo], opts: BringUpOptions) -> Br
 /// Donates the pool (in windows of 512 pages) and runs TDH.EXT.INIT, if the
 /// module has Extensions. Returns the pool frames.
 pub fn init_ext(sim: &Simulator) -> Option<PfnRun> {
-    let profile = sim.profile();
+    init_ext_on(sim, &sim.profile())
+}
+
+/// [`init_ext`] on any backend and platform, for a module with `profile`.
+pub fn init_ext_on<H>(sim: &H, profile: &Profile) -> Option<PfnRun>
+where
+    H: Seamcall + Platform + Sync + ?Sized,
+{
     if !profile.has_ext() {
         return None;
     }

@@ -31,13 +31,7 @@ use tdx_sim::{
     trace::{self, Recorder, Reg, Trace, TraceCall, TraceError, TraceMachine, TraceOp},
 };
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs, leaf};
-use tdx_types::{
-    Hpa, Leaf, Pfn, TdxStatus,
-    abi::TdmrInfo,
-    metadata::field,
-    regs::{HpaListInfo, SysConfigKeyId},
-};
-use zerocopy::IntoBytes;
+use tdx_types::{Hpa, Leaf, TdxStatus, metadata::field};
 
 const GIB: u64 = 1 << 30;
 const PAGE: u64 = 4096;
@@ -48,113 +42,6 @@ const PAGE: u64 = 4096;
 
 fn traces_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("traces")
-}
-
-fn ok(what: &str, s: TdxStatus) {
-    assert!(!s.is_error(), "{what}: {s}");
-}
-
-/// The steps of `testkit::bring_up` (and `testkit::init_ext` when
-/// `profile` has Extensions), over any host.
-fn bring_up_through<H: Seamcall + Platform + Sync>(h: &H, tdmrs: &[TdmrInfo], profile: &Profile) {
-    // SAFETY: the host is the simulator, possibly behind a recorder; its
-    // memory is simulated, and the pages handed to the module were allocated
-    // from it for that purpose (this holds for every leaf call below).
-    ok("TDH.SYS.INIT", unsafe { leaf::tdh_sys_init(h) });
-    for lp in 0..h.cpus() {
-        h.on_cpu(CpuId(lp), &mut || {
-            // SAFETY: as above.
-            ok("TDH.SYS.LP.INIT", unsafe { leaf::tdh_sys_lp_init(h) })
-        });
-    }
-    for t in tdmrs {
-        for (b, s) in [t.pamt_4k(), t.pamt_2m(), t.pamt_1g()] {
-            h.alloc_pages(s / PAGE, 1, Placement::Exact(Pfn::new(b / PAGE)))
-                .expect("PAMT frames free");
-        }
-    }
-    let pages = (tdmrs.len() as u64 * 512).div_ceil(PAGE) + 1;
-    let run = h
-        .alloc_pages(pages, 1, Placement::Anywhere)
-        .expect("room for TDMR_INFOs");
-    let array = run.hpa().as_u64();
-    for (i, t) in tdmrs.iter().enumerate() {
-        let pa = array + PAGE + 512 * i as u64;
-        // SAFETY: the run was just allocated for us.
-        unsafe { h.write_phys(Hpa::new(pa), t.as_bytes()) };
-        // SAFETY: as above.
-        unsafe { h.write_phys(Hpa::new(array + 8 * i as u64), &pa.to_le_bytes()) };
-    }
-    let keyid = h.keyid_partition().global_keyid() as u16;
-    // SAFETY: as above.
-    ok("TDH.SYS.CONFIG", unsafe {
-        leaf::tdh_sys_config(
-            h,
-            Hpa::new(array),
-            tdmrs.len() as u64,
-            SysConfigKeyId::new().with_hkid(keyid),
-        )
-    });
-    // The module keeps nothing of the TDMR_INFO pages: they go back.
-    // SAFETY: allocated above; the module only read them during CONFIG.
-    unsafe { h.free_pages(run) };
-    h.wbinvd_all();
-    h.on_each_package(&mut |_, _| {
-        // SAFETY: as above.
-        ok("TDH.SYS.KEY.CONFIG", unsafe { leaf::tdh_sys_key_config(h) });
-    });
-    for t in tdmrs {
-        loop {
-            // SAFETY: as above.
-            let c = unsafe { leaf::tdh_sys_tdmr_init(h, Hpa::new(t.base())) };
-            if c.status == TdxStatus::TDMR_ALREADY_INITIALIZED {
-                break;
-            }
-            ok("TDH.SYS.TDMR.INIT", c.status);
-            if c.out >= t.base() + t.size() {
-                break;
-            }
-        }
-    }
-    if !profile.has_ext() {
-        return;
-    }
-    let need = u64::from(profile.memory_pool_required_pages);
-    let pool = h
-        .alloc_pages(need, 1, Placement::Anywhere)
-        .expect("room for the pool");
-    let list = h
-        .alloc_pages(1, 1, Placement::Anywhere)
-        .expect("room for a list page");
-    for chunk in pool.iter().collect::<Vec<_>>().chunks(512) {
-        let bytes: Vec<u8> = chunk
-            .iter()
-            .flat_map(|p| p.hpa().as_u64().to_le_bytes())
-            .collect();
-        // SAFETY: the list page was allocated for us.
-        unsafe { h.write_phys(list.hpa(), &bytes) };
-        let mut info = HpaListInfo::try_new(list.first(), chunk.len()).expect("1..=512");
-        loop {
-            // SAFETY: as above.
-            let c = unsafe { leaf::tdh_ext_mem_add(h, info) };
-            if c.status == TdxStatus::INTERRUPTED_RESUMABLE {
-                info = c.out;
-                continue;
-            }
-            ok("TDH.EXT.MEM.ADD", c.status);
-            break;
-        }
-    }
-    // SAFETY: the list page is host memory we allocated and no longer use.
-    unsafe { h.free_pages(list) };
-    loop {
-        // SAFETY: as above.
-        let s = unsafe { leaf::tdh_ext_init(h) };
-        if s != TdxStatus::INTERRUPTED_RESUMABLE {
-            ok("TDH.EXT.INIT", s);
-            break;
-        }
-    }
 }
 
 /// A simulator of `memory` with `packages` x `lps` CPUs and `profile`.
@@ -178,7 +65,8 @@ fn record_bring_up(
 ) -> (String, Simulator) {
     let s = sim(memory, packages, lps, profile.clone());
     let rec = Recorder::for_simulator(&s, Vec::new()).unwrap();
-    bring_up_through(&rec, &testkit::simple_layout(&[memory], max_gib), &profile);
+    let tdmrs = testkit::simple_layout(&[memory], max_gib);
+    testkit::bring_up_on(&rec, &profile, &tdmrs, Default::default());
     let bytes = rec.finish().unwrap();
     (String::from_utf8(bytes).unwrap(), s)
 }
@@ -266,7 +154,7 @@ fn bring_up_with_extensions_round_trip() {
 }
 
 #[test]
-fn recorded_bring_up_does_what_testkit_does() {
+fn recording_does_not_change_what_happens() {
     for profile in [Profile::tdx_1_5(), Profile::tdx_1_5_ext()] {
         let memory = (4 * GIB, 8 * GIB);
         let tdmrs = testkit::simple_layout(&[memory], 2);
