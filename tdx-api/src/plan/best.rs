@@ -90,6 +90,8 @@ struct Ctx<'a> {
     /// Memory, merged across nodes.
     mem: Vec<(u64, u64)>,
     holes: Holes,
+    /// Largest TDMR to make (its PAMT must fit in one run of memory).
+    cap: u64,
 }
 
 impl Ctx<'_> {
@@ -130,7 +132,7 @@ impl Ctx<'_> {
                 });
             }
             // Largest k with areas(a, a + k GiB) <= budget.
-            let (mut lo, mut hi) = (1u64, (re - a) / GIB);
+            let (mut lo, mut hi) = (1u64, ((re - a) / GIB).min(self.cap / GIB).max(1));
             while lo < hi {
                 let mid = lo + (hi - lo).div_ceil(2);
                 if self.holes.areas(a, a + mid * GIB) <= budget {
@@ -230,24 +232,51 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     let mut conv = n.cmr_chains.clone();
     intervals::normalize(&mut conv);
     let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
-    let ctx = Ctx {
+    // No TDMR larger than the largest run of memory can give a PAMT to.
+    let largest = intervals::subtract(&mem, &n.avoid)
+        .iter()
+        .map(|&(s, e)| e - s)
+        .max()
+        .unwrap_or(0);
+    let fits = |gib: u64| n.limits.pamt_sizes(gib * GIB).iter().sum::<u64>() <= largest;
+    let (mut lo, mut hi) = (1u64, MAX_PA / GIB);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    let mut ctx = Ctx {
         n,
         holes: Holes::new(&mem, forced),
         mem,
+        cap: lo * GIB,
     };
 
     let max_r = n.limits.max_reserved_per_tdmr;
     let mut last_err = None;
-    for budget in (1..=max_r).rev() {
+    let mut budget = max_r;
+    while budget >= 1 {
         let tdmrs = match ctx.partition(budget) {
             Ok(t) => t,
-            // With the full budget, the limit itself is the answer; with a
-            // lowered one, the reason is the PAMT that did not fit before.
+            // With the full budget and no cap, the limit itself is the
+            // answer; otherwise the reason is the PAMT that did not fit.
             Err(e) => return Err(last_err.unwrap_or(e)),
         };
         match place(&ctx, &tdmrs) {
             Ok(plan) => return Ok(plan),
-            Err(e) => last_err = Some(e),
+            Err(e) => {
+                // A PAMT with no run of memory big enough anywhere: make
+                // TDMRs that large no more (halve it). Otherwise leave room
+                // for a new area by lowering the area budget.
+                match e {
+                    Failed::NoRun { base, end } if end - base > GIB => {
+                        ctx.cap = ((end - base) / 2)
+                            .next_multiple_of(GIB)
+                            .min(end - base - GIB);
+                    }
+                    _ => budget -= 1,
+                }
+                last_err = Some(e.into());
+            }
         }
     }
     Err(last_err.unwrap_or(PlanError::TooManyReservedAreas {
@@ -257,28 +286,88 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     }))
 }
 
+/// Why a placement attempt failed.
+enum Failed {
+    /// No run of free memory is big enough for this TDMR's PAMT.
+    NoRun { base: u64, end: u64 },
+    /// Runs are big enough, but each would need a reserved area in a TDMR
+    /// that has none left.
+    NoArea { base: u64, end: u64, bytes: u64 },
+    /// Anything else.
+    Plan(PlanError),
+}
+
+impl From<Failed> for PlanError {
+    fn from(f: Failed) -> Self {
+        match f {
+            Failed::NoRun { base, end } => PlanError::NoPamtSpace {
+                base,
+                end,
+                bytes: 0,
+            },
+            Failed::NoArea { base, end, bytes } => PlanError::NoPamtSpace { base, end, bytes },
+            Failed::Plan(e) => e,
+        }
+    }
+}
+
+impl From<PlanError> for Failed {
+    fn from(e: PlanError) -> Self {
+        Failed::Plan(e)
+    }
+}
+
 /// Places the PAMTs of `tdmrs` and builds the plan.
-fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, PlanError> {
+fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
     let n = ctx.n;
     let max_r = n.limits.max_reserved_per_tdmr;
     let forced = &ctx.holes.forced;
-    // Slots: memory clipped to each TDMR, minus the ranges to avoid.
+    let sizes: Vec<[u64; 3]> = tdmrs
+        .iter()
+        .map(|&(a, b)| n.limits.pamt_sizes(b - a))
+        .collect();
+    let min_need = sizes
+        .iter()
+        .map(|s| s.iter().sum::<u64>())
+        .min()
+        .unwrap_or(0);
+    // Slots: memory clipped to each TDMR, minus the ranges to avoid; only
+    // those big enough for the smallest PAMT. Neighbours in the (sorted)
+    // memory list tell whether an end touches a hole.
     let mut slots: Vec<Slot> = Vec::new();
     for (t, &(a, b)) in tdmrs.iter().enumerate() {
         let i0 = n.mem.partition_point(|r| r.end <= a);
-        for r in n.mem[i0..].iter().take_while(|r| r.start < b) {
-            let clipped = [(r.start.max(a), r.end.min(b))];
-            for (lo, hi) in intervals::subtract(&clipped, &n.avoid) {
-                let below_is_hole = lo > a && !intervals::intersects(&ctx.mem, lo - 1, lo);
-                let above_is_hole = hi < b && !intervals::intersects(&ctx.mem, hi, hi + 1);
-                let lo_anchor = below_is_hole && {
-                    let hs = ctx.last_mem_end(a, lo).unwrap_or(a);
-                    intervals::intersects(forced, hs, lo)
-                };
-                let hi_anchor = above_is_hole && {
-                    let he = ctx.first_mem(hi, b).unwrap_or(b);
-                    intervals::intersects(forced, hi, he)
-                };
+        for (k, r) in n
+            .mem
+            .iter()
+            .enumerate()
+            .skip(i0)
+            .take_while(|(_, r)| r.start < b)
+        {
+            let prev_end = k.checked_sub(1).map_or(0, |j| n.mem[j].end);
+            let next_start = n.mem.get(k + 1).map_or(MAX_PA, |m| m.start);
+            let clipped = (r.start.max(a), r.end.min(b));
+            let split;
+            let pieces: &[(u64, u64)] = if intervals::intersects(&n.avoid, clipped.0, clipped.1) {
+                split = intervals::subtract(&[clipped], &n.avoid);
+                &split
+            } else {
+                core::slice::from_ref(&clipped)
+            };
+            for &(lo, hi) in pieces {
+                if hi - lo < min_need {
+                    continue;
+                }
+                // A piece end that is not the range end was cut by the TDMR
+                // edge or an avoided range: memory, not a hole, is there.
+                let lo_anchor = lo == r.start
+                    && lo > a
+                    && prev_end < lo
+                    && intervals::intersects(forced, prev_end.max(a), lo);
+                let hi_anchor = hi == r.end
+                    && hi < b
+                    && next_start > hi
+                    && intervals::intersects(forced, hi, next_start.min(b));
                 slots.push(Slot {
                     tdmr: t,
                     node: r.node,
@@ -291,19 +380,21 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, PlanError> {
         }
     }
     let mut used: Vec<usize> = tdmrs.iter().map(|&(a, b)| ctx.holes.areas(a, b)).collect();
-    let sizes: Vec<[u64; 3]> = tdmrs
-        .iter()
-        .map(|&(a, b)| n.limits.pamt_sizes(b - a))
-        .collect();
     let nodes: Vec<u32> = tdmrs.iter().map(|&(a, _)| n.node_at(a)).collect();
     let mut order: Vec<usize> = (0..tdmrs.len()).collect();
     order.sort_by_key(|&t| (core::cmp::Reverse(sizes[t].iter().sum::<u64>()), t));
     let mut pamt = alloc::vec![PamtPlacement::default(); tdmrs.len()];
+    // Slot rooms only shrink, so the order by initial room bounds the scan.
+    let room0: Vec<u64> = slots.iter().map(|s| s.hi - s.lo).collect();
+    let mut by_room: Vec<usize> = (0..slots.len()).collect();
+    by_room.sort_unstable_by_key(|&i| core::cmp::Reverse(room0[i]));
     for t in order {
         let need: u64 = sizes[t].iter().sum();
-        let pick = slots
+        // Slots by size, largest first: only the front can hold the PAMT.
+        let pick = by_room
             .iter()
-            .enumerate()
+            .take_while(|&&i| slots[i].hi - slots[i].lo >= need || room0[i] >= need)
+            .map(|&i| (i, &slots[i]))
             .filter(|(_, s)| s.hi - s.lo >= need)
             .filter_map(|(i, s)| {
                 let cost = usize::from(!(s.lo_anchor || s.hi_anchor));
@@ -313,11 +404,17 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, PlanError> {
             .min()
             .map(|(_, i)| i);
         let Some(i) = pick else {
-            let (a, b) = tdmrs[t];
-            return Err(PlanError::NoPamtSpace {
-                base: a,
-                end: b,
-                bytes: need,
+            let (base, end) = tdmrs[t];
+            // No run big enough at all (only smaller TDMRs help), or runs
+            // whose TDMRs have no area to spare (a lower budget helps).
+            return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
+                Failed::NoArea {
+                    base,
+                    end,
+                    bytes: need,
+                }
+            } else {
+                Failed::NoRun { base, end }
             });
         };
         let s = &mut slots[i];
@@ -362,11 +459,11 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, PlanError> {
             })
             .collect();
         if reserved.len() > max_r {
-            return Err(PlanError::ReservedAreasExhausted {
+            return Err(Failed::Plan(PlanError::ReservedAreasExhausted {
                 base: a,
                 end: b,
                 max: max_r,
-            });
+            }));
         }
         out.push(PlannedTdmr {
             base: a,

@@ -154,6 +154,11 @@ impl fmt::Display for CheckError {
 /// goal for `input`.
 pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), CheckError> {
     let n = Normalized::new(input).map_err(|e| CheckError::Input(alloc::boxed::Box::new(e)))?;
+    check_normalized(plan, &n)
+}
+
+/// [`check`] on an input the planner has already normalized.
+pub(crate) fn check_normalized(plan: &Plan, n: &Normalized) -> Result<(), CheckError> {
     let lim = &n.limits;
     let t = &plan.tdmrs;
     if t.len() > lim.max_tdmrs {

@@ -357,7 +357,7 @@ pub fn plan(input: &PlanInput, strategy: Strategy) -> Result<Plan, PlanError> {
         Strategy::Linux => linux::plan(&norm)?,
     };
     if strategy == Strategy::Best {
-        check(&plan, input).map_err(PlanError::Internal)?;
+        check::check_normalized(&plan, &norm).map_err(PlanError::Internal)?;
     }
     Ok(plan)
 }
