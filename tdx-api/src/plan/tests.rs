@@ -226,8 +226,10 @@ fn linux_reproduces_fill_out_tdmrs() {
     assert!(best.pamt_bytes() < linux.pamt_bytes());
 }
 
-fn arb_map()
--> impl proptest::strategy::Strategy<Value = (Vec<MemRange>, Limits, Option<Vec<(u64, u64)>>)> {
+/// A generated map: usable ranges, limits, and optional CMRs.
+type ArbMap = (Vec<MemRange>, Limits, Option<Vec<(u64, u64)>>);
+
+fn arb_map() -> impl proptest::strategy::Strategy<Value = ArbMap> {
     let ranges = proptest::collection::vec((0u64..200, 1u64..40, 0u32..3), 1..40);
     let limits = (1usize..70, 0usize..20, proptest::option::of(1u8..4));
     let coarse = any::<bool>();
