@@ -229,7 +229,7 @@ struct Slot {
 pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     let mut mem: Vec<(u64, u64)> = n.mem.iter().map(|r| (r.start, r.end)).collect();
     intervals::normalize(&mut mem);
-    let mut conv = n.cmr_chains.clone();
+    let mut conv = n.cmr_chains.list.clone();
     intervals::normalize(&mut conv);
     let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
     // No TDMR larger than the largest run of memory can give a PAMT to.
@@ -384,25 +384,59 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
     let mut order: Vec<usize> = (0..tdmrs.len()).collect();
     order.sort_by_key(|&t| (core::cmp::Reverse(sizes[t].iter().sum::<u64>()), t));
     let mut pamt = alloc::vec![PamtPlacement::default(); tdmrs.len()];
-    // Slot rooms only shrink, so the order by initial room bounds the scan.
-    let room0: Vec<u64> = slots.iter().map(|s| s.hi - s.lo).collect();
-    let mut by_room: Vec<usize> = (0..slots.len()).collect();
-    by_room.sort_unstable_by_key(|&i| core::cmp::Reverse(room0[i]));
+    // Slots that touch a hole needing an area (few); slots per TDMR.
+    let mut anchored: Vec<usize> = (0..slots.len())
+        .filter(|&i| slots[i].lo_anchor || slots[i].hi_anchor)
+        .collect();
+    let mut own: Vec<(usize, usize)> = alloc::vec![(0, 0); tdmrs.len()];
+    for (i, sl) in slots.iter().enumerate() {
+        let r = &mut own[sl.tdmr];
+        if r.1 == 0 {
+            r.0 = i;
+        }
+        r.1 = i + 1;
+    }
     for t in order {
         let need: u64 = sizes[t].iter().sum();
-        // Slots by size, largest first: only the front can hold the PAMT.
-        let pick = by_room
+        let fits = |s: &Slot| s.hi - s.lo >= need;
+        // Best: next to a hole that already has an area (no new area); on
+        // the TDMR's node, in the TDMR itself, with the most room.
+        let free_pick = anchored
             .iter()
-            .take_while(|&&i| slots[i].hi - slots[i].lo >= need || room0[i] >= need)
             .map(|&i| (i, &slots[i]))
-            .filter(|(_, s)| s.hi - s.lo >= need)
-            .filter_map(|(i, s)| {
-                let cost = usize::from(!(s.lo_anchor || s.hi_anchor));
-                (used[s.tdmr] + cost <= max_r)
-                    .then_some(((cost, s.node != nodes[t], s.tdmr != t, i), i))
+            .filter(|(_, s)| fits(s))
+            .min_by_key(|(_, s)| {
+                (
+                    s.node != nodes[t],
+                    s.tdmr != t,
+                    core::cmp::Reverse(s.hi - s.lo),
+                )
             })
-            .min()
-            .map(|(_, i)| i);
+            .map(|(i, _)| i);
+        // Otherwise a new area, in a TDMR that has one to spare: the TDMR's
+        // own memory first, the same node first; stop at the first ideal.
+        let pick = free_pick.or_else(|| {
+            let key = |s: &Slot| (s.node != nodes[t], s.tdmr != t);
+            let mut best: Option<(usize, (bool, bool))> = None;
+            let own_range = own[t].0..own[t].1;
+            for i in own_range
+                .clone()
+                .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
+            {
+                let s = &slots[i];
+                if !fits(s) || used[s.tdmr] >= max_r {
+                    continue;
+                }
+                let k = key(s);
+                if best.is_none_or(|(_, bk)| k < bk) {
+                    best = Some((i, k));
+                    if k == (false, false) {
+                        break;
+                    }
+                }
+            }
+            best.map(|(i, _)| i)
+        });
         let Some(i) = pick else {
             let (base, end) = tdmrs[t];
             // No run big enough at all (only smaller TDMRs help), or runs
@@ -421,6 +455,7 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
         let at = if s.hi_anchor || !s.lo_anchor {
             if !(s.hi_anchor || s.lo_anchor) {
                 used[s.tdmr] += 1;
+                anchored.push(i);
             }
             s.hi -= need;
             s.hi_anchor = true;

@@ -245,7 +245,7 @@ pub(crate) fn check_normalized(plan: &Plan, n: &Normalized) -> Result<(), CheckE
                 });
             }
         }
-        if !intervals::within_one(&n.cmr_chains, b, e) {
+        if !n.cmr_chains.within_one(b, e) {
             return Err(CheckError::PamtOutsideCmrs { tdmr: i, level: l });
         }
         if !intervals::contains(&mem, b, e) || intervals::intersects(&n.avoid, b, e) {
@@ -255,7 +255,7 @@ pub(crate) fn check_normalized(plan: &Plan, n: &Normalized) -> Result<(), CheckE
     // Non-reserved parts in one merged CMR each.
     for (i, parts) in free_parts.iter().enumerate() {
         for &(s, e) in parts {
-            if !intervals::within_one(&n.cmr_chains, s, e) {
+            if !n.cmr_chains.within_one(s, e) {
                 return Err(CheckError::TdmrOutsideCmrs {
                     tdmr: i,
                     start: s,

@@ -19,8 +19,12 @@ pub(crate) fn normalize(v: &mut Vec<(u64, u64)>) {
 
 /// `a` minus `b` (both normalized); the result is normalized.
 pub(crate) fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let mut j = 0;
+    let mut out = Vec::with_capacity(a.len() + b.len().min(a.len() * 4));
+    // Skip the part of `b` before `a` in one search (a short `a` against a
+    // long `b` costs O(log |b| + overlap), not O(|b|)).
+    let mut j = a
+        .first()
+        .map_or(0, |&(s, _)| b.partition_point(|&(_, e)| e <= s));
     for &(mut s, e) in a {
         while j < b.len() && b[j].1 <= s {
             j += 1;
@@ -58,28 +62,49 @@ pub(crate) fn contains(set: &[(u64, u64)], s: u64, e: u64) -> bool {
 
 /// The module's merged CMRs (`is_area_in_cmr`): walking the CMR array in
 /// order and skipping empty slots, a CMR that starts exactly where the
-/// previous non-empty one ended extends the same chain. Returns the chains
-/// as `[first start, last end)`, sorted by start.
-pub(crate) fn cmr_chains(cmrs: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut chains: Vec<(u64, u64)> = Vec::new();
-    let mut prev_end: Option<u64> = None;
-    for &(s, e) in cmrs {
-        if s >= e {
-            continue;
-        }
-        match (chains.last_mut(), prev_end) {
-            (Some(c), Some(pe)) if pe == s => c.1 = c.1.max(e),
-            _ => chains.push((s, e)),
-        }
-        prev_end = Some(e);
-    }
-    chains.sort_unstable();
-    chains
+/// previous non-empty one ended extends the same chain. An area is inside
+/// the CMRs if it lies inside one chain.
+#[derive(Debug, Clone)]
+pub(crate) struct Chains {
+    /// Chains as `[first start, last end)`, sorted by start.
+    pub(crate) list: Vec<(u64, u64)>,
+    /// `max_end[i]`: the largest end among `list[..=i]` (chains may overlap
+    /// when the CMR array is out of order).
+    max_end: Vec<u64>,
 }
 
-/// True if `[s, e)` lies inside one chain (chains may overlap, so scan).
-pub(crate) fn within_one(chains: &[(u64, u64)], s: u64, e: u64) -> bool {
-    chains.iter().any(|&(cs, ce)| cs <= s && e <= ce)
+impl Chains {
+    pub(crate) fn new(cmrs: &[(u64, u64)]) -> Self {
+        let mut list: Vec<(u64, u64)> = Vec::new();
+        let mut prev_end: Option<u64> = None;
+        for &(s, e) in cmrs {
+            if s >= e {
+                continue;
+            }
+            match (list.last_mut(), prev_end) {
+                (Some(c), Some(pe)) if pe == s => c.1 = c.1.max(e),
+                _ => list.push((s, e)),
+            }
+            prev_end = Some(e);
+        }
+        list.sort_unstable();
+        let mut m = 0;
+        let max_end = list
+            .iter()
+            .map(|&(_, e)| {
+                m = m.max(e);
+                m
+            })
+            .collect();
+        Self { list, max_end }
+    }
+
+    /// True if `[s, e)` lies inside one chain: some chain starting at or
+    /// before `s` reaches `e`.
+    pub(crate) fn within_one(&self, s: u64, e: u64) -> bool {
+        let i = self.list.partition_point(|&(cs, _)| cs <= s);
+        i > 0 && self.max_end[i - 1] >= e
+    }
 }
 
 #[cfg(test)]
@@ -104,15 +129,20 @@ mod tests {
     fn cmr_chaining_follows_array_order() {
         // Back to back in array order: one chain.
         assert_eq!(
-            cmr_chains(&[(0, 10), (10, 20), (0, 0), (20, 30)]),
+            Chains::new(&[(0, 10), (10, 20), (0, 0), (20, 30)]).list,
             [(0, 30)]
         );
         // Back to back in address but not in array order: two chains.
         assert_eq!(
-            cmr_chains(&[(10, 20), (40, 50), (0, 10)]),
+            Chains::new(&[(10, 20), (40, 50), (0, 10)]).list,
             [(0, 10), (10, 20), (40, 50)]
         );
-        assert!(within_one(&cmr_chains(&[(0, 10), (10, 20)]), 5, 15));
-        assert!(!within_one(&cmr_chains(&[(10, 20), (0, 10)]), 5, 15));
+        assert!(Chains::new(&[(0, 10), (10, 20)]).within_one(5, 15));
+        assert!(!Chains::new(&[(10, 20), (0, 10)]).within_one(5, 15));
+        // Overlapping chains (an out-of-order array): a wide early chain
+        // still contains an area past a narrow later one.
+        let c = Chains::new(&[(0, 100), (200, 300), (10, 20)]);
+        assert!(c.within_one(15, 90));
+        assert!(!c.within_one(90, 210));
     }
 }

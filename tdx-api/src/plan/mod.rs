@@ -370,7 +370,7 @@ pub(crate) struct Normalized {
     pub(crate) mem: Vec<MemRange>,
     /// Convertible memory as the module sees it: the merged CMR chains,
     /// sorted (`[start, end)`).
-    pub(crate) cmr_chains: Vec<(u64, u64)>,
+    pub(crate) cmr_chains: intervals::Chains,
     pub(crate) limits: Limits,
     pub(crate) avoid: Vec<(u64, u64)>,
     pub(crate) usable_bytes: u64,
@@ -427,9 +427,9 @@ impl Normalized {
             Some(c) => c.clone(),
             None => all.iter().map(|r| (r.start, r.end)).collect(),
         };
-        let cmr_chains = intervals::cmr_chains(&cmrs);
+        let cmr_chains = intervals::Chains::new(&cmrs);
         for r in &mem {
-            if !intervals::within_one(&cmr_chains, r.start, r.end) {
+            if !cmr_chains.within_one(r.start, r.end) {
                 return Err(PlanError::NotConvertible {
                     start: r.start,
                     end: r.end,
