@@ -11,9 +11,13 @@
 
 extern crate alloc;
 
+pub mod module;
+pub mod page_array;
 pub mod plan;
 pub mod platform;
 
+pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};
+pub use page_array::TdxPageArray;
 pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
 pub use tdx_sys as sys;
 pub use tdx_types as types;

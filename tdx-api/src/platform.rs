@@ -217,3 +217,68 @@ pub unsafe trait Platform {
         }
     }
 }
+
+// SAFETY: a reference to a platform that keeps the contract keeps it: every
+// method forwards unchanged.
+unsafe impl<T: Platform + ?Sized> Platform for &T {
+    fn alloc_pages(
+        &self,
+        count: u64,
+        align: u64,
+        placement: Placement,
+    ) -> Result<PfnRun, PlatformError> {
+        (**self).alloc_pages(count, align, placement)
+    }
+    unsafe fn free_pages(&self, run: PfnRun) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).free_pages(run) }
+    }
+    fn leak_pages(&self, run: PfnRun, reason: &'static str) {
+        (**self).leak_pages(run, reason)
+    }
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).read_phys(pa, buf) }
+    }
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).write_phys(pa, data) }
+    }
+    fn cpus(&self) -> u32 {
+        (**self).cpus()
+    }
+    fn package_of(&self, cpu: CpuId) -> PackageId {
+        (**self).package_of(cpu)
+    }
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        (**self).node_of(pfn)
+    }
+    fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+        (**self).on_cpu(cpu, f)
+    }
+    fn wbinvd_all(&self) {
+        (**self).wbinvd_all()
+    }
+    fn clflush_page(&self, pfn: Pfn) {
+        (**self).clflush_page(pfn)
+    }
+    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).movdir64b_clear(run) }
+    }
+    fn yield_now(&self) {
+        (**self).yield_now()
+    }
+    fn keyid_partition(&self) -> KeyIdPartition {
+        (**self).keyid_partition()
+    }
+    fn errata(&self) -> Errata {
+        (**self).errata()
+    }
+    fn on_each_cpu(&self, f: &mut (dyn FnMut(CpuId) + Send)) {
+        (**self).on_each_cpu(f)
+    }
+    fn on_each_package(&self, f: &mut (dyn FnMut(PackageId, CpuId) + Send)) {
+        (**self).on_each_package(f)
+    }
+}

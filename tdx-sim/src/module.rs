@@ -160,6 +160,9 @@ pub(crate) struct Module {
     /// Frames the module owns, and why.
     pub(crate) owned: RangeMap<ModuleUse>,
     pub(crate) ext: ExtState,
+    /// The host took PAMT memory back (after a failed bring-up): the module
+    /// must be reloaded before it is used again.
+    pub(crate) abandoned: bool,
     /// Metadata fields in walk order, and their index.
     fields: Vec<(MdFieldId, u64)>,
     field_index: HashMap<u64, usize>,
@@ -195,6 +198,7 @@ impl Module {
             pamt: Default::default(),
             owned: RangeMap::new(),
             ext: ExtState::default(),
+            abandoned: false,
             fields,
             field_index,
         }

@@ -446,6 +446,10 @@ impl State {
         if lv.version() > self.machine.desc.profile.max_version(leaf) {
             return TdxStatus::OPERAND_INVALID;
         }
+        if self.module.abandoned {
+            self.violations
+                .push(Violation::ModuleUsedAfterAbandon { leaf: leaf.0 });
+        }
         let fault = self.faults.on_call(leaf);
         let stop_early = match fault {
             Some(crate::faults::FaultAction::Status(s)) => return s,
@@ -523,6 +527,18 @@ unsafe impl Platform for Simulator {
     unsafe fn free_pages(&self, run: PfnRun) {
         let mut s = self.lock();
         let (a, b) = (run.first().as_u64(), run.end());
+        // Taking a PAMT back abandons the module: legitimate after a failed
+        // bring-up (the module must be reloaded before any other SEAMCALL,
+        // which the simulator then records as a violation).
+        let pamt_only = s
+            .module
+            .owned
+            .all_in(a, b, |u| matches!(u, crate::module::ModuleUse::Pamt(_)));
+        if pamt_only && s.mem.is_ram(a, b) {
+            s.module.abandoned = true;
+            s.module.owned.remove(a, b);
+            s.mem.set_state(a, b, PageState::Host);
+        }
         let bad: Vec<(u64, PageState)> = s
             .mem
             .states(a, b)

@@ -60,6 +60,12 @@ pub enum Violation {
         /// The leaf.
         leaf: &'static str,
     },
+    /// A SEAMCALL after the host took the module's PAMT memory back: the
+    /// module must be reloaded first.
+    ModuleUsedAfterAbandon {
+        /// The leaf number.
+        leaf: u16,
+    },
     /// The host leaked a page it did not own.
     LeakedPageNotOwned {
         /// The frame.
@@ -101,6 +107,11 @@ impl fmt::Display for Violation {
             Self::ModuleReadNonRam { pa, leaf } => {
                 write!(f, "{leaf} made the module read {pa:#x}, which is not RAM")
             }
+            Self::ModuleUsedAfterAbandon { leaf } => write!(
+                f,
+                "{} after the host took the PAMT memory back (the module must be reloaded first)",
+                tdx_types::Leaf(*leaf)
+            ),
             Self::LeakedPageNotOwned { pfn, state } => {
                 write!(f, "host leaked frame {pfn:#x}, which was {state:?}")
             }

@@ -1,0 +1,892 @@
+//! Safe bring-up of the TDX module, as type-states:
+//! [`TdxModule<Unconfigured>`] → [`TdxModule<TdmrsSet>`] →
+//! [`TdxModule<ExtInited>`].
+//!
+//! - [`TdxModule::init`]: TDH.SYS.INIT once, TDH.SYS.LP.INIT on every CPU,
+//!   the global metadata read into a typed [`SysInfo`] (NO_RBP_MOD
+//!   required).
+//! - [`TdxModule::configure`]: the TDMR/PAMT plan for the module's limits,
+//!   PAMTs allocated exactly where the plan puts them (re-planned around
+//!   what the platform cannot give), TDMR_INFOs written, TDH.SYS.CONFIG,
+//!   WBINVD, TDH.SYS.KEY.CONFIG once per package, TDH.SYS.TDMR.INIT for
+//!   every TDMR until done.
+//! - [`TdxModule::init_extensions`]: the extension memory pool
+//!   (TDH.EXT.MEM.ADD, in windows of at most 512 pages) when the module asks
+//!   for one, TDH.EXT.INIT when EXT_REQUIRED, each decided on its own; a
+//!   no-op transition when neither applies.
+//!
+//! Failures: a step that fails before the module took anything hands the
+//! old handle back with the error ([`Refused`]). After TDH.SYS.CONFIG
+//! succeeded, a failure flushes every cache (and clears the PAMTs with
+//! MOVDIR64B on platforms with the partial-write erratum) before any page
+//! returns to the allocator, and the error says the module must be reloaded.
+//!
+//! Policy (what Linux does, bounded): `TDX_RND_NO_ENTROPY` and
+//! `TDX_KEY_GENERATION_FAILED` are retried up to [`ENTROPY_RETRIES`] times;
+//! busy statuses up to [`BUSY_RETRIES`] times with a yield in between;
+//! interrupted-resumable leaves are resumed, yielding between calls, for as
+//! long as they make progress ([`NO_PROGRESS_LIMIT`] calls without it is an
+//! error).
+
+// UNSAFETY: bring-up issues the raw leaves of tdx-sys (each an `unsafe fn`)
+// and uses the Platform's direct map; every call states which obligation of
+// the tdx-sys contract it meets and why.
+#![allow(unsafe_code)]
+
+use alloc::vec::Vec;
+use core::{fmt, marker::PhantomData};
+
+use tdx_sys::{Seamcall, leaf};
+use tdx_types::{
+    ErrorKind, Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxError, TdxStatus,
+    abi::TdmrInfo,
+    metadata::{KeyIdPartitionError, MdFieldId, TdxFeatures0, field},
+    regs::SysConfigKeyId,
+};
+use zerocopy::IntoBytes;
+
+use crate::{
+    page_array::TdxPageArray,
+    plan::{self, Plan, PlanError, PlanInput, Strategy},
+    platform::{CpuId, PackageId, Placement, Platform, PlatformError},
+};
+
+/// Retries of a leaf that ran out of entropy (Linux: `RDRAND_RETRY_LOOPS`).
+pub const ENTROPY_RETRIES: u32 = 10;
+/// Retries of a leaf that found a lock busy.
+pub const BUSY_RETRIES: u32 = 1000;
+/// Calls of a resumable leaf in a row without progress before giving up.
+pub const NO_PROGRESS_LIMIT: u32 = 64;
+/// Times bring-up re-plans around PAMT ranges the platform cannot give.
+pub const REPLAN_LIMIT: u32 = 8;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A bring-up state. Sealed: the three states below are the only ones.
+pub trait ModuleState: sealed::Sealed {}
+
+/// TDH.SYS.INIT and TDH.SYS.LP.INIT done, metadata read.
+#[derive(Debug)]
+pub struct Unconfigured(());
+/// TDMRs configured, keys programmed, every TDMR initialized.
+#[derive(Debug)]
+pub struct TdmrsSet(());
+/// Extensions initialized (or not needed): the module is ready for TDs.
+#[derive(Debug)]
+pub struct ExtInited(());
+
+impl sealed::Sealed for Unconfigured {}
+impl sealed::Sealed for TdmrsSet {}
+impl sealed::Sealed for ExtInited {}
+impl ModuleState for Unconfigured {}
+impl ModuleState for TdmrsSet {}
+impl ModuleState for ExtInited {}
+
+/// The global metadata the host needs, read once with TDH.SYS.RD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysInfo {
+    /// TDX_FEATURES0.
+    pub features0: TdxFeatures0,
+    /// MAX_TDMRS.
+    pub max_tdmrs: u16,
+    /// MAX_RESERVED_PER_TDMR.
+    pub max_reserved_per_tdmr: u16,
+    /// PAMT entry sizes (4K, 2M, 1G).
+    pub pamt_entry_size: [u16; 3],
+    /// TDR_BASE_SIZE.
+    pub tdr_base_size: u16,
+    /// TDCS_BASE_SIZE.
+    pub tdcs_base_size: u16,
+    /// TDVPS_BASE_SIZE.
+    pub tdvps_base_size: u16,
+    /// ATTRIBUTES_FIXED0 / FIXED1.
+    pub attributes_fixed: (u64, u64),
+    /// XFAM_FIXED0 / FIXED1.
+    pub xfam_fixed: (u64, u64),
+    /// MAX_VCPUS_PER_TD.
+    pub max_vcpus_per_td: u16,
+    /// The configurable CPUID leaves and their values (ebx:eax, edx:ecx).
+    pub cpuid_config: Vec<(u64, [u64; 2])>,
+    /// CMRs `(base, size)` with size > 0, when the module reports them.
+    pub cmrs: Option<Vec<(u64, u64)>>,
+    /// MEMORY_POOL_REQUIRED_PAGES, when the module has Extensions.
+    pub memory_pool_required_pages: u32,
+    /// EXT_REQUIRED, when the module has Extensions.
+    pub ext_required: bool,
+}
+
+impl SysInfo {
+    /// The planner's limits for this module.
+    pub fn limits(&self) -> plan::Limits {
+        plan::Limits {
+            max_tdmrs: usize::from(self.max_tdmrs),
+            max_reserved_per_tdmr: usize::from(self.max_reserved_per_tdmr),
+            pamt_entry_size: self.pamt_entry_size,
+            dpamt_bitmap_bits: None,
+        }
+    }
+}
+
+/// The bring-up step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Reading MSR 0x87.
+    KeyIds,
+    /// TDH.SYS.INIT.
+    SysInit,
+    /// TDH.SYS.LP.INIT on a CPU.
+    LpInit(CpuId),
+    /// TDH.SYS.RD of a field.
+    ReadMetadata(MdFieldId),
+    /// Planning TDMRs.
+    Plan,
+    /// Allocating PAMTs or buffers.
+    Allocate,
+    /// TDH.SYS.CONFIG.
+    Config,
+    /// TDH.SYS.KEY.CONFIG on a package.
+    KeyConfig(PackageId),
+    /// TDH.SYS.TDMR.INIT of the TDMR at this base.
+    TdmrInit(u64),
+    /// TDH.EXT.MEM.ADD of a window of the pool.
+    ExtMemAdd {
+        /// First page of the window (index into the pool).
+        window: usize,
+    },
+    /// TDH.EXT.INIT.
+    ExtInit,
+}
+
+/// Why bring-up failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BringUpError {
+    /// A SEAMCALL failed.
+    #[error("{step:?}: {error}")]
+    Seamcall {
+        /// Where.
+        step: Step,
+        /// The leaf and status.
+        error: TdxError,
+    },
+    /// A resumable leaf stopped making progress.
+    #[error("{step:?}: {leaf} made no progress in {calls} calls")]
+    NoProgress {
+        /// Where.
+        step: Step,
+        /// The leaf.
+        leaf: Leaf,
+        /// Calls without progress.
+        calls: u32,
+    },
+    /// The KeyID partition cannot support TDX.
+    #[error("KeyID partition: {0}")]
+    KeyIds(KeyIdPartitionError),
+    /// The module lacks a feature tdx-rs requires.
+    #[error("the TDX module lacks {0} (TDX_FEATURES0)")]
+    MissingFeature(&'static str),
+    /// No plan for this machine and module.
+    #[error("planning: {0}")]
+    Plan(PlanError),
+    /// The platform could not provide memory.
+    #[error("{step:?}: {error}")]
+    Platform {
+        /// Where.
+        step: Step,
+        /// What.
+        error: PlatformError,
+    },
+}
+
+/// A step refused before the module took anything: the handle comes back
+/// unchanged with the error.
+pub struct Refused<T> {
+    /// What went wrong.
+    pub error: BringUpError,
+    /// The handle, as it was before the step.
+    pub handle: T,
+}
+
+impl<T> fmt::Debug for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configuration failed after TDH.SYS.CONFIG: the module holds a
+/// configuration it cannot finish and must be reloaded before TDX can be
+/// used. Caches were flushed (and PAMTs cleared where the erratum needs it)
+/// before the PAMT pages went back to the allocator.
+pub struct MustReload<B, P> {
+    /// What went wrong.
+    pub error: BringUpError,
+    /// The backend, for the reload.
+    pub backend: B,
+    /// The platform.
+    pub platform: P,
+}
+
+impl<B, P> fmt::Debug for MustReload<B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MustReload")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`TdxModule::configure`] failed.
+#[derive(Debug)]
+pub enum ConfigureError<B, P> {
+    /// Nothing was handed to the module: the unconfigured handle is back.
+    Refused(alloc::boxed::Box<Refused<TdxModule<Unconfigured, B, P>>>),
+    /// The module took the configuration and then failed.
+    MustReload(MustReload<B, P>),
+}
+
+impl<B, P> ConfigureError<B, P> {
+    /// The error, whichever kind.
+    pub fn error(&self) -> &BringUpError {
+        match self {
+            Self::Refused(r) => &r.error,
+            Self::MustReload(m) => &m.error,
+        }
+    }
+}
+
+/// What bring-up did, for reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BringUpStats {
+    /// SEAMCALLs issued (retries and resumptions included).
+    pub seamcalls: u64,
+    /// Retries after busy or no-entropy statuses.
+    pub retries: u64,
+    /// Re-plans around PAMT ranges the platform could not give.
+    pub replans: u32,
+}
+
+/// The TDX module, in bring-up state `S`, driven through backend `B` on
+/// platform `P`.
+///
+/// # Invariants
+///
+/// The state parameter matches what the module has done: only this module
+/// creates handles, and each transition issues the leaves of its state.
+pub struct TdxModule<S: ModuleState, B, P> {
+    backend: B,
+    platform: P,
+    info: SysInfo,
+    global_keyid: u16,
+    plan: Option<Plan>,
+    /// PAMT runs, one per TDMR, owned by the module from TDH.SYS.CONFIG on.
+    pamts: Vec<PfnRun>,
+    /// Extension pool pages donated so far (the module keeps them).
+    pool: Vec<PfnRun>,
+    stats: BringUpStats,
+    _state: PhantomData<S>,
+}
+
+impl<S: ModuleState, B, P> fmt::Debug for TdxModule<S, B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdxModule")
+            .field("state", &core::any::type_name::<S>())
+            .field("info", &self.info)
+            .field("tdmrs", &self.plan.as_ref().map(|p| p.tdmrs.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ModuleState, B, P> TdxModule<S, B, P> {
+    /// The global metadata.
+    pub fn sysinfo(&self) -> &SysInfo {
+        &self.info
+    }
+
+    /// The plan the module was configured with (none before `configure`).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// The global private KeyID.
+    pub fn global_keyid(&self) -> u16 {
+        self.global_keyid
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &BringUpStats {
+        &self.stats
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Pages donated to the extension pool.
+    pub fn pool_pages(&self) -> u64 {
+        self.pool.iter().map(|r| r.count()).sum()
+    }
+
+    fn into_state<T: ModuleState>(self) -> TdxModule<T, B, P> {
+        TdxModule {
+            backend: self.backend,
+            platform: self.platform,
+            info: self.info,
+            global_keyid: self.global_keyid,
+            plan: self.plan,
+            pamts: self.pamts,
+            pool: self.pool,
+            stats: self.stats,
+            _state: PhantomData,
+        }
+    }
+}
+
+/// Runs `call` (one SEAMCALL) under the retry policy: entropy and busy
+/// statuses are retried, bounded; anything else is returned.
+fn with_retries<P: Platform>(
+    platform: &P,
+    stats: &mut BringUpStats,
+    leaf: LeafVersion,
+    step: Step,
+    mut call: impl FnMut() -> TdxStatus,
+) -> Result<TdxStatus, BringUpError> {
+    let (mut entropy, mut busy) = (0, 0);
+    loop {
+        stats.seamcalls += 1;
+        let s = call();
+        match s.kind() {
+            None | Some(ErrorKind::Interrupted) => return Ok(s),
+            Some(ErrorKind::NoEntropy) if entropy < ENTROPY_RETRIES => entropy += 1,
+            Some(ErrorKind::Busy) if busy < BUSY_RETRIES => {
+                busy += 1;
+                platform.yield_now();
+            }
+            _ => {
+                return Err(BringUpError::Seamcall {
+                    step,
+                    error: TdxError::new(leaf, s),
+                });
+            }
+        }
+        stats.retries += 1;
+    }
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
+    /// TDH.SYS.INIT, TDH.SYS.LP.INIT on every CPU, and the global metadata.
+    ///
+    /// On failure the backend and platform come back with the error.
+    #[doc(alias = "TDH.SYS.INIT")]
+    #[doc(alias = "TDH.SYS.LP.INIT")]
+    #[doc(alias = "TDH.SYS.RD")]
+    pub fn init(backend: B, platform: P) -> Result<Self, Refused<(B, P)>> {
+        let mut stats = BringUpStats::default();
+        match Self::init_inner(&backend, &platform, &mut stats) {
+            Ok((info, global_keyid)) => Ok(Self {
+                backend,
+                platform,
+                info,
+                global_keyid,
+                plan: None,
+                pamts: Vec::new(),
+                pool: Vec::new(),
+                stats,
+                _state: PhantomData,
+            }),
+            Err(error) => Err(Refused {
+                error,
+                handle: (backend, platform),
+            }),
+        }
+    }
+
+    fn init_inner(b: &B, p: &P, stats: &mut BringUpStats) -> Result<(SysInfo, u16), BringUpError> {
+        let keyids = p.keyid_partition();
+        keyids.check().map_err(BringUpError::KeyIds)?;
+        let mut result = Ok(TdxStatus::SUCCESS);
+        p.on_cpu(CpuId(0), &mut || {
+            result = with_retries(p, stats, Leaf::SYS_INIT.v0(), Step::SysInit, || {
+                // SAFETY: TDH.SYS.INIT takes no memory operand.
+                unsafe { leaf::tdh_sys_init(b) }
+            });
+        });
+        result?;
+        let mut failed = None;
+        p.on_each_cpu(&mut |cpu| {
+            if failed.is_some() {
+                return;
+            }
+            let r = with_retries(p, stats, Leaf::SYS_LP_INIT.v0(), Step::LpInit(cpu), || {
+                // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_each_cpu`
+                // runs this on `cpu` (Platform contract point 2).
+                unsafe { leaf::tdh_sys_lp_init(b) }
+            });
+            if let Err(e) = r {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut info = None;
+        p.on_cpu(CpuId(0), &mut || info = Some(read_sysinfo(b, p, stats)));
+        let info = info.expect("on_cpu runs the closure")?;
+        if !info.features0.no_rbp_mod() {
+            return Err(BringUpError::MissingFeature("NO_RBP_MOD"));
+        }
+        Ok((info, keyids.global_keyid() as u16))
+    }
+
+    /// The plan for `input` with this module's limits (what `configure`
+    /// will use), without touching anything.
+    pub fn plan_for(&self, input: &PlanInput) -> Result<Plan, PlanError> {
+        let mut input = input.clone();
+        input.limits = self.info.limits();
+        if input.cmrs.is_none() {
+            input.cmrs = self
+                .info
+                .cmrs
+                .as_ref()
+                .map(|c| c.iter().map(|&(b, s)| (b, b + s)).collect());
+        }
+        plan::plan(&input, Strategy::Best)
+    }
+
+    /// Configures the TDMRs for `input` (the machine's usable memory) and
+    /// initializes them: plan, PAMTs, TDH.SYS.CONFIG, WBINVD,
+    /// TDH.SYS.KEY.CONFIG on each package, TDH.SYS.TDMR.INIT until done.
+    #[doc(alias = "TDH.SYS.CONFIG")]
+    #[doc(alias = "TDH.SYS.KEY.CONFIG")]
+    #[doc(alias = "TDH.SYS.TDMR.INIT")]
+    pub fn configure(
+        mut self,
+        input: &PlanInput,
+    ) -> Result<TdxModule<TdmrsSet, B, P>, ConfigureError<B, P>> {
+        let refused = |m: Self, error| {
+            Err(ConfigureError::Refused(alloc::boxed::Box::new(Refused {
+                error,
+                handle: m,
+            })))
+        };
+        // 1. Plan and get exactly the PAMT ranges; re-plan around refusals.
+        let mut input = input.clone();
+        let (plan, pamts) = loop {
+            let plan = match self.plan_for(&input) {
+                Ok(p) => p,
+                Err(e) => return refused(self, BringUpError::Plan(e)),
+            };
+            match alloc_pamts(&self.platform, &plan) {
+                Ok(runs) => break (plan, runs),
+                Err(missing) if self.stats.replans < REPLAN_LIMIT => {
+                    self.stats.replans += 1;
+                    input.avoid.push(missing);
+                }
+                Err((s, e)) => {
+                    let error = PlatformError::OutOfMemory {
+                        count: (e - s) / 4096,
+                        align: 1,
+                        placement: Placement::Exact(Pfn::new(s / 4096)),
+                    };
+                    return refused(
+                        self,
+                        BringUpError::Platform {
+                            step: Step::Allocate,
+                            error,
+                        },
+                    );
+                }
+            }
+        };
+        // 2. TDMR_INFOs and their address array in host memory.
+        let infos = plan.tdmr_infos();
+        let buf = match write_config_buffer(&self.platform, &infos) {
+            Ok(b) => b,
+            Err(error) => {
+                free_runs(&self.platform, &pamts);
+                return refused(
+                    self,
+                    BringUpError::Platform {
+                        step: Step::Allocate,
+                        error,
+                    },
+                );
+            }
+        };
+        // 3. TDH.SYS.CONFIG.
+        let keyid = SysConfigKeyId::new().with_hkid(self.global_keyid);
+        let (b, p) = (&self.backend, &self.platform);
+        let r = with_retries(
+            p,
+            &mut self.stats,
+            Leaf::SYS_CONFIG.v0(),
+            Step::Config,
+            || {
+                // SAFETY: the array and the TDMR_INFOs are in `buf`, host memory
+                // allocated for this call and not touched until it returns; the
+                // PAMT runs were allocated for the module and are handed over
+                // here (crate-level contract of tdx-sys, points 1 and 2).
+                unsafe { leaf::tdh_sys_config(b, buf.hpa(), infos.len() as u64, keyid) }
+            },
+        );
+        // SAFETY: `buf` came from this platform; the module only read it.
+        unsafe { p.free_pages(buf) };
+        if let Err(error) = r {
+            // The module keeps nothing of a refused configuration (it does
+            // keep the global KeyID reserved, which a retry reuses).
+            free_runs(p, &pamts);
+            return refused(self, error);
+        }
+        self.plan = Some(plan);
+        self.pamts = pamts;
+        // 4. Keys and TDMRs; from here on a failure means reload.
+        match self.program_keys_and_init_tdmrs() {
+            Ok(()) => Ok(self.into_state()),
+            Err(error) => Err(ConfigureError::MustReload(self.abandon(error))),
+        }
+    }
+
+    fn program_keys_and_init_tdmrs(&mut self) -> Result<(), BringUpError> {
+        let (b, p) = (&self.backend, &self.platform);
+        let stats = &mut self.stats;
+        // PAMT lines dirtied under KeyID 0 must not be written back over
+        // what the module writes under the global KeyID.
+        p.wbinvd_all();
+        let mut failed = None;
+        p.on_each_package(&mut |pkg, _cpu| {
+            if failed.is_some() {
+                return;
+            }
+            let r = with_retries(
+                p,
+                stats,
+                Leaf::SYS_KEY_CONFIG.v0(),
+                Step::KeyConfig(pkg),
+                || {
+                    // SAFETY: no memory operand; runs on a CPU of `pkg`.
+                    unsafe { leaf::tdh_sys_key_config(b) }
+                },
+            );
+            if let Err(e) = r {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let bases: Vec<(u64, u64)> = self.plan.as_ref().map_or(Vec::new(), |pl| {
+            pl.tdmrs.iter().map(|t| (t.base, t.end())).collect()
+        });
+        for (base, end) in bases {
+            let step = Step::TdmrInit(base);
+            let mut last = 0;
+            let mut stalled = 0;
+            loop {
+                let mut out = 0;
+                let s = with_retries(p, stats, Leaf::SYS_TDMR_INIT.v0(), step, || {
+                    // SAFETY: the module writes the TDMR's PAMT, which it
+                    // owns since TDH.SYS.CONFIG.
+                    let c = unsafe { leaf::tdh_sys_tdmr_init(b, Hpa::new(base)) };
+                    out = c.out;
+                    c.status
+                })?;
+                if s == TdxStatus::TDMR_ALREADY_INITIALIZED || out >= end {
+                    break;
+                }
+                // Progress is reported at 1 GiB granularity: many calls in
+                // a row may return the same value.
+                if out > last {
+                    last = out;
+                    stalled = 0;
+                } else {
+                    stalled += 1;
+                    if stalled > (1 << 30) / (4 << 10) {
+                        return Err(BringUpError::NoProgress {
+                            step,
+                            leaf: Leaf::SYS_TDMR_INIT,
+                            calls: stalled,
+                        });
+                    }
+                }
+                p.yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure past TDH.SYS.CONFIG: flush every cache, clear the
+    /// PAMTs where the erratum needs it, give the PAMT pages back.
+    fn abandon(self, error: BringUpError) -> MustReload<B, P> {
+        let p = &self.platform;
+        p.wbinvd_all();
+        if p.errata().tdx_pw_mce {
+            for r in &self.pamts {
+                // SAFETY: the module is being abandoned (it must be reloaded
+                // before any further SEAMCALL), so the PAMT is ours again.
+                unsafe { p.movdir64b_clear(*r) };
+            }
+        }
+        free_runs(p, &self.pamts);
+        MustReload {
+            error,
+            backend: self.backend,
+            platform: self.platform,
+        }
+    }
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
+    /// Initializes the module Extensions: TDH.EXT.MEM.ADD of the pool the
+    /// module asks for (when MEMORY_POOL_REQUIRED_PAGES > 0) and
+    /// TDH.EXT.INIT (when EXT_REQUIRED), each decided on its own. A no-op
+    /// transition for a module without Extensions.
+    ///
+    /// Pool pages are donated for good. On failure the handle comes back
+    /// (pages donated so far stay donated and are counted; a retry donates
+    /// only what is still missing).
+    #[doc(alias = "TDH.EXT.MEM.ADD")]
+    #[doc(alias = "TDH.EXT.INIT")]
+    pub fn init_extensions(
+        mut self,
+    ) -> Result<TdxModule<ExtInited, B, P>, alloc::boxed::Box<Refused<Self>>> {
+        if !self.info.features0.ext() {
+            return Ok(self.into_state());
+        }
+        match self.init_extensions_inner() {
+            Ok(()) => Ok(self.into_state()),
+            Err(error) => Err(alloc::boxed::Box::new(Refused {
+                error,
+                handle: self,
+            })),
+        }
+    }
+
+    fn init_extensions_inner(&mut self) -> Result<(), BringUpError> {
+        let need =
+            u64::from(self.info.memory_pool_required_pages).saturating_sub(self.pool_pages());
+        if need > 0 {
+            self.donate_pool(need)?;
+        }
+        if self.info.ext_required {
+            let (b, p) = (&self.backend, &self.platform);
+            let stats = &mut self.stats;
+            let mut calls_without_end = 0;
+            loop {
+                let s = with_retries(p, stats, Leaf::EXT_INIT.v0(), Step::ExtInit, || {
+                    // SAFETY: TDH.EXT.INIT takes no memory operand.
+                    unsafe { leaf::tdh_ext_init(b) }
+                })?;
+                if s != TdxStatus::INTERRUPTED_RESUMABLE {
+                    break;
+                }
+                // The leaf keeps its progress inside the module; bound the
+                // number of resumptions.
+                calls_without_end += 1;
+                if calls_without_end > NO_PROGRESS_LIMIT * 16 {
+                    return Err(BringUpError::NoProgress {
+                        step: Step::ExtInit,
+                        leaf: Leaf::EXT_INIT,
+                        calls: calls_without_end,
+                    });
+                }
+                p.yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Donates `count` pages in windows of at most 512.
+    fn donate_pool(&mut self, count: u64) -> Result<(), BringUpError> {
+        let step = Step::ExtMemAdd { window: 0 };
+        let mut array = TdxPageArray::alloc_contiguous(&self.platform, count, Placement::Anywhere)
+            .map_err(|error| BringUpError::Platform { step, error })?;
+        let (b, p) = (&self.backend, &self.platform);
+        let mut donated = 0usize;
+        let mut result = Ok(());
+        let mut offset = 0;
+        'windows: while offset < array.len() {
+            let n = array.populate(p, offset);
+            let step = Step::ExtMemAdd { window: offset };
+            let mut info = array.hpa_list_info();
+            let mut stalled = 0;
+            loop {
+                let mut out = info;
+                let r = with_retries(p, &mut self.stats, Leaf::EXT_MEM_ADD.v0(), step, || {
+                    // SAFETY: the window's pages belong to `array` (allocated
+                    // for the module) and are handed over for good; the root
+                    // page is host memory the module reads during the call.
+                    let c = unsafe { leaf::tdh_ext_mem_add(b, info) };
+                    out = c.out;
+                    c.status
+                });
+                match r {
+                    Ok(TdxStatus::INTERRUPTED_RESUMABLE) => {
+                        let progress = out.first_entry() > info.first_entry();
+                        if progress {
+                            stalled = 0;
+                        } else {
+                            stalled += 1;
+                            if stalled >= NO_PROGRESS_LIMIT {
+                                result = Err(BringUpError::NoProgress {
+                                    step,
+                                    leaf: Leaf::EXT_MEM_ADD,
+                                    calls: stalled,
+                                });
+                                donated = offset + usize::from(out.first_entry());
+                                break 'windows;
+                            }
+                        }
+                        info = out;
+                        p.yield_now();
+                    }
+                    Ok(_) => {
+                        offset += n;
+                        donated = offset;
+                        break;
+                    }
+                    Err(e) => {
+                        // Entries before FIRST_ENTRY were taken.
+                        donated = offset + usize::from(info.first_entry());
+                        result = Err(e);
+                        break 'windows;
+                    }
+                }
+            }
+        }
+        let given = array.split_donated(p, donated);
+        self.pool.extend(given);
+        result
+    }
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<ExtInited, B, P> {
+    /// True: a module in this state is ready for Trust Domains.
+    pub fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Allocates every TDMR's PAMT exactly where the plan puts it. On failure
+/// frees what it got and returns the range it could not get.
+fn alloc_pamts<P: Platform>(p: &P, plan: &Plan) -> Result<Vec<PfnRun>, (u64, u64)> {
+    let mut runs = Vec::with_capacity(plan.tdmrs.len());
+    for t in &plan.tdmrs {
+        let (base, bytes) = (t.pamt.l4k.0, t.pamt.bytes());
+        match p.alloc_pages(bytes / 4096, 1, Placement::Exact(Pfn::new(base / 4096))) {
+            Ok(r) => runs.push(r),
+            Err(_) => {
+                free_runs(p, &runs);
+                return Err((base, base + bytes));
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn free_runs<P: Platform>(p: &P, runs: &[PfnRun]) {
+    for r in runs {
+        // SAFETY: every run came from `alloc_pamts` on this platform, and
+        // callers only free runs the module does not (or no longer) own,
+        // after the flushes the ABI requires.
+        unsafe { p.free_pages(*r) };
+    }
+}
+
+/// Writes the TDMR_INFOs and the array of their addresses into fresh host
+/// pages: page 0 holds the array (512-byte aligned), the TDMR_INFOs follow
+/// at 512-byte strides.
+fn write_config_buffer<P: Platform>(p: &P, infos: &[TdmrInfo]) -> Result<PfnRun, PlatformError> {
+    let pages = (infos.len() as u64 * 512).div_ceil(4096) + 1;
+    let run = p.alloc_pages(pages, 1, Placement::Anywhere)?;
+    let base = run.hpa().as_u64();
+    let mut array = Vec::with_capacity(infos.len() * 8);
+    for (i, t) in infos.iter().enumerate() {
+        let pa = base + 4096 + 512 * i as u64;
+        array.extend_from_slice(&pa.to_le_bytes());
+        // SAFETY: `run` was just allocated from this platform for us.
+        unsafe { p.write_phys(Hpa::new(pa), t.as_bytes()) };
+    }
+    // SAFETY: as above.
+    unsafe { p.write_phys(run.hpa(), &array) };
+    Ok(run)
+}
+
+/// Reads [`SysInfo`] with TDH.SYS.RD.
+fn read_sysinfo<B: Seamcall, P: Platform>(
+    b: &B,
+    p: &P,
+    stats: &mut BringUpStats,
+) -> Result<SysInfo, BringUpError> {
+    let mut rd = |f: MdFieldId| -> Result<u64, BringUpError> {
+        let mut value = 0;
+        with_retries(p, stats, Leaf::SYS_RD.v0(), Step::ReadMetadata(f), || {
+            // SAFETY: TDH.SYS.RD takes no memory operand.
+            let c = unsafe { leaf::tdh_sys_rd(b, f) };
+            value = c.out.value;
+            c.status
+        })?;
+        Ok(value)
+    };
+    let features0 = TdxFeatures0::from_bits(rd(field::TDX_FEATURES0)?);
+    let n = rd(field::NUM_CPUID_CONFIG)? as u32;
+    let mut cpuid_config = Vec::with_capacity(n as usize);
+    for i in 0..n.min(128) {
+        let id = |f: Option<MdFieldId>| f.ok_or(BringUpError::MissingFeature("CPUID_CONFIG index"));
+        let leaf = rd(id(field::cpuid_config_leaf(i))?)?;
+        let v0 = rd(id(field::cpuid_config_value(i, 0))?)?;
+        let v1 = rd(id(field::cpuid_config_value(i, 1))?)?;
+        cpuid_config.push((leaf, [v0, v1]));
+    }
+    // CMRs: optional (fields from a proposed series; absent on some modules).
+    let cmrs = match rd(field::NUM_CMRS) {
+        Ok(n) => {
+            let mut v = Vec::new();
+            for i in 0..(n as u32).min(32) {
+                let (Some(bf), Some(sf)) = (field::cmr_base(i), field::cmr_size(i)) else {
+                    break;
+                };
+                let (base, size) = (rd(bf)?, rd(sf)?);
+                if size > 0 {
+                    v.push((base, size));
+                }
+            }
+            Some(v)
+        }
+        Err(_) => None,
+    };
+    let (pool, ext_required) = if features0.ext() {
+        (
+            rd(field::EXT_MEMORY_POOL_REQUIRED_PAGES)? as u32,
+            rd(field::EXT_REQUIRED)? != 0,
+        )
+    } else {
+        (0, false)
+    };
+    Ok(SysInfo {
+        features0,
+        max_tdmrs: rd(field::MAX_TDMRS)? as u16,
+        max_reserved_per_tdmr: rd(field::MAX_RESERVED_PER_TDMR)? as u16,
+        pamt_entry_size: [
+            rd(field::PAMT_4K_ENTRY_SIZE)? as u16,
+            rd(field::PAMT_2M_ENTRY_SIZE)? as u16,
+            rd(field::PAMT_1G_ENTRY_SIZE)? as u16,
+        ],
+        tdr_base_size: rd(field::TDR_BASE_SIZE)? as u16,
+        tdcs_base_size: rd(field::TDCS_BASE_SIZE)? as u16,
+        tdvps_base_size: rd(field::TDVPS_BASE_SIZE)? as u16,
+        attributes_fixed: (rd(field::ATTRIBUTES_FIXED0)?, rd(field::ATTRIBUTES_FIXED1)?),
+        xfam_fixed: (rd(field::XFAM_FIXED0)?, rd(field::XFAM_FIXED1)?),
+        max_vcpus_per_td: rd(field::MAX_VCPUS_PER_TD)? as u16,
+        cpuid_config,
+        cmrs,
+        memory_pool_required_pages: pool,
+        ext_required,
+    })
+}
