@@ -217,6 +217,35 @@ impl PhysMem {
         self.cache_generation += 1;
     }
 
+    /// Drops every line of private KeyID `keyid` (TDH.PHYMEM.CACHE.WB on
+    /// every package).
+    pub(crate) fn flush_keyid(&mut self, keyid: u16) {
+        let hit: Vec<(u64, u64)> = self
+            .cache
+            .iter()
+            .filter(|&(_, _, l)| l == CacheLines::Private(keyid))
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.cache.remove(s, e);
+        }
+        self.cache_generation += 1;
+    }
+
+    /// Drops the lines of `keyid` in `[start, end)` (TDH.PHYMEM.PAGE.WBINVD).
+    pub(crate) fn flush_keyid_range(&mut self, start: u64, end: u64, keyid: u16) {
+        let hit: Vec<(u64, u64)> = self
+            .cache
+            .overlapping(start, end)
+            .filter(|&(_, _, l)| l == CacheLines::Private(keyid))
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.cache.remove(s, e);
+        }
+        self.cache_generation += 1;
+    }
+
     /// Changes whenever lines may have been flushed.
     pub(crate) fn cache_generation(&self) -> u64 {
         self.cache_generation

@@ -61,6 +61,8 @@ pub(crate) enum ModuleUse {
     Pamt(u8),
     /// Donated to the extension memory pool.
     ExtPool,
+    /// A TD's control, S-EPT or private page.
+    Td,
 }
 
 /// One PAMT entry (the fields a host can observe).
@@ -75,12 +77,12 @@ pub struct PamtEntry {
 }
 
 impl PamtEntry {
-    const NDA: Self = Self {
+    pub(crate) const NDA: Self = Self {
         pt: PamtPageType::NDA,
         owner: 0,
         bepoch: 0,
     };
-    const RSVD: Self = Self {
+    pub(crate) const RSVD: Self = Self {
         pt: PamtPageType::RSVD,
         owner: 0,
         bepoch: 0,
@@ -230,7 +232,34 @@ impl Module {
     }
 
     pub(crate) fn set_pamt_entry(&mut self, level: usize, pa: u64, e: PamtEntry) {
-        self.pamt[level].insert(pa >> (12 + 9 * level), e);
+        let key = pa >> (12 + 9 * level);
+        if e == PamtEntry::NDA {
+            // NDA is the default of an initialized entry outside reserved
+            // areas; pages in reserved areas never reach NDA.
+            self.pamt[level].remove(&key);
+        } else {
+            self.pamt[level].insert(key, e);
+        }
+    }
+
+    /// True if no 4K or 2M PAMT entry of `[pa, pa + len)` differs from NDA
+    /// (reserved areas are the caller's to check).
+    pub(crate) fn pamt_range_all_nda(&self, pa: u64, len: u64) -> bool {
+        for level in [0usize, 1] {
+            let shift = 12 + 9 * level as u32;
+            let (a, b) = (pa >> shift, (pa + len) >> shift);
+            let map = &self.pamt[level];
+            let busy = if (map.len() as u64) < b - a {
+                map.iter()
+                    .any(|(&k, e)| k >= a && k < b && e.pt != PamtPageType::NDA)
+            } else {
+                (a..b).any(|k| map.get(&k).is_some_and(|e| e.pt != PamtPageType::NDA))
+            };
+            if busy {
+                return false;
+            }
+        }
+        true
     }
 
     /// Walks to the leaf entry of `pa`: 1G if PT_REG there, else 2M if
@@ -278,7 +307,7 @@ impl State {
             | Leaf::SYS_LP_SHUTDOWN
             | Leaf::PHYMEM_PAGE_RDMD => true,
             Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => self.machine.desc.profile.has_ext(),
-            _ => false,
+            l => crate::td::implements(l),
         }
     }
 
@@ -300,13 +329,14 @@ impl State {
             Leaf::PHYMEM_PAGE_RDMD => self.phymem_page_rdmd(a),
             Leaf::EXT_MEM_ADD => self.ext_mem_add(a, stop_early),
             Leaf::EXT_INIT => self.ext_init(stop_early),
-            _ => TdxStatus::OPERAND_INVALID,
+            Leaf::PHYMEM_CACHE_WB => self.cache_wb(a, stop_early),
+            _ => self.run_td_leaf(lv, a),
         }
     }
 
     /// Reads guest-visible memory for the module, recording a violation if
     /// it is not RAM.
-    fn module_read(&mut self, pa: u64, buf: &mut [u8], leaf: &'static str) {
+    pub(crate) fn module_read(&mut self, pa: u64, buf: &mut [u8], leaf: &'static str) {
         // A shared address may carry an MKTME KeyID: same memory, other key.
         let pa = pa & !self.machine.hkid_mask;
         let (a, b) = (

@@ -76,6 +76,8 @@ pub struct Profile {
     pub leaf_versions: Vec<(Leaf, u8)>,
     /// Features TDH.SYS.CONFIG v1 accepts in R9.
     pub configurable_features: TdxFeatures0,
+    /// TDH.MEM.PAGE.AUG is allowed before TDH.MR.FINALIZE (1.5.01: yes).
+    pub aug_before_finalize: bool,
 }
 
 /// The leaves module 1.5.01's dispatcher accepts with version 1
@@ -148,6 +150,7 @@ impl Profile {
             tdmr_init_chunk: 4 << 20,
             leaf_versions: versions,
             configurable_features: TdxFeatures0::new(),
+            aug_before_finalize: true,
         }
     }
 
