@@ -69,13 +69,70 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         TdxStatus::OPERAND_BUSY.with_operand(OperandId::KET),
     ];
     const BUSY_RCX: &[TdxStatus] = &[TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX)];
+    const BUSY: TdxStatus = TdxStatus::OPERAND_BUSY;
+    const MNG_CREATE: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::KOT),
+        TdxStatus::RND_NO_ENTROPY,
+    ];
+    const MNG_KEY_CONFIG: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::KET),
+        TdxStatus::KEY_GENERATION_FAILED,
+    ];
+    const MNG_ADDCX: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::RDX),
+        TdxStatus::RND_NO_ENTROPY,
+    ];
+    const BUSY_TDR_RCX: &[TdxStatus] = &[BUSY.with_operand(OperandId::RCX)];
+    const BUSY_OPERANDS: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::TDR),
+        BUSY.with_operand(OperandId::OP_STATE),
+    ];
+    const BUSY_SEPT: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::SEPT_TREE),
+        BUSY.with_operand(OperandId::OP_STATE),
+    ];
+    const TRACK: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::TD_EPOCH),
+        TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
+    ];
+    const BUSY_KOT: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::KOT),
+    ];
     match leaf {
         Leaf::SYS_INIT | Leaf::SYS_LP_INIT | Leaf::SYS_CONFIG | Leaf::SYS_SHUTDOWN => {
             (SYS_BUSY, false)
         }
         Leaf::SYS_KEY_CONFIG => (KEY_CONFIG, false),
-        Leaf::SYS_TDMR_INIT | Leaf::PHYMEM_PAGE_RDMD => (BUSY_RCX, false),
-        Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => (&[], true),
+        Leaf::SYS_TDMR_INIT | Leaf::PHYMEM_PAGE_RDMD | Leaf::PHYMEM_PAGE_RECLAIM => {
+            (BUSY_RCX, false)
+        }
+        Leaf::EXT_MEM_ADD | Leaf::EXT_INIT | Leaf::PHYMEM_CACHE_WB => (&[], true),
+        // Model §3.3 and §4: the locks each TD leaf takes, and key generation.
+        Leaf::MNG_CREATE => (MNG_CREATE, false),
+        Leaf::MNG_KEY_CONFIG => (MNG_KEY_CONFIG, false),
+        Leaf::MNG_ADDCX => (MNG_ADDCX, false),
+        Leaf::MNG_INIT | Leaf::MR_EXTEND | Leaf::MR_FINALIZE => (BUSY_TDR_RCX, false),
+        Leaf::VP_CREATE | Leaf::VP_ADDCX | Leaf::VP_INIT | Leaf::VP_FLUSH => (BUSY_OPERANDS, false),
+        Leaf::MEM_SEPT_ADD
+        | Leaf::MEM_SEPT_REMOVE
+        | Leaf::MEM_PAGE_ADD
+        | Leaf::MEM_PAGE_AUG
+        | Leaf::MEM_RANGE_BLOCK
+        | Leaf::MEM_RANGE_UNBLOCK
+        | Leaf::MEM_PAGE_REMOVE
+        | Leaf::MEM_PAGE_DEMOTE
+        | Leaf::MEM_PAGE_PROMOTE => (BUSY_SEPT, false),
+        Leaf::MEM_TRACK => (TRACK, false),
+        Leaf::MNG_VPFLUSHDONE | Leaf::MNG_KEY_FREEID => (BUSY_KOT, false),
         _ => (&[], false),
     }
 }

@@ -206,6 +206,18 @@ impl Simulator {
         (s.module.ext.pool_pages, s.module.ext.initialized)
     }
 
+    /// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
+    /// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is `tdr`
+    /// becomes MAPPED.
+    pub fn guest_accept(&self, tdr: Pfn, gpa: u64, level: u8) -> TdxStatus {
+        self.lock().guest_accept(tdr.as_u64(), gpa, level)
+    }
+
+    /// The MRTD of the TD whose TDR is `tdr`, once finalized.
+    pub fn mrtd(&self, tdr: Pfn) -> Option<[u8; 48]> {
+        self.lock().tds.tds.get(&tdr.as_u64()).and_then(|t| t.mrtd)
+    }
+
     /// Adds a scripted fault.
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);

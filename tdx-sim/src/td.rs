@@ -142,6 +142,8 @@ pub(crate) fn implements(leaf: Leaf) -> bool {
             | Leaf::MEM_RANGE_UNBLOCK
             | Leaf::MEM_TRACK
             | Leaf::MEM_PAGE_REMOVE
+            | Leaf::MEM_PAGE_DEMOTE
+            | Leaf::MEM_PAGE_PROMOTE
             | Leaf::MNG_VPFLUSHDONE
             | Leaf::PHYMEM_CACHE_WB
             | Leaf::MNG_KEY_FREEID
@@ -218,6 +220,8 @@ impl State {
             Leaf::MEM_RANGE_UNBLOCK => self.range_unblock(a),
             Leaf::MEM_TRACK => self.mem_track(a),
             Leaf::MEM_PAGE_REMOVE => self.page_remove(a),
+            Leaf::MEM_PAGE_DEMOTE => self.page_demote(a),
+            Leaf::MEM_PAGE_PROMOTE => self.page_promote(a),
             Leaf::MNG_VPFLUSHDONE => self.vpflushdone(a),
             Leaf::PHYMEM_CACHE_WB => self.cache_wb(a, None),
             Leaf::MNG_KEY_FREEID => self.key_freeid(a),
@@ -1365,6 +1369,192 @@ impl State {
         let pfn = pa / PAGE;
         self.mem.flush_keyid_range(pfn, pfn + 1, keyid as u16);
         TdxStatus::SUCCESS
+    }
+}
+
+impl State {
+    // ---- TDH.MEM.PAGE.DEMOTE / PROMOTE (model choices: the model leaves
+    // them out; these follow the same rules as REMOVE for a running TD) ----
+
+    /// Splits the 2M or 1G leaf at RCX into 512 leaves one level down, with
+    /// the new S-EPT page in R8. Running TDs: the leaf must be blocked and
+    /// tracked; the new entries are unblocked.
+    fn page_demote(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
+            return s;
+        }
+        let (gpa, level) = match self.pinfo(a.rcx, 1, 2) {
+            Ok(x) => x,
+            Err(s) => return s,
+        };
+        let e = match self.walk(tdr, gpa, level, a) {
+            Ok(e) => e,
+            Err(s) => return s,
+        };
+        let Some(entry) = e.filter(|s| is_leaf_state(s.state)) else {
+            details(a, e, level);
+            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+        };
+        let td = &self.tds.tds[&tdr];
+        if td.op_state == OpState::Runnable {
+            if !matches!(entry.state, SeptState::BLOCKED | SeptState::PENDING_BLOCKED) {
+                details(a, e, level);
+                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
+            }
+            if !tracked(td, self.module_bepoch(entry.pfn * PAGE, usize::from(level))) {
+                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
+            }
+        }
+        if let Err(s) = self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA) {
+            return s;
+        }
+        let child_state = match entry.state {
+            SeptState::BLOCKED | SeptState::MAPPED => SeptState::MAPPED,
+            _ => SeptState::PENDING,
+        };
+        let sept = a.r8 / PAGE;
+        self.assign(sept, 0, PamtPageType::EPT, tdr);
+        // PAMT: the big page's entry goes, its 512 children become pages.
+        let pa = entry.pfn * PAGE;
+        self.module
+            .set_pamt_entry(usize::from(level), pa, PamtEntry::NDA);
+        let step = 1u64 << (9 * u32::from(level - 1));
+        for i in 0..512 {
+            let child = (entry.pfn + i * step) * PAGE;
+            let pe = PamtEntry {
+                pt: PamtPageType::REG,
+                owner: tdr,
+                bepoch: 0,
+            };
+            self.module
+                .set_pamt_entry(usize::from(level - 1), child, pe);
+        }
+        let td = self.tds.tds.get_mut(&tdr).expect("checked");
+        let base = gpa >> (12 + 9 * u32::from(level - 1));
+        for i in 0..512 {
+            td.sept.insert(
+                (level - 1, base + i),
+                Septe {
+                    state: child_state,
+                    pfn: entry.pfn + i * step,
+                },
+            );
+        }
+        td.sept.insert(
+            Self::sept_key(gpa, level),
+            Septe {
+                state: SeptState::NL_MAPPED,
+                pfn: sept,
+            },
+        );
+        td.chldcnt += 1;
+        (a.rcx, a.rdx) = (0, 0);
+        TdxStatus::SUCCESS
+    }
+
+    /// Merges the 512 leaves below the entry at RCX (level 1 or 2) into one
+    /// page of that level, when they map one aligned, contiguous run in the
+    /// same state, and frees the S-EPT page (returned in RCX). Running TDs:
+    /// the entry must be blocked and tracked.
+    fn page_promote(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
+            return s;
+        }
+        let (gpa, level) = match self.pinfo(a.rcx, 1, 2) {
+            Ok(x) => x,
+            Err(s) => return s,
+        };
+        let e = match self.walk(tdr, gpa, level, a) {
+            Ok(e) => e,
+            Err(s) => return s,
+        };
+        let Some(entry) =
+            e.filter(|s| matches!(s.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED))
+        else {
+            details(a, e, level);
+            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+        };
+        let td = &self.tds.tds[&tdr];
+        if td.op_state == OpState::Runnable {
+            if entry.state != SeptState::NL_BLOCKED {
+                details(a, e, level);
+                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
+            }
+            if !tracked(td, self.module_bepoch(entry.pfn * PAGE, 0)) {
+                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
+            }
+        }
+        let base = gpa >> (12 + 9 * u32::from(level - 1));
+        let step = 1u64 << (9 * u32::from(level - 1));
+        let first = td.sept.get(&(level - 1, base)).copied();
+        let Some(first) =
+            first.filter(|f| matches!(f.state, SeptState::MAPPED | SeptState::PENDING))
+        else {
+            return TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+        };
+        let aligned = first.pfn % (step * 512) == 0;
+        let uniform = (0..512).all(|i| {
+            td.sept
+                .get(&(level - 1, base + i))
+                .is_some_and(|c| c.state == first.state && c.pfn == first.pfn + i * step)
+        });
+        if !aligned || !uniform {
+            return TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+        }
+        for i in 0..512 {
+            self.module.set_pamt_entry(
+                usize::from(level - 1),
+                (first.pfn + i * step) * PAGE,
+                PamtEntry::NDA,
+            );
+        }
+        let pe = PamtEntry {
+            pt: PamtPageType::REG,
+            owner: tdr,
+            bepoch: 0,
+        };
+        self.module
+            .set_pamt_entry(usize::from(level), first.pfn * PAGE, pe);
+        let td = self.tds.tds.get_mut(&tdr).expect("checked");
+        for i in 0..512 {
+            td.sept.remove(&(level - 1, base + i));
+        }
+        td.sept.insert(
+            Self::sept_key(gpa, level),
+            Septe {
+                state: first.state,
+                pfn: first.pfn,
+            },
+        );
+        td.chldcnt -= 1;
+        self.unassign(entry.pfn, 0);
+        a.rcx = entry.pfn * PAGE;
+        a.rdx = 0;
+        TdxStatus::SUCCESS
+    }
+
+    /// The guest's TDG.MEM.PAGE.ACCEPT, done from the host side: the PENDING
+    /// leaf at `gpa`/`level` becomes MAPPED. Returns the status the guest
+    /// would see (`TDX_EPT_ENTRY_STATE_INCORRECT` if nothing is pending).
+    pub(crate) fn guest_accept(&mut self, tdr: u64, gpa: u64, level: u8) -> TdxStatus {
+        let Some(td) = self.tds.tds.get_mut(&tdr) else {
+            return TdxStatus::OPERAND_INVALID;
+        };
+        match td.sept.get_mut(&Self::sept_key(gpa, level)) {
+            Some(e) if e.state == SeptState::PENDING => {
+                e.state = SeptState::MAPPED;
+                TdxStatus::SUCCESS
+            }
+            _ => TdxStatus::EPT_ENTRY_STATE_INCORRECT,
+        }
     }
 }
 
