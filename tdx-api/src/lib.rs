@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod measure;
 pub mod module;
 pub mod page_array;
 pub mod plan;

@@ -435,9 +435,10 @@ fn normalize_numa<T>(mut ranges: Vec<(u64, u64, u32, T)>) -> Result<Vec<NodeRang
     Ok(out)
 }
 
-/// Sorts CMRs and rejects overlapping ones; touching CMRs stay separate.
-/// The error names the index (in input order) of a CMR that overlaps
-/// another, and says which.
+/// Rejects overlapping CMRs and keeps the rest in the order given: the
+/// module chains back-to-back CMRs only when they are adjacent in its array,
+/// so the order matters. The error names the index (in input order) of a
+/// CMR that overlaps another, and says which.
 fn normalize_cmrs(cmrs: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, (usize, String)> {
     let mut sorted: Vec<(u64, u64, usize)> = cmrs
         .iter()
@@ -454,7 +455,7 @@ fn normalize_cmrs(cmrs: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, (usize, String
             ));
         }
     }
-    Ok(sorted.into_iter().map(|(s, e, _)| (s, e)).collect())
+    Ok(cmrs.to_vec())
 }
 
 #[cfg(test)]

@@ -12,5 +12,15 @@
 //!    line (1-based) or the file and says what is wrong.
 //! 3. Real layouts first. The readers are tested on the memory maps of real
 //!    machines (`testdata/memmaps`), in each format they come in.
+//! 4. Verdicts, not opinions. A plan is reported with the planner's own
+//!    byte-level check and with the status the simulated TDX module returns
+//!    at TDH.SYS.CONFIG, for the best plan and for Linux's construction
+//!    alike ([`analysis`], [`simulate`]); the outputs ([`report`], [`json`],
+//!    [`svg`]) only render what [`analysis::Analysis`] holds.
 
+pub mod analysis;
 pub mod input;
+pub mod json;
+pub mod report;
+pub mod simulate;
+pub mod svg;

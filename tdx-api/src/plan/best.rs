@@ -35,6 +35,10 @@ use super::{
     intervals,
 };
 
+/// Memory below this is scarce on a host (DMA zones, the kernel image);
+/// PAMTs go above it when the choice is otherwise equal.
+const LOW_4G: u64 = 4 * GIB;
+
 /// Holes and forced bytes, with a prefix count for fast area counting.
 struct Holes {
     /// Complement of memory within `[0, MAX_PA)`, sorted.
@@ -155,12 +159,25 @@ impl Ctx<'_> {
     /// TDMRs for every run, joining runs across gaps while there are too
     /// many.
     fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
-        let mut runs: Vec<(u64, u64)> = self
+        // Runs of 1 GiB blocks per NUMA node: covers that overlap must share
+        // a TDMR, covers that only touch share one when on the same node
+        // (joining below may still put nodes together when TDMRs run out).
+        let mut covers: Vec<(u64, u64, u32)> = self
+            .n
             .mem
             .iter()
-            .map(|&(s, e)| (s & !(GIB - 1), e.next_multiple_of(GIB)))
+            .map(|r| (r.start & !(GIB - 1), r.end.next_multiple_of(GIB), r.node))
             .collect();
-        intervals::normalize(&mut runs);
+        covers.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(covers.len());
+        let mut last_node = u32::MAX;
+        for (s, e, node) in covers {
+            match runs.last_mut() {
+                Some(r) if s < r.1 || (s == r.1 && node == last_node) => r.1 = r.1.max(e),
+                _ => runs.push((s, e)),
+            }
+            last_node = node;
+        }
         let mut pieces: Vec<Vec<(u64, u64)>> = runs
             .iter()
             .map(|&(s, e)| self.split_run(s, e, budget))
@@ -399,24 +416,26 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
     for t in order {
         let need: u64 = sizes[t].iter().sum();
         let fits = |s: &Slot| s.hi - s.lo >= need;
-        // Best: next to a hole that already has an area (no new area); on
-        // the TDMR's node, in the TDMR itself, with the most room.
-        let free_pick = anchored
-            .iter()
-            .map(|&i| (i, &slots[i]))
-            .filter(|(_, s)| fits(s))
-            .min_by_key(|(_, s)| {
-                (
-                    s.node != nodes[t],
-                    s.tdmr != t,
-                    core::cmp::Reverse(s.hi - s.lo),
-                )
-            })
-            .map(|(i, _)| i);
-        // Otherwise a new area, in a TDMR that has one to spare: the TDMR's
-        // own memory first, the same node first; stop at the first ideal.
-        let pick = free_pick.or_else(|| {
-            let key = |s: &Slot| (s.node != nodes[t], s.tdmr != t);
+        // Next to a hole that already has an area (no new area), on the
+        // TDMR's node, in the TDMR itself, with the most room.
+        let free_pick = |high_only: bool| {
+            anchored
+                .iter()
+                .map(|&i| (i, &slots[i]))
+                .filter(|(_, s)| fits(s) && (!high_only || s.hi > LOW_4G))
+                .min_by_key(|(_, s)| {
+                    (
+                        s.node != nodes[t],
+                        s.tdmr != t,
+                        core::cmp::Reverse(s.hi - s.lo),
+                    )
+                })
+                .map(|(i, _)| i)
+        };
+        // A new area in a TDMR that has `spare` or more areas left after it:
+        // the TDMR's own memory first, the same node first; stop at the
+        // first ideal.
+        let new_area_pick = |spare: usize, high_only: bool| {
             let mut best: Option<(usize, (bool, bool))> = None;
             let own_range = own[t].0..own[t].1;
             for i in own_range
@@ -424,10 +443,10 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
                 .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
             {
                 let s = &slots[i];
-                if !fits(s) || used[s.tdmr] >= max_r {
+                if !fits(s) || used[s.tdmr] + 1 + spare > max_r || (high_only && s.hi <= LOW_4G) {
                     continue;
                 }
-                let k = key(s);
+                let k = (s.node != nodes[t], s.tdmr != t);
                 if best.is_none_or(|(_, bk)| k < bk) {
                     best = Some((i, k));
                     if k == (false, false) {
@@ -436,7 +455,14 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
                 }
             }
             best.map(|(i, _)| i)
-        });
+        };
+        // Memory below 4 GiB is what a host can spare least: stay above it
+        // while that costs nothing, or one area in a TDMR that keeps one to
+        // spare; take it (and every last area) only when nothing else fits.
+        let pick = free_pick(true)
+            .or_else(|| new_area_pick(1, true))
+            .or_else(|| free_pick(false))
+            .or_else(|| new_area_pick(0, false));
         let Some(i) = pick else {
             let (base, end) = tdmrs[t];
             // No run big enough at all (only smaller TDMRs help), or runs

@@ -473,9 +473,10 @@ mod tests {
 
     #[test]
     fn cmrs_as_list_or_object() {
+        // The order is kept: the module's CMR merging depends on it.
         assert_eq!(
             parse_cmrs("[[4096, 8192], [0, 4096]]").unwrap(),
-            [(0, 4096), (4096, 8192)]
+            [(4096, 8192), (0, 4096)]
         );
         assert_eq!(
             parse_cmrs(r#"{"usable": [[0, 4096]], "cmrs": [[0, 4096]]}"#).unwrap(),

@@ -341,7 +341,7 @@ impl Facts {
                 .map_err(|w| size.origin.error(w))?;
             let nodes: std::collections::BTreeSet<u32> = self.blocks.iter().map(|b| b.0).collect();
             numa_source = format!(
-                "NUMA from {} memory blocks of {:#x} bytes on {} nodes",
+                "NUMA from {} memory blocks of {:#x} bytes on {} node(s)",
                 self.blocks.len(),
                 bytes,
                 nodes.len()
