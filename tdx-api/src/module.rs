@@ -189,6 +189,15 @@ pub enum BringUpError {
     /// No plan for this machine and module.
     #[error("planning: {0}")]
     Plan(PlanError),
+    /// The platform gave memory the module cannot take (outside every
+    /// TDMR, or in a reserved area); nothing was donated.
+    #[error("{step:?}: the platform gave frame {pfn:?}, which is not TDX memory")]
+    NotTdxMemory {
+        /// Where.
+        step: Step,
+        /// The first such frame.
+        pfn: Pfn,
+    },
     /// The platform could not provide memory.
     #[error("{step:?}: {error}")]
     Platform {
@@ -284,6 +293,9 @@ pub struct TdxModule<S: ModuleState, B, P> {
     pamts: Vec<PfnRun>,
     /// Extension pool pages donated so far (the module keeps them).
     pool: Vec<PfnRun>,
+    /// Pages in an unknown state after a failed TDH.EXT.MEM.ADD: perhaps
+    /// the module's, perhaps not. Held for good, never freed.
+    lost: Vec<PfnRun>,
     stats: BringUpStats,
     _state: PhantomData<S>,
 }
@@ -334,6 +346,12 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
         self.pool.iter().map(|r| r.count()).sum()
     }
 
+    /// Pages held for good because a failed TDH.EXT.MEM.ADD left their
+    /// owner unknown (neither pool nor free).
+    pub fn lost_pages(&self) -> &[PfnRun] {
+        &self.lost
+    }
+
     fn into_state<T: ModuleState>(self) -> TdxModule<T, B, P> {
         TdxModule {
             backend: self.backend,
@@ -343,6 +361,7 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
             plan: self.plan,
             pamts: self.pamts,
             pool: self.pool,
+            lost: self.lost,
             stats: self.stats,
             _state: PhantomData,
         }
@@ -398,6 +417,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
                 plan: None,
                 pamts: Vec::new(),
                 pool: Vec::new(),
+                lost: Vec::new(),
                 stats,
                 _state: PhantomData,
             }),
@@ -412,10 +432,17 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         let keyids = p.keyid_partition();
         keyids.check().map_err(BringUpError::KeyIds)?;
         let mut result = Ok(TdxStatus::SUCCESS);
+        // A refused `init` may be retried. TDH.SYS.INIT and TDH.SYS.LP.INIT
+        // run once per module load, so on a retry the module answers that
+        // they are done: that is success here. (If the module went further,
+        // to configured, TDH.SYS.CONFIG will say so with a typed error.)
         p.on_cpu(CpuId(0), &mut || {
             result = with_retries(p, stats, Leaf::SYS_INIT.v0(), Step::SysInit, || {
                 // SAFETY: TDH.SYS.INIT takes no memory operand.
-                unsafe { leaf::tdh_sys_init(b) }
+                match unsafe { leaf::tdh_sys_init(b) } {
+                    TdxStatus::SYS_INIT_NOT_PENDING => TdxStatus::SUCCESS,
+                    s => s,
+                }
             });
         });
         result?;
@@ -427,7 +454,10 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             let r = with_retries(p, stats, Leaf::SYS_LP_INIT.v0(), Step::LpInit(cpu), || {
                 // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_each_cpu`
                 // runs this on `cpu` (Platform contract point 2).
-                unsafe { leaf::tdh_sys_lp_init(b) }
+                match unsafe { leaf::tdh_sys_lp_init(b) } {
+                    TdxStatus::SYS_LP_INIT_DONE => TdxStatus::SUCCESS,
+                    s => s,
+                }
             });
             if let Err(e) = r {
                 failed = Some(e);
@@ -478,6 +508,9 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         };
         // 1. Plan and get exactly the PAMT ranges; re-plan around refusals.
         let mut input = input.clone();
+        // The re-plan budget is per call: a caller retrying after a refusal
+        // (perhaps after freeing memory) gets the full budget again.
+        let mut replans = 0;
         let (plan, pamts) = loop {
             let plan = match self.plan_for(&input) {
                 Ok(p) => p,
@@ -485,7 +518,8 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             };
             match alloc_pamts(&self.platform, &plan) {
                 Ok(runs) => break (plan, runs),
-                Err(missing) if self.stats.replans < REPLAN_LIMIT => {
+                Err(missing) if replans < REPLAN_LIMIT => {
+                    replans += 1;
                     self.stats.replans += 1;
                     input.avoid.push(missing);
                 }
@@ -707,8 +741,23 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
         let step = Step::ExtMemAdd { window: 0 };
         let mut array = TdxPageArray::alloc_contiguous(&self.platform, count, Placement::Anywhere)
             .map_err(|error| BringUpError::Platform { step, error })?;
+        // The module takes only TDX memory (in a TDMR, outside its reserved
+        // areas); a platform with other RAM (CXL, hot-added) may hand some
+        // out. Refuse before donating rather than fail mid-window.
+        if let Some(plan) = &self.plan
+            && let Some(pfn) = array
+                .pages()
+                .iter()
+                .copied()
+                .find(|f| !plan.covers(f.as_u64() * 4096))
+        {
+            // SAFETY: nothing was handed to the module yet.
+            unsafe { array.free(&self.platform) };
+            return Err(BringUpError::NotTdxMemory { step, pfn });
+        }
         let (b, p) = (&self.backend, &self.platform);
         let mut donated = 0usize;
+        let mut lost = 0usize;
         let mut result = Ok(());
         let mut offset = 0;
         'windows: while offset < array.len() {
@@ -752,16 +801,28 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
                         break;
                     }
                     Err(e) => {
-                        // Entries before FIRST_ENTRY were taken.
-                        donated = offset + usize::from(info.first_entry());
+                        // Outputs of a failed call are not to be trusted, so
+                        // how much of this window the module took is unknown:
+                        // the whole window is lost (never freed, never
+                        // counted as pool), as Linux does with pool memory.
+                        donated = offset;
+                        lost = n;
                         result = Err(e);
                         break 'windows;
                     }
                 }
             }
         }
-        let given = array.split_donated(p, donated);
+        let mut given = array.split_donated(p, donated + lost);
+        let lost_runs = split_runs_at(&mut given, donated as u64);
         self.pool.extend(given);
+        for r in &lost_runs {
+            p.leak_pages(
+                *r,
+                "TDH.EXT.MEM.ADD failed: the module may own some of these",
+            );
+        }
+        self.lost.extend(lost_runs);
         result
     }
 }
@@ -771,6 +832,33 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<ExtInited, B, P> {
     pub fn is_ready(&self) -> bool {
         true
     }
+}
+
+/// Splits `runs` after its first `pages` pages; returns the rest.
+fn split_runs_at(runs: &mut Vec<PfnRun>, pages: u64) -> Vec<PfnRun> {
+    let mut left = pages;
+    let mut at = runs.len();
+    for (i, r) in runs.iter().enumerate() {
+        if left < r.count() {
+            at = i;
+            break;
+        }
+        left -= r.count();
+    }
+    let mut rest = runs.split_off(at);
+    if left > 0
+        && let Some(first) = rest.first_mut()
+    {
+        let head = PfnRun::try_new(first.first(), left).expect("shorter than the run");
+        let tail = PfnRun::try_new(
+            Pfn::new(first.first().as_u64() + left),
+            first.count() - left,
+        )
+        .expect("non-empty rest");
+        runs.push(head);
+        *first = tail;
+    }
+    rest
 }
 
 /// Allocates every TDMR's PAMT exactly where the plan puts it. On failure

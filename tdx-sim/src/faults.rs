@@ -24,6 +24,16 @@ pub enum FaultAction {
         /// Units of work done before the interruption.
         after: u32,
     },
+    /// Run a resumable leaf for at most `after` units of work, then fail
+    /// with `status` instead of being interrupted: the work done stays done
+    /// (the module took those pages), as when a real call fails on an entry
+    /// in the middle of its list.
+    FailAfter {
+        /// Units of work done before the failure.
+        after: u32,
+        /// The error returned.
+        status: TdxStatus,
+    },
 }
 
 /// A scripted fault.
@@ -45,6 +55,16 @@ impl Fault {
             leaf,
             nth,
             action: FaultAction::Status(status),
+        }
+    }
+
+    /// On the `nth` call of `leaf`, do `after` units of work, then fail with
+    /// `status`.
+    pub fn fail_after(leaf: Leaf, nth: u64, after: u32, status: TdxStatus) -> Self {
+        Self {
+            leaf,
+            nth,
+            action: FaultAction::FailAfter { after, status },
         }
     }
 

@@ -364,6 +364,22 @@ pub enum InvariantError {
 }
 
 impl State {
+    /// Taking a PAMT back (freeing or clearing it) abandons the module:
+    /// legitimate after a failed bring-up, but the module must be reloaded
+    /// before any other SEAMCALL, which the simulator then records as a
+    /// violation.
+    fn take_back_pamt(&mut self, a: u64, b: u64) {
+        let pamt_only = self
+            .module
+            .owned
+            .all_in(a, b, |u| matches!(u, crate::module::ModuleUse::Pamt(_)));
+        if pamt_only && self.mem.is_ram(a, b) {
+            self.module.abandoned = true;
+            self.module.owned.remove(a, b);
+            self.mem.set_state(a, b, PageState::Host);
+        }
+    }
+
     /// Records a violation for a host access to `[pa, pa+len)` if it touches
     /// module-owned memory or non-RAM. Returns true if the access is allowed.
     pub(crate) fn host_access(&mut self, pa: u64, len: usize, write: bool) -> bool {
@@ -465,12 +481,18 @@ impl State {
                 .push(Violation::ModuleUsedAfterAbandon { leaf: leaf.0 });
         }
         let fault = self.faults.on_call(leaf);
-        let stop_early = match fault {
-            Some(crate::faults::FaultAction::Status(s)) => return s,
-            Some(crate::faults::FaultAction::StopEarly { after }) => Some(after),
-            None => None,
-        };
-        self.run_leaf(lv, a, stop_early)
+        use crate::faults::FaultAction;
+        match fault {
+            Some(FaultAction::Status(s)) => s,
+            Some(FaultAction::StopEarly { after }) => self.run_leaf(lv, a, Some(after)),
+            Some(FaultAction::FailAfter { after, status }) => {
+                match self.run_leaf(lv, a, Some(after)) {
+                    TdxStatus::INTERRUPTED_RESUMABLE => status,
+                    s => s,
+                }
+            }
+            None => self.run_leaf(lv, a, None),
+        }
     }
 }
 
@@ -541,18 +563,7 @@ unsafe impl Platform for Simulator {
     unsafe fn free_pages(&self, run: PfnRun) {
         let mut s = self.lock();
         let (a, b) = (run.first().as_u64(), run.end());
-        // Taking a PAMT back abandons the module: legitimate after a failed
-        // bring-up (the module must be reloaded before any other SEAMCALL,
-        // which the simulator then records as a violation).
-        let pamt_only = s
-            .module
-            .owned
-            .all_in(a, b, |u| matches!(u, crate::module::ModuleUse::Pamt(_)));
-        if pamt_only && s.mem.is_ram(a, b) {
-            s.module.abandoned = true;
-            s.module.owned.remove(a, b);
-            s.mem.set_state(a, b, PageState::Host);
-        }
+        s.take_back_pamt(a, b);
         let bad: Vec<(u64, PageState)> = s
             .mem
             .states(a, b)
@@ -651,8 +662,20 @@ unsafe impl Platform for Simulator {
     unsafe fn movdir64b_clear(&self, run: PfnRun) {
         let mut s = self.lock();
         let (a, b) = (run.first().as_u64(), run.end());
+        // Clearing a PAMT after a failed configuration (the partial-write
+        // erratum) takes it back, as freeing it would.
+        s.take_back_pamt(a, b);
         if !s.host_access(a * PAGE, (run.bytes()) as usize, true) {
             return;
+        }
+        if let Some((pfn, keyid)) = s.mem.private_lines(a, b) {
+            // A dirty private line written back later would land on the
+            // freshly cleared memory: flush first.
+            s.violations.push(Violation::PrivateLinesReachedHost {
+                pfn,
+                keyid,
+                how: "cleared with MOVDIR64B",
+            });
         }
         s.stats.movdir64b_pages += run.count();
         s.mem.zero(a, b);

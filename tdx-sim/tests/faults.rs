@@ -496,6 +496,7 @@ fn random_faults_are_reproducible_and_only_transient() {
         match action {
             FaultAction::Status(s) => assert!(statuses.contains(&s), "{leaf}: {s}"),
             FaultAction::StopEarly { .. } => assert!(resumable, "{leaf} is not resumable"),
+            FaultAction::FailAfter { .. } => panic!("random faults never fail after work"),
         }
     }
     // Both kinds fired, on more than one leaf.

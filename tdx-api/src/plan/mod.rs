@@ -243,6 +243,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// True if the byte at `pa` is TDX memory under this plan: inside a
+    /// TDMR and outside its reserved areas.
+    pub fn covers(&self, pa: u64) -> bool {
+        let i = self.tdmrs.partition_point(|t| t.end() <= pa);
+        self.tdmrs.get(i).is_some_and(|t| {
+            t.base <= pa
+                && !t
+                    .reserved
+                    .iter()
+                    .any(|r| (t.base + r.offset..t.base + r.offset + r.size).contains(&pa))
+        })
+    }
+
     /// Total PAMT bytes.
     pub fn pamt_bytes(&self) -> u64 {
         self.tdmrs.iter().map(|t| t.pamt.bytes()).sum()
