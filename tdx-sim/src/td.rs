@@ -98,6 +98,8 @@ pub(crate) struct Vcpu {
     pub(crate) pages: Vec<u64>,
     initialized: bool,
     pub(crate) assoc_lp: Option<u32>,
+    /// Values of the TDVPS fields VP.WR wrote (absent: 0).
+    fields: HashMap<u64, u64>,
 }
 
 /// KeyID bookkeeping beyond the KOT state: which packages still have to
@@ -611,8 +613,9 @@ impl State {
             return TdxStatus::METADATA_FIELD_ID_INCORRECT;
         };
         if write {
-            // None of the modelled fields is host-writable.
-            return TdxStatus::METADATA_FIELD_NOT_READABLE.with_operand(OperandId::RDX);
+            // None of the modelled fields is host-writable: TSC offset and
+            // multiplier come from TD_PARAMS, MRTD from the measurement.
+            return TdxStatus::METADATA_FIELD_NOT_WRITABLE;
         }
         a.r8 = value;
         TdxStatus::SUCCESS
@@ -640,6 +643,7 @@ impl State {
                 pages: vec![page],
                 initialized: false,
                 assoc_lp: None,
+                fields: HashMap::new(),
             },
         );
         self.tds.tds.get_mut(&tdr).expect("checked").chldcnt += 1;
@@ -715,13 +719,52 @@ impl State {
         TdxStatus::SUCCESS
     }
 
-    // ---- TDH.VP.RD / TDH.VP.WR (no fields modelled beyond the checks) ----
-    fn vp_rdwr(&mut self, a: &mut SeamcallArgs, _write: bool) -> TdxStatus {
-        if let Err(s) = self.vcpu(a.rcx, OperandId::RCX) {
-            return s;
+    // ---- TDH.VP.RD / TDH.VP.WR (a subset of fields) ----
+    //
+    // Model choice (model §7 leaves VP.RD/WR unspecified): the fields KVM
+    // uses. `PEND_NMI` (bit 0 writable), `VCPU_STATE_DETAILS` (read only;
+    // bit 0 = a virtual interrupt is pending, never set here since no guest
+    // runs), and the TD VMCS fields KVM writes for posted interrupts:
+    // POSTED_INTR_NV (0x0002, 16 bits), POSTED_INTR_DESC_ADDR (0x2016) and
+    // PIN_BASED_VM_EXEC_CONTROL (0x4000, only bit 7, posted interrupts,
+    // writable). Anything else: TDX_METADATA_FIELD_ID_INCORRECT. Writes
+    // take R8 = value, R9 = write mask and return the old value in R8.
+    fn vp_rdwr(&mut self, a: &mut SeamcallArgs, write: bool) -> TdxStatus {
+        let (v, _) = match self.vcpu(a.rcx, OperandId::RCX) {
+            Ok(x) => x,
+            Err(s) => return s,
+        };
+        let id = MdFieldId::from_raw(a.rdx);
+        let vmcs = |f: u32| td_field_id(false, field::TDVPS_CLASS_VMCS, f);
+        let writable_mask = if id == field::PEND_NMI {
+            Some(1)
+        } else if id == field::VCPU_STATE_DETAILS {
+            Some(0)
+        } else if id == vmcs(0x0002) {
+            Some(0xFFFF)
+        } else if id == vmcs(0x2016) {
+            Some(!0xFFF & ((1 << 52) - 1))
+        } else if id == vmcs(0x4000) {
+            Some(1 << 7)
+        } else {
+            None
+        };
+        let Some(wmask) = writable_mask else {
+            a.r8 = 0;
+            return TdxStatus::METADATA_FIELD_ID_INCORRECT;
+        };
+        let vcpu = self.tds.vcpus.get_mut(&v).expect("checked by vcpu()");
+        let old = vcpu.fields.get(&id.into_raw()).copied().unwrap_or(0);
+        if write {
+            let (value, mask) = (a.r8, a.r9);
+            if wmask == 0 || mask & !wmask != 0 {
+                return TdxStatus::METADATA_FIELD_NOT_WRITABLE;
+            }
+            vcpu.fields
+                .insert(id.into_raw(), (old & !mask) | (value & mask));
         }
-        a.r8 = 0;
-        TdxStatus::METADATA_FIELD_ID_INCORRECT
+        a.r8 = old;
+        TdxStatus::SUCCESS
     }
 
     // ---- §4.24 TDH.VP.FLUSH ----

@@ -63,6 +63,63 @@ fn block(name: &str, gpa: u64) -> [u8; 128] {
     b
 }
 
+/// TDH.VP.RD/WR on the modelled fields (PEND_NMI, VCPU_STATE_DETAILS, the
+/// posted-interrupt VMCS fields) and TDH.MNG.WR of read-only TD fields.
+fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
+    use tdx_types::metadata::{field, td_field_id};
+    let vmcs = |f| td_field_id(false, field::TDVPS_CLASS_VMCS, f);
+    // SAFETY: metadata leaves on the simulator touch only simulated memory.
+    let rd = |id| unsafe { leaf::tdh_vp_rd(sim, tdvpr, id) };
+    // SAFETY: as above.
+    let wr = |id, v, m| unsafe { leaf::tdh_vp_wr(sim, tdvpr, id, v, m) };
+    let c = rd(field::PEND_NMI);
+    assert_eq!((c.status, c.out), (TdxStatus::SUCCESS, 0));
+    ok("VP.WR PEND_NMI", wr(field::PEND_NMI, 1, 1));
+    assert_eq!(rd(field::PEND_NMI).out, 1);
+    assert_eq!(
+        wr(field::PEND_NMI, 2, 2),
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE,
+        "only bit 0 of PEND_NMI is writable"
+    );
+    assert_eq!(
+        rd(field::PEND_NMI).out,
+        1,
+        "a refused write changes nothing"
+    );
+    let c = rd(field::VCPU_STATE_DETAILS);
+    assert_eq!((c.status, c.out), (TdxStatus::SUCCESS, 0));
+    assert_eq!(
+        wr(field::VCPU_STATE_DETAILS, 1, 1),
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE
+    );
+    // Posted interrupts, as KVM sets them up: vector, descriptor, enable.
+    ok("VP.WR POSTED_INTR_NV", wr(vmcs(0x0002), 0xf2, 0xffff));
+    ok(
+        "VP.WR POSTED_INTR_DESC_ADDR",
+        wr(vmcs(0x2016), 0x1234_5000, !0xfff & ((1 << 52) - 1)),
+    );
+    ok("VP.WR PIN_BASED", wr(vmcs(0x4000), 1 << 7, 1 << 7));
+    assert_eq!(rd(vmcs(0x0002)).out, 0xf2);
+    assert_eq!(rd(vmcs(0x2016)).out, 0x1234_5000);
+    assert_eq!(rd(vmcs(0x4000)).out, 1 << 7);
+    assert_eq!(
+        wr(vmcs(0x4000), 1, 1),
+        TdxStatus::METADATA_FIELD_NOT_WRITABLE,
+        "other pin-based controls belong to the module"
+    );
+    assert_eq!(
+        rd(vmcs(0x681e)).status,
+        TdxStatus::METADATA_FIELD_ID_INCORRECT
+    );
+    // The TSC fields come from TD_PARAMS: readable, not writable.
+    // SAFETY: as above.
+    let c = unsafe { leaf::tdh_mng_wr(sim, tdr, tdx_types::metadata::field::TSC_OFFSET, 1, !0) };
+    assert_eq!(c.status, TdxStatus::METADATA_FIELD_NOT_WRITABLE);
+    // SAFETY: as above.
+    let c = unsafe { leaf::tdh_mng_rd(sim, tdr, tdx_types::metadata::field::TSC_OFFSET) };
+    assert_eq!(c.status, TdxStatus::SUCCESS);
+}
+
 #[test]
 fn build_run_teardown() {
     let sim = host();
@@ -108,6 +165,7 @@ fn build_run_teardown() {
         // SAFETY: as above.
         ok("VP.INIT", unsafe { leaf::tdh_vp_init(&sim, tdvpr, 0, 0) })
     });
+    vcpu_and_td_metadata(&sim, tdr, tdvpr);
     // S-EPT pages for GPA 0: PDPT (under the PML4 entry), PD, PT.
     for (level, p) in [
         (TdxLevel::L512G, sept[0]),

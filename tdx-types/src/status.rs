@@ -249,6 +249,8 @@ status_codes! {
     L2_SEPT_ENTRY_NOT_FREE = 0xC000_0B10_0000_0000,
     /// The metadata field ID is not valid.
     METADATA_FIELD_ID_INCORRECT = 0xC000_0C00_0000_0000,
+    /// The metadata field is not writable (by this leaf, or at all).
+    METADATA_FIELD_NOT_WRITABLE = 0xC000_0C01_0000_0000,
     /// The metadata field is not readable.
     METADATA_FIELD_NOT_READABLE = 0xC000_0C02_0000_0000,
     /// TDH.SYS.RD with a null field ID: RDX holds the first field ID (not an error).
@@ -942,7 +944,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 88);
+        assert_eq!(NAMED_STATUSES.len(), 89);
     }
 
     #[test]
