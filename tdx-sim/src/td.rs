@@ -211,7 +211,7 @@ impl State {
             Leaf::VP_RD => self.vp_rdwr(a, false),
             Leaf::VP_WR => self.vp_rdwr(a, true),
             Leaf::VP_FLUSH => self.vp_flush(a),
-            Leaf::MEM_SEPT_ADD => self.sept_add(a),
+            Leaf::MEM_SEPT_ADD => self.sept_add(a, lv.version()),
             Leaf::MEM_SEPT_REMOVE => self.sept_remove(a),
             Leaf::MEM_SEPT_RD => self.sept_rd(a),
             Leaf::MEM_PAGE_ADD => self.page_add(a),
@@ -789,8 +789,34 @@ impl State {
         TdxStatus::SUCCESS
     }
 
-    // ---- §4.14 TDH.MEM.SEPT.ADD (version 0 semantics) ----
-    fn sept_add(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+    // ---- §4.14 TDH.MEM.SEPT.ADD, versions 0 and 1 ----
+    //
+    // Version 1 adds R9..R11, one L2 S-EPT page per L2 VM, and lets R8 be
+    // -1 when the L1 entry already exists; its outputs return every page
+    // with bit 63 set on the ones not used. Model limit: L2 S-EPT trees are
+    // not modelled (model §8 leaves the L2 alias handling out), so an L2
+    // page given for a TD without that L2 VM, or for any L2 VM, is refused
+    // with TDX_OPERAND_INVALID on its register.
+    fn sept_add(&mut self, a: &mut SeamcallArgs, version: u8) -> TdxStatus {
+        let given = [a.r8, a.r9, a.r10, a.r11];
+        let mut used = false;
+        let status = self.sept_add_inner(a, version, &mut used);
+        if version >= 1 {
+            let regs = [&mut a.r8, &mut a.r9, &mut a.r10, &mut a.r11];
+            for (i, (r, g)) in regs.into_iter().zip(given).enumerate() {
+                *r = if g == u64::MAX {
+                    g
+                } else if i == 0 && used {
+                    g & !(1 << 63)
+                } else {
+                    g | (1 << 63)
+                };
+            }
+        }
+        status
+    }
+
+    fn sept_add_inner(&mut self, a: &mut SeamcallArgs, version: u8, used: &mut bool) -> TdxStatus {
         let flags = TdrAndFlags::from_bits(a.rdx);
         if a.rdx & (0x0000_0000_0000_0FFE | 0xFFF0_0000_0000_0000) != 0 {
             return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
@@ -813,7 +839,10 @@ impl State {
         };
         match e {
             None => {}
-            Some(s) if s.state == SeptState::NL_MAPPED && flags.allow_existing() => {
+            Some(s)
+                if s.state == SeptState::NL_MAPPED
+                    && (flags.allow_existing() || (version >= 1 && a.r8 == u64::MAX)) =>
+            {
                 (a.rcx, a.rdx) = (0, 0);
                 return TdxStatus::SUCCESS;
             }
@@ -823,11 +852,28 @@ impl State {
             }
         }
         if a.r8 == u64::MAX {
+            // v0: no page given is an operand error; v1: the entry had to
+            // exist already.
+            if version >= 1 {
+                details(a, e, level);
+                return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            }
             return op(TdxStatus::OPERAND_INVALID, OperandId::R8);
         }
         let page_pa = a.r8 & !(1 << 63);
         if let Err(s) = self.expl(page_pa, OperandId::R8, 0, PamtPageType::NDA) {
             return s;
+        }
+        if version >= 1 {
+            for (reg, o) in [
+                (a.r9, OperandId::R9),
+                (a.r10, OperandId::R10),
+                (a.r11, OperandId::R11),
+            ] {
+                if reg != u64::MAX {
+                    return op(TdxStatus::OPERAND_INVALID, o);
+                }
+            }
         }
         let page = page_pa / PAGE;
         self.assign(page, 0, PamtPageType::EPT, tdr);
@@ -841,6 +887,7 @@ impl State {
             },
         );
         td.chldcnt += 1;
+        *used = true;
         (a.rcx, a.rdx) = (0, 0);
         TdxStatus::SUCCESS
     }

@@ -120,6 +120,66 @@ fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
     assert_eq!(c.status, TdxStatus::SUCCESS);
 }
 
+/// The last S-EPT level through TDH.MEM.SEPT.ADD version 1, and its
+/// outputs: every page comes back, bit 63 set on the ones not used.
+fn sept_add_v1(sim: &Simulator, tdr: Pfn, pt: Pfn) {
+    use tdx_sys::leaf::SEPT_ADD_PAGE_UNUSED as UNUSED;
+    let at = |gpa| PageInfo::try_new(Gpa::new(gpa), TdxLevel::L2M).unwrap();
+    let tdr_flags = |existing| TdrAndFlags::with_tdr(tdr, existing);
+    let pa = pt.hpa().as_u64();
+    // An L2 page: L2 S-EPTs are outside the model, refused on its register.
+    let other = Pfn::new(pt.as_u64() + 1);
+    // SAFETY: S-EPT leaves on the simulator touch only simulated memory.
+    let c = unsafe {
+        leaf::tdh_mem_sept_add_v1(
+            sim,
+            at(0),
+            tdr_flags(false),
+            [Some(pt), Some(other), None, None],
+        )
+    };
+    assert_eq!(
+        c.status,
+        TdxStatus::OPERAND_INVALID.with_operand(tdx_types::OperandId::R9)
+    );
+    assert_eq!(
+        c.out.pages,
+        [
+            pa | UNUSED,
+            other.hpa().as_u64() | UNUSED,
+            u64::MAX,
+            u64::MAX
+        ]
+    );
+    // The L1 page alone: used, returned with bit 63 clear.
+    // SAFETY: as above.
+    let c = unsafe {
+        leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(false), [Some(pt), None, None, None])
+    };
+    ok("SEPT.ADD v1", c.status);
+    assert_eq!(c.out.pages, [pa, u64::MAX, u64::MAX, u64::MAX]);
+    // No L1 page for an entry that exists: fine in v1.
+    // SAFETY: as above.
+    let c = unsafe { leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(false), [None; 4]) };
+    ok("SEPT.ADD v1, existing", c.status);
+    // A page for an entry that exists, with allow_existing: not used.
+    // SAFETY: as above.
+    let c = unsafe {
+        leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(true), [Some(other), None, None, None])
+    };
+    ok("SEPT.ADD v1, allow_existing", c.status);
+    assert_eq!(c.out.pages[0], other.hpa().as_u64() | UNUSED);
+    // No L1 page for a free entry: the entry's state is wrong.
+    // SAFETY: as above.
+    let c = unsafe { leaf::tdh_mem_sept_add_v1(sim, at(2 << 20), tdr_flags(false), [None; 4]) };
+    assert_eq!(
+        c.status,
+        TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(tdx_types::OperandId::RCX)
+    );
+    // (Version 0 with R8 = -1 cannot be written with the typed leaf: a
+    // `Pfn` always names a page.)
+}
+
 #[test]
 fn build_run_teardown() {
     let sim = host();
@@ -167,16 +227,13 @@ fn build_run_teardown() {
     });
     vcpu_and_td_metadata(&sim, tdr, tdvpr);
     // S-EPT pages for GPA 0: PDPT (under the PML4 entry), PD, PT.
-    for (level, p) in [
-        (TdxLevel::L512G, sept[0]),
-        (TdxLevel::L1G, sept[1]),
-        (TdxLevel::L2M, sept[2]),
-    ] {
+    for (level, p) in [(TdxLevel::L512G, sept[0]), (TdxLevel::L1G, sept[1])] {
         let info = PageInfo::try_new(Gpa::new(0), level).unwrap();
         // SAFETY: as above.
         let c = unsafe { leaf::tdh_mem_sept_add(&sim, info, TdrAndFlags::with_tdr(tdr, false), p) };
         ok("SEPT.ADD", c.status);
     }
+    sept_add_v1(&sim, tdr, sept[2]);
     let info = PageInfo::for_page::<Size4K>(Gpa::new(0)).unwrap();
     // SAFETY: as above.
     ok(
