@@ -1,0 +1,1226 @@
+//! Raw-leaf tests of the Secure-EPT and private-memory leaves against the
+//! simulator: TDH.MEM.SEPT.ADD (v0 and v1), SEPT.REMOVE, SEPT.RD,
+//! PAGE.ADD, PAGE.AUG (4K and 2M), RANGE.BLOCK, TRACK, RANGE.UNBLOCK,
+//! PAGE.REMOVE, PAGE.DEMOTE and PAGE.PROMOTE
+//! (`reference/tdx-module-model.md` §4.14-§4.21, §5.4, §5.5): every error
+//! path of the model's "Order" lists at least once, with the exact status,
+//! operand, and the S-EPT details in RCX/RDX where the model says they are
+//! returned (RDX = level | state << 8 of the entry where the walk stopped;
+//! RCX = the entry, only "suppress #VE" for a FREE one).
+
+mod td_support;
+
+use td_support::*;
+use tdx_sim::PageState;
+use tdx_types::{
+    Leaf, OperandId, Pfn, TdxStatus,
+    metadata::PamtPageType,
+    regs::{SeptState, TdrAndFlags},
+};
+
+const RCX: OperandId = OperandId::RCX;
+const RDX: OperandId = OperandId::RDX;
+const R8: OperandId = OperandId::R8;
+const R9: OperandId = OperandId::R9;
+
+fn flags(td: &Td, allow_existing: bool) -> TdrAndFlags {
+    TdrAndFlags::with_tdr(td.tdr, allow_existing)
+}
+
+fn tdr(td: &Td) -> u64 {
+    td.tdr.hpa().as_u64()
+}
+
+/// The page an S-EPT entry points to.
+fn child(sim: &tdx_sim::Simulator, td: &Td, gpa: u64, level: u8) -> Pfn {
+    let (st, frame) = sept_state(sim, td.tdr, gpa, level);
+    assert!(st != SeptState::FREE, "entry {gpa:#x}/{level} is FREE");
+    Pfn::new(frame.unwrap() / PAGE)
+}
+
+// ---------------------------------------------------------------------------
+// §4.14 TDH.MEM.SEPT.ADD
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sept_add_builds_the_tree_one_level_at_a_time() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let owner = tdr(&td);
+    for level in [3u8, 2, 1] {
+        let p = td.page(&sim);
+        let c = sept_add(&sim, info(0, level), flags(&td, false), p);
+        ok("SEPT.ADD", c.status);
+        assert_eq!((c.out.rcx, c.out.rdx), (0, 0), "RCX/RDX cleared");
+        assert_eq!(rdmd(&sim, p), (PamtPageType::EPT, owner, 0, 0));
+        assert_eq!(
+            sept_state(&sim, td.tdr, 0, level),
+            (SeptState::NL_MAPPED, Some(p.hpa().as_u64()))
+        );
+        assert_eq!(sim.page_state(p), Some(PageState::Module));
+    }
+    // The level-0 entry below is now reachable (and FREE).
+    assert_eq!(sept_state(&sim, td.tdr, 0, 0), (SeptState::FREE, None));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_with_five_level_ept_starts_at_level_4() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::TdcsAdded);
+    let mut p = Params::new();
+    p.u64(24, 0x26);
+    td.init(&sim, &p);
+    assert_eq!(td.pwl, 4);
+    td.map_sept(&sim, 0, 1); // levels 4, 3, 2, 1
+    td.add_vcpu(&sim, 0);
+    td.add_page(&sim, 0x3000, &[9; 4096]);
+    // A 4-level TD has no level 4.
+    let mut four = Td::build_with(&sim, td.hkid + 1, Stage::Initialized);
+    let q = four.page(&sim);
+    let c = sept_add(&sim, info(0, 4), flags(&four, false), q);
+    assert_eq!(c.status, invalid(RCX));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_rdx_and_version_checks_come_first() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Initialized);
+    let p = page(&sim).hpa().as_u64();
+    let t = tdr(&td);
+    let lv = Leaf::MEM_SEPT_ADD.v0();
+    // Reserved bits 11:1 and 63:52 of RDX, even with a bad page_info.
+    for rdx in [t | 0x2, t | 0x800, t | 1 << 52, t | 1 << 63] {
+        assert_eq!(
+            raw(&sim, lv, [pinfo(0, 3), rdx, p, 0, 0, 0]).0,
+            invalid(RDX),
+            "{rdx:#x}"
+        );
+        assert_eq!(
+            raw(&sim, lv, [pinfo(0, 0) | 8, rdx, p, 0, 0, 0]).0,
+            invalid(RDX)
+        );
+    }
+    // TDR_S(RDX bits 51:12).
+    assert_eq!(raw(&sim, lv, [pinfo(0, 3), p, p, 0, 0, 0]).0, metadata(RDX));
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 3), OUTSIDE_TDMR, p, 0, 0, 0]).0,
+        range_error(RDX)
+    );
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 3), with_hkid(&sim, t, 1), p, 0, 0, 0]).0,
+        invalid(RDX)
+    );
+    // Version 2: refused before anything, registers untouched.
+    let (s, out) = raw(&sim, Leaf::MEM_SEPT_ADD.v(2), [pinfo(0, 3), t, p, 0, 0, 0]);
+    assert_eq!(s, invalid(OperandId::RAX));
+    assert_eq!((out.rcx, out.rdx, out.r8), (pinfo(0, 3), t, p));
+    // RDX bit 0 (allow_existing) is not reserved.
+    ok(
+        "SEPT.ADD",
+        raw(&sim, lv, [pinfo(0, 3), t | 1, p, 0, 0, 0]).0,
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_tdcs_checks() {
+    let sim = host();
+    let hkid = td_hkid(&sim);
+    let created = Td::build_with(&sim, hkid, Stage::Created);
+    let keys = Td::build_with(&sim, hkid + 1, Stage::KeysConfigured);
+    let uninit = Td::build_with(&sim, hkid + 2, Stage::TdcsAdded);
+    let mut runnable = Td::build_with(&sim, hkid + 3, Stage::Runnable);
+    let p = page(&sim);
+    for (td, want) in [
+        (&created, TdxStatus::TD_KEYS_NOT_CONFIGURED),
+        (&keys, TdxStatus::TDCS_NOT_ALLOCATED),
+        (&uninit, TdxStatus::OP_STATE_INCORRECT),
+    ] {
+        assert_eq!(sept_add(&sim, info(0, 3), flags(td, false), p).status, want);
+    }
+    // RUNNABLE allows SEPT.ADD.
+    runnable.map_sept(&sim, 0, 1);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_page_info_and_gpa_checks() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Initialized);
+    let p = page(&sim).hpa().as_u64();
+    let t = tdr(&td);
+    let lv = Leaf::MEM_SEPT_ADD.v0();
+    for (rcx, what) in [
+        (pinfo(0, 0), "level 0 (SEPT.ADD needs 1..=pwl)"),
+        (pinfo(0, 4), "level 4 with 4-level EPT"),
+        (pinfo(0, 7), "level 7"),
+        (pinfo(0, 3) | 1 << 3, "reserved bit 3"),
+        (pinfo(0, 3) | 1 << 11, "reserved bit 11"),
+        (pinfo(0, 3) | 1 << 52, "reserved bit 52"),
+        (pinfo(0x1000, 1), "GPA not 2 MiB aligned at level 1"),
+        (pinfo(0x20_0000, 2), "GPA not 1 GiB aligned at level 2"),
+        (pinfo(1 << 47, 3), "shared GPA (bit 47, GPAW 0)"),
+        (pinfo(1 << 48, 3), "GPA bit 48 with GPAW 0"),
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, t, p, 0, 0, 0]).0,
+            invalid(RCX),
+            "{what}"
+        );
+    }
+    assert_eq!(rdmd(&sim, Pfn::new(p / PAGE)).0, PamtPageType::NDA);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_with_gpaw_the_shared_bit_is_51() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::TdcsAdded);
+    let mut params = Params::new();
+    params.u64(24, 0x26).u64(32, 1);
+    td.init(&sim, &params);
+    let lv = Leaf::MEM_SEPT_ADD.v0();
+    let p = td.page(&sim).hpa().as_u64();
+    assert_eq!(
+        raw(&sim, lv, [pinfo(1 << 51, 4), tdr(&td), p, 0, 0, 0]).0,
+        invalid(RCX)
+    );
+    // Bit 47 is an ordinary private GPA bit with GPAW 1; bit 48 too.
+    td.map_sept(&sim, 1 << 47 | 1 << 48, 1);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_walk_failed_reports_where_the_walk_stopped() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let p = td.page(&sim);
+    let lv = Leaf::MEM_SEPT_ADD.v0();
+    let t = tdr(&td);
+    let pa = p.hpa().as_u64();
+    // Nothing below the root: the walk stops at the FREE level-3 entry.
+    let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, pa, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 3, SeptState::FREE, None);
+    // A PDPT page but no PD: stops at level 2.
+    td.map_sept(&sim, 0, 3);
+    let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, pa, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    // A blocked non-leaf stops the walk (RWX = 0).
+    td.map_sept(&sim, 0, 2);
+    let pd = child(&sim, &td, 0, 2);
+    ok("BLOCK", range_block(&sim, info(0, 2), td.tdr).status);
+    let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, pa, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::NL_BLOCKED, Some(pd));
+    assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA, "R8 was not used");
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_on_an_existing_entry() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 1);
+    let pt = child(&sim, &td, 0, 1);
+    let p = td.page(&sim);
+    // Without allow_existing: STATE_INCORRECT with the entry's details.
+    let c = sept_add(&sim, info(0, 1), flags(&td, false), p);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    // With it: success, R8 unused (model §4.14; honoured in v0 too).
+    let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
+    ok("SEPT.ADD allow_existing", c.status);
+    assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA);
+    assert_eq!(sim.page_state(p), Some(PageState::Host));
+    // R8 = -1 is fine in v0 when the entry exists and allow_existing is set.
+    let (s, _) = raw(
+        &sim,
+        Leaf::MEM_SEPT_ADD.v0(),
+        [pinfo(0, 1), tdr(&td) | 1, u64::MAX, 0, 0, 0],
+    );
+    ok("SEPT.ADD allow_existing, R8 = -1", s);
+    // A blocked entry is not NL_MAPPED: refused even with allow_existing.
+    ok("BLOCK", range_block(&sim, info(0, 1), td.tdr).status);
+    let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    // A leaf (a 2 MiB page) at the target level.
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let c = sept_add(&sim, info(2 * MIB, 1), flags(&td, true), p);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::PENDING, Some(big));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_new_page_checks() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let lv = Leaf::MEM_SEPT_ADD.v0();
+    let t = tdr(&td);
+    let p = td.page(&sim).hpa().as_u64();
+    // v0 with R8 = -1 for a FREE entry.
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 3), t, u64::MAX, 0, 0, 0]).0,
+        invalid(R8)
+    );
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 3), t | 1, u64::MAX, 0, 0, 0]).0,
+        invalid(R8)
+    );
+    // EXPL(R8, PT_NDA).
+    for (r8, want) in [
+        (p + 0x200, invalid(R8)),
+        (with_hkid(&sim, p, td.hkid), invalid(R8)),
+        (OUTSIDE_TDMR, range_error(R8)),
+        (0x1000, range_error(R8)),
+        (t, metadata(R8)),
+        (td.tdcs[3].hpa().as_u64(), metadata(R8)),
+        (pamt_page().hpa().as_u64(), metadata(R8)),
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [pinfo(0, 3), t, r8, 0, 0, 0]).0,
+            want,
+            "R8 {r8:#x}"
+        );
+    }
+    // Bit 63 of R8 is cleared on input (a flagged output passed back).
+    ok(
+        "SEPT.ADD with R8 bit 63",
+        raw(&sim, lv, [pinfo(0, 3), t, p | 1 << 63, 0, 0, 0]).0,
+    );
+    assert_eq!(rdmd(&sim, Pfn::new(p / PAGE)).0, PamtPageType::EPT);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_v1_adds_the_l1_page_and_accepts_r8_minus_one_for_an_existing_entry() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let lv = Leaf::MEM_SEPT_ADD.v(1);
+    let p = td.page(&sim).hpa().as_u64();
+    let none = u64::MAX;
+    // The page used comes back without bit 63; "none" stays -1.
+    let (s, out) = raw(&sim, lv, [pinfo(0, 3), tdr(&td), p, none, none, none]);
+    ok("SEPT.ADD v1", s);
+    assert_eq!((out.r8, out.r9, out.r10, out.r11), (p, none, none, none));
+    assert_eq!(rdmd(&sim, Pfn::new(p / PAGE)).0, PamtPageType::EPT);
+    ok(
+        "SEPT.ADD v1 R8 = -1 on NL_MAPPED",
+        raw(
+            &sim,
+            lv,
+            [pinfo(0, 3), tdr(&td) | 1, none, none, none, none],
+        )
+        .0,
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_v1_r8_minus_one_needs_an_existing_entry() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Initialized);
+    let none = u64::MAX;
+    let (s, _) = raw(
+        &sim,
+        Leaf::MEM_SEPT_ADD.v(1),
+        [pinfo(0, 3), tdr(&td), none, none, none, none],
+    );
+    // The model says only "else |RCX"; the simulator answers
+    // EPT_ENTRY_STATE_INCORRECT|RCX with the FREE entry's details.
+    assert!(s.is_error());
+    assert_eq!(s.operand(), Some(RCX), "{s}");
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_add_v1_flags_an_unused_page_in_r8() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 3);
+    let p = td.page(&sim).hpa().as_u64();
+    let none = u64::MAX;
+    let (s, out) = raw(
+        &sim,
+        Leaf::MEM_SEPT_ADD.v(1),
+        [pinfo(0, 3), tdr(&td) | 1, p, none, none, none],
+    );
+    ok("SEPT.ADD v1 allow_existing", s);
+    assert_eq!(out.r8, p | 1 << 63);
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// §4.21 TDH.MEM.SEPT.REMOVE
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sept_remove_in_initialized_takes_an_empty_page_back() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 1);
+    let pt = child(&sim, &td, 0, 1);
+    let c = sept_remove(&sim, info(0, 1), td.tdr);
+    ok("SEPT.REMOVE", c.status);
+    assert_eq!(c.out.removed(), Some(pt));
+    assert_eq!(c.out.rdx, 0);
+    td.forget_sept(0, 1);
+    assert_eq!(rdmd(&sim, pt).0, PamtPageType::NDA);
+    assert_eq!(sim.page_state(pt), Some(PageState::Host));
+    assert_eq!(sept_state(&sim, td.tdr, 0, 1), (SeptState::FREE, None));
+    // A removed S-EPT page cannot be reclaimed (it is NDA).
+    assert_eq!(page_reclaim(&sim, pt).status, metadata(RCX));
+    // It can be added again.
+    td.map_sept(&sim, 0, 1);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_remove_needs_an_empty_child_page() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.add_page(&sim, 0, &[1; 4096]);
+    for level in [1u8, 2, 3] {
+        let c = sept_remove(&sim, info(0, level), td.tdr);
+        assert_eq!(
+            c.status,
+            e(TdxStatus::EPT_PAGE_NOT_FREE, RCX),
+            "level {level}"
+        );
+    }
+    // Empty it (direct removal before finalize), then unwind the tree.
+    ok("PAGE.REMOVE", page_remove(&sim, info(0, 0), td.tdr).status);
+    for level in [1u8, 2, 3] {
+        ok(
+            "SEPT.REMOVE",
+            sept_remove(&sim, info(0, level), td.tdr).status,
+        );
+        td.forget_sept(0, level);
+    }
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_remove_checks() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 1);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let lv = Leaf::MEM_SEPT_REMOVE.v0();
+    let t = tdr(&td);
+    // Version 2 is refused; version 1 is the same leaf.
+    assert_eq!(
+        raw(
+            &sim,
+            Leaf::MEM_SEPT_REMOVE.v(2),
+            [pinfo(0, 1), t, 0, 0, 0, 0]
+        )
+        .0,
+        invalid(OperandId::RAX)
+    );
+    // TDR_S(RDX).
+    let p = page(&sim).hpa().as_u64();
+    assert_eq!(raw(&sim, lv, [pinfo(0, 1), p, 0, 0, 0, 0]).0, metadata(RDX));
+    // PINFO(1, pwl).
+    for rcx in [
+        pinfo(0, 0),
+        pinfo(0, 4),
+        pinfo(0x1000, 1),
+        pinfo(0, 1) | 0x10,
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, t, 0, 0, 0, 0]).0,
+            invalid(RCX),
+            "{rcx:#x}"
+        );
+    }
+    // A FREE entry, a leaf, and a walk that cannot get there.
+    let (s, out) = raw(&sim, lv, [pinfo(4 * MIB, 1), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 1, SeptState::FREE, None);
+    let (s, out) = raw(&sim, lv, [pinfo(2 * MIB, 1), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 1, SeptState::PENDING, Some(big));
+    let (s, out) = raw(&sim, lv, [pinfo(GIB, 1), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    // Version 1 removes like version 0.
+    let (s, out) = raw(
+        &sim,
+        Leaf::MEM_SEPT_REMOVE.v(1),
+        [pinfo(0, 1), t, 0, 0, 0, 0],
+    );
+    ok("SEPT.REMOVE v1", s);
+    assert_ne!(out.rcx, 0);
+    td.forget_sept(0, 1);
+    // Before INIT.
+    let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
+    assert_eq!(
+        sept_remove(&sim, info(0, 1), uninit.tdr).status,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn sept_remove_when_runnable_needs_block_and_track() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    td.map_sept(&sim, 0, 1);
+    td.map_sept(&sim, 2 * MIB, 1);
+    td.aug(&sim, 0, 0);
+    let pt = child(&sim, &td, 2 * MIB, 1);
+    // Not blocked: the details of the NL_MAPPED entry.
+    let c = sept_remove(&sim, info(2 * MIB, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    // The TLB rule comes before the emptiness check.
+    let c = sept_remove(&sim, info(0, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
+    // Blocked, not tracked.
+    ok("BLOCK", range_block(&sim, info(2 * MIB, 1), td.tdr).status);
+    assert_eq!(
+        rdmd(&sim, pt).3,
+        1,
+        "bepoch stamped on the child S-EPT page"
+    );
+    let c = sept_remove(&sim, info(2 * MIB, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX));
+    ok("TRACK", track(&sim, td.tdr));
+    let c = sept_remove(&sim, info(2 * MIB, 1), td.tdr);
+    ok("SEPT.REMOVE", c.status);
+    assert_eq!(c.out.removed(), Some(pt));
+    td.forget_sept(2 * MIB, 1);
+    // Blocked and tracked but not empty.
+    ok("BLOCK", range_block(&sim, info(0, 1), td.tdr).status);
+    ok("TRACK", track(&sim, td.tdr));
+    let c = sept_remove(&sim, info(0, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_PAGE_NOT_FREE, RCX));
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// TDH.MEM.SEPT.RD
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sept_rd_reports_each_state() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::VcpuReady);
+    let added = td.add_page(&sim, 0, &[1; 4096]);
+    let pending = td.aug(&sim, 0x1000, 0);
+    let pt = child(&sim, &td, 0, 1);
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0, 1),
+        (SeptState::NL_MAPPED, Some(pt.hpa().as_u64()))
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0, 0),
+        (SeptState::MAPPED, Some(added.hpa().as_u64()))
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0x1000, 0),
+        (SeptState::PENDING, Some(pending.hpa().as_u64()))
+    );
+    assert_eq!(sept_state(&sim, td.tdr, 0x2000, 0), (SeptState::FREE, None));
+    let c = sept_rd(&sim, info(0x2000, 0), td.tdr);
+    assert_details(c.out, 0, SeptState::FREE, None);
+    // The walk stops where the tree ends.
+    let c = sept_rd(&sim, info(GIB, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(c.out, 2, SeptState::FREE, None);
+    let (s, _) = raw(
+        &sim,
+        Leaf::MEM_SEPT_RD.v0(),
+        [pinfo(0, 0) | 8, tdr(&td), 0, 0, 0, 0],
+    );
+    assert_eq!(s, invalid(RCX));
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// §4.15 TDH.MEM.PAGE.ADD
+// ---------------------------------------------------------------------------
+
+#[test]
+fn page_add_copies_the_source_and_maps_it() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    let target = td.add_page(&sim, 0x5000, &data);
+    let mut back = vec![0; 4096];
+    sim.peek(target.hpa().as_u64(), &mut back);
+    assert_eq!(back, data);
+    assert_eq!(rdmd(&sim, target), (PamtPageType::REG, tdr(&td), 0, 0));
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0x5000, 0),
+        (SeptState::MAPPED, Some(target.hpa().as_u64()))
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_add_checks_in_order() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let mapped = td.add_page(&sim, 0, &[1; 4096]);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let lv = Leaf::MEM_PAGE_ADD.v0();
+    let t = tdr(&td);
+    let target = td.page(&sim).hpa().as_u64();
+    let source = td.page(&sim).hpa().as_u64();
+    let call = |rcx: u64, rdx: u64, r8: u64, r9: u64| raw(&sim, lv, [rcx, rdx, r8, r9, 0, 0]);
+    // 1. TDR_X(RDX).
+    assert_eq!(
+        call(pinfo(0x1000, 0), target, target, source).0,
+        metadata(RDX)
+    );
+    assert_eq!(
+        call(pinfo(0x1000, 0), t + 8, target, source).0,
+        invalid(RDX)
+    );
+    // 3. PINFO(0, 0).
+    for rcx in [
+        pinfo(0, 1),
+        pinfo(0x1000, 0) | 0x8,
+        pinfo(0x1000, 0) | 1 << 60,
+    ] {
+        assert_eq!(call(rcx, t, target, source).0, invalid(RCX), "{rcx:#x}");
+    }
+    // 4. private GPA.
+    assert_eq!(call(pinfo(1 << 47, 0), t, target, source).0, invalid(RCX));
+    // 5. walk: no PT at 1 GiB (stops at the FREE level-2 entry), and a
+    // 4K GPA under a 2 MiB leaf (stops at the leaf); with a bad source too.
+    let (s, out) = call(pinfo(GIB, 0), t, target, 1);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    let (s, out) = call(pinfo(2 * MIB + 0x3000, 0), t, target, source);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 1, SeptState::PENDING, Some(big));
+    // 6. the entry is not FREE.
+    let (s, out) = call(pinfo(0, 0), t, target, 1);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 0, SeptState::MAPPED, Some(mapped));
+    // 7. the source is a shared HPA, 4 KiB aligned (before the target).
+    for r9 in [
+        source + 0x10,
+        with_hkid(&sim, source, td.hkid),
+        with_hkid(&sim, source, global_hkid(&sim)),
+        1 << 52,
+    ] {
+        assert_eq!(
+            call(pinfo(0x1000, 0), t, t, r9).0,
+            invalid(R9),
+            "R9 {r9:#x}"
+        );
+    }
+    // 8. EXPL(R8, PT_NDA).
+    for (r8, want) in [
+        (target + 0x800, invalid(R8)),
+        (OUTSIDE_TDMR, range_error(R8)),
+        (t, metadata(R8)),
+        (mapped.hpa().as_u64(), metadata(R8)),
+        (big.hpa().as_u64() + 7 * PAGE, metadata(R8)),
+        (pamt_page().hpa().as_u64(), metadata(R8)),
+    ] {
+        assert_eq!(call(pinfo(0x1000, 0), t, r8, source).0, want, "R8 {r8:#x}");
+    }
+    // A source through an MKTME KeyID is shared memory: accepted.
+    let (s, out) = call(pinfo(0x1000, 0), t, target, with_hkid(&sim, source, 7));
+    ok("PAGE.ADD", s);
+    assert_eq!((out.rcx, out.rdx), (0, 0));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_add_only_while_initialized() {
+    let sim = host();
+    let hkid = td_hkid(&sim);
+    let uninit = Td::build_with(&sim, hkid, Stage::TdcsAdded);
+    let mut td = Td::build_with(&sim, hkid + 1, Stage::VcpuReady);
+    td.map_sept(&sim, 0, 1);
+    let (t, s) = (td.page(&sim), td.page(&sim));
+    assert_eq!(
+        page_add(&sim, info(0, 0), uninit.tdr, t, s).status,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+    assert_eq!(
+        page_add(&sim, info(0, 0), td.tdr, t, s).status,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    assert_eq!(rdmd(&sim, t).0, PamtPageType::NDA);
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// §4.16 TDH.MEM.PAGE.AUG
+// ---------------------------------------------------------------------------
+
+#[test]
+fn page_aug_4k_and_2m_are_pending_until_accepted() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let small = td.aug(&sim, 0x1000, 0);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let owner = tdr(&td);
+    assert_eq!(rdmd(&sim, small), (PamtPageType::REG, owner, 0, 0));
+    // A 2 MiB page is one 2M PAMT entry; its 4K pages report that entry.
+    assert_eq!(rdmd(&sim, big), (PamtPageType::REG, owner, 1, 0));
+    assert_eq!(
+        rdmd(&sim, Pfn::new(big.as_u64() + 100)),
+        (PamtPageType::REG, owner, 1, 0)
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB, 1),
+        (SeptState::PENDING, Some(big.hpa().as_u64()))
+    );
+    assert_eq!(
+        sim.page_state(Pfn::new(big.as_u64() + 511)),
+        Some(PageState::Module)
+    );
+    ok("accept", sim.guest_accept(td.tdr, 2 * MIB, 1));
+    assert_eq!(sept_state(&sim, td.tdr, 2 * MIB, 1).0, SeptState::MAPPED);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_aug_before_finalize_is_allowed_in_1_5() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.aug(&sim, 0x1000, 0);
+    td.aug(&sim, 4 * MIB, 1);
+    let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
+    let p = page(&sim);
+    assert_eq!(
+        page_aug(&sim, info(0, 0), uninit.tdr, p).status,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_aug_checks_in_order() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    td.map_sept(&sim, 0, 1);
+    let pending = td.aug(&sim, 0x1000, 0);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let pt = child(&sim, &td, 0, 1);
+    let lv = Leaf::MEM_PAGE_AUG.v0();
+    let t = tdr(&td);
+    let p = td.page(&sim).hpa().as_u64();
+    let huge_run = td.run(&sim, 512, 512);
+    let h = huge_run.hpa().as_u64();
+    // TDR_S(RDX).
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0x2000, 0), p, p, 0, 0, 0]).0,
+        metadata(RDX)
+    );
+    // PINFO(0, 1).
+    for rcx in [pinfo(0x1000, 1), pinfo(0x2000, 0) | 0x100, pinfo(0, 5)] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, t, p, 0, 0, 0]).0,
+            invalid(RCX),
+            "{rcx:#x}"
+        );
+    }
+    assert_eq!(
+        raw(&sim, lv, [pinfo(1 << 47, 0), t, p, 0, 0, 0]).0,
+        invalid(RCX)
+    );
+    // SWALK: no PT; under a 2M leaf.
+    let (s, out) = raw(&sim, lv, [pinfo(GIB + 0x1000, 0), t, p, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    let (s, out) = raw(&sim, lv, [pinfo(2 * MIB + PAGE, 0), t, p, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 1, SeptState::PENDING, Some(big));
+    // The entry must be FREE (or REMOVED): not PENDING, not NL_MAPPED.
+    let (s, out) = raw(&sim, lv, [pinfo(0x1000, 0), t, p, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 0, SeptState::PENDING, Some(pending));
+    let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, h, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, Some(pt));
+    // The free-range check on R8.
+    for (rcx, r8, want) in [
+        (pinfo(0x2000, 0), p + 0x100, invalid(R8)),
+        (pinfo(0x2000, 0), OUTSIDE_TDMR, range_error(R8)),
+        (pinfo(0x2000, 0), t, metadata(R8)),
+        (pinfo(0x2000, 0), pending.hpa().as_u64(), metadata(R8)),
+        // A 4K page inside a 2M private page (the walk ends at 2M).
+        (
+            pinfo(0x2000, 0),
+            big.hpa().as_u64() + 3 * PAGE,
+            metadata(R8),
+        ),
+        (pinfo(4 * MIB, 1), h + PAGE, invalid(R8)),
+        (pinfo(4 * MIB, 1), big.hpa().as_u64(), metadata(R8)),
+        // A 2M range that holds PAMT pages (PT_RSVD).
+        (
+            pinfo(4 * MIB, 1),
+            pamt_page().hpa().as_u64() & !(2 * MIB - 1),
+            metadata(R8),
+        ),
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, t, r8, 0, 0, 0]).0,
+            want,
+            "{rcx:#x} R8 {r8:#x}"
+        );
+    }
+    ok(
+        "PAGE.AUG 2M",
+        raw(&sim, lv, [pinfo(4 * MIB, 1), t, h, 0, 0, 0]).0,
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_aug_2m_with_a_busy_4k_child_is_metadata_incorrect() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    td.map_sept(&sim, 2 * MIB, 2);
+    let huge = td.run(&sim, 512, 512);
+    // One 4K page of the range becomes another TD's TDR.
+    let busy = Pfn::new(huge.first().as_u64() + 37);
+    ok("MNG.CREATE", mng_create(&sim, busy, td.hkid + 1));
+    let c = page_aug(&sim, info(2 * MIB, 1), td.tdr, huge.first());
+    assert_eq!(c.status, metadata(R8));
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB, 1),
+        (SeptState::FREE, None)
+    );
+    assert_eq!(rdmd(&sim, huge.first()).0, PamtPageType::NDA);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+#[ignore = "sim bug: TDH.MEM.PAGE.AUG accepts level 2 (1 GiB); model §4.16 checks PINFO(0,1) and returns TDX_OPERAND_INVALID|RCX"]
+fn page_aug_1g_is_operand_invalid() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    td.map_sept(&sim, GIB, 3);
+    let run = td.run(&sim, 1 << 18, 1 << 18);
+    let c = page_aug(&sim, info(GIB, 2), td.tdr, run.first());
+    assert_eq!(c.status, invalid(RCX));
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// §4.17 RANGE.BLOCK, §4.18 TRACK, §4.19 RANGE.UNBLOCK
+// ---------------------------------------------------------------------------
+
+#[test]
+fn block_and_unblock_while_initialized_need_no_tracking() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let p = td.add_page(&sim, 0, &[4; 4096]);
+    let c = range_block(&sim, info(0, 0), td.tdr);
+    ok("BLOCK", c.status);
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0));
+    assert_eq!(sept_state(&sim, td.tdr, 0, 0).0, SeptState::BLOCKED);
+    assert_eq!(
+        rdmd(&sim, p).3,
+        1,
+        "bepoch = td_epoch, which MNG.INIT set to 1"
+    );
+    // Blocking again is a warning with the entry's details.
+    let c = range_block(&sim, info(0, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, RCX));
+    assert!(!c.status.is_error());
+    assert_details(c.out, 0, SeptState::BLOCKED, Some(p));
+    let c = range_unblock(&sim, info(0, 0), td.tdr);
+    ok("UNBLOCK", c.status);
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0));
+    assert_eq!(sept_state(&sim, td.tdr, 0, 0).0, SeptState::MAPPED);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn block_moves_each_blockable_state_and_refuses_the_rest() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let pending = td.aug(&sim, 0x1000, 0);
+    let pt = child(&sim, &td, 0, 1);
+    // PENDING -> PENDING_BLOCKED, NL_MAPPED -> NL_BLOCKED.
+    ok(
+        "BLOCK pending",
+        range_block(&sim, info(0x1000, 0), td.tdr).status,
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0x1000, 0).0,
+        SeptState::PENDING_BLOCKED
+    );
+    let c = range_block(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, RCX));
+    assert_details(c.out, 0, SeptState::PENDING_BLOCKED, Some(pending));
+    ok(
+        "BLOCK non-leaf",
+        range_block(&sim, info(0, 1), td.tdr).status,
+    );
+    assert_eq!(sept_state(&sim, td.tdr, 0, 1).0, SeptState::NL_BLOCKED);
+    assert_eq!(
+        rdmd(&sim, pt).3,
+        1,
+        "the child S-EPT page carries the epoch"
+    );
+    let c = range_block(&sim, info(0, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, RCX));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    // Below a blocked non-leaf the walk fails.
+    let c = range_block(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    // A FREE entry cannot be blocked.
+    let c = range_block(&sim, info(2 * MIB, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::FREE, None);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn block_checks() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Initialized);
+    let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
+    let lv = Leaf::MEM_RANGE_BLOCK.v0();
+    let p = page(&sim).hpa().as_u64();
+    assert_eq!(raw(&sim, lv, [pinfo(0, 3), p, 0, 0, 0, 0]).0, metadata(RDX));
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 3), tdr(&uninit), 0, 0, 0, 0]).0,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    for rcx in [
+        pinfo(0, 4),
+        pinfo(0x1000, 1),
+        pinfo(0, 0) | 0x40,
+        pinfo(1 << 47, 0),
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, tdr(&td), 0, 0, 0, 0]).0,
+            invalid(RCX),
+            "{rcx:#x}"
+        );
+    }
+    let (s, out) = raw(&sim, lv, [pinfo(0, 0), tdr(&td), 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 3, SeptState::FREE, None);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let p = td.aug(&sim, 0x1000, 0);
+    // Not blocked: nothing to unblock.
+    let c = range_unblock(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 0, SeptState::PENDING, Some(p));
+    let c = range_unblock(&sim, info(0x2000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 0, SeptState::FREE, None);
+    ok("BLOCK", range_block(&sim, info(0x1000, 0), td.tdr).status);
+    // Not tracked: the operand is SEPT_TREE (model §4.19), not RCX.
+    let c = range_unblock(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(
+        c.status,
+        e(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE)
+    );
+    ok("TRACK", track(&sim, td.tdr));
+    ok(
+        "UNBLOCK",
+        range_unblock(&sim, info(0x1000, 0), td.tdr).status,
+    );
+    assert_eq!(sept_state(&sim, td.tdr, 0x1000, 0).0, SeptState::PENDING);
+    // A non-leaf too.
+    let pt = child(&sim, &td, 0, 1);
+    ok("BLOCK", range_block(&sim, info(0, 1), td.tdr).status);
+    let c = range_unblock(&sim, info(0, 1), td.tdr);
+    assert_eq!(
+        c.status,
+        e(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE)
+    );
+    ok("TRACK", track(&sim, td.tdr));
+    ok("UNBLOCK", range_unblock(&sim, info(0, 1), td.tdr).status);
+    assert_eq!(
+        sept_state(&sim, td.tdr, 0, 1),
+        (SeptState::NL_MAPPED, Some(pt.hpa().as_u64()))
+    );
+    // Walk and page-info errors.
+    let lv = Leaf::MEM_RANGE_UNBLOCK.v0();
+    let (s, out) = raw(&sim, lv, [pinfo(GIB, 0), tdr(&td), 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    assert_eq!(
+        raw(&sim, lv, [pinfo(0, 4), tdr(&td), 0, 0, 0, 0]).0,
+        invalid(RCX)
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn track_advances_the_epoch_blocks_are_stamped_with() {
+    let sim = host();
+    let hkid = td_hkid(&sim);
+    let mut td = Td::build_with(&sim, hkid, Stage::Runnable);
+    let a = td.aug(&sim, 0x1000, 0);
+    let b = td.aug(&sim, 0x2000, 0);
+    ok("BLOCK a", range_block(&sim, info(0x1000, 0), td.tdr).status);
+    assert_eq!(rdmd(&sim, a).3, 1);
+    ok("TRACK", track(&sim, td.tdr));
+    ok("TRACK", track(&sim, td.tdr));
+    ok("BLOCK b", range_block(&sim, info(0x2000, 0), td.tdr).status);
+    assert_eq!(rdmd(&sim, b).3, 3);
+    // a (epoch 1 < 3 - 1) is tracked; b (epoch 3) is not until one TRACK.
+    ok(
+        "REMOVE a",
+        page_remove(&sim, info(0x1000, 0), td.tdr).status,
+    );
+    assert_eq!(
+        page_remove(&sim, info(0x2000, 0), td.tdr).status,
+        e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX)
+    );
+    ok("TRACK", track(&sim, td.tdr));
+    ok(
+        "REMOVE b",
+        page_remove(&sim, info(0x2000, 0), td.tdr).status,
+    );
+    // TRACK's own checks.
+    let uninit = Td::build_with(&sim, hkid + 1, Stage::TdcsAdded);
+    let created = Td::build_with(&sim, hkid + 2, Stage::Created);
+    let init = Td::build_with(&sim, hkid + 3, Stage::Initialized);
+    assert_eq!(track(&sim, uninit.tdr), TdxStatus::OP_STATE_INCORRECT);
+    assert_eq!(track(&sim, created.tdr), TdxStatus::TD_KEYS_NOT_CONFIGURED);
+    assert_eq!(track(&sim, init.tdcs[0]), metadata(RCX));
+    ok("TRACK while INITIALIZED", track(&sim, init.tdr));
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// §4.20 TDH.MEM.PAGE.REMOVE
+// ---------------------------------------------------------------------------
+
+#[test]
+fn page_remove_before_finalize_needs_no_block() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let p = td.add_page(&sim, 0x4000, &[5; 4096]);
+    let c = page_remove(&sim, info(0x4000, 0), td.tdr);
+    ok("PAGE.REMOVE", c.status);
+    assert_eq!(c.out.removed(), Some(p));
+    assert_eq!(c.out.rdx, 0);
+    assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA);
+    assert_eq!(sim.page_state(p), Some(PageState::Host));
+    assert_eq!(sept_state(&sim, td.tdr, 0x4000, 0), (SeptState::FREE, None));
+    // A blocked page is removable too.
+    td.add_page(&sim, 0x5000, &[6; 4096]);
+    ok("BLOCK", range_block(&sim, info(0x5000, 0), td.tdr).status);
+    ok(
+        "PAGE.REMOVE blocked",
+        page_remove(&sim, info(0x5000, 0), td.tdr).status,
+    );
+    // The GPA can be used again.
+    td.add_page(&sim, 0x4000, &[7; 4096]);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_remove_when_runnable_needs_block_then_track() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let p = td.aug(&sim, 0x1000, 0);
+    let c = page_remove(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
+    assert_details(c.out, 0, SeptState::PENDING, Some(p));
+    ok("accept", sim.guest_accept(td.tdr, 0x1000, 0));
+    let c = page_remove(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
+    assert_details(c.out, 0, SeptState::MAPPED, Some(p));
+    ok("BLOCK", range_block(&sim, info(0x1000, 0), td.tdr).status);
+    let c = page_remove(&sim, info(0x1000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX));
+    assert_eq!(sept_state(&sim, td.tdr, 0x1000, 0).0, SeptState::BLOCKED);
+    ok("TRACK", track(&sim, td.tdr));
+    let c = page_remove(&sim, info(0x1000, 0), td.tdr);
+    ok("PAGE.REMOVE", c.status);
+    assert_eq!(c.out.removed(), Some(p));
+    // The removed page still holds the TD's lines: WBINVD with its KeyID.
+    ok("PAGE.WBINVD", wbinvd(&sim, p, td.hkid));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_remove_a_2m_page() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    // Removing a 4K page inside it: the walk stops at the 2M leaf.
+    let c = page_remove(&sim, info(2 * MIB + PAGE, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(c.out, 1, SeptState::PENDING, Some(big));
+    let removed = td.block_track_remove(&sim, 2 * MIB, 1);
+    assert_eq!(removed, big);
+    assert_eq!(rdmd(&sim, big).0, PamtPageType::NDA);
+    assert_eq!(
+        sim.page_state(Pfn::new(big.as_u64() + 511)),
+        Some(PageState::Host)
+    );
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn page_remove_checks() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 1);
+    let pt = child(&sim, &td, 0, 1);
+    let lv = Leaf::MEM_PAGE_REMOVE.v0();
+    let t = tdr(&td);
+    let p = page(&sim).hpa().as_u64();
+    assert_eq!(raw(&sim, lv, [pinfo(0, 0), p, 0, 0, 0, 0]).0, metadata(RDX));
+    for rcx in [
+        pinfo(0, 3),
+        pinfo(0x1000, 1),
+        pinfo(0, 0) | 0x800,
+        pinfo(1 << 47, 0),
+    ] {
+        assert_eq!(
+            raw(&sim, lv, [rcx, t, 0, 0, 0, 0]).0,
+            invalid(RCX),
+            "{rcx:#x}"
+        );
+    }
+    // FREE leaf, a non-leaf, no PT.
+    let (s, out) = raw(&sim, lv, [pinfo(0, 0), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 0, SeptState::FREE, None);
+    let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, Some(pt));
+    let (s, out) = raw(&sim, lv, [pinfo(GIB, 0), t, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
+    assert_details(sept_out(out), 2, SeptState::FREE, None);
+    let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
+    assert_eq!(
+        page_remove(&sim, info(0, 0), uninit.tdr).status,
+        TdxStatus::OP_STATE_INCORRECT
+    );
+    sim.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// TDH.MEM.PAGE.DEMOTE / PROMOTE (model choices of the simulator: the
+// blocking and tracking rules of REMOVE)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn demote_a_running_2m_page_then_remove_one_4k_page() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    let sept = td.page(&sim);
+    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, sept);
+    assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
+    assert_details(c.out, 1, SeptState::PENDING, Some(big));
+    ok("BLOCK", range_block(&sim, info(2 * MIB, 1), td.tdr).status);
+    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, sept);
+    assert_eq!(c.status, e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX));
+    ok("TRACK", track(&sim, td.tdr));
+    // The new S-EPT page is checked like any page handed over.
+    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, td.tdr);
+    assert_eq!(c.status, metadata(R8));
+    ok(
+        "DEMOTE",
+        page_demote(&sim, info(2 * MIB, 1), td.tdr, sept).status,
+    );
+    // Now a PT page with 512 pending 4K pages.
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB, 1),
+        (SeptState::NL_MAPPED, Some(sept.hpa().as_u64()))
+    );
+    assert_eq!(rdmd(&sim, sept), (PamtPageType::EPT, tdr(&td), 0, 0));
+    let fifth = Pfn::new(big.as_u64() + 5);
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB + 5 * PAGE, 0),
+        (SeptState::PENDING, Some(fifth.hpa().as_u64()))
+    );
+    assert_eq!(rdmd(&sim, fifth), (PamtPageType::REG, tdr(&td), 0, 0));
+    // One 4K page goes; the rest stay.
+    let removed = td.block_track_remove(&sim, 2 * MIB + 5 * PAGE, 0);
+    assert_eq!(removed, fifth);
+    assert_eq!(sim.page_state(fifth), Some(PageState::Host));
+    assert_eq!(rdmd(&sim, Pfn::new(big.as_u64() + 6)).0, PamtPageType::REG);
+    ok("PAGE.WBINVD", wbinvd(&sim, fifth, td.hkid));
+    // With a hole, the range cannot be promoted back.
+    ok("BLOCK", range_block(&sim, info(2 * MIB, 1), td.tdr).status);
+    ok("TRACK", track(&sim, td.tdr));
+    let c = page_promote(&sim, info(2 * MIB, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    sim.check_invariants().unwrap();
+    // Teardown reclaims the 511 remaining 4K pages one by one.
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn demote_and_promote_round_trip_before_finalize() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let big = td.aug(&sim, 2 * MIB, 1);
+    ok("accept", sim.guest_accept(td.tdr, 2 * MIB, 1));
+    let sept = td.page(&sim);
+    ok(
+        "DEMOTE",
+        page_demote(&sim, info(2 * MIB, 1), td.tdr, sept).status,
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB + PAGE, 0).0,
+        SeptState::MAPPED
+    );
+    let c = page_promote(&sim, info(2 * MIB, 1), td.tdr);
+    ok("PROMOTE", c.status);
+    assert_eq!(
+        c.out.removed(),
+        Some(sept),
+        "the freed S-EPT page comes back in RCX"
+    );
+    assert_eq!(
+        sept_state(&sim, td.tdr, 2 * MIB, 1),
+        (SeptState::MAPPED, Some(big.hpa().as_u64()))
+    );
+    assert_eq!(rdmd(&sim, big), (PamtPageType::REG, tdr(&td), 1, 0));
+    assert_eq!(rdmd(&sim, sept).0, PamtPageType::NDA);
+    assert_eq!(sim.page_state(sept), Some(PageState::Host));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn demote_and_promote_checks() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    td.map_sept(&sim, 0, 1);
+    let pt = child(&sim, &td, 0, 1);
+    let sept = td.page(&sim);
+    // DEMOTE: levels 1..=2 only; a non-leaf cannot be demoted.
+    let c = page_demote(&sim, info(0, 0), td.tdr, sept);
+    assert_eq!(c.status, invalid(RCX));
+    let c = page_demote(&sim, info(0, 1), td.tdr, sept);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    // PROMOTE: a FREE entry, and a PT whose first entry is FREE.
+    let c = page_promote(&sim, info(2 * MIB, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_details(c.out, 1, SeptState::FREE, None);
+    let c = page_promote(&sim, info(0, 1), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
+    assert_eq!(rdmd(&sim, sept).0, PamtPageType::NDA);
+    sim.check_invariants().unwrap();
+}
