@@ -106,46 +106,88 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         TdxStatus::RND_NO_ENTROPY,
     ];
     const BUSY_TDR_RCX: &[TdxStatus] = &[BUSY.with_operand(OperandId::RCX)];
-    const BUSY_OPERANDS: &[TdxStatus] = &[
+    // The locks each leaf takes, in the model's order (§3.3, §4.x).
+    const VP_CREATE: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::OP_STATE),
         BUSY.with_operand(OperandId::RCX),
+    ];
+    const VP_ADDCX: &[TdxStatus] = &[
         BUSY.with_operand(OperandId::RDX),
         BUSY.with_operand(OperandId::TDR),
         BUSY.with_operand(OperandId::OP_STATE),
+        BUSY.with_operand(OperandId::RCX),
+    ];
+    const VP_INIT: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::TDR),
+        BUSY.with_operand(OperandId::OP_STATE),
+    ];
+    const VP_FLUSH: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::TDR),
+    ];
+    const SEPT_ADD_AUG: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::OP_STATE),
+        BUSY.with_operand(OperandId::SEPT_TREE),
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::R8),
     ];
     const BUSY_SEPT: &[TdxStatus] = &[
-        BUSY.with_operand(OperandId::RCX),
         BUSY.with_operand(OperandId::RDX),
-        BUSY.with_operand(OperandId::SEPT_TREE),
         BUSY.with_operand(OperandId::OP_STATE),
+        BUSY.with_operand(OperandId::SEPT_TREE),
+        BUSY.with_operand(OperandId::RCX),
+    ];
+    // PAGE.ADD: TDR_X(RDX) and EXPL(R8); no tree or op-state lock.
+    const PAGE_ADD: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::R8),
     ];
     const TRACK: &[TdxStatus] = &[
         BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::OP_STATE),
         BUSY.with_operand(OperandId::TD_EPOCH),
         TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
     ];
+    const BUSY_TDR_RDX: &[TdxStatus] = &[BUSY.with_operand(OperandId::RDX)];
     const BUSY_KOT: &[TdxStatus] = &[
         BUSY.with_operand(OperandId::RCX),
         BUSY.with_operand(OperandId::KOT),
+    ];
+    const CACHE_WB: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::WBCACHE),
+        BUSY.with_operand(OperandId::KOT),
+    ];
+    const RECLAIM: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::TDR),
     ];
     match leaf {
         Leaf::SYS_INIT | Leaf::SYS_LP_INIT | Leaf::SYS_CONFIG | Leaf::SYS_SHUTDOWN => {
             (SYS_BUSY, false)
         }
         Leaf::SYS_KEY_CONFIG => (KEY_CONFIG, false),
-        Leaf::SYS_TDMR_INIT | Leaf::PHYMEM_PAGE_RDMD | Leaf::PHYMEM_PAGE_RECLAIM => {
+        Leaf::SYS_TDMR_INIT | Leaf::PHYMEM_PAGE_RDMD | Leaf::PHYMEM_PAGE_WBINVD => {
             (BUSY_RCX, false)
         }
-        Leaf::EXT_MEM_ADD | Leaf::EXT_INIT | Leaf::PHYMEM_CACHE_WB => (&[], true),
+        Leaf::PHYMEM_PAGE_RECLAIM => (RECLAIM, false),
+        Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => (&[], true),
+        Leaf::PHYMEM_CACHE_WB => (CACHE_WB, true),
         // Model §3.3 and §4: the locks each TD leaf takes, and key generation.
         Leaf::MNG_CREATE => (MNG_CREATE, false),
         Leaf::MNG_KEY_CONFIG => (MNG_KEY_CONFIG, false),
         Leaf::MNG_ADDCX => (MNG_ADDCX, false),
-        Leaf::MNG_INIT | Leaf::MR_EXTEND | Leaf::MR_FINALIZE => (BUSY_TDR_RCX, false),
-        Leaf::VP_CREATE | Leaf::VP_ADDCX | Leaf::VP_INIT | Leaf::VP_FLUSH => (BUSY_OPERANDS, false),
-        Leaf::MEM_SEPT_ADD
-        | Leaf::MEM_SEPT_REMOVE
-        | Leaf::MEM_PAGE_ADD
-        | Leaf::MEM_PAGE_AUG
+        Leaf::MNG_INIT | Leaf::MR_FINALIZE => (BUSY_TDR_RCX, false),
+        Leaf::MR_EXTEND => (BUSY_TDR_RDX, false),
+        Leaf::VP_CREATE => (VP_CREATE, false),
+        Leaf::VP_ADDCX => (VP_ADDCX, false),
+        Leaf::VP_INIT => (VP_INIT, false),
+        Leaf::VP_FLUSH => (VP_FLUSH, false),
+        Leaf::MEM_SEPT_ADD | Leaf::MEM_PAGE_AUG => (SEPT_ADD_AUG, false),
+        Leaf::MEM_PAGE_ADD => (PAGE_ADD, false),
+        Leaf::MEM_SEPT_REMOVE
         | Leaf::MEM_RANGE_BLOCK
         | Leaf::MEM_RANGE_UNBLOCK
         | Leaf::MEM_PAGE_REMOVE

@@ -572,6 +572,16 @@ impl State {
                 return op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG);
             }
         }
+        // IA32_ARCH_CAPABILITIES configuration: only bits the module lets
+        // the host configure (the module publishes its mask as global
+        // metadata). Model choice, UNCONFIRMED: the mask's value.
+        let arch_caps = u64::from_le_bytes(p[224..232].try_into().expect("8 bytes"));
+        if arch_caps & !ARCH_CAPS_CONFIG_MASK != 0 {
+            return op(
+                TdxStatus::OPERAND_INVALID,
+                OperandId::IA32_ARCH_CAPABILITIES_CONFIG,
+            );
+        }
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.max_vcpus = u32::from(max_vcpus);
         td.num_vcpus = 0;
@@ -1092,6 +1102,8 @@ impl State {
     }
 
     // ---- §4.16 TDH.MEM.PAGE.AUG ----
+    // Module 1.5 maps 4K and 2M pages only (PINFO(0,1)); a 1G mapping is
+    // built by PROMOTE.
     fn page_aug(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
         let tdr = match self.tdr(a.rdx, OperandId::RDX) {
             Ok(t) => t,
@@ -1104,7 +1116,7 @@ impl State {
         if let Err(s) = self.tdcs(tdr, &allowed) {
             return s;
         }
-        let (gpa, level) = match self.pinfo(a.rcx, 0, 2) {
+        let (gpa, level) = match self.pinfo(a.rcx, 0, 1) {
             Ok(x) => x,
             Err(s) => return s,
         };
@@ -1349,7 +1361,9 @@ impl State {
                 return TdxStatus::NO_HKID_READY_TO_WBCACHE;
             }
             self.tds.cache_wb.insert(pkg, (flushed, 0));
-        } else if self.tds.cache_wb.get(&pkg).is_none_or(|(_, p)| *p == 0) {
+        } else if !self.tds.cache_wb.contains_key(&pkg) {
+            // Nothing interrupted on this package to resume (an interruption
+            // before the first step still left a resumable state).
             return TdxStatus::WBCACHE_RESUME_ERROR;
         }
         let mut budget = stop_early.unwrap_or(u32::MAX);
@@ -1652,6 +1666,22 @@ impl State {
 fn tracked(td: &Td, bepoch: u64) -> bool {
     bepoch < td.td_epoch.saturating_sub(1) || bepoch == td.td_epoch.saturating_sub(1)
 }
+
+/// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure. Model choice
+/// (UNCONFIRMED: the module reports its real mask through global metadata,
+/// which the references do not give): the "not affected" bits a VMM may
+/// want to hide or show for migration pools: RDCL_NO (0), IBRS_ALL (1),
+/// RSBA (2), SSB_NO (4), MDS_NO (5), TAA_NO (8), RRSBA (19), BHI_NO (20),
+/// PBRSB_NO (24).
+pub const ARCH_CAPS_CONFIG_MASK: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 8)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 24);
 
 /// Where TDH.MNG.RD serves MRTD in this model: six 64-bit elements from
 /// this field ID (a model choice: the references give no field ID for the

@@ -162,35 +162,24 @@ transients! {
     transients_mng_key_config: MNG_KEY_CONFIG, false;
     transients_mng_addcx: MNG_ADDCX, false;
     transients_mng_init: MNG_INIT, false;
-    #[ignore = "sim bug: transient_statuses(TDH.VP.CREATE) includes OPERAND_BUSY|TDR; VP.CREATE names its TDR in RDX (TDR_S(RDX), model §4.11), it never looks a TDR up implicitly"]
     transients_vp_create: VP_CREATE, false;
     transients_vp_addcx: VP_ADDCX, false;
-    #[ignore = "sim bug: transient_statuses(TDH.VP.INIT) includes OPERAND_BUSY|RDX; RDX is the initial guest RCX, not an address the leaf locks (model §4.13)"]
     transients_vp_init: VP_INIT, false;
-    #[ignore = "sim bug: transient_statuses(TDH.VP.FLUSH) includes OPERAND_BUSY|RDX and |OP_STATE; VP.FLUSH takes only EXPL(RCX) and TDR_IMPL (model §4.24: no TDCS(), so no op-state lock)"]
     transients_vp_flush: VP_FLUSH, false;
-    #[ignore = "sim bug: transient_statuses(TDH.MEM.SEPT.ADD) lacks OPERAND_BUSY|R8 (EXPL(R8) of the new S-EPT page, model §4.14, §3.5 step 3)"]
     transients_mem_sept_add: MEM_SEPT_ADD, false;
     transients_mem_sept_remove: MEM_SEPT_REMOVE, false;
-    #[ignore = "sim bug: transient_statuses(TDH.MEM.PAGE.ADD) includes OPERAND_BUSY|SEPT_TREE and |OP_STATE (model §4.15: no tree lock, TDCS() without the op-state lock) and lacks OPERAND_BUSY|R8 (EXPL(R8))"]
     transients_mem_page_add: MEM_PAGE_ADD, false;
-    #[ignore = "sim bug: transient_statuses(TDH.MEM.PAGE.AUG) lacks OPERAND_BUSY|R8 (the free-range EXPL(R8), model §4.16)"]
     transients_mem_page_aug: MEM_PAGE_AUG, false;
     transients_mem_range_block: MEM_RANGE_BLOCK, false;
     transients_mem_range_unblock: MEM_RANGE_UNBLOCK, false;
-    #[ignore = "sim bug: transient_statuses(TDH.MEM.TRACK) lacks OPERAND_BUSY|OP_STATE (TDCS(TRACK, shared oplock), model §4.18)"]
     transients_mem_track: MEM_TRACK, false;
     transients_mem_page_remove: MEM_PAGE_REMOVE, false;
-    #[ignore = "sim bug: transient_statuses(TDH.MR.EXTEND) is OPERAND_BUSY|RCX; MR.EXTEND's TDR is in RDX (TDR_X(RDX), model §4.22), so the busy operand is RDX"]
     transients_mr_extend: MR_EXTEND, false;
     transients_mr_finalize: MR_FINALIZE, false;
     transients_mng_vpflushdone: MNG_VPFLUSHDONE, false;
-    #[ignore = "sim bug: transient_statuses(TDH.PHYMEM.CACHE.WB) has no status; model §4.26 lists OPERAND_BUSY|WBCACHE (the package's WBT mutex) and OPERAND_BUSY|KOT"]
     transients_phymem_cache_wb: PHYMEM_CACHE_WB, true;
     transients_mng_key_freeid: MNG_KEY_FREEID, false;
-    #[ignore = "sim bug: transient_statuses(TDH.PHYMEM.PAGE.RECLAIM) lacks OPERAND_BUSY|TDR (TDR_IMPL on the owner, model §4.28 step 6)"]
     transients_phymem_page_reclaim: PHYMEM_PAGE_RECLAIM, false;
-    #[ignore = "sim bug: transient_statuses(TDH.PHYMEM.PAGE.WBINVD) has no status; model §4.29: EXPL(page, shared) can return OPERAND_BUSY|RCX"]
     transients_phymem_page_wbinvd: PHYMEM_PAGE_WBINVD, false;
     transients_mng_key_reclaimid: MNG_KEY_RECLAIMID, false;
 }
@@ -627,7 +616,6 @@ fn injected_teardown_leaves() {
 }
 
 #[test]
-#[ignore = "sim bug: transient_statuses(TDH.PHYMEM.PAGE.WBINVD) is empty, so no busy status can be injected (model §4.29: OPERAND_BUSY|RCX)"]
 fn injected_page_wbinvd() {
     let sim = host();
     let mut plan = None;
@@ -644,7 +632,6 @@ fn injected_page_wbinvd() {
 }
 
 #[test]
-#[ignore = "sim bug: transient_statuses(TDH.PHYMEM.CACHE.WB) has no status, so OPERAND_BUSY|WBCACHE / |KOT (model §4.26) cannot be injected"]
 fn injected_cache_wb() {
     let sim = host();
     let mut plan = None;
@@ -807,8 +794,8 @@ fn check_fired(fired: &[(Leaf, u64, FaultAction)]) {
 
 #[test]
 fn random_faults_over_a_lifecycle_are_reproducible_and_transient() {
-    // Seeds 0, 11 and 26 never interrupt CACHE.WB before any progress (the
-    // ignored test below runs the seeds that do: 5, 27, 30 among 0..32).
+    // (`random_faults_over_many_seeds` runs 32 seeds, including 5, 27 and
+    // 30, which interrupt CACHE.WB before its first step.)
     let seeds = [0, 11, 26];
     let first = lifecycle_under_random_faults(seeds[0], 300_000);
     assert_eq!(
@@ -852,7 +839,6 @@ fn random_faults_over_a_lifecycle_are_reproducible_and_transient() {
 }
 
 #[test]
-#[ignore = "sim bug: a random StopEarly { after: 0 } on TDH.PHYMEM.CACHE.WB returns INTERRUPTED_RESUMABLE that cannot be resumed (WBCACHE_RESUME_ERROR; model §4.26), which some seeds hit"]
 fn random_faults_over_many_seeds() {
     for seed in 0..32 {
         check_fired(&lifecycle_under_random_faults(seed, 300_000));

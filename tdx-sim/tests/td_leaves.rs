@@ -657,7 +657,6 @@ fn mng_init_td_params_value_rules() {
 }
 
 #[test]
-#[ignore = "sim bug: TDH.MNG.INIT does not check IA32_ARCH_CAPABILITIES_CONFIG (model §4.10: `|72`)"]
 fn mng_init_arch_capabilities_config_is_checked() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::TdcsAdded);
@@ -1083,14 +1082,25 @@ fn mr_extend_checks_in_order() {
 }
 
 #[test]
-#[ignore = "sim bug: MR.EXTEND on a BLOCKED 4K leaf returns EPT_ENTRY_NOT_PRESENT|RCX with details; model §4.22 (and §5.4: MR.EXTEND allows only MAPPED) gives TDX_EPT_ENTRY_NOT_PRESENT with no operand for a leaf whose state is not MAPPED"]
-fn mr_extend_on_a_blocked_leaf_is_not_present_without_operand() {
+/// Model §4.22: the walk must reach a leaf with RWX != 0, else
+/// `TDX_EPT_ENTRY_NOT_PRESENT|RCX` with details; the "no operand" answer is
+/// for a leaf that has permissions but is not MAPPED. RANGE.BLOCK clears a
+/// leaf's permissions, so a BLOCKED leaf fails the walk (operand RCX).
+fn mr_extend_on_a_blocked_leaf_fails_the_walk() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::VcpuReady);
     td.add_page(&sim, 0, &[1; 4096]);
     ok("RANGE.BLOCK", range_block(&sim, info(0, 0), td.tdr).status);
     let c = mr_extend(&sim, td.tdr, Gpa::new(0));
-    assert_eq!(c.status, TdxStatus::EPT_ENTRY_NOT_PRESENT);
+    assert_eq!(
+        c.status,
+        TdxStatus::EPT_ENTRY_NOT_PRESENT.with_operand(OperandId::RCX)
+    );
+    assert_eq!(
+        c.out.level_state.state(),
+        tdx_types::regs::SeptState::BLOCKED,
+        "the walk's details name the blocked leaf"
+    );
     sim.check_invariants().unwrap();
 }
 

@@ -802,7 +802,6 @@ fn page_aug_2m_with_a_busy_4k_child_is_metadata_incorrect() {
 }
 
 #[test]
-#[ignore = "sim bug: TDH.MEM.PAGE.AUG accepts level 2 (1 GiB); model §4.16 checks PINFO(0,1) and returns TDX_OPERAND_INVALID|RCX"]
 fn page_aug_1g_is_operand_invalid() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::Runnable);

@@ -316,7 +316,6 @@ fn cache_wb_interrupted_resumes_on_the_same_package() {
 }
 
 #[test]
-#[ignore = "sim bug: Fault::stop_early(TDH.PHYMEM.CACHE.WB, n, 0) returns INTERRUPTED_RESUMABLE with no progress saved, and the resume (RCX=1, same package) then gets WBCACHE_RESUME_ERROR; model §4.26: an interrupted CACHE.WB saves its progress and the host resumes it with RCX=1. Random faults pick `after` in 0..4, so a seeded run hits this"]
 fn cache_wb_interrupted_before_any_progress_still_resumes() {
     let sim = host();
     let td = Td::build(&sim, Stage::Created);
