@@ -40,6 +40,6 @@ pub use memory::{Accounting, PageState};
 pub use module::{KotState, PamtEntry, SysState};
 pub use profile::{CpuidConfig, Profile};
 pub use sim::{InvariantError, Simulator, Stats, seamcalls_by_name};
-pub use td::{Lifecycle, MRTD_FIELD, OpState};
+pub use td::{ARCH_CAPS_CONFIG_MASK, Lifecycle, MRTD_FIELD, OpState};
 pub use trace::{Recorder, ReplaySummary, Trace, TraceError, TraceMachine, replay};
 pub use violation::Violation;
