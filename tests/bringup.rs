@@ -1622,3 +1622,32 @@ fn page_array_allocation_failure_gives_everything_back() {
     free_all(&sim, &held);
     assert_all_free(&sim, "single pages");
 }
+
+/// An "interrupted, resumable" answer from a leaf that is not resumable
+/// (here TDH.SYS.KEY.CONFIG and TDH.SYS.INIT) is not taken as
+/// success: it is a typed error at that step.
+#[test]
+fn an_interruption_from_a_leaf_that_cannot_be_resumed_is_an_error() {
+    let desc = small(Profile::tdx_1_5());
+    let interrupted = TdxStatus::INTERRUPTED_RESUMABLE;
+    let key = seamcall_err(
+        Step::KeyConfig(PackageId(0)),
+        Leaf::SYS_KEY_CONFIG,
+        interrupted,
+    );
+    let o = run_case(
+        &desc,
+        &[Fault::status(Leaf::SYS_KEY_CONFIG, 1, interrupted)],
+        Some(&key),
+        0,
+        "KEY.CONFIG interrupted",
+    );
+    assert_eq!(o, Outcome::MustReload);
+    let sim = Simulator::new(desc.clone()).unwrap();
+    sim.inject(Fault::status(Leaf::SYS_INIT, 1, interrupted));
+    let r = TdxModule::init(&sim, &sim).unwrap_err();
+    assert_eq!(
+        r.error,
+        seamcall_err(Step::SysInit, Leaf::SYS_INIT, interrupted)
+    );
+}

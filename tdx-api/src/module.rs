@@ -25,8 +25,10 @@
 //! `TDX_KEY_GENERATION_FAILED` are retried up to [`ENTROPY_RETRIES`] times;
 //! busy statuses up to [`BUSY_RETRIES`] times with a yield in between;
 //! interrupted-resumable leaves are resumed, yielding between calls, for as
-//! long as they make progress ([`NO_PROGRESS_LIMIT`] calls without it is an
-//! error).
+//! long as they make progress: [`NO_PROGRESS_LIMIT`] calls of TDH.EXT.MEM.ADD
+//! without it is an error; TDH.EXT.INIT keeps its progress inside the module
+//! where the host cannot see it, so it gets [`EXT_INIT_CALL_LIMIT`] calls in
+//! all. An interruption from any other leaf is an error, not a success.
 
 // UNSAFETY: bring-up issues the raw leaves of tdx-sys (each an `unsafe fn`)
 // and uses the Platform's direct map; every call states which obligation of
@@ -55,8 +57,11 @@ use crate::{
 pub const ENTROPY_RETRIES: u32 = 10;
 /// Retries of a leaf that found a lock busy.
 pub const BUSY_RETRIES: u32 = 1000;
-/// Calls of a resumable leaf in a row without progress before giving up.
+/// Calls of TDH.EXT.MEM.ADD in a row without progress before giving up.
 pub const NO_PROGRESS_LIMIT: u32 = 64;
+/// Interrupted calls of TDH.EXT.INIT before giving up (its progress is not
+/// visible to the host).
+pub const EXT_INIT_CALL_LIMIT: u32 = NO_PROGRESS_LIMIT * 16;
 /// Times bring-up re-plans around PAMT ranges the platform cannot give.
 pub const REPLAN_LIMIT: u32 = 8;
 
@@ -381,8 +386,10 @@ fn with_retries<P: Platform>(
     loop {
         stats.seamcalls += 1;
         let s = call();
+        let resumable = matches!(leaf.leaf(), Leaf::EXT_MEM_ADD | Leaf::EXT_INIT);
         match s.kind() {
-            None | Some(ErrorKind::Interrupted) => return Ok(s),
+            None => return Ok(s),
+            Some(ErrorKind::Interrupted) if resumable => return Ok(s),
             Some(ErrorKind::NoEntropy) if entropy < ENTROPY_RETRIES => entropy += 1,
             Some(ErrorKind::Busy) if busy < BUSY_RETRIES => {
                 busy += 1;
@@ -723,7 +730,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
                 // The leaf keeps its progress inside the module; bound the
                 // number of resumptions.
                 calls_without_end += 1;
-                if calls_without_end > NO_PROGRESS_LIMIT * 16 {
+                if calls_without_end > EXT_INIT_CALL_LIMIT {
                     return Err(BringUpError::NoProgress {
                         step: Step::ExtInit,
                         leaf: Leaf::EXT_INIT,
