@@ -1,10 +1,10 @@
 //! The safe TDX host API (`no_std` + `alloc`).
 //!
-//! Today this crate holds the [`Platform`] trait (the host services tdx-rs
-//! needs from the kernel or hypervisor it runs in) and the TDMR/PAMT
-//! [`plan`]ner. The type-state module bring-up, Trust Domain and vCPU
-//! lifecycles, PFN-only memory mapping, page arrays and teardown (see the
-//! project's design document) are not written yet.
+//! This crate holds the [`Platform`] trait (the host services tdx-rs needs
+//! from the kernel or hypervisor it runs in), the TDMR/PAMT [`plan`]ner, the
+//! type-state module bring-up ([`module`]), page arrays, the offline MRTD
+//! calculator ([`measure`]), and Trust Domains ([`td`]: HKIDs, TD and vCPU
+//! build, PFN-only private memory, teardown with a report; a first cut).
 
 #![no_std]
 #![warn(missing_docs)]
@@ -16,9 +16,11 @@ pub mod module;
 pub mod page_array;
 pub mod plan;
 pub mod platform;
+pub mod td;
 
 pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};
 pub use page_array::TdxPageArray;
 pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+pub use td::{GuestFrame, Td, TdHost};
 pub use tdx_sys as sys;
 pub use tdx_types as types;

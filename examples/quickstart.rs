@@ -1,0 +1,273 @@
+//! The whole of tdx-rs in one run, on a simulated host: bring the TDX
+//! module up from a real machine's memory map, build a Trust Domain with two
+//! vCPUs and measured initial memory, finalize it, map private memory by PFN
+//! at 4K, 2M and 1G, unmap part of it, tear everything down, and print what
+//! happened.
+//!
+//! ```text
+//! cargo run --release --example quickstart             # a 2-socket, 128 GiB host
+//! cargo run --release --example quickstart -- MAP.json # another memory map
+//! ```
+
+// UNSAFETY: the example hands frames it allocated from the simulated host to
+// the TD (`GuestFrame::new`, the caller's promise not to touch them) and
+// frees them when the TD gives them back.
+#![allow(unsafe_code)]
+
+use std::{path::PathBuf, time::Instant};
+
+use tdx::{
+    Gpa, PageSize, Size1G, Size2M, Size4K,
+    api::{
+        CpuId, Placement, Platform, TdxModule,
+        measure::{self, InitialPage},
+        plan::{MemRange, PlanInput},
+        td::{AugPageSize, GuestFrame, TdHost},
+    },
+    types::{
+        PfnRun,
+        abi::{EptPageWalk, EptpControls, TdParams},
+    },
+};
+use tdx_sim::{MachineDesc, Profile, Simulator};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tdx-plan/testdata/memmaps/07-hpe-dl360-gen10plus-icx-2s-128g.json");
+    let path = args.first().map(PathBuf::from).unwrap_or(default);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| die(&path, e));
+    let desc = MachineDesc::from_memmap_json(&text)
+        .unwrap_or_else(|e| die(&path, e))
+        .with_cpus(2, 4)
+        .with_profile(Profile::tdx_1_5());
+    let input = PlanInput::new(
+        desc.memory
+            .iter()
+            .map(|&(start, end)| MemRange {
+                start,
+                end,
+                node: desc
+                    .numa
+                    .iter()
+                    .find(|&&(s, e, _)| start >= s && start < e)
+                    .map_or(0, |&(_, _, n)| n),
+            })
+            .collect(),
+    );
+    let sim = Simulator::new(desc.clone()).unwrap_or_else(|e| die(&path, e));
+    let t0 = Instant::now();
+
+    // 1. Bring-up: init -> configure (plan, PAMTs, keys, TDMRs) -> extensions.
+    let module = TdxModule::init(&sim, &sim)
+        .map_err(|r| r.error)
+        .unwrap_or_else(|e| die(&path, e));
+    let module = module
+        .configure(&input)
+        .map_err(|e| e.error().clone())
+        .unwrap_or_else(|e| die(&path, e));
+    let module = module
+        .init_extensions()
+        .map_err(|r| r.error.clone())
+        .unwrap_or_else(|e| die(&path, e));
+    let t_bringup = t0.elapsed();
+    let plan = module.plan().expect("configured");
+    println!(
+        "host: {} ({} packages x {} LPs)",
+        path.display(),
+        desc.packages,
+        desc.lps_per_package
+    );
+    println!(
+        "plan: {} TDMRs, PAMT {} MiB; bring-up {:.1} ms",
+        plan.tdmrs.len(),
+        plan.pamt_bytes() >> 20,
+        t_bringup.as_secs_f64() * 1e3
+    );
+
+    // 2. A TD: create, keys on every package, TDCS, init, two vCPUs.
+    let t1 = Instant::now();
+    let host = TdHost::new(module, sim.machine().hkid_start_bit());
+    let mut params = TdParams::new();
+    params.set_xfam(3);
+    params.set_max_vcpus(2);
+    params.set_eptp_controls(EptpControls::write_back(EptPageWalk::FourLevel));
+    params.set_tsc_frequency(100);
+    params.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    let mut td = host
+        .create_td()
+        .and_then(|td| td.configure_keys().map_err(|f| f.error))
+        .and_then(|td| td.add_tdcs().map_err(|f| f.error))
+        .and_then(|td| td.init(&params).map_err(|f| f.error))
+        .unwrap_or_else(|e| die(&path, e));
+    for (i, cpu) in [CpuId(0), CpuId(4)].into_iter().enumerate() {
+        td.create_vcpu(cpu, 0, i as u32)
+            .unwrap_or_else(|e| die(&path, e));
+    }
+
+    // 3. Initial memory (a 64 KiB "firmware image"), measured.
+    let image: Vec<[u8; 4096]> = (0..16u8)
+        .map(|k| std::array::from_fn(|i| (i as u8) ^ k))
+        .collect();
+    let initial = alloc(&sim, image.len() as u64, 1);
+    for (i, page) in image.iter().enumerate() {
+        let pfn = tdx::Pfn::new(initial.first().as_u64() + i as u64);
+        // SAFETY: allocated above for this TD; untouched until returned.
+        let f = unsafe { GuestFrame::<Size4K>::new(pfn) }.expect("a 4K frame");
+        td.add_page(Gpa::new(0xFFF0_0000 + 4096 * i as u64), f, page, true)
+            .map_err(|f| f.error)
+            .unwrap_or_else(|e| die(&path, e));
+    }
+    let expected = measure::mrtd(image.iter().enumerate().map(|(i, contents)| InitialPage {
+        gpa: 0xFFF0_0000 + 4096 * i as u64,
+        contents,
+        extend: true,
+    }));
+    let mut td = td
+        .finalize()
+        .map_err(|f| f.error)
+        .unwrap_or_else(|e| die(&path, e));
+    let mrtd = sim.mrtd(td.tdr()).expect("finalized");
+    assert_eq!(mrtd, expected, "the offline MRTD matches the module's");
+    println!(
+        "TD: HKID {}, 2 vCPUs, {} initial pages, MRTD {}… (= offline calculator)",
+        td.hkid(),
+        image.len(),
+        mrtd[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+
+    // 4. Private memory by PFN: 1 GiB at 1G, 256 MiB at 2M, 64 MiB at 4K.
+    let t2 = Instant::now();
+    let mut runs = Vec::new();
+    let mut mapped = 0u64;
+    // A 1 GiB page: the module's PAGE.AUG maps 4K and 2M pages, so the
+    // library AUGs 512 2M parts and promotes them.
+    let run1g = alloc(&sim, 512 * 512, 512 * 512);
+    // SAFETY: allocated just now for this TD; untouched until given back.
+    let f1g = unsafe { GuestFrame::<Size1G>::new(run1g.first()) }.expect("1G aligned");
+    td.map_1g(Gpa::new(4 * GIB), f1g, &mut || {})
+        .map_err(|f| f.error)
+        .unwrap_or_else(|e| die(&path, e));
+    runs.push(run1g);
+    mapped += GIB;
+    mapped += map_all::<Size2M>(&sim, &mut td, &mut runs, 6 * GIB, 128, &path);
+    mapped += map_all::<Size4K>(&sim, &mut td, &mut runs, 7 * GIB, 16384, &path);
+    let t_map = t2.elapsed();
+
+    // 5. Unmap half of the 4K and 2M memory while the TD lives.
+    let t3 = Instant::now();
+    let mut returned = 0u64;
+    let mut kicks = 0u64;
+    for i in 0..64u64 {
+        let f = td
+            .unmap::<Size2M>(Gpa::new(6 * GIB + i * 2 * MIB), &mut || kicks += 1)
+            .unwrap_or_else(|e| die(&path, e));
+        returned += Size2M::SIZE;
+        free(&sim, f.into_range().into());
+    }
+    for i in 0..8192u64 {
+        let f = td
+            .unmap::<Size4K>(Gpa::new(7 * GIB + i * 4096), &mut || kicks += 1)
+            .unwrap_or_else(|e| die(&path, e));
+        returned += Size4K::SIZE;
+        free(&sim, f.into_range().into());
+    }
+    let t_unmap = t3.elapsed();
+
+    // 6. Teardown: every page back, or reported.
+    let t4 = Instant::now();
+    let report = td.teardown();
+    let t_teardown = t4.elapsed();
+    // The frames of each allocation: the unmapped ones were freed above,
+    // the rest come back in the report.
+    for r in &report.guest_returned {
+        free(&sim, *r);
+    }
+    let _ = runs;
+    println!(
+        "mapped {} MiB by PFN in {:.1} ms; unmapped {} MiB ({} vCPU kicks) in {:.1} ms",
+        mapped >> 20,
+        t_map.as_secs_f64() * 1e3,
+        returned >> 20,
+        kicks,
+        t_unmap.as_secs_f64() * 1e3
+    );
+    println!(
+        "teardown in {:.1} ms: {} control pages freed, {} MiB of guest frames returned, {} pages leaked, HKID freed: {}",
+        t_teardown.as_secs_f64() * 1e3,
+        report.freed.len(),
+        (report.guest_frames_returned() * 4096) >> 20,
+        report.leaked_frames(),
+        report.hkid_freed
+    );
+    for l in &report.leaked {
+        println!("  leaked {:?} ({:?}): {}", l.run, l.role, l.reason);
+    }
+    let a = sim.accounting();
+    println!(
+        "host pages: {} free, {} host, {} module (PAMT), {} leaked; total time {:.1} ms (TD part {:.1} ms)",
+        a.free,
+        a.host,
+        a.module,
+        a.leaked,
+        t0.elapsed().as_secs_f64() * 1e3,
+        t1.elapsed().as_secs_f64() * 1e3
+    );
+    match sim.check_invariants() {
+        Ok(()) if sim.violations().is_empty() => println!("simulator invariants: ok"),
+        Ok(()) => {
+            println!("rule violations: {:?}", sim.violations());
+            std::process::exit(1);
+        }
+        Err(e) => {
+            println!("simulator invariants: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Allocates `count` pages of size `S` one by one and maps them from `gpa`
+/// on; returns the bytes mapped.
+fn map_all<S: AugPageSize>(
+    sim: &Simulator,
+    td: &mut tdx::api::td::Td<'_, tdx::api::td::Finalized, &Simulator, &Simulator>,
+    runs: &mut Vec<PfnRun>,
+    gpa: u64,
+    count: u64,
+    path: &std::path::Path,
+) -> u64 {
+    let frames = S::SIZE / 4096;
+    for i in 0..count {
+        let run = alloc(sim, frames, frames);
+        runs.push(run);
+        // SAFETY: allocated just now for this TD; the example does not touch
+        // it until the TD gives it back.
+        let f = unsafe { GuestFrame::<S>::new(run.first()) }.expect("aligned by the allocator");
+        td.map(Gpa::new(gpa + i * S::SIZE), f)
+            .map_err(|f| f.error)
+            .unwrap_or_else(|e| die(path, e));
+    }
+    count * S::SIZE
+}
+
+fn alloc(sim: &Simulator, count: u64, align: u64) -> PfnRun {
+    sim.alloc_pages(count, align, Placement::Anywhere)
+        .expect("host memory")
+}
+
+fn free(sim: &Simulator, run: PfnRun) {
+    // SAFETY: the TD gave the frames back (unmapped or reclaimed and
+    // flushed); they came from this simulator.
+    unsafe { sim.free_pages(run) };
+}
+
+fn die(path: &std::path::Path, e: impl std::fmt::Display) -> ! {
+    eprintln!("{}: {e}", path.display());
+    std::process::exit(1);
+}

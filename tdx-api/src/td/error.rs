@@ -1,0 +1,140 @@
+//! Errors of the TD API.
+
+use core::fmt;
+
+use tdx_types::{Gpa, LeafVersion, Pfn, TdxError};
+
+use crate::platform::{CpuId, PackageId, PlatformError};
+
+/// What a failed call was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operand {
+    /// The TD as a whole (its TDR).
+    Tdr,
+    /// A guest physical address.
+    Gpa(Gpa),
+    /// A host frame.
+    HostPage(Pfn),
+    /// A vCPU, by index.
+    Vcpu(usize),
+    /// A package (per-package leaves).
+    Package(PackageId),
+}
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tdr => f.write_str("the TD"),
+            Self::Gpa(g) => write!(f, "GPA {g}"),
+            Self::HostPage(p) => write!(f, "PFN {p}"),
+            Self::Vcpu(i) => write!(f, "vCPU {i}"),
+            Self::Package(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// A TD_PARAMS field the module would refuse, found before any SEAMCALL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    /// ATTRIBUTES breaks ATTRIBUTES_FIXED0/1.
+    #[error("attributes {0:#x} break ATTRIBUTES_FIXED0/1")]
+    Attributes(u64),
+    /// XFAM breaks XFAM_FIXED0/1.
+    #[error("XFAM {0:#x} breaks XFAM_FIXED0/1")]
+    Xfam(u64),
+    /// max_vcpus is 0 or above MAX_VCPUS_PER_TD.
+    #[error("max_vcpus {asked} not in 1..={max}")]
+    MaxVcpus {
+        /// Asked for.
+        asked: u16,
+        /// MAX_VCPUS_PER_TD.
+        max: u16,
+    },
+    /// TSC frequency outside 4..=400 (× 25 MHz).
+    #[error("TSC frequency {0} × 25 MHz outside 4..=400")]
+    TscFrequency(u16),
+    /// Unknown config_flags bits.
+    #[error("config_flags {0:#x} has unknown bits")]
+    ConfigFlags(u64),
+    /// TD partitioning (L2 VMs) is not supported by this API yet.
+    #[error("{0} L2 VMs: TD partitioning is not supported")]
+    L2Vms(u8),
+    /// EPTP controls other than write-back with a 4- or 5-level walk (5 if
+    /// MAX_GPAW).
+    #[error("EPTP controls {0:#x} invalid")]
+    Eptp(u64),
+}
+
+/// A TD operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TdError {
+    /// A SEAMCALL failed (after the bounded retries the policy allows).
+    #[error("{error} (on {on})")]
+    Seamcall {
+        /// The leaf and its status.
+        error: TdxError,
+        /// What the call was about.
+        on: Operand,
+    },
+    /// The platform could not provide a page.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// Every guest KeyID is in use.
+    #[error("no free guest KeyID")]
+    NoHkid,
+    /// TD_PARAMS refused before any SEAMCALL.
+    #[error("TD_PARAMS: {0}")]
+    Params(ParamsError),
+    /// A GPA the API refuses by arithmetic.
+    #[error("GPA {gpa}: {why}")]
+    Gpa {
+        /// The address.
+        gpa: Gpa,
+        /// Why.
+        why: &'static str,
+    },
+    /// Something is already mapped at the GPA.
+    #[error("GPA {0} is already mapped")]
+    Mapped(Gpa),
+    /// Nothing of that size is mapped at the GPA.
+    #[error("no page of that size is mapped at GPA {0}")]
+    NotMapped(Gpa),
+    /// The CPU does not exist.
+    #[error("{0} does not exist")]
+    NoSuchCpu(CpuId),
+    /// The KeyID shift cannot build a keyed address.
+    #[error("KeyID shift {0} cannot build a keyed physical address")]
+    KeyidShift(u32),
+    /// The module answered something the ABI rules out.
+    #[error("{leaf}: {what}")]
+    Protocol {
+        /// The leaf.
+        leaf: LeafVersion,
+        /// What was wrong.
+        what: &'static str,
+        /// The GPA, if any.
+        gpa: Option<Gpa>,
+    },
+}
+
+/// A failed step that hands back what it was given: the TD (to retry or
+/// tear down), or a guest frame the module did not take.
+#[derive(Debug)]
+pub struct TdFailure<T> {
+    /// What went wrong.
+    pub error: TdError,
+    /// What comes back.
+    pub td: T,
+}
+
+impl<T> fmt::Display for TdFailure<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<T: fmt::Debug> core::error::Error for TdFailure<T> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

@@ -1,0 +1,1129 @@
+//! Trust Domains: HKIDs, the TD and vCPU build, PFN-only private memory,
+//! and a teardown that gives back every page or says why it cannot.
+//!
+//! What this module owns:
+//!
+//! - [`TdHost`]: takes a ready module ([`TdxModule<ExtInited>`]) and owns
+//!   the allocator of guest KeyIDs (HKIDs) from the partition's guest
+//!   range; TDs borrow it. Only a ready module becomes a `TdHost`, so only
+//!   a ready module creates TDs.
+//! - [`Td<S>`]: one TD, with its state `S` a type: [`Created`] (TDH.MNG.CREATE)
+//!   → [`KeysConfigured`] (TDH.MNG.KEY.CONFIG on one CPU of every package)
+//!   → [`TdcsAdded`] (TDH.MNG.ADDCX) → [`Initialized`] (TDH.MNG.INIT with a
+//!   [`TdParams`] checked against [`SysInfo`](crate::SysInfo) first; vCPUs,
+//!   initial pages with TDH.MEM.PAGE.ADD and optional TDH.MR.EXTEND) →
+//!   [`Finalized`] (TDH.MR.FINALIZE; TDH.MEM.PAGE.AUG at 4K/2M, 1G by
+//!   AUG + PROMOTE, DEMOTE/PROMOTE, removal). Each
+//!   operation exists only on the state that allows it. Control pages (TDR,
+//!   TDCS, TDVPR, TDCX, S-EPT) are [`FirmwarePage`]s held by the TD,
+//!   allocated from the [`Platform`] as needed.
+//! - Private memory is given as [`GuestFrame`]s: a `Pfn` or an aligned run,
+//!   checked by arithmetic only; the caller's promise is made once, in the
+//!   `unsafe` constructor.
+//! - [`Td::teardown`], on every state: VP.FLUSH, VPFLUSHDONE,
+//!   PHYMEM.CACHE.WB per package, KEY.FREEID, reclaim of every page with the
+//!   TDR last, and a [`TeardownReport`] listing what came back and what had
+//!   to be leaked, with the reason. Dropping a `Td` runs the teardown too
+//!   (the report goes to [`Platform::leak_pages`] for anything leaked).
+//!
+//! Failing transitions hand the TD back ([`TdFailure`]) so the caller can
+//! retry or tear it down. Busy and entropy statuses are retried, bounded
+//! ([`BUSY_RETRIES`], [`ENTROPY_RETRIES`]); other failures are
+//! [`TdError`]s naming the leaf and the GPA or PFN.
+//!
+//! Not yet (first cut): a typed builder for `TdParams`; separate vCPU
+//! type-states (one call creates, adds TDCX and initializes a vCPU);
+//! TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
+//!
+//! What it leaves to the caller: entering vCPUs, and kicking them out of
+//! the guest during removal (the `kick` callback of [`Td::unmap`]).
+
+// UNSAFETY: the TD leaves of tdx-sys are `unsafe fn`s; each call says which
+// page it hands over or takes back and why that is allowed.
+#![allow(unsafe_code)]
+
+mod error;
+mod frame;
+mod hkid;
+mod teardown;
+
+use alloc::{boxed::Box, collections::BTreeMap, vec::Vec};
+use core::{fmt, marker::PhantomData, mem};
+
+use tdx_sys::{Seamcall, leaf};
+use tdx_types::{
+    ErrorKind, FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K,
+    TdxError, TdxLevel, TdxStatus,
+    abi::TdParams,
+    regs::{KeyedPa, PageInfo, TdrAndFlags},
+};
+use zerocopy::IntoBytes;
+
+pub use error::{Operand, ParamsError, TdError, TdFailure};
+pub use frame::GuestFrame;
+pub use hkid::{Hkid, HkidPool};
+pub use teardown::{LeakedPage, PageRole, TeardownReport};
+
+use tdx_types::{Size1G, Size2M};
+
+use crate::{
+    module::{BUSY_RETRIES, ENTROPY_RETRIES, ExtInited, TdxModule},
+    platform::{CpuId, Placement, Platform},
+};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A TD state. Sealed: the five states below are the only ones.
+pub trait TdState: sealed::Sealed {}
+
+/// TDH.MNG.CREATE done: the TD has a TDR and an HKID.
+#[derive(Debug)]
+pub struct Created(());
+/// TDH.MNG.KEY.CONFIG done on every package.
+#[derive(Debug)]
+pub struct KeysConfigured(());
+/// The TDCS pages are added (TDH.MNG.ADDCX).
+#[derive(Debug)]
+pub struct TdcsAdded(());
+/// TDH.MNG.INIT done: vCPUs and initial memory may be added.
+#[derive(Debug)]
+pub struct Initialized(());
+/// TDH.MR.FINALIZE done: the measurement is fixed, the TD may run, and
+/// private memory is added with TDH.MEM.PAGE.AUG.
+#[derive(Debug)]
+pub struct Finalized(());
+
+impl sealed::Sealed for Created {}
+impl sealed::Sealed for KeysConfigured {}
+impl sealed::Sealed for TdcsAdded {}
+impl sealed::Sealed for Initialized {}
+impl sealed::Sealed for Finalized {}
+impl TdState for Created {}
+impl TdState for KeysConfigured {}
+impl TdState for TdcsAdded {}
+impl TdState for Initialized {}
+impl TdState for Finalized {}
+
+/// Calls of TDH.PHYMEM.CACHE.WB on one package before giving up (KVM:
+/// 10000).
+pub const CACHE_WB_LIMIT: u32 = 10_000;
+
+/// The TD side of a ready module: it owns the module (so there is one HKID
+/// pool per module) and creates TDs, which borrow it.
+pub struct TdHost<B, P> {
+    module: TdxModule<ExtInited, B, P>,
+    hkids: HkidPool,
+    keyid_shift: u32,
+}
+
+impl<B, P> fmt::Debug for TdHost<B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdHost")
+            .field("hkids", &self.hkids)
+            .field("keyid_shift", &self.keyid_shift)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
+    /// Takes the ready `module`; HKIDs come from the guest KeyID range of the
+    /// platform's KeyID partition. Only a ready module
+    /// ([`TdxModule<ExtInited>`]) has a `TdHost`, so only a ready module
+    /// creates TDs.
+    ///
+    /// `keyid_shift` is the first address bit of the KeyID field (Linux:
+    /// `boot_cpu_data.x86_phys_bits`, already reduced by the KeyID bits); it
+    /// builds the keyed addresses of TDH.PHYMEM.PAGE.WBINVD. The
+    /// [`Platform`] trait does not report it yet, so the caller passes it.
+    pub fn new(module: TdxModule<ExtInited, B, P>, keyid_shift: u32) -> Self {
+        let guest = module.platform().keyid_partition().guest_keyids();
+        Self {
+            module,
+            hkids: HkidPool::new(guest.start, guest.end),
+            keyid_shift,
+        }
+    }
+
+    /// The module.
+    pub fn module(&self) -> &TdxModule<ExtInited, B, P> {
+        &self.module
+    }
+
+    /// Gives the module back. Every TD borrows the host, so none is left
+    /// (each was torn down, or dropped, which tears it down); HKIDs a
+    /// failed teardown leaked are forgotten with the pool (the module still
+    /// holds them).
+    pub fn into_module(self) -> TdxModule<ExtInited, B, P> {
+        self.module
+    }
+
+    /// The HKID allocator.
+    pub fn hkids(&self) -> &HkidPool {
+        &self.hkids
+    }
+
+    /// Allocates an HKID and a TDR page and issues TDH.MNG.CREATE (after
+    /// CLFLUSH of the TDR).
+    ///
+    /// On failure nothing is left behind: the TDR page goes back to the
+    /// platform and the HKID to the pool.
+    #[doc(alias = "TDH.MNG.CREATE")]
+    pub fn create_td(&self) -> Result<Td<'_, Created, B, P>, TdError> {
+        let p = self.module.platform();
+        let hkid = self.hkids.alloc().ok_or(TdError::NoHkid)?;
+        let tdr = match p.alloc_pages(1, 1, Placement::Anywhere) {
+            Ok(r) => r.first(),
+            Err(e) => {
+                self.hkids.free(hkid);
+                return Err(TdError::Platform(e));
+            }
+        };
+        p.clflush_page(tdr);
+        let r = retry(p, Leaf::MNG_CREATE.v0(), Operand::HostPage(tdr), || {
+            // SAFETY: `tdr` was just allocated from the platform for us
+            // (Platform contract 1: nobody else uses it) and flushed; on
+            // success the module owns it and we keep it only as a
+            // FirmwarePage. The HKID is free: the pool hands each out once.
+            unsafe { leaf::tdh_mng_create(self.module.backend(), tdr, hkid.get()) }
+        });
+        if let Err(e) = r {
+            // SAFETY: TDH.MNG.CREATE failed, so the module did not take the
+            // page; it is ours, allocated above, and only CLFLUSHed.
+            unsafe { p.free_pages(PfnRun::from(PfnRange::<Size4K>::from(tdr))) };
+            self.hkids.free(hkid);
+            return Err(e);
+        }
+        Ok(Td {
+            host: self,
+            inner: Box::new(Inner {
+                tdr: Some(FirmwarePage::from_pfn(tdr)),
+                hkid: Some(hkid),
+                ..Inner::default()
+            }),
+            _state: PhantomData,
+        })
+    }
+}
+
+/// A vCPU of a TD, as the caller names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VcpuId {
+    /// Index in creation order.
+    pub index: usize,
+    /// The TDVPR page (TDH.VP.ENTER's operand).
+    pub tdvpr: Pfn,
+    /// The CPU the vCPU is associated with (TDH.VP.INIT ran there).
+    pub cpu: CpuId,
+}
+
+#[derive(Debug)]
+pub(crate) struct Vcpu {
+    tdvpr: Option<FirmwarePage>,
+    tdcx: Vec<FirmwarePage>,
+    cpu: CpuId,
+    /// TDH.VP.INIT succeeded: the vCPU is associated with `cpu`.
+    associated: bool,
+}
+
+/// A page mapped into the TD: its frames and level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    first: Pfn,
+    level: TdxLevel,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    tdr: Option<FirmwarePage>,
+    hkid: Option<Hkid>,
+    tdcs: Vec<FirmwarePage>,
+    vcpus: Vec<Vcpu>,
+    /// S-EPT pages by (level of the entry they hang under, GPA base).
+    sept: BTreeMap<(u8, u64), FirmwarePage>,
+    /// Private pages by GPA.
+    private: BTreeMap<u64, Mapping>,
+    /// Frames removed from the TD whose PAGE.WBINVD failed: they may hold
+    /// dirty lines of the TD's key until the teardown's CACHE.WB.
+    unflushed: Vec<(PfnRun, PageRole)>,
+    /// Host page holding PAGE.ADD sources (before finalization).
+    staging: Option<Pfn>,
+    /// EPT levels (4 or 5), known after TDH.MNG.INIT.
+    ept_levels: u8,
+}
+
+/// A Trust Domain in state `S`.
+///
+/// # Invariants
+///
+/// `S` matches what the module has done with the TD; the TD holds every
+/// page the module took for it (control pages as [`FirmwarePage`]s, private
+/// memory as the frames of the [`GuestFrame`]s it was given) until a
+/// transition or [`teardown`](Td::teardown) gives them back.
+#[must_use = "a TD holds pages; tear it down to get them back with a report"]
+pub struct Td<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> {
+    host: &'h TdHost<B, P>,
+    inner: Box<Inner>,
+    _state: PhantomData<S>,
+}
+
+/// Dropping a TD tears it down; leaked pages still reach
+/// [`Platform::leak_pages`], but the report is lost: prefer
+/// [`Td::teardown`].
+impl<S: TdState, B: Seamcall + Sync, P: Platform + Sync> Drop for Td<'_, S, B, P> {
+    fn drop(&mut self) {
+        if self.inner.tdr.is_some() || self.inner.staging.is_some() {
+            let inner = mem::take(&mut self.inner);
+            let _report = teardown::run(self.host, *inner);
+        }
+    }
+}
+
+impl<S: TdState, B: Seamcall + Sync, P: Platform + Sync> fmt::Debug for Td<'_, S, B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Td")
+            .field("state", &core::any::type_name::<S>())
+            .field("tdr", &self.inner.tdr)
+            .field("hkid", &self.inner.hkid)
+            .field("vcpus", &self.inner.vcpus.len())
+            .field("private_pages", &self.inner.private.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
+    /// The TDR page's frame (the TD's name in every leaf).
+    pub fn tdr(&self) -> Pfn {
+        self.inner.tdr.as_ref().expect("a live TD has a TDR").pfn()
+    }
+
+    /// The TD's HKID.
+    pub fn hkid(&self) -> u16 {
+        self.inner
+            .hkid
+            .as_ref()
+            .expect("a live TD has an HKID")
+            .get()
+    }
+
+    /// The vCPUs created so far.
+    pub fn vcpus(&self) -> Vec<VcpuId> {
+        self.inner
+            .vcpus
+            .iter()
+            .enumerate()
+            .filter_map(|(index, v)| {
+                Some(VcpuId {
+                    index,
+                    tdvpr: v.tdvpr.as_ref()?.pfn(),
+                    cpu: v.cpu,
+                })
+            })
+            .collect()
+    }
+
+    /// Control pages (TDR, TDCS, TDVPR, TDCX, S-EPT) the module holds for
+    /// this TD.
+    pub fn control_pages(&self) -> usize {
+        usize::from(self.inner.tdr.is_some())
+            + self.inner.tdcs.len()
+            + self
+                .inner
+                .vcpus
+                .iter()
+                .map(|v| usize::from(v.tdvpr.is_some()) + v.tdcx.len())
+                .sum::<usize>()
+            + self.inner.sept.len()
+    }
+
+    /// Private pages mapped (of any size).
+    pub fn private_pages(&self) -> usize {
+        self.inner.private.len()
+    }
+
+    /// Tears the TD down from whatever state it is in and reports every
+    /// page: given back to the platform (control pages), returned to the
+    /// caller (private frames), or leaked with the reason.
+    #[doc(alias = "TDH.VP.FLUSH")]
+    #[doc(alias = "TDH.MNG.VPFLUSHDONE")]
+    #[doc(alias = "TDH.PHYMEM.CACHE.WB")]
+    #[doc(alias = "TDH.MNG.KEY.FREEID")]
+    #[doc(alias = "TDH.PHYMEM.PAGE.RECLAIM")]
+    pub fn teardown(mut self) -> TeardownReport {
+        let inner = mem::take(&mut self.inner);
+        teardown::run(self.host, *inner)
+    }
+
+    fn into_state<T: TdState>(mut self) -> Td<'h, T, B, P> {
+        Td {
+            host: self.host,
+            inner: mem::take(&mut self.inner),
+            _state: PhantomData,
+        }
+    }
+
+    fn fail<E>(self, error: TdError) -> Result<E, TdFailure<Self>> {
+        Err(TdFailure { error, td: self })
+    }
+
+    fn b(&self) -> &'h B {
+        self.host.module.backend()
+    }
+
+    fn p(&self) -> &'h P {
+        self.host.module.platform()
+    }
+
+    /// A fresh page from the platform, CLFLUSHed, for the module.
+    fn fresh_page(&self) -> Result<Pfn, TdError> {
+        let pfn = self
+            .p()
+            .alloc_pages(1, 1, Placement::Anywhere)
+            .map_err(TdError::Platform)?
+            .first();
+        self.p().clflush_page(pfn);
+        Ok(pfn)
+    }
+
+    /// Frees a page the module refused (it never took it).
+    fn free_refused(&self, pfn: Pfn) {
+        // SAFETY: callers pass only pages allocated by `fresh_page` that the
+        // module did not take (the leaf that would have taken it failed), so
+        // the module does not own it and no private line exists for it.
+        unsafe {
+            self.p()
+                .free_pages(PfnRun::from(PfnRange::<Size4K>::from(pfn)))
+        };
+    }
+
+    /// S-EPT pages down to the level above `level` for `gpa`, added as
+    /// needed (TDH.MEM.SEPT.ADD).
+    fn ensure_sept(&mut self, gpa: Gpa, level: TdxLevel) -> Result<(), TdError> {
+        let tdr = self.tdr();
+        let top = self.inner.ept_levels.max(4) - 1;
+        for l in (level.as_u8() + 1..=top).rev() {
+            let lvl = TdxLevel::from_u8(l).expect("level <= 4");
+            let base = gpa.as_u64() & !(lvl.bytes() - 1);
+            if self.inner.sept.contains_key(&(l, base)) {
+                continue;
+            }
+            let page = self.fresh_page()?;
+            let info = PageInfo::try_new(Gpa::new(base), lvl).map_err(|_| TdError::Gpa {
+                gpa,
+                why: "not a valid GPA for the S-EPT",
+            })?;
+            let r = retry(self.p(), Leaf::MEM_SEPT_ADD.v0(), Operand::Gpa(gpa), || {
+                // SAFETY: `page` is a fresh, flushed page from the platform;
+                // on success the module owns it and we keep it as a
+                // FirmwarePage in `sept`; on failure the module did not take
+                // it (we do not set allow_existing).
+                unsafe {
+                    leaf::tdh_mem_sept_add(self.b(), info, TdrAndFlags::with_tdr(tdr, false), page)
+                }
+                .status
+            });
+            if let Err(e) = r {
+                self.free_refused(page);
+                return Err(e);
+            }
+            self.inner
+                .sept
+                .insert((l, base), FirmwarePage::from_pfn(page));
+        }
+        Ok(())
+    }
+
+    fn check_gpa<Sz: PageSize>(gpa: Gpa) -> Result<PageInfo, TdError> {
+        if !gpa.is_aligned(Sz::LEVEL.bytes()) {
+            return Err(TdError::Gpa {
+                gpa,
+                why: "not aligned to the page size",
+            });
+        }
+        PageInfo::for_page::<Sz>(gpa).map_err(|_| TdError::Gpa {
+            gpa,
+            why: "not a valid private GPA",
+        })
+    }
+}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Created, B, P> {
+    /// TDH.MNG.KEY.CONFIG on one CPU of every package.
+    ///
+    /// On failure the TD comes back (keys may be configured on some
+    /// packages); tear it down or retry.
+    #[doc(alias = "TDH.MNG.KEY.CONFIG")]
+    pub fn configure_keys(self) -> Result<Td<'h, KeysConfigured, B, P>, TdFailure<Self>> {
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let mut failed = None;
+        p.on_each_package(&mut |pkg, _cpu| {
+            if failed.is_some() {
+                return;
+            }
+            let r = retry(p, Leaf::MNG_KEY_CONFIG.v0(), Operand::Package(pkg), || {
+                // SAFETY: TDH.MNG.KEY.CONFIG takes no page from the host: the
+                // TDR is the module's already. `on_each_package` runs this on
+                // a CPU of `pkg` (Platform contract 2).
+                unsafe { leaf::tdh_mng_key_config(b, tdr) }
+            });
+            if let Err(e) = r {
+                failed = Some(e);
+            }
+        });
+        match failed {
+            Some(e) => self.fail(e),
+            None => Ok(self.into_state()),
+        }
+    }
+}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, KeysConfigured, B, P> {
+    /// Allocates TDCS_BASE_SIZE / 4 KiB pages and adds each (CLFLUSH,
+    /// TDH.MNG.ADDCX).
+    #[doc(alias = "TDH.MNG.ADDCX")]
+    pub fn add_tdcs(mut self) -> Result<Td<'h, TdcsAdded, B, P>, TdFailure<Self>> {
+        let n = usize::from(self.host.module.sysinfo().tdcs_base_size).div_ceil(4096);
+        let tdr = self.tdr();
+        for _ in self.inner.tdcs.len()..n {
+            let page = match self.fresh_page() {
+                Ok(p) => p,
+                Err(e) => return self.fail(e),
+            };
+            let r = retry(
+                self.p(),
+                Leaf::MNG_ADDCX.v0(),
+                Operand::HostPage(page),
+                || {
+                    // SAFETY: a fresh, flushed page from the platform; on
+                    // success the module owns it (kept as a FirmwarePage).
+                    unsafe { leaf::tdh_mng_addcx(self.b(), page, tdr) }
+                },
+            );
+            if let Err(e) = r {
+                self.free_refused(page);
+                return self.fail(e);
+            }
+            self.inner.tdcs.push(FirmwarePage::from_pfn(page));
+        }
+        Ok(self.into_state())
+    }
+}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, TdcsAdded, B, P> {
+    /// Checks `params` against the module's [`SysInfo`](crate::SysInfo),
+    /// then TDH.MNG.INIT.
+    ///
+    /// A parameter error is found before any SEAMCALL.
+    #[doc(alias = "TDH.MNG.INIT")]
+    pub fn init(mut self, params: &TdParams) -> Result<Td<'h, Initialized, B, P>, TdFailure<Self>> {
+        let levels = match check_params(self.host.module.sysinfo(), params) {
+            Ok(l) => l,
+            Err(e) => return self.fail(TdError::Params(e)),
+        };
+        let p = self.p();
+        let run = match p.alloc_pages(1, 1, Placement::Anywhere) {
+            Ok(r) => r,
+            Err(e) => return self.fail(TdError::Platform(e)),
+        };
+        // SAFETY: `run` was just allocated for us and the module does not own
+        // it (Platform contract 1); a page is 1024-byte aligned as TD_PARAMS
+        // must be.
+        unsafe { p.write_phys(run.hpa(), params.as_bytes()) };
+        let tdr = self.tdr();
+        let r = retry(p, Leaf::MNG_INIT.v0(), Operand::Tdr, || {
+            // SAFETY: TD_PARAMS is a host page the module only reads.
+            unsafe { leaf::tdh_mng_init(self.b(), tdr, run.hpa()) }.status
+        });
+        // SAFETY: the module read TD_PARAMS with the host's key and took
+        // nothing; the page is ours.
+        unsafe { p.free_pages(run) };
+        match r {
+            Ok(_) => {
+                self.inner.ept_levels = levels;
+                Ok(self.into_state())
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+/// What [`Td::init`] checks before TDH.MNG.INIT; returns the EPT levels.
+fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> {
+    let fixed = |v: u64, (f0, f1): (u64, u64)| v & !f0 == 0 && v & f1 == f1;
+    if !fixed(p.attributes(), info.attributes_fixed) {
+        return Err(ParamsError::Attributes(p.attributes()));
+    }
+    if !fixed(p.xfam(), info.xfam_fixed) {
+        return Err(ParamsError::Xfam(p.xfam()));
+    }
+    if p.max_vcpus() == 0 || p.max_vcpus() > info.max_vcpus_per_td {
+        return Err(ParamsError::MaxVcpus {
+            asked: p.max_vcpus(),
+            max: info.max_vcpus_per_td,
+        });
+    }
+    if !(4..=400).contains(&p.tsc_frequency()) {
+        return Err(ParamsError::TscFrequency(p.tsc_frequency()));
+    }
+    let known = TdParams::CONFIG_FLAG_MAX_GPAW
+        | TdParams::CONFIG_FLAG_FLEXIBLE_PENDING_VE
+        | TdParams::CONFIG_FLAG_NO_RBP_MOD;
+    if p.config_flags() & !known != 0 {
+        return Err(ParamsError::ConfigFlags(p.config_flags()));
+    }
+    if p.num_l2_vms() != 0 {
+        return Err(ParamsError::L2Vms(p.num_l2_vms()));
+    }
+    let eptp = p.eptp_controls().raw();
+    let pwl = ((eptp >> 3) & 0b111) as u8;
+    let gpaw = p.config_flags() & TdParams::CONFIG_FLAG_MAX_GPAW != 0;
+    if eptp & 0b111 != 6 || !(pwl == 3 || pwl == 4) || eptp & !0b11_1111 != 0 || (gpaw && pwl != 4)
+    {
+        return Err(ParamsError::Eptp(eptp));
+    }
+    Ok(pwl + 1)
+}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
+    /// Creates a vCPU associated with `cpu`: TDVPR (CLFLUSH, TDH.VP.CREATE),
+    /// TDVPS_BASE_SIZE / 4 KiB − 1 TDCX pages (CLFLUSH, TDH.VP.ADDCX), then
+    /// TDH.VP.INIT on `cpu` with the guest's initial RCX and x2APIC ID.
+    ///
+    /// On failure the pages the module took stay with the TD (teardown
+    /// reclaims them); the others go back to the platform.
+    #[doc(alias = "TDH.VP.CREATE")]
+    #[doc(alias = "TDH.VP.ADDCX")]
+    #[doc(alias = "TDH.VP.INIT")]
+    pub fn create_vcpu(
+        &mut self,
+        cpu: CpuId,
+        initial_rcx: u64,
+        x2apic_id: u32,
+    ) -> Result<VcpuId, TdError> {
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        if cpu.0 >= p.cpus() {
+            return Err(TdError::NoSuchCpu(cpu));
+        }
+        let index = self.inner.vcpus.len();
+        let tdvpr = self.fresh_page()?;
+        retry(p, Leaf::VP_CREATE.v0(), Operand::Vcpu(index), || {
+            // SAFETY: a fresh, flushed page; on success the module owns it.
+            unsafe { leaf::tdh_vp_create(b, tdvpr, tdr) }
+        })
+        .inspect_err(|_| self.free_refused(tdvpr))?;
+        self.inner.vcpus.push(Vcpu {
+            tdvpr: Some(FirmwarePage::from_pfn(tdvpr)),
+            tdcx: Vec::new(),
+            cpu,
+            associated: false,
+        });
+        let n = usize::from(self.host.module.sysinfo().tdvps_base_size)
+            .div_ceil(4096)
+            .saturating_sub(1);
+        for _ in 0..n {
+            let page = self.fresh_page()?;
+            retry(p, Leaf::VP_ADDCX.v0(), Operand::Vcpu(index), || {
+                // SAFETY: a fresh, flushed page; on success the module owns it.
+                unsafe { leaf::tdh_vp_addcx(b, page, tdvpr) }
+            })
+            .inspect_err(|_| self.free_refused(page))?;
+            self.inner.vcpus[index]
+                .tdcx
+                .push(FirmwarePage::from_pfn(page));
+        }
+        let mut r = None;
+        p.on_cpu(cpu, &mut || {
+            r = Some(retry(p, Leaf::VP_INIT.v(1), Operand::Vcpu(index), || {
+                // SAFETY: TDH.VP.INIT takes no host page; it runs on `cpu`
+                // (Platform contract 2), which the vCPU becomes associated
+                // with.
+                unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
+            }));
+        });
+        r.expect("on_cpu runs the closure")?;
+        self.inner.vcpus[index].associated = true;
+        Ok(VcpuId { index, tdvpr, cpu })
+    }
+
+    /// Adds an initial private page at `gpa` with `contents`
+    /// (TDH.MEM.SEPT.ADD as needed, CLFLUSH, TDH.MEM.PAGE.ADD), and measures
+    /// it with 16 × TDH.MR.EXTEND when `measure` is set. The MRTD follows
+    /// [`crate::measure`].
+    ///
+    /// On error the frame comes back when the module did not take it
+    /// (`frame` in the error); otherwise it stays with the TD.
+    #[doc(alias = "TDH.MEM.PAGE.ADD")]
+    #[doc(alias = "TDH.MR.EXTEND")]
+    pub fn add_page(
+        &mut self,
+        gpa: Gpa,
+        frame: GuestFrame<Size4K>,
+        contents: &[u8; 4096],
+        measure: bool,
+    ) -> Result<(), TdFailure<Option<GuestFrame<Size4K>>>> {
+        let back = |error, frame| Err(TdFailure { error, td: frame });
+        let info = match Self::check_gpa::<Size4K>(gpa) {
+            Ok(i) => i,
+            Err(e) => return back(e, Some(frame)),
+        };
+        if self.inner.private.contains_key(&gpa.as_u64()) {
+            return back(TdError::Mapped(gpa), Some(frame));
+        }
+        if let Err(e) = self.ensure_sept(gpa, TdxLevel::L4K) {
+            return back(e, Some(frame));
+        }
+        let source = match self.inner.staging {
+            Some(s) => s,
+            None => match self.p().alloc_pages(1, 1, Placement::Anywhere) {
+                Ok(r) => {
+                    self.inner.staging = Some(r.first());
+                    r.first()
+                }
+                Err(e) => return back(TdError::Platform(e), Some(frame)),
+            },
+        };
+        let (b, p, tdr, target) = (self.b(), self.p(), self.tdr(), frame.pfn());
+        // SAFETY: the staging page was allocated for this TD from the
+        // platform and the module never owns it (PAGE.ADD only reads it).
+        unsafe { p.write_phys(source.hpa(), contents) };
+        p.clflush_page(target);
+        let r = retry(p, Leaf::MEM_PAGE_ADD.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: `target` is a guest frame the caller promised to leave
+            // alone (GuestFrame::new); on success the module owns it and the
+            // TD records it in `private`. `source` is our host page.
+            unsafe { leaf::tdh_mem_page_add(b, info, tdr, target, source) }.status
+        });
+        if let Err(e) = r {
+            return back(e, Some(frame));
+        }
+        self.inner.private.insert(
+            gpa.as_u64(),
+            Mapping {
+                first: frame.into_range().first(),
+                level: TdxLevel::L4K,
+            },
+        );
+        if measure {
+            for chunk in 0..16u64 {
+                let at = Gpa::new(gpa.as_u64() + chunk * 256);
+                let r = retry(p, Leaf::MR_EXTEND.v0(), Operand::Gpa(at), || {
+                    // SAFETY: TDH.MR.EXTEND takes no host page.
+                    unsafe { leaf::tdh_mr_extend(b, tdr, at) }.status
+                });
+                if let Err(e) = r {
+                    return back(e, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TDH.MR.FINALIZE: the measurement is fixed. The module refuses a TD
+    /// without vCPUs.
+    #[doc(alias = "TDH.MR.FINALIZE")]
+    pub fn finalize(mut self) -> Result<Td<'h, Finalized, B, P>, TdFailure<Self>> {
+        let (b, tdr) = (self.b(), self.tdr());
+        if let Err(e) = retry(self.p(), Leaf::MR_FINALIZE.v0(), Operand::Tdr, || {
+            // SAFETY: TDH.MR.FINALIZE takes no host page.
+            unsafe { leaf::tdh_mr_finalize(b, tdr) }
+        }) {
+            return self.fail(e);
+        }
+        if let Some(s) = self.inner.staging.take() {
+            // SAFETY: the staging page is a host page the module only read.
+            unsafe {
+                self.p()
+                    .free_pages(PfnRun::from(PfnRange::<Size4K>::from(s)))
+            };
+        }
+        Ok(self.into_state())
+    }
+}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
+    /// Maps `frame` at `gpa` as pending private memory (TDH.MEM.SEPT.ADD as
+    /// needed, CLFLUSH, TDH.MEM.PAGE.AUG at the level of `S`). The guest
+    /// accepts it with TDG.MEM.PAGE.ACCEPT.
+    ///
+    /// `S` is 4K or 2M: the module maps nothing larger with AUG (a 1G page
+    /// is built by promotion: [`Td::map_1g`]).
+    ///
+    /// On error the frame comes back (the module did not take it).
+    #[doc(alias = "TDH.MEM.PAGE.AUG")]
+    pub fn map<S: AugPageSize>(
+        &mut self,
+        gpa: Gpa,
+        frame: GuestFrame<S>,
+    ) -> Result<(), TdFailure<GuestFrame<S>>> {
+        let back = |error, frame| Err(TdFailure { error, td: frame });
+        let info = match Self::check_gpa::<S>(gpa) {
+            Ok(i) => i,
+            Err(e) => return back(e, frame),
+        };
+        if self.inner.private.contains_key(&gpa.as_u64()) {
+            return back(TdError::Mapped(gpa), frame);
+        }
+        if let Err(e) = self.ensure_sept(gpa, S::LEVEL) {
+            return back(e, frame);
+        }
+        let (b, p, tdr, first) = (self.b(), self.p(), self.tdr(), frame.pfn());
+        for f in frame.range().iter() {
+            p.clflush_page(f);
+        }
+        let r = retry(p, Leaf::MEM_PAGE_AUG.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: the frames are guest frames the caller promised to
+            // leave alone (GuestFrame::new), flushed above; on success the
+            // module owns them and the TD records them in `private`.
+            unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status
+        });
+        if let Err(e) = r {
+            return back(e, frame);
+        }
+        self.inner.private.insert(
+            gpa.as_u64(),
+            Mapping {
+                first: frame.into_range().first(),
+                level: S::LEVEL,
+            },
+        );
+        Ok(())
+    }
+
+    /// Maps a 1 GiB page: TDH.MEM.PAGE.AUG of its 512 2 MiB parts, then
+    /// [`promote`](Td::promote) (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE;
+    /// the S-EPT page it frees goes back to the platform). The module's
+    /// PAGE.AUG maps 4K and 2M pages only.
+    ///
+    /// On error the frame comes back only if the module took none of it
+    /// (`Some`); otherwise the parts already mapped stay with the TD as 2M
+    /// pages (unmap them one by one, or tear down).
+    #[doc(alias = "TDH.MEM.PAGE.AUG")]
+    #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+    pub fn map_1g(
+        &mut self,
+        gpa: Gpa,
+        frame: GuestFrame<Size1G>,
+        kick: &mut dyn FnMut(),
+    ) -> Result<(), TdFailure<Option<GuestFrame<Size1G>>>> {
+        if let Err(e) = Self::check_gpa::<Size1G>(gpa) {
+            return Err(TdFailure {
+                error: e,
+                td: Some(frame),
+            });
+        }
+        let range = frame.into_range();
+        for (i, part) in range
+            .split::<Size2M>()
+            .expect("a 1G range splits into 2M ranges")
+            .enumerate()
+        {
+            let at = Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
+            if let Err(f) = self.map(at, GuestFrame::returned(part)) {
+                let td = (i == 0).then(|| GuestFrame::returned(range));
+                return Err(TdFailure { error: f.error, td });
+            }
+        }
+        self.promote::<Size1G>(gpa, kick)
+            .map_err(|error| TdFailure { error, td: None })
+    }
+
+    /// Removes the `S`-sized private page at `gpa` from the running TD and
+    /// gives its frames back: TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK, `kick`
+    /// (the caller makes every vCPU leave the guest, so none runs with the
+    /// old TLB epoch), TDH.MEM.PAGE.REMOVE, TDH.PHYMEM.PAGE.WBINVD of every
+    /// 4 KiB frame with the TD's HKID, and on platforms with the
+    /// partial-write erratum a MOVDIR64B clear.
+    ///
+    /// On error the page stays with the TD (teardown gives it back).
+    #[doc(alias = "TDH.MEM.RANGE.BLOCK")]
+    #[doc(alias = "TDH.MEM.TRACK")]
+    #[doc(alias = "TDH.MEM.PAGE.REMOVE")]
+    #[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
+    pub fn unmap<S: PageSize>(
+        &mut self,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+    ) -> Result<GuestFrame<S>, TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let m = match self.inner.private.get(&gpa.as_u64()) {
+            Some(m) if m.level == S::LEVEL => *m,
+            _ => return Err(TdError::NotMapped(gpa)),
+        };
+        self.block_track(info, gpa, kick)?;
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let mut removed = None;
+        retry(p, Leaf::MEM_PAGE_REMOVE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: REMOVE gives the page back to the host; we take it
+            // over below only after the flushes the ABI requires.
+            let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
+            removed = c.out.removed();
+            c.status
+        })?;
+        self.inner.private.remove(&gpa.as_u64());
+        let range = PfnRange::<S>::new(m.first);
+        if removed.is_some_and(|r| r != m.first) {
+            // The module removed a frame we did not map there: keep ours
+            // until teardown's cache write-back rather than trust either.
+            self.inner.unflushed.push((range.into(), PageRole::Guest));
+            return Err(TdError::Protocol {
+                leaf: Leaf::MEM_PAGE_REMOVE.v0(),
+                what: "removed a frame other than the one mapped at the GPA",
+                gpa: Some(gpa),
+            });
+        }
+        let hkid = self.hkid();
+        for f in range.iter() {
+            let r = KeyedPa::try_new(f.hpa(), hkid, self.host.keyid_shift)
+                .map_err(|_| TdError::KeyidShift(self.host.keyid_shift))
+                .and_then(|keyed| {
+                    retry(
+                        p,
+                        Leaf::PHYMEM_PAGE_WBINVD.v0(),
+                        Operand::HostPage(f),
+                        || {
+                            // SAFETY: WBINVD of a page the module no longer owns
+                            // moves nothing; it writes back the TD's lines.
+                            unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+                        },
+                    )
+                });
+            if let Err(e) = r {
+                // Lines of the TD's key may remain: the frames wait for the
+                // teardown's CACHE.WB on every package.
+                self.inner.unflushed.push((range.into(), PageRole::Guest));
+                return Err(e);
+            }
+        }
+        if p.errata().tdx_pw_mce {
+            // SAFETY: removed and written back above; the TD held the
+            // frames for the caller, who owns them.
+            unsafe { p.movdir64b_clear(range.into()) };
+        }
+        Ok(GuestFrame::returned(range))
+    }
+}
+
+/// A page size that splits into 512 pages of a smaller size (2M into 4K,
+/// 1G into 2M): what [`Td::demote`] and [`Td::promote`] work on.
+pub trait HugePageSize: PageSize {
+    /// The size one level down.
+    type Smaller: PageSize;
+}
+
+impl HugePageSize for Size2M {
+    type Smaller = Size4K;
+}
+
+impl HugePageSize for Size1G {
+    type Smaller = Size2M;
+}
+
+/// A page size TDH.MEM.PAGE.AUG maps directly: 4K or 2M (module 1.5).
+/// Implemented here only, for the two sizes.
+pub trait AugPageSize: PageSize {}
+
+impl AugPageSize for Size4K {}
+impl AugPageSize for Size2M {}
+
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
+    /// BLOCK, TRACK and `kick` for the entry at `gpa`/`level`.
+    fn block_track(
+        &mut self,
+        info: PageInfo,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+    ) -> Result<(), TdError> {
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        retry(p, Leaf::MEM_RANGE_BLOCK.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: BLOCK moves no page between host and module.
+            unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status
+        })?;
+        retry(p, Leaf::MEM_TRACK.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: TRACK moves no page.
+            unsafe { leaf::tdh_mem_track(b, tdr) }
+        })?;
+        kick();
+        Ok(())
+    }
+
+    /// Splits the `S`-sized page at `gpa` into 512 pages of the next size
+    /// down (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.DEMOTE with a new S-EPT page
+    /// from the platform), so that part of it can be unmapped.
+    ///
+    /// If DEMOTE fails after BLOCK, the page stays mapped but blocked: it
+    /// cannot be split or unmapped any more, and teardown gives it back.
+    #[doc(alias = "TDH.MEM.PAGE.DEMOTE")]
+    pub fn demote<S: HugePageSize>(
+        &mut self,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+    ) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let m = match self.inner.private.get(&gpa.as_u64()) {
+            Some(m) if m.level == S::LEVEL => *m,
+            _ => return Err(TdError::NotMapped(gpa)),
+        };
+        self.block_track(info, gpa, kick)?;
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let sept = self.fresh_page()?;
+        let r = retry(p, Leaf::MEM_PAGE_DEMOTE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: `sept` is a fresh, flushed page from the platform; on
+            // success the module owns it and we keep it in `sept`.
+            unsafe { leaf::tdh_mem_page_demote(b, info, tdr, sept) }.status
+        });
+        if let Err(e) = r {
+            self.free_refused(sept);
+            return Err(e);
+        }
+        self.inner.sept.insert(
+            (S::LEVEL.as_u8(), gpa.as_u64()),
+            FirmwarePage::from_pfn(sept),
+        );
+        self.inner.private.remove(&gpa.as_u64());
+        let small = <S::Smaller as PageSize>::LEVEL;
+        for i in 0..512u64 {
+            self.inner.private.insert(
+                gpa.as_u64() + i * small.bytes(),
+                Mapping {
+                    first: Pfn::new(m.first.as_u64() + i * small.frames()),
+                    level: small,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Merges the 512 pages of the next size down under the `S`-sized,
+    /// `S`-aligned range at `gpa` into one `S` page, when they map one
+    /// aligned, contiguous run of frames (checked here by arithmetic):
+    /// BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE. The S-EPT page the
+    /// module frees is written back with the TD's HKID
+    /// (TDH.PHYMEM.PAGE.WBINVD), cleared where the erratum requires, and
+    /// returned to the platform.
+    #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+    pub fn promote<S: HugePageSize>(
+        &mut self,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+    ) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let small = <S::Smaller as PageSize>::LEVEL;
+        let first = match self.inner.private.get(&gpa.as_u64()) {
+            Some(m) if m.level == small && m.first.is_aligned(S::LEVEL.frames()) => m.first,
+            _ => return Err(TdError::NotMapped(gpa)),
+        };
+        let contiguous = (0..512u64).all(|i| {
+            self.inner.private.get(&(gpa.as_u64() + i * small.bytes()))
+                == Some(&Mapping {
+                    first: Pfn::new(first.as_u64() + i * small.frames()),
+                    level: small,
+                })
+        });
+        if !contiguous {
+            return Err(TdError::Gpa {
+                gpa,
+                why: "the pages below are not one aligned, contiguous run",
+            });
+        }
+        let key = (S::LEVEL.as_u8(), gpa.as_u64());
+        if !self.inner.sept.contains_key(&key) {
+            return Err(TdError::NotMapped(gpa));
+        }
+        self.block_track(info, gpa, kick)?;
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let mut freed = None;
+        retry(p, Leaf::MEM_PAGE_PROMOTE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
+            // it over below only after the flushes the ABI requires.
+            let c = unsafe { leaf::tdh_mem_page_promote(b, info, tdr) };
+            freed = c.out.removed();
+            c.status
+        })?;
+        for i in 0..512u64 {
+            self.inner
+                .private
+                .remove(&(gpa.as_u64() + i * small.bytes()));
+        }
+        self.inner.private.insert(
+            gpa.as_u64(),
+            Mapping {
+                first,
+                level: S::LEVEL,
+            },
+        );
+        let page = self.inner.sept.remove(&key).expect("checked above");
+        let pfn = page.into_range().first();
+        if freed.is_some_and(|f| f != pfn) {
+            self.inner
+                .unflushed
+                .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
+            return Err(TdError::Protocol {
+                leaf: Leaf::MEM_PAGE_PROMOTE.v0(),
+                what: "freed an S-EPT page other than the one under the GPA",
+                gpa: Some(gpa),
+            });
+        }
+        let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
+        let r = KeyedPa::try_new(pfn.hpa(), self.hkid(), self.host.keyid_shift)
+            .map_err(|_| TdError::KeyidShift(self.host.keyid_shift))
+            .and_then(|keyed| {
+                retry(
+                    p,
+                    Leaf::PHYMEM_PAGE_WBINVD.v0(),
+                    Operand::HostPage(pfn),
+                    || {
+                        // SAFETY: WBINVD of a page the module no longer owns.
+                        unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+                    },
+                )
+            });
+        if let Err(e) = r {
+            self.inner.unflushed.push((run, PageRole::Sept));
+            return Err(e);
+        }
+        if p.errata().tdx_pw_mce {
+            // SAFETY: freed by the module and written back above; ours.
+            unsafe { p.movdir64b_clear(run) };
+        }
+        // SAFETY: allocated from this platform by `ensure_sept`/`demote`,
+        // freed by the module (PROMOTE) and written back with the TD's key.
+        unsafe { p.free_pages(run) };
+        Ok(())
+    }
+}
+
+/// Runs `call` under the retry policy: entropy and busy statuses are
+/// retried, bounded (with a yield between busy retries); other errors are
+/// returned with the leaf and the operand. Non-zero success statuses are
+/// returned as `Ok`.
+pub(crate) fn retry<P: Platform + ?Sized>(
+    platform: &P,
+    leaf: LeafVersion,
+    on: Operand,
+    mut call: impl FnMut() -> TdxStatus,
+) -> Result<TdxStatus, TdError> {
+    let (mut entropy, mut busy) = (0, 0);
+    loop {
+        let s = call();
+        match s.kind() {
+            None => return Ok(s),
+            Some(ErrorKind::NoEntropy) if entropy < ENTROPY_RETRIES => entropy += 1,
+            Some(ErrorKind::Busy) if busy < BUSY_RETRIES => {
+                busy += 1;
+                platform.yield_now();
+            }
+            _ => {
+                return Err(TdError::Seamcall {
+                    error: TdxError::new(leaf, s),
+                    on,
+                });
+            }
+        }
+    }
+}
+
+/// True if `s` has the class and code of `c` (operand detail ignored).
+pub(crate) fn same_code(s: TdxStatus, c: TdxStatus) -> bool {
+    s.raw() >> 32 == c.raw() >> 32
+}

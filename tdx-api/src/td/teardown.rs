@@ -1,0 +1,367 @@
+//! Teardown: from any state, every page back or reported.
+//!
+//! The order is Linux's (`reference/tdx-abi.md` §8.3): TDH.VP.FLUSH of each
+//! associated vCPU on its CPU, TDH.MNG.VPFLUSHDONE, TDH.PHYMEM.CACHE.WB on
+//! one CPU of every package (resumed while interrupted, at most
+//! [`CACHE_WB_LIMIT`] calls), TDH.MNG.KEY.FREEID (then the HKID returns to
+//! the pool), TDH.PHYMEM.PAGE.RECLAIM of S-EPT pages, private pages, TDCX,
+//! TDVPR and TDCS pages, and the TDR last followed by
+//! TDH.PHYMEM.PAGE.WBINVD of the TDR with the global KeyID. On platforms
+//! with the partial-write erratum every reclaimed page is cleared with
+//! MOVDIR64B before it goes back.
+//!
+//! If the HKID cannot be released (VPFLUSHDONE, CACHE.WB or FREEID fails),
+//! nothing can be reclaimed: every page, and the HKID, is leaked and the
+//! report says why. A page whose reclaim fails is leaked alone (and then
+//! the TDR too, which the module will not give back while it has children).
+
+// UNSAFETY: the teardown leaves are `unsafe fn`s, and pages go back to the
+// platform with `free_pages`.
+#![allow(unsafe_code)]
+
+use alloc::vec::Vec;
+
+use tdx_sys::{Seamcall, leaf};
+use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus, regs::KeyedPa};
+
+use super::{CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, retry, same_code};
+use crate::platform::Platform;
+
+/// What a page was to the TD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PageRole {
+    /// The TD root page.
+    Tdr,
+    /// A TD control structure page.
+    Tdcs,
+    /// A vCPU root page.
+    Tdvpr,
+    /// A vCPU control structure page.
+    Tdcx,
+    /// A secure-EPT page.
+    Sept,
+    /// Private memory (the caller's frames).
+    Guest,
+    /// The host page that held PAGE.ADD sources.
+    Staging,
+}
+
+/// A page that could not be given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakedPage {
+    /// The frames.
+    pub run: PfnRun,
+    /// What they were.
+    pub role: PageRole,
+    /// Why they are leaked.
+    pub reason: &'static str,
+    /// The error behind it, if a leaf failed.
+    pub error: Option<TdError>,
+}
+
+/// The outcome of a teardown: every page the TD held, in one of three
+/// lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "the report says which pages came back and which were leaked"]
+pub struct TeardownReport {
+    /// Control pages returned to the platform's allocator.
+    pub freed: Vec<(Pfn, PageRole)>,
+    /// The caller's private frames, host memory again (flushed, and
+    /// cleared where the erratum requires).
+    pub guest_returned: Vec<PfnRun>,
+    /// Pages given up for good (also reported to
+    /// [`Platform::leak_pages`]).
+    pub leaked: Vec<LeakedPage>,
+    /// Whether the HKID went back to the pool.
+    pub hkid_freed: bool,
+    /// Every leaf failure met on the way, in order.
+    pub errors: Vec<TdError>,
+}
+
+impl TeardownReport {
+    /// True if every page came back and the HKID was freed.
+    pub fn is_clean(&self) -> bool {
+        self.leaked.is_empty() && self.hkid_freed && self.errors.is_empty()
+    }
+
+    /// Pages leaked (4 KiB frames).
+    pub fn leaked_frames(&self) -> u64 {
+        self.leaked.iter().map(|l| l.run.count()).sum()
+    }
+
+    /// The caller's frames returned (4 KiB frames).
+    pub fn guest_frames_returned(&self) -> u64 {
+        self.guest_returned.iter().map(|r| r.count()).sum()
+    }
+}
+
+fn one(pfn: Pfn) -> PfnRun {
+    PfnRun::from(PfnRange::<Size4K>::from(pfn))
+}
+
+struct Ctx<'a, B, P> {
+    b: &'a B,
+    p: &'a P,
+    report: TeardownReport,
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
+    fn leak(&mut self, run: PfnRun, role: PageRole, reason: &'static str, error: Option<TdError>) {
+        self.p.leak_pages(run, reason);
+        self.report.leaked.push(LeakedPage {
+            run,
+            role,
+            reason,
+            error,
+        });
+    }
+
+    /// The frames left the module (reclaimed or removed and written back):
+    /// clear them where the erratum requires, then give them back.
+    fn give_back(&mut self, run: PfnRun, role: PageRole) {
+        if self.p.errata().tdx_pw_mce {
+            // SAFETY: the module gave the frames back (RECLAIM succeeded, or
+            // they were removed and the HKID's caches written back) and the
+            // TD held them, for the platform or for the caller.
+            unsafe { self.p.movdir64b_clear(run) };
+        }
+        if role == PageRole::Guest {
+            self.report.guest_returned.push(run);
+        } else {
+            // SAFETY: control pages were allocated from this platform by the
+            // TD; the module gave each back (RECLAIM) after the HKID's cache
+            // lines were written back on every package (CACHE.WB), which is
+            // the flush §8.3 requires before host reuse.
+            unsafe { self.p.free_pages(run) };
+            self.report.freed.push((run.first(), role));
+        }
+    }
+
+    /// TDH.PHYMEM.PAGE.RECLAIM of the page (of any size) at `first`.
+    fn reclaim(&mut self, run: PfnRun, role: PageRole) -> bool {
+        let (b, first) = (self.b, run.first());
+        let r = retry(
+            self.p,
+            Leaf::PHYMEM_PAGE_RECLAIM.v0(),
+            Operand::HostPage(first),
+            || {
+                // SAFETY: RECLAIM takes a page back from the module; we hand
+                // it to the host only through `give_back`.
+                unsafe { leaf::tdh_phymem_page_reclaim(b, first) }.status
+            },
+        );
+        match r {
+            Ok(_) => {
+                if role != PageRole::Tdr {
+                    self.give_back(run, role);
+                }
+                true
+            }
+            Err(e) => {
+                self.report.errors.push(e);
+                self.leak(
+                    run,
+                    role,
+                    "TDH.PHYMEM.PAGE.RECLAIM failed: the module may still own it",
+                    Some(e),
+                );
+                false
+            }
+        }
+    }
+}
+
+pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
+    host: &TdHost<B, P>,
+    mut inner: Inner,
+) -> TeardownReport {
+    let (b, p) = (host.module.backend(), host.module.platform());
+    let mut cx = Ctx {
+        b,
+        p,
+        report: TeardownReport::default(),
+    };
+    if let Some(s) = inner.staging.take() {
+        // SAFETY: the staging page is a host page the module only read.
+        unsafe { p.free_pages(one(s)) };
+        cx.report.freed.push((s, PageRole::Staging));
+    }
+    let Some(tdr_page) = inner.tdr.take() else {
+        return cx.report;
+    };
+    let tdr = tdr_page.pfn();
+
+    // 1. VP.FLUSH on each associated vCPU's CPU.
+    for (i, v) in inner.vcpus.iter().enumerate() {
+        let Some(tdvpr) = v.tdvpr.as_ref().map(FirmwarePage::pfn) else {
+            continue;
+        };
+        if !v.associated {
+            continue;
+        }
+        let mut r = None;
+        p.on_cpu(v.cpu, &mut || {
+            r = Some(retry(p, Leaf::VP_FLUSH.v0(), Operand::Vcpu(i), || {
+                // SAFETY: VP.FLUSH moves no page; it runs on the vCPU's CPU
+                // (Platform contract 2).
+                match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
+                    s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
+                    s => s,
+                }
+            }));
+        });
+        if let Some(Err(e)) = r {
+            cx.report.errors.push(e);
+        }
+    }
+
+    // 2.-4. VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID.
+    let released = release_hkid(&mut cx, tdr);
+    if let Err(e) = released {
+        cx.report.errors.push(e);
+        let reason = "the HKID could not be released, so the module keeps the TD's pages";
+        let mut all: Vec<(PfnRun, PageRole)> = Vec::new();
+        all.extend(inner.sept.values().map(|s| (one(s.pfn()), PageRole::Sept)));
+        all.extend(
+            inner
+                .private
+                .values()
+                .map(|m| (run_of(m.first, m.level), PageRole::Guest)),
+        );
+        all.extend(inner.unflushed.iter().copied());
+        for v in &inner.vcpus {
+            all.extend(v.tdcx.iter().map(|t| (one(t.pfn()), PageRole::Tdcx)));
+            all.extend(v.tdvpr.iter().map(|t| (one(t.pfn()), PageRole::Tdvpr)));
+        }
+        all.extend(inner.tdcs.iter().map(|t| (one(t.pfn()), PageRole::Tdcs)));
+        all.push((one(tdr), PageRole::Tdr));
+        for (run, role) in all {
+            cx.leak(run, role, reason, Some(e));
+        }
+        // The HKID stays taken in the pool (dropping an `Hkid` does not
+        // free it): the module still holds it.
+        let _leaked_hkid = inner.hkid.take();
+        return cx.report;
+    }
+    if let Some(h) = inner.hkid.take() {
+        host.hkids.free(h);
+    }
+    cx.report.hkid_freed = true;
+
+    // 5. Reclaim the children, then the TDR.
+    let mut children_ok = true;
+    for s in core::mem::take(&mut inner.sept).into_values() {
+        children_ok &= cx.reclaim(one(s.into_range().first()), PageRole::Sept);
+    }
+    for m in core::mem::take(&mut inner.private).into_values() {
+        children_ok &= cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
+    }
+    for (r, role) in core::mem::take(&mut inner.unflushed) {
+        // Removed (or freed by PROMOTE) earlier; CACHE.WB on every package
+        // wrote their lines back.
+        cx.give_back(r, role);
+    }
+    for v in core::mem::take(&mut inner.vcpus) {
+        for t in v.tdcx {
+            children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdcx);
+        }
+        if let Some(t) = v.tdvpr {
+            children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdvpr);
+        }
+    }
+    for t in core::mem::take(&mut inner.tdcs) {
+        children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdcs);
+    }
+    let _ = children_ok;
+    let tdr = tdr_page.into_range().first();
+    if cx.reclaim(one(tdr), PageRole::Tdr) {
+        // The module may have written the TDR with the global KeyID.
+        let global = host.module.global_keyid();
+        let r = KeyedPa::try_new(tdr.hpa(), global, host.keyid_shift)
+            .map_err(|_| TdError::KeyidShift(host.keyid_shift))
+            .and_then(|keyed| {
+                retry(
+                    p,
+                    Leaf::PHYMEM_PAGE_WBINVD.v0(),
+                    Operand::HostPage(tdr),
+                    || {
+                        // SAFETY: WBINVD of a page the module no longer owns
+                        // moves nothing.
+                        unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+                    },
+                )
+            });
+        match r {
+            Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
+            Err(e) => {
+                cx.report.errors.push(e);
+                cx.leak(
+                    one(tdr),
+                    PageRole::Tdr,
+                    "TDH.PHYMEM.PAGE.WBINVD of the TDR failed: lines of the global key may remain",
+                    Some(e),
+                );
+            }
+        }
+    }
+    cx.report
+}
+
+fn run_of(first: Pfn, level: tdx_types::TdxLevel) -> PfnRun {
+    PfnRun::try_new(first, level.frames()).expect("a mapped page is a valid run")
+}
+
+/// VPFLUSHDONE, CACHE.WB on every package (resumable), KEY.FREEID.
+fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
+    cx: &mut Ctx<'_, B, P>,
+    tdr: Pfn,
+) -> Result<(), TdError> {
+    let (b, p) = (cx.b, cx.p);
+    retry(p, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
+        // SAFETY: VPFLUSHDONE moves no page.
+        unsafe { leaf::tdh_mng_vpflushdone(b, tdr) }
+    })?;
+    let mut failed = None;
+    p.on_each_package(&mut |pkg, _| {
+        if failed.is_some() {
+            return;
+        }
+        let mut resume = false;
+        for _ in 0..CACHE_WB_LIMIT {
+            let r = retry(p, Leaf::PHYMEM_CACHE_WB.v0(), Operand::Package(pkg), || {
+                // SAFETY: CACHE.WB moves no page; it runs on a CPU of `pkg`.
+                match unsafe { leaf::tdh_phymem_cache_wb(b, resume) } {
+                    // Another thread flushed this package already.
+                    s if same_code(s, TdxStatus::NO_HKID_READY_TO_WBCACHE) => TdxStatus::SUCCESS,
+                    s => s,
+                }
+            });
+            match r {
+                Err(TdError::Seamcall { error, .. })
+                    if same_code(error.status(), TdxStatus::INTERRUPTED_RESUMABLE) =>
+                {
+                    resume = true;
+                    p.yield_now();
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    return;
+                }
+                Ok(_) => return,
+            }
+        }
+        failed = Some(TdError::Protocol {
+            leaf: Leaf::PHYMEM_CACHE_WB.v0(),
+            what: "still interrupted after CACHE_WB_LIMIT calls",
+            gpa: None,
+        });
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    retry(p, Leaf::MNG_KEY_FREEID.v0(), Operand::Tdr, || {
+        // SAFETY: FREEID moves no page.
+        unsafe { leaf::tdh_mng_key_freeid(b, tdr) }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,743 @@
+//! Trust Domains through the safe API (`tdx::api::td`) on the simulator:
+//!
+//! - a whole TD: create, keys on every package, TDCS, init, two vCPUs,
+//!   measured and unmeasured initial pages, finalize (MRTD equals the
+//!   offline calculator's), runtime mapping at 4K and 2M accepted by the
+//!   guest, unmapping, teardown; every page comes back;
+//! - teardown from every earlier state, and by dropping, loses nothing;
+//! - refusals found by arithmetic or against SysInfo before any SEAMCALL;
+//! - faults in teardown leaves: retried when busy, otherwise typed errors
+//!   and a report of what was leaked and why, never a panic, and the
+//!   simulator's accounting agrees with the report.
+//!
+//! Every test ends with the simulator's invariants and no rule violation.
+
+// UNSAFETY: the tests hand frames they allocated from the simulator to TDs
+// (`GuestFrame::new`, the caller's promise) and free them afterwards.
+#![allow(unsafe_code)]
+
+use tdx::{
+    Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
+    api::{
+        ExtInited, Placement, Platform, TdxModule,
+        measure::{self, InitialPage},
+        plan::{MemRange, PlanInput},
+        td::{
+            GuestFrame, Initialized, Operand, PageRole, ParamsError, Td, TdError, TdHost,
+            TeardownReport,
+        },
+    },
+    types::{
+        PfnRun,
+        abi::{EptPageWalk, EptpControls, TdParams},
+    },
+};
+use tdx_sim::{Accounting, Fault, MachineDesc, Profile, Simulator};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+type Module<'s> = TdxModule<ExtInited, &'s Simulator, &'s Simulator>;
+
+fn sim() -> Simulator {
+    sim_with(false)
+}
+
+/// Two packages of two CPUs, 4 GiB; `pw_mce`: the partial-write erratum.
+fn sim_with(pw_mce: bool) -> Simulator {
+    let mut d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+        .with_cpus(2, 2)
+        .with_profile(Profile::tdx_1_5());
+    d.errata.tdx_pw_mce = pw_mce;
+    Simulator::new(d).unwrap()
+}
+
+fn ready(sim: &Simulator) -> Module<'_> {
+    let input = PlanInput::new(vec![MemRange {
+        start: 4 * GIB,
+        end: 8 * GIB,
+        node: 0,
+    }]);
+    TdxModule::init(sim, sim)
+        .unwrap()
+        .configure(&input)
+        .unwrap()
+        .init_extensions()
+        .unwrap()
+}
+
+type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
+
+fn host<'s>(sim: &Simulator, m: Module<'s>) -> Host<'s> {
+    TdHost::new(m, sim.machine().hkid_start_bit())
+}
+
+fn params(max_vcpus: u16) -> TdParams {
+    let mut p = TdParams::new();
+    p.set_xfam(3);
+    p.set_max_vcpus(max_vcpus);
+    p.set_eptp_controls(EptpControls::write_back(EptPageWalk::FourLevel));
+    p.set_tsc_frequency(100);
+    p.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    p
+}
+
+/// Frames for guest memory, `count` pages aligned to `align` pages.
+fn frames(sim: &Simulator, count: u64, align: u64) -> PfnRun {
+    sim.alloc_pages(count, align, Placement::Anywhere).unwrap()
+}
+
+fn give_frames_back(sim: &Simulator, runs: &[PfnRun]) {
+    for r in runs {
+        // SAFETY: the TD returned these frames (report or unmap): they are
+        // host memory again, flushed.
+        unsafe { sim.free_pages(*r) };
+    }
+}
+
+/// Nothing lost: the accounting is what it was after bring-up, no rule was
+/// broken, and the module's and host's views agree.
+fn assert_back_to(sim: &Simulator, baseline: &Accounting, label: &str) {
+    assert_eq!(&sim.accounting(), baseline, "{label}: pages lost");
+    assert!(
+        sim.violations().is_empty(),
+        "{label}: {:?}",
+        sim.violations()
+    );
+    sim.check_invariants()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+}
+
+fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
+    sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
+}
+
+fn initialized<'h, 's>(
+    h: &'h Host<'s>,
+    max_vcpus: u16,
+) -> Td<'h, Initialized, &'s Simulator, &'s Simulator> {
+    h.create_td()
+        .unwrap()
+        .configure_keys()
+        .unwrap()
+        .add_tdcs()
+        .unwrap()
+        .init(&params(max_vcpus))
+        .unwrap()
+}
+
+#[test]
+fn build_measure_map_unmap_teardown_returns_every_page() {
+    lifecycle(false);
+}
+
+#[test]
+fn with_the_partial_write_erratum_returned_pages_are_cleared() {
+    lifecycle(true);
+}
+
+fn lifecycle(pw_mce: bool) {
+    let sim = sim_with(pw_mce);
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    assert_eq!(baseline.host, 0);
+    assert_eq!(baseline.module + baseline.free, baseline.total);
+    let h = host(&sim, m);
+
+    let mut td = initialized(&h, 2);
+    let v0 = td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let v1 = td.create_vcpu(tdx::api::CpuId(2), 0, 1).unwrap();
+    assert_ne!(v0.tdvpr, v1.tdvpr);
+    assert_eq!(td.vcpus(), vec![v0, v1]);
+
+    // Initial memory: two measured pages, one not.
+    let contents: Vec<[u8; 4096]> = (0..3u8)
+        .map(|k| core::array::from_fn(|i| (i as u8).wrapping_mul(7).wrapping_add(k)))
+        .collect();
+    let initial = frames(&sim, 3, 1);
+    let layout = [(0x0u64, true), (0x1000, true), (0x5000, false)];
+    for (i, (gpa, extend)) in layout.iter().enumerate() {
+        let pfn = Pfn::new(initial.first().as_u64() + i as u64);
+        // SAFETY: allocated above for this TD; untouched until returned.
+        let f = unsafe { GuestFrame::<Size4K>::new(pfn) }.unwrap();
+        td.add_page(Gpa::new(*gpa), f, &contents[i], *extend)
+            .unwrap();
+    }
+    let expected =
+        measure::mrtd(
+            layout
+                .iter()
+                .enumerate()
+                .map(|(i, &(gpa, extend))| InitialPage {
+                    gpa,
+                    contents: &contents[i],
+                    extend,
+                }),
+        );
+    let mut td = td.finalize().unwrap();
+    assert_eq!(sim.mrtd(td.tdr()), Some(expected), "MRTD = offline MRTD");
+    assert_eq!(calls(&sim, Leaf::MR_EXTEND), 32);
+
+    // Runtime memory: a 4K page and a 2M page, accepted by the guest.
+    let small = frames(&sim, 1, 1);
+    let huge = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f4 = unsafe { GuestFrame::<Size4K>::new(small.first()) }.unwrap();
+    // SAFETY: as above.
+    let f2 = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    td.map(Gpa::new(MIB), f4).unwrap();
+    td.map(Gpa::new(2 * MIB), f2).unwrap();
+    assert_eq!(sim.guest_accept(td.tdr(), MIB, 0), TdxStatus::SUCCESS);
+    assert_eq!(sim.guest_accept(td.tdr(), 2 * MIB, 1), TdxStatus::SUCCESS);
+    assert_eq!(td.private_pages(), 5);
+
+    // Unmap the 4K page: BLOCK, TRACK, kick, REMOVE, WBINVD.
+    let mut kicks = 0;
+    let back = td
+        .unmap::<Size4K>(Gpa::new(MIB), &mut || kicks += 1)
+        .unwrap();
+    assert_eq!(kicks, 1);
+    assert_eq!(back.pfn(), small.first());
+    assert_eq!(calls(&sim, Leaf::PHYMEM_PAGE_WBINVD), 1);
+    let _ = back.into_range();
+    let cleared = sim.stats().movdir64b_pages;
+    assert_eq!(cleared, u64::from(pw_mce), "MOVDIR64B clear iff erratum");
+    give_frames_back(&sim, &[small]);
+    // Asking for the wrong size, or a GPA with nothing, is refused.
+    let e = td
+        .unmap::<Size4K>(Gpa::new(2 * MIB), &mut || {})
+        .unwrap_err();
+    assert_eq!(e, TdError::NotMapped(Gpa::new(2 * MIB)));
+
+    let control = td.control_pages();
+    // TDR + 6 TDCS + 2 × (TDVPR + 5 TDCX) + S-EPT (PDPT, PD, PT for GPA 0,
+    // PT for 1 MiB shares the 0..2 MiB PT).
+    assert_eq!(control, 1 + 6 + 12 + 3);
+    let report = td.teardown();
+    assert!(report.is_clean(), "{report:#?}");
+    assert_eq!(report.freed.len(), control);
+    assert_eq!(
+        report
+            .freed
+            .iter()
+            .filter(|(_, r)| *r == PageRole::Tdr)
+            .count(),
+        1
+    );
+    assert_eq!(report.freed.last().unwrap().1, PageRole::Tdr, "TDR last");
+    assert_eq!(report.guest_frames_returned(), 3 + 512);
+    assert_eq!(h.hkids().in_use(), 0);
+    // With the erratum every page that left the module was cleared.
+    let expected_clears = if pw_mce {
+        cleared + control as u64 + 3 + 512
+    } else {
+        0
+    };
+    assert_eq!(sim.stats().movdir64b_pages, expected_clears);
+    give_frames_back(&sim, &report.guest_returned);
+    assert_back_to(&sim, &baseline, "full lifecycle");
+}
+
+#[test]
+fn teardown_from_every_early_state_loses_nothing() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+
+    let check = |r: TeardownReport, pages: usize, label: &str| {
+        assert!(r.is_clean(), "{label}: {r:#?}");
+        assert_eq!(r.freed.len(), pages, "{label}");
+        assert_eq!(h.hkids().in_use(), 0, "{label}");
+        assert_back_to(&sim, &baseline, label);
+    };
+    check(h.create_td().unwrap().teardown(), 1, "created");
+    let td = h.create_td().unwrap().configure_keys().unwrap();
+    check(td.teardown(), 1, "keys configured");
+    let td = h
+        .create_td()
+        .unwrap()
+        .configure_keys()
+        .unwrap()
+        .add_tdcs()
+        .unwrap();
+    check(td.teardown(), 7, "TDCS added");
+    check(initialized(&h, 1).teardown(), 7, "initialized");
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(1), 0, 0).unwrap();
+    check(td.teardown(), 13, "initialized with a vCPU");
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(3), 0, 0).unwrap();
+    let td = td.finalize().unwrap();
+    check(td.teardown(), 13, "finalized, no memory");
+
+    // Dropping a TD tears it down too.
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    drop(td);
+    assert_eq!(h.hkids().in_use(), 0);
+    assert_back_to(&sim, &baseline, "dropped");
+}
+
+#[test]
+fn refusals_before_any_seamcall() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let td = h
+        .create_td()
+        .unwrap()
+        .configure_keys()
+        .unwrap()
+        .add_tdcs()
+        .unwrap();
+    let before = calls(&sim, Leaf::MNG_INIT);
+    let f = td.init(&params(0)).unwrap_err();
+    assert_eq!(
+        f.error,
+        TdError::Params(ParamsError::MaxVcpus { asked: 0, max: 576 })
+    );
+    let mut p = params(1);
+    p.set_attributes(1 << 5);
+    let f = f.td.init(&p).unwrap_err();
+    assert_eq!(f.error, TdError::Params(ParamsError::Attributes(1 << 5)));
+    assert_eq!(
+        calls(&sim, Leaf::MNG_INIT),
+        before,
+        "no TDH.MNG.INIT issued"
+    );
+
+    // The TD came back and can go on.
+    let mut td = f.td.init(&params(1)).unwrap();
+    // A TD without vCPUs cannot be finalized: a typed error, TD back.
+    let f = td.finalize().unwrap_err();
+    let TdError::Seamcall { error, on } = f.error else {
+        panic!("{:?}", f.error)
+    };
+    assert_eq!(error.leaf(), Leaf::MR_FINALIZE.v0());
+    assert_eq!(error.status(), TdxStatus::NO_VCPUS);
+    assert_eq!(on, Operand::Tdr);
+    td = f.td;
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+
+    // A 2M mapping at a GPA that is not 2M aligned: refused by arithmetic,
+    // frame back.
+    let huge = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f2 = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    let aug = calls(&sim, Leaf::MEM_PAGE_AUG);
+    let e = td.map(Gpa::new(2 * MIB + 4096), f2).unwrap_err();
+    assert!(matches!(e.error, TdError::Gpa { .. }), "{:?}", e.error);
+    assert_eq!(e.td.pfn(), huge.first());
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), aug);
+    // A 2M token from a run that is not 2M aligned cannot be made.
+    // SAFETY: never used (the constructor refuses it).
+    assert!(unsafe { GuestFrame::<Size2M>::new(Pfn::new(huge.first().as_u64() + 1)) }.is_err());
+    let _ = e.td.into_range();
+    give_frames_back(&sim, &[huge]);
+
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "refusals");
+}
+
+#[test]
+fn busy_teardown_leaves_are_retried() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(1), 0, 0).unwrap();
+    let busy = TdxStatus::OPERAND_BUSY;
+    for leaf in [
+        Leaf::VP_FLUSH,
+        Leaf::MNG_VPFLUSHDONE,
+        Leaf::MNG_KEY_FREEID,
+        Leaf::PHYMEM_PAGE_RECLAIM,
+    ] {
+        sim.inject(Fault::status(leaf, 1, busy));
+    }
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(sim.fired_faults().len(), 4, "{:?}", sim.fired_faults());
+    assert_back_to(&sim, &baseline, "busy teardown");
+}
+
+#[test]
+fn a_failed_reclaim_is_reported_and_leaked_not_lost() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let td = td.finalize().unwrap();
+    // The first reclaim (a TDCX page: there is no S-EPT and no memory)
+    // fails hard.
+    sim.inject(Fault::status(
+        Leaf::PHYMEM_PAGE_RECLAIM,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let r = td.teardown();
+    assert!(!r.is_clean());
+    assert!(r.hkid_freed);
+    // The failed page, and the TDR the module keeps while it has a child.
+    assert_eq!(r.leaked.len(), 2, "{r:#?}");
+    assert_eq!(r.leaked[0].role, PageRole::Tdcx);
+    assert_eq!(r.leaked[1].role, PageRole::Tdr);
+    let TdError::Seamcall { error, on } = r.errors[0] else {
+        panic!("{:?}", r.errors)
+    };
+    assert_eq!(error.leaf(), Leaf::PHYMEM_PAGE_RECLAIM.v0());
+    assert_eq!(on, Operand::HostPage(r.leaked[0].run.first()));
+    assert_eq!(r.errors.len(), 2);
+    // Every other control page came back.
+    assert_eq!(r.freed.len(), 13 - 2);
+    let a = sim.accounting();
+    assert_eq!(a.leaked, r.leaked_frames(), "{a:?}");
+    assert_eq!(a.host, 0, "{a:?}");
+    assert_eq!(a.free + a.leaked, baseline.free, "{a:?}");
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_failed_hkid_release_leaks_everything_with_a_reason() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let run = frames(&sim, 1, 1);
+    // SAFETY: allocated above for this TD.
+    td.map(
+        Gpa::new(0),
+        unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap(),
+    )
+    .unwrap();
+    let pages = td.control_pages() as u64 + 1;
+    sim.inject(Fault::status(
+        Leaf::MNG_VPFLUSHDONE,
+        1,
+        TdxStatus::FLUSHVP_NOT_DONE,
+    ));
+    let r = td.teardown();
+    assert!(!r.hkid_freed);
+    assert_eq!(h.hkids().in_use(), 1, "the HKID stays taken");
+    assert_eq!(r.leaked_frames(), pages, "{r:#?}");
+    assert!(r.freed.is_empty() && r.guest_returned.is_empty());
+    let TdError::Seamcall { error, .. } = r.errors[0] else {
+        panic!("{:?}", r.errors)
+    };
+    assert_eq!(error.leaf(), Leaf::MNG_VPFLUSHDONE.v0());
+    assert!(r.leaked.iter().any(|l| l.role == PageRole::Guest));
+    let a = sim.accounting();
+    assert_eq!(a.leaked, pages, "{a:?}");
+    assert_eq!(a.host, 0, "{a:?}");
+    assert_eq!(a.free + a.leaked, baseline.free, "{a:?}");
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_failed_key_config_hands_the_td_back_and_teardown_loses_nothing() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let td = h.create_td().unwrap();
+    // Package 0 succeeds, package 1 fails.
+    sim.inject(Fault::status(
+        Leaf::MNG_KEY_CONFIG,
+        2,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let f = td.configure_keys().unwrap_err();
+    let TdError::Seamcall { error, on } = f.error else {
+        panic!("{:?}", f.error)
+    };
+    assert_eq!(error.leaf(), Leaf::MNG_KEY_CONFIG.v0());
+    assert_eq!(on, Operand::Package(tdx::api::PackageId(1)));
+    let r = f.td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "failed key config");
+}
+
+#[test]
+fn runtime_faults_keep_every_frame_accounted_for() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let run = frames(&sim, 3, 1);
+    let token = |i: u64| {
+        // SAFETY: allocated above for this TD.
+        unsafe { GuestFrame::<Size4K>::new(Pfn::new(run.first().as_u64() + i)) }.unwrap()
+    };
+
+    // AUG fails: the frame comes back, nothing mapped; a retry works.
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_AUG,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let e = td.map(Gpa::new(0), token(0)).unwrap_err();
+    assert_eq!(
+        e.error,
+        TdError::Seamcall {
+            error: tdx::TdxError::new(Leaf::MEM_PAGE_AUG.v0(), TdxStatus::OPERAND_INVALID),
+            on: Operand::Gpa(Gpa::new(0)),
+        }
+    );
+    td.map(Gpa::new(0), e.td).unwrap();
+    td.map(Gpa::new(0x1000), token(1)).unwrap();
+    td.map(Gpa::new(0x2000), token(2)).unwrap();
+
+    // BLOCK fails: the page stays mapped (teardown returns it).
+    sim.inject(Fault::status(
+        Leaf::MEM_RANGE_BLOCK,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let e = td
+        .unmap::<Size4K>(Gpa::new(0x1000), &mut || {})
+        .unwrap_err();
+    assert!(
+        matches!(e, TdError::Seamcall { error, on: Operand::Gpa(g) }
+            if error.leaf() == Leaf::MEM_RANGE_BLOCK.v0() && g == Gpa::new(0x1000)),
+        "{e:?}"
+    );
+    assert_eq!(td.private_pages(), 3);
+
+    // PAGE.WBINVD fails after REMOVE: the frame may hold lines of the TD's
+    // key, so it waits for teardown's CACHE.WB instead of coming back now.
+    sim.inject(Fault::status(
+        Leaf::PHYMEM_PAGE_WBINVD,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let e = td
+        .unmap::<Size4K>(Gpa::new(0x2000), &mut || {})
+        .unwrap_err();
+    assert!(
+        matches!(e, TdError::Seamcall { error, .. } if error.leaf() == Leaf::PHYMEM_PAGE_WBINVD.v0()),
+        "{e:?}"
+    );
+    assert_eq!(td.private_pages(), 2);
+
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    let mut back: Vec<u64> = r
+        .guest_returned
+        .iter()
+        .map(|r| r.first().as_u64())
+        .collect();
+    back.sort();
+    let want: Vec<u64> = (0..3).map(|i| run.first().as_u64() + i).collect();
+    assert_eq!(back, want, "all three frames come back");
+    give_frames_back(&sim, &r.guest_returned);
+    assert_back_to(&sim, &baseline, "runtime faults");
+}
+
+/// A small lifecycle: two vCPUs, two initial pages, four 4K pages and one
+/// 2M page mapped, three of them unmapped, teardown. Returns the report
+/// and every frame back from unmapping.
+fn small_lifecycle(sim: &Simulator, h: &Host<'_>) -> (TeardownReport, Vec<PfnRun>) {
+    let mut td = initialized(h, 2);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(3), 0, 1).unwrap();
+    let initial = frames(sim, 2, 1);
+    for i in 0..2u64 {
+        // SAFETY: allocated above for this TD.
+        let f =
+            unsafe { GuestFrame::<Size4K>::new(Pfn::new(initial.first().as_u64() + i)) }.unwrap();
+        td.add_page(Gpa::new(i * 4096), f, &[i as u8; 4096], i == 0)
+            .unwrap();
+    }
+    let mut td = td.finalize().unwrap();
+    let small = frames(sim, 4, 1);
+    for i in 0..4u64 {
+        // SAFETY: allocated above for this TD.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(small.first().as_u64() + i)) }.unwrap();
+        td.map(Gpa::new(MIB + i * 4096), f).unwrap();
+    }
+    let huge = frames(sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    td.map(Gpa::new(4 * MIB), f).unwrap();
+    let mut back = Vec::new();
+    for i in 0..2u64 {
+        let f = td
+            .unmap::<Size4K>(Gpa::new(MIB + i * 4096), &mut || {})
+            .unwrap();
+        back.push(PfnRun::from(f.into_range()));
+    }
+    let f = td.unmap::<Size2M>(Gpa::new(4 * MIB), &mut || {}).unwrap();
+    back.push(PfnRun::from(f.into_range()));
+    (td.teardown(), back)
+}
+
+#[test]
+fn seeded_transient_faults_everywhere_are_retried_or_resumed() {
+    for seed in 1..=6u64 {
+        let sim = sim();
+        let m = ready(&sim);
+        let baseline = sim.accounting();
+        let h = host(&sim, m);
+        // One call in five of every TD leaf that can be busy, out of
+        // entropy or interrupted is.
+        sim.inject_random(seed, 200_000);
+        let (r, back) = small_lifecycle(&sim, &h);
+        assert!(r.is_clean(), "seed {seed}: {r:#?}");
+        assert_eq!(r.guest_frames_returned(), 2 + 2, "seed {seed}");
+        let fired = sim.fired_faults();
+        assert!(fired.len() > 10, "seed {seed}: {fired:?}");
+        give_frames_back(&sim, &back);
+        give_frames_back(&sim, &r.guest_returned);
+        assert_back_to(&sim, &baseline, &format!("seed {seed}"));
+        assert!(h.into_module().is_ready());
+    }
+}
+
+#[test]
+fn demote_unmap_one_4k_page_remap_and_promote() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let huge = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    let gpa = Gpa::new(8 * MIB);
+    td.map(gpa, f).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
+    let sept_before = td.control_pages();
+
+    // Split, then take one 4K page out of the middle.
+    let mut kicks = 0;
+    td.demote::<Size2M>(gpa, &mut || kicks += 1).unwrap();
+    assert_eq!(td.private_pages(), 512);
+    assert_eq!(td.control_pages(), sept_before + 1, "one new S-EPT page");
+    let hole = Gpa::new(gpa.as_u64() + 7 * 4096);
+    let f4 = td.unmap::<Size4K>(hole, &mut || kicks += 1).unwrap();
+    assert_eq!(f4.pfn().as_u64(), huge.first().as_u64() + 7);
+    assert_eq!(kicks, 2);
+    // The 2M page is gone as such.
+    assert_eq!(
+        td.unmap::<Size2M>(gpa, &mut || {}).unwrap_err(),
+        TdError::NotMapped(gpa)
+    );
+    // With a hole, promotion is refused by arithmetic, before any SEAMCALL.
+    let before = calls(&sim, Leaf::MEM_PAGE_PROMOTE);
+    assert!(matches!(
+        td.promote::<Size2M>(gpa, &mut || {}),
+        Err(TdError::NotMapped(_) | TdError::Gpa { .. })
+    ));
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_PROMOTE), before);
+
+    // Put the same frame back, accept it, and merge again.
+    td.map(hole, f4).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), hole.as_u64(), 0),
+        TdxStatus::SUCCESS
+    );
+    td.promote::<Size2M>(gpa, &mut || kicks += 1).unwrap();
+    assert_eq!(td.private_pages(), 1);
+    assert_eq!(td.control_pages(), sept_before, "the S-EPT page went back");
+    let f = td.unmap::<Size2M>(gpa, &mut || {}).unwrap();
+    assert_eq!(f.pfn(), huge.first());
+    let _ = f.into_range();
+    give_frames_back(&sim, &[huge]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "demote/promote");
+}
+
+#[test]
+fn hkids_come_from_the_guest_range_and_return_after_teardown() {
+    let d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+        .with_cpus(2, 2)
+        .with_keyids(15, 3)
+        .with_profile(Profile::tdx_1_5());
+    let guest = d.keyid_partition().guest_keyids();
+    let sim = Simulator::new(d).unwrap();
+    let m = ready(&sim);
+    let global = m.global_keyid();
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    assert_eq!(h.hkids().capacity(), guest.end - guest.start);
+    let a = h.create_td().unwrap();
+    let b = h.create_td().unwrap();
+    for td in [a.hkid(), b.hkid()] {
+        assert!(guest.contains(&u32::from(td)), "{td} in {guest:?}");
+        assert_ne!(td, global);
+    }
+    assert_ne!(a.hkid(), b.hkid());
+    let e = h.create_td().unwrap_err();
+    assert_eq!(e, TdError::NoHkid);
+    let freed = a.hkid();
+    assert!(a.teardown().is_clean());
+    let c = h.create_td().unwrap();
+    assert_eq!(c.hkid(), freed, "the freed HKID is reused");
+    assert!(b.teardown().is_clean());
+    assert!(c.teardown().is_clean());
+    assert_eq!(h.hkids().in_use(), 0);
+    assert_back_to(&sim, &baseline, "hkids");
+}
+
+#[test]
+fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let run = frames(&sim, 512 * 512, 512 * 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size1G>::new(run.first()) }.unwrap();
+    let control = td.control_pages();
+    let gpa = Gpa::new(GIB);
+    td.map_1g(gpa, f, &mut || {}).unwrap();
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), 512);
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_PROMOTE), 1);
+    assert_eq!(td.private_pages(), 1);
+    // The PDPT came to stay; the PD the 2M parts needed went back.
+    assert_eq!(td.control_pages(), control + 1);
+    assert_eq!(sim.guest_accept(td.tdr(), GIB, 2), TdxStatus::SUCCESS);
+
+    td.demote::<Size1G>(gpa, &mut || {}).unwrap();
+    assert_eq!(td.private_pages(), 512);
+    let part = Gpa::new(GIB + 10 * MIB);
+    let f2 = td.unmap::<Size2M>(part, &mut || {}).unwrap();
+    assert_eq!(f2.pfn().as_u64(), run.first().as_u64() + 5 * 512);
+    td.map(part, f2).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), part.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
+    td.promote::<Size1G>(gpa, &mut || {}).unwrap();
+    assert_eq!(td.private_pages(), 1);
+
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.guest_returned, vec![run]);
+    give_frames_back(&sim, &r.guest_returned);
+    assert_back_to(&sim, &baseline, "1G");
+}
