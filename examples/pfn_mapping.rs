@@ -21,9 +21,8 @@ use tdx::{
     api::{
         CpuId, Placement, Platform, TdxModule,
         plan::{MemRange, PlanInput},
-        td::{GuestFrame, TdError, TdHost},
+        td::{GuestFrame, TdConfig, TdError, TdHost},
     },
-    types::abi::{EptPageWalk, EptpControls, TdParams},
 };
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
@@ -50,12 +49,8 @@ fn main() {
         .expect("bring-up");
     // Only a ready module becomes a TdHost; it owns the HKID pool.
     let host = TdHost::new(module, sim.machine().hkid_start_bit());
-    let mut params = TdParams::new();
-    params.set_xfam(3);
-    params.set_max_vcpus(1);
-    params.set_eptp_controls(EptpControls::write_back(EptPageWalk::FourLevel));
-    params.set_tsc_frequency(100);
-    params.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    // TD_PARAMS from the typed builder: only max_vcpus is required.
+    let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host
         .create_td()
         .and_then(|td| td.configure_keys().map_err(|f| f.error))

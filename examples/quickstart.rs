@@ -22,12 +22,9 @@ use tdx::{
         CpuId, Placement, Platform, TdxModule,
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
-        td::{AugPageSize, GuestFrame, TdHost},
+        td::{AugPageSize, GuestFrame, TdConfig, TdHost},
     },
-    types::{
-        PfnRun,
-        abi::{EptPageWalk, EptpControls, TdParams},
-    },
+    types::PfnRun,
 };
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
@@ -91,12 +88,8 @@ fn main() {
     // 2. A TD: create, keys on every package, TDCS, init, two vCPUs.
     let t1 = Instant::now();
     let host = TdHost::new(module, sim.machine().hkid_start_bit());
-    let mut params = TdParams::new();
-    params.set_xfam(3);
-    params.set_max_vcpus(2);
-    params.set_eptp_controls(EptpControls::write_back(EptPageWalk::FourLevel));
-    params.set_tsc_frequency(100);
-    params.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    // TD_PARAMS from the typed builder: only max_vcpus is required.
+    let params = TdConfig::builder().max_vcpus(2).build().to_params();
     let mut td = host
         .create_td()
         .and_then(|td| td.configure_keys().map_err(|f| f.error))

@@ -31,7 +31,9 @@
 //! ([`BUSY_RETRIES`], [`ENTROPY_RETRIES`]); other failures are
 //! [`TdError`]s naming the leaf and the GPA or PFN.
 //!
-//! Not yet (first cut): a typed builder for `TdParams`; separate vCPU
+//! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
+//!
+//! Not yet (first cut): separate vCPU
 //! type-states (one call creates, adds TDCX and initializes a vCPU);
 //! TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
 //!
@@ -42,6 +44,7 @@
 // page it hands over or takes back and why that is allowed.
 #![allow(unsafe_code)]
 
+mod config;
 mod error;
 mod frame;
 mod hkid;
@@ -59,6 +62,7 @@ use tdx_types::{
 };
 use zerocopy::IntoBytes;
 
+pub use config::TdConfig;
 pub use error::{Operand, ParamsError, TdError, TdFailure};
 pub use frame::GuestFrame;
 pub use hkid::{Hkid, HkidPool};
