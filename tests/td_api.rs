@@ -741,3 +741,91 @@ fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
     give_frames_back(&sim, &r.guest_returned);
     assert_back_to(&sim, &baseline, "1G");
 }
+
+/// A 1G mapping that fails part-way (the 300th 2M AUG) removes the parts
+/// already mapped and hands the whole frame back; the TD is unchanged and
+/// the frame can be mapped again.
+#[test]
+fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let run = frames(&sim, 512 * 512, 512 * 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size1G>::new(run.first()) }.unwrap();
+    let gpa = Gpa::new(GIB);
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_AUG,
+        300,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let e = td.map_1g(gpa, f, &mut || {}).unwrap_err();
+    assert!(matches!(e.error, TdError::Seamcall { .. }), "{:?}", e.error);
+    let back = e.td.expect("the whole frame comes back");
+    assert_eq!(back.run(), run);
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_REMOVE), 299, "the mapped parts");
+    assert_eq!(td.private_pages(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
+    // The frame is whole again: map it for real this time.
+    td.map_1g(gpa, back, &mut || {}).unwrap();
+    assert_eq!(td.private_pages(), 1);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.guest_returned, vec![run]);
+    give_frames_back(&sim, &r.guest_returned);
+    assert_back_to(&sim, &baseline, "1G part-way");
+}
+
+/// DEMOTE and PROMOTE that fail after the range was blocked leave it
+/// unblocked and usable: the same split and merge then succeed, and the
+/// page can be unmapped.
+#[test]
+fn a_failed_demote_or_promote_unblocks_the_range() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let run = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
+    let gpa = Gpa::new(2 * MIB);
+    td.map(gpa, f).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_DEMOTE,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    td.demote::<Size2M>(gpa, &mut || {}).unwrap_err();
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_UNBLOCK), 1);
+    td.demote::<Size2M>(gpa, &mut || {}).unwrap();
+    assert_eq!(td.private_pages(), 512);
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_PROMOTE,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    td.promote::<Size2M>(gpa, &mut || {}).unwrap_err();
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_UNBLOCK), 2);
+    assert_eq!(td.private_pages(), 512);
+    td.promote::<Size2M>(gpa, &mut || {}).unwrap();
+    let back = td.unmap::<Size2M>(gpa, &mut || {}).unwrap();
+    assert_eq!(back.run(), run);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
+    give_frames_back(&sim, &[run]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "demote/promote failures");
+}

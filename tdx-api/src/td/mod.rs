@@ -799,9 +799,11 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// the S-EPT page it frees goes back to the platform). The module's
     /// PAGE.AUG maps 4K and 2M pages only.
     ///
-    /// On error the frame comes back only if the module took none of it
-    /// (`Some`); otherwise the parts already mapped stay with the TD as 2M
-    /// pages (unmap them one by one, or tear down).
+    /// If an AUG fails, the parts already mapped are removed again and the
+    /// whole frame comes back (`Some`); only if one of those removals fails
+    /// does the frame stay with the TD (`None`: unmap the 2M parts one by
+    /// one, or tear down). If the PROMOTE fails, the 512 parts stay mapped
+    /// as 2M pages (`None`).
     #[doc(alias = "TDH.MEM.PAGE.AUG")]
     #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
     pub fn map_1g(
@@ -824,7 +826,16 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         {
             let at = Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
             if let Err(f) = self.map(at, GuestFrame::returned(part)) {
-                let td = (i == 0).then(|| GuestFrame::returned(range));
+                // Take the parts already mapped back (they are PENDING, never
+                // accepted), so the caller gets the whole frame; a part that
+                // cannot be removed stays with the TD and the frame does not
+                // come back.
+                let mut whole = true;
+                for j in 0..i {
+                    let at = Gpa::new(gpa.as_u64() + j as u64 * Size2M::SIZE);
+                    whole &= self.unmap::<Size2M>(at, kick).is_ok();
+                }
+                let td = whole.then(|| GuestFrame::returned(range));
                 return Err(TdFailure { error: f.error, td });
             }
         }
@@ -951,12 +962,25 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         Ok(())
     }
 
+    /// TDH.MEM.RANGE.UNBLOCK after a DEMOTE or PROMOTE that failed once the
+    /// range was blocked and tracked: the range is usable again. If the
+    /// unblock fails too, the range stays blocked (teardown still gives it
+    /// back).
+    fn unblock(&mut self, info: PageInfo, gpa: Gpa) {
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let _ = retry(p, Leaf::MEM_RANGE_UNBLOCK.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: UNBLOCK moves no page between host and module.
+            unsafe { leaf::tdh_mem_range_unblock(b, info, tdr) }.status
+        });
+    }
+
     /// Splits the `S`-sized page at `gpa` into 512 pages of the next size
     /// down (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.DEMOTE with a new S-EPT page
     /// from the platform), so that part of it can be unmapped.
     ///
-    /// If DEMOTE fails after BLOCK, the page stays mapped but blocked: it
-    /// cannot be split or unmapped any more, and teardown gives it back.
+    /// If DEMOTE fails after BLOCK, the range is unblocked again and stays
+    /// mapped as it was (only if that unblock fails too does it stay
+    /// blocked, for teardown to give back).
     #[doc(alias = "TDH.MEM.PAGE.DEMOTE")]
     pub fn demote<S: HugePageSize>(
         &mut self,
@@ -978,6 +1002,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         });
         if let Err(e) = r {
             self.free_refused(sept);
+            self.unblock(info, gpa);
             return Err(e);
         }
         self.inner.sept.insert(
@@ -1004,7 +1029,8 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE. The S-EPT page the
     /// module frees is written back with the TD's HKID
     /// (TDH.PHYMEM.PAGE.WBINVD), cleared where the erratum requires, and
-    /// returned to the platform.
+    /// returned to the platform. If PROMOTE fails, the range is unblocked
+    /// again and stays as it was.
     #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
     pub fn promote<S: HugePageSize>(
         &mut self,
@@ -1037,13 +1063,17 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         self.block_track(info, gpa, kick)?;
         let (b, p, tdr) = (self.b(), self.p(), self.tdr());
         let mut freed = None;
-        retry(p, Leaf::MEM_PAGE_PROMOTE.v0(), Operand::Gpa(gpa), || {
+        let r = retry(p, Leaf::MEM_PAGE_PROMOTE.v0(), Operand::Gpa(gpa), || {
             // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
             // it over below only after the flushes the ABI requires.
             let c = unsafe { leaf::tdh_mem_page_promote(b, info, tdr) };
             freed = c.out.removed();
             c.status
-        })?;
+        });
+        if let Err(e) = r {
+            self.unblock(info, gpa);
+            return Err(e);
+        }
         for i in 0..512u64 {
             self.inner
                 .private
