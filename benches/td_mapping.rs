@@ -2,6 +2,11 @@
 //! 1 Mi 4K TDH.MEM.PAGE.AUGs, 4096 2M AUGs, and removing the same pages
 //! (BLOCK, TRACK, kick, REMOVE, PAGE.WBINVD per 4K frame).
 //!
+//! Beside each safe 4K path runs the same work as raw tdx-sys leaf calls
+//! (`raw_*`: CLFLUSH + AUG; BLOCK + TRACK + REMOVE + PAGE.WBINVD), on the
+//! same GPAs and frames in the same run, so the API's own cost is the
+//! ratio of the two.
+//!
 //! Target (issue 7): at least 1 M 4K mappings per second per core. Each
 //! sample maps (or unmaps) the whole set once; the other half of the cycle
 //! runs untimed, so every sample starts from the same TD state. S-EPT pages
@@ -24,9 +29,11 @@ use tdx::{
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdHost},
     },
-    types::abi::{EptPageWalk, EptpControls, TdParams},
+    types::regs::{KeyedPa, PageInfo},
 };
+use tdx_api::td::TdConfig;
 use tdx_sim::{MachineDesc, Profile, Simulator};
+use tdx_sys::leaf;
 
 const GIB: u64 = 1 << 30;
 const N4K: u64 = 1 << 20;
@@ -47,6 +54,42 @@ fn unmap_4k(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>) {
     for i in 0..N4K {
         let f = td.unmap::<Size4K>(Gpa::new(i * 4096), &mut || {}).unwrap();
         black_box(f.into_range());
+    }
+}
+
+/// The raw-leaf equivalent of `map_4k`: CLFLUSH and TDH.MEM.PAGE.AUG per
+/// page, no bookkeeping.
+fn raw_map_4k(sim: &Simulator, tdr: Pfn, first: Pfn) {
+    for i in 0..N4K {
+        let pfn = Pfn::new(first.as_u64() + i);
+        let info = PageInfo::for_page::<Size4K>(Gpa::new(i * 4096)).unwrap();
+        sim.clflush_page(pfn);
+        // SAFETY: frames allocated for this TD, untouched; S-EPT pages for
+        // these GPAs exist (the safe pass made them).
+        let c = unsafe { leaf::tdh_mem_page_aug(sim, info, tdr, pfn) };
+        assert!(!c.status.is_error(), "{}", c.status);
+    }
+}
+
+/// The raw-leaf equivalent of `unmap_4k`.
+fn raw_unmap_4k(sim: &Simulator, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+    for i in 0..N4K {
+        let info = PageInfo::for_page::<Size4K>(Gpa::new(i * 4096)).unwrap();
+        let keyed = KeyedPa::try_new(Pfn::new(first.as_u64() + i).hpa(), hkid, shift).unwrap();
+        // SAFETY (the four calls): the page was mapped by `raw_map_4k`;
+        // BLOCK, TRACK and REMOVE hand it back, WBINVD writes back the TD's
+        // lines.
+        let s = [
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_range_block(sim, info, tdr) }.status,
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_track(sim, tdr) },
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_page_remove(sim, info, tdr) }.status,
+            // SAFETY: as above.
+            unsafe { leaf::tdh_phymem_page_wbinvd(sim, keyed) },
+        ];
+        assert!(s.iter().all(|s| !s.is_error()), "{s:?}");
     }
 }
 
@@ -85,12 +128,7 @@ fn bench(c: &mut Criterion) {
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .unwrap();
     let host = TdHost::new(module, sim.machine().hkid_start_bit());
-    let mut params = TdParams::new();
-    params.set_xfam(3);
-    params.set_max_vcpus(1);
-    params.set_eptp_controls(EptpControls::write_back(EptPageWalk::FourLevel));
-    params.set_tsc_frequency(100);
-    params.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host
         .create_td()
         .and_then(|td| td.configure_keys().map_err(|f| f.error))
@@ -143,6 +181,27 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // The same 4K work as raw leaf calls, on the same GPAs (the safe passes
+    // above left their S-EPT pages in place) and frames.
+    let (tdr, hkid, shift) = (td.tdr(), td.hkid(), sim.machine().hkid_start_bit());
+    let raw = |iters: u64, measure_map: bool| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let t = Instant::now();
+            raw_map_4k(&sim, tdr, small.first());
+            if measure_map {
+                total += t.elapsed();
+            }
+            let t = Instant::now();
+            raw_unmap_4k(&sim, tdr, small.first(), hkid, shift);
+            if !measure_map {
+                total += t.elapsed();
+            }
+        }
+        total
+    };
+    g.bench_function("raw_page_aug_4k_x1Mi", |b| b.iter_custom(|n| raw(n, true)));
+    g.bench_function("raw_remove_4k_x1Mi", |b| b.iter_custom(|n| raw(n, false)));
     g.throughput(Throughput::Elements(N2M));
     g.bench_function("page_aug_2m_x4096", |b| {
         b.iter_custom(|n| {
