@@ -954,10 +954,21 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             // SAFETY: BLOCK moves no page between host and module.
             unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status
         })?;
-        retry(p, Leaf::MEM_TRACK.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: TRACK moves no page.
-            unsafe { leaf::tdh_mem_track(b, tdr) }
-        })?;
+        let track = || {
+            retry(p, Leaf::MEM_TRACK.v0(), Operand::Gpa(gpa), || {
+                // SAFETY: TRACK moves no page.
+                unsafe { leaf::tdh_mem_track(b, tdr) }
+            })
+        };
+        if let Err(e) = track() {
+            // The range is blocked but the block is not tracked: try once
+            // more to track it, kick, and unblock, so the range stays usable.
+            if track().is_ok() {
+                kick();
+                self.unblock(info, gpa);
+            }
+            return Err(e);
+        }
         kick();
         Ok(())
     }
@@ -992,9 +1003,14 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             Some(m) if m.level == S::LEVEL => *m,
             _ => return Err(TdError::NotMapped(gpa)),
         };
-        self.block_track(info, gpa, kick)?;
-        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        // The new S-EPT page first: a failed allocation then leaves the
+        // range untouched.
         let sept = self.fresh_page()?;
+        if let Err(e) = self.block_track(info, gpa, kick) {
+            self.free_refused(sept);
+            return Err(e);
+        }
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
         let r = retry(p, Leaf::MEM_PAGE_DEMOTE.v0(), Operand::Gpa(gpa), || {
             // SAFETY: `sept` is a fresh, flushed page from the platform; on
             // success the module owns it and we keep it in `sept`.
@@ -1030,7 +1046,12 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// module frees is written back with the TD's HKID
     /// (TDH.PHYMEM.PAGE.WBINVD), cleared where the erratum requires, and
     /// returned to the platform. If PROMOTE fails, the range is unblocked
-    /// again and stays as it was.
+    /// again and stays as it was. Once PROMOTE succeeded the merge stands:
+    /// if the freed S-EPT page cannot be written back, it stays with the TD
+    /// until teardown (which reports it) and `promote` still returns `Ok`;
+    /// an `Err` after a successful PROMOTE comes only from a module that
+    /// freed a different S-EPT page than the one under `gpa`
+    /// ([`TdError::Protocol`]), and then the merge stands too.
     #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
     pub fn promote<S: HugePageSize>(
         &mut self,
@@ -1112,9 +1133,12 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                     },
                 )
             });
-        if let Err(e) = r {
+        if r.is_err() {
+            // The merge stands; only the freed S-EPT page could not be
+            // written back. It waits for teardown's CACHE.WB (and shows in
+            // the teardown report) instead of returning to the platform now.
             self.inner.unflushed.push((run, PageRole::Sept));
-            return Err(e);
+            return Ok(());
         }
         if p.errata().tdx_pw_mce {
             // SAFETY: freed by the module and written back above; ours.
