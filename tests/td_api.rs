@@ -829,3 +829,54 @@ fn a_failed_demote_or_promote_unblocks_the_range() {
     assert!(r.is_clean(), "{r:#?}");
     assert_back_to(&sim, &baseline, "demote/promote failures");
 }
+
+/// Module 1.5 lets TDH.MEM.PAGE.AUG run before finalization: `map` exists
+/// on an initialized TD, the page is not measured, and it unmaps normally
+/// once the TD runs. A profile without that permission answers with a
+/// typed error and the frame comes back.
+#[test]
+fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let run = frames(&sim, 1, 1);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+    let gpa = Gpa::new(64 * MIB);
+    td.map(gpa, f).unwrap();
+    assert_eq!(td.private_pages(), 1);
+    let mut td = td.finalize().unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 0),
+        TdxStatus::SUCCESS
+    );
+    let back = td.unmap::<Size4K>(gpa, &mut || {}).unwrap();
+    assert_eq!(back.run(), run);
+    give_frames_back(&sim, &[run]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "AUG before finalize");
+
+    let mut profile = Profile::tdx_1_5();
+    profile.aug_before_finalize = false;
+    let sim = Simulator::new(
+        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(2, 2)
+            .with_profile(profile),
+    )
+    .unwrap();
+    let m = ready(&sim);
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 1);
+    let run = frames(&sim, 1, 1);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+    let e = td.map(gpa, f).unwrap_err();
+    assert!(matches!(e.error, TdError::Seamcall { .. }), "{:?}", e.error);
+    assert_eq!(e.td.run(), run, "the frame comes back");
+    give_frames_back(&sim, &[run]);
+    assert!(td.teardown().is_clean());
+}

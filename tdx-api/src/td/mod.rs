@@ -110,6 +110,14 @@ impl TdState for TdcsAdded {}
 impl TdState for Initialized {}
 impl TdState for Finalized {}
 
+/// The states in which private memory can be mapped with TDH.MEM.PAGE.AUG:
+/// after TDH.MNG.INIT (module 1.5 allows AUG before finalization; modules
+/// that do not answer with a typed error and the frame comes back) and
+/// after finalization.
+pub trait MayAug: TdState {}
+impl MayAug for Initialized {}
+impl MayAug for Finalized {}
+
 /// Calls of TDH.PHYMEM.CACHE.WB on one package before giving up (KVM:
 /// 10000).
 pub const CACHE_WB_LIMIT: u32 = 10_000;
@@ -745,30 +753,31 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
     }
 }
 
-impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
+impl<'h, S: MayAug, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
     /// Maps `frame` at `gpa` as pending private memory (TDH.MEM.SEPT.ADD as
-    /// needed, CLFLUSH, TDH.MEM.PAGE.AUG at the level of `S`). The guest
-    /// accepts it with TDG.MEM.PAGE.ACCEPT.
+    /// needed, CLFLUSH, TDH.MEM.PAGE.AUG at the level of `Sz`). The guest
+    /// accepts it with TDG.MEM.PAGE.ACCEPT. Available once the TD is
+    /// initialized ([`MayAug`]): module 1.5 maps before finalization too.
     ///
-    /// `S` is 4K or 2M: the module maps nothing larger with AUG (a 1G page
+    /// `Sz` is 4K or 2M: the module maps nothing larger with AUG (a 1G page
     /// is built by promotion: [`Td::map_1g`]).
     ///
     /// On error the frame comes back (the module did not take it).
     #[doc(alias = "TDH.MEM.PAGE.AUG")]
-    pub fn map<S: AugPageSize>(
+    pub fn map<Sz: AugPageSize>(
         &mut self,
         gpa: Gpa,
-        frame: GuestFrame<S>,
-    ) -> Result<(), TdFailure<GuestFrame<S>>> {
+        frame: GuestFrame<Sz>,
+    ) -> Result<(), TdFailure<GuestFrame<Sz>>> {
         let back = |error, frame| Err(TdFailure { error, td: frame });
-        let info = match Self::check_gpa::<S>(gpa) {
+        let info = match Self::check_gpa::<Sz>(gpa) {
             Ok(i) => i,
             Err(e) => return back(e, frame),
         };
         if self.inner.private.contains_key(&gpa.as_u64()) {
             return back(TdError::Mapped(gpa), frame);
         }
-        if let Err(e) = self.ensure_sept(gpa, S::LEVEL) {
+        if let Err(e) = self.ensure_sept(gpa, Sz::LEVEL) {
             return back(e, frame);
         }
         let (b, p, tdr, first) = (self.b(), self.p(), self.tdr(), frame.pfn());
@@ -788,12 +797,14 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             gpa.as_u64(),
             Mapping {
                 first: frame.into_range().first(),
-                level: S::LEVEL,
+                level: Sz::LEVEL,
             },
         );
         Ok(())
     }
+}
 
+impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// Maps a 1 GiB page: TDH.MEM.PAGE.AUG of its 512 2 MiB parts, then
     /// [`promote`](Td::promote) (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE;
     /// the S-EPT page it frees goes back to the platform). The module's
