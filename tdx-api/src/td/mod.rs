@@ -261,6 +261,8 @@ pub(crate) struct Inner {
     unflushed: Vec<(PfnRun, PageRole)>,
     /// Host page holding PAGE.ADD sources (before finalization).
     staging: Option<Pfn>,
+    /// Errors of calls that still succeeded, for the teardown report.
+    deferred: Vec<TdError>,
     /// EPT levels (4 or 5), known after TDH.MNG.INIT.
     ept_levels: u8,
 }
@@ -1059,7 +1061,8 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// returned to the platform. If PROMOTE fails, the range is unblocked
     /// again and stays as it was. Once PROMOTE succeeded the merge stands:
     /// if the freed S-EPT page cannot be written back, it stays with the TD
-    /// until teardown (which reports it) and `promote` still returns `Ok`;
+    /// until teardown (whose report lists the error) and `promote` still
+    /// returns `Ok`;
     /// an `Err` after a successful PROMOTE comes only from a module that
     /// freed a different S-EPT page than the one under `gpa`
     /// ([`TdError::Protocol`]), and then the merge stands too.
@@ -1144,11 +1147,13 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                     },
                 )
             });
-        if r.is_err() {
+        if let Err(e) = r {
             // The merge stands; only the freed S-EPT page could not be
-            // written back. It waits for teardown's CACHE.WB (and shows in
-            // the teardown report) instead of returning to the platform now.
+            // written back. It waits for teardown's CACHE.WB, and the error
+            // shows in the teardown report, instead of the page returning
+            // to the platform now.
             self.inner.unflushed.push((run, PageRole::Sept));
+            self.inner.deferred.push(e);
             return Ok(());
         }
         if p.errata().tdx_pw_mce {

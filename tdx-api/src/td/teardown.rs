@@ -179,7 +179,13 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     let mut cx = Ctx {
         b,
         p,
-        report: TeardownReport::default(),
+        report: TeardownReport {
+            // Failures the TD carried from earlier calls that still
+            // succeeded (a promoted range whose freed S-EPT page could not
+            // be written back).
+            errors: core::mem::take(&mut inner.deferred),
+            ..TeardownReport::default()
+        },
     };
     if let Some(s) = inner.staging.take() {
         // SAFETY: the staging page is a host page the module only read.
