@@ -989,9 +989,8 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
         match td.map(huge_at, f) {
             Ok(()) => {
                 let _ = sim.guest_accept(td.tdr(), huge_at.as_u64(), 1);
-                if td.demote::<Size2M>(huge_at, &mut || {}).is_err() {
-                    errors += 1;
-                } else if td.promote::<Size2M>(huge_at, &mut || {}).is_err() {
+                let split = td.demote::<Size2M>(huge_at, &mut || {});
+                if split.is_err() || td.promote::<Size2M>(huge_at, &mut || {}).is_err() {
                     errors += 1;
                 }
             }
