@@ -416,7 +416,21 @@ impl<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
     fn ensure_sept(&mut self, gpa: Gpa, level: TdxLevel) -> Result<(), TdError> {
         let tdr = self.tdr();
         let top = self.inner.ept_levels.max(4) - 1;
-        for l in (level.as_u8() + 1..=top).rev() {
+        // S-EPT pages are added top down, so when the one right above
+        // `level` exists, all above it do: one lookup in the common case.
+        let lowest = level.as_u8() + 1;
+        if lowest > top {
+            return Ok(());
+        }
+        let below = TdxLevel::from_u8(lowest).expect("level <= 4");
+        if self
+            .inner
+            .sept
+            .contains_key(&(lowest, gpa.as_u64() & !(below.bytes() - 1)))
+        {
+            return Ok(());
+        }
+        for l in (lowest..=top).rev() {
             let lvl = TdxLevel::from_u8(l).expect("level <= 4");
             let base = gpa.as_u64() & !(lvl.bytes() - 1);
             if self.inner.sept.contains_key(&(l, base)) {
