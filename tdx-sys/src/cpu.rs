@@ -100,13 +100,14 @@ unsafe impl Seamcall for Cpu {
 #[inline(always)]
 unsafe fn seamcall_no_outputs(rax: u64, a: &SeamcallArgs) -> u64 {
     let status: u64;
-    // SAFETY: the instruction's effects on memory are the caller's contract
-    // (crate docs). Registers: RAX, RCX, RDX, R8-R11 are declared inputs;
-    // the module may change any caller-saved register of the C ABI, all of
-    // which `clobber_abi("C")` declares, plus flags (no `preserves_flags`).
-    // RBP is saved on the stack around the instruction (no `nostack`), so
-    // it is unchanged when the block ends. CF is consumed right after the
+    // Registers: RAX, RCX, RDX, R8-R11 are declared inputs; the module may
+    // change any caller-saved register of the C ABI, all of which
+    // `clobber_abi("C")` declares, plus flags (no `preserves_flags`). RBP
+    // is saved on the stack around the instruction (no `nostack`), so it is
+    // unchanged when the block ends. CF is consumed right after the
     // instruction: POP does not change flags.
+    // SAFETY: memory effects are the caller's contract (crate docs); every
+    // register the instruction may change is declared or restored (above).
     unsafe {
         asm!(
             "push rbp",
@@ -176,14 +177,17 @@ unsafe fn seamcall_ret(rax: u64, a: &mut SeamcallArgs) -> u64 {
 unsafe fn seamcall_saved_ret(rax: u64, a: &mut SeamcallArgs) -> u64 {
     let status: u64;
     let ptr: *mut SeamcallArgs = a;
-    // SAFETY: `ptr` comes from a live `&mut SeamcallArgs`, so the 104 bytes
+    // Memory: `ptr` comes from a live `&mut SeamcallArgs`, so the 104 bytes
     // read and written at offsets 0..=96 (the `#[repr(C)]` layout asserted
-    // in `args.rs`) are valid and not aliased during the block. RBX and RBP
-    // are pushed first and popped last; the pointer's stack slot is popped
-    // before them, so RSP is balanced. Every other GPR is declared: RAX and
-    // RDI as operands, R12-R15 as outputs, the rest by `clobber_abi("C")`,
-    // which also covers flags and vector state. CF is tested right after
-    // the instruction, before anything that writes flags.
+    // in `args.rs`) are valid and not aliased during the block. Registers:
+    // RBX and RBP are pushed first and popped last; the pointer's stack slot
+    // is popped before them, so RSP is balanced. Every other GPR is
+    // declared: RAX and RDI as operands, R12-R15 as outputs, the rest by
+    // `clobber_abi("C")`, which also covers flags and vector state. CF is
+    // tested right after the instruction, before anything that writes flags.
+    // SAFETY: the block touches only `*ptr` (valid, exclusive) and restores
+    // or declares every register it changes (above); the module's memory
+    // effects are the caller's contract.
     unsafe {
         asm!(
             "push rbp",
