@@ -10,10 +10,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use tdx::api::{
-    Platform, TdxModule,
-    plan::{MemRange, PlanInput},
-};
+use tdx::api::{Platform, TdxModule};
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
 fn main() {
@@ -40,16 +37,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let input = PlanInput::new(
-        desc.memory
-            .iter()
-            .map(|&(start, end)| MemRange {
-                start,
-                end,
-                node: desc_node(&desc, start),
-            })
-            .collect(),
-    );
+    let input = desc.plan_input();
     let sim = Simulator::new(desc.clone()).unwrap_or_else(|e| {
         eprintln!("cannot build the host: {e}");
         std::process::exit(2);
@@ -113,13 +101,6 @@ fn main() {
         }
     }
     let _ = sim.cpus();
-}
-
-fn desc_node(desc: &MachineDesc, pa: u64) -> u32 {
-    desc.numa
-        .iter()
-        .find(|&&(s, e, _)| pa >= s && pa < e)
-        .map_or(0, |&(_, _, n)| n)
 }
 
 fn fail(step: &str, e: &tdx::api::module::BringUpError, sim: &Simulator) -> ! {

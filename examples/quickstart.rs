@@ -21,7 +21,6 @@ use tdx::{
     api::{
         CpuId, Placement, Platform, TdxModule,
         measure::{self, InitialPage},
-        plan::{MemRange, PlanInput},
         td::{AugPageSize, GuestFrame, TdConfig, TdHost},
     },
     types::PfnRun,
@@ -41,20 +40,7 @@ fn main() {
         .unwrap_or_else(|e| die(&path, e))
         .with_cpus(2, 4)
         .with_profile(Profile::tdx_1_5());
-    let input = PlanInput::new(
-        desc.memory
-            .iter()
-            .map(|&(start, end)| MemRange {
-                start,
-                end,
-                node: desc
-                    .numa
-                    .iter()
-                    .find(|&&(s, e, _)| start >= s && start < e)
-                    .map_or(0, |&(_, _, n)| n),
-            })
-            .collect(),
-    );
+    let input = desc.plan_input();
     let sim = Simulator::new(desc.clone()).unwrap_or_else(|e| die(&path, e));
     let t0 = Instant::now();
 

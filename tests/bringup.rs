@@ -25,7 +25,9 @@
 // contracts the simulator itself checks and records).
 #![allow(unsafe_code)]
 
-use std::path::PathBuf;
+mod common;
+
+use common::maps;
 
 use tdx::{
     Hpa, Leaf, Pfn, TdxError, TdxStatus,
@@ -48,54 +50,6 @@ const GIB: u64 = 1 << 30;
 // Machines and inputs
 // ---------------------------------------------------------------------------
 
-/// The shared memory maps, sorted by name.
-fn maps() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tdx-plan/testdata/memmaps");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("memory maps")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    assert!(out.len() >= 15, "expected the 15 shared maps in {dir:?}");
-    out
-}
-
-/// The planner's input for a machine: its memory, split at NUMA boundaries.
-fn input_of(desc: &MachineDesc) -> PlanInput {
-    let usable = desc
-        .memory
-        .iter()
-        .flat_map(|&(s, e)| {
-            let mut cuts: Vec<(u64, u64, u32)> = Vec::new();
-            let mut a = s;
-            for &(ns, ne, node) in &desc.numa {
-                let (cs, ce) = (a.max(ns), e.min(ne));
-                if cs < ce {
-                    if cs > a {
-                        cuts.push((a, cs, 0));
-                    }
-                    cuts.push((cs, ce, node));
-                    a = ce;
-                }
-            }
-            if a < e {
-                cuts.push((a, e, 0));
-            }
-            cuts
-        })
-        .map(|(start, end, node)| MemRange { start, end, node })
-        .collect();
-    PlanInput::new(usable)
-}
-
 /// The fault-matrix machine: two nodes of 2 GiB with a 1 GiB hole between
 /// them (two TDMRs, 512 TDH.SYS.TDMR.INIT calls each), 2 packages x 2 LPs.
 fn small(profile: Profile) -> MachineDesc {
@@ -114,7 +68,7 @@ fn pages_of(plan: &Plan) -> u64 {
 fn reference_plan(desc: &MachineDesc) -> Plan {
     let sim = Simulator::new(desc.clone()).unwrap();
     let m = TdxModule::init(&sim, &sim).unwrap();
-    m.plan_for(&input_of(desc)).unwrap()
+    m.plan_for(&desc.plan_input()).unwrap()
 }
 
 /// The TDMR whose TDH.SYS.TDMR.INIT is the `nth` call (1-based), in a
@@ -294,7 +248,7 @@ fn run_case(
     label: &str,
 ) -> Outcome {
     let profile = desc.profile.clone();
-    let input = input_of(desc);
+    let input = desc.plan_input();
     let sim = Simulator::new(desc.clone()).unwrap();
     for f in faults {
         sim.inject(*f);
@@ -410,7 +364,7 @@ fn every_shared_map_brings_up_with_and_without_extensions() {
                 .unwrap()
                 .with_cpus(packages, lps)
                 .with_profile(profile.clone());
-            let input = input_of(&desc);
+            let input = desc.plan_input();
             let desc_chunk = desc.profile.tdmr_init_chunk;
             let sim = Simulator::new(desc).unwrap();
             let m = TdxModule::init(&sim, &sim)
@@ -667,7 +621,7 @@ fn transient_statuses_up_to_the_bound_are_retried() {
         sim.inject(f);
     }
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let m = m.configure(&input_of(&desc)).unwrap();
+    let m = m.configure(&desc.plan_input()).unwrap();
     assert_eq!(m.stats().retries, 5);
     assert!(sim.stats().yields >= 5, "busy retries yield");
     let m = m.init_extensions().unwrap();
@@ -786,7 +740,7 @@ fn interrupted_extension_leaves_are_resumed() {
             sim.inject(*f);
         }
         let m = TdxModule::init(&sim, &sim).unwrap();
-        let m = m.configure(&input_of(&desc)).unwrap();
+        let m = m.configure(&desc.plan_input()).unwrap();
         let yields = sim.stats().yields;
         let m = m
             .init_extensions()
@@ -922,7 +876,7 @@ fn init_can_be_retried_after_lp_init_failed() {
     );
     let (b, p) = r.handle;
     let m = TdxModule::init(b, p).unwrap_or_else(|r| panic!("init retry: {:?}", r.error));
-    let m = m.configure(&input_of(&desc)).unwrap();
+    let m = m.configure(&desc.plan_input()).unwrap();
     let m = m.init_extensions().unwrap();
     assert_ready(&sim, &m, &desc.profile, "LP.INIT retried");
 }
@@ -954,7 +908,7 @@ fn no_plan_is_refused_and_the_handle_can_be_configured_again() {
     assert!(matches!(r.error, BringUpError::Plan(_)), "{:?}", r.error);
     assert_eq!(calls_of(&sim, Leaf::SYS_CONFIG), 0);
     assert_all_free(&sim, "no plan");
-    let m = r.handle.configure(&input_of(&desc)).unwrap();
+    let m = r.handle.configure(&desc.plan_input()).unwrap();
     let m = m.init_extensions().unwrap();
     assert_ready(&sim, &m, &desc.profile, "configured after a refused plan");
 }
@@ -976,7 +930,7 @@ fn ext_mem_add_failing_mid_window_frees_no_page_the_module_took() {
         TdxStatus::PAGE_METADATA_INCORRECT,
     ));
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let m = m.configure(&input_of(&desc)).unwrap();
+    let m = m.configure(&desc.plan_input()).unwrap();
     let r = m.init_extensions().unwrap_err();
     assert_eq!(
         r.error,
@@ -1024,7 +978,7 @@ fn a_pool_outside_tdx_memory_is_refused_before_donation() {
     ]);
     let sim = Simulator::new(desc.clone()).unwrap();
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let mut input = input_of(&desc);
+    let mut input = desc.plan_input();
     input.usable[0].end = hole.0;
     input.usable.insert(
         1,
@@ -1072,7 +1026,7 @@ fn configure_replans_around_a_pamt_range_the_platform_cannot_give() {
     for profile in [Profile::tdx_1_5(), Profile::tdx_1_5_ext()] {
         let desc = small(profile.clone());
         let sim = Simulator::new(desc.clone()).unwrap();
-        let input = input_of(&desc);
+        let input = desc.plan_input();
         let m = TdxModule::init(&sim, &sim).unwrap();
         let first = m.plan_for(&input).unwrap();
         // Take one page in the middle of the first TDMR's PAMT.
@@ -1101,7 +1055,7 @@ fn configure_replans_around_a_pamt_range_the_platform_cannot_give() {
 fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
-    let input = input_of(&desc);
+    let input = desc.plan_input();
     let m = TdxModule::init(&sim, &sim).unwrap();
     let held = exhaust(&sim);
     let Err(ConfigureError::Refused(r)) = m.configure(&input) else {
@@ -1133,7 +1087,7 @@ fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
 fn a_retried_configure_can_replan_again() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
-    let input = input_of(&desc);
+    let input = desc.plan_input();
     let m = TdxModule::init(&sim, &sim).unwrap();
     let held = exhaust(&sim);
     let Err(ConfigureError::Refused(r)) = m.configure(&input) else {
@@ -1160,7 +1114,7 @@ fn init_extensions_refuses_when_the_pool_cannot_be_allocated_and_can_retry() {
     let desc = small(Profile::tdx_1_5_ext());
     let sim = Simulator::new(desc.clone()).unwrap();
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let m = m.configure(&input_of(&desc)).unwrap();
+    let m = m.configure(&desc.plan_input()).unwrap();
     let mut held = exhaust(&sim);
     // Leave one page: the root page fits, the 1000-page pool does not.
     give_back(&sim, &mut held, 1);
@@ -1213,7 +1167,7 @@ fn pw_mce_platform_clears_pamts_after_a_failed_configuration() {
         let sim = Simulator::new(desc.clone()).unwrap();
         sim.inject(fault);
         let m = TdxModule::init(&sim, &sim).unwrap();
-        let Err(ConfigureError::MustReload(r)) = m.configure(&input_of(&desc)) else {
+        let Err(ConfigureError::MustReload(r)) = m.configure(&desc.plan_input()) else {
             panic!("{label}: must reload");
         };
         assert!(matches!(r.error, BringUpError::Seamcall { .. }), "{label}");
@@ -1237,7 +1191,7 @@ fn without_the_erratum_no_pamt_is_cleared() {
         TdxStatus::OPERAND_INVALID,
     ));
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let Err(ConfigureError::MustReload(_)) = m.configure(&input_of(&desc)) else {
+    let Err(ConfigureError::MustReload(_)) = m.configure(&desc.plan_input()) else {
         panic!("must reload");
     };
     assert_eq!(sim.stats().movdir64b_pages, 0);
@@ -1276,7 +1230,7 @@ fn init_extensions_issues_only_what_the_module_asks_for() {
         let desc = small(profile.clone());
         let sim = Simulator::new(desc.clone()).unwrap();
         let m = TdxModule::init(&sim, &sim).unwrap();
-        let m = m.configure(&input_of(&desc)).unwrap();
+        let m = m.configure(&desc.plan_input()).unwrap();
         let before = sim.stats().total_seamcalls();
         let m = m.init_extensions().unwrap();
         assert_eq!(calls_of(&sim, Leaf::EXT_MEM_ADD), mem_add, "{label}");
@@ -1298,7 +1252,7 @@ fn init_extensions_issues_only_what_the_module_asks_for() {
 fn random_run(seed: u64, per_million: u32) -> (Outcome, usize) {
     let desc = small(Profile::tdx_1_5_ext());
     let label = format!("seed {seed} rate {per_million}");
-    let input = input_of(&desc);
+    let input = desc.plan_input();
     let sim = Simulator::new(desc.clone()).unwrap();
     sim.inject_random(seed, per_million);
     let fired = || sim.fired_faults().len();

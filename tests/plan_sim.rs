@@ -5,62 +5,11 @@
 //! when its construction succeeds (the maps carry no CMRs, so the CMRs are
 //! the usable ranges, as Linux assumes).
 
-use std::path::PathBuf;
+mod common;
 
-use tdx::api::plan::{self, MemRange, PlanInput, Strategy};
+use common::maps;
+use tdx::api::plan::{self, Strategy};
 use tdx_sim::{MachineDesc, Simulator, SysState, testkit};
-
-fn maps() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tdx-plan/testdata/memmaps");
-    let dir = if dir.exists() {
-        dir
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/memmaps")
-    };
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("memory maps")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
-    out.sort();
-    assert!(out.len() >= 15, "expected the 15 shared maps in {dir:?}");
-    out
-}
-
-fn input_of(desc: &MachineDesc) -> PlanInput {
-    let usable = desc
-        .memory
-        .iter()
-        .flat_map(|&(s, e)| {
-            // Split at NUMA boundaries.
-            let mut cuts: Vec<(u64, u64, u32)> = Vec::new();
-            let mut a = s;
-            for &(ns, ne, node) in &desc.numa {
-                let (cs, ce) = (a.max(ns), e.min(ne));
-                if cs < ce {
-                    if cs > a {
-                        cuts.push((a, cs, 0));
-                    }
-                    cuts.push((cs, ce, node));
-                    a = ce;
-                }
-            }
-            if a < e {
-                cuts.push((a, e, 0));
-            }
-            cuts
-        })
-        .map(|(start, end, node)| MemRange { start, end, node })
-        .collect();
-    PlanInput::new(usable)
-}
 
 #[test]
 fn every_shared_map_plans_and_the_module_accepts_it() {
@@ -68,7 +17,7 @@ fn every_shared_map_plans_and_the_module_accepts_it() {
         let desc = MachineDesc::from_memmap_json(&json)
             .unwrap()
             .with_cpus(2, 2);
-        let input = input_of(&desc);
+        let input = desc.plan_input();
         for strategy in [Strategy::Best, Strategy::Linux] {
             let p = match plan::plan(&input, strategy) {
                 Ok(p) => p,

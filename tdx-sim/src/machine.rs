@@ -2,7 +2,10 @@
 //! packages, the KeyID partition, and the TDX module profile.
 
 use serde::Deserialize;
-use tdx_api::Errata;
+use tdx_api::{
+    Errata,
+    plan::{MemRange, PlanInput},
+};
 use tdx_types::metadata::KeyIdPartition;
 
 use crate::profile::Profile;
@@ -137,6 +140,44 @@ struct MemmapJson {
 }
 
 impl MachineDesc {
+    /// What a host would give the planner for this machine: its usable
+    /// memory, split where NUMA ranges begin and end (memory outside every
+    /// NUMA range is on node 0); no CMRs (bring-up reads them from the
+    /// module), limits from the module at bring-up.
+    pub fn plan_input(&self) -> PlanInput {
+        let mut usable = Vec::new();
+        for &(start, end) in &self.memory {
+            let mut at = start;
+            for &(ns, ne, node) in &self.numa {
+                let (s, e) = (at.max(ns), end.min(ne));
+                if s >= e {
+                    continue;
+                }
+                if s > at {
+                    usable.push(MemRange {
+                        start: at,
+                        end: s,
+                        node: 0,
+                    });
+                }
+                usable.push(MemRange {
+                    start: s,
+                    end: e,
+                    node,
+                });
+                at = e;
+            }
+            if at < end {
+                usable.push(MemRange {
+                    start: at,
+                    end,
+                    node: 0,
+                });
+            }
+        }
+        PlanInput::new(usable)
+    }
+
     /// A machine with `memory` and defaults for everything else: one
     /// package with one logical processor, 31 MKTME and 32 TDX KeyIDs,
     /// 52-bit addresses, CMRs equal to the memory, module 1.5.
@@ -284,5 +325,32 @@ impl MachineDesc {
             .iter()
             .find(|&&(s, e, _)| pa >= s && pa < e)
             .map_or(0, |&(_, _, n)| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_input_splits_memory_at_numa_boundaries() {
+        let mut d = MachineDesc::new(vec![(0x1000, 0x9000), (0x10000, 0x20000)]);
+        d.numa = vec![(0x4000, 0x6000, 1), (0x10000, 0x18000, 2)];
+        let got: Vec<(u64, u64, u32)> = d
+            .plan_input()
+            .usable
+            .iter()
+            .map(|r| (r.start, r.end, r.node))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x1000, 0x4000, 0),
+                (0x4000, 0x6000, 1),
+                (0x6000, 0x9000, 0),
+                (0x10000, 0x18000, 2),
+                (0x18000, 0x20000, 0),
+            ]
+        );
     }
 }
