@@ -1275,37 +1275,42 @@ impl State {
         TdxStatus::SUCCESS
     }
 
-    // ---- §4.20 TDH.MEM.PAGE.REMOVE ----
-    fn page_remove(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
-        let (gpa, level) = match self.pinfo(a.rcx, 0, 2) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+    /// The checks TDH.MEM.PAGE.REMOVE (model §4.20) and TDH.MEM.PAGE.DEMOTE
+    /// (a model choice, the same checks) share: TDR_S(RDX); TDCS → {INITIALIZED, RUNNABLE}; PINFO
+    /// (`min_level`..=2); the walk to a leaf; and for a running TD, the leaf
+    /// blocked and its block epoch tracked. Returns (TDR, GPA, level, leaf).
+    fn removable_leaf(
+        &mut self,
+        a: &mut SeamcallArgs,
+        min_level: u8,
+    ) -> Result<(u64, u64, u8, Septe), TdxStatus> {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
+        let (gpa, level) = self.pinfo(a.rcx, min_level, 2)?;
+        let e = self.walk(tdr, gpa, level, a)?;
         let Some(entry) = e.filter(|s| is_leaf_state(s.state)) else {
             details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
         };
         let td = &self.tds.tds[&tdr];
         if td.op_state == OpState::Runnable {
             if !matches!(entry.state, SeptState::BLOCKED | SeptState::PENDING_BLOCKED) {
                 details(a, e, level);
-                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
+                return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
             }
             if !tracked(td, self.module_bepoch(entry.pfn * PAGE, usize::from(level))) {
-                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
+                return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
             }
         }
+        Ok((tdr, gpa, level, entry))
+    }
+
+    // ---- §4.20 TDH.MEM.PAGE.REMOVE ----
+    fn page_remove(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+        let (tdr, gpa, level, entry) = match self.removable_leaf(a, 0) {
+            Ok(x) => x,
+            Err(s) => return s,
+        };
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.sept.remove(&Self::sept_key(gpa, level));
         td.chldcnt -= 1 << (9 * u32::from(level));
@@ -1484,35 +1489,10 @@ impl State {
     /// the new S-EPT page in R8. Running TDs: the leaf must be blocked and
     /// tracked; the new entries are unblocked.
     fn page_demote(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
-        let (gpa, level) = match self.pinfo(a.rcx, 1, 2) {
+        let (tdr, gpa, level, entry) = match self.removable_leaf(a, 1) {
             Ok(x) => x,
             Err(s) => return s,
         };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
-        let Some(entry) = e.filter(|s| is_leaf_state(s.state)) else {
-            details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
-        };
-        let td = &self.tds.tds[&tdr];
-        if td.op_state == OpState::Runnable {
-            if !matches!(entry.state, SeptState::BLOCKED | SeptState::PENDING_BLOCKED) {
-                details(a, e, level);
-                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
-            }
-            if !tracked(td, self.module_bepoch(entry.pfn * PAGE, usize::from(level))) {
-                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
-            }
-        }
         if let Err(s) = self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA) {
             return s;
         }
