@@ -628,13 +628,15 @@ fn transient_statuses_up_to_the_bound_are_retried() {
     assert_ready(&sim, &m, &desc.profile, "SYS.CONFIG busy x5");
 }
 
-#[test]
-fn busy_past_the_retry_bound_is_a_typed_error_at_every_step() {
+/// At every site, `status` (the site's busy or entropy status) on one more
+/// call than the retry bound allows: a typed error naming the step.
+fn past_the_bound(what: &str, bound: u32, status: impl Fn(&Site) -> TdxStatus) {
     let desc = small(Profile::tdx_1_5_ext());
     for s in sites() {
-        let label = format!("{} busy x{}", s.name, BUSY_RETRIES + 1);
-        let faults = repeated(s.leaf, s.nth, u64::from(BUSY_RETRIES) + 1, s.busy);
-        let err = seamcall_err(s.step, s.leaf, s.busy);
+        let status = status(&s);
+        let label = format!("{} {what} x{}", s.name, bound + 1);
+        let faults = repeated(s.leaf, s.nth, u64::from(bound) + 1, status);
+        let err = seamcall_err(s.step, s.leaf, status);
         let outcome = run_case(&desc, &faults, Some(&err), s.donated, &label);
         assert_eq!(outcome, expected_outcome(s.step), "{label}");
         eprintln!("{label:50} -> {outcome:?}");
@@ -642,16 +644,13 @@ fn busy_past_the_retry_bound_is_a_typed_error_at_every_step() {
 }
 
 #[test]
+fn busy_past_the_retry_bound_is_a_typed_error_at_every_step() {
+    past_the_bound("busy", BUSY_RETRIES, |s| s.busy);
+}
+
+#[test]
 fn entropy_past_the_retry_bound_is_a_typed_error_at_every_step() {
-    let desc = small(Profile::tdx_1_5_ext());
-    for s in sites() {
-        let label = format!("{} no entropy x{}", s.name, ENTROPY_RETRIES + 1);
-        let faults = repeated(s.leaf, s.nth, u64::from(ENTROPY_RETRIES) + 1, s.entropy);
-        let err = seamcall_err(s.step, s.leaf, s.entropy);
-        let outcome = run_case(&desc, &faults, Some(&err), s.donated, &label);
-        assert_eq!(outcome, expected_outcome(s.step), "{label}");
-        eprintln!("{label:50} -> {outcome:?}");
-    }
+    past_the_bound("no entropy", ENTROPY_RETRIES, |s| s.entropy);
 }
 
 #[test]
