@@ -23,8 +23,8 @@ use tdx::{
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
         td::{
-            GuestFrame, Initialized, Operand, PageRole, ParamsError, Td, TdError, TdHost,
-            TeardownReport,
+            Finalized, GuestFrame, Initialized, Operand, PageRole, ParamsError, Td, TdError,
+            TdHost, TeardownReport,
         },
     },
     types::{
@@ -124,6 +124,13 @@ fn initialized<'h, 's>(
         .unwrap()
         .init(&params(max_vcpus))
         .unwrap()
+}
+
+/// A finalized TD with one vCPU on CPU 0.
+fn running<'h, 's>(h: &'h Host<'s>) -> Td<'h, Finalized, &'s Simulator, &'s Simulator> {
+    let mut td = initialized(h, 1);
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td.finalize().unwrap()
 }
 
 #[test]
@@ -372,9 +379,7 @@ fn a_failed_reclaim_is_reported_and_leaked_not_lost() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let td = td.finalize().unwrap();
+    let td = running(&h);
     // The first reclaim (a TDCX page: there is no S-EPT and no memory)
     // fails hard.
     sim.inject(Fault::status(
@@ -411,9 +416,7 @@ fn a_failed_hkid_release_leaks_everything_with_a_reason() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let run = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
     td.map(
@@ -475,9 +478,7 @@ fn runtime_faults_keep_every_frame_accounted_for() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let run = frames(&sim, 3, 1);
     let token = |i: u64| {
         // SAFETY: allocated above for this TD.
@@ -614,9 +615,7 @@ fn demote_unmap_one_4k_page_remap_and_promote() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let huge = frames(&sim, 512, 512);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
@@ -706,9 +705,7 @@ fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let run = frames(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size1G>::new(run.first()) }.unwrap();
@@ -751,9 +748,7 @@ fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let run = frames(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size1G>::new(run.first()) }.unwrap();
@@ -790,9 +785,7 @@ fn a_failed_demote_or_promote_unblocks_the_range() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = host(&sim, m);
-    let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let run = frames(&sim, 512, 512);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
