@@ -282,6 +282,23 @@ impl TdModel {
         ok.then_some(first)
     }
 
+    /// A successful DEMOTE of the 2M page `mp` at `gpa`: 512 4K pages under
+    /// a new page table.
+    fn split(&mut self, gpa: u64, mp: Mapped) {
+        self.mapped.remove(&gpa);
+        self.pt.insert(gpa);
+        for p in 0..PARTS {
+            self.mapped.insert(
+                gpa + p * 4096,
+                Mapped {
+                    first: mp.first + p,
+                    size: Size::K4,
+                    accepted: mp.accepted,
+                },
+            );
+        }
+    }
+
     fn in_region(&self, base: u64) -> impl Iterator<Item = (&u64, &Mapped)> {
         self.mapped.range(base..base + 2 * MIB)
     }
@@ -586,19 +603,7 @@ impl<'h, 's> World<'h, 's> {
                 td.demote::<Size2M>(Gpa::new(gpa), &mut || kicks += 1)
                     .unwrap_or_else(|e| panic!("demote {gpa:#x}: {e:?}"));
                 assert_eq!(kicks, 1);
-                let m = &mut self.models[i];
-                m.mapped.remove(&gpa);
-                m.pt.insert(gpa);
-                for p in 0..PARTS {
-                    m.mapped.insert(
-                        gpa + p * 4096,
-                        Mapped {
-                            first: mp.first + p,
-                            size: Size::K4,
-                            accepted: mp.accepted,
-                        },
-                    );
-                }
+                self.models[i].split(gpa, mp);
             }
             Op::Refill { td, pick } => {
                 let Some(i) = self.td(td) else { return };
@@ -913,19 +918,7 @@ impl<'h, 's> World<'h, 's> {
                 let (gpa, mp) = huge[usize::from(pick) % huge.len()];
                 let td = self.tds[i].as_mut().unwrap();
                 if td.demote::<Size2M>(Gpa::new(gpa), &mut || {}).is_ok() {
-                    let m = &mut self.models[i];
-                    m.mapped.remove(&gpa);
-                    m.pt.insert(gpa);
-                    for p in 0..PARTS {
-                        m.mapped.insert(
-                            gpa + p * 4096,
-                            Mapped {
-                                first: mp.first + p,
-                                size: Size::K4,
-                                accepted: mp.accepted,
-                            },
-                        );
-                    }
+                    self.models[i].split(gpa, mp);
                 }
             }
             Op::Promote { td, pick } => {
