@@ -1,6 +1,6 @@
 //! A typed builder for TD_PARAMS.
 
-use tdx_types::abi::{CpuidValues, EptPageWalk, EptpControls, TdParams};
+use tdx_types::abi::{CpuidValues, EptPageWalk, EptpControls, MAX_CPUID_CONFIGS, TdParams};
 use typed_builder::TypedBuilder;
 
 /// The configuration of a Trust Domain, built with named fields and
@@ -105,7 +105,7 @@ impl TdConfig {
         self.cpuid
             .iter()
             .map(|&(i, _)| i)
-            .find(|&i| TdParams::new().cpuid_value(i).is_none())
+            .find(|&i| i >= MAX_CPUID_CONFIGS)
     }
 }
 
