@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod chunked;
 mod faults;
 mod machine;
 mod memory;

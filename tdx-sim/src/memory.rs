@@ -13,7 +13,7 @@
 //! All three are range maps or hash maps of touched pages, so memory use
 //! follows what the test touches, not the size of the host.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::rangemap::RangeMap;
 
@@ -86,7 +86,7 @@ impl PhysMem {
         Self {
             ram,
             state,
-            contents: HashMap::new(),
+            contents: HashMap::default(),
             cache,
             cache_generation: 0,
         }
@@ -118,6 +118,15 @@ impl PhysMem {
     /// Sets the state of the RAM frames in `[start, end)` (non-RAM frames
     /// are left out).
     pub(crate) fn set_state(&mut self, start: u64, end: u64, st: PageState) {
+        // The common case: one RAM range holds all of [start, end).
+        let first = self.state.overlapping(start, end).next();
+        if let Some((s, e, _)) = first
+            && s <= start
+            && e >= end
+        {
+            self.state.insert(start, end, st);
+            return;
+        }
         let ram: Vec<(u64, u64)> = self
             .state
             .overlapping(start, end)
@@ -234,6 +243,19 @@ impl PhysMem {
 
     /// Drops the lines of `keyid` in `[start, end)` (TDH.PHYMEM.PAGE.WBINVD).
     pub(crate) fn flush_keyid_range(&mut self, start: u64, end: u64, keyid: u16) {
+        self.cache_generation += 1;
+        // The common case: one range of the cache map holds all of
+        // [start, end).
+        let first = self.cache.overlapping(start, end).next();
+        if let Some((s, e, l)) = first
+            && s <= start
+            && e >= end
+        {
+            if l == CacheLines::Private(keyid) {
+                self.cache.remove(start, end);
+            }
+            return;
+        }
         let hit: Vec<(u64, u64)> = self
             .cache
             .overlapping(start, end)
@@ -243,7 +265,6 @@ impl PhysMem {
         for (s, e) in hit {
             self.cache.remove(s, e);
         }
-        self.cache_generation += 1;
     }
 
     /// Changes whenever lines may have been flushed.

@@ -5,8 +5,7 @@
 //! PAMT type of extension-pool pages, TDH.SYS.CONFIG v1's feature check),
 //! the model's choice is marked "model choice" at the place it is made.
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap as HashMap;
 use tdx_sys::SeamcallArgs;
 use tdx_types::{
     Leaf, LeafVersion, OperandId, TdxStatus,
@@ -15,6 +14,8 @@ use tdx_types::{
     regs::{HpaListInfo, ShutdownHandoff},
 };
 use zerocopy::FromBytes;
+
+use crate::chunked::ChunkedMap;
 
 use crate::{
     memory::{CacheLines, PAGE, PageState},
@@ -158,7 +159,7 @@ pub(crate) struct Module {
     pub(crate) features: TdxFeatures0,
     /// Sparse PAMT overrides per level (0 = 4K, 1 = 2M, 2 = 1G), keyed by
     /// the address divided by the level's page size.
-    pamt: [HashMap<u64, PamtEntry>; 3],
+    pamt: [ChunkedMap<PamtEntry>; 3],
     /// Frames the module owns, and why.
     pub(crate) owned: RangeMap<ModuleUse>,
     pub(crate) ext: ExtState,
@@ -195,7 +196,7 @@ impl Module {
             tdmrs: Vec::new(),
             last_tdmr: 0,
             global_hkid: None,
-            kot: HashMap::new(),
+            kot: HashMap::default(),
             features: TdxFeatures0::new(),
             pamt: Default::default(),
             owned: RangeMap::new(),
@@ -206,8 +207,9 @@ impl Module {
         }
     }
 
-    pub(crate) fn pamt_entries(&self) -> usize {
-        self.pamt.iter().map(HashMap::len).sum()
+    /// Heap bytes of the PAMT entries that differ from their default.
+    pub(crate) fn pamt_heap_bytes(&self) -> usize {
+        self.pamt.iter().map(ChunkedMap::heap_bytes).sum()
     }
 
     /// `pamt_get_block`: the TDMR whose initialized part covers `pa`.
@@ -224,7 +226,7 @@ impl Module {
     /// address in an initialized block of TDMR `tdmr`.
     pub(crate) fn pamt_entry(&self, tdmr: usize, level: usize, pa: u64) -> PamtEntry {
         let key = pa >> (12 + 9 * level);
-        match self.pamt[level].get(&key) {
+        match self.pamt[level].get(key) {
             Some(e) => *e,
             None if level == 0 && self.tdmrs[tdmr].in_reserved(pa) => PamtEntry::RSVD,
             None => PamtEntry::NDA,
@@ -236,7 +238,7 @@ impl Module {
         if e == PamtEntry::NDA {
             // NDA is the default of an initialized entry outside reserved
             // areas; pages in reserved areas never reach NDA.
-            self.pamt[level].remove(&key);
+            self.pamt[level].remove(key);
         } else {
             self.pamt[level].insert(key, e);
         }
@@ -248,13 +250,7 @@ impl Module {
         for level in [0usize, 1] {
             let shift = 12 + 9 * level as u32;
             let (a, b) = (pa >> shift, (pa + len) >> shift);
-            let map = &self.pamt[level];
-            let busy = if (map.len() as u64) < b - a {
-                map.iter()
-                    .any(|(&k, e)| k >= a && k < b && e.pt != PamtPageType::NDA)
-            } else {
-                (a..b).any(|k| map.get(&k).is_some_and(|e| e.pt != PamtPageType::NDA))
-            };
+            let busy = self.pamt[level].any_in(a, b, |e| e.pt != PamtPageType::NDA);
             if busy {
                 return false;
             }

@@ -333,12 +333,19 @@ impl Simulator {
     }
 
     /// Approximate bytes of host memory the simulator's own state uses
-    /// beyond its fixed size (page contents and map entries), for benches.
+    /// beyond its fixed size, for benches: page contents stored, range-map
+    /// entries (an estimate of 48 bytes each), and the PAMT and every TD's
+    /// S-EPT (exact heap bytes of their chunked maps).
     pub fn footprint_bytes(&self) -> usize {
         let s = self.lock();
         s.mem.materialized_pages() * PAGE as usize
             + (s.mem.cache_ranges() + s.module.owned.len()) * 48
-            + s.module.pamt_entries() * 64
+            + s.module.pamt_heap_bytes()
+            + s.tds
+                .tds
+                .values()
+                .map(|t| t.sept.heap_bytes())
+                .sum::<usize>()
     }
 }
 

@@ -8,7 +8,7 @@
 //! states, service TDs, TD entry (refcounts stay 0, so the "previous epoch"
 //! rule passes once TRACK has run).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use sha2::{Digest, Sha384};
 use tdx_sys::SeamcallArgs;
@@ -20,6 +20,7 @@ use tdx_types::{
 };
 
 use crate::{
+    chunked::ChunkedMap,
     memory::{CacheLines, PAGE, PageState},
     module::{KotState, ModuleUse, PamtEntry},
     sim::State,
@@ -88,7 +89,40 @@ pub(crate) struct Td {
     measurement: Option<Sha384>,
     pub(crate) mrtd: Option<[u8; 48]>,
     /// S-EPT entries by (level, GPA >> (12 + 9 level)).
-    pub(crate) sept: HashMap<(u8, u64), Septe>,
+    pub(crate) sept: Sept,
+}
+
+/// The S-EPT of one TD: one sparse map per level, keyed by
+/// `GPA >> (12 + 9 level)`, so an entry's neighbours (its page-table page)
+/// sit together as in the real tree.
+#[derive(Debug, Default)]
+pub(crate) struct Sept([ChunkedMap<Septe>; 5]);
+
+impl Sept {
+    pub(crate) fn get(&self, &(level, i): &(u8, u64)) -> Option<&Septe> {
+        self.0[usize::from(level)].get(i)
+    }
+
+    fn get_mut(&mut self, &(level, i): &(u8, u64)) -> Option<&mut Septe> {
+        self.0[usize::from(level)].get_mut(i)
+    }
+
+    fn contains_key(&self, &(level, i): &(u8, u64)) -> bool {
+        self.0[usize::from(level)].contains_key(i)
+    }
+
+    fn insert(&mut self, (level, i): (u8, u64), e: Septe) -> Option<Septe> {
+        self.0[usize::from(level)].insert(i, e)
+    }
+
+    fn remove(&mut self, &(level, i): &(u8, u64)) -> Option<Septe> {
+        self.0[usize::from(level)].remove(i)
+    }
+
+    /// Heap bytes of the entries.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.0.iter().map(ChunkedMap::heap_bytes).sum()
+    }
 }
 
 /// A vCPU, keyed by its TDVPR frame.
@@ -427,7 +461,7 @@ impl State {
                 tsc_multiplier: 0,
                 measurement: None,
                 mrtd: None,
-                sept: HashMap::new(),
+                sept: Sept::default(),
             },
         );
         self.assign(tdr, 0, PamtPageType::TDR, tdr);
@@ -653,7 +687,7 @@ impl State {
                 pages: vec![page],
                 initialized: false,
                 assoc_lp: None,
-                fields: HashMap::new(),
+                fields: HashMap::default(),
             },
         );
         self.tds.tds.get_mut(&tdr).expect("checked").chldcnt += 1;
@@ -1109,11 +1143,12 @@ impl State {
             Ok(t) => t,
             Err(s) => return s,
         };
-        let mut allowed = vec![OpState::Runnable];
-        if self.machine.desc.profile.aug_before_finalize {
-            allowed.push(OpState::Initialized);
-        }
-        if let Err(s) = self.tdcs(tdr, &allowed) {
+        let allowed: &[OpState] = if self.machine.desc.profile.aug_before_finalize {
+            &[OpState::Runnable, OpState::Initialized]
+        } else {
+            &[OpState::Runnable]
+        };
+        if let Err(s) = self.tdcs(tdr, allowed) {
             return s;
         }
         let (gpa, level) = match self.pinfo(a.rcx, 0, 1) {
