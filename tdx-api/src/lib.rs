@@ -16,6 +16,7 @@ pub mod module;
 pub mod page_array;
 pub mod plan;
 pub mod platform;
+pub mod sparse;
 pub mod td;
 
 pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};

@@ -22,7 +22,6 @@
 
 #![warn(missing_docs)]
 
-mod chunked;
 mod faults;
 mod machine;
 mod memory;

@@ -6,6 +6,7 @@
 //! the model's choice is marked "model choice" at the place it is made.
 
 use rustc_hash::FxHashMap as HashMap;
+use tdx_api::sparse::PageMap;
 use tdx_sys::SeamcallArgs;
 use tdx_types::{
     Leaf, LeafVersion, OperandId, TdxStatus,
@@ -14,8 +15,6 @@ use tdx_types::{
     regs::{HpaListInfo, ShutdownHandoff},
 };
 use zerocopy::FromBytes;
-
-use crate::chunked::ChunkedMap;
 
 use crate::{
     memory::{CacheLines, PAGE, PageState},
@@ -159,7 +158,7 @@ pub(crate) struct Module {
     pub(crate) features: TdxFeatures0,
     /// Sparse PAMT overrides per level (0 = 4K, 1 = 2M, 2 = 1G), keyed by
     /// the address divided by the level's page size.
-    pamt: [ChunkedMap<PamtEntry>; 3],
+    pamt: [PageMap<PamtEntry>; 3],
     /// Frames the module owns, and why.
     pub(crate) owned: RangeMap<ModuleUse>,
     pub(crate) ext: ExtState,
@@ -209,7 +208,7 @@ impl Module {
 
     /// Heap bytes of the PAMT entries that differ from their default.
     pub(crate) fn pamt_heap_bytes(&self) -> usize {
-        self.pamt.iter().map(ChunkedMap::heap_bytes).sum()
+        self.pamt.iter().map(PageMap::heap_bytes).sum()
     }
 
     /// `pamt_get_block`: the TDMR whose initialized part covers `pa`.

@@ -11,6 +11,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use sha2::{Digest, Sha384};
+use tdx_api::sparse::PageMap;
 use tdx_sys::SeamcallArgs;
 use tdx_types::{
     Leaf, LeafVersion, OperandId, TdxStatus,
@@ -20,7 +21,6 @@ use tdx_types::{
 };
 
 use crate::{
-    chunked::ChunkedMap,
     memory::{CacheLines, PAGE, PageState},
     module::{KotState, ModuleUse, PamtEntry},
     sim::State,
@@ -96,7 +96,7 @@ pub(crate) struct Td {
 /// `GPA >> (12 + 9 level)`, so an entry's neighbours (its page-table page)
 /// sit together as in the real tree.
 #[derive(Debug, Default)]
-pub(crate) struct Sept([ChunkedMap<Septe>; 5]);
+pub(crate) struct Sept([PageMap<Septe>; 5]);
 
 impl Sept {
     pub(crate) fn get(&self, &(level, i): &(u8, u64)) -> Option<&Septe> {
@@ -121,7 +121,7 @@ impl Sept {
 
     /// Heap bytes of the entries.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.0.iter().map(ChunkedMap::heap_bytes).sum()
+        self.0.iter().map(PageMap::heap_bytes).sum()
     }
 }
 

@@ -73,6 +73,7 @@ use tdx_types::{Size1G, Size2M};
 use crate::{
     module::{BUSY_RETRIES, ENTROPY_RETRIES, ExtInited, TdxModule},
     platform::{CpuId, Placement, Platform},
+    sparse::PageMap,
 };
 
 mod sealed {
@@ -246,6 +247,70 @@ pub(crate) struct Mapping {
     level: TdxLevel,
 }
 
+/// The TD's private pages: one [`PageMap`] per page size, keyed by the GPA
+/// in units of that size, holding the first frame. Mapping and unmapping
+/// run at simulator speed (millions a second), where a `BTreeMap` of GPAs
+/// cost more than the SEAMCALL it records.
+#[derive(Debug, Default)]
+pub(crate) struct Private([PageMap<Pfn>; 3]);
+
+impl Private {
+    const LEVELS: [TdxLevel; 3] = [TdxLevel::L4K, TdxLevel::L2M, TdxLevel::L1G];
+
+    fn key(gpa: u64, level: TdxLevel) -> Option<u64> {
+        gpa.is_multiple_of(level.bytes()).then(|| gpa / level.bytes())
+    }
+
+    /// The mapping that starts at `gpa`, of any size.
+    fn get(&self, gpa: u64) -> Option<Mapping> {
+        Self::LEVELS.iter().zip(&self.0).find_map(|(&level, map)| {
+            let first = *map.get(Self::key(gpa, level)?)?;
+            Some(Mapping { first, level })
+        })
+    }
+
+    fn contains_key(&self, gpa: u64) -> bool {
+        self.get(gpa).is_some()
+    }
+
+    /// Records `m` at `gpa` (aligned to its size: the callers checked).
+    fn insert(&mut self, gpa: u64, m: Mapping) {
+        let i = usize::from(m.level.as_u8());
+        let key = Self::key(gpa, m.level).expect("GPA aligned to the page size");
+        self.0[i].insert(key, m.first);
+    }
+
+    fn remove(&mut self, gpa: u64) -> Option<Mapping> {
+        let m = self.get(gpa)?;
+        let key = Self::key(gpa, m.level).expect("found at this level");
+        self.0[usize::from(m.level.as_u8())].remove(key);
+        Some(m)
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(PageMap::len).sum()
+    }
+
+    /// Every mapping, by size, then GPA.
+    pub(crate) fn values(&self) -> impl Iterator<Item = Mapping> + '_ {
+        Self::LEVELS
+            .iter()
+            .zip(&self.0)
+            .flat_map(|(&level, map)| map.iter().map(move |(_, &first)| Mapping { first, level }))
+    }
+
+    /// Every mapping, by size, then GPA, leaving none.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Mapping> + '_ {
+        Self::LEVELS
+            .iter()
+            .zip(&mut self.0)
+            .flat_map(|(&level, map)| {
+                map.drain_values()
+                    .map(move |first| Mapping { first, level })
+            })
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     tdr: Option<FirmwarePage>,
@@ -255,7 +320,7 @@ pub(crate) struct Inner {
     /// S-EPT pages by (level of the entry they hang under, GPA base).
     sept: BTreeMap<(u8, u64), FirmwarePage>,
     /// Private pages by GPA.
-    private: BTreeMap<u64, Mapping>,
+    private: Private,
     /// Frames removed from the TD whose PAGE.WBINVD failed: they may hold
     /// dirty lines of the TD's key until the teardown's CACHE.WB.
     unflushed: Vec<(PfnRun, PageRole)>,
@@ -695,7 +760,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
             Ok(i) => i,
             Err(e) => return back(e, Some(frame)),
         };
-        if self.inner.private.contains_key(&gpa.as_u64()) {
+        if self.inner.private.contains_key(gpa.as_u64()) {
             return back(TdError::Mapped(gpa), Some(frame));
         }
         if let Err(e) = self.ensure_sept(gpa, TdxLevel::L4K) {
@@ -790,7 +855,7 @@ impl<'h, S: MayAug, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
             Ok(i) => i,
             Err(e) => return back(e, frame),
         };
-        if self.inner.private.contains_key(&gpa.as_u64()) {
+        if self.inner.private.contains_key(gpa.as_u64()) {
             return back(TdError::Mapped(gpa), frame);
         }
         if let Err(e) = self.ensure_sept(gpa, Sz::LEVEL) {
@@ -888,8 +953,8 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         kick: &mut dyn FnMut(),
     ) -> Result<GuestFrame<S>, TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
-        let m = match self.inner.private.get(&gpa.as_u64()) {
-            Some(m) if m.level == S::LEVEL => *m,
+        let m = match self.inner.private.get(gpa.as_u64()) {
+            Some(m) if m.level == S::LEVEL => m,
             _ => return Err(TdError::NotMapped(gpa)),
         };
         self.block_track(info, gpa, kick)?;
@@ -902,7 +967,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             removed = c.out.removed();
             c.status
         })?;
-        self.inner.private.remove(&gpa.as_u64());
+        self.inner.private.remove(gpa.as_u64());
         let range = PfnRange::<S>::new(m.first);
         if removed.is_some_and(|r| r != m.first) {
             // The module removed a frame we did not map there: keep ours
@@ -1026,8 +1091,8 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         kick: &mut dyn FnMut(),
     ) -> Result<(), TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
-        let m = match self.inner.private.get(&gpa.as_u64()) {
-            Some(m) if m.level == S::LEVEL => *m,
+        let m = match self.inner.private.get(gpa.as_u64()) {
+            Some(m) if m.level == S::LEVEL => m,
             _ => return Err(TdError::NotMapped(gpa)),
         };
         // The new S-EPT page first: a failed allocation then leaves the
@@ -1052,7 +1117,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             (S::LEVEL.as_u8(), gpa.as_u64()),
             FirmwarePage::from_pfn(sept),
         );
-        self.inner.private.remove(&gpa.as_u64());
+        self.inner.private.remove(gpa.as_u64());
         let small = <S::Smaller as PageSize>::LEVEL;
         for i in 0..512u64 {
             self.inner.private.insert(
@@ -1088,13 +1153,13 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     ) -> Result<(), TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
         let small = <S::Smaller as PageSize>::LEVEL;
-        let first = match self.inner.private.get(&gpa.as_u64()) {
+        let first = match self.inner.private.get(gpa.as_u64()) {
             Some(m) if m.level == small && m.first.is_aligned(S::LEVEL.frames()) => m.first,
             _ => return Err(TdError::NotMapped(gpa)),
         };
         let contiguous = (0..512u64).all(|i| {
-            self.inner.private.get(&(gpa.as_u64() + i * small.bytes()))
-                == Some(&Mapping {
+            self.inner.private.get(gpa.as_u64() + i * small.bytes())
+                == Some(Mapping {
                     first: Pfn::new(first.as_u64() + i * small.frames()),
                     level: small,
                 })
@@ -1124,9 +1189,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             return Err(e);
         }
         for i in 0..512u64 {
-            self.inner
-                .private
-                .remove(&(gpa.as_u64() + i * small.bytes()));
+            self.inner.private.remove(gpa.as_u64() + i * small.bytes());
         }
         self.inner.private.insert(
             gpa.as_u64(),

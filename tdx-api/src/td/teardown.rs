@@ -259,7 +259,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     for s in core::mem::take(&mut inner.sept).into_values() {
         children_ok &= cx.reclaim(one(s.into_range().first()), PageRole::Sept);
     }
-    for m in core::mem::take(&mut inner.private).into_values() {
+    for m in inner.private.drain() {
         children_ok &= cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
     }
     for (r, role) in core::mem::take(&mut inner.unflushed) {

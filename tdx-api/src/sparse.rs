@@ -1,16 +1,21 @@
-//! A sparse map from `u64` to small values, stored in chunks of 512
-//! consecutive keys (one page table's worth).
+//! [`PageMap`]: a sparse map from page numbers to small values, stored in
+//! chunks of 512 consecutive keys (one page table's worth).
 //!
-//! The simulator's PAMT and S-EPT are indexed by frame or GPA number and are
-//! touched in runs: a VMM maps a 2M region page by page, a teardown walks a
-//! TD's frames in order. A hash map of single entries scatters neighbours
-//! over the whole table, so every access is a cache miss once it holds a
-//! million entries; here neighbours share a chunk, and the chunk index is
-//! small enough to stay in cache. Empty chunks are dropped, so a map that
-//! holds nothing costs nothing (a 4 TiB host with no TDs keeps its PAMT in
-//! a few entries).
+//! Page numbers (frame numbers, or GPAs shifted by a page size) are touched
+//! in runs: a VMM maps a 2M region page by page, a teardown walks a TD's
+//! frames in order. A hash map of single entries scatters neighbours over
+//! the whole table, so every access is a cache miss once it holds a million
+//! entries, and a `BTreeMap` walks a dozen nodes; here neighbours share a
+//! chunk, and the chunk index is small enough to stay in cache. Empty
+//! chunks are dropped, so a map costs what it holds (each chunk in use
+//! costs 512 slots). The TD keeps its private pages in one per page size;
+//! `tdx-sim` keeps its PAMT and S-EPT in them.
 
-use rustc_hash::FxHashMap;
+use alloc::{boxed::Box, vec::Vec};
+use core::fmt;
+
+use hashbrown::HashMap;
+use rustc_hash::FxBuildHasher;
 
 const BITS: u32 = 9;
 const SPAN: usize = 1 << BITS;
@@ -21,46 +26,68 @@ struct Chunk<V> {
     slots: Box<[Option<V>; SPAN]>,
 }
 
-/// A sparse `u64 → V` map in chunks of 512 keys.
-pub(crate) struct ChunkedMap<V> {
-    chunks: FxHashMap<u64, Chunk<V>>,
+/// A sparse `u64 → V` map for page numbers, in chunks of 512 keys; see
+/// the [module documentation](self).
+///
+/// Iteration is in key order.
+pub struct PageMap<V> {
+    chunks: HashMap<u64, Chunk<V>, FxBuildHasher>,
+    len: usize,
 }
 
-impl<V> Default for ChunkedMap<V> {
+impl<V> Default for PageMap<V> {
     fn default() -> Self {
         Self {
-            chunks: FxHashMap::default(),
+            chunks: HashMap::default(),
+            len: 0,
         }
     }
 }
 
-impl<V: std::fmt::Debug> std::fmt::Debug for ChunkedMap<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<V: fmt::Debug> fmt::Debug for PageMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
 }
 
-impl<V> ChunkedMap<V> {
-    /// Number of keys with a value.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.chunks.values().map(|c| usize::from(c.used)).sum()
+impl<V> PageMap<V> {
+    /// An empty map.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub(crate) fn get(&self, key: u64) -> Option<&V> {
+    /// Number of keys with a value.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no key has a value.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value of `key`.
+    #[must_use]
+    pub fn get(&self, key: u64) -> Option<&V> {
         self.chunks.get(&(key >> BITS))?.slots[(key & MASK) as usize].as_ref()
     }
 
-    pub(crate) fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+    /// The value of `key`, to change in place.
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
         self.chunks.get_mut(&(key >> BITS))?.slots[(key & MASK) as usize].as_mut()
     }
 
-    pub(crate) fn contains_key(&self, key: u64) -> bool {
+    /// True if `key` has a value.
+    #[must_use]
+    pub fn contains_key(&self, key: u64) -> bool {
         self.get(key).is_some()
     }
 
     /// Sets `key` to `v`; returns the old value.
-    pub(crate) fn insert(&mut self, key: u64, v: V) -> Option<V> {
+    pub fn insert(&mut self, key: u64, v: V) -> Option<V> {
         let chunk = self.chunks.entry(key >> BITS).or_insert_with(|| Chunk {
             used: 0,
             slots: Box::new([const { None }; SPAN]),
@@ -68,17 +95,19 @@ impl<V> ChunkedMap<V> {
         let old = chunk.slots[(key & MASK) as usize].replace(v);
         if old.is_none() {
             chunk.used += 1;
+            self.len += 1;
         }
         old
     }
 
     /// Removes `key`; returns its value.
-    pub(crate) fn remove(&mut self, key: u64) -> Option<V> {
+    pub fn remove(&mut self, key: u64) -> Option<V> {
         let hi = key >> BITS;
         let chunk = self.chunks.get_mut(&hi)?;
         let old = chunk.slots[(key & MASK) as usize].take();
         if old.is_some() {
             chunk.used -= 1;
+            self.len -= 1;
             if chunk.used == 0 {
                 self.chunks.remove(&hi);
             }
@@ -89,7 +118,7 @@ impl<V> ChunkedMap<V> {
     /// True if some key in `[start, end)` has a value for which `pred`
     /// holds. Costs one probe per 512 keys of the range, or one visit per
     /// chunk held, whichever is fewer.
-    pub(crate) fn any_in(&self, start: u64, end: u64, mut pred: impl FnMut(&V) -> bool) -> bool {
+    pub fn any_in(&self, start: u64, end: u64, mut pred: impl FnMut(&V) -> bool) -> bool {
         if start >= end {
             return false;
         }
@@ -113,25 +142,45 @@ impl<V> ChunkedMap<V> {
     }
 
     /// Heap bytes held: the chunk index (at its capacity) and the chunks.
-    pub(crate) fn heap_bytes(&self) -> usize {
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * (size_of::<(u64, Chunk<V>)>() + 1)
             + self.chunks.len() * size_of::<[Option<V>; SPAN]>()
     }
 
-    /// Every key and value, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
-        self.chunks.iter().flat_map(|(&h, c)| {
-            c.slots
+    /// Chunk numbers in order.
+    fn chunk_keys(&self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self.chunks.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Every key and value, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
+        self.chunk_keys().into_iter().flat_map(move |h| {
+            self.chunks[&h]
+                .slots
                 .iter()
                 .enumerate()
                 .filter_map(move |(i, v)| v.as_ref().map(|v| ((h << BITS) | i as u64, v)))
+        })
+    }
+
+    /// Every value, in key order, leaving the map empty.
+    pub fn drain_values(&mut self) -> impl Iterator<Item = V> + '_ {
+        self.len = 0;
+        let keys = self.chunk_keys();
+        let mut chunks = core::mem::take(&mut self.chunks);
+        keys.into_iter().flat_map(move |h| {
+            let c = chunks.remove(&h).expect("key listed");
+            c.slots.into_iter().flatten()
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use alloc::{collections::BTreeMap, vec::Vec};
 
     use proptest::prelude::*;
 
@@ -141,7 +190,7 @@ mod tests {
         /// Every operation agrees with a `BTreeMap` doing the same.
         #[test]
         fn matches_a_model(ops in proptest::collection::vec((0u8..4, 0u64..3000, any::<u16>()), 1..400)) {
-            let mut m = ChunkedMap::default();
+            let mut m = PageMap::default();
             let mut model = BTreeMap::new();
             for (op, k, v) in ops {
                 match op {
@@ -156,11 +205,13 @@ mod tests {
                 prop_assert_eq!(m.len(), model.len());
                 prop_assert_eq!(m.get(k), model.get(&k));
             }
-            let mut all: Vec<(u64, u16)> = m.iter().map(|(k, &v)| (k, v)).collect();
-            all.sort_unstable();
-            prop_assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+            let all: Vec<(u64, u16)> = m.iter().map(|(k, &v)| (k, v)).collect();
+            prop_assert_eq!(&all, &model.clone().into_iter().collect::<Vec<_>>());
             // Empty chunks are dropped.
             prop_assert!(m.chunks.values().all(|c| c.used > 0));
+            let values: Vec<u16> = m.drain_values().collect();
+            prop_assert_eq!(values, model.into_values().collect::<Vec<_>>());
+            prop_assert!(m.is_empty() && m.chunks.is_empty());
         }
     }
 }
