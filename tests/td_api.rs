@@ -1057,3 +1057,78 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
     sim.check_invariants()
         .unwrap_or_else(|e| panic!("{label}: {e}"));
 }
+
+#[test]
+fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
+    use tdx::api::CpuId;
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let tdcx_per_vcpu = usize::from(h.module().sysinfo().tdvps_base_size).div_ceil(4096) - 1;
+    let mut td = initialized(&h, 3);
+
+    // Step by step; nothing is listed until TDH.VP.INIT.
+    let v = td.new_vcpu(CpuId(1)).unwrap();
+    let (index, tdvpr) = (v.index(), v.tdvpr());
+    let v = v.add_tdcx().unwrap();
+    let id = v.init(0x1000, 7).unwrap();
+    assert_eq!((id.index, id.tdvpr, id.cpu), (index, tdvpr, CpuId(1)));
+    assert_eq!(td.vcpus(), vec![id]);
+
+    // TDH.VP.ADDCX fails hard on the third page: the builder comes back
+    // with two pages added, and the retry adds only the rest.
+    let v = td.new_vcpu(CpuId(2)).unwrap();
+    sim.inject(Fault::status(Leaf::VP_ADDCX, 3, TdxStatus::OPERAND_INVALID));
+    let f = v.add_tdcx().unwrap_err();
+    let TdError::Seamcall { error, on } = f.error else {
+        panic!("{:?}", f.error)
+    };
+    assert_eq!(error.leaf(), Leaf::VP_ADDCX.v0());
+    assert_eq!(on, Operand::Vcpu(1));
+    let addcx = calls(&sim, Leaf::VP_ADDCX);
+    let v = f.td.add_tdcx().unwrap();
+    assert_eq!(
+        calls(&sim, Leaf::VP_ADDCX) - addcx,
+        tdcx_per_vcpu as u64 - 2,
+        "the retry adds the missing pages only"
+    );
+    // TDH.VP.INIT fails hard: the builder comes back; the retry works.
+    sim.inject(Fault::status(Leaf::VP_INIT, 1, TdxStatus::OPERAND_INVALID));
+    let f = v.init(0, 8).unwrap_err();
+    assert!(matches!(f.error, TdError::Seamcall { .. }), "{:?}", f.error);
+    let id2 = f.td.init(0, 8).unwrap();
+    assert_eq!(td.vcpus(), vec![id, id2]);
+    // 1 TDR + TDCS, and 1 TDVPR + TDCX per vCPU.
+    let tdcs = td.control_pages() - 2 * (1 + tdcx_per_vcpu);
+
+    // A builder dropped half way leaves its pages with the TD, unlisted.
+    let v = td.new_vcpu(CpuId(3)).unwrap();
+    drop(v);
+    assert_eq!(td.vcpus().len(), 2);
+    assert_eq!(td.control_pages(), tdcs + 2 * (1 + tdcx_per_vcpu) + 1);
+
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.freed.len(), tdcs + 2 * (1 + tdcx_per_vcpu) + 1);
+    assert_back_to(&sim, &baseline, "vCPU steps");
+}
+
+#[test]
+fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
+    use tdx::api::CpuId;
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(&sim, m);
+    let mut td = initialized(&h, 2);
+    let v0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    // Created and filled, never initialized.
+    let v = td.new_vcpu(CpuId(1)).unwrap().add_tdcx().unwrap();
+    drop(v);
+    let td = td.finalize().unwrap();
+    assert_eq!(td.vcpus(), vec![v0]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "half-built vCPU");
+}

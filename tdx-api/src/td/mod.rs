@@ -17,6 +17,10 @@
 //!   operation exists only on the state that allows it. Control pages (TDR,
 //!   TDCS, TDVPR, TDCX, S-EPT) are [`FirmwarePage`]s held by the TD,
 //!   allocated from the [`Platform`] as needed.
+//! - vCPUs, on an initialized TD: a [`VcpuBuilder`] goes [`VpCreated`]
+//!   (TDH.VP.CREATE) → [`VpTdcxAdded`] (TDH.VP.ADDCX) → a [`VcpuId`]
+//!   (TDH.VP.INIT on the vCPU's CPU); it borrows the TD, so the TD cannot
+//!   be finalized mid-build. [`Td::create_vcpu`] does all three.
 //! - Private memory is given as [`GuestFrame`]s: a `Pfn` or an aligned run,
 //!   checked by arithmetic only; the caller's promise is made once, in the
 //!   `unsafe` constructor.
@@ -33,9 +37,8 @@
 //!
 //! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
 //!
-//! Not yet (first cut): separate vCPU
-//! type-states (one call creates, adds TDCX and initializes a vCPU);
-//! TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
+//! Not here: TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT;
+//! TDH.MEM.SEPT.REMOVE (S-EPT pages stay until teardown).
 //!
 //! What it leaves to the caller: entering vCPUs, and kicking them out of
 //! the guest during removal (the `kick` callback of [`Td::unmap`]).
@@ -231,6 +234,135 @@ pub struct VcpuId {
     pub cpu: CpuId,
 }
 
+/// The build state of a vCPU (sealed): [`VpCreated`] (TDH.VP.CREATE done),
+/// then [`VpTdcxAdded`] (every TDCX page added); TDH.VP.INIT ends the
+/// build and yields a [`VcpuId`].
+pub trait VcpuState: sealed::Sealed {}
+
+/// TDH.VP.CREATE done: the vCPU has its TDVPR page.
+#[derive(Debug)]
+pub struct VpCreated(());
+/// Every TDCX page added (TDH.VP.ADDCX): the vCPU can be initialized.
+#[derive(Debug)]
+pub struct VpTdcxAdded(());
+
+impl sealed::Sealed for VpCreated {}
+impl sealed::Sealed for VpTdcxAdded {}
+impl VcpuState for VpCreated {}
+impl VcpuState for VpTdcxAdded {}
+
+/// A vCPU being built, in state `S`; it borrows its TD, which stays
+/// [`Initialized`] until the vCPU is done (the module creates vCPUs only
+/// there).
+///
+/// Dropping a builder leaves the half-built vCPU with the TD: its pages are
+/// reclaimed at teardown, and it has no [`VcpuId`].
+#[must_use = "a half-built vCPU cannot run; finish it with add_tdcx and init"]
+pub struct VcpuBuilder<'t, 'h, S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> {
+    td: &'t mut Td<'h, Initialized, B, P>,
+    index: usize,
+    _state: PhantomData<S>,
+}
+
+impl<S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> fmt::Debug
+    for VcpuBuilder<'_, '_, S, B, P>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.td.inner.vcpus[self.index];
+        f.debug_struct("VcpuBuilder")
+            .field("state", &core::any::type_name::<S>())
+            .field("index", &self.index)
+            .field("cpu", &v.cpu)
+            .field("tdcx", &v.tdcx.len())
+            .finish()
+    }
+}
+
+impl<'t, 'h, S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> VcpuBuilder<'t, 'h, S, B, P> {
+    /// Index of the vCPU in creation order.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The TDVPR page.
+    pub fn tdvpr(&self) -> Pfn {
+        self.td.inner.vcpus[self.index]
+            .tdvpr
+            .as_ref()
+            .expect("a built vCPU has a TDVPR")
+            .pfn()
+    }
+
+    fn to<T: VcpuState>(self) -> VcpuBuilder<'t, 'h, T, B, P> {
+        VcpuBuilder {
+            td: self.td,
+            index: self.index,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<'t, 'h, B: Seamcall + Sync, P: Platform + Sync> VcpuBuilder<'t, 'h, VpCreated, B, P> {
+    /// Adds the TDCX pages (TDVPS_BASE_SIZE / 4 KiB − 1 of them): CLFLUSH
+    /// and TDH.VP.ADDCX each.
+    ///
+    /// On failure the builder comes back: the pages added so far stay with
+    /// the vCPU, the one refused goes back to the platform, and a retry
+    /// adds only the pages still missing.
+    #[doc(alias = "TDH.VP.ADDCX")]
+    pub fn add_tdcx(self) -> Result<VcpuBuilder<'t, 'h, VpTdcxAdded, B, P>, TdFailure<Self>> {
+        let n = usize::from(self.td.host.module.sysinfo().tdvps_base_size)
+            .div_ceil(4096)
+            .saturating_sub(1);
+        let (index, tdvpr) = (self.index, self.tdvpr());
+        while self.td.inner.vcpus[index].tdcx.len() < n {
+            let (b, p) = (self.td.b(), self.td.p());
+            let page = match self.td.fresh_page() {
+                Ok(page) => page,
+                Err(error) => return Err(TdFailure { error, td: self }),
+            };
+            let r = retry(p, Leaf::VP_ADDCX.v0(), Operand::Vcpu(index), || {
+                // SAFETY: a fresh, flushed page; on success the module owns it.
+                unsafe { leaf::tdh_vp_addcx(b, page, tdvpr) }
+            });
+            if let Err(error) = r {
+                self.td.free_refused(page);
+                return Err(TdFailure { error, td: self });
+            }
+            self.td.inner.vcpus[index]
+                .tdcx
+                .push(FirmwarePage::from_pfn(page));
+        }
+        Ok(self.to())
+    }
+}
+
+impl<'t, 'h, B: Seamcall + Sync, P: Platform + Sync> VcpuBuilder<'t, 'h, VpTdcxAdded, B, P> {
+    /// TDH.VP.INIT on the vCPU's CPU, with the guest's initial RCX and
+    /// x2APIC ID: the vCPU becomes associated with that CPU and is done.
+    ///
+    /// On failure the builder comes back, to retry or drop.
+    #[doc(alias = "TDH.VP.INIT")]
+    pub fn init(self, initial_rcx: u64, x2apic_id: u32) -> Result<VcpuId, TdFailure<Self>> {
+        let (b, p, index, tdvpr) = (self.td.b(), self.td.p(), self.index, self.tdvpr());
+        let cpu = self.td.inner.vcpus[index].cpu;
+        let mut r = None;
+        p.on_cpu(cpu, &mut || {
+            r = Some(retry(p, Leaf::VP_INIT.v(1), Operand::Vcpu(index), || {
+                // SAFETY: TDH.VP.INIT takes no host page; it runs on `cpu`
+                // (Platform contract 2), which the vCPU becomes associated
+                // with.
+                unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
+            }));
+        });
+        if let Err(error) = r.expect("on_cpu runs the closure") {
+            return Err(TdFailure { error, td: self });
+        }
+        self.td.inner.vcpus[index].associated = true;
+        Ok(VcpuId { index, tdvpr, cpu })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Vcpu {
     tdvpr: Option<FirmwarePage>,
@@ -258,7 +390,8 @@ impl Private {
     const LEVELS: [TdxLevel; 3] = [TdxLevel::L4K, TdxLevel::L2M, TdxLevel::L1G];
 
     fn key(gpa: u64, level: TdxLevel) -> Option<u64> {
-        gpa.is_multiple_of(level.bytes()).then(|| gpa / level.bytes())
+        gpa.is_multiple_of(level.bytes())
+            .then(|| gpa / level.bytes())
     }
 
     /// The mapping that starts at `gpa`, of any size.
@@ -386,12 +519,14 @@ impl<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
             .get()
     }
 
-    /// The vCPUs created so far.
+    /// The vCPUs built so far (TDH.VP.INIT done); half-built ones are not
+    /// listed.
     pub fn vcpus(&self) -> Vec<VcpuId> {
         self.inner
             .vcpus
             .iter()
             .enumerate()
+            .filter(|(_, v)| v.associated)
             .filter_map(|(index, v)| {
                 Some(VcpuId {
                     index,
@@ -679,12 +814,13 @@ fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> 
 }
 
 impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
-    /// Creates a vCPU associated with `cpu`: TDVPR (CLFLUSH, TDH.VP.CREATE),
-    /// TDVPS_BASE_SIZE / 4 KiB − 1 TDCX pages (CLFLUSH, TDH.VP.ADDCX), then
-    /// TDH.VP.INIT on `cpu` with the guest's initial RCX and x2APIC ID.
+    /// Creates, fills and initializes a vCPU associated with `cpu` in one
+    /// call: [`new_vcpu`](Td::new_vcpu), [`add_tdcx`](VcpuBuilder::add_tdcx),
+    /// [`init`](VcpuBuilder::init).
     ///
     /// On failure the pages the module took stay with the TD (teardown
-    /// reclaims them); the others go back to the platform.
+    /// reclaims them); the others go back to the platform. To retry a
+    /// failed step, use the three steps.
     #[doc(alias = "TDH.VP.CREATE")]
     #[doc(alias = "TDH.VP.ADDCX")]
     #[doc(alias = "TDH.VP.INIT")]
@@ -694,6 +830,24 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
         initial_rcx: u64,
         x2apic_id: u32,
     ) -> Result<VcpuId, TdError> {
+        self.new_vcpu(cpu)?
+            .add_tdcx()
+            .map_err(|f| f.error)?
+            .init(initial_rcx, x2apic_id)
+            .map_err(|f| f.error)
+    }
+
+    /// Starts a vCPU to be associated with `cpu`: CLFLUSH and
+    /// TDH.VP.CREATE of its TDVPR page. The vCPU is built by the returned
+    /// [`VcpuBuilder`], which borrows the TD, so the TD cannot be finalized
+    /// (nor another vCPU started) while a vCPU is half built.
+    ///
+    /// On failure the TDVPR page goes back to the platform.
+    #[doc(alias = "TDH.VP.CREATE")]
+    pub fn new_vcpu(
+        &mut self,
+        cpu: CpuId,
+    ) -> Result<VcpuBuilder<'_, 'h, VpCreated, B, P>, TdError> {
         let (b, p, tdr) = (self.b(), self.p(), self.tdr());
         if cpu.0 >= p.cpus() {
             return Err(TdError::NoSuchCpu(cpu));
@@ -711,32 +865,11 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
             cpu,
             associated: false,
         });
-        let n = usize::from(self.host.module.sysinfo().tdvps_base_size)
-            .div_ceil(4096)
-            .saturating_sub(1);
-        for _ in 0..n {
-            let page = self.fresh_page()?;
-            retry(p, Leaf::VP_ADDCX.v0(), Operand::Vcpu(index), || {
-                // SAFETY: a fresh, flushed page; on success the module owns it.
-                unsafe { leaf::tdh_vp_addcx(b, page, tdvpr) }
-            })
-            .inspect_err(|_| self.free_refused(page))?;
-            self.inner.vcpus[index]
-                .tdcx
-                .push(FirmwarePage::from_pfn(page));
-        }
-        let mut r = None;
-        p.on_cpu(cpu, &mut || {
-            r = Some(retry(p, Leaf::VP_INIT.v(1), Operand::Vcpu(index), || {
-                // SAFETY: TDH.VP.INIT takes no host page; it runs on `cpu`
-                // (Platform contract 2), which the vCPU becomes associated
-                // with.
-                unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
-            }));
-        });
-        r.expect("on_cpu runs the closure")?;
-        self.inner.vcpus[index].associated = true;
-        Ok(VcpuId { index, tdvpr, cpu })
+        Ok(VcpuBuilder {
+            td: self,
+            index,
+            _state: PhantomData,
+        })
     }
 
     /// Adds an initial private page at `gpa` with `contents`
