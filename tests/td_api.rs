@@ -68,8 +68,8 @@ fn ready(sim: &Simulator) -> Module<'_> {
 
 type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
 
-fn host<'s>(sim: &Simulator, m: Module<'s>) -> Host<'s> {
-    TdHost::new(m, sim.machine().hkid_start_bit())
+fn host(m: Module<'_>) -> Host<'_> {
+    TdHost::new(m)
 }
 
 fn params(max_vcpus: u16) -> TdParams {
@@ -149,7 +149,7 @@ fn lifecycle(pw_mce: bool) {
     let baseline = sim.accounting();
     assert_eq!(baseline.host, 0);
     assert_eq!(baseline.module + baseline.free, baseline.total);
-    let h = host(&sim, m);
+    let h = host(m);
 
     let mut td = initialized(&h, 2);
     let v0 = td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
@@ -250,7 +250,7 @@ fn teardown_from_every_early_state_loses_nothing() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
 
     let check = |r: TeardownReport, pages: usize, label: &str| {
         assert!(r.is_clean(), "{label}: {r:#?}");
@@ -291,7 +291,7 @@ fn refusals_before_any_seamcall() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let td = h
         .create_td()
         .unwrap()
@@ -355,7 +355,7 @@ fn busy_teardown_leaves_are_retried() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = initialized(&h, 1);
     td.create_vcpu(tdx::api::CpuId(1), 0, 0).unwrap();
     let busy = TdxStatus::OPERAND_BUSY;
@@ -378,7 +378,7 @@ fn a_failed_reclaim_is_reported_and_leaked_not_lost() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let td = running(&h);
     // The first reclaim (a TDCX page: there is no S-EPT and no memory)
     // fails hard.
@@ -415,7 +415,7 @@ fn a_failed_hkid_release_leaks_everything_with_a_reason() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let run = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
@@ -453,7 +453,7 @@ fn a_failed_key_config_hands_the_td_back_and_teardown_loses_nothing() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let td = h.create_td().unwrap();
     // Package 0 succeeds, package 1 fails.
     sim.inject(Fault::status(
@@ -477,7 +477,7 @@ fn runtime_faults_keep_every_frame_accounted_for() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let run = frames(&sim, 3, 1);
     let token = |i: u64| {
@@ -593,7 +593,7 @@ fn seeded_transient_faults_everywhere_are_retried_or_resumed() {
         let sim = sim();
         let m = ready(&sim);
         let baseline = sim.accounting();
-        let h = host(&sim, m);
+        let h = host(m);
         // One call in five of every TD leaf that can be busy, out of
         // entropy or interrupted is.
         sim.inject_random(seed, 200_000);
@@ -614,7 +614,7 @@ fn demote_unmap_one_4k_page_remap_and_promote() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let huge = frames(&sim, 512, 512);
     // SAFETY: allocated above for this TD.
@@ -678,7 +678,7 @@ fn hkids_come_from_the_guest_range_and_return_after_teardown() {
     let m = ready(&sim);
     let global = m.global_keyid();
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     assert_eq!(h.hkids().capacity(), guest.end - guest.start);
     let a = h.create_td().unwrap();
     let b = h.create_td().unwrap();
@@ -704,7 +704,7 @@ fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let run = frames(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated above for this TD.
@@ -747,7 +747,7 @@ fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let run = frames(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated above for this TD.
@@ -784,7 +784,7 @@ fn a_failed_demote_or_promote_unblocks_the_range() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = running(&h);
     let run = frames(&sim, 512, 512);
     // SAFETY: allocated above for this TD.
@@ -832,7 +832,7 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = initialized(&h, 1);
     td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
     let run = frames(&sim, 1, 1);
@@ -862,7 +862,7 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     )
     .unwrap();
     let m = ready(&sim);
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = initialized(&h, 1);
     let run = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
@@ -921,7 +921,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     sim.inject(Fault::status(leaf, nth, TdxStatus::OPERAND_INVALID));
     let initial = frames(&sim, 2, 1);
     let small = frames(&sim, 1, 1);
@@ -1064,7 +1064,7 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let tdcx_per_vcpu = usize::from(h.module().sysinfo().tdvps_base_size).div_ceil(4096) - 1;
     let mut td = initialized(&h, 3);
 
@@ -1120,7 +1120,7 @@ fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = host(&sim, m);
+    let h = host(m);
     let mut td = initialized(&h, 2);
     let v0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
     // Created and filled, never initialized.

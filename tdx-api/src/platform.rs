@@ -191,6 +191,13 @@ pub unsafe trait Platform {
     /// MSR IA32_MKTME_KEYID_PARTITIONING (0x87).
     fn keyid_partition(&self) -> KeyIdPartition;
 
+    /// The lowest physical-address bit of the KeyID field: MAXPHYADDR
+    /// (CPUID 0x80000008 EAX bits 7:0) minus the KeyID bits that TME-MK
+    /// takes (IA32_TME_ACTIVATE bits 35:32). Linux has it as
+    /// `boot_cpu_data.x86_phys_bits`, already reduced. Keyed addresses
+    /// (TDH.PHYMEM.PAGE.WBINVD of a TD's page) carry the HKID there.
+    fn keyid_shift(&self) -> u32;
+
     /// CPU errata that apply.
     fn errata(&self) -> Errata;
 
@@ -271,6 +278,9 @@ unsafe impl<T: Platform + ?Sized> Platform for &T {
     }
     fn keyid_partition(&self) -> KeyIdPartition {
         (**self).keyid_partition()
+    }
+    fn keyid_shift(&self) -> u32 {
+        (**self).keyid_shift()
     }
     fn errata(&self) -> Errata {
         (**self).errata()

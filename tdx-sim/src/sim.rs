@@ -698,6 +698,10 @@ unsafe impl Platform for Simulator {
         self.lock().machine.desc.keyid_partition()
     }
 
+    fn keyid_shift(&self) -> u32 {
+        self.lock().machine.desc.hkid_start_bit()
+    }
+
     fn errata(&self) -> Errata {
         self.lock().machine.desc.errata
     }

@@ -1658,6 +1658,10 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         self.platform.keyid_partition()
     }
 
+    fn keyid_shift(&self) -> u32 {
+        self.platform.keyid_shift()
+    }
+
     fn errata(&self) -> Errata {
         self.platform.errata()
     }

@@ -739,6 +739,9 @@ unsafe impl Platform for Retrying<'_> {
     fn keyid_partition(&self) -> KeyIdPartition {
         self.sim.keyid_partition()
     }
+    fn keyid_shift(&self) -> u32 {
+        self.sim.keyid_shift()
+    }
     fn errata(&self) -> Errata {
         self.sim.errata()
     }

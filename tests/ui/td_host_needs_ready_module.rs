@@ -6,5 +6,5 @@ use tdx_sim::{MachineDesc, Simulator};
 fn main() {
     let sim = Simulator::new(MachineDesc::new(vec![(1 << 32, 1 << 33)])).unwrap();
     let module = TdxModule::init(&sim, &sim).unwrap();
-    let _host = TdHost::new(module, 40);
+    let _host = TdHost::new(module);
 }

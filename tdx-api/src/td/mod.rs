@@ -149,12 +149,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// ([`TdxModule<ExtInited>`]) has a `TdHost`, so only a ready module
     /// creates TDs.
     ///
-    /// `keyid_shift` is the first address bit of the KeyID field (Linux:
-    /// `boot_cpu_data.x86_phys_bits`, already reduced by the KeyID bits); it
-    /// builds the keyed addresses of TDH.PHYMEM.PAGE.WBINVD. The
-    /// [`Platform`] trait does not report it yet, so the caller passes it.
-    pub fn new(module: TdxModule<ExtInited, B, P>, keyid_shift: u32) -> Self {
+    /// Keyed addresses (TDH.PHYMEM.PAGE.WBINVD) put the HKID at
+    /// [`Platform::keyid_shift`].
+    pub fn new(module: TdxModule<ExtInited, B, P>) -> Self {
         let guest = module.platform().keyid_partition().guest_keyids();
+        let keyid_shift = module.platform().keyid_shift();
         Self {
             module,
             hkids: HkidPool::new(guest.start, guest.end),
