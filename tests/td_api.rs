@@ -902,6 +902,7 @@ fn a_hard_failure_in_any_td_leaf_loses_nothing() {
         Leaf::MEM_PAGE_DEMOTE,
         Leaf::MEM_PAGE_PROMOTE,
         Leaf::MEM_PAGE_REMOVE,
+        Leaf::MEM_SEPT_REMOVE,
         Leaf::PHYMEM_PAGE_WBINVD,
         Leaf::VP_FLUSH,
         Leaf::MNG_VPFLUSHDONE,
@@ -995,6 +996,10 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
         match td.unmap::<Size4K>(small_at, &mut || {}) {
             Ok(f) => back.push(f.run()),
             Err(_) => errors += 1,
+        }
+        // The emptied PT page under the 4K page's 2M entry goes back.
+        if td.remove_table::<Size2M>(small_at, &mut || {}).is_err() {
+            errors += 1;
         }
         Some(td.teardown())
     })();
@@ -1131,4 +1136,78 @@ fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
     let r = td.teardown();
     assert!(r.is_clean(), "{r:#?}");
     assert_back_to(&sim, &baseline, "half-built vCPU");
+}
+
+#[test]
+fn an_emptied_table_is_removed_so_a_2m_page_fits_again() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(m);
+    let mut td = running(&h);
+    let gpa = Gpa::new(16 * MIB);
+    // Four 4K pages under one 2M entry: the mapping adds a PT page there.
+    let small = frames(&sim, 4, 1);
+    for i in 0..4 {
+        // SAFETY: allocated above for this TD.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(small.first().as_u64() + i)) };
+        td.map(Gpa::new(gpa.as_u64() + i * 4096), f.unwrap())
+            .unwrap();
+    }
+    let tables = td.control_pages();
+    let removes = calls(&sim, Leaf::MEM_SEPT_REMOVE);
+    // Refused by bookkeeping while pages are mapped under it, or where no
+    // table is: no SEAMCALL.
+    assert!(matches!(
+        td.remove_table::<Size2M>(gpa, &mut || {}),
+        Err(TdError::Gpa { .. })
+    ));
+    assert_eq!(
+        td.remove_table::<Size2M>(Gpa::new(64 * MIB), &mut || {}),
+        Err(TdError::NotMapped(Gpa::new(64 * MIB)))
+    );
+    // With the table in place, the module refuses a 2M page there.
+    let huge = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f2 = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    let f2 = td.map(gpa, f2).unwrap_err().td;
+    for i in 0..4 {
+        let f = td
+            .unmap::<Size4K>(Gpa::new(gpa.as_u64() + i * 4096), &mut || {})
+            .unwrap();
+        let _ = f.into_range();
+    }
+    assert_eq!(calls(&sim, Leaf::MEM_SEPT_REMOVE), removes);
+
+    // A failed SEPT.REMOVE leaves the entry unblocked and the table there.
+    sim.inject(Fault::status(
+        Leaf::MEM_SEPT_REMOVE,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    let unblocks = calls(&sim, Leaf::MEM_RANGE_UNBLOCK);
+    assert!(matches!(
+        td.remove_table::<Size2M>(gpa, &mut || {}),
+        Err(TdError::Seamcall { .. })
+    ));
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_UNBLOCK), unblocks + 1);
+    assert_eq!(td.control_pages(), tables);
+
+    let mut kicks = 0;
+    td.remove_table::<Size2M>(gpa, &mut || kicks += 1).unwrap();
+    assert_eq!(kicks, 1);
+    assert_eq!(td.control_pages(), tables - 1, "the PT page went back");
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    // Now the 2M page maps.
+    td.map(gpa, f2).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
+    let f = td.unmap::<Size2M>(gpa, &mut || {}).unwrap();
+    let _ = f.into_range();
+    give_frames_back(&sim, &[small, huge]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "table removal");
 }

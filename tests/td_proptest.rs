@@ -7,7 +7,8 @@
 //! in the hole it came from, promote a demoted range (or be refused by
 //! arithmetic when it cannot be, or by the module after BLOCK when its
 //! pages are part pending and part accepted), accept pending pages in the
-//! guest, unmap where nothing of that size is mapped (refused), tear a TD
+//! guest, unmap where nothing of that size is mapped (refused), give back
+//! an emptied page table (or be refused while it maps anything), tear a TD
 //! down early and build a new one in its place, and schedule a transient
 //! (busy) status on a later call of a TD leaf.
 //!
@@ -111,7 +112,7 @@ fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
 
 /// The TD leaves the operations (and teardown) call after bring-up, on
 /// which a transient status may be scheduled.
-const FAULT_LEAVES: [Leaf; 13] = [
+const FAULT_LEAVES: [Leaf; 14] = [
     Leaf::MEM_SEPT_ADD,
     Leaf::MEM_PAGE_AUG,
     Leaf::MEM_RANGE_BLOCK,
@@ -125,6 +126,7 @@ const FAULT_LEAVES: [Leaf; 13] = [
     Leaf::PHYMEM_CACHE_WB,
     Leaf::MNG_KEY_FREEID,
     Leaf::PHYMEM_PAGE_RECLAIM,
+    Leaf::MEM_SEPT_REMOVE,
 ];
 
 #[derive(Debug, Clone)]
@@ -156,6 +158,9 @@ enum Op {
         page: u16,
         huge: bool,
     },
+    /// Give back the page table of region `region` (refused when there is
+    /// none or it still maps something).
+    RemoveTable { td: u8, region: u8 },
     /// Tear the TD down now.
     Teardown { td: u8 },
     /// Build a new TD where one was torn down (its HKID is reused).
@@ -208,6 +213,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (td, pick, any::<bool>()).prop_map(|(td, pick, all)| Op::Accept { td, pick, all }),
         1 => (td, 0..REGIONS as u8, 0..PARTS as u16, any::<bool>())
             .prop_map(|(td, region, page, huge)| Op::UnmapMissing { td, region, page, huge }),
+        2 => (td, 0..REGIONS as u8).prop_map(|(td, region)| Op::RemoveTable { td, region }),
         1 => td.prop_map(|td| Op::Teardown { td }),
         1 => td.prop_map(|td| Op::Rebuild { td }),
         3 => (0..FAULT_LEAVES.len() as u8, any::<u8>(), 0..3u8)
@@ -586,6 +592,25 @@ impl<'h, 's> World<'h, 's> {
                 self.frames
                     .take_back(i, Some(gpa), mp.first, mp.size.frames());
             }
+            Op::RemoveTable { td, region } => {
+                let Some(i) = self.td(td) else { return };
+                let gpa = u64::from(region) * 2 * MIB;
+                let m = &self.models[i];
+                let has_table = m.pt.contains(&gpa);
+                let in_use = m.mapped.range(gpa..gpa + 2 * MIB).next().is_some();
+                let td = self.tds[i].as_mut().unwrap();
+                let mut kicks = 0;
+                match td.remove_table::<Size2M>(Gpa::new(gpa), &mut || kicks += 1) {
+                    Ok(()) => {
+                        assert!(has_table && !in_use, "table at {gpa:#x} removed");
+                        assert_eq!(kicks, 1);
+                        self.models[i].pt.remove(&gpa);
+                    }
+                    Err(TdError::NotMapped(_)) => assert!(!has_table, "{gpa:#x}"),
+                    Err(TdError::Gpa { .. }) => assert!(has_table && in_use, "{gpa:#x}"),
+                    Err(e) => panic!("remove table {gpa:#x}: {e:?}"),
+                }
+            }
             Op::Demote { td, pick } => {
                 let Some(i) = self.td(td) else { return };
                 let huge: Vec<(u64, Mapped)> = self.models[i]
@@ -902,6 +927,14 @@ impl<'h, 's> World<'h, 's> {
                         self.models[i].mapped.remove(&gpa);
                     }
                     Err(_) => {}
+                }
+            }
+            Op::RemoveTable { td, region } => {
+                let Some(i) = self.td(td) else { return };
+                let gpa = u64::from(region) * 2 * MIB;
+                let td = self.tds[i].as_mut().unwrap();
+                if td.remove_table::<Size2M>(Gpa::new(gpa), &mut || {}).is_ok() {
+                    self.models[i].pt.remove(&gpa);
                 }
             }
             Op::Demote { td, pick } => {
@@ -1306,6 +1339,17 @@ fn every_operation_once() {
             page: 0,
             reuse: true,
         },
+        // Refused while the page is there, removed once it is gone, after
+        // which a 2M page fits; refused where there is no table.
+        Op::RemoveTable { td: 1, region: 0 },
+        Op::Unmap { td: 1, pick: 0 },
+        Op::RemoveTable { td: 1, region: 0 },
+        Op::Map2M {
+            td: 1,
+            region: 0,
+            reuse: false,
+        },
+        Op::RemoveTable { td: 1, region: 4 },
     ];
     run(2, &ops);
 }

@@ -423,6 +423,14 @@ impl Private {
         self.0.iter().map(PageMap::len).sum()
     }
 
+    /// True if a mapping starts in `[start, end)` (GPAs).
+    fn any_in(&self, start: u64, end: u64) -> bool {
+        Self::LEVELS.iter().zip(&self.0).any(|(&level, map)| {
+            let (a, b) = (start.div_ceil(level.bytes()), end.div_ceil(level.bytes()));
+            map.any_in(a, b, |_| true)
+        })
+    }
+
     /// Every mapping, by size, then GPA.
     pub(crate) fn values(&self) -> impl Iterator<Item = Mapping> + '_ {
         Self::LEVELS
@@ -1342,6 +1350,78 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                 gpa: Some(gpa),
             });
         }
+        self.return_freed_sept(pfn);
+        Ok(())
+    }
+
+    /// Gives the S-EPT page back to the platform under `gpa` whose
+    /// `S`-sized entry points to a table of smaller pages that maps nothing
+    /// any more (after [`demote`](Td::demote) and unmapping all 512 parts,
+    /// say): BLOCK that entry, TRACK, `kick`, TDH.MEM.SEPT.REMOVE, then
+    /// TDH.PHYMEM.PAGE.WBINVD with the TD's HKID and the erratum clear, as
+    /// for any page the module frees. The entry is then free, so an
+    /// `S`-sized page can be mapped there.
+    ///
+    /// Refused without a SEAMCALL when the TD holds no such table or
+    /// something under it is still mapped. If SEPT.REMOVE fails, the entry
+    /// is unblocked again and the table stays.
+    #[doc(alias = "TDH.MEM.SEPT.REMOVE")]
+    pub fn remove_table<S: HugePageSize>(
+        &mut self,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+    ) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let key = (S::LEVEL.as_u8(), gpa.as_u64());
+        if !self.inner.sept.contains_key(&key) {
+            return Err(TdError::NotMapped(gpa));
+        }
+        let (start, end) = (gpa.as_u64(), gpa.as_u64() + S::LEVEL.bytes());
+        let tables_below = (1..S::LEVEL.as_u8())
+            .any(|l| self.inner.sept.range((l, start)..(l, end)).next().is_some());
+        if tables_below || self.inner.private.any_in(start, end) {
+            return Err(TdError::Gpa {
+                gpa,
+                why: "the table still maps pages or tables",
+            });
+        }
+        self.block_track(info, gpa, kick)?;
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        let mut freed = None;
+        let r = retry(p, Leaf::MEM_SEPT_REMOVE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: SEPT.REMOVE gives an S-EPT page back to the host; we
+            // take it over only after the flushes the ABI requires.
+            let c = unsafe { leaf::tdh_mem_sept_remove(b, info, tdr) };
+            freed = c.out.removed();
+            c.status
+        });
+        if let Err(e) = r {
+            self.unblock(info, gpa);
+            return Err(e);
+        }
+        let page = self.inner.sept.remove(&key).expect("checked above");
+        let pfn = page.into_range().first();
+        if freed.is_some_and(|f| f != pfn) {
+            self.inner
+                .unflushed
+                .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
+            return Err(TdError::Protocol {
+                leaf: Leaf::MEM_SEPT_REMOVE.v0(),
+                what: "freed an S-EPT page other than the one under the GPA",
+                gpa: Some(gpa),
+            });
+        }
+        self.return_freed_sept(pfn);
+        Ok(())
+    }
+
+    /// An S-EPT page the module freed (PROMOTE, SEPT.REMOVE): written back
+    /// with the TD's key, cleared where the erratum requires, and given to
+    /// the platform. If the write-back fails, the page waits for
+    /// teardown's CACHE.WB and the error goes into the teardown report.
+    fn return_freed_sept(&mut self, pfn: Pfn) {
+        let p = self.p();
+        let b = self.b();
         let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
         let r = KeyedPa::try_new(pfn.hpa(), self.hkid(), self.host.keyid_shift)
             .map_err(|_| TdError::KeyidShift(self.host.keyid_shift))
@@ -1357,22 +1437,22 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                 )
             });
         if let Err(e) = r {
-            // The merge stands; only the freed S-EPT page could not be
-            // written back. It waits for teardown's CACHE.WB, and the error
+            // The merge or removal stands; only the freed S-EPT page could
+            // not be written back. It waits for teardown's CACHE.WB, and the error
             // shows in the teardown report, instead of the page returning
             // to the platform now.
             self.inner.unflushed.push((run, PageRole::Sept));
             self.inner.deferred.push(e);
-            return Ok(());
+            return;
         }
         if p.errata().tdx_pw_mce {
             // SAFETY: freed by the module and written back above; ours.
             unsafe { p.movdir64b_clear(run) };
         }
         // SAFETY: allocated from this platform by `ensure_sept`/`demote`,
-        // freed by the module (PROMOTE) and written back with the TD's key.
+        // freed by the module (PROMOTE or SEPT.REMOVE) and written back
+        // with the TD's key.
         unsafe { p.free_pages(run) };
-        Ok(())
     }
 }
 
