@@ -281,9 +281,38 @@ fn teardown_from_every_early_state_loses_nothing() {
     // Dropping a TD tears it down too.
     let mut td = initialized(&h, 1);
     td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    assert!(sim.dropped_td_reports().is_empty(), "explicit teardowns");
     drop(td);
     assert_eq!(h.hkids().in_use(), 0);
+    // The platform got the report.
+    let reports = sim.dropped_td_reports();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_clean(), "{:#?}", reports[0]);
+    assert_eq!(reports[0].freed.len(), 13);
     assert_back_to(&sim, &baseline, "dropped");
+}
+
+#[test]
+fn a_dropped_td_whose_teardown_fails_reports_to_the_platform() {
+    let sim = sim();
+    let m = ready(&sim);
+    let h = host(m);
+    let td = running(&h);
+    sim.inject(Fault::status(
+        Leaf::PHYMEM_PAGE_RECLAIM,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    drop(td);
+    let reports = sim.dropped_td_reports();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert!(!r.is_clean());
+    assert_eq!(r.errors.len(), 2, "{r:#?}");
+    assert_eq!(r.leaked.len(), 2, "the failed page and the TDR");
+    // The leaks reached the platform's accounting too.
+    assert_eq!(sim.accounting().leaked, r.leaked_frames());
+    sim.check_invariants().unwrap();
 }
 
 #[test]

@@ -24,6 +24,8 @@ use core::fmt;
 
 use tdx_types::{Hpa, Pfn, PfnRun, metadata::KeyIdPartition};
 
+use crate::td::TeardownReport;
+
 /// A logical CPU, numbered densely from 0 by the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CpuId(pub u32);
@@ -198,6 +200,16 @@ pub unsafe trait Platform {
     /// (TDH.PHYMEM.PAGE.WBINVD of a TD's page) carry the HKID there.
     fn keyid_shift(&self) -> u32;
 
+    /// A TD was dropped instead of torn down with
+    /// [`Td::teardown`](crate::td::Td::teardown): `drop` ran the teardown,
+    /// and this is its report. Pages it leaked have also gone to
+    /// [`leak_pages`](Platform::leak_pages). The default does nothing; a
+    /// kernel would log a report that is not
+    /// [clean](crate::td::TeardownReport::is_clean).
+    fn dropped_td(&self, report: &TeardownReport) {
+        let _ = report;
+    }
+
     /// CPU errata that apply.
     fn errata(&self) -> Errata;
 
@@ -281,6 +293,9 @@ unsafe impl<T: Platform + ?Sized> Platform for &T {
     }
     fn keyid_shift(&self) -> u32 {
         (**self).keyid_shift()
+    }
+    fn dropped_td(&self, report: &TeardownReport) {
+        (**self).dropped_td(report)
     }
     fn errata(&self) -> Errata {
         (**self).errata()

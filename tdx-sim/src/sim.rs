@@ -11,7 +11,9 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use tdx_api::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+use tdx_api::{
+    CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
+};
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
 use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
 
@@ -128,6 +130,8 @@ pub(crate) struct State {
     pub(crate) faults: FaultPlan,
     pub(crate) tds: crate::td::TdWorld,
     pub(crate) violations: Vec<Violation>,
+    /// Reports of TDs torn down by `Drop` (`Platform::dropped_td`).
+    dropped_tds: Vec<TeardownReport>,
     pub(crate) lp: u32,
     pub(crate) stats: Stats,
     /// SEAMCALLs per leaf number below 256 (the hot counter; folded into
@@ -158,6 +162,7 @@ impl Simulator {
             faults: FaultPlan::default(),
             tds: crate::td::TdWorld::default(),
             violations: Vec::new(),
+            dropped_tds: Vec::new(),
             lp: 0,
             stats: Stats::default(),
             calls: Box::new([0; 256]),
@@ -259,6 +264,12 @@ impl Simulator {
     /// Rule breaks recorded so far.
     pub fn violations(&self) -> Vec<Violation> {
         self.lock().violations.clone()
+    }
+
+    /// The teardown reports of TDs that were dropped instead of torn down
+    /// (what [`Platform::dropped_td`] received), oldest first.
+    pub fn dropped_td_reports(&self) -> Vec<TeardownReport> {
+        self.lock().dropped_tds.clone()
     }
 
     /// Counters.
@@ -700,6 +711,10 @@ unsafe impl Platform for Simulator {
 
     fn keyid_shift(&self) -> u32 {
         self.lock().machine.desc.hkid_start_bit()
+    }
+
+    fn dropped_td(&self, report: &TeardownReport) {
+        self.lock().dropped_tds.push(report.clone());
     }
 
     fn errata(&self) -> Errata {

@@ -100,7 +100,9 @@ use std::{
 };
 
 use serde_json::{Map, Value};
-use tdx_api::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+use tdx_api::{
+    CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
+};
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
 use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
 
@@ -1660,6 +1662,10 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
 
     fn keyid_shift(&self) -> u32 {
         self.platform.keyid_shift()
+    }
+
+    fn dropped_td(&self, report: &TeardownReport) {
+        self.platform.dropped_td(report);
     }
 
     fn errata(&self) -> Errata {

@@ -742,6 +742,9 @@ unsafe impl Platform for Retrying<'_> {
     fn keyid_shift(&self) -> u32 {
         self.sim.keyid_shift()
     }
+    fn dropped_td(&self, report: &tdx_api::td::TeardownReport) {
+        self.sim.dropped_td(report);
+    }
     fn errata(&self) -> Errata {
         self.sim.errata()
     }

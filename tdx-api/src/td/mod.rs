@@ -28,7 +28,8 @@
 //!   PHYMEM.CACHE.WB per package, KEY.FREEID, reclaim of every page with the
 //!   TDR last, and a [`TeardownReport`] listing what came back and what had
 //!   to be leaked, with the reason. Dropping a `Td` runs the teardown too
-//!   (the report goes to [`Platform::leak_pages`] for anything leaked).
+//!   (the report goes to [`Platform::dropped_td`], leaks to
+//!   [`Platform::leak_pages`]).
 //!
 //! Failing transitions hand the TD back ([`TdFailure`]) so the caller can
 //! retry or tear it down. Busy and entropy statuses are retried, bounded
@@ -487,14 +488,15 @@ pub struct Td<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> {
     _state: PhantomData<S>,
 }
 
-/// Dropping a TD tears it down; leaked pages still reach
-/// [`Platform::leak_pages`], but the report is lost: prefer
-/// [`Td::teardown`].
+/// Dropping a TD tears it down; the report goes to
+/// [`Platform::dropped_td`] (and leaked pages to [`Platform::leak_pages`]).
+/// Prefer [`Td::teardown`], which hands the report to the caller.
 impl<S: TdState, B: Seamcall + Sync, P: Platform + Sync> Drop for Td<'_, S, B, P> {
     fn drop(&mut self) {
         if self.inner.tdr.is_some() || self.inner.staging.is_some() {
             let inner = mem::take(&mut self.inner);
-            let _report = teardown::run(self.host, *inner);
+            let report = teardown::run(self.host, *inner);
+            self.p().dropped_td(&report);
         }
     }
 }
