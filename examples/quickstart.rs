@@ -82,10 +82,15 @@ fn main() {
         .and_then(|td| td.add_tdcs().map_err(|f| f.error))
         .and_then(|td| td.init(&params).map_err(|f| f.error))
         .unwrap_or_else(|e| die(&path, e));
-    for (i, cpu) in [CpuId(0), CpuId(4)].into_iter().enumerate() {
-        td.create_vcpu(cpu, 0, i as u32)
-            .unwrap_or_else(|e| die(&path, e));
-    }
+    // Two vCPUs: one in a single call, one step by step (TDH.VP.CREATE,
+    // the TDCX pages, TDH.VP.INIT on its CPU); a failed step hands the
+    // builder back for a retry, and the TD cannot be finalized mid-build.
+    td.create_vcpu(CpuId(0), 0, 0)
+        .unwrap_or_else(|e| die(&path, e));
+    td.new_vcpu(CpuId(4))
+        .and_then(|v| v.add_tdcx().map_err(|f| f.error))
+        .and_then(|v| v.init(0, 1).map_err(|f| f.error))
+        .unwrap_or_else(|e| die(&path, e));
 
     // 3. Initial memory (a 64 KiB "firmware image"), measured.
     let image: Vec<[u8; 4096]> = (0..16u8)

@@ -3,8 +3,9 @@
 //! This crate holds the [`Platform`] trait (the host services tdx-rs needs
 //! from the kernel or hypervisor it runs in), the TDMR/PAMT [`plan`]ner, the
 //! type-state module bring-up ([`module`]), page arrays, the offline MRTD
-//! calculator ([`measure`]), and Trust Domains ([`td`]: HKIDs, TD and vCPU
-//! build, PFN-only private memory, teardown with a report; a first cut).
+//! calculator ([`measure`]), Trust Domains ([`td`]: HKIDs, TD and vCPU
+//! build, PFN-only private memory, teardown with a report), and
+//! [`sparse::PageMap`], the chunked map of page numbers they rely on.
 
 #![no_std]
 #![warn(missing_docs)]
