@@ -213,7 +213,8 @@ impl Simulator {
 
     /// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
     /// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is `tdr`
-    /// becomes MAPPED.
+    /// becomes MAPPED. The walk to it fails (`TDX_EPT_WALK_FAILED`) where an
+    /// entry above is missing or blocked.
     pub fn guest_accept(&self, tdr: Pfn, gpa: u64, level: u8) -> TdxStatus {
         self.lock().guest_accept(tdr.as_u64(), gpa, level)
     }

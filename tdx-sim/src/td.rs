@@ -1662,11 +1662,20 @@ impl State {
 
     /// The guest's TDG.MEM.PAGE.ACCEPT, done from the host side: the PENDING
     /// leaf at `gpa`/`level` becomes MAPPED. Returns the status the guest
-    /// would see (`TDX_EPT_ENTRY_STATE_INCORRECT` if nothing is pending).
+    /// would see: `TDX_EPT_WALK_FAILED` if an entry above is missing or
+    /// blocked, `TDX_EPT_ENTRY_STATE_INCORRECT` if the leaf is not pending
+    /// (the statuses are the host leaves'; the guest ABI's are not
+    /// modelled).
     pub(crate) fn guest_accept(&mut self, tdr: u64, gpa: u64, level: u8) -> TdxStatus {
-        let Some(td) = self.tds.tds.get_mut(&tdr) else {
+        if !self.tds.tds.contains_key(&tdr) {
             return TdxStatus::OPERAND_INVALID;
-        };
+        }
+        // The guest's access walks the S-EPT like the host's leaves: a
+        // missing or blocked entry above the page stops it.
+        if let Err(s) = self.walk(tdr, gpa, level, &mut SeamcallArgs::default()) {
+            return s;
+        }
+        let td = self.tds.tds.get_mut(&tdr).expect("checked");
         match td.sept.get_mut(&Self::sept_key(gpa, level)) {
             Some(e) if e.state == SeptState::PENDING => {
                 e.state = SeptState::MAPPED;

@@ -1223,3 +1223,34 @@ fn demote_and_promote_checks() {
     assert_eq!(rdmd(&sim, sept).0, PamtPageType::NDA);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn the_guest_cannot_accept_under_a_blocked_table() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Runnable);
+    td.aug(&sim, 0x1000, 0);
+    td.aug(&sim, 0x2000, 0);
+    // Block the 2M entry that points to the PT holding both pages.
+    ok("BLOCK", range_block(&sim, info(0, 1), td.tdr).status);
+    assert_eq!(
+        sim.guest_accept(td.tdr, 0x1000, 0),
+        e(TdxStatus::EPT_WALK_FAILED, RCX)
+    );
+    ok("UNBLOCK", {
+        ok("TRACK", track(&sim, td.tdr));
+        range_unblock(&sim, info(0, 1), td.tdr).status
+    });
+    // Still pending: the failed walk changed nothing.
+    assert_eq!(sept_state(&sim, td.tdr, 0x1000, 0).0, SeptState::PENDING);
+    ok("accept", sim.guest_accept(td.tdr, 0x1000, 0));
+    // Accepting twice, or where nothing is pending, is refused.
+    assert_eq!(
+        sim.guest_accept(td.tdr, 0x1000, 0),
+        TdxStatus::EPT_ENTRY_STATE_INCORRECT
+    );
+    assert_eq!(
+        sim.guest_accept(td.tdr, 0x3000, 0),
+        TdxStatus::EPT_ENTRY_STATE_INCORRECT
+    );
+    sim.check_invariants().unwrap();
+}
