@@ -4,13 +4,22 @@
 # machine). Usage: benches/icount.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 1; }
-bin=$(cargo bench --bench td_mapping_icount --no-run --message-format=json 2>/dev/null |
+command -v valgrind >/dev/null || { echo "icount.sh: valgrind is needed (apt install valgrind)" >&2; exit 1; }
+echo "building the bench (cargo bench --no-run)..." >&2
+bin=$(cargo bench --bench td_mapping_icount --no-run --message-format=json |
     sed -n 's/.*"executable":"\([^"]*td_mapping_icount[^"]*\)".*/\1/p' | tail -1)
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --bench >/dev/null 2>&1
-callgrind_annotate --inclusive=yes "$out" 2>/dev/null | awk -v n=65536 '
+[ -x "$bin" ] || { echo "icount.sh: no bench executable found" >&2; exit 1; }
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+echo "running it under callgrind (about 15 s)..." >&2
+if ! valgrind --tool=callgrind --callgrind-out-file="$dir/out" "$bin" --bench >"$dir/stdout" 2>"$dir/log"; then
+    echo "icount.sh: the bench failed under valgrind:" >&2
+    cat "$dir/stdout" "$dir/log" >&2
+    exit 1
+fi
+n=$(sed -n 's/^pages per pass: //p' "$dir/stdout")
+[ -n "$n" ] || { echo "icount.sh: the bench did not say how many pages a pass maps" >&2; exit 1; }
+callgrind_annotate --inclusive=yes "$dir/out" 2>/dev/null | awk -v n="$n" '
     # callgrind_annotate prints "1,234,567 (12.3%)  file:function"
     { gsub(",", "", $1) }
     /measured_safe_map/   { safe_map = $1 }
@@ -19,7 +28,7 @@ callgrind_annotate --inclusive=yes "$out" 2>/dev/null | awk -v n=65536 '
     /measured_raw_unmap/  { raw_unmap = $1 }
     END {
         if (!safe_map || !safe_unmap || !raw_map || !raw_unmap) {
-            print "measured functions not found in the profile" > "/dev/stderr"; exit 1
+            print "icount.sh: measured functions not found in the profile" > "/dev/stderr"; exit 1
         }
         printf "instructions per 4K page (callgrind, %d pages a pass)\n", n
         printf "  map:   safe %.0f  raw %.0f  ratio %.2f\n", safe_map / n, raw_map / n, safe_map / raw_map

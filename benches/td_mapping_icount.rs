@@ -63,6 +63,8 @@ fn main() {
     map_4k(&mut td, frames.first(), N);
     unmap_4k(&mut td, N);
     let (tdr, hkid, shift) = (td.tdr(), td.hkid(), sim.machine().hkid_start_bit());
+    // benches/icount.sh reads this line.
+    println!("pages per pass: {N}");
     let time = |name: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();

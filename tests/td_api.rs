@@ -1104,10 +1104,10 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
 
     // Step by step; nothing is listed until TDH.VP.INIT.
     let v = td.new_vcpu(CpuId(1)).unwrap();
-    let (index, tdvpr) = (v.index(), v.tdvpr());
+    let tdvpr = v.tdvpr();
     let v = v.add_tdcx().unwrap();
     let id = v.init(0x1000, 7).unwrap();
-    assert_eq!((id.index, id.tdvpr, id.cpu), (index, tdvpr, CpuId(1)));
+    assert_eq!((id.index, id.tdvpr, id.cpu), (0, tdvpr, CpuId(1)));
     assert_eq!(td.vcpus(), vec![id]);
 
     // TDH.VP.ADDCX fails hard on the third page: the builder comes back
@@ -1136,15 +1136,21 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     // 1 TDR + TDCS, and 1 TDVPR + TDCX per vCPU.
     let tdcs = td.control_pages() - 2 * (1 + tdcx_per_vcpu);
 
-    // A builder dropped half way leaves its pages with the TD, unlisted.
+    assert_eq!(id2.index, 1);
+    // A builder dropped half way leaves its pages with the TD, unlisted;
+    // it takes no VCPU_INDEX (the module numbers vCPUs at TDH.VP.INIT).
     let v = td.new_vcpu(CpuId(3)).unwrap();
     drop(v);
     assert_eq!(td.vcpus().len(), 2);
     assert_eq!(td.control_pages(), tdcs + 2 * (1 + tdcx_per_vcpu) + 1);
+    let id3 = td.create_vcpu(CpuId(0), 0, 9).unwrap();
+    assert_eq!(id3.index, 2);
+    assert_eq!(td.vcpus(), vec![id, id2, id3]);
+    let td = td.finalize().unwrap();
 
     let r = td.teardown();
     assert!(r.is_clean(), "{r:#?}");
-    assert_eq!(r.freed.len(), tdcs + 2 * (1 + tdcx_per_vcpu) + 1);
+    assert_eq!(r.freed.len(), tdcs + 3 * (1 + tdcx_per_vcpu) + 1);
     assert_back_to(&sim, &baseline, "vCPU steps");
 }
 
@@ -1239,4 +1245,145 @@ fn an_emptied_table_is_removed_so_a_2m_page_fits_again() {
     let r = td.teardown();
     assert!(r.is_clean(), "{r:#?}");
     assert_back_to(&sim, &baseline, "table removal");
+}
+
+/// A backend that forwards to the simulator but, once armed, reports a
+/// different frame than the one TDH.MEM.PAGE.REMOVE removed (a module bug
+/// or a corrupted register): the API must not trust either frame.
+#[derive(Debug)]
+struct MisreportsRemove<'s> {
+    sim: &'s Simulator,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: a test double. It forwards every call unchanged except one
+// output register of an armed TDH.MEM.PAGE.REMOVE, which breaks promise 2
+// on purpose; the test checks that tdx-api does not free either frame on
+// the strength of it.
+unsafe impl tdx::sys::Seamcall for MisreportsRemove<'_> {
+    unsafe fn seamcall(
+        &self,
+        rax: u64,
+        args: &mut tdx::sys::SeamcallArgs,
+        shape: tdx::sys::RegShape,
+    ) -> TdxStatus {
+        // SAFETY: forwarded as given.
+        let s = unsafe { tdx::sys::Seamcall::seamcall(self.sim, rax, args, shape) };
+        let remove =
+            tdx::LeafVersion::from_rax(rax).is_ok_and(|l| l.leaf() == Leaf::MEM_PAGE_REMOVE);
+        if remove && self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            args.rcx += 4096;
+        }
+        s
+    }
+}
+
+#[test]
+fn a_module_that_names_another_frame_is_not_trusted_with_either() {
+    let sim = sim();
+    let lying = MisreportsRemove {
+        sim: &sim,
+        armed: false.into(),
+    };
+    let input = PlanInput::new(vec![MemRange {
+        start: 4 * GIB,
+        end: 8 * GIB,
+        node: 0,
+    }]);
+    let m = TdxModule::init(&lying, &sim)
+        .unwrap()
+        .configure(&input)
+        .unwrap()
+        .init_extensions()
+        .unwrap();
+    let baseline = sim.accounting();
+    let h = TdHost::new(m);
+    let mut td = h
+        .create_td()
+        .unwrap()
+        .configure_keys()
+        .unwrap()
+        .add_tdcs()
+        .unwrap()
+        .init(&params(1))
+        .unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    let mut td = td.finalize().unwrap();
+    let frame = frames(&sim, 1, 1);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size4K>::new(frame.first()) }.unwrap();
+    td.map(Gpa::new(0x1000), f).unwrap();
+    lying
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let e = td
+        .unmap::<Size4K>(Gpa::new(0x1000), &mut || {})
+        .unwrap_err();
+    assert!(
+        matches!(e, TdError::Protocol { leaf, .. } if leaf == Leaf::MEM_PAGE_REMOVE.v0()),
+        "{e:?}"
+    );
+    // The frame did not come back; teardown asks the module with RECLAIM.
+    // This module really removed it, so RECLAIM refuses and the frame is
+    // leaked with the reason, but the TDR still comes back.
+    let r = td.teardown();
+    assert!(r.hkid_freed);
+    assert_eq!(r.leaked.len(), 1, "{r:#?}");
+    assert_eq!(r.leaked[0].role, PageRole::Guest);
+    assert_eq!(r.leaked[0].run, frame);
+    assert!(
+        r.freed.iter().any(|(_, role)| *role == PageRole::Tdr),
+        "{r:#?}"
+    );
+    let a = sim.accounting();
+    assert_eq!(a.leaked, 1, "{a:?}");
+    assert_eq!(a.free + a.leaked, baseline.free, "{a:?}");
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn an_emptied_1g_table_is_removed_after_the_tables_below_it() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(m);
+    let mut td = running(&h);
+    let gpa = Gpa::new(GIB);
+    // One 4K page adds a PDPT (the TD has no S-EPT page yet), a PD under
+    // the 1G entry and a PT under a 2M entry.
+    let small = frames(&sim, 1, 1);
+    let tables = td.control_pages();
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size4K>::new(small.first()) }.unwrap();
+    td.map(Gpa::new(GIB + 6 * MIB), f).unwrap();
+    assert_eq!(td.control_pages(), tables + 3);
+    let f = td
+        .unmap::<Size4K>(Gpa::new(GIB + 6 * MIB), &mut || {})
+        .unwrap();
+    let _ = f.into_range();
+    // The PD still holds the PT: refused without a SEAMCALL.
+    let removes = calls(&sim, Leaf::MEM_SEPT_REMOVE);
+    assert!(matches!(
+        td.remove_table::<Size1G>(gpa, &mut || {}),
+        Err(TdError::Gpa { .. })
+    ));
+    assert_eq!(calls(&sim, Leaf::MEM_SEPT_REMOVE), removes);
+    td.remove_table::<Size2M>(Gpa::new(GIB + 6 * MIB), &mut || {})
+        .unwrap();
+    td.remove_table::<Size1G>(gpa, &mut || {}).unwrap();
+    assert_eq!(td.control_pages(), tables + 1, "the PDPT stays");
+    // A 1G page maps there again (its 2M parts bring a PD back, which the
+    // promotion frees).
+    let huge = frames(&sim, 512 * 512, 512 * 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size1G>::new(huge.first()) }.unwrap();
+    td.map_1g(gpa, f, &mut || {}).unwrap();
+    assert_eq!(td.control_pages(), tables + 1);
+    let f = td.unmap::<Size1G>(gpa, &mut || {}).unwrap();
+    let _ = f.into_range();
+    give_frames_back(&sim, &[small, huge]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "1G table removal");
 }

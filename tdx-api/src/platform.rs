@@ -114,8 +114,11 @@ pub struct Errata {
 ///    for every line of the page; [`movdir64b_clear`] has written zeros over
 ///    the whole run with MOVDIR64B (or an equivalent direct store that
 ///    leaves no partial line) followed by a fence.
-/// 4. [`keyid_partition`](Platform::keyid_partition) and
-///    [`errata`](Platform::errata) report the hardware as it is.
+/// 4. [`keyid_partition`](Platform::keyid_partition),
+///    [`keyid_shift`](Platform::keyid_shift) and
+///    [`errata`](Platform::errata) report the hardware as it is. A wrong
+///    shift would name another KeyID in TDH.PHYMEM.PAGE.WBINVD, which could
+///    succeed and leave the TD's dirty lines in a page tdx-api then frees.
 ///
 /// [`cpus`]: Platform::cpus
 /// [`package_of`]: Platform::package_of

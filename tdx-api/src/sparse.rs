@@ -141,11 +141,10 @@ impl<V> PageMap<V> {
         }
     }
 
-    /// Heap bytes held: the chunk index (at its capacity) and the chunks.
+    /// Heap bytes held: the chunk index's table and the chunks.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * (size_of::<(u64, Chunk<V>)>() + 1)
-            + self.chunks.len() * size_of::<[Option<V>; SPAN]>()
+        self.chunks.allocation_size() + self.chunks.len() * size_of::<[Option<V>; SPAN]>()
     }
 
     /// Chunk numbers in order.

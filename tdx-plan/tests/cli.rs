@@ -108,8 +108,15 @@ fn fine_holes_map() -> PathBuf {
         start = end + 0x1000;
     }
     usable.push([start, 4 * GIB]);
+    // Tests run in parallel and two of them use this map: each writes its
+    // own copy and renames it into place, so none reads a half-written file.
     let path = scratch("fine-holes.json");
-    fs::write(&path, serde_json::json!({ "usable": usable }).to_string()).unwrap();
+    let mine = scratch(&format!(
+        "fine-holes.{:?}.json",
+        std::thread::current().id()
+    ));
+    fs::write(&mine, serde_json::json!({ "usable": usable }).to_string()).unwrap();
+    fs::rename(&mine, &path).unwrap();
     path
 }
 

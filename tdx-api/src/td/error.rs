@@ -15,7 +15,8 @@ pub enum Operand {
     Gpa(Gpa),
     /// A host frame.
     HostPage(Pfn),
-    /// A vCPU, by index.
+    /// A vCPU, by its position in creation order (TDH.VP.CREATE calls on
+    /// this TD, half-built vCPUs included; not the module's VCPU_INDEX).
     Vcpu(usize),
     /// A package (per-package leaves).
     Package(PackageId),

@@ -13,7 +13,8 @@
 //!   [`TdParams`] checked against [`SysInfo`](crate::SysInfo) first; vCPUs,
 //!   initial pages with TDH.MEM.PAGE.ADD and optional TDH.MR.EXTEND) →
 //!   [`Finalized`] (TDH.MR.FINALIZE; TDH.MEM.PAGE.AUG at 4K/2M, 1G by
-//!   AUG + PROMOTE, DEMOTE/PROMOTE, removal). Each
+//!   AUG + PROMOTE, DEMOTE/PROMOTE, removal, giving back an emptied S-EPT
+//!   page with TDH.MEM.SEPT.REMOVE). Each
 //!   operation exists only on the state that allows it. Control pages (TDR,
 //!   TDCS, TDVPR, TDCX, S-EPT) are [`FirmwarePage`]s held by the TD,
 //!   allocated from the [`Platform`] as needed.
@@ -38,8 +39,7 @@
 //!
 //! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
 //!
-//! Not here: TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT;
-//! TDH.MEM.SEPT.REMOVE (S-EPT pages stay until teardown).
+//! Not here: TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
 //!
 //! What it leaves to the caller: entering vCPUs, and kicking them out of
 //! the guest during removal (the `kick` callback of [`Td::unmap`]).
@@ -226,7 +226,8 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
 /// A vCPU of a TD, as the caller names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VcpuId {
-    /// Index in creation order.
+    /// The module's VCPU_INDEX: the order of TDH.VP.INIT among this TD's
+    /// vCPUs (0, 1, …; vCPUs never initialized take no index).
     pub index: usize,
     /// The TDVPR page (TDH.VP.ENTER's operand).
     pub tdvpr: Pfn,
@@ -260,6 +261,8 @@ impl VcpuState for VpTdcxAdded {}
 #[must_use = "a half-built vCPU cannot run; finish it with add_tdcx and init"]
 pub struct VcpuBuilder<'t, 'h, S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> {
     td: &'t mut Td<'h, Initialized, B, P>,
+    /// Position among the TD's vCPUs in creation order (half-built ones
+    /// included): what errors name as [`Operand::Vcpu`].
     index: usize,
     _state: PhantomData<S>,
 }
@@ -271,7 +274,7 @@ impl<S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> fmt::Debug
         let v = &self.td.inner.vcpus[self.index];
         f.debug_struct("VcpuBuilder")
             .field("state", &core::any::type_name::<S>())
-            .field("index", &self.index)
+            .field("created", &self.index)
             .field("cpu", &v.cpu)
             .field("tdcx", &v.tdcx.len())
             .finish()
@@ -279,11 +282,6 @@ impl<S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> fmt::Debug
 }
 
 impl<'t, 'h, S: VcpuState, B: Seamcall + Sync, P: Platform + Sync> VcpuBuilder<'t, 'h, S, B, P> {
-    /// Index of the vCPU in creation order.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// The TDVPR page.
     pub fn tdvpr(&self) -> Pfn {
         self.td.inner.vcpus[self.index]
@@ -358,8 +356,20 @@ impl<'t, 'h, B: Seamcall + Sync, P: Platform + Sync> VcpuBuilder<'t, 'h, VpTdcxA
         if let Err(error) = r.expect("on_cpu runs the closure") {
             return Err(TdFailure { error, td: self });
         }
-        self.td.inner.vcpus[index].associated = true;
-        Ok(VcpuId { index, tdvpr, cpu })
+        // The module numbers vCPUs in TDH.VP.INIT order (VCPU_INDEX).
+        let vcpu_index = self
+            .td
+            .inner
+            .vcpus
+            .iter()
+            .filter(|v| v.associated())
+            .count();
+        self.td.inner.vcpus[index].vcpu_index = Some(vcpu_index);
+        Ok(VcpuId {
+            index: vcpu_index,
+            tdvpr,
+            cpu,
+        })
     }
 }
 
@@ -368,8 +378,16 @@ pub(crate) struct Vcpu {
     tdvpr: Option<FirmwarePage>,
     tdcx: Vec<FirmwarePage>,
     cpu: CpuId,
-    /// TDH.VP.INIT succeeded: the vCPU is associated with `cpu`.
-    associated: bool,
+    /// The module's VCPU_INDEX, once TDH.VP.INIT succeeded: the vCPU is
+    /// then associated with `cpu`.
+    vcpu_index: Option<usize>,
+}
+
+impl Vcpu {
+    /// TDH.VP.INIT succeeded: the vCPU is associated with its CPU.
+    pub(crate) fn associated(&self) -> bool {
+        self.vcpu_index.is_some()
+    }
 }
 
 /// A page mapped into the TD: its frames and level.
@@ -465,6 +483,11 @@ pub(crate) struct Inner {
     /// Frames removed from the TD whose PAGE.WBINVD failed: they may hold
     /// dirty lines of the TD's key until the teardown's CACHE.WB.
     unflushed: Vec<(PfnRun, PageRole)>,
+    /// Pages the module's answer left in doubt: it named another page as
+    /// the one it removed or freed, so ours may still be the module's.
+    /// Teardown reclaims them (and leaks any it cannot) instead of
+    /// trusting either answer.
+    in_doubt: Vec<(PfnRun, PageRole)>,
     /// Host page holding PAGE.ADD sources (before finalization).
     staging: Option<Pfn>,
     /// Errors of calls that still succeeded, for the teardown report.
@@ -534,11 +557,9 @@ impl<'h, S: TdState, B: Seamcall + Sync, P: Platform + Sync> Td<'h, S, B, P> {
         self.inner
             .vcpus
             .iter()
-            .enumerate()
-            .filter(|(_, v)| v.associated)
-            .filter_map(|(index, v)| {
+            .filter_map(|v| {
                 Some(VcpuId {
-                    index,
+                    index: v.vcpu_index?,
                     tdvpr: v.tdvpr.as_ref()?.pfn(),
                     cpu: v.cpu,
                 })
@@ -872,7 +893,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Initialized, B, P> {
             tdvpr: Some(FirmwarePage::from_pfn(tdvpr)),
             tdcx: Vec::new(),
             cpu,
-            associated: false,
+            vcpu_index: None,
         });
         Ok(VcpuBuilder {
             td: self,
@@ -1112,9 +1133,10 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         self.inner.private.remove(gpa.as_u64());
         let range = PfnRange::<S>::new(m.first);
         if removed.is_some_and(|r| r != m.first) {
-            // The module removed a frame we did not map there: keep ours
-            // until teardown's cache write-back rather than trust either.
-            self.inner.unflushed.push((range.into(), PageRole::Guest));
+            // The module removed a frame we did not map there: ours may
+            // still be mapped; teardown reclaims it rather than trust
+            // either answer.
+            self.inner.in_doubt.push((range.into(), PageRole::Guest));
             return Err(TdError::Protocol {
                 leaf: Leaf::MEM_PAGE_REMOVE.v0(),
                 what: "removed a frame other than the one mapped at the GPA",
@@ -1344,7 +1366,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         let pfn = page.into_range().first();
         if freed.is_some_and(|f| f != pfn) {
             self.inner
-                .unflushed
+                .in_doubt
                 .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
             return Err(TdError::Protocol {
                 leaf: Leaf::MEM_PAGE_PROMOTE.v0(),
@@ -1405,7 +1427,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         let pfn = page.into_range().first();
         if freed.is_some_and(|f| f != pfn) {
             self.inner
-                .unflushed
+                .in_doubt
                 .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
             return Err(TdError::Protocol {
                 leaf: Leaf::MEM_SEPT_REMOVE.v0(),

@@ -202,7 +202,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         let Some(tdvpr) = v.tdvpr.as_ref().map(FirmwarePage::pfn) else {
             continue;
         };
-        if !v.associated {
+        if !v.associated() {
             continue;
         }
         let mut r = None;
@@ -235,6 +235,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
                 .map(|m| (run_of(m.first, m.level), PageRole::Guest)),
         );
         all.extend(inner.unflushed.iter().copied());
+        all.extend(inner.in_doubt.iter().copied());
         for v in &inner.vcpus {
             all.extend(v.tdcx.iter().map(|t| (one(t.pfn()), PageRole::Tdcx)));
             all.extend(v.tdvpr.iter().map(|t| (one(t.pfn()), PageRole::Tdvpr)));
@@ -261,6 +262,12 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     }
     for m in inner.private.drain() {
         children_ok &= cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
+    }
+    for (r, role) in core::mem::take(&mut inner.in_doubt) {
+        // Not counted as children: if the module really freed the page,
+        // RECLAIM refuses it and it is leaked, but the TDR is not held
+        // back for it.
+        cx.reclaim(r, role);
     }
     for (r, role) in core::mem::take(&mut inner.unflushed) {
         // Removed (or freed by PROMOTE) earlier; CACHE.WB on every package
