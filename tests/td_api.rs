@@ -53,12 +53,20 @@ fn sim_with(pw_mce: bool) -> Simulator {
 }
 
 fn ready(sim: &Simulator) -> Module<'_> {
+    ready_on(sim, sim)
+}
+
+/// The simulator's module brought up through `backend`.
+fn ready_on<'a, B: tdx::sys::Seamcall + Sync + std::fmt::Debug>(
+    backend: &'a B,
+    sim: &'a Simulator,
+) -> TdxModule<ExtInited, &'a B, &'a Simulator> {
     let input = PlanInput::new(vec![MemRange {
         start: 4 * GIB,
         end: 8 * GIB,
         node: 0,
     }]);
-    TdxModule::init(sim, sim)
+    TdxModule::init(backend, sim)
         .unwrap()
         .configure(&input)
         .unwrap()
@@ -112,10 +120,10 @@ fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
     sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
 }
 
-fn initialized<'h, 's>(
-    h: &'h Host<'s>,
+fn initialized<'h, B: tdx::sys::Seamcall + Sync, P: Platform + Sync>(
+    h: &'h TdHost<B, P>,
     max_vcpus: u16,
-) -> Td<'h, Initialized, &'s Simulator, &'s Simulator> {
+) -> Td<'h, Initialized, B, P> {
     h.create_td()
         .unwrap()
         .configure_keys()
@@ -127,7 +135,9 @@ fn initialized<'h, 's>(
 }
 
 /// A finalized TD with one vCPU on CPU 0.
-fn running<'h, 's>(h: &'h Host<'s>) -> Td<'h, Finalized, &'s Simulator, &'s Simulator> {
+fn running<'h, B: tdx::sys::Seamcall + Sync, P: Platform + Sync>(
+    h: &'h TdHost<B, P>,
+) -> Td<'h, Finalized, B, P> {
     let mut td = initialized(h, 1);
     td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
     td.finalize().unwrap()
@@ -1285,30 +1295,10 @@ fn a_module_that_names_another_frame_is_not_trusted_with_either() {
         sim: &sim,
         armed: false.into(),
     };
-    let input = PlanInput::new(vec![MemRange {
-        start: 4 * GIB,
-        end: 8 * GIB,
-        node: 0,
-    }]);
-    let m = TdxModule::init(&lying, &sim)
-        .unwrap()
-        .configure(&input)
-        .unwrap()
-        .init_extensions()
-        .unwrap();
+    let m = ready_on(&lying, &sim);
     let baseline = sim.accounting();
     let h = TdHost::new(m);
-    let mut td = h
-        .create_td()
-        .unwrap()
-        .configure_keys()
-        .unwrap()
-        .add_tdcs()
-        .unwrap()
-        .init(&params(1))
-        .unwrap();
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().unwrap();
+    let mut td = running(&h);
     let frame = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size4K>::new(frame.first()) }.unwrap();

@@ -57,7 +57,10 @@ mod teardown;
 use alloc::{boxed::Box, collections::BTreeMap, vec::Vec};
 use core::{fmt, marker::PhantomData, mem};
 
-use tdx_sys::{Seamcall, leaf};
+use tdx_sys::{
+    Completion, Seamcall,
+    leaf::{self, SeptOut},
+};
 use tdx_types::{
     ErrorKind, FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K,
     TdxError, TdxLevel, TdxStatus,
@@ -1338,20 +1341,12 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         if !self.inner.sept.contains_key(&key) {
             return Err(TdError::NotMapped(gpa));
         }
-        self.block_track(info, gpa, kick)?;
-        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
-        let mut freed = None;
-        let r = retry(p, Leaf::MEM_PAGE_PROMOTE.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
-            // it over below only after the flushes the ABI requires.
-            let c = unsafe { leaf::tdh_mem_page_promote(b, info, tdr) };
-            freed = c.out.removed();
-            c.status
-        });
-        if let Err(e) = r {
-            self.unblock(info, gpa);
-            return Err(e);
-        }
+        let freed =
+            self.blocked_sept_free(info, gpa, kick, Leaf::MEM_PAGE_PROMOTE.v0(), |b, tdr| {
+                // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
+                // it over only after the flushes the ABI requires.
+                unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
+            })?;
         for i in 0..512u64 {
             self.inner.private.remove(gpa.as_u64() + i * small.bytes());
         }
@@ -1362,20 +1357,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                 level: S::LEVEL,
             },
         );
-        let page = self.inner.sept.remove(&key).expect("checked above");
-        let pfn = page.into_range().first();
-        if freed.is_some_and(|f| f != pfn) {
-            self.inner
-                .in_doubt
-                .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
-            return Err(TdError::Protocol {
-                leaf: Leaf::MEM_PAGE_PROMOTE.v0(),
-                what: "freed an S-EPT page other than the one under the GPA",
-                gpa: Some(gpa),
-            });
-        }
-        self.return_freed_sept(pfn);
-        Ok(())
+        self.take_freed_sept(key, freed, Leaf::MEM_PAGE_PROMOTE.v0(), gpa)
     }
 
     /// Gives the S-EPT page back to the platform under `gpa` whose
@@ -1409,13 +1391,31 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                 why: "the table still maps pages or tables",
             });
         }
+        let freed =
+            self.blocked_sept_free(info, gpa, kick, Leaf::MEM_SEPT_REMOVE.v0(), |b, tdr| {
+                // SAFETY: SEPT.REMOVE gives an S-EPT page back to the host; we
+                // take it over only after the flushes the ABI requires.
+                unsafe { leaf::tdh_mem_sept_remove(b, info, tdr) }
+            })?;
+        self.take_freed_sept(key, freed, Leaf::MEM_SEPT_REMOVE.v0(), gpa)
+    }
+
+    /// BLOCK and TRACK the entry at `info`, `kick`, then `call` a leaf that
+    /// frees an S-EPT page (PROMOTE, SEPT.REMOVE); if it fails, the entry
+    /// is unblocked again. Returns the page the module says it freed.
+    fn blocked_sept_free(
+        &mut self,
+        info: PageInfo,
+        gpa: Gpa,
+        kick: &mut dyn FnMut(),
+        leaf: LeafVersion,
+        mut call: impl FnMut(&B, Pfn) -> Completion<SeptOut>,
+    ) -> Result<Option<Pfn>, TdError> {
         self.block_track(info, gpa, kick)?;
         let (b, p, tdr) = (self.b(), self.p(), self.tdr());
         let mut freed = None;
-        let r = retry(p, Leaf::MEM_SEPT_REMOVE.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: SEPT.REMOVE gives an S-EPT page back to the host; we
-            // take it over only after the flushes the ABI requires.
-            let c = unsafe { leaf::tdh_mem_sept_remove(b, info, tdr) };
+        let r = retry(p, leaf, Operand::Gpa(gpa), || {
+            let c = call(b, tdr);
             freed = c.out.removed();
             c.status
         });
@@ -1423,14 +1423,32 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             self.unblock(info, gpa);
             return Err(e);
         }
-        let page = self.inner.sept.remove(&key).expect("checked above");
+        Ok(freed)
+    }
+
+    /// After `leaf` freed the S-EPT page recorded at `key` (the module
+    /// says it freed `freed`): the page goes back to the platform through
+    /// [`return_freed_sept`](Self::return_freed_sept). If the module named
+    /// another page, ours is kept in doubt for teardown to reclaim.
+    fn take_freed_sept(
+        &mut self,
+        key: (u8, u64),
+        freed: Option<Pfn>,
+        leaf: LeafVersion,
+        gpa: Gpa,
+    ) -> Result<(), TdError> {
+        let page = self
+            .inner
+            .sept
+            .remove(&key)
+            .expect("callers checked the key");
         let pfn = page.into_range().first();
         if freed.is_some_and(|f| f != pfn) {
             self.inner
                 .in_doubt
                 .push((PfnRun::from(PfnRange::<Size4K>::from(pfn)), PageRole::Sept));
             return Err(TdError::Protocol {
-                leaf: Leaf::MEM_SEPT_REMOVE.v0(),
+                leaf,
                 what: "freed an S-EPT page other than the one under the GPA",
                 gpa: Some(gpa),
             });
