@@ -41,7 +41,7 @@ fn main() {
         .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .expect("bring-up");
-    let host = TdHost::new(module);
+    let host = TdHost::new(module).expect("the platform's KeyID shift fits");
 
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(1).build().to_params();

@@ -48,7 +48,7 @@ fn main() {
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .expect("bring-up");
     // Only a ready module becomes a TdHost; it owns the HKID pool.
-    let host = TdHost::new(module);
+    let host = TdHost::new(module).expect("the platform's KeyID shift fits");
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host

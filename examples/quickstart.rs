@@ -73,7 +73,7 @@ fn main() {
 
     // 2. A TD: create, keys on every package, TDCS, init, two vCPUs.
     let t1 = Instant::now();
-    let host = TdHost::new(module);
+    let host = TdHost::new(module).unwrap_or_else(|r| die(&path, r.error));
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(2).build().to_params();
     let mut td = host

@@ -77,7 +77,7 @@ fn ready_on<'a, B: tdx::sys::Seamcall + Sync + std::fmt::Debug>(
 type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
 
 fn host(m: Module<'_>) -> Host<'_> {
-    TdHost::new(m)
+    TdHost::new(m).unwrap()
 }
 
 fn params(max_vcpus: u16) -> TdParams {
@@ -1297,7 +1297,7 @@ fn a_module_that_names_another_frame_is_not_trusted_with_either() {
     };
     let m = ready_on(&lying, &sim);
     let baseline = sim.accounting();
-    let h = TdHost::new(m);
+    let h = TdHost::new(m).unwrap();
     let mut td = running(&h);
     let frame = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
@@ -1376,4 +1376,25 @@ fn an_emptied_1g_table_is_removed_after_the_tables_below_it() {
     let r = td.teardown();
     assert!(r.is_clean(), "{r:#?}");
     assert_back_to(&sim, &baseline, "1G table removal");
+}
+
+#[test]
+fn a_keyid_shift_that_cannot_key_the_top_frame_is_refused_with_the_module_back() {
+    // The platform reports a shift that leaves no room for the HKIDs
+    // below bit 52 (a platform bug): TdHost refuses before any TD exists.
+    for shift in [51, 12, 30] {
+        let mut d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(2, 2)
+            .with_profile(Profile::tdx_1_5());
+        d.reported_keyid_shift = Some(shift);
+        let sim = Simulator::new(d).unwrap();
+        let m = ready(&sim);
+        let r = TdHost::new(m).unwrap_err();
+        assert_eq!(r.error, TdError::KeyidShift(shift), "shift {shift}");
+        // The module comes back ready, and with the true shift a host works.
+        assert!(r.module.is_ready());
+    }
+    let sim = sim();
+    let h = host(ready(&sim));
+    assert!(running(&h).teardown().is_clean());
 }

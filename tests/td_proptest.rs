@@ -1164,7 +1164,7 @@ fn run(n_tds: usize, ops: &[Op]) {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = TdHost::new(m);
+    let h = TdHost::new(m).unwrap();
     let mut w = World::new(&sim, &h, baseline, n_tds);
     w.check("after bring-up");
     for (k, op) in ops.iter().enumerate() {
@@ -1193,7 +1193,7 @@ fn run_loose(n_tds: usize, ops: &[Op]) {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = TdHost::new(m);
+    let h = TdHost::new(m).unwrap();
     let mut w = World::new(&sim, &h, baseline, n_tds);
     for (k, op) in ops.iter().enumerate() {
         w.apply_loose(op);
@@ -1363,7 +1363,7 @@ fn a_demote_failing_at_track_unblocks_the_range() {
     let sim = sim();
     let m = ready(&sim);
     let baseline = sim.accounting();
-    let h = TdHost::new(m);
+    let h = TdHost::new(m).unwrap();
     let mut td = finalized(&h, 0);
     let run = sim.alloc_pages(PARTS, PARTS, Placement::Anywhere).unwrap();
     // SAFETY: allocated above for this TD.

@@ -100,7 +100,7 @@ pub(crate) fn host(sim: &Simulator) -> TdHost<Sim<'_>, Sim<'_>> {
         .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .unwrap();
-    TdHost::new(module)
+    TdHost::new(module).unwrap()
 }
 
 /// A finalized TD with one vCPU.

@@ -48,6 +48,11 @@ pub struct MachineDesc {
     pub errata: Errata,
     /// The TDX module.
     pub profile: Profile,
+    /// What the simulator, as a [`Platform`](tdx_api::Platform), answers
+    /// for `keyid_shift` when it should not be the truth
+    /// ([`hkid_start_bit`](Self::hkid_start_bit)): a platform bug to test a
+    /// host's checks against. `None` (the default) reports the truth.
+    pub reported_keyid_shift: Option<u32>,
 }
 
 /// Why a machine description cannot be built.
@@ -194,6 +199,7 @@ impl MachineDesc {
             seamrr: None,
             errata: Errata::default(),
             profile: Profile::default(),
+            reported_keyid_shift: None,
         }
     }
 

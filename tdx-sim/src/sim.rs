@@ -711,7 +711,10 @@ unsafe impl Platform for Simulator {
     }
 
     fn keyid_shift(&self) -> u32 {
-        self.lock().machine.desc.hkid_start_bit()
+        let s = self.lock();
+        let desc = &s.machine.desc;
+        desc.reported_keyid_shift
+            .unwrap_or_else(|| desc.hkid_start_bit())
     }
 
     fn dropped_td(&self, report: &TeardownReport) {

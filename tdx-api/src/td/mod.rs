@@ -62,7 +62,7 @@ use tdx_sys::{
     leaf::{self, SeptOut},
 };
 use tdx_types::{
-    ErrorKind, FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K,
+    ErrorKind, FirmwarePage, Gpa, Hpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K,
     TdxError, TdxLevel, TdxStatus,
     abi::TdParams,
     regs::{KeyedPa, PageInfo, TdrAndFlags},
@@ -154,15 +154,29 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// creates TDs.
     ///
     /// Keyed addresses (TDH.PHYMEM.PAGE.WBINVD) put the HKID at
-    /// [`Platform::keyid_shift`].
-    pub fn new(module: TdxModule<ExtInited, B, P>) -> Self {
+    /// [`Platform::keyid_shift`]; the shift is checked here, so that the
+    /// highest guest HKID over the top frame of TDX memory still makes a
+    /// keyed address below bit 52. If it does not, the module comes back
+    /// with [`TdError::KeyidShift`].
+    pub fn new(module: TdxModule<ExtInited, B, P>) -> Result<Self, Box<TdHostRefused<B, P>>> {
         let guest = module.platform().keyid_partition().guest_keyids();
         let keyid_shift = module.platform().keyid_shift();
-        Self {
+        let top = module
+            .plan()
+            .and_then(|p| p.tdmrs.iter().map(|t| t.base + t.size).max())
+            .map_or(0, |end| end.saturating_sub(4096));
+        let last = u16::try_from(guest.end.saturating_sub(1)).unwrap_or(u16::MAX);
+        if KeyedPa::try_new(Hpa::new(top), last, keyid_shift).is_err() {
+            return Err(Box::new(TdHostRefused {
+                error: TdError::KeyidShift(keyid_shift),
+                module,
+            }));
+        }
+        Ok(Self {
             module,
             hkids: HkidPool::new(guest.start, guest.end),
             keyid_shift,
-        }
+        })
     }
 
     /// The module.
@@ -223,6 +237,22 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             }),
             _state: PhantomData,
         })
+    }
+}
+
+/// [`TdHost::new`] refused the module; it comes back unchanged.
+pub struct TdHostRefused<B: Seamcall + Sync, P: Platform + Sync> {
+    /// Why.
+    pub error: TdError,
+    /// The module, still ready.
+    pub module: TdxModule<ExtInited, B, P>,
+}
+
+impl<B: Seamcall + Sync, P: Platform + Sync> fmt::Debug for TdHostRefused<B, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdHostRefused")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
