@@ -1182,28 +1182,33 @@ impl State {
         TdxStatus::SUCCESS
     }
 
+    /// The checks TDH.MEM.RANGE.BLOCK (model §4.17) and UNBLOCK (§4.19)
+    /// share: TDR_S(RDX); TDCS → {INITIALIZED, RUNNABLE}; PINFO (0..=pwl);
+    /// the walk to an entry that is not FREE. Returns (TDR, GPA, level,
+    /// entry).
+    fn blockable_entry(
+        &mut self,
+        a: &mut SeamcallArgs,
+    ) -> Result<(u64, u64, u8, Septe), TdxStatus> {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
+        let pwl = self.tds.tds[&tdr].pwl;
+        let (gpa, level) = self.pinfo(a.rcx, 0, pwl)?;
+        let e = self.walk(tdr, gpa, level, a)?;
+        let Some(entry) = e else {
+            details(a, e, level);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
+        };
+        Ok((tdr, gpa, level, entry))
+    }
+
     // ---- §4.17 TDH.MEM.RANGE.BLOCK ----
     fn range_block(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
-        let pwl = self.tds.tds[&tdr].pwl;
-        let (gpa, level) = match self.pinfo(a.rcx, 0, pwl) {
+        let (tdr, gpa, level, entry) = match self.blockable_entry(a) {
             Ok(x) => x,
             Err(s) => return s,
         };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
-        let Some(entry) = e else {
-            details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
-        };
+        let e = Some(entry);
         let new = match entry.state {
             SeptState::MAPPED => SeptState::BLOCKED,
             SeptState::PENDING => SeptState::PENDING_BLOCKED,
@@ -1244,26 +1249,11 @@ impl State {
 
     // ---- §4.19 TDH.MEM.RANGE.UNBLOCK ----
     fn range_unblock(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
-        let pwl = self.tds.tds[&tdr].pwl;
-        let (gpa, level) = match self.pinfo(a.rcx, 0, pwl) {
+        let (tdr, gpa, level, entry) = match self.blockable_entry(a) {
             Ok(x) => x,
             Err(s) => return s,
         };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
-        let Some(entry) = e else {
-            details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
-        };
+        let e = Some(entry);
         let new = match entry.state {
             SeptState::BLOCKED => SeptState::MAPPED,
             SeptState::PENDING_BLOCKED => SeptState::PENDING,
