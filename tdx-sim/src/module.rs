@@ -324,7 +324,7 @@ impl State {
             Leaf::PHYMEM_PAGE_RDMD => self.phymem_page_rdmd(a),
             Leaf::EXT_MEM_ADD => self.ext_mem_add(a, stop_early),
             Leaf::EXT_INIT => self.ext_init(stop_early),
-            Leaf::PHYMEM_CACHE_WB => self.cache_wb(a, stop_early),
+            Leaf::PHYMEM_CACHE_WB => self.cache_wb(a, stop_early).unwrap_or_else(|s| s),
             _ => self.run_td_leaf(lv, a),
         }
     }

@@ -27,6 +27,11 @@ use crate::{
 };
 
 const MAX_PA: u64 = 1 << 52;
+
+/// What a leaf model returns: `Err` with the status of the check that
+/// stopped it (so checks chain with `?`), or `Ok` with the status of a leaf
+/// that ran to its end; the dispatcher passes either on.
+type LeafResult = Result<TdxStatus, TdxStatus>;
 const MIN_TDCS: usize = 6;
 const MAX_TDCS: usize = 9;
 const MIN_TDVPS: usize = 6;
@@ -232,7 +237,7 @@ fn is_leaf_state(s: SeptState) -> bool {
 
 impl State {
     pub(crate) fn run_td_leaf(&mut self, lv: LeafVersion, a: &mut SeamcallArgs) -> TdxStatus {
-        match lv.leaf() {
+        let r = match lv.leaf() {
             Leaf::MNG_CREATE => self.mng_create(a),
             Leaf::MNG_KEY_CONFIG => self.mng_key_config(a),
             Leaf::MNG_ADDCX => self.mng_addcx(a),
@@ -261,11 +266,12 @@ impl State {
             Leaf::MNG_VPFLUSHDONE => self.vpflushdone(a),
             Leaf::PHYMEM_CACHE_WB => self.cache_wb(a, None),
             Leaf::MNG_KEY_FREEID => self.key_freeid(a),
-            Leaf::MNG_KEY_RECLAIMID => TdxStatus::SUCCESS,
+            Leaf::MNG_KEY_RECLAIMID => Ok(TdxStatus::SUCCESS),
             Leaf::PHYMEM_PAGE_RECLAIM => self.page_reclaim(a),
             Leaf::PHYMEM_PAGE_WBINVD => self.page_wbinvd(a),
-            _ => TdxStatus::OPERAND_INVALID,
-        }
+            _ => Err(TdxStatus::OPERAND_INVALID),
+        };
+        r.unwrap_or_else(|s| s)
     }
 
     // ---- helpers ---------------------------------------------------------
@@ -421,13 +427,11 @@ impl State {
     }
 
     // ---- §4.7 TDH.MNG.CREATE ----
-    fn mng_create(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+    fn mng_create(&mut self, a: &mut SeamcallArgs) -> LeafResult {
         if a.rdx >> 16 != 0 || !self.machine.is_private_hkid(a.rdx) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
         }
-        if let Err(s) = self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA)?;
         let hkid = a.rdx as u16;
         if self
             .module
@@ -435,7 +439,7 @@ impl State {
             .get(&hkid)
             .is_some_and(|&k| k != KotState::Free)
         {
-            return TdxStatus::HKID_NOT_FREE;
+            return Err(TdxStatus::HKID_NOT_FREE);
         }
         let tdr = a.rcx / PAGE;
         self.module.kot.insert(hkid, KotState::Assigned);
@@ -466,58 +470,50 @@ impl State {
         );
         self.assign(tdr, 0, PamtPageType::TDR, tdr);
         self.mem.zero(tdr, tdr + 1);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.8 TDH.MNG.KEY.CONFIG ----
-    fn mng_key_config(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn mng_key_config(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
         let pkg = self.machine.package_of(self.lp) as usize;
         let failing = self.key_operation_fails();
         let td = self.tds.tds.get_mut(&tdr).expect("a PT_TDR page has a TD");
         if td.fatal {
-            return TdxStatus::TD_FATAL;
+            return Err(TdxStatus::TD_FATAL);
         }
         if td.lifecycle != Lifecycle::HkidAssigned {
-            return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
         }
         if td.pkg_configured[pkg] {
-            return TdxStatus::KEY_CONFIGURED;
+            return Err(TdxStatus::KEY_CONFIGURED);
         }
         if failing {
-            return TdxStatus::KEY_GENERATION_FAILED;
+            return Err(TdxStatus::KEY_GENERATION_FAILED);
         }
         td.pkg_configured[pkg] = true;
         if td.pkg_configured.iter().all(|&b| b) {
             td.lifecycle = Lifecycle::KeysConfigured;
         }
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.9 TDH.MNG.ADDCX ----
-    fn mng_addcx(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn mng_addcx(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
         let td = &self.tds.tds[&tdr];
         if td.fatal {
-            return TdxStatus::TD_FATAL;
+            return Err(TdxStatus::TD_FATAL);
         }
         if td.lifecycle != Lifecycle::KeysConfigured {
-            return TdxStatus::TD_KEYS_NOT_CONFIGURED;
+            return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
         }
         if td.tdcx.len() >= MAX_TDCS {
-            return TdxStatus::TDCX_NUM_INCORRECT;
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
-        if let Err(s) = self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA)?;
         if td.tdcx.len() >= MIN_TDCS && td.op_state != OpState::Uninitialized {
-            return TdxStatus::OP_STATE_INCORRECT;
+            return Err(TdxStatus::OP_STATE_INCORRECT);
         }
         let page = a.rcx / PAGE;
         self.assign(page, 0, PamtPageType::TDCX, tdr);
@@ -525,20 +521,15 @@ impl State {
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.tdcx.push(page);
         td.chldcnt += 1;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.10 TDH.MNG.INIT ----
-    fn mng_init(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Uninitialized]) {
-            return s;
-        }
+    fn mng_init(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
+        self.tdcs(tdr, &[OpState::Uninitialized])?;
         if !self.machine.shared_hpa_ok(a.rdx, 1024, 1024) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
         }
         let mut p = [0u8; 1024];
         self.module_read(a.rdx, &mut p, "TDH.MNG.INIT");
@@ -549,28 +540,28 @@ impl State {
         a.rcx = 0;
         let fixed = |v: u64, f0: u64, f1: u64| v & !f0 == 0 && v & f1 == f1;
         if !fixed(attributes, prof.attributes_fixed0, prof.attributes_fixed1) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::ATTRIBUTES);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::ATTRIBUTES));
         }
         if !fixed(xfam, prof.xfam_fixed0, prof.xfam_fixed1) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::XFAM);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::XFAM));
         }
         let max_vcpus = u16_at(16);
         if max_vcpus == 0 {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::MAX_VCPUS);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::MAX_VCPUS));
         }
         let num_l2 = p[18];
         if num_l2 > 3 {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::NUM_L2_VMS);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::NUM_L2_VMS));
         }
         if self.tds.tds[&tdr].tdcx.len() < MIN_TDCS + usize::from(num_l2) {
-            return TdxStatus::TDCS_NOT_ALLOCATED;
+            return Err(TdxStatus::TDCS_NOT_ALLOCATED);
         }
         if p[20..24].iter().any(|&b| b != 0) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
         }
         let config_flags = u64_at(32);
         if config_flags & !0b111 != 0 {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::EXEC_CONTROLS);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::EXEC_CONTROLS));
         }
         let gpaw = config_flags & 1 != 0;
         let eptp = u64_at(24);
@@ -580,17 +571,17 @@ impl State {
             && eptp & !0b11_1111 == 0
             && (!gpaw || pwl == 4);
         if !eptp_ok {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::EPTP_CONTROLS);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::EPTP_CONTROLS));
         }
         let tsc = u16_at(40);
         if !(4..=400).contains(&tsc) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::TSC_FREQUENCY);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::TSC_FREQUENCY));
         }
         if p[42..80].iter().any(|&b| b != 0)
             || p[19] & !1 != 0
             || p[232..256].iter().any(|&b| b != 0)
         {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
         }
         // CPUID values: only configurable bits of the configurable leaves.
         for i in 0..48usize {
@@ -603,7 +594,7 @@ impl State {
             });
             let mask = prof.cpuid_config.get(i).map_or([0; 4], |c| c.mask);
             if v.iter().zip(mask).any(|(&x, m)| x & !m != 0) {
-                return op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG);
+                return Err(op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG));
             }
         }
         // IA32_ARCH_CAPABILITIES configuration: only bits the module lets
@@ -611,10 +602,10 @@ impl State {
         // metadata). Model choice, UNCONFIRMED: the mask's value.
         let arch_caps = u64::from_le_bytes(p[224..232].try_into().expect("8 bytes"));
         if arch_caps & !ARCH_CAPS_CONFIG_MASK != 0 {
-            return op(
+            return Err(op(
                 TdxStatus::OPERAND_INVALID,
                 OperandId::IA32_ARCH_CAPABILITIES_CONFIG,
-            );
+            ));
         }
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.max_vcpus = u32::from(max_vcpus);
@@ -628,18 +619,15 @@ impl State {
         td.tsc_multiplier = 1 << 48;
         td.measurement = Some(Sha384::new());
         td.op_state = OpState::Initialized;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- TDH.MNG.RD / TDH.MNG.WR (a subset of fields) ----
-    fn mng_rdwr(&mut self, a: &mut SeamcallArgs, write: bool) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn mng_rdwr(&mut self, a: &mut SeamcallArgs, write: bool) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
         let td = &self.tds.tds[&tdr];
         if td.tdcx.len() < MIN_TDCS {
-            return TdxStatus::TDCS_NOT_ALLOCATED;
+            return Err(TdxStatus::TDCS_NOT_ALLOCATED);
         }
         let id = MdFieldId::from_raw(a.rdx);
         let value = if id == field::TSC_OFFSET {
@@ -654,29 +642,22 @@ impl State {
         };
         let Some(value) = value else {
             a.r8 = 0;
-            return TdxStatus::METADATA_FIELD_ID_INCORRECT;
+            return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT);
         };
         if write {
             // None of the modelled fields is host-writable: TSC offset and
             // multiplier come from TD_PARAMS, MRTD from the measurement.
-            return TdxStatus::METADATA_FIELD_NOT_WRITABLE;
+            return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
         }
         a.r8 = value;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.11 TDH.VP.CREATE ----
-    fn vp_create(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
-        if let Err(s) = self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA) {
-            return s;
-        }
+    fn vp_create(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
+        self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA)?;
         let page = a.rcx / PAGE;
         self.assign(page, 0, PamtPageType::TDVPR, tdr);
         self.mem.zero(page, page + 1);
@@ -691,7 +672,7 @@ impl State {
             },
         );
         self.tds.tds.get_mut(&tdr).expect("checked").chldcnt += 1;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     /// The vCPU at `pa` (operand `o`) and its TDR.
@@ -702,24 +683,17 @@ impl State {
     }
 
     // ---- §4.12 TDH.VP.ADDCX ----
-    fn vp_addcx(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (v, tdr) = match self.vcpu(a.rdx, OperandId::RDX) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
+    fn vp_addcx(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (v, tdr) = self.vcpu(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
         let vc = &self.tds.vcpus[&v];
         if vc.initialized {
-            return TdxStatus::VCPU_STATE_INCORRECT;
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
         }
         if vc.pages.len() >= MAX_TDVPS {
-            return TdxStatus::TDCX_NUM_INCORRECT;
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
-        if let Err(s) = self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(a.rcx, OperandId::RCX, 0, PamtPageType::NDA)?;
         let page = a.rcx / PAGE;
         self.assign(page, 0, PamtPageType::TDCX, tdr);
         self.mem.zero(page, page + 1);
@@ -730,29 +704,24 @@ impl State {
             .pages
             .push(page);
         self.tds.tds.get_mut(&tdr).expect("checked").chldcnt += 1;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.13 TDH.VP.INIT ----
-    fn vp_init(&mut self, a: &mut SeamcallArgs, _version: u8) -> TdxStatus {
-        let (v, tdr) = match self.vcpu(a.rcx, OperandId::RCX) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
+    fn vp_init(&mut self, a: &mut SeamcallArgs, _version: u8) -> LeafResult {
+        let (v, tdr) = self.vcpu(a.rcx, OperandId::RCX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
         let need = MIN_TDVPS + 3 * usize::from(self.tds.tds[&tdr].num_l2_vms);
         let vc = &self.tds.vcpus[&v];
         if vc.pages.len() < need {
-            return TdxStatus::TDCX_NUM_INCORRECT;
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
         if vc.initialized {
-            return TdxStatus::VCPU_STATE_INCORRECT;
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
         }
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         if td.num_vcpus >= td.max_vcpus {
-            return TdxStatus::MAX_VCPUS_EXCEEDED;
+            return Err(TdxStatus::MAX_VCPUS_EXCEEDED);
         }
         td.num_vcpus += 1;
         td.num_assoc_vcpus += 1;
@@ -760,7 +729,7 @@ impl State {
         let vc = self.tds.vcpus.get_mut(&v).expect("checked");
         vc.initialized = true;
         vc.assoc_lp = Some(lp);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- TDH.VP.RD / TDH.VP.WR (a subset of fields) ----
@@ -773,11 +742,8 @@ impl State {
     // PIN_BASED_VM_EXEC_CONTROL (0x4000, only bit 7, posted interrupts,
     // writable). Anything else: TDX_METADATA_FIELD_ID_INCORRECT. Writes
     // take R8 = value, R9 = write mask and return the old value in R8.
-    fn vp_rdwr(&mut self, a: &mut SeamcallArgs, write: bool) -> TdxStatus {
-        let (v, _) = match self.vcpu(a.rcx, OperandId::RCX) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
+    fn vp_rdwr(&mut self, a: &mut SeamcallArgs, write: bool) -> LeafResult {
+        let (v, _) = self.vcpu(a.rcx, OperandId::RCX)?;
         let id = MdFieldId::from_raw(a.rdx);
         let vmcs = |f: u32| td_field_id(false, field::TDVPS_CLASS_VMCS, f);
         let writable_mask = if id == field::PEND_NMI {
@@ -795,42 +761,39 @@ impl State {
         };
         let Some(wmask) = writable_mask else {
             a.r8 = 0;
-            return TdxStatus::METADATA_FIELD_ID_INCORRECT;
+            return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT);
         };
         let vcpu = self.tds.vcpus.get_mut(&v).expect("checked by vcpu()");
         let old = vcpu.fields.get(&id.into_raw()).copied().unwrap_or(0);
         if write {
             let (value, mask) = (a.r8, a.r9);
             if wmask == 0 || mask & !wmask != 0 {
-                return TdxStatus::METADATA_FIELD_NOT_WRITABLE;
+                return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
             }
             vcpu.fields
                 .insert(id.into_raw(), (old & !mask) | (value & mask));
         }
         a.r8 = old;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.24 TDH.VP.FLUSH ----
-    fn vp_flush(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (v, tdr) = match self.vcpu(a.rcx, OperandId::RCX) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
+    fn vp_flush(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (v, tdr) = self.vcpu(a.rcx, OperandId::RCX)?;
         if self.tds.tds[&tdr].lifecycle != Lifecycle::KeysConfigured {
-            return TdxStatus::TD_KEYS_NOT_CONFIGURED;
+            return Err(TdxStatus::TD_KEYS_NOT_CONFIGURED);
         }
         let need = MIN_TDVPS + 3 * usize::from(self.tds.tds[&tdr].num_l2_vms);
         let vc = &self.tds.vcpus[&v];
         if vc.pages.len() < need {
-            return TdxStatus::TDCX_NUM_INCORRECT;
+            return Err(TdxStatus::TDCX_NUM_INCORRECT);
         }
         if vc.assoc_lp != Some(self.lp) {
-            return TdxStatus::VCPU_NOT_ASSOCIATED;
+            return Err(TdxStatus::VCPU_NOT_ASSOCIATED);
         }
         self.tds.vcpus.get_mut(&v).expect("checked").assoc_lp = None;
         self.tds.tds.get_mut(&tdr).expect("checked").num_assoc_vcpus -= 1;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.14 TDH.MEM.SEPT.ADD, versions 0 and 1 ----
@@ -841,7 +804,7 @@ impl State {
     // not modelled (model §8 leaves the L2 alias handling out), so an L2
     // page given for a TD without that L2 VM, or for any L2 VM, is refused
     // with TDX_OPERAND_INVALID on its register.
-    fn sept_add(&mut self, a: &mut SeamcallArgs, version: u8) -> TdxStatus {
+    fn sept_add(&mut self, a: &mut SeamcallArgs, version: u8) -> LeafResult {
         let given = [a.r8, a.r9, a.r10, a.r11];
         let mut used = false;
         let status = self.sept_add_inner(a, version, &mut used);
@@ -860,27 +823,16 @@ impl State {
         status
     }
 
-    fn sept_add_inner(&mut self, a: &mut SeamcallArgs, version: u8, used: &mut bool) -> TdxStatus {
+    fn sept_add_inner(&mut self, a: &mut SeamcallArgs, version: u8, used: &mut bool) -> LeafResult {
         let flags = TdrAndFlags::from_bits(a.rdx);
         if a.rdx & (0x0000_0000_0000_0FFE | 0xFFF0_0000_0000_0000) != 0 {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RDX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
         }
-        let tdr = match self.tdr(flags.tdr_pfn() * PAGE, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
+        let tdr = self.tdr(flags.tdr_pfn() * PAGE, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
         let pwl = self.tds.tds[&tdr].pwl;
-        let (gpa, level) = match self.pinfo(a.rcx, 1, pwl) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+        let (gpa, level) = self.pinfo(a.rcx, 1, pwl)?;
+        let e = self.walk(tdr, gpa, level, a)?;
         match e {
             None => {}
             Some(s)
@@ -888,11 +840,11 @@ impl State {
                     && (flags.allow_existing() || (version >= 1 && a.r8 == u64::MAX)) =>
             {
                 (a.rcx, a.rdx) = (0, 0);
-                return TdxStatus::SUCCESS;
+                return Ok(TdxStatus::SUCCESS);
             }
             Some(_) => {
                 details(a, e, level);
-                return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+                return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
             }
         }
         if a.r8 == u64::MAX {
@@ -900,14 +852,12 @@ impl State {
             // exist already.
             if version >= 1 {
                 details(a, e, level);
-                return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+                return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
             }
-            return op(TdxStatus::OPERAND_INVALID, OperandId::R8);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
         }
         let page_pa = a.r8 & !(1 << 63);
-        if let Err(s) = self.expl(page_pa, OperandId::R8, 0, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(page_pa, OperandId::R8, 0, PamtPageType::NDA)?;
         if version >= 1 {
             for (reg, o) in [
                 (a.r9, OperandId::R9),
@@ -915,7 +865,7 @@ impl State {
                 (a.r11, OperandId::R11),
             ] {
                 if reg != u64::MAX {
-                    return op(TdxStatus::OPERAND_INVALID, o);
+                    return Err(op(TdxStatus::OPERAND_INVALID, o));
                 }
             }
         }
@@ -933,49 +883,38 @@ impl State {
         td.chldcnt += 1;
         *used = true;
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.21 TDH.MEM.SEPT.REMOVE ----
-    fn sept_remove(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
+    fn sept_remove(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
         let pwl = self.tds.tds[&tdr].pwl;
-        let (gpa, level) = match self.pinfo(a.rcx, 1, pwl) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+        let (gpa, level) = self.pinfo(a.rcx, 1, pwl)?;
+        let e = self.walk(tdr, gpa, level, a)?;
         let Some(entry) =
             e.filter(|s| matches!(s.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED))
         else {
             details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
         };
         let td = &self.tds.tds[&tdr];
         if td.op_state == OpState::Runnable {
             if entry.state != SeptState::NL_BLOCKED {
                 details(a, e, level);
-                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
+                return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
             }
             let bepoch = self.module_bepoch(entry.pfn * PAGE, 0);
             if !tracked(td, bepoch) {
-                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
+                return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
             }
         }
         // All 512 entries of the child page must be free.
         let child_level = level - 1;
         let base = gpa >> (12 + 9 * u32::from(level)) << 9;
         if (0..512).any(|i| td.sept.contains_key(&(child_level, base + i))) {
-            return op(TdxStatus::EPT_PAGE_NOT_FREE, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_PAGE_NOT_FREE, OperandId::RCX));
         }
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.sept.remove(&Self::sept_key(gpa, level));
@@ -983,7 +922,7 @@ impl State {
         self.unassign(entry.pfn, 0);
         a.rcx = entry.pfn * PAGE;
         a.rdx = 0;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     fn module_bepoch(&self, pa: u64, level: usize) -> u64 {
@@ -993,55 +932,30 @@ impl State {
     }
 
     // ---- TDH.MEM.SEPT.RD ----
-    fn sept_rd(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
+    fn sept_rd(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
         let pwl = self.tds.tds[&tdr].pwl;
-        let (gpa, level) = match self.pinfo(a.rcx, 0, pwl) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        match self.walk(tdr, gpa, level, a) {
-            Ok(e) => {
-                details(a, e, level);
-                TdxStatus::SUCCESS
-            }
-            Err(s) => s,
-        }
+        let (gpa, level) = self.pinfo(a.rcx, 0, pwl)?;
+        let e = self.walk(tdr, gpa, level, a)?;
+        details(a, e, level);
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.15 TDH.MEM.PAGE.ADD ----
-    fn page_add(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
-        let (gpa, _) = match self.pinfo(a.rcx, 0, 0) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, 0, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+    fn page_add(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
+        let (gpa, _) = self.pinfo(a.rcx, 0, 0)?;
+        let e = self.walk(tdr, gpa, 0, a)?;
         if e.is_some() {
             details(a, e, 0);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
         }
         if !self.machine.shared_hpa_ok(a.r9, PAGE, PAGE) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::R9);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R9));
         }
-        if let Err(s) = self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA)?;
         let mut src = vec![0u8; PAGE as usize];
         self.module_read(a.r9, &mut src, "TDH.MEM.PAGE.ADD");
         let page = a.r8 / PAGE;
@@ -1061,25 +975,20 @@ impl State {
             h.update(MeasurementBlock::page_add(gpa).as_bytes());
         }
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.22 TDH.MR.EXTEND ----
-    fn mr_extend(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
+    fn mr_extend(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
         let gpa = a.rcx;
         if !gpa.is_multiple_of(256) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         let td = &self.tds.tds[&tdr];
         if !Self::private_gpa(td, gpa) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         // Walk to whatever leaf maps the GPA.
         let mut l = td.pwl;
@@ -1096,12 +1005,12 @@ impl State {
                 }
                 _ => {
                     details(a, e, l);
-                    return op(TdxStatus::EPT_ENTRY_NOT_PRESENT, OperandId::RCX);
+                    return Err(op(TdxStatus::EPT_ENTRY_NOT_PRESENT, OperandId::RCX));
                 }
             }
         };
         if leaf.0.state != SeptState::MAPPED {
-            return TdxStatus::EPT_ENTRY_NOT_PRESENT;
+            return Err(TdxStatus::EPT_ENTRY_NOT_PRESENT);
         }
         let (entry, level) = leaf;
         let offset = gpa & ((PAGE << (9 * u32::from(level))) - 1);
@@ -1113,59 +1022,41 @@ impl State {
             h.update(chunk);
         }
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.23 TDH.MR.FINALIZE ----
-    fn mr_finalize(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized]) {
-            return s;
-        }
+    fn mr_finalize(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
+        self.tdcs(tdr, &[OpState::Initialized])?;
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         if td.num_vcpus == 0 {
-            return TdxStatus::NO_VCPUS;
+            return Err(TdxStatus::NO_VCPUS);
         }
         let h = td.measurement.take().unwrap_or_default();
         td.mrtd = Some(h.finalize().into());
         td.op_state = OpState::Runnable;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.16 TDH.MEM.PAGE.AUG ----
     // Module 1.5 maps 4K and 2M pages only (PINFO(0,1)); a 1G mapping is
     // built by PROMOTE.
-    fn page_aug(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn page_aug(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
         let allowed: &[OpState] = if self.machine.desc.profile.aug_before_finalize {
             &[OpState::Runnable, OpState::Initialized]
         } else {
             &[OpState::Runnable]
         };
-        if let Err(s) = self.tdcs(tdr, allowed) {
-            return s;
-        }
-        let (gpa, level) = match self.pinfo(a.rcx, 0, 1) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+        self.tdcs(tdr, allowed)?;
+        let (gpa, level) = self.pinfo(a.rcx, 0, 1)?;
+        let e = self.walk(tdr, gpa, level, a)?;
         if e.is_some_and(|s| s.state != SeptState::REMOVED) {
             details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
         }
-        if let Err(s) = self.expl(a.r8, OperandId::R8, level, PamtPageType::NDA) {
-            return s;
-        }
+        self.expl(a.r8, OperandId::R8, level, PamtPageType::NDA)?;
         let page = a.r8 / PAGE;
         self.assign(page, level, PamtPageType::REG, tdr);
         self.mem.zero(page, page + (1 << (9 * u32::from(level))));
@@ -1179,7 +1070,7 @@ impl State {
         );
         td.chldcnt += 1 << (9 * u32::from(level));
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     /// The checks TDH.MEM.RANGE.BLOCK (model §4.17) and UNBLOCK (§4.19)
@@ -1203,11 +1094,8 @@ impl State {
     }
 
     // ---- §4.17 TDH.MEM.RANGE.BLOCK ----
-    fn range_block(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (tdr, gpa, level, entry) = match self.blockable_entry(a) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
+    fn range_block(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (tdr, gpa, level, entry) = self.blockable_entry(a)?;
         let e = Some(entry);
         let new = match entry.state {
             SeptState::MAPPED => SeptState::BLOCKED,
@@ -1215,11 +1103,11 @@ impl State {
             SeptState::NL_MAPPED => SeptState::NL_BLOCKED,
             SeptState::BLOCKED | SeptState::PENDING_BLOCKED | SeptState::NL_BLOCKED => {
                 details(a, e, level);
-                return op(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, OperandId::RCX);
+                return Err(op(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, OperandId::RCX));
             }
             _ => {
                 details(a, e, level);
-                return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+                return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
             }
         };
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
@@ -1244,15 +1132,12 @@ impl State {
             self.module.set_pamt_entry(stamp_level, pa, pe);
         }
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.19 TDH.MEM.RANGE.UNBLOCK ----
-    fn range_unblock(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (tdr, gpa, level, entry) = match self.blockable_entry(a) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
+    fn range_unblock(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (tdr, gpa, level, entry) = self.blockable_entry(a)?;
         let e = Some(entry);
         let new = match entry.state {
             SeptState::BLOCKED => SeptState::MAPPED,
@@ -1260,7 +1145,7 @@ impl State {
             SeptState::NL_BLOCKED => SeptState::NL_MAPPED,
             _ => {
                 details(a, e, level);
-                return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+                return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
             }
         };
         let td = &self.tds.tds[&tdr];
@@ -1271,7 +1156,7 @@ impl State {
                 usize::from(level)
             };
             if !tracked(td, self.module_bepoch(entry.pfn * PAGE, stamp_level)) {
-                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE);
+                return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE));
             }
         }
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
@@ -1283,21 +1168,16 @@ impl State {
             },
         );
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.18 TDH.MEM.TRACK ----
-    fn mem_track(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
+    fn mem_track(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
         // No vCPU runs in the model: the previous epoch's refcount is 0.
         self.tds.tds.get_mut(&tdr).expect("checked").td_epoch += 1;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     /// The checks TDH.MEM.PAGE.REMOVE (model §4.20) and TDH.MEM.PAGE.DEMOTE
@@ -1331,51 +1211,45 @@ impl State {
     }
 
     // ---- §4.20 TDH.MEM.PAGE.REMOVE ----
-    fn page_remove(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (tdr, gpa, level, entry) = match self.removable_leaf(a, 0) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
+    fn page_remove(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (tdr, gpa, level, entry) = self.removable_leaf(a, 0)?;
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         td.sept.remove(&Self::sept_key(gpa, level));
         td.chldcnt -= 1 << (9 * u32::from(level));
         self.unassign(entry.pfn, level);
         a.rcx = entry.pfn * PAGE;
         a.rdx = 0;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.25 TDH.MNG.VPFLUSHDONE ----
-    fn vpflushdone(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn vpflushdone(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
         let packages = self.machine.desc.packages as usize;
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         if !matches!(
             td.lifecycle,
             Lifecycle::HkidAssigned | Lifecycle::KeysConfigured
         ) {
-            return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
         }
         if td.tdcx.len() >= MIN_TDCS
             && td.op_state != OpState::Uninitialized
             && td.num_assoc_vcpus != 0
         {
-            return TdxStatus::FLUSHVP_NOT_DONE;
+            return Err(TdxStatus::FLUSHVP_NOT_DONE);
         }
         td.lifecycle = Lifecycle::Blocked;
         let hkid = td.hkid;
         self.module.kot.insert(hkid, KotState::Flushed);
         self.tds.wbinvd_pending.insert(hkid, vec![true; packages]);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.26 TDH.PHYMEM.CACHE.WB ----
-    pub(crate) fn cache_wb(&mut self, a: &mut SeamcallArgs, stop_early: Option<u32>) -> TdxStatus {
+    pub(crate) fn cache_wb(&mut self, a: &mut SeamcallArgs, stop_early: Option<u32>) -> LeafResult {
         if a.rcx > 1 {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         let pkg = self.machine.package_of(self.lp);
         if a.rcx == 0 {
@@ -1388,19 +1262,19 @@ impl State {
                 .collect();
             if flushed.is_empty() {
                 self.tds.cache_wb.remove(&pkg);
-                return TdxStatus::NO_HKID_READY_TO_WBCACHE;
+                return Err(TdxStatus::NO_HKID_READY_TO_WBCACHE);
             }
             self.tds.cache_wb.insert(pkg, (flushed, 0));
         } else if !self.tds.cache_wb.contains_key(&pkg) {
             // Nothing interrupted on this package to resume (an interruption
             // before the first step still left a resumable state).
-            return TdxStatus::WBCACHE_RESUME_ERROR;
+            return Err(TdxStatus::WBCACHE_RESUME_ERROR);
         }
         let mut budget = stop_early.unwrap_or(u32::MAX);
         let (set, progress) = self.tds.cache_wb.get_mut(&pkg).expect("started above");
         while *progress < CACHE_WB_STEPS {
             if budget == 0 {
-                return TdxStatus::INTERRUPTED_RESUMABLE;
+                return Ok(TdxStatus::INTERRUPTED_RESUMABLE);
             }
             budget -= 1;
             *progress += 1;
@@ -1416,18 +1290,15 @@ impl State {
                 }
             }
         }
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.27 TDH.MNG.KEY.FREEID ----
-    fn key_freeid(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rcx, OperandId::RCX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    fn key_freeid(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rcx, OperandId::RCX)?;
         let td = self.tds.tds.get_mut(&tdr).expect("checked");
         if td.lifecycle != Lifecycle::Blocked {
-            return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+            return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
         }
         let hkid = td.hkid;
         if self
@@ -1436,73 +1307,73 @@ impl State {
             .get(&hkid)
             .is_some_and(|p| p.iter().any(|&x| x))
         {
-            return TdxStatus::WBCACHE_NOT_COMPLETE;
+            return Err(TdxStatus::WBCACHE_NOT_COMPLETE);
         }
         td.lifecycle = Lifecycle::Teardown;
         self.module.kot.insert(hkid, KotState::Free);
         self.tds.wbinvd_pending.remove(&hkid);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.28 TDH.PHYMEM.PAGE.RECLAIM ----
-    fn page_reclaim(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+    fn page_reclaim(&mut self, a: &mut SeamcallArgs) -> LeafResult {
         let pa = a.rcx;
         if !pa.is_multiple_of(PAGE) || pa >= MAX_PA || self.machine.has_hkid_bits(pa) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         let Some(t) = self.module.pamt_block(pa) else {
-            return op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX));
         };
         let (level, e) = self.module.pamt_leaf(t, pa);
         (a.rcx, a.rdx, a.r8) = (u64::from(e.pt.0), e.owner * PAGE, level as u64);
         if matches!(e.pt, PamtPageType::NDA | PamtPageType::RSVD) {
-            return op(TdxStatus::PAGE_METADATA_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::PAGE_METADATA_INCORRECT, OperandId::RCX));
         }
         let size = PAGE << (9 * level as u32);
         if !pa.is_multiple_of(size) {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         let pfn = pa / PAGE;
         if e.pt == PamtPageType::TDR {
             let td = &self.tds.tds[&pfn];
             if td.lifecycle != Lifecycle::Teardown {
-                return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+                return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
             }
             if td.chldcnt != 0 {
-                return TdxStatus::TD_ASSOCIATED_PAGES_EXIST;
+                return Err(TdxStatus::TD_ASSOCIATED_PAGES_EXIST);
             }
             self.tds.tds.remove(&pfn);
         } else {
             let Some(td) = self.tds.tds.get_mut(&e.owner) else {
-                return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+                return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
             };
             if td.lifecycle != Lifecycle::Teardown {
-                return TdxStatus::LIFECYCLE_STATE_INCORRECT;
+                return Err(TdxStatus::LIFECYCLE_STATE_INCORRECT);
             }
             td.chldcnt -= 1 << (9 * level as u32);
             self.tds.vcpus.remove(&pfn);
         }
         self.unassign(pfn, level as u8);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     // ---- §4.29 TDH.PHYMEM.PAGE.WBINVD ----
-    fn page_wbinvd(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
+    fn page_wbinvd(&mut self, a: &mut SeamcallArgs) -> LeafResult {
         let keyid = self.machine.hkid_of(a.rcx);
         let pa = a.rcx & !self.machine.hkid_mask;
         if !pa.is_multiple_of(PAGE) || pa >= MAX_PA {
-            return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         let Some(t) = self.module.pamt_block(pa) else {
-            return op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX);
+            return Err(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX));
         };
         let (level, e) = self.module.pamt_leaf(t, pa);
         if level != 0 || e.pt != PamtPageType::NDA {
-            return op(TdxStatus::PAGE_METADATA_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::PAGE_METADATA_INCORRECT, OperandId::RCX));
         }
         let pfn = pa / PAGE;
         self.mem.flush_keyid_range(pfn, pfn + 1, keyid as u16);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 }
 
@@ -1513,14 +1384,9 @@ impl State {
     /// Splits the 2M or 1G leaf at RCX into 512 leaves one level down, with
     /// the new S-EPT page in R8. Running TDs: the leaf must be blocked and
     /// tracked; the new entries are unblocked.
-    fn page_demote(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let (tdr, gpa, level, entry) = match self.removable_leaf(a, 1) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA) {
-            return s;
-        }
+    fn page_demote(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let (tdr, gpa, level, entry) = self.removable_leaf(a, 1)?;
+        self.expl(a.r8, OperandId::R8, 0, PamtPageType::NDA)?;
         let child_state = match entry.state {
             SeptState::BLOCKED | SeptState::MAPPED => SeptState::MAPPED,
             _ => SeptState::PENDING,
@@ -1562,43 +1428,32 @@ impl State {
         );
         td.chldcnt += 1;
         (a.rcx, a.rdx) = (0, 0);
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     /// Merges the 512 leaves below the entry at RCX (level 1 or 2) into one
     /// page of that level, when they map one aligned, contiguous run in the
     /// same state, and frees the S-EPT page (returned in RCX). Running TDs:
     /// the entry must be blocked and tracked.
-    fn page_promote(&mut self, a: &mut SeamcallArgs) -> TdxStatus {
-        let tdr = match self.tdr(a.rdx, OperandId::RDX) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        if let Err(s) = self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable]) {
-            return s;
-        }
-        let (gpa, level) = match self.pinfo(a.rcx, 1, 2) {
-            Ok(x) => x,
-            Err(s) => return s,
-        };
-        let e = match self.walk(tdr, gpa, level, a) {
-            Ok(e) => e,
-            Err(s) => return s,
-        };
+    fn page_promote(&mut self, a: &mut SeamcallArgs) -> LeafResult {
+        let tdr = self.tdr(a.rdx, OperandId::RDX)?;
+        self.tdcs(tdr, &[OpState::Initialized, OpState::Runnable])?;
+        let (gpa, level) = self.pinfo(a.rcx, 1, 2)?;
+        let e = self.walk(tdr, gpa, level, a)?;
         let Some(entry) =
             e.filter(|s| matches!(s.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED))
         else {
             details(a, e, level);
-            return op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+            return Err(op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX));
         };
         let td = &self.tds.tds[&tdr];
         if td.op_state == OpState::Runnable {
             if entry.state != SeptState::NL_BLOCKED {
                 details(a, e, level);
-                return op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX);
+                return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
             }
             if !tracked(td, self.module_bepoch(entry.pfn * PAGE, 0)) {
-                return op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX);
+                return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
             }
         }
         let base = gpa >> (12 + 9 * u32::from(level - 1));
@@ -1607,7 +1462,7 @@ impl State {
         let Some(first) =
             first.filter(|f| matches!(f.state, SeptState::MAPPED | SeptState::PENDING))
         else {
-            return TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+            return Err(TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX));
         };
         let aligned = first.pfn % (step * 512) == 0;
         let uniform = (0..512).all(|i| {
@@ -1616,7 +1471,7 @@ impl State {
                 .is_some_and(|c| c.state == first.state && c.pfn == first.pfn + i * step)
         });
         if !aligned || !uniform {
-            return TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX);
+            return Err(TdxStatus::EPT_ENTRY_STATE_INCORRECT.with_operand(OperandId::RCX));
         }
         for i in 0..512 {
             self.module.set_pamt_entry(
@@ -1647,7 +1502,7 @@ impl State {
         self.unassign(entry.pfn, 0);
         a.rcx = entry.pfn * PAGE;
         a.rdx = 0;
-        TdxStatus::SUCCESS
+        Ok(TdxStatus::SUCCESS)
     }
 
     /// The guest's TDG.MEM.PAGE.ACCEPT, done from the host side: the PENDING
