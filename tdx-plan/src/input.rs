@@ -39,6 +39,8 @@
 
 use std::{fmt, io, path::PathBuf};
 
+use crate::report::Bytes;
+
 mod bootlog;
 mod cmrs;
 mod iomem;
@@ -124,13 +126,13 @@ impl fmt::Display for MemoryMap {
             f,
             "usable: {} ranges, {}",
             self.usable.len(),
-            Size(self.usable_bytes())
+            Bytes(self.usable_bytes())
         )?;
         for &(start, end) in &self.usable {
             writeln!(
                 f,
                 "  [{start:#014x}, {end:#014x})  {}",
-                Size(end.saturating_sub(start))
+                Bytes(end.saturating_sub(start))
             )?;
         }
         if self.numa.is_empty() {
@@ -151,28 +153,6 @@ impl fmt::Display for MemoryMap {
                 Ok(())
             }
         }
-    }
-}
-
-/// A byte count in the largest binary unit it reaches: exact when the unit
-/// divides it, else with two decimals.
-struct Size(u64);
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-        for (unit, shift) in UNITS {
-            if self.0 >> shift == 0 {
-                continue;
-            }
-            if self.0.trailing_zeros() >= shift {
-                return write!(f, "{} {unit}", self.0 >> shift);
-            }
-            // Display only: rounding the u64 to f64 does not matter.
-            let value = self.0 as f64 / (1u64 << shift) as f64;
-            return write!(f, "{value:.2} {unit}");
-        }
-        write!(f, "{} bytes", self.0)
     }
 }
 
@@ -511,14 +491,5 @@ mod tests {
         assert_eq!(map.node_of(0x2ff), Some(1));
         assert_eq!(map.node_of(0x300), None);
         assert_eq!(map.node_of(u64::MAX), None);
-    }
-
-    #[test]
-    fn size_picks_the_unit() {
-        assert_eq!(Size(0x9f000).to_string(), "636 KiB");
-        assert_eq!(Size(1 << 30).to_string(), "1 GiB");
-        assert_eq!(Size(0x98c00).to_string(), "611 KiB");
-        assert_eq!(Size(0x71c90000).to_string(), "1.78 GiB");
-        assert_eq!(Size(100).to_string(), "100 bytes");
     }
 }

@@ -369,6 +369,7 @@ mod tests {
     fn bytes_pick_the_unit() {
         assert_eq!(Bytes(0x9f000).to_string(), "636 KiB");
         assert_eq!(Bytes(1 << 30).to_string(), "1 GiB");
+        assert_eq!(Bytes(0x98c00).to_string(), "611 KiB");
         assert_eq!(Bytes(0x71c90000).to_string(), "1.78 GiB");
         assert_eq!(Bytes(100).to_string(), "100 bytes");
     }
