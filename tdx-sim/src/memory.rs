@@ -118,23 +118,7 @@ impl PhysMem {
     /// Sets the state of the RAM frames in `[start, end)` (non-RAM frames
     /// are left out).
     pub(crate) fn set_state(&mut self, start: u64, end: u64, st: PageState) {
-        // The common case: one RAM range holds all of [start, end).
-        let first = self.state.overlapping(start, end).next();
-        if let Some((s, e, _)) = first
-            && s <= start
-            && e >= end
-        {
-            self.state.insert(start, end, st);
-            return;
-        }
-        let ram: Vec<(u64, u64)> = self
-            .state
-            .overlapping(start, end)
-            .map(|(s, e, _)| (s, e))
-            .collect();
-        for (s, e) in ram {
-            self.state.insert(s, e, st);
-        }
+        self.state.update(start, end, |_| Some(st));
     }
 
     pub(crate) fn accounting(&self) -> Accounting {
@@ -229,42 +213,14 @@ impl PhysMem {
     /// Drops every line of private KeyID `keyid` (TDH.PHYMEM.CACHE.WB on
     /// every package).
     pub(crate) fn flush_keyid(&mut self, keyid: u16) {
-        let hit: Vec<(u64, u64)> = self
-            .cache
-            .iter()
-            .filter(|&(_, _, l)| l == CacheLines::Private(keyid))
-            .map(|(s, e, _)| (s, e))
-            .collect();
-        for (s, e) in hit {
-            self.cache.remove(s, e);
-        }
-        self.cache_generation += 1;
+        self.flush_keyid_range(0, u64::MAX, keyid);
     }
 
     /// Drops the lines of `keyid` in `[start, end)` (TDH.PHYMEM.PAGE.WBINVD).
     pub(crate) fn flush_keyid_range(&mut self, start: u64, end: u64, keyid: u16) {
+        let line = CacheLines::Private(keyid);
+        self.cache.update(start, end, |l| (l != line).then_some(l));
         self.cache_generation += 1;
-        // The common case: one range of the cache map holds all of
-        // [start, end).
-        let first = self.cache.overlapping(start, end).next();
-        if let Some((s, e, l)) = first
-            && s <= start
-            && e >= end
-        {
-            if l == CacheLines::Private(keyid) {
-                self.cache.remove(start, end);
-            }
-            return;
-        }
-        let hit: Vec<(u64, u64)> = self
-            .cache
-            .overlapping(start, end)
-            .filter(|&(_, _, l)| l == CacheLines::Private(keyid))
-            .map(|(s, e, _)| (s, e))
-            .collect();
-        for (s, e) in hit {
-            self.cache.remove(s, e);
-        }
     }
 
     /// Changes whenever lines may have been flushed.

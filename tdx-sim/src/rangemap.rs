@@ -118,6 +118,29 @@ impl<V: Copy + Eq> RangeMap<V> {
             .map(move |(s, e, v)| (s.max(start), e.min(end), v))
     }
 
+    /// Replaces the value of every key of `[start, end)` that has one by
+    /// `f(value)`, removing the key where `f` gives `None`; keys without a
+    /// value stay without.
+    pub(crate) fn update(&mut self, start: u64, end: u64, f: impl Fn(V) -> Option<V>) {
+        let set = |m: &mut Self, s, e, v: Option<V>| match v {
+            Some(v) => m.insert(s, e, v),
+            None => m.remove(s, e),
+        };
+        // The common case, one range holding all of [start, end), needs no
+        // list of the parts.
+        let first = self.overlapping(start, end).next();
+        if let Some((s, e, v)) = first
+            && (s, e) == (start, end)
+        {
+            set(self, s, e, f(v));
+            return;
+        }
+        let parts: Vec<(u64, u64, V)> = self.overlapping(start, end).collect();
+        for (s, e, v) in parts {
+            set(self, s, e, f(v));
+        }
+    }
+
     /// True if every key of `[start, end)` is in the map with a value for
     /// which `pred` holds.
     pub(crate) fn all_in(&self, start: u64, end: u64, pred: impl Fn(V) -> bool) -> bool {
@@ -178,13 +201,27 @@ mod tests {
     proptest! {
         /// The map agrees with a plain array under random inserts/removes.
         #[test]
-        fn matches_a_model(ops in proptest::collection::vec((0u64..64, 0u64..64, 0u8..4, any::<bool>()), 1..60)) {
+        fn matches_a_model(ops in proptest::collection::vec((0u64..64, 0u64..64, 0u8..4, 0u8..3), 1..60)) {
             let mut m = RangeMap::new();
             let mut model = [None::<u8>; 64];
-            for (a, b, v, ins) in ops {
+            for (a, b, v, kind) in ops {
                 let (s, e) = (a.min(b), a.max(b));
-                if ins { m.insert(s, e, v) } else { m.remove(s, e) }
-                for k in s..e { model[k as usize] = if ins { Some(v) } else { None }; }
+                // Insert, remove, or update: values equal to `v` go, others
+                // become `v + 1`.
+                let f = |x: u8| (x != v).then_some(v + 1);
+                match kind {
+                    0 => m.insert(s, e, v),
+                    1 => m.remove(s, e),
+                    _ => m.update(s, e, f),
+                }
+                for k in s..e {
+                    let slot = &mut model[k as usize];
+                    *slot = match kind {
+                        0 => Some(v),
+                        1 => None,
+                        _ => slot.and_then(f),
+                    };
+                }
                 for k in 0..64 { prop_assert_eq!(m.get(k), model[k as usize]); }
                 // Canonical: no two adjacent ranges with the same value.
                 let r: Vec<_> = m.iter().collect();
