@@ -179,6 +179,26 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         })
     }
 
+    /// TDH.PHYMEM.PAGE.WBINVD of the 4K page `pfn` under `keyid` (a TD's
+    /// HKID, or the global KeyID for the TDR): writes back the lines of a
+    /// page the module no longer owns, retried like any leaf.
+    pub(crate) fn page_wbinvd(&self, pfn: Pfn, keyid: u16) -> Result<(), TdError> {
+        let keyed = KeyedPa::try_new(pfn.hpa(), keyid, self.keyid_shift)
+            .map_err(|_| TdError::KeyidShift(self.keyid_shift))?;
+        let b = self.module.backend();
+        retry(
+            self.module.platform(),
+            Leaf::PHYMEM_PAGE_WBINVD.v0(),
+            Operand::HostPage(pfn),
+            || {
+                // SAFETY: WBINVD of a page the module no longer owns moves
+                // nothing; it writes back the lines of `keyid`.
+                unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+            },
+        )
+        .map(|_| ())
+    }
+
     /// The module.
     pub fn module(&self) -> &TdxModule<ExtInited, B, P> {
         &self.module
@@ -1178,21 +1198,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
         }
         let hkid = self.hkid();
         for f in range.iter() {
-            let r = KeyedPa::try_new(f.hpa(), hkid, self.host.keyid_shift)
-                .map_err(|_| TdError::KeyidShift(self.host.keyid_shift))
-                .and_then(|keyed| {
-                    retry(
-                        p,
-                        Leaf::PHYMEM_PAGE_WBINVD.v0(),
-                        Operand::HostPage(f),
-                        || {
-                            // SAFETY: WBINVD of a page the module no longer owns
-                            // moves nothing; it writes back the TD's lines.
-                            unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
-                        },
-                    )
-                });
-            if let Err(e) = r {
+            if let Err(e) = self.host.page_wbinvd(f, hkid) {
                 // Lines of the TD's key may remain: the frames wait for the
                 // teardown's CACHE.WB on every package.
                 self.inner.unflushed.push((range.into(), PageRole::Guest));
@@ -1493,26 +1499,12 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
     /// teardown's CACHE.WB and the error goes into the teardown report.
     fn return_freed_sept(&mut self, pfn: Pfn) {
         let p = self.p();
-        let b = self.b();
         let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
-        let r = KeyedPa::try_new(pfn.hpa(), self.hkid(), self.host.keyid_shift)
-            .map_err(|_| TdError::KeyidShift(self.host.keyid_shift))
-            .and_then(|keyed| {
-                retry(
-                    p,
-                    Leaf::PHYMEM_PAGE_WBINVD.v0(),
-                    Operand::HostPage(pfn),
-                    || {
-                        // SAFETY: WBINVD of a page the module no longer owns.
-                        unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
-                    },
-                )
-            });
-        if let Err(e) = r {
+        if let Err(e) = self.host.page_wbinvd(pfn, self.hkid()) {
             // The merge or removal stands; only the freed S-EPT page could
-            // not be written back. It waits for teardown's CACHE.WB, and the error
-            // shows in the teardown report, instead of the page returning
-            // to the platform now.
+            // not be written back. It waits for teardown's CACHE.WB, and the
+            // error shows in the teardown report, instead of the page
+            // returning to the platform now.
             self.inner.unflushed.push((run, PageRole::Sept));
             self.inner.deferred.push(e);
             return;

@@ -22,7 +22,7 @@
 use alloc::vec::Vec;
 
 use tdx_sys::{Seamcall, leaf};
-use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus, regs::KeyedPa};
+use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 
 use super::{CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, retry, same_code};
 use crate::platform::Platform;
@@ -256,17 +256,15 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     cx.report.hkid_freed = true;
 
     // 5. Reclaim the children, then the TDR.
-    let mut children_ok = true;
     for s in core::mem::take(&mut inner.sept).into_values() {
-        children_ok &= cx.reclaim(one(s.into_range().first()), PageRole::Sept);
+        cx.reclaim(one(s.into_range().first()), PageRole::Sept);
     }
     for m in inner.private.drain() {
-        children_ok &= cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
+        cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
     }
     for (r, role) in core::mem::take(&mut inner.in_doubt) {
-        // Not counted as children: if the module really freed the page,
-        // RECLAIM refuses it and it is leaked, but the TDR is not held
-        // back for it.
+        // If the module really freed the page, RECLAIM refuses it and it is
+        // leaked with the reason.
         cx.reclaim(r, role);
     }
     for (r, role) in core::mem::take(&mut inner.unflushed) {
@@ -276,34 +274,19 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     }
     for v in core::mem::take(&mut inner.vcpus) {
         for t in v.tdcx {
-            children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdcx);
+            cx.reclaim(one(t.into_range().first()), PageRole::Tdcx);
         }
         if let Some(t) = v.tdvpr {
-            children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdvpr);
+            cx.reclaim(one(t.into_range().first()), PageRole::Tdvpr);
         }
     }
     for t in core::mem::take(&mut inner.tdcs) {
-        children_ok &= cx.reclaim(one(t.into_range().first()), PageRole::Tdcs);
+        cx.reclaim(one(t.into_range().first()), PageRole::Tdcs);
     }
-    let _ = children_ok;
     let tdr = tdr_page.into_range().first();
     if cx.reclaim(one(tdr), PageRole::Tdr) {
         // The module may have written the TDR with the global KeyID.
-        let global = host.module.global_keyid();
-        let r = KeyedPa::try_new(tdr.hpa(), global, host.keyid_shift)
-            .map_err(|_| TdError::KeyidShift(host.keyid_shift))
-            .and_then(|keyed| {
-                retry(
-                    p,
-                    Leaf::PHYMEM_PAGE_WBINVD.v0(),
-                    Operand::HostPage(tdr),
-                    || {
-                        // SAFETY: WBINVD of a page the module no longer owns
-                        // moves nothing.
-                        unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
-                    },
-                )
-            });
+        let r = host.page_wbinvd(tdr, host.module.global_keyid());
         match r {
             Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
             Err(e) => {
