@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use tdx_types::{
-    Leaf, Pfn, TdxStatus,
+    Leaf, LeafVersion, Pfn, TdxStatus,
     metadata::PamtPageType,
     regs::{HpaLevel, KeyedPa},
 };
@@ -52,16 +52,8 @@ pub unsafe fn tdh_phymem_page_rdmd<B: Seamcall + ?Sized>(
     b: &B,
     page: Pfn,
 ) -> Completion<PageMetadata> {
-    let args = SeamcallArgs {
-        rcx: page.hpa().as_u64(),
-        ..SeamcallArgs::ZERO
-    };
     // SAFETY: caller's contract.
-    let (status, o) = unsafe { call_ret(b, Leaf::PHYMEM_PAGE_RDMD.v0(), args) };
-    Completion {
-        status,
-        out: PageMetadata::from_regs(&o),
-    }
+    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RDMD.v0(), page) }
 }
 
 /// TDH.PHYMEM.PAGE.RECLAIM (28): take a page back from a TD in teardown.
@@ -81,12 +73,28 @@ pub unsafe fn tdh_phymem_page_reclaim<B: Seamcall + ?Sized>(
     b: &B,
     page: Pfn,
 ) -> Completion<PageMetadata> {
+    // SAFETY: caller's contract.
+    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RECLAIM.v0(), page) }
+}
+
+/// Issues a leaf that takes RCX = page and returns its PAMT metadata in
+/// RCX/RDX/R8 (RDMD, RECLAIM).
+///
+/// # Safety
+///
+/// The contract of the leaf `lv`.
+#[inline]
+unsafe fn page_metadata_leaf<B: Seamcall + ?Sized>(
+    b: &B,
+    lv: LeafVersion,
+    page: Pfn,
+) -> Completion<PageMetadata> {
     let args = SeamcallArgs {
         rcx: page.hpa().as_u64(),
         ..SeamcallArgs::ZERO
     };
-    // SAFETY: caller's contract.
-    let (status, o) = unsafe { call_ret(b, Leaf::PHYMEM_PAGE_RECLAIM.v0(), args) };
+    // SAFETY: the caller keeps the contract of `lv`.
+    let (status, o) = unsafe { call_ret(b, lv, args) };
     Completion {
         status,
         out: PageMetadata::from_regs(&o),
