@@ -484,11 +484,12 @@ impl Private {
         self.0[i].insert(key, m.first);
     }
 
-    fn remove(&mut self, gpa: u64) -> Option<Mapping> {
-        let m = self.get(gpa)?;
-        let key = Self::key(gpa, m.level).expect("found at this level");
-        self.0[usize::from(m.level.as_u8())].remove(key);
-        Some(m)
+    /// Forgets the `level` mapping at `gpa` (aligned to it: the callers
+    /// found it there).
+    fn remove(&mut self, gpa: u64, level: TdxLevel) {
+        if let Some(key) = Self::key(gpa, level) {
+            self.0[usize::from(level.as_u8())].remove(key);
+        }
     }
 
     fn len(&self) -> usize {
@@ -1183,7 +1184,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             removed = c.out.removed();
             c.status
         })?;
-        self.inner.private.remove(gpa.as_u64());
+        self.inner.private.remove(gpa.as_u64(), S::LEVEL);
         let range = PfnRange::<S>::new(m.first);
         if removed.is_some_and(|r| r != m.first) {
             // The module removed a frame we did not map there: ours may
@@ -1320,7 +1321,7 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
             (S::LEVEL.as_u8(), gpa.as_u64()),
             FirmwarePage::from_pfn(sept),
         );
-        self.inner.private.remove(gpa.as_u64());
+        self.inner.private.remove(gpa.as_u64(), S::LEVEL);
         let small = <S::Smaller as PageSize>::LEVEL;
         for i in 0..512u64 {
             self.inner.private.insert(
@@ -1384,7 +1385,9 @@ impl<'h, B: Seamcall + Sync, P: Platform + Sync> Td<'h, Finalized, B, P> {
                 unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
             })?;
         for i in 0..512u64 {
-            self.inner.private.remove(gpa.as_u64() + i * small.bytes());
+            self.inner
+                .private
+                .remove(gpa.as_u64() + i * small.bytes(), small);
         }
         self.inner.private.insert(
             gpa.as_u64(),
