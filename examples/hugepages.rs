@@ -45,12 +45,7 @@ fn main() {
 
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
-    let mut td = host
-        .create_td()
-        .and_then(|td| td.configure_keys().map_err(|f| f.error))
-        .and_then(|td| td.add_tdcs().map_err(|f| f.error))
-        .and_then(|td| td.init(&params).map_err(|f| f.error))
-        .expect("TD build");
+    let mut td = host.build_td(&params).expect("TD build");
     td.create_vcpu(CpuId(0), 0, 0).expect("vCPU");
     let mut td = td.finalize().map_err(|f| f.error).expect("finalize");
 

@@ -76,12 +76,7 @@ fn main() {
     let host = TdHost::new(module).unwrap_or_else(|r| die(&path, r.error));
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(2).build().to_params();
-    let mut td = host
-        .create_td()
-        .and_then(|td| td.configure_keys().map_err(|f| f.error))
-        .and_then(|td| td.add_tdcs().map_err(|f| f.error))
-        .and_then(|td| td.init(&params).map_err(|f| f.error))
-        .unwrap_or_else(|e| die(&path, e));
+    let mut td = host.build_td(&params).unwrap_or_else(|e| die(&path, e));
     // Two vCPUs: one in a single call, one step by step (TDH.VP.CREATE,
     // the TDCX pages, TDH.VP.INIT on its CPU); a failed step hands the
     // builder back for a retry, and the TD cannot be finalized mid-build.

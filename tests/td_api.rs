@@ -1398,3 +1398,26 @@ fn a_keyid_shift_that_cannot_key_the_top_frame_is_refused_with_the_module_back()
     let h = host(ready(&sim));
     assert!(running(&h).teardown().is_clean());
 }
+
+#[test]
+fn build_td_takes_the_four_steps_and_a_failure_loses_nothing() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(m);
+    let td = h.build_td(&params(1)).unwrap();
+    assert_eq!(td.control_pages(), 7, "TDR and TDCS");
+    assert!(td.teardown().is_clean());
+    // TDH.MNG.INIT fails: the half-built TD is torn down on the way out.
+    sim.inject(Fault::status(Leaf::MNG_INIT, 1, TdxStatus::OPERAND_INVALID));
+    let e = h.build_td(&params(1)).unwrap_err();
+    let TdError::Seamcall { error, .. } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(error.leaf(), Leaf::MNG_INIT.v0());
+    let reports = sim.dropped_td_reports();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_clean(), "{:#?}", reports[0]);
+    assert_eq!(h.hkids().in_use(), 0);
+    assert_back_to(&sim, &baseline, "build_td");
+}

@@ -108,12 +108,7 @@ pub(crate) fn finalized<'h, 's>(
     host: &'h TdHost<Sim<'s>, Sim<'s>>,
 ) -> Td<'h, Finalized, Sim<'s>, Sim<'s>> {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
-    let mut td = host
-        .create_td()
-        .and_then(|td| td.configure_keys().map_err(|f| f.error))
-        .and_then(|td| td.add_tdcs().map_err(|f| f.error))
-        .and_then(|td| td.init(&params).map_err(|f| f.error))
-        .unwrap();
+    let mut td = host.build_td(&params).unwrap();
     td.create_vcpu(CpuId(0), 0, 0).unwrap();
     td.finalize().map_err(|f| f.error).unwrap()
 }

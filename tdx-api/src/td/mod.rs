@@ -217,6 +217,24 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         &self.hkids
     }
 
+    /// Builds a TD up to [`Initialized`] in one call:
+    /// [`create_td`](Self::create_td),
+    /// [`configure_keys`](Td::configure_keys), [`add_tdcs`](Td::add_tdcs),
+    /// [`init`](Td::init) with `params`.
+    ///
+    /// A failed step drops the TD, which tears it down (its report goes to
+    /// [`Platform::dropped_td`]), and returns the error. To keep the TD for
+    /// a retry, take the steps one by one.
+    pub fn build_td(&self, params: &TdParams) -> Result<Td<'_, Initialized, B, P>, TdError> {
+        self.create_td()?
+            .configure_keys()
+            .map_err(|f| f.error)?
+            .add_tdcs()
+            .map_err(|f| f.error)?
+            .init(params)
+            .map_err(|f| f.error)
+    }
+
     /// Allocates an HKID and a TDR page and issues TDH.MNG.CREATE (after
     /// CLFLUSH of the TDR).
     ///
