@@ -17,12 +17,14 @@ pub mod module;
 pub mod page_array;
 pub mod plan;
 pub mod platform;
+pub mod retry;
 pub mod sparse;
 pub mod td;
 
 pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};
 pub use page_array::TdxPageArray;
 pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
-pub use td::{GuestFrame, Td, TdHost};
+pub use retry::{Backoff, RetryPolicy};
+pub use td::{GuestFrame, Td, TdHost, TdHostRef};
 pub use tdx_sys as sys;
 pub use tdx_types as types;

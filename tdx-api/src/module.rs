@@ -53,10 +53,7 @@ use crate::{
     platform::{CpuId, PackageId, Placement, Platform, PlatformError},
 };
 
-/// Retries of a leaf that ran out of entropy (Linux: `RDRAND_RETRY_LOOPS`).
-pub const ENTROPY_RETRIES: u32 = 10;
-/// Retries of a leaf that found a lock busy.
-pub const BUSY_RETRIES: u32 = 1000;
+pub use crate::retry::{BUSY_RETRIES, ENTROPY_RETRIES};
 /// Calls of TDH.EXT.MEM.ADD in a row without progress before giving up.
 pub const NO_PROGRESS_LIMIT: u32 = 64;
 /// Interrupted calls of TDH.EXT.INIT before giving up (its progress is not

@@ -69,13 +69,37 @@ pub enum ParamsError {
 /// A TD operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TdError {
-    /// A SEAMCALL failed (after the bounded retries the policy allows).
+    /// A SEAMCALL failed with a status that retrying does not change.
     #[error("{error} (on {on})")]
     Seamcall {
         /// The leaf and its status.
         error: TdxError,
         /// What the call was about.
         on: Operand,
+    },
+    /// The module answered BUSY (a lock another logical processor or a
+    /// vCPU in the guest holds) on every call the
+    /// [`RetryPolicy`](crate::retry::RetryPolicy) allowed. Nothing changed;
+    /// the same call may succeed later.
+    #[error("{error} (on {on}): busy after the retries the policy allows")]
+    Busy {
+        /// The leaf and its last status (with the operand it could not
+        /// lock).
+        error: TdxError,
+        /// What the call was about.
+        on: Operand,
+    },
+    /// Another thread is changing the entry of this GPA (or a table above
+    /// it) in the same TD. Nothing changed; the same call may succeed once
+    /// that thread is done.
+    #[error("GPA {0}: another thread is changing it")]
+    InProgress(Gpa),
+    /// The host allocator could not provide memory for the library's own
+    /// records.
+    #[error("no memory for {what}")]
+    Alloc {
+        /// What it was for.
+        what: &'static str,
     },
     /// The platform could not provide a page.
     #[error(transparent)]
@@ -116,6 +140,15 @@ pub enum TdError {
         /// The GPA, if any.
         gpa: Option<Gpa>,
     },
+}
+
+impl TdError {
+    /// True for contention that goes away by itself: [`TdError::Busy`] and
+    /// [`TdError::InProgress`]. A VMM retries the fault (returns to the
+    /// guest, which faults again), as KVM does with `-EBUSY`.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, Self::Busy { .. } | Self::InProgress(_))
+    }
 }
 
 /// A failed step that hands back what it was given: the TD (to retry or

@@ -10,6 +10,15 @@
 //! with the partial-write erratum every reclaimed page is cleared with
 //! MOVDIR64B before it goes back.
 //!
+//! TD-global leaves meet other threads' teardowns in the module: BUSY on
+//! the KOT or a package's cache write-back state is retried under the
+//! host's [`RetryPolicy`], outside any `on_cpu` closure. A CACHE.WB that
+//! was interrupted and then finds on resume that another thread's CACHE.WB
+//! ran on that package meanwhile (`TDX_WBCACHE_RESUME_ERROR`: the module
+//! keeps one resumable state per package, not per caller) is started
+//! again; `TDX_NO_HKID_READY_TO_WBCACHE` then means the other one wrote
+//! this TD's lines back too.
+//!
 //! If the HKID cannot be released (VPFLUSHDONE, CACHE.WB or FREEID fails),
 //! nothing can be reclaimed: every page, and the HKID, is leaked and the
 //! report says why. A page whose reclaim fails is leaked alone (and then
@@ -24,8 +33,11 @@ use alloc::vec::Vec;
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 
-use super::{CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, retry, same_code};
-use crate::platform::Platform;
+use super::{CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, mirror::Entry, same_code};
+use crate::{
+    platform::Platform,
+    retry::{RetryPolicy, package_cpus, pause, retry, retry_on_cpu},
+};
 
 /// What a page was to the TD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,9 +111,15 @@ fn one(pfn: Pfn) -> PfnRun {
     PfnRun::from(PfnRange::<Size4K>::from(pfn))
 }
 
+fn run_of(first: Pfn, level: u8) -> PfnRun {
+    PfnRun::try_new(first, 1u64 << (9 * u32::from(level))).unwrap_or(one(first))
+}
+
 struct Ctx<'a, B, P> {
     b: &'a B,
     p: &'a P,
+    policy: RetryPolicy,
+    tdx_pw_mce: bool,
     report: TeardownReport,
 }
 
@@ -119,7 +137,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
     /// The frames left the module (reclaimed or removed and written back):
     /// clear them where the erratum requires, then give them back.
     fn give_back(&mut self, run: PfnRun, role: PageRole) {
-        if self.p.errata().tdx_pw_mce {
+        if self.tdx_pw_mce {
             // SAFETY: the module gave the frames back (RECLAIM succeeded, or
             // they were removed and the HKID's caches written back) and the
             // TD held them, for the platform or for the caller.
@@ -131,7 +149,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
             // SAFETY: control pages were allocated from this platform by the
             // TD; the module gave each back (RECLAIM) after the HKID's cache
             // lines were written back on every package (CACHE.WB), which is
-            // the flush §8.3 requires before host reuse.
+            // the flush the ABI requires before host reuse.
             unsafe { self.p.free_pages(run) };
             self.report.freed.push((run.first(), role));
         }
@@ -142,6 +160,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
         let (b, first) = (self.b, run.first());
         let r = retry(
             self.p,
+            self.policy,
             Leaf::PHYMEM_PAGE_RECLAIM.v0(),
             Operand::HostPage(first),
             || {
@@ -175,15 +194,17 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     host: &TdHost<B, P>,
     mut inner: Inner,
 ) -> TeardownReport {
-    let (b, p) = (host.module.backend(), host.module.platform());
+    let (b, p) = (host.module().backend(), host.module().platform());
     let mut cx = Ctx {
         b,
         p,
+        policy: host.policy(),
+        tdx_pw_mce: host.errata().tdx_pw_mce,
         report: TeardownReport {
             // Failures the TD carried from earlier calls that still
             // succeeded (a promoted range whose freed S-EPT page could not
             // be written back).
-            errors: core::mem::take(&mut inner.deferred),
+            errors: core::mem::take(inner.deferred.get_mut()),
             ..TeardownReport::default()
         },
     };
@@ -192,34 +213,46 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         unsafe { p.free_pages(one(s)) };
         cx.report.freed.push((s, PageRole::Staging));
     }
-    let Some(tdr_page) = inner.tdr.take() else {
-        return cx.report;
-    };
-    let tdr = tdr_page.pfn();
+    let tdr = inner.tdr.pfn();
 
     // 1. VP.FLUSH on each associated vCPU's CPU.
     for (i, v) in inner.vcpus.iter().enumerate() {
-        let Some(tdvpr) = v.tdvpr.as_ref().map(FirmwarePage::pfn) else {
-            continue;
-        };
         if !v.associated() {
             continue;
         }
-        let mut r = None;
-        p.on_cpu(v.cpu, &mut || {
-            r = Some(retry(p, Leaf::VP_FLUSH.v0(), Operand::Vcpu(i), || {
+        let tdvpr = v.tdvpr.pfn();
+        let r = retry_on_cpu(
+            p,
+            v.cpu,
+            cx.policy,
+            Leaf::VP_FLUSH.v0(),
+            Operand::Vcpu(i),
+            &mut || {
                 // SAFETY: VP.FLUSH moves no page; it runs on the vCPU's CPU
                 // (Platform contract 2).
                 match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
                     s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
                     s => s,
                 }
-            }));
-        });
-        if let Some(Err(e)) = r {
+            },
+        );
+        if let Err(e) = r {
             cx.report.errors.push(e);
         }
     }
+
+    // Everything the TD holds, by role: the tree's tables and pages
+    // (children before their tables), then the side lists.
+    let mut sept = Vec::new();
+    let mut private = Vec::new();
+    inner.tree.drain(&mut |_, level, e, page| match e {
+        Entry::Table(..) => sept.extend(page.map(one)),
+        Entry::Leaf(first, _) => private.push(run_of(first, level)),
+        // Claims only exist while a call runs; teardown owns the TD.
+        Entry::Free | Entry::Adding => {}
+    });
+    let in_doubt = core::mem::take(inner.in_doubt.get_mut());
+    let unflushed = core::mem::take(inner.unflushed.get_mut());
 
     // 2.-4. VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID.
     let released = release_hkid(&mut cx, tdr);
@@ -227,18 +260,13 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         cx.report.errors.push(e);
         let reason = "the HKID could not be released, so the module keeps the TD's pages";
         let mut all: Vec<(PfnRun, PageRole)> = Vec::new();
-        all.extend(inner.sept.values().map(|s| (one(s.pfn()), PageRole::Sept)));
-        all.extend(
-            inner
-                .private
-                .values()
-                .map(|m| (run_of(m.first, m.level), PageRole::Guest)),
-        );
-        all.extend(inner.unflushed.iter().copied());
-        all.extend(inner.in_doubt.iter().copied());
+        all.extend(sept.iter().map(|&r| (r, PageRole::Sept)));
+        all.extend(private.iter().map(|&r| (r, PageRole::Guest)));
+        all.extend(unflushed.iter().copied());
+        all.extend(in_doubt.iter().copied());
         for v in &inner.vcpus {
             all.extend(v.tdcx.iter().map(|t| (one(t.pfn()), PageRole::Tdcx)));
-            all.extend(v.tdvpr.iter().map(|t| (one(t.pfn()), PageRole::Tdvpr)));
+            all.push((one(v.tdvpr.pfn()), PageRole::Tdvpr));
         }
         all.extend(inner.tdcs.iter().map(|t| (one(t.pfn()), PageRole::Tdcs)));
         all.push((one(tdr), PageRole::Tdr));
@@ -251,23 +279,23 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         return cx.report;
     }
     if let Some(h) = inner.hkid.take() {
-        host.hkids.free(h);
+        host.hkids().free(h);
     }
     cx.report.hkid_freed = true;
 
     // 5. Reclaim the children, then the TDR.
-    for s in core::mem::take(&mut inner.sept).into_values() {
-        cx.reclaim(one(s.into_range().first()), PageRole::Sept);
+    for r in sept {
+        cx.reclaim(r, PageRole::Sept);
     }
-    for m in inner.private.drain() {
-        cx.reclaim(run_of(m.first, m.level), PageRole::Guest);
+    for r in private {
+        cx.reclaim(r, PageRole::Guest);
     }
-    for (r, role) in core::mem::take(&mut inner.in_doubt) {
+    for (r, role) in in_doubt {
         // If the module really freed the page, RECLAIM refuses it and it is
         // leaked with the reason.
         cx.reclaim(r, role);
     }
-    for (r, role) in core::mem::take(&mut inner.unflushed) {
+    for (r, role) in unflushed {
         // Removed (or freed by PROMOTE) earlier; CACHE.WB on every package
         // wrote their lines back.
         cx.give_back(r, role);
@@ -276,17 +304,15 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         for t in v.tdcx {
             cx.reclaim(one(t.into_range().first()), PageRole::Tdcx);
         }
-        if let Some(t) = v.tdvpr {
-            cx.reclaim(one(t.into_range().first()), PageRole::Tdvpr);
-        }
+        cx.reclaim(one(v.tdvpr.into_range().first()), PageRole::Tdvpr);
     }
     for t in core::mem::take(&mut inner.tdcs) {
         cx.reclaim(one(t.into_range().first()), PageRole::Tdcs);
     }
-    let tdr = tdr_page.into_range().first();
+    let tdr = FirmwarePage::into_range(inner.tdr).first();
     if cx.reclaim(one(tdr), PageRole::Tdr) {
         // The module may have written the TDR with the global KeyID.
-        let r = host.page_wbinvd(tdr, host.module.global_keyid());
+        let r = host.page_wbinvd(tdr, host.module().global_keyid(), cx.policy);
         match r {
             Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
             Err(e) => {
@@ -303,61 +329,79 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     cx.report
 }
 
-fn run_of(first: Pfn, level: tdx_types::TdxLevel) -> PfnRun {
-    PfnRun::try_new(first, level.frames()).expect("a mapped page is a valid run")
-}
-
 /// VPFLUSHDONE, CACHE.WB on every package (resumable), KEY.FREEID.
 fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
     cx: &mut Ctx<'_, B, P>,
     tdr: Pfn,
 ) -> Result<(), TdError> {
-    let (b, p) = (cx.b, cx.p);
-    retry(p, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
+    let (b, p, policy) = (cx.b, cx.p, cx.policy);
+    retry(p, policy, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
         // SAFETY: VPFLUSHDONE moves no page.
         unsafe { leaf::tdh_mng_vpflushdone(b, tdr) }
     })?;
-    let mut failed = None;
-    p.on_each_package(&mut |pkg, _| {
-        if failed.is_some() {
-            return;
-        }
-        let mut resume = false;
-        for _ in 0..CACHE_WB_LIMIT {
-            let r = retry(p, Leaf::PHYMEM_CACHE_WB.v0(), Operand::Package(pkg), || {
-                // SAFETY: CACHE.WB moves no page; it runs on a CPU of `pkg`.
-                match unsafe { leaf::tdh_phymem_cache_wb(b, resume) } {
-                    // Another thread flushed this package already.
-                    s if same_code(s, TdxStatus::NO_HKID_READY_TO_WBCACHE) => TdxStatus::SUCCESS,
-                    s => s,
-                }
-            });
-            match r {
-                Err(TdError::Seamcall { error, .. })
-                    if same_code(error.status(), TdxStatus::INTERRUPTED_RESUMABLE) =>
-                {
-                    resume = true;
-                    p.yield_now();
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    return;
-                }
-                Ok(_) => return,
-            }
-        }
-        failed = Some(TdError::Protocol {
-            leaf: Leaf::PHYMEM_CACHE_WB.v0(),
-            what: "still interrupted after CACHE_WB_LIMIT calls",
-            gpa: None,
-        });
-    });
-    if let Some(e) = failed {
-        return Err(e);
+    for (pkg, cpu) in package_cpus(p) {
+        cache_wb(p, b, policy, pkg, cpu)?;
     }
-    retry(p, Leaf::MNG_KEY_FREEID.v0(), Operand::Tdr, || {
+    retry(p, policy, Leaf::MNG_KEY_FREEID.v0(), Operand::Tdr, || {
         // SAFETY: FREEID moves no page.
         unsafe { leaf::tdh_mng_key_freeid(b, tdr) }
     })?;
     Ok(())
+}
+
+/// TDH.PHYMEM.CACHE.WB on `cpu` of `pkg` until it completes: resumed while
+/// interrupted, started again when another caller's CACHE.WB ran on the
+/// package in between (the resume then answers
+/// `TDX_WBCACHE_RESUME_ERROR`); at most [`CACHE_WB_LIMIT`] calls.
+fn cache_wb<B: Seamcall + Sync, P: Platform + Sync>(
+    p: &P,
+    b: &B,
+    policy: RetryPolicy,
+    pkg: crate::platform::PackageId,
+    cpu: crate::platform::CpuId,
+) -> Result<(), TdError> {
+    let mut resume = false;
+    for _ in 0..CACHE_WB_LIMIT {
+        let r = retry_on_cpu(
+            p,
+            cpu,
+            policy,
+            Leaf::PHYMEM_CACHE_WB.v0(),
+            Operand::Package(pkg),
+            &mut || {
+                // SAFETY: CACHE.WB moves no page; it runs on a CPU of `pkg`.
+                match unsafe { leaf::tdh_phymem_cache_wb(b, resume) } {
+                    // Nothing left to write back on this package: another
+                    // thread's CACHE.WB covered this TD's HKID.
+                    s if same_code(s, TdxStatus::NO_HKID_READY_TO_WBCACHE) => TdxStatus::SUCCESS,
+                    s => s,
+                }
+            },
+        );
+        match r {
+            Ok(s) if same_code(s, TdxStatus::INTERRUPTED_RESUMABLE) => resume = true,
+            Err(TdError::Seamcall { error, .. })
+                if same_code(error.status(), TdxStatus::INTERRUPTED_RESUMABLE) =>
+            {
+                resume = true;
+            }
+            Err(TdError::Seamcall { error, .. })
+                if resume && same_code(error.status(), TdxStatus::WBCACHE_RESUME_ERROR) =>
+            {
+                // Another caller's CACHE.WB started and completed on this
+                // package after ours was interrupted: start again.
+                resume = false;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(()),
+        }
+        if resume {
+            pause(p, policy);
+        }
+    }
+    Err(TdError::Protocol {
+        leaf: Leaf::PHYMEM_CACHE_WB.v0(),
+        what: "still interrupted after CACHE_WB_LIMIT calls",
+        gpa: None,
+    })
 }

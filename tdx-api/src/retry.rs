@@ -1,0 +1,228 @@
+//! What the library does when the module answers "busy" or "no entropy":
+//! the caller's [`RetryPolicy`].
+//!
+//! The TDX module never waits for a lock: a leaf that meets a conflicting
+//! holder returns `TDX_OPERAND_BUSY` (with the operand it could not lock)
+//! and changed nothing. Who holds it may be another host thread on the same
+//! TD, a vCPU inside the guest (TDG.MEM.PAGE.ACCEPT holds an S-EPT entry),
+//! or the module's zero-step mitigation in TDH.VP.ENTER (the S-EPT tree).
+//! KVM answers such a BUSY on the fault path by returning to the guest,
+//! which faults again; on the zap path it stops vCPUs and retries.
+//!
+//! A [`RetryPolicy`] says how often the library calls a leaf again before
+//! the BUSY reaches the caller as [`TdError::Busy`](crate::td::TdError::Busy),
+//! and what happens between calls: nothing ([`Backoff::Spin`], a CPU
+//! spin-loop hint, fine in atomic context) or [`Platform::yield_now`]
+//! ([`Backoff::Yield`], only where the caller may schedule).
+//!
+//! Where the retries run: never inside a closure given to
+//! [`Platform::on_cpu`]. A leaf that must run on a given CPU (TDH.VP.INIT,
+//! TDH.VP.FLUSH, TDH.MNG.KEY.CONFIG, TDH.PHYMEM.CACHE.WB) is issued once
+//! per `on_cpu` call, and the back-off happens in the calling thread
+//! between calls, so a platform may run `on_cpu` closures in atomic
+//! context (an IPI handler) without the library ever yielding there.
+
+use tdx_types::{ErrorKind, LeafVersion, TdxError, TdxStatus};
+
+use crate::{
+    platform::{CpuId, Platform},
+    td::{Operand, TdError},
+};
+
+/// Retries of a leaf that ran out of entropy (Linux: `RDRAND_RETRY_LOOPS`).
+pub const ENTROPY_RETRIES: u32 = 10;
+/// Retries of a leaf that found a lock busy, by default.
+pub const BUSY_RETRIES: u32 = 1000;
+
+/// What happens between calls of a leaf that answered BUSY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backoff {
+    /// No retry: the first BUSY is returned.
+    Never,
+    /// Up to this many retries, with a spin-loop hint in between: never
+    /// sleeps or yields, so it is usable in atomic context.
+    Spin(u32),
+    /// Up to this many retries, with [`Platform::yield_now`] in between
+    /// (in the calling thread): only where the caller may schedule.
+    Yield(u32),
+}
+
+impl Backoff {
+    /// The number of retries allowed.
+    pub const fn retries(self) -> u32 {
+        match self {
+            Self::Never => 0,
+            Self::Spin(n) | Self::Yield(n) => n,
+        }
+    }
+}
+
+/// How many times a leaf is called again on BUSY and on a lack of entropy,
+/// and how the library waits in between. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RetryPolicy {
+    /// On `TDX_OPERAND_BUSY` and the other busy statuses.
+    pub busy: Backoff,
+    /// Retries on `TDX_RND_NO_ENTROPY` / `TDX_KEY_GENERATION_FAILED`
+    /// (immediately: the RNG refills in microseconds).
+    pub entropy: u32,
+}
+
+impl RetryPolicy {
+    /// [`BUSY_RETRIES`] retries with a yield in between, and
+    /// [`ENTROPY_RETRIES`]: for callers in thread context (a VMM, a
+    /// kernel's process context).
+    pub const DEFAULT: Self = Self {
+        busy: Backoff::Yield(BUSY_RETRIES),
+        entropy: ENTROPY_RETRIES,
+    };
+
+    /// BUSY goes straight back to the caller (the fault path of a VMM that
+    /// returns to the guest and lets it fault again, as KVM does);
+    /// [`ENTROPY_RETRIES`] on a lack of entropy.
+    pub const IMMEDIATE: Self = Self {
+        busy: Backoff::Never,
+        entropy: ENTROPY_RETRIES,
+    };
+
+    /// Up to `n` retries with a spin-loop hint in between; usable in atomic
+    /// context.
+    pub const fn spin(n: u32) -> Self {
+        Self {
+            busy: Backoff::Spin(n),
+            entropy: ENTROPY_RETRIES,
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What one call's status means under a policy.
+enum Next {
+    Done(TdxStatus),
+    Again,
+    Fail(TdError),
+}
+
+struct Attempts {
+    busy: u32,
+    entropy: u32,
+}
+
+impl Attempts {
+    const fn new() -> Self {
+        Self {
+            busy: 0,
+            entropy: 0,
+        }
+    }
+
+    fn judge<P: Platform + ?Sized>(
+        &mut self,
+        p: &P,
+        policy: RetryPolicy,
+        leaf: LeafVersion,
+        on: Operand,
+        s: TdxStatus,
+    ) -> Next {
+        match s.kind() {
+            None => Next::Done(s),
+            Some(ErrorKind::NoEntropy) if self.entropy < policy.entropy => {
+                self.entropy += 1;
+                Next::Again
+            }
+            Some(ErrorKind::Busy) if self.busy < policy.busy.retries() => {
+                self.busy += 1;
+                match policy.busy {
+                    Backoff::Yield(_) => p.yield_now(),
+                    _ => core::hint::spin_loop(),
+                }
+                Next::Again
+            }
+            Some(ErrorKind::Busy) => Next::Fail(TdError::Busy {
+                error: TdxError::new(leaf, s),
+                on,
+            }),
+            _ => Next::Fail(TdError::Seamcall {
+                error: TdxError::new(leaf, s),
+                on,
+            }),
+        }
+    }
+}
+
+/// Calls `call` (one SEAMCALL of `leaf`) under `policy`. Non-zero success
+/// statuses are `Ok`; BUSY past the policy is [`TdError::Busy`]; other
+/// errors are [`TdError::Seamcall`], naming the leaf and `on`.
+#[inline]
+pub(crate) fn retry<P: Platform + ?Sized>(
+    p: &P,
+    policy: RetryPolicy,
+    leaf: LeafVersion,
+    on: Operand,
+    mut call: impl FnMut() -> TdxStatus,
+) -> Result<TdxStatus, TdError> {
+    let s = call();
+    // The common case, success on the first call, without the loop.
+    if !s.is_error() {
+        return Ok(s);
+    }
+    let mut tries = Attempts::new();
+    let mut s = s;
+    loop {
+        match tries.judge(p, policy, leaf, on, s) {
+            Next::Done(s) => return Ok(s),
+            Next::Fail(e) => return Err(e),
+            Next::Again => s = call(),
+        }
+    }
+}
+
+/// As [`retry`], for a leaf that must run on `cpu`: each call is one
+/// [`Platform::on_cpu`] with exactly one SEAMCALL in it, and the back-off
+/// happens here, in the calling thread, between them.
+pub(crate) fn retry_on_cpu<P: Platform + ?Sized>(
+    p: &P,
+    cpu: CpuId,
+    policy: RetryPolicy,
+    leaf: LeafVersion,
+    on: Operand,
+    call: &mut (dyn FnMut() -> TdxStatus + Send),
+) -> Result<TdxStatus, TdError> {
+    let mut tries = Attempts::new();
+    loop {
+        let mut s = TdxStatus::SUCCESS;
+        p.on_cpu(cpu, &mut || s = call());
+        match tries.judge(p, policy, leaf, on, s) {
+            Next::Done(s) => return Ok(s),
+            Next::Fail(e) => return Err(e),
+            Next::Again => {}
+        }
+    }
+}
+
+/// Between calls of a resumable leaf: a yield if the policy allows one,
+/// else a spin-loop hint.
+pub(crate) fn pause<P: Platform + ?Sized>(p: &P, policy: RetryPolicy) {
+    match policy.busy {
+        Backoff::Yield(_) => p.yield_now(),
+        Backoff::Never | Backoff::Spin(_) => core::hint::spin_loop(),
+    }
+}
+
+/// The first CPU of each package, in the order their first CPU appears
+/// (where per-package leaves run).
+pub(crate) fn package_cpus<P: Platform + ?Sized>(
+    p: &P,
+) -> impl Iterator<Item = (crate::platform::PackageId, CpuId)> + '_ {
+    (0..p.cpus()).filter_map(move |c| {
+        let pkg = p.package_of(CpuId(c));
+        (0..c)
+            .all(|earlier| p.package_of(CpuId(earlier)) != pkg)
+            .then_some((pkg, CpuId(c)))
+    })
+}

@@ -1,0 +1,1085 @@
+//! Private memory of a running TD: mapping (TDH.MEM.PAGE.AUG), batched
+//! removal ([`Zap`]), split and merge (DEMOTE, PROMOTE), and giving back
+//! emptied S-EPT pages (SEPT.REMOVE). Every operation takes `&self` and
+//! claims the entries it changes in the TD's tree (see `mirror`), so
+//! threads working on different GPAs never wait for each other.
+
+// UNSAFETY: the S-EPT leaves of tdx-sys are `unsafe fn`s that move pages
+// between host and module; frames the module gave back are cleared and
+// freed through the platform.
+#![allow(unsafe_code)]
+
+use alloc::vec::Vec;
+use core::{fmt, ptr::NonNull};
+
+use tdx_sys::{Completion, leaf, leaf::SeptOut};
+use tdx_types::{
+    Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size1G, Size2M, Size4K, TdxLevel,
+    regs::{PageInfo, TdrAndFlags},
+};
+
+use super::{
+    Finalized, GuestFrame, MayAug, Operand, PageRole, Td, TdError, TdFailure, TdHostRef, TdState,
+    mirror::{Entry, Hold, Node, Slot, Stop},
+};
+use crate::platform::Platform;
+
+/// A page size that splits into 512 pages of a smaller size (2M into 4K,
+/// 1G into 2M): what [`Td::demote`] and [`Td::promote`] work on.
+pub trait HugePageSize: PageSize {
+    /// The size one level down.
+    type Smaller: PageSize;
+}
+
+impl HugePageSize for Size2M {
+    type Smaller = Size4K;
+}
+
+impl HugePageSize for Size1G {
+    type Smaller = Size2M;
+}
+
+/// A page size TDH.MEM.PAGE.AUG maps directly: 4K or 2M (module 1.5).
+/// Implemented here only, for the two sizes.
+pub trait AugPageSize: PageSize {}
+
+impl AugPageSize for Size4K {}
+impl AugPageSize for Size2M {}
+
+/// How many times a walk that keeps losing races for an empty table entry
+/// starts over before it reports [`TdError::InProgress`].
+const WALK_RESTARTS: u32 = 8;
+
+fn page_info(gpa: u64, level: u8) -> Option<PageInfo> {
+    PageInfo::try_new(Gpa::new(gpa), TdxLevel::from_u8(level)?).ok()
+}
+
+fn run_of(first: Pfn, level: u8) -> PfnRun {
+    let frames = 1u64 << (9 * u32::from(level));
+    PfnRun::try_new(first, frames).unwrap_or(PfnRun::from(PfnRange::<Size4K>::from(first)))
+}
+
+/// Where a removed page's frames went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Removed, written back (and cleared where the erratum requires): the
+    /// frames are the caller's again.
+    Returned,
+    /// Still the TD's: the entry stays blocked in the S-EPT (a later
+    /// removal of that GPA resumes from there), or, if the BLOCK itself
+    /// failed, mapped as before. Teardown gives the frames back otherwise.
+    Kept(TdError),
+    /// Out of the S-EPT, but not yet safe to reuse: the write-back failed
+    /// or the module named another frame as removed. Teardown gives the
+    /// frames back (after its cache write-back) or reports them leaked.
+    Deferred(TdError),
+}
+
+/// One page of a removal batch, and what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// Where it was mapped.
+    pub gpa: Gpa,
+    /// Its size.
+    pub level: TdxLevel,
+    /// Its frames.
+    pub run: PfnRun,
+    /// Where they went.
+    pub outcome: Outcome,
+}
+
+/// What a committed [`Zap`] did: every page it had blocked, with its
+/// outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "the report says which frames came back"]
+pub struct ZapReport {
+    /// The pages, in the order they were blocked.
+    pub pages: Vec<Removed>,
+    /// Why blocking stopped before the end of the range, for
+    /// [`Td::unmap_range`]: the pages after that point were not touched.
+    pub stopped: Option<TdError>,
+}
+
+impl ZapReport {
+    /// The runs that came back to the caller.
+    pub fn returned(&self) -> impl Iterator<Item = PfnRun> + '_ {
+        self.pages
+            .iter()
+            .filter(|r| r.outcome == Outcome::Returned)
+            .map(|r| r.run)
+    }
+
+    /// True if every page came back and nothing stopped the batch.
+    pub fn is_complete(&self) -> bool {
+        self.stopped.is_none() && self.pages.iter().all(|r| r.outcome == Outcome::Returned)
+    }
+
+    /// 4 KiB frames returned.
+    pub fn frames_returned(&self) -> u64 {
+        self.returned().map(PfnRun::count).sum()
+    }
+}
+
+/// A removal batch: pages blocked one by one (TDH.MEM.RANGE.BLOCK), then
+/// removed together by [`commit`](Zap::commit) with one TDH.MEM.TRACK and
+/// one kick of the vCPUs. Made by [`Td::zap`].
+///
+/// Each blocked page's entry is claimed by the batch: other threads that
+/// touch its GPA get [`TdError::InProgress`] until the batch is committed
+/// or dropped. A batch dropped without `commit` leaves its pages blocked
+/// in the S-EPT and with the TD (a later removal of each resumes from the
+/// block; teardown gives them back).
+#[must_use = "blocked pages stay blocked until the batch is committed"]
+pub struct Zap<'t, H: TdHostRef> {
+    td: &'t Td<Finalized, H>,
+    slots: Vec<Slot<'t>>,
+    pages: Vec<Removed>,
+}
+
+impl<H: TdHostRef> fmt::Debug for Zap<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Zap")
+            .field("td", &self.td.tdr())
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+impl<H: TdHostRef> Drop for Zap<'_, H> {
+    fn drop(&mut self) {
+        // Not committed: the pages stay blocked and the TD's.
+        for (slot, r) in self.slots.drain(..).zip(&self.pages) {
+            slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
+        }
+    }
+}
+
+impl<'t, H: TdHostRef> Zap<'t, H> {
+    /// Blocks the `S`-sized page at `gpa` (TDH.MEM.RANGE.BLOCK) for this
+    /// batch. A page a failed removal left blocked joins without a new
+    /// BLOCK.
+    #[doc(alias = "TDH.MEM.RANGE.BLOCK")]
+    pub fn block<S: PageSize>(&mut self, gpa: Gpa) -> Result<(), TdError> {
+        Td::<Finalized, H>::check_gpa::<S>(gpa)?;
+        let slot = self.td.find(gpa, S::LEVEL)?;
+        self.block_slot(gpa, slot)
+    }
+
+    /// Blocks every page mapped in `[start, start + len)` for this batch,
+    /// in GPA order, whatever its size. A page that straddles either end
+    /// of the range stops it (split it with [`Td::demote`] first), as does
+    /// a page another thread is working on or a failed BLOCK: the pages
+    /// blocked before stay in the batch, the error is returned.
+    pub fn block_range(&mut self, start: Gpa, len: u64) -> Result<(), TdError> {
+        let (a, b) = (start.as_u64(), start.as_u64().saturating_add(len));
+        let td = self.td;
+        td.inner.tree.visit_range(a, b, &mut |gpa, slot| {
+            let size = 1u64 << (12 + 9 * u32::from(slot.level));
+            let at = Gpa::new(gpa);
+            if gpa < a || gpa + size > b {
+                return Err(TdError::Gpa {
+                    gpa: at,
+                    why: "a page straddles the end of the range; demote it first",
+                });
+            }
+            match slot.load() {
+                Entry::Leaf(..) => self.block_slot(at, slot),
+                Entry::Table(..) | Entry::Adding => Err(TdError::InProgress(at)),
+                Entry::Free => Ok(()),
+            }
+        })
+    }
+
+    fn block_slot(&mut self, gpa: Gpa, slot: Slot<'t>) -> Result<(), TdError> {
+        if self.slots.try_reserve(1).is_err() || self.pages.try_reserve(1).is_err() {
+            return Err(TdError::Alloc {
+                what: "a removal batch",
+            });
+        }
+        let first = self.td.block_entry(gpa, slot)?;
+        let level = TdxLevel::from_u8(slot.level).unwrap_or(TdxLevel::L4K);
+        self.slots.push(slot);
+        self.pages.push(Removed {
+            gpa,
+            level,
+            run: run_of(first, slot.level),
+            outcome: Outcome::Returned,
+        });
+        Ok(())
+    }
+
+    /// Pages blocked so far.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// True if nothing is blocked.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Removes every blocked page: one TDH.MEM.TRACK, one `kick` (the
+    /// caller makes every vCPU of the TD leave the guest at least once, so
+    /// none runs with a translation from before the block), then for each
+    /// page TDH.MEM.PAGE.REMOVE, TDH.PHYMEM.PAGE.WBINVD of every 4 KiB
+    /// frame with the TD's HKID, and on platforms with the partial-write
+    /// erratum a MOVDIR64B clear. `kick` runs with no lock of the library
+    /// held.
+    ///
+    /// Every page is in the report with its [`Outcome`]. Nothing is
+    /// blocked or kicked for an empty batch.
+    #[doc(alias = "TDH.MEM.TRACK")]
+    #[doc(alias = "TDH.MEM.PAGE.REMOVE")]
+    #[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
+    pub fn commit(mut self, kick: &dyn Fn()) -> ZapReport {
+        let slots = core::mem::take(&mut self.slots);
+        let mut pages = core::mem::take(&mut self.pages);
+        if pages.is_empty() {
+            return ZapReport::default();
+        }
+        if let Err(e) = self.td.track() {
+            for (slot, r) in slots.iter().zip(&mut pages) {
+                slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
+                r.outcome = Outcome::Kept(e);
+            }
+            return ZapReport {
+                pages,
+                stopped: None,
+            };
+        }
+        kick();
+        for (slot, r) in slots.iter().zip(&mut pages) {
+            r.outcome = self.td.remove_entry(r.gpa, *slot, r.run.first());
+        }
+        ZapReport {
+            pages,
+            stopped: None,
+        }
+    }
+}
+
+impl<S: TdState, H: TdHostRef> Td<S, H> {
+    /// Walks to the entry of `gpa` at `level`, adding the S-EPT pages
+    /// above it that are missing (TDH.MEM.SEPT.ADD), and claims the entry
+    /// (free → adding) for the caller, who then stores what it put there.
+    pub(super) fn claim(&self, gpa: Gpa, level: TdxLevel) -> Result<Slot<'_>, TdError> {
+        let (g, l) = (gpa.as_u64(), level.as_u8());
+        for _ in 0..WALK_RESTARTS {
+            match self.inner.tree.walk(g, l) {
+                Ok(slot) => match slot.swap_if(Entry::Free, Entry::Adding) {
+                    Ok(()) => return Ok(slot),
+                    Err(Entry::Free) => {}
+                    Err(Entry::Leaf(_, Hold::Idle | Hold::Blocked)) => {
+                        return Err(TdError::Mapped(gpa));
+                    }
+                    Err(Entry::Table(_, Hold::Idle | Hold::Blocked)) => {
+                        return Err(TdError::Gpa {
+                            gpa,
+                            why: "a table of smaller pages is there (remove_table first)",
+                        });
+                    }
+                    Err(_) => return Err(TdError::InProgress(gpa)),
+                },
+                Err(Stop::Missing(slot)) => {
+                    if slot.swap_if(Entry::Free, Entry::Adding).is_ok() {
+                        self.add_table(g, slot)?;
+                    }
+                }
+                Err(Stop::Busy) => return Err(TdError::InProgress(gpa)),
+                Err(Stop::Leaf) => return Err(TdError::Mapped(gpa)),
+                Err(Stop::Blocked) => {
+                    return Err(TdError::Gpa {
+                        gpa,
+                        why: "the S-EPT table above it is blocked",
+                    });
+                }
+            }
+        }
+        Err(TdError::InProgress(gpa))
+    }
+
+    /// Adds the S-EPT page for the claimed table entry `slot` on the way to
+    /// `gpa` (TDH.MEM.SEPT.ADD at the entry's level) and links its node.
+    /// On failure the entry is free again and nothing is left behind.
+    fn add_table(&self, gpa: u64, slot: Slot<'_>) -> Result<(), TdError> {
+        let level = slot.level;
+        let base = gpa & !((1u64 << (12 + 9 * u32::from(level))) - 1);
+        let fail = |e| {
+            slot.store(Entry::Free);
+            Err(e)
+        };
+        let Some(info) = page_info(base, level) else {
+            return fail(TdError::Gpa {
+                gpa: Gpa::new(gpa),
+                why: "not a valid GPA for the S-EPT",
+            });
+        };
+        let page = match self.fresh_page() {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let Some(node) = Node::alloc(Some(page)) else {
+            self.free_refused(page);
+            return fail(TdError::Alloc {
+                what: "a node of the TD's S-EPT record",
+            });
+        };
+        let (b, tdr) = (self.b(), self.tdr());
+        let r = self.retry(Leaf::MEM_SEPT_ADD.v0(), Operand::Gpa(Gpa::new(gpa)), || {
+            // SAFETY: `page` is a fresh, flushed page from the platform; on
+            // success the module owns it and the TD keeps it in the tree
+            // node linked below; on failure the module did not take it (we
+            // do not set allow_existing).
+            unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
+                .status
+        });
+        if let Err(e) = r {
+            // SAFETY: the node was never linked; nobody else saw it.
+            unsafe { Node::free(node) };
+            self.free_refused(page);
+            return fail(e);
+        }
+        slot.store(Entry::Table(node, Hold::Idle));
+        Ok(())
+    }
+
+    /// The entry of `gpa` at `level`, for an operation on what is there.
+    fn find(&self, gpa: Gpa, level: TdxLevel) -> Result<Slot<'_>, TdError> {
+        match self.inner.tree.walk(gpa.as_u64(), level.as_u8()) {
+            Ok(slot) => Ok(slot),
+            Err(Stop::Busy) => Err(TdError::InProgress(gpa)),
+            Err(_) => Err(TdError::NotMapped(gpa)),
+        }
+    }
+}
+
+impl<S: MayAug, H: TdHostRef> Td<S, H> {
+    /// Maps `frame` at `gpa` as pending private memory (TDH.MEM.SEPT.ADD as
+    /// needed, CLFLUSH, TDH.MEM.PAGE.AUG at the level of `Sz`). The guest
+    /// accepts it with TDG.MEM.PAGE.ACCEPT. Available once the TD is
+    /// initialized ([`MayAug`]): module 1.5 maps before finalization too.
+    ///
+    /// `Sz` is 4K or 2M: the module maps nothing larger with AUG (a 1G page
+    /// is built by promotion: [`Td::map_1g`]).
+    ///
+    /// Callable from many threads at once. On error the frame comes back
+    /// (the module did not take it): [`TdError::InProgress`] if another
+    /// thread is changing that GPA or a table above it,
+    /// [`TdError::Busy`] if the module's locks stayed busy past the TD's
+    /// [`RetryPolicy`](crate::retry::RetryPolicy); both mean "try again".
+    #[doc(alias = "TDH.MEM.PAGE.AUG")]
+    pub fn map<Sz: AugPageSize>(
+        &self,
+        gpa: Gpa,
+        frame: GuestFrame<Sz>,
+    ) -> Result<(), TdFailure<GuestFrame<Sz>>> {
+        let back = |error, frame| Err(TdFailure { error, td: frame });
+        let info = match Self::check_gpa::<Sz>(gpa) {
+            Ok(i) => i,
+            Err(e) => return back(e, frame),
+        };
+        let slot = match self.claim(gpa, Sz::LEVEL) {
+            Ok(s) => s,
+            Err(e) => return back(e, frame),
+        };
+        let (b, p, tdr, first) = (self.b(), self.p(), self.tdr(), frame.pfn());
+        for f in frame.range().iter() {
+            p.clflush_page(f);
+        }
+        let r = self.retry(Leaf::MEM_PAGE_AUG.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: the frames are guest frames the caller promised to
+            // leave alone (GuestFrame::new), flushed above; on success the
+            // module owns them and the TD records them in its tree.
+            unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status
+        });
+        if let Err(e) = r {
+            slot.store(Entry::Free);
+            return back(e, frame);
+        }
+        slot.store(Entry::Leaf(frame.into_range().first(), Hold::Idle));
+        Ok(())
+    }
+}
+
+/// What comes back from a failed [`Td::map_1g`].
+#[derive(Debug)]
+pub enum Map1gLeft {
+    /// Nothing stays with the TD: the whole frame comes back.
+    Whole(GuestFrame<Size1G>),
+    /// Some 2 MiB parts stay mapped in the TD (their removal failed too);
+    /// the others come back.
+    Parts(Map1gParts),
+    /// All 512 parts stay mapped as 2 MiB pages (PROMOTE failed): unmap
+    /// them one by one, promote again, or tear down.
+    Mapped,
+}
+
+/// A 1 GiB frame split by a failed [`Td::map_1g`]: which 2 MiB parts stay
+/// mapped in the TD, and the others, which come back.
+#[derive(Debug)]
+pub struct Map1gParts {
+    gpa: Gpa,
+    range: PfnRange<Size1G>,
+    /// Bit `i`: part `i` stays mapped.
+    kept: [u64; 8],
+}
+
+impl Map1gParts {
+    fn is_kept(&self, i: usize) -> bool {
+        self.kept[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// The GPAs of the parts that stay mapped in the TD (as 2 MiB pages).
+    pub fn kept(&self) -> impl Iterator<Item = Gpa> + '_ {
+        (0..512)
+            .filter(|&i| self.is_kept(i))
+            .map(|i| Gpa::new(self.gpa.as_u64() + i as u64 * Size2M::SIZE))
+    }
+
+    /// The parts that came back, as tokens.
+    pub fn into_returned(self) -> impl Iterator<Item = GuestFrame<Size2M>> {
+        let parts = self.range.split::<Size2M>();
+        parts
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(move |&(i, _)| !self.is_kept(i))
+            .map(|(_, r)| GuestFrame::returned(r))
+    }
+}
+
+/// A failed [`Td::map_1g`]: the error, and where the frame is.
+#[derive(Debug)]
+pub struct Map1gFailure {
+    /// What went wrong first.
+    pub error: TdError,
+    /// Where the frames are.
+    pub left: Map1gLeft,
+}
+
+impl<H: TdHostRef> Td<Finalized, H> {
+    /// Maps a 1 GiB page: TDH.MEM.PAGE.AUG of its 512 2 MiB parts, then
+    /// [`promote`](Td::promote) (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE;
+    /// the S-EPT page it frees goes back to the platform). The module's
+    /// PAGE.AUG maps 4K and 2M pages only.
+    ///
+    /// If an AUG fails, the parts already mapped are removed again in one
+    /// batch (one TRACK, one kick) and every frame is accounted for in
+    /// [`Map1gFailure::left`]: the whole frame back, or (if a removal failed
+    /// too) the parts that stay mapped and the parts that came back. If the
+    /// PROMOTE fails, the 512 parts stay mapped as 2M pages.
+    #[doc(alias = "TDH.MEM.PAGE.AUG")]
+    #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+    pub fn map_1g(
+        &self,
+        gpa: Gpa,
+        frame: GuestFrame<Size1G>,
+        kick: &dyn Fn(),
+    ) -> Result<(), Map1gFailure> {
+        if let Err(error) = Self::check_gpa::<Size1G>(gpa) {
+            return Err(Map1gFailure {
+                error,
+                left: Map1gLeft::Whole(frame),
+            });
+        }
+        let range = frame.into_range();
+        let Some(parts) = range.split::<Size2M>() else {
+            return Err(Map1gFailure {
+                error: TdError::Gpa {
+                    gpa,
+                    why: "a 1 GiB frame that does not split",
+                },
+                left: Map1gLeft::Whole(GuestFrame::returned(range)),
+            });
+        };
+        for (i, part) in parts.enumerate() {
+            let at = Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
+            if let Err(f) = self.map(at, GuestFrame::returned(part)) {
+                let left = self.unmap_parts(gpa, range, i, kick);
+                return Err(Map1gFailure {
+                    error: f.error,
+                    left,
+                });
+            }
+        }
+        self.promote::<Size1G>(gpa, kick)
+            .map_err(|error| Map1gFailure {
+                error,
+                left: Map1gLeft::Mapped,
+            })
+    }
+
+    /// Takes the first `n` 2M parts of a failed `map_1g` back in one batch.
+    fn unmap_parts(
+        &self,
+        gpa: Gpa,
+        range: PfnRange<Size1G>,
+        n: usize,
+        kick: &dyn Fn(),
+    ) -> Map1gLeft {
+        let mut kept = [0u64; 8];
+        let keep = |kept: &mut [u64; 8], i: usize| kept[i / 64] |= 1 << (i % 64);
+        let at = |i: usize| Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
+        // Block each part, then remove all after one TRACK and one kick.
+        let mut blocked: [Option<Slot<'_>>; 512] = [None; 512];
+        for (i, b) in blocked.iter_mut().enumerate().take(n) {
+            match self.find(at(i), TdxLevel::L2M) {
+                Ok(slot) => match self.block_entry(at(i), slot) {
+                    Ok(_) => *b = Some(slot),
+                    Err(_) => keep(&mut kept, i),
+                },
+                Err(_) => keep(&mut kept, i),
+            }
+        }
+        if blocked.iter().any(Option::is_some) {
+            let tracked = self.track();
+            if tracked.is_ok() {
+                kick();
+            }
+            for (i, b) in blocked.iter().enumerate() {
+                let Some(slot) = b else { continue };
+                let first = Pfn::new(range.first().as_u64() + i as u64 * Size2M::FRAMES);
+                let outcome = match tracked {
+                    Ok(()) => self.remove_entry(at(i), *slot, first),
+                    Err(e) => {
+                        slot.store(Entry::Leaf(first, Hold::Blocked));
+                        Outcome::Kept(e)
+                    }
+                };
+                match outcome {
+                    Outcome::Returned => {}
+                    // Deferred frames are the TD's until teardown (it
+                    // returns or reports them): not back to the caller.
+                    Outcome::Kept(_) | Outcome::Deferred(_) => keep(&mut kept, i),
+                }
+            }
+        }
+        if kept.iter().all(|&w| w == 0) {
+            Map1gLeft::Whole(GuestFrame::returned(range))
+        } else {
+            Map1gLeft::Parts(Map1gParts { gpa, range, kept })
+        }
+    }
+
+    /// A removal batch; see [`Zap`].
+    pub fn zap(&self) -> Zap<'_, H> {
+        Zap {
+            td: self,
+            slots: Vec::new(),
+            pages: Vec::new(),
+        }
+    }
+
+    /// Removes the `S`-sized private page at `gpa` from the running TD and
+    /// gives its frames back: TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK, `kick`
+    /// (the caller makes every vCPU leave the guest, so none runs with the
+    /// old TLB epoch), TDH.MEM.PAGE.REMOVE, TDH.PHYMEM.PAGE.WBINVD of every
+    /// 4 KiB frame with the TD's HKID, and on platforms with the
+    /// partial-write erratum a MOVDIR64B clear. A batch of one: to remove
+    /// many pages with one TRACK and one kick, use [`zap`](Td::zap) or
+    /// [`unmap_range`](Td::unmap_range).
+    ///
+    /// On error the page stays with the TD (teardown gives it back), or, if
+    /// the removal itself succeeded, waits for teardown (see
+    /// [`Outcome::Deferred`]).
+    #[doc(alias = "TDH.MEM.RANGE.BLOCK")]
+    #[doc(alias = "TDH.MEM.TRACK")]
+    #[doc(alias = "TDH.MEM.PAGE.REMOVE")]
+    #[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
+    pub fn unmap<S: PageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<GuestFrame<S>, TdError> {
+        Self::check_gpa::<S>(gpa)?;
+        let slot = self.find(gpa, S::LEVEL)?;
+        let first = self.block_entry(gpa, slot)?;
+        if let Err(e) = self.track() {
+            slot.store(Entry::Leaf(first, Hold::Blocked));
+            return Err(e);
+        }
+        kick();
+        match self.remove_entry(gpa, slot, first) {
+            Outcome::Returned => Ok(GuestFrame::returned(PfnRange::new(first))),
+            Outcome::Kept(e) | Outcome::Deferred(e) => Err(e),
+        }
+    }
+
+    /// Removes every page mapped in `[start, start + len)` (any sizes) in
+    /// one batch: BLOCK each, one TRACK, one `kick`, REMOVE each. The
+    /// private-to-shared conversion of a range, for any length, with one
+    /// kick. A huge page that straddles either end stops the blocking
+    /// ([`ZapReport::stopped`]; split it with [`demote`](Td::demote) first);
+    /// the pages blocked before that are still removed.
+    pub fn unmap_range(&self, start: Gpa, len: u64, kick: &dyn Fn()) -> ZapReport {
+        let mut zap = self.zap();
+        let stopped = zap.block_range(start, len).err();
+        let mut report = zap.commit(kick);
+        report.stopped = stopped;
+        report
+    }
+
+    /// Claims the leaf at `slot` for a removal and blocks it
+    /// (TDH.MEM.RANGE.BLOCK; not again if a failed removal left it
+    /// blocked). Returns its first frame; the entry is busy until the
+    /// caller stores its fate.
+    fn block_entry(&self, gpa: Gpa, slot: Slot<'_>) -> Result<Pfn, TdError> {
+        let (first, blocked) = match slot.load() {
+            Entry::Leaf(first, Hold::Idle) => (first, false),
+            Entry::Leaf(first, Hold::Blocked) => (first, true),
+            Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy) => {
+                return Err(TdError::InProgress(gpa));
+            }
+            Entry::Free | Entry::Table(..) => return Err(TdError::NotMapped(gpa)),
+        };
+        let held = if blocked { Hold::Blocked } else { Hold::Idle };
+        if slot
+            .swap_if(Entry::Leaf(first, held), Entry::Leaf(first, Hold::Busy))
+            .is_err()
+        {
+            return Err(TdError::InProgress(gpa));
+        }
+        if !blocked && let Err(e) = self.block(gpa, slot.level) {
+            slot.store(Entry::Leaf(first, Hold::Idle));
+            return Err(e);
+        }
+        Ok(first)
+    }
+
+    /// TDH.MEM.RANGE.BLOCK of the entry of `gpa` at `level`.
+    fn block(&self, gpa: Gpa, level: u8) -> Result<(), TdError> {
+        let info = page_info(gpa.as_u64(), level).ok_or(TdError::Gpa {
+            gpa,
+            why: "not a valid private GPA",
+        })?;
+        let (b, tdr) = (self.b(), self.tdr());
+        self.retry(Leaf::MEM_RANGE_BLOCK.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: BLOCK moves no page between host and module.
+            unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status
+        })
+        .map(|_| ())
+    }
+
+    /// TDH.MEM.TRACK.
+    fn track(&self) -> Result<(), TdError> {
+        let (b, tdr) = (self.b(), self.tdr());
+        self.retry(Leaf::MEM_TRACK.v0(), Operand::Tdr, || {
+            // SAFETY: TRACK moves no page.
+            unsafe { leaf::tdh_mem_track(b, tdr) }
+        })
+        .map(|_| ())
+    }
+
+    /// TDH.MEM.RANGE.UNBLOCK after a split or merge that failed once the
+    /// entry was blocked and tracked. True if the entry is usable again.
+    fn unblock(&self, gpa: Gpa, level: u8) -> bool {
+        let Some(info) = page_info(gpa.as_u64(), level) else {
+            return false;
+        };
+        let (b, tdr) = (self.b(), self.tdr());
+        self.retry(Leaf::MEM_RANGE_UNBLOCK.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: UNBLOCK moves no page between host and module.
+            unsafe { leaf::tdh_mem_range_unblock(b, info, tdr) }.status
+        })
+        .is_ok()
+    }
+
+    /// TDH.MEM.PAGE.REMOVE of the blocked, tracked leaf at `slot` (held
+    /// busy by the caller), then the write-back and clear of its frames;
+    /// stores the entry's fate.
+    fn remove_entry(&self, gpa: Gpa, slot: Slot<'_>, first: Pfn) -> Outcome {
+        let Some(info) = page_info(gpa.as_u64(), slot.level) else {
+            slot.store(Entry::Leaf(first, Hold::Blocked));
+            return Outcome::Kept(TdError::NotMapped(gpa));
+        };
+        let (b, tdr) = (self.b(), self.tdr());
+        let mut removed = None;
+        let r = self.retry(Leaf::MEM_PAGE_REMOVE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: REMOVE gives the page back to the host; we take it
+            // over below only after the flushes the ABI requires.
+            let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
+            removed = c.out.removed();
+            c.status
+        });
+        if let Err(e) = r {
+            slot.store(Entry::Leaf(first, Hold::Blocked));
+            return Outcome::Kept(e);
+        }
+        // The module's entry is free now.
+        slot.store(Entry::Free);
+        let run = run_of(first, slot.level);
+        if removed.is_some_and(|r| r != first) {
+            // The module removed a frame we did not map there: ours may
+            // still be mapped; teardown reclaims it rather than trust
+            // either answer.
+            self.inner.in_doubt.lock().push((run, PageRole::Guest));
+            return Outcome::Deferred(TdError::Protocol {
+                leaf: Leaf::MEM_PAGE_REMOVE.v0(),
+                what: "removed a frame other than the one mapped at the GPA",
+                gpa: Some(gpa),
+            });
+        }
+        let hkid = self.hkid();
+        for f in run.iter() {
+            if let Err(e) = self.host().page_wbinvd(f, hkid, self.inner.policy) {
+                // Lines of the TD's key may remain: the frames wait for the
+                // teardown's CACHE.WB on every package.
+                self.inner.unflushed.lock().push((run, PageRole::Guest));
+                return Outcome::Deferred(e);
+            }
+        }
+        if self.host().errata().tdx_pw_mce {
+            // SAFETY: removed and written back above; the TD held the
+            // frames for the caller, who owns them.
+            unsafe { self.p().movdir64b_clear(run) };
+        }
+        Outcome::Returned
+    }
+
+    /// BLOCK, TRACK and `kick` for the entry of `gpa` at `level`, for a
+    /// split or merge. On error, says whether the entry is still blocked.
+    fn block_track(&self, gpa: Gpa, level: u8, kick: &dyn Fn()) -> Result<(), (TdError, bool)> {
+        self.block(gpa, level).map_err(|e| (e, false))?;
+        if let Err(e) = self.track() {
+            // The entry is blocked but the block is not tracked: try once
+            // more to track it, kick, and unblock, so it stays usable.
+            let blocked = !(self.track().is_ok() && {
+                kick();
+                self.unblock(gpa, level)
+            });
+            return Err((e, blocked));
+        }
+        kick();
+        Ok(())
+    }
+
+    /// Splits the `S`-sized page at `gpa` into 512 pages of the next size
+    /// down (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.DEMOTE with a new S-EPT page
+    /// from the platform), so that part of it can be unmapped.
+    ///
+    /// If DEMOTE fails after BLOCK, the range is unblocked again and stays
+    /// mapped as it was (only if that unblock fails too does it stay
+    /// blocked, for a removal or teardown to give back).
+    #[doc(alias = "TDH.MEM.PAGE.DEMOTE")]
+    pub fn demote<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let slot = self.find(gpa, S::LEVEL)?;
+        let first = match slot.load() {
+            Entry::Leaf(first, Hold::Idle) => first,
+            Entry::Leaf(_, Hold::Blocked) => {
+                return Err(TdError::Gpa {
+                    gpa,
+                    why: "the page is blocked after a failed removal; remove it",
+                });
+            }
+            Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked) => {
+                return Err(TdError::NotMapped(gpa));
+            }
+            _ => return Err(TdError::InProgress(gpa)),
+        };
+        let idle = Entry::Leaf(first, Hold::Idle);
+        slot.swap_if(idle, Entry::Leaf(first, Hold::Busy))
+            .map_err(|_| TdError::InProgress(gpa))?;
+        let restore = |e| {
+            slot.store(idle);
+            Err(e)
+        };
+        // The new S-EPT page and its node first: a failed allocation then
+        // leaves the page untouched.
+        let sept = match self.fresh_page() {
+            Ok(p) => p,
+            Err(e) => return restore(e),
+        };
+        let Some(mut node) = Node::alloc(Some(sept)) else {
+            self.free_refused(sept);
+            return restore(TdError::Alloc {
+                what: "a node of the TD's S-EPT record",
+            });
+        };
+        let discard = |node| {
+            // SAFETY: the node was never linked; nobody else saw it.
+            unsafe { Node::free(node) };
+            self.free_refused(sept);
+        };
+        if let Err((e, blocked)) = self.block_track(gpa, S::LEVEL.as_u8(), kick) {
+            discard(node);
+            slot.store(Entry::Leaf(
+                first,
+                if blocked { Hold::Blocked } else { Hold::Idle },
+            ));
+            return Err(e);
+        }
+        let (b, tdr) = (self.b(), self.tdr());
+        let r = self.retry(Leaf::MEM_PAGE_DEMOTE.v0(), Operand::Gpa(gpa), || {
+            // SAFETY: `sept` is a fresh, flushed page from the platform; on
+            // success the module owns it and the TD keeps it in the node.
+            unsafe { leaf::tdh_mem_page_demote(b, info, tdr, sept) }.status
+        });
+        if let Err(e) = r {
+            discard(node);
+            let usable = self.unblock(gpa, S::LEVEL.as_u8());
+            slot.store(Entry::Leaf(
+                first,
+                if usable { Hold::Idle } else { Hold::Blocked },
+            ));
+            return Err(e);
+        }
+        // SAFETY: the node is ours alone until the store below links it.
+        unsafe { node.as_mut() }.fill_leaves(first, <S::Smaller as PageSize>::LEVEL.frames());
+        slot.store(Entry::Table(node, Hold::Idle));
+        Ok(())
+    }
+
+    /// Merges the 512 pages of the next size down under the `S`-sized,
+    /// `S`-aligned range at `gpa` into one `S` page, when they map one
+    /// aligned, contiguous run of frames (checked here by arithmetic):
+    /// BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE. The S-EPT page the
+    /// module frees is written back with the TD's HKID
+    /// (TDH.PHYMEM.PAGE.WBINVD), cleared where the erratum requires, and
+    /// returned to the platform. If PROMOTE fails, the range is unblocked
+    /// again and stays as it was. Once PROMOTE succeeded the merge stands:
+    /// if the freed S-EPT page cannot be written back, it stays with the TD
+    /// until teardown (whose report lists the error) and `promote` still
+    /// returns `Ok`; an `Err` after a successful PROMOTE comes only from a
+    /// module that freed a different S-EPT page than the one under `gpa`
+    /// ([`TdError::Protocol`]), and then the merge stands too.
+    #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+    pub fn promote<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let slot = self.find(gpa, S::LEVEL)?;
+        let node = self.claim_table(gpa, slot)?;
+        // SAFETY: a claimed table's node stays linked (and so alive) until
+        // this call retires it.
+        let children = unsafe { node.as_ref() };
+        let step = <S::Smaller as PageSize>::LEVEL.frames();
+        let level = S::LEVEL.as_u8() - 1;
+        let first = match children.slot(0, level).load() {
+            Entry::Leaf(f, Hold::Idle) if f.is_aligned(S::LEVEL.frames()) => f,
+            _ => Pfn::new(u64::MAX),
+        };
+        // Claim all 512 pages below: each must map the next frames of one
+        // aligned run. A page another thread holds stops the merge.
+        let mut claimed = 0;
+        let mut why = None;
+        for (i, child) in children.slots(level) {
+            let expect = Entry::Leaf(
+                Pfn::new(first.as_u64().wrapping_add(i as u64 * step)),
+                Hold::Idle,
+            );
+            match child.swap_if(
+                expect,
+                Entry::Leaf(
+                    Pfn::new(first.as_u64().wrapping_add(i as u64 * step)),
+                    Hold::Busy,
+                ),
+            ) {
+                Ok(()) => claimed += 1,
+                Err(Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy)) => {
+                    why = Some(TdError::InProgress(gpa));
+                    break;
+                }
+                Err(_) => {
+                    why = Some(TdError::Gpa {
+                        gpa,
+                        why: "the pages below are not one aligned, contiguous run",
+                    });
+                    break;
+                }
+            }
+        }
+        let release = |held: Hold| {
+            for (i, child) in children.slots(level).take(claimed) {
+                let pfn = Pfn::new(first.as_u64() + i as u64 * step);
+                child.store(Entry::Leaf(pfn, Hold::Idle));
+            }
+            slot.store(Entry::Table(node, held));
+        };
+        if let Some(e) = why {
+            release(Hold::Idle);
+            return Err(e);
+        }
+        let freed = self.blocked_sept_free(
+            gpa,
+            S::LEVEL.as_u8(),
+            kick,
+            Leaf::MEM_PAGE_PROMOTE.v0(),
+            &|b, tdr| {
+                // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
+                // it over only after the flushes the ABI requires.
+                unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
+            },
+        );
+        match freed {
+            Ok(freed) => {
+                slot.store(Entry::Leaf(first, Hold::Idle));
+                self.take_freed_sept(node, freed, Leaf::MEM_PAGE_PROMOTE.v0(), gpa)
+            }
+            Err((e, blocked)) => {
+                release(if blocked { Hold::Blocked } else { Hold::Idle });
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the S-EPT page back to the platform under `gpa` whose
+    /// `S`-sized entry points to a table of smaller pages that maps nothing
+    /// any more (after [`demote`](Td::demote) and unmapping all 512 parts,
+    /// say): BLOCK that entry, TRACK, `kick`, TDH.MEM.SEPT.REMOVE, then
+    /// TDH.PHYMEM.PAGE.WBINVD with the TD's HKID and the erratum clear, as
+    /// for any page the module frees. The entry is then free, so an
+    /// `S`-sized page can be mapped there.
+    ///
+    /// Refused without a SEAMCALL when the TD holds no such table or
+    /// something under it is still mapped (or being mapped). If SEPT.REMOVE
+    /// fails, the entry is unblocked again and the table stays.
+    #[doc(alias = "TDH.MEM.SEPT.REMOVE")]
+    pub fn remove_table<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
+        let info = Self::check_gpa::<S>(gpa)?;
+        let slot = self.find(gpa, S::LEVEL)?;
+        let node = self.claim_table(gpa, slot)?;
+        // SAFETY: a claimed table's node stays linked until retired here.
+        let children = unsafe { node.as_ref() };
+        let level = S::LEVEL.as_u8() - 1;
+        // Reserve every entry below, so no thread maps into the table while
+        // it goes: each must be free.
+        let mut claimed = 0;
+        let mut why = None;
+        for (_, child) in children.slots(level) {
+            match child.swap_if(Entry::Free, Entry::Adding) {
+                Ok(()) => claimed += 1,
+                Err(Entry::Adding | Entry::Leaf(_, Hold::Busy) | Entry::Table(_, Hold::Busy)) => {
+                    why = Some(TdError::InProgress(gpa));
+                    break;
+                }
+                Err(_) => {
+                    why = Some(TdError::Gpa {
+                        gpa,
+                        why: "the table still maps pages or tables",
+                    });
+                    break;
+                }
+            }
+        }
+        let release = |held: Hold| {
+            for (_, child) in children.slots(level).take(claimed) {
+                child.store(Entry::Free);
+            }
+            slot.store(Entry::Table(node, held));
+        };
+        if let Some(e) = why {
+            release(Hold::Idle);
+            return Err(e);
+        }
+        let freed = self.blocked_sept_free(
+            gpa,
+            S::LEVEL.as_u8(),
+            kick,
+            Leaf::MEM_SEPT_REMOVE.v0(),
+            &|b, tdr| {
+                // SAFETY: SEPT.REMOVE gives an S-EPT page back to the host; we
+                // take it over only after the flushes the ABI requires.
+                unsafe { leaf::tdh_mem_sept_remove(b, info, tdr) }
+            },
+        );
+        match freed {
+            Ok(freed) => {
+                slot.store(Entry::Free);
+                self.take_freed_sept(node, freed, Leaf::MEM_SEPT_REMOVE.v0(), gpa)
+            }
+            Err((e, blocked)) => {
+                release(if blocked { Hold::Blocked } else { Hold::Idle });
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims the table entry at `slot` (idle → busy) and returns its node.
+    fn claim_table(&self, gpa: Gpa, slot: Slot<'_>) -> Result<NonNull<Node>, TdError> {
+        match slot.load() {
+            Entry::Table(node, Hold::Idle) => slot
+                .swap_if(
+                    Entry::Table(node, Hold::Idle),
+                    Entry::Table(node, Hold::Busy),
+                )
+                .map(|()| node)
+                .map_err(|_| TdError::InProgress(gpa)),
+            Entry::Table(_, Hold::Blocked) => Err(TdError::Gpa {
+                gpa,
+                why: "the table's entry is blocked after a failed removal",
+            }),
+            Entry::Free | Entry::Leaf(_, Hold::Idle | Hold::Blocked) => {
+                Err(TdError::NotMapped(gpa))
+            }
+            _ => Err(TdError::InProgress(gpa)),
+        }
+    }
+
+    /// BLOCK and TRACK the entry of `gpa` at `level`, `kick`, then `call` a
+    /// leaf that frees an S-EPT page (PROMOTE, SEPT.REMOVE); if it fails,
+    /// the entry is unblocked again (`false` in the error) or stays blocked
+    /// (`true`). Returns the page the module says it freed.
+    fn blocked_sept_free(
+        &self,
+        gpa: Gpa,
+        level: u8,
+        kick: &dyn Fn(),
+        leaf: LeafVersion,
+        call: &dyn Fn(&H::Backend, Pfn) -> Completion<SeptOut>,
+    ) -> Result<Option<Pfn>, (TdError, bool)> {
+        self.block_track(gpa, level, kick)?;
+        let (b, tdr) = (self.b(), self.tdr());
+        let mut freed = None;
+        let r = self.retry(leaf, Operand::Gpa(gpa), || {
+            let c = call(b, tdr);
+            freed = c.out.removed();
+            c.status
+        });
+        match r {
+            Ok(_) => Ok(freed),
+            Err(e) => Err((e, !self.unblock(gpa, level))),
+        }
+    }
+
+    /// After `leaf` freed the S-EPT page of `node` (the module says it
+    /// freed `freed`): the node leaves the tree for good, and the page goes
+    /// back to the platform (written back, cleared where the erratum
+    /// requires). If the module named another page, ours is kept in doubt
+    /// for teardown to reclaim.
+    fn take_freed_sept(
+        &self,
+        node: NonNull<Node>,
+        freed: Option<Pfn>,
+        leaf: LeafVersion,
+        gpa: Gpa,
+    ) -> Result<(), TdError> {
+        // SAFETY: the node is alive until retired (just below).
+        let page = unsafe { node.as_ref() }.sept();
+        self.inner.tree.retire(node);
+        let Some(pfn) = page else {
+            return Ok(());
+        };
+        let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
+        if freed.is_some_and(|f| f != pfn) {
+            self.inner.in_doubt.lock().push((run, PageRole::Sept));
+            return Err(TdError::Protocol {
+                leaf,
+                what: "freed an S-EPT page other than the one under the GPA",
+                gpa: Some(gpa),
+            });
+        }
+        if let Err(e) = self.host().page_wbinvd(pfn, self.hkid(), self.inner.policy) {
+            // The merge or removal stands; only the freed S-EPT page could
+            // not be written back. It waits for teardown's CACHE.WB, and the
+            // error shows in the teardown report.
+            self.inner.unflushed.lock().push((run, PageRole::Sept));
+            self.inner.deferred.lock().push(e);
+            return Ok(());
+        }
+        let p = self.p();
+        if self.host().errata().tdx_pw_mce {
+            // SAFETY: freed by the module and written back above; ours.
+            unsafe { p.movdir64b_clear(run) };
+        }
+        // SAFETY: allocated from this platform by `add_table`/`demote`,
+        // freed by the module (PROMOTE or SEPT.REMOVE) and written back
+        // with the TD's key.
+        unsafe { p.free_pages(run) };
+        Ok(())
+    }
+}

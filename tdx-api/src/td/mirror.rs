@@ -1,0 +1,615 @@
+//! The TD's record of its Secure EPT: a radix tree shaped like the S-EPT
+//! itself, with one atomic word per entry, that many threads change at
+//! once without a lock.
+//!
+//! Each node mirrors one S-EPT page (512 entries; the root mirrors the TD's
+//! root table, which the module made at TDH.MNG.INIT). An entry is one of:
+//!
+//! | state | meaning |
+//! |---|---|
+//! | free | nothing mapped, no table |
+//! | adding | one thread is adding a table or a page here (TDH.MEM.SEPT.ADD, PAGE.AUG, PAGE.ADD) |
+//! | leaf | a private page of this entry's size, first frame recorded |
+//! | leaf, busy | one thread is changing that page (removal, split, merge) |
+//! | leaf, blocked | the module holds the entry blocked: a removal stopped after TDH.MEM.RANGE.BLOCK; the next removal resumes from there |
+//! | table | an S-EPT page we added, with the node that mirrors it |
+//! | table, busy | one thread is removing or merging that table |
+//! | table, blocked | the table's entry stayed blocked after a failed removal |
+//!
+//! A thread that wants to change an entry moves it into a busy (or adding)
+//! state with one compare-and-swap; only that thread then issues the
+//! SEAMCALLs for it, and a final store publishes the result. Another thread
+//! that meets a busy entry does not wait: it gets
+//! [`TdError::InProgress`](super::TdError::InProgress) and retries later
+//! (the way KVM's TDP MMU freezes an SPTE and has other faults retry).
+//! Operations on entries of different GPAs never touch the same word,
+//! except the walk through the tables above them, which only reads.
+//!
+//! Nodes that leave the tree (a merged or removed table) are not freed
+//! while other threads may still be reading them: they go to a retired list
+//! that is freed when the tree is dropped (the TD's teardown), when no other
+//! thread can hold a reference.
+
+// UNSAFETY: nodes are allocated and freed by hand (fallibly, so a failed
+// allocation is an error, not an abort), and entries hold tagged node
+// pointers in atomic words.
+#![allow(unsafe_code)]
+
+use core::ptr::{self, NonNull};
+
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicPtr, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, Ordering};
+
+use tdx_types::Pfn;
+
+/// Entries per node: 512 as in the S-EPT (fewer under the loom model
+/// checker, whose atomics are expensive; the protocol is the same).
+pub(crate) const FANOUT: usize = if cfg!(loom) { 4 } else { 512 };
+
+/// One node: the mirror of one S-EPT page.
+///
+/// Aligned to 64 bytes, so a node pointer leaves its low 4 bits for the
+/// entry's state tag.
+#[repr(C, align(64))]
+pub(crate) struct Node {
+    slots: [AtomicPtr<Node>; FANOUT],
+    /// The S-EPT page this node mirrors (`None` for the root, which the
+    /// module owns as part of the TD).
+    sept: Option<Pfn>,
+    /// Next node in the retired list.
+    next_retired: *mut Node,
+}
+
+const TAG_MASK: usize = 0xF;
+const ADDING: usize = 1;
+const LEAF: usize = 2;
+const LEAF_BUSY: usize = 3;
+const LEAF_BLOCKED: usize = 4;
+const TABLE: usize = 5;
+const TABLE_BUSY: usize = 6;
+const TABLE_BLOCKED: usize = 7;
+
+/// The state of a leaf entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Nobody works on it.
+    Idle,
+    /// One thread works on it.
+    Busy,
+    /// The module holds it blocked (TDH.MEM.RANGE.BLOCK done, nothing after
+    /// it succeeded).
+    Blocked,
+}
+
+/// One entry, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Nothing here.
+    Free,
+    /// A thread is adding a table or a page here.
+    Adding,
+    /// A private page, by its first frame.
+    Leaf(Pfn, Hold),
+    /// A table: the node mirroring the S-EPT page.
+    Table(NonNull<Node>, Hold),
+}
+
+impl Entry {
+    fn encode(self) -> *mut Node {
+        match self {
+            Self::Free => ptr::null_mut(),
+            Self::Adding => ptr::without_provenance_mut(ADDING),
+            Self::Leaf(pfn, hold) => {
+                let tag = match hold {
+                    Hold::Idle => LEAF,
+                    Hold::Busy => LEAF_BUSY,
+                    Hold::Blocked => LEAF_BLOCKED,
+                };
+                // A frame number is below 2^40, so shifted it leaves the
+                // low 12 bits for the tag. It is a number, never a pointer:
+                // no provenance.
+                ptr::without_provenance_mut((pfn.as_u64() << 12) as usize | tag)
+            }
+            Self::Table(node, hold) => {
+                let tag = match hold {
+                    Hold::Idle => TABLE,
+                    Hold::Busy => TABLE_BUSY,
+                    Hold::Blocked => TABLE_BLOCKED,
+                };
+                // The node is 64-byte aligned (`repr(align(64))`), so its
+                // low 4 bits are zero and carry the tag.
+                node.as_ptr().map_addr(|a| a | tag)
+            }
+        }
+    }
+
+    fn decode(raw: *mut Node) -> Self {
+        let tag = raw.addr() & TAG_MASK;
+        let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64), hold);
+        let table = |hold| {
+            let node = raw.map_addr(|a| a & !TAG_MASK);
+            // A table tag is only ever stored with a non-null node pointer
+            // (`encode`).
+            Self::Table(NonNull::new(node).unwrap_or(NonNull::dangling()), hold)
+        };
+        match tag {
+            ADDING => Self::Adding,
+            LEAF => leaf(Hold::Idle),
+            LEAF_BUSY => leaf(Hold::Busy),
+            LEAF_BLOCKED => leaf(Hold::Blocked),
+            TABLE => table(Hold::Idle),
+            TABLE_BUSY => table(Hold::Busy),
+            TABLE_BLOCKED => table(Hold::Blocked),
+            _ => Self::Free,
+        }
+    }
+}
+
+/// One entry of the tree, at a level, for its GPA.
+#[derive(Clone, Copy)]
+pub(crate) struct Slot<'t> {
+    word: &'t AtomicPtr<Node>,
+    /// The entry's level (0 = 4K page entry, 1 = 2M, ...).
+    pub(crate) level: u8,
+}
+
+impl<'t> Slot<'t> {
+    /// The entry now.
+    pub(crate) fn load(&self) -> Entry {
+        Entry::decode(self.word.load(Ordering::Acquire))
+    }
+
+    /// Changes the entry from `old` to `new` if it is still `old`; else
+    /// returns what it is.
+    pub(crate) fn swap_if(&self, old: Entry, new: Entry) -> Result<(), Entry> {
+        self.word
+            .compare_exchange(
+                old.encode(),
+                new.encode(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(Entry::decode)
+    }
+
+    /// Publishes `new`. Only the thread that holds the entry (moved it to
+    /// adding or busy) stores.
+    pub(crate) fn store(&self, new: Entry) {
+        self.word.store(new.encode(), Ordering::Release);
+    }
+
+    /// The node of a table entry, if this is one.
+    pub(crate) fn table(&self) -> Option<&'t Node> {
+        match self.load() {
+            // SAFETY: a node linked into the tree is freed only when the
+            // tree is dropped (retired nodes included), which needs the
+            // tree exclusively; `'t` borrows it shared.
+            Entry::Table(n, _) => Some(unsafe { n.as_ref() }),
+            _ => None,
+        }
+    }
+}
+
+impl Node {
+    /// A node with every entry free, or `None` if the allocator has no
+    /// memory.
+    pub(crate) fn alloc(sept: Option<Pfn>) -> Option<NonNull<Node>> {
+        #[cfg(not(loom))]
+        {
+            let layout = core::alloc::Layout::new::<Node>();
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<Node>();
+            let node = NonNull::new(raw)?;
+            // All-zero bytes are a valid `Node` with every entry free: an
+            // `AtomicPtr` of zero bytes is null, `Option<Pfn>` of zero bytes
+            // is `None`... except that the niche is not guaranteed, so the
+            // two plain fields are written explicitly.
+            // SAFETY: `raw` is a fresh allocation of `Node`'s layout; the
+            // fields written are plain data, and the slots are already
+            // valid (null) atomics.
+            unsafe {
+                ptr::addr_of_mut!((*raw).sept).write(sept);
+                ptr::addr_of_mut!((*raw).next_retired).write(ptr::null_mut());
+            }
+            Some(node)
+        }
+        #[cfg(loom)]
+        {
+            let b = alloc::boxed::Box::new(Node {
+                slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                sept,
+                next_retired: ptr::null_mut(),
+            });
+            NonNull::new(alloc::boxed::Box::into_raw(b))
+        }
+    }
+
+    /// Frees a node that is in no tree.
+    ///
+    /// # Safety
+    ///
+    /// `node` came from [`Node::alloc`], is not linked into any tree or
+    /// retired list, and nobody holds a reference to it.
+    pub(crate) unsafe fn free(node: NonNull<Node>) {
+        #[cfg(not(loom))]
+        // SAFETY: allocated by `alloc_zeroed` with this layout (caller);
+        // the atomics need no drop.
+        unsafe {
+            alloc::alloc::dealloc(node.as_ptr().cast(), core::alloc::Layout::new::<Node>());
+        }
+        #[cfg(loom)]
+        // SAFETY: allocated by `Box::new` under loom (caller).
+        drop(unsafe { alloc::boxed::Box::from_raw(node.as_ptr()) });
+    }
+
+    /// The S-EPT page this node mirrors.
+    pub(crate) fn sept(&self) -> Option<Pfn> {
+        self.sept
+    }
+
+    /// The entry at `index`.
+    pub(crate) fn slot(&self, index: usize, level: u8) -> Slot<'_> {
+        Slot {
+            word: &self.slots[index % FANOUT],
+            level,
+        }
+    }
+
+    /// Every entry, with its index.
+    pub(crate) fn slots(&self, level: u8) -> impl Iterator<Item = (usize, Slot<'_>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(move |(i, word)| (i, Slot { word, level }))
+    }
+
+    /// Fills a node nobody else can see yet with the 512 pages of a split
+    /// page: entry `i` maps `first + i × step` frames.
+    pub(crate) fn fill_leaves(&mut self, first: Pfn, step: u64) {
+        for (i, word) in self.slots.iter_mut().enumerate() {
+            let pfn = Pfn::new(first.as_u64() + i as u64 * step);
+            *word.get_mut() = Entry::Leaf(pfn, Hold::Idle).encode();
+        }
+    }
+}
+
+/// The index of `gpa`'s entry at `level`.
+pub(crate) fn index(gpa: u64, level: u8) -> usize {
+    ((gpa >> (12 + 9 * u32::from(level))) as usize) & (FANOUT - 1)
+}
+
+/// Why a walk stopped above the level it was going to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop<'t> {
+    /// No table at this entry: the caller may add one.
+    Missing(Slot<'t>),
+    /// Another thread is changing an entry on the way.
+    Busy,
+    /// A table on the way is blocked.
+    Blocked,
+    /// A page of a larger size covers the GPA.
+    Leaf,
+}
+
+impl core::fmt::Debug for Slot<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Slot")
+            .field("level", &self.level)
+            .field("entry", &self.load())
+            .finish()
+    }
+}
+
+impl PartialEq for Slot<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        ptr::eq(self.word, other.word)
+    }
+}
+impl Eq for Slot<'_> {}
+
+/// The tree of one TD.
+pub(crate) struct Tree {
+    root: NonNull<Node>,
+    /// The level of the root's entries: 3 for a 4-level EPT, 4 for 5-level.
+    top: u8,
+    /// Nodes that left the tree, freed with it.
+    retired: AtomicPtr<Node>,
+}
+
+// SAFETY: the tree owns its nodes (heap memory no other tree references),
+// and every shared access to them goes through atomics; nodes are freed
+// only with `&mut Tree` or by `Drop`.
+unsafe impl Send for Tree {}
+// SAFETY: as above: `&Tree` gives only atomic access to entries and
+// read-only access to the nodes' immutable fields.
+unsafe impl Sync for Tree {}
+
+impl core::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tree")
+            .field("top", &self.top)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tree {
+    /// An empty tree whose root holds entries of level `top`; `None` if the
+    /// allocator has no memory.
+    pub(crate) fn new(top: u8) -> Option<Self> {
+        Some(Self {
+            root: Node::alloc(None)?,
+            top,
+            retired: AtomicPtr::new(ptr::null_mut()),
+        })
+    }
+
+    /// Sets the level of the root's entries (once the EPT depth is known,
+    /// before anything is mapped).
+    pub(crate) fn set_top(&mut self, top: u8) {
+        self.top = top;
+    }
+
+    fn root(&self) -> &Node {
+        // SAFETY: the root lives as long as the tree.
+        unsafe { self.root.as_ref() }
+    }
+
+    /// Walks from the root to the entry of `gpa` at `level`, through
+    /// tables only.
+    pub(crate) fn walk(&self, gpa: u64, level: u8) -> Result<Slot<'_>, Stop<'_>> {
+        let mut node = self.root();
+        let mut l = self.top;
+        loop {
+            let slot = node.slot(index(gpa, l), l);
+            if l == level {
+                return Ok(slot);
+            }
+            node = match slot.load() {
+                // SAFETY: see `Slot::table`: linked nodes outlive `&self`.
+                Entry::Table(n, Hold::Idle) => unsafe { n.as_ref() },
+                Entry::Free => return Err(Stop::Missing(slot)),
+                Entry::Table(_, Hold::Blocked) => return Err(Stop::Blocked),
+                Entry::Leaf(..) => return Err(Stop::Leaf),
+                Entry::Adding | Entry::Table(_, Hold::Busy) => return Err(Stop::Busy),
+            };
+            l -= 1;
+        }
+    }
+
+    /// Puts a node that left the tree on the retired list. Its memory stays
+    /// valid until the tree is dropped, for threads that still read it.
+    pub(crate) fn retire(&self, node: NonNull<Node>) {
+        let mut head = self.retired.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the node left the tree and only this thread links it
+            // into the retired list (the caller moved it out of the tree
+            // with a compare-and-swap), so nobody writes this field
+            // concurrently; readers of the node only read its entries.
+            unsafe { (*node.as_ptr()).next_retired = head };
+            match self.retired.compare_exchange_weak(
+                head,
+                node.as_ptr(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Visits every entry that holds something, children before the
+    /// table that holds them, and frees the nodes: the tree is empty
+    /// afterwards. `f` gets the GPA, the level and the entry (a table's
+    /// entry names its S-EPT page through [`Node::sept`], read before the
+    /// node is freed: it is passed as `Some(page)`).
+    pub(crate) fn drain(&mut self, f: &mut dyn FnMut(u64, u8, Entry, Option<Pfn>)) {
+        let top = self.top;
+        // SAFETY: `&mut self`: nobody else reads the tree; every node
+        // reached from the root was allocated by `Node::alloc` and is
+        // unlinked (entry set free) before it is freed, once.
+        unsafe { drain_node(self.root.as_ptr(), top, 0, f) };
+        self.free_retired();
+    }
+
+    fn free_retired(&mut self) {
+        let mut n = core::mem::replace(self.retired.get_mut(), ptr::null_mut());
+        while let Some(node) = NonNull::new(n) {
+            // SAFETY: retired nodes are in no tree (they were unlinked
+            // before `retire`), `&mut self` means no reader is left, and
+            // each is on the list once.
+            unsafe {
+                n = (*node.as_ptr()).next_retired;
+                Node::free(node);
+            }
+        }
+    }
+
+    /// Calls `f` for every entry that holds something other than an idle
+    /// table and covers part of `[start, end)` (GPAs), in GPA order,
+    /// descending into idle tables; stops at the first error.
+    pub(crate) fn visit_range<'s, E>(
+        &'s self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, Slot<'s>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        fn go<'t, E>(
+            node: &'t Node,
+            level: u8,
+            base: u64,
+            (start, end): (u64, u64),
+            f: &mut dyn FnMut(u64, Slot<'t>) -> Result<(), E>,
+        ) -> Result<(), E> {
+            let span = 1u64 << (12 + 9 * u32::from(level));
+            let lo = (start.saturating_sub(base) / span) as usize;
+            let hi = (end.saturating_sub(base).div_ceil(span) as usize).min(FANOUT);
+            for i in lo..hi {
+                let gpa = base + i as u64 * span;
+                let slot = node.slot(i, level);
+                match slot.load() {
+                    Entry::Free => {}
+                    Entry::Table(n, Hold::Idle) if level > 0 => {
+                        // SAFETY: see `Slot::table`.
+                        go(unsafe { n.as_ref() }, level - 1, gpa, (start, end), f)?;
+                    }
+                    _ => f(gpa, slot)?,
+                }
+            }
+            Ok(())
+        }
+        if start >= end {
+            return Ok(());
+        }
+        go(self.root(), self.top, 0, (start, end), f)
+    }
+
+    /// Every entry that holds something, children before their table,
+    /// without changing anything.
+    pub(crate) fn for_each(&self, f: &mut dyn FnMut(u64, u8, Entry)) {
+        fn visit(node: &Node, level: u8, base: u64, f: &mut dyn FnMut(u64, u8, Entry)) {
+            for (i, slot) in node.slots(level) {
+                let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
+                let e = slot.load();
+                if let Some(child) = slot.table()
+                    && level > 0
+                {
+                    visit(child, level - 1, gpa, f);
+                }
+                if e != Entry::Free {
+                    f(gpa, level, e);
+                }
+            }
+        }
+        visit(self.root(), self.top, 0, f);
+    }
+}
+
+/// # Safety
+///
+/// `node` and everything below it is owned by the caller (no other
+/// reference), allocated by [`Node::alloc`].
+unsafe fn drain_node(
+    node: *mut Node,
+    level: u8,
+    base: u64,
+    f: &mut dyn FnMut(u64, u8, Entry, Option<Pfn>),
+) {
+    for i in 0..FANOUT {
+        let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
+        // SAFETY: the caller owns the node exclusively.
+        let word = unsafe { &mut (*node).slots[i] };
+        let e = Entry::decode(core::mem::replace(word.get_mut(), ptr::null_mut()));
+        match e {
+            Entry::Free => {}
+            Entry::Table(child, _) => {
+                // SAFETY: a linked child is owned through its parent.
+                let sept = unsafe { child.as_ref() }.sept;
+                if level > 0 {
+                    // SAFETY: as for `node`.
+                    unsafe { drain_node(child.as_ptr(), level - 1, gpa, f) };
+                }
+                f(gpa, level, e, sept);
+                // SAFETY: unlinked above (the parent's entry is free now)
+                // and drained; nobody else holds it.
+                unsafe { Node::free(child) };
+            }
+            e => f(gpa, level, e, None),
+        }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // A tree dropped with entries in it (a teardown drains it first)
+        // frees its memory; what the entries named is the caller's to
+        // account for.
+        self.drain(&mut |_, _, _, _| {});
+        // SAFETY: the root was allocated by `Node::alloc` and is in no
+        // other tree.
+        unsafe { Node::free(self.root) };
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_their_encoding() {
+        let node = Node::alloc(Some(Pfn::new(7))).unwrap();
+        let entries = [
+            Entry::Free,
+            Entry::Adding,
+            Entry::Leaf(Pfn::new(0), Hold::Idle),
+            Entry::Leaf(Pfn::new((1 << 40) - 1), Hold::Busy),
+            Entry::Leaf(Pfn::new(12345), Hold::Blocked),
+            Entry::Table(node, Hold::Idle),
+            Entry::Table(node, Hold::Busy),
+            Entry::Table(node, Hold::Blocked),
+        ];
+        for e in entries {
+            assert_eq!(Entry::decode(e.encode()), e);
+        }
+        // SAFETY: allocated above, in no tree.
+        unsafe { Node::free(node) };
+    }
+
+    #[test]
+    fn a_walk_stops_where_the_tree_ends_and_drain_sees_children_first() {
+        let mut t = Tree::new(3).unwrap();
+        let gpa = 0x4020_3000;
+        let Err(Stop::Missing(s)) = t.walk(gpa, 0) else {
+            panic!("an empty tree has no table")
+        };
+        assert_eq!(s.level, 3);
+        // Link tables down to level 1, then a 4K leaf.
+        for l in (1..=3).rev() {
+            let Err(Stop::Missing(s)) = t.walk(gpa, 0) else {
+                panic!("missing at {l}")
+            };
+            assert_eq!(s.level, l);
+            s.swap_if(Entry::Free, Entry::Adding).unwrap();
+            let n = Node::alloc(Some(Pfn::new(100 + u64::from(l)))).unwrap();
+            s.store(Entry::Table(n, Hold::Idle));
+        }
+        let leaf = t.walk(gpa, 0).unwrap();
+        leaf.swap_if(Entry::Free, Entry::Leaf(Pfn::new(9), Hold::Idle))
+            .unwrap();
+        assert_eq!(
+            leaf.swap_if(Entry::Free, Entry::Adding),
+            Err(Entry::Leaf(Pfn::new(9), Hold::Idle))
+        );
+        // A 2M walk here meets a table, a 4K walk under a 2M leaf meets it.
+        assert!(matches!(
+            t.walk(gpa & !0x1f_ffff, 1).unwrap().load(),
+            Entry::Table(..)
+        ));
+        let mut seen = alloc::vec::Vec::new();
+        t.for_each(&mut |g, l, _| seen.push((g, l)));
+        assert_eq!(
+            seen,
+            [
+                (gpa, 0),
+                (gpa & !0x1f_ffff, 1),
+                (gpa & !0x3fff_ffff, 2),
+                (0, 3)
+            ]
+        );
+        let mut drained = alloc::vec::Vec::new();
+        t.drain(&mut |g, l, e, sept| drained.push((g, l, matches!(e, Entry::Leaf(..)), sept)));
+        assert_eq!(
+            drained,
+            [
+                (gpa, 0, true, None),
+                (gpa & !0x1f_ffff, 1, false, Some(Pfn::new(101))),
+                (gpa & !0x3fff_ffff, 2, false, Some(Pfn::new(102))),
+                (0, 3, false, Some(Pfn::new(103))),
+            ]
+        );
+        assert!(matches!(t.walk(gpa, 0), Err(Stop::Missing(_))));
+    }
+}

@@ -1,0 +1,268 @@
+//! vCPUs: built in three steps on an initialized TD.
+
+// UNSAFETY: TDH.VP.CREATE, ADDCX and INIT are `unsafe fn`s that take pages.
+#![allow(unsafe_code)]
+
+use alloc::vec::Vec;
+use core::{fmt, marker::PhantomData};
+
+use tdx_sys::leaf;
+use tdx_types::{FirmwarePage, Leaf, Pfn};
+
+use super::{Initialized, Operand, Td, TdError, TdFailure, TdHostRef, sealed};
+use crate::{platform::CpuId, retry::retry_on_cpu};
+
+/// A vCPU of a TD, as the caller names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VcpuId {
+    /// The module's VCPU_INDEX: the order of TDH.VP.INIT among this TD's
+    /// vCPUs (0, 1, …; vCPUs never initialized take no index).
+    pub index: usize,
+    /// The TDVPR page (TDH.VP.ENTER's operand).
+    pub tdvpr: Pfn,
+    /// The CPU the vCPU is associated with (TDH.VP.INIT ran there).
+    pub cpu: CpuId,
+}
+
+/// The build state of a vCPU (sealed): [`VpCreated`] (TDH.VP.CREATE done),
+/// then [`VpTdcxAdded`] (every TDCX page added); TDH.VP.INIT ends the
+/// build and yields a [`VcpuId`].
+pub trait VcpuState: sealed::Sealed {}
+
+/// TDH.VP.CREATE done: the vCPU has its TDVPR page.
+#[derive(Debug)]
+pub struct VpCreated(());
+/// Every TDCX page added (TDH.VP.ADDCX): the vCPU can be initialized.
+#[derive(Debug)]
+pub struct VpTdcxAdded(());
+
+impl sealed::Sealed for VpCreated {}
+impl sealed::Sealed for VpTdcxAdded {}
+impl VcpuState for VpCreated {}
+impl VcpuState for VpTdcxAdded {}
+
+/// A vCPU's pages, as the TD holds them.
+#[derive(Debug)]
+pub(crate) struct Vcpu {
+    pub(super) tdvpr: FirmwarePage,
+    pub(super) tdcx: Vec<FirmwarePage>,
+    pub(super) cpu: CpuId,
+    /// The module's VCPU_INDEX, once TDH.VP.INIT succeeded: the vCPU is
+    /// then associated with `cpu`.
+    pub(super) vcpu_index: Option<usize>,
+}
+
+impl Vcpu {
+    /// TDH.VP.INIT succeeded: the vCPU is associated with its CPU.
+    pub(crate) fn associated(&self) -> bool {
+        self.vcpu_index.is_some()
+    }
+
+    /// The caller's name for a built vCPU.
+    pub(super) fn id(&self) -> Option<VcpuId> {
+        Some(VcpuId {
+            index: self.vcpu_index?,
+            tdvpr: self.tdvpr.pfn(),
+            cpu: self.cpu,
+        })
+    }
+
+    /// Pages the module holds for it.
+    pub(super) fn pages(&self) -> usize {
+        1 + self.tdcx.len()
+    }
+}
+
+/// A vCPU being built, in state `S`; it borrows its TD, which stays
+/// [`Initialized`] until the vCPU is done (the module creates vCPUs only
+/// there).
+///
+/// Dropping a builder leaves the half-built vCPU with the TD: its pages are
+/// reclaimed at teardown, and it has no [`VcpuId`].
+#[must_use = "a half-built vCPU cannot run; finish it with add_tdcx and init"]
+pub struct VcpuBuilder<'t, S: VcpuState, H: TdHostRef> {
+    td: &'t mut Td<Initialized, H>,
+    /// Position among the TD's vCPUs in creation order (half-built ones
+    /// included): what errors name as [`Operand::Vcpu`].
+    index: usize,
+    _state: PhantomData<S>,
+}
+
+impl<S: VcpuState, H: TdHostRef> fmt::Debug for VcpuBuilder<'_, S, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.td.inner.vcpus[self.index];
+        f.debug_struct("VcpuBuilder")
+            .field("state", &core::any::type_name::<S>())
+            .field("created", &self.index)
+            .field("cpu", &v.cpu)
+            .field("tdcx", &v.tdcx.len())
+            .finish()
+    }
+}
+
+impl<'t, S: VcpuState, H: TdHostRef> VcpuBuilder<'t, S, H> {
+    /// The TDVPR page.
+    pub fn tdvpr(&self) -> Pfn {
+        self.td.inner.vcpus[self.index].tdvpr.pfn()
+    }
+
+    fn to<T: VcpuState>(self) -> VcpuBuilder<'t, T, H> {
+        VcpuBuilder {
+            td: self.td,
+            index: self.index,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
+    /// Adds the TDCX pages (TDVPS_BASE_SIZE / 4 KiB − 1 of them): CLFLUSH
+    /// and TDH.VP.ADDCX each.
+    ///
+    /// On failure the builder comes back: the pages added so far stay with
+    /// the vCPU, the one refused goes back to the platform, and a retry
+    /// adds only the pages still missing.
+    #[doc(alias = "TDH.VP.ADDCX")]
+    pub fn add_tdcx(self) -> Result<VcpuBuilder<'t, VpTdcxAdded, H>, TdFailure<Self>> {
+        let n = usize::from(self.td.host().module().sysinfo().tdvps_base_size)
+            .div_ceil(4096)
+            .saturating_sub(1);
+        let (index, tdvpr) = (self.index, self.tdvpr());
+        while self.td.inner.vcpus[index].tdcx.len() < n {
+            let fail = |error, td| Err(TdFailure { error, td });
+            if self.td.inner.vcpus[index].tdcx.try_reserve(1).is_err() {
+                return fail(
+                    TdError::Alloc {
+                        what: "a vCPU's page list",
+                    },
+                    self,
+                );
+            }
+            let page = match self.td.fresh_page() {
+                Ok(page) => page,
+                Err(error) => return fail(error, self),
+            };
+            let b = self.td.b();
+            let r = self
+                .td
+                .retry(Leaf::VP_ADDCX.v0(), Operand::Vcpu(index), || {
+                    // SAFETY: a fresh, flushed page; on success the module
+                    // owns it.
+                    unsafe { leaf::tdh_vp_addcx(b, page, tdvpr) }
+                });
+            if let Err(error) = r {
+                self.td.free_refused(page);
+                return fail(error, self);
+            }
+            self.td.inner.vcpus[index]
+                .tdcx
+                .push(FirmwarePage::from_pfn(page));
+        }
+        Ok(self.to())
+    }
+}
+
+impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
+    /// TDH.VP.INIT on the vCPU's CPU, with the guest's initial RCX and
+    /// x2APIC ID: the vCPU becomes associated with that CPU and is done.
+    ///
+    /// On failure the builder comes back, to retry or drop.
+    #[doc(alias = "TDH.VP.INIT")]
+    pub fn init(self, initial_rcx: u64, x2apic_id: u32) -> Result<VcpuId, TdFailure<Self>> {
+        let (b, p, index, tdvpr) = (self.td.b(), self.td.p(), self.index, self.tdvpr());
+        let cpu = self.td.inner.vcpus[index].cpu;
+        let r = retry_on_cpu(
+            p,
+            cpu,
+            self.td.inner.policy,
+            Leaf::VP_INIT.v(1),
+            Operand::Vcpu(index),
+            &mut || {
+                // SAFETY: TDH.VP.INIT takes no host page; it runs on `cpu`
+                // (Platform contract 2), which the vCPU becomes associated
+                // with.
+                unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
+            },
+        );
+        if let Err(error) = r {
+            return Err(TdFailure { error, td: self });
+        }
+        // The module numbers vCPUs in TDH.VP.INIT order (VCPU_INDEX).
+        let vcpu_index = self
+            .td
+            .inner
+            .vcpus
+            .iter()
+            .filter(|v| v.associated())
+            .count();
+        self.td.inner.vcpus[index].vcpu_index = Some(vcpu_index);
+        Ok(VcpuId {
+            index: vcpu_index,
+            tdvpr,
+            cpu,
+        })
+    }
+}
+
+impl<H: TdHostRef> Td<Initialized, H> {
+    /// Creates, fills and initializes a vCPU associated with `cpu` in one
+    /// call: [`new_vcpu`](Td::new_vcpu), [`add_tdcx`](VcpuBuilder::add_tdcx),
+    /// [`init`](VcpuBuilder::init).
+    ///
+    /// On failure the pages the module took stay with the TD (teardown
+    /// reclaims them); the others go back to the platform. To retry a
+    /// failed step, use the three steps.
+    #[doc(alias = "TDH.VP.CREATE")]
+    #[doc(alias = "TDH.VP.ADDCX")]
+    #[doc(alias = "TDH.VP.INIT")]
+    pub fn create_vcpu(
+        &mut self,
+        cpu: CpuId,
+        initial_rcx: u64,
+        x2apic_id: u32,
+    ) -> Result<VcpuId, TdError> {
+        self.new_vcpu(cpu)?
+            .add_tdcx()
+            .map_err(|f| f.error)?
+            .init(initial_rcx, x2apic_id)
+            .map_err(|f| f.error)
+    }
+
+    /// Starts a vCPU to be associated with `cpu`: CLFLUSH and
+    /// TDH.VP.CREATE of its TDVPR page. The vCPU is built by the returned
+    /// [`VcpuBuilder`], which borrows the TD, so the TD cannot be finalized
+    /// (nor another vCPU started) while a vCPU is half built.
+    ///
+    /// On failure the TDVPR page goes back to the platform.
+    #[doc(alias = "TDH.VP.CREATE")]
+    pub fn new_vcpu(&mut self, cpu: CpuId) -> Result<VcpuBuilder<'_, VpCreated, H>, TdError> {
+        use crate::platform::Platform;
+        if cpu.0 >= self.p().cpus() {
+            return Err(TdError::NoSuchCpu(cpu));
+        }
+        if self.inner.vcpus.try_reserve(1).is_err() {
+            return Err(TdError::Alloc {
+                what: "the TD's vCPU list",
+            });
+        }
+        let (b, tdr) = (self.b(), self.tdr());
+        let index = self.inner.vcpus.len();
+        let tdvpr = self.fresh_page()?;
+        self.retry(Leaf::VP_CREATE.v0(), Operand::Vcpu(index), || {
+            // SAFETY: a fresh, flushed page; on success the module owns it.
+            unsafe { leaf::tdh_vp_create(b, tdvpr, tdr) }
+        })
+        .inspect_err(|_| self.free_refused(tdvpr))?;
+        self.inner.vcpus.push(Vcpu {
+            tdvpr: FirmwarePage::from_pfn(tdvpr),
+            tdcx: Vec::new(),
+            cpu,
+            vcpu_index: None,
+        });
+        Ok(VcpuBuilder {
+            td: self,
+            index,
+            _state: PhantomData,
+        })
+    }
+}
