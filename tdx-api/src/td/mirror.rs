@@ -271,7 +271,9 @@ impl Node {
     pub(crate) fn fill_leaves(&mut self, first: Pfn, step: u64) {
         for (i, word) in self.slots.iter_mut().enumerate() {
             let pfn = Pfn::new(first.as_u64() + i as u64 * step);
-            *word.get_mut() = Entry::Leaf(pfn, Hold::Idle).encode();
+            // Nobody else sees the node yet: a relaxed store is enough (the
+            // store that links the node publishes these).
+            word.store(Entry::Leaf(pfn, Hold::Idle).encode(), Ordering::Relaxed);
         }
     }
 }
@@ -416,7 +418,8 @@ impl Tree {
     }
 
     fn free_retired(&mut self) {
-        let mut n = core::mem::replace(self.retired.get_mut(), ptr::null_mut());
+        // `&mut self`: no other thread; relaxed is enough.
+        let mut n = self.retired.swap(ptr::null_mut(), Ordering::Relaxed);
         while let Some(node) = NonNull::new(n) {
             // SAFETY: retired nodes are in no tree (they were unlinked
             // before `retire`), `&mut self` means no reader is left, and
@@ -502,7 +505,7 @@ unsafe fn drain_node(
         let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
         // SAFETY: the caller owns the node exclusively.
         let word = unsafe { &mut (*node).slots[i] };
-        let e = Entry::decode(core::mem::replace(word.get_mut(), ptr::null_mut()));
+        let e = Entry::decode(word.swap(ptr::null_mut(), Ordering::Relaxed));
         match e {
             Entry::Free => {}
             Entry::Table(child, _) => {
@@ -611,5 +614,155 @@ mod tests {
             ]
         );
         assert!(matches!(t.walk(gpa, 0), Err(Stop::Missing(_))));
+    }
+}
+
+/// The claim protocol under the loom model checker, which runs every
+/// interleaving of the threads (within its bounds). Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p tdx-api --lib --release mirror::loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use alloc::sync::Arc;
+
+    use loom::thread;
+
+    use super::*;
+
+    /// A tree of two levels (root entries of level 1) with a table linked
+    /// at index 0, so level-0 entries 0..FANOUT exist.
+    fn small_tree() -> Tree {
+        let t = Tree::new(1).unwrap();
+        let s = t.walk(0, 1).unwrap();
+        s.store(Entry::Table(Node::alloc(Some(Pfn::new(1))).unwrap(), Hold::Idle));
+        t
+    }
+
+    /// Two threads claim the same free entry: exactly one gets it.
+    #[test]
+    fn one_claim_wins() {
+        loom::model(|| {
+            let t = Arc::new(small_tree());
+            let claim = |t: Arc<Tree>| {
+                let s = t.walk(0x1000, 0).unwrap();
+                let won = s.swap_if(Entry::Free, Entry::Adding).is_ok();
+                if won {
+                    s.store(Entry::Leaf(Pfn::new(7), Hold::Idle));
+                }
+                won
+            };
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || claim(t2));
+            let a = claim(Arc::clone(&t));
+            let b = h.join().unwrap();
+            assert!(a ^ b, "exactly one claim wins");
+            assert_eq!(
+                t.walk(0x1000, 0).unwrap().load(),
+                Entry::Leaf(Pfn::new(7), Hold::Idle)
+            );
+        });
+    }
+
+    /// Two threads add the table above the same GPA: one links it, the
+    /// other sees the entry being added (and backs off) or walks through
+    /// the linked table; never two tables.
+    #[test]
+    fn one_table_is_linked() {
+        loom::model(|| {
+            let t = Arc::new(Tree::new(1).unwrap());
+            let add = |t: Arc<Tree>| -> bool {
+                match t.walk(0, 0) {
+                    Err(Stop::Missing(s)) => {
+                        if s.swap_if(Entry::Free, Entry::Adding).is_ok() {
+                            let n = Node::alloc(Some(Pfn::new(9))).unwrap();
+                            s.store(Entry::Table(n, Hold::Idle));
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    Ok(_) | Err(Stop::Busy) => false,
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            };
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || add(t2));
+            let a = add(Arc::clone(&t));
+            let b = h.join().unwrap();
+            assert!(!(a && b), "two tables linked");
+            assert!(a || b, "no table linked");
+            assert!(t.walk(0, 0).is_ok());
+        });
+    }
+
+    /// A merge (the table's entry and every entry below it claimed, then
+    /// the table replaced by a leaf and its node retired) against a
+    /// removal of one page below: never both proceed, and a thread that
+    /// read the old node pointer reads live memory (the node is retired,
+    /// not freed, until the tree is dropped).
+    #[test]
+    fn merge_and_removal_exclude_each_other() {
+        loom::model(|| {
+            let t = Arc::new(small_tree());
+            let table = t.walk(0, 1).unwrap();
+            let Some(node) = table.table() else { panic!() };
+            for (i, s) in node.slots(0) {
+                s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
+            }
+            let t2 = Arc::clone(&t);
+            // The removal of the page at index 2.
+            let h = thread::spawn(move || {
+                let Ok(s) = t2.walk(2 << 12, 0) else {
+                    return false;
+                };
+                let leaf = Entry::Leaf(Pfn::new(66), Hold::Idle);
+                if s.swap_if(leaf, Entry::Leaf(Pfn::new(66), Hold::Busy)).is_ok() {
+                    s.store(Entry::Free);
+                    true
+                } else {
+                    false
+                }
+            });
+            // The merge.
+            let merged = (|| {
+                let Entry::Table(n, Hold::Idle) = table.load() else {
+                    return false;
+                };
+                if table
+                    .swap_if(Entry::Table(n, Hold::Idle), Entry::Table(n, Hold::Busy))
+                    .is_err()
+                {
+                    return false;
+                }
+                // SAFETY: linked, so alive.
+                let children = unsafe { n.as_ref() };
+                let mut claimed = 0;
+                for (i, s) in children.slots(0) {
+                    let pfn = Pfn::new(64 + i as u64);
+                    if s.swap_if(Entry::Leaf(pfn, Hold::Idle), Entry::Leaf(pfn, Hold::Busy))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    claimed += 1;
+                }
+                if claimed < FANOUT {
+                    for (i, s) in children.slots(0).take(claimed) {
+                        s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
+                    }
+                    table.store(Entry::Table(n, Hold::Idle));
+                    return false;
+                }
+                table.store(Entry::Leaf(Pfn::new(64), Hold::Idle));
+                t.retire(n);
+                true
+            })();
+            let removed = h.join().unwrap();
+            assert!(!(merged && removed), "a page was removed from a merged range");
+            match t.walk(0, 1).unwrap().load() {
+                Entry::Leaf(..) => assert!(merged),
+                Entry::Table(..) => assert!(!merged),
+                e => panic!("entry left {e:?}"),
+            }
+        });
     }
 }
