@@ -403,6 +403,24 @@ fn with_retries<P: Platform>(
     }
 }
 
+/// As [`with_retries`], for a leaf that must run on `cpu`: each call is one
+/// [`Platform::on_cpu`] with exactly one SEAMCALL in it, and the back-off
+/// (a yield) happens in the calling thread between them.
+fn with_retries_on<P: Platform>(
+    p: &P,
+    cpu: CpuId,
+    stats: &mut BringUpStats,
+    leaf: LeafVersion,
+    step: Step,
+    call: &mut (dyn FnMut() -> TdxStatus + Send),
+) -> Result<TdxStatus, BringUpError> {
+    with_retries(p, stats, leaf, step, || {
+        let mut s = TdxStatus::SUCCESS;
+        p.on_cpu(cpu, &mut || s = call());
+        s
+    })
+}
+
 impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     /// TDH.SYS.INIT, TDH.SYS.LP.INIT on every CPU, and the global metadata.
     ///
@@ -435,44 +453,42 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     fn init_inner(b: &B, p: &P, stats: &mut BringUpStats) -> Result<(SysInfo, u16), BringUpError> {
         let keyids = p.keyid_partition();
         keyids.check().map_err(BringUpError::KeyIds)?;
-        let mut result = Ok(TdxStatus::SUCCESS);
         // A refused `init` may be retried. TDH.SYS.INIT and TDH.SYS.LP.INIT
         // run once per module load, so on a retry the module answers that
         // they are done: that is success here. (If the module went further,
         // to configured, TDH.SYS.CONFIG will say so with a typed error.)
-        p.on_cpu(CpuId(0), &mut || {
-            result = with_retries(p, stats, Leaf::SYS_INIT.v0(), Step::SysInit, || {
+        // Each `on_cpu` closure issues one SEAMCALL; retries and yields
+        // happen here, between them (the platform may run closures in
+        // atomic context).
+        with_retries_on(
+            p,
+            CpuId(0),
+            stats,
+            Leaf::SYS_INIT.v0(),
+            Step::SysInit,
+            &mut || {
                 // SAFETY: TDH.SYS.INIT takes no memory operand.
                 match unsafe { leaf::tdh_sys_init(b) } {
                     TdxStatus::SYS_INIT_NOT_PENDING => TdxStatus::SUCCESS,
                     s => s,
                 }
-            });
-        });
-        result?;
-        let mut failed = None;
-        p.on_each_cpu(&mut |cpu| {
-            if failed.is_some() {
-                return;
-            }
-            let r = with_retries(p, stats, Leaf::SYS_LP_INIT.v0(), Step::LpInit(cpu), || {
-                // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_each_cpu`
+            },
+        )?;
+        for c in 0..p.cpus() {
+            let cpu = CpuId(c);
+            let step = Step::LpInit(cpu);
+            with_retries_on(p, cpu, stats, Leaf::SYS_LP_INIT.v0(), step, &mut || {
+                // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_cpu`
                 // runs this on `cpu` (Platform contract point 2).
                 match unsafe { leaf::tdh_sys_lp_init(b) } {
                     TdxStatus::SYS_LP_INIT_DONE => TdxStatus::SUCCESS,
                     s => s,
                 }
-            });
-            if let Err(e) = r {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
+            })?;
         }
-        let mut info = None;
-        p.on_cpu(CpuId(0), &mut || info = Some(read_sysinfo(b, p, stats)));
-        let info = info.expect("on_cpu runs the closure")?;
+        // TDH.SYS.RD runs on any CPU the module initialized (all of them,
+        // now): from the calling thread, not inside `on_cpu`.
+        let info = read_sysinfo(b, p, stats)?;
         if !info.features0.no_rbp_mod() {
             return Err(BringUpError::MissingFeature("NO_RBP_MOD"));
         }
@@ -597,27 +613,12 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         // PAMT lines dirtied under KeyID 0 must not be written back over
         // what the module writes under the global KeyID.
         p.wbinvd_all();
-        let mut failed = None;
-        p.on_each_package(&mut |pkg, _cpu| {
-            if failed.is_some() {
-                return;
-            }
-            let r = with_retries(
-                p,
-                stats,
-                Leaf::SYS_KEY_CONFIG.v0(),
-                Step::KeyConfig(pkg),
-                || {
-                    // SAFETY: no memory operand; runs on a CPU of `pkg`.
-                    unsafe { leaf::tdh_sys_key_config(b) }
-                },
-            );
-            if let Err(e) = r {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
+        for (pkg, cpu) in crate::retry::package_cpus(p) {
+            let step = Step::KeyConfig(pkg);
+            with_retries_on(p, cpu, stats, Leaf::SYS_KEY_CONFIG.v0(), step, &mut || {
+                // SAFETY: no memory operand; runs on a CPU of `pkg`.
+                unsafe { leaf::tdh_sys_key_config(b) }
+            })?;
         }
         let bases: Vec<(u64, u64)> = self.plan.as_ref().map_or(Vec::new(), |pl| {
             pl.tdmrs.iter().map(|t| (t.base, t.end())).collect()

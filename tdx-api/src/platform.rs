@@ -7,9 +7,35 @@
 //! memory management: frame numbers and runs of frames ([`PfnRun`]), never
 //! page structures, folios or "allocations".
 //!
-//! The simulator (`tdx-sim`) implements it too, and checks every rule of the
-//! ABI that a host could break through it (touching module-owned memory,
-//! freeing a page that may hold private dirty cache lines, ...).
+//! The simulator (`tdx-sim`) implements it too, and checks the rules of the
+//! ABI that a host breaks through it (touching module-owned memory, freeing
+//! a page that may hold private dirty cache lines, ...).
+//!
+//! # Context: what may block
+//!
+//! tdx-api calls the platform from the thread that called tdx-api, and from
+//! closures given to [`Platform::on_cpu`]. Those closures issue exactly one
+//! SEAMCALL and return: they never call [`yield_now`](Platform::yield_now),
+//! allocate, or call back into the platform, so `on_cpu` may run them in
+//! atomic context (an IPI handler, `smp_call_function_single`) as well as
+//! in a sleepable one (`smp_call_on_cpu`). Retrying a busy leaf and resuming
+//! an interrupted one happen in the calling thread, between `on_cpu` calls.
+//!
+//! The only method tdx-api calls to let other work run is
+//! [`yield_now`](Platform::yield_now), and only when the caller's
+//! [`RetryPolicy`](crate::retry::RetryPolicy) says so
+//! ([`Backoff::Yield`](crate::retry::Backoff::Yield)) or between calls of a
+//! resumable leaf during bring-up and teardown. A caller in atomic context
+//! chooses a policy that spins ([`RetryPolicy::spin`](crate::retry::RetryPolicy::spin))
+//! or returns BUSY at once ([`RetryPolicy::IMMEDIATE`](crate::retry::RetryPolicy::IMMEDIATE)).
+//! The other methods are called from the calling thread and must not sleep
+//! if the caller may be in atomic context: `alloc_pages`, `free_pages` and
+//! `clflush_page` are on the TD's mapping path.
+//!
+//! Threads: every method takes `&self`, and tdx-api calls them from many
+//! threads at once when the caller does (a `Td` shared by vCPU threads), so
+//! an implementation is `Sync` and keeps its own state consistent under
+//! concurrent calls.
 //!
 //! What the trait leaves to the implementor: how frames are found and
 //! reserved, how a closure reaches another CPU, how the direct map is set
@@ -173,7 +199,9 @@ pub unsafe trait Platform {
     /// The NUMA node of a frame, if the platform knows it.
     fn node_of(&self, pfn: Pfn) -> Option<NodeId>;
 
-    /// Runs `f` on `cpu` and waits for it to finish.
+    /// Runs `f` on `cpu` and waits for it to finish. tdx-api's closures
+    /// issue one SEAMCALL each and never block: they may run in atomic
+    /// context (see the [module docs](self#context-what-may-block)).
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send));
 
     /// Writes back and invalidates the caches of every CPU.
@@ -190,7 +218,10 @@ pub unsafe trait Platform {
     /// The module does not own the run any more, and the caller owns it.
     unsafe fn movdir64b_clear(&self, run: PfnRun);
 
-    /// Gives other work a chance between calls of a resumable leaf.
+    /// Gives other work a chance: between calls of a resumable leaf, and
+    /// between retries of a busy one when the caller's retry policy is
+    /// [`Backoff::Yield`](crate::retry::Backoff::Yield). Called only from
+    /// the thread that called tdx-api, never inside an `on_cpu` closure.
     fn yield_now(&self);
 
     /// MSR IA32_MKTME_KEYID_PARTITIONING (0x87).

@@ -10,7 +10,7 @@
 //! which faults again; on the zap path it stops vCPUs and retries.
 //!
 //! A [`RetryPolicy`] says how often the library calls a leaf again before
-//! the BUSY reaches the caller as [`TdError::Busy`](crate::td::TdError::Busy),
+//! the BUSY reaches the caller as [`TdError::Busy`],
 //! and what happens between calls: nothing ([`Backoff::Spin`], a CPU
 //! spin-loop hint, fine in atomic context) or [`Platform::yield_now`]
 //! ([`Backoff::Yield`], only where the caller may schedule).
