@@ -850,24 +850,32 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let step = <S::Smaller as PageSize>::LEVEL.frames();
         let level = S::LEVEL.as_u8() - 1;
         let first = match children.slot(0, level).load() {
-            Entry::Leaf(f, Hold::Idle) if f.is_aligned(S::LEVEL.frames()) => f,
-            _ => Pfn::new(u64::MAX),
+            Entry::Leaf(f, Hold::Idle) if f.is_aligned(S::LEVEL.frames()) => Ok(f),
+            Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy) => {
+                Err(TdError::InProgress(gpa))
+            }
+            _ => Err(TdError::Gpa {
+                gpa,
+                why: "the pages below are not one aligned, contiguous run",
+            }),
         };
-        // Claim all 512 pages below: each must map the next frames of one
-        // aligned run. A page another thread holds stops the merge.
+        let first = match first {
+            Ok(f) => f,
+            Err(e) => {
+                slot.store(Entry::Table(node, Hold::Idle));
+                return Err(e);
+            }
+        };
+        // Claim all 512 pages below: each must map the next frames of the
+        // aligned run (which stays below 2^40: `first` is aligned to it). A
+        // page another thread holds stops the merge.
+        let nth = |i: usize| Pfn::new(first.as_u64() + i as u64 * step);
         let mut claimed = 0;
         let mut why = None;
         for (i, child) in children.slots(level) {
-            let expect = Entry::Leaf(
-                Pfn::new(first.as_u64().wrapping_add(i as u64 * step)),
-                Hold::Idle,
-            );
             match child.swap_if(
-                expect,
-                Entry::Leaf(
-                    Pfn::new(first.as_u64().wrapping_add(i as u64 * step)),
-                    Hold::Busy,
-                ),
+                Entry::Leaf(nth(i), Hold::Idle),
+                Entry::Leaf(nth(i), Hold::Busy),
             ) {
                 Ok(()) => claimed += 1,
                 Err(Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy)) => {
@@ -885,8 +893,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         }
         let release = |held: Hold| {
             for (i, child) in children.slots(level).take(claimed) {
-                let pfn = Pfn::new(first.as_u64() + i as u64 * step);
-                child.store(Entry::Leaf(pfn, Hold::Idle));
+                child.store(Entry::Leaf(nth(i), Hold::Idle));
             }
             slot.store(Entry::Table(node, held));
         };

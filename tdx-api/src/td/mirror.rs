@@ -374,8 +374,10 @@ impl Tree {
                 Entry::Table(n, Hold::Idle) => unsafe { n.as_ref() },
                 Entry::Free => return Err(Stop::Missing(slot)),
                 Entry::Table(_, Hold::Blocked) => return Err(Stop::Blocked),
-                Entry::Leaf(..) => return Err(Stop::Leaf),
-                Entry::Adding | Entry::Table(_, Hold::Busy) => return Err(Stop::Busy),
+                Entry::Leaf(_, Hold::Idle | Hold::Blocked) => return Err(Stop::Leaf),
+                Entry::Adding | Entry::Table(_, Hold::Busy) | Entry::Leaf(_, Hold::Busy) => {
+                    return Err(Stop::Busy);
+                }
             };
             l -= 1;
         }
@@ -633,7 +635,10 @@ mod loom_tests {
     fn small_tree() -> Tree {
         let t = Tree::new(1).unwrap();
         let s = t.walk(0, 1).unwrap();
-        s.store(Entry::Table(Node::alloc(Some(Pfn::new(1))).unwrap(), Hold::Idle));
+        s.store(Entry::Table(
+            Node::alloc(Some(Pfn::new(1))).unwrap(),
+            Hold::Idle,
+        ));
         t
     }
 
@@ -715,7 +720,9 @@ mod loom_tests {
                     return false;
                 };
                 let leaf = Entry::Leaf(Pfn::new(66), Hold::Idle);
-                if s.swap_if(leaf, Entry::Leaf(Pfn::new(66), Hold::Busy)).is_ok() {
+                if s.swap_if(leaf, Entry::Leaf(Pfn::new(66), Hold::Busy))
+                    .is_ok()
+                {
                     s.store(Entry::Free);
                     true
                 } else {
@@ -757,7 +764,10 @@ mod loom_tests {
                 true
             })();
             let removed = h.join().unwrap();
-            assert!(!(merged && removed), "a page was removed from a merged range");
+            assert!(
+                !(merged && removed),
+                "a page was removed from a merged range"
+            );
             match t.walk(0, 1).unwrap().load() {
                 Entry::Leaf(..) => assert!(merged),
                 Entry::Table(..) => assert!(!merged),
