@@ -1,0 +1,191 @@
+//! A backend with no cost of its own, for measuring the library alone.
+//!
+//! [`NullSwitch`] is both the `Seamcall` backend and the `Platform` of a
+//! TD host. Switched off, it forwards everything to the simulator, which
+//! brings the module up and builds the TD. Switched on, SEAMCALLs answer
+//! TDX_SUCCESS at once (TDH.MEM.PAGE.REMOVE names the frame the bench
+//! mapped at that GPA: frame = GPA + a fixed offset) and CLFLUSH and
+//! yields do nothing, so what is left of a map or unmap is the library's
+//! own work. Pages mapped while switched on are unmapped while switched
+//! on, so the simulator never sees them.
+
+// UNSAFETY: implements the `unsafe trait`s `Seamcall` and `Platform` by
+// forwarding to the simulator, and hands frames to a TD.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tdx::{
+    Gpa, Leaf, Pfn, Size4K, TdxStatus,
+    api::{
+        CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        plan::{MemRange, PlanInput},
+        td::{Finalized, GuestFrame, Td, TdConfig, TdHost, TdHostRef},
+    },
+    sys::{RegShape, Seamcall, SeamcallArgs},
+    types::{Hpa, PfnRun, metadata::KeyIdPartition},
+};
+use tdx_sim::{MachineDesc, Profile, Simulator};
+
+pub(crate) const GIB: u64 = 1 << 30;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct NullSwitch {
+    pub(crate) sim: Simulator,
+    null: AtomicBool,
+    /// HPA minus GPA of every page mapped while switched on.
+    delta: AtomicU64,
+}
+
+impl NullSwitch {
+    /// A 2-CPU host with 16 GiB of TDX memory at 4 GiB, switched off.
+    pub(crate) fn new() -> Self {
+        let sim = Simulator::new(
+            MachineDesc::new(vec![(4 * GIB, 20 * GIB)])
+                .with_cpus(1, 2)
+                .with_profile(Profile::tdx_1_5()),
+        )
+        .unwrap();
+        Self {
+            sim,
+            null: AtomicBool::new(false),
+            delta: AtomicU64::new(0),
+        }
+    }
+
+    /// Switches the no-cost answers on or off; `delta` is HPA − GPA of the
+    /// pages mapped meanwhile.
+    pub(crate) fn set(&self, on: bool, delta: u64) {
+        self.delta.store(delta, Ordering::Relaxed);
+        self.null.store(on, Ordering::SeqCst);
+    }
+
+    fn on(&self) -> bool {
+        self.null.load(Ordering::Relaxed)
+    }
+}
+
+// SAFETY: switched off it is the simulator; switched on it answers as a
+// module that did what was asked (the bench only maps frames it allocated
+// and removes what it mapped), and no real memory changes hands.
+unsafe impl Seamcall for NullSwitch {
+    #[inline]
+    unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        if !self.on() {
+            // SAFETY: forwarded contract.
+            return unsafe { self.sim.seamcall(rax, args, shape) };
+        }
+        if rax & 0xFFFF == u64::from(Leaf::MEM_PAGE_REMOVE.0) {
+            args.rcx = (args.rcx & !0xFFF) + self.delta.load(Ordering::Relaxed);
+        } else {
+            args.rcx = 0;
+        }
+        args.rdx = 0;
+        TdxStatus::SUCCESS
+    }
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract; switched
+// on, CLFLUSH is skipped for frames the simulator never sees mapped.
+unsafe impl Platform for NullSwitch {
+    fn alloc_pages(&self, n: u64, a: u64, p: Placement) -> Result<PfnRun, PlatformError> {
+        self.sim.alloc_pages(n, a, p)
+    }
+    unsafe fn free_pages(&self, run: PfnRun) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.free_pages(run) }
+    }
+    fn leak_pages(&self, run: PfnRun, reason: &'static str) {
+        self.sim.leak_pages(run, reason)
+    }
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.read_phys(pa, buf) }
+    }
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.write_phys(pa, data) }
+    }
+    fn cpus(&self) -> u32 {
+        self.sim.cpus()
+    }
+    fn package_of(&self, cpu: CpuId) -> PackageId {
+        self.sim.package_of(cpu)
+    }
+    fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        self.sim.node_of(pfn)
+    }
+    fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+        self.sim.on_cpu(cpu, f)
+    }
+    fn wbinvd_all(&self) {
+        self.sim.wbinvd_all()
+    }
+    #[inline]
+    fn clflush_page(&self, pfn: Pfn) {
+        if !self.on() {
+            self.sim.clflush_page(pfn)
+        }
+    }
+    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.movdir64b_clear(run) }
+    }
+    fn yield_now(&self) {
+        if !self.on() {
+            self.sim.yield_now()
+        }
+    }
+    fn keyid_partition(&self) -> KeyIdPartition {
+        self.sim.keyid_partition()
+    }
+    fn keyid_shift(&self) -> u32 {
+        self.sim.keyid_shift()
+    }
+    fn errata(&self) -> Errata {
+        self.sim.errata()
+    }
+}
+
+pub(crate) type Host<'n> = TdHost<&'n NullSwitch, &'n NullSwitch>;
+
+/// The TD host of `n`'s simulator, brought up switched off.
+pub(crate) fn host(n: &NullSwitch) -> Host<'_> {
+    let input = PlanInput::new(vec![MemRange {
+        start: 4 * GIB,
+        end: 20 * GIB,
+        node: 0,
+    }]);
+    let module = TdxModule::init(n, n)
+        .map_err(|r| r.error)
+        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
+        .unwrap();
+    TdHost::new(module).unwrap()
+}
+
+/// A finalized TD with one vCPU, and the S-EPT tables for GPAs
+/// `[0, pages × 4 KiB)` (one page mapped and unmapped in each 2 MiB
+/// region, on the simulator).
+pub(crate) fn finalized<H: TdHostRef>(host: H, pages: u64) -> Td<Finalized, H>
+where
+    H::Platform: Platform,
+{
+    let params = TdConfig::builder().max_vcpus(1).build().to_params();
+    let mut td = Td::build(host, &params).unwrap();
+    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let td = td.finalize().map_err(|f| f.error).unwrap();
+    let p = td.host().module().platform();
+    let frame = p.alloc_pages(1, 1, Placement::Anywhere).unwrap().first();
+    for region in 0..pages.div_ceil(512) {
+        let gpa = Gpa::new(region << 21);
+        // SAFETY: allocated above, not touched while mapped.
+        let f = unsafe { GuestFrame::<Size4K>::new(frame) }.unwrap();
+        td.map(gpa, f).unwrap();
+        let _ = td.unmap::<Size4K>(gpa, &|| {}).unwrap();
+    }
+    // SAFETY: unmapped above, written back.
+    unsafe { p.free_pages(PfnRun::try_new(frame, 1).unwrap()) };
+    td
+}
