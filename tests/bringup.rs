@@ -376,7 +376,9 @@ fn every_shared_map_brings_up_with_and_without_extensions() {
             let m = m
                 .init_extensions()
                 .unwrap_or_else(|r| panic!("{label}: extensions: {:?}", r.error));
-            assert!(m.is_ready());
+            // Ready for TDs: the module's own state, and the extension
+            // state and accounting (`assert_ready`).
+            assert_eq!(sim.module_state(), SysState::Ready, "{label}");
             assert_ready(&sim, &m, &profile, &label);
             let st = sim.stats();
             assert_eq!(

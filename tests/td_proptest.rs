@@ -32,7 +32,10 @@
 // (`GuestFrame::new`, the caller's promise) and frees them afterwards.
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use proptest::prelude::*;
 use tdx::{
@@ -57,7 +60,7 @@ const PARTS: u64 = 512;
 
 type Module<'s> = TdxModule<ExtInited, &'s Simulator, &'s Simulator>;
 type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
-type FinalTd<'h, 's> = Td<'h, Finalized, &'s Simulator, &'s Simulator>;
+type FinalTd<'h, 's> = Td<Finalized, &'h Host<'s>>;
 
 /// Two packages of two CPUs, 4 GiB.
 fn sim() -> Simulator {
@@ -545,7 +548,7 @@ impl<'h, 's> World<'h, 's> {
                 // SAFETY: allocated by this test from the simulator, held by
                 // the caller (not with any TD), 2M aligned.
                 let frame = unsafe { GuestFrame::<Size2M>::new(Pfn::new(f)) }.unwrap();
-                let td = self.tds[i].as_mut().unwrap();
+                let td = self.tds[i].as_ref().unwrap();
                 match td.map(Gpa::new(gpa), frame) {
                     Ok(()) => {
                         assert!(ok, "2M map at {gpa:#x} over a page table or page");
@@ -574,18 +577,19 @@ impl<'h, 's> World<'h, 's> {
                 }
                 let k = usize::from(pick) % m.mapped.len();
                 let (&gpa, &mp) = m.mapped.iter().nth(k).unwrap();
-                let td = self.tds[i].as_mut().unwrap();
-                let mut kicks = 0;
+                let td = self.tds[i].as_ref().unwrap();
+                let kicks = Cell::new(0);
+                let kick = || kicks.set(kicks.get() + 1);
                 let back = match mp.size {
                     Size::K4 => td
-                        .unmap::<Size4K>(Gpa::new(gpa), &mut || kicks += 1)
+                        .unmap::<Size4K>(Gpa::new(gpa), &kick)
                         .map(|f| PfnRun::from(f.into_range())),
                     Size::M2 => td
-                        .unmap::<Size2M>(Gpa::new(gpa), &mut || kicks += 1)
+                        .unmap::<Size2M>(Gpa::new(gpa), &kick)
                         .map(|f| PfnRun::from(f.into_range())),
                 };
                 let back = back.unwrap_or_else(|e| panic!("unmap {gpa:#x}: {e:?}"));
-                assert_eq!(kicks, 1);
+                assert_eq!(kicks.get(), 1);
                 assert_eq!(back.first().as_u64(), mp.first, "the frames mapped there");
                 assert_eq!(back.count(), mp.size.frames());
                 self.models[i].mapped.remove(&gpa);
@@ -598,12 +602,13 @@ impl<'h, 's> World<'h, 's> {
                 let m = &self.models[i];
                 let has_table = m.pt.contains(&gpa);
                 let in_use = m.mapped.range(gpa..gpa + 2 * MIB).next().is_some();
-                let td = self.tds[i].as_mut().unwrap();
-                let mut kicks = 0;
-                match td.remove_table::<Size2M>(Gpa::new(gpa), &mut || kicks += 1) {
+                let td = self.tds[i].as_ref().unwrap();
+                let kicks = Cell::new(0);
+                let kick = || kicks.set(kicks.get() + 1);
+                match td.remove_table::<Size2M>(Gpa::new(gpa), &kick) {
                     Ok(()) => {
                         assert!(has_table && !in_use, "table at {gpa:#x} removed");
-                        assert_eq!(kicks, 1);
+                        assert_eq!(kicks.get(), 1);
                         self.models[i].pt.remove(&gpa);
                     }
                     Err(TdError::NotMapped(_)) => assert!(!has_table, "{gpa:#x}"),
@@ -623,11 +628,12 @@ impl<'h, 's> World<'h, 's> {
                     return;
                 }
                 let (gpa, mp) = huge[usize::from(pick) % huge.len()];
-                let td = self.tds[i].as_mut().unwrap();
-                let mut kicks = 0;
-                td.demote::<Size2M>(Gpa::new(gpa), &mut || kicks += 1)
+                let td = self.tds[i].as_ref().unwrap();
+                let kicks = Cell::new(0);
+                let kick = || kicks.set(kicks.get() + 1);
+                td.demote::<Size2M>(Gpa::new(gpa), &kick)
                     .unwrap_or_else(|e| panic!("demote {gpa:#x}: {e:?}"));
-                assert_eq!(kicks, 1);
+                assert_eq!(kicks.get(), 1);
                 self.models[i].split(gpa, mp);
             }
             Op::Refill { td, pick } => {
@@ -697,9 +703,10 @@ impl<'h, 's> World<'h, 's> {
                 let same = accepted == 0 || accepted as u64 == PARTS;
                 let blocks = calls(self.sim, Leaf::MEM_RANGE_BLOCK);
                 let control = self.tds[i].as_ref().unwrap().control_pages();
-                let td = self.tds[i].as_mut().unwrap();
-                let mut kicks = 0;
-                let r = td.promote::<Size2M>(Gpa::new(base), &mut || kicks += 1);
+                let td = self.tds[i].as_ref().unwrap();
+                let kicks = Cell::new(0);
+                let kick = || kicks.set(kicks.get() + 1);
+                let r = td.promote::<Size2M>(Gpa::new(base), &kick);
                 if contiguous && !same {
                     let e = r.expect_err("promote of mixed pending and accepted pages");
                     assert!(
@@ -707,11 +714,11 @@ impl<'h, 's> World<'h, 's> {
                             if error.leaf() == Leaf::MEM_PAGE_PROMOTE.v0()),
                         "{e:?}"
                     );
-                    assert_eq!(kicks, 1);
+                    assert_eq!(kicks.get(), 1);
                     assert_eq!(td.control_pages(), control, "nothing changed");
                 } else if contiguous {
                     r.unwrap_or_else(|e| panic!("promote {base:#x}: {e:?}"));
-                    assert_eq!(kicks, 1);
+                    assert_eq!(kicks.get(), 1);
                     assert_eq!(td.control_pages(), control - 1, "the PT went back");
                     let m = &mut self.models[i];
                     for p in 0..PARTS {
@@ -732,7 +739,7 @@ impl<'h, 's> World<'h, 's> {
                         matches!(e, TdError::NotMapped(_) | TdError::Gpa { .. }),
                         "{e:?}"
                     );
-                    assert_eq!(kicks, 0);
+                    assert_eq!(kicks.get(), 0);
                     assert_eq!(
                         calls(self.sim, Leaf::MEM_RANGE_BLOCK),
                         blocks,
@@ -779,19 +786,16 @@ impl<'h, 's> World<'h, 's> {
                     return;
                 }
                 let blocks = calls(self.sim, Leaf::MEM_RANGE_BLOCK);
-                let td = self.tds[i].as_mut().unwrap();
-                let mut kicks = 0;
+                let td = self.tds[i].as_ref().unwrap();
+                let kicks = Cell::new(0);
+                let kick = || kicks.set(kicks.get() + 1);
                 let e = match size {
-                    Size::K4 => td
-                        .unmap::<Size4K>(Gpa::new(gpa), &mut || kicks += 1)
-                        .map(|f| f.pfn()),
-                    Size::M2 => td
-                        .unmap::<Size2M>(Gpa::new(gpa), &mut || kicks += 1)
-                        .map(|f| f.pfn()),
+                    Size::K4 => td.unmap::<Size4K>(Gpa::new(gpa), &kick).map(|f| f.pfn()),
+                    Size::M2 => td.unmap::<Size2M>(Gpa::new(gpa), &kick).map(|f| f.pfn()),
                 }
                 .expect_err("nothing of that size there");
                 assert_eq!(e, TdError::NotMapped(Gpa::new(gpa)));
-                assert_eq!(kicks, 0);
+                assert_eq!(kicks.get(), 0);
                 assert_eq!(calls(self.sim, Leaf::MEM_RANGE_BLOCK), blocks);
             }
             Op::Rebuild { td } => {
@@ -882,7 +886,7 @@ impl<'h, 's> World<'h, 's> {
                 // SAFETY: allocated by this test from the simulator, held by
                 // the caller (not with any TD), 2M aligned.
                 let frame = unsafe { GuestFrame::<Size2M>::new(Pfn::new(f)) }.unwrap();
-                match self.tds[i].as_mut().unwrap().map(Gpa::new(gpa), frame) {
+                match self.tds[i].as_ref().unwrap().map(Gpa::new(gpa), frame) {
                     Ok(()) => {
                         self.frames.give(i, f, PARTS);
                         self.models[i].mapped.insert(
@@ -908,13 +912,13 @@ impl<'h, 's> World<'h, 's> {
                 }
                 let k = usize::from(pick) % m.mapped.len();
                 let (&gpa, &mp) = m.mapped.iter().nth(k).unwrap();
-                let td = self.tds[i].as_mut().unwrap();
+                let td = self.tds[i].as_ref().unwrap();
                 let back = match mp.size {
                     Size::K4 => td
-                        .unmap::<Size4K>(Gpa::new(gpa), &mut || {})
+                        .unmap::<Size4K>(Gpa::new(gpa), &|| {})
                         .map(|f| PfnRun::from(f.into_range())),
                     Size::M2 => td
-                        .unmap::<Size2M>(Gpa::new(gpa), &mut || {})
+                        .unmap::<Size2M>(Gpa::new(gpa), &|| {})
                         .map(|f| PfnRun::from(f.into_range())),
                 };
                 match back {
@@ -932,8 +936,8 @@ impl<'h, 's> World<'h, 's> {
             Op::RemoveTable { td, region } => {
                 let Some(i) = self.td(td) else { return };
                 let gpa = u64::from(region) * 2 * MIB;
-                let td = self.tds[i].as_mut().unwrap();
-                if td.remove_table::<Size2M>(Gpa::new(gpa), &mut || {}).is_ok() {
+                let td = self.tds[i].as_ref().unwrap();
+                if td.remove_table::<Size2M>(Gpa::new(gpa), &|| {}).is_ok() {
                     self.models[i].pt.remove(&gpa);
                 }
             }
@@ -949,8 +953,8 @@ impl<'h, 's> World<'h, 's> {
                     return;
                 }
                 let (gpa, mp) = huge[usize::from(pick) % huge.len()];
-                let td = self.tds[i].as_mut().unwrap();
-                if td.demote::<Size2M>(Gpa::new(gpa), &mut || {}).is_ok() {
+                let td = self.tds[i].as_ref().unwrap();
+                if td.demote::<Size2M>(Gpa::new(gpa), &|| {}).is_ok() {
                     self.models[i].split(gpa, mp);
                 }
             }
@@ -966,8 +970,8 @@ impl<'h, 's> World<'h, 's> {
                     return;
                 };
                 let first = m.contiguous(base).expect("mergeable");
-                let td = self.tds[i].as_mut().unwrap();
-                if td.promote::<Size2M>(Gpa::new(base), &mut || {}).is_ok() {
+                let td = self.tds[i].as_ref().unwrap();
+                if td.promote::<Size2M>(Gpa::new(base), &|| {}).is_ok() {
                     let m = &mut self.models[i];
                     for p in 0..PARTS {
                         m.mapped.remove(&(base + p * 4096));
@@ -1025,7 +1029,7 @@ impl<'h, 's> World<'h, 's> {
         // SAFETY: allocated by this test from the simulator and held by the
         // caller (not with any TD).
         let frame = unsafe { GuestFrame::<Size4K>::new(Pfn::new(f)) }.unwrap();
-        match self.tds[i].as_mut().unwrap().map(Gpa::new(gpa), frame) {
+        match self.tds[i].as_ref().unwrap().map(Gpa::new(gpa), frame) {
             Ok(()) => {
                 self.frames.give(i, f, 1);
                 let m = &mut self.models[i];
@@ -1117,7 +1121,7 @@ impl<'h, 's> World<'h, 's> {
         // SAFETY: allocated by this test from the simulator and held by the
         // caller (not with any TD).
         let frame = unsafe { GuestFrame::<Size4K>::new(Pfn::new(f)) }.unwrap();
-        let td = self.tds[i].as_mut().unwrap();
+        let td = self.tds[i].as_ref().unwrap();
         match td.map(Gpa::new(gpa), frame) {
             Ok(()) => {
                 assert!(ok, "4K map at {gpa:#x} over a page");
@@ -1364,7 +1368,7 @@ fn a_demote_failing_at_track_unblocks_the_range() {
     let m = ready(&sim);
     let baseline = sim.accounting();
     let h = TdHost::new(m).unwrap();
-    let mut td = finalized(&h, 0);
+    let td = finalized(&h, 0);
     let run = sim.alloc_pages(PARTS, PARTS, Placement::Anywhere).unwrap();
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
@@ -1375,7 +1379,7 @@ fn a_demote_failing_at_track_unblocks_the_range() {
         1,
         TdxStatus::OPERAND_INVALID,
     ));
-    let e = td.demote::<Size2M>(gpa, &mut || {}).unwrap_err();
+    let e = td.demote::<Size2M>(gpa, &|| {}).unwrap_err();
     assert!(
         matches!(e, TdError::Seamcall { error, .. } if error.leaf() == Leaf::MEM_TRACK.v0()),
         "{e:?}"
