@@ -2,12 +2,11 @@
 // built (the module creates vCPUs only before TDH.MR.FINALIZE): the vCPU
 // builder borrows the TD.
 use tdx::api::{
-    CpuId, Platform,
-    td::{Initialized, Td},
+    CpuId,
+    td::{Initialized, Td, TdHostRef},
 };
-use tdx::sys::Seamcall;
 
-fn finalize_mid_build<B: Seamcall + Sync, P: Platform + Sync>(mut td: Td<'_, Initialized, B, P>) {
+fn finalize_mid_build<H: TdHostRef>(mut td: Td<Initialized, H>) {
     let v = td.new_vcpu(CpuId(0)).unwrap();
     let _td = td.finalize();
     let _ = v.add_tdcx();

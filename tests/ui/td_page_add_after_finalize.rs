@@ -1,15 +1,9 @@
 // Guarantee: initial memory (TDH.MEM.PAGE.ADD, measured) exists only before
 // finalization; a finalized TD has no `add_page`.
-use tdx::api::{
-    Platform,
-    td::{Finalized, GuestFrame, Td},
-};
-use tdx::{Gpa, Size4K, sys::Seamcall};
+use tdx::api::td::{Finalized, GuestFrame, Td, TdHostRef};
+use tdx::{Gpa, Size4K};
 
-fn after_finalize<B: Seamcall + Sync, P: Platform + Sync>(
-    mut td: Td<'_, Finalized, B, P>,
-    frame: GuestFrame<Size4K>,
-) {
+fn after_finalize<H: TdHostRef>(mut td: Td<Finalized, H>, frame: GuestFrame<Size4K>) {
     let _ = td.add_page(Gpa::new(0), frame, &[0; 4096], true);
 }
 

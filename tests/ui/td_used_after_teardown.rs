@@ -1,12 +1,8 @@
 // Guarantee: teardown consumes the TD; nothing can use it (or its pages)
 // afterwards.
-use tdx::api::{
-    Platform,
-    td::{Finalized, Td},
-};
-use tdx::sys::Seamcall;
+use tdx::api::td::{Finalized, Td, TdHostRef};
 
-fn after_teardown<B: Seamcall + Sync, P: Platform + Sync>(td: Td<'_, Finalized, B, P>) {
+fn after_teardown<H: TdHostRef>(td: Td<Finalized, H>) {
     let _report = td.teardown();
     let _ = td.tdr();
 }

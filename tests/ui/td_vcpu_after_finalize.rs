@@ -2,12 +2,11 @@
 // finalization only; a finalized TD has neither `create_vcpu` nor
 // `new_vcpu`.
 use tdx::api::{
-    CpuId, Platform,
-    td::{Finalized, Td},
+    CpuId,
+    td::{Finalized, Td, TdHostRef},
 };
-use tdx::sys::Seamcall;
 
-fn after_finalize<B: Seamcall + Sync, P: Platform + Sync>(mut td: Td<'_, Finalized, B, P>) {
+fn after_finalize<H: TdHostRef>(mut td: Td<Finalized, H>) {
     let _ = td.create_vcpu(CpuId(0), 0, 0);
     let _ = td.new_vcpu(CpuId(0));
 }
