@@ -10,6 +10,8 @@
 // the TD (`GuestFrame::new`) and frees them when the TD gives them back.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
+
 use tdx::{
     Gpa, Size1G, Size2M, Size4K,
     api::{
@@ -47,7 +49,16 @@ fn main() {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).expect("TD build");
     td.create_vcpu(CpuId(0), 0, 0).expect("vCPU");
-    let mut td = td.finalize().map_err(|f| f.error).expect("finalize");
+    let td = td.finalize().map_err(|f| f.error).expect("finalize");
+
+    // The kick. PROMOTE (also inside `map_1g`), DEMOTE and removal need
+    // every vCPU of this TD out of the guest after TDH.MEM.TRACK: in a real
+    // VMM this IPIs the CPUs running this TD's vCPUs and waits until each
+    // has left the guest at least once. Here no vCPU runs (the simulator
+    // has no TDH.VP.ENTER), so there is nothing to interrupt: it only
+    // counts.
+    let kicks = Cell::new(0u32);
+    let kick_vcpus = || kicks.set(kicks.get() + 1);
 
     // One 2 MiB page at GPA 2 MiB and one 1 GiB page at GPA 1 GiB. The frames
     // only need to be aligned and contiguous; the library checks that by
@@ -61,26 +72,24 @@ fn main() {
     td.map(Gpa::new(2 * MIB), f2m).map_err(|f| f.error).unwrap();
     // The module's PAGE.AUG maps 4K and 2M: a 1G page is 512 2M AUGs and a
     // promotion.
-    td.map_1g(Gpa::new(GIB), f1g, &mut || {})
+    td.map_1g(Gpa::new(GIB), f1g, &kick_vcpus)
         .map_err(|f| f.error)
         .unwrap();
     println!("mapped: 2 MiB at GPA {:#x}, 1 GiB at GPA {GIB:#x}", 2 * MIB);
 
-    let mut kicks = 0u32;
-    let mut kick = || kicks += 1;
     // Split the 2M page and take one 4K page out of it.
-    td.demote::<Size2M>(Gpa::new(2 * MIB), &mut kick).unwrap();
+    td.demote::<Size2M>(Gpa::new(2 * MIB), &kick_vcpus).unwrap();
     let hole = Gpa::new(2 * MIB + 5 * 4096);
-    let page = td.unmap::<Size4K>(hole, &mut kick).unwrap();
+    let page = td.unmap::<Size4K>(hole, &kick_vcpus).unwrap();
     println!(
         "2M page split into 512 4K pages; 4K page at GPA {:#x} (PFN {:#x}) unmapped",
         hole.as_u64(),
         page.pfn().as_u64()
     );
     // Split the 1G page into 2M pages and take one of them out.
-    td.demote::<Size1G>(Gpa::new(GIB), &mut kick).unwrap();
+    td.demote::<Size1G>(Gpa::new(GIB), &kick_vcpus).unwrap();
     let piece = td
-        .unmap::<Size2M>(Gpa::new(GIB + 6 * MIB), &mut kick)
+        .unmap::<Size2M>(Gpa::new(GIB + 6 * MIB), &kick_vcpus)
         .unwrap();
     println!(
         "1G page split into 512 2M pages; 2M page at GPA {:#x} unmapped",
@@ -88,14 +97,16 @@ fn main() {
     );
     // Put both back and merge the ranges again.
     td.map(hole, page).map_err(|f| f.error).unwrap();
-    td.promote::<Size2M>(Gpa::new(2 * MIB), &mut kick).unwrap();
+    td.promote::<Size2M>(Gpa::new(2 * MIB), &kick_vcpus)
+        .unwrap();
     td.map(Gpa::new(GIB + 6 * MIB), piece)
         .map_err(|f| f.error)
         .unwrap();
-    td.promote::<Size1G>(Gpa::new(GIB), &mut kick).unwrap();
+    td.promote::<Size1G>(Gpa::new(GIB), &kick_vcpus).unwrap();
     println!(
-        "both ranges merged again; {} private pages mapped, {kicks} vCPU kicks",
-        td.private_pages()
+        "both ranges merged again; {} private pages mapped, {} vCPU kicks",
+        td.private_pages(),
+        kicks.get()
     );
 
     let report = td.teardown();

@@ -16,6 +16,8 @@
 // promise; frames are freed to the simulated host when the TD returns them.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
+
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
@@ -53,7 +55,7 @@ fn main() {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).expect("TD");
     td.create_vcpu(CpuId(0), 0, 0).expect("vCPU");
-    let mut td = td.finalize().map_err(|f| f.error).expect("finalize");
+    let td = td.finalize().map_err(|f| f.error).expect("finalize");
 
     // The VMM's memory: here, frames from the host allocator. Any frames
     // would do (a hugetlb pool, a memfd, a reserved region): only their
@@ -94,16 +96,22 @@ fn main() {
     //    the guest), REMOVE, PAGE.WBINVD with the TD's HKID, and MOVDIR64B on
     //    platforms with the partial-write erratum. The token comes back: the
     //    frames are host memory again.
-    let mut kicked = 0;
-    let back = td
-        .unmap::<Size4K>(Gpa::new(8 * MIB), &mut || kicked += 1)
-        .unwrap();
+    //    The kick is the VMM's: in a real VMM it IPIs the CPUs running this
+    //    TD's vCPUs and waits until each has left the guest at least once.
+    //    Here no vCPU runs (the simulator has no TDH.VP.ENTER), so there is
+    //    nothing to interrupt: it only counts. (To remove many pages with
+    //    one TRACK and one kick, use `Td::zap` or `Td::unmap_range`.)
+    let kicks = Cell::new(0u32);
+    let kick_vcpus = || kicks.set(kicks.get() + 1);
+    let back = td.unmap::<Size4K>(Gpa::new(8 * MIB), &kick_vcpus).unwrap();
     println!(
-        "unmapped 4K at GPA 0x800000: PFN {:#x} back ({kicked} kick)",
-        back.pfn().as_u64()
+        "unmapped 4K at GPA 0x800000: PFN {:#x} back ({} kick)",
+        back.pfn().as_u64(),
+        kicks.get()
     );
-    // Asking for a size that is not mapped there is a typed error.
-    match td.unmap::<Size4K>(Gpa::new(2 * MIB), &mut || {}) {
+    // Asking for a size that is not mapped there is a typed error, found
+    // before any SEAMCALL (and without a kick).
+    match td.unmap::<Size4K>(Gpa::new(2 * MIB), &kick_vcpus) {
         Err(TdError::NotMapped(g)) => println!("no 4K page at {g}: refused"),
         other => println!("unexpected: {other:?}"),
     }

@@ -1,8 +1,8 @@
 //! The whole of tdx-rs in one run, on a simulated host: bring the TDX
 //! module up from a real machine's memory map, build a Trust Domain with two
 //! vCPUs and measured initial memory, finalize it, map private memory by PFN
-//! at 4K, 2M and 1G, unmap part of it, tear everything down, and print what
-//! happened.
+//! at 4K, 2M and 1G, unmap part of it in one batch, tear everything down,
+//! and print what happened.
 //!
 //! ```text
 //! cargo run --release --example quickstart             # a 2-socket, 128 GiB host
@@ -14,21 +14,23 @@
 // frees them when the TD gives them back.
 #![allow(unsafe_code)]
 
-use std::{path::PathBuf, time::Instant};
+use std::{cell::Cell, path::PathBuf, time::Instant};
 
 use tdx::{
-    Gpa, PageSize, Size1G, Size2M, Size4K,
+    Gpa, Leaf, PageSize, Size1G, Size2M, Size4K,
     api::{
         CpuId, Placement, Platform, TdxModule,
         measure::{self, InitialPage},
-        td::{AugPageSize, GuestFrame, TdConfig, TdHost},
+        td::{AugPageSize, Finalized, GuestFrame, Td, TdConfig, TdHost},
     },
     types::PfnRun,
 };
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
-const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+
+/// The TD of this example: finalized, borrowing its host.
+type SimTd<'h, 's> = Td<Finalized, &'h TdHost<&'s Simulator, &'s Simulator>>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -105,7 +107,7 @@ fn main() {
         contents,
         extend: true,
     }));
-    let mut td = td
+    let td = td
         .finalize()
         .map_err(|f| f.error)
         .unwrap_or_else(|e| die(&path, e));
@@ -121,6 +123,16 @@ fn main() {
             .collect::<String>()
     );
 
+    // The kick. Removing private memory (and DEMOTE, PROMOTE) needs every
+    // vCPU of this TD out of the guest after TDH.MEM.TRACK, so none keeps a
+    // stale translation: in a real VMM this IPIs the CPUs running this TD's
+    // vCPUs and waits until each has left the guest at least once. The
+    // library calls it holding no lock. Here no vCPU runs (the simulator
+    // has no TDH.VP.ENTER), so there is nothing to interrupt: it only
+    // counts.
+    let kicks = Cell::new(0u64);
+    let kick_vcpus = || kicks.set(kicks.get() + 1);
+
     // 4. Private memory by PFN: 1 GiB at 1G, 256 MiB at 2M, 64 MiB at 4K.
     let t2 = Instant::now();
     let mut runs = Vec::new();
@@ -130,34 +142,43 @@ fn main() {
     let run1g = alloc(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated just now for this TD; untouched until given back.
     let f1g = unsafe { GuestFrame::<Size1G>::new(run1g.first()) }.expect("1G aligned");
-    td.map_1g(Gpa::new(4 * GIB), f1g, &mut || {})
+    td.map_1g(Gpa::new(4 * GIB), f1g, &kick_vcpus)
         .map_err(|f| f.error)
         .unwrap_or_else(|e| die(&path, e));
     runs.push(run1g);
     mapped += GIB;
-    mapped += map_all::<Size2M>(&sim, &mut td, &mut runs, 6 * GIB, 128, &path);
-    mapped += map_all::<Size4K>(&sim, &mut td, &mut runs, 7 * GIB, 16384, &path);
+    mapped += map_all::<Size2M>(&sim, &td, &mut runs, 6 * GIB, 128, &path);
+    mapped += map_all::<Size4K>(&sim, &td, &mut runs, 7 * GIB, 16384, &path);
     let t_map = t2.elapsed();
+    let kicks_mapping = kicks.get();
 
-    // 5. Unmap half of the 4K and 2M memory while the TD lives.
+    // 5. Unmap half of the 4K and 2M memory while the TD lives, in one
+    //    batch: each page is blocked (TDH.MEM.RANGE.BLOCK), then one
+    //    TDH.MEM.TRACK and one kick cover them all before the removals.
+    //    (`Td::unmap` is a batch of one: a TRACK and a kick per page.)
     let t3 = Instant::now();
-    let mut returned = 0u64;
-    let mut kicks = 0u64;
-    for i in 0..64u64 {
-        let f = td
-            .unmap::<Size2M>(Gpa::new(6 * GIB + i * 2 * MIB), &mut || kicks += 1)
-            .unwrap_or_else(|e| die(&path, e));
-        returned += Size2M::SIZE;
-        free(&sim, f.into_range().into());
+    let tracks_before = track_calls(&sim);
+    let mut batch = td.zap();
+    batch
+        .block_range(Gpa::new(6 * GIB), 64 * Size2M::SIZE)
+        .unwrap_or_else(|e| die(&path, e));
+    batch
+        .block_range(Gpa::new(7 * GIB), 8192 * Size4K::SIZE)
+        .unwrap_or_else(|e| die(&path, e));
+    let pages = batch.len();
+    let unmapped = batch.commit(&kick_vcpus);
+    if !unmapped.is_complete() {
+        die(
+            &path,
+            format!("unmap batch incomplete: {:?}", unmapped.stopped),
+        );
     }
-    for i in 0..8192u64 {
-        let f = td
-            .unmap::<Size4K>(Gpa::new(7 * GIB + i * 4096), &mut || kicks += 1)
-            .unwrap_or_else(|e| die(&path, e));
-        returned += Size4K::SIZE;
-        free(&sim, f.into_range().into());
+    let returned = unmapped.frames_returned() * 4096;
+    for run in unmapped.returned() {
+        free(&sim, run);
     }
     let t_unmap = t3.elapsed();
+    let tracks = track_calls(&sim) - tracks_before;
 
     // 6. Teardown: every page back, or reported.
     let t4 = Instant::now();
@@ -170,12 +191,18 @@ fn main() {
     }
     let _ = runs;
     println!(
-        "mapped {} MiB by PFN in {:.1} ms; unmapped {} MiB ({} vCPU kicks) in {:.1} ms",
+        "mapped {} MiB by PFN in {:.1} ms; vCPU kicks: {} (the 1G page's PROMOTE)",
         mapped >> 20,
         t_map.as_secs_f64() * 1e3,
+        kicks_mapping
+    );
+    println!(
+        "unmapped {} MiB ({} pages) in one batch in {:.1} ms; TDH.MEM.TRACK calls: {}, vCPU kicks: {}",
         returned >> 20,
-        kicks,
-        t_unmap.as_secs_f64() * 1e3
+        pages,
+        t_unmap.as_secs_f64() * 1e3,
+        tracks,
+        kicks.get() - kicks_mapping
     );
     println!(
         "teardown in {:.1} ms: {} control pages freed, {} MiB of guest frames returned, {} pages leaked, HKID freed: {}",
@@ -215,7 +242,7 @@ fn main() {
 /// on; returns the bytes mapped.
 fn map_all<S: AugPageSize>(
     sim: &Simulator,
-    td: &mut tdx::api::td::Td<'_, tdx::api::td::Finalized, &Simulator, &Simulator>,
+    td: &SimTd<'_, '_>,
     runs: &mut Vec<PfnRun>,
     gpa: u64,
     count: u64,
@@ -233,6 +260,16 @@ fn map_all<S: AugPageSize>(
             .unwrap_or_else(|e| die(path, e));
     }
     count * S::SIZE
+}
+
+/// TDH.MEM.TRACK calls so far.
+fn track_calls(sim: &Simulator) -> u64 {
+    let stats = sim.stats();
+    stats
+        .seamcalls
+        .get(&Leaf::MEM_TRACK.0)
+        .copied()
+        .unwrap_or(0)
 }
 
 fn alloc(sim: &Simulator, count: u64, align: u64) -> PfnRun {
