@@ -24,20 +24,17 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mapping::{GIB, Sim, map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
+use mapping::{GIB, SimTd, kick_vcpus, map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
 use tdx::{
     Gpa, Pfn, Size2M,
-    api::{
-        Placement, Platform,
-        td::{Finalized, GuestFrame, Td},
-    },
+    api::{Placement, Platform, td::GuestFrame},
 };
 
 const N4K: u64 = 1 << 20;
 const N2M: u64 = 4096;
 const BASE_2M: u64 = 8 * GIB;
 
-fn map_2m(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>, first: Pfn) {
+fn map_2m(td: &SimTd<'_, '_>, first: Pfn) {
     for i in 0..N2M {
         // SAFETY: the frames were allocated for this TD and are not touched.
         let f = unsafe { GuestFrame::<Size2M>::new(Pfn::new(first.as_u64() + i * 512)) }.unwrap();
@@ -45,10 +42,10 @@ fn map_2m(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>, first: Pfn) {
     }
 }
 
-fn unmap_2m(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>) {
+fn unmap_2m(td: &SimTd<'_, '_>) {
     for i in 0..N2M {
         let f = td
-            .unmap::<Size2M>(Gpa::new(BASE_2M + i * (2 << 20)), &mut || {})
+            .unmap::<Size2M>(Gpa::new(BASE_2M + i * (2 << 20)), &kick_vcpus)
             .unwrap();
         black_box(f.into_range());
     }
@@ -57,7 +54,7 @@ fn unmap_2m(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>) {
 fn bench(c: &mut Criterion) {
     let sim = mapping::simulator();
     let host = mapping::host(&sim);
-    let mut td = mapping::finalized(&host);
+    let td = mapping::finalized(&host);
     let small = sim.alloc_pages(N4K, 1, Placement::Anywhere).unwrap();
     let huge = sim
         .alloc_pages(N2M * 512, 512, Placement::Anywhere)
@@ -67,11 +64,11 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));
-    let timed = |td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>,
+    let timed = |td: &SimTd<'_, '_>,
                  iters: u64,
                  measure_map: bool,
-                 map: &dyn Fn(&mut Td<'_, Finalized, Sim<'_>, Sim<'_>>),
-                 unmap: &dyn Fn(&mut Td<'_, Finalized, Sim<'_>, Sim<'_>>)| {
+                 map: &dyn Fn(&SimTd<'_, '_>),
+                 unmap: &dyn Fn(&SimTd<'_, '_>)| {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let t = Instant::now();
@@ -90,24 +87,16 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N4K));
     g.bench_function("page_aug_4k_x1Mi", |b| {
         b.iter_custom(|n| {
-            timed(
-                &mut td,
-                n,
-                true,
-                &|td| map_4k(td, small.first(), N4K),
-                &|td| unmap_4k(td, N4K),
-            )
+            timed(&td, n, true, &|td| map_4k(td, small.first(), N4K), &|td| {
+                unmap_4k(td, N4K)
+            })
         })
     });
     g.bench_function("remove_4k_x1Mi", |b| {
         b.iter_custom(|n| {
-            timed(
-                &mut td,
-                n,
-                false,
-                &|td| map_4k(td, small.first(), N4K),
-                &|td| unmap_4k(td, N4K),
-            )
+            timed(&td, n, false, &|td| map_4k(td, small.first(), N4K), &|td| {
+                unmap_4k(td, N4K)
+            })
         })
     });
     // The same 4K work as raw leaf calls, on the same GPAs (the safe passes
@@ -134,14 +123,14 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N2M));
     g.bench_function("page_aug_2m_x4096", |b| {
         b.iter_custom(|n| {
-            timed(&mut td, n, true, &|td| map_2m(td, huge.first()), &|td| {
+            timed(&td, n, true, &|td| map_2m(td, huge.first()), &|td| {
                 unmap_2m(td)
             })
         })
     });
     g.bench_function("remove_2m_x4096", |b| {
         b.iter_custom(|n| {
-            timed(&mut td, n, false, &|td| map_2m(td, huge.first()), &|td| {
+            timed(&td, n, false, &|td| map_2m(td, huge.first()), &|td| {
                 unmap_2m(td)
             })
         })

@@ -22,18 +22,15 @@ use tdx::api::{Placement, Platform};
 /// Pages per pass.
 const N: u64 = 1 << 16;
 
-type Tdm<'h, 's> =
-    tdx::api::td::Td<'h, tdx::api::td::Finalized, mapping::Sim<'s>, mapping::Sim<'s>>;
-
 // The measured passes, by name for callgrind (the warm-up pass calls
 // `map_4k` and `unmap_4k` directly).
 #[inline(never)]
-fn measured_safe_map(td: &mut Tdm<'_, '_>, first: tdx::Pfn) {
+fn measured_safe_map(td: &mapping::SimTd<'_, '_>, first: tdx::Pfn) {
     map_4k(td, first, N);
 }
 
 #[inline(never)]
-fn measured_safe_unmap(td: &mut Tdm<'_, '_>) {
+fn measured_safe_unmap(td: &mapping::SimTd<'_, '_>) {
     unmap_4k(td, N);
 }
 
@@ -56,12 +53,12 @@ fn measured_raw_unmap(
 fn main() {
     let sim = mapping::simulator();
     let host = mapping::host(&sim);
-    let mut td = mapping::finalized(&host);
+    let td = mapping::finalized(&host);
     let frames = sim.alloc_pages(N, 1, Placement::Anywhere).unwrap();
     // A first pass builds the S-EPT (kept afterwards), so the measured
     // passes do the same work safe and raw.
-    map_4k(&mut td, frames.first(), N);
-    unmap_4k(&mut td, N);
+    map_4k(&td, frames.first(), N);
+    unmap_4k(&td, N);
     let (tdr, hkid, shift) = (td.tdr(), td.hkid(), sim.machine().hkid_start_bit());
     // benches/icount.sh reads this line.
     println!("pages per pass: {N}");
@@ -73,10 +70,8 @@ fn main() {
             t.elapsed().as_nanos() as f64 / N as f64
         );
     };
-    time("safe map", &mut || {
-        measured_safe_map(&mut td, frames.first())
-    });
-    time("safe unmap", &mut || measured_safe_unmap(&mut td));
+    time("safe map", &mut || measured_safe_map(&td, frames.first()));
+    time("safe unmap", &mut || measured_safe_unmap(&td));
     time("raw map", &mut || {
         measured_raw_map(&sim, tdr, frames.first())
     });

@@ -22,9 +22,19 @@ use tdx_sys::leaf;
 pub(crate) const GIB: u64 = 1 << 30;
 
 pub(crate) type Sim<'s> = &'s Simulator;
+/// The TD host of a simulator.
+pub(crate) type SimHost<'s> = TdHost<Sim<'s>, Sim<'s>>;
+/// A finalized TD borrowing its host.
+pub(crate) type SimTd<'h, 's> = Td<Finalized, &'h SimHost<'s>>;
+
+/// The kick the removals need: in a real VMM it IPIs the CPUs running this
+/// TD's vCPUs and waits until each has left the guest at least once, so no
+/// vCPU keeps a translation from before the TDH.MEM.TRACK. The simulator
+/// runs no vCPU, so there is nothing to interrupt.
+pub(crate) fn kick_vcpus() {}
 
 #[inline(never)]
-pub(crate) fn map_4k(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>, first: Pfn, n: u64) {
+pub(crate) fn map_4k(td: &SimTd<'_, '_>, first: Pfn, n: u64) {
     for i in 0..n {
         // SAFETY: the frames were allocated for this TD and are not touched.
         let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
@@ -33,9 +43,9 @@ pub(crate) fn map_4k(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>, first: Pfn, n
 }
 
 #[inline(never)]
-pub(crate) fn unmap_4k(td: &mut Td<'_, Finalized, Sim<'_>, Sim<'_>>, n: u64) {
+pub(crate) fn unmap_4k(td: &SimTd<'_, '_>, n: u64) {
     for i in 0..n {
-        let f = td.unmap::<Size4K>(Gpa::new(i * 4096), &mut || {}).unwrap();
+        let f = td.unmap::<Size4K>(Gpa::new(i * 4096), &kick_vcpus).unwrap();
         black_box(f.into_range());
     }
 }
@@ -89,7 +99,7 @@ pub(crate) fn simulator() -> Simulator {
 }
 
 /// The TD host of `sim`'s ready module.
-pub(crate) fn host(sim: &Simulator) -> TdHost<Sim<'_>, Sim<'_>> {
+pub(crate) fn host(sim: &Simulator) -> SimHost<'_> {
     let input = PlanInput::new(vec![MemRange {
         start: 4 * GIB,
         end: 20 * GIB,
@@ -104,9 +114,7 @@ pub(crate) fn host(sim: &Simulator) -> TdHost<Sim<'_>, Sim<'_>> {
 }
 
 /// A finalized TD with one vCPU.
-pub(crate) fn finalized<'h, 's>(
-    host: &'h TdHost<Sim<'s>, Sim<'s>>,
-) -> Td<'h, Finalized, Sim<'s>, Sim<'s>> {
+pub(crate) fn finalized<'h, 's>(host: &'h SimHost<'s>) -> SimTd<'h, 's> {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
     td.create_vcpu(CpuId(0), 0, 0).unwrap();
