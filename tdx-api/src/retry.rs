@@ -158,7 +158,7 @@ impl Attempts {
 /// Calls `call` (one SEAMCALL of `leaf`) under `policy`. Non-zero success
 /// statuses are `Ok`; BUSY past the policy is [`TdError::Busy`]; other
 /// errors are [`TdError::Seamcall`], naming the leaf and `on`.
-#[inline]
+#[inline(always)]
 pub(crate) fn retry<P: Platform + ?Sized>(
     p: &P,
     policy: RetryPolicy,
@@ -167,12 +167,69 @@ pub(crate) fn retry<P: Platform + ?Sized>(
     mut call: impl FnMut() -> TdxStatus,
 ) -> Result<TdxStatus, TdError> {
     let s = call();
-    // The common case, success on the first call, without the loop.
+    // The common case, success on the first call, stays small and inline;
+    // the loop is out of line.
     if !s.is_error() {
         return Ok(s);
     }
+    retry_after(p, policy, leaf, on, s, call)
+}
+
+/// As [`retry`], for a leaf whose outputs the caller needs: `call` returns
+/// the status and the outputs, and the outputs of the call that succeeded
+/// come back with its status.
+#[inline(always)]
+pub(crate) fn retry_out<P: Platform + ?Sized, T>(
+    p: &P,
+    policy: RetryPolicy,
+    leaf: LeafVersion,
+    on: Operand,
+    mut call: impl FnMut() -> (TdxStatus, T),
+) -> Result<(TdxStatus, T), TdError> {
+    let (s, out) = call();
+    if !s.is_error() {
+        return Ok((s, out));
+    }
+    retry_out_after(p, policy, leaf, on, s, call)
+}
+
+#[cold]
+#[inline(never)]
+fn retry_out_after<P: Platform + ?Sized, T>(
+    p: &P,
+    policy: RetryPolicy,
+    leaf: LeafVersion,
+    on: Operand,
+    mut s: TdxStatus,
+    mut call: impl FnMut() -> (TdxStatus, T),
+) -> Result<(TdxStatus, T), TdError> {
     let mut tries = Attempts::new();
-    let mut s = s;
+    loop {
+        match tries.judge(p, policy, leaf, on, s) {
+            Next::Done(_) | Next::Again => {
+                let (next, out) = call();
+                if !next.is_error() {
+                    return Ok((next, out));
+                }
+                s = next;
+            }
+            Next::Fail(e) => return Err(e),
+        }
+    }
+}
+
+/// The rest of [`retry`] after a first call that failed with `s`.
+#[cold]
+#[inline(never)]
+fn retry_after<P: Platform + ?Sized>(
+    p: &P,
+    policy: RetryPolicy,
+    leaf: LeafVersion,
+    on: Operand,
+    mut s: TdxStatus,
+    mut call: impl FnMut() -> TdxStatus,
+) -> Result<TdxStatus, TdError> {
+    let mut tries = Attempts::new();
     loop {
         match tries.judge(p, policy, leaf, on, s) {
             Next::Done(s) => return Ok(s),

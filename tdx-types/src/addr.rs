@@ -79,6 +79,7 @@ macro_rules! phys_addr_type {
             pub const ZERO: Self = Self(0);
 
             #[doc = concat!("Checks that `addr` fits in 52 bits and makes it a ", $kind, ".")]
+            #[inline]
             pub const fn try_new(addr: u64) -> Result<Self, AddrError> {
                 if addr < MAX_PA {
                     Ok(Self(addr))
@@ -94,6 +95,7 @@ macro_rules! phys_addr_type {
             /// If `addr` does not fit in 52 bits. In `const` context this is
             /// a compile error.
             #[track_caller]
+            #[inline]
             pub const fn new(addr: u64) -> Self {
                 match Self::try_new(addr) {
                     Ok(a) => a,
@@ -109,6 +111,7 @@ macro_rules! phys_addr_type {
 
             /// Checks that `addr` fits in 52 bits and is a multiple of
             /// `align` (a power of two).
+            #[inline]
             pub const fn try_new_aligned(addr: u64, align: u64) -> Result<Self, AddrError> {
                 match Self::try_new(addr) {
                     Ok(a) => a.check_aligned(align),
@@ -281,6 +284,7 @@ impl Pfn {
     pub const ZERO: Self = Self(0);
 
     /// Checks that `pfn` fits in 40 bits.
+    #[inline]
     pub const fn try_new(pfn: u64) -> Result<Self, AddrError> {
         if pfn < MAX_PFN {
             Ok(Self(pfn))
@@ -299,6 +303,7 @@ impl Pfn {
     ///
     /// If `pfn` does not fit in 40 bits (a compile error in `const` context).
     #[track_caller]
+    #[inline]
     pub const fn new(pfn: u64) -> Self {
         match Self::try_new(pfn) {
             Ok(p) => p,

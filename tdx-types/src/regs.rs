@@ -69,15 +69,19 @@ pub struct PageInfo {
 impl PageInfo {
     /// `gpa | level`. The GPA must be aligned to the size an entry at
     /// `level` covers (4 KiB << 9·level), as the module checks.
+    #[inline]
     pub const fn try_new(gpa: Gpa, level: TdxLevel) -> Result<Self, RegError> {
         match gpa.check_aligned(level.bytes()) {
             Ok(_) => {}
             Err(e) => return Err(RegError::Addr(e)),
         }
-        Ok(Self::new().with_level(level.as_u8()).with_gfn(gpa.gfn()))
+        // A `Gpa` is below 2^52 and, aligned, has bits 11:0 clear: it is
+        // already the GFN field in place, and the level fits in 2:0.
+        Ok(Self::from_bits(gpa.as_u64() | level.as_u8() as u64))
     }
 
     /// `gpa | S::LEVEL` for a page of size `S`.
+    #[inline]
     pub const fn for_page<S: PageSize>(gpa: Gpa) -> Result<Self, RegError> {
         Self::try_new(gpa, S::LEVEL)
     }
@@ -137,9 +141,8 @@ impl HpaLevel {
             Ok(_) => {}
             Err(e) => return Err(RegError::Addr(e)),
         }
-        Ok(Self::new()
-            .with_level(level.as_u8())
-            .with_pfn(hpa.pfn().as_u64()))
+        // As for `PageInfo`: the aligned HPA is the PFN field in place.
+        Ok(Self::from_bits(hpa.as_u64() | level.as_u8() as u64))
     }
 }
 
@@ -425,6 +428,7 @@ pub struct KeyedPa(u64);
 impl KeyedPa {
     /// `pa | hkid << keyid_shift`. `pa` must be 4 KiB aligned and below
     /// `1 << keyid_shift`, and the KeyID must fit below bit 52.
+    #[inline]
     pub const fn try_new(pa: Hpa, hkid: u16, keyid_shift: u32) -> Result<Self, RegError> {
         if keyid_shift >= MAX_PA_BITS || keyid_shift < PAGE_SHIFT {
             return Err(RegError::KeyId {

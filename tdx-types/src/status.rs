@@ -452,6 +452,7 @@ impl TdxStatus {
     }
 
     /// How a caller should treat the status, or `None` if it is not an error.
+    #[inline]
     pub fn kind(self) -> Option<ErrorKind> {
         if !self.is_error() {
             return None;

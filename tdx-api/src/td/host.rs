@@ -129,6 +129,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// TDH.PHYMEM.PAGE.WBINVD of the 4K page `pfn` under `keyid` (a TD's
     /// HKID, or the global KeyID for the TDR): writes back the lines of a
     /// page the module no longer owns, retried like any leaf.
+    #[inline]
     pub(crate) fn page_wbinvd(
         &self,
         pfn: Pfn,

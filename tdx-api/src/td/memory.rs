@@ -22,7 +22,7 @@ use super::{
     Finalized, GuestFrame, MayAug, Operand, PageRole, Td, TdError, TdFailure, TdHostRef, TdState,
     mirror::{Entry, Hold, Node, Slot, Stop},
 };
-use crate::platform::Platform;
+use crate::{platform::Platform, retry::retry_out};
 
 /// A page size that splits into 512 pages of a smaller size (2M into 4K,
 /// 1G into 2M): what [`Td::demote`] and [`Td::promote`] work on.
@@ -132,7 +132,8 @@ impl ZapReport {
 #[must_use = "blocked pages stay blocked until the batch is committed"]
 pub struct Zap<'t, H: TdHostRef> {
     td: &'t Td<Finalized, H>,
-    slots: Vec<Slot<'t>>,
+    /// Each blocked page's claimed entry and its page info.
+    slots: Vec<(Slot<'t>, PageInfo)>,
     pages: Vec<Removed>,
 }
 
@@ -148,7 +149,7 @@ impl<H: TdHostRef> fmt::Debug for Zap<'_, H> {
 impl<H: TdHostRef> Drop for Zap<'_, H> {
     fn drop(&mut self) {
         // Not committed: the pages stay blocked and the TD's.
-        for (slot, r) in self.slots.drain(..).zip(&self.pages) {
+        for ((slot, _), r) in self.slots.drain(..).zip(&self.pages) {
             slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
         }
     }
@@ -160,9 +161,9 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
     /// BLOCK.
     #[doc(alias = "TDH.MEM.RANGE.BLOCK")]
     pub fn block<S: PageSize>(&mut self, gpa: Gpa) -> Result<(), TdError> {
-        Td::<Finalized, H>::check_gpa::<S>(gpa)?;
+        let info = Td::<Finalized, H>::check_gpa::<S>(gpa)?;
         let slot = self.td.find(gpa, S::LEVEL)?;
-        self.block_slot(gpa, slot)
+        self.block_slot(info, gpa, slot)
     }
 
     /// Blocks every page mapped in `[start, start + len)` for this batch,
@@ -182,23 +183,32 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
                     why: "a page straddles the end of the range; demote it first",
                 });
             }
+            let info = page_info(gpa, slot.level).ok_or(TdError::Gpa {
+                gpa: at,
+                why: "not a valid private GPA",
+            })?;
             match slot.load() {
-                Entry::Leaf(..) => self.block_slot(at, slot),
+                Entry::Leaf(..) => self.block_slot(info, at, slot),
                 Entry::Table(..) | Entry::Adding => Err(TdError::InProgress(at)),
                 Entry::Free => Ok(()),
             }
         })
     }
 
-    fn block_slot(&mut self, gpa: Gpa, slot: Slot<'t>) -> Result<(), TdError> {
-        if self.slots.try_reserve(1).is_err() || self.pages.try_reserve(1).is_err() {
+    fn block_slot(&mut self, info: PageInfo, gpa: Gpa, slot: Slot<'t>) -> Result<(), TdError> {
+        // Room for a 2 MiB range of 4K pages at once: conversions come in
+        // such units.
+        let more = self.pages.len().clamp(1, 512);
+        if self.slots.len() == self.slots.capacity()
+            && (self.slots.try_reserve(more).is_err() || self.pages.try_reserve(more).is_err())
+        {
             return Err(TdError::Alloc {
                 what: "a removal batch",
             });
         }
-        let first = self.td.block_entry(gpa, slot)?;
+        let first = self.td.block_entry(info, gpa, slot)?;
         let level = TdxLevel::from_u8(slot.level).unwrap_or(TdxLevel::L4K);
-        self.slots.push(slot);
+        self.slots.push((slot, info));
         self.pages.push(Removed {
             gpa,
             level,
@@ -238,7 +248,7 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
             return ZapReport::default();
         }
         if let Err(e) = self.td.track() {
-            for (slot, r) in slots.iter().zip(&mut pages) {
+            for ((slot, _), r) in slots.iter().zip(&mut pages) {
                 slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
                 r.outcome = Outcome::Kept(e);
             }
@@ -248,8 +258,8 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
             };
         }
         kick();
-        for (slot, r) in slots.iter().zip(&mut pages) {
-            r.outcome = self.td.remove_entry(r.gpa, *slot, r.run.first());
+        for (&(slot, info), r) in slots.iter().zip(&mut pages) {
+            r.outcome = self.td.remove_entry(info, r.gpa, slot, r.run.first());
         }
         ZapReport {
             pages,
@@ -470,6 +480,10 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// PROMOTE fails, the 512 parts stay mapped as 2M pages.
     #[doc(alias = "TDH.MEM.PAGE.AUG")]
     #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "a rare failure that must say where each of 512 parts is, without allocating"
+    )]
     pub fn map_1g(
         &self,
         gpa: Gpa,
@@ -523,12 +537,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // Block each part, then remove all after one TRACK and one kick.
         let mut blocked: [Option<Slot<'_>>; 512] = [None; 512];
         for (i, b) in blocked.iter_mut().enumerate().take(n) {
-            match self.find(at(i), TdxLevel::L2M) {
-                Ok(slot) => match self.block_entry(at(i), slot) {
+            let info = page_info(at(i).as_u64(), 1);
+            match (info, self.find(at(i), TdxLevel::L2M)) {
+                (Some(info), Ok(slot)) => match self.block_entry(info, at(i), slot) {
                     Ok(_) => *b = Some(slot),
                     Err(_) => keep(&mut kept, i),
                 },
-                Err(_) => keep(&mut kept, i),
+                _ => keep(&mut kept, i),
             }
         }
         if blocked.iter().any(Option::is_some) {
@@ -539,11 +554,15 @@ impl<H: TdHostRef> Td<Finalized, H> {
             for (i, b) in blocked.iter().enumerate() {
                 let Some(slot) = b else { continue };
                 let first = Pfn::new(range.first().as_u64() + i as u64 * Size2M::FRAMES);
-                let outcome = match tracked {
-                    Ok(()) => self.remove_entry(at(i), *slot, first),
-                    Err(e) => {
+                let outcome = match (tracked, page_info(at(i).as_u64(), 1)) {
+                    (Ok(()), Some(info)) => self.remove_entry(info, at(i), *slot, first),
+                    (Err(e), _) => {
                         slot.store(Entry::Leaf(first, Hold::Blocked));
                         Outcome::Kept(e)
+                    }
+                    (Ok(()), None) => {
+                        slot.store(Entry::Leaf(first, Hold::Blocked));
+                        Outcome::Kept(TdError::NotMapped(at(i)))
                     }
                 };
                 match outcome {
@@ -587,15 +606,15 @@ impl<H: TdHostRef> Td<Finalized, H> {
     #[doc(alias = "TDH.MEM.PAGE.REMOVE")]
     #[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
     pub fn unmap<S: PageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<GuestFrame<S>, TdError> {
-        Self::check_gpa::<S>(gpa)?;
+        let info = Self::check_gpa::<S>(gpa)?;
         let slot = self.find(gpa, S::LEVEL)?;
-        let first = self.block_entry(gpa, slot)?;
+        let first = self.block_entry(info, gpa, slot)?;
         if let Err(e) = self.track() {
             slot.store(Entry::Leaf(first, Hold::Blocked));
             return Err(e);
         }
         kick();
-        match self.remove_entry(gpa, slot, first) {
+        match self.remove_entry(info, gpa, slot, first) {
             Outcome::Returned => Ok(GuestFrame::returned(PfnRange::new(first))),
             Outcome::Kept(e) | Outcome::Deferred(e) => Err(e),
         }
@@ -619,7 +638,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// (TDH.MEM.RANGE.BLOCK; not again if a failed removal left it
     /// blocked). Returns its first frame; the entry is busy until the
     /// caller stores its fate.
-    fn block_entry(&self, gpa: Gpa, slot: Slot<'_>) -> Result<Pfn, TdError> {
+    #[inline]
+    fn block_entry(&self, info: PageInfo, gpa: Gpa, slot: Slot<'_>) -> Result<Pfn, TdError> {
         let (first, blocked) = match slot.load() {
             Entry::Leaf(first, Hold::Idle) => (first, false),
             Entry::Leaf(first, Hold::Blocked) => (first, true),
@@ -635,19 +655,15 @@ impl<H: TdHostRef> Td<Finalized, H> {
         {
             return Err(TdError::InProgress(gpa));
         }
-        if !blocked && let Err(e) = self.block(gpa, slot.level) {
+        if !blocked && let Err(e) = self.block(info, gpa) {
             slot.store(Entry::Leaf(first, Hold::Idle));
             return Err(e);
         }
         Ok(first)
     }
 
-    /// TDH.MEM.RANGE.BLOCK of the entry of `gpa` at `level`.
-    fn block(&self, gpa: Gpa, level: u8) -> Result<(), TdError> {
-        let info = page_info(gpa.as_u64(), level).ok_or(TdError::Gpa {
-            gpa,
-            why: "not a valid private GPA",
-        })?;
+    /// TDH.MEM.RANGE.BLOCK of the entry `info` (of `gpa`).
+    fn block(&self, info: PageInfo, gpa: Gpa) -> Result<(), TdError> {
         let (b, tdr) = (self.b(), self.tdr());
         self.retry(Leaf::MEM_RANGE_BLOCK.v0(), Operand::Gpa(gpa), || {
             // SAFETY: BLOCK moves no page between host and module.
@@ -683,45 +699,39 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// TDH.MEM.PAGE.REMOVE of the blocked, tracked leaf at `slot` (held
     /// busy by the caller), then the write-back and clear of its frames;
     /// stores the entry's fate.
-    fn remove_entry(&self, gpa: Gpa, slot: Slot<'_>, first: Pfn) -> Outcome {
-        let Some(info) = page_info(gpa.as_u64(), slot.level) else {
-            slot.store(Entry::Leaf(first, Hold::Blocked));
-            return Outcome::Kept(TdError::NotMapped(gpa));
-        };
+    #[inline]
+    fn remove_entry(&self, info: PageInfo, gpa: Gpa, slot: Slot<'_>, first: Pfn) -> Outcome {
         let (b, tdr) = (self.b(), self.tdr());
-        let mut removed = None;
-        let r = self.retry(Leaf::MEM_PAGE_REMOVE.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: REMOVE gives the page back to the host; we take it
-            // over below only after the flushes the ABI requires.
-            let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
-            removed = c.out.removed();
-            c.status
-        });
-        if let Err(e) = r {
-            slot.store(Entry::Leaf(first, Hold::Blocked));
-            return Outcome::Kept(e);
-        }
+        let on = Operand::Gpa(gpa);
+        let r = retry_out(
+            self.p(),
+            self.inner.policy,
+            Leaf::MEM_PAGE_REMOVE.v0(),
+            on,
+            || {
+                // SAFETY: REMOVE gives the page back to the host; we take it
+                // over below only after the flushes the ABI requires.
+                let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
+                (c.status, c.out.removed())
+            },
+        );
+        let removed = match r {
+            Ok((_, removed)) => removed,
+            Err(e) => {
+                slot.store(Entry::Leaf(first, Hold::Blocked));
+                return Outcome::Kept(e);
+            }
+        };
         // The module's entry is free now.
         slot.store(Entry::Free);
         let run = run_of(first, slot.level);
         if removed.is_some_and(|r| r != first) {
-            // The module removed a frame we did not map there: ours may
-            // still be mapped; teardown reclaims it rather than trust
-            // either answer.
-            self.inner.in_doubt.lock().push((run, PageRole::Guest));
-            return Outcome::Deferred(TdError::Protocol {
-                leaf: Leaf::MEM_PAGE_REMOVE.v0(),
-                what: "removed a frame other than the one mapped at the GPA",
-                gpa: Some(gpa),
-            });
+            return self.removed_other(run, gpa);
         }
         let hkid = self.hkid();
         for f in run.iter() {
             if let Err(e) = self.host().page_wbinvd(f, hkid, self.inner.policy) {
-                // Lines of the TD's key may remain: the frames wait for the
-                // teardown's CACHE.WB on every package.
-                self.inner.unflushed.lock().push((run, PageRole::Guest));
-                return Outcome::Deferred(e);
+                return self.not_written_back(run, e);
             }
         }
         if self.host().errata().tdx_pw_mce {
@@ -732,10 +742,37 @@ impl<H: TdHostRef> Td<Finalized, H> {
         Outcome::Returned
     }
 
+    /// The module removed a frame we did not map at `gpa`: ours may still
+    /// be mapped; teardown reclaims it rather than trust either answer.
+    #[cold]
+    fn removed_other(&self, run: PfnRun, gpa: Gpa) -> Outcome {
+        self.inner.in_doubt.lock().push((run, PageRole::Guest));
+        Outcome::Deferred(TdError::Protocol {
+            leaf: Leaf::MEM_PAGE_REMOVE.v0(),
+            what: "removed a frame other than the one mapped at the GPA",
+            gpa: Some(gpa),
+        })
+    }
+
+    /// Removed frames whose write-back failed: lines of the TD's key may
+    /// remain, so they wait for the teardown's CACHE.WB on every package.
+    #[cold]
+    fn not_written_back(&self, run: PfnRun, e: TdError) -> Outcome {
+        self.inner.unflushed.lock().push((run, PageRole::Guest));
+        Outcome::Deferred(e)
+    }
+
     /// BLOCK, TRACK and `kick` for the entry of `gpa` at `level`, for a
     /// split or merge. On error, says whether the entry is still blocked.
     fn block_track(&self, gpa: Gpa, level: u8, kick: &dyn Fn()) -> Result<(), (TdError, bool)> {
-        self.block(gpa, level).map_err(|e| (e, false))?;
+        let info = page_info(gpa.as_u64(), level).ok_or((
+            TdError::Gpa {
+                gpa,
+                why: "not a valid private GPA",
+            },
+            false,
+        ))?;
+        self.block(info, gpa).map_err(|e| (e, false))?;
         if let Err(e) = self.track() {
             // The entry is blocked but the block is not tracked: try once
             // more to track it, kick, and unblock, so it stays usable.

@@ -97,6 +97,7 @@ pub(crate) enum Entry {
 }
 
 impl Entry {
+    #[inline(always)]
     fn encode(self) -> *mut Node {
         match self {
             Self::Free => ptr::null_mut(),
@@ -125,6 +126,7 @@ impl Entry {
         }
     }
 
+    #[inline(always)]
     fn decode(raw: *mut Node) -> Self {
         let tag = raw.addr() & TAG_MASK;
         let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64), hold);
@@ -157,12 +159,14 @@ pub(crate) struct Slot<'t> {
 
 impl<'t> Slot<'t> {
     /// The entry now.
+    #[inline(always)]
     pub(crate) fn load(&self) -> Entry {
         Entry::decode(self.word.load(Ordering::Acquire))
     }
 
     /// Changes the entry from `old` to `new` if it is still `old`; else
     /// returns what it is.
+    #[inline(always)]
     pub(crate) fn swap_if(&self, old: Entry, new: Entry) -> Result<(), Entry> {
         self.word
             .compare_exchange(
@@ -177,6 +181,7 @@ impl<'t> Slot<'t> {
 
     /// Publishes `new`. Only the thread that holds the entry (moved it to
     /// adding or busy) stores.
+    #[inline(always)]
     pub(crate) fn store(&self, new: Entry) {
         self.word.store(new.encode(), Ordering::Release);
     }
@@ -207,13 +212,16 @@ impl Node {
             // `AtomicPtr` of zero bytes is null, `Option<Pfn>` of zero bytes
             // is `None`... except that the niche is not guaranteed, so the
             // two plain fields are written explicitly.
-            // SAFETY: `raw` is a fresh allocation of `Node`'s layout; the
-            // fields written are plain data, and the slots are already
-            // valid (null) atomics.
-            unsafe {
-                ptr::addr_of_mut!((*raw).sept).write(sept);
-                ptr::addr_of_mut!((*raw).next_retired).write(ptr::null_mut());
-            }
+            // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
+            // layout: its fields are in bounds (no reference is made).
+            let sept_field = unsafe { &raw mut (*raw).sept };
+            // SAFETY: as above.
+            let next_field = unsafe { &raw mut (*raw).next_retired };
+            // SAFETY: an in-bounds, aligned field of our allocation; plain
+            // data (the slots are already valid, null atomics).
+            unsafe { sept_field.write(sept) };
+            // SAFETY: as above.
+            unsafe { next_field.write(ptr::null_mut()) };
             Some(node)
         }
         #[cfg(loom)]
@@ -251,6 +259,7 @@ impl Node {
     }
 
     /// The entry at `index`.
+    #[inline]
     pub(crate) fn slot(&self, index: usize, level: u8) -> Slot<'_> {
         Slot {
             word: &self.slots[index % FANOUT],
@@ -279,6 +288,7 @@ impl Node {
 }
 
 /// The index of `gpa`'s entry at `level`.
+#[inline]
 pub(crate) fn index(gpa: u64, level: u8) -> usize {
     ((gpa >> (12 + 9 * u32::from(level))) as usize) & (FANOUT - 1)
 }
@@ -354,6 +364,7 @@ impl Tree {
         self.top = top;
     }
 
+    #[inline]
     fn root(&self) -> &Node {
         // SAFETY: the root lives as long as the tree.
         unsafe { self.root.as_ref() }
@@ -361,6 +372,7 @@ impl Tree {
 
     /// Walks from the root to the entry of `gpa` at `level`, through
     /// tables only.
+    #[inline]
     pub(crate) fn walk(&self, gpa: u64, level: u8) -> Result<Slot<'_>, Stop<'_>> {
         let mut node = self.root();
         let mut l = self.top;
@@ -369,7 +381,16 @@ impl Tree {
             if l == level {
                 return Ok(slot);
             }
-            node = match slot.load() {
+            let raw = slot.word.load(Ordering::Acquire);
+            if raw.addr() & TAG_MASK == TABLE {
+                // The common case: an idle table; follow it.
+                // SAFETY: see `Slot::table`: linked nodes outlive `&self`,
+                // and a table tag is stored only with a node pointer.
+                node = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
+                l -= 1;
+                continue;
+            }
+            node = match Entry::decode(raw) {
                 // SAFETY: see `Slot::table`: linked nodes outlive `&self`.
                 Entry::Table(n, Hold::Idle) => unsafe { n.as_ref() },
                 Entry::Free => return Err(Stop::Missing(slot)),
@@ -423,13 +444,12 @@ impl Tree {
         // `&mut self`: no other thread; relaxed is enough.
         let mut n = self.retired.swap(ptr::null_mut(), Ordering::Relaxed);
         while let Some(node) = NonNull::new(n) {
+            // SAFETY: a retired node stays allocated until freed below.
+            n = unsafe { (*node.as_ptr()).next_retired };
             // SAFETY: retired nodes are in no tree (they were unlinked
             // before `retire`), `&mut self` means no reader is left, and
             // each is on the list once.
-            unsafe {
-                n = (*node.as_ptr()).next_retired;
-                Node::free(node);
-            }
+            unsafe { Node::free(node) };
         }
     }
 

@@ -379,14 +379,12 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     fn into_parts(self) -> (H, Box<Inner>) {
         let this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used again nor dropped (ManuallyDrop), so
-        // each field is moved out exactly once; `inner` was not taken before
-        // (only `Drop` takes it, and it does not run for `this`).
-        unsafe {
-            (
-                core::ptr::read(&this.host),
-                ManuallyDrop::into_inner(core::ptr::read(&this.inner)),
-            )
-        }
+        // each field is moved out exactly once.
+        let host = unsafe { core::ptr::read(&this.host) };
+        // SAFETY: as above; `inner` was not taken before (only `Drop` takes
+        // it, and it does not run for `this`).
+        let inner = unsafe { core::ptr::read(&this.inner) };
+        (host, ManuallyDrop::into_inner(inner))
     }
 
     fn into_state<T: TdState>(self) -> Td<T, H> {

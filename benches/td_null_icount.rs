@@ -1,0 +1,134 @@
+//! The TD API's own instructions per 4K map and unmap, against a backend
+//! with no cost of its own (`null::NullSwitch`): the same work through the
+//! safe API and as raw leaf calls on that backend, each pass in its own
+//! `#[inline(never)]` function. The difference per page is what the
+//! library itself adds (its records, claims, checks); the raw pass is the
+//! register shuffling of the leaf calls. Run under callgrind by
+//! `benches/icount.sh`.
+
+// UNSAFETY: the passes hand frames to the TD and call leaves directly.
+#![allow(unsafe_code)]
+
+mod null;
+
+use std::hint::black_box;
+
+use tdx::{
+    Gpa, Pfn, Size4K,
+    api::{
+        Placement, Platform,
+        td::{Finalized, GuestFrame, Td},
+    },
+    types::regs::{KeyedPa, PageInfo},
+};
+use tdx_sys::leaf;
+
+/// Pages per pass.
+const N: u64 = 1 << 16;
+
+type Tdn<'h, 'n> = Td<Finalized, &'h null::Host<'n>>;
+
+#[inline(never)]
+fn measured_null_safe_map(td: &Tdn<'_, '_>, first: Pfn) {
+    for i in 0..N {
+        // SAFETY: frames allocated for this bench, untouched while mapped.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
+        td.map(Gpa::new(i * 4096), f).unwrap();
+    }
+}
+
+/// The same map pass, before the batched unmap.
+#[inline(never)]
+fn measured_null_safe_map_again(td: &Tdn<'_, '_>, first: Pfn) {
+    measured_null_safe_map(td, first);
+}
+
+/// One map and unmap pass before the measured ones, under another name.
+#[inline(never)]
+fn warm_up(td: &Tdn<'_, '_>, first: Pfn) {
+    for i in 0..N {
+        // SAFETY: as in the measured pass.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
+        td.map(Gpa::new(i * 4096), f).unwrap();
+    }
+    let report = td.unmap_range(Gpa::new(0), N * 4096, &|| {});
+    assert!(report.is_complete());
+}
+
+#[inline(never)]
+fn measured_null_safe_unmap(td: &Tdn<'_, '_>) {
+    for i in 0..N {
+        let f = td.unmap::<Size4K>(Gpa::new(i * 4096), &|| {}).unwrap();
+        black_box(f.into_range());
+    }
+}
+
+#[inline(never)]
+fn measured_null_safe_unmap_batched(td: &Tdn<'_, '_>) {
+    for r in 0..N / 512 {
+        let report = td.unmap_range(Gpa::new(r << 21), 2 << 20, &|| {});
+        assert_eq!(report.pages.len(), 512);
+        let _ = black_box(report);
+    }
+}
+
+#[inline(never)]
+fn measured_null_raw_map(n: &null::NullSwitch, tdr: Pfn, first: Pfn) {
+    for i in 0..N {
+        let pfn = Pfn::new(first.as_u64() + i);
+        let info = PageInfo::for_page::<Size4K>(Gpa::new(i * 4096)).unwrap();
+        n.clflush_page(pfn);
+        // SAFETY: the backend is switched to its no-cost answers: nothing
+        // changes hands.
+        let c = unsafe { leaf::tdh_mem_page_aug(n, info, tdr, pfn) };
+        assert!(!c.status.is_error());
+    }
+}
+
+#[inline(never)]
+fn measured_null_raw_unmap(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+    for i in 0..N {
+        let info = PageInfo::for_page::<Size4K>(Gpa::new(i * 4096)).unwrap();
+        let keyed = KeyedPa::try_new(Pfn::new(first.as_u64() + i).hpa(), hkid, shift).unwrap();
+        // SAFETY (the four calls): the backend is switched to its no-cost
+        // answers: nothing changes hands.
+        let s = [
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_range_block(n, info, tdr) }.status,
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_track(n, tdr) },
+            // SAFETY: as above.
+            unsafe { leaf::tdh_mem_page_remove(n, info, tdr) }.status,
+            // SAFETY: as above.
+            unsafe { leaf::tdh_phymem_page_wbinvd(n, keyed) },
+        ];
+        assert!(s.iter().all(|s| !s.is_error()));
+    }
+}
+
+fn main() {
+    let n = null::NullSwitch::new();
+    let host = null::host(&n);
+    let td = null::finalized(&host, N);
+    let frames = n.sim.alloc_pages(N, 1, Placement::Anywhere).unwrap();
+    let first = frames.first();
+    println!("pages per pass: {N}");
+    n.set(true, first.hpa().as_u64());
+    let (tdr, hkid, shift) = (td.tdr(), td.hkid(), n.sim.keyid_shift());
+    warm_up(&td, first);
+    // Each measured pass once: callgrind's inclusive count of the function
+    // is one pass of N pages.
+    measured_null_safe_map(&td, first);
+    measured_null_safe_unmap(&td);
+    measured_null_safe_map_again(&td, first);
+    measured_null_safe_unmap_batched(&td);
+    measured_null_raw_map(&n, tdr, first);
+    measured_null_raw_unmap(&n, tdr, first, hkid, shift);
+    n.set(false, 0);
+    assert_eq!(td.private_pages(), 0);
+    let report = td.teardown();
+    assert!(report.is_clean(), "{report:?}");
+    // SAFETY: never mapped in the simulator; host memory.
+    unsafe { n.sim.free_pages(frames) };
+    n.sim.check_invariants().unwrap();
+}
