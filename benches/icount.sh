@@ -34,3 +34,34 @@ callgrind_annotate --inclusive=yes "$dir/out" 2>/dev/null | awk -v n="$n" '
         printf "  map:   safe %.0f  raw %.0f  ratio %.2f\n", safe_map / n, raw_map / n, safe_map / raw_map
         printf "  unmap: safe %.0f  raw %.0f  ratio %.2f\n", safe_unmap / n, raw_unmap / n, safe_unmap / raw_unmap
     }'
+
+# The library alone: the same passes against a backend with no cost of its
+# own (benches/null: SEAMCALLs answer success at once, CLFLUSH does nothing).
+# The difference safe - raw is what tdx-api itself adds per page.
+echo "building the no-cost-backend bench..." >&2
+bin=$(cargo bench --bench td_null_icount --no-run --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*td_null_icount[^"]*\)".*/\1/p' | tail -1)
+[ -x "$bin" ] || { echo "icount.sh: no td_null_icount executable found" >&2; exit 1; }
+if ! valgrind --tool=callgrind --callgrind-out-file="$dir/null" "$bin" --bench >"$dir/stdout" 2>"$dir/log"; then
+    echo "icount.sh: the no-cost bench failed under valgrind:" >&2
+    cat "$dir/stdout" "$dir/log" >&2
+    exit 1
+fi
+n=$(sed -n 's/^pages per pass: //p' "$dir/stdout")
+callgrind_annotate --inclusive=yes "$dir/null" 2>/dev/null | awk -v n="$n" '
+    { gsub(",", "", $1) }
+    /measured_null_safe_map/ { safe_map = $1 }
+    /measured_null_safe_unmap_batched/ { batched = $1; next }
+    /measured_null_safe_unmap/ { safe_unmap = $1 }
+    /measured_null_raw_map/ { raw_map = $1 }
+    /measured_null_raw_unmap/ { raw_unmap = $1 }
+    END {
+        if (!safe_map || !safe_unmap || !raw_map || !raw_unmap || !batched) {
+            print "icount.sh: no-cost measured functions not found" > "/dev/stderr"; exit 1
+        }
+        printf "against a no-cost backend (instructions per 4K page, %d pages a pass)\n", n
+        printf "  map:   safe %.0f  raw %.0f  the library adds %.0f\n", safe_map / n, raw_map / n, (safe_map - raw_map) / n
+        printf "  unmap: safe %.0f  raw %.0f  the library adds %.0f\n", safe_unmap / n, raw_unmap / n, (safe_unmap - raw_unmap) / n
+        printf "  unmap in 2 MiB batches (unmap_range): %.0f per page\n", batched / n
+    }'
+

@@ -169,6 +169,7 @@ pub struct PfnRange<S: PageSize> {
 impl<S: PageSize> PfnRange<S> {
     /// The page of size `S` starting at `first`, or an error if `first` is
     /// not aligned to `S`.
+    #[inline]
     pub const fn try_new(first: Pfn) -> Result<Self, AddrError> {
         if !first.is_aligned(S::FRAMES) {
             return Err(AddrError::Misaligned {
@@ -194,6 +195,7 @@ impl<S: PageSize> PfnRange<S> {
     ///
     /// If `first` is not aligned to `S`.
     #[track_caller]
+    #[inline]
     pub const fn new(first: Pfn) -> Self {
         match Self::try_new(first) {
             Ok(r) => r,
@@ -274,6 +276,7 @@ impl<S: PageSize> PfnRange<S> {
     }
 
     /// Every 4 KiB frame, in order.
+    #[inline]
     pub fn iter(self) -> impl DoubleEndedIterator<Item = Pfn> + Clone {
         // Every value in the range is < 2^40 by the type invariant, so
         // `Pfn::new` cannot panic.
@@ -332,6 +335,7 @@ pub struct PfnRun {
 impl PfnRun {
     /// The run of `count` frames from `first`, or an error if it is empty or
     /// leaves the 40-bit frame space.
+    #[inline]
     pub const fn try_new(first: Pfn, count: u64) -> Result<Self, AddrError> {
         if count == 0 {
             return Err(AddrError::Overflow {
@@ -399,6 +403,7 @@ impl PfnRun {
     }
 
     /// Every frame, in order.
+    #[inline]
     pub fn iter(self) -> impl DoubleEndedIterator<Item = Pfn> + Clone {
         // In range by the type invariant.
         (self.first.as_u64()..self.end()).map(Pfn::new)

@@ -729,8 +729,17 @@ impl<H: TdHostRef> Td<Finalized, H> {
             return self.removed_other(run, gpa);
         }
         let hkid = self.hkid();
-        for f in run.iter() {
-            if let Err(e) = self.host().page_wbinvd(f, hkid, self.inner.policy) {
+        // A 4K page (the common case) is one write-back.
+        let frames = if slot.level == 0 {
+            first.as_u64()..first.as_u64() + 1
+        } else {
+            first.as_u64()..run.end()
+        };
+        for f in frames {
+            if let Err(e) = self
+                .host()
+                .page_wbinvd(Pfn::new(f), hkid, self.inner.policy)
+            {
                 return self.not_written_back(run, e);
             }
         }
