@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod faults;
+mod lp;
 mod machine;
 mod memory;
 mod module;

@@ -132,6 +132,8 @@ pub(crate) struct State {
     pub(crate) violations: Vec<Violation>,
     /// Reports of TDs torn down by `Drop` (`Platform::dropped_td`).
     dropped_tds: Vec<TeardownReport>,
+    /// The LP of the SEAMCALL running now (the calling thread's, set on
+    /// entry).
     pub(crate) lp: u32,
     pub(crate) stats: Stats,
     /// SEAMCALLs per leaf number below 256 (the hot counter; folded into
@@ -144,10 +146,15 @@ pub(crate) struct State {
 /// (the host services).
 ///
 /// All methods take `&self`; the state sits behind a mutex, and SEAMCALLs
-/// run one at a time. The logical processor a SEAMCALL runs on is the one
-/// [`Platform::on_cpu`] selected (LP 0 outside any `on_cpu`).
+/// run one at a time. The logical processor a SEAMCALL runs on belongs to
+/// the calling thread: the one its innermost [`Platform::on_cpu`] selected,
+/// else the one it chose with [`Simulator::set_lp`]. The thread that built
+/// the simulator starts on LP 0; a SEAMCALL from any other thread that has
+/// selected no LP panics.
 #[derive(Debug)]
 pub struct Simulator {
+    /// Keys this simulator's LP selections in each thread.
+    id: u64,
     state: Mutex<State>,
 }
 
@@ -168,7 +175,10 @@ impl Simulator {
             calls: Box::new([0; 256]),
             machine,
         };
+        let id = crate::lp::new_sim_id();
+        crate::lp::set(id, 0);
         Ok(Self {
+            id,
             state: Mutex::new(state),
         })
     }
@@ -239,17 +249,37 @@ impl Simulator {
         self.lock().faults.fired().to_vec()
     }
 
-    /// The logical processor SEAMCALLs run on now.
+    /// The logical processor the calling thread's SEAMCALLs run on now.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread selected none (it is not the thread that built
+    /// the simulator and called neither [`Simulator::set_lp`] nor
+    /// [`Platform::on_cpu`]).
     pub fn current_lp(&self) -> u32 {
-        self.lock().lp
+        self.thread_lp()
     }
 
-    /// Selects the logical processor for the following SEAMCALLs (what
-    /// [`Platform::on_cpu`] does for the length of its closure).
+    /// Selects the logical processor for the calling thread's following
+    /// SEAMCALLs (what [`Platform::on_cpu`] does for the length of its
+    /// closure). Inside an `on_cpu` closure it changes that closure's LP
+    /// until the closure ends.
     pub fn set_lp(&self, lp: u32) {
-        let mut s = self.lock();
-        assert!(lp < s.machine.desc.lps(), "LP {lp} does not exist");
-        s.lp = lp;
+        assert!(
+            lp < self.lock().machine.desc.lps(),
+            "LP {lp} does not exist"
+        );
+        crate::lp::set(self.id, lp);
+    }
+
+    /// The calling thread's LP.
+    fn thread_lp(&self) -> u32 {
+        crate::lp::current(self.id).unwrap_or_else(|| {
+            panic!(
+                "tdx-sim: this thread selected no logical processor \
+                 (use Platform::on_cpu or Simulator::set_lp first)"
+            )
+        })
     }
 
     /// Page counts by state.
@@ -521,7 +551,10 @@ impl State {
 // produced. Its "memory" is simulated, so no real memory changes hands.
 unsafe impl Seamcall for Simulator {
     unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
-        self.lock().seamcall(rax, args, shape)
+        let lp = self.thread_lp();
+        let mut s = self.lock();
+        s.lp = lp;
+        s.seamcall(rax, args, shape)
     }
 }
 
@@ -656,13 +689,11 @@ unsafe impl Platform for Simulator {
     }
 
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
-        let prev = {
-            let mut s = self.lock();
-            assert!(cpu.0 < s.machine.desc.lps(), "{cpu} does not exist");
-            std::mem::replace(&mut s.lp, cpu.0)
-        };
-        f();
-        self.lock().lp = prev;
+        assert!(
+            cpu.0 < self.lock().machine.desc.lps(),
+            "{cpu} does not exist"
+        );
+        crate::lp::scoped(self.id, cpu.0, f);
     }
 
     fn wbinvd_all(&self) {

@@ -1,0 +1,110 @@
+//! The logical processor is a property of the calling thread: threads that
+//! run TD lifecycles at the same time on one simulator each run on the LP
+//! they selected (`Platform::on_cpu`, `Simulator::set_lp`), and a thread
+//! that selected none cannot issue a SEAMCALL at all.
+
+mod td_support;
+
+use std::sync::Barrier;
+
+use td_support::*;
+use tdx_api::{CpuId, Platform};
+use tdx_types::TdxStatus;
+
+/// A TD built on the calling thread's LP `lp`: KEY.CONFIG on `lp`'s package
+/// first (a second call there answers TDX_KEY_CONFIGURED), then on the
+/// other package; each vCPU is initialized and flushed on `lp` (a flush from
+/// any other LP fails with TDX_VCPU_NOT_ASSOCIATED).
+fn lifecycle_on(sim: &tdx_sim::Simulator, lp: u32, hkid: u16, rounds: usize) {
+    let mut td = Td::create(sim, hkid);
+    assert_eq!(sim.current_lp(), lp);
+    ok("KEY.CONFIG (own package)", mng_key_config(sim, td.tdr));
+    assert_eq!(
+        mng_key_config(sim, td.tdr),
+        TdxStatus::KEY_CONFIGURED,
+        "the own package again"
+    );
+    let other = (lp + 2) % 4; // the other package of the 2x2 host
+    ok(
+        "KEY.CONFIG (other package)",
+        on(sim, other, || mng_key_config(sim, td.tdr)),
+    );
+    assert_eq!(sim.current_lp(), lp, "on_cpu gave the LP back");
+    td.add_tdcs(sim, 6);
+    td.init(sim, &Params::new());
+    for _ in 0..rounds {
+        let i = td.create_vcpu(sim, 5);
+        let tdvpr = td.vcpus[i].tdvpr;
+        ok("VP.INIT", vp_init(sim, tdvpr, 0, i as u32));
+        assert_eq!(sim.current_lp(), lp);
+        ok("VP.FLUSH (same LP)", vp_flush(sim, tdvpr));
+    }
+    td.teardown(sim);
+}
+
+#[test]
+fn each_thread_runs_on_the_lp_it_selected() {
+    let sim = host();
+    let barrier = Barrier::new(4);
+    let base = td_hkid(&sim);
+    std::thread::scope(|s| {
+        for lp in 0..4u32 {
+            let (sim, barrier) = (&sim, &barrier);
+            s.spawn(move || {
+                sim.on_cpu(CpuId(lp), &mut || {
+                    barrier.wait();
+                    lifecycle_on(sim, lp, base + lp as u16, 4);
+                });
+            });
+        }
+    });
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_thread_that_selected_no_lp_cannot_issue_a_seamcall() {
+    let sim = host();
+    std::thread::scope(|s| {
+        let r = s.spawn(|| sim_leaf_without_lp(&sim)).join();
+        let msg = r.expect_err("the SEAMCALL must not run");
+        let msg = msg
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| msg.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        assert!(msg.contains("selected no logical processor"), "{msg}");
+        // set_lp gives the thread an LP of its own.
+        s.spawn(|| {
+            sim.set_lp(3);
+            assert_eq!(sim.current_lp(), 3);
+            ok("RDMD", page_rdmd(&sim, pamt_page()).status);
+        });
+    });
+    // The building thread is still on LP 0.
+    assert_eq!(sim.current_lp(), 0);
+}
+
+fn sim_leaf_without_lp(sim: &tdx_sim::Simulator) -> TdxStatus {
+    page_rdmd(sim, pamt_page()).status
+}
+
+#[test]
+fn on_cpu_nests_and_set_lp_inside_it_ends_with_it() {
+    let sim = host();
+    sim.set_lp(1);
+    on(&sim, 2, || {
+        assert_eq!(sim.current_lp(), 2);
+        on(&sim, 3, || assert_eq!(sim.current_lp(), 3));
+        assert_eq!(sim.current_lp(), 2);
+        sim.set_lp(0);
+        assert_eq!(sim.current_lp(), 0);
+    });
+    assert_eq!(sim.current_lp(), 1);
+    // Two simulators in one thread keep separate selections.
+    let other = host();
+    assert_eq!(other.current_lp(), 0);
+    on(&other, 3, || {
+        assert_eq!(other.current_lp(), 3);
+        assert_eq!(sim.current_lp(), 1);
+    });
+}
