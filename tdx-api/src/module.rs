@@ -832,13 +832,6 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
     }
 }
 
-impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<ExtInited, B, P> {
-    /// True: a module in this state is ready for Trust Domains.
-    pub fn is_ready(&self) -> bool {
-        true
-    }
-}
-
 /// Splits `runs` after its first `pages` pages; returns the rest.
 fn split_runs_at(runs: &mut Vec<PfnRun>, pages: u64) -> Vec<PfnRun> {
     let mut left = pages;
