@@ -46,11 +46,6 @@ fn synthetic(n: usize) -> PlanInput {
 
 fn real_maps() -> Vec<(String, PlanInput)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tdx-plan/testdata/memmaps");
-    let dir = if dir.exists() {
-        dir
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/memmaps")
-    };
     let mut maps = Vec::new();
     for e in std::fs::read_dir(dir).expect("memory maps").flatten() {
         let p = e.path();

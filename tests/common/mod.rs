@@ -2,15 +2,10 @@
 
 use std::path::PathBuf;
 
-/// The shared memory maps (`name`, JSON text), sorted by name: the copies in
-/// `tdx-plan/testdata/memmaps`, or `../shared/memmaps` beside the project.
+/// The real machines' memory maps kept in `tdx-plan/testdata/memmaps`
+/// (`name`, JSON text), sorted by name.
 pub(crate) fn maps() -> Vec<(String, String)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tdx-plan/testdata/memmaps");
-    let dir = if dir.exists() {
-        dir
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/memmaps")
-    };
     let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
         .expect("memory maps")
         .filter_map(|e| e.ok())
@@ -24,6 +19,6 @@ pub(crate) fn maps() -> Vec<(String, String)> {
         })
         .collect();
     out.sort();
-    assert!(out.len() >= 15, "expected the 15 shared maps in {dir:?}");
+    assert!(out.len() >= 15, "expected the 15 memory maps in {dir:?}");
     out
 }
