@@ -240,7 +240,10 @@ fn main() {
             thread::spawn(move || vcpu(vm, i))
         })
         .collect();
-    let converted = Arc::new(Mutex::new((0u64, 0u64)));
+    // Conversions done, conversions whose batch blocked nothing (nothing
+    // mapped there, or a vCPU was mapping the first page: no TRACK, no
+    // kick), frames they returned.
+    let converted = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     let converter = {
         let (vm, converted) = (Arc::clone(&vm), Arc::clone(&converted));
         thread::spawn(move || {
@@ -252,7 +255,8 @@ fn main() {
                     .unmap_range(Gpa::new(region * 2 * MIB), 2 * MIB, &|| vm.kick());
                 let mut c = converted.lock().expect("tally");
                 c.0 += 1;
-                c.1 += report.frames_returned();
+                c.1 += u64::from(report.pages.is_empty());
+                c.2 += report.frames_returned();
                 thread::yield_now();
             }
             vm.stop.store(true, Ordering::Relaxed);
@@ -269,7 +273,7 @@ fn main() {
     let elapsed = start.elapsed();
 
     let mapped = vm.td.private_pages();
-    let (done, frames_back) = *converted.lock().expect("tally");
+    let (done, empty, frames_back) = *converted.lock().expect("tally");
     assert_eq!(done, conversions);
     let vm = Arc::into_inner(vm).expect("every thread is done");
     let kicks = vm.kicks.load(Ordering::Relaxed);
@@ -283,8 +287,8 @@ fn main() {
         total.already,
     );
     println!(
-        "{conversions} conversions of 2 MiB to shared, {kicks} kicks (one per conversion), \
-         {frames_back} 4 KiB frames returned by them"
+        "{conversions} conversions of 2 MiB to shared ({empty} had nothing to remove), {kicks} \
+         kicks (at most one per conversion), {frames_back} 4 KiB frames returned by them"
     );
     println!(
         "teardown: {} pages mapped at the end, {} 4 KiB frames returned, {} control pages freed, \
@@ -296,7 +300,13 @@ fn main() {
         report.is_clean()
     );
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(kicks, conversions, "one kick per conversion");
+    // One kick per conversion that blocked something (fewer only if its
+    // TDH.MEM.TRACK failed), none for one that blocked nothing.
+    assert!(
+        kicks <= conversions - empty,
+        "{kicks} kicks for {} conversions that blocked something",
+        conversions - empty
+    );
     // SAFETY: the TD is gone and gave every frame back: the memslot is host
     // memory again.
     unsafe { sim.free_pages(memory) };
