@@ -10,8 +10,11 @@
 //! their own LP.
 //!
 //! The thread that builds a simulator starts on LP 0 (as if it had called
-//! `set_lp(0)`); any other thread has no LP until it selects one, and a
-//! SEAMCALL from it panics instead of running on a CPU it did not choose.
+//! `set_lp(0)`). Any other thread that issues a SEAMCALL without having
+//! selected an LP is placed on one the way a scheduler would place it: the
+//! LPs in turn, one per new thread, kept for that thread (as if it had
+//! called `set_lp`). A VMM's vCPU threads map memory from whatever CPU they
+//! run on; leaves that must run on a given CPU go through `on_cpu`.
 
 use std::{
     cell::RefCell,
@@ -48,6 +51,18 @@ pub(crate) fn current(sim: u64) -> Option<u32> {
             .find(|sel| sel.sim == sim)
             .map(|sel| sel.lp)
     })
+}
+
+/// The LP the calling thread selected for `sim`, or, if it selected none,
+/// the next of `lps` LPs in turn, which becomes its lasting selection.
+pub(crate) fn current_or_place(sim: u64, lps: impl FnOnce() -> u32) -> u32 {
+    if let Some(lp) = current(sim) {
+        return lp;
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let lp = (NEXT.fetch_add(1, Ordering::Relaxed) % u64::from(lps().max(1))) as u32;
+    set(sim, lp);
+    lp
 }
 
 /// Selects `lp` for the calling thread: the innermost `on_cpu` scope of

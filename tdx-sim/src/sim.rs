@@ -272,14 +272,10 @@ impl Simulator {
         crate::lp::set(self.id, lp);
     }
 
-    /// The calling thread's LP.
+    /// The calling thread's LP (placed on one, the LPs in turn, if it
+    /// selected none: see the `lp` module).
     fn thread_lp(&self) -> u32 {
-        crate::lp::current(self.id).unwrap_or_else(|| {
-            panic!(
-                "tdx-sim: this thread selected no logical processor \
-                 (use Platform::on_cpu or Simulator::set_lp first)"
-            )
-        })
+        crate::lp::current_or_place(self.id, || self.lock().machine.desc.lps())
     }
 
     /// Page counts by state.

@@ -62,18 +62,21 @@ fn each_thread_runs_on_the_lp_it_selected() {
 }
 
 #[test]
-fn a_thread_that_selected_no_lp_cannot_issue_a_seamcall() {
+fn a_thread_that_selected_no_lp_is_placed_on_one_and_keeps_it() {
     let sim = host();
+    let lps = sim.machine().lps();
     std::thread::scope(|s| {
-        let r = s.spawn(|| sim_leaf_without_lp(&sim)).join();
-        let msg = r.expect_err("the SEAMCALL must not run");
-        let msg = msg
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| msg.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        assert!(msg.contains("selected no logical processor"), "{msg}");
-        // set_lp gives the thread an LP of its own.
+        for _ in 0..4 {
+            s.spawn(|| {
+                // A vCPU thread of a VMM: no on_cpu, no set_lp.
+                ok("RDMD", sim_leaf_without_lp(&sim));
+                let lp = sim.current_lp();
+                assert!(lp < lps, "LP {lp} of {lps}");
+                ok("RDMD", sim_leaf_without_lp(&sim));
+                assert_eq!(sim.current_lp(), lp, "the thread keeps its LP");
+            });
+        }
+        // set_lp gives a thread the LP it asks for.
         s.spawn(|| {
             sim.set_lp(3);
             assert_eq!(sim.current_lp(), 3);
