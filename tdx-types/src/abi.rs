@@ -32,9 +32,12 @@
 //!   alignment of TDMRs, reserved bits) are the module's job, and a simulator
 //!   must be able to build the bad inputs it is meant to reject.
 //!
-//! Sources: `reference/tdx-abi.md` §4 and `reference/tdx-module-model.md` §2
-//! and §5.6 beside the project; where noted, Intel's `intel/tdx-module`
-//! `include/tdx_api_defs.h` (facts only: offsets and field names).
+//! Sources: Linux's definitions of these structures
+//! (`arch/x86/virt/vmx/tdx/tdx.h`, `arch/x86/kvm/vmx/tdx_arch.h`), and
+//! Intel's TDX module source, `intel/tdx-module` at tag `TDX_1.5.01`:
+//! `include/tdx_api_defs.h` for layouts, the leaf handlers in
+//! `src/vmm_dispatcher/api_calls/` for the rules they check (facts only:
+//! offsets, field names, check order).
 
 use core::fmt;
 use core::mem::{align_of, offset_of, size_of};
@@ -131,7 +134,8 @@ const fn check_index(index: usize, capacity: usize) -> Result<(), AbiError> {
 }
 
 // ---------------------------------------------------------------------------
-// TDMR_INFO (tdx-abi.md §4.1, tdx-module-model.md §2.1)
+// TDMR_INFO (Linux `struct tdmr_info` in arch/x86/virt/vmx/tdx/tdx.h; module
+// `tdmr_info_entry_t` in include/tdx_api_defs.h, checked by tdh_sys_config.c)
 // ---------------------------------------------------------------------------
 
 /// Number of reserved-area slots in a TDMR_INFO (module 1.5 value of the
@@ -438,7 +442,8 @@ impl fmt::Debug for ReservedList<'_> {
 }
 
 // ---------------------------------------------------------------------------
-// TDMR_INFO physical-address array (tdx-abi.md §4.2)
+// TDMR_INFO physical-address array (Linux `config_tdx_module` in
+// arch/x86/virt/vmx/tdx/tdx.c)
 // ---------------------------------------------------------------------------
 
 /// Alignment the module requires of the TDMR address array (RCX of
@@ -573,7 +578,7 @@ impl fmt::Debug for TdmrPaArray {
 }
 
 // ---------------------------------------------------------------------------
-// CMRs (tdx-abi.md §4.3)
+// CMRs (module `cmr_info_entry_t`, `MAX_CMR` in include/tdx_api_defs.h)
 // ---------------------------------------------------------------------------
 
 /// Number of CMR slots the module keeps (`MAX_CMR`).
@@ -702,7 +707,7 @@ impl fmt::Debug for CmrArray {
 }
 
 // ---------------------------------------------------------------------------
-// CPUID configuration (tdx-abi.md §4.3, §4.10, §5.2)
+// CPUID configuration (Linux `tdx_global_metadata.c`, KVM `tdx_arch.h`)
 // ---------------------------------------------------------------------------
 
 /// Subleaf value meaning "this leaf has no subleaves" (all ones), both in the
@@ -898,7 +903,8 @@ impl fmt::Debug for CpuidConfig {
 }
 
 // ---------------------------------------------------------------------------
-// TD_PARAMS (tdx-abi.md §4.10, tdx-module-model.md §4.10)
+// TD_PARAMS (KVM `struct td_params` in arch/x86/kvm/vmx/tdx_arch.h; module
+// `td_params_t` in include/tdx_api_defs.h, checked by tdh_mng_init.c)
 // ---------------------------------------------------------------------------
 
 /// Size of TD_PARAMS in bytes.
@@ -1068,15 +1074,15 @@ impl fmt::Debug for EptpControls {
 /// | 232 | 24 | reserved_2 (must be 0) |
 /// | 256 | 768 | cpuid_values: 48 × [`CpuidValues`] |
 ///
-/// `reference/tdx-abi.md` (following Linux's KVM definition) shows bytes 18..24
-/// and 224..256 as reserved. The TDX module 1.5 names fields inside them:
+/// Linux's KVM definition (`struct td_params` in
+/// `arch/x86/kvm/vmx/tdx_arch.h`) has bytes 18..24 and 224..256 reserved. The TDX module 1.5 names fields inside them:
 /// `num_l2_vms` (u8 at 18), `msr_config_ctls` (u8 at 19) and
 /// `ia32_arch_capabilities_config` (u64 at 224), leaving 4 reserved bytes at 20
 /// and 24 at 232. Source: `td_params_t` in `include/tdx_api_defs.h` of
 /// `intel/tdx-module` (identical at commits e98d9639 and 1e636985 of the 1.5
-/// branch and 1666adc4 of the 2.0 tree), and the TDH.MNG.INIT check list in
-/// `reference/tdx-module-model.md` §4.10 (NUM_L2_VMS, reserved_0, msr_config,
-/// reserved_1/2, IA32_ARCH_CAPABILITIES config). The TDX_1.5.01 tag commit
+/// branch and 1666adc4 of the 2.0 tree), and the checks of TDH.MNG.INIT in
+/// `src/vmm_dispatcher/api_calls/tdh_mng_init.c` (NUM_L2_VMS, reserved_0,
+/// msr_config, reserved_1/2, IA32_ARCH_CAPABILITIES config). The TDX_1.5.01 tag commit
 /// itself was not available to read. A host that leaves these fields zero
 /// builds the same bytes under either description.
 ///
@@ -1304,7 +1310,7 @@ impl fmt::Debug for TdParams {
 }
 
 // ---------------------------------------------------------------------------
-// HPA list pages (tdx-abi.md §4.5 – §4.8)
+// HPA list pages (the 2026 TDX Connect and DICE quoting patch series)
 // ---------------------------------------------------------------------------
 
 /// Number of HPA slots in a linked-list node that hold data pages (slots
@@ -1429,7 +1435,7 @@ impl fmt::Debug for HpaListPage {
 }
 
 // ---------------------------------------------------------------------------
-// MRTD measurement block (tdx-module-model.md §5.6)
+// MRTD measurement block (module tdh_mem_page_add.c, tdh_mr_extend.c)
 // ---------------------------------------------------------------------------
 
 /// Size of one measurement block.
@@ -1544,7 +1550,7 @@ impl fmt::Debug for MeasurementBlock {
 }
 
 // ---------------------------------------------------------------------------
-// Legacy TDSYSINFO_STRUCT (tdx-abi.md §4.3)
+// Legacy TDSYSINFO_STRUCT (module `td_sys_info_t` in include/tdx_api_defs.h)
 // ---------------------------------------------------------------------------
 
 /// Size of TDSYSINFO_STRUCT, which is also its required alignment.

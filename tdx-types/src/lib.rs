@@ -13,9 +13,10 @@
 //!   by constructors, so a value of one of these types is always well formed.
 //! - **`no_std`, no allocation.** Kernels use this crate as is.
 //! - **Numbers carry over, nothing else does.** Every constant comes from the
-//!   host ABI (see `reference/tdx-abi.md` and `reference/tdx-module-model.md`
-//!   beside the project); where Linux and Intel's TDX module disagree, the
-//!   module wins and the item says so.
+//!   host ABI as Intel's TDX module source (`intel/tdx-module`, tag
+//!   `TDX_1.5.01`) and Linux (`arch/x86/virt/vmx/tdx/`,
+//!   `arch/x86/kvm/vmx/`) define it, and names its source; where Linux and
+//!   the module disagree, the module wins and the item says so.
 //! - **Open enums for what the firmware may extend.** Status codes, leaves,
 //!   operand IDs and field IDs are newtypes over their raw integer with named
 //!   constants, never closed `enum`s: a module newer than this crate returns

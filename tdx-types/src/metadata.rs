@@ -21,14 +21,51 @@
 //! deciding which features are required (policy), and truncating a value to
 //! the width its field ID declares (see [`ElementSize::mask`]).
 //!
-//! All numbers come from `reference/tdx-abi.md` §4.3, §4.9, §5 and §6.1 and
-//! `reference/tdx-module-model.md` §1.4, §3.1 and §4.6. Bracketed tags such
-//! as `[S-GMD-c-1260]` are the source keys of `tdx-abi.md`.
+//! Every field ID and feature bit names its source with a bracketed tag
+//! such as `[S-GMD-c-1260]`; the tags are listed under [Sources](#sources).
+//! Module-side numbers (field encoding, PAMT page types, the 1.5 limits)
+//! come from Intel's TDX module source, `intel/tdx-module` at tag
+//! `TDX_1.5.01`, and name the file they are in.
 //!
 //! Every type here is an open wrapper over its raw integer: an identifier or
 //! feature word read back from a newer module survives
 //! `from_raw`/`into_raw` (or `from_bits`/`into_bits`) unchanged, reserved and
 //! unknown bits included.
+//!
+//! # Sources
+//!
+//! Linux (`torvalds/linux`) files at the commit given, and patch series
+//! from the kernel mailing lists by subject and date (`NN` after a series
+//! tag is the patch number in it):
+//!
+//! - `S-GMD-c-1260`: `arch/x86/virt/vmx/tdx/tdx_global_metadata.c` at
+//!   `1260ed77798502de9c98020040d2995008de10cc`.
+//! - `S-GMD-LIST`: "[PATCH 3/6] x86/virt/tdx: Refactor metadata reading
+//!   with a clearer for loop" (Xu Yilun, 2025-12-02), which lists every
+//!   global field Linux reads.
+//! - `S-KVM-ARCH`: `arch/x86/kvm/vmx/tdx_arch.h` at
+//!   `aedc8fa5141b2f1058c1bf986c75679dec04cdb6`.
+//! - `S-TDXH-43db`: `arch/x86/virt/vmx/tdx/tdx.h` at
+//!   `43db1111073049220381944af4a3b8a5400eda71`.
+//! - `S-VERSION`: the 2025 patches that read the module's version through
+//!   the global metadata.
+//! - `S-UPDATE-v8`: the TDX module runtime-update series, v8 (Chao Gao,
+//!   2026-04-27); `S-UPDATE-COMPAT`: its 2026 compatibility patches.
+//! - `S-OLD-PROTO`: a prototype `tdx.h` with TDH.SYS.INFO, SHUTDOWN, UPDATE
+//!   and the P-SEAMLDR structures, of unconfirmed provenance: fields
+//!   tagged with it alone are kept for tools, not relied on.
+//! - `S-DPAMT-v6`: the "Dynamic PAMT" series, v6 (2026-05-25).
+//! - `S-CONNECT-v2`: "PCI/TSM: PCIe Link Encryption Establishment via TDX
+//!   platform services", v2 (Xu Yilun, 2026-03-28).
+//! - `S-QUOTE-v2`: "Enable DICE-based TDX Quoting Extension", v2
+//!   (2026-06-18).
+//! - `S-CMR-v4`: "[PATCH v4 8/8] x86/virt/tdx: Reduce TDMR's reserved
+//!   areas by using CMRs to find memory holes" (Kai Huang, 2024-09-24), not
+//!   merged.
+//! - `S-FEAT-HITS`: 2025-2026 patches that name `TDX_FEATURES0` bits for
+//!   features not merged yet.
+//! - `S-NEWEST-TDXC`: a 2026 `arch/x86/virt/vmx/tdx/tdx.c` with Dynamic
+//!   PAMT, runtime update and TDH.SYS.DISABLE, of unconfirmed provenance.
 
 use core::fmt;
 use core::ops::Range;
@@ -104,7 +141,8 @@ impl fmt::Display for ElementSize {
 // MdFieldId
 // ---------------------------------------------------------------------------
 
-/// A metadata field identifier (`MD_FIELD_ID`), tdx-abi.md §5.1.
+/// A metadata field identifier (`MD_FIELD_ID`; `md_field_id_t` in the
+/// module's `include/tdx_api_defs.h`).
 ///
 /// | bits  | field                  |
 /// |-------|------------------------|
@@ -288,7 +326,7 @@ impl fmt::Display for MdFieldId {
 
 /// Builds a TD- or vCPU-scope field ID the way KVM does:
 /// `(non_arch << 63) | (class << 56) | (field & 0xFFFF_FFFF)`
-/// (tdx-abi.md §5.2, [S-KVM-ARCH]).
+/// ([S-KVM-ARCH]).
 ///
 /// The result has `ELEMENT_SIZE_CODE` = 0 and `CONTEXT_CODE` = 0; KVM passes
 /// IDs of this form to `TDH.MNG.RD`/`TDH.VP.RD` as they are. Bits 31:24 of
@@ -309,7 +347,8 @@ pub const fn td_field_id(non_arch: bool, class: u8, field: u32) -> MdFieldId {
 // ---------------------------------------------------------------------------
 
 /// The `FIELD_CODE` sub-layout of TD-scope CPUID fields (base
-/// [`field::TD_CPUID_VALUES`], `0x9410000300000000`), tdx-abi.md §5.1/§5.2.
+/// [`field::TD_CPUID_VALUES`], `0x9410000300000000`), as KVM builds it
+/// ([S-KVM-ARCH]).
 ///
 /// | bits  | field                                             |
 /// |-------|---------------------------------------------------|
@@ -491,7 +530,7 @@ pub struct FieldInfo {
     pub scope: FieldScope,
     /// How its elements are addressed.
     pub shape: FieldShape,
-    /// Source tag(s) from tdx-abi.md.
+    /// Source tag(s), listed under [Sources](self#sources).
     pub source: &'static str,
 }
 
@@ -579,12 +618,12 @@ pub const NAMED_FIELD_COUNT: usize = 41;
 const _: () = assert!(ALL_FIELDS.len() == NAMED_FIELD_COUNT);
 
 /// Number of `CMR_BASE`/`CMR_SIZE` elements (module `MAX_CMR`; `NUM_CMRS`
-/// reads back this array size, not the populated count). tdx-abi.md §4.3,
-/// model §4.6.
+/// reads back this array size, not the populated count): `MAX_CMR` in the
+/// module's `include/tdx_api_defs.h`.
 pub const MAX_CMRS: u32 = 32;
 
 /// Upper bound on `NUM_CPUID_CONFIG` that Linux enforces; also the length of
-/// the `CPUID_CONFIG_LEAVES`/`CPUID_CONFIG_VALUES` arrays. tdx-abi.md §5.2.
+/// the `CPUID_CONFIG_LEAVES`/`CPUID_CONFIG_VALUES` arrays. [S-GMD-LIST]
 pub const MAX_CPUID_CONFIG: u32 = 128;
 
 /// Declares the named field IDs and builds [`ALL_FIELDS`] from the same list,
@@ -617,17 +656,19 @@ macro_rules! md_fields {
     };
 }
 
-/// Named metadata field IDs (tdx-abi.md §4.3, §5.2), as [`MdFieldId`]
-/// constants, plus the class codes and element helpers that go with them.
+/// Named metadata field IDs, as [`MdFieldId`] constants, plus the class
+/// codes and element helpers that go with them. Each names its source
+/// ([Sources](super#sources)).
 ///
 /// Array constants (`CPUID_CONFIG_LEAVES`, `CPUID_CONFIG_VALUES`,
 /// `CMR_BASE`, `CMR_SIZE`) are base IDs: element `i` is `base + i`, and for
 /// `CPUID_CONFIG_VALUES` entry `values[i][j]` is `base + 2i + j`. Use the
 /// helper functions here, which also check the array length.
 ///
-/// Not given IDs here because no reference states them:
-/// `TDCS_SIZE_PER_L2_VM` and `TDVPS_SIZE_PER_L2_VM` (model §4.6 gives only
-/// their values, 4096 and 3 × 4096).
+/// Not named here (L2 VMs are out of scope): `TDCS_SIZE_PER_L2_VM` and
+/// `TDVPS_SIZE_PER_L2_VM`, which the module serves (4096 and 3 × 4096
+/// bytes, `src/common/metadata_handlers/metadata_sys.c`) at the IDs its
+/// `include/auto_gen/global_sys_fields_lookup.h` lists.
 pub mod field {
     use super::{
         CpuidFieldCode, ElementSize, FieldInfo, FieldScope, FieldShape, MAX_CMRS, MAX_CPUID_CONFIG,
@@ -657,7 +698,7 @@ pub mod field {
     pub const TDVPS_CLASS_MANAGEMENT: u8 = 32;
 
     md_fields! {
-        // --- Mainline Linux global metadata (tdx-abi.md §5.2, first table) ---
+        // --- Mainline Linux global metadata ---------------------------------
 
         /// `features.tdx_features0` (u64): feature bits, see
         /// [`TdxFeatures0`](super::TdxFeatures0). [S-GMD-c-1260]
@@ -714,7 +755,7 @@ pub mod field {
             => ("td_conf.cpuid_config_values", U64, Global,
                 FieldShape::Pairs { len: MAX_CPUID_CONFIG }, "S-GMD-LIST");
 
-        // --- 2025–2026 additions (tdx-abi.md §5.2, second table) -------------
+        // --- 2025–2026 additions ---------------------------------------------
 
         /// `version.minor_version` (u16): module minor version. [S-VERSION]
         MINOR_VERSION = MdFieldId::from_raw(0x0800_0001_0000_0003)
@@ -771,7 +812,7 @@ pub mod field {
         SPDM_MAX_DEV_INFO_PAGES = MdFieldId::from_raw(0x3000_0001_0000_0007)
             => ("connect.spdm_max_dev_info_pages", U16, Global, SCALAR, "S-CONNECT-v2 06");
 
-        // --- CMRs (tdx-abi.md §4.3; proposed, not read by mainline Linux) ----
+        // --- CMRs (proposed, not read by mainline Linux) ----------------------
 
         /// `NUM_CMRS` (u16, proposed series, not mainline): the module serves [`MAX_CMRS`] (= 32, the array size). [S-CMR-v4]
         NUM_CMRS = MdFieldId::from_raw(0x9000_0001_0000_0000)
@@ -785,7 +826,7 @@ pub mod field {
             => ("CMR_SIZE (proposed)", U64, Global,
                 FieldShape::Array { len: MAX_CMRS }, "S-CMR-v4");
 
-        // --- TD / vCPU scope, as KVM uses them (tdx-abi.md §5.2 last paragraph) ---
+        // --- TD / vCPU scope, as KVM uses them ---------------------------------
 
         /// KVM `TD_MD_FIELD_ID_CPUID_VALUES` (u64 × 2 per leaf: EBX:EAX, EDX:ECX), TDH.MNG.RD; base of the CPUID values, `FIELD_CODE` is a [`CpuidFieldCode`] ([`td_cpuid_value`]). [S-KVM-ARCH]
         ///
@@ -816,7 +857,7 @@ pub mod field {
         /// Built with KVM's rule ([`td_field_id`]) with `NON_ARCH` set, in
         /// the TDVPS "other guest state" class (17) where KVM reads it;
         /// `ELEMENT_SIZE_CODE` is 0 in KVM's form. The class is KVM's
-        /// (`tdx_arch.h`), tdx-abi.md §5.2 gives only "non-arch 0x100".
+        /// (`tdx_arch.h`); the other sources give only "non-arch 0x100".
         VCPU_STATE_DETAILS = td_field_id(true, TDVPS_CLASS_OTHER_GUEST, 0x100)
             => ("TD_VCPU_STATE_DETAILS_NON_ARCH (KVM)", UNSTATED, Vcpu, SCALAR, "S-KVM-ARCH");
     }
@@ -881,8 +922,8 @@ pub mod field {
 // TDX_FEATURES0
 // ---------------------------------------------------------------------------
 
-/// The `TDX_FEATURES0` metadata value ([`field::TDX_FEATURES0`]),
-/// tdx-abi.md §5.3.
+/// The `TDX_FEATURES0` metadata value ([`field::TDX_FEATURES0`]); each
+/// bit names its source ([Sources](self#sources)).
 ///
 /// Only the bits Linux refers to are named; every other bit is kept as read
 /// (`from_bits(x).into_bits() == x`) and reported by
@@ -1037,15 +1078,20 @@ impl fmt::Debug for TdxFeatures0 {
 // KeyID partitioning
 // ---------------------------------------------------------------------------
 
-/// MSR number of `IA32_MKTME_KEYID_PARTITIONING`. tdx-abi.md §6.1.
+/// MSR number of `IA32_MKTME_KEYID_PARTITIONING` (Linux
+/// `arch/x86/virt/vmx/tdx/tdx.c`; the module's `tdh_sys_init.c` reads it
+/// too).
 pub const MSR_IA32_MKTME_KEYID_PARTITIONING: u32 = 0x87;
 
 /// The module's limit on HKIDs: the private (TDX) KeyID range must stay
-/// below this (`MAX_HKIDS`). Model §1.4.
+/// below this (`MAX_HKIDS` in the module's
+/// `src/common/data_structures/tdx_global_data.h`; `tdh_sys_init.c`
+/// refuses a partition that reaches it).
 pub const MAX_HKIDS: u32 = 2048;
 
 /// MSR `IA32_MKTME_KEYID_PARTITIONING` (0x87): how the hardware KeyIDs are
-/// split between MKTME (shared) and TDX (private). tdx-abi.md §6.1.
+/// split between MKTME (shared) and TDX (private), as Linux reads it in
+/// `arch/x86/virt/vmx/tdx/tdx.c`.
 ///
 /// KeyID 0 is the no-key default; KeyIDs `1..=nr_mktme_keyids` are MKTME
 /// KeyIDs; the next `nr_tdx_keyids` are TDX private KeyIDs. The host uses the
@@ -1132,8 +1178,9 @@ impl KeyIdPartition {
     }
 
     /// Checks the partition as Linux and the module do, in this order: at
-    /// least one TDX KeyID; at least two (tdx-abi.md §6.1); the last
-    /// private KeyID below [`MAX_HKIDS`] (model §1.4).
+    /// least one TDX KeyID; at least two (Linux, `arch/x86/virt/vmx/tdx/tdx.c`);
+    /// the last private KeyID below [`MAX_HKIDS`] (the module's
+    /// `tdh_sys_init.c`).
     ///
     /// # Errors
     ///
@@ -1161,7 +1208,8 @@ impl KeyIdPartition {
 // PAMT page types and module 1.5 defaults
 // ---------------------------------------------------------------------------
 
-/// The page type kept in a PAMT entry (`pt`). tdx-abi.md §4.9, model §3.1.
+/// The page type kept in a PAMT entry (`pt`; the `PT_*` values in the
+/// module's `src/common/memory_handlers/pamt_manager.h`).
 ///
 /// An open newtype: module 2.0 adds values (TDX Connect types 9–13) that
 /// have no name here. The field is 8 bits in module 1.5 and 5 bits in 2.0.
@@ -1200,7 +1248,9 @@ impl PamtPageType {
     /// `PT_EPT` (8): a Secure-EPT page.
     pub const EPT: Self = Self(8);
     /// `PT_PAMT` (15): **module 2.0 tree only** (not 1.5.01): a 2M node with
-    /// Dynamic PAMT backing. Model §3.1 \[R2\].
+    /// Dynamic PAMT backing (`page_type_t` in
+    /// `src/common/memory_handlers/pamt_manager.h` of the 2.0-era tree of
+    /// `intel/tdx-module`, commit `1666adc4`).
     pub const PAMT: Self = Self(15);
 
     /// The module's name for this type (`"PT_TDR"`), or `None`.
@@ -1240,15 +1290,17 @@ impl fmt::Display for PamtPageType {
 
 /// PAMT entry size in bytes at every level in module 1.5.01
 /// (`PAMT_ENTRY_SIZE_IN_BYTES`); also what its `PAMT_*_ENTRY_SIZE` fields
-/// read. A default only: read the real sizes from metadata. tdx-abi.md §4.9.
+/// read. A default only: read the real sizes from metadata. Module
+/// `src/common/memory_handlers/pamt_manager.h`.
 pub const PAMT_ENTRY_SIZE_1_5: u16 = 16;
 
-/// `MAX_TDMRS` in module 1.5.01 (what [`field::MAX_TDMRS`] reads).
-/// tdx-abi.md §4.1, model §4.6.
+/// `MAX_TDMRS` in module 1.5.01 (what [`field::MAX_TDMRS`] reads):
+/// `src/common/data_structures/tdx_global_data.h`.
 pub const MAX_TDMRS_1_5: u16 = 64;
 
 /// `MAX_RESERVED_PER_TDMR` in module 1.5.01 (what
-/// [`field::MAX_RESERVED_PER_TDMR`] reads). tdx-abi.md §4.1, model §4.6.
+/// [`field::MAX_RESERVED_PER_TDMR`] reads): `MAX_RESERVED_AREAS` in
+/// `include/tdx_api_defs.h`.
 pub const MAX_RESERVED_PER_TDMR_1_5: u16 = 16;
 
 // ---------------------------------------------------------------------------
