@@ -2,7 +2,8 @@
 //! initial pages will have, computed without a TDX module.
 //!
 //! MRTD is SHA-384 over 128-byte blocks, in call order
-//! (`reference/tdx-module-model.md` §5.6):
+//! (`tdh_mem_page_add.c`, `tdh_mr_extend.c` and `tdh_mr_finalize.c` in
+//! `src/vmm_dispatcher/api_calls/` of Intel's module source):
 //!
 //! - TDH.MEM.PAGE.ADD adds one block: `"MEM.PAGE.ADD"` padded to 16 bytes
 //!   with NULs, the page's GPA (8 bytes, little endian), 104 zero bytes. The

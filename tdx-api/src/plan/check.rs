@@ -1,5 +1,6 @@
 //! Byte-level verification of a plan: every rule TDH.SYS.CONFIG enforces
-//! (`tdx-module-model.md` §2), and the planner's own goal (every usable
+//! (`src/vmm_dispatcher/api_calls/tdh_sys_config.c` in Intel's module
+//! source, tag `TDX_1.5.01`), and the planner's own goal (every usable
 //! byte from 1 MiB up, other than the PAMTs, is TDX memory; PAMTs are host
 //! RAM the platform can give).
 

@@ -1,6 +1,6 @@
-//! Linux's TDMR construction (`tdx-abi.md` §7), reproduced step by step so
-//! an operator can see what a TDX kernel would do on a map, including how
-//! it fails.
+//! Linux's TDMR construction (`construct_tdmrs` in
+//! `arch/x86/virt/vmx/tdx/tdx.c`), reproduced step by step so an operator
+//! can see what a TDX kernel would do on a map, including how it fails.
 //!
 //! 1. The memory list: every usable range with its node, the first 1 MiB
 //!    cut off (`build_tdx_memlist`).

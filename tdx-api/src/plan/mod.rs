@@ -12,12 +12,14 @@
 //!   (see [`best`] for how), never uses more PAMT memory than Linux's
 //!   construction on a map where both succeed, and keeps PAMTs on their
 //!   TDMR's NUMA node where that costs nothing.
-//! - [`Strategy::Linux`] reproduces Linux's construction (`tdx-abi.md` §7),
+//! - [`Strategy::Linux`] reproduces Linux's construction
+//!   (`construct_tdmrs` in `arch/x86/virt/vmx/tdx/tdx.c`),
 //!   including its failures, so an operator can see what a TDX kernel
 //!   would do on the same map.
 //!
 //! [`check`] verifies a plan byte by byte against every rule of
-//! TDH.SYS.CONFIG (`tdx-module-model.md` §2) and against the coverage goal;
+//! TDH.SYS.CONFIG (`tdh_sys_config.c` in Intel's module source) and against
+//! the coverage goal;
 //! the planner runs it on its own output before returning it.
 
 use alloc::vec::Vec;

@@ -1,8 +1,9 @@
 //! Teardown: from any state, every page back or reported.
 //!
-//! The order is Linux's (`reference/tdx-abi.md` §8.3): TDH.VP.FLUSH of each
-//! associated vCPU on its CPU, TDH.MNG.VPFLUSHDONE, TDH.PHYMEM.CACHE.WB on
-//! one CPU of every package (resumed while interrupted, at most
+//! The order is Linux's (`tdx_mmu_release_hkid` and `tdx_vm_destroy` in
+//! `arch/x86/kvm/vmx/tdx.c`): TDH.VP.FLUSH of each associated vCPU on its
+//! CPU, TDH.MNG.VPFLUSHDONE, TDH.PHYMEM.CACHE.WB on one CPU of every
+//! package (resumed while interrupted, at most
 //! [`CACHE_WB_LIMIT`] calls), TDH.MNG.KEY.FREEID (then the HKID returns to
 //! the pool), TDH.PHYMEM.PAGE.RECLAIM of S-EPT pages, private pages, TDCX,
 //! TDVPR and TDCS pages, and the TDR last followed by

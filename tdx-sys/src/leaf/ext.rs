@@ -1,8 +1,13 @@
 //! Extension leaves (module Extensions, DICE quoting, TDX Connect) and the
 //! P-SEAMLDR calls.
 //!
-//! These come from 2026 patch series (see `reference/tdx-abi.md` §2 and §9),
-//! not from module 1.5; their merge status is open.
+//! The extension leaves come from 2026 patch series on the kernel mailing
+//! lists, not from module 1.5: "Enable DICE-based TDX Quoting Extension"
+//! v2 (2026-06-18) for TDH.EXT.* and TDH.QUOTE.*, and "PCI/TSM: PCIe Link
+//! Encryption Establishment via TDX platform services" v2 (Xu Yilun,
+//! 2026-03-28) for TDH.EXT.* and the TDX Connect leaves; their merge status
+//! is open. The P-SEAMLDR calls are Linux's
+//! (`arch/x86/virt/vmx/tdx/seamldr.c`).
 
 // UNSAFETY: raw leaf functions (see the parent module).
 #![allow(unsafe_code)]

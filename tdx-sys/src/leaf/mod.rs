@@ -1,8 +1,9 @@
 //! One raw `unsafe fn` per host leaf.
 //!
 //! Each function puts its typed arguments into the registers the host ABI
-//! names for the leaf (see `reference/tdx-abi.md` §2 and
-//! `reference/tdx-module-model.md` §4), issues one SEAMCALL through the
+//! names for the leaf (as Linux's wrappers in `arch/x86/virt/vmx/tdx/tdx.c`
+//! pass them, and as the leaf's handler in Intel's module source reads them:
+//! `src/vmm_dispatcher/api_calls/`), issues one SEAMCALL through the
 //! backend in the register shape the leaf needs, and returns the raw status,
 //! plus the leaf's outputs decoded into types where it has any
 //! ([`Completion`]). Nothing is retried and no status is judged: a caller
