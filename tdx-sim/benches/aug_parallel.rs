@@ -43,7 +43,7 @@ const PAGES: u64 = 1 << 16;
 const REGION: u64 = PAGES * 4096;
 
 type Sim<'s> = &'s Simulator;
-type FinalTd<'h, 's> = Td<'h, Finalized, Sim<'s>, Sim<'s>>;
+type FinalTd<'h, 's> = Td<Finalized, &'h TdHost<Sim<'s>, Sim<'s>>>;
 
 /// What one thread maps: a TD, its first GPA, its frames.
 #[derive(Clone, Copy)]
@@ -150,13 +150,13 @@ fn td<'h, 's>(
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
     td.create_vcpu(CpuId(0), 0, 0).unwrap();
-    let mut td = td.finalize().map_err(|f| f.error).unwrap();
+    let td = td.finalize().map_err(|f| f.error).unwrap();
     let f = sim.alloc_pages(1, 1, Placement::Anywhere).unwrap().first();
     for gpa in (0..regions * REGION).step_by(2 << 20) {
         // SAFETY: a fresh frame, untouched.
         let frame = unsafe { GuestFrame::<Size4K>::new(f) }.unwrap();
         td.map(Gpa::new(gpa), frame).unwrap();
-        let back = td.unmap::<Size4K>(Gpa::new(gpa), &mut || {}).unwrap();
+        let back = td.unmap::<Size4K>(Gpa::new(gpa), &|| {}).unwrap();
         assert_eq!(back.pfn(), f);
     }
     td

@@ -362,6 +362,24 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         n
     }
 
+    /// Entries of the TD's S-EPT record that an operation holds now (an
+    /// entry being mapped, removed, split or merged, a table being added):
+    /// 0 whenever no operation on the TD is running. A diagnostic: a GPA
+    /// whose operations keep answering [`TdError::InProgress`] while this
+    /// is 0 would be a bug.
+    pub fn entries_in_flight(&self) -> usize {
+        let mut n = 0;
+        self.inner.tree.for_each(&mut |_, _, e| {
+            n += usize::from(matches!(
+                e,
+                mirror::Entry::Adding
+                    | mirror::Entry::Leaf(_, mirror::Hold::Busy)
+                    | mirror::Entry::Table(_, mirror::Hold::Busy)
+            ));
+        });
+        n
+    }
+
     /// Tears the TD down from whatever state it is in and reports every
     /// page: given back to the platform (control pages), returned to the
     /// caller (private frames), or leaked with the reason.
