@@ -1,6 +1,7 @@
-//! Every plan the planner makes for the shared memory maps is accepted by
-//! the simulated TDX module: TDH.SYS.CONFIG validates the TDMR_INFOs
-//! (model §2, in order), KEY.CONFIG and TDMR.INIT complete, and the
+//! Every plan the planner makes for the memory maps in
+//! `tdx-plan/testdata/memmaps` is accepted by the simulated TDX module:
+//! TDH.SYS.CONFIG validates the TDMR_INFOs (every check of the module's
+//! `tdh_sys_config.c`, in order), KEY.CONFIG and TDMR.INIT complete, and the
 //! simulator's invariants hold. Both strategies; Linux's plans are accepted
 //! when its construction succeeds (the maps carry no CMRs, so the CMRs are
 //! the usable ranges, as Linux assumes).

@@ -1,11 +1,12 @@
-//! Fault injection on the TD leaves (`reference/tdx-module-model.md` §3.3,
-//! §4.7-§4.29, §7.1 "Concurrency"):
+//! Fault injection on the TD leaves, against the locks each leaf's handler
+//! takes in Intel's module source (`intel/tdx-module`, tag `TDX_1.5.01`,
+//! `src/vmm_dispatcher/api_calls/tdh_*.c`):
 //!
 //! - `transient_statuses(leaf)` for every TD leaf is exactly the set of
-//!   busy/entropy/epoch statuses the model lists for that leaf: OPERAND_BUSY
-//!   on each operand whose lock the leaf takes (§3.3, §3.5 step 3, §4.0),
-//!   PREVIOUS_TLB_EPOCH_BUSY at TRACK, RND_NO_ENTROPY and the PCONFIG
-//!   statuses at key generation, and "resumable" for CACHE.WB;
+//!   busy/entropy/epoch statuses the handler can return: OPERAND_BUSY on
+//!   each operand whose lock the leaf takes, PREVIOUS_TLB_EPOCH_BUSY at
+//!   TRACK, RND_NO_ENTROPY and the PCONFIG statuses at key generation, and
+//!   "resumable" for CACHE.WB;
 //! - a scripted status is returned as it is, changes nothing, and the retry
 //!   succeeds, for every TD leaf;
 //! - a whole TD lifecycle under seeded random faults completes through a
@@ -15,6 +16,17 @@
 //! Fault::stop_early on TDH.PHYMEM.CACHE.WB (interrupted, resumed with
 //! RCX=1 on the same package) is in `td_teardown.rs`, next to the other
 //! CACHE.WB rules.
+//!
+//! Shorthand for the lock sequences below (helpers in the module's
+//! `src/common/helpers/helpers.c`): `TDR_X(reg)` / `TDR_S(reg)`, the TDR
+//! named by `reg` locked exclusive / shared through its PAMT entry;
+//! `EXPL(reg)`, the page named by `reg` checked and locked through the PAMT
+//! walk (`check_and_lock_explicit_private_hpa`); `TDR_IMPL`, the TDR found
+//! through a page's owner, locked directly; `TDCS()`, the TD's control
+//! structure mapped and its state checked
+//! (`check_any_td_state_map_tdcs_and_lock`), with or without the op-state
+//! lock; `SWALK`, the S-EPT tree lock and then the lock of the target entry
+//! (`lock_sept_check_and_walk_internal`).
 
 // UNSAFETY: `Retrying` implements the `unsafe trait`s `Seamcall` and
 // `Platform` by forwarding to the simulator, whose memory is simulated.
@@ -34,31 +46,33 @@ use tdx_types::{
 };
 
 // ---------------------------------------------------------------------------
-// transient_statuses(leaf) against the model
+// transient_statuses(leaf) against the module's handlers
 // ---------------------------------------------------------------------------
 
-/// The statuses of the model for `leaf` that a host must retry.
+/// The statuses `leaf`'s handler can return that a host must retry.
 fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
     use OperandId as O;
     let b = busy;
     match leaf {
-        // TDR_X(RCX); KOT lock; RNG for TD_UUID (§4.7).
+        // TDR_X(RCX); KOT lock; RNG for TD_UUID (tdh_mng_create.c).
         Leaf::MNG_CREATE => vec![b(O::RCX), b(O::KOT), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); PCONFIG as in §4.4 (§4.8).
+        // TDR_X(RCX); PCONFIG as in SYS.KEY.CONFIG (tdh_mng_key_config.c).
         Leaf::MNG_KEY_CONFIG => vec![b(O::RCX), b(O::KET), TdxStatus::KEY_GENERATION_FAILED],
-        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page (§4.9).
+        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page
+        // (tdh_mng_add_cx.c).
         Leaf::MNG_ADDCX => vec![b(O::RDX), b(O::RCX), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); TDCS() without the op-state lock (§4.10).
+        // TDR_X(RCX); TDCS() without the op-state lock (tdh_mng_init.c).
         Leaf::MNG_INIT => vec![b(O::RCX)],
-        // TDR_S(RDX); op-state lock; EXPL(RCX) (§4.11).
+        // TDR_S(RDX); op-state lock; EXPL(RCX) (tdh_vp_create.c).
         Leaf::VP_CREATE => vec![b(O::RDX), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX) (§4.12).
+        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX) (tdh_vp_addcx.c).
         Leaf::VP_ADDCX => vec![b(O::RDX), b(O::TDR), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RCX); TDR_IMPL; op-state lock (§4.13).
+        // EXPL(RCX); TDR_IMPL; op-state lock (tdh_vp_init.c).
         Leaf::VP_INIT => vec![b(O::RCX), b(O::TDR), b(O::OP_STATE)],
-        // EXPL(RCX); TDR_IMPL; no TDCS() (§4.24).
+        // EXPL(RCX); TDR_IMPL; no TDCS() (tdh_vp_flush.c).
         Leaf::VP_FLUSH => vec![b(O::RCX), b(O::TDR)],
-        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8) (§4.14).
+        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8)
+        // (tdh_mem_sept_add.c).
         Leaf::MEM_SEPT_ADD => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -67,15 +81,18 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::R8),
         ],
         // TDR_S(RDX); op-state lock; SWALK; the child page's PAMT lock
-        // (RCX) (§4.21); the same locks for REMOVE (§4.20), BLOCK and
-        // UNBLOCK (§4.17, §4.19).
+        // (RCX) (tdh_mem_sept_remove.c); the same locks for REMOVE
+        // (tdh_mem_page_remove.c), BLOCK and UNBLOCK
+        // (tdh_mem_range_block.c, tdh_mem_range_unblock.c).
         Leaf::MEM_SEPT_REMOVE
         | Leaf::MEM_PAGE_REMOVE
         | Leaf::MEM_RANGE_BLOCK
         | Leaf::MEM_RANGE_UNBLOCK => vec![b(O::RDX), b(O::OP_STATE), b(O::SEPT_TREE), b(O::RCX)],
-        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8) (§4.15).
+        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8)
+        // (tdh_mem_page_add.c).
         Leaf::MEM_PAGE_ADD => vec![b(O::RDX), b(O::R8)],
-        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8 (§4.16).
+        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8
+        // (tdh_mem_page_aug.c).
         Leaf::MEM_PAGE_AUG => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -83,33 +100,37 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::RCX),
             b(O::R8),
         ],
-        // TDR_S(RCX); op-state lock; epoch lock; previous epoch (§4.18).
+        // TDR_S(RCX); op-state lock; epoch lock; previous epoch
+        // (tdh_mem_track.c).
         Leaf::MEM_TRACK => vec![
             b(O::RCX),
             b(O::OP_STATE),
             b(O::TD_EPOCH),
             TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
         ],
-        // TDR_X(RDX) only (§4.22: TDCS() without the op-state lock).
+        // TDR_X(RDX) only (tdh_mr_extend.c: TDCS() without the op-state
+        // lock).
         Leaf::MR_EXTEND => vec![b(O::RDX)],
-        // TDR_X(RCX) (§4.23).
+        // TDR_X(RCX) (tdh_mr_finalize.c).
         Leaf::MR_FINALIZE => vec![b(O::RCX)],
-        // TDR_X(RCX); KOT lock (§4.25, §4.27).
+        // TDR_X(RCX); KOT lock (tdh_mng_vpflushdone.c,
+        // tdh_mng_key_freeid.c).
         Leaf::MNG_VPFLUSHDONE | Leaf::MNG_KEY_FREEID => vec![b(O::RCX), b(O::KOT)],
-        // WBT mutex; KOT (§4.26).
+        // WBT mutex; KOT (tdh_phymem_cache_wb.c).
         Leaf::PHYMEM_CACHE_WB => vec![b(O::WBCACHE), b(O::KOT)],
-        // The PAMT walk's lock; TDR_IMPL of the owner (§4.28).
+        // The PAMT walk's lock; TDR_IMPL of the owner
+        // (tdh_phymem_page_reclaim.c).
         Leaf::PHYMEM_PAGE_RECLAIM => vec![b(O::RCX), b(O::TDR)],
-        // EXPL(page, shared) (§4.29).
+        // EXPL(page, shared) (tdh_phymem_page_wbinvd.c).
         Leaf::PHYMEM_PAGE_WBINVD => vec![b(O::RCX)],
-        // A no-op (§4.32).
+        // A no-op (tdh_mng_key_reclaimid.c).
         Leaf::MNG_KEY_RECLAIMID => vec![],
         _ => panic!("{leaf} is not a TD leaf of the model"),
     }
 }
 
-/// Statuses the model allows on top of the required ones (a lock the model
-/// does not list but the leaf plausibly takes).
+/// Statuses allowed on top of the required ones (a lock the list above
+/// leaves out but the leaf plausibly takes).
 fn model_may(leaf: Leaf) -> Vec<TdxStatus> {
     match leaf {
         // PAGE.ADD walks without the tree lock but may lock the entry.
@@ -124,7 +145,7 @@ fn names(set: &BTreeSet<u64>) -> Vec<String> {
         .collect()
 }
 
-/// The simulator's transient statuses for `leaf` equal the model's.
+/// The simulator's transient statuses for `leaf` equal the handler's.
 fn assert_transients_match(leaf: Leaf, resumable: bool) {
     let (got, res) = transient_statuses(leaf);
     let got: BTreeSet<u64> = got.iter().map(|s| s.raw()).collect();
