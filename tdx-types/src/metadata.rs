@@ -258,8 +258,8 @@ impl MdFieldId {
         self.element_size().bytes()
     }
 
-    /// The bits of this ID that are reserved by §5.1 (0 for every ID this
-    /// crate names).
+    /// The bits of this ID that the layout above (`md_field_id_t`) reserves
+    /// (0 for every ID this crate names).
     #[must_use]
     pub const fn reserved_bits(self) -> u64 {
         self.into_raw() & Self::RESERVED_MASK
