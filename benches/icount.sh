@@ -19,9 +19,10 @@ if ! valgrind --tool=callgrind --callgrind-out-file="$dir/out" "$bin" --bench >"
 fi
 n=$(sed -n 's/^pages per pass: //p' "$dir/stdout")
 [ -n "$n" ] || { echo "icount.sh: the bench did not say how many pages a pass maps" >&2; exit 1; }
-callgrind_annotate --inclusive=yes "$dir/out" 2>/dev/null | awk -v n="$n" '
+callgrind_annotate --threshold=100 --inclusive=yes "$dir/out" 2>/dev/null | awk -v n="$n" '
     # callgrind_annotate prints "1,234,567 (12.3%)  file:function"
     { gsub(",", "", $1) }
+    /closure/ { next }
     /measured_safe_map/   { safe_map = $1 }
     /measured_safe_unmap/ { safe_unmap = $1 }
     /measured_raw_map/    { raw_map = $1 }
@@ -48,11 +49,14 @@ if ! valgrind --tool=callgrind --callgrind-out-file="$dir/null" "$bin" --bench >
     exit 1
 fi
 n=$(sed -n 's/^pages per pass: //p' "$dir/stdout")
-callgrind_annotate --inclusive=yes "$dir/null" 2>/dev/null | awk -v n="$n" '
+callgrind_annotate --threshold=100 --inclusive=yes "$dir/null" 2>/dev/null | awk -v n="$n" '
     { gsub(",", "", $1) }
+    /closure/ { next }
     /measured_null_safe_map/ { safe_map = $1 }
     /measured_null_safe_unmap_batched/ { batched = $1; next }
     /measured_null_safe_unmap/ { safe_unmap = $1 }
+    /measured_null_big_td_map/ { big_map = $1; next }
+    /measured_null_big_td_unmap/ { big_unmap = $1; next }
     /measured_null_raw_map/ { raw_map = $1 }
     /measured_null_raw_unmap/ { raw_unmap = $1 }
     END {
@@ -63,5 +67,6 @@ callgrind_annotate --inclusive=yes "$dir/null" 2>/dev/null | awk -v n="$n" '
         printf "  map:   safe %.0f  raw %.0f  the library adds %.0f\n", safe_map / n, raw_map / n, (safe_map - raw_map) / n
         printf "  unmap: safe %.0f  raw %.0f  the library adds %.0f\n", safe_unmap / n, raw_unmap / n, (safe_unmap - raw_unmap) / n
         printf "  unmap in 2 MiB batches (unmap_range): %.0f per page\n", batched / n
+        printf "  in a TD with 1 Mi more 4K pages mapped: map %.0f, unmap %.0f\n", big_map / n, big_unmap / n
     }'
 

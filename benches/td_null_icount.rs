@@ -25,6 +25,8 @@ use tdx_sys::leaf;
 
 /// Pages per pass.
 const N: u64 = 1 << 16;
+/// Pages mapped beside the measured ones for the "large TD" passes (4 GiB).
+const BIG: u64 = 1 << 20;
 
 type Tdn<'h, 'n> = Td<Finalized, &'h null::Host<'n>>;
 
@@ -82,6 +84,39 @@ fn measured_null_safe_unmap_batched(td: &Tdn<'_, '_>) {
     }
 }
 
+/// The map and unmap passes again with `BIG` other pages mapped in the TD:
+/// the cost per page does not grow with the TD.
+#[inline(never)]
+fn measured_null_big_td_map(td: &Tdn<'_, '_>, first: Pfn) {
+    // Top down, so the linker does not fold it into the other map pass.
+    for i in (0..N).rev() {
+        // SAFETY: as in the measured pass.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
+        td.map(Gpa::new(i * 4096), f).unwrap();
+    }
+}
+
+#[inline(never)]
+fn measured_null_big_td_unmap(td: &Tdn<'_, '_>) {
+    for i in (0..N).rev() {
+        let f = td.unmap::<Size4K>(Gpa::new(i * 4096), &|| {}).unwrap();
+        black_box(f.into_range());
+    }
+}
+
+/// Maps `BIG` pages above the measured ones (frames: the measured run's,
+/// again: the backend is switched to its no-cost answers, so nothing
+/// changes hands; only the TD's records grow).
+#[inline(never)]
+fn fill(td: &Tdn<'_, '_>, first: Pfn) {
+    for i in N..N + BIG {
+        let pfn = Pfn::new(first.as_u64() + i % N);
+        // SAFETY: as in the measured pass; no frame reaches a module.
+        let f = unsafe { GuestFrame::<Size4K>::new(pfn) }.unwrap();
+        td.map(Gpa::new(i * 4096), f).unwrap();
+    }
+}
+
 #[inline(never)]
 fn measured_null_raw_map(n: &null::NullSwitch, tdr: Pfn, first: Pfn) {
     for i in 0..N {
@@ -119,7 +154,7 @@ fn measured_null_raw_unmap(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hkid: u16
 fn main() {
     let n = null::NullSwitch::new();
     let host = null::host(&n);
-    let td = null::finalized(&host, N);
+    let td = null::finalized(&host, N + BIG);
     let frames = n.sim.alloc_pages(N, 1, Placement::Anywhere).unwrap();
     let first = frames.first();
     println!("pages per pass: {N}");
@@ -134,6 +169,17 @@ fn main() {
     measured_null_safe_unmap_batched(&td);
     measured_null_raw_map(&n, tdr, first);
     measured_null_raw_unmap(&n, tdr, first, hkid, shift);
+    // The same with a TD 16 times larger. REMOVE answers frame = GPA +
+    // delta, so the filler's pages are removed below with their own delta.
+    fill(&td, first);
+    measured_null_big_td_map(&td, first);
+    measured_null_big_td_unmap(&td);
+    for k in 1..=BIG / N {
+        n.set(true, first.hpa().as_u64() - k * N * 4096);
+        let start = Gpa::new(k * N * 4096);
+        let r = td.unmap_range(start, N * 4096, &|| {});
+        assert!(r.is_complete(), "{r:?}");
+    }
     n.set(false, 0);
     assert_eq!(td.private_pages(), 0);
     let report = td.teardown();

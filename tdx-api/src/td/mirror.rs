@@ -376,32 +376,33 @@ impl Tree {
     pub(crate) fn walk(&self, gpa: u64, level: u8) -> Result<Slot<'_>, Stop<'_>> {
         let mut node = self.root();
         let mut l = self.top;
-        loop {
-            let slot = node.slot(index(gpa, l), l);
-            if l == level {
-                return Ok(slot);
-            }
-            let raw = slot.word.load(Ordering::Acquire);
+        // The shift of the entry index at level `l`, kept in step with it.
+        let mut shift = 12 + 9 * u32::from(l);
+        while l > level {
+            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
+            let raw = word.load(Ordering::Acquire);
             if raw.addr() & TAG_MASK == TABLE {
                 // The common case: an idle table; follow it.
                 // SAFETY: see `Slot::table`: linked nodes outlive `&self`,
                 // and a table tag is stored only with a node pointer.
                 node = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
                 l -= 1;
+                shift -= 9;
                 continue;
             }
-            node = match Entry::decode(raw) {
-                // SAFETY: see `Slot::table`: linked nodes outlive `&self`.
-                Entry::Table(n, Hold::Idle) => unsafe { n.as_ref() },
-                Entry::Free => return Err(Stop::Missing(slot)),
-                Entry::Table(_, Hold::Blocked) => return Err(Stop::Blocked),
-                Entry::Leaf(_, Hold::Idle | Hold::Blocked) => return Err(Stop::Leaf),
-                Entry::Adding | Entry::Table(_, Hold::Busy) | Entry::Leaf(_, Hold::Busy) => {
-                    return Err(Stop::Busy);
-                }
-            };
-            l -= 1;
+            let slot = Slot { word, level: l };
+            return Err(match Entry::decode(raw) {
+                Entry::Free => Stop::Missing(slot),
+                Entry::Table(_, Hold::Blocked) => Stop::Blocked,
+                Entry::Leaf(_, Hold::Idle | Hold::Blocked) => Stop::Leaf,
+                // An idle table was followed above; the rest is held.
+                _ => Stop::Busy,
+            });
         }
+        Ok(Slot {
+            word: &node.slots[(gpa >> shift) as usize & (FANOUT - 1)],
+            level: l,
+        })
     }
 
     /// Puts a node that left the tree on the retired list. Its memory stays
