@@ -173,6 +173,12 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
     /// blocked before stay in the batch, the error is returned.
     pub fn block_range(&mut self, start: Gpa, len: u64) -> Result<(), TdError> {
         let (a, b) = (start.as_u64(), start.as_u64().saturating_add(len));
+        // Room for the range's 4K pages up front (at most a 2 MiB range's
+        // worth): one allocation instead of a growing list. If it fails,
+        // each page asks again.
+        let want = usize::try_from(len / 4096).unwrap_or(usize::MAX).min(512);
+        let _ = self.slots.try_reserve(want);
+        let _ = self.pages.try_reserve(want);
         let td = self.td;
         td.inner.tree.visit_range(a, b, &mut |gpa, slot| {
             let size = 1u64 << (12 + 9 * u32::from(slot.level));
