@@ -2,45 +2,74 @@
 //!
 //! [`Simulator`] is a simulated TDX host built from a [`MachineDesc`]:
 //! sparse physical memory with page accounting and a cache model, CPUs in
-//! packages, a KeyID partition, and a TDX module that follows
-//! `reference/tdx-module-model.md`. It implements `tdx_sys::Seamcall` (the
-//! module) and `tdx_api::Platform` (the host services), so every layer of
-//! tdx-rs runs on it unchanged, and it records every rule a host breaks
-//! instead of letting it pass ([`Violation`]).
+//! packages, a KeyID partition, and a TDX module that follows Intel's
+//! module 1.5 (`intel/tdx-module`, tag `TDX_1.5.01`). It implements
+//! `tdx_sys::Seamcall` (the module) and `tdx_api::Platform` (the host
+//! services), so every layer of tdx-rs runs on it unchanged, and it records
+//! every rule a host breaks instead of letting it pass ([`Violation`]).
 //!
-//! Modelled so far (part 1): the module-wide leaves (TDH.SYS.INIT, LP.INIT,
-//! RD, CONFIG v0/v1, KEY.CONFIG, TDMR.INIT, SHUTDOWN, LP.SHUTDOWN),
-//! TDH.PHYMEM.PAGE.RDMD, the Extensions leaves (TDH.EXT.MEM.ADD,
-//! TDH.EXT.INIT) on a profile that has them, and the dispatcher gate. The
-//! TD leaves are not modelled yet: once the module is ready they answer
-//! `TDX_OPERAND_INVALID` (operand RAX), as the model does for leaves it
-//! leaves out.
+//! Modelled: the dispatcher gate; the module-wide leaves (TDH.SYS.INIT,
+//! LP.INIT, RD, CONFIG v0/v1, KEY.CONFIG, TDMR.INIT, SHUTDOWN,
+//! LP.SHUTDOWN); the Extensions leaves (TDH.EXT.MEM.ADD, TDH.EXT.INIT) on a
+//! profile that has them; the TD leaves (TDH.MNG.*, TDH.VP.* but ENTER,
+//! TDH.MEM.* but RELOCATE and MEM.RD/WR, TDH.MR.*, TDH.PHYMEM.*); and the
+//! guest side of TDG.MEM.PAGE.ACCEPT ([`Simulator::guest_accept`]). Not
+//! modelled: TD entry (no vCPU runs, so TLB refcounts stay 0), L2 VMs,
+//! migration, service TDs.
+//!
+//! Concurrency is the module's: any number of threads may call one
+//! simulator, each on the logical processor it selected, and leaves run in
+//! parallel as far as the module's locks let them. Each leaf takes the
+//! module's locks (PAMT entries with host priority, TDCS op state, the
+//! S-EPT tree and entry locks, the TD epoch, the KOT, the per-package
+//! write-back table, the global lock) with the module's algorithms, holds
+//! them to its end, and on a conflict returns `TDX_OPERAND_BUSY` with the
+//! module's operand instead of waiting. Tests reach the locks directly
+//! ([`Simulator::hold`]) and stop a leaf halfway
+//! ([`Simulator::pause_next`]) to interleave leaves exactly.
 //!
 //! Memory use follows what a test touches: page contents are stored only
-//! for pages written, and ownership, cache state and PAMT entries are range
-//! maps and sparse maps.
+//! for pages written, ownership and cache state are range maps, and the
+//! PAMT and S-EPTs are radixes of chunks allocated on first use.
+//!
+//! The source is laid out like the module's: [`Simulator`] and the seams
+//! in `sim.rs`; the shared state in `state.rs`; the dispatcher in
+//! `dispatch.rs`; the lock algorithms in `locks.rs`; the PAMT, S-EPT and
+//! KOT in `pamt.rs`, `sept.rs` and `kot.rs`; the leaf handlers by family
+//! in `leaves/`.
 
 #![warn(missing_docs)]
 
+mod dispatch;
 mod faults;
+mod kot;
+mod leaves;
+mod locks;
 mod lp;
 mod machine;
 mod memory;
-mod module;
+mod pamt;
 mod profile;
 mod rangemap;
+mod sept;
 mod sim;
+mod slab;
+mod state;
 mod td;
 pub mod testkit;
 pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
+pub use kot::KotState;
+pub use leaves::mng::{ARCH_CAPS_CONFIG_MASK, MRTD_FIELD};
+pub use locks::{LockMode, LockSide};
 pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError};
 pub use memory::{Accounting, PageState};
-pub use module::{KotState, PamtEntry, SysState};
+pub use pamt::PamtEntry;
 pub use profile::{CpuidConfig, Profile};
-pub use sim::{InvariantError, Simulator, Stats, seamcalls_by_name};
-pub use td::{ARCH_CAPS_CONFIG_MASK, Lifecycle, MRTD_FIELD, OpState};
+pub use sim::{HeldLock, InvariantError, ModuleLock, Pause, Simulator, seamcalls_by_name};
+pub use state::{Stats, SysState};
+pub use td::{Lifecycle, OpState};
 pub use trace::{Recorder, ReplaySummary, Trace, TraceError, TraceMachine, replay};
 pub use violation::Violation;

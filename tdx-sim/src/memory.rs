@@ -1,5 +1,5 @@
 //! Simulated physical memory: contents, page accounting, the host page
-//! allocator, and the cache model.
+//! allocator, the cache model, and which frames the module owns.
 //!
 //! - **Contents** are sparse 4 KiB pages, materialized on first write;
 //!   unwritten pages read as zeros.
@@ -9,13 +9,24 @@
 //!   through KeyID 0); WBINVD clears everything, CLFLUSH one page. Pages the
 //!   module writes under a private KeyID become "private dirty" until
 //!   flushed; handing such a page out or freeing it is a violation.
+//! - **Module ownership**: the frames the module owns and why (PAMT,
+//!   extension pool, TD pages), the module's side of the accounting.
 //!
-//! All three are range maps or hash maps of touched pages, so memory use
-//! follows what the test touches, not the size of the host.
+//! All of these are range maps or hash maps of touched pages, so memory use
+//! follows what the test touches, not the size of the host. They are split
+//! into shards by 1 GiB of physical address (shard = GiB number modulo
+//! [`SHARDS`]), each behind its own mutex, so leaves that hand out or take
+//! back pages in different gigabytes do not meet. The allocator scans the
+//! shards in address order, one allocation at a time.
+
+use std::sync::{Mutex, MutexGuard};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::rangemap::RangeMap;
+use crate::{
+    locks::{AtomicU64, Ordering},
+    rangemap::RangeMap,
+};
 
 /// Where a page of RAM is, from the host's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +51,17 @@ pub(crate) enum CacheLines {
     Private(u16),
 }
 
+/// Why the module owns a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ModuleUse {
+    /// Part of the PAMT of a TDMR.
+    Pamt(u8),
+    /// Donated to the extension memory pool.
+    ExtPool,
+    /// A TD's control, S-EPT or private page.
+    Td,
+}
+
 /// Page counts by state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Accounting {
@@ -57,17 +79,66 @@ pub struct Accounting {
 
 pub(crate) const PAGE: u64 = 4096;
 
+/// Number of shards.
+pub(crate) const SHARDS: usize = 64;
+/// Frames per shard chunk (1 GiB).
+const CHUNK: u64 = 1 << 18;
+
+fn shard_of(pfn: u64) -> usize {
+    ((pfn / CHUNK) % SHARDS as u64) as usize
+}
+
+/// `[start, end)` cut at chunk boundaries.
+fn pieces(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut s = start;
+    std::iter::from_fn(move || {
+        if s >= end {
+            return None;
+        }
+        let e = end.min((s / CHUNK + 1).saturating_mul(CHUNK));
+        let p = (s, e);
+        s = e;
+        Some(p)
+    })
+}
+
+/// The part of memory in one shard.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    state: RangeMap<PageState>,
+    cache: RangeMap<CacheLines>,
+    owned: RangeMap<ModuleUse>,
+    contents: HashMap<u64, Box<[u8; PAGE as usize]>>,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            state: RangeMap::new(),
+            cache: RangeMap::new(),
+            owned: RangeMap::new(),
+            contents: HashMap::default(),
+        }
+    }
+}
+
 /// Physical memory of the simulated host.
 #[derive(Debug)]
 pub(crate) struct PhysMem {
     /// RAM as sorted, disjoint frame ranges.
     ram: Vec<(u64, u64)>,
-    state: RangeMap<PageState>,
-    contents: HashMap<u64, Box<[u8; PAGE as usize]>>,
-    cache: RangeMap<CacheLines>,
-    /// Bumped by every flush, so callers can remember "I marked this range
-    /// dirty" and skip re-marking it until the next flush.
-    cache_generation: u64,
+    shards: Box<[Mutex<Shard>]>,
+    /// Per shard, bumped by every flush in it, so callers can remember "I
+    /// marked this range dirty" and skip re-marking it until a flush.
+    generation: Box<[AtomicU64]>,
+    /// Allocations take it, so two never pick the same free frames.
+    alloc_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard (a bug in the simulator) must not hide
+    // the state from the test that is reporting it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PhysMem {
@@ -77,24 +148,51 @@ impl PhysMem {
             .iter()
             .map(|&(s, e)| (s / PAGE, e / PAGE))
             .collect();
-        let mut state = RangeMap::new();
-        let mut cache = RangeMap::new();
-        for &(s, e) in &ram {
-            state.insert(s, e, PageState::Free);
-            cache.insert(s, e, CacheLines::HostDirty);
-        }
-        Self {
+        let mem = Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            generation: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            alloc_lock: Mutex::new(()),
             ram,
-            state,
-            contents: HashMap::default(),
-            cache,
-            cache_generation: 0,
+        };
+        for &(s, e) in &mem.ram {
+            for (a, b) in pieces(s, e) {
+                let mut sh = lock(&mem.shards[shard_of(a)]);
+                sh.state.insert(a, b, PageState::Free);
+                sh.cache.insert(a, b, CacheLines::HostDirty);
+            }
+        }
+        mem
+    }
+
+    fn shard(&self, pfn: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_of(pfn)])
+    }
+
+    /// Runs `f` on each chunk piece of `[start, end)` with its shard locked.
+    fn each(&self, start: u64, end: u64, mut f: impl FnMut(&mut Shard, u64, u64)) {
+        for (a, b) in pieces(start, end) {
+            f(&mut self.shard(a), a, b);
         }
     }
 
     /// True if every frame of `[start, end)` is RAM.
     pub(crate) fn is_ram(&self, start: u64, end: u64) -> bool {
-        self.state.all_in(start, end, |_| true)
+        if start >= end {
+            return true;
+        }
+        let i = self.ram.partition_point(|&(_, e)| e <= start);
+        // RAM ranges are disjoint and sorted, but may touch.
+        let mut cur = start;
+        for &(s, e) in &self.ram[i..] {
+            if s > cur {
+                return false;
+            }
+            cur = cur.max(e);
+            if cur >= end {
+                return true;
+            }
+        }
+        false
     }
 
     /// RAM frame ranges.
@@ -103,34 +201,50 @@ impl PhysMem {
     }
 
     pub(crate) fn state(&self, pfn: u64) -> Option<PageState> {
-        self.state.get(pfn)
+        self.shard(pfn).state.get(pfn)
     }
 
-    /// Every state range overlapping `[start, end)`.
-    pub(crate) fn states(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> impl Iterator<Item = (u64, u64, PageState)> + '_ {
-        self.state.overlapping(start, end)
+    /// Every state range overlapping `[start, end)`, clipped to it.
+    pub(crate) fn states(&self, start: u64, end: u64) -> Vec<(u64, u64, PageState)> {
+        let mut out = Vec::new();
+        self.each(start, end, |sh, a, b| {
+            out.extend(
+                sh.state
+                    .overlapping(a, b)
+                    .map(|(s, e, st)| (s.max(a), e.min(b), st)),
+            );
+        });
+        out
+    }
+
+    /// True if some frame of `[start, end)` is in state `st`.
+    pub(crate) fn any_state(&self, start: u64, end: u64, st: PageState) -> bool {
+        pieces(start, end).any(|(a, b)| {
+            self.shard(a)
+                .state
+                .overlapping(a, b)
+                .any(|(_, _, s)| s == st)
+        })
     }
 
     /// Sets the state of the RAM frames in `[start, end)` (non-RAM frames
     /// are left out).
-    pub(crate) fn set_state(&mut self, start: u64, end: u64, st: PageState) {
-        self.state.update(start, end, |_| Some(st));
+    pub(crate) fn set_state(&self, start: u64, end: u64, st: PageState) {
+        self.each(start, end, |sh, a, b| sh.state.update(a, b, |_| Some(st)));
     }
 
     pub(crate) fn accounting(&self) -> Accounting {
         let mut a = Accounting::default();
-        for (s, e, st) in self.state.iter() {
-            let n = e - s;
-            a.total += n;
-            match st {
-                PageState::Free => a.free += n,
-                PageState::Host => a.host += n,
-                PageState::Module => a.module += n,
-                PageState::Leaked => a.leaked += n,
+        for sh in self.shards.iter() {
+            for (s, e, st) in lock(sh).state.iter() {
+                let n = e - s;
+                a.total += n;
+                match st {
+                    PageState::Free => a.free += n,
+                    PageState::Host => a.host += n,
+                    PageState::Module => a.module += n,
+                    PageState::Leaked => a.leaked += n,
+                }
             }
         }
         a
@@ -145,9 +259,10 @@ impl PhysMem {
             let (pfn, off) = (addr / PAGE, (addr % PAGE) as usize);
             let n = (PAGE as usize - off).min(buf.len() - done);
             let dst = &mut buf[done..done + n];
-            match self.contents.get(&pfn) {
+            let sh = self.shard(pfn);
+            match sh.contents.get(&pfn) {
                 Some(page) => dst.copy_from_slice(&page[off..off + n]),
-                None if self.state.get(pfn).is_some() => dst.fill(0),
+                None if sh.state.get(pfn).is_some() => dst.fill(0),
                 None => dst.fill(0xFF),
             }
             done += n;
@@ -156,18 +271,19 @@ impl PhysMem {
 
     /// Writes physical memory with no ownership check. Writes to non-RAM are
     /// dropped.
-    pub(crate) fn write(&mut self, pa: u64, data: &[u8]) {
+    pub(crate) fn write(&self, pa: u64, data: &[u8]) {
         let mut done = 0;
         while done < data.len() {
             let addr = pa.wrapping_add(done as u64);
             let (pfn, off) = (addr / PAGE, (addr % PAGE) as usize);
             let n = (PAGE as usize - off).min(data.len() - done);
-            if self.state.get(pfn).is_some() {
+            let mut sh = self.shard(pfn);
+            if sh.state.get(pfn).is_some() {
                 let src = &data[done..done + n];
-                if src.iter().all(|&b| b == 0) && !self.contents.contains_key(&pfn) {
+                if src.iter().all(|&b| b == 0) && !sh.contents.contains_key(&pfn) {
                     // Writing zeros to a page nobody wrote changes nothing.
                 } else {
-                    let page = self
+                    let page = sh
                         .contents
                         .entry(pfn)
                         .or_insert_with(|| Box::new([0; PAGE as usize]));
@@ -179,103 +295,286 @@ impl PhysMem {
     }
 
     /// Forgets the contents of `[start, end)` (they read as zeros again).
-    pub(crate) fn zero(&mut self, start: u64, end: u64) {
-        if (end - start) as usize > self.contents.len() {
-            self.contents.retain(|&p, _| p < start || p >= end);
-        } else {
-            for p in start..end {
-                self.contents.remove(&p);
-            }
-        }
+    pub(crate) fn zero(&self, start: u64, end: u64) {
+        self.each(start, end, zero_in);
     }
 
     /// Number of pages with stored contents.
     pub(crate) fn materialized_pages(&self) -> usize {
-        self.contents.len()
+        self.shards.iter().map(|s| lock(s).contents.len()).sum()
+    }
+
+    // ---- module ownership ----
+
+    /// The module takes `[start, end)` for `why`: owned, host state Module,
+    /// contents zeroed if `zero`, cache lines private to `keyid`. One shard
+    /// visit per GiB.
+    pub(crate) fn give_to_module(
+        &self,
+        start: u64,
+        end: u64,
+        why: ModuleUse,
+        keyid: u16,
+        zero: bool,
+    ) {
+        self.each(start, end, |sh, a, b| {
+            sh.owned.insert(a, b, why);
+            sh.state.update(a, b, |_| Some(PageState::Module));
+            sh.cache.insert(a, b, CacheLines::Private(keyid));
+            if zero {
+                zero_in(sh, a, b);
+            }
+        });
+    }
+
+    /// The module gives `[start, end)` back to the host (host state Host).
+    pub(crate) fn take_from_module(&self, start: u64, end: u64) {
+        self.each(start, end, |sh, a, b| {
+            sh.owned.remove(a, b);
+            sh.state.update(a, b, |_| Some(PageState::Host));
+        });
+    }
+
+    /// Marks `[start, end)` module-owned for `why` in the module's records
+    /// only (the host state is set separately).
+    pub(crate) fn set_owned(&self, start: u64, end: u64, why: ModuleUse) {
+        self.each(start, end, |sh, a, b| sh.owned.insert(a, b, why));
+    }
+
+    /// True if every frame of `[start, end)` is module-owned with a use
+    /// matching `pred`.
+    pub(crate) fn owned_all(&self, start: u64, end: u64, pred: impl Fn(ModuleUse) -> bool) -> bool {
+        pieces(start, end).all(|(a, b)| self.shard(a).owned.all_in(a, b, &pred))
+    }
+
+    /// Number of module-owned range entries (for footprints).
+    pub(crate) fn owned_ranges(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).owned.len()).sum()
     }
 
     // ---- cache model ----
 
-    pub(crate) fn mark_cache(&mut self, start: u64, end: u64, lines: CacheLines) {
-        self.cache.insert(start, end, lines);
+    pub(crate) fn mark_cache(&self, start: u64, end: u64, lines: CacheLines) {
+        self.each(start, end, |sh, a, b| sh.cache.insert(a, b, lines));
     }
 
-    pub(crate) fn flush_all(&mut self) {
-        self.cache.clear();
-        self.cache_generation += 1;
+    fn bump(&self, pfn: u64) {
+        self.generation[shard_of(pfn)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn flush_range(&mut self, start: u64, end: u64) {
-        self.cache.remove(start, end);
-        self.cache_generation += 1;
+    pub(crate) fn flush_all(&self) {
+        for (i, sh) in self.shards.iter().enumerate() {
+            lock(sh).cache.clear();
+            self.generation[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn flush_range(&self, start: u64, end: u64) {
+        self.each(start, end, |sh, a, b| {
+            sh.cache.remove(a, b);
+        });
+        for (a, _) in pieces(start, end) {
+            self.bump(a);
+        }
     }
 
     /// Drops every line of private KeyID `keyid` (TDH.PHYMEM.CACHE.WB on
     /// every package).
-    pub(crate) fn flush_keyid(&mut self, keyid: u16) {
-        self.flush_keyid_range(0, u64::MAX, keyid);
+    pub(crate) fn flush_keyid(&self, keyid: u16) {
+        let line = CacheLines::Private(keyid);
+        for (i, sh) in self.shards.iter().enumerate() {
+            lock(sh)
+                .cache
+                .update(0, u64::MAX, |l| (l != line).then_some(l));
+            self.generation[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Drops the lines of `keyid` in `[start, end)` (TDH.PHYMEM.PAGE.WBINVD).
-    pub(crate) fn flush_keyid_range(&mut self, start: u64, end: u64, keyid: u16) {
+    pub(crate) fn flush_keyid_range(&self, start: u64, end: u64, keyid: u16) {
         let line = CacheLines::Private(keyid);
-        self.cache.update(start, end, |l| (l != line).then_some(l));
-        self.cache_generation += 1;
+        self.each(start, end, |sh, a, b| {
+            sh.cache.update(a, b, |l| (l != line).then_some(l));
+        });
+        for (a, _) in pieces(start, end) {
+            self.bump(a);
+        }
     }
 
-    /// Changes whenever lines may have been flushed.
-    pub(crate) fn cache_generation(&self) -> u64 {
-        self.cache_generation
+    /// Changes whenever lines of `[start, end)` may have been flushed.
+    pub(crate) fn cache_generation(&self, start: u64, end: u64) -> u64 {
+        if end - start >= CHUNK * SHARDS as u64 {
+            return self
+                .generation
+                .iter()
+                .map(|g| g.load(Ordering::Relaxed))
+                .sum();
+        }
+        pieces(start, end)
+            .map(|(a, _)| self.generation[shard_of(a)].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The first page of `[start, end)` that may hold private dirty lines,
     /// and their KeyID.
     pub(crate) fn private_lines(&self, start: u64, end: u64) -> Option<(u64, u16)> {
-        self.cache
-            .overlapping(start, end)
-            .find_map(|(s, _, l)| match l {
-                CacheLines::Private(k) => Some((s, k)),
-                CacheLines::HostDirty => None,
-            })
+        pieces(start, end).find_map(|(a, b)| {
+            self.shard(a)
+                .cache
+                .overlapping(a, b)
+                .find_map(|(s, _, l)| match l {
+                    CacheLines::Private(k) => Some((s.max(a), k)),
+                    CacheLines::HostDirty => None,
+                })
+        })
     }
 
     /// The first page of `[start, end)` that may hold host dirty lines.
     pub(crate) fn host_dirty(&self, start: u64, end: u64) -> Option<u64> {
-        self.cache
-            .overlapping(start, end)
-            .find_map(|(s, _, l)| (l == CacheLines::HostDirty).then_some(s))
+        pieces(start, end).find_map(|(a, b)| {
+            self.shard(a)
+                .cache
+                .overlapping(a, b)
+                .find_map(|(s, _, l)| (l == CacheLines::HostDirty).then_some(s.max(a)))
+        })
     }
 
     pub(crate) fn cache_ranges(&self) -> usize {
-        self.cache.len()
+        self.shards.iter().map(|s| lock(s).cache.len()).sum()
     }
 
     // ---- allocator ----
 
+    /// The free runs of RAM in address order (adjacent free frames in
+    /// different shards joined), passed to `f` until it returns `Some`.
+    fn first_free_run<T>(&self, mut f: impl FnMut(u64, u64) -> Option<T>) -> Option<T> {
+        let mut run: Option<(u64, u64)> = None;
+        for &(rs, re) in &self.ram {
+            for (a, b) in pieces(rs, re) {
+                let sh = self.shard(a);
+                for (s, e, st) in sh.state.overlapping(a, b) {
+                    let (s, e) = (s.max(a), e.min(b));
+                    match (st, run) {
+                        (PageState::Free, Some((r0, r1))) if r1 == s => run = Some((r0, e)),
+                        (PageState::Free, _) => {
+                            if let Some((r0, r1)) = run.take()
+                                && let Some(x) = f(r0, r1)
+                            {
+                                return Some(x);
+                            }
+                            run = Some((s, e));
+                        }
+                        _ => {
+                            if let Some((r0, r1)) = run.take()
+                                && let Some(x) = f(r0, r1)
+                            {
+                                return Some(x);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        run.and_then(|(r0, r1)| f(r0, r1))
+    }
+
     /// First fit: the lowest `count` free frames starting at a multiple of
     /// `align`, at or above 1 MiB, inside one of the frame ranges `within`
-    /// if given (a NUMA node), else anywhere.
-    pub(crate) fn find_free(
+    /// if given (a NUMA node), else anywhere; taken for the host.
+    pub(crate) fn alloc(
         &self,
         count: u64,
         align: u64,
         within: Option<&[(u64, u64)]>,
     ) -> Option<u64> {
         const LOW: u64 = 0x100; // never below 1 MiB
+        let _one_at_a_time = lock(&self.alloc_lock);
         let all = [(0, u64::MAX)];
         let windows = within.unwrap_or(&all);
-        for (s, e, st) in self.state.iter() {
-            if st != PageState::Free || e <= LOW {
-                continue;
+        let found = self.first_free_run(|s, e| {
+            if e <= LOW {
+                return None;
             }
-            for &(ws, we) in windows {
+            windows.iter().find_map(|&(ws, we)| {
                 let (lo, hi) = (s.max(LOW).max(ws), e.min(we));
                 let start = lo.next_multiple_of(align);
-                if start < hi && hi - start >= count {
-                    return Some(start);
-                }
-            }
+                (start < hi && hi - start >= count).then_some(start)
+            })
+        })?;
+        self.set_state(found, found + count, PageState::Host);
+        Some(found)
+    }
+
+    /// Allocates exactly `[start, end)` if every frame of it is free.
+    pub(crate) fn alloc_exact(&self, start: u64, end: u64) -> bool {
+        let _one_at_a_time = lock(&self.alloc_lock);
+        if !self.is_ram(start, end)
+            || self
+                .states(start, end)
+                .iter()
+                .any(|&(_, _, st)| st != PageState::Free)
+        {
+            return false;
         }
-        None
+        self.set_state(start, end, PageState::Host);
+        true
+    }
+
+    /// Puts `[start, end)` back into the allocator.
+    pub(crate) fn release(&self, start: u64, end: u64) {
+        self.each(start, end, |sh, a, b| {
+            sh.state.update(a, b, |_| Some(PageState::Free));
+        });
+    }
+
+    /// Gives `[start, end)` up for good (host state Leaked).
+    pub(crate) fn leak(&self, start: u64, end: u64) {
+        self.set_state(start, end, PageState::Leaked);
+    }
+
+    /// Every shard locked at once (in index order), for consistent checks.
+    pub(crate) fn lock_all(&self) -> Vec<MutexGuard<'_, Shard>> {
+        self.shards.iter().map(lock).collect()
+    }
+}
+
+fn zero_in(sh: &mut Shard, start: u64, end: u64) {
+    if (end - start) as usize > sh.contents.len() {
+        sh.contents.retain(|&p, _| p < start || p >= end);
+    } else {
+        for p in start..end {
+            sh.contents.remove(&p);
+        }
+    }
+}
+
+impl Shard {
+    /// The host states in this shard.
+    pub(crate) fn states(&self) -> impl Iterator<Item = (u64, u64, PageState)> + '_ {
+        self.state.iter()
+    }
+
+    /// The module-owned ranges in this shard.
+    pub(crate) fn owned(&self) -> impl Iterator<Item = (u64, u64, ModuleUse)> + '_ {
+        self.owned.iter()
+    }
+
+    /// True if every frame of `[start, end)` (inside this shard) is owned.
+    pub(crate) fn owned_all_in(&self, start: u64, end: u64) -> bool {
+        self.owned.all_in(start, end, |_| true)
+    }
+
+    /// The host states overlapping `[start, end)`.
+    pub(crate) fn states_in(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64, PageState)> + '_ {
+        self.state.overlapping(start, end)
+    }
+
+    /// The owned use of `pfn`.
+    pub(crate) fn owned_at(&self, pfn: u64) -> Option<ModuleUse> {
+        self.owned.get(pfn)
     }
 }

@@ -1,252 +1,207 @@
 //! The simulator: a host machine and its TDX module behind the `Seamcall`
-//! and `Platform` seams.
+//! and `Platform` seams, and the handles tests use to reach inside: the
+//! module's locks ([`Simulator::hold`]) and a leaf stopped halfway
+//! ([`Simulator::pause_next`]).
 
 // UNSAFETY: the simulator implements the `unsafe trait`s `Seamcall` and
 // `Platform`; its methods themselves do nothing memory-unsafe (simulated
 // memory is a map of byte arrays).
 #![allow(unsafe_code)]
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tdx_api::{
     CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
 };
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
-use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
-
-use crate::{
-    faults::{Fault, FaultPlan},
-    machine::{MachineDesc, MachineError},
-    memory::{Accounting, CacheLines, PAGE, PageState, PhysMem},
-    module::Module,
-    violation::Violation,
+use tdx_types::{
+    Gpa, Hpa, Leaf, Pfn, PfnRun, TdxLevel, TdxStatus,
+    metadata::{KeyIdPartition, PamtPageType},
+    regs::SeptState,
 };
 
-/// The validated machine.
-#[derive(Debug)]
-pub(crate) struct Machine {
-    pub(crate) desc: MachineDesc,
-    pub(crate) cmrs: Vec<(u64, u64)>,
-    /// Mask of the KeyID bits of an address.
-    pub(crate) hkid_mask: u64,
-    pub(crate) hkid_start: u32,
-    /// First and last private (TDX) KeyID.
-    pub(crate) private_hkids: (u16, u16),
-    /// Frame ranges per NUMA node.
-    pub(crate) node_frames: BTreeMap<u32, Vec<(u64, u64)>>,
-}
-
-impl Machine {
-    fn new(desc: MachineDesc) -> Result<(Self, Vec<(u64, u64)>), MachineError> {
-        let (memory, cmrs) = desc.validate()?;
-        let hkid_start = desc.hkid_start_bit();
-        let hkid_mask = ((1u64 << desc.phys_addr_bits) - 1) & !((1u64 << hkid_start) - 1);
-        let first = desc.mktme_keyids + 1;
-        let last = desc.mktme_keyids + desc.tdx_keyids;
-        let mut node_frames: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        for &(s, e, n) in &desc.numa {
-            node_frames
-                .entry(n)
-                .or_default()
-                .push((s.div_ceil(PAGE), e / PAGE));
-        }
-        let m = Self {
-            cmrs,
-            hkid_mask,
-            hkid_start,
-            private_hkids: (first as u16, last as u16),
-            node_frames,
-            desc,
-        };
-        Ok((m, memory))
-    }
-
-    /// True if `pa` has any KeyID bit set.
-    pub(crate) fn has_hkid_bits(&self, pa: u64) -> bool {
-        pa & self.hkid_mask != 0
-    }
-
-    /// The KeyID field of `pa`.
-    pub(crate) fn hkid_of(&self, pa: u64) -> u64 {
-        (pa & self.hkid_mask) >> self.hkid_start
-    }
-
-    pub(crate) fn is_private_hkid(&self, hkid: u64) -> bool {
-        hkid >= u64::from(self.private_hkids.0) && hkid <= u64::from(self.private_hkids.1)
-    }
-
-    /// The shared-HPA check (`shared_hpa_check`): aligned, below 2^52, not
-    /// overlapping SEAMRR over `len` bytes, and a KeyID below the first
-    /// private one.
-    pub(crate) fn shared_hpa_ok(&self, pa: u64, align: u64, len: u64) -> bool {
-        if !pa.is_multiple_of(align) || pa >= 1 << 52 {
-            return false;
-        }
-        if let Some((s, e)) = self.desc.seamrr
-            && pa < e
-            && pa.saturating_add(len) > s
-        {
-            return false;
-        }
-        self.hkid_of(pa) < u64::from(self.private_hkids.0)
-    }
-
-    pub(crate) fn package_of(&self, lp: u32) -> u32 {
-        lp / self.desc.lps_per_package
-    }
-}
-
-/// Counters the simulator keeps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// SEAMCALLs issued, by leaf number.
-    pub seamcalls: BTreeMap<u16, u64>,
-    /// WBINVD on all CPUs.
-    pub wbinvd: u64,
-    /// CLFLUSHed pages.
-    pub clflush_pages: u64,
-    /// Pages cleared with MOVDIR64B.
-    pub movdir64b_pages: u64,
-    /// `yield_now` calls.
-    pub yields: u64,
-}
-
-impl Stats {
-    /// Total SEAMCALLs.
-    pub fn total_seamcalls(&self) -> u64 {
-        self.seamcalls.values().sum()
-    }
-}
-
-/// Everything behind the simulator's lock.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) machine: Machine,
-    pub(crate) mem: PhysMem,
-    pub(crate) module: Module,
-    pub(crate) faults: FaultPlan,
-    pub(crate) tds: crate::td::TdWorld,
-    pub(crate) violations: Vec<Violation>,
-    /// Reports of TDs torn down by `Drop` (`Platform::dropped_td`).
-    dropped_tds: Vec<TeardownReport>,
-    /// The LP of the SEAMCALL running now (the calling thread's, set on
-    /// entry).
-    pub(crate) lp: u32,
-    pub(crate) stats: Stats,
-    /// SEAMCALLs per leaf number below 256 (the hot counter; folded into
-    /// `stats` when read).
-    pub(crate) calls: Box<[u64; 256]>,
-}
+use crate::{
+    dispatch::PauseSlot,
+    faults::Fault,
+    kot::KotState,
+    leaves::mem::{guest_accept, td_of},
+    locks::{Held, HeldStack, LockMode, LockSide, Ordering, septe},
+    machine::{MachineDesc, MachineError},
+    memory::{Accounting, CacheLines, PAGE, PageState},
+    sept::is_leaf_state,
+    state::{HostOp, Shared, Stats, SysState},
+    td::Lifecycle,
+    violation::Violation,
+};
 
 /// A simulated TDX host: physical memory, CPUs and packages, caches, and a
 /// TDX module, reachable through [`Seamcall`] (the module) and [`Platform`]
 /// (the host services).
 ///
-/// All methods take `&self`; the state sits behind a mutex, and SEAMCALLs
-/// run one at a time. The logical processor a SEAMCALL runs on belongs to
-/// the calling thread: the one its innermost [`Platform::on_cpu`] selected,
-/// else the one it chose with [`Simulator::set_lp`]. The thread that built
-/// the simulator starts on LP 0; a SEAMCALL from any other thread that has
-/// selected no LP panics.
+/// All methods take `&self`, and any number of threads may use one
+/// simulator at once. Leaves run in parallel as far as the module lets
+/// them: each takes the module's locks ([`ModuleLock`]) with the module's
+/// algorithms, holds them to its end, and answers `TDX_OPERAND_BUSY` (with
+/// the lock's operand) when another leaf holds what it needs, never
+/// waiting. The logical processor a SEAMCALL runs on belongs to the calling
+/// thread: the one its innermost [`Platform::on_cpu`] selected, else the
+/// one it chose with [`Simulator::set_lp`]. The thread that built the
+/// simulator starts on LP 0; a SEAMCALL from any other thread that has
+/// selected no LP panics, and so does one on an LP that is running another
+/// thread's SEAMCALL (a CPU runs one at a time).
 #[derive(Debug)]
 pub struct Simulator {
-    /// Keys this simulator's LP selections in each thread.
-    id: u64,
-    state: Mutex<State>,
+    s: Shared,
+}
+
+/// One of the TDX module's locks, named for [`Simulator::hold`] and
+/// [`Simulator::host_priority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleLock {
+    /// The PAMT entry of the page at `pfn`, at `level` (4K, 2M or 1G). The
+    /// 4K entry of a TDR page is the TD's TDR lock; that of a TDVPR page
+    /// the vCPU's lock.
+    Pamt {
+        /// The page (for a 2M or 1G entry, any page of its range).
+        pfn: Pfn,
+        /// Which entry.
+        level: TdxLevel,
+    },
+    /// The TDR lock of the TD whose TDR is at this frame (its PAMT 4K
+    /// entry).
+    Tdr(Pfn),
+    /// The op-state lock in the TDCS of the TD whose TDR is at this frame.
+    OpState(Pfn),
+    /// The S-EPT tree lock of the TD whose TDR is at this frame.
+    SeptTree(Pfn),
+    /// The lock bit of one S-EPT entry of a TD (taken exclusively, whatever
+    /// the mode asked).
+    SeptEntry {
+        /// The TD's TDR.
+        tdr: Pfn,
+        /// A GPA the entry maps.
+        gpa: Gpa,
+        /// The entry's level.
+        level: TdxLevel,
+    },
+    /// The TD epoch lock of the TD whose TDR is at this frame.
+    Epoch(Pfn),
+    /// The key ownership table's lock.
+    Kot,
+    /// The write-back table entry of a package (TDH.PHYMEM.CACHE.WB's
+    /// mutex; taken exclusively, whatever the mode asked).
+    Wbt(PackageId),
+}
+
+/// A module lock held by a test as another logical processor would hold
+/// it, until this guard drops.
+#[derive(Debug)]
+#[must_use = "the lock is released when the guard drops"]
+pub struct HeldLock<'s> {
+    /// Released by its own drop.
+    _held: HeldStack<'s>,
+}
+
+impl HeldLock<'_> {
+    /// Releases the lock now.
+    pub fn release(self) {}
+}
+
+/// A leaf stopped on its calling thread by [`Simulator::pause_next`].
+#[derive(Debug)]
+#[must_use = "dropping the Pause releases the leaf (or cancels the pause)"]
+pub struct Pause {
+    slot: Arc<PauseSlot>,
+}
+
+impl Pause {
+    /// Waits (up to a minute, then panics) until the leaf is stopped, and
+    /// says where: `None` after it took all its locks and passed all its
+    /// checks, before it changed anything; `Some(status)` at its end (it
+    /// returned before reaching that point), with the status it will
+    /// return, still holding whatever it took.
+    pub fn wait_entered(&self) -> Option<TdxStatus> {
+        self.slot
+            .wait_entered(Duration::from_secs(60))
+            .expect("the paused leaf was not called within a minute")
+    }
+
+    /// Lets the leaf go on.
+    pub fn release(self) {}
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        self.slot.release();
+    }
 }
 
 impl Simulator {
     /// Builds a simulated host from its description.
     pub fn new(desc: MachineDesc) -> Result<Self, MachineError> {
-        let (machine, memory) = Machine::new(desc)?;
-        let module = Module::new(&machine);
-        let state = State {
-            mem: PhysMem::new(&memory),
-            module,
-            faults: FaultPlan::default(),
-            tds: crate::td::TdWorld::default(),
-            violations: Vec::new(),
-            dropped_tds: Vec::new(),
-            lp: 0,
-            stats: Stats::default(),
-            calls: Box::new([0; 256]),
-            machine,
-        };
-        let id = crate::lp::new_sim_id();
-        crate::lp::set(id, 0);
-        Ok(Self {
-            id,
-            state: Mutex::new(state),
-        })
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock (a bug in the simulator) must not
-        // hide the state from the test that is reporting it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let s = Shared::new(desc)?;
+        crate::lp::set(s.id, 0);
+        Ok(Self { s })
     }
 
     /// The module profile.
     pub fn profile(&self) -> crate::profile::Profile {
-        self.lock().machine.desc.profile.clone()
+        self.s.machine.desc.profile.clone()
     }
 
     /// The machine description the simulator was built from.
     pub fn machine(&self) -> MachineDesc {
-        self.lock().machine.desc.clone()
+        self.s.machine.desc.clone()
     }
 
     /// The module-wide state.
-    pub fn module_state(&self) -> crate::module::SysState {
-        self.lock().module.state
+    pub fn module_state(&self) -> SysState {
+        self.s.sys.state()
     }
 
     /// The state of `hkid` in the module's key ownership table.
-    pub fn kot_state(&self, hkid: u16) -> crate::module::KotState {
-        self.lock()
-            .module
-            .kot
-            .get(&hkid)
-            .copied()
-            .unwrap_or(crate::module::KotState::Free)
+    pub fn kot_state(&self, hkid: u16) -> KotState {
+        self.s.kot.data().get(hkid)
     }
 
     /// Pages donated to the extension pool so far, and whether TDH.EXT.INIT
     /// has completed.
     pub fn ext_status(&self) -> (u64, bool) {
-        let s = self.lock();
-        (s.module.ext.pool_pages, s.module.ext.initialized)
+        let d = self.s.sys.data();
+        (d.ext.pool_pages, d.ext.initialized)
     }
 
     /// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
     /// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is `tdr`
     /// becomes MAPPED. The walk to it fails (`TDX_EPT_WALK_FAILED`) where an
-    /// entry above is missing or blocked.
+    /// entry above is missing or blocked. The guest takes the entry's lock
+    /// as the guest: if a host leaf holds it, or a host failed on it since a
+    /// host last took it (host priority), ACCEPT returns
+    /// `TDX_OPERAND_BUSY|RCX`.
     pub fn guest_accept(&self, tdr: Pfn, gpa: u64, level: u8) -> TdxStatus {
-        self.lock().guest_accept(tdr.as_u64(), gpa, level)
+        guest_accept(&self.s, tdr.as_u64(), gpa, level)
     }
 
     /// The MRTD of the TD whose TDR is `tdr`, once finalized.
     pub fn mrtd(&self, tdr: Pfn) -> Option<[u8; 48]> {
-        self.lock().tds.tds.get(&tdr.as_u64()).and_then(|t| t.mrtd)
+        td_of(&self.s, tdr.as_u64()).and_then(|t| t.ctl().mrtd)
     }
 
     /// Adds a scripted fault.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        self.s.faults().push(fault);
+        self.s.arm_faults();
     }
 
-    /// Turns on seeded random faults (see [`FaultPlan::random`]).
+    /// Turns on seeded random faults (see [`FaultPlan::random`](crate::FaultPlan::random)).
     pub fn inject_random(&self, seed: u64, per_million: u32) {
-        self.lock().faults.random(seed, per_million);
+        self.s.faults().random(seed, per_million);
+        self.s.arm_faults();
     }
 
     /// The faults that fired so far.
     pub fn fired_faults(&self) -> Vec<(Leaf, u64, crate::faults::FaultAction)> {
-        self.lock().faults.fired().to_vec()
+        self.s.faults().fired().to_vec()
     }
 
     /// The logical processor the calling thread's SEAMCALLs run on now.
@@ -265,107 +220,354 @@ impl Simulator {
     /// closure). Inside an `on_cpu` closure it changes that closure's LP
     /// until the closure ends.
     pub fn set_lp(&self, lp: u32) {
-        assert!(
-            lp < self.lock().machine.desc.lps(),
-            "LP {lp} does not exist"
-        );
-        crate::lp::set(self.id, lp);
+        assert!(lp < self.s.machine.desc.lps(), "LP {lp} does not exist");
+        crate::lp::set(self.s.id, lp);
     }
 
     /// The calling thread's LP (placed on one, the LPs in turn, if it
     /// selected none: see the `lp` module).
     fn thread_lp(&self) -> u32 {
-        crate::lp::current_or_place(self.id, || self.lock().machine.desc.lps())
+        crate::lp::current_or_place(self.s.id, || self.s.machine.desc.lps())
+    }
+
+    /// The LP whose counters a host service call goes to.
+    fn stat_lp(&self) -> u32 {
+        crate::lp::current(self.s.id).unwrap_or(0)
     }
 
     /// Page counts by state.
     pub fn accounting(&self) -> Accounting {
-        self.lock().mem.accounting()
+        self.s.mem.accounting()
     }
 
     /// The state of a frame, or `None` if it is not RAM.
     pub fn page_state(&self, pfn: Pfn) -> Option<PageState> {
-        self.lock().mem.state(pfn.as_u64())
+        self.s.mem.state(pfn.as_u64())
     }
 
     /// Rule breaks recorded so far.
     pub fn violations(&self) -> Vec<Violation> {
-        self.lock().violations.clone()
+        self.s.violations().clone()
     }
 
     /// The teardown reports of TDs that were dropped instead of torn down
     /// (what [`Platform::dropped_td`] received), oldest first.
     pub fn dropped_td_reports(&self) -> Vec<TeardownReport> {
-        self.lock().dropped_tds.clone()
+        self.s
+            .dropped_tds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        let s = self.lock();
-        let mut stats = s.stats.clone();
-        for (leaf, &n) in s.calls.iter().enumerate() {
-            if n > 0 {
-                *stats.seamcalls.entry(leaf as u16).or_insert(0) += n;
-            }
-        }
-        stats
+        self.s.counters.stats()
     }
 
     /// Writes physical memory as a trace or a test sets it up: no ownership
     /// check beyond recording a write to module-owned or non-RAM memory.
     pub fn poke(&self, pa: u64, data: &[u8]) {
-        let mut s = self.lock();
-        if s.host_access(pa, data.len(), true) {
-            s.mem.write(pa, data);
+        self.host_write(pa, data);
+    }
+
+    fn host_write(&self, pa: u64, data: &[u8]) {
+        if self.s.host_access(pa, data.len(), true) {
+            self.s.mem.write(pa, data);
             // host_access checked that the range does not overflow.
             let (a, b) = (pa / PAGE, (pa + data.len() as u64).div_ceil(PAGE));
-            s.mem.mark_cache(a, b, CacheLines::HostDirty);
+            self.s.mem.mark_cache(a, b, CacheLines::HostDirty);
         }
     }
 
     /// Reads physical memory the way the module sees it (no checks).
     pub fn peek(&self, pa: u64, buf: &mut [u8]) {
-        self.lock().mem.read(pa, buf);
+        self.s.mem.read(pa, buf);
     }
+
+    // ---- the module's locks, for tests ----------------------------------
+
+    /// Takes `lock` in `mode` as a host-side leaf on another logical
+    /// processor would (with the module's algorithm: one attempt, no
+    /// waiting), and holds it until the returned guard drops. While it is
+    /// held, the simulator's leaves that need it answer
+    /// `TDX_OPERAND_BUSY` with the lock's operand, exactly as when another
+    /// LP's leaf holds it.
+    ///
+    /// `Err` with `TDX_OPERAND_BUSY` (no operand) if the lock cannot be
+    /// taken now (as a host, a failed attempt marks a host-priority lock
+    /// for host priority, as the module does), or `TDX_OPERAND_INVALID` if
+    /// there is no such lock (no TD at that TDR, a page outside the
+    /// initialized TDMRs, an S-EPT entry the walk does not reach, a package
+    /// that does not exist).
+    pub fn hold(&self, lock: ModuleLock, mode: LockMode) -> Result<HeldLock<'_>, TdxStatus> {
+        self.hold_as(lock, mode, LockSide::Host)
+    }
+
+    /// [`Simulator::hold`] as a host or as a guest (a TDCALL leaf): a guest
+    /// attempt on a lock marked for host priority fails with
+    /// `TDX_OPERAND_BUSY_HOST_PRIORITY` and does not mark it.
+    pub fn hold_as(
+        &self,
+        lock: ModuleLock,
+        mode: LockMode,
+        side: LockSide,
+    ) -> Result<HeldLock<'_>, TdxStatus> {
+        let mut held = HeldStack::new();
+        let busy = |b: crate::locks::Busy| b.status();
+        match self.word(lock)? {
+            Word::Hp(l) => {
+                l.acquire(mode, side).map_err(busy)?;
+                held.push(Held::SharexHp(l, mode));
+            }
+            Word::Plain(l) => {
+                l.acquire(mode).map_err(busy)?;
+                held.push(Held::Sharex(l, mode));
+            }
+            Word::Septe(e) => {
+                match side {
+                    LockSide::Host => septe::lock_host(e),
+                    LockSide::Guest => septe::lock_guest(e),
+                }
+                .map_err(busy)?;
+                held.push(Held::Septe(e));
+            }
+            Word::Mutex(m) => {
+                m.acquire().map_err(busy)?;
+                held.push(Held::Mutex(m));
+            }
+        }
+        Ok(HeldLock { _held: held })
+    }
+
+    /// True if `lock` is marked for host priority (a host failed on it
+    /// since a host last took it). Locks without host priority (tree,
+    /// epoch, KOT, write-back table) answer false.
+    pub fn host_priority(&self, lock: ModuleLock) -> bool {
+        match self.word(lock) {
+            Ok(Word::Hp(l)) => l.host_priority(),
+            Ok(Word::Septe(e)) => e.load(Ordering::Relaxed) & septe::HP != 0,
+            _ => false,
+        }
+    }
+
+    /// The word of a module lock.
+    fn word(&self, lock: ModuleLock) -> Result<Word<'_>, TdxStatus> {
+        let s = &self.s;
+        let invalid = TdxStatus::OPERAND_INVALID;
+        let td = |tdr: Pfn| td_of(s, tdr.as_u64()).ok_or(invalid);
+        Ok(match lock {
+            ModuleLock::Pamt { pfn, level } => {
+                let pa = pfn.hpa().as_u64();
+                let l = level as u8;
+                if l > 2 {
+                    return Err(invalid);
+                }
+                let t = s.pamt.block(pa).ok_or(invalid)?;
+                Word::Hp(&t.entry(l, pa).lock)
+            }
+            ModuleLock::Tdr(tdr) => {
+                td(tdr)?;
+                let pa = tdr.hpa().as_u64();
+                Word::Hp(&s.pamt.block(pa).ok_or(invalid)?.entry(0, pa).lock)
+            }
+            ModuleLock::OpState(tdr) => Word::Hp(&td(tdr)?.op_lock),
+            ModuleLock::SeptTree(tdr) => Word::Plain(&td(tdr)?.tree_lock),
+            ModuleLock::Epoch(tdr) => Word::Plain(&td(tdr)?.epoch_lock),
+            ModuleLock::SeptEntry { tdr, gpa, level } => {
+                let td = td(tdr)?;
+                let slot = td
+                    .sept
+                    .walk(td.pwl(), gpa.as_u64(), level as u8)
+                    .map_err(|_| invalid)?;
+                Word::Septe(slot.word)
+            }
+            ModuleLock::Kot => Word::Plain(&s.kot.lock),
+            ModuleLock::Wbt(PackageId(p)) => {
+                Word::Mutex(&s.kot.wbt.get(p as usize).ok_or(invalid)?.lock)
+            }
+        })
+    }
+
+    /// Stops the next call of `leaf` (on any thread) once it has taken all
+    /// its locks and passed all its checks, before it changes anything;
+    /// a call that returns before that point stops at its end instead,
+    /// still holding what it took. The leaf's thread waits there until the
+    /// returned [`Pause`] is released or dropped. Use it to interleave two
+    /// leaves exactly: start the paused one on another thread, wait for it
+    /// with [`Pause::wait_entered`], run the other one, release.
+    pub fn pause_next(&self, leaf: Leaf) -> Pause {
+        Pause {
+            slot: self.s.pauses.arm(leaf, None),
+        }
+    }
+
+    /// [`Simulator::pause_next`] for a call of `leaf` on logical processor
+    /// `lp` only.
+    pub fn pause_next_on(&self, leaf: Leaf, lp: u32) -> Pause {
+        Pause {
+            slot: self.s.pauses.arm(leaf, Some(lp)),
+        }
+    }
+
+    // ---- invariants -----------------------------------------------------
 
     /// Checks the simulator's invariants: the page accounting balances, the
     /// pages the module owns are exactly the ones the host sees as
-    /// module-owned (or leaked), and no violation was recorded. Every test
-    /// that uses the simulator ends with this.
+    /// module-owned (or leaked), the module's own records agree (no module lock is held, every TD's
+    /// child count is the number of pages the PAMT gives it, every S-EPT
+    /// entry points to a page the PAMT gives that TD, and the other way
+    /// round), and no violation was recorded. Every test that uses the
+    /// simulator ends with this, with no leaf running and no [`HeldLock`]
+    /// alive.
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
-        let s = self.lock();
-        let a = s.mem.accounting();
-        let ram: u64 = s.mem.ram().iter().map(|&(b, e)| e - b).sum();
+        self.check_memory()?;
+        self.check_module().map_err(InvariantError::Module)?;
+        let v = self.s.violations();
+        if !v.is_empty() {
+            return Err(InvariantError::Violations(v.clone()));
+        }
+        Ok(())
+    }
+
+    fn check_memory(&self) -> Result<(), InvariantError> {
+        let mem = &self.s.mem;
+        let shards = mem.lock_all();
+        let mut a = Accounting::default();
+        for sh in &shards {
+            for (s, e, st) in sh.states() {
+                let n = e - s;
+                a.total += n;
+                match st {
+                    PageState::Free => a.free += n,
+                    PageState::Host => a.host += n,
+                    PageState::Module => a.module += n,
+                    PageState::Leaked => a.leaked += n,
+                }
+            }
+        }
+        let ram: u64 = mem.ram().iter().map(|&(b, e)| e - b).sum();
         if a.free + a.host + a.module + a.leaked != a.total || a.total != ram {
             return Err(InvariantError::Accounting(a, ram));
         }
-        // Module-owned (module's view) => Module or Leaked (host's view).
-        for (start, end, _) in s.module.owned.iter() {
-            for (ps, _, st) in s.mem.states(start, end) {
-                if !matches!(st, PageState::Module | PageState::Leaked) {
+        for sh in &shards {
+            // Module-owned (module's view) => Module or Leaked (host's view).
+            for (start, end, _) in sh.owned() {
+                for (ps, _, st) in sh.states_in(start, end) {
+                    if !matches!(st, PageState::Module | PageState::Leaked) {
+                        return Err(InvariantError::Ownership {
+                            pfn: ps.max(start),
+                            host: st,
+                            module: true,
+                        });
+                    }
+                }
+            }
+            // Module (host's view) => owned by the module.
+            for (start, end, st) in sh.states() {
+                if st == PageState::Module && !sh.owned_all_in(start, end) {
+                    let pfn = (start..end)
+                        .find(|&p| sh.owned_at(p).is_none())
+                        .unwrap_or(start);
                     return Err(InvariantError::Ownership {
-                        pfn: ps,
+                        pfn,
                         host: st,
-                        module: true,
+                        module: false,
                     });
                 }
             }
         }
-        // Module (host's view) => owned by the module.
-        for (start, end, st) in s.mem.states(0, u64::MAX) {
-            if st == PageState::Module && !s.module.owned.all_in(start, end, |_| true) {
-                let pfn = (start..end)
-                    .find(|&p| s.module.owned.get(p).is_none())
-                    .unwrap_or(start);
-                return Err(InvariantError::Ownership {
-                    pfn,
-                    host: st,
-                    module: false,
-                });
+        Ok(())
+    }
+
+    fn check_module(&self) -> Result<(), String> {
+        let s = &self.s;
+        if s.kot.lock.is_held() || s.sys.lock.is_held() {
+            return Err("the KOT or global lock is held with no leaf running".into());
+        }
+        for (pkg, w) in s.kot.wbt.iter().enumerate() {
+            if w.lock.is_held() {
+                return Err(format!("package {pkg}'s write-back table entry is held"));
             }
         }
-        if !s.violations.is_empty() {
-            return Err(InvariantError::Violations(s.violations.clone()));
+        // Pages the PAMT gives each TD (by TDR frame), in 4K pages, and the
+        // REG/EPT pages among them by (level, frame).
+        let mut charged: HashMap<u64, i64> = HashMap::new();
+        let mut given: HashMap<(u8, u64), (PamtPageType, u64)> = HashMap::new();
+        for t in s.pamt.tdmrs() {
+            for (level, pa, e) in t.entries() {
+                if e.lock.is_held() {
+                    return Err(format!("the PAMT entry of {pa:#x} (level {level}) is held"));
+                }
+                let pe = e.get();
+                match pe.pt {
+                    PamtPageType::REG | PamtPageType::EPT => {
+                        *charged.entry(pe.owner).or_default() += 1 << (9 * level);
+                        given.insert((level, pa / PAGE), (pe.pt, pe.owner));
+                    }
+                    PamtPageType::TDCX | PamtPageType::TDVPR => {
+                        *charged.entry(pe.owner).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let freed: std::collections::HashSet<u32> = s.tds.freed().into_iter().collect();
+        for (slot, td) in s.tds.iter() {
+            if freed.contains(&slot) {
+                continue;
+            }
+            let tdr = td.tdr();
+            if td.op_lock.is_held() || td.tree_lock.is_held() || td.epoch_lock.is_held() {
+                return Err(format!("a lock of TD {tdr:#x} is held"));
+            }
+            let cnt = td.chldcnt.sum();
+            let pamt = charged.remove(&tdr).unwrap_or(0);
+            if cnt != pamt {
+                return Err(format!(
+                    "TD {tdr:#x}: child count {cnt}, but the PAMT gives it {pamt} pages"
+                ));
+            }
+            if td.lifecycle() == Lifecycle::Teardown {
+                // Reclaim frees pages without touching the S-EPT.
+                continue;
+            }
+            let mut mapped = 0usize;
+            for (level, gpa, w) in td.sept.entries(td.pwl()) {
+                if w & septe::LOCK != 0 {
+                    return Err(format!(
+                        "TD {tdr:#x}: S-EPT entry {gpa:#x} (level {level}) is locked"
+                    ));
+                }
+                let Some(e) = td.sept.view(w) else { continue };
+                let want = if is_leaf_state(e.state) {
+                    (level, PamtPageType::REG)
+                } else if matches!(e.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED) {
+                    (0, PamtPageType::EPT)
+                } else {
+                    continue;
+                };
+                match given.get(&(want.0, e.pfn)) {
+                    Some(&(pt, owner)) if pt == want.1 && owner == tdr => mapped += 1,
+                    other => {
+                        return Err(format!(
+                            "TD {tdr:#x}: S-EPT entry {gpa:#x} (level {level}, {:?}) points to \
+                             frame {:#x}, which the PAMT records as {other:?}",
+                            e.state, e.pfn
+                        ));
+                    }
+                }
+            }
+            let owned = given.values().filter(|&&(_, o)| o == tdr).count();
+            if owned != mapped {
+                return Err(format!(
+                    "TD {tdr:#x}: the PAMT gives it {owned} private and S-EPT pages, its S-EPT \
+                     maps {mapped}"
+                ));
+            }
+        }
+        if let Some((tdr, n)) = charged.into_iter().find(|&(_, n)| n != 0) {
+            return Err(format!("{n} pages are charged to {tdr:#x}, which is no TD"));
         }
         Ok(())
     }
@@ -373,18 +575,27 @@ impl Simulator {
     /// Approximate bytes of host memory the simulator's own state uses
     /// beyond its fixed size, for benches: page contents stored, range-map
     /// entries (an estimate of 48 bytes each), and the PAMT and every TD's
-    /// S-EPT (exact heap bytes of their chunked maps).
+    /// S-EPT (exact heap bytes of their chunks and pages).
     pub fn footprint_bytes(&self) -> usize {
-        let s = self.lock();
+        let s = &self.s;
+        let freed: std::collections::HashSet<u32> = s.tds.freed().into_iter().collect();
         s.mem.materialized_pages() * PAGE as usize
-            + (s.mem.cache_ranges() + s.module.owned.len()) * 48
-            + s.module.pamt_heap_bytes()
+            + (s.mem.cache_ranges() + s.mem.owned_ranges()) * 48
+            + s.pamt.tdmrs().iter().map(|t| t.heap_bytes()).sum::<usize>()
             + s.tds
-                .tds
-                .values()
-                .map(|t| t.sept.heap_bytes())
+                .iter()
+                .filter(|(i, _)| !freed.contains(i))
+                .map(|(_, t)| t.sept.heap_bytes())
                 .sum::<usize>()
     }
+}
+
+/// A module lock's word.
+enum Word<'s> {
+    Hp(&'s crate::locks::SharexHp),
+    Plain(&'s crate::locks::Sharex),
+    Septe(&'s crate::locks::AtomicU64),
+    Mutex(&'s crate::locks::Mutex),
 }
 
 /// Why [`Simulator::check_invariants`] failed.
@@ -406,156 +617,27 @@ pub enum InvariantError {
     /// Rule breaks were recorded.
     #[error("{} violation(s), first: {}", .0.len(), .0[0])]
     Violations(Vec<Violation>),
-}
-
-impl State {
-    /// Taking a PAMT back (freeing or clearing it) abandons the module:
-    /// legitimate after a failed bring-up, but the module must be reloaded
-    /// before any other SEAMCALL, which the simulator then records as a
-    /// violation.
-    fn take_back_pamt(&mut self, a: u64, b: u64) {
-        let pamt_only = self
-            .module
-            .owned
-            .all_in(a, b, |u| matches!(u, crate::module::ModuleUse::Pamt(_)));
-        if pamt_only && self.mem.is_ram(a, b) {
-            self.module.abandoned = true;
-            self.module.owned.remove(a, b);
-            self.mem.set_state(a, b, PageState::Host);
-        }
-    }
-
-    /// Records a violation for a host access to `[pa, pa+len)` if it touches
-    /// module-owned memory or non-RAM. Returns true if the access is allowed.
-    pub(crate) fn host_access(&mut self, pa: u64, len: usize, write: bool) -> bool {
-        let Some(end) = pa.checked_add(len as u64) else {
-            self.violations
-                .push(Violation::HostTouchedNonRam { pa, len, write });
-            return false;
-        };
-        let (a, b) = (pa / PAGE, end.div_ceil(PAGE));
-        if !self.mem.is_ram(a, b) {
-            self.violations
-                .push(Violation::HostTouchedNonRam { pa, len, write });
-            return false;
-        }
-        if self
-            .mem
-            .states(a, b)
-            .any(|(_, _, st)| st == PageState::Module)
-        {
-            self.violations
-                .push(Violation::HostTouchedModulePage { pa, len, write });
-            return false;
-        }
-        true
-    }
-
-    /// The dispatcher: gate, fault injection, then the leaf.
-    fn seamcall(&mut self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
-        // P-SEAMLDR calls (bit 63) go to a different firmware, which the
-        // simulator does not have: the CPU reports VMfailInvalid.
-        if rax >> 63 != 0 {
-            return TdxStatus::SEAMCALL_VMFAILINVALID;
-        }
-        // The entry points of the Ret and NoOutputs shapes load only RCX,
-        // RDX and R8-R11; the module sees nothing meaningful elsewhere.
-        let mut out = match shape {
-            RegShape::SavedRet => *args,
-            RegShape::Ret | RegShape::NoOutputs => {
-                SeamcallArgs::regs6(args.rcx, args.rdx, args.r8, args.r9, args.r10, args.r11)
-            }
-        };
-        let status = self.dispatch(rax, &mut out);
-        match shape {
-            RegShape::NoOutputs => {}
-            RegShape::Ret => {
-                args.rcx = out.rcx;
-                args.rdx = out.rdx;
-                args.r8 = out.r8;
-                args.r9 = out.r9;
-                args.r10 = out.r10;
-                args.r11 = out.r11;
-            }
-            RegShape::SavedRet => *args = out,
-        }
-        status
-    }
-
-    fn dispatch(&mut self, rax: u64, a: &mut SeamcallArgs) -> TdxStatus {
-        use crate::module::SysState;
-        let Ok(lv) = LeafVersion::from_rax(rax) else {
-            return TdxStatus::OPERAND_INVALID; // |RAX (operand 0)
-        };
-        let leaf = lv.leaf();
-        match self.calls.get_mut(usize::from(leaf.0)) {
-            Some(n) => *n += 1,
-            None => *self.stats.seamcalls.entry(leaf.0).or_insert(0) += 1,
-        }
-        // §1.2 gate, in order.
-        if lv.version() > 0 && !self.machine.desc.profile.versioned(leaf) {
-            return TdxStatus::OPERAND_INVALID;
-        }
-        if self.module.state == SysState::Shutdown && leaf != Leaf::SYS_LP_SHUTDOWN {
-            return TdxStatus::SYS_SHUTDOWN;
-        }
-        const BEFORE_READY: [Leaf; 9] = [
-            Leaf::SYS_INFO,
-            Leaf::SYS_RD,
-            Leaf::SYS_RDALL,
-            Leaf::SYS_INIT,
-            Leaf::SYS_LP_INIT,
-            Leaf::SYS_CONFIG,
-            Leaf::SYS_KEY_CONFIG,
-            Leaf::SYS_LP_SHUTDOWN,
-            Leaf::SYS_UPDATE,
-        ];
-        if self.module.state != SysState::Ready && !BEFORE_READY.contains(&leaf) {
-            return TdxStatus::SYS_NOT_READY;
-        }
-        if !self.implements(leaf) {
-            return TdxStatus::OPERAND_INVALID;
-        }
-        // Versioned leaves check their own highest version (SEPT.ADD and
-        // SEPT.REMOVE do so in the module; the model does it for all).
-        if lv.version() > self.machine.desc.profile.max_version(leaf) {
-            return TdxStatus::OPERAND_INVALID;
-        }
-        if self.module.abandoned {
-            self.violations
-                .push(Violation::ModuleUsedAfterAbandon { leaf: leaf.0 });
-        }
-        let fault = self.faults.on_call(leaf);
-        use crate::faults::FaultAction;
-        match fault {
-            Some(FaultAction::Status(s)) => s,
-            Some(FaultAction::StopEarly { after }) => self.run_leaf(lv, a, Some(after)),
-            Some(FaultAction::FailAfter { after, status }) => {
-                match self.run_leaf(lv, a, Some(after)) {
-                    TdxStatus::INTERRUPTED_RESUMABLE => status,
-                    s => s,
-                }
-            }
-            None => self.run_leaf(lv, a, None),
-        }
-    }
+    /// The module's own records disagree: a lock held with no leaf running,
+    /// a child count that is not the number of pages the PAMT gives a TD,
+    /// or an S-EPT entry and the PAMT that do not match.
+    #[error("module records: {0}")]
+    Module(String),
 }
 
 // SAFETY: the simulator behaves as the module's register ABI says: it reads
 // the inputs of `shape`, writes back exactly the outputs of `shape`
-// (`State::seamcall`), and returns the status its model of the module
+// (`Shared::seamcall`), and returns the status its model of the module
 // produced. Its "memory" is simulated, so no real memory changes hands.
 unsafe impl Seamcall for Simulator {
     unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
         let lp = self.thread_lp();
-        let mut s = self.lock();
-        s.lp = lp;
-        s.seamcall(rax, args, shape)
+        self.s.seamcall(lp, rax, args, shape)
     }
 }
 
 // SAFETY: the simulator's "memory" is its own map: allocations never overlap
-// (the accounting map has one state per frame), `on_cpu` runs the closure
+// (the accounting map has one state per frame, and allocation takes frames
+// out of the free index under its lock), `on_cpu` runs the closure
 // synchronously with the LP selected, and cache operations update the cache
 // model before returning. None of it touches real memory.
 unsafe impl Platform for Simulator {
@@ -570,7 +652,7 @@ unsafe impl Platform for Simulator {
             align,
             placement,
         };
-        let mut s = self.lock();
+        let s = &self.s;
         let align = align.max(1);
         if count == 0 || !align.is_power_of_two() {
             return Err(err);
@@ -578,12 +660,7 @@ unsafe impl Platform for Simulator {
         let start = match placement {
             Placement::Exact(pfn) => {
                 let p = pfn.as_u64();
-                let free = p % align == 0
-                    && s.mem.is_ram(p, p + count)
-                    && s.mem
-                        .states(p, p + count)
-                        .all(|(_, _, st)| st == PageState::Free);
-                if !free {
+                if p % align != 0 || !s.mem.alloc_exact(p, p + count) {
                     return Err(err);
                 }
                 p
@@ -591,70 +668,68 @@ unsafe impl Platform for Simulator {
             Placement::Node(NodeId(n)) => {
                 let within = s.machine.node_frames.get(&n).cloned();
                 s.mem
-                    .find_free(count, align, within.as_deref())
-                    .or_else(|| s.mem.find_free(count, align, None))
+                    .alloc(count, align, within.as_deref())
+                    .or_else(|| s.mem.alloc(count, align, None))
                     .ok_or(err)?
             }
-            Placement::Anywhere => s.mem.find_free(count, align, None).ok_or(err)?,
+            Placement::Anywhere => s.mem.alloc(count, align, None).ok_or(err)?,
         };
         if let Some((pfn, keyid)) = s.mem.private_lines(start, start + count) {
-            s.violations.push(Violation::PrivateLinesReachedHost {
+            s.violation(Violation::PrivateLinesReachedHost {
                 pfn,
                 keyid,
                 how: "allocated",
             });
         }
-        s.mem.set_state(start, start + count, PageState::Host);
         PfnRun::try_new(Pfn::new(start), count).map_err(|_| err)
     }
 
     unsafe fn free_pages(&self, run: PfnRun) {
-        let mut s = self.lock();
+        let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
         s.take_back_pamt(a, b);
         let bad: Vec<(u64, PageState)> = s
             .mem
             .states(a, b)
+            .into_iter()
             .filter(|&(_, _, st)| st != PageState::Host)
             .map(|(p, _, st)| (p, st))
             .collect();
         if !s.mem.is_ram(a, b) || !bad.is_empty() {
             for (pfn, state) in bad {
-                s.violations
-                    .push(Violation::FreedPageNotAllocated { pfn, state });
+                s.violation(Violation::FreedPageNotAllocated { pfn, state });
             }
             return;
         }
         if let Some((pfn, keyid)) = s.mem.private_lines(a, b) {
-            s.violations.push(Violation::PrivateLinesReachedHost {
+            s.violation(Violation::PrivateLinesReachedHost {
                 pfn,
                 keyid,
                 how: "freed",
             });
         }
-        s.mem.set_state(a, b, PageState::Free);
+        s.mem.release(a, b);
     }
 
     fn leak_pages(&self, run: PfnRun, _reason: &'static str) {
-        let mut s = self.lock();
+        let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
         let bad: Vec<(u64, PageState)> = s
             .mem
             .states(a, b)
+            .into_iter()
             .filter(|&(_, _, st)| !matches!(st, PageState::Host | PageState::Module))
             .map(|(p, _, st)| (p, st))
             .collect();
         for (pfn, state) in bad {
-            s.violations
-                .push(Violation::LeakedPageNotOwned { pfn, state });
+            s.violation(Violation::LeakedPageNotOwned { pfn, state });
         }
-        s.mem.set_state(a, b, PageState::Leaked);
+        s.mem.leak(a, b);
     }
 
     unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
-        let mut s = self.lock();
-        if s.host_access(pa.as_u64(), buf.len(), false) {
-            s.mem.read(pa.as_u64(), buf);
+        if self.s.host_access(pa.as_u64(), buf.len(), false) {
+            self.s.mem.read(pa.as_u64(), buf);
         } else {
             // Ciphertext or poison, as far as the host can tell.
             buf.fill(0xFF);
@@ -662,51 +737,39 @@ unsafe impl Platform for Simulator {
     }
 
     unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
-        let mut s = self.lock();
-        let pa = pa.as_u64();
-        if s.host_access(pa, data.len(), true) {
-            s.mem.write(pa, data);
-            // host_access checked that the range does not overflow.
-            let (a, b) = (pa / PAGE, (pa + data.len() as u64).div_ceil(PAGE));
-            s.mem.mark_cache(a, b, CacheLines::HostDirty);
-        }
+        self.host_write(pa.as_u64(), data);
     }
 
     fn cpus(&self) -> u32 {
-        self.lock().machine.desc.lps()
+        self.s.machine.desc.lps()
     }
 
     fn package_of(&self, cpu: CpuId) -> PackageId {
-        PackageId(self.lock().machine.package_of(cpu.0))
+        PackageId(self.s.machine.package_of(cpu.0))
     }
 
     fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        Some(NodeId(self.lock().machine.desc.node_of(pfn.hpa().as_u64())))
+        Some(NodeId(self.s.machine.desc.node_of(pfn.hpa().as_u64())))
     }
 
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
-        assert!(
-            cpu.0 < self.lock().machine.desc.lps(),
-            "{cpu} does not exist"
-        );
-        crate::lp::scoped(self.id, cpu.0, f);
+        assert!(cpu.0 < self.s.machine.desc.lps(), "{cpu} does not exist");
+        crate::lp::scoped(self.s.id, cpu.0, f);
     }
 
     fn wbinvd_all(&self) {
-        let mut s = self.lock();
-        s.stats.wbinvd += 1;
-        s.mem.flush_all();
+        self.s.counters.host(self.stat_lp(), HostOp::Wbinvd, 1);
+        self.s.mem.flush_all();
     }
 
     fn clflush_page(&self, pfn: Pfn) {
-        let mut s = self.lock();
-        s.stats.clflush_pages += 1;
+        self.s.counters.host(self.stat_lp(), HostOp::Clflush, 1);
         let p = pfn.as_u64();
-        s.mem.flush_range(p, p + 1);
+        self.s.mem.flush_range(p, p + 1);
     }
 
     unsafe fn movdir64b_clear(&self, run: PfnRun) {
-        let mut s = self.lock();
+        let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
         // Clearing a PAMT after a failed configuration (the partial-write
         // erratum) takes it back, as freeing it would.
@@ -717,39 +780,43 @@ unsafe impl Platform for Simulator {
         if let Some((pfn, keyid)) = s.mem.private_lines(a, b) {
             // A dirty private line written back later would land on the
             // freshly cleared memory: flush first.
-            s.violations.push(Violation::PrivateLinesReachedHost {
+            s.violation(Violation::PrivateLinesReachedHost {
                 pfn,
                 keyid,
                 how: "cleared with MOVDIR64B",
             });
         }
-        s.stats.movdir64b_pages += run.count();
+        s.counters
+            .host(self.stat_lp(), HostOp::Movdir64b, run.count());
         s.mem.zero(a, b);
         // Direct stores of whole lines: nothing dirty stays behind.
         s.mem.flush_range(a, b);
     }
 
     fn yield_now(&self) {
-        self.lock().stats.yields += 1;
+        self.s.counters.host(self.stat_lp(), HostOp::Yield, 1);
     }
 
     fn keyid_partition(&self) -> KeyIdPartition {
-        self.lock().machine.desc.keyid_partition()
+        self.s.machine.desc.keyid_partition()
     }
 
     fn keyid_shift(&self) -> u32 {
-        let s = self.lock();
-        let desc = &s.machine.desc;
+        let desc = &self.s.machine.desc;
         desc.reported_keyid_shift
             .unwrap_or_else(|| desc.hkid_start_bit())
     }
 
     fn dropped_td(&self, report: &TeardownReport) {
-        self.lock().dropped_tds.push(report.clone());
+        self.s
+            .dropped_tds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(report.clone());
     }
 
     fn errata(&self) -> Errata {
-        self.lock().machine.desc.errata
+        self.s.machine.desc.errata
     }
 }
 

@@ -108,9 +108,9 @@ use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdP
 
 use crate::{
     machine::{MachineDesc, MachineError},
-    module::SysState,
     profile::Profile,
     sim::{InvariantError, Simulator},
+    state::SysState,
     violation::Violation,
 };
 

@@ -313,7 +313,9 @@ fn addcx_checks_in_order() {
         (p + 0x800, invalid(RCX)),
         (with_hkid(&sim, p, 1), invalid(RCX)),
         (outside, range_error(RCX)),
-        (tdr, metadata(RCX)),
+        // The TDR itself: this leaf holds its PAMT entry already (TDR_X on
+        // RDX), so the walk of RCX finds it locked, as in the module.
+        (tdr, busy(RCX)),
         (td.tdcs[0].hpa().as_u64(), metadata(RCX)),
         (pamt_page().hpa().as_u64(), metadata(RCX)),
     ];
@@ -803,7 +805,9 @@ fn vp_create_checks_in_order() {
         (p + 0x100, invalid(RCX)),
         (with_hkid(&sim, p, 2), invalid(RCX)),
         (outside, range_error(RCX)),
-        (tdr, metadata(RCX)),
+        // The TDR itself: this leaf holds its PAMT entry shared (TDR_S on
+        // RDX), so the exclusive walk of RCX fails, as in the module.
+        (tdr, busy(RCX)),
         (init.tdcs[5].hpa().as_u64(), metadata(RCX)),
         (pamt_page().hpa().as_u64(), metadata(RCX)),
     ] {

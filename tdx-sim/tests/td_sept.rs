@@ -282,7 +282,9 @@ fn sept_add_new_page_checks() {
         (with_hkid(&sim, p, td.hkid), invalid(R8)),
         (OUTSIDE_TDMR, range_error(R8)),
         (0x1000, range_error(R8)),
-        (t, metadata(R8)),
+        // The TDR itself: this leaf holds its PAMT entry already (RDX), so
+        // the exclusive walk of R8 finds it locked, as in the module.
+        (t, busy(R8)),
         (td.tdcs[3].hpa().as_u64(), metadata(R8)),
         (pamt_page().hpa().as_u64(), metadata(R8)),
     ] {
@@ -628,7 +630,9 @@ fn page_add_checks_in_order() {
     for (r8, want) in [
         (target + 0x800, invalid(R8)),
         (OUTSIDE_TDMR, range_error(R8)),
-        (t, metadata(R8)),
+        // The TDR itself: this leaf holds its PAMT entry already (RDX), so
+        // the exclusive walk of R8 finds it locked, as in the module.
+        (t, busy(R8)),
         (mapped.hpa().as_u64(), metadata(R8)),
         (big.hpa().as_u64() + 7 * PAGE, metadata(R8)),
         (pamt_page().hpa().as_u64(), metadata(R8)),
@@ -757,7 +761,9 @@ fn page_aug_checks_in_order() {
     for (rcx, r8, want) in [
         (pinfo(0x2000, 0), p + 0x100, invalid(R8)),
         (pinfo(0x2000, 0), OUTSIDE_TDMR, range_error(R8)),
-        (pinfo(0x2000, 0), t, metadata(R8)),
+        // The TDR itself: this leaf holds its PAMT entry already (RDX), so
+        // the exclusive walk of R8 finds it locked, as in the module.
+        (pinfo(0x2000, 0), t, busy(R8)),
         (pinfo(0x2000, 0), pending.hpa().as_u64(), metadata(R8)),
         // A 4K page inside a 2M private page (the walk ends at 2M).
         (
@@ -1140,8 +1146,12 @@ fn demote_a_running_2m_page_then_remove_one_4k_page() {
     assert_eq!(c.status, e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX));
     ok("TRACK", track(&sim, td.tdr));
     // The new S-EPT page is checked like any page handed over.
-    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, td.tdr);
+    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, td.tdcs[0]);
     assert_eq!(c.status, metadata(R8));
+    // The TDR itself: this leaf holds its PAMT entry shared (RDX), so the
+    // exclusive walk of R8 finds it locked, as in the module.
+    let c = page_demote(&sim, info(2 * MIB, 1), td.tdr, td.tdr);
+    assert_eq!(c.status, busy(R8));
     ok(
         "DEMOTE",
         page_demote(&sim, info(2 * MIB, 1), td.tdr, sept).status,

@@ -520,13 +520,14 @@ fn reclaim_checks_in_order() {
         range_error(RCX)
     );
     assert_eq!(raw(&sim, lv, [0x1000, 0, 0, 0, 0, 0]).0, range_error(RCX));
-    // 4. NDA or RSVD; the outputs already describe the entry.
+    // 4. NDA or RSVD. The module fills the outputs only after this check
+    // (tdh_phymem_page_reclaim.c), so they read 0 for both.
     let (s, out) = raw(&sim, lv, [p, 0, 0, 0, 0, 0]);
     assert_eq!(s, metadata(RCX));
     assert_eq!((out.rcx, out.rdx, out.r8), (0, 0, 0));
     let (s, out) = raw(&sim, lv, [pamt_page().hpa().as_u64(), 0, 0, 0, 0, 0]);
     assert_eq!(s, metadata(RCX));
-    assert_eq!(out.rcx, u64::from(PamtPageType::RSVD.0));
+    assert_eq!((out.rcx, out.rdx, out.r8), (0, 0, 0));
     // 5. a 4K address inside a 2M page: the leaf is 2M and RCX is not
     // 2M aligned; RCX/RDX/R8 describe that leaf.
     let (s, out) = raw(&sim, lv, [big.hpa().as_u64() + 3 * PAGE, 0, 0, 0, 0, 0]);

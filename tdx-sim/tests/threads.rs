@@ -11,12 +11,27 @@ use td_support::*;
 use tdx_api::{CpuId, Platform};
 use tdx_types::TdxStatus;
 
+/// Runs a leaf until it is not `TDX_OPERAND_BUSY` (other threads' leaves
+/// hold the module's locks now and then, as on a real host).
+fn retry(mut f: impl FnMut() -> TdxStatus) -> TdxStatus {
+    loop {
+        let s = f();
+        if !s.is(TdxStatus::OPERAND_BUSY) {
+            return s;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A TD built on the calling thread's LP `lp`: KEY.CONFIG on `lp`'s package
 /// first (a second call there answers TDX_KEY_CONFIGURED), then on the
 /// other package; each vCPU is initialized and flushed on `lp` (a flush from
-/// any other LP fails with TDX_VCPU_NOT_ASSOCIATED).
+/// any other LP fails with TDX_VCPU_NOT_ASSOCIATED). MNG.CREATE, CACHE.WB
+/// and KEY.FREEID meet the other threads' teardowns on the KOT and the
+/// write-back table, and are retried while busy.
 fn lifecycle_on(sim: &tdx_sim::Simulator, lp: u32, hkid: u16, rounds: usize) {
-    let mut td = Td::create(sim, hkid);
+    let mut td = Td::unassigned(sim, hkid);
+    ok("MNG.CREATE", retry(|| mng_create(sim, td.tdr, hkid)));
     assert_eq!(sim.current_lp(), lp);
     ok("KEY.CONFIG (own package)", mng_key_config(sim, td.tdr));
     assert_eq!(
@@ -39,7 +54,21 @@ fn lifecycle_on(sim: &tdx_sim::Simulator, lp: u32, hkid: u16, rounds: usize) {
         assert_eq!(sim.current_lp(), lp);
         ok("VP.FLUSH (same LP)", vp_flush(sim, tdvpr));
     }
-    td.teardown(sim);
+    // The canonical teardown, retrying what other teardowns make busy.
+    ok("VPFLUSHDONE", retry(|| mng_vpflushdone(sim, td.tdr)));
+    for pkg_lp in [lp, other] {
+        on(sim, pkg_lp, || {
+            let s = retry(|| cache_wb(sim, false));
+            assert!(
+                s == TdxStatus::SUCCESS || s == TdxStatus::NO_HKID_READY_TO_WBCACHE,
+                "CACHE.WB: {s}"
+            );
+        });
+    }
+    ok("KEY.FREEID", retry(|| mng_key_freeid(sim, td.tdr)));
+    td.reclaim_children(sim);
+    ok("RECLAIM TDR", page_reclaim(sim, td.tdr).status);
+    td.free_all(sim);
 }
 
 #[test]

@@ -287,12 +287,6 @@ impl Node {
     }
 }
 
-/// The index of `gpa`'s entry at `level`.
-#[inline]
-pub(crate) fn index(gpa: u64, level: u8) -> usize {
-    ((gpa >> (12 + 9 * u32::from(level))) as usize) & (FANOUT - 1)
-}
-
 /// Why a walk stopped above the level it was going to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop<'t> {

@@ -416,6 +416,14 @@ pub(crate) const VCPU_LP: u32 = 1;
 impl Td {
     /// TDH.MNG.CREATE of a fresh TDR with `hkid`.
     pub(crate) fn create<H: SimHost + ?Sized>(h: &H, hkid: u16) -> Self {
+        let td = Self::unassigned(h, hkid);
+        ok("MNG.CREATE", mng_create(h, td.tdr, hkid));
+        td
+    }
+
+    /// A TD whose TDR page is allocated but not given to the module yet
+    /// (the caller issues TDH.MNG.CREATE).
+    pub(crate) fn unassigned<H: Platform + ?Sized>(h: &H, hkid: u16) -> Self {
         let mut td = Self {
             tdr: Pfn::new(0),
             hkid,
@@ -426,7 +434,6 @@ impl Td {
             sept: BTreeSet::new(),
         };
         td.tdr = td.page(h);
-        ok("MNG.CREATE", mng_create(h, td.tdr, hkid));
         td
     }
 

@@ -1,0 +1,604 @@
+//! TDH.MEM.*: the Secure EPT and private pages
+//! (`src/vmm_dispatcher/api_calls/tdh_mem_*.c`; model §4.14-§4.21), and
+//! the guest side of TDG.MEM.PAGE.ACCEPT
+//! (`src/td_dispatcher/vm_exits/tdg_mem_page_accept.c`).
+//!
+//! Every leaf here except PAGE.ADD takes the TDR shared (explicitly, from
+//! RDX, or RCX for TRACK) and the op state shared, then the S-EPT tree
+//! lock shared (SEPT.ADD, SEPT.RD, AUG, REMOVE, DEMOTE, PROMOTE) or
+//! exclusive (BLOCK, UNBLOCK, SEPT.REMOVE), then the host lock of the
+//! target entry (`BUSY|RCX` with the entry's details). PAGE.ADD takes the
+//! TDR exclusively instead and no tree or entry lock. Each leaf clears
+//! RCX/RDX on entry, as the module does.
+
+use sha2::Digest;
+use tdx_sys::SeamcallArgs;
+use tdx_types::{
+    OperandId, TdxStatus,
+    abi::MeasurementBlock,
+    metadata::PamtPageType,
+    regs::{SeptState, TdrAndFlags},
+};
+
+use super::{pinfo, tracked};
+use crate::{
+    dispatch::{Call, LeafResult, op},
+    locks::{
+        Held,
+        LockMode::{Exclusive, Shared},
+        LockSide, Ordering, septe,
+    },
+    memory::{ModuleUse, PAGE},
+    pamt::PamtEntry,
+    sept::{self, Septe, details, is_leaf_state, state_of, target_of, word},
+    state::Shared as SimState,
+    td::{OpState, Td},
+};
+
+fn state_incorrect(a: &mut SeamcallArgs, e: Option<Septe>, level: u8) -> TdxStatus {
+    details(a, e, level);
+    op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX)
+}
+
+fn pages_of(level: u8) -> u64 {
+    1 << (9 * u32::from(level))
+}
+
+/// True if the TD may be running (the module's
+/// `op_state_is_tlb_tracking_required`, among the states the model has).
+fn running(td: &Td) -> bool {
+    td.op_state() == OpState::Runnable
+}
+
+/// TDH.MEM.SEPT.ADD, versions 0 and 1 (model §4.14). Locks: TDR
+/// S:RDX[51:12], op state S, tree S, the parent entry, the new page X:R8.
+///
+/// Version 1 adds R9..R11, one L2 S-EPT page per L2 VM, and lets R8 be
+/// -1 when the L1 entry already exists; its outputs return every page
+/// with bit 63 set on the ones not used. Model limit: L2 S-EPT trees are
+/// not modelled (model §8 leaves the L2 alias handling out), so an L2
+/// page given for a TD without that L2 VM, or for any L2 VM, is refused
+/// with TDX_OPERAND_INVALID on its register.
+pub(crate) fn sept_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let given = [a.r8, a.r9, a.r10, a.r11];
+    let mut used = false;
+    let status = sept_add_inner(c, a, &mut used);
+    if c.version >= 1 {
+        let regs = [&mut a.r8, &mut a.r9, &mut a.r10, &mut a.r11];
+        for (i, (r, g)) in regs.into_iter().zip(given).enumerate() {
+            *r = if g == u64::MAX {
+                g
+            } else if i == 0 && used {
+                g & !(1 << 63)
+            } else {
+                g | (1 << 63)
+            };
+        }
+    }
+    status
+}
+
+fn sept_add_inner(c: &mut Call<'_>, a: &mut SeamcallArgs, used: &mut bool) -> LeafResult {
+    let version = c.version;
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let flags = TdrAndFlags::from_bits(rdx);
+    if rdx & (0x0000_0000_0000_0FFE | 0xFFF0_0000_0000_0000) != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    let td = c.tdr(flags.tdr_pfn() * PAGE, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, 1, td.pwl())?;
+    let slot = c.walk(td, gpa, level, Some(Shared), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    match e {
+        None => {}
+        Some(s)
+            if s.state == SeptState::NL_MAPPED
+                && (flags.allow_existing() || (version >= 1 && a.r8 == u64::MAX)) =>
+        {
+            c.locked();
+            return Ok(TdxStatus::SUCCESS);
+        }
+        Some(_) => return Err(state_incorrect(a, e, level)),
+    }
+    if a.r8 == u64::MAX {
+        // v0: no page given is an operand error; v1: the entry had to
+        // exist already.
+        if version >= 1 {
+            return Err(state_incorrect(a, e, level));
+        }
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    }
+    let page_pa = a.r8 & !(1 << 63);
+    let pe = c.explicit(page_pa, OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
+    if version >= 1 {
+        for (reg, o) in [
+            (a.r9, OperandId::R9),
+            (a.r10, OperandId::R10),
+            (a.r11, OperandId::R11),
+        ] {
+            if reg != u64::MAX {
+                return Err(op(TdxStatus::OPERAND_INVALID, o));
+            }
+        }
+    }
+    c.locked();
+    let page = page_pa / PAGE;
+    pe.set(PamtPageType::EPT, td.tdr());
+    c.sim
+        .mem
+        .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
+    let child = td.sept.add_page(page);
+    // The new entry stays locked until the leaf ends, as in the module.
+    sept::write_locked(slot.word, word(SeptState::NL_MAPPED, child));
+    td.chldcnt.add(c.lp, 1);
+    *used = true;
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.SEPT.REMOVE (model §4.21). Locks: TDR S:RDX, op state S, tree
+/// X, the parent entry, the removed S-EPT page's PAMT entry (implicit X,
+/// `BUSY|RCX`).
+pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, 1, td.pwl())?;
+    let slot = c.walk(td, gpa, level, Some(Exclusive), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    let Some(entry) = e.filter(|s| matches!(s.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED))
+    else {
+        return Err(state_incorrect(a, e, level));
+    };
+    let cur = slot.word.load(Ordering::Acquire);
+    let pe = c.implicit(entry.pfn * PAGE, 0, Exclusive, OperandId::RCX)?;
+    if running(td) {
+        if entry.state != SeptState::NL_BLOCKED {
+            details(a, e, level);
+            return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
+        }
+        if !tracked(td, pe.bepoch()) {
+            return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
+        }
+    }
+    // All 512 entries of the child page must be free.
+    if td
+        .sept
+        .children(cur)
+        .iter()
+        .any(|w| state_of(w.load(Ordering::Acquire)) != SeptState::FREE)
+    {
+        details(a, e, level);
+        return Err(op(TdxStatus::EPT_PAGE_NOT_FREE, OperandId::RCX));
+    }
+    c.locked();
+    sept::write_locked(slot.word, 0);
+    td.sept.free_page(cur);
+    td.chldcnt.add(c.lp, -1);
+    pe.set(PamtPageType::NDA, 0);
+    c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
+    a.rcx = entry.pfn * PAGE;
+    a.rdx = 0;
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.SEPT.RD. Locks: TDR S:RDX, op state S, tree S, the entry.
+pub(crate) fn sept_rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, 0, td.pwl())?;
+    let slot = c.walk(td, gpa, level, Some(Shared), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    c.locked();
+    details(a, e, level);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.PAGE.ADD (model §4.15). Locks: TDR X:RDX (which makes the tree
+/// the leaf's alone: no op-state, tree or entry lock), the new page X:R8.
+pub(crate) fn page_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Exclusive)?;
+    c.tdcs(td, None, &[OpState::Initialized])?;
+    let (gpa, _) = pinfo(rcx, 0, 0)?;
+    let slot = c.walk(td, gpa, 0, None, a)?;
+    let e = td.sept.view(slot.value);
+    if e.is_some() {
+        return Err(state_incorrect(a, e, 0));
+    }
+    let s = c.sim;
+    if !s.machine.shared_hpa_ok(a.r9, PAGE, PAGE) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R9));
+    }
+    let pe = c.explicit(a.r8, OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
+    c.locked();
+    let mut src = vec![0u8; PAGE as usize];
+    s.module_read(a.r9, &mut src, "TDH.MEM.PAGE.ADD");
+    let page = a.r8 / PAGE;
+    pe.set(PamtPageType::REG, td.tdr());
+    s.mem
+        .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
+    s.mem.write(page * PAGE, &src);
+    slot.word
+        .store(word(SeptState::MAPPED, page), Ordering::Release);
+    td.chldcnt.add(c.lp, 1);
+    if let Some(h) = &mut td.ctl().measurement {
+        h.update(MeasurementBlock::page_add(gpa).as_bytes());
+    }
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.PAGE.AUG (model §4.16). Locks: TDR S:RDX, op state S, tree S,
+/// the entry, the new page X:R8 at the mapping level (a 2M page: its 2M
+/// PAMT entry; the 512 4K entries below are read without locks).
+///
+/// Module 1.5 maps 4K and 2M pages only (PINFO(0,1)); a 1G mapping is
+/// built by PROMOTE.
+pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    let allowed: &[OpState] = if c.sim.machine.desc.profile.aug_before_finalize {
+        &[OpState::Runnable, OpState::Initialized]
+    } else {
+        &[OpState::Runnable]
+    };
+    c.tdcs(td, Some(Shared), allowed)?;
+    let (gpa, level) = pinfo(rcx, 0, 1)?;
+    let slot = c.walk(td, gpa, level, Some(Shared), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    if e.is_some_and(|s| s.state != SeptState::REMOVED) {
+        return Err(state_incorrect(a, e, level));
+    }
+    let pe = c.free_range(a.r8, OperandId::R8, level)?;
+    c.locked();
+    let page = a.r8 / PAGE;
+    let n = pages_of(level);
+    c.write_entry_unlock(slot.word, word(SeptState::PENDING, page));
+    td.chldcnt.add(c.lp, n as i64);
+    pe.set(PamtPageType::REG, td.tdr());
+    c.sim
+        .mem
+        .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), true);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// The checks TDH.MEM.RANGE.BLOCK (model §4.17) and UNBLOCK (§4.19)
+/// share: TDR S:RDX; op state S → {INITIALIZED, RUNNABLE}; PINFO
+/// (0..=pwl); tree X; the entry, which must not be FREE. Returns (TD,
+/// level, entry, its word).
+fn blockable_entry<'s>(
+    c: &mut Call<'s>,
+    a: &mut SeamcallArgs,
+) -> Result<(&'s Td, u8, Septe, &'s crate::locks::AtomicU64), TdxStatus> {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, 0, td.pwl())?;
+    let slot = c.walk(td, gpa, level, Some(Exclusive), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    let Some(entry) = e else {
+        return Err(state_incorrect(a, e, level));
+    };
+    Ok((td, level, entry, slot.word))
+}
+
+/// The PAMT entry that records when `entry` (at `level`) was blocked: the
+/// page's own, or for a non-leaf entry the child S-EPT page's.
+fn stamp(s: &SimState, entry: Septe, level: u8) -> Option<&crate::pamt::Entry> {
+    let lvl = if matches!(entry.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED) {
+        0
+    } else {
+        level
+    };
+    let pa = entry.pfn * PAGE;
+    s.pamt.block(pa).map(|t| t.entry(lvl, pa))
+}
+
+/// TDH.MEM.RANGE.BLOCK (model §4.17). Locks: TDR S:RDX, op state S, tree
+/// X, the entry (the page's block epoch is written without a PAMT lock).
+pub(crate) fn range_block(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (td, level, entry, w) = blockable_entry(c, a)?;
+    let e = Some(entry);
+    let new = match entry.state {
+        SeptState::MAPPED => SeptState::BLOCKED,
+        SeptState::PENDING => SeptState::PENDING_BLOCKED,
+        SeptState::NL_MAPPED => SeptState::NL_BLOCKED,
+        SeptState::BLOCKED | SeptState::PENDING_BLOCKED | SeptState::NL_BLOCKED => {
+            details(a, e, level);
+            return Err(op(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, OperandId::RCX));
+        }
+        _ => return Err(state_incorrect(a, e, level)),
+    };
+    c.locked();
+    let cur = w.load(Ordering::Acquire);
+    sept::write_locked(w, word(new, target_of(cur)));
+    if let Some(pe) = stamp(c.sim, entry, level) {
+        pe.set_bepoch(td.td_epoch());
+    }
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.RANGE.UNBLOCK (model §4.19). Locks: TDR S:RDX, op state S, tree
+/// X, the entry (the block epoch is read without a PAMT lock).
+pub(crate) fn range_unblock(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (td, level, entry, w) = blockable_entry(c, a)?;
+    let e = Some(entry);
+    let new = match entry.state {
+        SeptState::BLOCKED => SeptState::MAPPED,
+        SeptState::PENDING_BLOCKED => SeptState::PENDING,
+        SeptState::NL_BLOCKED => SeptState::NL_MAPPED,
+        _ => return Err(state_incorrect(a, e, level)),
+    };
+    if running(td) {
+        let bepoch = stamp(c.sim, entry, level).map_or(0, |pe| pe.bepoch());
+        if !tracked(td, bepoch) {
+            return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE));
+        }
+    }
+    c.locked();
+    let cur = w.load(Ordering::Acquire);
+    c.write_entry_unlock(w, word(new, target_of(cur)));
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.TRACK (model §4.18). Locks: TDR S:RCX, op state S, epoch X.
+pub(crate) fn track(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let td = c.tdr(a.rcx, OperandId::RCX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    c.epoch(td, Exclusive)?;
+    // No vCPU runs in the model: the previous epoch's refcount is 0.
+    c.locked();
+    td.set_td_epoch(td.td_epoch() + 1);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// The checks TDH.MEM.PAGE.REMOVE (model §4.20) and TDH.MEM.PAGE.DEMOTE
+/// (a model choice, the same checks) share: TDR S:RDX; op state S →
+/// {INITIALIZED, RUNNABLE}; PINFO (`min_level`..=2); tree S; the leaf
+/// entry. Returns (TD, GPA, level, leaf, its word).
+#[allow(clippy::type_complexity)]
+fn leaf_entry<'s>(
+    c: &mut Call<'s>,
+    a: &mut SeamcallArgs,
+    min_level: u8,
+) -> Result<(&'s Td, u64, u8, Septe, &'s crate::locks::AtomicU64), TdxStatus> {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, min_level, 2)?;
+    let slot = c.walk(td, gpa, level, Some(Shared), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    let Some(entry) = e.filter(|s| is_leaf_state(s.state)) else {
+        return Err(state_incorrect(a, e, level));
+    };
+    Ok((td, gpa, level, entry, slot.word))
+}
+
+/// For a running TD: the leaf must be blocked, and its block epoch (from
+/// `bepoch`) tracked.
+fn blocked_and_tracked(
+    td: &Td,
+    a: &mut SeamcallArgs,
+    entry: Septe,
+    level: u8,
+    bepoch: u64,
+) -> Result<(), TdxStatus> {
+    if running(td) {
+        if !matches!(entry.state, SeptState::BLOCKED | SeptState::PENDING_BLOCKED) {
+            details(a, Some(entry), level);
+            return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
+        }
+        if !tracked(td, bepoch) {
+            return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
+        }
+    }
+    Ok(())
+}
+
+/// TDH.MEM.PAGE.REMOVE (model §4.20). Locks: TDR S:RDX, op state S, tree
+/// S, the entry, the page's PAMT entry at its mapping level (implicit X,
+/// `BUSY|RCX`).
+pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (td, _, level, entry, w) = leaf_entry(c, a, 0)?;
+    let pe = c.implicit(entry.pfn * PAGE, level, Exclusive, OperandId::RCX)?;
+    blocked_and_tracked(td, a, entry, level, pe.bepoch())?;
+    c.locked();
+    c.write_entry_unlock(w, 0);
+    let n = pages_of(level);
+    td.chldcnt.add(c.lp, -(n as i64));
+    pe.set(PamtPageType::NDA, 0);
+    c.sim.mem.take_from_module(entry.pfn, entry.pfn + n);
+    a.rcx = entry.pfn * PAGE;
+    a.rdx = 0;
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.PAGE.DEMOTE: splits the 2M or 1G leaf at RCX into 512 leaves
+/// one level down, with the new S-EPT page in R8. Locks: TDR S:RDX, op
+/// state S, tree S, the leaf entry, the new page X:R8, and for a moment
+/// the page's own PAMT entry X (`pamt_demote`, `BUSY|RCX`). Running TDs:
+/// the leaf must be blocked and tracked; the new entries are unblocked.
+/// (Model choices where the model leaves DEMOTE out.)
+pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (td, _, level, entry, w) = leaf_entry(c, a, 1)?;
+    let pa = entry.pfn * PAGE;
+    let t = c.sim.pamt.block(pa).expect("a mapped page is in a TDMR");
+    blocked_and_tracked(td, a, entry, level, t.peek(level, pa).bepoch)?;
+    let r8 = a.r8;
+    let se = c.explicit(r8, OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
+    c.locked();
+    // pamt_demote: the big page's entry exclusively for the time it takes
+    // to hand its type and owner down to its 512 children.
+    let big = t.entry(level, pa);
+    big.lock
+        .acquire(Exclusive, LockSide::Host)
+        .map_err(|b| op(b.status(), OperandId::RCX))?;
+    let tdr = td.tdr();
+    let step = pages_of(level - 1);
+    for i in 0..512 {
+        t.entry(level - 1, (entry.pfn + i * step) * PAGE)
+            .set(PamtPageType::REG, tdr);
+    }
+    big.set(PamtPageType::NDA, 0);
+    big.lock.release(Exclusive);
+    let child_state = match entry.state {
+        SeptState::BLOCKED | SeptState::MAPPED => SeptState::MAPPED,
+        _ => SeptState::PENDING,
+    };
+    let sept_page = r8 / PAGE;
+    se.set(PamtPageType::EPT, tdr);
+    c.sim
+        .mem
+        .give_to_module(sept_page, sept_page + 1, ModuleUse::Td, td.hkid(), true);
+    let child = td.sept.add_page(sept_page);
+    let nl = word(SeptState::NL_MAPPED, child);
+    for (i, e) in td.sept.children(nl).iter().enumerate() {
+        e.store(
+            word(child_state, entry.pfn + i as u64 * step),
+            Ordering::Relaxed,
+        );
+    }
+    sept::write_locked(w, nl);
+    td.chldcnt.add(c.lp, 1);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MEM.PAGE.PROMOTE: merges the 512 leaves below the entry at RCX
+/// (level 1 or 2) into one page of that level, when they map one aligned,
+/// contiguous run in the same state, and frees the S-EPT page (returned in
+/// RCX). Locks: TDR S:RDX, op state S, tree S, the parent entry, the merged
+/// S-EPT page's PAMT entry (implicit X, `BUSY|RCX`), each of the 512 child
+/// entries in turn (`BUSY|RCX` with the parent's details, as the module
+/// writes them), and for a moment the new page's PAMT entry X
+/// (`pamt_promote`, `BUSY|RCX`). Running TDs: the entry must be blocked
+/// and tracked. (Model choices where the model leaves PROMOTE out.)
+pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (rcx, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    let (gpa, level) = pinfo(rcx, 1, 2)?;
+    let slot = c.walk(td, gpa, level, Some(Shared), a)?;
+    let e = c.lock_entry(td, &slot, a)?;
+    let Some(entry) = e.filter(|s| matches!(s.state, SeptState::NL_MAPPED | SeptState::NL_BLOCKED))
+    else {
+        return Err(state_incorrect(a, e, level));
+    };
+    let cur = slot.word.load(Ordering::Acquire);
+    let spe = c.implicit(entry.pfn * PAGE, 0, Exclusive, OperandId::RCX)?;
+    if running(td) {
+        if entry.state != SeptState::NL_BLOCKED {
+            details(a, e, level);
+            return Err(op(TdxStatus::GPA_RANGE_NOT_BLOCKED, OperandId::RCX));
+        }
+        if !tracked(td, spe.bepoch()) {
+            return Err(op(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::RCX));
+        }
+    }
+    let step = pages_of(level - 1);
+    let not_mergeable = || op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
+    let children = td.sept.children(cur);
+    let mut first: Option<Septe> = None;
+    for (i, w) in children.iter().enumerate() {
+        if septe::lock_host(w).is_err() {
+            details(a, e, level);
+            return Err(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
+        }
+        c.held.push(Held::Septe(w));
+        let child = td.sept.view(w.load(Ordering::Acquire));
+        match (i, first, child) {
+            (0, _, Some(f))
+                if matches!(f.state, SeptState::MAPPED | SeptState::PENDING)
+                    && f.pfn % (step * 512) == 0 =>
+            {
+                first = Some(f);
+            }
+            (0, ..) => return Err(not_mergeable()),
+            (_, Some(f), Some(ch)) if ch.state == f.state && ch.pfn == f.pfn + i as u64 * step => {}
+            _ => return Err(not_mergeable()),
+        }
+    }
+    let first = first.expect("512 children checked");
+    c.locked();
+    // pamt_promote: the merged page's entry exclusively for the time it
+    // takes to gather its 512 children's type and owner.
+    let base = first.pfn * PAGE;
+    let t = c.sim.pamt.block(base).expect("a mapped page is in a TDMR");
+    let big = t.entry(level, base);
+    big.lock
+        .acquire(Exclusive, LockSide::Host)
+        .map_err(|b| op(b.status(), OperandId::RCX))?;
+    for i in 0..512 {
+        t.entry(level - 1, (first.pfn + i * step) * PAGE)
+            .set(PamtPageType::NDA, 0);
+    }
+    big.set(PamtPageType::REG, td.tdr());
+    big.lock.release(Exclusive);
+    // The children's page goes away with their locks.
+    c.held.forget_last(512);
+    sept::write_locked(slot.word, word(first.state, first.pfn));
+    td.sept.free_page(cur);
+    td.chldcnt.add(c.lp, -1);
+    spe.set(PamtPageType::NDA, 0);
+    c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
+    a.rcx = entry.pfn * PAGE;
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
+/// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is at frame
+/// `tdr` becomes MAPPED.
+///
+/// The guest takes no tree lock; it walks to the entry (a missing or
+/// blocked entry above stops it: `TDX_EPT_WALK_FAILED`) and takes the
+/// entry's lock as the guest: held by someone, or marked for a host that
+/// failed on it (host priority), the guest sees `TDX_OPERAND_BUSY|RCX` (the
+/// TD dispatcher turns BUSY_HOST_PRIORITY into BUSY). A leaf that is not
+/// PENDING gives `TDX_EPT_ENTRY_STATE_INCORRECT`. The statuses other than
+/// BUSY are the host leaves'; the guest ABI's (and the host-priority
+/// timeout's TD exit, since no vCPU runs) are not modelled.
+pub(crate) fn guest_accept(s: &SimState, tdr: u64, gpa: u64, level: u8) -> TdxStatus {
+    let Some(td) = td_of(s, tdr) else {
+        return TdxStatus::OPERAND_INVALID;
+    };
+    if !td.private_gpa(gpa) {
+        return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+    }
+    let Ok(slot) = td.sept.walk(td.pwl(), gpa, level) else {
+        return op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX);
+    };
+    if septe::lock_guest(slot.word).is_err() {
+        return op(TdxStatus::OPERAND_BUSY, OperandId::RCX);
+    }
+    let cur = slot.word.load(Ordering::Acquire);
+    let status = if state_of(cur) == SeptState::PENDING {
+        // The module writes its whole copy back (clearing a host-priority
+        // mark set meanwhile), then releases the lock.
+        slot.word.store(
+            word(SeptState::MAPPED, target_of(cur)) | septe::LOCK,
+            Ordering::Release,
+        );
+        TdxStatus::SUCCESS
+    } else {
+        TdxStatus::EPT_ENTRY_STATE_INCORRECT
+    };
+    septe::unlock(slot.word);
+    status
+}
+
+/// The TD whose TDR is at frame `tdr`, looked up without locks (for the
+/// simulator's own diagnostics and the guest side).
+pub(crate) fn td_of(s: &SimState, tdr: u64) -> Option<&Td> {
+    let pa = tdr.checked_mul(PAGE)?;
+    let t = s.pamt.block(pa)?;
+    let e: PamtEntry = t.peek(0, pa);
+    (e.pt == PamtPageType::TDR).then(|| s.tds.get(t.entry(0, pa).owner_field()))
+}

@@ -1,0 +1,75 @@
+//! TDH.MR.EXTEND and TDH.MR.FINALIZE: the TD's build-time measurement
+//! (`src/vmm_dispatcher/api_calls/tdh_mr_*.c`; model §4.22, §4.23, §5.6).
+//! Both take only the TDR, exclusively (which makes the TDCS and the S-EPT
+//! the leaf's alone).
+
+use sha2::Digest;
+use tdx_sys::SeamcallArgs;
+use tdx_types::{OperandId, TdxStatus, abi::MeasurementBlock, regs::SeptState};
+
+use crate::{
+    dispatch::{Call, LeafResult, op},
+    locks::LockMode::Exclusive,
+    memory::PAGE,
+    sept::{details, is_leaf_state},
+    td::OpState,
+};
+
+/// TDH.MR.EXTEND (model §4.22). Locks: TDR X:RDX.
+pub(crate) fn extend(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let (gpa, rdx) = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    let td = c.tdr(rdx, OperandId::RDX, Exclusive)?;
+    c.tdcs(td, None, &[OpState::Initialized])?;
+    if !gpa.is_multiple_of(256) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    if !td.private_gpa(gpa) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    // Walk to whatever leaf maps the GPA.
+    let end = match td.sept.walk(td.pwl(), gpa, 0) {
+        Ok(s) | Err(s) => s,
+    };
+    let e = td.sept.view(end.value);
+    let entry = match e {
+        Some(s)
+            if is_leaf_state(s.state)
+                && s.state != SeptState::BLOCKED
+                && s.state != SeptState::PENDING_BLOCKED =>
+        {
+            s
+        }
+        _ => {
+            details(a, e, end.level);
+            return Err(op(TdxStatus::EPT_ENTRY_NOT_PRESENT, OperandId::RCX));
+        }
+    };
+    if entry.state != SeptState::MAPPED {
+        return Err(TdxStatus::EPT_ENTRY_NOT_PRESENT);
+    }
+    c.locked();
+    let offset = gpa & ((PAGE << (9 * u32::from(end.level))) - 1);
+    let mut chunk = [0u8; 256];
+    c.sim.mem.read(entry.pfn * PAGE + offset, &mut chunk);
+    if let Some(h) = &mut td.ctl().measurement {
+        h.update(MeasurementBlock::mr_extend(gpa).as_bytes());
+        h.update(chunk);
+    }
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.MR.FINALIZE (model §4.23). Locks: TDR X:RCX.
+pub(crate) fn finalize(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let td = c.tdr(a.rcx, OperandId::RCX, Exclusive)?;
+    c.tdcs(td, None, &[OpState::Initialized])?;
+    if td.ctl().num_vcpus == 0 {
+        return Err(TdxStatus::NO_VCPUS);
+    }
+    c.locked();
+    let mut ctl = td.ctl();
+    let h = ctl.measurement.take().unwrap_or_default();
+    ctl.mrtd = Some(h.finalize().into());
+    td.set_op_state(OpState::Runnable);
+    Ok(TdxStatus::SUCCESS)
+}

@@ -1,0 +1,473 @@
+//! TDH.SYS.*: module bring-up, global metadata and shutdown
+//! (`src/vmm_dispatcher/api_calls/tdh_sys_*.c`; model §1-§2, §4.1-§4.6).
+//!
+//! INIT, CONFIG, KEY.CONFIG and SHUTDOWN take the module's global lock
+//! exclusively and LP.INIT shares it (another holder: `TDX_SYS_BUSY`);
+//! TDMR.INIT takes its TDR's mutex (`TDX_OPERAND_BUSY|RCX`); RD and
+//! LP.SHUTDOWN take no lock.
+
+use tdx_sys::SeamcallArgs;
+use tdx_types::{
+    OperandId, TdxStatus, abi::TdmrInfo, metadata::TdxFeatures0, regs::ShutdownHandoff,
+};
+use zerocopy::FromBytes;
+
+use crate::{
+    dispatch::{Call, LeafResult, op},
+    kot::KotState,
+    locks::{LockMode, Ordering},
+    memory::{CacheLines, ModuleUse, PAGE},
+    pamt::{GIB, TdmrSpec},
+    state::{Shared, SysState},
+    violation::Violation,
+};
+
+const MAX_PA: u64 = 1 << 52;
+
+/// `api_error_with_multiple_info`: the status with detail bytes.
+fn detail(code: TdxStatus, b0: usize, b1: usize, b2: usize) -> TdxStatus {
+    code.with_config_detail(b0 as u8, b1 as u8, b2 as u8)
+}
+
+fn info_status(code: TdxStatus, i: usize) -> TdxStatus {
+    detail(code, i, 0, 0)
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Levels in the TDMR_INFO check order of model §2.3 step 8 and 11: 1G, 2M, 4K.
+const LEVELS_1G_FIRST: [usize; 3] = [2, 1, 0];
+/// Levels in the order of steps 9 and 10: 4K, 2M, 1G.
+const LEVELS_4K_FIRST: [usize; 3] = [0, 1, 2];
+
+/// TDH.SYS.INIT (model §4.1). Locks: global X.
+pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    c.sys_lock(LockMode::Exclusive)?;
+    if a.rcx != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let sys = &c.sim.sys;
+    if sys.state() != SysState::SysInitPending {
+        return Err(TdxStatus::SYS_INIT_NOT_PENDING);
+    }
+    c.locked();
+    let mut d = sys.data();
+    d.num_init_lps = 0;
+    d.num_init_pkgs = 0;
+    d.lp_init.fill(false);
+    d.pkg_configured.fill(false);
+    sys.set_state(SysState::SysInitDone);
+    (a.rcx, a.rdx, a.r8, a.r9, a.r10) = (0, 0, 0, 0, 0);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.SYS.LP.INIT (model §4.2). Locks: global S.
+pub(crate) fn lp_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    c.sys_lock(LockMode::Shared)?;
+    let sys = &c.sim.sys;
+    if sys.state() != SysState::SysInitDone {
+        return Err(TdxStatus::SYS_LP_INIT_NOT_PENDING);
+    }
+    let lp = c.lp as usize;
+    let mut d = sys.data();
+    if d.lp_init[lp] {
+        return Err(TdxStatus::SYS_LP_INIT_DONE);
+    }
+    drop(d);
+    c.locked();
+    d = sys.data();
+    d.lp_init[lp] = true;
+    d.num_init_lps += 1;
+    (a.rcx, a.rdx, a.r8) = (0, 0, 0);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.SYS.RD (model §4.6). No lock.
+pub(crate) fn rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let sys = &c.sim.sys;
+    if !sys.data().lp_init[c.lp as usize] {
+        return Err(TdxStatus::SYS_LP_INIT_NOT_DONE);
+    }
+    c.locked();
+    let fields = &sys.fields;
+    // A null field ID (all ones) asks for the first field ID.
+    if a.rdx == u64::MAX {
+        a.rdx = fields.first().map_or(u64::MAX, |(f, _)| f.into_raw());
+        a.r8 = 0;
+        return Ok(TdxStatus::METADATA_FIRST_FIELD_ID_IN_CONTEXT);
+    }
+    match sys.field_index.get(&a.rdx) {
+        Some(&i) => {
+            a.r8 = fields[i].1;
+            a.rdx = fields.get(i + 1).map_or(u64::MAX, |(f, _)| f.into_raw());
+            Ok(TdxStatus::SUCCESS)
+        }
+        None => {
+            a.r8 = 0;
+            Err(TdxStatus::METADATA_FIELD_ID_INCORRECT)
+        }
+    }
+}
+
+/// TDH.SYS.CONFIG (model §2). Locks: global X.
+pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    c.sys_lock(LockMode::Exclusive)?;
+    let s = c.sim;
+    let m = &s.machine;
+    if s.sys.state() != SysState::SysInitDone {
+        return Err(TdxStatus::SYS_CONFIG_NOT_PENDING);
+    }
+    if s.sys.data().num_init_lps < m.desc.lps() {
+        return Err(TdxStatus::SYS_CONFIG_NOT_PENDING);
+    }
+    let n = a.rdx;
+    if !m.shared_hpa_ok(a.rcx, 512, n.clamp(1, 64) * 8) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    if n > 64 || n > u64::from(m.desc.profile.max_tdmrs) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    if n < 1 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    if a.r8 >> 16 != 0 || !m.is_private_hkid(a.r8) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    }
+    // Model choice: v1's R9 may only enable features the module has and
+    // lets the host configure (the references do not say what the module
+    // answers otherwise).
+    let features = TdxFeatures0::from_bits(if c.version >= 1 { a.r9 } else { 0 });
+    let allowed = m.desc.profile.configurable_features.into_bits();
+    if features.into_bits() & !allowed != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R9));
+    }
+    // Side effect before the TDMR checks, not undone on failure (quirk).
+    let hkid = a.r8 as u16;
+    s.kot.data().state.insert(hkid, KotState::Reserved);
+    s.sys.set_global_hkid(hkid);
+
+    let mut entries = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let pa = s.module_read_u64(a.rcx + 8 * i, "TDH.SYS.CONFIG");
+        if !m.shared_hpa_ok(pa, 512, 320) {
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+        }
+        entries.push(pa);
+    }
+    let mut tdmrs: Vec<TdmrSpec> = Vec::with_capacity(entries.len());
+    for (i, &pa) in entries.iter().enumerate() {
+        let mut bytes = [0u8; 512];
+        s.module_read(pa, &mut bytes[..320], "TDH.SYS.CONFIG");
+        let info = TdmrInfo::read_from_bytes(&bytes).expect("512 bytes make a TdmrInfo");
+        tdmrs.push(check_tdmr(s, i, &info, &tdmrs)?);
+    }
+    c.locked();
+    // Success: the PAMTs now belong to the module.
+    for (i, t) in tdmrs.iter().enumerate() {
+        for &(b, sz) in &t.pamt {
+            let (fa, fb) = (b / PAGE, (b + sz) / PAGE);
+            s.mem.set_owned(fa, fb, ModuleUse::Pamt(i as u8));
+            s.mem.set_state(fa, fb, crate::memory::PageState::Module);
+        }
+    }
+    s.pamt.configure(tdmrs);
+    let mut d = s.sys.data();
+    d.features = features;
+    d.pkg_configured.fill(false);
+    d.num_init_pkgs = 0;
+    s.sys.set_state(SysState::SysConfigDone);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// The per-TDMR checks of model §2.3, in order.
+fn check_tdmr(
+    s: &Shared,
+    i: usize,
+    info: &TdmrInfo,
+    prev: &[TdmrSpec],
+) -> Result<TdmrSpec, TdxStatus> {
+    let (base, size) = (info.base(), info.size());
+    let tdmr_err = Err(info_status(TdxStatus::INVALID_TDMR, i));
+    // 1
+    let Some(end) = base.checked_add(size) else {
+        return tdmr_err;
+    };
+    // 2, 3
+    if let Some(p) = prev.last()
+        && (base < p.base || base < p.base + p.size)
+    {
+        return Err(info_status(TdxStatus::NON_ORDERED_TDMR, i));
+    }
+    // 4
+    if base % GIB != 0 || size % GIB != 0 || size == 0 {
+        return tdmr_err;
+    }
+    // 5, 6
+    let m = &s.machine;
+    if base >= MAX_PA || m.has_hkid_bits(base) || end > MAX_PA || m.has_hkid_bits(end - 1) {
+        return tdmr_err;
+    }
+    // 7: reserved areas.
+    let slots = info.reserved_area_slots();
+    let nslots = slots
+        .len()
+        .min(usize::from(m.desc.profile.max_reserved_per_tdmr));
+    let mut reserved = Vec::new();
+    let mut prev_area: Option<(u64, u64)> = None;
+    for j in 0..nslots {
+        let (off, sz) = (slots[j].offset(), slots[j].size());
+        if sz == 0 {
+            if j + 1 < nslots && slots[j + 1].size() != 0 {
+                return Err(detail(TdxStatus::NON_ORDERED_RESERVED_IN_TDMR, i, j, 0));
+            }
+            continue;
+        }
+        let bad = Err(detail(TdxStatus::INVALID_RESERVED_IN_TDMR, i, j, 0));
+        let Some(off_end) = off.checked_add(sz) else {
+            return bad;
+        };
+        if let Some((po, ps)) = prev_area
+            && (off < po || off < po + ps)
+        {
+            return Err(detail(TdxStatus::NON_ORDERED_RESERVED_IN_TDMR, i, j, 0));
+        }
+        if off % PAGE != 0 || sz % PAGE != 0 {
+            return bad;
+        }
+        let Some(abs) = base.checked_add(off) else {
+            return bad;
+        };
+        let Some(abs_end) = abs.checked_add(sz) else {
+            return bad;
+        };
+        if off_end > size {
+            return bad;
+        }
+        reserved.push((abs, abs_end));
+        prev_area = Some((off, sz));
+    }
+    // 8: PAMT addresses and sizes, 1G then 2M then 4K.
+    let pamt = [info.pamt_4k(), info.pamt_2m(), info.pamt_1g()];
+    let esz = m.desc.profile.pamt_entry_size;
+    for l in LEVELS_1G_FIRST {
+        let (pb, ps) = pamt[l];
+        let bad = Err(detail(TdxStatus::INVALID_PAMT, i, l, 0));
+        let Some(pe) = pb.checked_add(ps) else {
+            return bad;
+        };
+        if pb % PAGE != 0 || ps % PAGE != 0 {
+            return bad;
+        }
+        if pb >= MAX_PA || m.has_hkid_bits(pb) {
+            return bad;
+        }
+        if ps != 0 && (pe > MAX_PA || m.has_hkid_bits(pe - 1)) {
+            return bad;
+        }
+        // A zero-size PAMT fails here too: every level needs entries.
+        let required = (size >> (12 + 9 * l)) * u64::from(esz[l]);
+        if ps < required {
+            return bad;
+        }
+    }
+    let this = TdmrSpec {
+        base,
+        size,
+        reserved,
+        pamt,
+    };
+    let range = |(b, s): (u64, u64)| (b, b + s);
+    // 9: PAMT vs PAMT.
+    for (k, other) in prev.iter().enumerate() {
+        for l in LEVELS_4K_FIRST {
+            if other
+                .pamt
+                .iter()
+                .any(|&p| overlaps(range(this.pamt[l]), range(p)))
+            {
+                return Err(detail(TdxStatus::PAMT_OVERLAP, i, l, k));
+            }
+        }
+    }
+    if overlaps(range(this.pamt[0]), range(this.pamt[1]))
+        || overlaps(range(this.pamt[0]), range(this.pamt[2]))
+    {
+        return Err(detail(TdxStatus::PAMT_OVERLAP, i, 0, i));
+    }
+    if overlaps(range(this.pamt[1]), range(this.pamt[2])) {
+        return Err(detail(TdxStatus::PAMT_OVERLAP, i, 1, i));
+    }
+    // 10: PAMT vs non-reserved TDMR memory.
+    let all: Vec<&TdmrSpec> = prev.iter().chain(std::iter::once(&this)).collect();
+    for (k, other) in all.iter().enumerate() {
+        let other_free = other.non_reserved();
+        for l in LEVELS_4K_FIRST {
+            if other_free.iter().any(|&r| overlaps(range(this.pamt[l]), r)) {
+                return Err(detail(TdxStatus::PAMT_OVERLAP, i, l, k));
+            }
+        }
+        if k < i {
+            let this_free = this.non_reserved();
+            for l in LEVELS_4K_FIRST {
+                if this_free.iter().any(|&r| overlaps(range(other.pamt[l]), r)) {
+                    return Err(detail(TdxStatus::PAMT_OVERLAP, k, l, i));
+                }
+            }
+        }
+    }
+    // 11: PAMT in a merged CMR, 1G then 2M then 4K.
+    for l in LEVELS_1G_FIRST {
+        let (st, e) = range(this.pamt[l]);
+        if !in_merged_cmr(s, st, e) {
+            return Err(detail(TdxStatus::PAMT_OUTSIDE_CMRS, i, l, 0));
+        }
+    }
+    // 12: every non-reserved part in a merged CMR.
+    if this
+        .non_reserved()
+        .iter()
+        .any(|&(st, e)| !in_merged_cmr(s, st, e))
+    {
+        return Err(info_status(TdxStatus::TDMR_OUTSIDE_CMRS, i));
+    }
+    Ok(this)
+}
+
+/// `is_area_in_cmr`: back-to-back CMRs (in array order) chain into one.
+fn in_merged_cmr(s: &Shared, start: u64, end: u64) -> bool {
+    let mut merged_start = None;
+    let mut prev_end = None;
+    for &(cs, ce) in &s.machine.cmrs {
+        if cs == ce {
+            continue;
+        }
+        merged_start = match (merged_start, prev_end) {
+            (Some(ms), Some(pe)) if pe == cs => Some(ms),
+            _ => Some(cs),
+        };
+        prev_end = Some(ce);
+        if start >= merged_start.unwrap_or(cs) && end <= ce {
+            return true;
+        }
+    }
+    false
+}
+
+/// TDH.SYS.KEY.CONFIG (model §4.4). Locks: global X.
+pub(crate) fn key_config(c: &mut Call<'_>) -> LeafResult {
+    c.sys_lock(LockMode::Exclusive)?;
+    let s = c.sim;
+    if s.sys.state() != SysState::SysConfigDone {
+        return Err(TdxStatus::SYS_KEY_CONFIG_NOT_PENDING);
+    }
+    let pkg = c.package() as usize;
+    if s.sys.data().pkg_configured[pkg] {
+        return Err(TdxStatus::KEY_CONFIGURED);
+    }
+    c.locked();
+    let mut d = s.sys.data();
+    // Cache rule (Linux: WBINVD on all CPUs before the first KEY.CONFIG):
+    // PAMT lines the host dirtied under KeyID 0 must be gone before the
+    // module writes the PAMT under the global KeyID.
+    if d.num_init_pkgs == 0 {
+        for (b, sz) in s.pamt.tdmrs().iter().flat_map(|t| t.pamt) {
+            if let Some(pfn) = s.mem.host_dirty(b / PAGE, (b + sz) / PAGE) {
+                s.violation(Violation::KeyConfigWithDirtyPamt { pfn });
+                break;
+            }
+        }
+    }
+    d.pkg_configured[pkg] = true;
+    d.num_init_pkgs += 1;
+    if d.num_init_pkgs as usize == d.pkg_configured.len() {
+        s.sys.set_state(SysState::Ready);
+    }
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.SYS.TDMR.INIT (model §4.5). Locks: the TDMR's mutex.
+pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    a.rdx = 0;
+    let s = c.sim;
+    let base = a.rcx;
+    if !base.is_multiple_of(GIB) || base >= MAX_PA || s.machine.has_hkid_bits(base) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let tdmrs = s.pamt.tdmrs();
+    // Hosts call this leaf in long runs on one TDMR: try the last one first.
+    let hint = s.sys.data().last_tdmr;
+    let i = match tdmrs.get(hint) {
+        Some(t) if t.base == base => hint,
+        _ => match tdmrs.binary_search_by_key(&base, |t| t.base) {
+            Ok(i) => i,
+            Err(_) => return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX)),
+        },
+    };
+    s.sys.data().last_tdmr = i;
+    let t = &tdmrs[i];
+    c.mutex(&t.init_lock, OperandId::RCX)?;
+    let last = t.last_init.load(Ordering::Acquire);
+    if last >= t.end() {
+        return Err(TdxStatus::TDMR_ALREADY_INITIALIZED);
+    }
+    c.locked();
+    let chunk = s.machine.desc.profile.tdmr_init_chunk;
+    let hkid = s.sys.global_hkid().unwrap_or(0);
+    let from = last;
+    let to = (from + chunk).min(t.end());
+    t.last_init.store(to, Ordering::Release);
+    a.rdx = to & !(GIB - 1);
+    // The module wrote these PAMT entries under the global KeyID. Each
+    // level's dirty range only grows during initialization, so a level
+    // is re-marked only past what this TDMR already marked since the
+    // last flush of its PAMT (this keeps the call cheap: 2^20 of them for
+    // 4 TiB).
+    let (off_a, off_b) = (from - t.base, to - t.base);
+    let esz = s.machine.desc.profile.pamt_entry_size;
+    let mut marks = t.dirty_mark.lock().unwrap_or_else(|e| e.into_inner());
+    for (l, &entry) in esz.iter().enumerate() {
+        let (pb, psz) = t.pamt[l];
+        let generation = s.mem.cache_generation(pb / PAGE, (pb + psz).div_ceil(PAGE));
+        let shift = 12 + 9 * l as u32;
+        let first = (pb + (off_a >> shift) * u64::from(entry)) / PAGE;
+        let last = (pb + off_b.div_ceil(1 << shift) * u64::from(entry)).div_ceil(PAGE);
+        let (marked_to, marked_gen) = marks[l];
+        let from_page = if marked_gen == generation {
+            first.max(marked_to)
+        } else {
+            first
+        };
+        if from_page < last {
+            s.mem.mark_cache(from_page, last, CacheLines::Private(hkid));
+            marks[l] = (last, generation);
+        }
+    }
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.SYS.SHUTDOWN. Locks: global X; fails with `TDX_SYS_BUSY` while
+/// another LP is inside a SEAMCALL.
+pub(crate) fn shutdown(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let s = c.sim;
+    let h = ShutdownHandoff::from_bits(a.rcx);
+    let profile = &s.machine.desc.profile;
+    let reserved = a.rcx >> 17 != 0;
+    let compat_ok = !h.avoid_compat_sensitive() || profile.features0.update_compatibility();
+    if reserved || h.handoff_version() > profile.module_hv || !compat_ok {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    c.sys_lock(LockMode::Exclusive)?;
+    s.sys.set_state(SysState::Shutdown);
+    let others_busy =
+        s.lp_busy.iter().enumerate().any(|(lp, b)| {
+            lp != c.lp as usize && b.load(std::sync::atomic::Ordering::Acquire) != 0
+        });
+    if others_busy {
+        s.sys.set_state(SysState::Ready);
+        return Err(TdxStatus::SYS_BUSY);
+    }
+    c.locked();
+    Ok(TdxStatus::SUCCESS)
+}
