@@ -28,6 +28,7 @@ impl<H: TdHostRef> Td<Created, H> {
         let (b, p, tdr) = (self.b(), self.p(), self.tdr());
         let policy = self.host().policy();
         let mut failed = None;
+        let gate = self.host().global_leaves();
         for (pkg, cpu) in package_cpus(p) {
             let r = retry_on_cpu(
                 p,
@@ -48,6 +49,7 @@ impl<H: TdHostRef> Td<Created, H> {
                 break;
             }
         }
+        drop(gate);
         match failed {
             Some(e) => self.fail(e),
             None => Ok(self.into_state()),

@@ -33,6 +33,8 @@ pub struct TdHost<B, P> {
     /// Read once from the platform (its contract: they do not change).
     errata: Errata,
     policy: RetryPolicy,
+    /// Held around the TD-global leaves; see [`TdHost::global_leaves`].
+    global: spin::Mutex<()>,
 }
 
 impl<B, P> fmt::Debug for TdHost<B, P> {
@@ -111,6 +113,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             hkids: HkidPool::new(guest.start, guest.end),
             keyid_shift,
             policy: RetryPolicy::DEFAULT,
+            global: spin::Mutex::new(()),
         })
     }
 
@@ -151,6 +154,30 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             },
         )
         .map(|_| ())
+    }
+
+    /// Serializes the TD-global leaves of this host's TDs: TDH.MNG.CREATE,
+    /// TDH.MNG.KEY.CONFIG, and teardown's TDH.MNG.VPFLUSHDONE,
+    /// TDH.PHYMEM.CACHE.WB (every package, resumed until done) and
+    /// TDH.MNG.KEY.FREEID. The module serializes them too, through its key
+    /// tables (KOT, KET) and per-package write-back state, but it answers
+    /// BUSY instead of waiting, for as long as a CACHE.WB takes (a whole
+    /// cache flush): two TDs created or torn down at once would spend
+    /// their retries against each other, and a resumed CACHE.WB would find
+    /// another thread's CACHE.WB completed under it. KVM holds its global
+    /// `tdx_lock` around the same leaves (`arch/x86/kvm/vmx/tdx.c`).
+    ///
+    /// Waiting here yields ([`Platform::yield_now`]) when the host's retry
+    /// policy is [`Backoff::Yield`](crate::retry::Backoff::Yield), else
+    /// spins: creation and teardown run in the calling thread, never in an
+    /// `on_cpu` closure. Runtime operations (map, unmap, ...) never take it.
+    pub(crate) fn global_leaves(&self) -> spin::MutexGuard<'_, ()> {
+        loop {
+            if let Some(g) = self.global.try_lock() {
+                return g;
+            }
+            crate::retry::pause(self.module.platform(), self.policy);
+        }
     }
 
     /// The platform's errata, as read when the host was made.
@@ -212,6 +239,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
             }
         };
         p.clflush_page(tdr);
+        let gate = h.global_leaves();
         let r = retry(
             p,
             h.policy,
@@ -225,6 +253,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
                 unsafe { leaf::tdh_mng_create(h.module.backend(), tdr, hkid.get()) }
             },
         );
+        drop(gate);
         if let Err(e) = r {
             // SAFETY: TDH.MNG.CREATE failed, so the module did not take the
             // page; it is ours, allocated above, and only CLFLUSHed.

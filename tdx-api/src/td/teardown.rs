@@ -256,7 +256,9 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     let unflushed = core::mem::take(inner.unflushed.get_mut());
 
     // 2.-4. VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID.
+    let gate = host.global_leaves();
     let released = release_hkid(&mut cx, tdr);
+    drop(gate);
     if let Err(e) = released {
         cx.report.errors.push(e);
         let reason = "the HKID could not be released, so the module keeps the TD's pages";
