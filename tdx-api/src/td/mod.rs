@@ -111,16 +111,21 @@
 //! [`RetryPolicy::IMMEDIATE`] does. It takes `mmu_lock` for write around
 //! BLOCK/TRACK/kick/REMOVE, serializing every zap of a VM; here zaps of
 //! different GPAs proceed in parallel and a batch shares one TRACK and one
-//! kick (KVM tracks and kicks once per page). TD-global leaves
-//! (TDH.MNG.CREATE, VPFLUSHDONE, PHYMEM.CACHE.WB) run under KVM's global
-//! `tdx_lock`; here they rely on the module's own locks and the retry
-//! policy, and a CACHE.WB that another thread's CACHE.WB completed under
-//! it (`TDX_WBCACHE_RESUME_ERROR` on resume) is started again rather than
-//! failing the teardown.
+//! kick (KVM tracks and kicks once per page). The TD-global leaves
+//! (TDH.MNG.CREATE, KEY.CONFIG, VPFLUSHDONE, PHYMEM.CACHE.WB, KEY.FREEID)
+//! run one TD at a time per host, as under KVM's global `tdx_lock`: the
+//! module would otherwise answer BUSY on its key tables for as long as
+//! another TD's cache write-back takes. Should a CACHE.WB still find, on
+//! resume, that another caller's CACHE.WB completed under it
+//! (`TDX_WBCACHE_RESUME_ERROR`: a caller outside this host), it is started
+//! again rather than failing the teardown.
 //!
 //! **What may block or sleep.** Only [`Platform::yield_now`], called from
 //! the thread that called the library, when the policy is
-//! [`Backoff::Yield`](crate::retry::Backoff::Yield). Closures given to
+//! [`Backoff::Yield`](crate::retry::Backoff::Yield). Runtime operations
+//! never wait for another thread. Creating and tearing down a TD waits
+//! (yielding or spinning as the host's policy says) while another TD of
+//! the same host is in its TD-global leaves. Closures given to
 //! [`Platform::on_cpu`] issue exactly one SEAMCALL and never yield, so a
 //! platform may run them in atomic context. Allocation: the library's own
 //! records on the runtime path (tree nodes, batch lists) are allocated
