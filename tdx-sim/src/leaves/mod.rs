@@ -142,8 +142,12 @@ pub(crate) fn pinfo(rcx: u64, min: u8, max: u8) -> Result<(u64, u8), TdxStatus> 
     Ok((gpa, level))
 }
 
-/// `is_tlb_tracked` (model §5.5) with every refcount 0: the block epoch is
-/// at least one TRACK behind.
+/// `is_tlb_tracked` with every refcount 0 (no vCPU runs in the model): the
+/// block epoch is at least one TRACK behind. The TD epoch is read once:
+/// another LP's TRACK may advance it meanwhile, and two reads could see
+/// two epochs (a tracked page then looked untracked to a concurrent
+/// REMOVE).
 pub(crate) fn tracked(td: &Td, bepoch: u64) -> bool {
-    bepoch < td.td_epoch().saturating_sub(1) || bepoch == td.td_epoch().saturating_sub(1)
+    let epoch = td.td_epoch();
+    bepoch < epoch
 }
