@@ -661,6 +661,9 @@ struct Tally {
     ops: u64,
     ok: u64,
     contention: u64,
+    /// Of `contention`, the module's BUSY (the rest: another thread held
+    /// the entry).
+    busy: u64,
     refused: u64,
     /// Successes by kind (`KINDS`).
     ok_by: [u64; 9],
@@ -745,6 +748,10 @@ fn worker<H: TdHostRef>(
                 // As a vCPU would: back to the guest, which faults again
                 // later; let the thread holding the entry finish.
                 t.contention += 1;
+                t.busy += u64::from(matches!(e, TdError::Busy { .. }));
+                if std::env::var("STRESS_DEBUG").is_ok() && matches!(e, TdError::Busy { .. }) {
+                    eprintln!("BUSY kind {kind}: {e}");
+                }
                 std::thread::yield_now();
             }
             Err(e) => {
@@ -849,6 +856,7 @@ fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) {
         total.ops += t.ops;
         total.ok += t.ok;
         total.contention += t.contention;
+        total.busy += t.busy;
         total.refused += t.refused;
         for (a, b) in total.ok_by.iter_mut().zip(t.ok_by) {
             *a += b;

@@ -90,8 +90,10 @@ pub enum TdError {
         on: Operand,
     },
     /// Another thread is changing the entry of this GPA (or a table above
-    /// it) in the same TD. Nothing changed; the same call may succeed once
-    /// that thread is done.
+    /// it) in the same TD, or a removal on this TD is waiting for the
+    /// S-EPT tree lock and new mappings step aside until it has it.
+    /// Nothing changed; the same call may succeed once that thread is
+    /// done.
     #[error("GPA {0}: another thread is changing it")]
     InProgress(Gpa),
     /// The host allocator could not provide memory for the library's own

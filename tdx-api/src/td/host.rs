@@ -275,6 +275,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
                 deferred: Shared::default(),
                 ept_levels: 0,
                 policy,
+                zaps_waiting: core::sync::atomic::AtomicU32::new(0),
             })),
             host,
             _state: PhantomData,

@@ -10,11 +10,12 @@
 #![allow(unsafe_code)]
 
 use alloc::vec::Vec;
-use core::{fmt, ptr::NonNull};
+use core::{fmt, ptr::NonNull, sync::atomic::Ordering};
 
 use tdx_sys::{Completion, leaf, leaf::SeptOut};
 use tdx_types::{
     Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size1G, Size2M, Size4K, TdxLevel,
+    TdxStatus,
     regs::{PageInfo, TdrAndFlags},
 };
 
@@ -280,6 +281,11 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// (free → adding) for the caller, who then stores what it put there.
     pub(super) fn claim(&self, gpa: Gpa, level: TdxLevel) -> Result<Slot<'_>, TdError> {
         let (g, l) = (gpa.as_u64(), level.as_u8());
+        // A removal is waiting for the S-EPT tree lock that this mapping
+        // would take shared: step aside (see `retry_tree_exclusive`).
+        if self.inner.zaps_waiting.load(Ordering::Relaxed) != 0 {
+            return Err(TdError::InProgress(gpa));
+        }
         for _ in 0..WALK_RESTARTS {
             match self.inner.tree.walk(g, l) {
                 Ok(slot) => match slot.swap_if(Entry::Free, Entry::Adding) {
@@ -671,11 +677,62 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// TDH.MEM.RANGE.BLOCK of the entry `info` (of `gpa`).
     fn block(&self, info: PageInfo, gpa: Gpa) -> Result<(), TdError> {
         let (b, tdr) = (self.b(), self.tdr());
-        self.retry(Leaf::MEM_RANGE_BLOCK.v0(), Operand::Gpa(gpa), || {
+        self.retry_tree_exclusive(Leaf::MEM_RANGE_BLOCK.v0(), Operand::Gpa(gpa), &mut || {
             // SAFETY: BLOCK moves no page between host and module.
             unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status
         })
         .map(|_| ())
+    }
+
+    /// Runs a leaf that takes the S-EPT tree lock exclusively (BLOCK,
+    /// UNBLOCK, SEPT.REMOVE) under the TD's retry policy. Every mapping
+    /// (PAGE.AUG, SEPT.ADD) takes that lock shared, so under a stream of
+    /// faults the exclusive leaf could find it held at every try; while it
+    /// meets the tree held (BUSY|SEPT_TREE), new mappings on this TD step
+    /// aside with [`TdError::InProgress`] instead of issuing their leaf,
+    /// and the readers drain. KVM gets the same effect by taking its
+    /// `mmu_lock` for write around BLOCK/TRACK/REMOVE, which stops its
+    /// fault path; here nothing waits.
+    #[inline(always)]
+    fn retry_tree_exclusive(
+        &self,
+        leaf: LeafVersion,
+        on: Operand,
+        call: &mut dyn FnMut() -> TdxStatus,
+    ) -> Result<TdxStatus, TdError> {
+        let s = call();
+        if !s.is_error() {
+            return Ok(s);
+        }
+        self.retry_tree_exclusive_after(leaf, on, s, call)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn retry_tree_exclusive_after(
+        &self,
+        leaf: LeafVersion,
+        on: Operand,
+        first: TdxStatus,
+        call: &mut dyn FnMut() -> TdxStatus,
+    ) -> Result<TdxStatus, TdError> {
+        let mut first = Some(first);
+        let mut waiting = false;
+        let r = self.retry(leaf, on, || {
+            let s = first.take().unwrap_or_else(&mut *call);
+            if !waiting
+                && s.kind() == Some(tdx_types::ErrorKind::Busy)
+                && s.operand() == Some(tdx_types::OperandId::SEPT_TREE)
+            {
+                waiting = true;
+                self.inner.zaps_waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            s
+        });
+        if waiting {
+            self.inner.zaps_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
     }
 
     /// TDH.MEM.TRACK.
@@ -695,7 +752,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             return false;
         };
         let (b, tdr) = (self.b(), self.tdr());
-        self.retry(Leaf::MEM_RANGE_UNBLOCK.v0(), Operand::Gpa(gpa), || {
+        self.retry_tree_exclusive(Leaf::MEM_RANGE_UNBLOCK.v0(), Operand::Gpa(gpa), &mut || {
             // SAFETY: UNBLOCK moves no page between host and module.
             unsafe { leaf::tdh_mem_range_unblock(b, info, tdr) }.status
         })
@@ -1084,11 +1141,17 @@ impl<H: TdHostRef> Td<Finalized, H> {
         self.block_track(gpa, level, kick)?;
         let (b, tdr) = (self.b(), self.tdr());
         let mut freed = None;
-        let r = self.retry(leaf, Operand::Gpa(gpa), || {
+        let mut once = || {
             let c = call(b, tdr);
             freed = c.out.removed();
             c.status
-        });
+        };
+        // SEPT.REMOVE takes the tree exclusively, PROMOTE shared.
+        let r = if leaf.leaf() == Leaf::MEM_SEPT_REMOVE {
+            self.retry_tree_exclusive(leaf, Operand::Gpa(gpa), &mut once)
+        } else {
+            self.retry(leaf, Operand::Gpa(gpa), once)
+        };
         match r {
             Ok(_) => Ok(freed),
             Err(e) => Err((e, !self.unblock(gpa, level))),

@@ -246,6 +246,9 @@ pub(crate) struct Inner {
     ept_levels: u8,
     /// What runtime operations do on BUSY.
     policy: RetryPolicy,
+    /// Removals now waiting for the S-EPT tree lock: new mappings step
+    /// aside while it is not 0 (`memory::retry_tree_exclusive`).
+    zaps_waiting: core::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for Inner {
