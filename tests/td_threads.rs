@@ -908,3 +908,97 @@ fn threads_share_one_td_and_every_frame_comes_back() {
         stress(seed, 4, 4000, 2);
     }
 }
+
+// ---- module locks held by "another logical processor" ------------------
+
+/// A vCPU's TDG.MEM.PAGE.ACCEPT holds the S-EPT entry (the guest side of
+/// the entry lock): PAGE.AUG on it answers BUSY|RCX; the policy decides
+/// how often the library asks again, then the frame comes back with a
+/// typed `Busy`, and nothing changed.
+#[test]
+fn an_entry_the_guest_holds_makes_map_busy_then_it_maps() {
+    use tdx_sim::{LockMode, LockSide, ModuleLock};
+    let sim = sim();
+    let host = TdHost::new(ready(&sim, &sim)).unwrap();
+    let base = sim.accounting();
+    let mut td = running(&host);
+    let warm = frames(&sim, 1, 1).first();
+    td.map(Gpa::new(0), frame4k(warm)).unwrap();
+    let gpa = Gpa::new(4096);
+    let held = sim
+        .hold_as(
+            ModuleLock::SeptEntry {
+                tdr: td.tdr(),
+                gpa,
+                level: tdx::TdxLevel::L4K,
+            },
+            LockMode::Exclusive,
+            LockSide::Guest,
+        )
+        .unwrap();
+    td.set_policy(RetryPolicy::spin(5));
+    let aug = calls(&sim, Leaf::MEM_PAGE_AUG);
+    let f = frames(&sim, 1, 1).first();
+    let failed = td.map(gpa, frame4k(f)).unwrap_err();
+    let TdError::Busy { error, .. } = failed.error else {
+        panic!("{:?}", failed.error)
+    };
+    assert_eq!(error.status().code(), TdxStatus::OPERAND_BUSY);
+    assert_eq!(error.operand(), Some(OperandId::RCX));
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG) - aug, 6, "1 + 5 retries");
+    assert_eq!(td.private_pages(), 1, "nothing mapped");
+    drop(held);
+    td.map(gpa, failed.td).unwrap();
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:?}");
+    free(&sim, r.guest_returned.iter().copied());
+    assert_clean(&sim, &base, "guest-held entry");
+}
+
+/// A removal whose BLOCK finds the S-EPT tree held (here by a reader on
+/// another logical processor) keeps retrying; meanwhile new mappings on
+/// the TD step aside with `InProgress` instead of adding readers, and once
+/// the tree is free the removal completes.
+#[test]
+fn mappings_step_aside_while_a_removal_waits_for_the_tree() {
+    use tdx_sim::{LockMode, ModuleLock};
+    let sim: &'static Simulator = Box::leak(Box::new(sim()));
+    let host = Arc::new(TdHost::new(ready(sim, sim)).unwrap());
+    let base = sim.accounting();
+    let mut td = running(Arc::clone(&host));
+    td.set_policy(RetryPolicy {
+        busy: Backoff::Yield(u32::MAX),
+        entropy: 0,
+    });
+    let td = Arc::new(td);
+    let f = frames(sim, 2, 1);
+    td.map(Gpa::new(0), frame4k(f.first())).unwrap();
+    let held = sim
+        .hold(ModuleLock::SeptTree(td.tdr()), LockMode::Shared)
+        .unwrap();
+    let blocks = calls(sim, Leaf::MEM_RANGE_BLOCK);
+    let remover = {
+        let td = Arc::clone(&td);
+        std::thread::spawn(move || td.unmap::<Size4K>(Gpa::new(0), &|| {}))
+    };
+    // The removal has met the held tree at least once.
+    while calls(sim, Leaf::MEM_RANGE_BLOCK) < blocks + 2 {
+        std::thread::yield_now();
+    }
+    let aug = calls(sim, Leaf::MEM_PAGE_AUG);
+    let other = Pfn::new(f.first().as_u64() + 1);
+    let failed = td.map(Gpa::new(4096), frame4k(other)).unwrap_err();
+    assert_eq!(failed.error, TdError::InProgress(Gpa::new(4096)));
+    assert_eq!(calls(sim, Leaf::MEM_PAGE_AUG), aug, "no AUG issued");
+    drop(held);
+    let back = remover.join().unwrap().unwrap();
+    assert_eq!(back.pfn(), f.first());
+    // The tree is free again: mappings go through.
+    td.map(Gpa::new(4096), failed.td).unwrap();
+    let td = Arc::into_inner(td).unwrap();
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:?}");
+    free(sim, [f]);
+    drop(host);
+    assert_clean(sim, &base, "step aside");
+}
