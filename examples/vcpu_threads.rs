@@ -215,8 +215,9 @@ fn main() {
         td.create_vcpu(cpu, 0, i as u32).expect("vCPU");
     }
     let mut td = td.finalize().map_err(|f| f.error).expect("finalize");
-    // Faults go back to the guest on contention instead of spinning.
-    td.set_policy(RetryPolicy::IMMEDIATE);
+    // Faults go back to the guest on contention instead of spinning;
+    // conversions keep the default policy (retry, yielding in between).
+    td.set_map_policy(RetryPolicy::IMMEDIATE);
 
     let memory = sim
         .alloc_pages(REGIONS * 512, 512, Placement::Anywhere)

@@ -1002,3 +1002,35 @@ fn mappings_step_aside_while_a_removal_waits_for_the_tree() {
     drop(host);
     assert_clean(sim, &base, "step aside");
 }
+
+/// The fault path and the rest follow separate policies: with mapping set
+/// to return BUSY at once, a removal still retries its BUSY BLOCK.
+#[test]
+fn mapping_and_removal_follow_their_own_policies() {
+    let sim = sim();
+    let host = TdHost::new(ready(&sim, &sim)).unwrap();
+    let base = sim.accounting();
+    let mut td = running(&host);
+    td.set_map_policy(RetryPolicy::IMMEDIATE);
+    assert_eq!(td.policy(), RetryPolicy::DEFAULT);
+    let f = frames(&sim, 2, 1);
+    td.map(Gpa::new(0), frame4k(f.first())).unwrap();
+    sim.inject(Fault::status(Leaf::MEM_PAGE_AUG, 1, busy(OperandId::RCX)));
+    sim.inject(Fault::status(
+        Leaf::MEM_RANGE_BLOCK,
+        1,
+        busy(OperandId::SEPT_TREE),
+    ));
+    let other = Pfn::new(f.first().as_u64() + 1);
+    let failed = td.map(Gpa::new(4096), frame4k(other)).unwrap_err();
+    assert!(
+        matches!(failed.error, TdError::Busy { .. }),
+        "{:?}",
+        failed.error
+    );
+    let back = td.unmap::<Size4K>(Gpa::new(0), &|| {}).unwrap();
+    assert_eq!(back.pfn(), f.first());
+    free(&sim, [f]);
+    assert!(td.teardown().is_clean());
+    assert_clean(&sim, &base, "two policies");
+}

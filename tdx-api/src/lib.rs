@@ -4,8 +4,8 @@
 //! from the kernel or hypervisor it runs in), the TDMR/PAMT [`plan`]ner, the
 //! type-state module bring-up ([`module`]), page arrays, the offline MRTD
 //! calculator ([`measure`]), Trust Domains ([`td`]: HKIDs, TD and vCPU
-//! build, PFN-only private memory, teardown with a report), and
-//! [`sparse::PageMap`], the chunked map of page numbers they rely on.
+//! build, PFN-only private memory that many threads map at once, teardown
+//! with a report), and the [`retry`] policy for the module's BUSY answers.
 
 #![no_std]
 #![warn(missing_docs)]
@@ -18,7 +18,6 @@ pub mod page_array;
 pub mod plan;
 pub mod platform;
 pub mod retry;
-pub mod sparse;
 pub mod td;
 
 pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};

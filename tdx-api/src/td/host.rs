@@ -275,6 +275,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
                 deferred: Shared::default(),
                 ept_levels: 0,
                 policy,
+                map_policy: policy,
                 zaps_waiting: core::sync::atomic::AtomicU32::new(0),
             })),
             host,

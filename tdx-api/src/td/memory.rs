@@ -23,7 +23,10 @@ use super::{
     Finalized, GuestFrame, MayAug, Operand, PageRole, Td, TdError, TdFailure, TdHostRef, TdState,
     mirror::{Entry, Hold, Node, Slot, Stop},
 };
-use crate::{platform::Platform, retry::retry_out};
+use crate::{
+    platform::Platform,
+    retry::{retry, retry_out},
+};
 
 /// A page size that splits into 512 pages of a smaller size (2M into 4K,
 /// 1G into 2M): what [`Td::demote`] and [`Td::promote`] work on.
@@ -347,14 +350,21 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             });
         };
         let (b, tdr) = (self.b(), self.tdr());
-        let r = self.retry(Leaf::MEM_SEPT_ADD.v0(), Operand::Gpa(Gpa::new(gpa)), || {
-            // SAFETY: `page` is a fresh, flushed page from the platform; on
-            // success the module owns it and the TD keeps it in the tree
-            // node linked below; on failure the module did not take it (we
-            // do not set allow_existing).
-            unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
-                .status
-        });
+        let on = Operand::Gpa(Gpa::new(gpa));
+        let r = retry(
+            self.p(),
+            self.inner.map_policy,
+            Leaf::MEM_SEPT_ADD.v0(),
+            on,
+            || {
+                // SAFETY: `page` is a fresh, flushed page from the platform; on
+                // success the module owns it and the TD keeps it in the tree
+                // node linked below; on failure the module did not take it (we
+                // do not set allow_existing).
+                unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
+                    .status
+            },
+        );
         if let Err(e) = r {
             // SAFETY: the node was never linked; nobody else saw it.
             unsafe { Node::free(node) };
@@ -388,7 +398,7 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
     /// (the module did not take it): [`TdError::InProgress`] if another
     /// thread is changing that GPA or a table above it,
     /// [`TdError::Busy`] if the module's locks stayed busy past the TD's
-    /// [`RetryPolicy`](crate::retry::RetryPolicy); both mean "try again".
+    /// [`map_policy`](Td::map_policy); both mean "try again".
     #[doc(alias = "TDH.MEM.PAGE.AUG")]
     pub fn map<Sz: AugPageSize>(
         &self,
@@ -408,12 +418,19 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
         for f in frame.range().iter() {
             p.clflush_page(f);
         }
-        let r = self.retry(Leaf::MEM_PAGE_AUG.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: the frames are guest frames the caller promised to
-            // leave alone (GuestFrame::new), flushed above; on success the
-            // module owns them and the TD records them in its tree.
-            unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status
-        });
+        let on = Operand::Gpa(gpa);
+        let r = retry(
+            p,
+            self.inner.map_policy,
+            Leaf::MEM_PAGE_AUG.v0(),
+            on,
+            || {
+                // SAFETY: the frames are guest frames the caller promised to
+                // leave alone (GuestFrame::new), flushed above; on success the
+                // module owns them and the TD records them in its tree.
+                unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status
+            },
+        );
         if let Err(e) = r {
             slot.store(Entry::Free);
             return back(e, frame);
@@ -451,7 +468,9 @@ impl Map1gParts {
         self.kept[i / 64] & (1 << (i % 64)) != 0
     }
 
-    /// The GPAs of the parts that stay mapped in the TD (as 2 MiB pages).
+    /// The GPAs of the parts that stay with the TD: mapped, left blocked by
+    /// a failed removal, or removed but waiting for teardown's write-back
+    /// (teardown returns or reports them).
     pub fn kept(&self) -> impl Iterator<Item = Gpa> + '_ {
         (0..512)
             .filter(|&i| self.is_kept(i))

@@ -72,7 +72,8 @@
 //! proceed: the second gets [`TdError::InProgress`] at once, changes
 //! nothing, and its frame comes back. Building (vCPUs, `add_page`,
 //! `finalize`) takes `&mut self` or `self`, as the module requires those
-//! leaves to be serialized per TD anyway (they take the TDR exclusively).
+//! leaves to be serialized per TD anyway (PAGE.ADD, MR.EXTEND, MR.FINALIZE
+//! and the TD-level build leaves take the TDR exclusively).
 //! Teardown takes the TD by value, so it never runs beside a runtime
 //! operation on the same TD. Different TDs share nothing but the HKID pool
 //! (lock-free) and the module.
@@ -85,7 +86,8 @@
 //! holds the TDR shared and, for its zero-step mitigation, the S-EPT tree).
 //! The library calls the leaf again as the TD's [`RetryPolicy`] says
 //! (default: up to 1000 times with [`Platform::yield_now`] in between;
-//! [`RetryPolicy::IMMEDIATE`] for a fault path that returns to the guest)
+//! [`Td::set_map_policy`] with [`RetryPolicy::IMMEDIATE`] for a fault path
+//! that returns to the guest, while removals keep retrying)
 //! and then returns [`TdError::Busy`] with the frame. [`TdError::is_contention`]
 //! tells a VMM that the same call may succeed later: retry the fault, as
 //! KVM does with `-EBUSY`. The module's host-priority rule means a host
@@ -244,8 +246,10 @@ pub(crate) struct Inner {
     deferred: Shared<TdError>,
     /// EPT levels (4 or 5), known after TDH.MNG.INIT.
     ept_levels: u8,
-    /// What runtime operations do on BUSY.
+    /// What operations other than mapping do on BUSY.
     policy: RetryPolicy,
+    /// What mapping (PAGE.AUG, SEPT.ADD) does on BUSY.
+    map_policy: RetryPolicy,
     /// Removals now waiting for the S-EPT tree lock: new mappings step
     /// aside while it is not 0 (`memory::retry_tree_exclusive`).
     zaps_waiting: core::sync::atomic::AtomicU32,
@@ -326,15 +330,30 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         self.host.host()
     }
 
-    /// What runtime operations do when the module answers BUSY (copied
-    /// from the host's [`TdHost::policy`] when the TD was created).
+    /// What the TD's operations do when the module answers BUSY (copied
+    /// from the host's [`TdHost::policy`] when the TD was created), except
+    /// mapping, which follows [`map_policy`](Td::map_policy).
     pub fn policy(&self) -> RetryPolicy {
         self.inner.policy
     }
 
-    /// Sets what runtime operations do when the module answers BUSY.
+    /// What [`map`](Td::map) does when the module answers BUSY (for its
+    /// TDH.MEM.PAGE.AUG and TDH.MEM.SEPT.ADD): the fault path, which a VMM
+    /// may want to return to the guest at once
+    /// ([`RetryPolicy::IMMEDIATE`]) while removals keep retrying.
+    pub fn map_policy(&self) -> RetryPolicy {
+        self.inner.map_policy
+    }
+
+    /// Sets the policy of every operation, mapping included.
     pub fn set_policy(&mut self, policy: RetryPolicy) {
         self.inner.policy = policy;
+        self.inner.map_policy = policy;
+    }
+
+    /// Sets the policy of mapping only (see [`map_policy`](Td::map_policy)).
+    pub fn set_map_policy(&mut self, policy: RetryPolicy) {
+        self.inner.map_policy = policy;
     }
 
     /// The vCPUs built so far (TDH.VP.INIT done); half-built ones are not

@@ -11,14 +11,17 @@
 //! with the partial-write erratum every reclaimed page is cleared with
 //! MOVDIR64B before it goes back.
 //!
-//! TD-global leaves meet other threads' teardowns in the module: BUSY on
-//! the KOT or a package's cache write-back state is retried under the
-//! host's [`RetryPolicy`], outside any `on_cpu` closure. A CACHE.WB that
-//! was interrupted and then finds on resume that another thread's CACHE.WB
-//! ran on that package meanwhile (`TDX_WBCACHE_RESUME_ERROR`: the module
-//! keeps one resumable state per package, not per caller) is started
-//! again; `TDX_NO_HKID_READY_TO_WBCACHE` then means the other one wrote
-//! this TD's lines back too.
+//! The TD-global leaves (VPFLUSHDONE, CACHE.WB on every package, FREEID)
+//! run under the host's lock for them (`TdHost::global_leaves`), so two
+//! teardowns of one host do not meet in the module's key tables. BUSY from
+//! another user of the module is retried under the host's [`RetryPolicy`],
+//! outside any `on_cpu` closure. A CACHE.WB that was interrupted and then
+//! finds on resume that another caller's CACHE.WB ran on that package
+//! meanwhile (`TDX_WBCACHE_RESUME_ERROR`: the module keeps one resumable
+//! state per package, not per caller, `tdh_phymem_cache_wb.c`) is started
+//! again. `TDX_NO_HKID_READY_TO_WBCACHE` is taken as success, as KVM does;
+//! it should not occur here, since this TD's HKID stays flushed (and so
+//! ready for a write-back) until its FREEID.
 //!
 //! If the HKID cannot be released (VPFLUSHDONE, CACHE.WB or FREEID fails),
 //! nothing can be reclaimed: every page, and the HKID, is leaked and the
@@ -374,8 +377,8 @@ fn cache_wb<B: Seamcall + Sync, P: Platform + Sync>(
             &mut || {
                 // SAFETY: CACHE.WB moves no page; it runs on a CPU of `pkg`.
                 match unsafe { leaf::tdh_phymem_cache_wb(b, resume) } {
-                    // Nothing left to write back on this package: another
-                    // thread's CACHE.WB covered this TD's HKID.
+                    // No HKID waits for a write-back on this package (not
+                    // expected while ours does; success, as for KVM).
                     s if same_code(s, TdxStatus::NO_HKID_READY_TO_WBCACHE) => TdxStatus::SUCCESS,
                     s => s,
                 }
