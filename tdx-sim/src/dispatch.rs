@@ -455,16 +455,25 @@ impl Shared {
         if rax >> 63 != 0 {
             return TdxStatus::SEAMCALL_VMFAILINVALID;
         }
-        // One SEAMCALL at a time per LP, as on a CPU.
+        // One SEAMCALL at a time per LP, as on a CPU: a thread that borrows
+        // another thread's LP (an on_cpu "IPI") waits for that thread's
+        // SEAMCALL to end.
         let me = thread_token();
         let busy = &self.lp_busy[lp as usize];
-        if let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-            panic!(
-                "tdx-sim: LP {lp} is running a SEAMCALL of another thread ({other}); \
-                 a CPU runs one at a time, so each thread must select its own LP"
+        let mut since: Option<std::time::Instant> = None;
+        while busy
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            let t0 = *since.get_or_insert_with(std::time::Instant::now);
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "tdx-sim: LP {lp} has run another thread's SEAMCALL for a minute \
+                 (is it paused, waiting for this thread?)"
             );
+            std::thread::yield_now();
         }
-        struct Free<'a>(&'a crate::locks::AtomicU64);
+        struct Free<'a>(&'a std::sync::atomic::AtomicU64);
         impl Drop for Free<'_> {
             fn drop(&mut self) {
                 self.0.store(0, Ordering::Release);
