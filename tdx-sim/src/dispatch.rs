@@ -455,22 +455,27 @@ impl Shared {
         if rax >> 63 != 0 {
             return TdxStatus::SEAMCALL_VMFAILINVALID;
         }
-        // One SEAMCALL at a time per LP, as on a CPU. Threads placed on
-        // the same LP take turns, as the host scheduler would run them: a
-        // thread that finds its LP in a SEAMCALL of another thread is not
-        // running, so it waits (this is the CPU, not a module lock, which
-        // would answer BUSY). The same thread again would be a SEAMCALL
-        // inside a SEAMCALL: a bug.
+        // One SEAMCALL at a time per LP, as on a CPU: a thread that borrows
+        // another thread's LP (an on_cpu "IPI") waits for that thread's
+        // SEAMCALL to end.
         let me = thread_token();
         let busy = &self.lp_busy[lp as usize];
-        while let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+        let mut since: Option<std::time::Instant> = None;
+        while let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        {
             assert_ne!(
                 other, me,
                 "tdx-sim: a SEAMCALL on LP {lp} inside another SEAMCALL of the same thread"
             );
+            let t0 = *since.get_or_insert_with(std::time::Instant::now);
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "tdx-sim: LP {lp} has run another thread's SEAMCALL for a minute \
+                 (is it paused, waiting for this thread?)"
+            );
             std::thread::yield_now();
         }
-        struct Free<'a>(&'a crate::locks::AtomicU64);
+        struct Free<'a>(&'a std::sync::atomic::AtomicU64);
         impl Drop for Free<'_> {
             fn drop(&mut self) {
                 self.0.store(0, Ordering::Release);

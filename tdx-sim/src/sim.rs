@@ -47,8 +47,9 @@ use crate::{
 /// thread: the one its innermost [`Platform::on_cpu`] selected, else the
 /// one it chose with [`Simulator::set_lp`]. The thread that built the
 /// simulator starts on LP 0; a SEAMCALL from any other thread that has
-/// selected no LP panics, and so does one on an LP that is running another
-/// thread's SEAMCALL (a CPU runs one at a time).
+/// selected no LP panics. A CPU runs one SEAMCALL at a time: a thread that
+/// selects an LP another thread is running a SEAMCALL on (as `on_cpu` does
+/// for another CPU's work) waits for that SEAMCALL to end.
 #[derive(Debug)]
 pub struct Simulator {
     s: Shared,
