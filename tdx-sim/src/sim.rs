@@ -46,8 +46,10 @@ use crate::{
 /// waiting. The logical processor a SEAMCALL runs on belongs to the calling
 /// thread: the one its innermost [`Platform::on_cpu`] selected, else the
 /// one it chose with [`Simulator::set_lp`]. The thread that built the
-/// simulator starts on LP 0; a SEAMCALL from any other thread that has
-/// selected no LP panics. A CPU runs one SEAMCALL at a time: a thread that
+/// simulator starts on LP 0; any other thread that issues a SEAMCALL
+/// without having selected an LP is placed on one, the LPs in turn, as a
+/// scheduler would place it, and keeps it. A CPU runs one SEAMCALL at a
+/// time: a thread that
 /// selects an LP another thread is running a SEAMCALL on (as `on_cpu` does
 /// for another CPU's work) waits for that SEAMCALL to end.
 #[derive(Debug)]
