@@ -58,9 +58,13 @@ fn page_info(gpa: u64, level: u8) -> Option<PageInfo> {
     PageInfo::try_new(Gpa::new(gpa), TdxLevel::from_u8(level)?).ok()
 }
 
+#[inline]
 fn run_of(first: Pfn, level: u8) -> PfnRun {
-    let frames = 1u64 << (9 * u32::from(level));
-    PfnRun::try_new(first, frames).unwrap_or(PfnRun::from(PfnRange::<Size4K>::from(first)))
+    let one = PfnRun::from(PfnRange::<Size4K>::from(first));
+    if level == 0 {
+        return one;
+    }
+    PfnRun::try_new(first, 1u64 << (9 * u32::from(level))).unwrap_or(one)
 }
 
 /// Where a removed page's frames went.
@@ -671,21 +675,14 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// caller stores its fate.
     #[inline]
     fn block_entry(&self, info: PageInfo, gpa: Gpa, slot: Slot<'_>) -> Result<Pfn, TdError> {
-        let (first, blocked) = match slot.load() {
-            Entry::Leaf(first, Hold::Idle) => (first, false),
-            Entry::Leaf(first, Hold::Blocked) => (first, true),
-            Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy) => {
-                return Err(TdError::InProgress(gpa));
+        let (first, blocked) = match slot.claim_leaf() {
+            Ok(claimed) => claimed,
+            Err(Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked)) => {
+                return Err(TdError::NotMapped(gpa));
             }
-            Entry::Free | Entry::Table(..) => return Err(TdError::NotMapped(gpa)),
+            // Held by another thread (or changed under us: the same).
+            Err(_) => return Err(TdError::InProgress(gpa)),
         };
-        let held = if blocked { Hold::Blocked } else { Hold::Idle };
-        if slot
-            .swap_if(Entry::Leaf(first, held), Entry::Leaf(first, Hold::Busy))
-            .is_err()
-        {
-            return Err(TdError::InProgress(gpa));
-        }
         if !blocked && let Err(e) = self.block(info, gpa) {
             slot.store(Entry::Leaf(first, Hold::Idle));
             return Err(e);

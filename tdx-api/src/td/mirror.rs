@@ -186,6 +186,26 @@ impl<'t> Slot<'t> {
         self.word.store(new.encode(), Ordering::Release);
     }
 
+    /// Claims a leaf for a change (idle or blocked → busy) with one
+    /// compare-and-swap: its first frame and whether it was blocked, or
+    /// what the entry holds instead.
+    #[inline(always)]
+    pub(crate) fn claim_leaf(&self) -> Result<(Pfn, bool), Entry> {
+        let raw = self.word.load(Ordering::Acquire);
+        let tag = raw.addr() & TAG_MASK;
+        if tag != LEAF && tag != LEAF_BLOCKED {
+            return Err(Entry::decode(raw));
+        }
+        let busy = raw.map_addr(|a| (a & !TAG_MASK) | LEAF_BUSY);
+        match self
+            .word
+            .compare_exchange(raw, busy, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok((Pfn::new((raw.addr() >> 12) as u64), tag == LEAF_BLOCKED)),
+            Err(now) => Err(Entry::decode(now)),
+        }
+    }
+
     /// The node of a table entry, if this is one.
     pub(crate) fn table(&self) -> Option<&'t Node> {
         match self.load() {
