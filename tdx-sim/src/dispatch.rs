@@ -461,8 +461,7 @@ impl Shared {
         let me = thread_token();
         let busy = &self.lp_busy[lp as usize];
         let mut since: Option<std::time::Instant> = None;
-        while let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-        {
+        while let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
             assert_ne!(
                 other, me,
                 "tdx-sim: a SEAMCALL on LP {lp} inside another SEAMCALL of the same thread"

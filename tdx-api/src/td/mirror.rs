@@ -754,14 +754,13 @@ mod loom_tests {
                 let Ok(s) = t2.walk(2 << 12, 0) else {
                     return false;
                 };
-                let leaf = Entry::Leaf(Pfn::new(66), Hold::Idle);
-                if s.swap_if(leaf, Entry::Leaf(Pfn::new(66), Hold::Busy))
-                    .is_ok()
-                {
-                    s.store(Entry::Free);
-                    true
-                } else {
-                    false
+                match s.claim_leaf() {
+                    Ok((pfn, blocked)) => {
+                        assert_eq!((pfn, blocked), (Pfn::new(66), false));
+                        s.store(Entry::Free);
+                        true
+                    }
+                    Err(_) => false,
                 }
             });
             // The merge.
