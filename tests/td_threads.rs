@@ -1034,3 +1034,50 @@ fn mapping_and_removal_follow_their_own_policies() {
     assert!(td.teardown().is_clean());
     assert_clean(&sim, &base, "two policies");
 }
+
+/// A failed PROMOTE whose UNBLOCK fails too leaves the table's entry
+/// blocked. That is not contention (nothing is in flight): operations
+/// under it say so, and promote (or remove_table) of that table resumes
+/// after the BLOCK.
+#[test]
+fn a_table_left_blocked_is_reported_and_resumed() {
+    let sim = sim();
+    let host = TdHost::new(ready(&sim, &sim)).unwrap();
+    let base = sim.accounting();
+    let mut td = running(&host);
+    td.set_policy(RetryPolicy::IMMEDIATE);
+    let big = frames(&sim, 512, 512);
+    let g = Gpa::new(0);
+    td.map(g, frame2m(big.first())).unwrap();
+    td.demote::<Size2M>(g, &|| {}).unwrap();
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_PROMOTE,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    sim.inject(Fault::status(
+        Leaf::MEM_RANGE_UNBLOCK,
+        1,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    assert!(td.promote::<Size2M>(g, &|| {}).is_err());
+    assert_eq!(td.entries_in_flight(), 0);
+    let r = td.unmap_range(g, 2 * MIB, &|| {});
+    let stopped = r.stopped.expect("the range cannot be removed now");
+    assert!(!stopped.is_contention(), "{stopped:?}");
+    assert!(matches!(stopped, TdError::Gpa { .. }), "{stopped:?}");
+    let e = td.unmap::<Size4K>(g, &|| {}).unwrap_err();
+    assert!(matches!(e, TdError::Gpa { .. }), "{e:?}");
+    let blocks = calls(&sim, Leaf::MEM_RANGE_BLOCK);
+    td.promote::<Size2M>(g, &|| {}).unwrap();
+    assert_eq!(
+        calls(&sim, Leaf::MEM_RANGE_BLOCK),
+        blocks,
+        "resumed after the BLOCK"
+    );
+    let back = td.unmap::<Size2M>(g, &|| {}).unwrap();
+    assert_eq!(back.run(), big);
+    free(&sim, [big]);
+    assert!(td.teardown().is_clean());
+    assert_clean(&sim, &base, "blocked table");
+}

@@ -52,15 +52,22 @@ impl<B, P> fmt::Debug for TdHost<B, P> {
 /// reference, so a VMM keeps the host and its TDs in one struct and moves
 /// TDs to spawned threads).
 ///
-/// Implemented for those two; implement it for another smart pointer that
-/// always gives the same host.
-pub trait TdHostRef {
+/// Implemented for those two only (sealed): the library's `unsafe` code
+/// relies on getting the same host from every call, which an outside
+/// implementation could break in safe code.
+pub trait TdHostRef: sealed::Sealed {
     /// The SEAMCALL backend.
     type Backend: Seamcall + Sync;
     /// The host services.
     type Platform: Platform + Sync;
-    /// The host. Must return the same host every time.
+    /// The host (the same one every time).
     fn host(&self) -> &TdHost<Self::Backend, Self::Platform>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<B, P> Sealed for &super::TdHost<B, P> {}
+    impl<B, P> Sealed for alloc::sync::Arc<super::TdHost<B, P>> {}
 }
 
 impl<B: Seamcall + Sync, P: Platform + Sync> TdHostRef for &TdHost<B, P> {

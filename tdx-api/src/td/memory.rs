@@ -203,6 +203,11 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
             })?;
             match slot.load() {
                 Entry::Leaf(..) => self.block_slot(info, at, slot),
+                Entry::Table(_, Hold::Blocked) => Err(TdError::Gpa {
+                    gpa: at,
+                    why: "a table in the range is blocked after a failed merge or removal \
+                          (remove_table or promote of that table resumes it)",
+                }),
                 Entry::Table(..) | Entry::Adding => Err(TdError::InProgress(at)),
                 Entry::Free => Ok(()),
             }
@@ -256,27 +261,27 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
     #[doc(alias = "TDH.MEM.PAGE.REMOVE")]
     #[doc(alias = "TDH.PHYMEM.PAGE.WBINVD")]
     pub fn commit(mut self, kick: &dyn Fn()) -> ZapReport {
-        let slots = core::mem::take(&mut self.slots);
-        let mut pages = core::mem::take(&mut self.pages);
-        if pages.is_empty() {
+        if self.pages.is_empty() {
             return ZapReport::default();
         }
-        if let Err(e) = self.td.track() {
-            for ((slot, _), r) in slots.iter().zip(&mut pages) {
-                slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
-                r.outcome = Outcome::Kept(e);
-            }
-            return ZapReport {
-                pages,
-                stopped: None,
+        // Until an entry's fate is stored, it stays in `slots`: if the kick
+        // or a platform callback panics, `Drop` marks what is left blocked.
+        let tracked = self.td.track();
+        if tracked.is_ok() {
+            kick();
+        }
+        while let Some((slot, info)) = self.slots.pop() {
+            let r = &mut self.pages[self.slots.len()];
+            r.outcome = match tracked {
+                Ok(()) => self.td.remove_entry(info, r.gpa, slot, r.run.first()),
+                Err(e) => {
+                    slot.store(Entry::Leaf(r.run.first(), Hold::Blocked));
+                    Outcome::Kept(e)
+                }
             };
         }
-        kick();
-        for (&(slot, info), r) in slots.iter().zip(&mut pages) {
-            r.outcome = self.td.remove_entry(info, r.gpa, slot, r.run.first());
-        }
         ZapReport {
-            pages,
+            pages: core::mem::take(&mut self.pages),
             stopped: None,
         }
     }
@@ -384,7 +389,12 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         match self.inner.tree.walk(gpa.as_u64(), level.as_u8()) {
             Ok(slot) => Ok(slot),
             Err(Stop::Busy) => Err(TdError::InProgress(gpa)),
-            Err(_) => Err(TdError::NotMapped(gpa)),
+            Err(Stop::Blocked) => Err(TdError::Gpa {
+                gpa,
+                why: "a table above it is blocked after a failed merge or removal \
+                      (remove_table or promote of that table resumes it)",
+            }),
+            Err(Stop::Missing(_) | Stop::Leaf) => Err(TdError::NotMapped(gpa)),
         }
     }
 }
@@ -732,23 +742,29 @@ impl<H: TdHostRef> Td<Finalized, H> {
         first: TdxStatus,
         call: &mut dyn FnMut() -> TdxStatus,
     ) -> Result<TdxStatus, TdError> {
+        /// Counts this removal among those waiting for the tree until it
+        /// is dropped, even by a panic in a platform callback.
+        struct Waiting<'a>(&'a core::sync::atomic::AtomicU32, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
         let mut first = Some(first);
-        let mut waiting = false;
-        let r = self.retry(leaf, on, || {
+        let mut waiting = Waiting(&self.inner.zaps_waiting, false);
+        self.retry(leaf, on, || {
             let s = first.take().unwrap_or_else(&mut *call);
-            if !waiting
+            if !waiting.1
                 && s.kind() == Some(tdx_types::ErrorKind::Busy)
                 && s.operand() == Some(tdx_types::OperandId::SEPT_TREE)
             {
-                waiting = true;
-                self.inner.zaps_waiting.fetch_add(1, Ordering::Relaxed);
+                waiting.1 = true;
+                waiting.0.fetch_add(1, Ordering::Relaxed);
             }
             s
-        });
-        if waiting {
-            self.inner.zaps_waiting.fetch_sub(1, Ordering::Relaxed);
-        }
-        r
+        })
     }
 
     /// TDH.MEM.TRACK.
@@ -801,11 +817,15 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 return Outcome::Kept(e);
             }
         };
-        // The module's entry is free now.
-        slot.store(Entry::Free);
+        // The module's entry is free now; ours says so once the frames are
+        // accounted for (returned, or on a list teardown reads): a panic in
+        // a platform callback before that leaves the entry busy, and
+        // teardown reclaims the frames or reports them.
         let run = run_of(first, slot.level);
         if removed.is_some_and(|r| r != first) {
-            return self.removed_other(run, gpa);
+            let o = self.removed_other(run, gpa);
+            slot.store(Entry::Free);
+            return o;
         }
         let hkid = self.hkid();
         // A 4K page (the common case) is one write-back.
@@ -819,7 +839,9 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 .host()
                 .page_wbinvd(Pfn::new(f), hkid, self.inner.policy)
             {
-                return self.not_written_back(run, e);
+                let o = self.not_written_back(run, e);
+                slot.store(Entry::Free);
+                return o;
             }
         }
         if self.host().errata().tdx_pw_mce {
@@ -827,6 +849,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             // frames for the caller, who owns them.
             unsafe { self.p().movdir64b_clear(run) };
         }
+        slot.store(Entry::Free);
         Outcome::Returned
     }
 
@@ -968,7 +991,12 @@ impl<H: TdHostRef> Td<Finalized, H> {
     pub fn promote<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
         let slot = self.find(gpa, S::LEVEL)?;
-        let node = self.claim_table(gpa, slot)?;
+        let (node, was_blocked) = self.claim_table(gpa, slot)?;
+        let held = if was_blocked {
+            Hold::Blocked
+        } else {
+            Hold::Idle
+        };
         // SAFETY: a claimed table's node stays linked (and so alive) until
         // this call retires it.
         let children = unsafe { node.as_ref() };
@@ -987,7 +1015,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let first = match first {
             Ok(f) => f,
             Err(e) => {
-                slot.store(Entry::Table(node, Hold::Idle));
+                slot.store(Entry::Table(node, held));
                 return Err(e);
             }
         };
@@ -1023,12 +1051,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
             slot.store(Entry::Table(node, held));
         };
         if let Some(e) = why {
-            release(Hold::Idle);
+            release(held);
             return Err(e);
         }
         let freed = self.blocked_sept_free(
             gpa,
             S::LEVEL.as_u8(),
+            was_blocked,
             kick,
             Leaf::MEM_PAGE_PROMOTE.v0(),
             &|b, tdr| {
@@ -1064,7 +1093,12 @@ impl<H: TdHostRef> Td<Finalized, H> {
     pub fn remove_table<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
         let slot = self.find(gpa, S::LEVEL)?;
-        let node = self.claim_table(gpa, slot)?;
+        let (node, was_blocked) = self.claim_table(gpa, slot)?;
+        let held = if was_blocked {
+            Hold::Blocked
+        } else {
+            Hold::Idle
+        };
         // SAFETY: a claimed table's node stays linked until retired here.
         let children = unsafe { node.as_ref() };
         let level = S::LEVEL.as_u8() - 1;
@@ -1095,12 +1129,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
             slot.store(Entry::Table(node, held));
         };
         if let Some(e) = why {
-            release(Hold::Idle);
+            release(held);
             return Err(e);
         }
         let freed = self.blocked_sept_free(
             gpa,
             S::LEVEL.as_u8(),
+            was_blocked,
             kick,
             Leaf::MEM_SEPT_REMOVE.v0(),
             &|b, tdr| {
@@ -1121,20 +1156,16 @@ impl<H: TdHostRef> Td<Finalized, H> {
         }
     }
 
-    /// Claims the table entry at `slot` (idle → busy) and returns its node.
-    fn claim_table(&self, gpa: Gpa, slot: Slot<'_>) -> Result<NonNull<Node>, TdError> {
+    /// Claims the table entry at `slot` (idle or blocked → busy) and
+    /// returns its node.
+    /// A table whose entry a failed merge or removal left blocked is
+    /// claimed too (`true`): the caller resumes after the BLOCK.
+    fn claim_table(&self, gpa: Gpa, slot: Slot<'_>) -> Result<(NonNull<Node>, bool), TdError> {
         match slot.load() {
-            Entry::Table(node, Hold::Idle) => slot
-                .swap_if(
-                    Entry::Table(node, Hold::Idle),
-                    Entry::Table(node, Hold::Busy),
-                )
-                .map(|()| node)
+            Entry::Table(node, held @ (Hold::Idle | Hold::Blocked)) => slot
+                .swap_if(Entry::Table(node, held), Entry::Table(node, Hold::Busy))
+                .map(|()| (node, held == Hold::Blocked))
                 .map_err(|_| TdError::InProgress(gpa)),
-            Entry::Table(_, Hold::Blocked) => Err(TdError::Gpa {
-                gpa,
-                why: "the table's entry is blocked after a failed removal",
-            }),
             Entry::Free | Entry::Leaf(_, Hold::Idle | Hold::Blocked) => {
                 Err(TdError::NotMapped(gpa))
             }
@@ -1142,7 +1173,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
         }
     }
 
-    /// BLOCK and TRACK the entry of `gpa` at `level`, `kick`, then `call` a
+    /// BLOCK (unless `already_blocked`) and TRACK the entry of `gpa` at
+    /// `level`, `kick`, then `call` a
     /// leaf that frees an S-EPT page (PROMOTE, SEPT.REMOVE); if it fails,
     /// the entry is unblocked again (`false` in the error) or stays blocked
     /// (`true`). Returns the page the module says it freed.
@@ -1150,11 +1182,19 @@ impl<H: TdHostRef> Td<Finalized, H> {
         &self,
         gpa: Gpa,
         level: u8,
+        already_blocked: bool,
         kick: &dyn Fn(),
         leaf: LeafVersion,
         call: &dyn Fn(&H::Backend, Pfn) -> Completion<SeptOut>,
     ) -> Result<Option<Pfn>, (TdError, bool)> {
-        self.block_track(gpa, level, kick)?;
+        if already_blocked {
+            // A failed merge or removal left the entry blocked: TRACK and
+            // kick, then resume.
+            self.track().map_err(|e| (e, true))?;
+            kick();
+        } else {
+            self.block_track(gpa, level, kick)?;
+        }
         let (b, tdr) = (self.b(), self.tdr());
         let mut freed = None;
         let mut once = || {

@@ -58,8 +58,9 @@ pub(crate) struct Node {
     /// The S-EPT page this node mirrors (`None` for the root, which the
     /// module owns as part of the TD).
     sept: Option<Pfn>,
-    /// Next node in the retired list.
-    next_retired: *mut Node,
+    /// Next node in the retired list. Atomic: other threads may hold a
+    /// reference to the node while it is retired.
+    next_retired: AtomicPtr<Node>,
 }
 
 const TAG_MASK: usize = 0xF;
@@ -228,20 +229,15 @@ impl Node {
             // SAFETY: the layout has a non-zero size.
             let raw = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<Node>();
             let node = NonNull::new(raw)?;
-            // All-zero bytes are a valid `Node` with every entry free: an
-            // `AtomicPtr` of zero bytes is null, `Option<Pfn>` of zero bytes
-            // is `None`... except that the niche is not guaranteed, so the
-            // two plain fields are written explicitly.
+            // All-zero bytes are valid for the atomics (null pointers: free
+            // entries, end of list); `Option<Pfn>` has no guaranteed zero
+            // value, so that field is written explicitly.
             // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
-            // layout: its fields are in bounds (no reference is made).
+            // layout: the field is in bounds (no reference is made).
             let sept_field = unsafe { &raw mut (*raw).sept };
-            // SAFETY: as above.
-            let next_field = unsafe { &raw mut (*raw).next_retired };
             // SAFETY: an in-bounds, aligned field of our allocation; plain
-            // data (the slots are already valid, null atomics).
+            // data.
             unsafe { sept_field.write(sept) };
-            // SAFETY: as above.
-            unsafe { next_field.write(ptr::null_mut()) };
             Some(node)
         }
         #[cfg(loom)]
@@ -249,7 +245,7 @@ impl Node {
             let b = alloc::boxed::Box::new(Node {
                 slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                 sept,
-                next_retired: ptr::null_mut(),
+                next_retired: AtomicPtr::new(ptr::null_mut()),
             });
             NonNull::new(alloc::boxed::Box::into_raw(b))
         }
@@ -424,11 +420,13 @@ impl Tree {
     pub(crate) fn retire(&self, node: NonNull<Node>) {
         let mut head = self.retired.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the node left the tree and only this thread links it
-            // into the retired list (the caller moved it out of the tree
-            // with a compare-and-swap), so nobody writes this field
-            // concurrently; readers of the node only read its entries.
-            unsafe { (*node.as_ptr()).next_retired = head };
+            // SAFETY: the node is alive (retired nodes are freed only with
+            // the tree); the field is atomic, as other threads may still
+            // hold a reference to the node. Only this thread links it (the
+            // caller moved it out of the tree with a compare-and-swap).
+            unsafe { node.as_ref() }
+                .next_retired
+                .store(head, Ordering::Relaxed);
             match self.retired.compare_exchange_weak(
                 head,
                 node.as_ptr(),
@@ -460,7 +458,9 @@ impl Tree {
         let mut n = self.retired.swap(ptr::null_mut(), Ordering::Relaxed);
         while let Some(node) = NonNull::new(n) {
             // SAFETY: a retired node stays allocated until freed below.
-            n = unsafe { (*node.as_ptr()).next_retired };
+            n = unsafe { node.as_ref() }
+                .next_retired
+                .load(Ordering::Relaxed);
             // SAFETY: retired nodes are in no tree (they were unlinked
             // before `retire`), `&mut self` means no reader is left, and
             // each is on the list once.
