@@ -491,91 +491,125 @@ fn map_1g_double_failure_accounts_for_every_part() {
 
 // ---- CACHE.WB resumed after another caller's -----------------------------
 
-/// A platform that forwards to the simulator, and at its first
-/// `yield_now` (between an interrupted CACHE.WB and its resume) runs a
-/// whole CACHE.WB on package 0 as another thread of the host would.
-#[derive(Debug)]
+/// An action another thread takes at a chosen moment.
+type Action = Box<dyn FnOnce() + Send>;
+
+/// A platform that forwards to the simulator and, when armed, lets "another
+/// thread" act at a chosen point: at its first `yield_now` (`armed`: a
+/// whole CACHE.WB on package 0, as another caller of the module would run
+/// it between an interrupted CACHE.WB and its resume), at the CLFLUSH of a
+/// chosen frame (`at_flush`), or by panicking in `yield_now` (a platform
+/// callback that unwinds).
+#[derive(Default)]
 struct Interloper<'s> {
-    sim: &'s Simulator,
+    sim: Option<&'s Simulator>,
     armed: AtomicBool,
     ran: AtomicBool,
+    panic_on_yield: AtomicBool,
+    at_flush: std::sync::Mutex<Option<(Pfn, Action)>>,
+}
+
+impl std::fmt::Debug for Interloper<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interloper").finish_non_exhaustive()
+    }
+}
+
+impl<'s> Interloper<'s> {
+    fn new(sim: &'s Simulator) -> Self {
+        Self {
+            sim: Some(sim),
+            ..Self::default()
+        }
+    }
+
+    fn s(&self) -> &'s Simulator {
+        self.sim.expect("built with a simulator")
+    }
 }
 
 // SAFETY: forwards every method to the simulator, which keeps the
 // contract; `yield_now` only adds a SEAMCALL that moves no memory.
 unsafe impl Platform for Interloper<'_> {
     fn alloc_pages(&self, n: u64, a: u64, p: Placement) -> Result<PfnRun, PlatformError> {
-        self.sim.alloc_pages(n, a, p)
+        self.s().alloc_pages(n, a, p)
     }
     unsafe fn free_pages(&self, run: PfnRun) {
         // SAFETY: forwarded contract.
-        unsafe { self.sim.free_pages(run) }
+        unsafe { self.s().free_pages(run) }
     }
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
-        self.sim.leak_pages(run, reason)
+        self.s().leak_pages(run, reason)
     }
     unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
         // SAFETY: forwarded contract.
-        unsafe { self.sim.read_phys(pa, buf) }
+        unsafe { self.s().read_phys(pa, buf) }
     }
     unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
         // SAFETY: forwarded contract.
-        unsafe { self.sim.write_phys(pa, data) }
+        unsafe { self.s().write_phys(pa, data) }
     }
     fn cpus(&self) -> u32 {
-        self.sim.cpus()
+        self.s().cpus()
     }
     fn package_of(&self, cpu: CpuId) -> PackageId {
-        self.sim.package_of(cpu)
+        self.s().package_of(cpu)
     }
     fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
-        self.sim.node_of(pfn)
+        self.s().node_of(pfn)
     }
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
-        self.sim.on_cpu(cpu, f)
+        self.s().on_cpu(cpu, f)
     }
     fn wbinvd_all(&self) {
-        self.sim.wbinvd_all()
+        self.s().wbinvd_all()
     }
     fn clflush_page(&self, pfn: Pfn) {
-        self.sim.clflush_page(pfn)
+        let mut slot = self.at_flush.lock().unwrap();
+        if slot.as_ref().is_some_and(|(at, _)| *at == pfn) {
+            let (_, act) = slot.take().expect("checked");
+            drop(slot);
+            act();
+        } else {
+            drop(slot);
+        }
+        self.s().clflush_page(pfn)
     }
     unsafe fn movdir64b_clear(&self, run: PfnRun) {
         // SAFETY: forwarded contract.
-        unsafe { self.sim.movdir64b_clear(run) }
+        unsafe { self.s().movdir64b_clear(run) }
     }
     fn yield_now(&self) {
+        if self.panic_on_yield.load(Ordering::SeqCst) {
+            panic!("the platform's yield unwinds");
+        }
         if self.armed.swap(false, Ordering::SeqCst) {
             let mut s = TdxStatus::SUCCESS;
             // CPU 1 is on package 0, like CPU 0 where teardown runs it.
-            self.sim.on_cpu(CpuId(1), &mut || {
+            self.s().on_cpu(CpuId(1), &mut || {
                 // SAFETY: CACHE.WB moves no memory.
-                s = unsafe { tdx::sys::leaf::tdh_phymem_cache_wb(self.sim, false) };
+                s = unsafe { tdx::sys::leaf::tdh_phymem_cache_wb(self.s(), false) };
             });
             assert_eq!(s, TdxStatus::SUCCESS, "the interloper's CACHE.WB");
             self.ran.store(true, Ordering::SeqCst);
         }
-        self.sim.yield_now()
+        self.s().yield_now()
     }
     fn keyid_partition(&self) -> KeyIdPartition {
-        self.sim.keyid_partition()
+        self.s().keyid_partition()
     }
     fn keyid_shift(&self) -> u32 {
-        self.sim.keyid_shift()
+        self.s().keyid_shift()
     }
     fn errata(&self) -> Errata {
-        self.sim.errata()
+        self.s().errata()
     }
 }
 
 #[test]
 fn a_cache_wb_another_caller_completed_is_started_again() {
     let sim = sim();
-    let p = Interloper {
-        sim: &sim,
-        armed: AtomicBool::new(false),
-        ran: AtomicBool::new(false),
-    };
+    let p = Interloper::new(&sim);
     let host = TdHost::new(ready(&sim, &p)).unwrap();
     let base = sim.accounting();
     let td = running(&host);
@@ -1080,4 +1114,89 @@ fn a_table_left_blocked_is_reported_and_resumed() {
     free(&sim, [big]);
     assert!(td.teardown().is_clean());
     assert_clean(&sim, &base, "blocked table");
+}
+
+/// While `map_1g` maps its parts, the 1 GiB entry is claimed: another
+/// thread's removal or mapping of a part gets `InProgress` (before, it could
+/// take a part away and the rollback then removed that thread's frame).
+#[test]
+fn map_1g_holds_its_range_against_other_threads() {
+    let sim: &'static Simulator = Box::leak(Box::new(sim()));
+    let p: &'static Interloper<'static> = Box::leak(Box::new(Interloper::new(sim)));
+    let host = Arc::new(TdHost::new(ready(sim, p)).unwrap());
+    let base = sim.accounting();
+    let td = Arc::new(running(Arc::clone(&host)));
+    let run = frames(sim, 512 * 512, 512 * 512);
+    let theirs = frames(sim, 512, 512);
+    let g = Gpa::new(GIB);
+    // At map_1g's first CLFLUSH of part 1, "another thread" goes for part 0.
+    let part1 = Pfn::new(run.first().as_u64() + 512);
+    let (other, seen) = (Arc::clone(&td), Arc::new(std::sync::Mutex::new(None)));
+    let record = Arc::clone(&seen);
+    *p.at_flush.lock().unwrap() = Some((
+        part1,
+        Box::new(move || {
+            let unmap = other.unmap::<Size2M>(g, &|| {}).map(|f| f.pfn());
+            let map = other.map(g, frame2m(theirs.first())).map_err(|f| f.error);
+            *record.lock().unwrap() = Some((unmap, map));
+        }),
+    ));
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_AUG,
+        3,
+        TdxStatus::OPERAND_INVALID,
+    ));
+    // SAFETY: as `frame4k`.
+    let frame = unsafe { GuestFrame::<Size1G>::new(run.first()) }.unwrap();
+    let f = td.map_1g(g, frame, &|| {}).unwrap_err();
+    let (unmap, map) = seen.lock().unwrap().take().expect("the other thread ran");
+    assert_eq!(unmap, Err(TdError::InProgress(g)));
+    assert_eq!(map, Err(TdError::InProgress(g)));
+    let Map1gLeft::Whole(back) = f.left else {
+        panic!("{:?}", f.left)
+    };
+    assert_eq!(back.run(), run);
+    // The empty table the failure left is reused by the next map_1g.
+    td.map_1g(g, back, &|| {}).unwrap();
+    let td = Arc::into_inner(td).unwrap();
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.guest_returned, [run]);
+    free(sim, [run, theirs]);
+    drop(host);
+    assert_clean(sim, &base, "map_1g claim");
+}
+
+/// A platform callback that panics while a removal waits for the S-EPT
+/// tree (here: `yield_now` between BLOCK retries) leaves no trace: later
+/// mappings on other GPAs do not step aside, and the page stays the TD's.
+#[test]
+fn a_panicking_callback_leaves_no_removal_waiting() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let sim = sim();
+    let p = Interloper::new(&sim);
+    let host = TdHost::new(ready(&sim, &p)).unwrap();
+    let base = sim.accounting();
+    let td = running(&host);
+    let f = frames(&sim, 2, 1);
+    td.map(Gpa::new(0), frame4k(f.first())).unwrap();
+    sim.inject(Fault::status(
+        Leaf::MEM_RANGE_BLOCK,
+        1,
+        busy(OperandId::SEPT_TREE),
+    ));
+    p.panic_on_yield.store(true, Ordering::SeqCst);
+    let r = catch_unwind(AssertUnwindSafe(|| td.unmap::<Size4K>(Gpa::new(0), &|| {})));
+    p.panic_on_yield.store(false, Ordering::SeqCst);
+    assert!(r.is_err(), "the callback's panic goes through");
+    let other = Pfn::new(f.first().as_u64() + 1);
+    td.map(Gpa::new(GIB), frame4k(other)).unwrap();
+    assert_eq!(td.entries_in_flight(), 0);
+    let back = td.unmap::<Size4K>(Gpa::new(0), &|| {}).unwrap();
+    assert_eq!(back.pfn(), f.first());
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.guest_frames_returned(), 1);
+    free(&sim, [f]);
+    assert_clean(&sim, &base, "panicking callback");
 }

@@ -174,16 +174,17 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// another thread's CACHE.WB completed under it. KVM holds its global
     /// `tdx_lock` around the same leaves (`arch/x86/kvm/vmx/tdx.c`).
     ///
-    /// Waiting here yields ([`Platform::yield_now`]) when the host's retry
-    /// policy is [`Backoff::Yield`](crate::retry::Backoff::Yield), else
-    /// spins: creation and teardown run in the calling thread, never in an
-    /// `on_cpu` closure. Runtime operations (map, unmap, ...) never take it.
+    /// Waiting here always yields ([`Platform::yield_now`]): the holder
+    /// runs leaves on other CPUs through `on_cpu` (KEY.CONFIG, CACHE.WB),
+    /// which a waiter spinning with preemption off could block. So creating,
+    /// tearing down and dropping a TD need a context that may yield; runtime
+    /// operations (map, unmap, ...) never take this lock.
     pub(crate) fn global_leaves(&self) -> spin::MutexGuard<'_, ()> {
         loop {
             if let Some(g) = self.global.try_lock() {
                 return g;
             }
-            crate::retry::pause(self.module.platform(), self.policy);
+            self.module.platform().yield_now();
         }
     }
 

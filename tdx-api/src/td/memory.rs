@@ -67,6 +67,33 @@ fn run_of(first: Pfn, level: u8) -> PfnRun {
     PfnRun::try_new(first, 1u64 << (9 * u32::from(level))).unwrap_or(one)
 }
 
+/// Stores `to` into a claimed entry when dropped, unless disarmed: how a
+/// claim is given back when the operation fails or a platform callback
+/// panics before the operation stores the entry's fate itself.
+struct Restore<'t> {
+    slot: Slot<'t>,
+    to: Option<Entry>,
+}
+
+impl<'t> Restore<'t> {
+    fn new(slot: Slot<'t>, to: Entry) -> Self {
+        Self { slot, to: Some(to) }
+    }
+
+    /// The caller stores the entry's fate itself.
+    fn disarm(mut self) {
+        self.to = None;
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.to {
+            self.slot.store(e);
+        }
+    }
+}
+
 /// Where a removed page's frames went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -463,8 +490,13 @@ pub enum Map1gLeft {
     /// the others come back.
     Parts(Map1gParts),
     /// All 512 parts stay mapped as 2 MiB pages (PROMOTE failed): unmap
-    /// them one by one, promote again, or tear down.
+    /// them, promote again (which resumes a merge whose entry stayed
+    /// blocked), or tear down.
     Mapped,
+    /// The 1 GiB page is mapped (the merge stood); the error concerns the
+    /// S-EPT page PROMOTE freed (the module named another page: it is kept
+    /// for teardown to reclaim).
+    Merged,
 }
 
 /// A 1 GiB frame split by a failed [`Td::map_1g`]: which 2 MiB parts stay
@@ -513,15 +545,23 @@ pub struct Map1gFailure {
 }
 
 impl<H: TdHostRef> Td<Finalized, H> {
-    /// Maps a 1 GiB page: TDH.MEM.PAGE.AUG of its 512 2 MiB parts, then
-    /// [`promote`](Td::promote) (BLOCK, TRACK, `kick`, TDH.MEM.PAGE.PROMOTE;
-    /// the S-EPT page it frees goes back to the platform). The module's
-    /// PAGE.AUG maps 4K and 2M pages only.
+    /// Maps a 1 GiB page: TDH.MEM.SEPT.ADD of the S-EPT page under the 1 GiB
+    /// entry, TDH.MEM.PAGE.AUG of its 512 2 MiB parts, then BLOCK, TRACK,
+    /// `kick`, TDH.MEM.PAGE.PROMOTE (the S-EPT page it frees goes back to
+    /// the platform). The module's PAGE.AUG maps 4K and 2M pages only.
+    ///
+    /// The 1 GiB entry is claimed for the whole call, so no other thread
+    /// maps, removes or merges anything under it meanwhile (they get
+    /// [`TdError::InProgress`]). It must be free, or an empty table (as a
+    /// failed `map_1g` leaves it); a table that still maps something is
+    /// refused.
     ///
     /// If an AUG fails, the parts already mapped are removed again in one
     /// batch (one TRACK, one kick) and every frame is accounted for in
     /// [`Map1gFailure::left`]: the whole frame back, or (if a removal failed
-    /// too) the parts that stay mapped and the parts that came back. If the
+    /// too) the parts that stay with the TD and the parts that came back.
+    /// The S-EPT page under the entry stays (an empty table, which the next
+    /// `map_1g` there reuses and `remove_table::<Size1G>` frees). If the
     /// PROMOTE fails, the 512 parts stay mapped as 2M pages.
     #[doc(alias = "TDH.MEM.PAGE.AUG")]
     #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
@@ -535,86 +575,244 @@ impl<H: TdHostRef> Td<Finalized, H> {
         frame: GuestFrame<Size1G>,
         kick: &dyn Fn(),
     ) -> Result<(), Map1gFailure> {
-        if let Err(error) = Self::check_gpa::<Size1G>(gpa) {
-            return Err(Map1gFailure {
+        let whole = |error, frame| {
+            Err(Map1gFailure {
                 error,
                 left: Map1gLeft::Whole(frame),
-            });
-        }
-        let range = frame.into_range();
-        let Some(parts) = range.split::<Size2M>() else {
-            return Err(Map1gFailure {
-                error: TdError::Gpa {
-                    gpa,
-                    why: "a 1 GiB frame that does not split",
-                },
-                left: Map1gLeft::Whole(GuestFrame::returned(range)),
-            });
+            })
         };
-        for (i, part) in parts.enumerate() {
-            let at = Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
-            if let Err(f) = self.map(at, GuestFrame::returned(part)) {
-                let left = self.unmap_parts(gpa, range, i, kick);
-                return Err(Map1gFailure {
-                    error: f.error,
-                    left,
-                });
+        let info = match Self::check_gpa::<Size1G>(gpa) {
+            Ok(i) => i,
+            Err(e) => return whole(e, frame),
+        };
+        let Some(table_info) = page_info(gpa.as_u64(), TdxLevel::L1G.as_u8()) else {
+            return whole(
+                TdError::Gpa {
+                    gpa,
+                    why: "not a valid private GPA",
+                },
+                frame,
+            );
+        };
+        // The 1 GiB entry, claimed until this call ends: free → adding, with
+        // a new S-EPT page under it, or an empty table (a failed map_1g or
+        // removals left it) → busy, with each entry below reserved.
+        let (slot, node, reused) = match self.claim_1g(gpa, table_info) {
+            Ok(c) => c,
+            Err(e) => return whole(e, frame),
+        };
+        // SAFETY: a claimed table's node stays alive until this call
+        // publishes or retires it; a new one is ours alone until then.
+        let parts_node = unsafe { node.as_ref() };
+        // Entries below that no part took: free again (a reused table's
+        // were reserved).
+        let release_rest = |from: usize| {
+            if reused {
+                for (_, child) in parts_node.slots(TdxLevel::L2M.as_u8()).skip(from) {
+                    child.store(Entry::Free);
+                }
+            }
+        };
+        let range = frame.into_range();
+        let (b, p, tdr) = (self.b(), self.p(), self.tdr());
+        for i in 0..512u64 {
+            let at = gpa.as_u64() + i * Size2M::SIZE;
+            let first = Pfn::new(range.first().as_u64() + i * Size2M::FRAMES);
+            let Some(part_info) = page_info(at, TdxLevel::L2M.as_u8()) else {
+                unreachable!("a 1 GiB-aligned private GPA has valid 2M parts")
+            };
+            for f in first.as_u64()..first.as_u64() + Size2M::FRAMES {
+                p.clflush_page(Pfn::new(f));
+            }
+            let on = Operand::Gpa(Gpa::new(at));
+            let r = retry(
+                p,
+                self.inner.map_policy,
+                Leaf::MEM_PAGE_AUG.v0(),
+                on,
+                || {
+                    // SAFETY: the part's frames belong to the caller's guest
+                    // frame (GuestFrame::new), flushed above; on success the
+                    // module owns them and the TD records them in the node.
+                    unsafe { leaf::tdh_mem_page_aug(b, part_info, tdr, first) }.status
+                },
+            );
+            if let Err(error) = r {
+                let left = self.roll_back_1g(gpa, range, parts_node, i as usize, kick);
+                release_rest(i as usize);
+                slot.store(Entry::Table(node, Hold::Idle));
+                return Err(Map1gFailure { error, left });
+            }
+            parts_node
+                .slot(i as usize, TdxLevel::L2M.as_u8())
+                .store(Entry::Leaf(first, Hold::Idle));
+        }
+        let freed = self.blocked_sept_free(
+            gpa,
+            TdxLevel::L1G.as_u8(),
+            false,
+            kick,
+            Leaf::MEM_PAGE_PROMOTE.v0(),
+            &|b, tdr| {
+                // SAFETY: PROMOTE gives the S-EPT page back to the host; we
+                // take it over only after the flushes the ABI requires.
+                unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
+            },
+        );
+        match freed {
+            Ok(freed) => {
+                slot.store(Entry::Leaf(range.first(), Hold::Idle));
+                self.take_freed_sept(node, freed, Leaf::MEM_PAGE_PROMOTE.v0(), gpa)
+                    .map_err(|error| Map1gFailure {
+                        error,
+                        left: Map1gLeft::Merged,
+                    })
+            }
+            Err((error, blocked)) => {
+                let held = if blocked { Hold::Blocked } else { Hold::Idle };
+                slot.store(Entry::Table(node, held));
+                Err(Map1gFailure {
+                    error,
+                    left: Map1gLeft::Mapped,
+                })
             }
         }
-        self.promote::<Size1G>(gpa, kick)
-            .map_err(|error| Map1gFailure {
-                error,
-                left: Map1gLeft::Mapped,
-            })
     }
 
-    /// Takes the first `n` 2M parts of a failed `map_1g` back in one batch.
-    fn unmap_parts(
+    /// Claims the 1 GiB entry of `gpa` for [`map_1g`](Td::map_1g): a free
+    /// entry gets a new S-EPT page and node (`false`); an idle table whose
+    /// 512 entries are all free is reused, its entries reserved (`true`).
+    fn claim_1g(
+        &self,
+        gpa: Gpa,
+        info: PageInfo,
+    ) -> Result<(Slot<'_>, NonNull<Node>, bool), TdError> {
+        let level = TdxLevel::L1G.as_u8();
+        if let Ok(slot) = self.inner.tree.walk(gpa.as_u64(), level)
+            && let Entry::Table(_, Hold::Idle) = slot.load()
+        {
+            let (node, _) = self.claim_table(gpa, slot)?;
+            // SAFETY: claimed: alive until this call publishes it again.
+            let children = unsafe { node.as_ref() };
+            let mut reserved = 0;
+            for (_, child) in children.slots(level - 1) {
+                if child.swap_if(Entry::Free, Entry::Adding).is_err() {
+                    break;
+                }
+                reserved += 1;
+            }
+            if reserved < 512 {
+                for (_, child) in children.slots(level - 1).take(reserved) {
+                    child.store(Entry::Free);
+                }
+                slot.store(Entry::Table(node, Hold::Idle));
+                return Err(TdError::Gpa {
+                    gpa,
+                    why: "a table of smaller pages is there and maps something",
+                });
+            }
+            return Ok((slot, node, true));
+        }
+        let slot = self.claim(gpa, TdxLevel::L1G)?;
+        match self.private_table(info, gpa) {
+            Ok(node) => Ok((slot, node, false)),
+            Err(e) => {
+                slot.store(Entry::Free);
+                Err(e)
+            }
+        }
+    }
+
+    /// The S-EPT page under the claimed 1 GiB entry `info` (TDH.MEM.SEPT.ADD)
+    /// and its node, not yet published.
+    fn private_table(&self, info: PageInfo, gpa: Gpa) -> Result<NonNull<Node>, TdError> {
+        let page = self.fresh_page()?;
+        let Some(node) = Node::alloc(Some(page)) else {
+            self.free_refused(page);
+            return Err(TdError::Alloc {
+                what: "a node of the TD's S-EPT record",
+            });
+        };
+        let (b, tdr) = (self.b(), self.tdr());
+        let on = Operand::Gpa(gpa);
+        let r = retry(
+            self.p(),
+            self.inner.map_policy,
+            Leaf::MEM_SEPT_ADD.v0(),
+            on,
+            || {
+                // SAFETY: a fresh, flushed page; on success the module owns it
+                // and the TD keeps it in the node; on failure the module did
+                // not take it.
+                unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
+                    .status
+            },
+        );
+        if let Err(e) = r {
+            // SAFETY: never published; nobody else saw it.
+            unsafe { Node::free(node) };
+            self.free_refused(page);
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// Takes the first `n` 2M parts of a failed `map_1g` back in one batch
+    /// (BLOCK each, one TRACK, one kick, REMOVE each). The parts are in the
+    /// private `node` (nobody else reaches them: the 1 GiB entry is
+    /// claimed); those whose removal fails stay in it.
+    fn roll_back_1g(
         &self,
         gpa: Gpa,
         range: PfnRange<Size1G>,
+        node: &Node,
         n: usize,
         kick: &dyn Fn(),
     ) -> Map1gLeft {
+        let level = TdxLevel::L2M.as_u8();
         let mut kept = [0u64; 8];
-        let keep = |kept: &mut [u64; 8], i: usize| kept[i / 64] |= 1 << (i % 64);
-        let at = |i: usize| Gpa::new(gpa.as_u64() + i as u64 * Size2M::SIZE);
-        // Block each part, then remove all after one TRACK and one kick.
-        let mut blocked: [Option<Slot<'_>>; 512] = [None; 512];
-        for (i, b) in blocked.iter_mut().enumerate().take(n) {
-            let info = page_info(at(i).as_u64(), 1);
-            match (info, self.find(at(i), TdxLevel::L2M)) {
-                (Some(info), Ok(slot)) => match self.block_entry(info, at(i), slot) {
-                    Ok(_) => *b = Some(slot),
-                    Err(_) => keep(&mut kept, i),
-                },
-                _ => keep(&mut kept, i),
+        let mut blocked = [0u64; 8];
+        let mark = |set: &mut [u64; 8], i: usize| set[i / 64] |= 1 << (i % 64);
+        let has = |set: &[u64; 8], i: usize| set[i / 64] & (1 << (i % 64)) != 0;
+        let part = |i: usize| {
+            let at = gpa.as_u64() + i as u64 * Size2M::SIZE;
+            let first = Pfn::new(range.first().as_u64() + i as u64 * Size2M::FRAMES);
+            (Gpa::new(at), page_info(at, level), first)
+        };
+        for i in 0..n {
+            let (at, info, first) = part(i);
+            let slot = node.slot(i, level);
+            match info.map(|info| self.block(info, at)) {
+                Some(Ok(())) => {
+                    slot.store(Entry::Leaf(first, Hold::Busy));
+                    mark(&mut blocked, i);
+                }
+                _ => mark(&mut kept, i),
             }
         }
-        if blocked.iter().any(Option::is_some) {
+        if blocked.iter().any(|&w| w != 0) {
             let tracked = self.track();
             if tracked.is_ok() {
                 kick();
             }
-            for (i, b) in blocked.iter().enumerate() {
-                let Some(slot) = b else { continue };
-                let first = Pfn::new(range.first().as_u64() + i as u64 * Size2M::FRAMES);
-                let outcome = match (tracked, page_info(at(i).as_u64(), 1)) {
-                    (Ok(()), Some(info)) => self.remove_entry(info, at(i), *slot, first),
+            for i in (0..n).filter(|&i| has(&blocked, i)) {
+                let (at, info, first) = part(i);
+                let slot = node.slot(i, level);
+                let outcome = match (tracked, info) {
+                    (Ok(()), Some(info)) => self.remove_entry(info, at, slot, first),
                     (Err(e), _) => {
                         slot.store(Entry::Leaf(first, Hold::Blocked));
                         Outcome::Kept(e)
                     }
                     (Ok(()), None) => {
                         slot.store(Entry::Leaf(first, Hold::Blocked));
-                        Outcome::Kept(TdError::NotMapped(at(i)))
+                        Outcome::Kept(TdError::NotMapped(at))
                     }
                 };
-                match outcome {
-                    Outcome::Returned => {}
-                    // Deferred frames are the TD's until teardown (it
-                    // returns or reports them): not back to the caller.
-                    Outcome::Kept(_) | Outcome::Deferred(_) => keep(&mut kept, i),
+                if outcome != Outcome::Returned {
+                    // Kept or deferred: the TD's until a removal or
+                    // teardown returns or reports it.
+                    mark(&mut kept, i);
                 }
             }
         }
@@ -654,11 +852,14 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let info = Self::check_gpa::<S>(gpa)?;
         let slot = self.find(gpa, S::LEVEL)?;
         let first = self.block_entry(info, gpa, slot)?;
+        // Blocked now: if TRACK fails, or the kick or a callback panics, the
+        // entry stays blocked and the TD's, for a later removal.
+        let undo = Restore::new(slot, Entry::Leaf(first, Hold::Blocked));
         if let Err(e) = self.track() {
-            slot.store(Entry::Leaf(first, Hold::Blocked));
             return Err(e);
         }
         kick();
+        undo.disarm();
         match self.remove_entry(info, gpa, slot, first) {
             Outcome::Returned => Ok(GuestFrame::returned(PfnRange::new(first))),
             Outcome::Kept(e) | Outcome::Deferred(e) => Err(e),
@@ -693,9 +894,15 @@ impl<H: TdHostRef> Td<Finalized, H> {
             // Held by another thread (or changed under us: the same).
             Err(_) => return Err(TdError::InProgress(gpa)),
         };
-        if !blocked && let Err(e) = self.block(info, gpa) {
-            slot.store(Entry::Leaf(first, Hold::Idle));
-            return Err(e);
+        if !blocked {
+            // A panic in a platform callback during BLOCK's retries (the
+            // last attempt failed, so the entry is not blocked) gives the
+            // claim back.
+            let undo = Restore::new(slot, Entry::Leaf(first, Hold::Idle));
+            if let Err(e) = self.block(info, gpa) {
+                return Err(e);
+            }
+            undo.disarm();
         }
         Ok(first)
     }

@@ -75,8 +75,15 @@
 //! leaves to be serialized per TD anyway (PAGE.ADD, MR.EXTEND, MR.FINALIZE
 //! and the TD-level build leaves take the TDR exclusively).
 //! Teardown takes the TD by value, so it never runs beside a runtime
-//! operation on the same TD. Different TDs share nothing but the HKID pool
-//! (lock-free) and the module.
+//! operation on the same TD. Different TDs share the HKID pool (lock-free),
+//! the module, and the host's lock around TD-global leaves (creation and
+//! teardown only).
+//!
+//! One more case makes a mapping step aside: while a removal on the TD is
+//! retrying TDH.MEM.RANGE.BLOCK against the S-EPT tree lock (which every
+//! mapping takes shared), new mappings on that TD answer
+//! [`TdError::InProgress`] without issuing their leaf, so the readers
+//! drain; KVM's write lock stops its fault path for the same reason.
 //!
 //! **BUSY.** The module arbitrates between threads itself: each leaf takes
 //! the module's locks it needs (TDR, S-EPT tree, S-EPT entry, PAMT entry,
@@ -125,9 +132,9 @@
 //! **What may block or sleep.** Only [`Platform::yield_now`], called from
 //! the thread that called the library, when the policy is
 //! [`Backoff::Yield`](crate::retry::Backoff::Yield). Runtime operations
-//! never wait for another thread. Creating and tearing down a TD waits
-//! (yielding or spinning as the host's policy says) while another TD of
-//! the same host is in its TD-global leaves. Closures given to
+//! never wait for another thread. Creating, tearing down and dropping a TD
+//! wait, yielding, while another TD of the same host is in its TD-global
+//! leaves: they need a context that may yield. Closures given to
 //! [`Platform::on_cpu`] issue exactly one SEAMCALL and never yield, so a
 //! platform may run them in atomic context. Allocation: the library's own
 //! records on the runtime path (tree nodes, batch lists) are allocated
