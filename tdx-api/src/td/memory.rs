@@ -855,9 +855,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // Blocked now: if TRACK fails, or the kick or a callback panics, the
         // entry stays blocked and the TD's, for a later removal.
         let undo = Restore::new(slot, Entry::Leaf(first, Hold::Blocked));
-        if let Err(e) = self.track() {
-            return Err(e);
-        }
+        self.track()?;
         kick();
         undo.disarm();
         match self.remove_entry(info, gpa, slot, first) {
@@ -899,9 +897,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             // last attempt failed, so the entry is not blocked) gives the
             // claim back.
             let undo = Restore::new(slot, Entry::Leaf(first, Hold::Idle));
-            if let Err(e) = self.block(info, gpa) {
-                return Err(e);
-            }
+            self.block(info, gpa)?;
             undo.disarm();
         }
         Ok(first)
