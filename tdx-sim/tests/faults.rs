@@ -1,9 +1,8 @@
 //! Fault injection: scripted statuses change nothing and a retry succeeds,
 //! `Fault::stop_early` interrupts the resumable Extensions leaves with their
 //! resume state saved, and seeded random faults are reproducible and only
-//! use statuses the module can return for the leaf
-//! (`reference/tdx-module-model.md` §3.3, §4.4, §4.5 and §7.1
-//! "Concurrency").
+//! use statuses the module can return for the leaf (its busy and
+//! interrupted results).
 
 // UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`) and write list pages with `Platform::write_phys`, all against the
 // simulator, whose memory is simulated.
@@ -138,7 +137,7 @@ fn ext_ready() -> (Simulator, Vec<u64>, PfnRun) {
 #[test]
 fn transient_statuses_match_the_model() {
     let busy_rcx = TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX);
-    // §1.3: the sys leaves take the global lock (SYS_BUSY).
+    // the sys leaves take the global lock (SYS_BUSY).
     for leaf in [
         Leaf::SYS_INIT,
         Leaf::SYS_LP_INIT,
@@ -150,7 +149,7 @@ fn transient_statuses_match_the_model() {
             (&[TdxStatus::SYS_BUSY][..], false)
         );
     }
-    // §4.4: the global lock, PCONFIG busy (KET) and entropy.
+    // the global lock, PCONFIG busy (KET) and entropy.
     let (k, resumable) = transient_statuses(Leaf::SYS_KEY_CONFIG);
     assert!(!resumable);
     for s in [
@@ -160,7 +159,7 @@ fn transient_statuses_match_the_model() {
     ] {
         assert!(k.contains(&s), "{s}");
     }
-    // §3.3: the per-TDMR mutex; §3.5: the page's PAMT lock.
+    // the per-TDMR mutex; the page's PAMT lock.
     assert_eq!(
         transient_statuses(Leaf::SYS_TDMR_INIT),
         (&[busy_rcx][..], false)

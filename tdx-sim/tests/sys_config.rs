@@ -1,6 +1,6 @@
-//! TDH.SYS.CONFIG (v0 and v1) against `reference/tdx-module-model.md` §2:
-//! every global check of §2.2 and every per-TDMR check of §2.3, in the
-//! model's order, with the exact status and detail bytes, plus the quirk
+//! TDH.SYS.CONFIG (v0 and v1) against Intel's `tdh_sys_config.c`: every
+//! global check and every per-TDMR check, in the module's order, with the
+//! exact status and detail bytes, plus the quirk
 //! that a failed CONFIG keeps the global HKID reserved.
 //!
 //! Each per-TDMR test breaks exactly one rule of TDMR 1 (so detail byte 0
@@ -124,7 +124,7 @@ fn config(sim: &Simulator, tdmrs: &[TdmrInfo]) -> TdxStatus {
 /// Builds a simulator on `desc`, brings it to SYSINIT_DONE with every LP
 /// initialized, and issues CONFIG with `tdmrs`; asserts `expected`.
 ///
-/// After a failure it also asserts what model §2.2 says of every failure
+/// After a failure it also asserts what the module leaves after every failure
 /// past check 7: the state stays SYSINIT_DONE and the global HKID stays
 /// RESERVED. After a success, the state is SYSCONFIG_DONE.
 fn expect_config_on(desc: MachineDesc, tdmrs: &[TdmrInfo], expected: TdxStatus) -> Simulator {
@@ -199,7 +199,7 @@ fn valid_layout_is_accepted_and_pamts_become_module_pages() {
 
 #[test]
 fn sixty_four_tdmrs_are_accepted() {
-    // RDX = 64 = MAX_TDMRS is the largest accepted count (§2.2 check 5).
+    // RDX = 64 = MAX_TDMRS is the largest accepted count.
     let desc = MachineDesc::new(vec![(4 * GIB, 68 * GIB)]).with_cpus(2, 2);
     let tdmrs = simple_layout(&[(4 * GIB, 68 * GIB)], 1);
     assert_eq!(tdmrs.len(), 64);
@@ -208,7 +208,7 @@ fn sixty_four_tdmrs_are_accepted() {
 
 #[test]
 fn tdmrs_separated_by_a_gap_are_accepted() {
-    // §2.3 "TDMRs may be separated by any gap".
+    // "TDMRs may be separated by any gap".
     let mut tdmrs = simple_layout(&[(4 * GIB, 5 * GIB)], 1);
     tdmrs.extend(simple_layout(&[(10 * GIB, 12 * GIB)], 2));
     expect_config(&tdmrs, TdxStatus::SUCCESS);
@@ -216,7 +216,7 @@ fn tdmrs_separated_by_a_gap_are_accepted() {
 
 #[test]
 fn config_v1_is_refused_by_the_dispatcher_on_the_default_profile() {
-    // §1.2 check 2: SYS.CONFIG is not a versioned leaf in 1.5.01.
+    // SYS.CONFIG is not a versioned leaf in 1.5.01 (the dispatcher's check).
     let sim = Simulator::new(machine()).unwrap();
     init_lps(&sim);
     let array = write_tdmr_infos(&sim, &good_pair());
@@ -291,7 +291,7 @@ fn config_v2_is_refused_on_the_ext_profile() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.2 global checks, in order
+// global checks, in order
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -539,7 +539,7 @@ fn failed_config_keeps_hkid_reserved_and_a_corrected_retry_succeeds() {
 
 #[test]
 fn failed_config_with_another_hkid_leaves_both_reserved() {
-    // §2.2: the RESERVED mark of a failed try is not undone, even when the
+    // TDH.SYS.CONFIG: the RESERVED mark of a failed try is not undone, even when the
     // retry uses another global KeyID.
     let sim = Simulator::new(machine()).unwrap();
     init_lps(&sim);
@@ -560,7 +560,7 @@ fn failed_config_with_another_hkid_leaves_both_reserved() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 per-TDMR checks, rules 1-6 (the TDMR range)
+// per-TDMR checks, rules 1-6 (the TDMR range)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -702,7 +702,7 @@ fn r5_r6_hkid_bits_follow_the_machine_keyid_layout() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 7: reserved areas
+// rule 7: reserved areas
 // ---------------------------------------------------------------------------
 
 fn reserved(slots: &[(usize, u64, u64)]) -> Vec<TdmrInfo> {
@@ -851,7 +851,7 @@ fn r7_comes_before_r8() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 8: PAMT addresses and sizes (1G, then 2M, then 4K)
+// rule 8: PAMT addresses and sizes (1G, then 2M, then 4K)
 // ---------------------------------------------------------------------------
 
 fn pamt_status(code: TdxStatus, i: u8, level: u8) -> TdxStatus {
@@ -961,7 +961,7 @@ fn r8_comes_before_r9() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 9: PAMT vs PAMT
+// rule 9: PAMT vs PAMT
 // ---------------------------------------------------------------------------
 
 fn overlap(i: u8, level: u8, k: u8) -> TdxStatus {
@@ -1041,7 +1041,7 @@ fn r9_comes_before_r10() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 10: PAMT vs non-reserved TDMR memory
+// rule 10: PAMT vs non-reserved TDMR memory
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1114,7 +1114,7 @@ fn r10_pamt_outside_every_tdmr_is_accepted() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 11: PAMT in a merged CMR (1G, then 2M, then 4K)
+// rule 11: PAMT in a merged CMR (1G, then 2M, then 4K)
 // ---------------------------------------------------------------------------
 
 /// CMRs with a hole at [12G, 16G) (RAM, but not convertible).
@@ -1183,7 +1183,7 @@ fn r11_comes_before_r12() {
 }
 
 // ---------------------------------------------------------------------------
-// §2.3 rule 12: non-reserved TDMR memory in a merged CMR
+// rule 12: non-reserved TDMR memory in a merged CMR
 // ---------------------------------------------------------------------------
 
 #[test]

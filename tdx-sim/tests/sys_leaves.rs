@@ -1,5 +1,5 @@
-//! The module-wide leaves against `reference/tdx-module-model.md` §1, §3.4
-//! and §4.1-§4.6: the dispatcher gate (§1.2), TDH.SYS.INIT, LP.INIT, RD,
+//! The module-wide leaves against Intel's module (`tdx_vmm_dispatcher.c`,
+//! `tdh_sys_*.c`): the dispatcher gate, TDH.SYS.INIT, LP.INIT, RD,
 //! KEY.CONFIG, TDMR.INIT, SHUTDOWN, LP.SHUTDOWN, TDH.PHYMEM.PAGE.RDMD and the
 //! Extensions leaves (TDH.EXT.MEM.ADD, TDH.EXT.INIT), with exact statuses.
 //!
@@ -182,7 +182,7 @@ fn configured(sim: &Simulator, tdmrs: &[TdmrInfo]) {
     assert_eq!(sim.module_state(), SysState::SysConfigDone);
 }
 
-/// Leaves that the gate lets through before SYS_READY (§1.2 check 4).
+/// Leaves that the gate lets through before SYS_READY.
 const BEFORE_READY: [Leaf; 9] = [
     Leaf::SYS_INFO,
     Leaf::SYS_RD,
@@ -199,7 +199,7 @@ const BEFORE_READY: [Leaf; 9] = [
 const UNKNOWN_LEAVES: [u16; 4] = [55, 57, 999, 0xFFFF];
 
 // ---------------------------------------------------------------------------
-// §1.2 dispatcher gate
+// dispatcher gate
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -287,7 +287,7 @@ fn gate_sys_config_v1_passes_the_gate_on_the_ext_profile() {
 
 #[test]
 fn gate_versioned_leaves_pass_check_2_with_any_version() {
-    // Model §1.2 check 2: "A version above 0 is accepted only for
+    // "A version above 0 is accepted only for
     // PROMOTE, SEPT.ADD, SEPT.REMOVE, MNG.RD and VP.RD" (SEPT.ADD/REMOVE
     // reject > 1 themselves, after the gate). So version 2 of them reaches
     // check 4 (SYS_NOT_READY) before SYS_READY and check 3 after shutdown.
@@ -407,7 +407,7 @@ fn gate_after_shutdown_everything_but_lp_shutdown_is_sys_shutdown() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.1 TDH.SYS.INIT
+// TDH.SYS.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -472,7 +472,7 @@ fn sys_init_in_later_states_is_not_pending() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.2 TDH.SYS.LP.INIT
+// TDH.SYS.LP.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -529,7 +529,7 @@ fn lp_init_after_config_or_ready_is_not_pending() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.6 TDH.SYS.RD
+// TDH.SYS.RD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -599,7 +599,7 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
             .get(&f.into_raw())
             .unwrap_or_else(|| panic!("field {f:?} missing"))
     };
-    // Values model §4.6 states.
+    // The values the module reports.
     assert_eq!(get(field::MAX_TDMRS), 64);
     assert_eq!(get(field::MAX_RESERVED_PER_TDMR), 16);
     assert_eq!(get(field::PAMT_4K_ENTRY_SIZE), 16);
@@ -705,7 +705,7 @@ fn sys_rd_works_in_every_state_but_shutdown() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.4 TDH.SYS.KEY.CONFIG
+// TDH.SYS.KEY.CONFIG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -775,7 +775,7 @@ fn key_config_on_a_one_package_machine_makes_the_module_ready() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.5 TDH.SYS.TDMR.INIT and §3.4 "usable only in initialized 1 GiB blocks"
+// TDH.SYS.TDMR.INIT and "usable only in initialized 1 GiB blocks"
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -868,7 +868,7 @@ fn tdmrs_initialize_independently_in_any_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.PHYMEM.PAGE.RDMD (operand checks of §3.5 steps 1-2, page types of §3.4)
+// TDH.PHYMEM.PAGE.RDMD (the operand checks, and the page types)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -928,7 +928,7 @@ fn rdmd_reports_free_and_reserved_pages() {
         ok(8 * GIB).0,
         TdxStatus::OPERAND_ADDR_RANGE_ERROR.with_operand(OperandId::RCX)
     );
-    // PAMT pages outside every TDMR are not in any PAMT block (§3.4).
+    // PAMT pages outside every TDMR are not in any PAMT block.
     assert_eq!(
         ok(12 * GIB).0,
         TdxStatus::OPERAND_ADDR_RANGE_ERROR.with_operand(OperandId::RCX)
@@ -941,7 +941,7 @@ fn rdmd_reports_free_and_reserved_pages() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.SHUTDOWN and TDH.SYS.LP.SHUTDOWN (§1.3)
+// TDH.SYS.SHUTDOWN and TDH.SYS.LP.SHUTDOWN
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1005,8 +1005,8 @@ fn lp_shutdown_succeeds_in_every_state_and_changes_nothing() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.EXT.MEM.ADD and TDH.EXT.INIT (Profile::tdx_1_5_ext; the references give
-// only the register ABI, tdx-abi.md §4.5 and §9.3: the checks are model
+// TDH.EXT.MEM.ADD and TDH.EXT.INIT (Profile::tdx_1_5_ext; module 1.5.01 has
+// no source for them, only their register ABI is known: the checks are model
 // choices and say so)
 // ---------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-//! Fault injection on the TD leaves (`reference/tdx-module-model.md` §3.3,
-//! §4.7-§4.29, §7.1 "Concurrency"):
+//! Fault injection on the TD leaves (the BUSY, interrupted and entropy
+//! statuses Intel's `tdh_*.c` can return):
 //!
 //! - `transient_statuses(leaf)` for every TD leaf is exactly the set of
 //!   busy/entropy/epoch statuses the model lists for that leaf: OPERAND_BUSY
-//!   on each operand whose lock the leaf takes (§3.3, §3.5 step 3, §4.0),
+//!   on each operand whose lock the leaf takes,
 //!   PREVIOUS_TLB_EPOCH_BUSY at TRACK, RND_NO_ENTROPY and the PCONFIG
 //!   statuses at key generation, and "resumable" for CACHE.WB;
 //! - a scripted status is returned as it is, changes nothing, and the retry
@@ -42,23 +42,23 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
     use OperandId as O;
     let b = busy;
     match leaf {
-        // TDR_X(RCX); KOT lock; RNG for TD_UUID (§4.7).
+        // TDR_X(RCX); KOT lock; RNG for TD_UUID.
         Leaf::MNG_CREATE => vec![b(O::RCX), b(O::KOT), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); PCONFIG as in §4.4 (§4.8).
+        // TDR_X(RCX); PCONFIG as in TDH.SYS.KEY.CONFIG.
         Leaf::MNG_KEY_CONFIG => vec![b(O::RCX), b(O::KET), TdxStatus::KEY_GENERATION_FAILED],
-        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page (§4.9).
+        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page.
         Leaf::MNG_ADDCX => vec![b(O::RDX), b(O::RCX), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); TDCS() without the op-state lock (§4.10).
+        // TDR_X(RCX); TDCS() without the op-state lock.
         Leaf::MNG_INIT => vec![b(O::RCX)],
-        // TDR_S(RDX); op-state lock; EXPL(RCX) (§4.11).
+        // TDR_S(RDX); op-state lock; EXPL(RCX).
         Leaf::VP_CREATE => vec![b(O::RDX), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX) (§4.12).
+        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX).
         Leaf::VP_ADDCX => vec![b(O::RDX), b(O::TDR), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RCX); TDR_IMPL; op-state lock (§4.13).
+        // EXPL(RCX); TDR_IMPL; op-state lock.
         Leaf::VP_INIT => vec![b(O::RCX), b(O::TDR), b(O::OP_STATE)],
-        // EXPL(RCX); TDR_IMPL; no TDCS() (§4.24).
+        // EXPL(RCX); TDR_IMPL; no TDCS().
         Leaf::VP_FLUSH => vec![b(O::RCX), b(O::TDR)],
-        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8) (§4.14).
+        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8).
         Leaf::MEM_SEPT_ADD => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -67,15 +67,15 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::R8),
         ],
         // TDR_S(RDX); op-state lock; SWALK; the child page's PAMT lock
-        // (RCX) (§4.21); the same locks for REMOVE (§4.20), BLOCK and
-        // UNBLOCK (§4.17, §4.19).
+        // (RCX); the same locks for REMOVE, BLOCK and
+        // UNBLOCK.
         Leaf::MEM_SEPT_REMOVE
         | Leaf::MEM_PAGE_REMOVE
         | Leaf::MEM_RANGE_BLOCK
         | Leaf::MEM_RANGE_UNBLOCK => vec![b(O::RDX), b(O::OP_STATE), b(O::SEPT_TREE), b(O::RCX)],
-        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8) (§4.15).
+        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8).
         Leaf::MEM_PAGE_ADD => vec![b(O::RDX), b(O::R8)],
-        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8 (§4.16).
+        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8.
         Leaf::MEM_PAGE_AUG => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -83,26 +83,26 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::RCX),
             b(O::R8),
         ],
-        // TDR_S(RCX); op-state lock; epoch lock; previous epoch (§4.18).
+        // TDR_S(RCX); op-state lock; epoch lock; previous epoch.
         Leaf::MEM_TRACK => vec![
             b(O::RCX),
             b(O::OP_STATE),
             b(O::TD_EPOCH),
             TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
         ],
-        // TDR_X(RDX) only (§4.22: TDCS() without the op-state lock).
+        // TDR_X(RDX) only (the TDCS checks without the op-state lock).
         Leaf::MR_EXTEND => vec![b(O::RDX)],
-        // TDR_X(RCX) (§4.23).
+        // TDR_X(RCX).
         Leaf::MR_FINALIZE => vec![b(O::RCX)],
-        // TDR_X(RCX); KOT lock (§4.25, §4.27).
+        // TDR_X(RCX); KOT lock.
         Leaf::MNG_VPFLUSHDONE | Leaf::MNG_KEY_FREEID => vec![b(O::RCX), b(O::KOT)],
-        // WBT mutex; KOT (§4.26).
+        // WBT mutex; KOT.
         Leaf::PHYMEM_CACHE_WB => vec![b(O::WBCACHE), b(O::KOT)],
-        // The PAMT walk's lock; TDR_IMPL of the owner (§4.28).
+        // The PAMT walk's lock; TDR_IMPL of the owner.
         Leaf::PHYMEM_PAGE_RECLAIM => vec![b(O::RCX), b(O::TDR)],
-        // EXPL(page, shared) (§4.29).
+        // EXPL(page, shared).
         Leaf::PHYMEM_PAGE_WBINVD => vec![b(O::RCX)],
-        // A no-op (§4.32).
+        // A no-op.
         Leaf::MNG_KEY_RECLAIMID => vec![],
         _ => panic!("{leaf} is not a TD leaf of the model"),
     }

@@ -1,6 +1,7 @@
 //! Raw-leaf tests of the TD build leaves against the simulator: the happy
-//! path and every error path of `reference/tdx-module-model.md` §4.7-§4.13,
-//! §4.22-§4.24 with exact statuses and operand ids (TDH.MNG.CREATE,
+//! path and every error path of Intel's `tdh_mng_*.c`, `tdh_vp_*.c` and
+//! `tdh_mr_*.c` (`src/vmm_dispatcher/api_calls/`) with exact statuses and
+//! operand ids (TDH.MNG.CREATE,
 //! KEY.CONFIG, ADDCX, INIT with each TD_PARAMS check in order, MNG.RD,
 //! TDH.VP.CREATE/ADDCX/INIT/FLUSH, TDH.MR.EXTEND/FINALIZE), and MRTD
 //! vectors: fixed PAGE.ADD/MR.EXTEND sequences whose SHA-384 the test
@@ -10,8 +11,8 @@
 //! `td_teardown.rs`, fault injection in `td_faults.rs`.
 //!
 //! Not reachable from the host, so not tested: TDR.fatal (no host leaf sets
-//! it, model §5.1), TDH.MNG.INIT's platform checks (LIMIT_CPUID_MAXVAL,
-//! TSC_ADJUST; the model assumes they pass, §7.1).
+//! it), TDH.MNG.INIT's platform checks (LIMIT_CPUID_MAXVAL,
+//! TSC_ADJUST; the model assumes they pass).
 
 mod td_support;
 
@@ -31,7 +32,7 @@ const RDX: OperandId = OperandId::RDX;
 type Edit = fn(&mut Params);
 
 // ---------------------------------------------------------------------------
-// §4.7 TDH.MNG.CREATE
+// TDH.MNG.CREATE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -118,7 +119,7 @@ fn mng_create_tdr_explicit_page_checks() {
     sim.check_invariants().unwrap();
 }
 
-/// Model §3.4: a TDMR's 1 GiB block is usable only once its PAMT is fully
+/// A TDMR's 1 GiB block is usable only once its PAMT is fully
 /// initialized; before that every explicit page in it is out of range.
 #[test]
 fn mng_create_in_a_block_not_yet_initialized_is_addr_range_error() {
@@ -169,7 +170,7 @@ fn mng_create_hkid_in_use_or_global_is_not_free() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.8 TDH.MNG.KEY.CONFIG
+// TDH.MNG.KEY.CONFIG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -242,7 +243,7 @@ fn key_config_tdr_checks() {
 fn key_config_after_vpflushdone_is_lifecycle_incorrect() {
     let sim = host();
     let td = Td::build(&sim, Stage::Created);
-    // VPFLUSHDONE works on a TD whose keys were never configured (§4.25).
+    // VPFLUSHDONE works on a TD whose keys were never configured.
     ok("VPFLUSHDONE", mng_vpflushdone(&sim, td.tdr));
     assert_eq!(
         mng_key_config(&sim, td.tdr),
@@ -252,7 +253,7 @@ fn key_config_after_vpflushdone_is_lifecycle_incorrect() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.9 TDH.MNG.ADDCX
+// TDH.MNG.ADDCX
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -346,7 +347,7 @@ fn addcx_after_init_is_op_state_incorrect() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.10 TDH.MNG.INIT
+// TDH.MNG.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -450,7 +451,7 @@ fn mng_init_td_params_must_not_overlap_seamrr() {
 }
 
 /// Every TD_PARAMS field broken at once, then fixed one at a time in the
-/// model's order (§4.10 step 5): each call reports the first field still
+/// model's order: each call reports the first field still
 /// broken, and the TD stays UNINITIALIZED until the last fix succeeds.
 #[test]
 fn mng_init_td_params_fields_are_checked_in_order() {
@@ -680,7 +681,7 @@ fn mng_init_with_one_l2_vm_needs_seven_tdcs_pages_and_nine_tdvps_pages() {
     assert_eq!(td.try_init(&sim, &p).status, TdxStatus::TDCS_NOT_ALLOCATED);
     td.add_tdcs(&sim, 1);
     td.init(&sim, &p);
-    // VP.INIT needs 6 + 3 TDVPS pages with one L2 VM (§4.13).
+    // VP.INIT needs 6 + 3 TDVPS pages with one L2 VM.
     let i = td.create_vcpu(&sim, 5);
     let tdvpr = td.vcpus[i].tdvpr;
     assert_eq!(vp_init(&sim, tdvpr, 0, 0), TdxStatus::TDCX_NUM_INCORRECT);
@@ -750,7 +751,7 @@ fn read_mrtd(sim: &tdx_sim::Simulator, tdr: Pfn) -> [u8; 48] {
 }
 
 // ---------------------------------------------------------------------------
-// §4.11 TDH.VP.CREATE
+// TDH.VP.CREATE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -819,7 +820,7 @@ fn vp_create_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.12 TDH.VP.ADDCX
+// TDH.VP.ADDCX
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -901,7 +902,7 @@ fn vp_addcx_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.13 TDH.VP.INIT
+// TDH.VP.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -987,7 +988,7 @@ fn vp_init_beyond_max_vcpus_is_refused_and_undone() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.24 TDH.VP.FLUSH
+// TDH.VP.FLUSH
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1043,7 +1044,7 @@ fn vp_flush_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.22 TDH.MR.EXTEND
+// TDH.MR.EXTEND
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1086,7 +1087,7 @@ fn mr_extend_checks_in_order() {
 }
 
 #[test]
-/// Model §4.22: the walk must reach a leaf with RWX != 0, else
+/// The walk must reach a leaf with RWX != 0, else
 /// `TDX_EPT_ENTRY_NOT_PRESENT|RCX` with details; the "no operand" answer is
 /// for a leaf that has permissions but is not MAPPED. RANGE.BLOCK clears a
 /// leaf's permissions, so a BLOCKED leaf fails the walk (operand RCX).
@@ -1139,7 +1140,7 @@ fn mr_extend_and_finalize_only_in_initialized() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.23 TDH.MR.FINALIZE
+// TDH.MR.FINALIZE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1162,7 +1163,7 @@ fn mr_finalize_needs_an_initialized_vcpu() {
 }
 
 // ---------------------------------------------------------------------------
-// MRTD vectors (model §5.6)
+// MRTD vectors
 // ---------------------------------------------------------------------------
 
 /// A measurement block: 16-byte name, GPA little-endian, 104 zero bytes.

@@ -2,10 +2,10 @@
 //! simulator: TDH.MEM.SEPT.ADD (v0 and v1), SEPT.REMOVE, SEPT.RD,
 //! PAGE.ADD, PAGE.AUG (4K and 2M), RANGE.BLOCK, TRACK, RANGE.UNBLOCK,
 //! PAGE.REMOVE, PAGE.DEMOTE and PAGE.PROMOTE
-//! (`reference/tdx-module-model.md` §4.14-§4.21, §5.4, §5.5): every error
-//! path of the model's "Order" lists at least once, with the exact status,
-//! operand, and the S-EPT details in RCX/RDX where the model says they are
-//! returned (RDX = level | state << 8 of the entry where the walk stopped;
+//! (`src/vmm_dispatcher/api_calls/tdh_mem_*.c` in Intel's module): every
+//! error path at least once, in the module's order, with the exact status,
+//! operand, and the S-EPT details in RCX/RDX where the module returns them
+//! (RDX = level | state << 8 of the entry where the walk stopped;
 //! RCX = the entry, only "suppress #VE" for a FREE one).
 
 mod td_support;
@@ -39,7 +39,7 @@ fn child(sim: &tdx_sim::Simulator, td: &Td, gpa: u64, level: u8) -> Pfn {
 }
 
 // ---------------------------------------------------------------------------
-// §4.14 TDH.MEM.SEPT.ADD
+// TDH.MEM.SEPT.ADD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -231,7 +231,7 @@ fn sept_add_on_an_existing_entry() {
     let c = sept_add(&sim, info(0, 1), flags(&td, false), p);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
     assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
-    // With it: success, R8 unused (model §4.14; honoured in v0 too).
+    // With it: success, R8 unused.
     let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
     ok("SEPT.ADD allow_existing", c.status);
     assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA);
@@ -358,7 +358,7 @@ fn sept_add_v1_flags_an_unused_page_in_r8() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.21 TDH.MEM.SEPT.REMOVE
+// TDH.MEM.SEPT.REMOVE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -546,7 +546,7 @@ fn sept_rd_reports_each_state() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.15 TDH.MEM.PAGE.ADD
+// TDH.MEM.PAGE.ADD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -663,7 +663,7 @@ fn page_add_only_while_initialized() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.16 TDH.MEM.PAGE.AUG
+// TDH.MEM.PAGE.AUG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -819,7 +819,7 @@ fn page_aug_1g_is_operand_invalid() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.17 RANGE.BLOCK, §4.18 TRACK, §4.19 RANGE.UNBLOCK
+// TDH.MEM.RANGE.BLOCK, TRACK, RANGE.UNBLOCK
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -933,7 +933,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
     assert_details(c.out, 0, SeptState::FREE, None);
     ok("BLOCK", range_block(&sim, info(0x1000, 0), td.tdr).status);
-    // Not tracked: the operand is SEPT_TREE (model §4.19), not RCX.
+    // Not tracked: the operand is SEPT_TREE, not RCX.
     let c = range_unblock(&sim, info(0x1000, 0), td.tdr);
     assert_eq!(
         c.status,
@@ -1010,7 +1010,7 @@ fn track_advances_the_epoch_blocks_are_stamped_with() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.20 TDH.MEM.PAGE.REMOVE
+// TDH.MEM.PAGE.REMOVE
 // ---------------------------------------------------------------------------
 
 #[test]

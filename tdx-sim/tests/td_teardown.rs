@@ -1,7 +1,8 @@
 //! Raw-leaf tests of TD teardown against the simulator: TDH.MNG.VPFLUSHDONE,
 //! TDH.PHYMEM.CACHE.WB (start, resume, NO_HKID_READY), TDH.MNG.KEY.FREEID,
 //! TDH.MNG.KEY.RECLAIMID, TDH.PHYMEM.PAGE.RECLAIM and PAGE.WBINVD
-//! (`reference/tdx-module-model.md` §4.25-§4.29, §4.32, §5.1, §5.7, §5.8),
+//! (`tdh_mng_vpflushdone.c`, `tdh_phymem_cache_wb.c`, `tdh_mng_key_*.c`,
+//! `tdh_phymem_page_*.c` in Intel's `src/vmm_dispatcher/api_calls/`),
 //! teardown in the wrong order (each step refused with the module's status
 //! and nothing changed), HKID reuse, and the cache rule the simulator
 //! checks on the host side: a page that held a private KeyID's lines must
@@ -29,7 +30,7 @@ fn busy_td(sim: &tdx_sim::Simulator) -> Td {
 }
 
 // ---------------------------------------------------------------------------
-// The canonical order (model §5.7)
+// The canonical order
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -175,7 +176,7 @@ fn teardown_in_the_wrong_order_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.25 TDH.MNG.VPFLUSHDONE
+// TDH.MNG.VPFLUSHDONE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -223,7 +224,7 @@ fn vpflushdone_in_every_build_stage_without_associated_vcpus() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.26 TDH.PHYMEM.CACHE.WB
+// TDH.PHYMEM.CACHE.WB
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -333,7 +334,7 @@ fn cache_wb_interrupted_before_any_progress_still_resumes() {
     sim.check_invariants().unwrap();
 }
 
-/// Model §5.8: CACHE.WB only clears packages for the KeyIDs that were
+/// CACHE.WB only clears packages for the KeyIDs that were
 /// FLUSHED when it was started; a TD flushed while a CACHE.WB is under way
 /// needs a fresh start on that package.
 #[test]
@@ -365,7 +366,7 @@ fn cache_wb_covers_only_the_keyids_flushed_when_it_started() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.27 TDH.MNG.KEY.FREEID, §5.8 HKID reuse
+// TDH.MNG.KEY.FREEID, HKID reuse
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -423,7 +424,7 @@ fn hkid_is_reusable_only_after_freeid() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.32 TDH.MNG.KEY.RECLAIMID
+// TDH.MNG.KEY.RECLAIMID
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -444,7 +445,7 @@ fn key_reclaimid_is_a_no_op() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.28 TDH.PHYMEM.PAGE.RECLAIM
+// TDH.PHYMEM.PAGE.RECLAIM
 // ---------------------------------------------------------------------------
 
 /// A TD in TD_TEARDOWN (after FREEID), with a 2M page and a demoted one.
@@ -604,7 +605,7 @@ fn reclaim_takes_mapped_private_and_sept_pages_in_any_order() {
 }
 
 // ---------------------------------------------------------------------------
-// §4.29 TDH.PHYMEM.PAGE.WBINVD
+// TDH.PHYMEM.PAGE.WBINVD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -639,7 +640,8 @@ fn page_wbinvd_needs_a_free_page() {
 }
 
 // ---------------------------------------------------------------------------
-// The cache rule (model §7.2 item 12; `reference/tdx-abi.md` §8.2-§8.4)
+// The cache rule (a private KeyID's lines are written back before the page
+// goes back to the host)
 // ---------------------------------------------------------------------------
 
 #[test]

@@ -142,7 +142,7 @@ pub(crate) fn pinfo(rcx: u64, min: u8, max: u8) -> Result<(u64, u8), TdxStatus> 
     Ok((gpa, level))
 }
 
-/// `is_tlb_tracked` (model §5.5) with every refcount 0: the block epoch is
+/// `is_tlb_tracked` (`src/common/helpers/helpers.h`) with every refcount 0: the block epoch is
 /// at least one TRACK behind.
 pub(crate) fn tracked(td: &Td, bepoch: u64) -> bool {
     bepoch < td.td_epoch().saturating_sub(1) || bepoch == td.td_epoch().saturating_sub(1)

@@ -3,7 +3,7 @@
 //! exact registers (for inputs the typed leaves cannot express), TD_PARAMS,
 //! and a TD builder that drives the raw leaves, through the simulator or a
 //! trace recorder around it, to a given stage and through the canonical
-//! teardown (`reference/tdx-module-model.md` §5.7).
+//! teardown (VP.FLUSH, VPFLUSHDONE, CACHE.WB, KEY.FREEID, RECLAIM).
 //!
 //! Everything here issues raw leaves and asserts the statuses the model
 //! gives; nothing retries except where a helper says so.
@@ -322,7 +322,7 @@ pub(crate) fn sept_state(
 // TD_PARAMS
 // ---------------------------------------------------------------------------
 
-/// A TD_PARAMS image (1024 bytes, `reference/tdx-abi.md` §4.10 with the 1.5
+/// A TD_PARAMS image (1024 bytes, `td_params_t` of Intel's module with the 1.5
 /// field split: NUM_L2_VMS at 18, MSR_CONFIG_CTLS at 19, reserved_0 20..24,
 /// IA32_ARCH_CAPABILITIES_CONFIG at 224, reserved_2 232..256).
 #[derive(Clone)]
@@ -678,7 +678,7 @@ impl Td {
         }
     }
 
-    /// The canonical teardown (model §5.7): VP.FLUSH on each vCPU's LP,
+    /// The canonical teardown: VP.FLUSH on each vCPU's LP,
     /// VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID, RECLAIM of every
     /// page with the TDR last, WBINVD of the TDR with the global KeyID; then
     /// every host page of the TD goes back to the allocator.
