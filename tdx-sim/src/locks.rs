@@ -650,7 +650,7 @@ pub(crate) struct HeldStack<'s> {
     spill: Vec<Held<'s>>,
 }
 
-const INLINE: usize = 14;
+const INLINE: usize = 10;
 
 impl<'s> HeldStack<'s> {
     pub(crate) fn new(readers: Readers<'s>) -> Self {
