@@ -24,7 +24,7 @@ use tdx_types::{Leaf, LeafVersion, OperandId, TdxStatus, metadata::PamtPageType}
 
 use crate::{
     faults::FaultAction,
-    locks::{AtomicBool, Held, HeldStack, LockMode, LockSide, Ordering, septe},
+    locks::{AtomicBool, HeldStack, LockMode, LockSide, Ordering},
     pamt::{self, Entry, Tdmr},
     sept::{self, Septe, Slot},
     state::{Shared, SysState},
@@ -90,8 +90,8 @@ impl<'s> Call<'s> {
             .ok_or(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, o))
     }
 
-    /// The explicit-page check of model §3.5
-    /// (`check_and_lock_explicit_private_hpa`): the HPA checks, the PAMT
+    /// The explicit-page check (`check_and_lock_explicit_private_hpa` in
+    /// `src/common/helpers/helpers.c`): the HPA checks, the PAMT
     /// walk to `level` taking the leaf entry in `mode` (BUSY|`o`), the walk
     /// ending at `level`, and page type `pt` (PAGE_METADATA_INCORRECT|`o`).
     pub(crate) fn explicit(
@@ -129,7 +129,7 @@ impl<'s> Call<'s> {
         Ok(e)
     }
 
-    /// TDR_X / TDR_S (model §4.0, `check_lock_and_map_explicit_tdr`): the
+    /// TDR_X / TDR_S (`check_lock_and_map_explicit_tdr`, `helpers.c`): the
     /// TDR at `pa` for operand `o`, its PAMT entry taken in `mode`.
     pub(crate) fn tdr(
         &mut self,
@@ -156,10 +156,9 @@ impl<'s> Call<'s> {
             .block(pa)
             .expect("an implicit page is in a TDMR");
         let e = t.entry(level, pa);
-        e.lock
-            .acquire(mode, LockSide::Host)
+        self.held
+            .sharex_hp(&e.lock, mode, LockSide::Host)
             .map_err(|b| op(b.status(), o))?;
-        self.held.push(Held::SharexHp(&e.lock, mode));
         Ok(e)
     }
 
@@ -187,7 +186,7 @@ impl<'s> Call<'s> {
         Ok(())
     }
 
-    /// TDCS(leaf) (model §4.0, `check_state_map_tdcs_and_lock`): the build
+    /// TDCS(leaf) (`check_state_map_tdcs_and_lock`, `helpers.c`): the build
     /// state, the op-state lock in `oplock` (BUSY|OP_STATE), and an op state
     /// in `allowed`.
     pub(crate) fn tdcs(
@@ -198,10 +197,9 @@ impl<'s> Call<'s> {
     ) -> Result<(), TdxStatus> {
         self.build_state(td)?;
         if let Some(mode) = oplock {
-            td.op_lock
-                .acquire(mode, LockSide::Host)
+            self.held
+                .sharex_hp(&td.op_lock, mode, LockSide::Host)
                 .map_err(|b| op(b.status(), OperandId::OP_STATE))?;
-            self.held.push(Held::SharexHp(&td.op_lock, mode));
         }
         if !allowed.contains(&td.op_state()) {
             return Err(TdxStatus::OP_STATE_INCORRECT);
@@ -211,7 +209,8 @@ impl<'s> Call<'s> {
 
     // ---- S-EPT -------------------------------------------------------------
 
-    /// SWALK (model §4.0, `lock_sept_check_and_walk_private_gpa`): a private
+    /// SWALK (`lock_sept_check_and_walk_private_gpa`,
+    /// `helpers.c`): a private
     /// GPA (INVALID|RCX), the tree lock in `tree` if any (BUSY|SEPT_TREE),
     /// and the walk to `level` (EPT_WALK_FAILED|RCX with the details of the
     /// entry where it stopped in RCX/RDX).
@@ -227,10 +226,9 @@ impl<'s> Call<'s> {
             return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
         }
         if let Some(tree) = tree {
-            td.tree_lock
-                .acquire(tree)
+            self.held
+                .sharex(&td.tree_lock, tree)
                 .map_err(|b| op(b.status(), OperandId::SEPT_TREE))?;
-            self.held.push(Held::Sharex(&td.tree_lock, tree));
         }
         td.sept.walk(td.pwl(), gpa, level).map_err(|s| {
             sept::details(a, td.sept.view(s.value), s.level);
@@ -247,11 +245,10 @@ impl<'s> Call<'s> {
         s: &Slot<'s>,
         a: &mut SeamcallArgs,
     ) -> Result<Option<Septe>, TdxStatus> {
-        if septe::lock_host(s.word).is_err() {
+        if self.held.septe(s.word, LockSide::Host).is_err() {
             sept::details(a, td.sept.view(s.value), s.level);
             return Err(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
         }
-        self.held.push(Held::Septe(s.word));
         Ok(td.sept.view(s.word.load(Ordering::Acquire)))
     }
 
@@ -266,28 +263,23 @@ impl<'s> Call<'s> {
 
     /// The TD epoch lock (BUSY|TD_EPOCH).
     pub(crate) fn epoch(&mut self, td: &'s Td, mode: LockMode) -> Result<(), TdxStatus> {
-        td.epoch_lock
-            .acquire(mode)
-            .map_err(|b| op(b.status(), OperandId::TD_EPOCH))?;
-        self.held.push(Held::Sharex(&td.epoch_lock, mode));
-        Ok(())
+        self.held
+            .sharex(&td.epoch_lock, mode)
+            .map_err(|b| op(b.status(), OperandId::TD_EPOCH))
     }
 
     /// The KOT lock (BUSY|KOT).
     pub(crate) fn kot(&mut self, mode: LockMode) -> Result<(), TdxStatus> {
-        let l = &self.sim.kot.lock;
-        l.acquire(mode)
-            .map_err(|b| op(b.status(), OperandId::KOT))?;
-        self.held.push(Held::Sharex(l, mode));
-        Ok(())
+        self.held
+            .sharex(&self.sim.kot.lock, mode)
+            .map_err(|b| op(b.status(), OperandId::KOT))
     }
 
     /// The module's global lock (TDX_SYS_BUSY).
     pub(crate) fn sys_lock(&mut self, mode: LockMode) -> Result<(), TdxStatus> {
-        let l = &self.sim.sys.lock;
-        l.acquire(mode).map_err(|_| TdxStatus::SYS_BUSY)?;
-        self.held.push(Held::Sharex(l, mode));
-        Ok(())
+        self.held
+            .sharex(&self.sim.sys.lock, mode)
+            .map_err(|_| TdxStatus::SYS_BUSY)
     }
 
     /// A try-only mutex (BUSY|`o`).
@@ -296,9 +288,7 @@ impl<'s> Call<'s> {
         m: &'s crate::locks::Mutex,
         o: OperandId,
     ) -> Result<(), TdxStatus> {
-        m.acquire().map_err(|b| op(b.status(), o))?;
-        self.held.push(Held::Mutex(m));
-        Ok(())
+        self.held.mutex(m).map_err(|b| op(b.status(), o))
     }
 }
 
@@ -417,7 +407,7 @@ impl Pauses {
 // The dispatcher
 // ---------------------------------------------------------------------------
 
-/// Leaves the dispatcher lets run before the module is ready (model §1.2).
+/// Leaves the dispatcher lets run before the module is ready (`tdx_vmm_dispatcher.c`).
 const BEFORE_READY: [Leaf; 9] = [
     Leaf::SYS_INFO,
     Leaf::SYS_RD,
@@ -459,7 +449,7 @@ impl Shared {
         // another thread's LP (an on_cpu "IPI") waits for that thread's
         // SEAMCALL to end.
         let me = thread_token();
-        let busy = &self.lp_busy[lp as usize];
+        let busy = &self.lp_busy[lp as usize].0;
         let mut since: Option<std::time::Instant> = None;
         while let Err(other) = busy.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
             assert_ne!(
@@ -511,7 +501,7 @@ impl Shared {
         };
         let leaf = lv.leaf();
         self.counters.leaf(lp, leaf.0);
-        // Model §1.2 gate, in order.
+        // The gate of tdx_vmm_dispatcher.c, in order.
         let profile = &self.machine.desc.profile;
         if lv.version() > 0 && !profile.versioned(leaf) {
             return TdxStatus::OPERAND_INVALID;
@@ -552,7 +542,7 @@ impl Shared {
             leaf,
             version: lv.version(),
             stop_early,
-            held: HeldStack::new(),
+            held: HeldStack::new(self.readers(Some(lp))),
             pause: self.pauses.claim(leaf, lp),
         };
         let status = crate::leaves::run(&mut call, a).unwrap_or_else(|s| s);

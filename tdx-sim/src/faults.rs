@@ -106,7 +106,7 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         TdxStatus::RND_NO_ENTROPY,
     ];
     const BUSY_TDR_RCX: &[TdxStatus] = &[BUSY.with_operand(OperandId::RCX)];
-    // The locks each leaf takes, in the model's order (§3.3, §4.x).
+    // The locks each leaf takes, in the module's order.
     const VP_CREATE: &[TdxStatus] = &[
         BUSY.with_operand(OperandId::RDX),
         BUSY.with_operand(OperandId::OP_STATE),
@@ -175,7 +175,7 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         Leaf::PHYMEM_PAGE_RECLAIM => (RECLAIM, false),
         Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => (&[], true),
         Leaf::PHYMEM_CACHE_WB => (CACHE_WB, true),
-        // Model §3.3 and §4: the locks each TD leaf takes, and key generation.
+        // The locks each TD leaf takes, and key generation.
         Leaf::MNG_CREATE => (MNG_CREATE, false),
         Leaf::MNG_KEY_CONFIG => (MNG_KEY_CONFIG, false),
         Leaf::MNG_ADDCX => (MNG_ADDCX, false),

@@ -5,9 +5,9 @@
 //! acquisition ever waits. A failed attempt makes the leaf undo what it took
 //! and return `TDX_OPERAND_BUSY` (or `_BUSY_HOST_PRIORITY`) with the operand
 //! of the lock; the dispatcher releases the rest when the leaf ends
-//! ([`Held`]). Between a successful acquisition and the leaf's end the word
-//! says "held", whatever the simulator's own mutexes do, so a leaf running on
-//! another thread meets the lock exactly as on the real module.
+//! ([`HeldStack`]). Between a successful acquisition and the leaf's end the
+//! word says "held", whatever the simulator's own mutexes do, so a leaf
+//! running on another thread meets the lock exactly as on the real module.
 //!
 //! Four kinds:
 //!
@@ -28,11 +28,38 @@
 //! reader increment (the exclusive holder's release wipes the count), a
 //! release never clears HP, and a host exclusive attempt that finds only HP
 //! takes the lock and clears it.
+//!
+//! # Shared holds in reader slots
+//!
+//! Every leaf on a TD takes that TD's TDR entry, its PAMT parents, the op
+//! state and often the S-EPT tree lock shared. In the module each of those
+//! is an atomic add on one word that all LPs write; in a simulator whose
+//! leaves take a few hundred nanoseconds, those shared cache lines would
+//! serialize leaves the module runs in parallel. So a host's shared hold
+//! can instead be recorded in a slot of its LP ([`ReaderSlots`]; the
+//! "biased" readers of BRAVO, Dice and Kogan 2019): the reader publishes
+//! the lock's address in its own slot, then (after a SeqCst fence) checks
+//! that the word admits readers. The word carries two bits of the
+//! simulator's beside the module's 16: BIASED (readers may be in slots)
+//! and PENDING (an exclusive attempt is checking the slots). An exclusive
+//! attempt on a biased word sets PENDING, then (after a SeqCst fence) scans
+//! the slots, and takes the word only if no slot names the lock; a reader
+//! that sees PENDING takes the module's path. Every outcome is one the
+//! module's algorithm gives for some order of the same attempts: a slot
+//! reader is a reader the module would count. The fast path is taken only
+//! where the module's host-side shared acquire would simply succeed (no
+//! exclusive holder, no host-priority mark); everything else, and every
+//! guest-side or exclusive acquisition, follows the module's algorithm on
+//! the module's 16 bits (with their 16-bit wraparound).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
 
 use tdx_types::TdxStatus;
 
@@ -74,52 +101,244 @@ impl Busy {
 }
 
 // ---------------------------------------------------------------------------
+// Reader slots
+// ---------------------------------------------------------------------------
+
+/// Slots per LP: more shared holds than one leaf takes.
+#[cfg(not(loom))]
+pub(crate) const SLOTS: usize = 16;
+/// Under loom, every slot load is a point the model checker branches at:
+/// two slots per LP keep the state space small (one is used).
+#[cfg(loom)]
+pub(crate) const SLOTS: usize = 2;
+/// LPs that have slots (the others always take the module's path, so an
+/// exclusive attempt scans at most this many LPs' slots).
+pub(crate) const SLOT_LPS: usize = 64;
+
+/// One LP's reader slots: the addresses of the lock words it holds shared
+/// (0 = free). Only the thread running a SEAMCALL on that LP writes them
+/// (the dispatcher runs one SEAMCALL per LP at a time).
+#[derive(Debug)]
+#[repr(align(64))]
+pub(crate) struct LpSlots([AtomicUsize; SLOTS]);
+
+impl LpSlots {
+    fn free(&self) -> Option<&AtomicUsize> {
+        self.0.iter().find(|s| s.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// The reader slots of a simulator's LPs.
+#[derive(Debug)]
+pub(crate) struct ReaderSlots(Box<[LpSlots]>);
+
+impl ReaderSlots {
+    pub(crate) fn new(lps: usize) -> Self {
+        Self(
+            (0..lps.min(SLOT_LPS))
+                .map(|_| LpSlots(std::array::from_fn(|_| AtomicUsize::new(0))))
+                .collect(),
+        )
+    }
+
+    /// The slots of `lp`, if it has any.
+    pub(crate) fn of(&self, lp: u32) -> Option<&LpSlots> {
+        self.0.get(lp as usize)
+    }
+
+    /// True if a slot other than `except` names `addr`.
+    fn holds(&self, addr: usize, except: Option<&AtomicUsize>) -> bool {
+        self.0.iter().flat_map(|l| l.0.iter()).any(|s| {
+            !except.is_some_and(|x| std::ptr::eq(x, s)) && s.load(Ordering::Acquire) == addr
+        })
+    }
+}
+
+/// The slots an acquisition may use: all of them (to scan), and the
+/// acquiring LP's own (to publish in), if it has some.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readers<'s> {
+    pub(crate) all: &'s ReaderSlots,
+    pub(crate) mine: Option<&'s LpSlots>,
+}
+
+/// How a hold is recorded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hold<'s> {
+    /// Shared, in the module's reader count.
+    Counted,
+    /// Shared, in a reader slot.
+    Slot(&'s AtomicUsize),
+    /// Exclusive.
+    Exclusive,
+}
+
+// ---------------------------------------------------------------------------
+// The word shared by both sharex kinds
+// ---------------------------------------------------------------------------
+
+/// The module's 16 bits.
+const MODULE: u32 = 0xFFFF;
+/// Readers may be in slots.
+const BIASED: u32 = 1 << 16;
+/// An exclusive attempt is scanning the slots.
+const PENDING: u32 = 1 << 17;
+
+/// A lock word: the module's 16 bits and the simulator's two.
+#[derive(Debug, Default)]
+struct Word(AtomicU32);
+
+impl Word {
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    fn load(&self, o: Ordering) -> u32 {
+        self.0.load(o)
+    }
+
+    /// Adds `delta` to the module's 16 bits, wrapping as a 16-bit word does
+    /// (`lock xadd` on the module's `uint16_t`); returns the old word.
+    fn add16(&self, delta: u16, o: Ordering) -> u32 {
+        self.0
+            .fetch_update(o, Ordering::Relaxed, |w| {
+                Some((w & !MODULE) | u32::from((w as u16).wrapping_add(delta)))
+            })
+            .expect("the closure always gives a value")
+    }
+
+    /// The biased shared path: `Some(slot)` if the hold is recorded in a
+    /// slot of `r.mine`, `None` if the caller must take the module's path
+    /// (no slots, no free slot, or the word has a bit of `stop` or PENDING).
+    fn try_slot<'s>(&'s self, r: Readers<'s>, stop: u32) -> Option<&'s AtomicUsize> {
+        let slot = r.mine?.free()?;
+        let w = self.load(Ordering::Relaxed);
+        if w & (stop | PENDING) != 0 {
+            return None;
+        }
+        if w & BIASED == 0 {
+            self.0.fetch_or(BIASED, Ordering::Relaxed);
+        }
+        slot.store(self.addr(), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let w = self.load(Ordering::Acquire);
+        if w & BIASED == 0 || w & (stop | PENDING) != 0 {
+            slot.store(0, Ordering::Relaxed);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// An exclusive attempt on a word whose module bits were `w & MODULE`
+    /// and allow it: takes the word (to `taken`) if no reader holds it.
+    /// `Ok(true)` taken; `Ok(false)` readers hold it (the word is back as it
+    /// was, PENDING cleared); `Err(())` the word changed before anything was
+    /// done (re-evaluate). `except` is the caller's own slot (a promotion).
+    fn take(
+        &self,
+        w: u32,
+        taken: u32,
+        r: Readers<'_>,
+        except: Option<&AtomicUsize>,
+    ) -> Result<bool, ()> {
+        let cas = |from: u32, to: u32| {
+            self.0
+                .compare_exchange(from, to, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        };
+        if w & BIASED == 0 {
+            return if cas(w, taken) { Ok(true) } else { Err(()) };
+        }
+        if !cas(w, w | PENDING) {
+            return Err(());
+        }
+        fence(Ordering::SeqCst);
+        if !r.all.holds(self.addr(), except) && cas(w | PENDING, taken) {
+            return Ok(true);
+        }
+        self.0.fetch_and(!PENDING, Ordering::Release);
+        Ok(false)
+    }
+
+    /// Waits while another exclusive attempt scans the slots (a few
+    /// hundred loads at most).
+    fn wait_pending(&self) -> u32 {
+        loop {
+            let w = self.load(Ordering::Acquire);
+            if w & PENDING == 0 {
+                return w;
+            }
+            std::hint::spin_loop();
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+    }
+
+    /// True if anyone holds the word (the module's bits but HP, or a slot).
+    fn is_held(&self, keep: u32, r: &ReaderSlots) -> bool {
+        self.load(Ordering::Acquire) & MODULE & !keep != 0 || r.holds(self.addr(), None)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Plain sharex
 // ---------------------------------------------------------------------------
 
 /// A shared/exclusive lock without host priority.
 #[derive(Debug, Default)]
-pub(crate) struct Sharex(AtomicU16);
+pub(crate) struct Sharex(Word);
 
-const SX_EXCLUSIVE: u16 = 1;
+const SX_EXCLUSIVE: u32 = 1;
 const SX_READER: u16 = 2;
 
 impl Sharex {
     /// A free lock.
     pub(crate) fn new() -> Self {
-        Self(AtomicU16::new(0))
+        Self::default()
     }
 
-    /// One attempt: shared adds a reader and fails if the exclusive bit was
-    /// set (the add stays); exclusive succeeds only on a free word.
-    pub(crate) fn acquire(&self, mode: LockMode) -> Result<(), Busy> {
+    /// One attempt (`acquire_sharex_lock`): shared adds a reader and fails
+    /// if the exclusive bit was set (the add stays); exclusive succeeds
+    /// only on a free word.
+    pub(crate) fn acquire<'s>(&'s self, mode: LockMode, r: Readers<'s>) -> Result<Hold<'s>, Busy> {
+        let w = &self.0;
         match mode {
             LockMode::Shared => {
-                let old = self.0.fetch_add(SX_READER, Ordering::Acquire);
+                if let Some(slot) = w.try_slot(r, SX_EXCLUSIVE) {
+                    return Ok(Hold::Slot(slot));
+                }
+                let old = w.add16(SX_READER, Ordering::Acquire);
                 if old & SX_EXCLUSIVE == 0 {
-                    Ok(())
+                    Ok(Hold::Counted)
                 } else {
                     Err(Busy::Busy)
                 }
             }
-            LockMode::Exclusive => self
-                .0
-                .compare_exchange(0, SX_EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed)
-                .map(drop)
-                .map_err(|_| Busy::Busy),
+            LockMode::Exclusive => loop {
+                let cur = w.load(Ordering::Acquire);
+                if cur & (MODULE | PENDING) != 0 {
+                    return Err(Busy::Busy);
+                }
+                match w.take(cur, SX_EXCLUSIVE, r, None) {
+                    Ok(true) => return Ok(Hold::Exclusive),
+                    Ok(false) => return Err(Busy::Busy),
+                    Err(()) => continue,
+                }
+            },
         }
     }
 
-    /// Releases a hold of `mode`: a reader leaves; the exclusive holder
-    /// frees the word (wiping counts of failed shared attempts).
-    pub(crate) fn release(&self, mode: LockMode) {
-        match mode {
-            LockMode::Shared => {
-                let old = self.0.fetch_sub(SX_READER, Ordering::Release);
-                debug_assert!(old & SX_EXCLUSIVE == 0 && old >= SX_READER, "{old:#x}");
+    /// Releases a hold: a reader leaves; the exclusive holder frees the
+    /// word (wiping counts of failed shared attempts).
+    pub(crate) fn release(&self, hold: Hold<'_>) {
+        match hold {
+            Hold::Slot(s) => s.store(0, Ordering::Release),
+            Hold::Counted => {
+                let old = self.0.add16(SX_READER.wrapping_neg(), Ordering::Release);
+                debug_assert!(old & SX_EXCLUSIVE == 0, "{old:#x}");
             }
-            LockMode::Exclusive => {
-                let old = self.0.swap(0, Ordering::Release);
+            Hold::Exclusive => {
+                let old = self.0.0.swap(0, Ordering::Release);
                 debug_assert!(old & SX_EXCLUSIVE != 0, "{old:#x}");
             }
         }
@@ -127,14 +346,14 @@ impl Sharex {
 
     /// True if anyone holds the lock (or a failed shared attempt's count
     /// waits for the exclusive holder's release).
-    pub(crate) fn is_held(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != 0
+    pub(crate) fn is_held(&self, r: &ReaderSlots) -> bool {
+        self.0.is_held(0, r)
     }
 
-    /// The raw word (for tests and diagnostics).
+    /// The module's 16 bits (for tests).
     #[cfg(test)]
-    pub(crate) fn raw(&self) -> u16 {
-        self.0.load(Ordering::Relaxed)
+    pub(crate) fn raw(&self) -> u32 {
+        self.0.load(Ordering::Relaxed) & MODULE
     }
 }
 
@@ -144,109 +363,142 @@ impl Sharex {
 
 /// A shared/exclusive lock with host priority.
 #[derive(Debug, Default)]
-pub(crate) struct SharexHp(AtomicU16);
+pub(crate) struct SharexHp(Word);
 
-const HP_EXCLUSIVE: u16 = 1;
-const HP_FLAG: u16 = 2;
+const HP_EXCLUSIVE: u32 = 1;
+const HP_FLAG: u32 = 2;
 const HP_READER: u16 = 4;
 
 impl SharexHp {
     /// A free lock.
     pub(crate) fn new() -> Self {
-        Self(AtomicU16::new(0))
+        Self::default()
     }
 
     /// One attempt (`acquire_sharex_lock_hp`).
-    pub(crate) fn acquire(&self, mode: LockMode, side: LockSide) -> Result<(), Busy> {
+    pub(crate) fn acquire<'s>(
+        &'s self,
+        mode: LockMode,
+        side: LockSide,
+        r: Readers<'s>,
+    ) -> Result<Hold<'s>, Busy> {
+        let w = &self.0;
         match (mode, side) {
             (LockMode::Shared, LockSide::Guest) => {
-                let old = self.0.fetch_add(HP_READER, Ordering::Acquire);
+                let old = w.add16(HP_READER, Ordering::Acquire);
                 if old & HP_FLAG != 0 {
-                    self.0.fetch_sub(HP_READER, Ordering::Relaxed);
+                    w.add16(HP_READER.wrapping_neg(), Ordering::Relaxed);
                     Err(Busy::HostPriority)
                 } else if old & HP_EXCLUSIVE != 0 {
                     Err(Busy::Busy)
                 } else {
-                    Ok(())
+                    Ok(Hold::Counted)
                 }
             }
             (LockMode::Shared, LockSide::Host) => {
-                let old = self.0.fetch_add(HP_READER, Ordering::Acquire);
+                if let Some(slot) = w.try_slot(r, HP_EXCLUSIVE | HP_FLAG) {
+                    return Ok(Hold::Slot(slot));
+                }
+                let old = w.add16(HP_READER, Ordering::Acquire);
                 if old & HP_EXCLUSIVE != 0 {
-                    self.0.fetch_or(HP_FLAG, Ordering::Relaxed);
+                    w.0.fetch_or(HP_FLAG, Ordering::Relaxed);
                     Err(Busy::Busy)
                 } else {
                     if old & HP_FLAG != 0 {
-                        self.0.fetch_and(!HP_FLAG, Ordering::Relaxed);
+                        w.0.fetch_and(!HP_FLAG, Ordering::Relaxed);
                     }
-                    Ok(())
+                    Ok(Hold::Counted)
                 }
             }
-            (LockMode::Exclusive, side) => {
-                match self
-                    .0
-                    .compare_exchange(0, HP_EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => Ok(()),
-                    Err(HP_FLAG) if side == LockSide::Guest => Err(Busy::HostPriority),
-                    Err(HP_FLAG) => self
-                        .0
-                        .compare_exchange(
-                            HP_FLAG,
-                            HP_EXCLUSIVE,
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .map(drop)
-                        .map_err(|_| Busy::Busy),
-                    Err(_) if side == LockSide::Guest => Err(Busy::Busy),
-                    Err(_) => {
-                        self.0.fetch_or(HP_FLAG, Ordering::Relaxed);
-                        Err(Busy::Busy)
+            (LockMode::Exclusive, side) => loop {
+                let cur = w.load(Ordering::Acquire);
+                let m = cur & MODULE;
+                let host = side == LockSide::Host;
+                if cur & PENDING != 0 {
+                    // Another exclusive attempt (or a promotion) is in
+                    // flight: this one comes second.
+                    if host {
+                        w.0.fetch_or(HP_FLAG, Ordering::Relaxed);
                     }
+                    return Err(Busy::Busy);
                 }
-            }
+                let allowed = m == 0 || (m == HP_FLAG && host);
+                if !allowed {
+                    if m == HP_FLAG {
+                        // A guest on a word marked for a host: the module
+                        // says BUSY_HOST_PRIORITY when nobody holds it.
+                        let readers = cur & BIASED != 0 && r.all.holds(w.addr(), None);
+                        return Err(if readers {
+                            Busy::Busy
+                        } else {
+                            Busy::HostPriority
+                        });
+                    }
+                    if host {
+                        w.0.fetch_or(HP_FLAG, Ordering::Relaxed);
+                    }
+                    return Err(Busy::Busy);
+                }
+                match w.take(cur, HP_EXCLUSIVE, r, None) {
+                    Ok(true) => return Ok(Hold::Exclusive),
+                    Ok(false) => {
+                        if host {
+                            w.0.fetch_or(HP_FLAG, Ordering::Relaxed);
+                        }
+                        return Err(Busy::Busy);
+                    }
+                    // The module's second compare-exchange (HP -> X) failed:
+                    // BUSY, without marking.
+                    Err(()) if m == HP_FLAG => return Err(Busy::Busy),
+                    Err(()) => continue,
+                }
+            },
         }
     }
 
-    /// Host promotion of the caller's shared hold to exclusive
+    /// Host promotion of the caller's shared `hold` to exclusive
     /// (`promote_sharex_lock_hp`): succeeds only if the caller is the one
     /// reader (with or without HP, which it clears); else sets HP.
-    pub(crate) fn promote(&self) -> Result<(), Busy> {
-        match self.0.compare_exchange(
-            HP_READER,
-            HP_EXCLUSIVE,
-            Ordering::Acquire,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => Ok(()),
-            Err(old) if old == HP_READER | HP_FLAG => self
-                .0
-                .compare_exchange(
-                    HP_READER | HP_FLAG,
-                    HP_EXCLUSIVE,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .map(drop)
-                .map_err(|_| Busy::Busy),
-            Err(old) => {
-                debug_assert!(old & HP_EXCLUSIVE == 0 && old >= HP_READER, "{old:#x}");
-                self.0.fetch_or(HP_FLAG, Ordering::Relaxed);
-                Err(Busy::Busy)
+    pub(crate) fn promote<'s>(&'s self, hold: Hold<'s>, r: Readers<'s>) -> Result<Hold<'s>, Busy> {
+        let w = &self.0;
+        let fail = || {
+            w.0.fetch_or(HP_FLAG, Ordering::Relaxed);
+            Err(Busy::Busy)
+        };
+        loop {
+            let cur = w.wait_pending();
+            let m = cur & MODULE;
+            let (alone, except) = match hold {
+                Hold::Counted => (m & !HP_FLAG == u32::from(HP_READER), None),
+                Hold::Slot(s) => (m & !HP_FLAG == 0, Some(s)),
+                Hold::Exclusive => unreachable!("promoting an exclusive hold"),
+            };
+            if !alone {
+                return fail();
+            }
+            match w.take(cur, HP_EXCLUSIVE, r, except) {
+                Ok(true) => {
+                    if let Some(s) = except {
+                        s.store(0, Ordering::Relaxed);
+                    }
+                    return Ok(Hold::Exclusive);
+                }
+                Ok(false) => return fail(),
+                Err(()) => continue,
             }
         }
     }
 
-    /// Releases a hold of `mode`; HP stays as it is.
-    pub(crate) fn release(&self, mode: LockMode) {
-        match mode {
-            LockMode::Shared => {
-                let old = self.0.fetch_sub(HP_READER, Ordering::Release);
-                debug_assert!(old & HP_EXCLUSIVE == 0 && old >= HP_READER, "{old:#x}");
+    /// Releases a hold; HP stays as it is.
+    pub(crate) fn release(&self, hold: Hold<'_>) {
+        match hold {
+            Hold::Slot(s) => s.store(0, Ordering::Release),
+            Hold::Counted => {
+                let old = self.0.add16(HP_READER.wrapping_neg(), Ordering::Release);
+                debug_assert!(old & HP_EXCLUSIVE == 0, "{old:#x}");
             }
-            LockMode::Exclusive => {
-                let old = self.0.fetch_and(HP_FLAG, Ordering::Release);
+            Hold::Exclusive => {
+                let old = self.0.0.fetch_and(HP_FLAG, Ordering::Release);
                 debug_assert!(old & HP_EXCLUSIVE != 0, "{old:#x}");
             }
         }
@@ -260,19 +512,19 @@ impl SharexHp {
     /// True if anyone holds the lock (a reader or the exclusive holder). A
     /// failed shared attempt that met an exclusive holder counts until that
     /// holder releases, as in the module.
-    pub(crate) fn is_held(&self) -> bool {
-        self.0.load(Ordering::Relaxed) & !HP_FLAG != 0
+    pub(crate) fn is_held(&self, r: &ReaderSlots) -> bool {
+        self.0.is_held(HP_FLAG, r)
     }
 
     /// Resets the word (a freshly initialized PAMT entry or TDCS).
     pub(crate) fn reset(&self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.0.0.store(0, Ordering::Relaxed);
     }
 
-    /// The raw word (for tests and diagnostics).
+    /// The module's 16 bits (for tests).
     #[cfg(test)]
-    pub(crate) fn raw(&self) -> u16 {
-        self.0.load(Ordering::Relaxed)
+    pub(crate) fn raw(&self) -> u32 {
+        self.0.load(Ordering::Relaxed) & MODULE
     }
 }
 
@@ -293,11 +545,17 @@ pub(crate) mod septe {
     /// Host side: test-and-set TDEL; if it was set, set TDHP and fail; if
     /// acquired, clear TDHP.
     pub(crate) fn lock_host(e: &AtomicU64) -> Result<(), Busy> {
-        if e.fetch_or(LOCK, Ordering::Acquire) & LOCK != 0 {
+        let old = e.fetch_or(LOCK, Ordering::Acquire);
+        if old & LOCK != 0 {
             e.fetch_or(HP, Ordering::Relaxed);
             return Err(Busy::Busy);
         }
-        e.fetch_and(!HP, Ordering::Relaxed);
+        // The module clears TDHP unconditionally; a mark set by a host that
+        // failed after this acquisition may as well have come after that
+        // clear, so only a mark that was there before is cleared.
+        if old & HP != 0 {
+            e.fetch_and(!HP, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -363,45 +621,48 @@ impl Mutex {
 /// One lock a leaf (or a [`HeldLock`](crate::HeldLock)) holds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Held<'s> {
-    Sharex(&'s Sharex, LockMode),
-    SharexHp(&'s SharexHp, LockMode),
+    Sharex(&'s Sharex, Hold<'s>),
+    SharexHp(&'s SharexHp, Hold<'s>),
     Septe(&'s AtomicU64),
     Mutex(&'s Mutex),
 }
 
 impl Held<'_> {
-    pub(crate) fn release(self) {
+    fn release(self) {
         match self {
-            Held::Sharex(l, m) => l.release(m),
-            Held::SharexHp(l, m) => l.release(m),
+            Held::Sharex(l, h) => l.release(h),
+            Held::SharexHp(l, h) => l.release(h),
             Held::Septe(e) => septe::unlock(e),
             Held::Mutex(m) => m.release(),
         }
     }
 }
 
-/// The locks one leaf holds, in acquisition order; released in reverse
-/// order when the leaf ends. The first few live inline, so a leaf does not
-/// allocate.
+/// The locks one leaf holds, in acquisition order, and the reader slots it
+/// may use; everything is released in reverse order when the leaf ends.
+/// Acquisitions go through it. The first few records live inline, so a
+/// leaf does not allocate.
 #[derive(Debug)]
 pub(crate) struct HeldStack<'s> {
+    readers: Readers<'s>,
     inline: [Option<Held<'s>>; INLINE],
     len: usize,
     spill: Vec<Held<'s>>,
 }
 
-const INLINE: usize = 14;
+const INLINE: usize = 10;
 
 impl<'s> HeldStack<'s> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(readers: Readers<'s>) -> Self {
         Self {
+            readers,
             inline: [None; INLINE],
             len: 0,
             spill: Vec::new(),
         }
     }
 
-    pub(crate) fn push(&mut self, h: Held<'s>) {
+    fn push(&mut self, h: Held<'s>) {
         if self.len < INLINE {
             self.inline[self.len] = Some(h);
             self.len += 1;
@@ -410,19 +671,61 @@ impl<'s> HeldStack<'s> {
         }
     }
 
-    /// Turns the newest record, a shared hold of a [`SharexHp`] that was
-    /// just promoted, into an exclusive one.
-    pub(crate) fn upgrade_last(&mut self) {
-        let last = match self.spill.last_mut() {
+    fn last_mut(&mut self) -> &mut Held<'s> {
+        match self.spill.last_mut() {
             Some(h) => h,
             None => self.inline[self.len - 1]
                 .as_mut()
                 .expect("a lock was pushed"),
-        };
-        match last {
-            Held::SharexHp(_, m) => *m = LockMode::Exclusive,
-            other => unreachable!("promoted {other:?}"),
         }
+    }
+
+    /// Takes `l` in `mode`.
+    pub(crate) fn sharex(&mut self, l: &'s Sharex, mode: LockMode) -> Result<(), Busy> {
+        let h = l.acquire(mode, self.readers)?;
+        self.push(Held::Sharex(l, h));
+        Ok(())
+    }
+
+    /// Takes `l` in `mode` on `side`.
+    pub(crate) fn sharex_hp(
+        &mut self,
+        l: &'s SharexHp,
+        mode: LockMode,
+        side: LockSide,
+    ) -> Result<(), Busy> {
+        let h = l.acquire(mode, side, self.readers)?;
+        self.push(Held::SharexHp(l, h));
+        Ok(())
+    }
+
+    /// Promotes the newest record, a shared hold of a [`SharexHp`], to
+    /// exclusive (a host's PAMT walk ending at a 2M or 1G entry).
+    pub(crate) fn promote_last(&mut self) -> Result<(), Busy> {
+        let readers = self.readers;
+        let last = self.last_mut();
+        let Held::SharexHp(l, hold) = *last else {
+            unreachable!("promoting {last:?}")
+        };
+        *last = Held::SharexHp(l, l.promote(hold, readers)?);
+        Ok(())
+    }
+
+    /// Takes the lock bit of the S-EPT entry `e` on `side`.
+    pub(crate) fn septe(&mut self, e: &'s AtomicU64, side: LockSide) -> Result<(), Busy> {
+        match side {
+            LockSide::Host => septe::lock_host(e)?,
+            LockSide::Guest => septe::lock_guest(e)?,
+        }
+        self.push(Held::Septe(e));
+        Ok(())
+    }
+
+    /// Takes the mutex `m`.
+    pub(crate) fn mutex(&mut self, m: &'s Mutex) -> Result<(), Busy> {
+        m.acquire()?;
+        self.push(Held::Mutex(m));
+        Ok(())
     }
 
     /// Drops the record of the entry lock on `e` (released by the write
@@ -476,15 +779,7 @@ impl<'s> HeldStack<'s> {
 
     /// Releases everything, newest first.
     pub(crate) fn release_all(&mut self) {
-        while let Some(h) = self.spill.pop() {
-            h.release();
-        }
-        while self.len > 0 {
-            self.len -= 1;
-            if let Some(h) = self.inline[self.len].take() {
-                h.release();
-            }
-        }
+        self.release_to(0);
     }
 }
 
@@ -502,69 +797,129 @@ mod tests {
     use LockMode::{Exclusive as X, Shared as S};
     use LockSide::{Guest, Host};
 
+    /// Readers with no slots: the module's own algorithm.
+    fn counted(all: &ReaderSlots) -> Readers<'_> {
+        Readers { all, mine: None }
+    }
+
     #[test]
     fn sharex_follows_the_module() {
+        let all = ReaderSlots::new(0);
+        let r = counted(&all);
         let l = Sharex::new();
-        l.acquire(S).unwrap();
-        l.acquire(S).unwrap();
-        assert_eq!(l.acquire(X), Err(Busy::Busy));
-        l.release(S);
-        l.release(S);
-        l.acquire(X).unwrap();
+        let a = l.acquire(S, r).unwrap();
+        let b = l.acquire(S, r).unwrap();
+        assert_eq!(l.acquire(X, r).unwrap_err(), Busy::Busy);
+        l.release(a);
+        l.release(b);
+        let x = l.acquire(X, r).unwrap();
         // A failed shared attempt leaves its count; the release wipes it.
-        assert_eq!(l.acquire(S), Err(Busy::Busy));
-        assert_eq!(l.raw(), SX_EXCLUSIVE | SX_READER);
-        l.release(X);
+        assert_eq!(l.acquire(S, r).unwrap_err(), Busy::Busy);
+        assert_eq!(l.raw(), SX_EXCLUSIVE | u32::from(SX_READER));
+        l.release(x);
         assert_eq!(l.raw(), 0);
     }
 
     #[test]
     fn host_priority_rules() {
+        let all = ReaderSlots::new(0);
+        let r = counted(&all);
         let l = SharexHp::new();
-        l.acquire(X, Host).unwrap();
+        let x = l.acquire(X, Host, r).unwrap();
         // A host meeting the exclusive holder sets HP (its count stays).
-        assert_eq!(l.acquire(S, Host), Err(Busy::Busy));
+        assert_eq!(l.acquire(S, Host, r).unwrap_err(), Busy::Busy);
         assert!(l.host_priority());
         // HP is set now: a guest backs off with BUSY_HOST_PRIORITY (and
         // takes its count back).
-        assert_eq!(l.acquire(S, Guest), Err(Busy::HostPriority));
-        assert_eq!(l.raw(), HP_EXCLUSIVE | HP_FLAG | HP_READER);
-        l.release(X);
+        assert_eq!(l.acquire(S, Guest, r).unwrap_err(), Busy::HostPriority);
+        assert_eq!(l.raw(), HP_EXCLUSIVE | HP_FLAG | u32::from(HP_READER));
+        l.release(x);
         // The release keeps HP only.
         assert_eq!(l.raw(), HP_FLAG);
-        assert_eq!(l.acquire(S, Guest), Err(Busy::HostPriority));
-        assert_eq!(l.acquire(X, Guest), Err(Busy::HostPriority));
+        assert_eq!(l.acquire(S, Guest, r).unwrap_err(), Busy::HostPriority);
+        assert_eq!(l.acquire(X, Guest, r).unwrap_err(), Busy::HostPriority);
         assert_eq!(l.raw(), HP_FLAG);
         // A successful host acquisition clears HP.
-        l.acquire(S, Host).unwrap();
+        let s1 = l.acquire(S, Host, r).unwrap();
         assert!(!l.host_priority());
-        l.acquire(S, Guest).unwrap();
-        l.release(S);
+        let s2 = l.acquire(S, Guest, r).unwrap();
+        l.release(s2);
         // Host exclusive over readers: BUSY and HP.
-        assert_eq!(l.acquire(X, Host), Err(Busy::Busy));
+        assert_eq!(l.acquire(X, Host, r).unwrap_err(), Busy::Busy);
         assert!(l.host_priority());
-        l.release(S);
+        l.release(s1);
         // Host exclusive over HP alone: taken, HP cleared.
-        l.acquire(X, Host).unwrap();
+        let x = l.acquire(X, Host, r).unwrap();
         assert_eq!(l.raw(), HP_EXCLUSIVE);
-        l.release(X);
+        l.release(x);
     }
 
     #[test]
     fn promotion() {
+        let all = ReaderSlots::new(0);
+        let r = counted(&all);
         let l = SharexHp::new();
-        l.acquire(S, Host).unwrap();
-        l.promote().unwrap();
+        let s = l.acquire(S, Host, r).unwrap();
+        let x = l.promote(s, r).unwrap();
         assert_eq!(l.raw(), HP_EXCLUSIVE);
-        l.release(X);
-        l.acquire(S, Host).unwrap();
-        l.acquire(S, Host).unwrap();
-        assert_eq!(l.promote(), Err(Busy::Busy));
+        l.release(x);
+        let a = l.acquire(S, Host, r).unwrap();
+        let b = l.acquire(S, Host, r).unwrap();
+        assert_eq!(l.promote(a, r).unwrap_err(), Busy::Busy);
         assert!(l.host_priority());
-        l.release(S);
+        l.release(b);
         // One reader with HP: promoted, HP cleared.
-        l.promote().unwrap();
+        let x = l.promote(a, r).unwrap();
         assert_eq!(l.raw(), HP_EXCLUSIVE);
+        l.release(x);
+    }
+
+    #[test]
+    fn slot_readers_are_readers() {
+        let all = ReaderSlots::new(2);
+        let r0 = Readers {
+            all: &all,
+            mine: all.of(0),
+        };
+        let r1 = Readers {
+            all: &all,
+            mine: all.of(1),
+        };
+        let l = SharexHp::new();
+        let a = l.acquire(S, Host, r0).unwrap();
+        assert!(matches!(a, Hold::Slot(_)), "{a:?}");
+        let b = l.acquire(S, Host, r1).unwrap();
+        assert_eq!(l.raw(), 0, "no count in the module's bits");
+        // An exclusive attempt finds them, marks HP, and changes nothing
+        // else.
+        assert_eq!(l.acquire(X, Host, r1).unwrap_err(), Busy::Busy);
+        assert!(l.host_priority());
+        l.release(b);
+        // A reader alone (in a slot) promotes.
+        let x = l.promote(a, r0).unwrap();
+        assert_eq!(l.raw(), HP_EXCLUSIVE);
+        // Readers meeting the holder: the module's path (count left, HP).
+        assert_eq!(l.acquire(S, Host, r1).unwrap_err(), Busy::Busy);
+        l.release(x);
+        assert_eq!(l.raw(), HP_FLAG);
+        // With HP set, the first host reader takes the module's path and
+        // clears it; the next one uses its slot again.
+        let c = l.acquire(S, Host, r0).unwrap();
+        assert!(matches!(c, Hold::Counted));
+        let d = l.acquire(S, Host, r1).unwrap();
+        assert!(matches!(d, Hold::Slot(_)));
+        l.release(c);
+        l.release(d);
+        assert!(!l.is_held(&all));
+        // Plain sharex: the same.
+        let t = Sharex::new();
+        let a = t.acquire(S, r0).unwrap();
+        assert_eq!(t.acquire(X, r1).unwrap_err(), Busy::Busy);
+        t.release(a);
+        let x = t.acquire(X, r1).unwrap();
+        assert_eq!(t.acquire(S, r0).unwrap_err(), Busy::Busy);
+        t.release(x);
+        assert!(!t.is_held(&all));
     }
 
     #[test]
@@ -588,8 +943,11 @@ mod tests {
 }
 
 /// Model checks of the lock algorithms: every interleaving of two or three
-/// threads, with loom checking that what a lock admits never races.
-/// Run: `RUSTFLAGS="--cfg loom" cargo test -p tdx-sim --lib --release loom`.
+/// threads (each an LP with its reader slots, or none), with loom checking
+/// that what a lock admits never races.
+/// Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p tdx-sim
+/// --lib --release loom` (the preemption bound keeps the three-thread
+/// models to minutes).
 // UNSAFETY: the data a lock protects is loom's `UnsafeCell`, reached
 // through raw pointers; that the lock makes those accesses sound is what
 // loom checks.
@@ -607,45 +965,60 @@ mod loom_tests {
     /// writes it; loom fails the test if two accesses race.
     struct Guarded<L> {
         lock: L,
+        slots: ReaderSlots,
         data: UnsafeCell<u64>,
     }
 
     // SAFETY: `data` is touched only while `lock` admits it (that is what
     // the tests check, with loom's race detector).
     unsafe impl<L: Sync> Sync for Guarded<L> {}
+    // SAFETY: as above.
+    unsafe impl<L: Send> Send for Guarded<L> {}
 
-    fn read<L>(g: &Guarded<L>) {
-        g.data.with(|p| {
-            // SAFETY: a shared hold of `g.lock` (checked by loom).
-            let _ = unsafe { *p };
-        });
+    fn guarded<L>(lock: L) -> Arc<Guarded<L>> {
+        Arc::new(Guarded {
+            lock,
+            slots: ReaderSlots::new(3),
+            data: UnsafeCell::new(0),
+        })
     }
 
-    fn write<L>(g: &Guarded<L>) {
-        g.data.with_mut(|p| {
-            // SAFETY: the exclusive hold of `g.lock` (checked by loom).
-            unsafe { *p += 1 };
-        });
+    /// The readers of LP `lp`, with (`slots`) or without its slots.
+    fn readers<L>(g: &Guarded<L>, lp: u32, slots: bool) -> Readers<'_> {
+        Readers {
+            all: &g.slots,
+            mine: if slots { g.slots.of(lp) } else { None },
+        }
+    }
+
+    fn access<L>(g: &Guarded<L>, mode: LockMode) {
+        match mode {
+            S => g.data.with(|p| {
+                // SAFETY: a shared hold of `g.lock` (checked by loom).
+                let _ = unsafe { *p };
+            }),
+            X => g.data.with_mut(|p| {
+                // SAFETY: the exclusive hold of `g.lock` (checked by loom).
+                unsafe { *p += 1 };
+            }),
+        }
     }
 
     #[test]
     fn loom_sharex_admits_readers_or_one_writer() {
         loom::model(|| {
-            let g = Arc::new(Guarded {
-                lock: Sharex::new(),
-                data: UnsafeCell::new(0),
-            });
-            let threads: Vec<_> = [S, X, X]
+            let g = guarded(Sharex::new());
+            // A slot reader, a writer, a counted reader.
+            let threads: Vec<_> = [(S, true), (X, false), (S, false)]
                 .into_iter()
-                .map(|mode| {
+                .enumerate()
+                .map(|(lp, (mode, slots))| {
                     let g = g.clone();
                     thread::spawn(move || {
-                        if g.lock.acquire(mode).is_ok() {
-                            match mode {
-                                S => read(&g),
-                                X => write(&g),
-                            }
-                            g.lock.release(mode);
+                        let r = readers(&g, lp as u32, slots);
+                        if let Ok(h) = g.lock.acquire(mode, r) {
+                            access(&g, mode);
+                            g.lock.release(h);
                         }
                     })
                 })
@@ -653,44 +1026,43 @@ mod loom_tests {
             for t in threads {
                 t.join().unwrap();
             }
-            // Failed shared attempts' counts are wiped by the releases.
-            assert_eq!(g.lock.raw() & !SX_EXCLUSIVE, g.lock.raw());
+            assert!(!g.lock.is_held(&g.slots));
+            assert_eq!(g.lock.0.load(Ordering::Relaxed) & PENDING, 0);
         });
     }
 
-    /// Runs one host-priority lock through `sides` at once and returns the
-    /// word left when all have released, with who got the lock.
-    fn hp_round(sides: &[(LockMode, LockSide)]) -> (u16, Vec<bool>) {
-        let g = Arc::new(Guarded {
-            lock: SharexHp::new(),
-            data: UnsafeCell::new(0),
-        });
-        let threads: Vec<_> = sides
-            .iter()
-            .map(|&(mode, side)| {
+    /// Runs one host-priority lock through `who` at once (mode, side, with
+    /// slots) and returns the module bits left when all have released, and
+    /// who got the lock.
+    fn hp_round(who: [(LockMode, LockSide, bool); 3]) -> (u32, Vec<bool>) {
+        let g = guarded(SharexHp::new());
+        let threads: Vec<_> = who
+            .into_iter()
+            .enumerate()
+            .map(|(lp, (mode, side, slots))| {
                 let g = g.clone();
                 thread::spawn(move || {
-                    if g.lock.acquire(mode, side).is_ok() {
-                        match mode {
-                            S => read(&g),
-                            X => write(&g),
+                    let r = readers(&g, lp as u32, slots);
+                    match g.lock.acquire(mode, side, r) {
+                        Ok(h) => {
+                            access(&g, mode);
+                            g.lock.release(h);
+                            true
                         }
-                        g.lock.release(mode);
-                        true
-                    } else {
-                        false
+                        Err(_) => false,
                     }
                 })
             })
             .collect();
         let ok = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(!g.lock.is_held(&g.slots));
         (g.lock.raw(), ok)
     }
 
     #[test]
     fn loom_sharex_hp_admits_readers_or_one_writer() {
         loom::model(|| {
-            let (w, ok) = hp_round(&[(S, Host), (X, Host), (S, Host)]);
+            let (w, ok) = hp_round([(S, Host, true), (X, Host, false), (S, Host, false)]);
             // All released: at most the host-priority mark is left, and
             // only if a host failed.
             assert!(w == 0 || w == HP_FLAG, "{w:#x}");
@@ -714,7 +1086,28 @@ mod loom_tests {
     fn loom_sharex_hp_guest_undo_races_the_exclusive_release() {
         static WRAPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         loom::model(|| {
-            let (w, ok) = hp_round(&[(S, Guest), (X, Host), (S, Host)]);
+            let g = guarded(SharexHp::new());
+            let who = [(S, Guest), (X, Host), (S, Host)];
+            let threads: Vec<_> = who
+                .into_iter()
+                .enumerate()
+                .map(|(lp, (mode, side))| {
+                    let g = g.clone();
+                    thread::spawn(move || {
+                        let r = readers(&g, lp as u32, false);
+                        match g.lock.acquire(mode, side, r) {
+                            Ok(h) => {
+                                access(&g, mode);
+                                g.lock.release(h);
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    })
+                })
+                .collect();
+            let ok: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let w = g.lock.raw();
             match w {
                 0 => {}
                 HP_FLAG => assert!(ok.contains(&false), "HP without a failed host"),
@@ -731,23 +1124,25 @@ mod loom_tests {
     #[test]
     fn loom_promotion_is_exclusive() {
         loom::model(|| {
-            let g = Arc::new(Guarded {
-                lock: SharexHp::new(),
-                data: UnsafeCell::new(0),
-            });
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
+            let g = guarded(SharexHp::new());
+            // Two readers each try to promote: one in a slot, one counted.
+            let threads: Vec<_> = [true, false]
+                .into_iter()
+                .enumerate()
+                .map(|(lp, slots)| {
                     let g = g.clone();
                     thread::spawn(move || {
-                        if g.lock.acquire(S, Host).is_err() {
+                        let r = readers(&g, lp as u32, slots);
+                        let Ok(h) = g.lock.acquire(S, Host, r) else {
                             return;
-                        }
-                        read(&g);
-                        if g.lock.promote().is_ok() {
-                            write(&g);
-                            g.lock.release(X);
-                        } else {
-                            g.lock.release(S);
+                        };
+                        access(&g, S);
+                        match g.lock.promote(h, r) {
+                            Ok(x) => {
+                                access(&g, X);
+                                g.lock.release(x);
+                            }
+                            Err(_) => g.lock.release(h),
                         }
                     })
                 })
@@ -755,6 +1150,7 @@ mod loom_tests {
             for t in threads {
                 t.join().unwrap();
             }
+            assert!(!g.lock.is_held(&g.slots));
             let w = g.lock.raw();
             assert!(w == 0 || w == HP_FLAG, "{w:#x}");
         });
@@ -765,6 +1161,7 @@ mod loom_tests {
         loom::model(|| {
             let g = Arc::new(Guarded {
                 lock: AtomicU64::new(0x1000),
+                slots: ReaderSlots::new(0),
                 data: UnsafeCell::new(0),
             });
             let threads: Vec<_> = [Host, Host, Guest]
@@ -777,7 +1174,7 @@ mod loom_tests {
                             Guest => septe::lock_guest(&g.lock),
                         };
                         if r.is_ok() {
-                            write(&g);
+                            access(&g, X);
                             septe::unlock(&g.lock);
                         }
                         r
@@ -792,7 +1189,7 @@ mod loom_tests {
                 "the entry is intact"
             );
             assert_eq!(w & septe::LOCK, 0, "released");
-            // A guest never marks; a host that failed does.
+            // A guest never marks; only a host that failed does.
             if r[0].is_ok() && r[1].is_ok() {
                 assert_eq!(w & septe::HP, 0);
             }

@@ -8,7 +8,7 @@
 //! took. Fields are atomics; as in the module, the entry lock (not a
 //! simulator mutex) is what keeps two leaves off one entry.
 //!
-//! Untouched entries read as the module initializes them (model §3.4):
+//! Untouched entries read as the module initializes them (`pamt_init`, `src/common/memory_handlers/pamt_manager.c`):
 //! 4K entries PT_RSVD inside a reserved area and PT_NDA elsewhere, 2M and
 //! 1G entries PT_NDA.
 
@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use tdx_types::metadata::PamtPageType;
 
-use crate::locks::{AtomicU64, Busy, Held, HeldStack, LockMode, LockSide, Ordering, SharexHp};
+use crate::locks::{AtomicU64, Busy, HeldStack, LockMode, LockSide, Ordering, SharexHp};
 
 pub(crate) const GIB: u64 = 1 << 30;
 const SPAN: usize = 512;
@@ -351,28 +351,24 @@ pub(crate) fn walk<'s>(
     side: LockSide,
     held: &mut HeldStack<'s>,
 ) -> Result<(&'s Entry, u8), Busy> {
-    let take = |e: &'s Entry, m: LockMode, held: &mut HeldStack<'s>| {
-        e.lock.acquire(m, side)?;
-        held.push(Held::SharexHp(&e.lock, m));
-        Ok(())
-    };
-    let promote = |e: &'s Entry, held: &mut HeldStack<'s>| -> Result<(), Busy> {
+    let take =
+        |e: &'s Entry, m: LockMode, held: &mut HeldStack<'s>| held.sharex_hp(&e.lock, m, side);
+    let promote = |held: &mut HeldStack<'s>| -> Result<(), Busy> {
         if mode == LockMode::Exclusive {
-            e.lock.promote()?;
-            held.upgrade_last();
+            held.promote_last()?;
         }
         Ok(())
     };
     let g = t.gig(pa);
     take(&g.entry, LockMode::Shared, held)?;
     if g.entry.pt() == PamtPageType::REG || target == Some(2) {
-        promote(&g.entry, held)?;
+        promote(held)?;
         return Ok((&g.entry, 2));
     }
     let m = t.mid(pa);
     take(&m.entry, LockMode::Shared, held)?;
     if m.entry.pt() == PamtPageType::REG || target == Some(1) {
-        promote(&m.entry, held)?;
+        promote(held)?;
         return Ok((&m.entry, 1));
     }
     let l = &m.leaves[leaf_index(pa)];

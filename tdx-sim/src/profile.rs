@@ -1,8 +1,8 @@
 //! Module profiles: the global metadata a TDX module reports, and the
 //! per-version behaviour the simulator follows.
 //!
-//! [`Profile::tdx_1_5`] is the default: TDX module 1.5 as the references
-//! describe it (`reference/tdx-module-model.md`, source tag TDX_1.5.01).
+//! [`Profile::tdx_1_5`] is the default: TDX module 1.5 as Intel's source
+//! has it (`intel/tdx-module`, tag TDX_1.5.01).
 //! [`Profile::tdx_1_5_ext`] is a newer module with the Extensions feature: a
 //! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
 //! (TDH.EXT.INIT).
@@ -71,7 +71,7 @@ pub struct Profile {
     /// (1.5.01: 1024 4K entries = 4 MiB).
     pub tdmr_init_chunk: u64,
     /// Leaves the dispatcher lets through with a version above 0 (any
-    /// version, model §1.2 check 2), and the highest version the leaf itself
+    /// version, as `tdx_vmm_dispatcher.c` checks), and the highest version the leaf itself
     /// then accepts (higher: `TDX_OPERAND_INVALID|RAX` from the leaf).
     pub leaf_versions: Vec<(Leaf, u8)>,
     /// Features TDH.SYS.CONFIG v1 accepts in R9.
@@ -81,7 +81,7 @@ pub struct Profile {
 }
 
 /// The leaves module 1.5.01's dispatcher accepts with version 1
-/// (`reference/tdx-module-model.md` §1.2).
+/// (`src/vmm_dispatcher/tdx_vmm_dispatcher.c`).
 const LEAF_VERSIONS_1_5_01: [(Leaf, u8); 5] = [
     (Leaf::MEM_PAGE_PROMOTE, 1),
     (Leaf::MEM_SEPT_ADD, 1),

@@ -86,18 +86,20 @@ pub(crate) struct Slot<'s> {
     pub(crate) value: u64,
 }
 
-/// The S-EPT of one TD.
+/// The S-EPT of one TD: the root page (in the TDCS, never freed) and the
+/// pages below it.
 #[derive(Debug)]
 pub(crate) struct Sept {
+    root: SeptPage,
     pages: Slab<SeptPage>,
-    root: u32,
 }
 
 impl Default for Sept {
     fn default() -> Self {
-        let pages = Slab::default();
-        let (root, _) = pages.alloc(SeptPage::new, |_| unreachable!("fresh slab"));
-        Self { pages, root }
+        Self {
+            root: SeptPage::new(),
+            pages: Slab::default(),
+        }
     }
 }
 
@@ -131,7 +133,7 @@ impl Sept {
     /// (`secure_ept_walk`): stops at `level`, or earlier at an entry that
     /// is not NL_MAPPED. `Ok` at `level`; `Err` with where it stopped.
     pub(crate) fn walk(&self, pwl: u8, gpa: u64, level: u8) -> Result<Slot<'_>, Slot<'_>> {
-        let mut page = self.page(self.root);
+        let mut page = &self.root;
         let mut l = pwl;
         loop {
             let word = &page.e[index(gpa, l)];
@@ -168,17 +170,17 @@ impl Sept {
     /// Frees the page below the non-leaf entry word `w`.
     pub(crate) fn free_page(&self, w: u64) {
         let i = target_of(w) as u32;
-        debug_assert_ne!(i, self.root);
         self.page(i).clear();
         self.pages.free(i);
     }
 
     /// Empties the tree (a TD slot about to be reused).
     pub(crate) fn reset(&self) {
+        self.root.clear();
         let freed: std::collections::HashSet<u32> = self.pages.freed().into_iter().collect();
         for (i, p) in self.pages.iter() {
             p.clear();
-            if i != self.root && !freed.contains(&i) {
+            if !freed.contains(&i) {
                 self.pages.free(i);
             }
         }
@@ -187,7 +189,7 @@ impl Sept {
     /// Every entry in use: (level, GPA, word), walking the tree.
     pub(crate) fn entries(&self, pwl: u8) -> Vec<(u8, u64, u64)> {
         let mut out = Vec::new();
-        let mut stack = vec![(self.page(self.root), pwl, 0u64)];
+        let mut stack = vec![(&self.root, pwl, 0u64)];
         while let Some((page, l, base)) = stack.pop() {
             for (i, e) in page.e.iter().enumerate() {
                 let w = e.load(Ordering::Relaxed);
@@ -206,7 +208,7 @@ impl Sept {
 
     /// Heap bytes of the pages in use and the slot tables.
     pub(crate) fn heap_bytes(&self) -> usize {
-        let pages = self.pages.iter().count() - self.pages.freed().len();
+        let pages = 1 + self.pages.iter().count() - self.pages.freed().len();
         self.pages.table_bytes() + pages * (size_of::<SeptPage>() + ENTRIES * 8)
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     faults::Fault,
     kot::KotState,
     leaves::mem::{guest_accept, td_of},
-    locks::{Held, HeldStack, LockMode, LockSide, Ordering, septe},
+    locks::{HeldStack, LockMode, LockSide, Ordering, septe},
     machine::{MachineDesc, MachineError},
     memory::{Accounting, CacheLines, PAGE, PageState},
     sept::is_leaf_state,
@@ -316,29 +316,13 @@ impl Simulator {
         mode: LockMode,
         side: LockSide,
     ) -> Result<HeldLock<'_>, TdxStatus> {
-        let mut held = HeldStack::new();
+        let mut held = HeldStack::new(self.s.readers(None));
         let busy = |b: crate::locks::Busy| b.status();
         match self.word(lock)? {
-            Word::Hp(l) => {
-                l.acquire(mode, side).map_err(busy)?;
-                held.push(Held::SharexHp(l, mode));
-            }
-            Word::Plain(l) => {
-                l.acquire(mode).map_err(busy)?;
-                held.push(Held::Sharex(l, mode));
-            }
-            Word::Septe(e) => {
-                match side {
-                    LockSide::Host => septe::lock_host(e),
-                    LockSide::Guest => septe::lock_guest(e),
-                }
-                .map_err(busy)?;
-                held.push(Held::Septe(e));
-            }
-            Word::Mutex(m) => {
-                m.acquire().map_err(busy)?;
-                held.push(Held::Mutex(m));
-            }
+            Word::Hp(l) => held.sharex_hp(l, mode, side).map_err(busy)?,
+            Word::Plain(l) => held.sharex(l, mode).map_err(busy)?,
+            Word::Septe(e) => held.septe(e, side).map_err(busy)?,
+            Word::Mutex(m) => held.mutex(m).map_err(busy)?,
         }
         Ok(HeldLock { _held: held })
     }
@@ -485,7 +469,8 @@ impl Simulator {
 
     fn check_module(&self) -> Result<(), String> {
         let s = &self.s;
-        if s.kot.lock.is_held() || s.sys.lock.is_held() {
+        let r = &s.readers;
+        if s.kot.lock.is_held(r) || s.sys.lock.is_held(r) {
             return Err("the KOT or global lock is held with no leaf running".into());
         }
         for (pkg, w) in s.kot.wbt.iter().enumerate() {
@@ -499,7 +484,7 @@ impl Simulator {
         let mut given: HashMap<(u8, u64), (PamtPageType, u64)> = HashMap::new();
         for t in s.pamt.tdmrs() {
             for (level, pa, e) in t.entries() {
-                if e.lock.is_held() {
+                if e.lock.is_held(r) {
                     return Err(format!("the PAMT entry of {pa:#x} (level {level}) is held"));
                 }
                 let pe = e.get();
@@ -521,7 +506,7 @@ impl Simulator {
                 continue;
             }
             let tdr = td.tdr();
-            if td.op_lock.is_held() || td.tree_lock.is_held() || td.epoch_lock.is_held() {
+            if td.op_lock.is_held(r) || td.tree_lock.is_held(r) || td.epoch_lock.is_held(r) {
                 return Err(format!("a lock of TD {tdr:#x} is held"));
             }
             let cnt = td.chldcnt.sum();

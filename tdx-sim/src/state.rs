@@ -34,7 +34,7 @@ use crate::{
     dispatch::Pauses,
     faults::FaultPlan,
     kot::Kot,
-    locks::Sharex,
+    locks::{ReaderSlots, Readers, Sharex},
     machine::{MachineDesc, MachineError},
     memory::{ModuleUse, PAGE, PageState, PhysMem},
     pamt::Pamt,
@@ -366,6 +366,11 @@ impl Counters {
     }
 }
 
+/// A value alone in its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
 /// Everything a simulator holds.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -384,7 +389,9 @@ pub(crate) struct Shared {
     pub(crate) dropped_tds: Mutex<Vec<TeardownReport>>,
     pub(crate) counters: Counters,
     /// Per LP: the thread running a SEAMCALL on it (0 = none).
-    pub(crate) lp_busy: Box<[AtomicU64]>,
+    pub(crate) lp_busy: Box<[Padded<AtomicU64>]>,
+    /// The LPs' reader slots (shared holds, see `locks`).
+    pub(crate) readers: ReaderSlots,
     pub(crate) pauses: Pauses,
 }
 
@@ -405,10 +412,20 @@ impl Shared {
             violations: Mutex::default(),
             dropped_tds: Mutex::default(),
             counters: Counters::default(),
-            lp_busy: (0..lps).map(|_| AtomicU64::new(0)).collect(),
+            lp_busy: (0..lps).map(|_| Padded(AtomicU64::new(0))).collect(),
+            readers: ReaderSlots::new(lps),
             pauses: Pauses::default(),
             machine,
         })
+    }
+
+    /// The reader slots a leaf on `lp` (or, with `None`, a test's hold)
+    /// uses.
+    pub(crate) fn readers(&self, lp: Option<u32>) -> Readers<'_> {
+        Readers {
+            all: &self.readers,
+            mine: lp.and_then(|lp| self.readers.of(lp)),
+        }
     }
 
     /// Records a rule break.

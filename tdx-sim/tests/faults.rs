@@ -1,10 +1,8 @@
 //! Fault injection: scripted statuses change nothing and a retry succeeds,
 //! `Fault::stop_early` interrupts the resumable Extensions leaves with their
 //! resume state saved, and seeded random faults are reproducible and only
-//! use statuses the module can return for the leaf: the locks each handler
-//! takes in Intel's module source (`intel/tdx-module`, tag `TDX_1.5.01`,
-//! `src/vmm_dispatcher/api_calls/`, with `tdx_locks.h` and
-//! `pamt_manager.c`); injection makes each of them happen on purpose.
+//! use statuses the module can return for the leaf (its busy and
+//! interrupted results).
 
 // UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`) and write list pages with `Platform::write_phys`, all against the
 // simulator, whose memory is simulated.
@@ -139,7 +137,7 @@ fn ext_ready() -> (Simulator, Vec<u64>, PfnRun) {
 #[test]
 fn transient_statuses_match_the_model() {
     let busy_rcx = TdxStatus::OPERAND_BUSY.with_operand(OperandId::RCX);
-    // The sys leaves take the global lock (SYS_BUSY).
+    // the sys leaves take the global lock (SYS_BUSY).
     for leaf in [
         Leaf::SYS_INIT,
         Leaf::SYS_LP_INIT,
@@ -151,7 +149,7 @@ fn transient_statuses_match_the_model() {
             (&[TdxStatus::SYS_BUSY][..], false)
         );
     }
-    // tdh_sys_key_config.c: the global lock, PCONFIG busy (KET) and entropy.
+    // the global lock, PCONFIG busy (KET) and entropy.
     let (k, resumable) = transient_statuses(Leaf::SYS_KEY_CONFIG);
     assert!(!resumable);
     for s in [
@@ -161,7 +159,7 @@ fn transient_statuses_match_the_model() {
     ] {
         assert!(k.contains(&s), "{s}");
     }
-    // tdh_sys_tdmr_init.c: the per-TDMR mutex; RDMD: the page's PAMT lock.
+    // the per-TDMR mutex; the page's PAMT lock.
     assert_eq!(
         transient_statuses(Leaf::SYS_TDMR_INIT),
         (&[busy_rcx][..], false)

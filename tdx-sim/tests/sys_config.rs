@@ -1,14 +1,11 @@
-//! TDH.SYS.CONFIG (v0 and v1) against the module's own checks
-//! (`src/vmm_dispatcher/api_calls/tdh_sys_config.c` in Intel's module
-//! source, tag `TDX_1.5.01`): every global check and every per-TDMR check,
-//! in the order that handler makes them, with the exact status and detail
-//! bytes, plus the quirk that a failed CONFIG keeps the global HKID
-//! reserved. The tests number the global checks g1-g8 and the per-TDMR
-//! rules r1-r12 in that order.
+//! TDH.SYS.CONFIG (v0 and v1) against Intel's `tdh_sys_config.c`: every
+//! global check and every per-TDMR check, in the module's order, with the
+//! exact status and detail bytes, plus the quirk
+//! that a failed CONFIG keeps the global HKID reserved.
 //!
 //! Each per-TDMR test breaks exactly one rule of TDMR 1 (so detail byte 0
-//! is 1, not a default 0) on top of a valid TDMR 0, and where the handler
-//! has an order, a second test breaks two rules and checks that the
+//! is 1, not a default 0) on top of a valid TDMR 0, and where the model
+//! states an order, a second test breaks two rules and checks that the
 //! earlier one is reported.
 
 // UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`, `Seamcall::seamcall`)
@@ -127,9 +124,9 @@ fn config(sim: &Simulator, tdmrs: &[TdmrInfo]) -> TdxStatus {
 /// Builds a simulator on `desc`, brings it to SYSINIT_DONE with every LP
 /// initialized, and issues CONFIG with `tdmrs`; asserts `expected`.
 ///
-/// After a failure it also asserts what the handler leaves after every
-/// failure past check g7: the state stays SYSINIT_DONE and the global HKID
-/// stays RESERVED. After a success, the state is SYSCONFIG_DONE.
+/// After a failure it also asserts what the module leaves after every failure
+/// past check 7: the state stays SYSINIT_DONE and the global HKID stays
+/// RESERVED. After a success, the state is SYSCONFIG_DONE.
 fn expect_config_on(desc: MachineDesc, tdmrs: &[TdmrInfo], expected: TdxStatus) -> Simulator {
     let sim = Simulator::new(desc).unwrap();
     init_lps(&sim);
@@ -202,7 +199,7 @@ fn valid_layout_is_accepted_and_pamts_become_module_pages() {
 
 #[test]
 fn sixty_four_tdmrs_are_accepted() {
-    // RDX = 64 = MAX_TDMRS is the largest accepted count (check g5).
+    // RDX = 64 = MAX_TDMRS is the largest accepted count.
     let desc = MachineDesc::new(vec![(4 * GIB, 68 * GIB)]).with_cpus(2, 2);
     let tdmrs = simple_layout(&[(4 * GIB, 68 * GIB)], 1);
     assert_eq!(tdmrs.len(), 64);
@@ -211,7 +208,7 @@ fn sixty_four_tdmrs_are_accepted() {
 
 #[test]
 fn tdmrs_separated_by_a_gap_are_accepted() {
-    // The handler accepts any gap between TDMRs.
+    // "TDMRs may be separated by any gap".
     let mut tdmrs = simple_layout(&[(4 * GIB, 5 * GIB)], 1);
     tdmrs.extend(simple_layout(&[(10 * GIB, 12 * GIB)], 2));
     expect_config(&tdmrs, TdxStatus::SUCCESS);
@@ -219,9 +216,7 @@ fn tdmrs_separated_by_a_gap_are_accepted() {
 
 #[test]
 fn config_v1_is_refused_by_the_dispatcher_on_the_default_profile() {
-    // The dispatcher (`tdx_vmm_dispatcher.c`) lets a version above 0
-    // through only for the leaves that have one: SYS.CONFIG does not in
-    // 1.5.01.
+    // SYS.CONFIG is not a versioned leaf in 1.5.01 (the dispatcher's check).
     let sim = Simulator::new(machine()).unwrap();
     init_lps(&sim);
     let array = write_tdmr_infos(&sim, &good_pair());
@@ -296,7 +291,7 @@ fn config_v2_is_refused_on_the_ext_profile() {
 }
 
 // ---------------------------------------------------------------------------
-// Global checks g1-g8, in order
+// global checks, in order
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -544,7 +539,7 @@ fn failed_config_keeps_hkid_reserved_and_a_corrected_retry_succeeds() {
 
 #[test]
 fn failed_config_with_another_hkid_leaves_both_reserved() {
-    // The RESERVED mark of a failed try is not undone, even when the
+    // TDH.SYS.CONFIG: the RESERVED mark of a failed try is not undone, even when the
     // retry uses another global KeyID.
     let sim = Simulator::new(machine()).unwrap();
     init_lps(&sim);
@@ -565,7 +560,7 @@ fn failed_config_with_another_hkid_leaves_both_reserved() {
 }
 
 // ---------------------------------------------------------------------------
-// Per-TDMR rules r1-r6 (the TDMR range)
+// per-TDMR checks, rules 1-6 (the TDMR range)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -707,7 +702,7 @@ fn r5_r6_hkid_bits_follow_the_machine_keyid_layout() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r7: reserved areas
+// rule 7: reserved areas
 // ---------------------------------------------------------------------------
 
 fn reserved(slots: &[(usize, u64, u64)]) -> Vec<TdmrInfo> {
@@ -856,7 +851,7 @@ fn r7_comes_before_r8() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r8: PAMT addresses and sizes (1G, then 2M, then 4K)
+// rule 8: PAMT addresses and sizes (1G, then 2M, then 4K)
 // ---------------------------------------------------------------------------
 
 fn pamt_status(code: TdxStatus, i: u8, level: u8) -> TdxStatus {
@@ -966,7 +961,7 @@ fn r8_comes_before_r9() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r9: PAMT vs PAMT
+// rule 9: PAMT vs PAMT
 // ---------------------------------------------------------------------------
 
 fn overlap(i: u8, level: u8, k: u8) -> TdxStatus {
@@ -1046,7 +1041,7 @@ fn r9_comes_before_r10() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r10: PAMT vs non-reserved TDMR memory
+// rule 10: PAMT vs non-reserved TDMR memory
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1119,7 +1114,7 @@ fn r10_pamt_outside_every_tdmr_is_accepted() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r11: PAMT in a merged CMR (1G, then 2M, then 4K)
+// rule 11: PAMT in a merged CMR (1G, then 2M, then 4K)
 // ---------------------------------------------------------------------------
 
 /// CMRs with a hole at [12G, 16G) (RAM, but not convertible).
@@ -1188,7 +1183,7 @@ fn r11_comes_before_r12() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule r12: non-reserved TDMR memory in a merged CMR
+// rule 12: non-reserved TDMR memory in a merged CMR
 // ---------------------------------------------------------------------------
 
 #[test]

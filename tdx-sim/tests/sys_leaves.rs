@@ -1,15 +1,7 @@
-//! The module-wide leaves against Intel's module source (`intel/tdx-module`,
-//! tag `TDX_1.5.01`): the dispatcher gate (`tdx_vmm_dispatcher.c`),
-//! TDH.SYS.INIT, LP.INIT, RD, KEY.CONFIG, TDMR.INIT, SHUTDOWN, LP.SHUTDOWN
-//! (their handlers in `src/vmm_dispatcher/api_calls/`, the global state in
-//! `tdx_global_data.h`), TDH.PHYMEM.PAGE.RDMD and the PAMT blocks it reads
-//! (`pamt_manager.c`), and the Extensions leaves (TDH.EXT.MEM.ADD,
-//! TDH.EXT.INIT), with exact statuses.
-//!
-//! The gate's checks are numbered in the order the dispatcher makes them:
-//! 1 reserved RAX bits, 2 the leaf version (above 0 only for the leaves
-//! that have versions), 3 shutdown, 4 not ready (only the module-wide
-//! leaves pass before SYS_READY), 5 an unknown leaf.
+//! The module-wide leaves against Intel's module (`tdx_vmm_dispatcher.c`,
+//! `tdh_sys_*.c`): the dispatcher gate, TDH.SYS.INIT, LP.INIT, RD,
+//! KEY.CONFIG, TDMR.INIT, SHUTDOWN, LP.SHUTDOWN, TDH.PHYMEM.PAGE.RDMD and the
+//! Extensions leaves (TDH.EXT.MEM.ADD, TDH.EXT.INIT), with exact statuses.
 //!
 //! TDH.SYS.CONFIG's validation is in `sys_config.rs`, fault injection in
 //! `faults.rs`.
@@ -190,7 +182,7 @@ fn configured(sim: &Simulator, tdmrs: &[TdmrInfo]) {
     assert_eq!(sim.module_state(), SysState::SysConfigDone);
 }
 
-/// Leaves that the gate lets through before SYS_READY (gate check 4).
+/// Leaves that the gate lets through before SYS_READY.
 const BEFORE_READY: [Leaf; 9] = [
     Leaf::SYS_INFO,
     Leaf::SYS_RD,
@@ -207,7 +199,7 @@ const BEFORE_READY: [Leaf; 9] = [
 const UNKNOWN_LEAVES: [u16; 4] = [55, 57, 999, 0xFFFF];
 
 // ---------------------------------------------------------------------------
-// The dispatcher gate
+// dispatcher gate
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -295,9 +287,9 @@ fn gate_sys_config_v1_passes_the_gate_on_the_ext_profile() {
 
 #[test]
 fn gate_versioned_leaves_pass_check_2_with_any_version() {
-    // Gate check 2 accepts a version above 0 only for PROMOTE, SEPT.ADD,
-    // SEPT.REMOVE, MNG.RD and VP.RD (SEPT.ADD/REMOVE reject > 1
-    // themselves, after the gate). So version 2 of them reaches
+    // "A version above 0 is accepted only for
+    // PROMOTE, SEPT.ADD, SEPT.REMOVE, MNG.RD and VP.RD" (SEPT.ADD/REMOVE
+    // reject > 1 themselves, after the gate). So version 2 of them reaches
     // check 4 (SYS_NOT_READY) before SYS_READY and check 3 after shutdown.
     let sim = small(Profile::tdx_1_5());
     for leaf in [
@@ -415,7 +407,7 @@ fn gate_after_shutdown_everything_but_lp_shutdown_is_sys_shutdown() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.INIT (tdh_sys_init.c)
+// TDH.SYS.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -480,7 +472,7 @@ fn sys_init_in_later_states_is_not_pending() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.LP.INIT (tdh_sys_lp_init.c)
+// TDH.SYS.LP.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -537,7 +529,7 @@ fn lp_init_after_config_or_ready_is_not_pending() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.RD (tdh_sys_rd.c, metadata_sys.c)
+// TDH.SYS.RD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -607,7 +599,7 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
             .get(&f.into_raw())
             .unwrap_or_else(|| panic!("field {f:?} missing"))
     };
-    // The values module 1.5.01 serves.
+    // The values the module reports.
     assert_eq!(get(field::MAX_TDMRS), 64);
     assert_eq!(get(field::MAX_RESERVED_PER_TDMR), 16);
     assert_eq!(get(field::PAMT_4K_ENTRY_SIZE), 16);
@@ -713,7 +705,7 @@ fn sys_rd_works_in_every_state_but_shutdown() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.KEY.CONFIG (tdh_sys_key_config.c)
+// TDH.SYS.KEY.CONFIG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -783,8 +775,7 @@ fn key_config_on_a_one_package_machine_makes_the_module_ready() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.TDMR.INIT (tdh_sys_tdmr_init.c) and "usable only in initialized
-// 1 GiB blocks" (pamt_get_block in pamt_manager.c)
+// TDH.SYS.TDMR.INIT and "usable only in initialized 1 GiB blocks"
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -877,8 +868,7 @@ fn tdmrs_initialize_independently_in_any_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.PHYMEM.PAGE.RDMD (its operand checks: alignment and range, then the
-// PAMT block; page types as PAMT initialization sets them, pamt_manager.c)
+// TDH.PHYMEM.PAGE.RDMD (the operand checks, and the page types)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -951,8 +941,7 @@ fn rdmd_reports_free_and_reserved_pages() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.SYS.SHUTDOWN and TDH.SYS.LP.SHUTDOWN (tdh_sys_shutdown.c,
-// tdh_sys_lp_shutdown.c)
+// TDH.SYS.SHUTDOWN and TDH.SYS.LP.SHUTDOWN
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1016,9 +1005,9 @@ fn lp_shutdown_succeeds_in_every_state_and_changes_nothing() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.EXT.MEM.ADD and TDH.EXT.INIT (Profile::tdx_1_5_ext; the public sources
-// give only the register ABI, in the 2026 DICE quoting and TDX Connect
-// patch series: the checks are model choices and say so)
+// TDH.EXT.MEM.ADD and TDH.EXT.INIT (Profile::tdx_1_5_ext; module 1.5.01 has
+// no source for them, only their register ABI is known: the checks are model
+// choices and say so)
 // ---------------------------------------------------------------------------
 
 /// A ready Extensions module with its one 2 GiB TDMR initialized, the pool

@@ -1,12 +1,11 @@
-//! Fault injection on the TD leaves, against the locks each leaf's handler
-//! takes in Intel's module source (`intel/tdx-module`, tag `TDX_1.5.01`,
-//! `src/vmm_dispatcher/api_calls/tdh_*.c`):
+//! Fault injection on the TD leaves (the BUSY, interrupted and entropy
+//! statuses Intel's `tdh_*.c` can return):
 //!
 //! - `transient_statuses(leaf)` for every TD leaf is exactly the set of
-//!   busy/entropy/epoch statuses the handler can return: OPERAND_BUSY on
-//!   each operand whose lock the leaf takes, PREVIOUS_TLB_EPOCH_BUSY at
-//!   TRACK, RND_NO_ENTROPY and the PCONFIG statuses at key generation, and
-//!   "resumable" for CACHE.WB;
+//!   busy/entropy/epoch statuses the model lists for that leaf: OPERAND_BUSY
+//!   on each operand whose lock the leaf takes,
+//!   PREVIOUS_TLB_EPOCH_BUSY at TRACK, RND_NO_ENTROPY and the PCONFIG
+//!   statuses at key generation, and "resumable" for CACHE.WB;
 //! - a scripted status is returned as it is, changes nothing, and the retry
 //!   succeeds, for every TD leaf;
 //! - a whole TD lifecycle under seeded random faults completes through a
@@ -16,17 +15,6 @@
 //! Fault::stop_early on TDH.PHYMEM.CACHE.WB (interrupted, resumed with
 //! RCX=1 on the same package) is in `td_teardown.rs`, next to the other
 //! CACHE.WB rules.
-//!
-//! Shorthand for the lock sequences below (helpers in the module's
-//! `src/common/helpers/helpers.c`): `TDR_X(reg)` / `TDR_S(reg)`, the TDR
-//! named by `reg` locked exclusive / shared through its PAMT entry;
-//! `EXPL(reg)`, the page named by `reg` checked and locked through the PAMT
-//! walk (`check_and_lock_explicit_private_hpa`); `TDR_IMPL`, the TDR found
-//! through a page's owner, locked directly; `TDCS()`, the TD's control
-//! structure mapped and its state checked
-//! (`check_any_td_state_map_tdcs_and_lock`), with or without the op-state
-//! lock; `SWALK`, the S-EPT tree lock and then the lock of the target entry
-//! (`lock_sept_check_and_walk_internal`).
 
 // UNSAFETY: `Retrying` implements the `unsafe trait`s `Seamcall` and
 // `Platform` by forwarding to the simulator, whose memory is simulated.
@@ -46,33 +34,31 @@ use tdx_types::{
 };
 
 // ---------------------------------------------------------------------------
-// transient_statuses(leaf) against the module's handlers
+// transient_statuses(leaf) against the model
 // ---------------------------------------------------------------------------
 
-/// The statuses `leaf`'s handler can return that a host must retry.
+/// The statuses of the model for `leaf` that a host must retry.
 fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
     use OperandId as O;
     let b = busy;
     match leaf {
-        // TDR_X(RCX); KOT lock; RNG for TD_UUID (tdh_mng_create.c).
+        // TDR_X(RCX); KOT lock; RNG for TD_UUID.
         Leaf::MNG_CREATE => vec![b(O::RCX), b(O::KOT), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); PCONFIG as in SYS.KEY.CONFIG (tdh_mng_key_config.c).
+        // TDR_X(RCX); PCONFIG as in TDH.SYS.KEY.CONFIG.
         Leaf::MNG_KEY_CONFIG => vec![b(O::RCX), b(O::KET), TdxStatus::KEY_GENERATION_FAILED],
-        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page
-        // (tdh_mng_add_cx.c).
+        // TDR_X(RDX); EXPL(RCX); key generation at the sixth page.
         Leaf::MNG_ADDCX => vec![b(O::RDX), b(O::RCX), TdxStatus::RND_NO_ENTROPY],
-        // TDR_X(RCX); TDCS() without the op-state lock (tdh_mng_init.c).
+        // TDR_X(RCX); TDCS() without the op-state lock.
         Leaf::MNG_INIT => vec![b(O::RCX)],
-        // TDR_S(RDX); op-state lock; EXPL(RCX) (tdh_vp_create.c).
+        // TDR_S(RDX); op-state lock; EXPL(RCX).
         Leaf::VP_CREATE => vec![b(O::RDX), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX) (tdh_vp_addcx.c).
+        // EXPL(RDX); TDR_IMPL; op-state lock; EXPL(RCX).
         Leaf::VP_ADDCX => vec![b(O::RDX), b(O::TDR), b(O::OP_STATE), b(O::RCX)],
-        // EXPL(RCX); TDR_IMPL; op-state lock (tdh_vp_init.c).
+        // EXPL(RCX); TDR_IMPL; op-state lock.
         Leaf::VP_INIT => vec![b(O::RCX), b(O::TDR), b(O::OP_STATE)],
-        // EXPL(RCX); TDR_IMPL; no TDCS() (tdh_vp_flush.c).
+        // EXPL(RCX); TDR_IMPL; no TDCS().
         Leaf::VP_FLUSH => vec![b(O::RCX), b(O::TDR)],
-        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8)
-        // (tdh_mem_sept_add.c).
+        // TDR_S(RDX); op-state lock; SWALK tree + entry; EXPL(R8).
         Leaf::MEM_SEPT_ADD => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -81,18 +67,15 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::R8),
         ],
         // TDR_S(RDX); op-state lock; SWALK; the child page's PAMT lock
-        // (RCX) (tdh_mem_sept_remove.c); the same locks for REMOVE
-        // (tdh_mem_page_remove.c), BLOCK and UNBLOCK
-        // (tdh_mem_range_block.c, tdh_mem_range_unblock.c).
+        // (RCX); the same locks for REMOVE, BLOCK and
+        // UNBLOCK.
         Leaf::MEM_SEPT_REMOVE
         | Leaf::MEM_PAGE_REMOVE
         | Leaf::MEM_RANGE_BLOCK
         | Leaf::MEM_RANGE_UNBLOCK => vec![b(O::RDX), b(O::OP_STATE), b(O::SEPT_TREE), b(O::RCX)],
-        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8)
-        // (tdh_mem_page_add.c).
+        // TDR_X(RDX); no op-state lock, no tree lock; EXPL(R8).
         Leaf::MEM_PAGE_ADD => vec![b(O::RDX), b(O::R8)],
-        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8
-        // (tdh_mem_page_aug.c).
+        // TDR_S(RDX); op-state lock; SWALK; free-range check on R8.
         Leaf::MEM_PAGE_AUG => vec![
             b(O::RDX),
             b(O::OP_STATE),
@@ -100,37 +83,33 @@ fn model_transients(leaf: Leaf) -> Vec<TdxStatus> {
             b(O::RCX),
             b(O::R8),
         ],
-        // TDR_S(RCX); op-state lock; epoch lock; previous epoch
-        // (tdh_mem_track.c).
+        // TDR_S(RCX); op-state lock; epoch lock; previous epoch.
         Leaf::MEM_TRACK => vec![
             b(O::RCX),
             b(O::OP_STATE),
             b(O::TD_EPOCH),
             TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
         ],
-        // TDR_X(RDX) only (tdh_mr_extend.c: TDCS() without the op-state
-        // lock).
+        // TDR_X(RDX) only (the TDCS checks without the op-state lock).
         Leaf::MR_EXTEND => vec![b(O::RDX)],
-        // TDR_X(RCX) (tdh_mr_finalize.c).
+        // TDR_X(RCX).
         Leaf::MR_FINALIZE => vec![b(O::RCX)],
-        // TDR_X(RCX); KOT lock (tdh_mng_vpflushdone.c,
-        // tdh_mng_key_freeid.c).
+        // TDR_X(RCX); KOT lock.
         Leaf::MNG_VPFLUSHDONE | Leaf::MNG_KEY_FREEID => vec![b(O::RCX), b(O::KOT)],
-        // WBT mutex; KOT (tdh_phymem_cache_wb.c).
+        // WBT mutex; KOT.
         Leaf::PHYMEM_CACHE_WB => vec![b(O::WBCACHE), b(O::KOT)],
-        // The PAMT walk's lock; TDR_IMPL of the owner
-        // (tdh_phymem_page_reclaim.c).
+        // The PAMT walk's lock; TDR_IMPL of the owner.
         Leaf::PHYMEM_PAGE_RECLAIM => vec![b(O::RCX), b(O::TDR)],
-        // EXPL(page, shared) (tdh_phymem_page_wbinvd.c).
+        // EXPL(page, shared).
         Leaf::PHYMEM_PAGE_WBINVD => vec![b(O::RCX)],
-        // A no-op (tdh_mng_key_reclaimid.c).
+        // A no-op.
         Leaf::MNG_KEY_RECLAIMID => vec![],
         _ => panic!("{leaf} is not a TD leaf of the model"),
     }
 }
 
-/// Statuses allowed on top of the required ones (a lock the list above
-/// leaves out but the leaf plausibly takes).
+/// Statuses the model allows on top of the required ones (a lock the model
+/// does not list but the leaf plausibly takes).
 fn model_may(leaf: Leaf) -> Vec<TdxStatus> {
     match leaf {
         // PAGE.ADD walks without the tree lock but may lock the entry.
@@ -145,7 +124,7 @@ fn names(set: &BTreeSet<u64>) -> Vec<String> {
         .collect()
 }
 
-/// The simulator's transient statuses for `leaf` equal the handler's.
+/// The simulator's transient statuses for `leaf` equal the model's.
 fn assert_transients_match(leaf: Leaf, resumable: bool) {
     let (got, res) = transient_statuses(leaf);
     let got: BTreeSet<u64> = got.iter().map(|s| s.raw()).collect();

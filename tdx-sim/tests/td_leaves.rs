@@ -1,8 +1,7 @@
 //! Raw-leaf tests of the TD build leaves against the simulator: the happy
-//! path and every error path of each leaf's handler in Intel's module
-//! source (`intel/tdx-module`, tag `TDX_1.5.01`,
-//! `src/vmm_dispatcher/api_calls/tdh_*.c`), with exact statuses and operand
-//! ids (TDH.MNG.CREATE,
+//! path and every error path of Intel's `tdh_mng_*.c`, `tdh_vp_*.c` and
+//! `tdh_mr_*.c` (`src/vmm_dispatcher/api_calls/`) with exact statuses and
+//! operand ids (TDH.MNG.CREATE,
 //! KEY.CONFIG, ADDCX, INIT with each TD_PARAMS check in order, MNG.RD,
 //! TDH.VP.CREATE/ADDCX/INIT/FLUSH, TDH.MR.EXTEND/FINALIZE), and MRTD
 //! vectors: fixed PAGE.ADD/MR.EXTEND sequences whose SHA-384 the test
@@ -12,8 +11,8 @@
 //! `td_teardown.rs`, fault injection in `td_faults.rs`.
 //!
 //! Not reachable from the host, so not tested: TDR.fatal (no host leaf sets
-//! it), TDH.MNG.INIT's platform checks (LIMIT_CPUID_MAXVAL, TSC_ADJUST; the
-//! simulator assumes they pass).
+//! it), TDH.MNG.INIT's platform checks (LIMIT_CPUID_MAXVAL,
+//! TSC_ADJUST; the model assumes they pass).
 
 mod td_support;
 
@@ -33,7 +32,7 @@ const RDX: OperandId = OperandId::RDX;
 type Edit = fn(&mut Params);
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.CREATE (tdh_mng_create.c)
+// TDH.MNG.CREATE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -171,7 +170,7 @@ fn mng_create_hkid_in_use_or_global_is_not_free() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.KEY.CONFIG (tdh_mng_key_config.c)
+// TDH.MNG.KEY.CONFIG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -244,8 +243,7 @@ fn key_config_tdr_checks() {
 fn key_config_after_vpflushdone_is_lifecycle_incorrect() {
     let sim = host();
     let td = Td::build(&sim, Stage::Created);
-    // VPFLUSHDONE works on a TD whose keys were never configured
-    // (tdh_mng_vpflushdone.c).
+    // VPFLUSHDONE works on a TD whose keys were never configured.
     ok("VPFLUSHDONE", mng_vpflushdone(&sim, td.tdr));
     assert_eq!(
         mng_key_config(&sim, td.tdr),
@@ -255,7 +253,7 @@ fn key_config_after_vpflushdone_is_lifecycle_incorrect() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.ADDCX (tdh_mng_add_cx.c)
+// TDH.MNG.ADDCX
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -349,7 +347,7 @@ fn addcx_after_init_is_op_state_incorrect() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.INIT (tdh_mng_init.c)
+// TDH.MNG.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -453,8 +451,8 @@ fn mng_init_td_params_must_not_overlap_seamrr() {
 }
 
 /// Every TD_PARAMS field broken at once, then fixed one at a time in the
-/// order `tdh_mng_init.c` checks them in: each call reports the first field
-/// still broken, and the TD stays UNINITIALIZED until the last fix succeeds.
+/// model's order: each call reports the first field still
+/// broken, and the TD stays UNINITIALIZED until the last fix succeeds.
 #[test]
 fn mng_init_td_params_fields_are_checked_in_order() {
     let sim = host();
@@ -683,7 +681,7 @@ fn mng_init_with_one_l2_vm_needs_seven_tdcs_pages_and_nine_tdvps_pages() {
     assert_eq!(td.try_init(&sim, &p).status, TdxStatus::TDCS_NOT_ALLOCATED);
     td.add_tdcs(&sim, 1);
     td.init(&sim, &p);
-    // VP.INIT needs 6 + 3 TDVPS pages with one L2 VM (tdh_vp_init.c).
+    // VP.INIT needs 6 + 3 TDVPS pages with one L2 VM.
     let i = td.create_vcpu(&sim, 5);
     let tdvpr = td.vcpus[i].tdvpr;
     assert_eq!(vp_init(&sim, tdvpr, 0, 0), TdxStatus::TDCX_NUM_INCORRECT);
@@ -696,7 +694,7 @@ fn mng_init_with_one_l2_vm_needs_seven_tdcs_pages_and_nine_tdvps_pages() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.RD (the fields the simulator serves)
+// TDH.MNG.RD (the fields the model serves)
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -753,7 +751,7 @@ fn read_mrtd(sim: &tdx_sim::Simulator, tdr: Pfn) -> [u8; 48] {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.VP.CREATE (tdh_vp_create.c)
+// TDH.VP.CREATE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -822,7 +820,7 @@ fn vp_create_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.VP.ADDCX (tdh_vp_addcx.c)
+// TDH.VP.ADDCX
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -904,7 +902,7 @@ fn vp_addcx_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.VP.INIT (tdh_vp_init.c)
+// TDH.VP.INIT
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -990,7 +988,7 @@ fn vp_init_beyond_max_vcpus_is_refused_and_undone() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.VP.FLUSH (tdh_vp_flush.c)
+// TDH.VP.FLUSH
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1046,7 +1044,7 @@ fn vp_flush_checks_in_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MR.EXTEND (tdh_mr_extend.c)
+// TDH.MR.EXTEND
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1089,7 +1087,7 @@ fn mr_extend_checks_in_order() {
 }
 
 #[test]
-/// `tdh_mr_extend.c`: the walk must reach a leaf with RWX != 0, else
+/// The walk must reach a leaf with RWX != 0, else
 /// `TDX_EPT_ENTRY_NOT_PRESENT|RCX` with details; the "no operand" answer is
 /// for a leaf that has permissions but is not MAPPED. RANGE.BLOCK clears a
 /// leaf's permissions, so a BLOCKED leaf fails the walk (operand RCX).
@@ -1142,7 +1140,7 @@ fn mr_extend_and_finalize_only_in_initialized() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MR.FINALIZE (tdh_mr_finalize.c)
+// TDH.MR.FINALIZE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1165,7 +1163,7 @@ fn mr_finalize_needs_an_initialized_vcpu() {
 }
 
 // ---------------------------------------------------------------------------
-// MRTD vectors (tdh_mem_page_add.c, tdh_mr_extend.c)
+// MRTD vectors
 // ---------------------------------------------------------------------------
 
 /// A measurement block: 16-byte name, GPA little-endian, 104 zero bytes.

@@ -1,16 +1,12 @@
 //! Raw-leaf tests of the Secure-EPT and private-memory leaves against the
 //! simulator: TDH.MEM.SEPT.ADD (v0 and v1), SEPT.REMOVE, SEPT.RD,
 //! PAGE.ADD, PAGE.AUG (4K and 2M), RANGE.BLOCK, TRACK, RANGE.UNBLOCK,
-//! PAGE.REMOVE, PAGE.DEMOTE and PAGE.PROMOTE, against their handlers in
-//! Intel's module source (`intel/tdx-module`, tag `TDX_1.5.01`,
-//! `src/vmm_dispatcher/api_calls/tdh_mem_*.c`), the S-EPT entry states each
-//! accepts (`include/auto_gen/sept_state_lookup.c`) and the TLB-epoch rule
-//! (`is_tlb_tracked` in `src/common/helpers/helpers.h`): every error path of
-//! each handler's check sequence at least once, with the exact status,
-//! operand, and the S-EPT details in RCX/RDX where the handler returns them
-//! (`set_arch_septe_details_in_vmm_regs` in `sept_manager.c`: RDX = level |
-//! state << 8 of the entry where the walk stopped; RCX = the entry, only
-//! "suppress #VE" for a FREE one).
+//! PAGE.REMOVE, PAGE.DEMOTE and PAGE.PROMOTE
+//! (`src/vmm_dispatcher/api_calls/tdh_mem_*.c` in Intel's module): every
+//! error path at least once, in the module's order, with the exact status,
+//! operand, and the S-EPT details in RCX/RDX where the module returns them
+//! (RDX = level | state << 8 of the entry where the walk stopped;
+//! RCX = the entry, only "suppress #VE" for a FREE one).
 
 mod td_support;
 
@@ -43,7 +39,7 @@ fn child(sim: &tdx_sim::Simulator, td: &Td, gpa: u64, level: u8) -> Pfn {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MEM.SEPT.ADD (tdh_mem_sept_add.c)
+// TDH.MEM.SEPT.ADD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -235,7 +231,7 @@ fn sept_add_on_an_existing_entry() {
     let c = sept_add(&sim, info(0, 1), flags(&td, false), p);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
     assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
-    // With it: success, R8 unused (tdh_mem_sept_add.c; honoured in v0 too).
+    // With it: success, R8 unused.
     let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
     ok("SEPT.ADD allow_existing", c.status);
     assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA);
@@ -337,9 +333,8 @@ fn sept_add_v1_r8_minus_one_needs_an_existing_entry() {
         Leaf::MEM_SEPT_ADD.v(1),
         [pinfo(0, 3), tdr(&td), none, none, none, none],
     );
-    // Only the operand (RCX) of the handler's answer is pinned down here;
-    // the simulator answers EPT_ENTRY_STATE_INCORRECT|RCX with the FREE
-    // entry's details.
+    // The model says only "else |RCX"; the simulator answers
+    // EPT_ENTRY_STATE_INCORRECT|RCX with the FREE entry's details.
     assert!(s.is_error());
     assert_eq!(s.operand(), Some(RCX), "{s}");
     sim.check_invariants().unwrap();
@@ -363,7 +358,7 @@ fn sept_add_v1_flags_an_unused_page_in_r8() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MEM.SEPT.REMOVE (tdh_mem_sept_remove.c)
+// TDH.MEM.SEPT.REMOVE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -551,7 +546,7 @@ fn sept_rd_reports_each_state() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MEM.PAGE.ADD (tdh_mem_page_add.c)
+// TDH.MEM.PAGE.ADD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -668,7 +663,7 @@ fn page_add_only_while_initialized() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MEM.PAGE.AUG (tdh_mem_page_aug.c)
+// TDH.MEM.PAGE.AUG
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -824,8 +819,7 @@ fn page_aug_1g_is_operand_invalid() {
 }
 
 // ---------------------------------------------------------------------------
-// RANGE.BLOCK, TRACK, RANGE.UNBLOCK (tdh_mem_range_block.c, tdh_mem_track.c,
-// tdh_mem_range_unblock.c)
+// TDH.MEM.RANGE.BLOCK, TRACK, RANGE.UNBLOCK
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -939,7 +933,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
     assert_details(c.out, 0, SeptState::FREE, None);
     ok("BLOCK", range_block(&sim, info(0x1000, 0), td.tdr).status);
-    // Not tracked: the operand is SEPT_TREE (tdh_mem_range_unblock.c), not RCX.
+    // Not tracked: the operand is SEPT_TREE, not RCX.
     let c = range_unblock(&sim, info(0x1000, 0), td.tdr);
     assert_eq!(
         c.status,
@@ -1016,7 +1010,7 @@ fn track_advances_the_epoch_blocks_are_stamped_with() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MEM.PAGE.REMOVE (tdh_mem_page_remove.c)
+// TDH.MEM.PAGE.REMOVE
 // ---------------------------------------------------------------------------
 
 #[test]

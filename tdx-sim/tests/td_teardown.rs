@@ -1,12 +1,11 @@
 //! Raw-leaf tests of TD teardown against the simulator: TDH.MNG.VPFLUSHDONE,
 //! TDH.PHYMEM.CACHE.WB (start, resume, NO_HKID_READY), TDH.MNG.KEY.FREEID,
-//! TDH.MNG.KEY.RECLAIMID, TDH.PHYMEM.PAGE.RECLAIM and PAGE.WBINVD, against
-//! their handlers in Intel's module source (`intel/tdx-module`, tag
-//! `TDX_1.5.01`, `src/vmm_dispatcher/api_calls/`) and the TDR and KOT
-//! states they move through (`td_control_structures.h`,
-//! `tdx_global_data.h`); teardown in the wrong order (each step refused
-//! with the module's status and nothing changed), HKID reuse, and the cache
-//! rule the simulator checks on the host side: a page that held a private KeyID's lines must
+//! TDH.MNG.KEY.RECLAIMID, TDH.PHYMEM.PAGE.RECLAIM and PAGE.WBINVD
+//! (`tdh_mng_vpflushdone.c`, `tdh_phymem_cache_wb.c`, `tdh_mng_key_*.c`,
+//! `tdh_phymem_page_*.c` in Intel's `src/vmm_dispatcher/api_calls/`),
+//! teardown in the wrong order (each step refused with the module's status
+//! and nothing changed), HKID reuse, and the cache rule the simulator
+//! checks on the host side: a page that held a private KeyID's lines must
 //! be written back (PAGE.WBINVD with that KeyID, or CACHE.WB for the TD's
 //! HKID) before the host allocator gets it back.
 
@@ -31,7 +30,7 @@ fn busy_td(sim: &tdx_sim::Simulator) -> Td {
 }
 
 // ---------------------------------------------------------------------------
-// The canonical order (Linux's, arch/x86/kvm/vmx/tdx.c)
+// The canonical order
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -177,7 +176,7 @@ fn teardown_in_the_wrong_order_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.VPFLUSHDONE (tdh_mng_vpflushdone.c)
+// TDH.MNG.VPFLUSHDONE
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -225,7 +224,7 @@ fn vpflushdone_in_every_build_stage_without_associated_vcpus() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.PHYMEM.CACHE.WB (tdh_phymem_cache_wb.c)
+// TDH.PHYMEM.CACHE.WB
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -335,9 +334,9 @@ fn cache_wb_interrupted_before_any_progress_still_resumes() {
     sim.check_invariants().unwrap();
 }
 
-/// `tdh_phymem_cache_wb.c`: CACHE.WB only clears packages for the KeyIDs
-/// that were FLUSHED when it was started; a TD flushed while a CACHE.WB is
-/// under way needs a fresh start on that package.
+/// CACHE.WB only clears packages for the KeyIDs that were
+/// FLUSHED when it was started; a TD flushed while a CACHE.WB is under way
+/// needs a fresh start on that package.
 #[test]
 fn cache_wb_covers_only_the_keyids_flushed_when_it_started() {
     let sim = host();
@@ -367,7 +366,7 @@ fn cache_wb_covers_only_the_keyids_flushed_when_it_started() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.KEY.FREEID (tdh_mng_key_freeid.c), HKID reuse (tdh_mng_create.c)
+// TDH.MNG.KEY.FREEID, HKID reuse
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -425,7 +424,7 @@ fn hkid_is_reusable_only_after_freeid() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.MNG.KEY.RECLAIMID (tdh_mng_key_reclaimid.c)
+// TDH.MNG.KEY.RECLAIMID
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -446,7 +445,7 @@ fn key_reclaimid_is_a_no_op() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.PHYMEM.PAGE.RECLAIM (tdh_phymem_page_reclaim.c)
+// TDH.PHYMEM.PAGE.RECLAIM
 // ---------------------------------------------------------------------------
 
 /// A TD in TD_TEARDOWN (after FREEID), with a 2M page and a demoted one.
@@ -606,7 +605,7 @@ fn reclaim_takes_mapped_private_and_sept_pages_in_any_order() {
 }
 
 // ---------------------------------------------------------------------------
-// TDH.PHYMEM.PAGE.WBINVD (tdh_phymem_page_wbinvd.c)
+// TDH.PHYMEM.PAGE.WBINVD
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -641,8 +640,8 @@ fn page_wbinvd_needs_a_free_page() {
 }
 
 // ---------------------------------------------------------------------------
-// The cache rule (a check of the simulator's own, not module behaviour: the
-// write-backs Linux does before reusing a TD's pages, arch/x86/kvm/vmx/tdx.c)
+// The cache rule (a private KeyID's lines are written back before the page
+// goes back to the host)
 // ---------------------------------------------------------------------------
 
 #[test]

@@ -2,8 +2,8 @@
 //! keys on both packages, TDCS, init, two vCPUs on LPs of different
 //! packages, S-EPT, a measured page), finalize, MRTD read back, runtime
 //! (AUG 4K and 2M, BLOCK/TRACK/REMOVE, PAGE.WBINVD), the wrong-order
-//! teardown steps the module refuses, and the canonical teardown
-//! (Linux's order, `arch/x86/kvm/vmx/tdx.c`), all through raw leaves driven
+//! teardown steps the module refuses, and the canonical teardown (VP.FLUSH,
+//! VPFLUSHDONE, CACHE.WB, KEY.FREEID, RECLAIM), all through raw leaves driven
 //! through `tdx_sim::trace::Recorder`.
 //!
 //! `traces/td-lifecycle.jsonl` is regenerated with

@@ -1,5 +1,5 @@
 //! TDH.MEM.*: the Secure EPT and private pages
-//! (`src/vmm_dispatcher/api_calls/tdh_mem_*.c`; model §4.14-§4.21), and
+//! (`src/vmm_dispatcher/api_calls/tdh_mem_*.c`), and
 //! the guest side of TDG.MEM.PAGE.ACCEPT
 //! (`src/td_dispatcher/vm_exits/tdg_mem_page_accept.c`).
 //!
@@ -24,7 +24,6 @@ use super::{pinfo, tracked};
 use crate::{
     dispatch::{Call, LeafResult, op},
     locks::{
-        Held,
         LockMode::{Exclusive, Shared},
         LockSide, Ordering, septe,
     },
@@ -50,13 +49,13 @@ fn running(td: &Td) -> bool {
     td.op_state() == OpState::Runnable
 }
 
-/// TDH.MEM.SEPT.ADD, versions 0 and 1 (model §4.14). Locks: TDR
+/// TDH.MEM.SEPT.ADD, versions 0 and 1 (`tdh_mem_sept_add.c`). Locks: TDR
 /// S:RDX[51:12], op state S, tree S, the parent entry, the new page X:R8.
 ///
 /// Version 1 adds R9..R11, one L2 S-EPT page per L2 VM, and lets R8 be
 /// -1 when the L1 entry already exists; its outputs return every page
 /// with bit 63 set on the ones not used. Model limit: L2 S-EPT trees are
-/// not modelled (model §8 leaves the L2 alias handling out), so an L2
+/// not modelled, so an L2
 /// page given for a TD without that L2 VM, or for any L2 VM, is refused
 /// with TDX_OPERAND_INVALID on its register.
 pub(crate) fn sept_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -137,7 +136,7 @@ fn sept_add_inner(c: &mut Call<'_>, a: &mut SeamcallArgs, used: &mut bool) -> Le
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.SEPT.REMOVE (model §4.21). Locks: TDR S:RDX, op state S, tree
+/// TDH.MEM.SEPT.REMOVE (`tdh_mem_sept_remove.c`). Locks: TDR S:RDX, op state S, tree
 /// X, the parent entry, the removed S-EPT page's PAMT entry (implicit X,
 /// `BUSY|RCX`).
 pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -198,7 +197,7 @@ pub(crate) fn sept_rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.PAGE.ADD (model §4.15). Locks: TDR X:RDX (which makes the tree
+/// TDH.MEM.PAGE.ADD (`tdh_mem_page_add.c`). Locks: TDR X:RDX (which makes the tree
 /// the leaf's alone: no op-state, tree or entry lock), the new page X:R8.
 pub(crate) fn page_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (rcx, rdx) = (a.rcx, a.rdx);
@@ -233,7 +232,7 @@ pub(crate) fn page_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.PAGE.AUG (model §4.16). Locks: TDR S:RDX, op state S, tree S,
+/// TDH.MEM.PAGE.AUG (`tdh_mem_page_aug.c`). Locks: TDR S:RDX, op state S, tree S,
 /// the entry, the new page X:R8 at the mapping level (a 2M page: its 2M
 /// PAMT entry; the 512 4K entries below are read without locks).
 ///
@@ -268,7 +267,7 @@ pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The checks TDH.MEM.RANGE.BLOCK (model §4.17) and UNBLOCK (§4.19)
+/// The checks TDH.MEM.RANGE.BLOCK and UNBLOCK
 /// share: TDR S:RDX; op state S → {INITIALIZED, RUNNABLE}; PINFO
 /// (0..=pwl); tree X; the entry, which must not be FREE. Returns (TD,
 /// level, entry, its word).
@@ -301,7 +300,7 @@ fn stamp(s: &SimState, entry: Septe, level: u8) -> Option<&crate::pamt::Entry> {
     s.pamt.block(pa).map(|t| t.entry(lvl, pa))
 }
 
-/// TDH.MEM.RANGE.BLOCK (model §4.17). Locks: TDR S:RDX, op state S, tree
+/// TDH.MEM.RANGE.BLOCK (`tdh_mem_range_block.c`). Locks: TDR S:RDX, op state S, tree
 /// X, the entry (the page's block epoch is written without a PAMT lock).
 pub(crate) fn range_block(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (td, level, entry, w) = blockable_entry(c, a)?;
@@ -325,7 +324,7 @@ pub(crate) fn range_block(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.RANGE.UNBLOCK (model §4.19). Locks: TDR S:RDX, op state S, tree
+/// TDH.MEM.RANGE.UNBLOCK (`tdh_mem_range_unblock.c`). Locks: TDR S:RDX, op state S, tree
 /// X, the entry (the block epoch is read without a PAMT lock).
 pub(crate) fn range_unblock(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (td, level, entry, w) = blockable_entry(c, a)?;
@@ -348,7 +347,7 @@ pub(crate) fn range_unblock(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResul
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.TRACK (model §4.18). Locks: TDR S:RCX, op state S, epoch X.
+/// TDH.MEM.TRACK (`tdh_mem_track.c`). Locks: TDR S:RCX, op state S, epoch X.
 pub(crate) fn track(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rcx, OperandId::RCX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
@@ -359,7 +358,7 @@ pub(crate) fn track(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The checks TDH.MEM.PAGE.REMOVE (model §4.20) and TDH.MEM.PAGE.DEMOTE
+/// The checks TDH.MEM.PAGE.REMOVE (`tdh_mem_page_remove.c`) and TDH.MEM.PAGE.DEMOTE
 /// (a model choice, the same checks) share: TDR S:RDX; op state S →
 /// {INITIALIZED, RUNNABLE}; PINFO (`min_level`..=2); tree S; the leaf
 /// entry. Returns (TD, GPA, level, leaf, its word).
@@ -403,7 +402,7 @@ fn blocked_and_tracked(
     Ok(())
 }
 
-/// TDH.MEM.PAGE.REMOVE (model §4.20). Locks: TDR S:RDX, op state S, tree
+/// TDH.MEM.PAGE.REMOVE (`tdh_mem_page_remove.c`). Locks: TDR S:RDX, op state S, tree
 /// S, the entry, the page's PAMT entry at its mapping level (implicit X,
 /// `BUSY|RCX`).
 pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -438,8 +437,9 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     // pamt_demote: the big page's entry exclusively for the time it takes
     // to hand its type and owner down to its 512 children.
     let big = t.entry(level, pa);
-    big.lock
-        .acquire(Exclusive, LockSide::Host)
+    let mark = c.held.mark();
+    c.held
+        .sharex_hp(&big.lock, Exclusive, LockSide::Host)
         .map_err(|b| op(b.status(), OperandId::RCX))?;
     let tdr = td.tdr();
     let step = pages_of(level - 1);
@@ -448,7 +448,7 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
             .set(PamtPageType::REG, tdr);
     }
     big.set(PamtPageType::NDA, 0);
-    big.lock.release(Exclusive);
+    c.held.release_to(mark);
     let child_state = match entry.state {
         SeptState::BLOCKED | SeptState::MAPPED => SeptState::MAPPED,
         _ => SeptState::PENDING,
@@ -508,11 +508,10 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     let children = td.sept.children(cur);
     let mut first: Option<Septe> = None;
     for (i, w) in children.iter().enumerate() {
-        if septe::lock_host(w).is_err() {
+        if c.held.septe(w, LockSide::Host).is_err() {
             details(a, e, level);
             return Err(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
         }
-        c.held.push(Held::Septe(w));
         let child = td.sept.view(w.load(Ordering::Acquire));
         match (i, first, child) {
             (0, _, Some(f))
@@ -533,15 +532,16 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     let base = first.pfn * PAGE;
     let t = c.sim.pamt.block(base).expect("a mapped page is in a TDMR");
     let big = t.entry(level, base);
-    big.lock
-        .acquire(Exclusive, LockSide::Host)
+    let mark = c.held.mark();
+    c.held
+        .sharex_hp(&big.lock, Exclusive, LockSide::Host)
         .map_err(|b| op(b.status(), OperandId::RCX))?;
     for i in 0..512 {
         t.entry(level - 1, (first.pfn + i * step) * PAGE)
             .set(PamtPageType::NDA, 0);
     }
     big.set(PamtPageType::REG, td.tdr());
-    big.lock.release(Exclusive);
+    c.held.release_to(mark);
     // The children's page goes away with their locks.
     c.held.forget_last(512);
     sept::write_locked(slot.word, word(first.state, first.pfn));

@@ -1,6 +1,5 @@
 //! TDH.MNG.*: TD build, keys, TD metadata and the HKID's release
-//! (`src/vmm_dispatcher/api_calls/tdh_mng_*.c`; model §4.7-§4.10,
-//! §4.25, §4.27).
+//! (`src/vmm_dispatcher/api_calls/tdh_mng_*.c`).
 
 use sha2::{Digest, Sha384};
 use tdx_sys::SeamcallArgs;
@@ -17,7 +16,7 @@ use crate::{
     td::{Lifecycle, MAX_TDCS, MIN_TDCS, OpState},
 };
 
-/// TDH.MNG.CREATE (model §4.7). Locks: TDR X:RCX (an NDA page), KOT X.
+/// TDH.MNG.CREATE (`tdh_mng_create.c`). Locks: TDR X:RCX (an NDA page), KOT X.
 pub(crate) fn create(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let s = c.sim;
     if a.rdx >> 16 != 0 || !s.machine.is_private_hkid(a.rdx) {
@@ -40,7 +39,7 @@ pub(crate) fn create(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.KEY.CONFIG (model §4.8). Locks: TDR X:RCX. (The key table's
+/// TDH.MNG.KEY.CONFIG (`tdh_mng_key_config.c`). Locks: TDR X:RCX. (The key table's
 /// own busy state, `TDX_OPERAND_BUSY|KET`, is not modelled: PCONFIG always
 /// succeeds here.)
 pub(crate) fn key_config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -64,7 +63,7 @@ pub(crate) fn key_config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.ADDCX (model §4.9). Locks: TDR X:RDX, then the new page X:RCX
+/// TDH.MNG.ADDCX (`tdh_mng_add_cx.c`). Locks: TDR X:RDX, then the new page X:RCX
 /// (an NDA page). The op state is read without its lock, once the TDCS
 /// has its six pages.
 pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -95,7 +94,7 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.INIT (model §4.10). Locks: TDR X:RCX (the op state is checked
+/// TDH.MNG.INIT (`tdh_mng_init.c`). Locks: TDR X:RCX (the op state is checked
 /// without its lock).
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let rcx = a.rcx;
@@ -225,7 +224,7 @@ pub(crate) fn rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write: bool) -> Leaf
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.VPFLUSHDONE (model §4.25). Locks: TDR X:RCX, KOT X (the TDCS is
+/// TDH.MNG.VPFLUSHDONE (`tdh_mng_vpflushdone.c`). Locks: TDR X:RCX, KOT X (the TDCS is
 /// read without its lock).
 pub(crate) fn vpflushdone(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rcx, OperandId::RCX, Exclusive)?;
@@ -252,7 +251,7 @@ pub(crate) fn vpflushdone(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.KEY.FREEID (model §4.27). Locks: TDR X:RCX, then (after the
+/// TDH.MNG.KEY.FREEID (`tdh_mng_key_freeid.c`). Locks: TDR X:RCX, then (after the
 /// lifecycle check) KOT X.
 pub(crate) fn key_freeid(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rcx, OperandId::RCX, Exclusive)?;

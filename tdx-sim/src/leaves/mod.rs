@@ -142,11 +142,11 @@ pub(crate) fn pinfo(rcx: u64, min: u8, max: u8) -> Result<(u64, u8), TdxStatus> 
     Ok((gpa, level))
 }
 
-/// `is_tlb_tracked` with every refcount 0 (no vCPU runs in the model): the
-/// block epoch is at least one TRACK behind. The TD epoch is read once:
-/// another LP's TRACK may advance it meanwhile, and two reads could see
-/// two epochs (a tracked page then looked untracked to a concurrent
-/// REMOVE).
+/// `is_tlb_tracked` (`src/common/helpers/helpers.h`) with every refcount
+/// 0 (no vCPU runs in the model): the block epoch is at least one TRACK
+/// behind. The TD epoch is read once: another LP's TRACK may advance it
+/// meanwhile, and two reads could see two epochs (a tracked page then
+/// looked untracked to a concurrent REMOVE).
 pub(crate) fn tracked(td: &Td, bepoch: u64) -> bool {
     let epoch = td.td_epoch();
     bepoch < epoch

@@ -1,5 +1,5 @@
 //! TDH.MR.EXTEND and TDH.MR.FINALIZE: the TD's build-time measurement
-//! (`src/vmm_dispatcher/api_calls/tdh_mr_*.c`; model §4.22, §4.23, §5.6).
+//! (`src/vmm_dispatcher/api_calls/tdh_mr_*.c`).
 //! Both take only the TDR, exclusively (which makes the TDCS and the S-EPT
 //! the leaf's alone).
 
@@ -15,7 +15,7 @@ use crate::{
     td::OpState,
 };
 
-/// TDH.MR.EXTEND (model §4.22). Locks: TDR X:RDX.
+/// TDH.MR.EXTEND (`tdh_mr_extend.c`). Locks: TDR X:RDX.
 pub(crate) fn extend(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (gpa, rdx) = (a.rcx, a.rdx);
     (a.rcx, a.rdx) = (0, 0);
@@ -59,7 +59,7 @@ pub(crate) fn extend(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MR.FINALIZE (model §4.23). Locks: TDR X:RCX.
+/// TDH.MR.FINALIZE (`tdh_mr_finalize.c`). Locks: TDR X:RCX.
 pub(crate) fn finalize(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rcx, OperandId::RCX, Exclusive)?;
     c.tdcs(td, None, &[OpState::Initialized])?;

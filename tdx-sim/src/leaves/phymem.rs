@@ -1,6 +1,5 @@
 //! TDH.PHYMEM.*: page metadata, reclaim, and cache write-back
-//! (`src/vmm_dispatcher/api_calls/tdh_phymem_*.c`; model §4.26, §4.28,
-//! §4.29).
+//! (`src/vmm_dispatcher/api_calls/tdh_phymem_*.c`).
 
 use tdx_sys::SeamcallArgs;
 use tdx_types::{OperandId, TdxStatus, metadata::PamtPageType};
@@ -54,7 +53,7 @@ pub(crate) fn page_rdmd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.PHYMEM.PAGE.RECLAIM (model §4.28). Locks: a PAMT walk exclusive to
+/// TDH.PHYMEM.PAGE.RECLAIM (`tdh_phymem_page_reclaim.c`). Locks: a PAMT walk exclusive to
 /// the page's actual leaf (RCX), then for a page other than a TDR the
 /// owner's TDR implicitly (shared, `BUSY|TDR`).
 pub(crate) fn page_reclaim(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
@@ -102,7 +101,7 @@ pub(crate) fn page_reclaim(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.PHYMEM.PAGE.WBINVD (model §4.29). Locks: the page, an NDA page,
+/// TDH.PHYMEM.PAGE.WBINVD (`tdh_phymem_page_wbinvd.c`). Locks: the page, an NDA page,
 /// shared (explicit 4K walk, RCX).
 pub(crate) fn page_wbinvd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let m = &c.sim.machine;
@@ -115,7 +114,7 @@ pub(crate) fn page_wbinvd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.PHYMEM.CACHE.WB (model §4.26). Locks: the package's write-back
+/// TDH.PHYMEM.CACHE.WB (`tdh_phymem_cache_wb.c`). Locks: the package's write-back
 /// table entry (`BUSY|WBCACHE`), then KOT S (`BUSY|KOT`), both for the
 /// whole call. A start (RCX 0) snapshots the FLUSHED HKIDs of the KOT and
 /// resets the package's resume point; a resume (RCX 1) needs one.

@@ -1,5 +1,5 @@
 //! TDH.SYS.*: module bring-up, global metadata and shutdown
-//! (`src/vmm_dispatcher/api_calls/tdh_sys_*.c`; model §1-§2, §4.1-§4.6).
+//! (`src/vmm_dispatcher/api_calls/tdh_sys_*.c`).
 //!
 //! INIT, CONFIG, KEY.CONFIG and SHUTDOWN take the module's global lock
 //! exclusively and LP.INIT shares it (another holder: `TDX_SYS_BUSY`);
@@ -37,12 +37,12 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
-/// Levels in the TDMR_INFO check order of model §2.3 step 8 and 11: 1G, 2M, 4K.
+/// Levels in the order `tdh_sys_config.c` checks PAMT sizes and CMRs: 1G, 2M, 4K.
 const LEVELS_1G_FIRST: [usize; 3] = [2, 1, 0];
 /// Levels in the order of steps 9 and 10: 4K, 2M, 1G.
 const LEVELS_4K_FIRST: [usize; 3] = [0, 1, 2];
 
-/// TDH.SYS.INIT (model §4.1). Locks: global X.
+/// TDH.SYS.INIT (`tdh_sys_init.c`). Locks: global X.
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     c.sys_lock(LockMode::Exclusive)?;
     if a.rcx != 0 {
@@ -63,7 +63,7 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.SYS.LP.INIT (model §4.2). Locks: global S.
+/// TDH.SYS.LP.INIT (`tdh_sys_lp_init.c`). Locks: global S.
 pub(crate) fn lp_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     c.sys_lock(LockMode::Shared)?;
     let sys = &c.sim.sys;
@@ -84,7 +84,7 @@ pub(crate) fn lp_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.SYS.RD (model §4.6). No lock.
+/// TDH.SYS.RD (`tdh_sys_rd.c`). No lock.
 pub(crate) fn rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let sys = &c.sim.sys;
     if !sys.data().lp_init[c.lp as usize] {
@@ -111,7 +111,7 @@ pub(crate) fn rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     }
 }
 
-/// TDH.SYS.CONFIG (model §2). Locks: global X.
+/// TDH.SYS.CONFIG (`tdh_sys_config.c`). Locks: global X.
 pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     c.sys_lock(LockMode::Exclusive)?;
     let s = c.sim;
@@ -181,7 +181,7 @@ pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The per-TDMR checks of model §2.3, in order.
+/// The per-TDMR checks of `tdh_sys_config.c`, in order.
 fn check_tdmr(
     s: &Shared,
     i: usize,
@@ -355,7 +355,7 @@ fn in_merged_cmr(s: &Shared, start: u64, end: u64) -> bool {
     false
 }
 
-/// TDH.SYS.KEY.CONFIG (model §4.4). Locks: global X.
+/// TDH.SYS.KEY.CONFIG (`tdh_sys_key_config.c`). Locks: global X.
 pub(crate) fn key_config(c: &mut Call<'_>) -> LeafResult {
     c.sys_lock(LockMode::Exclusive)?;
     let s = c.sim;
@@ -387,7 +387,7 @@ pub(crate) fn key_config(c: &mut Call<'_>) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.SYS.TDMR.INIT (model §4.5). Locks: the TDMR's mutex.
+/// TDH.SYS.TDMR.INIT (`tdh_sys_tdmr_init.c`). Locks: the TDMR's mutex.
 pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     a.rdx = 0;
     let s = c.sim;
@@ -462,7 +462,7 @@ pub(crate) fn shutdown(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     s.sys.set_state(SysState::Shutdown);
     let others_busy =
         s.lp_busy.iter().enumerate().any(|(lp, b)| {
-            lp != c.lp as usize && b.load(std::sync::atomic::Ordering::Acquire) != 0
+            lp != c.lp as usize && b.0.load(std::sync::atomic::Ordering::Acquire) != 0
         });
     if others_busy {
         s.sys.set_state(SysState::Ready);

@@ -1,5 +1,4 @@
-//! TDH.VP.*: vCPUs (`src/vmm_dispatcher/api_calls/tdh_vp_*.c`; model
-//! §4.11-§4.13, §4.24).
+//! TDH.VP.*: vCPUs (`src/vmm_dispatcher/api_calls/tdh_vp_*.c`).
 //!
 //! A vCPU's lock is its TDVPR page's PAMT entry: CREATE takes the new page
 //! exclusively after the TDR (shared) and the op state (shared); the other
@@ -22,7 +21,7 @@ use crate::{
     td::{Lifecycle, MAX_TDVPS, MIN_TDVPS, OpState, Td, Vcpu},
 };
 
-/// TDH.VP.CREATE (model §4.11). Locks: TDR S:RDX, op state S, the new
+/// TDH.VP.CREATE (`tdh_vp_create.c`). Locks: TDR S:RDX, op state S, the new
 /// TDVPR X:RCX (an NDA page).
 pub(crate) fn create(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rdx, OperandId::RDX, Shared)?;
@@ -53,7 +52,7 @@ fn vcpu<'s>(
     Ok((pa / PAGE, td))
 }
 
-/// TDH.VP.ADDCX (model §4.12). Locks: TDVPR X:RDX, TDR implicit S, op
+/// TDH.VP.ADDCX (`tdh_vp_addcx.c`). Locks: TDVPR X:RDX, TDR implicit S, op
 /// state S, the new page X:RCX (an NDA page).
 pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (v, td) = vcpu(c, a.rdx, OperandId::RDX, Exclusive)?;
@@ -77,7 +76,7 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.VP.INIT (model §4.13). Locks: TDVPR X:RCX, TDR implicit S, op
+/// TDH.VP.INIT (`tdh_vp_init.c`). Locks: TDVPR X:RCX, TDR implicit S, op
 /// state S.
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (v, td) = vcpu(c, a.rcx, OperandId::RCX, Exclusive)?;
@@ -109,7 +108,7 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// TDH.VP.RD / TDH.VP.WR (a subset of fields). Locks: TDVPR S:RCX, TDR
 /// implicit S, op state S.
 ///
-/// Model choice (model §7 leaves VP.RD/WR unspecified): the fields KVM
+/// Model choice (the simulator models a subset of the metadata): the fields KVM
 /// uses. `PEND_NMI` (bit 0 writable), `VCPU_STATE_DETAILS` (read only;
 /// bit 0 = a virtual interrupt is pending, never set here since no guest
 /// runs), and the TD VMCS fields KVM writes for posted interrupts:
@@ -161,7 +160,7 @@ pub(crate) fn rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write: bool) -> Leaf
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.VP.FLUSH (model §4.24). Locks: TDVPR X:RCX, TDR implicit S (no op
+/// TDH.VP.FLUSH (`tdh_vp_flush.c`). Locks: TDVPR X:RCX, TDR implicit S (no op
 /// state check at all).
 pub(crate) fn flush(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (v, td) = vcpu(c, a.rcx, OperandId::RCX, Exclusive)?;

@@ -3,7 +3,7 @@
 //! exact registers (for inputs the typed leaves cannot express), TD_PARAMS,
 //! and a TD builder that drives the raw leaves, through the simulator or a
 //! trace recorder around it, to a given stage and through the canonical
-//! teardown (Linux's order, `arch/x86/kvm/vmx/tdx.c`).
+//! teardown (VP.FLUSH, VPFLUSHDONE, CACHE.WB, KEY.FREEID, RECLAIM).
 //!
 //! Everything here issues raw leaves and asserts the statuses the model
 //! gives; nothing retries except where a helper says so.
@@ -322,9 +322,8 @@ pub(crate) fn sept_state(
 // TD_PARAMS
 // ---------------------------------------------------------------------------
 
-/// A TD_PARAMS image (1024 bytes, KVM's `struct td_params` in
-/// `arch/x86/kvm/vmx/tdx_arch.h` with the module 1.5 field split of
-/// `td_params_t`, `include/tdx_api_defs.h`: NUM_L2_VMS at 18, MSR_CONFIG_CTLS at 19, reserved_0 20..24,
+/// A TD_PARAMS image (1024 bytes, `td_params_t` of Intel's module with the 1.5
+/// field split: NUM_L2_VMS at 18, MSR_CONFIG_CTLS at 19, reserved_0 20..24,
 /// IA32_ARCH_CAPABILITIES_CONFIG at 224, reserved_2 232..256).
 #[derive(Clone)]
 pub(crate) struct Params(pub(crate) [u8; 1024]);
@@ -679,7 +678,7 @@ impl Td {
         }
     }
 
-    /// The canonical teardown (Linux's order): VP.FLUSH on each vCPU's LP,
+    /// The canonical teardown: VP.FLUSH on each vCPU's LP,
     /// VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID, RECLAIM of every
     /// page with the TDR last, WBINVD of the TDR with the global KeyID; then
     /// every host page of the TD goes back to the allocator.
