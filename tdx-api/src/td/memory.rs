@@ -72,25 +72,26 @@ fn run_of(first: Pfn, level: u8) -> PfnRun {
 /// panics before the operation stores the entry's fate itself.
 struct Restore<'t> {
     slot: Slot<'t>,
-    to: Option<Entry>,
+    to: Entry,
 }
 
 impl<'t> Restore<'t> {
+    #[inline(always)]
     fn new(slot: Slot<'t>, to: Entry) -> Self {
-        Self { slot, to: Some(to) }
+        Self { slot, to }
     }
 
     /// The caller stores the entry's fate itself.
-    fn disarm(mut self) {
-        self.to = None;
+    #[inline(always)]
+    fn disarm(self) {
+        core::mem::forget(self);
     }
 }
 
 impl Drop for Restore<'_> {
+    #[cold]
     fn drop(&mut self) {
-        if let Some(e) = self.to {
-            self.slot.store(e);
-        }
+        self.slot.store(self.to);
     }
 }
 
