@@ -195,13 +195,19 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
-    for (name, lanes) in &cases {
-        g.throughput(Throughput::Elements(PAGES * lanes.len() as u64));
+    // Pages per second of every timed pass, per case, for the summary.
+    let passes: Vec<std::sync::Mutex<Vec<f64>>> =
+        cases.iter().map(|_| Default::default()).collect();
+    for ((name, lanes), passes) in cases.iter().zip(&passes) {
+        let pages = PAGES * lanes.len() as u64;
+        g.throughput(Throughput::Elements(pages));
         g.bench_function(*name, |b| {
             b.iter_custom(|n| {
                 let mut total = Duration::ZERO;
                 for _ in 0..n {
-                    total += timed(&sim, lanes);
+                    let t = timed(&sim, lanes);
+                    passes.lock().unwrap().push(pages as f64 / t.as_secs_f64());
+                    total += t;
                     for &l in lanes {
                         remove_lane(&sim, l, shift);
                     }
@@ -211,6 +217,27 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The speed-ups, from the same run: best pass and median pass of each
+    // case (the machine may be shared: the best pass is the one least
+    // disturbed).
+    let stat = |i: usize| {
+        let mut v = passes[i].lock().unwrap().clone();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() - 1], v[v.len() / 2])
+    };
+    for (case, one, two) in [("two_tds", 0, 1), ("one_td", 2, 3)] {
+        let ((b1, m1), (b2, m2)) = (stat(one), stat(two));
+        println!(
+            "aug_parallel/{case}: 1 thread {:.2} M AUG/s, 2 threads {:.2} M AUG/s: \
+             2 threads / 1 thread = {:.2} (best passes; medians {:.2} / {:.2} = {:.2})",
+            b1 / 1e6,
+            b2 / 1e6,
+            b2 / b1,
+            m2 / 1e6,
+            m1 / 1e6,
+            m2 / m1
+        );
+    }
     for td in [td0, td1] {
         let report = td.teardown();
         assert!(report.is_clean(), "{report:?}");

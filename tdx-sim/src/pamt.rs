@@ -360,6 +360,28 @@ pub(crate) fn walk<'s>(
         Ok(())
     };
     let g = t.gig(pa);
+    // The common walk, a host's to a 4K entry below no huge page: its
+    // shared holds taken at once (one fence), as `take` would take them
+    // in turn.
+    if side == LockSide::Host && matches!(target, None | Some(0)) {
+        let m = t.mid(pa);
+        let l = &m.leaves[leaf_index(pa)];
+        let small = || g.entry.pt() != PamtPageType::REG && m.entry.pt() != PamtPageType::REG;
+        if small() {
+            let mark = held.mark();
+            let taken = match mode {
+                LockMode::Shared => held.try_shared_host([&g.entry.lock, &m.entry.lock, &l.lock]),
+                LockMode::Exclusive => held.try_shared_host([&g.entry.lock, &m.entry.lock]),
+            };
+            if taken && small() {
+                if mode == LockMode::Exclusive {
+                    take(l, mode, held)?;
+                }
+                return Ok((l, 0));
+            }
+            held.release_to(mark);
+        }
+    }
     take(&g.entry, LockMode::Shared, held)?;
     if g.entry.pt() == PamtPageType::REG || target == Some(2) {
         promote(held)?;
