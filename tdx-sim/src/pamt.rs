@@ -107,13 +107,13 @@ impl Entry {
 #[derive(Debug)]
 struct Gig {
     entry: Entry,
-    mids: Box<[OnceLock<Box<Mid>>]>,
+    mids: [OnceLock<Box<Mid>>; SPAN],
 }
 
 #[derive(Debug)]
 struct Mid {
     entry: Entry,
-    leaves: Box<[Entry]>,
+    leaves: [Entry; SPAN],
 }
 
 /// A configured TDMR and its PAMT.
@@ -193,7 +193,7 @@ impl Tdmr {
         self.gigs[((pa - self.base) / GIB) as usize].get_or_init(|| {
             Box::new(Gig {
                 entry: Entry::new(PamtPageType::NDA),
-                mids: (0..SPAN).map(|_| OnceLock::new()).collect(),
+                mids: [const { OnceLock::new() }; SPAN],
             })
         })
     }
@@ -203,16 +203,14 @@ impl Tdmr {
         self.gig(pa).mids[mid_index(pa)].get_or_init(|| {
             Box::new(Mid {
                 entry: Entry::new(PamtPageType::NDA),
-                leaves: (0..SPAN as u64)
-                    .map(|i| {
-                        let p = base_2m + (i << 12);
-                        Entry::new(if self.in_reserved(p) {
-                            PamtPageType::RSVD
-                        } else {
-                            PamtPageType::NDA
-                        })
+                leaves: std::array::from_fn(|i| {
+                    let p = base_2m + ((i as u64) << 12);
+                    Entry::new(if self.in_reserved(p) {
+                        PamtPageType::RSVD
+                    } else {
+                        PamtPageType::NDA
                     })
-                    .collect(),
+                }),
             })
         })
     }
@@ -295,9 +293,8 @@ impl Tdmr {
     pub(crate) fn heap_bytes(&self) -> usize {
         let mut n = self.gigs.len() * size_of::<OnceLock<Box<Gig>>>();
         for g in self.gigs.iter().filter_map(OnceLock::get) {
-            n += size_of::<Gig>() + SPAN * size_of::<OnceLock<Box<Mid>>>();
-            n += g.mids.iter().filter(|m| m.get().is_some()).count()
-                * (size_of::<Mid>() + SPAN * size_of::<Entry>());
+            n += size_of::<Gig>();
+            n += g.mids.iter().filter(|m| m.get().is_some()).count() * size_of::<Mid>();
         }
         n
     }
