@@ -87,11 +87,21 @@ fn remove_lane(sim: &Simulator, l: Lane, shift: u32) {
     }
 }
 
+/// CPU time the calling thread has used, in ns (Linux:
+/// `/proc/thread-self/schedstat`; 0 elsewhere).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs each lane on its own thread (thread `i` on LP `i`) and returns the
-/// wall time from the common start to the last thread's end.
-fn timed(sim: &Simulator, lanes: &[Lane]) -> Duration {
+/// wall time from the common start to the last thread's end, and the CPU
+/// time the threads spent mapping.
+fn timed(sim: &Simulator, lanes: &[Lane]) -> (Duration, u64) {
     let start = Barrier::new(lanes.len());
-    let took: Vec<Duration> = std::thread::scope(|s| {
+    let took: Vec<(Instant, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = lanes
             .iter()
             .enumerate()
@@ -101,19 +111,19 @@ fn timed(sim: &Simulator, lanes: &[Lane]) -> Duration {
                     let mut t = None;
                     sim.on_cpu(CpuId(i as u32), &mut || {
                         start.wait();
-                        let t0 = Instant::now();
+                        let (t0, c0) = (Instant::now(), thread_cpu_ns());
                         aug_lane(sim, l);
-                        t = Some(t0);
+                        t = Some((t0, thread_cpu_ns() - c0));
                     });
                     t.unwrap()
                 })
             })
             .collect();
-        let t0: Vec<Instant> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let end = Instant::now();
-        t0.into_iter().map(|t| end - t).collect()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    took.into_iter().max().unwrap()
+    let end = Instant::now();
+    let wall = took.iter().map(|&(t, _)| end - t).max().unwrap();
+    (wall, took.iter().map(|&(_, c)| c).sum())
 }
 
 fn simulator() -> Simulator {
@@ -195,13 +205,23 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
-    for (name, lanes) in &cases {
-        g.throughput(Throughput::Elements(PAGES * lanes.len() as u64));
+    // Pages per second and CPU ns per page of every timed pass, per case,
+    // for the summary.
+    let passes: Vec<std::sync::Mutex<Vec<(f64, f64)>>> =
+        cases.iter().map(|_| Default::default()).collect();
+    for ((name, lanes), passes) in cases.iter().zip(&passes) {
+        let pages = PAGES * lanes.len() as u64;
+        g.throughput(Throughput::Elements(pages));
         g.bench_function(*name, |b| {
             b.iter_custom(|n| {
                 let mut total = Duration::ZERO;
                 for _ in 0..n {
-                    total += timed(&sim, lanes);
+                    let (t, cpu) = timed(&sim, lanes);
+                    passes
+                        .lock()
+                        .unwrap()
+                        .push((pages as f64 / t.as_secs_f64(), cpu as f64 / pages as f64));
+                    total += t;
                     for &l in lanes {
                         remove_lane(&sim, l, shift);
                     }
@@ -211,6 +231,37 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The speed-ups, from the same run: best pass and median pass of each
+    // case (the machine may be shared: the best pass is the one least
+    // disturbed), and the CPU time each AUG took (median): when two threads
+    // take no more CPU per AUG than one, they scale as far as the machine
+    // gives them CPUs.
+    let stat = |i: usize| {
+        let v = passes[i].lock().unwrap();
+        let mut rate: Vec<f64> = v.iter().map(|p| p.0).collect();
+        let mut cpu: Vec<f64> = v.iter().map(|p| p.1).collect();
+        rate.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        (
+            rate[rate.len() - 1],
+            rate[rate.len() / 2],
+            cpu[cpu.len() / 2],
+        )
+    };
+    for (case, one, two) in [("two_tds", 0, 1), ("one_td", 2, 3)] {
+        let ((b1, m1, c1), (b2, m2, c2)) = (stat(one), stat(two));
+        println!(
+            "aug_parallel/{case}: 1 thread {:.2} M AUG/s, 2 threads {:.2} M AUG/s: \
+             2 threads / 1 thread = {:.2} (best passes; medians {:.2} / {:.2} = {:.2}); \
+             CPU per AUG {c1:.0} ns (1 thread), {c2:.0} ns (2 threads)",
+            b1 / 1e6,
+            b2 / 1e6,
+            b2 / b1,
+            m2 / 1e6,
+            m1 / 1e6,
+            m2 / m1
+        );
+    }
     for td in [td0, td1] {
         let report = td.teardown();
         assert!(report.is_clean(), "{report:?}");

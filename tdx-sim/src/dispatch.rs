@@ -518,7 +518,7 @@ impl Shared {
         }
         // Versioned leaves check their own highest version (SEPT.ADD and
         // SEPT.REMOVE do so in the module; the model does it for all).
-        if lv.version() > profile.max_version(leaf) {
+        if lv.version() > 0 && lv.version() > profile.max_version(leaf) {
             return TdxStatus::OPERAND_INVALID;
         }
         if self.sys.abandoned() {

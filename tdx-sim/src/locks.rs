@@ -229,6 +229,46 @@ impl Word {
         Some(slot)
     }
 
+    /// [`Word::try_slot`] for several words with one fence: all held in
+    /// slots, or none (`None`: the caller takes them one by one).
+    fn try_slots<'s, const N: usize>(
+        words: [&'s Word; N],
+        r: Readers<'s>,
+        stop: u32,
+    ) -> Option<[&'s AtomicUsize; N]> {
+        let mine = r.mine?;
+        let mut free = mine.0.iter().filter(|s| s.load(Ordering::Relaxed) == 0);
+        let mut slots: [Option<&'s AtomicUsize>; N] = [None; N];
+        for s in &mut slots {
+            *s = Some(free.next()?);
+        }
+        let slots = slots.map(|s| s.expect("filled above"));
+        for w in words {
+            let v = w.load(Ordering::Relaxed);
+            if v & (stop | PENDING) != 0 {
+                return None;
+            }
+            if v & BIASED == 0 {
+                w.0.fetch_or(BIASED, Ordering::Relaxed);
+            }
+        }
+        for (s, w) in slots.iter().zip(words) {
+            s.store(w.addr(), Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        let ok = words.iter().all(|w| {
+            let v = w.load(Ordering::Acquire);
+            v & BIASED != 0 && v & (stop | PENDING) == 0
+        });
+        if !ok {
+            for s in slots {
+                s.store(0, Ordering::Relaxed);
+            }
+            return None;
+        }
+        Some(slots)
+    }
+
     /// An exclusive attempt on a word whose module bits were `w & MODULE`
     /// and allow it: takes the word (to `taken`) if no reader holds it.
     /// `Ok(true)` taken; `Ok(false)` readers hold it (the word is back as it
@@ -263,14 +303,22 @@ impl Word {
     /// Waits while another exclusive attempt scans the slots (a few
     /// hundred loads at most).
     fn wait_pending(&self) -> u32 {
+        let mut spins = 0u32;
         loop {
             let w = self.load(Ordering::Acquire);
             if w & PENDING == 0 {
                 return w;
             }
-            std::hint::spin_loop();
+            spins += 1;
             #[cfg(loom)]
             loom::thread::yield_now();
+            #[cfg(not(loom))]
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                // The scanning thread may have lost its CPU.
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -454,6 +502,17 @@ impl SharexHp {
                 }
             },
         }
+    }
+
+    /// Host shared holds of all of `locks` at once, in reader slots (one
+    /// fence), where the module's algorithm would simply grant each of
+    /// them; `None` if that is not so now (the caller takes them one by
+    /// one, with the module's algorithm).
+    pub(crate) fn try_shared_host<'s, const N: usize>(
+        locks: [&'s SharexHp; N],
+        r: Readers<'s>,
+    ) -> Option<[Hold<'s>; N]> {
+        Word::try_slots(locks.map(|l| &l.0), r, HP_EXCLUSIVE | HP_FLAG).map(|s| s.map(Hold::Slot))
     }
 
     /// Host promotion of the caller's shared `hold` to exclusive
@@ -697,6 +756,21 @@ impl<'s> HeldStack<'s> {
         let h = l.acquire(mode, side, self.readers)?;
         self.push(Held::SharexHp(l, h));
         Ok(())
+    }
+
+    /// Host shared holds of all of `locks` at once, if the reader slots can
+    /// take them (see [`SharexHp::try_shared_host`]); false if the caller
+    /// must take them one by one.
+    pub(crate) fn try_shared_host<const N: usize>(&mut self, locks: [&'s SharexHp; N]) -> bool {
+        match SharexHp::try_shared_host(locks, self.readers) {
+            Some(holds) => {
+                for (l, h) in locks.into_iter().zip(holds) {
+                    self.push(Held::SharexHp(l, h));
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Promotes the newest record, a shared hold of a [`SharexHp`], to
@@ -1153,6 +1227,45 @@ mod loom_tests {
             assert!(!g.lock.is_held(&g.slots));
             let w = g.lock.raw();
             assert!(w == 0 || w == HP_FLAG, "{w:#x}");
+        });
+    }
+
+    #[test]
+    fn loom_batched_slot_readers_exclude_a_writer() {
+        loom::model(|| {
+            let a = guarded(SharexHp::new());
+            let b = Arc::new(Guarded {
+                lock: SharexHp::new(),
+                slots: ReaderSlots::new(0),
+                data: UnsafeCell::new(0),
+            });
+            let reader = {
+                let (a, b) = (a.clone(), b.clone());
+                thread::spawn(move || {
+                    let r = readers(&a, 0, true);
+                    if let Some(h) = SharexHp::try_shared_host([&a.lock, &b.lock], r) {
+                        access(&a, S);
+                        access(&b, S);
+                        a.lock.release(h[0]);
+                        b.lock.release(h[1]);
+                    }
+                })
+            };
+            // A writer on the second lock (scanning the first one's slots,
+            // where the reader publishes both).
+            let writer = {
+                let (a, b) = (a.clone(), b.clone());
+                thread::spawn(move || {
+                    let r = readers(&a, 1, false);
+                    if let Ok(h) = b.lock.acquire(X, Host, r) {
+                        access(&b, X);
+                        b.lock.release(h);
+                    }
+                })
+            };
+            reader.join().unwrap();
+            writer.join().unwrap();
+            assert!(!a.lock.is_held(&a.slots) && !b.lock.is_held(&a.slots));
         });
     }
 

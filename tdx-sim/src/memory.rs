@@ -122,15 +122,23 @@ impl Default for Shard {
     }
 }
 
+/// A shard and its flush generation, alone in their cache lines (two
+/// leaves on neighbouring gigabytes do not share a line).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ShardCell {
+    m: Mutex<Shard>,
+    /// Bumped by every flush in the shard, so callers can remember "I
+    /// marked this range dirty" and skip re-marking it until a flush.
+    generation: AtomicU64,
+}
+
 /// Physical memory of the simulated host.
 #[derive(Debug)]
 pub(crate) struct PhysMem {
     /// RAM as sorted, disjoint frame ranges.
     ram: Vec<(u64, u64)>,
-    shards: Box<[Mutex<Shard>]>,
-    /// Per shard, bumped by every flush in it, so callers can remember "I
-    /// marked this range dirty" and skip re-marking it until a flush.
-    generation: Box<[AtomicU64]>,
+    shards: Box<[ShardCell]>,
     /// Allocations take it, so two never pick the same free frames.
     alloc_lock: Mutex<()>,
 }
@@ -149,14 +157,13 @@ impl PhysMem {
             .map(|&(s, e)| (s / PAGE, e / PAGE))
             .collect();
         let mem = Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            generation: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            shards: (0..SHARDS).map(|_| ShardCell::default()).collect(),
             alloc_lock: Mutex::new(()),
             ram,
         };
         for &(s, e) in &mem.ram {
             for (a, b) in pieces(s, e) {
-                let mut sh = lock(&mem.shards[shard_of(a)]);
+                let mut sh = lock(&mem.shards[shard_of(a)].m);
                 sh.state.insert(a, b, PageState::Free);
                 sh.cache.insert(a, b, CacheLines::HostDirty);
             }
@@ -165,7 +172,7 @@ impl PhysMem {
     }
 
     fn shard(&self, pfn: u64) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[shard_of(pfn)])
+        lock(&self.shards[shard_of(pfn)].m)
     }
 
     /// Runs `f` on each chunk piece of `[start, end)` with its shard locked.
@@ -236,7 +243,7 @@ impl PhysMem {
     pub(crate) fn accounting(&self) -> Accounting {
         let mut a = Accounting::default();
         for sh in self.shards.iter() {
-            for (s, e, st) in lock(sh).state.iter() {
+            for (s, e, st) in lock(&sh.m).state.iter() {
                 let n = e - s;
                 a.total += n;
                 match st {
@@ -301,7 +308,7 @@ impl PhysMem {
 
     /// Number of pages with stored contents.
     pub(crate) fn materialized_pages(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).contents.len()).sum()
+        self.shards.iter().map(|s| lock(&s.m).contents.len()).sum()
     }
 
     // ---- module ownership ----
@@ -349,7 +356,7 @@ impl PhysMem {
 
     /// Number of module-owned range entries (for footprints).
     pub(crate) fn owned_ranges(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).owned.len()).sum()
+        self.shards.iter().map(|s| lock(&s.m).owned.len()).sum()
     }
 
     // ---- cache model ----
@@ -359,13 +366,15 @@ impl PhysMem {
     }
 
     fn bump(&self, pfn: u64) {
-        self.generation[shard_of(pfn)].fetch_add(1, Ordering::Relaxed);
+        self.shards[shard_of(pfn)]
+            .generation
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn flush_all(&self) {
-        for (i, sh) in self.shards.iter().enumerate() {
-            lock(sh).cache.clear();
-            self.generation[i].fetch_add(1, Ordering::Relaxed);
+        for sh in self.shards.iter() {
+            lock(&sh.m).cache.clear();
+            sh.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -382,11 +391,11 @@ impl PhysMem {
     /// every package).
     pub(crate) fn flush_keyid(&self, keyid: u16) {
         let line = CacheLines::Private(keyid);
-        for (i, sh) in self.shards.iter().enumerate() {
-            lock(sh)
+        for sh in self.shards.iter() {
+            lock(&sh.m)
                 .cache
                 .update(0, u64::MAX, |l| (l != line).then_some(l));
-            self.generation[i].fetch_add(1, Ordering::Relaxed);
+            sh.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -405,13 +414,13 @@ impl PhysMem {
     pub(crate) fn cache_generation(&self, start: u64, end: u64) -> u64 {
         if end - start >= CHUNK * SHARDS as u64 {
             return self
-                .generation
+                .shards
                 .iter()
-                .map(|g| g.load(Ordering::Relaxed))
+                .map(|g| g.generation.load(Ordering::Relaxed))
                 .sum();
         }
         pieces(start, end)
-            .map(|(a, _)| self.generation[shard_of(a)].load(Ordering::Relaxed))
+            .map(|(a, _)| self.shards[shard_of(a)].generation.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -440,7 +449,7 @@ impl PhysMem {
     }
 
     pub(crate) fn cache_ranges(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).cache.len()).sum()
+        self.shards.iter().map(|s| lock(&s.m).cache.len()).sum()
     }
 
     // ---- allocator ----
@@ -534,7 +543,7 @@ impl PhysMem {
 
     /// Every shard locked at once (in index order), for consistent checks.
     pub(crate) fn lock_all(&self) -> Vec<MutexGuard<'_, Shard>> {
-        self.shards.iter().map(lock).collect()
+        self.shards.iter().map(|s| lock(&s.m)).collect()
     }
 }
 

@@ -107,13 +107,13 @@ impl Entry {
 #[derive(Debug)]
 struct Gig {
     entry: Entry,
-    mids: Box<[OnceLock<Box<Mid>>]>,
+    mids: [OnceLock<Box<Mid>>; SPAN],
 }
 
 #[derive(Debug)]
 struct Mid {
     entry: Entry,
-    leaves: Box<[Entry]>,
+    leaves: [Entry; SPAN],
 }
 
 /// A configured TDMR and its PAMT.
@@ -193,7 +193,7 @@ impl Tdmr {
         self.gigs[((pa - self.base) / GIB) as usize].get_or_init(|| {
             Box::new(Gig {
                 entry: Entry::new(PamtPageType::NDA),
-                mids: (0..SPAN).map(|_| OnceLock::new()).collect(),
+                mids: [const { OnceLock::new() }; SPAN],
             })
         })
     }
@@ -203,16 +203,14 @@ impl Tdmr {
         self.gig(pa).mids[mid_index(pa)].get_or_init(|| {
             Box::new(Mid {
                 entry: Entry::new(PamtPageType::NDA),
-                leaves: (0..SPAN as u64)
-                    .map(|i| {
-                        let p = base_2m + (i << 12);
-                        Entry::new(if self.in_reserved(p) {
-                            PamtPageType::RSVD
-                        } else {
-                            PamtPageType::NDA
-                        })
+                leaves: std::array::from_fn(|i| {
+                    let p = base_2m + ((i as u64) << 12);
+                    Entry::new(if self.in_reserved(p) {
+                        PamtPageType::RSVD
+                    } else {
+                        PamtPageType::NDA
                     })
-                    .collect(),
+                }),
             })
         })
     }
@@ -295,9 +293,8 @@ impl Tdmr {
     pub(crate) fn heap_bytes(&self) -> usize {
         let mut n = self.gigs.len() * size_of::<OnceLock<Box<Gig>>>();
         for g in self.gigs.iter().filter_map(OnceLock::get) {
-            n += size_of::<Gig>() + SPAN * size_of::<OnceLock<Box<Mid>>>();
-            n += g.mids.iter().filter(|m| m.get().is_some()).count()
-                * (size_of::<Mid>() + SPAN * size_of::<Entry>());
+            n += size_of::<Gig>();
+            n += g.mids.iter().filter(|m| m.get().is_some()).count() * size_of::<Mid>();
         }
         n
     }
@@ -360,6 +357,28 @@ pub(crate) fn walk<'s>(
         Ok(())
     };
     let g = t.gig(pa);
+    // The common walk, a host's to a 4K entry below no huge page: its
+    // shared holds taken at once (one fence), as `take` would take them
+    // in turn.
+    if side == LockSide::Host && matches!(target, None | Some(0)) {
+        let m = t.mid(pa);
+        let l = &m.leaves[leaf_index(pa)];
+        let small = || g.entry.pt() != PamtPageType::REG && m.entry.pt() != PamtPageType::REG;
+        if small() {
+            let mark = held.mark();
+            let taken = match mode {
+                LockMode::Shared => held.try_shared_host([&g.entry.lock, &m.entry.lock, &l.lock]),
+                LockMode::Exclusive => held.try_shared_host([&g.entry.lock, &m.entry.lock]),
+            };
+            if taken && small() {
+                if mode == LockMode::Exclusive {
+                    take(l, mode, held)?;
+                }
+                return Ok((l, 0));
+            }
+            held.release_to(mark);
+        }
+    }
     take(&g.entry, LockMode::Shared, held)?;
     if g.entry.pt() == PamtPageType::REG || target == Some(2) {
         promote(held)?;

@@ -26,14 +26,14 @@ const TARGET_MASK: u64 = ((1 << 40) - 1) << 12;
 /// One S-EPT page: 512 entries and the frame it lives in.
 #[derive(Debug)]
 pub(crate) struct SeptPage {
-    pub(crate) e: Box<[AtomicU64]>,
+    pub(crate) e: [AtomicU64; ENTRIES],
     pfn: AtomicU64,
 }
 
 impl SeptPage {
     fn new() -> Self {
         Self {
-            e: (0..ENTRIES).map(|_| AtomicU64::new(0)).collect(),
+            e: std::array::from_fn(|_| AtomicU64::new(0)),
             pfn: AtomicU64::new(0),
         }
     }
@@ -209,7 +209,7 @@ impl Sept {
     /// Heap bytes of the pages in use and the slot tables.
     pub(crate) fn heap_bytes(&self) -> usize {
         let pages = 1 + self.pages.iter().count() - self.pages.freed().len();
-        self.pages.table_bytes() + pages * (size_of::<SeptPage>() + ENTRIES * 8)
+        self.pages.table_bytes() + pages * size_of::<SeptPage>()
     }
 }
 

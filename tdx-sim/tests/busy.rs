@@ -546,6 +546,31 @@ fn with_page(sim: &Simulator, gpa: u64) -> (Td, Pfn) {
 }
 
 #[test]
+fn sept_rd_busy_on_tdr_op_state_tree_then_the_entry() {
+    let sim = host();
+    let gpa = 0x20_0000;
+    let (td, p) = with_page(&sim, gpa);
+    let lv = Leaf::MEM_SEPT_RD.v0();
+    let r = [pinfo(gpa, 0), pa(td.tdr), 0, 0, 0, 0];
+    let snap = || snapshot(&sim, &td, &[p], &[(gpa, 0)]);
+    for (lock, mode, o) in [
+        (ModuleLock::Tdr(td.tdr), X, RDX),
+        (ModuleLock::OpState(td.tdr), X, OP_STATE),
+        (ModuleLock::SeptTree(td.tdr), X, SEPT_TREE),
+    ] {
+        let out = busy_while_held(&sim, lock, mode, lv, r, busy(o), &snap);
+        assert_eq!(regs(&out), cleared(r), "{lock:?}");
+    }
+    let out = busy_while_held(&sim, entry(&td, gpa, 0), X, lv, r, busy(RCX), &snap);
+    assert_details(sept_out(out), 0, SeptState::PENDING, Some(p));
+    let (s, out) = raw(&sim, lv, r);
+    ok("SEPT.RD", s);
+    assert_details(sept_out(out), 0, SeptState::PENDING, Some(p));
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
 fn range_block_busy_on_tdr_op_state_tree_then_the_entry() {
     let sim = host();
     let gpa = 0x20_0000;
