@@ -542,7 +542,7 @@ impl Shared {
             leaf,
             version: lv.version(),
             stop_early,
-            held: HeldStack::new(self.readers(Some(lp))),
+            held: HeldStack::new(&self.readers, self.readers.of(lp)),
             pause: self.pauses.claim(leaf, lp),
         };
         let status = crate::leaves::run(&mut call, a).unwrap_or_else(|s| s);

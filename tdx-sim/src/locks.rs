@@ -123,8 +123,9 @@ pub(crate) const SLOT_LPS: usize = 64;
 pub(crate) struct LpSlots([AtomicUsize; SLOTS]);
 
 impl LpSlots {
-    fn free(&self) -> Option<&AtomicUsize> {
-        self.0.iter().find(|s| s.load(Ordering::Relaxed) == 0)
+    /// All of the LP's slots.
+    pub(crate) fn all(&self) -> &[AtomicUsize] {
+        &self.0
     }
 }
 
@@ -146,6 +147,13 @@ impl ReaderSlots {
         self.0.get(lp as usize)
     }
 
+    /// The first LP with a slot in use, if any.
+    pub(crate) fn in_use(&self) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|l| l.0.iter().any(|s| s.load(Ordering::Acquire) != 0))
+    }
+
     /// True if a slot other than `except` names `addr`.
     fn holds(&self, addr: usize, except: Option<&AtomicUsize>) -> bool {
         self.0.iter().flat_map(|l| l.0.iter()).any(|s| {
@@ -154,12 +162,14 @@ impl ReaderSlots {
     }
 }
 
-/// The slots an acquisition may use: all of them (to scan), and the
-/// acquiring LP's own (to publish in), if it has some.
+/// The slots an acquisition may use: all of them (to scan), and some of
+/// the acquiring LP's own (to publish in), if it has some. A leaf passes
+/// the slots past the ones it has used, which are all free, so the first
+/// one is taken without a search.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readers<'s> {
     pub(crate) all: &'s ReaderSlots,
-    pub(crate) mine: Option<&'s LpSlots>,
+    pub(crate) mine: Option<&'s [AtomicUsize]>,
 }
 
 /// How a hold is recorded.
@@ -211,7 +221,9 @@ impl Word {
     /// slot of `r.mine`, `None` if the caller must take the module's path
     /// (no slots, no free slot, or the word has a bit of `stop` or PENDING).
     fn try_slot<'s>(&'s self, r: Readers<'s>, stop: u32) -> Option<&'s AtomicUsize> {
-        let slot = r.mine?.free()?;
+        // The caller's first slot, if free (a leaf passes the slots past
+        // the ones it uses, all free); else the module's path.
+        let slot = r.mine?.first().filter(|s| s.load(Ordering::Relaxed) == 0)?;
         let w = self.load(Ordering::Relaxed);
         if w & (stop | PENDING) != 0 {
             return None;
@@ -236,13 +248,14 @@ impl Word {
         r: Readers<'s>,
         stop: u32,
     ) -> Option<[&'s AtomicUsize; N]> {
-        let mine = r.mine?;
-        let mut free = mine.0.iter().filter(|s| s.load(Ordering::Relaxed) == 0);
-        let mut slots: [Option<&'s AtomicUsize>; N] = [None; N];
-        for s in &mut slots {
-            *s = Some(free.next()?);
+        // The first N of the caller's slots, if they are free (a leaf
+        // passes the slots past the ones it uses, all free); else the
+        // module's path.
+        let mine: &'s [AtomicUsize; N] = r.mine?.get(..N)?.try_into().ok()?;
+        if mine.iter().any(|s| s.load(Ordering::Relaxed) != 0) {
+            return None;
         }
-        let slots = slots.map(|s| s.expect("filled above"));
+        let slots: [&'s AtomicUsize; N] = std::array::from_fn(|i| &mine[i]);
         for w in words {
             let v = w.load(Ordering::Relaxed);
             if v & (stop | PENDING) != 0 {
@@ -684,6 +697,8 @@ pub(crate) enum Held<'s> {
     SharexHp(&'s SharexHp, Hold<'s>),
     Septe(&'s AtomicU64),
     Mutex(&'s Mutex),
+    /// Released or forgotten already.
+    Gone,
 }
 
 impl Held<'_> {
@@ -693,18 +708,32 @@ impl Held<'_> {
             Held::SharexHp(l, h) => l.release(h),
             Held::Septe(e) => septe::unlock(e),
             Held::Mutex(m) => m.release(),
+            Held::Gone => {}
         }
     }
+}
+
+/// A point in a [`HeldStack`] to release back to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    records: usize,
+    slot: usize,
 }
 
 /// The locks one leaf holds, in acquisition order, and the reader slots it
 /// may use; everything is released in reverse order when the leaf ends.
 /// Acquisitions go through it. The first few records live inline, so a
 /// leaf does not allocate.
+///
+/// The leaf's reader slots fill up in order: every slot from `next_slot`
+/// on is free (a promotion may free one below it, which stays unused until
+/// a release goes back below it).
 #[derive(Debug)]
 pub(crate) struct HeldStack<'s> {
-    readers: Readers<'s>,
-    inline: [Option<Held<'s>>; INLINE],
+    all: &'s ReaderSlots,
+    slots: Option<&'s LpSlots>,
+    next_slot: usize,
+    inline: [Held<'s>; INLINE],
     len: usize,
     spill: Vec<Held<'s>>,
 }
@@ -712,36 +741,56 @@ pub(crate) struct HeldStack<'s> {
 const INLINE: usize = 10;
 
 impl<'s> HeldStack<'s> {
-    pub(crate) fn new(readers: Readers<'s>) -> Self {
+    /// A leaf's stack, publishing its shared holds in `slots` (those of the
+    /// LP it runs on, which runs nothing else meanwhile; `None`: the
+    /// module's reader counts only).
+    pub(crate) fn new(all: &'s ReaderSlots, slots: Option<&'s LpSlots>) -> Self {
         Self {
-            readers,
-            inline: [None; INLINE],
+            all,
+            slots,
+            next_slot: 0,
+            inline: [Held::Gone; INLINE],
             len: 0,
             spill: Vec::new(),
         }
     }
 
+    /// The slots the next acquisition may publish in.
+    fn readers(&self) -> Readers<'s> {
+        Readers {
+            all: self.all,
+            mine: self.slots.map(|l| &l.all()[self.next_slot..]),
+        }
+    }
+
+    /// Records a hold.
     fn push(&mut self, h: Held<'s>) {
         if self.len < INLINE {
-            self.inline[self.len] = Some(h);
+            self.inline[self.len] = h;
             self.len += 1;
         } else {
             self.spill.push(h);
         }
     }
 
+    /// A hold in a slot took the first one the leaf passed.
+    fn took(&mut self, h: Hold<'_>) {
+        if matches!(h, Hold::Slot(_)) {
+            self.next_slot += 1;
+        }
+    }
+
     fn last_mut(&mut self) -> &mut Held<'s> {
         match self.spill.last_mut() {
             Some(h) => h,
-            None => self.inline[self.len - 1]
-                .as_mut()
-                .expect("a lock was pushed"),
+            None => &mut self.inline[self.len - 1],
         }
     }
 
     /// Takes `l` in `mode`.
     pub(crate) fn sharex(&mut self, l: &'s Sharex, mode: LockMode) -> Result<(), Busy> {
-        let h = l.acquire(mode, self.readers)?;
+        let h = l.acquire(mode, self.readers())?;
+        self.took(h);
         self.push(Held::Sharex(l, h));
         Ok(())
     }
@@ -753,7 +802,26 @@ impl<'s> HeldStack<'s> {
         mode: LockMode,
         side: LockSide,
     ) -> Result<(), Busy> {
-        let h = l.acquire(mode, side, self.readers)?;
+        let h = l.acquire(mode, side, self.readers())?;
+        self.took(h);
+        self.push(Held::SharexHp(l, h));
+        Ok(())
+    }
+
+    /// Takes `l` in `mode` on `side` with the module's reader count only,
+    /// never a slot (a word more often taken exclusively than shared: a
+    /// slot hold would make the next exclusive attempt scan the slots).
+    pub(crate) fn sharex_hp_counted(
+        &mut self,
+        l: &'s SharexHp,
+        mode: LockMode,
+        side: LockSide,
+    ) -> Result<(), Busy> {
+        let r = Readers {
+            all: self.all,
+            mine: None,
+        };
+        let h = l.acquire(mode, side, r)?;
         self.push(Held::SharexHp(l, h));
         Ok(())
     }
@@ -762,8 +830,9 @@ impl<'s> HeldStack<'s> {
     /// take them (see [`SharexHp::try_shared_host`]); false if the caller
     /// must take them one by one.
     pub(crate) fn try_shared_host<const N: usize>(&mut self, locks: [&'s SharexHp; N]) -> bool {
-        match SharexHp::try_shared_host(locks, self.readers) {
+        match SharexHp::try_shared_host(locks, self.readers()) {
             Some(holds) => {
+                self.next_slot += N;
                 for (l, h) in locks.into_iter().zip(holds) {
                     self.push(Held::SharexHp(l, h));
                 }
@@ -776,7 +845,7 @@ impl<'s> HeldStack<'s> {
     /// Promotes the newest record, a shared hold of a [`SharexHp`], to
     /// exclusive (a host's PAMT walk ending at a 2M or 1G entry).
     pub(crate) fn promote_last(&mut self) -> Result<(), Busy> {
-        let readers = self.readers;
+        let readers = self.readers();
         let last = self.last_mut();
         let Held::SharexHp(l, hold) = *last else {
             unreachable!("promoting {last:?}")
@@ -811,8 +880,8 @@ impl<'s> HeldStack<'s> {
             return;
         }
         for slot in self.inline[..self.len].iter_mut().rev() {
-            if slot.as_ref().is_some_and(is) {
-                *slot = None;
+            if is(slot) {
+                *slot = Held::Gone;
                 return;
             }
         }
@@ -825,35 +894,46 @@ impl<'s> HeldStack<'s> {
         while n > 0 {
             if self.spill.pop().is_none() {
                 self.len -= 1;
-                self.inline[self.len] = None;
+                self.inline[self.len] = Held::Gone;
             }
             n -= 1;
         }
     }
 
-    /// Number of records (for [`HeldStack::release_to`]).
-    pub(crate) fn mark(&self) -> usize {
-        self.len + self.spill.len()
+    /// The current point (for [`HeldStack::release_to`]).
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            records: self.len + self.spill.len(),
+            slot: self.next_slot,
+        }
     }
 
     /// Releases the locks taken since `mark`, newest first.
-    pub(crate) fn release_to(&mut self, mark: usize) {
-        while self.mark() > mark {
-            match self.spill.pop() {
-                Some(h) => h.release(),
-                None => {
-                    self.len -= 1;
-                    if let Some(h) = self.inline[self.len].take() {
-                        h.release();
-                    }
-                }
+    pub(crate) fn release_to(&mut self, mark: Mark) {
+        let keep_spill = mark.records.saturating_sub(INLINE);
+        while self.spill.len() > keep_spill {
+            if let Some(h) = self.spill.pop() {
+                h.release();
             }
         }
+        let keep = mark.records.min(INLINE);
+        if self.len > keep {
+            for h in self.inline[keep..self.len].iter_mut().rev() {
+                std::mem::replace(h, Held::Gone).release();
+            }
+            self.len = keep;
+        }
+        // Every slot taken since `mark` was released with its record (or
+        // freed by a promotion).
+        self.next_slot = mark.slot;
     }
 
     /// Releases everything, newest first.
     pub(crate) fn release_all(&mut self) {
-        self.release_to(0);
+        self.release_to(Mark {
+            records: 0,
+            slot: 0,
+        });
     }
 }
 
@@ -953,11 +1033,11 @@ mod tests {
         let all = ReaderSlots::new(2);
         let r0 = Readers {
             all: &all,
-            mine: all.of(0),
+            mine: all.of(0).map(LpSlots::all),
         };
         let r1 = Readers {
             all: &all,
-            mine: all.of(1),
+            mine: all.of(1).map(LpSlots::all),
         };
         let l = SharexHp::new();
         let a = l.acquire(S, Host, r0).unwrap();
@@ -1061,7 +1141,11 @@ mod loom_tests {
     fn readers<L>(g: &Guarded<L>, lp: u32, slots: bool) -> Readers<'_> {
         Readers {
             all: &g.slots,
-            mine: if slots { g.slots.of(lp) } else { None },
+            mine: if slots {
+                g.slots.of(lp).map(LpSlots::all)
+            } else {
+                None
+            },
         }
     }
 

@@ -365,14 +365,23 @@ pub(crate) fn walk<'s>(
         let l = &m.leaves[leaf_index(pa)];
         let small = || g.entry.pt() != PamtPageType::REG && m.entry.pt() != PamtPageType::REG;
         if small() {
+            // The leaf's own shared hold goes in a slot only for the pages
+            // every leaf on a TD or vCPU takes shared (its TDR, its TDVPR):
+            // a slot hold makes the next exclusive attempt on the word scan
+            // the slots, and a TD's private pages are taken exclusively
+            // more often than shared. (The page type read here is a hint:
+            // either way the hold is the one the module's algorithm gives.)
+            let hot = mode == LockMode::Shared
+                && matches!(l.pt(), PamtPageType::TDR | PamtPageType::TDVPR);
             let mark = held.mark();
-            let taken = match mode {
-                LockMode::Shared => held.try_shared_host([&g.entry.lock, &m.entry.lock, &l.lock]),
-                LockMode::Exclusive => held.try_shared_host([&g.entry.lock, &m.entry.lock]),
+            let taken = if hot {
+                held.try_shared_host([&g.entry.lock, &m.entry.lock, &l.lock])
+            } else {
+                held.try_shared_host([&g.entry.lock, &m.entry.lock])
             };
             if taken && small() {
-                if mode == LockMode::Exclusive {
-                    take(l, mode, held)?;
+                if !hot {
+                    held.sharex_hp_counted(&l.lock, mode, side)?;
                 }
                 return Ok((l, 0));
             }

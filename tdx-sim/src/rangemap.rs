@@ -31,6 +31,25 @@ impl<V: Copy + Eq> RangeMap<V> {
         if start >= end {
             return;
         }
+        // Nothing to do if the last range starting before `end` ends by
+        // `start` (one lookup: the common case of a page not in the map).
+        // And one range holding all of [start, end) is cut directly.
+        match self.map.range(..end).next_back() {
+            None => return,
+            Some((&s, &(e, _))) if s < start && e <= start => return,
+            Some((&s, &(e, v))) if s <= start && e >= end => {
+                if s < start {
+                    self.map.get_mut(&s).expect("just found").0 = start;
+                } else {
+                    self.map.remove(&s);
+                }
+                if e > end {
+                    self.map.insert(end, (e, v));
+                }
+                return;
+            }
+            _ => {}
+        }
         // A range starting before `start` that reaches into it.
         if let Some((&s, &(e, v))) = self.map.range(..start).next_back()
             && e > start
@@ -55,48 +74,94 @@ impl<V: Copy + Eq> RangeMap<V> {
         if start >= end {
             return;
         }
-        // One lookup decides the common cases: the last range starting
-        // before `end` either already covers [start, end) with `v`, or ends
-        // at or before `start` (nothing to remove; maybe extend it).
-        if let Some((&ps, &(pe, pv))) = self.map.range(..end).next_back() {
-            if ps <= start && pe >= end && pv == v {
+        // The last range starting before `end` decides most of it with one
+        // lookup: if it starts before `start`, nothing starts inside.
+        let Some((&ls, &(le, lv))) = self.map.range(..end).next_back() else {
+            self.put(start, end, v, None);
+            return;
+        };
+        if ls < start {
+            if lv == v && le >= end {
+                return; // already so
+            }
+            if le > end {
+                // Inside a range of another value: split it in three.
+                self.map.get_mut(&ls).expect("just found").0 = start;
+                self.map.insert(start, (end, v));
+                self.map.insert(end, (le, lv));
                 return;
             }
-            if pe <= start {
-                let right = self.map.get(&end).copied().filter(|&(_, rv)| rv == v);
-                let new_end = match right {
-                    Some((re, _)) => {
-                        self.map.remove(&end);
-                        re
-                    }
-                    None => end,
-                };
-                if pe == start && pv == v {
-                    self.map.get_mut(&ps).expect("just found").0 = new_end;
-                } else {
-                    self.map.insert(start, (new_end, v));
+            let left = if le < start {
+                None
+            } else if lv == v {
+                Some(ls)
+            } else {
+                if le > start {
+                    self.map.get_mut(&ls).expect("just found").0 = start;
                 }
-                return;
+                None
+            };
+            self.put(start, end, v, left);
+            return;
+        }
+        // Ranges start inside [start, end); the last of them is (ls, le).
+        let left = match self.map.range(..start).next_back() {
+            Some((&ps, &(pe, pv))) if pe >= start => {
+                if pv == v {
+                    Some(ps)
+                } else {
+                    if pe > start {
+                        self.map.get_mut(&ps).expect("just found").0 = start;
+                    }
+                    None
+                }
+            }
+            _ => None,
+        };
+        if ls == start {
+            self.map.remove(&ls);
+        } else {
+            let inside: Vec<u64> = self.map.range(start..end).map(|(&k, _)| k).collect();
+            for k in inside {
+                self.map.remove(&k);
             }
         }
-        self.remove(start, end);
+        if le > end {
+            // The rest of the last range, past `end`.
+            if lv == v {
+                self.set_end(start, le, v, left);
+            } else {
+                self.map.insert(end, (le, lv));
+                self.set_end(start, end, v, left);
+            }
+        } else {
+            self.put(start, end, v, left);
+        }
+    }
+
+    /// Writes `[start, end)` = `v` where no range overlaps it, merging with
+    /// an equal range starting at `end` and with `left` (the start of an
+    /// equal range ending at `start`), if any.
+    fn put(&mut self, start: u64, end: u64, v: V, left: Option<u64>) {
         let mut e = end;
-        // Merge with an equal neighbour on the right.
         if let Some(&(re, rv)) = self.map.get(&end)
             && rv == v
         {
             self.map.remove(&end);
             e = re;
         }
-        // And on the left, in place (the common case: a range that grows).
-        if let Some((_, (le, lv))) = self.map.range_mut(..start).next_back()
-            && *le == start
-            && *lv == v
-        {
-            *le = e;
-            return;
+        self.set_end(start, e, v, left);
+    }
+
+    /// Writes `[start, end)` = `v`, as part of the range starting at `left`
+    /// if there is one.
+    fn set_end(&mut self, start: u64, end: u64, v: V, left: Option<u64>) {
+        match left {
+            Some(ls) => self.map.get_mut(&ls).expect("the left neighbour").0 = end,
+            None => {
+                self.map.insert(start, (end, v));
+            }
         }
-        self.map.insert(start, (e, v));
     }
 
     /// Every range that intersects `[start, end)`, clipped to it.
@@ -128,11 +193,14 @@ impl<V: Copy + Eq> RangeMap<V> {
         };
         // The common case, one range holding all of [start, end), needs no
         // list of the parts.
-        let first = self.overlapping(start, end).next();
-        if let Some((s, e, v)) = first
-            && (s, e) == (start, end)
+        if start >= end {
+            return;
+        }
+        if let Some((&s, &(e, v))) = self.map.range(..=start).next_back()
+            && s <= start
+            && e >= end
         {
-            set(self, s, e, f(v));
+            set(self, start, end, f(v));
             return;
         }
         let parts: Vec<(u64, u64, V)> = self.overlapping(start, end).collect();

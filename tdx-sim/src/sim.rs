@@ -316,7 +316,7 @@ impl Simulator {
         mode: LockMode,
         side: LockSide,
     ) -> Result<HeldLock<'_>, TdxStatus> {
-        let mut held = HeldStack::new(self.s.readers(None));
+        let mut held = HeldStack::new(&self.s.readers, None);
         let busy = |b: crate::locks::Busy| b.status();
         match self.word(lock)? {
             Word::Hp(l) => held.sharex_hp(l, mode, side).map_err(busy)?,
@@ -472,6 +472,11 @@ impl Simulator {
         let r = &s.readers;
         if s.kot.lock.is_held(r) || s.sys.lock.is_held(r) {
             return Err("the KOT or global lock is held with no leaf running".into());
+        }
+        if let Some(lp) = r.in_use() {
+            return Err(format!(
+                "LP {lp} holds a lock in a reader slot with no leaf running"
+            ));
         }
         for (pkg, w) in s.kot.wbt.iter().enumerate() {
             if w.lock.is_held() {

@@ -34,7 +34,7 @@ use crate::{
     dispatch::Pauses,
     faults::FaultPlan,
     kot::Kot,
-    locks::{ReaderSlots, Readers, Sharex},
+    locks::{ReaderSlots, Sharex},
     machine::{MachineDesc, MachineError},
     memory::{ModuleUse, PAGE, PageState, PhysMem},
     pamt::Pamt,
@@ -417,15 +417,6 @@ impl Shared {
             pauses: Pauses::default(),
             machine,
         })
-    }
-
-    /// The reader slots a leaf on `lp` (or, with `None`, a test's hold)
-    /// uses.
-    pub(crate) fn readers(&self, lp: Option<u32>) -> Readers<'_> {
-        Readers {
-            all: &self.readers,
-            mine: lp.and_then(|lp| self.readers.of(lp)),
-        }
     }
 
     /// Records a rule break.
