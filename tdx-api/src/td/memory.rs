@@ -245,9 +245,13 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
     fn block_slot(&mut self, info: PageInfo, gpa: Gpa, slot: Slot<'t>) -> Result<(), TdError> {
         // Room for a 2 MiB range of 4K pages at once: conversions come in
         // such units.
+        // Both lists must have room before the BLOCK: a push after it must
+        // not allocate (and so cannot fail).
         let more = self.pages.len().clamp(1, 512);
-        if self.slots.len() == self.slots.capacity()
-            && (self.slots.try_reserve(more).is_err() || self.pages.try_reserve(more).is_err())
+        let full = |len: usize, cap: usize| len == cap;
+        if (full(self.slots.len(), self.slots.capacity()) && self.slots.try_reserve(more).is_err())
+            || (full(self.pages.len(), self.pages.capacity())
+                && self.pages.try_reserve(more).is_err())
         {
             return Err(TdError::Alloc {
                 what: "a removal batch",
