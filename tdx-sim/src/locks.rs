@@ -154,13 +154,30 @@ impl ReaderSlots {
             .position(|l| l.0.iter().any(|s| s.load(Ordering::Acquire) != 0))
     }
 
-    /// True if a slot other than `except` names `addr`.
+    /// True if a slot other than `except` names `addr`. An LP's slots in
+    /// use are a prefix of its slots (see [`HeldStack`]), so the scan of
+    /// an LP stops at its first free slot: a reader that publishes in slot
+    /// `n` has filled slots `0..n` before (program order, then its fence),
+    /// and it empties them newest first with release stores.
     fn holds(&self, addr: usize, except: Option<&AtomicUsize>) -> bool {
-        self.0.iter().flat_map(|l| l.0.iter()).any(|s| {
-            !except.is_some_and(|x| std::ptr::eq(x, s)) && s.load(Ordering::Acquire) == addr
-        })
+        let except = except.map_or(0, |x| std::ptr::from_ref(x) as usize);
+        for lp in &self.0 {
+            for s in &lp.0 {
+                let v = s.load(Ordering::Acquire);
+                if v == 0 {
+                    break;
+                }
+                if v == addr && std::ptr::from_ref(s) as usize != except {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
+
+/// A used slot that names no lock (a promoted hold's).
+const TOMBSTONE: usize = 1;
 
 /// The slots an acquisition may use: all of them (to scan), and some of
 /// the acquiring LP's own (to publish in), if it has some. A leaf passes
@@ -550,8 +567,10 @@ impl SharexHp {
             }
             match w.take(cur, HP_EXCLUSIVE, r, except) {
                 Ok(true) => {
+                    // The slot no longer names the lock, but stays used
+                    // (slots in use are a prefix); the leaf frees it.
                     if let Some(s) = except {
-                        s.store(0, Ordering::Relaxed);
+                        s.store(TOMBSTONE, Ordering::Relaxed);
                     }
                     return Ok(Hold::Exclusive);
                 }
@@ -725,14 +744,18 @@ pub(crate) struct Mark {
 /// Acquisitions go through it. The first few records live inline, so a
 /// leaf does not allocate.
 ///
-/// The leaf's reader slots fill up in order: every slot from `next_slot`
-/// on is free (a promotion may free one below it, which stays unused until
-/// a release goes back below it).
+/// The leaf's reader slots fill up in order and empty newest first, so the
+/// slots in use are always a prefix: those below `next_slot` are in use
+/// (a promoted hold's slot keeps a tombstone until a release goes back
+/// below it), those from `next_slot` on are free. Exclusive attempts rely
+/// on that to stop scanning an LP at its first free slot.
 #[derive(Debug)]
 pub(crate) struct HeldStack<'s> {
     all: &'s ReaderSlots,
     slots: Option<&'s LpSlots>,
     next_slot: usize,
+    /// A promotion left a tombstone in a slot.
+    tombstones: bool,
     inline: [Held<'s>; INLINE],
     len: usize,
     spill: Vec<Held<'s>>,
@@ -749,6 +772,7 @@ impl<'s> HeldStack<'s> {
             all,
             slots,
             next_slot: 0,
+            tombstones: false,
             inline: [Held::Gone; INLINE],
             len: 0,
             spill: Vec::new(),
@@ -851,6 +875,7 @@ impl<'s> HeldStack<'s> {
             unreachable!("promoting {last:?}")
         };
         *last = Held::SharexHp(l, l.promote(hold, readers)?);
+        self.tombstones |= matches!(hold, Hold::Slot(_));
         Ok(())
     }
 
@@ -923,8 +948,16 @@ impl<'s> HeldStack<'s> {
             }
             self.len = keep;
         }
-        // Every slot taken since `mark` was released with its record (or
-        // freed by a promotion).
+        // Every slot taken since `mark` was released with its record but
+        // those of promoted holds: they go now (the newest first, keeping
+        // the slots in use a prefix).
+        if let (true, Some(l)) = (self.tombstones, self.slots) {
+            for s in l.all()[mark.slot..self.next_slot].iter().rev() {
+                if s.load(Ordering::Relaxed) != 0 {
+                    s.store(0, Ordering::Release);
+                }
+            }
+        }
         self.next_slot = mark.slot;
     }
 
@@ -1065,15 +1098,56 @@ mod tests {
         l.release(c);
         l.release(d);
         assert!(!l.is_held(&all));
+        // The promoted hold's slot keeps a tombstone (a leaf's end frees
+        // it), so LP 0's slots in use stay a prefix.
+        let s0 = &all.of(0).unwrap().0[0];
+        assert_eq!(s0.load(Ordering::Relaxed), TOMBSTONE);
+        s0.store(0, Ordering::Relaxed);
         // Plain sharex: the same.
         let t = Sharex::new();
         let a = t.acquire(S, r0).unwrap();
+        assert!(matches!(a, Hold::Slot(_)), "{a:?}");
         assert_eq!(t.acquire(X, r1).unwrap_err(), Busy::Busy);
         t.release(a);
         let x = t.acquire(X, r1).unwrap();
         assert_eq!(t.acquire(S, r0).unwrap_err(), Busy::Busy);
         t.release(x);
         assert!(!t.is_held(&all));
+    }
+
+    /// A leaf's slots: taken in order, a promoted hold's slot tombstoned
+    /// (an exclusive attempt scans past it to the holds above), all free
+    /// again at the leaf's end.
+    #[test]
+    fn a_leafs_slots_stay_a_prefix() {
+        let all = ReaderSlots::new(2);
+        let (l1, l2, l3) = (SharexHp::new(), SharexHp::new(), Sharex::new());
+        let mut held = HeldStack::new(&all, all.of(0));
+        held.sharex_hp(&l1, S, Host).unwrap();
+        held.promote_last().unwrap();
+        let mark = held.mark();
+        held.sharex_hp(&l2, S, Host).unwrap();
+        held.sharex(&l3, S).unwrap();
+        let slots: Vec<usize> = all.of(0).unwrap().0[..4]
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(slots, [TOMBSTONE, l2.0.addr(), l3.0.addr(), 0]);
+        let other = Readers {
+            all: &all,
+            mine: all.of(1).map(LpSlots::all),
+        };
+        assert_eq!(l2.acquire(X, Host, other).unwrap_err(), Busy::Busy);
+        assert_eq!(l3.acquire(X, other).unwrap_err(), Busy::Busy);
+        assert_eq!(l1.acquire(S, Host, other).unwrap_err(), Busy::Busy);
+        // Back to the mark: l2 and l3 go, the tombstone stays.
+        held.release_to(mark);
+        assert_eq!(all.in_use(), Some(0));
+        let x = l3.acquire(X, other).unwrap();
+        l3.release(x);
+        held.release_all();
+        assert_eq!(all.in_use(), None);
+        assert!(!l1.is_held(&all) && !l2.is_held(&all));
     }
 
     #[test]
@@ -1350,6 +1424,45 @@ mod loom_tests {
             reader.join().unwrap();
             writer.join().unwrap();
             assert!(!a.lock.is_held(&a.slots) && !b.lock.is_held(&a.slots));
+        });
+    }
+
+    /// An exclusive attempt stops scanning an LP at its first free slot: a
+    /// leaf holding two locks in its first two slots (the second one the
+    /// writer's) is still found on every interleaving.
+    #[test]
+    fn loom_scan_stops_at_the_first_free_slot() {
+        loom::model(|| {
+            let a = guarded(SharexHp::new());
+            let b = Arc::new(Guarded {
+                lock: Sharex::new(),
+                slots: ReaderSlots::new(0),
+                data: UnsafeCell::new(0),
+            });
+            let reader = {
+                let (a, b) = (a.clone(), b.clone());
+                thread::spawn(move || {
+                    let mut held = HeldStack::new(&a.slots, a.slots.of(0));
+                    if held.sharex_hp(&a.lock, S, Host).is_ok() && held.sharex(&b.lock, S).is_ok() {
+                        access(&b, S);
+                    }
+                    held.release_all();
+                })
+            };
+            let writer = {
+                let (a, b) = (a.clone(), b.clone());
+                thread::spawn(move || {
+                    let r = readers(&a, 1, false);
+                    if let Ok(h) = b.lock.acquire(X, r) {
+                        access(&b, X);
+                        b.lock.release(h);
+                    }
+                })
+            };
+            reader.join().unwrap();
+            writer.join().unwrap();
+            assert!(!b.lock.is_held(&a.slots));
+            assert_eq!(a.slots.in_use(), None);
         });
     }
 
