@@ -803,7 +803,7 @@ fn worker<H: TdHostRef>(
 /// the shared TD is torn down. Every 4 KiB frame handed out is back exactly
 /// once: in a thread's pool or in the teardown report; every other TD's
 /// report is clean.
-fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) {
+fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) -> [u64; 9] {
     // The simulated machine outlives every thread, as a real one does.
     let sim: &'static Simulator = Box::leak(Box::new(sim()));
     let host = Arc::new(TdHost::new(ready(sim, sim)).unwrap());
@@ -896,9 +896,6 @@ fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) {
             *a += b;
         }
     }
-    for (kind, n) in KINDS.iter().zip(total.ok_by).take(8) {
-        assert!(n > 0, "seed {seed}: no {kind} succeeded: {total:?}");
-    }
     for b in builders {
         b.join().unwrap();
     }
@@ -934,12 +931,21 @@ fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) {
     }
     drop(host);
     assert_clean(sim, &base, "stress");
+    total.ok_by
 }
 
 #[test]
 fn threads_share_one_td_and_every_frame_comes_back() {
+    // Every kind of operation succeeded somewhere (over all seeds: how
+    // often a merge finds 512 contiguous pages depends on the timing).
+    let mut ok_by = [0u64; 9];
     for seed in [1, 2, 3, 0xdead_beef] {
-        stress(seed, 4, 4000, 2);
+        for (a, b) in ok_by.iter_mut().zip(stress(seed, 4, 4000, 2)) {
+            *a += b;
+        }
+    }
+    for (kind, n) in KINDS.iter().zip(ok_by).take(8) {
+        assert!(n > 0, "no {kind} succeeded in any seed: {ok_by:?}");
     }
 }
 
