@@ -58,8 +58,9 @@ fn page_info(gpa: u64, level: u8) -> Option<PageInfo> {
     PageInfo::try_new(Gpa::new(gpa), TdxLevel::from_u8(level)?).ok()
 }
 
+/// The frames of a page of `level` that starts at `first`.
 #[inline]
-fn run_of(first: Pfn, level: u8) -> PfnRun {
+pub(super) fn run_of(first: Pfn, level: u8) -> PfnRun {
     let one = PfnRun::from(PfnRange::<Size4K>::from(first));
     if level == 0 {
         return one;

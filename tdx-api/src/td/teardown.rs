@@ -37,7 +37,9 @@ use alloc::vec::Vec;
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 
-use super::{CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, mirror::Entry, same_code};
+use super::{
+    CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, memory::run_of, mirror::Entry, same_code,
+};
 use crate::{
     platform::Platform,
     retry::{RetryPolicy, package_cpus, pause, retry, retry_on_cpu},
@@ -113,10 +115,6 @@ impl TeardownReport {
 
 fn one(pfn: Pfn) -> PfnRun {
     PfnRun::from(PfnRange::<Size4K>::from(pfn))
-}
-
-fn run_of(first: Pfn, level: u8) -> PfnRun {
-    PfnRun::try_new(first, 1u64 << (9 * u32::from(level))).unwrap_or(one(first))
 }
 
 struct Ctx<'a, B, P> {
