@@ -14,10 +14,14 @@
 //!
 //! All of these are range maps or hash maps of touched pages, so memory use
 //! follows what the test touches, not the size of the host. They are split
-//! into shards by 1 GiB of physical address (shard = GiB number modulo
-//! [`SHARDS`]), each behind its own mutex, so leaves that hand out or take
-//! back pages in different gigabytes do not meet. The allocator scans the
-//! shards in address order, one allocation at a time.
+//! into shards by 64 MiB slices of physical address (shard = slice number
+//! modulo [`SHARDS`], so 64 shards cover 4 GiB and then repeat), each
+//! behind its own mutex. The module has no such lock (it locks PAMT
+//! entries, one page at a time): the shards are the simulator's own
+//! bookkeeping, fine enough that leaves on frames in different slices do
+//! not meet (two vCPU threads whose frames lie 64 MiB or more apart, as
+//! most do), and coarse enough that a 4 TiB host has 64 Ki slices. The
+//! allocator scans the slices in address order, one allocation at a time.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -81,8 +85,8 @@ pub(crate) const PAGE: u64 = 4096;
 
 /// Number of shards.
 pub(crate) const SHARDS: usize = 64;
-/// Frames per shard chunk (1 GiB).
-const CHUNK: u64 = 1 << 18;
+/// Frames per shard slice (64 MiB).
+const CHUNK: u64 = 1 << 14;
 
 fn shard_of(pfn: u64) -> usize {
     ((pfn / CHUNK) % SHARDS as u64) as usize
@@ -123,7 +127,7 @@ impl Default for Shard {
 }
 
 /// A shard and its flush generation, alone in their cache lines (two
-/// leaves on neighbouring gigabytes do not share a line).
+/// leaves on neighbouring slices do not share a line).
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct ShardCell {
@@ -315,7 +319,7 @@ impl PhysMem {
 
     /// The module takes `[start, end)` for `why`: owned, host state Module,
     /// contents zeroed if `zero`, cache lines private to `keyid`. One shard
-    /// visit per GiB.
+    /// visit per 64 MiB slice.
     pub(crate) fn give_to_module(
         &self,
         start: u64,

@@ -11,7 +11,7 @@
 //! - the KOT and write-back table ([`crate::kot`]);
 //! - TDs and vCPUs ([`crate::td`]), each TD with its own locks and S-EPT;
 //! - host memory and the module's ownership of it ([`crate::memory`]),
-//!   sharded by physical gigabyte;
+//!   sharded by 64 MiB slices of physical address;
 //! - counters striped by LP, violations, fault plan, pauses.
 //!
 //! No module lock is a simulator mutex: the module's locks are words a leaf
