@@ -899,14 +899,42 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Err(_) => return Err(TdError::InProgress(gpa)),
         };
         if !blocked {
-            // A panic in a platform callback during BLOCK's retries (the
-            // last attempt failed, so the entry is not blocked) gives the
-            // claim back.
-            let undo = Restore::new(slot, Entry::Leaf(first, Hold::Idle));
-            self.block(info, gpa)?;
-            undo.disarm();
+            let (b, tdr) = (self.b(), self.tdr());
+            // SAFETY: BLOCK moves no page between host and module.
+            let s = unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status;
+            if s.is_error() {
+                self.block_after(info, gpa, slot, first, s)?;
+            }
         }
         Ok(first)
+    }
+
+    /// BLOCK's first attempt failed: its retries, under the TD's policy.
+    /// They may call the platform (yields), so a panic there gives the
+    /// claim back (the last attempt failed: the entry is not blocked).
+    #[cold]
+    #[inline(never)]
+    fn block_after(
+        &self,
+        info: PageInfo,
+        gpa: Gpa,
+        slot: Slot<'_>,
+        first: Pfn,
+        status: TdxStatus,
+    ) -> Result<(), TdError> {
+        let undo = Restore::new(slot, Entry::Leaf(first, Hold::Idle));
+        let (b, tdr) = (self.b(), self.tdr());
+        self.retry_tree_exclusive_after(
+            Leaf::MEM_RANGE_BLOCK.v0(),
+            Operand::Gpa(gpa),
+            status,
+            &mut || {
+                // SAFETY: BLOCK moves no page between host and module.
+                unsafe { leaf::tdh_mem_range_block(b, info, tdr) }.status
+            },
+        )?;
+        undo.disarm();
+        Ok(())
     }
 
     /// TDH.MEM.RANGE.BLOCK of the entry `info` (of `gpa`).
