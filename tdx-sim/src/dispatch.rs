@@ -516,9 +516,10 @@ impl Shared {
         if !crate::leaves::implements(profile, leaf) {
             return TdxStatus::OPERAND_INVALID;
         }
-        // Versioned leaves check their own highest version (SEPT.ADD and
-        // SEPT.REMOVE do so in the module; the model does it for all).
+        // Versioned leaves check their own highest version, after writing
+        // the registers each one sets when it starts.
         if lv.version() > 0 && lv.version() > profile.max_version(leaf) {
+            own_version_rejected(leaf, a);
             return TdxStatus::OPERAND_INVALID;
         }
         if self.sys.abandoned() {
@@ -558,5 +559,30 @@ impl Shared {
             }
             _ => status,
         }
+    }
+}
+
+/// The registers a versioned leaf writes before it rejects a version above
+/// its highest (`TDX_OPERAND_INVALID|RAX`), as module 1.5.01 does
+/// (`src/vmm_dispatcher/api_calls/`):
+///
+/// - TDH.MEM.SEPT.ADD clears RCX and RDX (`tdh_mem_sept_add.c`);
+/// - TDH.MEM.SEPT.REMOVE and TDH.MEM.PAGE.PROMOTE set R9-R11 to -1 (no L2
+///   S-EPT page) and clear RCX and RDX (`tdh_mem_sept_remove.c`,
+///   `tdh_mem_page_promote.c`);
+/// - TDH.MNG.RD and TDH.VP.RD set RDX to -1 (no next field) and clear R8
+///   (`tdh_mng_rd_wr.c`, `tdh_vp_rd_wr.c`).
+///
+/// Other leaves the dispatcher lets through with a version (those of a
+/// profile's later module) write nothing first.
+fn own_version_rejected(leaf: Leaf, a: &mut SeamcallArgs) {
+    match leaf {
+        Leaf::MEM_SEPT_ADD => (a.rcx, a.rdx) = (0, 0),
+        Leaf::MEM_SEPT_REMOVE | Leaf::MEM_PAGE_PROMOTE => {
+            (a.r9, a.r10, a.r11) = (u64::MAX, u64::MAX, u64::MAX);
+            (a.rcx, a.rdx) = (0, 0);
+        }
+        Leaf::MNG_RD | Leaf::VP_RD => (a.rdx, a.r8) = (u64::MAX, 0),
+        _ => {}
     }
 }
