@@ -10,6 +10,9 @@
 //!   use, and the table [`ALL_FIELDS`] that lists them for tools and the
 //!   simulator, with [`field_name`] and [`lookup`] to go back from an ID to
 //!   its name;
+//! - the typed TD- and vCPU-scope fields a VMM reads ([`td`], [`vcpu`]:
+//!   [`TypedField`]s whose value type says how many elements to read and
+//!   how they combine), with [`TdOpState`] and [`TdLifecycle`];
 //! - [`TdxFeatures0`], the bits of the `TDX_FEATURES0` field;
 //! - [`KeyIdPartition`], the KeyID split reported by MSR
 //!   `IA32_MKTME_KEYID_PARTITIONING` (0x87), and its validation;
@@ -66,6 +69,17 @@
 //!   features not merged yet.
 //! - `S-NEWEST-TDXC`: a 2026 `arch/x86/virt/vmx/tdx/tdx.c` with Dynamic
 //!   PAMT, runtime update and TDH.SYS.DISABLE, of unconfirmed provenance.
+//!
+//! Intel's TDX module source, `intel/tdx-module` at tag `TDX_1.5.01`:
+//!
+//! - `S-MOD-GSF`: `include/auto_gen/global_sys_fields_lookup.h` (global
+//!   field IDs) and `src/common/metadata_handlers/metadata_sys.c` (their
+//!   values).
+//! - `S-MOD-TDF`: `include/auto_gen/tdr_tdcs_fields_lookup.h` (TD field
+//!   IDs) and `tdr_tdcs_fields_lookup.c` (sizes, element counts, host read
+//!   and write masks).
+//! - `S-MOD-TDVPS`: `include/auto_gen/tdvps_fields_lookup.h` and `.c`
+//!   (vCPU field IDs and masks).
 
 use core::fmt;
 use core::ops::Range;
@@ -287,6 +301,57 @@ impl MdFieldId {
     pub fn name(self) -> Option<&'static str> {
         field_name(self)
     }
+
+    /// Mask of `CONTEXT_CODE` (bits 54:52).
+    pub const CONTEXT_CODE_MASK: u64 = 0b111 << 52;
+
+    /// `CONTEXT_CODE` of global (platform) fields: TDH.SYS.RD.
+    pub const CONTEXT_SYS: u8 = 0;
+    /// `CONTEXT_CODE` of TD-scope fields (TDR/TDCS): TDH.MNG.RD/WR.
+    pub const CONTEXT_TD: u8 = 1;
+    /// `CONTEXT_CODE` of vCPU-scope fields (TDVPS, TD VMCS): TDH.VP.RD/WR.
+    pub const CONTEXT_VP: u8 = 2;
+
+    /// The null field ID (all ones). A version-1 `TDH.MNG.RD` or
+    /// `TDH.VP.RD` of it returns `TDX_METADATA_FIRST_FIELD_ID_IN_CONTEXT`
+    /// with the first readable field's ID in RDX; the module also returns
+    /// it in RDX when there is no next field.
+    pub const NULL: Self = Self::from_raw(u64::MAX);
+
+    /// True if this is a null field ID: every bit set except, possibly,
+    /// `CONTEXT_CODE` (`is_null_field_id` in the module's
+    /// `src/common/metadata_handlers/metadata_generic.h`).
+    #[must_use]
+    pub const fn is_null(self) -> bool {
+        self.into_raw() | Self::CONTEXT_CODE_MASK == u64::MAX
+    }
+
+    /// True if the module accepts this ID for a single-element access
+    /// (`md_check_as_single_element_id`,
+    /// `src/common/metadata_handlers/metadata_generic.c`): no reserved bit
+    /// set, `LAST_ELEMENT_IN_FIELD` and `LAST_FIELD_IN_SEQUENCE` both 0.
+    /// `ELEMENT_SIZE_CODE`, `INC_SIZE`, `WRITE_MASK_VALID` and
+    /// `CONTEXT_CODE` are not checked. TDH.SYS.RD, TDH.MNG.RD/WR and
+    /// TDH.VP.RD/WR answer `TDX_METADATA_FIELD_ID_INCORRECT` otherwise.
+    #[must_use]
+    pub const fn is_single_element(self) -> bool {
+        self.reserved_bits() == 0
+            && self.last_element_in_field() == 0
+            && self.last_field_in_sequence() == 0
+    }
+
+    /// True if `self` and `other` name the same element for the module:
+    /// the same `CLASS_CODE` and `FIELD_CODE`. That is all the module's
+    /// lookup compares (`md_find_entry_idx`,
+    /// `src/common/metadata_handlers/metadata_generic.c`; the context
+    /// comes from the leaf), so KVM's short form ([`td_field_id`]) and the
+    /// module's own form ([`field::TD_ATTRIBUTES`] and the like) of a
+    /// field are the same field. Compare IDs the module hands back (the
+    /// next-field ID of a version-1 read) with this, not `==`.
+    #[must_use]
+    pub const fn same_field(self, other: Self) -> bool {
+        self.class_code() == other.class_code() && self.field_code() == other.field_code()
+    }
 }
 
 impl fmt::Debug for MdFieldId {
@@ -331,6 +396,18 @@ impl fmt::Display for MdFieldId {
 /// The result has `ELEMENT_SIZE_CODE` = 0 and `CONTEXT_CODE` = 0; KVM passes
 /// IDs of this form to `TDH.MNG.RD`/`TDH.VP.RD` as they are. Bits 31:24 of
 /// `field` land in the reserved bits 31:24, as in KVM's builder.
+///
+/// The module finds a field by `CLASS_CODE` and `FIELD_CODE` alone
+/// (`md_find_entry_idx` in `src/common/metadata_handlers/metadata_generic.c`):
+/// `ELEMENT_SIZE_CODE`, `INC_SIZE`, `WRITE_MASK_VALID`, `NON_ARCH` and
+/// `CONTEXT_CODE` (which TDH.MNG.RD/WR and TDH.VP.RD/WR overwrite with
+/// their own context) play no part. So an ID built here names the same
+/// element as the module's own form of it ([`MdFieldId::same_field`]),
+/// and the module reads it the same way, as long as `field` fits the
+/// 24-bit `FIELD_CODE`: bits 31:24 of `field` are reserved bits, and an ID
+/// with any of them set fails [`MdFieldId::is_single_element`]
+/// (`TDX_METADATA_FIELD_ID_INCORRECT`). The value read is masked to the
+/// field's real width, whatever `ELEMENT_SIZE_CODE` says.
 ///
 /// # Panics
 ///
@@ -536,16 +613,37 @@ pub struct FieldInfo {
 
 impl FieldInfo {
     /// Where `id` falls inside this field, if it does.
+    ///
+    /// A global field matches only its exact ID (element IDs of arrays:
+    /// the base ID's upper bits with the element's field code). A TD- or
+    /// vCPU-scope field matches as the module's lookup does
+    /// (`md_find_entry_idx`, `src/common/metadata_handlers/metadata_generic.c`):
+    /// by `CLASS_CODE` and `FIELD_CODE` only, whatever the element size,
+    /// `NON_ARCH` or other bits say, so KVM's short form
+    /// ([`td_field_id`]) resolves too; an ID whose `CONTEXT_CODE` names
+    /// another non-global scope does not.
     #[must_use]
     pub fn index_of(&self, id: MdFieldId) -> Option<FieldIndex> {
         let raw = id.into_raw();
         let base = self.id.into_raw();
         let upper = !MdFieldId::FIELD_CODE_MASK;
-        if matches!(self.shape, FieldShape::Scalar) {
-            return (raw == base).then_some(FieldIndex::Scalar);
-        }
-        if raw & upper != base & upper {
-            return None;
+        if self.scope == FieldScope::Global {
+            if matches!(self.shape, FieldShape::Scalar) {
+                return (raw == base).then_some(FieldIndex::Scalar);
+            }
+            if raw & upper != base & upper {
+                return None;
+            }
+        } else {
+            let ctx = id.context_code();
+            if id.class_code() != self.id.class_code()
+                || (ctx != MdFieldId::CONTEXT_SYS && ctx != self.id.context_code())
+            {
+                return None;
+            }
+            if matches!(self.shape, FieldShape::Scalar) {
+                return (id.field_code() == self.id.field_code()).then_some(FieldIndex::Scalar);
+            }
         }
         let code = id.field_code();
         let off = code.checked_sub(self.id.field_code());
@@ -602,7 +700,9 @@ pub fn field_name(id: MdFieldId) -> Option<&'static str> {
 
 /// Resolves `id` to a named field and the element within it, including
 /// array elements (`CMR_BASE[3]`, `CPUID_CONFIG_VALUES[2][1]`) and TD-scope
-/// CPUID values. Needs no allocation.
+/// CPUID values, with each field's matching rule ([`FieldInfo::index_of`]:
+/// exact for global fields, class and field code for TD and vCPU fields).
+/// Needs no allocation.
 #[must_use]
 pub fn lookup(id: MdFieldId) -> Option<FieldRef> {
     ALL_FIELDS
@@ -613,7 +713,7 @@ pub fn lookup(id: MdFieldId) -> Option<FieldRef> {
 pub use field::ALL_FIELDS;
 
 /// Number of named field IDs in [`field`] (the length of [`ALL_FIELDS`]).
-pub const NAMED_FIELD_COUNT: usize = 41;
+pub const NAMED_FIELD_COUNT: usize = 80;
 
 const _: () = assert!(ALL_FIELDS.len() == NAMED_FIELD_COUNT);
 
@@ -744,6 +844,12 @@ pub mod field {
         NUM_CPUID_CONFIG = MdFieldId::from_raw(0x9900_0001_0000_0004)
             => ("td_conf.num_cpuid_config", U16, Global, SCALAR, "S-GMD-LIST");
         /// `td_conf.max_vcpus_per_td` (u16). [S-GMD-LIST]
+        ///
+        /// Not served by module 1.5.01 (its `global_sys_fields_lookup.h`
+        /// has no such field: TDH.SYS.RD answers
+        /// `TDX_METADATA_FIELD_ID_INCORRECT`); there the only limit is the
+        /// architectural one, 0xFFFF vCPUs (`MAX_VCPUS` in the module's
+        /// `src/common/data_structures/tdx_tdvps.h`).
         MAX_VCPUS_PER_TD = MdFieldId::from_raw(0x9900_0001_0000_0008)
             => ("td_conf.max_vcpus_per_td", U16, Global, SCALAR, "S-GMD-LIST");
         /// `td_conf.cpuid_config_leaves[i]` (u64: leaf in bits 31:0, sub-leaf in 63:32, sub-leaf `!0` = none); array base, element `i` = base + i ([`cpuid_config_leaf`]). [S-GMD-LIST]
@@ -826,40 +932,157 @@ pub mod field {
             => ("CMR_SIZE (proposed)", U64, Global,
                 FieldShape::Array { len: MAX_CMRS }, "S-CMR-v4");
 
-        // --- TD / vCPU scope, as KVM uses them ---------------------------------
+        // --- Global metadata of module 1.5.01 that Linux does not read ----
 
-        /// KVM `TD_MD_FIELD_ID_CPUID_VALUES` (u64 × 2 per leaf: EBX:EAX, EDX:ECX), TDH.MNG.RD; base of the CPUID values, `FIELD_CODE` is a [`CpuidFieldCode`] ([`td_cpuid_value`]). [S-KVM-ARCH]
-        ///
-        /// `CONTEXT_CODE` is 1 and `ELEMENT_SIZE_CODE` 3 in this ID; it is a
-        /// literal in KVM, not built with [`td_field_id`].
+        /// `CONFIG_FLAGS_FIXED0` (u64): TD_PARAMS.CONFIG_FLAGS bits that may be 1 (1.5.01: 0x7, GPAW, FLEXIBLE_PENDING_VE, NO_RBP_MOD). [S-MOD-GSF]
+        CONFIG_FLAGS_FIXED0 = MdFieldId::from_raw(0x9900_0003_0000_0006)
+            => ("CONFIG_FLAGS_FIXED0 (module)", U64, Global, SCALAR, "S-MOD-GSF");
+        /// `CONFIG_FLAGS_FIXED1` (u64): TD_PARAMS.CONFIG_FLAGS bits that must be 1 (1.5.01: 0). [S-MOD-GSF]
+        CONFIG_FLAGS_FIXED1 = MdFieldId::from_raw(0x9900_0003_0000_0007)
+            => ("CONFIG_FLAGS_FIXED1 (module)", U64, Global, SCALAR, "S-MOD-GSF");
+        /// `IA32_ARCH_CAPABILITIES_CONFIG_MASK` (u64): the IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure (1.5.01: 0x1180010). [S-MOD-GSF]
+        IA32_ARCH_CAPABILITIES_CONFIG_MASK = MdFieldId::from_raw(0x9900_0003_0000_0600)
+            => ("IA32_ARCH_CAPABILITIES_CONFIG_MASK (module)", U64, Global, SCALAR, "S-MOD-GSF");
+
+        // --- TD scope (TDH.MNG.RD/WR), the module's own IDs -------------------
+        //
+        // Each is the module's full field ID (`MD_TDR_*`/`MD_TDCS_*_FIELD_ID`
+        // in `include/auto_gen/tdr_tdcs_fields_lookup.h` of module 1.5.01):
+        // CONTEXT_CODE 1 and the element size of the field. What a host may
+        // read or write is per field, in the module's
+        // `include/auto_gen/tdr_tdcs_fields_lookup.c`; "readable" below is
+        // the production (non-debug) TD's read mask.
+
+        /// TDR `FATAL` (u8, readable): the TD is in a fatal state. [S-MOD-TDF]
+        TD_FATAL = MdFieldId::from_raw(0x8010_0000_0000_0001)
+            => ("tdr.management_fields.fatal", U8, Td, SCALAR, "S-MOD-TDF");
+        /// TDR `NUM_TDCX` (u32, readable): TDCS pages added. [S-MOD-TDF]
+        TD_NUM_TDCX = MdFieldId::from_raw(0x8010_0002_0000_0002)
+            => ("tdr.management_fields.num_tdcx", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDR `CHLDCNT` (u64, readable): 4K pages charged to the TD. [S-MOD-TDF]
+        TD_CHLDCNT = MdFieldId::from_raw(0x8010_0003_0000_0004)
+            => ("tdr.management_fields.chldcnt", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDR `LIFECYCLE_STATE` (u32, readable): see [`TdLifecycle`](super::TdLifecycle). [S-MOD-TDF]
+        TD_LIFECYCLE_STATE = MdFieldId::from_raw(0x8010_0002_0000_0005)
+            => ("tdr.management_fields.lifecycle_state", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDR `TDCX_PA[i]` (u64 × 9, readable): TDCS page `i` with the TD's HKID in its KeyID bits, 0 if not added. [S-MOD-TDF]
+        TD_TDCX_PA = MdFieldId::from_raw(0x8010_0003_0000_0010)
+            => ("tdr.management_fields.tdcx_pa", U64, Td, FieldShape::Array { len: 9 }, "S-MOD-TDF");
+        /// TDR `TD_UUID` (u64 × 4, readable). [S-MOD-TDF]
+        TD_UUID = MdFieldId::from_raw(0x8010_0003_0000_0020)
+            => ("tdr.management_fields.td_uuid", U64, Td, FieldShape::Array { len: 4 }, "S-MOD-TDF");
+        /// TDR `HKID` (u16, readable): the TD's private KeyID. [S-MOD-TDF]
+        TD_HKID = MdFieldId::from_raw(0x8110_0001_0000_0001)
+            => ("tdr.key_management_fields.hkid", U16, Td, SCALAR, "S-MOD-TDF");
+        /// TDR `PKG_CONFIG_BITMAP` (u64, readable): packages where TDH.MNG.KEY.CONFIG ran. [S-MOD-TDF]
+        TD_PKG_CONFIG_BITMAP = MdFieldId::from_raw(0x8110_0003_0000_0002)
+            => ("tdr.key_management_fields.pkg_config_bitmap", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `NUM_VCPUS` (u32, readable): vCPUs TDH.VP.INIT numbered so far. [S-MOD-TDF]
+        TD_NUM_VCPUS = MdFieldId::from_raw(0x9010_0002_0000_0001)
+            => ("tdcs.management_fields.num_vcpus", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `NUM_ASSOC_VCPUS` (u32, readable): vCPUs associated with some logical processor. [S-MOD-TDF]
+        TD_NUM_ASSOC_VCPUS = MdFieldId::from_raw(0x9010_0002_0000_0002)
+            => ("tdcs.management_fields.num_assoc_vcpus", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `OP_STATE` (u32, readable): see [`TdOpState`](super::TdOpState). [S-MOD-TDF]
+        TD_OP_STATE = MdFieldId::from_raw(0x9010_0002_0000_0004)
+            => ("tdcs.management_fields.op_state", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `NUM_L2_VMS` (u16, readable). [S-MOD-TDF]
+        TD_NUM_L2_VMS = MdFieldId::from_raw(0x9010_0001_0000_0005)
+            => ("tdcs.management_fields.num_l2_vms", U16, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `ATTRIBUTES` (u64, readable): TD_PARAMS.ATTRIBUTES. [S-MOD-TDF]
+        TD_ATTRIBUTES = MdFieldId::from_raw(0x1110_0003_0000_0000)
+            => ("tdcs.executions_ctl_fields.attributes", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `XFAM` (u64, readable): TD_PARAMS.XFAM. [S-MOD-TDF]
+        TD_XFAM = MdFieldId::from_raw(0x1110_0003_0000_0001)
+            => ("tdcs.executions_ctl_fields.xfam", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `MAX_VCPUS` (u32, readable): TD_PARAMS.MAX_VCPUS. [S-MOD-TDF]
+        TD_MAX_VCPUS = MdFieldId::from_raw(0x1110_0002_0000_0002)
+            => ("tdcs.executions_ctl_fields.max_vcpus", U32, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `GPAW` (u8, readable): 1 for a 52-bit guest physical address width. [S-MOD-TDF]
+        TD_GPAW = MdFieldId::from_raw(0x1110_0000_0000_0003)
+            => ("tdcs.executions_ctl_fields.gpaw", U8, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `EPTP` (u64, readable): TD_PARAMS.EPTP_CONTROLS with the S-EPT root (TDCS page 3) in bits 51:12. [S-MOD-TDF]
+        TD_EPTP = MdFieldId::from_raw(0x1110_0003_0000_0004)
+            => ("tdcs.executions_ctl_fields.eptp", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `TSC_OFFSET` (u64, readable). KVM's `TD_TDCS_EXEC_TSC_OFFSET` is the short form of this field ([`td_field_id`]`(false, 17, 10)`). [S-MOD-TDF; S-KVM-ARCH]
+        TSC_OFFSET = MdFieldId::from_raw(0x1110_0003_0000_000A)
+            => ("tdcs.executions_ctl_fields.tsc_offset", U64, Td, SCALAR, "S-MOD-TDF; S-KVM-ARCH");
+        /// TDCS `TSC_MULTIPLIER` (u64, readable). KVM's `TD_TDCS_EXEC_TSC_MULTIPLIER` is the short form ([`td_field_id`]`(false, 17, 11)`). [S-MOD-TDF; S-KVM-ARCH]
+        TSC_MULTIPLIER = MdFieldId::from_raw(0x1110_0003_0000_000B)
+            => ("tdcs.executions_ctl_fields.tsc_multiplier", U64, Td, SCALAR, "S-MOD-TDF; S-KVM-ARCH");
+        /// TDCS `TSC_FREQUENCY` (u16, readable): TD_PARAMS.TSC_FREQUENCY, in units of 25 MHz. [S-MOD-TDF]
+        TD_TSC_FREQUENCY = MdFieldId::from_raw(0x1110_0001_0000_000C)
+            => ("tdcs.executions_ctl_fields.tsc_frequency", U16, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `NUM_CPUID_VALUES` (u16, readable): entries of the CPUID value table (64 in 1.5.01). [S-MOD-TDF]
+        TD_NUM_CPUID_VALUES = MdFieldId::from_raw(0x9110_0001_0000_000E)
+            => ("tdcs.executions_ctl_fields.num_cpuid_values", U16, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `HP_LOCK_TIMEOUT` (u64, in µs, readable and host-writable with a full write mask, 10 000 to 100 000 000). [S-MOD-TDF]
+        TD_HP_LOCK_TIMEOUT = MdFieldId::from_raw(0x9110_0003_0000_0011)
+            => ("tdcs.executions_ctl_fields.hp_lock_timeout", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `VM_CTLS[i]` (u64 × 4, readable; bit 0 host-writable). [S-MOD-TDF]
+        TD_VM_CTLS = MdFieldId::from_raw(0x9110_0003_0000_0012)
+            => ("tdcs.executions_ctl_fields.vm_ctls", U64, Td, FieldShape::Array { len: 4 }, "S-MOD-TDF");
+        /// TDCS `CONFIG_FLAGS` (u64, readable): TD_PARAMS.CONFIG_FLAGS. [S-MOD-TDF]
+        TD_CONFIG_FLAGS = MdFieldId::from_raw(0x1110_0003_0000_0016)
+            => ("tdcs.executions_ctl_fields.config_flags", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `TD_CTLS` (u64, readable in debug TDs only). [S-MOD-TDF]
+        TD_CTLS = MdFieldId::from_raw(0x1110_0003_0000_0017)
+            => ("tdcs.executions_ctl_fields.td_ctls", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `TD_EPOCH` (u64, readable): the TLB-tracking epoch. [S-MOD-TDF]
+        TD_EPOCH = MdFieldId::from_raw(0x9210_0003_0000_0000)
+            => ("tdcs.epoch_tracking.epoch_and_refcount.td_epoch", U64, Td, SCALAR, "S-MOD-TDF");
+        /// TDCS `MRTD[e]` (u64 × 6, readable): the SHA-384 build measurement, little-endian 8-byte elements; all zero before TDH.MR.FINALIZE. [S-MOD-TDF]
+        TD_MRTD = MdFieldId::from_raw(0x1310_0003_0000_0000)
+            => ("tdcs.measurement_fields.mr_td", U64, Td, FieldShape::Array { len: 6 }, "S-MOD-TDF");
+        /// TDCS `MRCONFIGID[e]` (u64 × 6, readable): TD_PARAMS.MRCONFIGID. [S-MOD-TDF]
+        TD_MRCONFIGID = MdFieldId::from_raw(0x1310_0003_0000_0010)
+            => ("tdcs.measurement_fields.mr_config_id", U64, Td, FieldShape::Array { len: 6 }, "S-MOD-TDF");
+        /// TDCS `MROWNER[e]` (u64 × 6, readable): TD_PARAMS.MROWNER. [S-MOD-TDF]
+        TD_MROWNER = MdFieldId::from_raw(0x1310_0003_0000_0018)
+            => ("tdcs.measurement_fields.mr_owner", U64, Td, FieldShape::Array { len: 6 }, "S-MOD-TDF");
+        /// TDCS `MROWNERCONFIG[e]` (u64 × 6, readable): TD_PARAMS.MROWNERCONFIG. [S-MOD-TDF]
+        TD_MROWNERCONFIG = MdFieldId::from_raw(0x1310_0003_0000_0020)
+            => ("tdcs.measurement_fields.mr_owner_config", U64, Td, FieldShape::Array { len: 6 }, "S-MOD-TDF");
+        /// TDCS `RTMR[n][e]` (u64, 4 registers × 6 elements at base + 6n + e, [`td_rtmr`]): readable in debug TDs only (production TDs: `TDX_METADATA_FIELD_NOT_READABLE`). [S-MOD-TDF]
+        TD_RTMR = MdFieldId::from_raw(0x1310_0003_0000_0040)
+            => ("tdcs.measurement_fields.rtmr", U64, Td, FieldShape::Array { len: 24 }, "S-MOD-TDF");
+        /// TDCS `CPUID_VALUES` (u64 × 2 per leaf: EBX:EAX, EDX:ECX, readable for valid, non-faulting leaves); base of the CPUID values, `FIELD_CODE` is a [`CpuidFieldCode`] ([`td_cpuid_value`]). KVM's `TD_MD_FIELD_ID_CPUID_VALUES` has the same value. [S-MOD-TDF; S-KVM-ARCH]
         TD_CPUID_VALUES = MdFieldId::from_raw(0x9410_0003_0000_0000)
-            => ("TD_MD_FIELD_ID_CPUID_VALUES (KVM)", U64, Td, FieldShape::Cpuid, "S-KVM-ARCH");
-        /// KVM `TD_TDCS_EXEC_TSC_OFFSET` (width not stated), TDH.MNG.RD: TDCS execution controls (class 17), field 10. [S-KVM-ARCH]
-        ///
-        /// Built with KVM's rule ([`td_field_id`]), so `ELEMENT_SIZE_CODE`
-        /// is 0 here, as in KVM's form; it does not describe the value width.
-        TSC_OFFSET = td_field_id(false, TD_CLASS_EXECUTION_CONTROLS, 10)
-            => ("TD_TDCS_EXEC_TSC_OFFSET (KVM)", UNSTATED, Td, SCALAR, "S-KVM-ARCH");
-        /// KVM `TD_TDCS_EXEC_TSC_MULTIPLIER` (width not stated), TDH.MNG.RD: TDCS execution controls (class 17), field 11. [S-KVM-ARCH]
-        ///
-        /// Built with KVM's rule ([`td_field_id`]); `ELEMENT_SIZE_CODE` is 0
-        /// in KVM's form.
-        TSC_MULTIPLIER = td_field_id(false, TD_CLASS_EXECUTION_CONTROLS, 11)
-            => ("TD_TDCS_EXEC_TSC_MULTIPLIER (KVM)", UNSTATED, Td, SCALAR, "S-KVM-ARCH");
-        /// KVM `TD_VCPU_PEND_NMI` (width not stated), TDH.VP.RD/WR: TDVPS management class (32), field 11. [S-KVM-ARCH]
-        ///
-        /// Built with KVM's rule ([`td_field_id`]); `ELEMENT_SIZE_CODE` is 0
-        /// in KVM's form.
-        PEND_NMI = td_field_id(false, TDVPS_CLASS_MANAGEMENT, 11)
-            => ("TD_VCPU_PEND_NMI (KVM)", UNSTATED, Vcpu, SCALAR, "S-KVM-ARCH");
-        /// KVM `TD_VCPU_STATE_DETAILS_NON_ARCH` (width not stated; KVM reads it as 64 bits, bit 0 = interrupt pending), TDH.VP.RD: non-arch field 0x100. [S-KVM-ARCH]
-        ///
-        /// Built with KVM's rule ([`td_field_id`]) with `NON_ARCH` set, in
-        /// the TDVPS "other guest state" class (17) where KVM reads it;
-        /// `ELEMENT_SIZE_CODE` is 0 in KVM's form. The class is KVM's
-        /// (`tdx_arch.h`); the other sources give only "non-arch 0x100".
-        VCPU_STATE_DETAILS = td_field_id(true, TDVPS_CLASS_OTHER_GUEST, 0x100)
-            => ("TD_VCPU_STATE_DETAILS_NON_ARCH (KVM)", UNSTATED, Vcpu, SCALAR, "S-KVM-ARCH");
+            => ("tdcs.cpuid_config_vals", U64, Td, FieldShape::Cpuid, "S-MOD-TDF; S-KVM-ARCH");
+
+        // --- vCPU scope (TDH.VP.RD/WR), the module's own IDs -------------------
+        //
+        // `MD_TDVPS_*_FIELD_ID` of `include/auto_gen/tdvps_fields_lookup.{h,c}`
+        // (module 1.5.01): CONTEXT_CODE 2. TD VMCS fields are class 0 with the
+        // VMCS encoding as field code ([`tdvps_vmcs`]).
+
+        /// TDVPS `VCPU_STATE` (u8; readable in debug TDs only): 0 uninitialized, 2 ready, 8 disabled. [S-MOD-TDVPS]
+        VP_VCPU_STATE = MdFieldId::from_raw(0xA020_0000_0000_0000)
+            => ("tdvps.management.state", U8, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `VCPU_INDEX` (u32, readable): the index TDH.VP.INIT gave the vCPU. [S-MOD-TDVPS]
+        VP_VCPU_INDEX = MdFieldId::from_raw(0xA020_0002_0000_0002)
+            => ("tdvps.management.vcpu_index", U32, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `NUM_TDVPS_PAGES` (u8, readable). [S-MOD-TDVPS]
+        VP_NUM_TDVPS_PAGES = MdFieldId::from_raw(0xA020_0000_0000_0003)
+            => ("tdvps.management.num_tdvps_pages", U8, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `ASSOC_LPID` (u32, readable): the logical processor the vCPU is associated with, `0xFFFF_FFFF` if none. [S-MOD-TDVPS]
+        VP_ASSOC_LPID = MdFieldId::from_raw(0xA020_0002_0000_0004)
+            => ("tdvps.management.assoc_lpid", U32, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `VCPU_EPOCH` (u64, readable). [S-MOD-TDVPS]
+        VP_VCPU_EPOCH = MdFieldId::from_raw(0xA020_0003_0000_0006)
+            => ("tdvps.management.vcpu_epoch", U64, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `PEND_NMI` (u8, readable and host-writable, mask 0xFF). KVM's `TD_VCPU_PEND_NMI` is the short form ([`td_field_id`]`(false, 32, 11)`). [S-MOD-TDVPS; S-KVM-ARCH]
+        PEND_NMI = MdFieldId::from_raw(0x2020_0000_0000_000B)
+            => ("tdvps.management.pend_nmi", U8, Vcpu, SCALAR, "S-MOD-TDVPS; S-KVM-ARCH");
+        /// TDVPS `XFAM` (u64, readable): the TD's XFAM as the vCPU holds it. [S-MOD-TDVPS]
+        VP_XFAM = MdFieldId::from_raw(0x2020_0003_0000_000C)
+            => ("tdvps.management.xfam", U64, Vcpu, SCALAR, "S-MOD-TDVPS");
+        /// TDVPS `TDVPS_PAGE_PA[i]` (u64 × 15, readable): the vCPU's pages. [S-MOD-TDVPS]
+        VP_TDVPS_PAGE_PA = MdFieldId::from_raw(0xA020_0003_0000_0010)
+            => ("tdvps.management.tdvps_pa", U64, Vcpu, FieldShape::Array { len: 15 }, "S-MOD-TDVPS");
+        /// TDVPS `VCPU_STATE_DETAILS` (u64, readable; bit 0: a virtual interrupt is pending). KVM's `TD_VCPU_STATE_DETAILS_NON_ARCH` is the short form ([`td_field_id`]`(true, 17, 0x100)`). [S-MOD-TDVPS; S-KVM-ARCH]
+        VCPU_STATE_DETAILS = MdFieldId::from_raw(0x9120_0003_0000_0100)
+            => ("tdvps.guest_state.vcpu_state_details", U64, Vcpu, SCALAR, "S-MOD-TDVPS; S-KVM-ARCH");
     }
 
     /// `CPUID_CONFIG_LEAVES[i]`, or `None` if `i >= MAX_CPUID_CONFIG` (128).
@@ -910,12 +1133,352 @@ pub mod field {
         }
     }
 
+    /// `TD_RTMR[n][e]` = [`TD_RTMR`] + 6n + e (`n` < 4, `e` < 6), or `None`
+    /// past the array.
+    #[must_use]
+    pub const fn td_rtmr(n: u32, e: u32) -> Option<MdFieldId> {
+        if n >= 4 || e >= 6 {
+            return None;
+        }
+        TD_RTMR.element(6 * n + e)
+    }
+
     /// A TDVPS VMCS-class field ID for VMCS field `encoding`, built with
     /// KVM's rule (`ELEMENT_SIZE_CODE` 0). [S-KVM-ARCH]
     #[must_use]
     pub const fn tdvps_vmcs(encoding: u32) -> MdFieldId {
         td_field_id(false, TDVPS_CLASS_VMCS, encoding)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Typed TD and vCPU fields
+// ---------------------------------------------------------------------------
+
+/// The TD operation state: TDCS `OP_STATE` ([`field::TD_OP_STATE`]),
+/// `op_state_e` in the module's `include/auto_gen/op_state_lookup.h`.
+///
+/// An open newtype: a value with no name here is kept as read.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TdOpState(pub u32);
+
+impl TdOpState {
+    /// Before TDH.MNG.INIT (TDH.MNG.RD is refused in this state).
+    pub const UNINITIALIZED: Self = Self(0);
+    /// After TDH.MNG.INIT: vCPUs and initial memory are added.
+    pub const INITIALIZED: Self = Self(1);
+    /// After TDH.MR.FINALIZE: the TD may run.
+    pub const RUNNABLE: Self = Self(2);
+    /// Migration: live export.
+    pub const LIVE_EXPORT: Self = Self(3);
+    /// Migration: paused export.
+    pub const PAUSED_EXPORT: Self = Self(4);
+    /// Migration: post export.
+    pub const POST_EXPORT: Self = Self(5);
+    /// Migration: memory import.
+    pub const MEMORY_IMPORT: Self = Self(6);
+    /// Migration: state import.
+    pub const STATE_IMPORT: Self = Self(7);
+    /// Migration: post import.
+    pub const POST_IMPORT: Self = Self(8);
+    /// Migration: live import.
+    pub const LIVE_IMPORT: Self = Self(9);
+    /// Migration: failed import.
+    pub const FAILED_IMPORT: Self = Self(10);
+
+    /// The module's name for this state (`"RUNNABLE"`), or `None`.
+    #[must_use]
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "UNINITIALIZED",
+            1 => "INITIALIZED",
+            2 => "RUNNABLE",
+            3 => "LIVE_EXPORT",
+            4 => "PAUSED_EXPORT",
+            5 => "POST_EXPORT",
+            6 => "MEMORY_IMPORT",
+            7 => "STATE_IMPORT",
+            8 => "POST_IMPORT",
+            9 => "LIVE_IMPORT",
+            10 => "FAILED_IMPORT",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for TdOpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "TdOpState({n})"),
+            None => write!(f, "TdOpState({})", self.0),
+        }
+    }
+}
+
+/// The TD lifecycle state: TDR `LIFECYCLE_STATE`
+/// ([`field::TD_LIFECYCLE_STATE`]), `lifecycle_state_e` in the module's
+/// `src/common/data_structures/td_control_structures.h`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TdLifecycle(pub u32);
+
+impl TdLifecycle {
+    /// After TDH.MNG.CREATE.
+    pub const HKID_ASSIGNED: Self = Self(0);
+    /// After TDH.MNG.KEY.CONFIG on every package.
+    pub const KEYS_CONFIGURED: Self = Self(1);
+    /// After TDH.MNG.VPFLUSHDONE.
+    pub const BLOCKED: Self = Self(2);
+    /// After TDH.MNG.KEY.FREEID.
+    pub const TEARDOWN: Self = Self(3);
+
+    /// The module's name for this state (`"TD_KEYS_CONFIGURED"`), or `None`.
+    #[must_use]
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "TD_HKID_ASSIGNED",
+            1 => "TD_KEYS_CONFIGURED",
+            2 => "TD_BLOCKED",
+            3 => "TD_TEARDOWN",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for TdLifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "TdLifecycle({n})"),
+            None => write!(f, "TdLifecycle({})", self.0),
+        }
+    }
+}
+
+/// A SHA-384 digest as the module keeps it (MRTD, MRCONFIGID, MROWNER,
+/// MROWNERCONFIG, RTMRs): 48 bytes, read as six little-endian 8-byte
+/// elements.
+pub type Sha384Digest = [u8; 48];
+
+/// A Rust value that one metadata field reads as: the elements it spans
+/// and how they combine.
+pub trait FieldValue: Sized {
+    /// Elements the value spans: element `i` is read with the field's base
+    /// ID + `i` ([`MdFieldId::element`]).
+    const ELEMENTS: u32;
+
+    /// The value from its elements as the module returned them (each
+    /// already masked to the field's width); `elements.len()` is
+    /// [`ELEMENTS`](Self::ELEMENTS).
+    fn from_elements(elements: &[u64]) -> Self;
+}
+
+macro_rules! scalar_field_value {
+    ($($t:ty),*) => {$(
+        impl FieldValue for $t {
+            const ELEMENTS: u32 = 1;
+            fn from_elements(elements: &[u64]) -> Self {
+                // The module masks the value to the field's width, which
+                // is this type's for every field typed with it.
+                elements[0] as $t
+            }
+        }
+    )*};
+}
+scalar_field_value!(u8, u16, u32, u64);
+
+impl FieldValue for bool {
+    const ELEMENTS: u32 = 1;
+    fn from_elements(elements: &[u64]) -> Self {
+        elements[0] != 0
+    }
+}
+
+impl FieldValue for TdOpState {
+    const ELEMENTS: u32 = 1;
+    fn from_elements(elements: &[u64]) -> Self {
+        Self(elements[0] as u32)
+    }
+}
+
+impl FieldValue for TdLifecycle {
+    const ELEMENTS: u32 = 1;
+    fn from_elements(elements: &[u64]) -> Self {
+        Self(elements[0] as u32)
+    }
+}
+
+impl FieldValue for Sha384Digest {
+    const ELEMENTS: u32 = 6;
+    fn from_elements(elements: &[u64]) -> Self {
+        let mut out = [0; 48];
+        for (chunk, e) in out.chunks_exact_mut(8).zip(elements) {
+            chunk.copy_from_slice(&e.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// A TD- or vCPU-scope field whose value reads as `T`: its base ID, its
+/// scope (which leaf reads it) and, through `T`, how many elements make
+/// the value. The constants are in [`td`] (TDH.MNG.RD) and [`vcpu`]
+/// (TDH.VP.RD).
+///
+/// ```
+/// use tdx_types::metadata::{field, td, FieldScope, FieldValue};
+///
+/// assert_eq!(td::MRTD.id(), field::TD_MRTD);
+/// assert_eq!(td::MRTD.scope(), FieldScope::Td);
+/// let ids: Vec<_> = td::MRTD.element_ids().collect();
+/// assert_eq!(ids.len(), 6);
+/// assert_eq!(ids[5].into_raw(), 0x1310_0003_0000_0005);
+/// let digest = <[u8; 48]>::from_elements(&[1, 0, 0, 0, 0, 1 << 56]);
+/// assert_eq!((digest[0], digest[47]), (1, 1));
+/// ```
+pub struct TypedField<T> {
+    id: MdFieldId,
+    scope: FieldScope,
+    _value: core::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for TypedField<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for TypedField<T> {}
+
+impl<T> PartialEq for TypedField<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.scope == other.scope
+    }
+}
+
+impl<T> Eq for TypedField<T> {}
+
+impl<T> fmt::Debug for TypedField<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedField")
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .field("value", &core::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T: FieldValue> TypedField<T> {
+    const fn new(id: MdFieldId, scope: FieldScope) -> Self {
+        Self {
+            id,
+            scope,
+            _value: core::marker::PhantomData,
+        }
+    }
+
+    /// The field's base ID (its element 0).
+    #[must_use]
+    pub const fn id(self) -> MdFieldId {
+        self.id
+    }
+
+    /// Which leaf reads it: [`FieldScope::Td`] (TDH.MNG.RD) or
+    /// [`FieldScope::Vcpu`] (TDH.VP.RD).
+    #[must_use]
+    pub const fn scope(self) -> FieldScope {
+        self.scope
+    }
+
+    /// The IDs of the elements that make the value, in order.
+    pub fn element_ids(self) -> impl Iterator<Item = MdFieldId> {
+        (0..T::ELEMENTS).filter_map(move |i| self.id.element(i))
+    }
+}
+
+/// Typed TD-scope fields, read with TDH.MNG.RD (module 1.5.01 IDs; see
+/// [`field`] for each one's doc and width). Every one of them is readable
+/// by the host in any TD once TDH.MNG.INIT has run.
+pub mod td {
+    use super::{FieldScope, Sha384Digest, TdLifecycle, TdOpState, TypedField, field};
+
+    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> TypedField<T> {
+        TypedField::new(id, FieldScope::Td)
+    }
+
+    /// TDR `FATAL`.
+    pub const FATAL: TypedField<bool> = t(field::TD_FATAL);
+    /// TDR `NUM_TDCX`.
+    pub const NUM_TDCX: TypedField<u32> = t(field::TD_NUM_TDCX);
+    /// TDR `CHLDCNT`.
+    pub const CHLDCNT: TypedField<u64> = t(field::TD_CHLDCNT);
+    /// TDR `LIFECYCLE_STATE`.
+    pub const LIFECYCLE: TypedField<TdLifecycle> = t(field::TD_LIFECYCLE_STATE);
+    /// TDR `HKID`.
+    pub const HKID: TypedField<u16> = t(field::TD_HKID);
+    /// TDR `PKG_CONFIG_BITMAP`.
+    pub const PKG_CONFIG_BITMAP: TypedField<u64> = t(field::TD_PKG_CONFIG_BITMAP);
+    /// TDCS `NUM_VCPUS`.
+    pub const NUM_VCPUS: TypedField<u32> = t(field::TD_NUM_VCPUS);
+    /// TDCS `NUM_ASSOC_VCPUS`.
+    pub const NUM_ASSOC_VCPUS: TypedField<u32> = t(field::TD_NUM_ASSOC_VCPUS);
+    /// TDCS `OP_STATE`.
+    pub const OP_STATE: TypedField<TdOpState> = t(field::TD_OP_STATE);
+    /// TDCS `NUM_L2_VMS`.
+    pub const NUM_L2_VMS: TypedField<u16> = t(field::TD_NUM_L2_VMS);
+    /// TDCS `ATTRIBUTES`.
+    pub const ATTRIBUTES: TypedField<u64> = t(field::TD_ATTRIBUTES);
+    /// TDCS `XFAM`.
+    pub const XFAM: TypedField<u64> = t(field::TD_XFAM);
+    /// TDCS `MAX_VCPUS`.
+    pub const MAX_VCPUS: TypedField<u32> = t(field::TD_MAX_VCPUS);
+    /// TDCS `GPAW` (true: 52-bit guest physical addresses).
+    pub const GPAW: TypedField<bool> = t(field::TD_GPAW);
+    /// TDCS `EPTP`.
+    pub const EPTP: TypedField<u64> = t(field::TD_EPTP);
+    /// TDCS `TSC_OFFSET`.
+    pub const TSC_OFFSET: TypedField<u64> = t(field::TSC_OFFSET);
+    /// TDCS `TSC_MULTIPLIER`.
+    pub const TSC_MULTIPLIER: TypedField<u64> = t(field::TSC_MULTIPLIER);
+    /// TDCS `TSC_FREQUENCY`, in units of 25 MHz.
+    pub const TSC_FREQUENCY: TypedField<u16> = t(field::TD_TSC_FREQUENCY);
+    /// TDCS `HP_LOCK_TIMEOUT`, in microseconds.
+    pub const HP_LOCK_TIMEOUT: TypedField<u64> = t(field::TD_HP_LOCK_TIMEOUT);
+    /// TDCS `CONFIG_FLAGS`.
+    pub const CONFIG_FLAGS: TypedField<u64> = t(field::TD_CONFIG_FLAGS);
+    /// TDCS `TD_EPOCH`.
+    pub const TD_EPOCH: TypedField<u64> = t(field::TD_EPOCH);
+    /// TDCS `MRTD`: zero until TDH.MR.FINALIZE.
+    pub const MRTD: TypedField<Sha384Digest> = t(field::TD_MRTD);
+    /// TDCS `MRCONFIGID`.
+    pub const MRCONFIGID: TypedField<Sha384Digest> = t(field::TD_MRCONFIGID);
+    /// TDCS `MROWNER`.
+    pub const MROWNER: TypedField<Sha384Digest> = t(field::TD_MROWNER);
+    /// TDCS `MROWNERCONFIG`.
+    pub const MROWNERCONFIG: TypedField<Sha384Digest> = t(field::TD_MROWNERCONFIG);
+}
+
+/// Typed vCPU-scope fields, read with TDH.VP.RD (module 1.5.01 IDs; see
+/// [`field`]). Every one of them is readable by the host in any TD once
+/// the vCPU is initialized (TDH.VP.INIT).
+pub mod vcpu {
+    use super::{FieldScope, TypedField, field};
+
+    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> TypedField<T> {
+        TypedField::new(id, FieldScope::Vcpu)
+    }
+
+    /// TDVPS `VCPU_INDEX`.
+    pub const VCPU_INDEX: TypedField<u32> = t(field::VP_VCPU_INDEX);
+    /// TDVPS `NUM_TDVPS_PAGES`.
+    pub const NUM_TDVPS_PAGES: TypedField<u8> = t(field::VP_NUM_TDVPS_PAGES);
+    /// TDVPS `ASSOC_LPID` (`0xFFFF_FFFF`: not associated).
+    pub const ASSOC_LPID: TypedField<u32> = t(field::VP_ASSOC_LPID);
+    /// TDVPS `VCPU_EPOCH`.
+    pub const VCPU_EPOCH: TypedField<u64> = t(field::VP_VCPU_EPOCH);
+    /// TDVPS `PEND_NMI`.
+    pub const PEND_NMI: TypedField<u8> = t(field::PEND_NMI);
+    /// TDVPS `XFAM`.
+    pub const XFAM: TypedField<u64> = t(field::VP_XFAM);
+    /// TDVPS `VCPU_STATE_DETAILS`.
+    pub const VCPU_STATE_DETAILS: TypedField<u64> = t(field::VCPU_STATE_DETAILS);
 }
 
 // ---------------------------------------------------------------------------
@@ -1367,18 +1930,121 @@ mod tests {
 
     #[test]
     fn builder_matches_kvm_rule() {
-        assert_eq!(TSC_OFFSET.into_raw(), 0x1100_0000_0000_000A);
-        assert_eq!(TSC_MULTIPLIER.into_raw(), 0x1100_0000_0000_000B);
-        assert_eq!(PEND_NMI.into_raw(), 0x2000_0000_0000_000B);
-        assert_eq!(VCPU_STATE_DETAILS.into_raw(), 0x9100_0000_0000_0100);
-        for id in [TSC_OFFSET, TSC_MULTIPLIER, PEND_NMI, VCPU_STATE_DETAILS] {
-            assert_eq!(id.element_size_code(), 0, "KVM form has size code 0");
+        // KVM's short forms ...
+        let kvm = [
+            (td_field_id(false, 17, 10), 0x1100_0000_0000_000A, TSC_OFFSET),
+            (td_field_id(false, 17, 11), 0x1100_0000_0000_000B, TSC_MULTIPLIER),
+            (td_field_id(false, 32, 11), 0x2000_0000_0000_000B, PEND_NMI),
+            (td_field_id(true, 17, 0x100), 0x9100_0000_0000_0100, VCPU_STATE_DETAILS),
+        ];
+        for (short, raw, module) in kvm {
+            assert_eq!(short.into_raw(), raw);
+            assert_eq!(short.element_size_code(), 0, "KVM form has size code 0");
+            assert!(short.is_single_element());
+            // ... name the module's fields (class and field code).
+            assert!(short.same_field(module), "{module}");
+            assert_ne!(short, module);
+            assert_eq!(lookup(short).unwrap().info.id, module);
         }
+        // The module's own forms (tdr_tdcs_fields_lookup.h,
+        // tdvps_fields_lookup.h).
+        assert_eq!(TSC_OFFSET.into_raw(), 0x1110_0003_0000_000A);
+        assert_eq!(TSC_MULTIPLIER.into_raw(), 0x1110_0003_0000_000B);
+        assert_eq!(PEND_NMI.into_raw(), 0x2020_0000_0000_000B);
+        assert_eq!(VCPU_STATE_DETAILS.into_raw(), 0x9120_0003_0000_0100);
         assert_eq!(tdvps_vmcs(0x2010).into_raw(), 0x2010);
         assert_eq!(
             td_field_id(true, 63, u32::MAX).into_raw(),
             0xBF00_0000_FFFF_FFFF
         );
+        // A field code wider than 24 bits lands in reserved bits.
+        assert!(!td_field_id(false, 19, 1 << 24).is_single_element());
+    }
+
+    #[test]
+    fn td_and_vcpu_ids_are_the_modules() {
+        for (id, raw, class, size) in [
+            (TD_FATAL, 0x8010_0000_0000_0001, 0, ElementSize::Bits8),
+            (TD_HKID, 0x8110_0001_0000_0001, 1, ElementSize::Bits16),
+            (TD_NUM_VCPUS, 0x9010_0002_0000_0001, 16, ElementSize::Bits32),
+            (TD_OP_STATE, 0x9010_0002_0000_0004, 16, ElementSize::Bits32),
+            (TD_ATTRIBUTES, 0x1110_0003_0000_0000, 17, ElementSize::Bits64),
+            (TD_XFAM, 0x1110_0003_0000_0001, 17, ElementSize::Bits64),
+            (TD_MAX_VCPUS, 0x1110_0002_0000_0002, 17, ElementSize::Bits32),
+            (TD_EPTP, 0x1110_0003_0000_0004, 17, ElementSize::Bits64),
+            (TD_TSC_FREQUENCY, 0x1110_0001_0000_000C, 17, ElementSize::Bits16),
+            (TD_MRTD, 0x1310_0003_0000_0000, 19, ElementSize::Bits64),
+            (TD_MRCONFIGID, 0x1310_0003_0000_0010, 19, ElementSize::Bits64),
+            (TD_MROWNER, 0x1310_0003_0000_0018, 19, ElementSize::Bits64),
+            (TD_MROWNERCONFIG, 0x1310_0003_0000_0020, 19, ElementSize::Bits64),
+            (VP_VCPU_INDEX, 0xA020_0002_0000_0002, 32, ElementSize::Bits32),
+        ] {
+            assert_eq!(id.into_raw(), raw, "{id}");
+            assert_eq!(id.class_code(), class, "{id}");
+            assert_eq!(id.element_size(), size, "{id}");
+            assert!(id.is_single_element(), "{id}");
+        }
+        for f in ALL_FIELDS.iter().filter(|f| f.scope != FieldScope::Global) {
+            let want = if f.scope == FieldScope::Td { 1 } else { 2 };
+            assert_eq!(f.id.context_code(), want, "{}", f.name);
+        }
+        assert_eq!(td_rtmr(0, 0), Some(TD_RTMR));
+        assert_eq!(td_rtmr(3, 5).unwrap().into_raw(), 0x1310_0003_0000_0057);
+        assert_eq!(td_rtmr(4, 0), None);
+        assert_eq!(td_rtmr(0, 6), None);
+        // Element IDs of the TD arrays resolve, by the module's rule.
+        let r = lookup(MdFieldId::from_raw(0x1310_0000_0000_0005)).unwrap();
+        assert_eq!((r.info.id, r.index), (TD_MRTD, FieldIndex::Element(5)));
+        assert_eq!(r.to_string(), "TD_MRTD[5]");
+        assert!(lookup(TD_MRTD.element(6).unwrap()).is_none());
+        // A vCPU context code does not name a TD field.
+        assert!(lookup(TD_ATTRIBUTES.with_context_code(2)).is_none());
+    }
+
+    #[test]
+    fn null_and_single_element_ids() {
+        assert!(MdFieldId::NULL.is_null());
+        assert!(MdFieldId::from_raw(!MdFieldId::CONTEXT_CODE_MASK).is_null());
+        assert!(MdFieldId::from_raw(u64::MAX & !(1 << 52)).is_null());
+        assert!(!MdFieldId::from_raw(u64::MAX - 1).is_null());
+        assert!(!MdFieldId::NULL.is_single_element());
+        for bit in [24, 31, 47, 49, 55, 62] {
+            assert!(!MdFieldId::from_raw(1 << bit).is_single_element(), "{bit}");
+        }
+        for bit in [34, 37, 38, 46] {
+            assert!(!MdFieldId::from_raw(1 << bit).is_single_element(), "{bit}");
+        }
+        for bit in [32, 33, 50, 51, 52, 53, 54, 63] {
+            assert!(MdFieldId::from_raw(1 << bit).is_single_element(), "{bit}");
+        }
+        assert!(TD_ATTRIBUTES.same_field(td_field_id(false, 17, 0)));
+        assert!(!TD_ATTRIBUTES.same_field(TD_XFAM));
+        assert!(TD_ATTRIBUTES.same_field(TD_ATTRIBUTES.with_non_arch(true)));
+    }
+
+    #[test]
+    fn typed_fields() {
+        assert_eq!(td::ATTRIBUTES.id(), TD_ATTRIBUTES);
+        assert_eq!(td::HKID.scope(), FieldScope::Td);
+        assert_eq!(vcpu::VCPU_INDEX.scope(), FieldScope::Vcpu);
+        assert_eq!(td::MRTD.element_ids().count(), 6);
+        assert_eq!(td::ATTRIBUTES.element_ids().count(), 1);
+        assert_eq!(
+            td::MROWNER.element_ids().last(),
+            TD_MROWNER.element(5)
+        );
+        assert!(bool::from_elements(&[1]));
+        assert_eq!(u16::from_elements(&[0x1234]), 0x1234);
+        assert_eq!(TdOpState::from_elements(&[2]), TdOpState::RUNNABLE);
+        assert_eq!(TdLifecycle::from_elements(&[1]), TdLifecycle::KEYS_CONFIGURED);
+        let d = Sha384Digest::from_elements(&[0x0807_0605_0403_0201, 0, 0, 0, 0, 0]);
+        assert_eq!(&d[..9], &[1, 2, 3, 4, 5, 6, 7, 8, 0]);
+        assert_eq!(format!("{:?}", TdOpState::RUNNABLE), "TdOpState(RUNNABLE)");
+        assert_eq!(format!("{:?}", TdOpState(11)), "TdOpState(11)");
+        assert_eq!(TdLifecycle::TEARDOWN.name(), Some("TD_TEARDOWN"));
+        assert_eq!(TdLifecycle(4).name(), None);
+        assert_eq!(td::MRTD, td::MRTD);
+        assert!(format!("{:?}", td::MRTD).contains("TD_MRTD"));
     }
 
     #[test]
@@ -1438,13 +2104,12 @@ mod tests {
 
     #[test]
     fn named_field_count() {
-        assert_eq!(ALL_FIELDS.len(), 41);
-        assert_eq!(NAMED_FIELD_COUNT, 41);
-        let global = ALL_FIELDS
-            .iter()
-            .filter(|f| f.scope == FieldScope::Global)
-            .count();
-        assert_eq!(global, 36);
+        assert_eq!(ALL_FIELDS.len(), 80);
+        assert_eq!(NAMED_FIELD_COUNT, 80);
+        let count = |scope| ALL_FIELDS.iter().filter(|f| f.scope == scope).count();
+        assert_eq!(count(FieldScope::Global), 39);
+        assert_eq!(count(FieldScope::Td), 32);
+        assert_eq!(count(FieldScope::Vcpu), 9);
     }
 
     #[test]
@@ -1477,7 +2142,7 @@ mod tests {
             .iter()
             .filter(|f| f.scope == FieldScope::Global && f.declared_width.is_some())
             .count();
-        assert_eq!(checked, 34);
+        assert_eq!(checked, 37);
         assert_eq!(
             PAMT_PAGE_BITMAP_ENTRY_BITS.element_size(),
             ElementSize::Bits16
@@ -1516,7 +2181,16 @@ mod tests {
         );
         // Past the end of an array is not a name.
         assert!(lookup(CMR_BASE.element(MAX_CMRS).unwrap()).is_none());
-        assert!(lookup(CPUID_CONFIG_VALUES.element(2 * MAX_CPUID_CONFIG).unwrap()).is_none());
+        // (The 128 entries Linux allows for end where the module's
+        // IA32_ARCH_CAPABILITIES_CONFIG_MASK begins.)
+        assert_eq!(
+            lookup(CPUID_CONFIG_VALUES.element(2 * MAX_CPUID_CONFIG).unwrap())
+                .unwrap()
+                .info
+                .id,
+            IA32_ARCH_CAPABILITIES_CONFIG_MASK
+        );
+        assert!(lookup(CPUID_CONFIG_LEAVES.element(MAX_CPUID_CONFIG).unwrap()).is_none());
         let dbg = format!("{MAX_TDMRS:?}");
         assert!(dbg.contains("0x9100000100000008"), "{dbg}");
         assert!(dbg.contains("MAX_TDMRS"), "{dbg}");
