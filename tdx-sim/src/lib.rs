@@ -62,12 +62,12 @@ mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
 pub use kot::KotState;
-pub use leaves::mng::{ARCH_CAPS_CONFIG_MASK, MRTD_FIELD};
+pub use leaves::mng::ARCH_CAPS_CONFIG_MASK;
 pub use locks::{LockMode, LockSide};
 pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError};
 pub use memory::{Accounting, PageState};
 pub use pamt::PamtEntry;
-pub use profile::{CpuidConfig, Profile};
+pub use profile::{CpuidConfig, MetadataTables, Profile};
 pub use sim::{HeldLock, InvariantError, ModuleLock, Pause, Simulator, seamcalls_by_name};
 pub use state::{Stats, SysState};
 pub use td::{Lifecycle, OpState};

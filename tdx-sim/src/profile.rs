@@ -1,15 +1,20 @@
 //! Module profiles: the global metadata a TDX module reports, and the
 //! per-version behaviour the simulator follows.
 //!
-//! [`Profile::tdx_1_5`] is the default: TDX module 1.5 as Intel's source
-//! has it (`intel/tdx-module`, tag TDX_1.5.01).
+//! [`Profile::tdx_1_5`] is the default: TDX module 1.5.01 as Intel's source
+//! has it (`intel/tdx-module`, tag `TDX_1.5.01`).
+//! [`Profile::tdx_1_5_05`] is module 1.5.05, the later 1.5 release whose
+//! source is public too (the `TDX 1.5.05` commit of `intel/tdx-module`'s
+//! history): TDX_FEATURES0.TOPOLOGY_ENUM, TDH.VP.INIT version 1 (the
+//! x2APIC ID in R8, as Linux issues it), MAX_VCPUS_PER_TD.
 //! [`Profile::tdx_1_5_ext`] is a newer module with the Extensions feature: a
 //! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
 //! (TDH.EXT.INIT).
 //!
-//! Values the references state are marked as such; the rest (attribute and
-//! XFAM fixed bits, the CPUID configuration list, the version numbers) are
-//! plausible model values, not read from a real module, and say so.
+//! The version numbers, TDX_FEATURES0, the versioned leaves and the list of
+//! global fields are the modules' (each cited where it is set); the
+//! attribute and XFAM fixed bits and the CPUID configuration list are
+//! model values of the TD_PARAMS model and say so.
 
 use tdx_types::{
     Leaf,
@@ -33,7 +38,8 @@ pub struct CpuidConfig {
 pub struct Profile {
     /// Short name used in traces (`"tdx-1.5"`).
     pub name: &'static str,
-    /// Major, minor and update version.
+    /// Major, minor and update version (MAJOR_VERSION, MINOR_VERSION,
+    /// UPDATE_VERSION through TDH.SYS.RD).
     pub version: (u16, u16, u16),
     /// TDX_FEATURES0.
     pub features0: TdxFeatures0,
@@ -57,8 +63,16 @@ pub struct Profile {
     pub xfam_fixed0: u64,
     /// XFAM_FIXED1.
     pub xfam_fixed1: u64,
-    /// MAX_VCPUS_PER_TD.
-    pub max_vcpus_per_td: u16,
+    /// MAX_VCPUS_PER_TD, when the module serves that field (1.5.01 does
+    /// not: TDH.SYS.RD answers `TDX_METADATA_FIELD_ID_INCORRECT`).
+    pub max_vcpus_per_td: Option<u16>,
+    /// CONFIG_FLAGS_FIXED0 (TD_PARAMS.CONFIG_FLAGS bits that may be 1).
+    pub config_flags_fixed0: u64,
+    /// CONFIG_FLAGS_FIXED1 (bits that must be 1).
+    pub config_flags_fixed1: u64,
+    /// Which module's TD and vCPU metadata tables TDH.MNG.RD/WR and
+    /// TDH.VP.RD/WR serve.
+    pub metadata: MetadataTables,
     /// The configurable CPUID leaves, in metadata order.
     pub cpuid_config: Vec<CpuidConfig>,
     /// MODULE_HV: the handoff version TDH.SYS.SHUTDOWN accepts.
@@ -80,8 +94,13 @@ pub struct Profile {
     pub aug_before_finalize: bool,
 }
 
-/// The leaves module 1.5.01's dispatcher accepts with version 1
-/// (`src/vmm_dispatcher/tdx_vmm_dispatcher.c`).
+/// The leaves module 1.5.01's dispatcher lets through with a version above
+/// 0 (`src/vmm_dispatcher/tdx_vmm_dispatcher.c`), each with the highest
+/// version the leaf itself then accepts: 1 for all five
+/// (`src/vmm_dispatcher/api_calls/tdh_mem_page_promote.c`,
+/// `tdh_mem_sept_add.c`, `tdh_mem_sept_remove.c`, `tdh_mng_rd_wr.c`,
+/// `tdh_vp_rd_wr.c`). TDH.VP.INIT is not among them: version 1 of it is
+/// refused by the dispatcher (`TDX_OPERAND_INVALID|RAX`, nothing written).
 const LEAF_VERSIONS_1_5_01: [(Leaf, u8); 5] = [
     (Leaf::MEM_PAGE_PROMOTE, 1),
     (Leaf::MEM_SEPT_ADD, 1),
@@ -90,25 +109,60 @@ const LEAF_VERSIONS_1_5_01: [(Leaf, u8); 5] = [
     (Leaf::VP_RD, 1),
 ];
 
+/// TDX_FEATURES0 of module 1.5.01 (`src/common/metadata_handlers/metadata_sys.c`,
+/// bit names `tdx_features_enum0_t` in `include/tdx_api_defs.h`):
+/// TD_MIGRATION (0), TD_PRESERVING (1), SERVICE_TD (2), TDG_VP_RDWR (3),
+/// RELAXED_MEM_MNG_CONCURRENCY (4), CPUID_VIRT_GUEST_CTRL (5),
+/// TD_PARTITIONING (7), TD_ENTRY_ENHANCEMENTS (9), HOST_PRIORITY_LOCKS (10),
+/// CONFIG_IA32_ARCH_CAP (11), PENDING_EPT_VIOLATION_V2 (16), FMS_CONFIG
+/// (17), NO_RBP_MOD (18), L2_TLB_INVD_OPT (19). LOCAL_ATTESTATION (8)
+/// depends on the platform (SEAMVERIFYREPORT); the model's platform has
+/// none. No TOPOLOGY_ENUM (20).
+const FEATURES0_1_5_01: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 7)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 18)
+    | (1 << 19);
+
+/// Which module's TD- and vCPU-scope metadata tables a profile serves
+/// (`include/auto_gen/tdr_tdcs_fields_lookup.c`, `tdvps_fields_lookup.c`,
+/// `td_vmcs_fields_lookup.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataTables {
+    /// Module 1.5.01: 83 TD entries.
+    Tdx1_5_01,
+    /// Module 1.5.05: the 1.5.01 tables plus TOPOLOGY_ENUM_CONFIGURED and
+    /// X2APIC_IDS, with CONFIG_FLAGS and TD_CTLS non-architectural
+    /// (85 TD entries).
+    Tdx1_5_05,
+}
+
 impl Profile {
-    /// TDX module 1.5 (the default).
+    /// TDX module 1.5.01 (the default), as its source has it (tag
+    /// `TDX_1.5.01` of `intel/tdx-module`).
     ///
-    /// Stated by the references: MAX_TDMRS 64, MAX_RESERVED_PER_TDMR 16,
-    /// PAMT entries of 16 bytes, TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB
-    /// per TDH.SYS.TDMR.INIT, the version-1 leaves of the 1.5.01
-    /// dispatcher plus TDH.VP.INIT v1 (which Linux requires and later 1.5
-    /// updates accept; the 1.5.01 source does not). Model values: the
-    /// version number, the fixed attribute/XFAM bits, the CPUID list, and
-    /// MAX_VCPUS_PER_TD.
+    /// From the source: the version 1.5.01 (the tag; `proj_defs.mk` has
+    /// major 1, minor 5), TDX_FEATURES0 ([`FEATURES0_1_5_01`]), the five
+    /// version-1 leaves of the dispatcher (TDH.VP.INIT only in version 0),
+    /// MAX_TDMRS 64, MAX_RESERVED_PER_TDMR 16, PAMT entries of 16 bytes,
+    /// TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB per TDH.SYS.TDMR.INIT,
+    /// CONFIG_FLAGS_FIXED0/1 = 0x7/0, no MAX_VCPUS_PER_TD field (the
+    /// architectural limit is 0xFFFF vCPUs). Model values (the TD_PARAMS
+    /// model's): the fixed attribute/XFAM bits and the CPUID list.
     pub fn tdx_1_5() -> Self {
-        let mut versions = LEAF_VERSIONS_1_5_01.to_vec();
-        versions.push((Leaf::VP_INIT, 1));
         Self {
             name: "tdx-1.5",
-            version: (1, 5, 6),
-            features0: TdxFeatures0::new()
-                .with_no_rbp_mod(true)
-                .with_topology_enum(true),
+            version: (1, 5, 1),
+            features0: TdxFeatures0::from_bits(FEATURES0_1_5_01),
             max_tdmrs: 64,
             max_reserved_per_tdmr: 16,
             pamt_entry_size: [16; 3],
@@ -121,7 +175,12 @@ impl Profile {
             // x87, SSE, AVX, AVX-512 (5-7), PT (8), PKRU (9), CET (11-12), AMX (17-18).
             xfam_fixed0: 0x0006_1BE7,
             xfam_fixed1: 0x0000_0003,
-            max_vcpus_per_td: 576,
+            max_vcpus_per_td: None,
+            // `global_data->config_flags_fixed0/1`, set by TDH.SYS.INIT
+            // (`tdh_sys_init.c`): GPAW, FLEXIBLE_PENDING_VE, NO_RBP_MOD.
+            config_flags_fixed0: 0x7,
+            config_flags_fixed1: 0,
+            metadata: MetadataTables::Tdx1_5_01,
             cpuid_config: vec![
                 CpuidConfig {
                     leaf: 0x1,
@@ -148,17 +207,39 @@ impl Profile {
             memory_pool_required_pages: 0,
             ext_required: false,
             tdmr_init_chunk: 4 << 20,
-            leaf_versions: versions,
+            leaf_versions: LEAF_VERSIONS_1_5_01.to_vec(),
             configurable_features: TdxFeatures0::new(),
             aug_before_finalize: true,
         }
     }
 
-    /// A module with Extensions: TDX_FEATURES0.EXT, a memory pool of 1000
-    /// pages (more than one 512-entry TDH.EXT.MEM.ADD window), EXT_REQUIRED,
-    /// and the 2026 version-1 leaves (TDH.SYS.CONFIG v1, TDH.SYS.UPDATE v1).
-    pub fn tdx_1_5_ext() -> Self {
+    /// TDX module 1.5.05, from its public source (the `TDX 1.5.05` commit
+    /// of `intel/tdx-module`; `BUILD.md` names update version 5): module
+    /// 1.5.01 plus TDX_FEATURES0.TOPOLOGY_ENUM (bit 20,
+    /// `src/common/metadata_handlers/metadata_sys.c`), TDH.VP.INIT in the
+    /// dispatcher's versioned list with version 1 taking the vCPU's x2APIC
+    /// ID in R8 (`tdx_vmm_dispatcher.c`, `api_calls/tdh_vp_init.c`),
+    /// MAX_VCPUS_PER_TD = 576 (`td_control_structures.h`) and its TD
+    /// metadata table ([`MetadataTables::Tdx1_5_05`]).
+    pub fn tdx_1_5_05() -> Self {
         let mut p = Self::tdx_1_5();
+        p.name = "tdx-1.5.05";
+        p.version = (1, 5, 5);
+        p.features0 = p.features0.with_topology_enum(true);
+        p.max_vcpus_per_td = Some(576);
+        p.metadata = MetadataTables::Tdx1_5_05;
+        p.leaf_versions.push((Leaf::VP_INIT, 1));
+        p
+    }
+
+    /// A module with Extensions: module 1.5.05's behaviour plus
+    /// TDX_FEATURES0.EXT, a memory pool of 1000 pages (more than one
+    /// 512-entry TDH.EXT.MEM.ADD window), EXT_REQUIRED, and the 2026
+    /// version-1 leaves (TDH.SYS.CONFIG v1, TDH.SYS.UPDATE v1). A model of
+    /// a newer module (no source was read for it): its version number is
+    /// 1.5.05's.
+    pub fn tdx_1_5_ext() -> Self {
+        let mut p = Self::tdx_1_5_05();
         p.name = "tdx-1.5-ext";
         p.features0 = p.features0.with_ext(true);
         p.configurable_features = TdxFeatures0::new().with_ext(true);
@@ -169,10 +250,12 @@ impl Profile {
         p
     }
 
-    /// The profile named `name` (`"tdx-1.5"`, `"tdx-1.5-ext"`).
+    /// The profile named `name` (`"tdx-1.5"` for 1.5.01, `"tdx-1.5.05"`,
+    /// `"tdx-1.5-ext"`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "tdx-1.5" => Some(Self::tdx_1_5()),
+            "tdx-1.5.05" => Some(Self::tdx_1_5_05()),
             "tdx-1.5-ext" => Some(Self::tdx_1_5_ext()),
             _ => None,
         }
@@ -198,7 +281,11 @@ impl Profile {
 
     /// The global metadata fields this module serves through TDH.SYS.RD, in
     /// the order "next field ID" walks them, without the CMR fields (those
-    /// depend on the machine).
+    /// depend on the machine). A subset of the module's
+    /// (`include/auto_gen/global_sys_fields_lookup.h`): every field the
+    /// host side reads, and those TD_PARAMS checks publish
+    /// (CONFIG_FLAGS_FIXED0/1, IA32_ARCH_CAPABILITIES_CONFIG_MASK).
+    /// MAX_VCPUS_PER_TD only where the module has it.
     pub(crate) fn global_fields(&self) -> Vec<(tdx_types::metadata::MdFieldId, u64)> {
         let mut f = vec![
             (field::MINOR_VERSION, u64::from(self.version.1)),
@@ -231,8 +318,12 @@ impl Profile {
             (field::XFAM_FIXED0, self.xfam_fixed0),
             (field::XFAM_FIXED1, self.xfam_fixed1),
             (field::NUM_CPUID_CONFIG, self.cpuid_config.len() as u64),
-            (field::MAX_VCPUS_PER_TD, u64::from(self.max_vcpus_per_td)),
+            (field::CONFIG_FLAGS_FIXED0, self.config_flags_fixed0),
+            (field::CONFIG_FLAGS_FIXED1, self.config_flags_fixed1),
         ];
+        if let Some(n) = self.max_vcpus_per_td {
+            f.push((field::MAX_VCPUS_PER_TD, u64::from(n)));
+        }
         for (i, c) in self.cpuid_config.iter().enumerate() {
             let i = i as u32;
             let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
@@ -241,6 +332,9 @@ impl Profile {
                 leaf,
             ));
         }
+        // The module reports each leaf's CONFIG_DIRECT bits here, not its
+        // ALLOW_DIRECT ones (`metadata_sys.c`); this model keeps one mask
+        // per leaf (the TD_PARAMS model's) and serves it.
         for (i, c) in self.cpuid_config.iter().enumerate() {
             let i = i as u32;
             let [eax, ebx, ecx, edx] = c.mask.map(u64::from);
@@ -253,6 +347,10 @@ impl Profile {
                 edx << 32 | ecx,
             ));
         }
+        f.push((
+            field::IA32_ARCH_CAPABILITIES_CONFIG_MASK,
+            crate::leaves::mng::ARCH_CAPS_CONFIG_MASK,
+        ));
         if self.has_ext() {
             f.push((
                 field::EXT_MEMORY_POOL_REQUIRED_PAGES,

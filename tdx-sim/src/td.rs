@@ -123,6 +123,19 @@ pub(crate) struct TdCtl {
     pub(crate) tsc_multiplier: u64,
     pub(crate) measurement: Option<Sha384>,
     pub(crate) mrtd: Option<[u8; 48]>,
+    /// The TD_PARAMS image TDH.MNG.INIT accepted: the TDCS fields copied
+    /// from it (XFAM, EPTP controls, TSC frequency, CONFIG_FLAGS,
+    /// MRCONFIGID, MROWNER, MROWNERCONFIG) are read from here.
+    pub(crate) params: Option<Box<[u8; 1024]>>,
+    /// TD metadata fields the host wrote with TDH.MNG.WR, by
+    /// `class << 32 | field code` (absent: the field's initial value).
+    pub(crate) md_written: HashMap<u64, u64>,
+    /// The x2APIC IDs TDH.VP.INIT version 1 recorded, by VCPU_INDEX
+    /// (`x2apic_ids` in the TDCS of module 1.5.05).
+    pub(crate) x2apic_ids: Vec<u32>,
+    /// A TDH.VP.INIT version 0 ran (module 1.5.05 then clears
+    /// TOPOLOGY_ENUM_CONFIGURED, which TDH.MNG.INIT set).
+    pub(crate) vp_init_v0: bool,
 }
 
 /// A Trust Domain: its TDR, TDCS, locks and S-EPT.
@@ -328,8 +341,11 @@ impl TdTable {
 pub(crate) struct Vcpu {
     pub(crate) pages: Vec<u64>,
     pub(crate) initialized: bool,
+    /// VCPU_INDEX, given by TDH.VP.INIT.
+    pub(crate) index: u32,
     pub(crate) assoc_lp: Option<u32>,
-    /// Values of the TDVPS fields VP.WR wrote (absent: 0).
+    /// Values of the TDVPS and TD VMCS fields VP.WR wrote, by
+    /// `class << 32 | field code` (absent: the field's initial value).
     pub(crate) fields: HashMap<u64, u64>,
 }
 
@@ -338,6 +354,7 @@ impl Vcpu {
         Self {
             pages: vec![tdvpr],
             initialized: false,
+            index: 0,
             assoc_lp: None,
             fields: HashMap::default(),
         }

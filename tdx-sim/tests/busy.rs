@@ -208,7 +208,7 @@ fn mng_init_busy_on_the_tdr_clears_rcx() {
 fn mng_rd_wr_busy_on_the_tdr_then_the_op_state() {
     let sim = host();
     let td = Td::build(&sim, Stage::Runnable);
-    let field = tdx_sim::MRTD_FIELD.into_raw();
+    let field = tdx_types::metadata::field::TD_MRTD.into_raw();
     let snap = || snapshot(&sim, &td, &[], &[]);
     for lv in [Leaf::MNG_RD.v0(), Leaf::MNG_WR.v0()] {
         let r = [pa(td.tdr), field, 7, u64::MAX, 0, 0];
@@ -405,7 +405,8 @@ fn vp_rd_wr_busy_on_the_tdvpr_tdr_then_the_op_state() {
             busy(OP_STATE),
             &snap,
         );
-        ok("VP.RD/WR", raw(&sim, lv, r).0);
+        // On the vCPU's LP: from another, VCPU_ASSOCIATED.
+        ok("VP.RD/WR", on(&sim, VCPU_LP, || raw(&sim, lv, r).0));
     }
     td.teardown(&sim);
     sim.check_invariants().unwrap();

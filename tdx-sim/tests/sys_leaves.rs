@@ -625,7 +625,16 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
     assert_eq!(get(field::ATTRIBUTES_FIXED1), p.attributes_fixed1);
     assert_eq!(get(field::XFAM_FIXED0), p.xfam_fixed0);
     assert_eq!(get(field::XFAM_FIXED1), p.xfam_fixed1);
-    assert_eq!(get(field::MAX_VCPUS_PER_TD), u64::from(p.max_vcpus_per_td));
+    // Module 1.5.01 has no MAX_VCPUS_PER_TD; it publishes the CONFIG_FLAGS
+    // and IA32_ARCH_CAPABILITIES configuration limits.
+    assert_eq!(p.max_vcpus_per_td, None);
+    assert!(!fields.contains_key(&field::MAX_VCPUS_PER_TD.into_raw()));
+    assert_eq!(get(field::CONFIG_FLAGS_FIXED0), 0x7);
+    assert_eq!(get(field::CONFIG_FLAGS_FIXED1), 0);
+    assert_eq!(
+        get(field::IA32_ARCH_CAPABILITIES_CONFIG_MASK),
+        tdx_sim::ARCH_CAPS_CONFIG_MASK
+    );
     assert_eq!(get(field::NUM_CPUID_CONFIG), p.cpuid_config.len() as u64);
     for (i, c) in p.cpuid_config.iter().enumerate() {
         let i = i as u32;
@@ -641,16 +650,18 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
             edx << 32 | ecx
         );
     }
-    // Nothing else: 19 scalars, 3 per CPUID entry, NUM_CMRS and 64 CMR fields.
-    assert_eq!(fields.len(), 19 + 3 * p.cpuid_config.len() + 1 + 64);
+    // Nothing else: 21 scalars, 3 per CPUID entry, NUM_CMRS and 64 CMR fields.
+    assert_eq!(fields.len(), 21 + 3 * p.cpuid_config.len() + 1 + 64);
     // Each field read on its own gives the walked value, and "next" chains
     // in walk order.
     for (k, &(id, value)) in walked.iter().enumerate() {
         let next = walked.get(k + 1).map_or(u64::MAX, |&(n, _)| n);
         assert_eq!(sys_rd(&sim, id), (TdxStatus::SUCCESS, value, next));
     }
-    // No Extensions fields in module 1.5.
+    // No Extensions fields in module 1.5, and no MAX_VCPUS_PER_TD in 1.5.01.
     let (s, _, _) = sys_rd(&sim, field::EXT_MEMORY_POOL_REQUIRED_PAGES.into_raw());
+    assert_eq!(s.code(), TdxStatus::METADATA_FIELD_ID_INCORRECT);
+    let (s, _, _) = sys_rd(&sim, field::MAX_VCPUS_PER_TD.into_raw());
     assert_eq!(s.code(), TdxStatus::METADATA_FIELD_ID_INCORRECT);
     sim.check_invariants().unwrap();
 }

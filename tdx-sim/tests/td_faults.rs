@@ -750,7 +750,11 @@ unsafe impl Platform for Retrying<'_> {
     }
 }
 
-impl SimHost for Retrying<'_> {}
+impl SimHost for Retrying<'_> {
+    fn sim(&self) -> &tdx_sim::Simulator {
+        self.sim
+    }
+}
 
 /// Builds, runs and tears down a TD through a retrying host while seeded
 /// random faults hit `per_million` of the calls; returns the faults fired.

@@ -18,7 +18,7 @@ mod td_support;
 
 use sha2::{Digest, Sha384};
 use td_support::*;
-use tdx_sim::{KotState, MRTD_FIELD, PageState, Profile};
+use tdx_sim::{KotState, PageState, Profile};
 use tdx_types::{
     Gpa, Leaf, OperandId, Pfn, TdxStatus,
     metadata::{MdFieldId, PamtPageType, field},
@@ -707,14 +707,15 @@ fn mng_rd_serves_tsc_fields_and_mrtd() {
     let mul = mng_rd(&sim, td.tdr, field::TSC_MULTIPLIER);
     ok("TSC_MULTIPLIER", mul.status);
     assert_ne!(mul.out, 0);
-    // MRTD is there once finalized.
-    assert!(mng_rd(&sim, td.tdr, MRTD_FIELD).status.is_error());
+    // MRTD reads as zero until finalized.
+    let c = mng_rd(&sim, td.tdr, field::TD_MRTD);
+    assert_eq!((c.status, c.out), (TdxStatus::SUCCESS, 0));
     ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
     let mrtd = read_mrtd(&sim, td.tdr);
     assert_eq!(Some(mrtd), sim.mrtd(td.tdr));
     assert_eq!(mrtd.to_vec(), Sha384::digest(b"").to_vec());
     // Past the sixth element, and an unknown field.
-    let seventh = MdFieldId::from_raw(MRTD_FIELD.into_raw() + 6);
+    let seventh = MdFieldId::from_raw(field::TD_MRTD.into_raw() + 6);
     assert_eq!(
         mng_rd(&sim, td.tdr, seventh).status,
         TdxStatus::METADATA_FIELD_ID_INCORRECT
@@ -742,7 +743,7 @@ fn read_mrtd(sim: &tdx_sim::Simulator, tdr: Pfn) -> [u8; 48] {
         let c = mng_rd(
             sim,
             tdr,
-            MdFieldId::from_raw(MRTD_FIELD.into_raw() + i as u64),
+            MdFieldId::from_raw(field::TD_MRTD.into_raw() + i as u64),
         );
         ok("MNG.RD MRTD", c.status);
         out[8 * i..8 * i + 8].copy_from_slice(&c.out.to_le_bytes());
@@ -906,14 +907,19 @@ fn vp_addcx_checks_in_order() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn vp_init_v1_and_v0_associate_the_vcpu_with_the_calling_lp() {
+fn vp_init_v0_associates_the_vcpu_with_the_calling_lp_and_v1_is_refused() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::Initialized);
     let a = td.create_vcpu(&sim, 5);
     let b = td.create_vcpu(&sim, 5);
     let (ta, tb) = (td.vcpus[a].tdvpr, td.vcpus[b].tdvpr);
-    // Version 1 with the x2APIC ID in R8, as Linux issues it.
-    ok("VP.INIT v1", on(&sim, 2, || vp_init(&sim, ta, 0x1234, 7)));
+    // Version 1 (the x2APIC ID in R8, as Linux issues it): module 1.5.01's
+    // dispatcher refuses it, writing nothing.
+    let regs = [ta.hpa().as_u64(), 0x1234, 7, 0, 0, 0];
+    let (s, out) = on(&sim, 2, || raw(&sim, Leaf::VP_INIT.v(1), regs));
+    assert_eq!(s, invalid(OperandId::RAX));
+    assert_eq!([out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11], regs);
+    ok("VP.INIT v0", on(&sim, 2, || vp_init_v0(&sim, ta, 0x1234)));
     ok("VP.INIT v0", on(&sim, 3, || vp_init_v0(&sim, tb, 0)));
     // Each is associated with the LP it was initialized on.
     assert_eq!(
@@ -933,7 +939,7 @@ fn vp_init_checks_in_order() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::VcpuReady);
     let short = td.create_vcpu(&sim, 4);
-    let lv = Leaf::VP_INIT.v(1);
+    let lv = Leaf::VP_INIT.v0();
     let p = page(&sim).hpa().as_u64();
     // EXPL(RCX, PT_TDVPR).
     for (rcx, want) in [

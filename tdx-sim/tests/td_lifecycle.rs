@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha384};
 use tdx_api::{CpuId, Placement, Platform};
-use tdx_sim::{MRTD_FIELD, MachineDesc, Profile, Simulator, testkit};
+use tdx_sim::{MachineDesc, Profile, Simulator, testkit};
 use tdx_sys::leaf;
 use tdx_types::{
     Gpa, Hpa, Pfn, PfnRun, Size4K, TdxLevel, TdxStatus,
@@ -63,8 +63,9 @@ fn block(name: &str, gpa: u64) -> [u8; 128] {
     b
 }
 
-/// TDH.VP.RD/WR on the modelled fields (PEND_NMI, VCPU_STATE_DETAILS, the
-/// posted-interrupt VMCS fields) and TDH.MNG.WR of read-only TD fields.
+/// TDH.VP.RD/WR (on the vCPU's LP) of fields KVM uses (PEND_NMI,
+/// VCPU_STATE_DETAILS, the posted-interrupt VMCS fields) and TDH.MNG.WR of
+/// read-only TD fields.
 fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
     use tdx_types::metadata::{field, td_field_id};
     let vmcs = |f| td_field_id(false, field::TDVPS_CLASS_VMCS, f);
@@ -76,14 +77,17 @@ fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
     assert_eq!((c.status, c.out), (TdxStatus::SUCCESS, 0));
     ok("VP.WR PEND_NMI", wr(field::PEND_NMI, 1, 1));
     assert_eq!(rd(field::PEND_NMI).out, 1);
+    // PEND_NMI is a byte, all of it writable (`tdvps_fields_lookup.c`).
+    ok("VP.WR PEND_NMI", wr(field::PEND_NMI, 2, 2));
+    assert_eq!(rd(field::PEND_NMI).out, 3);
     assert_eq!(
-        wr(field::PEND_NMI, 2, 2),
-        TdxStatus::METADATA_FIELD_NOT_WRITABLE,
-        "only bit 0 of PEND_NMI is writable"
+        wr(field::PEND_NMI, 0x100, 0x1FF),
+        tdx_types::TdxStatus::from_raw(0xC000_0C03_0000_0000),
+        "a bit beyond the byte would change: FIELD_VALUE_NOT_VALID"
     );
     assert_eq!(
         rd(field::PEND_NMI).out,
-        1,
+        3,
         "a refused write changes nothing"
     );
     let c = rd(field::VCPU_STATE_DETAILS);
@@ -96,7 +100,7 @@ fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
     ok("VP.WR POSTED_INTR_NV", wr(vmcs(0x0002), 0xf2, 0xffff));
     ok(
         "VP.WR POSTED_INTR_DESC_ADDR",
-        wr(vmcs(0x2016), 0x1234_5000, !0xfff & ((1 << 52) - 1)),
+        wr(vmcs(0x2016), 0x1234_5000, u64::MAX),
     );
     ok("VP.WR PIN_BASED", wr(vmcs(0x4000), 1 << 7, 1 << 7));
     assert_eq!(rd(vmcs(0x0002)).out, 0xf2);
@@ -109,7 +113,8 @@ fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
     );
     assert_eq!(
         rd(vmcs(0x681e)).status,
-        TdxStatus::METADATA_FIELD_ID_INCORRECT
+        TdxStatus::METADATA_FIELD_NOT_READABLE,
+        "guest RIP: a debug TD's only"
     );
     // The TSC fields come from TD_PARAMS: readable, not writable.
     // SAFETY: as above.
@@ -222,10 +227,11 @@ fn build_run_teardown() {
         ok("VP.ADDCX", unsafe { leaf::tdh_vp_addcx(&sim, p, tdvpr) });
     }
     sim.on_cpu(CpuId(1), &mut || {
-        // SAFETY: as above.
-        ok("VP.INIT", unsafe { leaf::tdh_vp_init(&sim, tdvpr, 0, 0) })
+        // SAFETY: as above. (Version 0: module 1.5.01 refuses version 1.)
+        ok("VP.INIT", unsafe { leaf::tdh_vp_init_v0(&sim, tdvpr, 0) })
     });
-    vcpu_and_td_metadata(&sim, tdr, tdvpr);
+    // On the vCPU's LP: VP.RD/WR from another LP is VCPU_ASSOCIATED.
+    sim.on_cpu(CpuId(1), &mut || vcpu_and_td_metadata(&sim, tdr, tdvpr));
     // S-EPT pages for GPA 0: PDPT (under the PML4 entry), PD, PT.
     for (level, p) in [(TdxLevel::L512G, sept[0]), (TdxLevel::L1G, sept[1])] {
         let info = PageInfo::try_new(Gpa::new(0), level).unwrap();
@@ -255,7 +261,9 @@ fn build_run_teardown() {
     // MRTD: read it back and compute it independently.
     let mut mrtd = Vec::new();
     for i in 0..6 {
-        let id = tdx_types::metadata::MdFieldId::from_raw(MRTD_FIELD.into_raw() + i);
+        let id = tdx_types::metadata::field::TD_MRTD
+            .element(i as u32)
+            .unwrap();
         // SAFETY: as above.
         let c = unsafe { leaf::tdh_mng_rd(&sim, tdr, id) };
         ok("MNG.RD", c.status);

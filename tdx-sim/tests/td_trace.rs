@@ -20,7 +20,7 @@ use serde_json::Value;
 use td_support::*;
 use tdx_api::Platform;
 use tdx_sim::{
-    KotState, MRTD_FIELD, MachineDesc, Profile, Simulator, SysState, testkit,
+    KotState, MachineDesc, Profile, Simulator, SysState, testkit,
     trace::{self, Recorder, Trace},
 };
 use tdx_types::{Gpa, Leaf, TdxStatus, metadata::MdFieldId, regs::KeyedPa};
@@ -66,7 +66,7 @@ fn lifecycle<H: SimHost + ?Sized>(h: &H) {
     }
     ok("MR.FINALIZE", mr_finalize(h, td.tdr));
     for i in 0..6 {
-        let id = MdFieldId::from_raw(MRTD_FIELD.into_raw() + i);
+        let id = MdFieldId::from_raw(tdx_types::metadata::field::TD_MRTD.into_raw() + i);
         ok("MNG.RD MRTD", mng_rd(h, td.tdr, id).status);
     }
     // Run: map and unmap.
@@ -132,8 +132,8 @@ fn recording_the_lifecycle_leaves_the_machine_clean() {
         testkit::pamt_sizes(GIB).iter().sum::<u64>() / PAGE
     );
     assert_eq!(sim.kot_state(td_hkid(&sim)), KotState::Free);
-    // The trace names every TD leaf the lifecycle used (VP.INIT is version
-    // 1, which a trace writes as its RAX value).
+    // The trace names every TD leaf the lifecycle used (VP.INIT in the
+    // version module 1.5.01 takes, 0).
     for lv in [
         Leaf::MNG_CREATE.v0(),
         Leaf::MNG_KEY_CONFIG.v0(),
@@ -141,7 +141,7 @@ fn recording_the_lifecycle_leaves_the_machine_clean() {
         Leaf::MNG_INIT.v0(),
         Leaf::VP_CREATE.v0(),
         Leaf::VP_ADDCX.v0(),
-        Leaf::VP_INIT.v(1),
+        Leaf::VP_INIT.v0(),
         Leaf::MEM_SEPT_ADD.v0(),
         Leaf::MEM_PAGE_ADD.v0(),
         Leaf::MR_EXTEND.v0(),

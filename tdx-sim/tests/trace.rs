@@ -447,10 +447,10 @@ fn leaf_by_name_number_and_version() {
     assert_eq!(l[2]["status"], status_name(TdxStatus::SYS_LP_INIT_DONE));
     assert_eq!(l[3]["status"], status_name(TdxStatus::SYS_LP_INIT_DONE));
     assert!(l[3].get("match").is_none());
-    // TDH.VP.INIT v1: the version gate lets it through (1.5 accepts v1),
-    // the module is not ready.
+    // TDH.VP.INIT v1: module 1.5.01's version gate refuses it (before the
+    // module-ready check).
     assert_eq!(l[4]["leaf"], "0x10016");
-    assert_eq!(l[4]["status"], status_name(TdxStatus::SYS_NOT_READY));
+    assert_eq!(l[4]["status"], status_name(TdxStatus::OPERAND_INVALID));
     // TDH.SYS.CONFIG v1: module 1.5 has no v1.
     assert_eq!(l[5]["leaf"], "0x1002d");
     assert_eq!(l[5]["status"], status_name(TdxStatus::OPERAND_INVALID));

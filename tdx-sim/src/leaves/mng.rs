@@ -1,17 +1,15 @@
-//! TDH.MNG.*: TD build, keys, TD metadata and the HKID's release
-//! (`src/vmm_dispatcher/api_calls/tdh_mng_*.c`).
+//! TDH.MNG.*: TD build, keys and the HKID's release
+//! (`src/vmm_dispatcher/api_calls/tdh_mng_*.c`). TDH.MNG.RD/WR are in
+//! [`super::metadata`].
 
 use sha2::{Digest, Sha384};
 use tdx_sys::SeamcallArgs;
-use tdx_types::{
-    OperandId, TdxStatus,
-    metadata::{MdFieldId, PamtPageType, field, td_field_id},
-};
+use tdx_types::{OperandId, TdxStatus, metadata::PamtPageType};
 
 use crate::{
     dispatch::{Call, LeafResult, op},
     kot::KotState,
-    locks::LockMode::{Exclusive, Shared},
+    locks::LockMode::Exclusive,
     memory::{ModuleUse, PAGE},
     td::{Lifecycle, MAX_TDCS, MIN_TDCS, OpState},
 };
@@ -184,43 +182,11 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     ctl.attributes = attributes;
     ctl.tsc_multiplier = 1 << 48;
     ctl.measurement = Some(Sha384::new());
+    ctl.params = Some(Box::new(p));
     td.set_num_assoc_vcpus(0);
     td.set_td_epoch(1);
     td.set_ept(pwl, gpaw, num_l2);
     td.set_op_state(OpState::Initialized);
-    Ok(TdxStatus::SUCCESS)
-}
-
-/// TDH.MNG.RD / TDH.MNG.WR (a subset of fields). Locks: TDR S:RCX, op
-/// state S. RD is allowed in every op state but UNINITIALIZED, WR in
-/// INITIALIZED and RUNNABLE (among those the model has).
-pub(crate) fn rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write: bool) -> LeafResult {
-    a.r8 = 0;
-    let td = c.tdr(a.rcx, OperandId::RCX, Shared)?;
-    c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
-    let id = MdFieldId::from_raw(a.rdx);
-    let ctl = td.ctl();
-    let value = if id == field::TSC_OFFSET {
-        Some(ctl.tsc_offset)
-    } else if id == field::TSC_MULTIPLIER {
-        Some(ctl.tsc_multiplier)
-    } else if let Some(i) = mrtd_element(id) {
-        ctl.mrtd
-            .map(|m| u64::from_le_bytes(m[8 * i..8 * i + 8].try_into().expect("8 bytes")))
-    } else {
-        None
-    };
-    drop(ctl);
-    let Some(value) = value else {
-        return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT);
-    };
-    if write {
-        // None of the modelled fields is host-writable: TSC offset and
-        // multiplier come from TD_PARAMS, MRTD from the measurement.
-        return Err(TdxStatus::METADATA_FIELD_NOT_WRITABLE);
-    }
-    c.locked();
-    a.r8 = value;
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -292,16 +258,3 @@ pub const ARCH_CAPS_CONFIG_MASK: u64 = (1 << 0)
     | (1 << 19)
     | (1 << 20)
     | (1 << 24);
-
-/// Where TDH.MNG.RD serves MRTD in this model: six 64-bit elements from
-/// this field ID (a model choice: the references give no field ID for the
-/// TD measurement registers; a host reading MRTD on real hardware must use
-/// the module's own ID).
-pub const MRTD_FIELD: MdFieldId = td_field_id(false, 0x10, 0x0200);
-
-/// The element index of an MRTD field ID, if `id` is one.
-fn mrtd_element(id: MdFieldId) -> Option<usize> {
-    let base = MRTD_FIELD.into_raw();
-    let raw = id.into_raw();
-    (raw >= base && raw < base + 6).then(|| (raw - base) as usize)
-}

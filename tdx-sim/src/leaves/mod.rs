@@ -3,7 +3,8 @@
 //!
 //! - [`sys`]: TDH.SYS.* (module bring-up, metadata, shutdown);
 //! - [`ext`]: TDH.EXT.* (the extensions of module 1.5.x profiles);
-//! - [`mng`]: TDH.MNG.* (TD build and teardown, keys, metadata);
+//! - [`mng`]: TDH.MNG.* (TD build and teardown, keys);
+//! - [`metadata`]: TDH.MNG.RD/WR and TDH.VP.RD/WR (TD and vCPU metadata);
 //! - [`vp`]: TDH.VP.* (vCPUs);
 //! - [`mem`]: TDH.MEM.* (the S-EPT and private pages);
 //! - [`mr`]: TDH.MR.* (measurement);
@@ -25,7 +26,9 @@ use crate::{
 };
 
 pub(crate) mod ext;
+mod md_tables;
 pub(crate) mod mem;
+pub(crate) mod metadata;
 pub(crate) mod mng;
 pub(crate) mod mr;
 pub(crate) mod phymem;
@@ -97,8 +100,8 @@ pub(crate) fn run(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         Leaf::MNG_KEY_CONFIG => mng::key_config(c, a),
         Leaf::MNG_ADDCX => mng::addcx(c, a),
         Leaf::MNG_INIT => mng::init(c, a),
-        Leaf::MNG_RD => mng::rd_wr(c, a, false),
-        Leaf::MNG_WR => mng::rd_wr(c, a, true),
+        Leaf::MNG_RD => metadata::mng_rd_wr(c, a, false),
+        Leaf::MNG_WR => metadata::mng_rd_wr(c, a, true),
         Leaf::MNG_VPFLUSHDONE => mng::vpflushdone(c, a),
         Leaf::MNG_KEY_FREEID => mng::key_freeid(c, a),
         Leaf::MNG_KEY_RECLAIMID => Ok(TdxStatus::SUCCESS),

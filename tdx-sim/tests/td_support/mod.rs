@@ -43,11 +43,22 @@ pub(crate) const OUTSIDE_TDMR: u64 = 8 * GIB;
 /// directly or through a trace recorder. The simulator's memory is a map of
 /// byte arrays: whatever the registers name, no real memory is read,
 /// written or handed over, which is what every `// SAFETY:` below relies on.
-pub(crate) trait SimHost: Seamcall + Platform + Sync {}
+pub(crate) trait SimHost: Seamcall + Platform + Sync {
+    /// The simulator behind the host.
+    fn sim(&self) -> &Simulator;
+}
 
-impl SimHost for Simulator {}
+impl SimHost for Simulator {
+    fn sim(&self) -> &Simulator {
+        self
+    }
+}
 
-impl<W: Write + Send> SimHost for Recorder<'_, Simulator, Simulator, W> {}
+impl<W: Write + Send> SimHost for Recorder<'_, Simulator, Simulator, W> {
+    fn sim(&self) -> &Simulator {
+        self.backend()
+    }
+}
 
 /// RAM [4 GiB, 9 GiB), one 4 GiB TDMR [4 GiB, 8 GiB) with its PAMT at its
 /// top (a reserved area), two packages of two LPs (LPs 0-1 on package 0,
@@ -261,8 +272,19 @@ sim_leaf!(vp_create(tdvpr: Pfn, tdr: Pfn) -> TdxStatus => leaf::tdh_vp_create);
 sim_leaf!(vp_addcx(page: Pfn, tdvpr: Pfn) -> TdxStatus => leaf::tdh_vp_addcx);
 sim_leaf!(
     /// TDH.VP.INIT version 1 (x2APIC ID in R8).
-    vp_init(tdvpr: Pfn, rcx: u64, x2apic: u32) -> TdxStatus => leaf::tdh_vp_init
+    vp_init_v1(tdvpr: Pfn, rcx: u64, x2apic: u32) -> TdxStatus => leaf::tdh_vp_init
 );
+
+/// TDH.VP.INIT as the host's module takes it: version 1 with the x2APIC
+/// ID in R8 where the profile lists it (module 1.5.05), else version 0
+/// (module 1.5.01 refuses version 1; the x2APIC ID is then not passed).
+pub(crate) fn vp_init<H: SimHost + ?Sized>(h: &H, tdvpr: Pfn, rcx: u64, x2apic: u32) -> TdxStatus {
+    if h.sim().profile().max_version(tdx_types::Leaf::VP_INIT) >= 1 {
+        vp_init_v1(h, tdvpr, rcx, x2apic)
+    } else {
+        vp_init_v0(h, tdvpr, rcx)
+    }
+}
 sim_leaf!(vp_init_v0(tdvpr: Pfn, rcx: u64) -> TdxStatus => leaf::tdh_vp_init_v0);
 sim_leaf!(vp_flush(tdvpr: Pfn) -> TdxStatus => leaf::tdh_vp_flush);
 sim_leaf!(mr_extend(tdr: Pfn, gpa: Gpa) -> Completion<SeptDetails> => leaf::tdh_mr_extend);
@@ -530,7 +552,7 @@ impl Td {
         self.vcpus.len() - 1
     }
 
-    /// TDH.VP.INIT (v1) of vCPU `i` on `lp`.
+    /// TDH.VP.INIT of vCPU `i` on `lp` ([`vp_init`], x2APIC ID `i`).
     pub(crate) fn init_vcpu<H: SimHost + ?Sized>(&mut self, h: &H, i: usize, lp: u32) {
         let tdvpr = self.vcpus[i].tdvpr;
         ok("VP.INIT", on(h, lp, || vp_init(h, tdvpr, 0, i as u32)));

@@ -81,9 +81,11 @@ pub unsafe fn tdh_mng_init<B: Seamcall + ?Sized>(
     Completion { status, out: o.rcx }
 }
 
-/// TDH.MNG.RD (11): read a TD-scope metadata field.
+/// TDH.MNG.RD (11), version 0: read a TD-scope metadata field.
 ///
-/// RCX = TDR, RDX = field ID; out R8 = value (0 on error).
+/// RCX = TDR, RDX = field ID (found by class and field code; the module
+/// sets the context code itself); out R8 = value (0 on error). RDX comes
+/// back as given. [`tdh_mng_rd_v1`] also returns the next field ID.
 ///
 /// # Safety
 ///
@@ -99,6 +101,49 @@ pub unsafe fn tdh_mng_rd<B: Seamcall + ?Sized>(
     // SAFETY: caller's contract.
     let (status, o) = unsafe { call_ret(b, Leaf::MNG_RD.v0(), args) };
     Completion { status, out: o.r8 }
+}
+
+/// Outputs of a version-1 metadata read (TDH.MNG.RD, TDH.VP.RD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MetadataRead {
+    /// R8: the element's value (0 on error).
+    pub value: u64,
+    /// RDX: the ID of the next element the host may read in the same
+    /// context, [`MdFieldId::NULL`] when there is none or on error; for a
+    /// null input ID (status `TDX_METADATA_FIRST_FIELD_ID_IN_CONTEXT`), the
+    /// first one. Within a field the module advances the caller's ID (its
+    /// size code and other bits kept); moving to another field it returns
+    /// that field's own ID: compare with [`MdFieldId::same_field`].
+    pub next: MdFieldId,
+}
+
+/// TDH.MNG.RD (11), version 1: read a TD-scope metadata field and learn
+/// the next readable one.
+///
+/// RCX = TDR, RDX = field ID; out R8 = value, RDX = next field ID (-1 at
+/// the end and on every error but the null-ID case). Module 1.5.01 and
+/// later accept version 1 (`tdh_mng_rd_wr.c`).
+///
+/// # Safety
+///
+/// Crate-level contract. The leaf touches no host memory.
+#[doc(alias = "TDH.MNG.RD")]
+#[inline]
+pub unsafe fn tdh_mng_rd_v1<B: Seamcall + ?Sized>(
+    b: &B,
+    tdr: Pfn,
+    field: MdFieldId,
+) -> Completion<MetadataRead> {
+    let args = SeamcallArgs::regs6(tdr.hpa().as_u64(), field.into_raw(), 0, 0, 0, 0);
+    // SAFETY: caller's contract.
+    let (status, o) = unsafe { call_ret(b, Leaf::MNG_RD.v(1), args) };
+    Completion {
+        status,
+        out: MetadataRead {
+            value: o.r8,
+            next: MdFieldId::from_raw(o.rdx),
+        },
+    }
 }
 
 /// TDH.MNG.WR (13): write a TD-scope metadata field under a write mask.
@@ -259,8 +304,9 @@ pub unsafe fn tdh_vp_addcx<B: Seamcall + ?Sized>(b: &B, tdcx: Pfn, tdvpr: Pfn) -
 /// RCX = TDVPR, RDX = initial guest RCX, R8 = x2APIC ID. The vCPU becomes
 /// associated with the calling logical processor.
 ///
-/// Note: module 1.5.01's dispatcher accepts versions above 0 only for a few
-/// leaves, not including this one; later modules accept version 1 here.
+/// Only modules with topology enumeration (TDX_FEATURES0.TOPOLOGY_ENUM,
+/// bit 20; module 1.5.05 has it) take version 1. Module 1.5.01's dispatcher
+/// refuses it with `TDX_OPERAND_INVALID|RAX`: use [`tdh_vp_init_v0`] there.
 ///
 /// # Safety
 ///
@@ -280,6 +326,7 @@ pub unsafe fn tdh_vp_init<B: Seamcall + ?Sized>(
 }
 
 /// TDH.VP.INIT (22), version 0: RCX = TDVPR, RDX = initial guest RCX.
+/// Every module takes it; the module chooses the vCPU's x2APIC ID.
 ///
 /// # Safety
 ///
@@ -296,13 +343,17 @@ pub unsafe fn tdh_vp_init_v0<B: Seamcall + ?Sized>(
     unsafe { call_no_outputs(b, Leaf::VP_INIT.v0(), args) }
 }
 
-/// TDH.VP.RD (26): read a vCPU-scope metadata field.
+/// TDH.VP.RD (26), version 0: read a vCPU-scope metadata field.
 ///
-/// RCX = TDVPR, RDX = field ID; out R8 = value.
+/// RCX = TDVPR, RDX = field ID; out R8 = value. The vCPU must be
+/// initialized and not associated with another logical processor; the
+/// leaf associates it with the calling one (even when the read then
+/// fails), so a vCPU read must run where the vCPU runs.
 ///
 /// # Safety
 ///
-/// Crate-level contract. The leaf touches no host memory.
+/// Crate-level contract. The leaf touches no host memory; it runs on the
+/// logical processor the vCPU is (to be) associated with.
 #[doc(alias = "TDH.VP.RD")]
 #[inline]
 pub unsafe fn tdh_vp_rd<B: Seamcall + ?Sized>(
@@ -314,6 +365,31 @@ pub unsafe fn tdh_vp_rd<B: Seamcall + ?Sized>(
     // SAFETY: caller's contract.
     let (status, o) = unsafe { call_ret(b, Leaf::VP_RD.v0(), args) };
     Completion { status, out: o.r8 }
+}
+
+/// TDH.VP.RD (26), version 1: [`tdh_vp_rd`] that also returns the next
+/// readable field's ID in RDX (as [`tdh_mng_rd_v1`]).
+///
+/// # Safety
+///
+/// As [`tdh_vp_rd`].
+#[doc(alias = "TDH.VP.RD")]
+#[inline]
+pub unsafe fn tdh_vp_rd_v1<B: Seamcall + ?Sized>(
+    b: &B,
+    tdvpr: Pfn,
+    field: MdFieldId,
+) -> Completion<MetadataRead> {
+    let args = SeamcallArgs::regs6(tdvpr.hpa().as_u64(), field.into_raw(), 0, 0, 0, 0);
+    // SAFETY: caller's contract.
+    let (status, o) = unsafe { call_ret(b, Leaf::VP_RD.v(1), args) };
+    Completion {
+        status,
+        out: MetadataRead {
+            value: o.r8,
+            next: MdFieldId::from_raw(o.rdx),
+        },
+    }
 }
 
 /// TDH.VP.WR (43): write a vCPU-scope metadata field under a write mask.
