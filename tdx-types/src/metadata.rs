@@ -1932,10 +1932,22 @@ mod tests {
     fn builder_matches_kvm_rule() {
         // KVM's short forms ...
         let kvm = [
-            (td_field_id(false, 17, 10), 0x1100_0000_0000_000A, TSC_OFFSET),
-            (td_field_id(false, 17, 11), 0x1100_0000_0000_000B, TSC_MULTIPLIER),
+            (
+                td_field_id(false, 17, 10),
+                0x1100_0000_0000_000A,
+                TSC_OFFSET,
+            ),
+            (
+                td_field_id(false, 17, 11),
+                0x1100_0000_0000_000B,
+                TSC_MULTIPLIER,
+            ),
             (td_field_id(false, 32, 11), 0x2000_0000_0000_000B, PEND_NMI),
-            (td_field_id(true, 17, 0x100), 0x9100_0000_0000_0100, VCPU_STATE_DETAILS),
+            (
+                td_field_id(true, 17, 0x100),
+                0x9100_0000_0000_0100,
+                VCPU_STATE_DETAILS,
+            ),
         ];
         for (short, raw, module) in kvm {
             assert_eq!(short.into_raw(), raw);
@@ -1968,16 +1980,41 @@ mod tests {
             (TD_HKID, 0x8110_0001_0000_0001, 1, ElementSize::Bits16),
             (TD_NUM_VCPUS, 0x9010_0002_0000_0001, 16, ElementSize::Bits32),
             (TD_OP_STATE, 0x9010_0002_0000_0004, 16, ElementSize::Bits32),
-            (TD_ATTRIBUTES, 0x1110_0003_0000_0000, 17, ElementSize::Bits64),
+            (
+                TD_ATTRIBUTES,
+                0x1110_0003_0000_0000,
+                17,
+                ElementSize::Bits64,
+            ),
             (TD_XFAM, 0x1110_0003_0000_0001, 17, ElementSize::Bits64),
             (TD_MAX_VCPUS, 0x1110_0002_0000_0002, 17, ElementSize::Bits32),
             (TD_EPTP, 0x1110_0003_0000_0004, 17, ElementSize::Bits64),
-            (TD_TSC_FREQUENCY, 0x1110_0001_0000_000C, 17, ElementSize::Bits16),
+            (
+                TD_TSC_FREQUENCY,
+                0x1110_0001_0000_000C,
+                17,
+                ElementSize::Bits16,
+            ),
             (TD_MRTD, 0x1310_0003_0000_0000, 19, ElementSize::Bits64),
-            (TD_MRCONFIGID, 0x1310_0003_0000_0010, 19, ElementSize::Bits64),
+            (
+                TD_MRCONFIGID,
+                0x1310_0003_0000_0010,
+                19,
+                ElementSize::Bits64,
+            ),
             (TD_MROWNER, 0x1310_0003_0000_0018, 19, ElementSize::Bits64),
-            (TD_MROWNERCONFIG, 0x1310_0003_0000_0020, 19, ElementSize::Bits64),
-            (VP_VCPU_INDEX, 0xA020_0002_0000_0002, 32, ElementSize::Bits32),
+            (
+                TD_MROWNERCONFIG,
+                0x1310_0003_0000_0020,
+                19,
+                ElementSize::Bits64,
+            ),
+            (
+                VP_VCPU_INDEX,
+                0xA020_0002_0000_0002,
+                32,
+                ElementSize::Bits32,
+            ),
         ] {
             assert_eq!(id.into_raw(), raw, "{id}");
             assert_eq!(id.class_code(), class, "{id}");
@@ -2029,14 +2066,14 @@ mod tests {
         assert_eq!(vcpu::VCPU_INDEX.scope(), FieldScope::Vcpu);
         assert_eq!(td::MRTD.element_ids().count(), 6);
         assert_eq!(td::ATTRIBUTES.element_ids().count(), 1);
-        assert_eq!(
-            td::MROWNER.element_ids().last(),
-            TD_MROWNER.element(5)
-        );
+        assert_eq!(td::MROWNER.element_ids().last(), TD_MROWNER.element(5));
         assert!(bool::from_elements(&[1]));
         assert_eq!(u16::from_elements(&[0x1234]), 0x1234);
         assert_eq!(TdOpState::from_elements(&[2]), TdOpState::RUNNABLE);
-        assert_eq!(TdLifecycle::from_elements(&[1]), TdLifecycle::KEYS_CONFIGURED);
+        assert_eq!(
+            TdLifecycle::from_elements(&[1]),
+            TdLifecycle::KEYS_CONFIGURED
+        );
         let d = Sha384Digest::from_elements(&[0x0807_0605_0403_0201, 0, 0, 0, 0, 0]);
         assert_eq!(&d[..9], &[1, 2, 3, 4, 5, 6, 7, 8, 0]);
         assert_eq!(format!("{:?}", TdOpState::RUNNABLE), "TdOpState(RUNNABLE)");
