@@ -338,9 +338,13 @@ fn refusals_before_any_seamcall() {
         .unwrap();
     let before = calls(&sim, Leaf::MNG_INIT);
     let f = td.init(&params(0)).unwrap_err();
+    // Module 1.5.01 reports no MAX_VCPUS_PER_TD: the limit is 0xFFFF.
     assert_eq!(
         f.error,
-        TdError::Params(ParamsError::MaxVcpus { asked: 0, max: 576 })
+        TdError::Params(ParamsError::MaxVcpus {
+            asked: 0,
+            max: 0xFFFF
+        })
     );
     let mut p = params(1);
     p.set_attributes(1 << 5);

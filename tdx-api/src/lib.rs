@@ -20,7 +20,9 @@ pub mod platform;
 pub mod retry;
 pub mod td;
 
-pub use module::{ExtInited, SysInfo, TdmrsSet, TdxModule, Unconfigured};
+pub use module::{
+    ARCH_MAX_VCPUS, ExtInited, ModuleVersion, SysInfo, TdmrsSet, TdxModule, Unconfigured,
+};
 pub use page_array::TdxPageArray;
 pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
 pub use retry::{Backoff, RetryPolicy};

@@ -86,9 +86,36 @@ impl ModuleState for Unconfigured {}
 impl ModuleState for TdmrsSet {}
 impl ModuleState for ExtInited {}
 
+/// The module's version: MAJOR_VERSION, MINOR_VERSION, UPDATE_VERSION
+/// (module 1.5.01 reports 1, 5, 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleVersion {
+    /// Major version.
+    pub major: u16,
+    /// Minor version.
+    pub minor: u16,
+    /// Update version.
+    pub update: u16,
+}
+
+impl fmt::Display for ModuleVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{:02}", self.major, self.minor, self.update)
+    }
+}
+
+/// The most vCPUs a TD can have when the module does not report
+/// MAX_VCPUS_PER_TD: `MAX_VCPUS` (0xFFFF) of the module's
+/// `src/common/data_structures/tdx_tdvps.h`, the range of TD_PARAMS'
+/// 16-bit MAX_VCPUS.
+pub const ARCH_MAX_VCPUS: u16 = 0xFFFF;
+
 /// The global metadata the host needs, read once with TDH.SYS.RD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysInfo {
+    /// MAJOR/MINOR/UPDATE_VERSION, when the module reports them (module
+    /// 1.5.01 does).
+    pub version: Option<ModuleVersion>,
     /// TDX_FEATURES0.
     pub features0: TdxFeatures0,
     /// MAX_TDMRS.
@@ -107,8 +134,9 @@ pub struct SysInfo {
     pub attributes_fixed: (u64, u64),
     /// XFAM_FIXED0 / FIXED1.
     pub xfam_fixed: (u64, u64),
-    /// MAX_VCPUS_PER_TD.
-    pub max_vcpus_per_td: u16,
+    /// MAX_VCPUS_PER_TD, when the module reports it (module 1.5.01 has no
+    /// such field; 1.5.05 reports 576). See [`SysInfo::vcpu_limit`].
+    pub max_vcpus_per_td: Option<u16>,
     /// The configurable CPUID leaves and their values (ebx:eax, edx:ecx).
     pub cpuid_config: Vec<(u64, [u64; 2])>,
     /// CMRs `(base, size)` with size > 0, when the module reports them.
@@ -120,6 +148,22 @@ pub struct SysInfo {
 }
 
 impl SysInfo {
+    /// The most vCPUs a TD may have: MAX_VCPUS_PER_TD when the module
+    /// reports it, else the architectural [`ARCH_MAX_VCPUS`].
+    pub fn vcpu_limit(&self) -> u16 {
+        self.max_vcpus_per_td.unwrap_or(ARCH_MAX_VCPUS)
+    }
+
+    /// True if TDH.VP.INIT takes the vCPU's x2APIC ID (version 1, R8): the
+    /// module enumerates topology (TDX_FEATURES0.TOPOLOGY_ENUM, bit 20).
+    /// Module 1.5.01 does not (its dispatcher refuses TDH.VP.INIT version
+    /// 1 and it reports no TOPOLOGY_ENUM); module 1.5.05 does (both in its
+    /// source), and so does every module Linux's KVM runs on (KVM requires
+    /// the bit and issues version 1).
+    pub fn vp_init_takes_x2apic_id(&self) -> bool {
+        self.features0.topology_enum()
+    }
+
     /// The planner's limits for this module.
     pub fn limits(&self) -> plan::Limits {
         plan::Limits {
@@ -921,6 +965,21 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         Ok(value)
     };
     let features0 = TdxFeatures0::from_bits(rd(field::TDX_FEATURES0)?);
+    // Optional fields: a module without them answers
+    // TDX_METADATA_FIELD_ID_INCORRECT (module 1.5.01 for MAX_VCPUS_PER_TD).
+    let version = match (
+        rd(field::MAJOR_VERSION),
+        rd(field::MINOR_VERSION),
+        rd(field::UPDATE_VERSION),
+    ) {
+        (Ok(major), Ok(minor), Ok(update)) => Some(ModuleVersion {
+            major: major as u16,
+            minor: minor as u16,
+            update: update as u16,
+        }),
+        _ => None,
+    };
+    let max_vcpus_per_td = rd(field::MAX_VCPUS_PER_TD).ok().map(|v| v as u16);
     let n = rd(field::NUM_CPUID_CONFIG)? as u32;
     let mut cpuid_config = Vec::with_capacity(n as usize);
     for i in 0..n.min(128) {
@@ -956,6 +1015,7 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         (0, false)
     };
     Ok(SysInfo {
+        version,
         features0,
         max_tdmrs: rd(field::MAX_TDMRS)? as u16,
         max_reserved_per_tdmr: rd(field::MAX_RESERVED_PER_TDMR)? as u16,
@@ -969,7 +1029,7 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         tdvps_base_size: rd(field::TDVPS_BASE_SIZE)? as u16,
         attributes_fixed: (rd(field::ATTRIBUTES_FIXED0)?, rd(field::ATTRIBUTES_FIXED1)?),
         xfam_fixed: (rd(field::XFAM_FIXED0)?, rd(field::XFAM_FIXED1)?),
-        max_vcpus_per_td: rd(field::MAX_VCPUS_PER_TD)? as u16,
+        max_vcpus_per_td,
         cpuid_config,
         cmrs,
         memory_pool_required_pages: pool,

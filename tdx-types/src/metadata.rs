@@ -10,9 +10,10 @@
 //!   use, and the table [`ALL_FIELDS`] that lists them for tools and the
 //!   simulator, with [`field_name`] and [`lookup`] to go back from an ID to
 //!   its name;
-//! - the typed TD- and vCPU-scope fields a VMM reads ([`td`], [`vcpu`]:
-//!   [`TypedField`]s whose value type says how many elements to read and
-//!   how they combine), with [`TdOpState`] and [`TdLifecycle`];
+//! - the typed TD- and vCPU-scope fields a VMM reads ([`td_fields`], [`vcpu_fields`]:
+//!   [`TdField`]s and [`VcpuField`]s whose value type says how many
+//!   elements to read and how they combine), with [`TdOpState`] and
+//!   [`TdLifecycle`];
 //! - [`TdxFeatures0`], the bits of the `TDX_FEATURES0` field;
 //! - [`KeyIdPartition`], the KeyID split reported by MSR
 //!   `IA32_MKTME_KEYID_PARTITIONING` (0x87), and its validation;
@@ -1317,60 +1318,99 @@ impl FieldValue for Sha384Digest {
     }
 }
 
-/// A TD- or vCPU-scope field whose value reads as `T`: its base ID, its
-/// scope (which leaf reads it) and, through `T`, how many elements make
-/// the value. The constants are in [`td`] (TDH.MNG.RD) and [`vcpu`]
-/// (TDH.VP.RD).
+mod context {
+    pub trait Sealed {}
+}
+
+/// The context of a [`TypedField`] (sealed): [`TdContext`] or
+/// [`VcpuContext`].
+pub trait FieldContext: context::Sealed {
+    /// Which leaf reads fields of this context.
+    const SCOPE: FieldScope;
+}
+
+/// TD-scope fields (TDR/TDCS), read with TDH.MNG.RD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TdContext {}
+
+/// vCPU-scope fields (TDVPS, TD VMCS), read with TDH.VP.RD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuContext {}
+
+impl context::Sealed for TdContext {}
+impl context::Sealed for VcpuContext {}
+impl FieldContext for TdContext {
+    const SCOPE: FieldScope = FieldScope::Td;
+}
+impl FieldContext for VcpuContext {
+    const SCOPE: FieldScope = FieldScope::Vcpu;
+}
+
+/// A field of context `C` whose value reads as `T`: its base ID, and,
+/// through `T`, how many elements make the value. The constants are in
+/// [`td_fields`] ([`TdField`]s, TDH.MNG.RD) and [`vcpu_fields`] ([`VcpuField`]s,
+/// TDH.VP.RD); the context in the type keeps a vCPU field from being read
+/// with the TD leaf.
 ///
 /// ```
-/// use tdx_types::metadata::{field, td, FieldScope, FieldValue};
+/// use tdx_types::metadata::{field, td_fields, FieldScope, FieldValue};
 ///
-/// assert_eq!(td::MRTD.id(), field::TD_MRTD);
-/// assert_eq!(td::MRTD.scope(), FieldScope::Td);
-/// let ids: Vec<_> = td::MRTD.element_ids().collect();
+/// assert_eq!(td_fields::MRTD.id(), field::TD_MRTD);
+/// assert_eq!(td_fields::MRTD.scope(), FieldScope::Td);
+/// let ids: Vec<_> = td_fields::MRTD.element_ids().collect();
 /// assert_eq!(ids.len(), 6);
 /// assert_eq!(ids[5].into_raw(), 0x1310_0003_0000_0005);
 /// let digest = <[u8; 48]>::from_elements(&[1, 0, 0, 0, 0, 1 << 56]);
 /// assert_eq!((digest[0], digest[47]), (1, 1));
 /// ```
-pub struct TypedField<T> {
+pub struct TypedField<C, T> {
     id: MdFieldId,
-    scope: FieldScope,
-    _value: core::marker::PhantomData<fn() -> T>,
+    _kind: core::marker::PhantomData<FieldKind<C, T>>,
 }
 
-impl<T> Clone for TypedField<T> {
+/// What [`TypedField`] carries in its type only (covariant, `Send` and
+/// `Sync` whatever `C` and `T` are).
+type FieldKind<C, T> = (fn() -> C, fn() -> T);
+
+/// A typed TD-scope field.
+pub type TdField<T> = TypedField<TdContext, T>;
+/// A typed vCPU-scope field.
+pub type VcpuField<T> = TypedField<VcpuContext, T>;
+
+impl<C, T> Clone for TypedField<C, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<T> Copy for TypedField<T> {}
+impl<C, T> Copy for TypedField<C, T> {}
 
-impl<T> PartialEq for TypedField<T> {
+impl<C, T> PartialEq for TypedField<C, T> {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.scope == other.scope
+        self.id == other.id
     }
 }
 
-impl<T> Eq for TypedField<T> {}
+impl<C, T> Eq for TypedField<C, T> {}
 
-impl<T> fmt::Debug for TypedField<T> {
+impl<C: FieldContext, T> fmt::Debug for TypedField<C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TypedField")
             .field("id", &self.id)
-            .field("scope", &self.scope)
+            .field("scope", &C::SCOPE)
             .field("value", &core::any::type_name::<T>())
             .finish()
     }
 }
 
-impl<T: FieldValue> TypedField<T> {
-    const fn new(id: MdFieldId, scope: FieldScope) -> Self {
+impl<C: FieldContext, T: FieldValue> TypedField<C, T> {
+    /// A typed field at `id` (its element 0). The caller vouches that
+    /// `id` is a field of context `C` whose elements `T` decodes.
+    #[must_use]
+    pub const fn new(id: MdFieldId) -> Self {
         Self {
             id,
-            scope,
-            _value: core::marker::PhantomData,
+            _kind: core::marker::PhantomData,
         }
     }
 
@@ -1384,7 +1424,7 @@ impl<T: FieldValue> TypedField<T> {
     /// [`FieldScope::Vcpu`] (TDH.VP.RD).
     #[must_use]
     pub const fn scope(self) -> FieldScope {
-        self.scope
+        C::SCOPE
     }
 
     /// The IDs of the elements that make the value, in order.
@@ -1396,89 +1436,89 @@ impl<T: FieldValue> TypedField<T> {
 /// Typed TD-scope fields, read with TDH.MNG.RD (module 1.5.01 IDs; see
 /// [`field`] for each one's doc and width). Every one of them is readable
 /// by the host in any TD once TDH.MNG.INIT has run.
-pub mod td {
-    use super::{FieldScope, Sha384Digest, TdLifecycle, TdOpState, TypedField, field};
+pub mod td_fields {
+    use super::{Sha384Digest, TdField, TdLifecycle, TdOpState, field};
 
-    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> TypedField<T> {
-        TypedField::new(id, FieldScope::Td)
+    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> TdField<T> {
+        TdField::new(id)
     }
 
     /// TDR `FATAL`.
-    pub const FATAL: TypedField<bool> = t(field::TD_FATAL);
+    pub const FATAL: TdField<bool> = t(field::TD_FATAL);
     /// TDR `NUM_TDCX`.
-    pub const NUM_TDCX: TypedField<u32> = t(field::TD_NUM_TDCX);
+    pub const NUM_TDCX: TdField<u32> = t(field::TD_NUM_TDCX);
     /// TDR `CHLDCNT`.
-    pub const CHLDCNT: TypedField<u64> = t(field::TD_CHLDCNT);
+    pub const CHLDCNT: TdField<u64> = t(field::TD_CHLDCNT);
     /// TDR `LIFECYCLE_STATE`.
-    pub const LIFECYCLE: TypedField<TdLifecycle> = t(field::TD_LIFECYCLE_STATE);
+    pub const LIFECYCLE: TdField<TdLifecycle> = t(field::TD_LIFECYCLE_STATE);
     /// TDR `HKID`.
-    pub const HKID: TypedField<u16> = t(field::TD_HKID);
+    pub const HKID: TdField<u16> = t(field::TD_HKID);
     /// TDR `PKG_CONFIG_BITMAP`.
-    pub const PKG_CONFIG_BITMAP: TypedField<u64> = t(field::TD_PKG_CONFIG_BITMAP);
+    pub const PKG_CONFIG_BITMAP: TdField<u64> = t(field::TD_PKG_CONFIG_BITMAP);
     /// TDCS `NUM_VCPUS`.
-    pub const NUM_VCPUS: TypedField<u32> = t(field::TD_NUM_VCPUS);
+    pub const NUM_VCPUS: TdField<u32> = t(field::TD_NUM_VCPUS);
     /// TDCS `NUM_ASSOC_VCPUS`.
-    pub const NUM_ASSOC_VCPUS: TypedField<u32> = t(field::TD_NUM_ASSOC_VCPUS);
+    pub const NUM_ASSOC_VCPUS: TdField<u32> = t(field::TD_NUM_ASSOC_VCPUS);
     /// TDCS `OP_STATE`.
-    pub const OP_STATE: TypedField<TdOpState> = t(field::TD_OP_STATE);
+    pub const OP_STATE: TdField<TdOpState> = t(field::TD_OP_STATE);
     /// TDCS `NUM_L2_VMS`.
-    pub const NUM_L2_VMS: TypedField<u16> = t(field::TD_NUM_L2_VMS);
+    pub const NUM_L2_VMS: TdField<u16> = t(field::TD_NUM_L2_VMS);
     /// TDCS `ATTRIBUTES`.
-    pub const ATTRIBUTES: TypedField<u64> = t(field::TD_ATTRIBUTES);
+    pub const ATTRIBUTES: TdField<u64> = t(field::TD_ATTRIBUTES);
     /// TDCS `XFAM`.
-    pub const XFAM: TypedField<u64> = t(field::TD_XFAM);
+    pub const XFAM: TdField<u64> = t(field::TD_XFAM);
     /// TDCS `MAX_VCPUS`.
-    pub const MAX_VCPUS: TypedField<u32> = t(field::TD_MAX_VCPUS);
+    pub const MAX_VCPUS: TdField<u32> = t(field::TD_MAX_VCPUS);
     /// TDCS `GPAW` (true: 52-bit guest physical addresses).
-    pub const GPAW: TypedField<bool> = t(field::TD_GPAW);
+    pub const GPAW: TdField<bool> = t(field::TD_GPAW);
     /// TDCS `EPTP`.
-    pub const EPTP: TypedField<u64> = t(field::TD_EPTP);
+    pub const EPTP: TdField<u64> = t(field::TD_EPTP);
     /// TDCS `TSC_OFFSET`.
-    pub const TSC_OFFSET: TypedField<u64> = t(field::TSC_OFFSET);
+    pub const TSC_OFFSET: TdField<u64> = t(field::TSC_OFFSET);
     /// TDCS `TSC_MULTIPLIER`.
-    pub const TSC_MULTIPLIER: TypedField<u64> = t(field::TSC_MULTIPLIER);
+    pub const TSC_MULTIPLIER: TdField<u64> = t(field::TSC_MULTIPLIER);
     /// TDCS `TSC_FREQUENCY`, in units of 25 MHz.
-    pub const TSC_FREQUENCY: TypedField<u16> = t(field::TD_TSC_FREQUENCY);
+    pub const TSC_FREQUENCY: TdField<u16> = t(field::TD_TSC_FREQUENCY);
     /// TDCS `HP_LOCK_TIMEOUT`, in microseconds.
-    pub const HP_LOCK_TIMEOUT: TypedField<u64> = t(field::TD_HP_LOCK_TIMEOUT);
+    pub const HP_LOCK_TIMEOUT: TdField<u64> = t(field::TD_HP_LOCK_TIMEOUT);
     /// TDCS `CONFIG_FLAGS`.
-    pub const CONFIG_FLAGS: TypedField<u64> = t(field::TD_CONFIG_FLAGS);
+    pub const CONFIG_FLAGS: TdField<u64> = t(field::TD_CONFIG_FLAGS);
     /// TDCS `TD_EPOCH`.
-    pub const TD_EPOCH: TypedField<u64> = t(field::TD_EPOCH);
+    pub const TD_EPOCH: TdField<u64> = t(field::TD_EPOCH);
     /// TDCS `MRTD`: zero until TDH.MR.FINALIZE.
-    pub const MRTD: TypedField<Sha384Digest> = t(field::TD_MRTD);
+    pub const MRTD: TdField<Sha384Digest> = t(field::TD_MRTD);
     /// TDCS `MRCONFIGID`.
-    pub const MRCONFIGID: TypedField<Sha384Digest> = t(field::TD_MRCONFIGID);
+    pub const MRCONFIGID: TdField<Sha384Digest> = t(field::TD_MRCONFIGID);
     /// TDCS `MROWNER`.
-    pub const MROWNER: TypedField<Sha384Digest> = t(field::TD_MROWNER);
+    pub const MROWNER: TdField<Sha384Digest> = t(field::TD_MROWNER);
     /// TDCS `MROWNERCONFIG`.
-    pub const MROWNERCONFIG: TypedField<Sha384Digest> = t(field::TD_MROWNERCONFIG);
+    pub const MROWNERCONFIG: TdField<Sha384Digest> = t(field::TD_MROWNERCONFIG);
 }
 
 /// Typed vCPU-scope fields, read with TDH.VP.RD (module 1.5.01 IDs; see
 /// [`field`]). Every one of them is readable by the host in any TD once
 /// the vCPU is initialized (TDH.VP.INIT).
-pub mod vcpu {
-    use super::{FieldScope, TypedField, field};
+pub mod vcpu_fields {
+    use super::{VcpuField, field};
 
-    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> TypedField<T> {
-        TypedField::new(id, FieldScope::Vcpu)
+    const fn t<T: super::FieldValue>(id: super::MdFieldId) -> VcpuField<T> {
+        VcpuField::new(id)
     }
 
     /// TDVPS `VCPU_INDEX`.
-    pub const VCPU_INDEX: TypedField<u32> = t(field::VP_VCPU_INDEX);
+    pub const VCPU_INDEX: VcpuField<u32> = t(field::VP_VCPU_INDEX);
     /// TDVPS `NUM_TDVPS_PAGES`.
-    pub const NUM_TDVPS_PAGES: TypedField<u8> = t(field::VP_NUM_TDVPS_PAGES);
+    pub const NUM_TDVPS_PAGES: VcpuField<u8> = t(field::VP_NUM_TDVPS_PAGES);
     /// TDVPS `ASSOC_LPID` (`0xFFFF_FFFF`: not associated).
-    pub const ASSOC_LPID: TypedField<u32> = t(field::VP_ASSOC_LPID);
+    pub const ASSOC_LPID: VcpuField<u32> = t(field::VP_ASSOC_LPID);
     /// TDVPS `VCPU_EPOCH`.
-    pub const VCPU_EPOCH: TypedField<u64> = t(field::VP_VCPU_EPOCH);
+    pub const VCPU_EPOCH: VcpuField<u64> = t(field::VP_VCPU_EPOCH);
     /// TDVPS `PEND_NMI`.
-    pub const PEND_NMI: TypedField<u8> = t(field::PEND_NMI);
+    pub const PEND_NMI: VcpuField<u8> = t(field::PEND_NMI);
     /// TDVPS `XFAM`.
-    pub const XFAM: TypedField<u64> = t(field::VP_XFAM);
+    pub const XFAM: VcpuField<u64> = t(field::VP_XFAM);
     /// TDVPS `VCPU_STATE_DETAILS`.
-    pub const VCPU_STATE_DETAILS: TypedField<u64> = t(field::VCPU_STATE_DETAILS);
+    pub const VCPU_STATE_DETAILS: VcpuField<u64> = t(field::VCPU_STATE_DETAILS);
 }
 
 // ---------------------------------------------------------------------------
@@ -2042,7 +2082,7 @@ mod tests {
     fn null_and_single_element_ids() {
         assert!(MdFieldId::NULL.is_null());
         assert!(MdFieldId::from_raw(!MdFieldId::CONTEXT_CODE_MASK).is_null());
-        assert!(MdFieldId::from_raw(u64::MAX & !(1 << 52)).is_null());
+        assert!(MdFieldId::from_raw(!(1 << 52)).is_null());
         assert!(!MdFieldId::from_raw(u64::MAX - 1).is_null());
         assert!(!MdFieldId::NULL.is_single_element());
         for bit in [24, 31, 47, 49, 55, 62] {
@@ -2061,12 +2101,15 @@ mod tests {
 
     #[test]
     fn typed_fields() {
-        assert_eq!(td::ATTRIBUTES.id(), TD_ATTRIBUTES);
-        assert_eq!(td::HKID.scope(), FieldScope::Td);
-        assert_eq!(vcpu::VCPU_INDEX.scope(), FieldScope::Vcpu);
-        assert_eq!(td::MRTD.element_ids().count(), 6);
-        assert_eq!(td::ATTRIBUTES.element_ids().count(), 1);
-        assert_eq!(td::MROWNER.element_ids().last(), TD_MROWNER.element(5));
+        assert_eq!(td_fields::ATTRIBUTES.id(), TD_ATTRIBUTES);
+        assert_eq!(td_fields::HKID.scope(), FieldScope::Td);
+        assert_eq!(vcpu_fields::VCPU_INDEX.scope(), FieldScope::Vcpu);
+        assert_eq!(td_fields::MRTD.element_ids().count(), 6);
+        assert_eq!(td_fields::ATTRIBUTES.element_ids().count(), 1);
+        assert_eq!(
+            td_fields::MROWNER.element_ids().last(),
+            TD_MROWNER.element(5)
+        );
         assert!(bool::from_elements(&[1]));
         assert_eq!(u16::from_elements(&[0x1234]), 0x1234);
         assert_eq!(TdOpState::from_elements(&[2]), TdOpState::RUNNABLE);
@@ -2080,8 +2123,8 @@ mod tests {
         assert_eq!(format!("{:?}", TdOpState(11)), "TdOpState(11)");
         assert_eq!(TdLifecycle::TEARDOWN.name(), Some("TD_TEARDOWN"));
         assert_eq!(TdLifecycle(4).name(), None);
-        assert_eq!(td::MRTD, td::MRTD);
-        assert!(format!("{:?}", td::MRTD).contains("TD_MRTD"));
+        assert_eq!(td_fields::MRTD, td_fields::MRTD);
+        assert!(format!("{:?}", td_fields::MRTD).contains("TD_MRTD"));
     }
 
     #[test]

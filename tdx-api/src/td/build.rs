@@ -140,10 +140,10 @@ fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> 
     if !fixed(p.xfam(), info.xfam_fixed) {
         return Err(ParamsError::Xfam(p.xfam()));
     }
-    if p.max_vcpus() == 0 || p.max_vcpus() > info.max_vcpus_per_td {
+    if p.max_vcpus() == 0 || p.max_vcpus() > info.vcpu_limit() {
         return Err(ParamsError::MaxVcpus {
             asked: p.max_vcpus(),
-            max: info.max_vcpus_per_td,
+            max: info.vcpu_limit(),
         });
     }
     if !(4..=400).contains(&p.tsc_frequency()) {

@@ -29,7 +29,7 @@ use typed_builder::TypedBuilder;
 #[derive(Debug, Clone, PartialEq, Eq, TypedBuilder)]
 #[non_exhaustive]
 pub struct TdConfig {
-    /// Most vCPUs the TD may have (1 up to `SysInfo::max_vcpus_per_td`).
+    /// Most vCPUs the TD may have (1 up to `SysInfo::vcpu_limit`).
     pub max_vcpus: u16,
     /// TD attributes (`ATTRIBUTES`), checked against the module's fixed-0
     /// and fixed-1 bits.

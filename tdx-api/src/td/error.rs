@@ -43,12 +43,13 @@ pub enum ParamsError {
     /// XFAM breaks XFAM_FIXED0/1.
     #[error("XFAM {0:#x} breaks XFAM_FIXED0/1")]
     Xfam(u64),
-    /// max_vcpus is 0 or above MAX_VCPUS_PER_TD.
+    /// max_vcpus is 0 or above the module's limit.
     #[error("max_vcpus {asked} not in 1..={max}")]
     MaxVcpus {
         /// Asked for.
         asked: u16,
-        /// MAX_VCPUS_PER_TD.
+        /// [`SysInfo::vcpu_limit`](crate::SysInfo::vcpu_limit):
+        /// MAX_VCPUS_PER_TD, or 0xFFFF where the module has no such field.
         max: u16,
     },
     /// TSC frequency outside 4..=400 (× 25 MHz).
@@ -129,6 +130,9 @@ pub enum TdError {
     /// The CPU does not exist.
     #[error("{0} does not exist")]
     NoSuchCpu(CpuId),
+    /// No built vCPU of this TD has this TDVPR.
+    #[error("no vCPU of this TD has TDVPR {0}")]
+    UnknownVcpu(Pfn),
     /// The KeyID shift cannot build a keyed address.
     #[error("KeyID shift {0} cannot build a keyed physical address")]
     KeyidShift(u32),

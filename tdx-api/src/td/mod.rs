@@ -22,8 +22,14 @@
 //!   struct and hands TDs to spawned threads); see [`TdHostRef`].
 //! - vCPUs, on an initialized TD: a [`VcpuBuilder`] goes [`VpCreated`]
 //!   (TDH.VP.CREATE) → [`VpTdcxAdded`] (TDH.VP.ADDCX) → a [`VcpuId`]
-//!   (TDH.VP.INIT on the vCPU's CPU); it borrows the TD, so the TD cannot
-//!   be finalized mid-build. [`Td::create_vcpu`] does all three.
+//!   (TDH.VP.INIT on the vCPU's CPU, in the version the module takes); it
+//!   borrows the TD, so the TD cannot be finalized mid-build.
+//!   [`Td::create_vcpu`] does all three.
+//! - Metadata, once initialized ([`HasMetadata`]): [`Td::read`] of a typed
+//!   TD field ([`tdx_types::metadata::td_fields`]: attributes, XFAM, vCPU counts,
+//!   HKID, op state, TSC frequency, MRCONFIGID/MROWNER/MROWNERCONFIG, ...),
+//!   [`Td::mrtd`], [`Td::read_raw`] of any field ID, and
+//!   [`Td::vcpu_field`] of a vCPU's ([`tdx_types::metadata::vcpu_fields`]).
 //! - Private memory is given as [`GuestFrame`]s: a `Pfn` or an aligned run,
 //!   checked by arithmetic only; the caller's promise is made once, in the
 //!   `unsafe` constructor.
@@ -158,8 +164,10 @@ mod vcpu;
 use alloc::{boxed::Box, vec::Vec};
 use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 
+use tdx_sys::leaf;
 use tdx_types::{
-    FirmwarePage, Gpa, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxStatus,
+    FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxStatus,
+    metadata::{FieldValue, MdFieldId, Sha384Digest, TdField, VcpuField},
     regs::PageInfo,
 };
 
@@ -177,7 +185,7 @@ pub use vcpu::{VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded};
 
 use crate::{
     platform::{Placement, Platform},
-    retry::{RetryPolicy, retry},
+    retry::{RetryPolicy, retry, retry_on_cpu, retry_out},
 };
 
 mod sealed {
@@ -222,6 +230,12 @@ impl TdState for Finalized {}
 pub trait MayAug: TdState {}
 impl MayAug for Initialized {}
 impl MayAug for Finalized {}
+
+/// The states in which the TD's metadata can be read (TDH.MNG.RD and
+/// TDH.VP.RD need TDH.MNG.INIT done): [`Initialized`] and [`Finalized`].
+pub trait HasMetadata: TdState {}
+impl HasMetadata for Initialized {}
+impl HasMetadata for Finalized {}
 
 /// Calls of TDH.PHYMEM.CACHE.WB on one package before giving up (KVM:
 /// 10000).
@@ -503,6 +517,120 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             gpa,
             why: "not a valid private GPA",
         })
+    }
+}
+
+/// Metadata reads: TDH.MNG.RD of TD-scope fields, TDH.VP.RD of a vCPU's.
+///
+/// The field descriptors are [`tdx_types::metadata::td_fields`] and
+/// [`tdx_types::metadata::vcpu_fields`]: each says which leaf reads it and what
+/// its elements make ([`TdField`], [`VcpuField`]). The IDs are the
+/// module's own (module 1.5.01's lookup tables), so the reads work alike on
+/// the simulator and on a real module; busy answers are retried as the
+/// TD's [`RetryPolicy`] says, and any other failure is
+/// [`TdError::Seamcall`] naming the leaf.
+///
+/// ```no_run
+/// # fn f<H: tdx_api::td::TdHostRef>(td: &tdx_api::Td<tdx_api::td::Finalized, H>)
+/// # -> Result<(), tdx_api::td::TdError> {
+/// use tdx_types::metadata::{td_fields, TdOpState};
+///
+/// let mrtd: [u8; 48] = td.mrtd()?;
+/// let attributes: u64 = td.read(td_fields::ATTRIBUTES)?;
+/// assert_eq!(td.read(td_fields::OP_STATE)?, TdOpState::RUNNABLE);
+/// # let _ = (mrtd, attributes);
+/// # Ok(()) }
+/// ```
+impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
+    /// One TD-scope element with TDH.MNG.RD (version 0): its value, masked
+    /// to the field's width. `id` may be any form of the field's ID (the
+    /// module matches class and field code); a field the host may not read
+    /// in this TD fails with `TDX_METADATA_FIELD_NOT_READABLE`.
+    #[doc(alias = "TDH.MNG.RD")]
+    pub fn read_raw(&self, id: MdFieldId) -> Result<u64, TdError> {
+        let (b, tdr) = (self.b(), self.tdr());
+        let (_, value) = retry_out(
+            self.p(),
+            self.inner.policy,
+            Leaf::MNG_RD.v0(),
+            Operand::Tdr,
+            || {
+                // SAFETY: TDH.MNG.RD takes no host memory.
+                let c = unsafe { leaf::tdh_mng_rd(b, tdr, id) };
+                (c.status, c.out)
+            },
+        )?;
+        Ok(value)
+    }
+
+    /// A typed TD-scope field: one TDH.MNG.RD per element of its value
+    /// (six for a measurement register).
+    #[doc(alias = "TDH.MNG.RD")]
+    pub fn read<T: FieldValue>(&self, field: TdField<T>) -> Result<T, TdError> {
+        let mut elements = [0u64; 8];
+        let n = T::ELEMENTS as usize;
+        for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
+            *slot = self.read_raw(id)?;
+        }
+        Ok(T::from_elements(&elements[..n]))
+    }
+
+    /// MRTD, the TD's build measurement (SHA-384, the six elements of
+    /// TDCS `MRTD`): all zero until TDH.MR.FINALIZE, then what
+    /// [`crate::measure`] computes for the pages added and extended.
+    #[doc(alias = "TDH.MNG.RD")]
+    pub fn mrtd(&self) -> Result<Sha384Digest, TdError> {
+        self.read(tdx_types::metadata::td_fields::MRTD)
+    }
+
+    /// A typed field of one of this TD's vCPUs, with TDH.VP.RD (version 0)
+    /// on the vCPU's CPU: the module associates the vCPU with the CPU that
+    /// reads it (and refuses a vCPU associated with another one), so the
+    /// read runs where the vCPU is associated.
+    #[doc(alias = "TDH.VP.RD")]
+    pub fn vcpu_field<T: FieldValue>(
+        &self,
+        vcpu: VcpuId,
+        field: VcpuField<T>,
+    ) -> Result<T, TdError> {
+        let index = self
+            .inner
+            .vcpus
+            .iter()
+            .position(|v| v.tdvpr.pfn() == vcpu.tdvpr && v.associated())
+            .ok_or(TdError::UnknownVcpu(vcpu.tdvpr))?;
+        let mut elements = [0u64; 8];
+        let n = T::ELEMENTS as usize;
+        for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
+            *slot = self.vp_read(index, id)?;
+        }
+        Ok(T::from_elements(&elements[..n]))
+    }
+}
+
+impl<S: TdState, H: TdHostRef> Td<S, H> {
+    /// TDH.VP.RD (version 0) of element `id` of vCPU `index` (creation
+    /// order), on the vCPU's CPU.
+    fn vp_read(&self, index: usize, id: MdFieldId) -> Result<u64, TdError> {
+        let (b, v) = (self.b(), &self.inner.vcpus[index]);
+        let tdvpr = v.tdvpr.pfn();
+        let mut value = 0;
+        retry_on_cpu(
+            self.p(),
+            v.cpu,
+            self.inner.policy,
+            Leaf::VP_RD.v0(),
+            Operand::Vcpu(index),
+            &mut || {
+                // SAFETY: TDH.VP.RD takes no host memory; it runs on the
+                // vCPU's CPU, with which the vCPU is (or becomes)
+                // associated.
+                let c = unsafe { leaf::tdh_vp_rd(b, tdvpr, id) };
+                value = c.out;
+                c.status
+            },
+        )?;
+        Ok(value)
     }
 }
 

@@ -15,8 +15,8 @@ use crate::{platform::CpuId, retry::retry_on_cpu};
 /// A vCPU of a TD, as the caller names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VcpuId {
-    /// The module's VCPU_INDEX: the order of TDH.VP.INIT among this TD's
-    /// vCPUs (0, 1, …; vCPUs never initialized take no index).
+    /// The module's VCPU_INDEX (TDH.VP.RD after TDH.VP.INIT): the order of
+    /// TDH.VP.INIT among this TD's vCPUs (0, 1, …).
     pub index: usize,
     /// The TDVPR page (TDH.VP.ENTER's operand).
     pub tdvpr: Pfn,
@@ -163,38 +163,74 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
 }
 
 impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
-    /// TDH.VP.INIT on the vCPU's CPU, with the guest's initial RCX and
-    /// x2APIC ID: the vCPU becomes associated with that CPU and is done.
+    /// TDH.VP.INIT on the vCPU's CPU, with the guest's initial RCX (the
+    /// guest finds it in RCX and R8) and x2APIC ID: the vCPU becomes
+    /// associated with that CPU and is done.
+    ///
+    /// The leaf's version follows what the module reported at bring-up
+    /// ([`SysInfo::vp_init_takes_x2apic_id`](crate::SysInfo::vp_init_takes_x2apic_id)):
+    /// on a module with topology enumeration (TDX_FEATURES0.TOPOLOGY_ENUM;
+    /// module 1.5.05 and later), version 1 with `x2apic_id` in R8, as Linux
+    /// issues it; there the IDs of a TD's vCPUs must differ (the module
+    /// answers `TDX_X2APIC_ID_NOT_UNIQUE`). On a module without it (1.5.01,
+    /// whose dispatcher refuses version 1), version 0: the module does not
+    /// take an x2APIC ID and `x2apic_id` is not used.
     ///
     /// On failure the builder comes back, to retry or drop.
     #[doc(alias = "TDH.VP.INIT")]
     pub fn init(self, initial_rcx: u64, x2apic_id: u32) -> Result<VcpuId, TdFailure<Self>> {
         let (b, p, index, tdvpr) = (self.td.b(), self.td.p(), self.index, self.tdvpr());
         let cpu = self.td.inner.vcpus[index].cpu;
+        let v1 = self.td.host().module().sysinfo().vp_init_takes_x2apic_id();
+        let lv = if v1 {
+            Leaf::VP_INIT.v(1)
+        } else {
+            Leaf::VP_INIT.v0()
+        };
         let r = retry_on_cpu(
             p,
             cpu,
             self.td.inner.policy,
-            Leaf::VP_INIT.v(1),
+            lv,
             Operand::Vcpu(index),
             &mut || {
-                // SAFETY: TDH.VP.INIT takes no host page; it runs on `cpu`
-                // (Platform contract 2), which the vCPU becomes associated
-                // with.
-                unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
+                if v1 {
+                    // SAFETY: TDH.VP.INIT takes no host page; it runs on
+                    // `cpu` (Platform contract 2), which the vCPU becomes
+                    // associated with.
+                    unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { leaf::tdh_vp_init_v0(b, tdvpr, initial_rcx) }
+                }
             },
         );
         if let Err(error) = r {
             return Err(TdFailure { error, td: self });
         }
-        // The module numbers vCPUs in TDH.VP.INIT order (VCPU_INDEX).
-        let vcpu_index = self
+        // The module's VCPU_INDEX, read back (TDH.VP.RD on the vCPU's CPU,
+        // where it is associated now). Counting the vCPUs initialized before
+        // gives the same number unless a TDH.VP.INIT failed after taking an
+        // index (IA32_TSC_ADJUST changed; module 1.5.05's duplicate x2APIC
+        // ID): the count is only the fallback, its read error kept for the
+        // teardown report.
+        let counted = self
             .td
             .inner
             .vcpus
             .iter()
             .filter(|v| v.associated())
             .count();
+        let vcpu_index = match self
+            .td
+            .vp_read(index, tdx_types::metadata::field::VP_VCPU_INDEX)
+        {
+            Ok(i) => i as usize,
+            Err(e) => {
+                self.td.inner.deferred.lock().push(e);
+                counted
+            }
+        };
         self.td.inner.vcpus[index].vcpu_index = Some(vcpu_index);
         Ok(VcpuId {
             index: vcpu_index,
