@@ -563,7 +563,7 @@ fn write(
 /// TDR S:RCX, op state S. Op states: RD in any initialized state, WR in
 /// INITIALIZED and RUNNABLE (among those the model has).
 pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) -> LeafResult {
-    let (value_in, request) = (a.r8, a.r9);
+    let (requested, value_in, request) = (a.rdx, a.r8, a.r9);
     let v1 = !write_op && c.version > 0;
     if v1 {
         a.rdx = u64::MAX;
@@ -574,7 +574,7 @@ pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) 
     let s = c.sim;
     let debug = td.ctl().attributes & 1 != 0;
     let tables = Tables::new(Ctx::Td, s.machine.desc.profile.metadata, td.num_l2_vms());
-    let id = MdFieldId::from_raw(a.rdx).with_context_code(MdFieldId::CONTEXT_TD);
+    let id = MdFieldId::from_raw(requested).with_context_code(MdFieldId::CONTEXT_TD);
     if v1 && id.is_null() {
         c.locked();
         a.rdx = tables.next_readable(None, debug);
@@ -625,6 +625,19 @@ pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) 
     Ok(TdxStatus::SUCCESS)
 }
 
+/// The inputs of TDH.VP.RD/WR as the caller passed them (the leaf
+/// overwrites RDX and R8 when it starts).
+pub(crate) struct VpStart {
+    /// RDX: the field ID.
+    pub(crate) field: u64,
+    /// R8: the value to write.
+    pub(crate) value: u64,
+    /// R9: the write mask.
+    pub(crate) mask: u64,
+    /// A version-1 read.
+    pub(crate) v1: bool,
+}
+
 /// TDH.VP.RD (version 0 or 1) / TDH.VP.WR (`tdh_vp_rd_wr.c`) of the vCPU
 /// whose TDVPR is frame `v` in TD `td` (its TDVPR taken shared, the TDR
 /// implicitly shared, by the caller). Locks then: op state S. After the
@@ -638,9 +651,14 @@ pub(crate) fn vp_rd_wr(
     a: &mut SeamcallArgs,
     write_op: bool,
     (v, td): (u64, &Td),
-    start: (u64, u64, bool),
+    start: VpStart,
 ) -> LeafResult {
-    let (value_in, request, v1) = start;
+    let VpStart {
+        field: requested,
+        value: value_in,
+        mask: request,
+        v1,
+    } = start;
     let s = c.sim;
     let need = MIN_TDVPS + 3 * usize::from(td.num_l2_vms());
     let (pages, initialized, assoc) = s
@@ -663,7 +681,7 @@ pub(crate) fn vp_rd_wr(
     }
     let debug = td.ctl().attributes & 1 != 0;
     let tables = Tables::new(Ctx::Vp, s.machine.desc.profile.metadata, td.num_l2_vms());
-    let id = MdFieldId::from_raw(a.rdx).with_context_code(MdFieldId::CONTEXT_VP);
+    let id = MdFieldId::from_raw(requested).with_context_code(MdFieldId::CONTEXT_VP);
     if v1 && id.is_null() {
         a.rdx = tables.next_readable(None, debug);
         return Ok(TdxStatus::METADATA_FIRST_FIELD_ID_IN_CONTEXT);

@@ -152,8 +152,13 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// implicit S, op state S (RD and WR in INITIALIZED and RUNNABLE among the
 /// model's op states); the rest is [`metadata::vp_rd_wr`].
 pub(crate) fn rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write: bool) -> LeafResult {
-    let (value, mask) = (a.r8, a.r9);
     let v1 = !write && c.version > 0;
+    let start = metadata::VpStart {
+        field: a.rdx,
+        value: a.r8,
+        mask: a.r9,
+        v1,
+    };
     if v1 {
         a.rdx = u64::MAX;
     }
@@ -164,7 +169,7 @@ pub(crate) fn rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write: bool) -> Leaf
         Some(Shared),
         &[OpState::Initialized, OpState::Runnable],
     )?;
-    metadata::vp_rd_wr(c, a, write, vt, (value, mask, v1))
+    metadata::vp_rd_wr(c, a, write, vt, start)
 }
 
 /// TDH.VP.FLUSH (`tdh_vp_flush.c`). Locks: TDVPR X:RCX, TDR implicit S (no op
