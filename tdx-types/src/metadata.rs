@@ -81,6 +81,9 @@
 //!   and write masks).
 //! - `S-MOD-TDVPS`: `include/auto_gen/tdvps_fields_lookup.h` and `.c`
 //!   (vCPU field IDs and masks).
+//! - `S-MOD-1505`: `include/auto_gen/tdr_tdcs_fields_lookup.h` of module
+//!   1.5.05 (the `TDX 1.5.05` commit of `intel/tdx-module`'s history):
+//!   fields 1.5.01 does not have.
 
 use core::fmt;
 use core::ops::Range;
@@ -714,7 +717,7 @@ pub fn lookup(id: MdFieldId) -> Option<FieldRef> {
 pub use field::ALL_FIELDS;
 
 /// Number of named field IDs in [`field`] (the length of [`ALL_FIELDS`]).
-pub const NAMED_FIELD_COUNT: usize = 80;
+pub const NAMED_FIELD_COUNT: usize = 82;
 
 const _: () = assert!(ALL_FIELDS.len() == NAMED_FIELD_COUNT);
 
@@ -1050,6 +1053,13 @@ pub mod field {
         /// TDCS `CPUID_VALUES` (u64 × 2 per leaf: EBX:EAX, EDX:ECX, readable for valid, non-faulting leaves); base of the CPUID values, `FIELD_CODE` is a [`CpuidFieldCode`] ([`td_cpuid_value`]). KVM's `TD_MD_FIELD_ID_CPUID_VALUES` has the same value. [S-MOD-TDF; S-KVM-ARCH]
         TD_CPUID_VALUES = MdFieldId::from_raw(0x9410_0003_0000_0000)
             => ("tdcs.cpuid_config_vals", U64, Td, FieldShape::Cpuid, "S-MOD-TDF; S-KVM-ARCH");
+
+        /// TDCS `TOPOLOGY_ENUM_CONFIGURED` (u8, readable), module 1.5.05 and later: 1 while every TDH.VP.INIT gave an x2APIC ID (version 1). [S-MOD-1505]
+        TD_TOPOLOGY_ENUM_CONFIGURED = MdFieldId::from_raw(0x9110_0000_0000_0019)
+            => ("tdcs.executions_ctl_fields.topology_enum_configured", U8, Td, SCALAR, "S-MOD-1505");
+        /// TDCS `X2APIC_IDS[i]` (u32 × 576, readable), module 1.5.05 and later: the x2APIC ID TDH.VP.INIT version 1 gave VCPU_INDEX `i` (0 where none was given). [S-MOD-1505]
+        TD_X2APIC_IDS = MdFieldId::from_raw(0x9C10_0002_0000_0000)
+            => ("tdcs.x2apic_ids", U32, Td, FieldShape::Array { len: 576 }, "S-MOD-1505");
 
         // --- vCPU scope (TDH.VP.RD/WR), the module's own IDs -------------------
         //
@@ -2184,11 +2194,11 @@ mod tests {
 
     #[test]
     fn named_field_count() {
-        assert_eq!(ALL_FIELDS.len(), 80);
-        assert_eq!(NAMED_FIELD_COUNT, 80);
+        assert_eq!(ALL_FIELDS.len(), 82);
+        assert_eq!(NAMED_FIELD_COUNT, 82);
         let count = |scope| ALL_FIELDS.iter().filter(|f| f.scope == scope).count();
         assert_eq!(count(FieldScope::Global), 39);
-        assert_eq!(count(FieldScope::Td), 32);
+        assert_eq!(count(FieldScope::Td), 34);
         assert_eq!(count(FieldScope::Vcpu), 9);
     }
 
