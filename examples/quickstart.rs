@@ -111,8 +111,10 @@ fn main() {
         .finalize()
         .map_err(|f| f.error)
         .unwrap_or_else(|e| die(&path, e));
-    let mrtd = sim.mrtd(td.tdr()).expect("finalized");
+    // MRTD as a VMM reads it (TDH.MNG.RD of the six MRTD elements).
+    let mrtd = td.mrtd().unwrap_or_else(|e| die(&path, e));
     assert_eq!(mrtd, expected, "the offline MRTD matches the module's");
+    assert_eq!(sim.mrtd(td.tdr()), Some(mrtd));
     println!(
         "TD: HKID {}, 2 vCPUs, {} initial pages, MRTD {}… (= offline calculator)",
         td.hkid(),
