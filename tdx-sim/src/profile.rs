@@ -151,7 +151,7 @@ impl Profile {
     /// `TDX_1.5.01` of `intel/tdx-module`).
     ///
     /// From the source: the version 1.5.01 (the tag; `proj_defs.mk` has
-    /// major 1, minor 5), TDX_FEATURES0 ([`FEATURES0_1_5_01`]), the five
+    /// major 1, minor 5), TDX_FEATURES0 (bits 0-5, 7, 9-11, 16-19), the five
     /// version-1 leaves of the dispatcher (TDH.VP.INIT only in version 0),
     /// MAX_TDMRS 64, MAX_RESERVED_PER_TDMR 16, PAMT entries of 16 bytes,
     /// TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB per TDH.SYS.TDMR.INIT,
