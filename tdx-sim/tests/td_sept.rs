@@ -31,11 +31,14 @@ fn tdr(td: &Td) -> u64 {
     td.tdr.hpa().as_u64()
 }
 
-/// The page an S-EPT entry points to.
+/// The S-EPT page a non-leaf entry points to: the one the test added
+/// there (SEPT.RD does not show it: a non-leaf entry's RCX is its RWX bits
+/// only).
 fn child(sim: &tdx_sim::Simulator, td: &Td, gpa: u64, level: u8) -> Pfn {
     let (st, frame) = sept_state(sim, td.tdr, gpa, level);
-    assert!(st != SeptState::FREE, "entry {gpa:#x}/{level} is FREE");
-    Pfn::new(frame.unwrap() / PAGE)
+    assert_eq!(st, SeptState::NL_MAPPED, "entry {gpa:#x}/{level}");
+    assert_eq!(frame, None, "no frame for a non-leaf entry");
+    td.sept_page(gpa, level)
 }
 
 // ---------------------------------------------------------------------------
@@ -55,7 +58,7 @@ fn sept_add_builds_the_tree_one_level_at_a_time() {
         assert_eq!(rdmd(&sim, p), (PamtPageType::EPT, owner, 0, 0));
         assert_eq!(
             sept_state(&sim, td.tdr, 0, level),
-            (SeptState::NL_MAPPED, Some(p.hpa().as_u64()))
+            (SeptState::NL_MAPPED, None)
         );
         assert_eq!(sim.page_state(p), Some(PageState::Module));
     }
@@ -215,7 +218,7 @@ fn sept_add_walk_failed_reports_where_the_walk_stopped() {
     ok("BLOCK", range_block(&sim, info(0, 2), td.tdr).status);
     let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, pa, 0, 0, 0]);
     assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
-    assert_details(sept_out(out), 2, SeptState::NL_BLOCKED, Some(pd));
+    assert_details(sept_out(out), 2, SeptState::NL_BLOCKED, None);
     assert_eq!(rdmd(&sim, p).0, PamtPageType::NDA, "R8 was not used");
     sim.check_invariants().unwrap();
 }
@@ -230,7 +233,7 @@ fn sept_add_on_an_existing_entry() {
     // Without allow_existing: STATE_INCORRECT with the entry's details.
     let c = sept_add(&sim, info(0, 1), flags(&td, false), p);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
-    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, None);
     // With it: success, R8 unused.
     let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
     ok("SEPT.ADD allow_existing", c.status);
@@ -247,7 +250,7 @@ fn sept_add_on_an_existing_entry() {
     ok("BLOCK", range_block(&sim, info(0, 1), td.tdr).status);
     let c = sept_add(&sim, info(0, 1), flags(&td, true), p);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
-    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, None);
     // A leaf (a 2 MiB page) at the target level.
     let big = td.aug(&sim, 2 * MIB, 1);
     let c = sept_add(&sim, info(2 * MIB, 1), flags(&td, true), p);
@@ -480,7 +483,7 @@ fn sept_remove_when_runnable_needs_block_and_track() {
     // Not blocked: the details of the NL_MAPPED entry.
     let c = sept_remove(&sim, info(2 * MIB, 1), td.tdr);
     assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
-    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, None);
     // The TLB rule comes before the emptiness check.
     let c = sept_remove(&sim, info(0, 1), td.tdr);
     assert_eq!(c.status, e(TdxStatus::GPA_RANGE_NOT_BLOCKED, RCX));
@@ -519,7 +522,7 @@ fn sept_rd_reports_each_state() {
     let pt = child(&sim, &td, 0, 1);
     assert_eq!(
         sept_state(&sim, td.tdr, 0, 1),
-        (SeptState::NL_MAPPED, Some(pt.hpa().as_u64()))
+        (SeptState::NL_MAPPED, None)
     );
     assert_eq!(
         sept_state(&sim, td.tdr, 0, 0),
@@ -751,7 +754,7 @@ fn page_aug_checks_in_order() {
     assert_details(sept_out(out), 0, SeptState::PENDING, Some(pending));
     let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, h, 0, 0, 0]);
     assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
-    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, Some(pt));
+    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, None);
     // The free-range check on R8.
     for (rcx, r8, want) in [
         (pinfo(0x2000, 0), p + 0x100, invalid(R8)),
@@ -878,11 +881,11 @@ fn block_moves_each_blockable_state_and_refuses_the_rest() {
     );
     let c = range_block(&sim, info(0, 1), td.tdr);
     assert_eq!(c.status, e(TdxStatus::GPA_RANGE_ALREADY_BLOCKED, RCX));
-    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, None);
     // Below a blocked non-leaf the walk fails.
     let c = range_block(&sim, info(0x1000, 0), td.tdr);
     assert_eq!(c.status, e(TdxStatus::EPT_WALK_FAILED, RCX));
-    assert_details(c.out, 1, SeptState::NL_BLOCKED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_BLOCKED, None);
     // A FREE entry cannot be blocked.
     let c = range_block(&sim, info(2 * MIB, 1), td.tdr);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
@@ -957,7 +960,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
     ok("UNBLOCK", range_unblock(&sim, info(0, 1), td.tdr).status);
     assert_eq!(
         sept_state(&sim, td.tdr, 0, 1),
-        (SeptState::NL_MAPPED, Some(pt.hpa().as_u64()))
+        (SeptState::NL_MAPPED, None)
     );
     // Walk and page-info errors.
     let lv = Leaf::MEM_RANGE_UNBLOCK.v0();
@@ -1109,7 +1112,7 @@ fn page_remove_checks() {
     assert_details(sept_out(out), 0, SeptState::FREE, None);
     let (s, out) = raw(&sim, lv, [pinfo(0, 1), t, 0, 0, 0, 0]);
     assert_eq!(s, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
-    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, Some(pt));
+    assert_details(sept_out(out), 1, SeptState::NL_MAPPED, None);
     let (s, out) = raw(&sim, lv, [pinfo(GIB, 0), t, 0, 0, 0, 0]);
     assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
     assert_details(sept_out(out), 2, SeptState::FREE, None);
@@ -1153,7 +1156,7 @@ fn demote_a_running_2m_page_then_remove_one_4k_page() {
     // Now a PT page with 512 pending 4K pages.
     assert_eq!(
         sept_state(&sim, td.tdr, 2 * MIB, 1),
-        (SeptState::NL_MAPPED, Some(sept.hpa().as_u64()))
+        (SeptState::NL_MAPPED, None)
     );
     assert_eq!(rdmd(&sim, sept), (PamtPageType::EPT, tdr(&td), 0, 0));
     let fifth = Pfn::new(big.as_u64() + 5);
@@ -1223,7 +1226,7 @@ fn demote_and_promote_checks() {
     assert_eq!(c.status, invalid(RCX));
     let c = page_demote(&sim, info(0, 1), td.tdr, sept);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
-    assert_details(c.out, 1, SeptState::NL_MAPPED, Some(pt));
+    assert_details(c.out, 1, SeptState::NL_MAPPED, None);
     // PROMOTE: a FREE entry, and a PT whose first entry is FREE.
     let c = page_promote(&sim, info(2 * MIB, 1), td.tdr);
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_STATE_INCORRECT, RCX));
