@@ -145,10 +145,7 @@ fn sept_add_v1(sim: &Simulator, tdr: Pfn, pt: Pfn) {
         c.status,
         TdxStatus::OPERAND_INVALID.with_operand(tdx_types::OperandId::R9)
     );
-    assert_eq!(
-        c.out.pages,
-        [pa, other.hpa().as_u64(), u64::MAX, u64::MAX]
-    );
+    assert_eq!(c.out.pages, [pa, other.hpa().as_u64(), u64::MAX, u64::MAX]);
     // The L1 page alone: taken, returned as -1.
     // SAFETY: as above.
     let c = unsafe {

@@ -137,7 +137,11 @@ fn sept_add_rdx_and_version_checks_come_first() {
     // Version 2: refused before any other check, after RCX/RDX were
     // cleared; R8..R11 untouched (tdh_mem_sept_add.c: the version check
     // skips the exit that writes them).
-    let (s, out) = raw(&sim, Leaf::MEM_SEPT_ADD.v(2), [pinfo(0, 3), t, p, 9, 10, 11]);
+    let (s, out) = raw(
+        &sim,
+        Leaf::MEM_SEPT_ADD.v(2),
+        [pinfo(0, 3), t, p, 9, 10, 11],
+    );
     assert_eq!(s, invalid(OperandId::RAX));
     assert_eq!(out6(&out), [0, 0, p, 9, 10, 11]);
     // RDX bit 0 (allow_existing) is not reserved.
@@ -412,7 +416,14 @@ fn sept_add_v1_errors_return_the_pages_with_bit_63_clear() {
     let (r8, r9) = (p | b, l2 | b);
     let big = td.aug(&sim, 4 * MIB, 1);
     for (what, rcx, rdx, r8, want, rcx_rdx) in [
-        ("RDX reserved bit", pinfo(0, 1), t | 2, r8, invalid(RDX), (0, 0)),
+        (
+            "RDX reserved bit",
+            pinfo(0, 1),
+            t | 2,
+            r8,
+            invalid(RDX),
+            (0, 0),
+        ),
         ("not a TDR", pinfo(0, 1), p, r8, metadata(RDX), (0, 0)),
         ("page info", pinfo(0, 0), t, r8, invalid(RCX), (0, 0)),
         (
@@ -593,7 +604,13 @@ fn sept_remove_checks() {
         ("PINFO level 0", pinfo(0, 0), t, invalid(RCX), [0, 0]),
         ("PINFO level 4", pinfo(0, 4), t, invalid(RCX), [0, 0]),
         ("PINFO alignment", pinfo(0x1000, 1), t, invalid(RCX), [0, 0]),
-        ("PINFO reserved", pinfo(0, 1) | 0x10, t, invalid(RCX), [0, 0]),
+        (
+            "PINFO reserved",
+            pinfo(0, 1) | 0x10,
+            t,
+            invalid(RCX),
+            [0, 0],
+        ),
         (
             "walk",
             pinfo(GIB, 1),
@@ -1225,10 +1242,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
     );
     ok("TRACK", track(&sim, td.tdr));
     ok("UNBLOCK", range_unblock(&sim, info(0, 1), td.tdr).status);
-    assert_eq!(
-        sept_state(&sim, td.tdr, 0, 1),
-        (SeptState::NL_MAPPED, None)
-    );
+    assert_eq!(sept_state(&sim, td.tdr, 0, 1), (SeptState::NL_MAPPED, None));
     // Walk and page-info errors.
     let lv = Leaf::MEM_RANGE_UNBLOCK.v0();
     let (s, out) = raw(&sim, lv, [pinfo(GIB, 0), tdr(&td), 0, 0, 0, 0]);
@@ -1581,9 +1595,8 @@ fn promote_over_an_empty_page_table() {
     let mut td = Td::build(&sim, Stage::Initialized);
     td.map_sept(&sim, 0, 1);
     let pt = td.sept_page(0, 1);
-    let call = |td: &Td, gpa: u64, level: u8| {
-        raw(&sim, lv, [pinfo(gpa, level), tdr(td), 8, 9, 10, 11])
-    };
+    let call =
+        |td: &Td, gpa: u64, level: u8| raw(&sim, lv, [pinfo(gpa, level), tdr(td), 8, 9, 10, 11]);
     let (s, out) = call(&td, 0, 1);
     assert_eq!(s, e(TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS, RCX));
     assert_eq!(out6(&out), [0x7, 0x8401, 8, 9, 10, 11]);
@@ -1633,7 +1646,10 @@ fn promote_over_an_empty_page_table() {
     assert_eq!(s, e(TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS, RCX));
     assert_eq!(out6(&out), [0, 0x8101, 8, 9, 10, 11]);
     // Nothing changed: the table is still there, blocked.
-    assert_eq!(sept_state(&sim, run.tdr, 0, 1), (SeptState::NL_BLOCKED, None));
+    assert_eq!(
+        sept_state(&sim, run.tdr, 0, 1),
+        (SeptState::NL_BLOCKED, None)
+    );
     assert_eq!(rdmd(&sim, pt).0, PamtPageType::EPT);
     sim.check_invariants().unwrap();
 }
@@ -1665,7 +1681,10 @@ fn promote_merge_check_failures_report_the_parent() {
     // Child 0 blocked (PENDING_BLOCKED).
     ok("BLOCK", range_block(&sim, info(2 * MIB, 0), td.tdr).status);
     refused("child 0 PENDING_BLOCKED");
-    ok("UNBLOCK", range_unblock(&sim, info(2 * MIB, 0), td.tdr).status);
+    ok(
+        "UNBLOCK",
+        range_unblock(&sim, info(2 * MIB, 0), td.tdr).status,
+    );
     // Child 7 in another state (accepted: MAPPED among PENDING ones).
     ok("accept", sim.guest_accept(td.tdr, 2 * MIB + 7 * PAGE, 0));
     refused("child 7 MAPPED, child 0 PENDING");

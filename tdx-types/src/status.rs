@@ -910,7 +910,10 @@ mod tests {
         let k = |s: TdxStatus| s.kind().unwrap();
         assert_eq!(k(TdxStatus::INTERRUPTED_RESUMABLE), Interrupted);
         assert_eq!(k(TdxStatus::INTERRUPTED_RESTARTABLE), Interrupted);
-        assert_eq!(TdxStatus::INTERRUPTED_RESTARTABLE.raw(), 0x8000_0004_0000_0000);
+        assert_eq!(
+            TdxStatus::INTERRUPTED_RESTARTABLE.raw(),
+            0x8000_0004_0000_0000
+        );
         assert_eq!(
             k(TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX)),
             Failed
