@@ -45,6 +45,20 @@ fn pa(p: Pfn) -> u64 {
 /// "No page" in a page operand (NULL_PA).
 const NONE: u64 = u64::MAX;
 
+/// One raw call whose outputs must be RCX = RDX = 0 (cleared when the
+/// leaf starts, no details written) and R8..R11 as given; returns the
+/// status.
+#[track_caller]
+fn zraw(sim: &tdx_sim::Simulator, lv: tdx_types::LeafVersion, regs: [u64; 6]) -> TdxStatus {
+    let (s, out) = raw(sim, lv, regs);
+    assert_eq!(
+        out6(&out),
+        [0, 0, regs[2], regs[3], regs[4], regs[5]],
+        "{lv:?} {s}: RCX/RDX cleared, R8..R11 as given"
+    );
+    s
+}
+
 /// RCX, RDX and R8..R11 after a call, to compare whole.
 fn out6(a: &SeamcallArgs) -> [u64; 6] {
     [a.rcx, a.rdx, a.r8, a.r9, a.r10, a.r11]
@@ -115,23 +129,23 @@ fn sept_add_rdx_and_version_checks_come_first() {
     // Reserved bits 11:1 and 63:52 of RDX, even with a bad page_info.
     for rdx in [t | 0x2, t | 0x800, t | 1 << 52, t | 1 << 63] {
         assert_eq!(
-            raw(&sim, lv, [pinfo(0, 3), rdx, p, 0, 0, 0]).0,
+            zraw(&sim, lv, [pinfo(0, 3), rdx, p, 0, 0, 0]),
             invalid(RDX),
             "{rdx:#x}"
         );
         assert_eq!(
-            raw(&sim, lv, [pinfo(0, 0) | 8, rdx, p, 0, 0, 0]).0,
+            zraw(&sim, lv, [pinfo(0, 0) | 8, rdx, p, 0, 0, 0]),
             invalid(RDX)
         );
     }
     // TDR_S(RDX bits 51:12).
-    assert_eq!(raw(&sim, lv, [pinfo(0, 3), p, p, 0, 0, 0]).0, metadata(RDX));
+    assert_eq!(zraw(&sim, lv, [pinfo(0, 3), p, p, 0, 0, 0]), metadata(RDX));
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 3), OUTSIDE_TDMR, p, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), OUTSIDE_TDMR, p, 0, 0, 0]),
         range_error(RDX)
     );
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 3), with_hkid(&sim, t, 1), p, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), with_hkid(&sim, t, 1), p, 0, 0, 0]),
         invalid(RDX)
     );
     // Version 2: refused before any other check, after RCX/RDX were
@@ -145,10 +159,7 @@ fn sept_add_rdx_and_version_checks_come_first() {
     assert_eq!(s, invalid(OperandId::RAX));
     assert_eq!(out6(&out), [0, 0, p, 9, 10, 11]);
     // RDX bit 0 (allow_existing) is not reserved.
-    ok(
-        "SEPT.ADD",
-        raw(&sim, lv, [pinfo(0, 3), t | 1, p, 0, 0, 0]).0,
-    );
+    ok("SEPT.ADD", zraw(&sim, lv, [pinfo(0, 3), t | 1, p, 0, 0, 0]));
     sim.check_invariants().unwrap();
 }
 
@@ -192,11 +203,7 @@ fn sept_add_page_info_and_gpa_checks() {
         (pinfo(1 << 47, 3), "shared GPA (bit 47, GPAW 0)"),
         (pinfo(1 << 48, 3), "GPA bit 48 with GPAW 0"),
     ] {
-        assert_eq!(
-            raw(&sim, lv, [rcx, t, p, 0, 0, 0]).0,
-            invalid(RCX),
-            "{what}"
-        );
+        assert_eq!(zraw(&sim, lv, [rcx, t, p, 0, 0, 0]), invalid(RCX), "{what}");
     }
     assert_eq!(rdmd(&sim, Pfn::new(p / PAGE)).0, PamtPageType::NDA);
     sim.check_invariants().unwrap();
@@ -212,7 +219,7 @@ fn sept_add_with_gpaw_the_shared_bit_is_51() {
     let lv = Leaf::MEM_SEPT_ADD.v0();
     let p = td.page(&sim).hpa().as_u64();
     assert_eq!(
-        raw(&sim, lv, [pinfo(1 << 51, 4), tdr(&td), p, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(1 << 51, 4), tdr(&td), p, 0, 0, 0]),
         invalid(RCX)
     );
     // Bit 47 is an ordinary private GPA bit with GPAW 1; bit 48 too.
@@ -299,11 +306,11 @@ fn sept_add_new_page_checks() {
     let p = td.page(&sim).hpa().as_u64();
     // v0 with R8 = -1 for a FREE entry.
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 3), t, u64::MAX, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), t, u64::MAX, 0, 0, 0]),
         invalid(R8)
     );
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 3), t | 1, u64::MAX, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), t | 1, u64::MAX, 0, 0, 0]),
         invalid(R8)
     );
     // EXPL(R8, PT_NDA).
@@ -319,7 +326,7 @@ fn sept_add_new_page_checks() {
         (pamt_page().hpa().as_u64(), metadata(R8)),
     ] {
         assert_eq!(
-            raw(&sim, lv, [pinfo(0, 3), t, r8, 0, 0, 0]).0,
+            zraw(&sim, lv, [pinfo(0, 3), t, r8, 0, 0, 0]),
             want,
             "R8 {r8:#x}"
         );
@@ -327,7 +334,7 @@ fn sept_add_new_page_checks() {
     // Bit 63 of R8 is cleared on input (a flagged output passed back).
     ok(
         "SEPT.ADD with R8 bit 63",
-        raw(&sim, lv, [pinfo(0, 3), t, p | 1 << 63, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), t, p | 1 << 63, 0, 0, 0]),
     );
     assert_eq!(rdmd(&sim, Pfn::new(p / PAGE)).0, PamtPageType::EPT);
     sim.check_invariants().unwrap();
@@ -864,25 +871,23 @@ fn page_add_checks_in_order() {
     let target = td.page(&sim).hpa().as_u64();
     let source = td.page(&sim).hpa().as_u64();
     let call = |rcx: u64, rdx: u64, r8: u64, r9: u64| raw(&sim, lv, [rcx, rdx, r8, r9, 0, 0]);
+    let zcall = |rcx: u64, rdx: u64, r8: u64, r9: u64| zraw(&sim, lv, [rcx, rdx, r8, r9, 0, 0]);
     // 1. TDR_X(RDX).
     assert_eq!(
-        call(pinfo(0x1000, 0), target, target, source).0,
+        zcall(pinfo(0x1000, 0), target, target, source),
         metadata(RDX)
     );
-    assert_eq!(
-        call(pinfo(0x1000, 0), t + 8, target, source).0,
-        invalid(RDX)
-    );
+    assert_eq!(zcall(pinfo(0x1000, 0), t + 8, target, source), invalid(RDX));
     // 3. PINFO(0, 0).
     for rcx in [
         pinfo(0, 1),
         pinfo(0x1000, 0) | 0x8,
         pinfo(0x1000, 0) | 1 << 60,
     ] {
-        assert_eq!(call(rcx, t, target, source).0, invalid(RCX), "{rcx:#x}");
+        assert_eq!(zcall(rcx, t, target, source), invalid(RCX), "{rcx:#x}");
     }
     // 4. private GPA.
-    assert_eq!(call(pinfo(1 << 47, 0), t, target, source).0, invalid(RCX));
+    assert_eq!(zcall(pinfo(1 << 47, 0), t, target, source), invalid(RCX));
     // 5. walk: no PT at 1 GiB (stops at the FREE level-2 entry), and a
     // 4K GPA under a 2 MiB leaf (stops at the leaf); with a bad source too.
     let (s, out) = call(pinfo(GIB, 0), t, target, 1);
@@ -902,11 +907,7 @@ fn page_add_checks_in_order() {
         with_hkid(&sim, source, global_hkid(&sim)),
         1 << 52,
     ] {
-        assert_eq!(
-            call(pinfo(0x1000, 0), t, t, r9).0,
-            invalid(R9),
-            "R9 {r9:#x}"
-        );
+        assert_eq!(zcall(pinfo(0x1000, 0), t, t, r9), invalid(R9), "R9 {r9:#x}");
     }
     // 8. EXPL(R8, PT_NDA).
     for (r8, want) in [
@@ -919,7 +920,7 @@ fn page_add_checks_in_order() {
         (big.hpa().as_u64() + 7 * PAGE, metadata(R8)),
         (pamt_page().hpa().as_u64(), metadata(R8)),
     ] {
-        assert_eq!(call(pinfo(0x1000, 0), t, r8, source).0, want, "R8 {r8:#x}");
+        assert_eq!(zcall(pinfo(0x1000, 0), t, r8, source), want, "R8 {r8:#x}");
     }
     // A source through an MKTME KeyID is shared memory: accepted.
     let (s, out) = call(pinfo(0x1000, 0), t, target, with_hkid(&sim, source, 7));
@@ -936,15 +937,13 @@ fn page_add_only_while_initialized() {
     let mut td = Td::build_with(&sim, hkid + 1, Stage::VcpuReady);
     td.map_sept(&sim, 0, 1);
     let (t, s) = (td.page(&sim), td.page(&sim));
-    assert_eq!(
-        page_add(&sim, info(0, 0), uninit.tdr, t, s).status,
-        TdxStatus::OP_STATE_INCORRECT
-    );
+    let c = page_add(&sim, info(0, 0), uninit.tdr, t, s);
+    assert_eq!(c.status, TdxStatus::OP_STATE_INCORRECT);
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0));
     ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
-    assert_eq!(
-        page_add(&sim, info(0, 0), td.tdr, t, s).status,
-        TdxStatus::OP_STATE_INCORRECT
-    );
+    let c = page_add(&sim, info(0, 0), td.tdr, t, s);
+    assert_eq!(c.status, TdxStatus::OP_STATE_INCORRECT);
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0));
     assert_eq!(rdmd(&sim, t).0, PamtPageType::NDA);
     sim.check_invariants().unwrap();
 }
@@ -988,10 +987,9 @@ fn page_aug_before_finalize_is_allowed_in_1_5() {
     td.aug(&sim, 4 * MIB, 1);
     let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
     let p = page(&sim);
-    assert_eq!(
-        page_aug(&sim, info(0, 0), uninit.tdr, p).status,
-        TdxStatus::OP_STATE_INCORRECT
-    );
+    let c = page_aug(&sim, info(0, 0), uninit.tdr, p);
+    assert_eq!(c.status, TdxStatus::OP_STATE_INCORRECT);
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0));
     sim.check_invariants().unwrap();
 }
 
@@ -1010,19 +1008,19 @@ fn page_aug_checks_in_order() {
     let h = huge_run.hpa().as_u64();
     // TDR_S(RDX).
     assert_eq!(
-        raw(&sim, lv, [pinfo(0x2000, 0), p, p, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0x2000, 0), p, p, 0, 0, 0]),
         metadata(RDX)
     );
     // PINFO(0, 1).
     for rcx in [pinfo(0x1000, 1), pinfo(0x2000, 0) | 0x100, pinfo(0, 5)] {
         assert_eq!(
-            raw(&sim, lv, [rcx, t, p, 0, 0, 0]).0,
+            zraw(&sim, lv, [rcx, t, p, 0, 0, 0]),
             invalid(RCX),
             "{rcx:#x}"
         );
     }
     assert_eq!(
-        raw(&sim, lv, [pinfo(1 << 47, 0), t, p, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(1 << 47, 0), t, p, 0, 0, 0]),
         invalid(RCX)
     );
     // SWALK: no PT; under a 2M leaf.
@@ -1063,14 +1061,14 @@ fn page_aug_checks_in_order() {
         ),
     ] {
         assert_eq!(
-            raw(&sim, lv, [rcx, t, r8, 0, 0, 0]).0,
+            zraw(&sim, lv, [rcx, t, r8, 0, 0, 0]),
             want,
             "{rcx:#x} R8 {r8:#x}"
         );
     }
     ok(
         "PAGE.AUG 2M",
-        raw(&sim, lv, [pinfo(4 * MIB, 1), t, h, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(4 * MIB, 1), t, h, 0, 0, 0]),
     );
     sim.check_invariants().unwrap();
 }
@@ -1184,9 +1182,9 @@ fn block_checks() {
     let uninit = Td::build_with(&sim, td.hkid + 1, Stage::TdcsAdded);
     let lv = Leaf::MEM_RANGE_BLOCK.v0();
     let p = page(&sim).hpa().as_u64();
-    assert_eq!(raw(&sim, lv, [pinfo(0, 3), p, 0, 0, 0, 0]).0, metadata(RDX));
+    assert_eq!(zraw(&sim, lv, [pinfo(0, 3), p, 0, 0, 0, 0]), metadata(RDX));
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 3), tdr(&uninit), 0, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 3), tdr(&uninit), 0, 0, 0, 0]),
         TdxStatus::OP_STATE_INCORRECT
     );
     for rcx in [
@@ -1196,7 +1194,7 @@ fn block_checks() {
         pinfo(1 << 47, 0),
     ] {
         assert_eq!(
-            raw(&sim, lv, [rcx, tdr(&td), 0, 0, 0, 0]).0,
+            zraw(&sim, lv, [rcx, tdr(&td), 0, 0, 0, 0]),
             invalid(RCX),
             "{rcx:#x}"
         );
@@ -1226,6 +1224,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
         c.status,
         e(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE)
     );
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0), "no details");
     ok("TRACK", track(&sim, td.tdr));
     ok(
         "UNBLOCK",
@@ -1240,6 +1239,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
         c.status,
         e(TdxStatus::TLB_TRACKING_NOT_DONE, OperandId::SEPT_TREE)
     );
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0), "no details");
     ok("TRACK", track(&sim, td.tdr));
     ok("UNBLOCK", range_unblock(&sim, info(0, 1), td.tdr).status);
     assert_eq!(sept_state(&sim, td.tdr, 0, 1), (SeptState::NL_MAPPED, None));
@@ -1249,7 +1249,7 @@ fn unblock_in_runnable_needs_tracking_and_reports_sept_tree() {
     assert_eq!(s, e(TdxStatus::EPT_WALK_FAILED, RCX));
     assert_details(sept_out(out), 2, SeptState::FREE, None);
     assert_eq!(
-        raw(&sim, lv, [pinfo(0, 4), tdr(&td), 0, 0, 0, 0]).0,
+        zraw(&sim, lv, [pinfo(0, 4), tdr(&td), 0, 0, 0, 0]),
         invalid(RCX)
     );
     sim.check_invariants().unwrap();
@@ -1273,10 +1273,9 @@ fn track_advances_the_epoch_blocks_are_stamped_with() {
         "REMOVE a",
         page_remove(&sim, info(0x1000, 0), td.tdr).status,
     );
-    assert_eq!(
-        page_remove(&sim, info(0x2000, 0), td.tdr).status,
-        e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX)
-    );
+    let c = page_remove(&sim, info(0x2000, 0), td.tdr);
+    assert_eq!(c.status, e(TdxStatus::TLB_TRACKING_NOT_DONE, RCX));
+    assert_eq!((c.out.rcx, c.out.rdx), (0, 0), "no details");
     ok("TRACK", track(&sim, td.tdr));
     ok(
         "REMOVE b",
@@ -1374,7 +1373,7 @@ fn page_remove_checks() {
     let lv = Leaf::MEM_PAGE_REMOVE.v0();
     let t = tdr(&td);
     let p = page(&sim).hpa().as_u64();
-    assert_eq!(raw(&sim, lv, [pinfo(0, 0), p, 0, 0, 0, 0]).0, metadata(RDX));
+    assert_eq!(zraw(&sim, lv, [pinfo(0, 0), p, 0, 0, 0, 0]), metadata(RDX));
     for rcx in [
         pinfo(0, 3),
         pinfo(0x1000, 1),
@@ -1382,7 +1381,7 @@ fn page_remove_checks() {
         pinfo(1 << 47, 0),
     ] {
         assert_eq!(
-            raw(&sim, lv, [rcx, t, 0, 0, 0, 0]).0,
+            zraw(&sim, lv, [rcx, t, 0, 0, 0, 0]),
             invalid(RCX),
             "{rcx:#x}"
         );
