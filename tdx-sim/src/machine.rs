@@ -108,7 +108,7 @@ pub struct MachineDesc {
     pub mktme_keyids: u32,
     /// TDX private KeyIDs (MSR 0x87 bits 63:32).
     pub tdx_keyids: u32,
-    /// Physical address width (CPUID(0x80000008).EAX[7:0], the module's
+    /// Physical address width (CPUID(0x80000008).EAX bits 7:0, the module's
     /// `max_pa`); the KeyID bits are its top bits
     /// ([`hkid_start_bit`](Self::hkid_start_bit)). 52 by default; a real
     /// Sapphire Rapids has 46. Below 49, TD_PARAMS may not ask for 5-level

@@ -1100,3 +1100,196 @@ fn xfam_values_the_cpuid_area_does_not_change() {
         }),
     );
 }
+
+// ---------------------------------------------------------------------------
+// The host's check (tdx_api::td::check_params) against the module
+// ---------------------------------------------------------------------------
+
+/// The `SysInfo` fields `check_params` reads, from the module's metadata.
+fn sysinfo_of(sim: &Simulator) -> tdx_api::SysInfo {
+    let rd = |f: tdx_types::metadata::MdFieldId| {
+        let (s, out) = raw(sim, Leaf::SYS_RD.v0(), [0, f.into_raw(), 0, 0, 0, 0]);
+        ok("SYS.RD", s);
+        out.r8
+    };
+    let n = rd(field::NUM_CPUID_CONFIG) as u32;
+    tdx_api::SysInfo {
+        features0: Default::default(),
+        max_tdmrs: 64,
+        max_reserved_per_tdmr: 16,
+        pamt_entry_size: [16; 3],
+        tdr_base_size: 4096,
+        tdcs_base_size: 6 * 4096,
+        tdvps_base_size: 6 * 4096,
+        attributes_fixed: (rd(field::ATTRIBUTES_FIXED0), rd(field::ATTRIBUTES_FIXED1)),
+        xfam_fixed: (rd(field::XFAM_FIXED0), rd(field::XFAM_FIXED1)),
+        max_vcpus_per_td: u16::MAX,
+        cpuid_config: (0..n)
+            .map(|i| (rd(field::cpuid_config_leaf(i).unwrap()), [0, 0]))
+            .collect(),
+        cmrs: None,
+        memory_pool_required_pages: 0,
+        ext_required: false,
+    }
+}
+
+/// The status (and RCX) TDH.MNG.INIT answers for what the host refused.
+fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
+    use tdx_api::td::ParamsError as P;
+    let i = |o| (invalid(o), 0);
+    match *e {
+        P::Attributes(_) | P::MigratableAttributes(_) => i(OperandId::ATTRIBUTES),
+        P::Xfam(_) | P::XfamCombination { .. } => i(OperandId::XFAM),
+        P::MaxVcpus { .. } => i(OperandId::MAX_VCPUS),
+        P::ConfigFlags(_) => i(OperandId::EXEC_CONTROLS),
+        P::Eptp(_) => i(OperandId::EPTP_CONTROLS),
+        P::TscFrequency(_) => i(OperandId::TSC_FREQUENCY),
+        P::Reserved { .. } | P::CpuidEntryUnused { .. } => i(RDX),
+        P::CpuidBits { leaf, subleaf, .. } => {
+            (cpuid_invalid(), u64::from(leaf) | u64::from(subleaf) << 32)
+        }
+        P::ArchCapabilitiesNotEnabled(_) | P::ArchCapabilities { .. } => {
+            i(OperandId::IA32_ARCH_CAPABILITIES_CONFIG)
+        }
+        P::L2Vms(_) => unreachable!("the cases have no L2 VMs"),
+    }
+}
+
+/// Random TD_PARAMS around the valid ones: the host refuses a case only
+/// when the module does, with the status and RCX its error documents; a
+/// case the host passes, the module accepts unless it breaks a rule that
+/// depends on the CPU (leaf 1's F/M/S, TSX), which the host leaves to it.
+#[test]
+fn the_host_check_agrees_with_the_module() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused_by_host, mut accepted, mut left_to_module) = (0, 0, 0);
+    let mut sim = host();
+    let mut info = sysinfo_of(&sim);
+    let mut tds = Tds::new(&sim);
+    for case in 0..600 {
+        let mut p = Params::new();
+        for _ in 0..=(next() % 3) {
+            let r = next();
+            match r % 10 {
+                0 => {
+                    let bits = [1u64, 1 << 28, 1 << 29, 1 << 30, 1 << 31, 1 << 63, 1 << 5];
+                    let a = bits[(r >> 8) as usize % bits.len()]
+                        | bits[(r >> 16) as usize % bits.len()];
+                    p.u64(0, a);
+                }
+                1 => {
+                    let x = [
+                        3u64, 7, 0xE7, 0xE3, 0x67, 0x1803, 0x803, 0x6_0003, 0x2_0003, 0x4003,
+                        0x303, 1,
+                    ];
+                    p.u64(8, x[(r >> 8) as usize % x.len()]);
+                }
+                2 | 3 => {
+                    // A CPUID entry: mostly allowed bits, sometimes any.
+                    let i = (r >> 8) as usize % 12;
+                    let reg = (r >> 16) as usize % 4;
+                    let allowed = CPUID_CONFIG_1_5_01[i].allowed().registers()[reg];
+                    let v = (r >> 32) as u32;
+                    let v = if r % 10 == 2 { v & allowed } else { v };
+                    if (i, reg) != (0, 0) || r & 1 << 40 == 0 {
+                        p.u32(cpuid_at(i, reg), v);
+                    }
+                }
+                4 => {
+                    p.u8(19, (r >> 8) as u8 & 3)
+                        .u64(224, (r >> 16) & 0x0118_0011);
+                }
+                5 => {
+                    let e = [0x1e, 0x26, 0x5e, 0x16];
+                    p.u64(24, e[(r >> 8) as usize % e.len()])
+                        .u64(32, (r >> 16) & 0xF);
+                }
+                6 => {
+                    p.u16(40, (r >> 8) as u16 % 450)
+                        .u16(16, (r >> 24) as u16 % 3);
+                }
+                7 => {
+                    // Any byte anywhere.
+                    p.u8((r >> 8) as usize % 1024, (r >> 20) as u8 | 1);
+                }
+                8 => {
+                    // Leaf 7/0 TSX bits.
+                    p.u32(
+                        cpuid_at(5, 1),
+                        [0, 1 << 4, 1 << 11, 1 << 4 | 1 << 11][(r >> 8) as usize % 4],
+                    );
+                }
+                _ => {
+                    // Leaf 1 F/M/S.
+                    let f = [0, SPR, SPR - 1, EMR, 0x806F0];
+                    p.u32(cpuid_at(0, 0), f[(r >> 8) as usize % f.len()]);
+                }
+            }
+        }
+        let params =
+            <tdx_types::abi::TdParams as zerocopy::FromBytes>::read_from_bytes(&p.0).unwrap();
+        let host_says = tdx_api::td::check_params(&info, &params);
+        let what = format!("case {case}: {host_says:?}");
+        // The CPU-dependent rule the case breaks, if any, with its place in
+        // the module's CPUID walk (after entry 0's bits: leaf 1's F/M/S;
+        // after entry 5's: TSX) and what the module answers.
+        let fms = u32::from_le_bytes(p.0[256..260].try_into().unwrap());
+        let ebx = u32::from_le_bytes(p.0[cpuid_at(5, 1)..cpuid_at(5, 1) + 4].try_into().unwrap());
+        let migratable = p.0[3] & 0x20 != 0;
+        let fms_ok = fms == 0 || fms == SPR || (migratable && fms < SPR && fms & !0xF == 0x806F0);
+        let cpu_rule = if !fms_ok {
+            Some((0, cpuid_invalid(), LEAF1))
+        } else if (ebx >> 4 & 1) != (ebx >> 11 & 1) {
+            Some((5, cpuid_invalid(), 0))
+        } else {
+            None
+        };
+        match host_says {
+            Err(e) => {
+                use tdx_api::td::ParamsError as P;
+                // Where the host's error sits in the module's order: before
+                // the CPUID walk, at an entry's bits, or after the walk.
+                let at = match e {
+                    P::CpuidBits { index, .. } => index as i64,
+                    P::CpuidEntryUnused { .. }
+                    | P::ArchCapabilities { .. }
+                    | P::ArchCapabilitiesNotEnabled(_) => 12,
+                    _ => -1,
+                };
+                let (status, rcx) = match cpu_rule {
+                    Some((pos, s, rcx)) if pos < at => {
+                        left_to_module += 1;
+                        (s, rcx)
+                    }
+                    _ => module_view(&e),
+                };
+                tds.refused(&what, &p, status, rcx);
+                refused_by_host += 1;
+            }
+            Ok(_) => {
+                if let Some((_, status, rcx)) = cpu_rule {
+                    tds.refused(&what, &p, status, rcx);
+                    left_to_module += 1;
+                } else {
+                    tds.accepted(&what, &p);
+                    accepted += 1;
+                    if accepted % 25 == 0 {
+                        // Out of HKIDs soon: a new host.
+                        sim = host();
+                        info = sysinfo_of(&sim);
+                        tds = Tds::new(&sim);
+                    }
+                }
+            }
+        }
+    }
+    assert!(refused_by_host > 200, "{refused_by_host}");
+    assert!(accepted > 50, "{accepted}");
+    assert!(left_to_module > 10, "{left_to_module}");
+}
