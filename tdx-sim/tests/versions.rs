@@ -31,7 +31,11 @@ fn sept_remove_and_promote_v2_clear_rcx_rdx_and_name_no_l2_pages() {
     for leaf in [Leaf::MEM_SEPT_REMOVE, Leaf::MEM_PAGE_PROMOTE] {
         let (s, a) = raw(&sim, leaf.v(2), IN);
         assert_eq!(s, TdxStatus::OPERAND_INVALID, "{leaf:?}");
-        assert_eq!(regs(&a), [0, 0, 0x33, u64::MAX, u64::MAX, u64::MAX], "{leaf:?}");
+        assert_eq!(
+            regs(&a),
+            [0, 0, 0x33, u64::MAX, u64::MAX, u64::MAX],
+            "{leaf:?}"
+        );
     }
 }
 
