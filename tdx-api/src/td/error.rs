@@ -177,7 +177,8 @@ pub enum TdError {
         on: Operand,
     },
     /// The module answered BUSY (a lock another logical processor or a
-    /// vCPU in the guest holds) on every call the
+    /// vCPU in the guest holds), or `TDX_INTERRUPTED_RESTARTABLE` (DEMOTE
+    /// or PROMOTE found a host interrupt pending), on every call the
     /// [`RetryPolicy`](crate::retry::RetryPolicy) allowed. Nothing changed;
     /// the same call may succeed later.
     #[error("{error} (on {on}): busy after the retries the policy allows")]
