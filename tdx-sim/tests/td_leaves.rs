@@ -469,7 +469,7 @@ fn mng_init_td_params_fields_are_checked_in_order() {
         .u8(50, 1) // reserved_1
         .u8(19, 2) // MSR_CONFIG_CTLS reserved bit
         .u8(240, 1) // reserved_2
-        .u32(256, 1); // CPUID_CONFIG[0].EAX: not configurable
+        .u32(256, 1 << 28); // CPUID_CONFIG[0] (leaf 1).EAX bit 28: not configurable
     let steps: [(TdxStatus, Edit); 13] = [
         (invalid(OperandId::ATTRIBUTES), |p| {
             p.u64(0, 0);
@@ -610,12 +610,14 @@ fn mng_init_td_params_value_rules() {
             },
             invalid(RDX),
         ),
+        // Entry 47 is past module 1.5.01's 12 CPUID entries: reserved_3
+        // (tdh_mng_init.c).
         (
             "CPUID_CONFIG[47]",
             |p| {
                 p.u32(256 + 47 * 16 + 12, 1);
             },
-            invalid(OperandId::CPUID_CONFIG),
+            invalid(RDX),
         ),
     ];
     for (what, f, want) in refused {
