@@ -1033,6 +1033,61 @@ fn a_failed_demote_or_promote_unblocks_the_range() {
     assert_back_to(&sim, &baseline, "demote/promote failures");
 }
 
+/// TDH.MEM.PAGE.DEMOTE and PROMOTE return `TDX_INTERRUPTED_RESTARTABLE`
+/// when a host interrupt is pending before they commit, having changed
+/// nothing and restored RCX/RDX (`tdh_mem_page_demote.c`,
+/// `tdh_mem_page_promote.c` in module 1.5): the library issues the same
+/// call again, without unblocking the range in between, and succeeds.
+#[test]
+fn an_interrupted_demote_or_promote_is_issued_again() {
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(m);
+    let td = running(&h);
+    let run = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
+    let gpa = Gpa::new(2 * MIB);
+    td.map(gpa, f).unwrap();
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
+    let (demotes, promotes, unblocks) = (
+        calls(&sim, Leaf::MEM_PAGE_DEMOTE),
+        calls(&sim, Leaf::MEM_PAGE_PROMOTE),
+        calls(&sim, Leaf::MEM_RANGE_UNBLOCK),
+    );
+    sim.inject(Fault::status(
+        Leaf::MEM_PAGE_DEMOTE,
+        1,
+        TdxStatus::INTERRUPTED_RESTARTABLE,
+    ));
+    td.demote::<Size2M>(gpa, &|| {}).unwrap();
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_DEMOTE), demotes + 2);
+    assert_eq!(td.private_pages(), 512);
+    // Twice in a row (calls are counted from the first fault planned).
+    for nth in [1, 2] {
+        sim.inject(Fault::status(
+            Leaf::MEM_PAGE_PROMOTE,
+            nth,
+            TdxStatus::INTERRUPTED_RESTARTABLE,
+        ));
+    }
+    td.promote::<Size2M>(gpa, &|| {}).unwrap();
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_PROMOTE), promotes + 3);
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_UNBLOCK), unblocks);
+    assert_eq!(td.private_pages(), 1);
+    assert_eq!(sim.fired_faults().len(), 3);
+    let back = td.unmap::<Size2M>(gpa, &|| {}).unwrap();
+    assert_eq!(back.run(), run);
+    give_frames_back(&sim, &[run]);
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    assert_back_to(&sim, &baseline, "interrupted demote/promote");
+}
+
 /// Module 1.5 lets TDH.MEM.PAGE.AUG run before finalization: `map` exists
 /// on an initialized TD, the page is not measured, and it unmaps normally
 /// once the TD runs. A profile without that permission answers with a

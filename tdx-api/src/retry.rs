@@ -9,6 +9,11 @@
 //! KVM answers such a BUSY on the fault path by returning to the guest,
 //! which faults again; on the zap path it stops vCPUs and retries.
 //!
+//! A leaf that finds a host interrupt pending before it commits
+//! (TDH.MEM.PAGE.DEMOTE and PROMOTE in module 1.5) returns
+//! `TDX_INTERRUPTED_RESTARTABLE`, having changed nothing either; the
+//! library treats it as BUSY: the same call again, under the same policy.
+//!
 //! A [`RetryPolicy`] says how often the library calls a leaf again before
 //! the BUSY reaches the caller as [`TdError::Busy`],
 //! and what happens between calls: nothing ([`Backoff::Spin`], a CPU
@@ -61,7 +66,8 @@ impl Backoff {
 /// and how the library waits in between. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryPolicy {
-    /// On `TDX_OPERAND_BUSY` and the other busy statuses.
+    /// On `TDX_OPERAND_BUSY` and the other busy statuses, and on
+    /// `TDX_INTERRUPTED_RESTARTABLE`.
     pub busy: Backoff,
     /// Retries on `TDX_RND_NO_ENTROPY` / `TDX_KEY_GENERATION_FAILED`
     /// (immediately: the RNG refills in microseconds).
@@ -129,7 +135,16 @@ impl Attempts {
         on: Operand,
         s: TdxStatus,
     ) -> Next {
-        match s.kind() {
+        // TDX_INTERRUPTED_RESTARTABLE (DEMOTE, PROMOTE: a host interrupt
+        // was pending) changed nothing, like BUSY: the same call again,
+        // under the same budget and back-off.
+        let kind = match s.kind() {
+            Some(ErrorKind::Interrupted) if s.is(TdxStatus::INTERRUPTED_RESTARTABLE) => {
+                Some(ErrorKind::Busy)
+            }
+            k => k,
+        };
+        match kind {
             None => Next::Done(s),
             Some(ErrorKind::NoEntropy) if self.entropy < policy.entropy => {
                 self.entropy += 1;

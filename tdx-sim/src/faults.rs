@@ -140,6 +140,16 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         BUSY.with_operand(OperandId::SEPT_TREE),
         BUSY.with_operand(OperandId::RCX),
     ];
+    // DEMOTE and PROMOTE also stop, without a change, when a host
+    // interrupt is pending (`tdh_mem_page_demote.c`,
+    // `tdh_mem_page_promote.c`: TDX_INTERRUPTED_RESTARTABLE).
+    const DEMOTE_PROMOTE: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::OP_STATE),
+        BUSY.with_operand(OperandId::SEPT_TREE),
+        BUSY.with_operand(OperandId::RCX),
+        TdxStatus::INTERRUPTED_RESTARTABLE,
+    ];
     // PAGE.ADD: TDR_X(RDX) and EXPL(R8); no tree or op-state lock.
     const PAGE_ADD: &[TdxStatus] = &[
         BUSY.with_operand(OperandId::RDX),
@@ -190,9 +200,8 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         Leaf::MEM_SEPT_REMOVE
         | Leaf::MEM_RANGE_BLOCK
         | Leaf::MEM_RANGE_UNBLOCK
-        | Leaf::MEM_PAGE_REMOVE
-        | Leaf::MEM_PAGE_DEMOTE
-        | Leaf::MEM_PAGE_PROMOTE => (BUSY_SEPT, false),
+        | Leaf::MEM_PAGE_REMOVE => (BUSY_SEPT, false),
+        Leaf::MEM_PAGE_DEMOTE | Leaf::MEM_PAGE_PROMOTE => (DEMOTE_PROMOTE, false),
         Leaf::MEM_TRACK => (TRACK, false),
         Leaf::MNG_VPFLUSHDONE | Leaf::MNG_KEY_FREEID => (BUSY_KOT, false),
         _ => (&[], false),

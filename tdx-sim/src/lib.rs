@@ -64,7 +64,7 @@ pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
 pub use kot::KotState;
 pub use leaves::mng::ARCH_CAPS_CONFIG_MASK;
 pub use locks::{LockMode, LockSide};
-pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError};
+pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError, NativeCpu};
 pub use memory::{Accounting, PageState};
 pub use pamt::PamtEntry;
 pub use profile::{CpuidConfig, MetadataTables, Profile};

@@ -19,6 +19,76 @@ pub const MAX_LPS: u32 = 1 << 16;
 /// Most CMRs a module reports (`MAX_CMRS`).
 pub const MAX_CMRS: usize = 32;
 
+/// What the TDX module samples from the CPU at TDH.SYS.INIT and later
+/// checks TD_PARAMS against (TDH.MNG.INIT): the platform facts that decide
+/// which TD configurations a machine accepts.
+///
+/// The defaults describe a Sapphire Rapids (family 6, model 0x8F,
+/// stepping 8) with TSX and 5-level EPT, whose supported XFAM is exactly
+/// what the simulator accepted before these facts were settings: x87, SSE,
+/// AVX, AVX-512, PKRU and AMX in XCR0; PT and CET in IA32_XSS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeCpu {
+    /// CPUID(0xD, 0).EAX: the XCR0 features the CPU supports. The module
+    /// keeps bits 0x602FF of it (`XCR0_USER_BIT_MASK`,
+    /// `src/vmm_dispatcher/api_calls/tdh_sys_init.c`).
+    pub xcr0_supported: u64,
+    /// CPUID(0xD, 1).ECX: the IA32_XSS features the CPU supports. The
+    /// module keeps bits 0x1FD00 of it (`XCR0_SUPERVISOR_BIT_MASK`).
+    pub xss_supported: u64,
+    /// IA32_VMX_EPT_VPID_CAP bit 7: 5-level EPT. Without it TD_PARAMS may
+    /// not ask for a 5-level walk (`verify_and_set_td_eptp_controls`,
+    /// `src/common/helpers/helpers.c`).
+    pub ept_pml5: bool,
+    /// CPUID(1).EAX, family/model/stepping, with the lowest stepping of all
+    /// packages (the module's `platform_fms`). Must be a CPU model module
+    /// 1.5.01 knows (`src/common/helpers/cpuid_fms.h`), with bits 31:28 and
+    /// 15:14 clear.
+    pub fms: u32,
+    /// CPUID(7, 0).EBX bit 4, HLE.
+    pub hle: bool,
+    /// CPUID(7, 0).EBX bit 11, RTM.
+    pub rtm: bool,
+    /// IA32_ARCH_CAPABILITIES (MSR 0x10A) as sampled at TDH.SYS.INIT. Bit 7
+    /// (TSX_CTRL) decides whether a TD may have TSX.
+    pub arch_capabilities: u64,
+}
+
+impl NativeCpu {
+    /// The bits of CPUID(0xD, 0).EAX the module uses (`XCR0_USER_BIT_MASK`).
+    pub const XCR0_USER_MASK: u64 = 0x0006_02FF;
+    /// The bits of CPUID(0xD, 1).ECX the module uses
+    /// (`XCR0_SUPERVISOR_BIT_MASK`).
+    pub const XSS_SUPERVISOR_MASK: u64 = 0x0001_FD00;
+    /// IA32_ARCH_CAPABILITIES bit 7, TSX_CTRL.
+    pub const ARCH_CAP_TSX_CTRL: u64 = 1 << 7;
+
+    /// The XFAM bits the CPU supports, as the module computes them:
+    /// `(XCR0 & 0x602FF) | (XSS & 0x1FD00)`.
+    pub fn xfam_supported(&self) -> u64 {
+        (self.xcr0_supported & Self::XCR0_USER_MASK)
+            | (self.xss_supported & Self::XSS_SUPERVISOR_MASK)
+    }
+}
+
+impl Default for NativeCpu {
+    fn default() -> Self {
+        Self {
+            // x87, SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM, PKRU, TILECFG, TILEDATA.
+            xcr0_supported: 0x0006_02E7,
+            // PT, CET_U, CET_S.
+            xss_supported: 0x0000_1900,
+            ept_pml5: true,
+            fms: 0x0008_06F8,
+            hle: true,
+            rtm: true,
+            // RDCL_NO, IBRS_ALL, SKIP_L1DFL_VMENTRY, MDS_NO, PSCHANGE_MC_NO,
+            // TSX_CTRL, TAA_NO.
+            arch_capabilities: 0x1EB,
+        }
+    }
+}
+
 /// A simulated host, before it is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineDesc {
@@ -38,9 +108,14 @@ pub struct MachineDesc {
     pub mktme_keyids: u32,
     /// TDX private KeyIDs (MSR 0x87 bits 63:32).
     pub tdx_keyids: u32,
-    /// Physical address width the KeyID bits sit below (the model's
-    /// reference uses 52; a real Sapphire Rapids has 46).
+    /// Physical address width (CPUID(0x80000008).EAX bits 7:0, the module's
+    /// `max_pa`); the KeyID bits are its top bits
+    /// ([`hkid_start_bit`](Self::hkid_start_bit)). 52 by default; a real
+    /// Sapphire Rapids has 46. Below 49, TD_PARAMS may not ask for 5-level
+    /// EPT (`MIN_PA_FOR_PML5`, `src/common/helpers/helpers.c`).
     pub phys_addr_bits: u32,
+    /// What the module reads from the CPU to check TD_PARAMS.
+    pub cpu: NativeCpu,
     /// The SEAM range register `[base, end)`, if any; shared buffers must
     /// not overlap it.
     pub seamrr: Option<(u64, u64)>,
@@ -130,6 +205,10 @@ pub enum MachineError {
     /// Unknown module profile name.
     #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5-ext)")]
     UnknownProfile(String),
+    /// The CPU's family and model are not one the module runs on, or
+    /// CPUID(1).EAX has reserved bits set.
+    #[error("CPUID(1).EAX {0:#x} is not a CPU model the module knows")]
+    UnknownCpuModel(u32),
 }
 
 /// The JSON shape of `memmaps/*.json` (other keys are ignored).
@@ -196,6 +275,7 @@ impl MachineDesc {
             mktme_keyids: 31,
             tdx_keyids: 32,
             phys_addr_bits: 52,
+            cpu: NativeCpu::default(),
             seamrr: None,
             errata: Errata::default(),
             profile: Profile::default(),
@@ -242,6 +322,19 @@ impl MachineDesc {
         self
     }
 
+    /// The CPU facts the module checks TD_PARAMS against.
+    pub fn with_cpu(mut self, cpu: NativeCpu) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// XFAM_FIXED0 as the module computes and reports it: the profile's
+    /// XFAM bits ANDed with what the CPU supports
+    /// (`check_xfam`, `src/common/helpers/helpers.c`; `metadata_sys.c`).
+    pub fn xfam_fixed0(&self) -> u64 {
+        self.profile.xfam_fixed0 & self.cpu.xfam_supported()
+    }
+
     /// The KeyID partition.
     pub fn with_keyids(mut self, mktme: u32, tdx: u32) -> Self {
         self.mktme_keyids = mktme;
@@ -285,6 +378,11 @@ impl MachineDesc {
             });
         }
         self.keyid_partition().check()?;
+        // SEAMLDR loads the module only on the CPU models it knows, so its
+        // F/M/S checks always find the platform in its list (`cpuid_fms.c`).
+        if self.cpu.fms & 0xF000_C000 != 0 || !self.profile.knows_cpu_model(self.cpu.fms) {
+            return Err(MachineError::UnknownCpuModel(self.cpu.fms));
+        }
         if self.keyid_bits() >= self.phys_addr_bits || self.phys_addr_bits > 52 {
             return Err(MachineError::KeyIdBits {
                 keyid_bits: self.keyid_bits(),

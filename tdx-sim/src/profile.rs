@@ -11,26 +11,48 @@
 //! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
 //! (TDH.EXT.INIT).
 //!
-//! The version numbers, TDX_FEATURES0, the versioned leaves and the list of
-//! global fields are the modules' (each cited where it is set); the
-//! attribute and XFAM fixed bits and the CPUID configuration list are
-//! model values of the TD_PARAMS model and say so.
+//! The version numbers, TDX_FEATURES0, the versioned leaves, the list of
+//! global fields and the TD_PARAMS rules (attribute, XFAM and CONFIG_FLAGS
+//! fixed bits, the CPUID configuration table, the IA32_ARCH_CAPABILITIES
+//! configuration mask, the CPU models) are the modules', each with the
+//! source file it comes from. The Extensions profile is a model of a newer
+//! module whose source was not read, and says so.
 
 use tdx_types::{
     Leaf,
     metadata::{TdxFeatures0, field},
 };
 
-/// One CPUID leaf the module lets the host configure, with the bits the
-/// host may set (TD_PARAMS.cpuid_values is checked against them later).
+/// One CPUID leaf the module lets the host configure (one entry of
+/// TD_PARAMS' CPUID area, `cpuid_configurable_t`), with the bits the host
+/// may set. TDH.MNG.INIT refuses a 1 outside both masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuidConfig {
     /// CPUID leaf.
     pub leaf: u32,
     /// Sub-leaf, or `None` when the leaf has none.
     pub subleaf: Option<u32>,
-    /// Configurable bits of EAX, EBX, ECX, EDX.
-    pub mask: [u32; 4],
+    /// CONFIG_DIRECT bits of EAX, EBX, ECX, EDX: the TD sees the configured
+    /// value.
+    pub config_direct: [u32; 4],
+    /// ALLOW_DIRECT bits of EAX, EBX, ECX, EDX: configured 1, the TD sees
+    /// the CPU's value; configured 0, it sees 0.
+    pub allow_direct: [u32; 4],
+}
+
+impl CpuidConfig {
+    /// Every bit the host may set, per register (CONFIG_DIRECT |
+    /// ALLOW_DIRECT).
+    pub fn mask(&self) -> [u32; 4] {
+        core::array::from_fn(|i| self.config_direct[i] | self.allow_direct[i])
+    }
+
+    /// The leaf and subleaf as the module encodes them in RCX of a
+    /// TDH.MNG.INIT CPUID error and in CPUID_CONFIG_LEAVES: leaf in bits
+    /// 31:0, subleaf in 63:32 (all ones for none).
+    pub fn leaf_subleaf(&self) -> u64 {
+        u64::from(self.leaf) | u64::from(self.subleaf.unwrap_or(u32::MAX)) << 32
+    }
 }
 
 /// Global metadata and per-version behaviour of one TDX module.
@@ -59,21 +81,32 @@ pub struct Profile {
     pub attributes_fixed0: u64,
     /// ATTRIBUTES_FIXED1 (bits that must be 1).
     pub attributes_fixed1: u64,
-    /// XFAM_FIXED0.
+    /// The XFAM bits the module can allow (`TDX_XFAM_FIXED0`); the
+    /// XFAM_FIXED0 it reports and checks is this ANDed with what the CPU
+    /// supports ([`MachineDesc::xfam_fixed0`](crate::MachineDesc::xfam_fixed0)).
     pub xfam_fixed0: u64,
     /// XFAM_FIXED1.
     pub xfam_fixed1: u64,
+    /// CONFIG_FLAGS_FIXED0 (bits TD_PARAMS.config_flags may set).
+    pub config_flags_fixed0: u64,
+    /// CONFIG_FLAGS_FIXED1 (bits it must set).
+    pub config_flags_fixed1: u64,
+    /// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure
+    /// (IA32_ARCH_CAPABILITIES_CONFIG_MASK).
+    pub arch_caps_config_mask: u64,
+    /// The CPU models the module runs on, newest first, each as CPUID(1).EAX
+    /// with the latest stepping a migratable TD may claim for that model
+    /// (`allowed_fms`).
+    pub allowed_fms: Vec<u32>,
     /// MAX_VCPUS_PER_TD, when the module serves that field (1.5.01 does
     /// not: TDH.SYS.RD answers `TDX_METADATA_FIELD_ID_INCORRECT`).
     pub max_vcpus_per_td: Option<u16>,
-    /// CONFIG_FLAGS_FIXED0 (TD_PARAMS.CONFIG_FLAGS bits that may be 1).
-    pub config_flags_fixed0: u64,
-    /// CONFIG_FLAGS_FIXED1 (bits that must be 1).
-    pub config_flags_fixed1: u64,
     /// Which module's TD and vCPU metadata tables TDH.MNG.RD/WR and
     /// TDH.VP.RD/WR serve.
     pub metadata: MetadataTables,
-    /// The configurable CPUID leaves, in metadata order.
+    /// The configurable CPUID leaves, in TD_PARAMS entry (and metadata)
+    /// order; their number is NUM_CPUID_CONFIG, the entries TD_PARAMS
+    /// carries.
     pub cpuid_config: Vec<CpuidConfig>,
     /// MODULE_HV: the handoff version TDH.SYS.SHUTDOWN accepts.
     pub module_hv: u16,
@@ -92,6 +125,48 @@ pub struct Profile {
     pub configurable_features: TdxFeatures0,
     /// TDH.MEM.PAGE.AUG is allowed before TDH.MR.FINALIZE (1.5.01: yes).
     pub aug_before_finalize: bool,
+}
+
+/// The 12 configurable CPUID leaves of module 1.5.01 in TD_PARAMS entry
+/// order, with their CONFIG_DIRECT and ALLOW_DIRECT bits
+/// (`cpuid_configurable`, include/auto_gen/cpuid_configurations.c).
+fn cpuid_config_1_5_01() -> Vec<CpuidConfig> {
+    let e = |leaf, subleaf, config_direct, allow_direct| CpuidConfig {
+        leaf,
+        subleaf,
+        config_direct,
+        allow_direct,
+    };
+    let cache = [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0xFFFF_FFFB];
+    vec![
+        e(
+            0x1,
+            None,
+            [0x0FFF_3FFF, 0x00FF_0000, 0, 0],
+            [0, 0, 0x3104_4D88, 0xB844_0000],
+        ),
+        e(0x4, Some(0), cache, [0; 4]),
+        e(0x4, Some(1), cache, [0; 4]),
+        e(0x4, Some(2), cache, [0; 4]),
+        e(
+            0x4,
+            Some(3),
+            [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0x7],
+            [0; 4],
+        ),
+        e(
+            0x7,
+            Some(0),
+            [0; 4],
+            [0, 0xDC2B_9B18, 0x0241_7F65, 0x0005_411C],
+        ),
+        e(0x7, Some(1), [0; 4], [0x1D30, 0, 0, 0]),
+        e(0xA, None, [0; 4], [0; 4]),
+        e(0x1C, None, [0; 4], [0xFF, 0, 0, 0]),
+        e(0x8000_0008, None, [0; 4], [0, 0x200, 0, 0]),
+        e(0x7, Some(2), [0; 4], [0, 0, 0, 0x28]),
+        e(0x23, Some(0), [0; 4], [0xF, 0, 0, 0]),
+    ]
 }
 
 /// The leaves module 1.5.01's dispatcher lets through with a version above
@@ -154,10 +229,11 @@ impl Profile {
     /// major 1, minor 5), TDX_FEATURES0 (bits 0-5, 7, 9-11, 16-19), the five
     /// version-1 leaves of the dispatcher (TDH.VP.INIT only in version 0),
     /// MAX_TDMRS 64, MAX_RESERVED_PER_TDMR 16, PAMT entries of 16 bytes,
-    /// TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB per TDH.SYS.TDMR.INIT,
-    /// CONFIG_FLAGS_FIXED0/1 = 0x7/0, no MAX_VCPUS_PER_TD field (the
-    /// architectural limit is 0xFFFF vCPUs). Model values (the TD_PARAMS
-    /// model's): the fixed attribute/XFAM bits and the CPUID list.
+    /// TDR 4 KiB, TDCS and TDVPS 6 pages, 4 MiB per TDH.SYS.TDMR.INIT, no
+    /// MAX_VCPUS_PER_TD field (the architectural limit is 0xFFFF vCPUs),
+    /// and the TD_PARAMS rules (ATTRIBUTES, XFAM and CONFIG_FLAGS fixed
+    /// bits, the 12 configurable CPUID leaves, the IA32_ARCH_CAPABILITIES
+    /// configuration mask, the CPU models).
     pub fn tdx_1_5() -> Self {
         Self {
             name: "tdx-1.5",
@@ -169,40 +245,29 @@ impl Profile {
             tdr_base_size: 4096,
             tdcs_base_size: 6 * 4096,
             tdvps_base_size: 6 * 4096,
-            // DEBUG (0), SEPT_VE_DISABLE (28), PKS (30), PERFMON (63) may be set.
-            attributes_fixed0: (1 << 0) | (1 << 28) | (1 << 30) | (1 << 63),
+            // DEBUG (0), SEPT_VE_DISABLE (28), MIGRATABLE (29), PKS (30),
+            // PERFMON (63) (`TDX_ATTRIBUTES_FIXED0`/`FIXED1`,
+            // src/common/data_structures/td_control_structures.h).
+            attributes_fixed0: (1 << 0) | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 63),
             attributes_fixed1: 0,
-            // x87, SSE, AVX, AVX-512 (5-7), PT (8), PKRU (9), CET (11-12), AMX (17-18).
-            xfam_fixed0: 0x0006_1BE7,
+            // x87, SSE, AVX, AVX-512 (5-7), PT (8), PKRU (9), CET (11-12),
+            // ULI (14), LBR (15), AMX (17-18) (`TDX_XFAM_FIXED0`/`FIXED1`,
+            // same file); the CPU's support masks it further.
+            xfam_fixed0: 0x0006_DBE7,
             xfam_fixed1: 0x0000_0003,
-            max_vcpus_per_td: None,
-            // `global_data->config_flags_fixed0/1`, set by TDH.SYS.INIT
-            // (`tdh_sys_init.c`): GPAW, FLEXIBLE_PENDING_VE, NO_RBP_MOD.
-            config_flags_fixed0: 0x7,
+            // GPAW, FLEXIBLE_PENDING_VE, NO_RBP_MOD (`CONFIG_FLAGS_FIXED0`,
+            // same file; FIXED1 is 0).
+            config_flags_fixed0: 0b111,
             config_flags_fixed1: 0,
+            // SSB_NO (4), RRSBA (19), BHI_NO (20), PBRSB_NO (24)
+            // (src/common/x86_defs/msr_defs.h).
+            arch_caps_config_mask: crate::ARCH_CAPS_CONFIG_MASK,
+            // CWF, GNR-D, GNR-SP, SRF, EMR, SPR with their latest steppings
+            // (src/common/helpers/cpuid_fms.c, cpuid_fms.h).
+            allowed_fms: vec![0xD06D0, 0xA06E0, 0xA06D0, 0xA06F0, 0xC06F2, 0x806F8],
+            max_vcpus_per_td: None,
             metadata: MetadataTables::Tdx1_5_01,
-            cpuid_config: vec![
-                CpuidConfig {
-                    leaf: 0x1,
-                    subleaf: None,
-                    mask: [0, 0x00FF_0000, 0, 0],
-                },
-                CpuidConfig {
-                    leaf: 0x7,
-                    subleaf: Some(0),
-                    mask: [0, 0x0000_0008, 0, 0],
-                },
-                CpuidConfig {
-                    leaf: 0xD,
-                    subleaf: Some(1),
-                    mask: [0x0000_000F, 0, 0, 0],
-                },
-                CpuidConfig {
-                    leaf: 0x8000_0008,
-                    subleaf: None,
-                    mask: [0x00FF_FFFF, 0, 0, 0],
-                },
-            ],
+            cpuid_config: cpuid_config_1_5_01(),
             module_hv: 0,
             memory_pool_required_pages: 0,
             ext_required: false,
@@ -259,6 +324,13 @@ impl Profile {
             "tdx-1.5-ext" => Some(Self::tdx_1_5_ext()),
             _ => None,
         }
+    }
+
+    /// True if the module runs on a CPU whose CPUID(1).EAX is `fms`: its
+    /// family and model (all but the stepping, bits 3:0) are in
+    /// [`Self::allowed_fms`].
+    pub fn knows_cpu_model(&self, fms: u32) -> bool {
+        self.allowed_fms.iter().any(|&a| a & !0xF == fms & !0xF)
     }
 
     /// True if the module has Extensions (TDX_FEATURES0 bit 39).
@@ -332,12 +404,11 @@ impl Profile {
                 leaf,
             ));
         }
-        // The module reports each leaf's CONFIG_DIRECT bits here, not its
-        // ALLOW_DIRECT ones (`metadata_sys.c`); this model keeps one mask
-        // per leaf (the TD_PARAMS model's) and serves it.
+        // Each leaf's CONFIG_DIRECT bits, not its ALLOW_DIRECT ones
+        // (`metadata_sys.c`).
         for (i, c) in self.cpuid_config.iter().enumerate() {
             let i = i as u32;
-            let [eax, ebx, ecx, edx] = c.mask.map(u64::from);
+            let [eax, ebx, ecx, edx] = c.config_direct.map(u64::from);
             f.push((
                 field::cpuid_config_value(i, 0).expect("fits"),
                 ebx << 32 | eax,
@@ -349,7 +420,7 @@ impl Profile {
         }
         f.push((
             field::IA32_ARCH_CAPABILITIES_CONFIG_MASK,
-            crate::leaves::mng::ARCH_CAPS_CONFIG_MASK,
+            self.arch_caps_config_mask,
         ));
         if self.has_ext() {
             f.push((

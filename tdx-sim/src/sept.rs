@@ -218,32 +218,76 @@ pub(crate) fn index(gpa: u64, level: u8) -> usize {
     ((gpa >> (12 + 9 * u32::from(level))) & (ENTRIES as u64 - 1)) as usize
 }
 
-/// Architectural view of an S-EPT entry for extended error information:
-/// FREE shows only "suppress #VE" (bit 63); present entries show their
-/// frame and RWX; blocked or pending ones their frame without permissions.
-/// The lock bits are not part of it.
-pub(crate) fn septe_arch(e: Option<Septe>, level: u8) -> u64 {
-    match e {
-        None => 1 << 63,
-        Some(e) => {
-            let rwx = match e.state {
-                SeptState::MAPPED | SeptState::NL_MAPPED => 0b111,
-                _ => 0,
-            };
-            let large = if level > 0 && !is_non_leaf(e.state) {
-                1 << 7
-            } else {
-                0
-            };
-            (e.pfn << 12) | rwx | large
+/// "Suppress #VE", bit 63 of every entry the module writes (`SVE`).
+const SVE: u64 = 1 << 63;
+/// R, W and X (bits 2:0).
+const RWX: u64 = 0b111;
+/// What every L1 leaf holds besides its frame and permissions: SVE,
+/// memory type WB (6 in bits 5:3), IPAT (bit 6) and PS (bit 7), which is
+/// part of every leaf state's encoding, 4K leaves included
+/// (`sept_set_leaf_no_lock_internal` in `sept_manager.c`; the state
+/// encodings in `sept_manager.h`).
+const LEAF_ATTRIBUTES: u64 = SVE | 6 << 3 | 1 << 6 | 1 << 7;
+/// `SEPT_ARCH_ENTRY_LEAF_MASK` (`sept_manager.h`): RWX, MT, IPAT, PS, the
+/// frame (51:12) and SVE. The lock bits (11, 52) and the state bits of the
+/// module's encoding (D, TDEX..TDP) are not part of it.
+const ARCH_LEAF_MASK: u64 = 0x800F_FFFF_FFFF_F0FF;
+/// `SEPT_ARCH_ENTRY_NON_LEAF_MASK` (`sept_manager.h`): RWX and PS only; the
+/// frame of the S-EPT page below a non-leaf entry is not shown.
+const ARCH_NON_LEAF_MASK: u64 = RWX | 1 << 7;
+
+/// The entry as the module holds it, without its lock bits and the state
+/// bits outside both architectural masks: a leaf as
+/// `sept_set_leaf_no_lock_internal` writes it (RWX cleared by
+/// RANGE.BLOCK and never set for PENDING), a non-leaf as
+/// `sept_set_mapped_non_leaf` writes it (RWX cleared by RANGE.BLOCK), and
+/// REMOVED as `SEPT_STATE_REMOVED_MASK | SVE` (`sept_manager.h`).
+fn module_entry(e: Septe) -> u64 {
+    let frame = e.pfn << 12 & TARGET_MASK;
+    match e.state {
+        SeptState::MAPPED => frame | LEAF_ATTRIBUTES | RWX,
+        SeptState::BLOCKED | SeptState::PENDING | SeptState::PENDING_BLOCKED => {
+            frame | LEAF_ATTRIBUTES
         }
+        SeptState::NL_MAPPED => SVE | frame | RWX,
+        SeptState::NL_BLOCKED => SVE | frame,
+        // REMOVED, and any state the simulator does not write.
+        _ => SVE,
+    }
+}
+
+/// The architectural view of an S-EPT entry that extended error
+/// information and TDH.MEM.SEPT.RD report in RCX
+/// (`set_arch_septe_details_in_vmm_regs` in `sept_manager.c`): FREE shows
+/// only SVE (`0x8000000000000000`); otherwise the entry is masked by its PS
+/// bit. A leaf (PS = 1, every leaf state and every size, 4K included) shows
+/// `frame | 0x80000000000000F7` when MAPPED and `frame | 0x80000000000000F0`
+/// when PENDING, BLOCKED or PENDING_BLOCKED. A non-leaf entry (PS = 0;
+/// REMOVED too) shows RWX and PS only: NL_MAPPED `0x7`, NL_BLOCKED and
+/// REMOVED `0`, without the frame of the page below. The level does not
+/// enter it. (The module reports a 2M PENDING leaf's ACCEPT_COUNTER in
+/// bits 20:12 when a guest's accept was interrupted half-way; the
+/// simulator's guest accepts a page at once, so the counter is always 0.)
+pub(crate) fn septe_arch(e: Option<Septe>) -> u64 {
+    let Some(e) = e else {
+        return SVE;
+    };
+    let raw = module_entry(e);
+    if raw & 1 << 7 != 0 {
+        raw & ARCH_LEAF_MASK
+    } else {
+        raw & ARCH_NON_LEAF_MASK
     }
 }
 
 /// Writes the S-EPT details of `e` at `level` into RCX/RDX
-/// (`set_arch_septe_details_in_vmm_regs`).
+/// (`set_arch_septe_details_in_vmm_regs`, `sept_manager.c`): RCX as
+/// [`septe_arch`], RDX = `level` in bits 2:0 and the public state
+/// (`sept_get_arch_state`: FREE 0, BLOCKED 1, PENDING 2, PENDING_BLOCKED 3,
+/// MAPPED 4, REMOVED 5, NL_BLOCKED 0x81, NL_MAPPED 0x84) in bits 15:8;
+/// bits 17:16 (the L2 VM) are 0 for L1 entries.
 pub(crate) fn details(a: &mut SeamcallArgs, e: Option<Septe>, level: u8) {
-    a.rcx = septe_arch(e, level);
+    a.rcx = septe_arch(e);
     let state = e.map_or(SeptState::FREE, |e| e.state);
     a.rdx = u64::from(level) | u64::from(state.0) << 8;
 }

@@ -185,6 +185,11 @@ pub(crate) struct Sys {
 impl Sys {
     fn new(m: &Machine) -> Self {
         let mut fields = m.desc.profile.global_fields();
+        // XFAM_FIXED0 is the module's XFAM bits masked by what the CPU
+        // supports (metadata_sys.c).
+        for f in fields.iter_mut().filter(|f| f.0 == field::XFAM_FIXED0) {
+            f.1 = m.desc.xfam_fixed0();
+        }
         // The CMR array: NUM_CMRS is the array size (32), as module 1.5 reports it.
         fields.push((field::NUM_CMRS, crate::machine::MAX_CMRS as u64));
         for i in 0..crate::machine::MAX_CMRS as u32 {

@@ -13,7 +13,7 @@
 //! One JSON object per line, told apart by `op`. Blank lines are skipped.
 //!
 //! ```text
-//! {"op":"machine","memory":[[start,end],...],"cmrs":[[s,e],...],"packages":2,"lps_per_package":4,"keyids":{"mktme":31,"tdx":32},"profile":"tdx-1.5"}
+//! {"op":"machine","memory":[[start,end],...],"cmrs":[[s,e],...],"packages":2,"lps_per_package":4,"keyids":{"mktme":31,"tdx":32},"profile":"tdx-1.5","phys_addr_bits":46,"cpu":{"ept_pml5":false,"hle":false}}
 //! {"op":"write","pa":"0x10000","hex":"00112233"}
 //! {"op":"cpu","lp":3}
 //! {"op":"wbinvd"}
@@ -28,6 +28,14 @@
 //!   KeyIDs and the profile to the [`MachineDesc::new`] defaults (31 MKTME,
 //!   32 TDX, `"tdx-1.5"`; names as [`Profile::by_name`] knows them).
 //!   Logical processor `n` is on package `n / lps_per_package`.
+//!   `phys_addr_bits` (the physical address width, 52 by default) and `cpu`
+//!   describe the CPU facts TDH.MNG.INIT checks TD_PARAMS against
+//!   ([`NativeCpu`]); `cpu` is an object whose keys are all optional, each
+//!   defaulting to [`NativeCpu::default`]: `xcr0_supported`,
+//!   `xss_supported`, `fms`, `arch_capabilities` (numbers) and `ept_pml5`,
+//!   `hle`, `rtm` (booleans). The recorder writes these only where they
+//!   differ from the defaults, so a trace of a default machine reads as it
+//!   did before they existed.
 //! - `write` stores `hex` (two digits a byte, an even count) at `pa` the way
 //!   the host wrote it through its direct map.
 //! - `cpu` selects the logical processor the following SEAMCALLs run on;
@@ -107,7 +115,7 @@ use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
 use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
 
 use crate::{
-    machine::{MachineDesc, MachineError},
+    machine::{MachineDesc, MachineError, NativeCpu},
     profile::Profile,
     sim::{InvariantError, Simulator},
     state::SysState,
@@ -286,9 +294,9 @@ impl Reg {
 ///
 /// On real hardware the caller fills it in from what the host knows (its
 /// memory map, the CMRs the module reports, the CPU topology, MSR 0x87, the
-/// module version). Only what the format carries is here: NUMA nodes, the
-/// SEAM range, the address width and errata take the [`MachineDesc::new`]
-/// defaults on replay.
+/// module version, the CPU facts of [`NativeCpu`]). Only what the format
+/// carries is here: NUMA nodes, the SEAM range and errata take the
+/// [`MachineDesc::new`] defaults on replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceMachine {
     /// Usable RAM as `[start, end)` byte ranges.
@@ -305,6 +313,10 @@ pub struct TraceMachine {
     pub tdx_keyids: u32,
     /// The module profile's name ([`Profile::by_name`]).
     pub profile: String,
+    /// Physical address width ([`MachineDesc::phys_addr_bits`]).
+    pub phys_addr_bits: u32,
+    /// The CPU facts TDH.MNG.INIT checks ([`MachineDesc::cpu`]).
+    pub cpu: NativeCpu,
 }
 
 impl TraceMachine {
@@ -323,6 +335,8 @@ impl TraceMachine {
             mktme_keyids: desc.mktme_keyids,
             tdx_keyids: desc.tdx_keyids,
             profile: desc.profile.name.to_owned(),
+            phys_addr_bits: desc.phys_addr_bits,
+            cpu: desc.cpu,
         }
     }
 
@@ -335,8 +349,10 @@ impl TraceMachine {
         let mut desc = MachineDesc::new(self.memory.clone())
             .with_cpus(self.packages, self.lps_per_package)
             .with_keyids(self.mktme_keyids, self.tdx_keyids)
-            .with_profile(profile);
+            .with_profile(profile)
+            .with_cpu(self.cpu);
         desc.cmrs = self.cmrs.clone();
+        desc.phys_addr_bits = self.phys_addr_bits;
         Ok(desc)
     }
 }
@@ -540,6 +556,43 @@ fn write_hex(f: &mut impl fmt::Write, data: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+/// The machine line's `phys_addr_bits` and `cpu`, each field only where it
+/// differs from the [`MachineDesc::new`] default.
+fn write_cpu_facts(f: &mut fmt::Formatter<'_>, m: &TraceMachine) -> fmt::Result {
+    let d = MachineDesc::new(Vec::new());
+    if m.phys_addr_bits != d.phys_addr_bits {
+        write!(f, ",\"phys_addr_bits\":{}", m.phys_addr_bits)?;
+    }
+    let (c, dc) = (&m.cpu, &d.cpu);
+    let mut fields: Vec<String> = Vec::new();
+    let mut hex = |name: &str, v: u64, dv: u64| {
+        if v != dv {
+            fields.push(format!("\"{name}\":\"{v:#x}\""));
+        }
+    };
+    hex("xcr0_supported", c.xcr0_supported, dc.xcr0_supported);
+    hex("xss_supported", c.xss_supported, dc.xss_supported);
+    hex("fms", c.fms.into(), dc.fms.into());
+    hex(
+        "arch_capabilities",
+        c.arch_capabilities,
+        dc.arch_capabilities,
+    );
+    for (name, v, dv) in [
+        ("ept_pml5", c.ept_pml5, dc.ept_pml5),
+        ("hle", c.hle, dc.hle),
+        ("rtm", c.rtm, dc.rtm),
+    ] {
+        if v != dv {
+            fields.push(format!("\"{name}\":{v}"));
+        }
+    }
+    if !fields.is_empty() {
+        write!(f, ",\"cpu\":{{{}}}", fields.join(","))?;
+    }
+    Ok(())
+}
+
 /// The line as the recorder writes it: one JSON object, without the
 /// newline. Addresses are hex strings, counts integers, and only the
 /// non-zero input registers are written.
@@ -563,6 +616,7 @@ impl fmt::Display for TraceOp {
                     m.tdx_keyids,
                     json_str(&m.profile)
                 )?;
+                write_cpu_facts(f, m)?;
             }
             Self::Write { pa, data } => {
                 write!(f, ",\"pa\":\"{pa:#x}\",\"hex\":\"")?;
@@ -955,6 +1009,69 @@ impl LineParser<'_> {
         })
     }
 
+    fn u64_or(&self, field: &str, v: Option<&Value>, default: u64) -> Result<u64, TraceError> {
+        match v {
+            Some(v) => parse_number(self.line, field, v),
+            None => Ok(default),
+        }
+    }
+
+    fn bool_or(&self, field: &str, v: Option<&Value>, default: bool) -> Result<bool, TraceError> {
+        match v {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.wrong_type(field, "a boolean", other)),
+        }
+    }
+
+    /// The machine line's `cpu` object ([`NativeCpu`]), absent keys taking
+    /// the defaults.
+    fn cpu(&self, default: NativeCpu) -> Result<NativeCpu, TraceError> {
+        let Some(v) = self.obj.get("cpu") else {
+            return Ok(default);
+        };
+        let Value::Object(c) = v else {
+            return Err(self.wrong_type("cpu", "an object of CPU facts", v));
+        };
+        const KEYS: [&str; 7] = [
+            "xcr0_supported",
+            "xss_supported",
+            "ept_pml5",
+            "fms",
+            "hle",
+            "rtm",
+            "arch_capabilities",
+        ];
+        if let Some(key) = c.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(TraceError::UnknownField {
+                line: self.line,
+                op: "machine",
+                field: format!("cpu.{key}"),
+            });
+        }
+        Ok(NativeCpu {
+            xcr0_supported: self.u64_or(
+                "cpu.xcr0_supported",
+                c.get("xcr0_supported"),
+                default.xcr0_supported,
+            )?,
+            xss_supported: self.u64_or(
+                "cpu.xss_supported",
+                c.get("xss_supported"),
+                default.xss_supported,
+            )?,
+            ept_pml5: self.bool_or("cpu.ept_pml5", c.get("ept_pml5"), default.ept_pml5)?,
+            fms: self.u32_or("cpu.fms", c.get("fms"), default.fms)?,
+            hle: self.bool_or("cpu.hle", c.get("hle"), default.hle)?,
+            rtm: self.bool_or("cpu.rtm", c.get("rtm"), default.rtm)?,
+            arch_capabilities: self.u64_or(
+                "cpu.arch_capabilities",
+                c.get("arch_capabilities"),
+                default.arch_capabilities,
+            )?,
+        })
+    }
+
     fn machine(&self) -> Result<TraceOp, TraceError> {
         let line = self.line;
         self.only(
@@ -966,6 +1083,8 @@ impl LineParser<'_> {
                 "lps_per_package",
                 "keyids",
                 "profile",
+                "phys_addr_bits",
+                "cpu",
             ],
         )?;
         let defaults = MachineDesc::new(Vec::new());
@@ -1007,6 +1126,12 @@ impl LineParser<'_> {
             Some(Value::String(s)) => s.clone(),
             Some(other) => return Err(self.wrong_type("profile", "a string", other)),
         };
+        let phys_addr_bits = self.u32_or(
+            "phys_addr_bits",
+            self.obj.get("phys_addr_bits"),
+            defaults.phys_addr_bits,
+        )?;
+        let cpu = self.cpu(defaults.cpu)?;
         let m = TraceMachine {
             memory,
             cmrs,
@@ -1015,6 +1140,8 @@ impl LineParser<'_> {
             mktme_keyids,
             tdx_keyids,
             profile,
+            phys_addr_bits,
+            cpu,
         };
         // Everything the simulator would refuse, refused here, with the line.
         m.to_desc()

@@ -700,7 +700,7 @@ fn sept_remove_busy_on_tdr_op_state_tree_parent_entry_then_the_page() {
     let mut td = Td::build(&sim, Stage::Runnable);
     let gpa = 0x4000_0000;
     td.map_sept(&sim, gpa, 1);
-    let pt = Pfn::new(sept_state(&sim, td.tdr, gpa, 1).1.unwrap() / PAGE);
+    let pt = td.sept_page(gpa, 1);
     ok("BLOCK", range_block(&sim, info(gpa, 1), td.tdr).status);
     ok("TRACK", track(&sim, td.tdr));
     let lv = Leaf::MEM_SEPT_REMOVE.v0();
@@ -716,7 +716,7 @@ fn sept_remove_busy_on_tdr_op_state_tree_parent_entry_then_the_page() {
         assert_eq!(regs(&out), cleared(r), "{lock:?}");
     }
     let out = busy_while_held(&sim, entry(&td, gpa, 1), X, lv, r, busy(RCX), &snap);
-    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, Some(pt));
+    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, None);
     let (s, out) = raw(&sim, lv, r);
     ok("SEPT.REMOVE", s);
     assert_eq!(out.rcx, pa(pt));
@@ -788,7 +788,7 @@ fn page_promote_busy_on_every_lock_it_takes() {
     let before = snap();
     let (s, out) = raw(&sim, lv, r);
     assert_eq!(s, busy(RCX));
-    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, Some(sept));
+    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, None);
     drop(child_lock);
     assert_eq!(snap(), before);
     for (lock, mode, o) in [
@@ -805,7 +805,7 @@ fn page_promote_busy_on_every_lock_it_takes() {
     }
     // The parent entry.
     let out = busy_while_held(&sim, entry(&td, gpa, 1), X, lv, r, busy(RCX), &snap);
-    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, Some(sept));
+    assert_details(sept_out(out), 1, SeptState::NL_BLOCKED, None);
     let (s, out) = raw(&sim, lv, r);
     ok("PROMOTE", s);
     assert_eq!(out.rcx, pa(sept), "RCX: the freed S-EPT page");

@@ -623,7 +623,9 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
     assert_eq!(get(field::MODULE_HV), u64::from(p.module_hv));
     assert_eq!(get(field::ATTRIBUTES_FIXED0), p.attributes_fixed0);
     assert_eq!(get(field::ATTRIBUTES_FIXED1), p.attributes_fixed1);
-    assert_eq!(get(field::XFAM_FIXED0), p.xfam_fixed0);
+    // XFAM_FIXED0: the module's XFAM bits masked by what the CPU supports.
+    assert_eq!(get(field::XFAM_FIXED0), sim.machine().xfam_fixed0());
+    assert_eq!(get(field::XFAM_FIXED0), 0x6_1BE7);
     assert_eq!(get(field::XFAM_FIXED1), p.xfam_fixed1);
     // Module 1.5.01 has no MAX_VCPUS_PER_TD; it publishes the CONFIG_FLAGS
     // and IA32_ARCH_CAPABILITIES configuration limits.
@@ -640,7 +642,7 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
         let i = i as u32;
         let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
         assert_eq!(get(field::cpuid_config_leaf(i).unwrap()), leaf);
-        let [eax, ebx, ecx, edx] = c.mask.map(u64::from);
+        let [eax, ebx, ecx, edx] = c.mask().map(u64::from);
         assert_eq!(
             get(field::cpuid_config_value(i, 0).unwrap()),
             ebx << 32 | eax

@@ -469,7 +469,7 @@ fn mng_init_td_params_fields_are_checked_in_order() {
         .u8(50, 1) // reserved_1
         .u8(19, 2) // MSR_CONFIG_CTLS reserved bit
         .u8(240, 1) // reserved_2
-        .u32(256, 1); // CPUID_CONFIG[0].EAX: not configurable
+        .u32(256, 1 << 28); // CPUID_CONFIG[0] (leaf 1).EAX bit 28: not configurable
     let steps: [(TdxStatus, Edit); 13] = [
         (invalid(OperandId::ATTRIBUTES), |p| {
             p.u64(0, 0);
@@ -610,12 +610,14 @@ fn mng_init_td_params_value_rules() {
             },
             invalid(RDX),
         ),
+        // Entry 47 is past module 1.5.01's 12 CPUID entries: reserved_3
+        // (tdh_mng_init.c).
         (
             "CPUID_CONFIG[47]",
             |p| {
                 p.u32(256 + 47 * 16 + 12, 1);
             },
-            invalid(OperandId::CPUID_CONFIG),
+            invalid(RDX),
         ),
     ];
     for (what, f, want) in refused {
@@ -1059,7 +1061,9 @@ fn mr_extend_checks_in_order() {
     let mut td = Td::build(&sim, Stage::VcpuReady);
     td.add_page(&sim, 0, &[1; 4096]);
     let pending = 0x2000;
-    td.aug(&sim, pending, 0);
+    let pending_page = td.aug(&sim, pending, 0);
+    let pending_2m = 2 * MIB;
+    let pending_big = td.aug(&sim, pending_2m, 1);
     let lv = Leaf::MR_EXTEND.v0();
     let tdr = td.tdr.hpa().as_u64();
     let p = page(&sim).hpa().as_u64();
@@ -1077,18 +1081,38 @@ fn mr_extend_checks_in_order() {
     // Nothing mapped: NOT_PRESENT|RCX with the entry where the walk stopped.
     let c = mr_extend(&sim, td.tdr, Gpa::new(0x1000));
     assert_eq!(c.status, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
-    let (s, out) = raw(&sim, lv, [0x1000, tdr, 0, 0, 0, 0]);
+    let (s, out) = raw(&sim, lv, [0x1000, tdr, 8, 9, 10, 11]);
     assert_eq!(s, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
     assert_details(sept_out(out), 0, SeptState::FREE, None);
-    let (_, out) = raw(&sim, lv, [GIB, tdr, 0, 0, 0, 0]);
+    assert_eq!((out.r8, out.r9, out.r10, out.r11), (8, 9, 10, 11));
+    let (s, out) = raw(&sim, lv, [GIB, tdr, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
     assert_details(sept_out(out), 2, SeptState::FREE, None);
-    // A PENDING leaf (AUG before finalize): no operand, no details.
-    let (s, _) = raw(&sim, lv, [pending, tdr, 0, 0, 0, 0]);
-    assert_eq!(s, TdxStatus::EPT_ENTRY_NOT_PRESENT);
-    // The happy path clears RCX/RDX.
-    let (s, out) = raw(&sim, lv, [0x300, tdr, 0, 0, 0, 0]);
+    // A PENDING leaf (AUG before finalize) has RWX = 0, so the walk to the
+    // leaf fails (check_and_walk_private_gpa_to_leaf in helpers.c): the
+    // same NOT_PRESENT|RCX with the leaf's details, at 4K and at 2M
+    // (tdh_mr_extend.c). The bare TDX_EPT_ENTRY_NOT_PRESENT is for a leaf
+    // with permissions that is not MAPPED (migration states only).
+    let (s, out) = raw(&sim, lv, [pending, tdr, 8, 9, 10, 11]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
+    assert_eq!(
+        (out.rcx, out.rdx),
+        (pending_page.hpa().as_u64() | 0x8000_0000_0000_00F0, 0x200)
+    );
+    assert_eq!((out.r8, out.r9, out.r10, out.r11), (8, 9, 10, 11));
+    let (s, out) = raw(&sim, lv, [pending_2m + 0x1100, tdr, 0, 0, 0, 0]);
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
+    assert_eq!(
+        (out.rcx, out.rdx),
+        (pending_big.hpa().as_u64() | 0x8000_0000_0000_00F0, 0x201)
+    );
+    // The happy path clears RCX/RDX and leaves R8..R11.
+    let (s, out) = raw(&sim, lv, [0x300, tdr, 8, 9, 10, 11]);
     ok("MR.EXTEND", s);
-    assert_eq!((out.rcx, out.rdx), (0, 0));
+    assert_eq!(
+        (out.rcx, out.rdx, out.r8, out.r9, out.r10, out.r11),
+        (0, 0, 8, 9, 10, 11)
+    );
     sim.check_invariants().unwrap();
 }
 
@@ -1100,7 +1124,7 @@ fn mr_extend_checks_in_order() {
 fn mr_extend_on_a_blocked_leaf_fails_the_walk() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::VcpuReady);
-    td.add_page(&sim, 0, &[1; 4096]);
+    let page0 = td.add_page(&sim, 0, &[1; 4096]);
     ok("RANGE.BLOCK", range_block(&sim, info(0, 0), td.tdr).status);
     let c = mr_extend(&sim, td.tdr, Gpa::new(0));
     assert_eq!(
@@ -1112,6 +1136,13 @@ fn mr_extend_on_a_blocked_leaf_fails_the_walk() {
         tdx_types::regs::SeptState::BLOCKED,
         "the walk's details name the blocked leaf"
     );
+    let (s, out) = raw(
+        &sim,
+        Leaf::MR_EXTEND.v0(),
+        [0, td.tdr.hpa().as_u64(), 0, 0, 0, 0],
+    );
+    assert_eq!(s, e(TdxStatus::EPT_ENTRY_NOT_PRESENT, RCX));
+    assert_details(sept_out(out), 0, SeptState::BLOCKED, Some(page0));
     sim.check_invariants().unwrap();
 }
 

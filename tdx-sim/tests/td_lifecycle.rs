@@ -126,7 +126,10 @@ fn vcpu_and_td_metadata(sim: &Simulator, tdr: Pfn, tdvpr: Pfn) {
 }
 
 /// The last S-EPT level through TDH.MEM.SEPT.ADD version 1, and its
-/// outputs: every page comes back, bit 63 set on the ones not used.
+/// outputs as `tdh_mem_sept_add.c` writes them: -1 for a page the module
+/// took (or none given), bit 63 set only on a page not needed because the
+/// entry existed (allow_existing), and bit 63 clear on a page an error
+/// kept the module from taking.
 fn sept_add_v1(sim: &Simulator, tdr: Pfn, pt: Pfn) {
     use tdx_sys::leaf::SEPT_ADD_PAGE_UNUSED as UNUSED;
     let at = |gpa| PageInfo::try_new(Gpa::new(gpa), TdxLevel::L2M).unwrap();
@@ -147,33 +150,29 @@ fn sept_add_v1(sim: &Simulator, tdr: Pfn, pt: Pfn) {
         c.status,
         TdxStatus::OPERAND_INVALID.with_operand(tdx_types::OperandId::R9)
     );
-    assert_eq!(
-        c.out.pages,
-        [
-            pa | UNUSED,
-            other.hpa().as_u64() | UNUSED,
-            u64::MAX,
-            u64::MAX
-        ]
-    );
-    // The L1 page alone: used, returned with bit 63 clear.
+    assert_eq!(c.out.pages, [pa, other.hpa().as_u64(), u64::MAX, u64::MAX]);
+    // The L1 page alone: taken, returned as -1.
     // SAFETY: as above.
     let c = unsafe {
         leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(false), [Some(pt), None, None, None])
     };
     ok("SEPT.ADD v1", c.status);
-    assert_eq!(c.out.pages, [pa, u64::MAX, u64::MAX, u64::MAX]);
+    assert_eq!(c.out.pages, [u64::MAX; 4]);
     // No L1 page for an entry that exists: fine in v1.
     // SAFETY: as above.
     let c = unsafe { leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(false), [None; 4]) };
     ok("SEPT.ADD v1, existing", c.status);
+    assert_eq!(c.out.pages, [u64::MAX; 4]);
     // A page for an entry that exists, with allow_existing: not used.
     // SAFETY: as above.
     let c = unsafe {
         leaf::tdh_mem_sept_add_v1(sim, at(0), tdr_flags(true), [Some(other), None, None, None])
     };
     ok("SEPT.ADD v1, allow_existing", c.status);
-    assert_eq!(c.out.pages[0], other.hpa().as_u64() | UNUSED);
+    assert_eq!(
+        c.out.pages,
+        [other.hpa().as_u64() | UNUSED, u64::MAX, u64::MAX, u64::MAX]
+    );
     // No L1 page for a free entry: the entry's state is wrong.
     // SAFETY: as above.
     let c = unsafe { leaf::tdh_mem_sept_add_v1(sim, at(2 << 20), tdr_flags(false), [None; 4]) };

@@ -585,7 +585,7 @@ fn reclaim_takes_mapped_private_and_sept_pages_in_any_order() {
     let sim = host();
     let mut td = Td::build(&sim, Stage::VcpuReady);
     let private = td.add_page(&sim, 0, &[1; 4096]);
-    let pt = Pfn::new(sept_state(&sim, td.tdr, 0, 1).1.unwrap() / PAGE);
+    let pt = td.sept_page(0, 1);
     ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
     td.flush_vcpus(&sim);
     ok("VPFLUSHDONE", mng_vpflushdone(&sim, td.tdr));

@@ -835,6 +835,174 @@ impl fmt::Debug for CpuidValues {
     }
 }
 
+impl CpuidValues {
+    /// The four registers in the order TD_PARAMS stores them: EAX, EBX, ECX,
+    /// EDX.
+    #[inline]
+    pub const fn registers(&self) -> [u32; 4] {
+        [self.eax(), self.ebx(), self.ecx(), self.edx()]
+    }
+
+    /// Each register ANDed with the same register of `mask`.
+    #[inline]
+    pub const fn and(&self, mask: &Self) -> Self {
+        Self::new(
+            self.eax() & mask.eax(),
+            self.ebx() & mask.ebx(),
+            self.ecx() & mask.ecx(),
+            self.edx() & mask.edx(),
+        )
+    }
+
+    /// Each register ORed with the same register of `other`.
+    #[inline]
+    pub const fn or(&self, other: &Self) -> Self {
+        Self::new(
+            self.eax() | other.eax(),
+            self.ebx() | other.ebx(),
+            self.ecx() | other.ecx(),
+            self.edx() | other.edx(),
+        )
+    }
+}
+
+/// What a TDX module lets TD_PARAMS configure in one CPUID leaf (the
+/// module's `cpuid_configurable_t`): each bit the host may set to 1 is in
+/// exactly one of two classes.
+///
+/// * **CONFIG_DIRECT**: the TD sees the configured value.
+/// * **ALLOW_DIRECT**: configured 1, the TD sees the CPU's native value;
+///   configured 0, the TD sees 0.
+///
+/// TDH.MNG.INIT refuses any configured 1 outside both with
+/// `TDX_OPERAND_INVALID|CPUID_CONFIG` and RCX = [`Self::leaf_subleaf`]
+/// (`read_and_set_cpuid_configurations`,
+/// `src/vmm_dispatcher/api_calls/tdh_mng_init.c`). The module's metadata
+/// (CPUID_CONFIG_VALUES) reports only the CONFIG_DIRECT bits
+/// (`src/common/metadata_handlers/metadata_sys.c`), so a host cannot learn
+/// the ALLOW_DIRECT bits from it: [`CPUID_CONFIG_1_5_01`] lists them for
+/// module 1.5.01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidConfigRule {
+    /// The leaf and subleaf this entry configures.
+    pub leaf: CpuidLeaf,
+    /// CONFIG_DIRECT bits.
+    pub config_direct: CpuidValues,
+    /// ALLOW_DIRECT bits.
+    pub allow_direct: CpuidValues,
+}
+
+impl CpuidConfigRule {
+    /// Every bit the host may set to 1 (CONFIG_DIRECT | ALLOW_DIRECT).
+    #[inline]
+    pub const fn allowed(&self) -> CpuidValues {
+        self.config_direct.or(&self.allow_direct)
+    }
+
+    /// The first register of `values` (0 = EAX .. 3 = EDX, the order the
+    /// module checks them in) with a 1 the module does not allow, and those
+    /// bits; `None` if every set bit is allowed.
+    pub const fn refused_bits(&self, values: &CpuidValues) -> Option<(usize, u32)> {
+        let v = values.registers();
+        let a = self.allowed().registers();
+        let mut i = 0;
+        while i < 4 {
+            let bad = v[i] & !a[i];
+            if bad != 0 {
+                return Some((i, bad));
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The leaf and subleaf as TDH.MNG.INIT reports them in RCX on a CPUID
+    /// configuration error (`cpuid_config_leaf_subleaf_t`,
+    /// `include/tdx_api_defs.h`): the leaf in bits 31:0, the subleaf in bits
+    /// 63:32, `0xFFFF_FFFF` for a leaf without subleaves. The same encoding
+    /// as a CPUID_CONFIG_LEAVES metadata word.
+    #[inline]
+    pub const fn leaf_subleaf(&self) -> u64 {
+        self.leaf.to_metadata()
+    }
+}
+
+/// `MAX_NUM_CPUID_CONFIG` of TDX module 1.5.01, which it also reports as
+/// NUM_CPUID_CONFIG: TD_PARAMS carries 12 CPUID entries
+/// (`include/auto_gen/cpuid_configurations_defines.h`).
+pub const NUM_CPUID_CONFIG_1_5_01: usize = 12;
+
+const fn rule(leaf: u32, subleaf: u32, config: [u32; 4], allow: [u32; 4]) -> CpuidConfigRule {
+    CpuidConfigRule {
+        leaf: CpuidLeaf::from_parts(leaf, subleaf),
+        config_direct: CpuidValues::new(config[0], config[1], config[2], config[3]),
+        allow_direct: CpuidValues::new(allow[0], allow[1], allow[2], allow[3]),
+    }
+}
+
+/// The configurable CPUID leaves of TDX module 1.5.01, in TD_PARAMS entry
+/// order (`cpuid_configurable`, `include/auto_gen/cpuid_configurations.c`).
+///
+/// | entry | leaf | subleaf | CONFIG_DIRECT EAX, EBX, ECX, EDX | ALLOW_DIRECT EAX, EBX, ECX, EDX |
+/// |---|---|---|---|---|
+/// | 0 | 0x1 | — | 0x0FFF3FFF, 0x00FF0000, 0, 0 | 0, 0, 0x31044D88, 0xB8440000 |
+/// | 1-3 | 0x4 | 0-2 | 0xFFFFC3FF, 0xFFFFF000, 0xFFFFFFFF, 0xFFFFFFFB | — |
+/// | 4 | 0x4 | 3 | 0xFFFFC3FF, 0xFFFFF000, 0xFFFFFFFF, 0x00000007 | — |
+/// | 5 | 0x7 | 0 | — | 0, 0xDC2B9B18, 0x02417F65, 0x0005411C |
+/// | 6 | 0x7 | 1 | — | 0x00001D30, 0, 0, 0 |
+/// | 7 | 0xA | — | — (nothing configurable) | — |
+/// | 8 | 0x1C | — | — | 0x000000FF, 0, 0, 0 |
+/// | 9 | 0x80000008 | — | — | 0, 0x00000200, 0, 0 |
+/// | 10 | 0x7 | 2 | — | 0, 0, 0, 0x00000028 |
+/// | 11 | 0x23 | 0 | — | 0x0000000F, 0, 0, 0 |
+///
+/// Leaf 1 EAX is the TD's family/model/stepping: 0 means the CPU's own
+/// (always accepted); another value must equal the CPU's own for a
+/// non-migratable TD, or pass the module's list of older CPU models for a
+/// migratable one (`src/common/helpers/cpuid_fms.c`). Leaf 7/0 EBX bits 4
+/// (HLE) and 11 (RTM) must end up equal, and may be 1 only if the CPU has
+/// IA32_TSX_CTRL. Both depend on the CPU: TDH.MNG.INIT checks them.
+pub const CPUID_CONFIG_1_5_01: [CpuidConfigRule; NUM_CPUID_CONFIG_1_5_01] = {
+    const NONE: u32 = CPUID_SUBLEAF_NONE;
+    const CACHE: [u32; 4] = [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0xFFFF_FFFB];
+    [
+        rule(
+            0x1,
+            NONE,
+            [0x0FFF_3FFF, 0x00FF_0000, 0, 0],
+            [0, 0, 0x3104_4D88, 0xB844_0000],
+        ),
+        rule(0x4, 0, CACHE, [0; 4]),
+        rule(0x4, 1, CACHE, [0; 4]),
+        rule(0x4, 2, CACHE, [0; 4]),
+        rule(
+            0x4,
+            3,
+            [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0x0000_0007],
+            [0; 4],
+        ),
+        rule(0x7, 0, [0; 4], [0, 0xDC2B_9B18, 0x0241_7F65, 0x0005_411C]),
+        rule(0x7, 1, [0; 4], [0x0000_1D30, 0, 0, 0]),
+        rule(0xA, NONE, [0; 4], [0; 4]),
+        rule(0x1C, NONE, [0; 4], [0x0000_00FF, 0, 0, 0]),
+        rule(0x8000_0008, NONE, [0; 4], [0, 0x0000_0200, 0, 0]),
+        rule(0x7, 2, [0; 4], [0, 0, 0, 0x0000_0028]),
+        rule(0x23, 0, [0; 4], [0x0000_000F, 0, 0, 0]),
+    ]
+};
+
+/// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure in TDX module
+/// 1.5.01: SSB_NO (4), RRSBA (19), BHI_NO (20), PBRSB_NO (24)
+/// (`IA32_ARCH_CAPABILITIES_CONFIG_MASK`, `src/common/x86_defs/msr_defs.h`;
+/// the module reports it as the IA32_ARCH_CAPABILITIES_CONFIG_MASK
+/// metadata field). Any other bit set in
+/// [`TdParams::ia32_arch_capabilities_config`] is refused, and so is any
+/// bit at all unless [`TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES`] is set
+/// (`init_virt_ia32_arch_capabilities`,
+/// `src/common/helpers/virt_msr_helpers.c`).
+pub const IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01: u64 =
+    (1 << 4) | (1 << 19) | (1 << 20) | (1 << 24);
+
 /// One `cpuid_config` entry of the legacy TDSYSINFO_STRUCT (24 bytes: leaf,
 /// subleaf, then the EAX..EDX bits the host may configure).
 ///
@@ -913,17 +1081,27 @@ pub const TD_PARAMS_SIZE: usize = 1024;
 /// Alignment the module requires of TD_PARAMS (RDX of TDH.MNG.INIT).
 pub const TD_PARAMS_ALIGN: usize = 1024;
 
-/// Byte offset of the CPUID value area inside TD_PARAMS.
-const TD_PARAMS_CPUID_OFFSET: usize = 256;
+/// Byte offset of the CPUID area inside TD_PARAMS (entry 0 of
+/// `cpuid_config_vals`).
+pub const TD_PARAMS_CPUID_OFFSET: usize = 256;
 
-/// Number of [`CpuidValues`] entries TD_PARAMS has room for: its 768-byte
-/// CPUID area divided by 16 bytes, i.e. 48.
+/// Number of [`CpuidValues`] entries the 768-byte CPUID area of TD_PARAMS
+/// (bytes 256..1024) can hold: 48. The capacity of the area, not a module
+/// limit.
 ///
-/// The module fills only as many as it reports configurable leaves (its
-/// `MAX_NUM_CPUID_CONFIG`, 18 in the 1.5-branch source read); the rest of the
-/// area is reserved. Linux accepts a `NUM_CPUID_CONFIG` metadata value up to
-/// 128, more than the 48 that fit here: a module reporting more than 48
-/// configurable leaves could not be configured through this layout.
+/// A module reads only its own number of entries, its
+/// `MAX_NUM_CPUID_CONFIG`, which it also reports as the NUM_CPUID_CONFIG
+/// metadata field: 12 in TDX module 1.5.01 ([`NUM_CPUID_CONFIG_1_5_01`]).
+/// The bytes after them are the module's `reserved_3` (bytes 448..1024 in
+/// 1.5.01) and must be zero: TDH.MNG.INIT refuses anything else with
+/// `TDX_OPERAND_INVALID|RDX` after it has checked the CPUID entries
+/// (`src/vmm_dispatcher/api_calls/tdh_mng_init.c`). [`TdParams`] keeps the
+/// whole area addressable as entries, as Linux's `struct td_params` does
+/// (a flexible CPUID array over 768 reserved bytes), so that one type
+/// serves modules with different counts; the host checks an entry index
+/// against the module's NUM_CPUID_CONFIG, not against this constant.
+/// Linux accepts a NUM_CPUID_CONFIG up to 128: a module reporting more than
+/// 48 configurable leaves could not be configured through this layout.
 pub const MAX_CPUID_CONFIGS: usize =
     (TD_PARAMS_SIZE - TD_PARAMS_CPUID_OFFSET) / size_of::<CpuidValues>();
 
@@ -966,7 +1144,9 @@ pub enum EptPageWalk {
     /// 4-level EPT (guest physical addresses up to 48 bits).
     FourLevel,
     /// 5-level EPT (up to 52 bits); the module allows it only when the CPU
-    /// supports 5-level EPT, and requires it when `MAX_GPAW` is set.
+    /// supports 5-level EPT (IA32_VMX_EPT_VPID_CAP bit 7) and its physical
+    /// address width is at least 49 bits, and requires it when `MAX_GPAW` is
+    /// set (`verify_and_set_td_eptp_controls`, `src/common/helpers/helpers.c`).
     FiveLevel,
 }
 
@@ -1072,22 +1252,37 @@ impl fmt::Debug for EptpControls {
 /// | 176 | 48 | mrownerconfig |
 /// | 224 | 8 | ia32_arch_capabilities_config |
 /// | 232 | 24 | reserved_2 (must be 0) |
-/// | 256 | 768 | cpuid_values: 48 × [`CpuidValues`] |
+/// | 256 | 192 | cpuid_config_vals: 12 × [`CpuidValues`] (module 1.5.01) |
+/// | 448 | 576 | reserved_3 (must be 0) |
+///
+/// This is `td_params_t` of TDX module 1.5.01 (`include/tdx_api_defs.h` at
+/// tag `TDX_1.5.01` of `intel/tdx-module`): 12 CPUID entries, its
+/// `MAX_NUM_CPUID_CONFIG`, and `reserved_3` = 768 − 16 × 12 bytes after
+/// them. The type keeps the 768 bytes from offset 256 addressable as
+/// [`MAX_CPUID_CONFIGS`] (48) entries, because the number of entries a
+/// module reads is that module's NUM_CPUID_CONFIG (see
+/// [`MAX_CPUID_CONFIGS`]); entries from NUM_CPUID_CONFIG on are the
+/// module's `reserved_3` and must stay zero
+/// ([`Self::first_nonzero_cpuid_value`]).
 ///
 /// Linux's KVM definition (`struct td_params` in
-/// `arch/x86/kvm/vmx/tdx_arch.h`) has bytes 18..24 and 224..256 reserved. The TDX module 1.5 names fields inside them:
-/// `num_l2_vms` (u8 at 18), `msr_config_ctls` (u8 at 19) and
-/// `ia32_arch_capabilities_config` (u64 at 224), leaving 4 reserved bytes at 20
-/// and 24 at 232. Source: `td_params_t` in `include/tdx_api_defs.h` of
-/// `intel/tdx-module` (identical at commits e98d9639 and 1e636985 of the 1.5
-/// branch and 1666adc4 of the 2.0 tree), and the checks of TDH.MNG.INIT in
-/// `src/vmm_dispatcher/api_calls/tdh_mng_init.c` (NUM_L2_VMS, reserved_0,
-/// msr_config, reserved_1/2, IA32_ARCH_CAPABILITIES config). The TDX_1.5.01 tag commit
-/// itself was not available to read. A host that leaves these fields zero
-/// builds the same bytes under either description.
+/// `arch/x86/kvm/vmx/tdx_arch.h`) has bytes 18..24 and 224..256 reserved.
+/// The module names fields inside them: `num_l2_vms` (u8 at 18),
+/// `msr_config_ctls` (u8 at 19) and `ia32_arch_capabilities_config` (u64 at
+/// 224), leaving 4 reserved bytes at 20 and 24 at 232. A host that leaves
+/// these fields zero builds the same bytes under either description.
+///
+/// TDH.MNG.INIT checks the fields in this order
+/// (`src/vmm_dispatcher/api_calls/tdh_mng_init.c`): attributes, xfam,
+/// max_vcpus, num_l2_vms (then the TDCS page count), reserved_0,
+/// config_flags, eptp_controls, tsc_frequency, reserved_1,
+/// msr_config_ctls bits 7:1, reserved_2, the CPUID entries (in the
+/// module's lookup order, which is entry order in 1.5.01), reserved_3,
+/// ia32_arch_capabilities_config, and last the migratable/L2 cross-check.
 ///
 /// The CPUID entries carry no leaf numbers: entry `i` configures the `i`-th
-/// leaf of the module's CPUID_CONFIG list (metadata CPUID_CONFIG_LEAVES order).
+/// leaf of the module's CPUID_CONFIG list (metadata CPUID_CONFIG_LEAVES
+/// order; [`CPUID_CONFIG_1_5_01`] for module 1.5.01).
 #[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C, align(1024))]
 pub struct TdParams {
@@ -1148,6 +1343,47 @@ impl TdParams {
     pub const MSR_CONFIG_IA32_ARCH_CAPABILITIES: u8 = 1 << 0;
     /// Largest `num_l2_vms` the module accepts (1.5).
     pub const MAX_L2_VMS: u8 = 3;
+
+    /// ATTRIBUTES bit 0, DEBUG: the host may read and write the TD's state.
+    pub const ATTRIBUTE_DEBUG: u64 = 1 << 0;
+    /// ATTRIBUTES bit 28, SEPT_VE_DISABLE: no #VE on access to a pending
+    /// page.
+    pub const ATTRIBUTE_SEPT_VE_DISABLE: u64 = 1 << 28;
+    /// ATTRIBUTES bit 29, MIGRATABLE. TDX module 1.5.01 refuses it together
+    /// with [`Self::ATTRIBUTE_DEBUG`] or [`Self::ATTRIBUTE_PERFMON`]
+    /// (`verify_td_attributes`, `src/common/helpers/helpers.c`) and with
+    /// `num_l2_vms` > 0 (`td_immutable_state_cross_check`, same file).
+    pub const ATTRIBUTE_MIGRATABLE: u64 = 1 << 29;
+    /// ATTRIBUTES bit 30, PKS: supervisor protection keys.
+    pub const ATTRIBUTE_PKS: u64 = 1 << 30;
+    /// ATTRIBUTES bit 63, PERFMON: the TD may use the performance counters.
+    pub const ATTRIBUTE_PERFMON: u64 = 1 << 63;
+    /// The ATTRIBUTES bits TDX module 1.5.01 allows (its ATTRIBUTES_FIXED0,
+    /// `TDX_ATTRIBUTES_FIXED0` in
+    /// `src/common/data_structures/td_control_structures.h`): DEBUG,
+    /// SEPT_VE_DISABLE, MIGRATABLE, PKS, PERFMON. Its ATTRIBUTES_FIXED1 is 0.
+    pub const ATTRIBUTES_FIXED0_1_5_01: u64 = Self::ATTRIBUTE_DEBUG
+        | Self::ATTRIBUTE_SEPT_VE_DISABLE
+        | Self::ATTRIBUTE_MIGRATABLE
+        | Self::ATTRIBUTE_PKS
+        | Self::ATTRIBUTE_PERFMON;
+
+    /// XFAM bits 1:0, x87 and SSE: always required (XFAM_FIXED1).
+    pub const XFAM_FIXED1: u64 = 0b11;
+    /// XFAM bit 2, AVX (YMM upper halves).
+    pub const XFAM_AVX: u64 = 1 << 2;
+    /// XFAM bits 7:5, AVX-512 (opmask, ZMM_Hi256, Hi16_ZMM): all three or
+    /// none, and only with [`Self::XFAM_AVX`].
+    pub const XFAM_AVX512: u64 = 0b111 << 5;
+    /// XFAM bits 12:11, CET user and supervisor state: both or neither.
+    pub const XFAM_CET: u64 = 0b11 << 11;
+    /// XFAM bits 18:17, AMX TILECFG and TILEDATA: both or neither.
+    pub const XFAM_AMX: u64 = 0b11 << 17;
+    /// The XFAM bits TDX module 1.5.01 can allow (`TDX_XFAM_FIXED0` in
+    /// `src/common/data_structures/td_control_structures.h`): x87, SSE, AVX,
+    /// AVX-512, PT, PKRU, CET, ULI, LBR, AMX. The module's XFAM_FIXED0 is
+    /// this ANDed with what the CPU supports in XCR0 and IA32_XSS.
+    pub const XFAM_FIXED0_1_5_01: u64 = 0x0006_DBE7;
 
     /// An all-zero TD_PARAMS.
     #[inline]
@@ -1245,7 +1481,8 @@ impl TdParams {
         self.mrownerconfig = *value;
     }
 
-    /// All [`MAX_CPUID_CONFIGS`] CPUID entries.
+    /// All [`MAX_CPUID_CONFIGS`] entries of the CPUID area (a module reads
+    /// the first NUM_CPUID_CONFIG; the rest must be zero).
     #[inline]
     pub const fn cpuid_values(&self) -> &[CpuidValues; MAX_CPUID_CONFIGS] {
         &self.cpuid_values
@@ -1269,8 +1506,19 @@ impl TdParams {
         Ok(())
     }
 
-    /// Whether every reserved byte (`reserved_0`, `reserved_1`, `reserved_2`
-    /// and `msr_config_ctls` bits 7:1) is zero, as TDH.MNG.INIT requires.
+    /// The first CPUID entry at index `from` or later that is not all zero.
+    ///
+    /// With `from` = the module's NUM_CPUID_CONFIG this finds a nonzero byte
+    /// in the module's `reserved_3`, which TDH.MNG.INIT refuses with
+    /// `TDX_OPERAND_INVALID|RDX`.
+    pub fn first_nonzero_cpuid_value(&self, from: usize) -> Option<usize> {
+        (from..MAX_CPUID_CONFIGS).find(|&i| self.cpuid_values[i] != CpuidValues::ZERO)
+    }
+
+    /// Whether every reserved byte at a fixed place (`reserved_0`,
+    /// `reserved_1`, `reserved_2` and `msr_config_ctls` bits 7:1) is zero,
+    /// as TDH.MNG.INIT requires. `reserved_3` depends on the module's
+    /// NUM_CPUID_CONFIG: see [`Self::first_nonzero_cpuid_value`].
     pub fn reserved_is_zero(&self) -> bool {
         self.reserved_0.iter().all(|&b| b == 0)
             && self.reserved_1.iter().all(|&b| b == 0)
@@ -2033,6 +2281,82 @@ mod tests {
                 .unwrap()
                 .reserved_is_zero()
         );
+    }
+
+    #[test]
+    fn td_params_1_5_01_cpuid_area_and_reserved_3() {
+        // 12 entries from 256, then reserved_3 from 448 to the end.
+        assert_eq!(
+            TD_PARAMS_CPUID_OFFSET + NUM_CPUID_CONFIG_1_5_01 * size_of::<CpuidValues>(),
+            448
+        );
+        let mut p = TdParams::new();
+        assert_eq!(p.first_nonzero_cpuid_value(0), None);
+        p.set_cpuid_value(11, CpuidValues::new(1, 0, 0, 0)).unwrap();
+        assert_eq!(p.first_nonzero_cpuid_value(0), Some(11));
+        assert_eq!(p.first_nonzero_cpuid_value(NUM_CPUID_CONFIG_1_5_01), None);
+        // Byte 448 is entry 12: reserved_3 on module 1.5.01.
+        let mut b = [0u8; TD_PARAMS_SIZE];
+        b[448] = 1;
+        let q = TdParams::read_from_bytes(&b).unwrap();
+        assert_eq!(
+            q.first_nonzero_cpuid_value(NUM_CPUID_CONFIG_1_5_01),
+            Some(12)
+        );
+        assert!(q.reserved_is_zero(), "reserved_3 depends on the module");
+        b[448] = 0;
+        b[1023] = 1;
+        let q = TdParams::read_from_bytes(&b).unwrap();
+        assert_eq!(q.first_nonzero_cpuid_value(12), Some(47));
+    }
+
+    #[test]
+    fn cpuid_config_1_5_01_table() {
+        let t = &CPUID_CONFIG_1_5_01;
+        // RCX encodings of TDH.MNG.INIT's CPUID errors, entry by entry.
+        let rcx: [u64; 12] = core::array::from_fn(|i| t[i].leaf_subleaf());
+        assert_eq!(
+            rcx,
+            [
+                0xFFFF_FFFF_0000_0001,
+                0x0000_0000_0000_0004,
+                0x0000_0001_0000_0004,
+                0x0000_0002_0000_0004,
+                0x0000_0003_0000_0004,
+                0x0000_0000_0000_0007,
+                0x0000_0001_0000_0007,
+                0xFFFF_FFFF_0000_000A,
+                0xFFFF_FFFF_0000_001C,
+                0xFFFF_FFFF_8000_0008,
+                0x0000_0002_0000_0007,
+                0x0000_0000_0000_0023,
+            ]
+        );
+        // CONFIG_DIRECT and ALLOW_DIRECT never share a bit.
+        for r in t {
+            assert_eq!(r.config_direct.and(&r.allow_direct), CpuidValues::ZERO);
+        }
+        let leaf1 = &t[0];
+        assert_eq!(
+            leaf1.allowed().registers(),
+            [0x0FFF_3FFF, 0x00FF_0000, 0x3104_4D88, 0xB844_0000]
+        );
+        assert_eq!(
+            leaf1.refused_bits(&CpuidValues::new(0x0FFF_3FFF, 0, 0, 0)),
+            None
+        );
+        assert_eq!(
+            leaf1.refused_bits(&CpuidValues::new(0x1000_0000, 0x1, 0, 0)),
+            Some((0, 0x1000_0000)),
+            "EAX is checked before EBX"
+        );
+        assert_eq!(
+            t[4].refused_bits(&CpuidValues::new(0, 0, 0, 0xF)),
+            Some((3, 0x8))
+        );
+        assert_eq!(t[7].allowed(), CpuidValues::ZERO, "leaf 0xA: nothing");
+        assert_eq!(IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01, 0x0118_0010);
+        assert_eq!(TdParams::ATTRIBUTES_FIXED0_1_5_01, 0x8000_0000_7000_0001);
     }
 
     #[test]

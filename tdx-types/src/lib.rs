@@ -28,6 +28,7 @@
 
 pub mod abi;
 pub mod addr;
+pub mod exit;
 pub mod leaf;
 pub mod metadata;
 pub mod page;

@@ -243,8 +243,14 @@ impl From<u8> for SeptState {
 /// when an S-EPT walk or state check fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SeptDetails {
-    /// RCX: the architectural view of the S-EPT entry (for a free entry
-    /// only bit 63, "suppress #VE", is set).
+    /// RCX: the architectural view of the S-EPT entry
+    /// (`set_arch_septe_details_in_vmm_regs` in the module's
+    /// `sept_manager.c`). A free entry has only bit 63 ("suppress #VE")
+    /// set; a leaf (bit 7 set, 4K included) shows its frame, bit 63,
+    /// memory type, IPAT and RWX (MAPPED `frame | 0x80000000000000F7`,
+    /// pending or blocked `frame | 0x80000000000000F0`); a non-leaf entry
+    /// shows RWX and bit 7 only (`0x7` mapped, `0x0` blocked), never the
+    /// S-EPT page below it.
     pub entry: u64,
     /// RDX: level and state.
     pub level_state: SeptLevelState,

@@ -96,6 +96,11 @@ status_codes! {
     NON_RECOVERABLE_TD_WRONG_APIC_MODE = 0xE000_0007_0000_0000,
     /// The leaf was interrupted and saved its progress; call it again.
     INTERRUPTED_RESUMABLE = 0x8000_0003_0000_0000,
+    /// A host interrupt was pending: the leaf stopped before changing
+    /// anything and restored RCX/RDX to their inputs; issue the same call
+    /// again (TDH.MEM.PAGE.DEMOTE and PROMOTE of module 1.5,
+    /// `tdh_mem_page_demote.c`, `tdh_mem_page_promote.c`).
+    INTERRUPTED_RESTARTABLE = 0x8000_0004_0000_0000,
     /// An operand is invalid; the operand ID names it.
     OPERAND_INVALID = 0xC000_0100_0000_0000,
     /// An address operand is outside every initialized TDMR block.
@@ -239,6 +244,10 @@ status_codes! {
     GPA_RANGE_ALREADY_BLOCKED = 0x0000_0B07_0000_0000,
     /// Removal before TDH.MEM.TRACK made the block visible to every LP.
     TLB_TRACKING_NOT_DONE = 0xC000_0B08_0000_0000,
+    /// TDH.MEM.PAGE.PROMOTE: the 512 entries below are not one aligned,
+    /// contiguous run of MAPPED (or of PENDING) leaves
+    /// (`is_sept_page_valid_for_merge` in `tdh_mem_page_promote.c`).
+    EPT_INVALID_PROMOTE_CONDITIONS = 0xC000_0B09_0000_0000,
     /// The S-EPT entry's state does not allow this leaf.
     EPT_ENTRY_STATE_INCORRECT = 0xC000_0B0D_0000_0000,
     /// TDH.MEM.SEPT.REMOVE of an S-EPT page that still has entries.
@@ -470,7 +479,10 @@ impl TdxStatus {
             || code.is(Self::PREVIOUS_TLB_EPOCH_BUSY)
         {
             ErrorKind::Busy
-        } else if code.is(Self::INTERRUPTED_RESUMABLE) || code.is(Self::INTERRUPTED_PAMT) {
+        } else if code.is(Self::INTERRUPTED_RESUMABLE)
+            || code.is(Self::INTERRUPTED_RESTARTABLE)
+            || code.is(Self::INTERRUPTED_PAMT)
+        {
             ErrorKind::Interrupted
         } else if code.is(Self::RND_NO_ENTROPY) || code.is(Self::KEY_GENERATION_FAILED) {
             ErrorKind::NoEntropy
@@ -678,8 +690,11 @@ pub enum ErrorKind {
     /// `TDX_SYS_BUSY`, `TDX_PREVIOUS_TLB_EPOCH_BUSY`): nothing changed; retry,
     /// after removing the cause where there is one.
     Busy,
-    /// `TDX_INTERRUPTED_RESUMABLE`: the leaf saved its progress; call it
-    /// again (with the resume inputs the leaf defines).
+    /// A host interrupt stopped the leaf; call it again.
+    /// `TDX_INTERRUPTED_RESUMABLE` (and Dynamic PAMT's
+    /// `TDX_INTERRUPTED_PAMT`): the leaf saved its progress, call it with
+    /// the resume inputs the leaf defines. `TDX_INTERRUPTED_RESTARTABLE`:
+    /// the leaf changed nothing, call it again with the same inputs.
     Interrupted,
     /// `TDX_RND_NO_ENTROPY` or `TDX_KEY_GENERATION_FAILED`: the hardware
     /// random number generator ran dry; retry a bounded number of times.
@@ -894,6 +909,21 @@ mod tests {
         use ErrorKind::*;
         let k = |s: TdxStatus| s.kind().unwrap();
         assert_eq!(k(TdxStatus::INTERRUPTED_RESUMABLE), Interrupted);
+        assert_eq!(k(TdxStatus::INTERRUPTED_RESTARTABLE), Interrupted);
+        assert_eq!(
+            TdxStatus::INTERRUPTED_RESTARTABLE.raw(),
+            0x8000_0004_0000_0000
+        );
+        assert_eq!(
+            k(TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS.with_operand(OperandId::RCX)),
+            Failed
+        );
+        assert_eq!(
+            TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS
+                .with_operand(OperandId::RCX)
+                .raw(),
+            0xC000_0B09_0000_0001
+        );
         assert_eq!(k(TdxStatus::RND_NO_ENTROPY), NoEntropy);
         assert_eq!(k(TdxStatus::KEY_GENERATION_FAILED), NoEntropy);
         assert_eq!(k(TdxStatus::SYS_BUSY), Busy);
@@ -945,7 +975,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 89);
+        assert_eq!(NAMED_STATUSES.len(), 91);
     }
 
     #[test]

@@ -5,12 +5,18 @@
 #![allow(unsafe_code)]
 
 use tdx_sys::leaf;
-use tdx_types::{FirmwarePage, Gpa, Leaf, PfnRange, PfnRun, Size4K, TdxLevel, abi::TdParams};
+use tdx_types::{
+    FirmwarePage, Gpa, Leaf, PfnRange, PfnRun, Size4K, TdxLevel,
+    abi::{
+        CPUID_CONFIG_1_5_01, CPUID_SUBLEAF_NONE, IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01,
+        NUM_CPUID_CONFIG_1_5_01, TSC_FREQUENCY_MAX, TSC_FREQUENCY_MIN, TdParams,
+    },
+};
 use zerocopy::IntoBytes;
 
 use super::{
     Created, Finalized, GuestFrame, Initialized, KeysConfigured, Operand, ParamsError, Td, TdError,
-    TdFailure, TdHostRef, TdcsAdded, mirror,
+    TdFailure, TdHostRef, TdcsAdded, XfamRule, mirror,
 };
 use crate::{
     platform::{Placement, Platform},
@@ -91,10 +97,11 @@ impl<H: TdHostRef> Td<KeysConfigured, H> {
 }
 
 impl<H: TdHostRef> Td<TdcsAdded, H> {
-    /// Checks `params` against the module's [`SysInfo`](crate::SysInfo),
-    /// then TDH.MNG.INIT.
+    /// Checks `params` against the module's [`SysInfo`](crate::SysInfo)
+    /// ([`check_params`]), then TDH.MNG.INIT.
     ///
-    /// A parameter error is found before any SEAMCALL.
+    /// A parameter error is found before any SEAMCALL; what the host cannot
+    /// know (see [`check_params`]) comes back as the module's status.
     #[doc(alias = "TDH.MNG.INIT")]
     pub fn init(mut self, params: &TdParams) -> Result<Td<Initialized, H>, TdFailure<Self>> {
         let levels = match check_params(self.host().module().sysinfo(), params) {
@@ -131,14 +138,83 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
     }
 }
 
-/// What [`Td::init`] checks before TDH.MNG.INIT; returns the EPT levels.
-fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> {
+/// Checks `p` with the rules TDH.MNG.INIT applies, in the module's order,
+/// against what the module reports in `info`; returns the EPT levels (4 or
+/// 5). [`Td::init`] calls it before any SEAMCALL; a VMM may call it earlier.
+///
+/// The rules are TDX module 1.5.01's (`tdh_mng_init.c` and the helpers it
+/// calls, `helpers.c`, `virt_msr_helpers.c`), and the first one broken is
+/// the one the module would report:
+///
+/// 1. ATTRIBUTES within ATTRIBUTES_FIXED0/1; a migratable TD neither DEBUG
+///    nor PERFMON.
+/// 2. XFAM within XFAM_FIXED0/1 (the module's XFAM_FIXED0 already leaves
+///    out what the CPU does not support); AVX-512 only with AVX and its
+///    three bits together; CET's two bits together; AMX's two bits
+///    together.
+/// 3. max_vcpus 1..=MAX_VCPUS_PER_TD.
+/// 4. No L2 VMs: the library does not support TD partitioning (the module
+///    accepts up to 3, each needing one more TDCS page, and none in a
+///    migratable TD).
+/// 5. Reserved bytes 20..24 zero; config_flags only GPAW,
+///    FLEXIBLE_PENDING_VE, NO_RBP_MOD; EPTP write-back with a 4- or 5-level
+///    walk and nothing else, 5 levels if GPAW; TSC frequency 4..=400;
+///    reserved bytes 42..80, msr_config_ctls bits 7:1 and bytes 232..256
+///    zero.
+/// 6. Each CPUID entry only with bits the module lets the host configure,
+///    when the module's configurable leaves are module 1.5.01's
+///    ([`CPUID_CONFIG_1_5_01`]): the metadata reports only the
+///    CONFIG_DIRECT bits of each leaf, not the ALLOW_DIRECT ones, so the
+///    library knows the full masks only for that list. For another list
+///    the bits are left to the module.
+/// 7. Every CPUID entry from the module's NUM_CPUID_CONFIG on zero (the
+///    module's `reserved_3`).
+/// 8. `ia32_arch_capabilities_config` zero unless msr_config_ctls bit 0 is
+///    set; and, with module 1.5.01's CPUID list, only the bits of
+///    [`IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01`].
+///
+/// Left to the module, because they depend on the CPU and `SysInfo` does
+/// not say: whether the CPU has 5-level EPT and a physical address width
+/// of at least 49 bits (5-level EPT, GPAW); the CPU's family/model/stepping
+/// (leaf 1 EAX must be 0 or the CPU's own for a non-migratable TD, or an
+/// older CPU model the module lists for a migratable one); whether HLE and
+/// RTM come out equal once the CPU's own TSX bits mask them, and whether
+/// the CPU has IA32_TSX_CTRL (`TDX_INCORRECT_MSR_VALUE|0x10A`); the TDCS
+/// page count (the library adds TDCS_BASE_SIZE); IA32_TSC_ADJUST and
+/// IA32_MISC_ENABLE at the time of the call.
+///
+/// # Errors
+///
+/// The first rule broken, as a [`ParamsError`].
+pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> {
     let fixed = |v: u64, (f0, f1): (u64, u64)| v & !f0 == 0 && v & f1 == f1;
-    if !fixed(p.attributes(), info.attributes_fixed) {
-        return Err(ParamsError::Attributes(p.attributes()));
+    let attributes = p.attributes();
+    if !fixed(attributes, info.attributes_fixed) {
+        return Err(ParamsError::Attributes(attributes));
     }
-    if !fixed(p.xfam(), info.xfam_fixed) {
-        return Err(ParamsError::Xfam(p.xfam()));
+    if attributes & TdParams::ATTRIBUTE_MIGRATABLE != 0
+        && attributes & (TdParams::ATTRIBUTE_DEBUG | TdParams::ATTRIBUTE_PERFMON) != 0
+    {
+        return Err(ParamsError::MigratableAttributes(attributes));
+    }
+    let xfam = p.xfam();
+    if !fixed(xfam, info.xfam_fixed) || xfam & TdParams::XFAM_FIXED1 != TdParams::XFAM_FIXED1 {
+        return Err(ParamsError::Xfam(xfam));
+    }
+    let all_or_none = |mask: u64| xfam & mask == 0 || xfam & mask == mask;
+    let rule = if xfam & TdParams::XFAM_AVX512 != 0 && xfam & TdParams::XFAM_AVX == 0 {
+        Some(XfamRule::Avx512NeedsAvx)
+    } else if !all_or_none(TdParams::XFAM_AVX512) {
+        Some(XfamRule::Avx512Together)
+    } else if !all_or_none(TdParams::XFAM_CET) {
+        Some(XfamRule::CetTogether)
+    } else if !all_or_none(TdParams::XFAM_AMX) {
+        Some(XfamRule::AmxTogether)
+    } else {
+        None
+    };
+    if let Some(rule) = rule {
+        return Err(ParamsError::XfamCombination { xfam, rule });
     }
     if p.max_vcpus() == 0 || p.max_vcpus() > info.vcpu_limit() {
         return Err(ParamsError::MaxVcpus {
@@ -146,17 +222,22 @@ fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> 
             max: info.vcpu_limit(),
         });
     }
-    if !(4..=400).contains(&p.tsc_frequency()) {
-        return Err(ParamsError::TscFrequency(p.tsc_frequency()));
+    if p.num_l2_vms() != 0 {
+        return Err(ParamsError::L2Vms(p.num_l2_vms()));
     }
+    let bytes = p.as_bytes();
+    let reserved = |range: core::ops::Range<usize>| {
+        range
+            .into_iter()
+            .find(|&o| bytes[o] != 0)
+            .map_or(Ok(()), |offset| Err(ParamsError::Reserved { offset }))
+    };
+    reserved(20..24)?;
     let known = TdParams::CONFIG_FLAG_MAX_GPAW
         | TdParams::CONFIG_FLAG_FLEXIBLE_PENDING_VE
         | TdParams::CONFIG_FLAG_NO_RBP_MOD;
     if p.config_flags() & !known != 0 {
         return Err(ParamsError::ConfigFlags(p.config_flags()));
-    }
-    if p.num_l2_vms() != 0 {
-        return Err(ParamsError::L2Vms(p.num_l2_vms()));
     }
     let eptp = p.eptp_controls().raw();
     let pwl = ((eptp >> 3) & 0b111) as u8;
@@ -164,6 +245,48 @@ fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsError> 
     if eptp & 0b111 != 6 || !(pwl == 3 || pwl == 4) || eptp & !0b11_1111 != 0 || (gpaw && pwl != 4)
     {
         return Err(ParamsError::Eptp(eptp));
+    }
+    if !(TSC_FREQUENCY_MIN..=TSC_FREQUENCY_MAX).contains(&p.tsc_frequency()) {
+        return Err(ParamsError::TscFrequency(p.tsc_frequency()));
+    }
+    reserved(42..80)?;
+    if p.msr_config_ctls() & !TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES != 0 {
+        return Err(ParamsError::Reserved { offset: 19 });
+    }
+    reserved(232..256)?;
+    let count = info.cpuid_config.len();
+    let module_1_5_01 = count == NUM_CPUID_CONFIG_1_5_01
+        && info
+            .cpuid_config
+            .iter()
+            .zip(&CPUID_CONFIG_1_5_01)
+            .all(|(&(leaf, _), rule)| leaf == rule.leaf_subleaf());
+    if module_1_5_01 {
+        for (index, rule) in CPUID_CONFIG_1_5_01.iter().enumerate() {
+            let values = p.cpuid_values()[index];
+            if let Some((r, bits)) = rule.refused_bits(&values) {
+                return Err(ParamsError::CpuidBits {
+                    index,
+                    leaf: rule.leaf.leaf,
+                    subleaf: rule.leaf.subleaf.unwrap_or(CPUID_SUBLEAF_NONE),
+                    register: ["EAX", "EBX", "ECX", "EDX"][r],
+                    bits,
+                });
+            }
+        }
+    }
+    if let Some(index) = p.first_nonzero_cpuid_value(count) {
+        return Err(ParamsError::CpuidEntryUnused { index, count });
+    }
+    let arch = p.ia32_arch_capabilities_config();
+    if arch != 0 && p.msr_config_ctls() & TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES == 0 {
+        return Err(ParamsError::ArchCapabilitiesNotEnabled(arch));
+    }
+    if module_1_5_01 && arch & !IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01 != 0 {
+        return Err(ParamsError::ArchCapabilities {
+            config: arch,
+            bits: arch & !IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01,
+        });
     }
     Ok(pwl + 1)
 }
@@ -263,5 +386,122 @@ impl<H: TdHostRef> Td<Initialized, H> {
             };
         }
         Ok(self.into_state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use tdx_types::metadata::TdxFeatures0;
+    use zerocopy::FromBytes;
+
+    use super::*;
+
+    /// What a module 1.5.01 on the simulator's default CPU reports.
+    fn info() -> crate::SysInfo {
+        crate::SysInfo {
+            version: None,
+            features0: TdxFeatures0::new(),
+            max_tdmrs: 64,
+            max_reserved_per_tdmr: 16,
+            pamt_entry_size: [16; 3],
+            tdr_base_size: 4096,
+            tdcs_base_size: 6 * 4096,
+            tdvps_base_size: 6 * 4096,
+            attributes_fixed: (TdParams::ATTRIBUTES_FIXED0_1_5_01, 0),
+            xfam_fixed: (0x6_1BE7, 3),
+            max_vcpus_per_td: Some(576),
+            cpuid_config: CPUID_CONFIG_1_5_01
+                .iter()
+                .map(|r| (r.leaf_subleaf(), r.config_direct.to_metadata()))
+                .collect::<Vec<_>>(),
+            cmrs: None,
+            memory_pool_required_pages: 0,
+            ext_required: false,
+        }
+    }
+
+    fn base() -> TdParams {
+        let mut p = TdParams::new();
+        p.set_xfam(3);
+        p.set_max_vcpus(1);
+        p.set_eptp_controls(tdx_types::abi::EptpControls::from_raw(0x1e));
+        p.set_tsc_frequency(100);
+        p
+    }
+
+    #[test]
+    fn every_reserved_byte_before_the_cpuid_area() {
+        let info = info();
+        assert_eq!(check_params(&info, &base()), Ok(4));
+        for offset in (20..24).chain(42..80).chain(232..256) {
+            let mut b = [0u8; 1024];
+            b.copy_from_slice(base().as_bytes());
+            b[offset] = 0x40;
+            let p = TdParams::read_from_bytes(&b).unwrap();
+            assert_eq!(
+                check_params(&info, &p),
+                Err(ParamsError::Reserved { offset }),
+                "byte {offset}"
+            );
+        }
+        for bit in 1..8 {
+            let mut p = base();
+            p.set_msr_config_ctls(1 << bit);
+            assert_eq!(
+                check_params(&info, &p),
+                Err(ParamsError::Reserved { offset: 19 })
+            );
+        }
+    }
+
+    #[test]
+    fn the_module_order_between_rules() {
+        let info = info();
+        // reserved_0 comes before config_flags, which comes before EPTP,
+        // then TSC, then reserved_1.
+        let mut b = [0u8; 1024];
+        b.copy_from_slice(base().as_bytes());
+        b[21] = 1;
+        b[50] = 1;
+        let mut p = TdParams::read_from_bytes(&b).unwrap();
+        p.set_config_flags(1 << 5);
+        p.set_eptp_controls(tdx_types::abi::EptpControls::from_raw(0));
+        p.set_tsc_frequency(0);
+        assert_eq!(
+            check_params(&info, &p),
+            Err(ParamsError::Reserved { offset: 21 })
+        );
+        let mut b = [0u8; 1024];
+        b.copy_from_slice(p.as_bytes());
+        b[21] = 0;
+        let mut p = TdParams::read_from_bytes(&b).unwrap();
+        assert_eq!(
+            check_params(&info, &p),
+            Err(ParamsError::ConfigFlags(1 << 5))
+        );
+        p.set_config_flags(0);
+        assert_eq!(check_params(&info, &p), Err(ParamsError::Eptp(0)));
+        p.set_eptp_controls(tdx_types::abi::EptpControls::from_raw(0x1e));
+        assert_eq!(check_params(&info, &p), Err(ParamsError::TscFrequency(0)));
+        p.set_tsc_frequency(4);
+        assert_eq!(
+            check_params(&info, &p),
+            Err(ParamsError::Reserved { offset: 50 })
+        );
+        // XFAM before MAX_VCPUS; ATTRIBUTES before XFAM.
+        let mut p = base();
+        p.set_max_vcpus(0);
+        p.set_xfam(0x803);
+        assert_eq!(
+            check_params(&info, &p),
+            Err(ParamsError::XfamCombination {
+                xfam: 0x803,
+                rule: XfamRule::CetTogether
+            })
+        );
+        p.set_attributes(1 << 1);
+        assert_eq!(check_params(&info, &p), Err(ParamsError::Attributes(2)));
     }
 }

@@ -1,5 +1,7 @@
 //! A typed builder for TD_PARAMS.
 
+#[cfg(doc)]
+use tdx_types::abi::{CPUID_CONFIG_1_5_01, IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01};
 use tdx_types::abi::{CpuidValues, EptPageWalk, EptpControls, MAX_CPUID_CONFIGS, TdParams};
 use typed_builder::TypedBuilder;
 
@@ -13,7 +15,7 @@ use typed_builder::TypedBuilder;
 /// that feature.
 ///
 /// [`Td::init`](super::Td::init) checks the result against the module's
-/// `SysInfo` before any SEAMCALL.
+/// `SysInfo` before any SEAMCALL ([`check_params`](super::check_params)).
 ///
 /// ```
 /// use tdx_api::td::TdConfig;
@@ -31,11 +33,14 @@ use typed_builder::TypedBuilder;
 pub struct TdConfig {
     /// Most vCPUs the TD may have (1 up to `SysInfo::vcpu_limit`).
     pub max_vcpus: u16,
-    /// TD attributes (`ATTRIBUTES`), checked against the module's fixed-0
-    /// and fixed-1 bits.
+    /// TD attributes (`ATTRIBUTES`, `TdParams::ATTRIBUTE_*`), checked
+    /// against the module's fixed-0 and fixed-1 bits; a migratable TD can
+    /// be neither a debug TD nor use PERFMON.
     #[builder(default = 0)]
     pub attributes: u64,
-    /// Extended features the guest may use (`XFAM`); x87 and SSE by default.
+    /// Extended features the guest may use (`XFAM`); x87 and SSE by
+    /// default. AVX-512 needs AVX and all three of its bits; CET's and
+    /// AMX's two bits go together.
     #[builder(default = 0x3)]
     pub xfam: u64,
     /// The EPT page-walk length.
@@ -66,14 +71,24 @@ pub struct TdConfig {
     pub mr_owner_config: [u8; 48],
     /// CPUID values, one per configurable leaf in `SysInfo::cpuid_config`
     /// order (index into that list, values); unset entries stay zero.
+    /// The module reads as many entries as it has configurable leaves (12
+    /// on TDX module 1.5.01, [`CPUID_CONFIG_1_5_01`] lists them with the
+    /// bits each may set); an entry past them is refused.
     #[builder(default)]
     pub cpuid: alloc::vec::Vec<(usize, CpuidValues)>,
+    /// The TD's virtual IA32_ARCH_CAPABILITIES configuration: `Some` sets
+    /// `msr_config_ctls` bit 0 and `ia32_arch_capabilities_config` (module
+    /// 1.5.01 lets it hold SSB_NO, RRSBA, BHI_NO and PBRSB_NO,
+    /// [`IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01`]). `None` leaves both 0:
+    /// the TD sees the CPU's value with those bits cleared.
+    #[builder(default, setter(strip_option))]
+    pub ia32_arch_capabilities: Option<u64>,
 }
 
 impl TdConfig {
     /// The TD_PARAMS for this configuration.
     ///
-    /// A CPUID index past the 48 slots of TD_PARAMS is dropped here and
+    /// A CPUID index past the 48 entries of TD_PARAMS' CPUID area is dropped here and
     /// reported by [`TdConfig::check_cpuid`].
     pub fn to_params(&self) -> TdParams {
         let mut p = TdParams::new();
@@ -97,10 +112,17 @@ impl TdConfig {
             // Out-of-range indexes are reported by `check_cpuid`.
             let _ = p.set_cpuid_value(i, v);
         }
+        if let Some(v) = self.ia32_arch_capabilities {
+            p.set_msr_config_ctls(TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES);
+            p.set_ia32_arch_capabilities_config(v);
+        }
         p
     }
 
-    /// The first CPUID index that has no slot in TD_PARAMS, if any.
+    /// The first CPUID index that has no place in TD_PARAMS' 768-byte CPUID
+    /// area (48 entries), if any. An index inside the area but past the
+    /// module's configurable leaves is refused by
+    /// [`check_params`](super::check_params), which knows the module.
     pub fn check_cpuid(&self) -> Option<usize> {
         self.cpuid
             .iter()
@@ -158,7 +180,26 @@ mod tests {
         assert_eq!(p.mrownerconfig(), &[3; 48]);
         assert_eq!(p.cpuid_value(5), Some(v));
         assert_eq!(p.cpuid_value(4), Some(CpuidValues::default()));
-        assert_eq!(c.check_cpuid(), Some(48), "TD_PARAMS has 48 CPUID slots");
+        assert_eq!(c.check_cpuid(), Some(48), "the CPUID area has 48 entries");
         assert_eq!(TdParams::from(&c), p);
+        assert_eq!(p.msr_config_ctls(), 0);
+        assert_eq!(p.ia32_arch_capabilities_config(), 0);
+    }
+
+    #[test]
+    fn arch_capabilities_sets_the_enable_bit() {
+        let p = TdConfig::builder()
+            .max_vcpus(1)
+            .ia32_arch_capabilities(1 << 20)
+            .build()
+            .to_params();
+        assert_eq!(p.msr_config_ctls(), 1);
+        assert_eq!(p.ia32_arch_capabilities_config(), 1 << 20);
+        let p = TdConfig::builder()
+            .max_vcpus(1)
+            .ia32_arch_capabilities(0)
+            .build()
+            .to_params();
+        assert_eq!(p.msr_config_ctls(), 1, "Some(0) still enables it");
     }
 }

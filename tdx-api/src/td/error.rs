@@ -34,16 +34,38 @@ impl fmt::Display for Operand {
     }
 }
 
-/// A TD_PARAMS field the module would refuse, found before any SEAMCALL.
+/// A TD_PARAMS field the module would refuse, found before any SEAMCALL
+/// ([`check_params`](super::check_params)).
+///
+/// Each variant is a rule TDH.MNG.INIT of TDX module 1.5.01 applies
+/// (`src/vmm_dispatcher/api_calls/tdh_mng_init.c`); its documentation names
+/// the status the module would answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParamsError {
-    /// ATTRIBUTES breaks ATTRIBUTES_FIXED0/1.
+    /// ATTRIBUTES breaks ATTRIBUTES_FIXED0/1
+    /// (`TDX_OPERAND_INVALID|ATTRIBUTES`).
     #[error("attributes {0:#x} break ATTRIBUTES_FIXED0/1")]
     Attributes(u64),
-    /// XFAM breaks XFAM_FIXED0/1.
+    /// A migratable TD asks for DEBUG or PERFMON
+    /// (`TDX_OPERAND_INVALID|ATTRIBUTES`).
+    #[error("attributes {0:#x}: a migratable TD can be neither a debug TD nor use PERFMON")]
+    MigratableAttributes(u64),
+    /// XFAM breaks XFAM_FIXED0/1 (`TDX_OPERAND_INVALID|XFAM`). XFAM_FIXED0
+    /// already leaves out what the CPU does not support.
     #[error("XFAM {0:#x} breaks XFAM_FIXED0/1")]
     Xfam(u64),
-    /// max_vcpus is 0 or above the module's limit.
+    /// XFAM breaks a rule about features that go together
+    /// (`TDX_OPERAND_INVALID|XFAM`).
+    #[error("XFAM {xfam:#x}: {rule}")]
+    XfamCombination {
+        /// The XFAM asked for.
+        xfam: u64,
+        /// The rule it breaks.
+        rule: XfamRule,
+    },
+    /// max_vcpus is 0 (`TDX_OPERAND_INVALID|MAX_VCPUS`) or above the
+    /// module's limit (MAX_VCPUS_PER_TD where the module reports it: module
+    /// 1.5.05 refuses more than 576 with the same status).
     #[error("max_vcpus {asked} not in 1..={max}")]
     MaxVcpus {
         /// Asked for.
@@ -52,19 +74,97 @@ pub enum ParamsError {
         /// MAX_VCPUS_PER_TD, or 0xFFFF where the module has no such field.
         max: u16,
     },
-    /// TSC frequency outside 4..=400 (× 25 MHz).
+    /// TSC frequency outside 4..=400 (× 25 MHz)
+    /// (`TDX_OPERAND_INVALID|TSC_FREQUENCY`).
     #[error("TSC frequency {0} × 25 MHz outside 4..=400")]
     TscFrequency(u16),
-    /// Unknown config_flags bits.
+    /// Unknown config_flags bits (`TDX_OPERAND_INVALID|EXEC_CONTROLS`).
     #[error("config_flags {0:#x} has unknown bits")]
     ConfigFlags(u64),
     /// TD partitioning (L2 VMs) is not supported by this API yet.
     #[error("{0} L2 VMs: TD partitioning is not supported")]
     L2Vms(u8),
     /// EPTP controls other than write-back with a 4- or 5-level walk (5 if
-    /// MAX_GPAW).
+    /// MAX_GPAW) (`TDX_OPERAND_INVALID|EPTP_CONTROLS`).
     #[error("EPTP controls {0:#x} invalid")]
     Eptp(u64),
+    /// A reserved byte (`reserved_0`, `reserved_1`, `reserved_2`, or
+    /// `msr_config_ctls` bits 7:1 at byte 19) is not zero
+    /// (`TDX_OPERAND_INVALID|RDX`).
+    #[error("TD_PARAMS byte {offset} is reserved and must be 0")]
+    Reserved {
+        /// Byte offset in TD_PARAMS.
+        offset: usize,
+    },
+    /// A CPUID entry the module does not read is not zero: past the
+    /// module's NUM_CPUID_CONFIG entries, TD_PARAMS is reserved
+    /// (`reserved_3`, `TDX_OPERAND_INVALID|RDX`).
+    #[error(
+        "CPUID entry {index} is set but the module configures only {count} leaves (the rest of the area is reserved)"
+    )]
+    CpuidEntryUnused {
+        /// The entry.
+        index: usize,
+        /// The module's NUM_CPUID_CONFIG.
+        count: usize,
+    },
+    /// A CPUID entry sets bits the module does not let the host configure
+    /// (`TDX_OPERAND_INVALID|CPUID_CONFIG`, RCX = the leaf and subleaf).
+    #[error(
+        "CPUID entry {index} ({leaf:#x}/{subleaf:#x}) {register} bits {bits:#x} are not configurable"
+    )]
+    CpuidBits {
+        /// The entry.
+        index: usize,
+        /// Its leaf.
+        leaf: u32,
+        /// Its subleaf (`0xFFFF_FFFF` when the leaf has none).
+        subleaf: u32,
+        /// `"EAX"`, `"EBX"`, `"ECX"` or `"EDX"`.
+        register: &'static str,
+        /// The bits that are not configurable.
+        bits: u32,
+    },
+    /// `ia32_arch_capabilities_config` is not zero but `msr_config_ctls`
+    /// bit 0 is clear
+    /// (`TDX_OPERAND_INVALID|IA32_ARCH_CAPABILITIES_CONFIG`).
+    #[error("IA32_ARCH_CAPABILITIES config {0:#x} without msr_config_ctls bit 0")]
+    ArchCapabilitiesNotEnabled(u64),
+    /// `ia32_arch_capabilities_config` sets bits the module does not let
+    /// the host configure
+    /// (`TDX_OPERAND_INVALID|IA32_ARCH_CAPABILITIES_CONFIG`).
+    #[error("IA32_ARCH_CAPABILITIES config {config:#x}: bits {bits:#x} are not configurable")]
+    ArchCapabilities {
+        /// The configured value.
+        config: u64,
+        /// The bits that are not configurable.
+        bits: u64,
+    },
+}
+
+/// An XFAM rule about features that go together (`check_xfam`,
+/// `src/common/helpers/helpers.c` of TDX module 1.5.01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum XfamRule {
+    /// AVX-512 (bits 7:5) needs AVX (bit 2).
+    Avx512NeedsAvx,
+    /// The three AVX-512 components (bits 7:5) go together.
+    Avx512Together,
+    /// CET user and supervisor state (bits 12:11) go together.
+    CetTogether,
+    /// AMX TILECFG and TILEDATA (bits 18:17) go together.
+    AmxTogether,
+}
+
+impl fmt::Display for XfamRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Avx512NeedsAvx => "AVX-512 (bits 7:5) needs AVX (bit 2)",
+            Self::Avx512Together => "AVX-512's bits 7:5 must be all set or all clear",
+            Self::CetTogether => "CET's bits 12:11 must be both set or both clear",
+            Self::AmxTogether => "AMX's bits 18:17 must be both set or both clear",
+        })
+    }
 }
 
 /// A TD operation failed.
@@ -79,7 +179,8 @@ pub enum TdError {
         on: Operand,
     },
     /// The module answered BUSY (a lock another logical processor or a
-    /// vCPU in the guest holds) on every call the
+    /// vCPU in the guest holds), or `TDX_INTERRUPTED_RESTARTABLE` (DEMOTE
+    /// or PROMOTE found a host interrupt pending), on every call the
     /// [`RetryPolicy`](crate::retry::RetryPolicy) allowed. Nothing changed;
     /// the same call may succeed later.
     #[error("{error} (on {on}): busy after the retries the policy allows")]

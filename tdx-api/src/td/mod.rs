@@ -171,8 +171,9 @@ use tdx_types::{
     regs::PageInfo,
 };
 
+pub use build::check_params;
 pub use config::TdConfig;
-pub use error::{Operand, ParamsError, TdError, TdFailure};
+pub use error::{Operand, ParamsError, TdError, TdFailure, XfamRule};
 pub use frame::GuestFrame;
 pub use hkid::{Hkid, HkidPool};
 pub use host::{TdHost, TdHostRef, TdHostRefused};

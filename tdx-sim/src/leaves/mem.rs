@@ -8,8 +8,10 @@
 //! lock shared (SEPT.ADD, SEPT.RD, AUG, REMOVE, DEMOTE, PROMOTE) or
 //! exclusive (BLOCK, UNBLOCK, SEPT.REMOVE), then the host lock of the
 //! target entry (`BUSY|RCX` with the entry's details). PAGE.ADD takes the
-//! TDR exclusively instead and no tree or entry lock. Each leaf clears
-//! RCX/RDX on entry, as the module does.
+//! TDR exclusively instead and no tree or entry lock. Each leaf but TRACK
+//! clears RCX/RDX when it starts, as the module does; the S-EPT details a
+//! leaf writes there on an error are [`crate::sept::septe_arch`] and the
+//! entry's level and state.
 
 use sha2::Digest;
 use tdx_sys::SeamcallArgs;
@@ -49,40 +51,70 @@ fn running(td: &Td) -> bool {
     td.op_state() == OpState::Runnable
 }
 
+/// TD_PARAMS.ATTRIBUTES.DEBUG (bit 0).
+const TD_ATTRIBUTES_DEBUG: u64 = 1;
+/// NULL_PA (`x86_defs.h`): "no page" in a page operand.
+const NULL_PA: u64 = u64::MAX;
+/// Bit 63 of a page operand of SEPT.ADD v1 and DEMOTE.
+const BIT63: u64 = 1 << 63;
+/// Bits 11:1 and 63:52 of `td_handle_and_flags_t` (RDX of SEPT.ADD and
+/// DEMOTE), reserved (`tdx_api_defs.h`).
+const TD_HANDLE_RESERVED: u64 = 0xFFF0_0000_0000_0FFE;
+
+/// RCX and RDX as the caller gave them; both cleared, as every TDH.MEM.*
+/// leaf except TRACK does when it starts ("by default, no extended error
+/// code is returned").
+fn take_rcx_rdx(a: &mut SeamcallArgs) -> (u64, u64) {
+    let r = (a.rcx, a.rdx);
+    (a.rcx, a.rdx) = (0, 0);
+    r
+}
+
 /// TDH.MEM.SEPT.ADD, versions 0 and 1 (`tdh_mem_sept_add.c`). Locks: TDR
 /// S:RDX[51:12], op state S, tree S, the parent entry, the new page X:R8.
 ///
 /// Version 1 adds R9..R11, one L2 S-EPT page per L2 VM, and lets R8 be
-/// -1 when the L1 entry already exists; its outputs return every page
-/// with bit 63 set on the ones not used. Model limit: L2 S-EPT trees are
-/// not modelled, so an L2
-/// page given for a TD without that L2 VM, or for any L2 VM, is refused
-/// with TDX_OPERAND_INVALID on its register.
+/// -1 when the L1 entry is already NL_MAPPED. On every path but a version
+/// above 1 (refused by the dispatcher after clearing RCX/RDX, R8..R11
+/// untouched), version 1 writes R8..R11 back as the module does: -1 for a
+/// page given as -1 or taken by the module, the page with bit 63 set where
+/// the entry already existed and `allow_existing` let the call succeed
+/// without it, and otherwise the page with bit 63 cleared (every page an
+/// error stopped the call from taking). Bit 63 of an input page is ignored.
+///
+/// Model limit: L2 S-EPT trees are not modelled, so an L2 page for an L2
+/// VM the TD has is refused with `TDX_OPERAND_INVALID` on its register, as
+/// the module refuses one for an L2 VM the TD does not have.
 pub(crate) fn sept_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let given = [a.r8, a.r9, a.r10, a.r11];
-    let mut used = false;
-    let status = sept_add_inner(c, a, &mut used);
-    if c.version >= 1 {
-        let regs = [&mut a.r8, &mut a.r9, &mut a.r10, &mut a.r11];
-        for (i, (r, g)) in regs.into_iter().zip(given).enumerate() {
-            *r = if g == u64::MAX {
-                g
-            } else if i == 0 && used {
-                g & !(1 << 63)
-            } else {
-                g | (1 << 63)
-            };
+    let v1 = c.version >= 1;
+    // The pages given, bit 63 ignored; R9..R11 only in version 1.
+    let mut pages = [a.r8, a.r9, a.r10, a.r11];
+    if !v1 {
+        pages[1..].fill(NULL_PA);
+    }
+    for p in &mut pages {
+        if *p != NULL_PA {
+            *p &= !BIT63;
         }
+    }
+    let mut flagged = pages;
+    let status = sept_add_inner(c, a, pages, &mut flagged);
+    if v1 {
+        [a.r8, a.r9, a.r10, a.r11] = flagged;
     }
     status
 }
 
-fn sept_add_inner(c: &mut Call<'_>, a: &mut SeamcallArgs, used: &mut bool) -> LeafResult {
-    let version = c.version;
-    let (rcx, rdx) = (a.rcx, a.rdx);
-    (a.rcx, a.rdx) = (0, 0);
+fn sept_add_inner(
+    c: &mut Call<'_>,
+    a: &mut SeamcallArgs,
+    pages: [u64; 4],
+    flagged: &mut [u64; 4],
+) -> LeafResult {
+    let v1 = c.version >= 1;
+    let (rcx, rdx) = take_rcx_rdx(a);
     let flags = TdrAndFlags::from_bits(rdx);
-    if rdx & (0x0000_0000_0000_0FFE | 0xFFF0_0000_0000_0000) != 0 {
+    if rdx & TD_HANDLE_RESERVED != 0 {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
     }
     let td = c.tdr(flags.tdr_pfn() * PAGE, OperandId::RDX, Shared)?;
@@ -90,58 +122,71 @@ fn sept_add_inner(c: &mut Call<'_>, a: &mut SeamcallArgs, used: &mut bool) -> Le
     let (gpa, level) = pinfo(rcx, 1, td.pwl())?;
     let slot = c.walk(td, gpa, level, Some(Shared), a)?;
     let e = c.lock_entry(td, &slot, a)?;
-    match e {
-        None => {}
-        Some(s)
-            if s.state == SeptState::NL_MAPPED
-                && (flags.allow_existing() || (version >= 1 && a.r8 == u64::MAX)) =>
-        {
-            c.locked();
-            return Ok(TdxStatus::SUCCESS);
-        }
+    // `sept_state_is_seamcall_leaf_allowed`: FREE or NL_MAPPED.
+    let existing = match e {
+        None => false,
+        Some(s) if s.state == SeptState::NL_MAPPED => true,
         Some(_) => return Err(state_incorrect(a, e, level)),
-    }
-    if a.r8 == u64::MAX {
-        // v0: no page given is an operand error; v1: the entry had to
-        // exist already.
-        if version >= 1 {
+    };
+    // process_l1_page.
+    let mut new_page = None;
+    if pages[0] == NULL_PA {
+        // Decided before the FREE / NL_MAPPED distinction: allow_existing
+        // does not make R8 = -1 acceptable in version 0.
+        if !v1 {
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+        }
+        if !existing {
             return Err(state_incorrect(a, e, level));
         }
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    } else if !existing {
+        let pe = c.explicit(pages[0], OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
+        new_page = Some(pe);
+    } else if flags.allow_existing() {
+        flagged[0] |= BIT63;
+    } else {
+        return Err(state_incorrect(a, e, level));
     }
-    let page_pa = a.r8 & !(1 << 63);
-    let pe = c.explicit(page_pa, OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
-    if version >= 1 {
-        for (reg, o) in [
-            (a.r9, OperandId::R9),
-            (a.r10, OperandId::R10),
-            (a.r11, OperandId::R11),
-        ] {
-            if reg != u64::MAX {
+    // process_l2_pages: each L2 page given must be for an L2 VM the TD
+    // has (and, a model limit, L2 S-EPT pages are not modelled at all).
+    if v1 {
+        for (vm, o) in [(1, OperandId::R9), (2, OperandId::R10), (3, OperandId::R11)] {
+            if pages[vm] != NULL_PA {
                 return Err(op(TdxStatus::OPERAND_INVALID, o));
             }
         }
     }
     c.locked();
-    let page = page_pa / PAGE;
-    pe.set(PamtPageType::EPT, td.tdr());
-    c.sim
-        .mem
-        .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
-    let child = td.sept.add_page(page);
-    // The new entry stays locked until the leaf ends, as in the module.
-    sept::write_locked(slot.word, word(SeptState::NL_MAPPED, child));
-    td.chldcnt.add(c.lp, 1);
-    *used = true;
+    if let Some(pe) = new_page {
+        let page = pages[0] / PAGE;
+        pe.set(PamtPageType::EPT, td.tdr());
+        c.sim
+            .mem
+            .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
+        let child = td.sept.add_page(page);
+        // The new entry stays locked until the leaf ends, as in the module.
+        sept::write_locked(slot.word, word(SeptState::NL_MAPPED, child));
+        td.chldcnt.add(c.lp, 1);
+        // The page is the module's: "nullified" in the outputs.
+        flagged[0] = NULL_PA;
+    }
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.SEPT.REMOVE (`tdh_mem_sept_remove.c`). Locks: TDR S:RDX, op state S, tree
-/// X, the parent entry, the removed S-EPT page's PAMT entry (implicit X,
-/// `BUSY|RCX`).
+/// TDH.MEM.SEPT.REMOVE, versions 0 and 1 (`tdh_mem_sept_remove.c`).
+/// Locks: TDR S:RDX, op state S, tree X, the parent entry, the removed
+/// S-EPT page's PAMT entry (implicit X, `BUSY|RCX`).
+///
+/// Version 1 sets R9..R11 to -1 when it starts, on every path; on success
+/// they would carry the removed L2 S-EPT pages of the L2 VMs the entry is
+/// aliased for, and the simulator has no aliases. A page below that is not
+/// FREE gives `TDX_EPT_PAGE_NOT_FREE|RCX` with the details of the parent
+/// entry (the one being removed), not of the child.
 pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let (rcx, rdx) = (a.rcx, a.rdx);
-    (a.rcx, a.rdx) = (0, 0);
+    let (rcx, rdx) = take_rcx_rdx(a);
+    if c.version >= 1 {
+        (a.r9, a.r10, a.r11) = (NULL_PA, NULL_PA, NULL_PA);
+    }
     let td = c.tdr(rdx, OperandId::RDX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
     let (gpa, level) = pinfo(rcx, 1, td.pwl())?;
@@ -179,20 +224,33 @@ pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     pe.set(PamtPageType::NDA, 0);
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
     a.rcx = entry.pfn * PAGE;
-    a.rdx = 0;
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.SEPT.RD. Locks: TDR S:RDX, op state S, tree S, the entry.
+/// TDH.MEM.SEPT.RD (`tdh_mem_sept_rd.c`). Locks: TDR S:RDX (bit 0
+/// cleared), op state S, tree S, the entry.
+///
+/// RDX bit 0 asks for the entry's L2 attributes in R8 and is not part of
+/// the TDR's address. It is allowed only for a DEBUG TD
+/// (`TDX_OPERAND_INVALID|RDX` after the TDR and TDCS checks otherwise);
+/// then R8 holds 16 bits of attributes per L2 VM the entry is aliased for,
+/// which in the simulator (no L2 aliases) is 0. Every state, FREE
+/// included, is read: RCX/RDX are the entry's details.
 pub(crate) fn sept_rd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let (rcx, rdx) = (a.rcx, a.rdx);
-    (a.rcx, a.rdx) = (0, 0);
-    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    let (rcx, rdx) = take_rcx_rdx(a);
+    let read_l2_attributes = rdx & 1 != 0;
+    let td = c.tdr(rdx & !1, OperandId::RDX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
+    if read_l2_attributes && td.ctl().attributes & TD_ATTRIBUTES_DEBUG == 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
     let (gpa, level) = pinfo(rcx, 0, td.pwl())?;
     let slot = c.walk(td, gpa, level, Some(Shared), a)?;
     let e = c.lock_entry(td, &slot, a)?;
     c.locked();
+    if read_l2_attributes {
+        a.r8 = 0;
+    }
     details(a, e, level);
     Ok(TdxStatus::SUCCESS)
 }
@@ -358,19 +416,22 @@ pub(crate) fn track(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The checks TDH.MEM.PAGE.REMOVE (`tdh_mem_page_remove.c`) and TDH.MEM.PAGE.DEMOTE
-/// (a model choice, the same checks) share: TDR S:RDX; op state S →
-/// {INITIALIZED, RUNNABLE}; PINFO (`min_level`..=2); tree S; the leaf
-/// entry. Returns (TD, GPA, level, leaf, its word).
+/// The checks TDH.MEM.PAGE.REMOVE (`tdh_mem_page_remove.c`) and
+/// TDH.MEM.PAGE.DEMOTE (`tdh_mem_page_demote.c`) share, in the order both
+/// run them: TDR S at `tdr`; op state S → {INITIALIZED, RUNNABLE}; PINFO
+/// (`min_level`..=2); tree S; the entry, which must be a leaf (REMOVE also
+/// allows the migration states BLOCKEDW and PENDING_BLOCKEDW, which the
+/// simulator does not have). `rcx` is the caller's page info. Returns (TD,
+/// GPA, level, leaf, its word).
 #[allow(clippy::type_complexity)]
 fn leaf_entry<'s>(
     c: &mut Call<'s>,
     a: &mut SeamcallArgs,
+    rcx: u64,
+    tdr: u64,
     min_level: u8,
 ) -> Result<(&'s Td, u64, u8, Septe, &'s crate::locks::AtomicU64), TdxStatus> {
-    let (rcx, rdx) = (a.rcx, a.rdx);
-    (a.rcx, a.rdx) = (0, 0);
-    let td = c.tdr(rdx, OperandId::RDX, Shared)?;
+    let td = c.tdr(tdr, OperandId::RDX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
     let (gpa, level) = pinfo(rcx, min_level, 2)?;
     let slot = c.walk(td, gpa, level, Some(Shared), a)?;
@@ -406,7 +467,8 @@ fn blocked_and_tracked(
 /// S, the entry, the page's PAMT entry at its mapping level (implicit X,
 /// `BUSY|RCX`).
 pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let (td, _, level, entry, w) = leaf_entry(c, a, 0)?;
+    let (rcx, rdx) = take_rcx_rdx(a);
+    let (td, _, level, entry, w) = leaf_entry(c, a, rcx, rdx, 0)?;
     let pe = c.implicit(entry.pfn * PAGE, level, Exclusive, OperandId::RCX)?;
     blocked_and_tracked(td, a, entry, level, pe.bepoch())?;
     c.locked();
@@ -420,14 +482,28 @@ pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.PAGE.DEMOTE: splits the 2M or 1G leaf at RCX into 512 leaves
-/// one level down, with the new S-EPT page in R8. Locks: TDR S:RDX, op
+/// TDH.MEM.PAGE.DEMOTE (`tdh_mem_page_demote.c`): splits the 2M or 1G
+/// leaf at RCX into 512 leaves one level down, with the new S-EPT page in
+/// R8. RDX is `td_handle_and_flags_t`: the TDR in bits 51:12, bit 0
+/// `l2_sept_add_mode` (which matters only for L2 VMs), bits 11:1 and 63:52
+/// reserved (`TDX_OPERAND_INVALID|RDX` first). Locks: TDR S:RDX[51:12], op
 /// state S, tree S, the leaf entry, the new page X:R8, and for a moment
 /// the page's own PAMT entry X (`pamt_demote`, `BUSY|RCX`). Running TDs:
-/// the leaf must be blocked and tracked; the new entries are unblocked.
-/// (Model choices where the model leaves DEMOTE out.)
+/// the leaf must be blocked and tracked (its block epoch read without a
+/// lock); the new entries are unblocked. R8..R11 keep their inputs (the
+/// module writes R9..R11 back as given when the TD has no L2 VMs).
+///
+/// The module returns `TDX_INTERRUPTED_RESTARTABLE` with RCX/RDX restored
+/// to their inputs when a host interrupt is pending before `pamt_demote`;
+/// the simulator has no interrupts (a test injects that status with
+/// [`crate::Fault::status`], which leaves the registers as given).
 pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let (td, _, level, entry, w) = leaf_entry(c, a, 1)?;
+    let (rcx, rdx) = take_rcx_rdx(a);
+    if rdx & TD_HANDLE_RESERVED != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    let tdr = TdrAndFlags::from_bits(rdx).tdr_pfn() * PAGE;
+    let (td, _, level, entry, w) = leaf_entry(c, a, rcx, tdr, 1)?;
     let pa = entry.pfn * PAGE;
     let t = c.sim.pamt.block(pa).expect("a mapped page is in a TDMR");
     blocked_and_tracked(td, a, entry, level, t.peek(level, pa).bepoch)?;
@@ -471,18 +547,34 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MEM.PAGE.PROMOTE: merges the 512 leaves below the entry at RCX
-/// (level 1 or 2) into one page of that level, when they map one aligned,
-/// contiguous run in the same state, and frees the S-EPT page (returned in
-/// RCX). Locks: TDR S:RDX, op state S, tree S, the parent entry, the merged
-/// S-EPT page's PAMT entry (implicit X, `BUSY|RCX`), each of the 512 child
-/// entries in turn (`BUSY|RCX` with the parent's details, as the module
-/// writes them), and for a moment the new page's PAMT entry X
-/// (`pamt_promote`, `BUSY|RCX`). Running TDs: the entry must be blocked
-/// and tracked. (Model choices where the model leaves PROMOTE out.)
+/// TDH.MEM.PAGE.PROMOTE, versions 0 and 1 (`tdh_mem_page_promote.c`):
+/// merges the 512 leaves below the entry at RCX (level 1 or 2) into one
+/// page of that level, when they map one aligned, contiguous run in the
+/// same state, and frees the S-EPT page (returned in RCX). Locks: TDR
+/// S:RDX, op state S, tree S, the parent entry, the merged S-EPT page's
+/// PAMT entry (implicit X, `BUSY|RCX`), each of the 512 child entries in
+/// turn, and for a moment the new page's PAMT entry X (`pamt_promote`,
+/// `BUSY|RCX`). Running TDs: the entry must be blocked and tracked.
+///
+/// Version 1 sets R9..R11 to -1 when it starts, on every path (on success
+/// they would carry the freed L2 S-EPT pages of aliased L2 VMs; the
+/// simulator has none). The merge check (`is_sept_page_valid_for_merge`)
+/// locks each child in turn and checks it at once: a busy child gives
+/// `TDX_OPERAND_BUSY|RCX`, a first child that is not MAPPED or PENDING or
+/// not aligned to the merged size, or a later child that is not the next
+/// page of the run in the same state, gives
+/// `TDX_EPT_INVALID_PROMOTE_CONDITIONS|RCX`; both with the details of the
+/// parent entry at the requested level, whichever child stopped it.
+///
+/// The module returns `TDX_INTERRUPTED_RESTARTABLE` with RCX/RDX restored
+/// to their inputs when a host interrupt is pending after the merge check;
+/// the simulator has no interrupts (a test injects that status with
+/// [`crate::Fault::status`], which leaves the registers as given).
 pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let (rcx, rdx) = (a.rcx, a.rdx);
-    (a.rcx, a.rdx) = (0, 0);
+    let (rcx, rdx) = take_rcx_rdx(a);
+    if c.version >= 1 {
+        (a.r9, a.r10, a.r11) = (NULL_PA, NULL_PA, NULL_PA);
+    }
     let td = c.tdr(rdx, OperandId::RDX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
     let (gpa, level) = pinfo(rcx, 1, 2)?;
@@ -504,7 +596,6 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
         }
     }
     let step = pages_of(level - 1);
-    let not_mergeable = || op(TdxStatus::EPT_ENTRY_STATE_INCORRECT, OperandId::RCX);
     let children = td.sept.children(cur);
     let mut first: Option<Septe> = None;
     for (i, w) in children.iter().enumerate() {
@@ -513,16 +604,26 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
             return Err(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
         }
         let child = td.sept.view(w.load(Ordering::Acquire));
-        match (i, first, child) {
+        // Child 0: its frame aligned to the merged size (a FREE entry's
+        // frame is 0, which is), then MAPPED or PENDING. Child i: the
+        // whole entry equal to child 0's with the frame i steps on.
+        let mergeable = match (i, first, child) {
             (0, _, Some(f))
                 if matches!(f.state, SeptState::MAPPED | SeptState::PENDING)
                     && f.pfn % (step * 512) == 0 =>
             {
                 first = Some(f);
+                true
             }
-            (0, ..) => return Err(not_mergeable()),
-            (_, Some(f), Some(ch)) if ch.state == f.state && ch.pfn == f.pfn + i as u64 * step => {}
-            _ => return Err(not_mergeable()),
+            (_, Some(f), Some(ch)) => ch.state == f.state && ch.pfn == f.pfn + i as u64 * step,
+            _ => false,
+        };
+        if !mergeable {
+            details(a, e, level);
+            return Err(op(
+                TdxStatus::EPT_INVALID_PROMOTE_CONDITIONS,
+                OperandId::RCX,
+            ));
         }
     }
     let first = first.expect("512 children checked");

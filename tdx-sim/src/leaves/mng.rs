@@ -10,6 +10,7 @@ use crate::{
     dispatch::{Call, LeafResult, op},
     kot::KotState,
     locks::LockMode::Exclusive,
+    machine::{MachineDesc, NativeCpu},
     memory::{ModuleUse, PAGE},
     td::{Lifecycle, MAX_TDCS, MIN_TDCS, OpState},
 };
@@ -92,8 +93,19 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// TDH.MNG.INIT (`tdh_mng_init.c`). Locks: TDR X:RCX (the op state is checked
-/// without its lock).
+/// TDH.MNG.INIT (`tdh_mng_init.c` `tdh_mng_init`). Locks: TDR X:RCX (the
+/// op state is checked without its lock).
+///
+/// Output registers: RCX := 0 before any check; RCX := the CPUID leaf and
+/// subleaf on the CPUID-configuration errors that report one; RDX is never
+/// written. Two checks of the module are not modelled, because the
+/// simulator has no per-LP MSR state a host could change after bring-up:
+/// IA32_MISC_ENABLE bit 22 set (`TDX_LIMIT_CPUID_MAXVAL_SET`, before the
+/// TDR) and IA32_TSC_ADJUST changed since TDH.SYS.INIT
+/// (`TDX_INCONSISTENT_MSR|0x3B`, after the TSC frequency). The module
+/// writes some TDCS fields before a later check fails; the simulator
+/// commits only on success, which no leaf can tell apart while the op
+/// state stays UNINITIALIZED (a retry rewrites them all).
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let rcx = a.rcx;
     a.rcx = 0;
@@ -105,89 +117,298 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     }
     let mut p = [0u8; 1024];
     s.module_read(a.rdx, &mut p, "TDH.MNG.INIT");
-    let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
-    let u16_at = |o: usize| u16::from_le_bytes(p[o..o + 2].try_into().expect("2 bytes"));
-    let prof = &s.machine.desc.profile;
-    let (attributes, xfam) = (u64_at(0), u64_at(8));
-    let fixed = |v: u64, f0: u64, f1: u64| v & !f0 == 0 && v & f1 == f1;
-    if !fixed(attributes, prof.attributes_fixed0, prof.attributes_fixed1) {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::ATTRIBUTES));
-    }
-    if !fixed(xfam, prof.xfam_fixed0, prof.xfam_fixed1) {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::XFAM));
-    }
-    let max_vcpus = u16_at(16);
-    if max_vcpus == 0 {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::MAX_VCPUS));
-    }
-    let num_l2 = p[18];
-    if num_l2 > 3 {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::NUM_L2_VMS));
-    }
-    if td.num_tdcx() < MIN_TDCS + u64::from(num_l2) {
-        return Err(TdxStatus::TDCS_NOT_ALLOCATED);
-    }
-    if p[20..24].iter().any(|&b| b != 0) {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
-    }
-    let config_flags = u64_at(32);
-    if config_flags & !0b111 != 0 {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::EXEC_CONTROLS));
-    }
-    let gpaw = config_flags & 1 != 0;
-    let eptp = u64_at(24);
-    let pwl = ((eptp >> 3) & 0b111) as u8;
-    let eptp_ok = eptp & 0b111 == 6
-        && (pwl == 3 || pwl == 4)
-        && eptp & !0b11_1111 == 0
-        && (!gpaw || pwl == 4);
-    if !eptp_ok {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::EPTP_CONTROLS));
-    }
-    let tsc = u16_at(40);
-    if !(4..=400).contains(&tsc) {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::TSC_FREQUENCY));
-    }
-    if p[42..80].iter().any(|&b| b != 0) || p[19] & !1 != 0 || p[232..256].iter().any(|&b| b != 0) {
-        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
-    }
-    // CPUID values: only configurable bits of the configurable leaves.
-    for i in 0..48usize {
-        let v: [u32; 4] = core::array::from_fn(|j| {
-            u32::from_le_bytes(
-                p[256 + 16 * i + 4 * j..260 + 16 * i + 4 * j]
-                    .try_into()
-                    .expect("4 bytes"),
-            )
-        });
-        let mask = prof.cpuid_config.get(i).map_or([0; 4], |c| c.mask);
-        if v.iter().zip(mask).any(|(&x, m)| x & !m != 0) {
-            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG));
+    let params = match check_td_params(&s.machine.desc, td.num_tdcx(), &p) {
+        Ok(v) => v,
+        Err(e) => {
+            a.rcx = e.rcx;
+            return Err(e.status);
         }
-    }
-    // IA32_ARCH_CAPABILITIES configuration: only bits the module lets
-    // the host configure (the module publishes its mask as global
-    // metadata). Model choice, UNCONFIRMED: the mask's value.
-    let arch_caps = u64::from_le_bytes(p[224..232].try_into().expect("8 bytes"));
-    if arch_caps & !ARCH_CAPS_CONFIG_MASK != 0 {
-        return Err(op(
-            TdxStatus::OPERAND_INVALID,
-            OperandId::IA32_ARCH_CAPABILITIES_CONFIG,
-        ));
-    }
+    };
     c.locked();
     let mut ctl = td.ctl();
-    ctl.max_vcpus = u32::from(max_vcpus);
+    ctl.max_vcpus = u32::from(params.max_vcpus);
     ctl.num_vcpus = 0;
-    ctl.attributes = attributes;
+    ctl.attributes = params.attributes;
     ctl.tsc_multiplier = 1 << 48;
     ctl.measurement = Some(Sha384::new());
     ctl.params = Some(Box::new(p));
     td.set_num_assoc_vcpus(0);
     td.set_td_epoch(1);
-    td.set_ept(pwl, gpaw, num_l2);
+    td.set_ept(params.pwl, params.gpaw, params.num_l2_vms);
     td.set_op_state(OpState::Initialized);
     Ok(TdxStatus::SUCCESS)
+}
+
+/// What TDH.MNG.INIT keeps of an accepted TD_PARAMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TdInitParams {
+    pub(crate) attributes: u64,
+    pub(crate) xfam: u64,
+    pub(crate) max_vcpus: u16,
+    pub(crate) num_l2_vms: u8,
+    pub(crate) config_flags: u64,
+    /// EPT page-walk length minus one (3 or 4).
+    pub(crate) pwl: u8,
+    pub(crate) gpaw: bool,
+    pub(crate) tsc_frequency: u16,
+}
+
+/// A TD_PARAMS check that failed: the status and the RCX it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InitError {
+    pub(crate) status: TdxStatus,
+    pub(crate) rcx: u64,
+}
+
+impl From<TdxStatus> for InitError {
+    fn from(status: TdxStatus) -> Self {
+        Self { status, rcx: 0 }
+    }
+}
+
+/// ATTRIBUTES bit 0, DEBUG.
+const ATTR_DEBUG: u64 = 1 << 0;
+/// ATTRIBUTES bit 29, MIGRATABLE.
+const ATTR_MIGRATABLE: u64 = 1 << 29;
+/// ATTRIBUTES bit 63, PERFMON.
+const ATTR_PERFMON: u64 = 1 << 63;
+/// `MIN_PA_FOR_PML5` (`src/common/x86_defs/x86_defs.h`).
+const MIN_PA_FOR_PML5: u32 = 49;
+/// `MAX_L2_VMS` (`src/common/data_structures/tdx_tdvps.h`).
+const MAX_L2_VMS: u8 = 3;
+/// The CPUID area of TD_PARAMS starts here.
+const CPUID_OFFSET: usize = 256;
+/// Operand ID of `TDX_INCORRECT_MSR_VALUE` for IA32_ARCH_CAPABILITIES: the
+/// MSR's address (0x10A).
+const IA32_ARCH_CAPABILITIES_MSR: OperandId = OperandId(0x10A);
+
+/// Every TD_PARAMS check of TDH.MNG.INIT after the TD_PARAMS address, in
+/// the module's order (`read_and_set_td_configurations`,
+/// `read_and_set_cpuid_configurations`, then `tdh_mng_init` itself, all in
+/// `src/vmm_dispatcher/api_calls/tdh_mng_init.c`), against the module
+/// profile and the CPU of `desc`. `num_tdcx` is the TD's TDCS page count.
+pub(crate) fn check_td_params(
+    desc: &MachineDesc,
+    num_tdcx: u64,
+    p: &[u8; 1024],
+) -> Result<TdInitParams, InitError> {
+    let prof = &desc.profile;
+    let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
+    let u16_at = |o: usize| u16::from_le_bytes(p[o..o + 2].try_into().expect("2 bytes"));
+    let zero = |r: core::ops::Range<usize>| p[r].iter().all(|&b| b == 0);
+    let invalid = |o: OperandId| InitError::from(op(TdxStatus::OPERAND_INVALID, o));
+    let fixed = |v: u64, f0: u64, f1: u64| v & !f0 == 0 && v & f1 == f1;
+
+    // ATTRIBUTES (`verify_td_attributes`, src/common/helpers/helpers.c):
+    // FIXED0/FIXED1, and a migratable TD is neither a debug TD nor uses
+    // PERFMON.
+    let attributes = u64_at(0);
+    if !fixed(attributes, prof.attributes_fixed0, prof.attributes_fixed1)
+        || (attributes & ATTR_MIGRATABLE != 0 && attributes & (ATTR_DEBUG | ATTR_PERFMON) != 0)
+    {
+        return Err(invalid(OperandId::ATTRIBUTES));
+    }
+    let migratable = attributes & ATTR_MIGRATABLE != 0;
+
+    // XFAM (`check_xfam`, helpers.c): only bits the module allows and the
+    // CPU supports; x87 and SSE; AVX-512 only with AVX and its three
+    // components together; CET user/supervisor together; AMX TILECFG and
+    // TILEDATA together.
+    let xfam = u64_at(8);
+    let bit = |n: u32| xfam >> n & 1;
+    if !fixed(xfam, desc.xfam_fixed0(), prof.xfam_fixed1)
+        || (bit(5) == 1 && bit(2) == 0)
+        || bit(5) != bit(6)
+        || bit(5) != bit(7)
+        || bit(11) != bit(12)
+        || bit(17) != bit(18)
+    {
+        return Err(invalid(OperandId::XFAM));
+    }
+
+    // Module 1.5.05 also refuses more than its MAX_VCPUS_PER_TD
+    // (`tdh_mng_init.c` of 1.5.05); 1.5.01 has no such limit.
+    let max_vcpus = u16_at(16);
+    if max_vcpus == 0 || prof.max_vcpus_per_td.is_some_and(|m| max_vcpus > m) {
+        return Err(invalid(OperandId::MAX_VCPUS));
+    }
+    let num_l2_vms = p[18];
+    if num_l2_vms > MAX_L2_VMS {
+        return Err(invalid(OperandId::NUM_L2_VMS));
+    }
+    // `is_required_tdcs_allocated`: one more TDCS page per L2 VM
+    // (src/common/data_structures/td_control_structures.h).
+    if num_tdcx < MIN_TDCS + u64::from(num_l2_vms) {
+        return Err(TdxStatus::TDCS_NOT_ALLOCATED.into());
+    }
+    if !zero(20..24) {
+        return Err(invalid(OperandId::RDX));
+    }
+
+    // CONFIG_FLAGS (`verify_td_config_flags`, helpers.c).
+    let config_flags = u64_at(32);
+    if !fixed(
+        config_flags,
+        prof.config_flags_fixed0,
+        prof.config_flags_fixed1,
+    ) {
+        return Err(invalid(OperandId::EXEC_CONTROLS));
+    }
+    let gpaw = config_flags & 1 != 0;
+
+    // EPTP_CONTROLS (`verify_and_set_td_eptp_controls`, helpers.c):
+    // write-back; a 4-level walk, or 5-level when the CPU has 5-level EPT
+    // and a physical address width of at least 49 bits; A/D, SSS, the
+    // reserved bits and the root address all 0; GPAW needs 5 levels.
+    let eptp = u64_at(24);
+    let pwl = ((eptp >> 3) & 0b111) as u8;
+    let max_pwl = if desc.cpu.ept_pml5 { 4 } else { 3 };
+    let eptp_ok = eptp & 0b111 == 6
+        && (3..=max_pwl).contains(&pwl)
+        && eptp & !0b11_1111 == 0
+        && (pwl < 4 || desc.phys_addr_bits >= MIN_PA_FOR_PML5)
+        && (!gpaw || pwl == 4);
+    if !eptp_ok {
+        return Err(invalid(OperandId::EPTP_CONTROLS));
+    }
+
+    // VIRT_TSC_FREQUENCY_MIN/MAX, units of 25 MHz (td_control_structures.h).
+    let tsc_frequency = u16_at(40);
+    if !(4..=400).contains(&tsc_frequency) {
+        return Err(invalid(OperandId::TSC_FREQUENCY));
+    }
+    // reserved_1, msr_config_ctls bits 7:1, reserved_2: three checks with
+    // the same status, in this order.
+    if !zero(42..80) || p[19] & !1 != 0 || !zero(232..256) {
+        return Err(invalid(OperandId::RDX));
+    }
+
+    check_cpuid_config(desc, migratable, p)?;
+
+    // reserved_3: everything after the module's CPUID entries.
+    if !zero(CPUID_OFFSET + 16 * prof.cpuid_config.len()..1024) {
+        return Err(invalid(OperandId::RDX));
+    }
+
+    // IA32_ARCH_CAPABILITIES configuration (`init_virt_ia32_arch_capabilities`,
+    // src/common/helpers/virt_msr_helpers.c): any bit needs
+    // msr_config_ctls bit 0, and only the configurable bits may be set.
+    let arch_caps = u64_at(224);
+    if (p[19] & 1 == 0 && arch_caps != 0) || arch_caps & !prof.arch_caps_config_mask != 0 {
+        return Err(invalid(OperandId::IA32_ARCH_CAPABILITIES_CONFIG));
+    }
+
+    // `td_immutable_state_cross_check` (helpers.c): a migratable TD has no
+    // L2 VMs.
+    if migratable && num_l2_vms > 0 {
+        return Err(invalid(OperandId::RDX));
+    }
+    Ok(TdInitParams {
+        attributes,
+        xfam,
+        max_vcpus,
+        num_l2_vms,
+        config_flags,
+        pwl,
+        gpaw,
+        tsc_frequency,
+    })
+}
+
+/// The CPUID configuration checks of `read_and_set_cpuid_configurations`
+/// (tdh_mng_init.c). The module walks its CPUID lookup table; the
+/// configurable leaves sit in it in TD_PARAMS entry order (lookup indices
+/// 0-9, 14 and 59 for entries 0-11, `cpuid_configurable` in
+/// include/auto_gen/cpuid_configurations.c), so the walk here is in entry
+/// order. For each entry: EAX, EBX, ECX, EDX each only with configurable
+/// bits (RCX := leaf/subleaf); after leaf 1, its family/model/stepping
+/// (RCX := leaf/subleaf); after leaf 7/0, the TSX rules (RCX stays 0).
+fn check_cpuid_config(
+    desc: &MachineDesc,
+    migratable: bool,
+    p: &[u8; 1024],
+) -> Result<(), InitError> {
+    let cpu = &desc.cpu;
+    for (i, entry) in desc.profile.cpuid_config.iter().enumerate() {
+        let at = CPUID_OFFSET + 16 * i;
+        let v: [u32; 4] = core::array::from_fn(|j| {
+            u32::from_le_bytes(p[at + 4 * j..at + 4 * j + 4].try_into().expect("4 bytes"))
+        });
+        let refused = InitError {
+            status: op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG),
+            rcx: entry.leaf_subleaf(),
+        };
+        if v.iter().zip(entry.mask()).any(|(&x, m)| x & !m != 0) {
+            return Err(refused);
+        }
+        match (entry.leaf, entry.subleaf) {
+            // Leaf 1 EAX: every bit is CONFIG_DIRECT or fixed to 0 (the
+            // lookup entry's FIXED0 covers 31:28 and 15:14), so the TD's
+            // F/M/S is the configured value, 0 meaning the CPU's own. A
+            // migratable TD's must pass `check_fms_config`
+            // (src/common/helpers/cpuid_fms.c); a non-migratable TD's must
+            // be the CPU's.
+            (0x1, None) => {
+                let fms = if v[0] == 0 { cpu.fms } else { v[0] };
+                let ok = if migratable {
+                    fms_config_ok(&desc.profile.allowed_fms, cpu.fms, fms)
+                } else {
+                    fms == cpu.fms
+                };
+                if !ok {
+                    return Err(refused);
+                }
+            }
+            // Leaf 7/0 EBX: HLE (4) and RTM (11) are ALLOW_DIRECT, not
+            // masked by XFAM: the TD sees configured & native. They must
+            // be equal (`TDX_OPERAND_INVALID|CPUID_CONFIG`, RCX not set),
+            // and TSX needs IA32_ARCH_CAPABILITIES.TSX_CTRL
+            // (`TDX_INCORRECT_MSR_VALUE|0x10A`).
+            (0x7, Some(0)) => {
+                let hle = v[1] >> 4 & 1 == 1 && cpu.hle;
+                let rtm = v[1] >> 11 & 1 == 1 && cpu.rtm;
+                if hle != rtm {
+                    return Err(op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG).into());
+                }
+                if hle && cpu.arch_capabilities & NativeCpu::ARCH_CAP_TSX_CTRL == 0 {
+                    return Err(
+                        op(TdxStatus::INCORRECT_MSR_VALUE, IA32_ARCH_CAPABILITIES_MSR).into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `check_fms_config` (src/common/helpers/cpuid_fms.c): the F/M/S a
+/// migratable TD may claim on a CPU whose own is `platform`. `allowed` is
+/// the module's model list, newest first, each with its latest stepping.
+/// Family and model (every bit but stepping 3:0) must be the CPU's or an
+/// older model of the list; the stepping no later than the list's for that
+/// model, nor than the CPU's own for the CPU's model.
+fn fms_config_ok(allowed: &[u32], platform: u32, fms: u32) -> bool {
+    let model = |x: u32| x & !0xF;
+    let stepping = |x: u32| x & 0xF;
+    if model(platform) == model(fms) && stepping(fms) > stepping(platform) {
+        return false;
+    }
+    // The machine description is refused for a CPU model the module does
+    // not know (`find_table_start` would be a module fatal error).
+    let Some(start) = allowed.iter().position(|&a| model(a) == model(platform)) else {
+        return false;
+    };
+    let mut found = false;
+    for &a in &allowed[start..] {
+        if model(a) == model(fms) {
+            found = true;
+            if stepping(fms) > stepping(a) {
+                return false;
+            }
+        }
+    }
+    found
 }
 
 /// TDH.MNG.VPFLUSHDONE (`tdh_mng_vpflushdone.c`). Locks: TDR X:RCX, KOT X (the TDCS is
@@ -243,18 +464,9 @@ pub(crate) fn key_freeid(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure. Model choice
-/// (UNCONFIRMED: the module reports its real mask through global metadata,
-/// which the references do not give): the "not affected" bits a VMM may
-/// want to hide or show for migration pools: RDCL_NO (0), IBRS_ALL (1),
-/// RSBA (2), SSB_NO (4), MDS_NO (5), TAA_NO (8), RRSBA (19), BHI_NO (20),
-/// PBRSB_NO (24).
-pub const ARCH_CAPS_CONFIG_MASK: u64 = (1 << 0)
-    | (1 << 1)
-    | (1 << 2)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 8)
-    | (1 << 19)
-    | (1 << 20)
-    | (1 << 24);
+/// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure in module
+/// 1.5.01: SSB_NO (4), RRSBA (19), BHI_NO (20), PBRSB_NO (24)
+/// (`IA32_ARCH_CAPABILITIES_CONFIG_MASK`, src/common/x86_defs/msr_defs.h;
+/// checked by `init_virt_ia32_arch_capabilities`,
+/// src/common/helpers/virt_msr_helpers.c).
+pub const ARCH_CAPS_CONFIG_MASK: u64 = (1 << 4) | (1 << 19) | (1 << 20) | (1 << 24);

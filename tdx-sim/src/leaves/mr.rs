@@ -11,11 +11,22 @@ use crate::{
     dispatch::{Call, LeafResult, op},
     locks::LockMode::Exclusive,
     memory::PAGE,
-    sept::{details, is_leaf_state},
+    sept::details,
     td::OpState,
 };
 
 /// TDH.MR.EXTEND (`tdh_mr_extend.c`). Locks: TDR X:RDX.
+///
+/// The walk goes to whatever leaf maps the GPA
+/// (`check_and_walk_private_gpa_to_leaf`, `helpers.c`) and fails unless it
+/// ends at a leaf with RWX != 0: a FREE or blocked entry on the way, or a
+/// leaf without permissions (PENDING, BLOCKED, PENDING_BLOCKED: an AUGed
+/// page not yet accepted fails here too), gives
+/// `TDX_EPT_ENTRY_NOT_PRESENT|RCX` with the details of the entry where the
+/// walk ended. The module then refuses a leaf that is not MAPPED with
+/// `TDX_EPT_ENTRY_NOT_PRESENT` and no operand; only the migration states
+/// (BLOCKEDW, EXPORTED_*) have RWX != 0 without being MAPPED, and the
+/// simulator has none, so that answer does not arise here.
 pub(crate) fn extend(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (gpa, rdx) = (a.rcx, a.rdx);
     (a.rcx, a.rdx) = (0, 0);
@@ -32,22 +43,11 @@ pub(crate) fn extend(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         Ok(s) | Err(s) => s,
     };
     let e = td.sept.view(end.value);
-    let entry = match e {
-        Some(s)
-            if is_leaf_state(s.state)
-                && s.state != SeptState::BLOCKED
-                && s.state != SeptState::PENDING_BLOCKED =>
-        {
-            s
-        }
-        _ => {
-            details(a, e, end.level);
-            return Err(op(TdxStatus::EPT_ENTRY_NOT_PRESENT, OperandId::RCX));
-        }
+    // Among the simulator's states, the one leaf with RWX != 0 is MAPPED.
+    let Some(entry) = e.filter(|s| s.state == SeptState::MAPPED) else {
+        details(a, e, end.level);
+        return Err(op(TdxStatus::EPT_ENTRY_NOT_PRESENT, OperandId::RCX));
     };
-    if entry.state != SeptState::MAPPED {
-        return Err(TdxStatus::EPT_ENTRY_NOT_PRESENT);
-    }
     c.locked();
     let offset = gpa & ((PAGE << (9 * u32::from(end.level))) - 1);
     let mut chunk = [0u8; 256];

@@ -15,7 +15,10 @@
 // Each test crate uses a different part of the fixtures.
 #![allow(dead_code)]
 
-use std::{collections::BTreeSet, io::Write};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+};
 
 use tdx_api::{CpuId, Placement, Platform};
 use tdx_sim::{MachineDesc, Profile, Recorder, Simulator, testkit};
@@ -190,8 +193,35 @@ pub(crate) fn level_state(level: u8, state: SeptState) -> u64 {
     u64::from(level) | u64::from(state.0) << 8
 }
 
-/// Checks S-EPT details: RDX exactly, and for a present entry the frame in
-/// RCX bits 51:12 (the rest of the architectural entry is the module's).
+/// The architectural S-EPT entry the module reports in RCX
+/// (`set_arch_septe_details_in_vmm_regs` in Intel's
+/// `src/common/memory_handlers/sept_manager.c`): FREE shows only bit 63
+/// (SVE); a leaf of any size is masked with `0x800FFFFFFFFFF0FF`, so it
+/// shows its frame, SVE, MT = WB, IPAT and PS, plus RWX when MAPPED; a
+/// non-leaf entry is masked with `0x87`, so it shows RWX only (NL_MAPPED
+/// `0x7`, NL_BLOCKED `0x0`) and never the S-EPT page below.
+pub(crate) fn arch_entry(state: SeptState, frame: Option<Pfn>) -> u64 {
+    let leaf = |rwx: u64| {
+        let f = frame.unwrap_or_else(|| panic!("a {state:?} leaf has a frame"));
+        f.hpa().as_u64() | 0x8000_0000_0000_00F0 | rwx
+    };
+    let no_frame = |v: u64| {
+        assert!(frame.is_none(), "RCX shows no frame for {state:?}");
+        v
+    };
+    match state {
+        SeptState::FREE => no_frame(1 << 63),
+        SeptState::MAPPED => leaf(0x7),
+        SeptState::PENDING | SeptState::BLOCKED | SeptState::PENDING_BLOCKED => leaf(0),
+        SeptState::NL_MAPPED => no_frame(0x7),
+        SeptState::NL_BLOCKED | SeptState::REMOVED => no_frame(0),
+        other => panic!("no architectural entry for {other:?} in the tests"),
+    }
+}
+
+/// Checks S-EPT details: RDX exactly (level, public state), and RCX
+/// exactly ([`arch_entry`]; `frame` is the page a leaf maps, `None` for
+/// FREE and non-leaf entries).
 #[track_caller]
 pub(crate) fn assert_details(out: SeptOut, level: u8, state: SeptState, frame: Option<Pfn>) {
     let d = SeptDetails::from_regs(out.rcx, out.rdx);
@@ -201,14 +231,12 @@ pub(crate) fn assert_details(out: SeptOut, level: u8, state: SeptState, frame: O
         "RDX: level/state (got {:?})",
         d.level_state
     );
-    match frame {
-        None => assert_eq!(out.rcx, 1 << 63, "RCX of a FREE entry"),
-        Some(p) => assert_eq!(
-            out.rcx & 0x000F_FFFF_FFFF_F000,
-            p.hpa().as_u64(),
-            "RCX frame"
-        ),
-    }
+    assert_eq!(
+        out.rcx,
+        arch_entry(state, frame),
+        "RCX: the architectural entry of {state:?} (got {:#x})",
+        out.rcx
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -326,7 +354,9 @@ pub(crate) fn rdmd(sim: &Simulator, p: Pfn) -> (PamtPageType, u64, u64, u64) {
 }
 
 /// The S-EPT entry at `gpa`/`level` as TDH.MEM.SEPT.RD reports it: the
-/// state, and the frame the entry points to (None when FREE).
+/// state, and the frame a leaf maps (None for FREE and for non-leaf
+/// entries, whose RCX shows no frame: see [`arch_entry`]). RCX is checked
+/// against [`arch_entry`].
 pub(crate) fn sept_state(
     sim: &Simulator,
     tdr: Pfn,
@@ -336,7 +366,13 @@ pub(crate) fn sept_state(
     let c = sept_rd(sim, info(gpa, level), tdr);
     ok("SEPT.RD", c.status);
     let st = SeptState((c.out.rdx >> 8) as u8);
-    let frame = (st != SeptState::FREE).then_some(c.out.rcx & 0x000F_FFFF_FFFF_F000);
+    // PS (bit 7): a leaf, whose RCX carries its frame.
+    let frame = (c.out.rcx & 1 << 7 != 0).then_some(c.out.rcx & 0x000F_FFFF_FFFF_F000);
+    assert_eq!(
+        c.out.rcx,
+        arch_entry(st, frame.map(|f| Pfn::new(f / PAGE))),
+        "SEPT.RD {gpa:#x}/{level}: RCX of {st:?}"
+    );
     (st, frame)
 }
 
@@ -427,8 +463,10 @@ pub(crate) struct Td {
     pub(crate) pwl: u8,
     /// Every host allocation made for this TD (given to the module or not).
     pub(crate) runs: Vec<PfnRun>,
-    /// S-EPT entries this TD has a page under: (level, GPA index at level).
-    sept: BTreeSet<(u8, u64)>,
+    /// S-EPT entries this TD has a page under, (level, GPA index at
+    /// level), and that page (SEPT.RD does not show it: see
+    /// [`arch_entry`]).
+    sept: BTreeMap<(u8, u64), Pfn>,
 }
 
 /// The LP [`Stage::VcpuReady`] initializes the first vCPU on.
@@ -452,7 +490,7 @@ impl Td {
             vcpus: Vec::new(),
             pwl: 3,
             runs: Vec::new(),
-            sept: BTreeSet::new(),
+            sept: BTreeMap::new(),
         };
         td.tdr = td.page(h);
         td
@@ -572,7 +610,7 @@ impl Td {
     pub(crate) fn map_sept<H: SimHost + ?Sized>(&mut self, h: &H, gpa: u64, level: u8) {
         for l in (level..=self.pwl).rev() {
             let key = (l, gpa >> (12 + 9 * u32::from(l)));
-            if self.sept.contains(&key) {
+            if self.sept.contains_key(&key) {
                 continue;
             }
             let aligned = gpa & !((PAGE << (9 * u32::from(l))) - 1);
@@ -584,8 +622,18 @@ impl Td {
                 p,
             );
             ok("SEPT.ADD", c.status);
-            self.sept.insert(key);
+            self.sept.insert(key, p);
         }
+    }
+
+    /// The S-EPT page [`map_sept`](Self::map_sept) added under the entry of
+    /// `gpa` at `level`.
+    #[track_caller]
+    pub(crate) fn sept_page(&self, gpa: u64, level: u8) -> Pfn {
+        *self
+            .sept
+            .get(&(level, gpa >> (12 + 9 * u32::from(level))))
+            .unwrap_or_else(|| panic!("no S-EPT page under {gpa:#x}/{level}"))
     }
 
     /// Forgets that the S-EPT page under `gpa`/`level` exists (after a test

@@ -15,7 +15,8 @@ use crate::args::{Seamcall, SeamcallArgs};
 ///
 /// On a walk or state error they are the S-EPT details ([`SeptOut::details`]).
 /// On success, TDH.MEM.PAGE.REMOVE and TDH.MEM.SEPT.REMOVE return the page
-/// they removed in RCX ([`SeptOut::removed`]); other leaves return zeros.
+/// they removed, and TDH.MEM.PAGE.PROMOTE the S-EPT page it freed, in RCX
+/// ([`SeptOut::removed`]); other leaves return zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SeptOut {
     /// RCX.
@@ -102,12 +103,17 @@ pub unsafe fn tdh_mem_sept_add<B: Seamcall + ?Sized>(
 pub struct SeptAddV1Out {
     /// RCX/RDX.
     pub sept: SeptOut,
-    /// R8..R11: the pages given, with bit 63 set on every page the module
-    /// did not use (or -1 where none was given).
+    /// R8..R11 as `tdh_mem_sept_add.c` writes them back: -1 where no page
+    /// was given or the module took the page; the page with bit 63 set
+    /// ([`SEPT_ADD_PAGE_UNUSED`]) where the entry already existed and
+    /// `allow_existing` made it unneeded; otherwise (an error stopped the
+    /// call before the module took it) the page with bit 63 clear.
     pub pages: [u64; 4],
 }
 
-/// Bit 63 of a page operand of TDH.MEM.SEPT.ADD v1 on return: "not used".
+/// Bit 63 of a page operand of TDH.MEM.SEPT.ADD v1 on return: "not used,
+/// the entry already existed". A page an error kept from the module comes
+/// back with bit 63 clear; a page the module took comes back as -1.
 pub const SEPT_ADD_PAGE_UNUSED: u64 = 1 << 63;
 
 /// TDH.MEM.SEPT.ADD (3), version 1: add the L1 S-EPT page and up to three
@@ -119,8 +125,10 @@ pub const SEPT_ADD_PAGE_UNUSED: u64 = 1 << 63;
 ///
 /// # Safety
 ///
-/// Crate-level contract; every page given is handed to the module unless
-/// the returned value for it has bit 63 set.
+/// Crate-level contract; a page given is handed to the module exactly when
+/// the returned value for it is -1 (on success or on
+/// `TDX_INTERRUPTED_RESUMABLE`); any other returned value means the module
+/// did not take it.
 #[doc(alias = "TDH.MEM.SEPT.ADD")]
 #[inline]
 pub unsafe fn tdh_mem_sept_add_v1<B: Seamcall + ?Sized>(
