@@ -642,7 +642,8 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
         let i = i as u32;
         let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
         assert_eq!(get(field::cpuid_config_leaf(i).unwrap()), leaf);
-        let [eax, ebx, ecx, edx] = c.mask().map(u64::from);
+        // CONFIG_DIRECT only (`metadata_sys.c`), not the ALLOW_DIRECT bits.
+        let [eax, ebx, ecx, edx] = c.config_direct.map(u64::from);
         assert_eq!(
             get(field::cpuid_config_value(i, 0).unwrap()),
             ebx << 32 | eax
