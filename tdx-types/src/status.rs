@@ -133,6 +133,10 @@ status_codes! {
     INTERRUPTED_PAMT = 0x8000_0307_0000_0000,
     /// Dynamic PAMT: the page needs a PAMT page pair first (TDH.PHYMEM.PAMT.ADD).
     MISSING_PAMT_PAGE_PAIR = 0x8000_0308_0000_0000,
+    /// A guest TDCALL kept meeting a lock the host holds with priority for
+    /// longer than the TD's host-priority timeout: a TD exit of
+    /// TDH.VP.ENTER (bit 60 marks it trap-like).
+    HOST_PRIORITY_BUSY_TIMEOUT = 0x9000_0205_0000_0000,
     /// TDH.PHYMEM.PAGE.RECLAIM of a TDR while the TD still has pages.
     TD_ASSOCIATED_PAGES_EXIST = 0xC000_0400_0000_0000,
     /// TDH.SYS.INIT after the module was initialized.
@@ -172,6 +176,9 @@ status_codes! {
     NO_VCPUS = 0xC000_0609_0000_0000,
     /// Wrong number of TDCX pages for the TD or vCPU.
     TDCX_NUM_INCORRECT = 0xC000_0610_0000_0000,
+    /// Module 1.5.05: TDH.VP.INIT v1 with an x2APIC ID another vCPU of
+    /// the TD has (the operand is the ID). Not in 1.5.01.
+    X2APIC_ID_NOT_UNIQUE = 0xC000_0621_0000_0000,
     /// The vCPU state does not allow this leaf.
     VCPU_STATE_INCORRECT = 0xC000_0700_0000_0000,
     /// The vCPU is associated with another logical processor.
@@ -180,6 +187,13 @@ status_codes! {
     VCPU_NOT_ASSOCIATED = 0x8000_0702_0000_0000,
     /// TDH.VP.INIT past the TD's max_vcpus.
     MAX_VCPUS_EXCEEDED = 0xC000_0705_0000_0000,
+    /// TDG.VP.VEINFO.GET with no #VE information pending.
+    NO_VALID_VE_INFO = 0xC000_0704_0000_0000,
+    /// TDH.VP.ENTER: the TSC is earlier than at the vCPU's last exit.
+    TSC_ROLLBACK = 0xC000_0706_0000_0000,
+    /// TDH.VP.WR: a TD-VMCS field another field depends on is not set
+    /// yet (posted interrupts).
+    TD_VMCS_FIELD_NOT_INITIALIZED = 0xC000_0730_0000_0000,
     /// Key generation (PCONFIG) failed for lack of entropy; retry.
     KEY_GENERATION_FAILED = 0x8000_0800_0000_0000,
     /// The TD's keys are not configured on every package (or teardown began).
@@ -256,12 +270,22 @@ status_codes! {
     L2_SEPT_WALK_FAILED = 0xC000_0B0F_0000_0000,
     /// The L2 S-EPT entry is not free.
     L2_SEPT_ENTRY_NOT_FREE = 0xC000_0B10_0000_0000,
+    /// TDG.MEM.PAGE.ACCEPT: the page is already accepted (a warning; the
+    /// details name the level).
+    PAGE_ALREADY_ACCEPTED = 0x0000_0B0A_0000_0000,
+    /// TDG.MEM.PAGE.ACCEPT of a 2M page over a table of 4K pages.
+    PAGE_SIZE_MISMATCH = 0xC000_0B0B_0000_0000,
     /// The metadata field ID is not valid.
     METADATA_FIELD_ID_INCORRECT = 0xC000_0C00_0000_0000,
     /// The metadata field is not writable (by this leaf, or at all).
     METADATA_FIELD_NOT_WRITABLE = 0xC000_0C01_0000_0000,
     /// The metadata field is not readable.
     METADATA_FIELD_NOT_READABLE = 0xC000_0C02_0000_0000,
+    /// A metadata write would change bits the field does not let the
+    /// caller change, or puts a value the field does not allow.
+    METADATA_FIELD_VALUE_NOT_VALID = 0xC000_0C03_0000_0000,
+    /// A metadata write's mask is not one the field accepts.
+    METADATA_WR_MASK_NOT_VALID = 0xC000_0C0A_0000_0000,
     /// TDH.SYS.RD with a null field ID: RDX holds the first field ID (not an error).
     METADATA_FIRST_FIELD_ID_IN_CONTEXT = 0x0000_0C0B_0000_0000,
     /// Base of the codes Linux makes up (class 0xFF); never from the module.
@@ -660,7 +684,7 @@ operand_ids! {
     MAX_VCPUS = 68, CPUID_CONFIG = 69, TSC_FREQUENCY = 70, NUM_L2_VMS = 71,
     IA32_ARCH_CAPABILITIES_CONFIG = 72,
     TDR = 128, TDCX = 129, TDVPR = 130, TDCS = 144, TDVPS = 145,
-    SEPT_TREE = 146, SEPT_ENTRY = 147, TD_EPOCH = 169, OP_STATE = 172,
+    SEPT_TREE = 146, SEPT_ENTRY = 147, RTMR = 168, TD_EPOCH = 169, OP_STATE = 172,
     SYS = 184, TDMR = 185, KOT = 186, KET = 187, WBCACHE = 188,
 }
 
@@ -975,7 +999,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 91);
+        assert_eq!(NAMED_STATUSES.len(), 100);
     }
 
     #[test]
@@ -1015,7 +1039,7 @@ mod tests {
     fn operand_names() {
         assert_eq!(OperandId::TDR.to_string(), "TDR");
         assert_eq!(OperandId(0x1234).to_string(), "0x1234");
-        assert_eq!(NAMED_OPERANDS.len(), 37);
+        assert_eq!(NAMED_OPERANDS.len(), 38);
     }
 
     proptest! {

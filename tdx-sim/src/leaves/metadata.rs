@@ -48,14 +48,11 @@ use crate::{
     td::{Lifecycle, MIN_TDVPS, OpState, Td, TdCtl, Vcpu},
 };
 
-/// `TDX_METADATA_FIELD_VALUE_NOT_VALID` (`include/auto_gen/tdx_error_codes_defs.h`).
-pub(crate) const FIELD_VALUE_NOT_VALID: TdxStatus = TdxStatus::from_raw(0xC000_0C03_0000_0000);
-/// `TDX_METADATA_WR_MASK_NOT_VALID`.
-pub(crate) const WR_MASK_NOT_VALID: TdxStatus = TdxStatus::from_raw(0xC000_0C0A_0000_0000);
-/// `TDX_TD_VMCS_FIELD_NOT_INITIALIZED` (the operand is the VMCS field's
-/// encoding).
+pub(crate) const FIELD_VALUE_NOT_VALID: TdxStatus = TdxStatus::METADATA_FIELD_VALUE_NOT_VALID;
+pub(crate) const WR_MASK_NOT_VALID: TdxStatus = TdxStatus::METADATA_WR_MASK_NOT_VALID;
+/// The operand is the VMCS field's encoding.
 pub(crate) const TD_VMCS_FIELD_NOT_INITIALIZED: TdxStatus =
-    TdxStatus::from_raw(0xC000_0730_0000_0000);
+    TdxStatus::TD_VMCS_FIELD_NOT_INITIALIZED;
 
 /// TDCS class of the virtual CPUID values (`MD_TDCS_CPUID_CLASS_CODE`).
 const CPUID_CLASS: u8 = 20;

@@ -78,7 +78,7 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// `TDX_X2APIC_ID_NOT_UNIQUE` (module 1.5.05's
 /// `include/auto_gen/tdx_error_codes_defs.h`); the operand is the x2APIC
 /// ID.
-pub(crate) const X2APIC_ID_NOT_UNIQUE: TdxStatus = TdxStatus::from_raw(0xC000_0621_0000_0000);
+pub(crate) const X2APIC_ID_NOT_UNIQUE: TdxStatus = TdxStatus::X2APIC_ID_NOT_UNIQUE;
 
 /// TDH.VP.INIT (`tdh_vp_init.c`). Locks: TDVPR X:RCX, TDR implicit S
 /// (version 0) or X (version 1), op state S.
