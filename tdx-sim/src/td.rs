@@ -158,6 +158,11 @@ pub(crate) struct Td {
     gpaw: AtomicBool,
     num_l2_vms: AtomicU8,
     td_epoch: AtomicU64,
+    /// `refcount[2]` of the TDCS epoch-tracking fields: the number of
+    /// entries into the guest (one per LP in TDH.VP.ENTER or the guest)
+    /// made in an epoch of each parity and not yet ended by a TD exit
+    /// (`src/common/helpers/helpers.h`, `tdcs_epoch_tracking_fields_t`).
+    refcount: [AtomicU16; 2],
     num_assoc_vcpus: AtomicU32,
     /// 4K pages charged to the TD (TDR excluded).
     pub(crate) chldcnt: Striped,
@@ -181,6 +186,7 @@ impl Td {
             gpaw: AtomicBool::new(false),
             num_l2_vms: AtomicU8::new(0),
             td_epoch: AtomicU64::new(0),
+            refcount: [AtomicU16::new(0), AtomicU16::new(0)],
             num_assoc_vcpus: AtomicU32::new(0),
             chldcnt: Striped::default(),
             ctl: Mutex::new(TdCtl::default()),
@@ -202,6 +208,9 @@ impl Td {
         self.gpaw.store(false, Ordering::Relaxed);
         self.num_l2_vms.store(0, Ordering::Relaxed);
         self.td_epoch.store(0, Ordering::Relaxed);
+        for r in &self.refcount {
+            r.store(0, Ordering::Relaxed);
+        }
         self.num_assoc_vcpus.store(0, Ordering::Relaxed);
         self.chldcnt.reset();
         *self.ctl() = TdCtl {
@@ -233,6 +242,11 @@ impl Td {
 
     pub(crate) fn fatal(&self) -> bool {
         self.fatal.load(Ordering::Relaxed)
+    }
+
+    /// Sets TDR.FATAL (a NON_RECOVERABLE_TD exit).
+    pub(crate) fn set_fatal(&self) {
+        self.fatal.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn num_tdcx(&self) -> u64 {
@@ -276,6 +290,27 @@ impl Td {
 
     pub(crate) fn set_td_epoch(&self, e: u64) {
         self.td_epoch.store(e, Ordering::Release);
+    }
+
+    /// `refcount[parity]`: guest entries of epochs of that parity still in
+    /// the guest.
+    pub(crate) fn refcount(&self, parity: u64) -> u16 {
+        self.refcount[(parity & 1) as usize].load(Ordering::Acquire)
+    }
+
+    /// TDH.VP.ENTER's epoch step (`src/common/helpers/helpers.c`, under
+    /// the epoch lock shared): counts one entry in the current epoch and
+    /// returns that epoch.
+    pub(crate) fn enter_epoch(&self) -> u64 {
+        let e = self.td_epoch();
+        self.refcount[(e & 1) as usize].fetch_add(1, Ordering::AcqRel);
+        e
+    }
+
+    /// The TD-exit step (`src/td_transitions/td_exit.c`): the entry made
+    /// in `vcpu_epoch` has left the guest.
+    pub(crate) fn exit_epoch(&self, vcpu_epoch: u64) {
+        self.refcount[(vcpu_epoch & 1) as usize].fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn num_assoc_vcpus(&self) -> u32 {
@@ -336,11 +371,42 @@ impl TdTable {
     }
 }
 
+/// TDVPS `state` (`src/common/data_structures/tdx_tdvps.h`: UNINITIALIZED
+/// 0x0, READY 0x2, ACTIVE 0x4, DISABLED 0x8; IMPORT is migration's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VcpuState {
+    /// Created, TDH.VP.INIT not done.
+    Uninitialized = 0,
+    /// Initialized and not in the guest: TDH.VP.ENTER may enter it.
+    Ready = 2,
+    /// Inside TDH.VP.ENTER or the guest.
+    Active = 4,
+    /// After a NON_RECOVERABLE_VCPU exit: never enters again.
+    Disabled = 8,
+}
+
+/// TDVPS `last_td_exit` (`tdx_tdvps.h`: ASYNC_FAULT 0, ASYNC_TRAP 1,
+/// TDVMCALL 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum LastExit {
+    /// A fault-like asynchronous exit (or none yet): the guest repeats
+    /// what it was doing.
+    #[default]
+    AsyncFault = 0,
+    /// A trap-like asynchronous exit (the host-priority timeout).
+    AsyncTrap = 1,
+    /// TDG.VP.VMCALL: the next entry copies the host's reply in.
+    Tdvmcall = 2,
+}
+
 /// A vCPU's TDVPS.
 #[derive(Debug)]
 pub(crate) struct Vcpu {
     pub(crate) pages: Vec<u64>,
-    pub(crate) initialized: bool,
+    pub(crate) state: VcpuState,
+    pub(crate) last_exit: LastExit,
+    /// The TD epoch of the vCPU's last entry (`vcpu_epoch`).
+    pub(crate) vcpu_epoch: u64,
     /// VCPU_INDEX, given by TDH.VP.INIT.
     pub(crate) index: u32,
     pub(crate) assoc_lp: Option<u32>,
@@ -353,11 +419,18 @@ impl Vcpu {
     pub(crate) fn new(tdvpr: u64) -> Self {
         Self {
             pages: vec![tdvpr],
-            initialized: false,
+            state: VcpuState::Uninitialized,
+            last_exit: LastExit::AsyncFault,
+            vcpu_epoch: 0,
             index: 0,
             assoc_lp: None,
             fields: HashMap::default(),
         }
+    }
+
+    /// TDH.VP.INIT has run.
+    pub(crate) fn initialized(&self) -> bool {
+        self.state != VcpuState::Uninitialized
     }
 }
 

@@ -406,11 +406,17 @@ pub(crate) fn range_unblock(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResul
 }
 
 /// TDH.MEM.TRACK (`tdh_mem_track.c`). Locks: TDR S:RCX, op state S, epoch X.
+/// A guest entry made in the previous epoch that has not left the guest
+/// yet (`refcount[(td_epoch - 1) & 1]` nonzero) makes it
+/// `TDX_PREVIOUS_TLB_EPOCH_BUSY`: the host must make those vCPUs exit (a
+/// kick) before it can track again.
 pub(crate) fn track(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let td = c.tdr(a.rcx, OperandId::RCX, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized, OpState::Runnable])?;
     c.epoch(td, Exclusive)?;
-    // No vCPU runs in the model: the previous epoch's refcount is 0.
+    if td.refcount(td.td_epoch().wrapping_sub(1)) != 0 {
+        return Err(TdxStatus::PREVIOUS_TLB_EPOCH_BUSY);
+    }
     c.locked();
     td.set_td_epoch(td.td_epoch() + 1);
     Ok(TdxStatus::SUCCESS)

@@ -478,8 +478,8 @@ impl VpView<'_> {
             };
         }
         match e.name {
-            // VCPU_READY (2); VP.RD/WR reach only initialized vCPUs.
-            "VCPU_STATE" => 2 * u64::from(v.initialized),
+            // TDVPS state: UNINITIALIZED 0, READY 2, ACTIVE 4, DISABLED 8.
+            "VCPU_STATE" => v.state as u64,
             "VCPU_INDEX" => u64::from(v.index),
             "NUM_TDVPS_PAGES" => v.pages.len() as u64,
             "ASSOC_LPID" => v.assoc_lp.map_or(u64::from(u32::MAX), u64::from),
@@ -660,7 +660,7 @@ pub(crate) fn vp_rd_wr(
     let need = MIN_TDVPS + 3 * usize::from(td.num_l2_vms());
     let (pages, initialized, assoc) = s
         .vcpus
-        .with(v, |vc| (vc.pages.len(), vc.initialized, vc.assoc_lp));
+        .with(v, |vc| (vc.pages.len(), vc.initialized(), vc.assoc_lp));
     if pages < need {
         return Err(TdxStatus::TDCX_NUM_INCORRECT);
     }

@@ -145,12 +145,14 @@ pub(crate) fn pinfo(rcx: u64, min: u8, max: u8) -> Result<(u64, u8), TdxStatus> 
     Ok((gpa, level))
 }
 
-/// `is_tlb_tracked` (`src/common/helpers/helpers.h`) with every refcount
-/// 0 (no vCPU runs in the model): the block epoch is at least one TRACK
-/// behind. The TD epoch is read once: another LP's TRACK may advance it
-/// meanwhile, and two reads could see two epochs (a tracked page then
-/// looked untracked to a concurrent REMOVE).
+/// `is_tlb_tracked` (`src/common/helpers/helpers.h`): a block epoch is
+/// tracked when it is at least two TRACKs behind, or one TRACK behind and
+/// every guest entry made in that epoch (`refcount[b & 1]`, counted by
+/// TDH.VP.ENTER and uncounted at each TD exit) has left the guest. The TD
+/// epoch is read once: another LP's TRACK may advance it meanwhile, and two
+/// reads could see two epochs (a tracked page then looked untracked to a
+/// concurrent REMOVE). A TD whose vCPUs never run has both refcounts 0.
 pub(crate) fn tracked(td: &Td, bepoch: u64) -> bool {
     let epoch = td.td_epoch();
-    bepoch < epoch
+    bepoch + 1 < epoch || (bepoch + 1 == epoch && td.refcount(bepoch) == 0)
 }

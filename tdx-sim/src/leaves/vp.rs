@@ -56,7 +56,7 @@ pub(crate) fn vcpu<'s>(
 pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (v, td) = vcpu(c, a.rdx, OperandId::RDX, Exclusive, Shared)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized])?;
-    let (initialized, pages) = c.sim.vcpus.with(v, |vc| (vc.initialized, vc.pages.len()));
+    let (initialized, pages) = c.sim.vcpus.with(v, |vc| (vc.initialized(), vc.pages.len()));
     if initialized {
         return Err(TdxStatus::VCPU_STATE_INCORRECT);
     }
@@ -100,7 +100,7 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (v, td) = vcpu(c, a.rcx, OperandId::RCX, Exclusive, tdr_mode)?;
     c.tdcs(td, Some(Shared), &[OpState::Initialized])?;
     let need = MIN_TDVPS + 3 * usize::from(td.num_l2_vms());
-    let (initialized, pages) = c.sim.vcpus.with(v, |vc| (vc.initialized, vc.pages.len()));
+    let (initialized, pages) = c.sim.vcpus.with(v, |vc| (vc.initialized(), vc.pages.len()));
     if pages < need {
         return Err(TdxStatus::TDCX_NUM_INCORRECT);
     }
@@ -140,7 +140,7 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     td.add_assoc_vcpus(1);
     let lp = c.lp;
     c.sim.vcpus.with(v, |vc| {
-        vc.initialized = true;
+        vc.state = crate::td::VcpuState::Ready;
         vc.index = index;
         vc.assoc_lp = Some(lp);
     });
