@@ -42,6 +42,7 @@
 
 mod dispatch;
 mod faults;
+pub mod guest;
 mod kot;
 mod leaves;
 mod locks;
@@ -61,6 +62,7 @@ pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
+pub use guest::{Guest, GuestProgram, VirtualizationException};
 pub use kot::KotState;
 pub use leaves::mng::ARCH_CAPS_CONFIG_MASK;
 pub use locks::{LockMode, LockSide};

@@ -23,6 +23,7 @@ use tdx_types::{
 use crate::{
     dispatch::PauseSlot,
     faults::Fault,
+    guest::Guest,
     kot::KotState,
     leaves::mem::{guest_accept, td_of},
     locks::{HeldStack, LockMode, LockSide, Ordering, septe},
@@ -174,15 +175,65 @@ impl Simulator {
         (d.ext.pool_pages, d.ext.initialized)
     }
 
-    /// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
-    /// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is `tdr`
-    /// becomes MAPPED. The walk to it fails (`TDX_EPT_WALK_FAILED`) where an
-    /// entry above is missing or blocked. The guest takes the entry's lock
-    /// as the guest: if a host leaf holds it, or a host failed on it since a
-    /// host last took it (host priority), ACCEPT returns
-    /// `TDX_OPERAND_BUSY|RCX`.
+    /// TDG.MEM.PAGE.ACCEPT as a guest would make it, for tests that run no
+    /// vCPU: the module's guest ACCEPT ([`Guest::accept`] describes it) on
+    /// the TD whose TDR is `tdr`, outside any vCPU. `level` is 0 (4K) or 1
+    /// (2M); 1G is `TDX_OPERAND_INVALID|RCX`, as in module 1.5.01. A page
+    /// already accepted is `TDX_PAGE_ALREADY_ACCEPTED` with the level of its
+    /// leaf; a 2M accept where the host mapped 4K pages is
+    /// `TDX_PAGE_SIZE_MISMATCH|1`; an entry whose guest lock a host leaf
+    /// holds, or marked with host priority, is `TDX_OPERAND_BUSY|RCX`.
+    /// Where the module would make an EPT-violation TD exit (the entry is
+    /// not PENDING, or the walk stops above at a missing, blocked or
+    /// pending entry), this helper, which has no vCPU to exit, returns
+    /// `TDX_EPT_WALK_FAILED|RCX` and changes nothing.
     pub fn guest_accept(&self, tdr: Pfn, gpa: u64, level: u8) -> TdxStatus {
         guest_accept(&self.s, tdr.as_u64(), gpa, level)
+    }
+
+    /// Gives the vCPU whose TDVPR is `tdvpr` its guest program: what runs
+    /// when the host enters the vCPU with TDH.VP.ENTER. The program starts
+    /// at the first entry and stops at each TD exit inside the operation
+    /// that exited; the next entry resumes it there ([`crate::guest`] has
+    /// the model). A vCPU with no program halts (a GHCI HLT TDVMCALL at
+    /// every entry), as does one whose program returned.
+    ///
+    /// ```
+    /// use tdx_sim::{Guest, MachineDesc, Simulator};
+    /// use tdx_types::Pfn;
+    ///
+    /// let sim = Simulator::new(MachineDesc::new(vec![(1 << 32, 1 << 33)])).unwrap();
+    /// // A vCPU (TDVPR at this frame) that accepts its first private page,
+    /// // writes it, then halts.
+    /// sim.set_guest(Pfn::new(0x10_0000), |g: &mut Guest| {
+    ///     assert_eq!(g.accept(0, 0), tdx_types::TdxStatus::SUCCESS);
+    ///     g.write(0, b"hello").unwrap();
+    ///     g.halt();
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the vCPU's guest has started already.
+    pub fn set_guest(&self, tdvpr: Pfn, program: impl FnOnce(&mut Guest) + Send + 'static) {
+        self.s.guests.set_program(tdvpr.as_u64(), Box::new(program));
+    }
+
+    /// Kicks the vCPU whose TDVPR is `tdvpr`, as an IPI to the LP running
+    /// it would: if the vCPU is in the guest (inside TDH.VP.ENTER), it
+    /// leaves at its next operation with an external-interrupt TD exit
+    /// (RAX = 1, R9 = interruption information 0x800000FD), which ends its
+    /// count in the TD's TLB epoch. Returns whether the vCPU was in the
+    /// guest; a kick of a vCPU outside the guest does nothing (the next
+    /// entry is not affected).
+    pub fn kick(&self, tdvpr: Pfn) -> bool {
+        self.s.guests.kick(tdvpr.as_u64())
+    }
+
+    /// True while the vCPU whose TDVPR is `tdvpr` is in the guest (inside
+    /// TDH.VP.ENTER).
+    pub fn in_guest(&self, tdvpr: Pfn) -> bool {
+        self.s.guests.in_guest(tdvpr.as_u64())
     }
 
     /// The MRTD of the TD whose TDR is `tdr`, once finalized.

@@ -388,6 +388,8 @@ pub(crate) struct Shared {
     pub(crate) kot: Kot,
     pub(crate) tds: TdTable,
     pub(crate) vcpus: VcpuTable,
+    /// The guest programs of vCPUs and their runs ([`crate::guest`]).
+    pub(crate) guests: crate::guest::Guests,
     faults: Mutex<FaultPlan>,
     faults_armed: AtomicBool,
     violations: Mutex<Vec<Violation>>,
@@ -412,6 +414,7 @@ impl Shared {
             kot: Kot::new(machine.desc.packages as usize),
             tds: TdTable::default(),
             vcpus: VcpuTable::default(),
+            guests: crate::guest::Guests::default(),
             faults: Mutex::default(),
             faults_armed: AtomicBool::new(false),
             violations: Mutex::default(),

@@ -27,7 +27,7 @@ use crate::{
     dispatch::{Call, LeafResult, op},
     locks::{
         LockMode::{Exclusive, Shared},
-        LockSide, Ordering, septe,
+        LockSide, Ordering,
     },
     memory::{ModuleUse, PAGE},
     pamt::PamtEntry,
@@ -660,45 +660,17 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     Ok(TdxStatus::SUCCESS)
 }
 
-/// The guest side of TDG.MEM.PAGE.ACCEPT, for tests: the PENDING page at
-/// `gpa` (`level` 0 = 4K, 1 = 2M, 2 = 1G) of the TD whose TDR is at frame
-/// `tdr` becomes MAPPED.
-///
-/// The guest takes no tree lock; it walks to the entry (a missing or
-/// blocked entry above stops it: `TDX_EPT_WALK_FAILED`) and takes the
-/// entry's lock as the guest: held by someone, or marked for a host that
-/// failed on it (host priority), the guest sees `TDX_OPERAND_BUSY|RCX` (the
-/// TD dispatcher turns BUSY_HOST_PRIORITY into BUSY). A leaf that is not
-/// PENDING gives `TDX_EPT_ENTRY_STATE_INCORRECT`. The statuses other than
-/// BUSY are the host leaves'; the guest ABI's (and the host-priority
-/// timeout's TD exit, since no vCPU runs) are not modelled.
+/// TDG.MEM.PAGE.ACCEPT outside a vCPU, for tests
+/// ([`crate::Simulator::guest_accept`]): the module's guest ACCEPT
+/// ([`super::tdg::accept`]), its TD exit shown as `TDX_EPT_WALK_FAILED|RCX`.
 pub(crate) fn guest_accept(s: &SimState, tdr: u64, gpa: u64, level: u8) -> TdxStatus {
     let Some(td) = td_of(s, tdr) else {
         return TdxStatus::OPERAND_INVALID;
     };
-    if !td.private_gpa(gpa) {
-        return op(TdxStatus::OPERAND_INVALID, OperandId::RCX);
+    match super::tdg::accept(s, td, gpa, level) {
+        super::tdg::Accept::Status(st) => st,
+        super::tdg::Accept::Exit { .. } => op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX),
     }
-    let Ok(slot) = td.sept.walk(td.pwl(), gpa, level) else {
-        return op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX);
-    };
-    if septe::lock_guest(slot.word).is_err() {
-        return op(TdxStatus::OPERAND_BUSY, OperandId::RCX);
-    }
-    let cur = slot.word.load(Ordering::Acquire);
-    let status = if state_of(cur) == SeptState::PENDING {
-        // The module writes its whole copy back (clearing a host-priority
-        // mark set meanwhile), then releases the lock.
-        slot.word.store(
-            word(SeptState::MAPPED, target_of(cur)) | septe::LOCK,
-            Ordering::Release,
-        );
-        TdxStatus::SUCCESS
-    } else {
-        TdxStatus::EPT_ENTRY_STATE_INCORRECT
-    };
-    septe::unlock(slot.word);
-    status
 }
 
 /// The TD whose TDR is at frame `tdr`, looked up without locks (for the

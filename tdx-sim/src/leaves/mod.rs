@@ -33,6 +33,7 @@ pub(crate) mod mng;
 pub(crate) mod mr;
 pub(crate) mod phymem;
 pub(crate) mod sys;
+pub(crate) mod tdg;
 pub(crate) mod vp;
 
 /// True if the simulator models `leaf` on a module of `profile`.
@@ -56,6 +57,7 @@ pub(crate) fn implements(profile: &Profile, leaf: Leaf) -> bool {
         | Leaf::MNG_VPFLUSHDONE
         | Leaf::MNG_KEY_FREEID
         | Leaf::MNG_KEY_RECLAIMID
+        | Leaf::VP_ENTER
         | Leaf::VP_CREATE
         | Leaf::VP_ADDCX
         | Leaf::VP_INIT
@@ -105,6 +107,7 @@ pub(crate) fn run(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         Leaf::MNG_VPFLUSHDONE => mng::vpflushdone(c, a),
         Leaf::MNG_KEY_FREEID => mng::key_freeid(c, a),
         Leaf::MNG_KEY_RECLAIMID => Ok(TdxStatus::SUCCESS),
+        Leaf::VP_ENTER => vp::enter(c, a),
         Leaf::VP_CREATE => vp::create(c, a),
         Leaf::VP_ADDCX => vp::addcx(c, a),
         Leaf::VP_INIT => vp::init(c, a),

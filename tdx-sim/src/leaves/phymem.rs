@@ -94,6 +94,7 @@ pub(crate) fn page_reclaim(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
         td.chldcnt.add(c.lp, -(n as i64));
         if pt == PamtPageType::TDVPR {
             s.vcpus.remove(pfn);
+            s.guests.remove(pfn);
         }
     }
     e.set(PamtPageType::NDA, 0);

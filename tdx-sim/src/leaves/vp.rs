@@ -192,3 +192,95 @@ pub(crate) fn flush(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     td.add_assoc_vcpus(-1);
     Ok(TdxStatus::SUCCESS)
 }
+
+/// RCX of TDH.VP.ENTER: bits 11:0 and 63:54 reserved
+/// (`include/tdx_api_defs.h`, `tdvpr_and_flags_t`).
+const ENTER_RESERVED: u64 = 0xFFF | (0x3FF << 54);
+/// RCX bit 52: HOST_RECOVERABILITY_HINT.
+const ENTER_HOST_HINT: u64 = 1 << 52;
+/// RCX bit 53: RESUME_L1 (L2 only).
+const ENTER_RESUME_L1: u64 = 1 << 53;
+
+/// TDH.VP.ENTER (`src/td_transitions/tdh_vp_enter.c`): the checks in the
+/// module's order, then the guest runs ([`crate::guest`]) until its next
+/// TD exit, whose registers the leaf returns (RAX the exit's status and
+/// reason).
+///
+/// Checks: leaf version (dispatcher); RCX reserved bits
+/// (`OPERAND_INVALID|RCX`); the TDVPR page, PAMT walk shared (`|RCX`); its
+/// TDR implicit shared (`BUSY|TDR`); TD not fatal, keys configured, TDCS
+/// allocated, op-state lock shared (`BUSY|OP_STATE`) and RUNNABLE; enough
+/// TDVPS pages (`TDCX_NUM_INCORRECT`); vCPU READY (`VCPU_STATE_INCORRECT`:
+/// not initialized, in the guest on another LP, or disabled); association
+/// compare-exchange (`VCPU_ASSOCIATED` when associated with another LP,
+/// which stays so until TDH.VP.FLUSH on that LP; a new association is not
+/// undone by a later failure); RCX bit 52 without a trap-like last exit,
+/// or bit 53 on an L1 vCPU (`OPERAND_INVALID|RCX`); the epoch lock shared
+/// (`BUSY|TD_EPOCH`), under which the entry is counted in
+/// `refcount[td_epoch & 1]`. Not modelled: BOOT_NT4, IA32_TSC_ADJUST,
+/// TSC rollback and MONITOR/MWAIT MSR checks (the simulated CPU passes
+/// them), the zero-step filter.
+///
+/// While the guest runs the leaf holds what the module holds until the TD
+/// exit: the TDR's PAMT entry and the TDVPR's (shared) and one count in
+/// the epoch's refcount; the op-state and epoch locks are let go. On a
+/// failure only RAX changes.
+pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    use crate::td::{LastExit, VcpuState};
+    let rcx = a.rcx;
+    if rcx & ENTER_RESERVED != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let pa = rcx & ((1 << 52) - 1);
+    let (v, td) = vcpu(c, pa, OperandId::RCX, Shared, Shared)?;
+    let mark = c.held.mark();
+    c.tdcs(td, Some(Shared), &[OpState::Runnable])?;
+    let need = MIN_TDVPS + 3 * usize::from(td.num_l2_vms());
+    if c.sim.vcpus.with(v, |vc| vc.pages.len()) < need {
+        return Err(TdxStatus::TDCX_NUM_INCORRECT);
+    }
+    let lp = c.lp;
+    // The state check and the association's compare-exchange.
+    let (new_assoc, last_exit) = c.sim.vcpus.with(v, |vc| {
+        if vc.state != VcpuState::Ready {
+            return Err(TdxStatus::VCPU_STATE_INCORRECT);
+        }
+        match vc.assoc_lp {
+            Some(other) if other != lp => Err(TdxStatus::VCPU_ASSOCIATED),
+            Some(_) => Ok((false, vc.last_exit)),
+            None => {
+                vc.assoc_lp = Some(lp);
+                Ok((true, vc.last_exit))
+            }
+        }
+    })?;
+    if new_assoc {
+        td.add_assoc_vcpus(1);
+    }
+    if rcx & ENTER_HOST_HINT != 0 && last_exit != LastExit::AsyncTrap {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    if rcx & ENTER_RESUME_L1 != 0 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    c.epoch(td, Shared)?;
+    c.locked();
+    let epoch = td.enter_epoch();
+    // The op-state and epoch locks go before the guest runs.
+    c.held.release_to(mark);
+    c.sim.vcpus.with(v, |vc| {
+        vc.vcpu_epoch = epoch;
+        vc.state = VcpuState::Active;
+    });
+    let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit);
+    c.sim.vcpus.with(v, |vc| {
+        vc.state = exit.state;
+        vc.last_exit = exit.last;
+    });
+    td.exit_epoch(epoch);
+    if exit.fatal {
+        td.set_fatal();
+    }
+    exit.write(a);
+    Ok(TdxStatus::from_raw(exit.rax))
+}

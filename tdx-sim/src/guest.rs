@@ -1,0 +1,372 @@
+//! The guest model: what runs inside a TD when the host enters a vCPU.
+//!
+//! A test gives a vCPU a guest program ([`Simulator::set_guest`]): Rust
+//! code that acts as the TD's software on that vCPU, through a [`Guest`]
+//! context whose methods are the guest's operations (TDG.MEM.PAGE.ACCEPT,
+//! memory reads and writes of private and shared GPAs, TDG.VP.VMCALL, halt,
+//! a triple fault). The program runs on a thread of its own, but only while
+//! the host is inside TDH.VP.ENTER for its vCPU: each operation is a
+//! request the entering leaf carries out (on the host thread that called
+//! TDH.VP.ENTER, with the module's locks that leaf holds) and answers, or
+//! turns into a TD exit. After an exit the program stays stopped inside
+//! the operation that exited until the next TDH.VP.ENTER of the vCPU, which
+//! resumes it there: a fault-like exit (EPT violation, the kick's external
+//! interrupt) runs the operation again, a trap-like one (TDG.VP.VMCALL)
+//! completes it with the host's reply. The hand-off is synchronous, so a
+//! run is as deterministic as the host's own calls; the guest's "RIP" is
+//! the number of operations it has issued ([`Guest::ops`]).
+//!
+//! What each operation does is the module's behaviour (Intel TDX module
+//! 1.5.01; file names below are in that source):
+//!
+//! - TDG.MEM.PAGE.ACCEPT (`src/td_dispatcher/vm_exits/tdg_mem_page_accept.c`):
+//!   4K and 2M only (1G is `TDX_OPERAND_INVALID|RCX`), the statuses
+//!   PAGE_ALREADY_ACCEPTED / PAGE_SIZE_MISMATCH / OPERAND_BUSY, and the
+//!   EPT-violation TD exit with an ACCEPT extended exit qualification
+//!   where the module makes one (`async_tdexit_ept_violation`,
+//!   `src/td_dispatcher/vm_exits/td_other_exits.c`). The 2M accept is not
+//!   interruptible in the model (no ACCEPT_COUNTER).
+//! - A private access (`src/td_dispatcher/vm_exits/td_ept_violation.c`):
+//!   a MAPPED page is read or written; a PENDING page is a #VE for the
+//!   program (an `Err` from the operation) unless the TD has
+//!   ATTRIBUTES.SEPT_VE_DISABLE, then an EPT-violation exit with extended
+//!   exit qualification type 6; anything else an EPT-violation exit (type
+//!   0). The access repeats after the next entry.
+//! - A shared access: the host's shared EPT is not modelled. The first
+//!   try makes an EPT-violation exit with the shared GPA (what a VMM sees
+//!   for MMIO or a shared page it has not mapped); after the next entry the
+//!   access completes, a read seeing zeros and a write going nowhere.
+//! - TDG.VP.VMCALL (`src/td_dispatcher/vm_exits/tdg_vp_vmcall.c`,
+//!   `src/td_transitions/tdh_vp_enter.c`): the module's check of the
+//!   exposure control (RAX, RCX, RSP, and RBP under NO_RBP_MOD, may not be
+//!   exposed; bits 63:32 reserved: `TDX_OPERAND_INVALID|RCX` to the guest,
+//!   no exit), the exit with the exposed registers, the host's reply copied
+//!   into the exposed registers at the next entry. XMM registers are not
+//!   modelled: an exposure of XMMs shows in the exit's RCX (the module
+//!   allows it), their contents read as zero and the host's are dropped.
+//!
+//! The host stops a running guest with a kick ([`Simulator::kick`]): the
+//! guest leaves at its next operation with an external-interrupt exit, as
+//! an IPI to the LP running it would make it leave.
+//!
+//! [`Simulator::set_guest`]: crate::Simulator::set_guest
+//! [`Simulator::kick`]: crate::Simulator::kick
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard, mpsc},
+};
+
+use tdx_types::{
+    TdxStatus,
+    exit::{VmcallRegs, VmcallStatus, subfunction},
+};
+
+/// A guest program: what a vCPU runs.
+pub type GuestProgram = Box<dyn FnOnce(&mut Guest) + Send + 'static>;
+
+/// A #VE the module delivered to the guest instead of a TD exit (the
+/// VE_INFO the guest's handler would read with TDG.VP.VEINFO.GET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualizationException {
+    /// The exit reason (48, EPT violation).
+    pub reason: u32,
+    /// The exit qualification (the access: bit 0 read, bit 1 write).
+    pub qualification: u64,
+    /// The faulting GPA.
+    pub gpa: u64,
+}
+
+/// The guest side of one vCPU, handed to its program. Each method is one
+/// guest operation; it returns when the operation completed, which may be
+/// after any number of TD exits and entries.
+#[derive(Debug)]
+pub struct Guest {
+    tx: mpsc::Sender<Request>,
+    rx: mpsc::Receiver<Reply>,
+    ops: u64,
+}
+
+/// What a guest operation asks of the module.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    Accept { gpa: u64, level: u8 },
+    Read { gpa: u64, len: usize },
+    Write { gpa: u64, data: Vec<u8> },
+    Vmcall { control: u64, regs: VmcallRegs },
+    TripleFault,
+    /// The program returned.
+    End,
+    /// The program panicked (a failed assertion in a test's guest).
+    Panicked(String),
+}
+
+/// The module's answer to a guest operation.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Status(TdxStatus),
+    Read(Result<Vec<u8>, VirtualizationException>),
+    Write(Result<(), VirtualizationException>),
+    Vmcall(Result<VmcallRegs, TdxStatus>),
+}
+
+/// The unwinding payload that ends a guest thread whose vCPU went away.
+struct Stopped;
+
+fn stop() -> ! {
+    std::panic::resume_unwind(Box::new(Stopped))
+}
+
+/// GPR indices of the TDG.VP.VMCALL exposure control.
+const R10: u16 = 1 << 10;
+const R11: u16 = 1 << 11;
+const R12: u16 = 1 << 12;
+
+impl Guest {
+    fn call(&mut self, r: Request) -> Reply {
+        self.ops += 1;
+        if self.tx.send(r).is_err() {
+            stop();
+        }
+        self.rx.recv().unwrap_or_else(|_| stop())
+    }
+
+    /// Guest operations issued so far (the model's "RIP").
+    pub fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    /// TDG.MEM.PAGE.ACCEPT of the private page at `gpa`, `level` 0 (4K) or
+    /// 1 (2M): the status the TDCALL returns in RAX. Where the module makes
+    /// a TD exit instead (the entry is not PENDING and not accepted, or the
+    /// walk stops above at something the host must fix), the call repeats
+    /// after the host enters the vCPU again.
+    pub fn accept(&mut self, gpa: u64, level: u8) -> TdxStatus {
+        match self.call(Request::Accept { gpa, level }) {
+            Reply::Status(s) => s,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// Reads `len` bytes at `gpa` (private, or shared with the TD's shared
+    /// bit set), within one 4K page.
+    ///
+    /// # Panics
+    ///
+    /// If the access crosses a 4K page.
+    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, VirtualizationException> {
+        assert!(
+            (gpa & 0xFFF) + len as u64 <= 0x1000,
+            "a guest access stays within one 4K page"
+        );
+        match self.call(Request::Read { gpa, len }) {
+            Reply::Read(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// Writes `data` at `gpa`, within one 4K page.
+    ///
+    /// # Panics
+    ///
+    /// If the access crosses a 4K page.
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VirtualizationException> {
+        assert!(
+            (gpa & 0xFFF) + data.len() as u64 <= 0x1000,
+            "a guest access stays within one 4K page"
+        );
+        match self.call(Request::Write {
+            gpa,
+            data: data.to_vec(),
+        }) {
+            Reply::Write(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.VP.VMCALL with exposure control `control` (GPR mask in bits
+    /// 15:0, XMM mask in 31:16) and the guest's registers `regs`. `Ok`
+    /// with the registers after the call (the exposed ones as the host
+    /// replied, the others as they were); `Err` with the TDCALL's status
+    /// when the module refused the control (no exit happened).
+    pub fn vmcall(&mut self, control: u64, regs: VmcallRegs) -> Result<VmcallRegs, TdxStatus> {
+        match self.call(Request::Vmcall { control, regs }) {
+            Reply::Vmcall(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// The GHCI HLT (TDG.VP.VMCALL<Instruction.HLT>, R11 = 12, R12 = 0:
+    /// interrupts enabled), exposing R10-R12: the host's TDVMCALL status
+    /// (R10).
+    pub fn halt(&mut self) -> VmcallStatus {
+        let regs = VmcallRegs {
+            r11: subfunction::HLT,
+            ..VmcallRegs::default()
+        };
+        match self.vmcall(u64::from(R10 | R11 | R12), regs) {
+            Ok(r) => VmcallStatus(r.r10),
+            Err(s) => panic!("the module refused a valid TDG.VP.VMCALL control: {s}"),
+        }
+    }
+
+    /// The GHCI ReportFatalError (R11 = 0x10003, R12 = `code`), repeated
+    /// forever, as a guest does: the host sees it at every entry.
+    pub fn report_fatal_error(&mut self, code: u64) -> ! {
+        loop {
+            let regs = VmcallRegs {
+                r11: subfunction::REPORT_FATAL_ERROR,
+                r12: code,
+                ..VmcallRegs::default()
+            };
+            let _ = self.vmcall(u64::from(R10 | R11 | R12), regs);
+        }
+    }
+
+    /// A triple fault: the vCPU leaves with TDX_NON_RECOVERABLE_VCPU and
+    /// is DISABLED (it never runs again).
+    pub fn triple_fault(&mut self) -> ! {
+        self.call(Request::TripleFault);
+        stop()
+    }
+}
+
+/// Where a stopped guest resumes at the next entry.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// Nothing outstanding: the next request comes from the program.
+    Next,
+    /// A fault-like exit: the request runs again. `shared_done`: a shared
+    /// access that has made its EPT-violation exit and now completes.
+    Retry { req: Request, shared_done: bool },
+    /// A TDG.VP.VMCALL exit: the reply completes it.
+    Reply { control: u64, regs: VmcallRegs },
+    /// The program ended: the vCPU halts at every entry.
+    Halted,
+}
+
+/// The host end of one vCPU's guest.
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub(crate) tx: mpsc::Sender<Reply>,
+    pub(crate) rx: mpsc::Receiver<Request>,
+    pub(crate) pending: Pending,
+}
+
+impl Runner {
+    /// Starts `program` on its own thread, stopped before its first
+    /// operation.
+    fn start(tdvpr: u64, program: GuestProgram) -> Self {
+        let (req_tx, req_rx) = mpsc::channel();
+        let (rep_tx, rep_rx) = mpsc::channel();
+        let mut g = Guest {
+            tx: req_tx,
+            rx: rep_rx,
+            ops: 0,
+        };
+        std::thread::Builder::new()
+            .name(format!("tdx-sim guest {tdvpr:#x}"))
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program(&mut g)));
+                match r {
+                    Ok(()) => {
+                        let _ = g.tx.send(Request::End);
+                    }
+                    Err(e) if e.is::<Stopped>() => {}
+                    Err(e) => {
+                        let msg = e
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        let _ = g.tx.send(Request::Panicked(msg));
+                    }
+                }
+            })
+            .expect("a thread for the guest program");
+        Self {
+            tx: rep_tx,
+            rx: req_rx,
+            pending: Pending::Next,
+        }
+    }
+}
+
+/// Every vCPU's guest: programs not started yet, runners of guests that
+/// stopped at a TD exit, and the vCPUs now in the guest with their kick.
+#[derive(Default)]
+pub(crate) struct Guests {
+    programs: Mutex<HashMap<u64, GuestProgram>>,
+    runners: Mutex<HashMap<u64, Runner>>,
+    /// vCPUs in the guest (by TDVPR frame): a kick is pending.
+    running: Mutex<HashMap<u64, bool>>,
+}
+
+impl std::fmt::Debug for Guests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guests")
+            .field("programs", &lock(&self.programs).len())
+            .field("runners", &lock(&self.runners))
+            .field("running", &lock(&self.running))
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Guests {
+    pub(crate) fn set_program(&self, tdvpr: u64, p: GuestProgram) {
+        assert!(
+            !lock(&self.runners).contains_key(&tdvpr) && !lock(&self.running).contains_key(&tdvpr),
+            "tdx-sim: the vCPU at frame {tdvpr:#x} has run its guest already"
+        );
+        lock(&self.programs).insert(tdvpr, p);
+    }
+
+    /// The vCPU's runner, taken for an entry (its program started now if
+    /// this is its first; a vCPU with no program halts), and the vCPU
+    /// marked as in the guest.
+    pub(crate) fn enter(&self, tdvpr: u64) -> Runner {
+        let r = lock(&self.runners).remove(&tdvpr).unwrap_or_else(|| {
+            let p = lock(&self.programs)
+                .remove(&tdvpr)
+                .unwrap_or_else(|| Box::new(|_| {}));
+            Runner::start(tdvpr, p)
+        });
+        lock(&self.running).insert(tdvpr, false);
+        r
+    }
+
+    /// Takes a pending kick of the vCPU.
+    pub(crate) fn take_kick(&self, tdvpr: u64) -> bool {
+        lock(&self.running)
+            .get_mut(&tdvpr)
+            .is_some_and(std::mem::take)
+    }
+
+    /// The vCPU left the guest: its runner waits for the next entry.
+    pub(crate) fn exit(&self, tdvpr: u64, r: Runner) {
+        lock(&self.running).remove(&tdvpr);
+        lock(&self.runners).insert(tdvpr, r);
+    }
+
+    /// Kicks the vCPU if it is in the guest.
+    pub(crate) fn kick(&self, tdvpr: u64) -> bool {
+        lock(&self.running)
+            .get_mut(&tdvpr)
+            .map(|k| *k = true)
+            .is_some()
+    }
+
+    pub(crate) fn in_guest(&self, tdvpr: u64) -> bool {
+        lock(&self.running).contains_key(&tdvpr)
+    }
+
+    /// The vCPU's TDVPR was reclaimed: its guest goes (its thread ends).
+    pub(crate) fn remove(&self, tdvpr: u64) {
+        lock(&self.programs).remove(&tdvpr);
+        lock(&self.runners).remove(&tdvpr);
+    }
+}

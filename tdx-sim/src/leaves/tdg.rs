@@ -1,0 +1,461 @@
+//! The guest side of the module: what a guest operation of the guest model
+//! ([`crate::guest`]) does while TDH.VP.ENTER has the vCPU in the guest,
+//! and the TD exits it makes (`src/td_dispatcher/`,
+//! `src/td_transitions/td_exit.c`, Intel TDX module 1.5.01).
+
+use tdx_sys::SeamcallArgs;
+use tdx_types::{
+    OperandId, TdxStatus,
+    exit::{ExitReason, VmcallRegs},
+    regs::SeptState,
+};
+
+use super::pinfo;
+use crate::{
+    dispatch::op,
+    guest::{Pending, Reply, Request, Runner, VirtualizationException},
+    locks::{Ordering, septe},
+    memory::PAGE,
+    sept::{is_leaf_state, state_of, target_of, word},
+    state::Shared,
+    td::{LastExit, Td, VcpuState},
+};
+
+/// TD_PARAMS.ATTRIBUTES.SEPT_VE_DISABLE (bit 28): a guest access to a
+/// PENDING page exits to the host instead of raising #VE
+/// (`src/vmm_dispatcher/api_calls/tdh_mng_init.c`, TD_CTLS.PENDING_VE_DISABLE).
+const ATTR_SEPT_VE_DISABLE: u64 = 1 << 28;
+/// CONFIG_FLAGS.NO_RBP_MOD (bit 2), TD_PARAMS offset 32.
+const CONFIG_NO_RBP_MOD: u64 = 1 << 2;
+/// Extended exit qualification types (`src/common/x86_defs/vmcs_defs.h`).
+const EEQ_ACCEPT: u64 = 1;
+const EEQ_PENDING_EPT_VIOLATION: u64 = 6;
+/// EPT-violation exit qualification: data read, data write.
+const QUAL_READ: u64 = 1;
+const QUAL_WRITE: u64 = 1 << 1;
+/// TD exit status NON_RECOVERABLE_VCPU (`tdx_error_codes_defs.h`), in RAX
+/// bits 63:32 over the exit reason.
+const NON_RECOVERABLE_VCPU: u64 = 0x4000_0001_0000_0000;
+/// VMX basic exit reason of a triple fault.
+const TRIPLE_FAULT: u64 = 2;
+/// The interruption information of the kick's exit: valid (bit 31), type
+/// external interrupt (0), vector 0xFD (the reschedule IPI a Linux host's
+/// kick sends).
+pub(crate) const KICK_INTERRUPTION_INFO: u64 = 0x8000_00FD;
+
+/// A TD exit: the registers TDH.VP.ENTER returns and the vCPU's state after.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exit {
+    pub(crate) rax: u64,
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+    r9: u64,
+    /// A TDG.VP.VMCALL exit: the guest's registers, unexposed ones zero.
+    gprs: Option<VmcallRegs>,
+    pub(crate) state: VcpuState,
+    pub(crate) last: LastExit,
+    /// The exit sets TDR.FATAL.
+    pub(crate) fatal: bool,
+}
+
+impl Exit {
+    /// An asynchronous (fault-like) exit (`async_tdexit_internal`,
+    /// `src/td_transitions/td_exit.c`).
+    fn fault(reason: ExitReason, qual: u64, eeq: u64, gpa: u64, intr: u64) -> Self {
+        Self {
+            rax: u64::from(reason.0),
+            rcx: qual,
+            rdx: eeq,
+            r8: gpa,
+            r9: intr,
+            gprs: None,
+            state: VcpuState::Ready,
+            last: LastExit::AsyncFault,
+            fatal: false,
+        }
+    }
+
+    /// The EPT-violation exit of a guest access (`td_ept_violation.c`):
+    /// qualification (bits 12:7 cleared), EEQ, GPA with bits 11:0 cleared.
+    fn ept(qual: u64, eeq: u64, gpa: u64) -> Self {
+        Self::fault(ExitReason::EPT_VIOLATION, qual, eeq, gpa & !0xFFF, 0)
+    }
+
+    /// Writes the exit's registers: an asynchronous exit sets RCX, RDX, R8
+    /// and R9 and zeroes RBX, RSI, RDI and R10-R15; a TDG.VP.VMCALL exit
+    /// passes the exposed registers and zeroes the others.
+    pub(crate) fn write(&self, a: &mut SeamcallArgs) {
+        a.rcx = self.rcx;
+        match self.gprs {
+            Some(g) => {
+                (a.rdx, a.rbx, a.rsi, a.rdi) = (g.rdx, g.rbx, g.rsi, g.rdi);
+                (a.r8, a.r9, a.r10, a.r11) = (g.r8, g.r9, g.r10, g.r11);
+                (a.r12, a.r13, a.r14, a.r15) = (g.r12, g.r13, g.r14, g.r15);
+            }
+            None => {
+                (a.rdx, a.r8, a.r9) = (self.rdx, self.r8, self.r9);
+                (a.rbx, a.rsi, a.rdi) = (0, 0, 0);
+                (a.r10, a.r11, a.r12, a.r13, a.r14, a.r15) = (0, 0, 0, 0, 0, 0);
+            }
+        }
+    }
+}
+
+/// The GPR indices a TDG.VP.VMCALL may expose and the module passes
+/// (RDX, RBX, RSI, RDI, R8-R15), with their fields.
+fn exposed(control: u64, r: &mut VmcallRegs, from: &VmcallRegs) {
+    let on = |i: u32| control & (1 << i) != 0;
+    let pairs: [(u32, &mut u64, u64); 12] = [
+        (2, &mut r.rdx, from.rdx),
+        (3, &mut r.rbx, from.rbx),
+        (6, &mut r.rsi, from.rsi),
+        (7, &mut r.rdi, from.rdi),
+        (8, &mut r.r8, from.r8),
+        (9, &mut r.r9, from.r9),
+        (10, &mut r.r10, from.r10),
+        (11, &mut r.r11, from.r11),
+        (12, &mut r.r12, from.r12),
+        (13, &mut r.r13, from.r13),
+        (14, &mut r.r14, from.r14),
+        (15, &mut r.r15, from.r15),
+    ];
+    for (i, dst, v) in pairs {
+        if on(i) {
+            *dst = v;
+        }
+    }
+}
+
+fn host_regs(a: &SeamcallArgs) -> VmcallRegs {
+    VmcallRegs {
+        rdx: a.rdx,
+        rbx: a.rbx,
+        rsi: a.rsi,
+        rdi: a.rdi,
+        r8: a.r8,
+        r9: a.r9,
+        r10: a.r10,
+        r11: a.r11,
+        r12: a.r12,
+        r13: a.r13,
+        r14: a.r14,
+        r15: a.r15,
+    }
+}
+
+/// What a guest operation came to.
+enum Step {
+    /// Completed: the guest goes on with this answer.
+    Done(Reply),
+    /// A TD exit; the guest resumes as `Pending` says at the next entry.
+    Exit(Exit, Pending),
+}
+
+/// Runs the guest of the vCPU at TDVPR frame `v` from where it stopped
+/// until its next TD exit. `a` holds the host's registers at entry (the
+/// reply to a TDG.VP.VMCALL when that was the last exit).
+pub(crate) fn run_guest(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit) -> Exit {
+    let mut runner = s.guests.enter(v);
+    let exit = run(s, td, v, a, last, &mut runner);
+    s.guests.exit(v, runner);
+    exit
+}
+
+fn run(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit, r: &mut Runner) -> Exit {
+    // The entry: a TDG.VP.VMCALL completes with the host's reply
+    // (`tdh_vp_enter.c`, only if the last exit was one); a fault-like exit
+    // repeats the operation.
+    let mut next = match std::mem::replace(&mut r.pending, Pending::Next) {
+        Pending::Reply { control, mut regs } => {
+            debug_assert_eq!(last, LastExit::Tdvmcall);
+            exposed(control, &mut regs, &host_regs(a));
+            let _ = r.tx.send(Reply::Vmcall(Ok(regs)));
+            None
+        }
+        Pending::Retry { req, shared_done } => Some((req, shared_done)),
+        Pending::Next => None,
+        Pending::Halted => {
+            r.pending = Pending::Halted;
+            return if s.guests.take_kick(v) {
+                kick_exit()
+            } else {
+                halt_exit()
+            };
+        }
+    };
+    loop {
+        let (req, shared_done) = match next.take() {
+            Some(x) => x,
+            None => (r.rx.recv().unwrap_or(Request::End), false),
+        };
+        if s.guests.take_kick(v) {
+            // The pending interrupt exits before the operation, which runs
+            // after the next entry.
+            r.pending = Pending::Retry { req, shared_done };
+            return kick_exit();
+        }
+        match step(s, td, req, shared_done) {
+            Step::Done(reply) => {
+                let _ = r.tx.send(reply);
+            }
+            Step::Exit(exit, pending) => {
+                r.pending = pending;
+                return exit;
+            }
+        }
+    }
+}
+
+/// The external-interrupt exit of a kick (`tdx_td_dispatcher.c`).
+fn kick_exit() -> Exit {
+    Exit::fault(
+        ExitReason::EXTERNAL_INTERRUPT,
+        0,
+        0,
+        0,
+        KICK_INTERRUPTION_INFO,
+    )
+}
+
+/// A TDG.VP.VMCALL exit (`tdg_vp_vmcall.c`): RAX = 77, RCX = the control's
+/// GPR and XMM masks, the exposed registers; trap-like.
+fn vmcall_exit(control: u64, regs: &VmcallRegs) -> Exit {
+    let mut shown = VmcallRegs::default();
+    exposed(control, &mut shown, regs);
+    Exit {
+        rax: u64::from(ExitReason::TDCALL.0),
+        rcx: control & 0xFFFF_FFFF,
+        rdx: 0,
+        r8: 0,
+        r9: 0,
+        gprs: Some(shown),
+        state: VcpuState::Ready,
+        last: LastExit::Tdvmcall,
+        fatal: false,
+    }
+}
+
+/// The HLT TDVMCALL a guest whose program ended makes at every entry.
+fn halt_exit() -> Exit {
+    let regs = VmcallRegs {
+        r11: tdx_types::exit::subfunction::HLT,
+        ..VmcallRegs::default()
+    };
+    vmcall_exit(0x1C00, &regs)
+}
+
+fn step(s: &Shared, td: &Td, req: Request, shared_done: bool) -> Step {
+    match req {
+        Request::Accept { gpa, level } => match accept(s, td, gpa, level) {
+            Accept::Status(st) => Step::Done(Reply::Status(st)),
+            Accept::Exit { qual, eeq } => Step::Exit(
+                Exit::ept(qual, eeq, gpa),
+                Pending::Retry {
+                    req: Request::Accept { gpa, level },
+                    shared_done: false,
+                },
+            ),
+        },
+        Request::Read { gpa, len } => {
+            match access(td, gpa, false, shared_done) {
+                Access::Private(hpa) => {
+                    let mut buf = vec![0; len];
+                    s.mem.read(hpa, &mut buf);
+                    Step::Done(Reply::Read(Ok(buf)))
+                }
+                Access::Shared => Step::Done(Reply::Read(Ok(vec![0; len]))),
+                Access::Ve(ve) => Step::Done(Reply::Read(Err(ve))),
+                Access::Exit(exit, shared) => Step::Exit(
+                    exit,
+                    Pending::Retry {
+                        req: Request::Read { gpa, len },
+                        shared_done: shared,
+                    },
+                ),
+            }
+        }
+        Request::Write { gpa, data } => match access(td, gpa, true, shared_done) {
+            Access::Private(hpa) => {
+                s.mem.write(hpa, &data);
+                Step::Done(Reply::Write(Ok(())))
+            }
+            Access::Shared => Step::Done(Reply::Write(Ok(()))),
+            Access::Ve(ve) => Step::Done(Reply::Write(Err(ve))),
+            Access::Exit(exit, shared) => Step::Exit(
+                exit,
+                Pending::Retry {
+                    req: Request::Write { gpa, data },
+                    shared_done: shared,
+                },
+            ),
+        },
+        Request::Vmcall { control, regs } => {
+            // `tdg_vp_vmcall.c`: RAX, RCX and RSP (and RBP under
+            // NO_RBP_MOD) may not be exposed; bits 63:32 are reserved.
+            let no_rbp_mod = config_flags(td) & CONFIG_NO_RBP_MOD != 0;
+            let forbidden = 0b1_0011 | if no_rbp_mod { 1 << 5 } else { 0 };
+            if control >> 32 != 0 || control & forbidden != 0 {
+                return Step::Done(Reply::Vmcall(Err(op(
+                    TdxStatus::OPERAND_INVALID,
+                    OperandId::RCX,
+                ))));
+            }
+            Step::Exit(vmcall_exit(control, &regs), Pending::Reply { control, regs })
+        }
+        Request::TripleFault => Step::Exit(
+            Exit {
+                rax: NON_RECOVERABLE_VCPU | TRIPLE_FAULT,
+                state: VcpuState::Disabled,
+                ..Exit::fault(ExitReason(0), 0, 0, 0, 0)
+            },
+            Pending::Halted,
+        ),
+        Request::End => Step::Exit(halt_exit(), Pending::Halted),
+        Request::Panicked(msg) => panic!("tdx-sim: a guest program panicked: {msg}"),
+    }
+}
+
+fn config_flags(td: &Td) -> u64 {
+    td.ctl().params.as_ref().map_or(0, |p| {
+        u64::from_le_bytes(p[32..40].try_into().expect("8 bytes"))
+    })
+}
+
+/// What a guest access to a GPA meets.
+enum Access {
+    /// A private page mapped and accepted, at this HPA.
+    Private(u64),
+    /// A shared GPA whose EPT violation the host has seen: the access
+    /// completes (the shared EPT is not modelled).
+    Shared,
+    /// A #VE for the guest.
+    Ve(VirtualizationException),
+    /// A TD exit; `true` if it is a shared GPA's.
+    Exit(Exit, bool),
+}
+
+/// A guest read or write of `gpa` (`td_ept_violation.c`): an unlocked walk
+/// to the leaf.
+fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
+    let qual = if write { QUAL_WRITE } else { QUAL_READ };
+    if !td.private_gpa(gpa) {
+        return if shared_done {
+            Access::Shared
+        } else {
+            Access::Exit(Exit::ept(qual, 0, gpa), true)
+        };
+    }
+    let slot = match td.sept.walk(td.pwl(), gpa, 0) {
+        Ok(s) | Err(s) => s,
+    };
+    let e = td.sept.view(slot.value);
+    match e {
+        Some(e) if e.state == SeptState::MAPPED => {
+            let size = PAGE << (9 * u32::from(slot.level));
+            Access::Private(e.pfn * PAGE + (gpa & (size - 1)))
+        }
+        Some(e) if e.state == SeptState::PENDING => {
+            if td.ctl().attributes & ATTR_SEPT_VE_DISABLE != 0 {
+                Access::Exit(Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa), false)
+            } else {
+                Access::Ve(VirtualizationException {
+                    reason: u32::from(ExitReason::EPT_VIOLATION.0),
+                    qualification: qual,
+                    gpa,
+                })
+            }
+        }
+        _ => Access::Exit(Exit::ept(qual, 0, gpa), false),
+    }
+}
+
+/// What TDG.MEM.PAGE.ACCEPT comes to.
+pub(crate) enum Accept {
+    /// The TDCALL's status.
+    Status(TdxStatus),
+    /// An EPT-violation TD exit with an ACCEPT extended exit
+    /// qualification; the TDCALL runs again after the next entry.
+    Exit { qual: u64, eeq: u64 },
+}
+
+/// The EEQ-ACCEPT exit (`async_tdexit_ept_violation`,
+/// `td_other_exits.c`): qualification = data write plus the entry's R/W/X
+/// (none for the entries that stop an ACCEPT); EEQ = type 1, info =
+/// requested level (2:0), level where the walk stopped (5:3), that entry's
+/// state (13:6), is-leaf (14).
+fn accept_exit(req: u8, at: u8, e: u64) -> Accept {
+    let state = state_of(e);
+    let leaf = u64::from(is_leaf_state(state));
+    let info = u64::from(req) | u64::from(at) << 3 | u64::from(state.0) << 6 | leaf << 14;
+    Accept::Exit {
+        qual: QUAL_WRITE,
+        eeq: EEQ_ACCEPT | info << 32,
+    }
+}
+
+/// TDG.MEM.PAGE.ACCEPT (`tdg_mem_page_accept.c`), in the module's order:
+/// page info (reserved bits, level 4K or 2M, alignment) and a private GPA
+/// (`OPERAND_INVALID|RCX`); an unlocked walk that stops above the
+/// requested level at an accepted leaf (`PAGE_ALREADY_ACCEPTED` with that
+/// level, a warning) or at anything else (exit); the entry's guest lock
+/// (`OPERAND_BUSY|RCX`, also when a host marked it with host priority:
+/// the TD dispatcher shows BUSY_HOST_PRIORITY as BUSY); a non-free
+/// non-leaf entry (`PAGE_SIZE_MISMATCH` with the level); an accepted leaf
+/// (`PAGE_ALREADY_ACCEPTED`); anything not PENDING (exit). A PENDING page
+/// is zeroed and becomes MAPPED; the whole entry is written back, which
+/// clears a host-priority mark set meanwhile. The host-priority timeout
+/// exit is not modelled.
+pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8) -> Accept {
+    let rcx = gpa | u64::from(level);
+    if gpa & 0xFFF != 0 || level > 7 {
+        return Accept::Status(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    // 1G is refused: module 1.5.01 accepts 4K and 2M only.
+    if let Err(st) = pinfo(rcx, 0, 1) {
+        return Accept::Status(st);
+    }
+    if !td.private_gpa(gpa) {
+        return Accept::Status(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let slot = match td.sept.walk(td.pwl(), gpa, level) {
+        Ok(slot) => slot,
+        Err(stop) => {
+            if state_of(stop.value) == SeptState::MAPPED {
+                return Accept::Status(op(
+                    TdxStatus::PAGE_ALREADY_ACCEPTED,
+                    OperandId(u32::from(stop.level)),
+                ));
+            }
+            return accept_exit(level, stop.level, stop.value);
+        }
+    };
+    if septe::lock_guest(slot.word).is_err() {
+        return Accept::Status(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
+    }
+    let cur = slot.word.load(Ordering::Acquire);
+    let state = state_of(cur);
+    let out = if state != SeptState::FREE && !is_leaf_state(state) {
+        Accept::Status(op(
+            TdxStatus::PAGE_SIZE_MISMATCH,
+            OperandId(u32::from(level)),
+        ))
+    } else if state == SeptState::MAPPED {
+        Accept::Status(op(
+            TdxStatus::PAGE_ALREADY_ACCEPTED,
+            OperandId(u32::from(level)),
+        ))
+    } else if state != SeptState::PENDING {
+        accept_exit(level, level, cur)
+    } else {
+        let pfn = target_of(cur);
+        s.mem.zero(pfn, pfn + (1 << (9 * u32::from(level))));
+        slot.word.store(
+            word(SeptState::MAPPED, pfn) | septe::LOCK,
+            Ordering::Release,
+        );
+        Accept::Status(TdxStatus::SUCCESS)
+    };
+    septe::unlock(slot.word);
+    out
+}
