@@ -90,10 +90,22 @@ pub struct Guest {
 /// What a guest operation asks of the module.
 #[derive(Debug, Clone)]
 pub(crate) enum Request {
-    Accept { gpa: u64, level: u8 },
-    Read { gpa: u64, len: usize },
-    Write { gpa: u64, data: Vec<u8> },
-    Vmcall { control: u64, regs: VmcallRegs },
+    Accept {
+        gpa: u64,
+        level: u8,
+    },
+    Read {
+        gpa: u64,
+        len: usize,
+    },
+    Write {
+        gpa: u64,
+        data: Vec<u8>,
+    },
+    Vmcall {
+        control: u64,
+        regs: VmcallRegs,
+    },
     TripleFault,
     /// The program returned.
     End,

@@ -257,24 +257,22 @@ fn step(s: &Shared, td: &Td, req: Request, shared_done: bool) -> Step {
                 },
             ),
         },
-        Request::Read { gpa, len } => {
-            match access(td, gpa, false, shared_done) {
-                Access::Private(hpa) => {
-                    let mut buf = vec![0; len];
-                    s.mem.read(hpa, &mut buf);
-                    Step::Done(Reply::Read(Ok(buf)))
-                }
-                Access::Shared => Step::Done(Reply::Read(Ok(vec![0; len]))),
-                Access::Ve(ve) => Step::Done(Reply::Read(Err(ve))),
-                Access::Exit(exit, shared) => Step::Exit(
-                    exit,
-                    Pending::Retry {
-                        req: Request::Read { gpa, len },
-                        shared_done: shared,
-                    },
-                ),
+        Request::Read { gpa, len } => match access(td, gpa, false, shared_done) {
+            Access::Private(hpa) => {
+                let mut buf = vec![0; len];
+                s.mem.read(hpa, &mut buf);
+                Step::Done(Reply::Read(Ok(buf)))
             }
-        }
+            Access::Shared => Step::Done(Reply::Read(Ok(vec![0; len]))),
+            Access::Ve(ve) => Step::Done(Reply::Read(Err(ve))),
+            Access::Exit(exit, shared) => Step::Exit(
+                exit,
+                Pending::Retry {
+                    req: Request::Read { gpa, len },
+                    shared_done: shared,
+                },
+            ),
+        },
         Request::Write { gpa, data } => match access(td, gpa, true, shared_done) {
             Access::Private(hpa) => {
                 s.mem.write(hpa, &data);
@@ -301,7 +299,10 @@ fn step(s: &Shared, td: &Td, req: Request, shared_done: bool) -> Step {
                     OperandId::RCX,
                 ))));
             }
-            Step::Exit(vmcall_exit(control, &regs), Pending::Reply { control, regs })
+            Step::Exit(
+                vmcall_exit(control, &regs),
+                Pending::Reply { control, regs },
+            )
         }
         Request::TripleFault => Step::Exit(
             Exit {
