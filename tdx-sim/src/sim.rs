@@ -31,7 +31,7 @@ use crate::{
     memory::{Accounting, CacheLines, PAGE, PageState},
     sept::is_leaf_state,
     state::{HostOp, Shared, Stats, SysState},
-    td::Lifecycle,
+    td::{Lifecycle, VcpuState},
     violation::Violation,
 };
 
@@ -556,6 +556,25 @@ impl Simulator {
                 }
             }
         }
+        // vCPUs: none in the guest (no leaf runs), and the associated ones
+        // of each TD (by TDR frame, the TDVPR's PAMT owner).
+        let mut associated: HashMap<u64, u32> = HashMap::new();
+        let mut active = None;
+        s.vcpus.for_each(|tdvpr, v| {
+            if v.state == VcpuState::Active {
+                active = Some(tdvpr);
+            }
+            if v.assoc_lp.is_some()
+                && let Some(t) = s.pamt.block(tdvpr * PAGE)
+            {
+                *associated.entry(t.peek(0, tdvpr * PAGE).owner).or_default() += 1;
+            }
+        });
+        if let Some(v) = active {
+            return Err(format!(
+                "the vCPU at frame {v:#x} is ACTIVE with no TDH.VP.ENTER running"
+            ));
+        }
         let freed: std::collections::HashSet<u32> = s.tds.freed().into_iter().collect();
         for (slot, td) in s.tds.iter() {
             if freed.contains(&slot) {
@@ -564,6 +583,20 @@ impl Simulator {
             let tdr = td.tdr();
             if td.op_lock.is_held(r) || td.tree_lock.is_held(r) || td.epoch_lock.is_held(r) {
                 return Err(format!("a lock of TD {tdr:#x} is held"));
+            }
+            if td.refcount(0) != 0 || td.refcount(1) != 0 {
+                return Err(format!(
+                    "TD {tdr:#x}: TLB refcounts {} and {} with no vCPU in the guest",
+                    td.refcount(0),
+                    td.refcount(1)
+                ));
+            }
+            let assoc = associated.remove(&tdr).unwrap_or(0);
+            if assoc != td.num_assoc_vcpus() {
+                return Err(format!(
+                    "TD {tdr:#x}: {assoc} vCPUs associated, NUM_ASSOC_VCPUS {}",
+                    td.num_assoc_vcpus()
+                ));
             }
             let cnt = td.chldcnt.sum();
             let pamt = charged.remove(&tdr).unwrap_or(0);

@@ -466,6 +466,16 @@ impl VcpuTable {
         self.shard(tdvpr).remove(&tdvpr);
     }
 
+    /// Runs `f` on every vCPU (for the simulator's own checks).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &Vcpu)) {
+        for sh in &self.shards {
+            let sh = sh.lock().unwrap_or_else(|e| e.into_inner());
+            for (&k, v) in sh.iter() {
+                f(k, v);
+            }
+        }
+    }
+
     /// Runs `f` on the vCPU at `tdvpr` (which the caller has locked).
     pub(crate) fn with<T>(&self, tdvpr: u64, f: impl FnOnce(&mut Vcpu) -> T) -> T {
         f(self
