@@ -12,10 +12,14 @@
 //! LP.INIT, RD, CONFIG v0/v1, KEY.CONFIG, TDMR.INIT, SHUTDOWN,
 //! LP.SHUTDOWN); the Extensions leaves (TDH.EXT.MEM.ADD, TDH.EXT.INIT) on a
 //! profile that has them; the TD leaves (TDH.MNG.*, TDH.VP.* but ENTER,
-//! TDH.MEM.* but RELOCATE and MEM.RD/WR, TDH.MR.*, TDH.PHYMEM.*); and the
-//! guest side of TDG.MEM.PAGE.ACCEPT ([`Simulator::guest_accept`]). Not
-//! modelled: TD entry (no vCPU runs, so TLB refcounts stay 0), L2 VMs,
-//! migration, service TDs.
+//! TDH.MEM.* but RELOCATE and MEM.RD/WR, TDH.MR.*, TDH.PHYMEM.*); TD entry
+//! (TDH.VP.ENTER) with a guest model: a vCPU runs a guest program a test
+//! gives it ([`Simulator::set_guest`], [`guest`]), whose operations make the
+//! module's TD exits, and a running vCPU counts in the TD's TLB epoch until
+//! it exits (a [`Simulator::kick`] makes it); and the guest side of
+//! TDG.MEM.PAGE.ACCEPT for tests that run no vCPU
+//! ([`Simulator::guest_accept`]). Not modelled: L2 VMs, migration, service
+//! TDs.
 //!
 //! Concurrency is the module's: any number of threads may call one
 //! simulator, each on the logical processor it selected, and leaves run in

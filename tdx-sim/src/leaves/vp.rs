@@ -4,7 +4,8 @@
 //! exclusively after the TDR (shared) and the op state (shared); the other
 //! leaves take the TDVPR first (ADDCX, INIT and FLUSH exclusively, RD and
 //! WR shared), then the TDR implicitly (shared, `BUSY|TDR`; exclusive for
-//! TDH.VP.INIT version 1). Not modelled: TD entry.
+//! TDH.VP.INIT version 1). TDH.VP.ENTER takes the TDVPR and the TDR shared
+//! and holds them while the guest runs ([`enter`]).
 
 use tdx_sys::SeamcallArgs;
 use tdx_types::{OperandId, TdxStatus, metadata::PamtPageType};
