@@ -24,7 +24,13 @@
 //!   PAGE_ALREADY_ACCEPTED / PAGE_SIZE_MISMATCH / OPERAND_BUSY, and the
 //!   EPT-violation TD exit with an ACCEPT extended exit qualification
 //!   where the module makes one (`async_tdexit_ept_violation`,
-//!   `src/td_dispatcher/vm_exits/td_other_exits.c`). The 2M accept is not
+//!   `src/td_dispatcher/vm_exits/td_other_exits.c`). An entry a host
+//!   marked with host priority is BUSY for the guest; if the guest still
+//!   meets the mark [`HP_LOCK_TIMEOUT`] ticks of the simulated TSC
+//!   ([`Simulator::set_tsc`]) after it first did, the vCPU makes the
+//!   trap-like `TDX_HOST_PRIORITY_BUSY_TIMEOUT` exit and the ACCEPT
+//!   returns BUSY (bit 60 = the next entry's host-recoverability hint)
+//!   (`src/td_dispatcher/tdx_td_dispatcher.c`). The 2M accept is not
 //!   interruptible in the model (no ACCEPT_COUNTER).
 //! - A private access (`src/td_dispatcher/vm_exits/td_ept_violation.c`):
 //!   a MAPPED page is read or written; a PENDING page is a #VE for the
@@ -51,6 +57,7 @@
 //!
 //! [`Simulator::set_guest`]: crate::Simulator::set_guest
 //! [`Simulator::kick`]: crate::Simulator::kick
+//! [`Simulator::set_tsc`]: crate::Simulator::set_tsc
 
 use std::{
     collections::HashMap,
@@ -61,6 +68,12 @@ use tdx_types::{
     TdxStatus,
     exit::{VmcallRegs, VmcallStatus, subfunction},
 };
+
+/// The host-priority lock timeout in TSC ticks: the TDCS value TDH.MNG.INIT
+/// sets, `DEFAULT_HP_LOCK_TIMEOUT_USEC` (1 s,
+/// `src/common/data_structures/td_control_structures.h`) at the native TSC
+/// frequency, which the simulated CPU has at 2.5 GHz (model choice).
+pub const HP_LOCK_TIMEOUT: u64 = 2_500_000_000;
 
 /// A guest program: what a vCPU runs.
 pub type GuestProgram = Box<dyn FnOnce(&mut Guest) + Send + 'static>;
@@ -253,6 +266,10 @@ pub(crate) enum Pending {
     Retry { req: Request, shared_done: bool },
     /// A TDG.VP.VMCALL exit: the reply completes it.
     Reply { control: u64, regs: VmcallRegs },
+    /// A trap-like asynchronous exit (the host-priority timeout): the
+    /// TDCALL completes with this status, bit 60 set to the next entry's
+    /// host-recoverability hint.
+    Trap(TdxStatus),
     /// The program ended: the vCPU halts at every entry.
     Halted,
 }

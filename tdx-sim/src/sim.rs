@@ -230,6 +230,21 @@ impl Simulator {
         self.s.guests.kick(tdvpr.as_u64())
     }
 
+    /// The simulated TSC: one clock for every LP, 0 when the simulator is
+    /// built, moved only by [`Simulator::set_tsc`]. TDH.VP.ENTER refuses a
+    /// vCPU whose last TD exit is later than now (`TDX_TSC_ROLLBACK`); a
+    /// guest TDCALL that keeps meeting a host-priority lock for
+    /// [`HP_LOCK_TIMEOUT`](crate::guest::HP_LOCK_TIMEOUT) ticks makes the
+    /// host-priority timeout exit.
+    pub fn tsc(&self) -> u64 {
+        self.s.tsc.load(Ordering::Acquire)
+    }
+
+    /// Sets the simulated TSC (backwards too, to test TSC rollback).
+    pub fn set_tsc(&self, tsc: u64) {
+        self.s.tsc.store(tsc, Ordering::Release);
+    }
+
     /// True while the vCPU whose TDVPR is `tdvpr` is in the guest (inside
     /// TDH.VP.ENTER).
     pub fn in_guest(&self, tdvpr: Pfn) -> bool {

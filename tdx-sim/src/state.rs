@@ -390,6 +390,8 @@ pub(crate) struct Shared {
     pub(crate) vcpus: VcpuTable,
     /// The guest programs of vCPUs and their runs ([`crate::guest`]).
     pub(crate) guests: crate::guest::Guests,
+    /// The simulated TSC (the same on every LP), which tests set.
+    pub(crate) tsc: AtomicU64,
     faults: Mutex<FaultPlan>,
     faults_armed: AtomicBool,
     violations: Mutex<Vec<Violation>>,
@@ -415,6 +417,7 @@ impl Shared {
             tds: TdTable::default(),
             vcpus: VcpuTable::default(),
             guests: crate::guest::Guests::default(),
+            tsc: AtomicU64::new(0),
             faults: Mutex::default(),
             faults_armed: AtomicBool::new(false),
             violations: Mutex::default(),

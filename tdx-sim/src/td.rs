@@ -407,6 +407,11 @@ pub(crate) struct Vcpu {
     pub(crate) last_exit: LastExit,
     /// The TD epoch of the vCPU's last entry (`vcpu_epoch`).
     pub(crate) vcpu_epoch: u64,
+    /// The TSC at the last TD exit (LAST_EXIT_TSC).
+    pub(crate) last_exit_tsc: u64,
+    /// When a guest TDCALL first met a host-priority lock, if the last
+    /// one did (`hp_lock_busy`, `hp_lock_busy_start`).
+    pub(crate) hp_busy_since: Option<u64>,
     /// VCPU_INDEX, given by TDH.VP.INIT.
     pub(crate) index: u32,
     pub(crate) assoc_lp: Option<u32>,
@@ -422,6 +427,8 @@ impl Vcpu {
             state: VcpuState::Uninitialized,
             last_exit: LastExit::AsyncFault,
             vcpu_epoch: 0,
+            last_exit_tsc: 0,
+            hp_busy_since: None,
             index: 0,
             assoc_lp: None,
             fields: HashMap::default(),

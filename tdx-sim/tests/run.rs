@@ -784,3 +784,100 @@ fn two_threads_entering_one_vcpu() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// The simulated TSC: rollback and the host-priority timeout
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_entry_with_the_tsc_before_the_last_exit_is_refused() {
+    let sim = host();
+    let td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    sim.set_tsc(1000);
+    assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+    sim.set_tsc(999);
+    enter_fails(&sim, VCPU_LP, v, 0, TdxStatus::TSC_ROLLBACK);
+    sim.set_tsc(1000);
+    assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+    assert_eq!(sim.tsc(), 1000);
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn accept_against_a_host_priority_mark_times_out_to_the_host() {
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = 0x7000;
+    td.aug(&sim, gpa, 0);
+    let lock = ModuleLock::SeptEntry {
+        tdr: td.tdr,
+        gpa: Gpa::new(gpa),
+        level: TdxLevel::L4K,
+    };
+    // A host leaf fails on the entry while a guest holds it: the entry is
+    // marked for the host.
+    {
+        let _g = sim
+            .hold_as(lock, LockMode::Exclusive, tdx_sim::LockSide::Guest)
+            .unwrap();
+        let c = range_block(&sim, info(gpa, 0), td.tdr);
+        assert_eq!(c.status, busy(RCX));
+    }
+    assert!(sim.host_priority(lock));
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    sim.set_guest(v, move |g: &mut Guest| {
+        loop {
+            let s = g.accept(gpa, 0);
+            tx.send(s).unwrap();
+            if s == TdxStatus::SUCCESS {
+                break;
+            }
+            go_rx.recv().unwrap();
+        }
+        g.halt();
+    });
+    sim.set_tsc(10);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| enter(&sim, VCPU_LP, v));
+        // The guest sees BUSY (not BUSY_HOST_PRIORITY); the timer starts.
+        assert_eq!(rx.recv().unwrap(), busy(RCX));
+        sim.set_tsc(10 + tdx_sim::guest::HP_LOCK_TIMEOUT - 1);
+        go_tx.send(()).unwrap();
+        assert_eq!(rx.recv().unwrap(), busy(RCX), "not timed out yet");
+        sim.set_tsc(10 + tdx_sim::guest::HP_LOCK_TIMEOUT);
+        go_tx.send(()).unwrap();
+        // Timed out: the trap-like exit, every register zero.
+        let (rax, a) = h.join().unwrap();
+        assert_eq!((rax, a), (0x9000_0205_0000_0000, SeamcallArgs::default()));
+        assert!(matches!(
+            TdExit::decode(exit_regs(rax, &a)),
+            Ok(TdExit::HostPriorityBusyTimeout)
+        ));
+    });
+    // The host finishes on the entry (any leaf that takes its lock clears
+    // the mark), then enters with the host-recoverability hint, which the
+    // guest's BUSY status carries in bit 60.
+    assert_eq!(sept_state(&sim, td.tdr, gpa, 0).0, SeptState::PENDING);
+    assert!(!sim.host_priority(lock));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            on(&sim, VCPU_LP, || {
+                let mut a = SeamcallArgs::default();
+                (enter_raw(&sim, 0, v, 1 << 52, &mut a), a)
+            })
+        });
+        assert_eq!(
+            rx.recv().unwrap(),
+            TdxStatus::from_raw(busy(RCX).raw() | 1 << 60)
+        );
+        go_tx.send(()).unwrap();
+        assert_eq!(rx.recv().unwrap(), TdxStatus::SUCCESS);
+        assert_eq!(h.join().unwrap(), (77, halt_regs()));
+    });
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

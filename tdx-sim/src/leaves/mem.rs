@@ -669,6 +669,7 @@ pub(crate) fn guest_accept(s: &SimState, tdr: u64, gpa: u64, level: u8) -> TdxSt
     };
     match super::tdg::accept(s, td, gpa, level) {
         super::tdg::Accept::Status(st) => st,
+        super::tdg::Accept::HostPriority => op(TdxStatus::OPERAND_BUSY, OperandId::RCX),
         super::tdg::Accept::Exit { .. } => op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX),
     }
 }

@@ -14,7 +14,7 @@ use super::pinfo;
 use crate::{
     dispatch::op,
     guest::{Pending, Reply, Request, Runner, VirtualizationException},
-    locks::{Ordering, septe},
+    locks::{Busy, Ordering, septe},
     memory::PAGE,
     sept::{is_leaf_state, state_of, target_of, word},
     state::Shared,
@@ -155,14 +155,29 @@ enum Step {
 /// Runs the guest of the vCPU at TDVPR frame `v` from where it stopped
 /// until its next TD exit. `a` holds the host's registers at entry (the
 /// reply to a TDG.VP.VMCALL when that was the last exit).
-pub(crate) fn run_guest(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit) -> Exit {
+/// `hint` is RCX bit 52 of the entry (HOST_RECOVERABILITY_HINT).
+pub(crate) fn run_guest(
+    s: &Shared,
+    td: &Td,
+    v: u64,
+    a: &SeamcallArgs,
+    last: LastExit,
+    hint: bool,
+) -> Exit {
     let mut runner = s.guests.enter(v);
-    let exit = run(s, td, v, a, last, &mut runner);
+    let exit = run(s, td, v, a, (last, hint), &mut runner);
     s.guests.exit(v, runner);
     exit
 }
 
-fn run(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit, r: &mut Runner) -> Exit {
+fn run(
+    s: &Shared,
+    td: &Td,
+    v: u64,
+    a: &SeamcallArgs,
+    (last, hint): (LastExit, bool),
+    r: &mut Runner,
+) -> Exit {
     // The entry: a TDG.VP.VMCALL completes with the host's reply
     // (`tdh_vp_enter.c`, only if the last exit was one); a fault-like exit
     // repeats the operation.
@@ -171,6 +186,14 @@ fn run(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit, r: &mut Ru
             debug_assert_eq!(last, LastExit::Tdvmcall);
             exposed(control, &mut regs, &host_regs(a));
             let _ = r.tx.send(Reply::Vmcall(Ok(regs)));
+            None
+        }
+        Pending::Trap(status) => {
+            // After a trap-like exit the TDCALL's status gets the host's
+            // hint in bit 60 (`tdh_vp_enter.c`).
+            debug_assert_eq!(last, LastExit::AsyncTrap);
+            let raw = status.raw() & !HINT_BIT | if hint { HINT_BIT } else { 0 };
+            let _ = r.tx.send(Reply::Status(TdxStatus::from_raw(raw)));
             None
         }
         Pending::Retry { req, shared_done } => Some((req, shared_done)),
@@ -195,7 +218,7 @@ fn run(s: &Shared, td: &Td, v: u64, a: &SeamcallArgs, last: LastExit, r: &mut Ru
             r.pending = Pending::Retry { req, shared_done };
             return kick_exit();
         }
-        match step(s, td, req, shared_done) {
+        match step(s, td, v, req, shared_done) {
             Step::Done(reply) => {
                 let _ = r.tx.send(reply);
             }
@@ -245,10 +268,58 @@ fn halt_exit() -> Exit {
     vmcall_exit(0x1C00, &regs)
 }
 
-fn step(s: &Shared, td: &Td, req: Request, shared_done: bool) -> Step {
+/// Bit 60 of a status: the host-recoverability hint.
+const HINT_BIT: u64 = 1 << 60;
+/// The TD-exit status of the host-priority timeout (RAX, reason 0).
+const HOST_PRIORITY_BUSY_TIMEOUT: u64 = 0x9000_0205_0000_0000;
+
+/// The host-priority rule of the TD dispatcher (`tdx_td_dispatcher.c`) for
+/// a TDCALL that met a lock a host marked: the guest sees
+/// `TDX_OPERAND_BUSY|RCX`; the first time starts the vCPU's timer, and one
+/// at least [`crate::guest::HP_LOCK_TIMEOUT`] TSC ticks later makes the
+/// trap-like exit with `TDX_HOST_PRIORITY_BUSY_TIMEOUT` (the TDCALL then
+/// completes with BUSY at the next entry).
+fn host_priority(s: &Shared, v: u64) -> Step {
+    let busy = op(TdxStatus::OPERAND_BUSY, OperandId::RCX);
+    let now = s.tsc.load(Ordering::Acquire);
+    let timed_out = s.vcpus.with(v, |vc| match vc.hp_busy_since {
+        None => {
+            vc.hp_busy_since = Some(now);
+            false
+        }
+        Some(t) if now.wrapping_sub(t) >= crate::guest::HP_LOCK_TIMEOUT => {
+            vc.hp_busy_since = None;
+            true
+        }
+        Some(_) => false,
+    });
+    if !timed_out {
+        return Step::Done(Reply::Status(busy));
+    }
+    Step::Exit(
+        Exit {
+            rax: HOST_PRIORITY_BUSY_TIMEOUT,
+            last: LastExit::AsyncTrap,
+            ..Exit::fault(ExitReason(0), 0, 0, 0, 0)
+        },
+        Pending::Trap(busy),
+    )
+}
+
+fn step(s: &Shared, td: &Td, v: u64, req: Request, shared_done: bool) -> Step {
+    if !matches!(req, Request::Accept { .. }) {
+        // Only ACCEPT meets host-priority locks in the model; any other
+        // TDCALL result clears the timer too, and so do accesses (model
+        // choice: they stand for the guest moving on).
+        s.vcpus.with(v, |vc| vc.hp_busy_since = None);
+    }
     match req {
         Request::Accept { gpa, level } => match accept(s, td, gpa, level) {
-            Accept::Status(st) => Step::Done(Reply::Status(st)),
+            Accept::HostPriority => host_priority(s, v),
+            Accept::Status(st) => {
+                s.vcpus.with(v, |vc| vc.hp_busy_since = None);
+                Step::Done(Reply::Status(st))
+            }
             Accept::Exit { qual, eeq } => Step::Exit(
                 Exit::ept(qual, eeq, gpa),
                 Pending::Retry {
@@ -375,6 +446,9 @@ fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
 pub(crate) enum Accept {
     /// The TDCALL's status.
     Status(TdxStatus),
+    /// The entry's lock is marked for a host (host priority): the TD
+    /// dispatcher's rule decides ([`host_priority`]).
+    HostPriority,
     /// An EPT-violation TD exit with an ACCEPT extended exit
     /// qualification; the TDCALL runs again after the next entry.
     Exit { qual: u64, eeq: u64 },
@@ -431,8 +505,10 @@ pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8) -> Accept {
             return accept_exit(level, stop.level, stop.value);
         }
     };
-    if septe::lock_guest(slot.word).is_err() {
-        return Accept::Status(op(TdxStatus::OPERAND_BUSY, OperandId::RCX));
+    match septe::lock_guest(slot.word) {
+        Ok(()) => {}
+        Err(Busy::Busy) => return Accept::Status(op(TdxStatus::OPERAND_BUSY, OperandId::RCX)),
+        Err(Busy::HostPriority) => return Accept::HostPriority,
     }
     let cur = slot.word.load(Ordering::Acquire);
     let state = state_of(cur);

@@ -216,11 +216,13 @@ const ENTER_RESUME_L1: u64 = 1 << 53;
 /// compare-exchange (`VCPU_ASSOCIATED` when associated with another LP,
 /// which stays so until TDH.VP.FLUSH on that LP; a new association is not
 /// undone by a later failure); RCX bit 52 without a trap-like last exit,
-/// or bit 53 on an L1 vCPU (`OPERAND_INVALID|RCX`); the epoch lock shared
+/// or bit 53 on an L1 vCPU (`OPERAND_INVALID|RCX`); the simulated TSC
+/// ([`crate::Simulator::set_tsc`]) earlier than the vCPU's last TD exit
+/// (`TSC_ROLLBACK`); the epoch lock shared
 /// (`BUSY|TD_EPOCH`), under which the entry is counted in
-/// `refcount[td_epoch & 1]`. Not modelled: BOOT_NT4, IA32_TSC_ADJUST,
-/// TSC rollback and MONITOR/MWAIT MSR checks (the simulated CPU passes
-/// them), the zero-step filter.
+/// `refcount[td_epoch & 1]`. Not modelled: the BOOT_NT4, IA32_TSC_ADJUST
+/// and MONITOR/MWAIT MSR checks (the simulated CPU passes them), the
+/// zero-step filter.
 ///
 /// While the guest runs the leaf holds what the module holds until the TD
 /// exit: the TDR's PAMT entry and the TDVPR's (shared) and one count in
@@ -264,6 +266,12 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     if rcx & ENTER_RESUME_L1 != 0 {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
+    // TSC earlier than the vCPU's last exit (signed difference).
+    let tsc = c.sim.tsc.load(crate::locks::Ordering::Acquire);
+    let last_exit_tsc = c.sim.vcpus.with(v, |vc| vc.last_exit_tsc);
+    if (tsc.wrapping_sub(last_exit_tsc) as i64) < 0 {
+        return Err(TdxStatus::TSC_ROLLBACK);
+    }
     c.epoch(td, Shared)?;
     c.locked();
     let epoch = td.enter_epoch();
@@ -273,10 +281,13 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         vc.vcpu_epoch = epoch;
         vc.state = VcpuState::Active;
     });
-    let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit);
+    let hint = rcx & ENTER_HOST_HINT != 0;
+    let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit, hint);
+    let now = c.sim.tsc.load(crate::locks::Ordering::Acquire);
     c.sim.vcpus.with(v, |vc| {
         vc.state = exit.state;
         vc.last_exit = exit.last;
+        vc.last_exit_tsc = now;
     });
     td.exit_epoch(epoch);
     if exit.fatal {
