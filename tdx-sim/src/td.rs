@@ -412,6 +412,14 @@ pub(crate) struct Vcpu {
     /// When a guest TDCALL first met a host-priority lock, if the last
     /// one did (`hp_lock_busy`, `hp_lock_busy_start`).
     pub(crate) hp_busy_since: Option<u64>,
+    /// The guest's "RIP": operations it has completed.
+    pub(crate) rip: u64,
+    /// The RIP at the last entry (`guest_rip_on_tdentry`).
+    pub(crate) rip_on_entry: u64,
+    /// Private-GPA EPT violations at one RIP (`possibly_epf_stepping`)
+    /// and, past the threshold, their GPAs (`last_epf_gpa_list`).
+    pub(crate) epf_count: u8,
+    pub(crate) epf_gpas: Vec<u64>,
     /// VCPU_INDEX, given by TDH.VP.INIT.
     pub(crate) index: u32,
     pub(crate) assoc_lp: Option<u32>,
@@ -429,6 +437,10 @@ impl Vcpu {
             vcpu_epoch: 0,
             last_exit_tsc: 0,
             hp_busy_since: None,
+            rip: 0,
+            rip_on_entry: 0,
+            epf_count: 0,
+            epf_gpas: Vec::new(),
             index: 0,
             assoc_lp: None,
             fields: HashMap::default(),

@@ -881,3 +881,48 @@ fn accept_against_a_host_priority_mark_times_out_to_the_host() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// The zero-step filter
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_gpa_that_keeps_faulting_at_one_rip_is_caught_by_the_zero_step_filter() {
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    let gpa = 0x30_0000;
+    let (tx, rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        tx.send(g.read(gpa, 4)).unwrap();
+        g.halt();
+    });
+    // Six faults count; the seventh lists the GPA; all are real exits.
+    for _ in 0..7 {
+        assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(1, 0, gpa)));
+    }
+    // From now on each entry takes the S-EPT tree lock exclusively first.
+    {
+        let _t = sim
+            .hold(ModuleLock::SeptTree(td.tdr), LockMode::Shared)
+            .unwrap();
+        enter_fails(&sim, VCPU_LP, v, 0, busy(OperandId::SEPT_TREE));
+    }
+    // The listed GPA still faults: an emulated exit (a write, whatever
+    // the access was), the guest not entered; registers other than RCX
+    // and R8 zero.
+    let (rax, a) = on(&sim, VCPU_LP, || {
+        let mut a = marked();
+        (enter_raw(&sim, 0, v, 0, &mut a), a)
+    });
+    assert_eq!((rax, a), (48, ept_exit(2, 0, gpa)));
+    // Pending is not enough (it does not translate either).
+    td.aug(&sim, gpa, 0);
+    assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(2, 0, gpa)));
+    // Mapped (accepted): the guest runs again and the read completes.
+    ok("accept", sim.guest_accept(td.tdr, gpa, 0));
+    assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+    assert_eq!(rx.recv().unwrap(), Ok(vec![0; 4]));
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

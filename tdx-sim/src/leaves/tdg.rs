@@ -57,6 +57,9 @@ pub(crate) struct Exit {
     pub(crate) last: LastExit,
     /// The exit sets TDR.FATAL.
     pub(crate) fatal: bool,
+    /// A guest access's EPT violation on a private GPA (logged for the
+    /// zero-step filter).
+    private_epf: bool,
 }
 
 impl Exit {
@@ -73,6 +76,7 @@ impl Exit {
             state: VcpuState::Ready,
             last: LastExit::AsyncFault,
             fatal: false,
+            private_epf: false,
         }
     }
 
@@ -183,16 +187,22 @@ fn run(
     // repeats the operation.
     let mut next = match std::mem::replace(&mut r.pending, Pending::Next) {
         Pending::Reply { control, mut regs } => {
-            debug_assert_eq!(last, LastExit::Tdvmcall);
-            exposed(control, &mut regs, &host_regs(a));
+            // Only if the last exit is still the TDVMCALL (a zero-step
+            // emulated exit in between makes it ASYNC_FAULT, and the guest
+            // then goes on with its own registers).
+            if last == LastExit::Tdvmcall {
+                exposed(control, &mut regs, &host_regs(a));
+            }
             let _ = r.tx.send(Reply::Vmcall(Ok(regs)));
             None
         }
         Pending::Trap(status) => {
             // After a trap-like exit the TDCALL's status gets the host's
             // hint in bit 60 (`tdh_vp_enter.c`).
-            debug_assert_eq!(last, LastExit::AsyncTrap);
-            let raw = status.raw() & !HINT_BIT | if hint { HINT_BIT } else { 0 };
+            let mut raw = status.raw();
+            if last == LastExit::AsyncTrap {
+                raw = raw & !HINT_BIT | if hint { HINT_BIT } else { 0 };
+            }
             let _ = r.tx.send(Reply::Status(TdxStatus::from_raw(raw)));
             None
         }
@@ -220,9 +230,17 @@ fn run(
         }
         match step(s, td, v, req, shared_done) {
             Step::Done(reply) => {
+                s.vcpus.with(v, |vc| vc.rip += 1);
                 let _ = r.tx.send(reply);
             }
             Step::Exit(exit, pending) => {
+                if exit.last != LastExit::AsyncFault {
+                    // Trap-like: RIP moves past the TDCALL before the exit.
+                    s.vcpus.with(v, |vc| vc.rip += 1);
+                }
+                if exit.private_epf {
+                    epf_stepping_log(s, v, exit.r8);
+                }
                 r.pending = pending;
                 return exit;
             }
@@ -256,6 +274,7 @@ fn vmcall_exit(control: u64, regs: &VmcallRegs) -> Exit {
         state: VcpuState::Ready,
         last: LastExit::Tdvmcall,
         fatal: false,
+        private_epf: false,
     }
 }
 
@@ -394,6 +413,45 @@ fn config_flags(td: &Td) -> u64 {
     })
 }
 
+/// `STEPPING_EPF_THRESHOLD` and `EPF_GPA_LIST_SIZE`
+/// (`src/td_transitions/td_exit_stepping.h`, `tdx_tdvps.h`).
+const EPF_THRESHOLD: u8 = 6;
+const EPF_GPA_LIST_SIZE: usize = 32;
+
+/// `td_exit_epf_stepping_log` (`src/td_transitions/td_exit_stepping.c`):
+/// a private-GPA EPT violation exit at the RIP of the last entry counts;
+/// past the threshold its GPA joins the list the next entry checks. RIP
+/// moved since the entry: the count and list start over.
+fn epf_stepping_log(s: &Shared, v: u64, gpa: u64) {
+    s.vcpus.with(v, |vc| {
+        if vc.rip != vc.rip_on_entry {
+            vc.epf_count = 0;
+            vc.epf_gpas.clear();
+        }
+        if vc.epf_count < EPF_THRESHOLD {
+            vc.epf_count += 1;
+        } else if vc.epf_gpas.len() < EPF_GPA_LIST_SIZE && !vc.epf_gpas.contains(&gpa) {
+            vc.epf_gpas.push(gpa);
+        }
+    });
+}
+
+/// `is_epf_expected`: a GPA of the zero-step list still does not
+/// translate (no MAPPED leaf maps it).
+pub(crate) fn epf_expected(td: &Td, gpa: u64) -> bool {
+    let slot = match td.sept.walk(td.pwl(), gpa, 0) {
+        Ok(s) | Err(s) => s,
+    };
+    state_of(slot.value) != SeptState::MAPPED
+}
+
+/// The EPT-violation exit VP.ENTER emulates when the zero-step filter
+/// finds a listed GPA that still faults (`emulate_ept_violation_td_exit`,
+/// `tdh_vp_enter.c`): RCX = data write, R8 = the GPA, the rest 0.
+pub(crate) fn zero_step_exit(gpa: u64) -> Exit {
+    Exit::ept(QUAL_WRITE, 0, gpa)
+}
+
 /// What a guest access to a GPA meets.
 enum Access {
     /// A private page mapped and accepted, at this HPA.
@@ -429,7 +487,13 @@ fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
         }
         Some(e) if e.state == SeptState::PENDING => {
             if td.ctl().attributes & ATTR_SEPT_VE_DISABLE != 0 {
-                Access::Exit(Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa), false)
+                Access::Exit(
+                    Exit {
+                        private_epf: true,
+                        ..Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa)
+                    },
+                    false,
+                )
             } else {
                 Access::Ve(VirtualizationException {
                     reason: u32::from(ExitReason::EPT_VIOLATION.0),
@@ -438,7 +502,13 @@ fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
                 })
             }
         }
-        _ => Access::Exit(Exit::ept(qual, 0, gpa), false),
+        _ => Access::Exit(
+            Exit {
+                private_epf: true,
+                ..Exit::ept(qual, 0, gpa)
+            },
+            false,
+        ),
     }
 }
 

@@ -220,9 +220,13 @@ const ENTER_RESUME_L1: u64 = 1 << 53;
 /// ([`crate::Simulator::set_tsc`]) earlier than the vCPU's last TD exit
 /// (`TSC_ROLLBACK`); the epoch lock shared
 /// (`BUSY|TD_EPOCH`), under which the entry is counted in
-/// `refcount[td_epoch & 1]`. Not modelled: the BOOT_NT4, IA32_TSC_ADJUST
-/// and MONITOR/MWAIT MSR checks (the simulated CPU passes them), the
-/// zero-step filter.
+/// `refcount[td_epoch & 1]`; the zero-step filter: when the vCPU's last
+/// private-GPA EPT violations at one guest RIP passed the threshold (6),
+/// the S-EPT tree lock exclusive (`BUSY|SEPT_TREE`), and if a GPA they
+/// listed still faults, an emulated EPT-violation exit (RAX 48, RCX 2, R8
+/// the GPA) without entering the guest. Not modelled: the BOOT_NT4,
+/// IA32_TSC_ADJUST and MONITOR/MWAIT MSR checks (the simulated CPU passes
+/// them), the zero-step #VE notification (NOTIFY_ENABLES).
 ///
 /// While the guest runs the leaf holds what the module holds until the TD
 /// exit: the TDR's PAMT entry and the TDVPR's (shared) and one count in
@@ -273,6 +277,29 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         return Err(TdxStatus::TSC_ROLLBACK);
     }
     c.epoch(td, Shared)?;
+    // The zero-step filter (`td_entry_stepping_filter`,
+    // `src/td_transitions/td_exit_stepping.c`): the RIP at entry; with
+    // GPAs listed, the S-EPT tree lock exclusive (held until the guest is
+    // entered), and an emulated EPT-violation exit without entering if
+    // one of them still faults.
+    let listed = c.sim.vcpus.with(v, |vc| {
+        vc.rip_on_entry = vc.rip;
+        vc.epf_gpas.clone()
+    });
+    if !listed.is_empty() {
+        c.held
+            .sharex(&td.tree_lock, Exclusive)
+            .map_err(|b| op(b.status(), OperandId::SEPT_TREE))?;
+        if let Some(&gpa) = listed.iter().find(|&&g| super::tdg::epf_expected(td, g)) {
+            c.locked();
+            c.sim
+                .vcpus
+                .with(v, |vc| vc.last_exit = crate::td::LastExit::AsyncFault);
+            let exit = super::tdg::zero_step_exit(gpa);
+            exit.write(a);
+            return Ok(TdxStatus::from_raw(exit.rax));
+        }
+    }
     c.locked();
     let epoch = td.enter_epoch();
     // The op-state and epoch locks go before the guest runs.
