@@ -926,3 +926,29 @@ fn a_gpa_that_keeps_faulting_at_one_rip_is_caught_by_the_zero_step_filter() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn two_entries_of_an_unassociated_vcpu_race_on_the_association() {
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    ok("VP.FLUSH", on(&sim, VCPU_LP, || vp_flush(&sim, v)));
+    // The first entry, on LP 2, stops after all its checks: it has
+    // associated the vCPU and holds the epoch lock shared.
+    let pause = sim.pause_next_on(Leaf::VP_ENTER, 2);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| enter(&sim, 2, v));
+        assert_eq!(pause.wait_entered(), None);
+        // The second, on LP 3, passes the state check (the vCPU is still
+        // READY) and loses the compare-exchange.
+        enter_fails(&sim, 3, v, 0, TdxStatus::VCPU_ASSOCIATED);
+        // TRACK meets the epoch lock; VP.FLUSH the TDVPR.
+        assert_eq!(track(&sim, td.tdr), busy(OperandId::TD_EPOCH));
+        assert_eq!(on(&sim, 3, || vp_flush(&sim, v)), busy(RCX));
+        pause.release();
+        assert_eq!(h.join().unwrap(), (77, halt_regs()));
+    });
+    td.vcpus[0].lp = Some(2);
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
