@@ -120,6 +120,7 @@ pub(crate) enum Request {
         regs: VmcallRegs,
     },
     TripleFault,
+    FatalTdEvent,
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -252,6 +253,21 @@ impl Guest {
     /// is DISABLED (it never runs again).
     pub fn triple_fault(&mut self) -> ! {
         self.call(Request::TripleFault);
+        stop()
+    }
+
+    /// An event the module answers by making the whole TD unrecoverable:
+    /// here a NOTIFICATION VM exit with "VM context invalid" (bit 0 of its
+    /// qualification), which a guest cannot cause at will on real hardware
+    /// (the others are VM-entry failures, #MC, corrupted metadata), so
+    /// this operation stands for all of them. The vCPU leaves with
+    /// `TDX_NON_RECOVERABLE_TD` over exit reason 75 and TDR.FATAL is set
+    /// (`src/td_dispatcher/tdx_td_dispatcher.c`, `td_exit.c`): every
+    /// later VP.ENTER of the TD is `TDX_TD_FATAL`, and any other vCPU of
+    /// the TD in the guest leaves at its next VM exit with
+    /// `TDX_NON_RECOVERABLE_TD_NON_ACCESSIBLE`.
+    pub fn fatal_td_event(&mut self) -> ! {
+        self.call(Request::FatalTdEvent);
         stop()
     }
 }

@@ -573,23 +573,23 @@ impl Simulator {
         }
         // vCPUs: none in the guest (no leaf runs), and the associated ones
         // of each TD (by TDR frame, the TDVPR's PAMT owner).
+        // A fatal TD's vCPUs may stay ACTIVE (NON_RECOVERABLE_TD exits
+        // leave the state as it was) and its refcounts nonzero (a
+        // NON_ACCESSIBLE exit does not decrement them).
         let mut associated: HashMap<u64, u32> = HashMap::new();
-        let mut active = None;
+        let mut active: HashMap<u64, u64> = HashMap::new();
         s.vcpus.for_each(|tdvpr, v| {
+            let owner = s
+                .pamt
+                .block(tdvpr * PAGE)
+                .map_or(0, |t| t.peek(0, tdvpr * PAGE).owner);
             if v.state == VcpuState::Active {
-                active = Some(tdvpr);
+                active.insert(owner, tdvpr);
             }
-            if v.assoc_lp.is_some()
-                && let Some(t) = s.pamt.block(tdvpr * PAGE)
-            {
-                *associated.entry(t.peek(0, tdvpr * PAGE).owner).or_default() += 1;
+            if v.assoc_lp.is_some() {
+                *associated.entry(owner).or_default() += 1;
             }
         });
-        if let Some(v) = active {
-            return Err(format!(
-                "the vCPU at frame {v:#x} is ACTIVE with no TDH.VP.ENTER running"
-            ));
-        }
         let freed: std::collections::HashSet<u32> = s.tds.freed().into_iter().collect();
         for (slot, td) in s.tds.iter() {
             if freed.contains(&slot) {
@@ -599,7 +599,14 @@ impl Simulator {
             if td.op_lock.is_held(r) || td.tree_lock.is_held(r) || td.epoch_lock.is_held(r) {
                 return Err(format!("a lock of TD {tdr:#x} is held"));
             }
-            if td.refcount(0) != 0 || td.refcount(1) != 0 {
+            if !td.fatal()
+                && let Some(v) = active.get(&tdr)
+            {
+                return Err(format!(
+                    "the vCPU at frame {v:#x} is ACTIVE with no TDH.VP.ENTER running"
+                ));
+            }
+            if !td.fatal() && (td.refcount(0) != 0 || td.refcount(1) != 0) {
                 return Err(format!(
                     "TD {tdr:#x}: TLB refcounts {} and {} with no vCPU in the guest",
                     td.refcount(0),

@@ -952,3 +952,43 @@ fn two_entries_of_an_unassociated_vcpu_race_on_the_association() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// A fatal TD
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_fatal_td_event_stops_every_vcpu_of_the_td() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let a_i = td.add_vcpu(&sim, VCPU_LP);
+    let b_i = td.add_vcpu(&sim, 2);
+    ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+    let (va, vb) = (td.vcpus[a_i].tdvpr, td.vcpus[b_i].tdvpr);
+    td.aug(&sim, 0x8000, 0);
+    sim.set_guest(va, |g: &mut Guest| g.fatal_td_event());
+    let (in_rx, go) = parked(&sim, vb, 0x8000);
+    std::thread::scope(|s| {
+        let hb = s.spawn(|| enter(&sim, 2, vb));
+        in_rx.recv().unwrap();
+        // vCPU A makes the TD fatal.
+        let (rax, a) = enter(&sim, VCPU_LP, va);
+        assert_eq!((rax, a), (0x6000_0002_0000_004B, async_regs(1, 0, 0, 0)));
+        assert!(matches!(
+            TdExit::decode(exit_regs(rax, &a)),
+            Ok(TdExit::Unrecoverable { .. })
+        ));
+        // vCPU B, in the guest meanwhile: its read of a mapped page makes
+        // no VM exit; its HLT TDVMCALL does, and is NON_ACCESSIBLE.
+        go.send(()).unwrap();
+        let (rax, a) = hb.join().unwrap();
+        assert_eq!((rax, a), (0x6000_0005_0000_004D, SeamcallArgs::default()));
+    });
+    enter_fails(&sim, VCPU_LP, va, 0, TdxStatus::TD_FATAL);
+    enter_fails(&sim, 2, vb, 0, TdxStatus::TD_FATAL);
+    // The host leaves that check the TD's state see it too.
+    assert_eq!(track(&sim, td.tdr), TdxStatus::TD_FATAL);
+    // Teardown still works (VP.FLUSH checks no state).
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

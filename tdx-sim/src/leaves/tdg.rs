@@ -36,6 +36,12 @@ const QUAL_WRITE: u64 = 1 << 1;
 /// TD exit status NON_RECOVERABLE_VCPU (`tdx_error_codes_defs.h`), in RAX
 /// bits 63:32 over the exit reason.
 const NON_RECOVERABLE_VCPU: u64 = 0x4000_0001_0000_0000;
+/// TD exit statuses NON_RECOVERABLE_TD and NON_RECOVERABLE_TD_NON_ACCESSIBLE
+/// (`tdx_error_codes_defs.h`, the fatal bit 61 included).
+const NON_RECOVERABLE_TD: u64 = 0x6000_0002_0000_0000;
+const NON_RECOVERABLE_TD_NON_ACCESSIBLE: u64 = 0x6000_0005_0000_0000;
+/// NOTIFICATION exit qualification bit 0: VM context invalid.
+const NOTIFY_VM_CONTEXT_INVALID: u64 = 1;
 /// VMX basic exit reason of a triple fault.
 const TRIPLE_FAULT: u64 = 2;
 /// The interruption information of the kick's exit: valid (bit 31), type
@@ -60,6 +66,9 @@ pub(crate) struct Exit {
     /// A guest access's EPT violation on a private GPA (logged for the
     /// zero-step filter).
     private_epf: bool,
+    /// A NON_ACCESSIBLE exit: the TDVPS is not written and the TLB
+    /// refcount not decremented (`td_vmexit_to_vmm`, `is_td_dead`).
+    pub(crate) dead: bool,
 }
 
 impl Exit {
@@ -77,6 +86,7 @@ impl Exit {
             last: LastExit::AsyncFault,
             fatal: false,
             private_epf: false,
+            dead: false,
         }
     }
 
@@ -226,7 +236,15 @@ fn run(
             // The pending interrupt exits before the operation, which runs
             // after the next entry.
             r.pending = Pending::Retry { req, shared_done };
-            return kick_exit();
+            return dead_if_fatal(td, kick_exit(), ExitReason::EXTERNAL_INTERRUPT);
+        }
+        if td.fatal()
+            && let Some(reason) = vm_exit_of(td, &req, shared_done)
+        {
+            // Another vCPU made the TD fatal: this one's next VM exit is
+            // NON_ACCESSIBLE (`tdx_td_dispatcher.c`).
+            r.pending = Pending::Retry { req, shared_done };
+            return dead_if_fatal(td, Exit::fault(reason, 0, 0, 0, 0), reason);
         }
         match step(s, td, v, req, shared_done) {
             Step::Done(reply) => {
@@ -245,6 +263,41 @@ fn run(
                 return exit;
             }
         }
+    }
+}
+
+/// The VM exit a guest operation makes, if any: a TDCALL's (77) or
+/// triple fault's, and an access's EPT violation; an access that
+/// translates makes none.
+fn vm_exit_of(td: &Td, req: &Request, shared_done: bool) -> Option<ExitReason> {
+    match req {
+        Request::Read { gpa, .. } | Request::Write { gpa, .. } => {
+            let faults = if td.private_gpa(*gpa) {
+                epf_expected(td, *gpa)
+            } else {
+                !shared_done
+            };
+            faults.then_some(ExitReason::EPT_VIOLATION)
+        }
+        Request::TripleFault => Some(ExitReason(TRIPLE_FAULT as u16)),
+        Request::End | Request::Panicked(_) => None,
+        _ => Some(ExitReason::TDCALL),
+    }
+}
+
+/// `exit` as it leaves a TD that is fatal by now: NON_ACCESSIBLE over
+/// `reason`, the qualification and interruption information kept, the
+/// TDVPS untouched (`tdx_td_dispatcher.c`, `td_exit.c`).
+fn dead_if_fatal(td: &Td, exit: Exit, reason: ExitReason) -> Exit {
+    if !td.fatal() {
+        return exit;
+    }
+    Exit {
+        rax: NON_RECOVERABLE_TD_NON_ACCESSIBLE | u64::from(reason.0),
+        rcx: exit.rcx,
+        r9: exit.r9,
+        dead: true,
+        ..Exit::fault(ExitReason(0), 0, 0, 0, 0)
     }
 }
 
@@ -275,6 +328,7 @@ fn vmcall_exit(control: u64, regs: &VmcallRegs) -> Exit {
         last: LastExit::Tdvmcall,
         fatal: false,
         private_epf: false,
+        dead: false,
     }
 }
 
@@ -394,6 +448,17 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request, shared_done: bool) -> Step {
                 Pending::Reply { control, regs },
             )
         }
+        Request::FatalTdEvent => Step::Exit(
+            Exit {
+                rax: NON_RECOVERABLE_TD | u64::from(ExitReason::NOTIFICATION.0),
+                rcx: NOTIFY_VM_CONTEXT_INVALID,
+                // State and last exit stay as they are (ACTIVE).
+                state: VcpuState::Active,
+                fatal: true,
+                ..Exit::fault(ExitReason(0), 0, 0, 0, 0)
+            },
+            Pending::Halted,
+        ),
         Request::TripleFault => Step::Exit(
             Exit {
                 rax: NON_RECOVERABLE_VCPU | TRIPLE_FAULT,

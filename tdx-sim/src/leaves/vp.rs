@@ -311,12 +311,14 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let hint = rcx & ENTER_HOST_HINT != 0;
     let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit, hint);
     let now = c.sim.tsc.load(crate::locks::Ordering::Acquire);
-    c.sim.vcpus.with(v, |vc| {
-        vc.state = exit.state;
-        vc.last_exit = exit.last;
-        vc.last_exit_tsc = now;
-    });
-    td.exit_epoch(epoch);
+    if !exit.dead {
+        c.sim.vcpus.with(v, |vc| {
+            vc.state = exit.state;
+            vc.last_exit = exit.last;
+            vc.last_exit_tsc = now;
+        });
+        td.exit_epoch(epoch);
+    }
     if exit.fatal {
         td.set_fatal();
     }
