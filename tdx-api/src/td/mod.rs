@@ -158,6 +158,7 @@ mod hkid;
 mod host;
 mod memory;
 mod mirror;
+mod run;
 mod teardown;
 mod vcpu;
 
@@ -181,6 +182,7 @@ pub use memory::{
     AugPageSize, HugePageSize, Map1gFailure, Map1gLeft, Map1gParts, Outcome, Removed, Zap,
     ZapReport,
 };
+pub use run::{FinalizedTd, Vcpu};
 pub use teardown::{LeakedPage, PageRole, TeardownReport};
 pub use vcpu::{VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded};
 
@@ -251,7 +253,7 @@ pub(crate) struct Inner {
     tdr: FirmwarePage,
     hkid: Option<Hkid>,
     tdcs: Vec<FirmwarePage>,
-    vcpus: Vec<vcpu::Vcpu>,
+    vcpus: Vec<vcpu::VcpuSlot>,
     /// The S-EPT pages and private pages, as a tree shaped like the S-EPT.
     tree: mirror::Tree,
     /// Frames removed from the TD whose PAGE.WBINVD failed: they may hold
@@ -381,7 +383,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// The vCPUs built so far (TDH.VP.INIT done); half-built ones are not
     /// listed.
     pub fn vcpus(&self) -> impl Iterator<Item = VcpuId> + '_ {
-        self.inner.vcpus.iter().filter_map(vcpu::Vcpu::id)
+        self.inner.vcpus.iter().filter_map(vcpu::VcpuSlot::id)
     }
 
     /// Control pages (TDR, TDCS, TDVPR, TDCX, S-EPT) the module holds for
@@ -396,7 +398,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                 .inner
                 .vcpus
                 .iter()
-                .map(vcpu::Vcpu::pages)
+                .map(vcpu::VcpuSlot::pages)
                 .sum::<usize>()
             + sept
     }
@@ -587,7 +589,9 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// A typed field of one of this TD's vCPUs, with TDH.VP.RD (version 0)
     /// on the vCPU's CPU: the module associates the vCPU with the CPU that
     /// reads it (and refuses a vCPU associated with another one), so the
-    /// read runs where the vCPU is associated.
+    /// read runs where the vCPU is associated. Refused while a
+    /// [`Vcpu`] handle of it exists: read through
+    /// [`Vcpu::field`](Vcpu::field), on the thread that runs it.
     #[doc(alias = "TDH.VP.RD")]
     pub fn vcpu_field<T: FieldValue>(
         &self,
@@ -600,6 +604,24 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
             .iter()
             .position(|v| v.tdvpr.pfn() == vcpu.tdvpr && v.associated())
             .ok_or(TdError::UnknownVcpu(vcpu.tdvpr))?;
+        if self.inner.vcpus[index]
+            .taken
+            .load(core::sync::atomic::Ordering::Acquire)
+        {
+            return Err(TdError::Vcpu {
+                tdvpr: vcpu.tdvpr,
+                why: "a Vcpu handle runs it: read the field through the handle",
+            });
+        }
+        self.vcpu_field_at(index, field)
+    }
+
+    /// [`vcpu_field`](Td::vcpu_field) of the vCPU at `index`.
+    pub(super) fn vcpu_field_at<T: FieldValue>(
+        &self,
+        index: usize,
+        field: VcpuField<T>,
+    ) -> Result<T, TdError> {
         let mut elements = [0u64; 8];
         let n = T::ELEMENTS as usize;
         for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
@@ -613,12 +635,20 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// TDH.VP.RD (version 0) of element `id` of vCPU `index` (creation
     /// order), on the vCPU's CPU.
     fn vp_read(&self, index: usize, id: MdFieldId) -> Result<u64, TdError> {
+        use core::sync::atomic::Ordering::Relaxed;
         let (b, v) = (self.b(), &self.inner.vcpus[index]);
         let tdvpr = v.tdvpr.pfn();
+        // Where it is associated; after a flush, where it was initialized
+        // (TDH.VP.RD then associates it there).
+        let cpu = match v.assoc.load(Relaxed) {
+            vcpu::NO_CPU => v.cpu,
+            c => crate::platform::CpuId(c),
+        };
+        v.assoc.store(cpu.0, Relaxed);
         let mut value = 0;
         retry_on_cpu(
             self.p(),
-            v.cpu,
+            cpu,
             self.inner.policy,
             Leaf::VP_RD.v0(),
             Operand::Vcpu(index),
