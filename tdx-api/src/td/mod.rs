@@ -25,6 +25,14 @@
 //!   (TDH.VP.INIT on the vCPU's CPU, in the version the module takes); it
 //!   borrows the TD, so the TD cannot be finalized mid-build.
 //!   [`Td::create_vcpu`] does all three.
+//! - Running, once finalized: a [`Vcpu`] handle per vCPU, owned by the
+//!   thread that runs it ([`Td::vcpu`], or [`Vcpu::new`] with an
+//!   `Arc<Td>`); [`Vcpu::enter`] issues TDH.VP.ENTER on a CPU and returns
+//!   the exit decoded ([`TdExit`](tdx_types::exit::TdExit)); after a
+//!   TDG.VP.VMCALL, [`Vcpu::vmcall`] decodes the request per the GHCI and
+//!   the reply methods answer it. A vCPU that moves to another CPU is
+//!   flushed on the old one first; the TD records where each vCPU may be
+//!   associated, and teardown flushes it there.
 //! - Metadata, once initialized ([`HasMetadata`]): [`Td::read`] of a typed
 //!   TD field ([`tdx_types::metadata::td_fields`]: attributes, XFAM, vCPU counts,
 //!   HKID, op state, TSC frequency, MRCONFIGID/MROWNER/MROWNERCONFIG, ...),
@@ -52,7 +60,8 @@
 //!
 //! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
 //!
-//! Not here: TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
+//! Not here: TD partitioning (L2 VMs); Dynamic PAMT; the shared EPT (a
+//! VMM's ordinary EPT, which it manages as for any VM).
 //!
 //! # Threads and locks
 //!
@@ -63,7 +72,11 @@
 //! to another thread, or share it with `Arc<Td<..>>`. [`GuestFrame`] and
 //! [`TeardownReport`] are plain data. A [`Zap`] borrows its TD and is
 //! `Send` (finish it on another thread) but meant for one thread at a
-//! time. Static assertions in this crate's tests pin these.
+//! time. A [`Vcpu`] is `Send` when the TD is `Sync`: one per vCPU
+//! (a second is refused), entered through `&mut self`, so one thread runs
+//! a vCPU at a time; it holds the TD (`&Td` or `Arc<Td>`), so the TD
+//! cannot be torn down while it exists. Static assertions in this
+//! crate's tests pin these.
 //!
 //! **What may run concurrently with what.** On a finalized TD every
 //! runtime operation takes `&self`: [`map`](Td::map), [`map_1g`](Td::map_1g),
