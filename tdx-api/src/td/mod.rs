@@ -181,7 +181,7 @@ use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 use tdx_sys::leaf;
 use tdx_types::{
     FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxStatus,
-    metadata::{FieldValue, MdFieldId, Sha384Digest, TdField, VcpuField},
+    metadata::{FieldValue, MAX_FIELD_ELEMENTS, MdFieldId, Sha384Digest, TdField, VcpuField},
     regs::PageInfo,
 };
 
@@ -583,7 +583,8 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// (six for a measurement register).
     #[doc(alias = "TDH.MNG.RD")]
     pub fn read<T: FieldValue>(&self, field: TdField<T>) -> Result<T, TdError> {
-        let mut elements = [0u64; 8];
+        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
+        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
         let n = T::ELEMENTS as usize;
         for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
             *slot = self.read_raw(id)?;
@@ -635,7 +636,8 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
         index: usize,
         field: VcpuField<T>,
     ) -> Result<T, TdError> {
-        let mut elements = [0u64; 8];
+        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
+        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
         let n = T::ELEMENTS as usize;
         for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
             *slot = self.vp_read(index, id)?;
