@@ -523,11 +523,16 @@ fn a_failed_hkid_release_leaks_everything_with_a_reason() {
     )
     .unwrap();
     let pages = td.control_pages() as u64 + 1;
-    sim.inject(Fault::status(
-        Leaf::MNG_VPFLUSHDONE,
-        1,
-        TdxStatus::FLUSHVP_NOT_DONE,
-    ));
+    // Refused twice: the first refusal makes teardown flush every vCPU on
+    // every CPU and ask again (a vCPU associated where the TD did not
+    // record it); the second is final.
+    for nth in [1, 2] {
+        sim.inject(Fault::status(
+            Leaf::MNG_VPFLUSHDONE,
+            nth,
+            TdxStatus::FLUSHVP_NOT_DONE,
+        ));
+    }
     let r = td.teardown();
     assert!(!r.hkid_freed);
     assert_eq!(h.hkids().in_use(), 1, "the HKID stays taken");

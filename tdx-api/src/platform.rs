@@ -145,6 +145,15 @@ pub struct Errata {
 ///    [`errata`](Platform::errata) report the hardware as it is. A wrong
 ///    shift would name another KeyID in TDH.PHYMEM.PAGE.WBINVD, which could
 ///    succeed and leave the TD's dirty lines in a page tdx-api then frees.
+/// 5. [`enter_guest`](Platform::enter_guest) runs its closure (one
+///    TDH.VP.ENTER) as `on_cpu` does, with the host state around it that
+///    the module leaves to the host: what the host keeps in registers the
+///    module does not save and restore (extended state beyond what the
+///    TD's XFAM covers, debug registers, MSRs the module clears), and
+///    interrupts handled so that an interrupt arriving in the guest makes
+///    it exit (the kick). The provided method, `on_cpu`, is right for a
+///    host with none of that state (the simulator, a test harness); a
+///    kernel supplies its own, as KVM does around its TD entry.
 ///
 /// [`cpus`]: Platform::cpus
 /// [`package_of`]: Platform::package_of
@@ -203,6 +212,13 @@ pub unsafe trait Platform {
     /// issue one SEAMCALL each and never block: they may run in atomic
     /// context (see the [module docs](self#context-what-may-block)).
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send));
+
+    /// Runs `f`, which issues one TDH.VP.ENTER and returns when the guest
+    /// exits, on `cpu` (contract 5). The guest runs for as long as it does:
+    /// until an exit of its own, or an interrupt (the VMM's kick).
+    fn enter_guest(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+        self.on_cpu(cpu, f)
+    }
 
     /// Writes back and invalidates the caches of every CPU.
     fn wbinvd_all(&self);
@@ -308,6 +324,9 @@ unsafe impl<T: Platform + ?Sized> Platform for &T {
     }
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
         (**self).on_cpu(cpu, f)
+    }
+    fn enter_guest(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+        (**self).enter_guest(cpu, f)
     }
     fn wbinvd_all(&self) {
         (**self).wbinvd_all()

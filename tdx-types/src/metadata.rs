@@ -1269,11 +1269,18 @@ impl fmt::Debug for TdLifecycle {
 /// elements.
 pub type Sha384Digest = [u8; 48];
 
+/// The most elements a [`FieldValue`] may span (the largest field a host
+/// reads whole, a measurement register, has six).
+pub const MAX_FIELD_ELEMENTS: u32 = 8;
+
 /// A Rust value that one metadata field reads as: the elements it spans
 /// and how they combine.
 pub trait FieldValue: Sized {
-    /// Elements the value spans: element `i` is read with the field's base
-    /// ID + `i` ([`MdFieldId::element`]).
+    /// Elements the value spans, 1 to [`MAX_FIELD_ELEMENTS`]: element `i`
+    /// is read with the field's base ID + `i` ([`MdFieldId::element`]).
+    /// tdx-api's typed reads refuse another count when they are built (a
+    /// `const` assertion: `cargo build` reports it, `cargo check` does not),
+    /// never by a panic at run time.
     const ELEMENTS: u32;
 
     /// The value from its elements as the module returned them (each

@@ -234,6 +234,14 @@ pub enum TdError {
     /// No built vCPU of this TD has this TDVPR.
     #[error("no vCPU of this TD has TDVPR {0}")]
     UnknownVcpu(Pfn),
+    /// A [`Vcpu`](super::Vcpu) handle cannot do this now.
+    #[error("vCPU with TDVPR {tdvpr}: {why}")]
+    Vcpu {
+        /// The vCPU's TDVPR page.
+        tdvpr: Pfn,
+        /// Why.
+        why: &'static str,
+    },
     /// The KeyID shift cannot build a keyed address.
     #[error("KeyID shift {0} cannot build a keyed physical address")]
     KeyidShift(u32),

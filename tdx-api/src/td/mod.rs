@@ -25,6 +25,14 @@
 //!   (TDH.VP.INIT on the vCPU's CPU, in the version the module takes); it
 //!   borrows the TD, so the TD cannot be finalized mid-build.
 //!   [`Td::create_vcpu`] does all three.
+//! - Running, once finalized: a [`Vcpu`] handle per vCPU, owned by the
+//!   thread that runs it ([`Td::vcpu`], or [`Vcpu::new`] with an
+//!   `Arc<Td>`); [`Vcpu::enter`] issues TDH.VP.ENTER on a CPU and returns
+//!   the exit decoded ([`TdExit`](tdx_types::exit::TdExit)); after a
+//!   TDG.VP.VMCALL, [`Vcpu::vmcall`] decodes the request per the GHCI and
+//!   the reply methods answer it. A vCPU that moves to another CPU is
+//!   flushed on the old one first; the TD records where each vCPU may be
+//!   associated, and teardown flushes it there.
 //! - Metadata, once initialized ([`HasMetadata`]): [`Td::read`] of a typed
 //!   TD field ([`tdx_types::metadata::td_fields`]: attributes, XFAM, vCPU counts,
 //!   HKID, op state, TSC frequency, MRCONFIGID/MROWNER/MROWNERCONFIG, ...),
@@ -52,7 +60,8 @@
 //!
 //! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
 //!
-//! Not here: TDH.VP.ENTER; TD partitioning (L2 VMs); Dynamic PAMT.
+//! Not here: TD partitioning (L2 VMs); Dynamic PAMT; the shared EPT (a
+//! VMM's ordinary EPT, which it manages as for any VM).
 //!
 //! # Threads and locks
 //!
@@ -63,7 +72,11 @@
 //! to another thread, or share it with `Arc<Td<..>>`. [`GuestFrame`] and
 //! [`TeardownReport`] are plain data. A [`Zap`] borrows its TD and is
 //! `Send` (finish it on another thread) but meant for one thread at a
-//! time. Static assertions in this crate's tests pin these.
+//! time. A [`Vcpu`] is `Send` when the TD is `Sync`: one per vCPU
+//! (a second is refused), entered through `&mut self`, so one thread runs
+//! a vCPU at a time; it holds the TD (`&Td` or `Arc<Td>`), so the TD
+//! cannot be torn down while it exists. Static assertions in this
+//! crate's tests pin these.
 //!
 //! **What may run concurrently with what.** On a finalized TD every
 //! runtime operation takes `&self`: [`map`](Td::map), [`map_1g`](Td::map_1g),
@@ -158,6 +171,7 @@ mod hkid;
 mod host;
 mod memory;
 mod mirror;
+mod run;
 mod teardown;
 mod vcpu;
 
@@ -167,7 +181,7 @@ use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 use tdx_sys::leaf;
 use tdx_types::{
     FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxStatus,
-    metadata::{FieldValue, MdFieldId, Sha384Digest, TdField, VcpuField},
+    metadata::{FieldValue, MAX_FIELD_ELEMENTS, MdFieldId, Sha384Digest, TdField, VcpuField},
     regs::PageInfo,
 };
 
@@ -181,6 +195,7 @@ pub use memory::{
     AugPageSize, HugePageSize, Map1gFailure, Map1gLeft, Map1gParts, Outcome, Removed, Zap,
     ZapReport,
 };
+pub use run::{FinalizedTd, Vcpu};
 pub use teardown::{LeakedPage, PageRole, TeardownReport};
 pub use vcpu::{VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded};
 
@@ -251,7 +266,7 @@ pub(crate) struct Inner {
     tdr: FirmwarePage,
     hkid: Option<Hkid>,
     tdcs: Vec<FirmwarePage>,
-    vcpus: Vec<vcpu::Vcpu>,
+    vcpus: Vec<vcpu::VcpuSlot>,
     /// The S-EPT pages and private pages, as a tree shaped like the S-EPT.
     tree: mirror::Tree,
     /// Frames removed from the TD whose PAGE.WBINVD failed: they may hold
@@ -381,7 +396,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// The vCPUs built so far (TDH.VP.INIT done); half-built ones are not
     /// listed.
     pub fn vcpus(&self) -> impl Iterator<Item = VcpuId> + '_ {
-        self.inner.vcpus.iter().filter_map(vcpu::Vcpu::id)
+        self.inner.vcpus.iter().filter_map(vcpu::VcpuSlot::id)
     }
 
     /// Control pages (TDR, TDCS, TDVPR, TDCX, S-EPT) the module holds for
@@ -396,7 +411,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                 .inner
                 .vcpus
                 .iter()
-                .map(vcpu::Vcpu::pages)
+                .map(vcpu::VcpuSlot::pages)
                 .sum::<usize>()
             + sept
     }
@@ -568,7 +583,8 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// (six for a measurement register).
     #[doc(alias = "TDH.MNG.RD")]
     pub fn read<T: FieldValue>(&self, field: TdField<T>) -> Result<T, TdError> {
-        let mut elements = [0u64; 8];
+        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
+        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
         let n = T::ELEMENTS as usize;
         for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
             *slot = self.read_raw(id)?;
@@ -587,7 +603,9 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// A typed field of one of this TD's vCPUs, with TDH.VP.RD (version 0)
     /// on the vCPU's CPU: the module associates the vCPU with the CPU that
     /// reads it (and refuses a vCPU associated with another one), so the
-    /// read runs where the vCPU is associated.
+    /// read runs where the vCPU is associated. Refused while a
+    /// [`Vcpu`] handle of it exists: read through
+    /// [`Vcpu::field`](Vcpu::field), on the thread that runs it.
     #[doc(alias = "TDH.VP.RD")]
     pub fn vcpu_field<T: FieldValue>(
         &self,
@@ -600,7 +618,26 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
             .iter()
             .position(|v| v.tdvpr.pfn() == vcpu.tdvpr && v.associated())
             .ok_or(TdError::UnknownVcpu(vcpu.tdvpr))?;
-        let mut elements = [0u64; 8];
+        if self.inner.vcpus[index]
+            .taken
+            .load(core::sync::atomic::Ordering::Acquire)
+        {
+            return Err(TdError::Vcpu {
+                tdvpr: vcpu.tdvpr,
+                why: "a Vcpu handle runs it: read the field through the handle",
+            });
+        }
+        self.vcpu_field_at(index, field)
+    }
+
+    /// [`vcpu_field`](Td::vcpu_field) of the vCPU at `index`.
+    pub(super) fn vcpu_field_at<T: FieldValue>(
+        &self,
+        index: usize,
+        field: VcpuField<T>,
+    ) -> Result<T, TdError> {
+        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
+        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
         let n = T::ELEMENTS as usize;
         for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
             *slot = self.vp_read(index, id)?;
@@ -613,12 +650,20 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// TDH.VP.RD (version 0) of element `id` of vCPU `index` (creation
     /// order), on the vCPU's CPU.
     fn vp_read(&self, index: usize, id: MdFieldId) -> Result<u64, TdError> {
+        use core::sync::atomic::Ordering::Relaxed;
         let (b, v) = (self.b(), &self.inner.vcpus[index]);
         let tdvpr = v.tdvpr.pfn();
+        // Where it is associated; after a flush, where it was initialized
+        // (TDH.VP.RD then associates it there).
+        let cpu = match v.assoc.load(Relaxed) {
+            vcpu::NO_CPU => v.cpu,
+            c => crate::platform::CpuId(c),
+        };
+        v.assoc.store(cpu.0, Relaxed);
         let mut value = 0;
         retry_on_cpu(
             self.p(),
-            v.cpu,
+            cpu,
             self.inner.policy,
             Leaf::VP_RD.v0(),
             Operand::Vcpu(index),

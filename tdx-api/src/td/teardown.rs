@@ -33,15 +33,20 @@
 #![allow(unsafe_code)]
 
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 
 use super::{
-    CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost, memory::run_of, mirror::Entry, same_code,
+    CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost,
+    memory::run_of,
+    mirror::Entry,
+    same_code,
+    vcpu::{NO_CPU, VcpuSlot},
 };
 use crate::{
-    platform::Platform,
+    platform::{CpuId, Platform},
     retry::{RetryPolicy, package_cpus, pause, retry, retry_on_cpu},
 };
 
@@ -217,28 +222,14 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     }
     let tdr = inner.tdr.pfn();
 
-    // 1. VP.FLUSH on each associated vCPU's CPU.
+    // 1. VP.FLUSH of each vCPU on the CPU it may be associated with (where
+    // TDH.VP.INIT ran, or where it last entered the guest).
     for (i, v) in inner.vcpus.iter().enumerate() {
-        if !v.associated() {
+        let cpu = v.assoc.load(Ordering::Relaxed);
+        if cpu == NO_CPU {
             continue;
         }
-        let tdvpr = v.tdvpr.pfn();
-        let r = retry_on_cpu(
-            p,
-            v.cpu,
-            cx.policy,
-            Leaf::VP_FLUSH.v0(),
-            Operand::Vcpu(i),
-            &mut || {
-                // SAFETY: VP.FLUSH moves no page; it runs on the vCPU's CPU
-                // (Platform contract 2).
-                match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
-                    s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
-                    s => s,
-                }
-            },
-        );
-        if let Err(e) = r {
+        if let Err(e) = flush_vcpu(&cx, i, v.tdvpr.pfn(), CpuId(cpu)) {
             cx.report.errors.push(e);
         }
     }
@@ -258,7 +249,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
 
     // 2.-4. VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID.
     let gate = host.global_leaves();
-    let released = release_hkid(&mut cx, tdr);
+    let released = release_hkid(&mut cx, tdr, &inner.vcpus);
     drop(gate);
     if let Err(e) = released {
         cx.report.errors.push(e);
@@ -333,16 +324,66 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     cx.report
 }
 
+/// TDH.VP.FLUSH of vCPU `i` (TDVPR `tdvpr`) on `cpu`. "Not associated
+/// with this CPU" is success: the vCPU has nothing to flush there.
+fn flush_vcpu<B: Seamcall + Sync, P: Platform + Sync>(
+    cx: &Ctx<'_, B, P>,
+    i: usize,
+    tdvpr: Pfn,
+    cpu: CpuId,
+) -> Result<(), TdError> {
+    let b = cx.b;
+    retry_on_cpu(
+        cx.p,
+        cpu,
+        cx.policy,
+        Leaf::VP_FLUSH.v0(),
+        Operand::Vcpu(i),
+        &mut || {
+            // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (Platform
+            // contract 2).
+            match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
+                s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
+                s => s,
+            }
+        },
+    )
+    .map(|_| ())
+}
+
 /// VPFLUSHDONE, CACHE.WB on every package (resumable), KEY.FREEID.
 fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
     cx: &mut Ctx<'_, B, P>,
     tdr: Pfn,
+    vcpus: &[VcpuSlot],
 ) -> Result<(), TdError> {
     let (b, p, policy) = (cx.b, cx.p, cx.policy);
-    retry(p, policy, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
-        // SAFETY: VPFLUSHDONE moves no page.
-        unsafe { leaf::tdh_mng_vpflushdone(b, tdr) }
-    })?;
+    let flushdone = || {
+        retry(p, policy, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
+            // SAFETY: VPFLUSHDONE moves no page.
+            unsafe { leaf::tdh_mng_vpflushdone(b, tdr) }
+        })
+    };
+    match flushdone() {
+        Err(TdError::Seamcall { error, .. })
+            if same_code(error.status(), TdxStatus::FLUSHVP_NOT_DONE) =>
+        {
+            // A vCPU is still associated with a CPU the TD did not record
+            // (its association was moved by raw leaf calls): flush every
+            // vCPU on every CPU once (the module answers "not associated"
+            // everywhere else), then try again. Without this the HKID, and
+            // so every page of the TD, would stay with the module.
+            for cpu in 0..p.cpus() {
+                for (i, v) in vcpus.iter().enumerate() {
+                    flush_vcpu(cx, i, v.tdvpr.pfn(), CpuId(cpu))?;
+                }
+            }
+            flushdone()?;
+        }
+        r => {
+            r?;
+        }
+    }
     for (pkg, cpu) in package_cpus(p) {
         cache_wb(p, b, policy, pkg, cpu)?;
     }

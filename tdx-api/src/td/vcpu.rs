@@ -4,7 +4,11 @@
 #![allow(unsafe_code)]
 
 use alloc::vec::Vec;
-use core::{fmt, marker::PhantomData};
+use core::{
+    fmt,
+    marker::PhantomData,
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+};
 
 use tdx_sys::leaf;
 use tdx_types::{FirmwarePage, Leaf, Pfn};
@@ -43,16 +47,27 @@ impl VcpuState for VpTdcxAdded {}
 
 /// A vCPU's pages, as the TD holds them.
 #[derive(Debug)]
-pub(crate) struct Vcpu {
+pub(crate) struct VcpuSlot {
     pub(super) tdvpr: FirmwarePage,
     pub(super) tdcx: Vec<FirmwarePage>,
     pub(super) cpu: CpuId,
     /// The module's VCPU_INDEX, once TDH.VP.INIT succeeded: the vCPU is
     /// then associated with `cpu`.
     pub(super) vcpu_index: Option<usize>,
+    /// The CPU the vCPU may be associated with now ([`NO_CPU`]: none):
+    /// `cpu` after TDH.VP.INIT, then the CPU of its last TDH.VP.ENTER
+    /// attempt (an entry's association survives the entry's failure), none
+    /// after a TDH.VP.FLUSH. The vCPU's [`Vcpu`](super::Vcpu) handle
+    /// changes it; teardown flushes there.
+    pub(super) assoc: AtomicU32,
+    /// A [`Vcpu`](super::Vcpu) handle exists for it.
+    pub(super) taken: AtomicBool,
 }
 
-impl Vcpu {
+/// [`VcpuSlot::assoc`] when the vCPU is associated with no CPU.
+pub(super) const NO_CPU: u32 = u32::MAX;
+
+impl VcpuSlot {
     /// TDH.VP.INIT succeeded: the vCPU is associated with its CPU.
     pub(crate) fn associated(&self) -> bool {
         self.vcpu_index.is_some()
@@ -232,6 +247,9 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
             }
         };
         self.td.inner.vcpus[index].vcpu_index = Some(vcpu_index);
+        self.td.inner.vcpus[index]
+            .assoc
+            .store(cpu.0, Ordering::Relaxed);
         Ok(VcpuId {
             index: vcpu_index,
             tdvpr,
@@ -289,11 +307,13 @@ impl<H: TdHostRef> Td<Initialized, H> {
             unsafe { leaf::tdh_vp_create(b, tdvpr, tdr) }
         })
         .inspect_err(|_| self.free_refused(tdvpr))?;
-        self.inner.vcpus.push(Vcpu {
+        self.inner.vcpus.push(VcpuSlot {
             tdvpr: FirmwarePage::from_pfn(tdvpr),
             tdcx: Vec::new(),
             cpu,
             vcpu_index: None,
+            assoc: AtomicU32::new(NO_CPU),
+            taken: AtomicBool::new(false),
         });
         Ok(VcpuBuilder {
             td: self,
