@@ -121,6 +121,7 @@ pub(crate) enum Request {
     },
     TripleFault,
     FatalTdEvent,
+    VpInfo,
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -134,6 +135,25 @@ pub(crate) enum Reply {
     Read(Result<Vec<u8>, VirtualizationException>),
     Write(Result<(), VirtualizationException>),
     Vmcall(Result<VmcallRegs, TdxStatus>),
+    VpInfo(VpInfo),
+}
+
+/// What TDG.VP.INFO returns (`src/td_dispatcher/vm_exits/tdg_vp_info.c`),
+/// register by register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VpInfo {
+    /// RCX: the GPA width (52 with GPAW, else 48).
+    pub rcx: u64,
+    /// RDX: the TD's ATTRIBUTES.
+    pub rdx: u64,
+    /// R8: NUM_VCPUS (31:0) and MAX_VCPUS (63:32).
+    pub r8: u64,
+    /// R9: this vCPU's VCPU_INDEX.
+    pub r9: u64,
+    /// R10: TDCALLs available (bit 0: TDG.SYS.RD).
+    pub r10: u64,
+    /// R11: reserved, 0.
+    pub r11: u64,
 }
 
 /// The unwinding payload that ends a guest thread whose vCPU went away.
@@ -155,6 +175,15 @@ impl Guest {
             stop();
         }
         self.rx.recv().unwrap_or_else(|_| stop())
+    }
+
+    /// TDG.VP.INFO: the TD's GPA width, attributes, vCPU counts and this
+    /// vCPU's index.
+    pub fn vp_info(&mut self) -> VpInfo {
+        match self.call(Request::VpInfo) {
+            Reply::VpInfo(i) => i,
+            r => unreachable!("{r:?}"),
+        }
     }
 
     /// Guest operations issued so far (the model's "RIP").

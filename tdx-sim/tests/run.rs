@@ -992,3 +992,35 @@ fn a_fatal_td_event_stops_every_vcpu_of_the_td() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn vp_info_tells_the_guest_its_td() {
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::TdcsAdded);
+    let mut p = Params::new();
+    p.u64(0, SEPT_VE_DISABLE);
+    td.init(&sim, &p);
+    td.add_vcpu(&sim, VCPU_LP);
+    let i = td.add_vcpu(&sim, 2);
+    ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+    let v = td.vcpus[i].tdvpr;
+    let (tx, rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        tx.send(g.vp_info()).unwrap();
+        g.halt();
+    });
+    assert_eq!(enter(&sim, 2, v), (77, halt_regs()));
+    assert_eq!(
+        rx.recv().unwrap(),
+        tdx_sim::VpInfo {
+            rcx: 48,
+            rdx: SEPT_VE_DISABLE,
+            r8: 2 | 4 << 32,
+            r9: 1,
+            r10: 1,
+            r11: 0,
+        }
+    );
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

@@ -448,6 +448,19 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request, shared_done: bool) -> Step {
                 Pending::Reply { control, regs },
             )
         }
+        Request::VpInfo => {
+            let index = s.vcpus.with(v, |vc| vc.index);
+            let ctl = td.ctl();
+            let info = crate::guest::VpInfo {
+                rcx: if td.gpaw() { 52 } else { 48 },
+                rdx: ctl.attributes,
+                r8: u64::from(ctl.num_vcpus) | u64::from(ctl.max_vcpus) << 32,
+                r9: u64::from(index),
+                r10: 1,
+                r11: 0,
+            };
+            Step::Done(Reply::VpInfo(info))
+        }
         Request::FatalTdEvent => Step::Exit(
             Exit {
                 rax: NON_RECOVERABLE_TD | u64::from(ExitReason::NOTIFICATION.0),
