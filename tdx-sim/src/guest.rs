@@ -38,10 +38,12 @@
 //!   ATTRIBUTES.SEPT_VE_DISABLE, then an EPT-violation exit with extended
 //!   exit qualification type 6; anything else an EPT-violation exit (type
 //!   0). The access repeats after the next entry.
-//! - A shared access: the host's shared EPT is not modelled. The first
-//!   try makes an EPT-violation exit with the shared GPA (what a VMM sees
-//!   for MMIO or a shared page it has not mapped); after the next entry the
-//!   access completes, a read seeing zeros and a write going nowhere.
+//! - A shared access goes through the VMM's shared EPT, which tdx-api does
+//!   not manage and a test sets page by page
+//!   ([`Simulator::map_shared`](crate::Simulator::map_shared)): a page
+//!   mapped to host memory is read and written there; an MMIO page is a
+//!   #VE for the program; an unmapped one is an EPT-violation exit with
+//!   the shared GPA, and the access repeats after the next entry.
 //! - TDG.VP.VMCALL (`src/td_dispatcher/vm_exits/tdg_vp_vmcall.c`,
 //!   `src/td_transitions/tdh_vp_enter.c`): the module's check of the
 //!   exposure control (RAX, RCX, RSP, and RBP under NO_RBP_MOD, may not be
@@ -65,7 +67,7 @@ use std::{
 };
 
 use tdx_types::{
-    TdxStatus,
+    Hpa, TdxStatus,
     exit::{VmcallRegs, VmcallStatus, subfunction},
 };
 
@@ -74,6 +76,18 @@ use tdx_types::{
 /// `src/common/data_structures/td_control_structures.h`) at the native TSC
 /// frequency, which the simulated CPU has at 2.5 GHz (model choice).
 pub const HP_LOCK_TIMEOUT: u64 = 2_500_000_000;
+
+/// How the VMM's shared EPT maps a shared GPA, for the guest model
+/// ([`Simulator::map_shared`](crate::Simulator::map_shared)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedMapping {
+    /// Host memory: the guest's accesses read and write this page.
+    Memory(Hpa),
+    /// Emulated MMIO: an entry with suppress-#VE clear, as KVM makes them,
+    /// so an access is a #VE for the guest (whose handler would make a
+    /// TDG.VP.VMCALL<#VE.RequestMMIO>), not a TD exit.
+    Mmio,
+}
 
 /// A guest program: what a vCPU runs.
 pub type GuestProgram = Box<dyn FnOnce(&mut Guest) + Send + 'static>;
@@ -306,9 +320,8 @@ impl Guest {
 pub(crate) enum Pending {
     /// Nothing outstanding: the next request comes from the program.
     Next,
-    /// A fault-like exit: the request runs again. `shared_done`: a shared
-    /// access that has made its EPT-violation exit and now completes.
-    Retry { req: Request, shared_done: bool },
+    /// A fault-like exit: the request runs again.
+    Retry(Request),
     /// A TDG.VP.VMCALL exit: the reply completes it.
     Reply { control: u64, regs: VmcallRegs },
     /// A trap-like asynchronous exit (the host-priority timeout): the

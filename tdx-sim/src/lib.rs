@@ -66,7 +66,7 @@ pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
-pub use guest::{Guest, GuestProgram, VirtualizationException, VpInfo};
+pub use guest::{Guest, GuestProgram, SharedMapping, VirtualizationException, VpInfo};
 pub use kot::KotState;
 pub use leaves::mng::ARCH_CAPS_CONFIG_MASK;
 pub use locks::{LockMode, LockSide};

@@ -230,6 +230,23 @@ impl Simulator {
         self.s.guests.kick(tdvpr.as_u64())
     }
 
+    /// Sets how the VMM's shared EPT of the TD whose TDR is `tdr` maps the
+    /// shared 4K page at `gpa` (the shared bit set, as the guest uses it):
+    /// `None` unmaps it. Only the guest model reads it ([`crate::guest`]);
+    /// the module has no part in the shared EPT.
+    ///
+    /// # Panics
+    ///
+    /// If `tdr` is not a TD's TDR.
+    pub fn map_shared(&self, tdr: Pfn, gpa: u64, m: Option<crate::guest::SharedMapping>) {
+        let td = td_of(&self.s, tdr.as_u64()).expect("a TD's TDR");
+        let mut ctl = td.ctl();
+        match m {
+            Some(m) => ctl.shared_ept.insert(gpa & !0xFFF, m),
+            None => ctl.shared_ept.remove(&(gpa & !0xFFF)),
+        };
+    }
+
     /// The simulated TSC: one clock for every LP, 0 when the simulator is
     /// built, moved only by [`Simulator::set_tsc`]. TDH.VP.ENTER refuses a
     /// vCPU whose last TD exit is later than now (`TDX_TSC_ROLLBACK`); a

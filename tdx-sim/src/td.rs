@@ -136,6 +136,9 @@ pub(crate) struct TdCtl {
     /// A TDH.VP.INIT version 0 ran (module 1.5.05 then clears
     /// TOPOLOGY_ENUM_CONFIGURED, which TDH.MNG.INIT set).
     pub(crate) vp_init_v0: bool,
+    /// The VMM's shared EPT as tests set it, by 4K GPA (shared bit set):
+    /// not the module's, the guest model's.
+    pub(crate) shared_ept: HashMap<u64, crate::guest::SharedMapping>,
 }
 
 /// A Trust Domain: its TDR, TDCS, locks and S-EPT.

@@ -488,26 +488,45 @@ fn a_pending_page_exits_with_eeq_6_under_sept_ve_disable() {
 }
 
 #[test]
-fn a_shared_access_exits_with_the_shared_gpa_then_completes() {
+fn shared_accesses_go_through_the_vmms_shared_ept() {
     let sim = host();
     let td = runnable(&sim, 0);
     let v = td.vcpus[0].tdvpr;
     let (tx, rx) = mpsc::channel();
     sim.set_guest(v, move |g: &mut Guest| {
-        g.write(SHARED | 0x1234, b"mmio").unwrap();
-        tx.send(g.read(SHARED | 0x2000, 2)).unwrap();
+        g.write(SHARED | 0x1234, b"shared").unwrap();
+        tx.send(g.read(SHARED | 0x1234, 6)).unwrap();
+        // An MMIO page: a #VE, no exit.
+        tx.send(g.read(SHARED | 0x5000, 4)).unwrap();
         g.halt();
     });
-    assert_eq!(
-        enter(&sim, VCPU_LP, v),
-        (48, ept_exit(2, 0, SHARED | 0x1000))
+    // Not mapped in the shared EPT: an exit with the shared GPA, again and
+    // again until the VMM maps it.
+    for _ in 0..2 {
+        assert_eq!(
+            enter(&sim, VCPU_LP, v),
+            (48, ept_exit(2, 0, SHARED | 0x1000))
+        );
+    }
+    let buf = page(&sim);
+    sim.map_shared(
+        td.tdr,
+        SHARED | 0x1000,
+        Some(tdx_sim::SharedMapping::Memory(buf.hpa())),
     );
-    assert_eq!(
-        enter(&sim, VCPU_LP, v),
-        (48, ept_exit(1, 0, SHARED | 0x2000))
-    );
+    sim.map_shared(td.tdr, SHARED | 0x5000, Some(tdx_sim::SharedMapping::Mmio));
     assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
-    assert_eq!(rx.recv().unwrap(), Ok(vec![0, 0]));
+    assert_eq!(rx.recv().unwrap(), Ok(b"shared".to_vec()));
+    let ve = rx.recv().unwrap().unwrap_err();
+    assert_eq!(
+        (ve.reason, ve.qualification, ve.gpa),
+        (48, 1, SHARED | 0x5000)
+    );
+    // The host sees what the guest wrote.
+    let mut got = [0u8; 6];
+    sim.peek(buf.hpa().as_u64() + 0x234, &mut got);
+    assert_eq!(&got, b"shared");
+    free_page(&sim, buf);
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }

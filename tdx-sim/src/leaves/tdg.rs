@@ -13,7 +13,7 @@ use tdx_types::{
 use super::pinfo;
 use crate::{
     dispatch::op,
-    guest::{Pending, Reply, Request, Runner, VirtualizationException},
+    guest::{Pending, Reply, Request, Runner, SharedMapping, VirtualizationException},
     locks::{Busy, Ordering, septe},
     memory::PAGE,
     sept::{is_leaf_state, state_of, target_of, word},
@@ -216,7 +216,7 @@ fn run(
             let _ = r.tx.send(Reply::Status(TdxStatus::from_raw(raw)));
             None
         }
-        Pending::Retry { req, shared_done } => Some((req, shared_done)),
+        Pending::Retry(req) => Some(req),
         Pending::Next => None,
         Pending::Halted => {
             r.pending = Pending::Halted;
@@ -228,25 +228,25 @@ fn run(
         }
     };
     loop {
-        let (req, shared_done) = match next.take() {
+        let req = match next.take() {
             Some(x) => x,
-            None => (r.rx.recv().unwrap_or(Request::End), false),
+            None => r.rx.recv().unwrap_or(Request::End),
         };
         if s.guests.take_kick(v) {
             // The pending interrupt exits before the operation, which runs
             // after the next entry.
-            r.pending = Pending::Retry { req, shared_done };
+            r.pending = Pending::Retry(req);
             return dead_if_fatal(td, kick_exit(), ExitReason::EXTERNAL_INTERRUPT);
         }
         if td.fatal()
-            && let Some(reason) = vm_exit_of(td, &req, shared_done)
+            && let Some(reason) = vm_exit_of(td, &req)
         {
             // Another vCPU made the TD fatal: this one's next VM exit is
             // NON_ACCESSIBLE (`tdx_td_dispatcher.c`).
-            r.pending = Pending::Retry { req, shared_done };
+            r.pending = Pending::Retry(req);
             return dead_if_fatal(td, Exit::fault(reason, 0, 0, 0, 0), reason);
         }
-        match step(s, td, v, req, shared_done) {
+        match step(s, td, v, req) {
             Step::Done(reply) => {
                 s.vcpus.with(v, |vc| vc.rip += 1);
                 let _ = r.tx.send(reply);
@@ -269,15 +269,11 @@ fn run(
 /// The VM exit a guest operation makes, if any: a TDCALL's (77) or
 /// triple fault's, and an access's EPT violation; an access that
 /// translates makes none.
-fn vm_exit_of(td: &Td, req: &Request, shared_done: bool) -> Option<ExitReason> {
+fn vm_exit_of(td: &Td, req: &Request) -> Option<ExitReason> {
     match req {
         Request::Read { gpa, .. } | Request::Write { gpa, .. } => {
-            let faults = if td.private_gpa(*gpa) {
-                epf_expected(td, *gpa)
-            } else {
-                !shared_done
-            };
-            faults.then_some(ExitReason::EPT_VIOLATION)
+            let write = matches!(req, Request::Write { .. });
+            matches!(access(td, *gpa, write), Access::Exit(..)).then_some(ExitReason::EPT_VIOLATION)
         }
         Request::TripleFault => Some(ExitReason(TRIPLE_FAULT as u16)),
         Request::End | Request::Panicked(_) => None,
@@ -379,7 +375,7 @@ fn host_priority(s: &Shared, v: u64) -> Step {
     )
 }
 
-fn step(s: &Shared, td: &Td, v: u64, req: Request, shared_done: bool) -> Step {
+fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
     if !matches!(req, Request::Accept { .. }) {
         // Only ACCEPT meets host-priority locks in the model; any other
         // TDCALL result clears the timer too, and so do accesses (model
@@ -395,42 +391,25 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request, shared_done: bool) -> Step {
             }
             Accept::Exit { qual, eeq } => Step::Exit(
                 Exit::ept(qual, eeq, gpa),
-                Pending::Retry {
-                    req: Request::Accept { gpa, level },
-                    shared_done: false,
-                },
+                Pending::Retry(Request::Accept { gpa, level }),
             ),
         },
-        Request::Read { gpa, len } => match access(td, gpa, false, shared_done) {
-            Access::Private(hpa) => {
+        Request::Read { gpa, len } => match access(td, gpa, false) {
+            Access::Mapped(hpa) => {
                 let mut buf = vec![0; len];
                 s.mem.read(hpa, &mut buf);
                 Step::Done(Reply::Read(Ok(buf)))
             }
-            Access::Shared => Step::Done(Reply::Read(Ok(vec![0; len]))),
             Access::Ve(ve) => Step::Done(Reply::Read(Err(ve))),
-            Access::Exit(exit, shared) => Step::Exit(
-                exit,
-                Pending::Retry {
-                    req: Request::Read { gpa, len },
-                    shared_done: shared,
-                },
-            ),
+            Access::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Read { gpa, len })),
         },
-        Request::Write { gpa, data } => match access(td, gpa, true, shared_done) {
-            Access::Private(hpa) => {
+        Request::Write { gpa, data } => match access(td, gpa, true) {
+            Access::Mapped(hpa) => {
                 s.mem.write(hpa, &data);
                 Step::Done(Reply::Write(Ok(())))
             }
-            Access::Shared => Step::Done(Reply::Write(Ok(()))),
             Access::Ve(ve) => Step::Done(Reply::Write(Err(ve))),
-            Access::Exit(exit, shared) => Step::Exit(
-                exit,
-                Pending::Retry {
-                    req: Request::Write { gpa, data },
-                    shared_done: shared,
-                },
-            ),
+            Access::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Write { gpa, data })),
         },
         Request::Vmcall { control, regs } => {
             // `tdg_vp_vmcall.c`: RAX, RCX and RSP (and RBP under
@@ -532,26 +511,35 @@ pub(crate) fn zero_step_exit(gpa: u64) -> Exit {
 
 /// What a guest access to a GPA meets.
 enum Access {
-    /// A private page mapped and accepted, at this HPA.
-    Private(u64),
-    /// A shared GPA whose EPT violation the host has seen: the access
-    /// completes (the shared EPT is not modelled).
-    Shared,
+    /// A page mapped and accepted (private), or mapped by the VMM's
+    /// shared EPT (shared), at this HPA.
+    Mapped(u64),
     /// A #VE for the guest.
     Ve(VirtualizationException),
-    /// A TD exit; `true` if it is a shared GPA's.
-    Exit(Exit, bool),
+    /// A TD exit.
+    Exit(Exit),
 }
 
-/// A guest read or write of `gpa` (`td_ept_violation.c`): an unlocked walk
-/// to the leaf.
-fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
+/// A guest read or write of `gpa` (`td_ept_violation.c`): for a private
+/// GPA an unlocked walk of the S-EPT to the leaf; for a shared one the
+/// VMM's shared EPT as the test set it ([`crate::Simulator::map_shared`]).
+fn access(td: &Td, gpa: u64, write: bool) -> Access {
     let qual = if write { QUAL_WRITE } else { QUAL_READ };
+    let ve = || {
+        Access::Ve(VirtualizationException {
+            reason: u32::from(ExitReason::EPT_VIOLATION.0),
+            qualification: qual,
+            gpa,
+        })
+    };
     if !td.private_gpa(gpa) {
-        return if shared_done {
-            Access::Shared
-        } else {
-            Access::Exit(Exit::ept(qual, 0, gpa), true)
+        let m = td.ctl().shared_ept.get(&(gpa & !0xFFF)).copied();
+        return match m {
+            Some(SharedMapping::Memory(hpa)) => Access::Mapped(hpa.as_u64() + (gpa & 0xFFF)),
+            // KVM's MMIO entries leave suppress-#VE clear: a #VE, which
+            // the guest's handler turns into TDG.VP.VMCALL<#VE.RequestMMIO>.
+            Some(SharedMapping::Mmio) => ve(),
+            None => Access::Exit(Exit::ept(qual, 0, gpa)),
         };
     }
     let slot = match td.sept.walk(td.pwl(), gpa, 0) {
@@ -561,32 +549,22 @@ fn access(td: &Td, gpa: u64, write: bool, shared_done: bool) -> Access {
     match e {
         Some(e) if e.state == SeptState::MAPPED => {
             let size = PAGE << (9 * u32::from(slot.level));
-            Access::Private(e.pfn * PAGE + (gpa & (size - 1)))
+            Access::Mapped(e.pfn * PAGE + (gpa & (size - 1)))
         }
         Some(e) if e.state == SeptState::PENDING => {
             if td.ctl().attributes & ATTR_SEPT_VE_DISABLE != 0 {
-                Access::Exit(
-                    Exit {
-                        private_epf: true,
-                        ..Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa)
-                    },
-                    false,
-                )
-            } else {
-                Access::Ve(VirtualizationException {
-                    reason: u32::from(ExitReason::EPT_VIOLATION.0),
-                    qualification: qual,
-                    gpa,
+                Access::Exit(Exit {
+                    private_epf: true,
+                    ..Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa)
                 })
+            } else {
+                ve()
             }
         }
-        _ => Access::Exit(
-            Exit {
-                private_epf: true,
-                ..Exit::ept(qual, 0, gpa)
-            },
-            false,
-        ),
+        _ => Access::Exit(Exit {
+            private_epf: true,
+            ..Exit::ept(qual, 0, gpa)
+        }),
     }
 }
 
