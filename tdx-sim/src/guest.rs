@@ -53,6 +53,12 @@
 //!   modelled: an exposure of XMMs shows in the exit's RCX (the module
 //!   allows it), their contents read as zero and the host's are dropped.
 //!
+//! - TDG.VP.INFO, TDG.MR.RTMR.EXTEND and TDG.MR.REPORT
+//!   ([`Guest::vp_info`], [`Guest::rtmr_extend`], [`Guest::mr_report`]),
+//!   their memory operands mapped as the module maps them (an unmapped GPA
+//!   is an EPT-violation exit with the missing access, and the call runs
+//!   again after the next entry).
+//!
 //! The host stops a running guest with a kick ([`Simulator::kick`]): the
 //! guest leaves at its next operation with an external-interrupt exit, as
 //! an IPI to the LP running it would make it leave.
@@ -136,6 +142,15 @@ pub(crate) enum Request {
     TripleFault,
     FatalTdEvent,
     VpInfo,
+    RtmrExtend {
+        gpa: u64,
+        index: u64,
+    },
+    MrReport {
+        report: u64,
+        data: u64,
+        subtype: u64,
+    },
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -150,6 +165,7 @@ pub(crate) enum Reply {
     Write(Result<(), VirtualizationException>),
     Vmcall(Result<VmcallRegs, TdxStatus>),
     VpInfo(VpInfo),
+    Tdcall(Result<TdxStatus, VirtualizationException>),
 }
 
 /// What TDG.VP.INFO returns (`src/td_dispatcher/vm_exits/tdg_vp_info.c`),
@@ -196,6 +212,49 @@ impl Guest {
     pub fn vp_info(&mut self) -> VpInfo {
         match self.call(Request::VpInfo) {
             Reply::VpInfo(i) => i,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.MR.RTMR.EXTEND: RTMR[`index`] := SHA-384(RTMR[`index`] || the
+    /// 48 bytes at `gpa`, private, 64-byte aligned)
+    /// (`src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`). `Ok` with the
+    /// TDCALL's status; `Err` if reading the GPA was a #VE (a PENDING
+    /// page). A GPA that is not mapped makes an EPT-violation exit and the
+    /// call repeats after the next entry.
+    pub fn rtmr_extend(
+        &mut self,
+        gpa: u64,
+        index: u64,
+    ) -> Result<TdxStatus, VirtualizationException> {
+        match self.call(Request::RtmrExtend { gpa, index }) {
+            Reply::Tdcall(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.MR.REPORT: writes the 1024-byte TDREPORT_STRUCT at `report`
+    /// (1024-aligned) for the 64 bytes of REPORTDATA at `data` (64-aligned),
+    /// both private or shared; `subtype` must be 0
+    /// (`src/td_dispatcher/vm_exits/tdg_mr_report.c`). TDINFO (offset 512)
+    /// is the TD's: ATTRIBUTES, XFAM, MRTD, MRCONFIGID, MROWNER,
+    /// MROWNERCONFIG, RTMR0-3; REPORTMACSTRUCT and TEE_TCB_INFO, which
+    /// the CPU's SEAMDB_REPORT makes, are the model's: REPORTTYPE (0x81, 0,
+    /// 0), TEE_TCB_INFO all zero, TEE_TCB_INFO_HASH and TEE_INFO_HASH the
+    /// SHA-384 of TEE_TCB_INFO and TDINFO, CPUSVN zero, and a MAC that is
+    /// no MAC (the first 32 bytes of the SHA-384 of bytes 0..224).
+    pub fn mr_report(
+        &mut self,
+        report: u64,
+        data: u64,
+        subtype: u64,
+    ) -> Result<TdxStatus, VirtualizationException> {
+        match self.call(Request::MrReport {
+            report,
+            data,
+            subtype,
+        }) {
+            Reply::Tdcall(r) => r,
             r => unreachable!("{r:?}"),
         }
     }

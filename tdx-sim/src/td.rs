@@ -139,6 +139,9 @@ pub(crate) struct TdCtl {
     /// The VMM's shared EPT as tests set it, by 4K GPA (shared bit set):
     /// not the module's, the guest model's.
     pub(crate) shared_ept: HashMap<u64, crate::guest::SharedMapping>,
+    /// RTMR0-3 (TDCS measurement fields), extended by TDG.MR.RTMR.EXTEND
+    /// (empty: all four zero).
+    pub(crate) rtmr: Vec<[u8; 48]>,
 }
 
 /// A Trust Domain: its TDR, TDCS, locks and S-EPT.

@@ -1043,3 +1043,93 @@ fn vp_info_tells_the_guest_its_td() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// TDG.MR.RTMR.EXTEND and TDG.MR.REPORT
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_guests_tdreport_has_the_tds_measurements() {
+    use sha2::{Digest, Sha384};
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::TdcsAdded);
+    let mut p = Params::new();
+    p.u64(0, SEPT_VE_DISABLE)
+        .u8(80, 0xC1)
+        .u8(128, 0x0E)
+        .u8(176, 0x0C);
+    td.init(&sim, &p);
+    td.add_vcpu(&sim, VCPU_LP);
+    ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+    let v = td.vcpus[0].tdvpr;
+    td.aug(&sim, 0x1000, 0);
+    td.aug(&sim, 0x2000, 0);
+    let (tx, rx) = mpsc::channel();
+    let (rep_tx, rep_rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        assert_eq!(g.accept(0x1000, 0), TdxStatus::SUCCESS);
+        assert_eq!(g.accept(0x2000, 0), TdxStatus::SUCCESS);
+        g.write(0x2000, &[0x5A; 64]).unwrap();
+        g.write(0x2040, &[0xE7; 48]).unwrap();
+        let refused = vec![
+            g.mr_report(0x1200, 0x2000, 0),
+            g.mr_report(0x1000, 0x2020, 0),
+            g.mr_report(0x1000, 0x2000, 1),
+            g.rtmr_extend(0x2040, 4),
+            g.rtmr_extend(0x2020, 2),
+            g.rtmr_extend(SHARED | 0x2040, 2),
+        ];
+        tx.send(refused).unwrap();
+        assert_eq!(g.rtmr_extend(0x2040, 2), Ok(TdxStatus::SUCCESS));
+        assert_eq!(g.mr_report(0x1000, 0x2000, 0), Ok(TdxStatus::SUCCESS));
+        tx.send(vec![]).unwrap();
+        let r = g.read(0x1000, 1024).unwrap();
+        // The report to a GPA the host has not mapped: an exit, then the
+        // call again.
+        assert_eq!(g.mr_report(0x40_0000, 0x2000, 0), Ok(TdxStatus::SUCCESS));
+        let again = g.read(0x40_0000, 1024).unwrap();
+        assert_eq!(again[512..], r[512..]);
+        rep_tx.send(r).unwrap();
+        g.halt();
+    });
+    // The exit of the unmapped report page (read and write missing).
+    assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(3, 0, 0x40_0000)));
+    let refused = rx.recv().unwrap();
+    assert_eq!(
+        refused,
+        vec![
+            Ok(invalid(RCX)),
+            Ok(invalid(OperandId::RDX)),
+            Ok(invalid(OperandId::R8)),
+            Ok(invalid(OperandId::RDX)),
+            Ok(invalid(RCX)),
+            Ok(invalid(RCX)),
+        ]
+    );
+    assert!(rx.recv().unwrap().is_empty());
+    td.aug(&sim, 0x40_0000, 0);
+    // Pending, with SEPT_VE_DISABLE: an exit with EEQ type 6.
+    assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(3, 6, 0x40_0000)));
+    ok("accept", sim.guest_accept(td.tdr, 0x40_0000, 0));
+    assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+    let r = rep_rx.recv().unwrap();
+    assert_eq!(r[..4], [0x81, 0, 0, 0], "REPORTTYPE");
+    assert_eq!(r[128..192], [0x5A; 64], "REPORTDATA");
+    assert_eq!(r[512..520], SEPT_VE_DISABLE.to_le_bytes(), "ATTRIBUTES");
+    assert_eq!(r[520..528], 3u64.to_le_bytes(), "XFAM");
+    assert_eq!(r[528..576], sim.mrtd(td.tdr).unwrap(), "MRTD");
+    assert_eq!((r[576], r[624], r[672]), (0xC1, 0x0E, 0x0C));
+    let mut rtmr2 = Sha384::new();
+    rtmr2.update([0u8; 48]);
+    rtmr2.update([0xE7u8; 48]);
+    assert_eq!(r[720..816], [0; 96], "RTMR0-1");
+    assert_eq!(r[816..864], rtmr2.finalize()[..], "RTMR2");
+    assert_eq!(r[864..1024], [0; 160], "RTMR3, SERVTD_HASH, reserved");
+    assert_eq!(
+        r[80..128],
+        Sha384::digest(&r[512..1024])[..],
+        "TEE_INFO_HASH"
+    );
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

@@ -3,6 +3,7 @@
 //! and the TD exits it makes (`src/td_dispatcher/`,
 //! `src/td_transitions/td_exit.c`, Intel TDX module 1.5.01).
 
+use sha2::{Digest, Sha384};
 use tdx_sys::SeamcallArgs;
 use tdx_types::{
     OperandId, TdxStatus,
@@ -440,6 +441,22 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
             };
             Step::Done(Reply::VpInfo(info))
         }
+        Request::RtmrExtend { gpa, index } => tdcall_step(
+            rtmr_extend(s, td, gpa, index),
+            Request::RtmrExtend { gpa, index },
+        ),
+        Request::MrReport {
+            report,
+            data,
+            subtype,
+        } => tdcall_step(
+            mr_report(s, td, report, data, subtype),
+            Request::MrReport {
+                report,
+                data,
+                subtype,
+            },
+        ),
         Request::FatalTdEvent => Step::Exit(
             Exit {
                 rax: NON_RECOVERABLE_TD | u64::from(ExitReason::NOTIFICATION.0),
@@ -661,4 +678,172 @@ pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8) -> Accept {
     };
     septe::unlock(slot.word);
     out
+}
+
+/// A TDCALL's memory operand that did not map
+/// (`check_walk_and_map_guest_side_gpa`, `src/common/helpers/helpers.c`).
+enum Operand {
+    /// Not a valid GPA for the leaf: the leaf's `TDX_OPERAND_INVALID`.
+    Invalid,
+    /// A #VE for the guest (the TDCALL does not complete).
+    Ve(VirtualizationException),
+    /// An EPT-violation TD exit (the TDCALL runs again after the entry).
+    Exit(Exit),
+}
+
+/// Maps a TDCALL's memory operand at `gpa` for reading (or reading and
+/// writing): a private GPA through the S-EPT (PENDING: #VE or an exit with
+/// EEQ type 6; anything but MAPPED: an exit), a shared one through the
+/// VMM's shared EPT (MMIO: #VE; unmapped: an exit); `private_only`
+/// refuses shared GPAs. The exit's qualification is the missing access
+/// (read, and write for a read-write mapping). No zero-step logging.
+fn map_operand(td: &Td, gpa: u64, write: bool, private_only: bool) -> Result<u64, Operand> {
+    let private = td.private_gpa(gpa);
+    let width = if td.gpaw() { 52 } else { 48 };
+    if (private_only && !private) || gpa >> width != 0 {
+        return Err(Operand::Invalid);
+    }
+    let qual = if write {
+        QUAL_READ | QUAL_WRITE
+    } else {
+        QUAL_READ
+    };
+    let ve = VirtualizationException {
+        reason: u32::from(ExitReason::EPT_VIOLATION.0),
+        qualification: qual,
+        gpa,
+    };
+    if !private {
+        let m = td.ctl().shared_ept.get(&(gpa & !0xFFF)).copied();
+        return match m {
+            Some(SharedMapping::Memory(hpa)) => Ok(hpa.as_u64() + (gpa & 0xFFF)),
+            Some(SharedMapping::Mmio) => Err(Operand::Ve(ve)),
+            None => Err(Operand::Exit(Exit::ept(qual, 0, gpa))),
+        };
+    }
+    let slot = match td.sept.walk(td.pwl(), gpa, 0) {
+        Ok(s) | Err(s) => s,
+    };
+    match td.sept.view(slot.value) {
+        Some(e) if e.state == SeptState::MAPPED => {
+            let size = PAGE << (9 * u32::from(slot.level));
+            Ok(e.pfn * PAGE + (gpa & (size - 1)))
+        }
+        Some(e) if e.state == SeptState::PENDING => {
+            if td.ctl().attributes & ATTR_SEPT_VE_DISABLE != 0 {
+                Err(Operand::Exit(Exit::ept(
+                    qual,
+                    EEQ_PENDING_EPT_VIOLATION,
+                    gpa,
+                )))
+            } else {
+                Err(Operand::Ve(ve))
+            }
+        }
+        _ => Err(Operand::Exit(Exit::ept(qual, 0, gpa))),
+    }
+}
+
+/// What a TDCALL with memory operands came to.
+enum Tdcall {
+    Done(TdxStatus),
+    Ve(VirtualizationException),
+    Exit(Exit),
+}
+
+/// The operand check's outcome for operand `o` (`TDX_OPERAND_INVALID|o`).
+fn operand(r: Result<u64, Operand>, o: OperandId) -> Result<u64, Tdcall> {
+    r.map_err(|e| match e {
+        Operand::Invalid => Tdcall::Done(op(TdxStatus::OPERAND_INVALID, o)),
+        Operand::Ve(ve) => Tdcall::Ve(ve),
+        Operand::Exit(x) => Tdcall::Exit(x),
+    })
+}
+
+fn tdcall_step(r: Result<TdxStatus, Tdcall>, again: Request) -> Step {
+    match r {
+        Ok(st) | Err(Tdcall::Done(st)) => Step::Done(Reply::Tdcall(Ok(st))),
+        Err(Tdcall::Ve(ve)) => Step::Done(Reply::Tdcall(Err(ve))),
+        Err(Tdcall::Exit(x)) => Step::Exit(x, Pending::Retry(again)),
+    }
+}
+
+/// TDG.MR.RTMR.EXTEND (`tdg_mr_rtmr_extend.c`): the GPA's alignment
+/// (64, `|RCX`), its mapping (private only, `|RCX`), the index (`|RDX`);
+/// the RTMR lock is not modelled (each guest operation is whole).
+fn rtmr_extend(s: &Shared, td: &Td, gpa: u64, index: u64) -> Result<TdxStatus, Tdcall> {
+    if gpa % 64 != 0 {
+        return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let hpa = operand(map_operand(td, gpa, false, true), OperandId::RCX)?;
+    if index >= 4 {
+        return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    let mut data = [0u8; 48];
+    s.mem.read(hpa, &mut data);
+    let mut ctl = td.ctl();
+    ctl.rtmr.resize(4, [0; 48]);
+    let rtmr = &mut ctl.rtmr[index as usize];
+    let mut h = Sha384::new();
+    h.update(*rtmr);
+    h.update(data);
+    rtmr.copy_from_slice(&h.finalize());
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDG.MR.REPORT (`tdg_mr_report.c`), in the module's order: the report
+/// GPA's alignment (1024, `|RCX`), REPORTDATA's (64, `|RDX`), REPORTDATA
+/// mapped read-only (`|RDX`), the subtype (`|R8`), then the report mapped
+/// read-write (`|RCX`) and written. Layout: `include/tdx_api_defs.h`
+/// (TDREPORT_STRUCT); TDINFO from the TDCS (`get_tdinfo_and_teeinfohash`,
+/// `src/common/helpers/helpers.c`), the rest as [`crate::Guest::mr_report`]
+/// says.
+fn mr_report(
+    s: &Shared,
+    td: &Td,
+    report: u64,
+    data: u64,
+    subtype: u64,
+) -> Result<TdxStatus, Tdcall> {
+    if report % 1024 != 0 {
+        return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    if data % 64 != 0 {
+        return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    let data_hpa = operand(map_operand(td, data, false, false), OperandId::RDX)?;
+    if subtype != 0 {
+        return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    }
+    let mut r = [0u8; 1024];
+    // REPORTTYPE: TDX (0x81), subtype 0, version 0 (no service TDs).
+    r[0] = 0x81;
+    s.mem.read(data_hpa, &mut r[128..192]);
+    {
+        let ctl = td.ctl();
+        let params = ctl.params.as_deref();
+        let param = |off: usize| -> [u8; 48] {
+            params.map_or([0; 48], |p| p[off..off + 48].try_into().expect("48 bytes"))
+        };
+        r[512..520].copy_from_slice(&ctl.attributes.to_le_bytes());
+        if let Some(p) = params {
+            r[520..528].copy_from_slice(&p[8..16]);
+        }
+        r[528..576].copy_from_slice(&ctl.mrtd.unwrap_or([0; 48]));
+        r[576..624].copy_from_slice(&param(80));
+        r[624..672].copy_from_slice(&param(128));
+        r[672..720].copy_from_slice(&param(176));
+        for (i, m) in ctl.rtmr.iter().enumerate() {
+            r[720 + 48 * i..768 + 48 * i].copy_from_slice(m);
+        }
+    }
+    let tee_tcb_hash = Sha384::digest(&r[256..512]);
+    r[32..80].copy_from_slice(&tee_tcb_hash);
+    let tee_info_hash = Sha384::digest(&r[512..1024]);
+    r[80..128].copy_from_slice(&tee_info_hash);
+    let mac = Sha384::digest(&r[..224]);
+    r[224..256].copy_from_slice(&mac[..32]);
+    let report_hpa = operand(map_operand(td, report, true, false), OperandId::RCX)?;
+    s.mem.write(report_hpa, &r);
+    Ok(TdxStatus::SUCCESS)
 }
