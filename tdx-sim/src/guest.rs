@@ -216,7 +216,7 @@ impl Guest {
         }
     }
 
-    /// TDG.MR.RTMR.EXTEND: RTMR[`index`] := SHA-384(RTMR[`index`] || the
+    /// TDG.MR.RTMR.EXTEND: RTMR\[`index`\] := SHA-384(RTMR\[`index`\] || the
     /// 48 bytes at `gpa`, private, 64-byte aligned)
     /// (`src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`). `Ok` with the
     /// TDCALL's status; `Err` if reading the GPA was a #VE (a PENDING

@@ -688,7 +688,7 @@ enum Operand {
     /// A #VE for the guest (the TDCALL does not complete).
     Ve(VirtualizationException),
     /// An EPT-violation TD exit (the TDCALL runs again after the entry).
-    Exit(Exit),
+    Exit(Box<Exit>),
 }
 
 /// Maps a TDCALL's memory operand at `gpa` for reading (or reading and
@@ -718,7 +718,7 @@ fn map_operand(td: &Td, gpa: u64, write: bool, private_only: bool) -> Result<u64
         return match m {
             Some(SharedMapping::Memory(hpa)) => Ok(hpa.as_u64() + (gpa & 0xFFF)),
             Some(SharedMapping::Mmio) => Err(Operand::Ve(ve)),
-            None => Err(Operand::Exit(Exit::ept(qual, 0, gpa))),
+            None => Err(Operand::Exit(Box::new(Exit::ept(qual, 0, gpa)))),
         };
     }
     let slot = match td.sept.walk(td.pwl(), gpa, 0) {
@@ -731,16 +731,13 @@ fn map_operand(td: &Td, gpa: u64, write: bool, private_only: bool) -> Result<u64
         }
         Some(e) if e.state == SeptState::PENDING => {
             if td.ctl().attributes & ATTR_SEPT_VE_DISABLE != 0 {
-                Err(Operand::Exit(Exit::ept(
-                    qual,
-                    EEQ_PENDING_EPT_VIOLATION,
-                    gpa,
-                )))
+                let x = Exit::ept(qual, EEQ_PENDING_EPT_VIOLATION, gpa);
+                Err(Operand::Exit(Box::new(x)))
             } else {
                 Err(Operand::Ve(ve))
             }
         }
-        _ => Err(Operand::Exit(Exit::ept(qual, 0, gpa))),
+        _ => Err(Operand::Exit(Box::new(Exit::ept(qual, 0, gpa)))),
     }
 }
 
@@ -748,7 +745,7 @@ fn map_operand(td: &Td, gpa: u64, write: bool, private_only: bool) -> Result<u64
 enum Tdcall {
     Done(TdxStatus),
     Ve(VirtualizationException),
-    Exit(Exit),
+    Exit(Box<Exit>),
 }
 
 /// The operand check's outcome for operand `o` (`TDX_OPERAND_INVALID|o`).
@@ -764,7 +761,7 @@ fn tdcall_step(r: Result<TdxStatus, Tdcall>, again: Request) -> Step {
     match r {
         Ok(st) | Err(Tdcall::Done(st)) => Step::Done(Reply::Tdcall(Ok(st))),
         Err(Tdcall::Ve(ve)) => Step::Done(Reply::Tdcall(Err(ve))),
-        Err(Tdcall::Exit(x)) => Step::Exit(x, Pending::Retry(again)),
+        Err(Tdcall::Exit(x)) => Step::Exit(*x, Pending::Retry(again)),
     }
 }
 
@@ -772,7 +769,7 @@ fn tdcall_step(r: Result<TdxStatus, Tdcall>, again: Request) -> Step {
 /// (64, `|RCX`), its mapping (private only, `|RCX`), the index (`|RDX`);
 /// the RTMR lock is not modelled (each guest operation is whole).
 fn rtmr_extend(s: &Shared, td: &Td, gpa: u64, index: u64) -> Result<TdxStatus, Tdcall> {
-    if gpa % 64 != 0 {
+    if !gpa.is_multiple_of(64) {
         return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
     let hpa = operand(map_operand(td, gpa, false, true), OperandId::RCX)?;
@@ -805,10 +802,10 @@ fn mr_report(
     data: u64,
     subtype: u64,
 ) -> Result<TdxStatus, Tdcall> {
-    if report % 1024 != 0 {
+    if !report.is_multiple_of(1024) {
         return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
-    if data % 64 != 0 {
+    if !data.is_multiple_of(64) {
         return Ok(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
     }
     let data_hpa = operand(map_operand(td, data, false, false), OperandId::RDX)?;
