@@ -1133,3 +1133,66 @@ fn the_guests_tdreport_has_the_tds_measurements() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn vp_rd_wr_check_the_vcpu_state_before_the_association() {
+    use tdx_types::metadata::field;
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    td.aug(&sim, 0x8000, 0);
+    let index = field::VP_VCPU_INDEX.into_raw();
+    let nmi = field::PEND_NMI.into_raw();
+    let rd = |lp| {
+        on(&sim, lp, || {
+            raw(
+                &sim,
+                Leaf::VP_RD.v0(),
+                [v.hpa().as_u64(), index, 0, 0, 0, 0],
+            )
+            .0
+        })
+    };
+    let wr = |lp| {
+        on(&sim, lp, || {
+            raw(&sim, Leaf::VP_WR.v0(), [v.hpa().as_u64(), nmi, 1, 1, 0, 0]).0
+        })
+    };
+    let (in_rx, go) = parked(&sim, v, 0x8000);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| enter(&sim, VCPU_LP, v));
+        in_rx.recv().unwrap();
+        // In the guest on LP 1: ACTIVE, refused before the association.
+        assert_eq!(rd(2), TdxStatus::VCPU_STATE_INCORRECT);
+        assert_eq!(wr(2), TdxStatus::VCPU_STATE_INCORRECT);
+        go.send(()).unwrap();
+        assert_eq!(h.join().unwrap(), (77, halt_regs()));
+    });
+    // Out of the guest: associated with LP 1.
+    assert_eq!(rd(2), TdxStatus::VCPU_ASSOCIATED);
+    ok("VP.RD", rd(VCPU_LP));
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+
+    // A disabled vCPU can be read, not written.
+    let sim = host();
+    let td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    sim.set_guest(v, |g: &mut Guest| g.triple_fault());
+    assert_eq!(enter(&sim, VCPU_LP, v).0, 0x4000_0001_0000_0002);
+    let rd = on(&sim, VCPU_LP, || {
+        raw(
+            &sim,
+            Leaf::VP_RD.v0(),
+            [v.hpa().as_u64(), index, 0, 0, 0, 0],
+        )
+        .0
+    });
+    let wr = on(&sim, VCPU_LP, || {
+        raw(&sim, Leaf::VP_WR.v0(), [v.hpa().as_u64(), nmi, 1, 1, 0, 0]).0
+    });
+    ok("VP.RD of a disabled vCPU", rd);
+    assert_eq!(wr, TdxStatus::VCPU_STATE_INCORRECT);
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

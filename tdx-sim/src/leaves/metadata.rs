@@ -45,7 +45,7 @@ use crate::{
     locks::LockMode::Shared,
     memory::PAGE,
     profile::MetadataTables,
-    td::{Lifecycle, MIN_TDVPS, OpState, Td, TdCtl, Vcpu},
+    td::{Lifecycle, MIN_TDVPS, OpState, Td, TdCtl, Vcpu, VcpuState},
 };
 
 pub(crate) const FIELD_VALUE_NOT_VALID: TdxStatus = TdxStatus::METADATA_FIELD_VALUE_NOT_VALID;
@@ -658,13 +658,17 @@ pub(crate) fn vp_rd_wr(
     } = start;
     let s = c.sim;
     let need = MIN_TDVPS + 3 * usize::from(td.num_l2_vms());
-    let (pages, initialized, assoc) = s
+    let (pages, state, assoc) = s
         .vcpus
-        .with(v, |vc| (vc.pages.len(), vc.initialized(), vc.assoc_lp));
+        .with(v, |vc| (vc.pages.len(), vc.state, vc.assoc_lp));
     if pages < need {
         return Err(TdxStatus::TDCX_NUM_INCORRECT);
     }
-    if !initialized {
+    // `check_and_associate_vcpu` (`src/common/helpers/helpers.c`): READY,
+    // or DISABLED for a read; an uninitialized vCPU, or one in the guest
+    // (ACTIVE, on another LP), is refused before the association check.
+    let state_ok = state == VcpuState::Ready || (state == VcpuState::Disabled && !write_op);
+    if !state_ok {
         return Err(TdxStatus::VCPU_STATE_INCORRECT);
     }
     if assoc.is_some_and(|lp| lp != c.lp) {
