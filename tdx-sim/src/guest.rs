@@ -63,6 +63,44 @@
 //! guest leaves at its next operation with an external-interrupt exit, as
 //! an IPI to the LP running it would make it leave.
 //!
+//! A VMM's run loop against a guest program, through tdx-api's vCPU
+//! handle:
+//!
+//! ```
+//! use tdx_api::{
+//!     CpuId, TdxModule,
+//!     plan::{MemRange, PlanInput},
+//!     td::{TdConfig, TdHost},
+//! };
+//! use tdx_sim::{Guest, MachineDesc, Simulator};
+//! use tdx_types::exit::{TdExit, VmcallRequest, VmcallStatus};
+//!
+//! const GIB: u64 = 1 << 30;
+//! let sim = Simulator::new(MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2)).unwrap();
+//! let input = PlanInput::new(vec![MemRange { start: 4 * GIB, end: 8 * GIB, node: 0 }]);
+//! let module = TdxModule::init(&sim, &sim).unwrap().configure(&input).unwrap();
+//! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+//! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+//! let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+//! let td = td.finalize().map_err(|f| f.error).unwrap();
+//!
+//! // The guest: halts twice (GHCI HLT), then its program ends (it halts
+//! // at every entry from then on).
+//! sim.set_guest(id.tdvpr, |g: &mut Guest| {
+//!     assert_eq!(g.halt(), VmcallStatus::SUCCESS);
+//!     g.halt();
+//! });
+//! let mut v = td.vcpu(id).unwrap();
+//! for cpu in [0, 1] {
+//!     // The second entry is on another CPU: the handle flushes first.
+//!     assert!(matches!(v.enter(CpuId(cpu)).unwrap(), TdExit::Vmcall { .. }));
+//!     assert!(matches!(v.vmcall(), Some(Ok(VmcallRequest::Hlt { .. }))));
+//!     v.reply(VmcallStatus::SUCCESS).unwrap();
+//! }
+//! drop(v);
+//! assert!(td.teardown().is_clean());
+//! ```
+//!
 //! [`Simulator::set_guest`]: crate::Simulator::set_guest
 //! [`Simulator::kick`]: crate::Simulator::kick
 //! [`Simulator::set_tsc`]: crate::Simulator::set_tsc
