@@ -1196,3 +1196,44 @@ fn vp_rd_wr_check_the_vcpu_state_before_the_association() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn rbp_may_be_exposed_unless_no_rbp_mod() {
+    for (flags, want) in [(0u64, true), (1 << 2, false)] {
+        let sim = host();
+        let mut td = Td::build(&sim, Stage::TdcsAdded);
+        let mut p = Params::new();
+        p.u64(32, flags);
+        td.init(&sim, &p);
+        td.add_vcpu(&sim, VCPU_LP);
+        ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+        let v = td.vcpus[0].tdvpr;
+        let (tx, rx) = mpsc::channel();
+        sim.set_guest(v, move |g: &mut Guest| {
+            tx.send(g.vmcall(R10_R12 | 1 << 5, VmcallRegs::default()))
+                .unwrap();
+            g.halt();
+        });
+        let (rax, a) = enter(&sim, VCPU_LP, v);
+        if want {
+            // RBP is not modelled: the exit shows the control only.
+            assert_eq!(
+                (rax, a),
+                (
+                    77,
+                    SeamcallArgs {
+                        rcx: R10_R12 | 1 << 5,
+                        ..SeamcallArgs::default()
+                    }
+                )
+            );
+            assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+            assert!(rx.recv().unwrap().is_ok());
+        } else {
+            assert_eq!((rax, a), (77, halt_regs()));
+            assert_eq!(rx.recv().unwrap(), Err(invalid(RCX)));
+        }
+        td.teardown(&sim);
+        sim.check_invariants().unwrap();
+    }
+}
