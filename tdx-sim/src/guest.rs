@@ -376,6 +376,33 @@ impl Guest {
         }
     }
 
+    /// A standard GHCI TDVMCALL (R10 = 0) of sub-function `subfunction`
+    /// (R11) with arguments `args` in R12-R15, exposing R10-R15 as a
+    /// Linux guest's `__tdx_hypercall` does for them: the host's status
+    /// (R10) and R11-R15 after the call. MapGPA, GetQuote, the instruction
+    /// sub-functions (CPUID, HLT, I/O, RDMSR/WRMSR, #VE.RequestMMIO) are
+    /// all this call with their sub-function numbers
+    /// ([`tdx_types::exit::subfunction`]).
+    ///
+    /// # Panics
+    ///
+    /// Never for the control it uses (the module accepts it).
+    pub fn tdvmcall(&mut self, subfunction: u64, args: [u64; 4]) -> (VmcallStatus, [u64; 5]) {
+        let [r12, r13, r14, r15] = args;
+        let regs = VmcallRegs {
+            r11: subfunction,
+            r12,
+            r13,
+            r14,
+            r15,
+            ..VmcallRegs::default()
+        };
+        match self.vmcall(0xFC00, regs) {
+            Ok(r) => (VmcallStatus(r.r10), [r.r11, r.r12, r.r13, r.r14, r.r15]),
+            Err(s) => panic!("the module refused a valid TDG.VP.VMCALL control: {s}"),
+        }
+    }
+
     /// The GHCI ReportFatalError (R11 = 0x10003, R12 = `code`), repeated
     /// forever, as a guest does: the host sees it at every entry.
     pub fn report_fatal_error(&mut self, code: u64) -> ! {

@@ -1237,3 +1237,60 @@ fn rbp_may_be_exposed_unless_no_rbp_mod() {
         sim.check_invariants().unwrap();
     }
 }
+
+#[test]
+fn ghci_calls_decode_as_the_library_decodes_them() {
+    let sim = host();
+    let td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    let (tx, rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        tx.send(g.tdvmcall(subfunction::MAP_GPA, [SHARED | 0x20_0000, 0x4000, 0, 0]))
+            .unwrap();
+        g.halt();
+    });
+    let (rax, a) = enter(&sim, VCPU_LP, v);
+    assert_eq!(rax, 77);
+    let Ok(TdExit::Vmcall { control }) = TdExit::decode(exit_regs(rax, &a)) else {
+        panic!("{a:?}");
+    };
+    assert_eq!(control.gprs(), 0xFC00);
+    let regs = VmcallRegs {
+        rdx: a.rdx,
+        rbx: a.rbx,
+        rsi: a.rsi,
+        rdi: a.rdi,
+        r8: a.r8,
+        r9: a.r9,
+        r10: a.r10,
+        r11: a.r11,
+        r12: a.r12,
+        r13: a.r13,
+        r14: a.r14,
+        r15: a.r15,
+    };
+    assert_eq!(
+        tdx_types::exit::VmcallRequest::decode(control, &regs),
+        Ok(tdx_types::exit::VmcallRequest::MapGpa {
+            gpa: SHARED | 0x20_0000,
+            size: 0x4000
+        })
+    );
+    // RETRY with the GPA to go on from in R11.
+    let reply = SeamcallArgs {
+        r10: 1,
+        r11: SHARED | 0x20_2000,
+        ..SeamcallArgs::default()
+    };
+    assert_eq!(enter_on(&sim, VCPU_LP, v, reply), (77, halt_regs()));
+    assert_eq!(
+        rx.recv().unwrap(),
+        (
+            tdx_types::exit::VmcallStatus::RETRY,
+            // Every exposed register is the host's: R12-R15 too.
+            [SHARED | 0x20_2000, 0, 0, 0, 0]
+        )
+    );
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
