@@ -456,6 +456,9 @@ impl Shared {
                 other, me,
                 "tdx-sim: a SEAMCALL on LP {lp} inside another SEAMCALL of the same thread"
             );
+            // The LP may be in a guest (TDH.VP.ENTER): the wait is an
+            // interrupt for it, which makes the guest exit.
+            self.guests.kick_lp(lp);
             let t0 = *since.get_or_insert_with(std::time::Instant::now);
             assert!(
                 t0.elapsed() < Duration::from_secs(60),

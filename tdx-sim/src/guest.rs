@@ -61,7 +61,9 @@
 //!
 //! The host stops a running guest with a kick ([`Simulator::kick`]): the
 //! guest leaves at its next operation with an external-interrupt exit, as
-//! an IPI to the LP running it would make it leave.
+//! an IPI to the LP running it would make it leave. A thread that wants
+//! the LP a guest runs on (a SEAMCALL there, as `Platform::on_cpu` makes
+//! one: the simulator's IPI) kicks that guest too, until it has the LP.
 //!
 //! A VMM's run loop against a guest program, through tdx-api's vCPU
 //! handle:
@@ -509,8 +511,9 @@ impl Runner {
 pub(crate) struct Guests {
     programs: Mutex<HashMap<u64, GuestProgram>>,
     runners: Mutex<HashMap<u64, Runner>>,
-    /// vCPUs in the guest (by TDVPR frame): a kick is pending.
-    running: Mutex<HashMap<u64, bool>>,
+    /// vCPUs in the guest (by TDVPR frame): the LP, and whether a kick is
+    /// pending.
+    running: Mutex<HashMap<u64, (u32, bool)>>,
 }
 
 impl std::fmt::Debug for Guests {
@@ -539,14 +542,14 @@ impl Guests {
     /// The vCPU's runner, taken for an entry (its program started now if
     /// this is its first; a vCPU with no program halts), and the vCPU
     /// marked as in the guest.
-    pub(crate) fn enter(&self, tdvpr: u64) -> Runner {
+    pub(crate) fn enter(&self, tdvpr: u64, lp: u32) -> Runner {
         let r = lock(&self.runners).remove(&tdvpr).unwrap_or_else(|| {
             let p = lock(&self.programs)
                 .remove(&tdvpr)
                 .unwrap_or_else(|| Box::new(|_| {}));
             Runner::start(tdvpr, p)
         });
-        lock(&self.running).insert(tdvpr, false);
+        lock(&self.running).insert(tdvpr, (lp, false));
         r
     }
 
@@ -554,7 +557,7 @@ impl Guests {
     pub(crate) fn take_kick(&self, tdvpr: u64) -> bool {
         lock(&self.running)
             .get_mut(&tdvpr)
-            .is_some_and(std::mem::take)
+            .is_some_and(|(_, k)| std::mem::take(k))
     }
 
     /// The vCPU left the guest: its runner waits for the next entry.
@@ -567,8 +570,18 @@ impl Guests {
     pub(crate) fn kick(&self, tdvpr: u64) -> bool {
         lock(&self.running)
             .get_mut(&tdvpr)
-            .map(|k| *k = true)
+            .map(|(_, k)| *k = true)
             .is_some()
+    }
+
+    /// An interrupt for LP `lp` (another thread's `on_cpu` there, as an
+    /// IPI): kicks the vCPU in the guest on it, if any.
+    pub(crate) fn kick_lp(&self, lp: u32) {
+        for (at, k) in lock(&self.running).values_mut() {
+            if *at == lp {
+                *k = true;
+            }
+        }
     }
 
     pub(crate) fn in_guest(&self, tdvpr: u64) -> bool {

@@ -52,7 +52,9 @@ use crate::{
 /// scheduler would place it, and keeps it. A CPU runs one SEAMCALL at a
 /// time: a thread that
 /// selects an LP another thread is running a SEAMCALL on (as `on_cpu` does
-/// for another CPU's work) waits for that SEAMCALL to end.
+/// for another CPU's work) waits for that SEAMCALL to end; if that
+/// SEAMCALL is TDH.VP.ENTER with its guest running, the wait is an
+/// interrupt for the LP and the guest exits (see [`Simulator::kick`]).
 #[derive(Debug)]
 pub struct Simulator {
     s: Shared,

@@ -1294,3 +1294,31 @@ fn ghci_calls_decode_as_the_library_decodes_them() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn work_sent_to_the_cpu_of_a_running_guest_makes_it_exit() {
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    td.aug(&sim, 0x8000, 0);
+    let (in_tx, in_rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        assert_eq!(g.accept(0x8000, 0), TdxStatus::SUCCESS);
+        in_tx.send(()).unwrap();
+        // Busy forever: only an interrupt makes this vCPU exit.
+        loop {
+            g.read(0x8000, 1).unwrap();
+        }
+    });
+    std::thread::scope(|s| {
+        let h = s.spawn(|| enter(&sim, VCPU_LP, v));
+        in_rx.recv().unwrap();
+        // A SEAMCALL on the guest's LP (an on_cpu "IPI") kicks it, then
+        // runs once the LP is free.
+        let tdr = td.tdr;
+        assert_eq!(on(&sim, VCPU_LP, || track(&sim, tdr)), TdxStatus::SUCCESS);
+        assert_eq!(h.join().unwrap(), (1, async_regs(0, 0, 0, 0x8000_00FD)));
+    });
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

@@ -178,8 +178,9 @@ pub(crate) fn run_guest(
     a: &SeamcallArgs,
     last: LastExit,
     hint: bool,
+    lp: u32,
 ) -> Exit {
-    let mut runner = s.guests.enter(v);
+    let mut runner = s.guests.enter(v, lp);
     let exit = run(s, td, v, a, (last, hint), &mut runner);
     s.guests.exit(v, runner);
     exit

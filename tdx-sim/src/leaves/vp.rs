@@ -309,7 +309,7 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         vc.state = VcpuState::Active;
     });
     let hint = rcx & ENTER_HOST_HINT != 0;
-    let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit, hint);
+    let exit = super::tdg::run_guest(c.sim, td, v, a, last_exit, hint, lp);
     let now = c.sim.tsc.load(crate::locks::Ordering::Acquire);
     if !exit.dead {
         c.sim.vcpus.with(v, |vc| {
