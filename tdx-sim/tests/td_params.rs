@@ -1294,3 +1294,273 @@ fn the_host_check_agrees_with_the_module() {
     assert!(accepted > 50, "{accepted}");
     assert!(left_to_module > 10, "{left_to_module}");
 }
+
+// ---------------------------------------------------------------------------
+// Module 1.5.05's CPUID rules (the `TDX 1.5.05` source: 18 configurable
+// leaves, `include/auto_gen/cpuid_configurations.c`; `check_cpuid_1f`,
+// `src/common/helpers/helpers.c`; `tdh_mng_init.c`)
+// ---------------------------------------------------------------------------
+
+/// A host running module 1.5.05.
+fn host_1_5_05() -> Simulator {
+    host_with(Profile::tdx_1_5_05(), |d| d)
+}
+
+/// `TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`.
+const LEAF_1F_BAD: TdxStatus = TdxStatus::CPUID_LEAF_1F_FORMAT_UNRECOGNIZED;
+
+/// CPUID(0x1F) sub-leaf `sub` is TD_PARAMS entry 12 + `sub` on 1.5.05.
+fn leaf_1f(p: &mut Params, sub: usize, eax: u32, ebx: u32, ecx: u32) {
+    p.u32(cpuid_at(12 + sub, 0), eax)
+        .u32(cpuid_at(12 + sub, 1), ebx)
+        .u32(cpuid_at(12 + sub, 2), ecx);
+}
+
+/// A CPUID(0x1F) level in ECX: level number in 7:0, type in 15:8 (SMT 1,
+/// CORE 2, MODULE 3, TILE 4, DIE 5).
+fn level(number: u32, kind: u32) -> u32 {
+    number | kind << 8
+}
+
+/// Two threads per core, eight cores: SMT then CORE, then INVALID.
+fn topology(p: &mut Params) {
+    leaf_1f(p, 0, 1, 2, level(0, 1));
+    leaf_1f(p, 1, 4, 16, level(1, 2));
+}
+
+#[test]
+fn module_1_5_05_configures_18_cpuid_leaves() {
+    let p = Profile::tdx_1_5_05();
+    let old = Profile::tdx_1_5();
+    assert_eq!(p.cpuid_config.len(), 18);
+    // Entries 0-11 are 1.5.01's but leaf 7/1, which allows EAX bit 26 and
+    // EDX bits 4, 5 and 10 as well.
+    for (i, (c, o)) in p.cpuid_config.iter().zip(&old.cpuid_config).enumerate() {
+        assert_eq!(
+            (c.leaf_subleaf(), c.config_direct, c.lookup_index),
+            (o.leaf_subleaf(), o.config_direct, o.lookup_index),
+            "entry {i}"
+        );
+        if i != 6 {
+            assert_eq!(c.allow_direct, o.allow_direct, "entry {i}");
+        }
+    }
+    assert_eq!(p.cpuid_config[6].allow_direct, [0x0400_1D30, 0, 0, 0x430]);
+    // Entries 12-17: CPUID(0x1F) sub-leaves 0-5, lookup indices 46-51.
+    for (sub, c) in p.cpuid_config[12..].iter().enumerate() {
+        assert_eq!(c.leaf_subleaf(), 0x1F | (sub as u64) << 32);
+        assert_eq!(c.config_direct, [0x1F, 0xFFFF, 0xFFFF, 0]);
+        assert_eq!(c.allow_direct, [0; 4]);
+        assert_eq!(c.lookup_index, 46 + sub as u8);
+    }
+    // The module reports them.
+    let sim = host_1_5_05();
+    let info = sysinfo_of(&sim);
+    assert_eq!(info.cpuid_config.len(), 18);
+    assert_eq!(info.cpuid_config[17].0, 0x5_0000_001F);
+}
+
+/// Every register of every 1.5.05 entry: the lowest bit outside its masks
+/// is refused with RCX = its leaf and subleaf; then every allowed bit of
+/// entries 0-11 with a valid topology is accepted.
+#[test]
+fn module_1_5_05_each_cpuid_entry_allows_exactly_its_bits() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let table = Profile::tdx_1_5_05().cpuid_config;
+    for (i, c) in table.iter().enumerate() {
+        for (r, allowed) in c.mask().into_iter().enumerate() {
+            if allowed == u32::MAX {
+                continue;
+            }
+            let bad = 1 << (!allowed).trailing_zeros();
+            tds.refused(
+                &format!("1.5.05 entry {i} register {r} bit {bad:#x}"),
+                &params(|p| {
+                    p.u32(cpuid_at(i, r), allowed | bad);
+                }),
+                cpuid_invalid(),
+                c.leaf_subleaf(),
+            );
+        }
+    }
+    tds.accepted(
+        "every allowed bit of entries 0-11, a topology",
+        &params(|p| {
+            for (i, c) in table[..12].iter().enumerate() {
+                for (r, allowed) in c.mask().into_iter().enumerate() {
+                    if (i, r) != (0, 0) {
+                        p.u32(cpuid_at(i, r), allowed);
+                    }
+                }
+            }
+            topology(p);
+        }),
+    );
+    sim.check_invariants().unwrap();
+}
+
+/// Leaf 7/1's new bits: accepted by 1.5.05, refused by 1.5.01 (RCX 7/1).
+#[test]
+fn leaf_7_1_allows_more_on_module_1_5_05() {
+    let new = host_1_5_05();
+    let old = host();
+    let (mut tds_new, mut tds_old) = (Tds::new(&new), Tds::new(&old));
+    for (r, v) in [(0, 1u32 << 26), (3, 1 << 4), (3, 1 << 5), (3, 1 << 10)] {
+        let p = params(|p| {
+            p.u32(cpuid_at(6, r), v);
+        });
+        let what = format!("7/1 register {r} = {v:#x}");
+        tds_new.accepted(&what, &p);
+        tds_old.refused(&what, &p, cpuid_invalid(), 0x1_0000_0007);
+    }
+    // EDX bit 0 is allowed by neither.
+    let p = params(|p| {
+        p.u32(cpuid_at(6, 3), 1);
+    });
+    tds_new.refused("7/1 EDX bit 0", &p, cpuid_invalid(), 0x1_0000_0007);
+    new.check_invariants().unwrap();
+    old.check_invariants().unwrap();
+}
+
+/// Bytes 448..544 are the 0x1F entries on 1.5.05 (reserved on 1.5.01);
+/// reserved_3 starts at byte 544.
+#[test]
+fn reserved_3_starts_after_entry_17_on_module_1_5_05() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    tds.accepted("a topology in entries 12-13", &params(topology));
+    for off in [544, 545, 700, 1023] {
+        tds.refused(
+            &format!("byte {off}"),
+            &params(|p| {
+                p.u8(off, 1);
+            }),
+            invalid(RDX),
+            0,
+        );
+    }
+    // Byte 543 is 0x1F/5's EDX, where nothing is configurable.
+    tds.refused(
+        "byte 543",
+        &params(|p| {
+            p.u8(543, 1);
+        }),
+        cpuid_invalid(),
+        0x5_0000_001F,
+    );
+    sim.check_invariants().unwrap();
+}
+
+/// The module walks its CPUID lookup table: entry 10 (7/2, index 14), then
+/// the 0x1F entries 12-17 (46-51), then entry 11 (0x23, 59); then the
+/// topology check, then reserved_3.
+#[test]
+fn module_1_5_05_checks_cpuid_entries_in_lookup_order() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let mut p = Params::new();
+    p.u32(cpuid_at(10, 0), 1)
+        .u32(cpuid_at(13, 3), 1)
+        .u32(cpuid_at(11, 1), 1)
+        .u32(cpuid_at(14, 2), level(0, 1))
+        .u8(600, 1);
+    tds.refused("7/2 first", &p, cpuid_invalid(), 0x2_0000_0007);
+    p.u32(cpuid_at(10, 0), 0);
+    tds.refused("then 0x1F/1", &p, cpuid_invalid(), 0x1_0000_001F);
+    p.u32(cpuid_at(13, 3), 0);
+    tds.refused("then 0x23/0", &p, cpuid_invalid(), 0x23);
+    p.u32(cpuid_at(11, 1), 0);
+    tds.refused("then the topology", &p, LEAF_1F_BAD, 0);
+    p.u32(cpuid_at(14, 2), 0);
+    tds.refused("then reserved_3", &p, invalid(RDX), 0);
+    p.u8(600, 0);
+    tds.accepted("all fixed", &p);
+    sim.check_invariants().unwrap();
+}
+
+/// `check_cpuid_1f`: each topology with the status and RCX 0.
+#[test]
+fn module_1_5_05_checks_the_cpuid_1f_topology() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let with = |subs: &[(u32, u32, u32)]| {
+        params(|p| {
+            for (s, &(eax, ebx, ecx)) in subs.iter().enumerate() {
+                leaf_1f(p, s, eax, ebx, ecx);
+            }
+        })
+    };
+    let good: &[(&str, Vec<(u32, u32, u32)>)] = &[
+        ("all zero: the CPU's own topology", vec![]),
+        ("SMT, CORE", vec![(1, 2, level(0, 1)), (4, 16, level(1, 2))]),
+        ("CORE alone", vec![(3, 8, level(0, 2))]),
+        (
+            "SMT, CORE, MODULE, TILE, DIE",
+            vec![
+                (1, 2, level(0, 1)),
+                (4, 16, level(1, 2)),
+                (5, 32, level(2, 3)),
+                (6, 64, level(3, 4)),
+                (7, 128, level(4, 5)),
+            ],
+        ),
+        (
+            "SMT, CORE, INVALID, SMT: a level after INVALID starts again",
+            vec![
+                (1, 2, level(0, 1)),
+                (4, 16, level(1, 2)),
+                (0, 0, 0),
+                (1, 2, level(3, 1)),
+            ],
+        ),
+        (
+            "SMT, CORE, INVALID with EAX/EBX set",
+            vec![(1, 2, level(0, 1)), (4, 16, level(1, 2)), (7, 9, 3)],
+        ),
+    ];
+    for (what, subs) in good {
+        tds.accepted(what, &with(subs));
+    }
+    let bad: &[(&str, Vec<(u32, u32, u32)>)] = &[
+        (
+            "sub-leaf 0 zero, sub-leaf 2 not",
+            vec![(0, 0, 0), (0, 0, 0), (1, 2, level(0, 1))],
+        ),
+        ("sub-leaf 0 INVALID but not zero", vec![(1, 0, 0)]),
+        ("SMT alone (no CORE)", vec![(1, 2, level(0, 1))]),
+        ("SMT, SMT", vec![(1, 2, level(0, 1)), (2, 4, level(1, 1))]),
+        ("CORE, SMT", vec![(3, 8, level(0, 2)), (4, 16, level(1, 1))]),
+        (
+            "level type 6",
+            vec![(3, 8, level(0, 2)), (4, 16, level(1, 6))],
+        ),
+        ("level type 0xFF", vec![(3, 8, level(0, 0xFF))]),
+    ];
+    for (what, subs) in bad {
+        tds.refused(what, &with(subs), LEAF_1F_BAD, 0);
+    }
+    sim.check_invariants().unwrap();
+}
+
+/// 1.5.05 reports the leaf (7/0) in RCX when HLE ≠ RTM; the TSX_CTRL
+/// error still leaves RCX 0.
+#[test]
+fn module_1_5_05_reports_leaf_7_on_hle_rtm_mismatch() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    tds.refused("HLE alone", &tsx(HLE), cpuid_invalid(), 0x7);
+    tds.refused("RTM alone", &tsx(RTM), cpuid_invalid(), 0x7);
+    tds.accepted("HLE and RTM", &tsx(HLE | RTM));
+    let sim = host_with(Profile::tdx_1_5_05(), |d| {
+        d.with_cpu(NativeCpu {
+            arch_capabilities: NativeCpu::default().arch_capabilities
+                & !NativeCpu::ARCH_CAP_TSX_CTRL,
+            ..NativeCpu::default()
+        })
+    });
+    let mut tds = Tds::new(&sim);
+    let status = TdxStatus::INCORRECT_MSR_VALUE.with_operand(OperandId(0x10A));
+    tds.refused("TSX without TSX_CTRL", &tsx(HLE | RTM), status, 0);
+    sim.check_invariants().unwrap();
+}
