@@ -213,6 +213,12 @@ fn cpuid_config_1_5_05() -> Vec<CpuidConfig> {
     v
 }
 
+/// The number of CPUID_CONFIG_LEAVES and CPUID_CONFIG_VALUES entries
+/// TDH.SYS.RD serves in modules 1.5.01 and 1.5.05 (`num_of_fields` of both
+/// fields, `include/auto_gen/global_sys_fields_lookup.c`), more than either
+/// module's NUM_CPUID_CONFIG.
+pub(crate) const CPUID_CONFIG_ARRAY_LEN: u32 = 32;
+
 /// The leaves module 1.5.01's dispatcher lets through with a version above
 /// 0 (`src/vmm_dispatcher/tdx_vmm_dispatcher.c`), each with the highest
 /// version the leaf itself then accepts: 1 for all five
@@ -471,19 +477,27 @@ impl Profile {
         if let Some(n) = self.max_vcpus_per_td {
             f.push((field::MAX_VCPUS_PER_TD, u64::from(n)));
         }
-        for (i, c) in self.cpuid_config.iter().enumerate() {
-            let i = i as u32;
-            let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
+        // Both arrays have CPUID_CONFIG_ARRAY_LEN entries whatever the
+        // module's count: past it, a leaf reads all ones and its values 0
+        // (`metadata_sys.c`).
+        for i in 0..CPUID_CONFIG_ARRAY_LEN {
+            let leaf = self
+                .cpuid_config
+                .get(i as usize)
+                .map_or(u64::MAX, CpuidConfig::leaf_subleaf);
             f.push((
-                field::cpuid_config_leaf(i).expect("CPUID list fits the metadata array"),
+                field::cpuid_config_leaf(i).expect("the array fits the metadata field"),
                 leaf,
             ));
         }
         // Each leaf's CONFIG_DIRECT bits, not its ALLOW_DIRECT ones
         // (`metadata_sys.c`).
-        for (i, c) in self.cpuid_config.iter().enumerate() {
-            let i = i as u32;
-            let [eax, ebx, ecx, edx] = c.config_direct.map(u64::from);
+        for i in 0..CPUID_CONFIG_ARRAY_LEN {
+            let direct = self
+                .cpuid_config
+                .get(i as usize)
+                .map_or([0; 4], |c| c.config_direct);
+            let [eax, ebx, ecx, edx] = direct.map(u64::from);
             f.push((
                 field::cpuid_config_value(i, 0).expect("fits"),
                 ebx << 32 | eax,
