@@ -1124,7 +1124,7 @@ fn sysinfo_of(sim: &Simulator) -> tdx_api::SysInfo {
         tdvps_base_size: 6 * 4096,
         attributes_fixed: (rd(field::ATTRIBUTES_FIXED0), rd(field::ATTRIBUTES_FIXED1)),
         xfam_fixed: (rd(field::XFAM_FIXED0), rd(field::XFAM_FIXED1)),
-        max_vcpus_per_td: None,
+        max_vcpus_per_td: sim.profile().max_vcpus_per_td,
         cpuid_config: (0..n)
             .map(|i| (rd(field::cpuid_config_leaf(i).unwrap()), [0, 0]))
             .collect(),
@@ -1152,6 +1152,7 @@ fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
         P::ArchCapabilitiesNotEnabled(_) | P::ArchCapabilities { .. } => {
             i(OperandId::IA32_ARCH_CAPABILITIES_CONFIG)
         }
+        P::CpuidTopology { .. } => (LEAF_1F_BAD, 0),
         P::L2Vms(_) => unreachable!("the cases have no L2 VMs"),
     }
 }
@@ -1162,6 +1163,28 @@ fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
 /// depends on the CPU (leaf 1's F/M/S, TSX), which the host leaves to it.
 #[test]
 fn the_host_check_agrees_with_the_module() {
+    differential(Profile::tdx_1_5());
+}
+
+/// [`the_host_check_agrees_with_the_module`] on module 1.5.05: its 18
+/// CPUID entries in its order, and the CPUID(0x1F) topology check.
+#[test]
+fn the_host_check_agrees_with_module_1_5_05() {
+    differential(Profile::tdx_1_5_05());
+}
+
+/// 600 random cases against `profile`'s module.
+fn differential(profile: Profile) {
+    use tdx_types::abi::{CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05};
+    let (table, order): (&[tdx_types::abi::CpuidConfigRule], Vec<usize>) =
+        if profile.cpuid_config.len() == 18 {
+            (&CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05.to_vec())
+        } else {
+            (&CPUID_CONFIG_1_5_01, (0..12).collect())
+        };
+    let n = table.len();
+    let tsx_rcx = if profile.hle_rtm_error_sets_rcx { 7 } else { 0 };
+    let host = || host_with(profile.clone(), |d| d);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -1170,6 +1193,7 @@ fn the_host_check_agrees_with_the_module() {
         seed
     };
     let (mut refused_by_host, mut accepted, mut left_to_module) = (0, 0, 0);
+    let mut topology_refused = 0;
     let mut sim = host();
     let mut info = sysinfo_of(&sim);
     let mut tds = Tds::new(&sim);
@@ -1177,7 +1201,7 @@ fn the_host_check_agrees_with_the_module() {
         let mut p = Params::new();
         for _ in 0..=(next() % 3) {
             let r = next();
-            match r % 10 {
+            match r % 11 {
                 0 => {
                     let bits = [1u64, 1 << 28, 1 << 29, 1 << 30, 1 << 31, 1 << 63, 1 << 5];
                     let a = bits[(r >> 8) as usize % bits.len()]
@@ -1193,9 +1217,9 @@ fn the_host_check_agrees_with_the_module() {
                 }
                 2 | 3 => {
                     // A CPUID entry: mostly allowed bits, sometimes any.
-                    let i = (r >> 8) as usize % 12;
+                    let i = (r >> 8) as usize % n;
                     let reg = (r >> 16) as usize % 4;
-                    let allowed = CPUID_CONFIG_1_5_01[i].allowed().registers()[reg];
+                    let allowed = table[i].allowed().registers()[reg];
                     let v = (r >> 32) as u32;
                     let v = if r % 10 == 2 { v & allowed } else { v };
                     if (i, reg) != (0, 0) || r & 1 << 40 == 0 {
@@ -1226,6 +1250,21 @@ fn the_host_check_agrees_with_the_module() {
                         [0, 1 << 4, 1 << 11, 1 << 4 | 1 << 11][(r >> 8) as usize % 4],
                     );
                 }
+                10 => {
+                    // A CPUID(0x1F) topology (entries 12-17 of 1.5.05;
+                    // reserved bytes on 1.5.01): levels of random type,
+                    // often a well-formed SMT, CORE.
+                    if r >> 8 & 1 == 0 {
+                        p.u32(cpuid_at(12, 2), level(0, 1))
+                            .u32(cpuid_at(13, 2), level(1, 2));
+                    } else {
+                        for sub in 0..(r >> 9) as usize % 4 {
+                            let kind = [0, 1, 2, 3, 6][(r >> (12 + 3 * sub)) as usize % 5];
+                            p.u32(cpuid_at(12 + sub, 0), (r >> 30) as u32 & 0x1F)
+                                .u32(cpuid_at(12 + sub, 2), level(sub as u32, kind));
+                        }
+                    }
+                }
                 _ => {
                     // Leaf 1 F/M/S.
                     let f = [0, SPR, SPR - 1, EMR, 0x806F0];
@@ -1247,7 +1286,7 @@ fn the_host_check_agrees_with_the_module() {
         let cpu_rule = if !fms_ok {
             Some((0, cpuid_invalid(), LEAF1))
         } else if (ebx >> 4 & 1) != (ebx >> 11 & 1) {
-            Some((5, cpuid_invalid(), 0))
+            Some((5, cpuid_invalid(), tsx_rcx))
         } else {
             None
         };
@@ -1256,11 +1295,15 @@ fn the_host_check_agrees_with_the_module() {
                 use tdx_api::td::ParamsError as P;
                 // Where the host's error sits in the module's order: before
                 // the CPUID walk, at an entry's bits, or after the walk.
+                topology_refused += usize::from(matches!(e, P::CpuidTopology { .. }));
                 let at = match e {
-                    P::CpuidBits { index, .. } => index as i64,
-                    P::CpuidEntryUnused { .. }
+                    P::CpuidBits { index, .. } => {
+                        order.iter().position(|&o| o == index).unwrap() as i64
+                    }
+                    P::CpuidTopology { .. }
+                    | P::CpuidEntryUnused { .. }
                     | P::ArchCapabilities { .. }
-                    | P::ArchCapabilitiesNotEnabled(_) => 12,
+                    | P::ArchCapabilitiesNotEnabled(_) => n as i64,
                     _ => -1,
                 };
                 let (status, rcx) = match cpu_rule {
@@ -1293,6 +1336,9 @@ fn the_host_check_agrees_with_the_module() {
     assert!(refused_by_host > 200, "{refused_by_host}");
     assert!(accepted > 50, "{accepted}");
     assert!(left_to_module > 10, "{left_to_module}");
+    if profile.cpuid_1f_topology {
+        assert!(topology_refused > 5, "{topology_refused}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1353,6 +1399,17 @@ fn module_1_5_05_configures_18_cpuid_leaves() {
         assert_eq!(c.allow_direct, [0; 4]);
         assert_eq!(c.lookup_index, 46 + sub as u8);
     }
+    // The library's copy (tdx-types) is the same table, and its check
+    // order is the lookup order.
+    let abi = &tdx_types::abi::CPUID_CONFIG_1_5_05;
+    for (c, r) in p.cpuid_config.iter().zip(abi) {
+        assert_eq!(c.leaf_subleaf(), r.leaf_subleaf());
+        assert_eq!(c.config_direct, r.config_direct.registers());
+        assert_eq!(c.allow_direct, r.allow_direct.registers());
+    }
+    let mut by_lookup: Vec<usize> = (0..18).collect();
+    by_lookup.sort_by_key(|&i| p.cpuid_config[i].lookup_index);
+    assert_eq!(by_lookup, tdx_types::abi::CPUID_CONFIG_ORDER_1_5_05);
     // The module reports them.
     let sim = host_1_5_05();
     let info = sysinfo_of(&sim);
@@ -1479,19 +1536,22 @@ fn module_1_5_05_checks_cpuid_entries_in_lookup_order() {
     sim.check_invariants().unwrap();
 }
 
+/// One CPUID(0x1F) sub-leaf: EAX, EBX, ECX.
+type Sub = (u32, u32, u32);
+
 /// `check_cpuid_1f`: each topology with the status and RCX 0.
 #[test]
 fn module_1_5_05_checks_the_cpuid_1f_topology() {
     let sim = host_1_5_05();
     let mut tds = Tds::new(&sim);
-    let with = |subs: &[(u32, u32, u32)]| {
+    let with = |subs: &[Sub]| {
         params(|p| {
             for (s, &(eax, ebx, ecx)) in subs.iter().enumerate() {
                 leaf_1f(p, s, eax, ebx, ecx);
             }
         })
     };
-    let good: &[(&str, Vec<(u32, u32, u32)>)] = &[
+    let good: &[(&str, Vec<Sub>)] = &[
         ("all zero: the CPU's own topology", vec![]),
         ("SMT, CORE", vec![(1, 2, level(0, 1)), (4, 16, level(1, 2))]),
         ("CORE alone", vec![(3, 8, level(0, 2))]),
@@ -1522,7 +1582,7 @@ fn module_1_5_05_checks_the_cpuid_1f_topology() {
     for (what, subs) in good {
         tds.accepted(what, &with(subs));
     }
-    let bad: &[(&str, Vec<(u32, u32, u32)>)] = &[
+    let bad: &[(&str, Vec<Sub>)] = &[
         (
             "sub-leaf 0 zero, sub-leaf 2 not",
             vec![(0, 0, 0), (0, 0, 0), (1, 2, level(0, 1))],

@@ -125,6 +125,14 @@ pub enum ParamsError {
         /// The bits that are not configurable.
         bits: u32,
     },
+    /// Module 1.5.05: the CPUID(0x1F) entries (the TD's topology) are
+    /// neither all zero nor levels of increasing type that include CORE
+    /// (`TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`, RCX 0).
+    #[error("the CPUID(0x1F) topology is not well formed at sub-leaf {subleaf}")]
+    CpuidTopology {
+        /// The first sub-leaf the module finds wrong.
+        subleaf: u32,
+    },
     /// `ia32_arch_capabilities_config` is not zero but `msr_config_ctls`
     /// bit 0 is clear
     /// (`TDX_OPERAND_INVALID|IA32_ARCH_CAPABILITIES_CONFIG`).
