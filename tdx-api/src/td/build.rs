@@ -208,7 +208,10 @@ pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsErr
         return Err(ParamsError::Xfam(xfam));
     }
     let all_or_none = |mask: u64| xfam & mask == 0 || xfam & mask == mask;
-    let rule = if xfam & TdParams::XFAM_AVX512 != 0 && xfam & TdParams::XFAM_AVX == 0 {
+    // The module's AVX rule is about bit 5 (opmask) only; bits 6/7
+    // without AVX and without bit 5 break the "together" rule.
+    const XFAM_AVX512_OPMASK: u64 = 1 << 5;
+    let rule = if xfam & XFAM_AVX512_OPMASK != 0 && xfam & TdParams::XFAM_AVX == 0 {
         Some(XfamRule::Avx512NeedsAvx)
     } else if !all_or_none(TdParams::XFAM_AVX512) {
         Some(XfamRule::Avx512Together)
@@ -451,7 +454,8 @@ mod tests {
 
     use super::*;
 
-    /// What a module 1.5.01 on the simulator's default CPU reports.
+    /// What a module 1.5.01 on the simulator's default CPU reports (it has
+    /// no MAX_VCPUS_PER_TD field).
     fn info() -> crate::SysInfo {
         crate::SysInfo {
             version: None,
@@ -464,7 +468,7 @@ mod tests {
             tdvps_base_size: 6 * 4096,
             attributes_fixed: (TdParams::ATTRIBUTES_FIXED0_1_5_01, 0),
             xfam_fixed: (0x6_1BE7, 3),
-            max_vcpus_per_td: Some(576),
+            max_vcpus_per_td: None,
             cpuid_config: CPUID_CONFIG_1_5_01
                 .iter()
                 .map(|r| (r.leaf_subleaf(), r.config_direct.to_metadata()))
@@ -559,6 +563,41 @@ mod tests {
                 count: 18
             })
         );
+    }
+
+    #[test]
+    fn the_vcpu_limit_with_and_without_max_vcpus_per_td() {
+        let mut p = base();
+        p.set_max_vcpus(0xFFFF);
+        assert_eq!(check_params(&info(), &p), Ok(4), "1.5.01: 0xFFFF");
+        assert_eq!(
+            check_params(&info_1_5_05(), &p),
+            Err(ParamsError::MaxVcpus {
+                asked: 0xFFFF,
+                max: 576
+            })
+        );
+        p.set_max_vcpus(576);
+        assert_eq!(check_params(&info_1_5_05(), &p), Ok(4));
+    }
+
+    #[test]
+    fn the_avx512_labels() {
+        for (xfam, rule) in [
+            (0x23, XfamRule::Avx512NeedsAvx),
+            (0xE3, XfamRule::Avx512NeedsAvx),
+            (0x43, XfamRule::Avx512Together),
+            (0xC3, XfamRule::Avx512Together),
+            (0x67, XfamRule::Avx512Together),
+        ] {
+            let mut p = base();
+            p.set_xfam(xfam);
+            assert_eq!(
+                check_params(&info(), &p),
+                Err(ParamsError::XfamCombination { xfam, rule }),
+                "{xfam:#x}"
+            );
+        }
     }
 
     #[test]

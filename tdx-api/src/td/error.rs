@@ -154,7 +154,9 @@ pub enum ParamsError {
 /// `src/common/helpers/helpers.c` of TDX module 1.5.01).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum XfamRule {
-    /// AVX-512 (bits 7:5) needs AVX (bit 2).
+    /// AVX-512's opmask state (bit 5) needs AVX (bit 2) (`check_xfam`
+    /// tests bit 5 alone; bits 6 and 7 follow it by
+    /// [`Self::Avx512Together`]).
     Avx512NeedsAvx,
     /// The three AVX-512 components (bits 7:5) go together.
     Avx512Together,
@@ -167,7 +169,7 @@ pub enum XfamRule {
 impl fmt::Display for XfamRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Avx512NeedsAvx => "AVX-512 (bits 7:5) needs AVX (bit 2)",
+            Self::Avx512NeedsAvx => "AVX-512's opmask (bit 5) needs AVX (bit 2)",
             Self::Avx512Together => "AVX-512's bits 7:5 must be all set or all clear",
             Self::CetTogether => "CET's bits 12:11 must be both set or both clear",
             Self::AmxTogether => "AMX's bits 18:17 must be both set or both clear",
