@@ -1002,7 +1002,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 100);
+        assert_eq!(NAMED_STATUSES.len(), 101);
     }
 
     #[test]
