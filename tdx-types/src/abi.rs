@@ -1309,7 +1309,8 @@ impl fmt::Debug for EptpControls {
 /// module reads is that module's NUM_CPUID_CONFIG (see
 /// [`MAX_CPUID_CONFIGS`]); entries from NUM_CPUID_CONFIG on are the
 /// module's `reserved_3` and must stay zero
-/// ([`Self::first_nonzero_cpuid_value`]).
+/// ([`Self::first_nonzero_cpuid_value`]). Module 1.5.05 reads 18 entries ([`CPUID_CONFIG_1_5_05`]), so its
+/// `reserved_3` starts at byte 544.
 ///
 /// Linux's KVM definition (`struct td_params` in
 /// `arch/x86/kvm/vmx/tdx_arch.h`) has bytes 18..24 and 224..256 reserved.
