@@ -84,7 +84,10 @@ pub struct Profile {
     pub tdcs_base_size: u16,
     /// TDVPS_BASE_SIZE (1.5: 6 pages).
     pub tdvps_base_size: u16,
-    /// ATTRIBUTES_FIXED0 (bits that may be 1).
+    /// ATTRIBUTES_FIXED0 (bits that may be 1), the module's
+    /// `TDX_ATTRIBUTES_FIXED0`; the one it reports and checks leaves out
+    /// LASS on a CPU without it
+    /// ([`MachineDesc::attributes_fixed0`](crate::MachineDesc::attributes_fixed0)).
     pub attributes_fixed0: u64,
     /// ATTRIBUTES_FIXED1 (bits that must be 1).
     pub attributes_fixed1: u64,
@@ -352,14 +355,15 @@ impl Profile {
     /// - `check_cpuid_1f` after the CPUID walk
     ///   (`TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`, RCX 0), and RCX := leaf
     ///   7/0 on the HLE ≠ RTM error.
+    /// - ATTRIBUTES_FIXED0 with LASS (bit 27), reported and allowed only
+    ///   on a CPU with LASS ([`NativeCpu::lass`](crate::NativeCpu::lass);
+    ///   `td_control_structures.h`, `tdh_sys_init.c`).
     ///
     /// Kept from 1.5.01, as 1.5.05 has it too: TDX_FEATURES0's other bits,
-    /// the ATTRIBUTES, XFAM and CONFIG_FLAGS fixed bits, the
+    /// the other ATTRIBUTES bits, the XFAM and CONFIG_FLAGS fixed bits, the
     /// IA32_ARCH_CAPABILITIES configuration mask, the CPU models.
     ///
-    /// Not modelled: ATTRIBUTES_FIXED0 gains LASS (bit 27) on a CPU with
-    /// LASS, and the CPU model has no LASS fact (the default CPU has none,
-    /// where 1.5.05 gives the same answer); a null CPUID(0x1F)
+    /// Not modelled: a null CPUID(0x1F)
     /// configuration takes the CPU's own topology, which the model takes
     /// to be well formed; the CPUID values a TD sees (every CPUID read
     /// answers 0 in both profiles), so 1.5.05's changes to how they are
@@ -370,6 +374,8 @@ impl Profile {
         p.version = (1, 5, 5);
         p.features0 = p.features0.with_topology_enum(true);
         p.max_vcpus_per_td = Some(576);
+        // LASS (27) joins the attributes a TD may have (`td_control_structures.h`).
+        p.attributes_fixed0 |= crate::machine::ATTRIBUTE_LASS;
         p.metadata = MetadataTables::Tdx1_5_05;
         p.leaf_versions.push((Leaf::VP_INIT, 1));
         p.cpuid_config = cpuid_config_1_5_05();

@@ -990,6 +990,7 @@ fn cpu_facts_round_trip_through_the_machine_line() {
         hle: false,
         rtm: true,
         arch_capabilities: 0x10_0000,
+        lass: true,
     };
     let m = TraceMachine::from_desc(&d);
     let line = trace::TraceOp::Machine(m.clone()).to_string();
@@ -998,7 +999,7 @@ fn cpu_facts_round_trip_through_the_machine_line() {
         line.contains(
             "\"cpu\":{\"xcr0_supported\":\"0x207\",\"xss_supported\":\"0x1d900\",\
              \"fms\":\"0xc06f2\",\"arch_capabilities\":\"0x100000\",\
-             \"ept_pml5\":false,\"hle\":false}"
+             \"ept_pml5\":false,\"hle\":false,\"lass\":true}"
         ),
         "{line}"
     );
@@ -1623,4 +1624,44 @@ fn module_1_5_05_reports_leaf_7_on_hle_rtm_mismatch() {
     let status = TdxStatus::INCORRECT_MSR_VALUE.with_operand(OperandId(0x10A));
     tds.refused("TSX without TSX_CTRL", &tsx(HLE | RTM), status, 0);
     sim.check_invariants().unwrap();
+}
+
+/// ATTRIBUTES.LASS (bit 27): module 1.5.05 allows and reports it only on a
+/// CPU with LASS (`tdh_sys_init.c`); module 1.5.01 never.
+#[test]
+fn lass_is_a_1_5_05_attribute_on_a_cpu_with_lass() {
+    const LASS: u64 = 1 << 27;
+    let lass_cpu = NativeCpu {
+        lass: true,
+        ..NativeCpu::default()
+    };
+    let sys_fixed0 = |sim: &Simulator| {
+        let (s, out) = raw(
+            sim,
+            Leaf::SYS_RD.v0(),
+            [0, field::ATTRIBUTES_FIXED0.into_raw(), 0, 0, 0, 0],
+        );
+        ok("SYS.RD", s);
+        out.r8
+    };
+    let lass = params(|p| {
+        p.u64(0, LASS);
+    });
+    for (profile, cpu, allowed) in [
+        (Profile::tdx_1_5_05(), NativeCpu::default(), false),
+        (Profile::tdx_1_5_05(), lass_cpu, true),
+        (Profile::tdx_1_5(), lass_cpu, false),
+    ] {
+        let what = format!("{} lass {}", profile.name, cpu.lass);
+        let sim = host_with(profile, |d| d.with_cpu(cpu));
+        let fixed0 = 0x8000_0000_7000_0001 | if allowed { LASS } else { 0 };
+        assert_eq!(sys_fixed0(&sim), fixed0, "{what}");
+        let mut tds = Tds::new(&sim);
+        if allowed {
+            tds.accepted(&what, &lass);
+        } else {
+            tds.refused(&what, &lass, invalid(OperandId::ATTRIBUTES), 0);
+        }
+        sim.check_invariants().unwrap();
+    }
 }

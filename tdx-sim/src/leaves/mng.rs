@@ -203,7 +203,7 @@ pub(crate) fn check_td_params(
     // FIXED0/FIXED1, and a migratable TD is neither a debug TD nor uses
     // PERFMON.
     let attributes = u64_at(0);
-    if !fixed(attributes, prof.attributes_fixed0, prof.attributes_fixed1)
+    if !fixed(attributes, desc.attributes_fixed0(), prof.attributes_fixed1)
         || (attributes & ATTR_MIGRATABLE != 0 && attributes & (ATTR_DEBUG | ATTR_PERFMON) != 0)
     {
         return Err(invalid(OperandId::ATTRIBUTES));
