@@ -67,6 +67,11 @@
 //! nothing. Each output line reports RCX, RDX and R8-R11 for `Ret` and all
 //! thirteen registers for `SavedRet`.
 //!
+//! Guest programs ([`crate::Simulator::set_guest`]) are code, not part of
+//! the format: a replayed TDH.VP.ENTER enters a vCPU with no program,
+//! which halts, so a trace of a run whose guests did more replays only up
+//! to its first entry's outputs.
+//!
 //! # Recording
 //!
 //! [`Recorder`] wraps a [`Seamcall`] backend and a [`Platform`] and
