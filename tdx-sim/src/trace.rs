@@ -69,8 +69,8 @@
 //!
 //! Guest programs ([`crate::Simulator::set_guest`]) are code, not part of
 //! the format: a replayed TDH.VP.ENTER enters a vCPU with no program,
-//! which halts, so a trace of a run whose guests did more replays only up
-//! to its first entry's outputs.
+//! which halts: an entry whose recorded guest did anything else replays
+//! with other outputs.
 //!
 //! # Recording
 //!
