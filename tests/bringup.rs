@@ -1606,3 +1606,53 @@ fn an_interruption_from_a_leaf_that_cannot_be_resumed_is_an_error() {
         seamcall_err(Step::SysInit, Leaf::SYS_INIT, interrupted)
     );
 }
+
+/// Optional TDH.SYS.RD fields (the version, MAX_VCPUS_PER_TD, NUM_CMRS):
+/// only TDX_METADATA_FIELD_ID_INCORRECT means "the module has no such
+/// field"; any other failure of the read fails `init`. On module 1.5.05
+/// the 5th TDH.SYS.RD of `init` reads MAX_VCPUS_PER_TD (after
+/// TDX_FEATURES0 and the three version fields).
+#[test]
+fn an_optional_sysinfo_field_is_absent_only_for_field_id_incorrect() {
+    let desc = small(Profile::tdx_1_5_05());
+    // Unfaulted: 576.
+    let sim = Simulator::new(desc.clone()).unwrap();
+    let m = TdxModule::init(&sim, &sim).unwrap_or_else(|r| panic!("{:?}", r.error));
+    assert_eq!(m.sysinfo().max_vcpus_per_td, Some(576));
+    // FIELD_ID_INCORRECT: the field is absent.
+    let sim = Simulator::new(desc.clone()).unwrap();
+    sim.inject(Fault::status(
+        Leaf::SYS_RD,
+        5,
+        TdxStatus::METADATA_FIELD_ID_INCORRECT,
+    ));
+    let m = TdxModule::init(&sim, &sim).unwrap_or_else(|r| panic!("{:?}", r.error));
+    assert_eq!(m.sysinfo().max_vcpus_per_td, None);
+    assert_eq!(m.sysinfo().vcpu_limit(), 0xFFFF);
+    // A busy answer is retried and the field read.
+    let sim = Simulator::new(desc.clone()).unwrap();
+    sim.inject(Fault::status(Leaf::SYS_RD, 5, TdxStatus::OPERAND_BUSY));
+    let m = TdxModule::init(&sim, &sim).unwrap_or_else(|r| panic!("{:?}", r.error));
+    assert_eq!(m.sysinfo().max_vcpus_per_td, Some(576));
+    // Any other error is an error, for the version fields and NUM_CMRS
+    // too (the 61st read: after MAX_VCPUS_PER_TD come NUM_CPUID_CONFIG and
+    // 18 × 3 CPUID fields).
+    for (nth, f) in [
+        (5, field::MAX_VCPUS_PER_TD),
+        (2, field::MAJOR_VERSION),
+        (61, field::NUM_CMRS),
+    ] {
+        let sim = Simulator::new(desc.clone()).unwrap();
+        sim.inject(Fault::status(Leaf::SYS_RD, nth, TdxStatus::OPERAND_INVALID));
+        let r = TdxModule::init(&sim, &sim).map(|_| ()).unwrap_err();
+        assert_eq!(
+            r.error,
+            seamcall_err(
+                Step::ReadMetadata(f),
+                Leaf::SYS_RD,
+                TdxStatus::OPERAND_INVALID
+            ),
+            "read {nth}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! TDH.MNG.INIT, against the `SysInfo` of a simulated module 1.5.01: one
 //! case per rule with the typed error it gives, the rules it leaves to the
 //! module (which then answers with its own status, the TD coming back), the
-//! CPUID rules it applies only to module 1.5.01's CPUID list, and
+//! CPUID rules it applies only to the CPUID lists it knows (modules
+//! 1.5.01's and 1.5.05's), and
 //! `TdConfig`'s IA32_ARCH_CAPABILITIES setting.
 
 use tdx::{
@@ -354,6 +355,66 @@ fn another_modules_cpuid_list_leaves_the_bits_to_the_module() {
 
 fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
     sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
+}
+
+/// Module 1.5.05 end to end: the library reads its 18 configurable leaves,
+/// knows them ([`tdx::types::abi::CPUID_CONFIG_1_5_05`]), refuses a
+/// malformed CPUID(0x1F) topology before the leaf, and builds TDs with
+/// leaf 7/1's new bits and with a topology.
+#[test]
+fn module_1_5_05s_cpuid_list_end_to_end() {
+    use tdx::types::abi::CPUID_CONFIG_1_5_05;
+    let sim = Simulator::new(
+        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(1, 2)
+            .with_profile(Profile::tdx_1_5_05()),
+    )
+    .unwrap();
+    let module = ready(&sim);
+    let info = module.sysinfo().clone();
+    let h = TdHost::new(module).unwrap();
+    assert_eq!(info.cpuid_config.len(), CPUID_CONFIG_1_5_05.len());
+    for ((leaf, _), rule) in info.cpuid_config.iter().zip(&CPUID_CONFIG_1_5_05) {
+        assert_eq!(*leaf, rule.leaf_subleaf());
+    }
+    let level = |n: u32, t: u32| n | t << 8;
+    let td = || {
+        h.create_td()
+            .unwrap()
+            .configure_keys()
+            .unwrap()
+            .add_tdcs()
+            .unwrap()
+    };
+    // SMT alone: no CORE level.
+    let before = calls(&sim, Leaf::MNG_INIT);
+    let smt = with(|p| {
+        p.set_cpuid_value(12, CpuidValues::new(1, 2, level(0, 1), 0))
+            .unwrap()
+    });
+    let f = td().init(&smt).unwrap_err();
+    assert_eq!(
+        f.error,
+        TdError::Params(ParamsError::CpuidTopology { subleaf: 1 })
+    );
+    assert_eq!(
+        calls(&sim, Leaf::MNG_INIT),
+        before,
+        "no TDH.MNG.INIT issued"
+    );
+    // SMT then CORE, and leaf 7/1 EAX bit 26: the module agrees.
+    let good = with(|p| {
+        p.set_cpuid_value(6, CpuidValues::new(1 << 26, 0, 0, 0x430))
+            .unwrap();
+        p.set_cpuid_value(12, CpuidValues::new(1, 2, level(0, 1), 0))
+            .unwrap();
+        p.set_cpuid_value(13, CpuidValues::new(4, 16, level(1, 2), 0))
+            .unwrap();
+    });
+    assert_eq!(check_params(&info, &good), Ok(4));
+    let built = f.td.init(&good).unwrap();
+    drop(built);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
 
 #[test]

@@ -948,6 +948,21 @@ fn write_config_buffer<P: Platform>(p: &P, infos: &[TdmrInfo]) -> Result<PfnRun,
     Ok(run)
 }
 
+/// A TDH.SYS.RD result for a field some modules lack: `None` when the
+/// module answers TDX_METADATA_FIELD_ID_INCORRECT (no such field), the
+/// error for any other failure.
+fn optional(r: Result<u64, BringUpError>) -> Result<Option<u64>, BringUpError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(BringUpError::Seamcall { error, .. })
+            if error.status().code() == TdxStatus::METADATA_FIELD_ID_INCORRECT =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads [`SysInfo`] with TDH.SYS.RD.
 fn read_sysinfo<B: Seamcall, P: Platform>(
     b: &B,
@@ -966,20 +981,21 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
     };
     let features0 = TdxFeatures0::from_bits(rd(field::TDX_FEATURES0)?);
     // Optional fields: a module without them answers
-    // TDX_METADATA_FIELD_ID_INCORRECT (module 1.5.01 for MAX_VCPUS_PER_TD).
+    // TDX_METADATA_FIELD_ID_INCORRECT (module 1.5.01 for MAX_VCPUS_PER_TD),
+    // which is the only error that means "absent"; any other is an error.
     let version = match (
-        rd(field::MAJOR_VERSION),
-        rd(field::MINOR_VERSION),
-        rd(field::UPDATE_VERSION),
+        optional(rd(field::MAJOR_VERSION))?,
+        optional(rd(field::MINOR_VERSION))?,
+        optional(rd(field::UPDATE_VERSION))?,
     ) {
-        (Ok(major), Ok(minor), Ok(update)) => Some(ModuleVersion {
+        (Some(major), Some(minor), Some(update)) => Some(ModuleVersion {
             major: major as u16,
             minor: minor as u16,
             update: update as u16,
         }),
         _ => None,
     };
-    let max_vcpus_per_td = rd(field::MAX_VCPUS_PER_TD).ok().map(|v| v as u16);
+    let max_vcpus_per_td = optional(rd(field::MAX_VCPUS_PER_TD))?.map(|v| v as u16);
     let n = rd(field::NUM_CPUID_CONFIG)? as u32;
     let mut cpuid_config = Vec::with_capacity(n as usize);
     for i in 0..n.min(128) {
@@ -990,8 +1006,8 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         cpuid_config.push((leaf, [v0, v1]));
     }
     // CMRs: optional (fields from a proposed series; absent on some modules).
-    let cmrs = match rd(field::NUM_CMRS) {
-        Ok(n) => {
+    let cmrs = match optional(rd(field::NUM_CMRS))? {
+        Some(n) => {
             let mut v = Vec::new();
             for i in 0..(n as u32).min(32) {
                 let (Some(bf), Some(sf)) = (field::cmr_base(i), field::cmr_size(i)) else {
@@ -1004,7 +1020,7 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
             }
             Some(v)
         }
-        Err(_) => None,
+        None => None,
     };
     let (pool, ext_required) = if features0.ext() {
         (

@@ -52,6 +52,10 @@ pub struct NativeCpu {
     /// IA32_ARCH_CAPABILITIES (MSR 0x10A) as sampled at TDH.SYS.INIT. Bit 7
     /// (TSX_CTRL) decides whether a TD may have TSX.
     pub arch_capabilities: u64,
+    /// CPUID(7, 1).EAX bit 6, LASS. Module 1.5.05 lets a TD have
+    /// ATTRIBUTES.LASS (bit 27) only on a CPU with it (`tdh_sys_init.c`);
+    /// module 1.5.01 never does.
+    pub lass: bool,
 }
 
 impl NativeCpu {
@@ -85,9 +89,13 @@ impl Default for NativeCpu {
             // RDCL_NO, IBRS_ALL, SKIP_L1DFL_VMENTRY, MDS_NO, PSCHANGE_MC_NO,
             // TSX_CTRL, TAA_NO.
             arch_capabilities: 0x1EB,
+            lass: false,
         }
     }
 }
+
+/// ATTRIBUTES bit 27, LASS.
+pub(crate) const ATTRIBUTE_LASS: u64 = 1 << 27;
 
 /// A simulated host, before it is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +211,7 @@ pub enum MachineError {
         ids: usize,
     },
     /// Unknown module profile name.
-    #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5-ext)")]
+    #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5.05, tdx-1.5-ext)")]
     UnknownProfile(String),
     /// The CPU's family and model are not one the module runs on, or
     /// CPUID(1).EAX has reserved bits set.
@@ -333,6 +341,17 @@ impl MachineDesc {
     /// (`check_xfam`, `src/common/helpers/helpers.c`; `metadata_sys.c`).
     pub fn xfam_fixed0(&self) -> u64 {
         self.profile.xfam_fixed0 & self.cpu.xfam_supported()
+    }
+
+    /// ATTRIBUTES_FIXED0 as the module computes and reports it: the
+    /// profile's bits, without LASS (bit 27) on a CPU without LASS
+    /// (`tdh_sys_init.c` of 1.5.05; 1.5.01's bits have no LASS).
+    pub fn attributes_fixed0(&self) -> u64 {
+        if self.cpu.lass {
+            self.profile.attributes_fixed0
+        } else {
+            self.profile.attributes_fixed0 & !ATTRIBUTE_LASS
+        }
     }
 
     /// The KeyID partition.

@@ -4,9 +4,12 @@
 //! [`Profile::tdx_1_5`] is the default: TDX module 1.5.01 as Intel's source
 //! has it (`intel/tdx-module`, tag `TDX_1.5.01`).
 //! [`Profile::tdx_1_5_05`] is module 1.5.05, the later 1.5 release whose
-//! source is public too (the `TDX 1.5.05` commit of `intel/tdx-module`'s
+//! source is public too (the `TDX 1.5.05` commit of the tdx-module
 //! history): TDX_FEATURES0.TOPOLOGY_ENUM, TDH.VP.INIT version 1 (the
-//! x2APIC ID in R8, as Linux issues it), MAX_VCPUS_PER_TD.
+//! x2APIC ID in R8, as Linux issues it), MAX_VCPUS_PER_TD, its metadata
+//! and CPUID lookup tables, and its TD_PARAMS CPUID rules (18 configurable
+//! leaves with CPUID(0x1F)'s topology check); its doc lists what of 1.5.05
+//! is not modelled.
 //! [`Profile::tdx_1_5_ext`] is a newer module with the Extensions feature: a
 //! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
 //! (TDH.EXT.INIT).
@@ -38,6 +41,10 @@ pub struct CpuidConfig {
     /// ALLOW_DIRECT bits of EAX, EBX, ECX, EDX: configured 1, the TD sees
     /// the CPU's value; configured 0, it sees 0.
     pub allow_direct: [u32; 4],
+    /// The leaf's index in the module's CPUID lookup table
+    /// (`cpuid_configurable_t.lookup_index`). TDH.MNG.INIT walks that
+    /// table, so it checks the entries in this order, not TD_PARAMS order.
+    pub lookup_index: u8,
 }
 
 impl CpuidConfig {
@@ -77,7 +84,10 @@ pub struct Profile {
     pub tdcs_base_size: u16,
     /// TDVPS_BASE_SIZE (1.5: 6 pages).
     pub tdvps_base_size: u16,
-    /// ATTRIBUTES_FIXED0 (bits that may be 1).
+    /// ATTRIBUTES_FIXED0 (bits that may be 1), the module's
+    /// `TDX_ATTRIBUTES_FIXED0`; the one it reports and checks leaves out
+    /// LASS on a CPU without it
+    /// ([`MachineDesc::attributes_fixed0`](crate::MachineDesc::attributes_fixed0)).
     pub attributes_fixed0: u64,
     /// ATTRIBUTES_FIXED1 (bits that must be 1).
     pub attributes_fixed1: u64,
@@ -125,17 +135,32 @@ pub struct Profile {
     pub configurable_features: TdxFeatures0,
     /// TDH.MEM.PAGE.AUG is allowed before TDH.MR.FINALIZE (1.5.01: yes).
     pub aug_before_finalize: bool,
+    /// TDH.MNG.INIT sets RCX to leaf 7/0 when HLE and RTM come out
+    /// different (1.5.05; 1.5.01 leaves RCX 0).
+    pub hle_rtm_error_sets_rcx: bool,
+    /// TDH.MNG.INIT checks the CPUID(0x1F) topology configuration after
+    /// the CPUID walk (`check_cpuid_1f`, 1.5.05; 1.5.01 has no 0x1F
+    /// entries).
+    pub cpuid_1f_topology: bool,
 }
 
 /// The 12 configurable CPUID leaves of module 1.5.01 in TD_PARAMS entry
 /// order, with their CONFIG_DIRECT and ALLOW_DIRECT bits
 /// (`cpuid_configurable`, include/auto_gen/cpuid_configurations.c).
+/// Their lookup indices are 0-9 for entries 0-9, 14 for entry 10 and 59
+/// for entry 11.
 fn cpuid_config_1_5_01() -> Vec<CpuidConfig> {
-    let e = |leaf, subleaf, config_direct, allow_direct| CpuidConfig {
-        leaf,
-        subleaf,
-        config_direct,
-        allow_direct,
+    let lookup = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 59];
+    let mut i = 0;
+    let mut e = |leaf, subleaf, config_direct, allow_direct| {
+        i += 1;
+        CpuidConfig {
+            leaf,
+            subleaf,
+            config_direct,
+            allow_direct,
+            lookup_index: lookup[i - 1],
+        }
     };
     let cache = [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0xFFFF_FFFB];
     vec![
@@ -168,6 +193,34 @@ fn cpuid_config_1_5_01() -> Vec<CpuidConfig> {
         e(0x23, Some(0), [0; 4], [0xF, 0, 0, 0]),
     ]
 }
+
+/// The 18 configurable CPUID leaves of module 1.5.05
+/// (`MAX_NUM_CPUID_CONFIG`, `include/auto_gen/cpuid_configurations_defines.h`;
+/// `cpuid_configurable`, `include/auto_gen/cpuid_configurations.c`):
+/// 1.5.01's 12, with leaf 7/1 allowing EAX bit 26 and EDX bits 4, 5 and 10
+/// as well (ALLOW_DIRECT EAX `0x0400_1D30`, EDX `0x430`), then entries
+/// 12-17, CPUID(0x1F) sub-leaves 0-5: CONFIG_DIRECT EAX bits 4:0 (the
+/// x2APIC ID shift), EBX bits 15:0 (logical processors at the level) and
+/// ECX bits 15:0 (level number and type), nothing in EDX. They sit at
+/// lookup indices 46-51, between entry 10 (14) and entry 11 (59).
+fn cpuid_config_1_5_05() -> Vec<CpuidConfig> {
+    let mut v = cpuid_config_1_5_01();
+    v[6].allow_direct = [0x0400_1D30, 0, 0, 0x430];
+    v.extend((0..6u8).map(|sub| CpuidConfig {
+        leaf: 0x1F,
+        subleaf: Some(u32::from(sub)),
+        config_direct: [0x1F, 0xFFFF, 0xFFFF, 0],
+        allow_direct: [0; 4],
+        lookup_index: 46 + sub,
+    }));
+    v
+}
+
+/// The number of CPUID_CONFIG_LEAVES and CPUID_CONFIG_VALUES entries
+/// TDH.SYS.RD serves in modules 1.5.01 and 1.5.05 (`num_of_fields` of both
+/// fields, `include/auto_gen/global_sys_fields_lookup.c`), more than either
+/// module's NUM_CPUID_CONFIG.
+pub(crate) const CPUID_CONFIG_ARRAY_LEN: u32 = 32;
 
 /// The leaves module 1.5.01's dispatcher lets through with a version above
 /// 0 (`src/vmm_dispatcher/tdx_vmm_dispatcher.c`), each with the highest
@@ -275,25 +328,59 @@ impl Profile {
             leaf_versions: LEAF_VERSIONS_1_5_01.to_vec(),
             configurable_features: TdxFeatures0::new(),
             aug_before_finalize: true,
+            hle_rtm_error_sets_rcx: false,
+            cpuid_1f_topology: false,
         }
     }
 
     /// TDX module 1.5.05, from its public source (the `TDX 1.5.05` commit
-    /// of `intel/tdx-module`; `BUILD.md` names update version 5): module
-    /// 1.5.01 plus TDX_FEATURES0.TOPOLOGY_ENUM (bit 20,
-    /// `src/common/metadata_handlers/metadata_sys.c`), TDH.VP.INIT in the
-    /// dispatcher's versioned list with version 1 taking the vCPU's x2APIC
-    /// ID in R8 (`tdx_vmm_dispatcher.c`, `api_calls/tdh_vp_init.c`),
-    /// MAX_VCPUS_PER_TD = 576 (`td_control_structures.h`) and its TD
-    /// metadata table ([`MetadataTables::Tdx1_5_05`]).
+    /// of the tdx-module history; `BUILD.md` names update version 5).
+    ///
+    /// What differs from 1.5.01 and is modelled:
+    ///
+    /// - TDX_FEATURES0.TOPOLOGY_ENUM (bit 20,
+    ///   `src/common/metadata_handlers/metadata_sys.c`); TDH.VP.INIT in the
+    ///   dispatcher's versioned list, version 1 taking the vCPU's x2APIC ID
+    ///   in R8 (`tdx_vmm_dispatcher.c`, `api_calls/tdh_vp_init.c`);
+    ///   MAX_VCPUS_PER_TD = 576, which TDH.MNG.INIT also enforces
+    ///   (`td_control_structures.h`, `tdh_mng_init.c`).
+    /// - Its TD metadata table and its 68-entry CPUID lookup (leaf 0x1F no
+    ///   longer faulting, 0xB/0-2 and 0x1A added), so NUM_CPUID_VALUES is
+    ///   68 and CPUID(0x1F) reads through TDH.MNG.RD
+    ///   ([`MetadataTables::Tdx1_5_05`]).
+    /// - Its 18 configurable CPUID leaves (NUM_CPUID_CONFIG 18: the six
+    ///   CPUID(0x1F) sub-leaves, leaf 7/1's wider ALLOW_DIRECT masks), checked
+    ///   in the module's lookup order, so TD_PARAMS' reserved area starts
+    ///   after entry 17 (byte 544).
+    /// - `check_cpuid_1f` after the CPUID walk
+    ///   (`TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`, RCX 0), and RCX := leaf
+    ///   7/0 on the HLE ≠ RTM error.
+    /// - ATTRIBUTES_FIXED0 with LASS (bit 27), reported and allowed only
+    ///   on a CPU with LASS ([`NativeCpu::lass`](crate::NativeCpu::lass);
+    ///   `td_control_structures.h`, `tdh_sys_init.c`).
+    ///
+    /// Kept from 1.5.01, as 1.5.05 has it too: TDX_FEATURES0's other bits,
+    /// the other ATTRIBUTES bits, the XFAM and CONFIG_FLAGS fixed bits, the
+    /// IA32_ARCH_CAPABILITIES configuration mask, the CPU models.
+    ///
+    /// Not modelled: a null CPUID(0x1F)
+    /// configuration takes the CPU's own topology, which the model takes
+    /// to be well formed; the CPUID values a TD sees (every CPUID read
+    /// answers 0 in both profiles), so 1.5.05's changes to how they are
+    /// computed (leaf 7/1, 0x1A, 0x23, the derived 0xB) do not show.
     pub fn tdx_1_5_05() -> Self {
         let mut p = Self::tdx_1_5();
         p.name = "tdx-1.5.05";
         p.version = (1, 5, 5);
         p.features0 = p.features0.with_topology_enum(true);
         p.max_vcpus_per_td = Some(576);
+        // LASS (27) joins the attributes a TD may have (`td_control_structures.h`).
+        p.attributes_fixed0 |= crate::machine::ATTRIBUTE_LASS;
         p.metadata = MetadataTables::Tdx1_5_05;
         p.leaf_versions.push((Leaf::VP_INIT, 1));
+        p.cpuid_config = cpuid_config_1_5_05();
+        p.hle_rtm_error_sets_rcx = true;
+        p.cpuid_1f_topology = true;
         p
     }
 
@@ -396,19 +483,27 @@ impl Profile {
         if let Some(n) = self.max_vcpus_per_td {
             f.push((field::MAX_VCPUS_PER_TD, u64::from(n)));
         }
-        for (i, c) in self.cpuid_config.iter().enumerate() {
-            let i = i as u32;
-            let leaf = u64::from(c.leaf) | u64::from(c.subleaf.unwrap_or(u32::MAX)) << 32;
+        // Both arrays have CPUID_CONFIG_ARRAY_LEN entries whatever the
+        // module's count: past it, a leaf reads all ones and its values 0
+        // (`metadata_sys.c`).
+        for i in 0..CPUID_CONFIG_ARRAY_LEN {
+            let leaf = self
+                .cpuid_config
+                .get(i as usize)
+                .map_or(u64::MAX, CpuidConfig::leaf_subleaf);
             f.push((
-                field::cpuid_config_leaf(i).expect("CPUID list fits the metadata array"),
+                field::cpuid_config_leaf(i).expect("the array fits the metadata field"),
                 leaf,
             ));
         }
         // Each leaf's CONFIG_DIRECT bits, not its ALLOW_DIRECT ones
         // (`metadata_sys.c`).
-        for (i, c) in self.cpuid_config.iter().enumerate() {
-            let i = i as u32;
-            let [eax, ebx, ecx, edx] = c.config_direct.map(u64::from);
+        for i in 0..CPUID_CONFIG_ARRAY_LEN {
+            let direct = self
+                .cpuid_config
+                .get(i as usize)
+                .map_or([0; 4], |c| c.config_direct);
+            let [eax, ebx, ecx, edx] = direct.map(u64::from);
             f.push((
                 field::cpuid_config_value(i, 0).expect("fits"),
                 ebx << 32 | eax,

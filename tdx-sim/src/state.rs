@@ -190,6 +190,14 @@ impl Sys {
         for f in fields.iter_mut().filter(|f| f.0 == field::XFAM_FIXED0) {
             f.1 = m.desc.xfam_fixed0();
         }
+        // ATTRIBUTES_FIXED0 loses LASS on a CPU without it (1.5.05's
+        // `tdh_sys_init.c`).
+        for f in fields
+            .iter_mut()
+            .filter(|f| f.0 == field::ATTRIBUTES_FIXED0)
+        {
+            f.1 = m.desc.attributes_fixed0();
+        }
         // The CMR array: NUM_CMRS is the array size (32), as module 1.5 reports it.
         fields.push((field::NUM_CMRS, crate::machine::MAX_CMRS as u64));
         for i in 0..crate::machine::MAX_CMRS as u32 {

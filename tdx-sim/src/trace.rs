@@ -33,7 +33,7 @@
 //!   ([`NativeCpu`]); `cpu` is an object whose keys are all optional, each
 //!   defaulting to [`NativeCpu::default`]: `xcr0_supported`,
 //!   `xss_supported`, `fms`, `arch_capabilities` (numbers) and `ept_pml5`,
-//!   `hle`, `rtm` (booleans). The recorder writes these only where they
+//!   `hle`, `rtm`, `lass` (booleans). The recorder writes these only where they
 //!   differ from the defaults, so a trace of a default machine reads as it
 //!   did before they existed.
 //! - `write` stores `hex` (two digits a byte, an even count) at `pa` the way
@@ -582,6 +582,7 @@ fn write_cpu_facts(f: &mut fmt::Formatter<'_>, m: &TraceMachine) -> fmt::Result 
         ("ept_pml5", c.ept_pml5, dc.ept_pml5),
         ("hle", c.hle, dc.hle),
         ("rtm", c.rtm, dc.rtm),
+        ("lass", c.lass, dc.lass),
     ] {
         if v != dv {
             fields.push(format!("\"{name}\":{v}"));
@@ -1033,7 +1034,7 @@ impl LineParser<'_> {
         let Value::Object(c) = v else {
             return Err(self.wrong_type("cpu", "an object of CPU facts", v));
         };
-        const KEYS: [&str; 7] = [
+        const KEYS: [&str; 8] = [
             "xcr0_supported",
             "xss_supported",
             "ept_pml5",
@@ -1041,6 +1042,7 @@ impl LineParser<'_> {
             "hle",
             "rtm",
             "arch_capabilities",
+            "lass",
         ];
         if let Some(key) = c.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(TraceError::UnknownField {
@@ -1069,6 +1071,7 @@ impl LineParser<'_> {
                 c.get("arch_capabilities"),
                 default.arch_capabilities,
             )?,
+            lass: self.bool_or("cpu.lass", c.get("lass"), default.lass)?,
         })
     }
 

@@ -875,3 +875,88 @@ fn module_1_5_05_td_table_has_its_own_ids() {
         (TdxStatus::SUCCESS, raw_id(field::TD_CONFIG_FLAGS), 0)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Module 1.5.05: its 68-entry CPUID lookup (`cpuid_lookup`,
+// include/auto_gen/cpuid_configurations.c of 1.5.05)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn module_1_5_05_serves_its_68_cpuid_leaves() {
+    let cpuid = |leaf, sub, e| raw_id(field::td_cpuid_value(leaf, sub, e).unwrap());
+    let leaf_1f_0 = cpuid(0x1F, Some(0), 0);
+    assert_eq!(leaf_1f_0, 0x9410_0003_0000_3E00);
+    let new_leaves = [
+        cpuid(0xB, Some(0), 0),
+        cpuid(0xB, Some(1), 1),
+        cpuid(0xB, Some(2), 0),
+        cpuid(0x1A, None, 0),
+    ];
+    let cpuid_valid = |i: u64| 0x9110_0000_0000_0080 + i;
+
+    // Module 1.5.05: 68 values; CPUID(0x1F) sub-leaves 0-5 read, and so do
+    // 0xB/0-2 and 0x1A (the model keeps no CPUID values: 0).
+    let sim = host_1_5_05();
+    let td = td_with(&sim, 0);
+    assert_eq!(mng_rd0(&sim, &td, raw_id(field::TD_NUM_CPUID_VALUES)).2, 68);
+    for sub in 0..6 {
+        let id = cpuid(0x1F, Some(sub), 1);
+        assert_eq!(
+            mng_rd0(&sim, &td, id),
+            (TdxStatus::SUCCESS, id, 0),
+            "0x1F/{sub}"
+        );
+    }
+    for id in new_leaves {
+        assert_eq!(
+            mng_rd0(&sim, &td, id),
+            (TdxStatus::SUCCESS, id, 0),
+            "{id:#x}"
+        );
+    }
+    let leaf_1f_6 = cpuid(0x1F, Some(6), 0);
+    assert_eq!(
+        mng_rd0(&sim, &td, leaf_1f_6),
+        (TdxStatus::METADATA_FIELD_ID_INCORRECT, leaf_1f_6, 0)
+    );
+    // The walk: after leaf 5 (index 63) come 0xB/0..2 and 0x1A, then the
+    // migration fields.
+    let leaf5 = cpuid(5, None, 1);
+    assert_eq!(
+        mng_rd1(&sim, &td, leaf5),
+        (TdxStatus::SUCCESS, cpuid(0xB, Some(0), 0), 0)
+    );
+    assert_eq!(
+        mng_rd1(&sim, &td, cpuid(0x1A, None, 1)),
+        (TdxStatus::SUCCESS, 0x9810_0000_0000_0001, 0)
+    );
+    // CPUID_VALID (a debug TD's): 0x1F/0 (46) and 0x1A (67) valid.
+    let mut dbg = Td::build_with(&sim, td_hkid(&sim) + 1, Stage::TdcsAdded);
+    dbg.init(&sim, &params(1));
+    for i in [46, 67] {
+        assert_eq!(mng_rd0(&sim, &dbg, cpuid_valid(i)).2, 1, "CPUID_VALID[{i}]");
+    }
+    sim.check_invariants().unwrap();
+
+    // Module 1.5.01: 64 values; 0x1F faults, the new leaves are not fields.
+    let sim = host();
+    let td = td_with(&sim, 0);
+    assert_eq!(mng_rd0(&sim, &td, raw_id(field::TD_NUM_CPUID_VALUES)).2, 64);
+    assert_eq!(
+        mng_rd0(&sim, &td, leaf_1f_0),
+        (TdxStatus::METADATA_FIELD_NOT_READABLE, leaf_1f_0, 0)
+    );
+    for id in new_leaves {
+        assert_eq!(
+            mng_rd0(&sim, &td, id),
+            (TdxStatus::METADATA_FIELD_ID_INCORRECT, id, 0),
+            "{id:#x}"
+        );
+    }
+    let mut dbg = Td::build_with(&sim, td_hkid(&sim) + 1, Stage::TdcsAdded);
+    dbg.init(&sim, &params(1));
+    for i in [46, 67] {
+        assert_eq!(mng_rd0(&sim, &dbg, cpuid_valid(i)).2, 0, "CPUID_VALID[{i}]");
+    }
+    sim.check_invariants().unwrap();
+}

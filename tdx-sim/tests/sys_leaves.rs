@@ -653,8 +653,9 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
             edx << 32 | ecx
         );
     }
-    // Nothing else: 21 scalars, 3 per CPUID entry, NUM_CMRS and 64 CMR fields.
-    assert_eq!(fields.len(), 21 + 3 * p.cpuid_config.len() + 1 + 64);
+    // Nothing else: 21 scalars, the 32-entry CPUID arrays (3 fields per
+    // entry), NUM_CMRS and 64 CMR fields.
+    assert_eq!(fields.len(), 21 + 3 * 32 + 1 + 64);
     // Each field read on its own gives the walked value, and "next" chains
     // in walk order.
     for (k, &(id, value)) in walked.iter().enumerate() {
@@ -667,6 +668,47 @@ fn sys_rd_serves_every_field_with_the_spec_values() {
     let (s, _, _) = sys_rd(&sim, field::MAX_VCPUS_PER_TD.into_raw());
     assert_eq!(s.code(), TdxStatus::METADATA_FIELD_ID_INCORRECT);
     sim.check_invariants().unwrap();
+}
+
+/// CPUID_CONFIG_LEAVES and CPUID_CONFIG_VALUES have 32 entries in modules
+/// 1.5.01 and 1.5.05 (`global_sys_fields_lookup.c`); past NUM_CPUID_CONFIG
+/// the module answers success, a leaf of all ones and values 0
+/// (`metadata_sys.c`). Entry 32 does not exist.
+#[test]
+fn sys_rd_cpuid_config_entries_past_the_count_read_all_ones_and_zero() {
+    for (profile, count) in [(Profile::tdx_1_5(), 12u32), (Profile::tdx_1_5_05(), 18)] {
+        let sim = small(profile);
+        assert_eq!(sys_init(&sim), TdxStatus::SUCCESS);
+        assert_eq!(lp_init(&sim, 0), TdxStatus::SUCCESS);
+        let (s, n, _) = sys_rd(&sim, field::NUM_CPUID_CONFIG.into_raw());
+        assert_eq!((s, n), (TdxStatus::SUCCESS, u64::from(count)));
+        // The last real entry is a leaf, the next is not.
+        let last = sys_rd(
+            &sim,
+            field::cpuid_config_leaf(count - 1).unwrap().into_raw(),
+        );
+        assert_eq!(last.0, TdxStatus::SUCCESS);
+        assert_ne!(last.1, u64::MAX);
+        for i in count..32 {
+            let leaf = field::cpuid_config_leaf(i).unwrap().into_raw();
+            let (s, v, next) = sys_rd(&sim, leaf);
+            assert_eq!((s, v), (TdxStatus::SUCCESS, u64::MAX), "LEAVES[{i}]");
+            if i < 31 {
+                assert_eq!(next, leaf + 1, "LEAVES[{i}]: next element");
+            }
+            for j in 0..2 {
+                let id = field::cpuid_config_value(i, j).unwrap().into_raw();
+                let (s, v, _) = sys_rd(&sim, id);
+                assert_eq!((s, v), (TdxStatus::SUCCESS, 0), "VALUES[{i}][{j}]");
+            }
+        }
+        let past = field::cpuid_config_leaf(31).unwrap().into_raw() + 1;
+        assert_eq!(
+            sys_rd(&sim, past).0.code(),
+            TdxStatus::METADATA_FIELD_ID_INCORRECT
+        );
+        sim.check_invariants().unwrap();
+    }
 }
 
 #[test]

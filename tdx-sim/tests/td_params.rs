@@ -990,6 +990,7 @@ fn cpu_facts_round_trip_through_the_machine_line() {
         hle: false,
         rtm: true,
         arch_capabilities: 0x10_0000,
+        lass: true,
     };
     let m = TraceMachine::from_desc(&d);
     let line = trace::TraceOp::Machine(m.clone()).to_string();
@@ -998,7 +999,7 @@ fn cpu_facts_round_trip_through_the_machine_line() {
         line.contains(
             "\"cpu\":{\"xcr0_supported\":\"0x207\",\"xss_supported\":\"0x1d900\",\
              \"fms\":\"0xc06f2\",\"arch_capabilities\":\"0x100000\",\
-             \"ept_pml5\":false,\"hle\":false}"
+             \"ept_pml5\":false,\"hle\":false,\"lass\":true}"
         ),
         "{line}"
     );
@@ -1124,7 +1125,7 @@ fn sysinfo_of(sim: &Simulator) -> tdx_api::SysInfo {
         tdvps_base_size: 6 * 4096,
         attributes_fixed: (rd(field::ATTRIBUTES_FIXED0), rd(field::ATTRIBUTES_FIXED1)),
         xfam_fixed: (rd(field::XFAM_FIXED0), rd(field::XFAM_FIXED1)),
-        max_vcpus_per_td: None,
+        max_vcpus_per_td: sim.profile().max_vcpus_per_td,
         cpuid_config: (0..n)
             .map(|i| (rd(field::cpuid_config_leaf(i).unwrap()), [0, 0]))
             .collect(),
@@ -1152,6 +1153,7 @@ fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
         P::ArchCapabilitiesNotEnabled(_) | P::ArchCapabilities { .. } => {
             i(OperandId::IA32_ARCH_CAPABILITIES_CONFIG)
         }
+        P::CpuidTopology { .. } => (LEAF_1F_BAD, 0),
         P::L2Vms(_) => unreachable!("the cases have no L2 VMs"),
     }
 }
@@ -1162,6 +1164,28 @@ fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
 /// depends on the CPU (leaf 1's F/M/S, TSX), which the host leaves to it.
 #[test]
 fn the_host_check_agrees_with_the_module() {
+    differential(Profile::tdx_1_5());
+}
+
+/// [`the_host_check_agrees_with_the_module`] on module 1.5.05: its 18
+/// CPUID entries in its order, and the CPUID(0x1F) topology check.
+#[test]
+fn the_host_check_agrees_with_module_1_5_05() {
+    differential(Profile::tdx_1_5_05());
+}
+
+/// 600 random cases against `profile`'s module.
+fn differential(profile: Profile) {
+    use tdx_types::abi::{CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05};
+    let (table, order): (&[tdx_types::abi::CpuidConfigRule], Vec<usize>) =
+        if profile.cpuid_config.len() == 18 {
+            (&CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05.to_vec())
+        } else {
+            (&CPUID_CONFIG_1_5_01, (0..12).collect())
+        };
+    let n = table.len();
+    let tsx_rcx = if profile.hle_rtm_error_sets_rcx { 7 } else { 0 };
+    let host = || host_with(profile.clone(), |d| d);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -1170,6 +1194,7 @@ fn the_host_check_agrees_with_the_module() {
         seed
     };
     let (mut refused_by_host, mut accepted, mut left_to_module) = (0, 0, 0);
+    let mut topology_refused = 0;
     let mut sim = host();
     let mut info = sysinfo_of(&sim);
     let mut tds = Tds::new(&sim);
@@ -1177,7 +1202,7 @@ fn the_host_check_agrees_with_the_module() {
         let mut p = Params::new();
         for _ in 0..=(next() % 3) {
             let r = next();
-            match r % 10 {
+            match r % 11 {
                 0 => {
                     let bits = [1u64, 1 << 28, 1 << 29, 1 << 30, 1 << 31, 1 << 63, 1 << 5];
                     let a = bits[(r >> 8) as usize % bits.len()]
@@ -1193,9 +1218,9 @@ fn the_host_check_agrees_with_the_module() {
                 }
                 2 | 3 => {
                     // A CPUID entry: mostly allowed bits, sometimes any.
-                    let i = (r >> 8) as usize % 12;
+                    let i = (r >> 8) as usize % n;
                     let reg = (r >> 16) as usize % 4;
-                    let allowed = CPUID_CONFIG_1_5_01[i].allowed().registers()[reg];
+                    let allowed = table[i].allowed().registers()[reg];
                     let v = (r >> 32) as u32;
                     let v = if r % 10 == 2 { v & allowed } else { v };
                     if (i, reg) != (0, 0) || r & 1 << 40 == 0 {
@@ -1226,6 +1251,21 @@ fn the_host_check_agrees_with_the_module() {
                         [0, 1 << 4, 1 << 11, 1 << 4 | 1 << 11][(r >> 8) as usize % 4],
                     );
                 }
+                10 => {
+                    // A CPUID(0x1F) topology (entries 12-17 of 1.5.05;
+                    // reserved bytes on 1.5.01): levels of random type,
+                    // often a well-formed SMT, CORE.
+                    if r >> 8 & 1 == 0 {
+                        p.u32(cpuid_at(12, 2), level(0, 1))
+                            .u32(cpuid_at(13, 2), level(1, 2));
+                    } else {
+                        for sub in 0..(r >> 9) as usize % 4 {
+                            let kind = [0, 1, 2, 3, 6][(r >> (12 + 3 * sub)) as usize % 5];
+                            p.u32(cpuid_at(12 + sub, 0), (r >> 30) as u32 & 0x1F)
+                                .u32(cpuid_at(12 + sub, 2), level(sub as u32, kind));
+                        }
+                    }
+                }
                 _ => {
                     // Leaf 1 F/M/S.
                     let f = [0, SPR, SPR - 1, EMR, 0x806F0];
@@ -1247,7 +1287,7 @@ fn the_host_check_agrees_with_the_module() {
         let cpu_rule = if !fms_ok {
             Some((0, cpuid_invalid(), LEAF1))
         } else if (ebx >> 4 & 1) != (ebx >> 11 & 1) {
-            Some((5, cpuid_invalid(), 0))
+            Some((5, cpuid_invalid(), tsx_rcx))
         } else {
             None
         };
@@ -1256,11 +1296,15 @@ fn the_host_check_agrees_with_the_module() {
                 use tdx_api::td::ParamsError as P;
                 // Where the host's error sits in the module's order: before
                 // the CPUID walk, at an entry's bits, or after the walk.
+                topology_refused += usize::from(matches!(e, P::CpuidTopology { .. }));
                 let at = match e {
-                    P::CpuidBits { index, .. } => index as i64,
-                    P::CpuidEntryUnused { .. }
+                    P::CpuidBits { index, .. } => {
+                        order.iter().position(|&o| o == index).unwrap() as i64
+                    }
+                    P::CpuidTopology { .. }
+                    | P::CpuidEntryUnused { .. }
                     | P::ArchCapabilities { .. }
-                    | P::ArchCapabilitiesNotEnabled(_) => 12,
+                    | P::ArchCapabilitiesNotEnabled(_) => n as i64,
                     _ => -1,
                 };
                 let (status, rcx) = match cpu_rule {
@@ -1293,4 +1337,331 @@ fn the_host_check_agrees_with_the_module() {
     assert!(refused_by_host > 200, "{refused_by_host}");
     assert!(accepted > 50, "{accepted}");
     assert!(left_to_module > 10, "{left_to_module}");
+    if profile.cpuid_1f_topology {
+        assert!(topology_refused > 5, "{topology_refused}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Module 1.5.05's CPUID rules (the `TDX 1.5.05` source: 18 configurable
+// leaves, `include/auto_gen/cpuid_configurations.c`; `check_cpuid_1f`,
+// `src/common/helpers/helpers.c`; `tdh_mng_init.c`)
+// ---------------------------------------------------------------------------
+
+/// A host running module 1.5.05.
+fn host_1_5_05() -> Simulator {
+    host_with(Profile::tdx_1_5_05(), |d| d)
+}
+
+/// `TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`.
+const LEAF_1F_BAD: TdxStatus = TdxStatus::CPUID_LEAF_1F_FORMAT_UNRECOGNIZED;
+
+/// CPUID(0x1F) sub-leaf `sub` is TD_PARAMS entry 12 + `sub` on 1.5.05.
+fn leaf_1f(p: &mut Params, sub: usize, eax: u32, ebx: u32, ecx: u32) {
+    p.u32(cpuid_at(12 + sub, 0), eax)
+        .u32(cpuid_at(12 + sub, 1), ebx)
+        .u32(cpuid_at(12 + sub, 2), ecx);
+}
+
+/// A CPUID(0x1F) level in ECX: level number in 7:0, type in 15:8 (SMT 1,
+/// CORE 2, MODULE 3, TILE 4, DIE 5).
+fn level(number: u32, kind: u32) -> u32 {
+    number | kind << 8
+}
+
+/// Two threads per core, eight cores: SMT then CORE, then INVALID.
+fn topology(p: &mut Params) {
+    leaf_1f(p, 0, 1, 2, level(0, 1));
+    leaf_1f(p, 1, 4, 16, level(1, 2));
+}
+
+#[test]
+fn module_1_5_05_configures_18_cpuid_leaves() {
+    let p = Profile::tdx_1_5_05();
+    let old = Profile::tdx_1_5();
+    assert_eq!(p.cpuid_config.len(), 18);
+    // Entries 0-11 are 1.5.01's but leaf 7/1, which allows EAX bit 26 and
+    // EDX bits 4, 5 and 10 as well.
+    for (i, (c, o)) in p.cpuid_config.iter().zip(&old.cpuid_config).enumerate() {
+        assert_eq!(
+            (c.leaf_subleaf(), c.config_direct, c.lookup_index),
+            (o.leaf_subleaf(), o.config_direct, o.lookup_index),
+            "entry {i}"
+        );
+        if i != 6 {
+            assert_eq!(c.allow_direct, o.allow_direct, "entry {i}");
+        }
+    }
+    assert_eq!(p.cpuid_config[6].allow_direct, [0x0400_1D30, 0, 0, 0x430]);
+    // Entries 12-17: CPUID(0x1F) sub-leaves 0-5, lookup indices 46-51.
+    for (sub, c) in p.cpuid_config[12..].iter().enumerate() {
+        assert_eq!(c.leaf_subleaf(), 0x1F | (sub as u64) << 32);
+        assert_eq!(c.config_direct, [0x1F, 0xFFFF, 0xFFFF, 0]);
+        assert_eq!(c.allow_direct, [0; 4]);
+        assert_eq!(c.lookup_index, 46 + sub as u8);
+    }
+    // The library's copy (tdx-types) is the same table, and its check
+    // order is the lookup order.
+    let abi = &tdx_types::abi::CPUID_CONFIG_1_5_05;
+    for (c, r) in p.cpuid_config.iter().zip(abi) {
+        assert_eq!(c.leaf_subleaf(), r.leaf_subleaf());
+        assert_eq!(c.config_direct, r.config_direct.registers());
+        assert_eq!(c.allow_direct, r.allow_direct.registers());
+    }
+    let mut by_lookup: Vec<usize> = (0..18).collect();
+    by_lookup.sort_by_key(|&i| p.cpuid_config[i].lookup_index);
+    assert_eq!(by_lookup, tdx_types::abi::CPUID_CONFIG_ORDER_1_5_05);
+    // The module reports them.
+    let sim = host_1_5_05();
+    let info = sysinfo_of(&sim);
+    assert_eq!(info.cpuid_config.len(), 18);
+    assert_eq!(info.cpuid_config[17].0, 0x5_0000_001F);
+}
+
+/// Every register of every 1.5.05 entry: the lowest bit outside its masks
+/// is refused with RCX = its leaf and subleaf; then every allowed bit of
+/// entries 0-11 with a valid topology is accepted.
+#[test]
+fn module_1_5_05_each_cpuid_entry_allows_exactly_its_bits() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let table = Profile::tdx_1_5_05().cpuid_config;
+    for (i, c) in table.iter().enumerate() {
+        for (r, allowed) in c.mask().into_iter().enumerate() {
+            if allowed == u32::MAX {
+                continue;
+            }
+            let bad = 1 << (!allowed).trailing_zeros();
+            tds.refused(
+                &format!("1.5.05 entry {i} register {r} bit {bad:#x}"),
+                &params(|p| {
+                    p.u32(cpuid_at(i, r), allowed | bad);
+                }),
+                cpuid_invalid(),
+                c.leaf_subleaf(),
+            );
+        }
+    }
+    tds.accepted(
+        "every allowed bit of entries 0-11, a topology",
+        &params(|p| {
+            for (i, c) in table[..12].iter().enumerate() {
+                for (r, allowed) in c.mask().into_iter().enumerate() {
+                    if (i, r) != (0, 0) {
+                        p.u32(cpuid_at(i, r), allowed);
+                    }
+                }
+            }
+            topology(p);
+        }),
+    );
+    sim.check_invariants().unwrap();
+}
+
+/// Leaf 7/1's new bits: accepted by 1.5.05, refused by 1.5.01 (RCX 7/1).
+#[test]
+fn leaf_7_1_allows_more_on_module_1_5_05() {
+    let new = host_1_5_05();
+    let old = host();
+    let (mut tds_new, mut tds_old) = (Tds::new(&new), Tds::new(&old));
+    for (r, v) in [(0, 1u32 << 26), (3, 1 << 4), (3, 1 << 5), (3, 1 << 10)] {
+        let p = params(|p| {
+            p.u32(cpuid_at(6, r), v);
+        });
+        let what = format!("7/1 register {r} = {v:#x}");
+        tds_new.accepted(&what, &p);
+        tds_old.refused(&what, &p, cpuid_invalid(), 0x1_0000_0007);
+    }
+    // EDX bit 0 is allowed by neither.
+    let p = params(|p| {
+        p.u32(cpuid_at(6, 3), 1);
+    });
+    tds_new.refused("7/1 EDX bit 0", &p, cpuid_invalid(), 0x1_0000_0007);
+    new.check_invariants().unwrap();
+    old.check_invariants().unwrap();
+}
+
+/// Bytes 448..544 are the 0x1F entries on 1.5.05 (reserved on 1.5.01);
+/// reserved_3 starts at byte 544.
+#[test]
+fn reserved_3_starts_after_entry_17_on_module_1_5_05() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    tds.accepted("a topology in entries 12-13", &params(topology));
+    for off in [544, 545, 700, 1023] {
+        tds.refused(
+            &format!("byte {off}"),
+            &params(|p| {
+                p.u8(off, 1);
+            }),
+            invalid(RDX),
+            0,
+        );
+    }
+    // Byte 543 is 0x1F/5's EDX, where nothing is configurable.
+    tds.refused(
+        "byte 543",
+        &params(|p| {
+            p.u8(543, 1);
+        }),
+        cpuid_invalid(),
+        0x5_0000_001F,
+    );
+    sim.check_invariants().unwrap();
+}
+
+/// The module walks its CPUID lookup table: entry 10 (7/2, index 14), then
+/// the 0x1F entries 12-17 (46-51), then entry 11 (0x23, 59); then the
+/// topology check, then reserved_3.
+#[test]
+fn module_1_5_05_checks_cpuid_entries_in_lookup_order() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let mut p = Params::new();
+    p.u32(cpuid_at(10, 0), 1)
+        .u32(cpuid_at(13, 3), 1)
+        .u32(cpuid_at(11, 1), 1)
+        .u32(cpuid_at(14, 2), level(0, 1))
+        .u8(600, 1);
+    tds.refused("7/2 first", &p, cpuid_invalid(), 0x2_0000_0007);
+    p.u32(cpuid_at(10, 0), 0);
+    tds.refused("then 0x1F/1", &p, cpuid_invalid(), 0x1_0000_001F);
+    p.u32(cpuid_at(13, 3), 0);
+    tds.refused("then 0x23/0", &p, cpuid_invalid(), 0x23);
+    p.u32(cpuid_at(11, 1), 0);
+    tds.refused("then the topology", &p, LEAF_1F_BAD, 0);
+    p.u32(cpuid_at(14, 2), 0);
+    tds.refused("then reserved_3", &p, invalid(RDX), 0);
+    p.u8(600, 0);
+    tds.accepted("all fixed", &p);
+    sim.check_invariants().unwrap();
+}
+
+/// One CPUID(0x1F) sub-leaf: EAX, EBX, ECX.
+type Sub = (u32, u32, u32);
+
+/// `check_cpuid_1f`: each topology with the status and RCX 0.
+#[test]
+fn module_1_5_05_checks_the_cpuid_1f_topology() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    let with = |subs: &[Sub]| {
+        params(|p| {
+            for (s, &(eax, ebx, ecx)) in subs.iter().enumerate() {
+                leaf_1f(p, s, eax, ebx, ecx);
+            }
+        })
+    };
+    let good: &[(&str, Vec<Sub>)] = &[
+        ("all zero: the CPU's own topology", vec![]),
+        ("SMT, CORE", vec![(1, 2, level(0, 1)), (4, 16, level(1, 2))]),
+        ("CORE alone", vec![(3, 8, level(0, 2))]),
+        (
+            "SMT, CORE, MODULE, TILE, DIE",
+            vec![
+                (1, 2, level(0, 1)),
+                (4, 16, level(1, 2)),
+                (5, 32, level(2, 3)),
+                (6, 64, level(3, 4)),
+                (7, 128, level(4, 5)),
+            ],
+        ),
+        (
+            "SMT, CORE, INVALID, SMT: a level after INVALID starts again",
+            vec![
+                (1, 2, level(0, 1)),
+                (4, 16, level(1, 2)),
+                (0, 0, 0),
+                (1, 2, level(3, 1)),
+            ],
+        ),
+        (
+            "SMT, CORE, INVALID with EAX/EBX set",
+            vec![(1, 2, level(0, 1)), (4, 16, level(1, 2)), (7, 9, 3)],
+        ),
+    ];
+    for (what, subs) in good {
+        tds.accepted(what, &with(subs));
+    }
+    let bad: &[(&str, Vec<Sub>)] = &[
+        (
+            "sub-leaf 0 zero, sub-leaf 2 not",
+            vec![(0, 0, 0), (0, 0, 0), (1, 2, level(0, 1))],
+        ),
+        ("sub-leaf 0 INVALID but not zero", vec![(1, 0, 0)]),
+        ("SMT alone (no CORE)", vec![(1, 2, level(0, 1))]),
+        ("SMT, SMT", vec![(1, 2, level(0, 1)), (2, 4, level(1, 1))]),
+        ("CORE, SMT", vec![(3, 8, level(0, 2)), (4, 16, level(1, 1))]),
+        (
+            "level type 6",
+            vec![(3, 8, level(0, 2)), (4, 16, level(1, 6))],
+        ),
+        ("level type 0xFF", vec![(3, 8, level(0, 0xFF))]),
+    ];
+    for (what, subs) in bad {
+        tds.refused(what, &with(subs), LEAF_1F_BAD, 0);
+    }
+    sim.check_invariants().unwrap();
+}
+
+/// 1.5.05 reports the leaf (7/0) in RCX when HLE ≠ RTM; the TSX_CTRL
+/// error still leaves RCX 0.
+#[test]
+fn module_1_5_05_reports_leaf_7_on_hle_rtm_mismatch() {
+    let sim = host_1_5_05();
+    let mut tds = Tds::new(&sim);
+    tds.refused("HLE alone", &tsx(HLE), cpuid_invalid(), 0x7);
+    tds.refused("RTM alone", &tsx(RTM), cpuid_invalid(), 0x7);
+    tds.accepted("HLE and RTM", &tsx(HLE | RTM));
+    let sim = host_with(Profile::tdx_1_5_05(), |d| {
+        d.with_cpu(NativeCpu {
+            arch_capabilities: NativeCpu::default().arch_capabilities
+                & !NativeCpu::ARCH_CAP_TSX_CTRL,
+            ..NativeCpu::default()
+        })
+    });
+    let mut tds = Tds::new(&sim);
+    let status = TdxStatus::INCORRECT_MSR_VALUE.with_operand(OperandId(0x10A));
+    tds.refused("TSX without TSX_CTRL", &tsx(HLE | RTM), status, 0);
+    sim.check_invariants().unwrap();
+}
+
+/// ATTRIBUTES.LASS (bit 27): module 1.5.05 allows and reports it only on a
+/// CPU with LASS (`tdh_sys_init.c`); module 1.5.01 never.
+#[test]
+fn lass_is_a_1_5_05_attribute_on_a_cpu_with_lass() {
+    const LASS: u64 = 1 << 27;
+    let lass_cpu = NativeCpu {
+        lass: true,
+        ..NativeCpu::default()
+    };
+    let sys_fixed0 = |sim: &Simulator| {
+        let (s, out) = raw(
+            sim,
+            Leaf::SYS_RD.v0(),
+            [0, field::ATTRIBUTES_FIXED0.into_raw(), 0, 0, 0, 0],
+        );
+        ok("SYS.RD", s);
+        out.r8
+    };
+    let lass = params(|p| {
+        p.u64(0, LASS);
+    });
+    for (profile, cpu, allowed) in [
+        (Profile::tdx_1_5_05(), NativeCpu::default(), false),
+        (Profile::tdx_1_5_05(), lass_cpu, true),
+        (Profile::tdx_1_5(), lass_cpu, false),
+    ] {
+        let what = format!("{} lass {}", profile.name, cpu.lass);
+        let sim = host_with(profile, |d| d.with_cpu(cpu));
+        let fixed0 = 0x8000_0000_7000_0001 | if allowed { LASS } else { 0 };
+        assert_eq!(sys_fixed0(&sim), fixed0, "{what}");
+        let mut tds = Tds::new(&sim);
+        if allowed {
+            tds.accepted(&what, &lass);
+        } else {
+            tds.refused(&what, &lass, invalid(OperandId::ATTRIBUTES), 0);
+        }
+        sim.check_invariants().unwrap();
+    }
 }

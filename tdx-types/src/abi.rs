@@ -991,6 +991,51 @@ pub const CPUID_CONFIG_1_5_01: [CpuidConfigRule; NUM_CPUID_CONFIG_1_5_01] = {
     ]
 };
 
+/// `MAX_NUM_CPUID_CONFIG` of TDX module 1.5.05, its NUM_CPUID_CONFIG: 18
+/// CPUID entries in TD_PARAMS
+/// (`include/auto_gen/cpuid_configurations_defines.h` of 1.5.05).
+pub const NUM_CPUID_CONFIG_1_5_05: usize = 18;
+
+/// The configurable CPUID leaves of TDX module 1.5.05, in TD_PARAMS entry
+/// order (`cpuid_configurable`, `include/auto_gen/cpuid_configurations.c`
+/// of the `TDX 1.5.05` source).
+///
+/// Entries 0-11 are [`CPUID_CONFIG_1_5_01`]'s, except that leaf 7/1
+/// (entry 6) also allows EAX bit 26 and EDX bits 4, 5 and 10 (ALLOW_DIRECT
+/// EAX `0x04001D30`, EDX `0x00000430`). Entries 12-17 are CPUID(0x1F)
+/// sub-leaves 0-5, the TD's topology: CONFIG_DIRECT EAX `0x1F` (the
+/// x2APIC ID shift), EBX `0xFFFF` (logical processors at the level), ECX
+/// `0xFFFF` (level number and type), nothing in EDX.
+///
+/// The module checks the entries in the order of its CPUID lookup table,
+/// [`CPUID_CONFIG_ORDER_1_5_05`], then the 0x1F entries as a whole: all
+/// zero (the CPU's own topology), or levels of increasing type (SMT 1,
+/// CORE 2, MODULE 3, TILE 4, DIE 5) including CORE, ended by an INVALID
+/// (0) level or the sixth sub-leaf (`check_cpuid_1f`,
+/// `src/common/helpers/helpers.c`; `TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`).
+pub const CPUID_CONFIG_1_5_05: [CpuidConfigRule; NUM_CPUID_CONFIG_1_5_05] = {
+    let mut t = [CPUID_CONFIG_1_5_01[0]; NUM_CPUID_CONFIG_1_5_05];
+    let mut i = 0;
+    while i < NUM_CPUID_CONFIG_1_5_01 {
+        t[i] = CPUID_CONFIG_1_5_01[i];
+        i += 1;
+    }
+    t[6] = rule(0x7, 1, [0; 4], [0x0400_1D30, 0, 0, 0x0000_0430]);
+    let mut sub = 0;
+    while sub < 6 {
+        t[12 + sub] = rule(0x1F, sub as u32, [0x1F, 0xFFFF, 0xFFFF, 0], [0; 4]);
+        sub += 1;
+    }
+    t
+};
+
+/// The order in which TDX module 1.5.05 checks the entries of
+/// [`CPUID_CONFIG_1_5_05`]: the order of its CPUID lookup table (lookup
+/// indices 0-9, 14, 46-51 and 59), so entry 11 (leaf 0x23) comes after the
+/// 0x1F entries. Module 1.5.01 checks its 12 entries in entry order.
+pub const CPUID_CONFIG_ORDER_1_5_05: [usize; NUM_CPUID_CONFIG_1_5_05] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 11];
+
 /// The IA32_ARCH_CAPABILITIES bits TD_PARAMS may configure in TDX module
 /// 1.5.01: SSB_NO (4), RRSBA (19), BHI_NO (20), PBRSB_NO (24)
 /// (`IA32_ARCH_CAPABILITIES_CONFIG_MASK`, `src/common/x86_defs/msr_defs.h`;
@@ -999,7 +1044,8 @@ pub const CPUID_CONFIG_1_5_01: [CpuidConfigRule; NUM_CPUID_CONFIG_1_5_01] = {
 /// [`TdParams::ia32_arch_capabilities_config`] is refused, and so is any
 /// bit at all unless [`TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES`] is set
 /// (`init_virt_ia32_arch_capabilities`,
-/// `src/common/helpers/virt_msr_helpers.c`).
+/// `src/common/helpers/virt_msr_helpers.c`). Module 1.5.05 has the same
+/// mask.
 pub const IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01: u64 =
     (1 << 4) | (1 << 19) | (1 << 20) | (1 << 24);
 
@@ -1263,7 +1309,8 @@ impl fmt::Debug for EptpControls {
 /// module reads is that module's NUM_CPUID_CONFIG (see
 /// [`MAX_CPUID_CONFIGS`]); entries from NUM_CPUID_CONFIG on are the
 /// module's `reserved_3` and must stay zero
-/// ([`Self::first_nonzero_cpuid_value`]).
+/// ([`Self::first_nonzero_cpuid_value`]). Module 1.5.05 reads 18 entries ([`CPUID_CONFIG_1_5_05`]), so its
+/// `reserved_3` starts at byte 544.
 ///
 /// Linux's KVM definition (`struct td_params` in
 /// `arch/x86/kvm/vmx/tdx_arch.h`) has bytes 18..24 and 224..256 reserved.

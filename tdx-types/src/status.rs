@@ -216,6 +216,9 @@ status_codes! {
     NUM_ACTIVATED_HKIDS_NOT_SUPPORTED = 0xC000_0825_0000_0000,
     /// IA32_MISC_ENABLE limits CPUID's maximum leaf.
     LIMIT_CPUID_MAXVAL_SET = 0xC000_0901_0000_0000,
+    /// Module 1.5.05: TDH.MNG.INIT's CPUID(0x1F) topology configuration is
+    /// not a well-formed list of levels (`check_cpuid_1f`). Not in 1.5.01.
+    CPUID_LEAF_1F_FORMAT_UNRECOGNIZED = 0xC000_0904_0000_0000,
     /// An MSR differs between logical processors; the operand is the MSR.
     INCONSISTENT_MSR = 0xC000_0920_0000_0000,
     /// An MSR has a value the module does not accept.
@@ -999,7 +1002,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 100);
+        assert_eq!(NAMED_STATUSES.len(), 101);
     }
 
     #[test]

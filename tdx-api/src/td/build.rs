@@ -8,8 +8,9 @@ use tdx_sys::leaf;
 use tdx_types::{
     FirmwarePage, Gpa, Leaf, PfnRange, PfnRun, Size4K, TdxLevel,
     abi::{
-        CPUID_CONFIG_1_5_01, CPUID_SUBLEAF_NONE, IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01,
-        NUM_CPUID_CONFIG_1_5_01, TSC_FREQUENCY_MAX, TSC_FREQUENCY_MIN, TdParams,
+        CPUID_CONFIG_1_5_01, CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05, CPUID_SUBLEAF_NONE,
+        CpuidConfigRule, IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01, TSC_FREQUENCY_MAX,
+        TSC_FREQUENCY_MIN, TdParams,
     },
 };
 use zerocopy::IntoBytes;
@@ -142,9 +143,9 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
 /// against what the module reports in `info`; returns the EPT levels (4 or
 /// 5). [`Td::init`] calls it before any SEAMCALL; a VMM may call it earlier.
 ///
-/// The rules are TDX module 1.5.01's (`tdh_mng_init.c` and the helpers it
-/// calls, `helpers.c`, `virt_msr_helpers.c`), and the first one broken is
-/// the one the module would report:
+/// The rules are TDX module 1.5.01's and 1.5.05's (`tdh_mng_init.c` and the
+/// helpers it calls, `helpers.c`, `virt_msr_helpers.c`), and the first one
+/// broken is the one the module would report:
 ///
 /// 1. ATTRIBUTES within ATTRIBUTES_FIXED0/1; a migratable TD neither DEBUG
 ///    nor PERFMON.
@@ -163,15 +164,20 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
 ///    zero.
 /// 6. Each CPUID entry only with bits the module lets the host configure,
 ///    when the module's configurable leaves are module 1.5.01's
-///    ([`CPUID_CONFIG_1_5_01`]): the metadata reports only the
+///    ([`CPUID_CONFIG_1_5_01`], checked in entry order) or 1.5.05's
+///    ([`CPUID_CONFIG_1_5_05`], checked in the module's order,
+///    [`CPUID_CONFIG_ORDER_1_5_05`]): the metadata reports only the
 ///    CONFIG_DIRECT bits of each leaf, not the ALLOW_DIRECT ones, so the
-///    library knows the full masks only for that list. For another list
+///    library knows the full masks only for those lists. For another list
 ///    the bits are left to the module.
-/// 7. Every CPUID entry from the module's NUM_CPUID_CONFIG on zero (the
+/// 7. With 1.5.05's list, the CPUID(0x1F) entries all zero or a well-formed
+///    topology ([`ParamsError::CpuidTopology`]).
+/// 8. Every CPUID entry from the module's NUM_CPUID_CONFIG on zero (the
 ///    module's `reserved_3`).
-/// 8. `ia32_arch_capabilities_config` zero unless msr_config_ctls bit 0 is
-///    set; and, with module 1.5.01's CPUID list, only the bits of
-///    [`IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01`].
+/// 9. `ia32_arch_capabilities_config` zero unless msr_config_ctls bit 0 is
+///    set; and, with either known CPUID list, only the bits of
+///    [`IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01`] (1.5.05 has the same
+///    mask).
 ///
 /// Left to the module, because they depend on the CPU and `SysInfo` does
 /// not say: whether the CPU has 5-level EPT and a physical address width
@@ -202,7 +208,10 @@ pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsErr
         return Err(ParamsError::Xfam(xfam));
     }
     let all_or_none = |mask: u64| xfam & mask == 0 || xfam & mask == mask;
-    let rule = if xfam & TdParams::XFAM_AVX512 != 0 && xfam & TdParams::XFAM_AVX == 0 {
+    // The module's AVX rule is about bit 5 (opmask) only; bits 6/7
+    // without AVX and without bit 5 break the "together" rule.
+    const XFAM_AVX512_OPMASK: u64 = 1 << 5;
+    let rule = if xfam & XFAM_AVX512_OPMASK != 0 && xfam & TdParams::XFAM_AVX == 0 {
         Some(XfamRule::Avx512NeedsAvx)
     } else if !all_or_none(TdParams::XFAM_AVX512) {
         Some(XfamRule::Avx512Together)
@@ -255,14 +264,27 @@ pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsErr
     }
     reserved(232..256)?;
     let count = info.cpuid_config.len();
-    let module_1_5_01 = count == NUM_CPUID_CONFIG_1_5_01
-        && info
-            .cpuid_config
-            .iter()
-            .zip(&CPUID_CONFIG_1_5_01)
-            .all(|(&(leaf, _), rule)| leaf == rule.leaf_subleaf());
-    if module_1_5_01 {
-        for (index, rule) in CPUID_CONFIG_1_5_01.iter().enumerate() {
+    let same_leaves = |table: &[CpuidConfigRule]| {
+        count == table.len()
+            && info
+                .cpuid_config
+                .iter()
+                .zip(table)
+                .all(|(&(leaf, _), rule)| leaf == rule.leaf_subleaf())
+    };
+    // The module's CPUID table, when the library knows it, and the order
+    // the module checks its entries in.
+    const ORDER_1_5_01: [usize; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+    let known: Option<(&[CpuidConfigRule], &[usize], bool)> = if same_leaves(&CPUID_CONFIG_1_5_01) {
+        Some((&CPUID_CONFIG_1_5_01, &ORDER_1_5_01, false))
+    } else if same_leaves(&CPUID_CONFIG_1_5_05) {
+        Some((&CPUID_CONFIG_1_5_05, &CPUID_CONFIG_ORDER_1_5_05, true))
+    } else {
+        None
+    };
+    if let Some((table, order, topology)) = known {
+        for &index in order {
+            let rule = &table[index];
             let values = p.cpuid_values()[index];
             if let Some((r, bits)) = rule.refused_bits(&values) {
                 return Err(ParamsError::CpuidBits {
@@ -274,6 +296,13 @@ pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsErr
                 });
             }
         }
+        if topology {
+            let subleaves: [[u32; 4]; 6] =
+                core::array::from_fn(|s| p.cpuid_values()[12 + s].registers());
+            if let Some(subleaf) = cpuid_1f_error(&subleaves) {
+                return Err(ParamsError::CpuidTopology { subleaf });
+            }
+        }
     }
     if let Some(index) = p.first_nonzero_cpuid_value(count) {
         return Err(ParamsError::CpuidEntryUnused { index, count });
@@ -282,13 +311,40 @@ pub fn check_params(info: &crate::SysInfo, p: &TdParams) -> Result<u8, ParamsErr
     if arch != 0 && p.msr_config_ctls() & TdParams::MSR_CONFIG_IA32_ARCH_CAPABILITIES == 0 {
         return Err(ParamsError::ArchCapabilitiesNotEnabled(arch));
     }
-    if module_1_5_01 && arch & !IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01 != 0 {
+    if known.is_some() && arch & !IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01 != 0 {
         return Err(ParamsError::ArchCapabilities {
             config: arch,
             bits: arch & !IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01,
         });
     }
     Ok(pwl + 1)
+}
+
+/// Module 1.5.05's check of the six CPUID(0x1F) entries (`check_cpuid_1f`,
+/// `src/common/helpers/helpers.c`): `None` if all are zero (the module
+/// then takes the CPU's own topology) or they list levels of increasing
+/// type (ECX bits 15:8: SMT 1, CORE 2, MODULE 3, TILE 4, DIE 5) including
+/// CORE, ended by an INVALID (0) level or the sixth sub-leaf; else the
+/// first sub-leaf found wrong. As in the module, a level after an INVALID
+/// one is compared with INVALID.
+fn cpuid_1f_error(subleaves: &[[u32; 4]; 6]) -> Option<u32> {
+    if subleaves[0] == [0; 4] {
+        return (1u32..6).find(|&s| subleaves[s as usize] != [0; 4]);
+    }
+    let (mut prev, mut core) = (0, false);
+    for (s, regs) in (0u32..).zip(subleaves) {
+        let level = regs[2] >> 8 & 0xFF;
+        if level != 0 {
+            if level <= prev || level >= 6 {
+                return Some(s);
+            }
+            core |= level == 2;
+        } else if s == 0 || !core {
+            return Some(s);
+        }
+        prev = level;
+    }
+    None
 }
 
 impl<H: TdHostRef> Td<Initialized, H> {
@@ -393,12 +449,13 @@ impl<H: TdHostRef> Td<Initialized, H> {
 mod tests {
     use alloc::vec::Vec;
 
-    use tdx_types::metadata::TdxFeatures0;
+    use tdx_types::{abi::CpuidValues, metadata::TdxFeatures0};
     use zerocopy::FromBytes;
 
     use super::*;
 
-    /// What a module 1.5.01 on the simulator's default CPU reports.
+    /// What a module 1.5.01 on the simulator's default CPU reports (it has
+    /// no MAX_VCPUS_PER_TD field).
     fn info() -> crate::SysInfo {
         crate::SysInfo {
             version: None,
@@ -411,7 +468,7 @@ mod tests {
             tdvps_base_size: 6 * 4096,
             attributes_fixed: (TdParams::ATTRIBUTES_FIXED0_1_5_01, 0),
             xfam_fixed: (0x6_1BE7, 3),
-            max_vcpus_per_td: Some(576),
+            max_vcpus_per_td: None,
             cpuid_config: CPUID_CONFIG_1_5_01
                 .iter()
                 .map(|r| (r.leaf_subleaf(), r.config_direct.to_metadata()))
@@ -429,6 +486,118 @@ mod tests {
         p.set_eptp_controls(tdx_types::abi::EptpControls::from_raw(0x1e));
         p.set_tsc_frequency(100);
         p
+    }
+
+    /// [`info`] with module 1.5.05's CPUID list and MAX_VCPUS_PER_TD.
+    fn info_1_5_05() -> crate::SysInfo {
+        crate::SysInfo {
+            max_vcpus_per_td: Some(576),
+            cpuid_config: CPUID_CONFIG_1_5_05
+                .iter()
+                .map(|r| (r.leaf_subleaf(), r.config_direct.to_metadata()))
+                .collect::<Vec<_>>(),
+            ..info()
+        }
+    }
+
+    fn with_cpuid(mut p: TdParams, entries: &[(usize, [u32; 4])]) -> TdParams {
+        for &(i, [a, b, c, d]) in entries {
+            p.set_cpuid_value(i, CpuidValues::new(a, b, c, d)).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn module_1_5_05s_cpuid_rules() {
+        let info5 = info_1_5_05();
+        let lvl = |n: u32, t: u32| n | t << 8;
+        let smt_core = [(12, [1, 2, lvl(0, 1), 0]), (13, [4, 16, lvl(1, 2), 0])];
+        // Leaf 7/1 EAX bit 26 and EDX 0x430; a topology in entries 12-13.
+        let p = with_cpuid(base(), &[(6, [1 << 26, 0, 0, 0x430])]);
+        assert_eq!(check_params(&info5, &with_cpuid(p, &smt_core)), Ok(4));
+        // 1.5.01 refuses bit 26 (and entry 12 is reserved there).
+        let p = with_cpuid(base(), &[(6, [1 << 26, 0, 0, 0])]);
+        assert!(matches!(
+            check_params(&info(), &p),
+            Err(ParamsError::CpuidBits { index: 6, .. })
+        ));
+        // Entry 11 (0x23) is checked after the 0x1F entries.
+        let p = with_cpuid(base(), &[(11, [0x10, 0, 0, 0]), (14, [0, 0, 0, 1])]);
+        assert!(matches!(
+            check_params(&info5, &p),
+            Err(ParamsError::CpuidBits {
+                index: 14,
+                leaf: 0x1F,
+                subleaf: 2,
+                register: "EDX",
+                bits: 1
+            })
+        ));
+        // Topologies: SMT alone, CORE then SMT, a gap after a zero
+        // sub-leaf 0.
+        for (entries, subleaf) in [
+            (alloc::vec![(12, [1, 2, lvl(0, 1), 0])], 1),
+            (
+                alloc::vec![(12, [3, 8, lvl(0, 2), 0]), (13, [4, 16, lvl(1, 1), 0])],
+                1,
+            ),
+            (alloc::vec![(14, [1, 2, lvl(0, 1), 0])], 2),
+        ] {
+            assert_eq!(
+                check_params(&info5, &with_cpuid(base(), &entries)),
+                Err(ParamsError::CpuidTopology { subleaf }),
+                "{entries:?}"
+            );
+        }
+        // The topology comes before reserved_3 (entry 18).
+        let p = with_cpuid(base(), &[(12, [1, 2, lvl(0, 1), 0]), (18, [1, 0, 0, 0])]);
+        assert_eq!(
+            check_params(&info5, &p),
+            Err(ParamsError::CpuidTopology { subleaf: 1 })
+        );
+        let p = with_cpuid(base(), &[(18, [1, 0, 0, 0])]);
+        assert_eq!(
+            check_params(&info5, &p),
+            Err(ParamsError::CpuidEntryUnused {
+                index: 18,
+                count: 18
+            })
+        );
+    }
+
+    #[test]
+    fn the_vcpu_limit_with_and_without_max_vcpus_per_td() {
+        let mut p = base();
+        p.set_max_vcpus(0xFFFF);
+        assert_eq!(check_params(&info(), &p), Ok(4), "1.5.01: 0xFFFF");
+        assert_eq!(
+            check_params(&info_1_5_05(), &p),
+            Err(ParamsError::MaxVcpus {
+                asked: 0xFFFF,
+                max: 576
+            })
+        );
+        p.set_max_vcpus(576);
+        assert_eq!(check_params(&info_1_5_05(), &p), Ok(4));
+    }
+
+    #[test]
+    fn the_avx512_labels() {
+        for (xfam, rule) in [
+            (0x23, XfamRule::Avx512NeedsAvx),
+            (0xE3, XfamRule::Avx512NeedsAvx),
+            (0x43, XfamRule::Avx512Together),
+            (0xC3, XfamRule::Avx512Together),
+            (0x67, XfamRule::Avx512Together),
+        ] {
+            let mut p = base();
+            p.set_xfam(xfam);
+            assert_eq!(
+                check_params(&info(), &p),
+                Err(ParamsError::XfamCombination { xfam, rule }),
+                "{xfam:#x}"
+            );
+        }
     }
 
     #[test]

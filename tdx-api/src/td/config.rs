@@ -73,7 +73,10 @@ pub struct TdConfig {
     /// order (index into that list, values); unset entries stay zero.
     /// The module reads as many entries as it has configurable leaves (12
     /// on TDX module 1.5.01, [`CPUID_CONFIG_1_5_01`] lists them with the
-    /// bits each may set); an entry past them is refused.
+    /// bits each may set; 18 on 1.5.05,
+    /// [`CPUID_CONFIG_1_5_05`](tdx_types::abi::CPUID_CONFIG_1_5_05), whose
+    /// entries 12-17 are the CPUID(0x1F) topology, all zero for the CPU's
+    /// own); an entry past them is refused.
     #[builder(default)]
     pub cpuid: alloc::vec::Vec<(usize, CpuidValues)>,
     /// The TD's virtual IA32_ARCH_CAPABILITIES configuration: `Some` sets

@@ -125,6 +125,14 @@ pub enum ParamsError {
         /// The bits that are not configurable.
         bits: u32,
     },
+    /// Module 1.5.05: the CPUID(0x1F) entries (the TD's topology) are
+    /// neither all zero nor levels of increasing type that include CORE
+    /// (`TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED`, RCX 0).
+    #[error("the CPUID(0x1F) topology is not well formed at sub-leaf {subleaf}")]
+    CpuidTopology {
+        /// The first sub-leaf the module finds wrong.
+        subleaf: u32,
+    },
     /// `ia32_arch_capabilities_config` is not zero but `msr_config_ctls`
     /// bit 0 is clear
     /// (`TDX_OPERAND_INVALID|IA32_ARCH_CAPABILITIES_CONFIG`).
@@ -146,7 +154,9 @@ pub enum ParamsError {
 /// `src/common/helpers/helpers.c` of TDX module 1.5.01).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum XfamRule {
-    /// AVX-512 (bits 7:5) needs AVX (bit 2).
+    /// AVX-512's opmask state (bit 5) needs AVX (bit 2) (`check_xfam`
+    /// tests bit 5 alone; bits 6 and 7 follow it by
+    /// [`Self::Avx512Together`]).
     Avx512NeedsAvx,
     /// The three AVX-512 components (bits 7:5) go together.
     Avx512Together,
@@ -159,7 +169,7 @@ pub enum XfamRule {
 impl fmt::Display for XfamRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Avx512NeedsAvx => "AVX-512 (bits 7:5) needs AVX (bit 2)",
+            Self::Avx512NeedsAvx => "AVX-512's opmask (bit 5) needs AVX (bit 2)",
             Self::Avx512Together => "AVX-512's bits 7:5 must be all set or all clear",
             Self::CetTogether => "CET's bits 12:11 must be both set or both clear",
             Self::AmxTogether => "AMX's bits 18:17 must be both set or both clear",

@@ -299,7 +299,7 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
         }
         // Until an entry's fate is stored, it stays in `slots`: if the kick
         // or a platform callback panics, `Drop` marks what is left blocked.
-        let tracked = self.td.track();
+        let tracked = self.td.track(kick);
         if tracked.is_ok() {
             kick();
         }
@@ -797,7 +797,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             }
         }
         if blocked.iter().any(|&w| w != 0) {
-            let tracked = self.track();
+            let tracked = self.track(kick);
             if tracked.is_ok() {
                 kick();
             }
@@ -861,7 +861,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // Blocked now: if TRACK fails, or the kick or a callback panics, the
         // entry stays blocked and the TD's, for a later removal.
         let undo = Restore::new(slot, Entry::Leaf(first, Hold::Blocked));
-        self.track()?;
+        self.track(kick)?;
         kick();
         undo.disarm();
         match self.remove_entry(info, gpa, slot, first) {
@@ -1004,12 +1004,28 @@ impl<H: TdHostRef> Td<Finalized, H> {
         })
     }
 
-    /// TDH.MEM.TRACK.
-    fn track(&self) -> Result<(), TdError> {
+    /// TDH.MEM.TRACK. `TDX_PREVIOUS_TLB_EPOCH_BUSY` means vCPUs that
+    /// entered the guest before the last TRACK are still there (that
+    /// TRACK's kick did not make them leave, or a removal stopped after it):
+    /// no number of retries changes that, a kick does. So the first such
+    /// answer calls `kick` before the retries.
+    fn track(&self, kick: &dyn Fn()) -> Result<(), TdError> {
         let (b, tdr) = (self.b(), self.tdr());
+        // SAFETY: TRACK moves no page.
+        let first = unsafe { leaf::tdh_mem_track(b, tdr) };
+        if !first.is_error() {
+            return Ok(());
+        }
+        if super::same_code(first, TdxStatus::PREVIOUS_TLB_EPOCH_BUSY) {
+            kick();
+        }
+        // The retries judge the first answer too (a hard failure stays one).
+        let mut first = Some(first);
         self.retry(Leaf::MEM_TRACK.v0(), Operand::Tdr, || {
-            // SAFETY: TRACK moves no page.
-            unsafe { leaf::tdh_mem_track(b, tdr) }
+            first.take().unwrap_or_else(|| {
+                // SAFETY: as above.
+                unsafe { leaf::tdh_mem_track(b, tdr) }
+            })
         })
         .map(|_| ())
     }
@@ -1121,10 +1137,10 @@ impl<H: TdHostRef> Td<Finalized, H> {
             false,
         ))?;
         self.block(info, gpa).map_err(|e| (e, false))?;
-        if let Err(e) = self.track() {
+        if let Err(e) = self.track(kick) {
             // The entry is blocked but the block is not tracked: try once
             // more to track it, kick, and unblock, so it stays usable.
-            let blocked = !(self.track().is_ok() && {
+            let blocked = !(self.track(kick).is_ok() && {
                 kick();
                 self.unblock(gpa, level)
             });
@@ -1427,7 +1443,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         if already_blocked {
             // A failed merge or removal left the entry blocked: TRACK and
             // kick, then resume.
-            self.track().map_err(|e| (e, true))?;
+            self.track(kick).map_err(|e| (e, true))?;
             kick();
         } else {
             self.block_track(gpa, level, kick)?;

@@ -2,6 +2,9 @@
 //! entry's base field ID, number of fields and of elements per field, and
 //! the host's read and write masks in a production and in a debug TD.
 //!
+//! These tables restate, as data, Intel's generated lookup tables from the
+//! MIT-licensed Intel TDX module source.
+//!
 //! The numbers restate the module's generated lookup tables
 //! (`include/auto_gen/tdr_tdcs_fields_lookup.c`, `tdvps_fields_lookup.c`,
 //! `td_vmcs_fields_lookup.c`) of `intel/tdx-module` at tag `TDX_1.5.01`,

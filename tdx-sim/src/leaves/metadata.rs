@@ -63,7 +63,7 @@ const SUBLEAF_NA: u32 = u32::MAX;
 /// `include/auto_gen/cpuid_configurations.c`, module 1.5.01): leaf,
 /// sub-leaf, faulting. TDH.MNG.INIT marks every non-faulting entry valid
 /// (`tdh_mng_init.c`), so those read; faulting ones do not.
-const CPUID_LOOKUP: [(u32, u32, bool); 64] = [
+const CPUID_LOOKUP_1_5_01: [(u32, u32, bool); 64] = [
     (0x1, SUBLEAF_NA, false),
     (0x4, 0, false),
     (0x4, 1, false),
@@ -130,10 +130,40 @@ const CPUID_LOOKUP: [(u32, u32, bool); 64] = [
     (0x5, SUBLEAF_NA, false),
 ];
 
+/// Module 1.5.05's CPUID lookup table (`MAX_NUM_CPUID_LOOKUP` 68, same
+/// file): 1.5.01's 64 entries with CPUID(0x1F) sub-leaves 0-5 (indices
+/// 46-51) no longer faulting (they are configurable), then 0xB sub-leaves
+/// 0-2 (64-66) and 0x1A (67).
+const CPUID_LOOKUP_1_5_05: [(u32, u32, bool); 68] = {
+    let mut t = [(0, 0, false); 68];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = CPUID_LOOKUP_1_5_01[i];
+        if t[i].0 == 0x1F {
+            t[i].2 = false;
+        }
+        i += 1;
+    }
+    t[64] = (0xB, 0, false);
+    t[65] = (0xB, 1, false);
+    t[66] = (0xB, 2, false);
+    t[67] = (0x1A, SUBLEAF_NA, false);
+    t
+};
+
+/// The CPUID lookup table of the module whose metadata tables are
+/// `layout`.
+fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
+    match layout {
+        MetadataTables::Tdx1_5_01 => &CPUID_LOOKUP_1_5_01,
+        MetadataTables::Tdx1_5_05 => &CPUID_LOOKUP_1_5_05,
+    }
+}
+
 /// `get_cpuid_lookup_entry` (`src/common/helpers/helpers.c`): the first
 /// entry of the leaf whose sub-leaf is `subleaf` or not applicable.
-fn cpuid_index(leaf: u32, subleaf: u32) -> Option<usize> {
-    CPUID_LOOKUP
+fn cpuid_index(lookup: &[(u32, u32, bool)], leaf: u32, subleaf: u32) -> Option<usize> {
+    lookup
         .iter()
         .position(|&(l, s, _)| l == leaf && (s == SUBLEAF_NA || s == subleaf))
 }
@@ -207,6 +237,8 @@ enum Ctx {
 struct Tables {
     ctx: Ctx,
     list: [&'static [MdEntry]; 2],
+    /// The CPUID lookup table the CPUID class walks.
+    cpuid: &'static [(u32, u32, bool)],
 }
 
 impl Tables {
@@ -221,6 +253,7 @@ impl Tables {
                 Self {
                     ctx,
                     list: [&t[..t.len() - unused], &[]],
+                    cpuid: cpuid_lookup(layout),
                 }
             }
             Ctx::Vp => {
@@ -228,6 +261,7 @@ impl Tables {
                 Self {
                     ctx,
                     list: [&md_tables::TD_VMCS, &v[..v.len() - 3 * unused]],
+                    cpuid: cpuid_lookup(layout),
                 }
             }
         }
@@ -271,7 +305,7 @@ impl Tables {
     fn first_of(&self, pos: (usize, usize)) -> MdFieldId {
         let id = MdFieldId::from_raw(self.entry(pos).id);
         if self.is_cpuid(id) {
-            let (l, s, _) = CPUID_LOOKUP[0];
+            let (l, s, _) = self.cpuid[0];
             with_cpuid(id, l, s)
         } else {
             id
@@ -299,8 +333,8 @@ impl Tables {
                 return Some((pos, id.with_field_code(id.field_code() | 1)));
             }
             let (leaf, subleaf) = cpuid_leaf_subleaf(id.field_code());
-            if let Some(i) = cpuid_index(leaf, subleaf)
-                && let Some(&(l, s, _)) = CPUID_LOOKUP.get(i + 1)
+            if let Some(i) = cpuid_index(self.cpuid, leaf, subleaf)
+                && let Some(&(l, s, _)) = self.cpuid.get(i + 1)
             {
                 return Some((pos, with_cpuid(id, l, s)));
             }
@@ -348,14 +382,14 @@ fn key(id: MdFieldId) -> u64 {
 /// The checks `md_td_get_element` makes on a CPUID-class ID:
 /// reserved code bits or an unknown leaf are FIELD_ID_INCORRECT, a
 /// faulting leaf FIELD_NOT_READABLE (for writes too).
-fn check_cpuid(id: MdFieldId) -> Result<(), TdxStatus> {
+fn check_cpuid(lookup: &[(u32, u32, bool)], id: MdFieldId) -> Result<(), TdxStatus> {
     if id.field_code() >> 17 != 0 {
         return Err(TdxStatus::METADATA_FIELD_ID_INCORRECT);
     }
     let (leaf, subleaf) = cpuid_leaf_subleaf(id.field_code());
-    match cpuid_index(leaf, subleaf) {
+    match cpuid_index(lookup, leaf, subleaf) {
         None => Err(TdxStatus::METADATA_FIELD_ID_INCORRECT),
-        Some(i) if CPUID_LOOKUP[i].2 => Err(TdxStatus::METADATA_FIELD_NOT_READABLE),
+        Some(i) if lookup[i].2 => Err(TdxStatus::METADATA_FIELD_NOT_READABLE),
         Some(_) => Ok(()),
     }
 }
@@ -369,6 +403,8 @@ struct TdView<'a> {
     td: &'a Td,
     ctl: &'a TdCtl,
     hkid_start: u32,
+    /// The module's CPUID lookup table.
+    cpuid: &'static [(u32, u32, bool)],
 }
 
 impl TdView<'_> {
@@ -431,13 +467,13 @@ impl TdView<'_> {
             "TSC_MULTIPLIER" => ctl.tsc_multiplier,
             "TSC_FREQUENCY" => self.param(40, 2),
             // `md_td_get_element` answers the size of the lookup table.
-            "NUM_CPUID_VALUES" => CPUID_LOOKUP.len() as u64,
+            "NUM_CPUID_VALUES" => self.cpuid.len() as u64,
             // 1 s, set by TDH.MNG.INIT (`tdh_mng_init.c`), read in µs.
             "HP_LOCK_TIMEOUT" => 1_000_000,
             "CONFIG_FLAGS" => self.param(32, 8),
             // PENDING_VE_DISABLE from ATTRIBUTES.SEPT_VE_DISABLE.
             "TD_CTLS" => (ctl.attributes >> 28) & 1,
-            "CPUID_VALID" => CPUID_LOOKUP.get(i).map_or(0, |c| u64::from(!c.2)),
+            "CPUID_VALID" => self.cpuid.get(i).map_or(0, |c| u64::from(!c.2)),
             "TD_EPOCH" => td.td_epoch(),
             "MRTD" => ctl.mrtd.map_or(0, |m| {
                 u64::from_le_bytes(m[8 * i..8 * i + 8].try_into().expect("8 bytes"))
@@ -585,12 +621,13 @@ pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) 
         .ok_or(TdxStatus::METADATA_FIELD_ID_INCORRECT)?;
     let e = tables.entry(pos);
     if tables.is_cpuid(id) {
-        check_cpuid(id)?;
+        check_cpuid(tables.cpuid, id)?;
     }
     let current = TdView {
         td,
         ctl: &td.ctl(),
         hkid_start: s.machine.hkid_start,
+        cpuid: tables.cpuid,
     }
     .value(e, id);
     if write_op {
@@ -700,6 +737,7 @@ pub(crate) fn vp_rd_wr(
             td,
             ctl: &ctl,
             hkid_start: s.machine.hkid_start,
+            cpuid: cpuid_lookup(s.machine.desc.profile.metadata),
         };
         s.vcpus
             .with(v, |vc| VpView { td: &tdv, vcpu: vc }.value(e, id))

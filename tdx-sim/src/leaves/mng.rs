@@ -203,7 +203,7 @@ pub(crate) fn check_td_params(
     // FIXED0/FIXED1, and a migratable TD is neither a debug TD nor uses
     // PERFMON.
     let attributes = u64_at(0);
-    if !fixed(attributes, prof.attributes_fixed0, prof.attributes_fixed1)
+    if !fixed(attributes, desc.attributes_fixed0(), prof.attributes_fixed1)
         || (attributes & ATTR_MIGRATABLE != 0 && attributes & (ATTR_DEBUG | ATTR_PERFMON) != 0)
     {
         return Err(invalid(OperandId::ATTRIBUTES));
@@ -284,6 +284,9 @@ pub(crate) fn check_td_params(
     }
 
     check_cpuid_config(desc, migratable, p)?;
+    if prof.cpuid_1f_topology {
+        check_cpuid_1f(p, &prof.cpuid_config)?;
+    }
 
     // reserved_3: everything after the module's CPUID entries.
     if !zero(CPUID_OFFSET + 16 * prof.cpuid_config.len()..1024) {
@@ -315,25 +318,35 @@ pub(crate) fn check_td_params(
     })
 }
 
+/// TD_PARAMS CPUID entry `i`: EAX, EBX, ECX, EDX.
+fn cpuid_entry(p: &[u8; 1024], i: usize) -> [u32; 4] {
+    let at = CPUID_OFFSET + 16 * i;
+    core::array::from_fn(|j| {
+        u32::from_le_bytes(p[at + 4 * j..at + 4 * j + 4].try_into().expect("4 bytes"))
+    })
+}
+
 /// The CPUID configuration checks of `read_and_set_cpuid_configurations`
-/// (tdh_mng_init.c). The module walks its CPUID lookup table; the
-/// configurable leaves sit in it in TD_PARAMS entry order (lookup indices
-/// 0-9, 14 and 59 for entries 0-11, `cpuid_configurable` in
-/// include/auto_gen/cpuid_configurations.c), so the walk here is in entry
-/// order. For each entry: EAX, EBX, ECX, EDX each only with configurable
-/// bits (RCX := leaf/subleaf); after leaf 1, its family/model/stepping
-/// (RCX := leaf/subleaf); after leaf 7/0, the TSX rules (RCX stays 0).
+/// (tdh_mng_init.c). The module walks its CPUID lookup table, so the
+/// entries are checked in lookup order ([`CpuidConfig::lookup_index`]:
+/// entries 0-9, 10, 11 in 1.5.01; 0-9, 10, 12-17, 11 in 1.5.05). For
+/// each entry: EAX, EBX, ECX, EDX each only with configurable bits (RCX :=
+/// leaf/subleaf); after leaf 1, its family/model/stepping (RCX :=
+/// leaf/subleaf); after leaf 7/0, the TSX rules (RCX stays 0 in 1.5.01 and
+/// is leaf 7/0 in 1.5.05 when HLE ≠ RTM, never on the TSX_CTRL error).
+///
+/// [`CpuidConfig::lookup_index`]: crate::CpuidConfig::lookup_index
 fn check_cpuid_config(
     desc: &MachineDesc,
     migratable: bool,
     p: &[u8; 1024],
 ) -> Result<(), InitError> {
     let cpu = &desc.cpu;
-    for (i, entry) in desc.profile.cpuid_config.iter().enumerate() {
-        let at = CPUID_OFFSET + 16 * i;
-        let v: [u32; 4] = core::array::from_fn(|j| {
-            u32::from_le_bytes(p[at + 4 * j..at + 4 * j + 4].try_into().expect("4 bytes"))
-        });
+    let mut order: Vec<usize> = (0..desc.profile.cpuid_config.len()).collect();
+    order.sort_by_key(|&i| desc.profile.cpuid_config[i].lookup_index);
+    for i in order {
+        let entry = &desc.profile.cpuid_config[i];
+        let v = cpuid_entry(p, i);
         let refused = InitError {
             status: op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG),
             rcx: entry.leaf_subleaf(),
@@ -361,14 +374,22 @@ fn check_cpuid_config(
             }
             // Leaf 7/0 EBX: HLE (4) and RTM (11) are ALLOW_DIRECT, not
             // masked by XFAM: the TD sees configured & native. They must
-            // be equal (`TDX_OPERAND_INVALID|CPUID_CONFIG`, RCX not set),
-            // and TSX needs IA32_ARCH_CAPABILITIES.TSX_CTRL
+            // be equal (`TDX_OPERAND_INVALID|CPUID_CONFIG`; RCX not set by
+            // 1.5.01, leaf 7/0 by 1.5.05), and TSX needs
+            // IA32_ARCH_CAPABILITIES.TSX_CTRL
             // (`TDX_INCORRECT_MSR_VALUE|0x10A`).
             (0x7, Some(0)) => {
                 let hle = v[1] >> 4 & 1 == 1 && cpu.hle;
                 let rtm = v[1] >> 11 & 1 == 1 && cpu.rtm;
                 if hle != rtm {
-                    return Err(op(TdxStatus::OPERAND_INVALID, OperandId::CPUID_CONFIG).into());
+                    return Err(InitError {
+                        rcx: if desc.profile.hle_rtm_error_sets_rcx {
+                            entry.leaf_subleaf()
+                        } else {
+                            0
+                        },
+                        ..refused
+                    });
                 }
                 if hle && cpu.arch_capabilities & NativeCpu::ARCH_CAP_TSX_CTRL == 0 {
                     return Err(
@@ -378,6 +399,52 @@ fn check_cpuid_config(
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The CPUID(0x1F) level types (`cpuid_topology_level_type_e`,
+/// src/common/x86_defs/x86_defs.h): INVALID 0, SMT 1, CORE 2, MODULE 3,
+/// TILE 4, DIE 5; 6 is the end of the range.
+const LEVEL_CORE: u32 = 2;
+const LEVEL_MAX: u32 = 6;
+
+/// `check_cpuid_1f` with a null configuration allowed (src/common/helpers/
+/// helpers.c, module 1.5.05), after the CPUID walk: the six CPUID(0x1F)
+/// sub-leaves as configured (only CONFIG_DIRECT bits are left, so the
+/// TD's value is the configured one). All six zero: the CPU's own
+/// topology, which the model takes to be well formed. Otherwise, walking
+/// the sub-leaves: a zero sub-leaf 0 with a nonzero later one, a level
+/// type (ECX 15:8) not above the previous sub-leaf's or 6 and above, an
+/// INVALID (0) sub-leaf 0, or an INVALID sub-leaf before any CORE level
+/// is `TDX_CPUID_LEAF_1F_FORMAT_UNRECOGNIZED` (RCX stays 0). As in the
+/// module, an INVALID level resets "the previous level".
+fn check_cpuid_1f(p: &[u8; 1024], table: &[crate::CpuidConfig]) -> Result<(), InitError> {
+    let bad = || InitError::from(TdxStatus::CPUID_LEAF_1F_FORMAT_UNRECOGNIZED);
+    let sub = |s: u32| {
+        table
+            .iter()
+            .position(|c| c.leaf == 0x1F && c.subleaf == Some(s))
+            .map_or([0; 4], |i| cpuid_entry(p, i))
+    };
+    if sub(0) == [0; 4] {
+        if (1..LEVEL_MAX).any(|s| sub(s) != [0; 4]) {
+            return Err(bad());
+        }
+        return Ok(());
+    }
+    let (mut prev, mut core) = (0, false);
+    for s in 0..LEVEL_MAX {
+        let level = sub(s)[2] >> 8 & 0xFF;
+        if level != 0 {
+            if level <= prev || level >= LEVEL_MAX {
+                return Err(bad());
+            }
+            core |= level == LEVEL_CORE;
+        } else if s == 0 || !core {
+            return Err(bad());
+        }
+        prev = level;
     }
     Ok(())
 }
