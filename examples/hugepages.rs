@@ -54,8 +54,8 @@ fn main() {
     // The kick. PROMOTE (also inside `map_1g`), DEMOTE and removal need
     // every vCPU of this TD out of the guest after TDH.MEM.TRACK: in a real
     // VMM this IPIs the CPUs running this TD's vCPUs and waits until each
-    // has left the guest at least once. Here no vCPU runs (the simulator
-    // has no TDH.VP.ENTER), so there is nothing to interrupt: it only
+    // has left the guest at least once. Here no vCPU runs (this example
+    // never enters one), so there is nothing to interrupt: it only
     // counts.
     let kicks = Cell::new(0u32);
     let kick_vcpus = || kicks.set(kicks.get() + 1);

@@ -98,7 +98,7 @@ fn main() {
     //    frames are host memory again.
     //    The kick is the VMM's: in a real VMM it IPIs the CPUs running this
     //    TD's vCPUs and waits until each has left the guest at least once.
-    //    Here no vCPU runs (the simulator has no TDH.VP.ENTER), so there is
+    //    Here no vCPU runs (this example never enters one), so there is
     //    nothing to interrupt: it only counts. (To remove many pages with
     //    one TRACK and one kick, use `Td::zap` or `Td::unmap_range`.)
     let kicks = Cell::new(0u32);

@@ -129,8 +129,8 @@ fn main() {
     // vCPU of this TD out of the guest after TDH.MEM.TRACK, so none keeps a
     // stale translation: in a real VMM this IPIs the CPUs running this TD's
     // vCPUs and waits until each has left the guest at least once. The
-    // library calls it holding no lock. Here no vCPU runs (the simulator
-    // has no TDH.VP.ENTER), so there is nothing to interrupt: it only
+    // library calls it holding no lock. Here no vCPU runs (this example
+    // never enters one), so there is nothing to interrupt: it only
     // counts.
     let kicks = Cell::new(0u64);
     let kick_vcpus = || kicks.set(kicks.get() + 1);

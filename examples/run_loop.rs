@@ -34,7 +34,7 @@ use tdx::{
         exit::{TdExit, VmcallRegs, VmcallRequest, VmcallStatus, subfunction},
     },
 };
-use tdx_sim::{Guest, MachineDesc, Profile, Simulator};
+use tdx_sim::{Guest, MachineDesc, Profile, SharedMapping, Simulator};
 
 const GIB: u64 = 1 << 30;
 /// The shared bit of a 4-level EPT TD's GPAs.
@@ -82,6 +82,7 @@ fn guest(i: u64) -> impl FnOnce(&mut Guest) + Send + 'static {
         let r = vmcall(g, subfunction::MAP_GPA, buf | SHARED, BUF * 4096);
         assert_eq!(r.r10, VmcallStatus::SUCCESS.0);
         g.write(buf | SHARED, b"shared").unwrap();
+        assert_eq!(g.read(buf | SHARED, 6).unwrap(), b"shared");
         let r = vmcall(g, subfunction::MAP_GPA, buf, BUF * 4096);
         assert_eq!(r.r10, VmcallStatus::SUCCESS.0);
         for p in 0..BUF {
@@ -134,8 +135,12 @@ fn run_vcpu(
         };
         match exit {
             TdExit::EptViolation { gpa, .. } if gpa & SHARED != 0 => {
-                // The VMM's shared memory (its own EPT): nothing to do here.
+                // The VMM's shared memory, in its own EPT (which the library
+                // does not manage; the simulator stands in for it): the
+                // memslot's frame, host memory again since the conversion.
                 count("EPT violation (shared)");
+                let pfn = Pfn::new(memory.first().as_u64() + (gpa & !SHARED) / 4096);
+                sim.map_shared(vm.tdr(), gpa, Some(SharedMapping::Memory(pfn.hpa())));
             }
             TdExit::EptViolation { gpa, .. } => {
                 count("EPT violation (private)");
@@ -160,10 +165,14 @@ fn run_vcpu(
                     stats.lock().unwrap().converted += r.frames_returned();
                     v.reply(VmcallStatus::SUCCESS).unwrap();
                 }
-                VmcallRequest::MapGpa { .. } => {
-                    // To private: the range is mappable again; the guest
-                    // accepts it and the VMM maps it on the faults.
+                VmcallRequest::MapGpa { gpa, size } => {
+                    // To private: out of the VMM's shared EPT; the range is
+                    // mappable again, the guest accepts it and the VMM maps
+                    // it on the faults.
                     count("MapGPA to private");
+                    for page in (gpa..gpa + size).step_by(4096) {
+                        sim.map_shared(vm.tdr(), page | SHARED, None);
+                    }
                     v.reply(VmcallStatus::SUCCESS).unwrap();
                 }
                 VmcallRequest::Cpuid { .. } => {
