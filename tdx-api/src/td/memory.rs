@@ -1009,6 +1009,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// TRACK's kick did not make them leave, or a removal stopped after it):
     /// no number of retries changes that, a kick does. So the first such
     /// answer calls `kick` before the retries.
+    #[inline]
     fn track(&self, kick: &dyn Fn()) -> Result<(), TdError> {
         let (b, tdr) = (self.b(), self.tdr());
         // SAFETY: TRACK moves no page.
@@ -1016,14 +1017,23 @@ impl<H: TdHostRef> Td<Finalized, H> {
         if !first.is_error() {
             return Ok(());
         }
+        self.track_after(first, kick)
+    }
+
+    /// TRACK's first attempt failed: the kick if vCPUs of the last epoch
+    /// are still in the guest, then the retries, which judge the first
+    /// answer too (a hard failure stays one).
+    #[cold]
+    #[inline(never)]
+    fn track_after(&self, first: TdxStatus, kick: &dyn Fn()) -> Result<(), TdError> {
         if super::same_code(first, TdxStatus::PREVIOUS_TLB_EPOCH_BUSY) {
             kick();
         }
-        // The retries judge the first answer too (a hard failure stays one).
+        let (b, tdr) = (self.b(), self.tdr());
         let mut first = Some(first);
         self.retry(Leaf::MEM_TRACK.v0(), Operand::Tdr, || {
             first.take().unwrap_or_else(|| {
-                // SAFETY: as above.
+                // SAFETY: TRACK moves no page.
                 unsafe { leaf::tdh_mem_track(b, tdr) }
             })
         })
