@@ -6,7 +6,8 @@
 //! lazily on the EPT violations the accepts cause; they write and read it,
 //! convert a buffer to shared (MapGPA: the VMM removes the private pages in
 //! one batch, kicking the running vCPUs) and back to private (accepting it
-//! again), ask CPUID of the hypervisor range, and halt. The VMM moves one
+//! again), ask CPUID of the hypervisor range, and halt; one asks for a
+//! TDREPORT, whose MRTD the VMM checks against the offline calculator. The VMM moves one
 //! vCPU to another CPU mid-run (the library flushes it on the old one), and
 //! the teardown accounts for every frame.
 //!
@@ -18,14 +19,14 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     thread,
 };
 
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, Placement, Platform, TdxModule, measure,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost, Vcpu},
     },
@@ -62,8 +63,16 @@ fn vmcall(g: &mut Guest, sub: u64, r12: u64, r13: u64) -> VmcallRegs {
     g.vmcall(EXPOSE, regs).expect("a valid exposure")
 }
 
-/// vCPU `i`'s guest.
-fn guest(i: u64) -> impl FnOnce(&mut Guest) + Send + 'static {
+/// TDREPORT_STRUCT: TDINFO at byte 512, its MRTD after ATTRIBUTES and
+/// XFAM.
+const REPORT_MRTD: usize = 512 + 16;
+
+/// vCPU `i`'s guest; vCPU 0's also asks for a TDREPORT and hands its MRTD
+/// to `report` (standing in for the quote it would send to a verifier).
+fn guest(
+    i: u64,
+    report: Option<mpsc::Sender<[u8; 48]>>,
+) -> impl FnOnce(&mut Guest) + Send + 'static {
     move |g: &mut Guest| {
         let base = i * SPAN;
         for p in 0..PAGES {
@@ -76,6 +85,15 @@ fn guest(i: u64) -> impl FnOnce(&mut Guest) + Send + 'static {
         for p in 0..PAGES {
             let v = g.read(base + p * 4096, 8).unwrap();
             assert_eq!(u64::from_le_bytes(v.try_into().unwrap()), i * 1000 + p);
+        }
+        if let Some(report) = report {
+            // TDG.MR.REPORT into the first page, for REPORTDATA in the
+            // second.
+            assert_eq!(g.mr_report(base, base + 4096, 0), Ok(TdxStatus::SUCCESS));
+            let r = g.read(base, 1024).unwrap();
+            report
+                .send(r[REPORT_MRTD..REPORT_MRTD + 48].try_into().unwrap())
+                .unwrap();
         }
         // The buffer to shared and back.
         let buf = base + (PAGES - BUF) * 4096;
@@ -234,8 +252,12 @@ fn main() {
         .alloc_pages(u64::from(VCPUS) * SPAN / 4096, 512, Placement::Anywhere)
         .unwrap();
     let tdvprs: Vec<Pfn> = ids.iter().map(|v| v.tdvpr).collect();
+    let (report_tx, report) = mpsc::channel();
     for (i, id) in ids.iter().enumerate() {
-        sim.set_guest(id.tdvpr, guest(i as u64));
+        sim.set_guest(
+            id.tdvpr,
+            guest(i as u64, (i == 0).then(|| report_tx.clone())),
+        );
     }
     let stats = Mutex::new(Stats::default());
     thread::scope(|s| {
@@ -245,6 +267,12 @@ fn main() {
             s.spawn(move || run_vcpu(sim, vm, v, memory, tdvprs, stats));
         }
     });
+    // The TD's measurement as its TDREPORT gives it, against the offline
+    // calculator (no initial pages: the SHA-384 of nothing) and TDH.MNG.RD.
+    let reported = report.recv().unwrap();
+    let offline = measure::mrtd(std::iter::empty());
+    assert_eq!(reported, offline, "TDREPORT's MRTD is the offline one");
+    assert_eq!(vm.mrtd().unwrap(), offline);
     let report = vm.teardown();
     // The memslot goes back to the host whole: its converted frames came
     // back at the conversions, the others in the report.
@@ -255,6 +283,13 @@ fn main() {
     println!(
         "vCPUs: {VCPUS} threads; guest pages mapped lazily: {}",
         st.mapped
+    );
+    println!(
+        "TDREPORT from vCPU 0: MRTD {}… (= offline calculator, = TDH.MNG.RD)",
+        reported[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     for (what, n) in &st.exits {
         println!("  {what}: {n}");
