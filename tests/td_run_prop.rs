@@ -338,13 +338,16 @@ fn run(scripts: &[Vec<GOp>], schedule: &[Step]) {
     // and not yet used: the host does not remove it before the vCPU ran
     // again. Removing it at every turn makes the vCPU fault at the same
     // RIP again and again; past 6 such faults the module's zero-step
-    // filter lists the GPA and checks it at every entry. The simulator's
-    // check (`epf_expected`) counts a PENDING page as still faulting, where
-    // the module's (`is_epf_expected`, a walk that ends in a convertible
-    // violation is not expected) does not for a TD without SEPT_VE_DISABLE:
-    // the entry then fails with an emulated EPT violation at a page the
-    // host has mapped, for ever (a simulator bug, reported; the assert on
-    // faults at mapped pages below catches it without this rule).
+    // filter lists the GPA and checks it at every entry, and a page the
+    // host mapped but the guest has not accepted (PENDING) still counts as
+    // faulting there: `is_epf_expected` (`src/td_transitions/
+    // td_exit_stepping.c`) excuses only convertible violations, and S-EPT
+    // entries always suppress #VE (`src/common/memory_handlers/
+    // sept_manager.c`). The entry then fails with an emulated EPT
+    // violation at a page the host has mapped, and the guest never runs
+    // to accept it: the module's behaviour, which the simulator
+    // reproduces, so a host must not keep pulling the page a vCPU waits
+    // for (the assert on faults at mapped pages below would catch it).
     let mut waiting: Vec<Option<u64>> = vec![None; n];
     let mut entries = 0;
     let mut k = 0;
