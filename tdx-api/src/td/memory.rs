@@ -381,40 +381,49 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                 why: "not a valid GPA for the S-EPT",
             });
         };
-        let page = match self.fresh_page() {
-            Ok(p) => p,
-            Err(e) => return fail(e),
-        };
+        match self.new_table(info, Gpa::new(gpa)) {
+            Ok(node) => {
+                slot.store(Entry::Table(node, Hold::Idle));
+                Ok(())
+            }
+            Err(e) => fail(e),
+        }
+    }
+
+    /// A fresh S-EPT page added under the claimed entry `info` (of `gpa`)
+    /// with TDH.MEM.SEPT.ADD, and its node, not yet published. On failure
+    /// the page is back with the platform and nothing is left behind.
+    fn new_table(&self, info: PageInfo, gpa: Gpa) -> Result<NonNull<Node>, TdError> {
+        let page = self.fresh_page()?;
         let Some(node) = Node::alloc(Some(page)) else {
             self.free_refused(page);
-            return fail(TdError::Alloc {
+            return Err(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
             });
         };
         let (b, tdr) = (self.b(), self.tdr());
-        let on = Operand::Gpa(Gpa::new(gpa));
+        let on = Operand::Gpa(gpa);
         let r = retry(
             self.p(),
             self.inner.map_policy,
             Leaf::MEM_SEPT_ADD.v0(),
             on,
             || {
-                // SAFETY: `page` is a fresh, flushed page from the platform; on
-                // success the module owns it and the TD keeps it in the tree
-                // node linked below; on failure the module did not take it (we
-                // do not set allow_existing).
+                // SAFETY: a fresh, flushed page from the platform; on success
+                // the module owns it and the TD keeps it in the node; on
+                // failure the module did not take it (we do not set
+                // allow_existing).
                 unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
                     .status
             },
         );
         if let Err(e) = r {
-            // SAFETY: the node was never linked; nobody else saw it.
+            // SAFETY: never published; nobody else saw it.
             unsafe { Node::free(node) };
             self.free_refused(page);
-            return fail(e);
+            return Err(e);
         }
-        slot.store(Entry::Table(node, Hold::Idle));
-        Ok(())
+        Ok(node)
     }
 
     /// The entry of `gpa` at `level`, for an operation on what is there.
@@ -720,47 +729,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
             return Ok((slot, node, true));
         }
         let slot = self.claim(gpa, TdxLevel::L1G)?;
-        match self.private_table(info, gpa) {
+        match self.new_table(info, gpa) {
             Ok(node) => Ok((slot, node, false)),
             Err(e) => {
                 slot.store(Entry::Free);
                 Err(e)
             }
         }
-    }
-
-    /// The S-EPT page under the claimed 1 GiB entry `info` (TDH.MEM.SEPT.ADD)
-    /// and its node, not yet published.
-    fn private_table(&self, info: PageInfo, gpa: Gpa) -> Result<NonNull<Node>, TdError> {
-        let page = self.fresh_page()?;
-        let Some(node) = Node::alloc(Some(page)) else {
-            self.free_refused(page);
-            return Err(TdError::Alloc {
-                what: "a node of the TD's S-EPT record",
-            });
-        };
-        let (b, tdr) = (self.b(), self.tdr());
-        let on = Operand::Gpa(gpa);
-        let r = retry(
-            self.p(),
-            self.inner.map_policy,
-            Leaf::MEM_SEPT_ADD.v0(),
-            on,
-            || {
-                // SAFETY: a fresh, flushed page; on success the module owns it
-                // and the TD keeps it in the node; on failure the module did
-                // not take it.
-                unsafe { leaf::tdh_mem_sept_add(b, info, TdrAndFlags::with_tdr(tdr, false), page) }
-                    .status
-            },
-        );
-        if let Err(e) = r {
-            // SAFETY: never published; nobody else saw it.
-            unsafe { Node::free(node) };
-            self.free_refused(page);
-            return Err(e);
-        }
-        Ok(node)
     }
 
     /// Takes the first `n` 2M parts of a failed `map_1g` back in one batch
