@@ -583,13 +583,7 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// (six for a measurement register).
     #[doc(alias = "TDH.MNG.RD")]
     pub fn read<T: FieldValue>(&self, field: TdField<T>) -> Result<T, TdError> {
-        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
-        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
-        let n = T::ELEMENTS as usize;
-        for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
-            *slot = self.read_raw(id)?;
-        }
-        Ok(T::from_elements(&elements[..n]))
+        read_elements(field.element_ids(), |id| self.read_raw(id))
     }
 
     /// MRTD, the TD's build measurement (SHA-384, the six elements of
@@ -636,13 +630,7 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
         index: usize,
         field: VcpuField<T>,
     ) -> Result<T, TdError> {
-        const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
-        let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
-        let n = T::ELEMENTS as usize;
-        for (slot, id) in elements[..n].iter_mut().zip(field.element_ids()) {
-            *slot = self.vp_read(index, id)?;
-        }
-        Ok(T::from_elements(&elements[..n]))
+        read_elements(field.element_ids(), |id| self.vp_read(index, id))
     }
 }
 
@@ -678,6 +666,21 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         )?;
         Ok(value)
     }
+}
+
+/// A typed field value from its elements, each read with `read`: at most
+/// [`MAX_FIELD_ELEMENTS`] of them, checked when the caller is built.
+fn read_elements<T: FieldValue>(
+    ids: impl Iterator<Item = MdFieldId>,
+    mut read: impl FnMut(MdFieldId) -> Result<u64, TdError>,
+) -> Result<T, TdError> {
+    const { assert!(T::ELEMENTS >= 1 && T::ELEMENTS <= MAX_FIELD_ELEMENTS) };
+    let mut elements = [0u64; MAX_FIELD_ELEMENTS as usize];
+    let n = T::ELEMENTS as usize;
+    for (slot, id) in elements[..n].iter_mut().zip(ids) {
+        *slot = read(id)?;
+    }
+    Ok(T::from_elements(&elements[..n]))
 }
 
 /// True if `s` has the class and code of `c` (operand detail ignored).
