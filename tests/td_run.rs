@@ -9,53 +9,28 @@
 // the TD (`GuestFrame::new`) and free them when the TD gives them back.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use std::sync::mpsc;
 
+use td_host::{host, sim};
 use tdx::{
     Gpa, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
-        plan::{MemRange, PlanInput},
-        td::{GuestFrame, TdConfig, TdError, TdHost, Vcpu},
+        CpuId, Placement, Platform,
+        td::{GuestFrame, TdConfig, TdError, Vcpu},
     },
     types::{
         PfnRun, TdxStatus,
         exit::{EeqType, ExitReason, TdExit, VmcallRegs, VmcallRequest, VmcallStatus, subfunction},
     },
 };
-use tdx_sim::{Guest, MachineDesc, Profile, Simulator};
+use tdx_sim::{Guest, Simulator};
 
-const GIB: u64 = 1 << 30;
 /// The shared bit of a 4-level EPT TD's GPAs (GPAW 48: bit 47).
 const SHARED: u64 = 1 << 47;
 /// RDX, RBX, RSI, RDI, R8-R15: what Linux guests expose.
 const EXPOSE: u64 = 0xFFCC;
-
-fn sim() -> Simulator {
-    Simulator::new(
-        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
-            .with_cpus(2, 2)
-            .with_profile(Profile::tdx_1_5()),
-    )
-    .unwrap()
-}
-
-type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
-
-fn host(sim: &Simulator) -> Host<'_> {
-    let input = PlanInput::new(vec![MemRange {
-        start: 4 * GIB,
-        end: 8 * GIB,
-        node: 0,
-    }]);
-    let m = TdxModule::init(sim, sim)
-        .unwrap()
-        .configure(&input)
-        .unwrap()
-        .init_extensions()
-        .unwrap();
-    TdHost::new(m).unwrap()
-}
 
 fn frame(sim: &Simulator) -> GuestFrame<Size4K> {
     let pfn = sim.alloc_pages(1, 1, Placement::Anywhere).unwrap().first();

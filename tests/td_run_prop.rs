@@ -42,24 +42,25 @@
 // (`GuestFrame::new`) and frees the memslot when the TD gave them all back.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use std::{collections::BTreeSet, sync::mpsc};
 
 use proptest::prelude::*;
+use td_host::{host, sim};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
-        plan::{MemRange, PlanInput},
-        td::{GuestFrame, TdConfig, TdHost, Vcpu},
+        CpuId, Placement, Platform,
+        td::{GuestFrame, TdConfig, Vcpu},
     },
     types::{
         TdxStatus,
         exit::{TdExit, VmcallRegs, VmcallRequest, VmcallStatus, subfunction},
     },
 };
-use tdx_sim::{Guest, MachineDesc, Profile, SharedMapping, Simulator};
+use tdx_sim::{Guest, SharedMapping};
 
-const GIB: u64 = 1 << 30;
 /// The shared bit of a 4-level EPT TD's GPAs (GPAW 48: bit 47).
 const SHARED: u64 = 1 << 47;
 /// RDX, RBX, RSI, RDI, R8-R15: what Linux guests expose.
@@ -282,24 +283,8 @@ fn guest_script(g: &mut Guest, i: usize, script: &[GOp]) -> Result<(), String> {
 
 fn run(scripts: &[Vec<GOp>], schedule: &[Step]) {
     let n = scripts.len();
-    let sim = Simulator::new(
-        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
-            .with_cpus(2, 2)
-            .with_profile(Profile::tdx_1_5()),
-    )
-    .unwrap();
-    let input = PlanInput::new(vec![MemRange {
-        start: 4 * GIB,
-        end: 8 * GIB,
-        node: 0,
-    }]);
-    let module = TdxModule::init(&sim, &sim)
-        .unwrap()
-        .configure(&input)
-        .unwrap()
-        .init_extensions()
-        .unwrap();
-    let host = TdHost::new(module).unwrap();
+    let sim = sim();
+    let host = host(&sim);
     let base = sim.accounting();
     let params = TdConfig::builder().max_vcpus(n as u16).build().to_params();
     let mut td = host.build_td(&params).unwrap();

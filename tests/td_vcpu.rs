@@ -6,48 +6,21 @@
 // with raw leaf calls (which move no page).
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use std::sync::Arc;
 
+use td_host::{Host, host, sim};
 use tdx::{
     Leaf, TdxStatus,
     api::{
-        CpuId, Platform, TdxModule,
-        plan::{MemRange, PlanInput},
-        td::{Finalized, Td, TdConfig, TdError, TdHost, Vcpu, VcpuId},
+        CpuId, Platform,
+        td::{Finalized, Td, TdConfig, TdError, Vcpu, VcpuId},
     },
     sys::leaf,
     types::metadata::vcpu_fields,
 };
-use tdx_sim::{MachineDesc, Profile, Simulator};
-
-const GIB: u64 = 1 << 30;
-
-/// Two packages of two CPUs, 4 GiB of TDX memory.
-fn sim() -> Simulator {
-    Simulator::new(
-        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
-            .with_cpus(2, 2)
-            .with_profile(Profile::tdx_1_5()),
-    )
-    .unwrap()
-}
-
-type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
-
-fn host(sim: &Simulator) -> Host<'_> {
-    let input = PlanInput::new(vec![MemRange {
-        start: 4 * GIB,
-        end: 8 * GIB,
-        node: 0,
-    }]);
-    let m = TdxModule::init(sim, sim)
-        .unwrap()
-        .configure(&input)
-        .unwrap()
-        .init_extensions()
-        .unwrap();
-    TdHost::new(m).unwrap()
-}
+use tdx_sim::Simulator;
 
 /// A finalized TD with two vCPUs, initialized on CPUs 0 and 2.
 fn td<'h>(host: &'h Host<'_>) -> (Td<Finalized, &'h Host<'h>>, [VcpuId; 2]) {
