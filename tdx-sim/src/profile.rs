@@ -23,6 +23,7 @@
 
 use tdx_types::{
     Leaf,
+    abi::{CPUID_CONFIG_1_5_01, CPUID_CONFIG_1_5_05, CpuidConfigRule},
     metadata::{TdxFeatures0, field},
 };
 
@@ -150,70 +151,42 @@ pub struct Profile {
 /// Their lookup indices are 0-9 for entries 0-9, 14 for entry 10 and 59
 /// for entry 11.
 fn cpuid_config_1_5_01() -> Vec<CpuidConfig> {
-    let lookup = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 59];
-    let mut i = 0;
-    let mut e = |leaf, subleaf, config_direct, allow_direct| {
-        i += 1;
-        CpuidConfig {
-            leaf,
-            subleaf,
-            config_direct,
-            allow_direct,
-            lookup_index: lookup[i - 1],
-        }
-    };
-    let cache = [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0xFFFF_FFFB];
-    vec![
-        e(
-            0x1,
-            None,
-            [0x0FFF_3FFF, 0x00FF_0000, 0, 0],
-            [0, 0, 0x3104_4D88, 0xB844_0000],
-        ),
-        e(0x4, Some(0), cache, [0; 4]),
-        e(0x4, Some(1), cache, [0; 4]),
-        e(0x4, Some(2), cache, [0; 4]),
-        e(
-            0x4,
-            Some(3),
-            [0xFFFF_C3FF, 0xFFFF_F000, 0xFFFF_FFFF, 0x7],
-            [0; 4],
-        ),
-        e(
-            0x7,
-            Some(0),
-            [0; 4],
-            [0, 0xDC2B_9B18, 0x0241_7F65, 0x0005_411C],
-        ),
-        e(0x7, Some(1), [0; 4], [0x1D30, 0, 0, 0]),
-        e(0xA, None, [0; 4], [0; 4]),
-        e(0x1C, None, [0; 4], [0xFF, 0, 0, 0]),
-        e(0x8000_0008, None, [0; 4], [0, 0x200, 0, 0]),
-        e(0x7, Some(2), [0; 4], [0, 0, 0, 0x28]),
-        e(0x23, Some(0), [0; 4], [0xF, 0, 0, 0]),
-    ]
+    cpuid_config(
+        &CPUID_CONFIG_1_5_01,
+        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 59],
+    )
 }
 
 /// The 18 configurable CPUID leaves of module 1.5.05
 /// (`MAX_NUM_CPUID_CONFIG`, `include/auto_gen/cpuid_configurations_defines.h`;
 /// `cpuid_configurable`, `include/auto_gen/cpuid_configurations.c`):
-/// 1.5.01's 12, with leaf 7/1 allowing EAX bit 26 and EDX bits 4, 5 and 10
-/// as well (ALLOW_DIRECT EAX `0x0400_1D30`, EDX `0x430`), then entries
-/// 12-17, CPUID(0x1F) sub-leaves 0-5: CONFIG_DIRECT EAX bits 4:0 (the
-/// x2APIC ID shift), EBX bits 15:0 (logical processors at the level) and
-/// ECX bits 15:0 (level number and type), nothing in EDX. They sit at
-/// lookup indices 46-51, between entry 10 (14) and entry 11 (59).
+/// 1.5.01's 12, with leaf 7/1 allowing more, then entries 12-17,
+/// CPUID(0x1F) sub-leaves 0-5 ([`CPUID_CONFIG_1_5_05`] has the masks).
+/// They sit at lookup indices 46-51, between entry 10 (14) and entry 11
+/// (59).
 fn cpuid_config_1_5_05() -> Vec<CpuidConfig> {
-    let mut v = cpuid_config_1_5_01();
-    v[6].allow_direct = [0x0400_1D30, 0, 0, 0x430];
-    v.extend((0..6u8).map(|sub| CpuidConfig {
-        leaf: 0x1F,
-        subleaf: Some(u32::from(sub)),
-        config_direct: [0x1F, 0xFFFF, 0xFFFF, 0],
-        allow_direct: [0; 4],
-        lookup_index: 46 + sub,
-    }));
-    v
+    cpuid_config(
+        &CPUID_CONFIG_1_5_05,
+        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 59, 46, 47, 48, 49, 50, 51],
+    )
+}
+
+/// A module's configurable CPUID leaves: the rules `tdx-types` states for
+/// host-side checks, with each leaf's index in the module's CPUID lookup
+/// table (`lookup[i]` for entry `i`).
+fn cpuid_config(rules: &[CpuidConfigRule], lookup: &[u8]) -> Vec<CpuidConfig> {
+    assert_eq!(rules.len(), lookup.len(), "a lookup index per entry");
+    rules
+        .iter()
+        .zip(lookup)
+        .map(|(r, &lookup_index)| CpuidConfig {
+            leaf: r.leaf.leaf,
+            subleaf: r.leaf.subleaf,
+            config_direct: r.config_direct.registers(),
+            allow_direct: r.allow_direct.registers(),
+            lookup_index,
+        })
+        .collect()
 }
 
 /// The number of CPUID_CONFIG_LEAVES and CPUID_CONFIG_VALUES entries
