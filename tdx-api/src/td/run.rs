@@ -33,14 +33,12 @@ use tdx_types::{
     metadata::{FieldValue, VcpuField},
 };
 
+use super::teardown::flush_vcpu;
 use super::{
-    Finalized, Operand, Td, TdError, TdHostRef, VcpuId, same_code, sealed,
+    Finalized, Operand, Td, TdError, TdHostRef, VcpuId, sealed,
     vcpu::{NO_CPU, VcpuSlot},
 };
-use crate::{
-    platform::{CpuId, Platform},
-    retry::retry_on_cpu,
-};
+use crate::platform::{CpuId, Platform};
 
 /// A finalized TD a [`Vcpu`] handle can hold: `&Td` (the handle borrows
 /// the TD, for scoped threads) or `Arc<Td>` (the handle shares it, for
@@ -182,23 +180,15 @@ impl<T: FinalizedTd> Vcpu<T> {
             return Ok(());
         };
         let td = &*self.td;
-        let (b, tdvpr) = (td.b(), self.id.tdvpr);
-        retry_on_cpu(
+        // "Not associated with this CPU": nothing to flush (the TD records
+        // every association its calls make, so it is associated nowhere).
+        flush_vcpu(
+            td.b(),
             td.p(),
-            cpu,
             td.inner.policy,
-            Leaf::VP_FLUSH.v0(),
-            Operand::Vcpu(self.slot),
-            &mut || {
-                // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (Platform
-                // contract 2). "Not associated with this CPU": nothing to
-                // flush (the TD records every association its calls make,
-                // so the vCPU is associated nowhere).
-                match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
-                    s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
-                    s => s,
-                }
-            },
+            self.slot,
+            self.id.tdvpr,
+            cpu,
         )?;
         self.assoc().store(NO_CPU, Ordering::Relaxed);
         Ok(())

@@ -229,7 +229,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         if cpu == NO_CPU {
             continue;
         }
-        if let Err(e) = flush_vcpu(&cx, i, v.tdvpr.pfn(), CpuId(cpu)) {
+        if let Err(e) = flush_vcpu(cx.b, cx.p, cx.policy, i, v.tdvpr.pfn(), CpuId(cpu)) {
             cx.report.errors.push(e);
         }
     }
@@ -326,17 +326,18 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
 
 /// TDH.VP.FLUSH of vCPU `i` (TDVPR `tdvpr`) on `cpu`. "Not associated
 /// with this CPU" is success: the vCPU has nothing to flush there.
-fn flush_vcpu<B: Seamcall + Sync, P: Platform + Sync>(
-    cx: &Ctx<'_, B, P>,
+pub(super) fn flush_vcpu<B: Seamcall + Sync + ?Sized, P: Platform + ?Sized>(
+    b: &B,
+    p: &P,
+    policy: RetryPolicy,
     i: usize,
     tdvpr: Pfn,
     cpu: CpuId,
 ) -> Result<(), TdError> {
-    let b = cx.b;
     retry_on_cpu(
-        cx.p,
+        p,
         cpu,
-        cx.policy,
+        policy,
         Leaf::VP_FLUSH.v0(),
         Operand::Vcpu(i),
         &mut || {
@@ -375,7 +376,7 @@ fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
             // so every page of the TD, would stay with the module.
             for cpu in 0..p.cpus() {
                 for (i, v) in vcpus.iter().enumerate() {
-                    flush_vcpu(cx, i, v.tdvpr.pfn(), CpuId(cpu))?;
+                    flush_vcpu(cx.b, cx.p, cx.policy, i, v.tdvpr.pfn(), CpuId(cpu))?;
                 }
             }
             flushdone()?;
