@@ -10,7 +10,7 @@ use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{
-    FirmwarePage, Hpa, Leaf, Pfn, PfnRange, PfnRun, Size4K, abi::TdParams, regs::KeyedPa,
+    FirmwarePage, Hpa, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus, abi::TdParams, regs::KeyedPa,
 };
 
 use super::{Created, HkidPool, Initialized, Inner, Operand, Shared, Td, TdError, mirror::Tree};
@@ -139,25 +139,48 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// TDH.PHYMEM.PAGE.WBINVD of the 4K page `pfn` under `keyid` (a TD's
     /// HKID, or the global KeyID for the TDR): writes back the lines of a
     /// page the module no longer owns, retried like any leaf.
+    /// `policy` is by reference so that the fast path (success at once)
+    /// does not copy it.
     #[inline]
     pub(crate) fn page_wbinvd(
         &self,
         pfn: Pfn,
         keyid: u16,
-        policy: RetryPolicy,
+        policy: &RetryPolicy,
     ) -> Result<(), TdError> {
         let keyed = KeyedPa::try_new(pfn.hpa(), keyid, self.keyid_shift)
             .map_err(|_| TdError::KeyidShift(self.keyid_shift))?;
+        // SAFETY: WBINVD of a page the module no longer owns moves nothing;
+        // it writes back the lines of `keyid`.
+        let s = unsafe { leaf::tdh_phymem_page_wbinvd(self.module.backend(), keyed) };
+        if !s.is_error() {
+            return Ok(());
+        }
+        self.page_wbinvd_after(pfn, keyed, policy, s)
+    }
+
+    /// The first WBINVD answered `first`: the retries, under `policy`.
+    #[cold]
+    #[inline(never)]
+    fn page_wbinvd_after(
+        &self,
+        pfn: Pfn,
+        keyed: KeyedPa,
+        policy: &RetryPolicy,
+        first: TdxStatus,
+    ) -> Result<(), TdError> {
         let b = self.module.backend();
+        let mut first = Some(first);
         retry(
             self.module.platform(),
-            policy,
+            *policy,
             Leaf::PHYMEM_PAGE_WBINVD.v0(),
             Operand::HostPage(pfn),
             || {
-                // SAFETY: WBINVD of a page the module no longer owns moves
-                // nothing; it writes back the lines of `keyid`.
-                unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+                first.take().unwrap_or_else(|| {
+                    // SAFETY: as in `page_wbinvd`.
+                    unsafe { leaf::tdh_phymem_page_wbinvd(b, keyed) }
+                })
             },
         )
         .map(|_| ())

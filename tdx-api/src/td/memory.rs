@@ -1035,25 +1035,19 @@ impl<H: TdHostRef> Td<Finalized, H> {
     #[inline]
     fn remove_entry(&self, info: PageInfo, gpa: Gpa, slot: Slot<'_>, first: Pfn) -> Outcome {
         let (b, tdr) = (self.b(), self.tdr());
-        let on = Operand::Gpa(gpa);
-        let r = retry_out(
-            self.p(),
-            self.inner.policy,
-            Leaf::MEM_PAGE_REMOVE.v0(),
-            on,
-            || {
-                // SAFETY: REMOVE gives the page back to the host; we take it
-                // over below only after the flushes the ABI requires.
-                let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
-                (c.status, c.out.removed())
-            },
-        );
-        let removed = match r {
-            Ok((_, removed)) => removed,
-            Err(e) => {
-                slot.store(Entry::Leaf(first, Hold::Blocked));
-                return Outcome::Kept(e);
+        // SAFETY: REMOVE gives the page back to the host; we take it over
+        // below only after the flushes the ABI requires.
+        let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
+        let removed = if c.status.is_error() {
+            match self.remove_after(info, gpa, c.status) {
+                Ok(removed) => removed,
+                Err(e) => {
+                    slot.store(Entry::Leaf(first, Hold::Blocked));
+                    return Outcome::Kept(e);
+                }
             }
+        } else {
+            c.out.removed()
         };
         // The module's entry is free now; ours says so once the frames are
         // accounted for (returned, or on a list teardown reads): a panic in
@@ -1075,7 +1069,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         for f in frames {
             if let Err(e) = self
                 .host()
-                .page_wbinvd(Pfn::new(f), hkid, self.inner.policy)
+                .page_wbinvd(Pfn::new(f), hkid, &self.inner.policy)
             {
                 let o = self.not_written_back(run, e);
                 slot.store(Entry::Free);
@@ -1089,6 +1083,36 @@ impl<H: TdHostRef> Td<Finalized, H> {
         }
         slot.store(Entry::Free);
         Outcome::Returned
+    }
+
+    /// REMOVE's first attempt answered `first`: the retries, under the
+    /// TD's policy; the frame the module says it removed.
+    #[cold]
+    #[inline(never)]
+    fn remove_after(
+        &self,
+        info: PageInfo,
+        gpa: Gpa,
+        first: TdxStatus,
+    ) -> Result<Option<Pfn>, TdError> {
+        let (b, tdr) = (self.b(), self.tdr());
+        let mut first = Some(first);
+        retry_out(
+            self.p(),
+            self.inner.policy,
+            Leaf::MEM_PAGE_REMOVE.v0(),
+            Operand::Gpa(gpa),
+            || match first.take() {
+                // The outputs of a failed call are not read.
+                Some(s) => (s, None),
+                None => {
+                    // SAFETY: as in `remove_entry`.
+                    let c = unsafe { leaf::tdh_mem_page_remove(b, info, tdr) };
+                    (c.status, c.out.removed())
+                }
+            },
+        )
+        .map(|(_, removed)| removed)
     }
 
     /// The module removed a frame we did not map at `gpa`: ours may still
@@ -1479,7 +1503,10 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 gpa: Some(gpa),
             });
         }
-        if let Err(e) = self.host().page_wbinvd(pfn, self.hkid(), self.inner.policy) {
+        if let Err(e) = self
+            .host()
+            .page_wbinvd(pfn, self.hkid(), &self.inner.policy)
+        {
             // The merge or removal stands; only the freed S-EPT page could
             // not be written back. It waits for teardown's CACHE.WB, and the
             // error shows in the teardown report.

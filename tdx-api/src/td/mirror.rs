@@ -42,7 +42,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicPtr, Ordering};
 
-use tdx_types::Pfn;
+use tdx_types::{Pfn, addr::MAX_PFN};
 
 /// Entries per node: 512 as in the S-EPT (fewer under the loom model
 /// checker, whose atomics are expensive; the protocol is the same).
@@ -65,9 +65,11 @@ pub(crate) struct Node {
 
 const TAG_MASK: usize = 0xF;
 const ADDING: usize = 1;
+// An idle leaf and a blocked one differ in bit 0 only, so that the claim of
+// a leaf (either) is one masked compare (`Slot::claim_leaf`).
 const LEAF: usize = 2;
-const LEAF_BUSY: usize = 3;
-const LEAF_BLOCKED: usize = 4;
+const LEAF_BLOCKED: usize = 3;
+const LEAF_BUSY: usize = 4;
 const TABLE: usize = 5;
 const TABLE_BUSY: usize = 6;
 const TABLE_BLOCKED: usize = 7;
@@ -127,10 +129,17 @@ impl Entry {
         }
     }
 
-    #[inline(always)]
+    /// [`decode`](Self::decode) out of line, for the paths a fast path
+    /// leaves.
+    #[cold]
+    #[inline(never)]
+    fn decode_cold(raw: *mut Node) -> Self {
+        Self::decode(raw)
+    }
+
     fn decode(raw: *mut Node) -> Self {
         let tag = raw.addr() & TAG_MASK;
-        let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64), hold);
+        let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1)), hold);
         let table = |hold| {
             let node = raw.map_addr(|a| a & !TAG_MASK);
             // A table tag is only ever stored with a non-null node pointer
@@ -192,18 +201,24 @@ impl<'t> Slot<'t> {
     /// what the entry holds instead.
     #[inline(always)]
     pub(crate) fn claim_leaf(&self) -> Result<(Pfn, bool), Entry> {
+        const { assert!(LEAF | 1 == LEAF_BLOCKED) };
         let raw = self.word.load(Ordering::Acquire);
         let tag = raw.addr() & TAG_MASK;
-        if tag != LEAF && tag != LEAF_BLOCKED {
-            return Err(Entry::decode(raw));
+        if tag & !1 != LEAF {
+            return Err(Entry::decode_cold(raw));
         }
         let busy = raw.map_addr(|a| (a & !TAG_MASK) | LEAF_BUSY);
         match self
             .word
             .compare_exchange(raw, busy, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Ok((Pfn::new((raw.addr() >> 12) as u64), tag == LEAF_BLOCKED)),
-            Err(now) => Err(Entry::decode(now)),
+            // The frame was encoded from a `Pfn`: the mask only tells the
+            // compiler it is in range.
+            Ok(_) => Ok((
+                Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1)),
+                tag == LEAF_BLOCKED,
+            )),
+            Err(now) => Err(Entry::decode_cold(now)),
         }
     }
 

@@ -307,7 +307,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     let tdr = FirmwarePage::into_range(inner.tdr).first();
     if cx.reclaim(one(tdr), PageRole::Tdr) {
         // The module may have written the TDR with the global KeyID.
-        let r = host.page_wbinvd(tdr, host.module().global_keyid(), cx.policy);
+        let r = host.page_wbinvd(tdr, host.module().global_keyid(), &cx.policy);
         match r {
             Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
             Err(e) => {
