@@ -337,6 +337,8 @@ pub struct TdxModule<S: ModuleState, B, P> {
     plan: Option<Plan>,
     /// PAMT runs, one per TDMR, owned by the module from TDH.SYS.CONFIG on.
     pamts: Vec<PfnRun>,
+    /// TDH.SYS.CONFIG turned Dynamic PAMT on.
+    dynamic_pamt: bool,
     /// Extension pool pages donated so far (the module keeps them).
     pool: Vec<PfnRun>,
     /// Pages in an unknown state after a failed TDH.EXT.MEM.ADD: perhaps
@@ -365,6 +367,11 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
     /// The plan the module was configured with (none before `configure`).
     pub fn plan(&self) -> Option<&Plan> {
         self.plan.as_ref()
+    }
+
+    /// Whether TDH.SYS.CONFIG turned Dynamic PAMT on.
+    pub fn dynamic_pamt(&self) -> bool {
+        self.dynamic_pamt
     }
 
     /// The global private KeyID.
@@ -406,6 +413,7 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
             global_keyid: self.global_keyid,
             plan: self.plan,
             pamts: self.pamts,
+            dynamic_pamt: self.dynamic_pamt,
             pool: self.pool,
             lost: self.lost,
             stats: self.stats,
@@ -482,6 +490,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
                 global_keyid,
                 plan: None,
                 pamts: Vec::new(),
+                dynamic_pamt: false,
                 pool: Vec::new(),
                 lost: Vec::new(),
                 stats,

@@ -114,13 +114,51 @@ enum Next {
     Fail(TdError),
 }
 
-struct Attempts {
+pub(crate) struct Attempts {
     busy: u32,
     entropy: u32,
 }
 
 impl Attempts {
-    const fn new() -> Self {
+    /// After a failed attempt of `leaf` on `on`: `Ok` to try again (after
+    /// the policy's back-off), or the error to return. `status` is the
+    /// module's answer, or `None` for contention inside the library
+    /// (another thread adding or removing the PAMT pair of the range
+    /// `on` names), which counts against the busy budget and ends in
+    /// [`TdError::PamtInProgress`].
+    pub(crate) fn again<P: Platform + ?Sized>(
+        &mut self,
+        p: &P,
+        policy: RetryPolicy,
+        leaf: LeafVersion,
+        on: Operand,
+        status: Option<TdxStatus>,
+    ) -> Result<(), TdError> {
+        let Some(s) = status else {
+            if self.busy >= policy.busy.retries() {
+                return Err(match on {
+                    Operand::HostPage(range) => TdError::PamtInProgress(range),
+                    _ => TdError::Protocol {
+                        leaf,
+                        what: "contention on something other than a PAMT range",
+                        gpa: None,
+                    },
+                });
+            }
+            self.busy += 1;
+            match policy.busy {
+                Backoff::Yield(_) => p.yield_now(),
+                _ => core::hint::spin_loop(),
+            }
+            return Ok(());
+        };
+        match self.judge(p, policy, leaf, on, s) {
+            Next::Done(_) | Next::Again => Ok(()),
+            Next::Fail(e) => Err(e),
+        }
+    }
+
+    pub(crate) const fn new() -> Self {
         Self {
             busy: 0,
             entropy: 0,

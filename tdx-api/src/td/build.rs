@@ -77,7 +77,7 @@ impl<H: TdHostRef> Td<KeysConfigured, H> {
             });
         }
         for _ in self.inner.tdcs.len()..n {
-            let page = match self.fresh_page() {
+            let page = match self.fresh_page(&self.inner.policy) {
                 Ok(p) => p,
                 Err(e) => return self.fail(e),
             };
@@ -387,6 +387,10 @@ impl<H: TdHostRef> Td<Initialized, H> {
         // SAFETY: the staging page was allocated for this TD from the
         // platform and the module never owns it (PAGE.ADD only reads it).
         unsafe { p.write_phys(source.hpa(), contents) };
+        if let Err(e) = self.host().pair_get(target, &self.inner.policy) {
+            slot.store(mirror::Entry::Free);
+            return back(e, Some(frame));
+        }
         p.clflush_page(target);
         let r = self.retry(Leaf::MEM_PAGE_ADD.v0(), Operand::Gpa(gpa), || {
             // SAFETY: `target` is a guest frame the caller promised to leave
@@ -395,6 +399,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
             unsafe { leaf::tdh_mem_page_add(b, info, tdr, target, source) }.status
         });
         if let Err(e) = r {
+            self.host().pair_put(target);
             slot.store(mirror::Entry::Free);
             return back(e, Some(frame));
         }

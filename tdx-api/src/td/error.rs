@@ -208,6 +208,13 @@ pub enum TdError {
     /// done.
     #[error("GPA {0}: another thread is changing it")]
     InProgress(Gpa),
+    /// Another thread is adding or removing the Dynamic PAMT page pair of
+    /// the 2 MiB range that starts at this frame (a page of the range is
+    /// being given to the module, or the last one left it), for longer
+    /// than the [`RetryPolicy`](crate::retry::RetryPolicy) waits. Nothing
+    /// changed; the same call may succeed once that thread is done.
+    #[error("PAMT pair of the 2 MiB range at PFN {0}: another thread is adding or removing it")]
+    PamtInProgress(Pfn),
     /// The host allocator could not provide memory for the library's own
     /// records.
     #[error("no memory for {what}")]
@@ -268,11 +275,14 @@ pub enum TdError {
 }
 
 impl TdError {
-    /// True for contention that goes away by itself: [`TdError::Busy`] and
-    /// [`TdError::InProgress`]. A VMM retries the fault (returns to the
+    /// True for contention that goes away by itself: [`TdError::Busy`],
+    /// [`TdError::InProgress`] and [`TdError::PamtInProgress`]. A VMM retries the fault (returns to the
     /// guest, which faults again), as KVM does with `-EBUSY`.
     pub fn is_contention(&self) -> bool {
-        matches!(self, Self::Busy { .. } | Self::InProgress(_))
+        matches!(
+            self,
+            Self::Busy { .. } | Self::InProgress(_) | Self::PamtInProgress(_)
+        )
     }
 }
 

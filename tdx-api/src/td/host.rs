@@ -10,15 +10,32 @@ use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{
-    FirmwarePage, Hpa, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus, abi::TdParams, regs::KeyedPa,
+    FirmwarePage, Hpa, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxLevel, TdxStatus,
+    abi::TdParams,
+    regs::{HpaLevel, KeyedPa},
 };
 
-use super::{Created, HkidPool, Initialized, Inner, Operand, Shared, Td, TdError, mirror::Tree};
+use super::{
+    Created, HkidPool, Initialized, Inner, Operand, Shared, Td, TdError,
+    mirror::Tree,
+    pairs::{PairError, PairTable, Put},
+};
 use crate::{
     module::{ExtInited, TdxModule},
-    platform::{Errata, Placement, Platform},
-    retry::{RetryPolicy, retry},
+    platform::{Errata, Placement, Platform, PlatformError},
+    retry::{Attempts, RetryPolicy, retry},
 };
+
+/// Bit 62 of the frame a removal returns with Dynamic PAMT: the range's
+/// count reached 0 (module 1.5.16+, `pamt_manager.h`). Advisory; the
+/// library keeps its own count.
+const PAMT_REMOVAL_HINT: u64 = 1 << 62;
+
+/// The two frames of a pair that starts at `pair` (a frame the platform
+/// gave as the first of two, so always `Some`).
+fn pair_run(pair: Pfn) -> Option<PfnRun> {
+    PfnRun::try_new(pair, 2).ok()
+}
 
 /// The TD side of a ready module: it owns the module (so there is one HKID
 /// pool per module) and creates TDs.
@@ -35,6 +52,9 @@ pub struct TdHost<B, P> {
     policy: RetryPolicy,
     /// Held around the TD-global leaves; see [`TdHost::global_leaves`].
     global: spin::Mutex<()>,
+    /// Dynamic PAMT's per-range state, if the module was configured with
+    /// it.
+    pairs: Option<PairTable>,
 }
 
 impl<B, P> fmt::Debug for TdHost<B, P> {
@@ -114,6 +134,20 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             }));
         }
         let errata = module.platform().errata();
+        let pairs = match module.plan().filter(|_| module.dynamic_pamt()) {
+            None => None,
+            Some(plan) => match PairTable::new(plan.tdmrs.iter().map(|t| (t.base, t.size))) {
+                Some(t) => Some(t),
+                None => {
+                    return Err(Box::new(TdHostRefused {
+                        error: TdError::Alloc {
+                            what: "the Dynamic PAMT range table",
+                        },
+                        module,
+                    }));
+                }
+            },
+        };
         Ok(Self {
             errata,
             module,
@@ -121,6 +155,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             keyid_shift,
             policy: RetryPolicy::DEFAULT,
             global: spin::Mutex::new(()),
+            pairs,
         })
     }
 
@@ -186,6 +221,264 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         .map(|_| ())
     }
 
+    /// Whether this host's TDs run with Dynamic PAMT (the module was
+    /// configured with it): every 4K page the module gets needs a PAMT
+    /// page pair for its 2 MiB range, which the library adds and removes.
+    pub fn dynamic_pamt(&self) -> bool {
+        self.pairs.is_some()
+    }
+
+    /// The Dynamic PAMT page pairs installed now (0 without Dynamic PAMT).
+    /// Each is two pages the module holds.
+    pub fn pamt_pairs(&self) -> usize {
+        self.pairs.as_ref().map_or(0, PairTable::installed)
+    }
+
+    /// Takes a pair reference on the 2 MiB range of `pfn`, a 4K page about
+    /// to be given to the module (TDR, TDCS, TDVPR, TDCX, S-EPT page,
+    /// PAGE.ADD, 4K PAGE.AUG): adds the range's pair if it has none
+    /// (TDH.PHYMEM.PAMT.ADD, with two pages from the platform). No-op
+    /// without Dynamic PAMT. Every success is balanced by
+    /// [`pair_put`](Self::pair_put) once the module has given the page
+    /// back, or if the leaf that was to take it failed.
+    ///
+    /// Another thread adding or removing the same range's pair, and a
+    /// BUSY PAMT.ADD, are retried under `policy`; past it they are
+    /// [`TdError::PamtInProgress`] and [`TdError::Busy`].
+    #[inline]
+    pub(crate) fn pair_get(&self, pfn: Pfn, policy: &RetryPolicy) -> Result<(), TdError> {
+        match &self.pairs {
+            None => Ok(()),
+            Some(t) => self.pair_get_in(t, pfn, policy),
+        }
+    }
+
+    fn pair_get_in(&self, t: &PairTable, pfn: Pfn, policy: &RetryPolicy) -> Result<(), TdError> {
+        let (b, p) = (self.module.backend(), self.module.platform());
+        let range = PairTable::range_of(pfn);
+        let mut tries = Attempts::new();
+        loop {
+            let r = t.get(
+                pfn,
+                || self.alloc_pair(range),
+                |range, pair| {
+                    let Ok(rcx) = HpaLevel::try_new(range.hpa(), TdxLevel::L2M) else {
+                        return TdxStatus::OPERAND_INVALID;
+                    };
+                    let second = Pfn::new(pair.as_u64() + 1);
+                    // SAFETY: the pair's two frames came from the platform
+                    // for this call (contract 1: nobody else uses them); on
+                    // success the module owns them until PAMT.REMOVE gives
+                    // them back (`pair_put`). A failed ADD took nothing.
+                    unsafe { leaf::tdh_phymem_pamt_add(b, rcx, pair, second) }
+                },
+                |pair| {
+                    if let Some(run) = pair_run(pair) {
+                        // SAFETY: a pair PAMT.ADD did not take (it failed,
+                        // or was not issued): ours, from `alloc_pair`,
+                        // untouched.
+                        unsafe { p.free_pages(run) }
+                    }
+                },
+            );
+            let status = match r {
+                Ok(_) | Err(PairError::NotTdx) => return Ok(()),
+                Err(PairError::InProgress) => None,
+                Err(PairError::Module(s)) => Some(s),
+                Err(PairError::NoMemory) => {
+                    return Err(TdError::Platform(PlatformError::OutOfMemory {
+                        count: 2,
+                        align: 2,
+                        placement: self.pair_placement(range),
+                    }));
+                }
+                Err(PairError::State) => {
+                    return Err(TdError::Protocol {
+                        leaf: Leaf::PHYMEM_PAMT_ADD.v0(),
+                        what: "all 512 4K pages of the range are already the module's",
+                        gpa: None,
+                    });
+                }
+            };
+            tries.again(
+                p,
+                *policy,
+                Leaf::PHYMEM_PAMT_ADD.v0(),
+                Operand::HostPage(range),
+                status,
+            )?;
+        }
+    }
+
+    /// Where a pair for `range` comes from: the range's NUMA node if the
+    /// platform knows it (the module reads the pair on every access to the
+    /// range's pages, as it reads a TDMR's PAMT, which the planner keeps on
+    /// the TDMR's node).
+    fn pair_placement(&self, range: Pfn) -> Placement {
+        self.module
+            .platform()
+            .node_of(range)
+            .map_or(Placement::Anywhere, Placement::Node)
+    }
+
+    /// Two consecutive frames for a pair.
+    fn alloc_pair(&self, range: Pfn) -> Option<Pfn> {
+        let r = self
+            .module
+            .platform()
+            .alloc_pages(2, 2, self.pair_placement(range))
+            .ok()?;
+        Some(r.first())
+    }
+
+    /// Makes sure the 2 MiB range of `pfn` has no pair, as a 2 MiB
+    /// PAGE.AUG of it needs (the module refuses a range with a pair): a
+    /// pair left by a refused PAMT.REMOVE is removed now. No-op without
+    /// Dynamic PAMT. A range whose 4K pages the module holds is left to
+    /// the module to refuse.
+    pub(crate) fn pair_clear(&self, pfn: Pfn, policy: &RetryPolicy) -> Result<(), TdError> {
+        let Some(t) = &self.pairs else {
+            return Ok(());
+        };
+        let p = self.module.platform();
+        let range = PairTable::range_of(pfn);
+        let on = Operand::HostPage(range);
+        let mut tries = Attempts::new();
+        loop {
+            let status = match t.remove_idle(pfn, |range| self.pamt_remove(range)) {
+                Ok(None) | Err(PairError::NotTdx | PairError::State) => return Ok(()),
+                Ok(Some(Put::Kept0(s))) => Some(s),
+                Ok(Some(r)) => {
+                    self.pair_done(r);
+                    return Ok(());
+                }
+                Err(PairError::InProgress) => None,
+                Err(PairError::Module(s)) => Some(s),
+                Err(PairError::NoMemory) => return Ok(()),
+            };
+            tries.again(p, *policy, Leaf::PHYMEM_PAMT_REMOVE.v0(), on, status)?;
+        }
+    }
+
+    /// Drops the pair reference of the 4K page `pfn`, which the module gave
+    /// back (its removal or reclaim returned) or never took (the leaf
+    /// failed). The last reference of a range removes its pair
+    /// (TDH.PHYMEM.PAMT.REMOVE) and releases it: written back under the
+    /// module's global KeyID, cleared, freed. A removal the module refuses
+    /// leaves the pair installed for the next page of the range or for
+    /// [`release_pairs`](Self::release_pairs); nothing is lost.
+    #[inline]
+    pub(crate) fn pair_put(&self, pfn: Pfn) {
+        if let Some(t) = &self.pairs {
+            self.pair_put_in(t, pfn);
+        }
+    }
+
+    fn pair_put_in(&self, t: &PairTable, pfn: Pfn) {
+        let r = t.put(pfn, |range| self.pamt_remove(range));
+        self.pair_done(r);
+    }
+
+    /// TDH.PHYMEM.PAMT.REMOVE of `range`, retried under the host's policy:
+    /// the two frames it gave back.
+    fn pamt_remove(&self, range: Pfn) -> Result<(Pfn, Pfn), TdxStatus> {
+        let b = self.module.backend();
+        let rcx = HpaLevel::try_new(range.hpa(), TdxLevel::L2M)
+            .map_err(|_| TdxStatus::OPERAND_INVALID)?;
+        let mut out = [0; 2];
+        retry(
+            self.module.platform(),
+            self.policy,
+            Leaf::PHYMEM_PAMT_REMOVE.v0(),
+            Operand::HostPage(range),
+            || {
+                // SAFETY: the range's count is 0: no page of it is in the
+                // module or on its way out (the count drops only after the
+                // removing SEAMCALL returned), so the module can give the
+                // pair back; we take the frames over only after checking
+                // them against the pair we installed.
+                let c = unsafe { leaf::tdh_phymem_pamt_remove(b, rcx) };
+                out = c.out;
+                c.status
+            },
+        )
+        .map_err(|e| match e {
+            TdError::Seamcall { error, .. } | TdError::Busy { error, .. } => error.status(),
+            _ => TdxStatus::OPERAND_INVALID,
+        })?;
+        let frame = |hpa: u64| Pfn::try_from_hpa(Hpa::new(hpa & !PAMT_REMOVAL_HINT)).ok();
+        match (frame(out[0]), frame(out[1])) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            // Not frames at all: never ours.
+            _ => Ok((Pfn::ZERO, Pfn::ZERO)),
+        }
+    }
+
+    /// What a put (or a removal) left to do with a pair.
+    fn pair_done(&self, r: Put) {
+        let p = self.module.platform();
+        match r {
+            Put::Kept | Put::Kept0(_) | Put::Unbalanced => {}
+            Put::Removed(pair) => self.release_pair(pair),
+            Put::Mismatch { pair } => {
+                if let Some(run) = pair_run(pair) {
+                    p.leak_pages(
+                        run,
+                        "PAMT.REMOVE gave back other pages than the range's pair",
+                    );
+                }
+            }
+        }
+    }
+
+    /// A pair the module gave back: each page written back under the
+    /// module's global KeyID (the module zeroed the pages under it at
+    /// PAMT.ADD, as it writes a TDR, whose page Linux writes back the same
+    /// way before reuse; Linux's Dynamic PAMT series frees pairs without
+    /// it, which this library does not rely on), cleared, and freed. A
+    /// failed write-back leaks the pair.
+    fn release_pair(&self, pair: Pfn) {
+        let p = self.module.platform();
+        let Some(run) = pair_run(pair) else {
+            return;
+        };
+        let global = self.module.global_keyid();
+        for f in [pair, Pfn::new(pair.as_u64() + 1)] {
+            if self.page_wbinvd(f, global, &self.policy).is_err() {
+                p.leak_pages(run, "a PAMT pair page could not be written back");
+                return;
+            }
+        }
+        // SAFETY: the module gave the pair back (PAMT.REMOVE or PROMOTE)
+        // and its lines are written back: ours again, from `alloc_pair`.
+        unsafe { p.movdir64b_clear(run) };
+        // SAFETY: as above.
+        unsafe { p.free_pages(run) };
+    }
+
+    /// Removes the pairs of ranges that hold no page (left by a PAMT.REMOVE
+    /// the module refused): what a host does before it goes away
+    /// ([`into_module`](Self::into_module) calls it). Pairs of ranges with
+    /// pages still in the module (TDs not torn down, or pages a failed
+    /// teardown leaked) stay. Returns the pairs still installed.
+    pub fn release_pairs(&self) -> usize {
+        let Some(t) = &self.pairs else {
+            return 0;
+        };
+        let mut idle = Vec::new();
+        t.for_each_pair(&mut |range, _, count| {
+            if count == 0 {
+                idle.push(range);
+            }
+        });
+        for range in idle {
+            if let Ok(Some(r)) = t.remove_idle(range, |range| self.pamt_remove(range)) {
+                self.pair_done(r);
+            }
+        }
+        t.installed()
+    }
+
     /// Serializes the TD-global leaves of this host's TDs: TDH.MNG.CREATE,
     /// TDH.MNG.KEY.CONFIG, and teardown's TDH.MNG.VPFLUSHDONE,
     /// TDH.PHYMEM.CACHE.WB (every package, resumed until done) and
@@ -225,7 +518,14 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// an `Arc`), so none is left (each was torn down, or dropped, which
     /// tears it down); HKIDs a failed teardown leaked are forgotten with the
     /// pool (the module still holds them).
+    ///
+    /// With Dynamic PAMT, the pairs of ranges that hold no page any more
+    /// (left by a PAMT.REMOVE the module refused) are removed first
+    /// ([`release_pairs`](Self::release_pairs)). (A host dropped without this leaves such pairs to the
+    /// module: their pages are never freed, which loses memory but nothing
+    /// else.)
     pub fn into_module(self) -> TdxModule<ExtInited, B, P> {
+        self.release_pairs();
         self.module
     }
 
@@ -270,6 +570,13 @@ impl<H: super::TdHostRef> Td<Created, H> {
             }
         };
         p.clflush_page(tdr);
+        if let Err(e) = h.pair_get(tdr, &h.policy) {
+            // SAFETY: the page never reached the module: ours, allocated
+            // above, only CLFLUSHed.
+            unsafe { p.free_pages(PfnRun::from(PfnRange::<Size4K>::from(tdr))) };
+            h.hkids.free(hkid);
+            return Err(e);
+        }
         let gate = h.global_leaves();
         let r = retry(
             p,
@@ -286,6 +593,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
         );
         drop(gate);
         if let Err(e) = r {
+            h.pair_put(tdr);
             // SAFETY: TDH.MNG.CREATE failed, so the module did not take the
             // page; it is ours, allocated above, and only CLFLUSHed.
             unsafe { p.free_pages(PfnRun::from(PfnRange::<Size4K>::from(tdr))) };

@@ -394,7 +394,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// with TDH.MEM.SEPT.ADD, and its node, not yet published. On failure
     /// the page is back with the platform and nothing is left behind.
     fn new_table(&self, info: PageInfo, gpa: Gpa) -> Result<NonNull<Node>, TdError> {
-        let page = self.fresh_page()?;
+        let page = self.fresh_page(&self.inner.map_policy)?;
         let Some(node) = Node::alloc(Some(page)) else {
             self.free_refused(page);
             return Err(TdError::Alloc {
@@ -471,6 +471,17 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
             Err(e) => return back(e, frame),
         };
         let (b, p, tdr, first) = (self.b(), self.p(), self.tdr(), frame.pfn());
+        // Dynamic PAMT: a 4K page's range needs a pair, a 2 MiB page's range
+        // must have none.
+        let pair = if Sz::LEVEL == TdxLevel::L4K {
+            self.host().pair_get(first, &self.inner.map_policy)
+        } else {
+            self.host().pair_clear(first, &self.inner.map_policy)
+        };
+        if let Err(e) = pair {
+            slot.store(Entry::Free);
+            return back(e, frame);
+        }
         for f in frame.range().iter() {
             p.clflush_page(f);
         }
@@ -488,6 +499,9 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
             },
         );
         if let Err(e) = r {
+            if Sz::LEVEL == TdxLevel::L4K {
+                self.host().pair_put(first);
+            }
             slot.store(Entry::Free);
             return back(e, frame);
         }
@@ -640,18 +654,25 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 p.clflush_page(Pfn::new(f));
             }
             let on = Operand::Gpa(Gpa::new(at));
-            let r = retry(
-                p,
-                self.inner.map_policy,
-                Leaf::MEM_PAGE_AUG.v0(),
-                on,
-                || {
-                    // SAFETY: the part's frames belong to the caller's guest
-                    // frame (GuestFrame::new), flushed above; on success the
-                    // module owns them and the TD records them in the node.
-                    unsafe { leaf::tdh_mem_page_aug(b, part_info, tdr, first) }.status
-                },
-            );
+            // Dynamic PAMT: a 2 MiB part's range must have no pair.
+            let r = self
+                .host()
+                .pair_clear(first, &self.inner.map_policy)
+                .and_then(|()| {
+                    retry(
+                        p,
+                        self.inner.map_policy,
+                        Leaf::MEM_PAGE_AUG.v0(),
+                        on,
+                        || {
+                            // SAFETY: the part's frames belong to the caller's
+                            // guest frame (GuestFrame::new), flushed above; on
+                            // success the module owns them and the TD records
+                            // them in the node.
+                            unsafe { leaf::tdh_mem_page_aug(b, part_info, tdr, first) }.status
+                        },
+                    )
+                });
             if let Err(error) = r {
                 let left = self.roll_back_1g(gpa, range, parts_node, i as usize, kick);
                 release_rest(i as usize);
@@ -1062,6 +1083,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let hkid = self.hkid();
         // A 4K page (the common case) is one write-back.
         let frames = if slot.level == 0 {
+            // REMOVE returned: the page's PAMT pair reference goes.
+            self.host().pair_put(first);
             first.as_u64()..first.as_u64() + 1
         } else {
             first.as_u64()..run.end()
@@ -1192,7 +1215,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         };
         // The new S-EPT page and its node first: a failed allocation then
         // leaves the page untouched.
-        let sept = match self.fresh_page() {
+        let sept = match self.fresh_page(&self.inner.policy) {
             Ok(p) => p,
             Err(e) => return restore(e),
         };
@@ -1503,6 +1526,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 gpa: Some(gpa),
             });
         }
+        // The module let go of the page: its range's pair reference goes.
+        self.host().pair_put(pfn);
         if let Err(e) = self
             .host()
             .page_wbinvd(pfn, self.hkid(), &self.inner.policy)

@@ -171,6 +171,7 @@ mod hkid;
 mod host;
 mod memory;
 mod mirror;
+mod pairs;
 mod run;
 mod teardown;
 mod vcpu;
@@ -491,18 +492,30 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     }
 
     /// A fresh page from the platform, CLFLUSHed, for the module.
-    fn fresh_page(&self) -> Result<Pfn, TdError> {
+    fn fresh_page(&self, policy: &RetryPolicy) -> Result<Pfn, TdError> {
         let pfn = self
             .p()
             .alloc_pages(1, 1, Placement::Anywhere)
             .map_err(TdError::Platform)?
             .first();
         self.p().clflush_page(pfn);
+        // With Dynamic PAMT the page's 2 MiB range needs a pair before the
+        // module takes it; `free_refused` or the page's removal gives the
+        // reference back.
+        if let Err(e) = self.host().pair_get(pfn, policy) {
+            // SAFETY: allocated above, only CLFLUSHed: ours.
+            unsafe {
+                self.p()
+                    .free_pages(PfnRun::from(PfnRange::<Size4K>::from(pfn)))
+            };
+            return Err(e);
+        }
         Ok(pfn)
     }
 
     /// Frees a page the module refused (it never took it).
     fn free_refused(&self, pfn: Pfn) {
+        self.host().pair_put(pfn);
         // SAFETY: callers pass only pages allocated by `fresh_page` that the
         // module did not take (the leaf that would have taken it failed), so
         // the module does not own it and no private line exists for it.

@@ -123,6 +123,7 @@ fn one(pfn: Pfn) -> PfnRun {
 }
 
 struct Ctx<'a, B, P> {
+    host: &'a TdHost<B, P>,
     b: &'a B,
     p: &'a P,
     policy: RetryPolicy,
@@ -178,6 +179,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
         );
         match r {
             Ok(_) => {
+                // The module let go of the page: its range's PAMT pair
+                // reference goes (4K pages only hold one).
+                if run.count() == 1 {
+                    self.host.pair_put(first);
+                }
                 if role != PageRole::Tdr {
                     self.give_back(run, role);
                 }
@@ -203,6 +209,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
 ) -> TeardownReport {
     let (b, p) = (host.module().backend(), host.module().platform());
     let mut cx = Ctx {
+        host,
         b,
         p,
         policy: host.policy(),

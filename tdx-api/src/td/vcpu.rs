@@ -153,7 +153,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
                     self,
                 );
             }
-            let page = match self.td.fresh_page() {
+            let page = match self.td.fresh_page(&self.td.inner.policy) {
                 Ok(page) => page,
                 Err(error) => return fail(error, self),
             };
@@ -301,7 +301,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
         }
         let (b, tdr) = (self.b(), self.tdr());
         let index = self.inner.vcpus.len();
-        let tdvpr = self.fresh_page()?;
+        let tdvpr = self.fresh_page(&self.inner.policy)?;
         self.retry(Leaf::VP_CREATE.v0(), Operand::Vcpu(index), || {
             // SAFETY: a fresh, flushed page; on success the module owns it.
             unsafe { leaf::tdh_vp_create(b, tdvpr, tdr) }
