@@ -407,6 +407,21 @@ impl TraceCall {
             RegShape::Ret
         }
     }
+
+    /// The register shape the recorder's call had, as far as the line
+    /// shows it: the shape whose outputs are exactly the expected
+    /// registers ([`Recorder`] writes them all), else
+    /// [`TraceCall::replay_shape`].
+    pub fn recorded_shape(&self) -> RegShape {
+        let Some(e) = &self.expected else {
+            return self.replay_shape();
+        };
+        let named: Vec<Reg> = e.regs.iter().map(|&(r, _)| r).collect();
+        [RegShape::NoOutputs, RegShape::Ret, RegShape::SavedRet]
+            .into_iter()
+            .find(|&shape| named == Reg::outputs(shape))
+            .unwrap_or_else(|| self.replay_shape())
+    }
 }
 
 /// A guest operation (a `guest` line's `do`): one method of [`Guest`], as
@@ -2013,6 +2028,10 @@ trait ReplayHost {
     fn wbinvd(&self);
     fn clflush(&self, pa: u64);
     fn call(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus;
+    /// The shape `call` is issued with.
+    fn shape(&self, call: &TraceCall) -> RegShape {
+        call.replay_shape()
+    }
 }
 
 impl ReplayHost for Simulator {
@@ -2084,6 +2103,11 @@ impl<W: Write> ReplayHost for Recorder<'_, Simulator, Simulator, W> {
         // SAFETY: as for the simulator: the recorder forwards to it.
         unsafe { self.seamcall(rax, args, shape) }
     }
+
+    /// The recording's shape, so that the lines record back as they were.
+    fn shape(&self, call: &TraceCall) -> RegShape {
+        call.recorded_shape()
+    }
 }
 
 /// One entry of a replayed guest's script: a guest operation, or (`None`)
@@ -2146,7 +2170,8 @@ impl ReplayGuests {
     }
 
     fn retire_all(&mut self) -> Vec<usize> {
-        let frames: Vec<u64> = self.lives.keys().copied().collect();
+        let mut frames: Vec<u64> = self.lives.keys().copied().collect();
+        frames.sort_unstable();
         frames.into_iter().filter_map(|f| self.retire(f)).collect()
     }
 }
@@ -2158,7 +2183,7 @@ fn replay_call<H: ReplayHost + ?Sized>(
     call: &TraceCall,
     summary: &mut ReplaySummary,
 ) -> (String, TdxStatus) {
-    let shape = call.replay_shape();
+    let shape = host.shape(call);
     let mut args = call.input;
     let status = host.call(call.rax, &mut args, shape);
     let rax = status.raw();
