@@ -19,6 +19,10 @@
 //! {"op":"wbinvd"}
 //! {"op":"clflush","pa":"0x20000"}
 //! {"op":"seamcall","leaf":"TDH.SYS.CONFIG","in":{"rcx":"0x10000","rdx":"0x1","r8":"0x20"},"out":{"rax":"0x0"}}
+//! {"op":"guest","vcpu":"0x100008000","do":"accept","gpa":"0x1000","level":0}
+//! {"op":"kick","vcpu":"0x100008000","at":"op"}
+//! {"op":"map_shared","tdr":"0x100000000","gpa":"0x800000003000","to":"0x100018000"}
+//! {"op":"tsc","value":"0x3e8"}
 //! ```
 //!
 //! - Numbers are JSON integers (0 to 2^64 - 1) or `"0x..."` strings of hex
@@ -51,6 +55,9 @@
 //!   names input registers (`rcx`, `rdx`, `r8`-`r15`, `rbx`, `rdi`, `rsi`);
 //!   absent ones are 0. `out` is optional: expected values for any subset of
 //!   `rax` and those registers.
+//! - `guest`, `kick`, `map_shared` and `tsc` are what the guests did and
+//!   what the host did to them outside SEAMCALLs; [Guests](#guests) has
+//!   them.
 //! - Unknown fields are an error, as is anything else this list does not
 //!   allow: a malformed trace is a [`TraceError`] naming the line, never a
 //!   panic.
@@ -67,10 +74,77 @@
 //! nothing. Each output line reports RCX, RDX and R8-R11 for `Ret` and all
 //! thirteen registers for `SavedRet`.
 //!
-//! Guest programs ([`crate::Simulator::set_guest`]) are code, not part of
-//! the format: a replayed TDH.VP.ENTER enters a vCPU with no program,
-//! which halts: an entry whose recorded guest did anything else replays
-//! with other outputs.
+//! [`Trace::run_recorded`] issues each call with the shape its recorded
+//! outputs show instead ([`TraceCall::recorded_shape`]), so that the lines
+//! record back as they were.
+//!
+//! # Guests
+//!
+//! A guest program ([`Simulator::set_guest`]) is code, but what it does to
+//! the module is a sequence of guest operations, each a method of
+//! [`Guest`]; the run is deterministic given those and the host's calls
+//! (the [guest model](crate::guest)). A trace carries the operations, not
+//! the code:
+//!
+//! - `guest`: the guest of the vCPU whose TDVPR is at `vcpu` (a page
+//!   address) issued the operation `do`, with its operands:
+//!   `"accept"` (`gpa`, `level` 0-255), `"read"` (`gpa`, `len`: the access
+//!   stays within one 4K page), `"write"` (`gpa`, `hex`: within one 4K
+//!   page), `"vmcall"` (`control`, and `regs`, an object of the registers
+//!   a TDG.VP.VMCALL may expose, `rdx`, `rbx`, `rsi`, `rdi`, `r8`-`r15`;
+//!   absent ones are 0; `Guest::halt`, `tdvmcall` and
+//!   `report_fatal_error` are this operation), `"vp_info"`,
+//!   `"rtmr_extend"` (`gpa`, `index`), `"mr_report"` (`report`, `data`,
+//!   `subtype`), `"triple_fault"`, `"fatal_td_event"`, and `"end"` (the
+//!   program returned). Each operation is written once, when the guest
+//!   issues it: the repeats after a fault-like exit (an EPT violation, an
+//!   interrupt) are the module's, not the guest's. A guest line comes
+//!   before the line of the TDH.VP.ENTER during which the guest issued
+//!   it, so each vCPU's operations are in order and each entry's are
+//!   between it and the one before. A program's results (what a read
+//!   returned) are not written; they follow from the rest.
+//! - `kick`: the vCPU took an interrupt and exited with it (the
+//!   external-interrupt exit of [`Simulator::kick`], or of another
+//!   thread's SEAMCALL on its LP). `at` is `"op"` when it took it on
+//!   issuing an operation, which is the next `guest` line of that vCPU
+//!   (the operation then runs after the next entry), or `"entry"` when it
+//!   took it at once on entering (the operation it was stopped in, or its
+//!   halt, waits for the entry after). A kick is written where the vCPU
+//!   took it, not where the host kicked: a kick that found no vCPU in the
+//!   guest, or that the vCPU left before it took it, changed nothing and
+//!   is not written.
+//! - `map_shared`: the host set how the VMM's shared EPT of the TD whose
+//!   TDR is at `tdr` maps the shared 4K page at `gpa`
+//!   ([`Simulator::map_shared`]): `to` is the host page's address (below
+//!   2^52), `"mmio"`, or `null` (unmapped).
+//! - `tsc`: the host set the simulated TSC to `value`
+//!   ([`Simulator::set_tsc`]), which TDH.VP.ENTER's TSC_ROLLBACK check and
+//!   the host-priority timeout read.
+//!
+//! Only [`Recorder::for_simulator`] writes these lines: the simulator logs
+//! them while that recorder exists, and the recorder writes what was
+//! logged before the next line it writes (a SEAMCALL's after the call, so
+//! the guest lines of an entry come before it, and before the `cpu` line
+//! that selected its LP). A `map_shared` or `tsc` made while another
+//! thread's vCPU is in the guest is therefore replayed before that entry
+//! rather than in its middle; a run whose guests must see such a change
+//! between two operations of one entry does not replay. A guest program
+//! that panics issues no operation (TDH.VP.ENTER panics with it).
+//!
+//! On replay each vCPU's `guest` and `kick` (`"op"`) lines make a script
+//! that is its guest program: it issues the operations in order, each as
+//! the [`Guest`] method (the results are not checked: the SEAMCALLs'
+//! expected outputs are), arms a kick before the operation a `kick` line
+//! precedes, and ends (the vCPU then halts) at `end` or when it has no
+//! line left. The program is installed before the vCPU's first
+//! TDH.VP.ENTER, replacing one set with [`Simulator::set_guest`] that has
+//! not started; a successful TDH.VP.CREATE of the same TDVPR page starts a
+//! new vCPU there, with a new script. A `kick` at `"entry"` is armed at its
+//! place and taken by the vCPU's next entry; `map_shared` and `tsc` are
+//! applied at their place. A recorded run replays to the same outputs, and
+//! recorded again ([`Trace::run_recorded`]) it gives the same lines. A
+//! trace without guest lines replays as before they existed: its vCPUs
+//! have no program and halt.
 //!
 //! # Recording
 //!
@@ -82,7 +156,9 @@
 //! the last one written. Reads, allocations, frees and leaks are not part
 //! of the format and are not written. [`Platform::movdir64b_clear`] is
 //! written as what it leaves behind: a `write` of zeros and a `clflush`
-//! for each page.
+//! for each page. A recorder of the simulator
+//! ([`Recorder::for_simulator`]) also writes the guests' lines
+//! ([Guests](#guests)).
 //!
 //! # Replay
 //!
@@ -96,7 +172,17 @@
 //!
 //! `match` is there only when the trace line had `out`; when it is false,
 //! `expected` lists the registers that differed, with the values the trace
-//! expected. After the run the simulator's invariants are checked
+//! expected. Two other lines report what went otherwise than recorded,
+//! each a mismatch of its line ([`ReplaySummary::mismatches`]): a
+//! `map_shared` that names no TD, and the first `guest` (or `kick`) line
+//! of a vCPU whose replayed guest never got to it (it went another way):
+//!
+//! ```text
+//! {"line":12,"op":"map_shared","match":false,"error":"no TD has its TDR at 0x..."}
+//! {"line":40,"op":"guest","match":false,"error":"the replayed guest did not reach this operation"}
+//! ```
+//!
+//! After the run the simulator's invariants are checked
 //! ([`Simulator::check_invariants`]): a trace that breaks a rule of the ABI
 //! fails even when every expectation held ([`ReplaySummary::passed`]).
 
@@ -2234,7 +2320,9 @@ pub struct ReplaySummary {
     pub seamcalls: u64,
     /// SEAMCALLs with expected outputs.
     pub checked: u64,
-    /// Lines whose expected outputs did not match, in order.
+    /// Lines that did not replay as recorded, in order: SEAMCALLs whose
+    /// expected outputs did not match, `map_shared` lines that named no
+    /// TD, and the first guest line each replayed guest did not reach.
     pub mismatches: Vec<usize>,
     /// The module-wide state at the end (`None` only before a run).
     pub module_state: Option<SysState>,

@@ -358,8 +358,10 @@ fn with_kick_at_entry(text: &str) -> String {
         vcpu,
         at: KickAt::Entry,
     };
-    let mut input = SeamcallArgs::default();
-    input.rcx = vcpu;
+    let input = SeamcallArgs {
+        rcx: vcpu,
+        ..SeamcallArgs::default()
+    };
     let exit = TraceOp::Seamcall(TraceCall {
         rax: Leaf::VP_ENTER.v0().rax(),
         input,
