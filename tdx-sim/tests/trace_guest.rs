@@ -594,15 +594,15 @@ fn wild_guest_operands_replay_without_panicking() {
     let v = format!("\"vcpu\":\"{vcpu}\"");
     let max = "\"0xffffffffffffffff\"";
     for op in [
-        format!("\"do\":\"accept\",\"gpa\":\"0xfffffffffffff000\",\"level\":0"),
-        format!("\"do\":\"accept\",\"gpa\":\"0x0\",\"level\":255"),
+        "\"do\":\"accept\",\"gpa\":\"0xfffffffffffff000\",\"level\":0".to_owned(),
+        "\"do\":\"accept\",\"gpa\":\"0x0\",\"level\":255".to_owned(),
         format!("\"do\":\"accept\",\"gpa\":{max},\"level\":1"),
-        format!("\"do\":\"read\",\"gpa\":\"0xfffffffffffffff8\",\"len\":8"),
-        format!("\"do\":\"read\",\"gpa\":\"0x7ffffffff000\",\"len\":4096"),
-        format!("\"do\":\"read\",\"gpa\":\"0x1000\",\"len\":0"),
-        format!("\"do\":\"write\",\"gpa\":\"0xfffffffffffff000\",\"hex\":\"00\""),
+        "\"do\":\"read\",\"gpa\":\"0xfffffffffffffff8\",\"len\":8".to_owned(),
+        "\"do\":\"read\",\"gpa\":\"0x7ffffffff000\",\"len\":4096".to_owned(),
+        "\"do\":\"read\",\"gpa\":\"0x1000\",\"len\":0".to_owned(),
+        "\"do\":\"write\",\"gpa\":\"0xfffffffffffff000\",\"hex\":\"00\"".to_owned(),
         format!("\"do\":\"vmcall\",\"control\":{max},\"regs\":{{\"r15\":{max}}}"),
-        format!("\"do\":\"vmcall\",\"control\":\"0x2\""),
+        "\"do\":\"vmcall\",\"control\":\"0x2\"".to_owned(),
         format!("\"do\":\"rtmr_extend\",\"gpa\":\"0xffffffffffffffc0\",\"index\":{max}"),
         format!("\"do\":\"rtmr_extend\",\"gpa\":\"0x1000\",\"index\":{max}"),
         format!(
