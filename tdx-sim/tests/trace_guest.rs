@@ -608,9 +608,8 @@ fn wild_guest_operands_replay_without_panicking() {
         format!(
             "\"do\":\"mr_report\",\"report\":\"0xfffffffffffffc00\",\"data\":\"0xffffffffffffffc0\",\"subtype\":{max}"
         ),
-        format!(
-            "\"do\":\"mr_report\",\"report\":\"0x800000000000\",\"data\":\"0x0\",\"subtype\":0"
-        ),
+        "\"do\":\"mr_report\",\"report\":\"0x800000000000\",\"data\":\"0x0\",\"subtype\":0"
+            .to_owned(),
         "\"do\":\"vp_info\"".to_owned(),
         "\"do\":\"triple_fault\"".to_owned(),
         "\"do\":\"fatal_td_event\"".to_owned(),
