@@ -2643,7 +2643,9 @@ impl<'a, W: Write> Recorder<'a, Simulator, Simulator, W> {
     ///
     /// It also writes what the simulator's guests do and what the host
     /// does to them through the simulator (`guest`, `kick`, `map_shared`
-    /// and `tsc` lines; see the [module documentation](self#guests)).
+    /// and `tsc` lines; see the [module documentation](self#guests)),
+    /// from when it is built until it is finished or dropped. One such
+    /// recorder of a simulator at a time: two would share those lines.
     pub fn for_simulator(sim: &'a Simulator, out: W) -> io::Result<Self> {
         let mut r = Self::new(sim, sim, &TraceMachine::from_desc(&sim.machine()), out)?;
         r.lock().lp = sim.current_lp();

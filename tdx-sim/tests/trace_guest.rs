@@ -653,3 +653,42 @@ fn dropping_any_guest_or_kick_line_replays_without_panicking() {
     // script reaches anyway).
     assert!(diverged >= 5, "{diverged}");
 }
+
+#[test]
+fn only_a_recorder_of_the_simulator_writes_guest_lines_while_it_exists() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Runnable);
+    let (v, lp) = (td.vcpus[0].tdvpr, VCPU_LP);
+    sim.set_guest(v, |g: &mut Guest| {
+        for _ in 0..3 {
+            g.halt();
+        }
+    });
+    let none = SeamcallArgs::default();
+    // A recorder of any backend: SEAMCALLs only.
+    let m = tdx_sim::TraceMachine::from_desc(&sim.machine());
+    let rec = Recorder::new(&sim, &sim, &m, Vec::new()).unwrap();
+    assert_vmcall(enter(&rec, lp, v, none), subfunction::HLT);
+    sim.set_tsc(5);
+    let text = String::from_utf8(rec.finish().unwrap()).unwrap();
+    assert!(!text.contains("\"guest\"") && !text.contains("\"tsc\""));
+    // A recorder of the simulator: the guest's operation, and what the
+    // host did to it before the entry.
+    let rec = Recorder::for_simulator(&sim, Vec::new()).unwrap();
+    sim.set_tsc(6);
+    assert_vmcall(enter(&rec, lp, v, none), subfunction::HLT);
+    let text = String::from_utf8(rec.finish().unwrap()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[1], "{\"op\":\"tsc\",\"value\":\"0x6\"}");
+    assert!(lines[2].contains("\"do\":\"vmcall\""), "{text}");
+    assert_eq!(lines[3], "{\"op\":\"cpu\",\"lp\":1}");
+    assert!(lines[4].contains("TDH.VP.ENTER"), "{text}");
+    // Gone, it keeps nothing for the next one.
+    sim.set_tsc(7);
+    let rec = Recorder::for_simulator(&sim, Vec::new()).unwrap();
+    let text = String::from_utf8(rec.finish().unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
