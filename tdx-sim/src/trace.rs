@@ -135,8 +135,12 @@
 //! that is its guest program: it issues the operations in order, each as
 //! the [`Guest`] method (the results are not checked: the SEAMCALLs'
 //! expected outputs are), arms a kick before the operation a `kick` line
-//! precedes, and ends (the vCPU then halts) at `end` or when it has no
-//! line left. The program is installed before the vCPU's first
+//! precedes, and ends (the vCPU then halts) at `end` or when it needs a
+//! line it does not have: replay hands it the lines before each entry as
+//! it reaches that entry's line, so a guest that goes further than the
+//! recorded one did in an entry ends there instead of waiting for lines
+//! to come. The lines a replayed guest never got to are reported (see
+//! [Replay](#replay)). The program is installed before the vCPU's first
 //! TDH.VP.ENTER, replacing one set with [`Simulator::set_guest`] that has
 //! not started; a successful TDH.VP.CREATE of the same TDVPR page starts a
 //! new vCPU there, with a new script. A `kick` at `"entry"` is armed at its
