@@ -584,6 +584,11 @@ impl Guests {
         }
     }
 
+    /// True once the vCPU's guest has started (a program may not be set).
+    pub(crate) fn started(&self, tdvpr: u64) -> bool {
+        lock(&self.runners).contains_key(&tdvpr) || lock(&self.running).contains_key(&tdvpr)
+    }
+
     pub(crate) fn in_guest(&self, tdvpr: u64) -> bool {
         lock(&self.running).contains_key(&tdvpr)
     }

@@ -247,6 +247,8 @@ impl Simulator {
             Some(m) => ctl.shared_ept.insert(gpa & !0xFFF, m),
             None => ctl.shared_ept.remove(&(gpa & !0xFFF)),
         };
+        drop(ctl);
+        crate::trace::host_map_shared(&self.s, tdr.as_u64(), gpa, m);
     }
 
     /// The simulated TSC: one clock for every LP, 0 when the simulator is
@@ -262,6 +264,12 @@ impl Simulator {
     /// Sets the simulated TSC (backwards too, to test TSC rollback).
     pub fn set_tsc(&self, tsc: u64) {
         self.s.tsc.store(tsc, Ordering::Release);
+        crate::trace::host_tsc(&self.s, tsc);
+    }
+
+    /// The module's state, for the trace module's replay.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.s
     }
 
     /// True while the vCPU whose TDVPR is `tdvpr` is in the guest (inside

@@ -400,6 +400,9 @@ pub(crate) struct Shared {
     pub(crate) guests: crate::guest::Guests,
     /// The simulated TSC (the same on every LP), which tests set.
     pub(crate) tsc: AtomicU64,
+    /// What a trace recorder takes from the guests and the host's guest
+    /// actions, and what a replay arms ([`crate::trace`]).
+    pub(crate) guest_log: crate::trace::GuestLog,
     faults: Mutex<FaultPlan>,
     faults_armed: AtomicBool,
     violations: Mutex<Vec<Violation>>,
@@ -426,6 +429,7 @@ impl Shared {
             vcpus: VcpuTable::default(),
             guests: crate::guest::Guests::default(),
             tsc: AtomicU64::new(0),
+            guest_log: crate::trace::GuestLog::default(),
             faults: Mutex::default(),
             faults_armed: AtomicBool::new(false),
             violations: Mutex::default(),

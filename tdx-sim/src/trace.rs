@@ -19,6 +19,10 @@
 //! {"op":"wbinvd"}
 //! {"op":"clflush","pa":"0x20000"}
 //! {"op":"seamcall","leaf":"TDH.SYS.CONFIG","in":{"rcx":"0x10000","rdx":"0x1","r8":"0x20"},"out":{"rax":"0x0"}}
+//! {"op":"guest","vcpu":"0x100008000","do":"accept","gpa":"0x1000","level":0}
+//! {"op":"kick","vcpu":"0x100008000","at":"op"}
+//! {"op":"map_shared","tdr":"0x100000000","gpa":"0x800000003000","to":"0x100018000"}
+//! {"op":"tsc","value":"0x3e8"}
 //! ```
 //!
 //! - Numbers are JSON integers (0 to 2^64 - 1) or `"0x..."` strings of hex
@@ -51,6 +55,9 @@
 //!   names input registers (`rcx`, `rdx`, `r8`-`r15`, `rbx`, `rdi`, `rsi`);
 //!   absent ones are 0. `out` is optional: expected values for any subset of
 //!   `rax` and those registers.
+//! - `guest`, `kick`, `map_shared` and `tsc` are what the guests did and
+//!   what the host did to them outside SEAMCALLs; [Guests](#guests) has
+//!   them.
 //! - Unknown fields are an error, as is anything else this list does not
 //!   allow: a malformed trace is a [`TraceError`] naming the line, never a
 //!   panic.
@@ -67,10 +74,81 @@
 //! nothing. Each output line reports RCX, RDX and R8-R11 for `Ret` and all
 //! thirteen registers for `SavedRet`.
 //!
-//! Guest programs ([`crate::Simulator::set_guest`]) are code, not part of
-//! the format: a replayed TDH.VP.ENTER enters a vCPU with no program,
-//! which halts: an entry whose recorded guest did anything else replays
-//! with other outputs.
+//! [`Trace::run_recorded`] issues each call with the shape its recorded
+//! outputs show instead ([`TraceCall::recorded_shape`]), so that the lines
+//! record back as they were.
+//!
+//! # Guests
+//!
+//! A guest program ([`Simulator::set_guest`]) is code, but what it does to
+//! the module is a sequence of guest operations, each a method of
+//! [`Guest`]; the run is deterministic given those and the host's calls
+//! (the [guest model](crate::guest)). A trace carries the operations, not
+//! the code:
+//!
+//! - `guest`: the guest of the vCPU whose TDVPR is at `vcpu` (a page
+//!   address) issued the operation `do`, with its operands:
+//!   `"accept"` (`gpa`, `level` 0-255), `"read"` (`gpa`, `len`: the access
+//!   stays within one 4K page), `"write"` (`gpa`, `hex`: within one 4K
+//!   page), `"vmcall"` (`control`, and `regs`, an object of the registers
+//!   a TDG.VP.VMCALL may expose, `rdx`, `rbx`, `rsi`, `rdi`, `r8`-`r15`;
+//!   absent ones are 0; `Guest::halt`, `tdvmcall` and
+//!   `report_fatal_error` are this operation), `"vp_info"`,
+//!   `"rtmr_extend"` (`gpa`, `index`), `"mr_report"` (`report`, `data`,
+//!   `subtype`), `"triple_fault"`, `"fatal_td_event"`, and `"end"` (the
+//!   program returned). Each operation is written once, when the guest
+//!   issues it: the repeats after a fault-like exit (an EPT violation, an
+//!   interrupt) are the module's, not the guest's. A guest line comes
+//!   before the line of the TDH.VP.ENTER during which the guest issued
+//!   it, so each vCPU's operations are in order and each entry's are
+//!   between it and the one before. A program's results (what a read
+//!   returned) are not written; they follow from the rest.
+//! - `kick`: the vCPU took an interrupt and exited with it (the
+//!   external-interrupt exit of [`Simulator::kick`], or of another
+//!   thread's SEAMCALL on its LP). `at` is `"op"` when it took it on
+//!   issuing an operation, which is the next `guest` line of that vCPU
+//!   (the operation then runs after the next entry), or `"entry"` when it
+//!   took it at once on entering (the operation it was stopped in, or its
+//!   halt, waits for the entry after). A kick is written where the vCPU
+//!   took it, not where the host kicked: a kick that found no vCPU in the
+//!   guest, or that the vCPU left before it took it, changed nothing and
+//!   is not written.
+//! - `map_shared`: the host set how the VMM's shared EPT of the TD whose
+//!   TDR is at `tdr` maps the shared 4K page at `gpa`
+//!   ([`Simulator::map_shared`]): `to` is the host page's address (below
+//!   2^52), `"mmio"`, or `null` (unmapped).
+//! - `tsc`: the host set the simulated TSC to `value`
+//!   ([`Simulator::set_tsc`]), which TDH.VP.ENTER's TSC_ROLLBACK check and
+//!   the host-priority timeout read.
+//!
+//! Only [`Recorder::for_simulator`] writes these lines: the simulator logs
+//! them while that recorder exists, and the recorder writes what was
+//! logged before the next line it writes (a SEAMCALL's after the call, so
+//! the guest lines of an entry come before it, and before the `cpu` line
+//! that selected its LP). A `map_shared` or `tsc` made while another
+//! thread's vCPU is in the guest is therefore replayed before that entry
+//! rather than in its middle; a run whose guests must see such a change
+//! between two operations of one entry does not replay. A guest program
+//! that panics issues no operation (TDH.VP.ENTER panics with it).
+//!
+//! On replay each vCPU's `guest` and `kick` (`"op"`) lines make a script
+//! that is its guest program: it issues the operations in order, each as
+//! the [`Guest`] method (the results are not checked: the SEAMCALLs'
+//! expected outputs are), arms a kick before the operation a `kick` line
+//! precedes, and ends (the vCPU then halts) at `end` or when it needs a
+//! line it does not have: replay hands it the lines before each entry as
+//! it reaches that entry's line, so a guest that goes further than the
+//! recorded one did in an entry ends there instead of waiting for lines
+//! to come. The lines a replayed guest never got to are reported (see
+//! [Replay](#replay)). The program is installed before the vCPU's first
+//! TDH.VP.ENTER, replacing one set with [`Simulator::set_guest`] that has
+//! not started; a successful TDH.VP.CREATE of the same TDVPR page starts a
+//! new vCPU there, with a new script. A `kick` at `"entry"` is armed at its
+//! place and taken by the vCPU's next entry; `map_shared` and `tsc` are
+//! applied at their place. A recorded run replays to the same outputs, and
+//! recorded again ([`Trace::run_recorded`]) it gives the same lines. A
+//! trace without guest lines replays as before they existed: its vCPUs
+//! have no program and halt.
 //!
 //! # Recording
 //!
@@ -82,7 +160,9 @@
 //! the last one written. Reads, allocations, frees and leaks are not part
 //! of the format and are not written. [`Platform::movdir64b_clear`] is
 //! written as what it leaves behind: a `write` of zeros and a `clflush`
-//! for each page.
+//! for each page. A recorder of the simulator
+//! ([`Recorder::for_simulator`]) also writes the guests' lines
+//! ([Guests](#guests)).
 //!
 //! # Replay
 //!
@@ -96,7 +176,17 @@
 //!
 //! `match` is there only when the trace line had `out`; when it is false,
 //! `expected` lists the registers that differed, with the values the trace
-//! expected. After the run the simulator's invariants are checked
+//! expected. Two other lines report what went otherwise than recorded,
+//! each a mismatch of its line ([`ReplaySummary::mismatches`]): a
+//! `map_shared` that names no TD, and the first `guest` (or `kick`) line
+//! of a vCPU whose replayed guest never got to it (it went another way):
+//!
+//! ```text
+//! {"line":12,"op":"map_shared","match":false,"error":"no TD has its TDR at 0x..."}
+//! {"line":40,"op":"guest","match":false,"error":"the replayed guest did not reach this operation"}
+//! ```
+//!
+//! After the run the simulator's invariants are checked
 //! ([`Simulator::check_invariants`]): a trace that breaks a rule of the ABI
 //! fails even when every expectation held ([`ReplaySummary::passed`]).
 
@@ -107,9 +197,13 @@
 #![allow(unsafe_code)]
 
 use std::{
+    collections::{HashMap, HashSet, VecDeque},
     fmt::{self, Write as _},
     io::{self, BufRead, Write},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use serde_json::{Map, Value};
@@ -117,13 +211,16 @@ use tdx_api::{
     CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
 };
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
-use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, metadata::KeyIdPartition};
+use tdx_types::{
+    Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, exit::VmcallRegs, metadata::KeyIdPartition,
+};
 
 use crate::{
+    guest::{Guest, Request, SharedMapping},
     machine::{MachineDesc, MachineError, NativeCpu},
     profile::Profile,
     sim::{InvariantError, Simulator},
-    state::SysState,
+    state::{Shared, SysState},
     violation::Violation,
 };
 
@@ -400,6 +497,292 @@ impl TraceCall {
             RegShape::Ret
         }
     }
+
+    /// The register shape the recorder's call had, as far as the line
+    /// shows it: the shape whose outputs are exactly the expected
+    /// registers ([`Recorder`] writes them all), else
+    /// [`TraceCall::replay_shape`].
+    pub fn recorded_shape(&self) -> RegShape {
+        let Some(e) = &self.expected else {
+            return self.replay_shape();
+        };
+        let named: Vec<Reg> = e.regs.iter().map(|&(r, _)| r).collect();
+        [RegShape::NoOutputs, RegShape::Ret, RegShape::SavedRet]
+            .into_iter()
+            .find(|&shape| named == Reg::outputs(shape))
+            .unwrap_or_else(|| self.replay_shape())
+    }
+}
+
+/// A guest operation (a `guest` line's `do`): one method of [`Guest`], as
+/// the guest program called it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestOp {
+    /// `accept`: [`Guest::accept`].
+    Accept {
+        /// The GPA.
+        gpa: u64,
+        /// 0 (4K) or 1 (2M); the module refuses the rest.
+        level: u8,
+    },
+    /// `read`: [`Guest::read`], within one 4K page.
+    Read {
+        /// The GPA.
+        gpa: u64,
+        /// Bytes.
+        len: usize,
+    },
+    /// `write`: [`Guest::write`], within one 4K page.
+    Write {
+        /// The GPA.
+        gpa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// `vmcall`: [`Guest::vmcall`] (the helpers `halt`, `tdvmcall` and
+    /// `report_fatal_error` are this call).
+    Vmcall {
+        /// The exposure control.
+        control: u64,
+        /// The guest's registers.
+        regs: VmcallRegs,
+    },
+    /// `vp_info`: [`Guest::vp_info`].
+    VpInfo,
+    /// `rtmr_extend`: [`Guest::rtmr_extend`].
+    RtmrExtend {
+        /// The GPA of the 48 bytes.
+        gpa: u64,
+        /// The RTMR.
+        index: u64,
+    },
+    /// `mr_report`: [`Guest::mr_report`].
+    MrReport {
+        /// The TDREPORT's GPA.
+        report: u64,
+        /// REPORTDATA's GPA.
+        data: u64,
+        /// The subtype.
+        subtype: u64,
+    },
+    /// `triple_fault`: [`Guest::triple_fault`].
+    TripleFault,
+    /// `fatal_td_event`: [`Guest::fatal_td_event`].
+    FatalTdEvent,
+    /// `end`: the program returned (the vCPU halts from then on).
+    End,
+}
+
+/// The VMCALL registers in the order a trace writes them, with their names.
+fn vmcall_regs(r: &VmcallRegs) -> [(&'static str, u64); 12] {
+    [
+        ("rdx", r.rdx),
+        ("rbx", r.rbx),
+        ("rsi", r.rsi),
+        ("rdi", r.rdi),
+        ("r8", r.r8),
+        ("r9", r.r9),
+        ("r10", r.r10),
+        ("r11", r.r11),
+        ("r12", r.r12),
+        ("r13", r.r13),
+        ("r14", r.r14),
+        ("r15", r.r15),
+    ]
+}
+
+/// The VMCALL register named `name`, in `r`.
+fn vmcall_reg<'r>(r: &'r mut VmcallRegs, name: &str) -> Option<&'r mut u64> {
+    Some(match name {
+        "rdx" => &mut r.rdx,
+        "rbx" => &mut r.rbx,
+        "rsi" => &mut r.rsi,
+        "rdi" => &mut r.rdi,
+        "r8" => &mut r.r8,
+        "r9" => &mut r.r9,
+        "r10" => &mut r.r10,
+        "r11" => &mut r.r11,
+        "r12" => &mut r.r12,
+        "r13" => &mut r.r13,
+        "r14" => &mut r.r14,
+        "r15" => &mut r.r15,
+        _ => return None,
+    })
+}
+
+impl GuestOp {
+    /// The `do` name of the operation.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Accept { .. } => "accept",
+            Self::Read { .. } => "read",
+            Self::Write { .. } => "write",
+            Self::Vmcall { .. } => "vmcall",
+            Self::VpInfo => "vp_info",
+            Self::RtmrExtend { .. } => "rtmr_extend",
+            Self::MrReport { .. } => "mr_report",
+            Self::TripleFault => "triple_fault",
+            Self::FatalTdEvent => "fatal_td_event",
+            Self::End => "end",
+        }
+    }
+
+    /// The operation a guest request is, if the format has it: a panicked
+    /// program is no operation (the host's TDH.VP.ENTER panics with it).
+    ///
+    /// Exhaustive on purpose: a new guest operation is a compile error here
+    /// until the format has it.
+    pub(crate) fn from_request(r: &Request) -> Option<Self> {
+        Some(match r {
+            Request::Accept { gpa, level } => Self::Accept {
+                gpa: *gpa,
+                level: *level,
+            },
+            Request::Read { gpa, len } => Self::Read {
+                gpa: *gpa,
+                len: *len,
+            },
+            Request::Write { gpa, data } => Self::Write {
+                gpa: *gpa,
+                data: data.clone(),
+            },
+            Request::Vmcall { control, regs } => Self::Vmcall {
+                control: *control,
+                regs: *regs,
+            },
+            Request::TripleFault => Self::TripleFault,
+            Request::FatalTdEvent => Self::FatalTdEvent,
+            Request::VpInfo => Self::VpInfo,
+            Request::RtmrExtend { gpa, index } => Self::RtmrExtend {
+                gpa: *gpa,
+                index: *index,
+            },
+            Request::MrReport {
+                report,
+                data,
+                subtype,
+            } => Self::MrReport {
+                report: *report,
+                data: *data,
+                subtype: *subtype,
+            },
+            Request::End => Self::End,
+            Request::Panicked(_) => return None,
+        })
+    }
+
+    /// Issues the operation as the guest program `g`; false when the
+    /// program ends here (`end`, or an access the guest model refuses,
+    /// which a parsed trace never has).
+    fn issue(&self, g: &mut Guest) -> bool {
+        match self {
+            Self::Accept { gpa, level } => {
+                g.accept(*gpa, *level);
+            }
+            Self::Read { gpa, len } => {
+                if !within_page(*gpa, *len) {
+                    return false;
+                }
+                let _ = g.read(*gpa, *len);
+            }
+            Self::Write { gpa, data } => {
+                if !within_page(*gpa, data.len()) {
+                    return false;
+                }
+                let _ = g.write(*gpa, data);
+            }
+            Self::Vmcall { control, regs } => {
+                let _ = g.vmcall(*control, *regs);
+            }
+            Self::VpInfo => {
+                g.vp_info();
+            }
+            Self::RtmrExtend { gpa, index } => {
+                let _ = g.rtmr_extend(*gpa, *index);
+            }
+            Self::MrReport {
+                report,
+                data,
+                subtype,
+            } => {
+                let _ = g.mr_report(*report, *data, *subtype);
+            }
+            Self::TripleFault => g.triple_fault(),
+            Self::FatalTdEvent => g.fatal_td_event(),
+            Self::End => return false,
+        }
+        true
+    }
+
+    /// Writes the fields after `do`.
+    fn write_fields(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Accept { gpa, level } => write!(f, ",\"gpa\":\"{gpa:#x}\",\"level\":{level}"),
+            Self::Read { gpa, len } => write!(f, ",\"gpa\":\"{gpa:#x}\",\"len\":{len}"),
+            Self::Write { gpa, data } => {
+                write!(f, ",\"gpa\":\"{gpa:#x}\",\"hex\":\"")?;
+                write_hex(f, data)?;
+                f.write_char('"')
+            }
+            Self::Vmcall { control, regs } => {
+                write!(f, ",\"control\":\"{control:#x}\"")?;
+                let set: Vec<_> = vmcall_regs(regs)
+                    .into_iter()
+                    .filter(|&(_, v)| v != 0)
+                    .collect();
+                if !set.is_empty() {
+                    f.write_str(",\"regs\":{")?;
+                    for (i, (name, v)) in set.into_iter().enumerate() {
+                        if i > 0 {
+                            f.write_char(',')?;
+                        }
+                        write!(f, "\"{name}\":\"{v:#x}\"")?;
+                    }
+                    f.write_char('}')?;
+                }
+                Ok(())
+            }
+            Self::RtmrExtend { gpa, index } => {
+                write!(f, ",\"gpa\":\"{gpa:#x}\",\"index\":{index}")
+            }
+            Self::MrReport {
+                report,
+                data,
+                subtype,
+            } => write!(
+                f,
+                ",\"report\":\"{report:#x}\",\"data\":\"{data:#x}\",\"subtype\":{subtype}"
+            ),
+            Self::VpInfo | Self::TripleFault | Self::FatalTdEvent | Self::End => Ok(()),
+        }
+    }
+}
+
+/// True if `len` bytes at `gpa` stay within one 4K page, as a guest access
+/// must.
+fn within_page(gpa: u64, len: usize) -> bool {
+    (gpa & 0xFFF).saturating_add(len as u64) <= PAGE
+}
+
+/// When a vCPU took a kick (a `kick` line's `at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KickAt {
+    /// `"op"`: before carrying out its next guest operation (the next
+    /// `guest` line of the vCPU), which runs again after the next entry.
+    Op,
+    /// `"entry"`: at its next entry, before the guest went on (the
+    /// operation it stopped in, or its halt, waits for the entry after).
+    Entry,
+}
+
+impl KickAt {
+    /// The name a trace uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Op => "op",
+            Self::Entry => "entry",
+        }
+    }
 }
 
 /// One line of a trace.
@@ -428,6 +811,38 @@ pub enum TraceOp {
     },
     /// `seamcall`.
     Seamcall(TraceCall),
+    /// `guest`: the guest of the vCPU whose TDVPR is at `vcpu` issued
+    /// `op`.
+    Guest {
+        /// The vCPU's TDVPR (its physical address).
+        vcpu: u64,
+        /// The operation.
+        op: GuestOp,
+    },
+    /// `kick`: the vCPU whose TDVPR is at `vcpu` took an interrupt (a kick
+    /// or another thread's SEAMCALL on its LP) and exited with it.
+    Kick {
+        /// The vCPU's TDVPR.
+        vcpu: u64,
+        /// When it took it.
+        at: KickAt,
+    },
+    /// `map_shared`: the host set the VMM's shared EPT of the TD whose TDR
+    /// is at `tdr` for the 4K page at `gpa`
+    /// ([`Simulator::map_shared`]).
+    MapShared {
+        /// The TD's TDR.
+        tdr: u64,
+        /// The shared GPA.
+        gpa: u64,
+        /// The mapping (`None`: unmapped).
+        to: Option<SharedMapping>,
+    },
+    /// `tsc`: the host set the simulated TSC ([`Simulator::set_tsc`]).
+    Tsc {
+        /// The TSC.
+        value: u64,
+    },
 }
 
 impl TraceOp {
@@ -440,6 +855,10 @@ impl TraceOp {
             Self::Wbinvd => "wbinvd",
             Self::Clflush { .. } => "clflush",
             Self::Seamcall(_) => "seamcall",
+            Self::Guest { .. } => "guest",
+            Self::Kick { .. } => "kick",
+            Self::MapShared { .. } => "map_shared",
+            Self::Tsc { .. } => "tsc",
         }
     }
 
@@ -496,6 +915,43 @@ impl TraceOp {
                 Ok(Self::Clflush { pa })
             }
             "seamcall" => p.seamcall(),
+            "guest" => p.guest(),
+            "kick" => {
+                p.only("kick", &["vcpu", "at"])?;
+                let vcpu = p.page("vcpu")?;
+                let at = match p.required("at")? {
+                    Value::String(s) if s == "op" => KickAt::Op,
+                    Value::String(s) if s == "entry" => KickAt::Entry,
+                    other => return Err(p.wrong_type("at", "\"op\" or \"entry\"", other)),
+                };
+                Ok(Self::Kick { vcpu, at })
+            }
+            "map_shared" => {
+                p.only("map_shared", &["tdr", "gpa", "to"])?;
+                let tdr = p.page("tdr")?;
+                let gpa = p.number("gpa")?;
+                let to = match p.required("to")? {
+                    Value::Null => None,
+                    Value::String(s) if s == "mmio" => Some(SharedMapping::Mmio),
+                    v => {
+                        let pa = parse_number(line, "to", v)?;
+                        let hpa = Hpa::try_new(pa).map_err(|_| TraceError::BadNumber {
+                            line,
+                            field: "to".to_owned(),
+                            value: v.to_string(),
+                            reason: "not a physical address (below 2^52)",
+                        })?;
+                        Some(SharedMapping::Memory(hpa))
+                    }
+                };
+                Ok(Self::MapShared { tdr, gpa, to })
+            }
+            "tsc" => {
+                p.only("tsc", &["value"])?;
+                Ok(Self::Tsc {
+                    value: p.number("value")?,
+                })
+            }
             other => Err(TraceError::UnknownOp {
                 line,
                 op: other.to_owned(),
@@ -647,6 +1103,22 @@ impl fmt::Display for TraceOp {
                     write_regs(f, e.rax, e.regs.iter().copied())?;
                 }
             }
+            Self::Guest { vcpu, op } => {
+                write!(f, ",\"vcpu\":\"{vcpu:#x}\",\"do\":\"{}\"", op.name())?;
+                op.write_fields(f)?;
+            }
+            Self::Kick { vcpu, at } => {
+                write!(f, ",\"vcpu\":\"{vcpu:#x}\",\"at\":\"{}\"", at.name())?;
+            }
+            Self::MapShared { tdr, gpa, to } => {
+                write!(f, ",\"tdr\":\"{tdr:#x}\",\"gpa\":\"{gpa:#x}\",\"to\":")?;
+                match to {
+                    None => f.write_str("null")?,
+                    Some(SharedMapping::Mmio) => f.write_str("\"mmio\"")?,
+                    Some(SharedMapping::Memory(hpa)) => write!(f, "\"{:#x}\"", hpa.as_u64())?,
+                }
+            }
+            Self::Tsc { value } => write!(f, ",\"value\":\"{value:#x}\"")?,
         }
         f.write_char('}')
     }
@@ -699,7 +1171,7 @@ pub enum TraceError {
     },
     /// `op` names no operation of the format.
     #[error(
-        "line {line}: unknown op {op:?} (known: machine, write, cpu, wbinvd, clflush, seamcall)"
+        "line {line}: unknown op {op:?} (known: machine, write, cpu, wbinvd, clflush, seamcall, guest, kick, map_shared, tsc)"
     )]
     UnknownOp {
         /// The line.
@@ -860,6 +1332,48 @@ pub enum TraceError {
         /// The address.
         pa: u64,
     },
+    /// A field that names a page (a vCPU's TDVPR, a TD's TDR) is not one.
+    #[error("line {line}: `{field}` is {pa:#x}, not a 4 KiB aligned address below 2^52")]
+    NotAPage {
+        /// The line.
+        line: usize,
+        /// The field.
+        field: &'static str,
+        /// The address.
+        pa: u64,
+    },
+    /// A `guest` line's `do` names no guest operation.
+    #[error(
+        "line {line}: unknown guest operation {name:?} (known: accept, read, write, vmcall, vp_info, rtmr_extend, mr_report, triple_fault, fatal_td_event, end)"
+    )]
+    UnknownGuestOp {
+        /// The line.
+        line: usize,
+        /// The name found.
+        name: String,
+    },
+    /// A guest `read` or `write` crosses a 4K page (a guest access stays
+    /// within one).
+    #[error("line {line}: a guest access of {len} bytes at {gpa:#x} crosses a 4 KiB page")]
+    CrossesPage {
+        /// The line.
+        line: usize,
+        /// The GPA.
+        gpa: u64,
+        /// Bytes.
+        len: usize,
+    },
+    /// A guest `vmcall`'s `regs` names something that is not a register a
+    /// TDG.VP.VMCALL passes.
+    #[error(
+        "line {line}: `regs` names {name:?}, not one of rdx, rbx, rsi, rdi, r8-r15 (the registers a TDG.VP.VMCALL may expose)"
+    )]
+    UnknownVmcallRegister {
+        /// The line.
+        line: usize,
+        /// The key found.
+        name: String,
+    },
 }
 
 impl TraceError {
@@ -887,7 +1401,11 @@ impl TraceError {
             | Self::OddHex { line, .. }
             | Self::BadHex { line, .. }
             | Self::AddressOverflow { line, .. }
-            | Self::BadPageAddress { line, .. } => Some(*line),
+            | Self::BadPageAddress { line, .. }
+            | Self::NotAPage { line, .. }
+            | Self::UnknownGuestOp { line, .. }
+            | Self::CrossesPage { line, .. }
+            | Self::UnknownVmcallRegister { line, .. } => Some(*line),
         }
     }
 }
@@ -953,6 +1471,124 @@ impl LineParser<'_> {
 
     fn number(&self, field: &'static str) -> Result<u64, TraceError> {
         parse_number(self.line, field, self.required(field)?)
+    }
+
+    /// A page's physical address: 4K aligned, below 2^52.
+    fn page(&self, field: &'static str) -> Result<u64, TraceError> {
+        let pa = self.number(field)?;
+        if !pa.is_multiple_of(PAGE) || pa >= MAX_PA {
+            return Err(TraceError::NotAPage {
+                line: self.line,
+                field,
+                pa,
+            });
+        }
+        Ok(pa)
+    }
+
+    fn u8(&self, field: &'static str) -> Result<u8, TraceError> {
+        let v = self.required(field)?;
+        let n = parse_number(self.line, field, v)?;
+        u8::try_from(n).map_err(|_| TraceError::BadNumber {
+            line: self.line,
+            field: field.to_owned(),
+            value: v.to_string(),
+            reason: "does not fit in 8 bits",
+        })
+    }
+
+    /// A `guest` line.
+    fn guest(&self) -> Result<TraceOp, TraceError> {
+        let line = self.line;
+        let name = match self.required("do")? {
+            Value::String(s) => s.as_str(),
+            other => return Err(self.wrong_type("do", "a string", other)),
+        };
+        let fields: &[&str] = match name {
+            "accept" => &["gpa", "level"],
+            "read" => &["gpa", "len"],
+            "write" => &["gpa", "hex"],
+            "vmcall" => &["control", "regs"],
+            "rtmr_extend" => &["gpa", "index"],
+            "mr_report" => &["report", "data", "subtype"],
+            "vp_info" | "triple_fault" | "fatal_td_event" | "end" => &[],
+            other => {
+                return Err(TraceError::UnknownGuestOp {
+                    line,
+                    name: other.to_owned(),
+                });
+            }
+        };
+        let mut allowed = vec!["vcpu", "do"];
+        allowed.extend_from_slice(fields);
+        self.only("guest", &allowed)?;
+        let vcpu = self.page("vcpu")?;
+        let op = match name {
+            "accept" => GuestOp::Accept {
+                gpa: self.number("gpa")?,
+                level: self.u8("level")?,
+            },
+            "read" => {
+                let gpa = self.number("gpa")?;
+                let v = self.required("len")?;
+                let len = parse_number(line, "len", v)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| within_page(gpa, l))
+                    .ok_or(TraceError::CrossesPage {
+                        line,
+                        gpa,
+                        len: usize::try_from(len).unwrap_or(usize::MAX),
+                    })?;
+                GuestOp::Read { gpa, len }
+            }
+            "write" => {
+                let gpa = self.number("gpa")?;
+                let data = self.hex("hex")?;
+                if !within_page(gpa, data.len()) {
+                    return Err(TraceError::CrossesPage {
+                        line,
+                        gpa,
+                        len: data.len(),
+                    });
+                }
+                GuestOp::Write { gpa, data }
+            }
+            "vmcall" => {
+                let control = self.number("control")?;
+                let mut regs = VmcallRegs::default();
+                if let Some(v) = self.obj.get("regs") {
+                    let Value::Object(m) = v else {
+                        return Err(self.wrong_type("regs", "an object of registers", v));
+                    };
+                    for (k, v) in m {
+                        let value = parse_number(line, &format!("regs.{k}"), v)?;
+                        let slot = vmcall_reg(&mut regs, k).ok_or_else(|| {
+                            TraceError::UnknownVmcallRegister {
+                                line,
+                                name: k.clone(),
+                            }
+                        })?;
+                        *slot = value;
+                    }
+                }
+                GuestOp::Vmcall { control, regs }
+            }
+            "rtmr_extend" => GuestOp::RtmrExtend {
+                gpa: self.number("gpa")?,
+                index: self.number("index")?,
+            },
+            "mr_report" => GuestOp::MrReport {
+                report: self.number("report")?,
+                data: self.number("data")?,
+                subtype: self.number("subtype")?,
+            },
+            "vp_info" => GuestOp::VpInfo,
+            "triple_fault" => GuestOp::TripleFault,
+            "fatal_td_event" => GuestOp::FatalTdEvent,
+            _ => GuestOp::End,
+        };
+        Ok(TraceOp::Guest { vcpu, op })
     }
 
     fn hex(&self, field: &'static str) -> Result<Vec<u8>, TraceError> {
@@ -1358,7 +1994,8 @@ impl Trace {
 
     /// Runs the trace on `sim` (normally [`Trace::simulator`]), writing one
     /// JSON line per SEAMCALL to `out`, then checks the simulator's
-    /// invariants.
+    /// invariants. The guests run the trace's guest operations (see the
+    /// [module documentation](self#guests)).
     ///
     /// Fails only if `out` fails, or if a `cpu` line names an LP `sim` does
     /// not have (possible only when `sim` is not the trace's machine).
@@ -1367,16 +2004,36 @@ impl Trace {
         sim: &Simulator,
         out: &mut W,
     ) -> Result<ReplaySummary, TraceError> {
+        self.run_on(sim, out)
+    }
+
+    /// [`Trace::run`] through `rec`, a recorder of the simulator
+    /// ([`Recorder::for_simulator`]): the replay is recorded as it runs.
+    /// A trace recorded on the simulator records back to the same lines.
+    pub fn run_recorded<RW: Write, W: Write + ?Sized>(
+        &self,
+        rec: &Recorder<'_, Simulator, Simulator, RW>,
+        out: &mut W,
+    ) -> Result<ReplaySummary, TraceError> {
+        self.run_on(rec, out)
+    }
+
+    fn run_on<H: ReplayHost + ?Sized, W: Write + ?Sized>(
+        &self,
+        host: &H,
+        out: &mut W,
+    ) -> Result<ReplaySummary, TraceError> {
+        let sim = host.sim();
         let mut summary = ReplaySummary::default();
+        let mut guests = ReplayGuests::default();
+        let mut write_line = |line: usize, text: &str| {
+            writeln!(out, "{text}").map_err(|source| TraceError::Output { line, source })
+        };
         for TraceLine { line, op } in &self.ops {
             let line = *line;
             match op {
                 TraceOp::Machine(_) => {} // Trace::parse keeps it out of `ops`.
-                TraceOp::Write { pa, data } => {
-                    if !data.is_empty() {
-                        sim.poke(*pa, data);
-                    }
-                }
+                TraceOp::Write { pa, data } => host.write(*pa, data),
                 TraceOp::Cpu { lp } => {
                     let lps = sim.cpus();
                     if *lp >= lps {
@@ -1386,18 +2043,56 @@ impl Trace {
                             lps: Some(lps),
                         });
                     }
-                    sim.set_lp(*lp);
+                    host.select_lp(*lp);
                 }
-                TraceOp::Wbinvd => sim.wbinvd_all(),
-                TraceOp::Clflush { pa } => sim.clflush_page(Pfn::new(pa / PAGE)),
+                TraceOp::Wbinvd => host.wbinvd(),
+                TraceOp::Clflush { pa } => host.clflush(*pa),
                 TraceOp::Seamcall(call) => {
-                    let text = replay_call(sim, line, call, &mut summary);
-                    writeln!(out, "{text}")
-                        .map_err(|source| TraceError::Output { line, source })?;
+                    let leaf = LeafVersion::from_rax(call.rax).ok().map(|l| l.leaf());
+                    let frame = (call.input.rcx & (MAX_PA - 1)) / PAGE;
+                    if leaf == Some(Leaf::VP_ENTER) {
+                        guests.install(sim, frame);
+                    }
+                    let (text, status) = replay_call(host, line, call, &mut summary);
+                    write_line(line, &text)?;
+                    if leaf == Some(Leaf::VP_CREATE) && status.is_success() {
+                        // A new vCPU at that page: its guest starts over.
+                        if let Some(left) = guests.retire(frame) {
+                            summary.mismatches.push(left);
+                            write_line(left, &unreached(left))?;
+                        }
+                    }
                 }
+                TraceOp::Guest { vcpu, op } => {
+                    guests.queue(*vcpu / PAGE, line, Some(op.clone()));
+                }
+                TraceOp::Kick { vcpu, at } => match at {
+                    KickAt::Op => guests.queue(*vcpu / PAGE, line, None),
+                    KickAt::Entry => sim.shared().guest_log.arm(*vcpu / PAGE),
+                },
+                TraceOp::MapShared { tdr, gpa, to } => {
+                    if crate::leaves::mem::td_of(sim.shared(), tdr / PAGE).is_some() {
+                        sim.map_shared(Pfn::new(tdr / PAGE), *gpa, *to);
+                    } else {
+                        summary.mismatches.push(line);
+                        write_line(
+                            line,
+                            &format!(
+                                "{{\"line\":{line},\"op\":\"map_shared\",\"match\":false,\"error\":\"no TD has its TDR at {tdr:#x}\"}}"
+                            ),
+                        )?;
+                    }
+                }
+                TraceOp::Tsc { value } => sim.set_tsc(*value),
             }
         }
         let last = self.ops.last().map_or(self.machine_line, |l| l.line);
+        for left in guests.retire_all() {
+            summary.mismatches.push(left);
+            write_line(left, &unreached(left))?;
+        }
+        summary.mismatches.sort_unstable();
+        summary.mismatches.dedup();
         out.flush()
             .map_err(|source| TraceError::Output { line: last, source })?;
         summary.module_state = Some(sim.module_state());
@@ -1407,19 +2102,180 @@ impl Trace {
     }
 }
 
+/// The output line of a guest operation the replayed guest never issued.
+fn unreached(line: usize) -> String {
+    format!(
+        "{{\"line\":{line},\"op\":\"guest\",\"match\":false,\"error\":\"the replayed guest did not reach this operation\"}}"
+    )
+}
+
+/// What replay does to the machine, on the simulator or through a
+/// recorder of it.
+trait ReplayHost {
+    fn sim(&self) -> &Simulator;
+    fn write(&self, pa: u64, data: &[u8]);
+    fn select_lp(&self, lp: u32);
+    fn wbinvd(&self);
+    fn clflush(&self, pa: u64);
+    fn call(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus;
+    /// The shape `call` is issued with.
+    fn shape(&self, call: &TraceCall) -> RegShape {
+        call.replay_shape()
+    }
+}
+
+impl ReplayHost for Simulator {
+    fn sim(&self) -> &Simulator {
+        self
+    }
+
+    fn write(&self, pa: u64, data: &[u8]) {
+        if !data.is_empty() {
+            self.poke(pa, data);
+        }
+    }
+
+    fn select_lp(&self, lp: u32) {
+        self.set_lp(lp);
+    }
+
+    fn wbinvd(&self) {
+        self.wbinvd_all();
+    }
+
+    fn clflush(&self, pa: u64) {
+        self.clflush_page(Pfn::new(pa / PAGE));
+    }
+
+    fn call(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        // SAFETY: the simulator's memory is simulated: whatever the
+        // registers name, no real memory is read, written or handed over,
+        // so any RAX and registers keep the `Seamcall` contract.
+        unsafe { self.seamcall(rax, args, shape) }
+    }
+}
+
+impl<W: Write> ReplayHost for Recorder<'_, Simulator, Simulator, W> {
+    fn sim(&self) -> &Simulator {
+        self.backend
+    }
+
+    fn write(&self, pa: u64, data: &[u8]) {
+        if data.is_empty() {
+            // Nothing to store; the line is written as it was.
+            let mut s = self.lock();
+            self.drain_guests(&mut s);
+            s.emit(&TraceOp::Write {
+                pa,
+                data: Vec::new(),
+            });
+        } else {
+            // SAFETY: the simulator's memory is simulated (and `write` of
+            // a parsed trace does not overflow the address space).
+            unsafe { self.write_phys(Hpa::new_truncate(pa), data) };
+        }
+    }
+
+    fn select_lp(&self, lp: u32) {
+        self.lock().lp = lp;
+        self.backend.set_lp(lp);
+    }
+
+    fn wbinvd(&self) {
+        self.wbinvd_all();
+    }
+
+    fn clflush(&self, pa: u64) {
+        self.clflush_page(Pfn::new(pa / PAGE));
+    }
+
+    fn call(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        // SAFETY: as for the simulator: the recorder forwards to it.
+        unsafe { self.seamcall(rax, args, shape) }
+    }
+
+    /// The recording's shape, so that the lines record back as they were.
+    fn shape(&self, call: &TraceCall) -> RegShape {
+        call.recorded_shape()
+    }
+}
+
+/// One entry of a replayed guest's script: a guest operation, or (`None`)
+/// a kick before the next one; with its line.
+type ScriptItem = (usize, Option<GuestOp>);
+
+type Script = Arc<Mutex<VecDeque<ScriptItem>>>;
+
+/// The replayed guests: per vCPU (TDVPR frame), the script of its current
+/// life (from its TDH.VP.CREATE) and whether its program is installed.
+#[derive(Default)]
+struct ReplayGuests {
+    lives: HashMap<u64, (Script, bool)>,
+}
+
+impl ReplayGuests {
+    fn queue(&mut self, frame: u64, line: usize, item: Option<GuestOp>) {
+        let (script, _) = self.lives.entry(frame).or_default();
+        lock(script).push_back((line, item));
+    }
+
+    /// Before an entry of the vCPU at `frame`: its program is the script,
+    /// if the trace has one for it and its guest has not started.
+    fn install(&mut self, sim: &Simulator, frame: u64) {
+        let Some((script, installed)) = self.lives.get_mut(&frame) else {
+            return;
+        };
+        if *installed || sim.shared().guests.started(frame) {
+            return;
+        }
+        *installed = true;
+        let script = Arc::clone(script);
+        let armed = Arc::clone(&sim.shared().guest_log.armed);
+        sim.set_guest(Pfn::new(frame), move |g: &mut Guest| {
+            loop {
+                // Not held across the operation: the driver adds lines
+                // between entries.
+                let item = lock(&script).pop_front();
+                match item {
+                    // Out of operations: the program ends (the vCPU halts).
+                    None => return,
+                    Some((_, None)) => {
+                        lock(&armed).insert(frame);
+                    }
+                    Some((_, Some(op))) => {
+                        if !op.issue(g) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends the life of the vCPU at `frame`: the line of the first
+    /// operation its guest did not reach, if any.
+    fn retire(&mut self, frame: u64) -> Option<usize> {
+        let (script, _) = self.lives.remove(&frame)?;
+        lock(&script).front().map(|&(line, _)| line)
+    }
+
+    fn retire_all(&mut self) -> Vec<usize> {
+        let mut frames: Vec<u64> = self.lives.keys().copied().collect();
+        frames.sort_unstable();
+        frames.into_iter().filter_map(|f| self.retire(f)).collect()
+    }
+}
+
 /// Issues one SEAMCALL and returns its output line.
-fn replay_call(
-    sim: &Simulator,
+fn replay_call<H: ReplayHost + ?Sized>(
+    host: &H,
     line: usize,
     call: &TraceCall,
     summary: &mut ReplaySummary,
-) -> String {
-    let shape = call.replay_shape();
+) -> (String, TdxStatus) {
+    let shape = host.shape(call);
     let mut args = call.input;
-    // SAFETY: the simulator's memory is simulated: whatever the registers
-    // name, no real memory is read, written or handed over, so any RAX and
-    // registers keep the `Seamcall` contract.
-    let status = unsafe { sim.seamcall(call.rax, &mut args, shape) };
+    let status = host.call(call.rax, &mut args, shape);
     let rax = status.raw();
     summary.seamcalls += 1;
 
@@ -1454,7 +2310,7 @@ fn replay_call(
         }
     }
     s.push('}');
-    s
+    (s, status)
 }
 
 // ---------------------------------------------------------------------------
@@ -1468,7 +2324,9 @@ pub struct ReplaySummary {
     pub seamcalls: u64,
     /// SEAMCALLs with expected outputs.
     pub checked: u64,
-    /// Lines whose expected outputs did not match, in order.
+    /// Lines that did not replay as recorded, in order: SEAMCALLs whose
+    /// expected outputs did not match, `map_shared` lines that named no
+    /// TD, and the first guest line each replayed guest did not reach.
     pub mismatches: Vec<usize>,
     /// The module-wide state at the end (`None` only before a run).
     pub module_state: Option<SysState>,
@@ -1527,6 +2385,138 @@ pub fn replay<R: BufRead, W: Write + ?Sized>(
 }
 
 // ---------------------------------------------------------------------------
+// The simulator's guest log
+// ---------------------------------------------------------------------------
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The simulator's side of recording and replaying guests: the lines a
+/// recorder takes (guest operations, kicks taken, the host's shared-EPT
+/// and TSC changes), kept only while a recorder is attached, and the vCPUs
+/// a replay has armed a kick for.
+#[derive(Debug, Default)]
+pub(crate) struct GuestLog {
+    /// Recorders attached ([`GuestTap`]).
+    taps: AtomicUsize,
+    lines: Mutex<Vec<TraceOp>>,
+    /// vCPUs (TDVPR frames) that take a kick at their next entry or next
+    /// guest operation, whichever comes first.
+    armed: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl GuestLog {
+    fn recording(&self) -> bool {
+        self.taps.load(Ordering::Acquire) != 0
+    }
+
+    fn push(&self, op: TraceOp) {
+        if self.recording() {
+            lock(&self.lines).push(op);
+        }
+    }
+
+    fn take(&self) -> Vec<TraceOp> {
+        std::mem::take(&mut *lock(&self.lines))
+    }
+
+    fn tap(&self) -> GuestTap<'_> {
+        self.taps.fetch_add(1, Ordering::AcqRel);
+        GuestTap { log: self }
+    }
+
+    /// Arms a kick for the vCPU at frame `v`.
+    fn arm(&self, v: u64) {
+        lock(&self.armed).insert(v);
+    }
+
+    /// Delivers an armed kick to the vCPU at frame `v`, now in the guest.
+    fn deliver(&self, s: &Shared, v: u64) {
+        if lock(&self.armed).remove(&v) {
+            s.guests.kick(v);
+        }
+    }
+}
+
+/// A recorder's hold on the simulator's guest log: the log keeps lines
+/// while one is alive.
+struct GuestTap<'a> {
+    log: &'a GuestLog,
+}
+
+impl Drop for GuestTap<'_> {
+    fn drop(&mut self) {
+        if self.log.taps.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.log.take();
+        }
+    }
+}
+
+/// The vCPU at frame `v` entered the guest (TDH.VP.ENTER): a kick a replay
+/// armed for it is pending from now.
+pub(crate) fn guest_entered(s: &Shared, v: u64) {
+    s.guest_log.deliver(s, v);
+}
+
+/// The guest of the vCPU at frame `v` issued `req` (a new operation, not
+/// the repeat of one that exited): logged for a recorder; a kick a replay
+/// armed before it is pending from now.
+pub(crate) fn guest_request(s: &Shared, v: u64, req: &Request) {
+    s.guest_log.deliver(s, v);
+    if s.guest_log.recording()
+        && let Some(op) = GuestOp::from_request(req)
+    {
+        s.guest_log.push(TraceOp::Guest { vcpu: v * PAGE, op });
+    }
+}
+
+/// The vCPU at frame `v` took a kick: before the operation it just issued
+/// (`before_op`), or at its entry.
+pub(crate) fn guest_kicked(s: &Shared, v: u64, before_op: bool) {
+    let log = &s.guest_log;
+    if !log.recording() {
+        return;
+    }
+    let vcpu = v * PAGE;
+    let mut lines = lock(&log.lines);
+    if before_op {
+        // The kick goes before the operation it stopped (logged just now),
+        // so that a replay's guest meets it first.
+        let last = lines
+            .iter()
+            .rposition(|l| matches!(l, TraceOp::Guest { vcpu: c, .. } | TraceOp::Kick { vcpu: c, .. } if *c == vcpu));
+        let kick = TraceOp::Kick {
+            vcpu,
+            at: KickAt::Op,
+        };
+        match last {
+            Some(i) if matches!(lines[i], TraceOp::Guest { .. }) => lines.insert(i, kick),
+            _ => lines.push(kick),
+        }
+    } else {
+        lines.push(TraceOp::Kick {
+            vcpu,
+            at: KickAt::Entry,
+        });
+    }
+}
+
+/// The host set the shared EPT of the TD at TDR frame `tdr`.
+pub(crate) fn host_map_shared(s: &Shared, tdr: u64, gpa: u64, to: Option<SharedMapping>) {
+    s.guest_log.push(TraceOp::MapShared {
+        tdr: tdr * PAGE,
+        gpa,
+        to,
+    });
+}
+
+/// The host set the simulated TSC.
+pub(crate) fn host_tsc(s: &Shared, value: u64) {
+    s.guest_log.push(TraceOp::Tsc { value });
+}
+
+// ---------------------------------------------------------------------------
 // Recording
 // ---------------------------------------------------------------------------
 
@@ -1552,6 +2542,8 @@ pub struct Recorder<'a, B: ?Sized, P: ?Sized, W: Write> {
     backend: &'a B,
     platform: &'a P,
     state: Mutex<RecorderState<W>>,
+    /// The simulator's guest log, for [`Recorder::for_simulator`].
+    guests: Option<GuestTap<'a>>,
 }
 
 struct RecorderState<W> {
@@ -1603,7 +2595,18 @@ impl<'a, B: ?Sized, P: ?Sized, W: Write> Recorder<'a, B, P, W> {
                 written_lp: 0,
                 error: None,
             }),
+            guests: None,
         })
+    }
+
+    /// Writes the lines the simulator's guest log holds (none unless the
+    /// recorder was made with [`Recorder::for_simulator`]).
+    fn drain_guests(&self, s: &mut RecorderState<W>) {
+        if let Some(tap) = &self.guests {
+            for op in tap.log.take() {
+                s.emit(&op);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RecorderState<W>> {
@@ -1623,7 +2626,13 @@ impl<'a, B: ?Sized, P: ?Sized, W: Write> Recorder<'a, B, P, W> {
 
     /// Flushes the trace and returns the writer, or the first write error.
     pub fn finish(self) -> io::Result<W> {
-        let mut s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut s = self.lock();
+            self.drain_guests(&mut s);
+        }
+        let Self { state, guests, .. } = self;
+        drop(guests);
+        let mut s = state.into_inner().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = s.error {
             return Err(e);
         }
@@ -1635,9 +2644,16 @@ impl<'a, B: ?Sized, P: ?Sized, W: Write> Recorder<'a, B, P, W> {
 impl<'a, W: Write> Recorder<'a, Simulator, Simulator, W> {
     /// A recorder of `sim`, as both backend and platform, with the machine
     /// line taken from its description ([`TraceMachine::from_desc`]).
+    ///
+    /// It also writes what the simulator's guests do and what the host
+    /// does to them through the simulator (`guest`, `kick`, `map_shared`
+    /// and `tsc` lines; see the [module documentation](self#guests)),
+    /// from when it is built until it is finished or dropped. One such
+    /// recorder of a simulator at a time: two would share those lines.
     pub fn for_simulator(sim: &'a Simulator, out: W) -> io::Result<Self> {
-        let r = Self::new(sim, sim, &TraceMachine::from_desc(&sim.machine()), out)?;
+        let mut r = Self::new(sim, sim, &TraceMachine::from_desc(&sim.machine()), out)?;
         r.lock().lp = sim.current_lp();
+        r.guests = Some(sim.shared().guest_log.tap());
         Ok(r)
     }
 }
@@ -1666,6 +2682,9 @@ unsafe impl<B: Seamcall + ?Sized, P: ?Sized, W: Write> Seamcall for Recorder<'_,
         // SAFETY: the caller keeps the contract for this call, and `B` gets
         // exactly the same arguments.
         let status = unsafe { self.backend.seamcall(rax, args, shape) };
+        // What the guests did during the call, and the host's guest
+        // actions before it, go before the call's line.
+        self.drain_guests(&mut s);
         if s.lp != s.written_lp {
             let lp = s.lp;
             s.emit(&TraceOp::Cpu { lp });
@@ -1728,6 +2747,7 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         // SAFETY: the caller keeps `write_phys`' contract for the range; `P`
         // gets the same range and bytes.
         unsafe { self.platform.write_phys(pa, data) };
+        self.drain_guests(&mut s);
         s.emit(&TraceOp::Write {
             pa: pa.as_u64(),
             data: data.to_vec(),
@@ -1758,12 +2778,14 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
     fn wbinvd_all(&self) {
         let mut s = self.lock();
         self.platform.wbinvd_all();
+        self.drain_guests(&mut s);
         s.emit(&TraceOp::Wbinvd);
     }
 
     fn clflush_page(&self, pfn: Pfn) {
         let mut s = self.lock();
         self.platform.clflush_page(pfn);
+        self.drain_guests(&mut s);
         s.emit(&TraceOp::Clflush {
             pa: pfn.hpa().as_u64(),
         });
@@ -1774,6 +2796,7 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         // SAFETY: the caller keeps `movdir64b_clear`'s contract for `run`;
         // `P` gets the same run.
         unsafe { self.platform.movdir64b_clear(run) };
+        self.drain_guests(&mut s);
         // The format has no MOVDIR64B: write what it leaves, zeros with no
         // dirty line, page by page.
         let zeros = vec![0; PAGE as usize];

@@ -2,12 +2,15 @@
 //!
 //! `tdx-sim replay TRACE.jsonl` replays a trace (the format is described in
 //! `tdx_sim::trace`) on a simulated machine built from its machine line,
-//! prints one JSON line per SEAMCALL on stdout and a summary on stderr, and
-//! exits with
+//! its vCPUs running the guest operations the trace recorded, prints one
+//! JSON line per SEAMCALL on stdout (and one for each guest or
+//! `map_shared` line that did not replay as recorded) and a summary on
+//! stderr, and exits with
 //!
 //! - 0 when every expected output matched and no rule was broken,
-//! - 1 when an expected output did not match or the simulator recorded a
-//!   rule break (its invariants failed),
+//! - 1 when an expected output did not match, a guest did not replay as
+//!   recorded, or the simulator recorded a rule break (its invariants
+//!   failed),
 //! - 2 when the trace is malformed or cannot be read, or stdout cannot be
 //!   written (and for command-line errors, as clap reports them).
 
@@ -36,7 +39,9 @@ struct Cli {
 enum Command {
     /// Replays a trace on the simulator.
     ///
-    /// Prints one JSON line per SEAMCALL on stdout and a summary on stderr.
+    /// Prints one JSON line per SEAMCALL on stdout (and one per guest or
+    /// map_shared line that did not replay as recorded) and a summary on
+    /// stderr.
     /// Exit status 0: every expected output matched and no rule was broken;
     /// 1: an expectation failed or a rule was broken; 2: malformed trace or
     /// I/O error.

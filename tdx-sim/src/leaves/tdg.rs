@@ -181,6 +181,7 @@ pub(crate) fn run_guest(
     lp: u32,
 ) -> Exit {
     let mut runner = s.guests.enter(v, lp);
+    crate::trace::guest_entered(s, v);
     let exit = run(s, td, v, a, (last, hint), &mut runner);
     s.guests.exit(v, runner);
     exit
@@ -223,6 +224,7 @@ fn run(
         Pending::Halted => {
             r.pending = Pending::Halted;
             return if s.guests.take_kick(v) {
+                crate::trace::guest_kicked(s, v, false);
                 kick_exit()
             } else {
                 halt_exit()
@@ -230,11 +232,16 @@ fn run(
         }
     };
     loop {
-        let req = match next.take() {
-            Some(x) => x,
-            None => r.rx.recv().unwrap_or(Request::End),
+        let (req, new) = match next.take() {
+            Some(x) => (x, false),
+            None => {
+                let req = r.rx.recv().unwrap_or(Request::End);
+                crate::trace::guest_request(s, v, &req);
+                (req, true)
+            }
         };
         if s.guests.take_kick(v) {
+            crate::trace::guest_kicked(s, v, new);
             // The pending interrupt exits before the operation, which runs
             // after the next entry.
             r.pending = Pending::Retry(req);
