@@ -145,6 +145,10 @@ pub struct SysInfo {
     pub memory_pool_required_pages: u32,
     /// EXT_REQUIRED, when the module has Extensions.
     pub ext_required: bool,
+    /// PAMT_PAGE_BITMAP_ENTRY_BITS, when the module has Dynamic PAMT
+    /// (TDX_FEATURES0 bit 36): bits per 4K page of the bitmap that takes
+    /// the place of the 4K-level PAMT.
+    pub dpamt_bitmap_bits: Option<u8>,
 }
 
 impl SysInfo {
@@ -339,6 +343,8 @@ pub struct TdxModule<S: ModuleState, B, P> {
     pamts: Vec<PfnRun>,
     /// TDH.SYS.CONFIG turned Dynamic PAMT on.
     dynamic_pamt: bool,
+    /// The caller lets `configure` use Dynamic PAMT where the module has it.
+    allow_dynamic_pamt: bool,
     /// Extension pool pages donated so far (the module keeps them).
     pool: Vec<PfnRun>,
     /// Pages in an unknown state after a failed TDH.EXT.MEM.ADD: perhaps
@@ -414,6 +420,7 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
             plan: self.plan,
             pamts: self.pamts,
             dynamic_pamt: self.dynamic_pamt,
+            allow_dynamic_pamt: self.allow_dynamic_pamt,
             pool: self.pool,
             lost: self.lost,
             stats: self.stats,
@@ -491,6 +498,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
                 plan: None,
                 pamts: Vec::new(),
                 dynamic_pamt: false,
+                allow_dynamic_pamt: true,
                 pool: Vec::new(),
                 lost: Vec::new(),
                 stats,
@@ -548,11 +556,40 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         Ok((info, keyids.global_keyid() as u16))
     }
 
+    /// Whether [`configure`](Self::configure) turns Dynamic PAMT on: the
+    /// module has it (TDX_FEATURES0 bit 36; Intel's module 1.5.16 and
+    /// later), the caller allows it ([`set_dynamic_pamt`](Self::set_dynamic_pamt),
+    /// allowed by default), and the KeyID bits start at bit 48 or below
+    /// ([`Platform::keyid_shift`]): the module keeps a pair's addresses in
+    /// 36-bit fields and its TDH.SYS.CONFIG refuses Dynamic PAMT otherwise
+    /// (`tdh_sys_config.c`, `pamt_manager.h`; Linux checks the same).
+    ///
+    /// With it the PAMT's 4K level is a bitmap (1 bit per 4K page instead
+    /// of 16 bytes), and the 4K-level entries of a 2 MiB range come as a
+    /// pair of pages the library adds while the module holds 4K pages of
+    /// the range ([`TdHost::pamt_pairs`](crate::td::TdHost::pamt_pairs)).
+    pub fn uses_dynamic_pamt(&self) -> bool {
+        self.allow_dynamic_pamt
+            && self.info.dpamt_bitmap_bits.is_some()
+            && self.platform.keyid_shift() <= 48
+    }
+
+    /// Allows (the default) or refuses Dynamic PAMT for
+    /// [`configure`](Self::configure). Refusing it keeps the static PAMT:
+    /// 0.4% of TDX memory at bring-up, and no page pair to add on the
+    /// first 4K page of a 2 MiB range.
+    pub fn set_dynamic_pamt(&mut self, allow: bool) {
+        self.allow_dynamic_pamt = allow;
+    }
+
     /// The plan for `input` with this module's limits (what `configure`
     /// will use), without touching anything.
     pub fn plan_for(&self, input: &PlanInput) -> Result<Plan, PlanError> {
         let mut input = input.clone();
         input.limits = self.info.limits();
+        if self.uses_dynamic_pamt() {
+            input.limits.dpamt_bitmap_bits = self.info.dpamt_bitmap_bits;
+        }
         if input.cmrs.is_none() {
             input.cmrs = self
                 .info
@@ -628,7 +665,10 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             }
         };
         // 3. TDH.SYS.CONFIG.
-        let keyid = SysConfigKeyId::new().with_hkid(self.global_keyid);
+        let dynamic = self.uses_dynamic_pamt();
+        let keyid = SysConfigKeyId::new()
+            .with_hkid(self.global_keyid)
+            .with_dynamic_pamt(dynamic);
         let (b, p) = (&self.backend, &self.platform);
         let r = with_retries(
             p,
@@ -653,6 +693,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         }
         self.plan = Some(plan);
         self.pamts = pamts;
+        self.dynamic_pamt = dynamic;
         // 4. Keys and TDMRs; from here on a failure means reload.
         match self.program_keys_and_init_tdmrs() {
             Ok(()) => Ok(self.into_state()),
@@ -1031,6 +1072,16 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         }
         None => None,
     };
+    // Dynamic PAMT (module 1.5.16 and later): the bitmap's entry size.
+    let dpamt_bitmap_bits =
+        if features0.dynamic_pamt() {
+            let bits = rd(field::PAMT_PAGE_BITMAP_ENTRY_BITS)?;
+            Some(u8::try_from(bits).map_err(|_| {
+                BringUpError::MissingFeature("a PAMT bitmap entry size below 256 bits")
+            })?)
+        } else {
+            None
+        };
     let (pool, ext_required) = if features0.ext() {
         (
             rd(field::EXT_MEMORY_POOL_REQUIRED_PAGES)? as u32,
@@ -1059,5 +1110,6 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         cmrs,
         memory_pool_required_pages: pool,
         ext_required,
+        dpamt_bitmap_bits,
     })
 }

@@ -1139,6 +1139,7 @@ fn sysinfo_of(sim: &Simulator) -> tdx_api::SysInfo {
         cmrs: None,
         memory_pool_required_pages: 0,
         ext_required: false,
+        dpamt_bitmap_bits: None,
     }
 }
 

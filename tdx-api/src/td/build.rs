@@ -481,6 +481,7 @@ mod tests {
             cmrs: None,
             memory_pool_required_pages: 0,
             ext_required: false,
+            dpamt_bitmap_bits: None,
         }
     }
 
