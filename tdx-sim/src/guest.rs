@@ -138,16 +138,129 @@ pub enum SharedMapping {
 /// A guest program: what a vCPU runs.
 pub type GuestProgram = Box<dyn FnOnce(&mut Guest) + Send + 'static>;
 
-/// A #VE the module delivered to the guest instead of a TD exit (the
-/// VE_INFO the guest's handler would read with TDG.VP.VEINFO.GET).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The VE_INFO of a #VE (`tdvps_ve_info_t`,
+/// `src/common/data_structures/tdx_tdvps.h`): what the guest's #VE handler
+/// reads with TDG.VP.VEINFO.GET ([`Guest::veinfo_get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VirtualizationException {
-    /// The exit reason (48, EPT violation).
+    /// The VMX exit reason: 48 (EPT violation), 10 (CPUID), 31/32
+    /// (RDMSR/WRMSR), or the instruction's ([`Instruction::exit_reason`]).
     pub reason: u32,
-    /// The exit qualification (the access: bit 0 read, bit 1 write).
+    /// The exit qualification (an EPT violation's access: bit 0 read, bit 1
+    /// write; an instruction's VMX qualification; 0 for CPUID and MSRs).
     pub qualification: u64,
-    /// The faulting GPA.
+    /// The faulting GPA (EPT violations; 0 otherwise).
     pub gpa: u64,
+    /// The guest linear address: always 0 (the model has no guest paging).
+    pub gla: u64,
+    /// The instruction length the VM exit recorded (the model's: the
+    /// instruction's architectural encoding length for the instruction
+    /// #VEs, CPUID, RDMSR and WRMSR; 0 for EPT violations).
+    pub instruction_length: u32,
+    /// The VMX instruction information: always 0 in the model.
+    pub instruction_info: u32,
+}
+
+/// An exception a guest operation ended in instead of completing: what
+/// the module (or the CPU) delivered to the guest. The program stands for
+/// the guest's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exception {
+    /// A #VE. Its VE_INFO stays valid until the program reads it with
+    /// [`Guest::veinfo_get`], as a guest's #VE handler does first thing.
+    Ve(VirtualizationException),
+    /// A #DF: a #VE the module had to inject while VE_INFO was still valid
+    /// (`tdx_inject_ve`, `src/td_dispatcher/vm_exits/td_other_exits.c`; its
+    /// comment says #GP(0), the code injects #DF). VE_INFO keeps the first
+    /// #VE's contents.
+    DoubleFault,
+    /// A #GP(0) (an MSR the TD may not access, a bad value for a handled
+    /// MSR).
+    GeneralProtection,
+}
+
+impl Exception {
+    /// The VE_INFO of a #VE, `None` for the other exceptions.
+    pub fn ve(&self) -> Option<&VirtualizationException> {
+        match self {
+            Exception::Ve(ve) => Some(ve),
+            _ => None,
+        }
+    }
+}
+
+/// An instruction the module always turns into a #VE (never a TD exit)
+/// for an L1 TD (`src/td_dispatcher/tdx_td_dispatcher.c`, `td_generic_ve_exit`):
+/// VE_INFO has the VM exit's reason and qualification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instruction {
+    /// HLT (exit reason 12).
+    Hlt,
+    /// INVD (13).
+    Invd,
+    /// VMCALL (18).
+    Vmcall,
+    /// IN or OUT with the port in DX (30): `size` 1, 2 or 4 bytes, `input`
+    /// for IN. The qualification is the VMX one: size - 1 (bits 2:0),
+    /// direction (bit 3, 1 = IN), the port (bits 31:16).
+    Io {
+        /// The port.
+        port: u16,
+        /// The access size in bytes.
+        size: u8,
+        /// IN (true) or OUT.
+        input: bool,
+    },
+    /// MWAIT (36).
+    Mwait,
+    /// MONITOR (39).
+    Monitor,
+    /// WBINVD (54).
+    Wbinvd,
+    /// PCONFIG (65).
+    Pconfig,
+}
+
+impl Instruction {
+    /// The VMX basic exit reason of the instruction's VM exit.
+    pub fn exit_reason(&self) -> u32 {
+        match self {
+            Instruction::Hlt => 12,
+            Instruction::Invd => 13,
+            Instruction::Vmcall => 18,
+            Instruction::Io { .. } => 30,
+            Instruction::Mwait => 36,
+            Instruction::Monitor => 39,
+            Instruction::Wbinvd => 54,
+            Instruction::Pconfig => 65,
+        }
+    }
+
+    /// The VMX exit qualification (only I/O has one).
+    pub fn qualification(&self) -> u64 {
+        match *self {
+            Instruction::Io { port, size, input } => {
+                u64::from(size.saturating_sub(1) & 7)
+                    | u64::from(input) << 3
+                    | u64::from(port) << 16
+            }
+            _ => 0,
+        }
+    }
+
+    /// The instruction's length (its shortest encoding: HLT F4, IN/OUT
+    /// through DX EC-EF, INVD and WBINVD 0F 08/09, the 0F 01 group three
+    /// bytes).
+    pub fn length(&self) -> u32 {
+        match self {
+            Instruction::Hlt | Instruction::Io { .. } => 1,
+            Instruction::Invd | Instruction::Wbinvd => 2,
+            Instruction::Vmcall
+            | Instruction::Mwait
+            | Instruction::Monitor
+            | Instruction::Pconfig => 3,
+        }
+    }
 }
 
 /// The guest side of one vCPU, handed to its program. Each method is one
@@ -191,6 +304,19 @@ pub(crate) enum Request {
         data: u64,
         subtype: u64,
     },
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
+    Rdmsr {
+        msr: u32,
+    },
+    Wrmsr {
+        msr: u32,
+        value: u64,
+    },
+    Instruction(Instruction),
+    VeinfoGet,
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -201,11 +327,15 @@ pub(crate) enum Request {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Status(TdxStatus),
-    Read(Result<Vec<u8>, VirtualizationException>),
-    Write(Result<(), VirtualizationException>),
+    Read(Result<Vec<u8>, Exception>),
+    Write(Result<(), Exception>),
     Vmcall(Result<VmcallRegs, TdxStatus>),
     VpInfo(VpInfo),
-    Tdcall(Result<TdxStatus, VirtualizationException>),
+    Tdcall(Result<TdxStatus, Exception>),
+    Cpuid(Result<[u32; 4], Exception>),
+    Msr(Result<u64, Exception>),
+    Exception(Exception),
+    VeInfo(Result<VirtualizationException, TdxStatus>),
 }
 
 /// What TDG.VP.INFO returns (`src/td_dispatcher/vm_exits/tdg_vp_info.c`),
@@ -261,12 +391,9 @@ impl Guest {
     /// (`src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`). `Ok` with the
     /// TDCALL's status; `Err` if reading the GPA was a #VE (a PENDING
     /// page). A GPA that is not mapped makes an EPT-violation exit and the
-    /// call repeats after the next entry.
-    pub fn rtmr_extend(
-        &mut self,
-        gpa: u64,
-        index: u64,
-    ) -> Result<TdxStatus, VirtualizationException> {
+    /// call repeats after the next entry. A #VE while VE_INFO is valid is a
+    /// #DF ([`Exception`]).
+    pub fn rtmr_extend(&mut self, gpa: u64, index: u64) -> Result<TdxStatus, Exception> {
         match self.call(Request::RtmrExtend { gpa, index }) {
             Reply::Tdcall(r) => r,
             r => unreachable!("{r:?}"),
@@ -288,13 +415,69 @@ impl Guest {
         report: u64,
         data: u64,
         subtype: u64,
-    ) -> Result<TdxStatus, VirtualizationException> {
+    ) -> Result<TdxStatus, Exception> {
         match self.call(Request::MrReport {
             report,
             data,
             subtype,
         }) {
             Reply::Tdcall(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// CPUID with EAX = `leaf`, ECX = `subleaf`: `Ok` with EAX, EBX, ECX,
+    /// EDX as the module answers it from the TD's CPUID values
+    /// (`src/td_dispatcher/vm_exits/td_cpuid.c`), or the #VE (reason 10)
+    /// for a leaf the module does not virtualize (not in its table, or
+    /// marked faulting). [`crate::guest`] lists the values the model has.
+    pub fn cpuid(&mut self, leaf: u32, subleaf: u32) -> Result<[u32; 4], Exception> {
+        match self.call(Request::Cpuid { leaf, subleaf }) {
+            Reply::Cpuid(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// RDMSR of `msr`: `Ok` with EDX:EAX (a direct access to the MSR, or
+    /// the module's emulation), or the #VE (reason 31) or #GP(0) the module
+    /// gives (`src/td_dispatcher/vm_exits/td_msr_access.c`). [`crate::guest`]
+    /// lists what the model does for which MSR.
+    pub fn rdmsr(&mut self, msr: u32) -> Result<u64, Exception> {
+        match self.call(Request::Rdmsr { msr }) {
+            Reply::Msr(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// WRMSR of `value` to `msr`: `Ok` when written (directly or by the
+    /// module), or the #VE (reason 32) or #GP(0).
+    pub fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), Exception> {
+        match self.call(Request::Wrmsr { msr, value }) {
+            Reply::Msr(r) => r.map(drop),
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// Executes an instruction the module turns into a #VE: the #VE (or a
+    /// #DF if VE_INFO is still valid). Its VE_INFO has the instruction's
+    /// exit reason, qualification and length; the guest's handler would
+    /// then make the matching TDG.VP.VMCALL ([`Guest::tdvmcall`]).
+    pub fn instruction(&mut self, kind: Instruction) -> Exception {
+        match self.call(Request::Instruction(kind)) {
+            Reply::Exception(e) => e,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.VP.VEINFO.GET (`src/td_dispatcher/vm_exits/tdg_vp_veinfo_get.c`):
+    /// the VE_INFO of the last #VE, which becomes free (a later #VE is a #VE
+    /// again, not a #DF); `Err(TDX_NO_VALID_VE_INFO)` when there is none.
+    /// The registers: RCX the reason, RDX the qualification, R8 the GLA, R9
+    /// the GPA, R10 the instruction length (31:0) and information (63:32);
+    /// all zero on the error.
+    pub fn veinfo_get(&mut self) -> Result<VirtualizationException, TdxStatus> {
+        match self.call(Request::VeinfoGet) {
+            Reply::VeInfo(r) => r,
             r => unreachable!("{r:?}"),
         }
     }
@@ -322,7 +505,7 @@ impl Guest {
     /// # Panics
     ///
     /// If the access crosses a 4K page.
-    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, VirtualizationException> {
+    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, Exception> {
         assert!(
             (gpa & 0xFFF) + len as u64 <= 0x1000,
             "a guest access stays within one 4K page"
@@ -338,7 +521,7 @@ impl Guest {
     /// # Panics
     ///
     /// If the access crosses a 4K page.
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VirtualizationException> {
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Exception> {
         assert!(
             (gpa & 0xFFF) + data.len() as u64 <= 0x1000,
             "a guest access stays within one 4K page"
@@ -564,6 +747,12 @@ impl Guests {
     pub(crate) fn exit(&self, tdvpr: u64, r: Runner) {
         lock(&self.running).remove(&tdvpr);
         lock(&self.runners).insert(tdvpr, r);
+    }
+
+    /// Whether a kick of the vCPU is pending (the interrupt the module's
+    /// `is_interrupt_pending_guest_side` sees), without taking it.
+    pub(crate) fn kick_pending(&self, tdvpr: u64) -> bool {
+        lock(&self.running).get(&tdvpr).is_some_and(|&(_, k)| k)
     }
 
     /// Kicks the vCPU if it is in the guest.

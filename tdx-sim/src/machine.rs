@@ -477,3 +477,39 @@ mod tests {
         );
     }
 }
+
+/// A host MSR of the simulated CPU that the module checks and a test may
+/// set per LP ([`Simulator::set_host_msr`](crate::Simulator::set_host_msr)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostMsr {
+    /// IA32_TSC_ADJUST (0x3B), 0 by default. TDH.SYS.INIT samples it on its
+    /// LP; TDH.VP.ENTER on an LP whose value differs fails with
+    /// `TDX_INCONSISTENT_MSR|0x3B` (`src/td_transitions/tdh_vp_enter.c`).
+    TscAdjust,
+    /// IA32_MISC_ENABLE (0x1A0), 0x850089 by default (fast strings, TCC,
+    /// performance monitoring available, EIST, ENABLE_MONITOR_FSM, xTPR
+    /// disable; a typical server value). TDH.VP.ENTER refuses BOOT_NT4
+    /// (bit 22, `TDX_LIMIT_CPUID_MAXVAL_SET`) and, for a TD with
+    /// MONITOR/MWAIT, a clear ENABLE_MONITOR_FSM (bit 18,
+    /// `TDX_INCORRECT_MSR_VALUE|0x1A0`); a guest RDMSR of it in a TD
+    /// without PERFMON reads this value with bit 7 cleared and bit 12 set.
+    MiscEnable,
+}
+
+impl HostMsr {
+    /// The MSR's index.
+    pub fn index(self) -> u32 {
+        match self {
+            HostMsr::TscAdjust => 0x3B,
+            HostMsr::MiscEnable => 0x1A0,
+        }
+    }
+
+    /// The value an LP has until a test sets it.
+    pub fn default_value(self) -> u64 {
+        match self {
+            HostMsr::TscAdjust => 0,
+            HostMsr::MiscEnable => 0x0085_0089,
+        }
+    }
+}

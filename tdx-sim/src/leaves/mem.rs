@@ -667,10 +667,12 @@ pub(crate) fn guest_accept(s: &SimState, tdr: u64, gpa: u64, level: u8) -> TdxSt
     let Some(td) = td_of(s, tdr) else {
         return TdxStatus::OPERAND_INVALID;
     };
-    match super::tdg::accept(s, td, gpa, level) {
+    match super::tdg::accept(s, td, gpa, level, None) {
         super::tdg::Accept::Status(st) => st,
         super::tdg::Accept::HostPriority => op(TdxStatus::OPERAND_BUSY, OperandId::RCX),
         super::tdg::Accept::Exit { .. } => op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX),
+        // Without a vCPU no interrupt is ever pending.
+        super::tdg::Accept::Interrupted => unreachable!("no vCPU, no interrupt"),
     }
 }
 

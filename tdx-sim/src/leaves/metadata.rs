@@ -57,7 +57,7 @@ pub(crate) const TD_VMCS_FIELD_NOT_INITIALIZED: TdxStatus =
 /// TDCS class of the virtual CPUID values (`MD_TDCS_CPUID_CLASS_CODE`).
 const CPUID_CLASS: u8 = 20;
 /// No sub-leaf (`CPUID_SUBLEAF_NA`).
-const SUBLEAF_NA: u32 = u32::MAX;
+pub(crate) const SUBLEAF_NA: u32 = u32::MAX;
 
 /// The module's CPUID lookup table (`cpuid_lookup` in
 /// `include/auto_gen/cpuid_configurations.c`, module 1.5.01): leaf,
@@ -153,7 +153,7 @@ const CPUID_LOOKUP_1_5_05: [(u32, u32, bool); 68] = {
 
 /// The CPUID lookup table of the module whose metadata tables are
 /// `layout`.
-fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
+pub(crate) fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
     match layout {
         MetadataTables::Tdx1_5_01 => &CPUID_LOOKUP_1_5_01,
         MetadataTables::Tdx1_5_05 => &CPUID_LOOKUP_1_5_05,
@@ -162,7 +162,7 @@ fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
 
 /// `get_cpuid_lookup_entry` (`src/common/helpers/helpers.c`): the first
 /// entry of the leaf whose sub-leaf is `subleaf` or not applicable.
-fn cpuid_index(lookup: &[(u32, u32, bool)], leaf: u32, subleaf: u32) -> Option<usize> {
+pub(crate) fn cpuid_index(lookup: &[(u32, u32, bool)], leaf: u32, subleaf: u32) -> Option<usize> {
     lookup
         .iter()
         .position(|&(l, s, _)| l == leaf && (s == SUBLEAF_NA || s == subleaf))

@@ -59,6 +59,12 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     d.lp_init.fill(false);
     d.pkg_configured.fill(false);
     sys.set_state(SysState::SysInitDone);
+    // The LP's IA32_TSC_ADJUST, which TDH.MNG.INIT, TDH.VP.INIT and
+    // TDH.VP.ENTER compare with theirs (`tdh_sys_init.c`).
+    let tsc_adjust = c.sim.host_msr(c.lp, crate::HostMsr::TscAdjust);
+    c.sim
+        .tsc_adjust_sample
+        .store(tsc_adjust, crate::locks::Ordering::Release);
     (a.rcx, a.rdx, a.r8, a.r9, a.r10) = (0, 0, 0, 0, 0);
     Ok(TdxStatus::SUCCESS)
 }
