@@ -319,9 +319,12 @@ pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     c.write_entry_unlock(slot.word, word(SeptState::PENDING, page));
     td.chldcnt.add(c.lp, n as i64);
     pe.set(PamtPageType::REG, td.tdr());
+    // Not zeroed: `tdh_mem_page_aug.c` only maps the page; the guest's
+    // TDG.MEM.PAGE.ACCEPT zeroes it (with the TD's key) before the TD can
+    // read it.
     c.sim
         .mem
-        .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), true);
+        .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), false);
     Ok(TdxStatus::SUCCESS)
 }
 
