@@ -4,7 +4,7 @@
 //! 1.5.01. The guest model's side is [`crate::guest`].
 
 use super::{metadata, mng::cpuid_entry};
-use crate::{state::Shared, td::Td};
+use crate::{MachineDesc, state::Shared, td::Td};
 
 /// VMX basic exit reasons (`src/common/x86_defs/vmcs_defs.h`).
 pub(crate) const EXIT_CPUID: u32 = 10;
@@ -38,7 +38,18 @@ const RESERVED_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4FFF_FFFF
 /// `cpuid_lookup[0]`), CPUID(1).EAX 0 means the CPU's own F/M/S. The
 /// other FIXED0/FIXED1 bits and the XFAM-dependent bits are not modelled.
 pub(crate) fn td_cpuid(s: &Shared, td: &Td, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
-    let desc = &s.machine.desc;
+    let ctl = td.ctl();
+    td_cpuid_of(&s.machine.desc, ctl.params.as_deref(), leaf, subleaf)
+}
+
+/// [`td_cpuid`] for a TD whose TDH.MNG.INIT accepted `params` (`None`:
+/// not initialized, no configuration) on the machine `desc`.
+pub(crate) fn td_cpuid_of(
+    desc: &MachineDesc,
+    params: Option<&[u8; 1024]>,
+    leaf: u32,
+    subleaf: u32,
+) -> Option<[u32; 4]> {
     let lookup = metadata::cpuid_lookup(desc.profile.metadata);
     let i = metadata::cpuid_index(lookup, leaf, subleaf)?;
     if lookup[i].2 {
@@ -51,8 +62,6 @@ pub(crate) fn td_cpuid(s: &Shared, td: &Td, leaf: u32, subleaf: u32) -> Option<[
         0x8000_0000 => [LAST_EXTENDED_LEAF, 0, 0, 0],
         _ => [0; 4],
     };
-    let ctl = td.ctl();
-    let params = ctl.params.as_deref();
     let entry = desc.profile.cpuid_config.iter().position(|c| {
         c.leaf == lookup[i].0 && c.subleaf.unwrap_or(metadata::SUBLEAF_NA) == lookup[i].1
     });

@@ -405,6 +405,8 @@ struct TdView<'a> {
     hkid_start: u32,
     /// The module's CPUID lookup table.
     cpuid: &'static [(u32, u32, bool)],
+    /// The machine (the TD's CPUID values are computed from it).
+    desc: &'a crate::MachineDesc,
 }
 
 impl TdView<'_> {
@@ -474,6 +476,19 @@ impl TdView<'_> {
             // PENDING_VE_DISABLE from ATTRIBUTES.SEPT_VE_DISABLE.
             "TD_CTLS" => (ctl.attributes >> 28) & 1,
             "CPUID_VALID" => self.cpuid.get(i).map_or(0, |c| u64::from(!c.2)),
+            // The TD's CPUID values (`super::instr::td_cpuid`): element 0
+            // EAX (31:0) and EBX (63:32), element 1 ECX and EDX.
+            "CPUID_VALUES" => {
+                let (leaf, subleaf) = cpuid_leaf_subleaf(id.field_code());
+                // Zero before TDH.MNG.INIT computed them.
+                let v = ctl
+                    .params
+                    .as_deref()
+                    .and_then(|p| super::instr::td_cpuid_of(self.desc, Some(p), leaf, subleaf))
+                    .unwrap_or_default();
+                let half = (id.field_code() & 1) as usize * 2;
+                u64::from(v[half]) | u64::from(v[half + 1]) << 32
+            }
             "TD_EPOCH" => td.td_epoch(),
             "MRTD" => ctl.mrtd.map_or(0, |m| {
                 u64::from_le_bytes(m[8 * i..8 * i + 8].try_into().expect("8 bytes"))
@@ -628,6 +643,7 @@ pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) 
         ctl: &td.ctl(),
         hkid_start: s.machine.hkid_start,
         cpuid: tables.cpuid,
+        desc: &s.machine.desc,
     }
     .value(e, id);
     if write_op {
@@ -742,6 +758,7 @@ pub(crate) fn vp_rd_wr(
             ctl: &ctl,
             hkid_start: s.machine.hkid_start,
             cpuid: cpuid_lookup(s.machine.desc.profile.metadata),
+            desc: &s.machine.desc,
         };
         s.vcpus
             .with(v, |vc| VpView { td: &tdv, vcpu: vc }.value(e, id))
