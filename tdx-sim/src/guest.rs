@@ -3,8 +3,9 @@
 //! A test gives a vCPU a guest program ([`Simulator::set_guest`]): Rust
 //! code that acts as the TD's software on that vCPU, through a [`Guest`]
 //! context whose methods are the guest's operations (TDG.MEM.PAGE.ACCEPT,
-//! memory reads and writes of private and shared GPAs, TDG.VP.VMCALL, halt,
-//! a triple fault). The program runs on a thread of its own, but only while
+//! memory reads and writes of private and shared GPAs, CPUID, RDMSR and
+//! WRMSR, the instructions that always #VE, TDG.VP.VMCALL,
+//! TDG.VP.VEINFO.GET, halt, a triple fault). The program runs on a thread of its own, but only while
 //! the host is inside TDH.VP.ENTER for its vCPU: each operation is a
 //! request the entering leaf carries out (on the host thread that called
 //! TDH.VP.ENTER, with the module's locks that leaf holds) and answers, or
@@ -30,11 +31,19 @@
 //!   ([`Simulator::set_tsc`]) after it first did, the vCPU makes the
 //!   trap-like `TDX_HOST_PRIORITY_BUSY_TIMEOUT` exit and the ACCEPT
 //!   returns BUSY (bit 60 = the next entry's host-recoverability hint)
-//!   (`src/td_dispatcher/tdx_td_dispatcher.c`). The 2M accept is not
-//!   interruptible in the model (no ACCEPT_COUNTER).
+//!   (`src/td_dispatcher/tdx_td_dispatcher.c`). A 2M accept zeroes the
+//!   page in 4K chunks from the entry's ACCEPT_COUNTER and, after each
+//!   chunk but the last, stops if an interrupt is pending (a kick of the
+//!   vCPU; [`Simulator::kick_during_accept`] makes one arrive after a
+//!   given chunk): the counter stays in the still-PENDING entry, the
+//!   TDCALL does not complete (no status, RIP not advanced), the vCPU
+//!   makes the kick's external-interrupt exit, and after the next entry
+//!   the ACCEPT goes on from the counter. TDH.MEM.RANGE.BLOCK, REMOVE,
+//!   DEMOTE and PROMOTE of the entry reset the counter. PAGE.AUG does not
+//!   zero the page; the accept does.
 //! - A private access (`src/td_dispatcher/vm_exits/td_ept_violation.c`):
 //!   a MAPPED page is read or written; a PENDING page is a #VE for the
-//!   program (an `Err` from the operation) unless the TD has
+//!   program (an [`Exception`] from the operation) unless the TD has
 //!   ATTRIBUTES.SEPT_VE_DISABLE, then an EPT-violation exit with extended
 //!   exit qualification type 6; anything else an EPT-violation exit (type
 //!   0). The access repeats after the next entry.
@@ -42,8 +51,59 @@
 //!   not manage and a test sets page by page
 //!   ([`Simulator::map_shared`](crate::Simulator::map_shared)): a page
 //!   mapped to host memory is read and written there; an MMIO page is a
-//!   #VE for the program; an unmapped one is an EPT-violation exit with
-//!   the shared GPA, and the access repeats after the next entry.
+//!   #VE the CPU delivers (suppress-#VE clear) while VE_INFO is free, and
+//!   an EPT-violation exit with the shared GPA while it is still valid
+//!   (the CPU converts an EPT violation to a #VE only then); an unmapped
+//!   one is an EPT-violation exit with the shared GPA, and the access
+//!   repeats after the next entry.
+//! - #VE and VE_INFO (`tdx_inject_ve`,
+//!   `src/td_dispatcher/vm_exits/td_other_exits.c`;
+//!   `src/td_dispatcher/vm_exits/tdg_vp_veinfo_get.c`): every #VE records
+//!   VE_INFO (exit reason, qualification, GPA, instruction length) in the
+//!   vCPU, valid until the program's [`Guest::veinfo_get`] reads it (as a
+//!   guest's #VE handler does first). A #VE the module injects while
+//!   VE_INFO is still valid is a #DF instead ([`Exception::DoubleFault`]).
+//!   An operation that #VEs does not complete: the program's handling of
+//!   the [`Exception`] stands for the guest's handler.
+//! - CPUID (`src/td_dispatcher/vm_exits/td_cpuid.c`, [`Guest::cpuid`]):
+//!   answered from the TD's CPUID values, which TDH.MNG.RD's CPUID_VALUES
+//!   shows too: the module's CPUID lookup table (a leaf it lacks or marks
+//!   faulting, e.g. 0x2, 0x6, 0xB, 0x1F on 1.5.01, 0x40000000-0x4FFFFFFF,
+//!   is a #VE with reason 10), a leaf above the last base or extended leaf
+//!   read as the last base leaf (0x23), TD_PARAMS' configuration applied
+//!   (CONFIG_DIRECT bits as configured; the simulated CPU has every
+//!   ALLOW_DIRECT bit, so those are as configured too), CPUID(0) and
+//!   CPUID(1)'s FIXED1 bits and the CPU's vendor and F/M/S; dynamic:
+//!   CPUID(1).EBX\[31:24\] = VCPU_INDEX, CPUID(0x80000001).EDX.SYSCALL = 1.
+//!   Not modelled: the other native CPUID values (0), FIXED0/FIXED1 bits
+//!   beyond leaves 0 and 1, XFAM-dependent bits, the bits that reflect
+//!   guest CR4 (0), TDG.VP.CPUIDVE.SET.
+//! - RDMSR/WRMSR (`src/td_dispatcher/vm_exits/td_msr_access.c`, the
+//!   module's whole MSR table `include/auto_gen/msr_config_lookup.c`;
+//!   [`Guest::rdmsr`], [`Guest::wrmsr`]): outside 0-0x1FFF and
+//!   0xC0000000-0xC0001FFF, or in range but not in the table (APIC_BASE,
+//!   the MTRRs, most x2APIC MSRs incl. the ICR and the timer): #VE
+//!   (reason 31/32). In the table: a bitmap bit 0 (fixed, or dynamic and
+//!   the TD has the feature: PERFMON, PKS, CET/PT/ULI/LBR by XFAM, WAITPKG
+//!   and TSX by CPUID) is a direct access to the vCPU's value the model
+//!   keeps (IA32_TSC reads the simulated TSC; PAT and EFER start at the
+//!   TD VMCS's values; writes to the read-only ARCH_CAPABILITIES and
+//!   XAPIC_DISABLE_STATUS are #GP). Otherwise the module emulates WRMSR of
+//!   XSS (bits outside the CPU's and XFAM's: #GP), DEBUGCTL (reserved
+//!   bits: #GP; TR without BTS: #VE; bit 13 kept) and EFER (only SCE may
+//!   change, else #VE), RDMSR of DEBUGCTL, MISC_ENABLE (the LP's value
+//!   with PERFMON_AVAILABLE clear and PEBS_UNAVAILABLE set),
+//!   PERF_CAPABILITIES (0), ARCH_CAPABILITIES (the CPU's, the module's
+//!   masking not modelled), XAPIC_DISABLE_STATUS (1) and the VMX
+//!   capability MSRs (0: their virtual values are not modelled); the rest
+//!   is the table's action: #VE (TSC and MISC_ENABLE writes, ...), #GP
+//!   (features the TD lacks, SGX, SMM, reserved x2APIC, VMX MSR writes),
+//!   or #VE/#GP by the TD's CPUID for TSC_DEADLINE, DCA, TME and MKTME.
+//! - HLT, IN/OUT, INVD, WBINVD, VMCALL, MWAIT, MONITOR, PCONFIG
+//!   ([`Guest::instruction`], `src/td_dispatcher/tdx_td_dispatcher.c`):
+//!   always a #VE with the VM exit's reason and qualification, never a TD
+//!   exit (the GHCI HLT the host sees is [`Guest::halt`], the TDVMCALL a
+//!   handler makes).
 //! - TDG.VP.VMCALL (`src/td_dispatcher/vm_exits/tdg_vp_vmcall.c`,
 //!   `src/td_transitions/tdh_vp_enter.c`): the module's check of the
 //!   exposure control (RAX, RCX, RSP, and RBP under NO_RBP_MOD, may not be
@@ -106,6 +166,7 @@
 //! [`Simulator::set_guest`]: crate::Simulator::set_guest
 //! [`Simulator::kick`]: crate::Simulator::kick
 //! [`Simulator::set_tsc`]: crate::Simulator::set_tsc
+//! [`Simulator::kick_during_accept`]: crate::Simulator::kick_during_accept
 
 use std::{
     collections::HashMap,
@@ -491,7 +552,8 @@ impl Guest {
     /// 1 (2M): the status the TDCALL returns in RAX. Where the module makes
     /// a TD exit instead (the entry is not PENDING and not accepted, or the
     /// walk stops above at something the host must fix), the call repeats
-    /// after the host enters the vCPU again.
+    /// after the host enters the vCPU again; so does a 2M accept an
+    /// interrupt stopped between chunks (it goes on where it stopped).
     pub fn accept(&mut self, gpa: u64, level: u8) -> TdxStatus {
         match self.call(Request::Accept { gpa, level }) {
             Reply::Status(s) => s,

@@ -713,15 +713,19 @@ pub(crate) fn inject_ve(s: &Shared, v: u64, ve: VirtualizationException) -> Exce
 /// Exceptions"); otherwise it is an EPT-violation VM exit, which for a
 /// shared GPA the module turns into an EPT-violation TD exit
 /// (`td_ept_violation.c`).
-fn hardware_ve(s: &Shared, v: u64, ve: VirtualizationException) -> Result<Exception, Exit> {
-    s.vcpus.with(v, |vc| {
-        if vc.ve_info.is_some() {
-            Err(Exit::ept(ve.qualification, 0, ve.gpa))
-        } else {
+fn hardware_ve(s: &Shared, v: u64, ve: VirtualizationException) -> Resolved {
+    let delivered = s.vcpus.with(v, |vc| {
+        let free = vc.ve_info.is_none();
+        if free {
             vc.ve_info = Some(ve);
-            Ok(Exception::Ve(ve))
         }
-    })
+        free
+    });
+    if delivered {
+        Resolved::Fault(Exception::Ve(ve))
+    } else {
+        Resolved::Exit(Exit::ept(ve.qualification, 0, ve.gpa))
+    }
 }
 
 /// A guest access's outcome with its #VE delivered.
@@ -735,10 +739,7 @@ fn resolve(s: &Shared, v: u64, a: Access) -> Resolved {
     match a {
         Access::Mapped(hpa) => Resolved::Mapped(hpa),
         Access::Ve(ve) => Resolved::Fault(inject_ve(s, v, ve)),
-        Access::HwVe(ve) => match hardware_ve(s, v, ve) {
-            Ok(e) => Resolved::Fault(e),
-            Err(x) => Resolved::Exit(x),
-        },
+        Access::HwVe(ve) => hardware_ve(s, v, ve),
         Access::Exit(x) => Resolved::Exit(x),
     }
 }
@@ -870,9 +871,11 @@ fn accept_exit(req: u8, at: u8, e: u64) -> Accept {
 /// the TD dispatcher shows BUSY_HOST_PRIORITY as BUSY); a non-free
 /// non-leaf entry (`PAGE_SIZE_MISMATCH` with the level); an accepted leaf
 /// (`PAGE_ALREADY_ACCEPTED`); anything not PENDING (exit). A PENDING page
-/// is zeroed and becomes MAPPED; the whole entry is written back, which
-/// clears a host-priority mark set meanwhile. The host-priority timeout
-/// exit is not modelled.
+/// is zeroed (2M: 4K chunks from ACCEPT_COUNTER, interruptible when
+/// `vcpu` has an interrupt pending, see [`Accept::Interrupted`]) and
+/// becomes MAPPED; the whole entry is written back, which clears a
+/// host-priority mark set meanwhile. `vcpu` is `None` for the test helper
+/// outside a vCPU, which no interrupt stops.
 pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8, vcpu: Option<u64>) -> Accept {
     let rcx = gpa | u64::from(level);
     if gpa & 0xFFF != 0 || level > 7 {
