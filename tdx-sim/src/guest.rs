@@ -75,9 +75,10 @@
 //!   ALLOW_DIRECT bit, so those are as configured too), CPUID(0) and
 //!   CPUID(1)'s FIXED1 bits and the CPU's vendor and F/M/S; dynamic:
 //!   CPUID(1).EBX\[31:24\] = VCPU_INDEX, CPUID(0x80000001).EDX.SYSCALL = 1.
+//!   TDG.VP.CPUIDVE.SET ([`Guest::cpuidve_set`]) makes every CPUID a #VE.
 //!   Not modelled: the other native CPUID values (0), FIXED0/FIXED1 bits
 //!   beyond leaves 0 and 1, XFAM-dependent bits, the bits that reflect
-//!   guest CR4 (0), TDG.VP.CPUIDVE.SET.
+//!   guest CR4 (0), the host's per-leaf CPUID_CONTROL.
 //! - RDMSR/WRMSR (`src/td_dispatcher/vm_exits/td_msr_access.c`, the
 //!   module's whole MSR table `include/auto_gen/msr_config_lookup.c`;
 //!   [`Guest::rdmsr`], [`Guest::wrmsr`]): outside 0-0x1FFF and
@@ -378,6 +379,9 @@ pub(crate) enum Request {
     },
     Instruction(Instruction),
     VeinfoGet,
+    CpuidveSet {
+        control: u64,
+    },
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -539,6 +543,20 @@ impl Guest {
     pub fn veinfo_get(&mut self) -> Result<VirtualizationException, TdxStatus> {
         match self.call(Request::VeinfoGet) {
             Reply::VeInfo(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.VP.CPUIDVE.SET (`src/td_dispatcher/vm_exits/tdg_vp_cpuidve_set.c`):
+    /// bit 0 makes every CPUID in supervisor mode a #VE (reason 10), bit 1
+    /// every CPUID in user mode (the guest model runs in supervisor mode
+    /// only, so bit 1 is recorded and has no effect); other bits set are
+    /// `TDX_OPERAND_INVALID|RCX` and change nothing. Leaves the module
+    /// does not virtualize are a #VE either way. The host's per-leaf
+    /// CPUID_CONTROL (TDH.VP.WR) is not modelled.
+    pub fn cpuidve_set(&mut self, control: u64) -> TdxStatus {
+        match self.call(Request::CpuidveSet { control }) {
+            Reply::Status(s) => s,
             r => unreachable!("{r:?}"),
         }
     }

@@ -442,6 +442,9 @@ pub(crate) struct Vcpu {
     /// interrupt pending once it has zeroed this many more 4K chunks
     /// ([`crate::Simulator::kick_during_accept`]).
     pub(crate) accept_kick_after: Option<u32>,
+    /// TDG.VP.CPUIDVE.SET's flags (`cpuid_supervisor_ve`,
+    /// `cpuid_user_ve`): every CPUID at that CPL is a #VE.
+    pub(crate) cpuid_ve: (bool, bool),
 }
 
 impl Vcpu {
@@ -463,6 +466,7 @@ impl Vcpu {
             ve_info: None,
             msrs: HashMap::default(),
             accept_kick_after: None,
+            cpuid_ve: (false, false),
         }
     }
 

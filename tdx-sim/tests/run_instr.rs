@@ -187,6 +187,34 @@ fn cpuid_answers_from_the_tds_values_with_the_dynamic_fixups() {
     sim.check_invariants().unwrap();
 }
 
+#[test]
+fn cpuidve_set_makes_every_supervisor_cpuid_a_ve() {
+    let sim = host();
+    let td = runnable(&sim);
+    let v = td.vcpus[0].tdvpr;
+    sim.set_guest(v, |g: &mut Guest| {
+        // Reserved bits: refused, nothing changes.
+        assert_eq!(
+            g.cpuidve_set(1 | 1 << 2),
+            e(TdxStatus::OPERAND_INVALID, OperandId::RCX)
+        );
+        assert!(g.cpuid(0, 0).is_ok());
+        // User mode only: the guest model's supervisor CPUIDs go on.
+        assert_eq!(g.cpuidve_set(2), TdxStatus::SUCCESS);
+        assert!(g.cpuid(0, 0).is_ok());
+        assert_eq!(g.cpuidve_set(1), TdxStatus::SUCCESS);
+        let e = g.cpuid(0, 0).unwrap_err();
+        assert_eq!(e, Exception::Ve(ve(10, 0, 2)));
+        handled(g, e);
+        assert_eq!(g.cpuidve_set(0), TdxStatus::SUCCESS);
+        assert!(g.cpuid(0, 0).is_ok());
+        g.halt();
+    });
+    assert_eq!(enter(&sim, v), (77, halt_regs()));
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // VE_INFO, TDG.VP.VEINFO.GET, #DF
 // ---------------------------------------------------------------------------

@@ -90,8 +90,8 @@ pub(crate) fn td_cpuid_of(
 /// and CR4.PKE, which CPUID(1).ECX bit 27 and CPUID(7,0).ECX bit 4
 /// reflect, are 0 in the model (no guest control registers); CPUID(0xD, 0
 /// and 1).EBX, which the module reads from the CPU, is 0; IA32_TSX_CTRL is
-/// not modelled. TDG.VP.CPUIDVE.SET is not modelled either (no leaf is
-/// set to #VE by the guest).
+/// not modelled. TDG.VP.CPUIDVE.SET's flag is the caller's
+/// (`Request::Cpuid` in `tdg.rs`).
 pub(crate) fn guest_cpuid(
     s: &Shared,
     td: &Td,

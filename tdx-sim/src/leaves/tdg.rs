@@ -508,11 +508,14 @@ fn step(s: &Shared, td: &Td, (v, lp): (u64, u32), req: Request) -> Step {
             Pending::Halted,
         ),
         Request::Cpuid { leaf, subleaf } => {
-            let index = s.vcpus.with(v, |vc| vc.index);
-            let r = instr::guest_cpuid(s, td, index, leaf, subleaf).ok_or_else(|| {
-                // CPUID is 0F A2.
-                inject_ve(s, v, instruction_ve(instr::EXIT_CPUID, 0, 2))
-            });
+            // The guest model runs at CPL 0: the supervisor flag counts.
+            let (index, all_ve) = s.vcpus.with(v, |vc| (vc.index, vc.cpuid_ve.0));
+            let r = instr::guest_cpuid(s, td, index, leaf, subleaf)
+                .filter(|_| !all_ve)
+                .ok_or_else(|| {
+                    // CPUID is 0F A2.
+                    inject_ve(s, v, instruction_ve(instr::EXIT_CPUID, 0, 2))
+                });
             Step::Done(Reply::Cpuid(r))
         }
         Request::Rdmsr { msr } => Step::Done(Reply::Msr(msr_step(s, td, (v, lp), msr, None))),
@@ -522,6 +525,17 @@ fn step(s: &Shared, td: &Td, (v, lp): (u64, u32), req: Request) -> Step {
         Request::Instruction(k) => {
             let ve = instruction_ve(k.exit_reason(), k.qualification(), k.length());
             Step::Done(Reply::Exception(inject_ve(s, v, ve)))
+        }
+        Request::CpuidveSet { control } => {
+            let st = if control >> 2 != 0 {
+                op(TdxStatus::OPERAND_INVALID, OperandId::RCX)
+            } else {
+                s.vcpus.with(v, |vc| {
+                    vc.cpuid_ve = (control & 1 != 0, control & 2 != 0);
+                });
+                TdxStatus::SUCCESS
+            };
+            Step::Done(Reply::Status(st))
         }
         // `tdg_vp_veinfo_get.c`: the registers are zeroed first, then
         // NO_VALID_VE_INFO or VE_INFO's contents and VALID := 0.
