@@ -208,9 +208,18 @@ fn cpuidve_set_makes_every_supervisor_cpuid_a_ve() {
         handled(g, e);
         assert_eq!(g.cpuidve_set(0), TdxStatus::SUCCESS);
         assert!(g.cpuid(0, 0).is_ok());
+        assert_eq!(g.cpuidve_set(3), TdxStatus::SUCCESS);
         g.halt();
     });
     assert_eq!(enter(&sim, v), (77, halt_regs()));
+    // The host reads the flags with TDH.VP.RD (TDVPS CPUID_SUPERVISOR_VE
+    // and CPUID_USER_VE).
+    for id in [0xA020_0000_0000_0007, 0xA020_0000_0000_0008] {
+        let (st, a) = on(&sim, VCPU_LP, || {
+            raw(&sim, Leaf::VP_RD.v0(), [v.hpa().as_u64(), id, 0, 0, 0, 0])
+        });
+        assert_eq!((st, a.r8), (TdxStatus::SUCCESS, 1), "{id:#x}");
+    }
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }

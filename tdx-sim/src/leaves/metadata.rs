@@ -532,6 +532,9 @@ impl VpView<'_> {
             // TDVPS state: UNINITIALIZED 0, READY 2, ACTIVE 4, DISABLED 8.
             "VCPU_STATE" => v.state as u64,
             "VCPU_INDEX" => u64::from(v.index),
+            // TDG.VP.CPUIDVE.SET's flags.
+            "CPUID_SUPERVISOR_VE" => u64::from(v.cpuid_ve.0),
+            "CPUID_USER_VE" => u64::from(v.cpuid_ve.1),
             "NUM_TDVPS_PAGES" => v.pages.len() as u64,
             "ASSOC_LPID" => v.assoc_lp.map_or(u64::from(u32::MAX), u64::from),
             "XFAM" => td.param(8, 8),

@@ -410,8 +410,12 @@ fn step(s: &Shared, td: &Td, (v, lp): (u64, u32), req: Request) -> Step {
             // once; the ACCEPT runs again after the next entry and goes on
             // from the entry's ACCEPT_COUNTER.
             Accept::Interrupted => {
+                // TDX_SUCCESS for the dispatcher: the host-priority timer
+                // stops.
+                s.vcpus.with(v, |vc| vc.hp_busy_since = None);
                 s.guests.take_kick(v);
-                Step::Exit(kick_exit(), Pending::Retry(Request::Accept { gpa, level }))
+                let exit = dead_if_fatal(td, kick_exit(), ExitReason::EXTERNAL_INTERRUPT);
+                Step::Exit(exit, Pending::Retry(Request::Accept { gpa, level }))
             }
             Accept::Status(st) => {
                 s.vcpus.with(v, |vc| vc.hp_busy_since = None);
