@@ -5,8 +5,9 @@
 //! context whose methods are the guest's operations (TDG.MEM.PAGE.ACCEPT,
 //! memory reads and writes of private and shared GPAs, CPUID, RDMSR and
 //! WRMSR, the instructions that always #VE, TDG.VP.VMCALL,
-//! TDG.VP.VEINFO.GET, halt, a triple fault). The program runs on a thread of its own, but only while
-//! the host is inside TDH.VP.ENTER for its vCPU: each operation is a
+//! TDG.VP.VEINFO.GET, halt, a triple fault). The program runs on a thread
+//! of its own, but only while the host is inside TDH.VP.ENTER for its
+//! vCPU: each operation is a
 //! request the entering leaf carries out (on the host thread that called
 //! TDH.VP.ENTER, with the module's locks that leaf holds) and answers, or
 //! turns into a TD exit. After an exit the program stays stopped inside
@@ -118,7 +119,8 @@
 //!   ([`Guest::vp_info`], [`Guest::rtmr_extend`], [`Guest::mr_report`]),
 //!   their memory operands mapped as the module maps them (an unmapped GPA
 //!   is an EPT-violation exit with the missing access, and the call runs
-//!   again after the next entry).
+//!   again after the next entry; a PENDING page or an MMIO page is a #VE
+//!   the module injects, so a #DF while VE_INFO is valid).
 //!
 //! The host stops a running guest with a kick ([`Simulator::kick`]): the
 //! guest leaves at its next operation with an external-interrupt exit, as

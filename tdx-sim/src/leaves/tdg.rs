@@ -767,24 +767,20 @@ fn resolve(s: &Shared, v: u64, a: Access) -> Resolved {
 /// VMM's shared EPT as the test set it ([`crate::Simulator::map_shared`]).
 fn access(td: &Td, gpa: u64, write: bool) -> Access {
     let qual = if write { QUAL_WRITE } else { QUAL_READ };
-    let ve = || {
-        Access::Ve(VirtualizationException {
-            reason: u32::from(ExitReason::EPT_VIOLATION.0),
-            qualification: qual,
-            gpa,
-            ..VirtualizationException::default()
-        })
+    let info = VirtualizationException {
+        reason: u32::from(ExitReason::EPT_VIOLATION.0),
+        qualification: qual,
+        gpa,
+        ..VirtualizationException::default()
     };
+    let ve = || Access::Ve(info);
     if !td.private_gpa(gpa) {
         let m = td.ctl().shared_ept.get(&(gpa & !0xFFF)).copied();
         return match m {
             Some(SharedMapping::Memory(hpa)) => Access::Mapped(hpa.as_u64() + (gpa & 0xFFF)),
             // KVM's MMIO entries leave suppress-#VE clear: a #VE, which
             // the guest's handler turns into TDG.VP.VMCALL<#VE.RequestMMIO>.
-            Some(SharedMapping::Mmio) => match ve() {
-                Access::Ve(x) => Access::HwVe(x),
-                a => a,
-            },
+            Some(SharedMapping::Mmio) => Access::HwVe(info),
             None => Access::Exit(Exit::ept(qual, 0, gpa)),
         };
     }
