@@ -281,14 +281,12 @@ impl Simulator {
     /// pending (the vCPU is kicked) once it has zeroed `chunks` more 4K
     /// chunks (at least 1: the module checks after each chunk but the
     /// last). The accept stops there, keeps its ACCEPT_COUNTER, and the
-    /// vCPU makes the kick's external-interrupt exit.
+    /// vCPU makes the kick's external-interrupt exit. Nothing happens if
+    /// no vCPU has its TDVPR at `tdvpr`.
     pub fn kick_during_accept(&self, tdvpr: Pfn, chunks: u32) {
-        let v = tdvpr.as_u64();
-        if self.s.vcpus.contains(v) {
-            self.s
-                .vcpus
-                .with(v, |vc| vc.accept_kick_after = Some(chunks.max(1)));
-        }
+        self.s.vcpus.try_with(tdvpr.as_u64(), |vc| {
+            vc.accept_kick_after = Some(chunks.max(1));
+        });
     }
 
     /// True while the vCPU whose TDVPR is `tdvpr` is in the guest (inside

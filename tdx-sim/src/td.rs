@@ -518,9 +518,10 @@ impl VcpuTable {
         }
     }
 
-    /// Whether a vCPU has its TDVPR at `tdvpr`.
-    pub(crate) fn contains(&self, tdvpr: u64) -> bool {
-        self.shard(tdvpr).contains_key(&tdvpr)
+    /// Runs `f` on the vCPU at `tdvpr` if there is one (for test hooks
+    /// that name any frame).
+    pub(crate) fn try_with<T>(&self, tdvpr: u64, f: impl FnOnce(&mut Vcpu) -> T) -> Option<T> {
+        self.shard(tdvpr).get_mut(&tdvpr).map(f)
     }
 
     /// Runs `f` on the vCPU at `tdvpr` (which the caller has locked).

@@ -545,6 +545,8 @@ fn block_of_an_interrupted_2m_accept_resets_its_counter() {
         assert_eq!(g.accept(G2M, 1), TdxStatus::SUCCESS);
         g.halt();
     });
+    // A frame that is no vCPU: nothing happens.
+    sim.kick_during_accept(td.tdr, 1);
     sim.kick_during_accept(v, 5);
     assert_eq!(enter(&sim, v), (1, kick_regs()));
     assert_eq!(&chunks(&sim, page)[..6], &[0, 0, 0, 0, 0, 0xAA]);
