@@ -697,3 +697,67 @@ fn vp_init_and_mng_init_check_the_host_msrs_too() {
     td.teardown(&sim);
     sim.check_invariants().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// A fatal TD: which guest operations are VM exits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn in_a_fatal_td_cpuid_and_a_pending_access_exit_non_accessible_a_direct_msr_does_not() {
+    use std::sync::mpsc;
+    let sim = host();
+    let mut td = Td::build(&sim, Stage::Initialized);
+    let a_i = td.add_vcpu(&sim, VCPU_LP);
+    let b_i = td.add_vcpu(&sim, 2);
+    let c_i = td.add_vcpu(&sim, 3);
+    ok("MR.FINALIZE", mr_finalize(&sim, td.tdr));
+    let [va, vb, vc] = [a_i, b_i, c_i].map(|i| td.vcpus[i].tdvpr);
+    td.aug(&sim, 0x8000, 0);
+    sim.set_guest(va, |g: &mut Guest| g.fatal_td_event());
+    // B and C enter and wait in the guest until A made the TD fatal.
+    let mut parked = Vec::new();
+    for (v, pending_read) in [(vb, false), (vc, true)] {
+        let (in_tx, in_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        sim.set_guest(v, move |g: &mut Guest| {
+            in_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // A direct MSR access makes no VM exit: it still works.
+            assert_eq!(g.wrmsr(0x48, 1), Ok(()));
+            if pending_read {
+                let _ = g.read(0x8000, 1);
+            } else {
+                let _ = g.cpuid(0, 0);
+            }
+            unreachable!("the VM exit leaves a fatal TD");
+        });
+        parked.push((v, in_rx, go_tx));
+    }
+    std::thread::scope(|s| {
+        let lps = [2, 3];
+        let hs: Vec<_> = parked
+            .iter()
+            .zip(lps)
+            .map(|((v, ..), lp)| {
+                let v = *v;
+                let sim = &sim;
+                s.spawn(move || enter_flags(sim, lp, v, 0, SeamcallArgs::default()))
+            })
+            .collect();
+        for (_, in_rx, _) in &parked {
+            in_rx.recv().unwrap();
+        }
+        let (rax, _) = enter(&sim, va);
+        assert_eq!(rax, 0x6000_0002_0000_004B);
+        for (_, _, go) in &parked {
+            go.send(()).unwrap();
+        }
+        let got: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        // NON_RECOVERABLE_TD_NON_ACCESSIBLE over CPUID (10) and over the
+        // EPT violation (48) the PENDING page's #VE would have come from.
+        assert_eq!(got[0], (0x6000_0005_0000_000A, SeamcallArgs::default()));
+        assert_eq!(got[1], (0x6000_0005_0000_0030, SeamcallArgs::default()));
+    });
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}

@@ -292,8 +292,17 @@ fn vm_exit_of(s: &Shared, td: &Td, (v, lp): (u64, u32), req: &Request) -> Option
                 .then_some(ExitReason(reason as u16))
         }
         Request::Read { gpa, .. } | Request::Write { gpa, .. } => {
+            // A PENDING page's #VE comes from the module, after an EPT
+            // violation VM exit (every S-EPT entry suppresses #VE); the
+            // CPU delivers an MMIO page's #VE without one while VE_INFO
+            // is free.
             let write = matches!(req, Request::Write { .. });
-            matches!(access(td, *gpa, write), Access::Exit(..)).then_some(ExitReason::EPT_VIOLATION)
+            let exits = match access(td, *gpa, write) {
+                Access::Mapped(_) => false,
+                Access::HwVe(_) => s.vcpus.with(v, |vc| vc.ve_info.is_some()),
+                Access::Ve(_) | Access::Exit(_) => true,
+            };
+            exits.then_some(ExitReason::EPT_VIOLATION)
         }
         Request::TripleFault => Some(ExitReason(TRIPLE_FAULT as u16)),
         Request::End | Request::Panicked(_) => None,
