@@ -59,7 +59,7 @@ use tdx::{
         exit::{TdExit, VmcallRegs, VmcallRequest, VmcallStatus, subfunction},
     },
 };
-use tdx_sim::{Guest, SharedMapping};
+use tdx_sim::{Exception, Guest, SharedMapping};
 
 /// The shared bit of a 4-level EPT TD's GPAs (GPAW 48: bit 47).
 const SHARED: u64 = 1 << 47;
@@ -131,6 +131,18 @@ fn accept(g: &mut Guest, gpa: u64) -> Result<(), String> {
     }
 }
 
+/// The #VE handler's first step: TDG.VP.VEINFO.GET, which frees VE_INFO
+/// for the next #VE (a #VE while it is still valid would be a #DF).
+fn handle_ve(g: &mut Guest, e: &Exception) -> Result<(), String> {
+    match e {
+        Exception::Ve(ve) => match g.veinfo_get() {
+            Ok(got) if got == *ve => Ok(()),
+            r => Err(format!("VEINFO.GET after {ve:?}: {r:?}")),
+        },
+        e => Err(format!("not a #VE: {e:?}")),
+    }
+}
+
 /// vCPU `i`'s program: runs `script` against its model of its pages.
 fn guest_script(g: &mut Guest, i: usize, script: &[GOp]) -> Result<(), String> {
     let base = window(i);
@@ -175,6 +187,7 @@ fn guest_script(g: &mut Guest, i: usize, script: &[GOp]) -> Result<(), String> {
                         accept(g, at).map_err(ctx)?;
                     }
                     if let Err(ve) = g.write(at, &[b]) {
+                        handle_ve(g, &ve).map_err(ctx)?;
                         // Removed by the host since the accept: a #VE for
                         // a PENDING page after it was mapped again.
                         if !accepted {
@@ -201,8 +214,9 @@ fn guest_script(g: &mut Guest, i: usize, script: &[GOp]) -> Result<(), String> {
                 } => {
                     // Not accepted: a #VE (the page is PENDING once the
                     // host mapped it on the EPT violation).
-                    if let Ok(v) = g.read(gpa(p), 1) {
-                        return Err(ctx(format!("read an unaccepted page: {v:?}")));
+                    match g.read(gpa(p), 1) {
+                        Ok(v) => return Err(ctx(format!("read an unaccepted page: {v:?}"))),
+                        Err(e) => handle_ve(g, &e).map_err(ctx)?,
                     }
                 }
                 Page::Private {
@@ -218,7 +232,8 @@ fn guest_script(g: &mut Guest, i: usize, script: &[GOp]) -> Result<(), String> {
                                 return Err(ctx(format!("read {v:?}, wrote {x}")));
                             }
                         }
-                        Err(_) => {
+                        Err(e) => {
+                            handle_ve(g, &e).map_err(ctx)?;
                             accept(g, at).map_err(ctx)?;
                             g.read(at, 1)
                                 .map_err(|ve| ctx(format!("#VE after accept: {ve:?}")))?;

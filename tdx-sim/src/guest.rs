@@ -3,9 +3,11 @@
 //! A test gives a vCPU a guest program ([`Simulator::set_guest`]): Rust
 //! code that acts as the TD's software on that vCPU, through a [`Guest`]
 //! context whose methods are the guest's operations (TDG.MEM.PAGE.ACCEPT,
-//! memory reads and writes of private and shared GPAs, TDG.VP.VMCALL, halt,
-//! a triple fault). The program runs on a thread of its own, but only while
-//! the host is inside TDH.VP.ENTER for its vCPU: each operation is a
+//! memory reads and writes of private and shared GPAs, CPUID, RDMSR and
+//! WRMSR, the instructions that always #VE, TDG.VP.VMCALL,
+//! TDG.VP.VEINFO.GET, halt, a triple fault). The program runs on a thread
+//! of its own, but only while the host is inside TDH.VP.ENTER for its
+//! vCPU: each operation is a
 //! request the entering leaf carries out (on the host thread that called
 //! TDH.VP.ENTER, with the module's locks that leaf holds) and answers, or
 //! turns into a TD exit. After an exit the program stays stopped inside
@@ -30,11 +32,19 @@
 //!   ([`Simulator::set_tsc`]) after it first did, the vCPU makes the
 //!   trap-like `TDX_HOST_PRIORITY_BUSY_TIMEOUT` exit and the ACCEPT
 //!   returns BUSY (bit 60 = the next entry's host-recoverability hint)
-//!   (`src/td_dispatcher/tdx_td_dispatcher.c`). The 2M accept is not
-//!   interruptible in the model (no ACCEPT_COUNTER).
+//!   (`src/td_dispatcher/tdx_td_dispatcher.c`). A 2M accept zeroes the
+//!   page in 4K chunks from the entry's ACCEPT_COUNTER and, after each
+//!   chunk but the last, stops if an interrupt is pending (a kick of the
+//!   vCPU; [`Simulator::kick_during_accept`] makes one arrive after a
+//!   given chunk): the counter stays in the still-PENDING entry, the
+//!   TDCALL does not complete (no status, RIP not advanced), the vCPU
+//!   makes the kick's external-interrupt exit, and after the next entry
+//!   the ACCEPT goes on from the counter. TDH.MEM.RANGE.BLOCK, REMOVE,
+//!   DEMOTE and PROMOTE of the entry reset the counter. PAGE.AUG does not
+//!   zero the page; the accept does.
 //! - A private access (`src/td_dispatcher/vm_exits/td_ept_violation.c`):
 //!   a MAPPED page is read or written; a PENDING page is a #VE for the
-//!   program (an `Err` from the operation) unless the TD has
+//!   program (an [`Exception`] from the operation) unless the TD has
 //!   ATTRIBUTES.SEPT_VE_DISABLE, then an EPT-violation exit with extended
 //!   exit qualification type 6; anything else an EPT-violation exit (type
 //!   0). The access repeats after the next entry.
@@ -42,8 +52,60 @@
 //!   not manage and a test sets page by page
 //!   ([`Simulator::map_shared`](crate::Simulator::map_shared)): a page
 //!   mapped to host memory is read and written there; an MMIO page is a
-//!   #VE for the program; an unmapped one is an EPT-violation exit with
-//!   the shared GPA, and the access repeats after the next entry.
+//!   #VE the CPU delivers (suppress-#VE clear) while VE_INFO is free, and
+//!   an EPT-violation exit with the shared GPA while it is still valid
+//!   (the CPU converts an EPT violation to a #VE only then); an unmapped
+//!   one is an EPT-violation exit with the shared GPA, and the access
+//!   repeats after the next entry.
+//! - #VE and VE_INFO (`tdx_inject_ve`,
+//!   `src/td_dispatcher/vm_exits/td_other_exits.c`;
+//!   `src/td_dispatcher/vm_exits/tdg_vp_veinfo_get.c`): every #VE records
+//!   VE_INFO (exit reason, qualification, GPA, instruction length) in the
+//!   vCPU, valid until the program's [`Guest::veinfo_get`] reads it (as a
+//!   guest's #VE handler does first). A #VE the module injects while
+//!   VE_INFO is still valid is a #DF instead ([`Exception::DoubleFault`]).
+//!   An operation that #VEs does not complete: the program's handling of
+//!   the [`Exception`] stands for the guest's handler.
+//! - CPUID (`src/td_dispatcher/vm_exits/td_cpuid.c`, [`Guest::cpuid`]):
+//!   answered from the TD's CPUID values, which TDH.MNG.RD's CPUID_VALUES
+//!   shows too: the module's CPUID lookup table (a leaf it lacks or marks
+//!   faulting, e.g. 0x2, 0x6, 0xB, 0x1F on 1.5.01, 0x40000000-0x4FFFFFFF,
+//!   is a #VE with reason 10), a leaf above the last base or extended leaf
+//!   read as the last base leaf (0x23), TD_PARAMS' configuration applied
+//!   (CONFIG_DIRECT bits as configured; the simulated CPU has every
+//!   ALLOW_DIRECT bit, so those are as configured too), CPUID(0) and
+//!   CPUID(1)'s FIXED1 bits and the CPU's vendor and F/M/S; dynamic:
+//!   CPUID(1).EBX\[31:24\] = VCPU_INDEX, CPUID(0x80000001).EDX.SYSCALL = 1.
+//!   TDG.VP.CPUIDVE.SET ([`Guest::cpuidve_set`]) makes every CPUID a #VE.
+//!   Not modelled: the other native CPUID values (0), FIXED0/FIXED1 bits
+//!   beyond leaves 0 and 1, XFAM-dependent bits, the bits that reflect
+//!   guest CR4 (0), the host's per-leaf CPUID_CONTROL.
+//! - RDMSR/WRMSR (`src/td_dispatcher/vm_exits/td_msr_access.c`, the
+//!   module's whole MSR table `include/auto_gen/msr_config_lookup.c`;
+//!   [`Guest::rdmsr`], [`Guest::wrmsr`]): outside 0-0x1FFF and
+//!   0xC0000000-0xC0001FFF, or in range but not in the table (APIC_BASE,
+//!   the MTRRs, most x2APIC MSRs incl. the ICR and the timer): #VE
+//!   (reason 31/32). In the table: a bitmap bit 0 (fixed, or dynamic and
+//!   the TD has the feature: PERFMON, PKS, CET/PT/ULI/LBR by XFAM, WAITPKG
+//!   and TSX by CPUID) is a direct access to the vCPU's value the model
+//!   keeps (IA32_TSC reads the simulated TSC; PAT and EFER start at the
+//!   TD VMCS's values; writes to the read-only ARCH_CAPABILITIES and
+//!   XAPIC_DISABLE_STATUS are #GP). Otherwise the module emulates WRMSR of
+//!   XSS (bits outside the CPU's and XFAM's: #GP), DEBUGCTL (reserved
+//!   bits: #GP; TR without BTS: #VE; bit 13 kept) and EFER (only SCE may
+//!   change, else #VE), RDMSR of DEBUGCTL, MISC_ENABLE (the LP's value
+//!   with PERFMON_AVAILABLE clear and PEBS_UNAVAILABLE set),
+//!   PERF_CAPABILITIES (0), ARCH_CAPABILITIES (the CPU's, the module's
+//!   masking not modelled), XAPIC_DISABLE_STATUS (1) and the VMX
+//!   capability MSRs (0: their virtual values are not modelled); the rest
+//!   is the table's action: #VE (TSC and MISC_ENABLE writes, ...), #GP
+//!   (features the TD lacks, SGX, SMM, reserved x2APIC, VMX MSR writes),
+//!   or #VE/#GP by the TD's CPUID for TSC_DEADLINE, DCA, TME and MKTME.
+//! - HLT, IN/OUT, INVD, WBINVD, VMCALL, MWAIT, MONITOR, PCONFIG
+//!   ([`Guest::instruction`], `src/td_dispatcher/tdx_td_dispatcher.c`):
+//!   always a #VE with the VM exit's reason and qualification, never a TD
+//!   exit (the GHCI HLT the host sees is [`Guest::halt`], the TDVMCALL a
+//!   handler makes).
 //! - TDG.VP.VMCALL (`src/td_dispatcher/vm_exits/tdg_vp_vmcall.c`,
 //!   `src/td_transitions/tdh_vp_enter.c`): the module's check of the
 //!   exposure control (RAX, RCX, RSP, and RBP under NO_RBP_MOD, may not be
@@ -57,7 +119,8 @@
 //!   ([`Guest::vp_info`], [`Guest::rtmr_extend`], [`Guest::mr_report`]),
 //!   their memory operands mapped as the module maps them (an unmapped GPA
 //!   is an EPT-violation exit with the missing access, and the call runs
-//!   again after the next entry).
+//!   again after the next entry; a PENDING page or an MMIO page is a #VE
+//!   the module injects, so a #DF while VE_INFO is valid).
 //!
 //! The host stops a running guest with a kick ([`Simulator::kick`]): the
 //! guest leaves at its next operation with an external-interrupt exit, as
@@ -106,6 +169,7 @@
 //! [`Simulator::set_guest`]: crate::Simulator::set_guest
 //! [`Simulator::kick`]: crate::Simulator::kick
 //! [`Simulator::set_tsc`]: crate::Simulator::set_tsc
+//! [`Simulator::kick_during_accept`]: crate::Simulator::kick_during_accept
 
 use std::{
     collections::HashMap,
@@ -138,16 +202,129 @@ pub enum SharedMapping {
 /// A guest program: what a vCPU runs.
 pub type GuestProgram = Box<dyn FnOnce(&mut Guest) + Send + 'static>;
 
-/// A #VE the module delivered to the guest instead of a TD exit (the
-/// VE_INFO the guest's handler would read with TDG.VP.VEINFO.GET).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The VE_INFO of a #VE (`tdvps_ve_info_t`,
+/// `src/common/data_structures/tdx_tdvps.h`): what the guest's #VE handler
+/// reads with TDG.VP.VEINFO.GET ([`Guest::veinfo_get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VirtualizationException {
-    /// The exit reason (48, EPT violation).
+    /// The VMX exit reason: 48 (EPT violation), 10 (CPUID), 31/32
+    /// (RDMSR/WRMSR), or the instruction's ([`Instruction::exit_reason`]).
     pub reason: u32,
-    /// The exit qualification (the access: bit 0 read, bit 1 write).
+    /// The exit qualification (an EPT violation's access: bit 0 read, bit 1
+    /// write; an instruction's VMX qualification; 0 for CPUID and MSRs).
     pub qualification: u64,
-    /// The faulting GPA.
+    /// The faulting GPA (EPT violations; 0 otherwise).
     pub gpa: u64,
+    /// The guest linear address: always 0 (the model has no guest paging).
+    pub gla: u64,
+    /// The instruction length the VM exit recorded (the model's: the
+    /// instruction's architectural encoding length for the instruction
+    /// #VEs, CPUID, RDMSR and WRMSR; 0 for EPT violations).
+    pub instruction_length: u32,
+    /// The VMX instruction information: always 0 in the model.
+    pub instruction_info: u32,
+}
+
+/// An exception a guest operation ended in instead of completing: what
+/// the module (or the CPU) delivered to the guest. The program stands for
+/// the guest's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exception {
+    /// A #VE. Its VE_INFO stays valid until the program reads it with
+    /// [`Guest::veinfo_get`], as a guest's #VE handler does first thing.
+    Ve(VirtualizationException),
+    /// A #DF: a #VE the module had to inject while VE_INFO was still valid
+    /// (`tdx_inject_ve`, `src/td_dispatcher/vm_exits/td_other_exits.c`; its
+    /// comment says #GP(0), the code injects #DF). VE_INFO keeps the first
+    /// #VE's contents.
+    DoubleFault,
+    /// A #GP(0) (an MSR the TD may not access, a bad value for a handled
+    /// MSR).
+    GeneralProtection,
+}
+
+impl Exception {
+    /// The VE_INFO of a #VE, `None` for the other exceptions.
+    pub fn ve(&self) -> Option<&VirtualizationException> {
+        match self {
+            Exception::Ve(ve) => Some(ve),
+            _ => None,
+        }
+    }
+}
+
+/// An instruction the module always turns into a #VE (never a TD exit)
+/// for an L1 TD (`src/td_dispatcher/tdx_td_dispatcher.c`, `td_generic_ve_exit`):
+/// VE_INFO has the VM exit's reason and qualification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instruction {
+    /// HLT (exit reason 12).
+    Hlt,
+    /// INVD (13).
+    Invd,
+    /// VMCALL (18).
+    Vmcall,
+    /// IN or OUT with the port in DX (30): `size` 1, 2 or 4 bytes, `input`
+    /// for IN. The qualification is the VMX one: size - 1 (bits 2:0),
+    /// direction (bit 3, 1 = IN), the port (bits 31:16).
+    Io {
+        /// The port.
+        port: u16,
+        /// The access size in bytes.
+        size: u8,
+        /// IN (true) or OUT.
+        input: bool,
+    },
+    /// MWAIT (36).
+    Mwait,
+    /// MONITOR (39).
+    Monitor,
+    /// WBINVD (54).
+    Wbinvd,
+    /// PCONFIG (65).
+    Pconfig,
+}
+
+impl Instruction {
+    /// The VMX basic exit reason of the instruction's VM exit.
+    pub fn exit_reason(&self) -> u32 {
+        match self {
+            Instruction::Hlt => 12,
+            Instruction::Invd => 13,
+            Instruction::Vmcall => 18,
+            Instruction::Io { .. } => 30,
+            Instruction::Mwait => 36,
+            Instruction::Monitor => 39,
+            Instruction::Wbinvd => 54,
+            Instruction::Pconfig => 65,
+        }
+    }
+
+    /// The VMX exit qualification (only I/O has one).
+    pub fn qualification(&self) -> u64 {
+        match *self {
+            Instruction::Io { port, size, input } => {
+                u64::from(size.saturating_sub(1) & 7)
+                    | u64::from(input) << 3
+                    | u64::from(port) << 16
+            }
+            _ => 0,
+        }
+    }
+
+    /// The instruction's length (its shortest encoding: HLT F4, IN/OUT
+    /// through DX EC-EF, INVD and WBINVD 0F 08/09, the 0F 01 group three
+    /// bytes).
+    pub fn length(&self) -> u32 {
+        match self {
+            Instruction::Hlt | Instruction::Io { .. } => 1,
+            Instruction::Invd | Instruction::Wbinvd => 2,
+            Instruction::Vmcall
+            | Instruction::Mwait
+            | Instruction::Monitor
+            | Instruction::Pconfig => 3,
+        }
+    }
 }
 
 /// The guest side of one vCPU, handed to its program. Each method is one
@@ -191,6 +368,22 @@ pub(crate) enum Request {
         data: u64,
         subtype: u64,
     },
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
+    Rdmsr {
+        msr: u32,
+    },
+    Wrmsr {
+        msr: u32,
+        value: u64,
+    },
+    Instruction(Instruction),
+    VeinfoGet,
+    CpuidveSet {
+        control: u64,
+    },
     /// The program returned.
     End,
     /// The program panicked (a failed assertion in a test's guest).
@@ -201,11 +394,15 @@ pub(crate) enum Request {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Status(TdxStatus),
-    Read(Result<Vec<u8>, VirtualizationException>),
-    Write(Result<(), VirtualizationException>),
+    Read(Result<Vec<u8>, Exception>),
+    Write(Result<(), Exception>),
     Vmcall(Result<VmcallRegs, TdxStatus>),
     VpInfo(VpInfo),
-    Tdcall(Result<TdxStatus, VirtualizationException>),
+    Tdcall(Result<TdxStatus, Exception>),
+    Cpuid(Result<[u32; 4], Exception>),
+    Msr(Result<u64, Exception>),
+    Exception(Exception),
+    VeInfo(Result<VirtualizationException, TdxStatus>),
 }
 
 /// What TDG.VP.INFO returns (`src/td_dispatcher/vm_exits/tdg_vp_info.c`),
@@ -261,12 +458,9 @@ impl Guest {
     /// (`src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`). `Ok` with the
     /// TDCALL's status; `Err` if reading the GPA was a #VE (a PENDING
     /// page). A GPA that is not mapped makes an EPT-violation exit and the
-    /// call repeats after the next entry.
-    pub fn rtmr_extend(
-        &mut self,
-        gpa: u64,
-        index: u64,
-    ) -> Result<TdxStatus, VirtualizationException> {
+    /// call repeats after the next entry. A #VE while VE_INFO is valid is a
+    /// #DF ([`Exception`]).
+    pub fn rtmr_extend(&mut self, gpa: u64, index: u64) -> Result<TdxStatus, Exception> {
         match self.call(Request::RtmrExtend { gpa, index }) {
             Reply::Tdcall(r) => r,
             r => unreachable!("{r:?}"),
@@ -288,13 +482,83 @@ impl Guest {
         report: u64,
         data: u64,
         subtype: u64,
-    ) -> Result<TdxStatus, VirtualizationException> {
+    ) -> Result<TdxStatus, Exception> {
         match self.call(Request::MrReport {
             report,
             data,
             subtype,
         }) {
             Reply::Tdcall(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// CPUID with EAX = `leaf`, ECX = `subleaf`: `Ok` with EAX, EBX, ECX,
+    /// EDX as the module answers it from the TD's CPUID values
+    /// (`src/td_dispatcher/vm_exits/td_cpuid.c`), or the #VE (reason 10)
+    /// for a leaf the module does not virtualize (not in its table, or
+    /// marked faulting). [`crate::guest`] lists the values the model has.
+    pub fn cpuid(&mut self, leaf: u32, subleaf: u32) -> Result<[u32; 4], Exception> {
+        match self.call(Request::Cpuid { leaf, subleaf }) {
+            Reply::Cpuid(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// RDMSR of `msr`: `Ok` with EDX:EAX (a direct access to the MSR, or
+    /// the module's emulation), or the #VE (reason 31) or #GP(0) the module
+    /// gives (`src/td_dispatcher/vm_exits/td_msr_access.c`). [`crate::guest`]
+    /// lists what the model does for which MSR.
+    pub fn rdmsr(&mut self, msr: u32) -> Result<u64, Exception> {
+        match self.call(Request::Rdmsr { msr }) {
+            Reply::Msr(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// WRMSR of `value` to `msr`: `Ok` when written (directly or by the
+    /// module), or the #VE (reason 32) or #GP(0).
+    pub fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), Exception> {
+        match self.call(Request::Wrmsr { msr, value }) {
+            Reply::Msr(r) => r.map(drop),
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// Executes an instruction the module turns into a #VE: the #VE (or a
+    /// #DF if VE_INFO is still valid). Its VE_INFO has the instruction's
+    /// exit reason, qualification and length; the guest's handler would
+    /// then make the matching TDG.VP.VMCALL ([`Guest::tdvmcall`]).
+    pub fn instruction(&mut self, kind: Instruction) -> Exception {
+        match self.call(Request::Instruction(kind)) {
+            Reply::Exception(e) => e,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.VP.VEINFO.GET (`src/td_dispatcher/vm_exits/tdg_vp_veinfo_get.c`):
+    /// the VE_INFO of the last #VE, which becomes free (a later #VE is a #VE
+    /// again, not a #DF); `Err(TDX_NO_VALID_VE_INFO)` when there is none.
+    /// The registers: RCX the reason, RDX the qualification, R8 the GLA, R9
+    /// the GPA, R10 the instruction length (31:0) and information (63:32);
+    /// all zero on the error.
+    pub fn veinfo_get(&mut self) -> Result<VirtualizationException, TdxStatus> {
+        match self.call(Request::VeinfoGet) {
+            Reply::VeInfo(r) => r,
+            r => unreachable!("{r:?}"),
+        }
+    }
+
+    /// TDG.VP.CPUIDVE.SET (`src/td_dispatcher/vm_exits/tdg_vp_cpuidve_set.c`):
+    /// bit 0 makes every CPUID in supervisor mode a #VE (reason 10), bit 1
+    /// every CPUID in user mode (the guest model runs in supervisor mode
+    /// only, so bit 1 is recorded and has no effect); other bits set are
+    /// `TDX_OPERAND_INVALID|RCX` and change nothing. Leaves the module
+    /// does not virtualize are a #VE either way. The host's per-leaf
+    /// CPUID_CONTROL (TDH.VP.WR) is not modelled.
+    pub fn cpuidve_set(&mut self, control: u64) -> TdxStatus {
+        match self.call(Request::CpuidveSet { control }) {
+            Reply::Status(s) => s,
             r => unreachable!("{r:?}"),
         }
     }
@@ -308,7 +572,8 @@ impl Guest {
     /// 1 (2M): the status the TDCALL returns in RAX. Where the module makes
     /// a TD exit instead (the entry is not PENDING and not accepted, or the
     /// walk stops above at something the host must fix), the call repeats
-    /// after the host enters the vCPU again.
+    /// after the host enters the vCPU again; so does a 2M accept an
+    /// interrupt stopped between chunks (it goes on where it stopped).
     pub fn accept(&mut self, gpa: u64, level: u8) -> TdxStatus {
         match self.call(Request::Accept { gpa, level }) {
             Reply::Status(s) => s,
@@ -322,7 +587,7 @@ impl Guest {
     /// # Panics
     ///
     /// If the access crosses a 4K page.
-    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, VirtualizationException> {
+    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, Exception> {
         assert!(
             (gpa & 0xFFF) + len as u64 <= 0x1000,
             "a guest access stays within one 4K page"
@@ -338,7 +603,7 @@ impl Guest {
     /// # Panics
     ///
     /// If the access crosses a 4K page.
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), VirtualizationException> {
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Exception> {
         assert!(
             (gpa & 0xFFF) + data.len() as u64 <= 0x1000,
             "a guest access stays within one 4K page"
@@ -564,6 +829,12 @@ impl Guests {
     pub(crate) fn exit(&self, tdvpr: u64, r: Runner) {
         lock(&self.running).remove(&tdvpr);
         lock(&self.runners).insert(tdvpr, r);
+    }
+
+    /// Whether a kick of the vCPU is pending (the interrupt the module's
+    /// `is_interrupt_pending_guest_side` sees), without taking it.
+    pub(crate) fn kick_pending(&self, tdvpr: u64) -> bool {
+        lock(&self.running).get(&tdvpr).is_some_and(|&(_, k)| k)
     }
 
     /// Kicks the vCPU if it is in the guest.

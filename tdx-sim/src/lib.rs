@@ -66,11 +66,13 @@ pub mod trace;
 mod violation;
 
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
-pub use guest::{Guest, GuestProgram, SharedMapping, VirtualizationException, VpInfo};
+pub use guest::{
+    Exception, Guest, GuestProgram, Instruction, SharedMapping, VirtualizationException, VpInfo,
+};
 pub use kot::KotState;
 pub use leaves::mng::ARCH_CAPS_CONFIG_MASK;
 pub use locks::{LockMode, LockSide};
-pub use machine::{MAX_CMRS, MAX_LPS, MachineDesc, MachineError, NativeCpu};
+pub use machine::{HostMsr, MAX_CMRS, MAX_LPS, MachineDesc, MachineError, NativeCpu};
 pub use memory::{Accounting, PageState};
 pub use pamt::PamtEntry;
 pub use profile::{CpuidConfig, MetadataTables, Profile};

@@ -272,6 +272,31 @@ impl Simulator {
         &self.s
     }
 
+    /// Sets host MSR `msr` of LP `lp` (the simulated CPU's, which the
+    /// module reads; see [`HostMsr`](crate::HostMsr)). `false`, and nothing
+    /// set, if the machine has no LP `lp`.
+    pub fn set_host_msr(&self, lp: u32, msr: crate::HostMsr, value: u64) -> bool {
+        if lp >= self.s.machine.desc.lps() {
+            return false;
+        }
+        let mut m = self.s.host_msrs.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert((lp, msr.index()), value);
+        true
+    }
+
+    /// Test hook for the interruptible 2M TDG.MEM.PAGE.ACCEPT: the next 2M
+    /// ACCEPT of the vCPU at `tdvpr` that zeroes a chunk finds an interrupt
+    /// pending (the vCPU is kicked) once it has zeroed `chunks` more 4K
+    /// chunks (at least 1: the module checks after each chunk but the
+    /// last). The accept stops there, keeps its ACCEPT_COUNTER, and the
+    /// vCPU makes the kick's external-interrupt exit. Nothing happens if
+    /// no vCPU has its TDVPR at `tdvpr`.
+    pub fn kick_during_accept(&self, tdvpr: Pfn, chunks: u32) {
+        self.s.vcpus.try_with(tdvpr.as_u64(), |vc| {
+            vc.accept_kick_after = Some(chunks.max(1));
+        });
+    }
+
     /// True while the vCPU whose TDVPR is `tdvpr` is in the guest (inside
     /// TDH.VP.ENTER).
     pub fn in_guest(&self, tdvpr: Pfn) -> bool {

@@ -403,6 +403,12 @@ pub(crate) struct Shared {
     /// What a trace recorder takes from the guests and the host's guest
     /// actions, and what a replay arms ([`crate::trace`]).
     pub(crate) guest_log: crate::trace::GuestLog,
+    /// Host MSR values tests set per LP (`Simulator::set_host_msr`), by
+    /// `(lp, msr)`; absent: [`crate::HostMsr::default_value`].
+    pub(crate) host_msrs: Mutex<HashMap<(u32, u32), u64>>,
+    /// IA32_TSC_ADJUST as TDH.SYS.INIT sampled it on its LP
+    /// (`plt_common_config.ia32_tsc_adjust`).
+    pub(crate) tsc_adjust_sample: AtomicU64,
     faults: Mutex<FaultPlan>,
     faults_armed: AtomicBool,
     violations: Mutex<Vec<Violation>>,
@@ -416,6 +422,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Host MSR `msr` of LP `lp` ([`crate::Simulator::set_host_msr`]).
+    pub(crate) fn host_msr(&self, lp: u32, msr: crate::HostMsr) -> u64 {
+        let m = self.host_msrs.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(lp, msr.index()))
+            .copied()
+            .unwrap_or_else(|| msr.default_value())
+    }
+
     pub(crate) fn new(desc: MachineDesc) -> Result<Self, MachineError> {
         let (machine, memory) = Machine::new(desc)?;
         let lps = machine.desc.lps() as usize;
@@ -430,6 +444,8 @@ impl Shared {
             guests: crate::guest::Guests::default(),
             tsc: AtomicU64::new(0),
             guest_log: crate::trace::GuestLog::default(),
+            host_msrs: Mutex::default(),
+            tsc_adjust_sample: AtomicU64::new(0),
             faults: Mutex::default(),
             faults_armed: AtomicBool::new(false),
             violations: Mutex::default(),

@@ -432,6 +432,19 @@ pub(crate) struct Vcpu {
     /// Values of the TDVPS and TD VMCS fields VP.WR wrote, by
     /// `class << 32 | field code` (absent: the field's initial value).
     pub(crate) fields: HashMap<u64, u64>,
+    /// VE_INFO while valid (`ve_info.valid`): from a #VE until the guest's
+    /// TDG.VP.VEINFO.GET.
+    pub(crate) ve_info: Option<crate::guest::VirtualizationException>,
+    /// The guest's MSR values the model keeps (direct accesses and the
+    /// module's emulated writes; absent: the initial value).
+    pub(crate) msrs: HashMap<u32, u64>,
+    /// Test hook: the vCPU's next 2M TDG.MEM.PAGE.ACCEPT finds an
+    /// interrupt pending once it has zeroed this many more 4K chunks
+    /// ([`crate::Simulator::kick_during_accept`]).
+    pub(crate) accept_kick_after: Option<u32>,
+    /// TDG.VP.CPUIDVE.SET's flags (`cpuid_supervisor_ve`,
+    /// `cpuid_user_ve`): every CPUID at that CPL is a #VE.
+    pub(crate) cpuid_ve: (bool, bool),
 }
 
 impl Vcpu {
@@ -450,6 +463,10 @@ impl Vcpu {
             index: 0,
             assoc_lp: None,
             fields: HashMap::default(),
+            ve_info: None,
+            msrs: HashMap::default(),
+            accept_kick_after: None,
+            cpuid_ve: (false, false),
         }
     }
 
@@ -499,6 +516,12 @@ impl VcpuTable {
                 f(k, v);
             }
         }
+    }
+
+    /// Runs `f` on the vCPU at `tdvpr` if there is one (for test hooks
+    /// that name any frame).
+    pub(crate) fn try_with<T>(&self, tdvpr: u64, f: impl FnOnce(&mut Vcpu) -> T) -> Option<T> {
+        self.shard(tdvpr).get_mut(&tdvpr).map(f)
     }
 
     /// Runs `f` on the vCPU at `tdvpr` (which the caller has locked).

@@ -95,8 +95,12 @@
 //!   absent ones are 0; `Guest::halt`, `tdvmcall` and
 //!   `report_fatal_error` are this operation), `"vp_info"`,
 //!   `"rtmr_extend"` (`gpa`, `index`), `"mr_report"` (`report`, `data`,
-//!   `subtype`), `"triple_fault"`, `"fatal_td_event"`, and `"end"` (the
-//!   program returned). Each operation is written once, when the guest
+//!   `subtype`), `"triple_fault"`, `"fatal_td_event"`, `"cpuid"` (`leaf`,
+//!   `subleaf`), `"rdmsr"` (`msr`), `"wrmsr"` (`msr`, `value`),
+//!   `"instruction"` (`kind`: `"hlt"`, `"invd"`, `"vmcall"`, `"mwait"`,
+//!   `"monitor"`, `"wbinvd"`, `"pconfig"`, or `"io"` with `port`, `size`
+//!   1, 2 or 4 and `input` a boolean), `"veinfo_get"`, `"cpuidve_set"`
+//!   (`control`), and `"end"` (the program returned). Each operation is written once, when the guest
 //!   issues it: the repeats after a fault-like exit (an EPT violation, an
 //!   interrupt) are the module's, not the guest's. A guest line comes
 //!   before the line of the TDH.VP.ENTER during which the guest issued
@@ -129,7 +133,12 @@
 //! thread's vCPU is in the guest is therefore replayed before that entry
 //! rather than in its middle; a run whose guests must see such a change
 //! between two operations of one entry does not replay. A guest program
-//! that panics issues no operation (TDH.VP.ENTER panics with it).
+//! that panics issues no operation (TDH.VP.ENTER panics with it). Not in
+//! the format: the host MSRs a test sets
+//! ([`Simulator::set_host_msr`](crate::Simulator::set_host_msr)), and a
+//! kick that interrupts a 2 MiB accept between its 4K chunks
+//! ([`Simulator::kick_during_accept`](crate::Simulator::kick_during_accept)):
+//! a replay runs that accept to the end.
 //!
 //! On replay each vCPU's `guest` and `kick` (`"op"`) lines make a script
 //! that is its guest program: it issues the operations in order, each as
@@ -216,7 +225,7 @@ use tdx_types::{
 };
 
 use crate::{
-    guest::{Guest, Request, SharedMapping},
+    guest::{Guest, Instruction, Request, SharedMapping},
     machine::{MachineDesc, MachineError, NativeCpu},
     profile::Profile,
     sim::{InvariantError, Simulator},
@@ -569,6 +578,36 @@ pub enum GuestOp {
     TripleFault,
     /// `fatal_td_event`: [`Guest::fatal_td_event`].
     FatalTdEvent,
+    /// `cpuid`: [`Guest::cpuid`].
+    Cpuid {
+        /// EAX.
+        leaf: u32,
+        /// ECX.
+        subleaf: u32,
+    },
+    /// `rdmsr`: [`Guest::rdmsr`].
+    Rdmsr {
+        /// The MSR.
+        msr: u32,
+    },
+    /// `wrmsr`: [`Guest::wrmsr`].
+    Wrmsr {
+        /// The MSR.
+        msr: u32,
+        /// EDX:EAX.
+        value: u64,
+    },
+    /// `instruction`: [`Guest::instruction`], `kind` one of `hlt`, `invd`,
+    /// `vmcall`, `mwait`, `monitor`, `wbinvd`, `pconfig`, or `io` with
+    /// `port`, `size` (1, 2 or 4) and `input` (a boolean, true for IN).
+    Instruction(Instruction),
+    /// `veinfo_get`: [`Guest::veinfo_get`].
+    VeinfoGet,
+    /// `cpuidve_set`: [`Guest::cpuidve_set`].
+    CpuidveSet {
+        /// RCX.
+        control: u64,
+    },
     /// `end`: the program returned (the vCPU halts from then on).
     End,
 }
@@ -623,6 +662,12 @@ impl GuestOp {
             Self::MrReport { .. } => "mr_report",
             Self::TripleFault => "triple_fault",
             Self::FatalTdEvent => "fatal_td_event",
+            Self::Cpuid { .. } => "cpuid",
+            Self::Rdmsr { .. } => "rdmsr",
+            Self::Wrmsr { .. } => "wrmsr",
+            Self::Instruction(_) => "instruction",
+            Self::VeinfoGet => "veinfo_get",
+            Self::CpuidveSet { .. } => "cpuidve_set",
             Self::End => "end",
         }
     }
@@ -666,6 +711,18 @@ impl GuestOp {
                 data: *data,
                 subtype: *subtype,
             },
+            Request::Cpuid { leaf, subleaf } => Self::Cpuid {
+                leaf: *leaf,
+                subleaf: *subleaf,
+            },
+            Request::Rdmsr { msr } => Self::Rdmsr { msr: *msr },
+            Request::Wrmsr { msr, value } => Self::Wrmsr {
+                msr: *msr,
+                value: *value,
+            },
+            Request::Instruction(i) => Self::Instruction(*i),
+            Request::VeinfoGet => Self::VeinfoGet,
+            Request::CpuidveSet { control } => Self::CpuidveSet { control: *control },
             Request::End => Self::End,
             Request::Panicked(_) => return None,
         })
@@ -709,6 +766,24 @@ impl GuestOp {
             }
             Self::TripleFault => g.triple_fault(),
             Self::FatalTdEvent => g.fatal_td_event(),
+            Self::Cpuid { leaf, subleaf } => {
+                let _ = g.cpuid(*leaf, *subleaf);
+            }
+            Self::Rdmsr { msr } => {
+                let _ = g.rdmsr(*msr);
+            }
+            Self::Wrmsr { msr, value } => {
+                let _ = g.wrmsr(*msr, *value);
+            }
+            Self::Instruction(i) => {
+                g.instruction(*i);
+            }
+            Self::VeinfoGet => {
+                let _ = g.veinfo_get();
+            }
+            Self::CpuidveSet { control } => {
+                g.cpuidve_set(*control);
+            }
             Self::End => return false,
         }
         true
@@ -753,8 +828,39 @@ impl GuestOp {
                 f,
                 ",\"report\":\"{report:#x}\",\"data\":\"{data:#x}\",\"subtype\":{subtype}"
             ),
-            Self::VpInfo | Self::TripleFault | Self::FatalTdEvent | Self::End => Ok(()),
+            Self::Cpuid { leaf, subleaf } => {
+                write!(f, ",\"leaf\":\"{leaf:#x}\",\"subleaf\":\"{subleaf:#x}\"")
+            }
+            Self::Rdmsr { msr } => write!(f, ",\"msr\":\"{msr:#x}\""),
+            Self::Wrmsr { msr, value } => {
+                write!(f, ",\"msr\":\"{msr:#x}\",\"value\":\"{value:#x}\"")
+            }
+            Self::Instruction(i) => match i {
+                Instruction::Io { port, size, input } => write!(
+                    f,
+                    ",\"kind\":\"io\",\"port\":\"{port:#x}\",\"size\":{size},\"input\":{input}"
+                ),
+                other => write!(f, ",\"kind\":\"{}\"", instruction_name(other)),
+            },
+            Self::CpuidveSet { control } => write!(f, ",\"control\":\"{control:#x}\""),
+            Self::VpInfo | Self::TripleFault | Self::FatalTdEvent | Self::VeinfoGet | Self::End => {
+                Ok(())
+            }
         }
+    }
+}
+
+/// The `kind` of an instruction without operands; `io` has its own fields.
+fn instruction_name(i: &Instruction) -> &'static str {
+    match i {
+        Instruction::Hlt => "hlt",
+        Instruction::Invd => "invd",
+        Instruction::Vmcall => "vmcall",
+        Instruction::Io { .. } => "io",
+        Instruction::Mwait => "mwait",
+        Instruction::Monitor => "monitor",
+        Instruction::Wbinvd => "wbinvd",
+        Instruction::Pconfig => "pconfig",
     }
 }
 
@@ -1344,7 +1450,7 @@ pub enum TraceError {
     },
     /// A `guest` line's `do` names no guest operation.
     #[error(
-        "line {line}: unknown guest operation {name:?} (known: accept, read, write, vmcall, vp_info, rtmr_extend, mr_report, triple_fault, fatal_td_event, end)"
+        "line {line}: unknown guest operation {name:?} (known: accept, read, write, vmcall, vp_info, rtmr_extend, mr_report, triple_fault, fatal_td_event, cpuid, rdmsr, wrmsr, instruction, veinfo_get, cpuidve_set, end)"
     )]
     UnknownGuestOp {
         /// The line.
@@ -1497,6 +1603,70 @@ impl LineParser<'_> {
         })
     }
 
+    fn u32(&self, field: &'static str) -> Result<u32, TraceError> {
+        let v = self.required(field)?;
+        let n = parse_number(self.line, field, v)?;
+        u32::try_from(n).map_err(|_| TraceError::BadNumber {
+            line: self.line,
+            field: field.to_owned(),
+            value: v.to_string(),
+            reason: "does not fit in 32 bits",
+        })
+    }
+
+    /// An `instruction` line's `kind` (and `io`'s operands, which only
+    /// `io` may have).
+    fn instruction(&self) -> Result<Instruction, TraceError> {
+        let line = self.line;
+        let kind = match self.required("kind")? {
+            Value::String(s) => s.as_str(),
+            other => return Err(self.wrong_type("kind", "a string", other)),
+        };
+        let simple = match kind {
+            "hlt" => Some(Instruction::Hlt),
+            "invd" => Some(Instruction::Invd),
+            "vmcall" => Some(Instruction::Vmcall),
+            "mwait" => Some(Instruction::Mwait),
+            "monitor" => Some(Instruction::Monitor),
+            "wbinvd" => Some(Instruction::Wbinvd),
+            "pconfig" => Some(Instruction::Pconfig),
+            "io" => None,
+            other => {
+                return Err(TraceError::UnknownGuestOp {
+                    line,
+                    name: format!("instruction {other}"),
+                });
+            }
+        };
+        if let Some(i) = simple {
+            self.only("guest", &["vcpu", "do", "kind"])?;
+            return Ok(i);
+        }
+        let port = u16::try_from(self.number("port")?).map_err(|_| TraceError::BadNumber {
+            line,
+            field: "port".to_owned(),
+            value: self
+                .obj
+                .get("port")
+                .map_or_else(String::new, Value::to_string),
+            reason: "does not fit in 16 bits",
+        })?;
+        let size = self.u8("size")?;
+        if !matches!(size, 1 | 2 | 4) {
+            return Err(TraceError::BadNumber {
+                line,
+                field: "size".to_owned(),
+                value: size.to_string(),
+                reason: "is not 1, 2 or 4",
+            });
+        }
+        let input = match self.required("input")? {
+            Value::Bool(b) => *b,
+            other => return Err(self.wrong_type("input", "a boolean", other)),
+        };
+        Ok(Instruction::Io { port, size, input })
+    }
+
     /// A `guest` line.
     fn guest(&self) -> Result<TraceOp, TraceError> {
         let line = self.line;
@@ -1511,7 +1681,12 @@ impl LineParser<'_> {
             "vmcall" => &["control", "regs"],
             "rtmr_extend" => &["gpa", "index"],
             "mr_report" => &["report", "data", "subtype"],
-            "vp_info" | "triple_fault" | "fatal_td_event" | "end" => &[],
+            "cpuid" => &["leaf", "subleaf"],
+            "rdmsr" => &["msr"],
+            "wrmsr" => &["msr", "value"],
+            "instruction" => &["kind", "port", "size", "input"],
+            "cpuidve_set" => &["control"],
+            "vp_info" | "triple_fault" | "fatal_td_event" | "veinfo_get" | "end" => &[],
             other => {
                 return Err(TraceError::UnknownGuestOp {
                     line,
@@ -1586,6 +1761,22 @@ impl LineParser<'_> {
             "vp_info" => GuestOp::VpInfo,
             "triple_fault" => GuestOp::TripleFault,
             "fatal_td_event" => GuestOp::FatalTdEvent,
+            "cpuid" => GuestOp::Cpuid {
+                leaf: self.u32("leaf")?,
+                subleaf: self.u32("subleaf")?,
+            },
+            "rdmsr" => GuestOp::Rdmsr {
+                msr: self.u32("msr")?,
+            },
+            "wrmsr" => GuestOp::Wrmsr {
+                msr: self.u32("msr")?,
+                value: self.number("value")?,
+            },
+            "instruction" => GuestOp::Instruction(self.instruction()?),
+            "veinfo_get" => GuestOp::VeinfoGet,
+            "cpuidve_set" => GuestOp::CpuidveSet {
+                control: self.number("control")?,
+            },
             _ => GuestOp::End,
         };
         Ok(TraceOp::Guest { vcpu, op })

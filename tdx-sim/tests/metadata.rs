@@ -304,8 +304,15 @@ fn cpuid_values_resolve_by_leaf_and_subleaf() {
     let td = td_with(&sim, 0);
     let leaf1 = raw_id(field::td_cpuid_value(1, None, 0).unwrap());
     assert_eq!(leaf1, 0x9410_0003_0000_03FE);
-    // A valid leaf reads (the model keeps no native CPUID values: 0).
-    assert_eq!(mng_rd0(&sim, &td, leaf1), (TdxStatus::SUCCESS, leaf1, 0));
+    // A valid leaf reads the TD's values, as the guest's CPUID has them
+    // without the dynamic fixups: leaf 1 element 0 is EAX (the CPU's
+    // F/M/S) and EBX, element 1 ECX (FIXED1 bit 31) and EDX (FIXED1 bit 9).
+    let fms = u64::from(tdx_sim::NativeCpu::default().fms);
+    assert_eq!(mng_rd0(&sim, &td, leaf1), (TdxStatus::SUCCESS, leaf1, fms));
+    assert_eq!(
+        mng_rd0(&sim, &td, leaf1 + 1),
+        (TdxStatus::SUCCESS, leaf1 + 1, 1 << 31 | 1 << 41)
+    );
     // The sub-leaf bits do not matter when "not applicable" is set.
     assert_eq!(
         mng_rd0(&sim, &td, 0x9410_0003_0000_0300).0,
@@ -386,8 +393,13 @@ fn mng_rd_v1_walks_elements_then_fields_skipping_unreadable_ones() {
     );
     // CPUID: element 1 of a leaf, then the next leaf of the module's
     // lookup (leaf 4, sub-leaf 0), element 0.
-    ok_next(0x9410_0003_0000_03FE, 0x9410_0003_0000_03FF, 0);
-    ok_next(0x9410_0003_0000_03FF, 0x9410_0003_0000_0800, 0);
+    let fms = u64::from(tdx_sim::NativeCpu::default().fms);
+    ok_next(0x9410_0003_0000_03FE, 0x9410_0003_0000_03FF, fms);
+    ok_next(
+        0x9410_0003_0000_03FF,
+        0x9410_0003_0000_0800,
+        1 << 31 | 1 << 41,
+    );
     // The last lookup entry (leaf 5) leads past the virtual MSR values (a
     // debug TD's only) to the migration fields.
     let leaf5 = raw_id(field::td_cpuid_value(5, None, 1).unwrap());

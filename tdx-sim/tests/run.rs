@@ -428,6 +428,8 @@ fn private_access_unmapped_then_pending_ve_then_accepted() {
     sim.set_guest(v, move |g: &mut Guest| {
         // Unmapped: an exit, then (the host AUGed) a #VE: pending.
         let ve = g.read(gpa + 8, 8).unwrap_err();
+        // The #VE handler reads VE_INFO: the same as the #VE's.
+        assert_eq!(Some(&g.veinfo_get().unwrap()), ve.ve());
         tx.send(Some(ve)).unwrap();
         assert_eq!(g.accept(gpa, 0), TdxStatus::SUCCESS);
         g.write(gpa + 8, b"private!").unwrap();
@@ -449,7 +451,7 @@ fn private_access_unmapped_then_pending_ve_then_accepted() {
     let page = td.aug(&sim, gpa, 0);
     let (rax, a) = enter(&sim, VCPU_LP, v);
     assert_eq!((rax, a), (48, ept_exit(2, 0, 0x4000_0000)));
-    let ve = rx.recv().unwrap().unwrap();
+    let ve = *rx.recv().unwrap().unwrap().ve().unwrap();
     assert_eq!((ve.reason, ve.qualification, ve.gpa), (48, 1, gpa + 8));
     // The guest's data is in the page the host gave.
     assert_eq!(sept_state(&sim, td.tdr, gpa, 0).0, SeptState::MAPPED);
@@ -459,7 +461,7 @@ fn private_access_unmapped_then_pending_ve_then_accepted() {
     // The host maps the page the guest writes.
     td.aug(&sim, 0x4000_0000, 0);
     assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
-    let ve = rx.recv().unwrap().unwrap();
+    let ve = *rx.recv().unwrap().unwrap().ve().unwrap();
     assert_eq!((ve.qualification, ve.gpa), (2, 0x4000_0000));
     td.teardown(&sim);
     sim.check_invariants().unwrap();
@@ -517,7 +519,7 @@ fn shared_accesses_go_through_the_vmms_shared_ept() {
     sim.map_shared(td.tdr, SHARED | 0x5000, Some(tdx_sim::SharedMapping::Mmio));
     assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
     assert_eq!(rx.recv().unwrap(), Ok(b"shared".to_vec()));
-    let ve = rx.recv().unwrap().unwrap_err();
+    let ve = *rx.recv().unwrap().unwrap_err().ve().unwrap();
     assert_eq!(
         (ve.reason, ve.qualification, ve.gpa),
         (48, 1, SHARED | 0x5000)

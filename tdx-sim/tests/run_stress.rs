@@ -57,8 +57,10 @@ fn guests_run_while_the_host_maps_and_zaps_their_pages() {
             for round in 0..ROUNDS {
                 for k in 0..PAGES {
                     let gpa = base + k * 4096;
-                    // A pending page is a #VE: accept it and write again.
+                    // A pending page is a #VE: read VE_INFO (as a #VE
+                    // handler does), accept, write again.
                     while g.write(gpa, &[round as u8]).is_err() {
+                        assert!(g.veinfo_get().is_ok());
                         let _ = g.accept(gpa, 0);
                     }
                 }

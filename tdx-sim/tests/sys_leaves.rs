@@ -471,6 +471,41 @@ fn sys_init_in_later_states_is_not_pending() {
     sim.check_invariants().unwrap();
 }
 
+#[test]
+fn sys_init_and_lp_init_check_boot_nt4_and_lp_init_compares_tsc_adjust_with_the_sample() {
+    let sim = small(Profile::tdx_1_5());
+    let here = sim.current_lp();
+    let misc = tdx_sim::HostMsr::MiscEnable.default_value();
+    let (nt4, tsc_adjust) = (tdx_sim::HostMsr::MiscEnable, tdx_sim::HostMsr::TscAdjust);
+    // IA32_MISC_ENABLE.BOOT_NT4 on the LP: SYS.INIT fails, nothing moves.
+    sim.set_host_msr(here, nt4, misc | 1 << 22);
+    assert_eq!(sys_init(&sim), TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    assert_eq!(sim.module_state(), SysState::SysInitPending);
+    sim.set_host_msr(here, nt4, misc);
+    // SYS.INIT samples its LP's IA32_TSC_ADJUST (5); LP.INIT compares.
+    for lp in 0..4 {
+        sim.set_host_msr(lp, tsc_adjust, 5);
+    }
+    sim.set_host_msr(2, tsc_adjust, 0);
+    sim.set_host_msr(3, nt4, misc | 1 << 22);
+    sim.set_host_msr(3, tsc_adjust, 0);
+    assert_eq!(sys_init(&sim), TdxStatus::SUCCESS);
+    for lp in 0..2 {
+        assert_eq!(lp_init(&sim, lp), TdxStatus::SUCCESS);
+    }
+    let inconsistent = TdxStatus::from_raw(TdxStatus::INCONSISTENT_MSR.raw() | 0x3B);
+    assert_eq!(lp_init(&sim, 2), inconsistent);
+    // BOOT_NT4 comes before IA32_TSC_ADJUST.
+    assert_eq!(lp_init(&sim, 3), TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    sim.set_host_msr(3, nt4, misc);
+    assert_eq!(lp_init(&sim, 3), inconsistent);
+    for lp in 2..4 {
+        sim.set_host_msr(lp, tsc_adjust, 5);
+        assert_eq!(lp_init(&sim, lp), TdxStatus::SUCCESS);
+    }
+    sim.check_invariants().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // TDH.SYS.LP.INIT
 // ---------------------------------------------------------------------------

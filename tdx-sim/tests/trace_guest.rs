@@ -26,7 +26,7 @@ use std::{
 use serde_json::Value;
 use td_support::*;
 use tdx_sim::{
-    Guest, MachineDesc, Profile, SharedMapping, Simulator, testkit,
+    Guest, Instruction, MachineDesc, Profile, SharedMapping, Simulator, testkit,
     trace::{
         ExpectedOut, GuestOp, KickAt, Recorder, Reg, ReplaySummary, Trace, TraceCall, TraceOp,
     },
@@ -124,6 +124,18 @@ fn run_guests<H: SimHost + ?Sized>(h: &H) -> Vec<u8> {
         tx.send(g.read(SHARED | 0x3100, 13).unwrap()).unwrap();
         // MMIO: a #VE, no exit.
         assert!(g.read(SHARED | 0x5000, 4).is_err());
+        assert!(g.veinfo_get().is_ok());
+        // Instructions the module answers or turns into a #VE: no exit.
+        assert!(g.cpuid(1, 0).is_ok());
+        let _ = g.rdmsr(0xC000_0080);
+        let _ = g.wrmsr(0x1B, 0);
+        let _ = g.instruction(Instruction::Io {
+            port: 0xCF8,
+            size: 4,
+            input: false,
+        });
+        let _ = g.veinfo_get();
+        assert_eq!(g.cpuidve_set(0), TdxStatus::SUCCESS);
         let (st, _) = g.tdvmcall(subfunction::MAP_GPA, [SHARED | 0x4000, 0x1000, 0, 0]);
         assert_eq!(st, VmcallStatus::SUCCESS);
         assert_eq!(g.rtmr_extend(0x1000, 2), Ok(TdxStatus::SUCCESS));
@@ -256,16 +268,22 @@ fn recording_writes_the_guests_operations_and_the_hosts_guest_actions() {
         "vp_info",
         "rtmr_extend",
         "mr_report",
+        "veinfo_get",
+        "cpuid",
+        "rdmsr",
+        "wrmsr",
+        "instruction",
+        "cpuidve_set",
         "end",
     ] {
         assert!(dos.contains(&d), "no guest {d} in the trace");
     }
     // Two vCPUs, each op once (the repeats after exits are not written):
-    // vCPU 0 has 13 operations and its end, vCPU 1 four and its end.
+    // vCPU 0 has 20 operations and its end, vCPU 1 four and its end.
     let vcpus: std::collections::BTreeSet<&str> =
         ops.iter().map(|v| v["vcpu"].as_str().unwrap()).collect();
     assert_eq!(vcpus.len(), 2);
-    assert_eq!(ops.len(), 14 + 5, "{dos:?}");
+    assert_eq!(ops.len(), 21 + 5, "{dos:?}");
     for needle in [
         "\"op\":\"kick\"",
         "\"at\":\"op\"",
@@ -487,6 +505,24 @@ fn guest_lines_round_trip() {
         },
         GuestOp::TripleFault,
         GuestOp::FatalTdEvent,
+        GuestOp::Cpuid {
+            leaf: 0x8000_0001,
+            subleaf: 0,
+        },
+        GuestOp::Rdmsr { msr: 0xC000_0080 },
+        GuestOp::Wrmsr {
+            msr: 0x1B,
+            value: u64::MAX,
+        },
+        GuestOp::Instruction(Instruction::Hlt),
+        GuestOp::Instruction(Instruction::Io {
+            port: 0xCF8,
+            size: 4,
+            input: true,
+        }),
+        GuestOp::Instruction(Instruction::Pconfig),
+        GuestOp::VeinfoGet,
+        GuestOp::CpuidveSet { control: 3 },
         GuestOp::End,
     ];
     let mut lines: Vec<TraceOp> = ops
@@ -550,6 +586,19 @@ fn malformed_guest_lines_are_errors_naming_the_line() {
         format!("{{\"op\":\"guest\",{v},\"do\":\"vmcall\",\"control\":0,\"regs\":[]}}"),
         format!("{{\"op\":\"guest\",{v},\"do\":\"vmcall\",\"regs\":{{}}}}"),
         format!("{{\"op\":\"guest\",{v},\"do\":\"mr_report\",\"report\":0,\"data\":0}}"),
+        format!("{{\"op\":\"guest\",{v},\"do\":\"cpuid\",\"leaf\":\"0x100000000\",\"subleaf\":0}}"),
+        format!("{{\"op\":\"guest\",{v},\"do\":\"wrmsr\",\"msr\":1}}"),
+        format!("{{\"op\":\"guest\",{v},\"do\":\"instruction\",\"kind\":\"rdtsc\"}}"),
+        format!("{{\"op\":\"guest\",{v},\"do\":\"instruction\",\"kind\":\"hlt\",\"port\":1}}"),
+        format!(
+            "{{\"op\":\"guest\",{v},\"do\":\"instruction\",\"kind\":\"io\",\"port\":1,\"size\":3,\"input\":true}}"
+        ),
+        format!(
+            "{{\"op\":\"guest\",{v},\"do\":\"instruction\",\"kind\":\"io\",\"port\":\"0x10000\",\"size\":1,\"input\":true}}"
+        ),
+        format!(
+            "{{\"op\":\"guest\",{v},\"do\":\"instruction\",\"kind\":\"io\",\"port\":1,\"size\":1,\"input\":1}}"
+        ),
         format!("{{\"op\":\"kick\",{v}}}"),
         format!("{{\"op\":\"kick\",{v},\"at\":\"later\"}}"),
         format!("{{\"op\":\"kick\",{v},\"at\":\"op\",\"lp\":1}}"),

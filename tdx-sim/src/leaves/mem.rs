@@ -319,9 +319,12 @@ pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     c.write_entry_unlock(slot.word, word(SeptState::PENDING, page));
     td.chldcnt.add(c.lp, n as i64);
     pe.set(PamtPageType::REG, td.tdr());
+    // Not zeroed: `tdh_mem_page_aug.c` only maps the page; the guest's
+    // TDG.MEM.PAGE.ACCEPT zeroes it (with the TD's key) before the TD can
+    // read it.
     c.sim
         .mem
-        .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), true);
+        .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), false);
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -667,10 +670,12 @@ pub(crate) fn guest_accept(s: &SimState, tdr: u64, gpa: u64, level: u8) -> TdxSt
     let Some(td) = td_of(s, tdr) else {
         return TdxStatus::OPERAND_INVALID;
     };
-    match super::tdg::accept(s, td, gpa, level) {
+    match super::tdg::accept(s, td, gpa, level, None) {
         super::tdg::Accept::Status(st) => st,
         super::tdg::Accept::HostPriority => op(TdxStatus::OPERAND_BUSY, OperandId::RCX),
         super::tdg::Accept::Exit { .. } => op(TdxStatus::EPT_WALK_FAILED, OperandId::RCX),
+        // Without a vCPU no interrupt is ever pending.
+        super::tdg::Accept::Interrupted => unreachable!("no vCPU, no interrupt"),
     }
 }
 

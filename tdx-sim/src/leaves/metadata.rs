@@ -57,7 +57,7 @@ pub(crate) const TD_VMCS_FIELD_NOT_INITIALIZED: TdxStatus =
 /// TDCS class of the virtual CPUID values (`MD_TDCS_CPUID_CLASS_CODE`).
 const CPUID_CLASS: u8 = 20;
 /// No sub-leaf (`CPUID_SUBLEAF_NA`).
-const SUBLEAF_NA: u32 = u32::MAX;
+pub(crate) const SUBLEAF_NA: u32 = u32::MAX;
 
 /// The module's CPUID lookup table (`cpuid_lookup` in
 /// `include/auto_gen/cpuid_configurations.c`, module 1.5.01): leaf,
@@ -153,7 +153,7 @@ const CPUID_LOOKUP_1_5_05: [(u32, u32, bool); 68] = {
 
 /// The CPUID lookup table of the module whose metadata tables are
 /// `layout`.
-fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
+pub(crate) fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
     match layout {
         MetadataTables::Tdx1_5_01 => &CPUID_LOOKUP_1_5_01,
         MetadataTables::Tdx1_5_05 => &CPUID_LOOKUP_1_5_05,
@@ -162,7 +162,7 @@ fn cpuid_lookup(layout: MetadataTables) -> &'static [(u32, u32, bool)] {
 
 /// `get_cpuid_lookup_entry` (`src/common/helpers/helpers.c`): the first
 /// entry of the leaf whose sub-leaf is `subleaf` or not applicable.
-fn cpuid_index(lookup: &[(u32, u32, bool)], leaf: u32, subleaf: u32) -> Option<usize> {
+pub(crate) fn cpuid_index(lookup: &[(u32, u32, bool)], leaf: u32, subleaf: u32) -> Option<usize> {
     lookup
         .iter()
         .position(|&(l, s, _)| l == leaf && (s == SUBLEAF_NA || s == subleaf))
@@ -405,6 +405,8 @@ struct TdView<'a> {
     hkid_start: u32,
     /// The module's CPUID lookup table.
     cpuid: &'static [(u32, u32, bool)],
+    /// The machine (the TD's CPUID values are computed from it).
+    desc: &'a crate::MachineDesc,
 }
 
 impl TdView<'_> {
@@ -474,6 +476,19 @@ impl TdView<'_> {
             // PENDING_VE_DISABLE from ATTRIBUTES.SEPT_VE_DISABLE.
             "TD_CTLS" => (ctl.attributes >> 28) & 1,
             "CPUID_VALID" => self.cpuid.get(i).map_or(0, |c| u64::from(!c.2)),
+            // The TD's CPUID values (`super::instr::td_cpuid`): element 0
+            // EAX (31:0) and EBX (63:32), element 1 ECX and EDX.
+            "CPUID_VALUES" => {
+                let (leaf, subleaf) = cpuid_leaf_subleaf(id.field_code());
+                // Zero before TDH.MNG.INIT computed them.
+                let v = ctl
+                    .params
+                    .as_deref()
+                    .and_then(|p| super::instr::td_cpuid_of(self.desc, Some(p), leaf, subleaf))
+                    .unwrap_or_default();
+                let half = (id.field_code() & 1) as usize * 2;
+                u64::from(v[half]) | u64::from(v[half + 1]) << 32
+            }
             "TD_EPOCH" => td.td_epoch(),
             "MRTD" => ctl.mrtd.map_or(0, |m| {
                 u64::from_le_bytes(m[8 * i..8 * i + 8].try_into().expect("8 bytes"))
@@ -517,6 +532,9 @@ impl VpView<'_> {
             // TDVPS state: UNINITIALIZED 0, READY 2, ACTIVE 4, DISABLED 8.
             "VCPU_STATE" => v.state as u64,
             "VCPU_INDEX" => u64::from(v.index),
+            // TDG.VP.CPUIDVE.SET's flags.
+            "CPUID_SUPERVISOR_VE" => u64::from(v.cpuid_ve.0),
+            "CPUID_USER_VE" => u64::from(v.cpuid_ve.1),
             "NUM_TDVPS_PAGES" => v.pages.len() as u64,
             "ASSOC_LPID" => v.assoc_lp.map_or(u64::from(u32::MAX), u64::from),
             "XFAM" => td.param(8, 8),
@@ -628,6 +646,7 @@ pub(crate) fn mng_rd_wr(c: &mut Call<'_>, a: &mut SeamcallArgs, write_op: bool) 
         ctl: &td.ctl(),
         hkid_start: s.machine.hkid_start,
         cpuid: tables.cpuid,
+        desc: &s.machine.desc,
     }
     .value(e, id);
     if write_op {
@@ -742,6 +761,7 @@ pub(crate) fn vp_rd_wr(
             ctl: &ctl,
             hkid_start: s.machine.hkid_start,
             cpuid: cpuid_lookup(s.machine.desc.profile.metadata),
+            desc: &s.machine.desc,
         };
         s.vcpus
             .with(v, |vc| VpView { td: &tdv, vcpu: vc }.value(e, id))

@@ -98,17 +98,20 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 ///
 /// Output registers: RCX := 0 before any check; RCX := the CPUID leaf and
 /// subleaf on the CPUID-configuration errors that report one; RDX is never
-/// written. Two checks of the module are not modelled, because the
-/// simulator has no per-LP MSR state a host could change after bring-up:
-/// IA32_MISC_ENABLE bit 22 set (`TDX_LIMIT_CPUID_MAXVAL_SET`, before the
-/// TDR) and IA32_TSC_ADJUST changed since TDH.SYS.INIT
-/// (`TDX_INCONSISTENT_MSR|0x3B`, after the TSC frequency). The module
+/// written. The LP's host MSRs ([`crate::Simulator::set_host_msr`]):
+/// IA32_MISC_ENABLE bit 22 set is `TDX_LIMIT_CPUID_MAXVAL_SET` (before the
+/// TDR), IA32_TSC_ADJUST changed since TDH.SYS.INIT is
+/// `TDX_INCONSISTENT_MSR|0x3B` (after the TSC frequency). The module
 /// writes some TDCS fields before a later check fails; the simulator
 /// commits only on success, which no leaf can tell apart while the op
 /// state stays UNINITIALIZED (a retry rewrites them all).
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let rcx = a.rcx;
     a.rcx = 0;
+    let misc_enable = c.sim.host_msr(c.lp, crate::HostMsr::MiscEnable);
+    if misc_enable & super::instr::MISC_BOOT_NT4 != 0 {
+        return Err(TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    }
     let td = c.tdr(rcx, OperandId::RCX, Exclusive)?;
     c.tdcs(td, None, &[OpState::Uninitialized])?;
     let s = c.sim;
@@ -117,7 +120,8 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     }
     let mut p = [0u8; 1024];
     s.module_read(a.rdx, &mut p, "TDH.MNG.INIT");
-    let params = match check_td_params(&s.machine.desc, td.num_tdcx(), &p) {
+    let tsc_adjust = super::vp::tsc_adjust_unchanged(c);
+    let params = match check_td_params(&s.machine.desc, td.num_tdcx(), &p, tsc_adjust) {
         Ok(v) => v,
         Err(e) => {
             a.rcx = e.rcx;
@@ -186,11 +190,14 @@ const IA32_ARCH_CAPABILITIES_MSR: OperandId = OperandId(0x10A);
 /// the module's order (`read_and_set_td_configurations`,
 /// `read_and_set_cpuid_configurations`, then `tdh_mng_init` itself, all in
 /// `src/vmm_dispatcher/api_calls/tdh_mng_init.c`), against the module
-/// profile and the CPU of `desc`. `num_tdcx` is the TD's TDCS page count.
+/// profile and the CPU of `desc`. `num_tdcx` is the TD's TDCS page count;
+/// `tsc_adjust` is the LP's IA32_TSC_ADJUST check, which the module makes
+/// after TSC_FREQUENCY.
 pub(crate) fn check_td_params(
     desc: &MachineDesc,
     num_tdcx: u64,
     p: &[u8; 1024],
+    tsc_adjust: Result<(), TdxStatus>,
 ) -> Result<TdInitParams, InitError> {
     let prof = &desc.profile;
     let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
@@ -277,6 +284,7 @@ pub(crate) fn check_td_params(
     if !(4..=400).contains(&tsc_frequency) {
         return Err(invalid(OperandId::TSC_FREQUENCY));
     }
+    tsc_adjust.map_err(InitError::from)?;
     // reserved_1, msr_config_ctls bits 7:1, reserved_2: three checks with
     // the same status, in this order.
     if !zero(42..80) || p[19] & !1 != 0 || !zero(232..256) {
@@ -319,7 +327,7 @@ pub(crate) fn check_td_params(
 }
 
 /// TD_PARAMS CPUID entry `i`: EAX, EBX, ECX, EDX.
-fn cpuid_entry(p: &[u8; 1024], i: usize) -> [u32; 4] {
+pub(crate) fn cpuid_entry(p: &[u8; 1024], i: usize) -> [u32; 4] {
     let at = CPUID_OFFSET + 16 * i;
     core::array::from_fn(|j| {
         u32::from_le_bytes(p[at + 4 * j..at + 4 * j + 4].try_into().expect("4 bytes"))

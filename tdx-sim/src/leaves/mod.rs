@@ -26,6 +26,7 @@ use crate::{
 };
 
 pub(crate) mod ext;
+pub(crate) mod instr;
 mod md_tables;
 pub(crate) mod mem;
 pub(crate) mod metadata;

@@ -52,6 +52,12 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     if sys.state() != SysState::SysInitPending {
         return Err(TdxStatus::SYS_INIT_NOT_PENDING);
     }
+    // The platform checks (`check_platform_config_and_cpu_enumeration`):
+    // of the LP's host MSRs the model has, BOOT_NT4 (in the CPUID checks).
+    let misc_enable = c.sim.host_msr(c.lp, crate::HostMsr::MiscEnable);
+    if misc_enable & super::instr::MISC_BOOT_NT4 != 0 {
+        return Err(TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    }
     c.locked();
     let mut d = sys.data();
     d.num_init_lps = 0;
@@ -59,6 +65,12 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     d.lp_init.fill(false);
     d.pkg_configured.fill(false);
     sys.set_state(SysState::SysInitDone);
+    // The LP's IA32_TSC_ADJUST, which TDH.MNG.INIT, TDH.VP.INIT and
+    // TDH.VP.ENTER compare with theirs (`tdh_sys_init.c`).
+    let tsc_adjust = c.sim.host_msr(c.lp, crate::HostMsr::TscAdjust);
+    c.sim
+        .tsc_adjust_sample
+        .store(tsc_adjust, crate::locks::Ordering::Release);
     (a.rcx, a.rdx, a.r8, a.r9, a.r10) = (0, 0, 0, 0, 0);
     Ok(TdxStatus::SUCCESS)
 }
@@ -76,6 +88,13 @@ pub(crate) fn lp_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         return Err(TdxStatus::SYS_LP_INIT_DONE);
     }
     drop(d);
+    // `compare_cpuid_configuration`: BOOT_NT4 first, IA32_TSC_ADJUST equal
+    // to TDH.SYS.INIT's sample last.
+    let misc_enable = c.sim.host_msr(c.lp, crate::HostMsr::MiscEnable);
+    if misc_enable & super::instr::MISC_BOOT_NT4 != 0 {
+        return Err(TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    }
+    super::vp::tsc_adjust_unchanged(c)?;
     c.locked();
     d = sys.data();
     d.lp_init[lp] = true;

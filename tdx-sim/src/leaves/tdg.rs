@@ -11,10 +11,13 @@ use tdx_types::{
     regs::SeptState,
 };
 
-use super::pinfo;
+use super::{
+    instr::{self, MsrOutcome},
+    pinfo,
+};
 use crate::{
     dispatch::op,
-    guest::{Pending, Reply, Request, Runner, SharedMapping, VirtualizationException},
+    guest::{Exception, Pending, Reply, Request, Runner, SharedMapping, VirtualizationException},
     locks::{Busy, Ordering, septe},
     memory::PAGE,
     sept::{is_leaf_state, state_of, target_of, word},
@@ -182,7 +185,7 @@ pub(crate) fn run_guest(
 ) -> Exit {
     let mut runner = s.guests.enter(v, lp);
     crate::trace::guest_entered(s, v);
-    let exit = run(s, td, v, a, (last, hint), &mut runner);
+    let exit = run(s, td, (v, lp), a, (last, hint), &mut runner);
     s.guests.exit(v, runner);
     exit
 }
@@ -190,7 +193,7 @@ pub(crate) fn run_guest(
 fn run(
     s: &Shared,
     td: &Td,
-    v: u64,
+    (v, lp): (u64, u32),
     a: &SeamcallArgs,
     (last, hint): (LastExit, bool),
     r: &mut Runner,
@@ -248,14 +251,14 @@ fn run(
             return dead_if_fatal(td, kick_exit(), ExitReason::EXTERNAL_INTERRUPT);
         }
         if td.fatal()
-            && let Some(reason) = vm_exit_of(td, &req)
+            && let Some(reason) = vm_exit_of(s, td, (v, lp), &req)
         {
             // Another vCPU made the TD fatal: this one's next VM exit is
             // NON_ACCESSIBLE (`tdx_td_dispatcher.c`).
             r.pending = Pending::Retry(req);
             return dead_if_fatal(td, Exit::fault(reason, 0, 0, 0, 0), reason);
         }
-        match step(s, td, v, req) {
+        match step(s, td, (v, lp), req) {
             Step::Done(reply) => {
                 s.vcpus.with(v, |vc| vc.rip += 1);
                 let _ = r.tx.send(reply);
@@ -278,11 +281,35 @@ fn run(
 /// The VM exit a guest operation makes, if any: a TDCALL's (77) or
 /// triple fault's, and an access's EPT violation; an access that
 /// translates makes none.
-fn vm_exit_of(td: &Td, req: &Request) -> Option<ExitReason> {
+fn vm_exit_of(s: &Shared, td: &Td, (v, lp): (u64, u32), req: &Request) -> Option<ExitReason> {
     match req {
+        Request::Cpuid { .. } => Some(ExitReason(instr::EXIT_CPUID as u16)),
+        Request::Instruction(k) => Some(ExitReason(k.exit_reason() as u16)),
+        Request::Rdmsr { msr } | Request::Wrmsr { msr, .. } => {
+            let (wr, value) = match *req {
+                Request::Wrmsr { value, .. } => (true, value),
+                _ => (false, 0),
+            };
+            let reason = if wr {
+                instr::EXIT_WRMSR
+            } else {
+                instr::EXIT_RDMSR
+            };
+            (msr_outcome(s, td, (v, lp), *msr, wr, value) != MsrOutcome::Direct)
+                .then_some(ExitReason(reason as u16))
+        }
         Request::Read { gpa, .. } | Request::Write { gpa, .. } => {
+            // A PENDING page's #VE comes from the module, after an EPT
+            // violation VM exit (every S-EPT entry suppresses #VE); the
+            // CPU delivers an MMIO page's #VE without one while VE_INFO
+            // is free.
             let write = matches!(req, Request::Write { .. });
-            matches!(access(td, *gpa, write), Access::Exit(..)).then_some(ExitReason::EPT_VIOLATION)
+            let exits = match access(td, *gpa, write) {
+                Access::Mapped(_) => false,
+                Access::HwVe(_) => s.vcpus.with(v, |vc| vc.ve_info.is_some()),
+                Access::Ve(_) | Access::Exit(_) => true,
+            };
+            exits.then_some(ExitReason::EPT_VIOLATION)
         }
         Request::TripleFault => Some(ExitReason(TRIPLE_FAULT as u16)),
         Request::End | Request::Panicked(_) => None,
@@ -384,7 +411,7 @@ fn host_priority(s: &Shared, v: u64) -> Step {
     )
 }
 
-fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
+fn step(s: &Shared, td: &Td, (v, lp): (u64, u32), req: Request) -> Step {
     if !matches!(req, Request::Accept { .. }) {
         // Only ACCEPT meets host-priority locks in the model; any other
         // TDCALL result clears the timer too, and so do accesses (model
@@ -392,8 +419,20 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
         s.vcpus.with(v, |vc| vc.hp_busy_since = None);
     }
     match req {
-        Request::Accept { gpa, level } => match accept(s, td, gpa, level) {
+        Request::Accept { gpa, level } => match accept(s, td, gpa, level, Some(v)) {
             Accept::HostPriority => host_priority(s, v),
+            // "Interrupted" (`tdx_td_dispatcher.c`): RAX and RIP stay, the
+            // guest is entered again and the pending interrupt exits at
+            // once; the ACCEPT runs again after the next entry and goes on
+            // from the entry's ACCEPT_COUNTER.
+            Accept::Interrupted => {
+                // TDX_SUCCESS for the dispatcher: the host-priority timer
+                // stops.
+                s.vcpus.with(v, |vc| vc.hp_busy_since = None);
+                s.guests.take_kick(v);
+                let exit = dead_if_fatal(td, kick_exit(), ExitReason::EXTERNAL_INTERRUPT);
+                Step::Exit(exit, Pending::Retry(Request::Accept { gpa, level }))
+            }
             Accept::Status(st) => {
                 s.vcpus.with(v, |vc| vc.hp_busy_since = None);
                 Step::Done(Reply::Status(st))
@@ -403,22 +442,22 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
                 Pending::Retry(Request::Accept { gpa, level }),
             ),
         },
-        Request::Read { gpa, len } => match access(td, gpa, false) {
-            Access::Mapped(hpa) => {
+        Request::Read { gpa, len } => match resolve(s, v, access(td, gpa, false)) {
+            Resolved::Mapped(hpa) => {
                 let mut buf = vec![0; len];
                 s.mem.read(hpa, &mut buf);
                 Step::Done(Reply::Read(Ok(buf)))
             }
-            Access::Ve(ve) => Step::Done(Reply::Read(Err(ve))),
-            Access::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Read { gpa, len })),
+            Resolved::Fault(e) => Step::Done(Reply::Read(Err(e))),
+            Resolved::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Read { gpa, len })),
         },
-        Request::Write { gpa, data } => match access(td, gpa, true) {
-            Access::Mapped(hpa) => {
+        Request::Write { gpa, data } => match resolve(s, v, access(td, gpa, true)) {
+            Resolved::Mapped(hpa) => {
                 s.mem.write(hpa, &data);
                 Step::Done(Reply::Write(Ok(())))
             }
-            Access::Ve(ve) => Step::Done(Reply::Write(Err(ve))),
-            Access::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Write { gpa, data })),
+            Resolved::Fault(e) => Step::Done(Reply::Write(Err(e))),
+            Resolved::Exit(exit) => Step::Exit(exit, Pending::Retry(Request::Write { gpa, data })),
         },
         Request::Vmcall { control, regs } => {
             // `tdg_vp_vmcall.c`: RAX, RCX and RSP (and RBP under
@@ -450,6 +489,8 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
             Step::Done(Reply::VpInfo(info))
         }
         Request::RtmrExtend { gpa, index } => tdcall_step(
+            s,
+            v,
             rtmr_extend(s, td, gpa, index),
             Request::RtmrExtend { gpa, index },
         ),
@@ -458,6 +499,8 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
             data,
             subtype,
         } => tdcall_step(
+            s,
+            v,
             mr_report(s, td, report, data, subtype),
             Request::MrReport {
                 report,
@@ -484,8 +527,144 @@ fn step(s: &Shared, td: &Td, v: u64, req: Request) -> Step {
             },
             Pending::Halted,
         ),
+        Request::Cpuid { leaf, subleaf } => {
+            // The guest model runs at CPL 0: the supervisor flag counts.
+            let (index, all_ve) = s.vcpus.with(v, |vc| (vc.index, vc.cpuid_ve.0));
+            let r = instr::guest_cpuid(s, td, index, leaf, subleaf)
+                .filter(|_| !all_ve)
+                .ok_or_else(|| {
+                    // CPUID is 0F A2.
+                    inject_ve(s, v, instruction_ve(instr::EXIT_CPUID, 0, 2))
+                });
+            Step::Done(Reply::Cpuid(r))
+        }
+        Request::Rdmsr { msr } => Step::Done(Reply::Msr(msr_step(s, td, (v, lp), msr, None))),
+        Request::Wrmsr { msr, value } => {
+            Step::Done(Reply::Msr(msr_step(s, td, (v, lp), msr, Some(value))))
+        }
+        Request::Instruction(k) => {
+            let ve = instruction_ve(k.exit_reason(), k.qualification(), k.length());
+            Step::Done(Reply::Exception(inject_ve(s, v, ve)))
+        }
+        Request::CpuidveSet { control } => {
+            let st = if control >> 2 != 0 {
+                op(TdxStatus::OPERAND_INVALID, OperandId::RCX)
+            } else {
+                s.vcpus.with(v, |vc| {
+                    vc.cpuid_ve = (control & 1 != 0, control & 2 != 0);
+                });
+                TdxStatus::SUCCESS
+            };
+            Step::Done(Reply::Status(st))
+        }
+        // `tdg_vp_veinfo_get.c`: the registers are zeroed first, then
+        // NO_VALID_VE_INFO or VE_INFO's contents and VALID := 0.
+        Request::VeinfoGet => {
+            let r = s.vcpus.with(v, |vc| vc.ve_info.take());
+            Step::Done(Reply::VeInfo(r.ok_or(TdxStatus::NO_VALID_VE_INFO)))
+        }
         Request::End => Step::Exit(halt_exit(), Pending::Halted),
         Request::Panicked(msg) => panic!("tdx-sim: a guest program panicked: {msg}"),
+    }
+}
+
+/// The VE_INFO of an instruction's #VE: reason, VMX qualification and
+/// instruction length (`td_generic_ve_exit`, `tdx_inject_ve`).
+fn instruction_ve(reason: u32, qualification: u64, len: u32) -> VirtualizationException {
+    VirtualizationException {
+        reason,
+        qualification,
+        instruction_length: len,
+        ..VirtualizationException::default()
+    }
+}
+
+/// What a guest RDMSR or WRMSR (`value` 0 for a read) of `msr` comes to
+/// ([`instr::msr_access`]) for this TD, vCPU and LP.
+fn msr_outcome(
+    s: &Shared,
+    td: &Td,
+    (v, lp): (u64, u32),
+    msr: u32,
+    wr: bool,
+    value: u64,
+) -> MsrOutcome {
+    let flags = instr::cpuid_flags(s, td);
+    let (attributes, xfam) = {
+        let ctl = td.ctl();
+        let xfam = ctl.params.as_ref().map_or(0, |p| {
+            u64::from_le_bytes(p[8..16].try_into().expect("8 bytes"))
+        });
+        (ctl.attributes, xfam)
+    };
+    let msrs = s.vcpus.with(v, |vc| vc.msrs.clone());
+    let current = |m: u32| {
+        msrs.get(&m)
+            .copied()
+            .unwrap_or_else(|| instr::initial_msr(m))
+    };
+    let ctx = instr::MsrCtx {
+        attributes,
+        xfam,
+        flags,
+        xss_supported: s.machine.desc.cpu.xss_supported,
+        host_misc_enable: s.host_msr(lp, crate::HostMsr::MiscEnable),
+        arch_capabilities: s.machine.desc.cpu.arch_capabilities,
+        current: &current,
+    };
+    instr::msr_access(&ctx, msr, wr, value)
+}
+
+/// A guest RDMSR (`write` `None`) or WRMSR: the value read (0 for a
+/// write) or the exception. A direct access reads and writes the vCPU's
+/// value the model keeps (IA32_TSC reads the simulated TSC, IA32_MISC_ENABLE
+/// the LP's; writes to the read-only IA32_ARCH_CAPABILITIES and
+/// IA32_XAPIC_DISABLE_STATUS are the CPU's #GP).
+fn msr_step(
+    s: &Shared,
+    td: &Td,
+    (v, lp): (u64, u32),
+    msr: u32,
+    write: Option<u64>,
+) -> Result<u64, Exception> {
+    let wr = write.is_some();
+    let value = write.unwrap_or(0);
+    match msr_outcome(s, td, (v, lp), msr, wr, value) {
+        MsrOutcome::Direct if wr => {
+            if matches!(
+                msr,
+                instr::IA32_ARCH_CAPABILITIES | instr::IA32_XAPIC_DISABLE_STATUS
+            ) {
+                return Err(Exception::GeneralProtection);
+            }
+            s.vcpus.with(v, |vc| vc.msrs.insert(msr, value));
+            Ok(0)
+        }
+        MsrOutcome::Direct => Ok(match msr {
+            instr::IA32_TSC => s.tsc.load(Ordering::Acquire),
+            instr::IA32_MISC_ENABLE => s.host_msr(lp, crate::HostMsr::MiscEnable),
+            _ => s.vcpus.with(v, |vc| {
+                vc.msrs
+                    .get(&msr)
+                    .copied()
+                    .unwrap_or_else(|| instr::initial_msr(msr))
+            }),
+        }),
+        MsrOutcome::Handled(x) if wr => {
+            s.vcpus.with(v, |vc| vc.msrs.insert(msr, x));
+            Ok(0)
+        }
+        MsrOutcome::Handled(x) => Ok(x),
+        MsrOutcome::Gp => Err(Exception::GeneralProtection),
+        MsrOutcome::Ve => {
+            // RDMSR is 0F 32, WRMSR 0F 30.
+            let reason = if wr {
+                instr::EXIT_WRMSR
+            } else {
+                instr::EXIT_RDMSR
+            };
+            Err(inject_ve(s, v, instruction_ve(reason, 0, 2)))
+        }
     }
 }
 
@@ -539,10 +718,64 @@ enum Access {
     /// A page mapped and accepted (private), or mapped by the VMM's
     /// shared EPT (shared), at this HPA.
     Mapped(u64),
-    /// A #VE for the guest.
+    /// A #VE the module injects (`tdx_inject_ve`): a PENDING page.
     Ve(VirtualizationException),
+    /// A #VE the CPU delivers itself (a shared EPT entry with suppress-#VE
+    /// clear), if VE_INFO is free ([`hardware_ve`]).
+    HwVe(VirtualizationException),
     /// A TD exit.
     Exit(Exit),
+}
+
+/// `tdx_inject_ve` (`src/td_dispatcher/vm_exits/td_other_exits.c`): with
+/// VE_INFO free, VE_INFO := `ve` (valid) and a #VE; with VE_INFO still
+/// valid, a #DF and VE_INFO unchanged.
+pub(crate) fn inject_ve(s: &Shared, v: u64, ve: VirtualizationException) -> Exception {
+    s.vcpus.with(v, |vc| {
+        if vc.ve_info.is_some() {
+            Exception::DoubleFault
+        } else {
+            vc.ve_info = Some(ve);
+            Exception::Ve(ve)
+        }
+    })
+}
+
+/// A #VE the CPU delivers for a convertible EPT violation: an EPT
+/// violation converts to a #VE only while the VE information area's
+/// valid word (VE_INFO.VALID) is 0 (Intel SDM Vol. 3, "Virtualization
+/// Exceptions"); otherwise it is an EPT-violation VM exit, which for a
+/// shared GPA the module turns into an EPT-violation TD exit
+/// (`td_ept_violation.c`).
+fn hardware_ve(s: &Shared, v: u64, ve: VirtualizationException) -> Resolved {
+    let delivered = s.vcpus.with(v, |vc| {
+        let free = vc.ve_info.is_none();
+        if free {
+            vc.ve_info = Some(ve);
+        }
+        free
+    });
+    if delivered {
+        Resolved::Fault(Exception::Ve(ve))
+    } else {
+        Resolved::Exit(Exit::ept(ve.qualification, 0, ve.gpa))
+    }
+}
+
+/// A guest access's outcome with its #VE delivered.
+enum Resolved {
+    Mapped(u64),
+    Fault(Exception),
+    Exit(Exit),
+}
+
+fn resolve(s: &Shared, v: u64, a: Access) -> Resolved {
+    match a {
+        Access::Mapped(hpa) => Resolved::Mapped(hpa),
+        Access::Ve(ve) => Resolved::Fault(inject_ve(s, v, ve)),
+        Access::HwVe(ve) => hardware_ve(s, v, ve),
+        Access::Exit(x) => Resolved::Exit(x),
+    }
 }
 
 /// A guest read or write of `gpa` (`td_ept_violation.c`): for a private
@@ -550,20 +783,20 @@ enum Access {
 /// VMM's shared EPT as the test set it ([`crate::Simulator::map_shared`]).
 fn access(td: &Td, gpa: u64, write: bool) -> Access {
     let qual = if write { QUAL_WRITE } else { QUAL_READ };
-    let ve = || {
-        Access::Ve(VirtualizationException {
-            reason: u32::from(ExitReason::EPT_VIOLATION.0),
-            qualification: qual,
-            gpa,
-        })
+    let info = VirtualizationException {
+        reason: u32::from(ExitReason::EPT_VIOLATION.0),
+        qualification: qual,
+        gpa,
+        ..VirtualizationException::default()
     };
+    let ve = || Access::Ve(info);
     if !td.private_gpa(gpa) {
         let m = td.ctl().shared_ept.get(&(gpa & !0xFFF)).copied();
         return match m {
             Some(SharedMapping::Memory(hpa)) => Access::Mapped(hpa.as_u64() + (gpa & 0xFFF)),
             // KVM's MMIO entries leave suppress-#VE clear: a #VE, which
             // the guest's handler turns into TDG.VP.VMCALL<#VE.RequestMMIO>.
-            Some(SharedMapping::Mmio) => ve(),
+            Some(SharedMapping::Mmio) => Access::HwVe(info),
             None => Access::Exit(Exit::ept(qual, 0, gpa)),
         };
     }
@@ -603,6 +836,45 @@ pub(crate) enum Accept {
     /// An EPT-violation TD exit with an ACCEPT extended exit
     /// qualification; the TDCALL runs again after the next entry.
     Exit { qual: u64, eeq: u64 },
+    /// A 2M accept stopped between chunks for a pending interrupt: the
+    /// entry is still PENDING with its ACCEPT_COUNTER saved.
+    Interrupted,
+}
+
+/// ACCEPT_COUNTER of a 2M PENDING entry: the next 4K chunk to zero. The
+/// module keeps it in the entry's bits 20:12 (`ia32e_sept_t`,
+/// `src/common/x86_defs/x86_defs.h`); the model's entry word keeps the
+/// frame there, so the counter lives in bits 61:53, which the model's
+/// host leaves, writing whole entries, reset as the module's BLOCK,
+/// REMOVE, DEMOTE and PROMOTE do (`sept_cleanup_if_pending`,
+/// `src/common/memory_handlers/sept_manager.h`).
+const ACCEPT_COUNTER_SHIFT: u32 = 53;
+const ACCEPT_COUNTER_MASK: u64 = 0x1FF << ACCEPT_COUNTER_SHIFT;
+
+/// The entry word's ACCEPT_COUNTER.
+pub(crate) fn accept_counter(w: u64) -> u64 {
+    (w & ACCEPT_COUNTER_MASK) >> ACCEPT_COUNTER_SHIFT
+}
+
+/// `is_interrupt_pending_guest_side`: a kick of the vCPU is pending. The
+/// test hook ([`crate::Simulator::kick_during_accept`]) counts down one
+/// per check and kicks the vCPU when it reaches 0.
+fn interrupt_pending(s: &Shared, v: u64) -> bool {
+    let fire = s.vcpus.with(v, |vc| match vc.accept_kick_after {
+        Some(n) if n <= 1 => {
+            vc.accept_kick_after = None;
+            true
+        }
+        Some(n) => {
+            vc.accept_kick_after = Some(n - 1);
+            false
+        }
+        None => false,
+    });
+    if fire {
+        s.guests.kick(v);
+    }
+    s.guests.kick_pending(v)
 }
 
 /// The EEQ-ACCEPT exit (`async_tdexit_ept_violation`,
@@ -629,10 +901,12 @@ fn accept_exit(req: u8, at: u8, e: u64) -> Accept {
 /// the TD dispatcher shows BUSY_HOST_PRIORITY as BUSY); a non-free
 /// non-leaf entry (`PAGE_SIZE_MISMATCH` with the level); an accepted leaf
 /// (`PAGE_ALREADY_ACCEPTED`); anything not PENDING (exit). A PENDING page
-/// is zeroed and becomes MAPPED; the whole entry is written back, which
-/// clears a host-priority mark set meanwhile. The host-priority timeout
-/// exit is not modelled.
-pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8) -> Accept {
+/// is zeroed (2M: 4K chunks from ACCEPT_COUNTER, interruptible when
+/// `vcpu` has an interrupt pending, see [`Accept::Interrupted`]) and
+/// becomes MAPPED; the whole entry is written back, which clears a
+/// host-priority mark set meanwhile. `vcpu` is `None` for the test helper
+/// outside a vCPU, which no interrupt stops.
+pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8, vcpu: Option<u64>) -> Accept {
     let rcx = gpa | u64::from(level);
     if gpa & 0xFFF != 0 || level > 7 {
         return Accept::Status(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
@@ -677,7 +951,31 @@ pub(crate) fn accept(s: &Shared, td: &Td, gpa: u64, level: u8) -> Accept {
         accept_exit(level, level, cur)
     } else {
         let pfn = target_of(cur);
-        s.mem.zero(pfn, pfn + (1 << (9 * u32::from(level))));
+        if level == 0 {
+            s.mem.zero(pfn, pfn + 1);
+        } else {
+            // 2M: 4K chunks from ACCEPT_COUNTER; after each but the last,
+            // an interrupt pending stops the accept with the counter
+            // saved in the entry, still PENDING (`tdg_mem_page_accept.c`).
+            let mut counter = accept_counter(cur);
+            loop {
+                s.mem.zero(pfn + counter, pfn + counter + 1);
+                if counter == 511 {
+                    break;
+                }
+                counter += 1;
+                if vcpu.is_some_and(|v| interrupt_pending(s, v)) {
+                    slot.word.store(
+                        word(SeptState::PENDING, pfn)
+                            | counter << ACCEPT_COUNTER_SHIFT
+                            | septe::LOCK,
+                        Ordering::Release,
+                    );
+                    septe::unlock(slot.word);
+                    return Accept::Interrupted;
+                }
+            }
+        }
         slot.word.store(
             word(SeptState::MAPPED, pfn) | septe::LOCK,
             Ordering::Release,
@@ -720,6 +1018,7 @@ fn map_operand(td: &Td, gpa: u64, write: bool, private_only: bool) -> Result<u64
         reason: u32::from(ExitReason::EPT_VIOLATION.0),
         qualification: qual,
         gpa,
+        ..VirtualizationException::default()
     };
     if !private {
         let m = td.ctl().shared_ept.get(&(gpa & !0xFFF)).copied();
@@ -765,10 +1064,12 @@ fn operand(r: Result<u64, Operand>, o: OperandId) -> Result<u64, Tdcall> {
     })
 }
 
-fn tdcall_step(r: Result<TdxStatus, Tdcall>, again: Request) -> Step {
+fn tdcall_step(s: &Shared, v: u64, r: Result<TdxStatus, Tdcall>, again: Request) -> Step {
     match r {
         Ok(st) | Err(Tdcall::Done(st)) => Step::Done(Reply::Tdcall(Ok(st))),
-        Err(Tdcall::Ve(ve)) => Step::Done(Reply::Tdcall(Err(ve))),
+        // The module maps the operand and injects the #VE itself
+        // (`check_walk_and_map_guest_side_gpa`), for a shared GPA too.
+        Err(Tdcall::Ve(ve)) => Step::Done(Reply::Tdcall(Err(inject_ve(s, v, ve)))),
         Err(Tdcall::Exit(x)) => Step::Exit(*x, Pending::Retry(again)),
     }
 }

@@ -10,7 +10,7 @@
 use tdx_sys::SeamcallArgs;
 use tdx_types::{OperandId, TdxStatus, metadata::PamtPageType};
 
-use super::metadata;
+use super::{instr, metadata};
 use crate::{
     dispatch::{Call, LeafResult, op},
     locks::LockMode::{self, Exclusive, Shared},
@@ -94,7 +94,11 @@ pub(crate) const X2APIC_ID_NOT_UNIQUE: TdxStatus = TdxStatus::X2APIC_ID_NOT_UNIQ
 /// that path, holds ID 0. Version 0 records that the topology is not
 /// configured (TDCS TOPOLOGY_ENUM_CONFIGURED, 1.5.05).
 ///
-/// Not modelled: the IA32_TSC_ADJUST check (`TDX_INCONSISTENT_MSR|0x3B`).
+/// The LP's IA32_TSC_ADJUST must equal TDH.SYS.INIT's sample
+/// ([`crate::Simulator::set_host_msr`]): else `TDX_INCONSISTENT_MSR|0x3B`
+/// right after the VCPU_INDEX is taken, and 1.5.01 does not give the index
+/// back either (`tdh_vp_init.c`). The model checks it before version 1's
+/// x2APIC ID (1.5.05's order there was not read).
 pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let v1 = c.version >= 1;
     let tdr_mode = if v1 { Exclusive } else { Shared };
@@ -112,6 +116,13 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let index = ctl.num_vcpus;
     if index >= ctl.max_vcpus {
         return Err(TdxStatus::MAX_VCPUS_EXCEEDED);
+    }
+    // `tdh_vp_init.c`: after the VCPU_INDEX is taken, which the failure
+    // does not give back (NUM_VCPUS counts it; the vCPU stays
+    // uninitialized).
+    if let Err(st) = tsc_adjust_unchanged(c) {
+        ctl.num_vcpus += 1;
+        return Err(st);
     }
     if v1 {
         let Ok(x2apic) = u32::try_from(a.r8) else {
@@ -194,6 +205,24 @@ pub(crate) fn flush(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
+/// IA32_TSC_ADJUST of the calling LP equal to the value TDH.SYS.INIT
+/// sampled, else `TDX_INCONSISTENT_MSR|0x3B` (TDH.VP.INIT, TDH.VP.ENTER,
+/// TDH.MNG.INIT: "we read TSC below").
+pub(crate) fn tsc_adjust_unchanged(c: &Call<'_>) -> Result<(), TdxStatus> {
+    let now = c.sim.host_msr(c.lp, crate::HostMsr::TscAdjust);
+    if now
+        != c.sim
+            .tsc_adjust_sample
+            .load(crate::locks::Ordering::Acquire)
+    {
+        return Err(op(
+            TdxStatus::INCONSISTENT_MSR,
+            OperandId(instr::IA32_TSC_ADJUST),
+        ));
+    }
+    Ok(())
+}
+
 /// RCX of TDH.VP.ENTER: bits 11:0 and 63:54 reserved
 /// (`include/tdx_api_defs.h`, `tdvpr_and_flags_t`).
 const ENTER_RESERVED: u64 = 0xFFF | (0x3FF << 54);
@@ -224,9 +253,15 @@ const ENTER_RESUME_L1: u64 = 1 << 53;
 /// private-GPA EPT violations at one guest RIP passed the threshold (6),
 /// the S-EPT tree lock exclusive (`BUSY|SEPT_TREE`), and if a GPA they
 /// listed still faults, an emulated EPT-violation exit (RAX 48, RCX 2, R8
-/// the GPA) without entering the guest. Not modelled: the BOOT_NT4,
-/// IA32_TSC_ADJUST and MONITOR/MWAIT MSR checks (the simulated CPU passes
-/// them), the zero-step #VE notification (NOTIFY_ENABLES).
+/// the GPA) without entering the guest. The host-MSR checks
+/// ([`crate::Simulator::set_host_msr`]) sit where the module has them: the
+/// LP's IA32_MISC_ENABLE.BOOT_NT4 before everything
+/// (`LIMIT_CPUID_MAXVAL_SET`), IA32_TSC_ADJUST differing from TDH.SYS.INIT's
+/// sample after the RCX bit 52/53 checks (`INCONSISTENT_MSR|0x3B`), and
+/// for a TD whose CPUID has MONITOR/MWAIT a clear
+/// IA32_MISC_ENABLE.ENABLE_MONITOR_FSM after TSC_ROLLBACK
+/// (`INCORRECT_MSR_VALUE|0x1A0`). Not modelled: the zero-step #VE
+/// notification (NOTIFY_ENABLES).
 ///
 /// While the guest runs the leaf holds what the module holds until the TD
 /// exit: the TDR's PAMT entry and the TDVPR's (shared) and one count in
@@ -235,6 +270,11 @@ const ENTER_RESUME_L1: u64 = 1 << 53;
 pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     use crate::td::{LastExit, VcpuState};
     let rcx = a.rcx;
+    // The LP's IA32_MISC_ENABLE, read first (`tdh_vp_enter.c`).
+    let misc_enable = c.sim.host_msr(c.lp, crate::HostMsr::MiscEnable);
+    if misc_enable & instr::MISC_BOOT_NT4 != 0 {
+        return Err(TdxStatus::LIMIT_CPUID_MAXVAL_SET);
+    }
     if rcx & ENTER_RESERVED != 0 {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
@@ -270,11 +310,21 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     if rcx & ENTER_RESUME_L1 != 0 {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
+    tsc_adjust_unchanged(c)?;
     // TSC earlier than the vCPU's last exit (signed difference).
     let tsc = c.sim.tsc.load(crate::locks::Ordering::Acquire);
     let last_exit_tsc = c.sim.vcpus.with(v, |vc| vc.last_exit_tsc);
     if (tsc.wrapping_sub(last_exit_tsc) as i64) < 0 {
         return Err(TdxStatus::TSC_ROLLBACK);
+    }
+    // A TD with MONITOR/MWAIT needs the LP's MONITOR FSM enabled.
+    if instr::cpuid_flags(c.sim, td).monitor_mwait
+        && misc_enable & instr::MISC_ENABLE_MONITOR_FSM == 0
+    {
+        return Err(op(
+            TdxStatus::INCORRECT_MSR_VALUE,
+            OperandId(instr::IA32_MISC_ENABLE),
+        ));
     }
     c.epoch(td, Shared)?;
     // The zero-step filter (`td_entry_stepping_filter`,
