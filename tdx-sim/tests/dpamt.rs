@@ -1061,3 +1061,99 @@ fn invariants_hold_through_a_mixed_run() {
     assert_eq!(count(&sim, p), before);
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn teardown_returns_every_pair() {
+    let sim = dhost();
+    let before = sim.accounting();
+    let hkid = td_hkid(&sim);
+    // Every 4K page handed to the module, and every pair added.
+    let mut module_pages: Vec<Pfn> = Vec::new();
+    let mut pairs: Vec<(Pfn, [Pfn; 2])> = Vec::new();
+    let give = |sim: &Simulator, pairs: &mut Vec<(Pfn, [Pfn; 2])>| {
+        let p = page(sim);
+        if sim.pamt_pair(p).is_none() {
+            pairs.push((p, add_pair(sim, p)));
+        }
+        p
+    };
+    let tdr = give(&sim, &mut pairs);
+    ok("MNG.CREATE", mng_create(&sim, tdr, hkid));
+    sim.on_each_package(&mut |_, _| ok("KEY.CONFIG", mng_key_config(&sim, tdr)));
+    for _ in 0..6 {
+        let p = give(&sim, &mut pairs);
+        ok("MNG.ADDCX", mng_addcx(&sim, p, tdr));
+        module_pages.push(p);
+    }
+    ok(
+        "MNG.INIT",
+        mng_init(&sim, tdr, Params::new().write(&sim)).status,
+    );
+    let tdvpr = give(&sim, &mut pairs);
+    ok("VP.CREATE", vp_create(&sim, tdvpr, tdr));
+    module_pages.push(tdvpr);
+    for _ in 0..5 {
+        let p = give(&sim, &mut pairs);
+        ok("VP.ADDCX", vp_addcx(&sim, p, tdvpr));
+        module_pages.push(p);
+    }
+    ok("VP.INIT", on(&sim, 1, || vp_init(&sim, tdvpr, 0, 0)));
+    for (gpa, level) in [(0, 3), (0, 2), (0, 1), (2 * MIB, 1)] {
+        let p = give(&sim, &mut pairs);
+        let c = sept_add(&sim, info(gpa, level), TdrAndFlags::with_tdr(tdr, false), p);
+        ok("SEPT.ADD", c.status);
+        module_pages.push(p);
+    }
+    // 4K pages in a range of their own, and a 2M page demoted with a pair.
+    let own = unpaired(&sim);
+    pairs.push((own, add_pair(&sim, own)));
+    for i in 0..8 {
+        let p = Pfn::new(own.as_u64() + i);
+        ok("AUG", page_aug(&sim, info(i * PAGE, 0), tdr, p).status);
+        module_pages.push(p);
+    }
+    let big = unpaired(&sim);
+    ok("AUG 2M", page_aug(&sim, info(4 * MIB, 1), tdr, big).status);
+    let sept = give(&sim, &mut pairs);
+    let demote_pair = pair_pages(&sim);
+    ok(
+        "DEMOTE",
+        demote(&sim, 4 * MIB, tdr, sept, demote_pair).status,
+    );
+    module_pages.push(sept);
+    pairs.push((big, demote_pair));
+    module_pages.extend((0..512).map(|i| Pfn::new(big.as_u64() + i)));
+    sim.check_invariants().unwrap();
+
+    // Teardown: every page reclaimed, each range's last one with the hint.
+    ok("VP.FLUSH", on(&sim, 1, || vp_flush(&sim, tdvpr)));
+    ok("VPFLUSHDONE", mng_vpflushdone(&sim, tdr));
+    Td::cache_wb_all(&sim);
+    ok("KEY.FREEID", mng_key_freeid(&sim, tdr));
+    let mut hinted = std::collections::BTreeSet::new();
+    for &p in module_pages.iter().chain([&tdr]) {
+        let c = page_reclaim(&sim, p);
+        ok("RECLAIM", c.status);
+        if c.out.pamt_removal_hint {
+            assert!(hinted.insert(p.as_u64() >> 9), "two hints for one range");
+        }
+    }
+    // Every range with a pair is empty now, and got exactly one hint.
+    for &(p, pair) in &pairs {
+        assert_eq!(sim.pamt_pair(p), Some((pair, 0)));
+        assert!(hinted.contains(&(p.as_u64() >> 9)), "no hint for {p:?}");
+    }
+    assert_eq!(hinted.len(), pairs.len());
+    let g = global_hkid(&sim);
+    for &(p, pair) in &pairs {
+        let (s, a) = pamt_remove_raw(&sim, range_rcx(p));
+        ok("PAMT.REMOVE", s);
+        assert_eq!((a.rdx, a.r8), (hpa(pair[0]), hpa(pair[1])));
+        for q in pair {
+            ok("WBINVD pair", wbinvd(&sim, q, g));
+        }
+    }
+    ok("WBINVD TDR", wbinvd(&sim, tdr, g));
+    assert_eq!(sim.accounting().module, before.module);
+    sim.check_invariants().unwrap();
+}
