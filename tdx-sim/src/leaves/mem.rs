@@ -225,7 +225,7 @@ pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     pe.set(PamtPageType::NDA, 0);
     let hint = c.pamt_count(entry.pfn * PAGE, false);
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
-    a.rcx = entry.pfn * PAGE | hint;
+    a.rcx = (entry.pfn * PAGE) | hint;
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -498,7 +498,7 @@ pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
         0
     };
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + n);
-    a.rcx = entry.pfn * PAGE | hint;
+    a.rcx = (entry.pfn * PAGE) | hint;
     a.rdx = 0;
     Ok(TdxStatus::SUCCESS)
 }
@@ -717,7 +717,7 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     spe.set(PamtPageType::NDA, 0);
     let hint = c.pamt_count(entry.pfn * PAGE, false);
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
-    a.rcx = entry.pfn * PAGE | hint;
+    a.rcx = (entry.pfn * PAGE) | hint;
     Ok(TdxStatus::SUCCESS)
 }
 

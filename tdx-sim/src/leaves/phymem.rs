@@ -209,7 +209,8 @@ const SIZE_2M: u64 = 2 << 20;
 fn range_operand(c: &Call<'_>, rcx: u64) -> Result<u64, TdxStatus> {
     let hpa = rcx & !0xFFF & ((1 << 52) - 1);
     let reserved = (rcx >> 3) & 0x1FF != 0 || rcx >> 52 != 0;
-    if rcx & 7 != 1 || reserved || c.sim.machine.has_hkid_bits(hpa) || hpa % SIZE_2M != 0 {
+    if rcx & 7 != 1 || reserved || c.sim.machine.has_hkid_bits(hpa) || !hpa.is_multiple_of(SIZE_2M)
+    {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
     }
     Ok(hpa)
