@@ -4,7 +4,9 @@
 //! the CMRs when the map has them, the NUMA nodes) with a module whose
 //! limits are the planner's, runs TDH.SYS.INIT and TDH.SYS.LP.INIT, takes
 //! the PAMT frames exactly where the plan puts them, writes the TDMR_INFOs
-//! and issues TDH.SYS.CONFIG. It reports the module's raw status; it never
+//! and issues TDH.SYS.CONFIG (with Dynamic PAMT, R8 bit 16, on a module
+//! that has it, when the plan sizes the 4K level as the Dynamic PAMT
+//! bitmap). It reports the module's raw status; it never
 //! panics, and it does not go on to key configuration or TDMR
 //! initialization (the plan's fate is decided at TDH.SYS.CONFIG).
 
@@ -137,7 +139,9 @@ pub fn sys_config(map: &MemoryMap, plan: &Plan, limits: &Limits) -> SysConfig {
             &sim,
             Hpa::new(array),
             infos.len() as u64,
-            SysConfigKeyId::new().with_hkid(keyid),
+            SysConfigKeyId::new()
+                .with_hkid(keyid)
+                .with_dynamic_pamt(limits.dpamt_bitmap_bits.is_some()),
         )
     };
     if status.is_error() {
@@ -150,11 +154,6 @@ pub fn sys_config(map: &MemoryMap, plan: &Plan, limits: &Limits) -> SysConfig {
 /// The simulated host for `map`, with the planner's limits in the module's
 /// metadata.
 fn simulator(map: &MemoryMap, limits: &Limits) -> Result<Simulator, String> {
-    if let Some(bits) = limits.dpamt_bitmap_bits {
-        return Err(format!(
-            "the simulated module has no Dynamic PAMT (--dynamic-pamt={bits})"
-        ));
-    }
     if limits.max_reserved_per_tdmr > MAX_RESERVED_AREAS {
         return Err(format!(
             "a TDMR_INFO holds {MAX_RESERVED_AREAS} reserved areas, not {}",
@@ -177,7 +176,14 @@ fn simulator(map: &MemoryMap, limits: &Limits) -> Result<Simulator, String> {
             map.usable.len()
         ));
     }
-    let mut profile = Profile::tdx_1_5();
+    // Dynamic PAMT: module 1.5.16+, whose 4K PAMT area is a bitmap of one
+    // bit per page (the planner may size more bits; the module takes any
+    // area at least that large).
+    let mut profile = if limits.dpamt_bitmap_bits.is_some() {
+        Profile::tdx_1_5_16()
+    } else {
+        Profile::tdx_1_5()
+    };
     profile.max_tdmrs = max_tdmrs;
     // Checked against MAX_RESERVED_AREAS (16) above.
     profile.max_reserved_per_tdmr = limits.max_reserved_per_tdmr as u16;

@@ -94,6 +94,12 @@ impl<'s> Call<'s> {
     /// `src/common/helpers/helpers.c`): the HPA checks, the PAMT
     /// walk to `level` taking the leaf entry in `mode` (BUSY|`o`), the walk
     /// ending at `level`, and page type `pt` (PAGE_METADATA_INCORRECT|`o`).
+    ///
+    /// With Dynamic PAMT (`non_shared_hpa_metadata_check_and_lock`, module
+    /// 1.5.16+): a 4K page expected NDA whose range has no pair (the walk
+    /// stopped at an NDA 2M entry) is `TDX_MISSING_PAMT_PAGE_PAIR|o`, and an
+    /// NDA page whose bitmap bit is set (a pair page or a reserved page) is
+    /// PAGE_METADATA_INCORRECT|`o`.
     pub(crate) fn explicit(
         &mut self,
         pa: u64,
@@ -102,13 +108,66 @@ impl<'s> Call<'s> {
         mode: LockMode,
         pt: PamtPageType,
     ) -> Result<&'s Entry, TdxStatus> {
+        self.explicit_walk(pa, o, level, mode, pt, true)
+    }
+
+    /// [`Call::explicit`] with the module's `walk_to_target_size`: false
+    /// lets the walk end above `level` (at a 2M/1G page, or with Dynamic
+    /// PAMT at a range without a pair) and checks the entry it ended at
+    /// (TDH.PHYMEM.PAGE.WBINVD).
+    pub(crate) fn explicit_walk(
+        &mut self,
+        pa: u64,
+        o: OperandId,
+        level: u8,
+        mode: LockMode,
+        pt: PamtPageType,
+        to_target: bool,
+    ) -> Result<&'s Entry, TdxStatus> {
         let t = self.hpa_block(pa, crate::memory::PAGE << (9 * u32::from(level)), o)?;
-        let (e, at) = pamt::walk(t, pa, Some(level), mode, LockSide::Host, &mut self.held)
+        let target = if to_target { Some(level) } else { None };
+        let (e, at) = pamt::walk(t, pa, target, mode, LockSide::Host, &mut self.held)
             .map_err(|b| op(b.status(), o))?;
-        if at != level || e.pt() != pt {
+        if to_target && at != level {
+            if t.dynamic && at == 1 && e.pt() == PamtPageType::NDA && pt == PamtPageType::NDA {
+                return Err(op(TdxStatus::MISSING_PAMT_PAGE_PAIR, o));
+            }
+            return Err(op(TdxStatus::PAGE_METADATA_INCORRECT, o));
+        }
+        if e.pt() != pt {
+            return Err(op(TdxStatus::PAGE_METADATA_INCORRECT, o));
+        }
+        if t.dynamic && pt == PamtPageType::NDA && t.bitmap_get(pa) {
             return Err(op(TdxStatus::PAGE_METADATA_INCORRECT, o));
         }
         Ok(e)
+    }
+
+    /// Dynamic PAMT: one more (`up`) or one fewer 4K module page in the
+    /// range of `pa` (`pamt_inc_nl_page_count` / `pamt_dec_nl_page_count`,
+    /// lock-free, in a leaf's commit). Returns the removal hint (the count
+    /// went to 0) as [`tdx_types::regs::PAMT_REMOVAL_HINT`] or 0. A no-op
+    /// without Dynamic PAMT. The module's fatal error on a wrap is recorded
+    /// ([`crate::Violation::ModuleFatalError`]).
+    pub(crate) fn pamt_count(&self, pa: u64, up: bool) -> u64 {
+        let Some(t) = self.sim.pamt.block(pa) else {
+            return 0;
+        };
+        match t.count_add(pa, up) {
+            Ok(true) => tdx_types::regs::PAMT_REMOVAL_HINT,
+            Ok(false) => 0,
+            Err(pamt::CountFatal(old)) => {
+                self.sim.fatal(
+                    self.leaf,
+                    format!(
+                        "the page count of the 2 MiB range at {:#x} {} from {old}",
+                        pa & !((2 << 20) - 1),
+                        if up { "incremented" } else { "decremented" }
+                    ),
+                );
+                0
+            }
+        }
     }
 
     /// `check_and_lock_free_range_hpa`: an NDA page at `level` (4K or 2M)

@@ -211,7 +211,7 @@ pub enum MachineError {
         ids: usize,
     },
     /// Unknown module profile name.
-    #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5.05, tdx-1.5-ext)")]
+    #[error("unknown module profile {0:?} (known: tdx-1.5, tdx-1.5.05, tdx-1.5.16, tdx-1.5-ext)")]
     UnknownProfile(String),
     /// The CPU's family and model are not one the module runs on, or
     /// CPUID(1).EAX has reserved bits set.

@@ -62,6 +62,8 @@ pub(crate) enum ModuleUse {
     Pamt(u8),
     /// Donated to the extension memory pool.
     ExtPool,
+    /// A Dynamic PAMT page pair page (TDH.PHYMEM.PAMT.ADD, DEMOTE).
+    PamtPair,
     /// A TD's control, S-EPT or private page.
     Td,
 }

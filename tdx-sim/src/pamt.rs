@@ -11,10 +11,27 @@
 //! Untouched entries read as the module initializes them (`pamt_init`, `src/common/memory_handlers/pamt_manager.c`):
 //! 4K entries PT_RSVD inside a reserved area and PT_NDA elsewhere, 2M and
 //! 1G entries PT_NDA.
+//!
+//! Dynamic PAMT (Intel TDX module 1.5.16+, `pamt_manager.c`/`.h`, on when
+//! TDH.SYS.CONFIG set R8 bit 16): a 2 MiB range has 4K entries only while
+//! its 2M entry is a PT_PAMT node, i.e. while the host gave it a PAMT page
+//! pair (TDH.PHYMEM.PAMT.ADD, or DEMOTE of a 2M page). The node records the
+//! two pages and a 10-bit count of the 4K module pages in the range,
+//! updated with atomics and no lock. The TDMR's 4K PAMT area is a bitmap
+//! with one bit per 4K page, set for pair pages and for every page of a
+//! reserved area (no 4K entry is PT_RSVD). Here a node's 4K entries are
+//! the `Mid`'s `leaves`, reset when a pair is installed and stale (all
+//! PT_NDA) while there is none; the bitmap is a set of pair frames plus
+//! the reserved areas.
 
-use std::sync::OnceLock;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::OnceLock,
+};
 
 use tdx_types::metadata::PamtPageType;
+
+use crate::memory::{ModuleUse, PAGE, PageState};
 
 use crate::locks::{AtomicU64, Busy, HeldStack, LockMode, LockSide, Ordering, SharexHp};
 
@@ -111,10 +128,20 @@ struct Gig {
 }
 
 #[derive(Debug)]
-struct Mid {
-    entry: Entry,
-    leaves: [Entry; SPAN],
+pub(crate) struct Mid {
+    pub(crate) entry: Entry,
+    pub(crate) leaves: [Entry; SPAN],
+    /// Dynamic PAMT, while `entry` is PT_PAMT: the pair's frames
+    /// (`page_hpa0`, `page_hpa1`) and the node's `page_count` (10 bits in
+    /// the module; the simulator keeps the whole value to catch a wrap).
+    pub(crate) pair: [AtomicU64; 2],
+    pub(crate) count: AtomicU64,
 }
+
+/// A count update the module treats as a fatal error
+/// (`pamt_inc_nl_page_count` from 512, `pamt_dec_nl_page_count` from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CountFatal(pub(crate) u64);
 
 /// A configured TDMR and its PAMT.
 #[derive(Debug)]
@@ -132,6 +159,11 @@ pub(crate) struct Tdmr {
     /// Per PAMT level: the frame up to which this TDMR's PAMT was marked
     /// private-dirty, and the cache generation of that marking.
     pub(crate) dirty_mark: std::sync::Mutex<[(u64, u64); 3]>,
+    /// Dynamic PAMT is on (TDH.SYS.CONFIG R8 bit 16).
+    pub(crate) dynamic: bool,
+    /// Dynamic PAMT: the frames of this TDMR whose bitmap bit is set as
+    /// PAMT pair pages (reserved pages' bits are the reserved areas).
+    bitmap: std::sync::Mutex<BTreeSet<u64>>,
     gigs: Box<[OnceLock<Box<Gig>>]>,
 }
 
@@ -167,12 +199,14 @@ impl TdmrSpec {
 }
 
 impl Tdmr {
-    pub(crate) fn new(s: TdmrSpec) -> Self {
+    pub(crate) fn new(s: TdmrSpec, dynamic: bool) -> Self {
         let gigs = (0..s.size / GIB).map(|_| OnceLock::new()).collect();
         Self {
             last_init: AtomicU64::new(s.base),
             init_lock: crate::locks::Mutex::new(),
             dirty_mark: std::sync::Mutex::new([(0, u64::MAX); 3]),
+            dynamic,
+            bitmap: std::sync::Mutex::default(),
             gigs,
             base: s.base,
             size: s.size,
@@ -198,21 +232,118 @@ impl Tdmr {
         })
     }
 
-    fn mid(&self, pa: u64) -> &Mid {
+    /// The 2 MiB block of `pa`: its 2M entry and the 4K entries below.
+    pub(crate) fn mid(&self, pa: u64) -> &Mid {
         let base_2m = pa & !((2 << 20) - 1);
         self.gig(pa).mids[mid_index(pa)].get_or_init(|| {
             Box::new(Mid {
                 entry: Entry::new(PamtPageType::NDA),
                 leaves: std::array::from_fn(|i| {
                     let p = base_2m + ((i as u64) << 12);
-                    Entry::new(if self.in_reserved(p) {
+                    // Dynamic PAMT has no PT_RSVD 4K entries: the bitmap
+                    // marks reserved pages (`pamt_init`).
+                    Entry::new(if !self.dynamic && self.in_reserved(p) {
                         PamtPageType::RSVD
                     } else {
                         PamtPageType::NDA
                     })
                 }),
+                pair: [AtomicU64::new(0), AtomicU64::new(0)],
+                count: AtomicU64::new(0),
             })
         })
+    }
+
+    /// The allocated 2 MiB block of `pa`, if any (no allocation).
+    fn mid_peek(&self, pa: u64) -> Option<&Mid> {
+        self.gigs[((pa - self.base) / GIB) as usize]
+            .get()
+            .and_then(|g| g.mids[mid_index(pa)].get().map(|m| &**m))
+    }
+
+    /// True if the 2M entry of `pa`'s range is a PT_PAMT node.
+    pub(crate) fn has_pair(&self, pa: u64) -> bool {
+        self.mid_peek(pa)
+            .is_some_and(|m| m.entry.pt() == PamtPageType::PAMT)
+    }
+
+    /// Whether the walk stops at a 2M entry of type `pt`: a 2M page in
+    /// either mode; with Dynamic PAMT, anything but a PT_PAMT node
+    /// (`pamt_walk`).
+    fn stops_at_2m(&self, pt: PamtPageType) -> bool {
+        if self.dynamic {
+            pt != PamtPageType::PAMT
+        } else {
+            pt == PamtPageType::REG
+        }
+    }
+
+    // ---- Dynamic PAMT: the bitmap ----------------------------------------
+
+    /// `dynamic_pamt_4k_bitmap_get`: the page at `pa` is a pair page or in
+    /// a reserved area.
+    pub(crate) fn bitmap_get(&self, pa: u64) -> bool {
+        self.in_reserved(pa) || self.bitmap().contains(&(pa / crate::memory::PAGE))
+    }
+
+    /// `dynamic_pamt_4k_bitmap_set`: atomically sets the bit of `pa`;
+    /// false if it was set already.
+    pub(crate) fn bitmap_set(&self, pa: u64) -> bool {
+        !self.in_reserved(pa) && self.bitmap().insert(pa / crate::memory::PAGE)
+    }
+
+    /// `dynamic_pamt_4k_bitmap_clear`.
+    pub(crate) fn bitmap_clear(&self, pa: u64) {
+        self.bitmap().remove(&(pa / crate::memory::PAGE));
+    }
+
+    /// Any bit set in the 2 MiB range at `pa` (`pamt_is_2mb_range_free`'s
+    /// bitmap test for a 2M PAGE.AUG).
+    fn bitmap_any_2m(&self, pa: u64) -> bool {
+        let f = pa / crate::memory::PAGE;
+        self.reserved
+            .iter()
+            .any(|&(s, e)| s < pa + (2 << 20) && pa < e)
+            || self.bitmap().range(f..f + SPAN as u64).next().is_some()
+    }
+
+    /// The frames whose bit is set as pair pages.
+    pub(crate) fn bitmap_frames(&self) -> Vec<u64> {
+        self.bitmap().iter().copied().collect()
+    }
+
+    fn bitmap(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.bitmap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- Dynamic PAMT: the node's count ----------------------------------
+
+    /// `pamt_inc_nl_page_count` / `pamt_dec_nl_page_count` for the 4K page
+    /// at `pa`: a no-op unless Dynamic PAMT is on and the range's node is
+    /// PT_PAMT. `Ok(true)` when a decrement took the count to 0 (the
+    /// removal hint); `Err` on the module's fatal error (an increment from
+    /// 512 or a decrement from 0).
+    pub(crate) fn count_add(&self, pa: u64, up: bool) -> Result<bool, CountFatal> {
+        if !self.dynamic {
+            return Ok(false);
+        }
+        let m = self.mid(pa);
+        if m.entry.pt() != PamtPageType::PAMT {
+            return Ok(false);
+        }
+        if up {
+            let old = m.count.fetch_add(1, Ordering::AcqRel);
+            if old >= SPAN as u64 {
+                return Err(CountFatal(old));
+            }
+            Ok(false)
+        } else {
+            let old = m.count.fetch_sub(1, Ordering::AcqRel);
+            if old == 0 || old > SPAN as u64 {
+                return Err(CountFatal(old));
+            }
+            Ok(old == 1)
+        }
     }
 
     /// The entry of `pa` at `level` (0 = 4K, 1 = 2M, 2 = 1G), allocating
@@ -240,9 +371,12 @@ impl Tdmr {
                 }
             }),
         };
+        if self.dynamic && level == 0 && !self.has_pair(pa) {
+            return PamtEntry::NDA;
+        }
         match e {
             Some(e) => e.get(),
-            None if level == 0 && self.in_reserved(pa) => PamtEntry::RSVD,
+            None if level == 0 && !self.dynamic && self.in_reserved(pa) => PamtEntry::RSVD,
             None => PamtEntry::NDA,
         }
     }
@@ -251,6 +385,12 @@ impl Tdmr {
     /// entry of the 2 MiB range at `pa` is NDA (read without locks, as the
     /// module does).
     pub(crate) fn range_2m_free(&self, pa: u64) -> bool {
+        if self.dynamic {
+            // No 4K entries without a pair (the caller found the 2M entry
+            // NDA): the range must hold no pair page and no reserved page
+            // (`pamt_is_2mb_range_free`, 8 bitmap qwords all 0).
+            return !self.bitmap_any_2m(pa);
+        }
         if self
             .reserved
             .iter()
@@ -276,8 +416,15 @@ impl Tdmr {
                     move |(m, mid)| {
                         let mpa = gpa + ((m as u64) << 21);
                         mid.get().into_iter().flat_map(move |mid| {
+                            // With Dynamic PAMT a range without a pair has no
+                            // 4K entries (the array holds stale NDA ones).
+                            let n = if self.dynamic && mid.entry.pt() != PamtPageType::PAMT {
+                                0
+                            } else {
+                                SPAN
+                            };
                             std::iter::once((1, mpa, &mid.entry)).chain(
-                                mid.leaves
+                                mid.leaves[..n]
                                     .iter()
                                     .enumerate()
                                     .map(move |(i, e)| (0, mpa + ((i as u64) << 12), e)),
@@ -320,8 +467,31 @@ impl Pamt {
         self.tdmrs.get().map_or(&[], |t| t)
     }
 
-    pub(crate) fn configure(&self, tdmrs: Vec<TdmrSpec>) {
-        let built: Box<[Tdmr]> = tdmrs.into_iter().map(Tdmr::new).collect();
+    /// Every 2M node that is PT_PAMT: (TDMR, range address, node).
+    pub(crate) fn pamt_nodes(&self) -> Vec<(&Tdmr, u64, &Mid)> {
+        let mut out = Vec::new();
+        for t in self.tdmrs().iter().filter(|t| t.dynamic) {
+            for (g, gig) in t.gigs.iter().enumerate() {
+                let Some(gig) = gig.get() else { continue };
+                for (m, mid) in gig.mids.iter().enumerate() {
+                    if let Some(mid) = mid.get()
+                        && mid.entry.pt() == PamtPageType::PAMT
+                    {
+                        out.push((t, t.base + g as u64 * GIB + ((m as u64) << 21), &**mid));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// True if Dynamic PAMT is on (TDH.SYS.CONFIG succeeded with it).
+    pub(crate) fn dynamic(&self) -> bool {
+        self.tdmrs().first().is_some_and(|t| t.dynamic)
+    }
+
+    pub(crate) fn configure(&self, tdmrs: Vec<TdmrSpec>, dynamic: bool) {
+        let built: Box<[Tdmr]> = tdmrs.into_iter().map(|s| Tdmr::new(s, dynamic)).collect();
         assert!(self.tdmrs.set(built).is_ok(), "configured twice");
     }
 
@@ -336,7 +506,8 @@ impl Pamt {
 
 /// `pamt_walk`: takes the 1G entry shared, then (unless the walk ends
 /// there) the 2M entry shared, then the 4K entry in `mode`; a walk ends at
-/// the first PT_REG entry or at `target` if given, promoting that entry's
+/// the first PT_REG entry (with Dynamic PAMT: at a 2M entry that is not a
+/// PT_PAMT node) or at `target` if given, promoting that entry's
 /// shared lock to exclusive when `mode` asks for it. Each lock taken is
 /// pushed on `held` (so the leaf's end releases it, as `pamt_unwalk` does).
 /// Returns the entry and its level.
@@ -363,7 +534,7 @@ pub(crate) fn walk<'s>(
     if side == LockSide::Host && matches!(target, None | Some(0)) {
         let m = t.mid(pa);
         let l = &m.leaves[leaf_index(pa)];
-        let small = || g.entry.pt() != PamtPageType::REG && m.entry.pt() != PamtPageType::REG;
+        let small = || g.entry.pt() != PamtPageType::REG && !t.stops_at_2m(m.entry.pt());
         if small() {
             // The leaf's own shared hold goes in a slot only for the pages
             // every leaf on a TD or vCPU takes shared (its TDR, its TDVPR):
@@ -395,11 +566,89 @@ pub(crate) fn walk<'s>(
     }
     let m = t.mid(pa);
     take(&m.entry, LockMode::Shared, held)?;
-    if m.entry.pt() == PamtPageType::REG || target == Some(1) {
+    if t.stops_at_2m(m.entry.pt()) || target == Some(1) {
         promote(held)?;
         return Ok((&m.entry, 1));
     }
     let l = &m.leaves[leaf_index(pa)];
     take(l, mode, held)?;
     Ok((l, 0))
+}
+
+impl crate::state::Shared {
+    /// Dynamic PAMT: each PT_PAMT node's pair pages serve that range only,
+    /// have their bitmap bit set, are free in the PAMT and owned by the
+    /// module as pair pages; the node's count is the number of 4K pages in
+    /// use below it; every bitmap bit set (reserved pages aside) and every
+    /// frame the module owns as a pair page is one of those pair pages.
+    pub(crate) fn check_pamt_pairs(&self) -> Result<(), String> {
+        let s = self;
+        let mut pair_of: HashMap<u64, u64> = HashMap::new();
+        for (_, range, mid) in s.pamt.pamt_nodes() {
+            for i in 0..2 {
+                let f = mid.pair[i].load(Ordering::Relaxed);
+                if let Some(other) = pair_of.insert(f, range) {
+                    return Err(format!(
+                        "pair page {f:#x} serves the 2 MiB ranges at {other:#x} and {range:#x}"
+                    ));
+                }
+                let pa = f * PAGE;
+                let Some(pt) = s.pamt.block(pa) else {
+                    return Err(format!("pair page {f:#x} of {range:#x} is in no TDMR"));
+                };
+                if !pt.bitmap_get(pa) {
+                    return Err(format!("pair page {f:#x} of {range:#x}: bitmap bit clear"));
+                }
+                let own = pt.peek(0, pa).pt;
+                if own != PamtPageType::NDA
+                    || pt.peek(1, pa).pt == PamtPageType::REG
+                    || pt.peek(2, pa).pt == PamtPageType::REG
+                {
+                    return Err(format!(
+                        "pair page {f:#x} of {range:#x} is also in use ({own:?} or a large page)"
+                    ));
+                }
+                if !s.mem.owned_all(f, f + 1, |u| u == ModuleUse::PamtPair)
+                    || s.mem.state(f) != Some(PageState::Module)
+                {
+                    return Err(format!(
+                        "pair page {f:#x} of {range:#x} is not the module's ({:?})",
+                        s.mem.state(f)
+                    ));
+                }
+            }
+            let used = mid
+                .leaves
+                .iter()
+                .filter(|e| e.pt() != PamtPageType::NDA)
+                .count() as u64;
+            let count = mid.count.load(Ordering::Relaxed);
+            if count != used {
+                return Err(format!(
+                    "the 2 MiB range at {range:#x}: count {count}, {used} pages in use"
+                ));
+            }
+        }
+        for t in s.pamt.tdmrs() {
+            if let Some(f) = t
+                .bitmap_frames()
+                .into_iter()
+                .find(|f| !pair_of.contains_key(f))
+            {
+                return Err(format!(
+                    "bitmap bit of frame {f:#x} set, but it is no pair page"
+                ));
+            }
+        }
+        for sh in s.mem.lock_all() {
+            for (a, b, u) in sh.owned() {
+                if u == ModuleUse::PamtPair
+                    && let Some(f) = (a..b).find(|f| !pair_of.contains_key(f))
+                {
+                    return Err(format!("frame {f:#x} is owned as a pair page of no range"));
+                }
+            }
+        }
+        Ok(())
+    }
 }

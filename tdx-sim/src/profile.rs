@@ -10,6 +10,10 @@
 //! and CPUID lookup tables, and its TD_PARAMS CPUID rules (18 configurable
 //! leaves with CPUID(0x1F)'s topology check); its doc lists what of 1.5.05
 //! is not modelled.
+//! [`Profile::tdx_1_5_16`] is module 1.5.05 plus Dynamic PAMT, the feature
+//! Intel's module has from 1.5.16 on (TDX_FEATURES0 bit 36, TDH.SYS.CONFIG
+//! R8 bit 16, TDH.PHYMEM.PAMT.ADD/REMOVE); nothing else of 1.5.16 is
+//! modelled.
 //! [`Profile::tdx_1_5_ext`] is a newer module with the Extensions feature: a
 //! memory pool the host must donate to (TDH.EXT.MEM.ADD) and EXT_REQUIRED
 //! (TDH.EXT.INIT).
@@ -357,6 +361,24 @@ impl Profile {
         p
     }
 
+    /// Intel TDX module 1.5.16+ as far as Dynamic PAMT goes, from its source
+    /// (`tdh_phymem_pamt_add.c`, `tdh_phymem_pamt_remove.c`,
+    /// `pamt_manager.c`, `tdh_sys_config.c`, `tdh_sys_tdmr_init.c`, read
+    /// in the 1.5.25 drop): module 1.5.05's behaviour plus
+    /// TDX_FEATURES0.DYNAMIC_PAMT (bit 36), the metadata fields
+    /// PAMT_PAGE_BITMAP_ENTRY_BITS (1) and MIN_DYNAMIC_PAMT_NUM_HKID_BITS,
+    /// TDH.SYS.CONFIG's R8 bit 16 and TDH.PHYMEM.PAMT.ADD/REMOVE. Without
+    /// bit 16 in TDH.SYS.CONFIG it behaves as [`Profile::tdx_1_5_05`] (a
+    /// static PAMT). Its version number is 1.5.16; its other changes since
+    /// 1.5.05 are not modelled.
+    pub fn tdx_1_5_16() -> Self {
+        let mut p = Self::tdx_1_5_05();
+        p.name = "tdx-1.5.16";
+        p.version = (1, 5, 16);
+        p.features0 = p.features0.with_dynamic_pamt(true);
+        p
+    }
+
     /// A module with Extensions: module 1.5.05's behaviour plus
     /// TDX_FEATURES0.EXT, a memory pool of 1000 pages (more than one
     /// 512-entry TDH.EXT.MEM.ADD window), EXT_REQUIRED, and the 2026
@@ -376,11 +398,12 @@ impl Profile {
     }
 
     /// The profile named `name` (`"tdx-1.5"` for 1.5.01, `"tdx-1.5.05"`,
-    /// `"tdx-1.5-ext"`).
+    /// `"tdx-1.5.16"`, `"tdx-1.5-ext"`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "tdx-1.5" => Some(Self::tdx_1_5()),
             "tdx-1.5.05" => Some(Self::tdx_1_5_05()),
+            "tdx-1.5.16" => Some(Self::tdx_1_5_16()),
             "tdx-1.5-ext" => Some(Self::tdx_1_5_ext()),
             _ => None,
         }
@@ -396,6 +419,11 @@ impl Profile {
     /// True if the module has Extensions (TDX_FEATURES0 bit 39).
     pub fn has_ext(&self) -> bool {
         self.features0.ext()
+    }
+
+    /// True if the module has Dynamic PAMT (TDX_FEATURES0 bit 36).
+    pub fn has_dynamic_pamt(&self) -> bool {
+        self.features0.dynamic_pamt()
     }
 
     /// True if the dispatcher lets `leaf` through with a version above 0.
@@ -442,6 +470,12 @@ impl Profile {
                 field::PAMT_1G_ENTRY_SIZE,
                 u64::from(self.pamt_entry_size[2]),
             ),
+            // Dynamic PAMT's two fields (class TDMR_INFO, codes 19 and 20)
+            // follow; filtered out below for a module without it.
+            (field::PAMT_PAGE_BITMAP_ENTRY_BITS, 1),
+            // max(MAX_PA - 48, 0): the machine's MAX_PA is filled in when
+            // the simulator is built.
+            (field::MIN_DYNAMIC_PAMT_NUM_HKID_BITS, 0),
             (field::TDR_BASE_SIZE, u64::from(self.tdr_base_size)),
             (field::TDCS_BASE_SIZE, u64::from(self.tdcs_base_size)),
             (field::TDVPS_BASE_SIZE, u64::from(self.tdvps_base_size)),
@@ -453,6 +487,15 @@ impl Profile {
             (field::CONFIG_FLAGS_FIXED0, self.config_flags_fixed0),
             (field::CONFIG_FLAGS_FIXED1, self.config_flags_fixed1),
         ];
+        if !self.has_dynamic_pamt() {
+            f.retain(|(id, _)| {
+                ![
+                    field::PAMT_PAGE_BITMAP_ENTRY_BITS,
+                    field::MIN_DYNAMIC_PAMT_NUM_HKID_BITS,
+                ]
+                .contains(id)
+            });
+        }
         if let Some(n) = self.max_vcpus_per_td {
             f.push((field::MAX_VCPUS_PER_TD, u64::from(n)));
         }

@@ -165,6 +165,25 @@ impl Simulator {
         self.s.sys.state()
     }
 
+    /// True once TDH.SYS.CONFIG enabled Dynamic PAMT (R8 bit 16, on a
+    /// profile that has it: [`Profile::tdx_1_5_16`](crate::Profile::tdx_1_5_16)).
+    pub fn dynamic_pamt(&self) -> bool {
+        self.s.pamt.dynamic()
+    }
+
+    /// Dynamic PAMT: the PAMT page pair of the 2 MiB range holding `pfn`
+    /// and the module's count of 4K pages in use in it, or `None` if the
+    /// range has none (or is outside the initialized TDMRs).
+    pub fn pamt_pair(&self, pfn: Pfn) -> Option<([Pfn; 2], u64)> {
+        let pa = pfn.as_u64().checked_mul(PAGE)?;
+        let t = self.s.pamt.block(pa)?;
+        t.has_pair(pa).then(|| {
+            let m = t.mid(pa);
+            let f = |i: usize| Pfn::new(m.pair[i].load(Ordering::Relaxed));
+            ([f(0), f(1)], m.count.load(Ordering::Relaxed))
+        })
+    }
+
     /// The state of `hkid` in the module's key ownership table.
     pub fn kot_state(&self, hkid: u16) -> KotState {
         self.s.kot.data().get(hkid)
@@ -720,7 +739,7 @@ impl Simulator {
         if let Some((tdr, n)) = charged.into_iter().find(|&(_, n)| n != 0) {
             return Err(format!("{n} pages are charged to {tdr:#x}, which is no TD"));
         }
-        Ok(())
+        s.check_pamt_pairs()
     }
 
     /// Approximate bytes of host memory the simulator's own state uses

@@ -177,6 +177,10 @@ pub(crate) struct Sys {
     /// The host took PAMT memory back (after a failed bring-up): the module
     /// must be reloaded before it is used again.
     abandoned: AtomicBool,
+    /// `dynamic_pamt_enabled`: R8 bit 16 of the last TDH.SYS.CONFIG that
+    /// got past its R8 checks (kept if that call then failed, as in
+    /// `tdh_sys_config.c`).
+    pub(crate) dynamic_pamt: AtomicBool,
     /// Metadata fields in walk order, and their index.
     pub(crate) fields: Vec<(MdFieldId, u64)>,
     pub(crate) field_index: HashMap<u64, usize>,
@@ -197,6 +201,14 @@ impl Sys {
             .filter(|f| f.0 == field::ATTRIBUTES_FIXED0)
         {
             f.1 = m.desc.attributes_fixed0();
+        }
+        // MIN_DYNAMIC_PAMT_NUM_HKID_BITS = max(MAX_PA - 48, 0)
+        // (`metadata_sys.c`, module 1.5.16+).
+        for f in fields
+            .iter_mut()
+            .filter(|f| f.0 == field::MIN_DYNAMIC_PAMT_NUM_HKID_BITS)
+        {
+            f.1 = u64::from(m.desc.phys_addr_bits.saturating_sub(48));
         }
         // The CMR array: NUM_CMRS is the array size (32), as module 1.5 reports it.
         fields.push((field::NUM_CMRS, crate::machine::MAX_CMRS as u64));
@@ -225,6 +237,7 @@ impl Sys {
             }),
             global_hkid: AtomicU32::new(u32::MAX),
             abandoned: AtomicBool::new(false),
+            dynamic_pamt: AtomicBool::new(false),
             fields,
             field_index,
         }
@@ -461,6 +474,13 @@ impl Shared {
     /// Records a rule break.
     pub(crate) fn violation(&self, v: Violation) {
         self.violations().push(v);
+    }
+
+    /// The module's fatal error: recorded, and the module shuts down (every
+    /// later SEAMCALL but TDH.SYS.LP.SHUTDOWN is `TDX_SYS_SHUTDOWN`).
+    pub(crate) fn fatal(&self, leaf: tdx_types::Leaf, what: String) {
+        self.violation(Violation::ModuleFatalError { leaf: leaf.0, what });
+        self.sys.set_state(SysState::Shutdown);
     }
 
     pub(crate) fn violations(&self) -> MutexGuard<'_, Vec<Violation>> {

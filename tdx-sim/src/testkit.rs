@@ -32,12 +32,30 @@ pub fn pamt_sizes(size: u64) -> [u64; 3] {
     [12, 21, 30].map(|shift| ((size >> shift) * 16).next_multiple_of(PAGE))
 }
 
+/// PAMT bytes per level (4K, 2M, 1G) with Dynamic PAMT: the 4K area is the
+/// module's bitmap, one bit per 4K page (`size / 32768` bytes), each
+/// rounded up to 4 KiB (`tdh_sys_config.c`, module 1.5.16+).
+pub fn pamt_sizes_dynamic(size: u64) -> [u64; 3] {
+    let [_, p2m, p1g] = pamt_sizes(size);
+    [(size >> 15).next_multiple_of(PAGE), p2m, p1g]
+}
+
+/// [`simple_layout`] with PAMT areas sized for Dynamic PAMT
+/// ([`pamt_sizes_dynamic`]).
+pub fn simple_layout_dynamic(memory: &[(u64, u64)], max_gib: u64) -> Vec<TdmrInfo> {
+    layout_with(memory, max_gib, pamt_sizes_dynamic)
+}
+
 /// One TDMR per 1 GiB-aligned stretch of `memory` of at most `max_gib` GiB,
 /// with its PAMT (4K, 2M, 1G levels back to back, as Linux lays them out)
 /// at the top of the TDMR, covered by one reserved area. Memory ranges must
 /// be 1 GiB aligned. Returns the TDMR_INFOs; the PAMT frames are not
 /// allocated.
 pub fn simple_layout(memory: &[(u64, u64)], max_gib: u64) -> Vec<TdmrInfo> {
+    layout_with(memory, max_gib, pamt_sizes)
+}
+
+fn layout_with(memory: &[(u64, u64)], max_gib: u64, sizes: fn(u64) -> [u64; 3]) -> Vec<TdmrInfo> {
     let mut out = Vec::new();
     for &(s, e) in memory {
         assert!(
@@ -47,7 +65,7 @@ pub fn simple_layout(memory: &[(u64, u64)], max_gib: u64) -> Vec<TdmrInfo> {
         let mut base = s;
         while base < e {
             let size = (e - base).min(max_gib * GIB);
-            let [p4k, p2m, p1g] = pamt_sizes(size);
+            let [p4k, p2m, p1g] = sizes(size);
             let total = p4k + p2m + p1g;
             let pamt = base + size - total;
             let mut t = TdmrInfo::with_range(base, size);
@@ -75,6 +93,9 @@ pub struct BringUpOptions {
     /// Donate the extension pool and run TDH.EXT.INIT when the module has
     /// Extensions.
     pub init_ext: bool,
+    /// Enable Dynamic PAMT in TDH.SYS.CONFIG (R8 bit 16; the profile must
+    /// have it, e.g. [`Profile::tdx_1_5_16`]).
+    pub dynamic_pamt: bool,
 }
 
 impl Default for BringUpOptions {
@@ -84,6 +105,7 @@ impl Default for BringUpOptions {
             skip_wbinvd: false,
             init_tdmrs: true,
             init_ext: true,
+            dynamic_pamt: false,
         }
     }
 }
@@ -175,7 +197,9 @@ where
             sim,
             Hpa::new(report.tdmr_array),
             tdmrs.len() as u64,
-            SysConfigKeyId::new().with_hkid(keyid),
+            SysConfigKeyId::new()
+                .with_hkid(keyid)
+                .with_dynamic_pamt(opts.dynamic_pamt),
         )
     });
     // The module keeps nothing of the TDMR_INFO pages: they go back.

@@ -66,6 +66,30 @@ pub enum Violation {
         /// The leaf number.
         leaf: u16,
     },
+    /// The module hit one of its fatal errors (`tdx_sanity_check`,
+    /// "Module shutdown initiated"): a host did something the module does
+    /// not survive, e.g. TDH.PHYMEM.PAMT.REMOVE while a removal in the
+    /// range was still running. The module is shut down afterwards.
+    ModuleFatalError {
+        /// The leaf number.
+        leaf: u16,
+        /// What the module found.
+        what: String,
+    },
+    /// TDH.PHYMEM.PAMT.REMOVE of a 2 MiB range while another leaf was
+    /// taking a page of that range back (its 4K entry locked by a removal
+    /// in flight): the module has no lock that excludes it, and depending
+    /// on timing it fails, shuts down, or returns the pair while the other
+    /// leaf still writes a lock word inside it (Intel TDX module 1.5.16+,
+    /// `tdh_phymem_pamt_remove.c`, `tdh_mem_page_remove.c`). A host must
+    /// issue PAMT.REMOVE only after every removal SEAMCALL of the range
+    /// returned.
+    PamtRemoveRacedRemoval {
+        /// The 2 MiB range.
+        range: u64,
+        /// The page being removed.
+        pfn: u64,
+    },
     /// The host leaked a page it did not own.
     LeakedPageNotOwned {
         /// The frame.
@@ -111,6 +135,16 @@ impl fmt::Display for Violation {
                 f,
                 "{} after the host took the PAMT memory back (the module must be reloaded first)",
                 tdx_types::Leaf(*leaf)
+            ),
+            Self::ModuleFatalError { leaf, what } => write!(
+                f,
+                "{}: module fatal error: {what} (module shut down)",
+                tdx_types::Leaf(*leaf)
+            ),
+            Self::PamtRemoveRacedRemoval { range, pfn } => write!(
+                f,
+                "TDH.PHYMEM.PAMT.REMOVE of the 2 MiB range at {range:#x} while the removal of \
+                 frame {pfn:#x} in it was still running"
             ),
             Self::LeakedPageNotOwned { pfn, state } => {
                 write!(f, "host leaked frame {pfn:#x}, which was {state:?}")

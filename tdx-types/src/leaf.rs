@@ -113,9 +113,9 @@ leaves! {
     SYS_UPDATE = 53 => "TDH.SYS.UPDATE",
     /// From a third-party list only; not in the module 1.5.01 source.
     SYS_S4_END = 54 => "TDH.SYS.S4.END",
-    /// Dynamic PAMT (module 2.0 tree).
+    /// Dynamic PAMT (Intel TDX module 1.5.16+, `tdx_api_defs.h`).
     PHYMEM_PAMT_ADD = 58 => "TDH.PHYMEM.PAMT.ADD",
-    /// Dynamic PAMT (module 2.0 tree).
+    /// Dynamic PAMT (Intel TDX module 1.5.16+, `tdx_api_defs.h`).
     PHYMEM_PAMT_REMOVE = 59 => "TDH.PHYMEM.PAMT.REMOVE",
     /// Module Extensions (2026 series).
     EXT_INIT = 60 => "TDH.EXT.INIT",

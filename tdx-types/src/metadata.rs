@@ -84,6 +84,10 @@
 //! - `S-MOD-1505`: `include/auto_gen/tdr_tdcs_fields_lookup.h` of module
 //!   1.5.05 (the `TDX 1.5.05` commit of `intel/tdx-module`'s history):
 //!   fields 1.5.01 does not have.
+//! - `S-MOD-1516`: `include/auto_gen_1_5/global_sys_fields_lookup.h` and
+//!   `.c` and `src/common/metadata_handlers/metadata_sys.c` of Intel TDX
+//!   module 1.5.16+ source (the Dynamic PAMT fields; read in the 1.5.25
+//!   drop).
 
 use core::fmt;
 use core::ops::Range;
@@ -717,7 +721,7 @@ pub fn lookup(id: MdFieldId) -> Option<FieldRef> {
 pub use field::ALL_FIELDS;
 
 /// Number of named field IDs in [`field`] (the length of [`ALL_FIELDS`]).
-pub const NAMED_FIELD_COUNT: usize = 82;
+pub const NAMED_FIELD_COUNT: usize = 83;
 
 const _: () = assert!(ALL_FIELDS.len() == NAMED_FIELD_COUNT);
 
@@ -885,15 +889,17 @@ pub mod field {
         /// `no_downgrade` (u8): prototype only. [S-OLD-PROTO]
         NO_DOWNGRADE = MdFieldId::from_raw(0x8900_0000_0000_0002)
             => ("no_downgrade", U8, Global, SCALAR, "S-OLD-PROTO");
-        /// `tdmr.pamt_page_bitmap_entry_bits` (u8, Dynamic PAMT only): bits per 4K page in the PAMT bitmap. [S-DPAMT-v6]
+        /// `tdmr.pamt_page_bitmap_entry_bits` (u8, Dynamic PAMT only): bits per 4K page in the PAMT bitmap (1). [S-MOD-1516; S-DPAMT-v6]
         ///
-        /// **Width disagreement:** the reference gives the Linux member as
-        /// `u8`, but this ID's `ELEMENT_SIZE_CODE` is 1 (16 bits). The ID is
-        /// kept exactly as the reference gives it; the module zero-extends
-        /// the 16-bit value, and a reader storing it in a `u8` must check it
-        /// fits.
-        PAMT_PAGE_BITMAP_ENTRY_BITS = MdFieldId::from_raw(0x9100_0001_0000_0013)
-            => ("tdmr.pamt_page_bitmap_entry_bits", U8, Global, SCALAR, "S-DPAMT-v6");
+        /// The module's own ID (8-bit element). Linux v6 reads it as
+        /// `0x9100000100000013` (a 16-bit size code); TDH.SYS.RD ignores
+        /// the element-size bits and matches class and field code only
+        /// (`metadata_generic.c`), so both read the same value.
+        PAMT_PAGE_BITMAP_ENTRY_BITS = MdFieldId::from_raw(0x9100_0000_0000_0013)
+            => ("tdmr.pamt_page_bitmap_entry_bits", U8, Global, SCALAR, "S-MOD-1516; S-DPAMT-v6");
+        /// `tdmr.min_dynamic_pamt_num_hkid_bits` (u8, Dynamic PAMT only): the fewest MK-TME KeyID bits with which TDH.SYS.CONFIG accepts Dynamic PAMT, `max(MAX_PA - 48, 0)`. [S-MOD-1516]
+        MIN_DYNAMIC_PAMT_NUM_HKID_BITS = MdFieldId::from_raw(0x9100_0000_0000_0014)
+            => ("tdmr.min_dynamic_pamt_num_hkid_bits", U8, Global, SCALAR, "S-MOD-1516");
         /// `ext.memory_pool_required_pages` (u32), **Jun 2026** ID: pages the module extensions need. [S-QUOTE-v2 04]
         EXT_MEMORY_POOL_REQUIRED_PAGES = MdFieldId::from_raw(0x3100_0002_0000_0000)
             => ("ext.memory_pool_required_pages", U32, Global, SCALAR, "S-QUOTE-v2 04");
@@ -1867,10 +1873,11 @@ impl PamtPageType {
     pub const TDVPR: Self = Self(6);
     /// `PT_EPT` (8): a Secure-EPT page.
     pub const EPT: Self = Self(8);
-    /// `PT_PAMT` (15): **module 2.0 tree only** (not 1.5.01): a 2M node with
-    /// Dynamic PAMT backing (`page_type_t` in
-    /// `src/common/memory_handlers/pamt_manager.h` of the 2.0-era tree of
-    /// `intel/tdx-module`, commit `1666adc4`).
+    /// `PT_PAMT` (15), Dynamic PAMT (Intel TDX module 1.5.16+, not
+    /// 1.5.01): a 2M entry whose 4K entries live in a PAMT page pair
+    /// (`page_type_t`, `src/common/memory_handlers/pamt_manager.h`).
+    /// TDH.PHYMEM.PAGE.RDMD also reports a pair page, and with Dynamic PAMT
+    /// a reserved-area page, as this type.
     pub const PAMT: Self = Self(15);
 
     /// The module's name for this type (`"PT_TDR"`), or `None`.
@@ -1940,7 +1947,7 @@ mod tests {
 
     // The known disagreements between the reference's stated Linux type and
     // the element size encoded in the ID. Kept as the reference gives them.
-    const WIDTH_DISAGREEMENTS: &[MdFieldId] = &[PAMT_PAGE_BITMAP_ENTRY_BITS];
+    const WIDTH_DISAGREEMENTS: &[MdFieldId] = &[];
 
     #[test]
     fn decode_max_tdmrs() {
@@ -2201,10 +2208,10 @@ mod tests {
 
     #[test]
     fn named_field_count() {
-        assert_eq!(ALL_FIELDS.len(), 82);
-        assert_eq!(NAMED_FIELD_COUNT, 82);
+        assert_eq!(ALL_FIELDS.len(), 83);
+        assert_eq!(NAMED_FIELD_COUNT, 83);
         let count = |scope| ALL_FIELDS.iter().filter(|f| f.scope == scope).count();
-        assert_eq!(count(FieldScope::Global), 39);
+        assert_eq!(count(FieldScope::Global), 40);
         assert_eq!(count(FieldScope::Td), 34);
         assert_eq!(count(FieldScope::Vcpu), 9);
     }
@@ -2239,10 +2246,10 @@ mod tests {
             .iter()
             .filter(|f| f.scope == FieldScope::Global && f.declared_width.is_some())
             .count();
-        assert_eq!(checked, 37);
+        assert_eq!(checked, 38);
         assert_eq!(
             PAMT_PAGE_BITMAP_ENTRY_BITS.element_size(),
-            ElementSize::Bits16
+            ElementSize::Bits8
         );
     }
 

@@ -394,18 +394,36 @@ impl HpaArrayT {
     }
 }
 
-/// R8 of TDH.SYS.CONFIG: the global private KeyID in bits 15:0; in the
-/// module 2.0 tree bit 16 turns on Dynamic PAMT. Other bits reserved.
+/// R8 of TDH.SYS.CONFIG (`sys_config_options`): the global private KeyID
+/// in bits 15:0; bit 16 turns on Dynamic PAMT (Intel TDX module 1.5.16+,
+/// `include/tdx_api_defs.h`; a module without it, such as 1.5.01, refuses
+/// the bit as reserved with `TDX_OPERAND_INVALID|R8`). Bits 63:17
+/// reserved.
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct SysConfigKeyId {
     /// The global private KeyID.
     pub hkid: u16,
-    /// Dynamic PAMT (module 2.0 tree only).
+    /// Dynamic PAMT (module 1.5.16+; TDX_FEATURES0 bit 36). The module
+    /// also refuses it (`TDX_OPERAND_INVALID|R8`) when the KeyID start bit
+    /// (MAX_PA minus the MK-TME KeyID bits) is above 48
+    /// (`tdh_sys_config.c`).
     pub dynamic_pamt: bool,
     #[bits(47)]
     __reserved: u64,
 }
+
+/// Bit 62 of an output HPA: the Dynamic PAMT removal hint
+/// (`PAMT_REMOVAL_HINT`, `src/common/memory_handlers/pamt_manager.h`,
+/// Intel TDX module 1.5.16+). The module sets it when the page it took back
+/// was the last 4K module page of its 2 MiB range (the range's page count
+/// went from 1 to 0), so the range's PAMT page pair could now be removed
+/// with TDH.PHYMEM.PAMT.REMOVE. Returned ORed into RCX by
+/// TDH.MEM.PAGE.REMOVE, TDH.MEM.SEPT.REMOVE and TDH.MEM.PAGE.PROMOTE (the
+/// freed S-EPT page), and as R9 = 0 or this bit by
+/// TDH.PHYMEM.PAGE.RECLAIM. Advisory: a host keeps its own count per range;
+/// any output read as an address must have this bit masked off.
+pub const PAMT_REMOVAL_HINT: u64 = 1 << 62;
 
 /// RCX of TDH.SYS.SHUTDOWN: the handoff version in bits 15:0, and bit 16
 /// AVOID_COMPAT_SENSITIVE (only if TDX_FEATURES0 bit 47 is set).

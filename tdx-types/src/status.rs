@@ -123,15 +123,22 @@ status_codes! {
     PAGE_NOT_OWNED_BY_TD = 0xC000_0302_0000_0000,
     /// The page is not free.
     PAGE_NOT_FREE = 0xC000_0303_0000_0000,
-    /// Dynamic PAMT (TDX module 2.0 tree): the 2 MiB range is not free.
+    /// Dynamic PAMT (Intel TDX module 1.5.16+, `tdx_error_codes_defs.h`):
+    /// TDH.PHYMEM.PAMT.ADD of a 2 MiB range that already has a pair or is a
+    /// 2M/1G TD page.
     HPA_RANGE_NOT_FREE = 0xC000_0304_0000_0000,
-    /// Dynamic PAMT: the 2 MiB range has no PAMT page pair.
+    /// Dynamic PAMT: TDH.PHYMEM.PAMT.REMOVE of a 2 MiB range that has no
+    /// PAMT page pair.
     NO_PAMT_PAGE_PAIR = 0xC000_0305_0000_0000,
-    /// Dynamic PAMT: a PAMT page of the pair still describes pages in use.
+    /// Dynamic PAMT: TDH.PHYMEM.PAMT.REMOVE found a 4K entry in use in the
+    /// pair; the operand field is the page index (0 or 1), not a register.
     PAMT_PAGE_NOT_EMPTY = 0xC000_0306_0000_0000,
-    /// Dynamic PAMT: interrupted while updating the PAMT; call again.
+    /// Dynamic PAMT: TDH.IMPORT.MEM met a page whose range has no pair
+    /// (migration only); add the pair and call again.
     INTERRUPTED_PAMT = 0x8000_0307_0000_0000,
-    /// Dynamic PAMT: the page needs a PAMT page pair first (TDH.PHYMEM.PAMT.ADD).
+    /// Dynamic PAMT: a 4K page handed to the module lies in a 2 MiB range
+    /// with no PAMT page pair; add one (TDH.PHYMEM.PAMT.ADD) and call
+    /// again. Recoverable; the operand is the page's register.
     MISSING_PAMT_PAGE_PAIR = 0x8000_0308_0000_0000,
     /// A guest TDCALL kept meeting a lock the host holds with priority for
     /// longer than the TD's host-priority timeout: a TD exit of

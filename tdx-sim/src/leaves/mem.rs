@@ -167,6 +167,7 @@ fn sept_add_inner(
         // The new entry stays locked until the leaf ends, as in the module.
         sept::write_locked(slot.word, word(SeptState::NL_MAPPED, child));
         td.chldcnt.add(c.lp, 1);
+        c.pamt_count(pages[0], true);
         // The page is the module's: "nullified" in the outputs.
         flagged[0] = NULL_PA;
     }
@@ -222,8 +223,9 @@ pub(crate) fn sept_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     td.sept.free_page(cur);
     td.chldcnt.add(c.lp, -1);
     pe.set(PamtPageType::NDA, 0);
+    let hint = c.pamt_count(entry.pfn * PAGE, false);
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
-    a.rcx = entry.pfn * PAGE;
+    a.rcx = (entry.pfn * PAGE) | hint;
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -284,6 +286,7 @@ pub(crate) fn page_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     slot.word
         .store(word(SeptState::MAPPED, page), Ordering::Release);
     td.chldcnt.add(c.lp, 1);
+    c.pamt_count(a.r8, true);
     if let Some(h) = &mut td.ctl().measurement {
         h.update(MeasurementBlock::page_add(gpa).as_bytes());
     }
@@ -295,7 +298,10 @@ pub(crate) fn page_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// PAMT entry; the 512 4K entries below are read without locks).
 ///
 /// Module 1.5 maps 4K and 2M pages only (PINFO(0,1)); a 1G mapping is
-/// built by PROMOTE.
+/// built by PROMOTE. With Dynamic PAMT (module 1.5.16+) a 4K page needs its
+/// range's pair (`TDX_MISSING_PAMT_PAGE_PAIR|R8`) and counts in it; a 2M
+/// page's range must have no pair and hold no pair or reserved page
+/// (`PAGE_METADATA_INCORRECT|R8`).
 pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (rcx, rdx) = (a.rcx, a.rdx);
     (a.rcx, a.rdx) = (0, 0);
@@ -322,6 +328,9 @@ pub(crate) fn page_aug(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     // Not zeroed: `tdh_mem_page_aug.c` only maps the page; the guest's
     // TDG.MEM.PAGE.ACCEPT zeroes it (with the TD's key) before the TD can
     // read it.
+    if level == 0 {
+        c.pamt_count(a.r8, true);
+    }
     c.sim
         .mem
         .give_to_module(page, page + n, ModuleUse::Td, td.hkid(), false);
@@ -474,7 +483,8 @@ fn blocked_and_tracked(
 
 /// TDH.MEM.PAGE.REMOVE (`tdh_mem_page_remove.c`). Locks: TDR S:RDX, op state S, tree
 /// S, the entry, the page's PAMT entry at its mapping level (implicit X,
-/// `BUSY|RCX`).
+/// `BUSY|RCX`). With Dynamic PAMT a removed 4K page leaves its range's
+/// count, and RCX carries the removal hint (bit 62) when it was the last.
 pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let (rcx, rdx) = take_rcx_rdx(a);
     let (td, _, level, entry, w) = leaf_entry(c, a, rcx, rdx, 0)?;
@@ -485,8 +495,13 @@ pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     let n = pages_of(level);
     td.chldcnt.add(c.lp, -(n as i64));
     pe.set(PamtPageType::NDA, 0);
+    let hint = if level == 0 {
+        c.pamt_count(entry.pfn * PAGE, false)
+    } else {
+        0
+    };
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + n);
-    a.rcx = entry.pfn * PAGE;
+    a.rcx = (entry.pfn * PAGE) | hint;
     a.rdx = 0;
     Ok(TdxStatus::SUCCESS)
 }
@@ -501,6 +516,13 @@ pub(crate) fn page_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
 /// the leaf must be blocked and tracked (its block epoch read without a
 /// lock); the new entries are unblocked. R8..R11 keep their inputs (the
 /// module writes R9..R11 back as given when the TD has no L2 VMs).
+///
+/// Dynamic PAMT (module 1.5.16+): the new S-EPT page needs a pair for its
+/// own range (`TDX_MISSING_PAMT_PAGE_PAIR|R8`) and counts in it; a 2M→4K
+/// demote takes the demoted range's new pair in R12/R13 (checked after
+/// the new S-EPT page, with the 2M entry held X: `OPERAND_INVALID`,
+/// `OPERAND_ADDR_RANGE_ERROR`, `OPERAND_BUSY`, `PAGE_NOT_FREE` with R12 or
+/// R13), and the range's count becomes 512.
 ///
 /// The module returns `TDX_INTERRUPTED_RESTARTABLE` with RCX/RDX restored
 /// to their inputs when a host interrupt is pending before `pamt_demote`;
@@ -518,22 +540,47 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     blocked_and_tracked(td, a, entry, level, t.peek(level, pa).bepoch)?;
     let r8 = a.r8;
     let se = c.explicit(r8, OperandId::R8, 0, Exclusive, PamtPageType::NDA)?;
-    c.locked();
-    // pamt_demote: the big page's entry exclusively for the time it takes
-    // to hand its type and owner down to its 512 children.
-    let big = t.entry(level, pa);
-    let mark = c.held.mark();
-    c.held
-        .sharex_hp(&big.lock, Exclusive, LockSide::Host)
-        .map_err(|b| op(b.status(), OperandId::RCX))?;
     let tdr = td.tdr();
-    let step = pages_of(level - 1);
-    for i in 0..512 {
-        t.entry(level - 1, (entry.pfn + i * step) * PAGE)
-            .set(PamtPageType::REG, tdr);
+    let big = t.entry(level, pa);
+    if t.dynamic && level == 1 {
+        // Dynamic PAMT, 2M -> 4K (`pamt_demote`, module 1.5.16+): the 2M
+        // entry X, then the new pair in R12/R13 (no "inside the range"
+        // shortcut: a pair page in the demoted range meets its 2M entry
+        // held X), and the range gets the pair with all 512 pages counted.
+        c.held
+            .sharex_hp(&big.lock, Exclusive, LockSide::Host)
+            .map_err(|b| op(b.status(), OperandId::RCX))?;
+        let (p0, p1) = (a.r12, a.r13);
+        if !super::phymem::pair_page_ok(c, p0) {
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R12));
+        }
+        if !super::phymem::pair_page_ok(c, p1) {
+            return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R13));
+        }
+        let t0 = super::phymem::pair_page_block(c, p0, OperandId::R12)?;
+        let t1 = super::phymem::pair_page_block(c, p1, OperandId::R13)?;
+        super::phymem::pair_page_free(c, t0, p0, OperandId::R12)?;
+        super::phymem::pair_page_free(c, t1, p1, OperandId::R13)?;
+        super::phymem::pair_bitmap_set([(t0, p0, OperandId::R12), (t1, p1, OperandId::R13)])?;
+        c.locked();
+        super::phymem::install_pair(c, t.mid(pa), [p0, p1], 512, PamtPageType::REG, tdr);
+    } else {
+        c.locked();
+        // pamt_demote: the big page's entry exclusively for the time it
+        // takes to hand its type and owner down to its 512 children.
+        let mark = c.held.mark();
+        c.held
+            .sharex_hp(&big.lock, Exclusive, LockSide::Host)
+            .map_err(|b| op(b.status(), OperandId::RCX))?;
+        let step = pages_of(level - 1);
+        for i in 0..512 {
+            t.entry(level - 1, (entry.pfn + i * step) * PAGE)
+                .set(PamtPageType::REG, tdr);
+        }
+        big.set(PamtPageType::NDA, 0);
+        c.held.release_to(mark);
     }
-    big.set(PamtPageType::NDA, 0);
-    c.held.release_to(mark);
+    let step = pages_of(level - 1);
     let child_state = match entry.state {
         SeptState::BLOCKED | SeptState::MAPPED => SeptState::MAPPED,
         _ => SeptState::PENDING,
@@ -553,6 +600,7 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     }
     sept::write_locked(w, nl);
     td.chldcnt.add(c.lp, 1);
+    c.pamt_count(r8, true);
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -574,6 +622,11 @@ pub(crate) fn page_demote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
 /// page of the run in the same state, gives
 /// `TDX_EPT_INVALID_PROMOTE_CONDITIONS|RCX`; both with the details of the
 /// parent entry at the requested level, whichever child stopped it.
+///
+/// Dynamic PAMT (module 1.5.16+): a 4K→2M promote returns the merged
+/// range's pair in R12/R13 (written only in the all-register shape), and
+/// the freed S-EPT page leaves its range's count, RCX carrying the removal
+/// hint (bit 62) when it was the last page there.
 ///
 /// The module returns `TDX_INTERRUPTED_RESTARTABLE` with RCX/RDX restored
 /// to their inputs when a host interrupt is pending after the merge check;
@@ -650,6 +703,13 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
         t.entry(level - 1, (first.pfn + i * step) * PAGE)
             .set(PamtPageType::NDA, 0);
     }
+    if t.dynamic && level == 1 {
+        // Dynamic PAMT, 4K -> 2M (`pamt_promote`, module 1.5.16+): the
+        // node's pair goes back to the host in R12/R13, its count (512)
+        // with it; no TDH.PHYMEM.PAMT.REMOVE.
+        let [p0, p1] = super::phymem::release_pair(c, t.mid(base));
+        (a.r12, a.r13) = (p0, p1);
+    }
     big.set(PamtPageType::REG, td.tdr());
     c.held.release_to(mark);
     // The children's page goes away with their locks.
@@ -658,8 +718,9 @@ pub(crate) fn page_promote(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
     td.sept.free_page(cur);
     td.chldcnt.add(c.lp, -1);
     spe.set(PamtPageType::NDA, 0);
+    let hint = c.pamt_count(entry.pfn * PAGE, false);
     c.sim.mem.take_from_module(entry.pfn, entry.pfn + 1);
-    a.rcx = entry.pfn * PAGE;
+    a.rcx = (entry.pfn * PAGE) | hint;
     Ok(TdxStatus::SUCCESS)
 }
 

@@ -35,6 +35,7 @@ pub(crate) fn create(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let global = s.sys.global_hkid().unwrap_or(0);
     s.mem
         .give_to_module(tdr, tdr + 1, ModuleUse::Td, global, true);
+    c.pamt_count(a.rcx, true);
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -90,6 +91,7 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     td.ctl().tdcx.push(page);
     td.set_num_tdcx(n + 1);
     td.chldcnt.add(c.lp, 1);
+    c.pamt_count(a.rcx, true);
     Ok(TdxStatus::SUCCESS)
 }
 

@@ -41,6 +41,7 @@ pub(crate) mod vp;
 pub(crate) fn implements(profile: &Profile, leaf: Leaf) -> bool {
     match leaf {
         Leaf::EXT_MEM_ADD | Leaf::EXT_INIT => profile.has_ext(),
+        Leaf::PHYMEM_PAMT_ADD | Leaf::PHYMEM_PAMT_REMOVE => profile.has_dynamic_pamt(),
         Leaf::SYS_INIT
         | Leaf::SYS_LP_INIT
         | Leaf::SYS_RD
@@ -132,6 +133,8 @@ pub(crate) fn run(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         Leaf::PHYMEM_PAGE_RECLAIM => phymem::page_reclaim(c, a),
         Leaf::PHYMEM_PAGE_WBINVD => phymem::page_wbinvd(c, a),
         Leaf::PHYMEM_CACHE_WB => phymem::cache_wb(c, a),
+        Leaf::PHYMEM_PAMT_ADD => phymem::pamt_add(c, a),
+        Leaf::PHYMEM_PAMT_REMOVE => phymem::pamt_remove(c, a),
         _ => Err(TdxStatus::OPERAND_INVALID),
     }
 }

@@ -9,11 +9,12 @@ use crate::{
     kot::KotState,
     locks::{
         LockMode::{Exclusive, Shared},
-        LockSide,
+        LockSide, Ordering,
     },
-    memory::PAGE,
+    memory::{ModuleUse, PAGE},
     pamt,
     td::Lifecycle,
+    violation::Violation,
 };
 
 const MAX_PA: u64 = 1 << 52;
@@ -36,6 +37,11 @@ fn page_operand<'s>(c: &Call<'s>, pa: u64) -> Result<&'s pamt::Tdmr, TdxStatus> 
 /// TDH.PHYMEM.PAGE.RDMD. Locks: a PAMT walk shared to the page's actual
 /// leaf (RCX). Outputs: type, owner, level, and the block epoch of a
 /// private or S-EPT page (R9).
+///
+/// With Dynamic PAMT an NDA page whose bitmap bit is set (a pair page, or
+/// a reserved page) reads as PT_PAMT at 4K (`tdh_phymem_page_rdmd.c`,
+/// module 1.5.16+). Not modelled: the 2M/1G queries (RCX level 1/2) that
+/// mode allows, which report a node's pair in R10/R11.
 pub(crate) fn page_rdmd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let pa = a.rcx;
     (a.rcx, a.rdx, a.r8, a.r9, a.r10, a.r11) = (0, 0, 0, 0, 0, 0);
@@ -44,6 +50,10 @@ pub(crate) fn page_rdmd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         .map_err(|b| op(b.status(), OperandId::RCX))?;
     c.locked();
     let e = e.get();
+    if t.dynamic && e.pt == PamtPageType::NDA && t.bitmap_get(pa) {
+        a.rcx = u64::from(PamtPageType::PAMT.0);
+        return Ok(TdxStatus::SUCCESS);
+    }
     a.rcx = u64::from(e.pt.0);
     a.rdx = e.owner * PAGE;
     a.r8 = u64::from(level);
@@ -56,6 +66,11 @@ pub(crate) fn page_rdmd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// TDH.PHYMEM.PAGE.RECLAIM (`tdh_phymem_page_reclaim.c`). Locks: a PAMT walk exclusive to
 /// the page's actual leaf (RCX), then for a page other than a TDR the
 /// owner's TDR implicitly (shared, `BUSY|TDR`).
+///
+/// With Dynamic PAMT a reclaimed 4K page leaves its range's count, and R9
+/// is the removal hint (bit 62) when it was the last one, else 0; a page
+/// whose range has no pair is `PAGE_METADATA_INCORRECT|RCX` (the walk
+/// stops at the NDA 2M entry).
 pub(crate) fn page_reclaim(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let pa = a.rcx;
     (a.rcx, a.rdx, a.r8, a.r9, a.r10, a.r11) = (0, 0, 0, 0, 0, 0);
@@ -98,17 +113,23 @@ pub(crate) fn page_reclaim(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult
         }
     }
     e.set(PamtPageType::NDA, 0);
+    if level == 0 {
+        a.r9 = c.pamt_count(pa, false);
+    }
     s.mem.take_from_module(pfn, pfn + n);
     Ok(TdxStatus::SUCCESS)
 }
 
 /// TDH.PHYMEM.PAGE.WBINVD (`tdh_phymem_page_wbinvd.c`). Locks: the page, an NDA page,
-/// shared (explicit 4K walk, RCX).
+/// shared (explicit walk to the page's actual leaf, RCX). With Dynamic
+/// PAMT a page whose range has no pair passes (the walk ends at the NDA 2M
+/// entry, not "to target size"), and a pair or reserved page is
+/// `PAGE_METADATA_INCORRECT|RCX` (its bitmap bit).
 pub(crate) fn page_wbinvd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let m = &c.sim.machine;
     let keyid = m.hkid_of(a.rcx);
     let pa = a.rcx & !m.hkid_mask;
-    c.explicit(pa, OperandId::RCX, 0, Shared, PamtPageType::NDA)?;
+    c.explicit_walk(pa, OperandId::RCX, 0, Shared, PamtPageType::NDA, false)?;
     c.locked();
     let pfn = pa / PAGE;
     c.sim.mem.flush_keyid_range(pfn, pfn + 1, keyid as u16);
@@ -173,5 +194,237 @@ pub(crate) fn cache_wb(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             }
         }
     }
+    Ok(TdxStatus::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------
+// Dynamic PAMT: TDH.PHYMEM.PAMT.ADD and TDH.PHYMEM.PAMT.REMOVE
+// ---------------------------------------------------------------------------
+
+const SIZE_2M: u64 = 2 << 20;
+
+/// RCX of PAMT.ADD/REMOVE (`page_size_api_input_t`): level 1 (2M), bits
+/// 11:3 and 63:52 reserved, no KeyID bits, 2 MiB aligned
+/// (`TDX_OPERAND_INVALID|RCX`). Returns the range's HPA.
+fn range_operand(c: &Call<'_>, rcx: u64) -> Result<u64, TdxStatus> {
+    let hpa = rcx & !0xFFF & ((1 << 52) - 1);
+    let reserved = (rcx >> 3) & 0x1FF != 0 || rcx >> 52 != 0;
+    if rcx & 7 != 1 || reserved || c.sim.machine.has_hkid_bits(hpa) || !hpa.is_multiple_of(SIZE_2M)
+    {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    Ok(hpa)
+}
+
+/// A pair page's address checks (PAMT.ADD RDX/R8, DEMOTE R12/R13): no
+/// KeyID bits, 4 KiB aligned, below 2^MAX_PA (`TDX_OPERAND_INVALID|o`).
+pub(crate) fn pair_page_ok(c: &Call<'_>, pa: u64) -> bool {
+    let m = &c.sim.machine;
+    !m.has_hkid_bits(pa) && pa.is_multiple_of(PAGE) && pa >> m.desc.phys_addr_bits == 0
+}
+
+/// The TDMR whose initialized PAMT covers the pair page `pa`
+/// (`pamt_get_block`, `TDX_OPERAND_ADDR_RANGE_ERROR|o`).
+pub(crate) fn pair_page_block<'s>(
+    c: &Call<'s>,
+    pa: u64,
+    o: OperandId,
+) -> Result<&'s pamt::Tdmr, TdxStatus> {
+    c.sim
+        .pamt
+        .block(pa)
+        .ok_or(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, o))
+}
+
+/// A pair page must be free: the entry its 4K walk (shared) ends at is NDA
+/// (`<busy>|o`, `TDX_PAGE_NOT_FREE|o`). For a page whose own range has no
+/// pair the walk ends at that range's NDA 2M entry, which passes: pair
+/// pages need no pair of their own.
+pub(crate) fn pair_page_free<'s>(
+    c: &mut Call<'s>,
+    t: &'s pamt::Tdmr,
+    pa: u64,
+    o: OperandId,
+) -> Result<(), TdxStatus> {
+    let (e, _) = pamt::walk(t, pa, Some(0), Shared, LockSide::Host, &mut c.held)
+        .map_err(|b| op(b.status(), o))?;
+    if e.pt() != PamtPageType::NDA {
+        return Err(op(TdxStatus::PAGE_NOT_FREE, o));
+    }
+    Ok(())
+}
+
+/// The bitmap test-and-set of both pair pages (`PAGE_NOT_FREE|o0` / `|o1`;
+/// on the second failure the first bit is cleared again). A reserved page's
+/// bit is always set, so a reserved page fails here.
+pub(crate) fn pair_bitmap_set(pair: [(&pamt::Tdmr, u64, OperandId); 2]) -> Result<(), TdxStatus> {
+    let [(t0, p0, o0), (t1, p1, o1)] = pair;
+    if !t0.bitmap_set(p0) {
+        return Err(op(TdxStatus::PAGE_NOT_FREE, o0));
+    }
+    if !t1.bitmap_set(p1) {
+        t0.bitmap_clear(p0);
+        return Err(op(TdxStatus::PAGE_NOT_FREE, o1));
+    }
+    Ok(())
+}
+
+/// Installs `pair` as the node of the 2 MiB block `mid` with `count` pages
+/// and every 4K entry set to (`pt`, `owner`) (PAMT.ADD: NDA; DEMOTE: the
+/// demoted page's type and owner), and hands the two pages to the module
+/// (zeroed, written under the global KeyID).
+pub(crate) fn install_pair(
+    c: &Call<'_>,
+    mid: &pamt::Mid,
+    pair: [u64; 2],
+    count: u64,
+    pt: PamtPageType,
+    owner: u64,
+) {
+    let s = c.sim;
+    let global = s.sys.global_hkid().unwrap_or(0);
+    for p in pair {
+        let f = p / PAGE;
+        s.mem
+            .give_to_module(f, f + 1, ModuleUse::PamtPair, global, true);
+    }
+    for e in &mid.leaves {
+        e.set(pt, owner);
+    }
+    mid.pair[0].store(pair[0] / PAGE, Ordering::Relaxed);
+    mid.pair[1].store(pair[1] / PAGE, Ordering::Relaxed);
+    mid.count.store(count, Ordering::Release);
+    mid.entry.set(PamtPageType::PAMT, 0);
+}
+
+/// Takes the node's pair out of the bitmap and gives both pages back to
+/// the host (PAMT.REMOVE, PROMOTE). Returns the pair's addresses.
+pub(crate) fn release_pair(c: &Call<'_>, mid: &pamt::Mid) -> [u64; 2] {
+    let s = c.sim;
+    let pair = [0, 1].map(|i| mid.pair[i].load(Ordering::Relaxed) * PAGE);
+    for p in pair {
+        if let Some(t) = s.pamt.block(p) {
+            t.bitmap_clear(p);
+        }
+        s.mem.take_from_module(p / PAGE, p / PAGE + 1);
+    }
+    pair
+}
+
+/// TDH.PHYMEM.PAMT.ADD (`tdh_phymem_pamt_add.c`, Intel TDX module
+/// 1.5.16+): installs the PAMT page pair RDX (entries 0-255) and R8
+/// (256-511) for the 2 MiB range at RCX. Checks, in the module's order:
+/// Dynamic PAMT on (`OPERAND_INVALID|RAX`); RCX (`OPERAND_INVALID|RCX`);
+/// RDX (`OPERAND_INVALID|RDX`, `OPERAND_ADDR_RANGE_ERROR|RDX`); R8 (same
+/// with R8); the range in a TDMR (`OPERAND_ADDR_RANGE_ERROR|RCX`). Locks:
+/// the range's 1G entry S and 2M entry X (`BUSY|RCX`): the range must be
+/// neither a 2M/1G page nor have a pair (`HPA_RANGE_NOT_FREE|RCX`); then
+/// each pair page outside the range walked to 4K shared (`BUSY|RDX/R8`)
+/// and free (`PAGE_NOT_FREE|RDX/R8`); then the bitmap test-and-set of RDX
+/// and R8 (`PAGE_NOT_FREE`). No register is written.
+pub(crate) fn pamt_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let s = c.sim;
+    if !s.sys.dynamic_pamt.load(Ordering::Relaxed) {
+        return Err(TdxStatus::OPERAND_INVALID);
+    }
+    let hpa = range_operand(c, a.rcx)?;
+    let (p0, p1) = (a.rdx, a.r8);
+    if !pair_page_ok(c, p0) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
+    }
+    let t0 = pair_page_block(c, p0, OperandId::RDX)?;
+    if !pair_page_ok(c, p1) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    }
+    let t1 = pair_page_block(c, p1, OperandId::R8)?;
+    let t = s
+        .pamt
+        .block(hpa)
+        .ok_or(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX))?;
+    let (e, at) = pamt::walk(t, hpa, Some(1), Exclusive, LockSide::Host, &mut c.held)
+        .map_err(|b| op(b.status(), OperandId::RCX))?;
+    if at != 1 || e.pt() != PamtPageType::NDA {
+        return Err(op(TdxStatus::HPA_RANGE_NOT_FREE, OperandId::RCX));
+    }
+    for (tp, p, o) in [(t0, p0, OperandId::RDX), (t1, p1, OperandId::R8)] {
+        // A page inside the range is known free: the range is locked X
+        // and has no 4K pages.
+        if p & !(SIZE_2M - 1) != hpa {
+            pair_page_free(c, tp, p, o)?;
+        }
+    }
+    pair_bitmap_set([(t0, p0, OperandId::RDX), (t1, p1, OperandId::R8)])?;
+    c.locked();
+    install_pair(c, t.mid(hpa), [p0, p1], 0, PamtPageType::NDA, 0);
+    Ok(TdxStatus::SUCCESS)
+}
+
+/// TDH.PHYMEM.PAMT.REMOVE (`tdh_phymem_pamt_remove.c`, Intel TDX module
+/// 1.5.16+): takes the pair of the 2 MiB range at RCX back and returns it
+/// in RDX/R8. Checks: Dynamic PAMT on (`OPERAND_INVALID|RAX`); RCX
+/// (`OPERAND_INVALID|RCX`, `OPERAND_ADDR_RANGE_ERROR|RCX`); the 1G entry S
+/// and 2M entry X (`BUSY|RCX`); the range has a pair
+/// (`NO_PAMT_PAGE_PAIR|RCX`); the 256 entries of page 0, then of page 1,
+/// read without their locks, all NDA (`PAMT_PAGE_NOT_EMPTY` with operand
+/// 0 or 1, the page's index); then the node's count must be 0, else the
+/// module's fatal error.
+///
+/// The scan and the count check are separate steps in the module, and the
+/// removers (PAGE.REMOVE, SEPT.REMOVE, PROMOTE's S-EPT page) lock only
+/// their page's 4K entry, write it NDA, and decrement the count after: a
+/// PAMT.REMOVE between the two fails fatally or hands back a pair the
+/// remover still writes into. A leaf here runs its commit as one step, so
+/// the interleaving the simulator can show is the benign one (the removed
+/// page still in use: `PAMT_PAGE_NOT_EMPTY`); it records
+/// [`Violation::PamtRemoveRacedRemoval`] whenever PAMT.REMOVE meets a 4K
+/// entry of the range locked by such a removal, whatever the outcome
+/// (under the node's exclusive lock, only a node-less "implicit" holder can
+/// hold one). UNCONFIRMED on hardware: the window comes from reading the
+/// source.
+pub(crate) fn pamt_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
+    let s = c.sim;
+    if !s.sys.dynamic_pamt.load(Ordering::Relaxed) {
+        return Err(TdxStatus::OPERAND_INVALID);
+    }
+    let hpa = range_operand(c, a.rcx)?;
+    let t = s
+        .pamt
+        .block(hpa)
+        .ok_or(op(TdxStatus::OPERAND_ADDR_RANGE_ERROR, OperandId::RCX))?;
+    let (e, at) = pamt::walk(t, hpa, Some(1), Exclusive, LockSide::Host, &mut c.held)
+        .map_err(|b| op(b.status(), OperandId::RCX))?;
+    if at != 1 || e.pt() != PamtPageType::PAMT {
+        return Err(op(TdxStatus::NO_PAMT_PAGE_PAIR, OperandId::RCX));
+    }
+    let mid = t.mid(hpa);
+    let readers = &s.readers;
+    for (i, l) in mid.leaves.iter().enumerate() {
+        if l.lock.is_held(readers) && matches!(l.pt(), PamtPageType::REG | PamtPageType::EPT) {
+            s.violation(Violation::PamtRemoveRacedRemoval {
+                range: hpa,
+                pfn: hpa / PAGE + i as u64,
+            });
+            break;
+        }
+    }
+    for (half, leaves) in mid.leaves.chunks(256).enumerate() {
+        if leaves.iter().any(|l| l.pt() != PamtPageType::NDA) {
+            return Err(op(TdxStatus::PAMT_PAGE_NOT_EMPTY, OperandId(half as u32)));
+        }
+    }
+    let count = mid.count.load(Ordering::Acquire);
+    if count != 0 {
+        s.fatal(
+            c.leaf,
+            format!(
+                "the pair of the 2 MiB range at {hpa:#x} has no page in use but a count of {count}"
+            ),
+        );
+        return Err(TdxStatus::SYS_SHUTDOWN);
+    }
+    c.locked();
+    let [p0, p1] = release_pair(c, mid);
+    e.set(PamtPageType::NDA, 0);
+    (a.rdx, a.r8) = (p0, p1);
     Ok(TdxStatus::SUCCESS)
 }

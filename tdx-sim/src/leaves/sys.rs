@@ -151,7 +151,12 @@ pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     if n < 1 {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RDX));
     }
-    if a.r8 >> 16 != 0 || !m.is_private_hkid(a.r8) {
+    // R8: the global KeyID in bits 15:0; bit 16 enables Dynamic PAMT on a
+    // module that has it (1.5.16+: `sys_config_options`,
+    // `include/tdx_api_defs.h`); other bits reserved.
+    let dpamt_bit = s.machine.desc.profile.has_dynamic_pamt();
+    let reserved_from = if dpamt_bit { 17 } else { 16 };
+    if a.r8 >> reserved_from != 0 || !m.is_private_hkid(a.r8 & 0xFFFF) {
         return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
     }
     // Model choice: v1's R9 may only enable features the module has and
@@ -166,6 +171,14 @@ pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let hkid = a.r8 as u16;
     s.kot.data().state.insert(hkid, KotState::Reserved);
     s.sys.set_global_hkid(hkid);
+    // Dynamic PAMT (`tdh_sys_config.c`, module 1.5.16+): the flag is set
+    // with the other side effects, then refused if the KeyID start bit is
+    // above 48 (the node keeps pair addresses in 36-bit fields).
+    let dynamic = dpamt_bit && a.r8 & (1 << 16) != 0;
+    s.sys.dynamic_pamt.store(dynamic, Ordering::Relaxed);
+    if dynamic && m.hkid_start > 48 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::R8));
+    }
 
     let mut entries = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -191,7 +204,7 @@ pub(crate) fn config(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             s.mem.set_state(fa, fb, crate::memory::PageState::Module);
         }
     }
-    s.pamt.configure(tdmrs);
+    s.pamt.configure(tdmrs, dynamic);
     let mut d = s.sys.data();
     d.features = features;
     d.pkg_configured.fill(false);
@@ -267,9 +280,12 @@ fn check_tdmr(
         reserved.push((abs, abs_end));
         prev_area = Some((off, sz));
     }
-    // 8: PAMT addresses and sizes, 1G then 2M then 4K.
+    // 8: PAMT addresses and sizes, 1G then 2M then 4K. With Dynamic PAMT
+    // the 4K area is the bitmap: one bit per 4K page, TDMR size / 32768
+    // bytes (`check_pamt_addresses_and_size`, module 1.5.16+).
     let pamt = [info.pamt_4k(), info.pamt_2m(), info.pamt_1g()];
     let esz = m.desc.profile.pamt_entry_size;
+    let dynamic = s.sys.dynamic_pamt.load(Ordering::Relaxed);
     for l in LEVELS_1G_FIRST {
         let (pb, ps) = pamt[l];
         let bad = Err(detail(TdxStatus::INVALID_PAMT, i, l, 0));
@@ -286,7 +302,11 @@ fn check_tdmr(
             return bad;
         }
         // A zero-size PAMT fails here too: every level needs entries.
-        let required = (size >> (12 + 9 * l)) * u64::from(esz[l]);
+        let required = if dynamic && l == 0 {
+            size >> 15
+        } else {
+            (size >> (12 + 9 * l)) * u64::from(esz[l])
+        };
         if ps < required {
             return bad;
         }
@@ -406,6 +426,10 @@ pub(crate) fn key_config(c: &mut Call<'_>) -> LeafResult {
     Ok(TdxStatus::SUCCESS)
 }
 
+/// Bytes of TDMR one TDH.SYS.TDMR.INIT initializes with Dynamic PAMT on
+/// (`tdh_sys_tdmr_init.c`, module 1.5.16+: 4096 4K pages).
+const DPAMT_TDMR_INIT_CHUNK: u64 = 16 << 20;
+
 /// TDH.SYS.TDMR.INIT (`tdh_sys_tdmr_init.c`). Locks: the TDMR's mutex.
 pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     a.rdx = 0;
@@ -432,7 +456,14 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         return Err(TdxStatus::TDMR_ALREADY_INITIALIZED);
     }
     c.locked();
-    let chunk = s.machine.desc.profile.tdmr_init_chunk;
+    // With Dynamic PAMT a call initializes 4096 pages' worth (16 MiB):
+    // the bitmap bytes, with the reserved pages' bits set
+    // (`tdh_sys_tdmr_init.c`, `pamt_init`, module 1.5.16+).
+    let chunk = if t.dynamic {
+        DPAMT_TDMR_INIT_CHUNK
+    } else {
+        s.machine.desc.profile.tdmr_init_chunk
+    };
     let hkid = s.sys.global_hkid().unwrap_or(0);
     let from = last;
     let to = (from + chunk).min(t.end());
@@ -449,7 +480,12 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     for (l, &entry) in esz.iter().enumerate() {
         let (pb, psz) = t.pamt[l];
         let generation = s.mem.cache_generation(pb / PAGE, (pb + psz).div_ceil(PAGE));
-        let shift = 12 + 9 * l as u32;
+        // The bitmap: one byte per 8 pages.
+        let (shift, entry) = if t.dynamic && l == 0 {
+            (15, 1)
+        } else {
+            (12 + 9 * l as u32, entry)
+        };
         let first = (pb + (off_a >> shift) * u64::from(entry)) / PAGE;
         let last = (pb + off_b.div_ceil(1 << shift) * u64::from(entry)).div_ceil(PAGE);
         let (marked_to, marked_gen) = marks[l];

@@ -34,6 +34,7 @@ pub(crate) fn create(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
     c.sim.vcpus.insert(page, Vcpu::new(page));
     td.chldcnt.add(c.lp, 1);
+    c.pamt_count(a.rcx, true);
     Ok(TdxStatus::SUCCESS)
 }
 
@@ -73,6 +74,7 @@ pub(crate) fn addcx(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         .give_to_module(page, page + 1, ModuleUse::Td, td.hkid(), true);
     c.sim.vcpus.with(v, |vc| vc.pages.push(page));
     td.chldcnt.add(c.lp, 1);
+    c.pamt_count(a.rcx, true);
     Ok(TdxStatus::SUCCESS)
 }
 

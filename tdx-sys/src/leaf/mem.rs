@@ -5,18 +5,20 @@
 
 use tdx_types::{
     Leaf, Pfn, TdxStatus,
-    regs::{PageInfo, SeptDetails, TdrAndFlags},
+    regs::{PAMT_REMOVAL_HINT, PageInfo, SeptDetails, TdrAndFlags},
 };
 
-use super::{Completion, call_no_outputs, call_ret};
-use crate::args::{Seamcall, SeamcallArgs};
+use super::{Completion, call, call_no_outputs, call_ret};
+use crate::args::{RegShape, Seamcall, SeamcallArgs};
 
 /// RCX and RDX as a TDH.MEM.* leaf returns them.
 ///
 /// On a walk or state error they are the S-EPT details ([`SeptOut::details`]).
 /// On success, TDH.MEM.PAGE.REMOVE and TDH.MEM.SEPT.REMOVE return the page
 /// they removed, and TDH.MEM.PAGE.PROMOTE the S-EPT page it freed, in RCX
-/// ([`SeptOut::removed`]); other leaves return zeros.
+/// ([`SeptOut::removed`]); other leaves return zeros. With Dynamic PAMT
+/// (module 1.5.16+) that RCX may also carry the removal hint, bit 62
+/// ([`SeptOut::pamt_removal_hint`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SeptOut {
     /// RCX.
@@ -32,12 +34,23 @@ impl SeptOut {
     }
 
     /// RCX read as the host physical address of a removed page (REMOVE
-    /// leaves, on success), or `None` if it is not a page address.
+    /// leaves and PROMOTE, on success), or `None` if it is not a page
+    /// address. The Dynamic PAMT removal hint (bit 62) is masked off first.
     pub const fn removed(self) -> Option<Pfn> {
-        match tdx_types::Hpa::try_new_aligned(self.rcx, 4096) {
+        match tdx_types::Hpa::try_new_aligned(self.rcx & !PAMT_REMOVAL_HINT, 4096) {
             Ok(hpa) => Some(hpa.pfn()),
             Err(_) => None,
         }
+    }
+
+    /// Dynamic PAMT (module 1.5.16+): on success of TDH.MEM.PAGE.REMOVE,
+    /// TDH.MEM.SEPT.REMOVE or TDH.MEM.PAGE.PROMOTE, true if the page in
+    /// RCX was the last 4K module page of its 2 MiB range
+    /// ([`PAMT_REMOVAL_HINT`]; `tdh_mem_page_remove.c`,
+    /// `tdh_mem_sept_remove.c`, `tdh_mem_page_promote.c`). Meaningless on
+    /// an error (RCX holds S-EPT details then).
+    pub const fn pamt_removal_hint(self) -> bool {
+        self.rcx & PAMT_REMOVAL_HINT != 0
     }
 }
 
@@ -389,7 +402,9 @@ pub unsafe fn tdh_mem_page_remove<B: Seamcall + ?Sized>(
 /// at `info` into 512 smaller ones, using `sept` as the new S-EPT page.
 ///
 /// RCX = GPA | level, RDX = TDR, R8 = new S-EPT page (module 1.5.01
-/// handler signature; the 2.0 tree passes TDR | flags in RDX instead).
+/// handler signature; the 2.0 tree passes TDR | flags in RDX instead). On a
+/// module with Dynamic PAMT enabled a 2M→4K demote also needs the new PAMT
+/// page pair in R12/R13: use [`tdh_mem_page_demote_pair`].
 ///
 /// # Safety
 ///
@@ -414,13 +429,130 @@ pub unsafe fn tdh_mem_page_demote<B: Seamcall + ?Sized>(
     }
 }
 
+/// TDH.MEM.PAGE.DEMOTE (15) on a module with Dynamic PAMT enabled (Intel
+/// TDX module 1.5.16+, `tdh_mem_page_demote.c`, `pamt_manager.c`
+/// `pamt_demote`): as [`tdh_mem_page_demote`], plus R12/R13 = the PAMT
+/// page pair of the 2 MiB range being split (`pair`, level-1 demote only;
+/// ignored for a 1G demote, and by a module without Dynamic PAMT).
+///
+/// The new S-EPT page (R8) needs a pair for its own range
+/// (`TDX_MISSING_PAMT_PAGE_PAIR|R8`). The pair's checks come after it:
+/// `OPERAND_INVALID`, `OPERAND_ADDR_RANGE_ERROR`, `OPERAND_BUSY`,
+/// `PAGE_NOT_FREE` with operand R12 or R13. On success the range has the
+/// pair with all 512 pages counted. Issued in the all-register shape
+/// (R12/R13 are inputs).
+///
+/// # Safety
+///
+/// Crate-level contract; `sept` and (for a 2M demote, on success) both pair
+/// pages are handed to the module.
+#[doc(alias = "TDH.MEM.PAGE.DEMOTE")]
+#[inline]
+pub unsafe fn tdh_mem_page_demote_pair<B: Seamcall + ?Sized>(
+    b: &B,
+    info: PageInfo,
+    tdr: Pfn,
+    sept: Pfn,
+    pair: [Pfn; 2],
+) -> Completion<SeptOut> {
+    let mut args = SeamcallArgs {
+        rcx: info.into_bits(),
+        rdx: tdr.hpa().as_u64(),
+        r8: sept.hpa().as_u64(),
+        // No L2 S-EPT pages (NULL_PA).
+        r9: u64::MAX,
+        r10: u64::MAX,
+        r11: u64::MAX,
+        r12: pair[0].hpa().as_u64(),
+        r13: pair[1].hpa().as_u64(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    let status = unsafe { call(b, Leaf::MEM_PAGE_DEMOTE.v0(), RegShape::SavedRet, &mut args) };
+    Completion {
+        status,
+        out: SeptOut {
+            rcx: args.rcx,
+            rdx: args.rdx,
+        },
+    }
+}
+
+/// Outputs of [`tdh_mem_page_promote_pair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PromoteOut {
+    /// RCX/RDX: the freed S-EPT page (with the removal hint) on success,
+    /// S-EPT details on error.
+    pub sept: SeptOut,
+    /// R12/R13 on success of a 4K→2M promote with Dynamic PAMT: the PAMT
+    /// page pair of the merged range, which the module gives back without
+    /// TDH.PHYMEM.PAMT.REMOVE (`tdh_mem_page_promote.c`). `None` when R12
+    /// is 0 (no pair returned: another level, no Dynamic PAMT, an error).
+    pub pair: Option<[Pfn; 2]>,
+}
+
+/// TDH.MEM.PAGE.PROMOTE (23) in the all-register shape, for a module with
+/// Dynamic PAMT enabled (Intel TDX module 1.5.16+): as
+/// [`tdh_mem_page_promote`], and a 4K→2M promote also returns the range's
+/// PAMT page pair in R12/R13 ([`PromoteOut::pair`]). R12/R13 are passed as
+/// 0 so that a module that writes nothing there reads as "no pair".
+///
+/// # Safety
+///
+/// As [`tdh_mem_page_promote`]; the returned pair pages also come back to
+/// the host.
+#[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
+#[inline]
+pub unsafe fn tdh_mem_page_promote_pair<B: Seamcall + ?Sized>(
+    b: &B,
+    info: PageInfo,
+    tdr: Pfn,
+) -> Completion<PromoteOut> {
+    let mut args = SeamcallArgs {
+        rcx: info.into_bits(),
+        rdx: tdr.hpa().as_u64(),
+        ..SeamcallArgs::ZERO
+    };
+    // SAFETY: caller's contract.
+    let status = unsafe {
+        call(
+            b,
+            Leaf::MEM_PAGE_PROMOTE.v0(),
+            RegShape::SavedRet,
+            &mut args,
+        )
+    };
+    let page = |r: u64| {
+        tdx_types::Hpa::try_new_aligned(r, 4096)
+            .ok()
+            .map(|h| h.pfn())
+    };
+    let pair = match (args.r12, page(args.r12), page(args.r13)) {
+        (0, _, _) => None,
+        (_, Some(p0), Some(p1)) => Some([p0, p1]),
+        _ => None,
+    };
+    Completion {
+        status,
+        out: PromoteOut {
+            sept: SeptOut {
+                rcx: args.rcx,
+                rdx: args.rdx,
+            },
+            pair,
+        },
+    }
+}
+
 /// TDH.MEM.PAGE.PROMOTE (23): merge 512 pages below the entry at `info`
 /// into one page of that level, freeing the S-EPT page that mapped them.
 ///
 /// RCX = GPA | level, RDX = TDR (module 1.5.01 handler signature). RCX/RDX
-/// are returned raw: S-EPT details on error; on success the references do
-/// not say what they hold (the ABI specification names the freed S-EPT
-/// page), so callers should not rely on them until the simulator confirms.
+/// are returned raw: S-EPT details on error; on success RCX is the freed
+/// S-EPT page (`tdh_mem_page_promote.c`), with Dynamic PAMT ORed with the
+/// removal hint ([`SeptOut::removed`] masks it). This form does not read
+/// R12/R13: on a module with Dynamic PAMT enabled a 4K→2M promote returns
+/// the range's PAMT pair there, so use [`tdh_mem_page_promote_pair`].
 ///
 /// # Safety
 ///

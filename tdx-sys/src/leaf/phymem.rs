@@ -6,7 +6,7 @@
 use tdx_types::{
     Leaf, LeafVersion, Pfn, TdxStatus,
     metadata::PamtPageType,
-    regs::{HpaLevel, KeyedPa},
+    regs::{HpaLevel, KeyedPa, PAMT_REMOVAL_HINT},
 };
 
 use super::{Completion, call_no_outputs, call_ret};
@@ -25,15 +25,22 @@ pub struct PageMetadata {
     pub owner: u64,
     /// R8: the page size (TDX level encoding; 0 = 4K, 1 = 2M, 2 = 1G).
     pub level: u64,
+    /// TDH.PHYMEM.PAGE.RECLAIM with Dynamic PAMT (module 1.5.16+): R9 is
+    /// [`PAMT_REMOVAL_HINT`] when the reclaimed 4K page was the last module
+    /// page of its 2 MiB range, else 0 (`tdh_phymem_page_reclaim.c`).
+    /// Always false for RDMD (its R9 is the block epoch) and on a module
+    /// without Dynamic PAMT.
+    pub pamt_removal_hint: bool,
 }
 
 impl PageMetadata {
-    fn from_regs(a: &SeamcallArgs) -> Self {
+    fn from_regs(a: &SeamcallArgs, hint_in_r9: bool) -> Self {
         Self {
             page_type: PamtPageType(a.rcx as u8),
             raw_type: a.rcx,
             owner: a.rdx,
             level: a.r8,
+            pamt_removal_hint: hint_in_r9 && a.r9 & PAMT_REMOVAL_HINT != 0,
         }
     }
 }
@@ -53,14 +60,16 @@ pub unsafe fn tdh_phymem_page_rdmd<B: Seamcall + ?Sized>(
     page: Pfn,
 ) -> Completion<PageMetadata> {
     // SAFETY: caller's contract.
-    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RDMD.v0(), page) }
+    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RDMD.v0(), page, false) }
 }
 
 /// TDH.PHYMEM.PAGE.RECLAIM (28): take a page back from a TD in teardown.
 ///
-/// RCX = page; out RCX = page type, RDX = owner, R8 = size. The outputs are
-/// filled as soon as the module read the PAMT entry, so they also describe
-/// the page on most errors.
+/// RCX = page; out RCX = page type, RDX = owner, R8 = size, and with
+/// Dynamic PAMT R9 = the removal hint
+/// ([`PageMetadata::pamt_removal_hint`]). The outputs are filled as soon as
+/// the module read the PAMT entry, so they also describe the page on most
+/// errors.
 ///
 /// # Safety
 ///
@@ -74,7 +83,7 @@ pub unsafe fn tdh_phymem_page_reclaim<B: Seamcall + ?Sized>(
     page: Pfn,
 ) -> Completion<PageMetadata> {
     // SAFETY: caller's contract.
-    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RECLAIM.v0(), page) }
+    unsafe { page_metadata_leaf(b, Leaf::PHYMEM_PAGE_RECLAIM.v0(), page, true) }
 }
 
 /// Issues a leaf that takes RCX = page and returns its PAMT metadata in
@@ -88,6 +97,7 @@ unsafe fn page_metadata_leaf<B: Seamcall + ?Sized>(
     b: &B,
     lv: LeafVersion,
     page: Pfn,
+    hint_in_r9: bool,
 ) -> Completion<PageMetadata> {
     let args = SeamcallArgs {
         rcx: page.hpa().as_u64(),
@@ -97,7 +107,7 @@ unsafe fn page_metadata_leaf<B: Seamcall + ?Sized>(
     let (status, o) = unsafe { call_ret(b, lv, args) };
     Completion {
         status,
-        out: PageMetadata::from_regs(&o),
+        out: PageMetadata::from_regs(&o, hint_in_r9),
     }
 }
 
@@ -141,14 +151,28 @@ pub unsafe fn tdh_phymem_page_wbinvd<B: Seamcall + ?Sized>(b: &B, page: KeyedPa)
     unsafe { call_no_outputs(b, Leaf::PHYMEM_PAGE_WBINVD.v0(), args) }
 }
 
-/// TDH.PHYMEM.PAMT.ADD (58, Dynamic PAMT): give the module the two pages
-/// that hold the 4K PAMT entries of one 2 MiB range.
+/// TDH.PHYMEM.PAMT.ADD (58, Dynamic PAMT, Intel TDX module 1.5.16+,
+/// `tdh_phymem_pamt_add.c`): give the module the two pages that hold the
+/// 4K PAMT entries of one 2 MiB range.
 ///
-/// RCX = 2 MiB HPA | level 1, RDX = PAMT page 0, R8 = PAMT page 1.
+/// RCX = 2 MiB-aligned HPA | level 1 (2M), RDX = PAMT page 0 (the entries
+/// of the range's first 1 MiB), R8 = PAMT page 1. The pages need not be
+/// contiguous and may lie anywhere in initialized TDMR memory that is free
+/// and not reserved, even inside the range itself. No outputs: RCX, RDX
+/// and R8 keep their values on success and on failure. Errors, in the
+/// module's order: Dynamic PAMT off (`OPERAND_INVALID|RAX`), RCX malformed
+/// (`OPERAND_INVALID|RCX`), RDX / R8 malformed or outside the TDMRs
+/// (`OPERAND_INVALID`, `OPERAND_ADDR_RANGE_ERROR`), the range outside the
+/// TDMRs (`OPERAND_ADDR_RANGE_ERROR|RCX`), its entry locked
+/// (`OPERAND_BUSY|RCX`), the range already has a pair or is a 2M/1G page
+/// (`HPA_RANGE_NOT_FREE|RCX`), a page in use, reserved or already a PAMT
+/// page (`PAGE_NOT_FREE|RDX` / `|R8`; the same page twice is
+/// `PAGE_NOT_FREE|R8`).
 ///
 /// # Safety
 ///
-/// Crate-level contract; both pages are handed to the module.
+/// Crate-level contract; both pages are handed to the module until
+/// TDH.PHYMEM.PAMT.REMOVE or TDH.MEM.PAGE.PROMOTE gives them back.
 #[doc(alias = "TDH.PHYMEM.PAMT.ADD")]
 #[inline]
 pub unsafe fn tdh_phymem_pamt_add<B: Seamcall + ?Sized>(
@@ -169,15 +193,28 @@ pub unsafe fn tdh_phymem_pamt_add<B: Seamcall + ?Sized>(
     unsafe { call_no_outputs(b, Leaf::PHYMEM_PAMT_ADD.v0(), args) }
 }
 
-/// TDH.PHYMEM.PAMT.REMOVE (59, Dynamic PAMT): take back the two PAMT pages
-/// of a 2 MiB range whose 4K entries are all free.
+/// TDH.PHYMEM.PAMT.REMOVE (59, Dynamic PAMT, Intel TDX module 1.5.16+,
+/// `tdh_phymem_pamt_remove.c`): take back the two PAMT pages of a 2 MiB
+/// range whose 4K entries are all free.
 ///
-/// RCX = 2 MiB HPA | level 1; out RDX, R8 = the two pages.
+/// RCX = 2 MiB-aligned HPA | level 1; out RDX = page 0, R8 = page 1 (on
+/// success only: on failure they are what the caller passed, here 0).
+/// Errors: Dynamic PAMT off (`OPERAND_INVALID|RAX`), RCX malformed or
+/// outside the TDMRs, the range's entry locked (`OPERAND_BUSY|RCX`), no
+/// pair (`NO_PAMT_PAGE_PAIR|RCX`), a 4K entry of the pair in use
+/// (`PAMT_PAGE_NOT_EMPTY` with operand 0 or 1: the pair page's index).
+/// The module does not clear the pages.
+///
+/// The caller must not issue it while a SEAMCALL that takes a page of the
+/// range back (PAGE.REMOVE, SEPT.REMOVE, PROMOTE) is still running: the
+/// module does not exclude that race (a host's per-range count that drops
+/// only after those SEAMCALLs return avoids it).
 ///
 /// # Safety
 ///
-/// Crate-level contract; the returned pages come back to the host only
-/// after the flushes the ABI prescribes.
+/// Crate-level contract; the returned pages come back to the host (they
+/// were written with the module's private KeyID: clear them before reuse
+/// where the platform needs it).
 #[doc(alias = "TDH.PHYMEM.PAMT.REMOVE")]
 #[inline]
 pub unsafe fn tdh_phymem_pamt_remove<B: Seamcall + ?Sized>(

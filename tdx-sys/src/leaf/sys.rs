@@ -127,7 +127,10 @@ pub unsafe fn tdh_sys_info<B: Seamcall + ?Sized>(
 /// the module.
 ///
 /// RCX = PA of the array of TDMR_INFO PAs (512-byte aligned), RDX = number
-/// of TDMRs, R8 = global private KeyID (bit 16: Dynamic PAMT, module 2.0).
+/// of TDMRs, R8 = global private KeyID, and bit 16 to enable Dynamic PAMT
+/// (Intel TDX module 1.5.16+, TDX_FEATURES0 bit 36; with it each TDMR's 4K
+/// PAMT area need only be TDMR size / 32768 bytes, the module's bitmap).
+/// A module without Dynamic PAMT refuses bit 16 (`TDX_OPERAND_INVALID|R8`).
 ///
 /// # Safety
 ///
