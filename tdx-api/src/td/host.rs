@@ -360,6 +360,78 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         }
     }
 
+    /// DEMOTE of the 2 MiB page whose first frame is `pfn` into 4K pages:
+    /// with Dynamic PAMT the split range needs a pair, which goes to the
+    /// module with the leaf (R12/R13; `demote` issues it, with retries, and
+    /// gets `Some(pair)`), leaving the range with a pair and 512 pages. A
+    /// failed DEMOTE gives the pair back to the platform. Without Dynamic
+    /// PAMT `demote` gets `None`.
+    pub(crate) fn pair_demote(
+        &self,
+        pfn: Pfn,
+        demote: &mut dyn FnMut(Option<[Pfn; 2]>) -> Result<(), TdError>,
+    ) -> Result<(), TdError> {
+        let Some(t) = &self.pairs else {
+            return demote(None);
+        };
+        let p = self.module.platform();
+        let range = PairTable::range_of(pfn);
+        let mut failed = None;
+        let r = t.demote(
+            pfn,
+            || self.alloc_pair(range),
+            |pair| match demote(Some([pair, Pfn::new(pair.as_u64() + 1)])) {
+                Ok(()) => TdxStatus::SUCCESS,
+                Err(e) => {
+                    failed = Some(e);
+                    TdxStatus::OPERAND_INVALID
+                }
+            },
+            |pair| {
+                if let Some(run) = pair_run(pair) {
+                    // SAFETY: the DEMOTE that was to take the pair failed
+                    // (or was not issued): ours, from `alloc_pair`.
+                    unsafe { p.free_pages(run) }
+                }
+            },
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(PairError::Module(s)) => Err(failed.unwrap_or(TdError::Seamcall {
+                error: tdx_types::TdxError::new(Leaf::MEM_PAGE_DEMOTE.v0(), s),
+                on: Operand::HostPage(range),
+            })),
+            Err(PairError::InProgress) => Err(TdError::PamtInProgress(range)),
+            Err(PairError::NoMemory) => Err(TdError::Platform(PlatformError::OutOfMemory {
+                count: 2,
+                align: 2,
+                placement: self.pair_placement(range),
+            })),
+            // Not in a TDMR: the module refuses the page itself.
+            Err(PairError::NotTdx) => demote(None),
+            Err(PairError::State) => Err(TdError::Protocol {
+                leaf: Leaf::MEM_PAGE_DEMOTE.v0(),
+                what: "the 2 MiB range already has a PAMT pair",
+                gpa: None,
+            }),
+        }
+    }
+
+    /// After a PROMOTE of 512 4K pages (first frame `pfn`) into a 2 MiB
+    /// page succeeded: the module gave the range's pair back (`pair`, R12
+    /// and R13) without PAMT.REMOVE; the range has no pair and no pages
+    /// now, and the pair is released. A pair other than the one installed
+    /// leaves ours leaked (the module may still use it).
+    pub(crate) fn pair_promoted(&self, pfn: Pfn, pair: Option<[Pfn; 2]>) {
+        let Some(t) = &self.pairs else {
+            return;
+        };
+        let got = pair.map_or((Pfn::ZERO, Pfn::ZERO), |[a, b]| (a, b));
+        if let Ok(r) = t.promote(pfn, || Ok(got)) {
+            self.pair_done(r);
+        }
+    }
+
     /// Drops the pair reference of the 4K page `pfn`, which the module gave
     /// back (its removal or reclaim returned) or never took (the leaf
     /// failed). The last reference of a range removes its pair

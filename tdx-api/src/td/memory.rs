@@ -1239,11 +1239,29 @@ impl<H: TdHostRef> Td<Finalized, H> {
             return Err(e);
         }
         let (b, tdr) = (self.b(), self.tdr());
-        let r = self.retry(Leaf::MEM_PAGE_DEMOTE.v0(), Operand::Gpa(gpa), || {
-            // SAFETY: `sept` is a fresh, flushed page from the platform; on
-            // success the module owns it and the TD keeps it in the node.
-            unsafe { leaf::tdh_mem_page_demote(b, info, tdr, sept) }.status
-        });
+        let mut demote = |pair: Option<[Pfn; 2]>| {
+            self.retry(Leaf::MEM_PAGE_DEMOTE.v0(), Operand::Gpa(gpa), || {
+                match pair {
+                    // SAFETY: as below; the pair's pages come from the
+                    // platform for this call (`TdHost::pair_demote`), and
+                    // on success the module owns them.
+                    Some(pair) => unsafe { leaf::tdh_mem_page_demote_pair(b, info, tdr, sept, pair) },
+                    // SAFETY: `sept` is a fresh, flushed page from the
+                    // platform; on success the module owns it and the TD
+                    // keeps it in the node.
+                    None => unsafe { leaf::tdh_mem_page_demote(b, info, tdr, sept) },
+                }
+                .status
+            })
+            .map(|_| ())
+        };
+        // With Dynamic PAMT a 2 MiB page split into 4K pages takes a pair
+        // for its range with it; a 1 GiB split needs none.
+        let r = if S::LEVEL == TdxLevel::L2M {
+            self.host().pair_demote(first, &mut demote)
+        } else {
+            demote(None)
+        };
         if let Err(e) = r {
             discard(node);
             let usable = self.unblock(gpa, S::LEVEL.as_u8());
@@ -1339,6 +1357,10 @@ impl<H: TdHostRef> Td<Finalized, H> {
             release(held);
             return Err(e);
         }
+        // With Dynamic PAMT a 4K→2M merge gives the range's pair back in
+        // R12/R13 (the all-register form reads them).
+        let pairs = S::LEVEL == TdxLevel::L2M && self.host().dynamic_pamt();
+        let pair = core::cell::Cell::new(None);
         let freed = self.blocked_sept_free(
             gpa,
             S::LEVEL.as_u8(),
@@ -1346,13 +1368,28 @@ impl<H: TdHostRef> Td<Finalized, H> {
             kick,
             Leaf::MEM_PAGE_PROMOTE.v0(),
             &|b, tdr| {
-                // SAFETY: PROMOTE gives an S-EPT page back to the host; we take
-                // it over only after the flushes the ABI requires.
-                unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
+                if pairs {
+                    // SAFETY: as below; the pair the module returns comes
+                    // back to the host through `TdHost::pair_promoted`.
+                    let c = unsafe { leaf::tdh_mem_page_promote_pair(b, info, tdr) };
+                    pair.set(c.out.pair);
+                    Completion {
+                        status: c.status,
+                        out: c.out.sept,
+                    }
+                } else {
+                    // SAFETY: PROMOTE gives an S-EPT page back to the host;
+                    // we take it over only after the flushes the ABI
+                    // requires.
+                    unsafe { leaf::tdh_mem_page_promote(b, info, tdr) }
+                }
             },
         );
         match freed {
             Ok(freed) => {
+                if pairs {
+                    self.host().pair_promoted(first, pair.get());
+                }
                 slot.store(Entry::Leaf(first, Hold::Idle));
                 self.take_freed_sept(node, freed, Leaf::MEM_PAGE_PROMOTE.v0(), gpa)
             }

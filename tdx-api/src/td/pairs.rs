@@ -341,8 +341,6 @@ impl PairTable {
     /// no pair; `demote` runs the leaf with the new pair from `alloc`;
     /// success leaves the pair installed with 512 pages, failure gives the
     /// pair to `free`.
-    // Used once DEMOTE and PROMOTE pass the pair (module 1.5.16+ R12/R13).
-    #[allow(dead_code)]
     pub(crate) fn demote(
         &self,
         pfn: Pfn,
@@ -376,7 +374,6 @@ impl PairTable {
     /// pair for the caller to release, or [`Put::Mismatch`] if the module
     /// gave back other frames (ours may still be in use: the caller reports
     /// them leaked). Failure restores the range.
-    #[allow(dead_code)]
     pub(crate) fn promote(
         &self,
         pfn: Pfn,
