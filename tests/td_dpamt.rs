@@ -27,7 +27,7 @@ use tdx::{
     api::{
         ExtInited, Placement, Platform, TdxModule,
         plan::{MemRange, PlanInput},
-        td::{Finalized, GuestFrame, Td, TdError, TdHost, TdHostRef},
+        td::{Finalized, GuestFrame, PageRole, Td, TdError, TdHost, TdHostRef},
     },
     types::{
         PfnRun,
@@ -89,8 +89,13 @@ fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
 
 fn assert_back_to(sim: &Simulator, baseline: &Accounting, label: &str) {
     assert_eq!(&sim.accounting(), baseline, "{label}: pages lost");
-    assert!(sim.violations().is_empty(), "{label}: {:?}", sim.violations());
-    sim.check_invariants().unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert!(
+        sim.violations().is_empty(),
+        "{label}: {:?}",
+        sim.violations()
+    );
+    sim.check_invariants()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
 }
 
 /// A finalized TD with two vCPUs.
@@ -124,13 +129,16 @@ fn bring_up_uses_dynamic_pamt_when_the_module_has_it_and_the_caller_allows_it() 
 
     // 4 GiB: static 4 KiB-level PAMT 16 MiB (4096 pages), the bitmap
     // 128 KiB; the 2M and 1G levels are the same in both.
-    assert_eq!(static_pamt - dynamic_pamt, 4096 - 32, "{static_pamt} {dynamic_pamt}");
+    assert_eq!(
+        static_pamt - dynamic_pamt,
+        4096 - 32,
+        "{static_pamt} {dynamic_pamt}"
+    );
 
     // The default profile (module 1.5.01) has no Dynamic PAMT.
-    let old = Simulator::new(
-        MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_profile(Profile::tdx_1_5()),
-    )
-    .unwrap();
+    let old =
+        Simulator::new(MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_profile(Profile::tdx_1_5()))
+            .unwrap();
     let m = TdxModule::init(&old, &old).unwrap();
     assert!(!m.uses_dynamic_pamt());
 }
@@ -153,17 +161,28 @@ fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
     let a = small.first();
     let b = Pfn::new(a.as_u64() + 512);
     for (i, pfn) in [a, Pfn::new(a.as_u64() + 1), b].into_iter().enumerate() {
-        td.map(Gpa::new(4 * MIB + i as u64 * 4096), frame4k(pfn)).unwrap();
+        td.map(Gpa::new(4 * MIB + i as u64 * 4096), frame4k(pfn))
+            .unwrap();
     }
-    assert_eq!(h.pamt_pairs(), after_build + 2, "one pair per range, not per page");
+    assert_eq!(
+        h.pamt_pairs(),
+        after_build + 2,
+        "one pair per range, not per page"
+    );
     // SAFETY: allocated above for this TD.
     let f2 = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
     td.map(Gpa::new(8 * MIB), f2).unwrap();
-    assert_eq!(h.pamt_pairs(), after_build + 2, "a 2 MiB page needs no pair");
+    assert_eq!(
+        h.pamt_pairs(),
+        after_build + 2,
+        "a 2 MiB page needs no pair"
+    );
 
     // The last 4K page of range `b` out: its pair goes; range `a` keeps
     // its pair while one of its pages is mapped.
-    let back = td.unmap::<Size4K>(Gpa::new(4 * MIB + 2 * 4096), &|| {}).unwrap();
+    let back = td
+        .unmap::<Size4K>(Gpa::new(4 * MIB + 2 * 4096), &|| {})
+        .unwrap();
     assert_eq!(back.pfn(), b);
     let _ = back.into_range();
     assert_eq!(h.pamt_pairs(), after_build + 1);
@@ -171,9 +190,17 @@ fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
     let _ = back.into_range();
     assert_eq!(h.pamt_pairs(), after_build + 1);
 
+    let pairs = h.pamt_pairs();
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(h.pamt_pairs(), 0, "teardown returns every pair");
+    // The report lists the pairs' pages as their own role.
+    let pamt = report
+        .freed
+        .iter()
+        .filter(|(_, r)| *r == PageRole::Pamt)
+        .count();
+    assert_eq!(pamt, 2 * pairs);
     assert_eq!(
         calls(&sim, Leaf::PHYMEM_PAMT_ADD),
         calls(&sim, Leaf::PHYMEM_PAMT_REMOVE)
@@ -341,7 +368,10 @@ fn a_pair_left_by_a_refused_remove_goes_with_release_pairs() {
         calls(&sim, Leaf::PHYMEM_PAMT_REMOVE) + 1,
         TdxStatus::from_raw(0xC000_0100_0000_0001),
     ));
-    let _ = td.unmap::<Size4K>(Gpa::new(MIB), &|| {}).unwrap().into_range();
+    let _ = td
+        .unmap::<Size4K>(Gpa::new(MIB), &|| {})
+        .unwrap()
+        .into_range();
     give_back(&sim, &[mem]);
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
@@ -364,7 +394,10 @@ fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
     let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
     let gpa = Gpa::new(8 * MIB);
     td.map(gpa, f).unwrap();
-    assert_eq!(sim.guest_accept(td.tdr(), gpa.as_u64(), 1), TdxStatus::SUCCESS);
+    assert_eq!(
+        sim.guest_accept(td.tdr(), gpa.as_u64(), 1),
+        TdxStatus::SUCCESS
+    );
     let before = h.pamt_pairs();
     let adds = calls(&sim, Leaf::PHYMEM_PAMT_ADD);
 
@@ -379,12 +412,18 @@ fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
     let hole = Gpa::new(gpa.as_u64() + 7 * 4096);
     let f4 = td.unmap::<Size4K>(hole, &|| {}).unwrap();
     td.map(hole, f4).unwrap();
-    assert_eq!(sim.guest_accept(td.tdr(), hole.as_u64(), 0), TdxStatus::SUCCESS);
+    assert_eq!(
+        sim.guest_accept(td.tdr(), hole.as_u64(), 0),
+        TdxStatus::SUCCESS
+    );
     assert_eq!(calls(&sim, Leaf::PHYMEM_PAMT_REMOVE), removes);
 
     // The merge hands the pair back without PAMT.REMOVE.
     td.promote::<Size2M>(gpa, &|| {}).unwrap();
-    assert_eq!(calls(&sim, Leaf::PHYMEM_PAMT_REMOVE), removes + new_sept_pairs as u64);
+    assert_eq!(
+        calls(&sim, Leaf::PHYMEM_PAMT_REMOVE),
+        removes + new_sept_pairs as u64
+    );
     assert_eq!(h.pamt_pairs(), before);
     sim.check_invariants().unwrap();
 

@@ -349,7 +349,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                 Ok(None) | Err(PairError::NotTdx | PairError::State) => return Ok(()),
                 Ok(Some(Put::Kept0(s))) => Some(s),
                 Ok(Some(r)) => {
-                    self.pair_done(r);
+                    let _ = self.pair_done(r);
                     return Ok(());
                 }
                 Err(PairError::InProgress) => None,
@@ -428,7 +428,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         };
         let got = pair.map_or((Pfn::ZERO, Pfn::ZERO), |[a, b]| (a, b));
         if let Ok(r) = t.promote(pfn, || Ok(got)) {
-            self.pair_done(r);
+            let _ = self.pair_done(r);
         }
     }
 
@@ -439,16 +439,24 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// module's global KeyID, cleared, freed. A removal the module refuses
     /// leaves the pair installed for the next page of the range or for
     /// [`release_pairs`](Self::release_pairs); nothing is lost.
+    ///
+    /// Returns the pair if this removed one: `Ok` released to the platform,
+    /// `Err` leaked (already reported to [`Platform::leak_pages`]) with why.
     #[inline]
-    pub(crate) fn pair_put(&self, pfn: Pfn) {
-        if let Some(t) = &self.pairs {
-            self.pair_put_in(t, pfn);
+    pub(crate) fn pair_put(&self, pfn: Pfn) -> Option<Result<PfnRun, (PfnRun, &'static str)>> {
+        match &self.pairs {
+            None => None,
+            Some(t) => self.pair_put_in(t, pfn),
         }
     }
 
-    fn pair_put_in(&self, t: &PairTable, pfn: Pfn) {
+    fn pair_put_in(
+        &self,
+        t: &PairTable,
+        pfn: Pfn,
+    ) -> Option<Result<PfnRun, (PfnRun, &'static str)>> {
         let r = t.put(pfn, |range| self.pamt_remove(range));
-        self.pair_done(r);
+        self.pair_done(r)
     }
 
     /// TDH.PHYMEM.PAMT.REMOVE of `range`, retried under the host's policy:
@@ -486,20 +494,17 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         }
     }
 
-    /// What a put (or a removal) left to do with a pair.
-    fn pair_done(&self, r: Put) {
-        let p = self.module.platform();
+    /// What a put (or a removal) left to do with a pair: the pair, if one
+    /// left the module, released (`Ok`) or leaked (`Err`, with why).
+    fn pair_done(&self, r: Put) -> Option<Result<PfnRun, (PfnRun, &'static str)>> {
         match r {
-            Put::Kept | Put::Kept0(_) | Put::Unbalanced => {}
-            Put::Removed(pair) => self.release_pair(pair),
-            Put::Mismatch { pair } => {
-                if let Some(run) = pair_run(pair) {
-                    p.leak_pages(
-                        run,
-                        "PAMT.REMOVE gave back other pages than the range's pair",
-                    );
-                }
-            }
+            Put::Kept | Put::Kept0(_) | Put::Unbalanced => None,
+            Put::Removed(pair) => pair_run(pair).map(|run| self.release_pair(run)),
+            Put::Mismatch { pair } => pair_run(pair).map(|run| {
+                let why = "PAMT.REMOVE gave back other pages than the range's pair";
+                self.module.platform().leak_pages(run, why);
+                Err((run, why))
+            }),
         }
     }
 
@@ -509,16 +514,14 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// way before reuse; Linux's Dynamic PAMT series frees pairs without
     /// it, which this library does not rely on), cleared, and freed. A
     /// failed write-back leaks the pair.
-    fn release_pair(&self, pair: Pfn) {
+    fn release_pair(&self, run: PfnRun) -> Result<PfnRun, (PfnRun, &'static str)> {
         let p = self.module.platform();
-        let Some(run) = pair_run(pair) else {
-            return;
-        };
         let global = self.module.global_keyid();
-        for f in [pair, Pfn::new(pair.as_u64() + 1)] {
+        for f in run.iter() {
             if self.page_wbinvd(f, global, &self.policy).is_err() {
-                p.leak_pages(run, "a PAMT pair page could not be written back");
-                return;
+                let why = "a PAMT pair page could not be written back";
+                p.leak_pages(run, why);
+                return Err((run, why));
             }
         }
         // SAFETY: the module gave the pair back (PAMT.REMOVE or PROMOTE)
@@ -526,6 +529,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         unsafe { p.movdir64b_clear(run) };
         // SAFETY: as above.
         unsafe { p.free_pages(run) };
+        Ok(run)
     }
 
     /// Removes the pairs of ranges that hold no page (left by a PAMT.REMOVE
@@ -545,7 +549,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         });
         for range in idle {
             if let Ok(Some(r)) = t.remove_idle(range, |range| self.pamt_remove(range)) {
-                self.pair_done(r);
+                let _ = self.pair_done(r);
             }
         }
         t.installed()

@@ -1245,7 +1245,9 @@ impl<H: TdHostRef> Td<Finalized, H> {
                     // SAFETY: as below; the pair's pages come from the
                     // platform for this call (`TdHost::pair_demote`), and
                     // on success the module owns them.
-                    Some(pair) => unsafe { leaf::tdh_mem_page_demote_pair(b, info, tdr, sept, pair) },
+                    Some(pair) => unsafe {
+                        leaf::tdh_mem_page_demote_pair(b, info, tdr, sept, pair)
+                    },
                     // SAFETY: `sept` is a fresh, flushed page from the
                     // platform; on success the module owns it and the TD
                     // keeps it in the node.

@@ -67,6 +67,9 @@ pub enum PageRole {
     Guest,
     /// The host page that held PAGE.ADD sources.
     Staging,
+    /// A Dynamic PAMT page (one of a pair) of a 2 MiB range whose last
+    /// page left the module with this teardown.
+    Pamt,
 }
 
 /// A page that could not be given back.
@@ -182,7 +185,20 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
                 // The module let go of the page: its range's PAMT pair
                 // reference goes (4K pages only hold one).
                 if run.count() == 1 {
-                    self.host.pair_put(first);
+                    match self.host.pair_put(first) {
+                        Some(Ok(pair)) => {
+                            for f in pair.iter() {
+                                self.report.freed.push((f, PageRole::Pamt));
+                            }
+                        }
+                        Some(Err((pair, reason))) => self.report.leaked.push(LeakedPage {
+                            run: pair,
+                            role: PageRole::Pamt,
+                            reason,
+                            error: None,
+                        }),
+                        None => {}
+                    }
                 }
                 if role != PageRole::Tdr {
                     self.give_back(run, role);
