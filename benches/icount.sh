@@ -27,13 +27,17 @@ callgrind_annotate --threshold=100 --inclusive=yes "$dir/out" 2>/dev/null | awk 
     /measured_safe_unmap/ { safe_unmap = $1 }
     /measured_raw_map/    { raw_map = $1 }
     /measured_raw_unmap/  { raw_unmap = $1 }
+    /measured_dpamt_map/   { dp_map = $1 }
+    /measured_dpamt_unmap/ { dp_unmap = $1 }
     END {
-        if (!safe_map || !safe_unmap || !raw_map || !raw_unmap) {
+        if (!safe_map || !safe_unmap || !raw_map || !raw_unmap || !dp_map || !dp_unmap) {
             print "icount.sh: measured functions not found in the profile" > "/dev/stderr"; exit 1
         }
         printf "instructions per 4K page (callgrind, %d pages a pass)\n", n
         printf "  map:   safe %.0f  raw %.0f  ratio %.2f\n", safe_map / n, raw_map / n, safe_map / raw_map
         printf "  unmap: safe %.0f  raw %.0f  ratio %.2f\n", safe_unmap / n, raw_unmap / n, safe_unmap / raw_unmap
+        printf "  with Dynamic PAMT (module 1.5.16, a pair added and removed per 2 MiB range):\n"
+        printf "    map %.0f (%.2fx static)  unmap %.0f (%.2fx static)\n", dp_map / n, dp_map / safe_map, dp_unmap / n, dp_unmap / safe_unmap
     }'
 
 # The library alone: the same passes against a backend with no cost of its

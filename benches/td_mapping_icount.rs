@@ -17,7 +17,10 @@ mod mapping;
 use std::time::Instant;
 
 use mapping::{map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
-use tdx::api::{Placement, Platform};
+use tdx::{
+    Gpa, Pfn, Size4K,
+    api::{Placement, Platform, td::GuestFrame},
+};
 
 /// Pages per pass.
 const N: u64 = 1 << 16;
@@ -25,7 +28,7 @@ const N: u64 = 1 << 16;
 // The measured passes, by name for callgrind (the warm-up pass calls
 // `map_4k` and `unmap_4k` directly).
 #[inline(never)]
-fn measured_safe_map(td: &mapping::SimTd<'_, '_>, first: tdx::Pfn) {
+fn measured_safe_map(td: &mapping::SimTd<'_, '_>, first: Pfn) {
     map_4k(td, first, N);
 }
 
@@ -48,6 +51,28 @@ fn measured_raw_unmap(
     shift: u32,
 ) {
     raw_unmap_4k(sim, tdr, first, N, hkid, shift);
+}
+
+// With Dynamic PAMT (module 1.5.16): the same safe passes; the first page
+// of each 2 MiB range adds its pair (PAMT.ADD), the last one out removes it.
+// Top down, so that the linker does not fold them into the passes above.
+#[inline(never)]
+fn measured_dpamt_map(td: &mapping::SimTd<'_, '_>, first: tdx::Pfn) {
+    for i in (0..N).rev() {
+        // SAFETY: the frames were allocated for this TD and are not touched.
+        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
+        td.map(Gpa::new(i * 4096), f).unwrap();
+    }
+}
+
+#[inline(never)]
+fn measured_dpamt_unmap(td: &mapping::SimTd<'_, '_>) {
+    for i in (0..N).rev() {
+        let f = td
+            .unmap::<Size4K>(Gpa::new(i * 4096), &mapping::kick_vcpus)
+            .unwrap();
+        std::hint::black_box(f.into_range());
+    }
 }
 
 fn main() {
@@ -81,4 +106,27 @@ fn main() {
     let report = td.teardown();
     assert!(report.is_clean(), "{report:?}");
     sim.check_invariants().unwrap();
+
+    // Dynamic PAMT, same work. The warm-up leaves the S-EPT (and the pairs
+    // of its pages' ranges) in place; the measured map pass adds the pair
+    // of each of the N / 512 ranges its frames fill, the unmap pass
+    // removes them.
+    let dsim = mapping::simulator_dpamt();
+    let dhost = mapping::host(&dsim);
+    assert!(dhost.dynamic_pamt());
+    let dtd = mapping::finalized(&dhost);
+    let dframes = dsim.alloc_pages(N, 512, Placement::Anywhere).unwrap();
+    map_4k(&dtd, dframes.first(), N);
+    unmap_4k(&dtd, N);
+    let pairs = dhost.pamt_pairs();
+    time("Dynamic PAMT map", &mut || {
+        measured_dpamt_map(&dtd, dframes.first())
+    });
+    assert_eq!(dhost.pamt_pairs(), pairs + (N / 512) as usize);
+    time("Dynamic PAMT unmap", &mut || measured_dpamt_unmap(&dtd));
+    assert_eq!(dhost.pamt_pairs(), pairs);
+    let report = dtd.teardown();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(dhost.pamt_pairs(), 0);
+    dsim.check_invariants().unwrap();
 }

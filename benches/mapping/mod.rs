@@ -88,12 +88,23 @@ pub(crate) fn raw_unmap_4k(sim: &Simulator, tdr: Pfn, first: Pfn, n: u64, hkid: 
     }
 }
 
-/// A 2-CPU host with 16 GiB of TDX memory at 4 GiB, brought up.
+/// A 2-CPU host with 16 GiB of TDX memory at 4 GiB, module 1.5.01.
 pub(crate) fn simulator() -> Simulator {
+    simulator_with(Profile::tdx_1_5())
+}
+
+/// The same host with module 1.5.16, which `host` brings up with Dynamic
+/// PAMT.
+#[allow(dead_code)]
+pub(crate) fn simulator_dpamt() -> Simulator {
+    simulator_with(Profile::tdx_1_5_16())
+}
+
+fn simulator_with(profile: Profile) -> Simulator {
     Simulator::new(
         MachineDesc::new(vec![(4 * GIB, 20 * GIB)])
             .with_cpus(1, 2)
-            .with_profile(Profile::tdx_1_5()),
+            .with_profile(profile),
     )
     .unwrap()
 }

@@ -249,10 +249,13 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     pub(crate) fn pair_get(&self, pfn: Pfn, policy: &RetryPolicy) -> Result<(), TdError> {
         match &self.pairs {
             None => Ok(()),
+            Some(t) if t.get_if_paired(pfn) => Ok(()),
             Some(t) => self.pair_get_in(t, pfn, policy),
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn pair_get_in(&self, t: &PairTable, pfn: Pfn, policy: &RetryPolicy) -> Result<(), TdError> {
         let (b, p) = (self.module.backend(), self.module.platform());
         let range = PairTable::range_of(pfn);

@@ -171,6 +171,21 @@ impl PairTable {
         Pfn::new(pfn.as_u64() & !(PAGES - 1))
     }
 
+    /// The fast path of [`get`](Self::get): takes a reference if the range
+    /// of `pfn` has a pair and nobody is changing it, with no SEAMCALL.
+    /// False if the caller needs `get`.
+    #[inline]
+    pub(crate) fn get_if_paired(&self, pfn: Pfn) -> bool {
+        let Some(w) = self.word(pfn) else {
+            return false;
+        };
+        let cur = w.load(Ordering::Acquire);
+        cur & (PAIR | BUSY) == PAIR
+            && cur & COUNT_MASK < PAGES
+            && w.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
     /// Takes a reference on the range of `pfn` for a 4K page about to be
     /// given to the module. If the range has no pair, `alloc` gives two
     /// consecutive frames, `add` runs TDH.PHYMEM.PAMT.ADD of the range with
