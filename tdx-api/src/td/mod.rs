@@ -60,8 +60,50 @@
 //!
 //! TD_PARAMS come from [`TdConfig`] (a typed builder) or are given raw.
 //!
-//! Not here: TD partitioning (L2 VMs); Dynamic PAMT; the shared EPT (a
-//! VMM's ordinary EPT, which it manages as for any VM).
+//! Not here: TD partitioning (L2 VMs); the shared EPT (a VMM's ordinary
+//! EPT, which it manages as for any VM).
+//!
+//! # Dynamic PAMT
+//!
+//! A module configured with Dynamic PAMT
+//! ([`TdxModule::uses_dynamic_pamt`](crate::TdxModule::uses_dynamic_pamt))
+//! keeps the 4K-level PAMT of a 2 MiB range only while the host has given
+//! it a *pair* of pages for that range (Intel TDX module 1.5.16 and later;
+//! `tdh_phymem_pamt_add.c`). The library does this for the caller: every
+//! call that hands the module a 4K page (TD creation's TDR, TDCS pages,
+//! vCPU pages, S-EPT pages, [`add_page`](Td::add_page), 4K
+//! [`map`](Td::map), [`demote`](Td::demote)'s new S-EPT page) first takes a
+//! reference on the page's range, adding the range's pair
+//! (TDH.PHYMEM.PAMT.ADD, two pages from [`Platform::alloc_pages`], placed
+//! on the range's node when [`Platform::node_of`] knows it) if it has
+//! none; every call that takes a 4K page back (removal, teardown's
+//! reclaim, the S-EPT page a PROMOTE or SEPT.REMOVE frees) drops it, after
+//! the SEAMCALL returned, and the last one removes the pair
+//! (TDH.PHYMEM.PAMT.REMOVE), writes its pages back under the global
+//! KeyID, clears and frees them. [`demote`](Td::demote) of a 2 MiB page
+//! gives the module a new pair with the leaf and [`promote`](Td::promote)
+//! of 512 4K pages gets it back; a 2 MiB [`map`](Td::map) needs its range
+//! to have no pair (the module refuses one otherwise), and 1 GiB pages
+//! none. [`TdHost::pamt_pairs`] counts the pairs; teardown reports the
+//! pairs it removes as [`PageRole::Pamt`].
+//!
+//! Each range's state is one atomic word (its page count, its pair, a busy
+//! bit), so pages of different ranges never meet, and a page of a range
+//! that has a pair costs one compare-and-swap. The thread that adds or
+//! removes a range's pair holds that range busy for the SEAMCALL; another
+//! thread needing the same range meanwhile retries under its
+//! [`RetryPolicy`] and then gets [`TdError::PamtInProgress`], contention
+//! like [`TdError::InProgress`]. (Linux's series holds one global spinlock
+//! around every pair's PAMT.ADD and PAMT.REMOVE.) A PAMT.REMOVE the module
+//! refuses leaves the pair installed with no page: the next page of the
+//! range reuses it, a 2 MiB mapping of the range removes it first, and
+//! [`TdHost::release_pairs`] removes what is left (also called by
+//! [`TdHost::into_module`]).
+//!
+//! Dynamic PAMT makes the first 4K page of a range allocate two pages and
+//! issue one more SEAMCALL, and the last one issue one more and free two:
+//! with it, [`map`](Td::map) at 4K allocates on that path (fallibly: a
+//! failure is [`TdError::Platform`] with the frame back).
 //!
 //! # Threads and locks
 //!
@@ -157,7 +199,9 @@
 //! [`Platform::on_cpu`] issue exactly one SEAMCALL and never yield, so a
 //! platform may run them in atomic context. Allocation: the library's own
 //! records on the runtime path (tree nodes, batch lists) are allocated
-//! fallibly and a failure is [`TdError::Alloc`].
+//! fallibly and a failure is [`TdError::Alloc`]; with Dynamic PAMT a 4K
+//! mapping may allocate a pair's two pages from the platform (see
+//! above), fallibly too.
 
 // UNSAFETY: the TD leaves of tdx-sys are `unsafe fn`s; each call says which
 // page it hands over or takes back and why that is allowed.
