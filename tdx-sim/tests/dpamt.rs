@@ -575,7 +575,9 @@ fn every_leaf_that_takes_a_4k_page_needs_its_ranges_pair() {
     // MNG.ADDCX.
     for _ in 0..6 {
         let p = unpaired(&sim);
-        assert_eq!(mng_addcx(&sim, p, tdr), missing(RCX));
+        let (s, a) = raw(&sim, Leaf::MNG_ADDCX.v0(), [hpa(p), hpa(tdr), 0, 0, 0, 0]);
+        assert_eq!(s, missing(RCX));
+        assert_eq!((a.rcx, a.rdx), (hpa(p), hpa(tdr)));
         add_pair(&sim, p);
         ok("MNG.ADDCX", mng_addcx(&sim, p, tdr));
         assert_eq!(count(&sim, p), 1);
@@ -587,12 +589,20 @@ fn every_leaf_that_takes_a_4k_page_needs_its_ranges_pair() {
 
     // VP.CREATE, VP.ADDCX.
     let tdvpr = unpaired(&sim);
-    assert_eq!(vp_create(&sim, tdvpr, tdr), missing(RCX));
+    let (s, a) = raw(
+        &sim,
+        Leaf::VP_CREATE.v0(),
+        [hpa(tdvpr), hpa(tdr), 0, 0, 0, 0],
+    );
+    assert_eq!(s, missing(RCX));
+    assert_eq!((a.rcx, a.rdx), (hpa(tdvpr), hpa(tdr)));
     add_pair(&sim, tdvpr);
     ok("VP.CREATE", vp_create(&sim, tdvpr, tdr));
     for _ in 0..5 {
         let p = unpaired(&sim);
-        assert_eq!(vp_addcx(&sim, p, tdvpr), missing(RCX));
+        let (s, a) = raw(&sim, Leaf::VP_ADDCX.v0(), [hpa(p), hpa(tdvpr), 0, 0, 0, 0]);
+        assert_eq!(s, missing(RCX));
+        assert_eq!((a.rcx, a.rdx), (hpa(p), hpa(tdvpr)));
         add_pair(&sim, p);
         ok("VP.ADDCX", vp_addcx(&sim, p, tdvpr));
     }
@@ -1156,4 +1166,22 @@ fn teardown_returns_every_pair() {
     ok("WBINVD TDR", wbinvd(&sim, tdr, g));
     assert_eq!(sim.accounting().module, before.module);
     sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_removed_pair_must_be_written_back_before_reuse() {
+    let sim = dhost();
+    let p = unpaired(&sim);
+    let pair = add_pair(&sim, p);
+    let (s, _) = pamt_remove_raw(&sim, range_rcx(p));
+    ok("PAMT.REMOVE", s);
+    // pair[0] flushed with the global KeyID, pair[1] freed as it is.
+    ok("WBINVD", wbinvd(&sim, pair[0], global_hkid(&sim)));
+    free_page(&sim, pair[0]);
+    assert_eq!(sim.violations(), vec![]);
+    free_page(&sim, pair[1]);
+    assert!(matches!(
+        sim.violations()[..],
+        [Violation::PrivateLinesReachedHost { pfn, .. }] if pfn == pair[1].as_u64()
+    ));
 }

@@ -298,7 +298,11 @@ pub(crate) fn install_pair(
 }
 
 /// Takes the node's pair out of the bitmap and gives both pages back to
-/// the host (PAMT.REMOVE, PROMOTE). Returns the pair's addresses.
+/// the host (PAMT.REMOVE, PROMOTE). Returns the pair's addresses. The
+/// pages keep their cache lines of the global KeyID (the module neither
+/// clears nor flushes them), so a host that frees them unflushed is
+/// recorded ([`Violation::PrivateLinesReachedHost`]); model choice,
+/// UNCONFIRMED on hardware.
 pub(crate) fn release_pair(c: &Call<'_>, mid: &pamt::Mid) -> [u64; 2] {
     let s = c.sim;
     let pair = [0, 1].map(|i| mid.pair[i].load(Ordering::Relaxed) * PAGE);
