@@ -721,6 +721,35 @@ fn wbinvd_and_rdmd_of_pair_and_reserved_pages() {
     // RDMD: pair and reserved pages read as PT_PAMT.
     assert_eq!(rdmd(&sim, pair[1]).0, PamtPageType::PAMT);
     assert_eq!(rdmd(&sim, reserved).0, PamtPageType::PAMT);
+    // A 2M query of the node: PT_PAMT, non-leaf (bit 63), the pair in
+    // R10/R11, no owner.
+    let (s, a) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [range_rcx(p), 0, 0, 0, 0, 0],
+    );
+    ok("RDMD 2M", s);
+    assert_eq!(a.rcx, 15 | 1 << 63);
+    assert_eq!(
+        (a.rdx, a.r8, a.r10, a.r11),
+        (0, 1, hpa(pair[0]), hpa(pair[1]))
+    );
+    // A 4K query of a free page in a range without a pair ends at its 2M
+    // entry.
+    let (s, a) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [hpa(unpaired(&sim)), 0, 0, 0, 0, 0],
+    );
+    ok("RDMD", s);
+    assert_eq!((a.rcx, a.r8), (0, 1));
+    // Misaligned for its level.
+    let (s, _) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [range_rcx(p) + PAGE, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(s, invalid(RCX));
     // RECLAIM of a page of a range without a pair: the free 2M entry.
     let c = page_reclaim(&sim, unpaired(&sim));
     assert_eq!(c.status, metadata(RCX));
