@@ -1214,3 +1214,44 @@ fn a_removed_pair_must_be_written_back_before_reuse() {
         [Violation::PrivateLinesReachedHost { pfn, .. }] if pfn == pair[1].as_u64()
     ));
 }
+
+#[test]
+fn racing_pamt_adds_of_one_range_install_one_pair() {
+    for round in 0..20 {
+        let sim = dhost();
+        let target = unpaired(&sim);
+        let rcx = range_rcx(target);
+        let pairs: Vec<[Pfn; 2]> = (0..4).map(|_| pair_pages(&sim)).collect();
+        let results: Vec<TdxStatus> = thread::scope(|sc| {
+            let hs: Vec<_> = pairs
+                .iter()
+                .enumerate()
+                .map(|(i, &[p0, p1])| {
+                    let sim = &sim;
+                    sc.spawn(move || {
+                        sim.set_lp(i as u32);
+                        loop {
+                            let (s, _) = pamt_add_raw(sim, rcx, hpa(p0), hpa(p1));
+                            if s != busy(RCX) {
+                                return s;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<usize> = (0..4)
+            .filter(|&i| results[i] == TdxStatus::SUCCESS)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        for (i, s) in results.iter().enumerate() {
+            if i != won[0] {
+                assert_eq!(*s, e(TdxStatus::HPA_RANGE_NOT_FREE, RCX));
+                assert_eq!(sim.page_state(pairs[i][0]), Some(tdx_sim::PageState::Host));
+            }
+        }
+        assert_eq!(sim.pamt_pair(target), Some((pairs[won[0]], 0)));
+        sim.check_invariants().unwrap();
+    }
+}

@@ -403,7 +403,8 @@ pub(crate) fn pamt_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// [`Violation::PamtRemoveRacedRemoval`] whenever PAMT.REMOVE meets a 4K
 /// entry of the range locked by such a removal, whatever the outcome
 /// (under the node's exclusive lock, only a node-less "implicit" holder can
-/// hold one). UNCONFIRMED on hardware: the window comes from reading the
+/// hold one); on real threads the other interleavings can show too (the
+/// fatal error is then recorded as well). UNCONFIRMED on hardware: the window comes from reading the
 /// source.
 pub(crate) fn pamt_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let s = c.sim;
@@ -423,7 +424,11 @@ pub(crate) fn pamt_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     let mid = t.mid(hpa);
     let readers = &s.readers;
     for (i, l) in mid.leaves.iter().enumerate() {
-        if l.lock.is_held(readers) && matches!(l.pt(), PamtPageType::REG | PamtPageType::EPT) {
+        // Under the node held X, a 4K entry's lock can only be held by a
+        // node-less (implicit) holder: a remover (its page REG or EPT, or
+        // already NDA if its commit is under way on another thread), or
+        // an implicit TDR lock (a TDR, still in use: not a race).
+        if l.lock.is_held(readers) && l.pt() != PamtPageType::TDR {
             s.violation(Violation::PamtRemoveRacedRemoval {
                 range: hpa,
                 pfn: hpa / PAGE + i as u64,
