@@ -1255,3 +1255,33 @@ fn racing_pamt_adds_of_one_range_install_one_pair() {
         sim.check_invariants().unwrap();
     }
 }
+
+#[test]
+fn injected_pamt_faults_change_nothing() {
+    let sim = dhost();
+    let p = unpaired(&sim);
+    let [q0, q1] = pair_pages(&sim);
+    let (transient, resumable) = tdx_sim::transient_statuses(Leaf::PHYMEM_PAMT_ADD);
+    assert!(!resumable);
+    assert!(transient.contains(&busy(R8)));
+    sim.inject(tdx_sim::Fault::status(Leaf::PHYMEM_PAMT_ADD, 1, busy(RCX)));
+    assert_eq!(
+        pamt_add_raw(&sim, range_rcx(p), hpa(q0), hpa(q1)).0,
+        busy(RCX)
+    );
+    assert_eq!(sim.pamt_pair(p), None);
+    assert_eq!(sim.page_state(q0), Some(tdx_sim::PageState::Host));
+    ok(
+        "PAMT.ADD",
+        pamt_add_raw(&sim, range_rcx(p), hpa(q0), hpa(q1)).0,
+    );
+    sim.inject(tdx_sim::Fault::status(
+        Leaf::PHYMEM_PAMT_REMOVE,
+        1,
+        busy(RCX),
+    ));
+    let (s, a) = pamt_remove_raw(&sim, range_rcx(p));
+    assert_eq!((s, a.rdx, a.r8), (busy(RCX), 0, 0));
+    assert_eq!(sim.pamt_pair(p), Some(([q0, q1], 0)));
+    sim.check_invariants().unwrap();
+}
