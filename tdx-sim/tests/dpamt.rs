@@ -1285,3 +1285,54 @@ fn injected_pamt_faults_change_nothing() {
     assert_eq!(sim.pamt_pair(p), Some(([q0, q1], 0)));
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn a_dynamic_pamt_trace_replays() {
+    let s = Simulator::new(desc(Profile::tdx_1_5_16())).unwrap();
+    let rec = tdx_sim::Recorder::for_simulator(&s, Vec::new()).unwrap();
+    testkit::bring_up_on(
+        &rec,
+        &Profile::tdx_1_5_16(),
+        &dyn_layout(),
+        BringUpOptions {
+            dynamic_pamt: true,
+            ..Default::default()
+        },
+    );
+    let range = rec
+        .alloc_pages(512, 512, Placement::Anywhere)
+        .unwrap()
+        .first();
+    let pair = rec.alloc_pages(2, 1, Placement::Anywhere).unwrap().first();
+    let args = |rcx, rdx, r8| SeamcallArgs::regs6(rcx, rdx, r8, 0, 0, 0);
+    let mut a = args(range_rcx(range), hpa(pair), hpa(pair) + PAGE);
+    // SAFETY: the recorder ends in the simulator; simulated memory.
+    let st = unsafe {
+        tdx_sys::Seamcall::seamcall(
+            &rec,
+            Leaf::PHYMEM_PAMT_ADD.v0().rax(),
+            &mut a,
+            tdx_sys::RegShape::NoOutputs,
+        )
+    };
+    ok("PAMT.ADD", st);
+    let mut a = args(range_rcx(range), 0, 0);
+    // SAFETY: as above.
+    let st = unsafe {
+        tdx_sys::Seamcall::seamcall(
+            &rec,
+            Leaf::PHYMEM_PAMT_REMOVE.v0().rax(),
+            &mut a,
+            tdx_sys::RegShape::Ret,
+        )
+    };
+    ok("PAMT.REMOVE", st);
+    assert_eq!((a.rdx, a.r8), (hpa(pair), hpa(pair) + PAGE));
+    let text = rec.finish().unwrap();
+    let trace = tdx_sim::Trace::parse(text.as_slice()).unwrap();
+    let replayed = trace.simulator().unwrap();
+    let summary = trace.run(&replayed, &mut Vec::new()).unwrap();
+    assert!(summary.passed(), "{summary}");
+    assert!(replayed.dynamic_pamt());
+    assert_eq!(replayed.stats().seamcalls, s.stats().seamcalls);
+}
