@@ -435,3 +435,42 @@ fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
     give_back(&sim, &[huge]);
     assert_back_to(&sim, &baseline, "demote/promote");
 }
+
+#[test]
+fn a_busy_pamt_add_is_retried_under_the_map_policy_or_returned_as_contention() {
+    let sim = sim();
+    let h = TdHost::new(ready(&sim, true)).unwrap();
+    let baseline = sim.accounting();
+    let mut td = running(&h);
+    let mem = frames(&sim, 512, 512);
+    let busy = TdxStatus::from_raw(0x8000_0200_0000_0001);
+
+    // Retried: the default policy retries BUSY, and the map succeeds.
+    let adds = calls(&sim, Leaf::PHYMEM_PAMT_ADD);
+    sim.inject(Fault::status(Leaf::PHYMEM_PAMT_ADD, 1, busy));
+    td.map(Gpa::new(MIB), frame4k(mem.first())).unwrap();
+    assert_eq!(calls(&sim, Leaf::PHYMEM_PAMT_ADD), adds + 2);
+    let _ = td.unmap::<Size4K>(Gpa::new(MIB), &|| {}).unwrap().into_range();
+
+    // A fault path that returns to the guest at once: BUSY is contention,
+    // the frame comes back, nothing is installed.
+    td.set_map_policy(tdx::api::retry::RetryPolicy::IMMEDIATE);
+    let pairs = h.pamt_pairs();
+    sim.inject(Fault::status(
+        Leaf::PHYMEM_PAMT_ADD,
+        calls(&sim, Leaf::PHYMEM_PAMT_ADD) + 1,
+        busy,
+    ));
+    let e = td.map(Gpa::new(MIB), frame4k(mem.first())).unwrap_err();
+    assert!(e.error.is_contention(), "{}", e.error);
+    assert!(matches!(e.error, TdError::Busy { .. }), "{}", e.error);
+    assert_eq!(h.pamt_pairs(), pairs);
+    // The retry (the guest faults again) succeeds.
+    td.map(Gpa::new(MIB), e.td).unwrap();
+    assert_eq!(h.pamt_pairs(), pairs + 1);
+
+    let report = td.teardown();
+    assert!(report.is_clean(), "{report:#?}");
+    give_back(&sim, &[mem]);
+    assert_back_to(&sim, &baseline, "busy");
+}

@@ -174,7 +174,17 @@ pub fn transient_statuses(leaf: Leaf) -> (&'static [TdxStatus], bool) {
         BUSY.with_operand(OperandId::RCX),
         BUSY.with_operand(OperandId::TDR),
     ];
+    // Dynamic PAMT (module 1.5.16+, `tdh_phymem_pamt_add.c`,
+    // `tdh_phymem_pamt_remove.c`): the range's 2M entry, then the pair
+    // pages' walks.
+    const PAMT_ADD: &[TdxStatus] = &[
+        BUSY.with_operand(OperandId::RCX),
+        BUSY.with_operand(OperandId::RDX),
+        BUSY.with_operand(OperandId::R8),
+    ];
     match leaf {
+        Leaf::PHYMEM_PAMT_ADD => (PAMT_ADD, false),
+        Leaf::PHYMEM_PAMT_REMOVE => (BUSY_RCX, false),
         Leaf::SYS_INIT | Leaf::SYS_LP_INIT | Leaf::SYS_CONFIG | Leaf::SYS_SHUTDOWN => {
             (SYS_BUSY, false)
         }

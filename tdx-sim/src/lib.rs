@@ -18,8 +18,12 @@
 //! module's TD exits, and a running vCPU counts in the TD's TLB epoch until
 //! it exits (a [`Simulator::kick`] makes it); and the guest side of
 //! TDG.MEM.PAGE.ACCEPT for tests that run no vCPU
-//! ([`Simulator::guest_accept`]). Not modelled: L2 VMs, migration, service
-//! TDs.
+//! ([`Simulator::guest_accept`]); and, on the module 1.5.16 profile
+//! ([`Profile::tdx_1_5_16`]), Dynamic PAMT: TDH.SYS.CONFIG's enable bit,
+//! TDH.PHYMEM.PAMT.ADD/REMOVE, the per-2 MiB PAMT page pairs with their
+//! count, `TDX_MISSING_PAMT_PAGE_PAIR`, the removal hint, and DEMOTE and
+//! PROMOTE with a pair ([`Simulator::pamt_pair`]). Not modelled: L2 VMs,
+//! migration, service TDs.
 //!
 //! Concurrency is the module's: any number of threads may call one
 //! simulator, each on the logical processor it selected, and leaves run in

@@ -21,13 +21,10 @@
 //! with one bit per 4K page, set for pair pages and for every page of a
 //! reserved area (no 4K entry is PT_RSVD). Here a node's 4K entries are
 //! the `Mid`'s `leaves`, reset when a pair is installed and stale (all
-//! PT_NDA) while there is none; the bitmap is a set of pair frames plus
-//! the reserved areas.
+//! PT_NDA) while there is none; each `Mid` also holds its range's 512
+//! bitmap bits (pair pages; reserved pages' bits are the reserved areas).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::OnceLock,
-};
+use std::{collections::HashMap, sync::OnceLock};
 
 use tdx_types::metadata::PamtPageType;
 
@@ -136,6 +133,10 @@ pub(crate) struct Mid {
     /// the module; the simulator keeps the whole value to catch a wrap).
     pub(crate) pair: [AtomicU64; 2],
     pub(crate) count: AtomicU64,
+    /// Dynamic PAMT: this range's 512 bits of the TDMR's bitmap, set for
+    /// pages that serve as pair pages (reserved pages' bits are the
+    /// reserved areas), updated with atomic test-and-set as the module's.
+    bitmap: [AtomicU64; 8],
 }
 
 /// A count update the module treats as a fatal error
@@ -161,9 +162,6 @@ pub(crate) struct Tdmr {
     pub(crate) dirty_mark: std::sync::Mutex<[(u64, u64); 3]>,
     /// Dynamic PAMT is on (TDH.SYS.CONFIG R8 bit 16).
     pub(crate) dynamic: bool,
-    /// Dynamic PAMT: the frames of this TDMR whose bitmap bit is set as
-    /// PAMT pair pages (reserved pages' bits are the reserved areas).
-    bitmap: std::sync::Mutex<BTreeSet<u64>>,
     gigs: Box<[OnceLock<Box<Gig>>]>,
 }
 
@@ -206,7 +204,6 @@ impl Tdmr {
             init_lock: crate::locks::Mutex::new(),
             dirty_mark: std::sync::Mutex::new([(0, u64::MAX); 3]),
             dynamic,
-            bitmap: std::sync::Mutex::default(),
             gigs,
             base: s.base,
             size: s.size,
@@ -250,6 +247,7 @@ impl Tdmr {
                 }),
                 pair: [AtomicU64::new(0), AtomicU64::new(0)],
                 count: AtomicU64::new(0),
+                bitmap: std::array::from_fn(|_| AtomicU64::new(0)),
             })
         })
     }
@@ -283,37 +281,56 @@ impl Tdmr {
     /// `dynamic_pamt_4k_bitmap_get`: the page at `pa` is a pair page or in
     /// a reserved area.
     pub(crate) fn bitmap_get(&self, pa: u64) -> bool {
-        self.in_reserved(pa) || self.bitmap().contains(&(pa / crate::memory::PAGE))
+        let (w, b) = bit_of(pa);
+        self.in_reserved(pa)
+            || self
+                .mid_peek(pa)
+                .is_some_and(|m| m.bitmap[w].load(Ordering::Acquire) & b != 0)
     }
 
     /// `dynamic_pamt_4k_bitmap_set`: atomically sets the bit of `pa`;
     /// false if it was set already.
     pub(crate) fn bitmap_set(&self, pa: u64) -> bool {
-        !self.in_reserved(pa) && self.bitmap().insert(pa / crate::memory::PAGE)
+        let (w, b) = bit_of(pa);
+        !self.in_reserved(pa) && self.mid(pa).bitmap[w].fetch_or(b, Ordering::AcqRel) & b == 0
     }
 
     /// `dynamic_pamt_4k_bitmap_clear`.
     pub(crate) fn bitmap_clear(&self, pa: u64) {
-        self.bitmap().remove(&(pa / crate::memory::PAGE));
+        let (w, b) = bit_of(pa);
+        self.mid(pa).bitmap[w].fetch_and(!b, Ordering::AcqRel);
     }
 
     /// Any bit set in the 2 MiB range at `pa` (`pamt_is_2mb_range_free`'s
-    /// bitmap test for a 2M PAGE.AUG).
+    /// bitmap test for a 2M PAGE.AUG: its 8 qwords all 0).
     fn bitmap_any_2m(&self, pa: u64) -> bool {
-        let f = pa / crate::memory::PAGE;
         self.reserved
             .iter()
             .any(|&(s, e)| s < pa + (2 << 20) && pa < e)
-            || self.bitmap().range(f..f + SPAN as u64).next().is_some()
+            || self
+                .mid_peek(pa)
+                .is_some_and(|m| m.bitmap.iter().any(|w| w.load(Ordering::Acquire) != 0))
     }
 
     /// The frames whose bit is set as pair pages.
     pub(crate) fn bitmap_frames(&self) -> Vec<u64> {
-        self.bitmap().iter().copied().collect()
-    }
-
-    fn bitmap(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
-        self.bitmap.lock().unwrap_or_else(|e| e.into_inner())
+        let mut out = Vec::new();
+        for (g, gig) in self.gigs.iter().enumerate() {
+            let Some(gig) = gig.get() else { continue };
+            for (m, mid) in gig.mids.iter().enumerate() {
+                let Some(mid) = mid.get() else { continue };
+                let first = (self.base + g as u64 * GIB + ((m as u64) << 21)) / crate::memory::PAGE;
+                for (w, word) in mid.bitmap.iter().enumerate() {
+                    let v = word.load(Ordering::Acquire);
+                    out.extend(
+                        (0..64)
+                            .filter(|i| v >> i & 1 != 0)
+                            .map(|i| first + w as u64 * 64 + i),
+                    );
+                }
+            }
+        }
+        out
     }
 
     // ---- Dynamic PAMT: the node's count ----------------------------------
@@ -449,6 +466,12 @@ impl Tdmr {
 
 fn mid_index(pa: u64) -> usize {
     ((pa >> 21) & (SPAN as u64 - 1)) as usize
+}
+
+/// The word and bit of `pa` in its range's 512 bitmap bits.
+fn bit_of(pa: u64) -> (usize, u64) {
+    let i = leaf_index(pa);
+    (i / 64, 1 << (i % 64))
 }
 
 fn leaf_index(pa: u64) -> usize {

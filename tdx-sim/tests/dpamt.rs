@@ -575,7 +575,9 @@ fn every_leaf_that_takes_a_4k_page_needs_its_ranges_pair() {
     // MNG.ADDCX.
     for _ in 0..6 {
         let p = unpaired(&sim);
-        assert_eq!(mng_addcx(&sim, p, tdr), missing(RCX));
+        let (s, a) = raw(&sim, Leaf::MNG_ADDCX.v0(), [hpa(p), hpa(tdr), 0, 0, 0, 0]);
+        assert_eq!(s, missing(RCX));
+        assert_eq!((a.rcx, a.rdx), (hpa(p), hpa(tdr)));
         add_pair(&sim, p);
         ok("MNG.ADDCX", mng_addcx(&sim, p, tdr));
         assert_eq!(count(&sim, p), 1);
@@ -587,12 +589,20 @@ fn every_leaf_that_takes_a_4k_page_needs_its_ranges_pair() {
 
     // VP.CREATE, VP.ADDCX.
     let tdvpr = unpaired(&sim);
-    assert_eq!(vp_create(&sim, tdvpr, tdr), missing(RCX));
+    let (s, a) = raw(
+        &sim,
+        Leaf::VP_CREATE.v0(),
+        [hpa(tdvpr), hpa(tdr), 0, 0, 0, 0],
+    );
+    assert_eq!(s, missing(RCX));
+    assert_eq!((a.rcx, a.rdx), (hpa(tdvpr), hpa(tdr)));
     add_pair(&sim, tdvpr);
     ok("VP.CREATE", vp_create(&sim, tdvpr, tdr));
     for _ in 0..5 {
         let p = unpaired(&sim);
-        assert_eq!(vp_addcx(&sim, p, tdvpr), missing(RCX));
+        let (s, a) = raw(&sim, Leaf::VP_ADDCX.v0(), [hpa(p), hpa(tdvpr), 0, 0, 0, 0]);
+        assert_eq!(s, missing(RCX));
+        assert_eq!((a.rcx, a.rdx), (hpa(p), hpa(tdvpr)));
         add_pair(&sim, p);
         ok("VP.ADDCX", vp_addcx(&sim, p, tdvpr));
     }
@@ -711,6 +721,35 @@ fn wbinvd_and_rdmd_of_pair_and_reserved_pages() {
     // RDMD: pair and reserved pages read as PT_PAMT.
     assert_eq!(rdmd(&sim, pair[1]).0, PamtPageType::PAMT);
     assert_eq!(rdmd(&sim, reserved).0, PamtPageType::PAMT);
+    // A 2M query of the node: PT_PAMT, non-leaf (bit 63), the pair in
+    // R10/R11, no owner.
+    let (s, a) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [range_rcx(p), 0, 0, 0, 0, 0],
+    );
+    ok("RDMD 2M", s);
+    assert_eq!(a.rcx, 15 | 1 << 63);
+    assert_eq!(
+        (a.rdx, a.r8, a.r10, a.r11),
+        (0, 1, hpa(pair[0]), hpa(pair[1]))
+    );
+    // A 4K query of a free page in a range without a pair ends at its 2M
+    // entry.
+    let (s, a) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [hpa(unpaired(&sim)), 0, 0, 0, 0, 0],
+    );
+    ok("RDMD", s);
+    assert_eq!((a.rcx, a.r8), (0, 1));
+    // Misaligned for its level.
+    let (s, _) = raw(
+        &sim,
+        Leaf::PHYMEM_PAGE_RDMD.v0(),
+        [range_rcx(p) + PAGE, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(s, invalid(RCX));
     // RECLAIM of a page of a range without a pair: the free 2M entry.
     let c = page_reclaim(&sim, unpaired(&sim));
     assert_eq!(c.status, metadata(RCX));
@@ -1156,4 +1195,144 @@ fn teardown_returns_every_pair() {
     ok("WBINVD TDR", wbinvd(&sim, tdr, g));
     assert_eq!(sim.accounting().module, before.module);
     sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_removed_pair_must_be_written_back_before_reuse() {
+    let sim = dhost();
+    let p = unpaired(&sim);
+    let pair = add_pair(&sim, p);
+    let (s, _) = pamt_remove_raw(&sim, range_rcx(p));
+    ok("PAMT.REMOVE", s);
+    // pair[0] flushed with the global KeyID, pair[1] freed as it is.
+    ok("WBINVD", wbinvd(&sim, pair[0], global_hkid(&sim)));
+    free_page(&sim, pair[0]);
+    assert_eq!(sim.violations(), vec![]);
+    free_page(&sim, pair[1]);
+    assert!(matches!(
+        sim.violations()[..],
+        [Violation::PrivateLinesReachedHost { pfn, .. }] if pfn == pair[1].as_u64()
+    ));
+}
+
+#[test]
+fn racing_pamt_adds_of_one_range_install_one_pair() {
+    for round in 0..20 {
+        let sim = dhost();
+        let target = unpaired(&sim);
+        let rcx = range_rcx(target);
+        let pairs: Vec<[Pfn; 2]> = (0..4).map(|_| pair_pages(&sim)).collect();
+        let results: Vec<TdxStatus> = thread::scope(|sc| {
+            let hs: Vec<_> = pairs
+                .iter()
+                .enumerate()
+                .map(|(i, &[p0, p1])| {
+                    let sim = &sim;
+                    sc.spawn(move || {
+                        sim.set_lp(i as u32);
+                        loop {
+                            let (s, _) = pamt_add_raw(sim, rcx, hpa(p0), hpa(p1));
+                            if s != busy(RCX) {
+                                return s;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<usize> = (0..4)
+            .filter(|&i| results[i] == TdxStatus::SUCCESS)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        for (i, s) in results.iter().enumerate() {
+            if i != won[0] {
+                assert_eq!(*s, e(TdxStatus::HPA_RANGE_NOT_FREE, RCX));
+                assert_eq!(sim.page_state(pairs[i][0]), Some(tdx_sim::PageState::Host));
+            }
+        }
+        assert_eq!(sim.pamt_pair(target), Some((pairs[won[0]], 0)));
+        sim.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn injected_pamt_faults_change_nothing() {
+    let sim = dhost();
+    let p = unpaired(&sim);
+    let [q0, q1] = pair_pages(&sim);
+    let (transient, resumable) = tdx_sim::transient_statuses(Leaf::PHYMEM_PAMT_ADD);
+    assert!(!resumable);
+    assert!(transient.contains(&busy(R8)));
+    sim.inject(tdx_sim::Fault::status(Leaf::PHYMEM_PAMT_ADD, 1, busy(RCX)));
+    assert_eq!(
+        pamt_add_raw(&sim, range_rcx(p), hpa(q0), hpa(q1)).0,
+        busy(RCX)
+    );
+    assert_eq!(sim.pamt_pair(p), None);
+    assert_eq!(sim.page_state(q0), Some(tdx_sim::PageState::Host));
+    ok(
+        "PAMT.ADD",
+        pamt_add_raw(&sim, range_rcx(p), hpa(q0), hpa(q1)).0,
+    );
+    sim.inject(tdx_sim::Fault::status(
+        Leaf::PHYMEM_PAMT_REMOVE,
+        1,
+        busy(RCX),
+    ));
+    let (s, a) = pamt_remove_raw(&sim, range_rcx(p));
+    assert_eq!((s, a.rdx, a.r8), (busy(RCX), 0, 0));
+    assert_eq!(sim.pamt_pair(p), Some(([q0, q1], 0)));
+    sim.check_invariants().unwrap();
+}
+
+#[test]
+fn a_dynamic_pamt_trace_replays() {
+    let s = Simulator::new(desc(Profile::tdx_1_5_16())).unwrap();
+    let rec = tdx_sim::Recorder::for_simulator(&s, Vec::new()).unwrap();
+    testkit::bring_up_on(
+        &rec,
+        &Profile::tdx_1_5_16(),
+        &dyn_layout(),
+        BringUpOptions {
+            dynamic_pamt: true,
+            ..Default::default()
+        },
+    );
+    let range = rec
+        .alloc_pages(512, 512, Placement::Anywhere)
+        .unwrap()
+        .first();
+    let pair = rec.alloc_pages(2, 1, Placement::Anywhere).unwrap().first();
+    let args = |rcx, rdx, r8| SeamcallArgs::regs6(rcx, rdx, r8, 0, 0, 0);
+    let mut a = args(range_rcx(range), hpa(pair), hpa(pair) + PAGE);
+    // SAFETY: the recorder ends in the simulator; simulated memory.
+    let st = unsafe {
+        tdx_sys::Seamcall::seamcall(
+            &rec,
+            Leaf::PHYMEM_PAMT_ADD.v0().rax(),
+            &mut a,
+            tdx_sys::RegShape::NoOutputs,
+        )
+    };
+    ok("PAMT.ADD", st);
+    let mut a = args(range_rcx(range), 0, 0);
+    // SAFETY: as above.
+    let st = unsafe {
+        tdx_sys::Seamcall::seamcall(
+            &rec,
+            Leaf::PHYMEM_PAMT_REMOVE.v0().rax(),
+            &mut a,
+            tdx_sys::RegShape::Ret,
+        )
+    };
+    ok("PAMT.REMOVE", st);
+    assert_eq!((a.rdx, a.r8), (hpa(pair), hpa(pair) + PAGE));
+    let text = rec.finish().unwrap();
+    let trace = tdx_sim::Trace::parse(text.as_slice()).unwrap();
+    let replayed = trace.simulator().unwrap();
+    let summary = trace.run(&replayed, &mut Vec::new()).unwrap();
+    assert!(summary.passed(), "{summary}");
+    assert!(replayed.dynamic_pamt());
+    assert_eq!(replayed.stats().seamcalls, s.stats().seamcalls);
 }

@@ -1582,7 +1582,7 @@ pub struct TdxFeatures0 {
     pub clflush_before_alloc: bool,
     #[bits(12)]
     __bits_35_24: u16,
-    /// Bit 36, `DYNAMIC_PAMT`. [S-FEAT-HITS; S-NEWEST-TDXC]
+    /// Bit 36, `DYNAMIC_PAMT` (Intel TDX module 1.5.16+, `tdx_features_enum0_t`). [S-FEAT-HITS; S-NEWEST-TDXC; S-MOD-1516]
     pub dynamic_pamt: bool,
     #[bits(2)]
     __bits_38_37: u8,

@@ -38,25 +38,45 @@ fn page_operand<'s>(c: &Call<'s>, pa: u64) -> Result<&'s pamt::Tdmr, TdxStatus> 
 /// leaf (RCX). Outputs: type, owner, level, and the block epoch of a
 /// private or S-EPT page (R9).
 ///
-/// With Dynamic PAMT an NDA page whose bitmap bit is set (a pair page, or
-/// a reserved page) reads as PT_PAMT at 4K (`tdh_phymem_page_rdmd.c`,
-/// module 1.5.16+). Not modelled: the 2M/1G queries (RCX level 1/2) that
-/// mode allows, which report a node's pair in R10/R11.
+/// With Dynamic PAMT (`tdh_phymem_page_rdmd.c`, module 1.5.16+): RCX may
+/// ask for a 2M or 1G entry (level in bits 2:0, the address aligned to
+/// it; without Dynamic PAMT any level bit is `OPERAND_INVALID|RCX`); a 4K
+/// query that ends at an NDA entry whose bitmap bit is set (a pair page,
+/// or a reserved page) reads PT_PAMT at 4K with no owner; a PT_PAMT node
+/// reads PT_PAMT with RCX bit 63 (non-leaf) and its pair in R10/R11.
 pub(crate) fn page_rdmd(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
-    let pa = a.rcx;
+    let rcx = a.rcx;
     (a.rcx, a.rdx, a.r8, a.r9, a.r10, a.r11) = (0, 0, 0, 0, 0, 0);
+    let dynamic = c.sim.pamt.dynamic();
+    let level = if dynamic { (rcx & 7) as u8 } else { 0 };
+    if level > 2 {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
+    let pa = if dynamic { rcx & !7 } else { rcx };
+    if !pa.is_multiple_of(PAGE << (9 * u32::from(level))) {
+        return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX));
+    }
     let t = page_operand(c, pa)?;
-    let (e, level) = pamt::walk(t, pa, None, Shared, LockSide::Host, &mut c.held)
+    let target = if level == 0 { None } else { Some(level) };
+    let (e, at) = pamt::walk(t, pa, target, Shared, LockSide::Host, &mut c.held)
         .map_err(|b| op(b.status(), OperandId::RCX))?;
     c.locked();
     let e = e.get();
-    if t.dynamic && e.pt == PamtPageType::NDA && t.bitmap_get(pa) {
+    if dynamic && level == 0 && e.pt == PamtPageType::NDA && t.bitmap_get(pa) {
         a.rcx = u64::from(PamtPageType::PAMT.0);
         return Ok(TdxStatus::SUCCESS);
     }
     a.rcx = u64::from(e.pt.0);
+    a.r8 = u64::from(at);
+    if e.pt == PamtPageType::PAMT {
+        // A node: no owner, the pair in R10/R11 (`non_leaf`, bit 63).
+        a.rcx |= 1 << 63;
+        let m = t.mid(pa);
+        a.r10 = m.pair[0].load(Ordering::Relaxed) * PAGE;
+        a.r11 = m.pair[1].load(Ordering::Relaxed) * PAGE;
+        return Ok(TdxStatus::SUCCESS);
+    }
     a.rdx = e.owner * PAGE;
-    a.r8 = u64::from(level);
     if matches!(e.pt, PamtPageType::REG | PamtPageType::EPT) {
         a.r9 = e.bepoch;
     }
@@ -298,7 +318,11 @@ pub(crate) fn install_pair(
 }
 
 /// Takes the node's pair out of the bitmap and gives both pages back to
-/// the host (PAMT.REMOVE, PROMOTE). Returns the pair's addresses.
+/// the host (PAMT.REMOVE, PROMOTE). Returns the pair's addresses. The
+/// pages keep their cache lines of the global KeyID (the module neither
+/// clears nor flushes them), so a host that frees them unflushed is
+/// recorded ([`Violation::PrivateLinesReachedHost`]); model choice,
+/// UNCONFIRMED on hardware.
 pub(crate) fn release_pair(c: &Call<'_>, mid: &pamt::Mid) -> [u64; 2] {
     let s = c.sim;
     let pair = [0, 1].map(|i| mid.pair[i].load(Ordering::Relaxed) * PAGE);
@@ -379,7 +403,8 @@ pub(crate) fn pamt_add(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
 /// [`Violation::PamtRemoveRacedRemoval`] whenever PAMT.REMOVE meets a 4K
 /// entry of the range locked by such a removal, whatever the outcome
 /// (under the node's exclusive lock, only a node-less "implicit" holder can
-/// hold one). UNCONFIRMED on hardware: the window comes from reading the
+/// hold one); on real threads the other interleavings can show too (the
+/// fatal error is then recorded as well). UNCONFIRMED on hardware: the window comes from reading the
 /// source.
 pub(crate) fn pamt_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     let s = c.sim;
@@ -399,7 +424,11 @@ pub(crate) fn pamt_remove(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult 
     let mid = t.mid(hpa);
     let readers = &s.readers;
     for (i, l) in mid.leaves.iter().enumerate() {
-        if l.lock.is_held(readers) && matches!(l.pt(), PamtPageType::REG | PamtPageType::EPT) {
+        // Under the node held X, a 4K entry's lock can only be held by a
+        // node-less (implicit) holder: a remover (its page REG or EPT, or
+        // already NDA if its commit is under way on another thread), or
+        // an implicit TDR lock (a TDR, still in use: not a race).
+        if l.lock.is_held(readers) && l.pt() != PamtPageType::TDR {
             s.violation(Violation::PamtRemoveRacedRemoval {
                 range: hpa,
                 pfn: hpa / PAGE + i as u64,

@@ -500,7 +500,8 @@ pub struct PromoteOut {
 /// # Safety
 ///
 /// As [`tdh_mem_page_promote`]; the returned pair pages also come back to
-/// the host.
+/// the host, with the same cache rule as after TDH.PHYMEM.PAMT.REMOVE
+/// ([`tdh_phymem_pamt_remove`](super::tdh_phymem_pamt_remove)).
 #[doc(alias = "TDH.MEM.PAGE.PROMOTE")]
 #[inline]
 pub unsafe fn tdh_mem_page_promote_pair<B: Seamcall + ?Sized>(

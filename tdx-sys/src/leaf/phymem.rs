@@ -212,9 +212,13 @@ pub unsafe fn tdh_phymem_pamt_add<B: Seamcall + ?Sized>(
 ///
 /// # Safety
 ///
-/// Crate-level contract; the returned pages come back to the host (they
-/// were written with the module's private KeyID: clear them before reuse
-/// where the platform needs it).
+/// Crate-level contract; the returned pages come back to the host. The
+/// module wrote them under its global private KeyID and does not clear or
+/// flush them: write their cache lines back (TDH.PHYMEM.PAGE.WBINVD with
+/// the global KeyID, as for a TDR) before the host reuses them. The
+/// simulator requires this; whether hardware does is UNCONFIRMED (Linux's
+/// Dynamic PAMT v6 only resets them on CPUs with the partial-write
+/// erratum).
 #[doc(alias = "TDH.PHYMEM.PAMT.REMOVE")]
 #[inline]
 pub unsafe fn tdh_phymem_pamt_remove<B: Seamcall + ?Sized>(
