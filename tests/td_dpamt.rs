@@ -450,15 +450,19 @@ fn a_busy_pamt_add_is_retried_under_the_map_policy_or_returned_as_contention() {
     sim.inject(Fault::status(Leaf::PHYMEM_PAMT_ADD, 1, busy));
     td.map(Gpa::new(MIB), frame4k(mem.first())).unwrap();
     assert_eq!(calls(&sim, Leaf::PHYMEM_PAMT_ADD), adds + 2);
-    let _ = td.unmap::<Size4K>(Gpa::new(MIB), &|| {}).unwrap().into_range();
+    let _ = td
+        .unmap::<Size4K>(Gpa::new(MIB), &|| {})
+        .unwrap()
+        .into_range();
 
     // A fault path that returns to the guest at once: BUSY is contention,
     // the frame comes back, nothing is installed.
     td.set_map_policy(tdx::api::retry::RetryPolicy::IMMEDIATE);
     let pairs = h.pamt_pairs();
+    // (A fault's call number counts from the first fault planned.)
     sim.inject(Fault::status(
         Leaf::PHYMEM_PAMT_ADD,
-        calls(&sim, Leaf::PHYMEM_PAMT_ADD) + 1,
+        calls(&sim, Leaf::PHYMEM_PAMT_ADD) - adds + 1,
         busy,
     ));
     let e = td.map(Gpa::new(MIB), frame4k(mem.first())).unwrap_err();
