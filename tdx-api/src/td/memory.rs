@@ -1083,8 +1083,6 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let hkid = self.hkid();
         // A 4K page (the common case) is one write-back.
         let frames = if slot.level == 0 {
-            // REMOVE returned: the page's PAMT pair reference goes.
-            self.host().pair_put(first);
             first.as_u64()..first.as_u64() + 1
         } else {
             first.as_u64()..run.end()
@@ -1094,10 +1092,18 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 .host()
                 .page_wbinvd(Pfn::new(f), hkid, &self.inner.policy)
             {
+                if slot.level == 0 {
+                    self.host().pair_put(first);
+                }
                 let o = self.not_written_back(run, e);
                 slot.store(Entry::Free);
                 return o;
             }
+        }
+        // The module is done with the page (PAGE.WBINVD reads its PAMT
+        // entry, which lives in the range's pair): its pair reference goes.
+        if slot.level == 0 {
+            self.host().pair_put(first);
         }
         if self.host().errata().tdx_pw_mce {
             // SAFETY: removed and written back above; the TD held the
