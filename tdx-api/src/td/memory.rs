@@ -1571,12 +1571,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 gpa: Some(gpa),
             });
         }
-        // The module let go of the page: its range's pair reference goes.
-        self.host().pair_put(pfn);
-        if let Err(e) = self
+        let written = self
             .host()
-            .page_wbinvd(pfn, self.hkid(), &self.inner.policy)
-        {
+            .page_wbinvd(pfn, self.hkid(), &self.inner.policy);
+        // The module is done with the page (PAGE.WBINVD reads its PAMT
+        // entry, in the pair): its range's pair reference goes.
+        self.host().pair_put(pfn);
+        if let Err(e) = written {
             // The merge or removal stands; only the freed S-EPT page could
             // not be written back. It waits for teardown's CACHE.WB, and the
             // error shows in the teardown report.

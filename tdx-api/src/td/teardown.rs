@@ -166,6 +166,25 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
         }
     }
 
+    /// The module let go of the 4K page `first`: its range's PAMT pair
+    /// reference goes, and a pair that leaves with it is reported.
+    fn put_pair(&mut self, first: Pfn) {
+        match self.host.pair_put(first) {
+            Some(Ok(pair)) => {
+                for f in pair.iter() {
+                    self.report.freed.push((f, PageRole::Pamt));
+                }
+            }
+            Some(Err((pair, reason))) => self.report.leaked.push(LeakedPage {
+                run: pair,
+                role: PageRole::Pamt,
+                reason,
+                error: None,
+            }),
+            None => {}
+        }
+    }
+
     /// TDH.PHYMEM.PAGE.RECLAIM of the page (of any size) at `first`.
     fn reclaim(&mut self, run: PfnRun, role: PageRole) -> bool {
         let (b, first) = (self.b, run.first());
@@ -184,21 +203,10 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
             Ok(_) => {
                 // The module let go of the page: its range's PAMT pair
                 // reference goes (4K pages only hold one).
-                if run.count() == 1 {
-                    match self.host.pair_put(first) {
-                        Some(Ok(pair)) => {
-                            for f in pair.iter() {
-                                self.report.freed.push((f, PageRole::Pamt));
-                            }
-                        }
-                        Some(Err((pair, reason))) => self.report.leaked.push(LeakedPage {
-                            run: pair,
-                            role: PageRole::Pamt,
-                            reason,
-                            error: None,
-                        }),
-                        None => {}
-                    }
+                // (The TDR's reference goes after its PAGE.WBINVD, which
+                // reads its PAMT entry.)
+                if run.count() == 1 && role != PageRole::Tdr {
+                    self.put_pair(first);
                 }
                 if role != PageRole::Tdr {
                     self.give_back(run, role);
@@ -331,6 +339,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     if cx.reclaim(one(tdr), PageRole::Tdr) {
         // The module may have written the TDR with the global KeyID.
         let r = host.page_wbinvd(tdr, host.module().global_keyid(), &cx.policy);
+        cx.put_pair(tdr);
         match r {
             Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
             Err(e) => {
