@@ -616,6 +616,9 @@ fn plan_from_json(doc: &Value, strategy: Strategy) -> Plan {
                 l2m: level(&t["pamt"]["2m"]),
                 l1g: level(&t["pamt"]["1g"]),
             },
+            // The check does not read these.
+            pamt_node: 0,
+            pamt_remote: None,
         })
         .collect();
     Plan {

@@ -16,12 +16,20 @@
 //! 2. **Too many TDMRs.** Runs are joined across their gaps, smallest gap
 //!    first (the gap becomes reserved, and costs PAMT for its size), as long
 //!    as that lowers the count, until the count fits.
-//! 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) is
-//!    carved from memory next to a hole that already needs an area, so the
-//!    two merge and no area is added; ties go to the TDMR's own NUMA node.
-//!    Only when no such place has room does a PAMT take a new area, in a
-//!    TDMR that has one to spare. If none has, step 1 runs again with one
-//!    area fewer per TDMR, leaving room.
+//! 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) goes on
+//!    the TDMR's own NUMA node (the node of its first usable byte, where
+//!    Linux allocates it): the module reads a page's PAMT entries on every
+//!    SEAMCALL that is handed the page. On that node it is carved from
+//!    memory next to a hole that already needs an area, so the two merge
+//!    and no area is added; only when no such place has room does it take
+//!    a new area, in a TDMR that has one to spare. TDMRs whose node has no
+//!    place are placed last, on other nodes, the same way, and the plan
+//!    says why ([`RemoteReason`](super::RemoteReason)). TDMRs are not cut
+//!    smaller to make room at home: each extra TDMR costs PAMT memory, and
+//!    the plan never costs more than Linux's. If a PAMT has no place at
+//!    all, a placement that puts fewest areas first (the node only
+//!    breaking ties) is tried, then step 1 again with one area fewer per
+//!    TDMR, leaving room.
 //!
 //! Runs are only split where the area limit forces it and only joined where
 //! the TDMR limit forces it, so on a map where Linux's construction also
@@ -31,8 +39,8 @@
 use alloc::vec::Vec;
 
 use super::{
-    GIB, MAX_PA, Normalized, PamtPlacement, Plan, PlanError, PlannedTdmr, ReservedArea, Strategy,
-    intervals,
+    GIB, MAX_PA, Normalized, PamtPlacement, Plan, PlanError, PlannedTdmr, RemoteReason,
+    ReservedArea, Strategy, intervals,
 };
 
 /// Memory below this is scarce on a host (DMA zones, the kernel image);
@@ -278,7 +286,9 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
             // answer; otherwise the reason is the PAMT that did not fit.
             Err(e) => return Err(last_err.unwrap_or(e)),
         };
-        match place(&ctx, &tdmrs) {
+        let placed = place(&ctx, &tdmrs, Locality::Local)
+            .or_else(|_| place(&ctx, &tdmrs, Locality::Tiebreak));
+        match placed {
             Ok(plan) => return Ok(plan),
             Err(e) => {
                 // A PAMT with no run of memory big enough anywhere: make
@@ -334,8 +344,30 @@ impl From<PlanError> for Failed {
     }
 }
 
+/// How [`place`] treats each TDMR's NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locality {
+    /// Every PAMT on its TDMR's node if there is any place for it there,
+    /// even one that costs a reserved area a remote place would not.
+    Local,
+    /// Fewest reserved areas first, the node only breaks ties: when
+    /// `Local` finds no plan, this one still does whenever it exists.
+    Tiebreak,
+}
+
+/// A pass of [`place`]: which slots a TDMR's PAMT may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Slots on the TDMR's node.
+    Own,
+    /// Slots on other nodes.
+    Other,
+    /// Any slot.
+    Any,
+}
+
 /// Places the PAMTs of `tdmrs` and builds the plan.
-fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
+fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan, Failed> {
     let n = ctx.n;
     let max_r = n.limits.max_reserved_per_tdmr;
     let forced = &ctx.holes.forced;
@@ -413,85 +445,125 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
         }
         r.1 = i + 1;
     }
-    for t in order {
-        let need: u64 = sizes[t].iter().sum();
-        let fits = |s: &Slot| s.hi - s.lo >= need;
-        // Next to a hole that already has an area (no new area), on the
-        // TDMR's node, in the TDMR itself, with the most room.
-        let free_pick = |high_only: bool| {
-            anchored
-                .iter()
-                .map(|&i| (i, &slots[i]))
-                .filter(|(_, s)| fits(s) && (!high_only || s.hi > LOW_4G))
-                .min_by_key(|(_, s)| {
-                    (
-                        s.node != nodes[t],
-                        s.tdmr != t,
-                        core::cmp::Reverse(s.hi - s.lo),
-                    )
-                })
-                .map(|(i, _)| i)
-        };
-        // A new area in a TDMR that has `spare` or more areas left after it:
-        // the TDMR's own memory first, the same node first; stop at the
-        // first ideal.
-        let new_area_pick = |spare: usize, high_only: bool| {
-            let mut best: Option<(usize, (bool, bool))> = None;
-            let own_range = own[t].0..own[t].1;
-            for i in own_range
-                .clone()
-                .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
-            {
-                let s = &slots[i];
-                if !fits(s) || used[s.tdmr] + 1 + spare > max_r || (high_only && s.hi <= LOW_4G) {
-                    continue;
+    let mut pamt_node = alloc::vec![0u32; tdmrs.len()];
+    let mut remote: Vec<Option<RemoteReason>> = alloc::vec![None; tdmrs.len()];
+    // Local: every TDMR on its own node first, then the ones that found no
+    // place there on other nodes (so a remote PAMT never takes the room a
+    // later TDMR of that node needed). Tiebreak: one pass, the node only
+    // breaks ties.
+    let phases: &[Phase] = match locality {
+        Locality::Local => &[Phase::Own, Phase::Other],
+        Locality::Tiebreak => &[Phase::Any],
+    };
+    let mut pending = order;
+    for &phase in phases {
+        let mut deferred = Vec::new();
+        for t in pending {
+            let need: u64 = sizes[t].iter().sum();
+            let nd = nodes[t];
+            let fits = |s: &Slot| s.hi - s.lo >= need;
+            let allowed = |s: &Slot| match phase {
+                Phase::Own => s.node == nd,
+                Phase::Other => s.node != nd,
+                Phase::Any => true,
+            };
+            // Why a PAMT cannot be on its node: no run there is big enough,
+            // or each needs an area its TDMR does not have.
+            let why_not_local = || {
+                if slots.iter().any(|s| s.node == nd && fits(s)) {
+                    RemoteReason::ReservedAreaLimit
+                } else {
+                    RemoteReason::NoRoom
                 }
-                let k = (s.node != nodes[t], s.tdmr != t);
-                if best.is_none_or(|(_, bk)| k < bk) {
-                    best = Some((i, k));
-                    if k == (false, false) {
-                        break;
+            };
+            // Next to a hole that already has an area (no new area), on the
+            // TDMR's node, in the TDMR itself, with the most room.
+            let free_pick = |high_only: bool| {
+                anchored
+                    .iter()
+                    .map(|&i| (i, &slots[i]))
+                    .filter(|(_, s)| allowed(s) && fits(s) && (!high_only || s.hi > LOW_4G))
+                    .min_by_key(|(_, s)| {
+                        (s.node != nd, s.tdmr != t, core::cmp::Reverse(s.hi - s.lo))
+                    })
+                    .map(|(i, _)| i)
+            };
+            // A new area in a TDMR that has `spare` or more areas left after
+            // it: the TDMR's own memory first, the same node first; stop at
+            // the first ideal.
+            let new_area_pick = |spare: usize, high_only: bool| {
+                let mut best: Option<(usize, (bool, bool))> = None;
+                let own_range = own[t].0..own[t].1;
+                for i in own_range
+                    .clone()
+                    .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
+                {
+                    let s = &slots[i];
+                    if !allowed(s)
+                        || !fits(s)
+                        || used[s.tdmr] + 1 + spare > max_r
+                        || (high_only && s.hi <= LOW_4G)
+                    {
+                        continue;
+                    }
+                    let k = (s.node != nd, s.tdmr != t);
+                    if best.is_none_or(|(_, bk)| k < bk) {
+                        best = Some((i, k));
+                        if k == (false, false) {
+                            break;
+                        }
                     }
                 }
-            }
-            best.map(|(i, _)| i)
-        };
-        // Memory below 4 GiB is what a host can spare least: stay above it
-        // while that costs nothing, or one area in a TDMR that keeps one to
-        // spare; take it (and every last area) only when nothing else fits.
-        let pick = free_pick(true)
-            .or_else(|| new_area_pick(1, true))
-            .or_else(|| free_pick(false))
-            .or_else(|| new_area_pick(0, false));
-        let Some(i) = pick else {
-            let (base, end) = tdmrs[t];
-            // No run big enough at all (only smaller TDMRs help), or runs
-            // whose TDMRs have no area to spare (a lower budget helps).
-            return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
-                Failed::NoArea {
-                    base,
-                    end,
-                    bytes: need,
+                best.map(|(i, _)| i)
+            };
+            // Memory below 4 GiB is what a host can spare least: stay above
+            // it while that costs nothing, or one area in a TDMR that keeps
+            // one to spare; take it (and every last area) only when nothing
+            // else fits.
+            let pick = free_pick(true)
+                .or_else(|| new_area_pick(1, true))
+                .or_else(|| free_pick(false))
+                .or_else(|| new_area_pick(0, false));
+            let Some(i) = pick else {
+                if phase == Phase::Own {
+                    remote[t] = Some(why_not_local());
+                    deferred.push(t);
+                    continue;
                 }
-            } else {
-                Failed::NoRun { base, end }
-            });
-        };
-        let s = &mut slots[i];
-        let at = if s.hi_anchor || !s.lo_anchor {
-            if !(s.hi_anchor || s.lo_anchor) {
-                used[s.tdmr] += 1;
-                anchored.push(i);
+                let (base, end) = tdmrs[t];
+                // No run big enough at all (only smaller TDMRs help), or runs
+                // whose TDMRs have no area to spare (a lower budget helps).
+                return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
+                    Failed::NoArea {
+                        base,
+                        end,
+                        bytes: need,
+                    }
+                } else {
+                    Failed::NoRun { base, end }
+                });
+            };
+            if phase == Phase::Any && slots[i].node != nd {
+                remote[t] = Some(why_not_local());
             }
-            s.hi -= need;
-            s.hi_anchor = true;
-            s.hi
-        } else {
-            let at = s.lo;
-            s.lo += need;
-            at
-        };
-        pamt[t] = PamtPlacement::contiguous(at, sizes[t]);
+            let s = &mut slots[i];
+            let at = if s.hi_anchor || !s.lo_anchor {
+                if !(s.hi_anchor || s.lo_anchor) {
+                    used[s.tdmr] += 1;
+                    anchored.push(i);
+                }
+                s.hi -= need;
+                s.hi_anchor = true;
+                s.hi
+            } else {
+                let at = s.lo;
+                s.lo += need;
+                at
+            };
+            pamt[t] = PamtPlacement::contiguous(at, sizes[t]);
+            pamt_node[t] = s.node;
+        }
+        pending = deferred;
     }
 
     // Reserved areas from the final picture: holes (memory minus PAMTs)
@@ -532,6 +604,8 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
             node: nodes[t],
             reserved,
             pamt: pamt[t],
+            pamt_node: pamt_node[t],
+            pamt_remote: remote[t],
         });
     }
     Ok(Plan {

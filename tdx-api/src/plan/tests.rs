@@ -226,6 +226,130 @@ fn linux_reproduces_fill_out_tdmrs() {
     assert!(best.pamt_bytes() < linux.pamt_bytes());
 }
 
+/// Every TDMR's `pamt_node` is the node of the memory its PAMT is in (the
+/// whole PAMT), and `pamt_remote` is set exactly when that is not the
+/// TDMR's node, which is the node of its first usable byte.
+fn pamt_nodes_are_right(p: &Plan, input: &PlanInput) -> bool {
+    let n = Normalized::new(input).unwrap();
+    p.tdmrs.iter().all(|t| {
+        let (b, e) = (t.pamt.l4k.0, t.pamt.l4k.0 + t.pamt.bytes());
+        let on_node = n
+            .mem
+            .iter()
+            .any(|r| r.start <= b && e <= r.end && r.node == t.pamt_node);
+        on_node && t.node == n.node_at(t.base) && t.pamt_remote.is_some() == (t.pamt_node != t.node)
+    })
+}
+
+fn node(start: u64, end: u64, node: u32) -> MemRange {
+    MemRange { start, end, node }
+}
+
+#[test]
+fn a_node_too_small_for_its_pamt_puts_it_remote_and_says_so() {
+    // Node 1 holds 2 MiB at 5 GiB: its TDMR [5G, 6G) needs a 4 MiB PAMT
+    // (plus the 2M and 1G levels), which cannot fit on node 1.
+    let input = PlanInput::new(vec![
+        node(MIB, 2 * GIB, 0),
+        node(4 * GIB, 5 * GIB, 0),
+        node(5 * GIB, 5 * GIB + 2 * MIB, 1),
+        node(6 * GIB, 10 * GIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    for p in [best.unwrap(), linux.unwrap()] {
+        check(&p, &input).unwrap();
+        assert!(pamt_nodes_are_right(&p, &input), "{p}");
+        let t = p
+            .tdmrs
+            .iter()
+            .find(|t| t.node == 1)
+            .unwrap_or_else(|| panic!("a node-1 TDMR: {p}"));
+        assert_eq!(t.pamt_node, 0, "{p}");
+        assert_eq!(t.pamt_remote, Some(RemoteReason::NoRoom), "{p}");
+        assert_eq!(p.remote_pamts(), 1, "{p}");
+        assert!(
+            p.to_string().contains("(remote: its node has no free run"),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn the_area_limit_can_force_a_remote_pamt() {
+    // One area per TDMR. Node 0's TDMR [4G, 5G) spends it on its tail,
+    // [4G + 908M, 5G), outside the CMRs. The memory next to that tail is a
+    // 4 MiB piece, too small for the PAMT (4 MiB + 12 KiB); the big piece
+    // before it touches only a hole inside a CMR (no area). So on node 0
+    // the PAMT needs a second area. Node 1's TDMR [5G, 6G) ends in a hole
+    // that already has an area, with room for both PAMTs next to it.
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 4 * GIB + 900 * MIB, 0),
+        node(4 * GIB + 904 * MIB, 4 * GIB + 908 * MIB, 0),
+        node(5 * GIB, 6 * GIB - 64 * MIB, 1),
+    ]);
+    input.cmrs = Some(vec![
+        (4 * GIB, 4 * GIB + 908 * MIB),
+        (5 * GIB, 6 * GIB - 64 * MIB),
+    ]);
+    input.limits.max_reserved_per_tdmr = 1;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    assert_eq!(best.tdmrs.len(), 2, "{best}");
+    assert_eq!(best.tdmrs[0].node, 0);
+    assert_eq!(best.tdmrs[0].pamt_node, 1, "{best}");
+    assert_eq!(
+        best.tdmrs[0].pamt_remote,
+        Some(RemoteReason::ReservedAreaLimit),
+        "{best}"
+    );
+    assert_eq!(best.tdmrs[1].pamt_remote, None, "{best}");
+    assert_eq!(best.remote_pamts(), 1);
+    // With two areas per TDMR it comes home, at the cost of an area.
+    input.limits.max_reserved_per_tdmr = 2;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert_eq!(best.remote_pamts(), 0, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_node, 0, "{best}");
+    assert_eq!(best.tdmrs[0].reserved.len(), 2, "{best}");
+}
+
+#[test]
+fn a_pamt_stays_local_even_when_remote_saves_an_area() {
+    // The shape of the two-socket maps: node 0 is [1M, 2G) and [4G, 8G),
+    // node 1 follows at 8 GiB and ends below a 1 GiB line (a hole that
+    // already needs an area). Node 0's high memory touches no hole that
+    // needs one: a PAMT there costs an area, next to node 1's tail it
+    // costs none. Node-local wins.
+    let input = PlanInput::new(vec![
+        node(MIB, 2 * GIB, 0),
+        node(4 * GIB, 8 * GIB, 0),
+        node(8 * GIB, 16 * GIB - 256 * MIB, 1),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    for p in [&best, &linux] {
+        assert_eq!(p.remote_pamts(), 0, "{p}");
+        assert!(pamt_nodes_are_right(p, &input), "{p}");
+        assert!(p.tdmrs.iter().all(|t| t.pamt_node == t.node), "{p}");
+    }
+    assert!(best.pamt_bytes() <= linux.pamt_bytes());
+}
+
+#[test]
+fn pamt_node_hint_finds_the_tdmr() {
+    let input = PlanInput::new(vec![node(MIB, 2 * GIB, 0), node(4 * GIB, 8 * GIB, 1)]);
+    let p = plan(&input, Strategy::Best).unwrap();
+    assert_eq!(p.pamt_node_hint(0), Some(0));
+    assert_eq!(p.pamt_node_hint(2 * GIB - 1), Some(0));
+    assert_eq!(p.pamt_node_hint(3 * GIB), None);
+    assert_eq!(p.pamt_node_hint(4 * GIB), Some(1));
+    assert_eq!(p.pamt_node_hint(8 * GIB - 1), Some(1));
+    assert_eq!(p.pamt_node_hint(8 * GIB), None);
+    assert_eq!(p.pamt_node_hint(u64::MAX), None);
+    assert_eq!(p.tdmr_at(5 * GIB).map(|t| t.base), Some(4 * GIB));
+}
+
 /// A generated map: usable ranges, limits, and optional CMRs.
 type ArbMap = (Vec<MemRange>, Limits, Option<Vec<(u64, u64)>>);
 
@@ -280,6 +404,17 @@ proptest! {
         }
         if let (Ok(b), Ok(l)) = (&best, &linux) {
             prop_assert!(b.pamt_bytes() <= l.pamt_bytes(), "best {} > linux {}", b.pamt_bytes(), l.pamt_bytes());
+        }
+        for p in best.iter().chain(linux.iter()) {
+            prop_assert!(pamt_nodes_are_right(p, &input), "{p}");
+        }
+        if let (Ok(b), Ok(l)) = (&best, &linux) {
+            // Linux places a PAMT remotely only when the node has no room
+            // (ignoring the area limit); a valid Linux plan shows the
+            // limits allow as many local PAMTs.
+            if check(l, &input).is_ok() {
+                prop_assert!(b.remote_pamts() <= l.remote_pamts(), "best {b}\nlinux {l}");
+            }
         }
         if let (Err(e), Ok(l)) = (&best, &linux) {
             // Linux may "succeed" with a plan the module would refuse (it
