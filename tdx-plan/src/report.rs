@@ -211,7 +211,7 @@ fn write_plan(f: &mut String, a: &Analysis, o: &Outcome, plan: &Plan) -> fmt::Re
     for (i, t) in plan.tdmrs.iter().enumerate() {
         write_tdmr(f, a, plan, i, t)?;
     }
-    writeln!(f, "  PAMT nodes      {}", pamt_nodes(plan))?;
+    writeln!(f, "  PAMT nodes      {}", pamt_nodes(o, plan))?;
     write_verdicts(f, o)
 }
 
@@ -272,8 +272,21 @@ fn remote_note(t: &PlannedTdmr, why: RemoteReason) -> String {
     )
 }
 
-/// The line that counts PAMTs off their TDMR's node.
-fn pamt_nodes(plan: &Plan) -> String {
+/// The line that counts PAMTs off their TDMR's node, and memory off its
+/// PAMT's node.
+fn pamt_nodes(o: &Outcome, plan: &Plan) -> String {
+    let memory = match o.remote_memory {
+        Some(0) | None => "; all memory has its PAMT on its own node".to_owned(),
+        Some(b) => format!(
+            "; {} of memory has its PAMT on another node (TDMRs that cross a node boundary)",
+            Bytes(b)
+        ),
+    };
+    format!("{}{memory}", pamt_count(plan))
+}
+
+/// How many PAMTs are off their TDMR's node, and which.
+fn pamt_count(plan: &Plan) -> String {
     let remote: Vec<String> = plan
         .tdmrs
         .iter()
@@ -355,7 +368,7 @@ fn write_other(f: &mut String, a: &Analysis) -> fmt::Result {
                     }
                 }
             }
-            writeln!(f, "  PAMT nodes      {}", pamt_nodes(plan))?;
+            writeln!(f, "  PAMT nodes      {}", pamt_nodes(o, plan))?;
             write_verdicts(f, o)
         }
     }

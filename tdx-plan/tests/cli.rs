@@ -201,6 +201,7 @@ fn assert_plan_shape(name: &str, doc: &Value) {
             "tdmrs",
             "pamt_bytes",
             "remote_pamts",
+            "remote_pamt_memory",
             "usable_bytes",
             "limits",
             "linux"
@@ -264,7 +265,8 @@ fn assert_plan_shape(name: &str, doc: &Value) {
             "tdmrs",
             "max_reserved",
             "pamt_bytes",
-            "remote_pamts"
+            "remote_pamts",
+            "remote_pamt_memory"
         ]),
         "{name}"
     );
@@ -274,7 +276,9 @@ fn assert_plan_shape(name: &str, doc: &Value) {
         u64_of(&linux["max_reserved"]);
         u64_of(&linux["pamt_bytes"]);
         u64_of(&linux["remote_pamts"]);
+        u64_of(&linux["remote_pamt_memory"]);
     }
+    u64_of(&doc["remote_pamt_memory"]);
 }
 
 #[test]
@@ -764,6 +768,8 @@ fn the_report_says_which_node_each_pamt_is_on() {
         assert_eq!(code, 0, "{doc}");
         assert_eq!(u64_of(&doc["remote_pamts"]), 0, "{strategy}: {doc}");
         assert_eq!(u64_of(&doc["linux"]["remote_pamts"]), 0, "{doc}");
+        assert_eq!(u64_of(&doc["remote_pamt_memory"]), 0, "{doc}");
+        assert_eq!(u64_of(&doc["linux"]["remote_pamt_memory"]), 0, "{doc}");
         let nodes: BTreeSet<u64> = doc["tdmrs"]
             .as_array()
             .unwrap()
@@ -774,8 +780,11 @@ fn the_report_says_which_node_each_pamt_is_on() {
         let text = stdout(&run(&["--strategy", strategy, &map]));
         // The plan and the other strategy's summary.
         assert_eq!(
-            text.matches("PAMT nodes      0 remote: every PAMT on its TDMR's node (5 of 5)")
-                .count(),
+            text.matches(
+                "PAMT nodes      0 remote: every PAMT on its TDMR's node (5 of 5); \
+                 all memory has its PAMT on its own node"
+            )
+            .count(),
             2,
             "{text}"
         );
@@ -815,6 +824,8 @@ fn a_node_too_small_for_its_pamt_is_flagged() {
         assert_eq!(u64_of(&remote[0]["node"]), 1, "{doc}");
         assert_eq!(u64_of(&remote[0]["pamt_node"]), 0, "{doc}");
         assert_eq!(u64_of(&remote[0]["base"]), 5 * GIB, "{doc}");
+        // The 2 MiB of node 1 has its PAMT on node 0.
+        assert_eq!(u64_of(&doc["remote_pamt_memory"]), 0x20_0000, "{doc}");
 
         let text = stdout(&run(&["--strategy", strategy, path]));
         assert!(

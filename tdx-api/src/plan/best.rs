@@ -8,7 +8,10 @@
 //! inside a CMR needs no area at all (CMR-aware).
 //!
 //! 1. **Runs.** The 1 GiB blocks that hold memory form runs of consecutive
-//!    blocks. Each run is cut into TDMRs greedily: every TDMR is as long as
+//!    blocks, one NUMA node to a run: where the node changes a new run
+//!    starts, at the next 1 GiB line when the change is inside a block (as
+//!    Linux starts a new TDMR), so each TDMR's memory is on the node its
+//!    PAMT goes on. Each run is cut into TDMRs greedily: every TDMR is as long as
 //!    it can be while its holes fit the reserved-area limit. The count of
 //!    areas in `[a, b)` only grows with `b`, so the greedy cut gives the
 //!    fewest TDMRs, and a 1 GiB block that alone needs too many areas is
@@ -31,10 +34,11 @@
 //!    breaking ties) is tried, then step 1 again with one area fewer per
 //!    TDMR, leaving room.
 //!
-//! Runs are only split where the area limit forces it and only joined where
-//! the TDMR limit forces it, so on a map where Linux's construction also
-//! succeeds this plan has no more TDMR bytes and no more TDMRs than Linux's,
-//! hence no more PAMT.
+//! Runs are only split where the node changes (where Linux's construction
+//! starts a new TDMR too) or the area limit forces it, and only joined
+//! where the TDMR limit forces it, so on a map where Linux's construction
+//! also succeeds this plan has no more TDMR bytes and no more TDMRs than
+//! Linux's, hence no more PAMT.
 
 use alloc::vec::Vec;
 
@@ -167,9 +171,13 @@ impl Ctx<'_> {
     /// TDMRs for every run, joining runs across gaps while there are too
     /// many.
     fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
-        // Runs of 1 GiB blocks per NUMA node: covers that overlap must share
-        // a TDMR, covers that only touch share one when on the same node
-        // (joining below may still put nodes together when TDMRs run out).
+        // Runs of 1 GiB blocks per NUMA node, so that a page's PAMT entries
+        // are on the page's node (each TDMR's PAMT is on the TDMR's node):
+        // covers on the same node that overlap or touch share a run; a
+        // cover on another node starts a new run, at the end of the current
+        // one when it overlaps it (the block where the node changes stays
+        // with the run it starts in, as in Linux's `fill_out_tdmrs`).
+        // Joining below may still put nodes together when TDMRs run out.
         let mut covers: Vec<(u64, u64, u32)> = self
             .n
             .mem
@@ -178,13 +186,21 @@ impl Ctx<'_> {
             .collect();
         covers.sort_unstable();
         let mut runs: Vec<(u64, u64)> = Vec::with_capacity(covers.len());
-        let mut last_node = u32::MAX;
+        // The node of the current run (of its first byte).
+        let mut run_node = u32::MAX;
         for (s, e, node) in covers {
-            match runs.last_mut() {
-                Some(r) if s < r.1 || (s == r.1 && node == last_node) => r.1 = r.1.max(e),
-                _ => runs.push((s, e)),
+            let start = match runs.last_mut() {
+                Some(r) if s <= r.1 && node == run_node => {
+                    r.1 = r.1.max(e);
+                    continue;
+                }
+                Some(r) => s.max(r.1),
+                None => s,
+            };
+            if start < e {
+                runs.push((start, e));
+                run_node = node;
             }
-            last_node = node;
         }
         let mut pieces: Vec<Vec<(u64, u64)>> = runs
             .iter()

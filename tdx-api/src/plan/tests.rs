@@ -337,6 +337,38 @@ fn a_pamt_stays_local_even_when_remote_saves_an_area() {
 }
 
 #[test]
+fn a_node_change_inside_a_block_starts_a_tdmr_at_the_next_gib() {
+    // Node 1 from 0 to 12.75 GiB, node 0 from there to 24 GiB (the shape
+    // of the two-socket Dell R410 map): one TDMR over both would put the
+    // PAMT entries of 11.25 GiB of node-0 memory on node 1. Like Linux,
+    // the block where the node changes stays with node 1's TDMR and node
+    // 0's starts at 13 GiB.
+    let input = PlanInput::new(vec![
+        node(MIB, 12 * GIB + 768 * MIB, 1),
+        node(12 * GIB + 768 * MIB, 24 * GIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    let bounds: Vec<(u64, u64, u32, u32)> = best
+        .tdmrs
+        .iter()
+        .map(|t| (t.base, t.end(), t.node, t.pamt_node))
+        .collect();
+    assert_eq!(bounds, [(0, 13 * GIB, 1, 1), (13 * GIB, 24 * GIB, 0, 0)]);
+    assert!(best.pamt_bytes() <= linux.pamt_bytes());
+    // Aligned node changes split too; same-node ranges touching join.
+    let input = PlanInput::new(vec![
+        node(4 * GIB, 6 * GIB, 0),
+        node(6 * GIB, 8 * GIB, 0),
+        node(8 * GIB, 10 * GIB, 1),
+    ]);
+    let best = plan(&input, Strategy::Best).unwrap();
+    let bounds: Vec<(u64, u64)> = best.tdmrs.iter().map(|t| (t.base, t.end())).collect();
+    assert_eq!(bounds, [(4 * GIB, 8 * GIB), (8 * GIB, 10 * GIB)]);
+    assert_eq!(best.remote_pamts(), 0);
+}
+
+#[test]
 fn pamt_node_hint_finds_the_tdmr() {
     let input = PlanInput::new(vec![node(MIB, 2 * GIB, 0), node(4 * GIB, 8 * GIB, 1)]);
     let p = plan(&input, Strategy::Best).unwrap();
