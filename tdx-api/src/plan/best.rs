@@ -27,7 +27,7 @@
 //!    and no area is added; only when no such place has room does it take
 //!    a new area, in a TDMR that has one to spare. TDMRs whose node has no
 //!    place are placed last, on other nodes, the same way, and the plan
-//!    says why ([`RemoteReason`](super::RemoteReason)). TDMRs are not cut
+//!    says why ([`RemoteReason`]). TDMRs are not cut
 //!    smaller to make room at home: each extra TDMR costs PAMT memory, and
 //!    the plan never costs more than Linux's. If a PAMT has no place at
 //!    all, a placement that puts fewest areas first (the node only
