@@ -27,18 +27,23 @@
 //!    and no area is added; only when no such place has room does it take
 //!    a new area, in a TDMR that has one to spare. TDMRs whose node has no
 //!    place are placed last, on other nodes, the same way, and the plan
-//!    says why ([`RemoteReason`]). TDMRs are not cut
-//!    smaller to make room at home: each extra TDMR costs PAMT memory, and
-//!    the plan never costs more than Linux's. If a PAMT has no place at
-//!    all, a placement that puts fewest areas first (the node only
-//!    breaking ties) is tried, then step 1 again with one area fewer per
-//!    TDMR, leaving room.
+//!    says why ([`RemoteReason`]). If a PAMT has no place at all, a
+//!    placement that puts fewest areas first (the node only breaking
+//!    ties) is tried, then step 1 again with one area fewer per TDMR,
+//!    leaving room.
+//! 4. **Bringing PAMTs home.** A plan with remote PAMTs is tried again
+//!    with smaller TDMRs: a TDMR whose node has no run for its PAMT is cut
+//!    into pieces whose PAMTs fit the node's largest run, and step 1 runs
+//!    with fewer areas per TDMR (room for an area at home). A plan with
+//!    fewer remote PAMTs is taken if it stays within MAX_TDMRS and needs
+//!    no more PAMT than Linux's construction on the map (each extra TDMR
+//!    costs at least 4 KiB).
 //!
 //! Runs are only split where the node changes (where Linux's construction
 //! starts a new TDMR too) or the area limit forces it, and only joined
 //! where the TDMR limit forces it, so on a map where Linux's construction
-//! also succeeds this plan has no more TDMR bytes and no more TDMRs than
-//! Linux's, hence no more PAMT.
+//! also succeeds the plan of steps 1 to 3 has no more TDMR bytes and no
+//! more TDMRs than Linux's, hence no more PAMT; step 4 keeps that bound.
 
 use alloc::vec::Vec;
 
@@ -128,9 +133,15 @@ impl Ctx<'_> {
             .filter(|&e| e > start)
     }
 
-    /// Cuts `[rs, re)` into the fewest TDMRs whose areas fit `budget`,
-    /// trimmed to the blocks that hold memory.
-    fn split_run(&self, rs: u64, re: u64, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+    /// Cuts `[rs, re)` into the fewest TDMRs of at most `cap` bytes whose
+    /// areas fit `budget`, trimmed to the blocks that hold memory.
+    fn split_run(
+        &self,
+        rs: u64,
+        re: u64,
+        budget: usize,
+        cap: u64,
+    ) -> Result<Vec<(u64, u64)>, PlanError> {
         let mut out = Vec::new();
         let mut a = rs;
         while a < re {
@@ -148,7 +159,7 @@ impl Ctx<'_> {
                 });
             }
             // Largest k with areas(a, a + k GiB) <= budget.
-            let (mut lo, mut hi) = (1u64, ((re - a) / GIB).min(self.cap / GIB).max(1));
+            let (mut lo, mut hi) = (1u64, ((re - a) / GIB).min(cap / GIB).max(1));
             while lo < hi {
                 let mid = lo + (hi - lo).div_ceil(2);
                 if self.holes.areas(a, a + mid * GIB) <= budget {
@@ -178,14 +189,14 @@ impl Ctx<'_> {
         // one when it overlaps it (the block where the node changes stays
         // with the run it starts in, as in Linux's `fill_out_tdmrs`).
         // Joining below may still put nodes together when TDMRs run out.
-        let mut covers: Vec<(u64, u64, u32)> = self
+        // In address order of the memory (sorted and disjoint), so a run's
+        // node is the node of its first byte, as the TDMR's will be.
+        let covers = self
             .n
             .mem
             .iter()
-            .map(|r| (r.start & !(GIB - 1), r.end.next_multiple_of(GIB), r.node))
-            .collect();
-        covers.sort_unstable();
-        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(covers.len());
+            .map(|r| (r.start & !(GIB - 1), r.end.next_multiple_of(GIB), r.node));
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(self.n.mem.len());
         // The node of the current run (of its first byte).
         let mut run_node = u32::MAX;
         for (s, e, node) in covers {
@@ -204,7 +215,7 @@ impl Ctx<'_> {
         }
         let mut pieces: Vec<Vec<(u64, u64)>> = runs
             .iter()
-            .map(|&(s, e)| self.split_run(s, e, budget))
+            .map(|&(s, e)| self.split_run(s, e, budget, self.cap))
             .collect::<Result<_, _>>()?;
         let max = self.n.limits.max_tdmrs;
         let mut total: usize = pieces.iter().map(Vec::len).sum();
@@ -228,7 +239,7 @@ impl Ctx<'_> {
                         continue;
                     }
                     let j = next[i];
-                    let joined = self.split_run(runs[i].0, runs[j].1, budget)?;
+                    let joined = self.split_run(runs[i].0, runs[j].1, budget, self.cap)?;
                     let before = pieces[i].len() + pieces[j].len();
                     if joined.len() < before {
                         total = total - before + joined.len();
@@ -251,6 +262,78 @@ impl Ctx<'_> {
             }
         }
         Ok(pieces.into_iter().flatten().collect())
+    }
+}
+
+impl Ctx<'_> {
+    /// `plan`, made with area budget `budget`, has PAMTs off their TDMR's
+    /// node. Smaller TDMRs may bring them home: a TDMR whose node has no
+    /// run for its PAMT is cut into pieces whose PAMTs fit the node's
+    /// largest run, and, for the area limit, the run is cut again with
+    /// fewer areas per TDMR. Each costs PAMT memory (4 KiB and more per
+    /// extra TDMR), so a plan with fewer remote PAMTs is taken only within
+    /// MAX_TDMRS and without more PAMT than Linux's construction needs on
+    /// the map (or than `plan`, if more): locality first, but never more
+    /// PAMT than Linux.
+    fn more_local(&self, plan: Plan, budget: usize) -> Plan {
+        let n = self.n;
+        let bound = super::linux::plan(n)
+            .map_or(u64::MAX, |l| l.pamt_bytes())
+            .max(plan.pamt_bytes());
+        let better = |p: &Plan, than: &Plan| {
+            p.remote_pamts() < than.remote_pamts() && p.pamt_bytes() <= bound
+        };
+        let mut best = plan;
+        // The largest run of free memory per node, minus ranges to avoid.
+        let largest = |node: u32| {
+            n.mem
+                .iter()
+                .filter(|r| r.node == node)
+                .flat_map(|r| intervals::subtract(&[(r.start, r.end)], &n.avoid))
+                .map(|(s, e)| e - s)
+                .max()
+                .unwrap_or(0)
+        };
+        // Cut TDMRs without room at home to what their node can hold.
+        let mut cut = Vec::with_capacity(best.tdmrs.len());
+        let mut changed = false;
+        for t in &best.tdmrs {
+            let room = largest(t.node);
+            let gib = t.size / GIB;
+            let k = (1..gib)
+                .rev()
+                .find(|&k| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room);
+            match (t.pamt_remote, k) {
+                (Some(RemoteReason::NoRoom), Some(k)) => {
+                    let Ok(pieces) = self.split_run(t.base, t.end(), budget, k * GIB) else {
+                        return best;
+                    };
+                    changed |= pieces.len() > 1;
+                    cut.extend(pieces);
+                }
+                _ => cut.push((t.base, t.end())),
+            }
+        }
+        if changed
+            && cut.len() <= n.limits.max_tdmrs
+            && let Ok(p) = place(self, &cut, Locality::Local)
+            && better(&p, &best)
+        {
+            best = p;
+        }
+        // Fewer areas per TDMR: room for an area at home.
+        let mut b = budget;
+        while best.remote_pamts() > 0 && b > 1 {
+            b -= 1;
+            // Fewer areas per TDMR only makes more TDMRs.
+            let Ok(tdmrs) = self.partition(b) else { break };
+            if let Ok(p) = place(self, &tdmrs, Locality::Local)
+                && better(&p, &best)
+            {
+                best = p;
+            }
+        }
+        best
     }
 }
 
@@ -305,7 +388,8 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
         let placed = place(&ctx, &tdmrs, Locality::Local)
             .or_else(|_| place(&ctx, &tdmrs, Locality::Tiebreak));
         match placed {
-            Ok(plan) => return Ok(plan),
+            Ok(plan) if plan.remote_pamts() == 0 => return Ok(plan),
+            Ok(plan) => return Ok(ctx.more_local(plan, budget)),
             Err(e) => {
                 // A PAMT with no run of memory big enough anywhere: make
                 // TDMRs that large no more (halve it). Otherwise leave room
@@ -542,6 +626,10 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
                 .or_else(|| new_area_pick(0, false));
             let Some(i) = pick else {
                 if phase == Phase::Own {
+                    {
+                        extern crate std;
+                        std::eprintln!("DEFER {:?}", why_not_local());
+                    }
                     remote[t] = Some(why_not_local());
                     deferred.push(t);
                     continue;
@@ -560,6 +648,8 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
                 });
             };
             if phase == Phase::Any && slots[i].node != nd {
+                // Only reached when the local placement found no plan at
+                // all: with room on the node, it was the areas that ran out.
                 remote[t] = Some(why_not_local());
             }
             let s = &mut slots[i];

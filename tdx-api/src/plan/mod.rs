@@ -11,8 +11,8 @@
 //! - [`Strategy::Best`] finds a plan whenever one exists within the limits
 //!   (see [`best`] for how), never uses more PAMT memory than Linux's
 //!   construction on a map where both succeed, and keeps every PAMT on
-//!   its TDMR's NUMA node unless the limits leave no room there
-//!   ([`PlannedTdmr::pamt_remote`] says why).
+//!   its TDMR's NUMA node unless the limits (or that bound) leave no room
+//!   there ([`PlannedTdmr::pamt_remote`] says why).
 //! - [`Strategy::Linux`] reproduces Linux's construction
 //!   (`construct_tdmrs` in `arch/x86/virt/vmx/tdx/tdx.c`),
 //!   including its failures, so an operator can see what a TDX kernel
@@ -208,16 +208,18 @@ impl PamtPlacement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RemoteReason {
     /// The node has no free run of usable memory large enough for the PAMT
-    /// (its three levels are one contiguous run): the node is too small or
-    /// too fragmented, its other TDMRs' PAMTs took the room, or the rest is
-    /// in ranges to avoid.
+    /// (its three levels are one contiguous run, inside one TDMR): the node
+    /// is too small or too fragmented, its other TDMRs' PAMTs took the
+    /// room, or the rest is in ranges to avoid. [`Strategy::Best`] reports
+    /// it only when cutting the TDMR smaller (smaller PAMTs) would exceed
+    /// MAX_TDMRS or need more PAMT memory than Linux's construction.
     NoRoom,
     /// The node has room, but every place there would need a reserved area
-    /// in a TDMR that has none to spare (MAX_RESERVED_PER_TDMR). Cutting
-    /// TDMRs smaller to free an area would cost PAMT memory, which the
-    /// planner does not spend for locality. Only [`Strategy::Best`]
-    /// reports it (Linux ignores the limit when it places a PAMT, and
-    /// fails if the areas run out).
+    /// in a TDMR that has none to spare (MAX_RESERVED_PER_TDMR), and
+    /// TDMRs with fewer areas each would exceed MAX_TDMRS or need more PAMT
+    /// memory than Linux's construction. Only [`Strategy::Best`] reports
+    /// it (Linux ignores the limit when it places a PAMT, and fails if the
+    /// areas run out).
     ReservedAreaLimit,
 }
 

@@ -275,6 +275,42 @@ fn a_node_too_small_for_its_pamt_puts_it_remote_and_says_so() {
 }
 
 #[test]
+fn a_tdmr_too_big_for_its_nodes_runs_is_cut_to_keep_its_pamt_home() {
+    // Node 0 has 8 MiB at 4 GiB and 8 MiB at 5 GiB; node 1 has 40 MiB in
+    // between, in node 0's first block. One TDMR [4G, 6G) needs 8 MiB +
+    // 20 KiB of PAMT: no room on node 0. Two TDMRs of 1 GiB need 4 MiB +
+    // 12 KiB each, which fit at home, for 4 KiB more PAMT (what Linux's
+    // two TDMRs take too).
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 4 * GIB + 8 * MIB, 0),
+        node(4 * GIB + 256 * MIB, 4 * GIB + 296 * MIB, 1),
+        node(5 * GIB, 5 * GIB + 8 * MIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    let tdmrs: Vec<(u64, u64, u32)> = best
+        .tdmrs
+        .iter()
+        .map(|t| (t.base, t.end(), t.pamt_node))
+        .collect();
+    assert_eq!(
+        tdmrs,
+        [(4 * GIB, 5 * GIB, 0), (5 * GIB, 6 * GIB, 0)],
+        "{best}"
+    );
+    assert_eq!(best.remote_pamts(), 0);
+    assert_eq!(best.pamt_bytes(), linux.pamt_bytes());
+    // With one TDMR allowed the cut is not possible: remote, and why.
+    input.limits.max_tdmrs = 1;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert_eq!(best.tdmrs.len(), 1, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_node, 1, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_remote, Some(RemoteReason::NoRoom));
+    assert!(pamt_nodes_are_right(&best, &input));
+}
+
+#[test]
 fn the_area_limit_can_force_a_remote_pamt() {
     // One area per TDMR. Node 0's TDMR [4G, 5G) spends it on its tail,
     // [4G + 908M, 5G), outside the CMRs. The memory next to that tail is a
@@ -416,6 +452,39 @@ fn arb_map() -> impl proptest::strategy::Strategy<Value = ArbMap> {
     )
 }
 
+/// A map of small ranges (4 to 64 MiB) with gaps, on up to four nodes, two
+/// of which have only 4 MiB ranges: a TDMR's PAMT (4 MiB and more per GiB,
+/// in one run) often finds no room on its node, and the area limit is
+/// often tight.
+fn arb_small_nodes() -> impl proptest::strategy::Strategy<Value = ArbMap> {
+    let ranges = proptest::collection::vec((0u64..48, 1u64..16, 0u32..4), 1..80);
+    let limits = (1usize..70, 1usize..8, proptest::option::of(1u8..4));
+    proptest::strategy::Strategy::prop_map(
+        (ranges, limits, any::<bool>()),
+        |(rs, (mt, mr, dp), coarse)| {
+            let mut a = 4 * GIB;
+            let mut v = Vec::new();
+            for (gap, len, node) in rs {
+                // Nodes 2 and 3 only ever have 4 MiB ranges: too small for
+                // any PAMT.
+                let len = if node >= 2 { 1 } else { len };
+                let start = a + gap * 16 * MIB;
+                let end = start + len * 4 * MIB;
+                v.push(MemRange { start, end, node });
+                a = end;
+            }
+            let limits = Limits {
+                max_tdmrs: mt,
+                max_reserved_per_tdmr: mr,
+                pamt_entry_size: [16, 16, 16],
+                dpamt_bitmap_bits: dp,
+            };
+            let cmrs = coarse.then(|| vec![(0, a.next_multiple_of(GIB))]);
+            (v, limits, cmrs)
+        },
+    )
+}
+
 proptest! {
     // 400 cases by default; PROPTEST_CASES=N for a longer hunt.
     #![proptest_config(ProptestConfig {
@@ -453,5 +522,96 @@ proptest! {
             // ignores CMRs); a valid Linux plan means best must succeed.
             prop_assert!(check(l, &input).is_err(), "linux found a valid plan, best failed: {e}");
         }
+    }
+
+    /// Maps where PAMTs often cannot stay on their node: the same
+    /// guarantees, and every remote PAMT says why, truthfully.
+    #[test]
+    fn remote_pamts_are_valid_and_explained((usable, limits, cmrs) in arb_small_nodes()) {
+        let input = PlanInput { usable, cmrs, limits, avoid: Vec::new() };
+        let best = plan(&input, Strategy::Best);
+        let linux = plan(&input, Strategy::Linux);
+        if let Ok(p) = &best {
+            prop_assert!(check(p, &input).is_ok(), "{:?}", check(p, &input));
+            prop_assert!(pamt_nodes_are_right(p, &input), "{p}");
+            // NoRoom: no run of the TDMR's node is as large as its PAMT
+            // (even before the other PAMTs were carved out).
+            let n = Normalized::new(&input).unwrap();
+            for t in &p.tdmrs {
+                if t.pamt_remote == Some(RemoteReason::NoRoom) {
+                    let need = t.pamt.bytes();
+                    // A PAMT lies inside one TDMR (in its reserved areas).
+                    let room = n.mem.iter().any(|r| {
+                        r.node == t.node
+                            && p.tdmrs.iter().any(|d| {
+                                let clipped = (r.start.max(d.base), r.end.min(d.end()));
+                                clipped.0 < clipped.1
+                                    && intervals::subtract(&[clipped], &n.avoid)
+                                        .iter()
+                                        .any(|&(s, e)| e - s >= need)
+                            })
+                    });
+                    // Room may have existed and been taken by other PAMTs
+                    // of the node; then some PAMT of the node is there.
+                    prop_assert!(
+                        !room || p.tdmrs.iter().any(|o| o.pamt_node == t.node),
+                        "{p}"
+                    );
+                }
+            }
+        }
+        if let Ok(l) = &linux {
+            prop_assert!(pamt_nodes_are_right(l, &input), "{l}");
+        }
+        if let (Ok(b), Ok(l)) = (&best, &linux) {
+            prop_assert!(b.pamt_bytes() <= l.pamt_bytes());
+            // The best plan keeps each PAMT inside one TDMR; Linux's may
+            // cross a TDMR boundary (with an area on each side), which can
+            // keep it on a node whose only room crosses a 1 GiB line.
+            let straddles = l.tdmrs.iter().any(|t| {
+                let (s, e) = (t.pamt.l4k.0, t.pamt.l4k.0 + t.pamt.bytes());
+                l.tdmrs.iter().any(|d| s < d.base && d.base < e)
+            });
+            if check(l, &input).is_ok() && !straddles {
+                prop_assert!(b.remote_pamts() <= l.remote_pamts(), "best {b}\nlinux {l}");
+            }
+        }
+        if let (Err(e), Ok(l)) = (&best, &linux) {
+            prop_assert!(check(l, &input).is_err(), "linux found a valid plan, best failed: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_block_shared_by_three_nodes_goes_to_the_first() {
+    // [5G, 6G) holds node 2 (first), then node 0, and node 0 runs on past
+    // 6 GiB. Node 2's TDMR is [5G, 6G), node 0's starts at 6 GiB: each
+    // PAMT on its TDMR's node (a proptest found the best plan joining the
+    // block to node 0's run, with node 2's TDMR and a remote PAMT).
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB + 64 * MIB, 4 * GIB + 88 * MIB, 1),
+        node(5 * GIB + 8 * MIB, 5 * GIB + 16 * MIB, 2),
+        node(5 * GIB + 304 * MIB, 5 * GIB + 316 * MIB, 0),
+        node(6 * GIB - 4 * MIB, 6 * GIB + 4 * MIB, 0),
+    ]);
+    input.limits.max_tdmrs = 3;
+    input.limits.max_reserved_per_tdmr = 5;
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    for p in [&best, &linux] {
+        let tdmrs: Vec<(u64, u64, u32, u32)> = p
+            .tdmrs
+            .iter()
+            .map(|t| (t.base, t.end(), t.node, t.pamt_node))
+            .collect();
+        assert_eq!(
+            tdmrs,
+            [
+                (4 * GIB, 5 * GIB, 1, 1),
+                (5 * GIB, 6 * GIB, 2, 2),
+                (6 * GIB, 7 * GIB, 0, 0)
+            ],
+            "{p}"
+        );
     }
 }
