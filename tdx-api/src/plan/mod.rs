@@ -209,15 +209,15 @@ impl PamtPlacement {
 pub enum RemoteReason {
     /// The node has no free run of usable memory large enough for the PAMT
     /// (its three levels are one contiguous run, inside one TDMR): the node
-    /// is too small or too fragmented, its other TDMRs' PAMTs took the
-    /// room, or the rest is in ranges to avoid. [`Strategy::Best`] reports
-    /// it only when cutting the TDMR smaller (smaller PAMTs) would exceed
-    /// MAX_TDMRS or need more PAMT memory than Linux's construction.
+    /// is too small or too fragmented, other PAMTs took the room, or the
+    /// rest is in ranges to avoid. [`Strategy::Best`] first tries cutting
+    /// the TDMR smaller (smaller PAMTs), within MAX_TDMRS and without more
+    /// PAMT memory than Linux's construction.
     NoRoom,
     /// The node has room, but every place there would need a reserved area
-    /// in a TDMR that has none to spare (MAX_RESERVED_PER_TDMR), and
-    /// TDMRs with fewer areas each would exceed MAX_TDMRS or need more PAMT
-    /// memory than Linux's construction. Only [`Strategy::Best`] reports
+    /// in a TDMR that has none to spare (MAX_RESERVED_PER_TDMR), also with
+    /// fewer areas per TDMR (more TDMRs) within MAX_TDMRS and without more
+    /// PAMT memory than Linux's construction. Only [`Strategy::Best`] reports
     /// it (Linux ignores the limit when it places a PAMT, and fails if the
     /// areas run out).
     ReservedAreaLimit,

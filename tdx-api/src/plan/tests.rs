@@ -351,6 +351,41 @@ fn the_area_limit_can_force_a_remote_pamt() {
 }
 
 #[test]
+fn when_local_first_finds_no_plan_fewest_areas_first_does() {
+    // One area per TDMR. Node 0: TDMR [4G, 5G), no hole, and PAMTs may
+    // only go in its first 10 MiB (the rest is to be avoided). Node 1:
+    // TDMR [6G, 8G), its tail hole has the area, and PAMTs may only go in
+    // the 5 MiB before it. Node 0's PAMT (4 MiB + 12 KiB) fits both
+    // places, node 1's (8 MiB + 20 KiB) only node 0's, where both do not
+    // fit. Node 0's PAMT at home takes node 0's only area and leaves node
+    // 1's nowhere; the only plan swaps them.
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 5 * GIB, 0),
+        node(6 * GIB, 8 * GIB - 6 * MIB, 1),
+    ]);
+    input.avoid = vec![(4 * GIB + 10 * MIB, 5 * GIB), (6 * GIB, 8 * GIB - 11 * MIB)];
+    input.limits.max_reserved_per_tdmr = 1;
+    input.limits.max_tdmrs = 2;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    let nodes: Vec<(u32, u32)> = best.tdmrs.iter().map(|t| (t.node, t.pamt_node)).collect();
+    assert_eq!(nodes, [(0, 1), (1, 0)], "{best}");
+    assert_eq!(best.remote_pamts(), 2);
+    // With a third TDMR allowed, node 1's is cut in two: 1 GiB's PAMT
+    // fits its 5 MiB, and only the other half's PAMT is remote (Linux has
+    // no plan here: no PAMT cost bound).
+    input.limits.max_tdmrs = 64;
+    let (best, linux) = both(&input);
+    let best = best.unwrap();
+    assert!(linux.is_err());
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    let nodes: Vec<(u32, u32)> = best.tdmrs.iter().map(|t| (t.node, t.pamt_node)).collect();
+    assert_eq!(nodes, [(0, 0), (1, 1), (1, 0)], "{best}");
+    assert_eq!(best.tdmrs[2].pamt_remote, Some(RemoteReason::NoRoom));
+}
+
+#[test]
 fn a_pamt_stays_local_even_when_remote_saves_an_area() {
     // The shape of the two-socket maps: node 0 is [1M, 2G) and [4G, 8G),
     // node 1 follows at 8 GiB and ends below a 1 GiB line (a hole that
