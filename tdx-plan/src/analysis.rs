@@ -65,6 +65,26 @@ pub fn plan_input(map: &MemoryMap, limits: Limits) -> PlanInput {
     }
 }
 
+/// Usable bytes from 1 MiB up whose PAMT entries are on another NUMA node
+/// than the bytes themselves: memory of a TDMR whose PAMT is on another
+/// node. A TDMR's PAMT is on one node, so this is the memory of other nodes
+/// in TDMRs that cross a node boundary (inside a 1 GiB block, or joined to
+/// fit MAX_TDMRS), plus the memory of TDMRs with a remote PAMT. The module
+/// reads a page's PAMT entries on every SEAMCALL handed the page.
+pub fn remote_pamt_memory(input: &PlanInput, plan: &Plan) -> u64 {
+    let mut bytes = 0;
+    for r in &input.usable {
+        let (start, end) = (r.start.max(plan::LOW_MEMORY_END), r.end);
+        let first = plan.tdmrs.partition_point(|t| t.end() <= start);
+        for t in plan.tdmrs[first..].iter().take_while(|t| t.base < end) {
+            if t.pamt_node != r.node {
+                bytes += end.min(t.end()).saturating_sub(start.max(t.base));
+            }
+        }
+    }
+    bytes
+}
+
 /// What one strategy does on the map.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -72,6 +92,8 @@ pub struct Outcome {
     pub strategy: Strategy,
     /// Its plan, or why it has none.
     pub plan: Result<Plan, PlanError>,
+    /// [`remote_pamt_memory`] of the plan: `None` when there is no plan.
+    pub remote_memory: Option<u64>,
     /// [`plan::check`] on the plan: `None` when there is no plan.
     pub check: Option<Result<(), CheckError>>,
     /// TDH.SYS.CONFIG with the plan on the simulated module: `None` when
@@ -85,6 +107,7 @@ impl Outcome {
     pub fn run(map: &MemoryMap, input: &PlanInput, strategy: Strategy) -> Self {
         let plan = plan::plan(input, strategy);
         let check = plan.as_ref().ok().map(|p| plan::check(p, input));
+        let remote_memory = plan.as_ref().ok().map(|p| remote_pamt_memory(input, p));
         let sys_config = plan
             .as_ref()
             .ok()
@@ -92,6 +115,7 @@ impl Outcome {
         Self {
             strategy,
             plan,
+            remote_memory,
             check,
             sys_config,
         }
@@ -213,6 +237,39 @@ mod tests {
                 (0xa00, 0x1000, 0),
             ]
         );
+    }
+
+    #[test]
+    fn remote_pamt_memory_counts_memory_off_its_pamts_node() {
+        const GIB: u64 = 1 << 30;
+        // Node 1 up to 12.75 GiB, node 0 above: the block [12G, 13G) holds
+        // 256 MiB of node 0 in node 1's TDMR, in both strategies.
+        let m = map(
+            vec![(0, 0x9f000), (0x10_0000, 24 * GIB)],
+            vec![
+                (0, 12 * GIB + 768 * (1 << 20), 1),
+                (12 * GIB + 768 * (1 << 20), 24 * GIB, 0),
+            ],
+        );
+        let input = plan_input(&m, Limits::default());
+        for s in [Strategy::Best, Strategy::Linux] {
+            let p = plan::plan(&input, s).unwrap();
+            assert_eq!(remote_pamt_memory(&input, &p), 256 << 20, "{s:?}: {p}");
+        }
+        // Every node-0 byte of a TDMR whose PAMT is on node 1 counts; the
+        // first MiB never does.
+        let mut p = plan::plan(&input, Strategy::Best).unwrap();
+        for t in &mut p.tdmrs {
+            t.pamt_node = 1;
+        }
+        assert_eq!(
+            remote_pamt_memory(&input, &p),
+            24 * GIB - (12 * GIB + 768 * (1 << 20))
+        );
+        for t in &mut p.tdmrs {
+            t.pamt_node = 2;
+        }
+        assert_eq!(remote_pamt_memory(&input, &p), 24 * GIB - (1 << 20));
     }
 
     #[test]

@@ -5,19 +5,32 @@
 //! ```json
 //! {"tdmrs":[{"base":0,"size":2147483648,"node":0,
 //!            "reserved":[{"offset":0,"size":1048576}],
-//!            "pamt":{"4k":{"base":N,"size":N},"2m":{"base":N,"size":N},"1g":{"base":N,"size":N}}}],
-//!  "pamt_bytes":N,"usable_bytes":N,
+//!            "pamt":{"4k":{"base":N,"size":N},"2m":{"base":N,"size":N},"1g":{"base":N,"size":N}},
+//!            "pamt_node":0,"pamt_remote":null}],
+//!  "pamt_bytes":N,"remote_pamts":0,"remote_pamt_memory":N,"usable_bytes":N,
 //!  "limits":{"max_tdmrs":64,"max_reserved_per_tdmr":16,"pamt_entry_size":[16,16,16]},
-//!  "linux":{"status":"ok","tdmrs":N,"max_reserved":N,"pamt_bytes":N}}
+//!  "linux":{"status":"ok","tdmrs":N,"max_reserved":N,"pamt_bytes":N,
+//!           "remote_pamts":N,"remote_pamt_memory":N}}
 //! ```
 //!
 //! Every number is an integer (addresses and sizes in bytes). `tdmrs`
-//! describes the chosen strategy's plan. `usable_bytes` is all usable RAM
-//! of the map. `limits` gains `"dynamic_pamt_bits"` only with
+//! describes the chosen strategy's plan. A TDMR's `node` is the NUMA node
+//! of its first usable byte, where its PAMT belongs; `pamt_node` is the
+//! node the PAMT is on; `pamt_remote` is `null` when they are the same,
+//! else why not: `"no_room"` (no free run on the TDMR's node is large
+//! enough) or `"reserved_area_limit"` (every place there needs a reserved
+//! area the TDMR does not have; best strategy only). `remote_pamts` counts
+//! the TDMRs whose `pamt_remote` is not `null` (0 is the goal, and what
+//! every real map the project has gets). `remote_pamt_memory` is the
+//! usable bytes whose PAMT entries are on another node than the bytes
+//! (the memory of other nodes in a TDMR that crosses a node boundary, and
+//! all memory of a TDMR with a remote PAMT; see
+//! [`remote_pamt_memory`](crate::analysis::remote_pamt_memory)).
+//! `usable_bytes` is all usable RAM of the map. `limits` gains `"dynamic_pamt_bits"` only with
 //! `--dynamic-pamt`. `linux.status` is `"ok"` when Linux's construction
 //! makes a plan that passes [`check`](tdx_api::plan::check), else the
 //! reason: the planner's error text, or `TDH.SYS.CONFIG would refuse it:`
-//! and the rule the plan breaks; the three counts are `null` when Linux
+//! and the rule the plan breaks; the five counts are `null` when Linux
 //! makes no plan at all.
 //!
 //! No plan: `{"error": TEXT, "kind": KIND, "strategy": NAME, ...}` with the
@@ -27,7 +40,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use tdx_api::plan::{CheckError, PlanError, PlannedTdmr, Strategy};
+use tdx_api::plan::{CheckError, PlanError, PlannedTdmr, RemoteReason, Strategy};
 
 use crate::{
     analysis::{Analysis, Outcome, strategy_name},
@@ -39,6 +52,8 @@ use crate::{
 struct PlanDoc {
     tdmrs: Vec<TdmrDoc>,
     pamt_bytes: u64,
+    remote_pamts: usize,
+    remote_pamt_memory: u64,
     usable_bytes: u64,
     limits: LimitsDoc,
     linux: LinuxDoc,
@@ -51,6 +66,8 @@ struct TdmrDoc {
     node: u32,
     reserved: Vec<AreaDoc>,
     pamt: PamtDoc,
+    pamt_node: u32,
+    pamt_remote: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +113,8 @@ struct LinuxDoc {
     tdmrs: Option<usize>,
     max_reserved: Option<usize>,
     pamt_bytes: Option<u64>,
+    remote_pamts: Option<usize>,
+    remote_pamt_memory: Option<u64>,
 }
 
 /// The plan document for the chosen strategy, or `None` when it has none.
@@ -106,6 +125,8 @@ pub fn plan(a: &Analysis) -> Option<String> {
     let doc = PlanDoc {
         tdmrs: p.tdmrs.iter().map(tdmr).collect(),
         pamt_bytes: p.pamt_bytes(),
+        remote_pamts: p.remote_pamts(),
+        remote_pamt_memory: a.chosen().remote_memory.unwrap_or(0),
         usable_bytes: a.map.usable_bytes(),
         limits: LimitsDoc {
             max_tdmrs: l.max_tdmrs,
@@ -118,6 +139,8 @@ pub fn plan(a: &Analysis) -> Option<String> {
             tdmrs: linux.map(|p| p.tdmrs.len()),
             max_reserved: linux.map(|p| p.max_reserved()),
             pamt_bytes: linux.map(|p| p.pamt_bytes()),
+            remote_pamts: linux.map(|p| p.remote_pamts()),
+            remote_pamt_memory: a.linux.remote_memory,
         },
     };
     Some(pretty(&doc))
@@ -141,6 +164,8 @@ fn tdmr(t: &PlannedTdmr) -> TdmrDoc {
             l2m: t.pamt.l2m.into(),
             l1g: t.pamt.l1g.into(),
         },
+        pamt_node: t.pamt_node,
+        pamt_remote: t.pamt_remote.map(RemoteReason::kind),
     }
 }
 

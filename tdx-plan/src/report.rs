@@ -1,11 +1,13 @@
-//! The text report: the memory map summary, the chosen plan TDMR by TDMR,
+//! The text report: the memory map summary, the chosen plan TDMR by TDMR
+//! (with the node of each PAMT, flagged `REMOTE PAMT` with the reason when
+//! it is not its TDMR's node, and a `PAMT nodes` line that counts those),
 //! and what the other strategy (Linux's construction, by default) does on
 //! the same map, each with its check and its fate at TDH.SYS.CONFIG on the
 //! simulated module.
 
 use std::fmt::{self, Write as _};
 
-use tdx_api::plan::{GIB, LOW_MEMORY_END, Plan, PlanError, PlannedTdmr, Strategy};
+use tdx_api::plan::{GIB, LOW_MEMORY_END, Plan, PlanError, PlannedTdmr, RemoteReason, Strategy};
 
 use crate::analysis::{Analysis, Outcome};
 
@@ -209,6 +211,7 @@ fn write_plan(f: &mut String, a: &Analysis, o: &Outcome, plan: &Plan) -> fmt::Re
     for (i, t) in plan.tdmrs.iter().enumerate() {
         write_tdmr(f, a, plan, i, t)?;
     }
+    writeln!(f, "  PAMT nodes      {}", pamt_nodes(o, plan))?;
     write_verdicts(f, o)
 }
 
@@ -246,15 +249,63 @@ fn write_tdmr(f: &mut String, a: &Analysis, plan: &Plan, i: usize, t: &PlannedTd
             || "outside every TDMR".to_owned(),
             |k| format!("in TDMR {k}"),
         );
-    let node = a
-        .node_at(base)
-        .map_or_else(|| "not usable RAM".to_owned(), |n| format!("node {n}"));
     writeln!(
         f,
-        "      PAMT      {}  ({}; {place}, {node})",
+        "      PAMT      {}  ({}; {place}, node {})",
         levels.join(" | "),
-        Bytes(t.pamt.bytes())
+        Bytes(t.pamt.bytes()),
+        t.pamt_node
+    )?;
+    if let Some(why) = t.pamt_remote {
+        writeln!(f, "      {}", remote_note(t, why))?;
+    }
+    Ok(())
+}
+
+/// The flag under a TDMR whose PAMT is on another node.
+fn remote_note(t: &PlannedTdmr, why: RemoteReason) -> String {
+    format!(
+        "REMOTE PAMT: on node {}, the TDMR is on node {}: {why} ({})",
+        t.pamt_node,
+        t.node,
+        why.kind()
     )
+}
+
+/// The line that counts PAMTs off their TDMR's node, and memory off its
+/// PAMT's node.
+fn pamt_nodes(o: &Outcome, plan: &Plan) -> String {
+    let memory = match o.remote_memory {
+        Some(0) | None => "; all memory has its PAMT on its own node".to_owned(),
+        Some(b) => format!(
+            "; {} of memory has its PAMT on another node (TDMRs that cross a node boundary)",
+            Bytes(b)
+        ),
+    };
+    format!("{}{memory}", pamt_count(plan))
+}
+
+/// How many PAMTs are off their TDMR's node, and which.
+fn pamt_count(plan: &Plan) -> String {
+    let remote: Vec<String> = plan
+        .tdmrs
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.pamt_remote.is_some())
+        .map(|(i, _)| i.to_string())
+        .collect();
+    let all = plan.tdmrs.len();
+    if remote.is_empty() {
+        format!("0 remote: every PAMT on its TDMR's node ({all} of {all})")
+    } else {
+        let s = if remote.len() == 1 { "" } else { "s" };
+        format!(
+            "{} remote: {} of {all} PAMTs on another node than their TDMR's (TDMR{s} {})",
+            remote.len(),
+            remote.len(),
+            remote.join(", ")
+        )
+    }
 }
 
 fn write_verdicts(f: &mut String, o: &Outcome) -> fmt::Result {
@@ -302,17 +353,22 @@ fn write_other(f: &mut String, a: &Analysis) -> fmt::Result {
                 for (i, t) in plan.tdmrs.iter().enumerate() {
                     writeln!(
                         f,
-                        "  TDMR {i}  [{:#x}, {:#x})  {}  node {}  {} reserved  PAMT {} at {:#x}",
+                        "  TDMR {i}  [{:#x}, {:#x})  {}  node {}  {} reserved  PAMT {} at {:#x} node {}",
                         t.base,
                         t.end(),
                         Bytes(t.size),
                         t.node,
                         t.reserved.len(),
                         Bytes(t.pamt.bytes()),
-                        t.pamt.l4k.0
+                        t.pamt.l4k.0,
+                        t.pamt_node
                     )?;
+                    if let Some(why) = t.pamt_remote {
+                        writeln!(f, "      {}", remote_note(t, why))?;
+                    }
                 }
             }
+            writeln!(f, "  PAMT nodes      {}", pamt_nodes(o, plan))?;
             write_verdicts(f, o)
         }
     }

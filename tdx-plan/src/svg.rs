@@ -717,6 +717,14 @@ fn tdmr_row(d: &mut Doc, a: &Analysis, plan: &Plan, i: usize, t: &PlannedTdmr) {
             || "outside every TDMR".to_owned(),
             |k| format!("in TDMR {k}"),
         );
+    let pamt_home = match t.pamt_remote {
+        None => format!("{pamt_home}, node {}", t.pamt_node),
+        Some(why) => format!(
+            "{pamt_home}, REMOTE on node {}: {}",
+            t.pamt_node,
+            why.kind()
+        ),
+    };
     d.text(
         WIDTH - 30.0,
         y + 12.0,

@@ -13,7 +13,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tdx_api::plan::{self, Limits, PamtPlacement, Plan, PlannedTdmr, ReservedArea, Strategy};
+use tdx_api::plan::{
+    self, Limits, PamtPlacement, Plan, PlannedTdmr, RemoteReason, ReservedArea, Strategy,
+};
 use tdx_plan::{analysis::plan_input, input};
 use tdx_sim::{MachineDesc, Simulator, SysState, testkit};
 
@@ -195,21 +197,45 @@ fn every_shared_map_in_every_format_gives_the_same_best_plan() {
 fn assert_plan_shape(name: &str, doc: &Value) {
     assert_eq!(
         keys(doc),
-        set(&["tdmrs", "pamt_bytes", "usable_bytes", "limits", "linux"]),
+        set(&[
+            "tdmrs",
+            "pamt_bytes",
+            "remote_pamts",
+            "remote_pamt_memory",
+            "usable_bytes",
+            "limits",
+            "linux"
+        ]),
         "{name}"
     );
     let tdmrs = doc["tdmrs"].as_array().unwrap();
     assert!(!tdmrs.is_empty(), "{name}");
     let mut pamt_sum = 0;
+    let mut remote = 0;
     for t in tdmrs {
         assert_eq!(
             keys(t),
-            set(&["base", "size", "node", "reserved", "pamt"]),
+            set(&[
+                "base",
+                "size",
+                "node",
+                "reserved",
+                "pamt",
+                "pamt_node",
+                "pamt_remote"
+            ]),
             "{name}"
         );
         u64_of(&t["base"]);
         u64_of(&t["size"]);
         u64_of(&t["node"]);
+        u64_of(&t["pamt_node"]);
+        if remote_reason(&t["pamt_remote"]).is_some() {
+            remote += 1;
+            assert_ne!(t["pamt_node"], t["node"], "{name}");
+        } else {
+            assert_eq!(t["pamt_node"], t["node"], "{name}");
+        }
         for r in t["reserved"].as_array().unwrap() {
             assert_eq!(keys(r), set(&["offset", "size"]), "{name}");
             u64_of(&r["offset"]);
@@ -224,6 +250,7 @@ fn assert_plan_shape(name: &str, doc: &Value) {
         }
     }
     assert_eq!(u64_of(&doc["pamt_bytes"]), pamt_sum, "{name}");
+    assert_eq!(u64_of(&doc["remote_pamts"]), remote, "{name}");
     assert!(u64_of(&doc["usable_bytes"]) > 0, "{name}");
     assert_eq!(
         doc["limits"],
@@ -233,7 +260,14 @@ fn assert_plan_shape(name: &str, doc: &Value) {
     let linux = &doc["linux"];
     assert_eq!(
         keys(linux),
-        set(&["status", "tdmrs", "max_reserved", "pamt_bytes"]),
+        set(&[
+            "status",
+            "tdmrs",
+            "max_reserved",
+            "pamt_bytes",
+            "remote_pamts",
+            "remote_pamt_memory"
+        ]),
         "{name}"
     );
     assert!(linux["status"].is_string(), "{name}");
@@ -241,7 +275,10 @@ fn assert_plan_shape(name: &str, doc: &Value) {
         u64_of(&linux["tdmrs"]);
         u64_of(&linux["max_reserved"]);
         u64_of(&linux["pamt_bytes"]);
+        u64_of(&linux["remote_pamts"]);
+        u64_of(&linux["remote_pamt_memory"]);
     }
+    u64_of(&doc["remote_pamt_memory"]);
 }
 
 #[test]
@@ -591,6 +628,19 @@ fn cmrs_make_a_fine_holes_map_plannable() {
     u64_of(&doc["end"]);
 }
 
+/// A TDMR's `pamt_remote` as the planner's reason.
+fn remote_reason(v: &Value) -> Option<RemoteReason> {
+    match v.as_str() {
+        None => {
+            assert!(v.is_null(), "pamt_remote: {v}");
+            None
+        }
+        Some("no_room") => Some(RemoteReason::NoRoom),
+        Some("reserved_area_limit") => Some(RemoteReason::ReservedAreaLimit),
+        Some(other) => panic!("pamt_remote: {other}"),
+    }
+}
+
 /// The plan a JSON document describes.
 fn plan_from_json(doc: &Value, strategy: Strategy) -> Plan {
     let level = |v: &Value| (u64_of(&v["base"]), u64_of(&v["size"]));
@@ -616,6 +666,8 @@ fn plan_from_json(doc: &Value, strategy: Strategy) -> Plan {
                 l2m: level(&t["pamt"]["2m"]),
                 l1g: level(&t["pamt"]["1g"]),
             },
+            pamt_node: u32::try_from(u64_of(&t["pamt_node"])).unwrap(),
+            pamt_remote: remote_reason(&t["pamt_remote"]),
         })
         .collect();
     Plan {
@@ -707,4 +759,95 @@ fn limits_reach_the_planner_and_the_module() {
         "{}",
         stdout(&out)
     );
+}
+
+#[test]
+fn the_report_says_which_node_each_pamt_is_on() {
+    // A four-node map: every PAMT on its TDMR's node, both strategies.
+    let map = path_of("09-intel-s4600lh-ivb-4s-256g", "json");
+    for strategy in ["best", "linux"] {
+        let (code, doc) = run_json(&["--strategy", strategy, &map]);
+        assert_eq!(code, 0, "{doc}");
+        assert_eq!(u64_of(&doc["remote_pamts"]), 0, "{strategy}: {doc}");
+        assert_eq!(u64_of(&doc["linux"]["remote_pamts"]), 0, "{doc}");
+        assert_eq!(u64_of(&doc["remote_pamt_memory"]), 0, "{doc}");
+        assert_eq!(u64_of(&doc["linux"]["remote_pamt_memory"]), 0, "{doc}");
+        let nodes: BTreeSet<u64> = doc["tdmrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| u64_of(&t["pamt_node"]))
+            .collect();
+        assert_eq!(nodes, BTreeSet::from([0, 1, 2, 3]), "{strategy}: {doc}");
+        let text = stdout(&run(&["--strategy", strategy, &map]));
+        // The plan and the other strategy's summary.
+        assert_eq!(
+            text.matches(
+                "PAMT nodes      0 remote: every PAMT on its TDMR's node (5 of 5); \
+                 all memory has its PAMT on its own node"
+            )
+            .count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("REMOTE"), "{text}");
+    }
+}
+
+#[test]
+fn a_node_too_small_for_its_pamt_is_flagged() {
+    // Node 1 has 2 MiB at 5 GiB: its TDMR's 4 MiB PAMT cannot be there.
+    let path = scratch("small-node.json");
+    fs::write(
+        &path,
+        serde_json::json!({
+            "usable": [[0x10_0000u64, 2 * GIB], [4 * GIB, 5 * GIB],
+                       [5 * GIB, 5 * GIB + 0x20_0000], [6 * GIB, 10 * GIB]],
+            "numa_nodes": [[0, 5 * GIB], [5 * GIB, 6 * GIB], [6 * GIB, 10 * GIB]],
+            "numa_node_ids": [0, 1, 0],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    for strategy in ["best", "linux"] {
+        let (code, doc) = run_json(&["--strategy", strategy, path]);
+        assert_eq!(code, 0, "{strategy}: {doc}");
+        assert_plan_shape(strategy, &doc);
+        assert_eq!(u64_of(&doc["remote_pamts"]), 1, "{strategy}: {doc}");
+        let remote: Vec<&Value> = doc["tdmrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["pamt_remote"].is_null())
+            .collect();
+        assert_eq!(remote.len(), 1, "{doc}");
+        assert_eq!(remote[0]["pamt_remote"], "no_room", "{doc}");
+        assert_eq!(u64_of(&remote[0]["node"]), 1, "{doc}");
+        assert_eq!(u64_of(&remote[0]["pamt_node"]), 0, "{doc}");
+        assert_eq!(u64_of(&remote[0]["base"]), 5 * GIB, "{doc}");
+        // The 2 MiB of node 1 has its PAMT on node 0.
+        assert_eq!(u64_of(&doc["remote_pamt_memory"]), 0x20_0000, "{doc}");
+
+        let text = stdout(&run(&["--strategy", strategy, path]));
+        assert!(
+            text.contains(
+                "REMOTE PAMT: on node 0, the TDMR is on node 1: its node has no free run of \
+                 memory large enough (no_room)"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("PAMT nodes      1 remote: 1 of ").count(),
+            2,
+            "{text}"
+        );
+        // Still a plan the module accepts.
+        assert_eq!(
+            text.matches("TDH.SYS.CONFIG  accepted (TDX_SUCCESS")
+                .count(),
+            2,
+            "{text}"
+        );
+    }
 }

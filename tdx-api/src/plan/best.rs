@@ -8,7 +8,10 @@
 //! inside a CMR needs no area at all (CMR-aware).
 //!
 //! 1. **Runs.** The 1 GiB blocks that hold memory form runs of consecutive
-//!    blocks. Each run is cut into TDMRs greedily: every TDMR is as long as
+//!    blocks, one NUMA node to a run: where the node changes a new run
+//!    starts, at the next 1 GiB line when the change is inside a block (as
+//!    Linux starts a new TDMR), so each TDMR's memory is on the node its
+//!    PAMT goes on. Each run is cut into TDMRs greedily: every TDMR is as long as
 //!    it can be while its holes fit the reserved-area limit. The count of
 //!    areas in `[a, b)` only grows with `b`, so the greedy cut gives the
 //!    fewest TDMRs, and a 1 GiB block that alone needs too many areas is
@@ -16,23 +19,37 @@
 //! 2. **Too many TDMRs.** Runs are joined across their gaps, smallest gap
 //!    first (the gap becomes reserved, and costs PAMT for its size), as long
 //!    as that lowers the count, until the count fits.
-//! 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) is
-//!    carved from memory next to a hole that already needs an area, so the
-//!    two merge and no area is added; ties go to the TDMR's own NUMA node.
-//!    Only when no such place has room does a PAMT take a new area, in a
-//!    TDMR that has one to spare. If none has, step 1 runs again with one
-//!    area fewer per TDMR, leaving room.
+//! 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) goes on
+//!    the TDMR's own NUMA node (the node of its first usable byte, where
+//!    Linux allocates it): the module reads a page's PAMT entries on every
+//!    SEAMCALL that is handed the page. On that node it is carved from
+//!    memory next to a hole that already needs an area, so the two merge
+//!    and no area is added; only when no such place has room does it take
+//!    a new area, in a TDMR that has one to spare. TDMRs whose node has no
+//!    place are placed last, on other nodes, the same way, and the plan
+//!    says why ([`RemoteReason`]). If a PAMT has no place at all, a
+//!    placement that puts fewest areas first (the node only breaking
+//!    ties) is tried, then step 1 again with one area fewer per TDMR,
+//!    leaving room.
+//! 4. **Bringing PAMTs home.** A plan with remote PAMTs is tried again
+//!    with smaller TDMRs: a TDMR whose node has no run for its PAMT is cut
+//!    into pieces whose PAMTs fit the node's largest run, and step 1 runs
+//!    with fewer areas per TDMR (room for an area at home). A plan with
+//!    fewer remote PAMTs is taken if it stays within MAX_TDMRS and needs
+//!    no more PAMT than Linux's construction on the map (each extra TDMR
+//!    costs at least 4 KiB).
 //!
-//! Runs are only split where the area limit forces it and only joined where
-//! the TDMR limit forces it, so on a map where Linux's construction also
-//! succeeds this plan has no more TDMR bytes and no more TDMRs than Linux's,
-//! hence no more PAMT.
+//! Runs are only split where the node changes (where Linux's construction
+//! starts a new TDMR too) or the area limit forces it, and only joined
+//! where the TDMR limit forces it, so on a map where Linux's construction
+//! also succeeds the plan of steps 1 to 3 has no more TDMR bytes and no
+//! more TDMRs than Linux's, hence no more PAMT; step 4 keeps that bound.
 
 use alloc::vec::Vec;
 
 use super::{
-    GIB, MAX_PA, Normalized, PamtPlacement, Plan, PlanError, PlannedTdmr, ReservedArea, Strategy,
-    intervals,
+    GIB, MAX_PA, Normalized, PamtPlacement, Plan, PlanError, PlannedTdmr, RemoteReason,
+    ReservedArea, Strategy, intervals,
 };
 
 /// Memory below this is scarce on a host (DMA zones, the kernel image);
@@ -116,9 +133,15 @@ impl Ctx<'_> {
             .filter(|&e| e > start)
     }
 
-    /// Cuts `[rs, re)` into the fewest TDMRs whose areas fit `budget`,
-    /// trimmed to the blocks that hold memory.
-    fn split_run(&self, rs: u64, re: u64, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+    /// Cuts `[rs, re)` into the fewest TDMRs of at most `cap` bytes whose
+    /// areas fit `budget`, trimmed to the blocks that hold memory.
+    fn split_run(
+        &self,
+        rs: u64,
+        re: u64,
+        budget: usize,
+        cap: u64,
+    ) -> Result<Vec<(u64, u64)>, PlanError> {
         let mut out = Vec::new();
         let mut a = rs;
         while a < re {
@@ -136,7 +159,7 @@ impl Ctx<'_> {
                 });
             }
             // Largest k with areas(a, a + k GiB) <= budget.
-            let (mut lo, mut hi) = (1u64, ((re - a) / GIB).min(self.cap / GIB).max(1));
+            let (mut lo, mut hi) = (1u64, ((re - a) / GIB).min(cap / GIB).max(1));
             while lo < hi {
                 let mid = lo + (hi - lo).div_ceil(2);
                 if self.holes.areas(a, a + mid * GIB) <= budget {
@@ -159,28 +182,40 @@ impl Ctx<'_> {
     /// TDMRs for every run, joining runs across gaps while there are too
     /// many.
     fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
-        // Runs of 1 GiB blocks per NUMA node: covers that overlap must share
-        // a TDMR, covers that only touch share one when on the same node
-        // (joining below may still put nodes together when TDMRs run out).
-        let mut covers: Vec<(u64, u64, u32)> = self
+        // Runs of 1 GiB blocks per NUMA node, so that a page's PAMT entries
+        // are on the page's node (each TDMR's PAMT is on the TDMR's node):
+        // covers on the same node that overlap or touch share a run; a
+        // cover on another node starts a new run, at the end of the current
+        // one when it overlaps it (the block where the node changes stays
+        // with the run it starts in, as in Linux's `fill_out_tdmrs`).
+        // Joining below may still put nodes together when TDMRs run out.
+        // In address order of the memory (sorted and disjoint), so a run's
+        // node is the node of its first byte, as the TDMR's will be.
+        let covers = self
             .n
             .mem
             .iter()
-            .map(|r| (r.start & !(GIB - 1), r.end.next_multiple_of(GIB), r.node))
-            .collect();
-        covers.sort_unstable();
-        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(covers.len());
-        let mut last_node = u32::MAX;
+            .map(|r| (r.start & !(GIB - 1), r.end.next_multiple_of(GIB), r.node));
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(self.n.mem.len());
+        // The node of the current run (of its first byte).
+        let mut run_node = u32::MAX;
         for (s, e, node) in covers {
-            match runs.last_mut() {
-                Some(r) if s < r.1 || (s == r.1 && node == last_node) => r.1 = r.1.max(e),
-                _ => runs.push((s, e)),
+            let start = match runs.last_mut() {
+                Some(r) if s <= r.1 && node == run_node => {
+                    r.1 = r.1.max(e);
+                    continue;
+                }
+                Some(r) => s.max(r.1),
+                None => s,
+            };
+            if start < e {
+                runs.push((start, e));
+                run_node = node;
             }
-            last_node = node;
         }
         let mut pieces: Vec<Vec<(u64, u64)>> = runs
             .iter()
-            .map(|&(s, e)| self.split_run(s, e, budget))
+            .map(|&(s, e)| self.split_run(s, e, budget, self.cap))
             .collect::<Result<_, _>>()?;
         let max = self.n.limits.max_tdmrs;
         let mut total: usize = pieces.iter().map(Vec::len).sum();
@@ -204,7 +239,7 @@ impl Ctx<'_> {
                         continue;
                     }
                     let j = next[i];
-                    let joined = self.split_run(runs[i].0, runs[j].1, budget)?;
+                    let joined = self.split_run(runs[i].0, runs[j].1, budget, self.cap)?;
                     let before = pieces[i].len() + pieces[j].len();
                     if joined.len() < before {
                         total = total - before + joined.len();
@@ -227,6 +262,78 @@ impl Ctx<'_> {
             }
         }
         Ok(pieces.into_iter().flatten().collect())
+    }
+}
+
+impl Ctx<'_> {
+    /// `plan`, made with area budget `budget`, has PAMTs off their TDMR's
+    /// node. Smaller TDMRs may bring them home: a TDMR whose node has no
+    /// run for its PAMT is cut into pieces whose PAMTs fit the node's
+    /// largest run, and, for the area limit, the run is cut again with
+    /// fewer areas per TDMR. Each costs PAMT memory (4 KiB and more per
+    /// extra TDMR), so a plan with fewer remote PAMTs is taken only within
+    /// MAX_TDMRS and without more PAMT than Linux's construction needs on
+    /// the map (or than `plan`, if more): locality first, but never more
+    /// PAMT than Linux.
+    fn more_local(&self, plan: Plan, budget: usize) -> Plan {
+        let n = self.n;
+        let bound = super::linux::plan(n)
+            .map_or(u64::MAX, |l| l.pamt_bytes())
+            .max(plan.pamt_bytes());
+        let better = |p: &Plan, than: &Plan| {
+            p.remote_pamts() < than.remote_pamts() && p.pamt_bytes() <= bound
+        };
+        let mut best = plan;
+        // The largest run of free memory per node, minus ranges to avoid.
+        let largest = |node: u32| {
+            n.mem
+                .iter()
+                .filter(|r| r.node == node)
+                .flat_map(|r| intervals::subtract(&[(r.start, r.end)], &n.avoid))
+                .map(|(s, e)| e - s)
+                .max()
+                .unwrap_or(0)
+        };
+        // Cut TDMRs without room at home to what their node can hold.
+        let mut cut = Vec::with_capacity(best.tdmrs.len());
+        let mut changed = false;
+        for t in &best.tdmrs {
+            let room = largest(t.node);
+            let gib = t.size / GIB;
+            let k = (1..gib)
+                .rev()
+                .find(|&k| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room);
+            match (t.pamt_remote, k) {
+                (Some(RemoteReason::NoRoom), Some(k)) => {
+                    let Ok(pieces) = self.split_run(t.base, t.end(), budget, k * GIB) else {
+                        return best;
+                    };
+                    changed |= pieces.len() > 1;
+                    cut.extend(pieces);
+                }
+                _ => cut.push((t.base, t.end())),
+            }
+        }
+        if changed
+            && cut.len() <= n.limits.max_tdmrs
+            && let Ok(p) = place(self, &cut, Locality::Local)
+            && better(&p, &best)
+        {
+            best = p;
+        }
+        // Fewer areas per TDMR: room for an area at home.
+        let mut b = budget;
+        while best.remote_pamts() > 0 && b > 1 {
+            b -= 1;
+            // Fewer areas per TDMR only makes more TDMRs.
+            let Ok(tdmrs) = self.partition(b) else { break };
+            if let Ok(p) = place(self, &tdmrs, Locality::Local)
+                && better(&p, &best)
+            {
+                best = p;
+            }
+        }
+        best
     }
 }
 
@@ -278,8 +385,11 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
             // answer; otherwise the reason is the PAMT that did not fit.
             Err(e) => return Err(last_err.unwrap_or(e)),
         };
-        match place(&ctx, &tdmrs) {
-            Ok(plan) => return Ok(plan),
+        let placed = place(&ctx, &tdmrs, Locality::Local)
+            .or_else(|_| place(&ctx, &tdmrs, Locality::Tiebreak));
+        match placed {
+            Ok(plan) if plan.remote_pamts() == 0 => return Ok(plan),
+            Ok(plan) => return Ok(ctx.more_local(plan, budget)),
             Err(e) => {
                 // A PAMT with no run of memory big enough anywhere: make
                 // TDMRs that large no more (halve it). Otherwise leave room
@@ -334,8 +444,30 @@ impl From<PlanError> for Failed {
     }
 }
 
+/// How [`place`] treats each TDMR's NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locality {
+    /// Every PAMT on its TDMR's node if there is any place for it there,
+    /// even one that costs a reserved area a remote place would not.
+    Local,
+    /// Fewest reserved areas first, the node only breaks ties: when
+    /// `Local` finds no plan, this one still does whenever it exists.
+    Tiebreak,
+}
+
+/// A pass of [`place`]: which slots a TDMR's PAMT may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Slots on the TDMR's node.
+    Own,
+    /// Slots on other nodes.
+    Other,
+    /// Any slot.
+    Any,
+}
+
 /// Places the PAMTs of `tdmrs` and builds the plan.
-fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
+fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan, Failed> {
     let n = ctx.n;
     let max_r = n.limits.max_reserved_per_tdmr;
     let forced = &ctx.holes.forced;
@@ -413,85 +545,131 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
         }
         r.1 = i + 1;
     }
-    for t in order {
-        let need: u64 = sizes[t].iter().sum();
-        let fits = |s: &Slot| s.hi - s.lo >= need;
-        // Next to a hole that already has an area (no new area), on the
-        // TDMR's node, in the TDMR itself, with the most room.
-        let free_pick = |high_only: bool| {
-            anchored
-                .iter()
-                .map(|&i| (i, &slots[i]))
-                .filter(|(_, s)| fits(s) && (!high_only || s.hi > LOW_4G))
-                .min_by_key(|(_, s)| {
-                    (
-                        s.node != nodes[t],
-                        s.tdmr != t,
-                        core::cmp::Reverse(s.hi - s.lo),
-                    )
-                })
-                .map(|(i, _)| i)
-        };
-        // A new area in a TDMR that has `spare` or more areas left after it:
-        // the TDMR's own memory first, the same node first; stop at the
-        // first ideal.
-        let new_area_pick = |spare: usize, high_only: bool| {
-            let mut best: Option<(usize, (bool, bool))> = None;
-            let own_range = own[t].0..own[t].1;
-            for i in own_range
-                .clone()
-                .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
-            {
-                let s = &slots[i];
-                if !fits(s) || used[s.tdmr] + 1 + spare > max_r || (high_only && s.hi <= LOW_4G) {
-                    continue;
+    let mut pamt_node = alloc::vec![0u32; tdmrs.len()];
+    let mut remote: Vec<Option<RemoteReason>> = alloc::vec![None; tdmrs.len()];
+    // Local: every TDMR on its own node first, then the ones that found no
+    // place there on other nodes (so a remote PAMT never takes the room a
+    // later TDMR of that node needed). Tiebreak: one pass, the node only
+    // breaks ties.
+    let phases: &[Phase] = match locality {
+        Locality::Local => &[Phase::Own, Phase::Other],
+        Locality::Tiebreak => &[Phase::Any],
+    };
+    let mut pending = order;
+    for &phase in phases {
+        let mut deferred = Vec::new();
+        for t in pending {
+            let need: u64 = sizes[t].iter().sum();
+            let nd = nodes[t];
+            let fits = |s: &Slot| s.hi - s.lo >= need;
+            let allowed = |s: &Slot| match phase {
+                Phase::Own => s.node == nd,
+                Phase::Other => s.node != nd,
+                Phase::Any => true,
+            };
+            // Why a PAMT cannot be on its node: no run there is big enough,
+            // or each needs an area its TDMR does not have.
+            let why_not_local = || {
+                if slots.iter().any(|s| s.node == nd && fits(s)) {
+                    RemoteReason::ReservedAreaLimit
+                } else {
+                    RemoteReason::NoRoom
                 }
-                let k = (s.node != nodes[t], s.tdmr != t);
-                if best.is_none_or(|(_, bk)| k < bk) {
-                    best = Some((i, k));
-                    if k == (false, false) {
-                        break;
+            };
+            // Next to a hole that already has an area (no new area), on the
+            // TDMR's node, in the TDMR itself, with the most room.
+            let free_pick = |high_only: bool| {
+                anchored
+                    .iter()
+                    .map(|&i| (i, &slots[i]))
+                    .filter(|(_, s)| allowed(s) && fits(s) && (!high_only || s.hi > LOW_4G))
+                    .min_by_key(|(_, s)| {
+                        (s.node != nd, s.tdmr != t, core::cmp::Reverse(s.hi - s.lo))
+                    })
+                    .map(|(i, _)| i)
+            };
+            // A new area in a TDMR that has `spare` or more areas left after
+            // it: the TDMR's own memory first, the same node first; stop at
+            // the first ideal.
+            let new_area_pick = |spare: usize, high_only: bool| {
+                let mut best: Option<(usize, (bool, bool))> = None;
+                let own_range = own[t].0..own[t].1;
+                for i in own_range
+                    .clone()
+                    .chain((0..slots.len()).filter(|i| !own_range.contains(i)))
+                {
+                    let s = &slots[i];
+                    if !allowed(s)
+                        || !fits(s)
+                        || used[s.tdmr] + 1 + spare > max_r
+                        || (high_only && s.hi <= LOW_4G)
+                    {
+                        continue;
+                    }
+                    let k = (s.node != nd, s.tdmr != t);
+                    if best.is_none_or(|(_, bk)| k < bk) {
+                        best = Some((i, k));
+                        if k == (false, false) {
+                            break;
+                        }
                     }
                 }
-            }
-            best.map(|(i, _)| i)
-        };
-        // Memory below 4 GiB is what a host can spare least: stay above it
-        // while that costs nothing, or one area in a TDMR that keeps one to
-        // spare; take it (and every last area) only when nothing else fits.
-        let pick = free_pick(true)
-            .or_else(|| new_area_pick(1, true))
-            .or_else(|| free_pick(false))
-            .or_else(|| new_area_pick(0, false));
-        let Some(i) = pick else {
-            let (base, end) = tdmrs[t];
-            // No run big enough at all (only smaller TDMRs help), or runs
-            // whose TDMRs have no area to spare (a lower budget helps).
-            return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
-                Failed::NoArea {
-                    base,
-                    end,
-                    bytes: need,
+                best.map(|(i, _)| i)
+            };
+            // Memory below 4 GiB is what a host can spare least: stay above
+            // it while that costs nothing, or one area in a TDMR that keeps
+            // one to spare; take it (and every last area) only when nothing
+            // else fits.
+            let pick = free_pick(true)
+                .or_else(|| new_area_pick(1, true))
+                .or_else(|| free_pick(false))
+                .or_else(|| new_area_pick(0, false));
+            let Some(i) = pick else {
+                if phase == Phase::Own {
+                    {
+                        extern crate std;
+                        std::eprintln!("DEFER {:?}", why_not_local());
+                    }
+                    remote[t] = Some(why_not_local());
+                    deferred.push(t);
+                    continue;
                 }
-            } else {
-                Failed::NoRun { base, end }
-            });
-        };
-        let s = &mut slots[i];
-        let at = if s.hi_anchor || !s.lo_anchor {
-            if !(s.hi_anchor || s.lo_anchor) {
-                used[s.tdmr] += 1;
-                anchored.push(i);
+                let (base, end) = tdmrs[t];
+                // No run big enough at all (only smaller TDMRs help), or runs
+                // whose TDMRs have no area to spare (a lower budget helps).
+                return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
+                    Failed::NoArea {
+                        base,
+                        end,
+                        bytes: need,
+                    }
+                } else {
+                    Failed::NoRun { base, end }
+                });
+            };
+            if phase == Phase::Any && slots[i].node != nd {
+                // Only reached when the local placement found no plan at
+                // all: with room on the node, it was the areas that ran out.
+                remote[t] = Some(why_not_local());
             }
-            s.hi -= need;
-            s.hi_anchor = true;
-            s.hi
-        } else {
-            let at = s.lo;
-            s.lo += need;
-            at
-        };
-        pamt[t] = PamtPlacement::contiguous(at, sizes[t]);
+            let s = &mut slots[i];
+            let at = if s.hi_anchor || !s.lo_anchor {
+                if !(s.hi_anchor || s.lo_anchor) {
+                    used[s.tdmr] += 1;
+                    anchored.push(i);
+                }
+                s.hi -= need;
+                s.hi_anchor = true;
+                s.hi
+            } else {
+                let at = s.lo;
+                s.lo += need;
+                at
+            };
+            pamt[t] = PamtPlacement::contiguous(at, sizes[t]);
+            pamt_node[t] = s.node;
+        }
+        pending = deferred;
     }
 
     // Reserved areas from the final picture: holes (memory minus PAMTs)
@@ -532,6 +710,8 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)]) -> Result<Plan, Failed> {
             node: nodes[t],
             reserved,
             pamt: pamt[t],
+            pamt_node: pamt_node[t],
+            pamt_remote: remote[t],
         });
     }
     Ok(Plan {

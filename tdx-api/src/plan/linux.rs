@@ -12,7 +12,8 @@
 //!    Linux takes it from `alloc_contig_pages`, whose result depends on the
 //!    running kernel; the model here takes the lowest free run of the node
 //!    at or above 4 GiB (ZONE_NORMAL), then below, then other nodes in
-//!    order. Failure is -ENOMEM.
+//!    order. Failure is -ENOMEM. A PAMT off the TDMR's node is marked
+//!    [`RemoteReason::NoRoom`].
 //! 4. Reserved areas, per TDMR: one per hole (with Linux's loop exactly,
 //!    including its `end < base` test), then one per PAMT that overlaps the
 //!    TDMR, clipped; no merging; sorted; "reserved areas exhausted" past
@@ -24,8 +25,8 @@
 use alloc::vec::Vec;
 
 use super::{
-    GIB, Normalized, PAGE, PamtPlacement, Plan, PlanError, PlannedTdmr, ReservedArea, Strategy,
-    intervals,
+    GIB, Normalized, PAGE, PamtPlacement, Plan, PlanError, PlannedTdmr, RemoteReason, ReservedArea,
+    Strategy, intervals,
 };
 
 /// The lowest address of ZONE_NORMAL on x86_64.
@@ -71,6 +72,7 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     }
     let mut pamts: Vec<PamtPlacement> = Vec::with_capacity(tdmrs.len());
     let mut nodes = Vec::with_capacity(tdmrs.len());
+    let mut pamt_nodes = Vec::with_capacity(tdmrs.len());
     for &(base, end) in &tdmrs {
         let node = n.node_at(base);
         nodes.push(node);
@@ -85,6 +87,7 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
         };
         // Carve [at, at + total) out of free range `idx`.
         let (s, e, nd) = free[idx];
+        pamt_nodes.push(nd);
         free.remove(idx);
         if at + total < e {
             free.insert(idx, (at + total, e, nd));
@@ -146,6 +149,10 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
             node: nodes[i],
             reserved: areas,
             pamt: pamts[i],
+            pamt_node: pamt_nodes[i],
+            // alloc_contig_pages falls back to other nodes only when the
+            // TDMR's node has no run large enough.
+            pamt_remote: (pamt_nodes[i] != nodes[i]).then_some(RemoteReason::NoRoom),
         });
     }
     Ok(Plan {

@@ -10,8 +10,9 @@
 //!
 //! - [`Strategy::Best`] finds a plan whenever one exists within the limits
 //!   (see [`best`] for how), never uses more PAMT memory than Linux's
-//!   construction on a map where both succeed, and keeps PAMTs on their
-//!   TDMR's NUMA node where that costs nothing.
+//!   construction on a map where both succeed, and keeps every PAMT on
+//!   its TDMR's NUMA node unless the limits (or that bound) leave no room
+//!   there ([`PlannedTdmr::pamt_remote`] says why).
 //! - [`Strategy::Linux`] reproduces Linux's construction
 //!   (`construct_tdmrs` in `arch/x86/virt/vmx/tdx/tdx.c`),
 //!   including its failures, so an operator can see what a TDX kernel
@@ -148,8 +149,8 @@ impl PlanInput {
 /// Which construction to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
-    /// Find a plan whenever one exists; fewest reserved areas, node-local
-    /// PAMTs, never more PAMT than Linux.
+    /// Find a plan whenever one exists; node-local PAMTs, then fewest
+    /// reserved areas; never more PAMT than Linux.
     Best,
     /// Linux's construction, exactly.
     Linux,
@@ -197,6 +198,52 @@ impl PamtPlacement {
     }
 }
 
+/// Why a TDMR's PAMT is not on the TDMR's own NUMA node.
+///
+/// The module reads a page's PAMT entries on every SEAMCALL that is handed
+/// the page, so a PAMT on another node costs a remote access each time.
+/// Both strategies keep each PAMT on its TDMR's node (as Linux allocates
+/// it: `alloc_contig_pages` on the node of the TDMR's first memory block)
+/// and place it elsewhere only for one of these reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteReason {
+    /// The node has no free run of usable memory large enough for the PAMT
+    /// (its three levels are one contiguous run, inside one TDMR): the node
+    /// is too small or too fragmented, other PAMTs took the room, or the
+    /// rest is in ranges to avoid. [`Strategy::Best`] first tries cutting
+    /// the TDMR smaller (smaller PAMTs), within MAX_TDMRS and without more
+    /// PAMT memory than Linux's construction.
+    NoRoom,
+    /// The node has room, but every place there would need a reserved area
+    /// in a TDMR that has none to spare (MAX_RESERVED_PER_TDMR), also with
+    /// fewer areas per TDMR (more TDMRs) within MAX_TDMRS and without more
+    /// PAMT memory than Linux's construction. Only [`Strategy::Best`] reports
+    /// it (Linux ignores the limit when it places a PAMT, and fails if the
+    /// areas run out).
+    ReservedAreaLimit,
+}
+
+impl RemoteReason {
+    /// A short machine-readable name (`"no_room"`, `"reserved_area_limit"`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::NoRoom => "no_room",
+            Self::ReservedAreaLimit => "reserved_area_limit",
+        }
+    }
+}
+
+impl fmt::Display for RemoteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoRoom => "its node has no free run of memory large enough",
+            Self::ReservedAreaLimit => {
+                "every place on its node needs a reserved area the limit does not leave"
+            }
+        })
+    }
+}
+
 /// One planned TDMR.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlannedTdmr {
@@ -204,12 +251,19 @@ pub struct PlannedTdmr {
     pub base: u64,
     /// Size (a multiple of 1 GiB).
     pub size: u64,
-    /// NUMA node of its first usable byte.
+    /// NUMA node of its first usable byte (Linux's `tdmr_get_nid`): the
+    /// node its PAMT belongs on.
     pub node: u32,
     /// Reserved areas, sorted by offset.
     pub reserved: Vec<ReservedArea>,
     /// Its PAMT.
     pub pamt: PamtPlacement,
+    /// The NUMA node of the memory its PAMT is carved from (one node: the
+    /// three levels are one run of memory on one node).
+    pub pamt_node: u32,
+    /// `None` when the PAMT is on the TDMR's node (`pamt_node == node`);
+    /// else why it is not.
+    pub pamt_remote: Option<RemoteReason>,
 }
 
 impl PlannedTdmr {
@@ -245,17 +299,38 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The TDMR whose range `[base, end)` holds `pa` (reserved or not), in
+    /// O(log n).
+    pub fn tdmr_at(&self, pa: u64) -> Option<&PlannedTdmr> {
+        let i = self.tdmrs.partition_point(|t| t.end() <= pa);
+        self.tdmrs.get(i).filter(|t| t.base <= pa)
+    }
+
+    /// The NUMA node whose memory should back the PAMT of the page at `pa`:
+    /// the node of the TDMR that holds it (the node its static PAMT belongs on,
+    /// and the placement hint for Dynamic PAMT page pairs of its 2 MiB
+    /// ranges), or `None` outside every TDMR. O(log n).
+    pub fn pamt_node_hint(&self, pa: u64) -> Option<u32> {
+        self.tdmr_at(pa).map(|t| t.node)
+    }
+
     /// True if the byte at `pa` is TDX memory under this plan: inside a
     /// TDMR and outside its reserved areas.
     pub fn covers(&self, pa: u64) -> bool {
-        let i = self.tdmrs.partition_point(|t| t.end() <= pa);
-        self.tdmrs.get(i).is_some_and(|t| {
-            t.base <= pa
-                && !t
-                    .reserved
-                    .iter()
-                    .any(|r| (t.base + r.offset..t.base + r.offset + r.size).contains(&pa))
+        self.tdmr_at(pa).is_some_and(|t| {
+            !t.reserved
+                .iter()
+                .any(|r| (t.base + r.offset..t.base + r.offset + r.size).contains(&pa))
         })
+    }
+
+    /// How many TDMRs have their PAMT on another NUMA node than their own
+    /// (0 on every real memory map the project has).
+    pub fn remote_pamts(&self) -> usize {
+        self.tdmrs
+            .iter()
+            .filter(|t| t.pamt_remote.is_some())
+            .count()
     }
 
     /// Total PAMT bytes.
@@ -478,16 +553,21 @@ impl Normalized {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, t) in self.tdmrs.iter().enumerate() {
-            writeln!(
+            write!(
                 f,
-                "TDMR {i}: [{:#x}, {:#x}) node {} reserved {} PAMT {} KiB at {:#x}",
+                "TDMR {i}: [{:#x}, {:#x}) node {} reserved {} PAMT {} KiB at {:#x} node {}",
                 t.base,
                 t.end(),
                 t.node,
                 t.reserved.len(),
                 t.pamt.bytes() >> 10,
-                t.pamt.l4k.0
+                t.pamt.l4k.0,
+                t.pamt_node
             )?;
+            match t.pamt_remote {
+                Some(why) => writeln!(f, " (remote: {why})")?,
+                None => writeln!(f)?,
+            }
         }
         write!(f, "PAMT total {} KiB", self.pamt_bytes() >> 10)
     }

@@ -226,6 +226,233 @@ fn linux_reproduces_fill_out_tdmrs() {
     assert!(best.pamt_bytes() < linux.pamt_bytes());
 }
 
+/// Every TDMR's `pamt_node` is the node of the memory its PAMT is in (the
+/// whole PAMT), and `pamt_remote` is set exactly when that is not the
+/// TDMR's node, which is the node of its first usable byte.
+fn pamt_nodes_are_right(p: &Plan, input: &PlanInput) -> bool {
+    let n = Normalized::new(input).unwrap();
+    p.tdmrs.iter().all(|t| {
+        let (b, e) = (t.pamt.l4k.0, t.pamt.l4k.0 + t.pamt.bytes());
+        let on_node = n
+            .mem
+            .iter()
+            .any(|r| r.start <= b && e <= r.end && r.node == t.pamt_node);
+        on_node && t.node == n.node_at(t.base) && t.pamt_remote.is_some() == (t.pamt_node != t.node)
+    })
+}
+
+fn node(start: u64, end: u64, node: u32) -> MemRange {
+    MemRange { start, end, node }
+}
+
+#[test]
+fn a_node_too_small_for_its_pamt_puts_it_remote_and_says_so() {
+    // Node 1 holds 2 MiB at 5 GiB: its TDMR [5G, 6G) needs a 4 MiB PAMT
+    // (plus the 2M and 1G levels), which cannot fit on node 1.
+    let input = PlanInput::new(vec![
+        node(MIB, 2 * GIB, 0),
+        node(4 * GIB, 5 * GIB, 0),
+        node(5 * GIB, 5 * GIB + 2 * MIB, 1),
+        node(6 * GIB, 10 * GIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    for p in [best.unwrap(), linux.unwrap()] {
+        check(&p, &input).unwrap();
+        assert!(pamt_nodes_are_right(&p, &input), "{p}");
+        let t = p
+            .tdmrs
+            .iter()
+            .find(|t| t.node == 1)
+            .unwrap_or_else(|| panic!("a node-1 TDMR: {p}"));
+        assert_eq!(t.pamt_node, 0, "{p}");
+        assert_eq!(t.pamt_remote, Some(RemoteReason::NoRoom), "{p}");
+        assert_eq!(p.remote_pamts(), 1, "{p}");
+        assert!(
+            p.to_string().contains("(remote: its node has no free run"),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn a_tdmr_too_big_for_its_nodes_runs_is_cut_to_keep_its_pamt_home() {
+    // Node 0 has 8 MiB at 4 GiB and 8 MiB at 5 GiB; node 1 has 40 MiB in
+    // between, in node 0's first block. One TDMR [4G, 6G) needs 8 MiB +
+    // 20 KiB of PAMT: no room on node 0. Two TDMRs of 1 GiB need 4 MiB +
+    // 12 KiB each, which fit at home, for 4 KiB more PAMT (what Linux's
+    // two TDMRs take too).
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 4 * GIB + 8 * MIB, 0),
+        node(4 * GIB + 256 * MIB, 4 * GIB + 296 * MIB, 1),
+        node(5 * GIB, 5 * GIB + 8 * MIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    let tdmrs: Vec<(u64, u64, u32)> = best
+        .tdmrs
+        .iter()
+        .map(|t| (t.base, t.end(), t.pamt_node))
+        .collect();
+    assert_eq!(
+        tdmrs,
+        [(4 * GIB, 5 * GIB, 0), (5 * GIB, 6 * GIB, 0)],
+        "{best}"
+    );
+    assert_eq!(best.remote_pamts(), 0);
+    assert_eq!(best.pamt_bytes(), linux.pamt_bytes());
+    // With one TDMR allowed the cut is not possible: remote, and why.
+    input.limits.max_tdmrs = 1;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert_eq!(best.tdmrs.len(), 1, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_node, 1, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_remote, Some(RemoteReason::NoRoom));
+    assert!(pamt_nodes_are_right(&best, &input));
+}
+
+#[test]
+fn the_area_limit_can_force_a_remote_pamt() {
+    // One area per TDMR. Node 0's TDMR [4G, 5G) spends it on its tail,
+    // [4G + 908M, 5G), outside the CMRs. The memory next to that tail is a
+    // 4 MiB piece, too small for the PAMT (4 MiB + 12 KiB); the big piece
+    // before it touches only a hole inside a CMR (no area). So on node 0
+    // the PAMT needs a second area. Node 1's TDMR [5G, 6G) ends in a hole
+    // that already has an area, with room for both PAMTs next to it.
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 4 * GIB + 900 * MIB, 0),
+        node(4 * GIB + 904 * MIB, 4 * GIB + 908 * MIB, 0),
+        node(5 * GIB, 6 * GIB - 64 * MIB, 1),
+    ]);
+    input.cmrs = Some(vec![
+        (4 * GIB, 4 * GIB + 908 * MIB),
+        (5 * GIB, 6 * GIB - 64 * MIB),
+    ]);
+    input.limits.max_reserved_per_tdmr = 1;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    assert_eq!(best.tdmrs.len(), 2, "{best}");
+    assert_eq!(best.tdmrs[0].node, 0);
+    assert_eq!(best.tdmrs[0].pamt_node, 1, "{best}");
+    assert_eq!(
+        best.tdmrs[0].pamt_remote,
+        Some(RemoteReason::ReservedAreaLimit),
+        "{best}"
+    );
+    assert_eq!(best.tdmrs[1].pamt_remote, None, "{best}");
+    assert_eq!(best.remote_pamts(), 1);
+    // With two areas per TDMR it comes home, at the cost of an area.
+    input.limits.max_reserved_per_tdmr = 2;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert_eq!(best.remote_pamts(), 0, "{best}");
+    assert_eq!(best.tdmrs[0].pamt_node, 0, "{best}");
+    assert_eq!(best.tdmrs[0].reserved.len(), 2, "{best}");
+}
+
+#[test]
+fn when_local_first_finds_no_plan_fewest_areas_first_does() {
+    // One area per TDMR. Node 0: TDMR [4G, 5G), no hole, and PAMTs may
+    // only go in its first 10 MiB (the rest is to be avoided). Node 1:
+    // TDMR [6G, 8G), its tail hole has the area, and PAMTs may only go in
+    // the 5 MiB before it. Node 0's PAMT (4 MiB + 12 KiB) fits both
+    // places, node 1's (8 MiB + 20 KiB) only node 0's, where both do not
+    // fit. Node 0's PAMT at home takes node 0's only area and leaves node
+    // 1's nowhere; the only plan swaps them.
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB, 5 * GIB, 0),
+        node(6 * GIB, 8 * GIB - 6 * MIB, 1),
+    ]);
+    input.avoid = vec![(4 * GIB + 10 * MIB, 5 * GIB), (6 * GIB, 8 * GIB - 11 * MIB)];
+    input.limits.max_reserved_per_tdmr = 1;
+    input.limits.max_tdmrs = 2;
+    let (best, _) = both(&input);
+    let best = best.unwrap();
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    let nodes: Vec<(u32, u32)> = best.tdmrs.iter().map(|t| (t.node, t.pamt_node)).collect();
+    assert_eq!(nodes, [(0, 1), (1, 0)], "{best}");
+    assert_eq!(best.remote_pamts(), 2);
+    // With a third TDMR allowed, node 1's is cut in two: 1 GiB's PAMT
+    // fits its 5 MiB, and only the other half's PAMT is remote (Linux has
+    // no plan here: no PAMT cost bound).
+    input.limits.max_tdmrs = 64;
+    let (best, linux) = both(&input);
+    let best = best.unwrap();
+    assert!(linux.is_err());
+    assert!(pamt_nodes_are_right(&best, &input), "{best}");
+    let nodes: Vec<(u32, u32)> = best.tdmrs.iter().map(|t| (t.node, t.pamt_node)).collect();
+    assert_eq!(nodes, [(0, 0), (1, 1), (1, 0)], "{best}");
+    assert_eq!(best.tdmrs[2].pamt_remote, Some(RemoteReason::NoRoom));
+}
+
+#[test]
+fn a_pamt_stays_local_even_when_remote_saves_an_area() {
+    // The shape of the two-socket maps: node 0 is [1M, 2G) and [4G, 8G),
+    // node 1 follows at 8 GiB and ends below a 1 GiB line (a hole that
+    // already needs an area). Node 0's high memory touches no hole that
+    // needs one: a PAMT there costs an area, next to node 1's tail it
+    // costs none. Node-local wins.
+    let input = PlanInput::new(vec![
+        node(MIB, 2 * GIB, 0),
+        node(4 * GIB, 8 * GIB, 0),
+        node(8 * GIB, 16 * GIB - 256 * MIB, 1),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    for p in [&best, &linux] {
+        assert_eq!(p.remote_pamts(), 0, "{p}");
+        assert!(pamt_nodes_are_right(p, &input), "{p}");
+        assert!(p.tdmrs.iter().all(|t| t.pamt_node == t.node), "{p}");
+    }
+    assert!(best.pamt_bytes() <= linux.pamt_bytes());
+}
+
+#[test]
+fn a_node_change_inside_a_block_starts_a_tdmr_at_the_next_gib() {
+    // Node 1 from 0 to 12.75 GiB, node 0 from there to 24 GiB (the shape
+    // of the two-socket Dell R410 map): one TDMR over both would put the
+    // PAMT entries of 11.25 GiB of node-0 memory on node 1. Like Linux,
+    // the block where the node changes stays with node 1's TDMR and node
+    // 0's starts at 13 GiB.
+    let input = PlanInput::new(vec![
+        node(MIB, 12 * GIB + 768 * MIB, 1),
+        node(12 * GIB + 768 * MIB, 24 * GIB, 0),
+    ]);
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    let bounds: Vec<(u64, u64, u32, u32)> = best
+        .tdmrs
+        .iter()
+        .map(|t| (t.base, t.end(), t.node, t.pamt_node))
+        .collect();
+    assert_eq!(bounds, [(0, 13 * GIB, 1, 1), (13 * GIB, 24 * GIB, 0, 0)]);
+    assert!(best.pamt_bytes() <= linux.pamt_bytes());
+    // Aligned node changes split too; same-node ranges touching join.
+    let input = PlanInput::new(vec![
+        node(4 * GIB, 6 * GIB, 0),
+        node(6 * GIB, 8 * GIB, 0),
+        node(8 * GIB, 10 * GIB, 1),
+    ]);
+    let best = plan(&input, Strategy::Best).unwrap();
+    let bounds: Vec<(u64, u64)> = best.tdmrs.iter().map(|t| (t.base, t.end())).collect();
+    assert_eq!(bounds, [(4 * GIB, 8 * GIB), (8 * GIB, 10 * GIB)]);
+    assert_eq!(best.remote_pamts(), 0);
+}
+
+#[test]
+fn pamt_node_hint_finds_the_tdmr() {
+    let input = PlanInput::new(vec![node(MIB, 2 * GIB, 0), node(4 * GIB, 8 * GIB, 1)]);
+    let p = plan(&input, Strategy::Best).unwrap();
+    assert_eq!(p.pamt_node_hint(0), Some(0));
+    assert_eq!(p.pamt_node_hint(2 * GIB - 1), Some(0));
+    assert_eq!(p.pamt_node_hint(3 * GIB), None);
+    assert_eq!(p.pamt_node_hint(4 * GIB), Some(1));
+    assert_eq!(p.pamt_node_hint(8 * GIB - 1), Some(1));
+    assert_eq!(p.pamt_node_hint(8 * GIB), None);
+    assert_eq!(p.pamt_node_hint(u64::MAX), None);
+    assert_eq!(p.tdmr_at(5 * GIB).map(|t| t.base), Some(4 * GIB));
+}
+
 /// A generated map: usable ranges, limits, and optional CMRs.
 type ArbMap = (Vec<MemRange>, Limits, Option<Vec<(u64, u64)>>);
 
@@ -260,6 +487,39 @@ fn arb_map() -> impl proptest::strategy::Strategy<Value = ArbMap> {
     )
 }
 
+/// A map of small ranges (4 to 64 MiB) with gaps, on up to four nodes, two
+/// of which have only 4 MiB ranges: a TDMR's PAMT (4 MiB and more per GiB,
+/// in one run) often finds no room on its node, and the area limit is
+/// often tight.
+fn arb_small_nodes() -> impl proptest::strategy::Strategy<Value = ArbMap> {
+    let ranges = proptest::collection::vec((0u64..48, 1u64..16, 0u32..4), 1..80);
+    let limits = (1usize..70, 1usize..8, proptest::option::of(1u8..4));
+    proptest::strategy::Strategy::prop_map(
+        (ranges, limits, any::<bool>()),
+        |(rs, (mt, mr, dp), coarse)| {
+            let mut a = 4 * GIB;
+            let mut v = Vec::new();
+            for (gap, len, node) in rs {
+                // Nodes 2 and 3 only ever have 4 MiB ranges: too small for
+                // any PAMT.
+                let len = if node >= 2 { 1 } else { len };
+                let start = a + gap * 16 * MIB;
+                let end = start + len * 4 * MIB;
+                v.push(MemRange { start, end, node });
+                a = end;
+            }
+            let limits = Limits {
+                max_tdmrs: mt,
+                max_reserved_per_tdmr: mr,
+                pamt_entry_size: [16, 16, 16],
+                dpamt_bitmap_bits: dp,
+            };
+            let cmrs = coarse.then(|| vec![(0, a.next_multiple_of(GIB))]);
+            (v, limits, cmrs)
+        },
+    )
+}
+
 proptest! {
     // 400 cases by default; PROPTEST_CASES=N for a longer hunt.
     #![proptest_config(ProptestConfig {
@@ -281,10 +541,112 @@ proptest! {
         if let (Ok(b), Ok(l)) = (&best, &linux) {
             prop_assert!(b.pamt_bytes() <= l.pamt_bytes(), "best {} > linux {}", b.pamt_bytes(), l.pamt_bytes());
         }
+        for p in best.iter().chain(linux.iter()) {
+            prop_assert!(pamt_nodes_are_right(p, &input), "{p}");
+        }
+        if let (Ok(b), Ok(l)) = (&best, &linux) {
+            // Linux places a PAMT remotely only when the node has no room
+            // (ignoring the area limit); a valid Linux plan shows the
+            // limits allow as many local PAMTs.
+            if check(l, &input).is_ok() {
+                prop_assert!(b.remote_pamts() <= l.remote_pamts(), "best {b}\nlinux {l}");
+            }
+        }
         if let (Err(e), Ok(l)) = (&best, &linux) {
             // Linux may "succeed" with a plan the module would refuse (it
             // ignores CMRs); a valid Linux plan means best must succeed.
             prop_assert!(check(l, &input).is_err(), "linux found a valid plan, best failed: {e}");
         }
+    }
+
+    /// Maps where PAMTs often cannot stay on their node: the same
+    /// guarantees, and every remote PAMT says why, truthfully.
+    #[test]
+    fn remote_pamts_are_valid_and_explained((usable, limits, cmrs) in arb_small_nodes()) {
+        let input = PlanInput { usable, cmrs, limits, avoid: Vec::new() };
+        let best = plan(&input, Strategy::Best);
+        let linux = plan(&input, Strategy::Linux);
+        if let Ok(p) = &best {
+            prop_assert!(check(p, &input).is_ok(), "{:?}", check(p, &input));
+            prop_assert!(pamt_nodes_are_right(p, &input), "{p}");
+            // NoRoom: no run of the TDMR's node is as large as its PAMT
+            // (even before the other PAMTs were carved out).
+            let n = Normalized::new(&input).unwrap();
+            for t in &p.tdmrs {
+                if t.pamt_remote == Some(RemoteReason::NoRoom) {
+                    let need = t.pamt.bytes();
+                    // A PAMT lies inside one TDMR (in its reserved areas).
+                    let room = n.mem.iter().any(|r| {
+                        r.node == t.node
+                            && p.tdmrs.iter().any(|d| {
+                                let clipped = (r.start.max(d.base), r.end.min(d.end()));
+                                clipped.0 < clipped.1
+                                    && intervals::subtract(&[clipped], &n.avoid)
+                                        .iter()
+                                        .any(|&(s, e)| e - s >= need)
+                            })
+                    });
+                    // Room may have existed and been taken by other PAMTs
+                    // of the node; then some PAMT of the node is there.
+                    prop_assert!(
+                        !room || p.tdmrs.iter().any(|o| o.pamt_node == t.node),
+                        "{p}"
+                    );
+                }
+            }
+        }
+        if let Ok(l) = &linux {
+            prop_assert!(pamt_nodes_are_right(l, &input), "{l}");
+        }
+        if let (Ok(b), Ok(l)) = (&best, &linux) {
+            prop_assert!(b.pamt_bytes() <= l.pamt_bytes());
+            // The best plan keeps each PAMT inside one TDMR; Linux's may
+            // cross a TDMR boundary (with an area on each side), which can
+            // keep it on a node whose only room crosses a 1 GiB line.
+            let straddles = l.tdmrs.iter().any(|t| {
+                let (s, e) = (t.pamt.l4k.0, t.pamt.l4k.0 + t.pamt.bytes());
+                l.tdmrs.iter().any(|d| s < d.base && d.base < e)
+            });
+            if check(l, &input).is_ok() && !straddles {
+                prop_assert!(b.remote_pamts() <= l.remote_pamts(), "best {b}\nlinux {l}");
+            }
+        }
+        if let (Err(e), Ok(l)) = (&best, &linux) {
+            prop_assert!(check(l, &input).is_err(), "linux found a valid plan, best failed: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_block_shared_by_three_nodes_goes_to_the_first() {
+    // [5G, 6G) holds node 2 (first), then node 0, and node 0 runs on past
+    // 6 GiB. Node 2's TDMR is [5G, 6G), node 0's starts at 6 GiB: each
+    // PAMT on its TDMR's node (a proptest found the best plan joining the
+    // block to node 0's run, with node 2's TDMR and a remote PAMT).
+    let mut input = PlanInput::new(vec![
+        node(4 * GIB + 64 * MIB, 4 * GIB + 88 * MIB, 1),
+        node(5 * GIB + 8 * MIB, 5 * GIB + 16 * MIB, 2),
+        node(5 * GIB + 304 * MIB, 5 * GIB + 316 * MIB, 0),
+        node(6 * GIB - 4 * MIB, 6 * GIB + 4 * MIB, 0),
+    ]);
+    input.limits.max_tdmrs = 3;
+    input.limits.max_reserved_per_tdmr = 5;
+    let (best, linux) = both(&input);
+    let (best, linux) = (best.unwrap(), linux.unwrap());
+    for p in [&best, &linux] {
+        let tdmrs: Vec<(u64, u64, u32, u32)> = p
+            .tdmrs
+            .iter()
+            .map(|t| (t.base, t.end(), t.node, t.pamt_node))
+            .collect();
+        assert_eq!(
+            tdmrs,
+            [
+                (4 * GIB, 5 * GIB, 1, 1),
+                (5 * GIB, 6 * GIB, 2, 2),
+                (6 * GIB, 7 * GIB, 0, 0)
+            ],
+            "{p}"
+        );
     }
 }
