@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     module::{ExtInited, TdxModule},
-    platform::{Errata, Placement, Platform, PlatformError},
+    platform::{Errata, NodeId, Placement, Platform, PlatformError},
     retry::{Attempts, RetryPolicy, retry},
 };
 
@@ -313,14 +313,19 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         }
     }
 
-    /// Where a pair for `range` comes from: the range's NUMA node if the
-    /// platform knows it (the module reads the pair on every access to the
-    /// range's pages, as it reads a TDMR's PAMT, which the planner keeps on
-    /// the TDMR's node).
+    /// Where a pair for `range` comes from: the node the plan keeps the
+    /// range's TDMR's PAMT on ([`Plan::pamt_node_hint`](crate::plan::Plan::pamt_node_hint)),
+    /// else the range's node if the platform knows it. The module reads
+    /// the pair on every access to the range's pages, as it reads a
+    /// TDMR's PAMT.
     fn pair_placement(&self, range: Pfn) -> Placement {
-        self.module
-            .platform()
-            .node_of(range)
+        let planned = self
+            .module
+            .plan()
+            .and_then(|p| p.pamt_node_hint(range.hpa().as_u64()))
+            .map(NodeId);
+        planned
+            .or_else(|| self.module.platform().node_of(range))
             .map_or(Placement::Anywhere, Placement::Node)
     }
 

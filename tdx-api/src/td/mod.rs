@@ -75,8 +75,9 @@
 //! [`map`](Td::map), [`demote`](Td::demote)'s new S-EPT page) first takes a
 //! reference on the page's range, adding the range's pair
 //! (TDH.PHYMEM.PAMT.ADD, two pages from [`Platform::alloc_pages`], placed
-//! on the range's node when [`Platform::node_of`] knows it) if it has
-//! none; every call that takes a 4K page back (removal, teardown's
+//! on the node the plan keeps the range's TDMR's PAMT on, as
+//! [`Plan::pamt_node_hint`](crate::plan::Plan::pamt_node_hint) says) if it
+//! has none; every call that takes a 4K page back (removal, teardown's
 //! reclaim, the S-EPT page a PROMOTE or SEPT.REMOVE frees) drops it, after
 //! the SEAMCALL returned, and the last one removes the pair
 //! (TDH.PHYMEM.PAMT.REMOVE), writes its pages back under the global
