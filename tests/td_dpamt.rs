@@ -23,7 +23,7 @@
 use std::sync::{Arc, Barrier};
 
 use tdx::{
-    Gpa, Leaf, Pfn, Size2M, Size4K, TdxStatus,
+    Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
     api::{
         ExtInited, Placement, Platform, TdxModule,
         plan::{MemRange, PlanInput},
@@ -177,6 +177,18 @@ fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
         after_build + 2,
         "a 2 MiB page needs no pair"
     );
+    // A 1 GiB page (512 2 MiB AUGs and a PROMOTE): no pair for its ranges
+    // (the S-EPT pages it needs on the way may add some; they go back
+    // with the PROMOTE or at teardown).
+    let giant = frames(&sim, 512 * 512, 512 * 512);
+    // SAFETY: allocated above for this TD.
+    let f1 = unsafe { GuestFrame::<Size1G>::new(giant.first()) }.unwrap();
+    td.map_1g(Gpa::new(GIB), f1, &|| {}).unwrap();
+    let g = giant.first().as_u64();
+    assert!(
+        (0..512).all(|i| sim.pamt_pair(Pfn::new(g + i * 512)).is_none()),
+        "no range of the 1 GiB page has a pair"
+    );
 
     // The last 4K page of range `b` out: its pair goes; range `a` keeps
     // its pair while one of its pages is mapped.
@@ -205,10 +217,10 @@ fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
         calls(&sim, Leaf::PHYMEM_PAMT_ADD),
         calls(&sim, Leaf::PHYMEM_PAMT_REMOVE)
     );
-    // What stayed mapped came back: page a + 1 and the 2 MiB page, all
-    // parts of the two runs.
-    assert_eq!(report.guest_frames_returned(), 1 + 512);
-    give_back(&sim, &[small, huge]);
+    // What stayed mapped came back: page a + 1, the 2 MiB and the 1 GiB
+    // page, all parts of the three runs.
+    assert_eq!(report.guest_frames_returned(), 1 + 512 + 512 * 512);
+    give_back(&sim, &[small, huge, giant]);
     assert_back_to(&sim, &baseline, "lifecycle");
 }
 
