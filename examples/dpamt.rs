@@ -1,0 +1,630 @@
+//! What Dynamic PAMT saves and what it costs, on a simulated 1 TiB host
+//! (module 1.5.16, `Profile::tdx_1_5_16`), static and dynamic side by side
+//! in one run:
+//!
+//! 1. PAMT bytes at bring-up: the same host brought up twice, once with the
+//!    static PAMT (`set_dynamic_pamt(false)`) and once with Dynamic PAMT.
+//! 2. Dynamic PAMT's run-time cost is one page pair (8 KiB) per 2 MiB range
+//!    holding any 4K page the module owns: a slice of 16 ranges filled with
+//!    4K pages adds as many pairs as 16 ranges holding one 4K page each.
+//! 3. PAMT bytes with a TD holding 10%, 50% and 100% of memory at 4K (one
+//!    4K page in each 2 MiB range, which costs what filling the range does,
+//!    as step 2 measures) and at 2M (no pairs: only the ranges of the
+//!    S-EPT and control pages have one).
+//! 4. The cost of a 4K map, static and dynamic: nanoseconds and SEAMCALLs
+//!    per map, for contiguous frames (one PAMT.ADD per 512 maps) and for
+//!    one frame per 2 MiB range (a PAMT.ADD on every map).
+//!
+//! Everything is torn down at the end: every pair removed, every page back,
+//! the simulator's invariants checked.
+//!
+//! ```text
+//! cargo run --release --example dpamt          # a 1 TiB host
+//! cargo run --release --example dpamt -- 64    # a 64 GiB host (CI)
+//! ```
+//!
+//! Instructions per map: the measured passes are the `measured_*`
+//! functions; `benches/icount.sh` counts them under callgrind, or run
+//! `valgrind --tool=callgrind` on this example with a small host and read
+//! their inclusive counts.
+
+// UNSAFETY: the example hands frames it allocated from the simulated host to
+// TDs (`GuestFrame::new`, the caller's promise not to touch them) and frees
+// them when the TDs give them back.
+#![allow(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use tdx::{
+    Gpa, Leaf, PageSize, Pfn, Size2M, Size4K,
+    api::{
+        CpuId, Placement, Platform, TdxModule,
+        td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
+    },
+    types::PfnRun,
+};
+use tdx_sim::{Accounting, MachineDesc, Profile, Simulator};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// 4 KiB frames in a 2 MiB range.
+const RANGE: u64 = 512;
+/// Where the host's memory starts.
+const BASE: u64 = 4 * GIB;
+
+type Host<'s> = TdHost<&'s Simulator, &'s Simulator>;
+type SimTd<'h, 's> = Td<Finalized, &'h Host<'s>>;
+
+/// One host: its simulator, its TD host and what bring-up left.
+struct Side<'s> {
+    name: &'static str,
+    sim: &'s Simulator,
+    host: Host<'s>,
+    /// The plan's PAMT bytes per level (4K level or bitmap, 2M, 1G).
+    levels: [u64; 3],
+    /// Pages the module owned after bring-up (the PAMT).
+    module_pages: u64,
+    /// The accounting after bring-up, before any TD.
+    baseline: Accounting,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let gib: u64 = match args.first() {
+        None => 1024,
+        Some(a) => match a.parse() {
+            Ok(g) if (8..=16384).contains(&g) => g,
+            _ => {
+                eprintln!("usage: dpamt [GIB]   (host memory in GiB, 8..=16384; default 1024)");
+                std::process::exit(2);
+            }
+        },
+    };
+    let t0 = Instant::now();
+    let desc = MachineDesc::new(vec![(BASE, BASE + gib * GIB)])
+        .with_cpus(2, 2)
+        .with_profile(Profile::tdx_1_5_16());
+    let static_sim = Simulator::new(desc.clone()).expect("the simulated host");
+    let dynamic_sim = Simulator::new(desc.clone()).expect("the simulated host");
+
+    // 1. Bring-up, static and dynamic.
+    println!(
+        "host: {gib} GiB at {:#x}, {} packages x {} LPs, module {}",
+        BASE, desc.packages, desc.lps_per_package, desc.profile.name
+    );
+    let st = bring_up("static", &static_sim, &desc, false);
+    let dy = bring_up("dynamic", &dynamic_sim, &desc, true);
+    println!();
+    println!("1. PAMT at bring-up (module pages x 4 KiB, = the plan's PAMT bytes)");
+    println!(
+        "   {:<8} {:>14} {:>14} {:>12} {:>12} {:>9}",
+        "", "PAMT bytes", "4K level", "2M level", "1G level", "% of RAM"
+    );
+    for s in [&st, &dy] {
+        let bytes = s.module_pages * 4096;
+        println!(
+            "   {:<8} {:>14} {:>14} {:>12} {:>12} {:>8.4}%",
+            s.name,
+            human(bytes),
+            human(s.levels[0]),
+            human(s.levels[1]),
+            human(s.levels[2]),
+            bytes as f64 * 100.0 / (gib * GIB) as f64
+        );
+    }
+    println!(
+        "   dynamic/static: {:.4} ({}x smaller); the dynamic 4K level is the bitmap, 1 bit per 4K page",
+        dy.module_pages as f64 / st.module_pages as f64,
+        st.module_pages / dy.module_pages.max(1)
+    );
+
+    // 2. Filling a range costs what one page in it costs.
+    slice_check(&dy);
+
+    // 3. PAMT bytes with a TD holding X% of memory, at 4K and at 2M.
+    let ranges_total = gib * GIB / (2 * MIB);
+    let rows4k = hold_4k(&dy, ranges_total);
+    let rows2m = hold_2m(&dy, ranges_total);
+    let static_bytes = st.module_pages * 4096;
+    println!();
+    println!(
+        "3. PAMT bytes with a TD holding X% of the {ranges_total} 2 MiB ranges (static: the bring-up PAMT, whatever runs)"
+    );
+    println!(
+        "   {:>4} {:>5} {:>10} {:>8} {:>14} {:>14} {:>10} {:>9}",
+        "X%", "size", "ranges", "pairs", "static bytes", "dynamic bytes", "dyn/static", "map time"
+    );
+    for (size, rows) in [("4K", &rows4k), ("2M", &rows2m)] {
+        for r in rows {
+            let dynamic_bytes = dy.module_pages * 4096 + r.pairs * 8192;
+            println!(
+                "   {:>4} {:>5} {:>10} {:>8} {:>14} {:>14} {:>10.4} {:>8.2}s",
+                r.pct,
+                size,
+                r.ranges,
+                r.pairs,
+                human(static_bytes),
+                human(dynamic_bytes),
+                dynamic_bytes as f64 / static_bytes as f64,
+                r.time.as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "   ranges: 2 MiB ranges holding guest memory (a 4K page each, or a 2M page); 100% is every range whose"
+    );
+    println!(
+        "   frames the allocator could still give (the rest hold the PAMT, S-EPT, control and pair pages)."
+    );
+    println!(
+        "   dynamic bytes = bitmap + 2M + 1G levels + pairs x 8 KiB; pairs counted by the library and, range by"
+    );
+    println!("   range, by the simulated module (equal in every row).");
+    if let (Some(r), Some(_)) = (rows4k.last(), rows2m.last()) {
+        println!(
+            "   at 100% at 4K Dynamic PAMT costs {} against the static {} ({:+.1}%): a host that fills every",
+            human(dy.module_pages * 4096 + r.pairs * 8192),
+            human(static_bytes),
+            ((dy.module_pages * 4096 + r.pairs * 8192) as f64 / static_bytes as f64 - 1.0) * 100.0
+        );
+        println!(
+            "   2 MiB range with 4K pages pays a pair (8 KiB) where the static 4K level is 512 x 16 bytes (8 KiB)."
+        );
+    }
+
+    // 4. The cost of a 4K map.
+    map_cost(&st, &dy, ranges_total);
+
+    // 5. Everything back.
+    println!();
+    let mut ok = true;
+    for s in [&st, &dy] {
+        let left = s.host.release_pairs();
+        let a = s.sim.accounting();
+        let invariants = s.sim.check_invariants();
+        let clean = left == 0
+            && s.host.pamt_pairs() == 0
+            && a == s.baseline
+            && invariants.is_ok()
+            && s.sim.violations().is_empty();
+        ok &= clean;
+        println!(
+            "{}: pairs installed {}, pages free {} host {} module {} leaked {} (as after bring-up: {}), invariants: {}",
+            s.name,
+            s.host.pamt_pairs(),
+            a.free,
+            a.host,
+            a.module,
+            a.leaked,
+            a == s.baseline,
+            match invariants {
+                Ok(()) if s.sim.violations().is_empty() => "ok".to_string(),
+                Ok(()) => format!("{:?}", s.sim.violations()),
+                Err(e) => e.to_string(),
+            }
+        );
+    }
+    println!("total time {:.1} s", t0.elapsed().as_secs_f64());
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// Brings the module up with or without Dynamic PAMT.
+fn bring_up<'s>(name: &'static str, sim: &'s Simulator, desc: &MachineDesc, dynamic: bool) -> Side<'s> {
+    let t = Instant::now();
+    let mut module = TdxModule::init(sim, sim)
+        .map_err(|r| r.error)
+        .unwrap_or_else(|e| die("TDX module init", e));
+    assert!(module.uses_dynamic_pamt(), "module 1.5.16 has Dynamic PAMT");
+    module.set_dynamic_pamt(dynamic);
+    let module = module
+        .configure(&desc.plan_input())
+        .map_err(|e| e.error().clone())
+        .unwrap_or_else(|e| die("configure", e))
+        .init_extensions()
+        .map_err(|r| r.error.clone())
+        .unwrap_or_else(|e| die("init_extensions", e));
+    assert_eq!(module.dynamic_pamt(), dynamic);
+    let plan = module.plan().expect("configured");
+    let mut levels = [0u64; 3];
+    for tdmr in &plan.tdmrs {
+        for (l, (_, size)) in tdmr.pamt.levels().into_iter().enumerate() {
+            levels[l] += size;
+        }
+    }
+    let plan_bytes = plan.pamt_bytes();
+    let tdmrs = plan.tdmrs.len();
+    let module_pages = sim.accounting().module;
+    assert_eq!(
+        module_pages * 4096,
+        plan_bytes,
+        "{name}: the module holds the PAMT only"
+    );
+    let host = TdHost::new(module).unwrap_or_else(|r| die("TdHost", r.error));
+    assert_eq!(host.dynamic_pamt(), dynamic);
+    println!(
+        "bring-up {name}: {tdmrs} TDMRs, PAMT {}, {:.0} ms",
+        human(plan_bytes),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Side {
+        name,
+        sim,
+        host,
+        levels,
+        module_pages,
+        baseline: sim.accounting(),
+    }
+}
+
+/// A finalized TD with one vCPU.
+fn new_td<'h, 's>(host: &'h Host<'s>) -> SimTd<'h, 's> {
+    let params = TdConfig::builder().max_vcpus(1).build().to_params();
+    let mut td = host.build_td(&params).unwrap_or_else(|e| die("TD build", e));
+    td.create_vcpu(CpuId(0), 0, 0)
+        .unwrap_or_else(|e| die("vCPU", e));
+    td.finalize()
+        .map_err(|f| f.error)
+        .unwrap_or_else(|e| die("finalize", e))
+}
+
+/// Tears `td` down, checks the report (clean, every pair page listed as
+/// PAMT, no pair left) and frees the frames the example allocated.
+fn finish(side: &Side<'_>, td: SimTd<'_, '_>, held: &[PfnRun], mapped_frames: u64) -> usize {
+    let pairs = side.host.pamt_pairs();
+    let report = td.teardown();
+    if !report.is_clean() {
+        die("teardown", format!("{report:#?}"));
+    }
+    assert_eq!(
+        report.guest_frames_returned(),
+        mapped_frames,
+        "every mapped frame comes back"
+    );
+    let pamt_pages = report
+        .freed
+        .iter()
+        .filter(|(_, r)| *r == PageRole::Pamt)
+        .count();
+    assert_eq!(pamt_pages, 2 * pairs, "the report lists every pair's pages");
+    assert_eq!(side.host.pamt_pairs(), 0, "teardown removes every pair");
+    for run in held {
+        // SAFETY: allocated by this example from this simulator; the TD
+        // gave every frame back (the report above).
+        unsafe { side.sim.free_pages(*run) };
+    }
+    pairs
+}
+
+fn map_one<S: AugPageSize>(td: &SimTd<'_, '_>, gpa: u64, pfn: Pfn) {
+    // SAFETY: every caller passes a frame it allocated for this TD and does
+    // not touch until the TD gives it back.
+    let f = unsafe { GuestFrame::<S>::new(pfn) }.expect("an aligned frame");
+    td.map(Gpa::new(gpa), f)
+        .map_err(|f| f.error)
+        .unwrap_or_else(|e| die("map", e));
+}
+
+/// Pairs the simulated module has installed, counted range by range over
+/// the host's memory (independent of the library's count).
+fn module_pairs(sim: &Simulator) -> u64 {
+    let ram = sim.machine().memory;
+    let mut n = 0;
+    for (start, end) in ram {
+        let mut pfn = start / 4096;
+        while pfn < end / 4096 {
+            n += u64::from(sim.pamt_pair(Pfn::new(pfn)).is_some());
+            pfn += RANGE;
+        }
+    }
+    n
+}
+
+/// Step 2: 16 ranges filled with 4K pages against 16 ranges holding one 4K
+/// page each, in one TD on the dynamic host.
+fn slice_check(dy: &Side<'_>) {
+    const SLICE: u64 = 16;
+    let (sim, host) = (dy.sim, &dy.host);
+    let td = new_td(host);
+    let after_build = host.pamt_pairs();
+    let full = alloc(sim, SLICE * RANGE, RANGE);
+    let sparse = alloc(sim, SLICE * RANGE, RANGE);
+    let ranges = |run: PfnRun| (0..SLICE).map(move |r| Pfn::new(run.first().as_u64() + r * RANGE));
+
+    let before = host.pamt_pairs();
+    for i in 0..SLICE * RANGE {
+        map_one::<Size4K>(&td, i * 4096, Pfn::new(full.first().as_u64() + i));
+    }
+    let added_full = host.pamt_pairs() - before;
+    let counts_full: Vec<u64> = ranges(full)
+        .map(|p| sim.pamt_pair(p).map_or(0, |(_, c)| c))
+        .collect();
+
+    let before = host.pamt_pairs();
+    for r in 0..SLICE {
+        map_one::<Size4K>(&td, GIB + r * 4096, Pfn::new(sparse.first().as_u64() + r * RANGE));
+    }
+    let added_sparse = host.pamt_pairs() - before;
+    let counts_sparse: Vec<u64> = ranges(sparse)
+        .map(|p| sim.pamt_pair(p).map_or(0, |(_, c)| c))
+        .collect();
+
+    println!();
+    println!("2. {SLICE} ranges filled with 4K pages vs {SLICE} ranges holding one 4K page each (one TD, dynamic host)");
+    println!("   TD build (TDR, TDCS, TDVPR, TDCX, S-EPT root): {after_build} pair(s)");
+    println!(
+        "   filled:   {} 4K maps, pairs added {added_full}, module's 4K count per range {:?}",
+        SLICE * RANGE,
+        dedup(&counts_full)
+    );
+    println!(
+        "   one each: {SLICE} 4K maps, pairs added {added_sparse}, module's 4K count per range {:?}",
+        dedup(&counts_sparse)
+    );
+    let with_pair = |c: &[u64]| c.iter().filter(|&&c| c > 0).count() as u64;
+    assert_eq!(with_pair(&counts_full), SLICE);
+    assert_eq!(with_pair(&counts_sparse), SLICE);
+    println!(
+        "   every one of the {SLICE} ranges has one pair either way; pairs beyond {SLICE} are for the new S-EPT pages' ranges"
+    );
+    finish(dy, td, &[full, sparse], SLICE * RANGE + SLICE);
+}
+
+/// Runs of equal values, as `value x count`.
+fn dedup(v: &[u64]) -> Vec<String> {
+    let mut out: Vec<(u64, usize)> = Vec::new();
+    for &x in v {
+        match out.last_mut() {
+            Some((y, n)) if *y == x => *n += 1,
+            _ => out.push((x, 1)),
+        }
+    }
+    out.into_iter().map(|(x, n)| format!("{x} x{n}")).collect()
+}
+
+/// A row of step 3.
+struct Row {
+    pct: u64,
+    ranges: u64,
+    pairs: u64,
+    time: Duration,
+}
+
+/// Step 3 at 4K: one TD maps the last 4K frame of each 2 MiB range, in
+/// address order, until it holds 10%, 50% and 100% of the ranges. The
+/// frames are taken one by one from the allocator at their exact address
+/// (`Placement::Exact`); a range whose frame is taken is skipped (it holds
+/// the PAMT, or pages the library took for S-EPT pages and pairs).
+fn hold_4k(dy: &Side<'_>, ranges_total: u64) -> Vec<Row> {
+    let (sim, host) = (dy.sim, &dy.host);
+    let td = new_td(host);
+    let first = BASE / 4096;
+    let mut held = Vec::new();
+    let mut next = 0;
+    let mut rows = Vec::new();
+    let t = Instant::now();
+    for pct in [10, 50, 100] {
+        let target = ranges_total * pct / 100;
+        while (held.len() as u64) < target && next < ranges_total {
+            let pfn = Pfn::new(first + next * RANGE + RANGE - 1);
+            next += 1;
+            let Ok(run) = sim.alloc_pages(1, 1, Placement::Exact(pfn)) else {
+                continue;
+            };
+            map_one::<Size4K>(&td, held.len() as u64 * 4096, pfn);
+            held.push(run);
+        }
+        let pairs = host.pamt_pairs() as u64;
+        assert_eq!(module_pairs(sim), pairs, "the library's pairs are the module's");
+        rows.push(Row {
+            pct,
+            ranges: held.len() as u64,
+            pairs,
+            time: t.elapsed(),
+        });
+    }
+    let n = held.len() as u64;
+    finish(dy, td, &held, n);
+    rows
+}
+
+/// Step 3 at 2M: one TD maps whole 2 MiB ranges as 2M pages, in address
+/// order, until it holds 10%, 50% and 100% of the ranges.
+fn hold_2m(dy: &Side<'_>, ranges_total: u64) -> Vec<Row> {
+    let (sim, host) = (dy.sim, &dy.host);
+    let td = new_td(host);
+    let first = BASE / 4096;
+    let mut held = Vec::new();
+    let mut next = 0;
+    let mut rows = Vec::new();
+    let t = Instant::now();
+    for pct in [10, 50, 100] {
+        let target = ranges_total * pct / 100;
+        while (held.len() as u64) < target && next < ranges_total {
+            let pfn = Pfn::new(first + next * RANGE);
+            next += 1;
+            let Ok(run) = sim.alloc_pages(RANGE, RANGE, Placement::Exact(pfn)) else {
+                continue;
+            };
+            map_one::<Size2M>(&td, held.len() as u64 * Size2M::SIZE, pfn);
+            held.push(run);
+        }
+        let pairs = host.pamt_pairs() as u64;
+        assert_eq!(module_pairs(sim), pairs, "the library's pairs are the module's");
+        rows.push(Row {
+            pct,
+            ranges: held.len() as u64,
+            pairs,
+            time: t.elapsed(),
+        });
+    }
+    let n = held.len() as u64 * RANGE;
+    finish(dy, td, &held, n);
+    rows
+}
+
+/// A measured pass's result.
+#[derive(Default, Clone, Copy)]
+struct Cost {
+    ns: f64,
+    seamcalls: f64,
+    pamt_adds: f64,
+}
+
+// The measured passes, one function each so callgrind can count them.
+#[inline(never)]
+fn measured_static_dense(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    map_pass(td, frames);
+}
+#[inline(never)]
+fn measured_dynamic_dense(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    map_pass(td, frames);
+}
+#[inline(never)]
+fn measured_static_sparse(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    map_pass(td, frames);
+}
+#[inline(never)]
+fn measured_dynamic_sparse(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    map_pass(td, frames);
+}
+
+/// Maps `frames` at 4K at GPAs 0, 4K, 8K, ...
+fn map_pass(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    for (i, &pfn) in frames.iter().enumerate() {
+        map_one::<Size4K>(td, i as u64 * 4096, pfn);
+    }
+}
+
+fn unmap_pass(td: &SimTd<'_, '_>, n: usize) {
+    for i in 0..n as u64 {
+        let f = td
+            .unmap::<Size4K>(Gpa::new(i * 4096), &|| {})
+            .unwrap_or_else(|e| die("unmap", e));
+        let _ = f.into_range();
+    }
+}
+
+fn seamcalls(sim: &Simulator) -> (u64, u64) {
+    let s = sim.stats();
+    let adds = s
+        .seamcalls
+        .get(&Leaf::PHYMEM_PAMT_ADD.0)
+        .copied()
+        .unwrap_or(0);
+    (s.total_seamcalls(), adds)
+}
+
+/// Step 4: N 4K maps on each host, contiguous frames and one frame per
+/// 2 MiB range, after a first pass that built the S-EPT (so the measured
+/// passes do the same work on both hosts but for the pairs). Rounds
+/// alternate between the hosts; each figure is the best of the rounds.
+fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
+    const N: u64 = 1 << 16;
+    const ROUNDS: usize = 3;
+    let sparse_n = N.min(ranges_total / 4);
+    type Pass = fn(&SimTd<'_, '_>, &[Pfn]);
+    let sides = [
+        (st, measured_static_dense as Pass, measured_static_sparse as Pass),
+        (dy, measured_dynamic_dense as Pass, measured_dynamic_sparse as Pass),
+    ];
+    // Per host: the TD, the frames (contiguous, one per range) and the runs.
+    let setups: Vec<_> = sides
+        .iter()
+        .map(|(s, _, _)| {
+            let td = new_td(&s.host);
+            let dense_run = alloc(s.sim, N, RANGE);
+            let sparse_run = alloc(s.sim, sparse_n * RANGE, RANGE);
+            let dense: Vec<Pfn> = (0..N).map(|i| Pfn::new(dense_run.first().as_u64() + i)).collect();
+            let sparse: Vec<Pfn> = (0..sparse_n)
+                .map(|i| Pfn::new(sparse_run.first().as_u64() + i * RANGE))
+                .collect();
+            // Warm-up: the S-EPT for GPAs [0, N x 4K) stays afterwards.
+            map_pass(&td, &dense);
+            unmap_pass(&td, dense.len());
+            (td, dense, sparse, [dense_run, sparse_run])
+        })
+        .collect();
+    let mut best = [[Cost { ns: f64::MAX, ..Cost::default() }; 2]; 2];
+    for _ in 0..ROUNDS {
+        for (k, ((s, dense_pass, sparse_pass), (td, dense, sparse, _))) in
+            sides.iter().zip(&setups).enumerate()
+        {
+            for (j, (pass, frames)) in [(dense_pass, dense), (sparse_pass, sparse)]
+                .into_iter()
+                .enumerate()
+            {
+                let (calls0, adds0) = seamcalls(s.sim);
+                let t = Instant::now();
+                pass(td, frames);
+                let ns = t.elapsed().as_nanos() as f64 / frames.len() as f64;
+                let (calls1, adds1) = seamcalls(s.sim);
+                unmap_pass(td, frames.len());
+                let n = frames.len() as f64;
+                let c = &mut best[k][j];
+                c.ns = c.ns.min(ns);
+                c.seamcalls = (calls1 - calls0) as f64 / n;
+                c.pamt_adds = (adds1 - adds0) as f64 / n;
+            }
+        }
+    }
+    println!();
+    println!(
+        "4. cost per 4K map through Td::map (best of {ROUNDS} rounds, hosts alternating, S-EPT already built)"
+    );
+    println!(
+        "   {:<34} {:>10} {:>10} {:>7} {:>16} {:>16}",
+        "", "static", "dynamic", "ratio", "SEAMCALLs/map", "PAMT.ADDs/map"
+    );
+    for (j, label) in [
+        format!("{N} contiguous frames"),
+        format!("{sparse_n} frames, one per 2 MiB range"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (s, d) = (best[0][j], best[1][j]);
+        println!(
+            "   {:<34} {:>7.0} ns {:>7.0} ns {:>7.2} {:>7.3} / {:<6.3} {:>7.3} / {:<6.3}",
+            label,
+            s.ns,
+            d.ns,
+            d.ns / s.ns,
+            s.seamcalls,
+            d.seamcalls,
+            s.pamt_adds,
+            d.pamt_adds
+        );
+    }
+    println!("   (SEAMCALLs and PAMT.ADDs: static / dynamic; the unmaps, timed apart, remove the pairs again)");
+    println!(
+        "   instructions per map: run this example under callgrind with a small host and read the inclusive"
+    );
+    println!(
+        "   counts of measured_{{static,dynamic}}_{{dense,sparse}} ({ROUNDS} passes each), or benches/icount.sh"
+    );
+    for ((s, _, _), (td, _, _, runs)) in sides.iter().zip(setups) {
+        finish(s, td, &runs, 0);
+    }
+}
+
+fn alloc(sim: &Simulator, count: u64, align: u64) -> PfnRun {
+    sim.alloc_pages(count, align, Placement::Anywhere)
+        .expect("host memory")
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= GIB {
+        format!("{:.2} GiB", bytes as f64 / GIB as f64)
+    } else if bytes >= MIB {
+        format!("{:.2} MiB", bytes as f64 / MIB as f64)
+    } else {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+fn die(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("dpamt: {what}: {e}");
+    std::process::exit(1);
+}
