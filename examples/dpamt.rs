@@ -534,8 +534,15 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
         .iter()
         .map(|(s, _, _)| {
             let td = new_td(&s.host);
+            // The pairs' and S-EPT pages' room: the simulator's allocator is
+            // first fit, scanning from the lowest address one 64 MiB slice
+            // at a time, so pages freed below the frames are found at once
+            // (a real host's page allocator does not scan).
+            let room = alloc(s.sim, (2 * sparse_n + 2 * N / RANGE + 4096).next_multiple_of(RANGE), RANGE);
             let dense_run = alloc(s.sim, N, RANGE);
             let sparse_run = alloc(s.sim, sparse_n * RANGE, RANGE);
+            // SAFETY: allocated just above, never given to a TD.
+            unsafe { s.sim.free_pages(room) };
             let dense: Vec<Pfn> = (0..N).map(|i| Pfn::new(dense_run.first().as_u64() + i)).collect();
             let sparse: Vec<Pfn> = (0..sparse_n)
                 .map(|i| Pfn::new(sparse_run.first().as_u64() + i * RANGE))
