@@ -211,7 +211,12 @@ fn main() {
 }
 
 /// Brings the module up with or without Dynamic PAMT.
-fn bring_up<'s>(name: &'static str, sim: &'s Simulator, desc: &MachineDesc, dynamic: bool) -> Side<'s> {
+fn bring_up<'s>(
+    name: &'static str,
+    sim: &'s Simulator,
+    desc: &MachineDesc,
+    dynamic: bool,
+) -> Side<'s> {
     let t = Instant::now();
     let mut module = TdxModule::init(sim, sim)
         .map_err(|r| r.error)
@@ -261,7 +266,9 @@ fn bring_up<'s>(name: &'static str, sim: &'s Simulator, desc: &MachineDesc, dyna
 /// A finalized TD with one vCPU.
 fn new_td<'h, 's>(host: &'h Host<'s>) -> SimTd<'h, 's> {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
-    let mut td = host.build_td(&params).unwrap_or_else(|e| die("TD build", e));
+    let mut td = host
+        .build_td(&params)
+        .unwrap_or_else(|e| die("TD build", e));
     td.create_vcpu(CpuId(0), 0, 0)
         .unwrap_or_else(|e| die("vCPU", e));
     td.finalize()
@@ -343,7 +350,11 @@ fn slice_check(dy: &Side<'_>) {
 
     let before = host.pamt_pairs();
     for r in 0..SLICE {
-        map_one::<Size4K>(&td, GIB + r * 4096, Pfn::new(sparse.first().as_u64() + r * RANGE));
+        map_one::<Size4K>(
+            &td,
+            GIB + r * 4096,
+            Pfn::new(sparse.first().as_u64() + r * RANGE),
+        );
     }
     let added_sparse = host.pamt_pairs() - before;
     let counts_sparse: Vec<u64> = ranges(sparse)
@@ -351,7 +362,9 @@ fn slice_check(dy: &Side<'_>) {
         .collect();
 
     println!();
-    println!("2. {SLICE} ranges filled with 4K pages vs {SLICE} ranges holding one 4K page each (one TD, dynamic host)");
+    println!(
+        "2. {SLICE} ranges filled with 4K pages vs {SLICE} ranges holding one 4K page each (one TD, dynamic host)"
+    );
     println!("   TD build (TDR, TDCS, TDVPR, TDCX, S-EPT root): {after_build} pair(s)");
     println!(
         "   filled:   {} 4K maps, pairs added {added_full}, module's 4K count per range {:?}",
@@ -416,7 +429,11 @@ fn hold_4k(dy: &Side<'_>, ranges_total: u64) -> Vec<Row> {
             held.push(run);
         }
         let pairs = host.pamt_pairs() as u64;
-        assert_eq!(module_pairs(sim), pairs, "the library's pairs are the module's");
+        assert_eq!(
+            module_pairs(sim),
+            pairs,
+            "the library's pairs are the module's"
+        );
         rows.push(Row {
             pct,
             ranges: held.len() as u64,
@@ -451,7 +468,11 @@ fn hold_2m(dy: &Side<'_>, ranges_total: u64) -> Vec<Row> {
             held.push(run);
         }
         let pairs = host.pamt_pairs() as u64;
-        assert_eq!(module_pairs(sim), pairs, "the library's pairs are the module's");
+        assert_eq!(
+            module_pairs(sim),
+            pairs,
+            "the library's pairs are the module's"
+        );
         rows.push(Row {
             pct,
             ranges: held.len() as u64,
@@ -526,8 +547,16 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
     let sparse_n = N.min(ranges_total / 4);
     type Pass = fn(&SimTd<'_, '_>, &[Pfn]);
     let sides = [
-        (st, measured_static_dense as Pass, measured_static_sparse as Pass),
-        (dy, measured_dynamic_dense as Pass, measured_dynamic_sparse as Pass),
+        (
+            st,
+            measured_static_dense as Pass,
+            measured_static_sparse as Pass,
+        ),
+        (
+            dy,
+            measured_dynamic_dense as Pass,
+            measured_dynamic_sparse as Pass,
+        ),
     ];
     // Per host: the TD, the frames (contiguous, one per range) and the runs.
     let setups: Vec<_> = sides
@@ -538,12 +567,18 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
             // first fit, scanning from the lowest address one 64 MiB slice
             // at a time, so pages freed below the frames are found at once
             // (a real host's page allocator does not scan).
-            let room = alloc(s.sim, (2 * sparse_n + 2 * N / RANGE + 4096).next_multiple_of(RANGE), RANGE);
+            let room = alloc(
+                s.sim,
+                (2 * sparse_n + 2 * N / RANGE + 4096).next_multiple_of(RANGE),
+                RANGE,
+            );
             let dense_run = alloc(s.sim, N, RANGE);
             let sparse_run = alloc(s.sim, sparse_n * RANGE, RANGE);
             // SAFETY: allocated just above, never given to a TD.
             unsafe { s.sim.free_pages(room) };
-            let dense: Vec<Pfn> = (0..N).map(|i| Pfn::new(dense_run.first().as_u64() + i)).collect();
+            let dense: Vec<Pfn> = (0..N)
+                .map(|i| Pfn::new(dense_run.first().as_u64() + i))
+                .collect();
             let sparse: Vec<Pfn> = (0..sparse_n)
                 .map(|i| Pfn::new(sparse_run.first().as_u64() + i * RANGE))
                 .collect();
@@ -553,7 +588,10 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
             (td, dense, sparse, [dense_run, sparse_run])
         })
         .collect();
-    let mut best = [[Cost { ns: f64::MAX, ..Cost::default() }; 2]; 2];
+    let mut best = [[Cost {
+        ns: f64::MAX,
+        ..Cost::default()
+    }; 2]; 2];
     for _ in 0..ROUNDS {
         for (k, ((s, dense_pass, sparse_pass), (td, dense, sparse, _))) in
             sides.iter().zip(&setups).enumerate()
@@ -604,7 +642,9 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
             d.pamt_adds
         );
     }
-    println!("   (SEAMCALLs and PAMT.ADDs: static / dynamic; the unmaps, timed apart, remove the pairs again)");
+    println!(
+        "   (SEAMCALLs and PAMT.ADDs: static / dynamic; the unmaps, timed apart, remove the pairs again)"
+    );
     println!(
         "   instructions per map: run this example under callgrind with a small host and read the inclusive"
     );
