@@ -33,7 +33,10 @@
 // them when the TDs give them back.
 #![allow(unsafe_code)]
 
-use std::time::{Duration, Instant};
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
 
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size2M, Size4K,
@@ -68,18 +71,32 @@ struct Side<'s> {
     baseline: Accounting,
 }
 
+/// Set in the environment of the copy of this example that runs under
+/// callgrind: it runs the measured passes of step 4 only.
+const ICOUNT_CHILD: &str = "TDX_DPAMT_ICOUNT_CHILD";
+/// The child's host (GiB) and maps per pass.
+const ICOUNT_GIB: u64 = 32;
+const ICOUNT_N: u64 = 4096;
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let gib: u64 = match args.first() {
-        None => 1024,
-        Some(a) => match a.parse() {
-            Ok(g) if (8..=16384).contains(&g) => g,
+    let mut gib = 1024;
+    let mut icount = true;
+    for a in std::env::args().skip(1) {
+        match (a.as_str(), a.parse()) {
+            ("--no-icount", _) => icount = false,
+            (_, Ok(g)) if (8..=16384).contains(&g) => gib = g,
             _ => {
-                eprintln!("usage: dpamt [GIB]   (host memory in GiB, 8..=16384; default 1024)");
+                eprintln!(
+                    "usage: dpamt [GIB] [--no-icount]   (host memory in GiB, 8..=16384; default 1024)"
+                );
                 std::process::exit(2);
             }
-        },
-    };
+        }
+    }
+    if std::env::var_os(ICOUNT_CHILD).is_some() {
+        icount_child();
+        return;
+    }
     let t0 = Instant::now();
     let desc = MachineDesc::new(vec![(BASE, BASE + gib * GIB)])
         .with_cpus(2, 2)
@@ -173,7 +190,54 @@ fn main() {
     }
 
     // 4. The cost of a 4K map.
-    map_cost(&st, &dy, ranges_total);
+    let n = 1 << 16;
+    let (sparse_n, rounds) = (n.min(ranges_total / 4), 3);
+    let best = map_cost(&st, &dy, n, sparse_n, rounds);
+    println!();
+    println!(
+        "4. cost per 4K map through Td::map (best of {rounds} rounds, hosts alternating, S-EPT already built)"
+    );
+    println!(
+        "   {:<34} {:>10} {:>10} {:>7} {:>16} {:>16}",
+        "", "static", "dynamic", "ratio", "SEAMCALLs/map", "PAMT.ADDs/map"
+    );
+    for (j, label) in [
+        format!("{n} contiguous frames"),
+        format!("{sparse_n} frames, one per 2 MiB range"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (s, d) = (best[0][j], best[1][j]);
+        println!(
+            "   {:<34} {:>7.0} ns {:>7.0} ns {:>7.2} {:>7.3} / {:<6.3} {:>7.3} / {:<6.3}",
+            label,
+            s.ns,
+            d.ns,
+            d.ns / s.ns,
+            s.seamcalls,
+            d.seamcalls,
+            s.pamt_adds,
+            d.pamt_adds
+        );
+    }
+    println!(
+        "   (SEAMCALLs and PAMT.ADDs: static / dynamic. A PAMT.ADD is the pair's two pages from the host"
+    );
+    println!(
+        "   allocator plus the SEAMCALL; each unmap pass, timed apart, removes the pairs again. Time and"
+    );
+    println!(
+        "   instructions are the library's, the simulated module's and the simulated host allocator's:"
+    );
+    println!(
+        "   on hardware the SEAMCALLs dominate, one per map, two for the first 4K page of a 2 MiB range)"
+    );
+    if icount {
+        print_icount();
+    } else {
+        println!("   instructions per map: skipped (--no-icount)");
+    }
 
     // 5. Everything back.
     println!();
@@ -493,21 +557,26 @@ struct Cost {
     pamt_adds: f64,
 }
 
-// The measured passes, one function each so callgrind can count them.
+// The measured passes, one function each so callgrind can count them
+// (each names itself, so the linker cannot fold the four into one).
 #[inline(never)]
 fn measured_static_dense(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    black_box("static_dense");
     map_pass(td, frames);
 }
 #[inline(never)]
 fn measured_dynamic_dense(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    black_box("dynamic_dense");
     map_pass(td, frames);
 }
 #[inline(never)]
 fn measured_static_sparse(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    black_box("static_sparse");
     map_pass(td, frames);
 }
 #[inline(never)]
 fn measured_dynamic_sparse(td: &SimTd<'_, '_>, frames: &[Pfn]) {
+    black_box("dynamic_sparse");
     map_pass(td, frames);
 }
 
@@ -537,14 +606,12 @@ fn seamcalls(sim: &Simulator) -> (u64, u64) {
     (s.total_seamcalls(), adds)
 }
 
-/// Step 4: N 4K maps on each host, contiguous frames and one frame per
-/// 2 MiB range, after a first pass that built the S-EPT (so the measured
-/// passes do the same work on both hosts but for the pairs). Rounds
-/// alternate between the hosts; each figure is the best of the rounds.
-fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
-    const N: u64 = 1 << 16;
-    const ROUNDS: usize = 3;
-    let sparse_n = N.min(ranges_total / 4);
+/// Step 4: `n` 4K maps on each host of contiguous frames, and `sparse_n`
+/// of one frame per 2 MiB range, after a first pass that built the S-EPT
+/// (so the measured passes do the same work on both hosts but for the
+/// pairs). Rounds alternate between the hosts; each figure is the best of
+/// the rounds. Returns `[host][dense, sparse]`, static host first.
+fn map_cost(st: &Side<'_>, dy: &Side<'_>, n: u64, sparse_n: u64, rounds: usize) -> [[Cost; 2]; 2] {
     type Pass = fn(&SimTd<'_, '_>, &[Pfn]);
     let sides = [
         (
@@ -569,22 +636,27 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
             // (a real host's page allocator does not scan).
             let room = alloc(
                 s.sim,
-                (2 * sparse_n + 2 * N / RANGE + 4096).next_multiple_of(RANGE),
+                (2 * sparse_n + 2 * n / RANGE + 4096).next_multiple_of(RANGE),
                 RANGE,
             );
-            let dense_run = alloc(s.sim, N, RANGE);
+            let dense_run = alloc(s.sim, n, RANGE);
             let sparse_run = alloc(s.sim, sparse_n * RANGE, RANGE);
             // SAFETY: allocated just above, never given to a TD.
             unsafe { s.sim.free_pages(room) };
-            let dense: Vec<Pfn> = (0..N)
+            let dense: Vec<Pfn> = (0..n)
                 .map(|i| Pfn::new(dense_run.first().as_u64() + i))
                 .collect();
             let sparse: Vec<Pfn> = (0..sparse_n)
                 .map(|i| Pfn::new(sparse_run.first().as_u64() + i * RANGE))
                 .collect();
-            // Warm-up: the S-EPT for GPAs [0, N x 4K) stays afterwards.
-            map_pass(&td, &dense);
-            unmap_pass(&td, dense.len());
+            // Warm-up: the S-EPT for GPAs [0, n x 4K) stays afterwards,
+            // and so do the simulator's PAMT entries of every range the
+            // passes use (it builds a range's 4K-level entries on first use;
+            // a real module's static PAMT is initialized at bring-up).
+            for frames in [&dense, &sparse] {
+                map_pass(&td, frames);
+                unmap_pass(&td, frames.len());
+            }
             (td, dense, sparse, [dense_run, sparse_run])
         })
         .collect();
@@ -592,7 +664,7 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
         ns: f64::MAX,
         ..Cost::default()
     }; 2]; 2];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (k, ((s, dense_pass, sparse_pass), (td, dense, sparse, _))) in
             sides.iter().zip(&setups).enumerate()
         {
@@ -614,45 +686,110 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, ranges_total: u64) {
             }
         }
     }
-    println!();
-    println!(
-        "4. cost per 4K map through Td::map (best of {ROUNDS} rounds, hosts alternating, S-EPT already built)"
-    );
-    println!(
-        "   {:<34} {:>10} {:>10} {:>7} {:>16} {:>16}",
-        "", "static", "dynamic", "ratio", "SEAMCALLs/map", "PAMT.ADDs/map"
-    );
-    for (j, label) in [
-        format!("{N} contiguous frames"),
-        format!("{sparse_n} frames, one per 2 MiB range"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let (s, d) = (best[0][j], best[1][j]);
-        println!(
-            "   {:<34} {:>7.0} ns {:>7.0} ns {:>7.2} {:>7.3} / {:<6.3} {:>7.3} / {:<6.3}",
-            label,
-            s.ns,
-            d.ns,
-            d.ns / s.ns,
-            s.seamcalls,
-            d.seamcalls,
-            s.pamt_adds,
-            d.pamt_adds
-        );
-    }
-    println!(
-        "   (SEAMCALLs and PAMT.ADDs: static / dynamic; the unmaps, timed apart, remove the pairs again)"
-    );
-    println!(
-        "   instructions per map: run this example under callgrind with a small host and read the inclusive"
-    );
-    println!(
-        "   counts of measured_{{static,dynamic}}_{{dense,sparse}} ({ROUNDS} passes each), or benches/icount.sh"
-    );
     for ((s, _, _), (td, _, _, runs)) in sides.iter().zip(setups) {
         finish(s, td, &runs, 0);
+    }
+    best
+}
+
+/// The copy of this example under callgrind: step 4's passes once each,
+/// on a small host.
+fn icount_child() {
+    let desc = MachineDesc::new(vec![(BASE, BASE + ICOUNT_GIB * GIB)])
+        .with_cpus(2, 2)
+        .with_profile(Profile::tdx_1_5_16());
+    let static_sim = Simulator::new(desc.clone()).expect("the simulated host");
+    let dynamic_sim = Simulator::new(desc.clone()).expect("the simulated host");
+    let st = bring_up("static", &static_sim, &desc, false);
+    let dy = bring_up("dynamic", &dynamic_sim, &desc, true);
+    map_cost(&st, &dy, ICOUNT_N, ICOUNT_N, 1);
+    for s in [&st, &dy] {
+        assert_eq!(s.host.pamt_pairs(), 0);
+        s.sim.check_invariants().expect("simulator invariants");
+    }
+}
+
+/// Instructions per map: runs this example again under callgrind (if
+/// valgrind is installed) in the child mode and reads the inclusive
+/// instruction counts of the four `measured_*` functions.
+fn print_icount() {
+    let n = ICOUNT_N;
+    let skip = |why: String| {
+        println!("   instructions per map: {why}; benches/icount.sh counts them too");
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return skip("no path to this program".into());
+    };
+    let out = std::env::temp_dir().join(format!("dpamt-callgrind.{}", std::process::id()));
+    let t = Instant::now();
+    let run = std::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&exe)
+        .env(ICOUNT_CHILD, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            return skip(format!(
+                "valgrind not run ({e}); install valgrind to count them"
+            ));
+        }
+    };
+    if !run.status.success() {
+        let _ = std::fs::remove_file(&out);
+        return skip(format!(
+            "the callgrind run failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    let annotate = std::process::Command::new("callgrind_annotate")
+        .args(["--threshold=100", "--inclusive=yes"])
+        .arg(&out)
+        .output();
+    let _ = std::fs::remove_file(&out);
+    let Ok(annotate) = annotate else {
+        return skip("callgrind_annotate not found".into());
+    };
+    let text = String::from_utf8_lossy(&annotate.stdout);
+    // callgrind_annotate prints "1,234,567 (12.3%)  file:function".
+    let count = |name: &str| {
+        text.lines()
+            .filter(|l| l.contains(name) && !l.contains("closure"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .next()?
+                    .replace(',', "")
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    let names = [
+        ["measured_static_dense", "measured_dynamic_dense"],
+        ["measured_static_sparse", "measured_dynamic_sparse"],
+    ];
+    let mut rows = Vec::new();
+    for pair in names {
+        match (count(pair[0]), count(pair[1])) {
+            (Some(s), Some(d)) => rows.push((s as f64 / n as f64, d as f64 / n as f64)),
+            _ => return skip("measured functions not found in the callgrind profile".into()),
+        }
+    }
+    println!(
+        "   instructions per 4K map (callgrind, the same passes on a {ICOUNT_GIB} GiB host, {n} maps a pass, {:.0} s):",
+        t.elapsed().as_secs_f64()
+    );
+    let labels = [
+        format!("{n} contiguous frames"),
+        format!("{n} frames, one per 2 MiB range"),
+    ];
+    for (label, (s, d)) in labels.iter().zip(rows) {
+        println!("   {label:<34} {s:>10.0} {d:>10.0} {:>7.2}", d / s);
     }
 }
 
