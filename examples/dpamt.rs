@@ -11,22 +11,22 @@
 //!    4K page in each 2 MiB range, which costs what filling the range does,
 //!    as step 2 measures) and at 2M (no pairs: only the ranges of the
 //!    S-EPT and control pages have one).
-//! 4. The cost of a 4K map, static and dynamic: nanoseconds and SEAMCALLs
-//!    per map, for contiguous frames (one PAMT.ADD per 512 maps) and for
-//!    one frame per 2 MiB range (a PAMT.ADD on every map).
+//! 4. The cost of a 4K map, static and dynamic: nanoseconds, SEAMCALLs
+//!    and instructions per map, for contiguous frames (one PAMT.ADD per
+//!    512 maps) and for one frame per 2 MiB range (a PAMT.ADD on every
+//!    map). The instructions come from a second copy of this program run
+//!    under callgrind (`valgrind --tool=callgrind`, if installed) doing the
+//!    same passes on a 32 GiB host: the inclusive counts of the four
+//!    `measured_*` functions. `--no-icount` skips it.
 //!
 //! Everything is torn down at the end: every pair removed, every page back,
 //! the simulator's invariants checked.
 //!
 //! ```text
-//! cargo run --release --example dpamt          # a 1 TiB host
-//! cargo run --release --example dpamt -- 64    # a 64 GiB host (CI)
+//! cargo run --release --example dpamt                   # a 1 TiB host, about 1.5 min, 7 GB
+//! cargo run --release --example dpamt -- 64             # a 64 GiB host (CI), 20 s
+//! cargo run --release --example dpamt -- 64 --no-icount # without callgrind
 //! ```
-//!
-//! Instructions per map: the measured passes are the `measured_*`
-//! functions; `benches/icount.sh` counts them under callgrind, or run
-//! `valgrind --tool=callgrind` on this example with a small host and read
-//! their inclusive counts.
 
 // UNSAFETY: the example hands frames it allocated from the simulated host to
 // TDs (`GuestFrame::new`, the caller's promise not to touch them) and frees
