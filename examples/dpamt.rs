@@ -149,7 +149,7 @@ fn main() {
     );
     println!(
         "   {:>4} {:>5} {:>10} {:>8} {:>14} {:>14} {:>10} {:>9}",
-        "X%", "size", "ranges", "pairs", "static bytes", "dynamic bytes", "dyn/static", "map time"
+        "X%", "size", "ranges", "pairs", "static bytes", "dynamic bytes", "dyn/static", "elapsed"
     );
     for (size, rows) in [("4K", &rows4k), ("2M", &rows2m)] {
         for r in rows {
@@ -168,15 +168,23 @@ fn main() {
         }
     }
     println!(
-        "   ranges: 2 MiB ranges holding guest memory (a 4K page each, or a 2M page); 100% is every range whose"
+        "   ranges: 2 MiB ranges holding guest memory, in address order: at 4K one 4K page each (a range filled"
     );
     println!(
-        "   frames the allocator could still give (the rest hold the PAMT, S-EPT, control and pair pages)."
+        "   with 4K pages has the same one pair, step 2), at 2M one 2M page each. 100% is every range the"
+    );
+    println!(
+        "   allocator could still give (the others hold the PAMT, or the control, S-EPT and pair pages)."
+    );
+    println!(
+        "   static bytes: the bring-up PAMT of step 1, which no TD changes (no PAMT.ADD on the static host)."
     );
     println!(
         "   dynamic bytes = bitmap + 2M + 1G levels + pairs x 8 KiB; pairs counted by the library and, range by"
     );
-    println!("   range, by the simulated module (equal in every row).");
+    println!(
+        "   range, by the simulated module (equal in every row). elapsed: the maps so far, simulator time."
+    );
     if let (Some(r), Some(_)) = (rows4k.last(), rows2m.last()) {
         println!(
             "   at 100% at 4K Dynamic PAMT costs {} against the static {} ({:+.1}%): a host that fills every",
