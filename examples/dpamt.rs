@@ -93,8 +93,8 @@ fn main() {
             }
         }
     }
-    if std::env::var_os(ICOUNT_CHILD).is_some() {
-        icount_child();
+    if let Ok(which) = std::env::var(ICOUNT_CHILD) {
+        icount_child(&which);
         return;
     }
     let t0 = Instant::now();
@@ -200,7 +200,7 @@ fn main() {
     // 4. The cost of a 4K map.
     let n = 1 << 16;
     let (sparse_n, rounds) = (n.min(ranges_total / 4), 3);
-    let best = map_cost(&st, &dy, n, sparse_n, rounds);
+    let best = map_cost(&[&st, &dy], n, sparse_n, rounds, &[0, 1]);
     println!();
     println!(
         "4. cost per 4K map through Td::map (best of {rounds} rounds, hosts alternating, S-EPT already built)"
@@ -218,7 +218,7 @@ fn main() {
     {
         let (s, d) = (best[0][j], best[1][j]);
         println!(
-            "   {:<34} {:>7.0} ns {:>7.0} ns {:>7.2} {:>7.3} / {:<6.3} {:>7.3} / {:<6.3}",
+            "   {:<34} {:>7.0} ns {:>7.0} ns {:>7.2} {:>7.3} / {:<6.3} {:>7.3} / {:.3}",
             label,
             s.ns,
             d.ns,
@@ -450,9 +450,16 @@ fn slice_check(dy: &Side<'_>) {
     let with_pair = |c: &[u64]| c.iter().filter(|&&c| c > 0).count() as u64;
     assert_eq!(with_pair(&counts_full), SLICE);
     assert_eq!(with_pair(&counts_sparse), SLICE);
-    println!(
-        "   every one of the {SLICE} ranges has one pair either way; pairs beyond {SLICE} are for the new S-EPT pages' ranges"
-    );
+    let extra = (added_full + added_sparse).saturating_sub(2 * SLICE as usize);
+    if extra == 0 {
+        println!(
+            "   every one of the {SLICE} ranges has one pair either way, and no other pair was added"
+        );
+    } else {
+        println!(
+            "   every one of the {SLICE} ranges has one pair either way; the other {extra} are for ranges of new S-EPT pages"
+        );
+    }
     finish(dy, td, &[full, sparse], SLICE * RANGE + SLICE);
 }
 
@@ -614,29 +621,33 @@ fn seamcalls(sim: &Simulator) -> (u64, u64) {
     (s.total_seamcalls(), adds)
 }
 
-/// Step 4: `n` 4K maps on each host of contiguous frames, and `sparse_n`
-/// of one frame per 2 MiB range, after a first pass that built the S-EPT
-/// (so the measured passes do the same work on both hosts but for the
-/// pairs). Rounds alternate between the hosts; each figure is the best of
-/// the rounds. Returns `[host][dense, sparse]`, static host first.
-fn map_cost(st: &Side<'_>, dy: &Side<'_>, n: u64, sparse_n: u64, rounds: usize) -> [[Cost; 2]; 2] {
-    type Pass = fn(&SimTd<'_, '_>, &[Pfn]);
-    let sides = [
-        (
-            st,
-            measured_static_dense as Pass,
-            measured_static_sparse as Pass,
-        ),
-        (
-            dy,
-            measured_dynamic_dense as Pass,
-            measured_dynamic_sparse as Pass,
-        ),
-    ];
+/// The measured pass of `side` (static or dynamic host), dense or sparse.
+fn measured(side: &Side<'_>, sparse: bool) -> (fn(&SimTd<'_, '_>, &[Pfn]), &'static str) {
+    match (side.host.dynamic_pamt(), sparse) {
+        (false, false) => (measured_static_dense, "measured_static_dense"),
+        (false, true) => (measured_static_sparse, "measured_static_sparse"),
+        (true, false) => (measured_dynamic_dense, "measured_dynamic_dense"),
+        (true, true) => (measured_dynamic_sparse, "measured_dynamic_sparse"),
+    }
+}
+
+/// Step 4: `n` 4K maps on each host of `sides` of contiguous frames
+/// (pass 0), and `sparse_n` of one frame per 2 MiB range (pass 1), the
+/// passes in `passes`, after a first pass that built the S-EPT (so the
+/// measured passes do the same work on both hosts but for the pairs).
+/// Rounds alternate between the hosts; each figure is the best of the
+/// rounds. Returns `[dense, sparse]` per host.
+fn map_cost(
+    sides: &[&Side<'_>],
+    n: u64,
+    sparse_n: u64,
+    rounds: usize,
+    passes: &[usize],
+) -> Vec<[Cost; 2]> {
     // Per host: the TD, the frames (contiguous, one per range) and the runs.
     let setups: Vec<_> = sides
         .iter()
-        .map(|(s, _, _)| {
+        .map(|s| {
             let td = new_td(&s.host);
             // The pairs' and S-EPT pages' room: the simulator's allocator is
             // first fit, scanning from the lowest address one 64 MiB slice
@@ -665,21 +676,21 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, n: u64, sparse_n: u64, rounds: usize) 
                 map_pass(&td, frames);
                 unmap_pass(&td, frames.len());
             }
-            (td, dense, sparse, [dense_run, sparse_run])
+            (td, [dense, sparse], [dense_run, sparse_run])
         })
         .collect();
-    let mut best = [[Cost {
-        ns: f64::MAX,
-        ..Cost::default()
-    }; 2]; 2];
+    let mut best = vec![
+        [Cost {
+            ns: f64::MAX,
+            ..Cost::default()
+        }; 2];
+        sides.len()
+    ];
     for _ in 0..rounds {
-        for (k, ((s, dense_pass, sparse_pass), (td, dense, sparse, _))) in
-            sides.iter().zip(&setups).enumerate()
-        {
-            for (j, (pass, frames)) in [(dense_pass, dense), (sparse_pass, sparse)]
-                .into_iter()
-                .enumerate()
-            {
+        for (k, (s, (td, frames, _))) in sides.iter().zip(&setups).enumerate() {
+            for &j in passes {
+                let (pass, _) = measured(s, j == 1);
+                let frames = &frames[j];
                 let (calls0, adds0) = seamcalls(s.sim);
                 let t = Instant::now();
                 pass(td, frames);
@@ -694,32 +705,40 @@ fn map_cost(st: &Side<'_>, dy: &Side<'_>, n: u64, sparse_n: u64, rounds: usize) 
             }
         }
     }
-    for ((s, _, _), (td, _, _, runs)) in sides.iter().zip(setups) {
+    for (s, (td, _, runs)) in sides.iter().zip(setups) {
         finish(s, td, &runs, 0);
     }
     best
 }
 
-/// The copy of this example under callgrind: step 4's passes once each,
+/// The copy of this example under callgrind: one of step 4's passes
+/// (`which`: host 0 static or 1 dynamic, pass 0 dense or 1 sparse), once,
 /// on a small host.
-fn icount_child() {
+fn icount_child(which: &str) {
+    let (dynamic, pass) = match which.as_bytes() {
+        [k @ b'0'..=b'1', j @ b'0'..=b'1'] => (*k == b'1', usize::from(*j - b'0')),
+        _ => die("icount child", format!("bad pass {which:?}")),
+    };
     let desc = MachineDesc::new(vec![(BASE, BASE + ICOUNT_GIB * GIB)])
         .with_cpus(2, 2)
         .with_profile(Profile::tdx_1_5_16());
-    let static_sim = Simulator::new(desc.clone()).expect("the simulated host");
-    let dynamic_sim = Simulator::new(desc.clone()).expect("the simulated host");
-    let st = bring_up("static", &static_sim, &desc, false);
-    let dy = bring_up("dynamic", &dynamic_sim, &desc, true);
-    map_cost(&st, &dy, ICOUNT_N, ICOUNT_N, 1);
-    for s in [&st, &dy] {
-        assert_eq!(s.host.pamt_pairs(), 0);
-        s.sim.check_invariants().expect("simulator invariants");
-    }
+    let sim = Simulator::new(desc.clone()).expect("the simulated host");
+    let side = bring_up(
+        if dynamic { "dynamic" } else { "static" },
+        &sim,
+        &desc,
+        dynamic,
+    );
+    map_cost(&[&side], ICOUNT_N, ICOUNT_N, 1, &[pass]);
+    assert_eq!(side.host.pamt_pairs(), 0);
+    sim.check_invariants().expect("simulator invariants");
 }
 
 /// Instructions per map: runs this example again under callgrind (if
-/// valgrind is installed) in the child mode and reads the inclusive
-/// instruction counts of the four `measured_*` functions.
+/// valgrind is installed), once per pass, in the child mode, counting only
+/// inside that pass's `measured_*` function, and reads its inclusive count
+/// and the part spent in the simulator (SEAMCALLs, and the host services
+/// the library calls: page allocator, CLFLUSH, MOVDIR64B).
 fn print_icount() {
     let n = ICOUNT_N;
     let skip = |why: String| {
@@ -728,27 +747,68 @@ fn print_icount() {
     let Ok(exe) = std::env::current_exe() else {
         return skip("no path to this program".into());
     };
-    let out = std::env::temp_dir().join(format!("dpamt-callgrind.{}", std::process::id()));
     let t = Instant::now();
+    // [dense, sparse] x [static, dynamic]: (all, library).
+    let mut counts = [[(0.0, 0.0); 2]; 2];
+    for (j, row) in counts.iter_mut().enumerate() {
+        for (k, cell) in row.iter_mut().enumerate() {
+            match icount_pass(&exe, k, j) {
+                Ok((all, sim)) => {
+                    *cell = (
+                        all as f64 / n as f64,
+                        all.saturating_sub(sim) as f64 / n as f64,
+                    )
+                }
+                Err(why) => return skip(why),
+            }
+        }
+    }
+    println!(
+        "   instructions per 4K map (callgrind, the same passes on a {ICOUNT_GIB} GiB host, {n} maps a pass, {:.0} s):",
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "   {:<34} {:>10} {:>10} {:>7}   {}",
+        "", "static", "dynamic", "ratio", "the library's own (static / dynamic)"
+    );
+    let labels = [
+        format!("{n} contiguous frames"),
+        format!("{n} frames, one per 2 MiB range"),
+    ];
+    for (label, [(s, sl), (d, dl)]) in labels.iter().zip(counts) {
+        println!(
+            "   {label:<34} {s:>10.0} {d:>10.0} {:>7.2}   {sl:.0} / {dl:.0}",
+            d / s
+        );
+    }
+    println!(
+        "   (the rest is the simulator: its module's leaves, PAMT.ADD included, and its page allocator)"
+    );
+}
+
+/// One pass under callgrind: its inclusive instructions, and the part of
+/// them in the simulator.
+fn icount_pass(exe: &std::path::Path, host: usize, pass: usize) -> Result<(u64, u64), String> {
+    let name = [
+        "measured_static_dense",
+        "measured_static_sparse",
+        "measured_dynamic_dense",
+        "measured_dynamic_sparse",
+    ][host * 2 + pass];
+    let out = std::env::temp_dir().join(format!("dpamt-callgrind.{}.{name}", std::process::id()));
     let run = std::process::Command::new("valgrind")
         .arg("--tool=callgrind")
+        .arg(format!("--toggle-collect=dpamt::{name}"))
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(&exe)
-        .env(ICOUNT_CHILD, "1")
+        .arg(exe)
+        .env(ICOUNT_CHILD, format!("{host}{pass}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .output();
-    let run = match run {
-        Ok(r) => r,
-        Err(e) => {
-            return skip(format!(
-                "valgrind not run ({e}); install valgrind to count them"
-            ));
-        }
-    };
+        .output()
+        .map_err(|e| format!("valgrind not run ({e}); install valgrind to count them"))?;
     if !run.status.success() {
         let _ = std::fs::remove_file(&out);
-        return skip(format!(
+        return Err(format!(
             "the callgrind run failed: {}",
             String::from_utf8_lossy(&run.stderr)
                 .lines()
@@ -761,44 +821,32 @@ fn print_icount() {
         .arg(&out)
         .output();
     let _ = std::fs::remove_file(&out);
-    let Ok(annotate) = annotate else {
-        return skip("callgrind_annotate not found".into());
-    };
+    let annotate = annotate.map_err(|e| format!("callgrind_annotate not run ({e})"))?;
     let text = String::from_utf8_lossy(&annotate.stdout);
-    // callgrind_annotate prints "1,234,567 (12.3%)  file:function".
-    let count = |name: &str| {
-        text.lines()
-            .filter(|l| l.contains(name) && !l.contains("closure"))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .next()?
-                    .replace(',', "")
-                    .parse::<u64>()
-                    .ok()
-            })
+    // callgrind_annotate prints "1,234,567 (12.3%)  file:function [object]".
+    let lines = || {
+        text.lines().filter_map(|l| {
+            let count = l
+                .split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()?;
+            Some((count, l))
+        })
     };
-    let names = [
-        ["measured_static_dense", "measured_dynamic_dense"],
-        ["measured_static_sparse", "measured_dynamic_sparse"],
-    ];
-    let mut rows = Vec::new();
-    for pair in names {
-        match (count(pair[0]), count(pair[1])) {
-            (Some(s), Some(d)) => rows.push((s as f64 / n as f64, d as f64 / n as f64)),
-            _ => return skip("measured functions not found in the callgrind profile".into()),
-        }
-    }
-    println!(
-        "   instructions per 4K map (callgrind, the same passes on a {ICOUNT_GIB} GiB host, {n} maps a pass, {:.0} s):",
-        t.elapsed().as_secs_f64()
-    );
-    let labels = [
-        format!("{n} contiguous frames"),
-        format!("{n} frames, one per 2 MiB range"),
-    ];
-    for (label, (s, d)) in labels.iter().zip(rows) {
-        println!("   {label:<34} {s:>10.0} {d:>10.0} {:>7.2}", d / s);
-    }
+    let all = lines()
+        .find(|(_, l)| l.contains(&format!("dpamt::{name} ")))
+        .map(|(c, _)| c)
+        .ok_or("the measured function is not in the callgrind profile")?;
+    let sim = lines()
+        .filter(|(_, l)| {
+            l.contains("<tdx_sim::sim::Simulator as tdx_sys::args::Seamcall>::seamcall")
+                || l.contains("<tdx_sim::sim::Simulator as tdx_api::platform::Platform>::")
+        })
+        .map(|(c, _)| c)
+        .sum();
+    Ok((all, sim))
 }
 
 fn alloc(sim: &Simulator, count: u64, align: u64) -> PfnRun {
