@@ -24,7 +24,7 @@
 //!
 //! ```text
 //! cargo run --release --example dpamt                   # a 1 TiB host, about 1.5 min, 7 GB
-//! cargo run --release --example dpamt -- 64             # a 64 GiB host (CI), 20 s
+//! cargo run --release --example dpamt -- 64             # a 64 GiB host (CI), 30 s
 //! cargo run --release --example dpamt -- 64 --no-icount # without callgrind
 //! ```
 
@@ -439,13 +439,13 @@ fn slice_check(dy: &Side<'_>) {
     );
     println!("   TD build (TDR, TDCS, TDVPR, TDCX, S-EPT root): {after_build} pair(s)");
     println!(
-        "   filled:   {} 4K maps, pairs added {added_full}, module's 4K count per range {:?}",
+        "   filled:   {} 4K maps, pairs added {added_full}, module's 4K count per range: {}",
         SLICE * RANGE,
-        dedup(&counts_full)
+        dedup(&counts_full).join(", ")
     );
     println!(
-        "   one each: {SLICE} 4K maps, pairs added {added_sparse}, module's 4K count per range {:?}",
-        dedup(&counts_sparse)
+        "   one each: {SLICE} 4K maps, pairs added {added_sparse}, module's 4K count per range: {}",
+        dedup(&counts_sparse).join(", ")
     );
     let with_pair = |c: &[u64]| c.iter().filter(|&&c| c > 0).count() as u64;
     assert_eq!(with_pair(&counts_full), SLICE);
