@@ -768,8 +768,8 @@ fn print_icount() {
         t.elapsed().as_secs_f64()
     );
     println!(
-        "   {:<34} {:>10} {:>10} {:>7}   {}",
-        "", "static", "dynamic", "ratio", "the library's own (static / dynamic)"
+        "   {:<34} {:>10} {:>10} {:>7}   the library's own (static / dynamic)",
+        "", "static", "dynamic", "ratio"
     );
     let labels = [
         format!("{n} contiguous frames"),
