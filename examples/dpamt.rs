@@ -23,7 +23,7 @@
 //! the simulator's invariants checked.
 //!
 //! ```text
-//! cargo run --release --example dpamt                   # a 1 TiB host, about 1.5 min, 7 GB
+//! cargo run --release --example dpamt                   # a 1 TiB host, about 1 min, 7 GB
 //! cargo run --release --example dpamt -- 64             # a 64 GiB host (CI), 30 s
 //! cargo run --release --example dpamt -- 64 --no-icount # without callgrind
 //! ```
