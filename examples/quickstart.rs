@@ -4,9 +4,18 @@
 //! at 4K, 2M and 1G, unmap part of it in one batch, tear everything down,
 //! and print what happened.
 //!
+//! With `--dynamic-pamt` the host runs the simulated module 1.5.16
+//! (`Profile::tdx_1_5_16`), which has Dynamic PAMT, and bring-up turns it
+//! on: the PAMT at bring-up is the 4K-level bitmap and the 2M and 1G
+//! levels, and the library adds a PAMT page pair (8 KiB) for each 2 MiB
+//! range while the module holds 4K pages of it. The run then also prints
+//! the pairs installed while the TD lives and after teardown (none).
+//! `examples/dpamt.rs` measures what that saves and costs on a 1 TiB host.
+//!
 //! ```text
-//! cargo run --release --example quickstart             # a 2-socket, 128 GiB host
-//! cargo run --release --example quickstart -- MAP.json # another memory map
+//! cargo run --release --example quickstart                  # a 2-socket, 128 GiB host
+//! cargo run --release --example quickstart -- MAP.json      # another memory map
+//! cargo run --release --example quickstart -- --dynamic-pamt [MAP.json]
 //! ```
 
 // UNSAFETY: the example hands frames it allocated from the simulated host to
@@ -21,7 +30,7 @@ use tdx::{
     api::{
         CpuId, Placement, Platform, TdxModule,
         measure::{self, InitialPage},
-        td::{AugPageSize, Finalized, GuestFrame, Td, TdConfig, TdHost},
+        td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },
     types::PfnRun,
 };
@@ -33,23 +42,46 @@ const GIB: u64 = 1 << 30;
 type SimTd<'h, 's> = Td<Finalized, &'h TdHost<&'s Simulator, &'s Simulator>>;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut dynamic_pamt = false;
+    let mut map = None;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--dynamic-pamt" => dynamic_pamt = true,
+            a if a.starts_with('-') || map.is_some() => {
+                eprintln!("usage: quickstart [--dynamic-pamt] [MAP.json]");
+                std::process::exit(2);
+            }
+            a => map = Some(PathBuf::from(a)),
+        }
+    }
     let default = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tdx-plan/testdata/memmaps/07-hpe-dl360-gen10plus-icx-2s-128g.json");
-    let path = args.first().map(PathBuf::from).unwrap_or(default);
+    let path = map.unwrap_or(default);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| die(&path, e));
+    // Module 1.5.01 (the default profile) has no Dynamic PAMT; 1.5.16 has.
+    let profile = if dynamic_pamt {
+        Profile::tdx_1_5_16()
+    } else {
+        Profile::tdx_1_5()
+    };
     let desc = MachineDesc::from_memmap_json(&text)
         .unwrap_or_else(|e| die(&path, e))
         .with_cpus(2, 4)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(profile);
     let input = desc.plan_input();
     let sim = Simulator::new(desc.clone()).unwrap_or_else(|e| die(&path, e));
     let t0 = Instant::now();
 
     // 1. Bring-up: init -> configure (plan, PAMTs, keys, TDMRs) -> extensions.
-    let module = TdxModule::init(&sim, &sim)
+    let mut module = TdxModule::init(&sim, &sim)
         .map_err(|r| r.error)
         .unwrap_or_else(|e| die(&path, e));
+    // Dynamic PAMT is used when the module has it, unless refused; this
+    // example asks for it explicitly only to make the choice visible.
+    module.set_dynamic_pamt(dynamic_pamt);
+    if dynamic_pamt && !module.uses_dynamic_pamt() {
+        die(&path, "the module or platform cannot run Dynamic PAMT");
+    }
     let module = module
         .configure(&input)
         .map_err(|e| e.error().clone())
@@ -72,6 +104,23 @@ fn main() {
         plan.pamt_bytes() >> 20,
         t_bringup.as_secs_f64() * 1e3
     );
+    if module.dynamic_pamt() {
+        let [l4k, l2m, l1g] = plan.tdmrs.iter().fold([0u64; 3], |mut acc, t| {
+            for (a, (_, size)) in acc.iter_mut().zip(t.pamt.levels()) {
+                *a += size;
+            }
+            acc
+        });
+        println!(
+            "Dynamic PAMT on (module {}): PAMT at bring-up {} KiB = 4K bitmap {} KiB + 2M level {} KiB + 1G level {} KiB; {} KiB of module pages",
+            desc.profile.name,
+            plan.pamt_bytes() >> 10,
+            l4k >> 10,
+            l2m >> 10,
+            l1g >> 10,
+            (sim.accounting().module * 4096) >> 10
+        );
+    }
 
     // 2. A TD: create, keys on every package, TDCS, init, two vCPUs.
     let t1 = Instant::now();
@@ -153,6 +202,10 @@ fn main() {
     mapped += map_all::<Size4K>(&sim, &td, &mut runs, 7 * GIB, 16384, &path);
     let t_map = t2.elapsed();
     let kicks_mapping = kicks.get();
+    // While the TD holds its pages: a pair for each 2 MiB range holding 4K
+    // pages the module owns (control, S-EPT, initial and 4K-mapped pages);
+    // the 1G and 2M pages need none.
+    let pairs_running = host.pamt_pairs();
 
     // 5. Unmap half of the 4K and 2M memory while the TD lives, in one
     //    batch: each page is blocked (TDH.MEM.RANGE.BLOCK), then one
@@ -181,6 +234,7 @@ fn main() {
     }
     let t_unmap = t3.elapsed();
     let tracks = track_calls(&sim) - tracks_before;
+    let pairs_unmapped = host.pamt_pairs();
 
     // 6. Teardown: every page back, or reported.
     let t4 = Instant::now();
@@ -216,6 +270,26 @@ fn main() {
     );
     for l in &report.leaked {
         println!("  leaked {:?} ({:?}): {}", l.run, l.role, l.reason);
+    }
+    if host.dynamic_pamt() {
+        let pair_pages = report
+            .freed
+            .iter()
+            .filter(|(_, r)| *r == PageRole::Pamt)
+            .count();
+        println!(
+            "Dynamic PAMT pairs: {} installed while the TD held its pages ({} KiB), {} after the unmap (S-EPT pages stay, among the frames), {} after teardown ({} pair pages freed by it); PAMT.ADD {}, PAMT.REMOVE {}",
+            pairs_running,
+            pairs_running * 8,
+            pairs_unmapped,
+            host.pamt_pairs(),
+            pair_pages,
+            leaf_calls(&sim, Leaf::PHYMEM_PAMT_ADD),
+            leaf_calls(&sim, Leaf::PHYMEM_PAMT_REMOVE)
+        );
+        if host.pamt_pairs() != 0 {
+            std::process::exit(1);
+        }
     }
     let a = sim.accounting();
     println!(
@@ -266,12 +340,13 @@ fn map_all<S: AugPageSize>(
 
 /// TDH.MEM.TRACK calls so far.
 fn track_calls(sim: &Simulator) -> u64 {
+    leaf_calls(sim, Leaf::MEM_TRACK)
+}
+
+/// Calls of `leaf` so far.
+fn leaf_calls(sim: &Simulator, leaf: Leaf) -> u64 {
     let stats = sim.stats();
-    stats
-        .seamcalls
-        .get(&Leaf::MEM_TRACK.0)
-        .copied()
-        .unwrap_or(0)
+    stats.seamcalls.get(&leaf.0).copied().unwrap_or(0)
 }
 
 fn alloc(sim: &Simulator, count: u64, align: u64) -> PfnRun {
