@@ -626,10 +626,6 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
                 .or_else(|| new_area_pick(0, false));
             let Some(i) = pick else {
                 if phase == Phase::Own {
-                    {
-                        extern crate std;
-                        std::eprintln!("DEFER {:?}", why_not_local());
-                    }
                     remote[t] = Some(why_not_local());
                     deferred.push(t);
                     continue;
