@@ -146,3 +146,22 @@ fn teardown_finds_a_vcpu_associated_behind_its_back() {
 fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
     sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
 }
+
+#[test]
+fn a_vcpu_past_max_vcpus_is_refused_before_any_page_moves() {
+    let sim = sim();
+    let host = host(&sim);
+    let params = TdConfig::builder().max_vcpus(1).build().to_params();
+    let mut td = host.build_td(&params).unwrap();
+    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let before = (sim.accounting(), sim.stats().seamcalls.clone());
+    assert_eq!(
+        td.create_vcpu(CpuId(1), 0, 1),
+        Err(TdError::TooManyVcpus { max: 1 })
+    );
+    // Nothing happened: no page left the allocator, no SEAMCALL was made.
+    assert_eq!((sim.accounting(), sim.stats().seamcalls.clone()), before);
+    let td = td.finalize().map_err(|f| f.error).unwrap();
+    assert!(td.teardown().is_clean());
+    sim.check_invariants().unwrap();
+}

@@ -129,6 +129,7 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
         match r {
             Ok(_) => {
                 self.inner.ept_levels = levels;
+                self.inner.max_vcpus = params.max_vcpus();
                 // Nothing is mapped yet: the root's entries are of the level
                 // below the EPT's top.
                 self.inner.tree.set_top(levels - 1);

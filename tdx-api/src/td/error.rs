@@ -248,6 +248,13 @@ pub enum TdError {
     /// The CPU does not exist.
     #[error("{0} does not exist")]
     NoSuchCpu(CpuId),
+    /// The TD has as many built vCPUs (TDH.VP.INIT done) as its TD_PARAMS
+    /// MAX_VCPUS allows; refused before any page moves.
+    #[error("the TD already has its {max} vCPUs (TD_PARAMS MAX_VCPUS)")]
+    TooManyVcpus {
+        /// MAX_VCPUS.
+        max: u16,
+    },
     /// No built vCPU of this TD has this TDVPR.
     #[error("no vCPU of this TD has TDVPR {0}")]
     UnknownVcpu(Pfn),

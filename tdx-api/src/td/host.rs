@@ -697,6 +697,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
                 staging: None,
                 deferred: Shared::default(),
                 ept_levels: 0,
+                max_vcpus: 0,
                 policy,
                 map_policy: policy,
                 zaps_waiting: core::sync::atomic::AtomicU32::new(0),

@@ -430,6 +430,28 @@ impl Tree {
         })
     }
 
+    /// The deepest entry on the way to `gpa` that is not an idle table:
+    /// its level and what it holds (a leaf, a free entry, or a table held
+    /// by an operation). A read: it claims nothing.
+    pub(crate) fn lookup(&self, gpa: u64) -> (u8, Entry) {
+        let mut node = self.root();
+        let mut level = self.top;
+        loop {
+            let shift = 12 + 9 * u32::from(level);
+            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
+            let e = Entry::decode(word.load(Ordering::Acquire));
+            match e {
+                Entry::Table(n, Hold::Idle) if level > 0 => {
+                    // SAFETY: see `Slot::table`: linked nodes outlive
+                    // `&self`.
+                    node = unsafe { n.as_ref() };
+                    level -= 1;
+                }
+                _ => return (level, e),
+            }
+        }
+    }
+
     /// Puts a node that left the tree on the retired list. Its memory stays
     /// valid until the tree is dropped, for threads that still read it.
     pub(crate) fn retire(&self, node: NonNull<Node>) {

@@ -226,7 +226,8 @@ use core::{fmt, marker::PhantomData, mem::ManuallyDrop};
 
 use tdx_sys::leaf;
 use tdx_types::{
-    FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxStatus,
+    FirmwarePage, Gpa, Leaf, LeafVersion, PageSize, Pfn, PfnRange, PfnRun, Size4K, TdxLevel,
+    TdxStatus,
     metadata::{FieldValue, MAX_FIELD_ELEMENTS, MdFieldId, Sha384Digest, TdField, VcpuField},
     regs::PageInfo,
 };
@@ -244,6 +245,32 @@ pub use memory::{
 pub use run::{FinalizedTd, Vcpu};
 pub use teardown::{LeakedPage, PageRole, TeardownReport};
 pub use vcpu::{VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded};
+
+/// A private page the TD maps ([`Td::mapping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// Its first GPA (aligned to its size).
+    pub gpa: Gpa,
+    /// Its size.
+    pub size: TdxLevel,
+    /// Its first frame.
+    pub first: Pfn,
+    /// What is happening to it.
+    pub state: MappingState,
+}
+
+/// The state of a mapped page ([`Mapping::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MappingState {
+    /// Mapped; nobody is changing it.
+    Mapped,
+    /// An operation on another thread holds it (removal, split, merge).
+    InProgress,
+    /// A removal that failed after TDH.MEM.RANGE.BLOCK left it blocked:
+    /// the guest cannot use it; the next removal resumes from there.
+    Blocked,
+}
 
 use crate::{
     platform::{Placement, Platform},
@@ -329,6 +356,8 @@ pub(crate) struct Inner {
     deferred: Shared<TdError>,
     /// EPT levels (4 or 5), known after TDH.MNG.INIT.
     ept_levels: u8,
+    /// TD_PARAMS MAX_VCPUS, known after TDH.MNG.INIT (0 before).
+    max_vcpus: u16,
     /// What operations other than mapping do on BUSY.
     policy: RetryPolicy,
     /// What mapping (PAGE.AUG, SEPT.ADD) does on BUSY.
@@ -460,6 +489,33 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                 .map(vcpu::VcpuSlot::pages)
                 .sum::<usize>()
             + sept
+    }
+
+    /// What the TD maps at `gpa`, as its record of the S-EPT says now:
+    /// the page (its size, first GPA and first frame, and whether an
+    /// operation holds it or a failed removal left it blocked), or `None`
+    /// if nothing is mapped there (or a table there is being changed). A
+    /// read that claims nothing: another thread may change it right after.
+    pub fn mapping(&self, gpa: Gpa) -> Option<Mapping> {
+        let (level, e) = self.inner.tree.lookup(gpa.as_u64());
+        let mirror::Entry::Leaf(first, hold) = e else {
+            return None;
+        };
+        let size = match level {
+            0 => TdxLevel::L4K,
+            1 => TdxLevel::L2M,
+            _ => TdxLevel::L1G,
+        };
+        Some(Mapping {
+            gpa: Gpa::new(gpa.as_u64() & !(size.bytes() - 1)),
+            size,
+            first,
+            state: match hold {
+                mirror::Hold::Idle => MappingState::Mapped,
+                mirror::Hold::Busy => MappingState::InProgress,
+                mirror::Hold::Blocked => MappingState::Blocked,
+            },
+        })
     }
 
     /// Private pages mapped (of any size). Walks the TD's S-EPT record (a

@@ -294,6 +294,15 @@ impl<H: TdHostRef> Td<Initialized, H> {
         if cpu.0 >= self.p().cpus() {
             return Err(TdError::NoSuchCpu(cpu));
         }
+        // The module refuses a vCPU past MAX_VCPUS only at TDH.VP.INIT,
+        // after its TDVPR and TDCX pages went in: refuse it before any
+        // page moves. The module numbers vCPUs at TDH.VP.INIT, so the
+        // built ones count (a half-built one takes no number).
+        if self.vcpus().count() >= usize::from(self.inner.max_vcpus) {
+            return Err(TdError::TooManyVcpus {
+                max: self.inner.max_vcpus,
+            });
+        }
         if self.inner.vcpus.try_reserve(1).is_err() {
             return Err(TdError::Alloc {
                 what: "the TD's vCPU list",
