@@ -1163,6 +1163,8 @@ fn module_view(e: &tdx_api::td::ParamsError) -> (TdxStatus, u64) {
         }
         P::CpuidTopology { .. } => (LEAF_1F_BAD, 0),
         P::L2Vms(_) => unreachable!("the cases have no L2 VMs"),
+        // A new refusal needs its module status here.
+        other => panic!("no module status for {other:?}"),
     }
 }
 

@@ -41,6 +41,7 @@ impl fmt::Display for Operand {
 /// (`src/vmm_dispatcher/api_calls/tdh_mng_init.c`); its documentation names
 /// the status the module would answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParamsError {
     /// ATTRIBUTES breaks ATTRIBUTES_FIXED0/1
     /// (`TDX_OPERAND_INVALID|ATTRIBUTES`).
@@ -178,7 +179,10 @@ impl fmt::Display for XfamRule {
 }
 
 /// A TD operation failed.
+///
+/// Non-exhaustive: new module behaviours add variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TdError {
     /// A SEAMCALL failed with a status that retrying does not change.
     #[error("{error} (on {on})")]

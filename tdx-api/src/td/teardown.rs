@@ -52,6 +52,7 @@ use crate::{
 
 /// What a page was to the TD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PageRole {
     /// The TD root page.
     Tdr,
