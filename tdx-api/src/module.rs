@@ -256,6 +256,17 @@ pub enum BringUpError {
         /// What.
         error: PlatformError,
     },
+    /// A metadata field read a value too large for what the ABI says it
+    /// holds (a corrupted or unknown module).
+    #[error("metadata field {field:?} read {value:#x}, above {max:#x}")]
+    MetadataOutOfRange {
+        /// The field.
+        field: MdFieldId,
+        /// What it read.
+        value: u64,
+        /// The largest value that fits.
+        max: u64,
+    },
 }
 
 /// A step refused before the module took anything: the handle comes back
@@ -553,7 +564,15 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         if !info.features0.no_rbp_mod() {
             return Err(BringUpError::MissingFeature("NO_RBP_MOD"));
         }
-        Ok((info, keyids.global_keyid() as u16))
+        // The global KeyID is an HKID: below MAX_HKIDS (the partition was
+        // checked against it), so it fits the ABI's 16 bits.
+        let global = u16::try_from(keyids.global_keyid()).map_err(|_| {
+            BringUpError::KeyIds(KeyIdPartitionError::AboveMaxHkids {
+                last: u64::from(keyids.global_keyid()),
+                max: tdx_types::metadata::MAX_HKIDS,
+            })
+        })?;
+        Ok((info, global))
     }
 
     /// Whether [`configure`](Self::configure) turns Dynamic PAMT on: the
@@ -1014,6 +1033,25 @@ fn optional(r: Result<u64, BringUpError>) -> Result<Option<u64>, BringUpError> {
 }
 
 /// Reads [`SysInfo`] with TDH.SYS.RD.
+/// `value` of `field`, which the ABI says fits in 16 bits: a larger one is
+/// an error, not silently cut.
+fn fit16(field: MdFieldId, value: u64) -> Result<u16, BringUpError> {
+    u16::try_from(value).map_err(|_| BringUpError::MetadataOutOfRange {
+        field,
+        value,
+        max: u64::from(u16::MAX),
+    })
+}
+
+/// As [`fit16`], for 32 bits.
+fn fit32(field: MdFieldId, value: u64) -> Result<u32, BringUpError> {
+    u32::try_from(value).map_err(|_| BringUpError::MetadataOutOfRange {
+        field,
+        value,
+        max: u64::from(u32::MAX),
+    })
+}
+
 fn read_sysinfo<B: Seamcall, P: Platform>(
     b: &B,
     p: &P,
@@ -1039,14 +1077,17 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         optional(rd(field::UPDATE_VERSION))?,
     ) {
         (Some(major), Some(minor), Some(update)) => Some(ModuleVersion {
-            major: major as u16,
-            minor: minor as u16,
-            update: update as u16,
+            major: fit16(field::MAJOR_VERSION, major)?,
+            minor: fit16(field::MINOR_VERSION, minor)?,
+            update: fit16(field::UPDATE_VERSION, update)?,
         }),
         _ => None,
     };
-    let max_vcpus_per_td = optional(rd(field::MAX_VCPUS_PER_TD))?.map(|v| v as u16);
-    let n = rd(field::NUM_CPUID_CONFIG)? as u32;
+    let max_vcpus_per_td = match optional(rd(field::MAX_VCPUS_PER_TD))? {
+        Some(v) => Some(fit16(field::MAX_VCPUS_PER_TD, v)?),
+        None => None,
+    };
+    let n = fit32(field::NUM_CPUID_CONFIG, rd(field::NUM_CPUID_CONFIG)?)?;
     let mut cpuid_config = Vec::with_capacity(n as usize);
     for i in 0..n.min(128) {
         let id = |f: Option<MdFieldId>| f.ok_or(BringUpError::MissingFeature("CPUID_CONFIG index"));
@@ -1059,7 +1100,7 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
     let cmrs = match optional(rd(field::NUM_CMRS))? {
         Some(n) => {
             let mut v = Vec::new();
-            for i in 0..(n as u32).min(32) {
+            for i in 0..n.min(32) as u32 {
                 let (Some(bf), Some(sf)) = (field::cmr_base(i), field::cmr_size(i)) else {
                     break;
                 };
@@ -1073,18 +1114,24 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
         None => None,
     };
     // Dynamic PAMT (module 1.5.16 and later): the bitmap's entry size.
-    let dpamt_bitmap_bits =
-        if features0.dynamic_pamt() {
-            let bits = rd(field::PAMT_PAGE_BITMAP_ENTRY_BITS)?;
-            Some(u8::try_from(bits).map_err(|_| {
-                BringUpError::MissingFeature("a PAMT bitmap entry size below 256 bits")
-            })?)
-        } else {
-            None
-        };
+    let dpamt_bitmap_bits = if features0.dynamic_pamt() {
+        let bits = rd(field::PAMT_PAGE_BITMAP_ENTRY_BITS)?;
+        Some(
+            u8::try_from(bits).map_err(|_| BringUpError::MetadataOutOfRange {
+                field: field::PAMT_PAGE_BITMAP_ENTRY_BITS,
+                value: bits,
+                max: u64::from(u8::MAX),
+            })?,
+        )
+    } else {
+        None
+    };
     let (pool, ext_required) = if features0.ext() {
         (
-            rd(field::EXT_MEMORY_POOL_REQUIRED_PAGES)? as u32,
+            fit32(
+                field::EXT_MEMORY_POOL_REQUIRED_PAGES,
+                rd(field::EXT_MEMORY_POOL_REQUIRED_PAGES)?,
+            )?,
             rd(field::EXT_REQUIRED)? != 0,
         )
     } else {
@@ -1093,16 +1140,19 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
     Ok(SysInfo {
         version,
         features0,
-        max_tdmrs: rd(field::MAX_TDMRS)? as u16,
-        max_reserved_per_tdmr: rd(field::MAX_RESERVED_PER_TDMR)? as u16,
+        max_tdmrs: fit16(field::MAX_TDMRS, rd(field::MAX_TDMRS)?)?,
+        max_reserved_per_tdmr: fit16(
+            field::MAX_RESERVED_PER_TDMR,
+            rd(field::MAX_RESERVED_PER_TDMR)?,
+        )?,
         pamt_entry_size: [
-            rd(field::PAMT_4K_ENTRY_SIZE)? as u16,
-            rd(field::PAMT_2M_ENTRY_SIZE)? as u16,
-            rd(field::PAMT_1G_ENTRY_SIZE)? as u16,
+            fit16(field::PAMT_4K_ENTRY_SIZE, rd(field::PAMT_4K_ENTRY_SIZE)?)?,
+            fit16(field::PAMT_2M_ENTRY_SIZE, rd(field::PAMT_2M_ENTRY_SIZE)?)?,
+            fit16(field::PAMT_1G_ENTRY_SIZE, rd(field::PAMT_1G_ENTRY_SIZE)?)?,
         ],
-        tdr_base_size: rd(field::TDR_BASE_SIZE)? as u16,
-        tdcs_base_size: rd(field::TDCS_BASE_SIZE)? as u16,
-        tdvps_base_size: rd(field::TDVPS_BASE_SIZE)? as u16,
+        tdr_base_size: fit16(field::TDR_BASE_SIZE, rd(field::TDR_BASE_SIZE)?)?,
+        tdcs_base_size: fit16(field::TDCS_BASE_SIZE, rd(field::TDCS_BASE_SIZE)?)?,
+        tdvps_base_size: fit16(field::TDVPS_BASE_SIZE, rd(field::TDVPS_BASE_SIZE)?)?,
         attributes_fixed: (rd(field::ATTRIBUTES_FIXED0)?, rd(field::ATTRIBUTES_FIXED1)?),
         xfam_fixed: (rd(field::XFAM_FIXED0)?, rd(field::XFAM_FIXED1)?),
         max_vcpus_per_td,
