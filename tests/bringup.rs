@@ -1656,3 +1656,44 @@ fn an_optional_sysinfo_field_is_absent_only_for_field_id_incorrect() {
         );
     }
 }
+
+/// A backend that forwards to the simulator but reports MAX_TDMRS as a
+/// value wider than the 16 bits the ABI gives it (a corrupted or unknown
+/// module).
+#[derive(Debug)]
+struct WideMaxTdmrs<'s>(&'s Simulator);
+
+// SAFETY: a test double. It forwards every call unchanged except R8 of a
+// TDH.SYS.RD of MAX_TDMRS, an output the library must check.
+unsafe impl tdx::sys::Seamcall for WideMaxTdmrs<'_> {
+    unsafe fn seamcall(
+        &self,
+        rax: u64,
+        args: &mut tdx::sys::SeamcallArgs,
+        shape: tdx::sys::RegShape,
+    ) -> TdxStatus {
+        let field = args.rdx;
+        // SAFETY: forwarded as given.
+        let s = unsafe { tdx::sys::Seamcall::seamcall(self.0, rax, args, shape) };
+        let rd = tdx::LeafVersion::from_rax(rax).is_ok_and(|l| l.leaf() == Leaf::SYS_RD);
+        if rd && field == tdx::types::metadata::field::MAX_TDMRS.into_raw() && !s.is_error() {
+            args.r8 = 0x1_0040;
+        }
+        s
+    }
+}
+
+#[test]
+fn a_metadata_value_wider_than_its_field_is_an_error_not_cut() {
+    let sim = Simulator::new(small(Profile::tdx_1_5())).unwrap();
+    let wide = WideMaxTdmrs(&sim);
+    let e = TdxModule::init(&wide, &sim).unwrap_err().error;
+    assert_eq!(
+        e,
+        BringUpError::MetadataOutOfRange {
+            field: tdx::types::metadata::field::MAX_TDMRS,
+            value: 0x1_0040,
+            max: 0xFFFF,
+        }
+    );
+}
