@@ -1587,7 +1587,11 @@ fn page_array_uses_only_the_platform_that_allocated_it() {
         b.peek(root.hpa().as_u64(), &mut in_b);
         assert_eq!(in_b, pattern, "{op}: b's page untouched by populate");
         // check_release reads `a`'s root page: `b`'s pattern would fail it.
-        assert_eq!(array.check_release(512, root.hpa().as_u64()), Ok(()), "{op}");
+        assert_eq!(
+            array.check_release(512, root.hpa().as_u64()),
+            Ok(()),
+            "{op}"
+        );
 
         match op {
             // SAFETY: nothing was given to the module (no SEAMCALL).

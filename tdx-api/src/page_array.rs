@@ -343,3 +343,260 @@ impl<'p, P: Platform + ?Sized> TdxPageArray<'p, P> {
         self.pages.iter().map(|p| p.hpa())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The operations against a platform that records every call, so each
+    //! test sees exactly which platform was asked to do what.
+
+    extern crate std;
+
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        vec::Vec,
+    };
+
+    use spin::Mutex;
+    use tdx_types::metadata::KeyIdPartition;
+
+    use super::*;
+    use crate::platform::{CpuId, Errata, NodeId, PackageId};
+
+    /// A bump allocator over frames from `base`, with byte-addressed memory
+    /// and a record of frees and leaks.
+    struct Recording {
+        next: Mutex<u64>,
+        /// Pages allocated and not yet freed or leaked.
+        live: Mutex<BTreeSet<u64>>,
+        freed: Mutex<Vec<PfnRun>>,
+        leaked: Mutex<Vec<(PfnRun, &'static str)>>,
+        mem: Mutex<BTreeMap<u64, u8>>,
+        /// Allocations left before `alloc_pages` fails.
+        budget: Mutex<u64>,
+    }
+
+    impl Recording {
+        fn new(base: u64) -> Self {
+            Self {
+                next: Mutex::new(base),
+                live: Mutex::new(BTreeSet::new()),
+                freed: Mutex::new(Vec::new()),
+                leaked: Mutex::new(Vec::new()),
+                mem: Mutex::new(BTreeMap::new()),
+                budget: Mutex::new(u64::MAX),
+            }
+        }
+        fn live(&self) -> usize {
+            self.live.lock().len()
+        }
+        fn freed_pages(&self) -> u64 {
+            self.freed.lock().iter().map(|r| r.count()).sum()
+        }
+        fn leaked_pages(&self) -> u64 {
+            self.leaked.lock().iter().map(|(r, _)| r.count()).sum()
+        }
+        fn word(&self, pa: u64) -> u64 {
+            let mem = self.mem.lock();
+            let b: Vec<u8> = (pa..pa + 8)
+                .map(|a| mem.get(&a).copied().unwrap_or(0))
+                .collect();
+            u64::from_le_bytes(b.try_into().unwrap())
+        }
+        fn owns(&self, pa: u64, len: usize) -> bool {
+            let live = self.live.lock();
+            (pa / 4096..(pa + len as u64).div_ceil(4096)).all(|f| live.contains(&f))
+        }
+    }
+
+    // SAFETY: a test double: it hands out each frame once and checks every
+    // free, read and write against what it handed out (panicking on a
+    // frame it does not own); the CPU and cache operations do nothing,
+    // which no test here relies on.
+    unsafe impl Platform for Recording {
+        fn alloc_pages(
+            &self,
+            count: u64,
+            align: u64,
+            placement: Placement,
+        ) -> Result<PfnRun, PlatformError> {
+            let mut budget = self.budget.lock();
+            if *budget == 0 {
+                return Err(PlatformError::OutOfMemory {
+                    count,
+                    align,
+                    placement,
+                });
+            }
+            *budget -= 1;
+            let mut next = self.next.lock();
+            let run = PfnRun::try_new(Pfn::new(*next), count).unwrap();
+            *next += count;
+            let mut live = self.live.lock();
+            for f in run.iter() {
+                live.insert(f.as_u64());
+            }
+            Ok(run)
+        }
+        unsafe fn free_pages(&self, run: PfnRun) {
+            let mut live = self.live.lock();
+            for f in run.iter() {
+                assert!(
+                    live.remove(&f.as_u64()),
+                    "freed {f:?}, which this platform did not hand out"
+                );
+            }
+            self.freed.lock().push(run);
+        }
+        fn leak_pages(&self, run: PfnRun, reason: &'static str) {
+            let mut live = self.live.lock();
+            for f in run.iter() {
+                assert!(live.remove(&f.as_u64()), "leaked {f:?}");
+            }
+            self.leaked.lock().push((run, reason));
+        }
+        unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+            assert!(self.owns(pa.as_u64(), buf.len()), "read of {pa:?}");
+            let mem = self.mem.lock();
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = mem.get(&(pa.as_u64() + i as u64)).copied().unwrap_or(0);
+            }
+        }
+        unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+            assert!(self.owns(pa.as_u64(), data.len()), "write of {pa:?}");
+            let mut mem = self.mem.lock();
+            for (i, b) in data.iter().enumerate() {
+                mem.insert(pa.as_u64() + i as u64, *b);
+            }
+        }
+        fn cpus(&self) -> u32 {
+            1
+        }
+        fn package_of(&self, _: CpuId) -> PackageId {
+            PackageId(0)
+        }
+        fn node_of(&self, _: Pfn) -> Option<NodeId> {
+            None
+        }
+        fn on_cpu(&self, _: CpuId, f: &mut (dyn FnMut() + Send)) {
+            f()
+        }
+        fn wbinvd_all(&self) {}
+        fn clflush_page(&self, _: Pfn) {}
+        unsafe fn movdir64b_clear(&self, _: PfnRun) {}
+        fn yield_now(&self) {}
+        fn keyid_partition(&self) -> KeyIdPartition {
+            KeyIdPartition::from_bits((16 << 32) | 31)
+        }
+        fn keyid_shift(&self) -> u32 {
+            46
+        }
+        fn errata(&self) -> Errata {
+            Errata::default()
+        }
+    }
+
+    #[test]
+    fn populate_writes_the_window_through_the_array_platform() {
+        let p = Recording::new(0x1000);
+        let mut a = TdxPageArray::alloc(&p, 600, Placement::Anywhere).unwrap();
+        assert!(core::ptr::eq(a.platform(), &p));
+        let root = a.root().hpa().as_u64();
+        assert_eq!(a.populate(0), 512);
+        assert_eq!(p.word(root), a.pages()[0].hpa().as_u64());
+        assert_eq!(p.word(root + 511 * 8), a.pages()[511].hpa().as_u64());
+        assert_eq!(a.populate(512), 88);
+        assert_eq!(p.word(root), a.pages()[512].hpa().as_u64());
+        assert_eq!(a.populate(600), 0);
+        // SAFETY: nothing was given to a module.
+        unsafe { a.free() };
+        assert_eq!(p.live(), 0);
+    }
+
+    #[test]
+    fn check_release_reads_the_array_platform() {
+        let p = Recording::new(0x1000);
+        let mut a = TdxPageArray::alloc_contiguous(&p, 3, Placement::Anywhere).unwrap();
+        let root = a.root().hpa().as_u64();
+        a.populate(0);
+        assert_eq!(a.check_release(3, root), Ok(()));
+        // What the platform's memory says is what the check sees.
+        // SAFETY: the root page is this test's (allocated from `p`).
+        unsafe { p.write_phys(Hpa::new(root + 8), &7u64.to_le_bytes()) };
+        assert_eq!(
+            a.check_release(3, root),
+            Err(ReleaseError::Entry {
+                index: 1,
+                expected: a.pages()[1].hpa().as_u64(),
+                found: 7
+            })
+        );
+        a.leak("test");
+        assert_eq!((p.live(), p.leaked_pages(), p.freed_pages()), (0, 3, 1));
+    }
+
+    #[test]
+    fn split_donated_frees_the_rest_and_the_root_to_the_array_platform() {
+        for donated in [0, 1, 4, 5, 99] {
+            let p = Recording::new(0x1000);
+            let a = TdxPageArray::alloc(&p, 5, Placement::Anywhere).unwrap();
+            let pages = a.pages().to_vec();
+            // SAFETY: nothing was given to a module.
+            let kept = unsafe { a.split_donated(donated) };
+            let kept_pages: Vec<Pfn> = kept.iter().flat_map(|r| r.iter()).collect();
+            let n = donated.min(5);
+            assert_eq!(kept_pages, pages[..n]);
+            // The pages past `donated` and the root went back; the kept
+            // ones are still allocated (the caller records them).
+            assert_eq!(p.freed_pages(), (5 - n) as u64 + 1, "donated {donated}");
+            assert_eq!(p.live(), n, "donated {donated}");
+        }
+    }
+
+    #[test]
+    fn leak_leaks_the_pages_and_frees_only_the_root() {
+        let p = Recording::new(0x1000);
+        let a = TdxPageArray::alloc_contiguous(&p, 8, Placement::Anywhere).unwrap();
+        let root = a.root();
+        a.leak("release protocol error");
+        assert_eq!(
+            p.freed.lock().as_slice(),
+            &[PfnRun::try_new(root, 1).unwrap()]
+        );
+        assert_eq!(p.leaked_pages(), 8);
+        assert_eq!(p.leaked.lock()[0].1, "release protocol error");
+        assert_eq!(p.live(), 0);
+    }
+
+    #[test]
+    fn a_failed_allocation_gives_back_what_it_got_to_the_same_platform() {
+        let p = Recording::new(0x1000);
+        *p.budget.lock() = 4; // the root page and 3 pages
+        let err = TdxPageArray::alloc(&p, 10, Placement::Anywhere).unwrap_err();
+        assert!(matches!(err, PlatformError::OutOfMemory { count: 1, .. }));
+        assert_eq!((p.live(), p.freed_pages()), (0, 4));
+        let p = Recording::new(0x1000);
+        *p.budget.lock() = 1; // the root page only
+        assert!(TdxPageArray::alloc_contiguous(&p, 10, Placement::Anywhere).is_err());
+        assert_eq!((p.live(), p.freed_pages()), (0, 1));
+    }
+
+    #[test]
+    fn two_platforms_each_get_back_only_their_own_frames() {
+        // Same frame numbers on both: a free into the wrong one would
+        // succeed silently on a real allocator; here it would show up in
+        // `b`'s record (or panic if `b` had not handed the frames out).
+        let a = Recording::new(0x1000);
+        let b = Recording::new(0x1000);
+        let held_by_b = b.alloc_pages(64, 1, Placement::Anywhere).unwrap();
+        let mut arr = TdxPageArray::alloc(&a, 10, Placement::Anywhere).unwrap();
+        arr.populate(0);
+        // SAFETY: nothing was given to a module.
+        let kept = unsafe { arr.split_donated(4) };
+        assert_eq!(kept.iter().map(|r| r.count()).sum::<u64>(), 4);
+        assert_eq!(a.freed_pages(), 7);
+        assert_eq!((b.freed_pages(), b.leaked_pages(), b.live()), (0, 0, 64));
+        assert!(b.mem.lock().is_empty(), "nothing written through b");
+        // SAFETY: `b` handed this run to the test, which never gave it away.
+        unsafe { b.free_pages(held_by_b) };
+    }
+}
