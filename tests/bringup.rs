@@ -11,7 +11,8 @@
 //! - re-planning around PAMT ranges the platform cannot give, the
 //!   partial-write erratum, a module without Extensions, seeded random
 //!   faults;
-//! - `TdxPageArray`: windows, encodings, release checks, accounting.
+//! - `TdxPageArray`: windows, encodings, release checks, accounting, and
+//!   every operation going to the platform that allocated the array.
 //!
 //! Every test ends with `Simulator::check_invariants` (page accounting, the
 //! module's and the host's views of ownership agree, no rule break).
