@@ -11,7 +11,8 @@
 //! - re-planning around PAMT ranges the platform cannot give, the
 //!   partial-write erratum, a module without Extensions, seeded random
 //!   faults;
-//! - `TdxPageArray`: windows, encodings, release checks, accounting.
+//! - `TdxPageArray`: windows, encodings, release checks, accounting, and
+//!   every operation going to the platform that allocated the array.
 //!
 //! Every test ends with `Simulator::check_invariants` (page accounting, the
 //! module's and the host's views of ownership agree, no rule break).
@@ -1343,7 +1344,7 @@ fn page_array_sim() -> Simulator {
 }
 
 /// The root page's first `n` entries.
-fn root_entries(sim: &Simulator, a: &TdxPageArray, n: usize) -> Vec<u64> {
+fn root_entries(sim: &Simulator, a: &TdxPageArray<Simulator>, n: usize) -> Vec<u64> {
     let mut buf = vec![0u8; n * 8];
     sim.peek(a.root().hpa().as_u64(), &mut buf);
     buf.chunks_exact(8)
@@ -1370,7 +1371,7 @@ fn page_array_windows_and_encodings() {
             let mut offset = 0;
             let mut windows = 0;
             loop {
-                let n = a.populate(&sim, offset);
+                let n = a.populate(offset);
                 if n == 0 {
                     break;
                 }
@@ -1399,7 +1400,7 @@ fn page_array_windows_and_encodings() {
             }
             assert_eq!(windows, count.div_ceil(512) as usize, "{label}");
             // SAFETY: the pages were never given to the module.
-            unsafe { a.free(&sim) };
+            unsafe { a.free() };
             assert_all_free(&sim, &label);
         }
     }
@@ -1411,7 +1412,7 @@ fn page_array_on_a_node() {
     let a = TdxPageArray::alloc(&sim, 16, Placement::Node(NodeId(1))).unwrap();
     assert!(a.pages().iter().all(|&p| sim.node_of(p) == Some(NodeId(1))));
     // SAFETY: never given to the module.
-    unsafe { a.free(&sim) };
+    unsafe { a.free() };
     assert_all_free(&sim, "node 1");
 }
 
@@ -1420,26 +1421,26 @@ fn page_array_release_check_accepts_exactly_the_window() {
     // One page: the single-page form reports the page itself.
     let sim = page_array_sim();
     let mut a = TdxPageArray::alloc(&sim, 1, Placement::Anywhere).unwrap();
-    assert_eq!(a.populate(&sim, 0), 1);
+    assert_eq!(a.populate(0), 1);
     let page = a.pages()[0].hpa().as_u64();
     let root = a.root().hpa().as_u64();
-    assert_eq!(a.check_release(&sim, 1, page), Ok(()));
+    assert_eq!(a.check_release(1, page), Ok(()));
     assert_eq!(
-        a.check_release(&sim, 1, root),
+        a.check_release(1, root),
         Err(ReleaseError::Hpa {
             expected: page,
             released: root
         })
     );
     assert_eq!(
-        a.check_release(&sim, 0, page),
+        a.check_release(0, page),
         Err(ReleaseError::Count {
             given: 1,
             released: 0
         })
     );
     // SAFETY: never given to the module.
-    unsafe { a.free(&sim) };
+    unsafe { a.free() };
     assert_all_free(&sim, "one page");
 
     // 1000 pages: two windows, the root page reported, its entries checked.
@@ -1447,11 +1448,11 @@ fn page_array_release_check_accepts_exactly_the_window() {
     let mut a = TdxPageArray::alloc_contiguous(&sim, 1000, Placement::Anywhere).unwrap();
     let root = a.root().hpa().as_u64();
     for (offset, n) in [(0usize, 512usize), (512, 488)] {
-        assert_eq!(a.populate(&sim, offset), n);
-        assert_eq!(a.check_release(&sim, n as u64, root), Ok(()));
+        assert_eq!(a.populate(offset), n);
+        assert_eq!(a.check_release(n as u64, root), Ok(()));
         for wrong in [n as u64 - 1, n as u64 + 1, 1000] {
             assert_eq!(
-                a.check_release(&sim, wrong, root),
+                a.check_release(wrong, root),
                 Err(ReleaseError::Count {
                     given: n,
                     released: wrong
@@ -1460,14 +1461,14 @@ fn page_array_release_check_accepts_exactly_the_window() {
         }
         let first = a.pages()[offset].hpa().as_u64();
         assert_eq!(
-            a.check_release(&sim, n as u64, first),
+            a.check_release(n as u64, first),
             Err(ReleaseError::Hpa {
                 expected: root,
                 released: first
             })
         );
         assert_eq!(
-            a.check_release(&sim, n as u64, root + 4096),
+            a.check_release(n as u64, root + 4096),
             Err(ReleaseError::Hpa {
                 expected: root,
                 released: root + 4096
@@ -1481,7 +1482,7 @@ fn page_array_release_check_accepts_exactly_the_window() {
         // `sim`; the module does not own it and nothing reads it now.
         unsafe { sim.write_phys(Hpa::new(root + 3 * 8), &forged.to_le_bytes()) };
         assert_eq!(
-            a.check_release(&sim, n as u64, root),
+            a.check_release(n as u64, root),
             Err(ReleaseError::Entry {
                 index: 3,
                 expected,
@@ -1489,22 +1490,22 @@ fn page_array_release_check_accepts_exactly_the_window() {
             })
         );
         // The last entry, too.
-        a.populate(&sim, offset);
+        a.populate(offset);
         let expected = a.pages()[offset + n - 1].hpa().as_u64();
         // SAFETY: as above.
         unsafe { sim.write_phys(Hpa::new(root + (n as u64 - 1) * 8), &0u64.to_le_bytes()) };
         assert_eq!(
-            a.check_release(&sim, n as u64, root),
+            a.check_release(n as u64, root),
             Err(ReleaseError::Entry {
                 index: n - 1,
                 expected,
                 found: 0
             })
         );
-        a.populate(&sim, offset);
+        a.populate(offset);
     }
     // A release error means: leak, never free.
-    a.leak(&sim, "release protocol error (test)");
+    a.leak("release protocol error (test)");
     let acc = sim.accounting();
     assert_eq!((acc.leaked, acc.host, acc.module), (1000, 0, 0));
     sim.check_invariants().unwrap();
@@ -1532,7 +1533,8 @@ fn page_array_split_donated_and_free_accounting() {
             .unwrap();
             let pages = a.pages().to_vec();
             let root = a.root();
-            let given = a.split_donated(&sim, donated);
+            // SAFETY: no page was given to the module (no SEAMCALL here).
+            let given = unsafe { a.split_donated(donated) };
             let kept = (donated as u64).min(count);
             // The runs name exactly the first `kept` pages, in order.
             let listed: Vec<Pfn> = given.iter().flat_map(|r| r.iter()).collect();
@@ -1551,6 +1553,74 @@ fn page_array_split_donated_and_free_accounting() {
             free_all(&sim, &given);
             assert_all_free(&sim, &label);
         }
+    }
+}
+
+/// The array is bound to the platform that allocated it: with a second
+/// platform that owns the very same frame numbers (another simulator of the
+/// same machine, whose allocation happens to return the same frames), every
+/// operation of the array reads, writes, frees and leaks through the first
+/// one only. (Before the binding, each operation took a platform argument,
+/// and a safe `split_donated(&b, 0)` freed `a`'s frames into `b`.)
+#[test]
+fn page_array_uses_only_the_platform_that_allocated_it() {
+    for op in ["free", "split_donated", "leak"] {
+        let a = page_array_sim();
+        let b = page_array_sim();
+        let mut array = TdxPageArray::alloc_contiguous(&a, 600, Placement::Anywhere).unwrap();
+        assert!(core::ptr::eq(array.platform(), &a), "{op}");
+        // `b` hands out the same frames to its own user, who fills them.
+        let first = array.pages()[0];
+        let root = array.root();
+        let b_pages = b.alloc_pages(1, 1, Placement::Exact(root)).unwrap();
+        let b_data = b.alloc_pages(600, 1, Placement::Exact(first)).unwrap();
+        let pattern = [0xa5u8; 4096];
+        // SAFETY: host memory `b` just gave this test; the module owns none.
+        unsafe { b.write_phys(root.hpa(), &pattern) };
+        let b_before = b.accounting();
+
+        // populate writes `a`'s root page, not `b`'s.
+        assert_eq!(array.populate(0), 512, "{op}");
+        let mut in_a = [0u8; 8];
+        a.peek(root.hpa().as_u64(), &mut in_a);
+        assert_eq!(u64::from_le_bytes(in_a), first.hpa().as_u64(), "{op}");
+        let mut in_b = [0u8; 4096];
+        b.peek(root.hpa().as_u64(), &mut in_b);
+        assert_eq!(in_b, pattern, "{op}: b's page untouched by populate");
+        // check_release reads `a`'s root page: `b`'s pattern would fail it.
+        assert_eq!(
+            array.check_release(512, root.hpa().as_u64()),
+            Ok(()),
+            "{op}"
+        );
+
+        match op {
+            // SAFETY: nothing was given to the module (no SEAMCALL).
+            "free" => unsafe { array.free() },
+            "split_donated" => {
+                // SAFETY: as above.
+                let kept = unsafe { array.split_donated(100) };
+                assert_eq!(kept.iter().map(|r| r.count()).sum::<u64>(), 100);
+                assert_eq!(a.accounting().host, 100, "{op}: only the kept pages");
+                free_all(&a, &kept);
+            }
+            "leak" => {
+                array.leak("test: leaked into the allocating platform");
+                let acc = a.accounting();
+                assert_eq!((acc.leaked, acc.host), (600, 0), "{op}");
+            }
+            _ => unreachable!(),
+        }
+        if op != "leak" {
+            assert_all_free(&a, op);
+        }
+        assert_eq!(b.accounting(), b_before, "{op}: b's allocator untouched");
+        assert_eq!(b.page_state(root), Some(PageState::Host), "{op}");
+        assert_eq!(b.page_state(first), Some(PageState::Host), "{op}");
+        b.check_invariants().unwrap();
+        a.check_invariants().unwrap();
+        free_all(&b, &[b_pages, b_data]);
+        assert_all_free(&b, op);
     }
 }
 

@@ -870,7 +870,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
                 .find(|f| !plan.covers(f.as_u64() * 4096))
         {
             // SAFETY: nothing was handed to the module yet.
-            unsafe { array.free(&self.platform) };
+            unsafe { array.free() };
             return Err(BringUpError::NotTdxMemory { step, pfn });
         }
         let (b, p) = (&self.backend, &self.platform);
@@ -879,7 +879,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
         let mut result = Ok(());
         let mut offset = 0;
         'windows: while offset < array.len() {
-            let n = array.populate(p, offset);
+            let n = array.populate(offset);
             let step = Step::ExtMemAdd { window: offset };
             let mut info = array.hpa_list_info();
             let mut stalled = 0;
@@ -931,7 +931,12 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
                 }
             }
         }
-        let mut given = array.split_donated(p, donated + lost);
+        // SAFETY: the module took the first `donated` pages for good and
+        // may own some of the next `lost` (the window of a failed call,
+        // leaked below); it was never given a page past those (windows are
+        // given in order and the loop stopped at the failing one), or it
+        // reported it did not take it (an interrupted call's FIRST_ENTRY).
+        let mut given = unsafe { array.split_donated(donated + lost) };
         let lost_runs = split_runs_at(&mut given, donated as u64);
         self.pool.extend(given);
         for r in &lost_runs {

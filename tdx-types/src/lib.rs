@@ -39,5 +39,5 @@ pub mod status;
 pub use addr::{AddrError, Gpa, Hpa, Pfn};
 pub use leaf::{Leaf, LeafVersion};
 pub use page::{PageSize, PfnRange, PfnRun, Size1G, Size2M, Size4K, TdxLevel};
-pub use space::{AddressSpace, Firmware, FirmwarePage, Frame, Guest, Host};
+pub use space::FirmwarePage;
 pub use status::{ErrorKind, OperandId, StatusDetail, TdxError, TdxStatus};

@@ -1,26 +1,5 @@
-//! Linux's TDMR construction (`construct_tdmrs` in
-//! `arch/x86/virt/vmx/tdx/tdx.c`), reproduced step by step so an operator
-//! can see what a TDX kernel would do on a map, including how it fails.
-//!
-//! 1. The memory list: every usable range with its node, the first 1 MiB
-//!    cut off (`build_tdx_memlist`).
-//! 2. `fill_out_tdmrs`: one TDMR per 1 GiB-aligned cover of consecutive
-//!    blocks; a block that starts in the previous TDMR's last GiB starts a
-//!    new TDMR at its end ("TDMRs exhausted" past MAX_TDMRS).
-//! 3. PAMTs: one contiguous allocation per TDMR (4K, 2M, 1G levels back to
-//!    back) on the node of the first block that ends above the TDMR base.
-//!    Linux takes it from `alloc_contig_pages`, whose result depends on the
-//!    running kernel; the model here takes the lowest free run of the node
-//!    at or above 4 GiB (ZONE_NORMAL), then below, then other nodes in
-//!    order. Failure is -ENOMEM. A PAMT off the TDMR's node is marked
-//!    [`RemoteReason::NoRoom`].
-//! 4. Reserved areas, per TDMR: one per hole (with Linux's loop exactly,
-//!    including its `end < base` test), then one per PAMT that overlaps the
-//!    TDMR, clipped; no merging; sorted; "reserved areas exhausted" past
-//!    MAX_RESERVED_PER_TDMR.
-//!
-//! Linux does not read CMRs, so its plan may still be refused by
-//! TDH.SYS.CONFIG; [`check`](super::check) tells.
+//! Linux's TDMR construction ([`Strategy::Linux`](super::Strategy::Linux),
+//! where the steps are described).
 
 use alloc::vec::Vec;
 

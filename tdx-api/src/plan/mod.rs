@@ -9,7 +9,7 @@
 //! Two strategies share the output type:
 //!
 //! - [`Strategy::Best`] finds a plan whenever one exists within the limits
-//!   (see [`best`] for how), never uses more PAMT memory than Linux's
+//!   (the variant's docs say how), never uses more PAMT memory than Linux's
 //!   construction on a map where both succeed, and keeps every PAMT on
 //!   its TDMR's NUMA node unless the limits (or that bound) leave no room
 //!   there ([`PlannedTdmr::pamt_remote`] says why).
@@ -28,10 +28,10 @@ use core::fmt;
 
 use tdx_types::abi::TdmrInfo;
 
-pub mod best;
+mod best;
 mod check;
 mod intervals;
-pub mod linux;
+mod linux;
 
 pub use check::{CheckError, check};
 
@@ -151,8 +151,75 @@ impl PlanInput {
 pub enum Strategy {
     /// Find a plan whenever one exists; node-local PAMTs, then fewest
     /// reserved areas; never more PAMT than Linux.
+    ///
+    /// Terms: *memory* is usable RAM from 1 MiB up; a *hole* is a maximal gap
+    /// between memory; a byte is *forced* if it must be reserved: it is outside
+    /// every CMR, or it holds a PAMT. A TDMR needs one reserved area per hole
+    /// (clipped to the TDMR) that contains a forced byte: the whole hole can be
+    /// reserved as one area, since nobody uses its bytes, and a hole that lies
+    /// inside a CMR needs no area at all (CMR-aware).
+    ///
+    /// 1. **Runs.** The 1 GiB blocks that hold memory form runs of consecutive
+    ///    blocks, one NUMA node to a run: where the node changes a new run
+    ///    starts, at the next 1 GiB line when the change is inside a block (as
+    ///    Linux starts a new TDMR), so each TDMR's memory is on the node its
+    ///    PAMT goes on. Each run is cut into TDMRs greedily: every TDMR is as long as
+    ///    it can be while its holes fit the reserved-area limit. The count of
+    ///    areas in `[a, b)` only grows with `b`, so the greedy cut gives the
+    ///    fewest TDMRs, and a 1 GiB block that alone needs too many areas is
+    ///    reported as such ("block X needs N areas").
+    /// 2. **Too many TDMRs.** Runs are joined across their gaps, smallest gap
+    ///    first (the gap becomes reserved, and costs PAMT for its size), as long
+    ///    as that lowers the count, until the count fits.
+    /// 3. **PAMTs.** Each TDMR's PAMT (4K, 2M, 1G levels back to back) goes on
+    ///    the TDMR's own NUMA node (the node of its first usable byte, where
+    ///    Linux allocates it): the module reads a page's PAMT entries on every
+    ///    SEAMCALL that is handed the page. On that node it is carved from
+    ///    memory next to a hole that already needs an area, so the two merge
+    ///    and no area is added; only when no such place has room does it take
+    ///    a new area, in a TDMR that has one to spare. TDMRs whose node has no
+    ///    place are placed last, on other nodes, the same way, and the plan
+    ///    says why ([`RemoteReason`]). If a PAMT has no place at all, a
+    ///    placement that puts fewest areas first (the node only breaking
+    ///    ties) is tried, then step 1 again with one area fewer per TDMR,
+    ///    leaving room.
+    /// 4. **Bringing PAMTs home.** A plan with remote PAMTs is tried again
+    ///    with smaller TDMRs: a TDMR whose node has no run for its PAMT is cut
+    ///    into pieces whose PAMTs fit the node's largest run, and step 1 runs
+    ///    with fewer areas per TDMR (room for an area at home). A plan with
+    ///    fewer remote PAMTs is taken if it stays within MAX_TDMRS and needs
+    ///    no more PAMT than Linux's construction on the map (each extra TDMR
+    ///    costs at least 4 KiB).
+    ///
+    /// Runs are only split where the node changes (where Linux's construction
+    /// starts a new TDMR too) or the area limit forces it, and only joined
+    /// where the TDMR limit forces it, so on a map where Linux's construction
+    /// also succeeds the plan of steps 1 to 3 has no more TDMR bytes and no
+    /// more TDMRs than Linux's, hence no more PAMT; step 4 keeps that bound.
     Best,
-    /// Linux's construction, exactly.
+    /// Linux's TDMR construction (`construct_tdmrs` in
+    /// `arch/x86/virt/vmx/tdx/tdx.c`), reproduced step by step so an operator
+    /// can see what a TDX kernel would do on a map, including how it fails.
+    ///
+    /// 1. The memory list: every usable range with its node, the first 1 MiB
+    ///    cut off (`build_tdx_memlist`).
+    /// 2. `fill_out_tdmrs`: one TDMR per 1 GiB-aligned cover of consecutive
+    ///    blocks; a block that starts in the previous TDMR's last GiB starts a
+    ///    new TDMR at its end ("TDMRs exhausted" past MAX_TDMRS).
+    /// 3. PAMTs: one contiguous allocation per TDMR (4K, 2M, 1G levels back to
+    ///    back) on the node of the first block that ends above the TDMR base.
+    ///    Linux takes it from `alloc_contig_pages`, whose result depends on the
+    ///    running kernel; the model here takes the lowest free run of the node
+    ///    at or above 4 GiB (ZONE_NORMAL), then below, then other nodes in
+    ///    order. Failure is -ENOMEM. A PAMT off the TDMR's node is marked
+    ///    [`RemoteReason::NoRoom`].
+    /// 4. Reserved areas, per TDMR: one per hole (with Linux's loop exactly,
+    ///    including its `end < base` test), then one per PAMT that overlaps the
+    ///    TDMR, clipped; no merging; sorted; "reserved areas exhausted" past
+    ///    MAX_RESERVED_PER_TDMR.
+    ///
+    /// Linux does not read CMRs, so its plan may still be refused by
+    /// TDH.SYS.CONFIG; [`check`](fn@check) tells.
     Linux,
 }
 
