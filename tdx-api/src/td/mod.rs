@@ -650,16 +650,25 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
 /// TD's [`RetryPolicy`] says, and any other failure is
 /// [`TdError::Seamcall`] naming the leaf.
 ///
-/// ```no_run
-/// # fn f<H: tdx_api::td::TdHostRef>(td: &tdx_api::Td<tdx_api::td::Finalized, H>)
-/// # -> Result<(), tdx_api::td::TdError> {
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let td = td.finalize().map_err(|f| f.error).unwrap();
+/// # (|| -> Result<(), tdx_api::td::TdError> {
 /// use tdx_types::metadata::{td_fields, TdOpState};
 ///
 /// let mrtd: [u8; 48] = td.mrtd()?;
 /// let attributes: u64 = td.read(td_fields::ATTRIBUTES)?;
 /// assert_eq!(td.read(td_fields::OP_STATE)?, TdOpState::RUNNABLE);
 /// # let _ = (mrtd, attributes);
-/// # Ok(()) }
+/// # Ok(()) })().unwrap();
 /// ```
 impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// One TD-scope element with TDH.MNG.RD (version 0): its value, masked
