@@ -22,9 +22,9 @@
 //!
 //! Not covered: TD partitioning (L2 VMs) and migration.
 //!
-//! Every example in these docs runs on the software TDX module of the
-//! `tdx-sim` crate, which implements both [`Platform`] and the SEAMCALL
-//! backend; on a TDX machine the same code runs with `tdx_sys::cpu::Cpu`
+//! The examples in these docs that need a TDX module run on the software
+//! one of the `tdx-sim` crate, which implements both [`Platform`] and the
+//! SEAMCALL backend; on a TDX machine the same code runs with `tdx_sys::cpu::Cpu`
 //! and the kernel's platform. Bring-up to teardown:
 //!
 //! ```
