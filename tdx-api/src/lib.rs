@@ -1,11 +1,52 @@
 //! The safe TDX host API (`no_std` + `alloc`).
 //!
-//! This crate holds the [`Platform`] trait (the host services tdx-rs needs
-//! from the kernel or hypervisor it runs in), the TDMR/PAMT [`plan`]ner, the
-//! type-state module bring-up ([`module`]), page arrays, the offline MRTD
-//! calculator ([`measure`]), Trust Domains ([`td`]: HKIDs, TD and vCPU
-//! build, PFN-only private memory that many threads map at once, teardown
-//! with a report), and the [`retry`] policy for the module's BUSY answers.
+//! This crate holds:
+//!
+//! - the [`Platform`] trait: the host services tdx-rs needs from the kernel
+//!   or hypervisor it runs in (frames, CPU placement, cache maintenance),
+//!   and what each may do (block, sleep, run in atomic context);
+//! - the TDMR/PAMT [`plan`]ner (best and Linux-equivalent strategies, with
+//!   the TDH.SYS.CONFIG rule check);
+//! - the type-state module bring-up ([`module`]:
+//!   [`TdxModule<Unconfigured>`](TdxModule) → `TdmrsSet` → `ExtInited`),
+//!   with Dynamic PAMT on a module that has it (1.5.16 and later);
+//! - Trust Domains ([`td`]): HKIDs, TD and vCPU build, measured initial
+//!   memory, PFN-only private memory ([`GuestFrame`]) that many threads map
+//!   and unmap at once (4K/2M/1G, batched removal with [`td::Zap`],
+//!   demote/promote), running vCPUs ([`td::Vcpu`]: TDH.VP.ENTER with typed
+//!   exits, GHCI TDVMCALLs decoded and answered, migration between CPUs),
+//!   typed TD and vCPU metadata, and a teardown that gives back every page
+//!   or says why not;
+//! - [`TdxPageArray`], the offline MRTD calculator ([`measure`]), and the
+//!   [`retry`] policy for the module's BUSY answers.
+//!
+//! Not covered: TD partitioning (L2 VMs) and migration.
+//!
+//! The examples in these docs that need a TDX module run on the software
+//! one of the `tdx-sim` crate, which implements both [`Platform`] and the
+//! SEAMCALL backend; on a TDX machine the same code runs with `tdx_sys::cpu::Cpu`
+//! and the kernel's platform. Bring-up to teardown:
+//!
+//! ```
+//! use tdx_api::{
+//!     CpuId, TdxModule,
+//!     plan::{MemRange, PlanInput},
+//!     td::{TdConfig, TdHost},
+//! };
+//! use tdx_sim::{MachineDesc, Simulator};
+//!
+//! const GIB: u64 = 1 << 30;
+//! // A host with 4 GiB of RAM at 4 GiB, one package of two CPUs.
+//! let sim = Simulator::new(MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2)).unwrap();
+//! let input = PlanInput::new(vec![MemRange { start: 4 * GIB, end: 8 * GIB, node: 0 }]);
+//! let module = TdxModule::init(&sim, &sim).unwrap().configure(&input).unwrap();
+//! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+//!
+//! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+//! td.create_vcpu(CpuId(0), 0, 0).unwrap(); // TDH.MR.FINALIZE needs a vCPU
+//! let td = td.finalize().map_err(|f| f.error).unwrap();
+//! assert!(td.teardown().is_clean());
+//! ```
 
 #![no_std]
 #![warn(missing_docs)]

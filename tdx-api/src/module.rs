@@ -344,6 +344,35 @@ pub struct BringUpStats {
 ///
 /// The state parameter matches what the module has done: only this module
 /// creates handles, and each transition issues the leaves of its state.
+///
+/// # Examples
+///
+/// Bring-up on a simulated host whose module (1.5.16) has Dynamic PAMT
+/// (`Simulator` is both the backend and the platform):
+///
+/// ```
+/// use tdx_api::TdxModule;
+/// use tdx_sim::{MachineDesc, Profile, Simulator};
+///
+/// const GIB: u64 = 1 << 30;
+/// let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+///     .with_cpus(2, 2)
+///     .with_profile(Profile::tdx_1_5_16());
+/// let sim = Simulator::new(desc.clone()).unwrap();
+///
+/// // TDH.SYS.INIT, TDH.SYS.LP.INIT on every CPU, the global metadata.
+/// let module = TdxModule::init(&sim, &sim).map_err(|r| r.error).unwrap();
+/// assert!(module.uses_dynamic_pamt());
+/// // The plan, its PAMTs, TDH.SYS.CONFIG, KEY.CONFIG on each package,
+/// // TDMR.INIT until done.
+/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error().clone()).unwrap();
+/// assert!(module.dynamic_pamt());
+/// assert!(module.plan().unwrap().covers(5 * GIB));
+/// // The Extensions, if the module asks for them: then it is ready for TDs
+/// // (`td::TdHost::new`).
+/// let ready = module.init_extensions().map_err(|r| r.error).unwrap();
+/// assert!(ready.sysinfo().vcpu_limit() > 0);
+/// ```
 pub struct TdxModule<S: ModuleState, B, P> {
     backend: B,
     platform: P,

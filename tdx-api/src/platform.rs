@@ -159,6 +159,70 @@ pub struct Errata {
 /// [`package_of`]: Platform::package_of
 /// [`clflush_page`]: Platform::clflush_page
 /// [`movdir64b_clear`]: Platform::movdir64b_clear
+///
+/// # Examples
+///
+/// A platform that forwards to another and counts the frames tdx-api
+/// holds. A kernel's would call its page allocator, run `on_cpu` closures
+/// with an IPI or on a pinned thread, and issue CLFLUSH, WBINVD and
+/// MOVDIR64B itself; here the simulator does the work:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+/// use tdx_api::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule};
+/// use tdx_sim::{MachineDesc, Simulator};
+/// use tdx_types::{Hpa, Pfn, PfnRun, metadata::KeyIdPartition};
+///
+/// struct Counting<P> {
+///     inner: P,
+///     frames: AtomicU64,
+/// }
+///
+/// // SAFETY: every promise is kept by the inner platform; counting changes
+/// // nothing it does.
+/// unsafe impl<P: Platform> Platform for Counting<P> {
+///     fn alloc_pages(&self, count: u64, align: u64, at: Placement) -> Result<PfnRun, PlatformError> {
+///         let run = self.inner.alloc_pages(count, align, at)?;
+///         self.frames.fetch_add(count, Relaxed);
+///         Ok(run)
+///     }
+///     unsafe fn free_pages(&self, run: PfnRun) {
+///         self.frames.fetch_sub(run.count(), Relaxed);
+///         // SAFETY: the caller's promise, passed on.
+///         unsafe { self.inner.free_pages(run) }
+///     }
+///     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
+///         self.inner.on_cpu(cpu, f)
+///     }
+///     fn clflush_page(&self, pfn: Pfn) {
+///         self.inner.clflush_page(pfn)
+///     }
+///     // ... and the others forward the same way.
+/// #   fn leak_pages(&self, run: PfnRun, reason: &'static str) { self.inner.leak_pages(run, reason) }
+/// #   unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) { unsafe { self.inner.read_phys(pa, buf) } }
+/// #   unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) { unsafe { self.inner.write_phys(pa, data) } }
+/// #   fn cpus(&self) -> u32 { self.inner.cpus() }
+/// #   fn package_of(&self, cpu: CpuId) -> PackageId { self.inner.package_of(cpu) }
+/// #   fn node_of(&self, pfn: Pfn) -> Option<NodeId> { self.inner.node_of(pfn) }
+/// #   fn wbinvd_all(&self) { self.inner.wbinvd_all() }
+/// #   unsafe fn movdir64b_clear(&self, run: PfnRun) { unsafe { self.inner.movdir64b_clear(run) } }
+/// #   fn yield_now(&self) { self.inner.yield_now() }
+/// #   fn keyid_partition(&self) -> KeyIdPartition { self.inner.keyid_partition() }
+/// #   fn keyid_shift(&self) -> u32 { self.inner.keyid_shift() }
+/// #   fn errata(&self) -> Errata { self.inner.errata() }
+/// }
+///
+/// const GIB: u64 = 1 << 30;
+/// let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// let sim = Simulator::new(desc.clone()).unwrap();
+/// let platform = Counting { inner: &sim, frames: AtomicU64::new(0) };
+/// // The simulator stays the SEAMCALL backend; the platform is ours.
+/// let module = TdxModule::init(&sim, &platform).map_err(|r| r.error).unwrap();
+/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error().clone()).unwrap();
+/// // The PAMTs came from our platform.
+/// let pamt = module.plan().unwrap().pamt_bytes();
+/// assert!(platform.frames.load(Relaxed) >= pamt / 4096);
+/// ```
 pub unsafe trait Platform {
     /// Allocates `count` physically contiguous frames whose first frame is a
     /// multiple of `align` frames (a power of two).

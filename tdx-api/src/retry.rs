@@ -64,6 +64,40 @@ impl Backoff {
 
 /// How many times a leaf is called again on BUSY and on a lack of entropy,
 /// and how the library waits in between. See the [module docs](self).
+///
+/// # Examples
+///
+/// A fault path that returns BUSY to the guest at once, while the
+/// simulator holds the TD's S-EPT tree lock as another CPU would:
+///
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
+/// use tdx_api::{Placement, Platform, RetryPolicy, td::{GuestFrame, TdError}};
+/// use tdx_sim::{LockMode, ModuleLock};
+/// use tdx_types::{Gpa, Size4K};
+///
+/// td.set_map_policy(RetryPolicy::IMMEDIATE); // or RetryPolicy::spin(100)
+/// let run = sim.alloc_pages(1, 1, Placement::Anywhere).unwrap();
+/// // SAFETY: allocated above for this TD and left alone while it has it.
+/// let frame = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+///
+/// let held = sim.hold(ModuleLock::SeptTree(td.tdr()), LockMode::Exclusive).unwrap();
+/// let failed = td.map(Gpa::new(0x1000), frame).unwrap_err();
+/// assert!(matches!(failed.error, TdError::Busy { .. }));
+/// assert!(failed.error.is_contention()); // the guest faults again
+/// drop(held);
+/// // The frame came back with the error; the next fault maps it.
+/// td.map(Gpa::new(0x1000), failed.td).map_err(|f| f.error).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryPolicy {
     /// On `TDX_OPERAND_BUSY` and the other busy statuses, and on

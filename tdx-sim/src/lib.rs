@@ -3,27 +3,35 @@
 //! [`Simulator`] is a simulated TDX host built from a [`MachineDesc`]:
 //! sparse physical memory with page accounting and a cache model, CPUs in
 //! packages, a KeyID partition, and a TDX module that follows Intel's
-//! module 1.5 (`intel/tdx-module`, tag `TDX_1.5.01`). It implements
-//! `tdx_sys::Seamcall` (the module) and `tdx_api::Platform` (the host
-//! services), so every layer of tdx-rs runs on it unchanged, and it records
-//! every rule a host breaks instead of letting it pass ([`Violation`]).
+//! module 1.5 (`intel/tdx-module`, tag `TDX_1.5.01`, the default
+//! [`Profile`]; [`Profile::tdx_1_5_05`] and [`Profile::tdx_1_5_16`] model
+//! those releases' differences). It implements `tdx_sys::Seamcall` (the
+//! module) and `tdx_api::Platform` (the host services), so every layer of
+//! tdx-rs runs on it unchanged, and it records every rule a host breaks
+//! instead of letting it pass ([`Violation`]).
 //!
 //! Modelled: the dispatcher gate; the module-wide leaves (TDH.SYS.INIT,
 //! LP.INIT, RD, CONFIG v0/v1, KEY.CONFIG, TDMR.INIT, SHUTDOWN,
 //! LP.SHUTDOWN); the Extensions leaves (TDH.EXT.MEM.ADD, TDH.EXT.INIT) on a
-//! profile that has them; the TD leaves (TDH.MNG.*, TDH.VP.* but ENTER,
-//! TDH.MEM.* but RELOCATE and MEM.RD/WR, TDH.MR.*, TDH.PHYMEM.*); TD entry
-//! (TDH.VP.ENTER) with a guest model: a vCPU runs a guest program a test
-//! gives it ([`Simulator::set_guest`], [`guest`]), whose operations make the
-//! module's TD exits, and a running vCPU counts in the TD's TLB epoch until
-//! it exits (a [`Simulator::kick`] makes it); and the guest side of
-//! TDG.MEM.PAGE.ACCEPT for tests that run no vCPU
-//! ([`Simulator::guest_accept`]); and, on the module 1.5.16 profile
-//! ([`Profile::tdx_1_5_16`]), Dynamic PAMT: TDH.SYS.CONFIG's enable bit,
-//! TDH.PHYMEM.PAMT.ADD/REMOVE, the per-2 MiB PAMT page pairs with their
-//! count, `TDX_MISSING_PAMT_PAGE_PAIR`, the removal hint, and DEMOTE and
-//! PROMOTE with a pair ([`Simulator::pamt_pair`]). Not modelled: L2 VMs,
-//! migration, service TDs.
+//! profile that has them; the TD leaves (TDH.MNG.*, TDH.VP.* including
+//! ENTER, TDH.MEM.* but RELOCATE and MEM.RD/WR, TDH.MR.*, TDH.PHYMEM.*)
+//! with every output register the module writes. TD entry (TDH.VP.ENTER)
+//! runs a guest model: a vCPU runs a guest program a test gives it
+//! ([`Simulator::set_guest`], [`guest`]): ACCEPT, private and shared
+//! accesses, CPUID, MSRs and instructions as the module handles them or
+//! turns them into a #VE, TDVMCALLs, TDREPORT and RTMRs, whose operations
+//! make the module's TD exits; a running vCPU counts in the TD's TLB epoch
+//! until it exits (a [`Simulator::kick`] makes it). The guest side of
+//! TDG.MEM.PAGE.ACCEPT is also there for tests that run no vCPU
+//! ([`Simulator::guest_accept`]). On the module 1.5.16 profile, Dynamic
+//! PAMT: TDH.SYS.CONFIG's enable bit, TDH.PHYMEM.PAMT.ADD/REMOVE, the
+//! per-2 MiB PAMT page pairs with their count, `TDX_MISSING_PAMT_PAGE_PAIR`,
+//! the removal hint, and DEMOTE and PROMOTE with a pair
+//! ([`Simulator::pamt_pair`]). Around the module: fault injection
+//! ([`FaultPlan`]), and [`trace`]s: a [`Recorder`] writes what a host did
+//! (SEAMCALLs, memory writes, cache operations, and the guests' operations
+//! and kicks) and [`replay`] runs it again on the simulator. Not modelled:
+//! L2 VMs, migration, service TDs.
 //!
 //! Concurrency is the module's: any number of threads may call one
 //! simulator, each on the logical processor it selected, and leaves run in

@@ -507,6 +507,29 @@ impl PlanError {
 }
 
 /// Plans TDMRs and PAMTs for `input` with `strategy`.
+///
+/// # Examples
+///
+/// ```
+/// use tdx_api::plan::{MemRange, PlanInput, Strategy, check, plan};
+///
+/// const GIB: u64 = 1 << 30;
+/// // Two NUMA nodes, with the usual hole below 4 GiB.
+/// let input = PlanInput::new(vec![
+///     MemRange { start: 0, end: 2 * GIB, node: 0 },
+///     MemRange { start: 4 * GIB, end: 18 * GIB, node: 0 },
+///     MemRange { start: 18 * GIB, end: 34 * GIB, node: 1 },
+/// ]);
+/// let best = plan(&input, Strategy::Best).unwrap();
+/// check(&best, &input).unwrap(); // every TDH.SYS.CONFIG rule, byte by byte
+/// assert_eq!(best.remote_pamts(), 0); // each PAMT on its TDMR's node
+/// for t in &best.tdmrs {
+///     println!("TDMR [{:#x}, {:#x}) node {}: PAMT {} bytes", t.base, t.end(), t.node, t.pamt.bytes());
+/// }
+/// // Linux's construction, for comparison: never less PAMT than the best.
+/// let linux = plan(&input, Strategy::Linux).unwrap();
+/// assert!(best.pamt_bytes() <= linux.pamt_bytes());
+/// ```
 pub fn plan(input: &PlanInput, strategy: Strategy) -> Result<Plan, PlanError> {
     let norm = Normalized::new(input)?;
     let plan = match strategy {

@@ -19,6 +19,40 @@ use tdx_types::{AddrError, PageSize, Pfn, PfnRange, PfnRun, Size4K};
 /// the frames the token is held by the TD, and it comes back to the caller
 /// when the frames are host memory again (after unmapping or teardown,
 /// with the cache maintenance the ABI requires).
+///
+/// # Examples
+///
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
+/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_types::{Gpa, Pfn, Size2M};
+///
+/// // Any frames the VMM owns will do; here 2 MiB from the host allocator.
+/// let run = sim.alloc_pages(512, 512, Placement::Anywhere).unwrap();
+/// // SAFETY: the run was allocated above for this TD; the host neither
+/// // touches nor frees it until the TD gives the token back.
+/// let frame = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
+/// // The only check is arithmetic: a 2M frame starts on a multiple of 512.
+/// let odd = Pfn::new(run.first().as_u64() + 1);
+/// // SAFETY: refused, so never handed to a TD.
+/// assert!(unsafe { GuestFrame::<Size2M>::new(odd) }.is_err());
+///
+/// td.map(Gpa::new(0x20_0000), frame).map_err(|f| f.error).unwrap();
+/// // Unmapping hands the token back: the frames are host memory again.
+/// let back = td.unmap::<Size2M>(Gpa::new(0x20_0000), &|| {}).unwrap();
+/// assert_eq!(back.run(), run);
+/// // SAFETY: the TD gave the frames back, flushed; nothing else holds them.
+/// unsafe { sim.free_pages(back.run()) };
+/// ```
 #[must_use = "the token is the caller's record of frames given to a TD"]
 #[derive(PartialEq, Eq, Hash)]
 pub struct GuestFrame<S: PageSize = Size4K> {

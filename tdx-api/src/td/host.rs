@@ -43,6 +43,33 @@ fn pair_run(pair: Pfn) -> Option<PfnRun> {
 /// `Send` and `Sync` when the backend and the platform are: many threads
 /// create, run and tear down TDs through one `&TdHost` (or `Arc<TdHost>`)
 /// at once.
+///
+/// # Examples
+///
+/// ```
+/// # use tdx_api::TdxModule;
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// use std::sync::Arc;
+/// use tdx_api::td::{Td, TdConfig, TdHost};
+///
+/// // Only a ready module (`TdxModule<ExtInited>`) becomes a TdHost.
+/// let host = Arc::new(TdHost::new(module.init_extensions().unwrap()).unwrap());
+/// let params = TdConfig::builder().max_vcpus(1).build().to_params();
+/// // A TD that borrows the host (`Td<_, &TdHost>`)...
+/// let a = host.build_td(&params).unwrap();
+/// // ...and one that holds it (`Td<_, Arc<TdHost>>`), to move elsewhere.
+/// let b = Td::build(Arc::clone(&host), &params).unwrap();
+/// assert_ne!(a.hkid(), b.hkid());
+/// std::thread::scope(|s| {
+///     s.spawn(move || assert!(b.teardown().is_clean()));
+/// });
+/// assert!(a.teardown().is_clean());
+/// assert_eq!(host.hkids().in_use(), 0);
+/// ```
 pub struct TdHost<B, P> {
     module: TdxModule<ExtInited, B, P>,
     hkids: HkidPool,

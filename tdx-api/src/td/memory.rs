@@ -166,6 +166,55 @@ impl ZapReport {
 /// or dropped. A batch dropped without `commit` leaves its pages blocked
 /// in the S-EPT and with the TD (a later removal of each resumes from the
 /// block; teardown gives them back).
+///
+/// # Examples
+///
+/// Sixteen 4K pages and a 2M page removed with one TRACK and one kick,
+/// then the same for a GPA range with [`Td::unmap_range`]:
+///
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # let vcpu0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let td = td.finalize().map_err(|f| f.error).unwrap();
+/// use std::cell::Cell;
+/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_types::{Gpa, Pfn, Size2M, Size4K};
+///
+/// let run = sim.alloc_pages(1024, 512, Placement::Anywhere).unwrap();
+/// let base = run.first().as_u64();
+/// // SAFETY: frames allocated above for this TD, left alone while it has them.
+/// let big = unsafe { GuestFrame::<Size2M>::new(Pfn::new(base)) }.unwrap();
+/// td.map(Gpa::new(0x40_0000), big).map_err(|f| f.error).unwrap();
+/// for i in 0..16 {
+///     // SAFETY: as above.
+///     let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(base + 512 + i)) }.unwrap();
+///     td.map(Gpa::new(i << 12), f).map_err(|f| f.error).unwrap();
+/// }
+///
+/// let kicks = Cell::new(0);
+/// let kick = || kicks.set(kicks.get() + 1); // a VMM IPIs the TD's vCPUs
+/// let mut zap = td.zap();
+/// for i in 0..8 {
+///     zap.block::<Size4K>(Gpa::new(i << 12)).unwrap(); // TDH.MEM.RANGE.BLOCK
+/// }
+/// zap.block::<Size2M>(Gpa::new(0x40_0000)).unwrap();
+/// let report = zap.commit(&kick); // TRACK, kick, REMOVE each
+/// assert!(report.is_complete());
+/// assert_eq!((report.frames_returned(), kicks.get()), (8 + 512, 1));
+///
+/// // A private-to-shared conversion of [32 KiB, 64 KiB): the other eight.
+/// let report = td.unmap_range(Gpa::new(0x8000), 0x8000, &kick);
+/// assert!(report.is_complete());
+/// assert_eq!((report.frames_returned(), kicks.get()), (8, 2));
+/// assert_eq!(td.private_pages(), 0);
+/// ```
 #[must_use = "blocked pages stay blocked until the batch is committed"]
 pub struct Zap<'t, H: TdHostRef> {
     td: &'t Td<Finalized, H>,

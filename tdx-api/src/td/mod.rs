@@ -390,6 +390,52 @@ impl fmt::Debug for Inner {
 /// page the module took for it (control pages as [`FirmwarePage`]s, private
 /// memory as the frames of the [`GuestFrame`]s it was given) until a
 /// transition or [`teardown`](Td::teardown) gives them back.
+///
+/// # Examples
+///
+/// Each step of the build, measured initial memory, finalization, then a
+/// 2 MiB page mapped and unmapped at run time:
+///
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_types::{Gpa, Pfn, Size2M, Size4K};
+///
+/// let td = host.create_td().unwrap(); // TDH.MNG.CREATE
+/// let td = td.configure_keys().map_err(|f| f.error).unwrap(); // KEY.CONFIG per package
+/// let td = td.add_tdcs().map_err(|f| f.error).unwrap(); // TDH.MNG.ADDCX
+/// let params = TdConfig::builder().max_vcpus(1).build().to_params();
+/// let mut td = td.init(&params).map_err(|f| f.error).unwrap(); // TDH.MNG.INIT
+/// td.create_vcpu(CpuId(0), 0, 0).unwrap();
+///
+/// // The VMM's memory: frames from any allocator; only their numbers matter.
+/// let run = sim.alloc_pages(1024, 512, Placement::Anywhere).unwrap();
+/// let base = run.first().as_u64();
+/// // SAFETY: the frames were allocated above for this TD; the host leaves
+/// // them alone until the TD gives them back.
+/// let boot = unsafe { GuestFrame::<Size4K>::new(Pfn::new(base + 512)) }.unwrap();
+/// let page = [0x90u8; 4096];
+/// td.add_page(Gpa::new(0xff_f000), boot, &page, true).map_err(|f| f.error).unwrap();
+/// let td = td.finalize().map_err(|f| f.error).unwrap(); // TDH.MR.FINALIZE
+///
+/// // SAFETY: as above; a 2M frame starts on a multiple of 512 frames.
+/// let big = unsafe { GuestFrame::<Size2M>::new(Pfn::new(base)) }.unwrap();
+/// td.map(Gpa::new(0x20_0000), big).map_err(|f| f.error).unwrap();
+/// assert_eq!(td.private_pages(), 2);
+/// // The kick makes every vCPU leave the guest; none runs here.
+/// let big = td.unmap::<Size2M>(Gpa::new(0x20_0000), &|| {}).unwrap();
+/// assert_eq!(big.pfn().as_u64(), base);
+///
+/// let report = td.teardown();
+/// assert!(report.is_clean());
+/// assert_eq!(report.guest_frames_returned(), 1); // the initial page
+/// ```
 #[must_use = "a TD holds pages; tear it down to get them back with a report"]
 pub struct Td<S: TdState, H: TdHostRef> {
     host: H,
@@ -660,16 +706,25 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
 /// TD's [`RetryPolicy`] says, and any other failure is
 /// [`TdError::Seamcall`] naming the leaf.
 ///
-/// ```no_run
-/// # fn f<H: tdx_api::td::TdHostRef>(td: &tdx_api::Td<tdx_api::td::Finalized, H>)
-/// # -> Result<(), tdx_api::td::TdError> {
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let td = td.finalize().map_err(|f| f.error).unwrap();
+/// # (|| -> Result<(), tdx_api::td::TdError> {
 /// use tdx_types::metadata::{td_fields, TdOpState};
 ///
 /// let mrtd: [u8; 48] = td.mrtd()?;
 /// let attributes: u64 = td.read(td_fields::ATTRIBUTES)?;
 /// assert_eq!(td.read(td_fields::OP_STATE)?, TdOpState::RUNNABLE);
 /// # let _ = (mrtd, attributes);
-/// # Ok(()) }
+/// # Ok(()) })().unwrap();
 /// ```
 impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
     /// One TD-scope element with TDH.MNG.RD (version 0): its value, masked

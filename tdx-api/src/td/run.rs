@@ -71,6 +71,51 @@ impl<H: TdHostRef> FinalizedTd for Arc<Td<Finalized, H>> {
 /// the reply methods set what the guest reads back at the next entry
 /// (the module copies the registers the guest exposed from the host's
 /// TDH.VP.ENTER inputs).
+///
+/// # Examples
+///
+/// A vCPU thread's run loop against a simulated guest that asks for a
+/// CPUID leaf and halts (the simulator's [guest model] stands in for the
+/// guest):
+///
+/// ```
+/// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+/// # use tdx_sim::{MachineDesc, Simulator};
+/// # const GIB: u64 = 1 << 30;
+/// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+/// # let sim = Simulator::new(desc.clone()).unwrap();
+/// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+/// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+/// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
+/// # let vcpu0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let td = td.finalize().map_err(|f| f.error).unwrap();
+/// use tdx_sim::Guest;
+/// use tdx_types::exit::{TdExit, VmcallRequest, VmcallStatus, subfunction};
+///
+/// // The guest: the GHCI's CPUID TDVMCALL, then HLT.
+/// sim.set_guest(vcpu0.tdvpr, |g: &mut Guest| {
+///     let (status, r) = g.tdvmcall(subfunction::CPUID, [0x4000_0000, 0, 0, 0]);
+///     assert_eq!((status, &r[1..]), (VmcallStatus::SUCCESS, &[0x1234, 0, 0, 0][..]));
+///     g.halt();
+/// });
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let mut v = td.vcpu(vcpu0).unwrap();
+///         loop {
+///             let exit = v.enter(CpuId(0)).unwrap(); // TDH.VP.ENTER
+///             assert!(matches!(exit, TdExit::Vmcall { .. }));
+///             match v.vmcall() {
+///                 Some(Ok(VmcallRequest::Cpuid { .. })) => v.reply_cpuid([0x1234, 0, 0, 0]).unwrap(),
+///                 Some(Ok(VmcallRequest::Hlt { .. })) => break,
+///                 other => panic!("unexpected {other:?}"),
+///             }
+///         }
+///     });
+/// });
+/// assert!(td.teardown().is_clean());
+/// ```
+///
+/// [guest model]: https://docs.rs/tdx-sim/latest/tdx_sim/guest/index.html
 pub struct Vcpu<T: FinalizedTd> {
     td: T,
     /// Position in the TD's vCPU list.
