@@ -1,7 +1,7 @@
 //! Intel TDX host ABI types.
 //!
 //! This crate owns the vocabulary every other tdx-rs crate speaks: physical and
-//! guest-physical addresses, page sizes, address-space markers and the inert
+//! guest-physical addresses, page sizes, the inert
 //! [`FirmwarePage`] handle, SEAMCALL leaf identifiers, status codes and the
 //! [`TdxError`] built from them, the packed register values of the host ABI,
 //! the in-memory ABI structures, and the metadata field IDs.
