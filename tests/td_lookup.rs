@@ -88,3 +88,17 @@ fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
     }
     sim.check_invariants().unwrap();
 }
+
+#[test]
+fn the_simulators_handles_have_names_and_a_td_builds_from_its_config() {
+    use tdx::api::td::{Finalized, Initialized};
+    use tdx_sim::{SimHost, SimTd};
+    let sim = sim();
+    let h: SimHost<'_> = host(&sim);
+    let config = TdConfig::builder().max_vcpus(1).build();
+    let mut td: SimTd<'_, '_, Initialized> = h.build_td_from(&config).unwrap();
+    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let td: SimTd<'_, '_, Finalized> = td.finalize().map_err(|f| f.error).unwrap();
+    assert_eq!(td.vcpus().count(), 1);
+    assert!(td.teardown().is_clean());
+}

@@ -77,6 +77,16 @@ pub mod testkit;
 pub mod trace;
 mod violation;
 
+/// The simulator's handles, as a test or an example names them: a module,
+/// a TD host and a TD that use the simulator as backend and platform, the
+/// TD borrowing its host.
+pub type SimModule<'s, S> = tdx_api::TdxModule<S, &'s Simulator, &'s Simulator>;
+/// A [`TdHost`](tdx_api::td::TdHost) on the simulator.
+pub type SimHost<'s> = tdx_api::td::TdHost<&'s Simulator, &'s Simulator>;
+/// A [`Td`](tdx_api::td::Td) on the simulator in state `S`, borrowing its
+/// host.
+pub type SimTd<'h, 's, S> = tdx_api::td::Td<S, &'h SimHost<'s>>;
+
 pub use faults::{Fault, FaultAction, FaultPlan, transient_statuses};
 pub use guest::{
     Exception, Guest, GuestProgram, Instruction, SharedMapping, VirtualizationException, VpInfo,

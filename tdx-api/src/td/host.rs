@@ -651,6 +651,15 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         Td::build(self, params)
     }
 
+    /// [`build_td`](Self::build_td) from a [`TdConfig`](super::TdConfig)
+    /// (its [`to_params`](super::TdConfig::to_params)).
+    pub fn build_td_from(
+        &self,
+        config: &super::TdConfig,
+    ) -> Result<Td<Initialized, &Self>, TdError> {
+        Td::build(self, &config.to_params())
+    }
+
     /// Creates a TD that borrows this host: [`Td::create`].
     #[doc(alias = "TDH.MNG.CREATE")]
     pub fn create_td(&self) -> Result<Td<Created, &Self>, TdError> {
