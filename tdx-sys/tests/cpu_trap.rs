@@ -14,7 +14,9 @@
 //!   into its typed result);
 //! - all three register shapes, including the 13-register TDH.VP.ENTER
 //!   entry that has to move RBX through memory;
-//! - VMfailInvalid (CF = 1) becoming `TDX_SEAMCALL_VMFAILINVALID`;
+//! - VMfailInvalid (CF = 1) becoming `TDX_SEAMCALL_VMFAILINVALID`, and
+//!   VMfailValid (ZF = 1, RAX unchanged) becoming
+//!   `TDX_SEAMCALL_VMFAILVALID` rather than the leaf number read as a status;
 //! - that values the caller keeps across the call survive a module that
 //!   clobbers what the ABI lets it clobber (this part is strongest in a
 //!   release build, where those values live in registers; CI runs both).
@@ -89,6 +91,8 @@ enum Mode {
     SavedRet,
     /// Set CF and leave every register alone (VMfailInvalid).
     VmFail,
+    /// Set ZF and leave every register alone (VMfailValid).
+    VmFailValid,
 }
 
 const OUT_XOR: u64 = 0x5a5a_0000_0000_5a5a;
@@ -121,13 +125,22 @@ extern "C" fn fake_module(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *
         0 => Mode::Ret,
         1 => Mode::NoOutputs,
         2 => Mode::SavedRet,
-        _ => Mode::VmFail,
+        3 => Mode::VmFail,
+        _ => Mode::VmFailValid,
     };
     let status = STATUS.load(SeqCst) as i64;
+    // SEAMRET is VMsucceed: CF, PF, AF, ZF, SF and OF all clear. VMfailInvalid
+    // sets CF and VMfailValid sets ZF, clearing the others (Intel SDM,
+    // "Conventions" of the VMX instruction reference).
+    const ARITH: i64 = 0x8d5;
+    const CF: i64 = 0x1;
+    const ZF: i64 = 0x40;
     let flags = &mut g[libc::REG_EFL as usize];
+    *flags &= !ARITH;
     match mode {
-        Mode::VmFail => *flags |= 1,
-        _ => *flags &= !1,
+        Mode::VmFail => *flags |= CF,
+        Mode::VmFailValid => *flags |= ZF,
+        _ => {}
     }
     match mode {
         Mode::Ret => {
@@ -147,9 +160,9 @@ extern "C" fn fake_module(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *
                 g[greg(r)] ^= OUT_XOR as i64;
             }
         }
-        Mode::VmFail => {}
+        Mode::VmFail | Mode::VmFailValid => {}
     }
-    if !matches!(mode, Mode::VmFail) {
+    if !matches!(mode, Mode::VmFail | Mode::VmFailValid) {
         g[greg(RAX)] = status;
         g[greg(RBP)] = SCRIBBLE as i64;
     }
@@ -182,6 +195,7 @@ fn with_module<R>(mode: Mode, status: TdxStatus, f: impl FnOnce(&Cpu) -> R) -> (
             Mode::NoOutputs => 1,
             Mode::SavedRet => 2,
             Mode::VmFail => 3,
+            Mode::VmFailValid => 4,
         },
         SeqCst,
     );
@@ -419,6 +433,33 @@ fn vmfailinvalid_is_reported_in_every_shape() {
         // CF=1 leaves the registers as they were.
         assert_eq!((args.rcx, args.r11), (1, 6), "{shape:?}");
     }
+}
+
+#[test]
+fn vmfailvalid_is_reported_in_every_shape() {
+    // TDH.VP.ENTER is leaf 0: an unchanged RAX would read as TDX_SUCCESS.
+    for (rax, shape) in [
+        (Leaf::MEM_TRACK.v0().rax(), RegShape::NoOutputs),
+        (Leaf::SYS_RD.v0().rax(), RegShape::Ret),
+        (Leaf::VP_ENTER.v0().rax(), RegShape::SavedRet),
+    ] {
+        let mut args = SeamcallArgs::regs6(1, 2, 3, 4, 5, 6);
+        let (st, r) = with_module(Mode::VmFailValid, TdxStatus::SUCCESS, |c| {
+            // SAFETY: as above.
+            unsafe { c.seamcall(rax, &mut args, shape) }
+        });
+        assert_eq!(st, TdxStatus::SEAMCALL_VMFAILVALID, "{shape:?}");
+        assert!(st.is_error(), "{shape:?}");
+        assert_eq!(r[RAX], rax);
+        assert_eq!((args.rcx, args.r11), (1, 6), "{shape:?}");
+    }
+    // And through a typed leaf.
+    let mut regs = SeamcallArgs::ZERO;
+    let (st, _) = with_module(Mode::VmFailValid, TdxStatus::SUCCESS, |c| {
+        // SAFETY: as above.
+        unsafe { leaf::tdh_vp_enter(c, pfn(0x321), &mut regs) }
+    });
+    assert_eq!(st, TdxStatus::SEAMCALL_VMFAILVALID);
 }
 
 /// Values the caller holds across the call must survive a module that
