@@ -10,8 +10,10 @@
 //! proves, for the real code the compiler emitted:
 //!
 //! - the opcode, with the leaf and version in RAX;
-//! - each raw leaf function's register assignment (inputs, and outputs back
-//!   into its typed result);
+//! - the register assignment of the raw leaf functions called below
+//!   (inputs, and outputs back into their typed results); every other leaf's
+//!   layout is checked against a recording backend (`leaf_regs.rs`,
+//!   `dpamt_regs.rs`) or by the simulator's tests, which run the leaves;
 //! - all three register shapes, including the 13-register TDH.VP.ENTER
 //!   entry that has to move RBX through memory;
 //! - VMfailInvalid (CF = 1) becoming `TDX_SEAMCALL_VMFAILINVALID`, and
