@@ -167,6 +167,19 @@ extern "C" fn fake_module(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *
     if !matches!(mode, Mode::VmFail | Mode::VmFailValid) {
         g[greg(RAX)] = status;
         g[greg(RBP)] = SCRIBBLE as i64;
+        // Vector state too (TDH.VP.ENTER switches to the TD's): all 16 XMM
+        // registers, so a caller of the win64 ABI (XMM6-15 callee-saved)
+        // sees the difference if a function does not save them.
+        let fp = uc.uc_mcontext.fpregs;
+        if !fp.is_null() {
+            // SAFETY: a non-null `fpregs` points into the signal frame's
+            // saved FPU state, valid and exclusive while the handler runs;
+            // the kernel restores the XMM registers from it on return.
+            let xmm = unsafe { &mut (*fp)._xmm };
+            for x in xmm.iter_mut() {
+                x.element = [0xdead_beef; 4];
+            }
+        }
     }
     g[libc::REG_RIP as usize] += 4;
 }
@@ -489,6 +502,75 @@ fn caller_values_survive_the_call() {
             black_box(st)
         });
     }
+}
+
+/// TDH.VP.ENTER issued by a function of the win64 ABI (UEFI's and
+/// Windows'), where RSI, RDI, R12-R15 and XMM6-15 are callee-saved (with RBX
+/// and RBP). The fake module changes every GPR and every XMM register; the
+/// caller, written in assembly so that nothing depends on the register
+/// allocator, puts known values in those registers, calls the function as
+/// the win64 ABI says, and reads them back. On Linux a clobber list spelled
+/// as the target's C ABI happens to be right, so this catches a list
+/// spelled for win64 or one missing RSI; `uefi_asm.rs` checks the code
+/// built for the UEFI target itself.
+#[test]
+fn win64_callee_saved_registers_survive_vp_enter() {
+    extern "win64" fn vp_enter_win64(regs: &mut SeamcallArgs) -> u64 {
+        // SAFETY: called only inside `with_module`, whose handler serves
+        // the trap (term 2 of `Cpu::new`); the "module" moves no memory.
+        let cpu = unsafe { Cpu::new() };
+        // SAFETY: as above.
+        unsafe { leaf::tdh_vp_enter(&cpu, pfn(0x321), regs) }.raw()
+    }
+
+    let gpr_in: [u64; 6] = core::array::from_fn(|i| 0x5eed_0000_0000_0001 + i as u64);
+    let xmm_in: [f64; 10] = core::array::from_fn(|i| 1.25 + i as f64);
+    let mut gpr = gpr_in;
+    let mut xmm = xmm_in;
+    let mut regs = SeamcallArgs::regs6(1, 2, 3, 4, 5, 6);
+    let (st, _) = with_module(Mode::SavedRet, TdxStatus::from_raw(0x30), |_| {
+        let st: u64;
+        let p: *mut SeamcallArgs = &mut regs;
+        // SAFETY: a win64 call of `vp_enter_win64` with RCX = a valid,
+        // exclusive `&mut SeamcallArgs`. The block entry has RSP aligned
+        // for a call (no `nostack`); it reserves the 32-byte shadow space
+        // the win64 ABI gives the callee and gives it back. Every register
+        // the win64 ABI lets the callee change is declared by
+        // `clobber_abi("win64")`; the callee-saved ones under test are
+        // in-out operands, so a change to them shows in the outputs.
+        unsafe {
+            core::arch::asm!(
+                "sub rsp, 32",
+                "call {f}",
+                "add rsp, 32",
+                f = sym vp_enter_win64,
+                in("rcx") p,
+                lateout("rax") st,
+                inout("rsi") gpr[0],
+                inout("rdi") gpr[1],
+                inout("r12") gpr[2],
+                inout("r13") gpr[3],
+                inout("r14") gpr[4],
+                inout("r15") gpr[5],
+                inout("xmm6") xmm[0],
+                inout("xmm7") xmm[1],
+                inout("xmm8") xmm[2],
+                inout("xmm9") xmm[3],
+                inout("xmm10") xmm[4],
+                inout("xmm11") xmm[5],
+                inout("xmm12") xmm[6],
+                inout("xmm13") xmm[7],
+                inout("xmm14") xmm[8],
+                inout("xmm15") xmm[9],
+                clobber_abi("win64"),
+            );
+        }
+        st
+    });
+    assert_eq!(st, 0x30);
+    assert_eq!(regs.rcx, 0x32_1000 ^ OUT_XOR, "the call went through");
+    assert_eq!(gpr, gpr_in, "RSI, RDI, R12-R15 across a win64 call");
+    assert_eq!(xmm, xmm_in, "XMM6-15 across a win64 call");
 }
 
 #[test]
