@@ -945,6 +945,15 @@ mod tests {
         );
         assert!(TdxStatus::SEAMCALL_UD.is_software());
         assert!(!TdxStatus::OPERAND_BUSY.is_software());
+        // VMfailValid: an error of its own, not the unchanged RAX.
+        let v = TdxStatus::SEAMCALL_VMFAILVALID;
+        assert!(v.is_error() && v.is_software());
+        assert_eq!(v.kind(), Some(ErrorKind::Fault));
+        assert_eq!(v.detail(), StatusDetail::None);
+        assert_eq!(
+            v.to_string(),
+            "TDX_SEAMCALL_VMFAILVALID (0x8000ff00fffe0000)"
+        );
     }
 
     #[test]
@@ -1018,7 +1027,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 101);
+        assert_eq!(NAMED_STATUSES.len(), 102);
     }
 
     #[test]
