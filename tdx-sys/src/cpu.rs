@@ -106,16 +106,20 @@ impl Cpu {
     ///    resumes 4 bytes after the instruction. A trap-and-emulate signal
     ///    handler in user space is one (`tests/cpu_trap.rs`).
     ///
-    /// No exception-table entry is emitted: each call is inlined into its
-    /// caller, and this crate registers no fixup address with anyone. A
-    /// kernel whose exception handling is table based (Linux's `extable`)
-    /// therefore meets term 1, as Linux's own callers do in practice: issue
-    /// SEAMCALL only on a CPU where VMXON has been executed and while the
-    /// TDX module is known to be loaded (the BIOS enabled TDX, the SEAMRR
-    /// range is configured, and a first call such as TDH.SYS.INIT did not
-    /// return VMfailInvalid), with preemption disabled so the task cannot
-    /// move to a CPU in another state. A kernel that wants to survive a #UD
-    /// or #GP anyway installs a handler of term 2 in its #UD and #GP paths.
+    /// No exception-table entry is emitted, and no symbol marks the
+    /// instruction: each call is inlined into its caller, so there is no
+    /// single address a kernel could register. Linux's own SEAMCALL stub
+    /// does carry an `extable` fixup (a #UD or #GP becomes
+    /// `TDX_SW_ERROR | trap number`); a kernel using this backend instead
+    /// meets term 1 by construction: it issues SEAMCALL only on a CPU that
+    /// has executed VMXON and not VMXOFF (emergency reboot and kexec paths
+    /// included: stop SEAMCALLs on every CPU before turning VMX off), only
+    /// once it knows TDX is enabled (the `IA32_MKTME_KEYID_PARTITIONING`
+    /// and SEAMRR checks Linux does at boot) and the module answered a
+    /// first call without VMfailInvalid, and with preemption disabled so
+    /// the task cannot move to a CPU in another state. A kernel that wants
+    /// to survive a #UD or #GP anyway installs a handler of term 2 in its
+    /// #UD and #GP paths, recognising the instruction by its bytes.
     pub const unsafe fn new() -> Self {
         Self { _private: () }
     }
