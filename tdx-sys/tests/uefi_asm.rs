@@ -94,7 +94,7 @@ fn probe_asm() -> String {
     let st = Command::new(&rustc)
         .args(["--edition", "2024", "--crate-type", "rlib"])
         .args(["--crate-name", "uefi_probe", "--target", TARGET])
-        .args(["-C", "opt-level=3", "--emit", "asm", "-o"])
+        .args(["-C", "opt-level=3", "-D", "warnings", "--emit", "asm", "-o"])
         .arg(&asm)
         .arg(manifest.join("tests/uefi_probe/probe.rs"))
         .arg("--extern")
