@@ -16,8 +16,8 @@
 //! - RAX (the status) and the leaf's output registers, always;
 //! - for TDH.VP.ENTER, every GPR but RSP: RCX, RDX, R8-R15, RBX, RSI and
 //!   RDI carry the TD exit's outputs (zero where the exit exposes nothing);
-//! - RBP, unless the module reports `NO_RBP_MOD` (TDX 1.5 modules do, older
-//!   ones may not), so every shape pushes and pops RBP around the
+//! - RBP, unless the module reports `NO_RBP_MOD` in TDX_FEATURES0 (Linux
+//!   refuses a module without it; this crate does not), so every shape pushes and pops RBP around the
 //!   instruction, and a frame pointer survives even before the host has read
 //!   that feature bit;
 //! - flags (SEAMRET clears CF, ZF and the other arithmetic flags);
@@ -36,8 +36,14 @@
 //! includes RSI, RDI and XMM6-XMM15, so `"C"` there would not declare
 //! registers the TDH.VP.ENTER block writes. With `"sysv64"`, the compiler
 //! saves whatever its own ABI requires around the block: on a win64 target
-//! a function that issues SEAMCALL saves RSI, RDI and XMM6-15 itself
-//! (`tests/uefi_asm.rs` checks the code built for `x86_64-unknown-uefi`).
+//! a function that issues SEAMCALL saves RSI and RDI itself, and XMM6-15
+//! where the target uses SSE (`tests/uefi_asm.rs` checks the code built for
+//! `x86_64-unknown-uefi`; `tests/cpu_trap.rs` runs a win64 caller).
+//! Soft-float targets (`x86_64-unknown-uefi`, `x86_64-unknown-none`) use no
+//! vector register, so the compiler has none to save: code around them
+//! (firmware, a kernel) that keeps state in vector registers saves it
+//! across TDH.VP.ENTER itself, as Linux's KVM does by switching to the
+//! guest's FPU state before entering.
 //! RBX, RBP and R12-R15 are callee-saved in both ABIs: the `Ret` and
 //! `NoOutputs` shapes rely on the module restoring R12-R15 and RBX (as
 //! Linux's `__seamcall` and `__seamcall_ret` do), and `SavedRet` saves RBX
