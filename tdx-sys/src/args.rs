@@ -129,8 +129,9 @@ pub struct Completion<T> {
 ///    module returned (or, for a failure before the module ran, what the
 ///    hardware left there), `args` is otherwise unchanged, and the returned
 ///    status is RAX as the module left it, or one of the software statuses
-///    of [`TdxStatus`] (`SEAMCALL_VMFAILINVALID`, `SEAMCALL_GP`,
-///    `SEAMCALL_UD`) when the instruction did not reach the module.
+///    of [`TdxStatus`] (`SEAMCALL_VMFAILINVALID`, `SEAMCALL_VMFAILVALID`,
+///    `SEAMCALL_GP`, `SEAMCALL_UD`) when the instruction did not reach the
+///    module.
 /// 3. A successful status means the module did what the leaf defines. Safe
 ///    code above relies on this to decide who owns memory: for example,
 ///    after a successful TDH.PHYMEM.PAGE.RECLAIM a page goes back to the

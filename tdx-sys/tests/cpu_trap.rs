@@ -10,11 +10,15 @@
 //! proves, for the real code the compiler emitted:
 //!
 //! - the opcode, with the leaf and version in RAX;
-//! - each raw leaf function's register assignment (inputs, and outputs back
-//!   into its typed result);
+//! - the register assignment of the raw leaf functions called below
+//!   (inputs, and outputs back into their typed results); every other leaf's
+//!   layout is checked against a recording backend (`leaf_regs.rs`,
+//!   `dpamt_regs.rs`) or by the simulator's tests, which run the leaves;
 //! - all three register shapes, including the 13-register TDH.VP.ENTER
 //!   entry that has to move RBX through memory;
-//! - VMfailInvalid (CF = 1) becoming `TDX_SEAMCALL_VMFAILINVALID`;
+//! - VMfailInvalid (CF = 1) becoming `TDX_SEAMCALL_VMFAILINVALID`, and
+//!   VMfailValid (ZF = 1, RAX unchanged) becoming
+//!   `TDX_SEAMCALL_VMFAILVALID` rather than the leaf number read as a status;
 //! - that values the caller keeps across the call survive a module that
 //!   clobbers what the ABI lets it clobber (this part is strongest in a
 //!   release build, where those values live in registers; CI runs both).
@@ -89,6 +93,8 @@ enum Mode {
     SavedRet,
     /// Set CF and leave every register alone (VMfailInvalid).
     VmFail,
+    /// Set ZF and leave every register alone (VMfailValid).
+    VmFailValid,
 }
 
 const OUT_XOR: u64 = 0x5a5a_0000_0000_5a5a;
@@ -121,13 +127,22 @@ extern "C" fn fake_module(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *
         0 => Mode::Ret,
         1 => Mode::NoOutputs,
         2 => Mode::SavedRet,
-        _ => Mode::VmFail,
+        3 => Mode::VmFail,
+        _ => Mode::VmFailValid,
     };
     let status = STATUS.load(SeqCst) as i64;
+    // SEAMRET is VMsucceed: CF, PF, AF, ZF, SF and OF all clear. VMfailInvalid
+    // sets CF and VMfailValid sets ZF, clearing the others (Intel SDM,
+    // "Conventions" of the VMX instruction reference).
+    const ARITH: i64 = 0x8d5;
+    const CF: i64 = 0x1;
+    const ZF: i64 = 0x40;
     let flags = &mut g[libc::REG_EFL as usize];
+    *flags &= !ARITH;
     match mode {
-        Mode::VmFail => *flags |= 1,
-        _ => *flags &= !1,
+        Mode::VmFail => *flags |= CF,
+        Mode::VmFailValid => *flags |= ZF,
+        _ => {}
     }
     match mode {
         Mode::Ret => {
@@ -147,11 +162,24 @@ extern "C" fn fake_module(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *
                 g[greg(r)] ^= OUT_XOR as i64;
             }
         }
-        Mode::VmFail => {}
+        Mode::VmFail | Mode::VmFailValid => {}
     }
-    if !matches!(mode, Mode::VmFail) {
+    if !matches!(mode, Mode::VmFail | Mode::VmFailValid) {
         g[greg(RAX)] = status;
         g[greg(RBP)] = SCRIBBLE as i64;
+        // Vector state too (TDH.VP.ENTER switches to the TD's): all 16 XMM
+        // registers, so a caller of the win64 ABI (XMM6-15 callee-saved)
+        // sees the difference if a function does not save them.
+        let fp = uc.uc_mcontext.fpregs;
+        if !fp.is_null() {
+            // SAFETY: a non-null `fpregs` points into the signal frame's
+            // saved FPU state, valid and exclusive while the handler runs;
+            // the kernel restores the XMM registers from it on return.
+            let xmm = unsafe { &mut (*fp)._xmm };
+            for x in xmm.iter_mut() {
+                x.element = [0xdead_beef; 4];
+            }
+        }
     }
     g[libc::REG_RIP as usize] += 4;
 }
@@ -182,6 +210,7 @@ fn with_module<R>(mode: Mode, status: TdxStatus, f: impl FnOnce(&Cpu) -> R) -> (
             Mode::NoOutputs => 1,
             Mode::SavedRet => 2,
             Mode::VmFail => 3,
+            Mode::VmFailValid => 4,
         },
         SeqCst,
     );
@@ -421,6 +450,33 @@ fn vmfailinvalid_is_reported_in_every_shape() {
     }
 }
 
+#[test]
+fn vmfailvalid_is_reported_in_every_shape() {
+    // TDH.VP.ENTER is leaf 0: an unchanged RAX would read as TDX_SUCCESS.
+    for (rax, shape) in [
+        (Leaf::MEM_TRACK.v0().rax(), RegShape::NoOutputs),
+        (Leaf::SYS_RD.v0().rax(), RegShape::Ret),
+        (Leaf::VP_ENTER.v0().rax(), RegShape::SavedRet),
+    ] {
+        let mut args = SeamcallArgs::regs6(1, 2, 3, 4, 5, 6);
+        let (st, r) = with_module(Mode::VmFailValid, TdxStatus::SUCCESS, |c| {
+            // SAFETY: as above.
+            unsafe { c.seamcall(rax, &mut args, shape) }
+        });
+        assert_eq!(st, TdxStatus::SEAMCALL_VMFAILVALID, "{shape:?}");
+        assert!(st.is_error(), "{shape:?}");
+        assert_eq!(r[RAX], rax);
+        assert_eq!((args.rcx, args.r11), (1, 6), "{shape:?}");
+    }
+    // And through a typed leaf.
+    let mut regs = SeamcallArgs::ZERO;
+    let (st, _) = with_module(Mode::VmFailValid, TdxStatus::SUCCESS, |c| {
+        // SAFETY: as above.
+        unsafe { leaf::tdh_vp_enter(c, pfn(0x321), &mut regs) }
+    });
+    assert_eq!(st, TdxStatus::SEAMCALL_VMFAILVALID);
+}
+
 /// Values the caller holds across the call must survive a module that
 /// changes everything the ABI lets it change (and RBP, which the backend
 /// saves itself). A wrong clobber list shows up as a wrong sum.
@@ -446,6 +502,75 @@ fn caller_values_survive_the_call() {
             black_box(st)
         });
     }
+}
+
+/// TDH.VP.ENTER issued by a function of the win64 ABI (UEFI's and
+/// Windows'), where RSI, RDI, R12-R15 and XMM6-15 are callee-saved (with RBX
+/// and RBP). The fake module changes every GPR and every XMM register; the
+/// caller, written in assembly so that nothing depends on the register
+/// allocator, puts known values in those registers, calls the function as
+/// the win64 ABI says, and reads them back. On Linux a clobber list spelled
+/// as the target's C ABI happens to be right, so this catches a list
+/// spelled for win64 or one missing RSI; `uefi_asm.rs` checks the code
+/// built for the UEFI target itself.
+#[test]
+fn win64_callee_saved_registers_survive_vp_enter() {
+    extern "win64" fn vp_enter_win64(regs: &mut SeamcallArgs) -> u64 {
+        // SAFETY: called only inside `with_module`, whose handler serves
+        // the trap (term 2 of `Cpu::new`); the "module" moves no memory.
+        let cpu = unsafe { Cpu::new() };
+        // SAFETY: as above.
+        unsafe { leaf::tdh_vp_enter(&cpu, pfn(0x321), regs) }.raw()
+    }
+
+    let gpr_in: [u64; 6] = core::array::from_fn(|i| 0x5eed_0000_0000_0001 + i as u64);
+    let xmm_in: [f64; 10] = core::array::from_fn(|i| 1.25 + i as f64);
+    let mut gpr = gpr_in;
+    let mut xmm = xmm_in;
+    let mut regs = SeamcallArgs::regs6(1, 2, 3, 4, 5, 6);
+    let (st, _) = with_module(Mode::SavedRet, TdxStatus::from_raw(0x30), |_| {
+        let st: u64;
+        let p: *mut SeamcallArgs = &mut regs;
+        // SAFETY: a win64 call of `vp_enter_win64` with RCX = a valid,
+        // exclusive `&mut SeamcallArgs`. The block entry has RSP aligned
+        // for a call (no `nostack`); it reserves the 32-byte shadow space
+        // the win64 ABI gives the callee and gives it back. Every register
+        // the win64 ABI lets the callee change is declared by
+        // `clobber_abi("win64")`; the callee-saved ones under test are
+        // in-out operands, so a change to them shows in the outputs.
+        unsafe {
+            core::arch::asm!(
+                "sub rsp, 32",
+                "call {f}",
+                "add rsp, 32",
+                f = sym vp_enter_win64,
+                in("rcx") p,
+                lateout("rax") st,
+                inout("rsi") gpr[0],
+                inout("rdi") gpr[1],
+                inout("r12") gpr[2],
+                inout("r13") gpr[3],
+                inout("r14") gpr[4],
+                inout("r15") gpr[5],
+                inout("xmm6") xmm[0],
+                inout("xmm7") xmm[1],
+                inout("xmm8") xmm[2],
+                inout("xmm9") xmm[3],
+                inout("xmm10") xmm[4],
+                inout("xmm11") xmm[5],
+                inout("xmm12") xmm[6],
+                inout("xmm13") xmm[7],
+                inout("xmm14") xmm[8],
+                inout("xmm15") xmm[9],
+                clobber_abi("win64"),
+            );
+        }
+        st
+    });
+    assert_eq!(st, 0x30);
+    assert_eq!(regs.rcx, 0x32_1000 ^ OUT_XOR, "the call went through");
+    assert_eq!(gpr, gpr_in, "RSI, RDI, R12-R15 across a win64 call");
+    assert_eq!(xmm, xmm_in, "XMM6-15 across a win64 call");
 }
 
 #[test]

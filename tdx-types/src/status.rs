@@ -303,6 +303,12 @@ status_codes! {
     /// The SEAMCALL failed with VMfailInvalid (CF=1): no SEAM module is
     /// loaded, or P-SEAMLDR is busy. Made up by the caller, like Linux does.
     SEAMCALL_VMFAILINVALID = 0x8000_FF00_FFFF_0000,
+    /// The SEAMCALL failed with VMfailValid (ZF=1): the CPU refused the
+    /// instruction and left an error number in the current VMCS's
+    /// VM-instruction error field, with RAX unchanged. Not a Linux code
+    /// (Linux tests CF only); tdx-rs makes it up so that an unchanged RAX
+    /// (the leaf number, 0 for TDH.VP.ENTER) never reads as a status.
+    SEAMCALL_VMFAILVALID = 0x8000_FF00_FFFE_0000,
     /// The SEAMCALL instruction raised #GP (vector 13).
     SEAMCALL_GP = 0x8000_FF00_0000_000D,
     /// The SEAMCALL instruction raised #UD (vector 6).
@@ -423,6 +429,7 @@ impl TdxStatus {
         if self.is_software() && self.class() == SW_ERROR_CLASS {
             return match self.0 {
                 v if v == Self::SEAMCALL_VMFAILINVALID.0 => Some("TDX_SEAMCALL_VMFAILINVALID"),
+                v if v == Self::SEAMCALL_VMFAILVALID.0 => Some("TDX_SEAMCALL_VMFAILVALID"),
                 v if v == Self::SEAMCALL_GP.0 => Some("TDX_SEAMCALL_GP"),
                 v if v == Self::SEAMCALL_UD.0 => Some("TDX_SEAMCALL_UD"),
                 _ => Some("TDX_SW_ERROR"),
@@ -451,7 +458,9 @@ impl TdxStatus {
                 v if v == Self::SEAMCALL_GP.0 || v == Self::SEAMCALL_UD.0 => {
                     StatusDetail::Trap { vector: low as u8 }
                 }
-                v if v == Self::SEAMCALL_VMFAILINVALID.0 => StatusDetail::None,
+                v if v == Self::SEAMCALL_VMFAILINVALID.0 || v == Self::SEAMCALL_VMFAILVALID.0 => {
+                    StatusDetail::None
+                }
                 _ if low == 0 => StatusDetail::None,
                 _ => StatusDetail::Raw(low),
             };
@@ -736,7 +745,7 @@ pub enum ErrorKind {
     /// `TDX_SEAMCALL_VMFAILINVALID`: no TDX module answered.
     ModuleUnavailable,
     /// `TDX_SEAMCALL_GP` / `_UD`: the instruction faulted (not in VMX root,
-    /// TDX disabled, ...).
+    /// TDX disabled, ...); `TDX_SEAMCALL_VMFAILVALID`: the CPU refused it.
     Fault,
     /// Any other error: the inputs or the state were wrong. Retrying the
     /// same call gives the same answer.
@@ -936,6 +945,15 @@ mod tests {
         );
         assert!(TdxStatus::SEAMCALL_UD.is_software());
         assert!(!TdxStatus::OPERAND_BUSY.is_software());
+        // VMfailValid: an error of its own, not the unchanged RAX.
+        let v = TdxStatus::SEAMCALL_VMFAILVALID;
+        assert!(v.is_error() && v.is_software());
+        assert_eq!(v.kind(), Some(ErrorKind::Fault));
+        assert_eq!(v.detail(), StatusDetail::None);
+        assert_eq!(
+            v.to_string(),
+            "TDX_SEAMCALL_VMFAILVALID (0x8000ff00fffe0000)"
+        );
     }
 
     #[test]
@@ -1009,7 +1027,7 @@ mod tests {
                 assert_eq!(s.with_operand(OperandId::R9).name(), Some(*name));
             }
         }
-        assert_eq!(NAMED_STATUSES.len(), 101);
+        assert_eq!(NAMED_STATUSES.len(), 102);
     }
 
     #[test]
