@@ -203,6 +203,39 @@
 //! fallibly and a failure is [`TdError::Alloc`]; with Dynamic PAMT a 4K
 //! mapping may allocate a pair's two pages from the platform (see
 //! above), fallibly too.
+//!
+//! **Per call.** What each public call may do besides its SEAMCALLs.
+//! "Yields" means [`Platform::yield_now`], only under a
+//! [`Backoff::Yield`](crate::retry::Backoff::Yield) policy (a
+//! [`RetryPolicy::spin`] or [`RetryPolicy::IMMEDIATE`] policy never
+//! yields); "waits" means it may wait, yielding, for another thread of the
+//! library; "allocates" means [`Platform::alloc_pages`] or the global
+//! allocator, always fallibly; "frees" means [`Platform::free_pages`];
+//! "kick" means it calls the caller's kick; "other CPUs" means
+//! [`Platform::on_cpu`] or [`Platform::enter_guest`]. A call whose row
+//! has neither "waits" nor "other CPUs" may run in atomic context if its
+//! policy does not yield and the platform's `alloc_pages`, `free_pages`
+//! and the kick may (a kernel passes an atomic-safe allocator there).
+//!
+//! | call | yields | waits | allocates | frees | kick | other CPUs |
+//! |---|---|---|---|---|---|---|
+//! | [`TdHost::new`] | | | the pair table | | | |
+//! | [`Td::create`] | yes | yes (TD-global leaves) | the TDR, records | on failure | | |
+//! | [`Td::configure_keys`] | yes | yes (TD-global leaves) | | | | KEY.CONFIG on each package |
+//! | [`Td::add_tdcs`], [`Td::init`] | yes | | TDCS pages (`add_tdcs`) | on failure | | |
+//! | [`Td::build`], [`TdHost::build_td`] | the four rows above together ||||||
+//! | [`Td::create_vcpu`], [`VcpuBuilder`] steps | yes | | TDVPR, TDCX | on failure | | VP.INIT on the vCPU's CPU |
+//! | [`Td::add_page`] | yes | | the staging page, S-EPT pages | on failure | | |
+//! | [`Td::finalize`], [`Td::read`], [`Td::mrtd`] | yes | | | | | |
+//! | [`Td::map`] | yes | | S-EPT pages and nodes as needed; a Dynamic PAMT pair | on failure | | |
+//! | [`Td::map_1g`] | yes | | S-EPT pages and nodes | the freed S-EPT page | yes (PROMOTE) | |
+//! | [`Td::unmap`], [`Td::unmap_range`], [`Zap`] | yes | | batch lists | a removed Dynamic PAMT pair | yes | |
+//! | [`Td::demote`] | yes | | the new S-EPT page, a pair | on failure | yes | |
+//! | [`Td::promote`], [`Td::remove_table`] | yes | | | the freed S-EPT page, a pair | yes | |
+//! | [`Vcpu::enter`](Vcpu::enter) | only in the flush after a move | | | | | the entry itself; VP.FLUSH on the old CPU after a move |
+//! | [`Vcpu::flush`](Vcpu::flush) | yes | | | | | VP.FLUSH on the vCPU's CPU |
+//! | [`Td::mapping`], [`Td::vcpus`], [`Td::private_pages`] | | | | | | |
+//! | [`Td::teardown`], dropping a [`Td`] | yes | yes (TD-global leaves) | | every page | | VP.FLUSH, CACHE.WB on each package |
 
 // UNSAFETY: the TD leaves of tdx-sys are `unsafe fn`s; each call says which
 // page it hands over or takes back and why that is allowed.
