@@ -223,7 +223,7 @@
 //! | [`Td::create`] | yes | yes (TD-global leaves) | the TDR, records | on failure | | |
 //! | [`Td::configure_keys`] | yes | yes (TD-global leaves) | | | | KEY.CONFIG on each package |
 //! | [`Td::add_tdcs`], [`Td::init`] | yes | | TDCS pages (`add_tdcs`) | on failure | | |
-//! | [`Td::build`], [`TdHost::build_td`] | the four rows above together ||||||
+//! | [`Td::build`], [`TdHost::build_td`] | as the four rows above, together | | | | | |
 //! | [`Td::create_vcpu`], [`VcpuBuilder`] steps | yes | | TDVPR, TDCX | on failure | | VP.INIT on the vCPU's CPU |
 //! | [`Td::add_page`] | yes | | the staging page, S-EPT pages | on failure | | |
 //! | [`Td::finalize`], [`Td::read`], [`Td::mrtd`] | yes | | | | | |
