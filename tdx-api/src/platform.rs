@@ -199,13 +199,22 @@ pub struct Errata {
 ///     }
 ///     // ... and the others forward the same way.
 /// #   fn leak_pages(&self, run: PfnRun, reason: &'static str) { self.inner.leak_pages(run, reason) }
-/// #   unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) { unsafe { self.inner.read_phys(pa, buf) } }
-/// #   unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) { unsafe { self.inner.write_phys(pa, data) } }
+/// #   unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+/// #       // SAFETY: the caller's promise, passed on.
+/// #       unsafe { self.inner.read_phys(pa, buf) }
+/// #   }
+/// #   unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+/// #       // SAFETY: the caller's promise, passed on.
+/// #       unsafe { self.inner.write_phys(pa, data) }
+/// #   }
 /// #   fn cpus(&self) -> u32 { self.inner.cpus() }
 /// #   fn package_of(&self, cpu: CpuId) -> PackageId { self.inner.package_of(cpu) }
 /// #   fn node_of(&self, pfn: Pfn) -> Option<NodeId> { self.inner.node_of(pfn) }
 /// #   fn wbinvd_all(&self) { self.inner.wbinvd_all() }
-/// #   unsafe fn movdir64b_clear(&self, run: PfnRun) { unsafe { self.inner.movdir64b_clear(run) } }
+/// #   unsafe fn movdir64b_clear(&self, run: PfnRun) {
+/// #       // SAFETY: the caller's promise, passed on.
+/// #       unsafe { self.inner.movdir64b_clear(run) }
+/// #   }
 /// #   fn yield_now(&self) { self.inner.yield_now() }
 /// #   fn keyid_partition(&self) -> KeyIdPartition { self.inner.keyid_partition() }
 /// #   fn keyid_shift(&self) -> u32 { self.inner.keyid_shift() }

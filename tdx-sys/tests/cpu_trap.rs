@@ -531,13 +531,13 @@ fn win64_callee_saved_registers_survive_vp_enter() {
     let (st, _) = with_module(Mode::SavedRet, TdxStatus::from_raw(0x30), |_| {
         let st: u64;
         let p: *mut SeamcallArgs = &mut regs;
+        // The block entry has RSP aligned for a call (no `nostack`); it
+        // reserves the 32-byte shadow space the win64 ABI gives the callee
+        // and gives it back. Every register the win64 ABI lets the callee
+        // change is declared by `clobber_abi("win64")`; the callee-saved
+        // ones under test are in-out operands, so a change to them shows.
         // SAFETY: a win64 call of `vp_enter_win64` with RCX = a valid,
-        // exclusive `&mut SeamcallArgs`. The block entry has RSP aligned
-        // for a call (no `nostack`); it reserves the 32-byte shadow space
-        // the win64 ABI gives the callee and gives it back. Every register
-        // the win64 ABI lets the callee change is declared by
-        // `clobber_abi("win64")`; the callee-saved ones under test are
-        // in-out operands, so a change to them shows in the outputs.
+        // exclusive `&mut SeamcallArgs`, under the ABI as said above.
         unsafe {
             core::arch::asm!(
                 "sub rsp, 32",
