@@ -332,63 +332,15 @@ impl Instruction {
 /// after any number of TD exits and entries.
 #[derive(Debug)]
 pub struct Guest {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Result<Request, String>>,
     rx: mpsc::Receiver<Reply>,
     ops: u64,
 }
 
-/// What a guest operation asks of the module.
-#[derive(Debug, Clone)]
-pub(crate) enum Request {
-    Accept {
-        gpa: u64,
-        level: u8,
-    },
-    Read {
-        gpa: u64,
-        len: usize,
-    },
-    Write {
-        gpa: u64,
-        data: Vec<u8>,
-    },
-    Vmcall {
-        control: u64,
-        regs: VmcallRegs,
-    },
-    TripleFault,
-    FatalTdEvent,
-    VpInfo,
-    RtmrExtend {
-        gpa: u64,
-        index: u64,
-    },
-    MrReport {
-        report: u64,
-        data: u64,
-        subtype: u64,
-    },
-    Cpuid {
-        leaf: u32,
-        subleaf: u32,
-    },
-    Rdmsr {
-        msr: u32,
-    },
-    Wrmsr {
-        msr: u32,
-        value: u64,
-    },
-    Instruction(Instruction),
-    VeinfoGet,
-    CpuidveSet {
-        control: u64,
-    },
-    /// The program returned.
-    End,
-    /// The program panicked (a failed assertion in a test's guest).
-    Panicked(String),
-}
+/// What a guest operation asks of the module: the operation as a trace
+/// writes it. The channel from a program carries `Err` with its panic
+/// message when it panicked.
+pub(crate) use crate::trace::GuestOp as Request;
 
 /// The module's answer to a guest operation.
 #[derive(Debug)]
@@ -438,7 +390,7 @@ const R12: u16 = 1 << 12;
 impl Guest {
     fn call(&mut self, r: Request) -> Reply {
         self.ops += 1;
-        if self.tx.send(r).is_err() {
+        if self.tx.send(Ok(r)).is_err() {
             stop();
         }
         self.rx.recv().unwrap_or_else(|_| stop())
@@ -727,7 +679,7 @@ pub(crate) enum Pending {
 #[derive(Debug)]
 pub(crate) struct Runner {
     pub(crate) tx: mpsc::Sender<Reply>,
-    pub(crate) rx: mpsc::Receiver<Request>,
+    pub(crate) rx: mpsc::Receiver<Result<Request, String>>,
     pub(crate) pending: Pending,
 }
 
@@ -748,7 +700,7 @@ impl Runner {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program(&mut g)));
                 match r {
                     Ok(()) => {
-                        let _ = g.tx.send(Request::End);
+                        let _ = g.tx.send(Ok(Request::End));
                     }
                     Err(e) if e.is::<Stopped>() => {}
                     Err(e) => {
@@ -757,7 +709,7 @@ impl Runner {
                             .cloned()
                             .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                             .unwrap_or_default();
-                        let _ = g.tx.send(Request::Panicked(msg));
+                        let _ = g.tx.send(Err(msg));
                     }
                 }
             })

@@ -672,62 +672,6 @@ impl GuestOp {
         }
     }
 
-    /// The operation a guest request is, if the format has it: a panicked
-    /// program is no operation (the host's TDH.VP.ENTER panics with it).
-    ///
-    /// Exhaustive on purpose: a new guest operation is a compile error here
-    /// until the format has it.
-    pub(crate) fn from_request(r: &Request) -> Option<Self> {
-        Some(match r {
-            Request::Accept { gpa, level } => Self::Accept {
-                gpa: *gpa,
-                level: *level,
-            },
-            Request::Read { gpa, len } => Self::Read {
-                gpa: *gpa,
-                len: *len,
-            },
-            Request::Write { gpa, data } => Self::Write {
-                gpa: *gpa,
-                data: data.clone(),
-            },
-            Request::Vmcall { control, regs } => Self::Vmcall {
-                control: *control,
-                regs: *regs,
-            },
-            Request::TripleFault => Self::TripleFault,
-            Request::FatalTdEvent => Self::FatalTdEvent,
-            Request::VpInfo => Self::VpInfo,
-            Request::RtmrExtend { gpa, index } => Self::RtmrExtend {
-                gpa: *gpa,
-                index: *index,
-            },
-            Request::MrReport {
-                report,
-                data,
-                subtype,
-            } => Self::MrReport {
-                report: *report,
-                data: *data,
-                subtype: *subtype,
-            },
-            Request::Cpuid { leaf, subleaf } => Self::Cpuid {
-                leaf: *leaf,
-                subleaf: *subleaf,
-            },
-            Request::Rdmsr { msr } => Self::Rdmsr { msr: *msr },
-            Request::Wrmsr { msr, value } => Self::Wrmsr {
-                msr: *msr,
-                value: *value,
-            },
-            Request::Instruction(i) => Self::Instruction(*i),
-            Request::VeinfoGet => Self::VeinfoGet,
-            Request::CpuidveSet { control } => Self::CpuidveSet { control: *control },
-            Request::End => Self::End,
-            Request::Panicked(_) => return None,
-        })
-    }
-
     /// Issues the operation as the guest program `g`; false when the
     /// program ends here (`end`, or an access the guest model refuses,
     /// which a parsed trace never has).
@@ -2655,10 +2599,11 @@ pub(crate) fn guest_entered(s: &Shared, v: u64) {
 /// armed before it is pending from now.
 pub(crate) fn guest_request(s: &Shared, v: u64, req: &Request) {
     s.guest_log.deliver(s, v);
-    if s.guest_log.recording()
-        && let Some(op) = GuestOp::from_request(req)
-    {
-        s.guest_log.push(TraceOp::Guest { vcpu: v * PAGE, op });
+    if s.guest_log.recording() {
+        s.guest_log.push(TraceOp::Guest {
+            vcpu: v * PAGE,
+            op: req.clone(),
+        });
     }
 }
 

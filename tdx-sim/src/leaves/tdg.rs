@@ -238,7 +238,11 @@ fn run(
         let (req, new) = match next.take() {
             Some(x) => (x, false),
             None => {
-                let req = r.rx.recv().unwrap_or(Request::End);
+                let req = match r.rx.recv() {
+                    Ok(Ok(req)) => req,
+                    Ok(Err(msg)) => panic!("tdx-sim: a guest program panicked: {msg}"),
+                    Err(_) => Request::End,
+                };
                 crate::trace::guest_request(s, v, &req);
                 (req, true)
             }
@@ -312,7 +316,7 @@ fn vm_exit_of(s: &Shared, td: &Td, (v, lp): (u64, u32), req: &Request) -> Option
             exits.then_some(ExitReason::EPT_VIOLATION)
         }
         Request::TripleFault => Some(ExitReason(TRIPLE_FAULT as u16)),
-        Request::End | Request::Panicked(_) => None,
+        Request::End => None,
         _ => Some(ExitReason::TDCALL),
     }
 }
@@ -564,7 +568,6 @@ fn step(s: &Shared, td: &Td, (v, lp): (u64, u32), req: Request) -> Step {
             Step::Done(Reply::VeInfo(r.ok_or(TdxStatus::NO_VALID_VE_INFO)))
         }
         Request::End => Step::Exit(halt_exit(), Pending::Halted),
-        Request::Panicked(msg) => panic!("tdx-sim: a guest program panicked: {msg}"),
     }
 }
 
