@@ -20,10 +20,13 @@
 
 use std::cell::Cell;
 
+mod td_host;
+
+use td_host::{assert_back_to, calls, frames, give_frames_back};
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
     api::{
-        ExtInited, Placement, Platform, TdxModule,
+        ExtInited, TdxModule,
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
         td::{
@@ -36,7 +39,7 @@ use tdx::{
         abi::{EptPageWalk, EptpControls, TdParams},
     },
 };
-use tdx_sim::{Accounting, Fault, MachineDesc, Profile, Simulator, SysState};
+use tdx_sim::{Fault, MachineDesc, Profile, Simulator, SysState};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -92,36 +95,6 @@ fn params(max_vcpus: u16) -> TdParams {
     p.set_tsc_frequency(100);
     p.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
     p
-}
-
-/// Frames for guest memory, `count` pages aligned to `align` pages.
-fn frames(sim: &Simulator, count: u64, align: u64) -> PfnRun {
-    sim.alloc_pages(count, align, Placement::Anywhere).unwrap()
-}
-
-fn give_frames_back(sim: &Simulator, runs: &[PfnRun]) {
-    for r in runs {
-        // SAFETY: the TD returned these frames (report or unmap): they are
-        // host memory again, flushed.
-        unsafe { sim.free_pages(*r) };
-    }
-}
-
-/// Nothing lost: the accounting is what it was after bring-up, no rule was
-/// broken, and the module's and host's views agree.
-fn assert_back_to(sim: &Simulator, baseline: &Accounting, label: &str) {
-    assert_eq!(&sim.accounting(), baseline, "{label}: pages lost");
-    assert!(
-        sim.violations().is_empty(),
-        "{label}: {:?}",
-        sim.violations()
-    );
-    sim.check_invariants()
-        .unwrap_or_else(|e| panic!("{label}: {e}"));
-}
-
-fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
-    sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
 }
 
 /// A TD built step by step to `Initialized`, reaching its host through `h`

@@ -20,21 +20,21 @@
 // (`GuestFrame::new`, the caller's promise) and free them afterwards.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use std::sync::{Arc, Barrier};
+use td_host::{assert_back_to, calls, frames, give_frames_back};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
     api::{
-        ExtInited, Placement, Platform, TdxModule,
+        ExtInited, TdxModule,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, PageRole, Td, TdError, TdHost, TdHostRef},
     },
-    types::{
-        PfnRun,
-        abi::{EptPageWalk, EptpControls, TdParams},
-    },
+    types::abi::{EptPageWalk, EptpControls, TdParams},
 };
-use tdx_sim::{Accounting, Fault, MachineDesc, Profile, Simulator};
+use tdx_sim::{Fault, MachineDesc, Profile, Simulator};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -70,32 +70,6 @@ fn params() -> TdParams {
     p.set_tsc_frequency(100);
     p.set_config_flags(TdParams::CONFIG_FLAG_NO_RBP_MOD);
     p
-}
-
-fn frames(sim: &Simulator, count: u64, align: u64) -> PfnRun {
-    sim.alloc_pages(count, align, Placement::Anywhere).unwrap()
-}
-
-fn give_back(sim: &Simulator, runs: &[PfnRun]) {
-    for r in runs {
-        // SAFETY: the TD returned these frames: host memory again.
-        unsafe { sim.free_pages(*r) };
-    }
-}
-
-fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
-    sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
-}
-
-fn assert_back_to(sim: &Simulator, baseline: &Accounting, label: &str) {
-    assert_eq!(&sim.accounting(), baseline, "{label}: pages lost");
-    assert!(
-        sim.violations().is_empty(),
-        "{label}: {:?}",
-        sim.violations()
-    );
-    sim.check_invariants()
-        .unwrap_or_else(|e| panic!("{label}: {e}"));
 }
 
 /// A finalized TD with two vCPUs.
@@ -220,7 +194,7 @@ fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
     // What stayed mapped came back: page a + 1, the 2 MiB and the 1 GiB
     // page, all parts of the three runs.
     assert_eq!(report.guest_frames_returned(), 1 + 512 + 512 * 512);
-    give_back(&sim, &[small, huge, giant]);
+    give_frames_back(&sim, &[small, huge, giant]);
     assert_back_to(&sim, &baseline, "lifecycle");
 }
 
@@ -296,8 +270,8 @@ fn threads_mapping_one_range_add_one_pair_and_remove_it_once() {
     sim.check_invariants().unwrap();
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
-    give_back(&sim, &report.guest_returned);
-    give_back(&sim, &[mem]);
+    give_frames_back(&sim, &report.guest_returned);
+    give_frames_back(&sim, &[mem]);
     assert_back_to(&sim, &baseline, "threads");
 }
 
@@ -369,7 +343,7 @@ fn a_failed_pamt_add_gives_the_frame_back_and_a_refused_remove_keeps_the_pair() 
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(h.pamt_pairs(), 0);
-    give_back(&sim, &report.guest_returned);
+    give_frames_back(&sim, &report.guest_returned);
     assert_back_to(&sim, &baseline, "faults");
 }
 
@@ -390,10 +364,10 @@ fn a_pair_left_by_a_refused_remove_goes_with_release_pairs() {
         .unmap::<Size4K>(Gpa::new(MIB), &|| {})
         .unwrap()
         .into_range();
-    give_back(&sim, &[mem]);
+    give_frames_back(&sim, &[mem]);
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
-    give_back(&sim, &report.guest_returned);
+    give_frames_back(&sim, &report.guest_returned);
     // Teardown removed the pairs of its control pages; the one left by the
     // refused removal is still installed, with no page.
     assert_eq!(h.pamt_pairs(), 1);
@@ -450,7 +424,7 @@ fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(h.pamt_pairs(), 0);
-    give_back(&sim, &[huge]);
+    give_frames_back(&sim, &[huge]);
     assert_back_to(&sim, &baseline, "demote/promote");
 }
 
@@ -493,6 +467,6 @@ fn a_busy_pamt_add_is_retried_under_the_map_policy_or_returned_as_contention() {
 
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
-    give_back(&sim, &[mem]);
+    give_frames_back(&sim, &[mem]);
     assert_back_to(&sim, &baseline, "busy");
 }

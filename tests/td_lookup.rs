@@ -7,11 +7,11 @@
 
 mod td_host;
 
-use td_host::{host, sim};
+use td_host::{frames, give_frames_back, host, sim};
 use tdx::{
     Gpa, Pfn, Size1G, Size2M, Size4K, TdxLevel,
     api::{
-        CpuId, Placement, Platform,
+        CpuId,
         td::{GuestFrame, Mapping, MappingState, TdConfig},
     },
 };
@@ -28,11 +28,9 @@ fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
     td.create_vcpu(CpuId(0), 0, 0).unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
 
-    let small = sim.alloc_pages(1, 1, Placement::Anywhere).unwrap();
-    let huge = sim.alloc_pages(512, 512, Placement::Anywhere).unwrap();
-    let giant = sim
-        .alloc_pages(512 * 512, 512 * 512, Placement::Anywhere)
-        .unwrap();
+    let small = frames(&sim, 1, 1);
+    let huge = frames(&sim, 512, 512);
+    let giant = frames(&sim, 512 * 512, 512 * 512);
     // SAFETY: allocated above for this TD (the three frames).
     let f4 = unsafe { GuestFrame::<Size4K>::new(small.first()) }.unwrap();
     td.map(Gpa::new(MIB), f4).unwrap();
@@ -82,10 +80,8 @@ fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
 
     let report = td.teardown();
     assert!(report.is_clean(), "{report:#?}");
-    for r in [small, huge, giant] {
-        // SAFETY: every frame came back (the unmap, then teardown).
-        unsafe { sim.free_pages(r) };
-    }
+    // Every frame came back (the unmap, then teardown).
+    give_frames_back(&sim, &[small, huge, giant]);
     sim.check_invariants().unwrap();
 }
 

@@ -40,3 +40,40 @@ pub(crate) fn host(sim: &Simulator) -> Host<'_> {
         .unwrap();
     TdHost::new(m).unwrap()
 }
+
+/// Frames for guest memory, `count` pages aligned to `align` pages.
+pub(crate) fn frames(sim: &Simulator, count: u64, align: u64) -> tdx::types::PfnRun {
+    use tdx::api::{Placement, Platform};
+    sim.alloc_pages(count, align, Placement::Anywhere).unwrap()
+}
+
+/// Frees frames a TD gave back.
+pub(crate) fn give_frames_back(sim: &Simulator, runs: &[tdx::types::PfnRun]) {
+    use tdx::api::Platform;
+    for r in runs {
+        // SAFETY: the TD returned these frames (report or unmap): they are
+        // host memory again, flushed.
+        #[allow(unsafe_code)]
+        unsafe {
+            sim.free_pages(*r)
+        };
+    }
+}
+
+/// SEAMCALLs of `leaf` the simulator has seen.
+pub(crate) fn calls(sim: &Simulator, leaf: tdx::Leaf) -> u64 {
+    sim.stats().seamcalls.get(&leaf.0).copied().unwrap_or(0)
+}
+
+/// Nothing lost: the accounting is what it was after bring-up, no rule was
+/// broken, and the module's and host's views agree.
+pub(crate) fn assert_back_to(sim: &Simulator, baseline: &tdx_sim::Accounting, label: &str) {
+    assert_eq!(&sim.accounting(), baseline, "{label}: pages lost");
+    assert!(
+        sim.violations().is_empty(),
+        "{label}: {:?}",
+        sim.violations()
+    );
+    sim.check_invariants()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+}
