@@ -244,11 +244,13 @@ impl Attempts {
 
 /// Calls `call` (one SEAMCALL of `leaf`) under `policy`. Non-zero success
 /// statuses are `Ok`; BUSY past the policy is [`TdError::Busy`]; other
-/// errors are [`TdError::Seamcall`], naming the leaf and `on`.
+/// errors are [`TdError::Seamcall`], naming the leaf and `on`. The policy
+/// is by reference so that the common case (success at once) does not
+/// copy it out of the caller's record around the SEAMCALL.
 #[inline(always)]
 pub(crate) fn retry<P: Platform + ?Sized>(
     p: &P,
-    policy: RetryPolicy,
+    policy: &RetryPolicy,
     leaf: LeafVersion,
     on: Operand,
     mut call: impl FnMut() -> TdxStatus,
@@ -259,7 +261,7 @@ pub(crate) fn retry<P: Platform + ?Sized>(
     if !s.is_error() {
         return Ok(s);
     }
-    retry_after(p, policy, leaf, on, s, call)
+    retry_after(p, *policy, leaf, on, s, call)
 }
 
 /// As [`retry`], for a leaf whose outputs the caller needs: `call` returns
@@ -268,7 +270,7 @@ pub(crate) fn retry<P: Platform + ?Sized>(
 #[inline(always)]
 pub(crate) fn retry_out<P: Platform + ?Sized, T>(
     p: &P,
-    policy: RetryPolicy,
+    policy: &RetryPolicy,
     leaf: LeafVersion,
     on: Operand,
     mut call: impl FnMut() -> (TdxStatus, T),
@@ -277,7 +279,7 @@ pub(crate) fn retry_out<P: Platform + ?Sized, T>(
     if !s.is_error() {
         return Ok((s, out));
     }
-    retry_out_after(p, policy, leaf, on, s, call)
+    retry_out_after(p, *policy, leaf, on, s, call)
 }
 
 #[cold]

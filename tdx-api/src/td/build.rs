@@ -413,7 +413,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
                 let at = Gpa::new(gpa.as_u64() + chunk * 256);
                 let r = retry(
                     p,
-                    self.inner.policy,
+                    &self.inner.policy,
                     Leaf::MR_EXTEND.v0(),
                     Operand::Gpa(at),
                     || {

@@ -454,7 +454,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         let on = Operand::Gpa(gpa);
         let r = retry(
             self.p(),
-            self.inner.map_policy,
+            &self.inner.map_policy,
             Leaf::MEM_SEPT_ADD.v0(),
             on,
             || {
@@ -534,17 +534,18 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
         for f in frame.range().iter() {
             p.clflush_page(f);
         }
-        // SAFETY: the frames are guest frames the caller promised to leave
-        // alone (GuestFrame::new), flushed above; on success the module owns
-        // them and the TD records them in its tree.
-        let s = unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status;
-        // The first attempt inline; its retries (which copy the policy) out
-        // of line.
-        let r = if s.is_error() {
-            self.aug_after(info, gpa, first, s)
-        } else {
-            Ok(())
-        };
+        let r = retry(
+            p,
+            &self.inner.map_policy,
+            Leaf::MEM_PAGE_AUG.v0(),
+            Operand::Gpa(gpa),
+            || {
+                // SAFETY: the frames are guest frames the caller promised to
+                // leave alone (GuestFrame::new), flushed above; on success
+                // the module owns them and the TD records them in its tree.
+                unsafe { leaf::tdh_mem_page_aug(b, info, tdr, first) }.status
+            },
+        );
         if let Err(e) = r {
             if Sz::LEVEL == TdxLevel::L4K {
                 self.host().pair_put(first);
@@ -554,34 +555,6 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
         }
         slot.store(Entry::Leaf(frame.into_range().first(), Hold::Idle));
         Ok(())
-    }
-
-    /// AUG's first attempt answered `first`: its retries under the map
-    /// policy (the same leaf, the same operands).
-    #[cold]
-    #[inline(never)]
-    fn aug_after(
-        &self,
-        info: PageInfo,
-        gpa: Gpa,
-        frame: Pfn,
-        first: TdxStatus,
-    ) -> Result<(), TdError> {
-        let (b, tdr) = (self.b(), self.tdr());
-        let mut first = Some(first);
-        retry(
-            self.p(),
-            self.inner.map_policy,
-            Leaf::MEM_PAGE_AUG.v0(),
-            Operand::Gpa(gpa),
-            || {
-                first.take().unwrap_or_else(|| {
-                    // SAFETY: as in `map`.
-                    unsafe { leaf::tdh_mem_page_aug(b, info, tdr, frame) }.status
-                })
-            },
-        )
-        .map(|_| ())
     }
 }
 
@@ -736,7 +709,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 .and_then(|()| {
                     retry(
                         p,
-                        self.inner.map_policy,
+                        &self.inner.map_policy,
                         Leaf::MEM_PAGE_AUG.v0(),
                         on,
                         || {
@@ -1203,7 +1176,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let mut first = Some(first);
         retry_out(
             self.p(),
-            self.inner.policy,
+            &self.inner.policy,
             Leaf::MEM_PAGE_REMOVE.v0(),
             Operand::Gpa(gpa),
             || match first.take() {

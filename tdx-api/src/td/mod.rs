@@ -712,7 +712,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
         on: Operand,
         call: impl FnMut() -> TdxStatus,
     ) -> Result<TdxStatus, TdError> {
-        retry(self.p(), self.inner.policy, leaf, on, call)
+        retry(self.p(), &self.inner.policy, leaf, on, call)
     }
 
     fn check_gpa<Sz: PageSize>(gpa: Gpa) -> Result<PageInfo, TdError> {
@@ -769,7 +769,7 @@ impl<S: HasMetadata, H: TdHostRef> Td<S, H> {
         let (b, tdr) = (self.b(), self.tdr());
         let (_, value) = retry_out(
             self.p(),
-            self.inner.policy,
+            &self.inner.policy,
             Leaf::MNG_RD.v0(),
             Operand::Tdr,
             || {

@@ -191,7 +191,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
         let (b, first) = (self.b, run.first());
         let r = retry(
             self.p,
-            self.policy,
+            &self.policy,
             Leaf::PHYMEM_PAGE_RECLAIM.v0(),
             Operand::HostPage(first),
             || {
@@ -393,7 +393,7 @@ fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
 ) -> Result<(), TdError> {
     let (b, p, policy) = (cx.b, cx.p, cx.policy);
     let flushdone = || {
-        retry(p, policy, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
+        retry(p, &policy, Leaf::MNG_VPFLUSHDONE.v0(), Operand::Tdr, || {
             // SAFETY: VPFLUSHDONE moves no page.
             unsafe { leaf::tdh_mng_vpflushdone(b, tdr) }
         })
@@ -421,7 +421,7 @@ fn release_hkid<B: Seamcall + Sync, P: Platform + Sync>(
     for (pkg, cpu) in package_cpus(p) {
         cache_wb(p, b, policy, pkg, cpu)?;
     }
-    retry(p, policy, Leaf::MNG_KEY_FREEID.v0(), Operand::Tdr, || {
+    retry(p, &policy, Leaf::MNG_KEY_FREEID.v0(), Operand::Tdr, || {
         // SAFETY: FREEID moves no page.
         unsafe { leaf::tdh_mng_key_freeid(b, tdr) }
     })?;
