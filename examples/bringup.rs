@@ -50,7 +50,7 @@ fn main() {
     };
     let module = match module.configure(&input) {
         Ok(m) => m,
-        Err(e) => fail("configure", e.error(), &sim),
+        Err(e) => fail("configure", &e.error, &sim),
     };
     let module = match module.init_extensions() {
         Ok(m) => m,

@@ -37,6 +37,7 @@ use std::{
     hint::black_box,
     time::{Duration, Instant},
 };
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size2M, Size4K,
@@ -297,7 +298,7 @@ fn bring_up<'s>(
     module.set_dynamic_pamt(dynamic);
     let module = module
         .configure(&desc.plan_input())
-        .map_err(|e| e.error().clone())
+        .map_err(|e| e.error.clone())
         .unwrap_or_else(|e| die("configure", e))
         .init_extensions()
         .map_err(|r| r.error.clone())
@@ -341,7 +342,7 @@ fn new_td<'h, 's>(host: &'h Host<'s>) -> SimTd<'h, 's> {
     let mut td = host
         .build_td(&params)
         .unwrap_or_else(|e| die("TD build", e));
-    td.create_vcpu(CpuId(0), 0, 0)
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
         .unwrap_or_else(|e| die("vCPU", e));
     td.finalize()
         .map_err(|f| f.error)

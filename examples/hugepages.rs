@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Size1G, Size2M, Size4K,
@@ -40,7 +41,7 @@ fn main() {
     }]);
     let module = TdxModule::init(&sim, &sim)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .expect("bring-up");
     let host = TdHost::new(module).expect("the platform's KeyID shift fits");
@@ -48,7 +49,8 @@ fn main() {
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).expect("TD build");
-    td.create_vcpu(CpuId(0), 0, 0).expect("vCPU");
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .expect("vCPU");
     let td = td.finalize().map_err(|f| f.error).expect("finalize");
 
     // The kick. PROMOTE (also inside `map_1g`), DEMOTE and removal need

@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
@@ -46,7 +47,7 @@ fn main() {
     }]);
     let module = TdxModule::init(&sim, &sim)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .expect("bring-up");
     // Only a ready module becomes a TdHost; it owns the HKID pool.
@@ -54,7 +55,8 @@ fn main() {
     // TD_PARAMS from the typed builder: only max_vcpus is required.
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).expect("TD");
-    td.create_vcpu(CpuId(0), 0, 0).expect("vCPU");
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .expect("vCPU");
     let td = td.finalize().map_err(|f| f.error).expect("finalize");
 
     // The VMM's memory: here, frames from the host allocator. Any frames
@@ -83,7 +85,7 @@ fn main() {
     //    pages come from the Platform as needed.
     let e = td.map(Gpa::new(2 * MIB + 4096), two_mib).unwrap_err();
     println!("2M page at a 4K-aligned GPA: {}", e.error);
-    let two_mib = e.td; // the frame comes back with the error
+    let two_mib = e.returned; // the frame comes back with the error
     td.map(Gpa::new(2 * MIB), two_mib)
         .map_err(|f| f.error)
         .unwrap();

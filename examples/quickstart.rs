@@ -24,6 +24,7 @@
 #![allow(unsafe_code)]
 
 use std::{cell::Cell, path::PathBuf, time::Instant};
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Size1G, Size2M, Size4K,
@@ -84,7 +85,7 @@ fn main() {
     }
     let module = module
         .configure(&input)
-        .map_err(|e| e.error().clone())
+        .map_err(|e| e.error.clone())
         .unwrap_or_else(|e| die(&path, e));
     let module = module
         .init_extensions()
@@ -131,11 +132,11 @@ fn main() {
     // Two vCPUs: one in a single call, one step by step (TDH.VP.CREATE,
     // the TDCX pages, TDH.VP.INIT on its CPU); a failed step hands the
     // builder back for a retry, and the TD cannot be finalized mid-build.
-    td.create_vcpu(CpuId(0), 0, 0)
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
         .unwrap_or_else(|e| die(&path, e));
     td.new_vcpu(CpuId(4))
         .and_then(|v| v.add_tdcx().map_err(|f| f.error))
-        .and_then(|v| v.init(0, 1).map_err(|f| f.error))
+        .and_then(|v| v.init(InitialRcx(0), X2ApicId(1)).map_err(|f| f.error))
         .unwrap_or_else(|e| die(&path, e));
 
     // 3. Initial memory (a 64 KiB "firmware image"), measured.

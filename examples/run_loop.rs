@@ -22,6 +22,7 @@ use std::{
     sync::{Arc, Mutex, mpsc},
     thread,
 };
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size4K,
@@ -171,7 +172,7 @@ fn run_vcpu(
                     // Another thread is on it, or the module was busy: the
                     // guest faults again.
                     Err(f) if f.error.is_contention() => stats.lock().unwrap().busy_faults += 1,
-                    Err(f) if matches!(f.error, TdError::Mapped(_)) => {}
+                    Err(f) if matches!(f.error, TdError::Occupied { .. }) => {}
                     Err(f) => panic!("map {gpa:#x}: {}", f.error),
                 }
             }
@@ -244,7 +245,10 @@ fn main() {
         .to_params();
     let mut td = Td::build(host.clone(), &params).unwrap();
     let ids: Vec<_> = (0..VCPUS)
-        .map(|i| td.create_vcpu(CpuId(i), 0, i).unwrap())
+        .map(|i| {
+            td.create_vcpu(CpuId(i), InitialRcx(0), X2ApicId(i))
+                .unwrap()
+        })
         .collect();
     let vm = td.finalize().map_err(|f| f.error).unwrap();
     // The memslot: frames for GPAs [0, VCPUS * SPAN).

@@ -33,6 +33,7 @@ use std::{
     thread,
     time::Instant,
 };
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
@@ -114,7 +115,7 @@ impl Vm {
             Ok(()) => Ok(Fault::Mapped),
             // Mapped already (by another vCPU, or before): the guest's
             // access works. A real guest would not have faulted on it.
-            Err(TdError::Mapped(_)) => Ok(Fault::AlreadyMapped),
+            Err(TdError::Occupied { .. }) => Ok(Fault::AlreadyMapped),
             // Someone else is changing this page (a conversion, another
             // vCPU's map) or the module is busy: back to the guest, which
             // faults again.
@@ -198,7 +199,7 @@ fn main() {
     }]);
     let module: TdxModule<ExtInited, Sim, Sim> = TdxModule::init(sim, sim)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error))
         .expect("bring-up");
     let host = Arc::new(TdHost::new(module).expect("TD host"));
@@ -212,7 +213,8 @@ fn main() {
     let mut td = Td::build(Arc::clone(&host), &params).expect("TD");
     for i in 0..vcpus {
         let cpu = CpuId(i as u32 % sim.cpus());
-        td.create_vcpu(cpu, 0, i as u32).expect("vCPU");
+        td.create_vcpu(cpu, InitialRcx(0), X2ApicId(i as u32))
+            .expect("vCPU");
     }
     let mut td = td.finalize().map_err(|f| f.error).expect("finalize");
     // Faults go back to the guest on contention instead of spinning;

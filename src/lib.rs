@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use tdx::api::{
-//!     CpuId, Placement, Platform, TdxModule,
+//!     CpuId, InitialRcx, X2ApicId, Placement, Platform, TdxModule,
 //!     plan::{MemRange, PlanInput},
 //!     td::{GuestFrame, TdConfig, TdHost},
 //! };
@@ -42,7 +42,7 @@
 //! let module = TdxModule::init(&sim, &sim).unwrap().configure(&input).unwrap();
 //! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 //! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-//! td.create_vcpu(CpuId(0), 0, 0).unwrap(); // TDH.MR.FINALIZE needs a vCPU
+//! td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
 //! let td = td.finalize().map_err(|f| f.error).unwrap();
 //!
 //! // The VMM's memory: here one frame from the simulated host's allocator.

@@ -33,9 +33,10 @@ use common::maps;
 use tdx::{
     Hpa, Leaf, Pfn, TdxError, TdxStatus,
     api::{
-        CpuId, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule, TdxPageArray,
+        CpuId, Failed, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        TdxPageArray,
         module::{
-            BUSY_RETRIES, BringUpError, ConfigureError, ENTROPY_RETRIES, NO_PROGRESS_LIMIT,
+            BUSY_RETRIES, BringUpError, ConfigureLeft, ENTROPY_RETRIES, NO_PROGRESS_LIMIT,
             REPLAN_LIMIT, Step,
         },
         page_array::ReleaseError,
@@ -259,14 +260,14 @@ fn run_case(
         Err(r) => {
             assert_eq!(Some(&r.error), expect, "{label}: init");
             assert!(
-                std::ptr::eq(r.handle.0, &sim) && std::ptr::eq(r.handle.1, &sim),
+                std::ptr::eq(r.returned.0, &sim) && std::ptr::eq(r.returned.1, &sim),
                 "{label}: the backend and platform come back"
             );
             assert_all_free(&sim, label);
             if let BringUpError::Seamcall { .. } = r.error {
                 // A retry succeeds: what already ran (TDH.SYS.INIT, some
                 // LP.INITs) answers "done", which `init` accepts.
-                let m = TdxModule::init(r.handle.0, r.handle.1)
+                let m = TdxModule::init(r.returned.0, r.returned.1)
                     .unwrap_or_else(|r| panic!("{label}: init retry: {:?}", r.error));
                 let m = m.configure(&input).unwrap();
                 let m = m.init_extensions().unwrap();
@@ -277,23 +278,32 @@ fn run_case(
     };
     let m = match m.configure(&input) {
         Ok(m) => m,
-        Err(ConfigureError::Refused(r)) => {
-            assert_eq!(Some(&r.error), expect, "{label}: configure refused");
-            assert!(r.handle.plan().is_none(), "{label}: still unconfigured");
+        Err(e) if matches!(e.returned, ConfigureLeft::Unchanged(_)) => {
+            let Failed {
+                error,
+                returned: ConfigureLeft::Unchanged(m),
+            } = *e
+            else {
+                unreachable!()
+            };
+            assert_eq!(Some(&error), expect, "{label}: configure refused");
+            assert!(m.plan().is_none(), "{label}: still unconfigured");
             assert_all_free(&sim, label);
-            let m = r
-                .handle
+            let m = m
                 .configure(&input)
-                .unwrap_or_else(|e| panic!("{label}: configure retry: {:?}", e.error()));
+                .unwrap_or_else(|e| panic!("{label}: configure retry: {:?}", e.error));
             let m = m
                 .init_extensions()
                 .unwrap_or_else(|r| panic!("{label}: extensions: {:?}", r.error));
             assert_ready(&sim, &m, &profile, label);
             return Outcome::ConfigRefusedThenReady;
         }
-        Err(ConfigureError::MustReload(r)) => {
+        Err(r) => {
             assert_eq!(Some(&r.error), expect, "{label}: must reload");
-            assert!(std::ptr::eq(r.backend, &sim) && std::ptr::eq(r.platform, &sim));
+            let ConfigureLeft::MustReload { backend, platform } = r.returned else {
+                panic!("{label}: must reload")
+            };
+            assert!(std::ptr::eq(backend, &sim) && std::ptr::eq(platform, &sim));
             // WBINVD before KEY.CONFIG, and again before the PAMTs left.
             assert!(sim.stats().wbinvd >= 2, "{label}: {:?}", sim.stats());
             assert_all_free(&sim, label);
@@ -309,7 +319,7 @@ fn run_case(
         }
         Err(r) => {
             assert_eq!(Some(&r.error), expect, "{label}: extensions refused");
-            let m = r.handle;
+            let m = r.returned;
             assert_eq!(
                 m.pool_pages(),
                 donated,
@@ -372,7 +382,7 @@ fn every_shared_map_brings_up_with_and_without_extensions() {
                 .unwrap_or_else(|r| panic!("{label}: init: {:?}", r.error));
             let m = m
                 .configure(&input)
-                .unwrap_or_else(|e| panic!("{label}: configure: {:?}", e.error()));
+                .unwrap_or_else(|e| panic!("{label}: configure: {:?}", e.error));
             assert_eq!(sim.module_state(), SysState::Ready, "{label}");
             let m = m
                 .init_extensions()
@@ -876,7 +886,7 @@ fn init_can_be_retried_after_lp_init_failed() {
             TdxStatus::OPERAND_INVALID
         )
     );
-    let (b, p) = r.handle;
+    let (b, p) = r.returned;
     let m = TdxModule::init(b, p).unwrap_or_else(|r| panic!("init retry: {:?}", r.error));
     let m = m.configure(&desc.plan_input()).unwrap();
     let m = m.init_extensions().unwrap();
@@ -904,13 +914,16 @@ fn no_plan_is_refused_and_the_handle_can_be_configured_again() {
         end: 0x9_f000,
         node: 0,
     }]);
-    let Err(ConfigureError::Refused(r)) = m.configure(&empty) else {
+    let Err(r) = m.configure(&empty) else {
         panic!("an empty plan must be refused");
+    };
+    let ConfigureLeft::Unchanged(handle) = r.returned else {
+        panic!("refused, not must-reload: {:?}", r.error)
     };
     assert!(matches!(r.error, BringUpError::Plan(_)), "{:?}", r.error);
     assert_eq!(calls_of(&sim, Leaf::SYS_CONFIG), 0);
     assert_all_free(&sim, "no plan");
-    let m = r.handle.configure(&desc.plan_input()).unwrap();
+    let m = handle.configure(&desc.plan_input()).unwrap();
     let m = m.init_extensions().unwrap();
     assert_ready(&sim, &m, &desc.profile, "configured after a refused plan");
 }
@@ -950,15 +963,15 @@ fn ext_mem_add_failing_mid_window_frees_no_page_the_module_took() {
     );
     sim.check_invariants().unwrap();
     assert_eq!(
-        r.handle.pool_pages(),
+        r.returned.pool_pages(),
         512,
         "only the completed window counts"
     );
-    let lost: u64 = r.handle.lost_pages().iter().map(|r| r.count()).sum();
+    let lost: u64 = r.returned.lost_pages().iter().map(|r| r.count()).sum();
     assert_eq!(lost, 488, "the failed window is held, not freed");
     // The retry tops the pool up with fresh pages; the module then has
     // more than it asked for (the 300 it took from the lost window).
-    let m = r.handle.init_extensions().unwrap();
+    let m = r.returned.init_extensions().unwrap();
     assert_eq!(m.pool_pages(), 1000);
     assert_eq!(sim.ext_status().0, 1000 + 300);
     assert_eq!(sim.violations().first(), None);
@@ -1013,7 +1026,7 @@ fn a_pool_outside_tdx_memory_is_refused_before_donation() {
         "{pfn:?} is in the hole"
     );
     assert_eq!(calls_of(&sim, Leaf::EXT_MEM_ADD), 0);
-    assert_eq!(r.handle.pool_pages(), 0);
+    assert_eq!(r.returned.pool_pages(), 0);
     assert_eq!(sim.violations().first(), None);
     sim.check_invariants().unwrap();
     assert_eq!(sim.accounting().leaked, 0);
@@ -1060,8 +1073,11 @@ fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
     let input = desc.plan_input();
     let m = TdxModule::init(&sim, &sim).unwrap();
     let held = exhaust(&sim);
-    let Err(ConfigureError::Refused(r)) = m.configure(&input) else {
+    let Err(r) = m.configure(&input) else {
         panic!("nothing can be allocated");
+    };
+    let ConfigureLeft::Unchanged(handle) = r.returned else {
+        panic!("refused, not must-reload: {:?}", r.error)
     };
     // Each plan's first PAMT is refused; after REPLAN_LIMIT re-plans the
     // last refusal is the error.
@@ -1073,11 +1089,11 @@ fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
         panic!("{:?}", r.error);
     };
     assert!(matches!(placement, Placement::Exact(_)), "{placement:?}");
-    assert_eq!(r.handle.stats().replans, REPLAN_LIMIT);
+    assert_eq!(handle.stats().replans, REPLAN_LIMIT);
     assert_eq!(calls_of(&sim, Leaf::SYS_CONFIG), 0);
     free_all(&sim, &held);
     assert_all_free(&sim, "out of memory");
-    let m = r.handle.configure(&input).unwrap();
+    let m = handle.configure(&input).unwrap();
     let m = m.init_extensions().unwrap();
     assert_ready(&sim, &m, &desc.profile, "configured once memory came back");
 }
@@ -1092,11 +1108,14 @@ fn a_retried_configure_can_replan_again() {
     let input = desc.plan_input();
     let m = TdxModule::init(&sim, &sim).unwrap();
     let held = exhaust(&sim);
-    let Err(ConfigureError::Refused(r)) = m.configure(&input) else {
+    let Err(r) = m.configure(&input) else {
         panic!("nothing can be allocated");
     };
+    let ConfigureLeft::Unchanged(handle) = r.returned else {
+        panic!("refused, not must-reload: {:?}", r.error)
+    };
     free_all(&sim, &held);
-    let m = r.handle;
+    let m = handle;
     // Memory is back, except one page of the first plan's first PAMT.
     let first = m.plan_for(&input).unwrap();
     let (base, bytes) = (first.tdmrs[0].pamt.l4k.0, first.tdmrs[0].pamt.bytes());
@@ -1105,7 +1124,7 @@ fn a_retried_configure_can_replan_again() {
         .unwrap();
     let m = m
         .configure(&input)
-        .unwrap_or_else(|e| panic!("retry: {:?}", e.error()));
+        .unwrap_or_else(|e| panic!("retry: {:?}", e.error));
     let m = m.init_extensions().unwrap();
     free_all(&sim, &[mine]);
     assert_ready(&sim, &m, &desc.profile, "re-planned on retry");
@@ -1135,7 +1154,7 @@ fn init_extensions_refuses_when_the_pool_cannot_be_allocated_and_can_retry() {
     assert_eq!(calls_of(&sim, Leaf::EXT_MEM_ADD), 0);
     assert_eq!(sim.accounting().free, 1, "the root page came back");
     free_all(&sim, &held);
-    let m = r.handle.init_extensions().unwrap();
+    let m = r.returned.init_extensions().unwrap();
     assert_ready(
         &sim,
         &m,
@@ -1169,9 +1188,13 @@ fn pw_mce_platform_clears_pamts_after_a_failed_configuration() {
         let sim = Simulator::new(desc.clone()).unwrap();
         sim.inject(fault);
         let m = TdxModule::init(&sim, &sim).unwrap();
-        let Err(ConfigureError::MustReload(r)) = m.configure(&desc.plan_input()) else {
+        let Err(r) = m.configure(&desc.plan_input()) else {
             panic!("{label}: must reload");
         };
+        assert!(
+            matches!(r.returned, ConfigureLeft::MustReload { .. }),
+            "{label}"
+        );
         assert!(matches!(r.error, BringUpError::Seamcall { .. }), "{label}");
         assert_eq!(
             sim.stats().movdir64b_pages,
@@ -1193,9 +1216,10 @@ fn without_the_erratum_no_pamt_is_cleared() {
         TdxStatus::OPERAND_INVALID,
     ));
     let m = TdxModule::init(&sim, &sim).unwrap();
-    let Err(ConfigureError::MustReload(_)) = m.configure(&desc.plan_input()) else {
+    let Err(r) = m.configure(&desc.plan_input()) else {
         panic!("must reload");
     };
+    assert!(matches!(r.returned, ConfigureLeft::MustReload { .. }));
     assert_eq!(sim.stats().movdir64b_pages, 0);
     assert_all_free(&sim, "no erratum");
 }
@@ -1271,12 +1295,15 @@ fn random_run(seed: u64, per_million: u32) -> (Outcome, usize) {
     let m = loop {
         match m.configure(&input) {
             Ok(m) => break m,
-            Err(ConfigureError::Refused(r)) => {
+            Err(r) if matches!(r.returned, ConfigureLeft::Unchanged(_)) => {
                 assert_all_free(&sim, &label);
                 outcome = Outcome::ConfigRefusedThenReady;
-                m = r.handle;
+                let ConfigureLeft::Unchanged(handle) = r.returned else {
+                    unreachable!()
+                };
+                m = handle;
             }
-            Err(ConfigureError::MustReload(r)) => {
+            Err(r) => {
                 assert!(
                     matches!(
                         r.error,
@@ -1304,11 +1331,11 @@ fn random_run(seed: u64, per_million: u32) -> (Outcome, usize) {
             Err(r) => {
                 outcome = Outcome::ExtRefusedThenReady;
                 let a = sim.accounting();
-                assert_eq!(a.module, pamt + r.handle.pool_pages(), "{label}");
+                assert_eq!(a.module, pamt + r.returned.pool_pages(), "{label}");
                 assert_eq!(a.host, 0, "{label}");
                 sim.check_invariants()
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
-                m = r.handle;
+                m = r.returned;
             }
         }
     }

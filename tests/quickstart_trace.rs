@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::path::PathBuf;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size1G, Size2M, Size4K,
@@ -42,7 +43,7 @@ fn record(desc: &MachineDesc) -> (String, Simulator) {
             .map_err(|r| r.error)
             .unwrap()
             .configure(&desc.plan_input())
-            .map_err(|e| e.error().clone())
+            .map_err(|e| e.error.clone())
             .unwrap()
             .init_extensions()
             .map_err(|r| r.error.clone())
@@ -51,8 +52,10 @@ fn record(desc: &MachineDesc) -> (String, Simulator) {
         let params = TdConfig::builder().max_vcpus(2).build().to_params();
         let mut td = host.build_td(&params).unwrap();
         // Two vCPUs on CPUs of different packages.
-        td.create_vcpu(CpuId(0), 0, 0).unwrap();
-        td.create_vcpu(CpuId(4), 0, 1).unwrap();
+        td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+            .unwrap();
+        td.create_vcpu(CpuId(4), InitialRcx(0), X2ApicId(1))
+            .unwrap();
         // 16 measured initial pages.
         let initial = alloc(&sim, 16, 1);
         for i in 0..16u64 {

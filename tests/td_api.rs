@@ -19,6 +19,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
+use tdx::api::{InitialRcx, X2ApicId};
 
 mod td_host;
 
@@ -113,7 +114,8 @@ fn initialized<H: TdHostRef>(h: H, max_vcpus: u16) -> Td<Initialized, H> {
 /// A finalized TD with one vCPU on CPU 0.
 fn running<H: TdHostRef>(h: H) -> Td<Finalized, H> {
     let mut td = initialized(h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     td.finalize().unwrap()
 }
 
@@ -136,8 +138,12 @@ fn lifecycle(pw_mce: bool) {
     let h = host(m);
 
     let mut td = initialized(&h, 2);
-    let v0 = td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    let v1 = td.create_vcpu(tdx::api::CpuId(2), 0, 1).unwrap();
+    let v0 = td
+        .create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    let v1 = td
+        .create_vcpu(tdx::api::CpuId(2), InitialRcx(0), X2ApicId(1))
+        .unwrap();
     assert_ne!(v0.tdvpr, v1.tdvpr);
     assert_eq!(td.vcpus().collect::<Vec<_>>(), [v0, v1]);
 
@@ -252,16 +258,19 @@ fn teardown_from_every_early_state_loses_nothing() {
     check(td.teardown(), 7, "TDCS added");
     check(initialized(&h, 1).teardown(), 7, "initialized");
     let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(1), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(1), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     check(td.teardown(), 13, "initialized with a vCPU");
     let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(3), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(3), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().unwrap();
     check(td.teardown(), 13, "finalized, no memory");
 
     // Dropping a TD tears it down too.
     let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     assert!(sim.dropped_td_reports().is_empty(), "explicit teardowns");
     drop(td);
     assert_eq!(h.hkids().in_use(), 0);
@@ -321,7 +330,7 @@ fn refusals_before_any_seamcall() {
     );
     let mut p = params(1);
     p.set_attributes(1 << 5);
-    let f = f.td.init(&p).unwrap_err();
+    let f = f.returned.init(&p).unwrap_err();
     assert_eq!(f.error, TdError::Params(ParamsError::Attributes(1 << 5)));
     assert_eq!(
         calls(&sim, Leaf::MNG_INIT),
@@ -330,7 +339,7 @@ fn refusals_before_any_seamcall() {
     );
 
     // The TD came back and can go on.
-    let mut td = f.td.init(&params(1)).unwrap();
+    let mut td = f.returned.init(&params(1)).unwrap();
     // A TD without vCPUs cannot be finalized: a typed error, TD back.
     let f = td.finalize().unwrap_err();
     let TdError::Seamcall { error, on } = f.error else {
@@ -339,8 +348,9 @@ fn refusals_before_any_seamcall() {
     assert_eq!(error.leaf(), Leaf::MR_FINALIZE.v0());
     assert_eq!(error.status(), TdxStatus::NO_VCPUS);
     assert_eq!(on, Operand::Tdr);
-    td = f.td;
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td = f.returned;
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().unwrap();
 
     // A 2M mapping at a GPA that is not 2M aligned: refused by arithmetic,
@@ -351,12 +361,12 @@ fn refusals_before_any_seamcall() {
     let aug = calls(&sim, Leaf::MEM_PAGE_AUG);
     let e = td.map(Gpa::new(2 * MIB + 4096), f2).unwrap_err();
     assert!(matches!(e.error, TdError::Gpa { .. }), "{:?}", e.error);
-    assert_eq!(e.td.pfn(), huge.first());
+    assert_eq!(e.returned.pfn(), huge.first());
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), aug);
     // A 2M token from a run that is not 2M aligned cannot be made.
     // SAFETY: never used (the constructor refuses it).
     assert!(unsafe { GuestFrame::<Size2M>::new(Pfn::new(huge.first().as_u64() + 1)) }.is_err());
-    let _ = e.td.into_range();
+    let _ = e.returned.into_range();
     give_frames_back(&sim, &[huge]);
 
     let r = td.teardown();
@@ -371,7 +381,8 @@ fn busy_teardown_leaves_are_retried() {
     let baseline = sim.accounting();
     let h = host(m);
     let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(1), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(1), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let busy = TdxStatus::OPERAND_BUSY;
     for leaf in [
         Leaf::VP_FLUSH,
@@ -421,20 +432,20 @@ fn busy_past_the_retry_policy_is_typed_contention_and_the_frame_comes_back() {
     assert!(e.error.is_contention());
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), tries);
     assert_eq!(sim.stats().yields - yields, u64::from(BUSY_RETRIES));
-    assert_eq!(e.td.run(), run, "the frame comes back");
+    assert_eq!(e.returned.run(), run, "the frame comes back");
     assert_eq!(td.private_pages(), 0);
 
     // IMMEDIATE: the first BUSY goes back to the caller, without a yield.
     td.set_policy(RetryPolicy::IMMEDIATE);
     sim.inject(Fault::status(Leaf::MEM_PAGE_AUG, tries + 1, busy));
     let yields = sim.stats().yields;
-    let e = td.map(gpa, e.td).unwrap_err();
+    let e = td.map(gpa, e.returned).unwrap_err();
     assert!(matches!(e.error, TdError::Busy { .. }), "{:?}", e.error);
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), tries + 1);
     assert_eq!(sim.stats().yields, yields);
 
     // The contention is gone: the same call succeeds.
-    td.map(gpa, e.td).unwrap();
+    td.map(gpa, e.returned).unwrap();
     let back = td.unmap::<Size4K>(gpa, &|| {}).unwrap();
     assert_eq!(back.run(), run);
     let _ = back.into_range();
@@ -543,7 +554,7 @@ fn a_failed_key_config_hands_the_td_back_and_teardown_loses_nothing() {
     };
     assert_eq!(error.leaf(), Leaf::MNG_KEY_CONFIG.v0());
     assert_eq!(on, Operand::Package(tdx::api::PackageId(1)));
-    let r = f.td.teardown();
+    let r = f.returned.teardown();
     assert!(r.is_clean(), "{r:#?}");
     assert_back_to(&sim, &baseline, "failed key config");
 }
@@ -575,7 +586,7 @@ fn runtime_faults_keep_every_frame_accounted_for() {
             on: Operand::Gpa(Gpa::new(0)),
         }
     );
-    td.map(Gpa::new(0), e.td).unwrap();
+    td.map(Gpa::new(0), e.returned).unwrap();
     td.map(Gpa::new(0x1000), token(1)).unwrap();
     td.map(Gpa::new(0x2000), token(2)).unwrap();
 
@@ -626,8 +637,10 @@ fn runtime_faults_keep_every_frame_accounted_for() {
 /// and every frame back from unmapping.
 fn small_lifecycle(sim: &Simulator, h: &Host<'_>) -> (TeardownReport, Vec<PfnRun>) {
     let mut td = initialized(h, 2);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    td.create_vcpu(tdx::api::CpuId(3), 0, 1).unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    td.create_vcpu(tdx::api::CpuId(3), InitialRcx(0), X2ApicId(1))
+        .unwrap();
     let initial = frames(sim, 2, 1);
     for i in 0..2u64 {
         // SAFETY: allocated above for this TD.
@@ -888,8 +901,8 @@ fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
     let kick = || kicks.set(kicks.get() + 1);
     let e = td.map_1g(gpa, f, &kick).unwrap_err();
     assert!(matches!(e.error, TdError::Seamcall { .. }), "{:?}", e.error);
-    let Map1gLeft::Whole(back) = e.left else {
-        panic!("the whole frame comes back: {:?}", e.left)
+    let Map1gLeft::Whole(back) = e.returned else {
+        panic!("the whole frame comes back: {:?}", e.returned)
     };
     assert_eq!(back.run(), run);
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_REMOVE), 299, "the mapped parts");
@@ -942,8 +955,8 @@ fn a_1g_mapping_whose_clean_up_fails_says_which_parts_stay_mapped() {
         "{:?}",
         e.error
     );
-    let Map1gLeft::Parts(parts) = e.left else {
-        panic!("a part stays mapped: {:?}", e.left)
+    let Map1gLeft::Parts(parts) = e.returned else {
+        panic!("a part stays mapped: {:?}", e.returned)
     };
     let part = |i: u64| Gpa::new(GIB + i * 2 * MIB);
     assert_eq!(parts.kept().collect::<Vec<_>>(), [part(4)]);
@@ -1093,7 +1106,8 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     let baseline = sim.accounting();
     let h = host(m);
     let mut td = initialized(&h, 1);
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let run = frames(&sim, 1, 1);
     // SAFETY: allocated above for this TD.
     let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
@@ -1128,7 +1142,7 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
     let e = td.map(gpa, f).unwrap_err();
     assert!(matches!(e.error, TdError::Seamcall { .. }), "{:?}", e.error);
-    assert_eq!(e.td.run(), run, "the frame comes back");
+    assert_eq!(e.returned.run(), run, "the frame comes back");
     give_frames_back(&sim, &[run]);
     assert!(td.teardown().is_clean());
 }
@@ -1197,7 +1211,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
                     Ok(td) => td,
                     Err(f) => {
                         errors += 1;
-                        return Some(f.td.teardown());
+                        return Some(f.returned.teardown());
                     }
                 }
             };
@@ -1212,7 +1226,10 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
         let td = step!(td.configure_keys());
         let td = step!(td.add_tdcs());
         let mut td = step!(td.init(&params(1)));
-        if td.create_vcpu(tdx::api::CpuId(0), 0, 0).is_err() {
+        if td
+            .create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+            .is_err()
+        {
             errors += 1;
             return Some(td.teardown());
         }
@@ -1223,7 +1240,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
             handed.push(f.run());
             if let Err(f) = td.add_page(Gpa::new(i * 4096), f, &[i as u8; 4096], i == 0) {
                 errors += 1;
-                back.extend(f.td.map(|f| f.run()));
+                back.extend(f.returned.map(|f| f.run()));
             }
         }
         let td = step!(td.finalize());
@@ -1233,7 +1250,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
         let small_at = Gpa::new(64 * MIB);
         if let Err(f) = td.map(small_at, f) {
             errors += 1;
-            back.push(f.td.run());
+            back.push(f.returned.run());
         }
         // SAFETY: allocated above for this TD.
         let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
@@ -1249,7 +1266,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
             }
             Err(f) => {
                 errors += 1;
-                back.push(f.td.run());
+                back.push(f.returned.run());
             }
         }
         match td.unmap::<Size4K>(small_at, &|| {}) {
@@ -1336,7 +1353,7 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     let v = td.new_vcpu(CpuId(1)).unwrap();
     let tdvpr = v.tdvpr();
     let v = v.add_tdcx().unwrap();
-    let id = v.init(0x1000, 7).unwrap();
+    let id = v.init(InitialRcx(0x1000), X2ApicId(7)).unwrap();
     assert_eq!((id.index, id.tdvpr, id.cpu), (0, tdvpr, CpuId(1)));
     assert_eq!(td.vcpus().collect::<Vec<_>>(), [id]);
 
@@ -1351,7 +1368,7 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     assert_eq!(error.leaf(), Leaf::VP_ADDCX.v0());
     assert_eq!(on, Operand::Vcpu(1));
     let addcx = calls(&sim, Leaf::VP_ADDCX);
-    let v = f.td.add_tdcx().unwrap();
+    let v = f.returned.add_tdcx().unwrap();
     assert_eq!(
         calls(&sim, Leaf::VP_ADDCX) - addcx,
         tdcx_per_vcpu as u64 - 2,
@@ -1359,9 +1376,9 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     );
     // TDH.VP.INIT fails hard: the builder comes back; the retry works.
     sim.inject(Fault::status(Leaf::VP_INIT, 1, TdxStatus::OPERAND_INVALID));
-    let f = v.init(0, 8).unwrap_err();
+    let f = v.init(InitialRcx(0), X2ApicId(8)).unwrap_err();
     assert!(matches!(f.error, TdError::Seamcall { .. }), "{:?}", f.error);
-    let id2 = f.td.init(0, 8).unwrap();
+    let id2 = f.returned.init(InitialRcx(0), X2ApicId(8)).unwrap();
     assert_eq!(td.vcpus().collect::<Vec<_>>(), [id, id2]);
     // 1 TDR + TDCS, and 1 TDVPR + TDCX per vCPU.
     let tdcs = td.control_pages() - 2 * (1 + tdcx_per_vcpu);
@@ -1373,7 +1390,9 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     drop(v);
     assert_eq!(td.vcpus().count(), 2);
     assert_eq!(td.control_pages(), tdcs + 2 * (1 + tdcx_per_vcpu) + 1);
-    let id3 = td.create_vcpu(CpuId(0), 0, 9).unwrap();
+    let id3 = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(9))
+        .unwrap();
     assert_eq!(id3.index, 2);
     assert_eq!(td.vcpus().collect::<Vec<_>>(), [id, id2, id3]);
     let td = td.finalize().unwrap();
@@ -1392,7 +1411,9 @@ fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
     let baseline = sim.accounting();
     let h = host(m);
     let mut td = initialized(&h, 2);
-    let v0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let v0 = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     // Created and filled, never initialized.
     let v = td.new_vcpu(CpuId(1)).unwrap().add_tdcx().unwrap();
     drop(v);
@@ -1438,9 +1459,19 @@ fn an_emptied_table_is_removed_so_a_2m_page_fits_again() {
     let f2 = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
     let augs = calls(&sim, Leaf::MEM_PAGE_AUG);
     let e = td.map(gpa, f2).unwrap_err();
-    assert!(matches!(e.error, TdError::Gpa { .. }), "{:?}", e.error);
+    assert!(
+        matches!(
+            e.error,
+            TdError::Occupied {
+                by: tdx::api::td::Occupant::Table { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        e.error
+    );
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG), augs);
-    let f2 = e.td;
+    let f2 = e.returned;
     for i in 0..4 {
         let f = td
             .unmap::<Size4K>(Gpa::new(gpa.as_u64() + i * 4096), &|| {})
@@ -1642,4 +1673,97 @@ fn build_td_takes_the_four_steps_and_a_failure_loses_nothing() {
     assert!(reports[0].is_clean(), "{:#?}", reports[0]);
     assert_eq!(h.hkids().in_use(), 0);
     assert_back_to(&sim, &baseline, "build_td");
+}
+
+/// A whole image in one call: 2.5 pages, measured, the last page padded
+/// with zeros (the MRTD equals the offline calculator's over the padded
+/// pages); refusals before any SEAMCALL (too few frames, a misaligned
+/// GPA, a page already there) leave every frame with the caller.
+#[test]
+fn add_image_adds_and_measures_a_padded_image_and_refuses_before_any_seamcall() {
+    let sim = sim();
+    let h = host(ready(&sim));
+    let mut td = initialized(&h, 1);
+    let image: Vec<u8> = (0..10 * 1024u32).map(|i| (i * 13 % 251) as u8).collect();
+    let run = frames(&sim, 4, 1);
+    let tokens = || {
+        run.iter()
+            // SAFETY: allocated above for this TD; untouched until returned.
+            .map(|f| unsafe { GuestFrame::<Size4K>::new(f) }.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let seamcalls = || sim.stats().seamcalls.values().sum::<u64>();
+    let before = seamcalls();
+
+    // Two frames for three pages: refused, both frames still the caller's.
+    let mut two = tokens().into_iter().take(2).collect::<Vec<_>>().into_iter();
+    let e = td
+        .add_image(Gpa::new(0x10_0000), &image, &mut two, true)
+        .unwrap_err();
+    assert_eq!(
+        e.error,
+        TdError::ImageFrames {
+            gpa: Gpa::new(0x10_0000),
+            needed: 3,
+            given: 2
+        }
+    );
+    assert!(e.returned.is_none());
+    assert_eq!(two.len(), 2);
+    two.for_each(|f| {
+        let _ = f.into_range();
+    });
+    // Misaligned.
+    let mut all = tokens().into_iter();
+    let e = td
+        .add_image(Gpa::new(0x10_0800), &image, &mut all, true)
+        .unwrap_err();
+    assert!(matches!(e.error, TdError::Gpa { .. }), "{:?}", e.error);
+    assert_eq!(all.len(), 4);
+    assert_eq!(seamcalls(), before, "no SEAMCALL for a refusal");
+
+    // The image: three pages from the first three frames, measured.
+    td.add_image(Gpa::new(0x10_0000), &image, &mut all, true)
+        .unwrap();
+    assert_eq!(all.len(), 1, "one frame left over");
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_ADD), 3);
+    assert_eq!(calls(&sim, Leaf::MR_EXTEND), 48);
+    // Over it again: refused from the TD's record, before any SEAMCALL.
+    let after = seamcalls();
+    let e = td
+        .add_image(Gpa::new(0x10_1000), &image[..4096], &mut all, false)
+        .unwrap_err();
+    assert!(
+        matches!(e.error, TdError::Occupied { gpa, .. } if gpa == Gpa::new(0x10_1000)),
+        "{:?}",
+        e.error
+    );
+    assert_eq!(seamcalls(), after);
+    assert_eq!(all.len(), 1);
+    all.for_each(|f| {
+        let _ = f.into_range();
+    });
+
+    let pages: Vec<[u8; 4096]> = image
+        .chunks(4096)
+        .map(|c| core::array::from_fn(|i| c.get(i).copied().unwrap_or(0)))
+        .collect();
+    let expected = measure::mrtd(pages.iter().enumerate().map(|(i, contents)| InitialPage {
+        gpa: 0x10_0000 + i as u64 * 4096,
+        contents,
+        extend: true,
+    }));
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    let td = td.finalize().unwrap();
+    assert_eq!(
+        sim.mrtd(td.tdr()),
+        Some(expected),
+        "MRTD over the padded pages"
+    );
+    let report = td.teardown();
+    assert!(report.is_clean(), "{report:#?}");
+    assert_eq!(report.guest_frames_returned(), 3);
+    give_frames_back(&sim, &[run]);
+    sim.check_invariants().unwrap();
 }

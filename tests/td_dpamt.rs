@@ -24,6 +24,7 @@ mod td_host;
 
 use std::sync::{Arc, Barrier};
 use td_host::{assert_back_to, calls, frames, give_frames_back};
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
@@ -75,8 +76,10 @@ fn params() -> TdParams {
 /// A finalized TD with two vCPUs.
 fn running<H: TdHostRef>(h: H) -> Td<Finalized, H> {
     let mut td = Td::build(h, &params()).unwrap();
-    td.create_vcpu(tdx::api::CpuId(0), 0, 0).unwrap();
-    td.create_vcpu(tdx::api::CpuId(2), 0, 1).unwrap();
+    td.create_vcpu(tdx::api::CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    td.create_vcpu(tdx::api::CpuId(2), InitialRcx(0), X2ApicId(1))
+        .unwrap();
     td.finalize().unwrap()
 }
 
@@ -230,7 +233,7 @@ fn threads_mapping_one_range_add_one_pair_and_remove_it_once() {
                         loop {
                             match td.map(gpa, f) {
                                 Ok(()) => break,
-                                Err(e) if e.error.is_contention() => f = e.td,
+                                Err(e) if e.error.is_contention() => f = e.returned,
                                 Err(e) => panic!("round {round}: {}", e.error),
                             }
                         }
@@ -297,13 +300,13 @@ fn a_failed_pamt_add_gives_the_frame_back_and_a_refused_remove_keeps_the_pair() 
         TdError::Seamcall { error, .. } => assert_eq!(error.leaf(), Leaf::PHYMEM_PAMT_ADD.v0()),
         other => panic!("{other}"),
     }
-    assert_eq!(e.td.pfn(), mem.first());
+    assert_eq!(e.returned.pfn(), mem.first());
     assert_eq!(h.pamt_pairs(), before);
     sim.check_invariants().unwrap();
 
     // Mapped now; a PAMT.REMOVE the module refuses at the unmap keeps the
     // pair installed with no page: the frame still comes back.
-    td.map(gpa, e.td).unwrap();
+    td.map(gpa, e.returned).unwrap();
     assert_eq!(h.pamt_pairs(), before + 1);
     let removes = calls(&sim, Leaf::PHYMEM_PAMT_REMOVE);
     sim.inject(Fault::status(
@@ -462,7 +465,7 @@ fn a_busy_pamt_add_is_retried_under_the_map_policy_or_returned_as_contention() {
     assert!(matches!(e.error, TdError::Busy { .. }), "{}", e.error);
     assert_eq!(h.pamt_pairs(), pairs);
     // The retry (the guest faults again) succeeds.
-    td.map(Gpa::new(MIB), e.td).unwrap();
+    td.map(Gpa::new(MIB), e.returned).unwrap();
     assert_eq!(h.pamt_pairs(), pairs + 1);
 
     let report = td.teardown();

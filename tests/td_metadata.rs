@@ -7,6 +7,7 @@
 // gave the test.
 #![allow(unsafe_code)]
 
+use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, Size4K, TdxStatus,
     api::{
@@ -111,7 +112,10 @@ fn build_and_read(profile: Profile) {
     assert_eq!(td.mrtd().unwrap(), [0; 48]);
     let vcpus: Vec<_> = [(0, 10), (1, 20), (2, 30)]
         .into_iter()
-        .map(|(cpu, x2apic)| td.create_vcpu(CpuId(cpu), 0, x2apic).unwrap())
+        .map(|(cpu, x2apic)| {
+            td.create_vcpu(CpuId(cpu), InitialRcx(0), X2ApicId(x2apic))
+                .unwrap()
+        })
         .collect();
     // One TDH.VP.INIT each, in the version the module takes: none refused.
     assert_eq!(calls(&sim, Leaf::VP_INIT), 3);
@@ -231,7 +235,7 @@ fn the_vcpu_limit_is_the_modules() {
             })
         );
         assert_eq!(calls(&sim, Leaf::MNG_INIT), init, "refused before the leaf");
-        let td = f.td.init(&params(limit)).unwrap();
+        let td = f.returned.init(&params(limit)).unwrap();
         drop(td);
     }
 }
@@ -241,9 +245,13 @@ fn a_duplicate_x2apic_id_is_refused_and_the_next_vcpu_gets_the_modules_index() {
     let sim = sim(Profile::tdx_1_5_05());
     let h = TdHost::new(ready(&sim)).unwrap();
     let mut td = initialized(&h, 4);
-    let a = td.create_vcpu(CpuId(0), 0, 7).unwrap();
+    let a = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(7))
+        .unwrap();
     assert_eq!(a.index, 0);
-    let e = td.create_vcpu(CpuId(1), 0, 7).unwrap_err();
+    let e = td
+        .create_vcpu(CpuId(1), InitialRcx(0), X2ApicId(7))
+        .unwrap_err();
     assert_eq!(
         e,
         TdError::Seamcall {
@@ -256,7 +264,9 @@ fn a_duplicate_x2apic_id_is_refused_and_the_next_vcpu_gets_the_modules_index() {
     );
     // Module 1.5.05 kept the index the refused call took: the next vCPU is
     // number 2, which the library reads back rather than counts.
-    let b = td.create_vcpu(CpuId(2), 0, 8).unwrap();
+    let b = td
+        .create_vcpu(CpuId(2), InitialRcx(0), X2ApicId(8))
+        .unwrap();
     assert_eq!(b.index, 2);
     assert_eq!(td.vcpus().collect::<Vec<_>>(), [a, b]);
     assert_eq!(td.read(td_fields::NUM_VCPUS).unwrap(), 3);
@@ -271,8 +281,8 @@ fn a_vcpu_of_another_td_is_not_read() {
     let h = TdHost::new(ready(&sim)).unwrap();
     let mut a = initialized(&h, 1);
     let mut b = initialized(&h, 1);
-    let va = a.create_vcpu(CpuId(0), 0, 0).unwrap();
-    b.create_vcpu(CpuId(1), 0, 0).unwrap();
+    let va = a.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0)).unwrap();
+    b.create_vcpu(CpuId(1), InitialRcx(0), X2ApicId(0)).unwrap();
     assert_eq!(
         b.vcpu_field(va, vcpu_fields::VCPU_INDEX).unwrap_err(),
         TdError::UnknownVcpu(va.tdvpr)

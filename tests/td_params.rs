@@ -412,7 +412,7 @@ fn module_1_5_05s_cpuid_list_end_to_end() {
             .unwrap();
     });
     assert_eq!(check_params(&info, &good), Ok(4));
-    let built = f.td.init(&good).unwrap();
+    let built = f.returned.init(&good).unwrap();
     drop(built);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
@@ -443,8 +443,9 @@ fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
         f.error,
         TdError::Params(ParamsError::MigratableAttributes(0x2000_0001))
     );
-    let f =
-        f.td.init(&with(|p| {
+    let f = f
+        .returned
+        .init(&with(|p| {
             p.set_cpuid_value(12, CpuidValues::new(0, 1, 0, 0)).unwrap()
         }))
         .unwrap_err();
@@ -463,7 +464,7 @@ fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
 
     // 5-level EPT: the host cannot know the CPU lacks it; the module says.
     let five = with(|p| p.set_eptp_controls(EptpControls::write_back(EptPageWalk::FiveLevel)));
-    let f = f.td.init(&five).unwrap_err();
+    let f = f.returned.init(&five).unwrap_err();
     let TdError::Seamcall { error, .. } = f.error else {
         panic!("{:?}", f.error)
     };
@@ -476,7 +477,7 @@ fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
         p.set_cpuid_value(0, CpuidValues::new(0x806F8, 0, 0, 0))
             .unwrap()
     });
-    let f = f.td.init(&spr).unwrap_err();
+    let f = f.returned.init(&spr).unwrap_err();
     let TdError::Seamcall { error, .. } = f.error else {
         panic!("{:?}", f.error)
     };
@@ -488,7 +489,7 @@ fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
     // The same F/M/S in a migratable TD: an older model the module lists.
     let mut migratable = spr;
     migratable.set_attributes(TdParams::ATTRIBUTE_MIGRATABLE);
-    let td = f.td.init(&migratable).unwrap();
+    let td = f.returned.init(&migratable).unwrap();
     drop(td);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }

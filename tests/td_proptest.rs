@@ -36,6 +36,7 @@ use std::{
     cell::Cell,
     collections::{BTreeMap, BTreeSet},
 };
+use tdx::api::{InitialRcx, X2ApicId};
 
 use proptest::prelude::*;
 use tdx::{
@@ -105,7 +106,8 @@ fn finalized<'h, 's>(h: &'h Host<'s>, cpu: u32) -> FinalTd<'h, 's> {
         .unwrap()
         .init(&params())
         .unwrap();
-    td.create_vcpu(CpuId(cpu), 0, 0).unwrap();
+    td.create_vcpu(CpuId(cpu), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     td.finalize().unwrap()
 }
 
@@ -579,8 +581,8 @@ impl<'h, 's> World<'h, 's> {
                     }
                     Err(e) => {
                         assert!(!ok, "2M map at {gpa:#x}: {:?}", e.error);
-                        assert_eq!(e.td.pfn().as_u64(), f, "the frame comes back");
-                        let _ = e.td.into_range();
+                        assert_eq!(e.returned.pfn().as_u64(), f, "the frame comes back");
+                        let _ = e.returned.into_range();
                     }
                 }
             }
@@ -918,8 +920,8 @@ impl<'h, 's> World<'h, 's> {
                         );
                     }
                     Err(e) => {
-                        assert_eq!(e.td.pfn().as_u64(), f, "the frame comes back");
-                        let _ = e.td.into_range();
+                        assert_eq!(e.returned.pfn().as_u64(), f, "the frame comes back");
+                        let _ = e.returned.into_range();
                     }
                 }
             }
@@ -1063,8 +1065,8 @@ impl<'h, 's> World<'h, 's> {
                 );
             }
             Err(e) => {
-                assert_eq!(e.td.pfn().as_u64(), f, "the frame comes back");
-                let _ = e.td.into_range();
+                assert_eq!(e.returned.pfn().as_u64(), f, "the frame comes back");
+                let _ = e.returned.into_range();
             }
         }
     }
@@ -1158,8 +1160,8 @@ impl<'h, 's> World<'h, 's> {
             }
             Err(e) => {
                 assert!(!ok, "4K map at {gpa:#x}: {:?}", e.error);
-                assert_eq!(e.td.pfn().as_u64(), f, "the frame comes back");
-                let _ = e.td.into_range();
+                assert_eq!(e.returned.pfn().as_u64(), f, "the frame comes back");
+                let _ = e.returned.into_range();
             }
         }
     }

@@ -12,6 +12,7 @@
 mod td_host;
 
 use std::sync::mpsc;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use td_host::{host, sim};
 use tdx::{
@@ -78,7 +79,9 @@ fn lazy_memory_conversion_and_cpuid() {
     let base = sim.accounting();
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let id = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     let (tx, rx) = mpsc::channel();
     sim.set_guest(id.tdvpr, move |g: &mut Guest| boot(g, tx));
@@ -149,7 +152,9 @@ fn a_removal_needs_a_kick_that_makes_running_vcpus_exit() {
     let base = sim.accounting();
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let id = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     // Two pages, mapped by the host and accepted by the guest.
     for gpa in [0x1000, 0x2000] {
@@ -232,7 +237,9 @@ fn a_vcpu_moves_between_cpus_and_is_flushed_where_it_last_ran() {
     let host = host(&sim);
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let id = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     let mut v = td.vcpu(id).unwrap();
     let flushes = || {

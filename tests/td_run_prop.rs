@@ -45,6 +45,7 @@
 mod td_host;
 
 use std::{collections::BTreeSet, sync::mpsc};
+use tdx::api::{InitialRcx, X2ApicId};
 
 use proptest::prelude::*;
 use td_host::{host, sim};
@@ -304,7 +305,10 @@ fn run(scripts: &[Vec<GOp>], schedule: &[Step]) {
     let params = TdConfig::builder().max_vcpus(n as u16).build().to_params();
     let mut td = host.build_td(&params).unwrap();
     let ids: Vec<_> = (0..n)
-        .map(|i| td.create_vcpu(CpuId(i as u32), 0, i as u32).unwrap())
+        .map(|i| {
+            td.create_vcpu(CpuId(i as u32), InitialRcx(0), X2ApicId(i as u32))
+                .unwrap()
+        })
         .collect();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     // The memslot: a frame for every GPA below the last window's end.

@@ -11,6 +11,7 @@
 // the TD (`GuestFrame::new`) and frees them when the TD gives them back.
 #![allow(unsafe_code)]
 
+use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Size4K,
     api::{
@@ -71,7 +72,7 @@ fn record() -> String {
             .map_err(|r| r.error)
             .unwrap()
             .configure(&input)
-            .map_err(|e| e.error().clone())
+            .map_err(|e| e.error.clone())
             .unwrap()
             .init_extensions()
             .map_err(|r| r.error.clone())
@@ -79,7 +80,9 @@ fn record() -> String {
         let host = TdHost::new(module).map_err(|r| r.error).unwrap();
         let params = TdConfig::builder().max_vcpus(1).build().to_params();
         let mut td = host.build_td(&params).unwrap();
-        let id = td.create_vcpu(CpuId(1), 0, 0).unwrap();
+        let id = td
+            .create_vcpu(CpuId(1), InitialRcx(0), X2ApicId(0))
+            .unwrap();
         let td = td.finalize().map_err(|f| f.error).unwrap();
         sim.set_guest(id.tdvpr, boot);
 

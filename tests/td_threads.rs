@@ -27,15 +27,16 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
-    Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
+    Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxLevel, TdxStatus,
     api::{
         CpuId, Errata, ExtInited, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
         plan::{MemRange, PlanInput},
         retry::{Backoff, RetryPolicy},
         td::{
-            Finalized, GuestFrame, Map1gLeft, Outcome, Td, TdError, TdHost, TdHostRef,
+            Finalized, GuestFrame, Map1gLeft, Occupant, Outcome, Td, TdError, TdHost, TdHostRef,
             TeardownReport, VcpuId, Zap, ZapReport,
         },
     },
@@ -114,7 +115,8 @@ fn params() -> TdParams {
 /// A finalized TD with one vCPU on CPU 0.
 fn running<H: TdHostRef>(host: H) -> Td<Finalized, H> {
     let mut td = Td::build(host, &params()).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     td.finalize().unwrap()
 }
 
@@ -188,7 +190,7 @@ fn a_held_entry_refuses_other_operations_at_once() {
     let other = frames(&sim, 1, 1).first();
     let f = td.map(g4k, frame4k(other)).unwrap_err();
     assert_eq!(f.error, TdError::InProgress(g4k));
-    assert_eq!(f.td.pfn(), other, "the frame comes back");
+    assert_eq!(f.returned.pfn(), other, "the frame comes back");
     // A 4K page under the 2M page being removed.
     let f = td.map(Gpa::new(4096), frame4k(other)).unwrap_err();
     assert_eq!(f.error, TdError::InProgress(Gpa::new(4096)));
@@ -240,7 +242,13 @@ fn a_dropped_batch_leaves_pages_blocked_and_a_removal_resumes() {
     let g = frames(&sim, 1, 1).first();
     assert_eq!(
         td.map(Gpa::new(0), frame4k(g)).unwrap_err().error,
-        TdError::Mapped(Gpa::new(0))
+        TdError::Occupied {
+            gpa: Gpa::new(0),
+            by: Occupant::Page {
+                at: Gpa::new(0),
+                size: TdxLevel::L4K
+            }
+        }
     );
     let back = td.unmap::<Size4K>(Gpa::new(0), &|| {}).unwrap();
     assert_eq!(back.pfn(), f);
@@ -274,9 +282,9 @@ fn busy_is_returned_at_once_with_the_immediate_policy() {
         panic!("{:?}", failed.error)
     };
     assert_eq!(error.status(), busy(OperandId::RCX));
-    assert_eq!(failed.td.pfn(), f);
+    assert_eq!(failed.returned.pfn(), f);
     // Nothing changed: the same call succeeds now.
-    td.map(Gpa::new(4096), failed.td).unwrap();
+    td.map(Gpa::new(4096), failed.returned).unwrap();
     let r = td.teardown();
     assert!(r.is_clean(), "{r:?}");
     assert_eq!(r.guest_frames_returned(), 2);
@@ -335,7 +343,7 @@ fn spins_and_yields_are_bounded_by_the_policy() {
         );
         assert_eq!(sim.stats().yields - y0, yields, "{policy:?}: yields");
         if let Err(f) = r {
-            free(&sim, [f.td.run()]);
+            free(&sim, [f.returned.run()]);
         }
         let rep = td.teardown();
         assert!(rep.is_clean());
@@ -469,8 +477,8 @@ fn map_1g_double_failure_accounts_for_every_part() {
         1,
         "one kick for the rollback"
     );
-    let Map1gLeft::Parts(parts) = f.left else {
-        panic!("{:?}", f.left)
+    let Map1gLeft::Parts(parts) = f.returned else {
+        panic!("{:?}", f.returned)
     };
     let kept: Vec<Gpa> = parts.kept().collect();
     assert_eq!(kept, [Gpa::new(GIB + 6 * 2 * MIB)]);
@@ -671,7 +679,7 @@ fn expected(e: &TdError) -> bool {
         e,
         TdError::InProgress(_)
             | TdError::Busy { .. }
-            | TdError::Mapped(_)
+            | TdError::Occupied { .. }
             | TdError::NotMapped(_)
             | TdError::Gpa { .. }
     )
@@ -735,14 +743,14 @@ fn worker<H: TdHostRef>(
         let res: Result<(), TdError> = match kind {
             0 => match pool.small.pop() {
                 Some(f) => td.map(page, frame4k(f)).map_err(|e| {
-                    pool.small.push(e.td.pfn());
+                    pool.small.push(e.returned.pfn());
                     e.error
                 }),
                 None => Err(TdError::NotMapped(page)),
             },
             1 => match pool.big.pop() {
                 Some(f) => td.map(region, frame2m(f)).map_err(|e| {
-                    pool.big.push(e.td.pfn());
+                    pool.big.push(e.returned.pfn());
                     e.error
                 }),
                 None => Err(TdError::NotMapped(region)),
@@ -970,7 +978,7 @@ fn an_entry_the_guest_holds_makes_map_busy_then_it_maps() {
             ModuleLock::SeptEntry {
                 tdr: td.tdr(),
                 gpa,
-                level: tdx::TdxLevel::L4K,
+                level: TdxLevel::L4K,
             },
             LockMode::Exclusive,
             LockSide::Guest,
@@ -988,7 +996,7 @@ fn an_entry_the_guest_holds_makes_map_busy_then_it_maps() {
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_AUG) - aug, 6, "1 + 5 retries");
     assert_eq!(td.private_pages(), 1, "nothing mapped");
     drop(held);
-    td.map(gpa, failed.td).unwrap();
+    td.map(gpa, failed.returned).unwrap();
     let r = td.teardown();
     assert!(r.is_clean(), "{r:?}");
     free(&sim, r.guest_returned.iter().copied());
@@ -1034,7 +1042,7 @@ fn mappings_step_aside_while_a_removal_waits_for_the_tree() {
     let back = remover.join().unwrap().unwrap();
     assert_eq!(back.pfn(), f.first());
     // The tree is free again: mappings go through.
-    td.map(Gpa::new(4096), failed.td).unwrap();
+    td.map(Gpa::new(4096), failed.returned).unwrap();
     let td = Arc::into_inner(td).unwrap();
     let r = td.teardown();
     assert!(r.is_clean(), "{r:?}");
@@ -1158,8 +1166,8 @@ fn map_1g_holds_its_range_against_other_threads() {
     let (unmap, map) = seen.lock().unwrap().take().expect("the other thread ran");
     assert_eq!(unmap, Err(TdError::InProgress(g)));
     assert_eq!(map, Err(TdError::InProgress(g)));
-    let Map1gLeft::Whole(back) = f.left else {
-        panic!("{:?}", f.left)
+    let Map1gLeft::Whole(back) = f.returned else {
+        panic!("{:?}", f.returned)
     };
     assert_eq!(back.run(), run);
     // The empty table the failure left is reused by the next map_1g.

@@ -9,6 +9,7 @@
 mod td_host;
 
 use std::sync::Arc;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use td_host::{Host, host, sim};
 use tdx::{
@@ -26,8 +27,12 @@ use tdx_sim::Simulator;
 fn td<'h>(host: &'h Host<'_>) -> (Td<Finalized, &'h Host<'h>>, [VcpuId; 2]) {
     let params = TdConfig::builder().max_vcpus(2).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let a = td.create_vcpu(CpuId(0), 0, 0).unwrap();
-    let b = td.create_vcpu(CpuId(2), 0, 1).unwrap();
+    let a = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    let b = td
+        .create_vcpu(CpuId(2), InitialRcx(0), X2ApicId(1))
+        .unwrap();
     (td.finalize().map_err(|f| f.error).unwrap(), [a, b])
 }
 
@@ -153,10 +158,11 @@ fn a_vcpu_past_max_vcpus_is_refused_before_any_page_moves() {
     let host = host(&sim);
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let before = (sim.accounting(), sim.stats().seamcalls.clone());
     assert_eq!(
-        td.create_vcpu(CpuId(1), 0, 1),
+        td.create_vcpu(CpuId(1), InitialRcx(0), X2ApicId(1)),
         Err(TdError::TooManyVcpus { max: 1 })
     );
     // Nothing happened: no page left the allocator, no SEAMCALL was made.

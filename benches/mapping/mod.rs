@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::hint::black_box;
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size4K,
@@ -118,7 +119,7 @@ pub(crate) fn host(sim: &Simulator) -> SimHost<'_> {
     }]);
     let module = TdxModule::init(sim, sim)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .unwrap();
     TdHost::new(module).unwrap()
@@ -128,6 +129,7 @@ pub(crate) fn host(sim: &Simulator) -> SimHost<'_> {
 pub(crate) fn finalized<'h, 's>(host: &'h SimHost<'s>) -> SimTd<'h, 's> {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     td.finalize().map_err(|f| f.error).unwrap()
 }

@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size4K, TdxStatus,
@@ -159,7 +160,7 @@ pub(crate) fn host(n: &NullSwitch) -> Host<'_> {
     }]);
     let module = TdxModule::init(n, n)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .unwrap();
     TdHost::new(module).unwrap()
@@ -174,7 +175,8 @@ where
 {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = Td::build(host, &params).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     let p = td.host().module().platform();
     let frame = p.alloc_pages(1, 1, Placement::Anywhere).unwrap().first();

@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use tdx_api::{
-//!     CpuId, TdxModule,
+//!     CpuId, InitialRcx, X2ApicId, TdxModule,
 //!     plan::{MemRange, PlanInput},
 //!     td::{TdConfig, TdHost},
 //! };
@@ -43,7 +43,7 @@
 //! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 //!
 //! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-//! td.create_vcpu(CpuId(0), 0, 0).unwrap(); // TDH.MR.FINALIZE needs a vCPU
+//! td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
 //! let td = td.finalize().map_err(|f| f.error).unwrap();
 //! assert!(td.teardown().is_clean());
 //! ```
@@ -53,6 +53,7 @@
 
 extern crate alloc;
 
+pub mod failed;
 pub mod measure;
 pub mod module;
 pub mod page_array;
@@ -61,12 +62,13 @@ pub mod platform;
 pub mod retry;
 pub mod td;
 
+pub use failed::Failed;
 pub use module::{
     ARCH_MAX_VCPUS, ExtInited, ModuleVersion, SysInfo, TdmrsSet, TdxModule, Unconfigured,
 };
 pub use page_array::TdxPageArray;
 pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
 pub use retry::{Backoff, RetryPolicy};
-pub use td::{GuestFrame, Td, TdHost, TdHostRef};
+pub use td::{GuestFrame, InitialRcx, Td, TdHost, TdHostRef, X2ApicId};
 pub use tdx_sys as sys;
 pub use tdx_types as types;

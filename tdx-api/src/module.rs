@@ -16,10 +16,12 @@
 //!   no-op transition when neither applies.
 //!
 //! Failures: a step that fails before the module took anything hands the
-//! old handle back with the error ([`Refused`]). After TDH.SYS.CONFIG
-//! succeeded, a failure flushes every cache (and clears the PAMTs with
-//! MOVDIR64B on platforms with the partial-write erratum) before any page
-//! returns to the allocator, and the error says the module must be reloaded.
+//! old handle back with the error ([`Refused`]: a [`Failed`] with the handle
+//! in `returned`). After TDH.SYS.CONFIG succeeded, a failure flushes every
+//! cache (and clears the PAMTs with MOVDIR64B on platforms with the
+//! partial-write erratum) before any page returns to the allocator, and
+//! what comes back says the module must be reloaded
+//! ([`ConfigureLeft::MustReload`]).
 //!
 //! Policy (what Linux does, bounded): `TDX_RND_NO_ENTROPY` and
 //! `TDX_KEY_GENERATION_FAILED` are retried up to [`ENTROPY_RETRIES`] times;
@@ -48,6 +50,7 @@ use tdx_types::{
 use zerocopy::IntoBytes;
 
 use crate::{
+    Failed,
     page_array::TdxPageArray,
     plan::{self, Plan, PlanError, PlanInput, Strategy},
     platform::{CpuId, PackageId, Placement, Platform, PlatformError},
@@ -269,62 +272,45 @@ pub enum BringUpError {
     },
 }
 
-/// A step refused before the module took anything: the handle comes back
-/// unchanged with the error.
-pub struct Refused<T> {
-    /// What went wrong.
-    pub error: BringUpError,
-    /// The handle, as it was before the step.
-    pub handle: T,
+/// A bring-up step refused before the module took anything: the handle
+/// comes back unchanged in [`Failed::returned`].
+pub type Refused<T> = Failed<T, BringUpError>;
+
+/// What a failed [`TdxModule::configure`] hands back.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "configure boxes the whole failure; boxing the handle again would only add an allocation"
+)]
+pub enum ConfigureLeft<B, P> {
+    /// Nothing was handed to the module: the unconfigured handle, as it
+    /// was before the call (a retry, perhaps with another input, may
+    /// succeed).
+    Unchanged(TdxModule<Unconfigured, B, P>),
+    /// The module took the configuration (TDH.SYS.CONFIG succeeded) and a
+    /// later step failed: the module holds a configuration it cannot
+    /// finish and must be reloaded before TDX can be used. Caches were
+    /// flushed (and PAMTs cleared where the erratum needs it) before the
+    /// PAMT pages went back to the allocator. The backend and platform
+    /// come back for the reload.
+    MustReload {
+        /// The backend.
+        backend: B,
+        /// The platform.
+        platform: P,
+    },
 }
 
-impl<T> fmt::Debug for Refused<T> {
+impl<B, P> fmt::Debug for ConfigureLeft<B, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Refused")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
+        f.write_str(match self {
+            Self::Unchanged(_) => "Unchanged(..)",
+            Self::MustReload { .. } => "MustReload { .. }",
+        })
     }
 }
 
-/// Configuration failed after TDH.SYS.CONFIG: the module holds a
-/// configuration it cannot finish and must be reloaded before TDX can be
-/// used. Caches were flushed (and PAMTs cleared where the erratum needs it)
-/// before the PAMT pages went back to the allocator.
-pub struct MustReload<B, P> {
-    /// What went wrong.
-    pub error: BringUpError,
-    /// The backend, for the reload.
-    pub backend: B,
-    /// The platform.
-    pub platform: P,
-}
-
-impl<B, P> fmt::Debug for MustReload<B, P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MustReload")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why [`TdxModule::configure`] failed.
-#[derive(Debug)]
-pub enum ConfigureError<B, P> {
-    /// Nothing was handed to the module: the unconfigured handle is back.
-    Refused(alloc::boxed::Box<Refused<TdxModule<Unconfigured, B, P>>>),
-    /// The module took the configuration and then failed.
-    MustReload(MustReload<B, P>),
-}
-
-impl<B, P> ConfigureError<B, P> {
-    /// The error, whichever kind.
-    pub fn error(&self) -> &BringUpError {
-        match self {
-            Self::Refused(r) => &r.error,
-            Self::MustReload(m) => &m.error,
-        }
-    }
-}
+/// Why [`TdxModule::configure`] failed, and what it hands back.
+pub type ConfigureError<B, P> = Failed<ConfigureLeft<B, P>, BringUpError>;
 
 /// What bring-up did, for reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -365,7 +351,7 @@ pub struct BringUpStats {
 /// assert!(module.uses_dynamic_pamt());
 /// // The plan, its PAMTs, TDH.SYS.CONFIG, KEY.CONFIG on each package,
 /// // TDMR.INIT until done.
-/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error().clone()).unwrap();
+/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error.clone()).unwrap();
 /// assert!(module.dynamic_pamt());
 /// assert!(module.plan().unwrap().covers(5 * GIB));
 /// // The Extensions, if the module asks for them: then it is ready for TDs
@@ -544,9 +530,9 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
                 stats,
                 _state: PhantomData,
             }),
-            Err(error) => Err(Refused {
+            Err(error) => Err(Failed {
                 error,
-                handle: (backend, platform),
+                returned: (backend, platform),
             }),
         }
     }
@@ -657,12 +643,12 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     pub fn configure(
         mut self,
         input: &PlanInput,
-    ) -> Result<TdxModule<TdmrsSet, B, P>, ConfigureError<B, P>> {
+    ) -> Result<TdxModule<TdmrsSet, B, P>, alloc::boxed::Box<ConfigureError<B, P>>> {
         let refused = |m: Self, error| {
-            Err(ConfigureError::Refused(alloc::boxed::Box::new(Refused {
+            Err(alloc::boxed::Box::new(Failed::new(
                 error,
-                handle: m,
-            })))
+                ConfigureLeft::Unchanged(m),
+            )))
         };
         // 1. Plan and get exactly the PAMT ranges; re-plan around refusals.
         let mut input = input.clone();
@@ -745,7 +731,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         // 4. Keys and TDMRs; from here on a failure means reload.
         match self.program_keys_and_init_tdmrs() {
             Ok(()) => Ok(self.into_state()),
-            Err(error) => Err(ConfigureError::MustReload(self.abandon(error))),
+            Err(error) => Err(alloc::boxed::Box::new(self.abandon(error))),
         }
     }
 
@@ -804,7 +790,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
 
     /// After a failure past TDH.SYS.CONFIG: flush every cache, clear the
     /// PAMTs where the erratum needs it, give the PAMT pages back.
-    fn abandon(self, error: BringUpError) -> MustReload<B, P> {
+    fn abandon(self, error: BringUpError) -> ConfigureError<B, P> {
         let p = &self.platform;
         p.wbinvd_all();
         if p.errata().tdx_pw_mce {
@@ -815,11 +801,13 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             }
         }
         free_runs(p, &self.pamts);
-        MustReload {
+        Failed::new(
             error,
-            backend: self.backend,
-            platform: self.platform,
-        }
+            ConfigureLeft::MustReload {
+                backend: self.backend,
+                platform: self.platform,
+            },
+        )
     }
 }
 
@@ -842,9 +830,9 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<TdmrsSet, B, P> {
         }
         match self.init_extensions_inner() {
             Ok(()) => Ok(self.into_state()),
-            Err(error) => Err(alloc::boxed::Box::new(Refused {
+            Err(error) => Err(alloc::boxed::Box::new(Failed {
                 error,
-                handle: self,
+                returned: self,
             })),
         }
     }

@@ -227,7 +227,7 @@ pub struct Errata {
 /// let platform = Counting { inner: &sim, frames: AtomicU64::new(0) };
 /// // The simulator stays the SEAMCALL backend; the platform is ours.
 /// let module = TdxModule::init(&sim, &platform).map_err(|r| r.error).unwrap();
-/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error().clone()).unwrap();
+/// let module = module.configure(&desc.plan_input()).map_err(|e| e.error.clone()).unwrap();
 /// // The PAMTs came from our platform.
 /// let pamt = module.plan().unwrap().pamt_bytes();
 /// assert!(platform.frames.load(Relaxed) >= pamt / 4096);

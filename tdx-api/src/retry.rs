@@ -79,7 +79,7 @@ impl Backoff {
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
 /// use tdx_api::{Placement, Platform, RetryPolicy, td::{GuestFrame, TdError}};
 /// use tdx_sim::{LockMode, ModuleLock};
@@ -96,7 +96,7 @@ impl Backoff {
 /// assert!(failed.error.is_contention()); // the guest faults again
 /// drop(held);
 /// // The frame came back with the error; the next fault maps it.
-/// td.map(Gpa::new(0x1000), failed.td).map_err(|f| f.error).unwrap();
+/// td.map(Gpa::new(0x1000), failed.returned).map_err(|f| f.error).unwrap();
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryPolicy {

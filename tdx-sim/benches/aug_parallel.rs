@@ -22,6 +22,7 @@ use std::{
     sync::Barrier,
     time::{Duration, Instant},
 };
+use tdx_api::{InitialRcx, X2ApicId};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tdx_api::{
@@ -143,7 +144,7 @@ fn host(sim: &Simulator) -> TdHost<Sim<'_>, Sim<'_>> {
     }]);
     let module = TdxModule::init(sim, sim)
         .map_err(|r| r.error)
-        .and_then(|m| m.configure(&input).map_err(|e| e.error().clone()))
+        .and_then(|m| m.configure(&input).map_err(|e| e.error.clone()))
         .and_then(|m| m.init_extensions().map_err(|r| r.error.clone()))
         .unwrap();
     TdHost::new(module).unwrap()
@@ -159,7 +160,8 @@ fn td<'h, 's>(
 ) -> FinalTd<'h, 's> {
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     let f = sim.alloc_pages(1, 1, Placement::Anywhere).unwrap().first();
     for gpa in (0..regions * REGION).step_by(2 << 20) {

@@ -146,7 +146,7 @@
 //! let module = TdxModule::init(&sim, &sim).unwrap().configure(&input).unwrap();
 //! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 //! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-//! let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+//! let id = td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 //! let td = td.finalize().map_err(|f| f.error).unwrap();
 //!
 //! // The guest: halts twice (GHCI HLT), then its program ends (it halts

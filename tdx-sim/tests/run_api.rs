@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 
 use tdx_api::{
-    CpuId, TdxModule,
+    CpuId, InitialRcx, TdxModule, X2ApicId,
     plan::{MemRange, PlanInput},
     td::{TdConfig, TdHost},
 };
@@ -37,7 +37,9 @@ fn the_library_enters_answers_and_migrates_a_running_guest() {
     let base = sim.accounting();
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let id = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    let id = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
 
     let (tx, rx) = mpsc::channel();

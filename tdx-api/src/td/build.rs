@@ -6,7 +6,7 @@
 
 use tdx_sys::leaf;
 use tdx_types::{
-    FirmwarePage, Gpa, Leaf, PfnRange, PfnRun, Size4K, TdxLevel,
+    FirmwarePage, Gpa, Hpa, Leaf, PfnRange, PfnRun, Size4K, TdxLevel,
     abi::{
         CPUID_CONFIG_1_5_01, CPUID_CONFIG_1_5_05, CPUID_CONFIG_ORDER_1_5_05, CPUID_SUBLEAF_NONE,
         CpuidConfigRule, IA32_ARCH_CAPABILITIES_CONFIG_MASK_1_5_01, TSC_FREQUENCY_MAX,
@@ -23,6 +23,9 @@ use crate::{
     platform::{Placement, Platform},
     retry::{package_cpus, retry, retry_on_cpu},
 };
+
+/// A page of zeros: the padding of an image's last page.
+static ZEROS: [u8; 4096] = [0; 4096];
 
 impl<H: TdHostRef> Td<Created, H> {
     /// TDH.MNG.KEY.CONFIG on one CPU of every package, one package after
@@ -365,7 +368,130 @@ impl<H: TdHostRef> Td<Initialized, H> {
         contents: &[u8; 4096],
         measure: bool,
     ) -> Result<(), TdFailure<Option<GuestFrame<Size4K>>>> {
-        let back = |error, frame| Err(TdFailure { error, td: frame });
+        self.add_part(gpa, frame, contents, measure)
+    }
+
+    /// Adds a whole image of initial private memory at `gpa`, one 4K page
+    /// per frame taken from `frames` in order: [`add_page`](Td::add_page)
+    /// of each 4 KiB of `image`, the last page padded with zeros, each
+    /// measured with TDH.MR.EXTEND when `measure` is set (the MRTD then
+    /// follows [`crate::measure`] page by page).
+    ///
+    /// Checked before any SEAMCALL, from arithmetic and the TD's own
+    /// record: `gpa` is 4K-aligned, `frames` holds at least one frame per
+    /// page ([`TdError::ImageFrames`]), and nothing is mapped in the
+    /// range ([`TdError::Occupied`]). An empty image adds nothing.
+    ///
+    /// Frames not used stay in `frames`. On an error during the adds, the
+    /// pages added before it stay with the TD (teardown reclaims them),
+    /// the error names the GPA where it stopped, and the frame of that
+    /// page comes back in `returned` when the module did not take it.
+    ///
+    /// Needs no stack buffer: the image is copied to the TD's staging page
+    /// through the platform's direct map, and the padding comes from a
+    /// static page of zeros.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use tdx_api::{CpuId, TdxModule, td::{TdConfig, TdHost}};
+    /// # use tdx_sim::{MachineDesc, Simulator};
+    /// # const GIB: u64 = 1 << 30;
+    /// # let desc = MachineDesc::new(vec![(4 * GIB, 8 * GIB)]).with_cpus(1, 2);
+    /// # let sim = Simulator::new(desc.clone()).unwrap();
+    /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
+    /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
+    /// use tdx_api::{Placement, Platform, td::GuestFrame};
+    /// use tdx_types::{Gpa, Size4K};
+    ///
+    /// let params = TdConfig::builder().max_vcpus(1).build().to_params();
+    /// let mut td = host.build_td(&params).unwrap();
+    /// // A 10 KiB firmware image: three pages, the last one padded.
+    /// let image: Vec<u8> = (0..10 * 1024).map(|i| i as u8).collect();
+    /// let run = sim.alloc_pages(3, 1, Placement::Anywhere).unwrap();
+    /// let tokens: Vec<GuestFrame<Size4K>> = run
+    ///     .iter()
+    ///     // SAFETY: allocated above for this TD and left alone.
+    ///     .map(|f| unsafe { GuestFrame::<Size4K>::new(f) }.unwrap())
+    ///     .collect();
+    /// let mut frames = tokens.into_iter();
+    /// td.add_image(Gpa::new(0xffd000), &image, &mut frames, true)
+    ///     .map_err(|f| f.error)
+    ///     .unwrap();
+    /// assert_eq!(frames.len(), 0);
+    /// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
+    /// # let td = td.finalize().map_err(|f| f.error).unwrap();
+    /// # let report = td.teardown();
+    /// # assert!(report.is_clean());
+    /// ```
+    #[doc(alias = "TDH.MEM.PAGE.ADD")]
+    #[doc(alias = "TDH.MR.EXTEND")]
+    pub fn add_image<I>(
+        &mut self,
+        gpa: Gpa,
+        image: &[u8],
+        frames: &mut I,
+        measure: bool,
+    ) -> Result<(), TdFailure<Option<GuestFrame<Size4K>>>>
+    where
+        I: ExactSizeIterator<Item = GuestFrame<Size4K>>,
+    {
+        let pages = image.len().div_ceil(4096);
+        if pages > frames.len() {
+            let e = TdError::ImageFrames {
+                gpa,
+                needed: pages,
+                given: frames.len(),
+            };
+            return Err(TdFailure::new(e, None));
+        }
+        if !gpa.as_u64().is_multiple_of(4096) {
+            let why = "an image starts on a 4 KiB boundary";
+            return Err(TdFailure::new(TdError::Gpa { gpa, why }, None));
+        }
+        let at = |i: usize| Gpa::new(gpa.as_u64() + i as u64 * 4096);
+        let end = (pages as u64)
+            .checked_mul(4096)
+            .and_then(|len| gpa.as_u64().checked_add(len));
+        if end.is_none() {
+            let why = "the image runs past the end of the address space";
+            return Err(TdFailure::new(TdError::Gpa { gpa, why }, None));
+        }
+        for i in 0..pages {
+            if let Some(m) = self.mapping(at(i)) {
+                let by = super::Occupant::Page {
+                    at: m.gpa,
+                    size: m.size,
+                };
+                let e = TdError::Occupied { gpa: at(i), by };
+                return Err(TdFailure::new(e, None));
+            }
+        }
+        for (i, chunk) in image.chunks(4096).enumerate() {
+            let Some(frame) = frames.next() else {
+                // An ExactSizeIterator that gave fewer than its len.
+                let e = TdError::ImageFrames {
+                    gpa,
+                    needed: pages,
+                    given: i,
+                };
+                return Err(TdFailure::new(e, None));
+            };
+            self.add_part(at(i), frame, chunk, measure)?;
+        }
+        Ok(())
+    }
+
+    /// [`add_page`](Td::add_page) of `contents` (at most 4 KiB), the rest
+    /// of the page zeros.
+    fn add_part(
+        &mut self,
+        gpa: Gpa,
+        frame: GuestFrame<Size4K>,
+        contents: &[u8],
+        measure: bool,
+    ) -> Result<(), TdFailure<Option<GuestFrame<Size4K>>>> {
+        let back = |error, frame| Err(TdFailure::new(error, frame));
         let info = match Self::check_gpa::<Size4K>(gpa) {
             Ok(i) => i,
             Err(e) => return back(e, Some(frame)),
@@ -388,6 +514,12 @@ impl<H: TdHostRef> Td<Initialized, H> {
         // SAFETY: the staging page was allocated for this TD from the
         // platform and the module never owns it (PAGE.ADD only reads it).
         unsafe { p.write_phys(source.hpa(), contents) };
+        // The rest of the page: zeros (nothing for a whole page; callers
+        // pass at most 4 KiB).
+        let pad = ZEROS.get(contents.len()..).unwrap_or_default();
+        let tail = Hpa::new(source.hpa().as_u64() + contents.len() as u64);
+        // SAFETY: as above; the padding ends where the page ends.
+        unsafe { p.write_phys(tail, pad) };
         if let Err(e) = self.host().pair_get(target, &self.inner.policy) {
             slot.store(mirror::Entry::Free);
             return back(e, Some(frame));

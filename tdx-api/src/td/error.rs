@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use tdx_types::{Gpa, LeafVersion, Pfn, TdxError};
+use tdx_types::{Gpa, LeafVersion, Pfn, TdxError, TdxLevel};
 
 use crate::platform::{CpuId, PackageId, PlatformError};
 
@@ -151,6 +151,44 @@ pub enum ParamsError {
     },
 }
 
+/// What is in the way of a new mapping ([`TdError::Occupied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Occupant {
+    /// A private page is mapped there: the same size, or a larger page
+    /// that covers the GPA. Unmap it first (or, for a larger page, demote
+    /// it and map into the part).
+    Page {
+        /// Its first GPA.
+        at: Gpa,
+        /// Its size.
+        size: TdxLevel,
+    },
+    /// The entry of the size asked for holds an S-EPT table of smaller
+    /// pages. Unmap those pages (if any), then remove the table
+    /// ([`Td::remove_table`](super::Td::remove_table)), or promote the
+    /// pages into one ([`Td::promote`](super::Td::promote)).
+    Table {
+        /// The first GPA the table covers.
+        at: Gpa,
+        /// The size of the entry that holds the table (a table of 4K pages
+        /// sits in a 2M entry).
+        size: TdxLevel,
+    },
+}
+
+impl fmt::Display for Occupant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Page { at, size } => write!(f, "a {size:?} page is mapped at {at}"),
+            Self::Table { at, size } => write!(
+                f,
+                "the {size:?} entry at {at} holds a table of smaller pages (unmap them, then remove_table)"
+            ),
+        }
+    }
+}
+
 /// An XFAM rule about features that go together (`check_xfam`,
 /// `src/common/helpers/helpers.c` of TDX module 1.5.01).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,12 +281,30 @@ pub enum TdError {
         /// Why.
         why: &'static str,
     },
-    /// Something is already mapped at the GPA.
-    #[error("GPA {0} is already mapped")]
-    Mapped(Gpa),
+    /// Something is in the way of a new mapping at the GPA: a page (of the
+    /// same size, or a larger one that covers it) or an S-EPT table of
+    /// smaller pages. Found in the TD's own record, before any SEAMCALL.
+    #[error("GPA {gpa}: {by}")]
+    Occupied {
+        /// The GPA asked for.
+        gpa: Gpa,
+        /// What is there.
+        by: Occupant,
+    },
     /// Nothing of that size is mapped at the GPA.
     #[error("no page of that size is mapped at GPA {0}")]
     NotMapped(Gpa),
+    /// [`Td::add_image`](super::Td::add_image) was given fewer frames than
+    /// the image has pages; refused before any SEAMCALL.
+    #[error("the image at GPA {gpa} needs {needed} frames, {given} given")]
+    ImageFrames {
+        /// Where the image goes.
+        gpa: Gpa,
+        /// Its pages (4 KiB each, the last one padded).
+        needed: usize,
+        /// Frames given.
+        given: usize,
+    },
     /// The CPU does not exist.
     #[error("{0} does not exist")]
     NoSuchCpu(CpuId),
@@ -297,24 +353,6 @@ impl TdError {
     }
 }
 
-/// A failed step that hands back what it was given: the TD (to retry or
+/// A failed TD step that hands back what it was given: the TD (to retry or
 /// tear down), or a guest frame the module did not take.
-#[derive(Debug)]
-pub struct TdFailure<T> {
-    /// What went wrong.
-    pub error: TdError,
-    /// What comes back.
-    pub td: T,
-}
-
-impl<T> fmt::Display for TdFailure<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl<T: fmt::Debug> core::error::Error for TdFailure<T> {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
+pub type TdFailure<T> = crate::Failed<T, TdError>;

@@ -31,7 +31,7 @@ use tdx_types::{AddrError, PageSize, Pfn, PfnRange, PfnRun, Size4K};
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
 /// use tdx_api::{Placement, Platform, td::GuestFrame};
 /// use tdx_types::{Gpa, Pfn, Size2M};

@@ -155,10 +155,10 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             .map_or(0, |end| end.saturating_sub(4096));
         let last = u16::try_from(guest.end.saturating_sub(1)).unwrap_or(u16::MAX);
         if KeyedPa::try_new(Hpa::new(top), last, keyid_shift).is_err() {
-            return Err(Box::new(TdHostRefused {
-                error: TdError::KeyidShift(keyid_shift),
+            return Err(Box::new(TdHostRefused::new(
+                TdError::KeyidShift(keyid_shift),
                 module,
-            }));
+            )));
         }
         let errata = module.platform().errata();
         let pairs = match module.plan().filter(|_| module.dynamic_pamt()) {
@@ -166,12 +166,12 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
             Some(plan) => match PairTable::new(plan.tdmrs.iter().map(|t| (t.base, t.size))) {
                 Some(t) => Some(t),
                 None => {
-                    return Err(Box::new(TdHostRefused {
-                        error: TdError::Alloc {
+                    return Err(Box::new(TdHostRefused::new(
+                        TdError::Alloc {
                             what: "the Dynamic PAMT range table",
                         },
                         module,
-                    }));
+                    )));
                 }
             },
         };
@@ -765,18 +765,6 @@ impl<H: super::TdHostRef> Td<Initialized, H> {
     }
 }
 
-/// [`TdHost::new`] refused the module; it comes back unchanged.
-pub struct TdHostRefused<B: Seamcall + Sync, P: Platform + Sync> {
-    /// Why.
-    pub error: TdError,
-    /// The module, still ready.
-    pub module: TdxModule<ExtInited, B, P>,
-}
-
-impl<B: Seamcall + Sync, P: Platform + Sync> fmt::Debug for TdHostRefused<B, P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TdHostRefused")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
+/// [`TdHost::new`] refused the module; it comes back unchanged in
+/// `returned`.
+pub type TdHostRefused<B, P> = crate::Failed<TdxModule<ExtInited, B, P>, TdError>;

@@ -20,7 +20,8 @@ use tdx_types::{
 };
 
 use super::{
-    Finalized, GuestFrame, MayAug, Operand, PageRole, Td, TdError, TdFailure, TdHostRef, TdState,
+    Finalized, GuestFrame, MayAug, Occupant, Operand, PageRole, Td, TdError, TdFailure, TdHostRef,
+    TdState,
     mirror::{Entry, Hold, Node, Slot, Stop},
 };
 use crate::{
@@ -181,7 +182,7 @@ impl ZapReport {
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-/// # let vcpu0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let vcpu0 = td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let td = td.finalize().map_err(|f| f.error).unwrap();
 /// use std::cell::Cell;
 /// use tdx_api::{Placement, Platform, td::GuestFrame};
@@ -386,13 +387,12 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                     Ok(()) => return Ok(slot),
                     Err(Entry::Free) => {}
                     Err(Entry::Leaf(_, Hold::Idle | Hold::Blocked)) => {
-                        return Err(TdError::Mapped(gpa));
+                        return Err(self.occupied(gpa));
                     }
                     Err(Entry::Table(_, Hold::Idle | Hold::Blocked)) => {
-                        return Err(TdError::Gpa {
-                            gpa,
-                            why: "a table of smaller pages is there (remove_table first)",
-                        });
+                        let at = Gpa::new(g & !(level.bytes() - 1));
+                        let by = Occupant::Table { at, size: level };
+                        return Err(TdError::Occupied { gpa, by });
                     }
                     Err(_) => return Err(TdError::InProgress(gpa)),
                 },
@@ -402,7 +402,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                     }
                 }
                 Err(Stop::Busy) => return Err(TdError::InProgress(gpa)),
-                Err(Stop::Leaf) => return Err(TdError::Mapped(gpa)),
+                Err(Stop::Leaf) => return Err(self.occupied(gpa)),
                 Err(Stop::Blocked) => {
                     return Err(TdError::Gpa {
                         gpa,
@@ -412,6 +412,24 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             }
         }
         Err(TdError::InProgress(gpa))
+    }
+
+    /// The error for a GPA that a page covers (found by `claim`); out of
+    /// line, off the mapping path. If the page went away meanwhile, the
+    /// entry is changing: [`TdError::InProgress`].
+    #[cold]
+    #[inline(never)]
+    fn occupied(&self, gpa: Gpa) -> TdError {
+        match self.mapping(gpa) {
+            Some(m) => TdError::Occupied {
+                gpa,
+                by: Occupant::Page {
+                    at: m.gpa,
+                    size: m.size,
+                },
+            },
+            None => TdError::InProgress(gpa),
+        }
     }
 
     /// Adds the S-EPT page for the claimed table entry `slot` on the way to
@@ -510,7 +528,7 @@ impl<S: MayAug, H: TdHostRef> Td<S, H> {
         gpa: Gpa,
         frame: GuestFrame<Sz>,
     ) -> Result<(), TdFailure<GuestFrame<Sz>>> {
-        let back = |error, frame| Err(TdFailure { error, td: frame });
+        let back = |error, frame| Err(TdFailure::new(error, frame));
         let info = match Self::check_gpa::<Sz>(gpa) {
             Ok(i) => i,
             Err(e) => return back(e, frame),
@@ -612,14 +630,9 @@ impl Map1gParts {
     }
 }
 
-/// A failed [`Td::map_1g`]: the error, and where the frame is.
-#[derive(Debug)]
-pub struct Map1gFailure {
-    /// What went wrong first.
-    pub error: TdError,
-    /// Where the frames are.
-    pub left: Map1gLeft,
-}
+/// A failed [`Td::map_1g`]: the error, and where the frame is
+/// ([`Map1gLeft`] in `returned`).
+pub type Map1gFailure = crate::Failed<Map1gLeft, TdError>;
 
 impl<H: TdHostRef> Td<Finalized, H> {
     /// Maps a 1 GiB page: TDH.MEM.SEPT.ADD of the S-EPT page under the 1 GiB
@@ -635,7 +648,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
     ///
     /// If an AUG fails, the parts already mapped are removed again in one
     /// batch (one TRACK, one kick) and every frame is accounted for in
-    /// [`Map1gFailure::left`]: the whole frame back, or (if a removal failed
+    /// `returned` ([`Map1gLeft`]): the whole frame back, or (if a removal failed
     /// too) the parts that stay with the TD and the parts that came back.
     /// The S-EPT page under the entry stays (an empty table, which the next
     /// `map_1g` there reuses and `remove_table::<Size1G>` frees). If the
@@ -652,12 +665,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         frame: GuestFrame<Size1G>,
         kick: &dyn Fn(),
     ) -> Result<(), Map1gFailure> {
-        let whole = |error, frame| {
-            Err(Map1gFailure {
-                error,
-                left: Map1gLeft::Whole(frame),
-            })
-        };
+        let whole = |error, frame| Err(Map1gFailure::new(error, Map1gLeft::Whole(frame)));
         let info = match Self::check_gpa::<Size1G>(gpa) {
             Ok(i) => i,
             Err(e) => return whole(e, frame),
@@ -725,7 +733,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 let left = self.roll_back_1g(gpa, range, parts_node, i as usize, kick);
                 release_rest(i as usize);
                 slot.store(Entry::Table(node, Hold::Idle));
-                return Err(Map1gFailure { error, left });
+                return Err(Map1gFailure::new(error, left));
             }
             parts_node
                 .slot(i as usize, TdxLevel::L2M.as_u8())
@@ -747,18 +755,12 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Ok(freed) => {
                 slot.store(Entry::Leaf(range.first(), Hold::Idle));
                 self.take_freed_sept(node, freed, Leaf::MEM_PAGE_PROMOTE.v0(), gpa)
-                    .map_err(|error| Map1gFailure {
-                        error,
-                        left: Map1gLeft::Merged,
-                    })
+                    .map_err(|error| Map1gFailure::new(error, Map1gLeft::Merged))
             }
             Err((error, blocked)) => {
                 let held = if blocked { Hold::Blocked } else { Hold::Idle };
                 slot.store(Entry::Table(node, held));
-                Err(Map1gFailure {
-                    error,
-                    left: Map1gLeft::Mapped,
-                })
+                Err(Map1gFailure::new(error, Map1gLeft::Mapped))
             }
         }
     }
@@ -790,10 +792,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
                     child.store(Entry::Free);
                 }
                 slot.store(Entry::Table(node, Hold::Idle));
-                return Err(TdError::Gpa {
-                    gpa,
-                    why: "a table of smaller pages is there and maps something",
-                });
+                // A child that was not free: a page, a table, or an
+                // entry another thread is changing.
+                let by = Occupant::Table {
+                    at: gpa,
+                    size: TdxLevel::L1G,
+                };
+                return Err(TdError::Occupied { gpa, by });
             }
             return Ok((slot, node, true));
         }

@@ -53,8 +53,12 @@
 //!   (the report goes to [`Platform::dropped_td`], leaks to
 //!   [`Platform::leak_pages`]).
 //!
-//! Failing transitions hand the TD back ([`TdFailure`]) so the caller can
-//! retry or tear it down; a failed mapping hands the frame back. Busy and
+//! Failing transitions hand the TD back ([`TdFailure`], a
+//! [`Failed`](crate::Failed) with the TD in `returned`) so the caller can
+//! retry or tear it down; a failed mapping hands the frame back the same
+//! way. A map that overlaps what is mapped is refused from the TD's own
+//! record before any SEAMCALL ([`TdError::Occupied`], saying what is in the
+//! way: a page of the same or a larger size, or a table of smaller pages). Busy and
 //! entropy statuses are retried as the [`RetryPolicy`] says; other failures
 //! are [`TdError`]s naming the leaf and the GPA or PFN.
 //!
@@ -267,7 +271,7 @@ use tdx_types::{
 
 pub use build::check_params;
 pub use config::TdConfig;
-pub use error::{Operand, ParamsError, TdError, TdFailure, XfamRule};
+pub use error::{Occupant, Operand, ParamsError, TdError, TdFailure, XfamRule};
 pub use frame::GuestFrame;
 pub use hkid::{Hkid, HkidPool};
 pub use host::{TdHost, TdHostRef, TdHostRefused};
@@ -277,7 +281,7 @@ pub use memory::{
 };
 pub use run::{FinalizedTd, Vcpu};
 pub use teardown::{LeakedPage, PageRole, TeardownReport};
-pub use vcpu::{VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded};
+pub use vcpu::{InitialRcx, VcpuBuilder, VcpuId, VcpuState, VpCreated, VpTdcxAdded, X2ApicId};
 
 /// A private page the TD maps ([`Td::mapping`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -445,7 +449,7 @@ impl fmt::Debug for Inner {
 /// let td = td.add_tdcs().map_err(|f| f.error).unwrap(); // TDH.MNG.ADDCX
 /// let params = TdConfig::builder().max_vcpus(1).build().to_params();
 /// let mut td = td.init(&params).map_err(|f| f.error).unwrap(); // TDH.MNG.INIT
-/// td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 ///
 /// // The VMM's memory: frames from any allocator; only their numbers matter.
 /// let run = sim.alloc_pages(1024, 512, Placement::Anywhere).unwrap();
@@ -660,7 +664,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     }
 
     fn fail<E>(self, error: TdError) -> Result<E, TdFailure<Self>> {
-        Err(TdFailure { error, td: self })
+        Err(TdFailure::new(error, self))
     }
 
     fn b(&self) -> &H::Backend {
@@ -748,7 +752,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-/// # td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let td = td.finalize().map_err(|f| f.error).unwrap();
 /// # (|| -> Result<(), tdx_api::td::TdError> {
 /// use tdx_types::metadata::{td_fields, TdOpState};

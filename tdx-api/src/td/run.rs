@@ -87,7 +87,7 @@ impl<H: TdHostRef> FinalizedTd for Arc<Td<Finalized, H>> {
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-/// # let vcpu0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
+/// # let vcpu0 = td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let td = td.finalize().map_err(|f| f.error).unwrap();
 /// use tdx_sim::Guest;
 /// use tdx_types::exit::{TdExit, VmcallRequest, VmcallStatus, subfunction};

@@ -28,6 +28,28 @@ pub struct VcpuId {
     pub cpu: CpuId,
 }
 
+/// The value a vCPU starts with in RCX (and R8), given to TDH.VP.INIT.
+///
+/// The TD's firmware reads it as it chooses; KVM passes what the VMM gives
+/// it (`KVM_TDX_INIT_VCPU`), which TDVF takes as the address of its hand-off
+/// block list. A named type so that it cannot be swapped with the
+/// [`X2ApicId`] beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct InitialRcx(pub u64);
+
+/// A vCPU's x2APIC ID, given to TDH.VP.INIT version 1 on a module with
+/// topology enumeration; unique among the TD's vCPUs there, and consistent
+/// with the CPUID(0x1F) topology of TD_PARAMS. Not used by module 1.5.01
+/// (see [`VcpuBuilder::init`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct X2ApicId(pub u32);
+
+impl fmt::Display for X2ApicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "x2APIC ID {}", self.0)
+    }
+}
+
 /// The build state of a vCPU (sealed): [`VpCreated`] (TDH.VP.CREATE done),
 /// then [`VpTdcxAdded`] (every TDCX page added); TDH.VP.INIT ends the
 /// build and yields a [`VcpuId`].
@@ -144,7 +166,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
             .saturating_sub(1);
         let (index, tdvpr) = (self.index, self.tdvpr());
         while self.td.inner.vcpus[index].tdcx.len() < n {
-            let fail = |error, td| Err(TdFailure { error, td });
+            let fail = |error, td| Err(TdFailure::new(error, td));
             if self.td.inner.vcpus[index].tdcx.try_reserve(1).is_err() {
                 return fail(
                     TdError::Alloc {
@@ -193,7 +215,12 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
     ///
     /// On failure the builder comes back, to retry or drop.
     #[doc(alias = "TDH.VP.INIT")]
-    pub fn init(self, initial_rcx: u64, x2apic_id: u32) -> Result<VcpuId, TdFailure<Self>> {
+    pub fn init(
+        self,
+        initial_rcx: InitialRcx,
+        x2apic_id: X2ApicId,
+    ) -> Result<VcpuId, TdFailure<Self>> {
+        let (InitialRcx(initial_rcx), X2ApicId(x2apic_id)) = (initial_rcx, x2apic_id);
         let (b, p, index, tdvpr) = (self.td.b(), self.td.p(), self.index, self.tdvpr());
         let cpu = self.td.inner.vcpus[index].cpu;
         let v1 = self.td.host().module().sysinfo().vp_init_takes_x2apic_id();
@@ -221,7 +248,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
             },
         );
         if let Err(error) = r {
-            return Err(TdFailure { error, td: self });
+            return Err(TdFailure::new(error, self));
         }
         // The module's VCPU_INDEX, read back (TDH.VP.RD on the vCPU's CPU,
         // where it is associated now). Counting the vCPUs initialized before
@@ -272,8 +299,8 @@ impl<H: TdHostRef> Td<Initialized, H> {
     pub fn create_vcpu(
         &mut self,
         cpu: CpuId,
-        initial_rcx: u64,
-        x2apic_id: u32,
+        initial_rcx: InitialRcx,
+        x2apic_id: X2ApicId,
     ) -> Result<VcpuId, TdError> {
         self.new_vcpu(cpu)?
             .add_tdcx()
