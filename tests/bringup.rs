@@ -1754,15 +1754,18 @@ fn an_optional_sysinfo_field_is_absent_only_for_field_id_incorrect() {
     }
 }
 
-/// A backend that forwards to the simulator but reports MAX_TDMRS as a
-/// value wider than the 16 bits the ABI gives it (a corrupted or unknown
-/// module).
+/// A backend that forwards to the simulator but reports one metadata field
+/// (TDH.SYS.RD) as another value: a corrupted or unknown module.
 #[derive(Debug)]
-struct WideMaxTdmrs<'s>(&'s Simulator);
+struct ReadsAs<'s> {
+    sim: &'s Simulator,
+    field: tdx::types::metadata::MdFieldId,
+    value: u64,
+}
 
 // SAFETY: a test double. It forwards every call unchanged except R8 of a
-// TDH.SYS.RD of MAX_TDMRS, an output the library must check.
-unsafe impl tdx::sys::Seamcall for WideMaxTdmrs<'_> {
+// successful TDH.SYS.RD of `field`, a value the library must check.
+unsafe impl tdx::sys::Seamcall for ReadsAs<'_> {
     unsafe fn seamcall(
         &self,
         rax: u64,
@@ -1771,20 +1774,70 @@ unsafe impl tdx::sys::Seamcall for WideMaxTdmrs<'_> {
     ) -> TdxStatus {
         let field = args.rdx;
         // SAFETY: forwarded as given.
-        let s = unsafe { tdx::sys::Seamcall::seamcall(self.0, rax, args, shape) };
+        let s = unsafe { tdx::sys::Seamcall::seamcall(self.sim, rax, args, shape) };
         let rd = tdx::LeafVersion::from_rax(rax).is_ok_and(|l| l.leaf() == Leaf::SYS_RD);
-        if rd && field == tdx::types::metadata::field::MAX_TDMRS.into_raw() && !s.is_error() {
-            args.r8 = 0x1_0040;
+        if rd && field == self.field.into_raw() && !s.is_error() {
+            args.r8 = self.value;
         }
         s
     }
 }
 
+/// Bring-up with `field` reading as `value`: the error.
+fn bring_up_reading(field: tdx::types::metadata::MdFieldId, value: u64) -> BringUpError {
+    let sim = Simulator::new(small(Profile::tdx_1_5())).unwrap();
+    let backend = ReadsAs {
+        sim: &sim,
+        field,
+        value,
+    };
+    let e = match TdxModule::init(&backend, &sim) {
+        Err(r) => r.error,
+        Ok(m) => {
+            // Read at init; if it got through, the plan must refuse it.
+            let input = small(Profile::tdx_1_5()).plan_input();
+            m.configure(&input).map(|_| ()).unwrap_err().error
+        }
+    };
+    assert_all_free(&sim, "metadata refused");
+    e
+}
+
+/// CMRs a module reports are checked before the planner does arithmetic
+/// on them (found by the hostile-module test: a garbled CMR base overflowed
+/// `base + size`).
+#[test]
+fn cmrs_past_the_address_space_or_too_many_are_refused_at_init() {
+    use tdx::types::metadata::field;
+    const PA_END: u64 = 1 << 52;
+    let base = field::cmr_base(0).unwrap();
+    assert_eq!(
+        bring_up_reading(base, u64::MAX - 4095),
+        BringUpError::MetadataOutOfRange {
+            field: base,
+            value: u64::MAX - 4095,
+            max: PA_END,
+        }
+    );
+    let size = field::cmr_size(0).unwrap();
+    let e = bring_up_reading(size, u64::MAX);
+    assert!(
+        matches!(e, BringUpError::MetadataOutOfRange { field, value: u64::MAX, max } if field == size && max < PA_END),
+        "{e:?}"
+    );
+    assert_eq!(
+        bring_up_reading(field::NUM_CMRS, 33),
+        BringUpError::MetadataOutOfRange {
+            field: field::NUM_CMRS,
+            value: 33,
+            max: 32,
+        }
+    );
+}
+
 #[test]
 fn a_metadata_value_wider_than_its_field_is_an_error_not_cut() {
-    let sim = Simulator::new(small(Profile::tdx_1_5())).unwrap();
-    let wide = WideMaxTdmrs(&sim);
-    let e = TdxModule::init(&wide, &sim).unwrap_err().error;
+    let e = bring_up_reading(tdx::types::metadata::field::MAX_TDMRS, 0x1_0040);
     assert_eq!(
         e,
         BringUpError::MetadataOutOfRange {

@@ -1121,12 +1121,39 @@ fn read_sysinfo<B: Seamcall, P: Platform>(
     // CMRs: optional (fields from a proposed series; absent on some modules).
     let cmrs = match optional(rd(field::NUM_CMRS))? {
         Some(n) => {
+            // At most 32 CMRs (the module's MAX_CMRS), each inside the
+            // 52-bit physical address space: a module reporting more, or a
+            // range past the end, is refused here rather than overflowing
+            // the planner's arithmetic.
+            const MAX_CMRS: u64 = 32;
+            const PA_END: u64 = 1 << 52;
+            if n > MAX_CMRS {
+                return Err(BringUpError::MetadataOutOfRange {
+                    field: field::NUM_CMRS,
+                    value: n,
+                    max: MAX_CMRS,
+                });
+            }
             let mut v = Vec::new();
-            for i in 0..n.min(32) as u32 {
+            for i in 0..n as u32 {
                 let (Some(bf), Some(sf)) = (field::cmr_base(i), field::cmr_size(i)) else {
                     break;
                 };
                 let (base, size) = (rd(bf)?, rd(sf)?);
+                if base > PA_END {
+                    return Err(BringUpError::MetadataOutOfRange {
+                        field: bf,
+                        value: base,
+                        max: PA_END,
+                    });
+                }
+                if size > PA_END - base {
+                    return Err(BringUpError::MetadataOutOfRange {
+                        field: sf,
+                        value: size,
+                        max: PA_END - base,
+                    });
+                }
                 if size > 0 {
                     v.push((base, size));
                 }

@@ -1,0 +1,549 @@
+//! A hostile TDX module: a `Seamcall` backend in front of the simulator
+//! that answers as a buggy or compromised module would, within what the
+//! library can tell apart from a correct one.
+//!
+//! For each call, at a seeded random rate it:
+//!
+//! - does not run the leaf at all and answers an arbitrary error status
+//!   (any value with the error bit set: known codes, known classes with
+//!   random details, or random bits) with garbage in every output register;
+//! - runs the leaf and, when the module failed, answers another arbitrary
+//!   error status with garbage outputs;
+//! - runs a read leaf (TDH.SYS.RD, SYS.RDALL, MNG.RD, VP.RD, MEM.SEPT.RD,
+//!   PHYMEM.PAGE.RDMD) that succeeded and returns garbage values: metadata
+//!   the library must check before it uses it (sizes, counts, indices).
+//!
+//! What it never does is answer success for work the module did not do:
+//! the `Seamcall` contract (point 3) lets the library rely on a successful
+//! status to decide who owns memory, and no host library can do otherwise.
+//!
+//! Whole lifecycles run against it (bring-up, a TD with vCPUs, a measured
+//! image, 4K and 2M maps, unmaps, demote, teardown or drop), and after each
+//! one the test checks that the library never panicked (a panic fails the
+//! test), never looped without bound (each run has a watchdog, and the
+//! backend counts calls), and lost nothing: the simulator saw no rule
+//! broken (no host access to module memory, no page freed while the module
+//! owned it), its invariants hold, and every page the test or the library
+//! allocated is free again or was reported leaked with a reason.
+//!
+//! CI runs a fixed set of seeds; `cargo test --test hostile_module --
+//! --ignored` runs thousands (`HOSTILE_SEEDS=n` for another number), in a
+//! debug build so that arithmetic overflow panics too.
+
+// UNSAFETY: the backend implements the `unsafe trait Seamcall` by
+// forwarding to the simulator, and the test hands frames it allocated to
+// TDs (`GuestFrame::new`) and frees them when they come back.
+#![allow(unsafe_code)]
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tdx::{
+    Gpa, Leaf, Size2M, Size4K, TdxStatus,
+    api::{
+        CpuId, InitialRcx, Placement, Platform, TdxModule, X2ApicId,
+        plan::{MemRange, PlanInput},
+        td::{GuestFrame, TdConfig, TdHost},
+    },
+    sys::{RegShape, Seamcall, SeamcallArgs},
+    types::PfnRun,
+};
+use tdx_sim::{MachineDesc, Profile, Simulator};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// More SEAMCALLs than one lifecycle can need with every retry the
+/// library's policies allow: past this the library is looping.
+const CALL_LIMIT: u64 = 2_000_000;
+
+/// How hostile one run is, in calls per 1000.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    /// Calls not run, answered with an arbitrary error.
+    fake: u32,
+    /// Failed calls whose status and outputs are replaced.
+    corrupt: u32,
+    /// Successful reads whose values are replaced.
+    garble_reads: u32,
+}
+
+struct Hostile<'s> {
+    sim: &'s Simulator,
+    rates: Rates,
+    rng: Mutex<ChaCha8Rng>,
+    calls: AtomicU64,
+    faked: AtomicU64,
+    corrupted: AtomicU64,
+    garbled: AtomicU64,
+    runaway: AtomicBool,
+    /// Hostile only while set: runs that must reach the TD leaves bring
+    /// the module up with it clear.
+    armed: AtomicBool,
+}
+
+impl std::fmt::Debug for Hostile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hostile")
+            .field("rates", &self.rates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Error statuses a module answers, for the hostile draws to hit the
+/// library's special cases (busy, interrupted, entropy, resume errors).
+const KNOWN: &[TdxStatus] = &[
+    TdxStatus::INTERRUPTED_RESUMABLE,
+    TdxStatus::INTERRUPTED_RESTARTABLE,
+    TdxStatus::OPERAND_INVALID,
+    TdxStatus::OPERAND_BUSY,
+    TdxStatus::PREVIOUS_TLB_EPOCH_BUSY,
+    TdxStatus::SYS_BUSY,
+    TdxStatus::RND_NO_ENTROPY,
+    TdxStatus::OPERAND_BUSY_HOST_PRIORITY,
+    TdxStatus::PAGE_METADATA_INCORRECT,
+    TdxStatus::HPA_RANGE_NOT_FREE,
+    TdxStatus::NO_PAMT_PAGE_PAIR,
+    TdxStatus::INTERRUPTED_PAMT,
+    TdxStatus::MISSING_PAMT_PAGE_PAIR,
+    TdxStatus::TD_ASSOCIATED_PAGES_EXIST,
+    TdxStatus::SYS_NOT_READY,
+    TdxStatus::TD_FATAL,
+    TdxStatus::LIFECYCLE_STATE_INCORRECT,
+    TdxStatus::OP_STATE_INCORRECT,
+    TdxStatus::VCPU_ASSOCIATED,
+    TdxStatus::VCPU_NOT_ASSOCIATED,
+    TdxStatus::KEY_GENERATION_FAILED,
+    TdxStatus::TD_KEYS_NOT_CONFIGURED,
+    TdxStatus::WBCACHE_NOT_COMPLETE,
+    TdxStatus::HKID_NOT_FREE,
+    TdxStatus::WBCACHE_RESUME_ERROR,
+    TdxStatus::FLUSHVP_NOT_DONE,
+    TdxStatus::SEAMCALL_VMFAILINVALID,
+    TdxStatus::SEAMCALL_VMFAILVALID,
+];
+
+impl<'s> Hostile<'s> {
+    fn new(sim: &'s Simulator, seed: u64, rates: Rates) -> Self {
+        Self {
+            sim,
+            rates,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            calls: AtomicU64::new(0),
+            faked: AtomicU64::new(0),
+            corrupted: AtomicU64::new(0),
+            garbled: AtomicU64::new(0),
+            runaway: AtomicBool::new(false),
+            armed: AtomicBool::new(true),
+        }
+    }
+
+    /// An arbitrary status with the error bit set.
+    fn error(rng: &mut ChaCha8Rng) -> TdxStatus {
+        let raw = match rng.next_u32() % 3 {
+            0 => KNOWN[rng.next_u32() as usize % KNOWN.len()].raw() | u64::from(rng.next_u32() % 4),
+            1 => {
+                let class = KNOWN[rng.next_u32() as usize % KNOWN.len()].raw();
+                (class & 0xFFFF_FFFF_0000_0000) | u64::from(rng.next_u32())
+            }
+            _ => rng.next_u64(),
+        };
+        TdxStatus::from_raw(raw | 1 << 63)
+    }
+
+    /// Garbage in every register the shape returns.
+    fn garble(rng: &mut ChaCha8Rng, args: &mut SeamcallArgs, shape: RegShape) {
+        let mut g = || match rng.next_u32() % 4 {
+            0 => 0,
+            1 => u64::MAX,
+            2 => u64::from(rng.next_u32() % 4096),
+            _ => rng.next_u64(),
+        };
+        match shape {
+            RegShape::NoOutputs => {}
+            RegShape::Ret => {
+                for r in [
+                    &mut args.rcx,
+                    &mut args.rdx,
+                    &mut args.r8,
+                    &mut args.r9,
+                    &mut args.r10,
+                    &mut args.r11,
+                ] {
+                    *r = g();
+                }
+            }
+            RegShape::SavedRet => {
+                for r in [
+                    &mut args.rcx,
+                    &mut args.rdx,
+                    &mut args.r8,
+                    &mut args.r9,
+                    &mut args.r10,
+                    &mut args.r11,
+                    &mut args.r12,
+                    &mut args.r13,
+                    &mut args.r14,
+                    &mut args.r15,
+                    &mut args.rbx,
+                    &mut args.rdi,
+                    &mut args.rsi,
+                ] {
+                    *r = g();
+                }
+            }
+        }
+    }
+}
+
+fn is_read(rax: u64) -> bool {
+    let leaf = Leaf((rax & 0xFFFF) as u16);
+    [
+        Leaf::SYS_RD,
+        Leaf::SYS_RDALL,
+        Leaf::MNG_RD,
+        Leaf::VP_RD,
+        Leaf::MEM_SEPT_RD,
+        Leaf::PHYMEM_PAGE_RDMD,
+    ]
+    .contains(&leaf)
+}
+
+// SAFETY: every call either runs on the simulator as given, or does not run
+// and answers an error status (the module did nothing, which an error says);
+// statuses and outputs are replaced only on calls that failed, and outputs
+// of successful calls only for read leaves, which hand over no memory. A
+// successful status always means the simulator did the leaf (point 3).
+unsafe impl Seamcall for Hostile<'_> {
+    unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+        if self.calls.fetch_add(1, Relaxed) >= CALL_LIMIT {
+            // The library is looping; stop it the only way a module can.
+            self.runaway.store(true, Relaxed);
+            return TdxStatus::SYS_NOT_READY;
+        }
+        if !self.armed.load(Relaxed) {
+            // SAFETY: the caller keeps the contract for this call.
+            return unsafe { self.sim.seamcall(rax, args, shape) };
+        }
+        let mut rng = self.rng.lock().unwrap();
+        let draw = rng.next_u32() % 1000;
+        if draw < self.rates.fake {
+            self.faked.fetch_add(1, Relaxed);
+            Self::garble(&mut rng, args, shape);
+            return Self::error(&mut rng);
+        }
+        drop(rng);
+        // SAFETY: the caller keeps the contract for this call.
+        let status = unsafe { self.sim.seamcall(rax, args, shape) };
+        let mut rng = self.rng.lock().unwrap();
+        let draw = rng.next_u32() % 1000;
+        if status.is_error() && draw < self.rates.corrupt {
+            self.corrupted.fetch_add(1, Relaxed);
+            Self::garble(&mut rng, args, shape);
+            return Self::error(&mut rng);
+        }
+        if status.is_success() && is_read(rax) && draw < self.rates.garble_reads {
+            self.garbled.fetch_add(1, Relaxed);
+            Self::garble(&mut rng, args, shape);
+        }
+        status
+    }
+}
+
+/// What one run did, for the summary.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    calls: u64,
+    faked: u64,
+    corrupted: u64,
+    garbled: u64,
+    ready: bool,
+    finalized: bool,
+    mapped: u64,
+}
+
+fn frames(sim: &Simulator, count: u64, align: u64) -> Option<PfnRun> {
+    sim.alloc_pages(count, align, Placement::Anywhere).ok()
+}
+
+fn free(sim: &Simulator, run: PfnRun) {
+    // SAFETY: the run came back from a TD (an unmap, a refused map, a
+    // teardown report) or was never given to one: host memory again.
+    unsafe { sim.free_pages(run) };
+}
+
+/// One lifecycle against a hostile module; the checks at the end.
+fn run(seed: u64) -> Tally {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let rates = match seed % 4 {
+        0 => Rates {
+            fake: 2,
+            corrupt: 500,
+            garble_reads: 5,
+        },
+        1 => Rates {
+            fake: 10,
+            corrupt: 1000,
+            garble_reads: 20,
+        },
+        2 => Rates {
+            fake: 50,
+            corrupt: 1000,
+            garble_reads: 100,
+        },
+        _ => Rates {
+            fake: 0,
+            corrupt: 0,
+            garble_reads: 300,
+        },
+    };
+    let sim = Simulator::new(
+        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(2, 2)
+            .with_profile(if seed.is_multiple_of(3) {
+                Profile::tdx_1_5_16()
+            } else {
+                Profile::tdx_1_5()
+            }),
+    )
+    .unwrap();
+    let hostile = Hostile::new(&sim, seed, rates);
+    // Three runs in eight are hostile from the first SEAMCALL (one of them
+    // with garbled reads only, which reach every metadata check); the others bring
+    // the module up cleanly and turn hostile for the TD.
+    let hostile_bring_up = seed % 4 == 1 || seed % 8 == 3;
+    hostile.armed.store(hostile_bring_up, Relaxed);
+    let mut tally = Tally::default();
+    lifecycle(&sim, &hostile, &mut rng, &mut tally);
+    tally.calls = hostile.calls.load(Relaxed);
+    tally.faked = hostile.faked.load(Relaxed);
+    tally.corrupted = hostile.corrupted.load(Relaxed);
+    tally.garbled = hostile.garbled.load(Relaxed);
+
+    let label = format!("seed {seed} ({rates:?}, {tally:?})");
+    assert!(
+        !hostile.runaway.load(Relaxed),
+        "{label}: the library looped"
+    );
+    assert!(
+        sim.violations().is_empty(),
+        "{label}: {:?}",
+        sim.violations()
+    );
+    // Every page the test or the library allocated is back or was reported
+    // leaked: none is still held by the host.
+    let acc = sim.accounting();
+    assert_eq!(
+        acc.host, 0,
+        "{label}: pages neither back nor reported: {acc:?}"
+    );
+    assert_eq!(acc.free + acc.module + acc.leaked, acc.total, "{label}");
+    sim.check_invariants()
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    tally
+}
+
+fn lifecycle(sim: &Simulator, hostile: &Hostile<'_>, rng: &mut ChaCha8Rng, tally: &mut Tally) {
+    let input = PlanInput::new(vec![MemRange {
+        start: 4 * GIB,
+        end: 8 * GIB,
+        node: 0,
+    }]);
+    let Ok(m) = TdxModule::init(hostile, sim) else {
+        return;
+    };
+    let Ok(m) = m.configure(&input) else {
+        return;
+    };
+    let Ok(m) = m.init_extensions() else {
+        return;
+    };
+    let Ok(host) = TdHost::new(m) else {
+        return;
+    };
+    tally.ready = true;
+    hostile.armed.store(true, Relaxed);
+    let params = TdConfig::builder().max_vcpus(2).build().to_params();
+    let Ok(mut td) = host.build_td(&params) else {
+        return;
+    };
+    for i in 0..2u32 {
+        let _ = td.create_vcpu(CpuId(i * 2), InitialRcx(0), X2ApicId(i));
+    }
+    // A measured three-page image.
+    let mut back: Vec<PfnRun> = Vec::new();
+    if let Some(run) = frames(sim, 3, 1) {
+        back.push(run);
+        let image: Vec<u8> = (0..3 * 4096u32).map(|i| i as u8).collect();
+        let tokens: Vec<_> = run
+            .iter()
+            // SAFETY: allocated above for this TD; untouched until returned.
+            .map(|f| unsafe { GuestFrame::<Size4K>::new(f) }.unwrap())
+            .collect();
+        let mut it = tokens.into_iter();
+        match td.add_image(Gpa::new(0xffd000), &image, &mut it, true) {
+            Ok(()) => {}
+            // A frame the module did not take, and the unused ones, are
+            // the test's again; the rest are in the TD until teardown.
+            Err(f) => {
+                if let Some(f) = f.returned {
+                    free(sim, f.run());
+                }
+            }
+        }
+        it.for_each(|f| free(sim, f.run()));
+        back.pop();
+    }
+    let td = match td.finalize() {
+        Ok(td) => td,
+        Err(f) => {
+            // Dropped: the teardown runs in `drop`; its report, and the
+            // guest frames in it, go to the platform.
+            drop(f.returned);
+            free_dropped(sim);
+            return;
+        }
+    };
+    tally.finalized = true;
+
+    // Runtime memory: 4K pages and 2M pages; some unmapped again, one 2M
+    // page demoted.
+    let mut mapped4 = Vec::new();
+    for i in 0..16u64 {
+        let Some(run) = frames(sim, 1, 1) else { break };
+        // SAFETY: allocated above for this TD.
+        let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+        let gpa = Gpa::new(64 * MIB + i * 4096);
+        match td.map(gpa, f) {
+            Ok(()) => {
+                tally.mapped += 1;
+                mapped4.push(gpa);
+            }
+            Err(f) => free(sim, f.returned.run()),
+        }
+    }
+    let mut mapped2 = Vec::new();
+    for i in 0..2u64 {
+        let Some(run) = frames(sim, 512, 512) else {
+            break;
+        };
+        // SAFETY: allocated above for this TD.
+        let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
+        let gpa = Gpa::new(128 * MIB + i * 2 * MIB);
+        match td.map(gpa, f) {
+            Ok(()) => {
+                tally.mapped += 512;
+                mapped2.push(gpa);
+            }
+            Err(f) => free(sim, f.returned.run()),
+        }
+    }
+    for gpa in &mapped4 {
+        if rng.next_u32().is_multiple_of(2)
+            && let Ok(f) = td.unmap::<Size4K>(*gpa, &|| {})
+        {
+            free(sim, f.run());
+        }
+    }
+    if let Some(gpa) = mapped2.first() {
+        let _ = td.demote::<Size2M>(*gpa, &|| {});
+        for k in 0..4 {
+            let at = Gpa::new(gpa.as_u64() + k * 4096);
+            if let Ok(f) = td.unmap::<Size4K>(at, &|| {}) {
+                free(sim, f.run());
+            }
+        }
+    }
+    if rng.next_u32().is_multiple_of(4) {
+        drop(td);
+        free_dropped(sim);
+    } else {
+        let report = td.teardown();
+        for r in &report.guest_returned {
+            free(sim, *r);
+        }
+    }
+}
+
+/// Frees the guest frames of TDs that were dropped (their reports went to
+/// the simulator's platform hook).
+fn free_dropped(sim: &Simulator) {
+    for report in sim.dropped_td_reports() {
+        for r in &report.guest_returned {
+            free(sim, *r);
+        }
+    }
+}
+
+/// Runs `seeds` under a watchdog: a run that does not finish in time is a
+/// library that hangs.
+fn run_seeds(seeds: std::ops::Range<u64>) {
+    let mut totals = Tally::default();
+    let (mut ready, mut finalized) = (0, 0);
+    for seed in seeds.clone() {
+        let (tx, rx) = mpsc::channel();
+        let worker = thread::spawn(move || {
+            let t = run(seed);
+            let _ = tx.send(t);
+        });
+        let t = match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(t) => t,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The run panicked: report its message as the test failure.
+                if let Err(e) = worker.join() {
+                    std::panic::resume_unwind(e);
+                }
+                unreachable!("a run that sent nothing panicked");
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("seed {seed}: no end after 300 s"),
+        };
+        worker.join().unwrap();
+        totals.calls += t.calls;
+        totals.faked += t.faked;
+        totals.corrupted += t.corrupted;
+        totals.garbled += t.garbled;
+        totals.mapped += t.mapped;
+        ready += u64::from(t.ready);
+        finalized += u64::from(t.finalized);
+    }
+    println!(
+        "{} runs: {} reached a ready module, {} a finalized TD; {} SEAMCALLs, {} not run and \
+         answered an error, {} failures replaced, {} reads garbled; {} 4K frames mapped",
+        seeds.end - seeds.start,
+        ready,
+        finalized,
+        totals.calls,
+        totals.faked,
+        totals.corrupted,
+        totals.garbled,
+        totals.mapped
+    );
+    // The runs reached the TD leaves: a hostility so high that nothing got
+    // past bring-up would test nothing.
+    assert!(finalized > 0, "no run reached a finalized TD");
+    assert!(totals.faked + totals.corrupted + totals.garbled > 0);
+}
+
+#[test]
+fn a_hostile_module_never_makes_the_library_panic_hang_or_lose_a_page() {
+    run_seeds(0..24);
+}
+
+#[test]
+#[ignore = "long: thousands of seeds; run with -- --ignored (debug build: overflow checks)"]
+fn a_hostile_module_soak() {
+    let n = std::env::var("HOSTILE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    run_seeds(1000..1000 + n);
+}
