@@ -1767,3 +1767,51 @@ fn add_image_adds_and_measures_a_padded_image_and_refuses_before_any_seamcall() 
     give_frames_back(&sim, &[run]);
     sim.check_invariants().unwrap();
 }
+
+/// A demote whose TRACK meets contention leaves the page blocked (its
+/// BLOCK stands, the retry of TRACK failed too, so it cannot be unblocked
+/// safely), and says so with a contention error; the next `demote` resumes
+/// from the block: TRACK, kick, DEMOTE, no second BLOCK. (Found by the
+/// soak: it used to refuse the blocked page for good.)
+#[test]
+fn a_demote_left_blocked_by_contention_resumes_from_the_block() {
+    use tdx::{
+        TdxLevel,
+        api::{
+            RetryPolicy,
+            td::{MappingState, TdError},
+        },
+    };
+    let sim = sim();
+    let m = ready(&sim);
+    let baseline = sim.accounting();
+    let h = host(m);
+    let mut td = running(&h);
+    td.set_policy(RetryPolicy::IMMEDIATE);
+    let run = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(run.first()) }.unwrap();
+    let gpa = Gpa::new(2 * MIB);
+    td.map(gpa, f).unwrap();
+    let busy = TdxStatus::OPERAND_BUSY;
+    sim.inject(Fault::status(Leaf::MEM_TRACK, 1, busy));
+    sim.inject(Fault::status(Leaf::MEM_TRACK, 2, busy));
+    let e = td.demote::<Size2M>(gpa, &|| {}).unwrap_err();
+    assert!(e.is_contention(), "{e:?}");
+    assert_eq!(td.mapping(gpa).unwrap().state, MappingState::Blocked);
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_BLOCK), 1);
+
+    td.demote::<Size2M>(gpa, &|| {}).unwrap();
+    assert_eq!(calls(&sim, Leaf::MEM_RANGE_BLOCK), 1, "no second BLOCK");
+    assert_eq!(calls(&sim, Leaf::MEM_PAGE_DEMOTE), 1);
+    let part = td.mapping(Gpa::new(2 * MIB + 4096)).unwrap();
+    assert_eq!(
+        (part.size, part.state),
+        (TdxLevel::L4K, MappingState::Mapped)
+    );
+    assert!(!matches!(e, TdError::Gpa { .. }));
+    let r = td.teardown();
+    assert!(r.is_clean(), "{r:#?}");
+    give_frames_back(&sim, &[run]);
+    assert_back_to(&sim, &baseline, "demote resumed");
+}

@@ -766,8 +766,24 @@ impl Guests {
                 .unwrap_or_else(|| Box::new(|_| {}));
             Runner::start(tdvpr, p)
         });
-        lock(&self.running).insert(tdvpr, (lp, false));
+        // Marked at `arrive` already, with any kick that came since.
+        lock(&self.running).entry(tdvpr).or_insert((lp, false));
         r
+    }
+
+    /// TDH.VP.ENTER is about to count the vCPU in the TD's epoch: from
+    /// here until [`depart`](Self::depart) it is in the guest as a host
+    /// sees it (KVM's IN_GUEST_MODE spans the whole SEAMCALL), so a kick
+    /// now is not lost: it is pending when the guest starts, which then
+    /// exits at once, and the kicker waits until the vCPU left the epoch.
+    pub(crate) fn arrive(&self, tdvpr: u64, lp: u32) {
+        lock(&self.running).insert(tdvpr, (lp, false));
+    }
+
+    /// The vCPU left the TD's epoch (its TD exit is complete): it is out of
+    /// the guest for a host's kick.
+    pub(crate) fn depart(&self, tdvpr: u64) {
+        lock(&self.running).remove(&tdvpr);
     }
 
     /// Takes a pending kick of the vCPU.
@@ -778,8 +794,8 @@ impl Guests {
     }
 
     /// The vCPU left the guest: its runner waits for the next entry.
+    /// Still in the guest for a kick until [`depart`](Self::depart).
     pub(crate) fn exit(&self, tdvpr: u64, r: Runner) {
-        lock(&self.running).remove(&tdvpr);
         lock(&self.runners).insert(tdvpr, r);
     }
 

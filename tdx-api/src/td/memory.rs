@@ -1246,26 +1246,31 @@ impl<H: TdHostRef> Td<Finalized, H> {
     /// from the platform), so that part of it can be unmapped.
     ///
     /// If DEMOTE fails after BLOCK, the range is unblocked again and stays
-    /// mapped as it was (only if that unblock fails too does it stay
-    /// blocked, for a removal or teardown to give back).
+    /// mapped as it was. Only if that unblock fails too (or the TRACK after
+    /// the BLOCK met contention) does it stay blocked: the guest cannot
+    /// use it, and the next `demote` of it resumes from the block (TRACK,
+    /// kick, DEMOTE), as a removal would.
     #[doc(alias = "TDH.MEM.PAGE.DEMOTE")]
     pub fn demote<S: HugePageSize>(&self, gpa: Gpa, kick: &dyn Fn()) -> Result<(), TdError> {
         let info = Self::check_gpa::<S>(gpa)?;
         let slot = self.find(gpa, S::LEVEL)?;
-        let first = match slot.load() {
-            Entry::Leaf(first, Hold::Idle) => first,
-            Entry::Leaf(_, Hold::Blocked) => {
-                return Err(TdError::Gpa {
-                    gpa,
-                    why: "the page is blocked after a failed removal; remove it",
-                });
-            }
+        // A page left blocked (a demote whose TRACK met contention, or a
+        // failed removal) is split from where it stopped: DEMOTE takes a
+        // blocked entry, so only TRACK and the kick are done again.
+        let (first, was_blocked) = match slot.load() {
+            Entry::Leaf(first, Hold::Idle) => (first, false),
+            Entry::Leaf(first, Hold::Blocked) => (first, true),
             Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked) => {
                 return Err(TdError::NotMapped(gpa));
             }
             _ => return Err(TdError::InProgress(gpa)),
         };
-        let idle = Entry::Leaf(first, Hold::Idle);
+        let hold = if was_blocked {
+            Hold::Blocked
+        } else {
+            Hold::Idle
+        };
+        let idle = Entry::Leaf(first, hold);
         slot.swap_if(idle, Entry::Leaf(first, Hold::Busy))
             .map_err(|_| TdError::InProgress(gpa))?;
         let restore = |e| {
@@ -1289,7 +1294,12 @@ impl<H: TdHostRef> Td<Finalized, H> {
             unsafe { Node::free(node) };
             self.free_refused(sept);
         };
-        if let Err((e, blocked)) = self.block_track(gpa, S::LEVEL.as_u8(), kick) {
+        let tracked = if was_blocked {
+            self.track(kick).map(|()| kick()).map_err(|e| (e, true))
+        } else {
+            self.block_track(gpa, S::LEVEL.as_u8(), kick)
+        };
+        if let Err((e, blocked)) = tracked {
             discard(node);
             slot.store(Entry::Leaf(
                 first,

@@ -353,6 +353,10 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         }
     }
     c.locked();
+    // In the guest for a host's kick from before the epoch count to after
+    // the exit's (see `Guests::arrive`): a TRACK and kick in between must
+    // wait for this entry.
+    c.sim.guests.arrive(v, lp);
     let epoch = td.enter_epoch();
     // The op-state and epoch locks go before the guest runs.
     c.held.release_to(mark);
@@ -371,6 +375,7 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         });
         td.exit_epoch(epoch);
     }
+    c.sim.guests.depart(v);
     if exit.fatal {
         td.set_fatal();
     }
