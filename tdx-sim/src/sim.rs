@@ -998,3 +998,7 @@ pub fn seamcalls_by_name(stats: &Stats) -> HashMap<String, u64> {
         .map(|(&l, &n)| (Leaf(l).to_string(), n))
         .collect()
 }
+
+#[cfg(test)]
+#[path = "invariant_tests.rs"]
+mod invariant_tests;
