@@ -267,6 +267,12 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(proptest::test_runner::Config {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..Default::default()
+        })]
         /// The map agrees with a plain array under random inserts/removes.
         #[test]
         fn matches_a_model(ops in proptest::collection::vec((0u64..64, 0u64..64, 0u8..4, 0u8..3), 1..60)) {

@@ -2512,6 +2512,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn tdmr_info_bytes_round_trip(bytes in proptest::collection::vec(any::<u8>(), 512)) {
             let t = TdmrInfo::read_from_bytes(&bytes).unwrap();

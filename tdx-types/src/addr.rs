@@ -495,6 +495,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn hpa_pfn_round_trip(pfn in 0u64..MAX_PFN) {
             let p = Pfn::new(pfn);

@@ -1059,6 +1059,8 @@ mod tests {
     }
 
     proptest::proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         /// Any registers decode without a panic; an entry failure keeps its
         /// whole status, and an exit its reason.
         #[test]

@@ -41,3 +41,20 @@ pub use leaf::{Leaf, LeafVersion};
 pub use page::{PageSize, PfnRange, PfnRun, Size1G, Size2M, Size4K, TdxLevel};
 pub use space::FirmwarePage;
 pub use status::{ErrorKind, OperandId, StatusDetail, TdxError, TdxStatus};
+
+/// The property tests' configuration: the default, except under Miri, which
+/// runs a few cases (it interprets every instruction) and keeps no failure
+/// file (its isolation has no file system).
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    let default = proptest::test_runner::Config::default();
+    if cfg!(miri) {
+        proptest::test_runner::Config {
+            cases: 4,
+            failure_persistence: None,
+            ..default
+        }
+    } else {
+        default
+    }
+}

@@ -2465,6 +2465,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         /// Any ID (reserved bits included) read back from the module
         /// round-trips unchanged.
         #[test]

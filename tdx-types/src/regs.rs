@@ -618,6 +618,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn page_info_round_trips(raw: u64) {
             prop_assert_eq!(PageInfo::from_bits(raw).into_bits(), raw);

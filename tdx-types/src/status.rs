@@ -1071,6 +1071,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn fields_recompose(raw: u64) {
             let s = TdxStatus::from_raw(raw);
