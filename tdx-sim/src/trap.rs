@@ -154,10 +154,10 @@
 
 use std::{
     any::Any,
-    cell::Cell,
+    cell::{Cell, OnceCell},
     panic::{self, AssertUnwindSafe},
     ptr,
-    sync::OnceLock,
+    sync::{OnceLock, mpsc},
 };
 
 use tdx_sys::{Cpu, RegShape, Seamcall, SeamcallArgs};
@@ -233,17 +233,93 @@ pub struct TrapBackend<'s> {
     scribble: bool,
 }
 
+/// What the handler needs of the call in progress on its thread.
+#[derive(Clone, Copy)]
+struct Target {
+    sim: *const Simulator,
+    server: *const Server,
+    shape: RegShape,
+    scribble: bool,
+}
+
+/// One SEAMCALL for a [`Server`]: the simulator, the LP the trapping
+/// thread is on, RAX and the register file.
+struct Request {
+    sim: *const Simulator,
+    lp: u32,
+    rax: u64,
+    regs: SeamcallArgs,
+}
+
+// SAFETY: `Simulator` is `Sync`, so its address may go to another thread;
+// the pointer stays valid because the requesting thread waits for the
+// reply inside `TrapBackend::seamcall`, which borrows the simulator.
+unsafe impl Send for Request {}
+
+/// The status and register file the simulator left, or its panic.
+type Reply = Result<(TdxStatus, SeamcallArgs), Box<dyn Any + Send>>;
+
+/// A thread that runs the simulator's side of one trapping thread's
+/// SEAMCALLs, so that the simulator never runs on the signal frame's
+/// stack: a panic's backtrace there would walk from the signal frame into
+/// the `asm!` block, whose pushes have no unwind information, and fault.
+struct Server {
+    requests: mpsc::SyncSender<Request>,
+    replies: mpsc::Receiver<Reply>,
+}
+
+impl Server {
+    /// Starts the server thread (it ends when the `Server` is dropped,
+    /// with the thread that owns it).
+    fn spawn() -> Self {
+        let (requests, incoming) = mpsc::sync_channel::<Request>(1);
+        let (outgoing, replies) = mpsc::sync_channel::<Reply>(1);
+        std::thread::Builder::new()
+            .name("tdx-sim trap server".into())
+            .spawn(move || {
+                for r in incoming {
+                    let reply = panic::catch_unwind(AssertUnwindSafe(|| {
+                        // SAFETY: `Request`'s `Send` argument: the
+                        // simulator outlives the request.
+                        let sim = unsafe { &*r.sim };
+                        sim.set_lp(r.lp);
+                        let mut regs = r.regs;
+                        // SAFETY: the simulator's memory is simulated:
+                        // whatever the registers name, no real memory
+                        // changes hands. The module sees the whole
+                        // register file, as hardware's does.
+                        let status = unsafe { sim.seamcall(r.rax, &mut regs, RegShape::SavedRet) };
+                        (status, regs)
+                    }));
+                    if outgoing.send(reply).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("tdx-sim trap: a thread to serve SEAMCALLs");
+        Self { requests, replies }
+    }
+
+    /// Runs one request on the server thread and waits for its reply.
+    fn run(&self, r: Request) -> Reply {
+        let gone =
+            || -> Box<dyn Any + Send> { Box::new("tdx-sim trap: the server thread is gone") };
+        self.requests.send(r).map_err(|_| gone())?;
+        self.replies.recv().map_err(|_| gone())?
+    }
+}
+
 thread_local! {
-    /// The simulator the calling thread's SEAMCALL goes to, set only while
-    /// [`TrapBackend::seamcall`] runs on this thread.
-    static TARGET: Cell<*const Simulator> = const { Cell::new(ptr::null()) };
-    /// The shape of that call, and whether to scribble.
-    static CALL: Cell<(RegShape, bool)> = const { Cell::new((RegShape::NoOutputs, false)) };
+    /// The call in progress on this thread, set only while
+    /// [`TrapBackend::seamcall`] runs.
+    static TARGET: Cell<Option<Target>> = const { Cell::new(None) };
+    /// This thread's server, started by its first call.
+    static SERVER: OnceCell<Server> = const { OnceCell::new() };
     /// The last trap this thread took.
     static LAST: Cell<Option<Trap>> = const { Cell::new(None) };
     /// Traps this thread took.
     static COUNT: Cell<u64> = const { Cell::new(0) };
-    /// A panic of the simulator inside the handler, for the caller.
+    /// A panic of the simulator's side of the call, for the caller.
     static PANIC: Cell<Option<Box<dyn Any + Send>>> = const { Cell::new(None) };
 }
 
@@ -324,12 +400,11 @@ impl<'s> TrapBackend<'s> {
 }
 
 /// Puts the previous target back when the call ends.
-struct Restore(*const Simulator, (RegShape, bool));
+struct Restore(Option<Target>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
         TARGET.with(|t| t.set(self.0));
-        CALL.with(|c| c.set(self.1));
     }
 }
 
@@ -344,9 +419,14 @@ impl Drop for Restore {
 unsafe impl Seamcall for TrapBackend<'_> {
     unsafe fn seamcall(&self, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
         let before = COUNT.with(Cell::get);
-        let prev = TARGET.with(|t| t.replace(self.sim));
-        let prev_call = CALL.with(|c| c.replace((shape, self.scribble)));
-        let restore = Restore(prev, prev_call);
+        let server: *const Server = SERVER.with(|s| s.get_or_init(Server::spawn) as *const Server);
+        let target = Target {
+            sim: self.sim,
+            server,
+            shape,
+            scribble: self.scribble,
+        };
+        let restore = Restore(TARGET.with(|t| t.replace(Some(target))));
         // SAFETY: the caller keeps the crate-level contract for this leaf
         // and its operands; `self.cpu` was created under term 2 of
         // `Cpu::new`, and this thread's TARGET now names the simulator
@@ -402,7 +482,21 @@ fn to_array(a: &SeamcallArgs) -> [u64; 13] {
 }
 
 fn from_array(v: [u64; 13]) -> SeamcallArgs {
-    let [rcx, rdx, r8, r9, r10, r11, r12, r13, r14, r15, rbx, rdi, rsi] = v;
+    let [
+        rcx,
+        rdx,
+        r8,
+        r9,
+        r10,
+        r11,
+        r12,
+        r13,
+        r14,
+        r15,
+        rbx,
+        rdi,
+        rsi,
+    ] = v;
     SeamcallArgs {
         rcx,
         rdx,
@@ -487,10 +581,9 @@ unsafe fn serve(signal: libc::c_int, info: *const libc::siginfo_t, ctx: *mut lib
     if code <= 0 {
         return false;
     }
-    let sim = TARGET.with(Cell::get);
-    if sim.is_null() {
+    let Some(target) = TARGET.with(Cell::get) else {
         return false;
-    }
+    };
     // SAFETY: the kernel's `ucontext_t` for this thread, exclusive to the
     // handler while it runs; the kernel restores the registers from it.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
@@ -508,7 +601,12 @@ unsafe fn serve(signal: libc::c_int, info: *const libc::siginfo_t, ctx: *mut lib
             return false;
         }
     }
-    let (shape, scribble) = CALL.with(Cell::get);
+    let Target {
+        sim,
+        server,
+        shape,
+        scribble,
+    } = target;
     let g = &mut uc.uc_mcontext.gregs;
     let rax = g[libc::REG_RAX as usize] as u64;
     let (rbp, rsp) = (
@@ -516,19 +614,27 @@ unsafe fn serve(signal: libc::c_int, info: *const libc::siginfo_t, ctx: *mut lib
         g[libc::REG_RSP as usize] as u64,
     );
     let seen = from_array(GREGS.map(|r| g[r as usize] as u64));
-    let mut regs = seen;
     // SAFETY: TARGET is set only by `TrapBackend::seamcall`, from a
-    // `&Simulator` that outlives that call, and reset before it returns;
-    // the call is on this thread's stack below the signal frame.
-    let sim = unsafe { &*sim };
-    let answer = panic::catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the simulator's memory is simulated: whatever the
-        // registers name, no real memory changes hands. The module sees
-        // the whole register file, as hardware's does.
-        let status = unsafe { sim.seamcall(rax, &mut regs, RegShape::SavedRet) };
-        (status, sim.current_lp())
-    }));
-    let (status, lp) = match answer {
+    // `&Simulator` that outlives that call and from this thread's server
+    // (thread-local, alive as long as the thread), and reset before it
+    // returns; the call is on this thread's stack below the signal frame.
+    let sim_ref = unsafe { &*sim };
+    // SAFETY: as above.
+    let server = unsafe { &*server };
+    // The LP this thread selected (or is placed on), as a direct call
+    // would find it.
+    let lp = panic::catch_unwind(AssertUnwindSafe(|| sim_ref.current_lp()));
+    let answer = lp.and_then(|lp| {
+        server
+            .run(Request {
+                sim,
+                lp,
+                rax,
+                regs: seen,
+            })
+            .map(|(status, regs)| (status, regs, lp))
+    });
+    let (status, regs, lp) = match answer {
         Ok(a) => a,
         Err(p) => {
             PANIC.with(|c| c.set(Some(p)));
