@@ -431,7 +431,7 @@ unsafe impl Seamcall for TrapBackend<'_> {
         // and its operands; `self.cpu` was created under term 2 of
         // `Cpu::new`, and this thread's TARGET now names the simulator
         // the handler serves the trap with.
-        let status = unsafe { self.cpu.seamcall(rax, args, shape) };
+        let status = unsafe { issue(&self.cpu, rax, args, shape) };
         drop(restore);
         if let Some(p) = PANIC.with(Cell::take) {
             panic::resume_unwind(p);
@@ -455,6 +455,42 @@ unsafe impl Seamcall for TrapBackend<'_> {
             );
         }
         status
+    }
+}
+
+/// Issues the call through a function of its own per shape, so that each
+/// function holds one `asm!` block with that shape's clobbers, as the raw
+/// leaf functions (a constant shape each) compile on hardware: a function
+/// holding all three blocks would save RBX and R12-R15 around any of them
+/// and hide a module that changes them in a `Ret` call.
+///
+/// # Safety
+///
+/// As [`Seamcall::seamcall`] on `cpu`.
+unsafe fn issue(cpu: &Cpu, rax: u64, args: &mut SeamcallArgs, shape: RegShape) -> TdxStatus {
+    #[inline(never)]
+    unsafe fn no_outputs(cpu: &Cpu, rax: u64, args: &mut SeamcallArgs) -> TdxStatus {
+        // SAFETY: the caller's contract.
+        unsafe { cpu.seamcall(rax, args, RegShape::NoOutputs) }
+    }
+    #[inline(never)]
+    unsafe fn ret(cpu: &Cpu, rax: u64, args: &mut SeamcallArgs) -> TdxStatus {
+        // SAFETY: the caller's contract.
+        unsafe { cpu.seamcall(rax, args, RegShape::Ret) }
+    }
+    #[inline(never)]
+    unsafe fn saved_ret(cpu: &Cpu, rax: u64, args: &mut SeamcallArgs) -> TdxStatus {
+        // SAFETY: the caller's contract.
+        unsafe { cpu.seamcall(rax, args, RegShape::SavedRet) }
+    }
+    // SAFETY (each arm): the caller's contract, for the shape it names.
+    match shape {
+        // SAFETY: see above.
+        RegShape::NoOutputs => unsafe { no_outputs(cpu, rax, args) },
+        // SAFETY: see above.
+        RegShape::Ret => unsafe { ret(cpu, rax, args) },
+        // SAFETY: see above.
+        RegShape::SavedRet => unsafe { saved_ret(cpu, rax, args) },
     }
 }
 

@@ -617,6 +617,67 @@ fn live_values_survive_each_shape() {
     }
 }
 
+/// The callee-saved registers of the SysV ABI (RBX, R12-R15; RBP and RSP
+/// too, which the `asm!` below relies on to return at all) survive a
+/// function that issues a trapped SEAMCALL of each shape: the caller is
+/// assembly that puts known values in them, calls the function, and reads
+/// them back, so the check does not depend on optimization (a `Ret` or
+/// `NoOutputs` call whose module changed R12, say, would leave the
+/// function's R12 changed, because `Cpu` does not declare it).
+#[test]
+fn callee_saved_registers_survive_each_shape() {
+    extern "C" fn trapped_call(cpu: &TrapBackend<'_>, shape: u64) -> u64 {
+        let (rax, shape) = match shape {
+            0 => (Leaf::SYS_LP_INIT.v0().rax(), RegShape::NoOutputs),
+            1 => (Leaf::SYS_RD.v0().rax(), RegShape::Ret),
+            _ => (Leaf::VP_ENTER.v0().rax(), RegShape::SavedRet),
+        };
+        let mut args = SeamcallArgs::regs6(1, 2, 3, 4, 5, 6);
+        // SAFETY: the simulator's memory is simulated.
+        unsafe { cpu.seamcall(rax, &mut args, shape) }.raw()
+    }
+
+    let sim = host();
+    let cpu = TrapBackend::new(&sim).unwrap();
+    for shape in 0..3u64 {
+        let want: [u64; 5] = core::array::from_fn(|i| 0x5eed_0000_0000_0b00 + i as u64);
+        let [mut r12, mut r13, mut r14, mut r15, rbx_in] = want;
+        let rbx_out: u64;
+        let before = traps();
+        // The block saves RBX (not an operand: LLVM reserves it), loads the
+        // value under test, keeps RSP 16-byte aligned for the call, and
+        // reads RBX back after it. R12-R15 are in-out operands; everything
+        // the C ABI lets the callee change is declared.
+        // SAFETY: a C-ABI call of `trapped_call` with a valid reference.
+        unsafe {
+            core::arch::asm!(
+                "push rbx",
+                "sub rsp, 8",
+                "mov rbx, rax",
+                "call {f}",
+                "mov rax, rbx",
+                "add rsp, 8",
+                "pop rbx",
+                f = sym trapped_call,
+                inout("rax") rbx_in => rbx_out,
+                in("rdi") &cpu,
+                in("rsi") shape,
+                inout("r12") r12,
+                inout("r13") r13,
+                inout("r14") r14,
+                inout("r15") r15,
+                clobber_abi("C"),
+            );
+        }
+        assert_eq!(traps(), before + 1, "shape {shape}: trapped");
+        assert_eq!(
+            [r12, r13, r14, r15, rbx_out],
+            want,
+            "shape {shape}: R12-R15, RBX across the call"
+        );
+    }
+}
+
 /// With scribbling off, the handler writes back only what the shape
 /// returns: the caller's block is the direct call's either way, so the
 /// same call gives the same answer (and the backend can be used both ways).
