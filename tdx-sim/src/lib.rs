@@ -48,7 +48,7 @@
 //! for pages written, ownership and cache state are range maps, and the
 //! PAMT and S-EPTs are radixes of chunks allocated on first use.
 //!
-//! With the feature `trap` (Linux x86_64), [`trap::TrapBackend`] runs the
+//! With the feature `trap` (Linux x86_64), `trap::TrapBackend` runs the
 //! real SEAMCALL instruction of `tdx_sys::Cpu` and serves it with the
 //! simulator from a signal handler, so code written for the `Cpu` backend
 //! runs against the simulated module unchanged.

@@ -18,9 +18,14 @@
 //! 2. it reads RAX and the 13 registers of [`SeamcallArgs`] from the
 //!    interrupted context (`ucontext_t` `uc_mcontext.gregs`) and hands that
 //!    whole register file to the simulator, on the logical processor the
-//!    calling thread selected ([`Simulator::set_lp`], `Platform::on_cpu`),
-//!    which is the LP the same call through the simulator directly would
-//!    run on, because the handler runs on the trapping thread;
+//!    calling thread selected ([`Simulator::set_lp`], `Platform::on_cpu`):
+//!    the handler looks the LP up on the trapping thread, where a direct
+//!    call would look it up, and the simulator runs the call on a server
+//!    thread of the trapping thread's own, with that LP selected, while the
+//!    trapping thread waits (so the simulator never runs on the signal
+//!    frame's stack: a panic's backtrace from there would walk from the
+//!    signal frame into the `asm!` block, whose pushes have no unwind
+//!    information, and fault);
 //! 3. it writes RAX and the output registers of the call's [`RegShape`]
 //!    back into the context (for `Ret`: RCX, RDX, R8-R11; for `SavedRet`:
 //!    all 13), or, when the simulator answers VMfailInvalid
@@ -72,79 +77,92 @@
 //! one value for both can put a [`Recorder`](crate::Recorder) over the
 //! pair, which also writes a trace to compare with a direct run.
 //!
-//! # Why the handler may call the simulator
+//! # Why the handler may do what it does
 //!
 //! A signal handler may only call async-signal-safe functions because it
 //! can interrupt any code, including code inside `malloc` or holding a
-//! lock that the handler would then take again. The simulator allocates,
-//! takes mutexes and spawns guest threads, none of which is
-//! async-signal-safe. It is safe here because of when the handler serves a
-//! signal:
+//! lock that the handler would then take again. This handler reads
+//! thread-locals, may place the thread on an LP (the simulator's LP
+//! selection, a thread-local vector), and sends the call to its server
+//! thread and waits for the answer over channels (a mutex, a futex wait,
+//! perhaps an allocation); the simulator on the server thread allocates,
+//! takes locks and spawns guest threads. None of that is async-signal-safe
+//! in general. It is safe here because of when the handler does it:
 //!
-//! - **Synchronous, at a known instruction.** It serves only a fault the
+//! - **Synchronous, at a known instruction.** It acts only on a fault the
 //!   kernel reports as raised by the CPU (`si_code` above 0, such as
 //!   `ILL_ILLOPN` or `SI_KERNEL`, which `kill`, `sigqueue` and `tgkill`
 //!   cannot forge: they set `SI_USER`, `SI_QUEUE` or `SI_TKILL`, all 0 or
-//!   below) at the SEAMCALL bytes, in a thread whose per-thread
-//!   simulator pointer is set. That pointer is set only for the length of
-//!   [`TrapBackend`]'s `seamcall`, whose body is the `asm!` block of
-//!   [`Cpu`] and register moves: no allocation, no lock, no libc call. So
-//!   the interrupted code is that `asm!` block, and no allocator or libc
-//!   lock is held by the thread at that point that the thread does not
-//!   hold at any other call of the simulator. Anything else (a fault
-//!   elsewhere, a signal sent by a process, a thread not in a call) is
-//!   passed on (below) and never reaches the simulator.
-//! - **Same thread, same locks as a direct call.** The handler runs on the
-//!   trapping thread, which holds exactly the locks its caller held when
-//!   it called `seamcall` (for example a [`Recorder`](crate::Recorder)'s
-//!   mutex). The simulator does the same work with the same locks held as
-//!   when that caller calls it directly, so the trap adds no lock order
-//!   and no deadlock the direct path does not have. The simulator never
-//!   calls host code back while it holds its own locks: the only host code
-//!   it runs is an `on_cpu` closure, run with nothing of the simulator held
-//!   (its LP selection is a thread-local stack, not borrowed while the
-//!   closure runs). A SEAMCALL issued from inside the simulator's own call
-//!   on the same thread is not possible: the simulator does not issue
-//!   SEAMCALLs, and its guest programs run on their own threads.
+//!   below) at the SEAMCALL bytes, in a thread whose per-thread target is
+//!   set. That target is set only for the length of [`TrapBackend`]'s
+//!   `seamcall` around the `asm!` block of [`Cpu`], whose instructions are
+//!   register moves, a push and pop of RBP on a valid stack, and the
+//!   SEAMCALL: no allocation, no lock, no libc call. So the interrupted
+//!   code is that block, and the thread holds no allocator, stdio or
+//!   dynamic-linker lock at that point. Anything else (a fault elsewhere,
+//!   a signal sent by a process, a thread not in a call) is passed on
+//!   (below) and touches nothing else.
+//! - **Same locks as a direct call.** The trapping thread holds exactly
+//!   the locks its caller held when it called `seamcall` (for example a
+//!   [`Recorder`](crate::Recorder)'s mutex), and waits; the simulator does
+//!   the same work with nothing more held than a direct call from that
+//!   caller would hold. The simulator never takes a lock of the host's:
+//!   the only host code it runs is an `on_cpu` closure, and it calls none
+//!   from a SEAMCALL. A SEAMCALL issued from inside the simulator's own
+//!   call is not possible: the simulator issues none, and its guest
+//!   programs run on their own threads. So the trap adds no lock order and
+//!   no deadlock the direct path does not have. (The one state of the
+//!   trapping thread the simulator reads is its LP selection, read by the
+//!   handler before the hand-over and given to the server explicitly.)
 //! - **No re-entry.** The kernel blocks the signal being handled (no
-//!   `SA_NODEFER`), so a SIGILL or SIGSEGV raised while the handler runs
-//!   is not delivered to it again: the kernel kills the process instead
-//!   (a synchronous fault with its signal blocked gets the default action),
-//!   which is a crash, never a second entry into the simulator.
-//! - **Thread-local state is static TLS.** The per-thread pointer, call
-//!   shape and trap record are `const`-initialized `Cell`s of `Copy` types
-//!   in this executable's static TLS block: reading them is a plain load
-//!   through the thread pointer, with no lazy allocation.
+//!   `SA_NODEFER`), so a SIGILL or SIGSEGV raised on the trapping thread
+//!   while the handler runs is not delivered to it again: the kernel kills
+//!   the process instead (a synchronous fault with its signal blocked gets
+//!   the default action), which is a crash, never a second entry. The
+//!   server and the guest threads were started outside any handler and
+//!   have the ordinary signal mask.
+//! - **Thread-local state is static TLS.** The per-thread target and trap
+//!   record are `const`-initialized `Cell`s of `Copy` types in this
+//!   executable's static TLS block: reading them is a load through the
+//!   thread pointer. The server handle is created by the first call, in
+//!   ordinary context, before any trap of that thread.
 //! - **errno** is saved on entry and restored on exit.
-//! - **Panics** in the simulator are caught inside the handler (unwinding
-//!   never crosses the signal frame), handed to the thread in a
-//!   thread-local, and resumed by [`TrapBackend`]'s `seamcall` after the
-//!   instruction returns, so a test sees the simulator's panic as it would
-//!   on the direct path.
+//! - **Panics** of the simulator are caught on the server thread and handed
+//!   to the trapping thread, where [`TrapBackend`]'s `seamcall` resumes
+//!   them after the instruction returns: a test sees the simulator's panic
+//!   as it would on the direct path. Nothing unwinds across the signal
+//!   frame.
 //!
 //! What would break the argument, and is excluded: a SIGILL or SIGSEGV
 //! arriving asynchronously (it fails the `si_code` check); a fault in
 //! another instruction of the same thread inside the call (the window
-//! holds only the `asm!` block, whose other instructions are register
-//! moves and a push/pop of RBP on a valid stack); a thread that issues a
-//! SEAMCALL through [`TrapBackend`] from code that already runs inside the
-//! simulator (none exists, see above); a handler installed over this one
-//! by other code (that installer's `unsafe` `sigaction` call answers for
-//! it).
+//! holds only the `asm!` block); a [`TrapBackend`] call from code that
+//! already runs inside the simulator (none exists, see above); a handler
+//! installed over this one by other code (that installer's `unsafe`
+//! `sigaction` call answers for it; the call then panics, because no trap
+//! reached this handler).
 //!
 //! Signals not served are passed on: the handler puts back the action
 //! that was installed before it and, for a fault, returns to the faulting
 //! instruction, which faults again under that action (the default
 //! action ends the process; Rust's stack-overflow handler does its
 //! work); a signal sent by a process is raised again. The handler runs on
-//! the thread's own stack (no `SA_ONSTACK`: the simulator needs more
-//! stack than an alternate signal stack has), so while it is installed a
+//! the thread's own stack (no `SA_ONSTACK`: its hand-over needs more stack
+//! than an alternate signal stack may have), so while it is installed a
 //! stack overflow ends the process with SIGSEGV without Rust's
 //! "has overflowed its stack" message.
 //!
-//! Guest threads a TDH.VP.ENTER starts from the handler inherit its signal
-//! mask (SIGILL or SIGSEGV blocked); they issue no SEAMCALL and do not
-//! fault by design, and a fault there ends the process, as above.
+//! # Limits
+//!
+//! - A call through the trap costs two thread hand-overs (a few
+//!   microseconds) on top of the simulator's work.
+//! - The module sees the whole register file the compiler left, as on
+//!   hardware, where a direct call through the simulator passes zeros in
+//!   the registers the shape does not load. A leaf function issued in a
+//!   shape that does not load the registers its module reads (for example
+//!   TDH.MEM.PAGE.DEMOTE without the pair on a module with Dynamic PAMT,
+//!   which reads R12/R13) gives the module what the registers held, as
+//!   hardware would.
 
 // UNSAFETY: this module installs a signal handler, edits the interrupted
 // thread's registers through the `ucontext_t` the kernel hands it, reads
