@@ -72,6 +72,11 @@
 //! assert_eq!(tdx_sim::trap::last_trap().unwrap().rax, 34); // TDH.SYS.RD
 //! ```
 //!
+//! The simulator's own raw-leaf suites (the tests built on
+//! `tests/td_support`) issue their SEAMCALLs through this backend when run
+//! with `TDX_SIM_BACKEND=trap`, which CI does; `tests/trap_leaves.rs` and
+//! `tests/trap_suites.rs` compare it with the direct path call by call.
+//!
 //! `tdx-api`'s `TdxModule` and `TdHost` take the backend and the platform
 //! separately (`TdxModule<S, TrapBackend, &Simulator>`); code that wants
 //! one value for both can put a [`Recorder`](crate::Recorder) over the
