@@ -26,8 +26,12 @@
 //! The handler scribbles over what the module may change but the shape
 //! does not return (RSI, RDI, RBP, XMM0-15, RCX-R11 for `NoOutputs`), so
 //! `live_values_survive_each_shape` checks that values the caller keeps
-//! across a call survive; `a_real_fault_still_kills` checks that a SIGILL
-//! that is not a SEAMCALL of the backend is not swallowed.
+//! across a call survive; `callee_saved_registers_survive_each_shape`
+//! checks RBX and R12-R15 across a C-ABI call from assembly;
+//! `a_module_changing_callee_saved_registers_is_caught` checks that the
+//! handler reports a module that changes them; `a_real_fault_still_kills`
+//! checks that a SIGILL that is not a SEAMCALL of the backend is not
+//! swallowed.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64", feature = "trap"))]
 // UNSAFETY: the test calls the raw `unsafe fn` leaves on backends that end
@@ -793,4 +797,53 @@ fn a_simulator_panic_reaches_the_caller() {
     let c = unsafe { leaf::tdh_sys_rd(&cpu, field::MAX_TDMRS) };
     assert!(!c.status.is_error(), "the next call traps as before");
     let _ = Pfn::new(0);
+}
+
+/// A module that changes registers the call's shape says survive is
+/// caught: TDH.VP.ENTER issued in the `Ret` shape (which does not return
+/// R12-R15) to a guest whose TDVMCALL exposes R12-R15 to the host. The
+/// handler does not write them back (the caller's registers stay sound),
+/// records them, and the call panics with what happened.
+#[test]
+fn a_module_changing_callee_saved_registers_is_caught() {
+    let sim = host();
+    let td = Td::build(&sim, Stage::Runnable);
+    let tdvpr = td.vcpus[0].tdvpr;
+    sim.set_guest(tdvpr, |g: &mut Guest| {
+        g.tdvmcall(0x1_0001, [0x1212, 0x1313, 0x1414, 0x1515]);
+        g.halt();
+    });
+    let cpu = TrapBackend::new(&sim).unwrap();
+    let r = on(&sim, VCPU_LP, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut a = SeamcallArgs {
+                rcx: tdvpr.hpa().as_u64(),
+                ..SeamcallArgs::ZERO
+            };
+            // SAFETY: the simulator's memory is simulated; the handler
+            // writes back only what the `Ret` shape returns.
+            unsafe { cpu.seamcall(Leaf::VP_ENTER.v0().rax(), &mut a, RegShape::Ret) }
+        }))
+    });
+    let msg = r
+        .expect_err("the clobber is reported")
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(
+        msg.contains("TDH.VP.ENTER (Ret shape) changed registers the ABI says survive"),
+        "{msg}"
+    );
+    let t = last_trap().unwrap();
+    assert_eq!(t.status.raw() & 0xffff_ffff, 77, "a TDVMCALL exit");
+    assert_eq!(
+        (
+            t.module_out.r12,
+            t.module_out.r13,
+            t.module_out.r14,
+            t.module_out.r15
+        ),
+        (0x1212, 0x1313, 0x1414, 0x1515)
+    );
+    assert_eq!(t.clobbered & 0x3c0, 0x3c0, "R12-R15: {:#x}", t.clobbered);
 }
