@@ -48,6 +48,11 @@
 //! for pages written, ownership and cache state are range maps, and the
 //! PAMT and S-EPTs are radixes of chunks allocated on first use.
 //!
+//! With the feature `trap` (Linux x86_64), `trap::TrapBackend` runs the
+//! real SEAMCALL instruction of `tdx_sys::Cpu` and serves it with the
+//! simulator from a signal handler, so code written for the `Cpu` backend
+//! runs against the simulated module unchanged.
+//!
 //! The source is laid out like the module's: [`Simulator`] and the seams
 //! in `sim.rs`; the shared state in `state.rs`; the dispatcher in
 //! `dispatch.rs`; the lock algorithms in `locks.rs`; the PAMT, S-EPT and
@@ -75,6 +80,8 @@ mod state;
 mod td;
 pub mod testkit;
 pub mod trace;
+#[cfg(all(feature = "trap", target_os = "linux", target_arch = "x86_64"))]
+pub mod trap;
 mod violation;
 
 /// The simulator's handles, as a test or an example names them: a module,

@@ -49,11 +49,38 @@ pub(crate) const OUTSIDE_TDMR: u64 = 8 * GIB;
 pub(crate) trait SimHost: Seamcall + Platform + Sync {
     /// The simulator behind the host.
     fn sim(&self) -> &Simulator;
+
+    /// The backend the leaf wrappers below issue their SEAMCALLs through
+    /// instead of the host itself, if any: the real SEAMCALL instruction
+    /// served by the simulator ([`via_trap`]).
+    #[cfg(all(feature = "trap", target_os = "linux", target_arch = "x86_64"))]
+    fn trap(&self) -> Option<tdx_sim::trap::TrapBackend<'_>> {
+        None
+    }
+}
+
+/// Whether this run issues the leaf wrappers' and [`raw`]'s SEAMCALLs on
+/// the simulator itself through the real instruction
+/// (`tdx_sim::trap::TrapBackend`): with the feature `trap`, when the
+/// environment has `TDX_SIM_BACKEND=trap`. The tests' expectations (exact
+/// statuses, registers, accounting) are then checked through the `Cpu`
+/// backend's machine code.
+pub(crate) fn via_trap() -> bool {
+    cfg!(all(
+        feature = "trap",
+        target_os = "linux",
+        target_arch = "x86_64"
+    )) && std::env::var("TDX_SIM_BACKEND").as_deref() == Ok("trap")
 }
 
 impl SimHost for Simulator {
     fn sim(&self) -> &Simulator {
         self
+    }
+
+    #[cfg(all(feature = "trap", target_os = "linux", target_arch = "x86_64"))]
+    fn trap(&self) -> Option<tdx_sim::trap::TrapBackend<'_>> {
+        via_trap().then(|| tdx_sim::trap::TrapBackend::new(self).expect("the trap handler"))
     }
 }
 
@@ -248,6 +275,12 @@ pub(crate) fn assert_details(out: SeptOut, level: u8, state: SeptState, frame: O
 pub(crate) fn raw(sim: &Simulator, lv: LeafVersion, regs: [u64; 6]) -> (TdxStatus, SeamcallArgs) {
     let [rcx, rdx, r8, r9, r10, r11] = regs;
     let mut args = SeamcallArgs::regs6(rcx, rdx, r8, r9, r10, r11);
+    #[cfg(all(feature = "trap", target_os = "linux", target_arch = "x86_64"))]
+    if let Some(t) = sim.trap() {
+        // SAFETY: as below: the trap ends in the simulator.
+        let s = unsafe { t.seamcall(lv.rax(), &mut args, RegShape::Ret) };
+        return (s, args);
+    }
     // SAFETY: the simulator's memory is simulated; any register values keep
     // the `Seamcall` contract.
     let s = unsafe { sim.seamcall(lv.rax(), &mut args, RegShape::Ret) };
@@ -280,6 +313,11 @@ macro_rules! sim_leaf {
     ($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $leaf:path) => {
         $(#[$m])*
         pub(crate) fn $name<H: SimHost + ?Sized>(h: &H, $($arg: $ty),*) -> $ret {
+            #[cfg(all(feature = "trap", target_os = "linux", target_arch = "x86_64"))]
+            if let Some(t) = h.trap() {
+                // SAFETY: as below: the trap ends in the simulator.
+                return unsafe { $leaf(&t, $($arg),*) };
+            }
             // SAFETY: `SimHost`: the call ends in the simulator, whose memory
             // is simulated, so whatever pages the arguments name, no real
             // memory changes hands.
