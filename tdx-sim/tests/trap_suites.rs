@@ -27,7 +27,7 @@ mod td_support;
 
 use td_support::{GIB, MIB, run};
 use tdx_api::{
-    CpuId, Platform, TdxModule,
+    CpuId, InitialRcx, Platform, TdxModule, X2ApicId,
     plan::{MemRange, PlanInput},
     td::{GuestFrame, TdConfig, TdHost},
 };
@@ -133,7 +133,7 @@ fn suite<B: Seamcall + Sync>(sim: &Simulator, backend: &B, dynamic: bool) -> Out
     assert_eq!(module.uses_dynamic_pamt(), dynamic);
     let module = module
         .configure(&plan_input())
-        .map_err(|e| e.error().clone())
+        .map_err(|e| e.error.clone())
         .unwrap()
         .init_extensions()
         .map_err(|r| r.error.clone())
@@ -141,8 +141,12 @@ fn suite<B: Seamcall + Sync>(sim: &Simulator, backend: &B, dynamic: bool) -> Out
     let host = TdHost::new(module).map_err(|r| r.error).unwrap();
     let params = TdConfig::builder().max_vcpus(2).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    let v0 = td.create_vcpu(CpuId(0), 0, 0).unwrap();
-    let v1 = td.create_vcpu(CpuId(1), 0, 1).unwrap();
+    let v0 = td
+        .create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
+    let v1 = td
+        .create_vcpu(CpuId(1), InitialRcx(0), X2ApicId(1))
+        .unwrap();
     // Four measured pages.
     let initial = run(&rec, 4, 1);
     for i in 0..4u64 {
@@ -302,7 +306,7 @@ fn threads_map<B: Seamcall + Sync>(
         .map_err(|r| r.error)
         .unwrap()
         .configure(&plan_input())
-        .map_err(|e| e.error().clone())
+        .map_err(|e| e.error.clone())
         .unwrap()
         .init_extensions()
         .map_err(|r| r.error.clone())
@@ -311,7 +315,8 @@ fn threads_map<B: Seamcall + Sync>(
     let base = sim.accounting();
     let params = TdConfig::builder().max_vcpus(1).build().to_params();
     let mut td = host.build_td(&params).unwrap();
-    td.create_vcpu(CpuId(0), 0, 0).unwrap();
+    td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0))
+        .unwrap();
     let td = td.finalize().map_err(|f| f.error).unwrap();
     let slots: Vec<PfnRun> = (0..THREADS).map(|_| run(sim, PAGES, 1)).collect();
     let after_build = sim.accounting();
@@ -331,7 +336,7 @@ fn threads_map<B: Seamcall + Sync>(
                     while let Some(frame) = f.take() {
                         if let Err(e) = td.map(Gpa::new(gpa), frame) {
                             assert!(e.error.is_contention(), "map {gpa:#x}: {}", e.error);
-                            f = Some(e.td);
+                            f = Some(e.returned);
                         }
                     }
                 }
