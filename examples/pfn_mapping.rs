@@ -21,7 +21,7 @@ use std::cell::Cell;
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdError, TdHost},
     },

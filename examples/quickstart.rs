@@ -28,7 +28,7 @@ use std::{cell::Cell, path::PathBuf, time::Instant};
 use tdx::{
     Gpa, Leaf, PageSize, Size1G, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         measure::{self, InitialPage},
         td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },

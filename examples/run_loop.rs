@@ -26,7 +26,7 @@ use std::{
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule, measure,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule, measure,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost, Vcpu},
     },

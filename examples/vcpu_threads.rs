@@ -37,7 +37,7 @@ use std::{
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, ExtInited, Placement, Platform, TdxModule,
+        CpuId, Cpus, ExtInited, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         retry::RetryPolicy,
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost},

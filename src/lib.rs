@@ -14,7 +14,7 @@
 //! - [`sys`] (`tdx-sys`): the SEAMCALL instruction behind the
 //!   [`Seamcall`](sys::Seamcall) backend trait, and one raw `unsafe fn` per
 //!   host leaf. `no_std`.
-//! - [`api`] (`tdx-api`): the safe layer: the `Platform` trait, the TDMR/PAMT
+//! - [`api`] (`tdx-api`): the safe layer: the `Platform` traits, the TDMR/PAMT
 //!   planner, type-state module bring-up (with Dynamic PAMT on a module
 //!   that has it), and Trust Domains: build, measured initial memory,
 //!   PFN-only private memory that many threads map and unmap at once (see
@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use tdx::api::{
-//!     CpuId, Placement, Platform, TdxModule,
+//!     CpuId, FrameAllocator, Placement, TdxModule,
 //!     plan::{MemRange, PlanInput},
 //!     td::{GuestFrame, TdConfig, TdHost},
 //! };

@@ -33,7 +33,8 @@ use common::maps;
 use tdx::{
     Hpa, Leaf, Pfn, TdxError, TdxStatus,
     api::{
-        CpuId, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule, TdxPageArray,
+        CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, NodeId, PackageId, Placement,
+        PlatformError, TdxModule, TdxPageArray,
         module::{
             BUSY_RETRIES, BringUpError, ConfigureError, ENTROPY_RETRIES, NO_PROGRESS_LIMIT,
             REPLAN_LIMIT, Step,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size1G, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         td::{GuestFrame, TdConfig, TdHost},
     },
     types::PfnRun,

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Platform, TdxModule,
+        CacheMaintenance, CpuId, TdxModule,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
     },

@@ -25,7 +25,7 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tdx_api::{
-    CpuId, Placement, Platform, TdxModule,
+    CpuId, Cpus, FrameAllocator, Placement, TdxModule,
     plan::{MemRange, PlanInput},
     td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
 };

@@ -20,7 +20,7 @@ use super::{
     TdFailure, TdHostRef, TdcsAdded, XfamRule, mirror,
 };
 use crate::{
-    platform::{Placement, Platform},
+    platform::{CacheMaintenance, DirectMap, FrameAllocator, FrameDeallocator, Placement},
     retry::{package_cpus, retry, retry_on_cpu},
 };
 

@@ -290,7 +290,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
     /// On failure the TDVPR page goes back to the platform.
     #[doc(alias = "TDH.VP.CREATE")]
     pub fn new_vcpu(&mut self, cpu: CpuId) -> Result<VcpuBuilder<'_, VpCreated, H>, TdError> {
-        use crate::platform::Platform;
+        use crate::platform::Cpus;
         if cpu.0 >= self.p().cpus() {
             return Err(TdError::NoSuchCpu(cpu));
         }
