@@ -770,3 +770,172 @@ mod x86 {
         unsafe { asm!("sfence", options(nostack, preserves_flags)) };
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    //! The provided cache methods, run for real where a test process can:
+    //! CLFLUSH is unprivileged, MOVDIR64B too (where the CPU has it);
+    //! WBINVD is not, so the test platforms override `wbinvd_all` and count.
+
+    extern crate std;
+
+    use core::{
+        cell::UnsafeCell,
+        sync::atomic::{AtomicU32, Ordering},
+    };
+    use std::{boxed::Box, println, vec::Vec};
+
+    use spin::Mutex;
+
+    use super::*;
+
+    /// Frames of the test's memory start here.
+    const BASE: u64 = 0x10_0000;
+    const PAGES: usize = 3;
+
+    #[repr(C, align(4096))]
+    struct Memory(UnsafeCell<[u8; PAGES * 4096]>);
+
+    /// Three frames of heap memory at `BASE`, a direct map into them (or
+    /// none), and counters.
+    struct Heap {
+        mem: Box<Memory>,
+        mapped: bool,
+        wbinvds: AtomicU32,
+        lookups: Mutex<Vec<u64>>,
+    }
+
+    impl Heap {
+        fn new(mapped: bool, fill: u8) -> Self {
+            Self {
+                mem: Box::new(Memory(UnsafeCell::new([fill; PAGES * 4096]))),
+                mapped,
+                wbinvds: AtomicU32::new(0),
+                lookups: Mutex::new(Vec::new()),
+            }
+        }
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: read after the method under test returned; nothing
+            // else writes.
+            unsafe { &*self.mem.0.get() }
+        }
+    }
+
+    // SAFETY: one CPU; `on_cpu` runs the closure on the calling thread.
+    unsafe impl Cpus for Heap {
+        fn cpus(&self) -> u32 {
+            1
+        }
+        fn package_of(&self, _: CpuId) -> PackageId {
+            PackageId(0)
+        }
+        fn node_of(&self, _: Pfn) -> Option<NodeId> {
+            None
+        }
+        fn on_cpu(&self, _: CpuId, f: &mut (dyn FnMut() + Send)) {
+            f()
+        }
+        fn yield_now(&self) {}
+    }
+
+    // SAFETY: `direct_map` hands out pointers into the heap buffer only,
+    // page-aligned for each of its frames and `None` for anything else;
+    // the accessors are not used.
+    unsafe impl DirectMap for Heap {
+        unsafe fn read_phys(&self, _: Hpa, _: &mut [u8]) {
+            unreachable!("the cache tests do not read through the platform")
+        }
+        unsafe fn write_phys(&self, _: Hpa, _: &[u8]) {
+            unreachable!("the cache tests do not write through the platform")
+        }
+        fn direct_map(&self, pa: Hpa) -> Option<NonNull<u8>> {
+            self.lookups.lock().push(pa.as_u64());
+            let off = usize::try_from(pa.as_u64().checked_sub(BASE)?).ok()?;
+            if !self.mapped || off >= PAGES * 4096 {
+                return None;
+            }
+            NonNull::new(self.mem.0.get().cast::<u8>().wrapping_add(off))
+        }
+    }
+
+    // SAFETY: the provided CLFLUSH and MOVDIR64B; WBINVD is privileged, so
+    // it is only counted (no test relies on the caches being written back).
+    unsafe impl CacheMaintenance for Heap {
+        fn wbinvd_all(&self) {
+            self.wbinvds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn frame(i: u64) -> Pfn {
+        Pfn::new(BASE / 4096 + i)
+    }
+
+    #[test]
+    fn clflush_page_flushes_through_the_direct_map_and_changes_no_byte() {
+        let h = Heap::new(true, 0);
+        // SAFETY: the test owns the buffer; nothing else touches it.
+        let all = unsafe { &mut *h.mem.0.get() };
+        for (i, b) in all.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        h.clflush_page(frame(1));
+        assert_eq!(*h.lookups.lock(), [BASE + 4096], "the page's address");
+        assert_eq!(h.wbinvds.load(Ordering::Relaxed), 0, "no fallback");
+        for (i, b) in h.bytes().iter().enumerate() {
+            assert_eq!(*b, (i % 251) as u8, "byte {i} changed");
+        }
+    }
+
+    #[test]
+    fn clflush_page_without_a_direct_map_falls_back_to_wbinvd_all() {
+        let h = Heap::new(false, 0xAA);
+        h.clflush_page(frame(0));
+        h.clflush_page(frame(2));
+        assert_eq!(h.wbinvds.load(Ordering::Relaxed), 2);
+        assert!(h.bytes().iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn movdir64b_clear_without_a_direct_map_is_an_error_and_writes_nothing() {
+        let h = Heap::new(false, 0xAA);
+        let run = PfnRun::try_new(frame(0), 2).unwrap();
+        // SAFETY: the test owns the frames (and nothing is written).
+        let r = unsafe { h.movdir64b_clear(run) };
+        assert_eq!(r, Err(PlatformError::NoDirectMap { pfn: frame(0) }));
+        assert!(h.bytes().iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn movdir64b_clear_of_a_partly_mapped_run_writes_nothing() {
+        // Frames 1 and 2 are mapped, frame 3 is past the buffer.
+        let h = Heap::new(true, 0xAA);
+        let run = PfnRun::try_new(frame(1), 3).unwrap();
+        // SAFETY: as above; the check comes before any store.
+        let r = unsafe { h.movdir64b_clear(run) };
+        assert_eq!(r, Err(PlatformError::NoDirectMap { pfn: frame(3) }));
+        assert!(h.bytes().iter().all(|&b| b == 0xAA));
+    }
+
+    /// CPUID.(EAX=7,ECX=0):ECX bit 28.
+    fn has_movdir64b() -> bool {
+        let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+        leaf7.ecx & (1 << 28) != 0
+    }
+
+    #[test]
+    fn movdir64b_clear_zeroes_exactly_the_run() {
+        if !has_movdir64b() {
+            println!("skipped: this CPU has no MOVDIR64B (CPUID.7.0:ECX[28] clear)");
+            return;
+        }
+        let h = Heap::new(true, 0xAA);
+        let run = PfnRun::try_new(frame(1), 1).unwrap();
+        // SAFETY: the test owns the frame; nobody else touches it.
+        unsafe { h.movdir64b_clear(run) }.unwrap();
+        let bytes = h.bytes();
+        assert!(bytes[..4096].iter().all(|&b| b == 0xAA), "page 0 kept");
+        assert!(bytes[4096..8192].iter().all(|&b| b == 0), "page 1 zeroed");
+        assert!(bytes[8192..].iter().all(|&b| b == 0xAA), "page 2 kept");
+        assert_eq!(h.wbinvds.load(Ordering::Relaxed), 0);
+    }
+}
