@@ -598,7 +598,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             let step = Step::LpInit(cpu);
             with_retries_on(p, cpu, stats, Leaf::SYS_LP_INIT.v0(), step, &mut || {
                 // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_cpu`
-                // runs this on `cpu` (Platform contract point 2).
+                // runs this on `cpu` (the `Cpus` contract).
                 match unsafe { leaf::tdh_sys_lp_init(b) } {
                     TdxStatus::SYS_LP_INIT_DONE => TdxStatus::SUCCESS,
                     s => s,

@@ -46,7 +46,7 @@ impl<H: TdHostRef> Td<Created, H> {
                 &mut || {
                     // SAFETY: TDH.MNG.KEY.CONFIG takes no page from the host:
                     // the TDR is the module's already. It runs on a CPU of
-                    // `pkg` (Platform contract 2). A package configured by an
+                    // `pkg` (the `Cpus` contract). A package configured by an
                     // earlier attempt answers TDX_KEY_CONFIGURED, a success.
                     unsafe { leaf::tdh_mng_key_config(b, tdr) }
                 },
@@ -115,7 +115,7 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
             Err(e) => return self.fail(TdError::Platform(e)),
         };
         // SAFETY: `run` was just allocated for us and the module does not own
-        // it (Platform contract 1); a page is 1024-byte aligned as TD_PARAMS
+        // it (the `FrameAllocator` contract); a page is 1024-byte aligned as TD_PARAMS
         // must be.
         unsafe { p.write_phys(run.hpa(), params.as_bytes()) };
         let tdr = self.tdr();

@@ -306,7 +306,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                     };
                     let second = Pfn::new(pair.as_u64() + 1);
                     // SAFETY: the pair's two frames came from the platform
-                    // for this call (contract 1: nobody else uses them); on
+                    // for this call (the `FrameAllocator` contract: nobody else uses them); on
                     // success the module owns them until PAMT.REMOVE gives
                     // them back (`pair_put`). A failed ADD took nothing.
                     unsafe { leaf::tdh_phymem_pamt_add(b, rcx, pair, second) }
@@ -719,7 +719,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
             Operand::HostPage(tdr),
             || {
                 // SAFETY: `tdr` was just allocated from the platform for us
-                // (Platform contract 1: nobody else uses it) and flushed; on
+                // (the `FrameAllocator` contract: nobody else uses it) and flushed; on
                 // success the module owns it and we keep it only as a
                 // FirmwarePage. The HKID is free: the pool hands each out once.
                 unsafe { leaf::tdh_mng_create(h.module.backend(), tdr, hkid.get()) }

@@ -291,7 +291,7 @@ impl<T: FinalizedTd> Vcpu<T> {
         p.enter_guest(cpu, &mut || {
             // SAFETY: VP.ENTER moves no page; it runs on `cpu` inside
             // `enter_guest`, which does the host-state work the module
-            // leaves to the host (Platform contract 5).
+            // leaves to the host (the `Cpus` contract).
             status = unsafe { leaf::tdh_vp_enter(b, tdvpr, regs) };
         });
         let exit = TdExit::decode(ExitRegs {

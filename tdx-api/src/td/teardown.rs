@@ -380,8 +380,8 @@ pub(super) fn flush_vcpu<B: Seamcall + Sync + ?Sized, P: Platform + ?Sized>(
         Leaf::VP_FLUSH.v0(),
         Operand::Vcpu(i),
         &mut || {
-            // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (Platform
-            // contract 2).
+            // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (the `Cpus`
+            // contract).
             match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
                 s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
                 s => s,

@@ -211,7 +211,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
             &mut || {
                 if v1 {
                     // SAFETY: TDH.VP.INIT takes no host page; it runs on
-                    // `cpu` (Platform contract 2), which the vCPU becomes
+                    // `cpu` (the `Cpus` contract), which the vCPU becomes
                     // associated with.
                     unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
                 } else {
