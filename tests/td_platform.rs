@@ -164,8 +164,9 @@ unsafe impl<const CLEAR: bool> FrameDeallocator for Fwd<'_, CLEAR> {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.sim.leak_pages(run, reason)
     }
-    fn return_guest_frames(&self, run: PfnRun) {
-        self.sim.return_guest_frames(run)
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.sim.return_guest_frames(run) }
     }
 }
 

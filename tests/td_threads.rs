@@ -545,8 +545,9 @@ unsafe impl FrameDeallocator for Interloper<'_> {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.s().leak_pages(run, reason)
     }
-    fn return_guest_frames(&self, run: PfnRun) {
-        self.s().return_guest_frames(run)
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.s().return_guest_frames(run) }
     }
 }
 

@@ -106,8 +106,9 @@ unsafe impl FrameDeallocator for NullSwitch {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.sim.leak_pages(run, reason)
     }
-    fn return_guest_frames(&self, run: PfnRun) {
-        self.sim.return_guest_frames(run)
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.sim.return_guest_frames(run) }
     }
 }
 

@@ -461,7 +461,7 @@ mod tests {
             }
             self.leaked.lock().push((run, reason));
         }
-        fn return_guest_frames(&self, run: PfnRun) {
+        unsafe fn return_guest_frames(&self, run: PfnRun) {
             unreachable!("a page array never holds guest frames: {run:?}");
         }
     }

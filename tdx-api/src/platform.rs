@@ -101,8 +101,9 @@
 //!     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
 //!         self.sim.leak_pages(run, reason)
 //!     }
-//!     fn return_guest_frames(&self, run: PfnRun) {
-//!         self.sim.return_guest_frames(run)
+//!     unsafe fn return_guest_frames(&self, run: PfnRun) {
+//!         // SAFETY: the caller's promise, passed on.
+//!         unsafe { self.sim.return_guest_frames(run) }
 //!     }
 //! }
 //!
@@ -304,10 +305,10 @@ pub unsafe trait FrameAllocator {
 ///
 /// [`free_pages`](FrameDeallocator::free_pages) puts the frames back into
 /// the pool [`FrameAllocator::alloc_pages`] takes from, and nothing else;
-/// [`leak_pages`](FrameDeallocator::leak_pages) and
-/// [`return_guest_frames`](FrameDeallocator::return_guest_frames) never
-/// free, read or write the frames as part of the host allocator's pool
-/// (leaked frames may still be the module's).
+/// [`leak_pages`](FrameDeallocator::leak_pages) never frees, reads or
+/// writes the frames, now or later (the module may still own them).
+/// ([`return_guest_frames`](FrameDeallocator::return_guest_frames) is the
+/// caller's promise: its frames are the VMM's again.)
 pub unsafe trait FrameDeallocator {
     /// Returns frames to the host allocator.
     ///
@@ -328,17 +329,24 @@ pub unsafe trait FrameDeallocator {
     /// tokens, which the TD held, given back, one call per run of the
     /// report's [`guest_returned`](crate::td::TeardownReport::guest_returned).
     ///
-    /// The frames are host memory again, as after
+    /// They never came from [`FrameAllocator::alloc_pages`] as far as
+    /// tdx-api knows (the VMM made the `GuestFrame`s), so tdx-api never
+    /// frees them: the VMM takes them back here, into whatever pool they
+    /// came from, as it does with the frames of an unmap. Required, so
+    /// that a VMM cannot lose its frames by forgetting a hook; a TD that
+    /// is torn down with `teardown` returns them in its report instead,
+    /// and this is not called.
+    ///
+    /// # Safety
+    ///
+    /// The run is the caller's to give: frames the VMM made into
+    /// `GuestFrame`s and that are host memory again, as after
     /// [`Td::unmap`](crate::td::Td::unmap): the module let go of them,
-    /// their lines of the TD's key are written back, and on a machine with
-    /// the partial-write erratum they are cleared with MOVDIR64B. They
-    /// never came from [`FrameAllocator::alloc_pages`] as far as tdx-api
-    /// knows (the VMM made the `GuestFrame`s), so tdx-api never frees
-    /// them: the VMM takes them back here, into whatever pool they came
-    /// from. Required, so that a VMM cannot lose its frames by forgetting a
-    /// hook; a TD that is torn down with `teardown` returns them in its
-    /// report instead, and this is not called.
-    fn return_guest_frames(&self, run: PfnRun);
+    /// their lines of the TD's key are written back, on a machine with the
+    /// partial-write erratum they are cleared with MOVDIR64B, and nothing
+    /// else holds them. (An implementation may free them on the strength
+    /// of this.)
+    unsafe fn return_guest_frames(&self, run: PfnRun);
 
     /// A TD was dropped instead of torn down with
     /// [`Td::teardown`](crate::td::Td::teardown): `drop` ran the teardown,
@@ -625,8 +633,9 @@ unsafe impl<T: FrameDeallocator + ?Sized> FrameDeallocator for &T {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         (**self).leak_pages(run, reason)
     }
-    fn return_guest_frames(&self, run: PfnRun) {
-        (**self).return_guest_frames(run)
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).return_guest_frames(run) }
     }
     fn dropped_td(&self, report: &TeardownReport) {
         (**self).dropped_td(report)

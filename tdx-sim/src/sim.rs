@@ -917,7 +917,7 @@ unsafe impl FrameDeallocator for Simulator {
     /// Records the run for [`Simulator::take_returned_guest_frames`] and
     /// checks that it is host memory with no private line left; frees
     /// nothing (the test that made the frames frees them, as a VMM would).
-    fn return_guest_frames(&self, run: PfnRun) {
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
         let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
         for (pfn, _, state) in s.mem.states(a, b) {

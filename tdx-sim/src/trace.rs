@@ -2879,8 +2879,9 @@ unsafe impl<B: ?Sized, P: FrameDeallocator + ?Sized, W: Write> FrameDeallocator
         self.platform.leak_pages(run, reason);
     }
 
-    fn return_guest_frames(&self, run: PfnRun) {
-        self.platform.return_guest_frames(run);
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.platform.return_guest_frames(run) };
     }
 
     fn dropped_td(&self, report: &TeardownReport) {

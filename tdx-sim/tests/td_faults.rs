@@ -712,8 +712,9 @@ unsafe impl FrameDeallocator for Retrying<'_> {
     fn dropped_td(&self, report: &tdx_api::td::TeardownReport) {
         self.sim.dropped_td(report);
     }
-    fn return_guest_frames(&self, run: PfnRun) {
-        self.sim.return_guest_frames(run)
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.sim.return_guest_frames(run) }
     }
 }
 

@@ -501,7 +501,12 @@ impl<S: TdState, H: TdHostRef> Drop for Td<S, H> {
         let p = host.module().platform();
         // Nobody else will take the guest frames back: the platform does.
         for run in &report.guest_returned {
-            p.return_guest_frames(*run);
+            // SAFETY: the TD held these frames as the caller's
+            // `GuestFrame`s, and teardown lists a run as returned only
+            // after the module let go of it, its lines were written back
+            // (CACHE.WB) and, with the erratum, it was cleared; the report
+            // is dropped here, so nothing else hands them out.
+            unsafe { p.return_guest_frames(*run) };
         }
         p.dropped_td(&report);
     }
