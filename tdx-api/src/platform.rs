@@ -47,7 +47,10 @@
 //! or returns BUSY at once ([`RetryPolicy::IMMEDIATE`](crate::retry::RetryPolicy::IMMEDIATE)).
 //! The other methods are called from the calling thread and must not sleep
 //! if the caller may be in atomic context: `alloc_pages`, `free_pages`,
-//! `direct_map` and `clflush_page` are on the TD's mapping path.
+//! `direct_map` and `clflush_page` are on the TD's mapping path. (On a host
+//! without a direct map the provided `clflush_page` is `wbinvd_all`, one
+//! `on_cpu` per CPU: such a host's `on_cpu` must then work from that
+//! context too, or it overrides `clflush_page`.)
 //! [`HardwareInfo::hardware`] is called once, by `TdxModule::init`.
 //!
 //! Threads: every method takes `&self`, and tdx-api calls them from many
