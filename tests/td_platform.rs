@@ -7,7 +7,9 @@
 //!   bring-up, a TD's build, mapping, unmapping and teardown;
 //! - on a machine with the partial-write erratum and no direct map, the
 //!   provided `movdir64b_clear` refuses, and every page it would have
-//!   cleared is leaked with the reason instead of freed or returned.
+//!   cleared is leaked with the reason instead of freed or returned;
+//! - the simulator flags a "guest frame" returned while it is not host
+//!   memory.
 
 // UNSAFETY: the tests hand frames they allocated from the simulator to TDs
 // (`GuestFrame::new`, the caller's promise), free them afterwards, and
@@ -33,7 +35,7 @@ use tdx::{
     },
     types::{Hpa, PfnRun},
 };
-use tdx_sim::{MachineDesc, Profile, Simulator};
+use tdx_sim::{MachineDesc, PageState, Profile, Simulator, Violation};
 
 const GIB: u64 = 1 << 30;
 
@@ -333,4 +335,34 @@ fn without_a_direct_map_the_erratum_clears_nothing_and_every_page_is_leaked() {
     assert_eq!(sim.accounting().leaked, report.leaked_frames());
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
     sim.check_invariants().unwrap();
+}
+
+#[test]
+fn the_simulator_flags_a_returned_guest_frame_the_module_owns() {
+    let sim = sim();
+    let h = host(&sim);
+    let td = finalized(&h);
+    let tdr = PfnRun::try_new(td.tdr(), 1).unwrap();
+    // SAFETY: breaks the promise on purpose, on simulated memory only: the
+    // TDR is the module's. The simulator records it and frees nothing.
+    unsafe { sim.return_guest_frames(tdr) };
+    // Not host memory, and it holds lines of the module's global KeyID.
+    let pfn = td.tdr().as_u64();
+    let global = h.module().global_keyid();
+    assert_eq!(
+        sim.violations(),
+        [
+            Violation::ReturnedGuestFrameNotHost {
+                pfn,
+                state: PageState::Module,
+            },
+            Violation::PrivateLinesReachedHost {
+                pfn,
+                keyid: global,
+                how: "returned to the VMM",
+            },
+        ]
+    );
+    assert_eq!(sim.take_returned_guest_frames(), [tdr]);
+    assert!(td.teardown().is_clean());
 }
