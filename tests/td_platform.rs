@@ -8,6 +8,7 @@
 //! - on a machine with the partial-write erratum and no direct map, the
 //!   provided `movdir64b_clear` refuses, and every page it would have
 //!   cleared is leaked with the reason instead of freed or returned;
+//!   likewise a Dynamic PAMT pair the module gives back;
 //! - the simulator flags a "guest frame" returned while it is not host
 //!   memory.
 
@@ -365,4 +366,53 @@ fn the_simulator_flags_a_returned_guest_frame_the_module_owns() {
     );
     assert_eq!(sim.take_returned_guest_frames(), [tdr]);
     assert!(td.teardown().is_clean());
+}
+
+#[test]
+fn without_a_direct_map_a_released_pamt_pair_is_leaked_not_freed() {
+    // Dynamic PAMT (module 1.5.16): a pair leaving the module is cleared
+    // with MOVDIR64B before it is freed, erratum or not.
+    let sim = Simulator::new(
+        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(2, 2)
+            .with_profile(Profile::tdx_1_5_16()),
+    )
+    .unwrap();
+    let p = Fwd::<false>::new(&sim);
+    let h = host_on(&sim, &p);
+    assert!(h.module().dynamic_pamt());
+
+    // A 2 MiB range of its own, so its pair holds only this page.
+    let run = frames(&sim, 512, 512);
+    let td = finalized(&h);
+    let pairs = h.pamt_pairs();
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+    td.map(Gpa::new(0x1000), f).map_err(|f| f.error).unwrap();
+    assert_eq!(h.pamt_pairs(), pairs + 1);
+    let back = td.unmap::<Size4K>(Gpa::new(0x1000), &|| {}).unwrap();
+    assert_eq!(back.pfn(), run.first());
+    // The pair left the module, was not cleared, and is leaked: two frames.
+    assert_eq!(h.pamt_pairs(), pairs);
+    assert_eq!(sim.accounting().leaked, 2);
+
+    let report = td.teardown();
+    let pamt: Vec<_> = report
+        .leaked
+        .iter()
+        .filter(|l| l.role == PageRole::Pamt)
+        .collect();
+    assert!(!pamt.is_empty(), "the TD's own pairs: {report:#?}");
+    assert!(
+        pamt.iter()
+            .all(|l| l.reason.contains("MOVDIR64B") && l.run.count() == 2),
+        "{pamt:#?}"
+    );
+    assert!(
+        report.freed.iter().all(|&(_, role)| role != PageRole::Pamt),
+        "no pair freed: {report:#?}"
+    );
+    assert_eq!(sim.accounting().leaked, 2 + report.leaked_frames());
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.check_invariants().unwrap();
 }
