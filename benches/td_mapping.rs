@@ -27,7 +27,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mapping::{GIB, SimTd, kick_vcpus, map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
 use tdx::{
     Gpa, Pfn, Size2M,
-    api::{Placement, Platform, td::GuestFrame},
+    api::{FrameAllocator, Placement, td::GuestFrame},
 };
 
 const N4K: u64 = 1 << 20;

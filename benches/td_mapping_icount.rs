@@ -19,7 +19,7 @@ use std::time::Instant;
 use mapping::{map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
 use tdx::{
     Gpa, Pfn, Size4K,
-    api::{Placement, Platform, td::GuestFrame},
+    api::{FrameAllocator, Placement, td::GuestFrame},
 };
 
 /// Pages per pass.

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        Placement, Platform,
+        CacheMaintenance, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
         td::{Finalized, GuestFrame, Td},
     },
     types::regs::{KeyedPa, PageInfo},
@@ -159,7 +159,7 @@ fn main() {
     let first = frames.first();
     println!("pages per pass: {N}");
     n.set(true, first.hpa().as_u64());
-    let (tdr, hkid, shift) = (td.tdr(), td.hkid(), n.sim.keyid_shift());
+    let (tdr, hkid, shift) = (td.tdr(), td.hkid(), n.sim.hardware().keyid_shift);
     warm_up(&td, first);
     // Each measured pass once: callgrind's inclusive count of the function
     // is one pass of N pages.

@@ -28,7 +28,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        Placement, Platform,
+        FrameAllocator, FrameDeallocator, Placement,
         td::{Finalized, GuestFrame, Td, TdHostRef},
     },
 };

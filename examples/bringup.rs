@@ -9,8 +9,9 @@
 //! ```
 
 use std::{path::PathBuf, time::Instant};
+use tdx::api::Cpus;
 
-use tdx::api::{Platform, TdxModule};
+use tdx::api::TdxModule;
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
 fn main() {

@@ -42,7 +42,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },
     types::PfnRun,

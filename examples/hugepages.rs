@@ -16,7 +16,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Size1G, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdHost},
     },

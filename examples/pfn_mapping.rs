@@ -22,7 +22,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdError, TdHost},
     },

@@ -29,7 +29,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, PageSize, Size1G, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         measure::{self, InitialPage},
         td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },

@@ -27,7 +27,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule, measure,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule, measure,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost, Vcpu},
     },

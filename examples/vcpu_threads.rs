@@ -38,7 +38,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, ExtInited, Placement, Platform, TdxModule,
+        CpuId, Cpus, ExtInited, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         retry::RetryPolicy,
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost},

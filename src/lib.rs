@@ -14,7 +14,7 @@
 //! - [`sys`] (`tdx-sys`): the SEAMCALL instruction behind the
 //!   [`Seamcall`](sys::Seamcall) backend trait, and one raw `unsafe fn` per
 //!   host leaf. `no_std`.
-//! - [`api`] (`tdx-api`): the safe layer: the `Platform` trait, the TDMR/PAMT
+//! - [`api`] (`tdx-api`): the safe layer: the `Platform` traits, the TDMR/PAMT
 //!   planner, type-state module bring-up (with Dynamic PAMT on a module
 //!   that has it), and Trust Domains: build, measured initial memory,
 //!   PFN-only private memory that many threads map and unmap at once (see
@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use tdx::api::{
-//!     CpuId, InitialRcx, X2ApicId, Placement, Platform, TdxModule,
+//!     CpuId, FrameAllocator, InitialRcx, Placement, TdxModule, X2ApicId,
 //!     plan::{MemRange, PlanInput},
 //!     td::{GuestFrame, TdConfig, TdHost},
 //! };
@@ -42,7 +42,7 @@
 //! let module = TdxModule::init(&sim, &sim).unwrap().configure(&input).unwrap();
 //! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 //! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-//! td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
+//! td.create_vcpu(CpuId(0), tdx::api::InitialRcx(0), tdx::api::X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
 //! let td = td.finalize().map_err(|f| f.error).unwrap();
 //!
 //! // The VMM's memory: here one frame from the simulated host's allocator.

@@ -33,8 +33,8 @@ use common::maps;
 use tdx::{
     Hpa, Leaf, Pfn, TdxError, TdxStatus,
     api::{
-        CpuId, Failed, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
-        TdxPageArray,
+        CpuId, Cpus, DirectMap, Failed, FrameAllocator, FrameDeallocator, NodeId, PackageId,
+        Placement, PlatformError, TdxModule, TdxPageArray,
         module::{
             BUSY_RETRIES, BringUpError, ConfigureLeft, ENTROPY_RETRIES, NO_PROGRESS_LIMIT,
             REPLAN_LIMIT, Step,

@@ -50,7 +50,7 @@ use rand_core::{RngCore, SeedableRng};
 use tdx::{
     Gpa, Leaf, Size2M, Size4K, TdxStatus,
     api::{
-        CpuId, InitialRcx, Placement, Platform, TdxModule, X2ApicId,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdHost},
     },

@@ -16,7 +16,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size1G, Size2M, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         td::{GuestFrame, TdConfig, TdHost},
     },
     types::PfnRun,

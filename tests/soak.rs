@@ -38,7 +38,7 @@ use std::{
 use tdx::{
     Gpa, Leaf, Pfn, Size2M, Size4K,
     api::{
-        CpuId, InitialRcx, Placement, Platform, TdxModule, X2ApicId,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost, Vcpu},
     },

@@ -11,7 +11,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, Size4K, TdxStatus,
     api::{
-        ARCH_MAX_VCPUS, CpuId, ExtInited, ModuleVersion, Placement, Platform, TdxModule,
+        ARCH_MAX_VCPUS, CpuId, ExtInited, FrameAllocator, ModuleVersion, Placement, TdxModule,
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
         td::{GuestFrame, Initialized, Operand, ParamsError, Td, TdError, TdHost},

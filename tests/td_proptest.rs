@@ -42,7 +42,7 @@ use proptest::prelude::*;
 use tdx::{
     Gpa, Leaf, Pfn, Size2M, Size4K, TdxStatus,
     api::{
-        CpuId, ExtInited, Placement, Platform, TdxModule,
+        CpuId, ExtInited, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, PageRole, Td, TdError, TdHost, TeardownReport},
     },

@@ -18,7 +18,7 @@ use td_host::{host, sim};
 use tdx::{
     Gpa, Size4K,
     api::{
-        CpuId, Placement, Platform,
+        CpuId, FrameAllocator, FrameDeallocator, Placement,
         td::{GuestFrame, TdConfig, TdError, Vcpu},
     },
     types::{

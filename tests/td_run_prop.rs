@@ -52,7 +52,7 @@ use td_host::{host, sim};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Placement, Platform,
+        CpuId, FrameAllocator, FrameDeallocator, Placement,
         td::{GuestFrame, TdConfig, Vcpu},
     },
     types::{

@@ -15,7 +15,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Size4K,
     api::{
-        CpuId, Placement, Platform, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdHost},
     },

@@ -32,7 +32,8 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxLevel, TdxStatus,
     api::{
-        CpuId, Errata, ExtInited, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        CacheMaintenance, CpuId, Cpus, DirectMap, ExtInited, FrameAllocator, FrameDeallocator,
+        Hardware, HardwareInfo, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
         plan::{MemRange, PlanInput},
         retry::{Backoff, RetryPolicy},
         td::{
@@ -43,7 +44,6 @@ use tdx::{
     types::{
         Hpa, OperandId, PfnRun,
         abi::{EptPageWalk, EptpControls, TdParams},
-        metadata::KeyIdPartition,
     },
 };
 use tdx_sim::{Accounting, Fault, MachineDesc, Profile, Simulator};
@@ -538,10 +538,14 @@ impl<'s> Interloper<'s> {
 
 // SAFETY: forwards every method to the simulator, which keeps the
 // contract; `yield_now` only adds a SEAMCALL that moves no memory.
-unsafe impl Platform for Interloper<'_> {
+unsafe impl FrameAllocator for Interloper<'_> {
     fn alloc_pages(&self, n: u64, a: u64, p: Placement) -> Result<PfnRun, PlatformError> {
         self.s().alloc_pages(n, a, p)
     }
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract.
+unsafe impl FrameDeallocator for Interloper<'_> {
     unsafe fn free_pages(&self, run: PfnRun) {
         // SAFETY: forwarded contract.
         unsafe { self.s().free_pages(run) }
@@ -549,14 +553,14 @@ unsafe impl Platform for Interloper<'_> {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.s().leak_pages(run, reason)
     }
-    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.s().read_phys(pa, buf) }
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.s().return_guest_frames(run) }
     }
-    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.s().write_phys(pa, data) }
-    }
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract.
+unsafe impl Cpus for Interloper<'_> {
     fn cpus(&self) -> u32 {
         self.s().cpus()
     }
@@ -568,24 +572,6 @@ unsafe impl Platform for Interloper<'_> {
     }
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
         self.s().on_cpu(cpu, f)
-    }
-    fn wbinvd_all(&self) {
-        self.s().wbinvd_all()
-    }
-    fn clflush_page(&self, pfn: Pfn) {
-        let mut slot = self.at_flush.lock().unwrap();
-        if slot.as_ref().is_some_and(|(at, _)| *at == pfn) {
-            let (_, act) = slot.take().expect("checked");
-            drop(slot);
-            act();
-        } else {
-            drop(slot);
-        }
-        self.s().clflush_page(pfn)
-    }
-    unsafe fn movdir64b_clear(&self, run: PfnRun) {
-        // SAFETY: forwarded contract.
-        unsafe { self.s().movdir64b_clear(run) }
     }
     fn yield_now(&self) {
         if self.panic_on_yield.load(Ordering::SeqCst) {
@@ -603,14 +589,49 @@ unsafe impl Platform for Interloper<'_> {
         }
         self.s().yield_now()
     }
-    fn keyid_partition(&self) -> KeyIdPartition {
-        self.s().keyid_partition()
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract.
+unsafe impl DirectMap for Interloper<'_> {
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.s().read_phys(pa, buf) }
     }
-    fn keyid_shift(&self) -> u32 {
-        self.s().keyid_shift()
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.s().write_phys(pa, data) }
     }
-    fn errata(&self) -> Errata {
-        self.s().errata()
+    fn direct_map(&self, pa: Hpa) -> Option<core::ptr::NonNull<u8>> {
+        self.s().direct_map(pa)
+    }
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract.
+unsafe impl CacheMaintenance for Interloper<'_> {
+    fn wbinvd_all(&self) {
+        self.s().wbinvd_all()
+    }
+    fn clflush_page(&self, pfn: Pfn) {
+        let mut slot = self.at_flush.lock().unwrap();
+        if slot.as_ref().is_some_and(|(at, _)| *at == pfn) {
+            let (_, act) = slot.take().expect("checked");
+            drop(slot);
+            act();
+        } else {
+            drop(slot);
+        }
+        self.s().clflush_page(pfn)
+    }
+    unsafe fn movdir64b_clear(&self, run: PfnRun) -> Result<(), PlatformError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.s().movdir64b_clear(run) }
+    }
+}
+
+// SAFETY: forwards to the simulator, which keeps the contract.
+unsafe impl HardwareInfo for Interloper<'_> {
+    fn hardware(&self) -> Hardware {
+        self.s().hardware()
     }
 }
 

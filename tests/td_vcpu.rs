@@ -15,7 +15,7 @@ use td_host::{Host, host, sim};
 use tdx::{
     Leaf, TdxStatus,
     api::{
-        CpuId, Platform,
+        CpuId, Cpus,
         td::{Finalized, Td, TdConfig, TdError, Vcpu, VcpuId},
     },
     sys::leaf,

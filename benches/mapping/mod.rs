@@ -11,7 +11,7 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, Platform, TdxModule,
+        CacheMaintenance, CpuId, TdxModule,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
     },

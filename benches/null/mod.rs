@@ -9,7 +9,7 @@
 //! own work. Pages mapped while switched on are unmapped while switched
 //! on, so the simulator never sees them.
 
-// UNSAFETY: implements the `unsafe trait`s `Seamcall` and `Platform` by
+// UNSAFETY: implements the `unsafe trait`s `Seamcall` and the platform's by
 // forwarding to the simulator, and hands frames to a TD.
 #![allow(unsafe_code)]
 
@@ -19,12 +19,13 @@ use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, Pfn, Size4K, TdxStatus,
     api::{
-        CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
+        HardwareInfo, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdHost, TdHostRef},
     },
     sys::{RegShape, Seamcall, SeamcallArgs},
-    types::{Hpa, PfnRun, metadata::KeyIdPartition},
+    types::{Hpa, PfnRun},
 };
 use tdx_sim::{MachineDesc, Profile, Simulator};
 
@@ -87,12 +88,18 @@ unsafe impl Seamcall for NullSwitch {
     }
 }
 
-// SAFETY: forwards to the simulator, which keeps the contract; switched
-// on, CLFLUSH is skipped for frames the simulator never sees mapped.
-unsafe impl Platform for NullSwitch {
+// The platform traits forward to the simulator, which keeps their
+// contracts.
+
+// SAFETY: forwards to the simulator.
+unsafe impl FrameAllocator for NullSwitch {
     fn alloc_pages(&self, n: u64, a: u64, p: Placement) -> Result<PfnRun, PlatformError> {
         self.sim.alloc_pages(n, a, p)
     }
+}
+
+// SAFETY: forwards to the simulator.
+unsafe impl FrameDeallocator for NullSwitch {
     unsafe fn free_pages(&self, run: PfnRun) {
         // SAFETY: forwarded contract.
         unsafe { self.sim.free_pages(run) }
@@ -100,14 +107,14 @@ unsafe impl Platform for NullSwitch {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.sim.leak_pages(run, reason)
     }
-    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.sim.read_phys(pa, buf) }
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.sim.return_guest_frames(run) }
     }
-    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.sim.write_phys(pa, data) }
-    }
+}
+
+// SAFETY: forwards to the simulator.
+unsafe impl Cpus for NullSwitch {
     fn cpus(&self) -> u32 {
         self.sim.cpus()
     }
@@ -120,6 +127,31 @@ unsafe impl Platform for NullSwitch {
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
         self.sim.on_cpu(cpu, f)
     }
+    fn yield_now(&self) {
+        if !self.on() {
+            self.sim.yield_now()
+        }
+    }
+}
+
+// SAFETY: forwards to the simulator.
+unsafe impl DirectMap for NullSwitch {
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.read_phys(pa, buf) }
+    }
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.write_phys(pa, data) }
+    }
+    fn direct_map(&self, pa: Hpa) -> Option<core::ptr::NonNull<u8>> {
+        self.sim.direct_map(pa)
+    }
+}
+
+// SAFETY: forwards to the simulator; switched on, CLFLUSH is skipped for
+// frames the simulator never sees mapped.
+unsafe impl CacheMaintenance for NullSwitch {
     fn wbinvd_all(&self) {
         self.sim.wbinvd_all()
     }
@@ -129,23 +161,16 @@ unsafe impl Platform for NullSwitch {
             self.sim.clflush_page(pfn)
         }
     }
-    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+    unsafe fn movdir64b_clear(&self, run: PfnRun) -> Result<(), PlatformError> {
         // SAFETY: forwarded contract.
         unsafe { self.sim.movdir64b_clear(run) }
     }
-    fn yield_now(&self) {
-        if !self.on() {
-            self.sim.yield_now()
-        }
-    }
-    fn keyid_partition(&self) -> KeyIdPartition {
-        self.sim.keyid_partition()
-    }
-    fn keyid_shift(&self) -> u32 {
-        self.sim.keyid_shift()
-    }
-    fn errata(&self) -> Errata {
-        self.sim.errata()
+}
+
+// SAFETY: forwards to the simulator.
+unsafe impl HardwareInfo for NullSwitch {
+    fn hardware(&self) -> Hardware {
+        self.sim.hardware()
     }
 }
 

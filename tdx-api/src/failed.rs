@@ -33,7 +33,7 @@ use core::fmt;
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
 /// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
-/// use tdx_api::{Placement, Platform, td::{GuestFrame, TdError}};
+/// use tdx_api::{FrameAllocator, Placement, td::{GuestFrame, TdError}};
 /// use tdx_types::{Gpa, Size4K};
 ///
 /// let run = sim.alloc_pages(2, 1, Placement::Anywhere).unwrap();

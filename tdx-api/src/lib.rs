@@ -2,9 +2,12 @@
 //!
 //! This crate holds:
 //!
-//! - the [`Platform`] trait: the host services tdx-rs needs from the kernel
-//!   or hypervisor it runs in (frames, CPU placement, cache maintenance),
-//!   and what each may do (block, sleep, run in atomic context);
+//! - the [`Platform`] traits: the host services tdx-rs needs from the
+//!   kernel or hypervisor it runs in, one small trait per concern
+//!   ([`FrameAllocator`], [`FrameDeallocator`], [`Cpus`], [`DirectMap`],
+//!   [`CacheMaintenance`], whose instructions the library issues itself,
+//!   and [`HardwareInfo`], read once), and what each may do (block, sleep,
+//!   run in atomic context);
 //! - the TDMR/PAMT [`plan`]ner (best and Linux-equivalent strategies, with
 //!   the TDH.SYS.CONFIG rule check);
 //! - the type-state module bring-up ([`module`]:
@@ -43,7 +46,7 @@
 //! let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
 //!
 //! let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
-//! td.create_vcpu(CpuId(0), InitialRcx(0), X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
+//! td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap(); // TDH.MR.FINALIZE needs a vCPU
 //! let td = td.finalize().map_err(|f| f.error).unwrap();
 //! assert!(td.teardown().is_clean());
 //! ```
@@ -67,7 +70,10 @@ pub use module::{
     ARCH_MAX_VCPUS, ExtInited, ModuleVersion, SysInfo, TdmrsSet, TdxModule, Unconfigured,
 };
 pub use page_array::TdxPageArray;
-pub use platform::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+pub use platform::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, Errata, FrameAllocator, FrameDeallocator, Hardware,
+    HardwareInfo, NodeId, PackageId, Placement, Platform, PlatformError,
+};
 pub use retry::{Backoff, RetryPolicy};
 pub use td::{GuestFrame, InitialRcx, Td, TdHost, TdHostRef, X2ApicId};
 pub use tdx_sys as sys;

@@ -53,7 +53,7 @@ use crate::{
     Failed,
     page_array::TdxPageArray,
     plan::{self, Plan, PlanError, PlanInput, Strategy},
-    platform::{CpuId, PackageId, Placement, Platform, PlatformError},
+    platform::{CpuId, Hardware, PackageId, Placement, Platform, PlatformError},
 };
 
 pub use crate::retry::{BUSY_RETRIES, ENTROPY_RETRIES};
@@ -363,6 +363,8 @@ pub struct TdxModule<S: ModuleState, B, P> {
     backend: B,
     platform: P,
     info: SysInfo,
+    /// Read once from the platform, at `init`.
+    hardware: Hardware,
     global_keyid: u16,
     plan: Option<Plan>,
     /// PAMT runs, one per TDMR, owned by the module from TDH.SYS.CONFIG on.
@@ -406,6 +408,14 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
         self.dynamic_pamt
     }
 
+    /// The machine's KeyID partition, KeyID shift and errata, as the
+    /// platform reported them once, at [`init`](TdxModule::init)
+    /// ([`HardwareInfo`](crate::HardwareInfo)): nothing asks the platform
+    /// again.
+    pub fn hardware(&self) -> Hardware {
+        self.hardware
+    }
+
     /// The global private KeyID.
     pub fn global_keyid(&self) -> u16 {
         self.global_keyid
@@ -442,6 +452,7 @@ impl<S: ModuleState, B, P> TdxModule<S, B, P> {
             backend: self.backend,
             platform: self.platform,
             info: self.info,
+            hardware: self.hardware,
             global_keyid: self.global_keyid,
             plan: self.plan,
             pamts: self.pamts,
@@ -489,7 +500,7 @@ fn with_retries<P: Platform>(
 }
 
 /// As [`with_retries`], for a leaf that must run on `cpu`: each call is one
-/// [`Platform::on_cpu`] with exactly one SEAMCALL in it, and the back-off
+/// [`Cpus::on_cpu`](crate::Cpus::on_cpu) with exactly one SEAMCALL in it, and the back-off
 /// (a yield) happens in the calling thread between them.
 fn with_retries_on<P: Platform>(
     p: &P,
@@ -516,10 +527,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     pub fn init(backend: B, platform: P) -> Result<Self, Refused<(B, P)>> {
         let mut stats = BringUpStats::default();
         match Self::init_inner(&backend, &platform, &mut stats) {
-            Ok((info, global_keyid)) => Ok(Self {
+            Ok((info, hardware, global_keyid)) => Ok(Self {
                 backend,
                 platform,
                 info,
+                hardware,
                 global_keyid,
                 plan: None,
                 pamts: Vec::new(),
@@ -537,8 +549,14 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
         }
     }
 
-    fn init_inner(b: &B, p: &P, stats: &mut BringUpStats) -> Result<(SysInfo, u16), BringUpError> {
-        let keyids = p.keyid_partition();
+    fn init_inner(
+        b: &B,
+        p: &P,
+        stats: &mut BringUpStats,
+    ) -> Result<(SysInfo, Hardware, u16), BringUpError> {
+        // The one time the platform is asked: the module keeps the answer.
+        let hardware = p.hardware();
+        let keyids = hardware.keyid_partition;
         keyids.check().map_err(BringUpError::KeyIds)?;
         // A refused `init` may be retried. TDH.SYS.INIT and TDH.SYS.LP.INIT
         // run once per module load, so on a retry the module answers that
@@ -566,7 +584,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
             let step = Step::LpInit(cpu);
             with_retries_on(p, cpu, stats, Leaf::SYS_LP_INIT.v0(), step, &mut || {
                 // SAFETY: TDH.SYS.LP.INIT takes no memory operand; `on_cpu`
-                // runs this on `cpu` (Platform contract point 2).
+                // runs this on `cpu` (the `Cpus` contract).
                 match unsafe { leaf::tdh_sys_lp_init(b) } {
                     TdxStatus::SYS_LP_INIT_DONE => TdxStatus::SUCCESS,
                     s => s,
@@ -587,14 +605,14 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
                 max: tdx_types::metadata::MAX_HKIDS,
             })
         })?;
-        Ok((info, global))
+        Ok((info, hardware, global))
     }
 
     /// Whether [`configure`](Self::configure) turns Dynamic PAMT on: the
     /// module has it (TDX_FEATURES0 bit 36; Intel's module 1.5.16 and
     /// later), the caller allows it ([`set_dynamic_pamt`](Self::set_dynamic_pamt),
     /// allowed by default), and the KeyID bits start at bit 48 or below
-    /// ([`Platform::keyid_shift`]): the module keeps a pair's addresses in
+    /// ([`Hardware::keyid_shift`]): the module keeps a pair's addresses in
     /// 36-bit fields and its TDH.SYS.CONFIG refuses Dynamic PAMT otherwise
     /// (`tdh_sys_config.c`, `pamt_manager.h`; Linux checks the same).
     ///
@@ -605,7 +623,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     pub fn uses_dynamic_pamt(&self) -> bool {
         self.allow_dynamic_pamt
             && self.info.dpamt_bitmap_bits.is_some()
-            && self.platform.keyid_shift() <= 48
+            && self.hardware.keyid_shift <= 48
     }
 
     /// Allows (the default) or refuses Dynamic PAMT for
@@ -789,18 +807,26 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdxModule<Unconfigured, B, P> {
     }
 
     /// After a failure past TDH.SYS.CONFIG: flush every cache, clear the
-    /// PAMTs where the erratum needs it, give the PAMT pages back.
+    /// PAMTs where the erratum needs it, give the PAMT pages back. A PAMT
+    /// the platform cannot clear ([`PlatformError::NoDirectMap`]) is leaked
+    /// with the reason instead of freed.
     fn abandon(self, error: BringUpError) -> ConfigureError<B, P> {
         let p = &self.platform;
         p.wbinvd_all();
-        if p.errata().tdx_pw_mce {
-            for r in &self.pamts {
+        for r in &self.pamts {
+            if self.hardware.errata.tdx_pw_mce {
                 // SAFETY: the module is being abandoned (it must be reloaded
                 // before any further SEAMCALL), so the PAMT is ours again.
-                unsafe { p.movdir64b_clear(*r) };
+                if unsafe { p.movdir64b_clear(*r) }.is_err() {
+                    p.leak_pages(
+                        *r,
+                        "a PAMT could not be cleared with MOVDIR64B (no direct map)",
+                    );
+                    continue;
+                }
             }
+            free_runs(p, core::slice::from_ref(r));
         }
-        free_runs(p, &self.pamts);
         Failed::new(
             error,
             ConfigureLeft::MustReload {

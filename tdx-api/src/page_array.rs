@@ -23,7 +23,8 @@
 //! ([`free`](TdxPageArray::free), [`split_donated`](TdxPageArray::split_donated)).
 
 // UNSAFETY: a page array writes and reads its root page through the
-// Platform's direct map and frees its pages, all `unsafe fn`s of Platform.
+// platform's direct map and frees its pages, all `unsafe fn`s of the
+// platform traits.
 #![allow(unsafe_code)]
 
 use alloc::vec::Vec;
@@ -34,7 +35,7 @@ use tdx_types::{
     regs::{HPA_LIST_MAX_ENTRIES, HpaArrayT, HpaListInfo},
 };
 
-use crate::platform::{Placement, Platform, PlatformError};
+use crate::platform::{DirectMap, FrameAllocator, FrameDeallocator, Placement, PlatformError};
 
 /// N pages plus a root page of their HPAs, bound to the platform that
 /// allocated them. Unique: not `Clone`.
@@ -59,7 +60,7 @@ use crate::platform::{Placement, Platform, PlatformError};
 /// Dropping an array frees nothing: its pages are leaked silently (sound,
 /// but lost), hence `#[must_use]`.
 #[must_use = "a page array owns its pages: free, donate or leak them"]
-pub struct TdxPageArray<'p, P: Platform + ?Sized> {
+pub struct TdxPageArray<'p, P: FrameAllocator + FrameDeallocator + DirectMap + ?Sized> {
     /// The platform the pages came from, and go back to.
     platform: &'p P,
     /// How the pages were allocated (for freeing).
@@ -72,7 +73,7 @@ pub struct TdxPageArray<'p, P: Platform + ?Sized> {
     window: (usize, usize),
 }
 
-impl<P: Platform + ?Sized> fmt::Debug for TdxPageArray<'_, P> {
+impl<P: FrameAllocator + FrameDeallocator + DirectMap + ?Sized> fmt::Debug for TdxPageArray<'_, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TdxPageArray")
             .field("pages", &self.pages.len())
@@ -113,7 +114,7 @@ pub enum ReleaseError {
     },
 }
 
-impl<'p, P: Platform + ?Sized> TdxPageArray<'p, P> {
+impl<'p, P: FrameAllocator + FrameDeallocator + DirectMap + ?Sized> TdxPageArray<'p, P> {
     /// `count` physically contiguous pages (one allocation, as extension
     /// memory wants) and a root page, from `p`; the array keeps `p`.
     pub fn alloc_contiguous(
@@ -357,10 +358,8 @@ mod tests {
     };
 
     use spin::Mutex;
-    use tdx_types::metadata::KeyIdPartition;
 
     use super::*;
-    use crate::platform::{CpuId, Errata, NodeId, PackageId};
 
     /// A bump allocator over frames from `base`, with byte-addressed memory
     /// and a record of frees and leaks.
@@ -408,11 +407,15 @@ mod tests {
         }
     }
 
-    // SAFETY: a test double: it hands out each frame once and checks every
+    // A test double with only what a page array asks for (no CPUs, caches
+    // or hardware facts): it hands out each frame once and checks every
     // free, read and write against what it handed out (panicking on a
-    // frame it does not own); the CPU and cache operations do nothing,
-    // which no test here relies on.
-    unsafe impl Platform for Recording {
+    // frame it does not own).
+
+    // SAFETY: each frame is handed out once; they are made-up numbers
+    // nobody dereferences (memory is a map of bytes, and there is no
+    // module).
+    unsafe impl FrameAllocator for Recording {
         fn alloc_pages(
             &self,
             count: u64,
@@ -437,6 +440,10 @@ mod tests {
             }
             Ok(run)
         }
+    }
+
+    // SAFETY: frees and leaks only update the records.
+    unsafe impl FrameDeallocator for Recording {
         unsafe fn free_pages(&self, run: PfnRun) {
             let mut live = self.live.lock();
             for f in run.iter() {
@@ -454,6 +461,14 @@ mod tests {
             }
             self.leaked.lock().push((run, reason));
         }
+        unsafe fn return_guest_frames(&self, run: PfnRun) {
+            unreachable!("a page array never holds guest frames: {run:?}");
+        }
+    }
+
+    // SAFETY: reads and writes go to the map of bytes; there is no direct
+    // map to hand out.
+    unsafe impl DirectMap for Recording {
         unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
             assert!(self.owns(pa.as_u64(), buf.len()), "read of {pa:?}");
             let mem = self.mem.lock();
@@ -468,30 +483,8 @@ mod tests {
                 mem.insert(pa.as_u64() + i as u64, *b);
             }
         }
-        fn cpus(&self) -> u32 {
-            1
-        }
-        fn package_of(&self, _: CpuId) -> PackageId {
-            PackageId(0)
-        }
-        fn node_of(&self, _: Pfn) -> Option<NodeId> {
+        fn direct_map(&self, _: Hpa) -> Option<core::ptr::NonNull<u8>> {
             None
-        }
-        fn on_cpu(&self, _: CpuId, f: &mut (dyn FnMut() + Send)) {
-            f()
-        }
-        fn wbinvd_all(&self) {}
-        fn clflush_page(&self, _: Pfn) {}
-        unsafe fn movdir64b_clear(&self, _: PfnRun) {}
-        fn yield_now(&self) {}
-        fn keyid_partition(&self) -> KeyIdPartition {
-            KeyIdPartition::from_bits((16 << 32) | 31)
-        }
-        fn keyid_shift(&self) -> u32 {
-            46
-        }
-        fn errata(&self) -> Errata {
-            Errata::default()
         }
     }
 

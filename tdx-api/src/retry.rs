@@ -17,11 +17,11 @@
 //! A [`RetryPolicy`] says how often the library calls a leaf again before
 //! the BUSY reaches the caller as [`TdError::Busy`],
 //! and what happens between calls: nothing ([`Backoff::Spin`], a CPU
-//! spin-loop hint, fine in atomic context) or [`Platform::yield_now`]
+//! spin-loop hint, fine in atomic context) or [`Cpus::yield_now`](crate::Cpus::yield_now)
 //! ([`Backoff::Yield`], only where the caller may schedule).
 //!
 //! Where the retries run: never inside a closure given to
-//! [`Platform::on_cpu`]. A leaf that must run on a given CPU (TDH.VP.INIT,
+//! [`Cpus::on_cpu`](crate::Cpus::on_cpu). A leaf that must run on a given CPU (TDH.VP.INIT,
 //! TDH.VP.FLUSH, TDH.MNG.KEY.CONFIG, TDH.PHYMEM.CACHE.WB) is issued once
 //! per `on_cpu` call, and the back-off happens in the calling thread
 //! between calls, so a platform may run `on_cpu` closures in atomic
@@ -47,7 +47,7 @@ pub enum Backoff {
     /// Up to this many retries, with a spin-loop hint in between: never
     /// sleeps or yields, so it is usable in atomic context.
     Spin(u32),
-    /// Up to this many retries, with [`Platform::yield_now`] in between
+    /// Up to this many retries, with [`Cpus::yield_now`](crate::Cpus::yield_now) in between
     /// (in the calling thread): only where the caller may schedule.
     Yield(u32),
 }
@@ -81,7 +81,7 @@ impl Backoff {
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
 /// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
-/// use tdx_api::{Placement, Platform, RetryPolicy, td::{GuestFrame, TdError}};
+/// use tdx_api::{FrameAllocator, Placement, RetryPolicy, td::{GuestFrame, TdError}};
 /// use tdx_sim::{LockMode, ModuleLock};
 /// use tdx_types::{Gpa, Size4K};
 ///
@@ -329,7 +329,7 @@ fn retry_after<P: Platform + ?Sized>(
 }
 
 /// As [`retry`], for a leaf that must run on `cpu`: each call is one
-/// [`Platform::on_cpu`] with exactly one SEAMCALL in it, and the back-off
+/// [`Cpus::on_cpu`](crate::Cpus::on_cpu) with exactly one SEAMCALL in it, and the back-off
 /// happens here, in the calling thread, between them.
 pub(crate) fn retry_on_cpu<P: Platform + ?Sized>(
     p: &P,
@@ -360,15 +360,4 @@ pub(crate) fn pause<P: Platform + ?Sized>(p: &P, policy: RetryPolicy) {
     }
 }
 
-/// The first CPU of each package, in the order their first CPU appears
-/// (where per-package leaves run).
-pub(crate) fn package_cpus<P: Platform + ?Sized>(
-    p: &P,
-) -> impl Iterator<Item = (crate::platform::PackageId, CpuId)> + '_ {
-    (0..p.cpus()).filter_map(move |c| {
-        let pkg = p.package_of(CpuId(c));
-        (0..c)
-            .all(|earlier| p.package_of(CpuId(earlier)) != pkg)
-            .then_some((pkg, CpuId(c)))
-    })
-}
+pub(crate) use crate::platform::package_cpus;

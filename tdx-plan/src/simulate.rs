@@ -17,7 +17,7 @@
 use std::fmt;
 
 use tdx_api::{
-    CpuId, Placement, Platform,
+    CpuId, Cpus, FrameAllocator, HardwareInfo, Placement,
     plan::{Limits, Plan},
 };
 use tdx_sim::{MAX_CMRS, MachineDesc, Profile, Simulator};
@@ -128,7 +128,7 @@ pub fn sys_config(map: &MemoryMap, plan: &Plan, limits: &Limits) -> SysConfig {
     let Some(array) = write_tdmr_infos(&sim, &infos) else {
         return SysConfig::NotRun("no host memory left for the TDMR_INFO array".into());
     };
-    let Ok(keyid) = u16::try_from(sim.keyid_partition().global_keyid()) else {
+    let Ok(keyid) = u16::try_from(sim.hardware().keyid_partition.global_keyid()) else {
         return SysConfig::NotRun("the global KeyID does not fit 16 bits".into());
     };
     // SAFETY: simulated memory; the array and the TDMR_INFOs were written

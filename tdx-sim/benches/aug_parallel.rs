@@ -26,7 +26,7 @@ use tdx_api::{InitialRcx, X2ApicId};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tdx_api::{
-    CpuId, Placement, Platform, TdxModule,
+    CpuId, Cpus, FrameAllocator, Placement, TdxModule,
     plan::{MemRange, PlanInput},
     td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
 };

@@ -125,7 +125,7 @@
 //! The host stops a running guest with a kick ([`Simulator::kick`]): the
 //! guest leaves at its next operation with an external-interrupt exit, as
 //! an IPI to the LP running it would make it leave. A thread that wants
-//! the LP a guest runs on (a SEAMCALL there, as `Platform::on_cpu` makes
+//! the LP a guest runs on (a SEAMCALL there, as `Cpus::on_cpu` makes
 //! one: the simulator's IPI) kicks that guest too, until it has the LP.
 //!
 //! A VMM's run loop against a guest program, through tdx-api's vCPU

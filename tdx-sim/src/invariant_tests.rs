@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use tdx_api::{
-    CpuId, InitialRcx, Placement, Platform, TdxModule, X2ApicId,
+    CpuId, FrameAllocator, InitialRcx, Placement, TdxModule, X2ApicId,
     plan::{MemRange, PlanInput},
     td::{GuestFrame, TdConfig, TdHost},
 };

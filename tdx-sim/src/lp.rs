@@ -1,7 +1,7 @@
 //! Which logical processor the calling thread runs on.
 //!
 //! A CPU is a property of the thread that issues a SEAMCALL, not of the
-//! simulator: [`Platform::on_cpu`](tdx_api::Platform::on_cpu) selects an LP
+//! simulator: [`Cpus::on_cpu`](tdx_api::Cpus::on_cpu) selects an LP
 //! for the calling thread for the length of its closure, and
 //! [`Simulator::set_lp`](crate::Simulator::set_lp) selects one for the
 //! calling thread until changed. Both act on a thread-local stack of

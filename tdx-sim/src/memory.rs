@@ -37,12 +37,12 @@ use crate::{
 pub enum PageState {
     /// In the host allocator.
     Free,
-    /// Allocated by the host (through `Platform::alloc_pages`, or used
+    /// Allocated by the host (through `FrameAllocator::alloc_pages`, or used
     /// directly by a trace).
     Host,
     /// Owned by the TDX module (PAMT, extension pool, later TD pages).
     Module,
-    /// Given up for good by the host (`Platform::leak_pages`).
+    /// Given up for good by the host (`FrameDeallocator::leak_pages`).
     Leaked,
 }
 

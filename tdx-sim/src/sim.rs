@@ -8,16 +8,15 @@
 // memory is a map of byte arrays).
 #![allow(unsafe_code)]
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, ptr::NonNull, sync::Arc, time::Duration};
 
 use tdx_api::{
-    CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
+    HardwareInfo, NodeId, PackageId, Placement, PlatformError, td::TeardownReport,
 };
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
 use tdx_types::{
-    Gpa, Hpa, Leaf, Pfn, PfnRun, TdxLevel, TdxStatus,
-    metadata::{KeyIdPartition, PamtPageType},
-    regs::SeptState,
+    Gpa, Hpa, Leaf, Pfn, PfnRun, TdxLevel, TdxStatus, metadata::PamtPageType, regs::SeptState,
 };
 
 use crate::{
@@ -36,7 +35,7 @@ use crate::{
 };
 
 /// A simulated TDX host: physical memory, CPUs and packages, caches, and a
-/// TDX module, reachable through [`Seamcall`] (the module) and [`Platform`]
+/// TDX module, reachable through [`Seamcall`] (the module) and [`Platform`](tdx_api::Platform)
 /// (the host services).
 ///
 /// All methods take `&self`, and any number of threads may use one
@@ -45,7 +44,7 @@ use crate::{
 /// algorithms, holds them to its end, and answers `TDX_OPERAND_BUSY` (with
 /// the lock's operand) when another leaf holds what it needs, never
 /// waiting. The logical processor a SEAMCALL runs on belongs to the calling
-/// thread: the one its innermost [`Platform::on_cpu`] selected, else the
+/// thread: the one its innermost [`Cpus::on_cpu`] selected, else the
 /// one it chose with [`Simulator::set_lp`]. The thread that built the
 /// simulator starts on LP 0; any other thread that issues a SEAMCALL
 /// without having selected an LP is placed on one, the LPs in turn, as a
@@ -350,13 +349,13 @@ impl Simulator {
     ///
     /// If the calling thread selected none (it is not the thread that built
     /// the simulator and called neither [`Simulator::set_lp`] nor
-    /// [`Platform::on_cpu`]).
+    /// [`Cpus::on_cpu`]).
     pub fn current_lp(&self) -> u32 {
         self.thread_lp()
     }
 
     /// Selects the logical processor for the calling thread's following
-    /// SEAMCALLs (what [`Platform::on_cpu`] does for the length of its
+    /// SEAMCALLs (what [`Cpus::on_cpu`] does for the length of its
     /// closure). Inside an `on_cpu` closure it changes that closure's LP
     /// until the closure ends.
     pub fn set_lp(&self, lp: u32) {
@@ -390,8 +389,22 @@ impl Simulator {
         self.s.violations().clone()
     }
 
+    /// The guest frames of TDs that were dropped instead of torn down (what
+    /// [`FrameDeallocator::return_guest_frames`] received), oldest first,
+    /// taken out of the record: the caller owns them again and frees them
+    /// as it frees the frames of an unmap or a teardown report.
+    pub fn take_returned_guest_frames(&self) -> Vec<PfnRun> {
+        core::mem::take(
+            &mut *self
+                .s
+                .returned_guest_frames
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
     /// The teardown reports of TDs that were dropped instead of torn down
-    /// (what [`Platform::dropped_td`] received), oldest first.
+    /// (what [`FrameDeallocator::dropped_td`] received), oldest first.
     pub fn dropped_td_reports(&self) -> Vec<TeardownReport> {
         self.s
             .dropped_tds
@@ -805,12 +818,12 @@ unsafe impl Seamcall for Simulator {
     }
 }
 
-// SAFETY: the simulator's "memory" is its own map: allocations never overlap
-// (the accounting map has one state per frame, and allocation takes frames
-// out of the free index under its lock), `on_cpu` runs the closure
-// synchronously with the LP selected, and cache operations update the cache
-// model before returning. None of it touches real memory.
-unsafe impl Platform for Simulator {
+// The platform traits. The simulator's "memory" is its own map, so none of
+// them touches real memory.
+
+// SAFETY: allocations never overlap: the accounting map has one state per
+// frame, and allocation takes frames out of the free index under its lock.
+unsafe impl FrameAllocator for Simulator {
     fn alloc_pages(
         &self,
         count: u64,
@@ -853,7 +866,11 @@ unsafe impl Platform for Simulator {
         }
         PfnRun::try_new(Pfn::new(start), count).map_err(|_| err)
     }
+}
 
+// SAFETY: a free puts frames back in the free index and nothing else; a
+// leak or a return of guest frames only records them.
+unsafe impl FrameDeallocator for Simulator {
     unsafe fn free_pages(&self, run: PfnRun) {
         let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
@@ -897,6 +914,42 @@ unsafe impl Platform for Simulator {
         s.mem.leak(a, b);
     }
 
+    /// Records the run for [`Simulator::take_returned_guest_frames`] and
+    /// checks that it is host memory with no private line left; frees
+    /// nothing (the test that made the frames frees them, as a VMM would).
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        let s = &self.s;
+        let (a, b) = (run.first().as_u64(), run.end());
+        for (pfn, _, state) in s.mem.states(a, b) {
+            if state != PageState::Host {
+                s.violation(Violation::ReturnedGuestFrameNotHost { pfn, state });
+            }
+        }
+        if let Some((pfn, keyid)) = s.mem.private_lines(a, b) {
+            s.violation(Violation::PrivateLinesReachedHost {
+                pfn,
+                keyid,
+                how: "returned to the VMM",
+            });
+        }
+        s.returned_guest_frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(run);
+    }
+
+    fn dropped_td(&self, report: &TeardownReport) {
+        self.s
+            .dropped_tds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(report.clone());
+    }
+}
+
+// SAFETY: reads and writes reach the simulated memory only (checked
+// against the module's ownership); there is no direct map to hand out.
+unsafe impl DirectMap for Simulator {
     unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
         if self.s.host_access(pa.as_u64(), buf.len(), false) {
             self.s.mem.read(pa.as_u64(), buf);
@@ -910,6 +963,14 @@ unsafe impl Platform for Simulator {
         self.host_write(pa.as_u64(), data);
     }
 
+    fn direct_map(&self, _: Hpa) -> Option<NonNull<u8>> {
+        None
+    }
+}
+
+// SAFETY: `on_cpu` runs the closure synchronously with the LP selected, and
+// the machine description does not change.
+unsafe impl Cpus for Simulator {
     fn cpus(&self) -> u32 {
         self.s.machine.desc.lps()
     }
@@ -927,6 +988,14 @@ unsafe impl Platform for Simulator {
         crate::lp::scoped(self.s.id, cpu.0, f);
     }
 
+    fn yield_now(&self) {
+        self.s.counters.host(self.stat_lp(), HostOp::Yield, 1);
+    }
+}
+
+// SAFETY: each operation updates the cache model before it returns (the
+// simulator models the caches, so it overrides every provided method).
+unsafe impl CacheMaintenance for Simulator {
     fn wbinvd_all(&self) {
         self.s.counters.host(self.stat_lp(), HostOp::Wbinvd, 1);
         self.s.mem.flush_all();
@@ -938,14 +1007,16 @@ unsafe impl Platform for Simulator {
         self.s.mem.flush_range(p, p + 1);
     }
 
-    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+    unsafe fn movdir64b_clear(&self, run: PfnRun) -> Result<(), PlatformError> {
         let s = &self.s;
         let (a, b) = (run.first().as_u64(), run.end());
         // Clearing a PAMT after a failed configuration (the partial-write
         // erratum) takes it back, as freeing it would.
         s.take_back_pamt(a, b);
         if !s.host_access(a * PAGE, (run.bytes()) as usize, true) {
-            return;
+            // Recorded as a violation; a real host would have written
+            // module memory.
+            return Ok(());
         }
         if let Some((pfn, keyid)) = s.mem.private_lines(a, b) {
             // A dirty private line written back later would land on the
@@ -961,32 +1032,19 @@ unsafe impl Platform for Simulator {
         s.mem.zero(a, b);
         // Direct stores of whole lines: nothing dirty stays behind.
         s.mem.flush_range(a, b);
+        Ok(())
     }
+}
 
-    fn yield_now(&self) {
-        self.s.counters.host(self.stat_lp(), HostOp::Yield, 1);
-    }
-
-    fn keyid_partition(&self) -> KeyIdPartition {
-        self.s.machine.desc.keyid_partition()
-    }
-
-    fn keyid_shift(&self) -> u32 {
+// SAFETY: the machine description's facts (a test may set
+// `reported_keyid_shift` to make them false on purpose).
+unsafe impl HardwareInfo for Simulator {
+    fn hardware(&self) -> Hardware {
         let desc = &self.s.machine.desc;
-        desc.reported_keyid_shift
-            .unwrap_or_else(|| desc.hkid_start_bit())
-    }
-
-    fn dropped_td(&self, report: &TeardownReport) {
-        self.s
-            .dropped_tds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(report.clone());
-    }
-
-    fn errata(&self) -> Errata {
-        self.s.machine.desc.errata
+        let keyid_shift = desc
+            .reported_keyid_shift
+            .unwrap_or_else(|| desc.hkid_start_bit());
+        Hardware::new(desc.keyid_partition(), keyid_shift, desc.errata)
     }
 }
 

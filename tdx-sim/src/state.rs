@@ -28,7 +28,10 @@ use std::{
 };
 
 use tdx_api::td::TeardownReport;
-use tdx_types::metadata::{MdFieldId, TdxFeatures0, field};
+use tdx_types::{
+    PfnRun,
+    metadata::{MdFieldId, TdxFeatures0, field},
+};
 
 use crate::{
     dispatch::Pauses,
@@ -426,6 +429,8 @@ pub(crate) struct Shared {
     faults_armed: AtomicBool,
     violations: Mutex<Vec<Violation>>,
     pub(crate) dropped_tds: Mutex<Vec<TeardownReport>>,
+    /// Guest frames of dropped TDs, as `return_guest_frames` received them.
+    pub(crate) returned_guest_frames: Mutex<Vec<PfnRun>>,
     pub(crate) counters: Counters,
     /// Per LP: the thread running a SEAMCALL on it (0 = none).
     pub(crate) lp_busy: Box<[Padded<AtomicU64>]>,
@@ -463,6 +468,7 @@ impl Shared {
             faults_armed: AtomicBool::new(false),
             violations: Mutex::default(),
             dropped_tds: Mutex::default(),
+            returned_guest_frames: Mutex::default(),
             counters: Counters::default(),
             lp_busy: (0..lps).map(|_| Padded(AtomicU64::new(0))).collect(),
             readers: ReaderSlots::new(lps),

@@ -11,7 +11,7 @@
 // simulated.
 #![allow(unsafe_code)]
 
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{CpuId, Placement, Platform, platform::on_each_package};
 use tdx_sys::Seamcall;
 use tdx_sys::leaf;
 use tdx_types::{
@@ -190,7 +190,7 @@ where
         }
     }
     report.tdmr_array = write_tdmr_infos(sim, tdmrs);
-    let keyid = sim.keyid_partition().global_keyid() as u16;
+    let keyid = sim.hardware().keyid_partition.global_keyid() as u16;
     // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
     ok("TDH.SYS.CONFIG", unsafe {
         leaf::tdh_sys_config(
@@ -214,7 +214,7 @@ where
     if !opts.skip_wbinvd {
         sim.wbinvd_all();
     }
-    sim.on_each_package(&mut |_, _| {
+    on_each_package(sim, &mut |_, _| {
         // SAFETY: simulated memory; the pages handed over were allocated from the simulator for this.
         ok("TDH.SYS.KEY.CONFIG", unsafe {
             leaf::tdh_sys_key_config(sim)

@@ -161,14 +161,14 @@
 //!
 //! # Recording
 //!
-//! [`Recorder`] wraps a [`Seamcall`] backend and a [`Platform`] and
+//! [`Recorder`] wraps a [`Seamcall`] backend and a [`Platform`](tdx_api::Platform) and
 //! implements both, forwarding every call unchanged. It writes the machine
 //! line when it is built, then every `write_phys`, `wbinvd_all`,
 //! `clflush_page` and SEAMCALL, and a `cpu` line before a SEAMCALL whenever
-//! the logical processor selected with [`Platform::on_cpu`] differs from
+//! the logical processor selected with [`Cpus::on_cpu`] differs from
 //! the last one written. Reads, allocations, frees and leaks are not part
-//! of the format and are not written. [`Platform::movdir64b_clear`] is
-//! written as what it leaves behind: a `write` of zeros and a `clflush`
+//! of the format and are not written. [`CacheMaintenance::movdir64b_clear`]
+//! is written (when it succeeds) as what it leaves behind: a `write` of zeros and a `clflush`
 //! for each page. A recorder of the simulator
 //! ([`Recorder::for_simulator`]) also writes the guests' lines
 //! ([Guests](#guests)).
@@ -209,6 +209,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fmt::{self, Write as _},
     io::{self, BufRead, Write},
+    ptr::NonNull,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
@@ -217,12 +218,11 @@ use std::{
 
 use serde_json::{Map, Value};
 use tdx_api::{
-    CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError, td::TeardownReport,
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
+    HardwareInfo, NodeId, PackageId, Placement, PlatformError, td::TeardownReport,
 };
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
-use tdx_types::{
-    Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, exit::VmcallRegs, metadata::KeyIdPartition,
-};
+use tdx_types::{Hpa, Leaf, LeafVersion, Pfn, PfnRun, TdxStatus, exit::VmcallRegs};
 
 use crate::{
     guest::{Guest, Instruction, Request, SharedMapping},
@@ -2656,7 +2656,7 @@ pub(crate) fn host_tsc(s: &Shared, value: u64) {
 // Recording
 // ---------------------------------------------------------------------------
 
-/// A recording wrapper: a [`Seamcall`] backend and a [`Platform`] that
+/// A recording wrapper: a [`Seamcall`] backend and a [`Platform`](tdx_api::Platform) that
 /// forward every call to `B` and `P` unchanged and write a trace of it to
 /// `W` (see the [module documentation](self#recording)).
 ///
@@ -2664,12 +2664,13 @@ pub(crate) fn host_tsc(s: &Shared, value: u64) {
 /// recorded call, so the trace's order is the order the calls ran in, and
 /// SEAMCALLs through one recorder run one at a time. The logical processor
 /// a SEAMCALL is written against is the one the innermost
-/// [`Platform::on_cpu`] through this recorder selected (LP 0 outside any),
+/// [`Cpus::on_cpu`] through this recorder selected (LP 0 outside any),
 /// so a host must issue SEAMCALLs from within `on_cpu` (or on LP 0) for the
 /// trace to say where they ran, and must not run `on_cpu` closures of one
-/// recorder concurrently. [`Platform::on_each_cpu`] and
-/// [`Platform::on_each_package`] go through the recorder's `on_cpu`, one
-/// CPU after the other.
+/// recorder concurrently. [`on_each_package`](tdx_api::platform::on_each_package)
+/// and the provided [`CacheMaintenance::wbinvd_all`] of a platform that
+/// does not override it go through the recorder's `on_cpu`, one CPU after
+/// the other.
 ///
 /// Writing is best-effort inside the traits (they cannot return I/O
 /// errors): the first error stops the recording and [`Recorder::finish`]
@@ -2846,13 +2847,14 @@ unsafe impl<B: Seamcall + ?Sized, P: ?Sized, W: Write> Seamcall for Recorder<'_,
     }
 }
 
-// SAFETY: every method forwards to `P` with the same arguments and returns
-// what `P` returned, so each promise of the `Platform` contract holds
-// because it holds for `P`. `on_cpu` runs the closure through `P::on_cpu`
-// (to completion, on that CPU); `on_each_cpu` and `on_each_package` keep
-// their default bodies, which go through that `on_cpu` and the forwarded
-// `cpus` and `package_of`. Recording only reads the arguments.
-unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_, B, P, W> {
+// The platform traits: every method forwards to `P` with the same arguments
+// and returns what `P` returned, so each promise of a trait holds because it
+// holds for `P`. Recording only reads the arguments.
+
+// SAFETY: forwards to `P`.
+unsafe impl<B: ?Sized, P: FrameAllocator + ?Sized, W: Write> FrameAllocator
+    for Recorder<'_, B, P, W>
+{
     fn alloc_pages(
         &self,
         count: u64,
@@ -2861,7 +2863,12 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
     ) -> Result<PfnRun, PlatformError> {
         self.platform.alloc_pages(count, align, placement)
     }
+}
 
+// SAFETY: forwards to `P`.
+unsafe impl<B: ?Sized, P: FrameDeallocator + ?Sized, W: Write> FrameDeallocator
+    for Recorder<'_, B, P, W>
+{
     unsafe fn free_pages(&self, run: PfnRun) {
         // SAFETY: the caller keeps `free_pages`' contract for `run`; `P`
         // gets the same run.
@@ -2872,6 +2879,18 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         self.platform.leak_pages(run, reason);
     }
 
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.platform.return_guest_frames(run) };
+    }
+
+    fn dropped_td(&self, report: &TeardownReport) {
+        self.platform.dropped_td(report);
+    }
+}
+
+// SAFETY: forwards to `P`; `write_phys` also records the bytes.
+unsafe impl<B: ?Sized, P: DirectMap + ?Sized, W: Write> DirectMap for Recorder<'_, B, P, W> {
     unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
         // SAFETY: the caller keeps `read_phys`' contract for the range; `P`
         // gets the same range.
@@ -2890,6 +2909,14 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         });
     }
 
+    fn direct_map(&self, pa: Hpa) -> Option<NonNull<u8>> {
+        self.platform.direct_map(pa)
+    }
+}
+
+// SAFETY: forwards to `P`; `on_cpu` runs the closure through `P::on_cpu`
+// (to completion, on that CPU) and only records which LP it selected.
+unsafe impl<B: ?Sized, P: Cpus + ?Sized, W: Write> Cpus for Recorder<'_, B, P, W> {
     fn cpus(&self) -> u32 {
         self.platform.cpus()
     }
@@ -2911,6 +2938,16 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         self.platform.on_cpu(cpu, f);
     }
 
+    fn yield_now(&self) {
+        self.platform.yield_now();
+    }
+}
+
+// SAFETY: forwards every method to `P`'s (its overrides included), so the
+// caches are maintained as `P` maintains them; then records what was done.
+unsafe impl<B: ?Sized, P: CacheMaintenance + ?Sized, W: Write> CacheMaintenance
+    for Recorder<'_, B, P, W>
+{
     fn wbinvd_all(&self) {
         let mut s = self.lock();
         self.platform.wbinvd_all();
@@ -2927,42 +2964,32 @@ unsafe impl<B: ?Sized, P: Platform + ?Sized, W: Write> Platform for Recorder<'_,
         });
     }
 
-    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+    unsafe fn movdir64b_clear(&self, run: PfnRun) -> Result<(), PlatformError> {
         let mut s = self.lock();
         // SAFETY: the caller keeps `movdir64b_clear`'s contract for `run`;
         // `P` gets the same run.
-        unsafe { self.platform.movdir64b_clear(run) };
+        let r = unsafe { self.platform.movdir64b_clear(run) };
         self.drain_guests(&mut s);
-        // The format has no MOVDIR64B: write what it leaves, zeros with no
-        // dirty line, page by page.
-        let zeros = vec![0; PAGE as usize];
-        for pfn in run.iter() {
-            let pa = pfn.hpa().as_u64();
-            s.emit(&TraceOp::Write {
-                pa,
-                data: zeros.clone(),
-            });
-            s.emit(&TraceOp::Clflush { pa });
+        if r.is_ok() {
+            // The format has no MOVDIR64B: write what it leaves, zeros with
+            // no dirty line, page by page.
+            let zeros = vec![0; PAGE as usize];
+            for pfn in run.iter() {
+                let pa = pfn.hpa().as_u64();
+                s.emit(&TraceOp::Write {
+                    pa,
+                    data: zeros.clone(),
+                });
+                s.emit(&TraceOp::Clflush { pa });
+            }
         }
+        r
     }
+}
 
-    fn yield_now(&self) {
-        self.platform.yield_now();
-    }
-
-    fn keyid_partition(&self) -> KeyIdPartition {
-        self.platform.keyid_partition()
-    }
-
-    fn keyid_shift(&self) -> u32 {
-        self.platform.keyid_shift()
-    }
-
-    fn dropped_td(&self, report: &TeardownReport) {
-        self.platform.dropped_td(report);
-    }
-
-    fn errata(&self) -> Errata {
-        self.platform.errata()
+// SAFETY: forwards to `P`.
+unsafe impl<B: ?Sized, P: HardwareInfo + ?Sized, W: Write> HardwareInfo for Recorder<'_, B, P, W> {
+    fn hardware(&self) -> Hardware {
+        self.platform.hardware()
     }
 }

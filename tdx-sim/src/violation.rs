@@ -90,6 +90,15 @@ pub enum Violation {
         /// The page being removed.
         pfn: u64,
     },
+    /// A frame came back to the VMM as a dropped TD's guest frame
+    /// (`FrameDeallocator::return_guest_frames`) while it was not host
+    /// memory.
+    ReturnedGuestFrameNotHost {
+        /// The frame.
+        pfn: u64,
+        /// Its state at the time.
+        state: PageState,
+    },
     /// The host leaked a page it did not own.
     LeakedPageNotOwned {
         /// The frame.
@@ -145,6 +154,10 @@ impl fmt::Display for Violation {
                 f,
                 "TDH.PHYMEM.PAMT.REMOVE of the 2 MiB range at {range:#x} while the removal of \
                  frame {pfn:#x} in it was still running"
+            ),
+            Self::ReturnedGuestFrameNotHost { pfn, state } => write!(
+                f,
+                "frame {pfn:#x} came back to the VMM as a guest frame while it was {state:?}"
             ),
             Self::LeakedPageNotOwned { pfn, state } => {
                 write!(f, "host leaked frame {pfn:#x}, which was {state:?}")

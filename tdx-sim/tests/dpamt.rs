@@ -15,9 +15,10 @@
 mod td_support;
 
 use std::thread;
+use tdx_api::{Cpus, FrameAllocator, platform::on_each_package};
 
 use td_support::*;
-use tdx_api::{Placement, Platform};
+use tdx_api::Placement;
 use tdx_sim::{
     LockMode, MachineDesc, ModuleLock, Profile, Simulator, Violation,
     testkit::{self, BringUpOptions},
@@ -136,7 +137,7 @@ impl DTd {
         let hkid = td_hkid(sim);
         let tdr = paired_page(sim);
         ok("MNG.CREATE", mng_create(sim, tdr, hkid));
-        sim.on_each_package(&mut |_, _| ok("KEY.CONFIG", mng_key_config(sim, tdr)));
+        on_each_package(&sim, &mut |_, _| ok("KEY.CONFIG", mng_key_config(sim, tdr)));
         for _ in 0..6 {
             ok("MNG.ADDCX", mng_addcx(sim, paired_page(sim), tdr));
         }
@@ -570,7 +571,9 @@ fn every_leaf_that_takes_a_4k_page_needs_its_ranges_pair() {
     add_pair(&sim, tdr);
     ok("MNG.CREATE", mng_create(&sim, tdr, hkid));
     assert_eq!(count(&sim, tdr), 1);
-    sim.on_each_package(&mut |_, _| ok("KEY.CONFIG", mng_key_config(&sim, tdr)));
+    on_each_package(&sim, &mut |_, _| {
+        ok("KEY.CONFIG", mng_key_config(&sim, tdr))
+    });
 
     // MNG.ADDCX.
     for _ in 0..6 {
@@ -1118,7 +1121,9 @@ fn teardown_returns_every_pair() {
     };
     let tdr = give(&sim, &mut pairs);
     ok("MNG.CREATE", mng_create(&sim, tdr, hkid));
-    sim.on_each_package(&mut |_, _| ok("KEY.CONFIG", mng_key_config(&sim, tdr)));
+    on_each_package(&sim, &mut |_, _| {
+        ok("KEY.CONFIG", mng_key_config(&sim, tdr))
+    });
     for _ in 0..6 {
         let p = give(&sim, &mut pairs);
         ok("MNG.ADDCX", mng_addcx(&sim, p, tdr));

@@ -4,11 +4,14 @@
 //! use statuses the module can return for the leaf (its busy and
 //! interrupted results).
 
-// UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`) and write list pages with `Platform::write_phys`, all against the
+// UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`) and write list pages with `DirectMap::write_phys`, all against the
 // simulator, whose memory is simulated.
 #![allow(unsafe_code)]
 
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Placement,
+    platform::on_each_package,
+};
 use tdx_sim::{
     Fault, FaultAction, MachineDesc, PageState, Profile, Simulator, SysState,
     testkit::{self, BringUpOptions, simple_layout, write_tdmr_infos},
@@ -435,7 +438,7 @@ fn bring_up_under_random_faults(seed: u64, per_million: u32) -> Simulator {
     });
     assert_eq!(s, TdxStatus::SUCCESS);
     sim.wbinvd_all();
-    sim.on_each_package(&mut |_, CpuId(lp)| {
+    on_each_package(&sim, &mut |_, CpuId(lp)| {
         let s = retry(Leaf::SYS_KEY_CONFIG, || key_config(&sim, lp));
         assert_eq!(s, TdxStatus::SUCCESS);
     });

@@ -19,9 +19,9 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
 };
+use tdx_api::platform::on_each_package;
 
 use td_support::*;
-use tdx_api::Platform;
 use tdx_sim::Simulator;
 use tdx_types::{OperandId, Pfn, TdxStatus, regs::SeptState};
 
@@ -148,7 +148,7 @@ fn churn(sim: &Simulator, lp: u32, hkid: u16, done: &AtomicU64) {
         }
         td.flush_vcpus(sim);
         ok("VPFLUSHDONE", retry(|| mng_vpflushdone(sim, td.tdr)));
-        sim.on_each_package(&mut |_, _| {
+        on_each_package(&sim, &mut |_, _| {
             let s = retry(|| cache_wb(sim, false));
             assert!(
                 s == TdxStatus::SUCCESS || s == TdxStatus::NO_HKID_READY_TO_WBCACHE,

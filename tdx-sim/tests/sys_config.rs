@@ -9,11 +9,14 @@
 //! earlier one is reported.
 
 // UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`, `Seamcall::seamcall`)
-// and write TDMR arrays with `Platform::write_phys`, all against the
+// and write TDMR arrays with `DirectMap::write_phys`, all against the
 // simulator, whose memory is simulated.
 #![allow(unsafe_code)]
 
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, HardwareInfo, Placement,
+    platform::on_each_package,
+};
 use tdx_sim::{
     Fault, KotState, MachineDesc, PageState, Profile, Simulator, SysState,
     testkit::{self, pamt_sizes, simple_layout, write_tdmr_infos},
@@ -91,7 +94,7 @@ fn init_lps(sim: &Simulator) {
 
 /// The global KeyID Linux would pick (the first private one).
 fn global_keyid(sim: &Simulator) -> u16 {
-    sim.keyid_partition().global_keyid() as u16
+    sim.hardware().keyid_partition.global_keyid() as u16
 }
 
 /// Allocates the PAMT frames of `tdmrs` where they are free RAM, so the
@@ -338,7 +341,7 @@ fn g2_config_after_config_and_after_ready_is_not_pending() {
         TdxStatus::SYS_CONFIG_NOT_PENDING
     );
     sim.wbinvd_all();
-    sim.on_each_package(&mut |_, _| {
+    on_each_package(&sim, &mut |_, _| {
         // SAFETY: simulated module, one package at a time after WBINVD.
         let s = unsafe { leaf::tdh_sys_key_config(&sim) };
         assert_eq!(s, TdxStatus::SUCCESS);

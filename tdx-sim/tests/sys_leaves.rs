@@ -7,13 +7,16 @@
 //! `faults.rs`.
 
 // UNSAFETY: the tests issue raw leaves (`tdx_sys::leaf`, `Seamcall::seamcall`)
-// and write list pages with `Platform::write_phys`, all against the
+// and write list pages with `DirectMap::write_phys`, all against the
 // simulator, whose memory is simulated.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Placement,
+    platform::on_each_package,
+};
 use tdx_sim::{
     MachineDesc, PageState, Profile, Simulator, SysState,
     testkit::{self, BringUpOptions, simple_layout},
@@ -73,7 +76,7 @@ fn sys_init(sim: &Simulator) -> TdxStatus {
     unsafe { leaf::tdh_sys_init(sim) }
 }
 
-/// TDH.SYS.LP.INIT on `lp` (through `Platform::on_cpu`).
+/// TDH.SYS.LP.INIT on `lp` (through `Cpus::on_cpu`).
 fn lp_init(sim: &Simulator, lp: u32) -> TdxStatus {
     let mut s = TdxStatus::SUCCESS;
     sim.on_cpu(CpuId(lp), &mut || {
@@ -461,7 +464,7 @@ fn sys_init_in_later_states_is_not_pending() {
     configured(&sim, &small_layout());
     assert_eq!(sys_init(&sim), TdxStatus::SYS_INIT_NOT_PENDING);
     assert_eq!(sim.module_state(), SysState::SysConfigDone);
-    sim.on_each_package(&mut |_, _| {
+    on_each_package(&sim, &mut |_, _| {
         // SAFETY: simulated module, one package at a time after WBINVD.
         let s = unsafe { leaf::tdh_sys_key_config(&sim) };
         assert_eq!(s, TdxStatus::SUCCESS);

@@ -25,12 +25,14 @@ mod td_support;
 use std::collections::BTreeSet;
 
 use td_support::*;
-use tdx_api::{CpuId, Errata, NodeId, PackageId, Placement, Platform, PlatformError};
+use tdx_api::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
+    HardwareInfo, NodeId, PackageId, Placement, PlatformError,
+};
 use tdx_sim::{Fault, FaultAction, KotState, Simulator, transient_statuses};
 use tdx_sys::{RegShape, Seamcall, SeamcallArgs};
 use tdx_types::{
-    Gpa, Hpa, Leaf, LeafVersion, OperandId, Pfn, PfnRun, TdxStatus,
-    metadata::{KeyIdPartition, PamtPageType},
+    Gpa, Hpa, Leaf, LeafVersion, OperandId, Pfn, PfnRun, TdxStatus, metadata::PamtPageType,
 };
 
 // ---------------------------------------------------------------------------
@@ -687,7 +689,7 @@ unsafe impl Seamcall for Retrying<'_> {
 }
 
 // SAFETY: every method forwards to the simulator with the same arguments.
-unsafe impl Platform for Retrying<'_> {
+unsafe impl FrameAllocator for Retrying<'_> {
     fn alloc_pages(
         &self,
         count: u64,
@@ -696,6 +698,10 @@ unsafe impl Platform for Retrying<'_> {
     ) -> Result<PfnRun, PlatformError> {
         self.sim.alloc_pages(count, align, placement)
     }
+}
+
+// SAFETY: forwards to the simulator with the same arguments.
+unsafe impl FrameDeallocator for Retrying<'_> {
     unsafe fn free_pages(&self, run: PfnRun) {
         // SAFETY: forwarded contract.
         unsafe { self.sim.free_pages(run) }
@@ -703,14 +709,17 @@ unsafe impl Platform for Retrying<'_> {
     fn leak_pages(&self, run: PfnRun, reason: &'static str) {
         self.sim.leak_pages(run, reason);
     }
-    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.sim.read_phys(pa, buf) }
+    fn dropped_td(&self, report: &tdx_api::td::TeardownReport) {
+        self.sim.dropped_td(report);
     }
-    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
-        // SAFETY: forwarded contract.
-        unsafe { self.sim.write_phys(pa, data) }
+    unsafe fn return_guest_frames(&self, run: PfnRun) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.sim.return_guest_frames(run) }
     }
+}
+
+// SAFETY: forwards to the simulator with the same arguments.
+unsafe impl Cpus for Retrying<'_> {
     fn cpus(&self) -> u32 {
         self.sim.cpus()
     }
@@ -723,30 +732,44 @@ unsafe impl Platform for Retrying<'_> {
     fn on_cpu(&self, cpu: CpuId, f: &mut (dyn FnMut() + Send)) {
         self.sim.on_cpu(cpu, f);
     }
+    fn yield_now(&self) {
+        self.sim.yield_now();
+    }
+}
+
+// SAFETY: forwards to the simulator with the same arguments.
+unsafe impl DirectMap for Retrying<'_> {
+    unsafe fn read_phys(&self, pa: Hpa, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.read_phys(pa, buf) }
+    }
+    unsafe fn write_phys(&self, pa: Hpa, data: &[u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { self.sim.write_phys(pa, data) }
+    }
+    fn direct_map(&self, pa: Hpa) -> Option<core::ptr::NonNull<u8>> {
+        self.sim.direct_map(pa)
+    }
+}
+
+// SAFETY: forwards to the simulator with the same arguments.
+unsafe impl CacheMaintenance for Retrying<'_> {
     fn wbinvd_all(&self) {
         self.sim.wbinvd_all();
     }
     fn clflush_page(&self, pfn: Pfn) {
         self.sim.clflush_page(pfn);
     }
-    unsafe fn movdir64b_clear(&self, run: PfnRun) {
+    unsafe fn movdir64b_clear(&self, run: PfnRun) -> Result<(), PlatformError> {
         // SAFETY: forwarded contract.
         unsafe { self.sim.movdir64b_clear(run) }
     }
-    fn yield_now(&self) {
-        self.sim.yield_now();
-    }
-    fn keyid_partition(&self) -> KeyIdPartition {
-        self.sim.keyid_partition()
-    }
-    fn keyid_shift(&self) -> u32 {
-        self.sim.keyid_shift()
-    }
-    fn dropped_td(&self, report: &tdx_api::td::TeardownReport) {
-        self.sim.dropped_td(report);
-    }
-    fn errata(&self) -> Errata {
-        self.sim.errata()
+}
+
+// SAFETY: forwards to the simulator with the same arguments.
+unsafe impl HardwareInfo for Retrying<'_> {
+    fn hardware(&self) -> Hardware {
+        self.sim.hardware()
     }
 }
 

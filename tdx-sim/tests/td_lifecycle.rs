@@ -10,7 +10,10 @@
 #![allow(unsafe_code)]
 
 use sha2::{Digest, Sha384};
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{
+    CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
+    platform::on_each_package,
+};
 use tdx_sim::{MachineDesc, Profile, Simulator, testkit};
 use tdx_sys::leaf;
 use tdx_types::{
@@ -187,7 +190,7 @@ fn sept_add_v1(sim: &Simulator, tdr: Pfn, pt: Pfn) {
 #[test]
 fn build_run_teardown() {
     let sim = host();
-    let global = sim.keyid_partition().global_keyid();
+    let global = sim.hardware().keyid_partition.global_keyid();
     let hkid = (global + 1) as u16;
     let (tdr, tdcs, tdvpr) = (page(&sim), [0; 6].map(|_| page(&sim)), page(&sim));
     let tdcx = [0; 5].map(|_| page(&sim));
@@ -204,7 +207,7 @@ fn build_run_teardown() {
     ok("MNG.CREATE", unsafe {
         leaf::tdh_mng_create(&sim, tdr, hkid)
     });
-    sim.on_each_package(&mut |_, _| {
+    on_each_package(&sim, &mut |_, _| {
         // SAFETY: as above.
         ok("MNG.KEY.CONFIG", unsafe {
             leaf::tdh_mng_key_config(&sim, tdr)
@@ -344,7 +347,7 @@ fn build_run_teardown() {
         unsafe { leaf::tdh_mng_key_freeid(&sim, tdr) },
         TdxStatus::WBCACHE_NOT_COMPLETE
     );
-    sim.on_each_package(&mut |_, _| {
+    on_each_package(&sim, &mut |_, _| {
         // SAFETY: as above.
         ok("CACHE.WB", unsafe {
             leaf::tdh_phymem_cache_wb(&sim, false)

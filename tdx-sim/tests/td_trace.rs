@@ -15,10 +15,10 @@ use std::{
     fs,
     path::{Path, PathBuf},
 };
+use tdx_api::Cpus;
 
 use serde_json::Value;
 use td_support::*;
-use tdx_api::Platform;
 use tdx_sim::{
     KotState, MachineDesc, Profile, Simulator, SysState, testkit,
     trace::{self, Recorder, Trace},

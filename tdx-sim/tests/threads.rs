@@ -1,14 +1,15 @@
 //! The logical processor is a property of the calling thread: threads that
 //! run TD lifecycles at the same time on one simulator each run on the LP
-//! they selected (`Platform::on_cpu`, `Simulator::set_lp`), and a thread
+//! they selected (`Cpus::on_cpu`, `Simulator::set_lp`), and a thread
 //! that selected none cannot issue a SEAMCALL at all.
 
 mod td_support;
 
 use std::sync::Barrier;
+use tdx_api::Cpus;
 
 use td_support::*;
-use tdx_api::{CpuId, Platform};
+use tdx_api::CpuId;
 use tdx_types::TdxStatus;
 
 /// Runs a leaf until it is not `TDX_OPERAND_BUSY` (other threads' leaves

@@ -25,7 +25,9 @@ use std::{
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{
+    CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Placement,
+};
 use tdx_sim::{
     MachineDesc, MachineError, Profile, Simulator, SysState, testkit,
     trace::{self, Recorder, Reg, Trace, TraceCall, TraceError, TraceMachine, TraceOp},
@@ -308,7 +310,7 @@ fn recorder_writes_what_the_format_has() {
     // SAFETY: as above.
     unsafe { rec.seamcall(Leaf::VP_ENTER.v0().rax(), &mut regs, RegShape::SavedRet) };
     // SAFETY: the run was allocated above and the module never had it.
-    unsafe { rec.movdir64b_clear(run) };
+    unsafe { rec.movdir64b_clear(run) }.expect("the simulator clears any run it owns");
     // SAFETY: as above.
     unsafe { rec.free_pages(run) };
     // SAFETY: as above.

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use tdx::api::{
-    TdxModule,
+    FrameAllocator, FrameDeallocator, TdxModule,
     plan::{MemRange, PlanInput},
     td::TdHost,
 };
@@ -43,13 +43,12 @@ pub(crate) fn host(sim: &Simulator) -> Host<'_> {
 
 /// Frames for guest memory, `count` pages aligned to `align` pages.
 pub(crate) fn frames(sim: &Simulator, count: u64, align: u64) -> tdx::types::PfnRun {
-    use tdx::api::{Placement, Platform};
+    use tdx::api::Placement;
     sim.alloc_pages(count, align, Placement::Anywhere).unwrap()
 }
 
 /// Frees frames a TD gave back.
 pub(crate) fn give_frames_back(sim: &Simulator, runs: &[tdx::types::PfnRun]) {
-    use tdx::api::Platform;
     for r in runs {
         // SAFETY: the TD returned these frames (report or unmap): they are
         // host memory again, flushed.

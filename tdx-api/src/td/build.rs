@@ -20,7 +20,7 @@ use super::{
     TdFailure, TdHostRef, TdcsAdded, XfamRule, mirror,
 };
 use crate::{
-    platform::{Placement, Platform},
+    platform::{CacheMaintenance, DirectMap, FrameAllocator, FrameDeallocator, Placement},
     retry::{package_cpus, retry, retry_on_cpu},
 };
 
@@ -49,7 +49,7 @@ impl<H: TdHostRef> Td<Created, H> {
                 &mut || {
                     // SAFETY: TDH.MNG.KEY.CONFIG takes no page from the host:
                     // the TDR is the module's already. It runs on a CPU of
-                    // `pkg` (Platform contract 2). A package configured by an
+                    // `pkg` (the `Cpus` contract). A package configured by an
                     // earlier attempt answers TDX_KEY_CONFIGURED, a success.
                     unsafe { leaf::tdh_mng_key_config(b, tdr) }
                 },
@@ -118,7 +118,7 @@ impl<H: TdHostRef> Td<TdcsAdded, H> {
             Err(e) => return self.fail(TdError::Platform(e)),
         };
         // SAFETY: `run` was just allocated for us and the module does not own
-        // it (Platform contract 1); a page is 1024-byte aligned as TD_PARAMS
+        // it (the `FrameAllocator` contract); a page is 1024-byte aligned as TD_PARAMS
         // must be.
         unsafe { p.write_phys(run.hpa(), params.as_bytes()) };
         let tdr = self.tdr();
@@ -401,7 +401,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
     /// # let sim = Simulator::new(desc.clone()).unwrap();
     /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
     /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
-    /// use tdx_api::{Placement, Platform, td::GuestFrame};
+    /// use tdx_api::{FrameAllocator, Placement, td::GuestFrame};
     /// use tdx_types::{Gpa, Size4K};
     ///
     /// let params = TdConfig::builder().max_vcpus(1).build().to_params();

@@ -33,7 +33,7 @@ use tdx_types::{AddrError, PageSize, Pfn, PfnRange, PfnRun, Size4K};
 /// # let mut td = host.build_td(&TdConfig::builder().max_vcpus(1).build().to_params()).unwrap();
 /// # td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let mut td = td.finalize().map_err(|f| f.error).unwrap();
-/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_api::{FrameAllocator, FrameDeallocator, Placement, td::GuestFrame};
 /// use tdx_types::{Gpa, Pfn, Size2M};
 ///
 /// // Any frames the VMM owns will do; here 2 MiB from the host allocator.

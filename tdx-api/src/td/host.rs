@@ -22,7 +22,10 @@ use super::{
 };
 use crate::{
     module::{ExtInited, TdxModule},
-    platform::{Errata, NodeId, Placement, Platform, PlatformError},
+    platform::{
+        CacheMaintenance, Errata, FrameAllocator, FrameDeallocator, NodeId, Placement, Platform,
+        PlatformError,
+    },
     retry::{Attempts, RetryPolicy, retry},
 };
 
@@ -74,7 +77,7 @@ pub struct TdHost<B, P> {
     module: TdxModule<ExtInited, B, P>,
     hkids: HkidPool,
     keyid_shift: u32,
-    /// Read once from the platform (its contract: they do not change).
+    /// The module's, read once from the platform at `init`.
     errata: Errata,
     policy: RetryPolicy,
     /// Held around the TD-global leaves; see [`TdHost::global_leaves`].
@@ -142,13 +145,17 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// creates TDs.
     ///
     /// Keyed addresses (TDH.PHYMEM.PAGE.WBINVD) put the HKID at
-    /// [`Platform::keyid_shift`]; the shift is checked here, so that the
+    /// [`Hardware::keyid_shift`](crate::Hardware::keyid_shift) (as the
+    /// module read it at `init`); the shift is checked here, so that the
     /// highest guest HKID over the top frame of TDX memory still makes a
     /// keyed address below bit 52. If it does not, the module comes back
     /// with [`TdError::KeyidShift`].
     pub fn new(module: TdxModule<ExtInited, B, P>) -> Result<Self, Box<TdHostRefused<B, P>>> {
-        let guest = module.platform().keyid_partition().guest_keyids();
-        let keyid_shift = module.platform().keyid_shift();
+        // The facts the module read at `init`: the platform is not asked
+        // again.
+        let hardware = module.hardware();
+        let guest = hardware.keyid_partition.guest_keyids();
+        let keyid_shift = hardware.keyid_shift;
         let top = module
             .plan()
             .and_then(|p| p.tdmrs.iter().map(|t| t.base + t.size).max())
@@ -160,7 +167,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                 module,
             )));
         }
-        let errata = module.platform().errata();
+        let errata = hardware.errata;
         let pairs = match module.plan().filter(|_| module.dynamic_pamt()) {
             None => None,
             Some(plan) => match PairTable::new(plan.tdmrs.iter().map(|t| (t.base, t.size))) {
@@ -299,7 +306,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                     };
                     let second = Pfn::new(pair.as_u64() + 1);
                     // SAFETY: the pair's two frames came from the platform
-                    // for this call (contract 1: nobody else uses them); on
+                    // for this call (the `FrameAllocator` contract: nobody else uses them); on
                     // success the module owns them until PAMT.REMOVE gives
                     // them back (`pair_put`). A failed ADD took nothing.
                     unsafe { leaf::tdh_phymem_pamt_add(b, rcx, pair, second) }
@@ -478,7 +485,8 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// [`release_pairs`](Self::release_pairs); nothing is lost.
     ///
     /// Returns the pair if this removed one: `Ok` released to the platform,
-    /// `Err` leaked (already reported to [`Platform::leak_pages`]) with why.
+    /// `Err` leaked (already reported to [`FrameDeallocator::leak_pages`])
+    /// with why.
     #[inline]
     pub(crate) fn pair_put(&self, pfn: Pfn) -> Option<Result<PfnRun, (PfnRun, &'static str)>> {
         match &self.pairs {
@@ -550,7 +558,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// PAMT.ADD, as it writes a TDR, whose page Linux writes back the same
     /// way before reuse; Linux's Dynamic PAMT series frees pairs without
     /// it, which this library does not rely on), cleared, and freed. A
-    /// failed write-back leaks the pair.
+    /// failed write-back or clear leaks the pair.
     fn release_pair(&self, run: PfnRun) -> Result<PfnRun, (PfnRun, &'static str)> {
         let p = self.module.platform();
         let global = self.module.global_keyid();
@@ -563,7 +571,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         }
         // SAFETY: the module gave the pair back (PAMT.REMOVE or PROMOTE)
         // and its lines are written back: ours again, from `alloc_pair`.
-        unsafe { p.movdir64b_clear(run) };
+        if unsafe { p.movdir64b_clear(run) }.is_err() {
+            let why = "a PAMT pair could not be cleared with MOVDIR64B (no direct map)";
+            p.leak_pages(run, why);
+            return Err((run, why));
+        }
         // SAFETY: as above.
         unsafe { p.free_pages(run) };
         Ok(run)
@@ -603,7 +615,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// another thread's CACHE.WB completed under it. KVM holds its global
     /// `tdx_lock` around the same leaves (`arch/x86/kvm/vmx/tdx.c`).
     ///
-    /// Waiting here always yields ([`Platform::yield_now`]): the holder
+    /// Waiting here always yields ([`Cpus::yield_now`](crate::Cpus::yield_now)): the holder
     /// runs leaves on other CPUs through `on_cpu` (KEY.CONFIG, CACHE.WB),
     /// which a waiter spinning with preemption off could block. So creating,
     /// tearing down and dropping a TD need a context that may yield; runtime
@@ -707,7 +719,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
             Operand::HostPage(tdr),
             || {
                 // SAFETY: `tdr` was just allocated from the platform for us
-                // (Platform contract 1: nobody else uses it) and flushed; on
+                // (the `FrameAllocator` contract: nobody else uses it) and flushed; on
                 // success the module owns it and we keep it only as a
                 // FirmwarePage. The HKID is free: the pool hands each out once.
                 unsafe { leaf::tdh_mng_create(h.module.backend(), tdr, hkid.get()) }
@@ -752,8 +764,8 @@ impl<H: super::TdHostRef> Td<Initialized, H> {
     /// [`init`](Td::init) with `params`.
     ///
     /// A failed step drops the TD, which tears it down (its report goes to
-    /// [`Platform::dropped_td`]), and returns the error. To keep the TD for
-    /// a retry, take the steps one by one.
+    /// [`FrameDeallocator::dropped_td`]), and returns the error. To keep
+    /// the TD for a retry, take the steps one by one.
     pub fn build(host: H, params: &TdParams) -> Result<Self, TdError> {
         Td::create(host)?
             .configure_keys()

@@ -25,7 +25,7 @@ use super::{
     mirror::{Entry, Hold, Node, Slot, Stop},
 };
 use crate::{
-    platform::Platform,
+    platform::{CacheMaintenance, FrameDeallocator},
     retry::{retry, retry_out},
 };
 
@@ -185,7 +185,7 @@ impl ZapReport {
 /// # let vcpu0 = td.create_vcpu(CpuId(0), tdx_api::InitialRcx(0), tdx_api::X2ApicId(0)).unwrap();
 /// # let td = td.finalize().map_err(|f| f.error).unwrap();
 /// use std::cell::Cell;
-/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_api::{FrameAllocator, Placement, td::GuestFrame};
 /// use tdx_types::{Gpa, Pfn, Size2M, Size4K};
 ///
 /// let run = sim.alloc_pages(1024, 512, Placement::Anywhere).unwrap();
@@ -1161,7 +1161,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
         if self.host().errata().tdx_pw_mce {
             // SAFETY: removed and written back above; the TD held the
             // frames for the caller, who owns them.
-            unsafe { self.p().movdir64b_clear(run) };
+            if let Err(e) = unsafe { self.p().movdir64b_clear(run) } {
+                // Not host memory until cleared: teardown tries again and
+                // leaks them with the reason if it cannot.
+                let o = self.not_written_back(run, TdError::Platform(e));
+                slot.store(Entry::Free);
+                return o;
+            }
         }
         slot.store(Entry::Free);
         Outcome::Returned
@@ -1651,7 +1657,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let p = self.p();
         if self.host().errata().tdx_pw_mce {
             // SAFETY: freed by the module and written back above; ours.
-            unsafe { p.movdir64b_clear(run) };
+            if let Err(e) = unsafe { p.movdir64b_clear(run) } {
+                // Not host memory until cleared: teardown tries again and
+                // leaks it with the reason if it cannot.
+                self.inner.unflushed.lock().push((run, PageRole::Sept));
+                self.inner.deferred.lock().push(TdError::Platform(e));
+                return Ok(());
+            }
         }
         // SAFETY: allocated from this platform by `add_table`/`demote`,
         // freed by the module (PROMOTE or SEPT.REMOVE) and written back

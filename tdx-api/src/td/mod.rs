@@ -50,8 +50,10 @@
 //!   PHYMEM.CACHE.WB per package, KEY.FREEID, reclaim of every page with the
 //!   TDR last, and a [`TeardownReport`] listing what came back and what had
 //!   to be leaked, with the reason. Dropping a `Td` runs the teardown too
-//!   (the report goes to [`Platform::dropped_td`], leaks to
-//!   [`Platform::leak_pages`]).
+//!   (the guest frames go back to the VMM through
+//!   [`FrameDeallocator::return_guest_frames`], the report to
+//!   [`FrameDeallocator::dropped_td`], leaks to
+//!   [`FrameDeallocator::leak_pages`]).
 //!
 //! Failing transitions hand the TD back ([`TdFailure`], a
 //! [`Failed`](crate::Failed) with the TD in `returned`) so the caller can
@@ -78,7 +80,7 @@
 //! vCPU pages, S-EPT pages, [`add_page`](Td::add_page), 4K
 //! [`map`](Td::map), [`demote`](Td::demote)'s new S-EPT page) first takes a
 //! reference on the page's range, adding the range's pair
-//! (TDH.PHYMEM.PAMT.ADD, two pages from [`Platform::alloc_pages`], placed
+//! (TDH.PHYMEM.PAMT.ADD, two pages from [`FrameAllocator::alloc_pages`], placed
 //! on the node the plan keeps the range's TDMR's PAMT on, as
 //! [`Plan::pamt_node_hint`](crate::plan::Plan::pamt_node_hint) says) if it
 //! has none; every call that takes a 4K page back (removal, teardown's
@@ -158,7 +160,7 @@
 //! that other holder (TDG.MEM.PAGE.ACCEPT locks an S-EPT entry; TDH.VP.ENTER
 //! holds the TDR shared and, for its zero-step mitigation, the S-EPT tree).
 //! The library calls the leaf again as the TD's [`RetryPolicy`] says
-//! (default: up to 1000 times with [`Platform::yield_now`] in between;
+//! (default: up to 1000 times with [`Cpus::yield_now`] in between;
 //! [`Td::set_map_policy`] with [`RetryPolicy::IMMEDIATE`] for a fault path
 //! that returns to the guest, while removals keep retrying)
 //! and then returns [`TdError::Busy`] with the frame. [`TdError::is_contention`]
@@ -195,13 +197,13 @@
 //! (`TDX_WBCACHE_RESUME_ERROR`: a caller outside this host), it is started
 //! again rather than failing the teardown.
 //!
-//! **What may block or sleep.** Only [`Platform::yield_now`], called from
+//! **What may block or sleep.** Only [`Cpus::yield_now`], called from
 //! the thread that called the library, when the policy is
 //! [`Backoff::Yield`](crate::retry::Backoff::Yield). Runtime operations
 //! never wait for another thread. Creating, tearing down and dropping a TD
 //! wait, yielding, while another TD of the same host is in its TD-global
 //! leaves: they need a context that may yield. Closures given to
-//! [`Platform::on_cpu`] issue exactly one SEAMCALL and never yield, so a
+//! [`Cpus::on_cpu`] issue exactly one SEAMCALL and never yield, so a
 //! platform may run them in atomic context. Allocation: the library's own
 //! records on the runtime path (tree nodes, batch lists) are allocated
 //! fallibly and a failure is [`TdError::Alloc`]; with Dynamic PAMT a 4K
@@ -209,14 +211,14 @@
 //! above), fallibly too.
 //!
 //! **Per call.** What each public call may do besides its SEAMCALLs.
-//! "Yields" means [`Platform::yield_now`], only under a
+//! "Yields" means [`Cpus::yield_now`], only under a
 //! [`Backoff::Yield`](crate::retry::Backoff::Yield) policy (a
 //! [`RetryPolicy::spin`] or [`RetryPolicy::IMMEDIATE`] policy never
 //! yields); "waits" means it may wait, yielding, for another thread of the
-//! library; "allocates" means [`Platform::alloc_pages`] or the global
-//! allocator, always fallibly; "frees" means [`Platform::free_pages`];
+//! library; "allocates" means [`FrameAllocator::alloc_pages`] or the global
+//! allocator, always fallibly; "frees" means [`FrameDeallocator::free_pages`];
 //! "kick" means it calls the caller's kick; "other CPUs" means
-//! [`Platform::on_cpu`] or [`Platform::enter_guest`]. A call whose row
+//! [`Cpus::on_cpu`] or [`Cpus::enter_guest`]. A call whose row
 //! has neither "waits" nor "other CPUs" may run in atomic context if its
 //! policy does not yield and the platform's `alloc_pages`, `free_pages`
 //! and the kick may (a kernel passes an atomic-safe allocator there).
@@ -240,6 +242,10 @@
 //! | [`Vcpu::flush`](Vcpu::flush) | yes | | | | | VP.FLUSH on the vCPU's CPU |
 //! | [`Td::mapping`], [`Td::vcpus`], [`Td::private_pages`] | | | | | | |
 //! | [`Td::teardown`], dropping a [`Td`] | yes | yes (TD-global leaves) | | every page | | VP.FLUSH, CACHE.WB on each package |
+//!
+//! [`Cpus::enter_guest`]: crate::Cpus::enter_guest
+//! [`Cpus::on_cpu`]: crate::Cpus::on_cpu
+//! [`Cpus::yield_now`]: crate::Cpus::yield_now
 
 // UNSAFETY: the TD leaves of tdx-sys are `unsafe fn`s; each call says which
 // page it hands over or takes back and why that is allowed.
@@ -310,7 +316,7 @@ pub enum MappingState {
 }
 
 use crate::{
-    platform::{Placement, Platform},
+    platform::{CacheMaintenance, FrameAllocator, FrameDeallocator, Placement},
     retry::{RetryPolicy, retry, retry_on_cpu, retry_out},
 };
 
@@ -441,7 +447,7 @@ impl fmt::Debug for Inner {
 /// # let sim = Simulator::new(desc.clone()).unwrap();
 /// # let module = TdxModule::init(&sim, &sim).unwrap().configure(&desc.plan_input()).unwrap();
 /// # let host = TdHost::new(module.init_extensions().unwrap()).unwrap();
-/// use tdx_api::{Placement, Platform, td::GuestFrame};
+/// use tdx_api::{FrameAllocator, Placement, td::GuestFrame};
 /// use tdx_types::{Gpa, Pfn, Size2M, Size4K};
 ///
 /// let td = host.create_td().unwrap(); // TDH.MNG.CREATE
@@ -482,9 +488,11 @@ pub struct Td<S: TdState, H: TdHostRef> {
     _state: PhantomData<S>,
 }
 
-/// Dropping a TD tears it down; the report goes to
-/// [`Platform::dropped_td`] (and leaked pages to [`Platform::leak_pages`]).
-/// Prefer [`Td::teardown`], which hands the report to the caller.
+/// Dropping a TD tears it down; its guest frames go back to the VMM
+/// through [`FrameDeallocator::return_guest_frames`], leaked pages to
+/// [`FrameDeallocator::leak_pages`], and the report to
+/// [`FrameDeallocator::dropped_td`]. Prefer [`Td::teardown`], which hands
+/// the frames and the report to the caller.
 impl<S: TdState, H: TdHostRef> Drop for Td<S, H> {
     fn drop(&mut self) {
         // `teardown` and state changes take the fields out without running
@@ -494,7 +502,17 @@ impl<S: TdState, H: TdHostRef> Drop for Td<S, H> {
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
         let host = self.host.host();
         let report = teardown::run(host, *inner);
-        host.module().platform().dropped_td(&report);
+        let p = host.module().platform();
+        // Nobody else will take the guest frames back: the platform does.
+        for run in &report.guest_returned {
+            // SAFETY: the TD held these frames as the caller's
+            // `GuestFrame`s, and teardown lists a run as returned only
+            // after the module let go of it, its lines were written back
+            // (CACHE.WB) and, with the erratum, it was cleared; the report
+            // is dropped here, so nothing else hands them out.
+            unsafe { p.return_guest_frames(*run) };
+        }
+        p.dropped_td(&report);
     }
 }
 

@@ -38,7 +38,7 @@ use super::{
     Finalized, Operand, Td, TdError, TdHostRef, VcpuId, sealed,
     vcpu::{NO_CPU, VcpuSlot},
 };
-use crate::platform::{CpuId, Platform};
+use crate::platform::{CpuId, Cpus};
 
 /// A finalized TD a [`Vcpu`] handle can hold: `&Td` (the handle borrows
 /// the TD, for scoped threads) or `Arc<Td>` (the handle shares it, for
@@ -244,7 +244,7 @@ impl<T: FinalizedTd> Vcpu<T> {
     ///
     /// If the vCPU is associated with another CPU, it is flushed there
     /// first (TDH.VP.FLUSH, run on that CPU). The entry itself runs through
-    /// [`Platform::enter_guest`] on `cpu`, once: a module that answers
+    /// [`Cpus::enter_guest`](crate::Cpus::enter_guest) on `cpu`, once: a module that answers
     /// BUSY (a concurrent TDH.MEM.TRACK holds the TD's epoch lock, say)
     /// gives [`TdError::Busy`], and the VMM enters again. Nothing in the
     /// guest ran when `enter` returns an error.
@@ -291,7 +291,7 @@ impl<T: FinalizedTd> Vcpu<T> {
         p.enter_guest(cpu, &mut || {
             // SAFETY: VP.ENTER moves no page; it runs on `cpu` inside
             // `enter_guest`, which does the host-state work the module
-            // leaves to the host (Platform contract 5).
+            // leaves to the host (the `Cpus` contract).
             status = unsafe { leaf::tdh_vp_enter(b, tdvpr, regs) };
         });
         let exit = TdExit::decode(ExitRegs {

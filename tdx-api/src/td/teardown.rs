@@ -97,7 +97,7 @@ pub struct TeardownReport {
     /// cleared where the erratum requires).
     pub guest_returned: Vec<PfnRun>,
     /// Pages given up for good (also reported to
-    /// [`Platform::leak_pages`]).
+    /// [`FrameDeallocator::leak_pages`](crate::FrameDeallocator::leak_pages)).
     pub leaked: Vec<LeakedPage>,
     /// Whether the HKID went back to the pool.
     pub hkid_freed: bool,
@@ -147,13 +147,19 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
     }
 
     /// The frames left the module (reclaimed or removed and written back):
-    /// clear them where the erratum requires, then give them back.
+    /// clear them where the erratum requires, then give them back. Frames
+    /// the platform cannot clear are leaked with the reason.
     fn give_back(&mut self, run: PfnRun, role: PageRole) {
         if self.tdx_pw_mce {
             // SAFETY: the module gave the frames back (RECLAIM succeeded, or
             // they were removed and the HKID's caches written back) and the
             // TD held them, for the platform or for the caller.
-            unsafe { self.p.movdir64b_clear(run) };
+            if let Err(e) = unsafe { self.p.movdir64b_clear(run) } {
+                let why =
+                    "could not be cleared with MOVDIR64B (no direct map): not host memory yet";
+                self.leak(run, role, why, Some(TdError::Platform(e)));
+                return;
+            }
         }
         if role == PageRole::Guest {
             self.report.guest_returned.push(run);
@@ -374,8 +380,8 @@ pub(super) fn flush_vcpu<B: Seamcall + Sync + ?Sized, P: Platform + ?Sized>(
         Leaf::VP_FLUSH.v0(),
         Operand::Vcpu(i),
         &mut || {
-            // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (Platform
-            // contract 2).
+            // SAFETY: VP.FLUSH moves no page; it runs on `cpu` (the `Cpus`
+            // contract).
             match unsafe { leaf::tdh_vp_flush(b, tdvpr) } {
                 s if same_code(s, TdxStatus::VCPU_NOT_ASSOCIATED) => TdxStatus::SUCCESS,
                 s => s,

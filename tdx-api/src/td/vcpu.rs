@@ -238,7 +238,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
             &mut || {
                 if v1 {
                     // SAFETY: TDH.VP.INIT takes no host page; it runs on
-                    // `cpu` (Platform contract 2), which the vCPU becomes
+                    // `cpu` (the `Cpus` contract), which the vCPU becomes
                     // associated with.
                     unsafe { leaf::tdh_vp_init(b, tdvpr, initial_rcx, x2apic_id) }
                 } else {
@@ -317,7 +317,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
     /// On failure the TDVPR page goes back to the platform.
     #[doc(alias = "TDH.VP.CREATE")]
     pub fn new_vcpu(&mut self, cpu: CpuId) -> Result<VcpuBuilder<'_, VpCreated, H>, TdError> {
-        use crate::platform::Platform;
+        use crate::platform::Cpus;
         if cpu.0 >= self.p().cpus() {
             return Err(TdError::NoSuchCpu(cpu));
         }

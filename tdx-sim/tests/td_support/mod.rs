@@ -20,7 +20,7 @@ use std::{
     io::Write,
 };
 
-use tdx_api::{CpuId, Placement, Platform};
+use tdx_api::{CpuId, Placement, Platform, platform::on_each_package};
 use tdx_sim::{MachineDesc, Profile, Recorder, Simulator, testkit};
 use tdx_sys::{
     Completion, RegShape, Seamcall, SeamcallArgs, leaf,
@@ -120,7 +120,7 @@ pub(crate) fn pamt_page() -> Pfn {
 
 /// The global (module) KeyID.
 pub(crate) fn global_hkid<H: Platform + ?Sized>(h: &H) -> u16 {
-    h.keyid_partition().global_keyid() as u16
+    h.hardware().keyid_partition.global_keyid() as u16
 }
 
 /// The first private KeyID after the global one (free on a fresh host).
@@ -577,7 +577,7 @@ impl Td {
     /// TDH.MNG.KEY.CONFIG on one LP of every package.
     pub(crate) fn configure_keys<H: SimHost + ?Sized>(&self, h: &H) {
         let tdr = self.tdr;
-        h.on_each_package(&mut |_, _| ok("MNG.KEY.CONFIG", mng_key_config(h, tdr)));
+        on_each_package(&h, &mut |_, _| ok("MNG.KEY.CONFIG", mng_key_config(h, tdr)));
     }
 
     /// `n` TDH.MNG.ADDCX.
@@ -741,7 +741,7 @@ impl Td {
     /// TDH.PHYMEM.CACHE.WB on one LP of every package, resuming while it is
     /// interrupted.
     pub(crate) fn cache_wb_all<H: SimHost + ?Sized>(h: &H) {
-        h.on_each_package(&mut |_, _| {
+        on_each_package(&h, &mut |_, _| {
             let mut s = cache_wb(h, false);
             while s == TdxStatus::INTERRUPTED_RESUMABLE {
                 s = cache_wb(h, true);
@@ -818,7 +818,7 @@ impl Td {
 /// The KeyID shift seen through `Platform` (52 - KeyID bits, as
 /// [`MachineDesc::hkid_start_bit`] computes it for 52-bit machines).
 pub(crate) fn keyid_shift_of<H: Platform + ?Sized>(h: &H) -> u32 {
-    let k = h.keyid_partition();
+    let k = h.hardware().keyid_partition;
     let total = u64::from(k.nr_mktme_keyids()) + u64::from(k.nr_tdx_keyids()) + 1;
     52 - (64 - (total - 1).leading_zeros())
 }
