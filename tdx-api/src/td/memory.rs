@@ -21,7 +21,7 @@ use tdx_types::{
 
 use super::{
     Finalized, GuestFrame, MayAug, Operand, PageRole, Td, TdError, TdFailure, TdHostRef, TdState,
-    mirror::{Entry, Hold, Node, Slot, Stop},
+    mirror::{Entry, Hold, Node, Park, Slot, Stop},
 };
 use crate::{
     platform::Platform,
@@ -49,6 +49,16 @@ pub trait AugPageSize: PageSize {}
 
 impl AugPageSize for Size4K {}
 impl AugPageSize for Size2M {}
+
+/// The error for an operation on a GPA whose entry is parked (see
+/// `Td::park`).
+fn parked(gpa: Gpa) -> TdError {
+    TdError::Gpa {
+        gpa,
+        why: "a page removed from here waits for teardown (in doubt or not written back, \
+              and the TD's list for such pages could not grow)",
+    }
+}
 
 /// How many times a walk that keeps losing races for an empty table entry
 /// starts over before it reports [`TdError::InProgress`].
@@ -287,7 +297,8 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
                           (remove_table or promote of that table resumes it)",
                 }),
                 Entry::Table(..) | Entry::Adding => Err(TdError::InProgress(at)),
-                Entry::Free => Ok(()),
+                // Out of the S-EPT already; its frames wait for teardown.
+                Entry::Free | Entry::Parked(..) => Ok(()),
             }
         })
     }
@@ -305,6 +316,7 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
         {
             return Err(TdError::Alloc {
                 what: "a removal batch",
+                on: Some(Operand::Gpa(gpa)),
             });
         }
         let first = self.td.block_entry(info, gpa, slot)?;
@@ -394,6 +406,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                             why: "a table of smaller pages is there (remove_table first)",
                         });
                     }
+                    Err(Entry::Parked(..)) => return Err(parked(gpa)),
                     Err(_) => return Err(TdError::InProgress(gpa)),
                 },
                 Err(Stop::Missing(slot)) => {
@@ -448,6 +461,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             self.free_refused(page);
             return Err(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
+                on: Some(Operand::Gpa(gpa)),
             });
         };
         let (b, tdr) = (self.b(), self.tdr());
@@ -939,6 +953,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Err(Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked)) => {
                 return Err(TdError::NotMapped(gpa));
             }
+            Err(Entry::Parked(..)) => return Err(parked(gpa)),
             // Held by another thread (or changed under us: the same).
             Err(_) => return Err(TdError::InProgress(gpa)),
         };
@@ -1124,8 +1139,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // teardown reclaims the frames or reports them.
         let run = run_of(first, slot.level);
         if removed.is_some_and(|r| r != first) {
-            let o = self.removed_other(run, gpa);
-            slot.store(Entry::Free);
+            let (o, fate) = self.removed_other(run, gpa);
+            slot.store(fate);
             return o;
         }
         let hkid = self.hkid();
@@ -1143,8 +1158,8 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 if slot.level == 0 {
                     self.host().pair_put(first);
                 }
-                let o = self.not_written_back(run, e);
-                slot.store(Entry::Free);
+                let (o, fate) = self.not_written_back(run, e);
+                slot.store(fate);
                 return o;
             }
         }
@@ -1194,22 +1209,37 @@ impl<H: TdHostRef> Td<Finalized, H> {
 
     /// The module removed a frame we did not map at `gpa`: ours may still
     /// be mapped; teardown reclaims it rather than trust either answer.
+    /// Returns the outcome and what the page's entry becomes.
     #[cold]
-    fn removed_other(&self, run: PfnRun, gpa: Gpa) -> Outcome {
-        self.inner.in_doubt.lock().push((run, PageRole::Guest));
-        Outcome::Deferred(TdError::Protocol {
+    fn removed_other(&self, run: PfnRun, gpa: Gpa) -> (Outcome, Entry) {
+        let fate = self.park(&self.inner.in_doubt, run, Park::InDoubt);
+        let o = Outcome::Deferred(TdError::Protocol {
             leaf: Leaf::MEM_PAGE_REMOVE.v0(),
             what: "removed a frame other than the one mapped at the GPA",
             gpa: Some(gpa),
-        })
+        });
+        (o, fate)
     }
 
     /// Removed frames whose write-back failed: lines of the TD's key may
     /// remain, so they wait for the teardown's CACHE.WB on every package.
+    /// Returns the outcome and what the page's entry becomes.
     #[cold]
-    fn not_written_back(&self, run: PfnRun, e: TdError) -> Outcome {
-        self.inner.unflushed.lock().push((run, PageRole::Guest));
-        Outcome::Deferred(e)
+    fn not_written_back(&self, run: PfnRun, e: TdError) -> (Outcome, Entry) {
+        let fate = self.park(&self.inner.unflushed, run, Park::Unflushed);
+        (Outcome::Deferred(e), fate)
+    }
+
+    /// Frames out of the S-EPT that wait for teardown go on the TD's
+    /// `list` (the GPA is free again: `Entry::Free`). If the list cannot
+    /// grow (the allocator failed), they stay in the page's own entry,
+    /// parked: nothing is allocated and nothing lost, and the GPA stays
+    /// taken until teardown, which finds them there.
+    fn park(&self, list: &super::Shared<(PfnRun, PageRole)>, run: PfnRun, why: Park) -> Entry {
+        match list.try_push((run, PageRole::Guest)) {
+            Ok(()) => Entry::Free,
+            Err(_) => Entry::Parked(run.first(), why),
+        }
     }
 
     /// BLOCK, TRACK and `kick` for the entry of `gpa` at `level`, for a
@@ -1258,6 +1288,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked) => {
                 return Err(TdError::NotMapped(gpa));
             }
+            Entry::Parked(..) => return Err(parked(gpa)),
             _ => return Err(TdError::InProgress(gpa)),
         };
         let idle = Entry::Leaf(first, Hold::Idle);
@@ -1277,6 +1308,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             self.free_refused(sept);
             return restore(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
+                on: Some(Operand::Gpa(gpa)),
             });
         };
         let discard = |node| {
@@ -1547,6 +1579,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Entry::Free | Entry::Leaf(_, Hold::Idle | Hold::Blocked) => {
                 Err(TdError::NotMapped(gpa))
             }
+            Entry::Parked(..) => Err(parked(gpa)),
             _ => Err(TdError::InProgress(gpa)),
         }
     }
@@ -1604,15 +1637,17 @@ impl<H: TdHostRef> Td<Finalized, H> {
         leaf: LeafVersion,
         gpa: Gpa,
     ) -> Result<(), TdError> {
-        // SAFETY: the node is alive until retired (just below).
+        // SAFETY: the node is alive until retired (below).
         let page = unsafe { node.as_ref() }.sept();
-        self.inner.tree.retire(node);
         let Some(pfn) = page else {
+            self.inner.tree.retire(node);
             return Ok(());
         };
         let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
+        // A page that must wait for teardown stays named by its retired
+        // node, marked: no list to grow, so nothing to allocate.
         if freed.is_some_and(|f| f != pfn) {
-            self.inner.in_doubt.lock().push((run, PageRole::Sept));
+            self.inner.tree.retire_parked(node, Park::InDoubt);
             return Err(TdError::Protocol {
                 leaf,
                 what: "freed an S-EPT page other than the one under the GPA",
@@ -1622,6 +1657,11 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let written = self
             .host()
             .page_wbinvd(pfn, self.hkid(), &self.inner.policy);
+        if written.is_err() {
+            self.inner.tree.retire_parked(node, Park::Unflushed);
+        } else {
+            self.inner.tree.retire(node);
+        }
         // The module is done with the page (PAGE.WBINVD reads its PAMT
         // entry, in the pair): its range's pair reference goes.
         self.host().pair_put(pfn);
@@ -1629,8 +1669,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             // The merge or removal stands; only the freed S-EPT page could
             // not be written back. It waits for teardown's CACHE.WB, and the
             // error shows in the teardown report.
-            self.inner.unflushed.lock().push((run, PageRole::Sept));
-            self.inner.deferred.lock().push(e);
+            self.defer(e);
             return Ok(());
         }
         let p = self.p();

@@ -245,6 +245,7 @@ mod build;
 mod config;
 mod error;
 mod frame;
+mod heap;
 mod hkid;
 mod host;
 mod memory;
@@ -363,9 +364,7 @@ impl HasMetadata for Finalized {}
 /// 10000).
 pub const CACHE_WB_LIMIT: u32 = 10_000;
 
-/// A list several threads append to (pages in doubt, deferred errors):
-/// a spin lock held only for a push, on paths that are already failing.
-type Shared<T> = spin::Mutex<Vec<T>>;
+use heap::Shared;
 
 /// What a TD holds, behind the type-state.
 pub(crate) struct Inner {
@@ -387,6 +386,9 @@ pub(crate) struct Inner {
     staging: Option<Pfn>,
     /// Errors of calls that still succeeded, for the teardown report.
     deferred: Shared<TdError>,
+    /// Errors of calls that still succeeded that `deferred` had no room
+    /// for (the allocator failed): counted for the teardown report.
+    deferred_unlisted: core::sync::atomic::AtomicU64,
     /// EPT levels (4 or 5), known after TDH.MNG.INIT.
     ept_levels: u8,
     /// TD_PARAMS MAX_VCPUS, known after TDH.MNG.INIT (0 before).
@@ -691,6 +693,18 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             return Err(e);
         }
         Ok(pfn)
+    }
+
+    /// Keeps the error of a call that still succeeded for the teardown
+    /// report ([`TeardownReport::errors`]); if that list cannot grow (the
+    /// allocator failed), counts it
+    /// ([`TeardownReport::unlisted_errors`]). Never allocates infallibly.
+    fn defer(&self, e: TdError) {
+        if self.inner.deferred.try_push(e).is_err() {
+            self.inner
+                .deferred_unlisted
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Frees a page the module refused (it never took it).

@@ -149,6 +149,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
                 return fail(
                     TdError::Alloc {
                         what: "a vCPU's page list",
+                        on: Some(Operand::Vcpu(index)),
                     },
                     self,
                 );
@@ -242,7 +243,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
         {
             Ok(i) => i as usize,
             Err(e) => {
-                self.td.inner.deferred.lock().push(e);
+                self.td.defer(e);
                 counted
             }
         };
@@ -306,6 +307,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
         if self.inner.vcpus.try_reserve(1).is_err() {
             return Err(TdError::Alloc {
                 what: "the TD's vCPU list",
+                on: Some(Operand::Vcpu(self.inner.vcpus.len())),
             });
         }
         let (b, tdr) = (self.b(), self.tdr());
