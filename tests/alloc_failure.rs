@@ -50,7 +50,7 @@ use tdx::{
         metadata::KeyIdPartition,
     },
 };
-use tdx_sim::{Fault, Guest, Simulator};
+use tdx_sim::{Fault, Guest, MachineDesc, Profile, Simulator};
 
 // ---------------------------------------------------------------------
 // The failing allocator.
@@ -321,8 +321,22 @@ type Ftd<'h, 's> = tdx::api::td::Td<Finalized, &'h Host<'s>>;
 
 const GIB: u64 = 1 << 30;
 
-/// The module of `sim` brought up (without failures), as a TD host on
-/// [`Guarded`].
+/// Two packages of two CPUs, 4 GiB of TDX memory; module 1.5.16 with
+/// Dynamic PAMT, or 1.5.01.
+fn sim(dynamic_pamt: bool) -> Simulator {
+    if !dynamic_pamt {
+        return td_host::sim();
+    }
+    Simulator::new(
+        MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
+            .with_cpus(2, 2)
+            .with_profile(Profile::tdx_1_5_16()),
+    )
+    .unwrap()
+}
+
+/// The module of `sim` brought up (without failures; with Dynamic PAMT
+/// if it has it), as a TD host on [`Guarded`].
 fn host(sim: &Simulator) -> Host<'_> {
     let input = PlanInput::new(vec![MemRange {
         start: 4 * GIB,
@@ -330,12 +344,9 @@ fn host(sim: &Simulator) -> Host<'_> {
         node: 0,
     }]);
     let g = Guarded(sim);
-    let m: TdxModule<ExtInited, _, _> = TdxModule::init(g, g)
-        .unwrap()
-        .configure(&input)
-        .unwrap()
-        .init_extensions()
-        .unwrap();
+    let mut m = TdxModule::init(g, g).unwrap();
+    m.set_dynamic_pamt(true);
+    let m: TdxModule<ExtInited, _, _> = m.configure(&input).unwrap().init_extensions().unwrap();
     TdHost::new(m).unwrap()
 }
 
@@ -371,7 +382,9 @@ fn assert_sound(sim: &Simulator, label: &str) {
 }
 
 fn params() -> tdx::types::abi::TdParams {
-    TdConfig::builder().max_vcpus(1).build().to_params()
+    let mut p = TdConfig::builder().max_vcpus(1).build().to_params();
+    p.set_config_flags(tdx::types::abi::TdParams::CONFIG_FLAG_NO_RBP_MOD);
+    p
 }
 
 // ---------------------------------------------------------------------
@@ -401,8 +414,19 @@ fn the_harness_fails_exactly_the_armed_allocation() {
 /// finalized TD, a run-loop step, and the teardown.
 #[test]
 fn every_operation_fails_cleanly_at_every_allocation() {
-    let sim = td_host::sim();
+    every_operation(false);
+}
+
+/// The same with Dynamic PAMT: pairs added and removed on the way.
+#[test]
+fn every_operation_fails_cleanly_at_every_allocation_with_dynamic_pamt() {
+    every_operation(true);
+}
+
+fn every_operation(dynamic_pamt: bool) {
+    let sim = sim(dynamic_pamt);
     let host = host(&sim);
+    assert_eq!(host.dynamic_pamt(), dynamic_pamt);
     let base = sim.accounting();
     let params = params();
     let mut counts = Vec::new();
@@ -676,6 +700,29 @@ fn runtime(sim: &Simulator, td: &Ftd<'_, '_>, given: &mut Vec<PfnRun>) -> Vec<(&
         }),
     ));
 
+    // remove_table: the empty S-EPT page under the range goes back.
+    counts.push((
+        "remove_table",
+        sweep("remove_table", |n| {
+            let (r, hit) = with_failure(n, || td.remove_table::<Size2M>(Gpa::new(base), &kick));
+            assert_sound(sim, "remove_table");
+            match r {
+                Err(e) => {
+                    assert!(hit, "remove_table, allocation {n}: {e:?}");
+                    assert_alloc(&e, "remove_table", n);
+                    false
+                }
+                Ok(()) => {
+                    assert!(
+                        !hit,
+                        "remove_table, allocation {n}: the failure was swallowed"
+                    );
+                    true
+                }
+            }
+        }),
+    ));
+
     // demote the 2M page: it stays a 2M page on failure.
     counts.push((
         "demote",
@@ -885,8 +932,20 @@ fn check_report(
 /// fail, so the report's counts must say exactly what could not be listed.
 #[test]
 fn teardown_and_drop_account_for_everything_at_every_allocation() {
-    let sim = td_host::sim();
+    teardown_and_drop(false);
+}
+
+/// The same with Dynamic PAMT: the report lists the pairs teardown
+/// removes too.
+#[test]
+fn teardown_and_drop_account_for_everything_at_every_allocation_with_dynamic_pamt() {
+    teardown_and_drop(true);
+}
+
+fn teardown_and_drop(dynamic_pamt: bool) {
+    let sim = sim(dynamic_pamt);
     let host = host(&sim);
+    assert_eq!(host.dynamic_pamt(), dynamic_pamt);
     let base = sim.accounting();
 
     // The reference: no failure.
@@ -931,7 +990,7 @@ fn teardown_and_drop_account_for_everything_at_every_allocation() {
 /// promote stays with its retired node; teardown gives both back.
 #[test]
 fn frames_waiting_for_teardown_are_kept_without_allocating() {
-    let sim = td_host::sim();
+    let sim = sim(false);
     let host = host(&sim);
     let base = sim.accounting();
     let kick = || {};

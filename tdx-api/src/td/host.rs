@@ -147,6 +147,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// highest guest HKID over the top frame of TDX memory still makes a
     /// keyed address below bit 52. If it does not, the module comes back
     /// with [`TdError::KeyidShift`].
+    ///
+    /// The host's records (the HKID pool's bitmap, the Dynamic PAMT range
+    /// table) are allocated fallibly: if the global allocator has no room,
+    /// the module comes back with [`TdError::Alloc`]. Only the box of the
+    /// refusal itself is allocated infallibly (a few words, at bring-up).
     pub fn new(module: TdxModule<ExtInited, B, P>) -> Result<Self, Box<TdHostRefused<B, P>>> {
         let guest = module.platform().keyid_partition().guest_keyids();
         let keyid_shift = module.platform().keyid_shift();
@@ -177,10 +182,19 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                 }
             },
         };
+        let Some(hkids) = HkidPool::try_new(guest.start, guest.end) else {
+            return Err(Box::new(TdHostRefused {
+                error: TdError::Alloc {
+                    what: "the HKID pool",
+                    on: None,
+                },
+                module,
+            }));
+        };
         Ok(Self {
             errata,
             module,
-            hkids: HkidPool::new(guest.start, guest.end),
+            hkids,
             keyid_shift,
             policy: RetryPolicy::DEFAULT,
             global: spin::Mutex::new(()),

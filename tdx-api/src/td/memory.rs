@@ -119,6 +119,10 @@ pub enum Outcome {
     /// Out of the S-EPT, but not yet safe to reuse: the write-back failed
     /// or the module named another frame as removed. Teardown gives the
     /// frames back (after its cache write-back) or reports them leaked.
+    /// The GPA is free again, unless the TD's list for such frames could
+    /// not grow (the global allocator failed): then the TD keeps them in
+    /// the GPA's own entry and refuses the GPA ([`TdError::Gpa`]) until
+    /// teardown.
     Deferred(TdError),
 }
 
