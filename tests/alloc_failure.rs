@@ -554,6 +554,10 @@ fn every_operation(dynamic_pamt: bool) {
 
 /// The runtime operations of a finalized TD, each swept; the runs the TD
 /// holds at the end are added to `given`.
+#[allow(
+    clippy::result_large_err,
+    reason = "map_1g's failure is returned as the library makes it (boxing it would allocate while armed)"
+)]
 fn runtime(sim: &Simulator, td: &Ftd<'_, '_>, given: &mut Vec<PfnRun>) -> Vec<(&'static str, u64)> {
     let kick = || {};
     let mut counts = Vec::new();
