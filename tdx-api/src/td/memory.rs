@@ -1143,9 +1143,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // teardown reclaims the frames or reports them.
         let run = run_of(first, slot.level);
         if removed.is_some_and(|r| r != first) {
-            let (o, fate) = self.removed_other(run, gpa);
-            slot.store(fate);
-            return o;
+            return self.removed_other(run, gpa, slot);
         }
         let hkid = self.hkid();
         // A 4K page (the common case) is one write-back.
@@ -1162,9 +1160,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 if slot.level == 0 {
                     self.host().pair_put(first);
                 }
-                let (o, fate) = self.not_written_back(run, e);
-                slot.store(fate);
-                return o;
+                return self.not_written_back(run, e, slot);
             }
         }
         // The module is done with the page (PAGE.WBINVD reads its PAMT
@@ -1213,25 +1209,26 @@ impl<H: TdHostRef> Td<Finalized, H> {
 
     /// The module removed a frame we did not map at `gpa`: ours may still
     /// be mapped; teardown reclaims it rather than trust either answer.
-    /// Returns the outcome and what the page's entry becomes.
+    /// Stores the fate of the page's entry (`slot`, held by the caller).
     #[cold]
-    fn removed_other(&self, run: PfnRun, gpa: Gpa) -> (Outcome, Entry) {
-        let fate = self.park(&self.inner.in_doubt, run, Park::InDoubt);
-        let o = Outcome::Deferred(TdError::Protocol {
+    #[inline(never)]
+    fn removed_other(&self, run: PfnRun, gpa: Gpa, slot: Slot<'_>) -> Outcome {
+        slot.store(self.park(&self.inner.in_doubt, run, Park::InDoubt));
+        Outcome::Deferred(TdError::Protocol {
             leaf: Leaf::MEM_PAGE_REMOVE.v0(),
             what: "removed a frame other than the one mapped at the GPA",
             gpa: Some(gpa),
-        });
-        (o, fate)
+        })
     }
 
     /// Removed frames whose write-back failed: lines of the TD's key may
     /// remain, so they wait for the teardown's CACHE.WB on every package.
-    /// Returns the outcome and what the page's entry becomes.
+    /// Stores the fate of the page's entry (`slot`, held by the caller).
     #[cold]
-    fn not_written_back(&self, run: PfnRun, e: TdError) -> (Outcome, Entry) {
-        let fate = self.park(&self.inner.unflushed, run, Park::Unflushed);
-        (Outcome::Deferred(e), fate)
+    #[inline(never)]
+    fn not_written_back(&self, run: PfnRun, e: TdError, slot: Slot<'_>) -> Outcome {
+        slot.store(self.park(&self.inner.unflushed, run, Park::Unflushed));
+        Outcome::Deferred(e)
     }
 
     /// Frames out of the S-EPT that wait for teardown go on the TD's

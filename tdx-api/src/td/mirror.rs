@@ -205,14 +205,20 @@ impl Entry {
             TABLE => table(Hold::Idle),
             TABLE_BUSY => table(Hold::Busy),
             TABLE_BLOCKED => table(Hold::Blocked),
-            PARKED_IN_DOUBT | PARKED_UNFLUSHED => Self::Parked(
-                Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1)),
-                if tag == PARKED_IN_DOUBT {
-                    Park::InDoubt
-                } else {
-                    Park::Unflushed
-                },
-            ),
+            0 => Self::Free,
+            _ => Self::decode_parked(raw),
+        }
+    }
+
+    /// A parked entry (or, for a tag never stored, free), out of line: the
+    /// failure path of a failure path.
+    #[cold]
+    #[inline(never)]
+    fn decode_parked(raw: *mut Node) -> Self {
+        let pfn = Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1));
+        match raw.addr() & TAG_MASK {
+            PARKED_IN_DOUBT => Self::Parked(pfn, Park::InDoubt),
+            PARKED_UNFLUSHED => Self::Parked(pfn, Park::Unflushed),
             _ => Self::Free,
         }
     }
