@@ -65,10 +65,6 @@ impl<T> Drop for BoxSlot<T> {
     }
 }
 
-// SAFETY: the slot owns uninitialized room for a `T` and no `T`; it is
-// moved between threads like a `Box<MaybeUninit<T>>`.
-unsafe impl<T: Send> Send for BoxSlot<T> {}
-
 /// A list several threads append to on paths that are already failing
 /// (pages in doubt, frames waiting for a write-back, errors for the
 /// teardown report): a spin lock held only for the push, which asks the

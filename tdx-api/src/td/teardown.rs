@@ -41,15 +41,13 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::mirror::Park;
-
 use tdx_sys::{Seamcall, leaf};
 use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 
 use super::{
     CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost,
     memory::run_of,
-    mirror::Entry,
+    mirror::{Entry, Park},
     same_code,
     vcpu::{NO_CPU, VcpuSlot},
 };
@@ -116,7 +114,8 @@ pub struct TeardownReport {
     /// that `freed` could not list.
     pub unlisted_freed: u64,
     /// The caller's frames returned (4 KiB frames) that `guest_returned`
-    /// could not list. They are host memory again, like the listed ones.
+    /// could not list. They are host memory again, like the listed ones,
+    /// but this report cannot name them.
     pub unlisted_guest_frames: u64,
     /// Frames leaked (4 KiB frames) that `leaked` could not list; each was
     /// still reported to [`Platform::leak_pages`] with its reason.
