@@ -25,6 +25,44 @@
 //!
 //! Not covered: TD partitioning (L2 VMs) and migration.
 //!
+//! # Allocation
+//!
+//! The crate allocates in two ways, which its docs keep apart: *pages*
+//! from [`FrameAllocator::alloc_pages`] (TDR, TDCS, vCPU and S-EPT pages, PAMTs,
+//! Dynamic PAMT pairs), always fallibly, and *heap* memory from the global
+//! allocator (`alloc`) for its own records.
+//!
+//! **After bring-up every heap allocation is fallible.** Every call on a
+//! [`TdHost`] and its TDs (building a TD and its vCPUs, initial pages,
+//! finalizing, mapping, unmapping and conversions, demote and promote,
+//! running a vCPU, teardown and dropping a TD) asks the global allocator
+//! with `try_reserve` or its own fallible box, never with `Box::new` or a
+//! growing `push`: a failure is [`td::TdError::Alloc`], and the call gives
+//! back what it was given (the TD, the guest frame) and every page it had
+//! taken. Which of these calls allocate heap memory at all, and what for,
+//! is in the per-call table of [`td`](td#threads-and-locks); running a
+//! vCPU, finalizing, promote, remove_table and unmapping one page allocate
+//! none (promote, remove_table and a failed unmap may add one entry to a
+//! list kept for teardown, fallibly, and then keep the page or count the
+//! error without it). Teardown and dropping a TD cannot fail back: they
+//! allocate only for the report's lists and count what those have no room
+//! for ([`td::TeardownReport::is_complete`]). The workspace's
+//! `tests/alloc_failure.rs` fails each heap allocation of each of these
+//! calls in turn and checks the error and that no page is lost.
+//!
+//! **Bring-up may allocate infallibly** (an allocation failure aborts, as
+//! in `Box::new`): [`TdxModule::init`] (the module's system information),
+//! [`configure`](TdxModule::configure) (the TDMR/PAMT [`plan`] and the
+//! TDMR array), [`init_extensions`](TdxModule::init_extensions) (the page
+//! list of TDH.EXT.MEM.ADD), the planner itself, [`TdxPageArray`], and the
+//! boxed refusals of `configure` and [`TdHost::new`] (whose own records
+//! are fallible). These run once,
+//! when the kernel brings TDX up, before any TD exists: out of memory
+//! there means TDX does not come up, with no TD or guest memory to lose,
+//! and making the planner's many intermediate lists fallible would cost
+//! more than it gives. [`td::TdConfig`] builds TD_PARAMS from lists the
+//! caller allocated.
+//!
 //! The examples in these docs that need a TDX module run on the software
 //! one of the `tdx-sim` crate, which implements both [`Platform`] and the
 //! SEAMCALL backend; on a TDX machine the same code runs with `tdx_sys::cpu::Cpu`

@@ -77,6 +77,7 @@ impl<H: TdHostRef> Td<KeysConfigured, H> {
         if self.inner.tdcs.try_reserve(n).is_err() {
             return self.fail(TdError::Alloc {
                 what: "the TD's TDCS page list",
+                on: Some(Operand::Tdr),
             });
         }
         for _ in self.inner.tdcs.len()..n {

@@ -257,12 +257,18 @@ pub enum TdError {
     /// changed; the same call may succeed once that thread is done.
     #[error("PAMT pair of the 2 MiB range at PFN {0}: another thread is adding or removing it")]
     PamtInProgress(Pfn),
-    /// The host allocator could not provide memory for the library's own
-    /// records.
-    #[error("no memory for {what}")]
+    /// The global (heap) allocator could not provide memory for the
+    /// library's own records. Nothing is lost: the call gave back what it
+    /// was given (the TD, the frame) and every page it had taken.
+    /// Every heap allocation after bring-up is fallible and ends here
+    /// instead of aborting (see the crate's *Allocation* section).
+    #[error("no memory for {what}{}", OnSuffix(*on))]
     Alloc {
         /// What it was for.
         what: &'static str,
+        /// What the call was about (`None` for [`TdHost::new`](super::TdHost::new),
+        /// which concerns no TD).
+        on: Option<Operand>,
     },
     /// The platform could not provide a page.
     #[error(transparent)]
@@ -350,6 +356,18 @@ impl TdError {
             self,
             Self::Busy { .. } | Self::InProgress(_) | Self::PamtInProgress(_)
         )
+    }
+}
+
+/// `" (on X)"`, or nothing.
+struct OnSuffix(Option<Operand>);
+
+impl fmt::Display for OnSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(on) => write!(f, " (on {on})"),
+            None => Ok(()),
+        }
     }
 }
 

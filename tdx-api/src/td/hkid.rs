@@ -40,14 +40,24 @@ impl Hkid {
 
 impl HkidPool {
     /// A pool of the KeyIDs `[start, end)` (capped at 65535).
+    ///
+    /// # Panics
+    ///
+    /// If the global allocator has no room for its bitmap (at most 1 KiB);
+    /// [`TdHost::new`](super::TdHost::new) makes its pool without panicking.
     pub fn new(start: u32, end: u32) -> Self {
+        Self::try_new(start, end).expect("no memory for the HKID bitmap")
+    }
+
+    /// [`new`](Self::new), or `None` if the global allocator has no room
+    /// for the bitmap.
+    pub(crate) fn try_new(start: u32, end: u32) -> Option<Self> {
         let end = end.min(u32::from(u16::MAX) + 1).max(start);
         let words = (end - start).div_ceil(64) as usize;
-        Self {
-            start,
-            end,
-            used: (0..words).map(|_| AtomicU64::new(0)).collect(),
-        }
+        let mut used = Vec::new();
+        used.try_reserve_exact(words).ok()?;
+        used.extend((0..words).map(|_| AtomicU64::new(0)));
+        Some(Self { start, end, used })
     }
 
     /// The number of HKIDs in use.

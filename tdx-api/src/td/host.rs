@@ -17,6 +17,7 @@ use tdx_types::{
 
 use super::{
     Created, HkidPool, Initialized, Inner, Operand, Shared, Td, TdError,
+    heap::BoxSlot,
     mirror::Tree,
     pairs::{PairError, PairTable, Put},
 };
@@ -150,6 +151,11 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
     /// highest guest HKID over the top frame of TDX memory still makes a
     /// keyed address below bit 52. If it does not, the module comes back
     /// with [`TdError::KeyidShift`].
+    ///
+    /// The host's records (the HKID pool's bitmap, the Dynamic PAMT range
+    /// table) are allocated fallibly: if the global allocator has no room,
+    /// the module comes back with [`TdError::Alloc`]. Only the box of the
+    /// refusal itself is allocated infallibly (a few words, at bring-up).
     pub fn new(module: TdxModule<ExtInited, B, P>) -> Result<Self, Box<TdHostRefused<B, P>>> {
         // The facts the module read at `init`: the platform is not asked
         // again.
@@ -176,16 +182,24 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
                     return Err(Box::new(TdHostRefused::new(
                         TdError::Alloc {
                             what: "the Dynamic PAMT range table",
+                            on: None,
                         },
                         module,
                     )));
                 }
             },
         };
+        let Some(hkids) = HkidPool::try_new(guest.start, guest.end) else {
+            let error = TdError::Alloc {
+                what: "the HKID pool",
+                on: None,
+            };
+            return Err(Box::new(TdHostRefused::new(error, module)));
+        };
         Ok(Self {
             errata,
             module,
-            hkids: HkidPool::new(guest.start, guest.end),
+            hkids,
             keyid_shift,
             policy: RetryPolicy::DEFAULT,
             global: spin::Mutex::new(()),
@@ -590,17 +604,16 @@ impl<B: Seamcall + Sync, P: Platform + Sync> TdHost<B, P> {
         let Some(t) = &self.pairs else {
             return 0;
         };
-        let mut idle = Vec::new();
+        // Each idle pair is removed as the walk meets it: no list, so
+        // nothing to allocate (the walk reads each range's word once; the
+        // removal claims it with its own compare-and-swap).
         t.for_each_pair(&mut |range, _, count| {
-            if count == 0 {
-                idle.push(range);
-            }
-        });
-        for range in idle {
-            if let Ok(Some(r)) = t.remove_idle(range, |range| self.pamt_remove(range)) {
+            if count == 0
+                && let Ok(Some(r)) = t.remove_idle(range, |range| self.pamt_remove(range))
+            {
                 let _ = self.pair_done(r);
             }
-        }
+        });
         t.installed()
     }
 
@@ -692,9 +705,14 @@ impl<H: super::TdHostRef> Td<Created, H> {
     pub fn create(host: H) -> Result<Self, TdError> {
         let h = host.host();
         let p = h.module.platform();
-        let tree = Tree::new(3).ok_or(TdError::Alloc {
-            what: "the TD's S-EPT record",
-        })?;
+        // The TD's own records first (its S-EPT record's root, the room for
+        // the rest), so that a failed allocation leaves nothing to undo.
+        let no_memory = |what| TdError::Alloc {
+            what,
+            on: Some(Operand::Tdr),
+        };
+        let slot = BoxSlot::<Inner>::new().ok_or(no_memory("the TD's record"))?;
+        let tree = Tree::new(3).ok_or(no_memory("the TD's S-EPT record"))?;
         let hkid = h.hkids.alloc().ok_or(TdError::NoHkid)?;
         let tdr = match p.alloc_pages(1, 1, Placement::Anywhere) {
             Ok(r) => r.first(),
@@ -736,7 +754,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
         }
         let policy = h.policy;
         Ok(Td {
-            inner: ManuallyDrop::new(Box::new(Inner {
+            inner: ManuallyDrop::new(slot.fill(Inner {
                 tdr: FirmwarePage::from_pfn(tdr),
                 hkid: Some(hkid),
                 tdcs: Vec::new(),
@@ -746,6 +764,7 @@ impl<H: super::TdHostRef> Td<Created, H> {
                 in_doubt: Shared::default(),
                 staging: None,
                 deferred: Shared::default(),
+                deferred_unlisted: core::sync::atomic::AtomicU64::new(0),
                 ept_levels: 0,
                 max_vcpus: 0,
                 policy,

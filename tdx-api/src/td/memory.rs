@@ -22,7 +22,7 @@ use tdx_types::{
 use super::{
     Finalized, GuestFrame, MayAug, Occupant, Operand, PageRole, Td, TdError, TdFailure, TdHostRef,
     TdState,
-    mirror::{Entry, Hold, Node, Slot, Stop},
+    mirror::{Entry, Hold, Node, Park, Slot, Stop},
 };
 use crate::{
     platform::{CacheMaintenance, FrameDeallocator},
@@ -50,6 +50,16 @@ pub trait AugPageSize: PageSize {}
 
 impl AugPageSize for Size4K {}
 impl AugPageSize for Size2M {}
+
+/// The error for an operation on a GPA whose entry is parked (see
+/// `Td::park`).
+fn parked(gpa: Gpa) -> TdError {
+    TdError::Gpa {
+        gpa,
+        why: "a page removed from here waits for teardown (in doubt or not written back, \
+              and the TD's list for such pages could not grow)",
+    }
+}
 
 /// How many times a walk that keeps losing races for an empty table entry
 /// starts over before it reports [`TdError::InProgress`].
@@ -110,6 +120,10 @@ pub enum Outcome {
     /// Out of the S-EPT, but not yet safe to reuse: the write-back failed
     /// or the module named another frame as removed. Teardown gives the
     /// frames back (after its cache write-back) or reports them leaked.
+    /// The GPA is free again, unless the TD's list for such frames could
+    /// not grow (the global allocator failed): then the TD keeps them in
+    /// the GPA's own entry and refuses the GPA ([`TdError::Gpa`]) until
+    /// teardown.
     Deferred(TdError),
 }
 
@@ -288,7 +302,8 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
                           (remove_table or promote of that table resumes it)",
                 }),
                 Entry::Table(..) | Entry::Adding => Err(TdError::InProgress(at)),
-                Entry::Free => Ok(()),
+                // Out of the S-EPT already; its frames wait for teardown.
+                Entry::Free | Entry::Parked(..) => Ok(()),
             }
         })
     }
@@ -306,6 +321,7 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
         {
             return Err(TdError::Alloc {
                 what: "a removal batch",
+                on: Some(Operand::Gpa(gpa)),
             });
         }
         let first = self.td.block_entry(info, gpa, slot)?;
@@ -394,6 +410,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
                         let by = Occupant::Table { at, size: level };
                         return Err(TdError::Occupied { gpa, by });
                     }
+                    Err(Entry::Parked(..)) => return Err(parked(gpa)),
                     Err(_) => return Err(TdError::InProgress(gpa)),
                 },
                 Err(Stop::Missing(slot)) => {
@@ -466,6 +483,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             self.free_refused(page);
             return Err(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
+                on: Some(Operand::Gpa(gpa)),
             });
         };
         let (b, tdr) = (self.b(), self.tdr());
@@ -944,6 +962,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Err(Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked)) => {
                 return Err(TdError::NotMapped(gpa));
             }
+            Err(Entry::Parked(..)) => return Err(parked(gpa)),
             // Held by another thread (or changed under us: the same).
             Err(_) => return Err(TdError::InProgress(gpa)),
         };
@@ -1129,9 +1148,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // teardown reclaims the frames or reports them.
         let run = run_of(first, slot.level);
         if removed.is_some_and(|r| r != first) {
-            let o = self.removed_other(run, gpa);
-            slot.store(Entry::Free);
-            return o;
+            return self.removed_other(run, gpa, slot);
         }
         let hkid = self.hkid();
         // A 4K page (the common case) is one write-back.
@@ -1148,9 +1165,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 if slot.level == 0 {
                     self.host().pair_put(first);
                 }
-                let o = self.not_written_back(run, e);
-                slot.store(Entry::Free);
-                return o;
+                return self.not_written_back(run, e, slot);
             }
         }
         // The module is done with the page (PAGE.WBINVD reads its PAMT
@@ -1164,9 +1179,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             if let Err(e) = unsafe { self.p().movdir64b_clear(run) } {
                 // Not host memory until cleared: teardown tries again and
                 // leaks them with the reason if it cannot.
-                let o = self.not_written_back(run, TdError::Platform(e));
-                slot.store(Entry::Free);
-                return o;
+                return self.not_written_back(run, TdError::Platform(e), slot);
             }
         }
         slot.store(Entry::Free);
@@ -1205,9 +1218,11 @@ impl<H: TdHostRef> Td<Finalized, H> {
 
     /// The module removed a frame we did not map at `gpa`: ours may still
     /// be mapped; teardown reclaims it rather than trust either answer.
+    /// Stores the fate of the page's entry (`slot`, held by the caller).
     #[cold]
-    fn removed_other(&self, run: PfnRun, gpa: Gpa) -> Outcome {
-        self.inner.in_doubt.lock().push((run, PageRole::Guest));
+    #[inline(never)]
+    fn removed_other(&self, run: PfnRun, gpa: Gpa, slot: Slot<'_>) -> Outcome {
+        slot.store(self.park(&self.inner.in_doubt, run, Park::InDoubt));
         Outcome::Deferred(TdError::Protocol {
             leaf: Leaf::MEM_PAGE_REMOVE.v0(),
             what: "removed a frame other than the one mapped at the GPA",
@@ -1217,10 +1232,24 @@ impl<H: TdHostRef> Td<Finalized, H> {
 
     /// Removed frames whose write-back failed: lines of the TD's key may
     /// remain, so they wait for the teardown's CACHE.WB on every package.
+    /// Stores the fate of the page's entry (`slot`, held by the caller).
     #[cold]
-    fn not_written_back(&self, run: PfnRun, e: TdError) -> Outcome {
-        self.inner.unflushed.lock().push((run, PageRole::Guest));
+    #[inline(never)]
+    fn not_written_back(&self, run: PfnRun, e: TdError, slot: Slot<'_>) -> Outcome {
+        slot.store(self.park(&self.inner.unflushed, run, Park::Unflushed));
         Outcome::Deferred(e)
+    }
+
+    /// Frames out of the S-EPT that wait for teardown go on the TD's
+    /// `list` (the GPA is free again: `Entry::Free`). If the list cannot
+    /// grow (the allocator failed), they stay in the page's own entry,
+    /// parked: nothing is allocated and nothing lost, and the GPA stays
+    /// taken until teardown, which finds them there.
+    fn park(&self, list: &super::Shared<(PfnRun, PageRole)>, run: PfnRun, why: Park) -> Entry {
+        match list.try_push((run, PageRole::Guest)) {
+            Ok(()) => Entry::Free,
+            Err(_) => Entry::Parked(run.first(), why),
+        }
     }
 
     /// BLOCK, TRACK and `kick` for the entry of `gpa` at `level`, for a
@@ -1269,6 +1298,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Entry::Free | Entry::Table(_, Hold::Idle | Hold::Blocked) => {
                 return Err(TdError::NotMapped(gpa));
             }
+            Entry::Parked(..) => return Err(parked(gpa)),
             _ => return Err(TdError::InProgress(gpa)),
         };
         let hold = if was_blocked {
@@ -1293,6 +1323,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             self.free_refused(sept);
             return restore(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
+                on: Some(Operand::Gpa(gpa)),
             });
         };
         let discard = |node| {
@@ -1568,6 +1599,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Entry::Free | Entry::Leaf(_, Hold::Idle | Hold::Blocked) => {
                 Err(TdError::NotMapped(gpa))
             }
+            Entry::Parked(..) => Err(parked(gpa)),
             _ => Err(TdError::InProgress(gpa)),
         }
     }
@@ -1625,45 +1657,52 @@ impl<H: TdHostRef> Td<Finalized, H> {
         leaf: LeafVersion,
         gpa: Gpa,
     ) -> Result<(), TdError> {
-        // SAFETY: the node is alive until retired (just below).
+        // SAFETY: the node is alive until retired (below).
         let page = unsafe { node.as_ref() }.sept();
-        self.inner.tree.retire(node);
         let Some(pfn) = page else {
+            self.inner.tree.retire(node);
             return Ok(());
         };
         let run = PfnRun::from(PfnRange::<Size4K>::from(pfn));
+        // A page that must wait for teardown stays named by its retired
+        // node, marked: no list to grow, so nothing to allocate.
         if freed.is_some_and(|f| f != pfn) {
-            self.inner.in_doubt.lock().push((run, PageRole::Sept));
+            self.inner.tree.retire_parked(node, Park::InDoubt);
             return Err(TdError::Protocol {
                 leaf,
                 what: "freed an S-EPT page other than the one under the GPA",
                 gpa: Some(gpa),
             });
         }
+        let p = self.p();
         let written = self
             .host()
-            .page_wbinvd(pfn, self.hkid(), &self.inner.policy);
+            .page_wbinvd(pfn, self.hkid(), &self.inner.policy)
+            .and_then(|()| {
+                if !self.host().errata().tdx_pw_mce {
+                    return Ok(());
+                }
+                // SAFETY: freed by the module and written back just above;
+                // ours.
+                unsafe { p.movdir64b_clear(run) }.map_err(TdError::Platform)
+            });
+        if written.is_err() {
+            self.inner.tree.retire_parked(node, Park::Unflushed);
+        } else {
+            self.inner.tree.retire(node);
+        }
         // The module is done with the page (PAGE.WBINVD reads its PAMT
         // entry, in the pair): its range's pair reference goes.
         self.host().pair_put(pfn);
         if let Err(e) = written {
             // The merge or removal stands; only the freed S-EPT page could
-            // not be written back. It waits for teardown's CACHE.WB, and the
-            // error shows in the teardown report.
-            self.inner.unflushed.lock().push((run, PageRole::Sept));
-            self.inner.deferred.lock().push(e);
+            // not be written back (or cleared, where the erratum needs it).
+            // It waits for teardown, which writes back every package's
+            // caches and tries the clear again (leaking the page with the
+            // reason if it still cannot), and the error shows in the
+            // teardown report.
+            self.defer(e);
             return Ok(());
-        }
-        let p = self.p();
-        if self.host().errata().tdx_pw_mce {
-            // SAFETY: freed by the module and written back above; ours.
-            if let Err(e) = unsafe { p.movdir64b_clear(run) } {
-                // Not host memory until cleared: teardown tries again and
-                // leaks it with the reason if it cannot.
-                self.inner.unflushed.lock().push((run, PageRole::Sept));
-                self.inner.deferred.lock().push(TdError::Platform(e));
-                return Ok(());
-            }
         }
         // SAFETY: allocated from this platform by `add_table`/`demote`,
         // freed by the module (PROMOTE or SEPT.REMOVE) and written back

@@ -15,6 +15,7 @@
 //! | table | an S-EPT page we added, with the node that mirrors it |
 //! | table, busy | one thread is removing or merging that table |
 //! | table, blocked | the table's entry stayed blocked after a failed removal |
+//! | parked | a removed page whose frames wait for teardown (in doubt, or not written back), kept here because the TD's list for them could not grow |
 //!
 //! A thread that wants to change an entry moves it into a busy (or adding)
 //! state with one compare-and-swap; only that thread then issues the
@@ -29,6 +30,11 @@
 //! while other threads may still be reading them: they go to a retired list
 //! that is freed when the tree is dropped (the TD's teardown), when no other
 //! thread can hold a reference.
+//!
+//! Both also keep frames that must wait for teardown without allocating:
+//! a parked entry keeps a removed page's frames, and a retired node can be
+//! marked ([`Park`]) when its S-EPT page, freed by the module, is in doubt
+//! or not written back. Teardown finds them in [`Tree::drain`].
 
 // UNSAFETY: nodes are allocated and freed by hand (fallibly, so a failed
 // allocation is an error, not an abort), and entries hold tagged node
@@ -38,9 +44,9 @@
 use core::ptr::{self, NonNull};
 
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicPtr, Ordering};
+use loom::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use tdx_types::{Pfn, addr::MAX_PFN};
 
@@ -61,6 +67,9 @@ pub(crate) struct Node {
     /// Next node in the retired list. Atomic: other threads may hold a
     /// reference to the node while it is retired.
     next_retired: AtomicPtr<Node>,
+    /// For a retired node: what became of its S-EPT page (0: given back;
+    /// else a [`Park`] code, the page waits for teardown).
+    park: AtomicU8,
 }
 
 const TAG_MASK: usize = 0xF;
@@ -73,6 +82,37 @@ const LEAF_BUSY: usize = 4;
 const TABLE: usize = 5;
 const TABLE_BUSY: usize = 6;
 const TABLE_BLOCKED: usize = 7;
+const PARKED_IN_DOUBT: usize = 8;
+const PARKED_UNFLUSHED: usize = 9;
+
+/// Why frames out of the S-EPT wait for teardown (a parked entry, a marked
+/// retired node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Park {
+    /// The module named another frame as the one it removed or freed: ours
+    /// may still be the module's; teardown reclaims it (TDH.PHYMEM.PAGE.RECLAIM).
+    InDoubt,
+    /// Removed, but its write-back failed: teardown gives it back after
+    /// its cache write-back on every package.
+    Unflushed,
+}
+
+impl Park {
+    fn code(self) -> u8 {
+        match self {
+            Self::InDoubt => 1,
+            Self::Unflushed => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(Self::InDoubt),
+            2 => Some(Self::Unflushed),
+            _ => None,
+        }
+    }
+}
 
 /// The state of a leaf entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +137,9 @@ pub(crate) enum Entry {
     Leaf(Pfn, Hold),
     /// A table: the node mirroring the S-EPT page.
     Table(NonNull<Node>, Hold),
+    /// A removed page (first frame) whose frames wait for teardown: the
+    /// GPA stays taken until then.
+    Parked(Pfn, Park),
 }
 
 impl Entry {
@@ -126,6 +169,14 @@ impl Entry {
                 // low 4 bits are zero and carry the tag.
                 node.as_ptr().map_addr(|a| a | tag)
             }
+            Self::Parked(pfn, park) => {
+                let tag = match park {
+                    Park::InDoubt => PARKED_IN_DOUBT,
+                    Park::Unflushed => PARKED_UNFLUSHED,
+                };
+                // As for a leaf: a number, never a pointer.
+                ptr::without_provenance_mut((pfn.as_u64() << 12) as usize | tag)
+            }
         }
     }
 
@@ -154,6 +205,20 @@ impl Entry {
             TABLE => table(Hold::Idle),
             TABLE_BUSY => table(Hold::Busy),
             TABLE_BLOCKED => table(Hold::Blocked),
+            0 => Self::Free,
+            _ => Self::decode_parked(raw),
+        }
+    }
+
+    /// A parked entry (or, for a tag never stored, free), out of line: the
+    /// failure path of a failure path.
+    #[cold]
+    #[inline(never)]
+    fn decode_parked(raw: *mut Node) -> Self {
+        let pfn = Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1));
+        match raw.addr() & TAG_MASK {
+            PARKED_IN_DOUBT => Self::Parked(pfn, Park::InDoubt),
+            PARKED_UNFLUSHED => Self::Parked(pfn, Park::Unflushed),
             _ => Self::Free,
         }
     }
@@ -245,7 +310,8 @@ impl Node {
             let raw = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<Node>();
             let node = NonNull::new(raw)?;
             // All-zero bytes are valid for the atomics (null pointers: free
-            // entries, end of list); `Option<Pfn>` has no guaranteed zero
+            // entries, end of list; park 0: nothing parked); `Option<Pfn>`
+            // has no guaranteed zero
             // value, so that field is written explicitly.
             // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
             // layout: the field is in bounds (no reference is made).
@@ -261,6 +327,7 @@ impl Node {
                 slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                 sept,
                 next_retired: AtomicPtr::new(ptr::null_mut()),
+                park: AtomicU8::new(0),
             });
             NonNull::new(alloc::boxed::Box::into_raw(b))
         }
@@ -419,7 +486,8 @@ impl Tree {
             return Err(match Entry::decode(raw) {
                 Entry::Free => Stop::Missing(slot),
                 Entry::Table(_, Hold::Blocked) => Stop::Blocked,
-                Entry::Leaf(_, Hold::Idle | Hold::Blocked) => Stop::Leaf,
+                // A parked page still takes its GPA range, like a page.
+                Entry::Leaf(_, Hold::Idle | Hold::Blocked) | Entry::Parked(..) => Stop::Leaf,
                 // An idle table was followed above; the rest is held.
                 _ => Stop::Busy,
             });
@@ -452,6 +520,19 @@ impl Tree {
         }
     }
 
+    /// [`retire`](Self::retire), marking the node's S-EPT page as waiting
+    /// for teardown ([`drain`](Self::drain) reports it): the module freed
+    /// it, but it is in doubt or not written back. Allocates nothing.
+    pub(crate) fn retire_parked(&self, node: NonNull<Node>, park: Park) {
+        // SAFETY: the node is alive (retired nodes are freed only with the
+        // tree); the field is atomic. The store is published by `retire`'s
+        // release, and read only by `drain` (`&mut self`).
+        unsafe { node.as_ref() }
+            .park
+            .store(park.code(), Ordering::Relaxed);
+        self.retire(node);
+    }
+
     /// Puts a node that left the tree on the retired list. Its memory stays
     /// valid until the tree is dropped, for threads that still read it.
     pub(crate) fn retire(&self, node: NonNull<Node>) {
@@ -480,13 +561,31 @@ impl Tree {
     /// table that holds them, and frees the nodes: the tree is empty
     /// afterwards. `f` gets the GPA, the level and the entry (a table's
     /// entry names its S-EPT page through [`Node::sept`], read before the
-    /// node is freed: it is passed as `Some(page)`).
+    /// node is freed: it is passed as `Some(page)`). Allocates nothing.
+    /// Retired nodes stay until [`drain_retired`](Self::drain_retired).
     pub(crate) fn drain(&mut self, f: &mut dyn FnMut(u64, u8, Entry, Option<Pfn>)) {
         let top = self.top;
         // SAFETY: `&mut self`: nobody else reads the tree; every node
         // reached from the root was allocated by `Node::alloc` and is
         // unlinked (entry set free) before it is freed, once.
         unsafe { drain_node(self.root.as_ptr(), top, 0, f) };
+    }
+
+    /// Frees the retired nodes; `parked` gets the S-EPT page of each one
+    /// marked by [`retire_parked`](Self::retire_parked). Allocates nothing.
+    pub(crate) fn drain_retired(&mut self, parked: &mut dyn FnMut(Pfn, Park)) {
+        let mut n = self.retired.load(Ordering::Relaxed);
+        while let Some(node) = NonNull::new(n) {
+            // SAFETY: a retired node stays allocated until `free_retired`.
+            let node = unsafe { node.as_ref() };
+            if let (Some(page), Some(park)) = (
+                node.sept,
+                Park::from_code(node.park.load(Ordering::Relaxed)),
+            ) {
+                parked(page, park);
+            }
+            n = node.next_retired.load(Ordering::Relaxed);
+        }
         self.free_retired();
     }
 
@@ -605,6 +704,7 @@ impl Drop for Tree {
         // frees its memory; what the entries named is the caller's to
         // account for.
         self.drain(&mut |_, _, _, _| {});
+        self.drain_retired(&mut |_, _| {});
         // SAFETY: the root was allocated by `Node::alloc` and is in no
         // other tree.
         unsafe { Node::free(self.root) };
@@ -627,6 +727,8 @@ mod tests {
             Entry::Table(node, Hold::Idle),
             Entry::Table(node, Hold::Busy),
             Entry::Table(node, Hold::Blocked),
+            Entry::Parked(Pfn::new(99), Park::InDoubt),
+            Entry::Parked(Pfn::new((1 << 40) - 1), Park::Unflushed),
         ];
         for e in entries {
             assert_eq!(Entry::decode(e.encode()), e);
@@ -676,15 +778,48 @@ mod tests {
                 (0, 3)
             ]
         );
+        // A parked page next to the leaf is drained like one; retired
+        // nodes are reported only when marked.
+        let parked = t.walk(gpa + 4096, 0).unwrap();
+        parked.store(Entry::Parked(Pfn::new(11), Park::Unflushed));
+        t.retire(Node::alloc(Some(Pfn::new(200))).unwrap());
+        t.retire_parked(Node::alloc(Some(Pfn::new(201))).unwrap(), Park::InDoubt);
+        t.retire_parked(Node::alloc(Some(Pfn::new(202))).unwrap(), Park::Unflushed);
         let mut drained = alloc::vec::Vec::new();
-        t.drain(&mut |g, l, e, sept| drained.push((g, l, matches!(e, Entry::Leaf(..)), sept)));
+        let mut retired = alloc::vec::Vec::new();
+        t.drain(&mut |g, l, e, sept| drained.push((g, l, e, sept)));
+        t.drain_retired(&mut |page, park| retired.push((page, park)));
+        let table = |d: &(u64, u8, Entry, Option<Pfn>)| (d.0, d.1, d.3);
         assert_eq!(
-            drained,
+            drained[0],
+            (gpa, 0, Entry::Leaf(Pfn::new(9), Hold::Idle), None)
+        );
+        assert_eq!(
+            drained[1],
+            (
+                gpa + 4096,
+                0,
+                Entry::Parked(Pfn::new(11), Park::Unflushed),
+                None
+            )
+        );
+        assert_eq!(
+            drained[2..]
+                .iter()
+                .map(table)
+                .collect::<alloc::vec::Vec<_>>(),
             [
-                (gpa, 0, true, None),
-                (gpa & !0x1f_ffff, 1, false, Some(Pfn::new(101))),
-                (gpa & !0x3fff_ffff, 2, false, Some(Pfn::new(102))),
-                (0, 3, false, Some(Pfn::new(103))),
+                (gpa & !0x1f_ffff, 1, Some(Pfn::new(101))),
+                (gpa & !0x3fff_ffff, 2, Some(Pfn::new(102))),
+                (0, 3, Some(Pfn::new(103))),
+            ]
+        );
+        retired.sort_by_key(|r| r.0);
+        assert_eq!(
+            retired,
+            [
+                (Pfn::new(201), Park::InDoubt),
+                (Pfn::new(202), Park::Unflushed)
             ]
         );
         assert!(matches!(t.walk(gpa, 0), Err(Stop::Missing(_))));

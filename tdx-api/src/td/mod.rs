@@ -204,44 +204,62 @@
 //! wait, yielding, while another TD of the same host is in its TD-global
 //! leaves: they need a context that may yield. Closures given to
 //! [`Cpus::on_cpu`] issue exactly one SEAMCALL and never yield, so a
-//! platform may run them in atomic context. Allocation: the library's own
-//! records on the runtime path (tree nodes, batch lists) are allocated
-//! fallibly and a failure is [`TdError::Alloc`]; with Dynamic PAMT a 4K
-//! mapping may allocate a pair's two pages from the platform (see
-//! above), fallibly too.
+//! platform may run them in atomic context.
+//!
+//! **Allocation.** Two kinds, both fallible on every call below (after
+//! [`TdHost::new`]): *pages* from [`FrameAllocator::alloc_pages`] (TDR, TDCS,
+//! TDVPR/TDCX, S-EPT pages, the PAGE.ADD staging page, Dynamic PAMT
+//! pairs), whose failure is [`TdError::Platform`], and *heap* memory from
+//! the global allocator for the library's own records (the TD's record,
+//! the nodes of its S-EPT mirror, its page lists, a removal batch's
+//! lists), whose failure is [`TdError::Alloc`]. Neither panics or aborts;
+//! a failed call gives back what it was given (the TD, the frame: see
+//! [`TdFailure`]) and every page it had taken. Heap room is asked for
+//! before the SEAMCALL that needs it: a vCPU's slot and TDCX list before
+//! TDH.VP.CREATE, a batch's room before each BLOCK, a mirror node before
+//! SEPT.ADD or DEMOTE. Frames a removal leaves for teardown (in doubt, or
+//! not written back) go on the TD's lists when those can grow, and
+//! otherwise stay where the TD already records them (the page's mirror
+//! entry, marked "parked": the GPA is refused until teardown; for a freed
+//! S-EPT page, its retired mirror node), so those failure paths never
+//! need memory. Teardown and drop allocate only for the report's lists;
+//! what a list has no room for is counted in the report's `unlisted_`
+//! fields ([`TeardownReport::is_complete`]).
 //!
 //! **Per call.** What each public call may do besides its SEAMCALLs.
 //! "Yields" means [`Cpus::yield_now`], only under a
 //! [`Backoff::Yield`](crate::retry::Backoff::Yield) policy (a
 //! [`RetryPolicy::spin`] or [`RetryPolicy::IMMEDIATE`] policy never
 //! yields); "waits" means it may wait, yielding, for another thread of the
-//! library; "allocates" means [`FrameAllocator::alloc_pages`] or the global
-//! allocator, always fallibly; "frees" means [`FrameDeallocator::free_pages`];
-//! "kick" means it calls the caller's kick; "other CPUs" means
-//! [`Cpus::on_cpu`] or [`Cpus::enter_guest`]. A call whose row
-//! has neither "waits" nor "other CPUs" may run in atomic context if its
-//! policy does not yield and the platform's `alloc_pages`, `free_pages`
-//! and the kick may (a kernel passes an atomic-safe allocator there).
+//! library; "pages" means [`FrameAllocator::alloc_pages`] and "heap" the global
+//! allocator, both always fallibly (see above); "frees" means
+//! [`FrameDeallocator::free_pages`]; "kick" means it calls the caller's kick;
+//! "other CPUs" means [`Cpus::on_cpu`] or [`Cpus::enter_guest`]. A
+//! call whose row has neither "waits" nor "other CPUs" may run in atomic
+//! context if its policy does not yield and the platform's `alloc_pages`,
+//! `free_pages`, the global allocator (where the row says "heap") and the
+//! kick may (a kernel passes atomic-safe allocators there).
 //!
-//! | call | yields | waits | allocates | frees | kick | other CPUs |
-//! |---|---|---|---|---|---|---|
-//! | [`TdHost::new`] | | | the pair table | | | |
-//! | [`Td::create`] | yes | yes (TD-global leaves) | the TDR, records | on failure | | |
-//! | [`Td::configure_keys`] | yes | yes (TD-global leaves) | | | | KEY.CONFIG on each package |
-//! | [`Td::add_tdcs`], [`Td::init`] | yes | | TDCS pages (`add_tdcs`) | on failure | | |
-//! | [`Td::build`], [`TdHost::build_td`] | as the four rows above, together | | | | | |
-//! | [`Td::create_vcpu`], [`VcpuBuilder`] steps | yes | | TDVPR, TDCX | on failure | | VP.INIT on the vCPU's CPU |
-//! | [`Td::add_page`] | yes | | the staging page, S-EPT pages | on failure | | |
-//! | [`Td::finalize`], [`Td::read`], [`Td::mrtd`] | yes | | | | | |
-//! | [`Td::map`] | yes | | S-EPT pages and nodes as needed; a Dynamic PAMT pair | on failure | | |
-//! | [`Td::map_1g`] | yes | | S-EPT pages and nodes | the freed S-EPT page | yes (PROMOTE) | |
-//! | [`Td::unmap`], [`Td::unmap_range`], [`Zap`] | yes | | batch lists | a removed Dynamic PAMT pair | yes | |
-//! | [`Td::demote`] | yes | | the new S-EPT page, a pair | on failure | yes | |
-//! | [`Td::promote`], [`Td::remove_table`] | yes | | | the freed S-EPT page, a pair | yes | |
-//! | [`Vcpu::enter`](Vcpu::enter) | only in the flush after a move | | | | | the entry itself; VP.FLUSH on the old CPU after a move |
-//! | [`Vcpu::flush`](Vcpu::flush) | yes | | | | | VP.FLUSH on the vCPU's CPU |
-//! | [`Td::mapping`], [`Td::vcpus`], [`Td::private_pages`] | | | | | | |
-//! | [`Td::teardown`], dropping a [`Td`] | yes | yes (TD-global leaves) | | every page | | VP.FLUSH, CACHE.WB on each package |
+//! | call | yields | waits | allocates: pages | allocates: heap | frees | kick | other CPUs |
+//! |---|---|---|---|---|---|---|---|
+//! | [`TdHost::new`] (bring-up) | | | | the HKID pool, the pair table (may abort: see the crate's *Allocation*) | | | |
+//! | [`Td::create`] | yes | yes (TD-global leaves) | the TDR | the TD's record, its mirror's root | on failure | | |
+//! | [`Td::configure_keys`] | yes | yes (TD-global leaves) | | | | | KEY.CONFIG on each package |
+//! | [`Td::add_tdcs`], [`Td::init`] | yes | | TDCS pages (`add_tdcs`) | the TDCS list (`add_tdcs`) | on failure | | |
+//! | [`Td::build`], [`TdHost::build_td`] | as the four rows above, together | | | | | | |
+//! | [`Td::create_vcpu`], [`VcpuBuilder`] steps | yes | | TDVPR, TDCX | a vCPU slot and its TDCX list ([`Td::new_vcpu`]) | on failure | | VP.INIT on the vCPU's CPU |
+//! | [`Td::add_page`] | yes | | the staging page, S-EPT pages | mirror nodes | on failure | | |
+//! | [`Td::finalize`], [`Td::read`], [`Td::mrtd`] | yes | | | | | | |
+//! | [`Td::map`] | yes | | S-EPT pages as needed; a Dynamic PAMT pair | mirror nodes as needed | on failure | | |
+//! | [`Td::map_1g`] | yes | | S-EPT pages | mirror nodes | the freed S-EPT page | yes (PROMOTE) | |
+//! | [`Td::unmap`], [`Td::unmap_range`], [`Zap`] | yes | | | batch lists (not `unmap`); an entry of the TD's lists if a frame must wait for teardown | a removed Dynamic PAMT pair | yes | |
+//! | [`Td::demote`] | yes | | the new S-EPT page, a pair | its mirror node | on failure | yes | |
+//! | [`Td::promote`], [`Td::remove_table`] | yes | | | an entry of the TD's error list if the freed S-EPT page is not written back | the freed S-EPT page, a pair | yes | |
+//! | [`Vcpu::enter`](Vcpu::enter) | only in the flush after a move | | | | | | the entry itself; VP.FLUSH on the old CPU after a move |
+//! | [`Vcpu::flush`](Vcpu::flush) | yes | | | | | | VP.FLUSH on the vCPU's CPU |
+//! | [`Td::mapping`], [`Td::vcpus`], [`Td::private_pages`] | | | | | | | |
+//! | [`Td::teardown`], dropping a [`Td`] | yes | yes (TD-global leaves) | | the report's lists | every page | | VP.FLUSH, CACHE.WB on each package |
+//! | [`TdHost::release_pairs`], [`TdHost::into_module`] | | | | | the pairs removed | | |
 //!
 //! [`Cpus::enter_guest`]: crate::Cpus::enter_guest
 //! [`Cpus::on_cpu`]: crate::Cpus::on_cpu
@@ -255,6 +273,7 @@ mod build;
 mod config;
 mod error;
 mod frame;
+mod heap;
 mod hkid;
 mod host;
 mod memory;
@@ -373,9 +392,7 @@ impl HasMetadata for Finalized {}
 /// 10000).
 pub const CACHE_WB_LIMIT: u32 = 10_000;
 
-/// A list several threads append to (pages in doubt, deferred errors):
-/// a spin lock held only for a push, on paths that are already failing.
-type Shared<T> = spin::Mutex<Vec<T>>;
+use heap::Shared;
 
 /// What a TD holds, behind the type-state.
 pub(crate) struct Inner {
@@ -397,6 +414,9 @@ pub(crate) struct Inner {
     staging: Option<Pfn>,
     /// Errors of calls that still succeeded, for the teardown report.
     deferred: Shared<TdError>,
+    /// Errors of calls that still succeeded that `deferred` had no room
+    /// for (the allocator failed): counted for the teardown report.
+    deferred_unlisted: core::sync::atomic::AtomicU64,
     /// EPT levels (4 or 5), known after TDH.MNG.INIT.
     ept_levels: u8,
     /// TD_PARAMS MAX_VCPUS, known after TDH.MNG.INIT (0 before).
@@ -713,6 +733,18 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             return Err(e);
         }
         Ok(pfn)
+    }
+
+    /// Keeps the error of a call that still succeeded for the teardown
+    /// report ([`TeardownReport::errors`]); if that list cannot grow (the
+    /// allocator failed), counts it
+    /// ([`TeardownReport::unlisted_errors`]). Never allocates infallibly.
+    fn defer(&self, e: TdError) {
+        if self.inner.deferred.try_push(e).is_err() {
+            self.inner
+                .deferred_unlisted
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Frees a page the module refused (it never took it).

@@ -27,6 +27,12 @@
 //! nothing can be reclaimed: every page, and the HKID, is leaked and the
 //! report says why. A page whose reclaim fails is leaked alone (and then
 //! the TDR too, which the module will not give back while it has children).
+//!
+//! Teardown allocates nothing infallibly: it walks the TD's records (the
+//! S-EPT mirror, its lists) and reclaims as it goes, and the report's lists
+//! grow fallibly. An entry a list has no room for is counted instead
+//! ([`TeardownReport::unlisted_freed`] and the other `unlisted_` fields),
+//! so every page is still accounted for.
 
 // UNSAFETY: the teardown leaves are `unsafe fn`s, and pages go back to the
 // platform with `free_pages`.
@@ -41,7 +47,7 @@ use tdx_types::{FirmwarePage, Leaf, Pfn, PfnRange, PfnRun, Size4K, TdxStatus};
 use super::{
     CACHE_WB_LIMIT, Inner, Operand, TdError, TdHost,
     memory::run_of,
-    mirror::Entry,
+    mirror::{Entry, Park},
     same_code,
     vcpu::{NO_CPU, VcpuSlot},
 };
@@ -87,7 +93,8 @@ pub struct LeakedPage {
 }
 
 /// The outcome of a teardown: every page the TD held, in one of three
-/// lists.
+/// lists, or, for an entry a list had no room for (the global allocator
+/// failed while the list grew), in the matching `unlisted_` count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use = "the report says which pages came back and which were leaked"]
 pub struct TeardownReport {
@@ -103,23 +110,60 @@ pub struct TeardownReport {
     pub hkid_freed: bool,
     /// Every leaf failure met on the way, in order.
     pub errors: Vec<TdError>,
+    /// Control pages returned to the platform's allocator (4 KiB pages)
+    /// that `freed` could not list.
+    pub unlisted_freed: u64,
+    /// The caller's frames returned (4 KiB frames) that `guest_returned`
+    /// could not list (the allocator had no room). They are host memory
+    /// again, like the listed ones, and went to
+    /// [`FrameDeallocator::return_guest_frames`](crate::FrameDeallocator::return_guest_frames),
+    /// which names them.
+    pub unlisted_guest_frames: u64,
+    /// Frames leaked (4 KiB frames) that `leaked` could not list; each was
+    /// still reported to [`FrameDeallocator::leak_pages`](crate::FrameDeallocator::leak_pages) with its reason.
+    pub unlisted_leaked_frames: u64,
+    /// Leaf failures that `errors` could not list (during the teardown,
+    /// or kept from an earlier call that still succeeded).
+    pub unlisted_errors: u64,
 }
 
 impl TeardownReport {
     /// True if every page came back and the HKID was freed.
     pub fn is_clean(&self) -> bool {
-        self.leaked.is_empty() && self.hkid_freed && self.errors.is_empty()
+        self.leaked.is_empty()
+            && self.unlisted_leaked_frames == 0
+            && self.hkid_freed
+            && self.errors.is_empty()
+            && self.unlisted_errors == 0
     }
 
-    /// Pages leaked (4 KiB frames).
+    /// Pages leaked (4 KiB frames), listed or not.
     pub fn leaked_frames(&self) -> u64 {
-        self.leaked.iter().map(|l| l.run.count()).sum()
+        self.leaked.iter().map(|l| l.run.count()).sum::<u64>() + self.unlisted_leaked_frames
     }
 
-    /// The caller's frames returned (4 KiB frames).
+    /// The caller's frames returned (4 KiB frames), listed or not.
     pub fn guest_frames_returned(&self) -> u64 {
-        self.guest_returned.iter().map(|r| r.count()).sum()
+        self.guest_returned.iter().map(|r| r.count()).sum::<u64>() + self.unlisted_guest_frames
     }
+
+    /// True if every entry is in its list (no `unlisted_` count).
+    pub fn is_complete(&self) -> bool {
+        self.unlisted_freed == 0
+            && self.unlisted_guest_frames == 0
+            && self.unlisted_leaked_frames == 0
+            && self.unlisted_errors == 0
+    }
+}
+
+/// Appends `item` to `list` if it has or can get room (never aborts);
+/// false if not.
+fn try_list<T>(list: &mut Vec<T>, item: T) -> bool {
+    if list.try_reserve(1).is_err() {
+        return false;
+    }
+    list.push(item);
+    true
 }
 
 fn one(pfn: Pfn) -> PfnRun {
@@ -138,12 +182,47 @@ struct Ctx<'a, B, P> {
 impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
     fn leak(&mut self, run: PfnRun, role: PageRole, reason: &'static str, error: Option<TdError>) {
         self.p.leak_pages(run, reason);
-        self.report.leaked.push(LeakedPage {
+        self.list_leaked(LeakedPage {
             run,
             role,
             reason,
             error,
         });
+    }
+
+    /// Lists a leaked page (already reported to the platform), or counts
+    /// its frames.
+    fn list_leaked(&mut self, page: LeakedPage) {
+        let frames = page.run.count();
+        if !try_list(&mut self.report.leaked, page) {
+            self.report.unlisted_leaked_frames += frames;
+        }
+    }
+
+    /// Lists a freed control page, or counts it.
+    fn list_freed(&mut self, pfn: Pfn, role: PageRole) {
+        if !try_list(&mut self.report.freed, (pfn, role)) {
+            self.report.unlisted_freed += 1;
+        }
+    }
+
+    /// Lists a leaf failure, or counts it.
+    fn error(&mut self, e: TdError) {
+        if !try_list(&mut self.report.errors, e) {
+            self.report.unlisted_errors += 1;
+        }
+    }
+
+    /// Guest frames returned that `guest_returned` has no room for: the
+    /// platform takes them back (the one place they can go without
+    /// memory), and the report counts them.
+    fn guest_unlisted(&mut self, run: PfnRun) {
+        self.report.unlisted_guest_frames += run.count();
+        // SAFETY: called by `give_back` only for guest runs the module let
+        // go of, written back and (with the erratum) cleared, which the TD
+        // held as the caller's `GuestFrame`s; the report does not list
+        // them, so nothing else hands them out.
+        unsafe { self.p.return_guest_frames(run) };
     }
 
     /// The frames left the module (reclaimed or removed and written back):
@@ -162,14 +241,16 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
             }
         }
         if role == PageRole::Guest {
-            self.report.guest_returned.push(run);
+            if !try_list(&mut self.report.guest_returned, run) {
+                self.guest_unlisted(run);
+            }
         } else {
             // SAFETY: control pages were allocated from this platform by the
             // TD; the module gave each back (RECLAIM) after the HKID's cache
             // lines were written back on every package (CACHE.WB), which is
             // the flush the ABI requires before host reuse.
             unsafe { self.p.free_pages(run) };
-            self.report.freed.push((run.first(), role));
+            self.list_freed(run.first(), role);
         }
     }
 
@@ -179,10 +260,10 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
         match self.host.pair_put(first) {
             Some(Ok(pair)) => {
                 for f in pair.iter() {
-                    self.report.freed.push((f, PageRole::Pamt));
+                    self.list_freed(f, PageRole::Pamt);
                 }
             }
-            Some(Err((pair, reason))) => self.report.leaked.push(LeakedPage {
+            Some(Err((pair, reason))) => self.list_leaked(LeakedPage {
                 run: pair,
                 role: PageRole::Pamt,
                 reason,
@@ -221,7 +302,7 @@ impl<B: Seamcall + Sync, P: Platform + Sync> Ctx<'_, B, P> {
                 true
             }
             Err(e) => {
-                self.report.errors.push(e);
+                self.error(e);
                 self.leak(
                     run,
                     role,
@@ -248,15 +329,16 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         report: TeardownReport {
             // Failures the TD carried from earlier calls that still
             // succeeded (a promoted range whose freed S-EPT page could not
-            // be written back).
-            errors: core::mem::take(inner.deferred.get_mut()),
+            // be written back), listed or counted.
+            errors: inner.deferred.take(),
+            unlisted_errors: inner.deferred_unlisted.load(Ordering::Relaxed),
             ..TeardownReport::default()
         },
     };
     if let Some(s) = inner.staging.take() {
         // SAFETY: the staging page is a host page the module only read.
         unsafe { p.free_pages(one(s)) };
-        cx.report.freed.push((s, PageRole::Staging));
+        cx.list_freed(s, PageRole::Staging);
     }
     let tdr = inner.tdr.pfn();
 
@@ -268,44 +350,55 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
             continue;
         }
         if let Err(e) = flush_vcpu(cx.b, cx.p, cx.policy, i, v.tdvpr.pfn(), CpuId(cpu)) {
-            cx.report.errors.push(e);
+            cx.error(e);
         }
     }
-
-    // Everything the TD holds, by role: the tree's tables and pages
-    // (children before their tables), then the side lists.
-    let mut sept = Vec::new();
-    let mut private = Vec::new();
-    inner.tree.drain(&mut |_, level, e, page| match e {
-        Entry::Table(..) => sept.extend(page.map(one)),
-        Entry::Leaf(first, _) => private.push(run_of(first, level)),
-        // Claims only exist while a call runs; teardown owns the TD.
-        Entry::Free | Entry::Adding => {}
-    });
-    let in_doubt = core::mem::take(inner.in_doubt.get_mut());
-    let unflushed = core::mem::take(inner.unflushed.get_mut());
 
     // 2.-4. VPFLUSHDONE, CACHE.WB on every package, KEY.FREEID.
     let gate = host.global_leaves();
     let released = release_hkid(&mut cx, tdr, &inner.vcpus);
     drop(gate);
+    // What the TD holds besides its control pages: the tree's tables and
+    // pages (children before their tables), pages parked in it, S-EPT
+    // pages of retired nodes that wait for teardown, and the side lists.
+    // Each is handled where it is found: nothing is collected first, so
+    // nothing is allocated.
     if let Err(e) = released {
-        cx.report.errors.push(e);
+        cx.error(e);
         let reason = "the HKID could not be released, so the module keeps the TD's pages";
-        let mut all: Vec<(PfnRun, PageRole)> = Vec::new();
-        all.extend(sept.iter().map(|&r| (r, PageRole::Sept)));
-        all.extend(private.iter().map(|&r| (r, PageRole::Guest)));
-        all.extend(unflushed.iter().copied());
-        all.extend(in_doubt.iter().copied());
-        for v in &inner.vcpus {
-            all.extend(v.tdcx.iter().map(|t| (one(t.pfn()), PageRole::Tdcx)));
-            all.push((one(v.tdvpr.pfn()), PageRole::Tdvpr));
-        }
-        all.extend(inner.tdcs.iter().map(|t| (one(t.pfn()), PageRole::Tdcs)));
-        all.push((one(tdr), PageRole::Tdr));
-        for (run, role) in all {
+        inner.tree.drain(&mut |_, level, entry, page| match entry {
+            Entry::Table(..) => {
+                if let Some(page) = page {
+                    cx.leak(one(page), PageRole::Sept, reason, Some(e));
+                }
+            }
+            Entry::Leaf(first, _) | Entry::Parked(first, _) => {
+                cx.leak(run_of(first, level), PageRole::Guest, reason, Some(e));
+            }
+            // Claims only exist while a call runs; teardown owns the TD.
+            Entry::Free | Entry::Adding => {}
+        });
+        inner
+            .tree
+            .drain_retired(&mut |page, _| cx.leak(one(page), PageRole::Sept, reason, Some(e)));
+        for (run, role) in inner
+            .unflushed
+            .take()
+            .into_iter()
+            .chain(inner.in_doubt.take())
+        {
             cx.leak(run, role, reason, Some(e));
         }
+        for v in &inner.vcpus {
+            for t in &v.tdcx {
+                cx.leak(one(t.pfn()), PageRole::Tdcx, reason, Some(e));
+            }
+            cx.leak(one(v.tdvpr.pfn()), PageRole::Tdvpr, reason, Some(e));
+        }
+        for t in &inner.tdcs {
+            cx.leak(one(t.pfn()), PageRole::Tdcs, reason, Some(e));
+        }
+        cx.leak(one(tdr), PageRole::Tdr, reason, Some(e));
         // The HKID stays taken in the pool (dropping an `Hkid` does not
         // free it): the module still holds it.
         let _leaked_hkid = inner.hkid.take();
@@ -317,18 +410,36 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
     cx.report.hkid_freed = true;
 
     // 5. Reclaim the children, then the TDR.
-    for r in sept {
-        cx.reclaim(r, PageRole::Sept);
-    }
-    for r in private {
-        cx.reclaim(r, PageRole::Guest);
-    }
-    for (r, role) in in_doubt {
+    inner.tree.drain(&mut |_, level, entry, page| match entry {
+        Entry::Table(..) => {
+            if let Some(page) = page {
+                cx.reclaim(one(page), PageRole::Sept);
+            }
+        }
+        // A page parked in doubt is reclaimed as the in-doubt list's are
+        // (below); one parked unflushed is given back as theirs are.
+        Entry::Leaf(first, _) | Entry::Parked(first, Park::InDoubt) => {
+            cx.reclaim(run_of(first, level), PageRole::Guest);
+        }
+        Entry::Parked(first, Park::Unflushed) => {
+            cx.give_back(run_of(first, level), PageRole::Guest)
+        }
+        Entry::Free | Entry::Adding => {}
+    });
+    // S-EPT pages the module freed (PROMOTE, SEPT.REMOVE) that could not
+    // be given back then.
+    inner.tree.drain_retired(&mut |page, park| match park {
+        Park::InDoubt => {
+            cx.reclaim(one(page), PageRole::Sept);
+        }
+        Park::Unflushed => cx.give_back(one(page), PageRole::Sept),
+    });
+    for (r, role) in inner.in_doubt.take() {
         // If the module really freed the page, RECLAIM refuses it and it is
         // leaked with the reason.
         cx.reclaim(r, role);
     }
-    for (r, role) in unflushed {
+    for (r, role) in inner.unflushed.take() {
         // Removed (or freed by PROMOTE) earlier; CACHE.WB on every package
         // wrote their lines back.
         cx.give_back(r, role);
@@ -350,7 +461,7 @@ pub(super) fn run<B: Seamcall + Sync, P: Platform + Sync>(
         match r {
             Ok(_) => cx.give_back(one(tdr), PageRole::Tdr),
             Err(e) => {
-                cx.report.errors.push(e);
+                cx.error(e);
                 cx.leak(
                     one(tdr),
                     PageRole::Tdr,

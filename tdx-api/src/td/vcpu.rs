@@ -152,6 +152,14 @@ impl<'t, S: VcpuState, H: TdHostRef> VcpuBuilder<'t, S, H> {
     }
 }
 
+/// TDCX pages per vCPU: TDVPS_BASE_SIZE / 4 KiB − 1 (the TDVPR is the
+/// first page of the TDVPS).
+fn tdcx_pages<S: super::TdState, H: TdHostRef>(td: &Td<S, H>) -> usize {
+    usize::from(td.host().module().sysinfo().tdvps_base_size)
+        .div_ceil(4096)
+        .saturating_sub(1)
+}
+
 impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
     /// Adds the TDCX pages (TDVPS_BASE_SIZE / 4 KiB − 1 of them): CLFLUSH
     /// and TDH.VP.ADDCX each.
@@ -161,16 +169,17 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpCreated, H> {
     /// adds only the pages still missing.
     #[doc(alias = "TDH.VP.ADDCX")]
     pub fn add_tdcx(self) -> Result<VcpuBuilder<'t, VpTdcxAdded, H>, TdFailure<Self>> {
-        let n = usize::from(self.td.host().module().sysinfo().tdvps_base_size)
-            .div_ceil(4096)
-            .saturating_sub(1);
+        let n = tdcx_pages(self.td);
         let (index, tdvpr) = (self.index, self.tdvpr());
         while self.td.inner.vcpus[index].tdcx.len() < n {
             let fail = |error, td| Err(TdFailure::new(error, td));
+            // `new_vcpu` made room for all of them: this allocates nothing
+            // (but stays fallible, whatever the list holds).
             if self.td.inner.vcpus[index].tdcx.try_reserve(1).is_err() {
                 return fail(
                     TdError::Alloc {
                         what: "a vCPU's page list",
+                        on: Some(Operand::Vcpu(index)),
                     },
                     self,
                 );
@@ -269,7 +278,7 @@ impl<'t, H: TdHostRef> VcpuBuilder<'t, VpTdcxAdded, H> {
         {
             Ok(i) => i as usize,
             Err(e) => {
-                self.td.inner.deferred.lock().push(e);
+                self.td.defer(e);
                 counted
             }
         };
@@ -330,10 +339,17 @@ impl<H: TdHostRef> Td<Initialized, H> {
                 max: self.inner.max_vcpus,
             });
         }
+        // Room for the vCPU's records before any page moves: its slot and
+        // the list of its TDCX pages, so that no later step allocates and a
+        // failed allocation leaves nothing behind.
+        let on = Some(Operand::Vcpu(self.inner.vcpus.len()));
+        let no_memory = |what| TdError::Alloc { what, on };
         if self.inner.vcpus.try_reserve(1).is_err() {
-            return Err(TdError::Alloc {
-                what: "the TD's vCPU list",
-            });
+            return Err(no_memory("the TD's vCPU list"));
+        }
+        let mut tdcx = Vec::new();
+        if tdcx.try_reserve_exact(tdcx_pages(self)).is_err() {
+            return Err(no_memory("a vCPU's page list"));
         }
         let (b, tdr) = (self.b(), self.tdr());
         let index = self.inner.vcpus.len();
@@ -345,7 +361,7 @@ impl<H: TdHostRef> Td<Initialized, H> {
         .inspect_err(|_| self.free_refused(tdvpr))?;
         self.inner.vcpus.push(VcpuSlot {
             tdvpr: FirmwarePage::from_pfn(tdvpr),
-            tdcx: Vec::new(),
+            tdcx,
             cpu,
             vcpu_index: None,
             assoc: AtomicU32::new(NO_CPU),
