@@ -967,8 +967,10 @@ fn demote_takes_a_pair_and_promote_gives_it_back() {
     for p in pair {
         assert_eq!(sim.page_state(p), Some(tdx_sim::PageState::Host));
     }
-    // The old PROMOTE form would not have seen R12/R13: the simulator's
-    // Ret shape drops them, as the CPU's would.
+    // A PROMOTE issued in the narrow (RCX-R11) shape would not see R12/R13:
+    // the simulator's Ret shape drops them, but a real module writes them,
+    // so on the CPU they would change registers the caller keeps values in.
+    // That is why tdx-sys issues every PROMOTE in the all-register shape.
     sim.check_invariants().unwrap();
 }
 

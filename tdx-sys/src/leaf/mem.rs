@@ -404,7 +404,10 @@ pub unsafe fn tdh_mem_page_remove<B: Seamcall + ?Sized>(
 /// RCX = GPA | level, RDX = TDR, R8 = new S-EPT page (module 1.5.01
 /// handler signature; the 2.0 tree passes TDR | flags in RDX instead). On a
 /// module with Dynamic PAMT enabled a 2M→4K demote also needs the new PAMT
-/// page pair in R12/R13: use [`tdh_mem_page_demote_pair`].
+/// page pair in R12/R13: use [`tdh_mem_page_demote_pair`]. This form is
+/// issued in the all-register shape with R12/R13 = 0 (and R9-R11 = NULL_PA,
+/// no L2 S-EPT pages), so such a module reads "no pair" and refuses the
+/// split rather than reading whatever the registers held.
 ///
 /// # Safety
 ///
@@ -417,15 +420,23 @@ pub unsafe fn tdh_mem_page_demote<B: Seamcall + ?Sized>(
     tdr: Pfn,
     sept: Pfn,
 ) -> Completion<SeptOut> {
+    let mut args = SeamcallArgs {
+        rcx: info.into_bits(),
+        rdx: tdr.hpa().as_u64(),
+        r8: sept.hpa().as_u64(),
+        r9: u64::MAX,
+        r10: u64::MAX,
+        r11: u64::MAX,
+        ..SeamcallArgs::ZERO
+    };
     // SAFETY: caller's contract.
-    unsafe {
-        mem_leaf(
-            b,
-            Leaf::MEM_PAGE_DEMOTE.v0(),
-            info.into_bits(),
-            tdr.hpa().as_u64(),
-            sept.hpa().as_u64(),
-        )
+    let status = unsafe { call(b, Leaf::MEM_PAGE_DEMOTE.v0(), RegShape::SavedRet, &mut args) };
+    Completion {
+        status,
+        out: SeptOut {
+            rcx: args.rcx,
+            rdx: args.rdx,
+        },
     }
 }
 
@@ -551,9 +562,16 @@ pub unsafe fn tdh_mem_page_promote_pair<B: Seamcall + ?Sized>(
 /// RCX = GPA | level, RDX = TDR (module 1.5.01 handler signature). RCX/RDX
 /// are returned raw: S-EPT details on error; on success RCX is the freed
 /// S-EPT page (`tdh_mem_page_promote.c`), with Dynamic PAMT ORed with the
-/// removal hint ([`SeptOut::removed`] masks it). This form does not read
-/// R12/R13: on a module with Dynamic PAMT enabled a 4K→2M promote returns
-/// the range's PAMT pair there, so use [`tdh_mem_page_promote_pair`].
+/// removal hint ([`SeptOut::removed`] masks it). On a module with Dynamic
+/// PAMT enabled a 4K→2M promote also returns the range's PAMT pair in
+/// R12/R13 ([`tdh_mem_page_promote_pair`] returns it). This form is the
+/// same call, and drops that pair: on such a module use the `_pair` form,
+/// or the pair's two pages are lost to the host.
+///
+/// Issued in the all-register shape, so the registers the module writes
+/// (R12/R13 here) are outputs: a narrower shape would let the module
+/// change registers the compiled caller keeps values in. (Found by running
+/// every leaf through the real instruction against the simulator.)
 ///
 /// # Safety
 ///
@@ -567,13 +585,9 @@ pub unsafe fn tdh_mem_page_promote<B: Seamcall + ?Sized>(
     tdr: Pfn,
 ) -> Completion<SeptOut> {
     // SAFETY: caller's contract.
-    unsafe {
-        mem_leaf(
-            b,
-            Leaf::MEM_PAGE_PROMOTE.v0(),
-            info.into_bits(),
-            tdr.hpa().as_u64(),
-            0,
-        )
+    let c = unsafe { tdh_mem_page_promote_pair(b, info, tdr) };
+    Completion {
+        status: c.status,
+        out: c.out.sept,
     }
 }
