@@ -522,8 +522,15 @@ fn arb_small_nodes() -> impl proptest::strategy::Strategy<Value = ArbMap> {
 
 proptest! {
     // 400 cases by default; PROPTEST_CASES=N for a longer hunt.
+    // Under Miri: 2 cases and no failure file (its isolation has no file
+    // system).
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400),
+        cases: if cfg!(miri) {
+            2
+        } else {
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
+        },
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
         ..ProptestConfig::default()
     })]
 
