@@ -883,6 +883,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "runs CLFLUSH/MOVDIR64B, which Miri cannot interpret")]
     fn clflush_page_flushes_through_the_direct_map_and_changes_no_byte() {
         let h = Heap::new(true, 0);
         // SAFETY: the test owns the buffer; nothing else touches it.
@@ -935,6 +936,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "runs CLFLUSH/MOVDIR64B, which Miri cannot interpret")]
     fn movdir64b_clear_zeroes_exactly_the_run() {
         if !has_movdir64b() {
             println!("skipped: this CPU has no MOVDIR64B (CPUID.7.0:ECX[28] clear)");
