@@ -3,7 +3,10 @@
 # calls that do the same work, counted by callgrind (repeatable on a noisy
 # machine), on the simulator and on a backend with no cost of its own
 # (benches/null), for: 4K map and unmap, 2M map and unmap, range unmap (per
-# 4K page), demote and promote of a 2M page. Usage: benches/icount.sh
+# 4K page), demote and promote of a 2M page, and (no-cost backend only: on
+# the simulator an entry runs a guest program on a thread of its own, which
+# callgrind cannot count repeatably) vCPU entry and exit handling.
+# Usage: benches/icount.sh
 #
 # Each bench prints "op <name> <safe function> <raw function> <operations
 # a pass>" lines; each named function is one `#[inline(never)]` pass whose
@@ -43,13 +46,20 @@ run td_null_icount null
 printf '\ninstructions per operation (callgrind, one run)\n'
 printf '%-22s %28s %36s\n' "" "simulator" "no-cost backend"
 printf '%-22s %9s %9s %8s   %9s %9s %14s\n' operation safe raw safe/raw safe raw "library adds"
-grep '^op ' "$dir/sim.out" | while read -r _ name safe raw ops; do
-    ss=$(count sim "$safe"); sr=$(count sim "$raw")
-    line=$(grep "^op $name " "$dir/null.out" || true)
-    [ -n "$ss" ] && [ -n "$sr" ] && [ -n "$line" ] || { echo "icount.sh: $name not found in the profiles" >&2; exit 1; }
-    read -r _ _ nsafe nraw nops <<<"$line"
+grep '^op ' "$dir/null.out" | while read -r _ name nsafe nraw nops; do
     ns=$(count null "$nsafe"); nr=$(count null "$nraw")
     [ -n "$ns" ] && [ -n "$nr" ] || { echo "icount.sh: $name not found in the no-cost profile" >&2; exit 1; }
+    line=$(grep "^op $name " "$dir/sim.out" || true)
+    if [ -z "$line" ]; then
+        # Not counted on the simulator (see the bench's docs).
+        awk -v name="$name" -v ns="$ns" -v nr="$nr" -v m="$nops" 'BEGIN {
+            printf "%-22s %9s %9s %8s   %9.0f %9.0f %14.0f\n", name, "-", "-", "-", ns / m, nr / m, (ns - nr) / m
+        }'
+        continue
+    fi
+    read -r _ _ safe raw ops <<<"$line"
+    ss=$(count sim "$safe"); sr=$(count sim "$raw")
+    [ -n "$ss" ] && [ -n "$sr" ] || { echo "icount.sh: $name not found in the simulator profile" >&2; exit 1; }
     awk -v name="$name" -v ss="$ss" -v sr="$sr" -v n="$ops" -v ns="$ns" -v nr="$nr" -v m="$nops" 'BEGIN {
         printf "%-22s %9.0f %9.0f %8.3f   %9.0f %9.0f %14.0f\n", name, ss / n, sr / n, ss / sr, ns / m, nr / m, (ns - nr) / m
     }'

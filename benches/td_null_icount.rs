@@ -17,10 +17,14 @@ use std::hint::black_box;
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CacheMaintenance, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
+        CacheMaintenance, CpuId, Cpus, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
         td::{Finalized, GuestFrame, Td},
     },
-    types::regs::{KeyedPa, PageInfo},
+    sys::SeamcallArgs,
+    types::{
+        exit::{ExitRegs, TdExit},
+        regs::{KeyedPa, PageInfo},
+    },
 };
 use tdx_sys::leaf;
 
@@ -200,6 +204,42 @@ fn measured_null_raw_unmap_range(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hki
     ops::raw_unmap_range(n, tdr, first, N, hkid, shift);
 }
 
+/// vCPU entries and exits a pass.
+const V: u64 = 1 << 16;
+
+/// `Vcpu::enter`: TDH.VP.ENTER through the platform's `enter_guest`, and
+/// the exit decoded.
+#[inline(never)]
+fn measured_null_safe_vcpu_enter(v: &mut tdx::api::td::Vcpu<&Tdn<'_, '_>>) {
+    for _ in 0..V {
+        let exit = v.enter(CpuId(0)).unwrap();
+        black_box(exit);
+    }
+}
+
+/// The raw equivalent: TDH.VP.ENTER through the platform's `enter_guest`,
+/// and the exit decoded.
+#[inline(never)]
+fn measured_null_raw_vcpu_enter(n: &null::NullSwitch, tdvpr: Pfn) {
+    let mut regs = SeamcallArgs::ZERO;
+    for _ in 0..V {
+        let mut status = tdx::TdxStatus::SUCCESS;
+        n.enter_guest(CpuId(0), &mut || {
+            // SAFETY: the backend is switched to its no-cost answers:
+            // nothing runs, nothing changes hands.
+            status = unsafe { leaf::tdh_vp_enter(n, tdvpr, &mut regs) };
+        });
+        let exit = TdExit::decode(ExitRegs {
+            rax: status.raw(),
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            r9: regs.r9,
+        });
+        black_box(exit.unwrap());
+    }
+}
+
 fn main() {
     let n = null::NullSwitch::new();
     let host = null::host(&n);
@@ -219,6 +259,7 @@ fn main() {
     );
     println!("op demote-2M measured_null_safe_demote_2m measured_null_raw_demote_2m {m}");
     println!("op promote-2M measured_null_safe_promote_2m measured_null_raw_promote_2m {m}");
+    println!("op vcpu-enter+exit measured_null_safe_vcpu_enter measured_null_raw_vcpu_enter {V}");
     n.set(true, first.hpa().as_u64());
     let (tdr, hkid, shift) = (td.tdr(), td.hkid(), n.sim.hardware().keyid_shift);
     warm_up(&td, first);
@@ -265,6 +306,12 @@ fn main() {
         let r = td.unmap_range(start, N * 4096, &|| {});
         assert!(r.is_complete(), "{r:?}");
     }
+    // vCPU entry and exit.
+    let id = td.vcpus().next().unwrap();
+    let mut v = td.vcpu(id).unwrap();
+    measured_null_safe_vcpu_enter(&mut v);
+    drop(v);
+    measured_null_raw_vcpu_enter(&n, id.tdvpr);
     n.set(false, 0);
     assert_eq!(td.private_pages(), 0);
     let report = td.teardown();

@@ -5,7 +5,8 @@
 //! brings the module up and builds the TD. Switched on, SEAMCALLs answer
 //! TDX_SUCCESS at once (TDH.MEM.PAGE.REMOVE names the frame the bench
 //! mapped at that GPA: frame = GPA + a fixed offset; PROMOTE names the
-//! S-EPT page DEMOTE of that range was given) and CLFLUSH and
+//! S-EPT page DEMOTE of that range was given; TDH.VP.ENTER returns an
+//! external-interrupt exit) and CLFLUSH and
 //! yields do nothing, so what is left of a map or unmap is the library's
 //! own work. Pages mapped while switched on are unmapped while switched
 //! on, so the simulator never sees them.
@@ -84,6 +85,11 @@ unsafe impl Seamcall for NullSwitch {
             return unsafe { self.sim.seamcall(rax, args, shape) };
         }
         let leaf = rax & 0xFFFF;
+        if leaf == u64::from(Leaf::VP_ENTER.0) {
+            // The guest left at once on an external interrupt (exit reason
+            // 1, no TDX error status): the cheapest ordinary exit.
+            return TdxStatus::from_raw(1);
+        }
         let range = (args.rcx >> 21) as usize % 128;
         if leaf == u64::from(Leaf::MEM_PAGE_REMOVE.0) {
             args.rcx = (args.rcx & !0xFFF) + self.delta.load(Ordering::Relaxed);
