@@ -195,7 +195,9 @@ fn main() {
         measured_raw_unmap(&sim, tdr, frames.first(), hkid, shift);
     });
     // 2 MiB pages: map, demote, promote, unmap, safe then raw.
-    let frames_2m = sim.alloc_pages(ops::M * 512, 512, Placement::Anywhere).unwrap();
+    let frames_2m = sim
+        .alloc_pages(ops::M * 512, 512, Placement::Anywhere)
+        .unwrap();
     let f2 = frames_2m.first();
     warm_up_2m(&td, f2);
     measured_safe_map_2m(&td, f2);

@@ -200,7 +200,13 @@ fn measured_null_raw_promote_2m(
 }
 
 #[inline(never)]
-fn measured_null_raw_unmap_range(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+fn measured_null_raw_unmap_range(
+    n: &null::NullSwitch,
+    tdr: Pfn,
+    first: Pfn,
+    hkid: u16,
+    shift: u32,
+) {
     ops::raw_unmap_range(n, tdr, first, N, hkid, shift);
 }
 
@@ -276,7 +282,10 @@ fn main() {
     // 2 MiB pages at GPA ops::BASE_2M. Its S-EPT table is built on the
     // simulator first (one 2 MiB page mapped and unmapped, switched off),
     // so that teardown finds it there.
-    let frames_2m = n.sim.alloc_pages(ops::M * 512, 512, Placement::Anywhere).unwrap();
+    let frames_2m = n
+        .sim
+        .alloc_pages(ops::M * 512, 512, Placement::Anywhere)
+        .unwrap();
     let f2 = frames_2m.first();
     n.set(false, 0);
     // SAFETY: allocated above, untouched.
