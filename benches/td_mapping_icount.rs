@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 mod mapping;
+mod ops;
 
 use std::time::Instant;
 
@@ -53,6 +54,87 @@ fn measured_raw_unmap(
     raw_unmap_4k(sim, tdr, first, N, hkid, shift);
 }
 
+// The 2 MiB, demote/promote and range passes (`ops`), safe and raw.
+type SimTd<'h, 's> = mapping::SimTd<'h, 's>;
+type Sim = tdx_sim::Simulator;
+
+#[inline(never)]
+fn measured_safe_map_2m(td: &SimTd<'_, '_>, first: Pfn) {
+    ops::safe_map_2m(td, first);
+}
+
+#[inline(never)]
+fn measured_safe_unmap_2m(td: &SimTd<'_, '_>) {
+    ops::safe_unmap_2m(td);
+}
+
+#[inline(never)]
+fn measured_safe_demote_2m(td: &SimTd<'_, '_>) {
+    ops::safe_demote_2m(td);
+}
+
+#[inline(never)]
+fn measured_safe_promote_2m(td: &SimTd<'_, '_>) {
+    ops::safe_promote_2m(td);
+}
+
+#[inline(never)]
+fn measured_safe_unmap_range(td: &SimTd<'_, '_>) {
+    ops::safe_unmap_range(td, N);
+}
+
+#[inline(never)]
+fn measured_raw_map_2m(sim: &Sim, tdr: Pfn, first: Pfn) {
+    ops::raw_map_2m(sim, tdr, first);
+}
+
+#[inline(never)]
+fn measured_raw_unmap_2m(sim: &Sim, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+    ops::raw_unmap_2m(sim, tdr, first, hkid, shift);
+}
+
+#[inline(never)]
+fn measured_raw_demote_2m(sim: &Sim, tdr: Pfn, septs: &mut Vec<Pfn>) {
+    ops::raw_demote_2m(sim, tdr, septs);
+}
+
+#[inline(never)]
+fn measured_raw_promote_2m(sim: &Sim, tdr: Pfn, septs: &[Pfn], hkid: u16, shift: u32) {
+    ops::raw_promote_2m(sim, tdr, septs, hkid, shift);
+}
+
+#[inline(never)]
+fn measured_raw_unmap_range(sim: &Sim, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+    ops::raw_unmap_range(sim, tdr, first, N, hkid, shift);
+}
+
+/// Not measured: the guest accepts the 2 MiB pages (PROMOTE merges
+/// accepted pages).
+#[inline(never)]
+fn accept_2m(sim: &Sim, tdr: Pfn) {
+    for j in 0..ops::M {
+        let s = sim.guest_accept(tdr, ops::gpa_2m(j).as_u64(), 1);
+        assert_eq!(s, tdx::TdxStatus::SUCCESS);
+    }
+}
+
+/// Not measured: builds the S-EPT table the 2M passes map into.
+#[inline(never)]
+fn warm_up_2m(td: &SimTd<'_, '_>, first: Pfn) {
+    for j in (0..ops::M).rev() {
+        let pfn = Pfn::new(first.as_u64() + j * 512);
+        // SAFETY: allocated for this TD, untouched.
+        let f = unsafe { GuestFrame::<tdx::Size2M>::new(pfn) }.unwrap();
+        td.map(ops::gpa_2m(j), f).unwrap();
+    }
+    for j in 0..ops::M {
+        let f = td
+            .unmap::<tdx::Size2M>(ops::gpa_2m(j), &mapping::kick_vcpus)
+            .unwrap();
+        std::hint::black_box(f.into_range());
+    }
+}
+
 // With Dynamic PAMT (module 1.5.16): the same safe passes; the first page
 // of each 2 MiB range adds its pair (PAMT.ADD), the last one out removes it.
 // Top down, so that the linker does not fold them into the passes above.
@@ -85,8 +167,17 @@ fn main() {
     map_4k(&td, frames.first(), N);
     unmap_4k(&td, N);
     let (tdr, hkid, shift) = (td.tdr(), td.hkid(), sim.machine().hkid_start_bit());
-    // benches/icount.sh reads this line.
+    // benches/icount.sh reads these lines: "op <name> <safe function>
+    // <raw function> <operations a pass>".
     println!("pages per pass: {N}");
+    let m = ops::M;
+    println!("op map-4K measured_safe_map measured_raw_map {N}");
+    println!("op unmap-4K measured_safe_unmap measured_raw_unmap {N}");
+    println!("op map-2M measured_safe_map_2m measured_raw_map_2m {m}");
+    println!("op unmap-2M measured_safe_unmap_2m measured_raw_unmap_2m {m}");
+    println!("op unmap_range-per-4K measured_safe_unmap_range measured_raw_unmap_range {N}");
+    println!("op demote-2M measured_safe_demote_2m measured_raw_demote_2m {m}");
+    println!("op promote-2M measured_safe_promote_2m measured_raw_promote_2m {m}");
     let time = |name: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
@@ -103,6 +194,29 @@ fn main() {
     time("raw unmap", &mut || {
         measured_raw_unmap(&sim, tdr, frames.first(), hkid, shift);
     });
+    // 2 MiB pages: map, demote, promote, unmap, safe then raw.
+    let frames_2m = sim
+        .alloc_pages(ops::M * 512, 512, Placement::Anywhere)
+        .unwrap();
+    let f2 = frames_2m.first();
+    warm_up_2m(&td, f2);
+    measured_safe_map_2m(&td, f2);
+    accept_2m(&sim, tdr);
+    measured_safe_demote_2m(&td);
+    measured_safe_promote_2m(&td);
+    measured_safe_unmap_2m(&td);
+    let mut septs = Vec::with_capacity(ops::M as usize);
+    measured_raw_map_2m(&sim, tdr, f2);
+    accept_2m(&sim, tdr);
+    measured_raw_demote_2m(&sim, tdr, &mut septs);
+    measured_raw_promote_2m(&sim, tdr, &septs, hkid, shift);
+    measured_raw_unmap_2m(&sim, tdr, f2, hkid, shift);
+    // Range unmap of the 4K pages, in 2 MiB batches.
+    map_4k(&td, frames.first(), N);
+    measured_safe_unmap_range(&td);
+    raw_map_4k(&sim, tdr, frames.first(), N);
+    measured_raw_unmap_range(&sim, tdr, frames.first(), hkid, shift);
+    assert_eq!(td.private_pages(), 0);
     let report = td.teardown();
     assert!(report.is_clean(), "{report:?}");
     sim.check_invariants().unwrap();

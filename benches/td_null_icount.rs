@@ -10,16 +10,21 @@
 #![allow(unsafe_code)]
 
 mod null;
+mod ops;
 
 use std::hint::black_box;
 
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CacheMaintenance, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
+        CacheMaintenance, CpuId, Cpus, FrameAllocator, FrameDeallocator, HardwareInfo, Placement,
         td::{Finalized, GuestFrame, Td},
     },
-    types::regs::{KeyedPa, PageInfo},
+    sys::SeamcallArgs,
+    types::{
+        exit::{ExitRegs, TdExit},
+        regs::{KeyedPa, PageInfo},
+    },
 };
 use tdx_sys::leaf;
 
@@ -77,11 +82,7 @@ fn measured_null_safe_unmap(td: &Tdn<'_, '_>) {
 
 #[inline(never)]
 fn measured_null_safe_unmap_batched(td: &Tdn<'_, '_>) {
-    for r in 0..N / 512 {
-        let report = td.unmap_range(Gpa::new(r << 21), 2 << 20, &|| {});
-        assert_eq!(report.pages.len(), 512);
-        let _ = black_box(report);
-    }
+    ops::safe_unmap_range(td, N);
 }
 
 /// The map and unmap passes again with `BIG` other pages mapped in the TD:
@@ -151,6 +152,100 @@ fn measured_null_raw_unmap(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hkid: u16
     }
 }
 
+// The 2 MiB, demote/promote and range passes (`ops`), safe and raw.
+#[inline(never)]
+fn measured_null_safe_map_2m(td: &Tdn<'_, '_>, first: Pfn) {
+    ops::safe_map_2m(td, first);
+}
+
+#[inline(never)]
+fn measured_null_safe_unmap_2m(td: &Tdn<'_, '_>) {
+    ops::safe_unmap_2m(td);
+}
+
+#[inline(never)]
+fn measured_null_safe_demote_2m(td: &Tdn<'_, '_>) {
+    ops::safe_demote_2m(td);
+}
+
+#[inline(never)]
+fn measured_null_safe_promote_2m(td: &Tdn<'_, '_>) {
+    ops::safe_promote_2m(td);
+}
+
+#[inline(never)]
+fn measured_null_raw_map_2m(n: &null::NullSwitch, tdr: Pfn, first: Pfn) {
+    ops::raw_map_2m(n, tdr, first);
+}
+
+#[inline(never)]
+fn measured_null_raw_unmap_2m(n: &null::NullSwitch, tdr: Pfn, first: Pfn, hkid: u16, shift: u32) {
+    ops::raw_unmap_2m(n, tdr, first, hkid, shift);
+}
+
+#[inline(never)]
+fn measured_null_raw_demote_2m(n: &null::NullSwitch, tdr: Pfn, septs: &mut Vec<Pfn>) {
+    ops::raw_demote_2m(n, tdr, septs);
+}
+
+#[inline(never)]
+fn measured_null_raw_promote_2m(
+    n: &null::NullSwitch,
+    tdr: Pfn,
+    septs: &[Pfn],
+    hkid: u16,
+    shift: u32,
+) {
+    ops::raw_promote_2m(n, tdr, septs, hkid, shift);
+}
+
+#[inline(never)]
+fn measured_null_raw_unmap_range(
+    n: &null::NullSwitch,
+    tdr: Pfn,
+    first: Pfn,
+    hkid: u16,
+    shift: u32,
+) {
+    ops::raw_unmap_range(n, tdr, first, N, hkid, shift);
+}
+
+/// vCPU entries and exits a pass.
+const V: u64 = 1 << 16;
+
+/// `Vcpu::enter`: TDH.VP.ENTER through the platform's `enter_guest`, and
+/// the exit decoded.
+#[inline(never)]
+fn measured_null_safe_vcpu_enter(v: &mut tdx::api::td::Vcpu<&Tdn<'_, '_>>) {
+    for _ in 0..V {
+        let exit = v.enter(CpuId(0)).unwrap();
+        black_box(exit);
+    }
+}
+
+/// The raw equivalent: TDH.VP.ENTER through the platform's `enter_guest`,
+/// and the exit decoded.
+#[inline(never)]
+fn measured_null_raw_vcpu_enter(n: &null::NullSwitch, tdvpr: Pfn) {
+    let mut regs = SeamcallArgs::ZERO;
+    for _ in 0..V {
+        let mut status = tdx::TdxStatus::SUCCESS;
+        n.enter_guest(CpuId(0), &mut || {
+            // SAFETY: the backend is switched to its no-cost answers:
+            // nothing runs, nothing changes hands.
+            status = unsafe { leaf::tdh_vp_enter(n, tdvpr, &mut regs) };
+        });
+        let exit = TdExit::decode(ExitRegs {
+            rax: status.raw(),
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            r9: regs.r9,
+        });
+        black_box(exit.unwrap());
+    }
+}
+
 fn main() {
     let n = null::NullSwitch::new();
     let host = null::host(&n);
@@ -158,6 +253,19 @@ fn main() {
     let frames = n.sim.alloc_pages(N, 1, Placement::Anywhere).unwrap();
     let first = frames.first();
     println!("pages per pass: {N}");
+    // benches/icount.sh reads these lines: "op <name> <safe function>
+    // <raw function> <operations a pass>".
+    let m = ops::M;
+    println!("op map-4K measured_null_safe_map measured_null_raw_map {N}");
+    println!("op unmap-4K measured_null_safe_unmap measured_null_raw_unmap {N}");
+    println!("op map-2M measured_null_safe_map_2m measured_null_raw_map_2m {m}");
+    println!("op unmap-2M measured_null_safe_unmap_2m measured_null_raw_unmap_2m {m}");
+    println!(
+        "op unmap_range-per-4K measured_null_safe_unmap_batched measured_null_raw_unmap_range {N}"
+    );
+    println!("op demote-2M measured_null_safe_demote_2m measured_null_raw_demote_2m {m}");
+    println!("op promote-2M measured_null_safe_promote_2m measured_null_raw_promote_2m {m}");
+    println!("op vcpu-enter+exit measured_null_safe_vcpu_enter measured_null_raw_vcpu_enter {V}");
     n.set(true, first.hpa().as_u64());
     let (tdr, hkid, shift) = (td.tdr(), td.hkid(), n.sim.hardware().keyid_shift);
     warm_up(&td, first);
@@ -169,6 +277,33 @@ fn main() {
     measured_null_safe_unmap_batched(&td);
     measured_null_raw_map(&n, tdr, first);
     measured_null_raw_unmap(&n, tdr, first, hkid, shift);
+    measured_null_raw_map(&n, tdr, first);
+    measured_null_raw_unmap_range(&n, tdr, first, hkid, shift);
+    // 2 MiB pages at GPA ops::BASE_2M. Its S-EPT table is built on the
+    // simulator first (one 2 MiB page mapped and unmapped, switched off),
+    // so that teardown finds it there.
+    let frames_2m = n
+        .sim
+        .alloc_pages(ops::M * 512, 512, Placement::Anywhere)
+        .unwrap();
+    let f2 = frames_2m.first();
+    n.set(false, 0);
+    // SAFETY: allocated above, untouched.
+    let f = unsafe { GuestFrame::<tdx::Size2M>::new(f2) }.unwrap();
+    td.map(ops::gpa_2m(0), f).unwrap();
+    let f = td.unmap::<tdx::Size2M>(ops::gpa_2m(0), &|| {}).unwrap();
+    black_box(f.into_range());
+    n.set(true, f2.hpa().as_u64() - ops::BASE_2M);
+    measured_null_safe_map_2m(&td, f2);
+    measured_null_safe_demote_2m(&td);
+    measured_null_safe_promote_2m(&td);
+    measured_null_safe_unmap_2m(&td);
+    let mut septs = Vec::with_capacity(ops::M as usize);
+    measured_null_raw_map_2m(&n, tdr, f2);
+    measured_null_raw_demote_2m(&n, tdr, &mut septs);
+    measured_null_raw_promote_2m(&n, tdr, &septs, hkid, shift);
+    measured_null_raw_unmap_2m(&n, tdr, f2, hkid, shift);
+    n.set(true, first.hpa().as_u64());
     // The same with a TD 16 times larger. REMOVE answers frame = GPA +
     // delta, so the filler's pages are removed below with their own delta.
     fill(&td, first);
@@ -180,11 +315,19 @@ fn main() {
         let r = td.unmap_range(start, N * 4096, &|| {});
         assert!(r.is_complete(), "{r:?}");
     }
+    // vCPU entry and exit.
+    let id = td.vcpus().next().unwrap();
+    let mut v = td.vcpu(id).unwrap();
+    measured_null_safe_vcpu_enter(&mut v);
+    drop(v);
+    measured_null_raw_vcpu_enter(&n, id.tdvpr);
     n.set(false, 0);
     assert_eq!(td.private_pages(), 0);
     let report = td.teardown();
     assert!(report.is_clean(), "{report:?}");
     // SAFETY: never mapped in the simulator; host memory.
     unsafe { n.sim.free_pages(frames) };
+    // SAFETY: as above.
+    unsafe { n.sim.free_pages(frames_2m) };
     n.sim.check_invariants().unwrap();
 }

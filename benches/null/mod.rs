@@ -4,7 +4,9 @@
 //! TD host. Switched off, it forwards everything to the simulator, which
 //! brings the module up and builds the TD. Switched on, SEAMCALLs answer
 //! TDX_SUCCESS at once (TDH.MEM.PAGE.REMOVE names the frame the bench
-//! mapped at that GPA: frame = GPA + a fixed offset) and CLFLUSH and
+//! mapped at that GPA: frame = GPA + a fixed offset; PROMOTE names the
+//! S-EPT page DEMOTE of that range was given; TDH.VP.ENTER returns an
+//! external-interrupt exit) and CLFLUSH and
 //! yields do nothing, so what is left of a map or unmap is the library's
 //! own work. Pages mapped while switched on are unmapped while switched
 //! on, so the simulator never sees them.
@@ -38,6 +40,9 @@ pub(crate) struct NullSwitch {
     null: AtomicBool,
     /// HPA minus GPA of every page mapped while switched on.
     delta: AtomicU64,
+    /// The S-EPT page each DEMOTE was given, by 2 MiB range (modulo 128),
+    /// which PROMOTE of that range names as freed.
+    sept: [AtomicU64; 128],
 }
 
 impl NullSwitch {
@@ -53,6 +58,7 @@ impl NullSwitch {
             sim,
             null: AtomicBool::new(false),
             delta: AtomicU64::new(0),
+            sept: [const { AtomicU64::new(0) }; 128],
         }
     }
 
@@ -78,8 +84,20 @@ unsafe impl Seamcall for NullSwitch {
             // SAFETY: forwarded contract.
             return unsafe { self.sim.seamcall(rax, args, shape) };
         }
-        if rax & 0xFFFF == u64::from(Leaf::MEM_PAGE_REMOVE.0) {
+        let leaf = rax & 0xFFFF;
+        if leaf == u64::from(Leaf::VP_ENTER.0) {
+            // The guest left at once on an external interrupt (exit reason
+            // 1, no TDX error status): the cheapest ordinary exit.
+            return TdxStatus::from_raw(1);
+        }
+        let range = (args.rcx >> 21) as usize % 128;
+        if leaf == u64::from(Leaf::MEM_PAGE_REMOVE.0) {
             args.rcx = (args.rcx & !0xFFF) + self.delta.load(Ordering::Relaxed);
+        } else if leaf == u64::from(Leaf::MEM_PAGE_DEMOTE.0) {
+            self.sept[range].store(args.r8, Ordering::Relaxed);
+            args.rcx = 0;
+        } else if leaf == u64::from(Leaf::MEM_PAGE_PROMOTE.0) {
+            args.rcx = self.sept[range].load(Ordering::Relaxed);
         } else {
             args.rcx = 0;
         }
