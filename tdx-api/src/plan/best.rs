@@ -137,7 +137,12 @@ impl Ctx<'_> {
 
     /// TDMRs for every run, joining runs across gaps while there are too
     /// many.
-    fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+    ///
+    /// Also says whether runs were joined (without joins, every budget from
+    /// the most areas a TDMR of the result needs up to `budget` gives the
+    /// same TDMRs: the greedy cut stops where a TDMR would need one more).
+    fn partition(&self, budget: usize) -> Result<(Vec<(u64, u64)>, bool), PlanError> {
+        self.n.round();
         // Runs of 1 GiB blocks per NUMA node, so that a page's PAMT entries
         // are on the page's node (each TDMR's PAMT is on the TDMR's node):
         // covers on the same node that overlap or touch share a run; a
@@ -175,7 +180,8 @@ impl Ctx<'_> {
             .collect::<Result<_, _>>()?;
         let max = self.n.limits.max_tdmrs;
         let mut total: usize = pieces.iter().map(Vec::len).sum();
-        if total > max {
+        let joined = total > max;
+        if joined {
             // Join across gaps, smallest first, while it helps. Runs are
             // kept in a linked list so a join is O(1) besides the re-split.
             let mut next: Vec<usize> = (1..=runs.len()).collect();
@@ -217,7 +223,7 @@ impl Ctx<'_> {
                 return Err(PlanError::TooManyTdmrs { needed: total, max });
             }
         }
-        Ok(pieces.into_iter().flatten().collect())
+        Ok((pieces.into_iter().flatten().collect(), joined))
     }
 }
 
@@ -240,35 +246,42 @@ impl Ctx<'_> {
             p.remote_pamts() < than.remote_pamts() && p.pamt_bytes() <= bound
         };
         let mut best = plan;
-        // The largest run of free memory per node, minus ranges to avoid.
-        let largest = |node: u32| {
-            n.mem
-                .iter()
-                .filter(|r| r.node == node)
-                .flat_map(|r| intervals::subtract(&[(r.start, r.end)], &n.avoid))
-                .map(|(s, e)| e - s)
-                .max()
-                .unwrap_or(0)
-        };
+        // The largest run of free memory per node, minus ranges to avoid:
+        // one pass over the memory (bounded work).
+        let mut largest_of: alloc::collections::BTreeMap<u32, u64> = Default::default();
+        for r in &n.mem {
+            for (s, e) in intervals::subtract(&[(r.start, r.end)], &n.avoid) {
+                let l = largest_of.entry(r.node).or_default();
+                *l = (*l).max(e - s);
+            }
+        }
+        let largest = |node: u32| largest_of.get(&node).copied().unwrap_or(0);
         // Cut TDMRs without room at home to what their node can hold.
         let mut cut = Vec::with_capacity(best.tdmrs.len());
         let mut changed = false;
         for t in &best.tdmrs {
-            let room = largest(t.node);
-            let gib = t.size / GIB;
-            let k = (1..gib)
-                .rev()
-                .find(|&k| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room);
-            match (t.pamt_remote, k) {
-                (Some(RemoteReason::NoRoom), Some(k)) => {
-                    let Ok(pieces) = self.split_run(t.base, t.end(), budget, k * GIB) else {
-                        return best;
-                    };
-                    changed |= pieces.len() > 1;
-                    cut.extend(pieces);
-                }
-                _ => cut.push((t.base, t.end())),
+            if t.pamt_remote != Some(RemoteReason::NoRoom) {
+                cut.push((t.base, t.end()));
+                continue;
             }
+            // The largest k < size in GiB whose PAMT fits the node's
+            // largest run (PAMT sizes grow with k: a binary search).
+            let room = largest(t.node);
+            let fits = |k: u64| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room;
+            let (mut lo, mut hi) = (0u64, t.size / GIB);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) { lo = mid } else { hi = mid }
+            }
+            if lo == 0 {
+                cut.push((t.base, t.end()));
+                continue;
+            }
+            let Ok(pieces) = self.split_run(t.base, t.end(), budget, lo * GIB) else {
+                return best;
+            };
+            changed |= pieces.len() > 1;
+            cut.extend(pieces);
         }
         if changed
             && cut.len() <= n.limits.max_tdmrs
@@ -277,17 +290,31 @@ impl Ctx<'_> {
         {
             best = p;
         }
-        // Fewer areas per TDMR: room for an area at home.
-        let mut b = budget;
+        // Fewer areas per TDMR: room for an area at home. A budget from the
+        // most areas a partition's TDMRs need up to the one that made it
+        // cuts the same TDMRs (the greedy cut stops where a TDMR would need
+        // one more), so those budgets are skipped.
+        let most_areas = |tdmrs: &mut dyn Iterator<Item = (u64, u64)>| {
+            tdmrs
+                .map(|(a, b)| self.holes.areas(a, b))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut b = budget.min(most_areas(
+            &mut best.tdmrs.iter().map(|t| (t.base, t.end())),
+        ));
         while best.remote_pamts() > 0 && b > 1 {
             b -= 1;
             // Fewer areas per TDMR only makes more TDMRs.
-            let Ok(tdmrs) = self.partition(b) else { break };
+            let Ok((tdmrs, _)) = self.partition(b) else {
+                break;
+            };
             if let Ok(p) = place(self, &tdmrs, Locality::Local)
                 && better(&p, &best)
             {
                 best = p;
             }
+            b = b.min(most_areas(&mut tdmrs.iter().copied()));
         }
         best
     }
@@ -333,9 +360,13 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
 
     let max_r = n.limits.max_reserved_per_tdmr;
     let mut last_err = None;
-    let mut budget = max_r;
+    // No range of addresses needs more areas than there are holes with a
+    // forced byte, so every budget from that count up cuts the same TDMRs:
+    // start there, whatever the limit says (bounded work).
+    let forced_holes = ctx.holes.forced_before.last().map_or(0, |&h| h as usize);
+    let mut budget = max_r.min(forced_holes.max(1));
     while budget >= 1 {
-        let tdmrs = match ctx.partition(budget) {
+        let (tdmrs, joined) = match ctx.partition(budget) {
             Ok(t) => t,
             // With the full budget and no cap, the limit itself is the
             // answer; otherwise the reason is the PAMT that did not fit.
@@ -355,6 +386,16 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
                         ctx.cap = ((end - base) / 2)
                             .next_multiple_of(GIB)
                             .min(end - base - GIB);
+                    }
+                    // Without joins, budgets down to the most areas a
+                    // TDMR needs make the same TDMRs: skip them.
+                    _ if !joined => {
+                        let most = tdmrs
+                            .iter()
+                            .map(|&(a, b)| ctx.holes.areas(a, b))
+                            .max()
+                            .unwrap_or(0);
+                        budget = (budget - 1).min(most.saturating_sub(1));
                     }
                     _ => budget -= 1,
                 }
@@ -425,6 +466,7 @@ enum Phase {
 /// Places the PAMTs of `tdmrs` and builds the plan.
 fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan, Failed> {
     let n = ctx.n;
+    n.round();
     let max_r = n.limits.max_reserved_per_tdmr;
     let forced = &ctx.holes.forced;
     let sizes: Vec<[u64; 3]> = tdmrs
