@@ -66,6 +66,12 @@ fn every_target_has_a_test() {
     let names: Vec<&str> = bodies::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["status_decode", "planner", "plan_inputs", "trace_replay", "td_params"]
+        [
+            "status_decode",
+            "planner",
+            "plan_inputs",
+            "trace_replay",
+            "td_params"
+        ]
     );
 }
