@@ -683,9 +683,7 @@ impl Normalized {
             .avoid
             .iter()
             .map(|&(s, e)| {
-                let e = e
-                    .checked_next_multiple_of(PAGE)
-                    .unwrap_or(u64::MAX & !(PAGE - 1));
+                let e = e.checked_next_multiple_of(PAGE).unwrap_or(!(PAGE - 1));
                 (s & !(PAGE - 1), e)
             })
             .collect();

@@ -20,9 +20,12 @@ use tdx_types::leaf::{ALL_LEAVES, LeafVersion};
 use tdx_types::status::TdxStatus;
 use zerocopy::FromBytes;
 
+/// A target's body: the fuzzer's bytes in, a panic when a property fails.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets, by name: each name is a directory of committed inputs
 /// and a target of `fuzz/`.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Body); 5] = [
     ("status_decode", status_decode),
     ("planner", planner),
     ("plan_inputs", plan_inputs),
