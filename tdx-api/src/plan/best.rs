@@ -553,6 +553,16 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
         Locality::Local => &[Phase::Own, Phase::Other],
         Locality::Tiebreak => &[Phase::Any],
     };
+    // The largest slot per node, and of all, before any PAMT is placed
+    // (slots only shrink): a PAMT larger than that finds no slot there
+    // without a scan of the slots (bounded work).
+    let mut room_of: alloc::collections::BTreeMap<u32, u64> = Default::default();
+    for sl in &slots {
+        let r = room_of.entry(sl.node).or_default();
+        *r = (*r).max(sl.hi - sl.lo);
+    }
+    let room_any = room_of.values().copied().max().unwrap_or(0);
+    let room = |node: u32| room_of.get(&node).copied().unwrap_or(0);
     let mut pending = order;
     for &phase in phases {
         let mut deferred = Vec::new();
@@ -568,7 +578,7 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
             // Why a PAMT cannot be on its node: no run there is big enough,
             // or each needs an area its TDMR does not have.
             let why_not_local = || {
-                if slots.iter().any(|s| s.node == nd && fits(s)) {
+                if room(nd) >= need && slots.iter().any(|s| s.node == nd && fits(s)) {
                     RemoteReason::ReservedAreaLimit
                 } else {
                     RemoteReason::NoRoom
@@ -618,10 +628,18 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
             // it while that costs nothing, or one area in a TDMR that keeps
             // one to spare; take it (and every last area) only when nothing
             // else fits.
-            let pick = free_pick(true)
-                .or_else(|| new_area_pick(1, true))
-                .or_else(|| free_pick(false))
-                .or_else(|| new_area_pick(0, false));
+            let may_fit = match phase {
+                Phase::Own => room(nd) >= need,
+                Phase::Other | Phase::Any => room_any >= need,
+            };
+            let pick = if may_fit {
+                free_pick(true)
+                    .or_else(|| new_area_pick(1, true))
+                    .or_else(|| free_pick(false))
+                    .or_else(|| new_area_pick(0, false))
+            } else {
+                None
+            };
             let Some(i) = pick else {
                 if phase == Phase::Own {
                     remote[t] = Some(why_not_local());
@@ -631,15 +649,17 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
                 let (base, end) = tdmrs[t];
                 // No run big enough at all (only smaller TDMRs help), or runs
                 // whose TDMRs have no area to spare (a lower budget helps).
-                return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
-                    Failed::NoArea {
-                        base,
-                        end,
-                        bytes: need,
-                    }
-                } else {
-                    Failed::NoRun { base, end }
-                });
+                return Err(
+                    if room_any >= need && slots.iter().any(|s| s.hi - s.lo >= need) {
+                        Failed::NoArea {
+                            base,
+                            end,
+                            bytes: need,
+                        }
+                    } else {
+                        Failed::NoRun { base, end }
+                    },
+                );
             };
             if phase == Phase::Any && slots[i].node != nd {
                 // Only reached when the local placement found no plan at

@@ -96,21 +96,13 @@ impl Limits {
     };
 
     /// PAMT bytes per level (4K, 2M, 1G) for a TDMR of `size` bytes, each
-    /// rounded up to 4 KiB (what the module requires, then page aligned).
+    /// rounded up to 4 KiB (what the module requires, then page aligned),
+    /// and at least one page: a level is always a real range of host
+    /// memory, even under limits that would make it empty (an entry size
+    /// or bitmap width of 0, which no module reports).
     pub fn pamt_sizes(&self, size: u64) -> [u64; 3] {
-        let level =
-            |shift: u32, esz: u16| ((size >> shift) * u64::from(esz)).next_multiple_of(PAGE);
-        let l4k = match self.dpamt_bitmap_bits {
-            Some(bits) => ((size >> 12) * u64::from(bits))
-                .div_ceil(8)
-                .next_multiple_of(PAGE),
-            None => level(12, self.pamt_entry_size[0]),
-        };
-        [
-            l4k,
-            level(21, self.pamt_entry_size[1]),
-            level(30, self.pamt_entry_size[2]),
-        ]
+        self.pamt_required(size)
+            .map(|bytes| bytes.next_multiple_of(PAGE).max(PAGE))
     }
 
     /// The PAMT bytes the module requires (before rounding) per level.
