@@ -34,11 +34,14 @@
 //! the number of holes (at most `N + 1`) cuts the same TDMRs as that
 //! number, so [`Strategy::Best`] starts there, skips budgets that cut the
 //! same TDMRs, and halves its largest TDMR at most 23 times; Linux makes at
-//! most one TDMR per range. A round walks the ranges, TDMRs and PAMT slots
-//! once per TDMR at most: `O(N^2)` steps (a partition that joins runs
-//! re-cuts the joined run per join, `O(N^2 log N)`). Limits only shorten
-//! the work: MAX_TDMRS and MAX_RESERVED_PER_TDMR up to `usize::MAX` cost
-//! nothing more than limits equal to what the map can use.
+//! most one TDMR per range. A round walks the ranges, and the PAMT slots
+//! (memory clipped to TDMRs, only those large enough for a PAMT) once per
+//! TDMR at most: `O(T·S)` steps for `T` TDMRs and `S` slots, where a PAMT
+//! that no slot of its node can hold costs no walk. `T` is at most
+//! MAX_TDMRS, or, when that limit is larger, the 1 GiB blocks that hold
+//! memory: on a module's real limits (64 TDMRs) a round is linear in `N`.
+//! MAX_TDMRS and MAX_RESERVED_PER_TDMR up to `usize::MAX` cost no more
+//! rounds than limits equal to what the map can use.
 
 use alloc::vec::Vec;
 use core::fmt;
