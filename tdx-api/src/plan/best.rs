@@ -339,12 +339,40 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     let mut conv = n.cmr_chains.list.clone();
     intervals::normalize(&mut conv);
     let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
+    // Every 1 GiB block with memory is in a TDMR, and a TDMR's PAMT is at
+    // least its size times the bytes per GiB the module requires: when
+    // that is more than all the memory there is, no cut helps (answered at
+    // once: a huge map with huge PAMT entries would otherwise be cut into
+    // millions of TDMRs before failing).
+    let free = intervals::subtract(&mem, &n.avoid);
+    let mut blocks = 0u64;
+    let mut last_block = None;
+    for &(s, e) in &mem {
+        let (first, last) = (s / GIB, (e - 1) / GIB);
+        let first = if last_block == Some(first) {
+            first + 1
+        } else {
+            first
+        };
+        blocks += (last + 1).saturating_sub(first);
+        last_block = Some(last);
+    }
+    let per_gib: u64 = n.limits.pamt_required(GIB).iter().sum();
+    let least = blocks.saturating_mul(per_gib);
+    let total_free: u64 = free.iter().map(|&(s, e)| e - s).sum();
+    if least > total_free {
+        let (base, end) = (
+            mem[0].0 & !(GIB - 1),
+            mem[mem.len() - 1].1.next_multiple_of(GIB),
+        );
+        return Err(PlanError::NoPamtSpace {
+            base,
+            end,
+            bytes: least,
+        });
+    }
     // No TDMR larger than the largest run of memory can give a PAMT to.
-    let largest = intervals::subtract(&mem, &n.avoid)
-        .iter()
-        .map(|&(s, e)| e - s)
-        .max()
-        .unwrap_or(0);
+    let largest = free.iter().map(|&(s, e)| e - s).max().unwrap_or(0);
     let fits = |gib: u64| n.limits.pamt_sizes(gib * GIB).iter().sum::<u64>() <= largest;
     let (mut lo, mut hi) = (1u64, MAX_PA / GIB);
     while lo < hi {

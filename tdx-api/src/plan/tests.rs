@@ -783,3 +783,24 @@ fn many_tiny_ranges_with_huge_limits_finish() {
         }
     }
 }
+
+#[test]
+fn pamts_larger_than_all_memory_fail_at_once() {
+    // 65535-byte entries: every GiB needs 16 GiB of PAMT, more than the
+    // memory there is, whatever the cut. Best says so before any round.
+    let mut input = PlanInput::new(vec![on(0, 4 * GIB, 1 << 50)]);
+    input.limits.pamt_entry_size = [u16::MAX; 3];
+    input.limits.max_tdmrs = usize::MAX;
+    let (result, work) = plan_with_work(&input, Strategy::Best);
+    let blocks = (1u64 << 50) / GIB - 4;
+    let per_gib: u64 = input.limits.pamt_required(GIB).iter().sum();
+    assert_eq!(
+        result,
+        Err(PlanError::NoPamtSpace {
+            base: 4 * GIB,
+            end: 1 << 50,
+            bytes: blocks * per_gib
+        })
+    );
+    assert_eq!(work, 0);
+}
