@@ -65,6 +65,63 @@ pub fn plan_input(map: &MemoryMap, limits: Limits) -> PlanInput {
     }
 }
 
+/// Usable RAM that no NUMA range of `map` covers, in bytes of whole 4 KiB
+/// pages (each stretch on no node rounded inward to pages, as Linux counts
+/// it); 0 when the map says nothing about NUMA.
+pub fn ram_on_no_node(map: &MemoryMap) -> u64 {
+    if map.numa.is_empty() {
+        return 0;
+    }
+    let pages = |s: u64, e: u64| {
+        let s = s.checked_next_multiple_of(plan::PAGE).unwrap_or(u64::MAX);
+        (e & !(plan::PAGE - 1)).saturating_sub(s)
+    };
+    let mut bytes = 0u64;
+    for &(start, end) in &map.usable {
+        let mut at = start;
+        let first = map.numa.partition_point(|&(_, e, _)| e <= start);
+        for &(node_start, node_end, _) in &map.numa[first..] {
+            if node_start >= end {
+                break;
+            }
+            if node_start > at {
+                bytes = bytes.saturating_add(pages(at, node_start));
+            }
+            at = at.max(node_end);
+        }
+        if at < end {
+            bytes = bytes.saturating_add(pages(at, end));
+        }
+    }
+    bytes
+}
+
+/// True when Linux would drop `map`'s NUMA description and put all RAM on
+/// node 0: its NUMA ranges leave 1 MiB or more of RAM on no node
+/// (`memblock_validate_numa_coverage(SZ_1M)` in `mm/memblock.c`, called
+/// from `numa_register_meminfo` in `mm/numa_memblks.c`; x86's `numa_init`
+/// in `arch/x86/mm/numa.c` then falls back to `dummy_numa_init`, one node
+/// with all memory).
+pub fn linux_drops_numa(map: &MemoryMap) -> bool {
+    ram_on_no_node(map) >= 1 << 20
+}
+
+/// The planner's input for [`Strategy::Linux`]: [`plan_input`], except that
+/// when Linux would drop the map's NUMA description ([`linux_drops_numa`])
+/// all RAM is on node 0, as the kernel sees it. [`Strategy::Best`] keeps the
+/// nodes the map gives ([`plan_input`]): a NUMA description that misses
+/// some RAM is still right about the RAM it covers, and that is where each
+/// PAMT's memory should be; only the RAM it misses is on node 0.
+pub fn linux_plan_input(map: &MemoryMap, limits: Limits) -> PlanInput {
+    let mut input = plan_input(map, limits);
+    if linux_drops_numa(map) {
+        for r in &mut input.usable {
+            r.node = 0;
+        }
+    }
+    input
+}
+
 /// Usable bytes from 1 MiB up whose PAMT entries are on another NUMA node
 /// than the bytes themselves: memory of a TDMR whose PAMT is on another
 /// node. A TDMR's PAMT is on one node, so this is the memory of other nodes
@@ -140,8 +197,13 @@ pub fn strategy_name(strategy: Strategy) -> &'static str {
 pub struct Analysis {
     /// The map.
     pub map: MemoryMap,
-    /// The planner's input made from it.
+    /// The planner's input made from it ([`plan_input`]), the one
+    /// [`Strategy::Best`] plans for.
     pub input: PlanInput,
+    /// The input [`Strategy::Linux`] plans for ([`linux_plan_input`]):
+    /// `input`, or all RAM on node 0 when Linux drops the map's NUMA
+    /// description.
+    pub linux_input: PlanInput,
     /// The strategy the user asked for.
     pub chosen: Strategy,
     /// The best-effort planner's outcome.
@@ -155,11 +217,13 @@ impl Analysis {
     /// the outputs describe in detail.
     pub fn new(map: MemoryMap, limits: Limits, chosen: Strategy) -> Self {
         let input = plan_input(&map, limits);
+        let linux_input = linux_plan_input(&map, limits);
         let best = Outcome::run(&map, &input, Strategy::Best);
-        let linux = Outcome::run(&map, &input, Strategy::Linux);
+        let linux = Outcome::run(&map, &linux_input, Strategy::Linux);
         Self {
             map,
             input,
+            linux_input,
             chosen,
             best,
             linux,

@@ -389,7 +389,7 @@ pub fn explain(e: &PlanError, strategy: Strategy, a: &Analysis) -> String {
         ),
         PlanError::TooManyTdmrs { needed, max } if linux => format!(
             "Linux makes a TDMR for every run of memory blocks (per NUMA node) and never \
-             joins runs across gaps; it gives up at TDMR {needed}, the module allows {max}"
+             joins runs across gaps; the map needs {needed} TDMRs, the module allows {max}"
         ),
         PlanError::TooManyTdmrs { needed, max } => format!(
             "the memory needs {needed} 1 GiB-aligned TDMRs even after joining runs across \

@@ -137,7 +137,12 @@ impl Ctx<'_> {
 
     /// TDMRs for every run, joining runs across gaps while there are too
     /// many.
-    fn partition(&self, budget: usize) -> Result<Vec<(u64, u64)>, PlanError> {
+    ///
+    /// Also says whether runs were joined (without joins, every budget from
+    /// the most areas a TDMR of the result needs up to `budget` gives the
+    /// same TDMRs: the greedy cut stops where a TDMR would need one more).
+    fn partition(&self, budget: usize) -> Result<(Vec<(u64, u64)>, bool), PlanError> {
+        self.n.round();
         // Runs of 1 GiB blocks per NUMA node, so that a page's PAMT entries
         // are on the page's node (each TDMR's PAMT is on the TDMR's node):
         // covers on the same node that overlap or touch share a run; a
@@ -175,7 +180,8 @@ impl Ctx<'_> {
             .collect::<Result<_, _>>()?;
         let max = self.n.limits.max_tdmrs;
         let mut total: usize = pieces.iter().map(Vec::len).sum();
-        if total > max {
+        let joined = total > max;
+        if joined {
             // Join across gaps, smallest first, while it helps. Runs are
             // kept in a linked list so a join is O(1) besides the re-split.
             let mut next: Vec<usize> = (1..=runs.len()).collect();
@@ -217,7 +223,7 @@ impl Ctx<'_> {
                 return Err(PlanError::TooManyTdmrs { needed: total, max });
             }
         }
-        Ok(pieces.into_iter().flatten().collect())
+        Ok((pieces.into_iter().flatten().collect(), joined))
     }
 }
 
@@ -240,35 +246,42 @@ impl Ctx<'_> {
             p.remote_pamts() < than.remote_pamts() && p.pamt_bytes() <= bound
         };
         let mut best = plan;
-        // The largest run of free memory per node, minus ranges to avoid.
-        let largest = |node: u32| {
-            n.mem
-                .iter()
-                .filter(|r| r.node == node)
-                .flat_map(|r| intervals::subtract(&[(r.start, r.end)], &n.avoid))
-                .map(|(s, e)| e - s)
-                .max()
-                .unwrap_or(0)
-        };
+        // The largest run of free memory per node, minus ranges to avoid:
+        // one pass over the memory (bounded work).
+        let mut largest_of: alloc::collections::BTreeMap<u32, u64> = Default::default();
+        for r in &n.mem {
+            for (s, e) in intervals::subtract(&[(r.start, r.end)], &n.avoid) {
+                let l = largest_of.entry(r.node).or_default();
+                *l = (*l).max(e - s);
+            }
+        }
+        let largest = |node: u32| largest_of.get(&node).copied().unwrap_or(0);
         // Cut TDMRs without room at home to what their node can hold.
         let mut cut = Vec::with_capacity(best.tdmrs.len());
         let mut changed = false;
         for t in &best.tdmrs {
-            let room = largest(t.node);
-            let gib = t.size / GIB;
-            let k = (1..gib)
-                .rev()
-                .find(|&k| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room);
-            match (t.pamt_remote, k) {
-                (Some(RemoteReason::NoRoom), Some(k)) => {
-                    let Ok(pieces) = self.split_run(t.base, t.end(), budget, k * GIB) else {
-                        return best;
-                    };
-                    changed |= pieces.len() > 1;
-                    cut.extend(pieces);
-                }
-                _ => cut.push((t.base, t.end())),
+            if t.pamt_remote != Some(RemoteReason::NoRoom) {
+                cut.push((t.base, t.end()));
+                continue;
             }
+            // The largest k < size in GiB whose PAMT fits the node's
+            // largest run (PAMT sizes grow with k: a binary search).
+            let room = largest(t.node);
+            let fits = |k: u64| n.limits.pamt_sizes(k * GIB).iter().sum::<u64>() <= room;
+            let (mut lo, mut hi) = (0u64, t.size / GIB);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) { lo = mid } else { hi = mid }
+            }
+            if lo == 0 {
+                cut.push((t.base, t.end()));
+                continue;
+            }
+            let Ok(pieces) = self.split_run(t.base, t.end(), budget, lo * GIB) else {
+                return best;
+            };
+            changed |= pieces.len() > 1;
+            cut.extend(pieces);
         }
         if changed
             && cut.len() <= n.limits.max_tdmrs
@@ -277,17 +290,31 @@ impl Ctx<'_> {
         {
             best = p;
         }
-        // Fewer areas per TDMR: room for an area at home.
-        let mut b = budget;
+        // Fewer areas per TDMR: room for an area at home. A budget from the
+        // most areas a partition's TDMRs need up to the one that made it
+        // cuts the same TDMRs (the greedy cut stops where a TDMR would need
+        // one more), so those budgets are skipped.
+        let most_areas = |tdmrs: &mut dyn Iterator<Item = (u64, u64)>| {
+            tdmrs
+                .map(|(a, b)| self.holes.areas(a, b))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut b = budget.min(most_areas(
+            &mut best.tdmrs.iter().map(|t| (t.base, t.end())),
+        ));
         while best.remote_pamts() > 0 && b > 1 {
             b -= 1;
             // Fewer areas per TDMR only makes more TDMRs.
-            let Ok(tdmrs) = self.partition(b) else { break };
+            let Ok((tdmrs, _)) = self.partition(b) else {
+                break;
+            };
             if let Ok(p) = place(self, &tdmrs, Locality::Local)
                 && better(&p, &best)
             {
                 best = p;
             }
+            b = b.min(most_areas(&mut tdmrs.iter().copied()));
         }
         best
     }
@@ -311,13 +338,53 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     intervals::normalize(&mut mem);
     let mut conv = n.cmr_chains.list.clone();
     intervals::normalize(&mut conv);
-    let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
+    let mut forced = intervals::subtract(&[(0, MAX_PA)], &conv);
+    // A hole must also be reserved where it crosses from one CMR chain into
+    // another that overlaps or touches it (the module needs each
+    // non-reserved part inside one chain): the bytes either side of such a
+    // chain start count as forced.
+    let mut reach = 0u64;
+    for (i, &(s, e)) in n.cmr_chains.list.iter().enumerate() {
+        if i > 0 && s <= reach {
+            forced.push((s.saturating_sub(1), s.saturating_add(1)));
+        }
+        reach = reach.max(e);
+    }
+    intervals::normalize(&mut forced);
+    // Every 1 GiB block with memory is in a TDMR, and a TDMR's PAMT is at
+    // least its size times the bytes per GiB the module requires: when
+    // that is more than all the memory there is, no cut helps (answered at
+    // once: a huge map with huge PAMT entries would otherwise be cut into
+    // millions of TDMRs before failing).
+    let free = intervals::subtract(&mem, &n.avoid);
+    let mut blocks = 0u64;
+    let mut last_block = None;
+    for &(s, e) in &mem {
+        let (first, last) = (s / GIB, (e - 1) / GIB);
+        let first = if last_block == Some(first) {
+            first + 1
+        } else {
+            first
+        };
+        blocks += (last + 1).saturating_sub(first);
+        last_block = Some(last);
+    }
+    let per_gib: u64 = n.limits.pamt_required(GIB).iter().sum();
+    let least = blocks.saturating_mul(per_gib);
+    let total_free: u64 = free.iter().map(|&(s, e)| e - s).sum();
+    if least > total_free {
+        let (base, end) = (
+            mem[0].0 & !(GIB - 1),
+            mem[mem.len() - 1].1.next_multiple_of(GIB),
+        );
+        return Err(PlanError::NoPamtSpace {
+            base,
+            end,
+            bytes: least,
+        });
+    }
     // No TDMR larger than the largest run of memory can give a PAMT to.
-    let largest = intervals::subtract(&mem, &n.avoid)
-        .iter()
-        .map(|&(s, e)| e - s)
-        .max()
-        .unwrap_or(0);
+    let largest = free.iter().map(|&(s, e)| e - s).max().unwrap_or(0);
     let fits = |gib: u64| n.limits.pamt_sizes(gib * GIB).iter().sum::<u64>() <= largest;
     let (mut lo, mut hi) = (1u64, MAX_PA / GIB);
     while lo < hi {
@@ -333,9 +400,13 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
 
     let max_r = n.limits.max_reserved_per_tdmr;
     let mut last_err = None;
-    let mut budget = max_r;
+    // No range of addresses needs more areas than there are holes with a
+    // forced byte, so every budget from that count up cuts the same TDMRs:
+    // start there, whatever the limit says (bounded work).
+    let forced_holes = ctx.holes.forced_before.last().map_or(0, |&h| h as usize);
+    let mut budget = max_r.min(forced_holes.max(1));
     while budget >= 1 {
-        let tdmrs = match ctx.partition(budget) {
+        let (tdmrs, joined) = match ctx.partition(budget) {
             Ok(t) => t,
             // With the full budget and no cap, the limit itself is the
             // answer; otherwise the reason is the PAMT that did not fit.
@@ -355,6 +426,16 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
                         ctx.cap = ((end - base) / 2)
                             .next_multiple_of(GIB)
                             .min(end - base - GIB);
+                    }
+                    // Without joins, budgets down to the most areas a
+                    // TDMR needs make the same TDMRs: skip them.
+                    _ if !joined => {
+                        let most = tdmrs
+                            .iter()
+                            .map(|&(a, b)| ctx.holes.areas(a, b))
+                            .max()
+                            .unwrap_or(0);
+                        budget = (budget - 1).min(most.saturating_sub(1));
                     }
                     _ => budget -= 1,
                 }
@@ -425,6 +506,7 @@ enum Phase {
 /// Places the PAMTs of `tdmrs` and builds the plan.
 fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan, Failed> {
     let n = ctx.n;
+    n.round();
     let max_r = n.limits.max_reserved_per_tdmr;
     let forced = &ctx.holes.forced;
     let sizes: Vec<[u64; 3]> = tdmrs
@@ -511,6 +593,16 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
         Locality::Local => &[Phase::Own, Phase::Other],
         Locality::Tiebreak => &[Phase::Any],
     };
+    // The largest slot per node, and of all, before any PAMT is placed
+    // (slots only shrink): a PAMT larger than that finds no slot there
+    // without a scan of the slots (bounded work).
+    let mut room_of: alloc::collections::BTreeMap<u32, u64> = Default::default();
+    for sl in &slots {
+        let r = room_of.entry(sl.node).or_default();
+        *r = (*r).max(sl.hi - sl.lo);
+    }
+    let room_any = room_of.values().copied().max().unwrap_or(0);
+    let room = |node: u32| room_of.get(&node).copied().unwrap_or(0);
     let mut pending = order;
     for &phase in phases {
         let mut deferred = Vec::new();
@@ -526,7 +618,7 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
             // Why a PAMT cannot be on its node: no run there is big enough,
             // or each needs an area its TDMR does not have.
             let why_not_local = || {
-                if slots.iter().any(|s| s.node == nd && fits(s)) {
+                if room(nd) >= need && slots.iter().any(|s| s.node == nd && fits(s)) {
                     RemoteReason::ReservedAreaLimit
                 } else {
                     RemoteReason::NoRoom
@@ -576,10 +668,18 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
             // it while that costs nothing, or one area in a TDMR that keeps
             // one to spare; take it (and every last area) only when nothing
             // else fits.
-            let pick = free_pick(true)
-                .or_else(|| new_area_pick(1, true))
-                .or_else(|| free_pick(false))
-                .or_else(|| new_area_pick(0, false));
+            let may_fit = match phase {
+                Phase::Own => room(nd) >= need,
+                Phase::Other | Phase::Any => room_any >= need,
+            };
+            let pick = if may_fit {
+                free_pick(true)
+                    .or_else(|| new_area_pick(1, true))
+                    .or_else(|| free_pick(false))
+                    .or_else(|| new_area_pick(0, false))
+            } else {
+                None
+            };
             let Some(i) = pick else {
                 if phase == Phase::Own {
                     remote[t] = Some(why_not_local());
@@ -589,15 +689,17 @@ fn place(ctx: &Ctx<'_>, tdmrs: &[(u64, u64)], locality: Locality) -> Result<Plan
                 let (base, end) = tdmrs[t];
                 // No run big enough at all (only smaller TDMRs help), or runs
                 // whose TDMRs have no area to spare (a lower budget helps).
-                return Err(if slots.iter().any(|s| s.hi - s.lo >= need) {
-                    Failed::NoArea {
-                        base,
-                        end,
-                        bytes: need,
-                    }
-                } else {
-                    Failed::NoRun { base, end }
-                });
+                return Err(
+                    if room_any >= need && slots.iter().any(|s| s.hi - s.lo >= need) {
+                        Failed::NoArea {
+                            base,
+                            end,
+                            bytes: need,
+                        }
+                    } else {
+                        Failed::NoRun { base, end }
+                    },
+                );
             };
             if phase == Phase::Any && slots[i].node != nd {
                 // Only reached when the local placement found no plan at

@@ -25,16 +25,12 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
             if start < last_end {
                 start = last_end;
             }
-            if tdmrs.len() >= max_tdmrs {
-                return Err(PlanError::TooManyTdmrs {
-                    needed: tdmrs.len() + 1,
-                    max: max_tdmrs,
-                });
-            }
         }
         tdmrs.push((start, end));
     }
-    if tdmrs.is_empty() || max_tdmrs == 0 {
+    // Linux stops at the first TDMR past the limit ("TDMRs exhausted");
+    // the error names how many the map would need (the whole walk above).
+    if tdmrs.is_empty() || tdmrs.len() > max_tdmrs {
         return Err(PlanError::TooManyTdmrs {
             needed: tdmrs.len().max(1),
             max: max_tdmrs,
@@ -53,6 +49,7 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     let mut nodes = Vec::with_capacity(tdmrs.len());
     let mut pamt_nodes = Vec::with_capacity(tdmrs.len());
     for &(base, end) in &tdmrs {
+        n.round();
         let node = n.node_at(base);
         nodes.push(node);
         let sizes = n.limits.pamt_sizes(end - base);
@@ -146,24 +143,23 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
 /// the other nodes (in node order) the same way. Returns the index of the
 /// free range and the address.
 fn alloc_contig(free: &[(u64, u64, u32)], bytes: u64, node: u32) -> Option<(usize, u64)> {
-    let mut nodes: Vec<u32> = free.iter().map(|r| r.2).collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    nodes.retain(|&x| x != node);
-    nodes.insert(0, node);
-    for nd in nodes {
-        for (zlo, zhi) in [(ZONE_NORMAL_START, u64::MAX), (0, ZONE_NORMAL_START)] {
-            for (i, &(s, e, rn)) in free.iter().enumerate() {
-                if rn != nd {
-                    continue;
-                }
-                let lo = s.max(zlo).next_multiple_of(PAGE);
-                let hi = e.min(zhi);
-                if lo < hi && hi - lo >= bytes {
-                    return Some((i, lo));
+    // One pass (bounded work): the best candidate by (another node, node
+    // number, below ZONE_NORMAL, address); `free` is in address order.
+    let mut best: Option<((bool, u32, bool), usize, u64)> = None;
+    for (i, &(s, e, rn)) in free.iter().enumerate() {
+        for (low, (zlo, zhi)) in [
+            (false, (ZONE_NORMAL_START, u64::MAX)),
+            (true, (0, ZONE_NORMAL_START)),
+        ] {
+            let lo = s.max(zlo).next_multiple_of(PAGE);
+            let hi = e.min(zhi);
+            if lo < hi && hi - lo >= bytes {
+                let key = (rn != node, rn, low);
+                if best.is_none_or(|(k, _, _)| key < k) {
+                    best = Some((key, i, lo));
                 }
             }
         }
     }
-    None
+    best.map(|(_, i, at)| (i, at))
 }

@@ -22,6 +22,26 @@
 //! TDH.SYS.CONFIG (`tdh_sys_config.c` in Intel's module source) and against
 //! the coverage goal;
 //! the planner runs it on its own output before returning it.
+//!
+//! # Bounded work
+//!
+//! The input is untrusted (a memory map from a file, limits from module
+//! metadata), so the planner's work is bounded by the input's size,
+//! whatever the limits say. With `N` usable ranges, [`plan_with_work`]
+//! counts *rounds*: one partition of the memory into TDMRs, one placement
+//! of the PAMTs, or (Linux) one TDMR's PAMT allocation and reserved areas.
+//! [`work_bound`] is the most rounds, linear in `N`: an area budget above
+//! the number of holes (at most `N + 1`) cuts the same TDMRs as that
+//! number, so [`Strategy::Best`] starts there, skips budgets that cut the
+//! same TDMRs, and halves its largest TDMR at most 23 times; Linux makes at
+//! most one TDMR per range. A round walks the ranges, and the PAMT slots
+//! (memory clipped to TDMRs, only those large enough for a PAMT) once per
+//! TDMR at most: `O(T·S)` steps for `T` TDMRs and `S` slots, where a PAMT
+//! that no slot of its node can hold costs no walk. `T` is at most
+//! MAX_TDMRS, or, when that limit is larger, the 1 GiB blocks that hold
+//! memory: on a module's real limits (64 TDMRs) a round is linear in `N`.
+//! MAX_TDMRS and MAX_RESERVED_PER_TDMR up to `usize::MAX` cost no more
+//! rounds than limits equal to what the map can use.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -79,21 +99,13 @@ impl Limits {
     };
 
     /// PAMT bytes per level (4K, 2M, 1G) for a TDMR of `size` bytes, each
-    /// rounded up to 4 KiB (what the module requires, then page aligned).
+    /// rounded up to 4 KiB (what the module requires, then page aligned),
+    /// and at least one page: a level is always a real range of host
+    /// memory, even under limits that would make it empty (an entry size
+    /// or bitmap width of 0, which no module reports).
     pub fn pamt_sizes(&self, size: u64) -> [u64; 3] {
-        let level =
-            |shift: u32, esz: u16| ((size >> shift) * u64::from(esz)).next_multiple_of(PAGE);
-        let l4k = match self.dpamt_bitmap_bits {
-            Some(bits) => ((size >> 12) * u64::from(bits))
-                .div_ceil(8)
-                .next_multiple_of(PAGE),
-            None => level(12, self.pamt_entry_size[0]),
-        };
-        [
-            l4k,
-            level(21, self.pamt_entry_size[1]),
-            level(30, self.pamt_entry_size[2]),
-        ]
+        self.pamt_required(size)
+            .map(|bytes| bytes.next_multiple_of(PAGE).max(PAGE))
     }
 
     /// The PAMT bytes the module requires (before rounding) per level.
@@ -119,8 +131,13 @@ impl Default for Limits {
 /// What the planner plans for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanInput {
-    /// Usable RAM with NUMA nodes, in any order (normalized by the planner:
-    /// sorted, rounded inward to 4 KiB, overlaps merged).
+    /// Usable RAM with NUMA nodes, in any order. The planner normalizes it
+    /// as Linux does: sorted; where ranges overlap, the first (lowest start)
+    /// keeps the bytes; ranges of one node that touch or overlap merged at
+    /// byte precision; then each range rounded inward to whole 4 KiB pages.
+    /// So ranges of one node that touch inside a page keep that page, and a
+    /// page holding the boundary of two nodes is on neither: it is not TDX
+    /// memory (Linux drops it too, see [`Strategy::Linux`]).
     pub usable: Vec<MemRange>,
     /// Convertible memory ranges in the order the module reports them
     /// (order matters: back-to-back CMRs merge only when adjacent in the
@@ -531,16 +548,45 @@ impl PlanError {
 /// assert!(best.pamt_bytes() <= linux.pamt_bytes());
 /// ```
 pub fn plan(input: &PlanInput, strategy: Strategy) -> Result<Plan, PlanError> {
-    let norm = Normalized::new(input)?;
-    let plan = match strategy {
-        Strategy::Best => best::plan(&norm)?,
-        Strategy::Linux => linux::plan(&norm)?,
-    };
-    if strategy == Strategy::Best {
-        check::check_normalized(&plan, &norm).map_err(PlanError::Internal)?;
-    }
-    Ok(plan)
+    plan_with_work(input, strategy).0
 }
+
+/// [`plan`], and the rounds of work it took (see the module documentation,
+/// *Bounded work*): never more than [`work_bound`] of the input.
+pub fn plan_with_work(input: &PlanInput, strategy: Strategy) -> (Result<Plan, PlanError>, u64) {
+    let norm = match Normalized::new(input) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), 0),
+    };
+    let plan = match strategy {
+        Strategy::Best => best::plan(&norm),
+        Strategy::Linux => linux::plan(&norm),
+    };
+    let plan = plan.and_then(|plan| {
+        if strategy == Strategy::Best {
+            check::check_normalized(&plan, &norm).map_err(PlanError::Internal)?;
+        }
+        Ok(plan)
+    });
+    (plan, norm.work.get())
+}
+
+/// The most rounds of work [`plan`] does on `input`, whatever its limits:
+/// linear in the number of usable ranges (module documentation, *Bounded
+/// work*).
+pub fn work_bound(input: &PlanInput) -> u64 {
+    let ranges = input.usable.len() as u64;
+    // Best: (areas budget + TDMR-size halvings) rounds of one partition
+    // and two placements, then the locality pass (a partition and a
+    // placement per budget, and Linux's construction); Linux: one round
+    // per TDMR, at most one TDMR per range.
+    let budget = ranges + 1;
+    3 * (budget + CAP_HALVINGS) + (2 * budget + 1) + ranges + ranges
+}
+
+/// The most times [`Strategy::Best`] halves its largest TDMR (from
+/// `MAX_PA`, 2^22 GiB, down to 1 GiB).
+pub(crate) const CAP_HALVINGS: u64 = 23;
 
 /// The input after normalization, shared by both strategies.
 #[derive(Debug, Clone)]
@@ -554,25 +600,30 @@ pub(crate) struct Normalized {
     pub(crate) limits: Limits,
     pub(crate) avoid: Vec<(u64, u64)>,
     pub(crate) usable_bytes: u64,
+    /// Rounds of work done so far ([`plan_with_work`]).
+    pub(crate) work: core::cell::Cell<u64>,
 }
 
 impl Normalized {
     pub(crate) fn new(input: &PlanInput) -> Result<Self, PlanError> {
+        // Linux's order (`mm/memblock.c`): memblock merges regions of one
+        // node that touch or overlap, at byte precision; TDX then takes
+        // each region's whole pages (`for_each_mem_pfn_range`: PFN_UP of
+        // the start, PFN_DOWN of the end, in `build_tdx_memlist`). So
+        // ranges that touch inside a page keep that page, and a page that
+        // holds the boundary of two nodes is TDX memory on neither.
         let mut raw: Vec<MemRange> = input
             .usable
             .iter()
-            .map(|r| MemRange {
-                start: r.start.next_multiple_of(PAGE),
-                end: r.end & !(PAGE - 1),
-                node: r.node,
-            })
+            .copied()
             .filter(|r| r.start < r.end)
             .collect();
         raw.sort();
         // Overlaps: keep the first claimant of each byte.
-        let mut all: Vec<MemRange> = Vec::with_capacity(raw.len());
+        let mut merged: Vec<MemRange> = Vec::with_capacity(raw.len());
         for r in raw {
-            match all.last_mut() {
+            match merged.last_mut() {
+                Some(l) if r.start <= l.end && r.node == l.node => l.end = l.end.max(r.end),
                 Some(l) if r.start < l.end => {
                     if r.end > l.end {
                         let rest = MemRange {
@@ -580,13 +631,20 @@ impl Normalized {
                             end: r.end,
                             node: r.node,
                         };
-                        all.push(rest);
+                        merged.push(rest);
                     }
                 }
-                Some(l) if r.start == l.end && r.node == l.node => l.end = r.end,
-                _ => all.push(r),
+                _ => merged.push(r),
             }
         }
+        let all: Vec<MemRange> = merged
+            .iter()
+            .filter_map(|r| {
+                let start = r.start.checked_next_multiple_of(PAGE)?;
+                let end = r.end & !(PAGE - 1);
+                (start < end).then_some(MemRange { start, end, ..*r })
+            })
+            .collect();
         if let Some(top) = all.last()
             && top.end > MAX_PA
         {
@@ -619,9 +677,12 @@ impl Normalized {
         let mut avoid: Vec<(u64, u64)> = input
             .avoid
             .iter()
-            .map(|&(s, e)| (s & !(PAGE - 1), e.next_multiple_of(PAGE)))
+            .map(|&(s, e)| {
+                let e = e.checked_next_multiple_of(PAGE).unwrap_or(!(PAGE - 1));
+                (s & !(PAGE - 1), e)
+            })
             .collect();
-        avoid.sort();
+        intervals::normalize(&mut avoid);
         let usable_bytes = mem.iter().map(|r| r.end - r.start).sum();
         Ok(Self {
             mem,
@@ -629,7 +690,13 @@ impl Normalized {
             limits: input.limits,
             avoid,
             usable_bytes,
+            work: core::cell::Cell::new(0),
         })
+    }
+
+    /// Counts one round of work.
+    pub(crate) fn round(&self) {
+        self.work.set(self.work.get() + 1);
     }
 
     /// The node of the first usable byte at or above `pa` (Linux: the first

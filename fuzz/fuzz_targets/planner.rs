@@ -1,0 +1,8 @@
+//! Fuzz target `planner`: the body is `bodies::planner` (shared with the stable
+//! regression test `tdx-plan/tests/fuzz_regressions.rs`).
+#![no_main]
+
+#[path = "../../tdx-plan/tests/fuzz/bodies.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::planner(data));
