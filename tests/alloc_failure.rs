@@ -1059,7 +1059,10 @@ fn frames_waiting_for_teardown_are_kept_without_allocating() {
         assert_eq!(hit, fail_list);
         let e = r.unwrap_err();
         assert!(matches!(e, TdError::Seamcall { .. }), "{e:?}");
-        assert!(td.mapping(gpa).is_none(), "not mapped any more");
+        // Not mapped any more; a parked page says so.
+        let state = td.mapping(gpa).map(|m| m.state);
+        let want = fail_list.then_some(tdx::api::td::MappingState::Parked);
+        assert_eq!(state, want);
         // Listed: the GPA is free again. Parked: refused, with the frame.
         let f = frame4k(&sim);
         let run = PfnRun::try_new(f.pfn(), 1).unwrap();
@@ -1080,6 +1083,42 @@ fn frames_waiting_for_teardown_are_kept_without_allocating() {
             }
         }
     }
+    // A parked 2M page: a 4K map inside it is refused as parked (it stays
+    // until teardown), not reported as contention a VMM would retry.
+    // First fill the list to its capacity: 4K pages whose write-back fails
+    // go on it without allocating, until one needs room (and is parked).
+    for k in 0.. {
+        assert!(k < 64, "the list never needed to grow");
+        let gpa = Gpa::new(0x30_0000 + k * 4096);
+        let f = frame4k(&sim);
+        given.push(PfnRun::try_new(f.pfn(), 1).unwrap());
+        td.map(gpa, f).unwrap();
+        fail_next_wbinvd();
+        let (r, hit) = with_failure(1, || td.unmap::<Size4K>(gpa, &kick));
+        assert!(r.is_err());
+        if hit {
+            break;
+        }
+    }
+    let f = frame2m(&sim);
+    given.push(PfnRun::try_new(f.pfn(), 512).unwrap());
+    let big = Gpa::new(0x60_0000);
+    td.map(big, f).unwrap();
+    fail_next_wbinvd();
+    let (r, hit) = with_failure(1, || td.unmap::<Size2M>(big, &kick));
+    assert!(hit && r.is_err());
+    let m = td.mapping(Gpa::new(0x60_1000)).expect("the parked page");
+    assert_eq!((m.gpa, m.state), (big, tdx::api::td::MappingState::Parked));
+    let f = frame4k(&sim);
+    let run = PfnRun::try_new(f.pfn(), 1).unwrap();
+    let fail = td.map(Gpa::new(0x60_1000), f).unwrap_err();
+    assert!(
+        matches!(fail.error, TdError::Gpa { .. }) && !fail.error.is_contention(),
+        "{:?}",
+        fail.error
+    );
+    free(&sim, run);
+
     // A promote whose freed S-EPT page is not written back: kept by the
     // retired node, given back at teardown.
     let f = frame2m(&sim);

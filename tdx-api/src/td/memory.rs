@@ -438,6 +438,8 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     #[inline(never)]
     fn occupied(&self, gpa: Gpa) -> TdError {
         match self.mapping(gpa) {
+            // Not a contention: it stays until teardown.
+            Some(m) if m.state == super::MappingState::Parked => parked(gpa),
             Some(m) => TdError::Occupied {
                 gpa,
                 by: Occupant::Page {

@@ -332,6 +332,11 @@ pub enum MappingState {
     /// A removal that failed after TDH.MEM.RANGE.BLOCK left it blocked:
     /// the guest cannot use it; the next removal resumes from there.
     Blocked,
+    /// Removed from the S-EPT, but its frames wait for teardown (in doubt,
+    /// or not written back) and the TD's list for such frames could not
+    /// grow, so the entry holds them: the GPA is refused until teardown,
+    /// which gives the frames back.
+    Parked,
 }
 
 use crate::{
@@ -619,8 +624,17 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
     /// read that claims nothing: another thread may change it right after.
     pub fn mapping(&self, gpa: Gpa) -> Option<Mapping> {
         let (level, e) = self.inner.tree.lookup(gpa.as_u64());
-        let mirror::Entry::Leaf(first, hold) = e else {
-            return None;
+        let (first, state) = match e {
+            mirror::Entry::Leaf(first, hold) => (
+                first,
+                match hold {
+                    mirror::Hold::Idle => MappingState::Mapped,
+                    mirror::Hold::Busy => MappingState::InProgress,
+                    mirror::Hold::Blocked => MappingState::Blocked,
+                },
+            ),
+            mirror::Entry::Parked(first, _) => (first, MappingState::Parked),
+            _ => return None,
         };
         let size = match level {
             0 => TdxLevel::L4K,
@@ -631,11 +645,7 @@ impl<S: TdState, H: TdHostRef> Td<S, H> {
             gpa: Gpa::new(gpa.as_u64() & !(size.bytes() - 1)),
             size,
             first,
-            state: match hold {
-                mirror::Hold::Idle => MappingState::Mapped,
-                mirror::Hold::Busy => MappingState::InProgress,
-                mirror::Hold::Blocked => MappingState::Blocked,
-            },
+            state,
         })
     }
 
