@@ -37,12 +37,11 @@ use std::{
     hint::black_box,
     time::{Duration, Instant},
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size2M, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },
     types::PfnRun,

@@ -11,12 +11,11 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Size1G, Size2M, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdHost},
     },

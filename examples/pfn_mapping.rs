@@ -17,12 +17,11 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdError, TdHost},
     },

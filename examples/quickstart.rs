@@ -24,12 +24,11 @@
 #![allow(unsafe_code)]
 
 use std::{cell::Cell, path::PathBuf, time::Instant};
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Size1G, Size2M, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         measure::{self, InitialPage},
         td::{AugPageSize, Finalized, GuestFrame, PageRole, Td, TdConfig, TdHost},
     },

@@ -22,12 +22,12 @@ use std::{
     sync::{Arc, Mutex, mpsc},
     thread,
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule, measure,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
+        measure,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost, Vcpu},
     },

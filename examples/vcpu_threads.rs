@@ -33,12 +33,12 @@ use std::{
     thread,
     time::Instant,
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
-        CpuId, Cpus, ExtInited, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, Cpus, ExtInited, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule,
+        X2ApicId,
         plan::{MemRange, PlanInput},
         retry::RetryPolicy,
         td::{Finalized, GuestFrame, Td, TdConfig, TdError, TdHost},

@@ -406,8 +406,8 @@ fn lifecycle(sim: &Simulator, hostile: &Hostile<'_>, rng: &mut ChaCha8Rng, tally
     let td = match td.finalize() {
         Ok(td) => td,
         Err(f) => {
-            // Dropped: the teardown runs in `drop`; its report, and the
-            // guest frames in it, go to the platform.
+            // Dropped: the teardown runs in `drop`; the guest frames go to
+            // the platform.
             drop(f.returned);
             free_dropped(sim);
             return;
@@ -474,13 +474,11 @@ fn lifecycle(sim: &Simulator, hostile: &Hostile<'_>, rng: &mut ChaCha8Rng, tally
     }
 }
 
-/// Frees the guest frames of TDs that were dropped (their reports went to
-/// the simulator's platform hook).
+/// Frees the guest frames dropped TDs handed to the platform
+/// (`FrameDeallocator::return_guest_frames`).
 fn free_dropped(sim: &Simulator) {
-    for report in sim.dropped_td_reports() {
-        for r in &report.guest_returned {
-            free(sim, *r);
-        }
+    for r in sim.take_returned_guest_frames() {
+        free(sim, r);
     }
 }
 

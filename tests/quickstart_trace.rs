@@ -11,12 +11,11 @@
 #![allow(unsafe_code)]
 
 use std::path::PathBuf;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, PageSize, Pfn, Size1G, Size2M, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         td::{GuestFrame, TdConfig, TdHost},
     },
     types::PfnRun,

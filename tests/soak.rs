@@ -127,9 +127,6 @@ fn until_done<T>(tally: &Tally, what: &str, mut op: impl FnMut() -> Result<T, Td
         match op() {
             Ok(t) => return t,
             Err(e) if e.is_contention() => {
-                if std::env::var("SOAK_DEBUG").is_ok() {
-                    eprintln!("{what}: {e}");
-                }
                 tally.contention.fetch_add(1, Relaxed);
                 thread::yield_now();
             }

@@ -19,7 +19,6 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use tdx::api::{InitialRcx, X2ApicId};
 
 mod td_host;
 
@@ -27,7 +26,7 @@ use td_host::{assert_back_to, calls, frames, give_frames_back};
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
     api::{
-        ExtInited, TdxModule,
+        ExtInited, InitialRcx, TdxModule, X2ApicId,
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
         td::{

@@ -24,12 +24,11 @@ mod td_host;
 
 use std::sync::{Arc, Barrier};
 use td_host::{assert_back_to, calls, frames, give_frames_back};
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxStatus,
     api::{
-        ExtInited, TdxModule,
+        ExtInited, InitialRcx, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, PageRole, Td, TdError, TdHost, TdHostRef},
     },

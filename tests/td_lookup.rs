@@ -8,11 +8,10 @@
 mod td_host;
 
 use td_host::{frames, give_frames_back, host, sim};
-use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Pfn, Size1G, Size2M, Size4K, TdxLevel,
     api::{
-        CpuId,
+        CpuId, InitialRcx, X2ApicId,
         td::{GuestFrame, Mapping, MappingState, TdConfig},
     },
 };

@@ -7,11 +7,11 @@
 // gave the test.
 #![allow(unsafe_code)]
 
-use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Leaf, Size4K, TdxStatus,
     api::{
-        ARCH_MAX_VCPUS, CpuId, ExtInited, FrameAllocator, ModuleVersion, Placement, TdxModule,
+        ARCH_MAX_VCPUS, CpuId, ExtInited, FrameAllocator, InitialRcx, ModuleVersion, Placement,
+        TdxModule, X2ApicId,
         measure::{self, InitialPage},
         plan::{MemRange, PlanInput},
         td::{GuestFrame, Initialized, Operand, ParamsError, Td, TdError, TdHost},

@@ -22,7 +22,6 @@ use std::{
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 mod td_host;
 
@@ -31,7 +30,7 @@ use tdx::{
     Gpa, Pfn, Size2M, Size4K,
     api::{
         CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
-        HardwareInfo, NodeId, PackageId, Placement, PlatformError, TdxModule,
+        HardwareInfo, InitialRcx, NodeId, PackageId, Placement, PlatformError, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, PageRole, Td, TdConfig, TdError, TdHost, TdHostRef},
     },

@@ -36,13 +36,13 @@ use std::{
     cell::Cell,
     collections::{BTreeMap, BTreeSet},
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 use proptest::prelude::*;
 use tdx::{
     Gpa, Leaf, Pfn, Size2M, Size4K, TdxStatus,
     api::{
-        CpuId, ExtInited, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, ExtInited, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule,
+        X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, PageRole, Td, TdError, TdHost, TeardownReport},
     },

@@ -12,13 +12,12 @@
 mod td_host;
 
 use std::sync::mpsc;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use td_host::{host, sim};
 use tdx::{
     Gpa, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, X2ApicId,
         td::{GuestFrame, TdConfig, TdError, Vcpu},
     },
     types::{

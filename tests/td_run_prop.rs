@@ -45,14 +45,13 @@
 mod td_host;
 
 use std::{collections::BTreeSet, sync::mpsc};
-use tdx::api::{InitialRcx, X2ApicId};
 
 use proptest::prelude::*;
 use td_host::{host, sim};
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, X2ApicId,
         td::{GuestFrame, TdConfig, Vcpu},
     },
     types::{

@@ -11,11 +11,10 @@
 // the TD (`GuestFrame::new`) and frees them when the TD gives them back.
 #![allow(unsafe_code)]
 
-use tdx::api::{InitialRcx, X2ApicId};
 use tdx::{
     Gpa, Size4K,
     api::{
-        CpuId, FrameAllocator, FrameDeallocator, Placement, TdxModule,
+        CpuId, FrameAllocator, FrameDeallocator, InitialRcx, Placement, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{GuestFrame, TdConfig, TdHost},
     },

@@ -27,13 +27,13 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size1G, Size2M, Size4K, TdxLevel, TdxStatus,
     api::{
         CacheMaintenance, CpuId, Cpus, DirectMap, ExtInited, FrameAllocator, FrameDeallocator,
-        Hardware, HardwareInfo, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        Hardware, HardwareInfo, InitialRcx, NodeId, PackageId, Placement, Platform, PlatformError,
+        TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         retry::{Backoff, RetryPolicy},
         td::{

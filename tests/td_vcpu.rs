@@ -9,13 +9,12 @@
 mod td_host;
 
 use std::sync::Arc;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use td_host::{Host, host, sim};
 use tdx::{
     Leaf, TdxStatus,
     api::{
-        CpuId, Cpus,
+        CpuId, Cpus, InitialRcx, X2ApicId,
         td::{Finalized, Td, TdConfig, TdError, Vcpu, VcpuId},
     },
     sys::leaf,

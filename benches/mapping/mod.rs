@@ -6,12 +6,11 @@
 #![allow(unsafe_code)]
 
 use std::hint::black_box;
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Pfn, Size4K,
     api::{
-        CacheMaintenance, CpuId, TdxModule,
+        CacheMaintenance, CpuId, InitialRcx, TdxModule, X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
     },

@@ -16,13 +16,13 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tdx::api::{InitialRcx, X2ApicId};
 
 use tdx::{
     Gpa, Leaf, Pfn, Size4K, TdxStatus,
     api::{
         CacheMaintenance, CpuId, Cpus, DirectMap, FrameAllocator, FrameDeallocator, Hardware,
-        HardwareInfo, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        HardwareInfo, InitialRcx, NodeId, PackageId, Placement, Platform, PlatformError, TdxModule,
+        X2ApicId,
         plan::{MemRange, PlanInput},
         td::{Finalized, GuestFrame, Td, TdConfig, TdHost, TdHostRef},
     },

@@ -22,11 +22,10 @@ use std::{
     sync::Barrier,
     time::{Duration, Instant},
 };
-use tdx_api::{InitialRcx, X2ApicId};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tdx_api::{
-    CpuId, Cpus, FrameAllocator, Placement, TdxModule,
+    CpuId, Cpus, FrameAllocator, InitialRcx, Placement, TdxModule, X2ApicId,
     plan::{MemRange, PlanInput},
     td::{Finalized, GuestFrame, Td, TdConfig, TdHost},
 };
