@@ -242,6 +242,13 @@ pub fn plan_error(e: &PlanError, strategy: Strategy) -> String {
             m.put("end", end);
             m.put("bytes", bytes);
         }
+        PlanError::BadCmr {
+            index, start, end, ..
+        } => {
+            m.put("cmr", index);
+            m.put("start", start);
+            m.put("end", end);
+        }
         PlanError::Internal(ref check) => m.put("check", check.to_string()),
     }
     pretty(&m)

@@ -413,6 +413,10 @@ pub fn explain(e: &PlanError, strategy: Strategy, a: &Analysis) -> String {
         }
         PlanError::TooHigh { .. } => "a TDMR cannot describe memory above 2^52".to_owned(),
         PlanError::NoMemory => "nothing to plan".to_owned(),
+        PlanError::BadCmr { .. } => "the TDX module refuses a CMR list that is not 4 KiB aligned, \
+             sorted by address and free of overlaps (TDX_CMR_LIST_INVALID at TDH.SYS.INIT): \
+             no machine reports such a list"
+            .to_owned(),
         PlanError::Internal(_) => "a planner bug: please report it with the input".to_owned(),
     }
 }

@@ -338,19 +338,9 @@ pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     intervals::normalize(&mut mem);
     let mut conv = n.cmr_chains.list.clone();
     intervals::normalize(&mut conv);
-    let mut forced = intervals::subtract(&[(0, MAX_PA)], &conv);
-    // A hole must also be reserved where it crosses from one CMR chain into
-    // another that overlaps or touches it (the module needs each
-    // non-reserved part inside one chain): the bytes either side of such a
-    // chain start count as forced.
-    let mut reach = 0u64;
-    for (i, &(s, e)) in n.cmr_chains.list.iter().enumerate() {
-        if i > 0 && s <= reach {
-            forced.push((s.saturating_sub(1), s.saturating_add(1)));
-        }
-        reach = reach.max(e);
-    }
-    intervals::normalize(&mut forced);
+    // Chains never touch or overlap: the CMRs are sorted and disjoint
+    // (checked by `Normalized::new`), and touching ones form one chain.
+    let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
     // Every 1 GiB block with memory is in a TDMR, and a TDMR's PAMT is at
     // least its size times the bytes per GiB the module requires: when
     // that is more than all the memory there is, no cut helps (answered at

@@ -139,10 +139,17 @@ pub struct PlanInput {
     /// page holding the boundary of two nodes is on neither: it is not TDX
     /// memory (Linux drops it too, see [`Strategy::Linux`]).
     pub usable: Vec<MemRange>,
-    /// Convertible memory ranges in the order the module reports them
-    /// (order matters: back-to-back CMRs merge only when adjacent in the
-    /// array). `None`: assume exactly the usable ranges are convertible, as
-    /// Linux does.
+    /// Convertible memory ranges `[start, end)` in the order the module
+    /// reports them. `None`: assume exactly the usable ranges are
+    /// convertible, as Linux does.
+    ///
+    /// The list must be one a module accepts: empty entries (`start ==
+    /// end`) are skipped, and the others 4 KiB aligned, sorted by start and
+    /// disjoint (they may touch). TDH.SYS.INIT refuses any other list with
+    /// TDX_CMR_LIST_INVALID (`check_cmrs` in Intel's
+    /// `src/vmm_dispatcher/api_calls/tdh_sys_init.c`), so planning for one
+    /// would plan for a machine that cannot exist: [`plan`] answers
+    /// [`PlanError::BadCmr`].
     pub cmrs: Option<Vec<(u64, u64)>>,
     /// The module's limits.
     pub limits: Limits,
@@ -500,6 +507,18 @@ pub enum PlanError {
         /// PAMT bytes.
         bytes: u64,
     },
+    /// A CMR list no module accepts (see [`PlanInput::cmrs`]).
+    #[error("CMR {index} [{start:#x}, {end:#x}) {problem}")]
+    BadCmr {
+        /// Index of the offending CMR in the list.
+        index: usize,
+        /// Its start.
+        start: u64,
+        /// Its end.
+        end: u64,
+        /// What is wrong with it.
+        problem: CmrProblem,
+    },
     /// The plan failed the planner's own check (a planner bug; the plan is
     /// not returned).
     #[error("internal error: the plan breaks a rule: {0}")]
@@ -518,9 +537,29 @@ impl PlanError {
             }
             Self::TooManyTdmrs { .. } => "too_many_tdmrs",
             Self::NoPamtSpace { .. } => "no_pamt_space",
+            Self::BadCmr { .. } => "bad_cmr",
             Self::Internal(_) => "internal",
         }
     }
+}
+
+/// What is wrong with a CMR in [`PlanError::BadCmr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CmrProblem {
+    /// The end is below the start.
+    #[error("ends before it starts")]
+    Inverted,
+    /// Start or end is not 4 KiB aligned.
+    #[error("is not 4 KiB aligned")]
+    Unaligned,
+    /// It starts before an earlier non-empty CMR ends (out of order or
+    /// overlapping).
+    #[error("starts before CMR {earlier} ends (CMRs must be sorted and disjoint)")]
+    Overlaps {
+        /// Index of the earlier CMR.
+        earlier: usize,
+    },
 }
 
 /// Plans TDMRs and PAMTs for `input` with `strategy`.
@@ -604,6 +643,36 @@ pub(crate) struct Normalized {
     pub(crate) work: core::cell::Cell<u64>,
 }
 
+/// The module's own check of its CMR list, in its order: each non-empty
+/// CMR aligned, then not starting before the previous non-empty one ends.
+fn check_cmrs(cmrs: &[(u64, u64)]) -> Result<(), PlanError> {
+    let mut prev: Option<(usize, u64)> = None;
+    for (index, &(start, end)) in cmrs.iter().enumerate() {
+        let bad = |problem| PlanError::BadCmr {
+            index,
+            start,
+            end,
+            problem,
+        };
+        if start == end {
+            continue;
+        }
+        if end < start {
+            return Err(bad(CmrProblem::Inverted));
+        }
+        if start % PAGE != 0 || end % PAGE != 0 {
+            return Err(bad(CmrProblem::Unaligned));
+        }
+        if let Some((earlier, prev_end)) = prev
+            && start < prev_end
+        {
+            return Err(bad(CmrProblem::Overlaps { earlier }));
+        }
+        prev = Some((index, end));
+    }
+    Ok(())
+}
+
 impl Normalized {
     pub(crate) fn new(input: &PlanInput) -> Result<Self, PlanError> {
         // Linux's order (`mm/memblock.c`): memblock merges regions of one
@@ -662,7 +731,10 @@ impl Normalized {
             return Err(PlanError::NoMemory);
         }
         let cmrs: Vec<(u64, u64)> = match &input.cmrs {
-            Some(c) => c.clone(),
+            Some(c) => {
+                check_cmrs(c)?;
+                c.clone()
+            }
             None => all.iter().map(|r| (r.start, r.end)).collect(),
         };
         let cmr_chains = intervals::Chains::new(&cmrs);

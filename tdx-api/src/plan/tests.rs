@@ -811,3 +811,62 @@ fn pamts_larger_than_all_memory_fail_at_once() {
     );
     assert_eq!(work, 0);
 }
+
+#[test]
+fn cmr_lists_no_module_accepts_are_refused_before_planning() {
+    // Two nodes' memory meets at `b`; with the CMR array out of order the
+    // module's merged CMRs would be two chains meeting there, and before
+    // this check Best answered `Internal` when node 0 was too small for a
+    // PAMT to cover the boundary. TDH.SYS.INIT refuses such a list
+    // (TDX_CMR_LIST_INVALID), so the planner does too, naming the CMR.
+    let b = 4 * GIB + MIB;
+    let mut input = PlanInput::new(vec![node(4 * GIB, b, 0), node(b, 6 * GIB, 1)]);
+    let refused = |cmrs: Vec<(u64, u64)>, index: usize, problem: CmrProblem| {
+        let mut input = input.clone();
+        let (start, end) = cmrs[index];
+        input.cmrs = Some(cmrs);
+        for st in [Strategy::Best, Strategy::Linux] {
+            assert_eq!(
+                plan(&input, st),
+                Err(PlanError::BadCmr {
+                    index,
+                    start,
+                    end,
+                    problem
+                }),
+                "{st:?}"
+            );
+        }
+    };
+    refused(
+        vec![(b, 6 * GIB), (4 * GIB, b)],
+        1,
+        CmrProblem::Overlaps { earlier: 0 },
+    );
+    refused(
+        vec![(4 * GIB, b + MIB), (0, 0), (b, 6 * GIB)],
+        2,
+        CmrProblem::Overlaps { earlier: 0 },
+    );
+    refused(vec![(4 * GIB, 3 * GIB)], 0, CmrProblem::Inverted);
+    refused(vec![(4 * GIB, 6 * GIB - 1)], 0, CmrProblem::Unaligned);
+    refused(vec![(4 * GIB + 1, 6 * GIB)], 0, CmrProblem::Unaligned);
+    let e = PlanError::BadCmr {
+        index: 1,
+        start: 4 * GIB,
+        end: b,
+        problem: CmrProblem::Overlaps { earlier: 0 },
+    };
+    assert_eq!(e.kind(), "bad_cmr");
+    assert_eq!(
+        e.to_string(),
+        "CMR 1 [0x100000000, 0x100100000) starts before CMR 0 ends \
+         (CMRs must be sorted and disjoint)"
+    );
+    // The same CMRs in the module's order, touching, with empty slots
+    // between: one chain, and both strategies plan it.
+    input.cmrs = Some(vec![(4 * GIB, b), (0, 0), (b, 6 * GIB)]);
+    let (best, linux) = both(&input);
+    best.unwrap();
+    check(&linux.unwrap(), &input).unwrap();
+}

@@ -189,12 +189,39 @@ pub fn plan_input_from(data: &[u8]) -> PlanInput {
             _ => usable.push(MemRange { start, end, node }),
         }
     }
+    if flags & 4 != 0 {
+        // A list shaped as a module reports it (page aligned, sorted,
+        // disjoint), so the planner runs on it rather than refusing it
+        // with `PlanError::BadCmr`.
+        cmrs = module_shaped(cmrs);
+    }
     PlanInput {
         usable,
         cmrs: (flags & 1 != 0).then_some(cmrs),
         limits,
         avoid,
     }
+}
+
+/// `cmrs` page aligned outwards, sorted and clipped so none overlaps an
+/// earlier one.
+fn module_shaped(mut cmrs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    for c in &mut cmrs {
+        c.0 &= !(PAGE - 1);
+        c.1 = c.1.checked_next_multiple_of(PAGE).unwrap_or(!(PAGE - 1));
+    }
+    cmrs.retain(|&(s, e)| s < e);
+    cmrs.sort_unstable();
+    let mut reach = 0;
+    let mut out = Vec::with_capacity(cmrs.len());
+    for (s, e) in cmrs {
+        let s = s.max(reach);
+        if s < e {
+            out.push((s, e));
+            reach = e;
+        }
+    }
+    out
 }
 
 /// Both strategies on an arbitrary input: every plan passes the rule check
