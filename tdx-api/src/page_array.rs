@@ -201,15 +201,23 @@ impl<'p, P: FrameAllocator + FrameDeallocator + DirectMap + ?Sized> TdxPageArray
             .len()
             .saturating_sub(offset)
             .min(HPA_LIST_MAX_ENTRIES);
-        let bytes: Vec<u8> = self.pages[offset..offset + n]
-            .iter()
-            .flat_map(|f| f.hpa().as_u64().to_le_bytes())
-            .collect();
-        // SAFETY: the root page is host memory this array allocated from
-        // `self.platform` and never gives to the module, which only reads it
-        // during a leaf call (whose own `unsafe` contract keeps writers out);
-        // `&mut self` keeps out every other writer through the array.
-        unsafe { self.platform.write_phys(self.root.hpa(), &bytes) };
+        // Through a buffer on the stack, 64 entries (512 bytes) at a time:
+        // no heap allocation, so this cannot fail.
+        const CHUNK: usize = 64;
+        let mut buf = [0u8; CHUNK * 8];
+        for (i, chunk) in self.pages[offset..offset + n].chunks(CHUNK).enumerate() {
+            for (slot, f) in buf.chunks_exact_mut(8).zip(chunk) {
+                slot.copy_from_slice(&f.hpa().as_u64().to_le_bytes());
+            }
+            let at = Hpa::new(self.root.hpa().as_u64() + (i * CHUNK * 8) as u64);
+            // SAFETY: the root page is host memory this array allocated
+            // from `self.platform` and never gives to the module, which
+            // only reads it during a leaf call (whose own `unsafe` contract
+            // keeps writers out); `&mut self` keeps out every other writer
+            // through the array. The chunk lies inside the root page: at
+            // most 512 entries of 8 bytes from its start.
+            unsafe { self.platform.write_phys(at, &buf[..chunk.len() * 8]) };
+        }
         self.window = (offset, n);
         n
     }
@@ -495,10 +503,16 @@ mod tests {
         assert!(core::ptr::eq(a.platform(), &p));
         let root = a.root().hpa().as_u64();
         assert_eq!(a.populate(0), 512);
-        assert_eq!(p.word(root), a.pages()[0].hpa().as_u64());
-        assert_eq!(p.word(root + 511 * 8), a.pages()[511].hpa().as_u64());
+        for i in 0..512 {
+            assert_eq!(p.word(root + i * 8), a.pages()[i as usize].hpa().as_u64());
+        }
         assert_eq!(a.populate(512), 88);
-        assert_eq!(p.word(root), a.pages()[512].hpa().as_u64());
+        for i in 0..88 {
+            let want = a.pages()[512 + i as usize].hpa().as_u64();
+            assert_eq!(p.word(root + i * 8), want, "entry {i}");
+        }
+        // Past the window: the first pass's entries, untouched.
+        assert_eq!(p.word(root + 88 * 8), a.pages()[88].hpa().as_u64());
         assert_eq!(a.populate(600), 0);
         // SAFETY: nothing was given to a module.
         unsafe { a.free() };
