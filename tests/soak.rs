@@ -26,8 +26,10 @@
 //! accounting is exactly what it was after bring-up.
 //!
 //! The same soak runs with the library driving the simulator through the
-//! real SEAMCALL instruction (`tdx_sim::trap`, Linux x86_64): the faults
-//! are injected by the simulator behind the trap, so they are the same.
+//! real SEAMCALL instruction (`tdx_sim::trap`, Linux x86_64): the
+//! simulator behind the trap injects the faults, and the statuses and
+//! registers of the faulted calls reach the library through the trap
+//! handler as every other answer does.
 //! Threaded runs are not reproducible call for call on either backend (the
 //! random faults are drawn in the order the threads' calls reach the
 //! module, and contention depends on the interleaving), so a sequential
