@@ -29,17 +29,19 @@
 //! exit only reports what the guest asked for, which a host checks anyway.)
 //!
 //! Whole lifecycles run against it (bring-up, a TD with vCPUs, a measured
-//! image, 4K and 2M maps, a run loop in which two vCPUs enter by turns
-//! with guest programs that accept, write and read their memory (mapped on
-//! their EPT violations), convert a buffer to shared and back (MapGPA), ask
-//! for CPUID and halt, while the VMM moves them between CPUs; unmaps,
-//! demote, teardown or drop), and after each
-//! one the test checks that the library never panicked (a panic fails the
-//! test), never looped without bound (each run has a watchdog, and the
-//! backend counts calls), and lost nothing: the simulator saw no rule
-//! broken (no host access to module memory, no page freed while the module
-//! owned it), its invariants hold, and every page the test or the library
-//! allocated is free again or was reported leaked with a reason.
+//! image, 4K and 2M maps, a run loop, unmaps, demote, teardown or drop).
+//! In the run loop two vCPUs enter, by turns on one thread or, in about
+//! one run in four, each on a thread of its own (the VMM kicking the other
+//! out of the guest for its conversions), with guest programs that accept,
+//! write and read their memory (mapped on their EPT violations), convert
+//! a buffer to shared and back (MapGPA), ask for CPUID and halt, while the
+//! VMM moves them between CPUs. After each lifecycle the test checks that
+//! the library never panicked (a panic fails the test), never looped
+//! without bound (each run has a watchdog, and the backend counts calls),
+//! and lost nothing: the simulator saw no rule broken (no host access to
+//! module memory, no page freed while the module owned it), its invariants
+//! hold, and every page the test or the library allocated is free again or
+//! was reported leaked with a reason.
 //!
 //! CI runs a fixed set of seeds; `cargo test --test hostile_module --
 //! --ignored` runs thousands (`HOSTILE_SEEDS=n` for another number), in a
@@ -357,6 +359,8 @@ struct Tally {
     lazy: u64,
     converted: u64,
     halted: u64,
+    /// The run loop ran its vCPUs on threads.
+    threaded: bool,
     ready: bool,
     finalized: bool,
     mapped: u64,
@@ -631,9 +635,115 @@ fn guest(i: u64) -> impl FnOnce(&mut Guest) + Send + 'static {
 
 type HostileTd<'h, 's> = Td<Finalized, &'h TdHost<&'h Hostile<'s>, &'s Simulator>>;
 
-/// The VMM's run loop: the vCPUs enter by turns (on one thread, so a seed
-/// replays), each on its CPU or, now and then, another (or one that does
-/// not exist); every exit is handled as a VMM would, whatever it names.
+/// The run loop's counts, shared by the vCPU threads.
+#[derive(Debug, Default)]
+struct Counts {
+    exits: AtomicU64,
+    vmcalls: AtomicU64,
+    lazy: AtomicU64,
+    converted: AtomicU64,
+    halted: AtomicU64,
+}
+
+/// A vCPU as the run loop drives it: its handle, the CPU it enters on
+/// next, its failed entries so far.
+type Driven<'a, 'h, 's> = (tdx::api::td::Vcpu<&'a HostileTd<'h, 's>>, CpuId, u32);
+
+/// One entry of a vCPU and the VMM's handling of its exit, whatever it
+/// names; false when the VMM is done with the vCPU (halted, unrecoverable,
+/// or too many failed entries).
+fn step(
+    sim: &Simulator,
+    td: &HostileTd<'_, '_>,
+    (v, cpu, errors): &mut Driven<'_, '_, '_>,
+    rng: &mut ChaCha8Rng,
+    counts: &Counts,
+    kick: &dyn Fn(),
+) -> bool {
+    if rng.next_u32().is_multiple_of(8) {
+        *cpu = CpuId(rng.next_u32() % 5);
+    }
+    // CPU 4 does not exist: the library refuses it before any call.
+    sim.set_lp(cpu.0 % 4);
+    let exit = match v.enter(*cpu) {
+        Ok(exit) => exit,
+        Err(_) => {
+            *errors += 1;
+            return *errors < ENTER_ERRORS;
+        }
+    };
+    counts.exits.fetch_add(1, Relaxed);
+    match exit {
+        TdExit::EptViolation { gpa, .. } if gpa & SHARED == 0 => {
+            let Ok(at) = Gpa::try_new(gpa) else {
+                return true;
+            };
+            if counts.lazy.load(Relaxed) >= LAZY_LIMIT {
+                return true;
+            }
+            let Some(run) = frames(sim, 1, 1) else {
+                return true;
+            };
+            // SAFETY: allocated above for this TD.
+            let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
+            match td.map(at, f) {
+                Ok(()) => {
+                    counts.lazy.fetch_add(1, Relaxed);
+                }
+                Err(f) => free(sim, f.returned.run()),
+            }
+            true
+        }
+        TdExit::Vmcall { .. } => {
+            counts.vmcalls.fetch_add(1, Relaxed);
+            let request = v.vmcall().expect("a TDCALL exit has a request");
+            let (status, go_on) = match request {
+                Err(_) => (VmcallStatus::INVALID_OPERAND, true),
+                Ok(VmcallRequest::MapGpa { gpa, size }) if gpa & SHARED != 0 => {
+                    match Gpa::try_new(gpa & !SHARED) {
+                        Ok(start) => {
+                            let r = td.unmap_range(start, size, kick);
+                            for run in r.returned() {
+                                counts.converted.fetch_add(run.count(), Relaxed);
+                                free(sim, run);
+                            }
+                            let s = if r.is_complete() {
+                                VmcallStatus::SUCCESS
+                            } else {
+                                VmcallStatus::INVALID_OPERAND
+                            };
+                            (s, true)
+                        }
+                        Err(_) => (VmcallStatus::INVALID_OPERAND, true),
+                    }
+                }
+                Ok(VmcallRequest::MapGpa { .. }) => (VmcallStatus::SUCCESS, true),
+                Ok(VmcallRequest::Cpuid { .. }) => {
+                    v.reply_cpuid([1, 2, 3, 4])
+                        .expect("a pending TDG.VP.VMCALL takes a reply");
+                    return true;
+                }
+                Ok(VmcallRequest::Hlt { .. }) => {
+                    counts.halted.fetch_add(1, Relaxed);
+                    (VmcallStatus::SUCCESS, false)
+                }
+                Ok(_) => (VmcallStatus::SUBFUNC_UNSUPPORTED, true),
+            };
+            v.reply(status)
+                .expect("a pending TDG.VP.VMCALL takes a reply");
+            go_on
+        }
+        TdExit::Unrecoverable { .. } => false,
+        _ => true,
+    }
+}
+
+/// The VMM's run loop. In about three runs in four the vCPUs enter by
+/// turns on this thread (so the seed replays), each on its CPU or, now and
+/// then, another (or one that does not exist); otherwise each vCPU enters
+/// on a thread of its own, the conversions kicking the other out of the guest (not
+/// reproducible call for call: the threads' calls reach the hostile
+/// module's random draws in the order they come).
 fn run_loop(
     sim: &Simulator,
     td: &HostileTd<'_, '_>,
@@ -641,96 +751,53 @@ fn run_loop(
     rng: &mut ChaCha8Rng,
     tally: &mut Tally,
 ) {
-    let mut live = Vec::new();
+    let mut live: Vec<Driven<'_, '_, '_>> = Vec::new();
     for (i, id) in vcpus.iter().enumerate() {
         sim.set_guest(id.tdvpr, guest(i as u64));
         if let Ok(v) = td.vcpu(*id) {
-            live.push((v, id.cpu, 0u32));
+            live.push((v, id.cpu, 0));
         }
     }
-    let kick = || {};
-    for _ in 0..ROUNDS {
-        live.retain_mut(|(v, cpu, errors)| {
-            if rng.next_u32().is_multiple_of(8) {
-                *cpu = CpuId(rng.next_u32() % 5);
+    let counts = Counts::default();
+    if rng.next_u32().is_multiple_of(4) {
+        tally.threaded = true;
+        let tdvprs: Vec<_> = vcpus.iter().map(|v| v.tdvpr).collect();
+        let kick = || {
+            for &t in &tdvprs {
+                if sim.kick(t) {
+                    while sim.in_guest(t) {
+                        thread::yield_now();
+                    }
+                }
             }
-            // CPU 4 does not exist: the library refuses it before any call.
-            sim.set_lp(cpu.0 % 4);
-            let exit = match v.enter(*cpu) {
-                Ok(exit) => exit,
-                Err(_) => {
-                    *errors += 1;
-                    return *errors < ENTER_ERRORS;
-                }
-            };
-            tally.exits += 1;
-            match exit {
-                TdExit::EptViolation { gpa, .. } if gpa & SHARED == 0 => {
-                    let Ok(at) = Gpa::try_new(gpa) else {
-                        return true;
-                    };
-                    if tally.lazy >= LAZY_LIMIT {
-                        return true;
+        };
+        thread::scope(|s| {
+            for mut d in live {
+                let mut rng = ChaCha8Rng::seed_from_u64(u64::from(rng.next_u32()));
+                let (counts, kick) = (&counts, &kick);
+                s.spawn(move || {
+                    for _ in 0..ROUNDS {
+                        if !step(sim, td, &mut d, &mut rng, counts, kick) {
+                            break;
+                        }
                     }
-                    let Some(run) = frames(sim, 1, 1) else {
-                        return true;
-                    };
-                    // SAFETY: allocated above for this TD.
-                    let f = unsafe { GuestFrame::<Size4K>::new(run.first()) }.unwrap();
-                    match td.map(at, f) {
-                        Ok(()) => tally.lazy += 1,
-                        Err(f) => free(sim, f.returned.run()),
-                    }
-                    true
-                }
-                TdExit::Vmcall { .. } => {
-                    tally.vmcalls += 1;
-                    let request = v.vmcall().expect("a TDCALL exit has a request");
-                    let (status, go_on) = match request {
-                        Err(_) => (VmcallStatus::INVALID_OPERAND, true),
-                        Ok(VmcallRequest::MapGpa { gpa, size }) if gpa & SHARED != 0 => {
-                            match Gpa::try_new(gpa & !SHARED) {
-                                Ok(start) => {
-                                    let r = td.unmap_range(start, size, &kick);
-                                    for run in r.returned() {
-                                        tally.converted += run.count();
-                                        free(sim, run);
-                                    }
-                                    let s = if r.is_complete() {
-                                        VmcallStatus::SUCCESS
-                                    } else {
-                                        VmcallStatus::INVALID_OPERAND
-                                    };
-                                    (s, true)
-                                }
-                                Err(_) => (VmcallStatus::INVALID_OPERAND, true),
-                            }
-                        }
-                        Ok(VmcallRequest::MapGpa { .. }) => (VmcallStatus::SUCCESS, true),
-                        Ok(VmcallRequest::Cpuid { .. }) => {
-                            v.reply_cpuid([1, 2, 3, 4])
-                                .expect("a pending TDG.VP.VMCALL takes a reply");
-                            return true;
-                        }
-                        Ok(VmcallRequest::Hlt { .. }) => {
-                            tally.halted += 1;
-                            (VmcallStatus::SUCCESS, false)
-                        }
-                        Ok(_) => (VmcallStatus::SUBFUNC_UNSUPPORTED, true),
-                    };
-                    v.reply(status)
-                        .expect("a pending TDG.VP.VMCALL takes a reply");
-                    go_on
-                }
-                TdExit::Unrecoverable { .. } => false,
-                _ => true,
+                });
             }
         });
-        if live.is_empty() {
-            break;
+    } else {
+        for _ in 0..ROUNDS {
+            live.retain_mut(|d| step(sim, td, d, rng, &counts, &|| {}));
+            if live.is_empty() {
+                break;
+            }
         }
     }
     sim.set_lp(0);
+    tally.exits += counts.exits.into_inner();
+    tally.vmcalls += counts.vmcalls.into_inner();
+    tally.lazy += counts.lazy.into_inner();
+    tally.converted += counts.converted.into_inner();
+    tally.halted += counts.halted.into_inner();
 }
 
 /// Frees the guest frames dropped TDs handed to the platform
@@ -745,7 +812,7 @@ fn free_dropped(sim: &Simulator) {
 /// library that hangs.
 fn run_seeds(seeds: std::ops::Range<u64>) {
     let mut totals = Tally::default();
-    let (mut ready, mut finalized) = (0, 0);
+    let (mut ready, mut finalized, mut threaded) = (0, 0, 0);
     for seed in seeds.clone() {
         let (tx, rx) = mpsc::channel();
         let worker = thread::spawn(move || {
@@ -778,12 +845,14 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         totals.halted += t.halted;
         ready += u64::from(t.ready);
         finalized += u64::from(t.finalized);
+        threaded += u64::from(t.threaded);
     }
     println!(
         "{} runs: {} reached a ready module, {} a finalized TD; {} SEAMCALLs, {} not run and \
          answered an error, {} failures replaced, {} reads garbled; {} 4K frames mapped; \
          {} TDH.VP.ENTER, {} exits forged, {} exits handled ({} TDG.VP.VMCALL), {} frames \
-         mapped on EPT violations, {} converted to shared, {} vCPUs halted",
+         mapped on EPT violations, {} converted to shared, {} vCPUs halted; {} run loops on \
+         threads",
         seeds.end - seeds.start,
         ready,
         finalized,
@@ -798,7 +867,8 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         totals.vmcalls,
         totals.lazy,
         totals.converted,
-        totals.halted
+        totals.halted,
+        threaded
     );
     // The runs reached the TD leaves: a hostility so high that nothing got
     // past bring-up would test nothing.
@@ -807,6 +877,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     // The run loop ran, exits were forged, and some guests got to the end.
     assert!(totals.enters > 0 && totals.forged > 0 && totals.exits > 0);
     assert!(totals.lazy > 0 && totals.converted > 0 && totals.halted > 0);
+    assert!(threaded > 0, "no run loop on threads");
 }
 
 #[test]
