@@ -247,7 +247,9 @@ impl<T: FinalizedTd> Vcpu<T> {
     /// [`Cpus::enter_guest`](crate::Cpus::enter_guest) on `cpu`, once: a module that answers
     /// BUSY (a concurrent TDH.MEM.TRACK holds the TD's epoch lock, say)
     /// gives [`TdError::Busy`], and the VMM enters again. Nothing in the
-    /// guest ran when `enter` returns an error.
+    /// guest ran when `enter` returns an error, and the registers the
+    /// failed call returned are dropped: a reply given to a pending
+    /// TDG.VP.VMCALL stays for the next `enter`.
     ///
     /// After a [`TdExit::Vmcall`] the guest waits for the host's answer:
     /// give it with a reply method before the next `enter`, which refuses
@@ -286,23 +288,28 @@ impl<T: FinalizedTd> Vcpu<T> {
         // vCPU may be associated with `cpu`.
         self.assoc().store(cpu.0, Ordering::Relaxed);
         let b = self.td.b();
-        let regs = &mut self.regs;
+        // The call works on a copy: a failed entry's outputs are not
+        // trusted, and the registers it was given (the reply to a pending
+        // TDG.VP.VMCALL) stay for the next attempt.
+        let mut regs = self.regs;
+        let io = &mut regs;
         let mut status = TdxStatus::SUCCESS;
         p.enter_guest(cpu, &mut || {
             // SAFETY: VP.ENTER moves no page; it runs on `cpu` inside
             // `enter_guest`, which does the host-state work the module
             // leaves to the host (the `Cpus` contract).
-            status = unsafe { leaf::tdh_vp_enter(b, tdvpr, regs) };
+            status = unsafe { leaf::tdh_vp_enter(b, tdvpr, io) };
         });
         let exit = TdExit::decode(ExitRegs {
             rax: status.raw(),
-            rcx: self.regs.rcx,
-            rdx: self.regs.rdx,
-            r8: self.regs.r8,
-            r9: self.regs.r9,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            r9: regs.r9,
         });
         match exit {
             Ok(exit) => {
+                self.regs = regs;
                 self.vmcall = match exit {
                     TdExit::Vmcall { control } => Some((control, false)),
                     _ => None,
