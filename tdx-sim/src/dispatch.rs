@@ -444,10 +444,17 @@ impl Pauses {
     }
 
     /// The armed pause a call of `leaf` on `lp` takes, if any.
+    #[inline]
     fn claim(&self, leaf: Leaf, lp: u32) -> Option<Arc<PauseSlot>> {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
+        self.claim_armed(leaf, lp)
+    }
+
+    /// [`Pauses::claim`] once a pause is armed.
+    #[cold]
+    fn claim_armed(&self, leaf: Leaf, lp: u32) -> Option<Arc<PauseSlot>> {
         let mut l = self.list();
         l.retain(|p| *p.state() == PauseState::Armed);
         let i = l
@@ -599,6 +606,7 @@ impl Shared {
             }
             None => None,
         };
+        let pause = self.pauses.claim(leaf, lp);
         let mut call = Call {
             sim: self,
             lp,
@@ -606,7 +614,7 @@ impl Shared {
             version: lv.version(),
             stop_early,
             held: HeldStack::new(&self.readers, self.readers.of(lp)),
-            pause: self.pauses.claim(leaf, lp),
+            pause,
         };
         let status = crate::leaves::run(&mut call, a).unwrap_or_else(|s| s);
         if let Some(p) = call.pause.take() {

@@ -134,8 +134,9 @@ impl Default for Shard {
 #[repr(align(128))]
 struct ShardCell {
     m: Mutex<Shard>,
-    /// Bumped by every flush in the shard, so callers can remember "I
-    /// marked this range dirty" and skip re-marking it until a flush.
+    /// Bumped by every flush in the shard and every host write to it, so
+    /// callers can remember "I marked this page private-dirty" and skip
+    /// re-marking it until then.
     generation: AtomicU64,
 }
 
@@ -367,8 +368,16 @@ impl PhysMem {
 
     // ---- cache model ----
 
+    /// Marks `[start, end)` as holding `lines`. Host lines also change the
+    /// generation of their shards ([`PhysMem::generation_of`]): they may
+    /// replace lines a caller marked private.
     pub(crate) fn mark_cache(&self, start: u64, end: u64, lines: CacheLines) {
         self.each(start, end, |sh, a, b| sh.cache.insert(a, b, lines));
+        if lines == CacheLines::HostDirty {
+            for (a, _) in pieces(start, end) {
+                self.bump(a);
+            }
+        }
     }
 
     fn bump(&self, pfn: u64) {
@@ -416,18 +425,12 @@ impl PhysMem {
         }
     }
 
-    /// Changes whenever lines of `[start, end)` may have been flushed.
-    pub(crate) fn cache_generation(&self, start: u64, end: u64) -> u64 {
-        if end - start >= CHUNK * SHARDS as u64 {
-            return self
-                .shards
-                .iter()
-                .map(|g| g.generation.load(Ordering::Relaxed))
-                .sum();
-        }
-        pieces(start, end)
-            .map(|(a, _)| self.shards[shard_of(a)].generation.load(Ordering::Relaxed))
-            .sum()
+    /// The cache generation of the shard of frame `pfn`: it changes
+    /// whenever lines of the shard may have been flushed or overwritten by
+    /// the host, so a caller that marked a page private at one generation
+    /// knows the mark still holds while the generation is the same.
+    pub(crate) fn generation_of(&self, pfn: u64) -> u64 {
+        self.shards[shard_of(pfn)].generation.load(Ordering::Acquire)
     }
 
     /// The first page of `[start, end)` that may hold private dirty lines,

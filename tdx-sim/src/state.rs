@@ -23,7 +23,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -161,8 +161,6 @@ pub(crate) struct SysData {
     pub(crate) num_init_lps: u32,
     pub(crate) pkg_configured: Vec<bool>,
     pub(crate) num_init_pkgs: u32,
-    /// The TDMR the last TDH.SYS.TDMR.INIT named.
-    pub(crate) last_tdmr: usize,
     pub(crate) features: TdxFeatures0,
     pub(crate) ext: ExtState,
 }
@@ -177,6 +175,9 @@ pub(crate) struct Sys {
     data: Mutex<SysData>,
     /// The global (module) KeyID; `u32::MAX` before TDH.SYS.CONFIG set it.
     global_hkid: AtomicU32,
+    /// The TDMR the last TDH.SYS.TDMR.INIT named (where the next call
+    /// looks first; a hint, not module state).
+    pub(crate) last_tdmr: AtomicUsize,
     /// The host took PAMT memory back (after a failed bring-up): the module
     /// must be reloaded before it is used again.
     abandoned: AtomicBool,
@@ -234,11 +235,11 @@ impl Sys {
                 num_init_lps: 0,
                 pkg_configured: vec![false; m.desc.packages as usize],
                 num_init_pkgs: 0,
-                last_tdmr: 0,
                 features: TdxFeatures0::new(),
                 ext: ExtState::default(),
             }),
             global_hkid: AtomicU32::new(u32::MAX),
+            last_tdmr: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
             dynamic_pamt: AtomicBool::new(false),
             fields,
