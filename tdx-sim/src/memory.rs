@@ -430,7 +430,9 @@ impl PhysMem {
     /// the host, so a caller that marked a page private at one generation
     /// knows the mark still holds while the generation is the same.
     pub(crate) fn generation_of(&self, pfn: u64) -> u64 {
-        self.shards[shard_of(pfn)].generation.load(Ordering::Acquire)
+        self.shards[shard_of(pfn)]
+            .generation
+            .load(Ordering::Acquire)
     }
 
     /// The first page of `[start, end)` that may hold private dirty lines,

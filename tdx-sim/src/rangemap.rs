@@ -167,7 +167,14 @@ impl<V: Copy + Eq> RangeMap<V> {
 
     /// [`RangeMap::put`] where the caller looked up the range starting at
     /// `end` (`right`: its end and value).
-    fn put_beside(&mut self, start: u64, end: u64, v: V, left: Option<u64>, right: Option<(u64, V)>) {
+    fn put_beside(
+        &mut self,
+        start: u64,
+        end: u64,
+        v: V,
+        left: Option<u64>,
+        right: Option<(u64, V)>,
+    ) {
         let mut e = end;
         if let Some((re, rv)) = right
             && rv == v

@@ -448,7 +448,9 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             Err(_) => return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX)),
         },
     };
-    s.sys.last_tdmr.store(i, std::sync::atomic::Ordering::Relaxed);
+    s.sys
+        .last_tdmr
+        .store(i, std::sync::atomic::Ordering::Relaxed);
     let t = &tdmrs[i];
     c.mutex(&t.init_lock, OperandId::RCX)?;
     let last = t.last_init.load(Ordering::Acquire);
