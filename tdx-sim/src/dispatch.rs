@@ -64,6 +64,7 @@ impl<'s> Call<'s> {
 
     /// The pause point: every check has passed and every lock is held; the
     /// leaf changes things after this.
+    #[inline]
     pub(crate) fn locked(&mut self) {
         if let Some(p) = self.pause.take() {
             p.enter(None);

@@ -112,7 +112,14 @@ fn pieces(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
 #[derive(Debug)]
 pub(crate) struct Shard {
     state: RangeMap<PageState>,
-    cache: RangeMap<CacheLines>,
+    /// The cache model; read and written through [`Shard::cache`] and
+    /// [`Shard::mark`] only.
+    cache_map: RangeMap<CacheLines>,
+    /// The newest marks not yet written into `cache_map`: one run of
+    /// frames marked in address order (TDH.SYS.TDMR.INIT's PAMT pages,
+    /// a host writing a buffer), grown in place and written as one range
+    /// before anything else reads or changes the cache model.
+    pending: Option<(u64, u64, CacheLines)>,
     owned: RangeMap<ModuleUse>,
     contents: HashMap<u64, Box<[u8; PAGE as usize]>>,
 }
@@ -121,7 +128,8 @@ impl Default for Shard {
     fn default() -> Self {
         Self {
             state: RangeMap::new(),
-            cache: RangeMap::new(),
+            cache_map: RangeMap::new(),
+            pending: None,
             owned: RangeMap::new(),
             contents: HashMap::default(),
         }
@@ -172,7 +180,7 @@ impl PhysMem {
             for (a, b) in pieces(s, e) {
                 let mut sh = lock(&mem.shards[shard_of(a)].m);
                 sh.state.insert(a, b, PageState::Free);
-                sh.cache.insert(a, b, CacheLines::HostDirty);
+                sh.cache().insert(a, b, CacheLines::HostDirty);
             }
         }
         mem
@@ -334,7 +342,7 @@ impl PhysMem {
         self.each(start, end, |sh, a, b| {
             sh.owned.insert(a, b, why);
             sh.state.update(a, b, |_| Some(PageState::Module));
-            sh.cache.insert(a, b, CacheLines::Private(keyid));
+            sh.cache().insert(a, b, CacheLines::Private(keyid));
             if zero {
                 zero_in(sh, a, b);
             }
@@ -372,7 +380,7 @@ impl PhysMem {
     /// generation of their shards ([`PhysMem::generation_of`]): they may
     /// replace lines a caller marked private.
     pub(crate) fn mark_cache(&self, start: u64, end: u64, lines: CacheLines) {
-        self.each(start, end, |sh, a, b| sh.cache.insert(a, b, lines));
+        self.each(start, end, |sh, a, b| sh.mark(a, b, lines));
         if lines == CacheLines::HostDirty {
             for (a, _) in pieces(start, end) {
                 self.bump(a);
@@ -388,14 +396,14 @@ impl PhysMem {
 
     pub(crate) fn flush_all(&self) {
         for sh in self.shards.iter() {
-            lock(&sh.m).cache.clear();
+            lock(&sh.m).cache().clear();
             sh.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn flush_range(&self, start: u64, end: u64) {
         self.each(start, end, |sh, a, b| {
-            sh.cache.remove(a, b);
+            sh.cache().remove(a, b);
         });
         for (a, _) in pieces(start, end) {
             self.bump(a);
@@ -408,7 +416,7 @@ impl PhysMem {
         let line = CacheLines::Private(keyid);
         for sh in self.shards.iter() {
             lock(&sh.m)
-                .cache
+                .cache()
                 .update(0, u64::MAX, |l| (l != line).then_some(l));
             sh.generation.fetch_add(1, Ordering::Relaxed);
         }
@@ -418,7 +426,7 @@ impl PhysMem {
     pub(crate) fn flush_keyid_range(&self, start: u64, end: u64, keyid: u16) {
         let line = CacheLines::Private(keyid);
         self.each(start, end, |sh, a, b| {
-            sh.cache.update(a, b, |l| (l != line).then_some(l));
+            sh.cache().update(a, b, |l| (l != line).then_some(l));
         });
         for (a, _) in pieces(start, end) {
             self.bump(a);
@@ -429,6 +437,7 @@ impl PhysMem {
     /// whenever lines of the shard may have been flushed or overwritten by
     /// the host, so a caller that marked a page private at one generation
     /// knows the mark still holds while the generation is the same.
+    #[inline]
     pub(crate) fn generation_of(&self, pfn: u64) -> u64 {
         self.shards[shard_of(pfn)]
             .generation
@@ -440,7 +449,7 @@ impl PhysMem {
     pub(crate) fn private_lines(&self, start: u64, end: u64) -> Option<(u64, u16)> {
         pieces(start, end).find_map(|(a, b)| {
             self.shard(a)
-                .cache
+                .cache()
                 .overlapping(a, b)
                 .find_map(|(s, _, l)| match l {
                     CacheLines::Private(k) => Some((s.max(a), k)),
@@ -453,14 +462,14 @@ impl PhysMem {
     pub(crate) fn host_dirty(&self, start: u64, end: u64) -> Option<u64> {
         pieces(start, end).find_map(|(a, b)| {
             self.shard(a)
-                .cache
+                .cache()
                 .overlapping(a, b)
                 .find_map(|(s, _, l)| (l == CacheLines::HostDirty).then_some(s.max(a)))
         })
     }
 
     pub(crate) fn cache_ranges(&self) -> usize {
-        self.shards.iter().map(|s| lock(&s.m).cache.len()).sum()
+        self.shards.iter().map(|s| lock(&s.m).cache().len()).sum()
     }
 
     // ---- allocator ----
@@ -569,6 +578,30 @@ fn zero_in(sh: &mut Shard, start: u64, end: u64) {
 }
 
 impl Shard {
+    /// The cache model, with the pending run of marks written into it.
+    fn cache(&mut self) -> &mut RangeMap<CacheLines> {
+        if let Some((s, e, l)) = self.pending.take() {
+            self.cache_map.insert(s, e, l);
+        }
+        &mut self.cache_map
+    }
+
+    /// Marks `[start, end)` as holding `lines`: the pending run grows if
+    /// this continues it with the same lines (setting the run and then
+    /// this range is setting their union, an interval), else the run is
+    /// written into the map and this range becomes the pending run.
+    fn mark(&mut self, start: u64, end: u64, lines: CacheLines) {
+        match &mut self.pending {
+            Some((ps, pe, pl)) if *pl == lines && *ps <= start && start <= *pe => {
+                *pe = (*pe).max(end);
+            }
+            _ => {
+                self.cache();
+                self.pending = Some((start, end, lines));
+            }
+        }
+    }
+
     /// The host states in this shard.
     pub(crate) fn states(&self) -> impl Iterator<Item = (u64, u64, PageState)> + '_ {
         self.state.iter()

@@ -487,7 +487,8 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             (12 + 9 * l as u32, entry)
         };
         let first = (pb + (off_a >> shift) * u64::from(entry)) / PAGE;
-        let last = (pb + off_b.div_ceil(1 << shift) * u64::from(entry)).div_ceil(PAGE);
+        let entries_to = (off_b >> shift) + u64::from(off_b & ((1 << shift) - 1) != 0);
+        let last = (pb + entries_to * u64::from(entry)).div_ceil(PAGE);
         // Calls on a TDMR follow one another in address order, so this
         // call's first page is the page after the last one marked, or
         // that page itself when entries of both calls share it: then it
