@@ -297,12 +297,10 @@ impl Stats {
 
 const STRIPES: usize = 8;
 
-/// One stripe of the counters.
+/// One stripe of the host-service counters.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Stripe {
-    /// SEAMCALLs per leaf number below 256.
-    calls: [AtomicU64; 256],
     wbinvd: AtomicU64,
     clflush_pages: AtomicU64,
     movdir64b_pages: AtomicU64,
@@ -318,21 +316,33 @@ pub(crate) enum HostOp {
     Yield,
 }
 
-/// [`Stats`] kept in stripes by LP, so threads on different LPs do not
-/// write one cache line.
+/// SEAMCALLs per leaf number below 256 on one LP.
+#[derive(Debug)]
+#[repr(align(64))]
+struct LpCalls([AtomicU64; 256]);
+
+/// [`Stats`]: SEAMCALLs counted by the LP they ran on, host services in
+/// stripes by LP, so threads on different LPs do not write one cache line.
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// Per LP. Only a SEAMCALL running on the LP writes its row, and it
+    /// holds the LP while it does (`Shared::lp_busy`, taken with Acquire
+    /// and let go with Release), so a count is a plain load and store, not
+    /// a read-modify-write.
+    calls: Box<[LpCalls]>,
     stripes: Box<[Stripe]>,
     /// Leaf numbers of 256 and above.
     big: Mutex<BTreeMap<u16, u64>>,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
+impl Counters {
+    pub(crate) fn new(lps: u32) -> Self {
         Self {
+            calls: (0..lps.max(1))
+                .map(|_| LpCalls([const { AtomicU64::new(0) }; 256]))
+                .collect(),
             stripes: (0..STRIPES)
                 .map(|_| Stripe {
-                    calls: [const { AtomicU64::new(0) }; 256],
                     wbinvd: AtomicU64::new(0),
                     clflush_pages: AtomicU64::new(0),
                     movdir64b_pages: AtomicU64::new(0),
@@ -342,17 +352,12 @@ impl Default for Counters {
             big: Mutex::default(),
         }
     }
-}
 
-impl Counters {
+    /// Counts a SEAMCALL of `leaf` on `lp`; the caller holds the LP.
     pub(crate) fn leaf(&self, lp: u32, leaf: u16) {
-        match self.stripes[lp as usize % STRIPES]
-            .calls
-            .get(usize::from(leaf))
-        {
-            Some(c) => {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+        let row = &self.calls[lp as usize % self.calls.len()];
+        match row.0.get(usize::from(leaf)) {
+            Some(c) => c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
             None => {
                 *self
                     .big
@@ -380,13 +385,15 @@ impl Counters {
             seamcalls: self.big.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             ..Stats::default()
         };
-        for s in self.stripes.iter() {
-            for (leaf, c) in s.calls.iter().enumerate() {
+        for row in self.calls.iter() {
+            for (leaf, c) in row.0.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
                     *st.seamcalls.entry(leaf as u16).or_insert(0) += n;
                 }
             }
+        }
+        for s in self.stripes.iter() {
             st.wbinvd += s.wbinvd.load(Ordering::Relaxed);
             st.clflush_pages += s.clflush_pages.load(Ordering::Relaxed);
             st.movdir64b_pages += s.movdir64b_pages.load(Ordering::Relaxed);
@@ -470,7 +477,7 @@ impl Shared {
             violations: Mutex::default(),
             dropped_tds: Mutex::default(),
             returned_guest_frames: Mutex::default(),
-            counters: Counters::default(),
+            counters: Counters::new(lps as u32),
             lp_busy: (0..lps).map(|_| Padded(AtomicU64::new(0))).collect(),
             readers: ReaderSlots::new(lps),
             pauses: Pauses::default(),
