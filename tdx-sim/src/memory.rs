@@ -631,3 +631,91 @@ impl Shard {
         self.owned.get(pfn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Frames under test: 128 across the boundary of two shards.
+    const BASE: u64 = CHUNK - 64;
+    const N: u64 = 128;
+
+    /// Maximal runs of equal lines, cut at shard boundaries (each shard
+    /// has its own map).
+    fn runs(model: &[Option<CacheLines>]) -> usize {
+        let mut n = 0;
+        for (i, l) in model.iter().enumerate() {
+            let p = BASE + i as u64;
+            if l.is_some() && (i == 0 || p % CHUNK == 0 || model[i - 1] != *l) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// The cache model (with its pending run of marks) agrees with a
+        /// plain array under marks in and out of address order, flushes
+        /// and KeyID flushes, read after some of them, and its maps stay
+        /// canonical.
+        #[test]
+        fn cache_marks_match_a_model(ops in proptest::collection::vec((0u8..6, 0u64..N, 1u64..9, 1u16..3, any::<bool>()), 1..80)) {
+            let mem = PhysMem::new(&[(BASE * PAGE, (BASE + N) * PAGE)]);
+            let mut model = vec![Some(CacheLines::HostDirty); N as usize];
+            let mut cursor = 0;
+            let last = ops.len() - 1;
+            for (i, (kind, at, len, k, check)) in ops.into_iter().enumerate() {
+                // Kind 4 and 5 continue from the end of the last mark, as a
+                // run of marks in address order does.
+                let s = if kind >= 4 { cursor } else { at };
+                let e = (s + len).min(N);
+                let set = match kind {
+                    0 | 4 => Some(Some(CacheLines::HostDirty)),
+                    1 | 5 => Some(Some(CacheLines::Private(k))),
+                    _ => None,
+                };
+                match (kind, set) {
+                    (_, Some(v)) => {
+                        mem.mark_cache(BASE + s, BASE + e, v.expect("a mark"));
+                        model[s as usize..e as usize].fill(v);
+                        cursor = e % N;
+                    }
+                    (2, None) => {
+                        mem.flush_range(BASE + s, BASE + e);
+                        model[s as usize..e as usize].fill(None);
+                    }
+                    _ => {
+                        mem.flush_keyid_range(BASE + s, BASE + e, k);
+                        for m in &mut model[s as usize..e as usize] {
+                            if *m == Some(CacheLines::Private(k)) {
+                                *m = None;
+                            }
+                        }
+                    }
+                }
+                // Reading settles the pending run: some ops are followed
+                // by no read, so runs grow over several marks.
+                if !check && i != last {
+                    continue;
+                }
+                for (j, want) in model.iter().enumerate() {
+                    let p = BASE + j as u64;
+                    let got = match (mem.private_lines(p, p + 1), mem.host_dirty(p, p + 1)) {
+                        (Some((q, k)), None) if q == p => Some(CacheLines::Private(k)),
+                        (None, Some(q)) if q == p => Some(CacheLines::HostDirty),
+                        (None, None) => None,
+                        other => panic!("frame {p:#x}: {other:?}"),
+                    };
+                    prop_assert_eq!(got, *want, "frame {:#x}", p);
+                }
+                prop_assert_eq!(mem.cache_ranges(), runs(&model));
+            }
+        }
+    }
+}
