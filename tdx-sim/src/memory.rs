@@ -647,7 +647,7 @@ mod tests {
         let mut n = 0;
         for (i, l) in model.iter().enumerate() {
             let p = BASE + i as u64;
-            if l.is_some() && (i == 0 || p % CHUNK == 0 || model[i - 1] != *l) {
+            if l.is_some() && (i == 0 || p.is_multiple_of(CHUNK) || model[i - 1] != *l) {
                 n += 1;
             }
         }
