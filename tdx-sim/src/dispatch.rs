@@ -64,6 +64,7 @@ impl<'s> Call<'s> {
 
     /// The pause point: every check has passed and every lock is held; the
     /// leaf changes things after this.
+    #[inline]
     pub(crate) fn locked(&mut self) {
         if let Some(p) = self.pause.take() {
             p.enter(None);
@@ -444,10 +445,17 @@ impl Pauses {
     }
 
     /// The armed pause a call of `leaf` on `lp` takes, if any.
+    #[inline]
     fn claim(&self, leaf: Leaf, lp: u32) -> Option<Arc<PauseSlot>> {
         if !self.armed.load(Ordering::Acquire) {
             return None;
         }
+        self.claim_armed(leaf, lp)
+    }
+
+    /// [`Pauses::claim`] once a pause is armed.
+    #[cold]
+    fn claim_armed(&self, leaf: Leaf, lp: u32) -> Option<Arc<PauseSlot>> {
         let mut l = self.list();
         l.retain(|p| *p.state() == PauseState::Armed);
         let i = l
@@ -599,6 +607,7 @@ impl Shared {
             }
             None => None,
         };
+        let pause = self.pauses.claim(leaf, lp);
         let mut call = Call {
             sim: self,
             lp,
@@ -606,7 +615,7 @@ impl Shared {
             version: lv.version(),
             stop_early,
             held: HeldStack::new(&self.readers, self.readers.of(lp)),
-            pause: self.pauses.claim(leaf, lp),
+            pause,
         };
         let status = crate::leaves::run(&mut call, a).unwrap_or_else(|s| s);
         if let Some(p) = call.pause.take() {

@@ -695,8 +695,13 @@ impl Mutex {
 
     /// Releases the mutex.
     pub(crate) fn release(&self) {
-        let was = self.0.swap(false, Ordering::Release);
-        debug_assert!(was);
+        if cfg!(debug_assertions) {
+            let was = self.0.swap(false, Ordering::Release);
+            debug_assert!(was);
+        } else {
+            // The holder lets go: a store, no read-modify-write.
+            self.0.store(false, Ordering::Release);
+        }
     }
 
     /// True if someone holds the mutex.
@@ -934,7 +939,17 @@ impl<'s> HeldStack<'s> {
     }
 
     /// Releases the locks taken since `mark`, newest first.
+    #[inline]
     pub(crate) fn release_to(&mut self, mark: Mark) {
+        // Nothing taken since (a leaf's end after its explicit release).
+        if self.len + self.spill.len() <= mark.records && self.next_slot == mark.slot {
+            return;
+        }
+        self.release_taken(mark);
+    }
+
+    /// [`HeldStack::release_to`] with something to release.
+    fn release_taken(&mut self, mark: Mark) {
         let keep_spill = mark.records.saturating_sub(INLINE);
         while self.spill.len() > keep_spill {
             if let Some(h) = self.spill.pop() {

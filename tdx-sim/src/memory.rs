@@ -112,7 +112,14 @@ fn pieces(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
 #[derive(Debug)]
 pub(crate) struct Shard {
     state: RangeMap<PageState>,
-    cache: RangeMap<CacheLines>,
+    /// The cache model; read and written through [`Shard::cache`] and
+    /// [`Shard::mark`] only.
+    cache_map: RangeMap<CacheLines>,
+    /// The newest marks not yet written into `cache_map`: one run of
+    /// frames marked in address order (TDH.SYS.TDMR.INIT's PAMT pages,
+    /// a host writing a buffer), grown in place and written as one range
+    /// before anything else reads or changes the cache model.
+    pending: Option<(u64, u64, CacheLines)>,
     owned: RangeMap<ModuleUse>,
     contents: HashMap<u64, Box<[u8; PAGE as usize]>>,
 }
@@ -121,7 +128,8 @@ impl Default for Shard {
     fn default() -> Self {
         Self {
             state: RangeMap::new(),
-            cache: RangeMap::new(),
+            cache_map: RangeMap::new(),
+            pending: None,
             owned: RangeMap::new(),
             contents: HashMap::default(),
         }
@@ -134,8 +142,9 @@ impl Default for Shard {
 #[repr(align(128))]
 struct ShardCell {
     m: Mutex<Shard>,
-    /// Bumped by every flush in the shard, so callers can remember "I
-    /// marked this range dirty" and skip re-marking it until a flush.
+    /// Bumped by every flush in the shard and every host write to it, so
+    /// callers can remember "I marked this page private-dirty" and skip
+    /// re-marking it until then.
     generation: AtomicU64,
 }
 
@@ -171,7 +180,7 @@ impl PhysMem {
             for (a, b) in pieces(s, e) {
                 let mut sh = lock(&mem.shards[shard_of(a)].m);
                 sh.state.insert(a, b, PageState::Free);
-                sh.cache.insert(a, b, CacheLines::HostDirty);
+                sh.cache().insert(a, b, CacheLines::HostDirty);
             }
         }
         mem
@@ -333,7 +342,7 @@ impl PhysMem {
         self.each(start, end, |sh, a, b| {
             sh.owned.insert(a, b, why);
             sh.state.update(a, b, |_| Some(PageState::Module));
-            sh.cache.insert(a, b, CacheLines::Private(keyid));
+            sh.cache().insert(a, b, CacheLines::Private(keyid));
             if zero {
                 zero_in(sh, a, b);
             }
@@ -367,8 +376,16 @@ impl PhysMem {
 
     // ---- cache model ----
 
+    /// Marks `[start, end)` as holding `lines`. Host lines also change the
+    /// generation of their shards ([`PhysMem::generation_of`]): they may
+    /// replace lines a caller marked private.
     pub(crate) fn mark_cache(&self, start: u64, end: u64, lines: CacheLines) {
-        self.each(start, end, |sh, a, b| sh.cache.insert(a, b, lines));
+        self.each(start, end, |sh, a, b| sh.mark(a, b, lines));
+        if lines == CacheLines::HostDirty {
+            for (a, _) in pieces(start, end) {
+                self.bump(a);
+            }
+        }
     }
 
     fn bump(&self, pfn: u64) {
@@ -379,14 +396,14 @@ impl PhysMem {
 
     pub(crate) fn flush_all(&self) {
         for sh in self.shards.iter() {
-            lock(&sh.m).cache.clear();
+            lock(&sh.m).cache().clear();
             sh.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn flush_range(&self, start: u64, end: u64) {
         self.each(start, end, |sh, a, b| {
-            sh.cache.remove(a, b);
+            sh.cache().remove(a, b);
         });
         for (a, _) in pieces(start, end) {
             self.bump(a);
@@ -399,7 +416,7 @@ impl PhysMem {
         let line = CacheLines::Private(keyid);
         for sh in self.shards.iter() {
             lock(&sh.m)
-                .cache
+                .cache()
                 .update(0, u64::MAX, |l| (l != line).then_some(l));
             sh.generation.fetch_add(1, Ordering::Relaxed);
         }
@@ -409,25 +426,22 @@ impl PhysMem {
     pub(crate) fn flush_keyid_range(&self, start: u64, end: u64, keyid: u16) {
         let line = CacheLines::Private(keyid);
         self.each(start, end, |sh, a, b| {
-            sh.cache.update(a, b, |l| (l != line).then_some(l));
+            sh.cache().update(a, b, |l| (l != line).then_some(l));
         });
         for (a, _) in pieces(start, end) {
             self.bump(a);
         }
     }
 
-    /// Changes whenever lines of `[start, end)` may have been flushed.
-    pub(crate) fn cache_generation(&self, start: u64, end: u64) -> u64 {
-        if end - start >= CHUNK * SHARDS as u64 {
-            return self
-                .shards
-                .iter()
-                .map(|g| g.generation.load(Ordering::Relaxed))
-                .sum();
-        }
-        pieces(start, end)
-            .map(|(a, _)| self.shards[shard_of(a)].generation.load(Ordering::Relaxed))
-            .sum()
+    /// The cache generation of the shard of frame `pfn`: it changes
+    /// whenever lines of the shard may have been flushed or overwritten by
+    /// the host, so a caller that marked a page private at one generation
+    /// knows the mark still holds while the generation is the same.
+    #[inline]
+    pub(crate) fn generation_of(&self, pfn: u64) -> u64 {
+        self.shards[shard_of(pfn)]
+            .generation
+            .load(Ordering::Acquire)
     }
 
     /// The first page of `[start, end)` that may hold private dirty lines,
@@ -435,7 +449,7 @@ impl PhysMem {
     pub(crate) fn private_lines(&self, start: u64, end: u64) -> Option<(u64, u16)> {
         pieces(start, end).find_map(|(a, b)| {
             self.shard(a)
-                .cache
+                .cache()
                 .overlapping(a, b)
                 .find_map(|(s, _, l)| match l {
                     CacheLines::Private(k) => Some((s.max(a), k)),
@@ -448,14 +462,14 @@ impl PhysMem {
     pub(crate) fn host_dirty(&self, start: u64, end: u64) -> Option<u64> {
         pieces(start, end).find_map(|(a, b)| {
             self.shard(a)
-                .cache
+                .cache()
                 .overlapping(a, b)
                 .find_map(|(s, _, l)| (l == CacheLines::HostDirty).then_some(s.max(a)))
         })
     }
 
     pub(crate) fn cache_ranges(&self) -> usize {
-        self.shards.iter().map(|s| lock(&s.m).cache.len()).sum()
+        self.shards.iter().map(|s| lock(&s.m).cache().len()).sum()
     }
 
     // ---- allocator ----
@@ -564,6 +578,30 @@ fn zero_in(sh: &mut Shard, start: u64, end: u64) {
 }
 
 impl Shard {
+    /// The cache model, with the pending run of marks written into it.
+    fn cache(&mut self) -> &mut RangeMap<CacheLines> {
+        if let Some((s, e, l)) = self.pending.take() {
+            self.cache_map.insert(s, e, l);
+        }
+        &mut self.cache_map
+    }
+
+    /// Marks `[start, end)` as holding `lines`: the pending run grows if
+    /// this continues it with the same lines (setting the run and then
+    /// this range is setting their union, an interval), else the run is
+    /// written into the map and this range becomes the pending run.
+    fn mark(&mut self, start: u64, end: u64, lines: CacheLines) {
+        match &mut self.pending {
+            Some((ps, pe, pl)) if *pl == lines && *ps <= start && start <= *pe => {
+                *pe = (*pe).max(end);
+            }
+            _ => {
+                self.cache();
+                self.pending = Some((start, end, lines));
+            }
+        }
+    }
+
     /// The host states in this shard.
     pub(crate) fn states(&self) -> impl Iterator<Item = (u64, u64, PageState)> + '_ {
         self.state.iter()
@@ -591,5 +629,93 @@ impl Shard {
     /// The owned use of `pfn`.
     pub(crate) fn owned_at(&self, pfn: u64) -> Option<ModuleUse> {
         self.owned.get(pfn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Frames under test: 128 across the boundary of two shards.
+    const BASE: u64 = CHUNK - 64;
+    const N: u64 = 128;
+
+    /// Maximal runs of equal lines, cut at shard boundaries (each shard
+    /// has its own map).
+    fn runs(model: &[Option<CacheLines>]) -> usize {
+        let mut n = 0;
+        for (i, l) in model.iter().enumerate() {
+            let p = BASE + i as u64;
+            if l.is_some() && (i == 0 || p.is_multiple_of(CHUNK) || model[i - 1] != *l) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// The cache model (with its pending run of marks) agrees with a
+        /// plain array under marks in and out of address order, flushes
+        /// and KeyID flushes, read after some of them, and its maps stay
+        /// canonical.
+        #[test]
+        fn cache_marks_match_a_model(ops in proptest::collection::vec((0u8..6, 0u64..N, 1u64..9, 1u16..3, any::<bool>()), 1..80)) {
+            let mem = PhysMem::new(&[(BASE * PAGE, (BASE + N) * PAGE)]);
+            let mut model = vec![Some(CacheLines::HostDirty); N as usize];
+            let mut cursor = 0;
+            let last = ops.len() - 1;
+            for (i, (kind, at, len, k, check)) in ops.into_iter().enumerate() {
+                // Kind 4 and 5 continue from the end of the last mark, as a
+                // run of marks in address order does.
+                let s = if kind >= 4 { cursor } else { at };
+                let e = (s + len).min(N);
+                let set = match kind {
+                    0 | 4 => Some(Some(CacheLines::HostDirty)),
+                    1 | 5 => Some(Some(CacheLines::Private(k))),
+                    _ => None,
+                };
+                match (kind, set) {
+                    (_, Some(v)) => {
+                        mem.mark_cache(BASE + s, BASE + e, v.expect("a mark"));
+                        model[s as usize..e as usize].fill(v);
+                        cursor = e % N;
+                    }
+                    (2, None) => {
+                        mem.flush_range(BASE + s, BASE + e);
+                        model[s as usize..e as usize].fill(None);
+                    }
+                    _ => {
+                        mem.flush_keyid_range(BASE + s, BASE + e, k);
+                        for m in &mut model[s as usize..e as usize] {
+                            if *m == Some(CacheLines::Private(k)) {
+                                *m = None;
+                            }
+                        }
+                    }
+                }
+                // Reading settles the pending run: some ops are followed
+                // by no read, so runs grow over several marks.
+                if !check && i != last {
+                    continue;
+                }
+                for (j, want) in model.iter().enumerate() {
+                    let p = BASE + j as u64;
+                    let got = match (mem.private_lines(p, p + 1), mem.host_dirty(p, p + 1)) {
+                        (Some((q, k)), None) if q == p => Some(CacheLines::Private(k)),
+                        (None, Some(q)) if q == p => Some(CacheLines::HostDirty),
+                        (None, None) => None,
+                        other => panic!("frame {p:#x}: {other:?}"),
+                    };
+                    prop_assert_eq!(got, *want, "frame {:#x}", p);
+                }
+                prop_assert_eq!(mem.cache_ranges(), runs(&model));
+            }
+        }
     }
 }

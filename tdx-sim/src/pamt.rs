@@ -157,9 +157,11 @@ pub(crate) struct Tdmr {
     pub(crate) last_init: AtomicU64,
     /// The TDMR's mutex (TDH.SYS.TDMR.INIT).
     pub(crate) init_lock: crate::locks::Mutex,
-    /// Per PAMT level: the frame up to which this TDMR's PAMT was marked
-    /// private-dirty, and the cache generation of that marking.
-    pub(crate) dirty_mark: std::sync::Mutex<[(u64, u64); 3]>,
+    /// Per PAMT level: the frame up to which TDH.SYS.TDMR.INIT marked this
+    /// TDMR's PAMT private-dirty, and the cache generation of the shard of
+    /// the last frame marked ([`crate::memory::PhysMem::generation_of`])
+    /// when it was. Only a call holding `init_lock` reads or writes them.
+    pub(crate) dirty_mark: [[AtomicU64; 2]; 3],
     /// Dynamic PAMT is on (TDH.SYS.CONFIG R8 bit 16).
     pub(crate) dynamic: bool,
     gigs: Box<[OnceLock<Box<Gig>>]>,
@@ -202,7 +204,7 @@ impl Tdmr {
         Self {
             last_init: AtomicU64::new(s.base),
             init_lock: crate::locks::Mutex::new(),
-            dirty_mark: std::sync::Mutex::new([(0, u64::MAX); 3]),
+            dirty_mark: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             dynamic,
             gigs,
             base: s.base,

@@ -74,34 +74,52 @@ impl<V: Copy + Eq> RangeMap<V> {
         if start >= end {
             return;
         }
-        // The last range starting before `end` decides most of it with one
-        // lookup: if it starts before `start`, nothing starts inside.
-        let Some((&ls, &(le, lv))) = self.map.range(..end).next_back() else {
-            self.put(start, end, v, None);
+        // One lookup decides most of it: the last range starting at or
+        // before `end`, and, if that one starts right at `end` (a right
+        // neighbour), the last range starting before `end`. If the latter
+        // starts before `start`, nothing starts inside.
+        let mut it = self.map.range_mut(..=end);
+        let mut last = it.next_back();
+        let right = match last {
+            Some((&k, &mut (re, rv))) if k == end => {
+                last = it.next_back();
+                Some((re, rv))
+            }
+            _ => None,
+        };
+        let Some((&ls, lref)) = last else {
+            self.put_beside(start, end, v, None, right);
             return;
         };
+        let (le, lv) = *lref;
         if ls < start {
-            if lv == v && le >= end {
-                return; // already so
+            if lv == v && le >= start {
+                // An equal range reaching `start` (a host writing or the
+                // module initializing memory in address order): it grows
+                // to `end`, and takes in an equal right neighbour.
+                if le >= end {
+                    return; // already so
+                }
+                match right {
+                    Some((re, rv)) if rv == v => {
+                        lref.0 = re;
+                        self.map.remove(&end);
+                    }
+                    _ => lref.0 = end,
+                }
+                return;
             }
             if le > end {
                 // Inside a range of another value: split it in three.
-                self.map.get_mut(&ls).expect("just found").0 = start;
+                lref.0 = start;
                 self.map.insert(start, (end, v));
                 self.map.insert(end, (le, lv));
                 return;
             }
-            let left = if le < start {
-                None
-            } else if lv == v {
-                Some(ls)
-            } else {
-                if le > start {
-                    self.map.get_mut(&ls).expect("just found").0 = start;
-                }
-                None
-            };
-            self.put(start, end, v, left);
+            if le > start {
+                lref.0 = start;
+            }
+            self.put_beside(start, end, v, None, right);
             return;
         }
         // Ranges start inside [start, end); the last of them is (ls, le).
@@ -143,8 +161,22 @@ impl<V: Copy + Eq> RangeMap<V> {
     /// an equal range starting at `end` and with `left` (the start of an
     /// equal range ending at `start`), if any.
     fn put(&mut self, start: u64, end: u64, v: V, left: Option<u64>) {
+        let right = self.map.get(&end).copied();
+        self.put_beside(start, end, v, left, right);
+    }
+
+    /// [`RangeMap::put`] where the caller looked up the range starting at
+    /// `end` (`right`: its end and value).
+    fn put_beside(
+        &mut self,
+        start: u64,
+        end: u64,
+        v: V,
+        left: Option<u64>,
+        right: Option<(u64, V)>,
+    ) {
         let mut e = end;
-        if let Some(&(re, rv)) = self.map.get(&end)
+        if let Some((re, rv)) = right
             && rv == v
         {
             self.map.remove(&end);

@@ -1060,3 +1060,7 @@ pub fn seamcalls_by_name(stats: &Stats) -> HashMap<String, u64> {
 #[cfg(test)]
 #[path = "invariant_tests.rs"]
 mod invariant_tests;
+
+#[cfg(test)]
+#[path = "tdmr_init_tests.rs"]
+mod tdmr_init_tests;

@@ -23,7 +23,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -161,8 +161,6 @@ pub(crate) struct SysData {
     pub(crate) num_init_lps: u32,
     pub(crate) pkg_configured: Vec<bool>,
     pub(crate) num_init_pkgs: u32,
-    /// The TDMR the last TDH.SYS.TDMR.INIT named.
-    pub(crate) last_tdmr: usize,
     pub(crate) features: TdxFeatures0,
     pub(crate) ext: ExtState,
 }
@@ -177,6 +175,9 @@ pub(crate) struct Sys {
     data: Mutex<SysData>,
     /// The global (module) KeyID; `u32::MAX` before TDH.SYS.CONFIG set it.
     global_hkid: AtomicU32,
+    /// The TDMR the last TDH.SYS.TDMR.INIT named (where the next call
+    /// looks first; a hint, not module state).
+    pub(crate) last_tdmr: AtomicUsize,
     /// The host took PAMT memory back (after a failed bring-up): the module
     /// must be reloaded before it is used again.
     abandoned: AtomicBool,
@@ -234,11 +235,11 @@ impl Sys {
                 num_init_lps: 0,
                 pkg_configured: vec![false; m.desc.packages as usize],
                 num_init_pkgs: 0,
-                last_tdmr: 0,
                 features: TdxFeatures0::new(),
                 ext: ExtState::default(),
             }),
             global_hkid: AtomicU32::new(u32::MAX),
+            last_tdmr: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
             dynamic_pamt: AtomicBool::new(false),
             fields,
@@ -296,12 +297,10 @@ impl Stats {
 
 const STRIPES: usize = 8;
 
-/// One stripe of the counters.
+/// One stripe of the host-service counters.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Stripe {
-    /// SEAMCALLs per leaf number below 256.
-    calls: [AtomicU64; 256],
     wbinvd: AtomicU64,
     clflush_pages: AtomicU64,
     movdir64b_pages: AtomicU64,
@@ -317,21 +316,33 @@ pub(crate) enum HostOp {
     Yield,
 }
 
-/// [`Stats`] kept in stripes by LP, so threads on different LPs do not
-/// write one cache line.
+/// SEAMCALLs per leaf number below 256 on one LP.
+#[derive(Debug)]
+#[repr(align(64))]
+struct LpCalls([AtomicU64; 256]);
+
+/// [`Stats`]: SEAMCALLs counted by the LP they ran on, host services in
+/// stripes by LP, so threads on different LPs do not write one cache line.
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// Per LP. Only a SEAMCALL running on the LP writes its row, and it
+    /// holds the LP while it does (`Shared::lp_busy`, taken with Acquire
+    /// and let go with Release), so a count is a plain load and store, not
+    /// a read-modify-write.
+    calls: Box<[LpCalls]>,
     stripes: Box<[Stripe]>,
     /// Leaf numbers of 256 and above.
     big: Mutex<BTreeMap<u16, u64>>,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
+impl Counters {
+    pub(crate) fn new(lps: u32) -> Self {
         Self {
+            calls: (0..lps.max(1))
+                .map(|_| LpCalls([const { AtomicU64::new(0) }; 256]))
+                .collect(),
             stripes: (0..STRIPES)
                 .map(|_| Stripe {
-                    calls: [const { AtomicU64::new(0) }; 256],
                     wbinvd: AtomicU64::new(0),
                     clflush_pages: AtomicU64::new(0),
                     movdir64b_pages: AtomicU64::new(0),
@@ -341,17 +352,12 @@ impl Default for Counters {
             big: Mutex::default(),
         }
     }
-}
 
-impl Counters {
+    /// Counts a SEAMCALL of `leaf` on `lp`; the caller holds the LP.
     pub(crate) fn leaf(&self, lp: u32, leaf: u16) {
-        match self.stripes[lp as usize % STRIPES]
-            .calls
-            .get(usize::from(leaf))
-        {
-            Some(c) => {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+        let row = &self.calls[lp as usize % self.calls.len()];
+        match row.0.get(usize::from(leaf)) {
+            Some(c) => c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
             None => {
                 *self
                     .big
@@ -379,13 +385,15 @@ impl Counters {
             seamcalls: self.big.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             ..Stats::default()
         };
-        for s in self.stripes.iter() {
-            for (leaf, c) in s.calls.iter().enumerate() {
+        for row in self.calls.iter() {
+            for (leaf, c) in row.0.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
                     *st.seamcalls.entry(leaf as u16).or_insert(0) += n;
                 }
             }
+        }
+        for s in self.stripes.iter() {
             st.wbinvd += s.wbinvd.load(Ordering::Relaxed);
             st.clflush_pages += s.clflush_pages.load(Ordering::Relaxed);
             st.movdir64b_pages += s.movdir64b_pages.load(Ordering::Relaxed);
@@ -469,7 +477,7 @@ impl Shared {
             violations: Mutex::default(),
             dropped_tds: Mutex::default(),
             returned_guest_frames: Mutex::default(),
-            counters: Counters::default(),
+            counters: Counters::new(lps as u32),
             lp_busy: (0..lps).map(|_| Padded(AtomicU64::new(0))).collect(),
             readers: ReaderSlots::new(lps),
             pauses: Pauses::default(),

@@ -440,7 +440,7 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     }
     let tdmrs = s.pamt.tdmrs();
     // Hosts call this leaf in long runs on one TDMR: try the last one first.
-    let hint = s.sys.data().last_tdmr;
+    let hint = s.sys.last_tdmr.load(std::sync::atomic::Ordering::Relaxed);
     let i = match tdmrs.get(hint) {
         Some(t) if t.base == base => hint,
         _ => match tdmrs.binary_search_by_key(&base, |t| t.base) {
@@ -448,7 +448,9 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             Err(_) => return Err(op(TdxStatus::OPERAND_INVALID, OperandId::RCX)),
         },
     };
-    s.sys.data().last_tdmr = i;
+    s.sys
+        .last_tdmr
+        .store(i, std::sync::atomic::Ordering::Relaxed);
     let t = &tdmrs[i];
     c.mutex(&t.init_lock, OperandId::RCX)?;
     let last = t.last_init.load(Ordering::Acquire);
@@ -476,10 +478,8 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     // 4 TiB).
     let (off_a, off_b) = (from - t.base, to - t.base);
     let esz = s.machine.desc.profile.pamt_entry_size;
-    let mut marks = t.dirty_mark.lock().unwrap_or_else(|e| e.into_inner());
     for (l, &entry) in esz.iter().enumerate() {
-        let (pb, psz) = t.pamt[l];
-        let generation = s.mem.cache_generation(pb / PAGE, (pb + psz).div_ceil(PAGE));
+        let pb = t.pamt[l].0;
         // The bitmap: one byte per 8 pages.
         let (shift, entry) = if t.dynamic && l == 0 {
             (15, 1)
@@ -487,16 +487,27 @@ pub(crate) fn tdmr_init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             (12 + 9 * l as u32, entry)
         };
         let first = (pb + (off_a >> shift) * u64::from(entry)) / PAGE;
-        let last = (pb + off_b.div_ceil(1 << shift) * u64::from(entry)).div_ceil(PAGE);
-        let (marked_to, marked_gen) = marks[l];
-        let from_page = if marked_gen == generation {
-            first.max(marked_to)
+        let entries_to = (off_b >> shift) + u64::from(off_b & ((1 << shift) - 1) != 0);
+        let last = (pb + entries_to * u64::from(entry)).div_ceil(PAGE);
+        // Calls on a TDMR follow one another in address order, so this
+        // call's first page is the page after the last one marked, or
+        // that page itself when entries of both calls share it: then it
+        // needs no new mark unless its shard was flushed (or written by
+        // the host) since.
+        let [marked_to, marked_gen] = &t.dirty_mark[l];
+        let marked_to_v = marked_to.load(Ordering::Relaxed);
+        let from_page = if first + 1 == marked_to_v
+            && s.mem.generation_of(first) == marked_gen.load(Ordering::Relaxed)
+        {
+            marked_to_v
         } else {
             first
         };
         if from_page < last {
+            let generation = s.mem.generation_of(last - 1);
             s.mem.mark_cache(from_page, last, CacheLines::Private(hkid));
-            marks[l] = (last, generation);
+            marked_to.store(last, Ordering::Relaxed);
+            marked_gen.store(generation, Ordering::Relaxed);
         }
     }
     Ok(TdxStatus::SUCCESS)
