@@ -433,6 +433,33 @@ fn sys_init_moves_to_sysinit_done_and_clears_outputs() {
 }
 
 #[test]
+fn sys_init_refuses_a_cmr_list_not_sorted_and_disjoint() {
+    // `check_cmrs` in tdh_sys_init.c: MCHECK's CMRs must be sorted by base
+    // and must not overlap; touching is fine. The module stays
+    // SYSINIT_PENDING, so a second SYS.INIT fails the same way.
+    let with_cmrs = |cmrs: Vec<(u64, u64)>| {
+        let mut desc = MachineDesc::new(vec![(4 * GIB, 6 * GIB)]).with_cpus(2, 2);
+        desc.cmrs = Some(cmrs);
+        Simulator::new(desc).unwrap()
+    };
+    for cmrs in [
+        vec![(5 * GIB, 6 * GIB), (4 * GIB, 5 * GIB)],
+        vec![(4 * GIB, 5 * GIB + PAGE), (5 * GIB, 6 * GIB)],
+        vec![(4 * GIB, 6 * GIB), (4 * GIB, 6 * GIB)],
+    ] {
+        let sim = with_cmrs(cmrs.clone());
+        assert_eq!(sys_init(&sim), TdxStatus::CMR_LIST_INVALID, "{cmrs:x?}");
+        assert_eq!(sim.module_state(), SysState::SysInitPending);
+        assert_eq!(sys_init(&sim), TdxStatus::CMR_LIST_INVALID, "{cmrs:x?}");
+        sim.check_invariants().unwrap();
+    }
+    // Touching, in order: accepted.
+    let sim = with_cmrs(vec![(4 * GIB, 5 * GIB), (5 * GIB, 6 * GIB)]);
+    assert_eq!(sys_init(&sim), TdxStatus::SUCCESS);
+    assert_eq!(sim.module_state(), SysState::SysInitDone);
+}
+
+#[test]
 fn sys_init_rcx_is_checked_before_the_state() {
     let sim = small(Profile::tdx_1_5());
     let with_rcx = |rcx| {

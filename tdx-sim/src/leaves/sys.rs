@@ -58,6 +58,11 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
     if misc_enable & super::instr::MISC_BOOT_NT4 != 0 {
         return Err(TdxStatus::LIMIT_CPUID_MAXVAL_SET);
     }
+    // Then the CMR list MCHECK handed over (`check_cmrs`, after the
+    // platform and key-management checks). The state stays SYSINIT_PENDING.
+    if !cmr_list_valid(&c.sim.machine) {
+        return Err(TdxStatus::CMR_LIST_INVALID);
+    }
     c.locked();
     let mut d = sys.data();
     d.num_init_lps = 0;
@@ -73,6 +78,33 @@ pub(crate) fn init(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
         .store(tsc_adjust, crate::locks::Ordering::Release);
     (a.rcx, a.rdx, a.r8, a.r9, a.r10) = (0, 0, 0, 0, 0);
     Ok(TdxStatus::SUCCESS)
+}
+
+/// `check_cmrs` (`tdh_sys_init.c`): each non-empty CMR's first and last
+/// byte below the KeyID bits, base and size 4 KiB aligned, and each one
+/// starting after the previous non-empty one's base and last byte (sorted,
+/// disjoint; touching is allowed).
+fn cmr_list_valid(m: &crate::state::Machine) -> bool {
+    let mut prev: Option<(u64, u64)> = None;
+    for &(base, end) in &m.cmrs {
+        if base >= end {
+            continue;
+        }
+        let last = end - 1;
+        if base & m.hkid_mask != 0 || last & m.hkid_mask != 0 || last > 1 << 52 {
+            return false;
+        }
+        if base % 4096 != 0 || (end - base) % 4096 != 0 {
+            return false;
+        }
+        if let Some((prev_base, prev_last)) = prev
+            && (prev_base > base || prev_last > base)
+        {
+            return false;
+        }
+        prev = Some((base, last));
+    }
+    true
 }
 
 /// TDH.SYS.LP.INIT (`tdh_sys_lp_init.c`). Locks: global S.
