@@ -1166,16 +1166,18 @@ fn r11_pamt_across_back_to_back_cmrs_is_inside() {
 }
 
 #[test]
-fn r11_cmrs_touching_in_address_but_not_in_array_order_do_not_merge() {
+fn r11_cmrs_touching_in_address_but_not_in_array_order_never_reach_config() {
     // [4G,8G) is slot 0, [8G,12G) is slot 2: slot 1 sits between them.
+    // `is_area_in_cmr` would not merge them, but the list is not sorted,
+    // so TDH.SYS.INIT already refuses it (`check_cmrs`): no SYS.CONFIG
+    // ever sees CMRs out of array order.
     let desc = machine_with_cmrs(&[
         (4 * GIB, 8 * GIB),
         (12 * GIB, 20 * GIB),
         (8 * GIB, 12 * GIB),
     ]);
-    let mut t = pair_far_pamt();
-    t[1].set_pamt_4k(8 * GIB - 2 * MIB, 4 * MIB);
-    expect_config_on(desc, &t, pamt_out(1, L4K));
+    let sim = Simulator::new(desc).unwrap();
+    assert_eq!(sys_init(&sim), TdxStatus::CMR_LIST_INVALID);
 }
 
 #[test]
@@ -1235,17 +1237,14 @@ fn r12_tdmr_across_a_chain_of_back_to_back_cmrs_is_inside() {
 }
 
 #[test]
-fn r12_cmrs_adjacent_in_address_but_not_in_array_order_do_not_merge() {
+fn r12_cmrs_adjacent_in_address_chain() {
     let split = 5 * GIB + 512 * MIB;
-    // Slot 0 ends where slot 2 starts; slot 1 is elsewhere. TDMR 1's PAMT
-    // (at its top) is inside slot 2, so only rule 12 fails.
+    // Slot 0 ends where slot 2 starts, slot 1 elsewhere: TDH.SYS.INIT
+    // refuses the list (not sorted), so rule 12 never sees it unchained.
     let apart = machine_with_cmrs(&[(4 * GIB, split), (6 * GIB, 20 * GIB), (split, 6 * GIB)]);
-    expect_config_on(
-        apart,
-        &good_pair(),
-        tdmr_status(TdxStatus::TDMR_OUTSIDE_CMRS, 1),
-    );
-    // The same CMRs in address order chain.
+    let sim = Simulator::new(apart).unwrap();
+    assert_eq!(sys_init(&sim), TdxStatus::CMR_LIST_INVALID);
+    // The same CMRs in address order chain: TDMR 1 spans two of them.
     let chained = machine_with_cmrs(&[(4 * GIB, split), (split, 6 * GIB), (6 * GIB, 20 * GIB)]);
     expect_config_on(chained, &good_pair(), TdxStatus::SUCCESS);
 }
