@@ -415,10 +415,11 @@ fn normalize_numa<T>(mut ranges: Vec<(u64, u64, u32, T)>) -> Result<Vec<NodeRang
     Ok(out)
 }
 
-/// Rejects overlapping CMRs and keeps the rest in the order given: the
-/// module chains back-to-back CMRs only when they are adjacent in its array,
-/// so the order matters. The error names the index (in input order) of a
-/// CMR that overlaps another, and says which.
+/// Rejects overlapping CMRs and returns the rest sorted by address: the
+/// only order a module reports them in (TDH.SYS.INIT refuses any other list
+/// with TDX_CMR_LIST_INVALID, `check_cmrs` in Intel's `tdh_sys_init.c`), so
+/// a file listing them otherwise was reordered by hand. The error names the
+/// index (in input order) of a CMR that overlaps another, and says which.
 fn normalize_cmrs(cmrs: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, (usize, String)> {
     let mut sorted: Vec<(u64, u64, usize)> = cmrs
         .iter()
@@ -435,7 +436,7 @@ fn normalize_cmrs(cmrs: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, (usize, String
             ));
         }
     }
-    Ok(cmrs.to_vec())
+    Ok(sorted.into_iter().map(|(s, e, _)| (s, e)).collect())
 }
 
 #[cfg(test)]

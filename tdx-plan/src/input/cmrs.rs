@@ -2,9 +2,8 @@
 
 use super::{InputError, json, normalize_cmrs, scan};
 
-/// Reads a list of convertible memory ranges (CMRs), in the order given (the
-/// module's merging of back-to-back CMRs depends on it), as half-open byte
-/// ranges `[start, end)`.
+/// Reads a list of convertible memory ranges (CMRs) as half-open byte
+/// ranges `[start, end)`, sorted by address as a module reports them.
 ///
 /// Accepted forms:
 ///

@@ -473,10 +473,10 @@ mod tests {
 
     #[test]
     fn cmrs_as_list_or_object() {
-        // The order is kept: the module's CMR merging depends on it.
+        // Sorted by address, the only order a module accepts.
         assert_eq!(
             parse_cmrs("[[4096, 8192], [0, 4096]]").unwrap(),
-            [(4096, 8192), (0, 4096)]
+            [(0, 4096), (4096, 8192)]
         );
         assert_eq!(
             parse_cmrs(r#"{"usable": [[0, 4096]], "cmrs": [[0, 4096]]}"#).unwrap(),
