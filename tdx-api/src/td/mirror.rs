@@ -31,6 +31,22 @@
 //! that is freed when the tree is dropped (the TD's teardown), when no other
 //! thread can hold a reference.
 //!
+//! A node made by a split ([`Node::alloc_split`], for `Td::demote`) starts
+//! with its entry words unwritten, and allocated without being cleared:
+//! an entry whose word is not written yet holds the page of the split it
+//! stands for (entry `i`: the next-smaller page at the split page's first
+//! frame + `i` × its frames, idle). The first thread that needs the word of
+//! such an entry (to change it) writes it: it counts itself in the node's
+//! state word, claims the entry's bit in a `claimed` bitmap (one thread
+//! wins and writes; the others get `InProgress` until it is done), and sets
+//! the entry's bit in a `ready` bitmap with release ordering; readers use a
+//! word only after they see its ready bit. A merge (`Td::promote`) freezes
+//! the node first (no materialization under way, none after): if no word
+//! was ever written, the node still maps the split page exactly, and the
+//! merge checks nothing below; else it checks the written entries only.
+//! So a split costs no clearing and no 512 stores, and a merge right after
+//! one no 512 compare-and-swaps.
+//!
 //! Both also keep frames that must wait for teardown without allocating:
 //! a parked entry keeps a removed page's frames, and a retired node can be
 //! marked ([`Park`]) when its S-EPT page, freed by the module, is in doubt
@@ -41,12 +57,17 @@
 // pointers in atomic words.
 #![allow(unsafe_code)]
 
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::cell::UnsafeCell;
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use loom::cell::UnsafeCell;
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use tdx_types::{Pfn, addr::MAX_PFN};
 
@@ -60,7 +81,9 @@ pub(crate) const FANOUT: usize = if cfg!(loom) { 4 } else { 512 };
 /// entry's state tag.
 #[repr(C, align(64))]
 pub(crate) struct Node {
-    slots: [AtomicPtr<Node>; FANOUT],
+    /// The entries' words: all written at allocation in an ordinary node;
+    /// in a split node, each once its bit in `split.ready` is set.
+    slots: [Word; FANOUT],
     /// The S-EPT page this node mirrors (`None` for the root, which the
     /// module owns as part of the TD).
     sept: Option<Pfn>,
@@ -70,6 +93,113 @@ pub(crate) struct Node {
     /// For a retired node: what became of its S-EPT page (0: given back;
     /// else a [`Park`] code, the page waits for teardown).
     park: AtomicU8,
+    /// A split node's record of which entry words are written.
+    split: Split,
+}
+
+/// Words of a split node's bitmaps (one bit an entry).
+const BITMAP_WORDS: usize = FANOUT.div_ceil(64);
+
+/// In a split node's state word: a merge froze the node (no entry word is
+/// written for the first time any more).
+const FROZEN: u32 = 1 << 31;
+/// In a split node's state word: some entry word was written (or is being
+/// written); the low bits count the threads writing one now.
+const TOUCHED: u32 = 1 << 30;
+
+/// What a node made by a split holds beyond the entries.
+struct Split {
+    /// Frames per entry of the split page's parts; 0 for an ordinary node
+    /// (every word written at allocation).
+    step: u64,
+    /// The split page's first frame: entry `i` stands, until its word is
+    /// written, for the part at `first + i × step`.
+    first: u64,
+    /// [`FROZEN`] | [`TOUCHED`] | count of threads writing a word now.
+    state: AtomicU32,
+    /// Bit `i`: a thread took entry `i` to write its word (it alone does).
+    claimed: [AtomicU64; BITMAP_WORDS],
+    /// Bit `i`: entry `i`'s word is written (set with release ordering
+    /// after the write).
+    ready: [AtomicU64; BITMAP_WORDS],
+}
+
+impl Split {
+    fn new(step: u64, first: u64) -> Self {
+        Self {
+            step,
+            first,
+            state: AtomicU32::new(0),
+            claimed: core::array::from_fn(|_| AtomicU64::new(0)),
+            ready: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// All bits of bitmap word `w` that name entries.
+fn full_bits(w: usize) -> u64 {
+    match FANOUT - w * 64 {
+        n @ 0..64 => (1 << n) - 1,
+        _ => !0,
+    }
+}
+
+/// One entry's word, which a split node leaves unwritten until needed.
+#[repr(transparent)]
+struct Word(UnsafeCell<MaybeUninit<AtomicPtr<Node>>>);
+
+impl Word {
+    #[cfg(loom)]
+    fn new(v: *mut Node) -> Self {
+        Self(UnsafeCell::new(MaybeUninit::new(AtomicPtr::new(v))))
+    }
+
+    #[cfg(loom)]
+    fn uninit() -> Self {
+        Self(UnsafeCell::new(MaybeUninit::uninit()))
+    }
+
+    /// The word.
+    ///
+    /// # Safety
+    ///
+    /// The word is written, and this thread saw that (an ordinary node's
+    /// words are written before the node is published; a split node's
+    /// once its ready bit is seen with acquire ordering).
+    #[inline(always)]
+    unsafe fn get(&self) -> &AtomicPtr<Node> {
+        #[cfg(not(loom))]
+        // SAFETY: written (caller); from here on it is shared only through
+        // the atomic.
+        unsafe {
+            (*self.0.get()).assume_init_ref()
+        }
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks that the read happens after the
+        // write.
+        unsafe {
+            &*self.0.with(|p| (*p).as_ptr())
+        }
+    }
+
+    /// Writes the word for the first time.
+    ///
+    /// # Safety
+    ///
+    /// The word is not written yet, this thread alone writes it, and nobody
+    /// reads it before this thread publishes it (its ready bit).
+    unsafe fn init(&self, v: *mut Node) {
+        #[cfg(not(loom))]
+        // SAFETY: no other access to the word now (caller).
+        unsafe {
+            (*self.0.get()).write(AtomicPtr::new(v));
+        }
+        #[cfg(loom)]
+        self.0.with_mut(|p| {
+            // SAFETY: as above; loom checks that no access races it.
+            unsafe { (*p).write(AtomicPtr::new(v)) };
+        });
+    }
 }
 
 const TAG_MASK: usize = 0xF;
@@ -84,6 +214,11 @@ const TABLE_BUSY: usize = 6;
 const TABLE_BLOCKED: usize = 7;
 const PARKED_IN_DOUBT: usize = 8;
 const PARKED_UNFLUSHED: usize = 9;
+// A table whose node was made by a split (`Node::alloc_split`): the walk's
+// fast path follows `TABLE` only, whose nodes have every word written.
+const SPLIT_TABLE: usize = 10;
+const SPLIT_TABLE_BUSY: usize = 11;
+const SPLIT_TABLE_BLOCKED: usize = 12;
 
 /// Why frames out of the S-EPT wait for teardown (a parked entry, a marked
 /// retired node).
@@ -135,7 +270,9 @@ pub(crate) enum Entry {
     Adding,
     /// A private page, by its first frame.
     Leaf(Pfn, Hold),
-    /// A table: the node mirroring the S-EPT page.
+    /// A table: the node mirroring the S-EPT page. Always a live node (one
+    /// read from the tree, or just allocated): encoding reads whether it
+    /// was made by a split.
     Table(NonNull<Node>, Hold),
     /// A removed page (first frame) whose frames wait for teardown: the
     /// GPA stays taken until then.
@@ -160,10 +297,16 @@ impl Entry {
                 ptr::without_provenance_mut((pfn.as_u64() << 12) as usize | tag)
             }
             Self::Table(node, hold) => {
-                let tag = match hold {
-                    Hold::Idle => TABLE,
-                    Hold::Busy => TABLE_BUSY,
-                    Hold::Blocked => TABLE_BLOCKED,
+                // SAFETY: a table entry names a live node (see the variant):
+                // linked and retired nodes are freed only with the tree.
+                let split = unsafe { node.as_ref() }.is_split();
+                let tag = match (hold, split) {
+                    (Hold::Idle, false) => TABLE,
+                    (Hold::Busy, false) => TABLE_BUSY,
+                    (Hold::Blocked, false) => TABLE_BLOCKED,
+                    (Hold::Idle, true) => SPLIT_TABLE,
+                    (Hold::Busy, true) => SPLIT_TABLE_BUSY,
+                    (Hold::Blocked, true) => SPLIT_TABLE_BLOCKED,
                 };
                 // The node is 64-byte aligned (`repr(align(64))`), so its
                 // low 4 bits are zero and carry the tag.
@@ -202,9 +345,9 @@ impl Entry {
             LEAF => leaf(Hold::Idle),
             LEAF_BUSY => leaf(Hold::Busy),
             LEAF_BLOCKED => leaf(Hold::Blocked),
-            TABLE => table(Hold::Idle),
-            TABLE_BUSY => table(Hold::Busy),
-            TABLE_BLOCKED => table(Hold::Blocked),
+            TABLE | SPLIT_TABLE => table(Hold::Idle),
+            TABLE_BUSY | SPLIT_TABLE_BUSY => table(Hold::Busy),
+            TABLE_BLOCKED | SPLIT_TABLE_BLOCKED => table(Hold::Blocked),
             0 => Self::Free,
             _ => Self::decode_parked(raw),
         }
@@ -288,6 +431,7 @@ impl<'t> Slot<'t> {
     }
 
     /// The node of a table entry, if this is one.
+    #[allow(dead_code, reason = "the loom model uses it")]
     pub(crate) fn table(&self) -> Option<&'t Node> {
         match self.load() {
             // SAFETY: a node linked into the tree is freed only when the
@@ -309,10 +453,10 @@ impl Node {
             // SAFETY: the layout has a non-zero size.
             let raw = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<Node>();
             let node = NonNull::new(raw)?;
-            // All-zero bytes are valid for the atomics (null pointers: free
-            // entries, end of list; park 0: nothing parked); `Option<Pfn>`
-            // has no guaranteed zero
-            // value, so that field is written explicitly.
+            // All-zero bytes are valid for the words and atomics (null
+            // pointers: free entries, end of list; park 0: nothing parked)
+            // and make an ordinary node (`split.step` 0); `Option<Pfn>` has
+            // no guaranteed zero value, so that field is written explicitly.
             // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
             // layout: the field is in bounds (no reference is made).
             let sept_field = unsafe { &raw mut (*raw).sept };
@@ -324,10 +468,52 @@ impl Node {
         #[cfg(loom)]
         {
             let b = alloc::boxed::Box::new(Node {
-                slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                slots: core::array::from_fn(|_| Word::new(ptr::null_mut())),
                 sept,
                 next_retired: AtomicPtr::new(ptr::null_mut()),
                 park: AtomicU8::new(0),
+                split: Split::new(0, 0),
+            });
+            NonNull::new(alloc::boxed::Box::into_raw(b))
+        }
+    }
+
+    /// The node of a page split into parts of `step` frames each (512 of
+    /// them): entry `i` maps `first + i × step`, idle. Its entry words are
+    /// neither cleared nor written here: each is written when first
+    /// needed ([`slot`](Self::slot)). `None` if the allocator has no
+    /// memory.
+    pub(crate) fn alloc_split(sept: Pfn, first: Pfn, step: u64) -> Option<NonNull<Node>> {
+        // A step of 0 would make an ordinary node whose words are not
+        // written.
+        let step = step.max(1);
+        #[cfg(not(loom))]
+        {
+            let layout = core::alloc::Layout::new::<Node>();
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<Node>();
+            let node = NonNull::new(raw)?;
+            // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
+            // layout: every field below is in bounds and aligned, and is
+            // written without a reference to uninitialized memory. The
+            // words stay uninitialized (`MaybeUninit`), read only after
+            // their ready bit (`split`, written here) is set.
+            unsafe {
+                (&raw mut (*raw).sept).write(Some(sept));
+                (&raw mut (*raw).next_retired).write(AtomicPtr::new(ptr::null_mut()));
+                (&raw mut (*raw).park).write(AtomicU8::new(0));
+                (&raw mut (*raw).split).write(Split::new(step, first.as_u64()));
+            }
+            Some(node)
+        }
+        #[cfg(loom)]
+        {
+            let b = alloc::boxed::Box::new(Node {
+                slots: core::array::from_fn(|_| Word::uninit()),
+                sept: Some(sept),
+                next_retired: AtomicPtr::new(ptr::null_mut()),
+                park: AtomicU8::new(0),
+                split: Split::new(step, first.as_u64()),
             });
             NonNull::new(alloc::boxed::Box::into_raw(b))
         }
@@ -356,32 +542,156 @@ impl Node {
         self.sept
     }
 
-    /// The entry at `index`.
+    /// Whether the node was made by a split ([`alloc_split`](Self::alloc_split)).
+    #[inline(always)]
+    pub(crate) fn is_split(&self) -> bool {
+        self.split.step != 0
+    }
+
+    /// What entry `index` of a split node stands for until its word is
+    /// written: its part of the split page, idle.
+    fn part(&self, index: usize) -> Entry {
+        let pfn = self.split.first + index as u64 * self.split.step;
+        // The split page's frames are below 2^40 (its first frame came from
+        // a `Pfn` and the parts stay inside it).
+        Entry::Leaf(Pfn::new(pfn & (MAX_PFN - 1)), Hold::Idle)
+    }
+
+    /// The word of entry `index`, if it is written (always, in an ordinary
+    /// node).
     #[inline]
-    pub(crate) fn slot(&self, index: usize, level: u8) -> Slot<'_> {
-        Slot {
-            word: &self.slots[index % FANOUT],
-            level,
+    fn word(&self, index: usize) -> Option<&AtomicPtr<Node>> {
+        let i = index % FANOUT;
+        if self.is_split()
+            && self.split.ready[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) == 0
+        {
+            return None;
+        }
+        // SAFETY: an ordinary node's words are written at allocation,
+        // before the node is published; a split node's once its ready bit
+        // is set, with release ordering after the write, and the acquire
+        // load above saw the bit.
+        Some(unsafe { self.slots[i].get() })
+    }
+
+    /// What entry `index` holds now (a read: a split node's unwritten entry
+    /// holds its part of the split page).
+    #[inline]
+    pub(crate) fn entry(&self, index: usize) -> Entry {
+        match self.word(index) {
+            Some(w) => Entry::decode(w.load(Ordering::Acquire)),
+            None => self.part(index),
         }
     }
 
-    /// Every entry, with its index.
-    pub(crate) fn slots(&self, level: u8) -> impl Iterator<Item = (usize, Slot<'_>)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .map(move |(i, word)| (i, Slot { word, level }))
+    /// Entry `index` as a slot to change, its word written first if a
+    /// split left it unwritten. `None` if it cannot be written now: a merge
+    /// froze the node, or another thread is writing that word this moment
+    /// (the caller reports the entry as in progress).
+    #[inline]
+    pub(crate) fn slot(&self, index: usize, level: u8) -> Option<Slot<'_>> {
+        let word = match self.word(index) {
+            Some(w) => w,
+            None => self.materialize(index % FANOUT)?,
+        };
+        Some(Slot { word, level })
     }
 
-    /// Fills a node nobody else can see yet with the 512 pages of a split
-    /// page: entry `i` maps `first + i × step` frames.
-    pub(crate) fn fill_leaves(&mut self, first: Pfn, step: u64) {
-        for (i, word) in self.slots.iter_mut().enumerate() {
-            let pfn = Pfn::new(first.as_u64() + i as u64 * step);
-            // Nobody else sees the node yet: a relaxed store is enough (the
-            // store that links the node publishes these).
-            word.store(Entry::Leaf(pfn, Hold::Idle).encode(), Ordering::Relaxed);
+    /// Writes the word of entry `i` of a split node (its part), unless
+    /// another thread does; returns it once written.
+    #[cold]
+    #[inline(never)]
+    fn materialize(&self, i: usize) -> Option<&AtomicPtr<Node>> {
+        let s = &self.split;
+        // Count this thread in, unless a merge froze the node. A merge
+        // freezes only with no thread counted in, so it sees every word
+        // written before it (the release below).
+        let mut now = s.state.load(Ordering::Relaxed);
+        loop {
+            if now & FROZEN != 0 {
+                return None;
+            }
+            match s.state.compare_exchange_weak(
+                now,
+                (now + 1) | TOUCHED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(n) => now = n,
+            }
         }
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if s.claimed[w].fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            // SAFETY: the claim bit was ours to set: no other thread writes
+            // this word, and none reads it before the ready bit below.
+            unsafe { self.slots[i].init(self.part(i).encode()) };
+            s.ready[w].fetch_or(bit, Ordering::Release);
+        }
+        // Written by this thread, or by another one (`None` if it is not
+        // done yet).
+        let word = self.word(i);
+        s.state.fetch_sub(1, Ordering::Release);
+        word
+    }
+
+    /// Stops a split node's entry words from being written for the first
+    /// time, for a merge that checks the entries: `Ok(false)` if none was
+    /// ever written (every entry still holds its part: the node maps the
+    /// split page as it was split), `Ok(true)` if some were (check the
+    /// written ones; the others hold their parts). `Err(())` if a thread is
+    /// writing one this moment. An ordinary node has nothing to freeze:
+    /// `Ok(true)`. Only the thread that claimed the node's table entry
+    /// freezes it, and [`thaw`](Self::thaw)s it if the merge fails.
+    pub(crate) fn freeze(&self) -> Result<bool, ()> {
+        if !self.is_split() {
+            return Ok(true);
+        }
+        let state = &self.split.state;
+        let now = state.load(Ordering::Relaxed);
+        if now & !TOUCHED != 0 {
+            return Err(());
+        }
+        // Acquire: the words and ready bits written by every thread that
+        // counted itself out before are visible.
+        state
+            .compare_exchange(now, now | FROZEN, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| now & TOUCHED != 0)
+            .map_err(|_| ())
+    }
+
+    /// Undoes [`freeze`](Self::freeze).
+    pub(crate) fn thaw(&self) {
+        if self.is_split() {
+            self.split.state.fetch_and(!FROZEN, Ordering::Release);
+        }
+    }
+
+    /// The written word of entry `index` of a frozen node (or an ordinary
+    /// one), or its part of the split page. Frozen, none gets written.
+    pub(crate) fn frozen_slot(&self, index: usize, level: u8) -> Result<Slot<'_>, Entry> {
+        match self.word(index) {
+            Some(word) => Ok(Slot { word, level }),
+            None => Err(self.part(index)),
+        }
+    }
+
+    /// Every entry as a slot with its index, or `None` for a split node
+    /// some of whose entries still hold their part unwritten (pages are
+    /// mapped there). Once every word of a split node is written, none is
+    /// written again by [`slot`](Self::slot).
+    pub(crate) fn slots(&self, level: u8) -> Option<impl Iterator<Item = (usize, Slot<'_>)>> {
+        let written = !self.is_split()
+            || (0..BITMAP_WORDS)
+                .all(|w| self.split.ready[w].load(Ordering::Acquire) == full_bits(w));
+        written.then(|| {
+            self.slots.iter().enumerate().map(move |(i, w)| {
+                // SAFETY: every word is written, and seen to be (the
+                // acquire loads above).
+                let word = unsafe { w.get() };
+                (i, Slot { word, level })
+            })
+        })
     }
 }
 
@@ -471,7 +781,10 @@ impl Tree {
         // The shift of the entry index at level `l`, kept in step with it.
         let mut shift = 12 + 9 * u32::from(l);
         while l > level {
-            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
+            // SAFETY: the root and every node followed here (a `TABLE`
+            // tag, not a split one) are ordinary nodes: all words written
+            // before they were published.
+            let word = unsafe { node.slots[(gpa >> shift) as usize & (FANOUT - 1)].get() };
             let raw = word.load(Ordering::Acquire);
             if raw.addr() & TAG_MASK == TABLE {
                 // The common case: an idle table; follow it.
@@ -482,20 +795,55 @@ impl Tree {
                 shift -= 9;
                 continue;
             }
-            let slot = Slot { word, level: l };
-            return Err(match Entry::decode(raw) {
-                Entry::Free => Stop::Missing(slot),
-                Entry::Table(_, Hold::Blocked) => Stop::Blocked,
-                // A parked page still takes its GPA range, like a page.
-                Entry::Leaf(_, Hold::Idle | Hold::Blocked) | Entry::Parked(..) => Stop::Leaf,
-                // An idle table was followed above; the rest is held.
-                _ => Stop::Busy,
-            });
+            return Self::walk_on(word, raw, l, gpa, level);
         }
-        Ok(Slot {
-            word: &node.slots[(gpa >> shift) as usize & (FANOUT - 1)],
-            level: l,
-        })
+        // SAFETY: as above.
+        let word = unsafe { node.slots[(gpa >> shift) as usize & (FANOUT - 1)].get() };
+        Ok(Slot { word, level: l })
+    }
+
+    /// The rest of a [`walk`](Self::walk) from an entry at level `l` that
+    /// is not an ordinary idle table (`raw`, read from `word`): through
+    /// split nodes (writing the word of the entry the walk ends at, if a
+    /// split left it unwritten), or where it stops.
+    #[cold]
+    #[inline(never)]
+    fn walk_on<'s>(
+        mut word: &'s AtomicPtr<Node>,
+        mut raw: *mut Node,
+        mut l: u8,
+        gpa: u64,
+        level: u8,
+    ) -> Result<Slot<'s>, Stop<'s>> {
+        loop {
+            let tag = raw.addr() & TAG_MASK;
+            if tag != TABLE && tag != SPLIT_TABLE {
+                let slot = Slot { word, level: l };
+                return Err(match Entry::decode(raw) {
+                    Entry::Free => Stop::Missing(slot),
+                    Entry::Table(_, Hold::Blocked) => Stop::Blocked,
+                    // A parked page still takes its GPA range, like a page.
+                    Entry::Leaf(_, Hold::Idle | Hold::Blocked) | Entry::Parked(..) => Stop::Leaf,
+                    // Idle tables are followed; the rest is held.
+                    _ => Stop::Busy,
+                });
+            }
+            // SAFETY: see `Slot::table`: linked nodes outlive the tree's
+            // borrow, and a table tag is stored only with a node pointer.
+            let node: &'s Node = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
+            l -= 1;
+            let i = (gpa >> (12 + 9 * u32::from(l))) as usize & (FANOUT - 1);
+            word = match node.word(i) {
+                Some(w) => w,
+                None if l == level => return node.slot(i, l).ok_or(Stop::Busy),
+                // A split node's unwritten entry: its part, a page.
+                None => return Err(Stop::Leaf),
+            };
+            if l == level {
+                return Ok(Slot { word, level: l });
+            }
+            raw = word.load(Ordering::Acquire);
+        }
     }
 
     /// The deepest entry on the way to `gpa` that is not an idle table:
@@ -506,8 +854,7 @@ impl Tree {
         let mut level = self.top;
         loop {
             let shift = 12 + 9 * u32::from(level);
-            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
-            let e = Entry::decode(word.load(Ordering::Acquire));
+            let e = node.entry((gpa >> shift) as usize & (FANOUT - 1));
             match e {
                 Entry::Table(n, Hold::Idle) if level > 0 => {
                     // SAFETY: see `Slot::table`: linked nodes outlive
@@ -606,33 +953,35 @@ impl Tree {
 
     /// Calls `f` for every entry that holds something other than an idle
     /// table and covers part of `[start, end)` (GPAs), in GPA order,
-    /// descending into idle tables; stops at the first error.
+    /// descending into idle tables; stops at the first error. `f` gets the
+    /// GPA, the level and the entry's slot, or `None` if a split left its
+    /// word unwritten and it cannot be written now (another thread holds
+    /// it: a merge, or the write itself).
     pub(crate) fn visit_range<'s, E>(
         &'s self,
         start: u64,
         end: u64,
-        f: &mut dyn FnMut(u64, Slot<'s>) -> Result<(), E>,
+        f: &mut dyn FnMut(u64, u8, Option<Slot<'s>>) -> Result<(), E>,
     ) -> Result<(), E> {
         fn go<'t, E>(
             node: &'t Node,
             level: u8,
             base: u64,
             (start, end): (u64, u64),
-            f: &mut dyn FnMut(u64, Slot<'t>) -> Result<(), E>,
+            f: &mut dyn FnMut(u64, u8, Option<Slot<'t>>) -> Result<(), E>,
         ) -> Result<(), E> {
             let span = 1u64 << (12 + 9 * u32::from(level));
             let lo = (start.saturating_sub(base) / span) as usize;
             let hi = (end.saturating_sub(base).div_ceil(span) as usize).min(FANOUT);
             for i in lo..hi {
                 let gpa = base + i as u64 * span;
-                let slot = node.slot(i, level);
-                match slot.load() {
+                match node.entry(i) {
                     Entry::Free => {}
                     Entry::Table(n, Hold::Idle) if level > 0 => {
                         // SAFETY: see `Slot::table`.
                         go(unsafe { n.as_ref() }, level - 1, gpa, (start, end), f)?;
                     }
-                    _ => f(gpa, slot)?,
+                    _ => f(gpa, level, node.slot(i, level))?,
                 }
             }
             Ok(())
@@ -647,13 +996,14 @@ impl Tree {
     /// without changing anything.
     pub(crate) fn for_each(&self, f: &mut dyn FnMut(u64, u8, Entry)) {
         fn visit(node: &Node, level: u8, base: u64, f: &mut dyn FnMut(u64, u8, Entry)) {
-            for (i, slot) in node.slots(level) {
+            for i in 0..FANOUT {
                 let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
-                let e = slot.load();
-                if let Some(child) = slot.table()
+                let e = node.entry(i);
+                if let Entry::Table(child, _) = e
                     && level > 0
                 {
-                    visit(child, level - 1, gpa, f);
+                    // SAFETY: see `Slot::table`.
+                    visit(unsafe { child.as_ref() }, level - 1, gpa, f);
                 }
                 if e != Entry::Free {
                     f(gpa, level, e);
@@ -676,9 +1026,14 @@ unsafe fn drain_node(
 ) {
     for i in 0..FANOUT {
         let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
-        // SAFETY: the caller owns the node exclusively.
-        let word = unsafe { &mut (*node).slots[i] };
-        let e = Entry::decode(word.swap(ptr::null_mut(), Ordering::Relaxed));
+        // SAFETY: the caller owns the node exclusively (no other
+        // reference; the atomics are used as plain memory).
+        let n = unsafe { &*node };
+        // A split node's unwritten entry holds its part.
+        let e = match n.word(i) {
+            Some(word) => Entry::decode(word.swap(ptr::null_mut(), Ordering::Relaxed)),
+            None => n.part(i),
+        };
         match e {
             Entry::Free => {}
             Entry::Table(child, _) => {
