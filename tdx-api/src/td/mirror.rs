@@ -1183,7 +1183,7 @@ mod tests {
 
 /// The claim protocol under the loom model checker, which runs every
 /// interleaving of the threads (within its bounds). Run with
-/// `RUSTFLAGS="--cfg loom" cargo test -p tdx-api --lib --release mirror::loom`.
+/// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p tdx-api --lib --release loom_tests`.
 #[cfg(all(test, loom))]
 mod loom_tests {
     use alloc::sync::Arc;
@@ -1272,7 +1272,7 @@ mod loom_tests {
             let t = Arc::new(small_tree());
             let table = t.walk(0, 1).unwrap();
             let Some(node) = table.table() else { panic!() };
-            for (i, s) in node.slots(0) {
+            for (i, s) in node.slots(0).unwrap() {
                 s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
             }
             let t2 = Arc::clone(&t);
@@ -1304,7 +1304,7 @@ mod loom_tests {
                 // SAFETY: linked, so alive.
                 let children = unsafe { n.as_ref() };
                 let mut claimed = 0;
-                for (i, s) in children.slots(0) {
+                for (i, s) in children.slots(0).unwrap() {
                     let pfn = Pfn::new(64 + i as u64);
                     if s.swap_if(Entry::Leaf(pfn, Hold::Idle), Entry::Leaf(pfn, Hold::Busy))
                         .is_err()
@@ -1314,7 +1314,7 @@ mod loom_tests {
                     claimed += 1;
                 }
                 if claimed < FANOUT {
-                    for (i, s) in children.slots(0).take(claimed) {
+                    for (i, s) in children.slots(0).unwrap().take(claimed) {
                         s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
                     }
                     table.store(Entry::Table(n, Hold::Idle));
@@ -1333,6 +1333,157 @@ mod loom_tests {
                 Entry::Leaf(..) => assert!(merged),
                 Entry::Table(..) => assert!(!merged),
                 e => panic!("entry left {e:?}"),
+            }
+        });
+    }
+
+    /// A tree of two levels whose root entry 0 is a split node (a 2M page
+    /// at frame 512 split into 4K parts), as `Td::demote` links it.
+    fn split_tree() -> Tree {
+        let t = Tree::new(1).unwrap();
+        let s = t.walk(0, 1).unwrap();
+        s.store(Entry::Table(
+            Node::alloc_split(Pfn::new(1), Pfn::new(512), 1).unwrap(),
+            Hold::Idle,
+        ));
+        t
+    }
+
+    /// Two threads remove the same unwritten part of a split node (walk,
+    /// which writes its word, then claim): at most one removes it, the
+    /// word is written once (loom checks the write against every read of
+    /// it), and a thread that lost the write race sees the entry busy.
+    #[test]
+    fn one_thread_writes_a_split_entry() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let remove = |t: Arc<Tree>| -> bool {
+                let Ok(s) = t.walk(2 << 12, 0) else {
+                    return false;
+                };
+                match s.claim_leaf() {
+                    Ok((pfn, blocked)) => {
+                        assert_eq!((pfn, blocked), (Pfn::new(514), false));
+                        s.store(Entry::Free);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            };
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || remove(t2));
+            let a = remove(Arc::clone(&t));
+            let b = h.join().unwrap();
+            // A thread that loses the race to write the word backs off
+            // (busy) while the winner goes on; one that comes after the
+            // removal finds the entry free.
+            assert!(a ^ b, "the page was removed twice or not at all");
+            assert_eq!(t.lookup(2 << 12), (0, Entry::Free));
+            // The neighbours still hold their parts.
+            assert_eq!(t.lookup(3 << 12).1, Entry::Leaf(Pfn::new(515), Hold::Idle));
+        });
+    }
+
+    /// A merge of a split node (its table entry claimed, the node frozen,
+    /// the written entries claimed) against the removal of one part: never
+    /// both. A merge that finds no word written checks nothing below, so
+    /// this is the race that the freeze must close.
+    #[test]
+    fn a_merge_and_a_removal_in_a_split_node_exclude_each_other() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let table = t.walk(0, 1).unwrap();
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || {
+                let Ok(s) = t2.walk(1 << 12, 0) else {
+                    return false;
+                };
+                match s.claim_leaf() {
+                    Ok(_) => {
+                        s.store(Entry::Free);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+            let merged = (|| {
+                let Entry::Table(n, Hold::Idle) = table.load() else {
+                    return false;
+                };
+                if table
+                    .swap_if(Entry::Table(n, Hold::Idle), Entry::Table(n, Hold::Busy))
+                    .is_err()
+                {
+                    return false;
+                }
+                // SAFETY: linked, so alive.
+                let children = unsafe { n.as_ref() };
+                let Ok(touched) = children.freeze() else {
+                    table.store(Entry::Table(n, Hold::Idle));
+                    return false;
+                };
+                let nth = |i: usize| Entry::Leaf(Pfn::new(512 + i as u64), Hold::Idle);
+                let busy = |i: usize| Entry::Leaf(Pfn::new(512 + i as u64), Hold::Busy);
+                let mut claimed = if touched { 0 } else { FANOUT };
+                while claimed < FANOUT {
+                    let ok = match children.frozen_slot(claimed, 0) {
+                        Ok(s) => s.swap_if(nth(claimed), busy(claimed)).is_ok(),
+                        Err(part) => part == nth(claimed),
+                    };
+                    if !ok {
+                        break;
+                    }
+                    claimed += 1;
+                }
+                if claimed < FANOUT {
+                    for i in 0..claimed {
+                        if let Ok(s) = children.frozen_slot(i, 0) {
+                            s.store(nth(i));
+                        }
+                    }
+                    children.thaw();
+                    table.store(Entry::Table(n, Hold::Idle));
+                    return false;
+                }
+                table.store(Entry::Leaf(Pfn::new(512), Hold::Idle));
+                t.retire(n);
+                true
+            })();
+            let removed = h.join().unwrap();
+            assert!(
+                !(merged && removed),
+                "a page was removed from a merged range"
+            );
+            match t.walk(0, 1).unwrap().load() {
+                Entry::Leaf(..) => assert!(merged),
+                Entry::Table(..) => {
+                    assert!(!merged);
+                    let e = t.lookup(1 << 12).1;
+                    if removed {
+                        assert_eq!(e, Entry::Free);
+                    } else {
+                        assert_eq!(e, Entry::Leaf(Pfn::new(513), Hold::Idle));
+                    }
+                }
+                e => panic!("entry left {e:?}"),
+            }
+        });
+    }
+
+    /// A reader (`lookup`, as `Td::mapping` does) while another thread
+    /// writes a split entry's word: it sees the part, before and after,
+    /// and never reads the word before it is written.
+    #[test]
+    fn a_read_of_a_split_entry_sees_its_part_while_it_is_written() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || t2.walk(3 << 12, 0).map(|s| s.load()).ok());
+            let read = t.lookup(3 << 12);
+            let written = h.join().unwrap();
+            assert_eq!(read, (0, Entry::Leaf(Pfn::new(515), Hold::Idle)));
+            if let Some(e) = written {
+                assert_eq!(e, Entry::Leaf(Pfn::new(515), Hold::Idle));
             }
         });
     }
