@@ -157,9 +157,12 @@ fn a_promote_right_after_a_demote_merges_and_a_second_split_works() {
     let baseline = sim.accounting();
     let td = finalized(&h);
     let huge = frames(&sim, 512, 512);
+    // SAFETY: allocated above for this TD.
+    let f = unsafe { GuestFrame::<Size2M>::new(huge.first()) }.unwrap();
+    td.map(Gpa::new(4 * MIB), f).unwrap();
     let control = td.control_pages();
-    map_and_split(&td, 4 * MIB, huge);
-    assert_eq!(td.control_pages(), control + 1);
+    td.demote::<Size2M>(Gpa::new(4 * MIB), &|| {}).unwrap();
+    assert_eq!(td.control_pages(), control + 1, "the split's S-EPT page");
     let promotes = calls(&sim, Leaf::MEM_PAGE_PROMOTE);
     td.promote::<Size2M>(Gpa::new(4 * MIB), &|| {}).unwrap();
     assert_eq!(calls(&sim, Leaf::MEM_PAGE_PROMOTE), promotes + 1);
