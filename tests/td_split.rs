@@ -173,8 +173,7 @@ fn a_promote_right_after_a_demote_merges_and_a_second_split_works() {
     );
     // A promote of a range that is a page already: nothing to merge.
     assert_eq!(
-        td.promote::<Size2M>(Gpa::new(4 * MIB), &|| {})
-            .unwrap_err(),
+        td.promote::<Size2M>(Gpa::new(4 * MIB), &|| {}).unwrap_err(),
         TdError::NotMapped(Gpa::new(4 * MIB))
     );
     // Split again, touch one part without changing it (unmap and map the
