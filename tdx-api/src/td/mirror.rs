@@ -12,7 +12,7 @@
 //! | leaf | a private page of this entry's size, first frame recorded |
 //! | leaf, busy | one thread is changing that page (removal, split, merge) |
 //! | leaf, blocked | the module holds the entry blocked: a removal stopped after TDH.MEM.RANGE.BLOCK; the next removal resumes from there |
-//! | table | an S-EPT page we added, with the node that mirrors it |
+//! | table | an S-EPT page we added, with the node that mirrors it (a split node, made by a demote, has a tag of its own) |
 //! | table, busy | one thread is removing or merging that table |
 //! | table, blocked | the table's entry stayed blocked after a failed removal |
 //! | parked | a removed page whose frames wait for teardown (in doubt, or not written back), kept here because the TD's list for them could not grow |
@@ -1090,6 +1090,90 @@ mod tests {
         }
         // SAFETY: allocated above, in no tree.
         unsafe { Node::free(node) };
+    }
+
+    #[test]
+    fn a_split_node_holds_its_parts_until_written_and_drains_them() {
+        // A 2M page at frame 0x1000 split into 4K parts under root entry 0
+        // of a two-level tree; its tag round-trips as a split table.
+        let mut t = Tree::new(1).unwrap();
+        let node = Node::alloc_split(Pfn::new(7), Pfn::new(0x1000), 1).unwrap();
+        for hold in [Hold::Idle, Hold::Busy, Hold::Blocked] {
+            let e = Entry::Table(node, hold);
+            assert_eq!(
+                e.encode().addr() & TAG_MASK,
+                SPLIT_TABLE + (TABLE_BUSY - TABLE) * hold as usize
+            );
+            assert_eq!(Entry::decode(e.encode()), e);
+        }
+        t.walk(0, 1).unwrap().store(Entry::Table(node, Hold::Idle));
+        // SAFETY: linked above; alive as long as the tree.
+        let n = unsafe { node.as_ref() };
+        assert!(n.slots(0).is_none(), "parts unwritten");
+        // Reads see the parts, without writing anything.
+        assert_eq!(
+            t.lookup(5 << 12),
+            (0, Entry::Leaf(Pfn::new(0x1005), Hold::Idle))
+        );
+        assert!(n.word(5).is_none());
+        // A walk to an entry writes its word with its part; change it.
+        let s = t.walk(5 << 12, 0).unwrap();
+        assert!(n.word(5).is_some());
+        assert_eq!(s.claim_leaf(), Ok((Pfn::new(0x1005), false)));
+        s.store(Entry::Free);
+        assert_eq!(t.lookup(5 << 12), (0, Entry::Free));
+        // Freeze: written before, so `true`; no word is written while
+        // frozen; thawed, it is again.
+        assert_eq!(n.freeze(), Ok(true));
+        assert_eq!(n.freeze(), Err(()), "frozen already");
+        assert!(matches!(t.walk(6 << 12, 0), Err(Stop::Busy)));
+        assert_eq!(
+            n.frozen_slot(6, 0).unwrap_err(),
+            Entry::Leaf(Pfn::new(0x1006), Hold::Idle)
+        );
+        n.thaw();
+        assert!(t.walk(6 << 12, 0).is_ok());
+        // Every entry written: `slots` lists them all.
+        for i in 0..FANOUT {
+            assert!(n.slot(i, 0).is_some());
+        }
+        assert_eq!(n.slots(0).unwrap().count(), FANOUT);
+        assert_eq!(
+            n.entry(FANOUT - 1),
+            Entry::Leaf(Pfn::new(0x1000 + FANOUT as u64 - 1), Hold::Idle)
+        );
+        // Drain reports every part but the freed one, then the table.
+        let mut drained = alloc::vec::Vec::new();
+        t.drain(&mut |g, l, e, sept| drained.push((g, l, e, sept)));
+        assert_eq!(drained.len(), FANOUT);
+        assert_eq!(
+            drained[FANOUT - 1],
+            (0, 1, drained[FANOUT - 1].2, Some(Pfn::new(7)))
+        );
+        assert!(drained[..FANOUT - 1].iter().enumerate().all(|(k, d)| {
+            let i = if k < 5 { k } else { k + 1 } as u64;
+            *d == (
+                i << 12,
+                0,
+                Entry::Leaf(Pfn::new(0x1000 + i), Hold::Idle),
+                None,
+            )
+        }));
+
+        // A split node never written: drained as its parts; a merge's
+        // freeze says so (`false`).
+        let node = Node::alloc_split(Pfn::new(8), Pfn::new(0x2000), 1).unwrap();
+        t.walk(0, 1).unwrap().store(Entry::Table(node, Hold::Idle));
+        // SAFETY: as above.
+        assert_eq!(unsafe { node.as_ref() }.freeze(), Ok(false));
+        let mut parts = 0;
+        t.drain(&mut |g, l, e, _| {
+            if l == 0 {
+                assert_eq!(e, Entry::Leaf(Pfn::new(0x2000 + (g >> 12)), Hold::Idle));
+                parts += 1;
+            }
+        });
+        assert_eq!(parts, FANOUT);
     }
 
     #[test]
