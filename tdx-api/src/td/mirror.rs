@@ -169,16 +169,23 @@ impl Word {
     #[inline(always)]
     unsafe fn get(&self) -> &AtomicPtr<Node> {
         #[cfg(not(loom))]
-        // SAFETY: written (caller); from here on it is shared only through
-        // the atomic.
-        unsafe {
-            (*self.0.get()).assume_init_ref()
+        {
+            // SAFETY: the cell is alive as long as `self`; no thread writes
+            // the word once it is written (caller), so a shared reference
+            // is sound.
+            let w = unsafe { &*self.0.get() };
+            // SAFETY: written (caller); from here on it is shared only
+            // through the atomic.
+            unsafe { w.assume_init_ref() }
         }
         #[cfg(loom)]
-        // SAFETY: as above; loom checks that the read happens after the
-        // write.
-        unsafe {
-            &*self.0.with(|p| (*p).as_ptr())
+        {
+            // Loom records the read and checks it happens after the write.
+            let p = self.0.with(|p| p);
+            // SAFETY: as above.
+            let w = unsafe { &*p };
+            // SAFETY: as above.
+            unsafe { w.assume_init_ref() }
         }
     }
 
@@ -493,17 +500,27 @@ impl Node {
             // SAFETY: the layout has a non-zero size.
             let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<Node>();
             let node = NonNull::new(raw)?;
-            // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
-            // layout: every field below is in bounds and aligned, and is
-            // written without a reference to uninitialized memory. The
-            // words stay uninitialized (`MaybeUninit`), read only after
-            // their ready bit (`split`, written here) is set.
-            unsafe {
-                (&raw mut (*raw).sept).write(Some(sept));
-                (&raw mut (*raw).next_retired).write(AtomicPtr::new(ptr::null_mut()));
-                (&raw mut (*raw).park).write(AtomicU8::new(0));
-                (&raw mut (*raw).split).write(Split::new(step, first.as_u64()));
-            }
+            // `raw` is a fresh, non-null allocation of `Node`'s layout:
+            // every field below is in bounds and aligned, and is written
+            // through a raw pointer, without a reference to uninitialized
+            // memory. The words stay uninitialized (`MaybeUninit`), read
+            // only after their ready bit (in `split`, written here) is set.
+            // SAFETY: as above (a field pointer, no reference made).
+            let sept_field = unsafe { &raw mut (*raw).sept };
+            // SAFETY: as above.
+            let next_field = unsafe { &raw mut (*raw).next_retired };
+            // SAFETY: as above.
+            let park_field = unsafe { &raw mut (*raw).park };
+            // SAFETY: as above.
+            let split_field = unsafe { &raw mut (*raw).split };
+            // SAFETY: in bounds and aligned fields of our allocation.
+            unsafe { sept_field.write(Some(sept)) };
+            // SAFETY: as above.
+            unsafe { next_field.write(AtomicPtr::new(ptr::null_mut())) };
+            // SAFETY: as above.
+            unsafe { park_field.write(AtomicU8::new(0)) };
+            // SAFETY: as above.
+            unsafe { split_field.write(Split::new(step, first.as_u64())) };
             Some(node)
         }
         #[cfg(loom)]
