@@ -992,14 +992,27 @@ impl Tree {
             let hi = (end.saturating_sub(base).div_ceil(span) as usize).min(FANOUT);
             for i in lo..hi {
                 let gpa = base + i as u64 * span;
-                match node.entry(i) {
-                    Entry::Free => {}
-                    Entry::Table(n, Hold::Idle) if level > 0 => {
-                        // SAFETY: see `Slot::table`.
-                        go(unsafe { n.as_ref() }, level - 1, gpa, (start, end), f)?;
-                    }
-                    _ => f(gpa, level, node.slot(i, level))?,
+                // A split node's unwritten entry is its part, a page: its
+                // word is written for `f`, if it can be now.
+                let Some(word) = node.word(i) else {
+                    f(gpa, level, node.slot(i, level))?;
+                    continue;
+                };
+                // By tag, without decoding: free, an idle table (ordinary or
+                // split) to descend into, or something for `f`.
+                let raw = word.load(Ordering::Acquire);
+                let tag = raw.addr() & TAG_MASK;
+                if tag == 0 {
+                    continue;
                 }
+                if level > 0 && (tag == TABLE || tag == SPLIT_TABLE) {
+                    // SAFETY: see `Slot::table`; a table tag is stored only
+                    // with a node pointer.
+                    let n = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
+                    go(n, level - 1, gpa, (start, end), f)?;
+                    continue;
+                }
+                f(gpa, level, Some(Slot { word, level }))?;
             }
             Ok(())
         }
