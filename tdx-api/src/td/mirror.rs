@@ -338,6 +338,7 @@ impl Entry {
         Self::decode(raw)
     }
 
+    #[inline]
     fn decode(raw: *mut Node) -> Self {
         let tag = raw.addr() & TAG_MASK;
         let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1)), hold);
