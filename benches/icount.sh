@@ -3,9 +3,9 @@
 # calls that do the same work, counted by callgrind (repeatable on a noisy
 # machine), on the simulator and on a backend with no cost of its own
 # (benches/null), for: 4K map and unmap, 2M map and unmap, range unmap (per
-# 4K page), demote and promote of a 2M page, and (no-cost backend only: on
-# the simulator an entry runs a guest program on a thread of its own, which
-# callgrind cannot count repeatably) vCPU entry and exit handling.
+# 4K page), demote and promote of a 2M page, and vCPU entry and exit
+# handling (on the simulator, a guest whose read of an unmapped GPA exits
+# at every entry: see benches/td_mapping_icount.rs).
 # Usage: benches/icount.sh
 #
 # Each bench prints "op <name> <safe function> <raw function> <operations

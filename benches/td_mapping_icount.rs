@@ -1,7 +1,17 @@
 //! The safe TD API's own cost in instructions, for a noisy machine: 64 Ki
 //! 4K pages mapped and unmapped through `Td::map`/`Td::unmap`, and the same
 //! work as raw leaf calls (CLFLUSH + AUG; BLOCK + TRACK + REMOVE +
-//! PAGE.WBINVD), each pass in its own `#[inline(never)]` function.
+//! PAGE.WBINVD), each pass in its own `#[inline(never)]` function; the
+//! same for the 2M, demote, promote and range passes (`ops`), and for vCPU
+//! entries (`Vcpu::enter` against TDH.VP.ENTER through the platform's
+//! `enter_guest` and the exit decoded).
+//!
+//! The vCPU's guest program reads a GPA nothing maps: its first entry
+//! (before the passes) starts the program's thread, which asks for the
+//! read; that entry and every later one exits with an EPT violation, and
+//! the simulator retries the read at each entry in the entering thread
+//! (a fault-like exit repeats the operation), so the guest's thread does
+//! not run during the passes and the count is the same from run to run.
 //!
 //! Run under callgrind by `benches/icount.sh`, which reads each pass's
 //! inclusive instruction count and prints instructions per page and the
@@ -18,10 +28,17 @@ mod ops;
 use std::time::Instant;
 
 use mapping::{map_4k, raw_map_4k, raw_unmap_4k, unmap_4k};
+use std::hint::black_box;
 use tdx::{
     Gpa, Pfn, Size4K,
-    api::{FrameAllocator, Placement, td::GuestFrame},
+    api::{
+        CpuId, Cpus, FrameAllocator, Placement,
+        td::{GuestFrame, Vcpu},
+    },
+    sys::SeamcallArgs,
+    types::exit::{ExitRegs, TdExit},
 };
+use tdx_sys::leaf;
 
 /// Pages per pass.
 const N: u64 = 1 << 16;
@@ -108,6 +125,45 @@ fn measured_raw_unmap_range(sim: &Sim, tdr: Pfn, first: Pfn, hkid: u16, shift: u
     ops::raw_unmap_range(sim, tdr, first, N, hkid, shift);
 }
 
+/// vCPU entries a pass.
+const V: u64 = 1 << 12;
+/// The GPA the vCPU's guest reads: nothing maps it (above the 4K passes,
+/// below the 2M ones).
+const UNMAPPED: u64 = 3 << 30;
+
+/// `Vcpu::enter` (TDH.VP.ENTER through the platform's `enter_guest`, the
+/// exit decoded): the guest's read exits with an EPT violation each time.
+#[inline(never)]
+fn measured_safe_vcpu_enter(v: &mut Vcpu<&SimTd<'_, '_>>) {
+    for _ in 0..V {
+        let exit = v.enter(CpuId(0)).unwrap();
+        black_box(exit);
+    }
+}
+
+/// The raw equivalent: TDH.VP.ENTER through the platform's `enter_guest`,
+/// and the exit decoded.
+#[inline(never)]
+fn measured_raw_vcpu_enter(sim: &Sim, tdvpr: Pfn) {
+    let mut regs = SeamcallArgs::ZERO;
+    for _ in 0..V {
+        let mut status = tdx::TdxStatus::SUCCESS;
+        sim.enter_guest(CpuId(0), &mut || {
+            // SAFETY: the vCPU was entered through `Vcpu::enter` before
+            // (associated with CPU 0, finalized TD); its guest only reads.
+            status = unsafe { leaf::tdh_vp_enter(sim, tdvpr, &mut regs) };
+        });
+        let exit = TdExit::decode(ExitRegs {
+            rax: status.raw(),
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            r9: regs.r9,
+        });
+        black_box(exit.unwrap());
+    }
+}
+
 /// Not measured: the guest accepts the 2 MiB pages (PROMOTE merges
 /// accepted pages).
 #[inline(never)]
@@ -120,12 +176,25 @@ fn accept_2m(sim: &Sim, tdr: Pfn) {
 
 /// Not measured: builds the S-EPT table the 2M passes map into.
 #[inline(never)]
-fn warm_up_2m(td: &SimTd<'_, '_>, first: Pfn) {
+fn warm_up_2m(td: &SimTd<'_, '_>, sim: &Sim, first: Pfn) {
     for j in (0..ops::M).rev() {
         let pfn = Pfn::new(first.as_u64() + j * 512);
         // SAFETY: allocated for this TD, untouched.
         let f = unsafe { GuestFrame::<tdx::Size2M>::new(pfn) }.unwrap();
         td.map(ops::gpa_2m(j), f).unwrap();
+    }
+    // All split, then all merged: the simulator makes its record of an
+    // S-EPT page on first use of a slot of its own and reuses freed slots,
+    // so without this the first measured pass (the safe one) would pay for
+    // `M` new records and the raw pass reuse them.
+    accept_2m(sim, td.tdr());
+    for j in (0..ops::M).rev() {
+        td.demote::<tdx::Size2M>(ops::gpa_2m(j), &mapping::kick_vcpus)
+            .unwrap();
+    }
+    for j in (0..ops::M).rev() {
+        td.promote::<tdx::Size2M>(ops::gpa_2m(j), &mapping::kick_vcpus)
+            .unwrap();
     }
     for j in 0..ops::M {
         let f = td
@@ -178,6 +247,7 @@ fn main() {
     println!("op unmap_range-per-4K measured_safe_unmap_range measured_raw_unmap_range {N}");
     println!("op demote-2M measured_safe_demote_2m measured_raw_demote_2m {m}");
     println!("op promote-2M measured_safe_promote_2m measured_raw_promote_2m {m}");
+    println!("op vcpu-enter+exit measured_safe_vcpu_enter measured_raw_vcpu_enter {V}");
     let time = |name: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
@@ -199,7 +269,7 @@ fn main() {
         .alloc_pages(ops::M * 512, 512, Placement::Anywhere)
         .unwrap();
     let f2 = frames_2m.first();
-    warm_up_2m(&td, f2);
+    warm_up_2m(&td, &sim, f2);
     measured_safe_map_2m(&td, f2);
     accept_2m(&sim, tdr);
     measured_safe_demote_2m(&td);
@@ -211,6 +281,21 @@ fn main() {
     measured_raw_demote_2m(&sim, tdr, &mut septs);
     measured_raw_promote_2m(&sim, tdr, &septs, hkid, shift);
     measured_raw_unmap_2m(&sim, tdr, f2, hkid, shift);
+    // vCPU entries: a first one (not measured) starts the guest program,
+    // whose read of an unmapped GPA then exits at every entry.
+    let id = td.vcpus().next().unwrap();
+    sim.set_guest(id.tdvpr, |g| {
+        let _ = g.read(UNMAPPED, 8);
+    });
+    let mut v = td.vcpu(id).unwrap();
+    let first_exit = v.enter(CpuId(0)).unwrap();
+    assert!(
+        matches!(first_exit, TdExit::EptViolation { .. }),
+        "{first_exit:?}"
+    );
+    measured_safe_vcpu_enter(&mut v);
+    drop(v);
+    measured_raw_vcpu_enter(&sim, id.tdvpr);
     // Range unmap of the 4K pages, in 2 MiB batches.
     map_4k(&td, frames.first(), N);
     measured_safe_unmap_range(&td);

@@ -22,7 +22,7 @@ use tdx_types::{
 use super::{
     Finalized, GuestFrame, MayAug, Occupant, Operand, PageRole, Td, TdError, TdFailure, TdHostRef,
     TdState,
-    mirror::{Entry, Hold, Node, Park, Slot, Stop},
+    mirror::{Entry, FANOUT, Hold, Node, Park, Slot, Stop},
 };
 use crate::{
     platform::{CacheMaintenance, FrameDeallocator},
@@ -281,8 +281,8 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
         let _ = self.slots.try_reserve(want);
         let _ = self.pages.try_reserve(want);
         let td = self.td;
-        td.inner.tree.visit_range(a, b, &mut |gpa, slot| {
-            let size = 1u64 << (12 + 9 * u32::from(slot.level));
+        td.inner.tree.visit_range(a, b, &mut |gpa, level, slot| {
+            let size = 1u64 << (12 + 9 * u32::from(level));
             let at = Gpa::new(gpa);
             if gpa < a || gpa + size > b {
                 return Err(TdError::Gpa {
@@ -290,10 +290,15 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
                     why: "a page straddles the end of the range; demote it first",
                 });
             }
-            let info = page_info(gpa, slot.level).ok_or(TdError::Gpa {
+            let info = page_info(gpa, level).ok_or(TdError::Gpa {
                 gpa: at,
                 why: "not a valid private GPA",
             })?;
+            // A split left the entry's word unwritten and another thread
+            // holds it (a merge, or the write itself).
+            let Some(slot) = slot else {
+                return Err(TdError::InProgress(at));
+            };
             match slot.load() {
                 Entry::Leaf(..) => self.block_slot(info, at, slot),
                 Entry::Table(_, Hold::Blocked) => Err(TdError::Gpa {
@@ -384,6 +389,14 @@ impl<'t, H: TdHostRef> Zap<'t, H> {
             stopped: None,
         }
     }
+}
+
+/// Entry `i` of a node whose entry words are all written: an ordinary
+/// node, or a split one whose every entry was written (`map_1g` reuses only
+/// such a table, found with `Node::slots`).
+fn written(node: &Node, i: usize, level: u8) -> Slot<'_> {
+    node.slot(i, level)
+        .unwrap_or_else(|| unreachable!("a node with every entry word written"))
 }
 
 impl<S: TdState, H: TdHostRef> Td<S, H> {
@@ -713,7 +726,12 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // were reserved).
         let release_rest = |from: usize| {
             if reused {
-                for (_, child) in parts_node.slots(TdxLevel::L2M.as_u8()).skip(from) {
+                for (_, child) in parts_node
+                    .slots(TdxLevel::L2M.as_u8())
+                    .into_iter()
+                    .flatten()
+                    .skip(from)
+                {
                     child.store(Entry::Free);
                 }
             }
@@ -755,8 +773,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
                 slot.store(Entry::Table(node, Hold::Idle));
                 return Err(Map1gFailure::new(error, left));
             }
-            parts_node
-                .slot(i as usize, TdxLevel::L2M.as_u8())
+            written(parts_node, i as usize, TdxLevel::L2M.as_u8())
                 .store(Entry::Leaf(first, Hold::Idle));
         }
         let freed = self.blocked_sept_free(
@@ -801,14 +818,20 @@ impl<H: TdHostRef> Td<Finalized, H> {
             // SAFETY: claimed: alive until this call publishes it again.
             let children = unsafe { node.as_ref() };
             let mut reserved = 0;
-            for (_, child) in children.slots(level - 1) {
+            // `None`: a split node with parts still unwritten, so mapped.
+            for (_, child) in children.slots(level - 1).into_iter().flatten() {
                 if child.swap_if(Entry::Free, Entry::Adding).is_err() {
                     break;
                 }
                 reserved += 1;
             }
             if reserved < 512 {
-                for (_, child) in children.slots(level - 1).take(reserved) {
+                for (_, child) in children
+                    .slots(level - 1)
+                    .into_iter()
+                    .flatten()
+                    .take(reserved)
+                {
                     child.store(Entry::Free);
                 }
                 slot.store(Entry::Table(node, Hold::Idle));
@@ -856,7 +879,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
         };
         for i in 0..n {
             let (at, info, first) = part(i);
-            let slot = node.slot(i, level);
+            let slot = written(node, i, level);
             match info.map(|info| self.block(info, at)) {
                 Some(Ok(())) => {
                     slot.store(Entry::Leaf(first, Hold::Busy));
@@ -872,7 +895,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             }
             for i in (0..n).filter(|&i| has(&blocked, i)) {
                 let (at, info, first) = part(i);
-                let slot = node.slot(i, level);
+                let slot = written(node, i, level);
                 let outcome = match (tracked, info) {
                     (Ok(()), Some(info)) => self.remove_entry(info, at, slot, first),
                     (Err(e), _) => {
@@ -1321,7 +1344,11 @@ impl<H: TdHostRef> Td<Finalized, H> {
             Ok(p) => p,
             Err(e) => return restore(e),
         };
-        let Some(mut node) = Node::alloc(Some(sept)) else {
+        // Entry `i` of the node stands for the `i`th smaller page of the
+        // split, until its word is written (`mirror`'s split nodes): no
+        // clearing, no 512 stores.
+        let step = <S::Smaller as PageSize>::LEVEL.frames();
+        let Some(node) = Node::alloc_split(sept, first, step) else {
             self.free_refused(sept);
             return restore(TdError::Alloc {
                 what: "a node of the TD's S-EPT record",
@@ -1381,8 +1408,6 @@ impl<H: TdHostRef> Td<Finalized, H> {
             ));
             return Err(e);
         }
-        // SAFETY: the node is ours alone until the store below links it.
-        unsafe { node.as_mut() }.fill_leaves(first, <S::Smaller as PageSize>::LEVEL.frames());
         slot.store(Entry::Table(node, Hold::Idle));
         Ok(())
     }
@@ -1415,52 +1440,73 @@ impl<H: TdHostRef> Td<Finalized, H> {
         let children = unsafe { node.as_ref() };
         let step = <S::Smaller as PageSize>::LEVEL.frames();
         let level = S::LEVEL.as_u8() - 1;
-        let first = match children.slot(0, level).load() {
+        let not_a_run = TdError::Gpa {
+            gpa,
+            why: "the pages below are not one aligned, contiguous run",
+        };
+        // A split node is frozen first: no entry word of it gets written
+        // for the first time while the merge checks and holds them, and
+        // unwritten ones keep their parts of the split page.
+        let Ok(touched) = children.freeze() else {
+            slot.store(Entry::Table(node, held));
+            return Err(TdError::InProgress(gpa));
+        };
+        let first = match children.entry(0) {
             Entry::Leaf(f, Hold::Idle) if f.is_aligned(S::LEVEL.frames()) => Ok(f),
             Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy) => {
                 Err(TdError::InProgress(gpa))
             }
-            _ => Err(TdError::Gpa {
-                gpa,
-                why: "the pages below are not one aligned, contiguous run",
-            }),
+            _ => Err(not_a_run),
         };
         let first = match first {
             Ok(f) => f,
             Err(e) => {
+                children.thaw();
                 slot.store(Entry::Table(node, held));
                 return Err(e);
             }
         };
         // Claim all 512 pages below: each must map the next frames of the
         // aligned run (which stays below 2^40: `first` is aligned to it). A
-        // page another thread holds stops the merge.
+        // page another thread holds stops the merge. A split node none of
+        // whose words was ever written maps the split page's run as it was
+        // split, and frozen nobody changes it: nothing to check or claim.
+        // Of a split node that was written to, the unwritten entries hold
+        // their parts, held by the freeze.
         let nth = |i: usize| Pfn::new(first.as_u64() + i as u64 * step);
-        let mut claimed = 0;
+        let mut claimed = if touched { 0 } else { FANOUT };
         let mut why = None;
-        for (i, child) in children.slots(level) {
-            match child.swap_if(
-                Entry::Leaf(nth(i), Hold::Idle),
-                Entry::Leaf(nth(i), Hold::Busy),
-            ) {
+        while claimed < FANOUT {
+            let i = claimed;
+            let r = match children.frozen_slot(i, level) {
+                Ok(child) => child.swap_if(
+                    Entry::Leaf(nth(i), Hold::Idle),
+                    Entry::Leaf(nth(i), Hold::Busy),
+                ),
+                Err(part) if part == Entry::Leaf(nth(i), Hold::Idle) => Ok(()),
+                Err(part) => Err(part),
+            };
+            match r {
                 Ok(()) => claimed += 1,
                 Err(Entry::Leaf(_, Hold::Busy) | Entry::Adding | Entry::Table(_, Hold::Busy)) => {
                     why = Some(TdError::InProgress(gpa));
                     break;
                 }
                 Err(_) => {
-                    why = Some(TdError::Gpa {
-                        gpa,
-                        why: "the pages below are not one aligned, contiguous run",
-                    });
+                    why = Some(not_a_run);
                     break;
                 }
             }
         }
         let release = |held: Hold| {
-            for (i, child) in children.slots(level).take(claimed) {
-                child.store(Entry::Leaf(nth(i), Hold::Idle));
+            if touched {
+                for i in 0..claimed {
+                    if let Ok(child) = children.frozen_slot(i, level) {
+                        child.store(Entry::Leaf(nth(i), Hold::Idle));
+                    }
+                }
             }
+            children.thaw();
             slot.store(Entry::Table(node, held));
         };
         if let Some(e) = why {
@@ -1537,8 +1583,13 @@ impl<H: TdHostRef> Td<Finalized, H> {
         // Reserve every entry below, so no thread maps into the table while
         // it goes: each must be free.
         let mut claimed = 0;
-        let mut why = None;
-        for (_, child) in children.slots(level) {
+        // A split node with parts still unwritten maps them.
+        let all = children.slots(level);
+        let mut why = all.is_none().then_some(TdError::Gpa {
+            gpa,
+            why: "the table still maps pages or tables",
+        });
+        for (_, child) in all.into_iter().flatten() {
             match child.swap_if(Entry::Free, Entry::Adding) {
                 Ok(()) => claimed += 1,
                 Err(Entry::Adding | Entry::Leaf(_, Hold::Busy) | Entry::Table(_, Hold::Busy)) => {
@@ -1555,7 +1606,7 @@ impl<H: TdHostRef> Td<Finalized, H> {
             }
         }
         let release = |held: Hold| {
-            for (_, child) in children.slots(level).take(claimed) {
+            for (_, child) in children.slots(level).into_iter().flatten().take(claimed) {
                 child.store(Entry::Free);
             }
             slot.store(Entry::Table(node, held));

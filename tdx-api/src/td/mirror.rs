@@ -12,7 +12,7 @@
 //! | leaf | a private page of this entry's size, first frame recorded |
 //! | leaf, busy | one thread is changing that page (removal, split, merge) |
 //! | leaf, blocked | the module holds the entry blocked: a removal stopped after TDH.MEM.RANGE.BLOCK; the next removal resumes from there |
-//! | table | an S-EPT page we added, with the node that mirrors it |
+//! | table | an S-EPT page we added, with the node that mirrors it (a split node, made by a demote, has a tag of its own) |
 //! | table, busy | one thread is removing or merging that table |
 //! | table, blocked | the table's entry stayed blocked after a failed removal |
 //! | parked | a removed page whose frames wait for teardown (in doubt, or not written back), kept here because the TD's list for them could not grow |
@@ -31,6 +31,22 @@
 //! that is freed when the tree is dropped (the TD's teardown), when no other
 //! thread can hold a reference.
 //!
+//! A node made by a split ([`Node::alloc_split`], for `Td::demote`) starts
+//! with its entry words unwritten, and allocated without being cleared:
+//! an entry whose word is not written yet holds the page of the split it
+//! stands for (entry `i`: the next-smaller page at the split page's first
+//! frame + `i` × its frames, idle). The first thread that needs the word of
+//! such an entry (to change it) writes it: it counts itself in the node's
+//! state word, claims the entry's bit in a `claimed` bitmap (one thread
+//! wins and writes; the others get `InProgress` until it is done), and sets
+//! the entry's bit in a `ready` bitmap with release ordering; readers use a
+//! word only after they see its ready bit. A merge (`Td::promote`) freezes
+//! the node first (no materialization under way, none after): if no word
+//! was ever written, the node still maps the split page exactly, and the
+//! merge checks nothing below; else it checks the written entries only.
+//! So a split costs no clearing and no 512 stores, and a merge right after
+//! one no 512 compare-and-swaps.
+//!
 //! Both also keep frames that must wait for teardown without allocating:
 //! a parked entry keeps a removed page's frames, and a retired node can be
 //! marked ([`Park`]) when its S-EPT page, freed by the module, is in doubt
@@ -41,12 +57,17 @@
 // pointers in atomic words.
 #![allow(unsafe_code)]
 
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::cell::UnsafeCell;
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use loom::cell::UnsafeCell;
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use tdx_types::{Pfn, addr::MAX_PFN};
 
@@ -60,7 +81,9 @@ pub(crate) const FANOUT: usize = if cfg!(loom) { 4 } else { 512 };
 /// entry's state tag.
 #[repr(C, align(64))]
 pub(crate) struct Node {
-    slots: [AtomicPtr<Node>; FANOUT],
+    /// The entries' words: all written at allocation in an ordinary node;
+    /// in a split node, each once its bit in `split.ready` is set.
+    slots: [Word; FANOUT],
     /// The S-EPT page this node mirrors (`None` for the root, which the
     /// module owns as part of the TD).
     sept: Option<Pfn>,
@@ -70,6 +93,120 @@ pub(crate) struct Node {
     /// For a retired node: what became of its S-EPT page (0: given back;
     /// else a [`Park`] code, the page waits for teardown).
     park: AtomicU8,
+    /// A split node's record of which entry words are written.
+    split: Split,
+}
+
+/// Words of a split node's bitmaps (one bit an entry).
+const BITMAP_WORDS: usize = FANOUT.div_ceil(64);
+
+/// In a split node's state word: a merge froze the node (no entry word is
+/// written for the first time any more).
+const FROZEN: u32 = 1 << 31;
+/// In a split node's state word: some entry word was written (or is being
+/// written); the low bits count the threads writing one now.
+const TOUCHED: u32 = 1 << 30;
+
+/// What a node made by a split holds beyond the entries.
+struct Split {
+    /// Frames per entry of the split page's parts; 0 for an ordinary node
+    /// (every word written at allocation).
+    step: u64,
+    /// The split page's first frame: entry `i` stands, until its word is
+    /// written, for the part at `first + i × step`.
+    first: u64,
+    /// [`FROZEN`] | [`TOUCHED`] | count of threads writing a word now.
+    state: AtomicU32,
+    /// Bit `i`: a thread took entry `i` to write its word (it alone does).
+    claimed: [AtomicU64; BITMAP_WORDS],
+    /// Bit `i`: entry `i`'s word is written (set with release ordering
+    /// after the write).
+    ready: [AtomicU64; BITMAP_WORDS],
+}
+
+impl Split {
+    fn new(step: u64, first: u64) -> Self {
+        Self {
+            step,
+            first,
+            state: AtomicU32::new(0),
+            claimed: core::array::from_fn(|_| AtomicU64::new(0)),
+            ready: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// All bits of bitmap word `w` that name entries.
+fn full_bits(w: usize) -> u64 {
+    match FANOUT - w * 64 {
+        n @ 0..64 => (1 << n) - 1,
+        _ => !0,
+    }
+}
+
+/// One entry's word, which a split node leaves unwritten until needed.
+#[repr(transparent)]
+struct Word(UnsafeCell<MaybeUninit<AtomicPtr<Node>>>);
+
+impl Word {
+    #[cfg(loom)]
+    fn new(v: *mut Node) -> Self {
+        Self(UnsafeCell::new(MaybeUninit::new(AtomicPtr::new(v))))
+    }
+
+    #[cfg(loom)]
+    fn uninit() -> Self {
+        Self(UnsafeCell::new(MaybeUninit::uninit()))
+    }
+
+    /// The word.
+    ///
+    /// # Safety
+    ///
+    /// The word is written, and this thread saw that (an ordinary node's
+    /// words are written before the node is published; a split node's
+    /// once its ready bit is seen with acquire ordering).
+    #[inline(always)]
+    unsafe fn get(&self) -> &AtomicPtr<Node> {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the cell is alive as long as `self`; no thread writes
+            // the word once it is written (caller), so a shared reference
+            // is sound.
+            let w = unsafe { &*self.0.get() };
+            // SAFETY: written (caller); from here on it is shared only
+            // through the atomic.
+            unsafe { w.assume_init_ref() }
+        }
+        #[cfg(loom)]
+        {
+            // Loom records the read and checks it happens after the write.
+            let p = self.0.with(|p| p);
+            // SAFETY: as above.
+            let w = unsafe { &*p };
+            // SAFETY: as above.
+            unsafe { w.assume_init_ref() }
+        }
+    }
+
+    /// Writes the word for the first time.
+    ///
+    /// # Safety
+    ///
+    /// The word is not written yet, this thread alone writes it, and nobody
+    /// reads it before this thread publishes it (its ready bit).
+    unsafe fn init(&self, v: *mut Node) {
+        #[cfg(not(loom))]
+        // SAFETY: no other access to the word now (caller).
+        unsafe {
+            (*self.0.get()).write(AtomicPtr::new(v));
+        }
+        #[cfg(loom)]
+        self.0.with_mut(|p| {
+            // SAFETY: as above; loom checks that no access races it.
+            unsafe { (*p).write(AtomicPtr::new(v)) };
+        });
+    }
 }
 
 const TAG_MASK: usize = 0xF;
@@ -84,6 +221,11 @@ const TABLE_BUSY: usize = 6;
 const TABLE_BLOCKED: usize = 7;
 const PARKED_IN_DOUBT: usize = 8;
 const PARKED_UNFLUSHED: usize = 9;
+// A table whose node was made by a split (`Node::alloc_split`): the walk's
+// fast path follows `TABLE` only, whose nodes have every word written.
+const SPLIT_TABLE: usize = 10;
+const SPLIT_TABLE_BUSY: usize = 11;
+const SPLIT_TABLE_BLOCKED: usize = 12;
 
 /// Why frames out of the S-EPT wait for teardown (a parked entry, a marked
 /// retired node).
@@ -135,7 +277,9 @@ pub(crate) enum Entry {
     Adding,
     /// A private page, by its first frame.
     Leaf(Pfn, Hold),
-    /// A table: the node mirroring the S-EPT page.
+    /// A table: the node mirroring the S-EPT page. Always a live node (one
+    /// read from the tree, or just allocated): encoding reads whether it
+    /// was made by a split.
     Table(NonNull<Node>, Hold),
     /// A removed page (first frame) whose frames wait for teardown: the
     /// GPA stays taken until then.
@@ -160,10 +304,16 @@ impl Entry {
                 ptr::without_provenance_mut((pfn.as_u64() << 12) as usize | tag)
             }
             Self::Table(node, hold) => {
-                let tag = match hold {
-                    Hold::Idle => TABLE,
-                    Hold::Busy => TABLE_BUSY,
-                    Hold::Blocked => TABLE_BLOCKED,
+                // SAFETY: a table entry names a live node (see the variant):
+                // linked and retired nodes are freed only with the tree.
+                let split = unsafe { node.as_ref() }.is_split();
+                let tag = match (hold, split) {
+                    (Hold::Idle, false) => TABLE,
+                    (Hold::Busy, false) => TABLE_BUSY,
+                    (Hold::Blocked, false) => TABLE_BLOCKED,
+                    (Hold::Idle, true) => SPLIT_TABLE,
+                    (Hold::Busy, true) => SPLIT_TABLE_BUSY,
+                    (Hold::Blocked, true) => SPLIT_TABLE_BLOCKED,
                 };
                 // The node is 64-byte aligned (`repr(align(64))`), so its
                 // low 4 bits are zero and carry the tag.
@@ -188,6 +338,7 @@ impl Entry {
         Self::decode(raw)
     }
 
+    #[inline]
     fn decode(raw: *mut Node) -> Self {
         let tag = raw.addr() & TAG_MASK;
         let leaf = |hold| Self::Leaf(Pfn::new((raw.addr() >> 12) as u64 & (MAX_PFN - 1)), hold);
@@ -202,9 +353,9 @@ impl Entry {
             LEAF => leaf(Hold::Idle),
             LEAF_BUSY => leaf(Hold::Busy),
             LEAF_BLOCKED => leaf(Hold::Blocked),
-            TABLE => table(Hold::Idle),
-            TABLE_BUSY => table(Hold::Busy),
-            TABLE_BLOCKED => table(Hold::Blocked),
+            TABLE | SPLIT_TABLE => table(Hold::Idle),
+            TABLE_BUSY | SPLIT_TABLE_BUSY => table(Hold::Busy),
+            TABLE_BLOCKED | SPLIT_TABLE_BLOCKED => table(Hold::Blocked),
             0 => Self::Free,
             _ => Self::decode_parked(raw),
         }
@@ -288,6 +439,7 @@ impl<'t> Slot<'t> {
     }
 
     /// The node of a table entry, if this is one.
+    #[allow(dead_code, reason = "the loom model uses it")]
     pub(crate) fn table(&self) -> Option<&'t Node> {
         match self.load() {
             // SAFETY: a node linked into the tree is freed only when the
@@ -309,10 +461,10 @@ impl Node {
             // SAFETY: the layout has a non-zero size.
             let raw = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<Node>();
             let node = NonNull::new(raw)?;
-            // All-zero bytes are valid for the atomics (null pointers: free
-            // entries, end of list; park 0: nothing parked); `Option<Pfn>`
-            // has no guaranteed zero
-            // value, so that field is written explicitly.
+            // All-zero bytes are valid for the words and atomics (null
+            // pointers: free entries, end of list; park 0: nothing parked)
+            // and make an ordinary node (`split.step` 0); `Option<Pfn>` has
+            // no guaranteed zero value, so that field is written explicitly.
             // SAFETY: `raw` is a fresh, non-null allocation of `Node`'s
             // layout: the field is in bounds (no reference is made).
             let sept_field = unsafe { &raw mut (*raw).sept };
@@ -324,10 +476,62 @@ impl Node {
         #[cfg(loom)]
         {
             let b = alloc::boxed::Box::new(Node {
-                slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                slots: core::array::from_fn(|_| Word::new(ptr::null_mut())),
                 sept,
                 next_retired: AtomicPtr::new(ptr::null_mut()),
                 park: AtomicU8::new(0),
+                split: Split::new(0, 0),
+            });
+            NonNull::new(alloc::boxed::Box::into_raw(b))
+        }
+    }
+
+    /// The node of a page split into parts of `step` frames each (512 of
+    /// them): entry `i` maps `first + i × step`, idle. Its entry words are
+    /// neither cleared nor written here: each is written when first
+    /// needed ([`slot`](Self::slot)). `None` if the allocator has no
+    /// memory.
+    pub(crate) fn alloc_split(sept: Pfn, first: Pfn, step: u64) -> Option<NonNull<Node>> {
+        // A step of 0 would make an ordinary node whose words are not
+        // written.
+        let step = step.max(1);
+        #[cfg(not(loom))]
+        {
+            let layout = core::alloc::Layout::new::<Node>();
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<Node>();
+            let node = NonNull::new(raw)?;
+            // `raw` is a fresh, non-null allocation of `Node`'s layout:
+            // every field below is in bounds and aligned, and is written
+            // through a raw pointer, without a reference to uninitialized
+            // memory. The words stay uninitialized (`MaybeUninit`), read
+            // only after their ready bit (in `split`, written here) is set.
+            // SAFETY: as above (a field pointer, no reference made).
+            let sept_field = unsafe { &raw mut (*raw).sept };
+            // SAFETY: as above.
+            let next_field = unsafe { &raw mut (*raw).next_retired };
+            // SAFETY: as above.
+            let park_field = unsafe { &raw mut (*raw).park };
+            // SAFETY: as above.
+            let split_field = unsafe { &raw mut (*raw).split };
+            // SAFETY: in bounds and aligned fields of our allocation.
+            unsafe { sept_field.write(Some(sept)) };
+            // SAFETY: as above.
+            unsafe { next_field.write(AtomicPtr::new(ptr::null_mut())) };
+            // SAFETY: as above.
+            unsafe { park_field.write(AtomicU8::new(0)) };
+            // SAFETY: as above.
+            unsafe { split_field.write(Split::new(step, first.as_u64())) };
+            Some(node)
+        }
+        #[cfg(loom)]
+        {
+            let b = alloc::boxed::Box::new(Node {
+                slots: core::array::from_fn(|_| Word::uninit()),
+                sept: Some(sept),
+                next_retired: AtomicPtr::new(ptr::null_mut()),
+                park: AtomicU8::new(0),
+                split: Split::new(step, first.as_u64()),
             });
             NonNull::new(alloc::boxed::Box::into_raw(b))
         }
@@ -356,32 +560,156 @@ impl Node {
         self.sept
     }
 
-    /// The entry at `index`.
+    /// Whether the node was made by a split ([`alloc_split`](Self::alloc_split)).
+    #[inline(always)]
+    pub(crate) fn is_split(&self) -> bool {
+        self.split.step != 0
+    }
+
+    /// What entry `index` of a split node stands for until its word is
+    /// written: its part of the split page, idle.
+    fn part(&self, index: usize) -> Entry {
+        let pfn = self.split.first + index as u64 * self.split.step;
+        // The split page's frames are below 2^40 (its first frame came from
+        // a `Pfn` and the parts stay inside it).
+        Entry::Leaf(Pfn::new(pfn & (MAX_PFN - 1)), Hold::Idle)
+    }
+
+    /// The word of entry `index`, if it is written (always, in an ordinary
+    /// node).
     #[inline]
-    pub(crate) fn slot(&self, index: usize, level: u8) -> Slot<'_> {
-        Slot {
-            word: &self.slots[index % FANOUT],
-            level,
+    fn word(&self, index: usize) -> Option<&AtomicPtr<Node>> {
+        let i = index % FANOUT;
+        if self.is_split()
+            && self.split.ready[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) == 0
+        {
+            return None;
+        }
+        // SAFETY: an ordinary node's words are written at allocation,
+        // before the node is published; a split node's once its ready bit
+        // is set, with release ordering after the write, and the acquire
+        // load above saw the bit.
+        Some(unsafe { self.slots[i].get() })
+    }
+
+    /// What entry `index` holds now (a read: a split node's unwritten entry
+    /// holds its part of the split page).
+    #[inline]
+    pub(crate) fn entry(&self, index: usize) -> Entry {
+        match self.word(index) {
+            Some(w) => Entry::decode(w.load(Ordering::Acquire)),
+            None => self.part(index),
         }
     }
 
-    /// Every entry, with its index.
-    pub(crate) fn slots(&self, level: u8) -> impl Iterator<Item = (usize, Slot<'_>)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .map(move |(i, word)| (i, Slot { word, level }))
+    /// Entry `index` as a slot to change, its word written first if a
+    /// split left it unwritten. `None` if it cannot be written now: a merge
+    /// froze the node, or another thread is writing that word this moment
+    /// (the caller reports the entry as in progress).
+    #[inline]
+    pub(crate) fn slot(&self, index: usize, level: u8) -> Option<Slot<'_>> {
+        let word = match self.word(index) {
+            Some(w) => w,
+            None => self.materialize(index % FANOUT)?,
+        };
+        Some(Slot { word, level })
     }
 
-    /// Fills a node nobody else can see yet with the 512 pages of a split
-    /// page: entry `i` maps `first + i × step` frames.
-    pub(crate) fn fill_leaves(&mut self, first: Pfn, step: u64) {
-        for (i, word) in self.slots.iter_mut().enumerate() {
-            let pfn = Pfn::new(first.as_u64() + i as u64 * step);
-            // Nobody else sees the node yet: a relaxed store is enough (the
-            // store that links the node publishes these).
-            word.store(Entry::Leaf(pfn, Hold::Idle).encode(), Ordering::Relaxed);
+    /// Writes the word of entry `i` of a split node (its part), unless
+    /// another thread does; returns it once written.
+    #[cold]
+    #[inline(never)]
+    fn materialize(&self, i: usize) -> Option<&AtomicPtr<Node>> {
+        let s = &self.split;
+        // Count this thread in, unless a merge froze the node. A merge
+        // freezes only with no thread counted in, so it sees every word
+        // written before it (the release below).
+        let mut now = s.state.load(Ordering::Relaxed);
+        loop {
+            if now & FROZEN != 0 {
+                return None;
+            }
+            match s.state.compare_exchange_weak(
+                now,
+                (now + 1) | TOUCHED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(n) => now = n,
+            }
         }
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if s.claimed[w].fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            // SAFETY: the claim bit was ours to set: no other thread writes
+            // this word, and none reads it before the ready bit below.
+            unsafe { self.slots[i].init(self.part(i).encode()) };
+            s.ready[w].fetch_or(bit, Ordering::Release);
+        }
+        // Written by this thread, or by another one (`None` if it is not
+        // done yet).
+        let word = self.word(i);
+        s.state.fetch_sub(1, Ordering::Release);
+        word
+    }
+
+    /// Stops a split node's entry words from being written for the first
+    /// time, for a merge that checks the entries: `Ok(false)` if none was
+    /// ever written (every entry still holds its part: the node maps the
+    /// split page as it was split), `Ok(true)` if some were (check the
+    /// written ones; the others hold their parts). `Err(())` if a thread is
+    /// writing one this moment. An ordinary node has nothing to freeze:
+    /// `Ok(true)`. Only the thread that claimed the node's table entry
+    /// freezes it, and [`thaw`](Self::thaw)s it if the merge fails.
+    pub(crate) fn freeze(&self) -> Result<bool, ()> {
+        if !self.is_split() {
+            return Ok(true);
+        }
+        let state = &self.split.state;
+        let now = state.load(Ordering::Relaxed);
+        if now & !TOUCHED != 0 {
+            return Err(());
+        }
+        // Acquire: the words and ready bits written by every thread that
+        // counted itself out before are visible.
+        state
+            .compare_exchange(now, now | FROZEN, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| now & TOUCHED != 0)
+            .map_err(|_| ())
+    }
+
+    /// Undoes [`freeze`](Self::freeze).
+    pub(crate) fn thaw(&self) {
+        if self.is_split() {
+            self.split.state.fetch_and(!FROZEN, Ordering::Release);
+        }
+    }
+
+    /// The written word of entry `index` of a frozen node (or an ordinary
+    /// one), or its part of the split page. Frozen, none gets written.
+    pub(crate) fn frozen_slot(&self, index: usize, level: u8) -> Result<Slot<'_>, Entry> {
+        match self.word(index) {
+            Some(word) => Ok(Slot { word, level }),
+            None => Err(self.part(index)),
+        }
+    }
+
+    /// Every entry as a slot with its index, or `None` for a split node
+    /// some of whose entries still hold their part unwritten (pages are
+    /// mapped there). Once every word of a split node is written, none is
+    /// written again by [`slot`](Self::slot).
+    pub(crate) fn slots(&self, level: u8) -> Option<impl Iterator<Item = (usize, Slot<'_>)>> {
+        let written = !self.is_split()
+            || (0..BITMAP_WORDS)
+                .all(|w| self.split.ready[w].load(Ordering::Acquire) == full_bits(w));
+        written.then(|| {
+            self.slots.iter().enumerate().map(move |(i, w)| {
+                // SAFETY: every word is written, and seen to be (the
+                // acquire loads above).
+                let word = unsafe { w.get() };
+                (i, Slot { word, level })
+            })
+        })
     }
 }
 
@@ -471,7 +799,10 @@ impl Tree {
         // The shift of the entry index at level `l`, kept in step with it.
         let mut shift = 12 + 9 * u32::from(l);
         while l > level {
-            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
+            // SAFETY: the root and every node followed here (a `TABLE`
+            // tag, not a split one) are ordinary nodes: all words written
+            // before they were published.
+            let word = unsafe { node.slots[(gpa >> shift) as usize & (FANOUT - 1)].get() };
             let raw = word.load(Ordering::Acquire);
             if raw.addr() & TAG_MASK == TABLE {
                 // The common case: an idle table; follow it.
@@ -482,20 +813,55 @@ impl Tree {
                 shift -= 9;
                 continue;
             }
-            let slot = Slot { word, level: l };
-            return Err(match Entry::decode(raw) {
-                Entry::Free => Stop::Missing(slot),
-                Entry::Table(_, Hold::Blocked) => Stop::Blocked,
-                // A parked page still takes its GPA range, like a page.
-                Entry::Leaf(_, Hold::Idle | Hold::Blocked) | Entry::Parked(..) => Stop::Leaf,
-                // An idle table was followed above; the rest is held.
-                _ => Stop::Busy,
-            });
+            return Self::walk_on(word, raw, l, gpa, level);
         }
-        Ok(Slot {
-            word: &node.slots[(gpa >> shift) as usize & (FANOUT - 1)],
-            level: l,
-        })
+        // SAFETY: as above.
+        let word = unsafe { node.slots[(gpa >> shift) as usize & (FANOUT - 1)].get() };
+        Ok(Slot { word, level: l })
+    }
+
+    /// The rest of a [`walk`](Self::walk) from an entry at level `l` that
+    /// is not an ordinary idle table (`raw`, read from `word`): through
+    /// split nodes (writing the word of the entry the walk ends at, if a
+    /// split left it unwritten), or where it stops.
+    #[cold]
+    #[inline(never)]
+    fn walk_on<'s>(
+        mut word: &'s AtomicPtr<Node>,
+        mut raw: *mut Node,
+        mut l: u8,
+        gpa: u64,
+        level: u8,
+    ) -> Result<Slot<'s>, Stop<'s>> {
+        loop {
+            let tag = raw.addr() & TAG_MASK;
+            if tag != TABLE && tag != SPLIT_TABLE {
+                let slot = Slot { word, level: l };
+                return Err(match Entry::decode(raw) {
+                    Entry::Free => Stop::Missing(slot),
+                    Entry::Table(_, Hold::Blocked) => Stop::Blocked,
+                    // A parked page still takes its GPA range, like a page.
+                    Entry::Leaf(_, Hold::Idle | Hold::Blocked) | Entry::Parked(..) => Stop::Leaf,
+                    // Idle tables are followed; the rest is held.
+                    _ => Stop::Busy,
+                });
+            }
+            // SAFETY: see `Slot::table`: linked nodes outlive the tree's
+            // borrow, and a table tag is stored only with a node pointer.
+            let node: &'s Node = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
+            l -= 1;
+            let i = (gpa >> (12 + 9 * u32::from(l))) as usize & (FANOUT - 1);
+            word = match node.word(i) {
+                Some(w) => w,
+                None if l == level => return node.slot(i, l).ok_or(Stop::Busy),
+                // A split node's unwritten entry: its part, a page.
+                None => return Err(Stop::Leaf),
+            };
+            if l == level {
+                return Ok(Slot { word, level: l });
+            }
+            raw = word.load(Ordering::Acquire);
+        }
     }
 
     /// The deepest entry on the way to `gpa` that is not an idle table:
@@ -506,8 +872,7 @@ impl Tree {
         let mut level = self.top;
         loop {
             let shift = 12 + 9 * u32::from(level);
-            let word = &node.slots[(gpa >> shift) as usize & (FANOUT - 1)];
-            let e = Entry::decode(word.load(Ordering::Acquire));
+            let e = node.entry((gpa >> shift) as usize & (FANOUT - 1));
             match e {
                 Entry::Table(n, Hold::Idle) if level > 0 => {
                     // SAFETY: see `Slot::table`: linked nodes outlive
@@ -606,34 +971,49 @@ impl Tree {
 
     /// Calls `f` for every entry that holds something other than an idle
     /// table and covers part of `[start, end)` (GPAs), in GPA order,
-    /// descending into idle tables; stops at the first error.
+    /// descending into idle tables; stops at the first error. `f` gets the
+    /// GPA, the level and the entry's slot, or `None` if a split left its
+    /// word unwritten and it cannot be written now (another thread holds
+    /// it: a merge, or the write itself).
     pub(crate) fn visit_range<'s, E>(
         &'s self,
         start: u64,
         end: u64,
-        f: &mut dyn FnMut(u64, Slot<'s>) -> Result<(), E>,
+        f: &mut dyn FnMut(u64, u8, Option<Slot<'s>>) -> Result<(), E>,
     ) -> Result<(), E> {
         fn go<'t, E>(
             node: &'t Node,
             level: u8,
             base: u64,
             (start, end): (u64, u64),
-            f: &mut dyn FnMut(u64, Slot<'t>) -> Result<(), E>,
+            f: &mut dyn FnMut(u64, u8, Option<Slot<'t>>) -> Result<(), E>,
         ) -> Result<(), E> {
             let span = 1u64 << (12 + 9 * u32::from(level));
             let lo = (start.saturating_sub(base) / span) as usize;
             let hi = (end.saturating_sub(base).div_ceil(span) as usize).min(FANOUT);
             for i in lo..hi {
                 let gpa = base + i as u64 * span;
-                let slot = node.slot(i, level);
-                match slot.load() {
-                    Entry::Free => {}
-                    Entry::Table(n, Hold::Idle) if level > 0 => {
-                        // SAFETY: see `Slot::table`.
-                        go(unsafe { n.as_ref() }, level - 1, gpa, (start, end), f)?;
-                    }
-                    _ => f(gpa, slot)?,
+                // A split node's unwritten entry is its part, a page: its
+                // word is written for `f`, if it can be now.
+                let Some(word) = node.word(i) else {
+                    f(gpa, level, node.slot(i, level))?;
+                    continue;
+                };
+                // By tag, without decoding: free, an idle table (ordinary or
+                // split) to descend into, or something for `f`.
+                let raw = word.load(Ordering::Acquire);
+                let tag = raw.addr() & TAG_MASK;
+                if tag == 0 {
+                    continue;
                 }
+                if level > 0 && (tag == TABLE || tag == SPLIT_TABLE) {
+                    // SAFETY: see `Slot::table`; a table tag is stored only
+                    // with a node pointer.
+                    let n = unsafe { &*raw.map_addr(|a| a & !TAG_MASK) };
+                    go(n, level - 1, gpa, (start, end), f)?;
+                    continue;
+                }
+                f(gpa, level, Some(Slot { word, level }))?;
             }
             Ok(())
         }
@@ -647,13 +1027,14 @@ impl Tree {
     /// without changing anything.
     pub(crate) fn for_each(&self, f: &mut dyn FnMut(u64, u8, Entry)) {
         fn visit(node: &Node, level: u8, base: u64, f: &mut dyn FnMut(u64, u8, Entry)) {
-            for (i, slot) in node.slots(level) {
+            for i in 0..FANOUT {
                 let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
-                let e = slot.load();
-                if let Some(child) = slot.table()
+                let e = node.entry(i);
+                if let Entry::Table(child, _) = e
                     && level > 0
                 {
-                    visit(child, level - 1, gpa, f);
+                    // SAFETY: see `Slot::table`.
+                    visit(unsafe { child.as_ref() }, level - 1, gpa, f);
                 }
                 if e != Entry::Free {
                     f(gpa, level, e);
@@ -676,9 +1057,14 @@ unsafe fn drain_node(
 ) {
     for i in 0..FANOUT {
         let gpa = base | ((i as u64) << (12 + 9 * u32::from(level)));
-        // SAFETY: the caller owns the node exclusively.
-        let word = unsafe { &mut (*node).slots[i] };
-        let e = Entry::decode(word.swap(ptr::null_mut(), Ordering::Relaxed));
+        // SAFETY: the caller owns the node exclusively (no other
+        // reference; the atomics are used as plain memory).
+        let n = unsafe { &*node };
+        // A split node's unwritten entry holds its part.
+        let e = match n.word(i) {
+            Some(word) => Entry::decode(word.swap(ptr::null_mut(), Ordering::Relaxed)),
+            None => n.part(i),
+        };
         match e {
             Entry::Free => {}
             Entry::Table(child, _) => {
@@ -735,6 +1121,90 @@ mod tests {
         }
         // SAFETY: allocated above, in no tree.
         unsafe { Node::free(node) };
+    }
+
+    #[test]
+    fn a_split_node_holds_its_parts_until_written_and_drains_them() {
+        // A 2M page at frame 0x1000 split into 4K parts under root entry 0
+        // of a two-level tree; its tag round-trips as a split table.
+        let mut t = Tree::new(1).unwrap();
+        let node = Node::alloc_split(Pfn::new(7), Pfn::new(0x1000), 1).unwrap();
+        for hold in [Hold::Idle, Hold::Busy, Hold::Blocked] {
+            let e = Entry::Table(node, hold);
+            assert_eq!(
+                e.encode().addr() & TAG_MASK,
+                SPLIT_TABLE + (TABLE_BUSY - TABLE) * hold as usize
+            );
+            assert_eq!(Entry::decode(e.encode()), e);
+        }
+        t.walk(0, 1).unwrap().store(Entry::Table(node, Hold::Idle));
+        // SAFETY: linked above; alive as long as the tree.
+        let n = unsafe { node.as_ref() };
+        assert!(n.slots(0).is_none(), "parts unwritten");
+        // Reads see the parts, without writing anything.
+        assert_eq!(
+            t.lookup(5 << 12),
+            (0, Entry::Leaf(Pfn::new(0x1005), Hold::Idle))
+        );
+        assert!(n.word(5).is_none());
+        // A walk to an entry writes its word with its part; change it.
+        let s = t.walk(5 << 12, 0).unwrap();
+        assert!(n.word(5).is_some());
+        assert_eq!(s.claim_leaf(), Ok((Pfn::new(0x1005), false)));
+        s.store(Entry::Free);
+        assert_eq!(t.lookup(5 << 12), (0, Entry::Free));
+        // Freeze: written before, so `true`; no word is written while
+        // frozen; thawed, it is again.
+        assert_eq!(n.freeze(), Ok(true));
+        assert_eq!(n.freeze(), Err(()), "frozen already");
+        assert!(matches!(t.walk(6 << 12, 0), Err(Stop::Busy)));
+        assert_eq!(
+            n.frozen_slot(6, 0).unwrap_err(),
+            Entry::Leaf(Pfn::new(0x1006), Hold::Idle)
+        );
+        n.thaw();
+        assert!(t.walk(6 << 12, 0).is_ok());
+        // Every entry written: `slots` lists them all.
+        for i in 0..FANOUT {
+            assert!(n.slot(i, 0).is_some());
+        }
+        assert_eq!(n.slots(0).unwrap().count(), FANOUT);
+        assert_eq!(
+            n.entry(FANOUT - 1),
+            Entry::Leaf(Pfn::new(0x1000 + FANOUT as u64 - 1), Hold::Idle)
+        );
+        // Drain reports every part but the freed one, then the table.
+        let mut drained = alloc::vec::Vec::new();
+        t.drain(&mut |g, l, e, sept| drained.push((g, l, e, sept)));
+        assert_eq!(drained.len(), FANOUT);
+        assert_eq!(
+            drained[FANOUT - 1],
+            (0, 1, drained[FANOUT - 1].2, Some(Pfn::new(7)))
+        );
+        assert!(drained[..FANOUT - 1].iter().enumerate().all(|(k, d)| {
+            let i = if k < 5 { k } else { k + 1 } as u64;
+            *d == (
+                i << 12,
+                0,
+                Entry::Leaf(Pfn::new(0x1000 + i), Hold::Idle),
+                None,
+            )
+        }));
+
+        // A split node never written: drained as its parts; a merge's
+        // freeze says so (`false`).
+        let node = Node::alloc_split(Pfn::new(8), Pfn::new(0x2000), 1).unwrap();
+        t.walk(0, 1).unwrap().store(Entry::Table(node, Hold::Idle));
+        // SAFETY: as above.
+        assert_eq!(unsafe { node.as_ref() }.freeze(), Ok(false));
+        let mut parts = 0;
+        t.drain(&mut |g, l, e, _| {
+            if l == 0 {
+                assert_eq!(e, Entry::Leaf(Pfn::new(0x2000 + (g >> 12)), Hold::Idle));
+                parts += 1;
+            }
+        });
+        assert_eq!(parts, FANOUT);
     }
 
     #[test]
@@ -828,7 +1298,7 @@ mod tests {
 
 /// The claim protocol under the loom model checker, which runs every
 /// interleaving of the threads (within its bounds). Run with
-/// `RUSTFLAGS="--cfg loom" cargo test -p tdx-api --lib --release mirror::loom`.
+/// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p tdx-api --lib --release loom_tests`.
 #[cfg(all(test, loom))]
 mod loom_tests {
     use alloc::sync::Arc;
@@ -917,7 +1387,7 @@ mod loom_tests {
             let t = Arc::new(small_tree());
             let table = t.walk(0, 1).unwrap();
             let Some(node) = table.table() else { panic!() };
-            for (i, s) in node.slots(0) {
+            for (i, s) in node.slots(0).unwrap() {
                 s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
             }
             let t2 = Arc::clone(&t);
@@ -949,7 +1419,7 @@ mod loom_tests {
                 // SAFETY: linked, so alive.
                 let children = unsafe { n.as_ref() };
                 let mut claimed = 0;
-                for (i, s) in children.slots(0) {
+                for (i, s) in children.slots(0).unwrap() {
                     let pfn = Pfn::new(64 + i as u64);
                     if s.swap_if(Entry::Leaf(pfn, Hold::Idle), Entry::Leaf(pfn, Hold::Busy))
                         .is_err()
@@ -959,7 +1429,7 @@ mod loom_tests {
                     claimed += 1;
                 }
                 if claimed < FANOUT {
-                    for (i, s) in children.slots(0).take(claimed) {
+                    for (i, s) in children.slots(0).unwrap().take(claimed) {
                         s.store(Entry::Leaf(Pfn::new(64 + i as u64), Hold::Idle));
                     }
                     table.store(Entry::Table(n, Hold::Idle));
@@ -978,6 +1448,157 @@ mod loom_tests {
                 Entry::Leaf(..) => assert!(merged),
                 Entry::Table(..) => assert!(!merged),
                 e => panic!("entry left {e:?}"),
+            }
+        });
+    }
+
+    /// A tree of two levels whose root entry 0 is a split node (a 2M page
+    /// at frame 512 split into 4K parts), as `Td::demote` links it.
+    fn split_tree() -> Tree {
+        let t = Tree::new(1).unwrap();
+        let s = t.walk(0, 1).unwrap();
+        s.store(Entry::Table(
+            Node::alloc_split(Pfn::new(1), Pfn::new(512), 1).unwrap(),
+            Hold::Idle,
+        ));
+        t
+    }
+
+    /// Two threads remove the same unwritten part of a split node (walk,
+    /// which writes its word, then claim): at most one removes it, the
+    /// word is written once (loom checks the write against every read of
+    /// it), and a thread that lost the write race sees the entry busy.
+    #[test]
+    fn one_thread_writes_a_split_entry() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let remove = |t: Arc<Tree>| -> bool {
+                let Ok(s) = t.walk(2 << 12, 0) else {
+                    return false;
+                };
+                match s.claim_leaf() {
+                    Ok((pfn, blocked)) => {
+                        assert_eq!((pfn, blocked), (Pfn::new(514), false));
+                        s.store(Entry::Free);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            };
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || remove(t2));
+            let a = remove(Arc::clone(&t));
+            let b = h.join().unwrap();
+            // A thread that loses the race to write the word backs off
+            // (busy) while the winner goes on; one that comes after the
+            // removal finds the entry free.
+            assert!(a ^ b, "the page was removed twice or not at all");
+            assert_eq!(t.lookup(2 << 12), (0, Entry::Free));
+            // The neighbours still hold their parts.
+            assert_eq!(t.lookup(3 << 12).1, Entry::Leaf(Pfn::new(515), Hold::Idle));
+        });
+    }
+
+    /// A merge of a split node (its table entry claimed, the node frozen,
+    /// the written entries claimed) against the removal of one part: never
+    /// both. A merge that finds no word written checks nothing below, so
+    /// this is the race that the freeze must close.
+    #[test]
+    fn a_merge_and_a_removal_in_a_split_node_exclude_each_other() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let table = t.walk(0, 1).unwrap();
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || {
+                let Ok(s) = t2.walk(1 << 12, 0) else {
+                    return false;
+                };
+                match s.claim_leaf() {
+                    Ok(_) => {
+                        s.store(Entry::Free);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+            let merged = (|| {
+                let Entry::Table(n, Hold::Idle) = table.load() else {
+                    return false;
+                };
+                if table
+                    .swap_if(Entry::Table(n, Hold::Idle), Entry::Table(n, Hold::Busy))
+                    .is_err()
+                {
+                    return false;
+                }
+                // SAFETY: linked, so alive.
+                let children = unsafe { n.as_ref() };
+                let Ok(touched) = children.freeze() else {
+                    table.store(Entry::Table(n, Hold::Idle));
+                    return false;
+                };
+                let nth = |i: usize| Entry::Leaf(Pfn::new(512 + i as u64), Hold::Idle);
+                let busy = |i: usize| Entry::Leaf(Pfn::new(512 + i as u64), Hold::Busy);
+                let mut claimed = if touched { 0 } else { FANOUT };
+                while claimed < FANOUT {
+                    let ok = match children.frozen_slot(claimed, 0) {
+                        Ok(s) => s.swap_if(nth(claimed), busy(claimed)).is_ok(),
+                        Err(part) => part == nth(claimed),
+                    };
+                    if !ok {
+                        break;
+                    }
+                    claimed += 1;
+                }
+                if claimed < FANOUT {
+                    for i in 0..claimed {
+                        if let Ok(s) = children.frozen_slot(i, 0) {
+                            s.store(nth(i));
+                        }
+                    }
+                    children.thaw();
+                    table.store(Entry::Table(n, Hold::Idle));
+                    return false;
+                }
+                table.store(Entry::Leaf(Pfn::new(512), Hold::Idle));
+                t.retire(n);
+                true
+            })();
+            let removed = h.join().unwrap();
+            assert!(
+                !(merged && removed),
+                "a page was removed from a merged range"
+            );
+            match t.walk(0, 1).unwrap().load() {
+                Entry::Leaf(..) => assert!(merged),
+                Entry::Table(..) => {
+                    assert!(!merged);
+                    let e = t.lookup(1 << 12).1;
+                    if removed {
+                        assert_eq!(e, Entry::Free);
+                    } else {
+                        assert_eq!(e, Entry::Leaf(Pfn::new(513), Hold::Idle));
+                    }
+                }
+                e => panic!("entry left {e:?}"),
+            }
+        });
+    }
+
+    /// A reader (`lookup`, as `Td::mapping` does) while another thread
+    /// writes a split entry's word: it sees the part, before and after,
+    /// and never reads the word before it is written.
+    #[test]
+    fn a_read_of_a_split_entry_sees_its_part_while_it_is_written() {
+        loom::model(|| {
+            let t = Arc::new(split_tree());
+            let t2 = Arc::clone(&t);
+            let h = thread::spawn(move || t2.walk(3 << 12, 0).map(|s| s.load()).ok());
+            let read = t.lookup(3 << 12);
+            let written = h.join().unwrap();
+            assert_eq!(read, (0, Entry::Leaf(Pfn::new(515), Hold::Idle)));
+            if let Some(e) = written {
+                assert_eq!(e, Entry::Leaf(Pfn::new(515), Hold::Idle));
             }
         });
     }
