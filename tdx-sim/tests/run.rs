@@ -949,6 +949,50 @@ fn a_gpa_that_keeps_faulting_at_one_rip_is_caught_by_the_zero_step_filter() {
 }
 
 #[test]
+fn progress_before_any_exit_resets_the_zero_step_count() {
+    // The module runs `vmexit_stepping_filter` on every VM exit
+    // (`tdx_td_dispatcher.c`): RIP moved since the entry resets the
+    // EPT-violation count, not only at the next EPT violation. Five faults
+    // at one RIP, then progress ending in a TDG.VP.VMCALL exit: the faults
+    // at the next GPA count from zero again (six real exits, the seventh
+    // lists it), where a count carried over would list it at the second.
+    let sim = host();
+    let mut td = runnable(&sim, 0);
+    let v = td.vcpus[0].tdvpr;
+    let (first, second) = (0x30_0000, 0x31_0000);
+    let (tx, rx) = mpsc::channel();
+    sim.set_guest(v, move |g: &mut Guest| {
+        tx.send(g.read(first, 4)).unwrap();
+        g.vmcall(R10_R12, VmcallRegs::default()).unwrap();
+        tx.send(g.read(second, 4)).unwrap();
+        g.halt();
+    });
+    for _ in 0..5 {
+        assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(1, 0, first)));
+    }
+    td.aug(&sim, first, 0);
+    ok("accept", sim.guest_accept(td.tdr, first, 0));
+    assert_eq!(enter(&sim, VCPU_LP, v).0, 77);
+    assert_eq!(rx.recv().unwrap(), Ok(vec![0; 4]));
+    // Real exits (the read's qualification), not the filter's emulated
+    // write exit.
+    for i in 0..7 {
+        assert_eq!(
+            enter(&sim, VCPU_LP, v),
+            (48, ept_exit(1, 0, second)),
+            "fault {i} at the second GPA"
+        );
+    }
+    assert_eq!(enter(&sim, VCPU_LP, v), (48, ept_exit(2, 0, second)));
+    td.aug(&sim, second, 0);
+    ok("accept", sim.guest_accept(td.tdr, second, 0));
+    assert_eq!(enter(&sim, VCPU_LP, v), (77, halt_regs()));
+    assert_eq!(rx.recv().unwrap(), Ok(vec![0; 4]));
+    td.teardown(&sim);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
 fn two_entries_of_an_unassociated_vcpu_race_on_the_association() {
     let sim = host();
     let mut td = runnable(&sim, 0);

@@ -78,32 +78,45 @@ fn guests_run_while_the_host_maps_and_zaps_their_pages() {
                     let (st, a) = enter(sim, lp, v);
                     match st.raw() {
                         48 => {
-                            // Map the page lazily (it may be blocked or
-                            // being removed: the guest faults again).
+                            // Map the page lazily. A BUSY AUG (the zapper
+                            // holds the S-EPT tree) is retried here, as KVM
+                            // retries a fault before entering again: every
+                            // entry that faults again at the same guest RIP
+                            // counts towards the zero-step threshold (6),
+                            // past which a listed GPA that is only PENDING
+                            // keeps the vCPU out for good (the module's
+                            // rule; `td_entry_stepping_filter`).
                             let gpa = a.r8;
-                            // Being zapped: wait until it is gone (entering
-                            // again would only fault again at the same RIP).
-                            let mut m = loop {
-                                let m = mapped.lock().unwrap();
-                                if !m.contains_key(&gpa) {
-                                    break m;
+                            loop {
+                                // Being zapped: wait until it is gone
+                                // (entering again would only fault again at
+                                // the same RIP).
+                                let mut m = loop {
+                                    let m = mapped.lock().unwrap();
+                                    if !m.contains_key(&gpa) {
+                                        break m;
+                                    }
+                                    drop(m);
+                                    std::thread::yield_now();
+                                };
+                                let p = pool.lock().unwrap().pop().expect("a free page");
+                                let c = on(sim, lp, || page_aug(sim, info(gpa, 0), tdr, p));
+                                if c.status == TdxStatus::SUCCESS {
+                                    m.insert(gpa, p);
+                                    break;
+                                }
+                                pool.lock().unwrap().push(p);
+                                if !is_busy(c.status) {
+                                    assert_eq!(
+                                        c.status.raw() >> 32,
+                                        TdxStatus::EPT_ENTRY_STATE_INCORRECT.raw() >> 32,
+                                        "AUG: {}",
+                                        c.status
+                                    );
+                                    break;
                                 }
                                 drop(m);
                                 std::thread::yield_now();
-                            };
-                            let p = pool.lock().unwrap().pop().expect("a free page");
-                            let c = on(sim, lp, || page_aug(sim, info(gpa, 0), tdr, p));
-                            if c.status == TdxStatus::SUCCESS {
-                                m.insert(gpa, p);
-                            } else {
-                                assert!(
-                                    is_busy(c.status)
-                                        || c.status.raw() >> 32
-                                            == TdxStatus::EPT_ENTRY_STATE_INCORRECT.raw() >> 32,
-                                    "AUG: {}",
-                                    c.status
-                                );
-                                pool.lock().unwrap().push(p);
                             }
                         }
                         1 => {}

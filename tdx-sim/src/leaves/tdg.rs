@@ -69,7 +69,7 @@ pub(crate) struct Exit {
     pub(crate) fatal: bool,
     /// A guest access's EPT violation on a private GPA (logged for the
     /// zero-step filter).
-    private_epf: bool,
+    pub(crate) private_epf: bool,
     /// A NON_ACCESSIBLE exit: the TDVPS is not written and the TLB
     /// refcount not decremented (`td_vmexit_to_vmm`, `is_td_dead`).
     pub(crate) dead: bool,

@@ -372,6 +372,15 @@ pub(crate) fn enter(c: &mut Call<'_>, a: &mut SeamcallArgs) -> LeafResult {
             vc.state = exit.state;
             vc.last_exit = exit.last;
             vc.last_exit_tsc = now;
+            // `vmexit_stepping_filter` (`td_exit_stepping.c`), which the
+            // module runs on every VM exit (`tdx_td_dispatcher.c`): forward
+            // progress since the entry resets the EPT-violation tracking.
+            // An EPT-violation exit did so already, before counting
+            // (`super::tdg::epf_stepping_log`).
+            if !exit.private_epf && vc.rip != vc.rip_on_entry {
+                vc.epf_count = 0;
+                vc.epf_gpas.clear();
+            }
         });
         td.exit_epoch(epoch);
     }
