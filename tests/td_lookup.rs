@@ -20,6 +20,7 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
     let sim = sim();
     let h = host(&sim);
