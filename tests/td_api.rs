@@ -308,6 +308,7 @@ fn a_dropped_td_whose_teardown_fails_reports_to_the_platform() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn refusals_before_any_seamcall() {
     let sim = sim();
     let m = ready(&sim);

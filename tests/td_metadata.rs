@@ -246,6 +246,7 @@ fn the_vcpu_limit_is_the_modules() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_duplicate_x2apic_id_is_refused_and_the_next_vcpu_gets_the_modules_index() {
     let sim = sim(Profile::tdx_1_5_05());
     let h = TdHost::new(ready(&sim)).unwrap();

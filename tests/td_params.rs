@@ -69,6 +69,7 @@ fn with(f: impl FnOnce(&mut TdParams)) -> TdParams {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn the_sysinfo_of_module_1_5_01() {
     let info = sysinfo();
     assert_eq!(info.attributes_fixed, (0x8000_0000_7000_0001, 0));
