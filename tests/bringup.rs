@@ -1407,14 +1407,9 @@ fn root_entries(sim: &Simulator, a: &TdxPageArray<Simulator>, n: usize) -> Vec<u
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_windows_and_encodings() {
-    // Under Miri: one page and two windows (a fresh simulator per case).
-    let counts: &[u64] = if cfg!(miri) {
-        &[1, 513]
-    } else {
-        &[1, 511, 512, 513, 1000]
-    };
-    for &count in counts {
+    for count in [1u64, 511, 512, 513, 1000] {
         for contiguous in [true, false] {
             let label = format!("{count} pages, contiguous {contiguous}");
             let sim = page_array_sim();
@@ -1572,22 +1567,17 @@ fn page_array_release_check_accepts_exactly_the_window() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_split_donated_and_free_accounting() {
-    // Under Miri: none, part and more than all donated.
-    let cases: &[(u64, usize)] = if cfg!(miri) {
-        &[(1, 0), (513, 200), (513, 5000)]
-    } else {
-        &[
-            (1, 0),
-            (1, 1),
-            (513, 0),
-            (513, 200),
-            (1000, 512),
-            (1000, 1000),
-            (1000, 5000),
-        ]
-    };
-    for &(count, donated) in cases {
+    for (count, donated) in [
+        (1u64, 0usize),
+        (1, 1),
+        (513, 0),
+        (513, 200),
+        (1000, 512),
+        (1000, 1000),
+        (1000, 5000),
+    ] {
         for contiguous in [true, false] {
             let label = format!("{count} pages, {donated} donated, contiguous {contiguous}");
             let sim = page_array_sim();
@@ -1629,6 +1619,7 @@ fn page_array_split_donated_and_free_accounting() {
 /// one only. (Before the binding, each operation took a platform argument,
 /// and a safe `split_donated(&b, 0)` freed `a`'s frames into `b`.)
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_uses_only_the_platform_that_allocated_it() {
     for op in ["free", "split_donated", "leak"] {
         let a = page_array_sim();
