@@ -12,21 +12,24 @@
 #   on it, as its text shows.
 # - `cargo +nightly miri test` at the workspace root, as written: the
 #   facade's doc example and the simulator-backed integration suites. A
-#   simulated leaf costs Miri a few milliseconds and a test thousands of
-#   leaves, so under `cfg(miri)` each suite runs one test of each area
-#   (bring-up, TD build and teardown, 4K/2M maps, demote/promote, vCPUs,
-#   the run loop with a kicking thread, threads on one TD and on the Dynamic
-#   PAMT pair table, metadata, the platform's frame accessors, allocation
-#   failure, one case of each property test) and marks the others
-#   `ignore` with the reason: `cargo +nightly miri test -- --include-ignored`
-#   runs them all, in hours. The fixtures give each TDH.SYS.TDMR.INIT 1 GiB
-#   under Miri (4 calls for 4 GiB instead of 1024). Property tests keep no
-#   failure file under Miri, whose isolation has no file system.
+#   simulated leaf costs Miri milliseconds and a test thousands of leaves,
+#   so under `cfg(miri)` the suites run one test of each area (bring-up and
+#   the page array, TD build, maps, demote/promote and teardown, vCPUs, the
+#   run loop with a kicking thread, a held S-EPT entry, threads on the
+#   Dynamic PAMT pair table, the platform's frame accessors, allocation
+#   failure, one case of each property test) and mark the others `ignore`
+#   with the reason: `cargo +nightly miri test -- --include-ignored` runs
+#   them all, in hours. Files that read memory maps from disk and the
+#   trybuild test are ignored under Miri whatever the time. The fixtures
+#   give each TDH.SYS.TDMR.INIT 1 GiB under Miri (4 calls for 4 GiB instead
+#   of 1024). Property tests keep no failure file under Miri, whose
+#   isolation has no file system.
 #
 # Not here: tdx-sim's and tdx-plan's own tests (the simulator is the test
 # bench; its `unsafe` is the trap backend, which Miri cannot run, and loom
 # models; tdx-plan's tests read memory maps from disk and bring up large
-# simulated machines), and tdx-sys (inline assembly).
+# simulated machines), tdx-sys (inline assembly), and tests/soak.rs and
+# tests/hostile_module.rs.
 #
 # Usage: scripts/miri.sh [part...]   parts: types api-lib api-doc root
 # (default: all four). Times are in RELIABILITY.md.
