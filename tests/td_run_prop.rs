@@ -502,6 +502,11 @@ fn step() -> impl Strategy<Value = Step> {
         .prop_map(|(unmap, vcpu, cpu)| Step { unmap, vcpu, cpu })
 }
 
+/// Most guest operations per vCPU script and steps per schedule (fewer
+/// under Miri).
+const SCRIPT_OPS: usize = if cfg!(miri) { 6 } else { 24 };
+const STEPS: usize = if cfg!(miri) { 15 } else { 60 };
+
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -521,9 +526,9 @@ proptest! {
     #[test]
     fn vcpus_interleaved_with_host_removals_lose_no_frame(
         scripts in (2..=3usize).prop_flat_map(|n| {
-            prop::collection::vec(prop::collection::vec(gop(), 0..=24), n)
+            prop::collection::vec(prop::collection::vec(gop(), 0..=SCRIPT_OPS), n)
         }),
-        schedule in prop::collection::vec(step(), 1..=60),
+        schedule in prop::collection::vec(step(), 1..=STEPS),
     ) {
         run(&scripts, &schedule);
     }
