@@ -17,13 +17,14 @@
 #   the page array, TD build, maps, demote/promote and teardown, vCPUs, the
 #   run loop with a kicking thread, a held S-EPT entry, threads on the
 #   Dynamic PAMT pair table, the platform's frame accessors, allocation
-#   failure, one case of each property test) and mark the others `ignore`
+#   failure; not the property tests) and mark the others `ignore`
 #   with the reason: `cargo +nightly miri test -- --include-ignored` runs
 #   them all, in hours. Files that read memory maps from disk and the
 #   trybuild test are ignored under Miri whatever the time. The fixtures
 #   give each TDH.SYS.TDMR.INIT 1 GiB under Miri (4 calls for 4 GiB instead
-#   of 1024). Property tests keep no failure file under Miri, whose
-#   isolation has no file system.
+#   of 1024). Property tests run one case of shorter sequences under Miri
+#   (with --include-ignored) and keep no failure file, which Miri's
+#   isolation would refuse.
 #
 # Not here: tdx-sim's and tdx-plan's own tests (the simulator is the test
 # bench; its `unsafe` is the trap backend, which Miri cannot run, and loom

@@ -1261,6 +1261,7 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri: invariants checked after each step")]
     fn interleaved_td_operations_never_lose_a_page(
         n_tds in 2..=3usize,
         ops in prop::collection::vec(op(), 1..=OPS),
@@ -1283,6 +1284,7 @@ proptest! {
 
 /// A fixed sequence through every operation, so each is known to run.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri: invariants checked after each step")]
 fn every_operation_once() {
     let ops = [
         Op::Map2M {

@@ -524,6 +524,7 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
     fn vcpus_interleaved_with_host_removals_lose_no_frame(
         scripts in (2..=3usize).prop_flat_map(|n| {
             prop::collection::vec(prop::collection::vec(gop(), 0..=SCRIPT_OPS), n)
