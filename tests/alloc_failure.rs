@@ -430,12 +430,14 @@ fn the_harness_fails_exactly_the_armed_allocation() {
 /// allocation it makes, then succeeds. Then the runtime operations on the
 /// finalized TD, a run-loop step, and the teardown.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn every_operation_fails_cleanly_at_every_allocation() {
     every_operation(false);
 }
 
 /// The same with Dynamic PAMT: pairs added and removed on the way.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn every_operation_fails_cleanly_at_every_allocation_with_dynamic_pamt() {
     every_operation(true);
 }
@@ -964,6 +966,7 @@ fn check_report(
 /// Teardown and drop of a populated TD, at every allocation: they cannot
 /// fail, so the report's counts must say exactly what could not be listed.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn teardown_and_drop_account_for_everything_at_every_allocation() {
     teardown_and_drop(false);
 }
@@ -971,6 +974,7 @@ fn teardown_and_drop_account_for_everything_at_every_allocation() {
 /// The same with Dynamic PAMT: the report lists the pairs teardown
 /// removes too.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn teardown_and_drop_account_for_everything_at_every_allocation_with_dynamic_pamt() {
     teardown_and_drop(true);
 }

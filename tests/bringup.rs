@@ -59,6 +59,12 @@ fn small(profile: Profile) -> MachineDesc {
         .with_cpus(2, 2)
         .with_profile(profile);
     d.numa = vec![(4 * GIB, 6 * GIB, 0), (7 * GIB, 9 * GIB, 1)];
+    // Under Miri one TDH.SYS.TDMR.INIT initializes 1 GiB: 4 calls instead
+    // of 1024, which Miri takes minutes over (the tests that count them
+    // are ignored under Miri).
+    if cfg!(miri) {
+        d.profile.tdmr_init_chunk = GIB;
+    }
     d
 }
 
@@ -364,6 +370,7 @@ fn run_case(
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "reads memory maps from disk; Miri isolates files")]
 fn every_shared_map_brings_up_with_and_without_extensions() {
     // (packages, LPs per package), cycled over the maps.
     const LAYOUTS: [(u32, u32); 5] = [(2, 2), (1, 4), (4, 2), (8, 1), (2, 8)];
@@ -581,6 +588,7 @@ fn expected_outcome(step: Step) -> Outcome {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn one_busy_or_out_of_entropy_call_at_any_step_is_retried() {
     let desc = small(Profile::tdx_1_5_ext());
     for s in sites() {
@@ -618,6 +626,7 @@ fn one_busy_or_out_of_entropy_call_at_any_step_is_retried() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn transient_statuses_up_to_the_bound_are_retried() {
     let desc = small(Profile::tdx_1_5_ext());
     let s = &sites()[4]; // KEY.CONFIG, package 0
@@ -657,16 +666,19 @@ fn past_the_bound(what: &str, bound: u32, status: impl Fn(&Site) -> TdxStatus) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn busy_past_the_retry_bound_is_a_typed_error_at_every_step() {
     past_the_bound("busy", BUSY_RETRIES, |s| s.busy);
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn entropy_past_the_retry_bound_is_a_typed_error_at_every_step() {
     past_the_bound("no entropy", ENTROPY_RETRIES, |s| s.entropy);
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_hard_failure_is_a_typed_error_at_every_step() {
     let desc = small(Profile::tdx_1_5_ext());
     for s in sites() {
@@ -697,6 +709,7 @@ fn a_hard_failure_is_a_typed_error_at_every_step() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn interrupted_extension_leaves_are_resumed() {
     let desc = small(Profile::tdx_1_5_ext());
     let cases: Vec<(&str, Vec<Fault>, u64, u64)> = vec![
@@ -770,6 +783,7 @@ fn interrupted_extension_leaves_are_resumed() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn extension_leaves_that_make_no_progress_fail_cleanly() {
     let desc = small(Profile::tdx_1_5_ext());
     let stall = |leaf, from: u64, count: u64| -> Vec<Fault> {
@@ -869,6 +883,7 @@ fn init_can_be_retried_after_sys_init_failed() {
 /// TDH.SYS.INIT and `TDX_SYS_LP_INIT_DONE` on the CPUs already done, and
 /// takes both as done.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn init_can_be_retried_after_lp_init_failed() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -894,6 +909,7 @@ fn init_can_be_retried_after_lp_init_failed() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_module_without_no_rbp_mod_is_refused() {
     let mut profile = Profile::tdx_1_5();
     profile.features0 = profile.features0.with_no_rbp_mod(false);
@@ -904,6 +920,7 @@ fn a_module_without_no_rbp_mod_is_refused() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn no_plan_is_refused_and_the_handle_can_be_configured_again() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -935,6 +952,7 @@ fn no_plan_is_refused_and_the_handle_can_be_configured_again() {
 /// as lost (never freed, never counted as pool), and a retry donates a
 /// fresh window in its place.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn ext_mem_add_failing_mid_window_frees_no_page_the_module_took() {
     let desc = small(Profile::tdx_1_5_ext());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -982,6 +1000,7 @@ fn ext_mem_add_failing_mid_window_frees_no_page_the_module_took() {
 /// CXL memory or a CMR hole is) may hand it out for the pool: the API
 /// refuses before donating anything, with the frame named.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_pool_outside_tdx_memory_is_refused_before_donation() {
     let mut desc = small(Profile::tdx_1_5_ext());
     // 64 MiB at 5 GiB are RAM but not convertible.
@@ -1037,6 +1056,7 @@ fn a_pool_outside_tdx_memory_is_refused_before_donation() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn configure_replans_around_a_pamt_range_the_platform_cannot_give() {
     for profile in [Profile::tdx_1_5(), Profile::tdx_1_5_ext()] {
         let desc = small(profile.clone());
@@ -1067,6 +1087,7 @@ fn configure_replans_around_a_pamt_range_the_platform_cannot_give() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -1102,6 +1123,7 @@ fn configure_refuses_when_the_platform_cannot_give_any_pamt_and_can_retry() {
 /// should be able to re-plan around what the platform cannot give, as the
 /// first call could.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_retried_configure_can_replan_again() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -1131,6 +1153,7 @@ fn a_retried_configure_can_replan_again() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn init_extensions_refuses_when_the_pool_cannot_be_allocated_and_can_retry() {
     let desc = small(Profile::tdx_1_5_ext());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -1171,6 +1194,7 @@ fn init_extensions_refuses_when_the_pool_cannot_be_allocated_and_can_retry() {
 /// clears every PAMT with MOVDIR64B before the pages return to the
 /// allocator.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn pw_mce_platform_clears_pamts_after_a_failed_configuration() {
     for (label, fault) in [
         (
@@ -1207,6 +1231,7 @@ fn pw_mce_platform_clears_pamts_after_a_failed_configuration() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn without_the_erratum_no_pamt_is_cleared() {
     let desc = small(Profile::tdx_1_5());
     let sim = Simulator::new(desc.clone()).unwrap();
@@ -1229,6 +1254,7 @@ fn without_the_erratum_no_pamt_is_cleared() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn init_extensions_issues_only_what_the_module_asks_for() {
     let plain = Profile::tdx_1_5();
     let mut none = Profile::tdx_1_5_ext();
@@ -1343,6 +1369,7 @@ fn random_run(seed: u64, per_million: u32) -> (Outcome, usize) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn seeded_random_faults_end_in_success_or_a_typed_error() {
     let mut tally = std::collections::BTreeMap::new();
     let mut total_fired = 0;
@@ -1380,6 +1407,7 @@ fn root_entries(sim: &Simulator, a: &TdxPageArray<Simulator>, n: usize) -> Vec<u
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_windows_and_encodings() {
     for count in [1u64, 511, 512, 513, 1000] {
         for contiguous in [true, false] {
@@ -1539,6 +1567,7 @@ fn page_array_release_check_accepts_exactly_the_window() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_split_donated_and_free_accounting() {
     for (count, donated) in [
         (1u64, 0usize),
@@ -1590,6 +1619,7 @@ fn page_array_split_donated_and_free_accounting() {
 /// one only. (Before the binding, each operation took a platform argument,
 /// and a safe `split_donated(&b, 0)` freed `a`'s frames into `b`.)
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; tdx-api unit tests cover the array")]
 fn page_array_uses_only_the_platform_that_allocated_it() {
     for op in ["free", "split_donated", "leak"] {
         let a = page_array_sim();
@@ -1679,6 +1709,7 @@ fn page_array_allocation_failure_gives_everything_back() {
 /// (here TDH.SYS.KEY.CONFIG and TDH.SYS.INIT) is not taken as
 /// success: it is a typed error at that step.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_interruption_from_a_leaf_that_cannot_be_resumed_is_an_error() {
     let desc = small(Profile::tdx_1_5());
     let interrupted = TdxStatus::INTERRUPTED_RESUMABLE;
@@ -1710,6 +1741,7 @@ fn an_interruption_from_a_leaf_that_cannot_be_resumed_is_an_error() {
 /// the 5th TDH.SYS.RD of `init` reads MAX_VCPUS_PER_TD (after
 /// TDX_FEATURES0 and the three version fields).
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_optional_sysinfo_field_is_absent_only_for_field_id_incorrect() {
     let desc = small(Profile::tdx_1_5_05());
     // Unfaulted: 576.
@@ -1807,6 +1839,7 @@ fn bring_up_reading(field: tdx::types::metadata::MdFieldId, value: u64) -> Bring
 /// on them (found by the hostile-module test: a garbled CMR base overflowed
 /// `base + size`).
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn cmrs_past_the_address_space_or_too_many_are_refused_at_init() {
     use tdx::types::metadata::field;
     const PA_END: u64 = 1 << 52;
@@ -1836,6 +1869,7 @@ fn cmrs_past_the_address_space_or_too_many_are_refused_at_init() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_metadata_value_wider_than_its_field_is_an_error_not_cut() {
     let e = bring_up_reading(tdx::types::metadata::field::MAX_TDMRS, 0x1_0040);
     assert_eq!(

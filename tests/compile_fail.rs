@@ -5,6 +5,7 @@
 //! and review the diff.
 
 #[test]
+#[cfg_attr(miri, ignore = "trybuild starts rustc; Miri cannot start processes")]
 fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");

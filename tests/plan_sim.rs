@@ -13,6 +13,7 @@ use tdx::api::plan::{self, Strategy};
 use tdx_sim::{MachineDesc, Simulator, SysState, testkit};
 
 #[test]
+#[cfg_attr(miri, ignore = "reads memory maps from disk; Miri isolates files")]
 fn every_shared_map_plans_and_the_module_accepts_it() {
     for (name, json) in maps() {
         let desc = MachineDesc::from_memmap_json(&json)

@@ -124,6 +124,7 @@ fn record(desc: &MachineDesc) -> (String, Simulator) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "reads memory maps from disk; Miri isolates files")]
 fn the_quickstart_td_replays_with_every_output_as_recorded() {
     let map = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tdx-plan/testdata/memmaps/07-hpe-dl360-gen10plus-icx-2s-128g.json");

@@ -54,7 +54,7 @@ fn sim() -> Simulator {
 fn sim_with(pw_mce: bool) -> Simulator {
     let mut d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(td_host::profile(Profile::tdx_1_5()));
     d.errata.tdx_pw_mce = pw_mce;
     Simulator::new(d).unwrap()
 }
@@ -124,6 +124,7 @@ fn build_measure_map_unmap_teardown_returns_every_page() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn with_the_partial_write_erratum_returned_pages_are_cleared() {
     lifecycle(true);
 }
@@ -232,6 +233,7 @@ fn lifecycle(pw_mce: bool) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn teardown_from_every_early_state_loses_nothing() {
     let sim = sim();
     let m = ready(&sim);
@@ -282,6 +284,7 @@ fn teardown_from_every_early_state_loses_nothing() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_dropped_td_whose_teardown_fails_reports_to_the_platform() {
     let sim = sim();
     let m = ready(&sim);
@@ -305,6 +308,7 @@ fn a_dropped_td_whose_teardown_fails_reports_to_the_platform() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn refusals_before_any_seamcall() {
     let sim = sim();
     let m = ready(&sim);
@@ -374,6 +378,7 @@ fn refusals_before_any_seamcall() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn busy_teardown_leaves_are_retried() {
     let sim = sim();
     let m = ready(&sim);
@@ -403,6 +408,7 @@ fn busy_teardown_leaves_are_retried() {
 /// `BUSY_RETRIES` times with a yield in between; `RetryPolicy::IMMEDIATE`
 /// returns the first BUSY without a yield.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn busy_past_the_retry_policy_is_typed_contention_and_the_frame_comes_back() {
     use tdx::api::{RetryPolicy, module::BUSY_RETRIES};
     let sim = sim();
@@ -455,6 +461,7 @@ fn busy_past_the_retry_policy_is_typed_contention_and_the_frame_comes_back() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_failed_reclaim_is_reported_and_leaked_not_lost() {
     let sim = sim();
     let m = ready(&sim);
@@ -492,6 +499,7 @@ fn a_failed_reclaim_is_reported_and_leaked_not_lost() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_failed_hkid_release_leaks_everything_with_a_reason() {
     let sim = sim();
     let m = ready(&sim);
@@ -535,6 +543,7 @@ fn a_failed_hkid_release_leaks_everything_with_a_reason() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_failed_key_config_hands_the_td_back_and_teardown_loses_nothing() {
     let sim = sim();
     let m = ready(&sim);
@@ -559,6 +568,7 @@ fn a_failed_key_config_hands_the_td_back_and_teardown_loses_nothing() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn runtime_faults_keep_every_frame_accounted_for() {
     let sim = sim();
     let m = ready(&sim);
@@ -672,6 +682,7 @@ fn small_lifecycle(sim: &Simulator, h: &Host<'_>) -> (TeardownReport, Vec<PfnRun
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn seeded_transient_faults_everywhere_are_retried_or_resumed() {
     for seed in 1..=6u64 {
         let sim = sim();
@@ -758,6 +769,7 @@ fn demote_unmap_one_4k_page_remap_and_promote() {
 /// that does not start an aligned run, is refused by arithmetic before any
 /// SEAMCALL (as when a later page breaks the run).
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn promote_of_a_range_without_an_aligned_first_page_is_refused_not_a_panic() {
     let sim = sim();
     let m = ready(&sim);
@@ -790,11 +802,12 @@ fn promote_of_a_range_without_an_aligned_first_page_is_refused_not_a_panic() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn hkids_come_from_the_guest_range_and_return_after_teardown() {
     let d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
         .with_keyids(15, 3)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(td_host::profile(Profile::tdx_1_5()));
     let guest = d.keyid_partition().guest_keyids();
     let sim = Simulator::new(d).unwrap();
     let m = ready(&sim);
@@ -822,6 +835,7 @@ fn hkids_come_from_the_guest_range_and_return_after_teardown() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
     let sim = sim();
     let m = ready(&sim);
@@ -881,6 +895,7 @@ fn a_1g_page_is_built_by_promotion_and_can_be_split_again() {
 /// already mapped and hands the whole frame back; the TD is unchanged and
 /// the frame can be mapped again.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
     let sim = sim();
     let m = ready(&sim);
@@ -926,6 +941,7 @@ fn a_1g_mapping_that_fails_part_way_gives_the_whole_frame_back() {
 /// mapped (blocked, so a later unmap resumes without a new BLOCK) and hands
 /// back every other part.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_1g_mapping_whose_clean_up_fails_says_which_parts_stay_mapped() {
     let sim = sim();
     let m = ready(&sim);
@@ -996,6 +1012,7 @@ fn part_of(run: PfnRun, i: u64) -> PfnRun {
 /// unblocked and usable: the same split and merge then succeed, and the
 /// page can be unmapped.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_failed_demote_or_promote_unblocks_the_range() {
     let sim = sim();
     let m = ready(&sim);
@@ -1045,6 +1062,7 @@ fn a_failed_demote_or_promote_unblocks_the_range() {
 /// `tdh_mem_page_promote.c` in module 1.5): the library issues the same
 /// call again, without unblocking the range in between, and succeeds.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_interrupted_demote_or_promote_is_issued_again() {
     let sim = sim();
     let m = ready(&sim);
@@ -1099,6 +1117,7 @@ fn an_interrupted_demote_or_promote_is_issued_again() {
 /// once the TD runs. A profile without that permission answers with a
 /// typed error and the frame comes back.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     let sim = sim();
     let m = ready(&sim);
@@ -1130,7 +1149,7 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
     let sim = Simulator::new(
         MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
             .with_cpus(2, 2)
-            .with_profile(profile),
+            .with_profile(td_host::profile(profile)),
     )
     .unwrap();
     let m = ready(&sim);
@@ -1155,6 +1174,7 @@ fn private_memory_can_be_mapped_before_finalization_where_the_module_allows() {
 /// leaked as a guest page; the accounting matches the reports; no cache or
 /// ownership rule is broken.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_hard_failure_in_any_td_leaf_loses_nothing() {
     let leaves = [
         Leaf::MNG_CREATE,
@@ -1339,6 +1359,7 @@ fn faulted_lifecycle(leaf: Leaf, nth: u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
     use tdx::api::CpuId;
     let sim = sim();
@@ -1403,6 +1424,7 @@ fn a_vcpu_is_built_in_three_steps_and_failed_steps_can_be_retried() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
     use tdx::api::CpuId;
     let sim = sim();
@@ -1424,6 +1446,7 @@ fn a_half_built_vcpu_does_not_stop_finalization_or_teardown() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_emptied_table_is_removed_so_a_2m_page_fits_again() {
     let sim = sim();
     let m = ready(&sim);
@@ -1545,6 +1568,7 @@ unsafe impl tdx::sys::Seamcall for MisreportsRemove<'_> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_module_that_names_another_frame_is_not_trusted_with_either() {
     let sim = sim();
     let lying = MisreportsRemove {
@@ -1587,6 +1611,7 @@ fn a_module_that_names_another_frame_is_not_trusted_with_either() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_emptied_1g_table_is_removed_after_the_tables_below_it() {
     let sim = sim();
     let m = ready(&sim);
@@ -1631,13 +1656,14 @@ fn an_emptied_1g_table_is_removed_after_the_tables_below_it() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_keyid_shift_that_cannot_key_the_top_frame_is_refused_with_the_module_back() {
     // The platform reports a shift that leaves no room for the HKIDs
     // below bit 52 (a platform bug): TdHost refuses before any TD exists.
     for shift in [51, 12, 30] {
         let mut d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
             .with_cpus(2, 2)
-            .with_profile(Profile::tdx_1_5());
+            .with_profile(td_host::profile(Profile::tdx_1_5()));
         d.reported_keyid_shift = Some(shift);
         let sim = Simulator::new(d).unwrap();
         let m = ready(&sim);
@@ -1652,6 +1678,7 @@ fn a_keyid_shift_that_cannot_key_the_top_frame_is_refused_with_the_module_back()
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn build_td_takes_the_four_steps_and_a_failure_loses_nothing() {
     let sim = sim();
     let m = ready(&sim);
@@ -1679,6 +1706,7 @@ fn build_td_takes_the_four_steps_and_a_failure_loses_nothing() {
 /// pages); refusals before any SEAMCALL (too few frames, a misaligned
 /// GPA, a page already there) leave every frame with the caller.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn add_image_adds_and_measures_a_padded_image_and_refuses_before_any_seamcall() {
     let sim = sim();
     let h = host(ready(&sim));
@@ -1773,6 +1801,7 @@ fn add_image_adds_and_measures_a_padded_image_and_refuses_before_any_seamcall() 
 /// from the block: TRACK, kick, DEMOTE, no second BLOCK. (Found by the
 /// soak: it used to refuse the blocked page for good.)
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_demote_left_blocked_by_contention_resumes_from_the_block() {
     use tdx::{
         TdxLevel,

@@ -88,6 +88,7 @@ fn frame4k(pfn: Pfn) -> GuestFrame<Size4K> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn bring_up_uses_dynamic_pamt_when_the_module_has_it_and_the_caller_allows_it() {
     let dynamic = sim();
     let m = ready(&dynamic, true);
@@ -120,6 +121,7 @@ fn bring_up_uses_dynamic_pamt_when_the_module_has_it_and_the_caller_allows_it() 
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_td_lifecycle_adds_a_pair_per_4k_range_and_removes_every_one() {
     let sim = sim();
     let h = TdHost::new(ready(&sim, true)).unwrap();
@@ -278,6 +280,7 @@ fn threads_mapping_one_range_add_one_pair_and_remove_it_once() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_failed_pamt_add_gives_the_frame_back_and_a_refused_remove_keeps_the_pair() {
     let sim = sim();
     let h = TdHost::new(ready(&sim, true)).unwrap();
@@ -350,6 +353,7 @@ fn a_failed_pamt_add_gives_the_frame_back_and_a_refused_remove_keeps_the_pair() 
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_pair_left_by_a_refused_remove_goes_with_release_pairs() {
     let sim = sim();
     let h = Arc::new(TdHost::new(ready(&sim, true)).unwrap());
@@ -378,6 +382,7 @@ fn a_pair_left_by_a_refused_remove_goes_with_release_pairs() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
     let sim = sim();
     let h = TdHost::new(ready(&sim, true)).unwrap();
@@ -431,6 +436,7 @@ fn demote_takes_a_pair_with_512_pages_and_promote_gives_it_back() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_busy_pamt_add_is_retried_under_the_map_policy_or_returned_as_contention() {
     let sim = sim();
     let h = TdHost::new(ready(&sim, true)).unwrap();

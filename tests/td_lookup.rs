@@ -20,6 +20,7 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
     let sim = sim();
     let h = host(&sim);
@@ -87,6 +88,7 @@ fn mapping_reports_each_page_by_size_first_gpa_and_frame() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn the_simulators_handles_have_names_and_a_td_builds_from_its_config() {
     use tdx::api::td::{Finalized, Initialized};
     use tdx_sim::{SimHost, SimTd};
@@ -106,6 +108,7 @@ fn the_simulators_handles_have_names_and_a_td_builds_from_its_config() {
 /// a larger page, or a table of smaller pages (in use or empty). The frame
 /// comes back each time.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_overlapping_map_says_what_is_in_the_way_before_any_seamcall() {
     use td_host::calls;
     use tdx::{

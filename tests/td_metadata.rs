@@ -7,6 +7,8 @@
 // gave the test.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use tdx::{
     Gpa, Leaf, Size4K, TdxStatus,
     api::{
@@ -30,7 +32,7 @@ const X2APIC_ID_NOT_UNIQUE: TdxStatus = TdxStatus::from_raw(0xC000_0621_0000_000
 fn sim(profile: Profile) -> Simulator {
     let d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
-        .with_profile(profile);
+        .with_profile(td_host::profile(profile));
     Simulator::new(d).unwrap()
 }
 
@@ -205,16 +207,19 @@ fn build_and_read(profile: Profile) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn module_1_5_01_builds_a_td_with_vcpus_through_vp_init_v0() {
     build_and_read(Profile::tdx_1_5());
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn module_1_5_05_builds_a_td_with_vcpus_through_vp_init_v1() {
     build_and_read(Profile::tdx_1_5_05());
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn the_vcpu_limit_is_the_modules() {
     for (profile, limit) in [(Profile::tdx_1_5(), 0xFFFF), (Profile::tdx_1_5_05(), 576)] {
         let sim = sim(profile);
@@ -241,6 +246,7 @@ fn the_vcpu_limit_is_the_modules() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_duplicate_x2apic_id_is_refused_and_the_next_vcpu_gets_the_modules_index() {
     let sim = sim(Profile::tdx_1_5_05());
     let h = TdHost::new(ready(&sim)).unwrap();
@@ -276,6 +282,7 @@ fn a_duplicate_x2apic_id_is_refused_and_the_next_vcpu_gets_the_modules_index() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_vcpu_of_another_td_is_not_read() {
     let sim = sim(Profile::tdx_1_5());
     let h = TdHost::new(ready(&sim)).unwrap();

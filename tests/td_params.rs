@@ -6,6 +6,8 @@
 //! 1.5.01's and 1.5.05's), and
 //! `TdConfig`'s IA32_ARCH_CAPABILITIES setting.
 
+mod td_host;
+
 use tdx::{
     Leaf, TdxStatus,
     api::{
@@ -29,7 +31,7 @@ fn sim_with(cpu: NativeCpu) -> Simulator {
     Simulator::new(
         MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
             .with_cpus(1, 2)
-            .with_profile(Profile::tdx_1_5())
+            .with_profile(td_host::profile(Profile::tdx_1_5()))
             .with_cpu(cpu),
     )
     .unwrap()
@@ -67,6 +69,7 @@ fn with(f: impl FnOnce(&mut TdParams)) -> TdParams {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn the_sysinfo_of_module_1_5_01() {
     let info = sysinfo();
     assert_eq!(info.attributes_fixed, (0x8000_0000_7000_0001, 0));
@@ -79,6 +82,7 @@ fn the_sysinfo_of_module_1_5_01() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn each_rule_gives_its_error() {
     let info = sysinfo();
     let migratable = TdParams::ATTRIBUTE_MIGRATABLE;
@@ -314,6 +318,7 @@ fn each_rule_gives_its_error() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn every_bit_the_1_5_01_table_allows_passes() {
     let info = sysinfo();
     let p = with(|p| {
@@ -325,6 +330,7 @@ fn every_bit_the_1_5_01_table_allows_passes() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn another_modules_cpuid_list_leaves_the_bits_to_the_module() {
     let mut info = sysinfo();
     // A module with a 13th configurable leaf: the library does not know
@@ -362,12 +368,13 @@ fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
 /// malformed CPUID(0x1F) topology before the leaf, and builds TDs with
 /// leaf 7/1's new bits and with a topology.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn module_1_5_05s_cpuid_list_end_to_end() {
     use tdx::types::abi::CPUID_CONFIG_1_5_05;
     let sim = Simulator::new(
         MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
             .with_cpus(1, 2)
-            .with_profile(Profile::tdx_1_5_05()),
+            .with_profile(td_host::profile(Profile::tdx_1_5_05())),
     )
     .unwrap();
     let module = ready(&sim);
@@ -418,6 +425,7 @@ fn module_1_5_05s_cpuid_list_end_to_end() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
     // A CPU without 5-level EPT, whose F/M/S is Emerald Rapids stepping 2.
     let sim = sim_with(NativeCpu {
@@ -495,6 +503,7 @@ fn td_init_refuses_before_the_leaf_and_leaves_the_cpu_rules_to_the_module() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn td_config_sets_arch_capabilities_the_way_the_module_wants() {
     let info = sysinfo();
     let p = TdConfig::builder()

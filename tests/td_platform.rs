@@ -111,6 +111,7 @@ fn a_dropped_td_returns_every_guest_frame_to_the_platform_once() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_td_torn_down_returns_its_guest_frames_in_the_report_only() {
     let sim = sim();
     let h = host(&sim);
@@ -264,6 +265,7 @@ where
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn hardware_facts_are_read_once_at_init() {
     let sim = sim();
     let p = Fwd::<true>::new(&sim);
@@ -296,7 +298,7 @@ fn hardware_facts_are_read_once_at_init() {
 fn without_a_direct_map_the_erratum_clears_nothing_and_every_page_is_leaked() {
     let mut d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(td_host::profile(Profile::tdx_1_5()));
     d.errata.tdx_pw_mce = true;
     let sim = Simulator::new(d).unwrap();
     let p = Fwd::<false>::new(&sim);
@@ -340,6 +342,7 @@ fn without_a_direct_map_the_erratum_clears_nothing_and_every_page_is_leaked() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn the_simulator_flags_a_returned_guest_frame_the_module_owns() {
     let sim = sim();
     let h = host(&sim);
@@ -370,6 +373,7 @@ fn the_simulator_flags_a_returned_guest_frame_the_module_owns() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn without_a_direct_map_a_released_pamt_pair_is_leaked_not_freed() {
     // Dynamic PAMT (module 1.5.16): a pair leaving the module is cleared
     // with MOVDIR64B before it is freed, erratum or not.

@@ -25,12 +25,14 @@
 //! each teardown accounts for every frame (returned or leaked as a guest
 //! page), and the simulator's accounting matches the reports.
 //!
-//! `PROPTEST_CASES` sets the number of cases (32 by default); failures are
-//! not persisted to files.
+//! `PROPTEST_CASES` sets the number of cases (32 by default, 1 under
+//! Miri); failures are not persisted to files.
 
 // UNSAFETY: the test hands frames it allocated from the simulator to TDs
 // (`GuestFrame::new`, the caller's promise) and frees them afterwards.
 #![allow(unsafe_code)]
+
+mod td_host;
 
 use std::{
     cell::Cell,
@@ -67,7 +69,7 @@ type FinalTd<'h, 's> = Td<Finalized, &'h Host<'s>>;
 fn sim() -> Simulator {
     let d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(td_host::profile(Profile::tdx_1_5()));
     Simulator::new(d).unwrap()
 }
 
@@ -1239,11 +1241,15 @@ fn run_loose(n_tds: usize, ops: &[Op]) {
     assert_eq!(a.free + a.leaked, baseline.free, "{a:?}");
 }
 
+/// Most operations per case of the first property (fewer under Miri).
+const OPS: usize = if cfg!(miri) { 8 } else { 40 };
+
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+        // Under Miri, which interprets each case's bring-up: 1 case.
+        .unwrap_or(if cfg!(miri) { 1 } else { 32 });
     ProptestConfig {
         cases,
         failure_persistence: None,
@@ -1255,9 +1261,10 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri: invariants checked after each step")]
     fn interleaved_td_operations_never_lose_a_page(
         n_tds in 2..=3usize,
-        ops in prop::collection::vec(op(), 1..=40),
+        ops in prop::collection::vec(op(), 1..=OPS),
     ) {
         run(n_tds, &ops);
     }
@@ -1266,6 +1273,7 @@ proptest! {
     /// (from unmap or teardown) or is reported leaked, and the accounting
     /// says the same.
     #[test]
+    #[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
     fn hard_faults_lose_nothing(
         n_tds in 2..=3usize,
         ops in prop::collection::vec(hard_op(), 1..=40),
@@ -1276,6 +1284,7 @@ proptest! {
 
 /// A fixed sequence through every operation, so each is known to run.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri: invariants checked after each step")]
 fn every_operation_once() {
     let ops = [
         Op::Map2M {
@@ -1384,6 +1393,7 @@ fn every_operation_once() {
 /// can still accept it. (Found by the property test; it used to stay
 /// blocked until teardown.)
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_demote_failing_at_track_unblocks_the_range() {
     let sim = sim();
     let m = ready(&sim);

@@ -72,6 +72,7 @@ fn boot(g: &mut Guest, tx: mpsc::Sender<String>) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn lazy_memory_conversion_and_cpuid() {
     let sim = sim();
     let host = host(&sim);
@@ -231,6 +232,7 @@ fn a_removal_needs_a_kick_that_makes_running_vcpus_exit() {
 /// A vCPU moved between CPUs by the handle: flushed on the old CPU before
 /// it enters on the new one, and torn down where it last ran.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_vcpu_moves_between_cpus_and_is_flushed_where_it_last_ran() {
     let sim = sim();
     let host = host(&sim);

@@ -11,6 +11,8 @@
 // the TD (`GuestFrame::new`) and frees them when the TD gives them back.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use tdx::{
     Gpa, Size4K,
     api::{
@@ -56,7 +58,7 @@ fn record() -> String {
     let sim = Simulator::new(
         MachineDesc::new(vec![(GIB, 2 * GIB)])
             .with_cpus(2, 2)
-            .with_profile(Profile::tdx_1_5()),
+            .with_profile(td_host::profile(Profile::tdx_1_5())),
     )
     .unwrap();
     let base = sim.accounting();
@@ -142,6 +144,7 @@ fn record() -> String {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_recorded_vmm_run_loop_replays_and_records_back() {
     let text = record();
     // The guest's operations are in the trace: two accepts, the accesses,

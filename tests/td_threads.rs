@@ -20,6 +20,8 @@
 // (`GuestFrame::new`, the caller's promise) and free them afterwards.
 #![allow(unsafe_code)]
 
+mod td_host;
+
 use std::{
     collections::BTreeMap,
     sync::{
@@ -81,7 +83,7 @@ fn handles_are_send_and_sync() {
 fn sim() -> Simulator {
     let d = MachineDesc::new(vec![(4 * GIB, 8 * GIB)])
         .with_cpus(2, 2)
-        .with_profile(Profile::tdx_1_5());
+        .with_profile(td_host::profile(Profile::tdx_1_5()));
     Simulator::new(d).unwrap()
 }
 
@@ -227,6 +229,7 @@ fn a_held_entry_refuses_other_operations_at_once() {
 /// A batch dropped without commit leaves its pages blocked and with the
 /// TD; a later removal resumes without a second BLOCK.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_dropped_batch_leaves_pages_blocked_and_a_removal_resumes() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -265,6 +268,7 @@ fn a_dropped_batch_leaves_pages_blocked_and_a_removal_resumes() {
 // ---- module BUSY under each policy ------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn busy_is_returned_at_once_with_the_immediate_policy() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -293,6 +297,7 @@ fn busy_is_returned_at_once_with_the_immediate_policy() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn spins_and_yields_are_bounded_by_the_policy() {
     for (policy, busies, ok, yields) in [
         (RetryPolicy::spin(3), 3, true, 0),
@@ -355,6 +360,7 @@ fn spins_and_yields_are_bounded_by_the_policy() {
 /// A TRACK that stays busy: the removal keeps the page (blocked, with the
 /// TD) and says so; a second removal resumes at TRACK.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_busy_track_keeps_the_page_and_the_next_removal_resumes() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -391,6 +397,7 @@ fn a_busy_track_keeps_the_page_and_the_next_removal_resumes() {
 /// Converting a range private to shared: 512 4K pages and a 2M page
 /// removed with one TRACK and one kick.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_range_conversion_costs_one_track_and_one_kick() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -446,6 +453,7 @@ fn a_range_conversion_costs_one_track_and_one_kick() {
 /// part stays mapped (the TD's, returned by teardown), every other part
 /// comes back, and nothing is lost.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn map_1g_double_failure_accounts_for_every_part() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -636,6 +644,7 @@ unsafe impl HardwareInfo for Interloper<'_> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_cache_wb_another_caller_completed_is_started_again() {
     let sim = sim();
     let p = Interloper::new(&sim);
@@ -964,6 +973,7 @@ fn stress(seed: u64, threads: u64, ops: u64, lifecycles: u64) -> [u64; 9] {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn threads_share_one_td_and_every_frame_comes_back() {
     // Every kind of operation succeeded somewhere (over all seeds: how
     // often a merge finds 512 contiguous pages depends on the timing).
@@ -985,6 +995,7 @@ fn threads_share_one_td_and_every_frame_comes_back() {
 /// how often the library asks again, then the frame comes back with a
 /// typed `Busy`, and nothing changed.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn an_entry_the_guest_holds_makes_map_busy_then_it_maps() {
     use tdx_sim::{LockMode, LockSide, ModuleLock};
     let sim = sim();
@@ -1029,6 +1040,7 @@ fn an_entry_the_guest_holds_makes_map_busy_then_it_maps() {
 /// the TD step aside with `InProgress` instead of adding readers, and once
 /// the tree is free the removal completes.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn mappings_step_aside_while_a_removal_waits_for_the_tree() {
     use tdx_sim::{LockMode, ModuleLock};
     let sim: &'static Simulator = Box::leak(Box::new(sim()));
@@ -1075,6 +1087,7 @@ fn mappings_step_aside_while_a_removal_waits_for_the_tree() {
 /// The fault path and the rest follow separate policies: with mapping set
 /// to return BUSY at once, a removal still retries its BUSY BLOCK.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn mapping_and_removal_follow_their_own_policies() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -1109,6 +1122,7 @@ fn mapping_and_removal_follow_their_own_policies() {
 /// under it say so, and promote (or remove_table) of that table resumes
 /// after the BLOCK.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_table_left_blocked_is_reported_and_resumed() {
     let sim = sim();
     let host = TdHost::new(ready(&sim, &sim)).unwrap();
@@ -1155,6 +1169,7 @@ fn a_table_left_blocked_is_reported_and_resumed() {
 /// thread's removal or mapping of a part gets `InProgress` (before, it could
 /// take a part away and the rollback then removed that thread's frame).
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn map_1g_holds_its_range_against_other_threads() {
     let sim: &'static Simulator = Box::leak(Box::new(sim()));
     let p: &'static Interloper<'static> = Box::leak(Box::new(Interloper::new(sim)));
@@ -1206,6 +1221,7 @@ fn map_1g_holds_its_range_against_other_threads() {
 /// tree (here: `yield_now` between BLOCK retries) leaves no trace: later
 /// mappings on other GPAs do not step aside, and the page stays the TD's.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_panicking_callback_leaves_no_removal_waiting() {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let sim = sim();

@@ -43,6 +43,7 @@ fn handles_are_send_and_tie_down_the_td() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn one_handle_per_vcpu() {
     let sim = sim();
     let host = host(&sim);
@@ -71,6 +72,7 @@ fn one_handle_per_vcpu() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn fields_go_through_the_handle_while_it_exists() {
     let sim = sim();
     let host = host(&sim);
@@ -116,6 +118,7 @@ fn a_flushed_vcpu_is_associated_nowhere_until_used_again() {
 /// it): teardown's first VPFLUSHDONE fails with TDX_FLUSHVP_NOT_DONE, it
 /// flushes every vCPU on every CPU, and the TD still comes back whole.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn teardown_finds_a_vcpu_associated_behind_its_back() {
     let sim = sim();
     let host = host(&sim);
@@ -152,6 +155,7 @@ fn calls(sim: &Simulator, leaf: Leaf) -> u64 {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_vcpu_past_max_vcpus_is_refused_before_any_page_moves() {
     let sim = sim();
     let host = host(&sim);
