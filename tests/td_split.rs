@@ -57,6 +57,7 @@ fn map_and_split(td: &SimTd<'_, '_>, gpa: u64, huge: PfnRun) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn every_4k_gpa_of_a_split_page_maps_its_part_and_refuses_a_map() {
     let sim = sim();
     let h = host(&sim);
@@ -195,6 +196,7 @@ fn a_promote_right_after_a_demote_merges_and_a_second_split_works() {
 /// or not; once every part is unmapped it frees the S-EPT page, and a 2M
 /// page can be mapped there.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn remove_table_of_a_split_page_waits_for_every_part() {
     let sim = sim();
     let h = host(&sim);
@@ -238,6 +240,7 @@ fn remove_table_of_a_split_page_waits_for_every_part() {
 /// the 1G page merges back only when everything is as it was. After every
 /// 2M part is unmapped, `map_1g` reuses the empty split table.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn a_split_1g_page_splits_further_and_merges_back() {
     let sim = sim();
     let h = host(&sim);
@@ -293,6 +296,7 @@ fn a_split_1g_page_splits_further_and_merges_back() {
 /// Teardown right after splits (most parts never written, some unmapped,
 /// some remapped to other frames) returns every frame once.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn teardown_after_splits_returns_every_frame_once() {
     let sim = sim();
     let h = host(&sim);
@@ -341,6 +345,7 @@ fn teardown_after_splits_returns_every_frame_once() {
 /// else; in the end every part maps its own frame again and the merge
 /// goes through.
 #[test]
+#[cfg_attr(miri, ignore = "slow under Miri; miri.sh runs one test of each area")]
 fn threads_on_one_split_table() {
     let sim = sim();
     let h = host(&sim);
