@@ -357,6 +357,16 @@ pub enum TdExit {
     /// shared GPA (the shared bit set in `gpa`): an ordinary EPT fault of
     /// the VMM's shared EPT (MMIO or shared memory). The guest repeats the
     /// access at the next entry.
+    ///
+    /// Resolve a private fault before entering again, retrying a mapping
+    /// that met contention rather than re-entering: the module counts the
+    /// private EPT violations at one guest RIP with no progress in between
+    /// (the zero-step mitigation, `STEPPING_EPF_THRESHOLD` = 6 in Intel's
+    /// `src/td_transitions/td_exit_stepping.h`), and past that count each
+    /// entry first checks the GPAs that faulted: while one still does not
+    /// translate (unmapped, blocked, or mapped but not yet accepted), the
+    /// entry ends in an emulated EPT violation for it without running the
+    /// guest, so a page the guest must accept keeps the vCPU out for good.
     EptViolation {
         /// The GPA (4 KiB aligned, shared bit as the guest used it).
         gpa: u64,
