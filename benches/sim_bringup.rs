@@ -11,6 +11,8 @@
 // that forwards to the system allocator.
 #![allow(unsafe_code)]
 
+mod cpu_time;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
@@ -73,16 +75,14 @@ fn report_memory_once() {
     PEAK.store(base, Relaxed);
     let (sim, tdmrs) = host();
     let t = Instant::now();
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = cpu_time::thread_cpu();
     bring_up(&sim, &tdmrs);
-    let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| b - a);
+    let cpu = cpu_time::thread_cpu() - cpu0;
     let elapsed = t.elapsed();
     sim.check_invariants()
         .expect("a clean bring-up keeps every invariant");
     let peak = PEAK.load(Relaxed) - base;
-    let cpu = cpu.map_or(String::new(), |ns| {
-        format!(" ({:.1} ms on the CPU)", ns as f64 / 1e6)
-    });
+    let cpu = format!(" ({:.1} ms on the CPU)", cpu.as_secs_f64() * 1e3);
     eprintln!(
         "sim_bringup: 4 TiB, 8 packages x 16 LPs, 64 TDMRs: peak heap {:.2} MiB, \
          footprint {:.2} MiB, one run {:.1} ms{cpu}, {} SEAMCALLs",
@@ -91,19 +91,6 @@ fn report_memory_once() {
         elapsed.as_secs_f64() * 1e3,
         sim.stats().total_seamcalls(),
     );
-}
-
-/// The calling thread's time on a CPU so far, in nanoseconds (Linux:
-/// the first field of `/proc/thread-self/schedstat`), which other load on
-/// the machine does not inflate the way it inflates wall time. `None`
-/// where that file does not exist.
-fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn bench(c: &mut Criterion) {

@@ -25,6 +25,7 @@
 // UNSAFETY: the bench hands frames it allocated to the TD (`GuestFrame::new`).
 #![allow(unsafe_code)]
 
+mod cpu_time;
 mod null;
 
 use std::{
@@ -82,19 +83,6 @@ fn unmap_range_retrying<H: TdHostRef>(td: &Td<Finalized, H>, from: u64, n: u64) 
             _ => retries += 1,
         }
     }
-}
-
-/// This thread's CPU time so far.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID
-    // exists on every Linux this bench runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Pages each thread maps per sample.
@@ -193,14 +181,14 @@ fn scaling(c: &mut Criterion) {
                             let barrier = &barrier;
                             s.spawn(move || {
                                 barrier.wait();
-                                let t = thread_cpu();
+                                let t = cpu_time::thread_cpu();
                                 let mut retries = 0;
                                 for _ in 0..reps {
                                     retries +=
                                         map_range_retrying(td, first, k * PER_THREAD, PER_THREAD);
                                     retries += unmap_range_retrying(td, k * PER_THREAD, PER_THREAD);
                                 }
-                                (thread_cpu() - t, retries)
+                                (cpu_time::thread_cpu() - t, retries)
                             })
                         })
                         .collect();

@@ -12,6 +12,9 @@
 //! leaf functions with the simulator's test fixture, on a synthetic host
 //! whose memory is one 1 GiB-aligned range.
 
+#[path = "../benches/cpu_time/mod.rs"]
+mod cpu_time;
+
 use std::time::Instant;
 
 use tdx_sim::{MachineDesc, Profile, Simulator, seamcalls_by_name, testkit};
@@ -40,9 +43,9 @@ fn main() {
     };
     let tdmrs = testkit::simple_layout(&memory, 64);
     let t = Instant::now();
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = cpu_time::thread_cpu();
     let report = testkit::bring_up(&sim, &tdmrs, Default::default());
-    let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| b - a);
+    let cpu = cpu_time::thread_cpu() - cpu0;
     let elapsed = t.elapsed();
 
     println!(
@@ -87,9 +90,7 @@ fn main() {
         "pages: {} free, {} host, {} module, {} leaked (of {})",
         a.free, a.host, a.module, a.leaked, a.total
     );
-    let cpu = cpu.map_or(String::new(), |ns| {
-        format!(" ({:.1} ms on the CPU)", ns as f64 / 1e6)
-    });
+    let cpu = format!(" ({:.1} ms on the CPU)", cpu.as_secs_f64() * 1e3);
     println!(
         "module state: {:?}, time {:.1} ms{cpu}",
         sim.module_state(),
@@ -102,17 +103,4 @@ fn main() {
             std::process::exit(1);
         }
     }
-}
-
-/// The calling thread's time on a CPU so far, in nanoseconds (Linux:
-/// the first field of `/proc/thread-self/schedstat`), which the load of
-/// other processes on the machine does not inflate the way it inflates
-/// wall time. `None` where that file does not exist.
-fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
