@@ -420,13 +420,33 @@ pub unsafe fn tdh_mem_page_demote<B: Seamcall + ?Sized>(
     tdr: Pfn,
     sept: Pfn,
 ) -> Completion<SeptOut> {
+    // SAFETY: caller's contract; R12/R13 = 0 (no pair).
+    unsafe { demote(b, info, tdr, sept, [0, 0]) }
+}
+
+/// TDH.MEM.PAGE.DEMOTE in the all-register shape with R12/R13 = `r12_r13`.
+///
+/// # Safety
+///
+/// As [`tdh_mem_page_demote_pair`].
+#[inline]
+unsafe fn demote<B: Seamcall + ?Sized>(
+    b: &B,
+    info: PageInfo,
+    tdr: Pfn,
+    sept: Pfn,
+    r12_r13: [u64; 2],
+) -> Completion<SeptOut> {
     let mut args = SeamcallArgs {
         rcx: info.into_bits(),
         rdx: tdr.hpa().as_u64(),
         r8: sept.hpa().as_u64(),
+        // No L2 S-EPT pages (NULL_PA).
         r9: u64::MAX,
         r10: u64::MAX,
         r11: u64::MAX,
+        r12: r12_r13[0],
+        r13: r12_r13[1],
         ..SeamcallArgs::ZERO
     };
     // SAFETY: caller's contract.
@@ -466,27 +486,9 @@ pub unsafe fn tdh_mem_page_demote_pair<B: Seamcall + ?Sized>(
     sept: Pfn,
     pair: [Pfn; 2],
 ) -> Completion<SeptOut> {
-    let mut args = SeamcallArgs {
-        rcx: info.into_bits(),
-        rdx: tdr.hpa().as_u64(),
-        r8: sept.hpa().as_u64(),
-        // No L2 S-EPT pages (NULL_PA).
-        r9: u64::MAX,
-        r10: u64::MAX,
-        r11: u64::MAX,
-        r12: pair[0].hpa().as_u64(),
-        r13: pair[1].hpa().as_u64(),
-        ..SeamcallArgs::ZERO
-    };
+    let pair = pair.map(|p| p.hpa().as_u64());
     // SAFETY: caller's contract.
-    let status = unsafe { call(b, Leaf::MEM_PAGE_DEMOTE.v0(), RegShape::SavedRet, &mut args) };
-    Completion {
-        status,
-        out: SeptOut {
-            rcx: args.rcx,
-            rdx: args.rdx,
-        },
-    }
+    unsafe { demote(b, info, tdr, sept, pair) }
 }
 
 /// Outputs of [`tdh_mem_page_promote_pair`].
