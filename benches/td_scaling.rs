@@ -43,9 +43,10 @@ use tdx::{
     },
 };
 
-/// As [`map_range`], but contention (another thread's removal holding the
-/// S-EPT tree, [`TdError::is_contention`](tdx::api::td::TdError::is_contention))
-/// is retried, as a VMM retries the fault; returns the retries.
+/// Maps the 4K pages `from..from + n` (GPA = frame offset), retrying
+/// contention (another thread's removal holding the S-EPT tree,
+/// [`TdError::is_contention`](tdx::api::td::TdError::is_contention)) as a
+/// VMM retries the fault; returns the retries.
 fn map_range_retrying<H: TdHostRef>(td: &Td<Finalized, H>, first: Pfn, from: u64, n: u64) -> u64 {
     let mut retries = 0;
     for i in from..from + n {
@@ -88,14 +89,6 @@ fn unmap_range_retrying<H: TdHostRef>(td: &Td<Finalized, H>, from: u64, n: u64) 
 /// Pages each thread maps per sample.
 const PER_THREAD: u64 = 1 << 15;
 
-fn map_range<H: TdHostRef>(td: &Td<Finalized, H>, first: Pfn, from: u64, n: u64) {
-    for i in from..from + n {
-        // SAFETY: frames allocated for this bench, untouched while mapped.
-        let f = unsafe { GuestFrame::<Size4K>::new(Pfn::new(first.as_u64() + i)) }.unwrap();
-        td.map(Gpa::new(i * 4096), f).unwrap();
-    }
-}
-
 fn scaling(c: &mut Criterion) {
     let n = null::NullSwitch::new();
     let host = null::host(&n);
@@ -109,6 +102,8 @@ fn scaling(c: &mut Criterion) {
         .unwrap();
     let first = frames.first();
     let delta = first.hpa().as_u64();
+    // Thread `k`'s TD: the second thread of the two-TD shape has its own.
+    let td_of = |tds: u64, k: u64| if tds == 2 && k == 1 { &other } else { &td };
     let mut g = c.benchmark_group("map 4K on one TD");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -129,15 +124,17 @@ fn scaling(c: &mut Criterion) {
                         let t = Instant::now();
                         thread::scope(|s| {
                             for k in 0..threads {
-                                let td = if tds == 2 && k == 1 { &other } else { &td };
-                                s.spawn(move || map_range(td, first, k * PER_THREAD, PER_THREAD));
+                                let td = td_of(tds, k);
+                                s.spawn(move || {
+                                    map_range_retrying(td, first, k * PER_THREAD, PER_THREAD)
+                                });
                             }
                         });
                         total += t.elapsed();
                         // Not timed: the pages come back in one batch per
                         // TD, from this thread.
                         for k in 0..threads {
-                            let td = if tds == 2 && k == 1 { &other } else { &td };
+                            let td = td_of(tds, k);
                             let start = Gpa::new(k * PER_THREAD * 4096);
                             let r = td.unmap_range(start, PER_THREAD * 4096, &|| {});
                             assert!(r.is_complete(), "{:?}", r.stopped);
@@ -177,7 +174,7 @@ fn scaling(c: &mut Criterion) {
                 let cpu: Duration = thread::scope(|s| {
                     let hs: Vec<_> = (0..threads)
                         .map(|k| {
-                            let td = if tds == 2 && k == 1 { &other } else { &td };
+                            let td = td_of(tds, k);
                             let barrier = &barrier;
                             s.spawn(move || {
                                 barrier.wait();
