@@ -336,11 +336,8 @@ struct Slot {
 pub(crate) fn plan(n: &Normalized) -> Result<Plan, PlanError> {
     let mut mem: Vec<(u64, u64)> = n.mem.iter().map(|r| (r.start, r.end)).collect();
     intervals::normalize(&mut mem);
-    let mut conv = n.cmr_chains.list.clone();
-    intervals::normalize(&mut conv);
-    // Chains never touch or overlap: the CMRs are sorted and disjoint
-    // (checked by `Normalized::new`), and touching ones form one chain.
-    let forced = intervals::subtract(&[(0, MAX_PA)], &conv);
+    // Bytes outside every CMR chain (sorted, disjoint, never touching).
+    let forced = intervals::subtract(&[(0, MAX_PA)], &n.cmr_chains.list);
     // Every 1 GiB block with memory is in a TDMR, and a TDMR's PAMT is at
     // least its size times the bytes per GiB the module requires: when
     // that is more than all the memory there is, no cut helps (answered at

@@ -60,50 +60,33 @@ pub(crate) fn contains(set: &[(u64, u64)], s: u64, e: u64) -> bool {
     set.get(i).is_some_and(|&(is, ie)| is <= s && e <= ie)
 }
 
-/// The module's merged CMRs (`is_area_in_cmr`): walking the CMR array in
-/// order and skipping empty slots, a CMR that starts exactly where the
-/// previous non-empty one ended extends the same chain. An area is inside
-/// the CMRs if it lies inside one chain.
+/// The module's merged CMRs (`is_area_in_cmr`): a CMR that starts exactly
+/// where the previous non-empty one ended extends the same chain. An area
+/// is inside the CMRs if it lies inside one chain. The list is one a module
+/// accepts (sorted by start, disjoint: checked by `Normalized::new`), so
+/// the chains are sorted and disjoint too.
 #[derive(Debug, Clone)]
 pub(crate) struct Chains {
     /// Chains as `[first start, last end)`, sorted by start.
     pub(crate) list: Vec<(u64, u64)>,
-    /// `max_end[i]`: the largest end among `list[..=i]` (chains may overlap
-    /// when the CMR array is out of order).
-    max_end: Vec<u64>,
 }
 
 impl Chains {
+    /// Chains of `cmrs`, sorted and disjoint; empty entries are skipped.
     pub(crate) fn new(cmrs: &[(u64, u64)]) -> Self {
         let mut list: Vec<(u64, u64)> = Vec::new();
-        let mut prev_end: Option<u64> = None;
-        for &(s, e) in cmrs {
-            if s >= e {
-                continue;
-            }
-            match (list.last_mut(), prev_end) {
-                (Some(c), Some(pe)) if pe == s => c.1 = c.1.max(e),
+        for &(s, e) in cmrs.iter().filter(|&&(s, e)| s < e) {
+            match list.last_mut() {
+                Some(c) if c.1 == s => c.1 = e,
                 _ => list.push((s, e)),
             }
-            prev_end = Some(e);
         }
-        list.sort_unstable();
-        let mut m = 0;
-        let max_end = list
-            .iter()
-            .map(|&(_, e)| {
-                m = m.max(e);
-                m
-            })
-            .collect();
-        Self { list, max_end }
+        Self { list }
     }
 
-    /// True if `[s, e)` lies inside one chain: some chain starting at or
-    /// before `s` reaches `e`.
+    /// True if `[s, e)` lies inside one chain.
     pub(crate) fn within_one(&self, s: u64, e: u64) -> bool {
-        let i = self.list.partition_point(|&(cs, _)| cs <= s);
-        i > 0 && self.max_end[i - 1] >= e
+        contains(&self.list, s, e)
     }
 }
 
@@ -126,23 +109,16 @@ mod tests {
     }
 
     #[test]
-    fn cmr_chaining_follows_array_order() {
-        // Back to back in array order: one chain.
+    fn touching_cmrs_chain() {
+        // Back to back, with an empty slot between: one chain.
         assert_eq!(
             Chains::new(&[(0, 10), (10, 20), (0, 0), (20, 30)]).list,
             [(0, 30)]
         );
-        // Back to back in address but not in array order: two chains.
-        assert_eq!(
-            Chains::new(&[(10, 20), (40, 50), (0, 10)]).list,
-            [(0, 10), (10, 20), (40, 50)]
-        );
-        assert!(Chains::new(&[(0, 10), (10, 20)]).within_one(5, 15));
-        assert!(!Chains::new(&[(10, 20), (0, 10)]).within_one(5, 15));
-        // Overlapping chains (an out-of-order array): a wide early chain
-        // still contains an area past a narrow later one.
-        let c = Chains::new(&[(0, 100), (200, 300), (10, 20)]);
-        assert!(c.within_one(15, 90));
-        assert!(!c.within_one(90, 210));
+        let c = Chains::new(&[(0, 10), (10, 20), (40, 50)]);
+        assert_eq!(c.list, [(0, 20), (40, 50)]);
+        assert!(c.within_one(5, 15));
+        assert!(!c.within_one(15, 45));
+        assert!(!c.within_one(20, 30));
     }
 }
